@@ -1,0 +1,20 @@
+"""headscope: find and explain the attention heads of transformer language models.
+
+>>> import headscope
+>>> model = headscope.load_model()                      # doctest: +SKIP
+>>> result = headscope.scan_induction(model)            # doctest: +SKIP
+>>> result.top_heads("induction", 3)                    # doctest: +SKIP
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("headscope")
+except PackageNotFoundError:  # running from a source tree
+    __version__ = "0.0.0+unknown"
+
+from .errors import BadInput, HeadscopeError, ModelLoadError, OutputExists
+from .models import DEFAULT_MODEL, load_model
+
+__all__ = ["BadInput", "DEFAULT_MODEL", "HeadscopeError", "ModelLoadError", "OutputExists", "load_model",
+           "__version__"]

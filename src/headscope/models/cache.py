@@ -1,0 +1,82 @@
+"""Where headscope keeps fetched and converted models, and how it writes there safely.
+
+The cache lives in ``$HEADSCOPE_CACHE`` if set, else the platform's user cache directory
+(``~/.cache/headscope`` on Linux). Anything written there is built in a temporary sibling
+and moved into place with one ``os.replace``: a run that fails or is interrupted half-way
+leaves nothing that a later run would trust.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from ..errors import ModelLoadError
+
+
+def cache_dir() -> Path:
+    env = os.environ.get("HEADSCOPE_CACHE")
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("headscope"))
+
+
+def ensure_writable(path: Path) -> Path:
+    """Create ``path`` if needed and check we can write in it, or say how to fix it."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise ModelLoadError(
+            f"cannot write to the headscope cache at {path} ({exc.strerror or exc})",
+            hint="set HEADSCOPE_CACHE to a writable directory, e.g. "
+            "`export HEADSCOPE_CACHE=/tmp/headscope-cache`",
+        ) from exc
+    return path
+
+
+@contextlib.contextmanager
+def atomic_dir(final: Path) -> Iterator[Path]:
+    """Yield a temporary directory that becomes ``final`` only if the block succeeds."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.partial-"))
+    try:
+        yield tmp
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def dir_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def clear(name: str | None = None) -> list[Path]:
+    """Remove one cached model (by its cache folder name) or the whole cache."""
+    root = cache_dir()
+    targets = [root / "models" / name] if name else [root]
+    removed = []
+    for t in targets:
+        if t.exists():
+            shutil.rmtree(t)
+            removed.append(t)
+    return removed

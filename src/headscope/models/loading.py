@@ -1,0 +1,330 @@
+"""One way to load a model: ``load_model(spec)`` for every source headscope understands.
+
+A *spec* is one of
+- a built-in alias (``smollm2-135m``, the offline default; see :mod:`.builtin`),
+- a path to a local model directory in the Hugging Face layout (``config.json``, weights,
+  tokenizer files),
+- a path to a ``.gguf`` file (dequantized once and cached as safetensors),
+- a Hugging Face hub id (``gpt2``, ``EleutherAI/pythia-70m``), where the hub is reachable
+  or the model is already in the Hugging Face cache.
+
+Every source ends on the same path: a Hugging Face causal LM plus tokenizer, wrapped in a
+TransformerLens 4 ``TransformerBridge`` (which forces eager attention so that
+``blocks.{l}.attn.hook_pattern`` and friends fire).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from ..errors import BadInput, ModelLoadError
+from . import builtin, cache
+
+Log = Callable[[str], None]
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a loaded model came from (kept on the model as ``model.headscope_source``)."""
+
+    name: str  # what the user typed, or the alias
+    kind: str  # "builtin" | "gguf" | "local" | "hub"
+    path: str  # the directory transformers loaded from, or the hub id
+
+    def to_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+def resolve_device(device: str | torch.device | None) -> str:
+    """``auto`` picks CUDA when a GPU is visible, else CPU; anything else is checked."""
+    name = str(device or "auto").lower()
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    base = name.split(":")[0]
+    if base not in ("cpu", "cuda", "mps"):
+        raise BadInput(f"unknown device {device!r}", hint="use one of: auto, cpu, cuda, cuda:N")
+    if base == "cuda" and not torch.cuda.is_available():
+        raise BadInput(
+            "--device cuda was asked for, but torch sees no CUDA GPU "
+            f"(torch {torch.__version__}, built {'with' if torch.version.cuda else 'without'} CUDA)",
+            hint="use --device cpu (or auto), or install a CUDA build of torch on a GPU machine",
+        )
+    if base == "mps" and not torch.backends.mps.is_available():
+        raise BadInput("--device mps was asked for, but MPS is not available", hint="use --device cpu")
+    return name
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return DTYPES[str(dtype)]
+    except KeyError:
+        raise BadInput(f"unknown dtype {dtype!r}", hint=f"use one of: {', '.join(DTYPES)}") from None
+
+
+def load_model(
+    spec: str | os.PathLike = builtin.DEFAULT_MODEL,
+    device: str | torch.device | None = "auto",
+    dtype: str | torch.dtype | None = "float32",
+    *,
+    device_map: str | dict | None = None,
+    revision: str | None = None,
+    log: Log | None = None,
+):
+    """Load a causal LM and wrap it in a TransformerLens ``TransformerBridge``.
+
+    Returns the bridge; its tokenizer is ``model.tokenizer`` and where it came from is
+    ``model.headscope_source``. Hook names are TransformerLens's
+    (``blocks.{l}.attn.hook_pattern``, ``blocks.{l}.attn.hook_z``, ...).
+
+    >>> import headscope
+    >>> model = headscope.load_model("smollm2-135m", device="cpu")   # doctest: +SKIP
+    >>> model.cfg.n_layers, model.cfg.n_heads, model.tokenizer.decode([504])  # doctest: +SKIP
+    (30, 9, 'The')
+    """
+    log = log or (lambda msg: None)
+    dev = None if device_map is not None else resolve_device(device)
+    torch_dtype = resolve_dtype(dtype)
+    source = resolve_source(spec, log=log)
+    hf_model, tokenizer = _load_hf(source, torch_dtype, device_map, revision)
+    return _wrap(source, hf_model, tokenizer, dev, torch_dtype, device_map)
+
+
+def resolve_source(spec: str | os.PathLike, log: Log = lambda m: None) -> ModelSource:
+    """Turn what the user typed into a loadable directory or hub id (fetching/converting)."""
+    text = str(spec).strip()
+    if not text:
+        raise BadInput("empty model name", hint=f"try --model {builtin.DEFAULT_MODEL}")
+    if text in builtin.BUILTINS:
+        return ModelSource(text, "builtin", str(prepare_builtin(text, log=log)))
+    path = Path(text).expanduser()
+    if path.exists():
+        if path.is_file():
+            if path.suffix.lower() != ".gguf":
+                raise BadInput(
+                    f"{path} is a file but not a .gguf file",
+                    hint="pass a model directory (with config.json), a .gguf file or a hub id",
+                )
+            return ModelSource(text, "gguf", str(prepare_gguf(path, log=log)))
+        if not (path / "config.json").is_file():
+            raise BadInput(
+                f"{path} is a directory without a config.json, so it is not a Hugging Face model directory",
+                hint="point at the folder that holds config.json and the weights "
+                "(e.g. one written by `model.save_pretrained(dir)`)",
+            )
+        return ModelSource(text, "local", str(path))
+    if _looks_like_path(text):
+        raise BadInput(
+            f"model path {text} does not exist",
+            hint="check the path; for the offline default use --model smollm2-135m; "
+            "`headscope models` lists built-in models",
+        )
+    return ModelSource(text, "hub", text)
+
+
+def _looks_like_path(text: str) -> bool:
+    return (
+        text.startswith((".", "/", "~"))
+        or text.lower().endswith(".gguf")
+        or text.count("/") > 1
+        or os.sep != "/" and os.sep in text
+    )
+
+
+def prepare_builtin(alias: str, log: Log = lambda m: None) -> Path:
+    """The cached safetensors directory for a built-in model, made on first use."""
+    model = builtin.BUILTINS[alias]
+    target = cache.cache_dir() / "models" / alias
+    if (target / "headscope.json").is_file():
+        return target
+    cache.ensure_writable(cache.cache_dir())
+    gguf = builtin.fetch_gguf(model, log=log)
+    convert_gguf(gguf, target, log=log, extra={"alias": alias, "sha256": model.sha256})
+    return target
+
+
+def prepare_gguf(path: Path, log: Log = lambda m: None) -> Path:
+    """Dequantize a user's GGUF file once; the cache key follows the file's path, size and mtime."""
+    import hashlib
+
+    st = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:12]
+    target = cache.cache_dir() / "models" / f"gguf-{path.stem}-{key}"
+    if (target / "headscope.json").is_file():
+        return target
+    cache.ensure_writable(cache.cache_dir())
+    convert_gguf(path, target, log=log, extra={"gguf": str(path.resolve())})
+    return target
+
+
+def convert_gguf(gguf: Path, target: Path, log: Log = lambda m: None, extra: dict | None = None) -> Path:
+    """Dequantize ``gguf`` with transformers and save safetensors + config + tokenizer to ``target``.
+
+    Written into a temporary directory and moved into place at the end, so an interrupted
+    conversion leaves nothing behind that a later run would trust.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log(f"Converting {gguf.name} to safetensors (once; later loads take seconds)...")
+    t0 = time.perf_counter()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    except Exception as exc:  # gguf raises assorted errors on truncated or foreign files
+        raise ModelLoadError(
+            f"could not read GGUF file {gguf}: {type(exc).__name__}: {_first_line(exc)}",
+            hint="the file may be truncated or corrupt, or not a causal LM that transformers can "
+            "dequantize; download it again",
+        ) from exc
+    # The dequantized weights are plain float tensors; drop the GGUF quantization record so
+    # that save_pretrained writes ordinary safetensors.
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    model.is_quantized = False
+    with cache.atomic_dir(target) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        meta = {"source_gguf": gguf.name, "converted_seconds": round(time.perf_counter() - t0, 1)}
+        meta.update(extra or {})
+        (tmp / "headscope.json").write_text(json.dumps(meta, indent=2))
+    log(f"Cached at {target} ({cache.dir_size(target) / 1e6:.0f} MB, {time.perf_counter() - t0:.0f} s)")
+    return target
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [""])[0][:300]
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    from urllib.parse import urlparse
+
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _in_hf_cache(repo_id: str, revision: str | None) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(repo_id, "config.json", revision=revision)
+        return isinstance(found, str)
+    except Exception:
+        return False
+
+
+def _check_causal_lm(config: Any, where: str) -> None:
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    archs = list(getattr(config, "architectures", None) or [])
+    if getattr(config, "is_encoder_decoder", False):
+        ok = False
+    elif archs:
+        ok = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in archs)
+    else:
+        ok = config.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    if not ok:
+        raise ModelLoadError(
+            f"{where} is a {config.model_type} model ({', '.join(archs) or 'no causal-LM head'}), "
+            "not a causal (decoder-only) language model",
+            hint="headscope analyses causal LMs such as gpt2, EleutherAI/pythia-70m or Llama-family models",
+        )
+
+
+def _load_hf(source: ModelSource, dtype: torch.dtype, device_map, revision):
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    where = source.path
+    kwargs: dict[str, Any] = {}
+    if source.kind == "hub":
+        if revision:
+            kwargs["revision"] = revision
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+        if not _in_hf_cache(where, revision) and (offline or not _hub_reachable()):
+            raise ModelLoadError(
+                f"cannot load {where!r}: it is not a local path, it is not in the Hugging Face cache, "
+                "and the Hugging Face hub is " + ("disabled (HF_HUB_OFFLINE=1)" if offline else "unreachable"),
+                hint="use the offline default (--model smollm2-135m), a local model directory or a "
+                ".gguf file; or run once where the hub is reachable to fill the cache",
+            )
+    try:
+        config = AutoConfig.from_pretrained(where, **kwargs)
+    except Exception as exc:
+        raise ModelLoadError(
+            f"could not read the model config of {where!r}: {_first_line(exc)}",
+            hint="check the model id or directory",
+        ) from exc
+    _check_causal_lm(config, repr(source.name))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logging.getLogger("transformers").setLevel(logging.ERROR)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
+        except Exception as exc:
+            raise ModelLoadError(
+                f"could not load the tokenizer of {where!r}: {_first_line(exc)}",
+                hint="a model directory needs its tokenizer files (tokenizer.json, or vocab.json + merges.txt)",
+            ) from exc
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                where, dtype=dtype, attn_implementation="eager", device_map=device_map, **kwargs
+            )
+        except Exception as exc:
+            raise ModelLoadError(
+                f"could not load the weights of {where!r}: {type(exc).__name__}: {_first_line(exc)}",
+                hint="check that the directory holds complete weights (model.safetensors or pytorch_model.bin)",
+            ) from exc
+    model.eval()
+    return model, tokenizer
+
+
+def _wrap(source: ModelSource, hf_model, tokenizer, device, dtype, device_map):
+    from transformer_lens.model_bridge import TransformerBridge
+
+    kwargs: dict[str, Any] = {"hf_model": hf_model, "tokenizer": tokenizer, "dtype": dtype}
+    if device_map is None:
+        kwargs["device"] = device
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            bridge = TransformerBridge.boot_transformers(source.path, **kwargs)
+        except Exception as exc:
+            raise ModelLoadError(
+                f"TransformerLens could not wrap {source.name!r} "
+                f"({type(hf_model).__name__}): {_first_line(exc)}",
+                hint="TransformerBridge supports the architectures listed by "
+                "`TransformerBridge.list_supported_models()`",
+            ) from exc
+    bridge.eval()
+    bridge.headscope_source = source
+    return bridge
+
+
+def list_cached() -> list[dict[str, Any]]:
+    """Models converted into the cache: name, size in bytes, path."""
+    root = cache.cache_dir() / "models"
+    out = []
+    if root.is_dir():
+        for d in sorted(root.iterdir()):
+            if d.is_dir() and (d / "headscope.json").is_file():
+                out.append({"name": d.name, "bytes": cache.dir_size(d), "path": str(d)})
+    return out
