@@ -1,0 +1,56 @@
+"""The ``headscope`` command line: a thin shell over the Python API.
+
+Each command lives in its own module and registers itself on :data:`app`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from .. import __version__
+from ._common import STATE
+
+app = typer.Typer(
+    name="headscope",
+    help="Find and explain the attention heads of transformer language models: "
+    "which heads are induction heads, and what their QK circuits attend to.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"headscope {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors (any command).")] = False,
+) -> None:
+    """headscope: induction heads and QK circuits, one command each."""
+    STATE["debug"] = STATE["debug"] or debug
+
+
+def _register() -> None:
+    import importlib
+
+    for name in ("models", "induction", "qk", "report", "sweep"):
+        try:
+            importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as exc:  # a command module not written yet
+            if exc.name != f"{__name__}.{name}":
+                raise
+
+
+_register()
+
+
+def main() -> None:
+    app()

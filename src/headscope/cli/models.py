@@ -1,0 +1,65 @@
+"""`headscope models` and `headscope fetch`: what is built in, what is cached, prepare one."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from ..models import BUILTINS, list_cached, resolve_source
+from ..models.cache import cache_dir
+from . import app
+from ._common import DebugOpt, JsonOpt, consoles, handle_errors
+
+
+@app.command("models")
+@handle_errors
+def models_cmd(json_out: JsonOpt = False, debug: DebugOpt = False) -> None:
+    """List the built-in model aliases and the models converted into the cache (size, path)."""
+    cached = list_cached()
+    if json_out:
+        doc = {
+            "cache_dir": str(cache_dir()),
+            "builtin": [{"alias": b.alias, "description": b.description, "source": b.pypi_requirement}
+                        for b in BUILTINS.values()],
+            "cached": cached,
+        }
+        typer.echo(json.dumps(doc, indent=2))
+        return
+    out, _ = consoles(False)
+    t = Table(title="Built-in models (work offline)")
+    t.add_column("alias", style="bold cyan")
+    t.add_column("what")
+    t.add_column("cached")
+    names = {c["name"] for c in cached}
+    for b in BUILTINS.values():
+        t.add_row(b.alias, b.description, "yes" if b.alias in names else "no (fetched on first use)")
+    out.print(t)
+    c = Table(title=f"Cache: {cache_dir()}")
+    c.add_column("name", style="bold")
+    c.add_column("size", justify="right")
+    c.add_column("path")
+    for item in cached:
+        c.add_row(item["name"], f"{item['bytes'] / 1e6:.0f} MB", item["path"])
+    if not cached:
+        c.add_row("(empty)", "", "")
+    out.print(c)
+    out.print("Any Hugging Face hub id (gpt2, EleutherAI/pythia-70m, ...), model directory or .gguf file also works "
+              "with --model. Clear the cache with `rm -r " + str(cache_dir()) + "`.", highlight=False)
+
+
+@app.command("fetch")
+@handle_errors
+def fetch_cmd(
+    name: Annotated[str, typer.Argument(help="Built-in alias or .gguf file to prepare now (download + convert).")],
+    debug: DebugOpt = False,
+) -> None:
+    """Prepare a model ahead of time so later runs start in seconds."""
+    _, err = consoles(False)
+    src = resolve_source(name, log=lambda m: err.print(m, highlight=False))
+    if src.kind == "hub":
+        err.print(f"{name} is a hub id: transformers downloads and caches it on first use; nothing to prepare here.")
+        return
+    err.print(f"[green]ready:[/] {src.name} -> {src.path}", highlight=False)
