@@ -15,6 +15,7 @@ except PackageNotFoundError:  # running from a source tree
 
 from .errors import BadInput, HeadscopeError, ModelLoadError, OutputExists
 from .models import DEFAULT_MODEL, load_model
+from .scan import AttentionSample, InductionResult, scan_induction
 
-__all__ = ["BadInput", "DEFAULT_MODEL", "HeadscopeError", "ModelLoadError", "OutputExists", "load_model",
+__all__ = ["AttentionSample", "BadInput", "DEFAULT_MODEL", "InductionResult", "scan_induction", "HeadscopeError", "ModelLoadError", "OutputExists", "load_model",
            "__version__"]

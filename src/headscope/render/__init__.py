@@ -1,0 +1,1 @@
+"""Rendering: figures and pages made from result objects (never from models)."""

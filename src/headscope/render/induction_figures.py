@@ -1,0 +1,165 @@
+"""Figures for an :class:`~headscope.scan.result.InductionResult`."""
+
+from __future__ import annotations
+
+import html
+import math
+from pathlib import Path
+
+import numpy as np
+
+from ..scan.attention import AttentionSample
+from ..scan.result import SCORE_ORDER, InductionResult, head_label
+from ._mpl import attention_heatmap, plt, save, tex_safe, to_png_base64
+
+TITLES = {
+    "induction": "Induction score",
+    "prefix_matching": "Prefix-matching score",
+    "previous_token": "Previous-token score",
+    "duplicate_token": "Duplicate-token score",
+    "copying": "Copying score (OV eigenvalue positivity)",
+}
+
+
+def score_heatmap(res: InductionResult, score: str = "induction", ax=None):
+    """Layer x head heatmap of one score, the thresholded heads outlined."""
+    import seaborn as sns
+
+    a = res.scores[score]
+    L, H = a.shape
+    if ax is None:
+        _, ax = plt.subplots(figsize=(max(5.0, 0.55 * H + 2.5), max(3.5, 0.32 * L + 1.5)))
+    lo = -1.0 if score == "copying" else 0.0
+    sns.heatmap(a, ax=ax, vmin=lo, vmax=1.0, cmap="RdBu_r" if score == "copying" else "rocket_r",
+                annot=H * L <= 400, fmt=".2f", annot_kws={"fontsize": 6}, cbar_kws={"label": score.replace("_", "-")})
+    thr = res.thresholds.get(score)
+    if thr is not None:
+        for l, h in zip(*np.nonzero(a >= thr)):
+            ax.add_patch(plt.Rectangle((h, l), 1, 1, fill=False, edgecolor="#00b4d8", lw=1.5))
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.set_title(f"{TITLES.get(score, score)} — {tex_safe(res.model['name'])}"
+                 + (f"\n(outlined: ≥ {thr})" if thr is not None else ""), fontsize=10)
+    return ax.figure
+
+
+def loss_by_position(res: InductionResult, ax=None):
+    """Per-position loss with the repeats marked: first repeat high, later repeats low if induction works."""
+    s = res.settings
+    if ax is None:
+        _, ax = plt.subplots(figsize=(8, 3.6))
+    y = res.per_position_loss
+    x = np.arange(1, len(y) + 1)  # target position
+    ax.plot(x, y, lw=1.2, color="#3a0ca3")
+    offset = int(s["bos"])
+    for k in range(2, s["repeats"] + 1):
+        ax.axvline(offset + (k - 1) * s["seq_len"] - 0.5, color="grey", ls="--", lw=0.8)
+    ax.axhline(math.log(res.model.get("d_vocab", 2)), color="#e76f51", ls=":", lw=1,
+               label=f"ln(vocab) = {math.log(res.model.get('d_vocab', 2)):.1f}")
+    ax.set_xlabel("target token position (dashed: start of each repeat)")
+    ax.set_ylabel("loss (nats)")
+    ax.set_title(f"Loss by position — first repeat {res.loss_first_repeat:.2f}, "
+                 f"later repeats {res.loss_later_repeats:.2f} nats", fontsize=10)
+    ax.legend(loc="upper right", fontsize=8)
+    ax.set_ylim(bottom=0)
+    return ax.figure
+
+
+def ablation_chart(res: InductionResult, ax=None):
+    """Bar chart of the rise in later-repeat loss per ablation, control included."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 3.6))
+    labels, values, colors = [], [], []
+    for e in res.ablation:
+        if e["kind"] == "head":
+            labels.append(head_label(e["layer"], e["head"]))
+            colors.append("#2a9d8f")
+        elif e["kind"] == "all_top":
+            labels.append(f"all {len(e['heads'])} top")
+            colors.append("#264653")
+        else:
+            labels.append(f"control\n({len(e['heads'])} random)")
+            colors.append("#adb5bd")
+        values.append(e["loss_increase"])
+    ax.bar(range(len(values)), values, color=colors)
+    for i, v in enumerate(values):
+        ax.text(i, v, f"{v:+.2f}", ha="center", va="bottom" if v >= 0 else "top", fontsize=8)
+    ax.set_xticks(range(len(values)), labels, fontsize=8)
+    ax.axhline(0, color="black", lw=0.6)
+    ax.set_ylabel("rise in later-repeat loss (nats)")
+    kind = res.settings.get("ablation") or "mean"
+    ax.set_title(f"Causal check: {kind}-ablating heads' outputs (clean loss {res.loss_later_repeats:.2f} nats)",
+                 fontsize=10)
+    return ax.figure
+
+
+def attention_grid(sample: AttentionSample, scores: dict[str, np.ndarray] | None = None):
+    """One heatmap per head of ``sample``, queries down and keys across."""
+    k = len(sample.heads)
+    cols = min(3, k)
+    rows = math.ceil(k / cols)
+    n = len(sample.tokens)
+    side = 3.5 + n * 0.11
+    fig, axes = plt.subplots(rows, cols, figsize=(side * cols, side * rows), squeeze=False)
+    for ax, (l, h), pat in zip(axes.flat, sample.heads, sample.patterns):
+        extra = f" (induction {scores['induction'][l, h]:.2f})" if scores is not None else ""
+        attention_heatmap(ax, pat, sample.tokens, f"{head_label(l, h)}{extra}")
+    for ax in list(axes.flat)[k:]:
+        ax.axis("off")
+    fig.suptitle(tex_safe(sample.title + (f"\n{sample.note}" if sample.note else "")), fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def save_figures(res: InductionResult, out: Path, texts: list[AttentionSample]) -> list[Path]:
+    paths = []
+    for score in SCORE_ORDER:
+        p = out / f"heatmap_{score}.png"
+        save(score_heatmap(res, score), p)
+        paths.append(p)
+    p = out / "loss_by_position.png"
+    save(loss_by_position(res), p)
+    paths.append(p)
+    if res.ablation:
+        p = out / "ablation.png"
+        save(ablation_chart(res), p)
+        paths.append(p)
+    for sample in res.samples:
+        p = out / "attention_repeated.png"
+        save(attention_grid(sample, res.scores), p)
+        paths.append(p)
+    for i, sample in enumerate(texts, 1):
+        p = out / f"attention_text_{i}.png"
+        save(attention_grid(sample, res.scores), p)
+        paths.append(p)
+    return paths
+
+
+def figure_names(res_has_ablation: bool, n_samples: int, n_texts: int) -> list[str]:
+    """The file names :func:`save_figures` will write (to check for clashes first)."""
+    names = [f"heatmap_{s}.png" for s in SCORE_ORDER] + ["loss_by_position.png"]
+    names += ["ablation.png"] if res_has_ablation else []
+    names += ["attention_repeated.png"] if n_samples else []
+    names += [f"attention_text_{i}.png" for i in range(1, n_texts + 1)]
+    return names
+
+
+def result_html(res: InductionResult) -> str:
+    """A compact notebook view: model, top heads with roles, causal check, induction heatmap."""
+    e = html.escape
+    roles = res.roles()
+    rows = "".join(
+        f"<tr><td>{e(head_label(l, h))}</td><td>{v:.3f}</td><td>{res.scores['prefix_matching'][l, h]:.3f}</td>"
+        f"<td>{res.scores['previous_token'][l, h]:.3f}</td><td>{e('+'.join(roles.get((l, h), [])))}</td></tr>"
+        for l, h, v in res.top_heads("induction", res.settings.get("top_k", 5))
+    )
+    verdicts = "".join(f"<li>{e(v)}</li>" for v in res.verdicts())
+    img = to_png_base64(score_heatmap(res, "induction"))
+    m = res.model
+    return (
+        f"<div class='headscope-induction'><h4>Induction scan — {e(str(m['name']))} "
+        f"({m['n_layers']} layers × {m['n_heads']} heads)</h4>"
+        f"<p>loss first repeat {res.loss_first_repeat:.2f} nats, later repeats {res.loss_later_repeats:.2f} nats</p>"
+        "<table><tr><th>head</th><th>induction</th><th>prefix-matching</th><th>previous-token</th><th>roles</th></tr>"
+        f"{rows}</table><ul>{verdicts}</ul><img src='data:image/png;base64,{img}'/></div>"
+    )
