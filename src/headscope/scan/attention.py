@@ -39,7 +39,7 @@ def token_label(tokenizer, token_id: int) -> str:
     text = tokenizer.decode([int(token_id)], clean_up_tokenization_spaces=False)
     if text == "":
         text = tokenizer.convert_ids_to_tokens(int(token_id)) or f"<{token_id}>"
-    return text.replace("\n", "⏎").replace("\t", "⇥").replace("\r", "␍").replace(" ", "·")
+    return text.replace("\n", "↵").replace("\t", "⇥").replace("\r", "␍").replace(" ", "·")
 
 
 def token_labels(tokenizer, ids) -> list[str]:
