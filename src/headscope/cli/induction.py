@@ -38,6 +38,8 @@ def induction_cmd(
     max_memory: Annotated[float, typer.Option("--max-memory", help="GiB budget for one chunk's attention + logits; "
                           "sets how many sequences go through at once.")] = 2.0,
     device: DeviceOpt = "auto",
+    device_map: Annotated[str | None, typer.Option("--device-map", help="Spread the model over several GPUs with "
+                          "accelerate (auto, balanced, sequential); replaces --device. See docs/scale.md.")] = None,
     dtype: DtypeOpt = "float32",
     out: Annotated[Path | None, typer.Option("--out", help="Output directory [default: headscope-results/induction-MODEL].")] = None,
     overwrite: OverwriteOpt = False,
@@ -63,7 +65,7 @@ def induction_cmd(
     check_out_dir(out_dir, names, overwrite)
 
     with err.status(f"Loading {model}..."):
-        m = load_model(model, device=device, dtype=dtype, log=lambda s: err.print(s, highlight=False))
+        m = load_model(model, device=device, dtype=dtype, device_map=device_map, log=lambda s: err.print(s, highlight=False))
     err.print(f"Loaded {model}: {m.cfg.n_layers} layers x {m.cfg.n_heads} heads on {m.cfg.device}", highlight=False)
     res = scan_induction(m, seq_len=seq_len, batch=batch, repeats=repeats, seed=seed, top_k=top,
                          ablate=not no_ablate, ablation=ablation, thresholds=thresholds, max_memory_gb=max_memory,
