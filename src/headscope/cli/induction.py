@@ -83,7 +83,7 @@ def induction_cmd(
 
 def _print_summary(con, res) -> None:
     s = res.settings
-    bos = "with BOS" if s["bos"] else "no BOS token (the tokenizer has none)"
+    bos = "first token: " + s.get("bos_source", "bos" if s["bos"] else "none")
     con.print(f"[bold]{res.model['name']}[/]: {s['batch']} sequences of {s['seq_len']} random tokens x {s['repeats']} "
               f"repeats, {bos}; {s['chunk_size']} per forward pass", highlight=False)
     rises = {(e["layer"], e["head"]): e["loss_increase"] for e in res.ablation if e["kind"] == "head"}

@@ -35,8 +35,7 @@ def attention_heatmap(ax, pattern, labels: list[str], title: str, vmax: float | 
 
     n = len(labels)
     data = np.ma.masked_array(pattern, mask=masked) if masked is not None else pattern
-    cm = plt.get_cmap(cmap).copy()
-    cm.set_bad("#d9d9d9")
+    cm = plt.get_cmap(cmap).with_extremes(bad="#d9d9d9")
     im = ax.imshow(data, cmap=cm, vmin=0 if vmax == 1.0 else None, vmax=vmax, aspect="equal", interpolation="nearest")
     fs = max(4.0, min(9.0, 420 / max(n, 1)))
     ticks = list(range(n))

@@ -50,10 +50,12 @@ def encode_text(model, text: str) -> torch.Tensor:
     """Token ids of ``text`` with the model's BOS prepended (when it has one): ``[1, n]``."""
     if text is None or not text.strip():
         raise BadInput("the text is empty", hint="pass some text that repeats, e.g. --text 'The cat sat. The cat sat.'")
-    tok = model.tokenizer
-    ids = tok(text, add_special_tokens=False)["input_ids"]
-    if tok.bos_token_id is not None:
-        ids = [tok.bos_token_id] + list(ids)
+    from .sequences import prepend_token
+
+    ids = list(model.tokenizer(text, add_special_tokens=False)["input_ids"])
+    bos, _ = prepend_token(model)
+    if bos is not None:
+        ids = [bos] + ids
     n_ctx = getattr(model.cfg, "n_ctx", None)
     if n_ctx is not None and len(ids) > n_ctx:
         raise BadInput(

@@ -229,7 +229,7 @@ def scan_induction(
                "n_heads": cfg.n_heads, "n_kv_heads": int(getattr(cfg, "n_key_value_heads", None) or cfg.n_heads),
                "d_vocab": cfg.d_vocab},
         settings={"seq_len": seq_len, "batch": batch, "repeats": repeats, "seed": seed, "top_k": top_k,
-                  "bos": layout.bos, "bos_token_id": rt.bos_token_id, "n_tokens": layout.n_tokens,
+                  "bos": layout.bos, "bos_token_id": rt.bos_token_id, "bos_source": rt.bos_source, "n_tokens": layout.n_tokens,
                   "ablation": ablation if ablate else None, "chunk_size": chunk, "max_memory_gb": budget,
                   "device": str(cfg.device)},
         scores=result_scores,

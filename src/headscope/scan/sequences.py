@@ -48,6 +48,7 @@ class RepeatedTokens:
     tokens: torch.Tensor  # [batch, n_tokens] int64
     layout: RepeatLayout
     bos_token_id: int | None
+    bos_source: str = "bos"
 
 
 def ordinary_token_ids(tokenizer, d_vocab: int) -> torch.Tensor:
@@ -93,7 +94,7 @@ def repeated_tokens(model, seq_len: int = 50, batch: int = 10, repeats: int = 2,
     (torch.Size([2, 11]), 11)
     """
     tok = model.tokenizer
-    bos_id = getattr(tok, "bos_token_id", None)
+    bos_id, bos_source = prepend_token(model)
     layout = check_settings(seq_len, batch, repeats, bos_id is not None, getattr(model.cfg, "n_ctx", None),
                             getattr(getattr(model, "headscope_source", None), "name", "the model"))
     pool = ordinary_token_ids(tok, model.cfg.d_vocab)
@@ -102,4 +103,12 @@ def repeated_tokens(model, seq_len: int = 50, batch: int = 10, repeats: int = 2,
     parts = [r] * repeats
     if bos_id is not None:
         parts = [torch.full((batch, 1), bos_id, dtype=torch.long)] + parts
-    return RepeatedTokens(torch.cat(parts, dim=1), layout, bos_id)
+    return RepeatedTokens(torch.cat(parts, dim=1), layout, bos_id, bos_source)
+
+
+def prepend_token(model) -> tuple[int | None, str]:
+    """(token id or None, where it came from) to start every sequence with; see ``bos_choice``."""
+    choice = getattr(model, "headscope_bos", None)
+    if choice is not None:
+        return choice
+    return getattr(model.tokenizer, "bos_token_id", None), "bos"

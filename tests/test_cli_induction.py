@@ -1,0 +1,130 @@
+"""`headscope induction` end to end on a tiny GPT-2, and every bad input it must refuse."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from headscope.cli import app
+
+runner = CliRunner()
+
+
+def run(*args):
+    return runner.invoke(app, ["induction", *map(str, args)])
+
+
+@pytest.fixture()
+def small(tiny_gpt2_dir, tmp_path):
+    """Common args for a fast run on the tiny GPT-2; the output dir is fresh per test."""
+    return ["--model", tiny_gpt2_dir, "--seq-len", 6, "--batch", 3, "--top", 2, "--device", "cpu",
+            "--out", tmp_path / "out"]
+
+
+def test_json_goes_to_stdout_alone_and_matches_scores_json(small, tmp_path):
+    r = run(*small, "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["model"]["n_layers"] == 2 and doc["model"]["n_heads"] == 4
+    assert doc["settings"]["seq_len"] == 6
+    on_disk = json.loads((tmp_path / "out" / "scores.json").read_text())
+    assert on_disk == doc
+    assert len(doc["ablation"]) == 2 + 2  # two heads, all together, control
+
+
+def test_writes_csv_and_every_figure(small, tmp_path):
+    r = run(*small, "--text", "one two three. one two three.")
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "out"
+    names = {p.name for p in out.iterdir()}
+    assert {"scores.json", "scores.csv", "heatmap_induction.png", "heatmap_copying.png", "loss_by_position.png",
+            "ablation.png", "attention_repeated.png", "attention_text_1.png"} <= names
+    header = (out / "scores.csv").read_text().splitlines()[0]
+    assert header == "layer,head,induction,prefix_matching,previous_token,duplicate_token,copying,roles"
+    assert all((out / n).stat().st_size > 1000 for n in names if n.endswith(".png"))
+
+
+def test_existing_results_are_never_overwritten_silently(small, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "scores.json").write_text("precious")
+    r = run(*small)
+    assert r.exit_code == 4
+    assert "already holds results" in r.output and "--overwrite" in r.output
+    assert (out / "scores.json").read_text() == "precious"
+    assert run(*small, "--overwrite").exit_code == 0
+    assert json.loads((out / "scores.json").read_text())["model"]["n_layers"] == 2
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--seq-len", "1"], "--seq-len must be at least 2"),
+        (["--batch", "0"], "--batch must be at least 1"),
+        (["--repeats", "1"], "--repeats must be at least 2"),
+        (["--seq-len", "200"], "the largest --seq-len for --repeats 2 is 127"),
+        (["--device", "tpu"], "unknown device"),
+        (["--dtype", "float8"], "unknown dtype"),
+        (["--text", "   "], "--text number 1 is empty"),
+        (["--threshold", "induction"], "bad --threshold"),
+        (["--ablation", "resample"], "unknown ablation"),
+    ],
+)
+def test_bad_input_gives_a_clear_message_and_nonzero_exit(small, args, message, tmp_path):
+    r = run(*small, *args)
+    assert r.exit_code != 0
+    assert message in " ".join(r.output.split()), r.output
+    assert "Traceback" not in r.output
+    assert not (tmp_path / "out" / "scores.json").exists()
+
+
+def test_cuda_without_a_gpu_says_so(small):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: --device cuda is valid here")
+    r = run(*small, "--device", "cuda")
+    assert r.exit_code == 2 and "no CUDA GPU" in r.output
+
+
+def test_file_that_is_not_utf8_is_refused(small, tmp_path):
+    f = tmp_path / "latin1.txt"
+    f.write_bytes("caf\xe9 caf\xe9".encode("latin-1"))
+    r = run(*small, "--file", f)
+    assert r.exit_code == 2 and "is not UTF-8" in r.output
+
+
+def test_debug_shows_the_traceback(small):
+    r = runner.invoke(app, ["induction", *map(str, small), "--batch", "0", "--debug"])
+    assert r.exit_code != 0 and r.exception is not None and type(r.exception).__name__ == "BadInput"
+
+
+def test_model_without_bos_token_uses_eos_and_says_so(tmp_path, tiny_gpt2_dir):
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    d = tmp_path / "nobos"
+    shutil.copytree(tiny_gpt2_dir, d)
+    tok = AutoTokenizer.from_pretrained(str(d))
+    tok.bos_token = None
+    tok.save_pretrained(str(d))
+    r = run("--model", d, "--seq-len", 5, "--batch", 2, "--top", 1, "--no-ablate", "--device", "cpu",
+            "--out", tmp_path / "o", "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["settings"]["bos_token_id"] == 50256 and doc["settings"]["n_tokens"] == 11
+    assert doc["settings"]["bos_source"].startswith("eos (the tokenizer has no BOS token")
+
+
+def test_without_bos_or_eos_sequences_start_with_the_random_tokens(tiny_gpt2):
+    from types import SimpleNamespace
+
+    from headscope.scan.sequences import repeated_tokens
+
+    stub = SimpleNamespace(tokenizer=tiny_gpt2.tokenizer, cfg=tiny_gpt2.cfg, headscope_bos=(None, "none"))
+    rt = repeated_tokens(stub, seq_len=4, batch=2, repeats=3)
+    assert rt.tokens.shape == (2, 12) and not rt.layout.bos
+    assert (rt.tokens[:, :4] == rt.tokens[:, 4:8]).all() and (rt.tokens != 50256).all()
