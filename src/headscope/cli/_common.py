@@ -10,6 +10,7 @@ from typing import Annotated, Callable
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from ..errors import HeadscopeError, OutputExists
 from ..models import DEFAULT_MODEL
@@ -48,9 +49,10 @@ def handle_errors(fn: Callable) -> Callable:
             if debug:
                 raise
             err = Console(stderr=True)
-            err.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+            # soft_wrap: never break a path or a command in the hint across lines.
+            err.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False, soft_wrap=True)
             if exc.hint:
-                err.print(f"[yellow]hint:[/] {exc.hint}", highlight=False)
+                err.print(f"[yellow]hint:[/] {escape(exc.hint)}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             Console(stderr=True).print("[red]interrupted[/]")

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ..models import BUILTINS, list_cached, resolve_source
+from ..models import BUILTINS, fetch_hub, list_cached, resolve_source
 from ..models.cache import cache_dir
 from . import app
 from ._common import DebugOpt, JsonOpt, consoles, handle_errors
@@ -47,19 +47,22 @@ def models_cmd(json_out: JsonOpt = False, debug: DebugOpt = False) -> None:
         c.add_row("(empty)", "", "")
     out.print(c)
     out.print("Any Hugging Face hub id (gpt2, EleutherAI/pythia-70m, ...), model directory or .gguf file also works "
-              "with --model. Clear the cache with `rm -r " + str(cache_dir()) + "`.", highlight=False)
+              "with --model. Clear the cache with `rm -r " + str(cache_dir()) + "`.", highlight=False, soft_wrap=True)
 
 
 @app.command("fetch")
 @handle_errors
 def fetch_cmd(
-    name: Annotated[str, typer.Argument(help="Built-in alias or .gguf file to prepare now (download + convert).")],
+    name: Annotated[str, typer.Argument(help="Built-in alias, .gguf file or hub id to prepare now.")],
     debug: DebugOpt = False,
 ) -> None:
-    """Prepare a model ahead of time so later runs start in seconds."""
+    """Prepare a model ahead of time so later runs start in seconds.
+
+    A built-in alias or a .gguf file is downloaded (built-ins only) and dequantized once into
+    the headscope cache; a hub id is downloaded into the Hugging Face cache (where the hub is
+    reachable). A model directory needs no preparing.
+    """
     _, err = consoles(False)
-    src = resolve_source(name, log=lambda m: err.print(m, highlight=False))
-    if src.kind == "hub":
-        err.print(f"{name} is a hub id: transformers downloads and caches it on first use; nothing to prepare here.")
-        return
-    err.print(f"[green]ready:[/] {src.name} -> {src.path}", highlight=False)
+    src = resolve_source(name, log=lambda m: err.print(m, highlight=False, soft_wrap=True))
+    path = fetch_hub(src.path) if src.kind == "hub" else src.path
+    err.print(f"[green]ready:[/] {src.name} -> {path}", highlight=False, soft_wrap=True)

@@ -50,12 +50,23 @@ def atomic_dir(final: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.partial-"))
     try:
         yield tmp
+        _apply_umask(tmp)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _apply_umask(root: Path) -> None:
+    # mkdtemp (and safetensors) create private 0700/0600 entries; give the finished cache
+    # entry the permissions any other file the user writes would get.
+    mask = os.umask(0)
+    os.umask(mask)
+    root.chmod(0o777 & ~mask)
+    for p in root.rglob("*"):
+        p.chmod((0o777 if p.is_dir() else 0o666) & ~mask)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

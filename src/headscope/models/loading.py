@@ -15,15 +15,17 @@ TransformerLens 4 ``TransformerBridge`` (which forces eager attention so that
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import socket
+import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -33,6 +35,10 @@ from . import builtin, cache
 Log = Callable[[str], None]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr)
 
 
 @dataclass(frozen=True)
@@ -91,13 +97,15 @@ def load_model(
     Returns the bridge; its tokenizer is ``model.tokenizer`` and where it came from is
     ``model.headscope_source``. Hook names are TransformerLens's
     (``blocks.{l}.attn.hook_pattern``, ``blocks.{l}.attn.hook_z``, ...).
+    ``log`` receives the few lines said during a first-time download or conversion
+    (default: stderr). Failures raise :class:`~headscope.errors.HeadscopeError` subclasses.
 
     >>> import headscope
     >>> model = headscope.load_model("smollm2-135m", device="cpu")   # doctest: +SKIP
     >>> model.cfg.n_layers, model.cfg.n_heads, model.tokenizer.decode([504])  # doctest: +SKIP
     (30, 9, 'The')
     """
-    log = log or (lambda msg: None)
+    log = log or _stderr
     dev = None if device_map is not None else resolve_device(device)
     torch_dtype = resolve_dtype(dtype)
     source = resolve_source(spec, log=log)
@@ -106,7 +114,12 @@ def load_model(
 
 
 def resolve_source(spec: str | os.PathLike, log: Log = lambda m: None) -> ModelSource:
-    """Turn what the user typed into a loadable directory or hub id (fetching/converting)."""
+    """Turn what the user typed into a loadable directory or hub id (fetching/converting).
+
+    Built-in aliases and ``.gguf`` files are fetched and converted into the cache here, once.
+    Hub ids are returned as they are: their availability is checked when they are loaded
+    (:func:`check_hub_available`).
+    """
     text = str(spec).strip()
     if not text:
         raise BadInput("empty model name", hint=f"try --model {builtin.DEFAULT_MODEL}")
@@ -127,6 +140,7 @@ def resolve_source(spec: str | os.PathLike, log: Log = lambda m: None) -> ModelS
                 hint="point at the folder that holds config.json and the weights "
                 "(e.g. one written by `model.save_pretrained(dir)`)",
             )
+        _check_causal_lm(_read_config(str(path)), repr(text))
         return ModelSource(text, "local", str(path))
     if _looks_like_path(text):
         raise BadInput(
@@ -150,7 +164,7 @@ def prepare_builtin(alias: str, log: Log = lambda m: None) -> Path:
     """The cached safetensors directory for a built-in model, made on first use."""
     model = builtin.BUILTINS[alias]
     target = cache.cache_dir() / "models" / alias
-    if (target / "headscope.json").is_file():
+    if _is_converted(target):
         return target
     cache.ensure_writable(cache.cache_dir())
     gguf = builtin.fetch_gguf(model, log=log)
@@ -165,11 +179,35 @@ def prepare_gguf(path: Path, log: Log = lambda m: None) -> Path:
     st = path.stat()
     key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:12]
     target = cache.cache_dir() / "models" / f"gguf-{path.stem}-{key}"
-    if (target / "headscope.json").is_file():
+    if _is_converted(target):
         return target
     cache.ensure_writable(cache.cache_dir())
     convert_gguf(path, target, log=log, extra={"gguf": str(path.resolve())})
     return target
+
+
+def _is_converted(target: Path) -> bool:
+    # headscope.json is written last, so its presence means the conversion finished; the
+    # weights are checked too in case someone deleted files by hand.
+    return (target / "headscope.json").is_file() and (target / "model.safetensors").is_file()
+
+
+@contextlib.contextmanager
+def quiet_progress() -> Iterator[None]:
+    """Hide transformers' per-load "Loading weights" bars (restored afterwards).
+
+    Loading from a local directory takes about a second, so the bar is noise. The GGUF
+    dequantize bar ("Converting and de-quantizing GGUF tensors") uses tqdm directly and stays.
+    """
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def convert_gguf(gguf: Path, target: Path, log: Log = lambda m: None, extra: dict | None = None) -> Path:
@@ -183,8 +221,10 @@ def convert_gguf(gguf: Path, target: Path, log: Log = lambda m: None, extra: dic
     log(f"Converting {gguf.name} to safetensors (once; later loads take seconds)...")
     t0 = time.perf_counter()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        with quiet_progress():
+            tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+            model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
+                                                         dtype=torch.float32)
     except Exception as exc:  # gguf raises assorted errors on truncated or foreign files
         raise ModelLoadError(
             f"could not read GGUF file {gguf}: {type(exc).__name__}: {_first_line(exc)}",
@@ -197,12 +237,19 @@ def convert_gguf(gguf: Path, target: Path, log: Log = lambda m: None, extra: dic
         del model.config.quantization_config
     model.hf_quantizer = None
     model.is_quantized = False
-    with cache.atomic_dir(target) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        meta = {"source_gguf": gguf.name, "converted_seconds": round(time.perf_counter() - t0, 1)}
-        meta.update(extra or {})
-        (tmp / "headscope.json").write_text(json.dumps(meta, indent=2))
+    try:
+        with cache.atomic_dir(target) as tmp, quiet_progress():
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            meta = {"source_gguf": gguf.name, "converted_seconds": round(time.perf_counter() - t0, 1)}
+            meta.update(extra or {})
+            (tmp / "headscope.json").write_text(json.dumps(meta, indent=2))  # last: marks it complete
+    except OSError as exc:
+        raise ModelLoadError(
+            f"could not write the converted model to {target.parent} ({exc.strerror or exc}); nothing was kept",
+            hint="free some disk space (a float32 copy takes about 4 bytes per parameter), or set "
+            "HEADSCOPE_CACHE to a directory with room",
+        ) from exc
     log(f"Cached at {target} ({cache.dir_size(target) / 1e6:.0f} MB, {time.perf_counter() - t0:.0f} s)")
     return target
 
@@ -232,6 +279,18 @@ def _in_hf_cache(repo_id: str, revision: str | None) -> bool:
         return False
 
 
+def _read_config(where: str, **kwargs):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(where, **kwargs)
+    except Exception as exc:
+        raise ModelLoadError(
+            f"could not read the model config of {where!r}: {_first_line(exc)}",
+            hint="check the model id or directory (its config.json must name a model_type transformers knows)",
+        ) from exc
+
+
 def _check_causal_lm(config: Any, where: str) -> None:
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
@@ -250,31 +309,54 @@ def _check_causal_lm(config: Any, where: str) -> None:
         )
 
 
+def check_hub_available(repo_id: str, revision: str | None = None) -> bool:
+    """Fail fast if a hub id can be neither downloaded nor read from the Hugging Face cache.
+
+    One TCP probe (3 s at most) instead of transformers' retries, which take about a minute
+    to give up when there is no network. Returns True when the hub is reachable, False when
+    only the local Hugging Face cache can serve the model (then load with ``local_files_only``).
+    """
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    reachable = not offline and _hub_reachable()
+    if not reachable and not _in_hf_cache(repo_id, revision):
+        raise ModelLoadError(
+            f"cannot load {repo_id!r}: it is not a local path, it is not in the Hugging Face cache, "
+            "and the Hugging Face hub is " + ("disabled (HF_HUB_OFFLINE=1)" if offline else "unreachable"),
+            hint="use the offline default (--model smollm2-135m), a local model directory or a "
+            ".gguf file; or run once where the hub is reachable to fill the cache",
+        )
+    return reachable
+
+
+def fetch_hub(repo_id: str, revision: str | None = None) -> Path:
+    """Download a hub model into the Hugging Face cache now (config, tokenizer, weights).
+
+    Loads it once on the CPU, which both downloads exactly the files transformers needs and
+    checks that it is a causal LM. Returns the snapshot directory in the Hugging Face cache.
+    """
+    from huggingface_hub import try_to_load_from_cache
+
+    _load_hf(ModelSource(repo_id, "hub", repo_id), torch.float32, None, revision)
+    config = try_to_load_from_cache(repo_id, "config.json", revision=revision)
+    return Path(config).parent if isinstance(config, str) else Path(repo_id)
+
+
 def _load_hf(source: ModelSource, dtype: torch.dtype, device_map, revision):
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     where = source.path
     kwargs: dict[str, Any] = {}
+    quiet = True
     if source.kind == "hub":
         if revision:
             kwargs["revision"] = revision
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-        if not _in_hf_cache(where, revision) and (offline or not _hub_reachable()):
-            raise ModelLoadError(
-                f"cannot load {where!r}: it is not a local path, it is not in the Hugging Face cache, "
-                "and the Hugging Face hub is " + ("disabled (HF_HUB_OFFLINE=1)" if offline else "unreachable"),
-                hint="use the offline default (--model smollm2-135m), a local model directory or a "
-                ".gguf file; or run once where the hub is reachable to fill the cache",
-            )
-    try:
-        config = AutoConfig.from_pretrained(where, **kwargs)
-    except Exception as exc:
-        raise ModelLoadError(
-            f"could not read the model config of {where!r}: {_first_line(exc)}",
-            hint="check the model id or directory",
-        ) from exc
-    _check_causal_lm(config, repr(source.name))
-    with warnings.catch_warnings():
+        if check_hub_available(where, revision):
+            quiet = False  # a download may follow: let its progress show
+        else:
+            kwargs["local_files_only"] = True
+    _check_causal_lm(_read_config(where, **kwargs), repr(source.name))
+    progress = quiet_progress() if quiet else contextlib.nullcontext()
+    with warnings.catch_warnings(), progress:
         warnings.simplefilter("ignore")
         logging.getLogger("transformers").setLevel(logging.ERROR)
         try:
@@ -300,6 +382,9 @@ def _load_hf(source: ModelSource, dtype: torch.dtype, device_map, revision):
 def _wrap(source: ModelSource, hf_model, tokenizer, device, dtype, device_map):
     from transformer_lens.model_bridge import TransformerBridge
 
+    # TransformerLens sets a missing BOS token to EOS on the tokenizer; remember what the
+    # model's own tokenizer said so the scans can state the choice.
+    own_bos = (tokenizer.bos_token_id, tokenizer.eos_token_id)
     kwargs: dict[str, Any] = {"hf_model": hf_model, "tokenizer": tokenizer, "dtype": dtype}
     if device_map is None:
         kwargs["device"] = device
@@ -316,7 +401,21 @@ def _wrap(source: ModelSource, hf_model, tokenizer, device, dtype, device_map):
             ) from exc
     bridge.eval()
     bridge.headscope_source = source
+    bridge.headscope_bos = bos_choice(*own_bos)
     return bridge
+
+
+def bos_choice(bos_id: int | None, eos_id: int | None) -> tuple[int | None, str]:
+    """The token to prepend to sequences, and a phrase saying where it came from.
+
+    The tokenizer's BOS if it has one; else its EOS, as TransformerLens does (GPT-2 style
+    models use ``<|endoftext|>`` as a document separator); else nothing.
+    """
+    if bos_id is not None:
+        return bos_id, "bos"
+    if eos_id is not None:
+        return eos_id, "eos (the tokenizer has no BOS token; EOS used instead, as TransformerLens does)"
+    return None, "none (the tokenizer has neither BOS nor EOS; sequences start with the first random token)"
 
 
 def list_cached() -> list[dict[str, Any]]:
@@ -325,6 +424,6 @@ def list_cached() -> list[dict[str, Any]]:
     out = []
     if root.is_dir():
         for d in sorted(root.iterdir()):
-            if d.is_dir() and (d / "headscope.json").is_file():
+            if not d.name.startswith(".") and d.is_dir() and _is_converted(d):
                 out.append({"name": d.name, "bytes": cache.dir_size(d), "path": str(d)})
     return out

