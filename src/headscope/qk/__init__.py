@@ -1,0 +1,20 @@
+"""QK-circuit analysis: what each head's queries look for, on real text and in the weights.
+
+- :func:`qk_scores` -- live pre-softmax scores and patterns on the user's text;
+- :func:`decompose_qk` -- a score split over the residual stream's components (why it attends there);
+- :func:`positional_qk`, :func:`token_qk` -- positional and token QK circuits from the weights;
+- :func:`composition_scores` -- Q/K/V-composition between every earlier and later head;
+- :func:`analyze_qk` -- all of the above for chosen (or automatically picked) heads, as the CLI runs it.
+"""
+
+from .circuits import positional_qk, token_qk
+from .composition import composition_scores
+from .decompose import decompose_qk
+from .inputs import SAMPLE_TEXTS, parse_head, parse_heads
+from .live import qk_scores
+from .results import CompositionScores, PositionalQK, QKDecomposition, QKScores, TokenQK
+
+__all__ = [
+    "SAMPLE_TEXTS", "CompositionScores", "PositionalQK", "QKDecomposition", "QKScores", "TokenQK",
+    "composition_scores", "decompose_qk", "parse_head", "parse_heads", "positional_qk", "qk_scores", "token_qk",
+]

@@ -1,0 +1,128 @@
+"""QK circuits from the weights alone: positional (learned or rotary) and token.
+
+Inputs to a head are normalised: we apply the head's own norm with the scale frozen at each
+input vector's own value (so a token embedding ``e`` enters as ``norm(e)``: centred for
+LayerNorm, divided by its RMS/std, gain folded into ``W_Q``/``W_K``). Biases are left out:
+these are the bilinear forms ``x_q^T W_Q W_K^T x_k / sqrt(d_head)`` only.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..errors import BadInput
+from ..weights import HeadWeights, head_weights
+from . import rotary
+from .inputs import token_labels
+from .live import as_heads, model_name
+from .results import PositionalQK, TokenQK
+
+
+def normalise(x: torch.Tensor, norm: str, eps: float = 1e-5) -> torch.Tensor:
+    """Apply the (gain-free) norm to each row of ``x [..., d_model]``."""
+    x = x.double()
+    if norm == "layernorm":
+        x = x - x.mean(-1, keepdim=True)
+    return x / (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()
+
+
+@torch.no_grad()
+def positional_qk(model, heads, *, n_positions: int = 64, residuals: dict[int, torch.Tensor] | None = None,
+                  weights: HeadWeights | None = None) -> PositionalQK:
+    """How each head's score depends on position alone.
+
+    Learned positions (GPT-2): ``P W_Q W_K^T P^T / sqrt(d_head)`` with P the first
+    ``n_positions`` rows of ``W_pos``, normalised; the offset curve is its mean along each
+    diagonal. Rotary (Llama, SmolLM2): the expected score between a query at position i and
+    a key at i - d whose inputs are drawn independently from a sample of normalised
+    residual vectors, ``qbar^T RoPE(d) kbar / sqrt(d_head)`` with qbar, kbar the mean query
+    and key (exact, by linearity). The sample is ``residuals[layer]`` (``[N, d_model]``,
+    already normalised) where given, else the normalised token embeddings of the vocabulary.
+    """
+    heads = as_heads(model, heads)
+    w = weights or head_weights(model)
+    eps = float(getattr(model.cfg, "eps", 1e-5))
+    scale = w.W_Q.shape[-1] ** -0.5
+    offsets = np.arange(n_positions)
+    curves, mats = [], []
+    if rotary.is_rotary(model):
+        cos, sin = rotary.cos_sin(model, torch.arange(n_positions))
+        emb_mean = normalise(w.W_E, w.norm, eps).mean(0)
+        for layer, h in heads:
+            x_mean = residuals[layer].double().mean(0) if residuals and layer in residuals else emb_mean
+            q = x_mean @ w.W_Q[layer, h].double()
+            k = x_mean @ w.W_K[layer, h].double()
+            q_at = rotary.apply_rope(q.expand(n_positions, -1), cos, sin, rotary.adjacent_pairs(model))
+            curves.append((q_at @ k).numpy() * scale)  # query at position d, key at 0 == offset d
+        src = ("residual vectors from the given texts at each head's layer (BOS excluded)" if residuals
+               else "the normalised token embeddings of the whole vocabulary")
+        method = (f"rotary: expected score between a query at i and a key at i - offset, inputs drawn independently "
+                  f"from {src}; = qbar^T RoPE(offset) kbar / sqrt(d_head), qbar/kbar the mean query/key "
+                  f"(biases and the content-dependent part left out)")
+        return PositionalQK(model_name(model), heads, offsets, np.stack(curves), None, method, rotary.rope_theta(model))
+    if w.W_pos is None:
+        raise BadInput("this model has neither learned nor rotary positions; there is no positional QK circuit",
+                       hint="skip the positional analysis for this model")
+    n = min(n_positions, w.W_pos.shape[0])
+    P = normalise(w.W_pos[:n], w.norm, eps)
+    for layer, h in heads:
+        m = (P @ w.W_Q[layer, h].double()) @ (P @ w.W_K[layer, h].double()).T * scale
+        m = torch.tril(m) + torch.triu(torch.full_like(m, float("nan")), 1)
+        mats.append(m.numpy())
+        curves.append(np.array([np.nanmean(np.diagonal(mats[-1], -d)) for d in range(n)]))
+    method = ("learned positions: W_pos W_Q W_K^T W_pos^T / sqrt(d_head) on the first "
+              f"{n} positions, each W_pos row normalised by the head's norm (scale = its own); "
+              "offset curve = mean along each diagonal")
+    return PositionalQK(model_name(model), heads, offsets[:n], np.stack(curves), np.stack(mats), method)
+
+
+def _top_tokens(vec: torch.Tensor, labels_of, k: int, sign: int) -> list[str]:
+    idx = torch.topk(sign * vec, k).indices.tolist()
+    return labels_of(idx)
+
+
+@torch.no_grad()
+def token_qk(model, head, token_ids: list[int], *, directions: int = 3, per_direction: int = 6,
+             weights: HeadWeights | None = None, normalised_embeddings: torch.Tensor | None = None) -> TokenQK:
+    """Head ``head``'s token QK circuit on ``token_ids`` and the top of its full-vocab SVD.
+
+    The full circuit ``E W_Q W_K^T E^T / sqrt(d_head)`` (E the normalised embeddings, vocab
+    x d_model) has rank d_head; we take its SVD from the factors ``A = E W_Q``, ``B = E W_K``
+    via ``A = Qa Ra``, ``B = Qb Rb``, ``svd(Ra Rb^T)`` (d_head x d_head), never forming
+    vocab x vocab.
+    """
+    (layer, h), = as_heads(model, [head])
+    w = weights or head_weights(model)
+    eps = float(getattr(model.cfg, "eps", 1e-5))
+    E = normalised_embeddings if normalised_embeddings is not None else normalise(w.W_E, w.norm, eps).float()
+    scale = w.W_Q.shape[-1] ** -0.5
+    W_Q, W_K = w.W_Q[layer, h].float(), w.W_K[layer, h].float()
+    token_ids = list(dict.fromkeys(int(t) for t in token_ids))  # each token once, first-seen order
+    ids = torch.tensor(token_ids)
+    sub = (E[ids] @ W_Q) @ (E[ids] @ W_K).T * scale
+    A, B = E @ W_Q * scale, E @ W_K
+    Qa, Ra = torch.linalg.qr(A)
+    Qb, Rb = torch.linalg.qr(B)
+    U, S, Vh = torch.linalg.svd((Ra @ Rb.T).double())
+    tok = model.tokenizer
+
+    def labels_of(idx):
+        return token_labels(tok, idx)
+
+    dirs = []
+    for n in range(directions):
+        u = Qa @ U[:, n].float()
+        v = Qb @ Vh[n].float()
+        dirs.append({
+            "singular_value": round(float(S[n]), 4),
+            "queries_plus": _top_tokens(u, labels_of, per_direction, 1),
+            "keys_plus": _top_tokens(v, labels_of, per_direction, 1),
+            "queries_minus": _top_tokens(u, labels_of, per_direction, -1),
+            "keys_minus": _top_tokens(v, labels_of, per_direction, -1),
+        })
+    method = ("x_t W_Q W_K^T x_s^T / sqrt(d_head), x = the token's embedding normalised by the head's norm "
+              "(its own scale), biases and positions left out; SVD of the full circuit from its rank-d_head factors. "
+              "A direction pairs queries_plus with keys_plus (and queries_minus with keys_minus) to raise the score")
+    return TokenQK(model_name(model), layer, h, list(map(int, token_ids)), labels_of(list(token_ids)),
+                   sub.double().numpy(), S[:directions].numpy(), dirs, method)

@@ -1,0 +1,116 @@
+"""Q-, K- and V-composition scores between every earlier and later head (Elhage et al. 2021).
+
+``score(A, B) = ||A B||_F / (||A||_F ||B||_F)`` with ``A = W_V^a W_O^a`` (the earlier head's
+OV circuit, acting on row vectors) and ``B`` the later head's ``W_Q W_K^T`` (Q-composition),
+``W_K W_Q^T`` (K-composition: the earlier head writes what the later head's keys read) or
+``W_V W_O`` (V-composition) -- TransformerLens's ``all_composition_scores`` convention.
+
+Every matrix here is d_model x d_model but rank d_head, so we never form one. For the left
+matrix take ``Y`` (d_model x d_head) with ``Y Y^T = A^T A``, for the right one ``Z`` with
+``Z Z^T = B B^T`` (each from the square root of a d_head x d_head Gram matrix); then
+``||A B||_F = ||Y^T Z||_F``, a d_head x d_head product, and ``||A||_F = ||Y||_F``,
+``||B||_F = ||Z||_F``. All pairs are one matmul per earlier layer. For LayerNorm models reading and writing weights are centred along d_model
+first (what TransformerLens's ``fold_ln`` + ``center_writing_weights`` give, and what ARENA
+uses); norm gains are folded in (:func:`headscope.weights.head_weights`).
+
+The baseline is the mean score of Gaussian random matrices of the same shapes
+(``d_model x d_head`` times ``d_head x d_model`` on both sides), as ARENA subtracts.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..weights import HeadWeights, head_weights
+from .live import model_name
+from .results import CompositionScores
+
+KINDS = ("Q", "K", "V")
+
+
+def _gram_sqrt(M: torch.Tensor) -> torch.Tensor:
+    """Symmetric square root of ``M^T M`` (``[..., r, r]``); rank-deficient M is fine."""
+    vals, vecs = torch.linalg.eigh(M.transpose(-1, -2) @ M)
+    return (vecs * vals.clamp(min=0).sqrt().unsqueeze(-2)) @ vecs.transpose(-1, -2)
+
+
+def left_factor(W_V: torch.Tensor, W_O: torch.Tensor) -> torch.Tensor:
+    """Y ``[..., d, r]`` with ``Y Y^T = A^T A`` for ``A = W_V W_O``: ``Y = W_O^T (W_V^T W_V)^(1/2)``."""
+    return W_O.transpose(-1, -2) @ _gram_sqrt(W_V)
+
+
+def right_factor(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """Z ``[..., d, r]`` with ``Z Z^T = B B^T`` for ``B = first second^T``: ``Z = first (second^T second)^(1/2)``."""
+    return first @ _gram_sqrt(second)
+
+
+def factored_score(Y: torch.Tensor, Z: torch.Tensor) -> torch.Tensor:
+    """Composition score from factors: ``Y [A, d, r]``, ``Z [B, d, r]`` -> ``[A, B]``.
+
+    ``||A B||_F^2 = tr(A^T A B B^T) = tr(Y Y^T Z Z^T) = ||Y^T Z||_F^2``.
+    """
+    A, d, r = Y.shape
+    B = Z.shape[0]
+    # the one big product runs in float32 (relative error ~1e-6, twice the speed of float64)
+    inner = Y.transpose(1, 2).reshape(A * r, d).float() @ Z.permute(1, 0, 2).reshape(d, B * r).float()
+    num = inner.square_().reshape(A, r, B, r).sum((1, 3)).double().sqrt()
+    return num / (Y.flatten(1).norm(dim=1)[:, None] * Z.flatten(1).norm(dim=1)[None, :])
+
+
+def dense_score(W_A: torch.Tensor, W_B: torch.Tensor) -> float:
+    """The definition, on explicit matrices (for checks and small cases)."""
+    return float((W_A @ W_B).norm() / (W_A.norm() * W_B.norm()))
+
+
+def random_baseline(d_model: int, d_head: int, samples: int = 200, seed: int = 0) -> tuple[float, float]:
+    """Mean and std of the score between random ``(d_model x d_head)(d_head x d_model)`` products."""
+    g = torch.Generator().manual_seed(seed)
+    def rand():
+        return torch.randn(samples, d_model, d_head, generator=g, dtype=torch.float64)
+    Y = left_factor(rand(), rand().transpose(1, 2))
+    Z = right_factor(rand(), rand())
+    num = (Y.transpose(1, 2) @ Z).flatten(1).norm(dim=1)
+    s = num / (Y.flatten(1).norm(dim=1) * Z.flatten(1).norm(dim=1))
+    return float(s.mean()), float(s.std())
+
+
+def _centred(w: HeadWeights) -> tuple[torch.Tensor, ...]:
+    W_Q, W_K, W_V, W_O = (t.double() for t in (w.W_Q, w.W_K, w.W_V, w.W_O))
+    if w.norm == "layernorm":  # LN removes the all-ones direction: drop it from reads and writes
+        W_Q, W_K, W_V = (t - t.mean(-2, keepdim=True) for t in (W_Q, W_K, W_V))
+        W_O = W_O - W_O.mean(-1, keepdim=True)
+    return W_Q, W_K, W_V, W_O
+
+
+@torch.no_grad()
+def composition_scores(model_or_weights, kinds=KINDS, *, baseline_samples: int = 200, seed: int = 0,
+                       progress=None) -> CompositionScores:
+    """Q/K/V-composition scores ``[L, H, L, H]`` (earlier layer, head, later layer, head).
+
+    Pairs where the later head is not in a later layer are NaN. Accepts a model or a
+    :class:`~headscope.weights.HeadWeights`. ``progress(done, total)`` is called per layer.
+    """
+    w = model_or_weights if isinstance(model_or_weights, HeadWeights) else head_weights(model_or_weights)
+    W_Q, W_K, W_V, W_O = _centred(w)
+    L, H, d, r = W_Q.shape
+    Y = left_factor(W_V, W_O).reshape(L * H, d, r)
+    right = {
+        "Q": lambda: right_factor(W_Q, W_K),  # W_Q W_K^T
+        "K": lambda: right_factor(W_K, W_Q),  # W_K W_Q^T
+        "V": lambda: right_factor(W_V, W_O.transpose(-1, -2)),  # W_V W_O
+    }
+    scores = {}
+    steps, done = len(kinds) * max(L - 1, 1), 0
+    for kind in kinds:
+        Z = right[kind]().reshape(L * H, d, r)
+        out = torch.full((L, H, L, H), float("nan"), dtype=torch.float64)
+        for la in range(L - 1):
+            s = factored_score(Y[la * H:(la + 1) * H], Z[(la + 1) * H:])
+            out[la, :, la + 1:, :] = s.reshape(H, L - la - 1, H)
+            done += 1
+            if progress:
+                progress(done, steps)
+        scores[kind] = out.numpy()
+    mean, std = random_baseline(d, r, baseline_samples, seed)
+    name = "weights" if isinstance(model_or_weights, HeadWeights) else model_name(model_or_weights)
+    return CompositionScores(model_name=name, scores=scores, baseline=mean, baseline_std=std, d_model=d, d_head=r)

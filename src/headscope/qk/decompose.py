@@ -1,0 +1,170 @@
+"""Why a head attends where it does: its score split over the residual stream's components.
+
+Head ``(l, h)`` reads ``x = resid_pre[l]``, which is a sum of components: the token
+embedding (plus the position embedding where positions are learned), every earlier head's
+output ``z_h W_O^h`` (per head, not per layer), every earlier MLP's output, and the attention
+output biases. With the normalisation **scale frozen** (each component divided by the
+actual token's norm scale from ``ln1.hook_scale``, and centred first for LayerNorm) the
+query and key are linear in the components::
+
+    q_i = RoPE_i( sum_a W_Q^T c_a(i) / s_i  + b_Q )    k_j = RoPE_j( sum_b W_K^T c_b(j) / s_j + b_K )
+
+so the score ``q_i . k_j / sqrt(d_head)`` is a sum over (query component, key component)
+pairs. Rotary positions are applied per component at its own position (RoPE is linear).
+The *key-side* contribution of component ``b`` is ``q_i . k_b(j) / sqrt(d_head)``, the
+*query-side* one of ``a`` is ``q_a(i) . k_j / sqrt(d_head)``; each side sums to the score.
+A last component, ``float_error``, holds ``resid_pre`` minus the sum of the hooked pieces
+(the model's float32 rounding, ~1e-5 of the residual), so the sums are exact.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..errors import BadInput
+from ..weights import HeadWeights, head_weights
+from . import rotary
+from .inputs import TokenSequence
+from .live import as_heads, as_sequences, capture, model_name
+from .results import QKDecomposition
+
+
+def capture_residual(model, seq: TokenSequence, up_to_layer: int) -> dict[str, torch.Tensor]:
+    """The hooks a decomposition needs for every layer ``<= up_to_layer``, one forward pass."""
+    names = ["hook_embed"]
+    if not rotary.is_rotary(model) and getattr(model.cfg, "positional_embedding_type", "") == "standard":
+        names.append("hook_pos_embed")
+    for layer in range(up_to_layer + 1):
+        names += [f"blocks.{layer}.hook_resid_pre", f"blocks.{layer}.ln1.hook_scale",
+                  f"blocks.{layer}.attn.hook_attn_scores", f"blocks.{layer}.attn.hook_pattern"]
+        if layer < up_to_layer:
+            names += [f"blocks.{layer}.attn.hook_z", f"blocks.{layer}.hook_mlp_out"]
+    return capture(model, seq, names)
+
+
+def residual_components(acts: dict, w: HeadWeights, layer: int) -> tuple[list[str], list[str], torch.Tensor]:
+    """Names, kinds and vectors ``[C, pos, d_model]`` of the pieces that sum to ``resid_pre[layer]``."""
+    names, kinds, vecs = ["embed"], ["embed"], [acts["hook_embed"]]
+    if "hook_pos_embed" in acts:
+        names.append("pos_embed"), kinds.append("embed"), vecs.append(acts["hook_pos_embed"])
+    W_O = w.W_O.double()
+    bias = torch.zeros_like(vecs[0])
+    for earlier in range(layer):
+        z = acts[f"blocks.{earlier}.attn.hook_z"]  # [pos, n_heads, d_head]
+        out = torch.einsum("phe,hed->hpd", z, W_O[earlier])
+        for h in range(w.n_heads):
+            names.append(f"L{earlier}H{h}"), kinds.append("head"), vecs.append(out[h])
+        names.append(f"MLP{earlier}"), kinds.append("mlp"), vecs.append(acts[f"blocks.{earlier}.hook_mlp_out"])
+        bias = bias + w.b_O[earlier].double()
+    if layer and bias.abs().max() > 0:
+        names.append("attn_bias"), kinds.append("bias"), vecs.append(bias)
+    stack = torch.stack(vecs)
+    names.append("float_error"), kinds.append("rounding")
+    stack = torch.cat([stack, (acts[f"blocks.{layer}.hook_resid_pre"] - stack.sum(0))[None]])
+    return names, kinds, stack
+
+
+def head_vectors(model, w: HeadWeights, acts: dict, layer: int, head: int):
+    """Per-component query and key vectors ``[C(+bias), pos, d_head]`` after frozen norm and RoPE."""
+    names, kinds, comps = residual_components(acts, w, layer)
+    if w.norm == "layernorm":
+        comps = comps - comps.mean(-1, keepdim=True)
+    comps = comps / acts[f"blocks.{layer}.ln1.hook_scale"][None]  # frozen scale, [pos, 1]
+    q = comps @ w.W_Q[layer, head].double()
+    k = comps @ w.W_K[layer, head].double()
+    b_q, b_k = w.b_Q[layer, head].double(), w.b_K[layer, head].double()
+    T = comps.shape[1]
+    q_names, k_names = list(names), list(names)
+    q_kinds, k_kinds = list(kinds), list(kinds)
+    if b_q.abs().max() > 0:
+        q = torch.cat([q, b_q.expand(1, T, -1)]); q_names.append("q_bias"); q_kinds.append("bias")
+    if b_k.abs().max() > 0:
+        k = torch.cat([k, b_k.expand(1, T, -1)]); k_names.append("k_bias"); k_kinds.append("bias")
+    if rotary.is_rotary(model):
+        cos, sin = rotary.cos_sin(model, torch.arange(T))
+        adj = rotary.adjacent_pairs(model)
+        q, k = rotary.apply_rope(q, cos, sin, adj), rotary.apply_rope(k, cos, sin, adj)
+    return (q_names, q_kinds, q), (k_names, k_kinds, k)
+
+
+def stripe_pairs(ids: list[int]) -> list[tuple[int, int]]:
+    """Induction-stripe (query, key) pairs: key ``j`` follows an earlier copy of query token ``i``.
+
+    ``ids[j - 1] == ids[i]`` with ``1 <= j - 1 < i``; position 0 (BOS) is never a copy.
+    """
+    return [(i, j) for i in range(2, len(ids)) for j in range(2, i + 1) if ids[j - 1] == ids[i]]
+
+
+def choose_pairs(seq: TokenSequence, pattern: np.ndarray, query: int | None, key: int | None):
+    """The (query, key) pairs to explain and a sentence saying how they were chosen."""
+    T = len(seq)
+    if query is None and key is not None:
+        raise BadInput("a key position needs a query position too", hint="pass query=... as well")
+    if query is None:
+        pairs = stripe_pairs(seq.ids)
+        if pairs:
+            return pairs, f"averaged over the induction stripe ({len(pairs)} query/key pairs where the key follows an earlier copy of the query's token)"
+        query = T - 1
+        how = "no token repeats, so no induction stripe: "
+    else:
+        how = ""
+    q = query + T if query < 0 else query
+    if not 0 <= q < T:
+        raise BadInput(f"query position {query} is outside the sequence of {T} tokens (0..{T - 1}, BOS is 0)",
+                       hint="use a position from 1 to the last token, or a negative index")
+    if key is None:
+        row = pattern[q, : q + 1].copy()
+        if q > 0:
+            row[0] = -1  # explain content, not the BOS sink
+        k = int(row.argmax())
+        return [(q, k)], how + f"query {q} and its most-attended key {k}" + (" (BOS excluded)" if q > 0 else "")
+    k = key + T if key < 0 else key
+    if not 0 <= k <= q:
+        raise BadInput(f"key position {key} is not visible from query {q}: keys run from 0 to the query (causal mask)",
+                       hint=f"use a key position from 0 to {q}")
+    return [(q, k)], f"query {q}, key {k}"
+
+
+@torch.no_grad()
+def decompose_qk(model, head, text=None, *, query: int | None = None, key: int | None = None,
+                 weights: HeadWeights | None = None, max_tokens: int | None = None,
+                 acts: dict | None = None) -> QKDecomposition:
+    """Split head ``head``'s score on ``text`` over residual components, key side and query side.
+
+    With neither ``query`` nor ``key`` the result is averaged over the induction stripe (or,
+    without repeats, the last query and its most-attended non-BOS key). Contributions are
+    in score units (``q.k/sqrt(d_head)``); ``vs_mean_key`` columns subtract each component's
+    mean over all keys the query can see, which is what the softmax responds to.
+    """
+    (layer, h), = as_heads(model, [head])
+    seq = as_sequences(model, text, max_tokens)[0]
+    w = weights or head_weights(model)
+    acts = acts if acts is not None else capture_residual(model, seq, layer)
+    (qn, qkinds, q), (kn, kkinds, k) = head_vectors(model, w, acts, layer, h)
+    pattern = acts[f"blocks.{layer}.attn.hook_pattern"][h].numpy()
+    pairs, how = choose_pairs(seq, pattern, query, key)
+    scale = w.W_Q.shape[-1] ** -0.5
+    q_tot, k_tot = q.sum(0), k.sum(0)  # [T, d_head]
+    key_c, key_rel, qry_c, qry_rel, pair_m = 0, 0, 0, 0, 0
+    totals, model_scores = [], []
+    for i, j in pairs:
+        kc_all = (k[:, : i + 1] @ q_tot[i]) * scale  # [C_k, keys 0..i]
+        key_c = key_c + kc_all[:, j]
+        key_rel = key_rel + kc_all[:, j] - kc_all.mean(1)
+        qry_c = qry_c + (q[:, i] @ k_tot[j]) * scale
+        qry_rel = qry_rel + (q[:, i] @ (k_tot[j] - k_tot[: i + 1].mean(0))) * scale
+        pair_m = pair_m + (q[:, i] @ k[:, j].T) * scale
+        totals.append(float(q_tot[i] @ k_tot[j]) * scale)
+        model_scores.append(float(acts[f"blocks.{layer}.attn.hook_attn_scores"][h, i, j]))
+    n = len(pairs)
+    return QKDecomposition(
+        model_name=model_name(model), layer=layer, head=h, sequence=seq, pairs=pairs, how=how,
+        query_names=qn, query_kinds=qkinds, key_names=kn, key_kinds=kkinds,
+        key_contrib=(key_c / n).numpy(), key_vs_mean=(key_rel / n).numpy(),
+        query_contrib=(qry_c / n).numpy(), query_vs_mean=(qry_rel / n).numpy(),
+        pair_contrib=(pair_m / n).numpy(), score=float(np.mean(totals)),
+        model_score=float(np.mean(model_scores)),
+        max_abs_error=float(np.max(np.abs(np.array(totals) - np.array(model_scores)))),
+        attention=float(np.mean([pattern[i, j] for i, j in pairs])),
+    )

@@ -1,0 +1,371 @@
+"""Result values of the QK analysis: numbers in, frames/JSON/figures out, no model inside.
+
+Each class carries one idea, converts to a tidy :mod:`pandas` frame (``.to_frame()``) and a
+JSON-ready dict (``.to_dict()``), draws itself through :mod:`headscope.render.qk_figures`
+(imported lazily, so computing never needs matplotlib) and shows a table plus its main
+figure in a notebook (``_repr_html_``).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .inputs import TokenSequence
+
+SCORE_DEF = "pre-softmax score q_i . k_j / sqrt(d_head) (rotary applied); causal mask shown as masked (NaN)"
+FROZEN_NOTE = ("normalisation scale frozen: every component is divided by the actual token's ln1 scale "
+               "(and centred first for LayerNorm), so the score is linear in the components")
+
+
+def _num(x, nd: int = 6):
+    """JSON-safe rounding: NaN becomes None."""
+    if isinstance(x, np.ndarray):
+        return [_num(v, nd) for v in x.tolist()] if x.ndim else _num(x.item(), nd)
+    if isinstance(x, list):
+        return [_num(v, nd) for v in x]
+    if isinstance(x, float):
+        return None if np.isnan(x) else round(x, nd)
+    return x
+
+
+def _figure_html(fig) -> str:
+    import base64
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
+    plt.close(fig)
+    return f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}"/>'
+
+
+def _html(title: str, frame, fig=None, rows: int = 12) -> str:
+    body = frame.head(rows).to_html(index=False, float_format=lambda v: f"{v:.4g}")
+    return f"<h4>{html.escape(title)}</h4>{body}" + (_figure_html(fig) if fig is not None else "")
+
+
+class _Result:
+    def to_dict(self) -> dict:  # pragma: no cover - every subclass defines it
+        raise NotImplementedError
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+
+@dataclass
+class QKScores(_Result):
+    """Live scores and patterns. ``scores[s][n]`` is ``[query, key]`` for sequence ``s``, head ``heads[n]``.
+
+    Score: ``q_i . k_j / sqrt(d_head)`` (rotary applied), NaN where the causal mask hides key j > i.
+    Pattern: the softmax of the scores, rows summing to 1.
+    """
+
+    model_name: str
+    heads: list[tuple[int, int]]
+    sequences: list[TokenSequence]
+    scores: list[np.ndarray]  # per sequence: [n_heads_chosen, T, T]
+    patterns: list[np.ndarray]
+
+    def to_frame(self):
+        import pandas as pd
+
+        rows = []
+        for s, seq in enumerate(self.sequences):
+            T = len(seq)
+            qi, kj = np.tril_indices(T)
+            for n, (layer, head) in enumerate(self.heads):
+                rows.append(pd.DataFrame({
+                    "sequence": s, "layer": layer, "head": head, "query_pos": qi, "key_pos": kj,
+                    "query_token": [seq.labels[i] for i in qi], "key_token": [seq.labels[j] for j in kj],
+                    "score": self.scores[s][n][qi, kj], "attention": self.patterns[s][n][qi, kj],
+                }))
+        return pd.concat(rows, ignore_index=True)
+
+    def to_dict(self) -> dict:
+        return {
+            "definition": SCORE_DEF,
+            "heads": [f"{l}.{h}" for l, h in self.heads],
+            "sequences": [{
+                "text": seq.text, "tokens": seq.labels, "token_ids": seq.ids, "notes": seq.notes,
+                "heads": {f"{l}.{h}": {"scores": _num(self.scores[s][n], 4), "pattern": _num(self.patterns[s][n], 4)}
+                          for n, (l, h) in enumerate(self.heads)},
+            } for s, seq in enumerate(self.sequences)],
+        }
+
+    def head_index(self, head) -> int:
+        lh = tuple(head) if not isinstance(head, str) else tuple(int(x) for x in head.split("."))
+        return self.heads.index(lh)
+
+    def plot(self, sequence: int = 0, head=None):
+        """Scores and pattern of one head on one sequence, token x token (queries down, keys across)."""
+        from ..render.qk_figures import plot_live
+
+        return plot_live(self, sequence, 0 if head is None else self.head_index(head))
+
+    def plot_grid(self, sequence: int = 0):
+        from ..render.qk_figures import plot_live_grid
+
+        return plot_live_grid(self, sequence)
+
+    def _repr_html_(self) -> str:
+        import pandas as pd
+
+        rows = [{"sequence": s, "head": f"{l}.{h}", "tokens": len(seq),
+                 "max score": float(np.nanmax(self.scores[s][n])),
+                 "mean attention to BOS": float(self.patterns[s][n][1:, 0].mean()) if len(seq) > 1 else np.nan}
+                for s, seq in enumerate(self.sequences) for n, (l, h) in enumerate(self.heads)]
+        return _html(f"QK scores, {self.model_name}", pd.DataFrame(rows), self.plot_grid(0))
+
+
+@dataclass
+class QKDecomposition(_Result):
+    """Head ``layer.head``'s score split over residual components (see :mod:`headscope.qk.decompose`).
+
+    ``key_contrib[c]``: ``q_i . k_c(j) / sqrt(d_head)`` for key-side component c, averaged over
+    ``pairs``; sums to ``score``. ``query_contrib`` likewise for the query side.
+    ``*_vs_mean``: the same minus its mean over every key the query sees; sums to
+    score minus the query's mean score. ``pair_contrib[a, b]``: query component a x key
+    component b. ``model_score`` is ``hook_attn_scores`` at the same pairs.
+    """
+
+    model_name: str
+    layer: int
+    head: int
+    sequence: TokenSequence
+    pairs: list[tuple[int, int]]
+    how: str
+    query_names: list[str]
+    query_kinds: list[str]
+    key_names: list[str]
+    key_kinds: list[str]
+    key_contrib: np.ndarray
+    key_vs_mean: np.ndarray
+    query_contrib: np.ndarray
+    query_vs_mean: np.ndarray
+    pair_contrib: np.ndarray  # [C_query, C_key]
+    score: float
+    model_score: float
+    max_abs_error: float
+    attention: float
+    note: str = FROZEN_NOTE
+
+    @property
+    def label(self) -> str:
+        return f"{self.layer}.{self.head}"
+
+    def to_frame(self):
+        """One row per (side, component), ranked by |contribution| within each side."""
+        import pandas as pd
+
+        frames = []
+        for side, names, kinds, c, rel in (("key", self.key_names, self.key_kinds, self.key_contrib, self.key_vs_mean),
+                                           ("query", self.query_names, self.query_kinds, self.query_contrib, self.query_vs_mean)):
+            f = pd.DataFrame({"side": side, "component": names, "kind": kinds, "contribution": c, "vs_mean_key": rel})
+            f["rank"] = f["contribution"].abs().rank(ascending=False, method="first").astype(int)
+            frames.append(f.sort_values("rank"))
+        out = pd.concat(frames, ignore_index=True)
+        out.insert(0, "head", self.label)
+        return out
+
+    def top(self, side: str = "key", k: int = 5, by: str = "contribution") -> list[tuple[str, float]]:
+        f = self.to_frame()
+        f = f[f.side == side]
+        f = f.reindex(f[by].abs().sort_values(ascending=False).index)
+        return list(zip(f.component.head(k), f[by].head(k).astype(float)))
+
+    def top_pairs(self, k: int = 10) -> list[tuple[str, str, float]]:
+        flat = np.argsort(-np.abs(self.pair_contrib), axis=None)[:k]
+        a, b = np.unravel_index(flat, self.pair_contrib.shape)
+        return [(self.query_names[i], self.key_names[j], float(self.pair_contrib[i, j])) for i, j in zip(a, b)]
+
+    def to_dict(self) -> dict:
+        return {
+            "head": self.label, "text": self.sequence.text, "pairs": [list(p) for p in self.pairs], "how": self.how,
+            "pairs_tokens": [[self.sequence.labels[i], self.sequence.labels[j]] for i, j in self.pairs[:50]],
+            "score": _num(self.score), "model_score": _num(self.model_score), "max_abs_error": self.max_abs_error,
+            "attention": _num(self.attention), "note": self.note,
+            "key_side": {n: {"contribution": _num(float(c)), "vs_mean_key": _num(float(r))}
+                         for n, c, r in zip(self.key_names, self.key_contrib, self.key_vs_mean)},
+            "query_side": {n: {"contribution": _num(float(c)), "vs_mean_key": _num(float(r))}
+                           for n, c, r in zip(self.query_names, self.query_contrib, self.query_vs_mean)},
+            "top_pairs": [{"query_component": a, "key_component": b, "contribution": _num(v)} for a, b, v in self.top_pairs()],
+        }
+
+    def plot(self, top: int = 12):
+        from ..render.qk_figures import plot_decomposition
+
+        return plot_decomposition(self, top)
+
+    def _repr_html_(self) -> str:
+        return _html(f"QK decomposition of head {self.label}: {self.how}; score {self.score:.3f}",
+                     self.to_frame(), self.plot())
+
+
+@dataclass
+class PositionalQK(_Result):
+    """What a head's QK circuit does with positions alone, per head.
+
+    ``offset_curve[n][d]``: expected score of a query at position i with a key at i - d.
+    ``matrix[n]`` (learned positions only): ``W_pos W_Q W_K^T W_pos^T / sqrt(d_head)``
+    over the first positions, queries down.
+    """
+
+    model_name: str
+    heads: list[tuple[int, int]]
+    offsets: np.ndarray  # [n_offsets]
+    offset_curve: np.ndarray  # [n_heads_chosen, n_offsets]
+    matrix: np.ndarray | None  # [n_heads_chosen, n_pos, n_pos] or None (rotary)
+    method: str
+    rope_theta: float | None = None
+
+    def to_frame(self):
+        import pandas as pd
+
+        return pd.DataFrame([{"layer": l, "head": h, "offset": int(d), "score": float(self.offset_curve[n, m])}
+                             for n, (l, h) in enumerate(self.heads) for m, d in enumerate(self.offsets)])
+
+    def to_dict(self) -> dict:
+        out = {"method": self.method, "rope_theta": self.rope_theta, "offsets": self.offsets.tolist(),
+               "heads": {f"{l}.{h}": {"offset_curve": _num(self.offset_curve[n], 5),
+                                      "peak_offset": int(self.offsets[np.nanargmax(self.offset_curve[n])])}
+                         for n, (l, h) in enumerate(self.heads)}}
+        if self.matrix is not None:
+            for n, (l, h) in enumerate(self.heads):
+                out["heads"][f"{l}.{h}"]["matrix"] = _num(self.matrix[n], 4)
+        return out
+
+    def plot(self):
+        from ..render.qk_figures import plot_positional
+
+        return plot_positional(self)
+
+    def _repr_html_(self) -> str:
+        f = self.to_frame()
+        peak = f.loc[f.groupby(["layer", "head"]).score.idxmax()]
+        return _html(f"Positional QK circuit: {self.method}", peak, self.plot())
+
+
+@dataclass
+class TokenQK(_Result):
+    """One head's token QK circuit ``x_t W_Q W_K^T x_s^T / sqrt(d_head)``, x the normalised embedding.
+
+    ``matrix``: the circuit on ``token_ids`` (queries down). ``singular_values`` and
+    ``directions``: the top of the SVD of the full vocab x vocab circuit, computed from its
+    d_head-rank factors (never materialised); each direction lists the query tokens and
+    key tokens at its two ends, which pair up to raise the score.
+    """
+
+    model_name: str
+    layer: int
+    head: int
+    token_ids: list[int]
+    labels: list[str]
+    matrix: np.ndarray  # [n_tokens, n_tokens]
+    singular_values: np.ndarray  # [k]
+    directions: list[dict] = field(default_factory=list)
+    method: str = ""
+
+    @property
+    def label(self) -> str:
+        return f"{self.layer}.{self.head}"
+
+    def top_pairs(self, k: int = 10) -> list[tuple[str, str, float]]:
+        flat = np.argsort(-self.matrix, axis=None)[:k]
+        a, b = np.unravel_index(flat, self.matrix.shape)
+        return [(self.labels[i], self.labels[j], float(self.matrix[i, j])) for i, j in zip(a, b)]
+
+    def to_frame(self):
+        import pandas as pd
+
+        n = len(self.labels)
+        a, b = np.meshgrid(range(n), range(n), indexing="ij")
+        return pd.DataFrame({"head": self.label, "query_token": [self.labels[i] for i in a.ravel()],
+                             "key_token": [self.labels[j] for j in b.ravel()], "score": self.matrix.ravel()})
+
+    def to_dict(self) -> dict:
+        return {"head": self.label, "method": self.method, "tokens": self.labels, "token_ids": self.token_ids,
+                "matrix": _num(self.matrix, 4),
+                "top_pairs": [{"query": q, "key": k, "score": _num(v, 4)} for q, k, v in self.top_pairs()],
+                "singular_values": _num(self.singular_values, 4), "directions": self.directions}
+
+    def plot(self):
+        from ..render.qk_figures import plot_token_qk
+
+        return plot_token_qk(self)
+
+    def _repr_html_(self) -> str:
+        import pandas as pd
+
+        f = pd.DataFrame(self.top_pairs(), columns=["query token", "key token", "score"])
+        return _html(f"Token QK circuit of head {self.label}", f, self.plot())
+
+
+@dataclass
+class CompositionScores(_Result):
+    """Composition scores (Elhage et al.): ``scores[kind][la, ha, lb, hb]`` for earlier head
+    ``la.ha`` into later head ``lb.hb``, kind Q, K or V; NaN unless ``lb > la``.
+
+    ``||W_A W_B||_F / (||W_A||_F ||W_B||_F)``, W_A the earlier OV, W_B the later head's
+    ``W_Q W_K^T`` (Q), ``W_K W_Q^T`` (K) or ``W_V W_O`` (V). ``baseline``: the same for random
+    Gaussian matrices of the same shapes; ``excess(kind)`` subtracts it.
+    """
+
+    model_name: str
+    scores: dict[str, np.ndarray]
+    baseline: float
+    baseline_std: float
+    d_model: int
+    d_head: int
+    note: str = ("norm gains folded into the reading weights; for LayerNorm models reads and writes are "
+                 "centred along d_model (TransformerLens fold_ln + center_writing_weights convention)")
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        L, H = next(iter(self.scores.values())).shape[:2]
+        return L, H
+
+    def excess(self, kind: str = "K") -> np.ndarray:
+        return self.scores[kind] - self.baseline
+
+    def top_sources(self, layer: int, head: int, kind: str = "K", k: int = 5) -> list[tuple[int, int, float]]:
+        """The earlier heads whose output the later head's ``kind`` side reads most: (layer, head, excess)."""
+        s = self.excess(kind)[:, :, layer, head]
+        order = [i for i in np.argsort(-np.nan_to_num(s, nan=-np.inf), axis=None) if not np.isnan(s.flat[i])][:k]
+        H = s.shape[1]
+        return [(int(i // H), int(i % H), float(s.flat[i])) for i in order]
+
+    def to_frame(self):
+        import pandas as pd
+
+        frames = []
+        for kind, s in self.scores.items():
+            la, ha, lb, hb = np.nonzero(~np.isnan(s))
+            v = s[la, ha, lb, hb]
+            frames.append(pd.DataFrame({"kind": kind, "src_layer": la, "src_head": ha, "dst_layer": lb,
+                                        "dst_head": hb, "score": v, "excess": v - self.baseline}))
+        return pd.concat(frames, ignore_index=True)
+
+    def to_dict(self, top: int = 5) -> dict:
+        L, H = self.shape
+        return {
+            "definition": "||W_A W_B||_F / (||W_A||_F ||W_B||_F); W_A = earlier W_V W_O; W_B = later W_Q W_K^T (Q), "
+                          "W_K W_Q^T (K), W_V W_O (V); excess = score - random baseline",
+            "baseline": self.baseline, "baseline_std": self.baseline_std, "note": self.note,
+            "top_sources": {kind: {f"{l}.{h}": [{"head": f"{a}.{b}", "excess": round(v, 5)}
+                                                for a, b, v in self.top_sources(l, h, kind, top)]
+                                   for l in range(1, L) for h in range(H)} for kind in self.scores},
+        }
+
+    def plot(self, kind: str | None = None):
+        from ..render.qk_figures import plot_composition
+
+        return plot_composition(self, kind)
+
+    def _repr_html_(self) -> str:
+        f = self.to_frame().sort_values("excess", ascending=False)
+        return _html(f"Composition scores (baseline {self.baseline:.4f} subtracted in 'excess')", f, self.plot())
