@@ -7,6 +7,7 @@
 - :func:`analyze_qk` -- all of the above for chosen (or automatically picked) heads, as the CLI runs it.
 """
 
+from .analysis import QKAnalysis, analyze_qk, pick_heads
 from .circuits import positional_qk, token_qk
 from .composition import composition_scores
 from .decompose import decompose_qk
@@ -15,6 +16,6 @@ from .live import qk_scores
 from .results import CompositionScores, PositionalQK, QKDecomposition, QKScores, TokenQK
 
 __all__ = [
-    "SAMPLE_TEXTS", "CompositionScores", "PositionalQK", "QKDecomposition", "QKScores", "TokenQK",
+    "SAMPLE_TEXTS", "CompositionScores", "QKAnalysis", "analyze_qk", "pick_heads", "PositionalQK", "QKDecomposition", "QKScores", "TokenQK",
     "composition_scores", "decompose_qk", "parse_head", "parse_heads", "positional_qk", "qk_scores", "token_qk",
 ]

@@ -1,0 +1,136 @@
+"""`headscope qk`: what chosen heads' queries look for, on your text and in the weights."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from ..errors import BadInput
+from ..models import load_model, resolve_device, resolve_dtype
+from ..qk.analysis import analyze_qk
+from ..qk.inputs import _HEAD_RE
+from ..qk.writing import existing_outputs
+from . import app
+from ._common import (DEFAULT, DebugOpt, DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, OverwriteOpt, check_out_dir,
+                      consoles, handle_errors, progress_enabled)
+from ._inputs import read_texts, slug
+
+
+@app.command("qk")
+@handle_errors
+def qk_cmd(
+    model: ModelOpt = DEFAULT,
+    text: Annotated[list[str] | None, typer.Option("--text", "-t", help="Text to analyse (repeatable). "
+                    "Default: built-in samples, a repeated sentence among them.")] = None,
+    file: Annotated[list[Path] | None, typer.Option("--file", "-f", help="A UTF-8 text file (repeatable), like --text.")] = None,
+    head: Annotated[list[str] | None, typer.Option("--head", help="Head LAYER.HEAD to analyse, e.g. 5.1 (repeatable, "
+                    "or comma-separated). Default: the top induction and previous-token heads of a quick scan.")] = None,
+    top: Annotated[int, typer.Option("--top", help="Without --head: how many induction heads and how many "
+                   "previous-token heads to pick.")] = 3,
+    tokens: Annotated[list[str] | None, typer.Option("--token", help="A token for the token QK circuit (repeatable; "
+                      "each must be one token, e.g. ' cat'). Default: the distinct tokens of the first text.")] = None,
+    query: Annotated[int | None, typer.Option("--query", help="Explain this query position (0 = BOS, negative counts "
+                     "from the end) and its most-attended key. Default: average over the induction stripe.")] = None,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", help="Truncate each text to this many tokens (BOS "
+                          "included; also never past the model's context). Truncation is reported.")] = 64,
+    no_figures: Annotated[bool, typer.Option("--no-figures", help="Write qk.json and CSVs only (faster).")] = False,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "float32",
+    out: Annotated[Path | None, typer.Option("--out", help="Output directory [default: headscope-results/qk-MODEL].")] = None,
+    overwrite: OverwriteOpt = False,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Show how heads' queries and keys interact, on real text and from the weights, and why.
+
+    For each head: its pre-softmax scores and attention pattern on each text (token x token,
+    masked cells grey); the score split over the residual stream's components (embeddings,
+    each earlier head, each MLP; norm scale frozen) on the key and the query side; the
+    positional QK circuit (W_pos for learned positions, by relative offset for rotary); the
+    token QK circuit on a token set with the top of its full-vocabulary SVD; and Q/K/V
+    composition scores between all heads, minus a random baseline, with each induction head's
+    strongest K-composition sources. Writes qk.json, CSVs and PNGs to --out.
+
+    Example: headscope qk --text "The cat sat. The cat sat." --head 18.6 --head 16.0
+    """
+    con, err = consoles(json_out)
+    texts = [t for _, t in read_texts(text, file)] or None
+    for spec in head or []:
+        for part in spec.split(","):
+            if part.strip() and not _HEAD_RE.match(part):
+                raise BadInput(f"malformed head {part!r}: expected LAYER.HEAD, e.g. 5.1", hint="e.g. --head 5.1 --head 6.9")
+    if top < 1:
+        raise BadInput(f"--top must be at least 1 (got {top})")
+    if max_tokens < 2:
+        raise BadInput(f"--max-tokens must be at least 2 (BOS and one token), got {max_tokens}")
+    resolve_device(device), resolve_dtype(dtype)
+    out_dir = out or Path("headscope-results") / f"qk-{slug(model)}"
+    check_out_dir(out_dir, existing_outputs(out_dir) if out_dir.is_dir() else [], overwrite)
+
+    t0 = time.perf_counter()
+    with err.status(f"Loading {model}..."):
+        m = load_model(model, device=device, dtype=dtype, log=lambda s: err.print(s, highlight=False))
+    kv = getattr(m.cfg, "n_key_value_heads", None) or m.cfg.n_heads
+    err.print(f"Loaded {model}: {m.cfg.n_layers} layers x {m.cfg.n_heads} heads ({kv} key/value heads) "
+              f"on {m.cfg.device}", highlight=False)
+    with _progress(err) as step:
+        a = analyze_qk(m, texts, head, top=top, tokens=tokens, query=query, max_tokens=max_tokens, progress=step)
+        paths = a.write(out_dir, figures=not no_figures, progress=step)
+    a.timings["total_s"] = time.perf_counter() - t0
+    (out_dir / "qk.json").write_text(a.to_json())
+    if json_out:
+        typer.echo((out_dir / "qk.json").read_text())
+    _print_summary(con, a)
+    err.print(f"[green]Wrote {len(paths)} files to {out_dir}/[/] (qk.json, CSVs"
+              + ("" if no_figures else ", figures/*.png") + f") in {a.timings['total_s']:.0f} s", highlight=False)
+
+
+@contextlib.contextmanager
+def _progress(err):
+    """``step(stage, done, total)``: a bar on a terminal, one line per stage otherwise."""
+    if progress_enabled():
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        with Progress(TextColumn("{task.description:<40}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=err, transient=True) as bar:
+            task = bar.add_task("qk", total=1)
+            yield lambda stage, done, total: bar.update(task, description=stage, completed=done, total=max(total, 1))
+        return
+    seen = set()
+
+    def step(stage, done, total):
+        if stage not in seen:
+            seen.add(stage)
+            err.print(f"[dim]... {stage}[/]", highlight=False)
+
+    yield step
+
+
+def _print_summary(con, a) -> None:
+    t = Table(title=f"QK analysis of {a.model['name']}: chosen heads")
+    for col in ("head", "picked for", "induction", "prev-token", "key side, seq 0 (vs mean key)", "top K-comp sources"):
+        t.add_column(col, justify="right" if col in ("induction", "prev-token") else "left")
+    sources = a.k_sources(3)
+    for n, (l, h) in enumerate(a.heads):
+        dec = a.decompositions[n]  # sequence 0
+        (name, v), = dec.top("key", 1, by="vs_mean_key")
+        ind, prev = a.head_score("induction", l, h), a.head_score("previous_token", l, h)
+        src = ", ".join(f"{s['head']} ({s['excess']:+.3f})" for s in sources[f"{l}.{h}"]) or "- (layer 0)"
+        t.add_row(f"{l}.{h}", a.reasons.get(f"{l}.{h}", "--head"), f"{ind:.2f}" if ind is not None else "-",
+                  f"{prev:.2f}" if prev is not None else "-", f"{name} {v:+.3g}", src)
+    con.print(t)
+    for note in a.notes:
+        con.print(f"[yellow]note:[/] {note}", highlight=False)
+    for f in a.findings():
+        con.print(f"- {f}", highlight=False, markup=False)
+    con.print(f"[dim]Composition baseline (random matrices, same shapes): {a.composition.baseline:.4f}; "
+              "K-comp sources are shown as score minus baseline.[/]", highlight=False)
+    con.print("[dim]Legend: score = q.k/sqrt(d_head) before softmax (rotary applied), masked cells = causal mask; "
+              "decomposition: contributions of residual components with the norm scale frozen, summing to the score; "
+              "'vs mean key' subtracts the component's mean over the keys the query sees. Definitions in qk.json "
+              "and docs/qk.md.[/]", highlight=False)

@@ -1,0 +1,204 @@
+"""The whole QK analysis for a few heads, as ``headscope qk`` runs it: pick, compute, explain.
+
+:func:`pick_heads` runs a quick induction scan (no ablation) and takes the top induction and
+previous-token heads; :func:`analyze_qk` computes every QK view for the chosen heads and
+returns a :class:`QKAnalysis`, which writes ``qk.json``, CSVs and PNGs.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..weights import head_weights
+from . import rotary
+from .circuits import normalise, positional_qk, token_qk
+from .composition import composition_scores
+from .decompose import capture_residual, decompose_qk
+from .inputs import token_set
+from .live import as_heads, as_sequences, model_name, qk_scores
+from .results import CompositionScores, PositionalQK, QKDecomposition, QKScores, TokenQK
+
+Progress = Callable[[str, int, int], None]
+#: A source head "is" a previous-token head when its previous-token score reaches this (the scan's threshold).
+PREV_TOKEN_THRESHOLD = 0.4
+QUICK_SCAN = {"seq_len": 20, "batch": 4, "repeats": 2, "seed": 0}
+
+
+def quick_scan(model):
+    """Induction scan at a small size, no ablation: enough to rank heads (~ one short forward pass)."""
+    from ..scan import scan_induction
+
+    return scan_induction(model, **QUICK_SCAN, ablate=False, sample=False, progress=False)
+
+
+def pick_heads(scan, top: int = 3) -> tuple[list[tuple[int, int]], dict[str, str]]:
+    """The ``top`` induction heads then the ``top`` previous-token heads, with the reason for each."""
+    heads, why = [], {}
+    for score, name in (("induction", "induction"), ("previous_token", "previous-token")):
+        for rank, (l, h, v) in enumerate(scan.top_heads(score, top), 1):
+            why.setdefault(f"{l}.{h}", []).append(f"#{rank} {name} score {v:.2f}")
+            if (l, h) not in heads:
+                heads.append((l, h))
+    return heads, {k: "; ".join(v) for k, v in why.items()}
+
+
+@dataclass
+class QKAnalysis:
+    """Every QK view of the chosen heads on the chosen texts (see each member's class)."""
+
+    model: dict
+    heads: list[tuple[int, int]]
+    reasons: dict[str, str]
+    live: QKScores
+    decompositions: list[QKDecomposition]  # sequence-major: [s * len(heads) + n]
+    positional: PositionalQK
+    token_circuits: list[TokenQK]
+    composition: CompositionScores
+    scan_scores: dict[str, np.ndarray] | None = None  # quick-scan scores [L, H] by name
+    notes: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def head_score(self, name: str, layer: int, head: int) -> float | None:
+        return None if self.scan_scores is None else float(self.scan_scores[name][layer, head])
+
+    def k_sources(self, k: int = 5) -> dict[str, list[dict]]:
+        """For each chosen head, its strongest K-composition sources and their previous-token score."""
+        return {f"{l}.{h}": [{"head": f"{a}.{b}", "excess": round(v, 5),
+                              "previous_token": None if self.scan_scores is None
+                              else round(float(self.scan_scores["previous_token"][a, b]), 4)}
+                             for a, b, v in self.composition.top_sources(l, h, "K", k)] for l, h in self.heads}
+
+    def findings(self) -> list[str]:
+        """Plain sentences: what the K-composition sources and the decompositions show."""
+        out = []
+        if self.scan_scores is None:
+            return out
+        for l, h in self.heads:
+            ind = self.head_score("induction", l, h)
+            if ind is None or ind < PREV_TOKEN_THRESHOLD or l == 0:
+                continue
+            src = self.k_sources(3)[f"{l}.{h}"]
+            listed = ", ".join(f"{s['head']} ({s['excess']:+.3f}, prev-token {s['previous_token']:.2f})" for s in src)
+            prev = [s for s in src if s["previous_token"] >= PREV_TOKEN_THRESHOLD]
+            verdict = (f"{len(prev)} of the top {len(src)} are previous-token heads (score >= {PREV_TOKEN_THRESHOLD})"
+                       if prev else "none of them is a previous-token head; best previous-token heads: " +
+                       ", ".join(f"{a}.{b} ({v:.2f})" for a, b, v in _top(self.scan_scores["previous_token"], 3)))
+            out.append(f"induction head {l}.{h} (score {ind:.2f}): strongest K-composition sources {listed}; {verdict}")
+        for dec in self.decompositions:
+            if len(dec.pairs) > 1 and self.head_score("induction", dec.layer, dec.head) >= PREV_TOKEN_THRESHOLD:
+                (name, v), = dec.top("key", 1, by="vs_mean_key")
+                s = self.live.sequences.index(dec.sequence)
+                out.append(f"head {dec.label} on the induction stripe of sequence {s}: the key-side component that "
+                           f"most raises the score above the query's other keys is {name} ({v:+.2f})")
+        return out
+
+    def to_dict(self) -> dict:
+        return {
+            "model": self.model,
+            "heads": [{"head": f"{l}.{h}", "reason": self.reasons.get(f"{l}.{h}", "chosen with --head"),
+                       "scan": None if self.scan_scores is None else
+                       {k: round(float(v[l, h]), 4) for k, v in self.scan_scores.items()}} for l, h in self.heads],
+            "notes": self.notes, "findings": self.findings(), "quick_scan": QUICK_SCAN,
+            "live": self.live.to_dict(),
+            "decompositions": [d.to_dict() | {"sequence": self.live.sequences.index(d.sequence)} for d in self.decompositions],
+            "positional": self.positional.to_dict(),
+            "token_circuits": [t.to_dict() for t in self.token_circuits],
+            "composition": self.composition.to_dict(),
+            "k_composition_sources": self.k_sources(),
+            "timings": {k: round(v, 2) for k, v in self.timings.items()},
+        }
+
+    def to_json(self, indent: int | None = 2) -> str:
+        import json
+
+        return json.dumps(self.to_dict(), indent=indent)
+
+    def write(self, out: str | Path, figures: bool = True, progress: Progress | None = None) -> list[Path]:
+        """Write qk.json, CSVs and (unless ``figures=False``) PNGs into ``out``; returns the paths."""
+        from .writing import write_analysis
+
+        return write_analysis(self, Path(out), figures, progress)
+
+
+def _top(a: np.ndarray, k: int):
+    order = np.argsort(-a, axis=None)[:k]
+    return [(int(i // a.shape[1]), int(i % a.shape[1]), float(a.flat[i])) for i in order]
+
+
+def model_info(model, norm: str) -> dict:
+    cfg = model.cfg
+    info = {"name": model_name(model), "n_layers": cfg.n_layers, "n_heads": cfg.n_heads,
+            "n_kv_heads": int(getattr(cfg, "n_key_value_heads", None) or cfg.n_heads), "d_model": cfg.d_model,
+            "d_head": cfg.d_head, "positions": getattr(cfg, "positional_embedding_type", "standard"),
+            "norm": norm}
+    if rotary.is_rotary(model):
+        info["rope_theta"] = rotary.rope_theta(model)
+    return info
+
+
+@torch.no_grad()
+def analyze_qk(model, texts=None, heads=None, *, top: int = 3, tokens: list[str] | None = None,
+               query: int | None = None, max_tokens: int | None = 64, scan=None,
+               progress: Progress | None = None) -> QKAnalysis:
+    """Run every QK view for ``heads`` (or the top ``top`` induction + previous-token heads).
+
+    ``texts``: strings (None: the built-in samples). ``tokens``: the token set for the token
+    circuit (each a single token; default: the distinct tokens of the first text, at most 40).
+    ``query``: explain this query position (default: the induction stripe). ``scan``: an
+    existing :class:`~headscope.InductionResult` to pick heads from, else a quick scan runs.
+    """
+    step = progress or (lambda stage, done, total: None)
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    seqs = as_sequences(model, texts, max_tokens)
+    chosen = as_heads(model, heads) if heads else None
+    token_ids = token_set(model.tokenizer, tokens) if tokens else None
+    notes = [n for s in seqs for n in s.notes]
+    step("quick induction scan", 0, 1)
+    scan = scan if scan is not None else quick_scan(model)
+    timings["scan_s"] = time.perf_counter() - t
+    if chosen is None:
+        chosen, reasons = pick_heads(scan, top)
+        notes.append(f"heads picked by a quick scan ({QUICK_SCAN['batch']} sequences of {QUICK_SCAN['seq_len']} "
+                     f"random tokens repeated twice, no ablation): the top {top} induction and top {top} "
+                     "previous-token heads")
+    else:
+        reasons = {}
+    w = head_weights(model)
+    t = time.perf_counter()
+    step("live scores", 0, len(seqs))
+    live = qk_scores(model, chosen, seqs)
+    timings["live_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    decs, resid = [], {}
+    max_layer = max(layer for layer, _ in chosen)
+    for s, seq in enumerate(seqs):
+        step("decompositions", s, len(seqs))
+        acts = capture_residual(model, seq, max_layer)
+        for layer, h in chosen:
+            decs.append(decompose_qk(model, (layer, h), seq, query=query, weights=w, acts=acts))
+        for layer in {layer for layer, _ in chosen}:  # residual sample for the rotary positional circuit
+            x = acts[f"blocks.{layer}.hook_resid_pre"][1:]
+            resid.setdefault(layer, []).append(normalise(x, w.norm, float(getattr(model.cfg, "eps", 1e-5))))
+    timings["decompose_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    step("weights: positional and token circuits", 0, 1)
+    positional = positional_qk(model, chosen, weights=w, residuals={k: torch.cat(v) for k, v in resid.items()})
+    ids = token_ids or list(dict.fromkeys(seqs[0].ids[1:]))[:40]
+    E = normalise(w.W_E, w.norm, float(getattr(model.cfg, "eps", 1e-5))).float()
+    circuits = [token_qk(model, lh, ids, weights=w, normalised_embeddings=E) for lh in chosen]
+    timings["circuits_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    comp = composition_scores(w, progress=lambda d, n: step("composition scores", d, n))
+    comp.model_name = model_name(model)
+    timings["composition_s"] = time.perf_counter() - t
+    return QKAnalysis(model=model_info(model, w.norm), heads=chosen, reasons=reasons, live=live, decompositions=decs,
+                      positional=positional, token_circuits=circuits, composition=comp,
+                      scan_scores={k: np.asarray(v) for k, v in scan.scores.items()}, notes=notes, timings=timings)
+
