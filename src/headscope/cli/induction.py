@@ -43,6 +43,8 @@ def induction_cmd(
     dtype: DtypeOpt = "float32",
     out: Annotated[Path | None, typer.Option("--out", help="Output directory [default: headscope-results/induction-MODEL].")] = None,
     overwrite: OverwriteOpt = False,
+    report: Annotated[bool, typer.Option("--report", help="Also write report.html: the results on one self-contained, "
+                      "interactive page that works offline (see `headscope report`).")] = False,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -61,7 +63,7 @@ def induction_cmd(
     check_settings(seq_len, batch, repeats, True, None)  # cheap checks before loading anything
     resolve_device(device), resolve_dtype(dtype)
     out_dir = out or Path("headscope-results") / f"induction-{slug(model)}"
-    names = ["scores.json", "scores.csv"] + figure_names(not no_ablate, 1, len(texts))
+    names = ["scores.json", "scores.csv"] + figure_names(not no_ablate, 1, len(texts)) + (["report.html"] if report else [])
     check_out_dir(out_dir, names, overwrite)
 
     with err.status(f"Loading {model}..."):
@@ -74,6 +76,11 @@ def induction_cmd(
     text_samples = [attention_sample(m, encode_text(m, t), heads, f"Top induction heads on {title}")
                     for title, t in texts]
     paths = res.save(out_dir, text_samples)
+    if report:
+        from ..render.report import Report
+
+        rep = Report(model=dict(res.model), induction=res, texts=text_samples, sources=[t for _, t in texts])
+        paths.append(rep.save(out_dir / "report.html"))
 
     if json_out:
         typer.echo(res.to_json())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import html
 import math
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import numpy as np
 
 from ..scan.attention import AttentionSample
 from ..scan.result import SCORE_ORDER, InductionResult, head_label
-from ._mpl import attention_heatmap, plt, save, tex_safe, to_png_base64
+from ._mpl import attention_heatmap, plt, save, tex_safe
 
 TITLES = {
     "induction": "Induction score",
@@ -145,21 +144,8 @@ def figure_names(res_has_ablation: bool, n_samples: int, n_texts: int) -> list[s
 
 
 def result_html(res: InductionResult) -> str:
-    """A compact notebook view: model, top heads with roles, causal check, induction heatmap."""
-    e = html.escape
-    roles = res.roles()
-    rows = "".join(
-        f"<tr><td>{e(head_label(l, h))}</td><td>{v:.3f}</td><td>{res.scores['prefix_matching'][l, h]:.3f}</td>"
-        f"<td>{res.scores['previous_token'][l, h]:.3f}</td><td>{e('+'.join(roles.get((l, h), [])))}</td></tr>"
-        for l, h, v in res.top_heads("induction", res.settings.get("top_k", 5))
-    )
-    verdicts = "".join(f"<li>{e(v)}</li>" for v in res.verdicts())
-    img = to_png_base64(score_heatmap(res, "induction"))
-    m = res.model
-    return (
-        f"<div class='headscope-induction'><h4>Induction scan — {e(str(m['name']))} "
-        f"({m['n_layers']} layers × {m['n_heads']} heads)</h4>"
-        f"<p>loss first repeat {res.loss_first_repeat:.2f} nats, later repeats {res.loss_later_repeats:.2f} nats</p>"
-        "<table><tr><th>head</th><th>induction</th><th>prefix-matching</th><th>previous-token</th><th>roles</th></tr>"
-        f"{rows}</table><ul>{verdicts}</ul><img src='data:image/png;base64,{img}'/></div>"
-    )
+    """The notebook view: model and settings, top heads with roles, causal check, induction heatmap,
+    definitions; built from the same pieces as the report page (:mod:`headscope.render.report`)."""
+    from .report import induction_html
+
+    return induction_html(res)
