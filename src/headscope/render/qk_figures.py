@@ -29,9 +29,7 @@ def _wrap(text: str, width: int = 110) -> str:
 
 
 def _grey_cmap(name: str):
-    cm = plt.get_cmap(name).copy()
-    cm.set_bad("#d0d0d0")
-    return cm
+    return plt.get_cmap(name).with_extremes(bad="#d0d0d0")
 
 
 def token_heatmap(ax, data: np.ndarray, labels: list[str], title: str, cbar: str, cmap: str = "viridis",
