@@ -88,6 +88,10 @@ def head_vectors(model, w: HeadWeights, acts: dict, layer: int, head: int):
     return (q_names, q_kinds, q), (k_names, k_kinds, k)
 
 
+#: At most this many stripe pairs are averaged (evenly spaced), which keeps long repetitive texts quick.
+MAX_PAIRS = 1024
+
+
 def stripe_pairs(ids: list[int]) -> list[tuple[int, int]]:
     """Induction-stripe (query, key) pairs: key ``j`` follows an earlier copy of query token ``i``.
 
@@ -104,7 +108,12 @@ def choose_pairs(seq: TokenSequence, pattern: np.ndarray, query: int | None, key
     if query is None:
         pairs = stripe_pairs(seq.ids)
         if pairs:
-            return pairs, f"averaged over the induction stripe ({len(pairs)} query/key pairs where the key follows an earlier copy of the query's token)"
+            how = (f"averaged over the induction stripe ({len(pairs)} query/key pairs where the key follows an "
+                   "earlier copy of the query's token")
+            if len(pairs) > MAX_PAIRS:  # e.g. one token repeated: every earlier copy is on the stripe
+                pairs = [pairs[int(n)] for n in np.linspace(0, len(pairs) - 1, MAX_PAIRS)]
+                how += f"; {MAX_PAIRS} of them, evenly spaced"
+            return pairs, how + ")"
         query = T - 1
         how = "no token repeats, so no induction stripe: "
     else:
@@ -146,25 +155,26 @@ def decompose_qk(model, head, text=None, *, query: int | None = None, key: int |
     pairs, how = choose_pairs(seq, pattern, query, key)
     scale = w.W_Q.shape[-1] ** -0.5
     q_tot, k_tot = q.sum(0), k.sum(0)  # [T, d_head]
-    key_c, key_rel, qry_c, qry_rel, pair_m = 0, 0, 0, 0, 0
-    totals, model_scores = [], []
-    for i, j in pairs:
-        kc_all = (k[:, : i + 1] @ q_tot[i]) * scale  # [C_k, keys 0..i]
-        key_c = key_c + kc_all[:, j]
-        key_rel = key_rel + kc_all[:, j] - kc_all.mean(1)
-        qry_c = qry_c + (q[:, i] @ k_tot[j]) * scale
-        qry_rel = qry_rel + (q[:, i] @ (k_tot[j] - k_tot[: i + 1].mean(0))) * scale
-        pair_m = pair_m + (q[:, i] @ k[:, j].T) * scale
-        totals.append(float(q_tot[i] @ k_tot[j]) * scale)
-        model_scores.append(float(acts[f"blocks.{layer}.attn.hook_attn_scores"][h, i, j]))
-    n = len(pairs)
+    steps = torch.arange(1, k.shape[1] + 1, dtype=k.dtype)[:, None]
+    k_mean = k.cumsum(1) / steps  # [C_k, T, d_head]: mean over keys 0..i, what query i sees
+    key_c = key_rel = qry_c = qry_rel = pair_m = 0
+    for start in range(0, len(pairs), 128):  # chunks bound memory at [C, 128, d_head]
+        I, J = (torch.tensor(x) for x in zip(*pairs[start:start + 128]))
+        qt, kt = q_tot[I], k_tot[J]  # [P, d_head]
+        key_c = key_c + torch.einsum("cpd,pd->c", k[:, J], qt)
+        key_rel = key_rel + torch.einsum("cpd,pd->c", k[:, J] - k_mean[:, I], qt)
+        qry_c = qry_c + torch.einsum("cpd,pd->c", q[:, I], kt)
+        qry_rel = qry_rel + torch.einsum("cpd,pd->c", q[:, I], kt - k_tot.cumsum(0)[I] / steps[I])
+        pair_m = pair_m + torch.einsum("apd,bpd->ab", q[:, I], k[:, J])
+    I, J = (np.array(x) for x in zip(*pairs))
+    totals = (q_tot[I] * k_tot[J]).sum(-1).numpy() * scale
+    model_scores = acts[f"blocks.{layer}.attn.hook_attn_scores"][h][I, J].numpy()
+    per = scale / len(pairs)  # mean over pairs, in score units
     return QKDecomposition(
         model_name=model_name(model), layer=layer, head=h, sequence=seq, pairs=pairs, how=how,
         query_names=qn, query_kinds=qkinds, key_names=kn, key_kinds=kkinds,
-        key_contrib=(key_c / n).numpy(), key_vs_mean=(key_rel / n).numpy(),
-        query_contrib=(qry_c / n).numpy(), query_vs_mean=(qry_rel / n).numpy(),
-        pair_contrib=(pair_m / n).numpy(), score=float(np.mean(totals)),
-        model_score=float(np.mean(model_scores)),
-        max_abs_error=float(np.max(np.abs(np.array(totals) - np.array(model_scores)))),
-        attention=float(np.mean([pattern[i, j] for i, j in pairs])),
+        key_contrib=(key_c * per).numpy(), key_vs_mean=(key_rel * per).numpy(),
+        query_contrib=(qry_c * per).numpy(), query_vs_mean=(qry_rel * per).numpy(),
+        pair_contrib=(pair_m * per).numpy(), score=float(totals.mean()), model_score=float(model_scores.mean()),
+        max_abs_error=float(np.abs(totals - model_scores).max()), attention=float(pattern[I, J].mean()),
     )

@@ -207,8 +207,12 @@ def plot_composition(comp, kind: str | None = None):
 
 def plot_k_sources(comp, heads: list[tuple[int, int]], prev_token: np.ndarray | None = None, k: int = 8):
     """For each head, its strongest K-composition sources, labelled with their previous-token score."""
-    fig, axes = plt.subplots(1, len(heads), figsize=(4.4 * len(heads), 3.8), squeeze=False)
-    for ax, (layer, head) in zip(axes[0], heads):
+    cols = min(len(heads), 3)
+    rows = (len(heads) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.8 * cols, 3.4 * rows), squeeze=False)
+    for ax in list(axes.flat)[len(heads):]:
+        ax.axis("off")
+    for ax, (layer, head) in zip(axes.flat, heads):
         src = comp.top_sources(layer, head, "K", k)[::-1]
         names = [f"{a}.{b}" + (f"  (prev {prev_token[a, b]:.2f})" if prev_token is not None else "") for a, b, _ in src]
         colours = [plt.get_cmap("viridis")(float(prev_token[a, b])) if prev_token is not None else "#dd8452"
