@@ -35,7 +35,9 @@ def root(
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors (any command).")] = False,
 ) -> None:
     """headscope: induction heads and QK circuits, one command each."""
-    STATE["debug"] = STATE["debug"] or debug
+    import os
+
+    STATE["debug"] = debug or os.environ.get("HEADSCOPE_DEBUG") == "1"  # per invocation, not sticky
 
 
 def _register() -> None:
