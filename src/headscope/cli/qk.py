@@ -39,6 +39,8 @@ def qk_cmd(
     max_tokens: Annotated[int, typer.Option("--max-tokens", help="Truncate each text to this many tokens (BOS "
                           "included; also never past the model's context). Truncation is reported.")] = 64,
     no_figures: Annotated[bool, typer.Option("--no-figures", help="Write qk.json and CSVs only (faster).")] = False,
+    report: Annotated[bool, typer.Option("--report", help="Also write report.html: the results on one self-contained, "
+                      "interactive page that works offline (see `headscope report`).")] = False,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "float32",
     out: Annotated[Path | None, typer.Option("--out", help="Output directory [default: headscope-results/qk-MODEL].")] = None,
@@ -70,7 +72,8 @@ def qk_cmd(
         raise BadInput(f"--max-tokens must be at least 2 (BOS and one token), got {max_tokens}")
     resolve_device(device), resolve_dtype(dtype)
     out_dir = out or Path("headscope-results") / f"qk-{slug(model)}"
-    check_out_dir(out_dir, existing_outputs(out_dir) if out_dir.is_dir() else [], overwrite)
+    check_out_dir(out_dir, (existing_outputs(out_dir) if out_dir.is_dir() else []) + (["report.html"] if report else []),
+                  overwrite)
 
     t0 = time.perf_counter()
     with err.status(f"Loading {model}..."):
@@ -83,6 +86,10 @@ def qk_cmd(
         paths = a.write(out_dir, figures=not no_figures, progress=step)
     a.timings["total_s"] = time.perf_counter() - t0
     (out_dir / "qk.json").write_text(a.to_json())
+    if report:
+        from ..render.report import Report
+
+        paths.append(Report(model=a.model, qk=a).save(out_dir / "report.html"))
     if json_out:
         typer.echo((out_dir / "qk.json").read_text())
     _print_summary(con, a)

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from ..errors import OutputExists
+from ..errors import BadInput, OutputExists
 from ..models import load_model, resolve_device, resolve_dtype
 from ..render.report import build_report
 from ..scan.result import DEFAULT_THRESHOLDS
@@ -45,6 +45,8 @@ def report_cmd(
     ablation: Annotated[str, typer.Option("--ablation", help="mean (head output -> its mean) or zero.")] = "mean",
     no_ablate: Annotated[bool, typer.Option("--no-ablate", help="Skip the causal check (faster).")] = False,
     no_qk: Annotated[bool, typer.Option("--no-qk", help="Skip the QK analysis (faster).")] = False,
+    qk_top: Annotated[int, typer.Option("--qk-top", help="The QK analysis takes this many top induction heads and "
+                      "as many top previous-token heads.")] = 3,
     threshold: Annotated[list[str] | None, typer.Option("--threshold", help="Role threshold NAME=VALUE (repeatable); "
                          f"defaults {', '.join(f'{k}={v}' for k, v in DEFAULT_THRESHOLDS.items())}.")] = None,
     max_memory: Annotated[float, typer.Option("--max-memory", help="GiB budget for one chunk's attention + logits.")] = 2.0,
@@ -68,6 +70,8 @@ def report_cmd(
     thresholds = parse_thresholds(threshold, DEFAULT_THRESHOLDS)
     texts = read_texts(text, file)
     check_settings(seq_len, batch, repeats, True, None)  # cheap checks before loading anything
+    if qk_top < 1:
+        raise BadInput(f"--qk-top must be at least 1 (got {qk_top})", hint="or pass --no-qk to skip the QK analysis")
     resolve_device(device), resolve_dtype(dtype)
     path = check_out_file(out or Path("headscope-results") / f"report-{slug(model)}.html", overwrite)
 
@@ -75,14 +79,14 @@ def report_cmd(
         m = load_model(model, device=device, dtype=dtype, log=lambda s: err.print(s, highlight=False))
     err.print(f"Loaded {model}: {m.cfg.n_layers} layers x {m.cfg.n_heads} heads on {m.cfg.device}", highlight=False)
     rep = build_report(m, texts or None, seq_len=seq_len, batch=batch, repeats=repeats, seed=seed, top_k=top,
-                       ablate=not no_ablate, ablation=ablation, thresholds=thresholds, qk=not no_qk,
+                       ablate=not no_ablate, ablation=ablation, thresholds=thresholds, qk=not no_qk, qk_top=qk_top,
                        max_memory_gb=max_memory, progress=True, log=lambda s: err.print(s, highlight=False))
     with err.status("Writing the page..."):
         rep.save(path)
     size = path.stat().st_size
     if json_out:
         typer.echo(json.dumps({"report": str(path), "bytes": size,
-                               "qk_heads": [f"{l}.{h}" for l, h in rep.settings.get("qk_heads", [])],
+                               "qk_heads": [f"{l}.{h}" for l, h in rep.qk.heads] if rep.qk is not None else [],
                                "induction": rep.induction.to_dict()}, indent=2))
     con.print(f"[green]Wrote {path}[/] ({size / 1e6:.1f} MB): open it in any browser, no network needed.",
               highlight=False)

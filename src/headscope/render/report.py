@@ -2,234 +2,68 @@
 
 The page is a single file with no outside reference: its CSS inline, figures as PNG data
 URIs, and circuitsvis's JavaScript bundle inlined **once**, followed by one small JSON
-island per interactive attention view (``<script type="application/json">``) and one
-script (``page.js``) that renders them all. Opening it makes no network request.
+island per interactive view and one script (``page.js``) that renders them all. Opening it
+makes no network request.
 
 Safety. Every outside string that reaches the page (token strings, the user's texts, file
-and model names) goes through :func:`esc` (HTML text and attributes) or :func:`script_json`
-(JSON islands: ``<``, ``>``, ``&`` written as ``\\u003c`` etc., so no ``</script>`` can end an
-island early; circuitsvis then shows tokens as text through React). A Content-Security-Policy
-with a fresh nonce per page lets only the page's own scripts run and forbids every fetch, a
-second line of defence, not the first.
+and model names) goes through :func:`~headscope.render.html.esc` or, inside JSON islands,
+:func:`~headscope.render.html.script_json` (``<``, ``>``, ``&`` written as ``\\u003c`` etc.,
+so no ``</script>`` can end an island early; circuitsvis then shows tokens as text). A
+Content-Security-Policy with a fresh nonce per page lets only the page's own scripts run and
+forbids every fetch: a second line of defence, not the first.
 
 Size. Numbers are rounded (3 decimals on the page, full precision in ``--json``), figures are
-PNGs at :data:`FIG_DPI`, and attention views keep at most :data:`MAX_VIEW_TOKENS` tokens (the
-page says where it cut). The default SmolLM2 page is about 2 MB (see docs/report.md).
+palette PNGs at 72 dpi, and interactive views keep at most 64 tokens of a sequence (the page
+says where it cut). The default SmolLM2 page is measured in docs/report.md.
 
 The same pieces make the notebook views: :func:`induction_html` is what
-``InductionResult._repr_html_`` shows, and :class:`Report` renders inline in Jupyter too.
+``InductionResult._repr_html_`` shows, and a :class:`Report` renders inline in Jupyter.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import html
-import json
-import re
 import secrets
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import numpy as np
 
 from ..scan.attention import AttentionSample
 from ..scan.result import ABLATION_DEFINITION, LOSS_DEFINITION, SCORE_ORDER, InductionResult, head_label
 from ..scan.scores import DEFINITIONS
-
-#: Attention views keep the first this-many tokens of a sequence (rows stay exact: attention is causal).
-MAX_VIEW_TOKENS = 64
-#: Decimals of the attention weights in the interactive views and of every number in tables.
-DECIMALS = 3
-#: Resolution of the PNG figures on the page.
-FIG_DPI = 72
+from .html import (DECIMALS, MAX_VIEW_TOKENS, attention_view_html, esc, figure_html, fmt, heads_view_html, kv_html,
+                   legend_html, page_asset, scripts_html, table_html, tabs_html, tokens_html, visible_token)
 
 SCORE_NAMES = {"induction": "induction", "prefix_matching": "prefix-matching", "previous_token": "previous-token",
                "duplicate_token": "duplicate-token", "copying": "copying"}
 
-#: Definitions of the QK quantities, used when the QK package does not provide its own.
+#: Definitions and sources of the QK quantities, for the legend.
 QK_DEFINITIONS = {
     "QK score": "Pre-softmax score of query i against key j, q_i . k_j / sqrt(d_head), rotary applied where the model "
-                "has it (what hook_attn_scores holds); the causal mask is shown as masked. Source: Elhage et al. 2021.",
-    "QK decomposition": "The score split over the residual stream's components (embeddings, each earlier head, each "
-                        "MLP), key side and query side, with the normalisation scale frozen so the score is linear in "
-                        "them; each side sums to the score. Source: Elhage et al. 2021, direct path plus composition terms.",
+                "has it (what hook_attn_scores holds); the causal mask hides keys after the query. "
+                "Source: Elhage et al. 2021 (the QK circuit).",
+    "QK decomposition": "The score split over the residual stream's components (token and position embeddings, each "
+                        "earlier head, each MLP), key side and query side, with the normalisation scale frozen at "
+                        "each token's actual value so the score is linear in them; each side sums to the score. "
+                        "'vs mean key' subtracts the component's mean over every key the query sees (what the "
+                        "softmax responds to). Source: Elhage et al. 2021 (path expansion of the QK circuit).",
     "positional QK": "How a head's score depends on position alone: W_pos W_Q W_K^T W_pos^T / sqrt(d_head) for learned "
-                     "positions; for rotary models the expected score between a query at i and a key at i - offset. "
-                     "Source: Elhage et al. 2021 (positional QK circuit).",
-    "token QK": "x_t W_Q W_K^T x_s^T / sqrt(d_head) on token embeddings x, and the top singular directions of the full "
-                "vocab x vocab circuit, taken from its rank-d_head factors. Source: Elhage et al. 2021.",
-    "composition": "||W_A W_B||_F / (||W_A||_F ||W_B||_F), W_A an earlier head's OV circuit, W_B a later head's "
-                   "W_Q W_K^T (Q-), W_K W_Q^T (K-) or W_V W_O (V-composition); 'excess' subtracts the same score for "
-                   "random matrices of the same shapes. Induction heads K-compose with previous-token heads. "
-                   "Source: Elhage et al. 2021; baseline as in ARENA.",
+                     "positions (GPT-2); for rotary models the expected score between a query at i and a key at "
+                     "i - offset, inputs drawn from the texts' residual vectors. Source: Elhage et al. 2021.",
+    "token QK": "x_t W_Q W_K^T x_s^T / sqrt(d_head) on normalised token embeddings x, and the top singular directions "
+                "of the full vocab x vocab circuit, taken from its rank-d_head factors (never formed). "
+                "Source: Elhage et al. 2021.",
+    "composition": "||W_A W_B||_F / (||W_A||_F ||W_B||_F), W_A an earlier head's OV circuit W_V W_O, W_B a later "
+                   "head's W_Q W_K^T (Q-), W_K W_Q^T (K-) or W_V W_O (V-composition); 'excess' subtracts the mean "
+                   "score of random Gaussian matrices of the same shapes. Induction heads K-compose with "
+                   "previous-token heads. Source: Elhage et al. 2021; baseline subtraction as in ARENA 1.2.",
+    "head names": "L18H6 is layer 18, head 6 (both from 0); the QK figures and --head write it 18.6.",
 }
 
 
-# --- small pieces ----------------------------------------------------------------------------
-def esc(text: Any) -> str:
-    """``text`` as HTML text or attribute value: ``& < > " '`` escaped."""
-    return html.escape(str(text), quote=True)
-
-
-def script_json(value: Any) -> str:
-    """JSON safe to put inside ``<script>``: no ``<``, ``>`` or ``&`` survive (written as ``\\u003c`` etc.)."""
-    s = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    return s.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026") \
-            .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
-
-
-def rounded(a: np.ndarray, decimals: int = DECIMALS) -> list:
-    """Nested lists of ``a`` rounded to ``decimals`` (NaN -> None), for JSON."""
-    a = np.round(np.asarray(a, dtype=np.float64), decimals)
-    out = a.astype(object)
-    out[np.isnan(a)] = None
-    return out.tolist()
-
-
-def fmt(v: float | None, decimals: int = DECIMALS, signed: bool = False) -> str:
-    if v is None or (isinstance(v, float) and np.isnan(v)):
-        return "–"
-    return f"{v:+.{decimals}f}" if signed else f"{v:.{decimals}f}"
-
-
-def figure_html(fig, caption: str = "", dpi: int = FIG_DPI, alt: str = "") -> str:
-    """A matplotlib figure as an inline PNG (closed afterwards), with an escaped caption."""
-    from ._mpl import plt
-    import base64
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
-    data = base64.b64encode(buf.getvalue()).decode()
-    cap = f"<figcaption>{esc(caption)}</figcaption>" if caption else ""
-    return f'<figure><img alt="{esc(alt or caption)}" src="data:image/png;base64,{data}">{cap}</figure>'
-
-
-def table_html(columns: list[str], rows: Iterable[list], table_id: str = "", sortable: bool = False) -> str:
-    """A table; a cell is text (escaped, left-aligned), a number (right-aligned) or ``(shown_html, sort_value)``."""
-    def cell(c):
-        if isinstance(c, tuple):  # (already-escaped html, value to sort by)
-            shown, v = c
-            return f'<td class="{"t" if isinstance(v, str) else ""}" data-v="{esc(v)}">{shown}</td>'
-        if isinstance(c, (int, float, np.floating, np.integer)) and not isinstance(c, bool):
-            return f'<td data-v="{float(c)!r}">{fmt(float(c)) if isinstance(c, (float, np.floating)) else c}</td>'
-        return f'<td class="t">{esc(c)}</td>'
-
-    rows = list(rows)
-    text_cols = {i for i, c in enumerate(rows[0]) if isinstance(c, str) or isinstance(c, tuple) and isinstance(c[1], str)}\
-        if rows else {0}
-    head = "".join(f'<th class="{"t" if i in text_cols else ""}">{esc(c)}</th>' for i, c in enumerate(columns))
-    body = "".join("<tr>" + "".join(cell(c) for c in r) + "</tr>" for r in rows)
-    attrs = (f' id="{esc(table_id)}"' if table_id else "") + (' class="sortable"' if sortable else "")
-    return f"<table{attrs}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def kv_html(pairs: dict[str, Any]) -> str:
-    return '<dl class="kv">' + "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in pairs.items()) + "</dl>"
-
-
-def visible_token(t: str) -> str:
-    """A token with its whitespace made visible, as the induction views show it (space ·, newline ↵, tab ⇥)."""
-    return t.replace("\n", "↵").replace("\t", "⇥").replace("\r", "␍").replace(" ", "·")
-
-
-def _tab_label(title: str) -> str:
-    return title.removeprefix("Top induction heads on ")
-
-
-def tokens_html(tokens: Iterable[str]) -> str:
-    """Token strings as chips, so their edges and spaces show."""
-    return "".join(f'<span class="tok">{esc(t)}</span>' for t in tokens)
-
-
-def roles_html(roles: list[str]) -> str:
-    return "".join(f'<span class="role {esc(r)}">{esc(SCORE_NAMES.get(r, r))}</span>' for r in roles) or "–"
-
-
-def legend_html(definitions: dict[str, str]) -> str:
-    """Every score's definition and source, as a definition list."""
-    return '<dl class="legend">' + "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in definitions.items()) + "</dl>"
-
-
-def tabs_html(group: str, panels: list[tuple[str, str]]) -> str:
-    """Buttons that switch between ``panels`` ``[(label, html)]``; the first is shown.
-
-    Hidden panels are moved off-screen rather than given ``display: none``, so interactive views
-    in them are laid out at full size and draw correctly when their tab is chosen.
-    """
-    bar, body = [], []
-    for i, (label, content) in enumerate(panels):
-        pid = f"{group}-{i}"
-        bar.append(f'<button type="button" data-tab="{pid}" aria-selected="{"true" if i == 0 else "false"}">'
-                   f"{esc(label)}</button>")
-        body.append(f'<div class="tabpanel{"" if i == 0 else " off"}" id="{pid}">{content}</div>')
-    return f'<div class="tabs">{"".join(bar)}</div><div class="tabbed">{"".join(body)}</div>'
-
-
-# --- interactive attention (circuitsvis) -----------------------------------------------------
-def circuitsvis_bundle() -> str:
-    """circuitsvis's browser bundle (defines the global ``CircuitsVis``), safe inside ``<script>``."""
-    import circuitsvis
-
-    js = (Path(circuitsvis.__file__).parent / "dist" / "cdn" / "iife.js").read_text(encoding="utf-8")
-    # "</script" (any case) would end our script element; "<!--" could start an HTML comment state.
-    return re.sub(r"</(script)", r"<\\/\1", js, flags=re.IGNORECASE).replace("<!--", "<\\!--")
-
-
-def page_asset(name: str) -> str:
-    return resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
-
-
-def scripts_html(nonce: str | None = None) -> str:
-    """The circuitsvis bundle and the page script: once per page, after every view."""
-    n = f' nonce="{esc(nonce)}"' if nonce else ""
-    return f"<script{n}>{circuitsvis_bundle()}</script><script{n}>{page_asset('page.js')}</script>"
-
-
-def heads_view_html(view_id: str, title: str, tokens: list[str], values: np.ndarray, names: list[str], *,
-                    text: str | None = None, notes: Iterable[str] = (), decimals: int = DECIMALS,
-                    max_tokens: int = MAX_VIEW_TOKENS, **props) -> str:
-    """One interactive circuitsvis ``AttentionHeads`` view of ``values`` (``[heads, query, key]``).
-
-    Keeps the first ``max_tokens`` tokens (rows stay exact: attention is causal) and says so;
-    ``text`` is shown above the view as written. Emits the target ``<div>`` and its JSON
-    island; :func:`scripts_html` must follow on the page.
-    """
-    n = len(tokens)
-    keep = min(n, max_tokens)
-    v = np.nan_to_num(np.asarray(values, dtype=np.float64)[:, :keep, :keep])  # masked cells: hidden by maskUpperTri
-    data = {"attention": rounded(v, decimals), "tokens": list(tokens[:keep]), "attentionHeadNames": names,
-            "maskUpperTri": True, **props}
-    notes = [t for t in notes if t]
-    if keep < n:
-        notes.append(f"showing the first {keep} of {n} tokens (the page's limit; each row shown is exact, "
-                     "attention being causal)")
-    note = "".join(f'<p class="note">{esc(t)}</p>' for t in notes)
-    shown = f'<div class="text-shown">{esc(text)}</div>' if text else ""
-    return (f'<div class="cv-block"><h3>{esc(title)}</h3>{shown}{note}'
-            f'<div class="cv-view" id="{esc(view_id)}"></div>'
-            f'<script type="application/json" data-cv-target="{esc(view_id)}" data-cv-component="AttentionHeads">'
-            f"{script_json(data)}</script></div>")
-
-
-def attention_view_html(sample: AttentionSample, view_id: str, text: str | None = None,
-                        max_tokens: int = MAX_VIEW_TOKENS) -> str:
-    """An interactive view of ``sample.patterns`` (``[heads, query, key]``), ``text`` shown above it."""
-    return heads_view_html(view_id, sample.title, sample.tokens, sample.patterns,
-                           [head_label(l, h) for l, h in sample.heads], text=text, notes=[sample.note],
-                           max_tokens=max_tokens)
-
-
-def notebook_attention(sample: AttentionSample, max_tokens: int = MAX_VIEW_TOKENS) -> str:
-    """A self-contained interactive view for a notebook cell (carries the ~1.3 MB bundle itself)."""
-    vid = "hs-cv-" + secrets.token_hex(6)
-    return f'<div class="hs">{attention_view_html(sample, vid, max_tokens=max_tokens)}{scripts_html()}</div>'
-
-
-# --- induction pieces ------------------------------------------------------------------------
+# --- induction pieces (from an InductionResult) ------------------------------------------------------------------------
 def settings_html(res: InductionResult) -> str:
     s, m = res.settings, res.model
     model = {"model": m.get("name"), "layers × heads": f"{m.get('n_layers')} × {m.get('n_heads')}"}
@@ -244,6 +78,10 @@ def settings_html(res: InductionResult) -> str:
            "device": s.get("device", "")}
     return f'<div class="cards"><div class="card"><h3>Model</h3>{kv_html(model)}</div>' \
            f'<div class="card"><h3>Scan</h3>{kv_html(run)}</div></div>'
+
+
+def roles_html(roles: list[str]) -> str:
+    return "".join(f'<span class="role {esc(r)}">{esc(SCORE_NAMES.get(r, r))}</span>' for r in roles) or "–"
 
 
 def top_heads_html(res: InductionResult, k: int | None = None) -> str:
@@ -310,176 +148,201 @@ def induction_html(res: InductionResult) -> str:
     return f'<div class="hs"><style>{page_asset("page.css")}</style>{"".join(parts)}</div>'
 
 
-# --- QK pieces -------------------------------------------------------------------------------
-def _plot(obj, *args) -> str:
-    """``obj.plot(*args)`` as a figure, or a note when the QK figures are not available."""
+def induction_sections(res: InductionResult) -> list[tuple[str, str, str]]:
+    """The induction part of the page: heads and roles, heatmaps, loss, the causal check."""
+    from .induction_figures import TITLES, ablation_chart, loss_by_position, score_heatmap
+
+    out = [("top", "Top heads and their roles",
+            settings_html(res) + "<h3>Top induction heads</h3>" + top_heads_html(res)
+            + "<h3>Best heads for the other roles</h3>" + other_roles_html(res) + all_heads_html(res)),
+           ("heatmaps", "Score heatmaps",
+            tabs_html("heatmap", [(TITLES.get(s, s), figure_html(score_heatmap(res, s))) for s in SCORE_ORDER])),
+           ("loss", "Loss by position",
+            f"<p>First repeat {res.loss_first_repeat:.2f} nats, later repeats {res.loss_later_repeats:.2f} nats: "
+            "a drop means the model predicts repeated tokens from context, the behaviour induction heads "
+            "implement.</p>" + figure_html(loss_by_position(res)))]
+    if res.ablation:
+        out.append(("ablation", "Causal check", verdicts_html(res) + figure_html(ablation_chart(res))))
+    return out
+
+
+# --- QK pieces (from a headscope.qk.QKAnalysis) -------------------------------------------------
+def _plot(fn: Callable, *args) -> str:
+    """``fn(*args)`` as a figure, or a note when the QK figures cannot be drawn here."""
     try:
-        fig = obj.plot(*args)
-    except ImportError as exc:  # render.qk_figures not installed/written: the tables still stand
+        return figure_html(fn(*args))
+    except ImportError as exc:
         return f'<p class="note">figure unavailable: {esc(exc)}</p>'
-    return figure_html(fig)
 
 
-def qk_scores_html(qs, first_id: int = 0) -> str:
-    """Live pre-softmax QK scores of the chosen heads, one interactive view per text (red +, blue -)."""
-    names = [head_label(l, h) for l, h in qs.heads]
+def _lh(label: str) -> str:
+    """``"18.6"`` -> ``"L18H6"``."""
+    layer, _, head = label.partition(".")
+    return head_label(int(layer), int(head))
+
+
+def qk_heads_html(a) -> str:
+    """The chosen heads: why each was chosen, its scan scores, its strongest K-composition sources; the findings."""
+    sources = a.k_sources(3)
+    rows = []
+    for l, h in a.heads:
+        ind, prev = a.head_score("induction", l, h), a.head_score("previous_token", l, h)
+        src = ", ".join(f"{_lh(s['head'])} ({s['excess']:+.3f})" for s in sources[f"{l}.{h}"]) or "– (layer 0)"
+        rows.append([head_label(l, h), a.reasons.get(f"{l}.{h}", "chosen with --head"),
+                     float("nan") if ind is None else round(ind, DECIMALS),
+                     float("nan") if prev is None else round(prev, DECIMALS), src])
+    findings = "".join(f"<li>{esc(f)}</li>" for f in a.findings())
+    notes = "".join(f'<p class="note">{esc(n)}</p>' for n in a.notes)
+    return (table_html(["head", "chosen for", "induction", "previous-token", "strongest K-composition sources (excess)"],
+                       rows) + (f"<h3>What the QK analysis shows</h3><ul class='verdicts'>{findings}</ul>" if findings
+                                else "") + notes)
+
+
+def qk_scores_html(live) -> str:
+    """Live pre-softmax QK scores of the chosen heads, one interactive view per text (red +, blue −)."""
+    names = [head_label(l, h) for l, h in live.heads]
     views = []
-    for s, seq in enumerate(qs.sequences):
-        sc = np.asarray(qs.scores[s], dtype=np.float64)
-        lim = float(np.nanmax(np.abs(sc[:, 1:, 1:]))) if len(seq) > 2 else float(np.nanmax(np.abs(sc)))
-        views.append(heads_view_html(f"cv-qk-{first_id + s}", f"QK scores on text {s + 1}",
-                                     [visible_token(t) for t in seq.labels], sc, names,
-                                     text=seq.text, notes=seq.notes, decimals=2, maxValue=lim, minValue=-lim,
-                                     positiveColor="red", negativeColor="blue"))
+    for s, seq in enumerate(live.sequences):
+        sc = np.asarray(live.scores[s], dtype=np.float64)
+        inner = sc[:, 1:, 1:] if len(seq) > 2 else sc  # the BOS column would set the scale alone
+        lim = float(np.nanmax(np.abs(inner))) or 1.0
+        views.append(heads_view_html(f"cv-qk-{s}", f"QK scores on text {s + 1}", [visible_token(t) for t in seq.labels],
+                                     sc, names, text=seq.text, notes=seq.notes, decimals=2, maxValue=lim,
+                                     minValue=-lim, positiveColor="red", negativeColor="blue"))
     return tabs_html("qk-views", [(f"text {s + 1}", v) for s, v in enumerate(views)])
 
 
+def qk_patterns_html(live) -> str:
+    """The chosen heads' attention patterns on each text (for a page without an induction scan)."""
+    names = [head_label(l, h) for l, h in live.heads]
+    views = [heads_view_html(f"cv-{s}", f"Attention of the chosen heads on text {s + 1}",
+                             [visible_token(t) for t in seq.labels], live.patterns[s], names, text=seq.text,
+                             notes=seq.notes) for s, seq in enumerate(live.sequences)]
+    return tabs_html("views", [(f"text {s + 1}", v) for s, v in enumerate(views)])
+
+
 def decomposition_html(d) -> str:
-    head = f"L{d.layer}H{d.head}"
-    rows = [[side, name, round(float(v), DECIMALS)] for side in ("key", "query") for name, v in d.top(side, 5)]
+    """One head's score split over residual components: the figure, then the largest terms."""
+    from .qk_figures import plot_decomposition
+
+    f = d.to_frame()
+    rows = [[r.side, r.component, round(float(r.contribution), DECIMALS), round(float(r.vs_mean_key), DECIMALS)]
+            for side in ("key", "query") for r in f[f.side == side].sort_values("rank").head(5).itertuples()]
     pairs = [[a, b, round(v, DECIMALS)] for a, b, v in d.top_pairs(5)]
-    facts = (f"score {d.score:.3f} (model's own {d.model_score:.3f}, largest difference {d.max_abs_error:.1e}), "
+    facts = (f"score {d.score:.3f} (the model's own {d.model_score:.3f}, largest difference {d.max_abs_error:.1e}), "
              f"attention {d.attention:.3f}; {d.how}")
-    return (f"<h3>{esc(head)}</h3><p class='muted'>{esc(facts)}</p>{_plot(d)}<div class='cards'>"
-            "<div><b>Largest contributions</b>" + table_html(["side", "component", "score units"], rows) + "</div>"
+    return (f"<p class='muted'>{esc(facts)}</p>{_plot(plot_decomposition, d)}<div class='cards'>"
+            "<div><b>Largest contributions</b>"
+            + table_html(["side", "component", "score units", "vs mean key"], rows) + "</div>"
             "<div><b>Largest query × key component pairs</b>"
-            + table_html(["query component", "key component", "score units"], pairs)
-            + f"</div></div><p class='muted'>{esc(d.note)}</p>")
+            + table_html(["query component", "key component", "score units"], pairs) + "</div></div>")
 
 
 def positional_html(p) -> str:
+    from .qk_figures import plot_positional
+
     rows = []
     for n, (l, h) in enumerate(p.heads):
         curve = p.offset_curve[n]
         peak = int(p.offsets[np.nanargmax(curve)])
         rows.append([head_label(l, h), peak, round(float(np.nanmax(curve)), DECIMALS),
                      round(float(curve[1]), DECIMALS) if len(curve) > 1 else float("nan")])
-    return (_plot(p) + table_html(["head", "peak offset", "peak score", "score at offset 1"], rows)
+    return (_plot(plot_positional, p) + table_html(["head", "peak offset", "peak score", "score at offset 1"], rows)
             + f"<p class='muted'>{esc(p.method)}</p>")
 
 
 def token_qk_html(t) -> str:
+    from .qk_figures import plot_token_qk
+
     rows = [[round(float(d["singular_value"]), DECIMALS),
              *((tokens_html(d[k]), "") for k in ("queries_plus", "keys_plus", "queries_minus", "keys_minus"))]
             for d in t.directions]
     pairs = [[(tokens_html([q]), q), (tokens_html([k]), k), round(v, DECIMALS)] for q, k, v in t.top_pairs(6)]
-    return (f"<h3>L{t.layer}H{t.head}</h3>{_plot(t)}<div class='cards'>"
-            "<div><b>Highest-scoring query/key token pairs</b>"
+    return (_plot(plot_token_qk, t) + "<div class='cards'><div><b>Highest-scoring query/key token pairs</b>"
             + table_html(["query token", "key token", "score"], pairs) + "</div>"
             "<div><b>Top singular directions of the full-vocabulary circuit</b>"
             + table_html(["σ", "queries +", "keys +", "queries −", "keys −"], rows)
             + f"</div></div><p class='muted'>{esc(t.method)}</p>")
 
 
-def composition_html(c, res: InductionResult | None = None, heads: list[tuple[int, int]] | None = None) -> str:
-    """The composition figure and, per chosen later head, the earlier heads it reads most (K, Q, V)."""
-    heads = heads or ([(l, h) for l, h, _ in res.top_heads("induction", 3)] if res is not None else [])
-    rows = []
-    for l, h in heads:
-        if l == 0:
-            continue
-        for kind in c.scores:
-            for sl, sh, v in c.top_sources(l, h, kind, 3):
-                prev = [round(float(res.scores["previous_token"][sl, sh]), DECIMALS)] if res is not None else []
-                rows.append([head_label(l, h), kind, head_label(sl, sh), round(v, DECIMALS), *prev])
-    cols = ["later head", "kind", "earlier head", "excess"] + (["earlier head's previous-token score"] if res else [])
-    base = f"random baseline {c.baseline:.4f} ± {c.baseline_std:.4f} (d_model {c.d_model}, d_head {c.d_head})"
-    sources = ""
-    later = [lh for lh in heads if lh[0] > 0]
-    if later:
-        try:
-            from .qk_figures import plot_k_sources
+def composition_html(c, heads: list[tuple[int, int]], prev_token: np.ndarray | None = None) -> str:
+    """Each chosen head's strongest K-composition sources, every score as a figure, the sources as a table."""
+    from .qk_figures import plot_composition, plot_k_sources
 
-            prev = res.scores["previous_token"] if res is not None else None
-            sources = figure_html(plot_k_sources(c, later, prev))
-        except ImportError as exc:
-            sources = f'<p class="note">figure unavailable: {esc(exc)}</p>'
-    return (f"<p class='muted'>{esc(base)}; {esc(c.note)}</p>{sources}{_plot(c)}"
-            f"<details><summary>The strongest sources of each chosen head, every kind (table)</summary>"
+    later = [lh for lh in heads if lh[0] > 0]
+    rows = [[head_label(l, h), kind, head_label(sl, sh), round(v, DECIMALS),
+             *([round(float(prev_token[sl, sh]), DECIMALS)] if prev_token is not None else [])]
+            for l, h in later for kind in c.scores for sl, sh, v in c.top_sources(l, h, kind, 3)]
+    cols = ["later head", "kind", "earlier head", "excess"] + (["earlier head's previous-token score"]
+                                                               if prev_token is not None else [])
+    base = f"random baseline {c.baseline:.4f} ± {c.baseline_std:.4f} (d_model {c.d_model}, d_head {c.d_head})"
+    sources = _plot(plot_k_sources, c, later, prev_token) if later else ""
+    return (f"<p class='muted'>{esc(base)}; {esc(c.note)}</p>{sources}{_plot(plot_composition, c)}"
+            "<details><summary>The strongest sources of each chosen head, every kind (table)</summary>"
             + table_html(cols, rows, sortable=True) + "</details>")
 
 
-def qk_definitions(qk: dict) -> dict[str, str]:
-    try:
-        from .. import qk as qk_pkg
-
-        given = dict(getattr(qk_pkg, "DEFINITIONS", {}) or {})
-    except ImportError:
-        given = {}
-    return given or QK_DEFINITIONS
+def qk_sections(a) -> list[tuple[str, str, str]]:
+    """The QK part of the page from a :class:`~headscope.qk.QKAnalysis`."""
+    heads = a.heads
+    n = len(heads)
+    first = a.live.sequences[0]
+    decs = [a.decompositions[k] for k in range(min(n, len(a.decompositions)))]  # sequence 0, every head
+    return [
+        ("qk-heads", "QK analysis: the chosen heads", qk_heads_html(a)),
+        ("qk-live", "QK scores on text (interactive)",
+         "<p class='muted'>Pre-softmax scores q·k/√d_head of the chosen heads, red positive, blue negative, scaled to "
+         "the largest non-BOS score of each text; the softmax of each row is the attention pattern.</p>"
+         + qk_scores_html(a.live)),
+        ("qk-decomposition", "Why they attend there: QK decompositions",
+         f"<p class='muted'>On text 1 ({esc(first.text[:80])}{'…' if len(first.text) > 80 else ''}); every text's "
+         "decompositions are in qk.json (headscope qk).</p>"
+         + tabs_html("decomp", [(head_label(d.layer, d.head), decomposition_html(d)) for d in decs])),
+        ("qk-positional", "Positional QK circuit", positional_html(a.positional)),
+        ("qk-token", "Token QK circuit",
+         tabs_html("tokqk", [(head_label(t.layer, t.head), token_qk_html(t)) for t in a.token_circuits])),
+        ("composition", "Composition scores",
+         composition_html(a.composition, heads, None if a.scan_scores is None else a.scan_scores["previous_token"])),
+    ]
 
 
 # --- the page --------------------------------------------------------------------------------
-#: What a report's ``qk`` dict may hold, in page order.
-QK_PARTS = ("scores", "decompositions", "positional", "token", "composition")
-
-
 @dataclass
 class Report:
-    """Everything one page shows. Any part may be missing (``headscope qk --report`` has no scan).
+    """Everything one page shows; either part may be missing (``headscope qk --report`` has no scan).
 
-    ``texts``: the top heads' attention on the user's texts, ``sources`` those texts as
-    written (same order; optional); ``qk``: QK results keyed by
-    :data:`QK_PARTS` (``decompositions`` and ``token`` are lists); ``notes``: anything the
-    reader should know (what was cut, skipped or rounded).
+    ``induction``: the scan; ``texts``: the top induction heads' attention on the user's texts,
+    ``sources`` those texts as written (same order, optional); ``qk``: a
+    :class:`~headscope.qk.QKAnalysis`; ``notes``: anything the reader should know.
     """
 
     model: dict
     induction: InductionResult | None = None
     texts: list[AttentionSample] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
-    qk: dict = field(default_factory=dict)
-    settings: dict = field(default_factory=dict)
+    qk: Any = None
     notes: list[str] = field(default_factory=list)
 
     def sections(self) -> list[tuple[str, str, str]]:
         """``[(anchor, title, html)]`` in page order."""
         res, out = self.induction, []
-        views = []
         if res is not None:
-            out.append(("top", "Top heads and their roles",
-                        settings_html(res) + "<h3>Top induction heads</h3>" + top_heads_html(res)
-                        + "<h3>Best heads for the other roles</h3>" + other_roles_html(res) + all_heads_html(res)))
-            from .induction_figures import TITLES, ablation_chart, loss_by_position, score_heatmap
-
-            out.append(("heatmaps", "Score heatmaps",
-                        tabs_html("heatmap", [(TITLES.get(s, s), figure_html(score_heatmap(res, s)))
-                                              for s in SCORE_ORDER])))
-            out.append(("loss", "Loss by position",
-                        f"<p>First repeat {res.loss_first_repeat:.2f} nats, later repeats "
-                        f"{res.loss_later_repeats:.2f} nats: a drop means the model predicts repeated tokens "
-                        "from context, the behaviour induction heads implement.</p>"
-                        + figure_html(loss_by_position(res))))
-            if res.ablation:
-                out.append(("ablation", "Causal check", verdicts_html(res) + figure_html(ablation_chart(res))))
-            views += [(s, None) for s in res.samples]
-        views += [(s, self.sources[i] if i < len(self.sources) else None) for i, s in enumerate(self.texts)]
-        if views:
-            body = ("<p class='muted'>Hover over a head to see its pattern, click to lock it; hover over a cell to "
-                    "read its weight. Queries down, keys across. One tab per sequence.</p>"
-                    + tabs_html("views", [(_tab_label(s.title), attention_view_html(s, f"cv-{i}", text))
-                                          for i, (s, text) in enumerate(views)]))
-            out.append(("attention", "Attention of the top heads (interactive)", body))
-        qk = self.qk
-        if qk.get("scores") is not None:
-            heads = ", ".join(head_label(l, h) for l, h in qk["scores"].heads)
-            out.append(("qk-live", "QK scores on text (interactive)",
-                        f"<p class='muted'>Heads {esc(heads)}: pre-softmax scores q·k/√d_head, red positive, blue "
-                        "negative, scaled to the largest non-BOS score of each text; the softmax of each row is "
-                        "the attention pattern.</p>" + qk_scores_html(qk["scores"])))
-        if qk.get("decompositions"):
-            out.append(("qk-decomposition", "Why they attend there: QK decompositions",
-                        "".join(decomposition_html(d) for d in qk["decompositions"])))
-        if qk.get("positional") is not None:
-            out.append(("qk-positional", "Positional QK circuit", positional_html(qk["positional"])))
-        if qk.get("token"):
-            out.append(("qk-token", "Token QK circuit", "".join(token_qk_html(t) for t in qk["token"])))
-        if qk.get("composition") is not None:
-            out.append(("composition", "Composition scores",
-                        composition_html(qk["composition"], res, self.settings.get("qk_heads"))))
+            out += induction_sections(res)
+            views = [(s, None) for s in res.samples]
+            views += [(s, self.sources[i] if i < len(self.sources) else None) for i, s in enumerate(self.texts)]
+            if views:
+                out.append(("attention", "Attention of the top induction heads (interactive)", VIEW_HELP
+                            + tabs_html("views", [(s.title.removeprefix("Top induction heads on "),
+                                                   attention_view_html(s, f"cv-{i}", text))
+                                                  for i, (s, text) in enumerate(views)])))
+        elif self.qk is not None:
+            out.append(("attention", "Attention of the chosen heads (interactive)", VIEW_HELP
+                        + qk_patterns_html(self.qk.live)))
+        if self.qk is not None:
+            out += qk_sections(self.qk)
         defs = induction_definitions(res) if res is not None else {}
-        if qk:
-            defs.update(qk_definitions(qk))
+        if self.qk is not None:
+            defs.update(QK_DEFINITIONS)
         out.append(("legend", "Legend: what each score means and where it comes from", legend_html(defs)))
         return out
 
@@ -491,10 +354,10 @@ class Report:
         sections = self.sections()
         csp = (f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'unsafe-inline'; img-src data:; "
                "font-src data:; connect-src 'none'; base-uri 'none'; form-action 'none'")
-        nav = "".join(f'<a href="#{a}">{esc(t.split(":")[0])}</a>' for a, t, _ in sections)
+        nav = "".join(f'<a href="#{a}">{esc(t.split(":")[0].removesuffix(" (interactive)"))}</a>'
+                      for a, t, _ in sections)
         body = "".join(f'<section id="{a}"><h2>{esc(t)}</h2>{h}</section>' for a, t, h in sections)
         has_views = 'data-cv-component="' in body  # escaped text can never spell the quote
-        notes = self.page_notes()
         name = self.model.get("name", "model")
         when = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
         return (
@@ -505,8 +368,8 @@ class Report:
             f"<title>headscope report: {esc(name)}</title><style>{page_asset('page.css')}</style></head>"
             f"<body class='hs'><header class='hs-head'><h1>headscope report: {esc(name)}</h1>"
             f"<p>{esc(self.subtitle())}</p></header><nav>{nav}</nav><main>{body}</main>"
-            f"<footer>{notes}<p>Made by headscope {esc(__version__)} on {esc(when)}. This page is one self-contained "
-            "file: it loads nothing from the network and can be sent as it is.</p></footer>"
+            f"<footer>{self.notes_html()}<p>Made by headscope {esc(__version__)} on {esc(when)}. This page is one "
+            "self-contained file: it loads nothing from the network and can be sent as it is.</p></footer>"
             + (scripts_html(nonce) if has_views else f"<script nonce='{nonce}'>{page_asset('page.js')}</script>")
             + "</body></html>\n"
         )
@@ -517,14 +380,15 @@ class Report:
         if self.induction is not None:
             s = self.induction.settings
             bits.append(f"induction scan on {s['batch']} sequences of {s['seq_len']} random tokens × {s['repeats']}")
-        if self.qk:
-            bits.append("QK analysis of " + ", ".join(head_label(l, h) for l, h in self.settings.get("qk_heads", [])))
-        return "; ".join(b for b in bits if b)
+        if self.qk is not None:
+            bits.append("QK analysis of " + ", ".join(head_label(l, h) for l, h in self.qk.heads))
+        return "; ".join(bits)
 
-    def page_notes(self) -> str:
-        notes = list(self.notes)
-        notes.append(f"Numbers on this page are rounded to {DECIMALS} decimals and attention views keep at most "
-                     f"{MAX_VIEW_TOKENS} tokens per sequence; the JSON output (--json) has full precision.")
+    def notes_html(self) -> str:
+        notes = list(self.notes) + [
+            f"Numbers on this page are rounded to {DECIMALS} decimals (QK scores in the interactive views to 2) and "
+            f"interactive views keep at most {MAX_VIEW_TOKENS} tokens of a sequence; the JSON outputs "
+            "(headscope induction --json, qk.json) have full precision."]
         return "<ul>" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>"
 
     def save(self, path: str | Path) -> Path:
@@ -539,62 +403,27 @@ class Report:
         return f"<div class='hs'><style>{page_asset('page.css')}</style>{body}{scripts_html()}</div>"
 
 
-# --- collecting the results (runs the analyses; the page itself never touches a model) ---------
+VIEW_HELP = ("<p class='muted'>Hover over a head to see its pattern, click to lock it; hover over a cell to read its "
+             "value. Queries down, keys across; one tab per sequence.</p>")
+
+
+# --- gathering the results (runs the analyses; the page itself never touches a model) ----------
 def default_texts() -> list[tuple[str, str]]:
-    try:
-        from ..qk.inputs import SAMPLE_TEXTS
-    except ImportError:
-        SAMPLE_TEXTS = ("The quick brown fox jumps over the lazy dog. The quick brown fox jumps over the lazy dog.",)
+    from ..qk.inputs import SAMPLE_TEXTS
+
     return [(f"sample text {i}", t) for i, t in enumerate(SAMPLE_TEXTS, 1)]
-
-
-def qk_heads_for(res: InductionResult, n_induction: int = 3) -> list[tuple[int, int]]:
-    """The heads a report analyses: the top induction heads, then the best previous- and duplicate-token heads."""
-    heads = [(l, h) for l, h, _ in res.top_heads("induction", n_induction)]
-    for score in ("previous_token", "duplicate_token"):
-        l, h, _ = res.top_heads(score, 1)[0]
-        if (l, h) not in heads:
-            heads.append((l, h))
-    return heads
-
-
-def collect_qk(model, heads: list[tuple[int, int]], texts: list[str], *, decompose: list[tuple[int, int]] | None = None,
-               log: Callable[[str], None] = lambda s: None) -> dict:
-    """The QK results a page shows, for ``heads`` on ``texts`` (see :data:`QK_PARTS`).
-
-    ``decompose``: the heads whose score is split into components, on the first text
-    (default: the first of ``heads``). The token circuit is the first head's, on the first
-    text's distinct tokens (at most 24).
-    """
-    from .. import qk as Q
-    from ..qk.inputs import prepare_texts
-    from ..weights import head_weights
-
-    w = head_weights(model)
-    seqs = prepare_texts(model, texts, max_tokens=MAX_VIEW_TOKENS)
-    out: dict[str, Any] = {}
-    log("QK: live scores")
-    out["scores"] = Q.qk_scores(model, heads, seqs)
-    log("QK: decompositions")
-    out["decompositions"] = [Q.decompose_qk(model, h, seqs[0], weights=w) for h in (decompose or heads[:1])]
-    log("QK: positional and token circuits")
-    out["positional"] = Q.positional_qk(model, heads, weights=w)
-    ids = list(dict.fromkeys(seqs[0].ids[1:]))[:24]
-    out["token"] = [Q.token_qk(model, heads[0], ids, weights=w)] if len(ids) >= 2 else []
-    log("QK: composition scores")
-    out["composition"] = Q.composition_scores(w)
-    return out
 
 
 def build_report(model, texts: list[str] | list[tuple[str, str]] | None = None, *, seq_len: int = 50,
                  batch: int = 10, repeats: int = 2, seed: int = 0, top_k: int = 5, ablate: bool = True,
                  ablation: str = "mean", thresholds: dict[str, float] | None = None, qk: bool = True,
-                 max_memory_gb: float = 2.0, progress: bool | None = None,
+                 qk_top: int = 3, max_memory_gb: float = 2.0, progress: bool | None = None,
                  log: Callable[[str], None] = lambda s: None) -> Report:
     """Run the induction scan and the QK analysis on ``model`` and gather them into a :class:`Report`.
 
-    ``texts``: strings or ``(title, text)`` pairs for the attention views and the QK analysis;
-    None uses the built-in sample texts.
+    ``texts``: strings or ``(title, text)`` pairs for the attention views and the QK analysis
+    (None: the built-in samples). The QK analysis takes the scan's top ``qk_top`` induction
+    and previous-token heads.
 
     >>> report = build_report(headscope.load_model(), seq_len=20, batch=4)   # doctest: +SKIP
     >>> report.save("report.html")                                            # doctest: +SKIP
@@ -607,13 +436,20 @@ def build_report(model, texts: list[str] | list[tuple[str, str]] | None = None, 
                          ablate=ablate, ablation=ablation, thresholds=thresholds, max_memory_gb=max_memory_gb,
                          progress=progress)
     heads = [(l, h) for l, h, _ in res.top_heads("induction", min(top_k, 6))]
-    log("attention on the texts")
+    log("attention of the top heads on the texts")
     samples = [attention_sample(model, encode_text(model, t), heads, f"Top induction heads on {title}",
                                 max_tokens=MAX_VIEW_TOKENS) for title, t in pairs]
     rep = Report(model=dict(res.model), induction=res, texts=samples, sources=[t for _, t in pairs])
     if qk:
-        rep.settings["qk_heads"] = qk_heads_for(res)
-        prev = res.top_heads("previous_token", 1)[0][:2]
-        rep.qk = collect_qk(model, rep.settings["qk_heads"], [t for _, t in pairs],
-                            decompose=list(dict.fromkeys([heads[0], prev])), log=log)
+        from ..qk import analyze_qk
+
+        said = set()
+
+        def step(stage, done, total):
+            if stage not in said:
+                said.add(stage)
+                log(f"QK: {stage}")
+
+        rep.qk = analyze_qk(model, [t for _, t in pairs], top=qk_top, scan=res, max_tokens=MAX_VIEW_TOKENS,
+                            progress=step)
     return rep

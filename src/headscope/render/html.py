@@ -1,0 +1,199 @@
+"""HTML pieces shared by the report page and the notebook views: escaping, tables, tabs,
+inline figures and interactive circuitsvis views.
+
+Every outside string goes through :func:`esc` (HTML text and attributes) or
+:func:`script_json` (JSON inside ``<script>``). Interactive views are a target ``<div>`` plus a
+JSON island (``<script type="application/json">``); :func:`scripts_html` (circuitsvis's bundle
+and ``page.js``, once per page, after every view) draws them.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import secrets
+import warnings
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from ..scan.attention import AttentionSample
+from ..scan.result import head_label
+
+#: Interactive views keep the first this-many tokens of a sequence (rows stay exact: attention is causal).
+MAX_VIEW_TOKENS = 64
+#: Decimals of the attention weights in the interactive views and of every number in tables.
+DECIMALS = 3
+#: Resolution of the PNG figures.
+FIG_DPI = 72
+
+
+# --- text, numbers, tables --------------------------------------------------------------------
+def esc(text: Any) -> str:
+    """``text`` as HTML text or attribute value: ``& < > " '`` escaped."""
+    return html.escape(str(text), quote=True)
+
+
+def script_json(value: Any) -> str:
+    """JSON safe to put inside ``<script>``: no ``<``, ``>`` or ``&`` survive (written as ``\\u003c`` etc.)."""
+    s = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return s.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026") \
+            .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+
+
+def rounded(a: np.ndarray, decimals: int = DECIMALS) -> list:
+    """Nested lists of ``a`` rounded to ``decimals`` (NaN -> None), for JSON."""
+    a = np.round(np.asarray(a, dtype=np.float64), decimals)
+    out = a.astype(object)
+    out[np.isnan(a)] = None
+    return out.tolist()
+
+
+def fmt(v: float | None, decimals: int = DECIMALS, signed: bool = False) -> str:
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return "–"
+    return f"{v:+.{decimals}f}" if signed else f"{v:.{decimals}f}"
+
+
+def png_bytes(fig, dpi: int = FIG_DPI) -> bytes:
+    """``fig`` as a PNG with a 256-colour palette (a third of the size; heatmaps look the same), closed."""
+    import io
+
+    from PIL import Image
+
+    from ._mpl import plt
+
+    buf = io.BytesIO()
+    with warnings.catch_warnings():  # a token the font lacks shows as a box: not worth a warning per figure
+        warnings.filterwarnings("ignore", message="Glyph .* missing from font", category=UserWarning)
+        fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    buf.seek(0)
+    out = io.BytesIO()
+    Image.open(buf).convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT).save(out, "PNG", optimize=True)
+    return out.getvalue()
+
+
+def figure_html(fig, caption: str = "", dpi: int = FIG_DPI, alt: str = "") -> str:
+    """A matplotlib figure as an inline PNG (closed afterwards), with an escaped caption."""
+    import base64
+
+    data = base64.b64encode(png_bytes(fig, dpi)).decode()
+    cap = f"<figcaption>{esc(caption)}</figcaption>" if caption else ""
+    return f'<figure><img alt="{esc(alt or caption)}" src="data:image/png;base64,{data}">{cap}</figure>'
+
+
+def table_html(columns: list[str], rows: Iterable[list], table_id: str = "", sortable: bool = False) -> str:
+    """A table; a cell is text (escaped, left-aligned), a number (right-aligned) or ``(shown_html, sort_value)``."""
+    def cell(c):
+        if isinstance(c, tuple):  # (already-escaped html, value to sort by)
+            shown, v = c
+            return f'<td class="{"t" if isinstance(v, str) else ""}" data-v="{esc(v)}">{shown}</td>'
+        if isinstance(c, (int, float, np.floating, np.integer)) and not isinstance(c, bool):
+            return f'<td data-v="{float(c)!r}">{fmt(float(c)) if isinstance(c, (float, np.floating)) else c}</td>'
+        return f'<td class="t">{esc(c)}</td>'
+
+    rows = list(rows)
+    text_cols = {i for i, c in enumerate(rows[0]) if isinstance(c, str) or isinstance(c, tuple) and isinstance(c[1], str)}\
+        if rows else {0}
+    head = "".join(f'<th class="{"t" if i in text_cols else ""}">{esc(c)}</th>' for i, c in enumerate(columns))
+    body = "".join("<tr>" + "".join(cell(c) for c in r) + "</tr>" for r in rows)
+    attrs = (f' id="{esc(table_id)}"' if table_id else "") + (' class="sortable"' if sortable else "")
+    return f"<table{attrs}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def kv_html(pairs: dict[str, Any]) -> str:
+    return '<dl class="kv">' + "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in pairs.items()) + "</dl>"
+
+
+def visible_token(t: str) -> str:
+    """A token with its whitespace made visible, as the induction views show it (space ·, newline ↵, tab ⇥)."""
+    return t.replace("\n", "↵").replace("\t", "⇥").replace("\r", "␍").replace(" ", "·")
+
+
+def tokens_html(tokens: Iterable[str]) -> str:
+    """Token strings as chips, so their edges and spaces show."""
+    return "".join(f'<span class="tok">{esc(t)}</span>' for t in tokens)
+
+
+def legend_html(definitions: dict[str, str]) -> str:
+    """Every score's definition and source, as a definition list."""
+    return '<dl class="legend">' + "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in definitions.items()) + "</dl>"
+
+
+def tabs_html(group: str, panels: list[tuple[str, str]]) -> str:
+    """Buttons that switch between ``panels`` ``[(label, html)]``; the first is shown.
+
+    Hidden panels are moved off-screen rather than given ``display: none``, so interactive views
+    in them are laid out at full size and draw correctly when their tab is chosen.
+    """
+    bar, body = [], []
+    for i, (label, content) in enumerate(panels):
+        pid = f"{group}-{i}"
+        bar.append(f'<button type="button" data-tab="{pid}" aria-selected="{"true" if i == 0 else "false"}">'
+                   f"{esc(label)}</button>")
+        body.append(f'<div class="tabpanel{"" if i == 0 else " off"}" id="{pid}">{content}</div>')
+    return f'<div class="tabs">{"".join(bar)}</div><div class="tabbed">{"".join(body)}</div>'
+
+
+# --- interactive attention (circuitsvis) -----------------------------------------------------
+def circuitsvis_bundle() -> str:
+    """circuitsvis's browser bundle (defines the global ``CircuitsVis``), safe inside ``<script>``."""
+    import circuitsvis
+
+    js = (Path(circuitsvis.__file__).parent / "dist" / "cdn" / "iife.js").read_text(encoding="utf-8")
+    # "</script" (any case) would end our script element; "<!--" could start an HTML comment state.
+    return re.sub(r"</(script)", r"<\\/\1", js, flags=re.IGNORECASE).replace("<!--", "<\\!--")
+
+
+def page_asset(name: str) -> str:
+    return resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
+
+
+def scripts_html(nonce: str | None = None) -> str:
+    """The circuitsvis bundle and the page script: once per page, after every view."""
+    n = f' nonce="{esc(nonce)}"' if nonce else ""
+    return f"<script{n}>{circuitsvis_bundle()}</script><script{n}>{page_asset('page.js')}</script>"
+
+
+def heads_view_html(view_id: str, title: str, tokens: list[str], values: np.ndarray, names: list[str], *,
+                    text: str | None = None, notes: Iterable[str] = (), decimals: int = DECIMALS,
+                    max_tokens: int = MAX_VIEW_TOKENS, **props) -> str:
+    """One interactive circuitsvis ``AttentionHeads`` view of ``values`` (``[heads, query, key]``).
+
+    Keeps the first ``max_tokens`` tokens (rows stay exact: attention is causal) and says so;
+    ``text`` is shown above the view as written. Emits the target ``<div>`` and its JSON
+    island; :func:`scripts_html` must follow on the page.
+    """
+    n = len(tokens)
+    keep = min(n, max_tokens)
+    v = np.nan_to_num(np.asarray(values, dtype=np.float64)[:, :keep, :keep])  # masked cells: hidden by maskUpperTri
+    data = {"attention": rounded(v, decimals), "tokens": list(tokens[:keep]), "attentionHeadNames": names,
+            "maskUpperTri": True, **props}
+    notes = [t for t in notes if t]
+    if keep < n:
+        notes.append(f"showing the first {keep} of {n} tokens (the page's limit; each row shown is exact, "
+                     "attention being causal)")
+    note = "".join(f'<p class="note">{esc(t)}</p>' for t in notes)
+    shown = f'<div class="text-shown">{esc(text)}</div>' if text else ""
+    return (f'<div class="cv-block"><h3>{esc(title)}</h3>{shown}{note}'
+            f'<div class="cv-view" id="{esc(view_id)}"></div>'
+            f'<script type="application/json" data-cv-target="{esc(view_id)}" data-cv-component="AttentionHeads">'
+            f"{script_json(data)}</script></div>")
+
+
+def attention_view_html(sample: AttentionSample, view_id: str, text: str | None = None,
+                        max_tokens: int = MAX_VIEW_TOKENS) -> str:
+    """An interactive view of ``sample.patterns`` (``[heads, query, key]``), ``text`` shown above it."""
+    return heads_view_html(view_id, sample.title, sample.tokens, sample.patterns,
+                           [head_label(l, h) for l, h in sample.heads], text=text, notes=[sample.note],
+                           max_tokens=max_tokens)
+
+
+def notebook_attention(sample: AttentionSample, max_tokens: int = MAX_VIEW_TOKENS) -> str:
+    """A self-contained interactive view for a notebook cell (carries the ~1.3 MB bundle itself)."""
+    vid = "hs-cv-" + secrets.token_hex(6)
+    return f'<div class="hs">{attention_view_html(sample, vid, max_tokens=max_tokens)}{scripts_html()}</div>'
