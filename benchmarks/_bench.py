@@ -1,0 +1,97 @@
+"""Helpers every benchmark script shares: timing, machine description, JSON lines out."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from typing import Callable
+
+import torch
+
+
+def load_average() -> tuple[float, float, float]:
+    return os.getloadavg()
+
+
+def machine() -> dict:
+    """What the numbers were measured on: CPU model, cores, RAM, torch build, threads, GPU."""
+    cpu = platform.processor() or ""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+        cpu = next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), cpu)
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        import psutil
+
+        ram = psutil.virtual_memory().total
+    except ImportError:  # pragma: no cover
+        ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    from importlib.metadata import version
+
+    import transformers
+
+    info = {
+        "cpu": cpu, "cores": os.cpu_count(), "ram_gib": round(ram / 2**30, 1),
+        "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+        "transformer_lens": version("transformer-lens"), "torch_threads": torch.get_num_threads(),
+        "load_average": [round(x, 2) for x in load_average()],
+    }
+    if torch.cuda.is_available():
+        p = torch.cuda.get_device_properties(0)
+        info.update(gpu=p.name, gpu_memory_gib=round(p.total_memory / 2**30, 1), gpu_count=torch.cuda.device_count(),
+                    cuda=torch.version.cuda)
+    return info
+
+
+def sync(device: str) -> None:
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timed(fn: Callable[[], object], device: str) -> float:
+    sync(device)
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def interleaved(fns: dict[str, Callable[[], object]], reps: int, device: str, reps_for: dict[str, int] | None = None,
+                log: Callable[[str], None] = lambda s: None) -> dict[str, list[float]]:
+    """Time every function once per round, in order (A B C A B C ...), ``reps`` rounds.
+
+    ``reps_for[name]`` caps the rounds a slow function takes part in (it runs in the first
+    ones), so a 90 s competitor does not make the whole benchmark take an hour.
+    """
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for r in range(reps):
+        for name, fn in fns.items():
+            if r < (reps_for or {}).get(name, reps):
+                times[name].append(timed(fn, device))
+                log(f"  round {r + 1}: {name} {times[name][-1]:.3f} s (load {load_average()[0]:.2f})")
+    return times
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def emit(record: dict) -> None:
+    """One JSON line on stdout: what run.py collects from a section run in its own process."""
+    print("RESULT " + json.dumps(record), flush=True)
+
+
+def say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def set_threads(n: int | None) -> int:
+    if n:
+        torch.set_num_threads(n)
+    return torch.get_num_threads()

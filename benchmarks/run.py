@@ -1,0 +1,154 @@
+"""headscope's benchmark suite, one command: speed, load time and long-sequence memory, side by side.
+
+    HEADSCOPE_CACHE=... python benchmarks/run.py               # everything (CPU; + CUDA if present)
+    python benchmarks/run.py --quick                          # a smoke run: fewer rounds, shorter sequence
+    python benchmarks/run.py --sections speed --threads 2     # one section
+
+Each section runs in its own fresh process (memory peaks and load times need one):
+
+- speed  (benchmarks/speed.py): the scan vs a plain transformers forward pass (sdpa and
+  eager) vs TransformerLens detect_head for its three patterns, interleaved rounds, medians;
+- load   (benchmarks/load.py): first load (GGUF -> cache) vs load from the cache vs plain
+  transformers;
+- memory (benchmarks/memory.py): peak memory above the loaded model of the scan at
+  seq-len 2048 (4,097 tokens), batch 1, next to a plain forward pass of the same tokens.
+
+When a CUDA GPU is visible, speed and memory run again on it. The load average is printed
+at the start of the suite and of every section: timings taken while other heavy processes
+run are wrong (``--wait-quiet`` waits for a quiet machine first). Results are printed as a
+summary with the aims of issue #3 and written as JSON (``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _bench import load_average, machine, say  # noqa: E402
+
+GiB = 2**30
+
+
+def section(script: str, *args: str) -> list[dict]:
+    """Run ``benchmarks/<script>`` in a fresh process, its progress on our stderr; return its RESULT records."""
+    cmd = [sys.executable, str(HERE / script), *args]
+    say(f"\n$ {' '.join(cmd[1:])}   (load average {load_average()[0]:.2f})")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    out = []
+    for line in proc.stdout:
+        if line.startswith("RESULT "):
+            out.append(json.loads(line[7:]))
+        else:
+            sys.stderr.write(line)
+    if proc.wait():
+        say(f"  !! {script} failed with exit code {proc.returncode}")
+        return [{"section": script, "failed": proc.returncode, "args": list(args)}]
+    return out
+
+
+def wait_quiet(limit: float, max_wait: float) -> None:
+    t0 = time.time()
+    while load_average()[0] > limit and time.time() - t0 < max_wait:
+        say(f"waiting for a quiet machine: load average {load_average()[0]:.2f} > {limit}")
+        time.sleep(20)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sections", default="speed,load,memory")
+    p.add_argument("--devices", default=None, help="cpu,cuda (default: cpu, plus cuda when available)")
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads in every process")
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--reps", type=int, default=5, help="interleaved speed rounds")
+    p.add_argument("--tl-reps", type=int, default=2, help="rounds TransformerLens takes part in")
+    p.add_argument("--long-seq-len", type=int, default=2048)
+    p.add_argument("--quick", action="store_true", help="2 rounds, 1 TL round, seq-len 256 for memory, 1 cached load")
+    p.add_argument("--wait-quiet", type=float, default=None, metavar="LOAD",
+                   help="before starting, wait (up to --max-wait s) until the 1-minute load average is below LOAD")
+    p.add_argument("--max-wait", type=float, default=1800)
+    p.add_argument("--out", type=Path, default=Path("benchmark-results.json"))
+    args = p.parse_args(argv)
+    if args.quick:
+        args.reps, args.tl_reps, args.long_seq_len = 2, 1, 256
+    import torch
+
+    devices = (args.devices or ("cpu,cuda" if torch.cuda.is_available() else "cpu")).split(",")
+    sections = args.sections.split(",")
+    if args.wait_quiet is not None:
+        wait_quiet(args.wait_quiet, args.max_wait)
+    torch.set_num_threads(args.threads)
+    info = machine()
+    say(f"headscope benchmarks on {info['cpu']} ({info['cores']} cores, {info['ram_gib']} GiB), torch "
+        f"{info['torch']}, {args.threads} threads; load average at start {info['load_average']}"
+        + (f"; GPU {info['gpu']}" if "gpu" in info else ""))
+    common = ["--model", args.model, "--threads", str(args.threads)]
+    results: list[dict] = []
+    for dev in devices:
+        if "speed" in sections:
+            results += section("speed.py", *common, "--device", dev, "--reps", str(args.reps),
+                               "--tl-reps", str(args.tl_reps))
+        if "memory" in sections:
+            for what in ("scan", "hf-eager", "hf-sdpa"):
+                results += section("memory.py", *common, "--device", dev, "--seq-len", str(args.long_seq_len),
+                                   "--what", what)
+    if "load" in sections:
+        results += section("load.py", *common, "--cached-reps", "1" if args.quick else "3")
+    info["load_average_end"] = [round(x, 2) for x in load_average()]
+    report = {"machine": info, "argv": sys.argv[1:], "results": results}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1))
+    print(summary(report))
+    say(f"\nwrote {args.out}")
+    return 1 if any("failed" in r for r in results) else 0
+
+
+def summary(report: dict) -> str:
+    m = report["machine"]
+    lines = [f"\n== headscope benchmarks: {m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB RAM, torch {m['torch']}, "
+             f"transformers {m['transformers']}, TransformerLens {m['transformer_lens']}, "
+             f"{m['torch_threads']} threads" + (f", GPU {m['gpu']}" if "gpu" in m else ""),
+             f"   load average at start {m['load_average']}, at end {m['load_average_end']}"]
+    for r in report["results"]:
+        if "failed" in r:
+            lines.append(f"-- {r['section']} FAILED (exit {r['failed']}) {' '.join(r['args'])}")
+        elif r["section"] == "speed":
+            med, rat = r["median_s"], r["ratios"]
+            lines.append(f"-- speed on {r['device']}: batch {r['batch']} x {r['n_tokens']} tokens, "
+                         f"{len(r['times_s']['scan'])} interleaved rounds, medians:")
+            for k, v in med.items():
+                lines.append(f"   {k:<24} {v:8.3f} s  ({len(r['times_s'][k])} runs)")
+            for k, v in rat.items():
+                lines.append(f"   {k:<30} {v:6.2f}x")
+            lines.append(f"   aim: scan <= 1.2x plain forward: {_ok(rat['scan / hf_sdpa'] <= 1.2)} vs sdpa, "
+                         f"{_ok(rat['scan / hf_eager'] <= 1.2)} vs eager")
+            if "tl_detect_head / scan" in rat:
+                lines.append(f"   aim: >= 10x faster than TL detect_head x3: {_ok(rat['tl_detect_head / scan'] >= 10)}")
+        elif r["section"] == "memory":
+            above = r.get("cuda_peak_above_model", r["rss_peak_above_model"])
+            kind = "CUDA allocated" if "cuda_peak_above_model" in r else "RSS"
+            extra = f", chunk {r['chunk_size']}" if "chunk_size" in r else ""
+            lines.append(f"-- memory on {r['device']}: {r['what']:<8} seq-len {r['seq_len']} ({r['n_tokens']} tokens), "
+                         f"batch 1: {r['run_s']:.1f} s, peak {kind} {above / GiB:.2f} GiB above the loaded model "
+                         f"(model RSS {r['rss_before_run'] / GiB:.2f} GiB{extra})"
+                         + (f"; aim < 4 GiB: {_ok(above < 4 * GiB)}" if r["what"].startswith("scan") else ""))
+        elif r["section"] == "load":
+            lines.append(f"-- load {r['model']}: first load {r['first_load_s']:.1f} s (conversion "
+                         f"{r['first_convert_s']} s), from the cache {r['cached_load_s']:.2f} s "
+                         f"({r['first / cached']:.0f}x faster), plain transformers {r['hf_load_s']:.2f} s; "
+                         f"imports {r['import_s']:.1f} s")
+    return "\n".join(lines)
+
+
+def _ok(flag: bool) -> str:
+    return "met" if flag else "NOT met"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""Prove the CUDA path end to end: load, scan in float32 and bfloat16, a long sequence, timings.
+
+    python scripts/gpu_check.py                      # on a GPU machine (default --device cuda)
+    python scripts/gpu_check.py --device cpu --long 0 --batch 2 --seq-len 20   # exercised on CPU
+    python scripts/gpu_check.py --device-map auto    # a model spread over the visible GPUs
+
+Steps, each timed: load the model per dtype; run the whole induction scan (four attention
+scores, loss, copying, causal check); compare bfloat16 scores with float32 ones (scores are
+always accumulated in float32; the model's own arithmetic is what bfloat16 changes); one
+long sequence (seq-len --long, batch 1) with its peak GPU memory. Prints a line per step and
+a summary; exits 1 if any check fails, 2 if the device is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import numpy as np
+import torch
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _peak_reset(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _peak(device: str) -> float | None:
+    return torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--device-map", default=None, help="e.g. auto: load with accelerate's device map instead")
+    p.add_argument("--dtypes", default="float32,bfloat16")
+    p.add_argument("--seq-len", type=int, default=50)
+    p.add_argument("--batch", type=int, default=10)
+    p.add_argument("--long", type=int, default=None, help="seq-len of the long run (default 2048 on CUDA, 0 = skip)")
+    p.add_argument("--tolerance", type=float, default=0.1, help="largest |score difference| vs float32 allowed")
+    p.add_argument("--min-induction", type=float, default=None,
+                   help="fail if the top induction score is lower (default 0.4 for the built-in model)")
+    p.add_argument("--no-ablate", action="store_true", help="skip the causal check (a quicker run)")
+    p.add_argument("--json", default=None, help="also write the results to this file")
+    args = p.parse_args(argv)
+
+    import headscope
+    from headscope.errors import HeadscopeError
+
+    device = args.device
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        print(f"FAIL: --device {device} but torch {torch.__version__} sees no CUDA GPU", file=sys.stderr)
+        return 2
+    long = args.long if args.long is not None else (2048 if device.startswith("cuda") else 0)
+    min_ind = args.min_induction if args.min_induction is not None else (
+        0.4 if args.model == headscope.DEFAULT_MODEL else None)
+    env = f"torch {torch.__version__}"
+    if torch.cuda.is_available():
+        env += f", CUDA {torch.version.cuda}, {torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
+    print(f"gpu_check: {args.model} on {args.device_map or device} ({env})")
+
+    failures: list[str] = []
+    report: dict = {"model": args.model, "device": device, "device_map": args.device_map, "env": env, "runs": {}}
+
+    def check(ok: bool, what: str) -> None:
+        print(f"  {'ok  ' if ok else 'FAIL'} {what}")
+        if not ok:
+            failures.append(what)
+
+    results = {}
+    for dtype in args.dtypes.split(","):
+        try:
+            _peak_reset(device)
+            t0 = time.perf_counter()
+            model = headscope.load_model(args.model, device=device, dtype=dtype, device_map=args.device_map)
+            _sync(device)
+            t_load = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            res = headscope.scan_induction(model, seq_len=args.seq_len, batch=args.batch, ablate=not args.no_ablate,
+                                           progress=False)
+            _sync(device)
+            t_scan = time.perf_counter() - t0
+        except (HeadscopeError, RuntimeError) as exc:
+            check(False, f"{dtype}: {type(exc).__name__}: {exc}")
+            continue
+        results[dtype] = res
+        top = ", ".join(f"L{l}H{h} {v:.3f}" for l, h, v in res.top_heads("induction", 5))
+        timings = ", ".join(f"{k} {v:.2f} s" for k, v in res.timings.items())
+        peak = _peak(device)
+        print(f"{dtype}: loaded in {t_load:.2f} s on {model.cfg.device}; scan {t_scan:.2f} s ({timings})"
+              + (f"; peak GPU memory {peak:.2f} GiB" if peak is not None else ""))
+        print(f"  top induction heads: {top}")
+        print(f"  loss: first repeat {res.loss_first_repeat:.2f}, later repeats {res.loss_later_repeats:.2f} nats")
+        report["runs"][dtype] = {"load_s": t_load, "scan_s": t_scan, "timings": res.timings, "peak_gib": peak,
+                                 "top_heads": res.top_heads("induction", 5), "loss_later": res.loss_later_repeats,
+                                 "loss_first": res.loss_first_repeat, "chunk_size": res.settings["chunk_size"]}
+        finite = all(np.isfinite(a).all() for a in res.scores.values()) and np.isfinite(res.per_position_loss).all()
+        check(finite, f"{dtype}: every score and loss is finite")
+        check(res.loss_later_repeats < res.loss_first_repeat, f"{dtype}: later repeats are easier than the first")
+        if min_ind is not None:
+            check(res.top_heads("induction", 1)[0][2] >= min_ind, f"{dtype}: top induction score >= {min_ind}")
+        del model
+
+    if "float32" in results:
+        ref = results["float32"]
+        for dtype, res in results.items():
+            if dtype == "float32":
+                continue
+            diff = max(float(np.abs(res.scores[k] - ref.scores[k]).max()) for k in ("induction", "previous_token",
+                                                                                    "duplicate_token", "prefix_matching"))
+            same_top = res.top_heads("induction", 1)[0][:2] in [h[:2] for h in ref.top_heads("induction", 3)]
+            report["runs"][dtype]["max_score_diff_vs_float32"] = diff
+            check(diff <= args.tolerance, f"{dtype}: scores within {args.tolerance} of float32 (max diff {diff:.4f})")
+            check(same_top, f"{dtype}: its top induction head is among float32's top 3")
+
+    if long:
+        try:
+            model = headscope.load_model(args.model, device=device, device_map=args.device_map)
+            _peak_reset(device)
+            base = torch.cuda.memory_allocated() / 2**30 if device.startswith("cuda") else None
+            t0 = time.perf_counter()
+            res = headscope.scan_induction(model, seq_len=long, batch=1, ablate=False, sample=False, progress=False)
+            _sync(device)
+            t_long = time.perf_counter() - t0
+            peak = _peak(device)
+            l, h, v = res.top_heads("induction", 1)[0]
+            print(f"long: seq-len {long} ({res.settings['n_tokens']} tokens), batch 1, float32: {t_long:.2f} s, "
+                  f"top L{l}H{h} {v:.3f}, later-repeat loss {res.loss_later_repeats:.2f}"
+                  + (f"; peak GPU memory {peak:.2f} GiB ({peak - base:.2f} above the model)" if peak is not None else ""))
+            report["long"] = {"seq_len": long, "s": t_long, "peak_gib": peak, "model_gib": base}
+            check(bool(np.isfinite(res.scores["induction"]).all()), f"long: seq-len {long} scores are finite")
+        except (HeadscopeError, RuntimeError) as exc:
+            check(False, f"long run: {type(exc).__name__}: {exc}")
+
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({**report, "failures": failures}, f, indent=1, default=str)
+    print(f"gpu_check: {'FAILED: ' + '; '.join(failures) if failures else 'all checks passed'}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

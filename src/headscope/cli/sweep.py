@@ -1,0 +1,130 @@
+"""`headscope sweep`: the induction scan over many models or training checkpoints, resumable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from ..models import resolve_device, resolve_dtype
+from ..scan.sequences import check_settings
+from ..sweep import SUMMARY_DEFINITIONS, plan_sweep, run_sweep
+from . import app
+from ._common import DebugOpt, DeviceOpt, DtypeOpt, JsonOpt, consoles, handle_errors, progress_enabled
+
+
+def _split(items: list[str] | None) -> list[str]:
+    """Repeated options that may also hold comma-separated lists: ``-r step1,step2 -r step3``."""
+    return [part.strip() for item in items or [] for part in item.split(",") if part.strip()]
+
+
+@app.command("sweep")
+@handle_errors
+def sweep_cmd(
+    model: Annotated[list[str], typer.Option("--model", "-m", help="A model to scan (repeatable): built-in alias, "
+                     "hub id, model directory or .gguf file. Local checkpoints: one --model per checkpoint "
+                     "directory (a name like step1000 or checkpoint-500 gives the step).")],
+    revision: Annotated[list[str] | None, typer.Option("--revision", "-r", help="Hub revision (repeatable or "
+                        "comma-separated), e.g. Pythia's step1000,step2000: every --model is scanned at each.")] = None,
+    seq_len: Annotated[int, typer.Option("--seq-len", help="Length of the random block r that is repeated.")] = 50,
+    batch: Annotated[int, typer.Option("--batch", help="Number of random sequences.")] = 10,
+    repeats: Annotated[int, typer.Option("--repeats", help="How many times r appears (>= 2).")] = 2,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for drawing r (the same sequences for every entry "
+                    "that shares a tokenizer).")] = 0,
+    top: Annotated[int, typer.Option("--top", help="Top induction heads to ablate with --ablate.")] = 5,
+    ablate: Annotated[bool, typer.Option("--ablate/--no-ablate", help="Also run the causal check per entry "
+                      "(top + 2 more forward passes each).")] = False,
+    max_memory: Annotated[float, typer.Option("--max-memory", help="GiB budget for one chunk's attention + "
+                          "logits; sets how many sequences go through at once.")] = 2.0,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "float32",
+    device_map: Annotated[str | None, typer.Option("--device-map", help="Spread each model over several GPUs "
+                          "with accelerate (auto, balanced, sequential); replaces --device.")] = None,
+    out: Annotated[Path, typer.Option("--out", help="Output directory: entries/*.json (one per finished entry), "
+                   "sweep.csv, sweep.json, sweep.png.")] = Path("headscope-results/sweep"),
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Recompute entries already finished in --out "
+                         "(default: skip them, so a rerun resumes an interrupted sweep).")] = False,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Run the induction scan on each model / checkpoint and chart induction against model or training step.
+
+    Every entry is loaded, scanned with the same random sequences and written to
+    --out/entries/ the moment it finishes; the table (sweep.csv, sweep.json) is rewritten after
+    each entry and the figure (sweep.png: top-head induction score, its sum over heads and the
+    later-repeat loss) at the end. Run the same command again to resume: finished entries are
+    skipped and failed ones retried. Exit code 1 if any entry failed.
+
+    Examples:
+
+      headscope sweep -m EleutherAI/pythia-70m -r step0,step1000,step2000,step4000,step8000
+
+      headscope sweep -m run/checkpoint-500 -m run/checkpoint-1000 -m run/checkpoint-1500
+
+      headscope sweep -m gpt2 -m gpt2-medium -m smollm2-135m --out family
+    """
+    con, err = consoles(json_out)
+    check_settings(seq_len, batch, repeats, True, None)
+    resolve_dtype(dtype)
+    if device_map is None:
+        resolve_device(device)
+    entries = plan_sweep(model, _split(revision))
+    err.print(f"Sweep of {len(entries)} entries into {out}/ ({seq_len} tokens x {repeats} repeats, batch {batch}, "
+              f"{dtype}{', with ablation' if ablate else ''})", highlight=False)
+
+    def on_event(kind: str, entry, info: dict) -> None:
+        n = f"[{info['index'] + 1}/{info['total']}]"
+        label = escape(entry.label)
+        if kind == "skip":
+            err.print(f"{n} {label}: finished earlier, skipped ({_brief(info['summary'])})", highlight=False)
+        elif kind == "start":
+            err.print(f"{n} {label}: loading and scanning...", highlight=False)
+        elif kind == "done":
+            sec = info["seconds"]
+            err.print(f"{n} {label}: {_brief(info['summary'])} [dim](load {sec['load']:.1f} s, scan "
+                      f"{sec['scan']:.1f} s)[/]", highlight=False)
+        elif kind == "fail":
+            err.print(f"{n} {label}: [bold red]failed:[/] {escape(info['error'])}", highlight=False, soft_wrap=True)
+            if info.get("hint"):
+                err.print(f"    [yellow]hint:[/] {escape(info['hint'])}", highlight=False, soft_wrap=True)
+            if debug:
+                err.print(info["traceback"], markup=False, highlight=False)
+
+    res = run_sweep(entries, out, device=device, dtype=dtype, device_map=device_map, rerun=overwrite,
+                    on_event=on_event, log=lambda s: err.print(s, highlight=False), progress=progress_enabled(),
+                    seq_len=seq_len, batch=batch, repeats=repeats, seed=seed, top_k=top, ablate=ablate,
+                    max_memory_gb=max_memory)
+    if json_out:
+        typer.echo(res.to_json())
+    _print_table(con, res)
+    err.print(f"[green]Wrote[/] {', '.join(p.name for p in res.files)} and entries/ to {out}/", highlight=False)
+    if not res.ok:
+        err.print(f"[bold red]{len(res.failures)} of {len(entries)} entries failed[/] "
+                  f"({', '.join(escape(f['label']) for f in res.failures)}); finished entries are kept. "
+                  "Fix the cause and run the same command again: only the missing entries run.", highlight=False)
+        raise typer.Exit(1)
+
+
+def _brief(s: dict) -> str:
+    return (f"top {s['top_head']} {s['induction_top']:.3f}, sum {s['induction_sum']:.2f}, later-repeat loss "
+            f"{s['loss_later_repeats']:.2f} nats")
+
+
+def _print_table(con, res) -> None:
+    t = Table(title="Sweep")
+    for col in ("entry", "step", "top head", "induction (top)", "induction (sum)", "loss 1st", "loss later", "status"):
+        t.add_column(col, justify="left" if col in ("entry", "top head", "status") else "right")
+    for r in res.rows:
+        step = "-" if r.get("step") is None else str(r["step"])
+        if r["status"] == "done":
+            t.add_row(escape(r["label"]), step, r["top_head"], f"{r['induction_top']:.3f}", f"{r['induction_sum']:.2f}",
+                      f"{r['loss_first_repeat']:.2f}", f"{r['loss_later_repeats']:.2f}", "done")
+        else:
+            t.add_row(escape(r["label"]), step, "-", "-", "-", "-", "-", f"[red]{r['status']}[/]")
+    con.print(t)
+    con.print("[dim]Legend:[/]")
+    for name, text in SUMMARY_DEFINITIONS.items():
+        con.print(f"[dim]  {name}: {escape(text)}[/]", highlight=False)

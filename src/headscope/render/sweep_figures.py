@@ -1,0 +1,78 @@
+"""The phase-change figure of a sweep: induction score and later-repeat loss against step or model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ._mpl import plt, save, tex_safe
+
+PANELS = (
+    ("induction_top", "induction score\n(top head)"),
+    ("induction_sum", "induction score\n(sum over heads)"),
+    ("loss_later_repeats", "later-repeat\nloss (nats)"),
+)
+
+
+def sweep_figure(frame, axes=None):
+    """Three panels sharing the x axis: top-head induction score, its sum over heads, later-repeat loss.
+
+    ``frame`` is :meth:`SweepResult.to_frame` (one row per entry; rows not ``done`` are
+    skipped). When every finished entry has a training ``step`` the x axis is the step (one
+    line per training run, ``series``; logarithmic when the steps span more than two decades, as Pythia's
+    do), otherwise the entries in sweep order. The first-repeat loss is drawn dashed under
+    the later-repeat loss: the gap between them is what induction buys.
+    """
+    done = frame[frame["status"] == "done"]
+    if axes is None:
+        width = max(6.0, min(14.0, 0.45 * len(done) + 4))
+        _, axes = plt.subplots(len(PANELS), 1, figsize=(width, 7.5), sharex=True)
+    by_step = len(done) > 0 and done["step"].notna().all()
+    series = [(m, done[done["series"] == m].sort_values("step")) for m in done["series"].unique()] if by_step \
+        else [(None, done)]
+    for ax, (col, ylabel) in zip(axes, PANELS):
+        for model, rows in series:
+            x = rows["step"].astype(float).tolist() if by_step else list(range(len(rows)))
+            name = tex_safe(str(model)) if model is not None and len(series) > 1 else None
+            if name is None and col == "loss_later_repeats":
+                name = "later repeats"
+            line, = ax.plot(x, rows[col].tolist(), marker="o", ms=4, lw=1.4, label=name)
+            if col == "loss_later_repeats":
+                ax.plot(x, rows["loss_first_repeat"].tolist(), ls="--", lw=1, color=line.get_color(), alpha=0.6,
+                        label="first repeat" if len(series) == 1 else None)
+        ax.set_ylabel(ylabel, fontsize=9)
+        ax.grid(alpha=0.3)
+        if col == "induction_top":
+            ax.set_ylim(0, 1.02)
+        if col != "induction_top":
+            ax.set_ylim(0, ax.get_ylim()[1] * 1.08)
+    axes[-1].legend(fontsize=8, loc="best")
+    bottom = axes[-1]
+    if by_step:
+        steps = done["step"].astype(float)
+        positive = steps[steps > 0]
+        if len(positive) > 1 and positive.max() / positive.min() > 100:
+            if (steps == 0).any():  # Pythia's step0: linear between 0 and 1, logarithmic above
+                bottom.set_xscale("symlog", linthresh=1.0)
+                bottom.set_xlim(left=0)
+            else:
+                bottom.set_xscale("log")
+        bottom.set_xlabel("training step")
+    else:
+        bottom.set_xticks(range(len(done)), [tex_safe(str(s)) for s in done["label"]],
+                          rotation=30 if len(done) > 3 else 0, ha="right" if len(done) > 3 else "center", fontsize=8)
+        bottom.set_xlabel("model")
+    fig = axes[0].figure
+    n_fail = int((frame["status"] != "done").sum())
+    fig.suptitle("Induction heads across the sweep"
+                 + (f" ({n_fail} of {len(frame)} entries not finished)" if n_fail else ""),
+                 fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def save_sweep_figure(result, path: str | Path) -> Path:
+    """Draw :func:`sweep_figure` for a :class:`~headscope.sweep.SweepResult` and save it as a PNG."""
+    path = Path(path)
+    save(sweep_figure(result.to_frame()), path)
+    return path
+

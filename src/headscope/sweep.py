@@ -1,0 +1,374 @@
+"""Sweeps: the induction scan over many models or training checkpoints, resumable.
+
+One *entry* is a model spec (built-in alias, local directory, ``.gguf`` file or hub id)
+plus, for hub models published with training checkpoints (Pythia: ``step1000`` ...), a
+revision. Each entry is loaded, scanned with the same settings, summarised and written to
+``out/entries/<key>.json`` the moment it finishes (written to a temporary file and renamed,
+so a half-written entry never exists). A rerun reads those files and skips finished
+entries, so an interrupted sweep loses nothing but the entry it was on. After every entry
+the sweep table (``sweep.csv``, ``sweep.json``) is rewritten, and at the end the
+phase-change figure (``sweep.png``): induction score of the top head, induction score
+summed over all heads, and later-repeat loss, against training step or model.
+
+>>> from headscope.sweep import plan_sweep, run_sweep
+>>> entries = plan_sweep(["EleutherAI/pythia-70m"], ["step1000", "step3000"])  # doctest: +SKIP
+>>> res = run_sweep(entries, "sweep-out", seq_len=50, batch=10)                 # doctest: +SKIP
+>>> res.to_frame()[["label", "step", "induction_top", "loss_later_repeats"]]    # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import os
+import re
+import tempfile
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import BadInput, HeadscopeError
+from .models import builtin
+from .models.loading import load_model
+from .scan.induction import scan_induction
+from .scan.result import InductionResult, head_label
+from .scan.scores import DEFINITIONS
+
+#: Scan settings that change the numbers: an entry computed with other values is not reused.
+RESULT_SETTINGS = ("seq_len", "batch", "repeats", "seed", "top_k", "ablate", "ablation", "dtype")
+#: What run_sweep passes to scan_induction unless told otherwise (ablation off: a sweep wants
+#: the scores and the loss; the causal check costs top_k + 2 more passes per entry).
+DEFAULT_SCAN = {"seq_len": 50, "batch": 10, "repeats": 2, "seed": 0, "top_k": 5, "ablate": False,
+                "ablation": "mean", "max_memory_gb": None, "chunk_size": None}
+
+SUMMARY_DEFINITIONS = {
+    "induction_top": "Induction score of the entry's best head (definition: induction).",
+    "induction_sum": "Induction score summed over every head of every layer: grows with the number of "
+                     "heads doing induction, and with the number of heads the model has.",
+    "prefix_matching_top": "Prefix-matching score of the best prefix-matching head.",
+    "loss_first_repeat": "Mean loss (nats) on targets in the first repeat: unpredictable, about ln(vocab).",
+    "loss_later_repeats": "Mean loss (nats) on targets in repeats 2..R: falls when induction heads work.",
+    "induction": DEFINITIONS["induction"],
+}
+
+_STEP = re.compile(r"(?:^|[^a-z])(?:global_?step|step|checkpoint|ckpt|iter)[-_]?(\d+)$", re.IGNORECASE)
+
+
+def step_of(name: str | None) -> int | None:
+    """The training step a revision or checkpoint directory name encodes, if any.
+
+    >>> step_of("step1000"), step_of("out/checkpoint-500"), step_of("main")
+    (1000, 500, None)
+    """
+    if not name:
+        return None
+    m = _STEP.search(Path(str(name).rstrip("/")).name)
+    return int(m.group(1)) if m else None
+
+
+@dataclass(frozen=True)
+class SweepEntry:
+    """One model (and revision) of a sweep.
+
+    ``step`` is the training step, when known; ``series`` names the training run it belongs
+    to (the hub id for revisions, the parent directory for local checkpoint directories),
+    one line in the phase-change figure.
+    """
+
+    model: str
+    revision: str | None = None
+    label: str = ""
+    step: int | None = None
+    series: str = ""
+
+    @property
+    def key(self) -> str:
+        """Stable file name of this entry's result: readable label + hash of what was loaded."""
+        where = str(Path(self.model).expanduser().resolve()) if _is_local(self.model) else self.model
+        digest = hashlib.sha1(f"{where}|{self.revision or ''}".encode()).hexdigest()[:8]
+        return f"{_slug(self.label)}-{digest}"
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "key": self.key}
+
+
+def _is_local(spec: str) -> bool:
+    return Path(spec).expanduser().exists()
+
+
+def _slug(text: str) -> str:
+    s = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.")
+    return s[:80] or "entry"
+
+
+def plan_sweep(models: list[str], revisions: list[str] | None = None) -> list[SweepEntry]:
+    """Entries for every model x revision (or every model alone when there are no revisions).
+
+    Revisions are hub branches or tags (Pythia publishes ``step0`` ... ``step143000``); they
+    apply to hub ids only. Local checkpoints are given as directories, one ``--model`` each;
+    a step in a revision or directory name (``step1000``, ``checkpoint-500``) becomes the
+    entry's ``step``, the x axis of the phase-change figure.
+    """
+    models = [m for m in (str(m).strip() for m in models) if m]
+    revisions = [r for r in (str(r).strip() for r in (revisions or [])) if r]
+    if not models:
+        raise BadInput("a sweep needs at least one --model", hint="e.g. --model smollm2-135m --model ./my-model")
+    entries: list[SweepEntry] = []
+    for model in models:
+        local = _is_local(model) or model in builtin.BUILTINS
+        if revisions and local:
+            raise BadInput(
+                f"--revision applies to hub models, but {model!r} is a "
+                + ("built-in model" if model in builtin.BUILTINS else "local path"),
+                hint="for local checkpoints, pass each checkpoint directory as its own --model "
+                "(e.g. --model run/checkpoint-500 --model run/checkpoint-1000)",
+            )
+        path = local and model not in builtin.BUILTINS
+        base = Path(model.rstrip("/")).name if path else model
+        for rev in revisions or [None]:
+            step = step_of(rev) if rev else step_of(model)
+            # a checkpoint directory belongs to the run that holds it: run/checkpoint-500 -> run
+            series = str(Path(model.rstrip("/")).parent) if path and step is not None else model
+            entries.append(SweepEntry(model, rev, f"{base}@{rev}" if rev else base, step, series))
+    # Two directories with the same name (a/final, b/final): label them by their full spec.
+    labels = [e.label for e in entries]
+    entries = [SweepEntry(e.model, e.revision, (f"{e.model}@{e.revision}" if e.revision else e.model)
+                          if labels.count(e.label) > 1 else e.label, e.step, e.series) for e in entries]
+    keys = [e.key for e in entries]
+    dupes = sorted({e.label for e in entries if keys.count(e.key) > 1})
+    if dupes:
+        raise BadInput(f"the sweep lists {', '.join(dupes)} more than once", hint="give each model/revision once")
+    return entries
+
+
+def summarise(res: InductionResult) -> dict:
+    """The numbers a sweep table shows for one scan (definitions: :data:`SUMMARY_DEFINITIONS`)."""
+    (l, h, top), = res.top_heads("induction", 1)
+    (_, _, pm), = res.top_heads("prefix_matching", 1)
+    return {
+        "n_layers": res.model["n_layers"], "n_heads": res.model["n_heads"],
+        "top_head": head_label(l, h), "top_layer": l, "top_head_index": h,
+        "induction_top": round(top, 6),
+        "induction_sum": round(float(res.scores["induction"].sum()), 6),
+        "prefix_matching_top": round(pm, 6),
+        "loss_first_repeat": round(res.loss_first_repeat, 6),
+        "loss_later_repeats": round(res.loss_later_repeats, 6),
+        "chunk_size": res.settings["chunk_size"],
+    }
+
+
+@dataclass
+class SweepResult:
+    """A sweep's table: one row per entry (finished ones with their summary), and the failures."""
+
+    rows: list[dict]
+    failures: list[dict]
+    settings: dict
+    out_dir: Path | None = None
+    files: list[Path] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def to_frame(self):
+        """One row per entry: label, model, revision, step, status and the summary numbers."""
+        import pandas as pd
+
+        return pd.DataFrame(self.rows)
+
+    def to_dict(self) -> dict:
+        return {"settings": self.settings, "entries": self.rows, "failures": self.failures,
+                "definitions": SUMMARY_DEFINITIONS}
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    def plot(self):
+        from .render.sweep_figures import sweep_figure
+
+        return sweep_figure(self.to_frame())
+
+
+# --- files -----------------------------------------------------------------------------------
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def entry_path(out_dir: Path, entry: SweepEntry) -> Path:
+    return Path(out_dir) / "entries" / f"{entry.key}.json"
+
+
+def read_entry(out_dir: Path, entry: SweepEntry) -> dict | None:
+    """A finished entry's record, or None if there is none (a broken file counts as none)."""
+    path = entry_path(out_dir, entry)
+    try:
+        rec = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return rec if isinstance(rec, dict) and "summary" in rec and "settings" in rec else None
+
+
+def _differences(a: dict, b: dict) -> list[str]:
+    return [f"{k} {a.get(k)!r} (now {b.get(k)!r})" for k in RESULT_SETTINGS if a.get(k) != b.get(k)]
+
+
+# --- the sweep -------------------------------------------------------------------------------
+Event = Callable[[str, SweepEntry, dict], None]
+
+
+def run_sweep(
+    entries: list[SweepEntry],
+    out_dir: str | os.PathLike,
+    *,
+    device: str = "auto",
+    dtype: str = "float32",
+    device_map: str | dict | None = None,
+    rerun: bool = False,
+    figure: bool = True,
+    on_event: Event | None = None,
+    log: Callable[[str], None] | None = None,
+    progress: bool | None = False,
+    **scan: Any,
+) -> SweepResult:
+    """Scan every entry (see :func:`plan_sweep`) and write each result as soon as it is done.
+
+    ``scan`` holds :func:`~headscope.scan_induction` settings (defaults: :data:`DEFAULT_SCAN`).
+    Entries already in ``out_dir`` with the same result settings are skipped unless
+    ``rerun``; finding results made with other settings raises :class:`BadInput` before
+    anything runs (nothing is overwritten unless ``rerun``). An entry that fails (a model
+    that will not load, a scan out of memory) is recorded in ``failures`` and the sweep goes
+    on; a rerun retries it. ``on_event(kind, entry, info)`` hears "skip", "start", "done"
+    and "fail"; ``log`` the lines a first-time download or conversion says.
+    """
+    unknown = set(scan) - set(DEFAULT_SCAN)
+    if unknown:
+        raise BadInput(f"unknown scan setting(s) {', '.join(sorted(unknown))}",
+                       hint=f"use: {', '.join(DEFAULT_SCAN)}")
+    out = Path(out_dir)
+    settings = {**DEFAULT_SCAN, **scan, "dtype": str(dtype)}
+    emit = on_event or (lambda kind, entry, info: None)
+
+    done: dict[str, dict] = {}
+    if not rerun:
+        clashes = []
+        for e in entries:
+            rec = read_entry(out, e)
+            if rec is None:
+                continue
+            diff = _differences(rec["settings"], settings)
+            if diff:
+                clashes.append(f"{e.label}: {', '.join(diff)}")
+            else:
+                done[e.key] = rec
+        if clashes:
+            raise BadInput(
+                f"{out} holds sweep results made with other settings ({'; '.join(clashes[:3])}"
+                + (" ..." if len(clashes) > 3 else "") + "); nothing was run",
+                hint="use the same settings to resume that sweep, another --out for a new one, "
+                "or --overwrite to recompute every entry",
+            )
+
+    records: dict[str, dict] = {}
+    failures: list[dict] = []
+    result = SweepResult([], failures, settings, out)
+
+    def table() -> None:
+        result.rows = [_row(e, records.get(e.key), failures) for e in entries]
+        result.files = write_table(result, out)
+
+    try:
+        for i, e in enumerate(entries):
+            info = {"index": i, "total": len(entries)}
+            if e.key in done:
+                records[e.key] = done[e.key]
+                emit("skip", e, {**info, "summary": done[e.key]["summary"]})
+                continue
+            emit("start", e, info)
+            try:
+                rec = _run_entry(e, settings, device=device, dtype=dtype, device_map=device_map,
+                                 progress=progress, log=log)
+            except Exception as exc:  # one bad checkpoint must not lose the others
+                failures.append(_failure(e, exc))
+                emit("fail", e, {**info, **failures[-1]})
+            else:
+                _write_atomic(entry_path(out, e), json.dumps(rec, indent=1))
+                records[e.key] = rec
+                emit("done", e, {**info, "summary": rec["summary"], "seconds": rec["seconds"]})
+            table()
+    finally:
+        table()  # also on KeyboardInterrupt: the table shows what is finished
+    if figure and any(r["status"] == "done" for r in result.rows):
+        from .render.sweep_figures import save_sweep_figure
+
+        result.files.append(save_sweep_figure(result, out / "sweep.png"))
+    return result
+
+
+def _run_entry(e: SweepEntry, settings: dict, *, device, dtype, device_map, progress, log) -> dict:
+    t0 = time.perf_counter()
+    model = load_model(e.model, device=device, dtype=dtype, device_map=device_map, revision=e.revision,
+                       log=log or (lambda msg: None))
+    t_load = time.perf_counter() - t0
+    try:
+        kwargs = {k: settings[k] for k in DEFAULT_SCAN}
+        res = scan_induction(model, **kwargs, sample=False, progress=progress)
+        t_scan = time.perf_counter() - t0 - t_load
+    finally:
+        del model
+        _free_memory()
+    return {"entry": e.to_dict(), "settings": settings, "summary": summarise(res),
+            "seconds": {"load": round(t_load, 3), "scan": round(t_scan, 3)}, "result": res.to_dict()}
+
+
+def _free_memory() -> None:
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:  # pragma: no cover - freeing memory is best effort
+        pass
+
+
+def _failure(e: SweepEntry, exc: BaseException) -> dict:
+    message = exc.message if isinstance(exc, HeadscopeError) else f"{type(exc).__name__}: {exc}"
+    return {"label": e.label, "model": e.model, "revision": e.revision, "key": e.key,
+            "error": (message.strip().splitlines() or [""])[0][:500],
+            "hint": getattr(exc, "hint", None), "traceback": traceback.format_exc()}
+
+
+def _row(e: SweepEntry, rec: dict | None, failures: list[dict]) -> dict:
+    row: dict[str, Any] = {"label": e.label, "model": e.model, "revision": e.revision, "step": e.step,
+                           "series": e.series}
+    failed = next((f for f in failures if f["key"] == e.key), None)
+    if rec is not None:
+        row.update(status="done", **rec["summary"], load_s=rec["seconds"]["load"], scan_s=rec["seconds"]["scan"],
+                   file=f"entries/{e.key}.json")
+    else:
+        row.update(status="failed" if failed else "pending", error=failed["error"] if failed else None)
+    return row
+
+
+def write_table(result: SweepResult, out: Path) -> list[Path]:
+    """``sweep.json`` (settings, rows, failures, definitions) and ``sweep.csv`` (the rows)."""
+    import pandas as pd
+
+    out.mkdir(parents=True, exist_ok=True)
+    public = {**result.to_dict(), "failures": [{k: v for k, v in f.items() if k != "traceback"}
+                                               for f in result.failures]}
+    _write_atomic(out / "sweep.json", json.dumps(public, indent=2))
+    _write_atomic(out / "sweep.csv", pd.DataFrame(result.rows).to_csv(index=False, float_format="%.6f"))
+    return [out / "sweep.json", out / "sweep.csv"]

@@ -1,0 +1,243 @@
+"""`headscope sweep`: many models / checkpoints, one table and figure, resumable after a failure.
+
+Offline, over tiny local model directories (random-weight GPT-2 and Llama, and copies of one
+GPT-2 laid out as training checkpoints ``run/step100`` ...). Scans are small (8 tokens x 2
+repeats, batch 2) so that the whole file runs in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+import headscope.sweep as sweep_mod
+from headscope.cli import app
+from headscope.errors import BadInput, ModelLoadError
+from headscope.sweep import SweepEntry, plan_sweep, run_sweep, step_of
+
+SCAN = ["--seq-len", "8", "--batch", "2"]
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory, tiny_gpt2_dir):
+    """Three "checkpoints" of one run: copies of the tiny GPT-2 at run/step100, step1000, step30000."""
+    run = tmp_path_factory.mktemp("sweep-run") / "run"
+    dirs = []
+    for step in (100, 1000, 30000):
+        d = run / f"step{step}"
+        shutil.copytree(tiny_gpt2_dir, d)
+        dirs.append(d)
+    return dirs
+
+
+@pytest.fixture
+def fast_load(monkeypatch, tiny_gpt2):
+    """Every checkpoint copy is the tiny GPT-2: hand back the session's loaded one (loading is tested above)."""
+    calls = []
+
+    def load(spec, **kw):
+        calls.append(str(spec))
+        return tiny_gpt2
+
+    monkeypatch.setattr(sweep_mod, "load_model", load)
+    return calls
+
+
+@pytest.fixture
+def count_scans(monkeypatch):
+    """Count calls of scan_induction made by the sweep."""
+    calls = []
+    real = sweep_mod.scan_induction
+
+    def counting(model, **kw):
+        calls.append(kw)
+        return real(model, **kw)
+
+    monkeypatch.setattr(sweep_mod, "scan_induction", counting)
+    return calls
+
+
+def sweep(*args):
+    return runner.invoke(app, ["sweep", *args, *SCAN])
+
+
+def test_sweep_over_two_local_models_writes_entries_table_and_figure(tiny_gpt2_dir, tiny_llama_dir, tmp_path):
+    out = tmp_path / "out"
+    r = sweep("-m", str(tiny_gpt2_dir), "-m", str(tiny_llama_dir), "--out", str(out), "--json")
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.stdout)
+    assert [e["status"] for e in data["entries"]] == ["done", "done"]
+    assert [e["n_layers"] for e in data["entries"]] == [2, 3]
+    assert len(list((out / "entries").glob("*.json"))) == 2
+    assert (out / "sweep.png").stat().st_size > 0
+    table = pd.read_csv(out / "sweep.csv")
+    assert list(table["status"]) == ["done", "done"]
+    for col in ("induction_top", "induction_sum", "loss_later_repeats", "loss_first_repeat", "top_head"):
+        assert table[col].notna().all(), col
+    # the sum over heads is at least the top head's score (scores are non-negative)
+    assert (table["induction_sum"] >= table["induction_top"]).all()
+    entry = json.loads(next((out / "entries").glob("*.json")).read_text())
+    assert entry["result"]["settings"]["seq_len"] == 8 and "induction" in entry["result"]["scores"]
+
+
+def test_rerun_skips_finished_entries_and_leaves_their_files_alone(checkpoints, tmp_path, fast_load, count_scans):
+    out = tmp_path / "out"
+    args = [x for d in checkpoints[:2] for x in ("-m", str(d))] + ["--out", str(out)]
+    assert sweep(*args).exit_code == 0
+    assert len(count_scans) == 2
+    mtimes = {p.name: p.stat().st_mtime_ns for p in (out / "entries").iterdir()}
+
+    r = sweep(*args)
+    assert r.exit_code == 0, r.output
+    assert len(count_scans) == 2  # nothing scanned again
+    assert "finished earlier, skipped" in r.output
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "entries").iterdir()} == mtimes
+
+    # one more checkpoint: only it runs
+    r = sweep(*args, "-m", str(checkpoints[2]))
+    assert r.exit_code == 0, r.output
+    assert len(count_scans) == 3
+
+
+def test_failed_entry_keeps_the_finished_one_and_a_rerun_runs_only_the_missing(checkpoints, tmp_path, monkeypatch,
+                                                                              fast_load, count_scans):
+    out = tmp_path / "out"
+    real_load = sweep_mod.load_model
+
+    def broken_second(spec, **kw):
+        if str(spec) == str(checkpoints[1]):
+            raise ModelLoadError("could not load the weights of step1000: truncated file", hint="download it again")
+        return real_load(spec, **kw)
+
+    monkeypatch.setattr(sweep_mod, "load_model", broken_second)
+    args = [x for d in checkpoints for x in ("-m", str(d))] + ["--out", str(out)]
+    r = sweep(*args)
+    assert r.exit_code == 1
+    assert "step1000: failed: could not load the weights of step1000" in " ".join(r.output.split())
+    assert "1 of 3 entries failed" in " ".join(r.output.split())
+    assert len(list((out / "entries").glob("*.json"))) == 2  # the first and the third are on disk
+    table = json.loads((out / "sweep.json").read_text())
+    assert [e["status"] for e in table["entries"]] == ["done", "failed", "done"]
+    assert table["failures"][0]["error"].startswith("could not load the weights")
+    assert "traceback" not in table["failures"][0]
+
+    monkeypatch.setattr(sweep_mod, "load_model", real_load)  # "fixed"
+    before = len(count_scans)
+    r = sweep(*args)
+    assert r.exit_code == 0, r.output
+    assert len(count_scans) == before + 1
+    assert [e["status"] for e in json.loads((out / "sweep.json").read_text())["entries"]] == ["done"] * 3
+
+
+def test_interrupted_sweep_keeps_the_entry_it_finished(checkpoints, tmp_path, monkeypatch, fast_load):
+    out = tmp_path / "out"
+    calls = []
+
+    def scan_then_interrupt(model, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return headscope_scan(model, **kw)
+
+    headscope_scan = sweep_mod.scan_induction
+    monkeypatch.setattr(sweep_mod, "scan_induction", scan_then_interrupt)
+    entries = plan_sweep([str(d) for d in checkpoints])
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(entries, out, seq_len=8, batch=2)
+    assert sweep_mod.read_entry(out, entries[0]) is not None
+    assert sweep_mod.read_entry(out, entries[1]) is None
+    assert not list((out / "entries").glob(".*partial"))  # no half-written file left
+    assert list(pd.read_csv(out / "sweep.csv")["status"]) == ["done", "pending", "pending"]
+
+
+def test_results_made_with_other_settings_are_not_mixed_in(checkpoints, tmp_path, fast_load, count_scans):
+    out = tmp_path / "out"
+    assert sweep("-m", str(checkpoints[0]), "--out", str(out)).exit_code == 0
+    r = runner.invoke(app, ["sweep", "-m", str(checkpoints[0]), "--out", str(out), "--seq-len", "9", "--batch", "2"])
+    assert r.exit_code == 2
+    assert "other settings" in r.output and "seq_len 8 (now 9)" in r.output and "--overwrite" in r.output
+    assert len(count_scans) == 1
+    r = runner.invoke(app, ["sweep", "-m", str(checkpoints[0]), "--out", str(out), "--seq-len", "9", "--batch", "2",
+                            "--overwrite"])
+    assert r.exit_code == 0, r.output
+    assert len(count_scans) == 2
+    assert json.loads((out / "sweep.json").read_text())["settings"]["seq_len"] == 9
+
+
+def test_checkpoint_directories_give_steps_of_one_run(checkpoints):
+    entries = plan_sweep([str(d) for d in checkpoints])
+    assert [e.step for e in entries] == [100, 1000, 30000]
+    assert len({e.series for e in entries}) == 1  # one line in the figure
+    assert [e.label for e in entries] == ["step100", "step1000", "step30000"]
+
+
+@pytest.mark.parametrize("name, step", [("step1000", 1000), ("step0", 0), ("run/checkpoint-500", 500),
+                                        ("global_step20", 20), ("main", None), ("gpt2", None), ("v2step", None)])
+def test_step_is_read_from_revision_or_directory_names(name, step):
+    assert step_of(name) == step
+
+
+def test_revisions_are_passed_to_the_loader(monkeypatch, tmp_path, tiny_gpt2):
+    """Plumbing only: Pythia's checkpoints (``--revision step1000``) live on the Hugging Face hub,
+    which this test cannot reach, so the loader is replaced by one that records its arguments
+    and returns the tiny GPT-2; what is checked is that each revision reaches ``load_model``
+    and becomes the entry's step."""
+    seen = []
+
+    def fake_load(spec, **kw):
+        seen.append((spec, kw.get("revision")))
+        return tiny_gpt2
+
+    monkeypatch.setattr(sweep_mod, "load_model", fake_load)
+    out = tmp_path / "out"
+    r = sweep("-m", "EleutherAI/pythia-70m", "-r", "step1000,step3000", "-r", "step143000", "--out", str(out))
+    assert r.exit_code == 0, r.output
+    assert seen == [("EleutherAI/pythia-70m", "step1000"), ("EleutherAI/pythia-70m", "step3000"),
+                    ("EleutherAI/pythia-70m", "step143000")]
+    rows = json.loads((out / "sweep.json").read_text())["entries"]
+    assert [(e["label"], e["step"]) for e in rows] == [("EleutherAI/pythia-70m@step1000", 1000),
+                                                      ("EleutherAI/pythia-70m@step3000", 3000),
+                                                      ("EleutherAI/pythia-70m@step143000", 143000)]
+
+
+def test_revision_with_a_local_directory_is_refused_with_a_hint(tiny_gpt2_dir):
+    with pytest.raises(BadInput, match="--revision applies to hub models") as exc:
+        plan_sweep([str(tiny_gpt2_dir)], ["step1000"])
+    assert "checkpoint directory" in exc.value.hint
+
+
+def test_the_same_model_twice_is_refused(tiny_gpt2_dir):
+    with pytest.raises(BadInput, match="more than once"):
+        plan_sweep([str(tiny_gpt2_dir), str(tiny_gpt2_dir)])
+
+
+def test_directories_with_the_same_name_get_distinct_labels(tmp_path, tiny_gpt2_dir):
+    a, b = tmp_path / "a" / "final", tmp_path / "b" / "final"
+    shutil.copytree(tiny_gpt2_dir, a)
+    shutil.copytree(tiny_gpt2_dir, b)
+    entries = plan_sweep([str(a), str(b)])
+    assert len({e.label for e in entries}) == 2 and len({e.key for e in entries}) == 2
+
+
+def test_entry_key_does_not_depend_on_how_the_path_was_written(tiny_gpt2_dir, monkeypatch):
+    monkeypatch.chdir(tiny_gpt2_dir.parent)
+    rel = SweepEntry(tiny_gpt2_dir.name, None, "x")
+    assert rel.key == SweepEntry(str(tiny_gpt2_dir), None, "x").key
+
+
+def test_sweep_figure_draws_models_in_order_when_there_are_no_steps():
+    from headscope.render.sweep_figures import sweep_figure
+
+    frame = pd.DataFrame([
+        {"label": n, "model": n, "series": n, "step": None, "status": s, "induction_top": t, "induction_sum": 2 * t,
+         "loss_first_repeat": 10.0, "loss_later_repeats": 10 - 8 * t}
+        for n, s, t in (("small", "done", 0.1), ("medium", "failed", float("nan")), ("large", "done", 0.9))])
+    fig = sweep_figure(frame)
+    ticks = [t.get_text() for t in fig.axes[-1].get_xticklabels()]
+    assert ticks == ["small", "large"]
+    assert "1 of 3 entries not finished" in fig._suptitle.get_text()
