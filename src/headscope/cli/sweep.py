@@ -93,10 +93,15 @@ def sweep_cmd(
             if debug:
                 err.print(info["traceback"], markup=False, highlight=False)
 
-    res = run_sweep(entries, out, device=device, dtype=dtype, device_map=device_map, rerun=overwrite,
-                    on_event=on_event, log=lambda s: err.print(s, highlight=False), progress=progress_enabled(),
-                    seq_len=seq_len, batch=batch, repeats=repeats, seed=seed, top_k=top, ablate=ablate,
-                    max_memory_gb=max_memory)
+    try:
+        res = run_sweep(entries, out, device=device, dtype=dtype, device_map=device_map, rerun=overwrite,
+                        on_event=on_event, log=lambda s: err.print(s, highlight=False), progress=progress_enabled(),
+                        seq_len=seq_len, batch=batch, repeats=repeats, seed=seed, top_k=top, ablate=ablate,
+                        max_memory_gb=max_memory)
+    except KeyboardInterrupt:
+        err.print(f"Finished entries are kept in {out}/entries (table: {out}/sweep.csv); run the same command "
+                  "again to resume.", highlight=False)
+        raise
     if json_out:
         typer.echo(res.to_json())
     _print_table(con, res)
