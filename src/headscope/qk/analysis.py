@@ -114,6 +114,30 @@ class QKAnalysis:
             "timings": {k: round(v, 2) for k, v in self.timings.items()},
         }
 
+    def to_frame(self):
+        """One row per chosen head: why, quick-scan scores, top key-side component, top K-composition source."""
+        import pandas as pd
+
+        rows = []
+        for n, (l, h) in enumerate(self.heads):
+            (comp, v), = self.decompositions[n].top("key", 1, by="vs_mean_key")  # sequence 0
+            src = self.composition.top_sources(l, h, "K", 1)
+            rows.append({"head": f"{l}.{h}", "reason": self.reasons.get(f"{l}.{h}", "chosen with --head"),
+                         "induction": self.head_score("induction", l, h),
+                         "previous_token": self.head_score("previous_token", l, h),
+                         "top_key_component": comp, "vs_mean_key": v,
+                         "top_k_source": f"{src[0][0]}.{src[0][1]}" if src else None,
+                         "k_excess": src[0][2] if src else None})
+        return pd.DataFrame(rows)
+
+    def _repr_html_(self) -> str:
+        import html
+
+        from .results import _html
+
+        items = "".join(f"<li>{html.escape(f)}</li>" for f in self.findings() + self.notes)
+        return _html(f"QK analysis of {self.model['name']}", self.to_frame(), self.live.plot_grid(0)) + f"<ul>{items}</ul>"
+
     def to_json(self, indent: int | None = 2) -> str:
         import json
 

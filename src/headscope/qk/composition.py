@@ -7,7 +7,7 @@ OV circuit, acting on row vectors) and ``B`` the later head's ``W_Q W_K^T`` (Q-c
 
 Every matrix here is d_model x d_model but rank d_head, so we never form one. For the left
 matrix take ``Y`` (d_model x d_head) with ``Y Y^T = A^T A``, for the right one ``Z`` with
-``Z Z^T = B B^T`` (each from the square root of a d_head x d_head Gram matrix); then
+``Z Z^T = B B^T`` (each from a root -- Cholesky -- of a d_head x d_head Gram matrix); then
 ``||A B||_F = ||Y^T Z||_F``, a d_head x d_head product, and ``||A||_F = ||Y||_F``,
 ``||B||_F = ||Z||_F``. All pairs are one matmul per earlier layer. For LayerNorm models reading and writing weights are centred along d_model
 first (what TransformerLens's ``fold_ln`` + ``center_writing_weights`` give, and what ARENA
@@ -28,20 +28,24 @@ from .results import CompositionScores
 KINDS = ("Q", "K", "V")
 
 
-def _gram_sqrt(M: torch.Tensor) -> torch.Tensor:
-    """Symmetric square root of ``M^T M`` (``[..., r, r]``); rank-deficient M is fine."""
-    vals, vecs = torch.linalg.eigh(M.transpose(-1, -2) @ M)
-    return (vecs * vals.clamp(min=0).sqrt().unsqueeze(-2)) @ vecs.transpose(-1, -2)
+def _gram_root(M: torch.Tensor) -> torch.Tensor:
+    """``R [..., r, r]`` with ``R R^T = M^T M``: Cholesky, or the symmetric square root where M is rank-deficient."""
+    G = M.transpose(-1, -2) @ M
+    R, info = torch.linalg.cholesky_ex(G)
+    if not bool((info == 0).all()):  # e.g. constructed low-rank weights
+        vals, vecs = torch.linalg.eigh(G)
+        R = (vecs * vals.clamp(min=0).sqrt().unsqueeze(-2)) @ vecs.transpose(-1, -2)
+    return R
 
 
 def left_factor(W_V: torch.Tensor, W_O: torch.Tensor) -> torch.Tensor:
-    """Y ``[..., d, r]`` with ``Y Y^T = A^T A`` for ``A = W_V W_O``: ``Y = W_O^T (W_V^T W_V)^(1/2)``."""
-    return W_O.transpose(-1, -2) @ _gram_sqrt(W_V)
+    """Y ``[..., d, r]`` with ``Y Y^T = A^T A`` for ``A = W_V W_O``: ``Y = W_O^T R``, ``R R^T = W_V^T W_V``."""
+    return W_O.transpose(-1, -2) @ _gram_root(W_V)
 
 
 def right_factor(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
-    """Z ``[..., d, r]`` with ``Z Z^T = B B^T`` for ``B = first second^T``: ``Z = first (second^T second)^(1/2)``."""
-    return first @ _gram_sqrt(second)
+    """Z ``[..., d, r]`` with ``Z Z^T = B B^T`` for ``B = first second^T``: ``Z = first R``, ``R R^T = second^T second``."""
+    return first @ _gram_root(second)
 
 
 def factored_score(Y: torch.Tensor, Z: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import textwrap
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg", force=False)
 import matplotlib.pyplot as plt  # noqa: E402
@@ -219,6 +220,7 @@ def plot_k_sources(comp, heads: list[tuple[int, int]], prev_token: np.ndarray | 
                    for a, b, _ in src]
         ax.barh(range(len(src)), [v for *_, v in src], color=colours)
         ax.set_yticks(range(len(src)), names, fontsize=8)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(4))
         ax.set_xlabel("K-composition minus baseline")
         ax.set_title(f"sources of head {layer}.{head}'s keys", fontsize=10)
     fig.suptitle(f"{comp.model_name}: strongest K-composition sources" +
