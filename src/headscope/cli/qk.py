@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from pathlib import Path
 from typing import Annotated
@@ -120,17 +121,20 @@ def _progress(err):
 
 def _print_summary(con, a) -> None:
     t = Table(title=f"QK analysis of {a.model['name']}: chosen heads")
-    for col in ("head", "picked for", "induction", "prev-token", "key side, seq 0 (vs mean key)", "top K-comp sources"):
+    for col in ("head", "picked as", "induction", "prev-token", "key side: top (seq 0)", "top K-comp sources"):
         t.add_column(col, justify="right" if col in ("induction", "prev-token") else "left")
     sources = a.k_sources(3)
     for n, (l, h) in enumerate(a.heads):
         dec = a.decompositions[n]  # sequence 0
         (name, v), = dec.top("key", 1, by="vs_mean_key")
         ind, prev = a.head_score("induction", l, h), a.head_score("previous_token", l, h)
-        src = ", ".join(f"{s['head']} ({s['excess']:+.3f})" for s in sources[f"{l}.{h}"]) or "- (layer 0)"
-        t.add_row(f"{l}.{h}", a.reasons.get(f"{l}.{h}", "--head"), f"{ind:.2f}" if ind is not None else "-",
+        src = " ".join(f"{s['head']}:{s['excess']:+.3f}" for s in sources[f"{l}.{h}"]) or "- (layer 0)"
+        why = re.sub(r"#(\d+) (\S+) score [-\d.]+", r"\2 #\1", a.reasons.get(f"{l}.{h}", "--head"))
+        t.add_row(f"{l}.{h}", why, f"{ind:.2f}" if ind is not None else "-",
                   f"{prev:.2f}" if prev is not None else "-", f"{name} {v:+.3g}", src)
     con.print(t)
+    con.print("[dim]key side: the component that most raises the score on the induction stripe (or the chosen "
+              "query) above the query's other keys; K-comp sources: score minus the random baseline.[/]", highlight=False)
     for note in a.notes:
         con.print(f"[yellow]note:[/] {note}", highlight=False)
     for f in a.findings():

@@ -86,7 +86,8 @@ class QKAnalysis:
             src = self.k_sources(3)[f"{l}.{h}"]
             listed = ", ".join(f"{s['head']} ({s['excess']:+.3f}, prev-token {s['previous_token']:.2f})" for s in src)
             prev = [s for s in src if s["previous_token"] >= PREV_TOKEN_THRESHOLD]
-            verdict = (f"{len(prev)} of the top {len(src)} are previous-token heads (score >= {PREV_TOKEN_THRESHOLD})"
+            verdict = (f"{len(prev)} of the top {len(src)} {'is a previous-token head' if len(prev) == 1 else 'are previous-token heads'}"
+                       f" (score >= {PREV_TOKEN_THRESHOLD})"
                        if prev else "none of them is a previous-token head; best previous-token heads: " +
                        ", ".join(f"{a}.{b} ({v:.2f})" for a, b, v in _top(self.scan_scores["previous_token"], 3)))
             out.append(f"induction head {l}.{h} (score {ind:.2f}): strongest K-composition sources {listed}; {verdict}")
