@@ -34,9 +34,10 @@ def report_cmd(
     model: ModelOpt = DEFAULT,
     text: Annotated[list[str] | None, typer.Option("--text", help="Your own text (repeatable): attention views and QK "
                     "analysis run on it. Default: three built-in sample texts.")] = None,
-    file: Annotated[list[Path] | None, typer.Option("--file", help="A UTF-8 text file (repeatable), like --text.")] = None,
+    file: Annotated[list[Path] | None, typer.Option("--file", help="A UTF-8 text file (repeatable), like --text.")] \
+        = None,
     out: Annotated[Path | None, typer.Option("--out", help="The HTML file to write "
-                   "[default: headscope-results/report-MODEL.html].")] = None,
+                   "(default: headscope-results/report-MODEL.html).")] = None,
     seq_len: Annotated[int, typer.Option("--seq-len", help="Length of the random block r that is repeated.")] = 50,
     batch: Annotated[int, typer.Option("--batch", help="Number of random sequences.")] = 10,
     repeats: Annotated[int, typer.Option("--repeats", help="How many times r appears (>= 2).")] = 2,
@@ -49,7 +50,8 @@ def report_cmd(
                       "as many top previous-token heads.")] = 3,
     threshold: Annotated[list[str] | None, typer.Option("--threshold", help="Role threshold NAME=VALUE (repeatable); "
                          f"defaults {', '.join(f'{k}={v}' for k, v in DEFAULT_THRESHOLDS.items())}.")] = None,
-    max_memory: Annotated[float, typer.Option("--max-memory", help="GiB budget for one chunk's attention + logits.")] = 2.0,
+    max_memory: Annotated[float, typer.Option("--max-memory", help="GiB budget for one chunk's attention + "
+                          "logits.")] = 2.0,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "float32",
     overwrite: OverwriteOpt = False,

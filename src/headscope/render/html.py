@@ -28,7 +28,7 @@ MAX_VIEW_TOKENS = 64
 #: Decimals of the attention weights in the interactive views and of every number in tables.
 DECIMALS = 3
 #: Resolution of the PNG figures.
-FIG_DPI = 72
+FIG_DPI = 90
 
 
 # --- text, numbers, tables --------------------------------------------------------------------
@@ -97,8 +97,10 @@ def table_html(columns: list[str], rows: Iterable[list], table_id: str = "", sor
         return f'<td class="t">{esc(c)}</td>'
 
     rows = list(rows)
-    text_cols = {i for i, c in enumerate(rows[0]) if isinstance(c, str) or isinstance(c, tuple) and isinstance(c[1], str)}\
-        if rows else {0}
+    def is_text(c) -> bool:
+        return isinstance(c, str) or isinstance(c, tuple) and isinstance(c[1], str)
+
+    text_cols = {i for i, c in enumerate(rows[0]) if is_text(c)} if rows else {0}
     head = "".join(f'<th class="{"t" if i in text_cols else ""}">{esc(c)}</th>' for i, c in enumerate(columns))
     body = "".join("<tr>" + "".join(cell(c) for c in r) + "</tr>" for r in rows)
     attrs = (f' id="{esc(table_id)}"' if table_id else "") + (' class="sortable"' if sortable else "")
@@ -121,7 +123,8 @@ def tokens_html(tokens: Iterable[str]) -> str:
 
 def legend_html(definitions: dict[str, str]) -> str:
     """Every score's definition and source, as a definition list."""
-    return '<dl class="legend">' + "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in definitions.items()) + "</dl>"
+    items = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in definitions.items())
+    return f'<dl class="legend">{items}</dl>'
 
 
 def tabs_html(group: str, panels: list[tuple[str, str]]) -> str:

@@ -3,8 +3,9 @@
 (function () {
   "use strict";
 
-  // One island per view: <script type="application/json" data-cv-target=ID data-cv-component=NAME>.
-  // Each island was rendered into an element with that id; a failure shows in place and on the console.
+  // One JSON island per view: a script element of type application/json whose data-cv-target names
+  // the element to draw into and data-cv-component the circuitsvis component; a failure shows in
+  // place and on the console.
   document.querySelectorAll("script[data-cv-target]").forEach(function (island) {
     if (island.dataset.cvDone) return;
     island.dataset.cvDone = "1";
@@ -21,8 +22,8 @@
     }
   });
 
-  // Tabs: <div class="tabs"><button data-tab=ID>...</button>...</div> + <div class="tabpanel" id=ID>;
-  // a hidden panel has class "off" (moved off-screen, still laid out, so its charts keep their size).
+  // Tabs: in a .tabs bar, each button's data-tab names its .tabpanel; a hidden panel has class "off"
+  // (moved off-screen but still laid out, so its charts keep their size).
   document.querySelectorAll(".hs .tabs").forEach(function (bar) {
     var buttons = Array.prototype.slice.call(bar.querySelectorAll("button[data-tab]"));
     buttons.forEach(function (b) {
@@ -57,7 +58,7 @@
     });
   });
 
-  // Filters: <input class="filter" data-filter=TABLE_ID> hides rows whose text lacks the query.
+  // Filters: an input.filter whose data-filter names a table hides the rows that lack its text.
   document.querySelectorAll(".hs input.filter[data-filter]").forEach(function (input) {
     var table = document.getElementById(input.dataset.filter);
     input.addEventListener("input", function () {

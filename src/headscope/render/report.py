@@ -13,7 +13,7 @@ Content-Security-Policy with a fresh nonce per page lets only the page's own scr
 forbids every fetch: a second line of defence, not the first.
 
 Size. Numbers are rounded (3 decimals on the page, full precision in ``--json``), figures are
-palette PNGs at 72 dpi, and interactive views keep at most 64 tokens of a sequence (the page
+palette PNGs at 90 dpi, and interactive views keep at most 64 tokens of a sequence (the page
 says where it cut). The default SmolLM2 page is measured in docs/report.md.
 
 The same pieces make the notebook views: :func:`induction_html` is what
@@ -63,7 +63,7 @@ QK_DEFINITIONS = {
 }
 
 
-# --- induction pieces (from an InductionResult) ------------------------------------------------------------------------
+# --- induction pieces (from an InductionResult) ---------------------------------------------
 def settings_html(res: InductionResult) -> str:
     s, m = res.settings, res.model
     model = {"model": m.get("name"), "layers × heads": f"{m.get('n_layers')} × {m.get('n_heads')}"}
@@ -140,7 +140,8 @@ def induction_html(res: InductionResult) -> str:
 
     parts = [f"<h3>Induction scan — {esc(res.model.get('name'))}</h3>", settings_html(res), top_heads_html(res),
              other_roles_html(res),
-             f"<p>Loss: first repeat {res.loss_first_repeat:.2f} nats, later repeats {res.loss_later_repeats:.2f} nats.</p>"]
+             f"<p>Loss: first repeat {res.loss_first_repeat:.2f} nats, later repeats "
+             f"{res.loss_later_repeats:.2f} nats.</p>"]
     if res.ablation:
         parts.append(verdicts_html(res))
     parts.append(figure_html(score_heatmap(res, "induction")))
@@ -193,9 +194,9 @@ def qk_heads_html(a) -> str:
                      float("nan") if prev is None else round(prev, DECIMALS), src])
     findings = "".join(f"<li>{esc(f)}</li>" for f in a.findings())
     notes = "".join(f'<p class="note">{esc(n)}</p>' for n in a.notes)
-    return (table_html(["head", "chosen for", "induction", "previous-token", "strongest K-composition sources (excess)"],
-                       rows) + (f"<h3>What the QK analysis shows</h3><ul class='verdicts'>{findings}</ul>" if findings
-                                else "") + notes)
+    cols = ["head", "chosen for", "induction", "previous-token", "strongest K-composition sources (excess)"]
+    shows = f"<h3>What the QK analysis shows</h3><ul class='verdicts'>{findings}</ul>" if findings else ""
+    return table_html(cols, rows) + shows + notes
 
 
 def qk_scores_html(live) -> str:
@@ -443,7 +444,7 @@ def build_report(model, texts: list[str] | list[tuple[str, str]] | None = None, 
     if qk:
         from ..qk import analyze_qk
 
-        said = set()
+        said = {"quick induction scan"}  # not run: the QK analysis picks its heads from our scan
 
         def step(stage, done, total):
             if stage not in said:
@@ -452,4 +453,8 @@ def build_report(model, texts: list[str] | list[tuple[str, str]] | None = None, 
 
         rep.qk = analyze_qk(model, [t for _, t in pairs], top=qk_top, scan=res, max_tokens=MAX_VIEW_TOKENS,
                             progress=step)
+        # The heads come from the scan above, not from a quick scan of the QK analysis's own.
+        rep.qk.notes = [n for n in rep.qk.notes if not n.startswith("heads picked by a quick scan")] + [
+            f"heads picked from the induction scan above: the top {qk_top} induction and top {qk_top} "
+            "previous-token heads"]
     return rep

@@ -1,0 +1,135 @@
+"""The report page in a real browser (headless Chromium, network blocked).
+
+It must load without a console error, ask for nothing over the network, draw every
+interactive attention view (checked in the DOM, not by file size), and show hostile text as
+written without running any of it. Screenshots land in the test's tmp dir, and in
+``$HEADSCOPE_ARTIFACTS`` when that is set (CI can keep them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from browser import WHY_NO_CHROMIUM, Browser, ensure_chromium
+from headscope.cli import app
+from headscope.render.report import build_report
+
+#: Every view has drawn: its head selector and zoomed pattern are canvases.
+ALL_DRAWN = "[...document.querySelectorAll('.cv-view')].every(v => v.querySelector('canvas'))"
+
+HOSTILE = ('<img src=x onerror="window.__pwned=1"> </script><script>window.__pwned=2</script> '
+           '" onmouseover="window.__pwned=3" x=\' &amp; <xss-probe>')
+HOSTILE_FILE_NAME = '<xss-probe onclick="window.__pwned=4">notes"\'&amp;.txt'  # no "/": it is a file name
+
+
+@pytest.fixture(scope="module")
+def browser():
+    exe = ensure_chromium()
+    if not exe:
+        pytest.skip(WHY_NO_CHROMIUM)
+    with Browser(exe) as b:
+        yield b
+
+
+def keep_screenshot(page, path: Path) -> Path:
+    page.screenshot(path)
+    if os.environ.get("HEADSCOPE_ARTIFACTS"):
+        dest = Path(os.environ["HEADSCOPE_ARTIFACTS"])
+        dest.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, dest / path.name)
+    return path
+
+
+def assert_loaded_cleanly(page) -> None:
+    assert page.errors == [], page.errors
+    assert page.network_requests == [], page.network_requests
+    assert page.requests and page.requests[0].startswith("file:")  # the request log works: it saw the page itself
+
+
+def assert_views_drawn(page, heads_per_view: list[int]) -> None:
+    """Each view drew one canvas per head (the selector) plus the zoomed pattern, with the head names."""
+    drawn = page.evaluate("[...document.querySelectorAll('.cv-view')].map(v => "
+                          "[v.querySelectorAll('canvas').length, v.textContent])")
+    assert [n for n, _ in drawn] == [k + 1 for k in heads_per_view]
+    props = page.evaluate("[...document.querySelectorAll('script[data-cv-target]')]"
+                          ".map(s => JSON.parse(s.textContent).attentionHeadNames)")
+    for (_, text), names in zip(drawn, props, strict=True):
+        assert all(name in text for name in names) and "Zoomed" in text
+
+
+def test_the_checks_would_see_a_page_that_reaches_out(browser, tmp_path):
+    """The request log and the error log work: a page that fetches gets caught (and gets nothing)."""
+    bad = tmp_path / "bad.html"
+    bad.write_text("<!DOCTYPE html><img src='https://example.com/x.png'><script>fetch('http://example.org/')</script>")
+    page = browser.open(bad)
+    browser.wait_idle(page, 1.0)
+    assert any("example.com" in u for u in page.network_requests)
+    assert any("example.org" in u for u in page.network_requests)
+    assert page.errors  # the failed loads
+
+
+def test_report_page_renders_offline_without_errors(browser, tiny_llama, tmp_path):
+    rep = build_report(tiny_llama, seq_len=8, batch=2, top_k=3, qk_top=2)
+    path = rep.save(tmp_path / "report.html")
+    page = browser.open(path, ready=ALL_DRAWN)
+    assert_loaded_cleanly(page)
+    n_qk = len(rep.qk.live.sequences)
+    assert_views_drawn(page, [3] * (len(rep.induction.samples) + len(rep.texts)) + [len(rep.qk.heads)] * n_qk)
+    # the page's own script works: a tab switches, a table sorts
+    page.evaluate("document.querySelector('button[data-tab=\"heatmap-1\"]').click()")
+    assert page.evaluate("document.getElementById('heatmap-1').classList.contains('off')") is False
+    assert page.evaluate("document.getElementById('heatmap-0').classList.contains('off')") is True
+    shot = keep_screenshot(page, tmp_path / "report_tiny_llama.png")
+    assert shot.stat().st_size > 50_000
+
+
+def test_hostile_text_and_file_names_show_as_written_and_never_run(browser, tiny_gpt2_dir, tmp_path):
+    note = tmp_path / HOSTILE_FILE_NAME
+    note.write_text(HOSTILE + " again " + HOSTILE)
+    out = tmp_path / "hostile.html"
+    r = CliRunner().invoke(app, ["report", "--model", str(tiny_gpt2_dir), "--seq-len", "6", "--batch", "2",
+                                 "--top", "2", "--qk-top", "1", "--device", "cpu", "--text", HOSTILE,
+                                 "--file", str(note), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    page = browser.open(out, ready=ALL_DRAWN)
+    assert_loaded_cleanly(page)
+    assert page.evaluate("typeof window.__pwned") == "undefined"
+    # nothing was injected: no foreign element, attribute or script
+    assert page.evaluate("document.querySelectorAll('xss-probe, [onerror], [onmouseover], [onclick]').length") == 0
+    assert page.evaluate("[...document.images].every(i => i.src.startsWith('data:image/png'))")
+    assert page.evaluate("[...document.scripts].every(s => s.type === 'application/json' || s.nonce)")
+    # the text and the file name show literally
+    shown = page.evaluate("[...document.querySelectorAll('.text-shown')].map(e => e.textContent)")
+    assert shown.count(HOSTILE) >= 2 and shown.count(HOSTILE + " again " + HOSTILE) >= 2  # attention and QK views
+    headings = page.evaluate("[...document.querySelectorAll('h3, button')].map(e => e.textContent)")
+    assert f"Top induction heads on {HOSTILE_FILE_NAME}" in headings and HOSTILE_FILE_NAME in headings
+    # and the interactive views received the tokens as written (circuitsvis draws them as text)
+    tokens = page.evaluate("[...document.querySelectorAll('script[data-cv-target]')].map(s => "
+                           "JSON.parse(s.textContent).tokens.join(''))")
+    assert any(HOSTILE.replace(" ", "·") in t for t in tokens)
+    keep_screenshot(page, tmp_path / "report_hostile.png")
+
+
+@pytest.mark.smollm2
+@pytest.mark.slow
+def test_smollm2_report_is_small_and_renders(browser, smollm2, tmp_path):
+    """The real model at small settings (seq_len 20, batch 4, no ablation to save time). The page's
+    size hardly depends on seq_len and batch (views are cut at 64 tokens), so this also bounds the
+    default run's page; docs/report.md records the default page measured by hand."""
+    rep = build_report(smollm2, seq_len=20, batch=4, ablate=False)
+    path = rep.save(tmp_path / "report.html")
+    size = path.stat().st_size
+    assert size < 5_000_000, f"{size / 1e6:.2f} MB"
+    page = browser.open(path, ready=ALL_DRAWN, timeout=60)
+    assert_loaded_cleanly(page)
+    assert_views_drawn(page, [5] * (1 + len(rep.texts)) + [len(rep.qk.heads)] * len(rep.qk.live.sequences))
+    head = page.evaluate("document.querySelector('#top table tbody tr td').textContent")
+    assert head == "L18H6"  # SmolLM2's strongest induction head tops the table
+    keep_screenshot(page, tmp_path / "report_smollm2.png")
+    print(json.dumps({"bytes": size, "screenshot": str(tmp_path / "report_smollm2.png")}))
