@@ -41,7 +41,7 @@ def induction_cmd(
     device_map: Annotated[str | None, typer.Option("--device-map", help="Spread the model over several GPUs with "
                           "accelerate (auto, balanced, sequential); replaces --device. See docs/scale.md.")] = None,
     dtype: DtypeOpt = "float32",
-    out: Annotated[Path | None, typer.Option("--out", help="Output directory [default: headscope-results/induction-MODEL].")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Output directory (default: headscope-results/induction-MODEL).")] = None,
     overwrite: OverwriteOpt = False,
     report: Annotated[bool, typer.Option("--report", help="Also write report.html: the results on one self-contained, "
                       "interactive page that works offline (see `headscope report`).")] = False,

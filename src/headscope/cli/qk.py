@@ -44,7 +44,7 @@ def qk_cmd(
                       "interactive page that works offline (see `headscope report`).")] = False,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "float32",
-    out: Annotated[Path | None, typer.Option("--out", help="Output directory [default: headscope-results/qk-MODEL].")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Output directory (default: headscope-results/qk-MODEL).")] = None,
     overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
