@@ -186,13 +186,15 @@ def analyze_qk(model, texts=None, heads=None, *, top: int = 3, tokens: list[str]
     token_ids = token_set(model.tokenizer, tokens) if tokens else None
     notes = [n for s in seqs for n in s.notes]
     step("quick induction scan", 0, 1)
-    scan = scan if scan is not None else quick_scan(model)
+    given_scan = scan is not None
+    scan = scan if given_scan else quick_scan(model)
     timings["scan_s"] = time.perf_counter() - t
     if chosen is None:
         chosen, reasons = pick_heads(scan, top)
-        notes.append(f"heads picked by a quick scan ({QUICK_SCAN['batch']} sequences of {QUICK_SCAN['seq_len']} "
-                     f"random tokens repeated twice, no ablation): the top {top} induction and top {top} "
-                     "previous-token heads")
+        source = ("the given induction scan" if given_scan else
+                  f"a quick scan ({QUICK_SCAN['batch']} sequences of {QUICK_SCAN['seq_len']} random tokens repeated "
+                  "twice, no ablation)")
+        notes.append(f"heads picked by {source}: the top {top} induction and top {top} previous-token heads")
     else:
         reasons = {}
     w = head_weights(model)

@@ -453,8 +453,4 @@ def build_report(model, texts: list[str] | list[tuple[str, str]] | None = None, 
 
         rep.qk = analyze_qk(model, [t for _, t in pairs], top=qk_top, scan=res, max_tokens=MAX_VIEW_TOKENS,
                             progress=step)
-        # The heads come from the scan above, not from a quick scan of the QK analysis's own.
-        rep.qk.notes = [n for n in rep.qk.notes if not n.startswith("heads picked by a quick scan")] + [
-            f"heads picked from the induction scan above: the top {qk_top} induction and top {qk_top} "
-            "previous-token heads"]
     return rep
