@@ -15,7 +15,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..errors import BadInput
 from ..weights import head_weights
@@ -41,11 +40,13 @@ def chunk_size_for(n_tokens: int, n_heads: int, d_vocab: int, batch: int, max_me
 
 def _token_losses(logits: torch.Tensor, tokens: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
     """``[batch, n-1]`` cross-entropy of predicting token p+1 at position p, in position chunks."""
+    # logsumexp - gather over the contiguous vocab axis: 3x faster on CPU than cross_entropy,
+    # which wants the classes on axis 1 and so walks a transposed [batch, vocab, pos] view.
     out = []
     for p in range(0, tokens.shape[1] - 1, chunk):
         lg = logits[:, p: min(p + chunk, tokens.shape[1] - 1)].float()
         tg = tokens[:, p + 1: p + 1 + lg.shape[1]]
-        out.append(F.cross_entropy(lg.transpose(1, 2), tg, reduction="none"))
+        out.append(torch.logsumexp(lg, dim=-1) - lg.gather(-1, tg[..., None])[..., 0])
     return torch.cat(out, dim=1)
 
 
@@ -97,7 +98,7 @@ def score_pass(model, rt: RepeatedTokens, chunk: int, progress: Progress | None 
     device = cfg.device
     for start in range(0, rt.tokens.shape[0], chunk):
         tokens = rt.tokens[start: start + chunk].to(device)
-        state["mask"] = S.prefix_mask(tokens, layout)
+        state["mask"] = S.prefix_mask(tokens, layout).float()  # cast once per chunk, not per layer
         logits = model.run_with_hooks(tokens, fwd_hooks=hooks)
         loss_sum += _token_losses(logits, tokens).sum(0).cpu()
         z_count += tokens.shape[0] * tokens.shape[1]

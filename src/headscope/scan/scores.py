@@ -69,7 +69,7 @@ def prefix_mask(tokens: torch.Tensor, layout: RepeatLayout) -> torch.Tensor:
 
 def prefix_matching_sum(pattern: torch.Tensor, mask: torch.Tensor, layout: RepeatLayout):
     rows = pattern[:, :, layout.later_start:, :].float()
-    per_query = torch.einsum("bhqk,bqk->bhq", rows, mask.to(rows.dtype))
+    per_query = torch.einsum("bhqk,bqk->bhq", rows, mask if mask.dtype == rows.dtype else mask.to(rows.dtype))
     return per_query.sum(dim=(0, 2)), per_query.shape[0] * per_query.shape[2]
 
 
