@@ -54,28 +54,58 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def timed(fn: Callable[[], object], device: str) -> float:
+def _busy_jiffies() -> int | None:
+    """CPU time (clock ticks) every process on the machine has used, from /proc/stat."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return sum(fields) - fields[3] - fields[4]  # all but idle and iowait
+
+
+def others_share(t0_busy: int | None, t0_self: float, elapsed: float) -> float | None:
+    """Share of the machine's CPU capacity that *other* processes used since ``t0``.
+
+    The load average lags by a minute; this says whether a given timing was disturbed.
+    """
+    busy = _busy_jiffies()
+    if busy is None or t0_busy is None or elapsed <= 0:
+        return None
+    ticks = os.sysconf("SC_CLK_TCK")
+    mine = (sum(os.times()[:2]) - t0_self) * ticks
+    return max(0.0, (busy - t0_busy - mine) / (elapsed * ticks * (os.cpu_count() or 1)))
+
+
+def timed(fn: Callable[[], object], device: str) -> tuple[float, float | None]:
+    """Seconds ``fn`` takes, and the CPU share other processes took meanwhile."""
     sync(device)
+    busy, me = _busy_jiffies(), sum(os.times()[:2])
     t0 = time.perf_counter()
     fn()
     sync(device)
-    return time.perf_counter() - t0
+    elapsed = time.perf_counter() - t0
+    return elapsed, others_share(busy, me, elapsed)
 
 
 def interleaved(fns: dict[str, Callable[[], object]], reps: int, device: str, reps_for: dict[str, int] | None = None,
-                log: Callable[[str], None] = lambda s: None) -> dict[str, list[float]]:
+                log: Callable[[str], None] = lambda s: None) -> tuple[dict[str, list[float]], dict[str, list]]:
     """Time every function once per round, in order (A B C A B C ...), ``reps`` rounds.
 
     ``reps_for[name]`` caps the rounds a slow function takes part in (it runs in the first
-    ones), so a 90 s competitor does not make the whole benchmark take an hour.
+    ones). Returns the times and, per time, the CPU share other processes took meanwhile.
     """
     times: dict[str, list[float]] = {name: [] for name in fns}
+    others: dict[str, list] = {name: [] for name in fns}
     for r in range(reps):
         for name, fn in fns.items():
             if r < (reps_for or {}).get(name, reps):
-                times[name].append(timed(fn, device))
-                log(f"  round {r + 1}: {name} {times[name][-1]:.3f} s (load {load_average()[0]:.2f})")
-    return times
+                t, o = timed(fn, device)
+                times[name].append(t)
+                others[name].append(None if o is None else round(o, 3))
+                shown = "?" if o is None else f"{100 * o:.0f}%"
+                log(f"  round {r + 1}: {name} {t:.3f} s (other processes: {shown} of the CPU)")
+    return times, others
 
 
 def median(xs: list[float]) -> float:

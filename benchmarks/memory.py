@@ -25,7 +25,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _bench import emit, load_average, say, set_threads, sync  # noqa: E402
+from _bench import _busy_jiffies, emit, load_average, others_share, say, set_threads, sync  # noqa: E402
 
 GiB = 2**30
 
@@ -111,17 +111,19 @@ def main(argv: list[str] | None = None) -> dict:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base_cuda = torch.cuda.memory_allocated()
+    busy, me = _busy_jiffies(), sum(os.times()[:2])
     t0 = time.perf_counter()
     with RssSampler() as rss:
         out = run()
         sync(device)
     run_s = time.perf_counter() - t0
+    others = others_share(busy, me, run_s)
     record = {
         "section": "memory", "what": args.what, "device": device, "threads": threads, "seq_len": args.seq_len,
         "n_tokens": rt.layout.n_tokens, "batch": 1, "load_s": load_s, "run_s": run_s,
         "param_bytes": params, "rss_before_run": rss.start, "rss_peak_run": rss.peak,
         "rss_peak_above_model": rss.peak - rss.start, "maxrss_after_load": maxrss_loaded, "maxrss_after_run": maxrss(),
-        "load_average_end": load_average(),
+        "others_cpu_share": others, "load_average_end": load_average(),
     }
     if cuda:
         record.update(cuda_base=base_cuda, cuda_peak=torch.cuda.max_memory_allocated(),

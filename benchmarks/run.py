@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads in every process")
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--reps", type=int, default=5, help="interleaved speed rounds")
-    p.add_argument("--tl-reps", type=int, default=2, help="rounds TransformerLens takes part in")
+    p.add_argument("--tl-reps", type=int, default=5, help="rounds TransformerLens takes part in")
     p.add_argument("--long-seq-len", type=int, default=2048)
     p.add_argument("--quick", action="store_true", help="2 rounds, 1 TL round, seq-len 256 for memory, 1 cached load")
     p.add_argument("--wait-quiet", type=float, default=None, metavar="LOAD",
@@ -120,8 +120,11 @@ def summary(report: dict) -> str:
             lines.append(f"-- {r['section']} FAILED (exit {r['failed']}) {' '.join(r['args'])}")
         elif r["section"] == "speed":
             med, rat = r["median_s"], r["ratios"]
+            busy = r.get("others_cpu_share_max")
             lines.append(f"-- speed on {r['device']}: batch {r['batch']} x {r['n_tokens']} tokens, "
-                         f"{len(r['times_s']['scan'])} interleaved rounds, medians:")
+                         f"{len(r['times_s']['scan'])} interleaved rounds, medians"
+                         + ("" if busy is None else f" (other processes took at most {100 * busy:.0f}% of the CPU "
+                                                    "during any timed run)") + ":")
             for k, v in med.items():
                 lines.append(f"   {k:<24} {v:8.3f} s  ({len(r['times_s'][k])} runs)")
             for k, v in rat.items():
@@ -136,7 +139,9 @@ def summary(report: dict) -> str:
             extra = f", chunk {r['chunk_size']}" if "chunk_size" in r else ""
             lines.append(f"-- memory on {r['device']}: {r['what']:<8} seq-len {r['seq_len']} ({r['n_tokens']} tokens), "
                          f"batch 1: {r['run_s']:.1f} s, peak {kind} {above / GiB:.2f} GiB above the loaded model "
-                         f"(model RSS {r['rss_before_run'] / GiB:.2f} GiB{extra})"
+                         f"(model RSS {r['rss_before_run'] / GiB:.2f} GiB{extra}"
+                         + (f"; others took {100 * r['others_cpu_share']:.0f}% of the CPU"
+                            if r.get("others_cpu_share") is not None else "") + ")"
                          + (f"; aim < 4 GiB: {_ok(above < 4 * GiB)}" if r["what"].startswith("scan") else ""))
         elif r["section"] == "load":
             lines.append(f"-- load {r['model']}: first load {r['first_load_s']:.1f} s (conversion "
