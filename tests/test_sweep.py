@@ -241,3 +241,11 @@ def test_sweep_figure_draws_models_in_order_when_there_are_no_steps():
     ticks = [t.get_text() for t in fig.axes[-1].get_xticklabels()]
     assert ticks == ["small", "large"]
     assert "1 of 3 entries not finished" in fig._suptitle.get_text()
+
+
+def test_an_unwritable_out_is_refused_before_anything_runs(tmp_path, count_scans, tiny_gpt2_dir):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    r = sweep("-m", str(tiny_gpt2_dir), "--out", str(blocker / "out"))
+    assert r.exit_code == 2 and "cannot write the sweep's results" in r.output
+    assert count_scans == []

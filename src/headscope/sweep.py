@@ -257,6 +257,11 @@ def run_sweep(
         raise BadInput(f"unknown scan setting(s) {', '.join(sorted(unknown))}",
                        hint=f"use: {', '.join(DEFAULT_SCAN)}")
     out = Path(out_dir)
+    try:
+        (out / "entries").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BadInput(f"cannot write the sweep's results to {out} ({exc.strerror or exc})",
+                       hint="choose another --out") from None
     settings = {**DEFAULT_SCAN, **scan, "dtype": str(dtype)}
     emit = on_event or (lambda kind, entry, info: None)
 
