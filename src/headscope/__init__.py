@@ -16,10 +16,13 @@ except PackageNotFoundError:  # running from a source tree
 from .errors import BadInput, HeadscopeError, ModelLoadError, OutputExists
 from .models import DEFAULT_MODEL, load_model
 from .scan import AttentionSample, InductionResult, scan_induction
+from .sweep import plan_sweep, run_sweep
+from .render.report import Report, build_report
 from .qk import (CompositionScores, PositionalQK, QKAnalysis, QKDecomposition, QKScores, TokenQK, analyze_qk,
                  composition_scores, decompose_qk, positional_qk, qk_scores, token_qk)
 
-__all__ = ["AttentionSample", "BadInput", "DEFAULT_MODEL", "InductionResult", "scan_induction", "HeadscopeError", "ModelLoadError", "OutputExists", "load_model",
-           "__version__",
+__all__ = ["AttentionSample", "BadInput", "DEFAULT_MODEL", "InductionResult", "scan_induction", "HeadscopeError",
+           "ModelLoadError", "OutputExists", "load_model", "__version__", "plan_sweep", "run_sweep", "Report",
+           "build_report",
            "CompositionScores", "PositionalQK", "QKAnalysis", "QKDecomposition", "QKScores", "TokenQK", "analyze_qk",
            "composition_scores", "decompose_qk", "positional_qk", "qk_scores", "token_qk"]
