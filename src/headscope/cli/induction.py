@@ -95,9 +95,11 @@ def _print_summary(con, res) -> None:
               f"repeats, {bos}; {s['chunk_size']} per forward pass", highlight=False)
     rises = {(e["layer"], e["head"]): e["loss_increase"] for e in res.ablation if e["kind"] == "head"}
     roles = res.roles()
-    t = Table(title="Top induction heads")
-    for col in ("head", "induction", "prefix-match", "prev-token", "dup-token", "copying", "roles", "ablation Δloss"):
-        t.add_column(col, justify="left" if col in ("head", "roles") else "right")
+    t = Table(title="Top induction heads (prefix = prefix-matching, prev = previous-token, dup = duplicate-token, "
+                    "Δloss = rise in later-repeat loss when ablated)")
+    for col in ("head", "induction", "prefix", "prev", "dup", "copying", "roles", "Δloss"):
+        t.add_column(col, justify="left" if col in ("head", "roles") else "right", overflow="fold",
+                     no_wrap=col != "roles")
     for l, h, v in res.top_heads("induction", s["top_k"]):
         sc = res.scores
         t.add_row(head_label(l, h), f"{v:.3f}", f"{sc['prefix_matching'][l, h]:.3f}", f"{sc['previous_token'][l, h]:.3f}",
