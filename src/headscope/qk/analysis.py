@@ -207,7 +207,7 @@ def analyze_qk(model, texts=None, heads=None, *, top: int = 3, tokens: list[str]
     max_layer = max(layer for layer, _ in chosen)
     for s, seq in enumerate(seqs):
         step("decompositions", s, len(seqs))
-        acts = capture_residual(model, seq, max_layer)
+        acts = capture_residual(model, seq, max_layer, score_layers={layer for layer, _ in chosen})
         for layer, h in chosen:
             decs.append(decompose_qk(model, (layer, h), seq, query=query, weights=w, acts=acts))
         for layer in {layer for layer, _ in chosen}:  # residual sample for the rotary positional circuit

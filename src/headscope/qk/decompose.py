@@ -30,14 +30,22 @@ from .live import as_heads, as_sequences, capture, model_name
 from .results import QKDecomposition
 
 
-def capture_residual(model, seq: TokenSequence, up_to_layer: int) -> dict[str, torch.Tensor]:
-    """The hooks a decomposition needs for every layer ``<= up_to_layer``, one forward pass."""
+def capture_residual(model, seq: TokenSequence, up_to_layer: int,
+                     score_layers: set[int] | None = None) -> dict[str, torch.Tensor]:
+    """The hooks a decomposition needs for every layer ``<= up_to_layer``, one forward pass.
+
+    Attention scores and patterns ([heads, T, T] each) are kept only for ``score_layers``
+    (default: ``up_to_layer``), the layers of the heads being explained: keeping them for
+    every earlier layer cost gigabytes on long texts.
+    """
+    score_layers = {up_to_layer} if score_layers is None else set(score_layers)
     names = ["hook_embed"]
     if not rotary.is_rotary(model) and getattr(model.cfg, "positional_embedding_type", "") == "standard":
         names.append("hook_pos_embed")
     for layer in range(up_to_layer + 1):
-        names += [f"blocks.{layer}.hook_resid_pre", f"blocks.{layer}.ln1.hook_scale",
-                  f"blocks.{layer}.attn.hook_attn_scores", f"blocks.{layer}.attn.hook_pattern"]
+        names += [f"blocks.{layer}.hook_resid_pre", f"blocks.{layer}.ln1.hook_scale"]
+        if layer in score_layers:
+            names += [f"blocks.{layer}.attn.hook_attn_scores", f"blocks.{layer}.attn.hook_pattern"]
         if layer < up_to_layer:
             names += [f"blocks.{layer}.attn.hook_z", f"blocks.{layer}.hook_mlp_out"]
     return capture(model, seq, names)
@@ -59,18 +67,17 @@ def residual_components(acts: dict, w: HeadWeights, layer: int) -> tuple[list[st
         bias = bias + w.b_O[earlier].double()
     if layer and bias.abs().max() > 0:
         names.append("attn_bias"), kinds.append("bias"), vecs.append(bias)
-    stack = torch.stack(vecs)
     names.append("float_error"), kinds.append("rounding")
-    stack = torch.cat([stack, (acts[f"blocks.{layer}.hook_resid_pre"] - stack.sum(0))[None]])
-    return names, kinds, stack
+    vecs.append(acts[f"blocks.{layer}.hook_resid_pre"] - sum(vecs))
+    return names, kinds, torch.stack(vecs)  # one [C, pos, d_model] copy; long texts make it large
 
 
 def head_vectors(model, w: HeadWeights, acts: dict, layer: int, head: int):
     """Per-component query and key vectors ``[C(+bias), pos, d_head]`` after frozen norm and RoPE."""
     names, kinds, comps = residual_components(acts, w, layer)
-    if w.norm == "layernorm":
-        comps = comps - comps.mean(-1, keepdim=True)
-    comps = comps / acts[f"blocks.{layer}.ln1.hook_scale"][None]  # frozen scale, [pos, 1]
+    if w.norm == "layernorm":  # in place: comps is ours, and the largest tensor here
+        comps.sub_(comps.mean(-1, keepdim=True))
+    comps.div_(acts[f"blocks.{layer}.ln1.hook_scale"][None])  # frozen scale, [pos, 1]
     q = comps @ w.W_Q[layer, head].double()
     k = comps @ w.W_K[layer, head].double()
     b_q, b_k = w.b_Q[layer, head].double(), w.b_K[layer, head].double()
