@@ -22,6 +22,7 @@ import numpy as np
 
 from ..scan.attention import AttentionSample
 from ..scan.result import head_label
+from ..tokens import visible_whitespace
 
 #: Interactive views keep the first this-many tokens of a sequence (rows stay exact: attention is causal).
 MAX_VIEW_TOKENS = 64
@@ -113,7 +114,7 @@ def kv_html(pairs: dict[str, Any]) -> str:
 
 def visible_token(t: str) -> str:
     """A token with its whitespace made visible, as the induction views show it (space ·, newline ↵, tab ⇥)."""
-    return t.replace("\n", "↵").replace("\t", "⇥").replace("\r", "␍").replace(" ", "·")
+    return visible_whitespace(t)
 
 
 def tokens_html(tokens: Iterable[str]) -> str:

@@ -1,7 +1,7 @@
 """Figures of the QK analysis, drawn from result objects (:mod:`headscope.qk.results`), never models.
 
 Token heatmaps put queries down and keys across; masked (causal) cells are grey, not zero.
-Token labels show whitespace ('·' for a space, '⏎' for a newline, '⇥' for a tab) and escape
+Token labels show whitespace ('·' for a space, '↵' for a newline, '⇥' for a tab) and escape
 ``$`` so matplotlib never reads a label as mathtext.
 """
 
@@ -16,12 +16,14 @@ matplotlib.use("Agg", force=False)
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from ..tokens import visible_whitespace  # noqa: E402
+
 KIND_COLOURS = {"embed": "#4c72b0", "head": "#dd8452", "mlp": "#55a868", "bias": "#8172b3", "rounding": "#bbbbbb"}
 
 
 def show_token(label: str, width: int = 14) -> str:
     """A token as a readable, mathtext-safe tick label."""
-    s = label.replace("\n", "⏎").replace("\t", "⇥").replace("\r", "↵").replace(" ", "·").replace("$", r"\$")
+    s = visible_whitespace(label).replace("$", r"\$")
     return s if len(s) <= width else s[: width - 1] + "…"
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ..errors import BadInput
+from ..tokens import visible_whitespace
 
 
 @dataclass
@@ -35,11 +36,11 @@ class AttentionSample:
 
 
 def token_label(tokenizer, token_id: int) -> str:
-    """A readable label for one token: leading spaces as '·', newlines as '⏎', tabs as '⇥'."""
+    """A readable label for one token, whitespace made visible (see :mod:`headscope.tokens`)."""
     text = tokenizer.decode([int(token_id)], clean_up_tokenization_spaces=False)
     if text == "":
         text = tokenizer.convert_ids_to_tokens(int(token_id)) or f"<{token_id}>"
-    return text.replace("\n", "↵").replace("\t", "⇥").replace("\r", "␍").replace(" ", "·")
+    return visible_whitespace(text)
 
 
 def token_labels(tokenizer, ids) -> list[str]:
