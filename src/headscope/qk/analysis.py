@@ -132,12 +132,10 @@ class QKAnalysis:
         return pd.DataFrame(rows)
 
     def _repr_html_(self) -> str:
-        import html
+        """In a notebook: the report page's QK sections (interactive views included), same pieces as the page."""
+        from ..render.report import Report
 
-        from .results import _html
-
-        items = "".join(f"<li>{html.escape(f)}</li>" for f in self.findings() + self.notes)
-        return _html(f"QK analysis of {self.model['name']}", self.to_frame(), self.live.plot_grid(0)) + f"<ul>{items}</ul>"
+        return Report(model=dict(self.model), qk=self)._repr_html_()
 
     def to_json(self, indent: int | None = 2) -> str:
         import json
