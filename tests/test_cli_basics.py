@@ -87,7 +87,7 @@ def test_hub_id_in_the_hf_cache_loads_offline_without_retrying(tiny_gpt2_dir, tm
                HEADSCOPE_CACHE=str(tmp_path / "c"))
     env.pop("HF_HUB_OFFLINE", None)
     code = ("import headscope; m = headscope.load_model('fake-org/tiny-gpt2', device='cpu'); "
-            "print(m.headscope_source.kind, m.cfg.n_layers)")
+            "print(m.source.kind, m.cfg.n_layers)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                           stdin=subprocess.DEVNULL, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -101,7 +101,7 @@ def test_hub_id_in_the_hf_cache_loads_offline_without_retrying(tiny_gpt2_dir, tm
 
 @pytest.mark.smollm2
 def test_fetch_smollm2_reports_the_cached_directory(smollm2, monkeypatch):
-    cached = Path(smollm2.headscope_source.path)
+    cached = Path(smollm2.source.path)
     monkeypatch.setenv("HEADSCOPE_CACHE", str(cached.parent.parent))
     result = runner.invoke(app, ["fetch", "smollm2-135m"])
     assert result.exit_code == 0, result.output
@@ -110,7 +110,7 @@ def test_fetch_smollm2_reports_the_cached_directory(smollm2, monkeypatch):
 
 @pytest.mark.smollm2
 def test_models_json_lists_smollm2_as_cached_with_size_and_path(smollm2, monkeypatch):
-    cached = Path(smollm2.headscope_source.path)
+    cached = Path(smollm2.source.path)
     monkeypatch.setenv("HEADSCOPE_CACHE", str(cached.parent.parent))
     result = runner.invoke(app, ["models", "--json"])
     assert result.exit_code == 0

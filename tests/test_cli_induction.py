@@ -120,11 +120,12 @@ def test_model_without_bos_token_uses_eos_and_says_so(tmp_path, tiny_gpt2_dir):
 
 
 def test_without_bos_or_eos_sequences_start_with_the_random_tokens(tiny_gpt2):
-    from types import SimpleNamespace
+    from dataclasses import replace
 
+    from headscope.models import FirstToken
     from headscope.scan.sequences import repeated_tokens
 
-    stub = SimpleNamespace(tokenizer=tiny_gpt2.tokenizer, cfg=tiny_gpt2.cfg, headscope_bos=(None, "none"))
+    stub = replace(tiny_gpt2, first_token=FirstToken.choose(None, None), cache={})
     rt = repeated_tokens(stub, seq_len=4, batch=2, repeats=3)
     assert rt.tokens.shape == (2, 12) and not rt.layout.bos
     assert (rt.tokens[:, :4] == rt.tokens[:, 4:8]).all() and (rt.tokens != 50256).all()

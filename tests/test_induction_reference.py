@@ -73,7 +73,7 @@ def test_smollm2_scores_match_plain_transformers(smollm2):
 
 def test_copying_score_equals_full_vocab_eigenvalues():
     """On a small vocabulary the full vocab x vocab OV circuit can be formed: same score."""
-    from headscope.scan.copying import copying_scores
+    from headscope.scores.weights import copying_scores
     from headscope.weights import HeadWeights
 
     g = torch.Generator().manual_seed(0)
@@ -95,7 +95,7 @@ def test_copying_score_equals_full_vocab_eigenvalues():
 
 
 def test_copying_score_is_one_for_an_identity_ov_circuit():
-    from headscope.scan.copying import copying_scores
+    from headscope.scores.weights import copying_scores
     from headscope.weights import HeadWeights
 
     d, dh, V = 6, 6, 10

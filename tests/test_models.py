@@ -278,8 +278,8 @@ def test_cache_dir_defaults_to_the_user_cache(monkeypatch, tmp_path):
 
 
 def test_tiny_gpt2_loads_through_load_model_with_gpt2_tokenizer(tiny_gpt2, tiny_gpt2_dir):
-    assert tiny_gpt2.headscope_source.kind == "local"
-    assert tiny_gpt2.headscope_source.path == str(tiny_gpt2_dir)
+    assert tiny_gpt2.source.kind == "local"
+    assert tiny_gpt2.source.path == str(tiny_gpt2_dir)
     assert tiny_gpt2.tokenizer("Hello world", add_special_tokens=False).input_ids == [15496, 995]
     assert tiny_gpt2.tokenizer.eos_token_id == 50256
 
@@ -376,7 +376,7 @@ def test_real_gpt2_head_4_11_is_a_previous_token_head():
 
 @pytest.mark.smollm2
 def test_smollm2_has_30_layers_9_heads_and_3_kv_heads(smollm2):
-    assert smollm2.headscope_source.kind == "builtin"
+    assert smollm2.source.kind == "builtin"
     assert (smollm2.cfg.n_layers, smollm2.cfg.n_heads, smollm2.cfg.d_model) == (30, 9, 576)
     assert tuple(smollm2.W_K.shape) == (30, 3, 576, 64)
     assert tuple(smollm2.W_Q.shape) == (30, 9, 576, 64)
@@ -385,7 +385,7 @@ def test_smollm2_has_30_layers_9_heads_and_3_kv_heads(smollm2):
 
 @pytest.mark.smollm2
 def test_smollm2_second_load_comes_from_the_cache(smollm2, monkeypatch):
-    cached = Path(smollm2.headscope_source.path)
+    cached = Path(smollm2.source.path)
     assert (cached / "headscope.json").is_file() and (cached / "model.safetensors").is_file()
     assert json.loads((cached / "headscope.json").read_text())["sha256"] == builtin.BUILTINS["smollm2-135m"].sha256
 
@@ -427,6 +427,6 @@ def test_user_gguf_loads_and_shows_dequantize_progress_only(smollm2, fresh_cache
     err = capfd.readouterr().err
     assert "de-quantizing GGUF tensors" in err  # the long step keeps its bar
     assert "Loading weights" not in err
-    assert model.headscope_source.kind == "gguf"
+    assert model.source.kind == "gguf"
     assert model.cfg.n_layers == 30
-    assert [c["name"] for c in loading.list_cached()] == [Path(model.headscope_source.path).name]
+    assert [c["name"] for c in loading.list_cached()] == [Path(model.source.path).name]

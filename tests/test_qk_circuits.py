@@ -10,7 +10,7 @@ from headscope.errors import BadInput
 from headscope.qk import positional_qk, token_qk
 from headscope.qk import rotary
 from headscope.qk.circuits import normalise
-from headscope.qk.inputs import token_set
+from headscope.models.inputs import single_tokens as token_set
 from headscope.weights import head_weights
 
 

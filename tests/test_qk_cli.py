@@ -96,7 +96,7 @@ def test_text_longer_than_the_context_is_truncated_and_reported(gpt2_args, tmp_p
     r = run(*gpt2_args, "--head", "1.0", "--text", " word" * 300, "--max-tokens", "1000", "--no-figures")
     assert r.exit_code == 0, r.output
     joined = " ".join(r.output.split())
-    assert "truncated from 301 to 256 tokens" in joined and "context of 256 tokens" in joined
+    assert "cut from 301 to 256 tokens" in joined and "context of 256 tokens" in joined
     doc = json.loads((tmp_path / "out" / "qk.json").read_text())
     assert len(doc["live"]["sequences"][0]["tokens"]) == 256
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from headscope.qk import qk_scores
-from headscope.qk.inputs import prepare_texts
+from headscope.models.inputs import encode_texts as prepare_texts
 
 TEXT = "The cat sat on the mat. The cat sat on the mat."
 
@@ -16,7 +16,7 @@ def _hf_model(model):
     """A fresh, plain Hugging Face model from the same directory (no bridge in the way)."""
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(model.headscope_source.path, attn_implementation="eager").eval()
+    return AutoModelForCausalLM.from_pretrained(model.source.path, attn_implementation="eager").eval()
 
 
 @torch.no_grad()
@@ -100,6 +100,6 @@ def test_text_longer_than_the_context_is_truncated_and_says_so(tiny_gpt2):
     long = " word" * 400  # the tiny GPT-2 has a 256-token context
     seq, = prepare_texts(tiny_gpt2, [long])
     assert len(seq) == 256
-    assert "truncated from 401 to 256" in seq.notes[0] and "context" in seq.notes[0]
+    assert "cut from 401 to 256" in seq.notes[0] and "context" in seq.notes[0]
     seq, = prepare_texts(tiny_gpt2, [long], max_tokens=20)
-    assert len(seq) == 20 and "max_tokens=20" in seq.notes[0]
+    assert len(seq) == 20 and "window of 20 tokens" in seq.notes[0]

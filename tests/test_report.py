@@ -15,9 +15,13 @@ from typer.testing import CliRunner
 
 from headscope.cli import app
 from headscope.render.html import (MAX_VIEW_TOKENS, circuitsvis_bundle, esc, heads_view_html, script_json)
-from headscope.render.report import QK_DEFINITIONS, Report, build_report, top_heads_html
+from headscope.pipeline import build_report
+from headscope.qk.results import QK_DEFINITIONS
+from headscope.render.report import Report, top_heads_html
 from headscope.scan.attention import AttentionSample
-from headscope.scan.scores import DEFINITIONS
+from headscope.scores import SCORES
+
+DEFINITIONS = {s.name: s.definition for s in SCORES}
 
 runner = CliRunner()
 

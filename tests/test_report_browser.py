@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from browser import WHY_NO_CHROMIUM, Browser, ensure_chromium
 from headscope.cli import app
-from headscope.render.report import build_report
+from headscope.pipeline import build_report
 
 #: Every view has drawn: its head selector and zoomed pattern are canvases.
 ALL_DRAWN = "[...document.querySelectorAll('.cv-view')].every(v => v.querySelector('canvas'))"

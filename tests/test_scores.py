@@ -2,8 +2,8 @@
 
 import torch
 
-from headscope.scan import scores as S
-from headscope.scan.sequences import RepeatLayout
+from headscope.scores import RepeatLayout, prepare, reduce_pattern, score
+from headscope.scores.attention import prefix_mask
 
 
 def one_hot_pattern(n: int, target) -> torch.Tensor:
@@ -23,33 +23,39 @@ LAYOUT = RepeatLayout(seq_len=4, repeats=2, bos=True)  # [BOS] a b c d a b c d -
 TOKENS = torch.tensor([[0, 11, 12, 13, 14, 11, 12, 13, 14]])
 
 
+def read(name, pattern, layout=LAYOUT, tokens=TOKENS):
+    """(sum, count) of the registry's score ``name`` read from ``pattern``, as the scan reads it."""
+    reads = score(name).reads
+    return reduce_pattern(reads, pattern, layout, prepare(reads, tokens, layout))
+
+
 def test_perfect_induction_head_scores_one_and_others_zero():
     s = LAYOUT.seq_len
     # later-repeat queries attend to q - s + 1; earlier queries to BOS.
     p = one_hot_pattern(9, lambda q: q - s + 1 if q >= LAYOUT.later_start else 0)
-    assert mean_of(S.induction_sum(p, LAYOUT)) == 1.0
-    assert mean_of(S.duplicate_token_sum(p, LAYOUT)) == 0.0
-    assert mean_of(S.prefix_matching_sum(p, S.prefix_mask(TOKENS, LAYOUT), LAYOUT)) == 1.0
+    assert mean_of(read("induction", p)) == 1.0
+    assert mean_of(read("duplicate_token", p)) == 0.0
+    assert mean_of(read("prefix_matching", p)) == 1.0
 
 
 def test_previous_token_head_scores_one_on_previous_token_only():
     p = one_hot_pattern(9, lambda q: max(q - 1, 0))
-    assert mean_of(S.previous_token_sum(p, LAYOUT)) == 1.0
-    assert mean_of(S.induction_sum(p, LAYOUT)) == 0.0
+    assert mean_of(read("previous_token", p)) == 1.0
+    assert mean_of(read("induction", p)) == 0.0
 
 
 def test_duplicate_token_head_scores_one():
     s = LAYOUT.seq_len
     p = one_hot_pattern(9, lambda q: q - s if q >= LAYOUT.later_start else 0)
-    assert mean_of(S.duplicate_token_sum(p, LAYOUT)) == 1.0
-    assert mean_of(S.induction_sum(p, LAYOUT)) == 0.0
+    assert mean_of(read("duplicate_token", p)) == 1.0
+    assert mean_of(read("induction", p)) == 0.0
 
 
 def test_induction_counts_only_later_repeat_queries_and_averages_them():
     # Half the later-repeat queries are perfect induction, the other half attend to BOS.
     s = LAYOUT.seq_len
     p = one_hot_pattern(9, lambda q: q - s + 1 if q in (5, 6) else 0)
-    s_sum, count = S.induction_sum(p, LAYOUT)
+    s_sum, count = read("induction", p)
     assert count == 4  # queries 5..8, one sequence
     assert s_sum.item() == 2.0
 
@@ -59,9 +65,9 @@ def test_uniform_attention_gives_one_over_number_of_keys():
     p = torch.tril(torch.ones(n, n))
     p = (p / p.sum(-1, keepdim=True))[None, None]
     expected = sum(1 / (q + 1) for q in range(5, 9)) / 4  # later queries q see q+1 keys
-    assert abs(mean_of(S.induction_sum(p, LAYOUT)) - expected) < 1e-7
+    assert abs(mean_of(read("induction", p)) - expected) < 1e-7
     expected_prev = sum(1 / (q + 1) for q in range(1, 9)) / 8
-    assert abs(mean_of(S.previous_token_sum(p, LAYOUT)) - expected_prev) < 1e-7
+    assert abs(mean_of(read("previous_token", p)) - expected_prev) < 1e-7
 
 
 def test_prefix_matching_sums_over_every_earlier_copy_with_four_repeats():
@@ -74,9 +80,9 @@ def test_prefix_matching_sums_over_every_earlier_copy_with_four_repeats():
     p[0, 0, q] = 0.0
     p[0, 0, q, [2, 4, 6]] = torch.tensor([0.2, 0.3, 0.4])
     p[0, 0, q, 0] = 0.1
-    mask = S.prefix_mask(tokens, layout)
+    mask = prefix_mask(tokens, layout)
     assert mask[0, q - layout.later_start].nonzero().squeeze(1).tolist() == [2, 4, 6]
-    s_sum, count = S.prefix_matching_sum(p, mask, layout)
+    s_sum, count = read("prefix_matching", p, layout, tokens)
     assert count == 6  # queries 3..8
     assert abs(s_sum.item() - 0.9) < 1e-6
 
@@ -85,4 +91,4 @@ def test_layout_without_bos_shifts_every_position():
     layout = RepeatLayout(seq_len=3, repeats=2, bos=False)  # a b c a b c
     assert layout.n_tokens == 6 and layout.later_start == 3
     p = one_hot_pattern(6, lambda q: q - 3 + 1 if q >= 3 else 0)
-    assert mean_of(S.induction_sum(p, layout)) == 1.0
+    assert mean_of(read("induction", p, layout, tokens=None)) == 1.0

@@ -14,10 +14,10 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-import headscope.sweep as sweep_mod
+import headscope.pipeline.sweep as sweep_mod
 from headscope.cli import app
 from headscope.errors import BadInput, ModelLoadError
-from headscope.sweep import SweepEntry, plan_sweep, run_sweep, step_of
+from headscope.pipeline.sweep import SweepEntry, plan_sweep, run_sweep, step_of
 
 SCAN = ["--seq-len", "8", "--batch", "2"]
 runner = CliRunner()

@@ -1,28 +1,34 @@
 """headscope: find and explain the attention heads of transformer language models.
 
 >>> import headscope
->>> model = headscope.load_model()                      # doctest: +SKIP
->>> result = headscope.scan_induction(model)            # doctest: +SKIP
->>> result.top_heads("induction", 3)                    # doctest: +SKIP
+>>> model = headscope.load_model(tiny_gpt2_dir)       # or the default: headscope.load_model()
+>>> result = headscope.scan_induction(model, seq_len=10, batch=2, ablate=False, sample=False)
+>>> [(layer, head) for layer, head, _ in result.top_heads("induction", 2)] == [
+...     (l, h) for l, h, _ in headscope.top_k(result.scores["induction"], 2)]
+True
 """
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("headscope")
-except PackageNotFoundError:  # running from a source tree
-    __version__ = "0.0.0+unknown"
-
-from .errors import BadInput, HeadscopeError, ModelLoadError, OutputExists
-from .models import DEFAULT_MODEL, load_model
-from .scan import AttentionSample, InductionResult, scan_induction
-from .sweep import plan_sweep, run_sweep
-from .render.report import Report, build_report
+from ._version import __version__
+from .errors import BadInput, HeadscopeError, ModelLoadError, OutputError, OutputExists
+from .heads import head_label, parse_head, top_k
+from .models import DEFAULT_MODEL, HeadscopeModel, load_model
+from .pipeline import Report, build_report, plan_sweep, run_sweep
 from .qk import (CompositionScores, PositionalQK, QKAnalysis, QKDecomposition, QKScores, TokenQK, analyze_qk,
                  composition_scores, decompose_qk, positional_qk, qk_scores, token_qk)
+from .scan import AttentionSample, InductionResult, scan_induction
+from .scores import SCORES, Score
 
-__all__ = ["AttentionSample", "BadInput", "DEFAULT_MODEL", "InductionResult", "scan_induction", "HeadscopeError",
-           "ModelLoadError", "OutputExists", "load_model", "__version__", "plan_sweep", "run_sweep", "Report",
-           "build_report",
-           "CompositionScores", "PositionalQK", "QKAnalysis", "QKDecomposition", "QKScores", "TokenQK", "analyze_qk",
-           "composition_scores", "decompose_qk", "positional_qk", "qk_scores", "token_qk"]
+__all__ = [
+    # loading
+    "DEFAULT_MODEL", "HeadscopeModel", "load_model",
+    # the induction scan and its scores
+    "InductionResult", "SCORES", "Score", "scan_induction", "AttentionSample", "head_label", "parse_head", "top_k",
+    # QK circuits
+    "QKAnalysis", "analyze_qk", "qk_scores", "decompose_qk", "positional_qk", "token_qk", "composition_scores",
+    "QKScores", "QKDecomposition", "PositionalQK", "TokenQK", "CompositionScores",
+    # pages, sweeps
+    "Report", "build_report", "plan_sweep", "run_sweep",
+    # errors
+    "HeadscopeError", "BadInput", "ModelLoadError", "OutputExists", "OutputError",
+    "__version__",
+]

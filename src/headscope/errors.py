@@ -39,3 +39,9 @@ class OutputExists(HeadscopeError):
     """Writing would overwrite results the user already has."""
 
     exit_code = 4
+
+
+class OutputError(HeadscopeError):
+    """Results cannot be written where asked: not a directory, read-only, full, or in another's hands (exit code 5)."""
+
+    exit_code = 5

@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from .. import __version__
+from .._version import __version__
 from ._common import STATE
 
 app = typer.Typer(

@@ -1,34 +1,92 @@
-"""Pieces every command shares: options, the error handler, consoles."""
+"""What every command shares, declared once: option types with one help text each, the error
+handler, consoles, progress.
+
+A command lists the options it takes by these names; an option's spelling, default handling and
+help live here only.
+"""
 
 from __future__ import annotations
 
 import functools
+import math
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Callable
+from typing import Annotated, Callable, Optional
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-from ..errors import HeadscopeError, OutputExists
+from ..errors import BadInput, HeadscopeError
 from ..models import DEFAULT_MODEL
+from ..scores import default_thresholds
 
 #: Global state set by the root callback (``headscope --debug ...``).
 STATE = {"debug": os.environ.get("HEADSCOPE_DEBUG") == "1"}
 
-ModelOpt = Annotated[
-    str,
-    typer.Option("--model", "-m", help="Built-in alias (see `headscope models`), hub id, model directory or .gguf file."),
-]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N. auto = CUDA when available.")]
-DtypeOpt = Annotated[str, typer.Option("--dtype", help="Weights' dtype: float32, bfloat16 or float16. Scores are always computed in float32.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print the machine-readable result to stdout; everything else goes to stderr.")]
-DebugOpt = Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")]
-OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace earlier results in --out instead of refusing.")]
-
 DEFAULT = DEFAULT_MODEL
+
+
+def _finite(value: float | None) -> float | None:
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"{value} is not a finite number")
+    return value
+
+
+def _positive(value: float | None) -> float | None:
+    _finite(value)
+    if value is not None and value <= 0:
+        raise typer.BadParameter(f"must be more than 0 (got {value})")
+    return value
+
+
+_THRESHOLDS = ", ".join(f"{k}={v}" for k, v in default_thresholds().items())
+
+# --- the model and where it runs --------------------------------------------------------------
+ModelOpt = Annotated[str, typer.Option(
+    "--model", "-m", help="Built-in alias (see `headscope models`), hub id, model directory or .gguf file.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N. auto = CUDA when available.")]
+DeviceMapOpt = Annotated[Optional[str], typer.Option(
+    "--device-map", help="Spread the model over several GPUs with accelerate: auto, balanced, balanced_low_0 or "
+    "sequential; replaces --device. See docs/scale.md.")]
+DtypeOpt = Annotated[str, typer.Option(
+    "--dtype", help="Weights' dtype: float32, bfloat16 or float16. Scores are always computed in float32.")]
+
+# --- inputs -----------------------------------------------------------------------------------
+TextOpt = Annotated[Optional[list[str]], typer.Option(
+    "--text", "-t", help="Your own text (repeatable). Cut to the analysis window, first tokens kept (said in the "
+    "output).")]
+FileOpt = Annotated[Optional[list[Path]], typer.Option("--file", "-f", help="A UTF-8 text file (repeatable), like --text.")]
+
+# --- the repeated-token scan ------------------------------------------------------------------
+SeqLenOpt = Annotated[int, typer.Option("--seq-len", help="Length of the random block r that is repeated.")]
+BatchOpt = Annotated[int, typer.Option("--batch", help="Number of random sequences.")]
+RepeatsOpt = Annotated[int, typer.Option("--repeats", help="How many times r appears (>= 2; Olsson et al. "
+                                         "use 4).")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for drawing r (the same sequences for every model that "
+                                      "shares a tokenizer).")]
+TopOpt = Annotated[int, typer.Option("--top", help="How many top induction heads to show and ablate.")]
+AblationOpt = Annotated[str, typer.Option("--ablation", help="mean (head output -> its mean) or zero.")]
+NoAblateOpt = Annotated[bool, typer.Option("--no-ablate", help="Skip the causal check (faster).")]
+ThresholdOpt = Annotated[Optional[list[str]], typer.Option(
+    "--threshold", help=f"Role threshold NAME=VALUE (repeatable); defaults {_THRESHOLDS}.")]
+MaxMemoryOpt = Annotated[float, typer.Option(
+    "--max-memory", callback=_positive, help="GiB budget for one chunk's attention + logits; sets how many "
+    "sequences go through at once.")]
+
+# --- outputs ----------------------------------------------------------------------------------
+OutOpt = Annotated[Optional[Path], typer.Option(
+    "--out", "-o", help="Output directory (default: headscope-results/COMMAND-MODEL). Written all at once: an "
+    "interrupted run leaves the earlier results as they were.")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace earlier results in --out instead of "
+                                            "refusing.")]
+ReportOpt = Annotated[bool, typer.Option(
+    "--report", help="Also write report.html: the results on one self-contained, interactive page that works "
+    "offline (see `headscope report`).")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the machine-readable result to stdout; everything else "
+                                       "goes to stderr.")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")]
 
 
 def consoles(json_mode: bool) -> tuple[Console, Console]:
@@ -38,7 +96,10 @@ def consoles(json_mode: bool) -> tuple[Console, Console]:
 
 
 def handle_errors(fn: Callable) -> Callable:
-    """Print HeadscopeError as a short message with its hint and exit non-zero; no traceback unless --debug."""
+    """Print HeadscopeError as a short message with its hint and exit non-zero; no traceback unless --debug.
+
+    Ctrl-C always exits 130 (what a shell reports for SIGINT).
+    """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -55,25 +116,93 @@ def handle_errors(fn: Callable) -> Callable:
                 err.print(f"[yellow]hint:[/] {escape(exc.hint)}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
-            Console(stderr=True).print("[red]interrupted[/]")
+            Console(stderr=True).print("[red]interrupted[/]: nothing half-written was left; earlier results are "
+                                       "as they were")
             raise typer.Exit(130) from None
 
     return wrapper
 
 
-def check_out_dir(out: Path, names: list[str], overwrite: bool) -> Path:
-    """Refuse to overwrite any of ``names`` in ``out`` unless ``overwrite``; create ``out``."""
-    if out.exists() and not out.is_dir():
-        raise OutputExists(f"--out {out} exists and is not a directory", hint="choose another --out")
-    clashes = [n for n in names if (out / n).exists()]
-    if clashes and not overwrite:
-        shown = ", ".join(clashes[:4]) + (" ..." if len(clashes) > 4 else "")
-        raise OutputExists(
-            f"{out} already holds results ({shown}); nothing was written",
-            hint="pass --overwrite to replace them, or choose another --out",
-        )
-    out.mkdir(parents=True, exist_ok=True)
+def at_least(option: str, value: int, minimum: int, hint: str | None = None) -> None:
+    """Refuse ``option`` below ``minimum`` before anything loads."""
+    if value < minimum:
+        raise BadInput(f"{option} must be at least {minimum} (got {value})", hint=hint)
+
+
+def default_out(command: str, model: str) -> Path:
+    """``headscope-results/<command>-<model>``."""
+    keep = "".join(c if c.isalnum() or c in "-_." else "-" for c in Path(model).name or model)
+    return Path("headscope-results") / f"{command}-{keep.strip('-.') or 'model'}"
+
+
+def parse_thresholds(items: list[str] | None) -> dict[str, float]:
+    """``["induction=0.5", ...]`` -> dict, names checked against the registry, values finite."""
+    known = default_thresholds()
+    out: dict[str, float] = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or name not in known:
+            raise BadInput(f"bad --threshold {item!r}", hint=f"use NAME=VALUE with NAME one of: {', '.join(known)}")
+        try:
+            v = float(value)
+        except ValueError:
+            raise BadInput(f"bad --threshold {item!r}: {value!r} is not a number") from None
+        if not math.isfinite(v):
+            raise BadInput(f"bad --threshold {item!r}: {value!r} is not a finite number", hint="e.g. induction=0.5")
+        out[name] = v
     return out
+
+
+def read_texts(texts: list[str] | None, files: list[Path] | None) -> list[tuple[str, str]]:
+    """``[(title, text)]`` from repeated --text and --file options, each checked non-empty and UTF-8."""
+    out: list[tuple[str, str]] = []
+    for i, t in enumerate(texts or [], 1):
+        if not t.strip():
+            raise BadInput(f"--text number {i} is empty", hint="give some text, ideally one that repeats itself")
+        out.append((f"--text {i}", t))
+    for f in files or []:
+        path = Path(f)
+        if not path.is_file():
+            raise BadInput(f"--file {path} does not exist or is not a file", hint="check the path")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise BadInput(
+                f"--file {path} is not UTF-8 text (byte {exc.start} cannot be decoded)",
+                hint="convert it first, e.g. `iconv -f latin1 -t utf-8 FILE > FILE.utf8`",
+            ) from None
+        except OSError as exc:
+            raise BadInput(f"--file {path} cannot be read ({exc.strerror or exc})", hint="check the path") from None
+        if not text.strip():
+            raise BadInput(f"--file {path} is empty", hint="give a file with some text in it")
+        out.append((path.name, text))
+    return out
+
+
+def check_device(device: str, device_map: str | None) -> None:
+    """Check --device / --device-map before anything loads."""
+    from ..models import resolve_device
+
+    if device_map is None:
+        resolve_device(device)
+        return
+    valid = ("auto", "balanced", "balanced_low_0", "sequential")
+    if device_map not in valid:
+        raise BadInput(f"unknown --device-map {device_map!r}", hint=f"use one of: {', '.join(valid)}")
+
+
+def load(err: Console, model: str, device: str, dtype: str, device_map: str | None):
+    """Load ``model`` with a status line; say what was loaded."""
+    from ..models import load_model
+
+    with err.status(f"Loading {model}..."):
+        m = load_model(model, device=device, dtype=dtype, device_map=device_map,
+                       log=lambda s: err.print(s, highlight=False))
+    kv = getattr(m.cfg, "n_key_value_heads", None) or m.cfg.n_heads
+    err.print(f"Loaded {model}: {m.n_layers} layers x {m.n_heads} heads"
+              + (f" ({kv} key/value heads)" if kv != m.n_heads else "") + f" on {m.cfg.device}", highlight=False)
+    return m
 
 
 def progress_enabled() -> bool:

@@ -5,46 +5,49 @@ from __future__ import annotations
 import contextlib
 import re
 import time
-from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
 
 from ..errors import BadInput
-from ..models import load_model, resolve_device, resolve_dtype
+from ..heads import head_label, is_head_spec
+from ..models import resolve_dtype
+from ..pipeline.files import qk_files
+from ..pipeline.outputs import ResultDir
 from ..qk.analysis import analyze_qk
-from ..qk.inputs import _HEAD_RE
-from ..qk.writing import existing_outputs
+from ..render.report import Report
 from . import app
-from ._common import (DEFAULT, DebugOpt, DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, OverwriteOpt, check_out_dir,
-                      consoles, handle_errors, progress_enabled)
-from ._inputs import read_texts, slug
+from ._common import (DEFAULT, DebugOpt, DeviceMapOpt, DeviceOpt, DtypeOpt, FileOpt, JsonOpt, ModelOpt, OutOpt,
+                      OverwriteOpt, ReportOpt, TextOpt, at_least, check_device, consoles, default_out, handle_errors, load,
+                      progress_enabled, read_texts)
 
 
 @app.command("qk")
 @handle_errors
 def qk_cmd(
     model: ModelOpt = DEFAULT,
-    text: Annotated[list[str] | None, typer.Option("--text", "-t", help="Text to analyse (repeatable). "
-                    "Default: built-in samples, a repeated sentence among them.")] = None,
-    file: Annotated[list[Path] | None, typer.Option("--file", "-f", help="A UTF-8 text file (repeatable), like --text.")] = None,
-    head: Annotated[list[str] | None, typer.Option("--head", help="Head LAYER.HEAD to analyse, e.g. 5.1 (repeatable, "
-                    "or comma-separated). Default: the top induction and previous-token heads of a quick scan.")] = None,
+    text: TextOpt = None,
+    file: FileOpt = None,
+    head: Annotated[Optional[list[str]], typer.Option("--head", help="Head to analyse, L5H1 or 5.1 (repeatable, or "
+                    "comma-separated). Default: the top induction and previous-token heads of a quick scan.")] = None,
     top: Annotated[int, typer.Option("--top", help="Without --head: how many induction heads and how many "
                    "previous-token heads to pick.")] = 3,
-    tokens: Annotated[list[str] | None, typer.Option("--token", help="A token for the token QK circuit (repeatable; "
-                      "each must be one token, e.g. ' cat'). Default: the distinct tokens of the first text.")] = None,
-    query: Annotated[int | None, typer.Option("--query", help="Explain this query position (0 = BOS, negative counts "
-                     "from the end) and its most-attended key. Default: average over the induction stripe.")] = None,
-    max_tokens: Annotated[int, typer.Option("--max-tokens", help="Truncate each text to this many tokens (BOS "
-                          "included; also never past the model's context). Truncation is reported.")] = 64,
+    tokens: Annotated[Optional[list[str]], typer.Option("--token", help="A token for the token QK circuit "
+                      "(repeatable; each must be one token, e.g. ' cat'). Default: the distinct tokens of the first "
+                      "text.")] = None,
+    query: Annotated[Optional[int], typer.Option("--query", help="Explain this query position (0 = the first token, "
+                     "negative counts from the end) and its most-attended key. Default: average over the induction "
+                     "stripe.")] = None,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", help="The analysis window: each text is cut to "
+                          "this many tokens (first token included; never past the model's context), and the cut "
+                          "is reported.")] = 64,
     no_figures: Annotated[bool, typer.Option("--no-figures", help="Write qk.json and CSVs only (faster).")] = False,
-    report: Annotated[bool, typer.Option("--report", help="Also write report.html: the results on one self-contained, "
-                      "interactive page that works offline (see `headscope report`).")] = False,
+    report: ReportOpt = False,
     device: DeviceOpt = "auto",
+    device_map: DeviceMapOpt = None,
     dtype: DtypeOpt = "float32",
-    out: Annotated[Path | None, typer.Option("--out", help="Output directory (default: headscope-results/qk-MODEL).")] = None,
+    out: OutOpt = None,
     overwrite: OverwriteOpt = False,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
@@ -59,42 +62,34 @@ def qk_cmd(
     composition scores between all heads, minus a random baseline, with each induction head's
     strongest K-composition sources. Writes qk.json, CSVs and PNGs to --out.
 
-    Example: headscope qk --text "The cat sat. The cat sat." --head 18.6 --head 16.0
+    Example: headscope qk --text "The cat sat. The cat sat." --head L18H6 --head 16.0
     """
     con, err = consoles(json_out)
     texts = [t for _, t in read_texts(text, file)] or None
     for spec in head or []:
         for part in spec.split(","):
-            if part.strip() and not _HEAD_RE.match(part):
-                raise BadInput(f"malformed head {part!r}: expected LAYER.HEAD, e.g. 5.1", hint="e.g. --head 5.1 --head 6.9")
-    if top < 1:
-        raise BadInput(f"--top must be at least 1 (got {top})")
-    if max_tokens < 2:
-        raise BadInput(f"--max-tokens must be at least 2 (BOS and one token), got {max_tokens}")
-    resolve_device(device), resolve_dtype(dtype)
-    out_dir = out or Path("headscope-results") / f"qk-{slug(model)}"
-    check_out_dir(out_dir, (existing_outputs(out_dir) if out_dir.is_dir() else []) + (["report.html"] if report else []),
-                  overwrite)
+            if part.strip() and not is_head_spec(part):
+                raise BadInput(f"malformed head {part!r}: expected L<layer>H<head> or <layer>.<head>, e.g. L5H1 or 5.1",
+                               hint="e.g. --head L5H1 --head 6.9")
+    at_least("--top", top, 1)
+    at_least("--max-tokens", max_tokens, 2, "the first token and one more")
+    check_device(device, device_map)
+    resolve_dtype(dtype)
 
     t0 = time.perf_counter()
-    with err.status(f"Loading {model}..."):
-        m = load_model(model, device=device, dtype=dtype, log=lambda s: err.print(s, highlight=False))
-    kv = getattr(m.cfg, "n_key_value_heads", None) or m.cfg.n_heads
-    err.print(f"Loaded {model}: {m.cfg.n_layers} layers x {m.cfg.n_heads} heads ({kv} key/value heads) "
-              f"on {m.cfg.device}", highlight=False)
-    with _progress(err) as step:
-        a = analyze_qk(m, texts, head, top=top, tokens=tokens, query=query, max_tokens=max_tokens, progress=step)
-        paths = a.write(out_dir, figures=not no_figures, progress=step)
-    a.timings["total_s"] = time.perf_counter() - t0
-    (out_dir / "qk.json").write_text(a.to_json())
-    if report:
-        from ..render.report import Report
-
-        paths.append(Report(model=a.model, qk=a).save(out_dir / "report.html"))
+    with ResultDir.open(out or default_out("qk", model), command="qk", overwrite=overwrite) as rd:
+        m = load(err, model, device, dtype, device_map)
+        with _progress(err) as step:
+            a = analyze_qk(m, texts, head, top=top, tokens=tokens, query=query, max_tokens=max_tokens, progress=step)
+            a.timings["total_s"] = time.perf_counter() - t0
+            qk_files(rd, a, figures=not no_figures, progress=step)
+        if report:
+            rd.write_text("report.html", Report(model=a.model, qk=a).to_html())
+        paths = rd.commit()
     if json_out:
-        typer.echo((out_dir / "qk.json").read_text())
+        typer.echo(a.to_json())
     _print_summary(con, a)
-    err.print(f"[green]Wrote {len(paths)} files to {out_dir}/[/] (qk.json, CSVs"
+    err.print(f"[green]Wrote {len(paths)} files to {rd.target}/[/] (qk.json, CSVs"
               + ("" if no_figures else ", figures/*.png") + f") in {a.timings['total_s']:.0f} s", highlight=False)
 
 
@@ -128,9 +123,9 @@ def _print_summary(con, a) -> None:
         dec = a.decompositions[n]  # sequence 0
         (name, v), = dec.top("key", 1, by="vs_mean_key")
         ind, prev = a.head_score("induction", l, h), a.head_score("previous_token", l, h)
-        src = " ".join(f"{s['head']}:{s['excess']:+.3f}" for s in sources[f"{l}.{h}"]) or "- (layer 0)"
-        why = re.sub(r"#(\d+) (\S+) score [-\d.]+", r"\2 #\1", a.reasons.get(f"{l}.{h}", "--head"))
-        t.add_row(f"{l}.{h}", why, f"{ind:.2f}" if ind is not None else "-",
+        src = " ".join(f"{s['head']}:{s['excess']:+.3f}" for s in sources[head_label(l, h)]) or "- (layer 0)"
+        why = re.sub(r"#(\d+) (\S+) score [-\d.]+", r"\2 #\1", a.reasons.get(head_label(l, h), "--head"))
+        t.add_row(head_label(l, h), why, f"{ind:.2f}" if ind is not None else "-",
                   f"{prev:.2f}" if prev is not None else "-", f"{name} {v:+.3g}", src)
     con.print(t)
     con.print("[dim]key side: the component that most raises the score on the induction stripe (or the chosen "

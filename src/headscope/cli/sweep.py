@@ -9,11 +9,12 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ..models import resolve_device, resolve_dtype
-from ..scan.sequences import check_settings
-from ..sweep import SUMMARY_DEFINITIONS, plan_sweep, run_sweep
+from ..models import resolve_dtype
+from ..pipeline.sweep import SUMMARY_DEFINITIONS, plan_sweep, run_sweep
+from ..scan import check_settings
 from . import app
-from ._common import DebugOpt, DeviceOpt, DtypeOpt, JsonOpt, consoles, handle_errors, progress_enabled
+from ._common import (BatchOpt, DebugOpt, DeviceMapOpt, DeviceOpt, DtypeOpt, JsonOpt, MaxMemoryOpt, RepeatsOpt,
+                      SeedOpt, SeqLenOpt, TopOpt, at_least, check_device, consoles, handle_errors, progress_enabled)
 
 
 def _split(items: list[str] | None) -> list[str]:
@@ -29,20 +30,17 @@ def sweep_cmd(
                      "directory (a name like step1000 or checkpoint-500 gives the step).")],
     revision: Annotated[list[str] | None, typer.Option("--revision", "-r", help="Hub revision (repeatable or "
                         "comma-separated), e.g. Pythia's step1000,step2000: every --model is scanned at each.")] = None,
-    seq_len: Annotated[int, typer.Option("--seq-len", help="Length of the random block r that is repeated.")] = 50,
-    batch: Annotated[int, typer.Option("--batch", help="Number of random sequences.")] = 10,
-    repeats: Annotated[int, typer.Option("--repeats", help="How many times r appears (>= 2).")] = 2,
-    seed: Annotated[int, typer.Option("--seed", help="Seed for drawing r (the same sequences for every entry "
-                    "that shares a tokenizer).")] = 0,
-    top: Annotated[int, typer.Option("--top", help="Top induction heads to ablate with --ablate.")] = 5,
+    seq_len: SeqLenOpt = 50,
+    batch: BatchOpt = 10,
+    repeats: RepeatsOpt = 2,
+    seed: SeedOpt = 0,
+    top: TopOpt = 5,
     ablate: Annotated[bool, typer.Option("--ablate/--no-ablate", help="Also run the causal check per entry "
                       "(top + 2 more forward passes each).")] = False,
-    max_memory: Annotated[float, typer.Option("--max-memory", help="GiB budget for one chunk's attention + "
-                          "logits; sets how many sequences go through at once.")] = 2.0,
+    max_memory: MaxMemoryOpt = 2.0,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "float32",
-    device_map: Annotated[str | None, typer.Option("--device-map", help="Spread each model over several GPUs "
-                          "with accelerate (auto, balanced, sequential); replaces --device.")] = None,
+    device_map: DeviceMapOpt = None,
     out: Annotated[Path, typer.Option("--out", help="Output directory: entries/*.json (one per finished entry), "
                    "sweep.csv, sweep.json, sweep.png.")] = Path("headscope-results/sweep"),
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Recompute entries already finished in --out "
@@ -69,8 +67,8 @@ def sweep_cmd(
     con, err = consoles(json_out)
     check_settings(seq_len, batch, repeats, True, None)
     resolve_dtype(dtype)
-    if device_map is None:
-        resolve_device(device)
+    at_least("--top", top, 1)
+    check_device(device, device_map)
     entries = plan_sweep(model, _split(revision))
     err.print(f"Sweep of {len(entries)} entries into {out}/ ({seq_len} tokens x {repeats} repeats, batch {batch}, "
               f"{dtype}{', with ablation' if ablate else ''})", highlight=False)

@@ -79,15 +79,3 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 
 def dir_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
-def clear(name: str | None = None) -> list[Path]:
-    """Remove one cached model (by its cache folder name) or the whole cache."""
-    root = cache_dir()
-    targets = [root / "models" / name] if name else [root]
-    removed = []
-    for t in targets:
-        if t.exists():
-            shutil.rmtree(t)
-            removed.append(t)
-    return removed

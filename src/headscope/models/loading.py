@@ -23,7 +23,6 @@ import socket
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -31,6 +30,7 @@ import torch
 
 from ..errors import BadInput, ModelLoadError
 from . import builtin, cache
+from .model import FirstToken, HeadscopeModel, ModelSource
 
 Log = Callable[[str], None]
 
@@ -39,18 +39,6 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr)
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """Where a loaded model came from (kept on the model as ``model.headscope_source``)."""
-
-    name: str  # what the user typed, or the alias
-    kind: str  # "builtin" | "gguf" | "local" | "hub"
-    path: str  # the directory transformers loaded from, or the hub id
-
-    def to_dict(self) -> dict[str, str]:
-        return asdict(self)
 
 
 def resolve_device(device: str | torch.device | None) -> str:
@@ -91,19 +79,21 @@ def load_model(
     device_map: str | dict | None = None,
     revision: str | None = None,
     log: Log | None = None,
-):
+) -> HeadscopeModel:
     """Load a causal LM and wrap it in a TransformerLens ``TransformerBridge``.
 
-    Returns the bridge; its tokenizer is ``model.tokenizer`` and where it came from is
-    ``model.headscope_source``. Hook names are TransformerLens's
-    (``blocks.{l}.attn.hook_pattern``, ``blocks.{l}.attn.hook_z``, ...).
+    Returns a :class:`~headscope.models.model.HeadscopeModel`: the bridge (``model.bridge``),
+    where it came from (``model.source``) and the first-token rule (``model.first_token``);
+    everything else (``model.cfg``, ``model.tokenizer``, ``model.run_with_hooks``) is the
+    bridge's. Hook names are TransformerLens's (``blocks.{l}.attn.hook_pattern``,
+    ``blocks.{l}.attn.hook_z``, ...).
     ``log`` receives the few lines said during a first-time download or conversion
     (default: stderr). Failures raise :class:`~headscope.errors.HeadscopeError` subclasses.
 
     >>> import headscope
-    >>> model = headscope.load_model("smollm2-135m", device="cpu")   # doctest: +SKIP
-    >>> model.cfg.n_layers, model.cfg.n_heads, model.tokenizer.decode([504])  # doctest: +SKIP
-    (30, 9, 'The')
+    >>> model = headscope.load_model(tiny_gpt2_dir, device="cpu")  # a directory, a .gguf, a hub id or an alias
+    >>> model.n_layers, model.n_heads, model.source.kind, model.first_token.id
+    (2, 4, 'local', 50256)
     """
     log = log or _stderr
     dev = None if device_map is not None else resolve_device(device)
@@ -379,7 +369,7 @@ def _load_hf(source: ModelSource, dtype: torch.dtype, device_map, revision):
     return model, tokenizer
 
 
-def _wrap(source: ModelSource, hf_model, tokenizer, device, dtype, device_map):
+def _wrap(source: ModelSource, hf_model, tokenizer, device, dtype, device_map) -> HeadscopeModel:
     from transformer_lens.model_bridge import TransformerBridge
 
     # TransformerLens sets a missing BOS token to EOS on the tokenizer; remember what the
@@ -400,22 +390,7 @@ def _wrap(source: ModelSource, hf_model, tokenizer, device, dtype, device_map):
                 "`TransformerBridge.list_supported_models()`",
             ) from exc
     bridge.eval()
-    bridge.headscope_source = source
-    bridge.headscope_bos = bos_choice(*own_bos)
-    return bridge
-
-
-def bos_choice(bos_id: int | None, eos_id: int | None) -> tuple[int | None, str]:
-    """The token to prepend to sequences, and a phrase saying where it came from.
-
-    The tokenizer's BOS if it has one; else its EOS, as TransformerLens does (GPT-2 style
-    models use ``<|endoftext|>`` as a document separator); else nothing.
-    """
-    if bos_id is not None:
-        return bos_id, "bos"
-    if eos_id is not None:
-        return eos_id, "eos (the tokenizer has no BOS token; EOS used instead, as TransformerLens does)"
-    return None, "none (the tokenizer has neither BOS nor EOS; sequences start with the first random token)"
+    return HeadscopeModel(bridge, source, FirstToken.choose(*own_bos))
 
 
 def list_cached() -> list[dict[str, Any]]:

@@ -11,11 +11,10 @@ from .analysis import QKAnalysis, analyze_qk, pick_heads
 from .circuits import positional_qk, token_qk
 from .composition import composition_scores
 from .decompose import decompose_qk
-from .inputs import SAMPLE_TEXTS, parse_head, parse_heads
 from .live import qk_scores
 from .results import CompositionScores, PositionalQK, QKDecomposition, QKScores, TokenQK
 
 __all__ = [
-    "SAMPLE_TEXTS", "CompositionScores", "QKAnalysis", "analyze_qk", "pick_heads", "PositionalQK", "QKDecomposition", "QKScores", "TokenQK",
-    "composition_scores", "decompose_qk", "parse_head", "parse_heads", "positional_qk", "qk_scores", "token_qk",
+    "CompositionScores", "QKAnalysis", "analyze_qk", "pick_heads", "PositionalQK", "QKDecomposition", "QKScores",
+    "TokenQK", "composition_scores", "decompose_qk", "positional_qk", "qk_scores", "token_qk",
 ]

@@ -9,24 +9,27 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
+from ..heads import Head, head_label, top_k
+from ..hooks import act_name
+from ..models.inputs import single_tokens
+from ..models.model import as_model
+from ..scores import default_thresholds
 from ..weights import head_weights
 from . import rotary
 from .circuits import normalise, positional_qk, token_qk
 from .composition import composition_scores
 from .decompose import capture_residual, decompose_qk
-from .inputs import token_set
-from .live import as_heads, as_sequences, model_name, qk_scores
+from .live import as_heads, as_sequences, qk_scores
 from .results import CompositionScores, PositionalQK, QKDecomposition, QKScores, TokenQK
 
 Progress = Callable[[str, int, int], None]
-#: A source head "is" a previous-token head when its previous-token score reaches this (the scan's threshold).
-PREV_TOKEN_THRESHOLD = 0.4
+#: A source head "is" a previous-token head when its previous-token score reaches the registry's threshold.
+PREV_TOKEN_THRESHOLD = default_thresholds()["previous_token"]
 QUICK_SCAN = {"seq_len": 20, "batch": 4, "repeats": 2, "seed": 0}
 
 
@@ -42,7 +45,7 @@ def pick_heads(scan, top: int = 3) -> tuple[list[tuple[int, int]], dict[str, str
     heads, why = [], {}
     for score, name in (("induction", "induction"), ("previous_token", "previous-token")):
         for rank, (l, h, v) in enumerate(scan.top_heads(score, top), 1):
-            why.setdefault(f"{l}.{h}", []).append(f"#{rank} {name} score {v:.2f}")
+            why.setdefault(head_label(l, h), []).append(f"#{rank} {name} score {v:.2f}")
             if (l, h) not in heads:
                 heads.append((l, h))
     return heads, {k: "; ".join(v) for k, v in why.items()}
@@ -53,7 +56,7 @@ class QKAnalysis:
     """Every QK view of the chosen heads on the chosen texts (see each member's class)."""
 
     model: dict
-    heads: list[tuple[int, int]]
+    heads: list[Head]
     reasons: dict[str, str]
     live: QKScores
     decompositions: list[QKDecomposition]  # sequence-major: [s * len(heads) + n]
@@ -69,7 +72,7 @@ class QKAnalysis:
 
     def k_sources(self, k: int = 5) -> dict[str, list[dict]]:
         """For each chosen head, its strongest K-composition sources and their previous-token score."""
-        return {f"{l}.{h}": [{"head": f"{a}.{b}", "excess": round(v, 5),
+        return {head_label(l, h): [{"head": head_label(a, b), "excess": round(v, 5),
                               "previous_token": None if self.scan_scores is None
                               else round(float(self.scan_scores["previous_token"][a, b]), 4)}
                              for a, b, v in self.composition.top_sources(l, h, "K", k)] for l, h in self.heads}
@@ -83,18 +86,18 @@ class QKAnalysis:
             ind = self.head_score("induction", l, h)
             if ind is None or ind < PREV_TOKEN_THRESHOLD or l == 0:
                 continue
-            src = self.k_sources(3)[f"{l}.{h}"]
+            src = self.k_sources(3)[head_label(l, h)]
             listed = ", ".join(f"{s['head']} ({s['excess']:+.3f}, prev-token {s['previous_token']:.2f})" for s in src)
             prev = [s for s in src if s["previous_token"] >= PREV_TOKEN_THRESHOLD]
             verdict = (f"{len(prev)} of the top {len(src)} {'is a previous-token head' if len(prev) == 1 else 'are previous-token heads'}"
                        f" (score >= {PREV_TOKEN_THRESHOLD})"
                        if prev else "none of them is a previous-token head; best previous-token heads: " +
-                       ", ".join(f"{a}.{b} ({v:.2f})" for a, b, v in _top(self.scan_scores["previous_token"], 3)))
+                       ", ".join(f"{head_label(a, b)} ({v:.2f})" for a, b, v in top_k(self.scan_scores["previous_token"], 3)))
             out.append(f"induction head {l}.{h} (score {ind:.2f}): strongest K-composition sources {listed}; {verdict}")
         for dec in self.decompositions:
             if len(dec.pairs) > 1 and self.head_score("induction", dec.layer, dec.head) >= PREV_TOKEN_THRESHOLD:
                 (name, v), = dec.top("key", 1, by="vs_mean_key")
-                s = self.live.sequences.index(dec.sequence)
+                s = dec.sequence_index
                 out.append(f"head {dec.label} on the induction stripe of sequence {s}: the key-side component that "
                            f"most raises the score above the query's other keys is {name} ({v:+.2f})")
         return out
@@ -102,12 +105,12 @@ class QKAnalysis:
     def to_dict(self) -> dict:
         return {
             "model": self.model,
-            "heads": [{"head": f"{l}.{h}", "reason": self.reasons.get(f"{l}.{h}", "chosen with --head"),
+            "heads": [{"head": head_label(l, h), "reason": self.reasons.get(head_label(l, h), "chosen with --head"),
                        "scan": None if self.scan_scores is None else
                        {k: round(float(v[l, h]), 4) for k, v in self.scan_scores.items()}} for l, h in self.heads],
             "notes": self.notes, "findings": self.findings(), "quick_scan": QUICK_SCAN,
             "live": self.live.to_dict(),
-            "decompositions": [d.to_dict() | {"sequence": self.live.sequences.index(d.sequence)} for d in self.decompositions],
+            "decompositions": [d.to_dict() | {"sequence": d.sequence_index} for d in self.decompositions],
             "positional": self.positional.to_dict(),
             "token_circuits": [t.to_dict() for t in self.token_circuits],
             "composition": self.composition.to_dict(),
@@ -123,11 +126,11 @@ class QKAnalysis:
         for n, (l, h) in enumerate(self.heads):
             (comp, v), = self.decompositions[n].top("key", 1, by="vs_mean_key")  # sequence 0
             src = self.composition.top_sources(l, h, "K", 1)
-            rows.append({"head": f"{l}.{h}", "reason": self.reasons.get(f"{l}.{h}", "chosen with --head"),
+            rows.append({"head": head_label(l, h), "reason": self.reasons.get(head_label(l, h), "chosen with --head"),
                          "induction": self.head_score("induction", l, h),
                          "previous_token": self.head_score("previous_token", l, h),
                          "top_key_component": comp, "vs_mean_key": v,
-                         "top_k_source": f"{src[0][0]}.{src[0][1]}" if src else None,
+                         "top_k_source": head_label(src[0][0], src[0][1]) if src else None,
                          "k_excess": src[0][2] if src else None})
         return pd.DataFrame(rows)
 
@@ -140,23 +143,13 @@ class QKAnalysis:
     def to_json(self, indent: int | None = 2) -> str:
         import json
 
-        return json.dumps(self.to_dict(), indent=indent)
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
 
-    def write(self, out: str | Path, figures: bool = True, progress: Progress | None = None) -> list[Path]:
-        """Write qk.json, CSVs and (unless ``figures=False``) PNGs into ``out``; returns the paths."""
-        from .writing import write_analysis
-
-        return write_analysis(self, Path(out), figures, progress)
-
-
-def _top(a: np.ndarray, k: int):
-    order = np.argsort(-a, axis=None)[:k]
-    return [(int(i // a.shape[1]), int(i % a.shape[1]), float(a.flat[i])) for i in order]
 
 
 def model_info(model, norm: str) -> dict:
     cfg = model.cfg
-    info = {"name": model_name(model), "n_layers": cfg.n_layers, "n_heads": cfg.n_heads,
+    info = {"name": as_model(model).name, "n_layers": cfg.n_layers, "n_heads": cfg.n_heads,
             "n_kv_heads": int(getattr(cfg, "n_key_value_heads", None) or cfg.n_heads), "d_model": cfg.d_model,
             "d_head": cfg.d_head, "positions": getattr(cfg, "positional_embedding_type", "standard"),
             "norm": norm}
@@ -176,12 +169,13 @@ def analyze_qk(model, texts=None, heads=None, *, top: int = 3, tokens: list[str]
     ``query``: explain this query position (default: the induction stripe). ``scan``: an
     existing :class:`~headscope.InductionResult` to pick heads from, else a quick scan runs.
     """
+    model = as_model(model)
     step = progress or (lambda stage, done, total: None)
     timings: dict[str, float] = {}
     t = time.perf_counter()
     seqs = as_sequences(model, texts, max_tokens)
     chosen = as_heads(model, heads) if heads else None
-    token_ids = token_set(model.tokenizer, tokens) if tokens else None
+    token_ids = single_tokens(model.tokenizer, tokens) if tokens else None
     notes = [n for s in seqs for n in s.notes]
     step("quick induction scan", 0, 1)
     given_scan = scan is not None
@@ -207,21 +201,24 @@ def analyze_qk(model, texts=None, heads=None, *, top: int = 3, tokens: list[str]
         step("decompositions", s, len(seqs))
         acts = capture_residual(model, seq, max_layer, score_layers={layer for layer, _ in chosen})
         for layer, h in chosen:
-            decs.append(decompose_qk(model, (layer, h), seq, query=query, weights=w, acts=acts))
+            dec = decompose_qk(model, (layer, h), seq, query=query, weights=w, acts=acts)
+            dec.sequence_index = s
+            decs.append(dec)
         for layer in {layer for layer, _ in chosen}:  # residual sample for the rotary positional circuit
-            x = acts[f"blocks.{layer}.hook_resid_pre"][1:]
+            x = acts[act_name("resid_pre", layer)][1:]
             resid.setdefault(layer, []).append(normalise(x, w.norm, float(getattr(model.cfg, "eps", 1e-5))))
     timings["decompose_s"] = time.perf_counter() - t
     t = time.perf_counter()
     step("weights: positional and token circuits", 0, 1)
     positional = positional_qk(model, chosen, weights=w, residuals={k: torch.cat(v) for k, v in resid.items()})
-    ids = token_ids or list(dict.fromkeys(seqs[0].ids[1:]))[:40]
+    first = 1 if model.first_token.id is not None else 0
+    ids = token_ids or list(dict.fromkeys(seqs[0].ids[first:]))[:40]
     E = normalise(w.W_E, w.norm, float(getattr(model.cfg, "eps", 1e-5))).float()
     circuits = [token_qk(model, lh, ids, weights=w, normalised_embeddings=E) for lh in chosen]
     timings["circuits_s"] = time.perf_counter() - t
     t = time.perf_counter()
     comp = composition_scores(w, progress=lambda d, n: step("composition scores", d, n))
-    comp.model_name = model_name(model)
+    comp.model_name = model.name
     timings["composition_s"] = time.perf_counter() - t
     return QKAnalysis(model=model_info(model, w.norm), heads=chosen, reasons=reasons, live=live, decompositions=decs,
                       positional=positional, token_circuits=circuits, composition=comp,

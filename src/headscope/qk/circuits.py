@@ -14,8 +14,9 @@ import torch
 from ..errors import BadInput
 from ..weights import HeadWeights, head_weights
 from . import rotary
-from .inputs import token_labels
-from .live import as_heads, model_name
+from ..models.model import as_model
+from ..tokens import token_text
+from .live import as_heads
 from .results import PositionalQK, TokenQK
 
 
@@ -60,7 +61,7 @@ def positional_qk(model, heads, *, n_positions: int = 64, residuals: dict[int, t
         method = (f"rotary: expected score between a query at i and a key at i - offset, inputs drawn independently "
                   f"from {src}; = qbar^T RoPE(offset) kbar / sqrt(d_head), qbar/kbar the mean query/key "
                   f"(biases and the content-dependent part left out)")
-        return PositionalQK(model_name(model), heads, offsets, np.stack(curves), None, method, rotary.rope_theta(model))
+        return PositionalQK(as_model(model).name, heads, offsets, np.stack(curves), None, method, rotary.rope_theta(model))
     if w.W_pos is None:
         raise BadInput("this model has neither learned nor rotary positions; there is no positional QK circuit",
                        hint="skip the positional analysis for this model")
@@ -74,7 +75,7 @@ def positional_qk(model, heads, *, n_positions: int = 64, residuals: dict[int, t
     method = ("learned positions: W_pos W_Q W_K^T W_pos^T / sqrt(d_head) on the first "
               f"{n} positions, each W_pos row normalised by the head's norm (scale = its own); "
               "offset curve = mean along each diagonal")
-    return PositionalQK(model_name(model), heads, offsets[:n], np.stack(curves), np.stack(mats), method)
+    return PositionalQK(as_model(model).name, heads, offsets[:n], np.stack(curves), np.stack(mats), method)
 
 
 def _top_tokens(vec: torch.Tensor, labels_of, k: int, sign: int) -> list[str]:
@@ -108,7 +109,7 @@ def token_qk(model, head, token_ids: list[int], *, directions: int = 3, per_dire
     tok = model.tokenizer
 
     def labels_of(idx):
-        return token_labels(tok, idx)
+        return [token_text(tok, i) for i in idx]
 
     dirs = []
     for n in range(directions):
@@ -124,5 +125,5 @@ def token_qk(model, head, token_ids: list[int], *, directions: int = 3, per_dire
     method = ("x_t W_Q W_K^T x_s^T / sqrt(d_head), x = the token's embedding normalised by the head's norm "
               "(its own scale), biases and positions left out; SVD of the full circuit from its rank-d_head factors. "
               "A direction pairs queries_plus with keys_plus (and queries_minus with keys_minus) to raise the score")
-    return TokenQK(model_name(model), layer, h, list(map(int, token_ids)), labels_of(list(token_ids)),
+    return TokenQK(as_model(model).name, layer, h, list(map(int, token_ids)), labels_of(list(token_ids)),
                    sub.double().numpy(), S[:directions].numpy(), dirs, method)

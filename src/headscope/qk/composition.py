@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from ..weights import HeadWeights, head_weights
-from .live import model_name
+from ..models.model import as_model
 from .results import CompositionScores
 
 KINDS = ("Q", "K", "V")
@@ -116,5 +116,5 @@ def composition_scores(model_or_weights, kinds=KINDS, *, baseline_samples: int =
                 progress(done, steps)
         scores[kind] = out.numpy()
     mean, std = random_baseline(d, r, baseline_samples, seed)
-    name = "weights" if isinstance(model_or_weights, HeadWeights) else model_name(model_or_weights)
+    name = "weights" if isinstance(model_or_weights, HeadWeights) else as_model(model_or_weights).name
     return CompositionScores(model_name=name, scores=scores, baseline=mean, baseline_std=std, d_model=d, d_head=r)

@@ -25,8 +25,10 @@ import torch
 from ..errors import BadInput
 from ..weights import HeadWeights, head_weights
 from . import rotary
-from .inputs import TokenSequence
-from .live import as_heads, as_sequences, capture, model_name
+from ..hooks import act_name
+from ..models.inputs import TokenSequence
+from ..models.model import as_model
+from .live import as_heads, as_sequences, capture
 from .results import QKDecomposition
 
 
@@ -43,11 +45,11 @@ def capture_residual(model, seq: TokenSequence, up_to_layer: int,
     if not rotary.is_rotary(model) and getattr(model.cfg, "positional_embedding_type", "") == "standard":
         names.append("hook_pos_embed")
     for layer in range(up_to_layer + 1):
-        names += [f"blocks.{layer}.hook_resid_pre", f"blocks.{layer}.ln1.hook_scale"]
+        names += [act_name("resid_pre", layer), act_name("ln1.scale", layer)]
         if layer in score_layers:
-            names += [f"blocks.{layer}.attn.hook_attn_scores", f"blocks.{layer}.attn.hook_pattern"]
+            names += [act_name("attn_scores", layer), act_name("pattern", layer)]
         if layer < up_to_layer:
-            names += [f"blocks.{layer}.attn.hook_z", f"blocks.{layer}.hook_mlp_out"]
+            names += [act_name("z", layer), act_name("mlp_out", layer)]
     return capture(model, seq, names)
 
 
@@ -59,16 +61,16 @@ def residual_components(acts: dict, w: HeadWeights, layer: int) -> tuple[list[st
     W_O = w.W_O.double()
     bias = torch.zeros_like(vecs[0])
     for earlier in range(layer):
-        z = acts[f"blocks.{earlier}.attn.hook_z"]  # [pos, n_heads, d_head]
+        z = acts[act_name("z", earlier)]  # [pos, n_heads, d_head]
         out = torch.einsum("phe,hed->hpd", z, W_O[earlier])
         for h in range(w.n_heads):
             names.append(f"L{earlier}H{h}"), kinds.append("head"), vecs.append(out[h])
-        names.append(f"MLP{earlier}"), kinds.append("mlp"), vecs.append(acts[f"blocks.{earlier}.hook_mlp_out"])
+        names.append(f"MLP{earlier}"), kinds.append("mlp"), vecs.append(acts[act_name("mlp_out", earlier)])
         bias = bias + w.b_O[earlier].double()
     if layer and bias.abs().max() > 0:
         names.append("attn_bias"), kinds.append("bias"), vecs.append(bias)
     names.append("float_error"), kinds.append("rounding")
-    vecs.append(acts[f"blocks.{layer}.hook_resid_pre"] - sum(vecs))
+    vecs.append(acts[act_name("resid_pre", layer)] - sum(vecs))
     return names, kinds, torch.stack(vecs)  # one [C, pos, d_model] copy; long texts make it large
 
 
@@ -77,7 +79,7 @@ def head_vectors(model, w: HeadWeights, acts: dict, layer: int, head: int):
     names, kinds, comps = residual_components(acts, w, layer)
     if w.norm == "layernorm":  # in place: comps is ours, and the largest tensor here
         comps.sub_(comps.mean(-1, keepdim=True))
-    comps.div_(acts[f"blocks.{layer}.ln1.hook_scale"][None])  # frozen scale, [pos, 1]
+    comps.div_(acts[act_name("ln1.scale", layer)][None])  # frozen scale, [pos, 1]
     q = comps @ w.W_Q[layer, head].double()
     k = comps @ w.W_K[layer, head].double()
     b_q, b_k = w.b_Q[layer, head].double(), w.b_K[layer, head].double()
@@ -158,7 +160,7 @@ def decompose_qk(model, head, text=None, *, query: int | None = None, key: int |
     w = weights or head_weights(model)
     acts = acts if acts is not None else capture_residual(model, seq, layer)
     (qn, qkinds, q), (kn, kkinds, k) = head_vectors(model, w, acts, layer, h)
-    pattern = acts[f"blocks.{layer}.attn.hook_pattern"][h].numpy()
+    pattern = acts[act_name("pattern", layer)][h].numpy()
     pairs, how = choose_pairs(seq, pattern, query, key)
     scale = w.W_Q.shape[-1] ** -0.5
     q_tot, k_tot = q.sum(0), k.sum(0)  # [T, d_head]
@@ -175,10 +177,10 @@ def decompose_qk(model, head, text=None, *, query: int | None = None, key: int |
         pair_m = pair_m + torch.einsum("apd,bpd->ab", q[:, I], k[:, J])
     I, J = (np.array(x) for x in zip(*pairs))
     totals = (q_tot[I] * k_tot[J]).sum(-1).numpy() * scale
-    model_scores = acts[f"blocks.{layer}.attn.hook_attn_scores"][h][I, J].numpy()
+    model_scores = acts[act_name("attn_scores", layer)][h][I, J].numpy()
     per = scale / len(pairs)  # mean over pairs, in score units
     return QKDecomposition(
-        model_name=model_name(model), layer=layer, head=h, sequence=seq, pairs=pairs, how=how,
+        model_name=as_model(model).name, layer=layer, head=h, sequence=seq, pairs=pairs, how=how,
         query_names=qn, query_kinds=qkinds, key_names=kn, key_kinds=kkinds,
         key_contrib=(key_c * per).numpy(), key_vs_mean=(key_rel * per).numpy(),
         query_contrib=(qry_c * per).numpy(), query_vs_mean=(qry_rel * per).numpy(),

@@ -14,15 +14,17 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from .inputs import SAMPLE_TEXTS, TokenSequence, parse_heads, prepare_texts
+from ..heads import Head, parse_heads
+from ..hooks import act_name
+from ..models.inputs import TokenSequence, encode_texts
+from ..models.model import as_model
 from .results import QKScores
-
-Head = tuple[int, int]
 
 
 @torch.no_grad()
 def capture(model, seq: TokenSequence, names: Sequence[str]) -> dict[str, torch.Tensor]:
     """One forward pass keeping only the hooks in ``names`` (batch dim dropped, float64, CPU)."""
+    m = as_model(model)
     store: dict[str, torch.Tensor] = {}
 
     def keep(name: str) -> Callable:
@@ -31,26 +33,27 @@ def capture(model, seq: TokenSequence, names: Sequence[str]) -> dict[str, torch.
 
         return hook
 
-    device = next(model.parameters()).device
-    model.run_with_hooks(seq.tensor(device), fwd_hooks=[(n, keep(n)) for n in dict.fromkeys(names)])
+    m.run_with_hooks(seq.tensor(m.device), fwd_hooks=[(n, keep(n)) for n in dict.fromkeys(names)])
     return store
 
 
 def as_sequences(model, texts, max_tokens: int | None) -> list[TokenSequence]:
-    if texts is None:
-        texts = list(SAMPLE_TEXTS)
-    elif isinstance(texts, (str, TokenSequence)):
-        texts = [texts]
-    if all(isinstance(t, TokenSequence) for t in texts):
-        return list(texts)
-    return prepare_texts(model, [str(t) for t in texts], max_tokens=max_tokens)
+    """Texts (a string, strings, or None for the samples) or ready sequences, through the one input path."""
+    if isinstance(texts, TokenSequence):
+        return [texts]
+    if texts is not None and not isinstance(texts, str):
+        texts = list(texts)
+        if texts and all(isinstance(t, TokenSequence) for t in texts):
+            return texts
+    return encode_texts(model, texts, max_tokens=max_tokens)
 
 
 def as_heads(model, heads) -> list[Head]:
+    """``(layer, head)`` tuples or ``"L5H1"``/``"5.1"`` strings, checked against the model."""
+    m = as_model(model)
     if isinstance(heads, (str, tuple)):
         heads = [heads]
-    specs = [f"{h[0]}.{h[1]}" if isinstance(h, tuple) else str(h) for h in heads]
-    return parse_heads(specs, model.cfg.n_layers, model.cfg.n_heads)
+    return parse_heads(heads, m.n_layers, m.n_heads)
 
 
 def masked_scores(raw: torch.Tensor) -> np.ndarray:
@@ -64,26 +67,23 @@ def masked_scores(raw: torch.Tensor) -> np.ndarray:
 def qk_scores(model, heads, texts=None, *, max_tokens: int | None = None) -> QKScores:
     """Pre-softmax scores and attention patterns of ``heads`` on ``texts``.
 
-    ``texts``: a string, a list of strings (BOS is prepended to each), or None for the
-    built-in samples. ``heads``: ``(layer, head)`` tuples or ``"L.H"`` strings.
+    ``texts``: a string, a list of strings (the first token is put before each), or None for the
+    built-in samples. ``heads``: ``(layer, head)`` tuples or ``"L5H1"``/``"5.1"`` strings.
     Returns :class:`QKScores` with ``scores[s]`` and ``pattern[s]`` of shape
     ``[n_chosen_heads, query, key]`` for sequence ``s`` (masked scores NaN).
 
-    >>> r = qk_scores(model, ["1.2"], "a b c a b c")   # doctest: +SKIP
-    >>> r.to_frame().head()                                    # doctest: +SKIP
+    >>> r = qk_scores(model, ["L1H2"], "a b c a b c")
+    >>> r.scores[0].shape, r.to_frame().columns[:3].tolist()
+    ((1, 7, 7), ['sequence', 'layer', 'head'])
     """
-    seqs = as_sequences(model, texts, max_tokens)
-    heads = as_heads(model, heads)
+    m = as_model(model)
+    seqs = as_sequences(m, texts, max_tokens)
+    heads = as_heads(m, heads)
     layers = sorted({layer for layer, _ in heads})
     scores, patterns = [], []
     for seq in seqs:
-        names = [f"blocks.{layer}.attn.{h}" for layer in layers for h in ("hook_attn_scores", "hook_pattern")]
-        acts = capture(model, seq, names)
-        scores.append(np.stack([masked_scores(acts[f"blocks.{l}.attn.hook_attn_scores"][h]) for l, h in heads]))
-        patterns.append(np.stack([acts[f"blocks.{l}.attn.hook_pattern"][h].numpy() for l, h in heads]))
-    return QKScores(model_name=model_name(model), heads=heads, sequences=seqs, scores=scores, patterns=patterns)
-
-
-def model_name(model) -> str:
-    src = getattr(model, "headscope_source", None)
-    return getattr(src, "name", None) or getattr(model.cfg, "model_name", "model")
+        names = [act_name(kind, layer) for layer in layers for kind in ("attn_scores", "pattern")]
+        acts = capture(m, seq, names)
+        scores.append(np.stack([masked_scores(acts[act_name("attn_scores", l)][h]) for l, h in heads]))
+        patterns.append(np.stack([acts[act_name("pattern", l)][h].numpy() for l, h in heads]))
+    return QKScores(model_name=m.name, heads=heads, sequences=seqs, scores=scores, patterns=patterns)

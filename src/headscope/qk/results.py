@@ -14,7 +14,31 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .inputs import TokenSequence
+from ..heads import as_head, head_label
+from ..models.inputs import TokenSequence
+
+#: Definitions and sources of the QK quantities, for the legend.
+QK_DEFINITIONS = {
+    "QK score": "Pre-softmax score of query i against key j, q_i . k_j / sqrt(d_head), rotary applied where the model "
+                "has it (what hook_attn_scores holds); the causal mask hides keys after the query. "
+                "Source: Elhage et al. 2021 (the QK circuit).",
+    "QK decomposition": "The score split over the residual stream's components (token and position embeddings, each "
+                        "earlier head, each MLP), key side and query side, with the normalisation scale frozen at "
+                        "each token's actual value so the score is linear in them; each side sums to the score. "
+                        "'vs mean key' subtracts the component's mean over every key the query sees (what the "
+                        "softmax responds to). Source: Elhage et al. 2021 (path expansion of the QK circuit).",
+    "positional QK": "How a head's score depends on position alone: W_pos W_Q W_K^T W_pos^T / sqrt(d_head) for learned "
+                     "positions (GPT-2); for rotary models the expected score between a query at i and a key at "
+                     "i - offset, inputs drawn from the texts' residual vectors. Source: Elhage et al. 2021.",
+    "token QK": "x_t W_Q W_K^T x_s^T / sqrt(d_head) on normalised token embeddings x, and the top singular directions "
+                "of the full vocab x vocab circuit, taken from its rank-d_head factors (never formed). "
+                "Source: Elhage et al. 2021.",
+    "composition": "||W_A W_B||_F / (||W_A||_F ||W_B||_F), W_A an earlier head's OV circuit W_V W_O, W_B a later "
+                   "head's W_Q W_K^T (Q-), W_K W_Q^T (K-) or W_V W_O (V-composition); 'excess' subtracts the mean "
+                   "score of random Gaussian matrices of the same shapes. Induction heads K-compose with "
+                   "previous-token heads. Source: Elhage et al. 2021; baseline subtraction as in ARENA 1.2.",
+    "head names": "L18H6 is layer 18, head 6 (both from 0); --head accepts L18H6 or 18.6.",
+}
 
 SCORE_DEF = "pre-softmax score q_i . k_j / sqrt(d_head) (rotary applied); causal mask shown as masked (NaN)"
 FROZEN_NOTE = ("normalisation scale frozen: every component is divided by the actual token's ln1 scale "
@@ -32,21 +56,12 @@ def _num(x, nd: int = 6):
     return x
 
 
-def _figure_html(fig) -> str:
-    import base64
-    import io
-
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
-    plt.close(fig)
-    return f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}"/>'
-
-
 def _html(title: str, frame, fig=None, rows: int = 12) -> str:
+    """A notebook view: a title, the first rows of a frame, a figure (drawn by headscope.render)."""
+    from ..render.html import figure_html
+
     body = frame.head(rows).to_html(index=False, float_format=lambda v: f"{v:.4g}")
-    return f"<h4>{html.escape(title)}</h4>{body}" + (_figure_html(fig) if fig is not None else "")
+    return f"<h4>{html.escape(title)}</h4>{body}" + (figure_html(fig) if fig is not None else "")
 
 
 class _Result:
@@ -54,7 +69,7 @@ class _Result:
         raise NotImplementedError
 
     def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent)
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
 
 
 @dataclass
@@ -89,17 +104,16 @@ class QKScores(_Result):
     def to_dict(self) -> dict:
         return {
             "definition": SCORE_DEF,
-            "heads": [f"{l}.{h}" for l, h in self.heads],
+            "heads": [head_label(l, h) for l, h in self.heads],
             "sequences": [{
                 "text": seq.text, "tokens": seq.labels, "token_ids": seq.ids, "notes": seq.notes,
-                "heads": {f"{l}.{h}": {"scores": _num(self.scores[s][n], 4), "pattern": _num(self.patterns[s][n], 4)}
+                "heads": {head_label(l, h): {"scores": _num(self.scores[s][n], 4), "pattern": _num(self.patterns[s][n], 4)}
                           for n, (l, h) in enumerate(self.heads)},
             } for s, seq in enumerate(self.sequences)],
         }
 
     def head_index(self, head) -> int:
-        lh = tuple(head) if not isinstance(head, str) else tuple(int(x) for x in head.split("."))
-        return self.heads.index(lh)
+        return self.heads.index(as_head(head))
 
     def plot(self, sequence: int = 0, head=None):
         """Scores and pattern of one head on one sequence, token x token (queries down, keys across)."""
@@ -115,7 +129,7 @@ class QKScores(_Result):
     def _repr_html_(self) -> str:
         import pandas as pd
 
-        rows = [{"sequence": s, "head": f"{l}.{h}", "tokens": len(seq),
+        rows = [{"sequence": s, "head": head_label(l, h), "tokens": len(seq),
                  "max score": float(np.nanmax(self.scores[s][n])),
                  "mean attention to BOS": float(self.patterns[s][n][1:, 0].mean()) if len(seq) > 1 else np.nan}
                 for s, seq in enumerate(self.sequences) for n, (l, h) in enumerate(self.heads)]
@@ -153,10 +167,11 @@ class QKDecomposition(_Result):
     max_abs_error: float
     attention: float
     note: str = FROZEN_NOTE
+    sequence_index: int = 0  # which of the analysed sequences (identical texts stay apart)
 
     @property
     def label(self) -> str:
-        return f"{self.layer}.{self.head}"
+        return head_label(self.layer, self.head)
 
     def to_frame(self):
         """One row per (side, component), ranked by |contribution| within each side."""
@@ -231,12 +246,12 @@ class PositionalQK(_Result):
 
     def to_dict(self) -> dict:
         out = {"method": self.method, "rope_theta": self.rope_theta, "offsets": self.offsets.tolist(),
-               "heads": {f"{l}.{h}": {"offset_curve": _num(self.offset_curve[n], 5),
+               "heads": {head_label(l, h): {"offset_curve": _num(self.offset_curve[n], 5),
                                       "peak_offset": int(self.offsets[np.nanargmax(self.offset_curve[n])])}
                          for n, (l, h) in enumerate(self.heads)}}
         if self.matrix is not None:
             for n, (l, h) in enumerate(self.heads):
-                out["heads"][f"{l}.{h}"]["matrix"] = _num(self.matrix[n], 4)
+                out["heads"][head_label(l, h)]["matrix"] = _num(self.matrix[n], 4)
         return out
 
     def plot(self):
@@ -272,7 +287,7 @@ class TokenQK(_Result):
 
     @property
     def label(self) -> str:
-        return f"{self.layer}.{self.head}"
+        return head_label(self.layer, self.head)
 
     def top_pairs(self, k: int = 10) -> list[tuple[str, str, float]]:
         flat = np.argsort(-self.matrix, axis=None)[:k]
@@ -356,7 +371,7 @@ class CompositionScores(_Result):
             "definition": "||W_A W_B||_F / (||W_A||_F ||W_B||_F); W_A = earlier W_V W_O; W_B = later W_Q W_K^T (Q), "
                           "W_K W_Q^T (K), W_V W_O (V); excess = score - random baseline",
             "baseline": self.baseline, "baseline_std": self.baseline_std, "note": self.note,
-            "top_sources": {kind: {f"{l}.{h}": [{"head": f"{a}.{b}", "excess": round(v, 5)}
+            "top_sources": {kind: {head_label(l, h): [{"head": head_label(a, b), "excess": round(v, 5)}
                                                 for a, b, v in self.top_sources(l, h, kind, top)]
                                    for l in range(1, L) for h in range(H)} for kind in self.scores},
         }

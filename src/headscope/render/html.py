@@ -20,16 +20,15 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from ..heads import head_label
 from ..scan.attention import AttentionSample
-from ..scan.result import head_label
 from ..tokens import visible_whitespace
+from ._mpl import FIG_DPI, encode_png
 
 #: Interactive views keep the first this-many tokens of a sequence (rows stay exact: attention is causal).
 MAX_VIEW_TOKENS = 64
 #: Decimals of the attention weights in the interactive views and of every number in tables.
 DECIMALS = 3
-#: Resolution of the PNG figures.
-FIG_DPI = 90
 
 
 # --- text, numbers, tables --------------------------------------------------------------------
@@ -59,30 +58,11 @@ def fmt(v: float | None, decimals: int = DECIMALS, signed: bool = False) -> str:
     return f"{v:+.{decimals}f}" if signed else f"{v:.{decimals}f}"
 
 
-def png_bytes(fig, dpi: int = FIG_DPI) -> bytes:
-    """``fig`` as a PNG with a 256-colour palette (a third of the size; heatmaps look the same), closed."""
-    import io
-
-    from PIL import Image
-
-    from ._mpl import plt
-
-    buf = io.BytesIO()
-    with warnings.catch_warnings():  # a token the font lacks shows as a box: not worth a warning per figure
-        warnings.filterwarnings("ignore", message="Glyph .* missing from font", category=UserWarning)
-        fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
-    buf.seek(0)
-    out = io.BytesIO()
-    Image.open(buf).convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT).save(out, "PNG", optimize=True)
-    return out.getvalue()
-
-
 def figure_html(fig, caption: str = "", dpi: int = FIG_DPI, alt: str = "") -> str:
     """A matplotlib figure as an inline PNG (closed afterwards), with an escaped caption."""
     import base64
 
-    data = base64.b64encode(png_bytes(fig, dpi)).decode()
+    data = base64.b64encode(encode_png(fig, dpi)).decode()
     cap = f"<figcaption>{esc(caption)}</figcaption>" if caption else ""
     return f'<figure><img alt="{esc(alt or caption)}" src="data:image/png;base64,{data}">{cap}</figure>'
 
@@ -192,12 +172,6 @@ def heads_view_html(view_id: str, title: str, tokens: list[str], values: np.ndar
 def attention_view_html(sample: AttentionSample, view_id: str, text: str | None = None,
                         max_tokens: int = MAX_VIEW_TOKENS) -> str:
     """An interactive view of ``sample.patterns`` (``[heads, query, key]``), ``text`` shown above it."""
-    return heads_view_html(view_id, sample.title, sample.tokens, sample.patterns,
+    return heads_view_html(view_id, sample.title, [visible_whitespace(t) for t in sample.tokens], sample.patterns,
                            [head_label(l, h) for l, h in sample.heads], text=text, notes=[sample.note],
                            max_tokens=max_tokens)
-
-
-def notebook_attention(sample: AttentionSample, max_tokens: int = MAX_VIEW_TOKENS) -> str:
-    """A self-contained interactive view for a notebook cell (carries the ~1.3 MB bundle itself)."""
-    vid = "hs-cv-" + secrets.token_hex(6)
-    return f'<div class="hs">{attention_view_html(sample, vid, max_tokens=max_tokens)}{scripts_html()}</div>'

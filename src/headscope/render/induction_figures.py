@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
+from ..heads import head_label
 from ..scan.attention import AttentionSample
-from ..scan.result import SCORE_ORDER, InductionResult, head_label
-from ._mpl import attention_heatmap, plt, save, tex_safe
-
-TITLES = {
-    "induction": "Induction score",
-    "prefix_matching": "Prefix-matching score",
-    "previous_token": "Previous-token score",
-    "duplicate_token": "Duplicate-token score",
-    "copying": "Copying score (OV eigenvalue positivity)",
-}
+from ..scan.result import InductionResult
+from ..scores import score as declared
+from ._mpl import attention_heatmap, plt, tex_safe
 
 
 def score_heatmap(res: InductionResult, score: str = "induction", ax=None):
@@ -28,8 +22,9 @@ def score_heatmap(res: InductionResult, score: str = "induction", ax=None):
     L, H = a.shape
     if ax is None:
         _, ax = plt.subplots(figsize=(max(5.0, 0.55 * H + 2.5), max(3.5, 0.32 * L + 1.5)))
-    lo = -1.0 if score == "copying" else 0.0
-    sns.heatmap(a, ax=ax, vmin=lo, vmax=1.0, cmap="RdBu_r" if score == "copying" else "rocket_r",
+    decl = declared(score)
+    lo = decl.vmin
+    sns.heatmap(a, ax=ax, vmin=lo, vmax=decl.vmax, cmap="RdBu_r" if lo < 0 else "rocket_r",
                 annot=H * L <= 400, fmt=".2f", annot_kws={"fontsize": 6}, cbar_kws={"label": score.replace("_", "-")})
     thr = res.thresholds.get(score)
     if thr is not None:
@@ -37,7 +32,7 @@ def score_heatmap(res: InductionResult, score: str = "induction", ax=None):
             ax.add_patch(plt.Rectangle((h, l), 1, 1, fill=False, edgecolor="#00b4d8", lw=1.5))
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
-    ax.set_title(f"{TITLES.get(score, score)} — {tex_safe(res.model['name'])}"
+    ax.set_title(f"{decl.title} — {tex_safe(res.model['name'])}"
                  + (f"\n(outlined: ≥ {thr})" if thr is not None else ""), fontsize=10)
     return ax.figure
 
@@ -110,42 +105,18 @@ def attention_grid(sample: AttentionSample, scores: dict[str, np.ndarray] | None
     return fig
 
 
-def save_figures(res: InductionResult, out: Path, texts: list[AttentionSample]) -> list[Path]:
-    paths = []
-    for score in SCORE_ORDER:
-        p = out / f"heatmap_{score}.png"
-        save(score_heatmap(res, score), p)
-        paths.append(p)
-    p = out / "loss_by_position.png"
-    save(loss_by_position(res), p)
-    paths.append(p)
+def named_figures(res: InductionResult, texts: list[AttentionSample]) -> list[tuple[str, Callable]]:
+    """``[(file name, draw)]`` of every figure of an induction run; ``draw()`` returns the figure.
+
+    Names depend only on what the run holds, so they can be listed before anything is drawn.
+    """
+    jobs: list[tuple[str, Callable]] = [(f"heatmap_{name}.png", lambda name=name: score_heatmap(res, name))
+                                        for name in res.score_order()]
+    jobs.append(("loss_by_position.png", lambda: loss_by_position(res)))
     if res.ablation:
-        p = out / "ablation.png"
-        save(ablation_chart(res), p)
-        paths.append(p)
-    for sample in res.samples:
-        p = out / "attention_repeated.png"
-        save(attention_grid(sample, res.scores), p)
-        paths.append(p)
+        jobs.append(("ablation.png", lambda: ablation_chart(res)))
+    for sample in res.samples[:1]:
+        jobs.append(("attention_repeated.png", lambda sample=sample: attention_grid(sample, res.scores)))
     for i, sample in enumerate(texts, 1):
-        p = out / f"attention_text_{i}.png"
-        save(attention_grid(sample, res.scores), p)
-        paths.append(p)
-    return paths
-
-
-def figure_names(res_has_ablation: bool, n_samples: int, n_texts: int) -> list[str]:
-    """The file names :func:`save_figures` will write (to check for clashes first)."""
-    names = [f"heatmap_{s}.png" for s in SCORE_ORDER] + ["loss_by_position.png"]
-    names += ["ablation.png"] if res_has_ablation else []
-    names += ["attention_repeated.png"] if n_samples else []
-    names += [f"attention_text_{i}.png" for i in range(1, n_texts + 1)]
-    return names
-
-
-def result_html(res: InductionResult) -> str:
-    """The notebook view: model and settings, top heads with roles, causal check, induction heatmap,
-    definitions; built from the same pieces as the report page (:mod:`headscope.render.report`)."""
-    from .report import induction_html
-
-    return induction_html(res)
+        jobs.append((f"attention_text_{i}.png", lambda sample=sample: attention_grid(sample, res.scores)))
+    return jobs

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import textwrap
 
-import matplotlib
 import matplotlib.ticker
+import numpy as np
 
-matplotlib.use("Agg", force=False)
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from ..tokens import visible_whitespace  # noqa: E402
+from ..heads import head_label
+from ..tokens import visible_whitespace
+from ._mpl import plt
 
 KIND_COLOURS = {"embed": "#4c72b0", "head": "#dd8452", "mlp": "#55a868", "bias": "#8172b3", "rounding": "#bbbbbb"}
 
@@ -75,7 +73,7 @@ def plot_live(scores, sequence: int, n: int):
                   "score", cmap="magma")
     token_heatmap(axes[1], _masked_pattern(scores.patterns[sequence][n]), seq.labels, "attention pattern (softmax)",
                   "attention", vmin=0, vmax=1)
-    fig.suptitle(_wrap(f"{scores.model_name}, head {layer}.{head}, sequence {sequence}: {seq.text[:90]!r}"), fontsize=11)
+    fig.suptitle(_wrap(f"{scores.model_name}, head {head_label(layer, head)}, sequence {sequence}: {seq.text[:90]!r}"), fontsize=11)
     for note in seq.notes:
         fig.text(0.01, -0.02, _wrap(note), fontsize=8, color="#a00")
     return fig
@@ -92,7 +90,7 @@ def plot_live_grid(scores, sequence: int):
                              layout="constrained")
     show = len(seq) <= 48
     for n, (layer, head) in enumerate(scores.heads):
-        token_heatmap(axes.flat[n], _masked_pattern(scores.patterns[sequence][n]), seq.labels, f"head {layer}.{head}", "attention", vmin=0, vmax=1, ticks=show)
+        token_heatmap(axes.flat[n], _masked_pattern(scores.patterns[sequence][n]), seq.labels, f"head {head_label(layer, head)}", "attention", vmin=0, vmax=1, ticks=show)
     for ax in list(axes.flat)[k:]:
         ax.axis("off")
     fig.suptitle(_wrap(f"{scores.model_name}: attention of the chosen heads on {seq.text[:80]!r} (grey = masked)"),
@@ -143,7 +141,7 @@ def plot_positional(pos):
                              layout="constrained")
     ax = axes[0, 0]
     for n, (layer, head) in enumerate(pos.heads):
-        ax.plot(pos.offsets, pos.offset_curve[n], marker=".", ms=4, label=f"head {layer}.{head}")
+        ax.plot(pos.offsets, pos.offset_curve[n], marker=".", ms=4, label=f"head {head_label(layer, head)}")
     ax.set_xlabel("offset i - j (query minus key position)")
     ax.set_ylabel("expected score from position alone")
     ax.set_title("positional QK by relative offset", fontsize=10)
@@ -153,7 +151,7 @@ def plot_positional(pos):
         n_pos = pos.matrix.shape[-1]
         for n, (layer, head) in enumerate(pos.heads):
             token_heatmap(axes[0, n + 1], pos.matrix[n], [str(p) for p in range(n_pos)],
-                          f"W_pos W_Q W_Kᵀ W_posᵀ, head {layer}.{head}", "score", cmap="RdBu_r", ticks=False)
+                          f"W_pos W_Q W_Kᵀ W_posᵀ, head {head_label(layer, head)}", "score", cmap="RdBu_r", ticks=False)
             axes[0, n + 1].set_xlabel("key position"), axes[0, n + 1].set_ylabel("query position")
     fig.suptitle(f"{pos.model_name}: positional QK circuit" + (f" (rope_theta {pos.rope_theta:g})" if pos.rope_theta else ""),
                  fontsize=11)
@@ -217,14 +215,14 @@ def plot_k_sources(comp, heads: list[tuple[int, int]], prev_token: np.ndarray | 
         ax.axis("off")
     for ax, (layer, head) in zip(axes.flat, heads):
         src = comp.top_sources(layer, head, "K", k)[::-1]
-        names = [f"{a}.{b}" + (f"  (prev {prev_token[a, b]:.2f})" if prev_token is not None else "") for a, b, _ in src]
+        names = [head_label(a, b) + (f"  (prev {prev_token[a, b]:.2f})" if prev_token is not None else "") for a, b, _ in src]
         colours = [plt.get_cmap("viridis")(float(prev_token[a, b])) if prev_token is not None else "#dd8452"
                    for a, b, _ in src]
         ax.barh(range(len(src)), [v for *_, v in src], color=colours)
         ax.set_yticks(range(len(src)), names, fontsize=8)
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(4))
         ax.set_xlabel("K-composition minus baseline")
-        ax.set_title(f"sources of head {layer}.{head}'s keys", fontsize=10)
+        ax.set_title(f"sources of head {head_label(layer, head)}'s keys", fontsize=10)
     fig.suptitle(f"{comp.model_name}: strongest K-composition sources" +
                  (" (colour and label: the source's previous-token score)" if prev_token is not None else ""), fontsize=10)
     fig.tight_layout()

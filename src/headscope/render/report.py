@@ -30,37 +30,24 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .._version import __version__
+from ..heads import as_head, head_label
+from ..qk.results import QK_DEFINITIONS
 from ..scan.attention import AttentionSample
-from ..scan.result import ABLATION_DEFINITION, LOSS_DEFINITION, SCORE_ORDER, InductionResult, head_label
-from ..scan.scores import DEFINITIONS
+from ..scan.result import InductionResult
+from ..scores import ABLATION_DEFINITION, LOSS_DEFINITION, MIN_RISE, SCORES, roles_legend
+from ..scores import score as declared
 from .html import (DECIMALS, MAX_VIEW_TOKENS, attention_view_html, esc, figure_html, fmt, heads_view_html, kv_html,
                    legend_html, page_asset, scripts_html, table_html, tabs_html, tokens_html, visible_token)
 
-SCORE_NAMES = {"induction": "induction", "prefix_matching": "prefix-matching", "previous_token": "previous-token",
-               "duplicate_token": "duplicate-token", "copying": "copying"}
 
-#: Definitions and sources of the QK quantities, for the legend.
-QK_DEFINITIONS = {
-    "QK score": "Pre-softmax score of query i against key j, q_i . k_j / sqrt(d_head), rotary applied where the model "
-                "has it (what hook_attn_scores holds); the causal mask hides keys after the query. "
-                "Source: Elhage et al. 2021 (the QK circuit).",
-    "QK decomposition": "The score split over the residual stream's components (token and position embeddings, each "
-                        "earlier head, each MLP), key side and query side, with the normalisation scale frozen at "
-                        "each token's actual value so the score is linear in them; each side sums to the score. "
-                        "'vs mean key' subtracts the component's mean over every key the query sees (what the "
-                        "softmax responds to). Source: Elhage et al. 2021 (path expansion of the QK circuit).",
-    "positional QK": "How a head's score depends on position alone: W_pos W_Q W_K^T W_pos^T / sqrt(d_head) for learned "
-                     "positions (GPT-2); for rotary models the expected score between a query at i and a key at "
-                     "i - offset, inputs drawn from the texts' residual vectors. Source: Elhage et al. 2021.",
-    "token QK": "x_t W_Q W_K^T x_s^T / sqrt(d_head) on normalised token embeddings x, and the top singular directions "
-                "of the full vocab x vocab circuit, taken from its rank-d_head factors (never formed). "
-                "Source: Elhage et al. 2021.",
-    "composition": "||W_A W_B||_F / (||W_A||_F ||W_B||_F), W_A an earlier head's OV circuit W_V W_O, W_B a later "
-                   "head's W_Q W_K^T (Q-), W_K W_Q^T (K-) or W_V W_O (V-composition); 'excess' subtracts the mean "
-                   "score of random Gaussian matrices of the same shapes. Induction heads K-compose with "
-                   "previous-token heads. Source: Elhage et al. 2021; baseline subtraction as in ARENA 1.2.",
-    "head names": "L18H6 is layer 18, head 6 (both from 0); the QK figures and --head write it 18.6.",
-}
+
+def _label(name: str) -> str:
+    """A score's name in prose (the registry's label); other names as they are."""
+    try:
+        return declared(name).label
+    except KeyError:
+        return name
 
 
 # --- induction pieces (from an InductionResult) ---------------------------------------------
@@ -74,48 +61,51 @@ def settings_html(res: InductionResult) -> str:
            f"{s['batch']} × (r × {s['repeats']}), no BOS token",
            "r": f"{s['seq_len']} random ordinary tokens, seed {s['seed']}",
            "causal check": f"{s['ablation']} ablation of hook_z" if res.ablation else "skipped",
-           "role thresholds": ", ".join(f"{SCORE_NAMES.get(k, k)} ≥ {v}" for k, v in res.thresholds.items()),
+           "role thresholds": ", ".join(f"{_label(k)} ≥ {v}" for k, v in res.thresholds.items()),
            "device": s.get("device", "")}
     return f'<div class="cards"><div class="card"><h3>Model</h3>{kv_html(model)}</div>' \
            f'<div class="card"><h3>Scan</h3>{kv_html(run)}</div></div>'
 
 
 def roles_html(roles: list[str]) -> str:
-    return "".join(f'<span class="role {esc(r)}">{esc(SCORE_NAMES.get(r, r))}</span>' for r in roles) or "–"
+    return "".join(f'<span class="role {esc(r)}">{esc(_label(r))}</span>' for r in roles) or "–"
 
 
 def top_heads_html(res: InductionResult, k: int | None = None) -> str:
     """The top induction heads with every score, their roles and the causal check."""
     k = k or res.settings.get("top_k", 5)
-    roles, sc = res.roles(), res.scores
-    rises = {(e["layer"], e["head"]): e["loss_increase"] for e in res.ablation if e["kind"] == "head"}
+    roles, sc, order = res.roles(), res.scores, res.score_order()
+    rises = res.ablation_rises()
     rows = []
     for l, h, _ in res.top_heads("induction", k):
         rise = rises.get((l, h))
         rise_cell = ("–", -1e9) if rise is None else \
-            (f'<span class="{"pos" if rise >= 0.01 else "neg"}">{fmt(rise, signed=True)}</span>', round(rise, DECIMALS))
-        rows.append([head_label(l, h), *(round(float(sc[n][l, h]), DECIMALS) for n in SCORE_ORDER),
+            (f'<span class="{"pos" if rise >= MIN_RISE else "neg"}">{fmt(rise, signed=True)}</span>', round(rise, DECIMALS))
+        rows.append([head_label(l, h), *(round(float(sc[n][l, h]), DECIMALS) for n in order),
                      (roles_html(roles.get((l, h), [])), "+".join(roles.get((l, h), []))), rise_cell])
-    cols = ["head", *(SCORE_NAMES[n] for n in SCORE_ORDER), "roles", "ablation Δloss"]
+    cols = ["head", *(_label(n) for n in order), "roles", "ablation Δloss"]
     return table_html(cols, rows, sortable=True)
 
 
 def other_roles_html(res: InductionResult, k: int = 3) -> str:
     parts = []
-    for score in ("previous_token", "duplicate_token", "copying"):
-        best = ", ".join(f"{head_label(l, h)} {v:.2f}" for l, h, v in res.top_heads(score, k))
-        parts.append(f"<li><b>{esc(SCORE_NAMES[score])}</b>: {esc(best)}</li>")
+    for s in SCORES:
+        if s.threshold is None or s.name == "induction" or s.name not in res.scores:
+            continue
+        best = ", ".join(f"{head_label(l, h)} {v:.2f}" for l, h, v in res.top_heads(s.name, k))
+        parts.append(f"<li><b>{esc(s.label)}</b>: {esc(best)}</li>")
     return f'<ul class="verdicts">{"".join(parts)}</ul>'
 
 
 def all_heads_html(res: InductionResult, table_id: str = "all-heads") -> str:
     roles = res.roles()
     L, H = res.scores["induction"].shape
-    rows = [[head_label(l, h), *(round(float(res.scores[n][l, h]), DECIMALS) for n in SCORE_ORDER),
-             "+".join(SCORE_NAMES[r] for r in roles.get((l, h), []))] for l in range(L) for h in range(H)]
+    order = res.score_order()
+    rows = [[head_label(l, h), *(round(float(res.scores[n][l, h]), DECIMALS) for n in order),
+             "+".join(_label(r) for r in roles.get((l, h), []))] for l in range(L) for h in range(H)]
     return (f'<details><summary>All {L * H} heads (sortable, filterable)</summary>'
             f'<input class="filter" data-filter="{table_id}" placeholder="filter, e.g. L17 or induction">'
-            + table_html(["head", *(SCORE_NAMES[n] for n in SCORE_ORDER), "roles"], rows, table_id, sortable=True)
+            + table_html(["head", *(_label(n) for n in order), "roles"], rows, table_id, sortable=True)
             + "</details>")
 
 
@@ -124,13 +114,12 @@ def verdicts_html(res: InductionResult) -> str:
 
 
 def induction_definitions(res: InductionResult | None = None) -> dict[str, str]:
-    defs = {SCORE_NAMES[k]: v for k, v in DEFINITIONS.items()}
+    names = res.score_order() if res is not None else [s.name for s in SCORES]
+    defs = {declared(n).label: declared(n).definition for n in names}
     defs["loss by position"] = LOSS_DEFINITION
     defs["ablation Δloss"] = ABLATION_DEFINITION
     if res is not None:
-        defs["roles"] = ("A head takes a role when its score reaches the threshold: "
-                         + ", ".join(f"{SCORE_NAMES.get(k, k)} ≥ {v}" for k, v in res.thresholds.items())
-                         + " (change with --threshold NAME=VALUE).")
+        defs["roles"] = roles_legend(res.thresholds)
     return defs
 
 
@@ -151,13 +140,13 @@ def induction_html(res: InductionResult) -> str:
 
 def induction_sections(res: InductionResult) -> list[tuple[str, str, str]]:
     """The induction part of the page: heads and roles, heatmaps, loss, the causal check."""
-    from .induction_figures import TITLES, ablation_chart, loss_by_position, score_heatmap
+    from .induction_figures import ablation_chart, loss_by_position, score_heatmap
 
     out = [("top", "Top heads and their roles",
             settings_html(res) + "<h3>Top induction heads</h3>" + top_heads_html(res)
             + "<h3>Best heads for the other roles</h3>" + other_roles_html(res) + all_heads_html(res)),
            ("heatmaps", "Score heatmaps",
-            tabs_html("heatmap", [(TITLES.get(s, s), figure_html(score_heatmap(res, s))) for s in SCORE_ORDER])),
+            tabs_html("heatmap", [(declared(s).title, figure_html(score_heatmap(res, s))) for s in res.score_order()])),
            ("loss", "Loss by position",
             f"<p>First repeat {res.loss_first_repeat:.2f} nats, later repeats {res.loss_later_repeats:.2f} nats: "
             "a drop means the model predicts repeated tokens from context, the behaviour induction heads "
@@ -177,9 +166,8 @@ def _plot(fn: Callable, *args) -> str:
 
 
 def _lh(label: str) -> str:
-    """``"18.6"`` -> ``"L18H6"``."""
-    layer, _, head = label.partition(".")
-    return head_label(int(layer), int(head))
+    """Any head spelling (``"18.6"``, ``"L18H6"``) as the display label ``"L18H6"``."""
+    return head_label(*as_head(label))
 
 
 def qk_heads_html(a) -> str:
@@ -188,8 +176,8 @@ def qk_heads_html(a) -> str:
     rows = []
     for l, h in a.heads:
         ind, prev = a.head_score("induction", l, h), a.head_score("previous_token", l, h)
-        src = ", ".join(f"{_lh(s['head'])} ({s['excess']:+.3f})" for s in sources[f"{l}.{h}"]) or "– (layer 0)"
-        rows.append([head_label(l, h), a.reasons.get(f"{l}.{h}", "chosen with --head"),
+        src = ", ".join(f"{_lh(s['head'])} ({s['excess']:+.3f})" for s in sources[head_label(l, h)]) or "– (layer 0)"
+        rows.append([head_label(l, h), a.reasons.get(head_label(l, h), "chosen with --head"),
                      float("nan") if ind is None else round(ind, DECIMALS),
                      float("nan") if prev is None else round(prev, DECIMALS), src])
     findings = "".join(f"<li>{esc(f)}</li>" for f in a.findings())
@@ -349,8 +337,6 @@ class Report:
 
     def to_html(self) -> str:
         """The whole page: one self-contained HTML document."""
-        from .. import __version__
-
         nonce = secrets.token_urlsafe(16)
         sections = self.sections()
         csp = (f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'unsafe-inline'; img-src data:; "
@@ -406,51 +392,3 @@ class Report:
 
 VIEW_HELP = ("<p class='muted'>Hover over a head to see its pattern, click to lock it; hover over a cell to read its "
              "value. Queries down, keys across; one tab per sequence.</p>")
-
-
-# --- gathering the results (runs the analyses; the page itself never touches a model) ----------
-def default_texts() -> list[tuple[str, str]]:
-    from ..qk.inputs import SAMPLE_TEXTS
-
-    return [(f"sample text {i}", t) for i, t in enumerate(SAMPLE_TEXTS, 1)]
-
-
-def build_report(model, texts: list[str] | list[tuple[str, str]] | None = None, *, seq_len: int = 50,
-                 batch: int = 10, repeats: int = 2, seed: int = 0, top_k: int = 5, ablate: bool = True,
-                 ablation: str = "mean", thresholds: dict[str, float] | None = None, qk: bool = True,
-                 qk_top: int = 3, max_memory_gb: float = 2.0, progress: bool | None = None,
-                 log: Callable[[str], None] = lambda s: None) -> Report:
-    """Run the induction scan and the QK analysis on ``model`` and gather them into a :class:`Report`.
-
-    ``texts``: strings or ``(title, text)`` pairs for the attention views and the QK analysis
-    (None: the built-in samples). The QK analysis takes the scan's top ``qk_top`` induction
-    and previous-token heads.
-
-    >>> report = build_report(headscope.load_model(), seq_len=20, batch=4)   # doctest: +SKIP
-    >>> report.save("report.html")                                            # doctest: +SKIP
-    """
-    from ..scan import attention_sample, encode_text, scan_induction
-
-    pairs = default_texts() if not texts else [t if isinstance(t, tuple) else (f"text {i}", t)
-                                               for i, t in enumerate(texts, 1)]
-    res = scan_induction(model, seq_len=seq_len, batch=batch, repeats=repeats, seed=seed, top_k=top_k,
-                         ablate=ablate, ablation=ablation, thresholds=thresholds, max_memory_gb=max_memory_gb,
-                         progress=progress)
-    heads = [(l, h) for l, h, _ in res.top_heads("induction", min(top_k, 6))]
-    log("attention of the top heads on the texts")
-    samples = [attention_sample(model, encode_text(model, t), heads, f"Top induction heads on {title}",
-                                max_tokens=MAX_VIEW_TOKENS) for title, t in pairs]
-    rep = Report(model=dict(res.model), induction=res, texts=samples, sources=[t for _, t in pairs])
-    if qk:
-        from ..qk import analyze_qk
-
-        said = {"quick induction scan"}  # not run: the QK analysis picks its heads from our scan
-
-        def step(stage, done, total):
-            if stage not in said:
-                said.add(stage)
-                log(f"QK: {stage}")
-
-        rep.qk = analyze_qk(model, [t for _, t in pairs], top=qk_top, scan=res, max_tokens=MAX_VIEW_TOKENS,
-                            progress=step)
-    return rep

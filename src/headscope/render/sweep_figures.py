@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from ._mpl import plt, save, tex_safe
+from ._mpl import plt, tex_safe
 
 PANELS = (
     ("induction_top", "induction score\n(top head)"),
@@ -68,11 +66,3 @@ def sweep_figure(frame, axes=None):
                  fontsize=11)
     fig.tight_layout()
     return fig
-
-
-def save_sweep_figure(result, path: str | Path) -> Path:
-    """Draw :func:`sweep_figure` for a :class:`~headscope.sweep.SweepResult` and save it as a PNG."""
-    path = Path(path)
-    save(sweep_figure(result.to_frame()), path)
-    return path
-

@@ -1,7 +1,9 @@
 """The scan: repeated-token sequences in, per-head scores out (pure functions over hooks)."""
 
-from .attention import AttentionSample, attention_sample, encode_text
+from .attention import AttentionSample, attention_sample
 from .induction import scan_induction
 from .result import InductionResult
+from .sequences import RepeatedTokens, check_settings, repeated_tokens
 
-__all__ = ["AttentionSample", "InductionResult", "attention_sample", "encode_text", "scan_induction"]
+__all__ = ["AttentionSample", "InductionResult", "RepeatedTokens", "attention_sample", "check_settings",
+           "repeated_tokens", "scan_induction"]

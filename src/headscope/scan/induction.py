@@ -1,11 +1,11 @@
 """The induction scan: every head scored in one forward pass per batch chunk, then checked causally.
 
 Hooks on ``blocks.{l}.attn.hook_pattern`` reduce each layer's pattern to per-head sums the
-moment it is computed (induction, prefix-matching, previous-token, duplicate-token), so no
-activation cache is kept and only one layer's pattern is alive at a time. The per-position
-loss comes from the same pass's logits. Copying scores come from the weights.
-The causal check mean- (or zero-) ablates the top induction heads' ``hook_z`` and measures
-the rise in the later-repeat loss.
+moment it is computed, one reduction per attention score of the registry
+(:mod:`headscope.scores`), so no activation cache is kept and only one layer's pattern is
+alive at a time. The per-position loss comes from the same pass's logits. Weight scores
+(copying) come from the weights, once per model. The causal check mean- (or zero-) ablates
+the top induction heads' ``hook_z`` and measures the rise in the later-repeat loss.
 """
 
 from __future__ import annotations
@@ -17,13 +17,19 @@ import numpy as np
 import torch
 
 from ..errors import BadInput
+from ..heads import Head
+from ..heads import top_k as top_k_heads
+from ..hooks import act_name
+from ..models.inputs import TokenSequence
+from ..models.model import HeadscopeModel, as_model
+from ..scores import attention_scores, default_thresholds, prepare, reduce_pattern, weight_scores
+from ..scores.layout import RepeatLayout
+from ..tokens import token_text
 from ..weights import head_weights
-from . import scores as S
 from ._progress import Progress
 from .attention import attention_sample
-from .copying import copying_scores
-from .result import DEFAULT_THRESHOLDS, InductionResult
-from .sequences import RepeatedTokens, RepeatLayout, repeated_tokens
+from .result import InductionResult
+from .sequences import RepeatedTokens, repeated_tokens
 
 DEFAULT_MEMORY_GB = 2.0
 
@@ -38,7 +44,7 @@ def chunk_size_for(n_tokens: int, n_heads: int, d_vocab: int, batch: int, max_me
     return max(1, min(batch, int(max_memory_gb * 2**30 // per_seq)))
 
 
-def _token_losses(logits: torch.Tensor, tokens: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+def token_losses(logits: torch.Tensor, tokens: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
     """``[batch, n-1]`` cross-entropy of predicting token p+1 at position p, in position chunks."""
     # logsumexp - gather over the contiguous vocab axis: 3x faster on CPU than cross_entropy,
     # which wants the classes on axis 1 and so walks a transposed [batch, vocab, pos] view.
@@ -60,79 +66,97 @@ def first_repeat_mean(per_position: torch.Tensor, layout: RepeatLayout) -> torch
     return per_position[..., start - 1: layout.later_start - 1].mean(-1)
 
 
+def weight_score_arrays(model: HeadscopeModel) -> dict[str, np.ndarray]:
+    """Every weight-based score of the registry, ``[n_layers, n_heads]`` each; computed once per model."""
+    cached = model.cache.get("weight_scores")
+    if cached is None:
+        w = head_weights(model)
+        cached = {s.name: s.from_weights(w).numpy().astype(np.float64) for s in weight_scores() if s.from_weights}
+        model.cache["weight_scores"] = cached
+    return {k: v.copy() for k, v in cached.items()}
+
+
 @torch.no_grad()
 def score_pass(model, rt: RepeatedTokens, chunk: int, progress: Progress | None = None, keep_z_mean: bool = False):
-    """One forward pass per chunk; returns (score means [L,H] dict, per-position loss [n-1], z mean)."""
-    cfg = model.cfg
-    L, H = cfg.n_layers, cfg.n_heads
+    """One forward pass per chunk; returns (attention score means ``{name: [L, H]}``, per-position loss [n-1], z mean)."""
+    m = as_model(model)
+    L, H = m.n_layers, m.n_heads
     layout = rt.layout
-    sums = {name: torch.zeros(L, H) for name in S.ATTENTION_SCORES}
-    counts = dict.fromkeys(S.ATTENTION_SCORES, 0)
+    scores = attention_scores()
+    sums = {s.name: torch.zeros(L, H) for s in scores}
+    counts = dict.fromkeys(sums, 0)
     loss_sum = torch.zeros(layout.n_tokens - 1)
     z_sum: torch.Tensor | None = None
     z_count = 0
-    state: dict = {}
+    prepared: dict[str, torch.Tensor | None] = {}
 
-    def on_pattern(pattern, hook):
-        layer = int(hook.name.split(".")[1])
-        for name, (s, c) in (
-            ("induction", S.induction_sum(pattern, layout)),
-            ("previous_token", S.previous_token_sum(pattern, layout)),
-            ("duplicate_token", S.duplicate_token_sum(pattern, layout)),
-            ("prefix_matching", S.prefix_matching_sum(pattern, state["mask"], layout)),
-        ):
-            sums[name][layer] += s.cpu()
-            if layer == 0:
-                counts[name] += c
+    def on_pattern(layer: int) -> Callable:
+        def hook(pattern, hook):
+            for s in scores:
+                total, count = reduce_pattern(s.reads, pattern, layout, prepared[s.name])
+                sums[s.name][layer] += total.cpu()
+                if layer == 0:
+                    counts[s.name] += count
+        return hook
 
-    def on_z(z, hook):
-        nonlocal z_sum
-        layer = int(hook.name.split(".")[1])
-        if z_sum is None:
-            z_sum = torch.zeros(L, H, z.shape[-1])
-        z_sum[layer] += z.float().sum(dim=(0, 1)).cpu()
+    def on_z(layer: int) -> Callable:
+        def hook(z, hook):
+            nonlocal z_sum
+            if z_sum is None:
+                z_sum = torch.zeros(L, H, z.shape[-1])
+            z_sum[layer] += z.float().sum(dim=(0, 1)).cpu()
+        return hook
 
-    hooks: list[tuple[str | Callable, Callable]] = [(f"blocks.{l}.attn.hook_pattern", on_pattern) for l in range(L)]
+    hooks = [(act_name("pattern", layer), on_pattern(layer)) for layer in range(L)]
     if keep_z_mean:
-        hooks += [(f"blocks.{l}.attn.hook_z", on_z) for l in range(L)]
-    device = cfg.device
+        hooks += [(act_name("z", layer), on_z(layer)) for layer in range(L)]
     for start in range(0, rt.tokens.shape[0], chunk):
-        tokens = rt.tokens[start: start + chunk].to(device)
-        state["mask"] = S.prefix_mask(tokens, layout).float()  # cast once per chunk, not per layer
-        logits = model.run_with_hooks(tokens, fwd_hooks=hooks)
-        loss_sum += _token_losses(logits, tokens).sum(0).cpu()
+        tokens = rt.tokens[start: start + chunk].to(m.device)
+        for s in scores:
+            prepared[s.name] = prepare(s.reads, tokens, layout)
+        logits = m.run_with_hooks(tokens, fwd_hooks=hooks)
+        loss_sum += token_losses(logits, tokens).sum(0).cpu()
         z_count += tokens.shape[0] * tokens.shape[1]
         del logits
         if progress:
             progress.advance("scoring", tokens.shape[0])
-    means = {name: (sums[name] / counts[name]).numpy() for name in S.ATTENTION_SCORES}
+    means = {name: (sums[name] / counts[name]).numpy() for name in sums}
     z_mean = None if z_sum is None else z_sum / z_count
     return means, loss_sum / rt.tokens.shape[0], z_mean
 
 
 @torch.no_grad()
-def ablated_later_loss(model, rt: RepeatedTokens, heads: list[tuple[int, int]], chunk: int,
+def ablated_later_loss(model, rt: RepeatedTokens, heads: list[Head], chunk: int,
                        z_mean: torch.Tensor | None) -> float:
     """Later-repeat loss with ``heads``' outputs replaced by their mean (or zero if ``z_mean`` is None)."""
+    m = as_model(model)
     by_layer: dict[int, list[int]] = {}
     for layer, head in heads:
         by_layer.setdefault(layer, []).append(head)
 
-    def ablate(z, hook):
-        layer = int(hook.name.split(".")[1])
-        z = z.clone()
-        for head in by_layer[layer]:
-            z[:, :, head, :] = 0.0 if z_mean is None else z_mean[layer, head].to(z.device, z.dtype)
-        return z
+    def ablate(layer: int) -> Callable:
+        def hook(z, hook):
+            z = z.clone()
+            for head in by_layer[layer]:
+                z[:, :, head, :] = 0.0 if z_mean is None else z_mean[layer, head].to(z.device, z.dtype)
+            return z
+        return hook
 
-    hooks = [(f"blocks.{layer}.attn.hook_z", ablate) for layer in by_layer]
+    hooks = [(act_name("z", layer), ablate(layer)) for layer in by_layer]
     total = 0.0
     for start in range(0, rt.tokens.shape[0], chunk):
-        tokens = rt.tokens[start: start + chunk].to(model.cfg.device)
-        logits = model.run_with_hooks(tokens, fwd_hooks=hooks)
-        total += later_repeat_mean(_token_losses(logits, tokens), rt.layout).sum().item()
+        tokens = rt.tokens[start: start + chunk].to(m.device)
+        logits = m.run_with_hooks(tokens, fwd_hooks=hooks)
+        total += later_repeat_mean(token_losses(logits, tokens), rt.layout).sum().item()
         del logits
     return total / rt.tokens.shape[0]
+
+
+def control_heads(n_layers: int, n_heads: int, top: list[Head], seed: int) -> list[Head]:
+    """As many heads as ``top``, drawn at random (seeded) from the others: the ablation's control."""
+    others = [(l, h) for l in range(n_layers) for h in range(n_heads) if (l, h) not in top]
+    gen = np.random.default_rng(seed)
+    return [others[i] for i in sorted(gen.choice(len(others), size=min(len(top), len(others)), replace=False))]
 
 
 def scan_induction(
@@ -155,57 +179,50 @@ def scan_induction(
 
     Runs ``batch`` sequences ``[BOS] + r * repeats`` (``r``: ``seq_len`` random ordinary
     tokens, seeded) through the model in chunks, one forward pass each, reducing every
-    layer's attention pattern in a hook. Returns an :class:`InductionResult` with the
-    scores (``[n_layers, n_heads]`` each; definitions in ``headscope.scan.scores.DEFINITIONS``),
+    layer's attention pattern in a hook. Returns an :class:`InductionResult` with every score
+    of the registry (``[n_layers, n_heads]`` each; definitions in ``headscope.scores.SCORES``),
     the per-position loss, and, if ``ablate``, the causal check: the rise in later-repeat
     loss when each of the ``top_k`` induction heads, then all of them, then ``top_k`` other
     heads at random (a control) are ``ablation``-ablated ("mean": the head's ``hook_z``
     replaced by its mean over all sequences and positions of the clean run; "zero").
 
-    >>> import headscope
-    >>> model = headscope.load_model("smollm2-135m")        # doctest: +SKIP
-    >>> res = headscope.scan_induction(model)               # doctest: +SKIP
-    >>> res.top_heads("induction", 3)                       # doctest: +SKIP
-    [(L, H, score), ...]
-    >>> res.to_frame().sort_values("induction").tail()      # doctest: +SKIP
+    >>> res = scan_induction(model, seq_len=8, batch=2, top_k=2, sample=False, progress=False)
+    >>> len(res.top_heads("induction", 2)), sorted(res.scores)[:2], len(res.ablation)
+    (2, ['copying', 'duplicate_token'], 4)
     """
+    m = as_model(model)
     if ablation not in ("mean", "zero"):
         raise BadInput(f"unknown ablation {ablation!r}", hint="use 'mean' or 'zero'")
     if top_k < 1:
         raise BadInput(f"--top must be at least 1 (got {top_k})")
-    cfg = model.cfg
-    rt = repeated_tokens(model, seq_len=seq_len, batch=batch, repeats=repeats, seed=seed)
+    cfg = m.cfg
+    rt = repeated_tokens(m, seq_len=seq_len, batch=batch, repeats=repeats, seed=seed)
     layout = rt.layout
     budget = DEFAULT_MEMORY_GB if max_memory_gb is None else max_memory_gb
     chunk = chunk_size or chunk_size_for(layout.n_tokens, cfg.n_heads, cfg.d_vocab, batch, budget)
-    top_k = min(top_k, cfg.n_layers * cfg.n_heads)
-    n_ablations = (top_k + 2) if ablate else 0
+    top_k = min(top_k, m.n_layers * m.n_heads)
     timings: dict[str, float] = {}
     prog = Progress(progress)
     with prog.running():
         prog.task("scoring", batch)
         t0 = time.perf_counter()
-        means, per_pos, z_mean = score_pass(model, rt, chunk, prog, keep_z_mean=ablate and ablation == "mean")
+        means, per_pos, z_mean = score_pass(m, rt, chunk, prog, keep_z_mean=ablate and ablation == "mean")
         timings["scan_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        means["copying"] = copying_scores(head_weights(model)).numpy()
+        means.update(weight_score_arrays(m))
         timings["copying_s"] = time.perf_counter() - t0
         result_scores = {k: np.asarray(v, dtype=np.float64) for k, v in means.items()}
-        induction = result_scores["induction"]
-        order = np.argsort(-induction, axis=None)[:top_k]
-        top = [(int(i // cfg.n_heads), int(i % cfg.n_heads)) for i in order]
+        top = [(l, h) for l, h, _ in top_k_heads(result_scores["induction"], top_k)]
         clean_later = float(later_repeat_mean(per_pos, layout))
         ablations: list[dict] = []
         if ablate:
-            prog.task("ablating", n_ablations)
+            plan = [("head", [h]) for h in top] + [("all_top", top),
+                                                   ("control", control_heads(m.n_layers, m.n_heads, top, seed))]
+            prog.task("ablating", len(plan))
             t0 = time.perf_counter()
             zm = z_mean if ablation == "mean" else None
-            others = [h for h in ((l, hh) for l in range(cfg.n_layers) for hh in range(cfg.n_heads)) if h not in top]
-            gen = np.random.default_rng(seed)
-            control = [others[i] for i in sorted(gen.choice(len(others), size=min(top_k, len(others)), replace=False))]
-            plan = [("head", [h]) for h in top] + [("all_top", top), ("control", control)]
             for kind, heads in plan:
-                loss = ablated_later_loss(model, rt, heads, chunk, zm)
+                loss = ablated_later_loss(m, rt, heads, chunk, zm)
                 entry = {"kind": kind, "heads": [list(h) for h in heads], "loss": loss, "loss_increase": loss - clean_later}
                 if kind == "head":
                     entry.update(layer=heads[0][0], head=heads[0][1])
@@ -216,19 +233,10 @@ def scan_induction(
             timings["ablation_s"] = time.perf_counter() - t0
         samples = []
         if sample:
-            m = min(seq_len, 20)
-            r = rt.tokens[0, layout.offset: layout.offset + m]
-            parts = ([rt.tokens[0, :1]] if layout.bos else []) + [r, r]
-            show = top[: min(top_k, 6)]
-            samples.append(attention_sample(
-                model, torch.cat(parts)[None], show, "Top induction heads on a repeated random sequence",
-                note=f"first {m} tokens of sequence 0, repeated twice"))
+            samples.append(repeated_sample(m, rt, top[: min(top_k, 6)]))
 
-    src = getattr(model, "headscope_source", None)
     return InductionResult(
-        model={"name": getattr(src, "name", getattr(cfg, "model_name", "model")), "n_layers": cfg.n_layers,
-               "n_heads": cfg.n_heads, "n_kv_heads": int(getattr(cfg, "n_key_value_heads", None) or cfg.n_heads),
-               "d_vocab": cfg.d_vocab},
+        model=m.info(),
         settings={"seq_len": seq_len, "batch": batch, "repeats": repeats, "seed": seed, "top_k": top_k,
                   "bos": layout.bos, "bos_token_id": rt.bos_token_id, "bos_source": rt.bos_source, "n_tokens": layout.n_tokens,
                   "ablation": ablation if ablate else None, "chunk_size": chunk, "max_memory_gb": budget,
@@ -238,7 +246,18 @@ def scan_induction(
         loss_first_repeat=float(first_repeat_mean(per_pos, layout)),
         loss_later_repeats=clean_later,
         ablation=ablations,
-        thresholds={**DEFAULT_THRESHOLDS, **(thresholds or {})},
+        thresholds={**default_thresholds(), **(thresholds or {})},
         samples=samples,
         timings=timings,
     )
+
+
+def repeated_sample(model: HeadscopeModel, rt: RepeatedTokens, heads: list[Head]):
+    """The heads' attention on the first 20 tokens of sequence 0, repeated twice (a picture of the stripe)."""
+    layout = rt.layout
+    m_tokens = min(layout.seq_len, 20)
+    r = rt.tokens[0, layout.offset: layout.offset + m_tokens]
+    ids = torch.cat(([rt.tokens[0, :1]] if layout.bos else []) + [r, r]).tolist()
+    seq = TokenSequence(text="", ids=ids, labels=[token_text(model.tokenizer, i) for i in ids])
+    return attention_sample(model, seq, heads, "Top induction heads on a repeated random sequence",
+                            note=f"first {m_tokens} tokens of sequence 0, repeated twice")

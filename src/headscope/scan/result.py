@@ -1,46 +1,29 @@
-"""The result of an induction scan: a value with tables, JSON, files and pictures."""
+"""The result of an induction scan: numbers and metadata, with tables and JSON.
+
+Pictures and the notebook view are drawn by :mod:`headscope.render` (imported lazily, inside
+the methods that draw); files are written by :mod:`headscope.pipeline.outputs`.
+"""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from ..heads import head_label, top_k
+from ..scores import MIN_RISE, definitions, role_scores, score_names
 from .attention import AttentionSample
-from .scores import DEFINITIONS
-
-#: A head takes a role when its score reaches the threshold (adjustable per call / --threshold).
-DEFAULT_THRESHOLDS = {"induction": 0.4, "previous_token": 0.4, "duplicate_token": 0.4, "copying": 0.7}
-#: Roles come from these scores, in this order.
-ROLE_SCORES = ("induction", "previous_token", "duplicate_token", "copying")
-#: An ablation "raises" the loss when it adds at least this many nats.
-MIN_RISE = 0.01
-SCORE_ORDER = ("induction", "prefix_matching", "previous_token", "duplicate_token", "copying")
-
-LOSS_DEFINITION = (
-    "Cross-entropy (nats) of predicting each token from the ones before it, averaged over the batch. "
-    "first_repeat: targets in repeat 1 (unpredictable, about ln(vocab)); later_repeats: targets in repeats "
-    "2..R, where induction can predict them."
-)
-ABLATION_DEFINITION = (
-    "Rise in later-repeat loss when a head's output (hook_z) is replaced by its mean over all sequences "
-    "and positions of the clean run (mean ablation) or by zero (zero ablation); each top induction head "
-    "alone, all of them together, and a control of as many other heads drawn at random."
-)
-
-
-def head_label(layer: int, head: int) -> str:
-    return f"L{layer}H{head}"
 
 
 @dataclass
 class InductionResult:
     """Scores for every head, loss by position and the causal check.
 
-    ``scores[name]`` is ``[n_layers, n_heads]`` for name in ``SCORE_ORDER``;
-    ``per_position_loss[p]`` is the loss of predicting token ``p + 1``.
+    ``scores[name]`` is ``[n_layers, n_heads]`` for every score of the registry
+    (:data:`headscope.scores.SCORES`); ``per_position_loss[p]`` is the loss of predicting
+    token ``p + 1``.
     """
 
     model: dict
@@ -56,30 +39,34 @@ class InductionResult:
 
     # --- views -----------------------------------------------------------------------------
     def top_heads(self, score: str = "induction", k: int = 5) -> list[tuple[int, int, float]]:
-        """The ``k`` heads with the highest ``score``: ``[(layer, head, value), ...]``."""
-        a = self.scores[score]
-        order = np.argsort(-a, axis=None, kind="stable")[:k]
-        n_heads = a.shape[1]
-        return [(int(i // n_heads), int(i % n_heads), float(a.flat[i])) for i in order]
+        """The ``k`` heads with the highest ``score``: ``[(layer, head, value), ...]`` (ties: layer, then head)."""
+        return top_k(self.scores[score], k)
 
     def roles(self) -> dict[tuple[int, int], list[str]]:
         """Roles of every head that has at least one, from :attr:`thresholds`."""
         out: dict[tuple[int, int], list[str]] = {}
-        for role in ROLE_SCORES:
-            layers, heads = np.nonzero(self.scores[role] >= self.thresholds[role])
+        for s in role_scores():
+            if s.name not in self.scores or s.name not in self.thresholds:
+                continue
+            layers, heads = np.nonzero(self.scores[s.name] >= self.thresholds[s.name])
             for l, h in zip(layers.tolist(), heads.tolist()):
-                out.setdefault((l, h), []).append(role)
+                out.setdefault((l, h), []).append(s.name)
         return out
 
     def heads(self) -> list[dict]:
         """One entry per (head, role), best first within each role."""
         entries = []
-        for role in ROLE_SCORES:
-            a = self.scores[role]
-            layers, heads = np.nonzero(a >= self.thresholds[role])
-            found = sorted(zip(layers.tolist(), heads.tolist()), key=lambda lh: -a[lh])
-            entries += [{"layer": l, "head": h, "role": role, "score": round(float(a[l, h]), 6)} for l, h in found]
+        for s in role_scores():
+            if s.name not in self.scores or s.name not in self.thresholds:
+                continue
+            a = self.scores[s.name]
+            found = [(l, h, v) for l, h, v in top_k(a, a.size) if v >= self.thresholds[s.name]]
+            entries += [{"layer": l, "head": h, "role": s.name, "score": round(float(v), 6)} for l, h, v in found]
         return entries
+
+    def ablation_rises(self) -> dict[tuple[int, int], float]:
+        """Each singly ablated head's rise in later-repeat loss."""
+        return {(e["layer"], e["head"]): e["loss_increase"] for e in self.ablation if e["kind"] == "head"}
 
     def verdicts(self) -> list[str]:
         """Plain statements about the causal check, one per ablation."""
@@ -97,17 +84,22 @@ class InductionResult:
                 out.append(f"control, {len(e['heads'])} other heads at random: {d:+.3f} nats")
         return out
 
+    def score_order(self) -> list[str]:
+        """The registry's scores that this result holds, in table order."""
+        return [n for n in score_names() if n in self.scores]
+
     def to_frame(self):
         """One row per head: layer, head, every score, and its roles."""
         import pandas as pd
 
         L, H = self.scores["induction"].shape
         roles = self.roles()
+        names = self.score_order()
         rows = []
         for l in range(L):
             for h in range(H):
-                row = {"layer": l, "head": h}
-                row.update({name: float(self.scores[name][l, h]) for name in SCORE_ORDER})
+                row: dict[str, Any] = {"layer": l, "head": h}
+                row.update({name: float(self.scores[name][l, h]) for name in names})
                 row["roles"] = "+".join(roles.get((l, h), []))
                 rows.append(row)
         return pd.DataFrame(rows)
@@ -120,47 +112,40 @@ class InductionResult:
         return {
             "model": self.model,
             "settings": self.settings,
-            "scores": {name: r(self.scores[name]) for name in SCORE_ORDER},
+            "scores": {name: r(self.scores[name]) for name in self.score_order()},
             "loss": {"per_position": r(self.per_position_loss), "first_repeat": round(self.loss_first_repeat, 6),
                      "later_repeats": round(self.loss_later_repeats, 6)},
             "ablation": [{**e, "loss": round(e["loss"], 6), "loss_increase": round(e["loss_increase"], 6)}
                          for e in self.ablation],
             "heads": self.heads(),
             "thresholds": self.thresholds,
-            "definitions": {**DEFINITIONS, "loss": LOSS_DEFINITION, "ablation": ABLATION_DEFINITION},
+            "definitions": definitions(),
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
         }
 
     def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent)
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
 
-    # --- pictures --------------------------------------------------------------------------
+    # --- pictures (drawn by headscope.render, imported here lazily) ------------------------
     def plot_scores(self, score: str = "induction", ax=None):
+        """Layer x head heatmap of one score (a matplotlib figure)."""
         from ..render.induction_figures import score_heatmap
 
         return score_heatmap(self, score, ax=ax)
 
     def plot_loss(self, ax=None):
+        """Loss by position with the repeats marked."""
         from ..render.induction_figures import loss_by_position
 
         return loss_by_position(self, ax=ax)
 
     def plot_ablation(self, ax=None):
+        """The causal check as bars."""
         from ..render.induction_figures import ablation_chart
 
         return ablation_chart(self, ax=ax)
 
-    def save(self, out_dir: str | Path, texts: list[AttentionSample] | None = None) -> list[Path]:
-        """Write scores.json, scores.csv and the PNG figures into ``out_dir``; returns the paths."""
-        from ..render.induction_figures import save_figures
-
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "scores.json").write_text(self.to_json())
-        self.to_frame().to_csv(out / "scores.csv", index=False, float_format="%.6f")
-        return [out / "scores.json", out / "scores.csv"] + save_figures(self, out, texts or [])
-
     def _repr_html_(self) -> str:
-        from ..render.induction_figures import result_html
+        from ..render.report import induction_html
 
-        return result_html(self)
+        return induction_html(self)

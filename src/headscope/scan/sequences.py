@@ -3,8 +3,9 @@
 ``r`` is ``seq_len`` token ids drawn uniformly (seeded) from the model's *ordinary* tokens:
 every id of the tokenizer except its special tokens (BOS/EOS/PAD/UNK and added special
 tokens such as SmolLM2's ``<|im_start|>`` or ``<repo_name>``). Ids are used as ids, never
-decoded and re-tokenised. Models whose tokenizer has no BOS token get no BOS; the layout
-records that choice (``bos``), and every score uses the layout's positions.
+decoded and re-tokenised. The first token follows the model's one rule (:class:`~headscope.models.model.FirstToken`):
+BOS, else EOS, else none; the layout records whether there is one (``bos``), and every score
+uses the layout's positions.
 """
 
 from __future__ import annotations
@@ -14,33 +15,8 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import BadInput
-
-
-@dataclass(frozen=True)
-class RepeatLayout:
-    """Positions of the repeats inside a sequence of ``bos + repeats * seq_len`` tokens."""
-
-    seq_len: int
-    repeats: int
-    bos: bool
-
-    @property
-    def offset(self) -> int:
-        """Position of the first token of the first repeat (1 with BOS, else 0)."""
-        return int(self.bos)
-
-    @property
-    def n_tokens(self) -> int:
-        return self.offset + self.repeats * self.seq_len
-
-    def repeat_start(self, k: int) -> int:
-        """Position of the first token of repeat ``k`` (1-based)."""
-        return self.offset + (k - 1) * self.seq_len
-
-    @property
-    def later_start(self) -> int:
-        """First position of repeat 2: queries from here on have seen their token before."""
-        return self.repeat_start(2)
+from ..models.model import as_model
+from ..scores.layout import RepeatLayout
 
 
 @dataclass
@@ -87,28 +63,19 @@ def check_settings(seq_len: int, batch: int, repeats: int, bos: bool, n_ctx: int
 
 
 def repeated_tokens(model, seq_len: int = 50, batch: int = 10, repeats: int = 2, seed: int = 0) -> RepeatedTokens:
-    """Draw ``batch`` sequences ``[BOS] + r * repeats`` for ``model`` (a TransformerBridge).
+    """Draw ``batch`` sequences ``[first token] + r * repeats`` for ``model``.
 
-    >>> rt = repeated_tokens(model, seq_len=5, batch=2, repeats=2)   # doctest: +SKIP
-    >>> rt.tokens.shape, rt.layout.n_tokens                        # doctest: +SKIP
-    (torch.Size([2, 11]), 11)
+    >>> rt = repeated_tokens(model, seq_len=5, batch=2, repeats=2)
+    >>> rt.tokens.shape, rt.layout.n_tokens, rt.bos_source
+    (torch.Size([2, 11]), 11, 'bos')
     """
-    tok = model.tokenizer
-    bos_id, bos_source = prepend_token(model)
-    layout = check_settings(seq_len, batch, repeats, bos_id is not None, getattr(model.cfg, "n_ctx", None),
-                            getattr(getattr(model, "headscope_source", None), "name", "the model"))
-    pool = ordinary_token_ids(tok, model.cfg.d_vocab)
+    m = as_model(model)
+    first = m.first_token
+    layout = check_settings(seq_len, batch, repeats, first.id is not None, m.n_ctx, m.name)
+    pool = ordinary_token_ids(m.tokenizer, m.cfg.d_vocab)
     gen = torch.Generator().manual_seed(seed)
     r = pool[torch.randint(len(pool), (batch, seq_len), generator=gen)]
     parts = [r] * repeats
-    if bos_id is not None:
-        parts = [torch.full((batch, 1), bos_id, dtype=torch.long)] + parts
-    return RepeatedTokens(torch.cat(parts, dim=1), layout, bos_id, bos_source)
-
-
-def prepend_token(model) -> tuple[int | None, str]:
-    """(token id or None, where it came from) to start every sequence with; see ``bos_choice``."""
-    choice = getattr(model, "headscope_bos", None)
-    if choice is not None:
-        return choice
-    return getattr(model.tokenizer, "bos_token_id", None), "bos"
+    if first.id is not None:
+        parts = [torch.full((batch, 1), first.id, dtype=torch.long)] + parts
+    return RepeatedTokens(torch.cat(parts, dim=1), layout, first.id, first.source)

@@ -10,7 +10,7 @@ the sweep table (``sweep.csv``, ``sweep.json``) is rewritten, and at the end the
 phase-change figure (``sweep.png``): induction score of the top head, induction score
 summed over all heads, and later-repeat loss, against training step or model.
 
->>> from headscope.sweep import plan_sweep, run_sweep
+>>> from headscope.pipeline.sweep import plan_sweep, run_sweep
 >>> entries = plan_sweep(["EleutherAI/pythia-70m"], ["step1000", "step3000"])  # doctest: +SKIP
 >>> res = run_sweep(entries, "sweep-out", seq_len=50, batch=10)                 # doctest: +SKIP
 >>> res.to_frame()[["label", "step", "induction_top", "loss_later_repeats"]]    # doctest: +SKIP
@@ -23,19 +23,20 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import BadInput, HeadscopeError
-from .models import builtin
-from .models.loading import load_model
-from .scan.induction import scan_induction
-from .scan.result import InductionResult, head_label
-from .scan.scores import DEFINITIONS
+from ..errors import BadInput, HeadscopeError
+from ..heads import head_label
+from ..models import builtin
+from ..models.loading import load_model
+from ..scan.induction import scan_induction
+from ..scan.result import InductionResult
+from ..scores import score as declared
+from .outputs import write_file_atomic
 
 #: Scan settings that change the numbers: an entry computed with other values is not reused.
 RESULT_SETTINGS = ("seq_len", "batch", "repeats", "seed", "top_k", "ablate", "ablation", "dtype")
@@ -51,7 +52,7 @@ SUMMARY_DEFINITIONS = {
     "prefix_matching_top": "Prefix-matching score of the best prefix-matching head.",
     "loss_first_repeat": "Mean loss (nats) on targets in the first repeat: unpredictable, about ln(vocab).",
     "loss_later_repeats": "Mean loss (nats) on targets in repeats 2..R: falls when induction heads work.",
-    "induction": DEFINITIONS["induction"],
+    "induction": declared("induction").definition,
 }
 
 _STEP = re.compile(r"(?:^|[^a-z])(?:global_?step|step|checkpoint|ckpt|iter)[-_]?(\d+)$", re.IGNORECASE)
@@ -188,7 +189,7 @@ class SweepResult:
         return json.dumps(self.to_dict(), indent=indent)
 
     def plot(self):
-        from .render.sweep_figures import sweep_figure
+        from ..render.sweep_figures import sweep_figure
 
         return sweep_figure(self.to_frame())
 
@@ -196,14 +197,7 @@ class SweepResult:
 # --- files -----------------------------------------------------------------------------------
 def _write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_file_atomic(path, text)
 
 
 def entry_path(out_dir: Path, entry: SweepEntry) -> Path:
@@ -315,9 +309,10 @@ def run_sweep(
     finally:
         table()  # also on KeyboardInterrupt: the table shows what is finished
     if figure and any(r["status"] == "done" for r in result.rows):
-        from .render.sweep_figures import save_sweep_figure
+        from ..render._mpl import save
+        from ..render.sweep_figures import sweep_figure
 
-        result.files.append(save_sweep_figure(result, out / "sweep.png"))
+        result.files.append(save(sweep_figure(result.to_frame()), out / "sweep.png"))
     return result
 
 

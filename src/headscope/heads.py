@@ -1,0 +1,119 @@
+"""Heads: how one is named, parsed and ranked, the same way everywhere.
+
+A head is ``(layer, head)``, both counted from 0. It is shown as ``L18H6`` in every table,
+figure, JSON key and page; ``--head`` accepts that spelling and the ``18.6`` one used in papers
+(ARENA, Wang et al.). Ranking heads by a score always goes through :func:`top_k`, whose
+tie-break is stable and documented, so the heads a table shows are the heads that get ablated.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from .errors import BadInput
+
+Head = tuple[int, int]
+
+_HEAD_RE = re.compile(r"^\s*L?(\d+)\s*(?:[.:]\s*H?|H)(\d+)\s*$", re.IGNORECASE)
+
+
+def head_label(layer: int, head: int) -> str:
+    """The one display name of a head.
+
+    >>> head_label(18, 6)
+    'L18H6'
+    """
+    return f"L{layer}H{head}"
+
+
+def is_head_spec(spec: str) -> bool:
+    """Whether ``spec`` is spelled like a head (``L18H6``, ``18.6``, ``18:6``), range not checked.
+
+    >>> is_head_spec("L18H6"), is_head_spec("18.6"), is_head_spec("18")
+    (True, True, False)
+    """
+    return _HEAD_RE.match(str(spec)) is not None
+
+
+def as_head(spec: str | Head) -> Head:
+    """``"L5H1"``, ``"5.1"`` or ``(5, 1)`` -> ``(5, 1)``, without checking a model's ranges.
+
+    >>> as_head("L18H6"), as_head((18, 6))
+    ((18, 6), (18, 6))
+    """
+    if isinstance(spec, tuple):
+        return int(spec[0]), int(spec[1])
+    m = _HEAD_RE.match(str(spec))
+    if not m:
+        raise BadInput(f"malformed head {spec!r}: expected L<layer>H<head> or <layer>.<head>, e.g. L5H1 or 5.1")
+    return int(m.group(1)), int(m.group(2))
+
+
+def parse_head(spec: str | Head, n_layers: int, n_heads: int) -> Head:
+    """``"L5H1"``, ``"5.1"``, ``"5:1"`` or ``(5, 1)`` -> ``(5, 1)``, range-checked against the model.
+
+    >>> parse_head("L5H1", 12, 12), parse_head("5.1", 12, 12)
+    ((5, 1), (5, 1))
+    """
+    if isinstance(spec, tuple):
+        layer, head = (int(x) for x in spec)
+        text = head_label(layer, head)
+    else:
+        m = _HEAD_RE.match(str(spec))
+        if not m:
+            raise BadInput(f"malformed head {spec!r}: expected L<layer>H<head> or <layer>.<head>, e.g. L5H1 or 5.1",
+                           hint=f"layers are 0..{n_layers - 1}, heads 0..{n_heads - 1}")
+        layer, head, text = int(m.group(1)), int(m.group(2)), str(spec).strip()
+    if not 0 <= layer < n_layers:
+        raise BadInput(f"head {text}: layer {layer} does not exist; this model has {n_layers} layers (0..{n_layers - 1})",
+                       hint=f"use a layer from 0 to {n_layers - 1}")
+    if not 0 <= head < n_heads:
+        raise BadInput(f"head {text}: head {head} does not exist; each layer has {n_heads} heads (0..{n_heads - 1})",
+                       hint=f"use a head from 0 to {n_heads - 1}")
+    return layer, head
+
+
+def parse_heads(specs: Iterable[str | Head], n_layers: int, n_heads: int) -> list[Head]:
+    """Parse and de-duplicate head specs, keeping their order; comma-separated lists work too.
+
+    >>> parse_heads(["L5H1,5.1", "6.9"], 12, 12)
+    [(5, 1), (6, 9)]
+    """
+    heads: list[Head] = []
+    for spec in specs:
+        parts = [spec] if isinstance(spec, tuple) else str(spec).split(",")
+        for part in parts:
+            if isinstance(part, tuple) or part.strip():
+                lh = parse_head(part, n_layers, n_heads)
+                if lh not in heads:
+                    heads.append(lh)
+    if not heads:
+        raise BadInput("no head given", hint="use L<layer>H<head> or <layer>.<head>, e.g. --head L5H1")
+    return heads
+
+
+def top_k(scores: np.ndarray, k: int, exclude: Sequence[Head] = ()) -> list[tuple[int, int, float]]:
+    """The ``k`` heads with the highest score in ``scores [n_layers, n_heads]``: ``[(layer, head, value)]``.
+
+    Tie-break: equal scores keep layer-then-head order (a stable sort of the flattened array),
+    so the same scores always give the same heads. NaN ranks last; heads in ``exclude`` are skipped.
+
+    >>> top_k(np.array([[0.5, 0.9], [0.9, 0.1]]), 2)
+    [(0, 1, 0.9), (1, 0, 0.9)]
+    """
+    a = np.asarray(scores, dtype=np.float64)
+    n_heads = a.shape[1]
+    order = np.argsort(-np.nan_to_num(a, nan=-np.inf), axis=None, kind="stable")
+    skip = set(exclude)
+    out: list[tuple[int, int, float]] = []
+    for i in order:
+        lh = (int(i // n_heads), int(i % n_heads))
+        if lh in skip:
+            continue
+        out.append((*lh, float(a.flat[i])))
+        if len(out) == k:
+            break
+    return out

@@ -1,0 +1,129 @@
+"""The one input path: text to token ids, as every command and analysis feeds a model.
+
+Rules, the same for ``induction --text``, ``qk``, ``report`` and the Python API:
+
+- **First token**: the model's :class:`~headscope.models.model.FirstToken` (BOS, else EOS, else
+  nothing) is put before the text's tokens; the text is tokenised without special tokens.
+- **Too long**: a text longer than the analysis window (``max_tokens``, never more than the
+  model's context) is *cut*, keeping its first tokens, and the cut is recorded in
+  :attr:`TokenSequence.notes`, which every output shows. Attention is causal, so every row
+  that is kept is exactly what the model computes on the whole text.
+- **Labels**: each token's own text, decoded once here (whitespace kept; pictures make it
+  visible with :func:`headscope.tokens.visible_whitespace`).
+- **Identity**: a sequence is known by its position in the list, never by its text, so two
+  identical texts stay two sequences.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import torch
+
+from ..errors import BadInput
+from ..tokens import token_text
+from .model import HeadscopeModel, as_model
+
+#: Built-in sample texts used when the user gives none: a sentence repeated (an induction
+#: head's home ground), a sentence whose names recur, and a little code.
+SAMPLE_TEXTS: tuple[str, ...] = (
+    "The quick brown fox jumps over the lazy dog. The quick brown fox jumps over the lazy dog.",
+    "When Mary and John went to the store, John gave a drink to Mary because Mary was thirsty.",
+    "def area(width, height):\n    return width * height\n\nprint(area(3, 4), area(5, 6))",
+)
+
+
+@dataclass
+class TokenSequence:
+    """One text as the model sees it: ``ids`` (first token included), ``labels`` one per id."""
+
+    text: str
+    ids: list[int]
+    labels: list[str]
+    notes: list[str] = field(default_factory=list)  # e.g. "cut from 900 to 64 tokens"
+    title: str = ""
+    n_text_tokens: int = 0  # tokens the whole text has (first token included), before any cut
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def tensor(self, device: torch.device | str | None = None) -> torch.Tensor:
+        """``[1, n]`` int64."""
+        return torch.tensor([self.ids], dtype=torch.long, device=device)
+
+
+def window(model: HeadscopeModel, max_tokens: int | None) -> int:
+    """How many tokens (first token included) a text may keep: ``max_tokens``, never past the context."""
+    ctx = model.n_ctx
+    if max_tokens is not None and max_tokens < 2:
+        raise BadInput(f"max_tokens={max_tokens} leaves no room for a token after the first one",
+                       hint="use at least 2")
+    return min(ctx, max_tokens) if max_tokens else ctx
+
+
+def encode(model, text: str, *, max_tokens: int | None = None, title: str = "", number: int = 1) -> TokenSequence:
+    """``text`` as a :class:`TokenSequence` under the rules above.
+
+    >>> seq = encode(model, "a b a b", max_tokens=3)
+    >>> len(seq), seq.notes[0].split(";")[0]
+    (3, 'text 1 cut from 5 to 3 tokens (first token included)')
+    """
+    m = as_model(model)
+    if text is None or not str(text).strip():
+        raise BadInput(f"text {number} is empty (or only whitespace)",
+                       hint="give some text, ideally one that repeats itself, e.g. --text 'The cat sat. The cat sat.'")
+    limit = window(m, max_tokens)
+    tok = m.tokenizer
+    ids = [int(i) for i in tok(str(text), add_special_tokens=False)["input_ids"]]
+    if m.first_token.id is not None:
+        ids = [m.first_token.id] + ids
+    n = len(ids)
+    notes = []
+    if n > limit:
+        why = f"the model's context of {m.n_ctx} tokens" if limit == m.n_ctx else f"the window of {limit} tokens"
+        notes.append(f"text {number} cut from {n} to {limit} tokens (first token included) to fit {why}; "
+                     "the first tokens were kept, and attention being causal each kept row is exact")
+        ids = ids[:limit]
+    return TokenSequence(text=str(text), ids=ids, labels=[token_text(tok, i) for i in ids], notes=notes,
+                         title=title or f"text {number}", n_text_tokens=n)
+
+
+def encode_texts(model, texts: Iterable[str] | str | None, *, max_tokens: int | None = None,
+                 titles: Iterable[str] | None = None) -> list[TokenSequence]:
+    """Several texts through :func:`encode` (None: the built-in :data:`SAMPLE_TEXTS`)."""
+    if texts is None:
+        texts, titles = list(SAMPLE_TEXTS), [f"sample text {i}" for i in range(1, len(SAMPLE_TEXTS) + 1)]
+    elif isinstance(texts, str):
+        texts = [texts]
+    texts = list(texts)
+    if not texts:
+        raise BadInput("no text to analyse", hint="pass --text 'some text' or --file notes.txt, or neither for the samples")
+    names = list(titles) if titles is not None else [""] * len(texts)
+    return [encode(model, t, max_tokens=max_tokens, title=names[i] if i < len(names) else "", number=i + 1)
+            for i, t in enumerate(texts)]
+
+
+def single_tokens(tokenizer, strings: Iterable[str], *, minimum: int = 2) -> list[int]:
+    """Token ids for ``strings`` asked for by name, each of which must be exactly one token.
+
+    A string that is not one token is refused with how it does tokenise, and the
+    leading-space variant suggested where that one is a single token.
+    """
+    ids, bad = [], []
+    for s in strings:
+        got = tokenizer(s, add_special_tokens=False)["input_ids"]
+        if len(got) == 1:
+            if got[0] not in ids:
+                ids.append(int(got[0]))
+            continue
+        pieces = [token_text(tokenizer, i) for i in got]
+        alt = tokenizer(" " + s, add_special_tokens=False)["input_ids"] if not s.startswith(" ") else []
+        tip = f" ({' ' + s!r} is one token)" if len(alt) == 1 else ""
+        bad.append(f"{s!r} -> {len(got)} tokens {pieces}{tip}")
+    if bad:
+        raise BadInput("token set entries must be single tokens; these are not: " + "; ".join(bad),
+                       hint="use single-token strings (often with a leading space, e.g. ' cat'), or drop them")
+    if len(ids) < minimum:
+        raise BadInput(f"a token set needs at least {minimum} distinct tokens, got {len(ids)}", hint="add more tokens")
+    return ids

@@ -1,0 +1,115 @@
+"""What :func:`~headscope.load_model` returns: the TransformerLens bridge and what headscope knows of it.
+
+:class:`HeadscopeModel` is a small typed object around a TransformerLens ``TransformerBridge``:
+``bridge`` is the bridge itself, ``source`` where it came from, ``first_token`` the one rule for
+the token put before every sequence. Anything else (``cfg``, ``tokenizer``, ``run_with_hooks``,
+``W_Q``, ``blocks``...) is the bridge's own, reached through the wrapper, so TransformerLens code
+works on it unchanged. Code that receives a bare bridge calls :func:`as_model` first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a loaded model came from."""
+
+    name: str  # what the user typed, or the alias
+    kind: str  # "builtin" | "gguf" | "local" | "hub" | "in-memory"
+    path: str  # the directory transformers loaded from, or the hub id
+
+    def to_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class FirstToken:
+    """The token every sequence starts with, and why: the one rule for the first token.
+
+    The tokenizer's BOS if it has one; else its EOS, as TransformerLens does (GPT-2 style
+    models use ``<|endoftext|>`` as a document separator); else nothing.
+
+    >>> FirstToken.choose(None, 50256).source.split(" ")[0]
+    'eos'
+    """
+
+    id: int | None
+    source: str
+
+    @classmethod
+    def choose(cls, bos_id: int | None, eos_id: int | None) -> "FirstToken":
+        if bos_id is not None:
+            return cls(int(bos_id), "bos")
+        if eos_id is not None:
+            return cls(int(eos_id), "eos (the tokenizer has no BOS token; EOS used instead, as TransformerLens does)")
+        return cls(None, "none (the tokenizer has neither BOS nor EOS; sequences start with their first token)")
+
+
+@dataclass(eq=False)
+class HeadscopeModel:
+    """A loaded model: ``bridge`` (a TransformerLens ``TransformerBridge``), ``source``, ``first_token``.
+
+    Attribute access falls through to the bridge (``model.cfg``, ``model.tokenizer``,
+    ``model.run_with_hooks``, ``model.W_Q``). ``cache`` holds per-model results that depend on
+    the weights only (the weight-based scores), computed once.
+    """
+
+    bridge: Any
+    source: ModelSource
+    first_token: FirstToken
+    cache: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("bridge", "source", "first_token", "cache"):  # not yet set (copy/pickle)
+            raise AttributeError(name)
+        return getattr(self.bridge, name)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.bridge(*args, **kwargs)
+
+    @property
+    def name(self) -> str:
+        return self.source.name
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.bridge.cfg.n_layers)
+
+    @property
+    def n_heads(self) -> int:
+        return int(self.bridge.cfg.n_heads)
+
+    @property
+    def n_ctx(self) -> int:
+        """The longest sequence the model takes (its positions), 2048 where the config does not say."""
+        return int(getattr(self.bridge.cfg, "n_ctx", 0) or 2048)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.bridge.parameters()).device
+
+    def info(self) -> dict[str, Any]:
+        """Name and shape, as results record them."""
+        cfg = self.bridge.cfg
+        return {"name": self.name, "n_layers": self.n_layers, "n_heads": self.n_heads,
+                "n_kv_heads": int(getattr(cfg, "n_key_value_heads", None) or cfg.n_heads), "d_vocab": cfg.d_vocab}
+
+    def __repr__(self) -> str:
+        return f"HeadscopeModel({self.name!r}, {self.n_layers} layers x {self.n_heads} heads, {self.source.kind})"
+
+
+def as_model(model: Any) -> HeadscopeModel:
+    """``model`` as a :class:`HeadscopeModel`; a bare ``TransformerBridge`` is wrapped (source "in-memory")."""
+    if isinstance(model, HeadscopeModel):
+        return model
+    if not hasattr(model, "cfg") or not hasattr(model, "run_with_hooks"):
+        raise TypeError(f"expected a model from headscope.load_model or a TransformerLens bridge, got {type(model).__name__}")
+    tok = model.tokenizer
+    name = str(getattr(model.cfg, "model_name", None) or "model")
+    return HeadscopeModel(model, ModelSource(name, "in-memory", ""),
+                          FirstToken.choose(getattr(tok, "bos_token_id", None), getattr(tok, "eos_token_id", None)))

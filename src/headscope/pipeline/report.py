@@ -1,0 +1,63 @@
+"""Gathering a report: run the induction scan and the QK analysis, hand the results to the page.
+
+The page itself (:class:`headscope.render.report.Report`) never touches a model; this is the
+place that does.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from ..models.inputs import TokenSequence, encode_texts
+from ..models.model import as_model
+from ..render.html import MAX_VIEW_TOKENS
+from ..render.report import Report
+from ..scan import attention_sample, scan_induction
+
+
+def build_report(model, texts: list[str] | list[tuple[str, str]] | None = None, *, seq_len: int = 50,
+                 batch: int = 10, repeats: int = 2, seed: int = 0, top_k: int = 5, ablate: bool = True,
+                 ablation: str = "mean", thresholds: dict[str, float] | None = None, qk: bool = True,
+                 qk_top: int = 3, max_memory_gb: float = 2.0, progress: bool | None = None,
+                 log: Callable[[str], None] = lambda s: None) -> Report:
+    """Run the induction scan and the QK analysis on ``model`` and gather them into a :class:`Report`.
+
+    ``texts``: strings or ``(title, text)`` pairs for the attention views and the QK analysis
+    (None: the built-in samples); each goes through the one input path, cut to the page's
+    window of :data:`~headscope.render.html.MAX_VIEW_TOKENS` tokens (said on the page). The QK
+    analysis takes the scan's top ``qk_top`` induction and previous-token heads.
+
+    >>> report = build_report(model, seq_len=8, batch=2, top_k=2, qk_top=1)
+    >>> [anchor for anchor, _, _ in report.sections()][:3]
+    ['top', 'heatmaps', 'loss']
+    """
+    m = as_model(model)
+    seqs = texts_to_sequences(m, texts)
+    res = scan_induction(m, seq_len=seq_len, batch=batch, repeats=repeats, seed=seed, top_k=top_k,
+                         ablate=ablate, ablation=ablation, thresholds=thresholds, max_memory_gb=max_memory_gb,
+                         progress=progress)
+    heads = [(l, h) for l, h, _ in res.top_heads("induction", min(top_k, 6))]
+    log("attention of the top heads on the texts")
+    samples = [attention_sample(m, seq, heads, f"Top induction heads on {seq.title}", max_tokens=MAX_VIEW_TOKENS)
+               for seq in seqs]
+    rep = Report(model=dict(res.model), induction=res, texts=samples, sources=[s.text for s in seqs])
+    if qk:
+        from ..qk import analyze_qk
+
+        said = {"quick induction scan"}  # not run: the QK analysis picks its heads from our scan
+
+        def step(stage, done, total):
+            if stage not in said:
+                said.add(stage)
+                log(f"QK: {stage}")
+
+        rep.qk = analyze_qk(m, seqs, top=qk_top, scan=res, progress=step)
+    return rep
+
+
+def texts_to_sequences(model, texts, max_tokens: int = MAX_VIEW_TOKENS) -> list[TokenSequence]:
+    """Strings or ``(title, text)`` pairs (None: the samples) through the one input path."""
+    if not texts:
+        return encode_texts(model, None, max_tokens=max_tokens)
+    pairs = [t if isinstance(t, tuple) else (f"text {i}", t) for i, t in enumerate(texts, 1)]
+    return encode_texts(model, [t for _, t in pairs], max_tokens=max_tokens, titles=[n for n, _ in pairs])

@@ -1,0 +1,151 @@
+"""The registry of head scores: each score is declared here once, and only here.
+
+A :class:`Score` says what a score is called (``name``, column ``header``, figure ``title``,
+``label`` in prose), what it means (``definition``, ``source``), which role a head takes when it
+reaches ``threshold``, and how it is computed: from the attention of the repeated-token scan
+(``reads``: which pattern entries, see :mod:`.attention`) or from the weights (``from_weights``,
+once per model). The scan, the roles, the CLI table and legend, ``scores.json``'s
+``definitions``, the CSV, the report, the sweep and the docs' tables all iterate over
+:data:`SCORES`.
+
+Adding a head type is one declaration below, its compute function, and its test
+(docs/architecture.md shows how).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from ..weights import HeadWeights
+from .attention import Column, KeySet, Reads, Stripe, prefix_mask
+from .weights import copying_scores
+
+
+@dataclass(frozen=True)
+class Score:
+    """One head score: its names, meaning, role threshold and how it is computed."""
+
+    name: str  # key in results, JSON and CSV: "previous_token"
+    header: str  # short column header for terminal tables: "prev"
+    label: str  # in prose and on the page: "previous-token"
+    title: str  # figure title: "Previous-token score"
+    definition: str  # the legend's text, source included
+    source: str  # the paper or reference implementation, short
+    threshold: float | None = None  # a head "is" a <label> head when its score >= this; None: no role
+    reads: Reads | None = None  # attention score: the pattern entries it averages
+    from_weights: Callable[[HeadWeights], torch.Tensor] | None = None  # weight score: [L, H]
+    vmin: float = 0.0  # heatmap range
+    vmax: float = 1.0
+
+    @property
+    def kind(self) -> str:
+        return "attention" if self.reads is not None else "weights"
+
+
+SCORES: tuple[Score, ...] = (
+    Score(
+        name="induction", header="induction", label="induction", title="Induction score",
+        definition=(
+            "Mean attention from each query in repeats 2..R to the key right after the previous "
+            "occurrence of its token (key = query - seq_len + 1). 1.0 = perfect induction head. "
+            "Source: ARENA 1.2 / Nanda, restricted to later-repeat queries (ARENA's diagonal also "
+            "takes 2 first-repeat queries, so it reads slightly lower)."
+        ),
+        source="ARENA 1.2 (Nanda)", threshold=0.4,
+        reads=Stripe(offset=lambda lay: 1 - lay.seq_len, start=lambda lay: lay.later_start),
+    ),
+    Score(
+        name="prefix_matching", header="prefix", label="prefix-matching", title="Prefix-matching score",
+        definition=(
+            "Total attention from each query in repeats 2..R to every earlier position whose "
+            "preceding token equals the query's token, averaged over queries. "
+            "Source: Olsson et al. 2022; reference implementation Bansal et al. 2023 (llm-interpret)."
+        ),
+        source="Olsson et al. 2022; Bansal et al. 2023",
+        reads=KeySet(mask=prefix_mask, start=lambda lay: lay.later_start),
+    ),
+    Score(
+        name="previous_token", header="prev", label="previous-token", title="Previous-token score",
+        definition="Mean attention from each query to the key just before it (key = query - 1); the BOS query has none.",
+        source="Elhage et al. 2021; ARENA 1.2", threshold=0.4,
+        reads=Stripe(offset=lambda lay: -1, start=lambda lay: 1),
+    ),
+    Score(
+        name="duplicate_token", header="dup", label="duplicate-token", title="Duplicate-token score",
+        definition=(
+            "Mean attention from each query in repeats 2..R to the previous copy of its own token (key = query - seq_len)."
+        ),
+        source="Wang et al. 2022 (IOI); ARENA 1.2", threshold=0.4,
+        reads=Stripe(offset=lambda lay: -lay.seq_len, start=lambda lay: lay.later_start),
+    ),
+    Score(
+        name="copying", header="copying", label="copying", title="Copying score (OV eigenvalue positivity)",
+        definition=(
+            "Eigenvalue positivity of the full OV circuit W_E W_V W_O W_U: sum(eig) / sum(|eig|), from the "
+            "d_head x d_head matrix W_O (W_U W_E) W_V with the same nonzero eigenvalues (norm gains folded, "
+            "norm scale ignored). 1.0 = pure copying. Source: Elhage et al. 2021."
+        ),
+        source="Elhage et al. 2021", threshold=0.7, from_weights=copying_scores, vmin=-1.0,
+    ),
+)
+
+#: Quantities that are not head scores but sit in the same legend and JSON ``definitions``.
+LOSS_DEFINITION = (
+    "Cross-entropy (nats) of predicting each token from the ones before it, averaged over the batch. "
+    "first_repeat: targets in repeat 1 (unpredictable, about ln(vocab)); later_repeats: targets in repeats "
+    "2..R, where induction can predict them."
+)
+ABLATION_DEFINITION = (
+    "Rise in later-repeat loss when a head's output (hook_z) is replaced by its mean over all sequences "
+    "and positions of the clean run (mean ablation) or by zero (zero ablation); each top induction head "
+    "alone, all of them together, and a control of as many other heads drawn at random."
+)
+#: An ablation "raises" the loss when it adds at least this many nats.
+MIN_RISE = 0.01
+
+_BY_NAME = {s.name: s for s in SCORES}
+
+
+def score(name: str) -> Score:
+    """The declaration of ``name`` (``KeyError`` lists the known names)."""
+    try:
+        return _BY_NAME[name]
+    except KeyError:
+        raise KeyError(f"unknown score {name!r}; known: {', '.join(_BY_NAME)}") from None
+
+
+def score_names() -> list[str]:
+    """Every score, in table order."""
+    return [s.name for s in SCORES]
+
+
+def attention_scores() -> list[Score]:
+    return [s for s in SCORES if s.reads is not None]
+
+
+def weight_scores() -> list[Score]:
+    return [s for s in SCORES if s.from_weights is not None]
+
+
+def role_scores() -> list[Score]:
+    """The scores that give a head a role (those with a threshold), in table order."""
+    return [s for s in SCORES if s.threshold is not None]
+
+
+def default_thresholds() -> dict[str, float]:
+    return {s.name: s.threshold for s in SCORES if s.threshold is not None}
+
+
+def definitions() -> dict[str, str]:
+    """Every score's definition, then the loss's and the ablation's: the legend and ``scores.json``."""
+    return {**{s.name: s.definition for s in SCORES}, "loss": LOSS_DEFINITION, "ablation": ABLATION_DEFINITION}
+
+
+def roles_legend(thresholds: dict[str, float]) -> str:
+    """One sentence saying when a head takes each role."""
+    return ("A head takes a role when its score reaches the threshold: "
+            + ", ".join(f"{score(k).label} ≥ {v}" for k, v in thresholds.items())
+            + " (change with --threshold NAME=VALUE).")

@@ -1,0 +1,102 @@
+"""The house rules of docs/architecture.md, checked on the real imports.
+
+1. import-linter's layers contract (pyproject.toml): base < models < scan < qk < render < pipeline < cli.
+2. The only upward imports it lets through are notebook views: an import of ``headscope.render``
+   inside a result's ``plot*`` / ``_repr_html_`` / ``_html`` function, never at module level.
+3. A score is named in the registry only: no other module spells a score's definition.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import headscope
+from headscope.scores import SCORES
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = Path(headscope.__file__).parent
+LAYERS = ["base", "models", "scan", "qk", "render", "pipeline", "cli"]
+VIEW_FUNCTIONS = ("plot", "_repr_html_", "_html")
+
+
+def layer_of(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in LAYERS else "base"
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(PACKAGE.parent).with_suffix("")
+    parts = list(rel.parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_with_context(path: Path):
+    """(imported module, enclosing function name or None, line) for every headscope import in ``path``."""
+    tree = ast.parse(path.read_text())
+    mod = module_name(path)
+    package = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
+    out = []
+
+    def visit(node, func):
+        for child in ast.iter_child_nodes(node):
+            f = child.name if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)) else func
+            if isinstance(child, ast.ImportFrom):
+                base = child.module or ""
+                if child.level:
+                    anchor = package.split(".")[: len(package.split(".")) - (child.level - 1)]
+                    base = ".".join(anchor + ([base] if base else []))
+                if base.startswith("headscope"):
+                    out.append((base, f, child.lineno))
+            elif isinstance(child, ast.Import):
+                out.extend((a.name, f, child.lineno) for a in child.names if a.name.startswith("headscope"))
+            visit(child, f)
+
+    visit(tree, None)
+    return mod, out
+
+
+def test_import_linter_layers_contract_is_kept():
+    exe = Path(sys.executable).with_name("lint-imports")
+    r = subprocess.run([str(exe), "--config", str(ROOT / "pyproject.toml")], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_upward_imports_are_only_lazy_notebook_views():
+    bad = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        mod, imports = imports_with_context(path)
+        if mod in ("headscope", "headscope.__main__"):
+            continue  # the package root and entry point sit above everything
+        here = LAYERS.index(layer_of(mod))
+        for target, func, line in imports:
+            if target == "headscope":
+                bad.append(f"{mod}:{line} imports the package root (import the module that defines the name)")
+                continue
+            if LAYERS.index(layer_of(target)) <= here:
+                continue
+            lazy_view = func is not None and func.startswith(VIEW_FUNCTIONS) and layer_of(target) == "render"
+            if not lazy_view:
+                bad.append(f"{mod}:{line} imports {target} ({layer_of(target)} is above {layer_of(mod)})"
+                           + ("" if func else " at module level"))
+    assert not bad, "\n".join(bad)
+
+
+def test_render_never_loads_a_model_or_runs_an_analysis():
+    forbidden = ("headscope.models.loading", "headscope.scan.induction", "headscope.qk.analysis", "headscope.pipeline")
+    for path in sorted((PACKAGE / "render").rglob("*.py")):
+        _, imports = imports_with_context(path)
+        for target, _, line in imports:
+            assert not target.startswith(forbidden), f"{path.name}:{line} imports {target}"
+
+
+def test_every_score_definition_is_written_in_the_registry_only():
+    registry = PACKAGE / "scores" / "registry.py"
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path == registry:
+            continue
+        text = path.read_text()
+        for s in SCORES:
+            assert s.definition[:60] not in text, f"{path.relative_to(PACKAGE)} repeats the definition of {s.name}"
