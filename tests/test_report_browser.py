@@ -1,4 +1,4 @@
-"""The report page in a real browser (headless Chromium, network blocked).
+"""The report page in a real browser (headless Chromium driven by Playwright, network blocked).
 
 It must load without a console error, ask for nothing over the network, draw every
 interactive attention view (checked in the DOM, not by file size), and show hostile text as
@@ -16,9 +16,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from browser import WHY_NO_CHROMIUM, Browser, ensure_chromium
+from _browser import WHY_NO_CHROMIUM, WHY_NO_PLAYWRIGHT, OfflineBrowser, ensure_chromium
 from headscope.cli import app
 from headscope.pipeline import build_report
+
+pytest.importorskip("playwright.sync_api", reason=WHY_NO_PLAYWRIGHT)
 
 #: Every view has drawn: its head selector and zoomed pattern are canvases.
 ALL_DRAWN = "[...document.querySelectorAll('.cv-view')].every(v => v.querySelector('canvas'))"
@@ -33,7 +35,7 @@ def browser():
     exe = ensure_chromium()
     if not exe:
         pytest.skip(WHY_NO_CHROMIUM)
-    with Browser(exe) as b:
+    with OfflineBrowser(exe) as b:
         yield b
 
 
@@ -48,8 +50,8 @@ def keep_screenshot(page, path: Path) -> Path:
 
 def assert_loaded_cleanly(page) -> None:
     assert page.errors == [], page.errors
-    assert page.network_requests == [], page.network_requests
-    assert page.requests and page.requests[0].startswith("file:")  # the request log works: it saw the page itself
+    assert page.blocked == [], page.blocked  # nothing but the page's own file was asked for
+    assert page.requests and page.requests[0] == page.url  # the request log works: it saw the page itself
 
 
 def assert_views_drawn(page, heads_per_view: list[int]) -> None:
@@ -64,14 +66,30 @@ def assert_views_drawn(page, heads_per_view: list[int]) -> None:
 
 
 def test_the_checks_would_see_a_page_that_reaches_out(browser, tmp_path):
-    """The request log and the error log work: a page that fetches gets caught (and gets nothing)."""
+    """The request log and the error log work: a page that fetches gets caught (and gets nothing),
+    another local file included."""
     bad = tmp_path / "bad.html"
-    bad.write_text("<!DOCTYPE html><img src='https://example.com/x.png'><script>fetch('http://example.org/')</script>")
+    bad.write_text("<!DOCTYPE html><img src='https://example.com/x.png'><img src='file:///etc/hostname'>"
+                   "<script>fetch('http://example.org/').then(() => window.__got = 1)</script>")
     page = browser.open(bad)
-    browser.wait_idle(page, 1.0)
-    assert any("example.com" in u for u in page.network_requests)
-    assert any("example.org" in u for u in page.network_requests)
-    assert page.errors  # the failed loads
+    page.wait(1.0)
+    assert page.requests[0] == page.url
+    assert sorted(page.blocked) == ["file:///etc/hostname", "http://example.org/", "https://example.com/x.png"]
+    assert sum("ERR_BLOCKED_BY_CLIENT" in e for e in page.errors) == 3  # the failed loads
+    assert any(e.startswith("uncaught:") and "Failed to fetch" in e for e in page.errors)
+    assert page.evaluate("typeof window.__got") == "undefined"
+
+
+def test_the_checks_would_see_a_csp_violation_and_an_uncaught_error(browser, tmp_path):
+    """An inline script without the nonce is refused and reported; an exception is reported."""
+    bad = tmp_path / "csp.html"
+    bad.write_text("<!DOCTYPE html><meta http-equiv='Content-Security-Policy' content=\"script-src 'nonce-ok'\">"
+                   "<script>window.__ran = 1</script><script nonce='ok'>throw new Error('boom')</script>")
+    page = browser.open(bad)
+    assert page.evaluate("typeof window.__ran") == "undefined"
+    assert any("Content Security Policy" in e for e in page.errors), page.errors
+    assert "uncaught: Error: boom" in page.errors
+    assert page.blocked == []
 
 
 def test_report_page_renders_offline_without_errors(browser, tiny_llama, tmp_path):
