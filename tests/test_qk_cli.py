@@ -27,7 +27,7 @@ def test_json_is_exactly_qk_json_and_everything_else_goes_to_stderr(gpt2_args, t
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
     assert doc == json.loads((tmp_path / "out" / "qk.json").read_text())
-    assert doc["heads"][0]["head"] == "1.2" and doc["heads"][0]["reason"] == "chosen with --head"
+    assert doc["heads"][0]["head"] == "L1H2" and doc["heads"][0]["reason"] == "chosen with --head"
     assert doc["model"]["n_layers"] == 2 and doc["model"]["positions"] == "standard"
     dec = doc["decompositions"][0]
     assert "induction stripe" in dec["how"] and "frozen" in dec["note"]
@@ -76,7 +76,7 @@ def test_rotary_gqa_model_runs_with_user_tokens_and_query(tiny_llama_dir, tmp_pa
 
 
 @pytest.mark.parametrize("args, code, says", [
-    (["--head", "5x1"], 2, "malformed head '5x1': expected LAYER.HEAD"),
+    (["--head", "5x1"], 2, "malformed head '5x1': expected L<layer>H<head> or <layer>.<head>"),
     (["--head", "9.0"], 2, "layer 9 does not exist; this model has 2 layers (0..1)"),
     (["--head", "1.7"], 2, "each layer has 4 heads (0..3)"),
     (["--text", "   "], 2, "is empty"),

@@ -92,7 +92,7 @@ def test_result_views_are_consistent(tiny_gpt2):
     assert len(frame) == 2 * (T0 * (T0 + 1) // 2 + T1 * (T1 + 1) // 2)  # unmasked cells only
     assert frame["score"].notna().all()
     doc = res.to_dict()
-    assert doc["sequences"][0]["heads"]["1.2"]["scores"][0][1] is None  # masked -> null in JSON
+    assert doc["sequences"][0]["heads"]["L1H2"]["scores"][0][1] is None  # masked -> null in JSON
     assert "<table" in res._repr_html_() and "<img" in res._repr_html_()
 
 

@@ -6,6 +6,7 @@ from rich.table import Table
 
 import typer
 
+from ..errors import BadInput
 from ..heads import head_label
 from ..pipeline.files import induction_files
 from ..pipeline.outputs import ResultDir
@@ -62,7 +63,7 @@ def induction_cmd(
     texts = read_texts(text, file)
     check_settings(seq_len, batch, repeats, True, None)  # cheap checks before loading anything
     if ablation not in ("mean", "zero"):
-        raise typer.BadParameter(f"{ablation!r}: use mean or zero", param_hint="--ablation")
+        raise BadInput(f"unknown ablation {ablation!r}", hint="use --ablation mean or --ablation zero")
     at_least("--top", top, 1)
     check_device(device, device_map)
     from ..models import resolve_dtype

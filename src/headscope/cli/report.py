@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..errors import BadInput
 from ..models import resolve_dtype
 from ..pipeline.outputs import ResultFile
 from ..pipeline.report import build_report
@@ -61,7 +62,7 @@ def report_cmd(
     texts = read_texts(text, file)
     check_settings(seq_len, batch, repeats, True, None)  # cheap checks before loading anything
     if ablation not in ("mean", "zero"):
-        raise typer.BadParameter(f"{ablation!r}: use mean or zero", param_hint="--ablation")
+        raise BadInput(f"unknown ablation {ablation!r}", hint="use --ablation mean or --ablation zero")
     at_least("--top", top, 1)
     at_least("--qk-top", qk_top, 1, "or pass --no-qk to skip the QK analysis")
     check_device(device, device_map)
