@@ -118,8 +118,8 @@ def parse_heads(specs: list[str], n_layers: int, n_heads: int) -> list[tuple[int
     return heads
 
 
-def token_set(tokenizer, strings: list[str]) -> list[int]:
-    """Token ids for ``strings``, each of which must be exactly one token.
+def token_set(tokenizer, strings: list[str], min_count: int = 2) -> list[int]:
+    """Token ids for ``strings``, each of which must be exactly one token (at least ``min_count`` distinct).
 
     A string that is not one token is refused with how it does tokenise, and the
     leading-space variant suggested where that one is a single token.
@@ -138,6 +138,6 @@ def token_set(tokenizer, strings: list[str]) -> list[int]:
     if bad:
         raise BadInput("token set entries must be single tokens; these are not: " + "; ".join(bad),
                        hint="use single-token strings (often with a leading space, e.g. ' cat'), or drop them")
-    if len(ids) < 2:
-        raise BadInput(f"a token set needs at least 2 distinct tokens, got {len(ids)}", hint="add more tokens")
+    if len(ids) < min_count:
+        raise BadInput(f"a token set needs at least {min_count} distinct tokens, got {len(ids)}", hint="add more tokens")
     return ids
