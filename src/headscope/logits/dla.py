@@ -144,7 +144,7 @@ class DirectPass:
         """Divide by the frozen scale, add the biases and the rounding term; ``logits [B, T, vocab]``."""
         target = self.tokens[:, 1:]
         lg = logits[:, :-1]
-        model_logit = lg.gather(-1, target[..., None])[..., 0].double() - lg.double().mean(-1)
+        model_logit = lg.gather(-1, target[..., None])[..., 0].double() - lg.sum(-1, dtype=torch.float64) / lg.shape[-1]
         scale = self.final["ln_final.hook_scale"][:, :-1, 0].double()  # [B, P]
         comps = {k: self.raw[k] for k in ("embed", "pos_embed") if k in self.raw}
         comps.update({f"MLP{l}": self.raw[f"MLP{l}"] for l in range(self.w.n_layers)})

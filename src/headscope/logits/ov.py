@@ -37,7 +37,7 @@ CHUNK = 64
 
 def effective_embedding(w: HeadWeights, token_ids: Sequence[int], eps: float = 1e-5) -> torch.Tensor:
     """``[n, d_model]`` float64: ``W_E[t]`` centred (LayerNorm) and divided by its RMS (with ``eps``)."""
-    x = w.W_E[torch.as_tensor(list(token_ids), dtype=torch.long)].double()
+    x = w.W_E[torch.as_tensor(list(token_ids), dtype=torch.long, device=w.W_E.device)].double()
     if w.norm == "layernorm":
         x = x - x.mean(-1, keepdim=True)
     return x / (x.square().mean(-1, keepdim=True) + eps).sqrt()
@@ -70,7 +70,7 @@ def ov_rows(w: HeadWeights, layer: int, head: int, token_ids: Sequence[int], *, 
         rows = ov_row_block(w, layer, head, effective_embedding(w, block, eps))  # [n, vocab]
         t = rows.topk(k, dim=-1)
         b = rows.topk(k, dim=-1, largest=False)
-        own = rows.gather(-1, torch.tensor(block)[:, None])  # [n, 1]
+        own = rows.gather(-1, torch.tensor(block, device=rows.device)[:, None])  # [n, 1]
         tops.append(t.indices), topv.append(t.values), bots.append(b.indices), botv.append(b.values)
         selfv.append(own[:, 0])
         rank.append((rows > own).sum(-1) + 1)  # ties count in the token's favour
