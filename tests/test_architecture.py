@@ -19,12 +19,14 @@ from headscope.scores import SCORES
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = Path(headscope.__file__).parent
 LAYERS = ["base", "models", "scan", "qk", "render", "pipeline", "cli"]
+SIBLINGS = {"logits": "qk"}  # logits sits beside qk (neither imports the other)
 VIEW_FUNCTIONS = ("plot", "_repr_html_", "_html")
 
 
 def layer_of(module: str) -> str:
     parts = module.split(".")
-    return parts[1] if len(parts) > 1 and parts[1] in LAYERS else "base"
+    name = SIBLINGS.get(parts[1], parts[1]) if len(parts) > 1 else ""
+    return name if name in LAYERS else "base"
 
 
 def module_name(path: Path) -> str:

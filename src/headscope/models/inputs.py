@@ -22,6 +22,7 @@ from typing import Iterable
 import torch
 
 from ..errors import BadInput
+from ..heads import Head, parse_heads
 from ..tokens import token_text
 from .model import HeadscopeModel, as_model
 
@@ -127,3 +128,22 @@ def single_tokens(tokenizer, strings: Iterable[str], *, minimum: int = 2) -> lis
     if len(ids) < minimum:
         raise BadInput(f"a token set needs at least {minimum} distinct tokens, got {len(ids)}", hint="add more tokens")
     return ids
+
+
+def as_sequences(model, texts, max_tokens: int | None) -> list[TokenSequence]:
+    """Texts (a string, strings, or None for the samples) or ready sequences, through the one input path."""
+    if isinstance(texts, TokenSequence):
+        return [texts]
+    if texts is not None and not isinstance(texts, str):
+        texts = list(texts)
+        if texts and all(isinstance(t, TokenSequence) for t in texts):
+            return texts
+    return encode_texts(model, texts, max_tokens=max_tokens)
+
+
+def as_heads(model, heads) -> list[Head]:
+    """``(layer, head)`` tuples or ``"L5H1"``/``"5.1"`` strings, checked against the model."""
+    m = as_model(model)
+    if isinstance(heads, (str, tuple)):
+        heads = [heads]
+    return parse_heads(heads, m.n_layers, m.n_heads)

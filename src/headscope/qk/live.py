@@ -14,9 +14,9 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from ..heads import Head, parse_heads
+from ..heads import Head
 from ..hooks import act_name
-from ..models.inputs import TokenSequence, encode_texts
+from ..models.inputs import TokenSequence, as_heads, as_sequences
 from ..models.model import as_model
 from .results import QKScores
 
@@ -35,25 +35,6 @@ def capture(model, seq: TokenSequence, names: Sequence[str]) -> dict[str, torch.
 
     m.run_with_hooks(seq.tensor(m.device), fwd_hooks=[(n, keep(n)) for n in dict.fromkeys(names)])
     return store
-
-
-def as_sequences(model, texts, max_tokens: int | None) -> list[TokenSequence]:
-    """Texts (a string, strings, or None for the samples) or ready sequences, through the one input path."""
-    if isinstance(texts, TokenSequence):
-        return [texts]
-    if texts is not None and not isinstance(texts, str):
-        texts = list(texts)
-        if texts and all(isinstance(t, TokenSequence) for t in texts):
-            return texts
-    return encode_texts(model, texts, max_tokens=max_tokens)
-
-
-def as_heads(model, heads) -> list[Head]:
-    """``(layer, head)`` tuples or ``"L5H1"``/``"5.1"`` strings, checked against the model."""
-    m = as_model(model)
-    if isinstance(heads, (str, tuple)):
-        heads = [heads]
-    return parse_heads(heads, m.n_layers, m.n_heads)
 
 
 def masked_scores(raw: torch.Tensor) -> np.ndarray:

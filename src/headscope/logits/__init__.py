@@ -1,0 +1,18 @@
+"""What heads write: direct logit attribution, OV circuits, and the induction story of a head.
+
+>>> import headscope
+>>> model = headscope.load_model()                                         # doctest: +SKIP
+>>> headscope.logits.logit_attribution(model, "a b c a b c").top(5)       # doctest: +SKIP
+>>> headscope.logits.repeat_logit_effects(model).top(5)                   # doctest: +SKIP
+>>> headscope.logits.ov_circuit(model, "L18H6", [" cat"]).to_frame()      # doctest: +SKIP
+"""
+
+from .dla import direct_effects, logit_attribution, unembedding
+from .ov import ov_circuit, ov_rows
+from .repeats import repeat_logit_effects
+from .results import LogitAttribution, OVRows, RepeatLogitEffects
+from .story import InductionStories, InductionStory, induction_stories
+
+__all__ = ["InductionStories", "InductionStory", "LogitAttribution", "OVRows", "RepeatLogitEffects",
+           "direct_effects", "induction_stories", "logit_attribution", "ov_circuit", "ov_rows",
+           "repeat_logit_effects", "unembedding"]

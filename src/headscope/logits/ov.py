@@ -1,0 +1,131 @@
+"""The OV circuit of a head, token by token: what attending to a token makes the head write.
+
+The full OV circuit ``W_E W_V W_O W_U`` (Elhage et al. 2021) is vocab x vocab (2.4e9 entries
+for SmolLM2); its row for source token ``t`` is the change in every logit when the head
+attends fully to ``t``. We keep it factored: ``x_t W_V W_O`` is one ``d_model`` vector per
+source token, then one ``[d_model] x [d_model, vocab]`` product gives the row. No vocab x
+vocab matrix is formed.
+
+**Effective embedding.** ``x_t`` is the token's embedding ``W_E[t]`` as the head's ``ln1``
+would see it were it the whole residual: centred along d_model (LayerNorm only) and divided
+by its RMS ``sqrt(mean(x^2) + eps)``; the ``ln1`` gain is folded into ``W_V`` and the final
+norm's gain into ``W_U`` (:mod:`headscope.weights`, as for the copying score). On the way
+out, the head's output is centred for LayerNorm (what ``ln_final`` does to it); its final
+scale, which depends on the whole residual, is left at 1. Biases (``b_V``, ``b_O``, ``b_U``)
+are left out: they add the same vector whatever the source token. Each row is centred over
+the vocabulary. Position embeddings and earlier layers (e.g. GPT-2's MLP0, which
+McDougall et al. 2023 fold into an "effective embedding") are not included: this is the
+direct token path only.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import BadInput
+from ..models.inputs import as_heads, as_sequences, single_tokens
+from ..models.model import as_model
+from ..weights import HeadWeights, head_weights
+from .results import OVRows
+
+#: Source tokens per ``[n, vocab]`` block: bounds memory at ~64 x vocab floats.
+CHUNK = 64
+
+
+def effective_embedding(w: HeadWeights, token_ids: Sequence[int], eps: float = 1e-5) -> torch.Tensor:
+    """``[n, d_model]`` float64: ``W_E[t]`` centred (LayerNorm) and divided by its RMS (with ``eps``)."""
+    x = w.W_E[torch.as_tensor(list(token_ids), dtype=torch.long, device=w.W_E.device)].double()
+    if w.norm == "layernorm":
+        x = x - x.mean(-1, keepdim=True)
+    return x / (x.square().mean(-1, keepdim=True) + eps).sqrt()
+
+
+@torch.no_grad()
+def ov_row_block(w: HeadWeights, layer: int, head: int, x: torch.Tensor) -> torch.Tensor:
+    """``[n, vocab]`` centred OV rows for effective embeddings ``x [n, d_model]``."""
+    out = x @ w.W_V[layer, head].double() @ w.W_O[layer, head].double()  # [n, d_model]
+    if w.norm == "layernorm":
+        out = out - out.mean(-1, keepdim=True)
+    rows = out.to(w.W_U.dtype) @ w.W_U  # one d_model x vocab product per source token
+    return rows - rows.mean(-1, keepdim=True)
+
+
+@torch.no_grad()
+def ov_rows(w: HeadWeights, layer: int, head: int, token_ids: Sequence[int], *, k: int = 10, eps: float = 1e-5,
+            decode: Callable[[int], str] = str, model: str = "model") -> OVRows:
+    """Top/bottom ``k`` tokens and the self-rank of every source token in ``token_ids`` for head ``layer.head``.
+
+    Works on weights alone (``w``: :func:`headscope.weights.head_weights` or hand-made);
+    ``decode`` turns an id into a label.
+    """
+    ids = [int(t) for t in token_ids]
+    V = w.W_U.shape[1]
+    k = min(k, V)
+    tops, topv, bots, botv, selfv, rank = [], [], [], [], [], []
+    for start in range(0, len(ids), CHUNK):
+        block = ids[start: start + CHUNK]
+        rows = ov_row_block(w, layer, head, effective_embedding(w, block, eps))  # [n, vocab]
+        t = rows.topk(k, dim=-1)
+        b = rows.topk(k, dim=-1, largest=False)
+        own = rows.gather(-1, torch.tensor(block, device=rows.device)[:, None])  # [n, 1]
+        tops.append(t.indices), topv.append(t.values), bots.append(b.indices), botv.append(b.values)
+        selfv.append(own[:, 0])
+        rank.append((rows > own).sum(-1) + 1)  # ties count in the token's favour
+    cat = lambda xs: torch.cat(xs).cpu().numpy()  # noqa: E731
+    top_ids, bottom_ids = cat(tops), cat(bots)
+    return OVRows(
+        model_name=model, layer=layer, head=head, token_ids=ids, token_labels=[decode(i) for i in ids],
+        top_ids=top_ids, top_labels=[[decode(int(i)) for i in row] for row in top_ids], top_values=cat(topv),
+        bottom_ids=bottom_ids, bottom_labels=[[decode(int(i)) for i in row] for row in bottom_ids],
+        bottom_values=cat(botv), self_value=cat(selfv), self_rank=cat(rank), d_vocab=V,
+    )
+
+
+def source_tokens(model, tokens=None, text=None, max_tokens: int | None = None) -> list[int]:
+    """Token ids to show: ``tokens`` (single-token strings or ids) and/or the distinct tokens of ``text`` (BOS excluded)."""
+    ids: list[int] = []
+    if tokens is not None:
+        tokens = [tokens] if isinstance(tokens, (str, int)) else list(tokens)
+        names = [t for t in tokens if isinstance(t, str)]
+        if names:
+            try:
+                ids += single_tokens(model.tokenizer, names, minimum=1)
+            except BadInput as exc:  # same check as the QK token sets, worded for this use
+                raise BadInput(exc.message.replace("token set entries", "OV source tokens"), hint=exc.hint) from None
+        V = model.cfg.d_vocab
+        for t in tokens:
+            if not isinstance(t, str):
+                if not 0 <= int(t) < V:
+                    raise BadInput(f"token id {t} is outside the vocabulary (0..{V - 1})", hint="use an id below d_vocab")
+                ids.append(int(t))
+    if text is not None:
+        seq = as_sequences(model, text, max_tokens)[0]
+        bos = getattr(model.tokenizer, "bos_token_id", None), getattr(model.tokenizer, "eos_token_id", None)
+        ids += [i for n, i in enumerate(seq.ids) if not (n == 0 and i in bos)]
+    ids = list(dict.fromkeys(ids))  # distinct, in order of appearance
+    if not ids:
+        raise BadInput("no source tokens for the OV circuit",
+                       hint="pass tokens=[' cat', ' dog'] (single tokens) or text='...'")
+    return ids
+
+
+def ov_circuit(model, head, tokens=None, *, text=None, k: int = 10, max_tokens: int | None = None,
+               weights: HeadWeights | None = None) -> OVRows:
+    """Which tokens head ``head`` promotes and suppresses when it attends to each source token.
+
+    ``tokens``: strings that are single tokens (``" cat"``; others are refused with how
+    they tokenise) or token ids; ``text``: its distinct tokens are used as sources (BOS
+    left out). ``self_rank == 1`` means the head copies that token.
+
+    >>> res = headscope.logits.ov_circuit(model, "L18H6", [" cat", " dog"])   # doctest: +SKIP
+    >>> res.to_frame()[["token", "self_rank", "promotes"]]                    # doctest: +SKIP
+    """
+    (layer, h), = as_heads(model, [head])
+    ids = source_tokens(model, tokens, text, max_tokens)
+    w = weights or head_weights(model)
+    tok = model.tokenizer
+    return ov_rows(w, layer, h, ids, k=k, eps=float(getattr(model.cfg, "eps", 1e-5)),
+                   decode=lambda i: tok.decode([i]), model=as_model(model).name)
