@@ -103,7 +103,7 @@ def print_summary(con, res) -> None:
               f"repeats, {bos}; {s['chunk_size']} per forward pass", highlight=False)
     rises = res.ablation_rises()
     roles = res.roles()
-    names = res.score_order()
+    names = [n for n in res.score_order() if declared(n).in_table]
     short = ", ".join(f"{declared(n).header} = {declared(n).label}" for n in names if declared(n).header != n)
     t = Table(title=f"Top induction heads ({short}, Δloss = rise in later-repeat loss when ablated)")
     cols = ["head", *(declared(n).header for n in names), "roles", "Δloss"]
@@ -111,7 +111,7 @@ def print_summary(con, res) -> None:
         t.add_column(col, justify="left" if col in ("head", "roles") else "right", overflow="fold",
                      no_wrap=col != "roles")
     for l, h, _ in res.top_heads("induction", s["top_k"]):
-        cells = [f"{res.scores[n][l, h]:+.3f}" if declared(n).vmin < 0 else f"{res.scores[n][l, h]:.3f}"
+        cells = [f"{res.scores[n][l, h]:.3f}" if declared(n).vmin == 0 else f"{res.scores[n][l, h]:+.3f}"
                  for n in names]
         t.add_row(head_label(l, h), *cells, "+".join(roles.get((l, h), [])) or "-",
                   f"{rises[(l, h)]:+.3f}" if (l, h) in rises else "-")

@@ -20,14 +20,8 @@ from ..models.model import as_model
 from ..scan.induction import DEFAULT_MEMORY_GB, chunk_size_for
 from ..scan.sequences import RepeatedTokens, RepeatLayout, repeated_tokens
 from ..weights import head_weights
-from .dla import DirectPass, unembedding
+from ..scan.direct import DirectPass, target_groups, unembedding
 from .results import RepeatLogitEffects
-
-
-def target_groups(layout: RepeatLayout) -> tuple[slice, slice]:
-    """Scored positions (``p`` predicts token ``p + 1``) whose targets lie in repeat 1, and in repeats 2..R."""
-    start = max(layout.offset, 1)
-    return slice(start - 1, layout.later_start - 1), slice(layout.later_start - 1, layout.n_tokens - 1)
 
 
 @torch.no_grad()

@@ -23,8 +23,11 @@ def score_heatmap(res: InductionResult, score: str = "induction", ax=None):
     if ax is None:
         _, ax = plt.subplots(figsize=(max(5.0, 0.55 * H + 2.5), max(3.5, 0.32 * L + 1.5)))
     decl = declared(score)
-    lo = decl.vmin
-    sns.heatmap(a, ax=ax, vmin=lo, vmax=decl.vmax, cmap="RdBu_r" if lo < 0 else "rocket_r",
+    lo, hi = decl.vmin, decl.vmax
+    if lo is None or hi is None:  # signed, in its own units: symmetric around 0
+        lim = float(np.nanmax(np.abs(a))) or 1.0
+        lo, hi = -lim, lim
+    sns.heatmap(a, ax=ax, vmin=lo, vmax=hi, cmap="RdBu_r" if lo < 0 else "rocket_r",
                 annot=H * L <= 400, fmt=".2f", annot_kws={"fontsize": 6}, cbar_kws={"label": score.replace("_", "-")})
     thr = res.thresholds.get(score)
     if thr is not None:

@@ -22,12 +22,13 @@ from ..heads import top_k as top_k_heads
 from ..hooks import act_name
 from ..models.inputs import TokenSequence
 from ..models.model import HeadscopeModel, as_model
-from ..scores import attention_scores, default_thresholds, prepare, reduce_pattern, weight_scores
+from ..scores import attention_scores, default_thresholds, pass_scores, prepare, reduce_pattern, weight_scores
 from ..scores.layout import RepeatLayout
 from ..tokens import token_text
 from ..weights import head_weights
 from ._progress import Progress
 from .attention import attention_sample
+from .direct import DirectPass, target_groups, unembedding
 from .result import InductionResult
 from .sequences import RepeatedTokens, repeated_tokens
 
@@ -85,6 +86,14 @@ def score_pass(model, rt: RepeatedTokens, chunk: int, progress: Progress | None 
     scores = attention_scores()
     sums = {s.name: torch.zeros(L, H) for s in scores}
     counts = dict.fromkeys(sums, 0)
+    # direct logit effects (scores with from_pass): reduced in the same pass by DirectPass's hooks
+    direct = {s.from_pass for s in pass_scores()}
+    if direct:
+        w = head_weights(m)
+        ue = unembedding(m, w)
+        groups = dict(zip(("direct_logit_first", "direct_logit_later"), target_groups(layout)))
+        direct_sums = {k: np.zeros((L, H)) for k in groups if k in direct}
+        direct_counts = dict.fromkeys(direct_sums, 0)
     loss_sum = torch.zeros(layout.n_tokens - 1)
     z_sum: torch.Tensor | None = None
     z_count = 0
@@ -114,13 +123,22 @@ def score_pass(model, rt: RepeatedTokens, chunk: int, progress: Progress | None 
         tokens = rt.tokens[start: start + chunk].to(m.device)
         for s in scores:
             prepared[s.name] = prepare(s.reads, tokens, layout)
-        logits = m.run_with_hooks(tokens, fwd_hooks=hooks)
+        run = DirectPass(m, tokens, w, ue, head_dtype=torch.float32) if direct else None
+        logits = m.run_with_hooks(tokens, fwd_hooks=hooks + (run.hooks if run else []))
         loss_sum += token_losses(logits, tokens).sum(0).cpu()
+        if run is not None:
+            heads = run.finish(logits).heads  # [B, P, L, H]
+            for name in direct_sums:
+                sel = heads[:, groups[name]]
+                direct_sums[name] += sel.sum((0, 1))
+                direct_counts[name] += sel.shape[0] * sel.shape[1]
         z_count += tokens.shape[0] * tokens.shape[1]
         del logits
         if progress:
             progress.advance("scoring", tokens.shape[0])
     means = {name: (sums[name] / counts[name]).numpy() for name in sums}
+    if direct:
+        means.update({name: direct_sums[name] / max(direct_counts[name], 1) for name in direct_sums})
     z_mean = None if z_sum is None else z_sum / z_count
     return means, loss_sum / rt.tokens.shape[0], z_mean
 

@@ -3,8 +3,8 @@
 from .attention import Column, KeySet, Reads, Stripe, prepare, reduce_pattern
 from .layout import RepeatLayout
 from .registry import (ABLATION_DEFINITION, LOSS_DEFINITION, MIN_RISE, SCORES, Score, attention_scores,
-                       default_thresholds, definitions, role_scores, roles_legend, score, score_names, weight_scores)
+                       default_thresholds, definitions, pass_scores, role_scores, roles_legend, score, score_names, weight_scores)
 
 __all__ = ["ABLATION_DEFINITION", "Column", "KeySet", "LOSS_DEFINITION", "MIN_RISE", "Reads", "RepeatLayout", "SCORES",
-           "Score", "Stripe", "attention_scores", "default_thresholds", "definitions", "prepare", "reduce_pattern",
+           "Score", "Stripe", "attention_scores", "default_thresholds", "definitions", "pass_scores", "prepare", "reduce_pattern",
            "role_scores", "roles_legend", "score", "score_names", "weight_scores"]

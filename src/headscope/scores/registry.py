@@ -37,12 +37,14 @@ class Score:
     threshold: float | None = None  # a head "is" a <label> head when its score >= this; None: no role
     reads: Reads | None = None  # attention score: the pattern entries it averages
     from_weights: Callable[[HeadWeights], torch.Tensor] | None = None  # weight score: [L, H]
-    vmin: float = 0.0  # heatmap range
-    vmax: float = 1.0
+    from_pass: str | None = None  # a reduction of the scan's pass other than attention (headscope.scan.direct)
+    vmin: float | None = 0.0  # heatmap range; None: symmetric around 0, from the data
+    vmax: float | None = 1.0
+    in_table: bool = True  # a column of the terminal table of top heads
 
     @property
     def kind(self) -> str:
-        return "attention" if self.reads is not None else "weights"
+        return "attention" if self.reads is not None else "weights" if self.from_weights is not None else "pass"
 
 
 SCORES: tuple[Score, ...] = (
@@ -90,6 +92,28 @@ SCORES: tuple[Score, ...] = (
         ),
         source="Elhage et al. 2021", threshold=0.7, from_weights=copying_scores, vmin=-1.0,
     ),
+    Score(
+        name="direct_logit_later", header="dla", label="direct logit effect (later repeats)",
+        title="Direct logit effect on later-repeat targets (nats)",
+        definition=(
+            "Mean over targets in repeats 2..R of the head's direct contribution to the centred logit of the actual "
+            "next token: its output z W_O through the final norm (scale frozen at the token's actual value, gain "
+            "folded) and W_U, minus the mean over the vocabulary (the shift the softmax ignores). Positive = the "
+            "head itself raises the copied token. Source: Elhage et al. 2021 (direct path); TransformerLens's "
+            "direct logit attribution convention."
+        ),
+        source="Elhage et al. 2021; TransformerLens", from_pass="direct_logit_later", vmin=None, vmax=None,
+    ),
+    Score(
+        name="direct_logit_first", header="dla1", label="direct logit effect (first repeat)",
+        title="Direct logit effect on first-repeat targets (nats)",
+        definition=(
+            "As direct_logit_later, over targets in repeat 1, which no head can predict from context: a baseline "
+            "for the later-repeat effect."
+        ),
+        source="Elhage et al. 2021; TransformerLens", from_pass="direct_logit_first", vmin=None, vmax=None,
+        in_table=False,
+    ),
 )
 
 #: Quantities that are not head scores but sit in the same legend and JSON ``definitions``.
@@ -128,6 +152,10 @@ def attention_scores() -> list[Score]:
 
 def weight_scores() -> list[Score]:
     return [s for s in SCORES if s.from_weights is not None]
+
+
+def pass_scores() -> list[Score]:
+    return [s for s in SCORES if s.from_pass is not None]
 
 
 def role_scores() -> list[Score]:

@@ -1,0 +1,156 @@
+"""The direct-logit reduction of a forward pass: how much each head writes the next token's logit.
+
+The maths (final norm scale frozen, centred logits) is described in :mod:`headscope.logits.dla`,
+which attributes one text; here are the pieces a pass needs, so the induction scan can reduce
+its own pass to each head's direct effect on first-repeat and later-repeat targets
+(:func:`repeat_direct_effects`) without another forward pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..hooks import act_name
+from ..scores.layout import RepeatLayout
+from ..weights import HeadWeights, head_weights
+
+
+@dataclass
+class Unembedding:
+    """What turns a final residual into centred logits, with the final norm's gain folded in."""
+
+    W_U: torch.Tensor  # [d_model, d_vocab] float64, ln_final gain folded
+    W_U_mean: torch.Tensor  # [d_model] float64, mean of W_U over the vocabulary
+    logit_bias: torch.Tensor  # [d_vocab] float64, (b_f W_U_raw + b_U), centred over the vocabulary
+    centre: bool  # LayerNorm: project directions onto the mean-zero subspace
+
+    def directions(self, targets: torch.Tensor) -> torch.Tensor:
+        """``[..., d_model]`` centred unembedding direction ``u`` for each target id in ``targets [...]``."""
+        u = self.W_U[:, targets.reshape(-1)].T - self.W_U_mean  # [N, d_model]
+        if self.centre:
+            u = u - u.mean(-1, keepdim=True)
+        return u.reshape(*targets.shape, -1)
+
+
+def _param(module, name: str) -> torch.Tensor | None:
+    module = getattr(module, "original_component", module)
+    p = getattr(module, name, None)
+    return None if p is None else p.detach()
+
+
+@torch.no_grad()
+def unembedding(model, w: HeadWeights | None = None) -> Unembedding:
+    """The final norm + unembedding of ``model`` (a TransformerBridge) in the form the attribution needs."""
+    w = w or head_weights(model)
+    W_U = w.W_U.double()  # gain already folded
+    bias = torch.zeros(W_U.shape[1], dtype=torch.float64, device=W_U.device)
+    b_f = _param(model.ln_final, "bias")
+    if b_f is not None:  # LayerNorm's bias goes through the raw (unfolded) W_U
+        bias += b_f.double() @ model.W_U.detach().double()
+    try:
+        b_U = model.b_U
+    except Exception:  # the bridge raises for models without an unembedding bias
+        b_U = None
+    if b_U is not None:
+        bias += b_U.detach().double()
+    return Unembedding(W_U=W_U, W_U_mean=W_U.mean(1), logit_bias=bias - bias.mean(),
+                       centre=w.norm == "layernorm")
+
+
+@dataclass
+class DirectEffects:
+    """Raw output of :func:`direct_effects` for a batch: numpy arrays, positions ``0..T-2``.
+
+    ``heads [B, P, L, H]``; ``components[name] [B, P]`` (embed, pos_embed, MLP{l}, attn_bias,
+    unembed_bias, float_error); ``logit [B, P]`` their total; ``model_logit [B, P]`` the
+    model's own centred logit of the target; ``scale [B, P]`` the frozen final-norm scale.
+    """
+
+    heads: np.ndarray
+    components: dict[str, np.ndarray]
+    logit: np.ndarray
+    model_logit: np.ndarray
+    scale: np.ndarray
+
+
+class DirectPass:
+    """Hooks that reduce one forward pass over ``tokens [B, T]`` to direct effects, and the final step.
+
+    Position ``p`` (``0..T-2``) is scored on its actual next token ``tokens[:, p + 1]``.
+    Every hook reduces its activation to ``[B, P(, H)]`` numbers the moment it fires (the
+    target directions are known before the pass), so nothing of size ``[pos, d_model]`` per
+    head is kept; only the final scale divides at the end. :attr:`hooks` can join other
+    hooks in a pass someone else runs (e.g. the induction scan's); then call :meth:`finish`
+    with that pass's logits.
+    """
+
+    def __init__(self, model, tokens: torch.Tensor, w: HeadWeights, ue: Unembedding,
+                 head_dtype: torch.dtype = torch.float64):
+        # head_dtype: precision of the per-head products (B x P x H x d_head x d_model multiply-adds per
+        # layer, the bulk of the cost); float32 in the scan's pass (~1e-6 relative), float64 for one text.
+        self.w, self.ue = w, ue
+        L, H = w.n_layers, w.n_heads
+        device = w.W_U.device
+        self.tokens = tokens.to(device)
+        self.u = ue.directions(self.tokens[:, 1:])  # [B, P, d_model] float64
+        self.W_O = w.W_O.to(head_dtype)  # [L, H, d_head, d_model]
+        self.u_heads = self.u.to(head_dtype)
+        self.head_raw = torch.zeros(*self.u.shape[:2], L, H, dtype=torch.float64, device=device)
+        self.raw: dict[str, torch.Tensor] = {}  # component -> [B, P] before division by the scale
+        self.final: dict[str, torch.Tensor] = {}
+        hooks = [(act_name("z", l), self._on_z(l)) for l in range(L)]
+        hooks.append(("hook_embed", self._on_vector("embed")))
+        if w.W_pos is not None and "hook_pos_embed" in model.hook_dict:
+            hooks.append(("hook_pos_embed", self._on_vector("pos_embed")))
+        hooks += [(act_name("mlp_out", l), self._on_vector(f"MLP{l}")) for l in range(L)]
+        hooks += [("ln_final.hook_in", self._on_final), ("ln_final.hook_scale", self._on_final)]
+        self.hooks = hooks
+
+    def _dot(self, t: torch.Tensor) -> torch.Tensor:  # [B, T, d_model] -> [B, P]
+        return (t[:, :-1].double() * self.u).sum(-1)
+
+    def _on_z(self, layer: int):
+        def hook(z, hook):  # z: [B, T, H, d_head], the input of the output projection
+            read = torch.einsum("hed,bpd->bphe", self.W_O[layer], self.u_heads)  # what each head's z must align with
+            self.head_raw[:, :, layer] = (z[:, :-1].to(read.dtype) * read).sum(-1).double()
+        return hook
+
+    def _on_vector(self, name: str):
+        def hook(t, hook):
+            self.raw[name] = self._dot(t)
+        return hook
+
+    def _on_final(self, t, hook):
+        self.final[hook.name] = t.detach()
+
+    def finish(self, logits: torch.Tensor) -> DirectEffects:
+        """Divide by the frozen scale, add the biases and the rounding term; ``logits [B, T, vocab]``."""
+        target = self.tokens[:, 1:]
+        lg = logits[:, :-1]
+        model_logit = lg.gather(-1, target[..., None])[..., 0].double() - lg.sum(-1, dtype=torch.float64) / lg.shape[-1]
+        scale = self.final["ln_final.hook_scale"][:, :-1, 0].double()  # [B, P]
+        comps = {k: self.raw[k] for k in ("embed", "pos_embed") if k in self.raw}
+        comps.update({f"MLP{l}": self.raw[f"MLP{l}"] for l in range(self.w.n_layers)})
+        b_O = self.w.b_O.double().sum(0)  # [d_model]: every layer's output bias, one vector
+        if b_O.abs().max() > 0:
+            comps["attn_bias"] = (self.u * b_O).sum(-1)
+        total = self._dot(self.final["ln_final.hook_in"])
+        comps["float_error"] = total - self.head_raw.sum((2, 3)) - sum(comps.values())
+        heads = self.head_raw / scale[..., None, None]
+        comps = {k: v / scale for k, v in comps.items()}
+        comps["unembed_bias"] = self.ue.logit_bias[target]  # added after the norm: not divided
+        order = [k for k in comps if k != "float_error"] + ["float_error"]  # rounding last, for display
+        comps_np = {k: comps[k].cpu().numpy() for k in order}
+        heads_np = heads.cpu().numpy()
+        return DirectEffects(heads=heads_np, components=comps_np,
+                             logit=heads_np.sum((2, 3)) + sum(comps_np.values()),
+                             model_logit=model_logit.cpu().numpy(), scale=scale.cpu().numpy())
+
+
+def target_groups(layout: RepeatLayout) -> tuple[slice, slice]:
+    """Scored positions (``p`` predicts token ``p + 1``) whose targets lie in repeat 1, and in repeats 2..R."""
+    start = max(layout.offset, 1)
+    return slice(start - 1, layout.later_start - 1), slice(layout.later_start - 1, layout.n_tokens - 1)
