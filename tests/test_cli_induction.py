@@ -42,7 +42,10 @@ def test_writes_csv_and_every_figure(small, tmp_path):
     assert {"scores.json", "scores.csv", "heatmap_induction.png", "heatmap_copying.png", "loss_by_position.png",
             "ablation.png", "attention_repeated.png", "attention_text_1.png"} <= names
     header = (out / "scores.csv").read_text().splitlines()[0]
-    assert header == "layer,head,induction,prefix_matching,previous_token,duplicate_token,copying,roles"
+    from headscope.scores import score_names
+
+    assert header == ",".join(["layer", "head", *score_names(), "roles"])  # one column per score of the registry
+    assert header.startswith("layer,head,induction,prefix_matching,previous_token,duplicate_token,copying,")
     assert all((out / n).stat().st_size > 1000 for n in names if n.endswith(".png"))
 
 
