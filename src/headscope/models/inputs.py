@@ -67,8 +67,8 @@ def encode(model, text: str, *, max_tokens: int | None = None, title: str = "", 
     """``text`` as a :class:`TokenSequence` under the rules above.
 
     >>> seq = encode(model, "a b a b", max_tokens=3)
-    >>> len(seq), seq.notes[0].split(";")[0]
-    (3, 'text 1 cut from 5 to 3 tokens (first token included)')
+    >>> len(seq), seq.n_text_tokens, seq.notes[0].split(";")[0]
+    (3, 5, 'text 1 cut from 5 to 3 tokens (first token included) to fit the window of 3 tokens')
     """
     m = as_model(model)
     if text is None or not str(text).strip():

