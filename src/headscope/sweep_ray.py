@@ -280,17 +280,26 @@ def iter_nothing() -> Iterator[Outcome]:
 
 def _run_in_worker(job: EntryJob, entry_fn, threads: int) -> dict:
     """The Ray task: ``{"record": ...}`` or ``{"failure": ...}`` (an entry's error is a result, not a crash)."""
+    import resource
+
     import torch
 
     if threads:
         # Ray sets OMP_NUM_THREADS per task, but a reused worker keeps the thread count torch read at import
         torch.set_num_threads(threads)
+    cuda = job.device.startswith("cuda") and torch.cuda.is_available()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     try:
         record = entry_fn(job) if entry_fn is not None else job.run()
     except Exception as exc:  # the entry's own failure (a model that will not load...): keep its message and hint
         return {"failure": entry_failure(job.entry, exc)}
-    record["worker"] = {"executor": "ray", "host": socket.gethostname(), "pid": os.getpid(),
-                        "device": job.device, "threads": torch.get_num_threads()}
+    # where it ran and what it took: peak RSS is the worker process's since it started (Linux: KiB)
+    record["worker"] = {"executor": "ray", "host": socket.gethostname(), "pid": os.getpid(), "device": job.device,
+                        "threads": torch.get_num_threads(),
+                        "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)}
+    if cuda:
+        record["worker"]["peak_gpu_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
     return {"record": record}
 
 
