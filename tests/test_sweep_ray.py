@@ -1,7 +1,7 @@
 """`headscope sweep --executor ray`: the same sweep, each entry a Ray task, on a local Ray cluster.
 
 One Ray cluster (2 CPUs, no dashboard) is started for the whole module and shut down at its
-end; the executor finds this process connected and uses that cluster. Tests that need Ray
+end (tests marked ``ray``; ``-m "not ray"`` leaves them out); the executor finds this process connected and uses that cluster. Tests that need Ray
 skip when it is not installed (``pip install "headscope[ray]"``); the ones that check what
 happens without Ray or with a bad address do not need it. Models are the tiny random GPT-2
 and Llama of conftest.py; scans are 8 tokens x 2 repeats, batch 2.
@@ -79,6 +79,7 @@ def _closed_port() -> int:
 
 
 # --- the same table as the local executor ---------------------------------------------------------
+@pytest.mark.ray
 def test_ray_sweep_gives_the_local_table_and_flags_the_copy(ray_cluster, three_models, tmp_path):
     local, remote = tmp_path / "local", tmp_path / "ray"
     r = sweep(*_models(three_models), "--out", str(local))
@@ -108,6 +109,7 @@ def test_ray_sweep_gives_the_local_table_and_flags_the_copy(ray_cluster, three_m
 
 
 # --- a worker that dies ------------------------------------------------------------------------
+@pytest.mark.ray
 def test_a_worker_killed_mid_entry_leaves_it_failed_and_the_rerun_completes_it(ray_cluster, tiny_gpt2_dir,
                                                                                 tiny_llama_dir, tmp_path, monkeypatch):
     out = tmp_path / "out"
@@ -135,6 +137,7 @@ def test_a_worker_killed_mid_entry_leaves_it_failed_and_the_rerun_completes_it(r
     assert [e["status"] for e in json.loads((out / "sweep.json").read_text())["entries"]] == ["done", "done"]
 
 
+@pytest.mark.ray
 def test_an_entry_that_raises_in_its_worker_keeps_its_message_and_hint(ray_cluster, tiny_gpt2_dir, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(tiny_gpt2_dir, broken)
@@ -147,6 +150,7 @@ def test_an_entry_that_raises_in_its_worker_keeps_its_message_and_hint(ray_clust
 
 
 # --- Ctrl-C ----------------------------------------------------------------------------------
+@pytest.mark.ray
 def test_interrupting_a_ray_sweep_keeps_finished_entries_and_cancels_the_rest(ray_cluster, tiny_gpt2_dir,
                                                                              tiny_llama_dir, tmp_path):
     out = tmp_path / "out"
@@ -178,6 +182,7 @@ def test_interrupting_a_ray_sweep_keeps_finished_entries_and_cancels_the_rest(ra
 
 
 # --- addresses, resources, and no Ray ---------------------------------------------------------
+@pytest.mark.ray
 def test_an_unreachable_address_fails_at_once_with_a_clear_message(tiny_gpt2_dir, tmp_path):
     pytest.importorskip("ray")
     out = tmp_path / "out"
@@ -201,6 +206,7 @@ def test_a_port_that_is_not_a_ray_head_is_refused_within_the_timeout():
         assert time.perf_counter() - t0 < 3
 
 
+@pytest.mark.ray
 def test_a_running_cluster_passes_the_probe(ray_cluster):
     sweep_ray.probe_address(ray_cluster.get_runtime_context().gcs_address, timeout=2.0)
 
@@ -211,6 +217,7 @@ def test_malformed_addresses_are_refused(address):
         sweep_ray.RayExecutor(address)
 
 
+@pytest.mark.ray
 def test_a_request_no_node_can_meet_is_refused_instead_of_waiting_forever(ray_cluster, tiny_gpt2_dir, tmp_path):
     out = tmp_path / "out"
     r = sweep("-m", str(tiny_gpt2_dir), "--out", str(out), "--executor", "ray", "--cpus-per-task", "64")

@@ -164,12 +164,14 @@ class RayExecutor:
         try:
             device, gpus = self._placement(ray, jobs[0].device, jobs[0].device_map)
             threads = 0 if gpus else max(1, int(self.cpus_per_task))
-            task = ray.remote(_run_in_worker)
+            # Resources in the decorator: with num_gpus > 0 Ray then gives each task a fresh worker
+            # process (max_calls=1), so nothing of one model stays on the GPU for the next.
+            task = ray.remote(num_cpus=self.cpus_per_task, num_gpus=gpus, max_retries=self.max_retries)(_run_in_worker)
             refs = {}
             for job in jobs:
-                opts = task.options(num_cpus=self.cpus_per_task, num_gpus=gpus, max_retries=self.max_retries,
-                                    name=f"headscope-sweep:{job.entry.label}")
-                refs[opts.remote(dataclasses.replace(job, device=device), self.entry_fn, threads)] = job
+                ref = task.options(name=f"headscope-sweep:{job.entry.label}").remote(
+                    dataclasses.replace(job, device=device), self.entry_fn, threads)
+                refs[ref] = job
         except BaseException:
             if started:
                 ray.shutdown()
