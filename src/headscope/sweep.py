@@ -245,8 +245,8 @@ class EntryJob:
     index: int
     total: int
     settings: dict
-    device: str = "auto"
-    dtype: str = "float32"
+    device: Any = "auto"  # as load_model takes them: names or torch objects (both pickle)
+    dtype: Any = "float32"
     device_map: str | dict | None = None
 
     @property
@@ -368,7 +368,7 @@ def run_sweep(
             records[e.key] = done[e.key]
             emit("skip", e, {"index": i, "total": len(entries), "summary": done[e.key]["summary"]})
         else:
-            jobs.append(EntryJob(e, i, len(entries), settings, str(device), str(dtype), device_map))
+            jobs.append(EntryJob(e, i, len(entries), settings, device, dtype, device_map))
     # the executor may connect to a cluster here: a bad address fails before any file is written
     outcomes = executor.run(jobs, emit)
     try:

@@ -289,7 +289,7 @@ def _run_in_worker(job: EntryJob, entry_fn, threads: int) -> dict:
     if threads:
         # Ray sets OMP_NUM_THREADS per task, but a reused worker keeps the thread count torch read at import
         torch.set_num_threads(threads)
-    cuda = job.device.startswith("cuda") and torch.cuda.is_available()
+    cuda = str(job.device).startswith("cuda") and torch.cuda.is_available()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     try:
