@@ -24,7 +24,7 @@ import pytest
 from typer.testing import CliRunner
 
 import headscope
-import headscope.sweep_ray as sweep_ray
+from headscope import sweep_ray
 from headscope.cli import app
 from headscope.errors import BadInput
 from headscope.sweep import plan_sweep, read_entry, run_sweep

@@ -316,9 +316,9 @@ def _lost_task(job: EntryJob, exc: BaseException) -> dict:
         msg, hint = "the task was cancelled", "run the same command again to run it"
     elif "WorkerCrashed" in name or "ActorDied" in name or "NodeDied" in name:
         msg, hint = (f"the Ray worker running this entry died before it returned ({name})",
-                     "a worker dies when the system kills it (out of memory) or its node goes away; the "
-                     "worker's log is under /tmp/ray/session_latest/logs on its node. Run the same command "
-                     "again to retry the entry")
+                     ("a worker dies when the system kills it (out of memory) or its node goes away; the "
+                      "worker's log is under /tmp/ray/session_latest/logs on its node. Run the same command "
+                      "again to retry the entry"))
     else:
         msg, hint = (f"the Ray task failed: {name}: {first}",
                      "if a worker cannot import headscope, install it (same version) on every node")
