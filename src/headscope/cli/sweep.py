@@ -9,6 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from ..errors import BadInput
 from ..models import resolve_dtype
 from ..pipeline.sweep import SUMMARY_DEFINITIONS, plan_sweep, run_sweep
 from ..scan import check_settings
@@ -41,6 +42,16 @@ def sweep_cmd(
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "float32",
     device_map: DeviceMapOpt = None,
+    executor: Annotated[str, typer.Option("--executor", help="Who runs the entries: local (one after another "
+                        "in this process) or ray (one Ray task per entry, spread over a Ray cluster's GPUs or CPUs; "
+                        'pip install "headscope[ray]"). Files are written here either way.')] = "local",
+    address: Annotated[str | None, typer.Option("--address", help="With --executor ray: the cluster to use. auto "
+                       "(the one `ray start` made on this machine, or RAY_ADDRESS), HOST:PORT of its head, or "
+                       "ray://HOST:PORT (Ray Client). Default: start a local cluster for this sweep.")] = None,
+    cpus_per_task: Annotated[float, typer.Option("--cpus-per-task", help="With --executor ray: CPUs each entry's "
+                             "task asks for (and torch threads, on CPU).")] = 1.0,
+    gpus_per_task: Annotated[float, typer.Option("--gpus-per-task", help="With --executor ray on CUDA: GPUs each "
+                             "task asks for (0.5 packs two small models on a GPU; >1 with --device-map).")] = 1.0,
     out: Annotated[Path, typer.Option("--out", help="Output directory: entries/*.json (one per finished entry), "
                    "sweep.csv, sweep.json, sweep.png.")] = Path("headscope-results/sweep"),
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Recompute entries already finished in --out "
@@ -54,7 +65,13 @@ def sweep_cmd(
     --out/entries/ the moment it finishes; the table (sweep.csv, sweep.json) is rewritten after
     each entry and the figure (sweep.png: top-head induction score, its sum over heads and the
     later-repeat loss) at the end. Run the same command again to resume: finished entries are
-    skipped and failed ones retried. Exit code 1 if any entry failed.
+    skipped and failed ones retried. Exit code 1 if any entry failed. Entries whose weights
+    are bit-identical (a checkpoint branch serving another's weights) are flagged
+    (same_weights_as in the table).
+
+    With --executor ray each entry is a Ray task (one GPU each on CUDA, --cpus-per-task CPUs
+    otherwise) on a local cluster or the one at --address; this process still writes every
+    file as the entries arrive.
 
     Examples:
 
@@ -63,12 +80,16 @@ def sweep_cmd(
       headscope sweep -m run/checkpoint-500 -m run/checkpoint-1000 -m run/checkpoint-1500
 
       headscope sweep -m gpt2 -m gpt2-medium -m smollm2-135m --out family
+
+      headscope sweep -m EleutherAI/pythia-1b -r step1000,step2000 --executor ray --address auto
     """
     con, err = consoles(json_out)
     check_settings(seq_len, batch, repeats, True, None)
     resolve_dtype(dtype)
     at_least("--top", top, 1)
-    check_device(device, device_map)
+    runner = _executor(executor, address, cpus_per_task, gpus_per_task, device, err)
+    if runner is None:
+        check_device(device, device_map)  # Ray's workers have their own devices: RayExecutor checks against the cluster
     entries = plan_sweep(model, _split(revision))
     err.print(f"Sweep of {len(entries)} entries into {out}/ ({seq_len} tokens x {repeats} repeats, batch {batch}, "
               f"{dtype}{', with ablation' if ablate else ''})", highlight=False)
@@ -95,7 +116,7 @@ def sweep_cmd(
         res = run_sweep(entries, out, device=device, dtype=dtype, device_map=device_map, rerun=overwrite,
                         on_event=on_event, log=lambda s: err.print(s, highlight=False), progress=progress_enabled(),
                         seq_len=seq_len, batch=batch, repeats=repeats, seed=seed, top_k=top, ablate=ablate,
-                        max_memory_gb=max_memory)
+                        max_memory_gb=max_memory, executor=runner)
     except KeyboardInterrupt:
         err.print(f"Finished entries are kept in {out}/entries (table: {out}/sweep.csv); run the same command "
                   "again to resume.", highlight=False)
@@ -103,12 +124,36 @@ def sweep_cmd(
     if json_out:
         typer.echo(res.to_json())
     _print_table(con, res)
+    for r in res.rows:
+        if r.get("same_weights_as"):
+            err.print(f"[yellow]same weights:[/] {escape(r['label'])} holds exactly the weights of "
+                      f"{escape(r['same_weights_as'])} (sha256 {r['weights_sha256'][:12]}...)", highlight=False)
     err.print(f"[green]Wrote[/] {', '.join(p.name for p in res.files)} and entries/ to {out}/", highlight=False)
     if not res.ok:
         err.print(f"[bold red]{len(res.failures)} of {len(entries)} entries failed[/] "
                   f"({', '.join(escape(f['label']) for f in res.failures)}); finished entries are kept. "
                   "Fix the cause and run the same command again: only the missing entries run.", highlight=False)
         raise typer.Exit(1)
+
+
+def _executor(name: str, address: str | None, cpus: float, gpus: float, device: str, err):
+    """None for the local executor (run_sweep's default), else a RayExecutor; checks the options."""
+    name = name.strip().lower()
+    if name not in ("local", "ray"):
+        raise BadInput(f"unknown --executor {name!r}", hint="use local or ray")
+    if name == "local":
+        if address:
+            raise BadInput("--address names a Ray cluster, but the sweep runs with --executor local",
+                           hint="add --executor ray")
+        return None
+    if str(device).lower().split(":")[0] not in ("auto", "cpu", "cuda", "mps"):
+        resolve_device(device)  # raises its usual message for a device name it does not know
+    from ..pipeline.sweep_ray import RayExecutor
+
+    runner = RayExecutor(address, cpus_per_task=cpus, gpus_per_task=gpus,
+                         log=lambda s: err.print(escape(s), highlight=False))
+    runner.check()  # no Ray, or nothing at --address: say so before anything else happens
+    return runner
 
 
 def _brief(s: dict) -> str:

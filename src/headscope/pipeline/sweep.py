@@ -18,6 +18,7 @@ summed over all heads, and later-repeat loss, against training step or model.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import hashlib
 import json
@@ -32,6 +33,7 @@ from typing import Any, Callable
 from ..errors import BadInput, HeadscopeError
 from ..heads import head_label
 from ..models import builtin
+from ..models.fingerprint import weights_fingerprint
 from ..models.loading import load_model
 from ..scan.induction import scan_induction
 from ..scan.result import InductionResult
@@ -52,6 +54,8 @@ SUMMARY_DEFINITIONS = {
     "prefix_matching_top": "Prefix-matching score of the best prefix-matching head.",
     "loss_first_repeat": "Mean loss (nats) on targets in the first repeat: unpredictable, about ln(vocab).",
     "loss_later_repeats": "Mean loss (nats) on targets in repeats 2..R: falls when induction heads work.",
+    "same_weights_as": "The first entry of the sweep whose weights are bit-identical to this entry's (sha256 over "
+                       "every parameter, weights_sha256): the same model under another name or step.",
     "induction": declared("induction").definition,
 }
 
@@ -222,6 +226,64 @@ def _differences(a: dict, b: dict) -> list[str]:
 Event = Callable[[str, SweepEntry, dict], None]
 
 
+# --- executor seam (issue 14): who runs the entries; the driver below writes what they return --
+@dataclass(frozen=True)
+class EntryJob:
+    """Everything one entry needs to run in any process: picklable, so an executor can ship it.
+
+    ``index``/``total`` place it in the sweep (for messages); ``settings`` are the sweep's
+    scan settings (:data:`DEFAULT_SCAN` keys plus ``dtype``).
+    """
+
+    entry: SweepEntry
+    index: int
+    total: int
+    settings: dict
+    device: Any = "auto"  # as load_model takes them: names or torch objects (both pickle)
+    dtype: Any = "float32"
+    device_map: str | dict | None = None
+
+    @property
+    def info(self) -> dict:
+        return {"index": self.index, "total": self.total}
+
+    def run(self, *, progress: bool | None = False, log: Callable[[str], None] | None = None) -> dict:
+        """Load, fingerprint, scan and summarise this entry; returns its record (what entries/<key>.json holds)."""
+        return _run_entry(self.entry, self.settings, device=self.device, dtype=self.dtype,
+                          device_map=self.device_map, progress=progress, log=log)
+
+
+#: What an executor yields per job as it finishes: (job, record, None) or (job, None, failure).
+Outcome = tuple[EntryJob, dict | None, dict | None]
+
+
+class LocalExecutor:
+    """Runs the entries one after another in this process (the default; needs nothing else).
+
+    An executor's ``run(jobs, emit)`` returns a generator of :data:`Outcome` in the order the
+    entries finish (``jobs`` may be empty: then it must start nothing). A failing entry
+    becomes a failure record (:func:`entry_failure`), never an exception, so one bad
+    checkpoint does not stop the others; ``KeyboardInterrupt`` passes through. ``run`` may
+    do its setup (connecting to a cluster) eagerly, so that a bad setup raises before the
+    driver writes anything; ``close()`` on the generator must stop the outstanding work.
+    """
+
+    name = "local"
+
+    def __init__(self, *, progress: bool | None = False, log: Callable[[str], None] | None = None):
+        self.progress, self.log = progress, log
+
+    def run(self, jobs: list[EntryJob], emit: Event):
+        for job in jobs:
+            emit("start", job.entry, job.info)
+            try:
+                rec = job.run(progress=self.progress, log=self.log)
+            except Exception as exc:  # one bad checkpoint must not lose the others
+                yield job, None, entry_failure(job.entry, exc)
+            else:
+                yield job, rec, None
+
+
 def run_sweep(
     entries: list[SweepEntry],
     out_dir: str | os.PathLike,
@@ -234,6 +296,7 @@ def run_sweep(
     on_event: Event | None = None,
     log: Callable[[str], None] | None = None,
     progress: bool | None = False,
+    executor=None,
     **scan: Any,
 ) -> SweepResult:
     """Scan every entry (see :func:`plan_sweep`) and write each result as soon as it is done.
@@ -242,9 +305,12 @@ def run_sweep(
     Entries already in ``out_dir`` with the same result settings are skipped unless
     ``rerun``; finding results made with other settings raises :class:`BadInput` before
     anything runs (nothing is overwritten unless ``rerun``). An entry that fails (a model
-    that will not load, a scan out of memory) is recorded in ``failures`` and the sweep goes
-    on; a rerun retries it. ``on_event(kind, entry, info)`` hears "skip", "start", "done"
-    and "fail"; ``log`` the lines a first-time download or conversion says.
+    that will not load, a scan out of memory, a worker that died) is recorded in
+    ``failures`` and the sweep goes on; a rerun retries it. ``on_event(kind, entry, info)``
+    hears "skip", "start" (local executor), "done" and "fail"; ``log`` the lines a
+    first-time download or conversion says. ``executor`` runs the entries: default
+    :class:`LocalExecutor` (one after another, here); :class:`headscope.pipeline.sweep_ray.RayExecutor`
+    spreads them over a Ray cluster. Whoever runs them, this process writes every file.
     """
     unknown = set(scan) - set(DEFAULT_SCAN)
     if unknown:
@@ -258,6 +324,7 @@ def run_sweep(
                        hint="choose another --out") from None
     settings = {**DEFAULT_SCAN, **scan, "dtype": str(dtype)}
     emit = on_event or (lambda kind, entry, info: None)
+    executor = executor or LocalExecutor(progress=progress, log=log)
 
     done: dict[str, dict] = {}
     if not rerun:
@@ -282,30 +349,33 @@ def run_sweep(
     records: dict[str, dict] = {}
     failures: list[dict] = []
     result = SweepResult([], failures, settings, out)
+    order = {e.key: i for i, e in enumerate(entries)}
 
     def table() -> None:
-        result.rows = [_row(e, records.get(e.key), failures) for e in entries]
+        failures.sort(key=lambda f: order[f["key"]])  # entry order, whatever order they finished in
+        result.rows = mark_same_weights([_row(e, records.get(e.key), failures) for e in entries])
         result.files = write_table(result, out)
 
+    jobs: list[EntryJob] = []
+    for i, e in enumerate(entries):
+        if e.key in done:
+            records[e.key] = done[e.key]
+            emit("skip", e, {"index": i, "total": len(entries), "summary": done[e.key]["summary"]})
+        else:
+            jobs.append(EntryJob(e, i, len(entries), settings, device, dtype, device_map))
+    # the executor may connect to a cluster here: a bad address fails before any file is written
+    outcomes = executor.run(jobs, emit)
     try:
-        for i, e in enumerate(entries):
-            info = {"index": i, "total": len(entries)}
-            if e.key in done:
-                records[e.key] = done[e.key]
-                emit("skip", e, {**info, "summary": done[e.key]["summary"]})
-                continue
-            emit("start", e, info)
-            try:
-                rec = _run_entry(e, settings, device=device, dtype=dtype, device_map=device_map,
-                                 progress=progress, log=log)
-            except Exception as exc:  # one bad checkpoint must not lose the others
-                failures.append(_failure(e, exc))
-                emit("fail", e, {**info, **failures[-1]})
-            else:
-                _write_atomic(entry_path(out, e), json.dumps(rec, indent=1))
-                records[e.key] = rec
-                emit("done", e, {**info, "summary": rec["summary"], "seconds": rec["seconds"]})
-            table()
+        with contextlib.closing(outcomes):  # closing stops an executor's outstanding work on Ctrl-C
+            for job, rec, failure in outcomes:
+                if failure is not None:
+                    failures.append(failure)
+                    emit("fail", job.entry, {**job.info, **failure})
+                else:
+                    _write_atomic(entry_path(out, job.entry), json.dumps(rec, indent=1))
+                    records[job.entry.key] = rec
+                    emit("done", job.entry, {**job.info, "summary": rec["summary"], "seconds": rec["seconds"]})
+                table()
     finally:
         table()  # also on KeyboardInterrupt: the table shows what is finished
     if figure and any(r["status"] == "done" for r in result.rows):
@@ -322,14 +392,37 @@ def _run_entry(e: SweepEntry, settings: dict, *, device, dtype, device_map, prog
                        log=log or (lambda msg: None))
     t_load = time.perf_counter() - t0
     try:
+        weights = _fingerprint(model)
+        t_hash = time.perf_counter() - t0 - t_load
         kwargs = {k: settings[k] for k in DEFAULT_SCAN}
         res = scan_induction(model, **kwargs, sample=False, progress=progress)
-        t_scan = time.perf_counter() - t0 - t_load
+        t_scan = time.perf_counter() - t0 - t_load - t_hash
     finally:
         del model
         _free_memory()
-    return {"entry": e.to_dict(), "settings": settings, "summary": summarise(res),
-            "seconds": {"load": round(t_load, 3), "scan": round(t_scan, 3)}, "result": res.to_dict()}
+    return {"entry": e.to_dict(), "settings": settings, "summary": summarise(res), "weights": weights,
+            "seconds": {"load": round(t_load, 3), "fingerprint": round(t_hash, 3), "scan": round(t_scan, 3)},
+            "result": res.to_dict()}
+
+
+def _fingerprint(model) -> dict:
+    """The weights' fingerprint, or a record of why there is none (weights offloaded to disk)."""
+    try:
+        return weights_fingerprint(model)
+    except ValueError as exc:
+        return {"sha256": None, "error": str(exc)}
+
+
+def mark_same_weights(rows: list[dict]) -> list[dict]:
+    """Set ``same_weights_as`` on every row: the label of the first earlier row whose weights are
+    bit-identical (same ``weights_sha256``), else None."""
+    first: dict[str, str] = {}
+    for row in rows:
+        sha = row.get("weights_sha256")
+        row["same_weights_as"] = first.get(sha) if sha else None
+        if sha:
+            first.setdefault(sha, row["label"])
+    return rows
 
 
 def _free_memory() -> None:
@@ -343,11 +436,13 @@ def _free_memory() -> None:
         pass
 
 
-def _failure(e: SweepEntry, exc: BaseException) -> dict:
+def entry_failure(e: SweepEntry, exc: BaseException, tb: str | None = None) -> dict:
+    """The failure record of an entry (what ``failures`` and sweep.json hold); ``tb`` defaults to
+    the traceback being handled."""
     message = exc.message if isinstance(exc, HeadscopeError) else f"{type(exc).__name__}: {exc}"
     return {"label": e.label, "model": e.model, "revision": e.revision, "key": e.key,
             "error": (message.strip().splitlines() or [""])[0][:500],
-            "hint": getattr(exc, "hint", None), "traceback": traceback.format_exc()}
+            "hint": getattr(exc, "hint", None), "traceback": tb if tb is not None else traceback.format_exc()}
 
 
 def _row(e: SweepEntry, rec: dict | None, failures: list[dict]) -> dict:
@@ -356,7 +451,7 @@ def _row(e: SweepEntry, rec: dict | None, failures: list[dict]) -> dict:
     failed = next((f for f in failures if f["key"] == e.key), None)
     if rec is not None:
         row.update(status="done", **rec["summary"], load_s=rec["seconds"]["load"], scan_s=rec["seconds"]["scan"],
-                   file=f"entries/{e.key}.json")
+                   file=f"entries/{e.key}.json", weights_sha256=(rec.get("weights") or {}).get("sha256"))
     else:
         row.update(status="failed" if failed else "pending", error=failed["error"] if failed else None)
     return row
