@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..errors import BadInput
-from ..models import resolve_dtype
+from ..models import resolve_device, resolve_dtype
 from ..pipeline.sweep import SUMMARY_DEFINITIONS, plan_sweep, run_sweep
 from ..scan import check_settings
 from . import app

@@ -71,7 +71,10 @@ def ov_rows(w: HeadWeights, layer: int, head: int, token_ids: Sequence[int], *, 
         t = rows.topk(k, dim=-1)
         b = rows.topk(k, dim=-1, largest=False)
         own = rows.gather(-1, torch.tensor(block, device=rows.device)[:, None])  # [n, 1]
-        tops.append(t.indices), topv.append(t.values), bots.append(b.indices), botv.append(b.values)
+        tops.append(t.indices)
+        topv.append(t.values)
+        bots.append(b.indices)
+        botv.append(b.values)
         selfv.append(own[:, 0])
         rank.append((rows > own).sum(-1) + 1)  # ties count in the token's favour
     cat = lambda xs: torch.cat(xs).cpu().numpy()  # noqa: E731

@@ -225,8 +225,8 @@ def convert_gguf(gguf: Path, target: Path, log: Log = lambda m: None, extra: dic
     # that save_pretrained writes ordinary safetensors.
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    model.hf_quantizer = None
-    model.is_quantized = False
+    model.hf_quantizer = None  # type: ignore[assignment]
+    model.is_quantized = False  # type: ignore[assignment]
     try:
         with cache.atomic_dir(target) as tmp, quiet_progress():
             model.save_pretrained(tmp)

@@ -133,7 +133,7 @@ def plan_sweep(models: list[str], revisions: list[str] | None = None) -> list[Sw
             )
         path = local and model not in builtin.BUILTINS
         base = Path(model.rstrip("/")).name if path else model
-        for rev in revisions or [None]:
+        for rev in (revisions or [None]):  # type: ignore[list-item]
             step = step_of(rev) if rev else step_of(model)
             # a checkpoint directory belongs to the run that holds it: run/checkpoint-500 -> run
             series = str(Path(model.rstrip("/")).parent) if path and step is not None else model

@@ -42,7 +42,8 @@ def quick_scan(model):
 
 def pick_heads(scan, top: int = 3) -> tuple[list[tuple[int, int]], dict[str, str]]:
     """The ``top`` induction heads then the ``top`` previous-token heads, with the reason for each."""
-    heads, why = [], {}
+    heads: list[Head] = []
+    why: dict[str, list[str]] = {}
     for score, name in (("induction", "induction"), ("previous_token", "previous-token")):
         for rank, (l, h, v) in enumerate(scan.top_heads(score, top), 1):
             why.setdefault(head_label(l, h), []).append(f"#{rank} {name} score {v:.2f}")
@@ -79,7 +80,7 @@ class QKAnalysis:
 
     def findings(self) -> list[str]:
         """Plain sentences: what the K-composition sources and the decompositions show."""
-        out = []
+        out: list[str] = []
         if self.scan_scores is None:
             return out
         for l, h in self.heads:
@@ -93,9 +94,10 @@ class QKAnalysis:
                        f" (score >= {PREV_TOKEN_THRESHOLD})"
                        if prev else "none of them is a previous-token head; best previous-token heads: " +
                        ", ".join(f"{head_label(a, b)} ({v:.2f})" for a, b, v in top_k(self.scan_scores["previous_token"], 3)))
-            out.append(f"induction head {l}.{h} (score {ind:.2f}): strongest K-composition sources {listed}; {verdict}")
+            out.append(f"induction head {head_label(l, h)} (score {ind:.2f}): strongest K-composition sources {listed}; {verdict}")
         for dec in self.decompositions:
-            if len(dec.pairs) > 1 and self.head_score("induction", dec.layer, dec.head) >= PREV_TOKEN_THRESHOLD:
+            ind = self.head_score("induction", dec.layer, dec.head)
+            if len(dec.pairs) > 1 and ind is not None and ind >= PREV_TOKEN_THRESHOLD:
                 (name, v), = dec.top("key", 1, by="vs_mean_key")
                 s = dec.sequence_index
                 out.append(f"head {dec.label} on the induction stripe of sequence {s}: the key-side component that "
@@ -195,7 +197,8 @@ def analyze_qk(model, texts=None, heads=None, *, top: int = 3, tokens: list[str]
     live = qk_scores(model, chosen, seqs)
     timings["live_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    decs, resid = [], {}
+    decs: list[QKDecomposition] = []
+    resid: dict[int, list[torch.Tensor]] = {}
     max_layer = max(layer for layer, _ in chosen)
     for s, seq in enumerate(seqs):
         step("decompositions", s, len(seqs))

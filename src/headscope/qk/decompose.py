@@ -56,21 +56,26 @@ def capture_residual(model, seq: TokenSequence, up_to_layer: int,
 def residual_components(acts: dict, w: HeadWeights, layer: int) -> tuple[list[str], list[str], torch.Tensor]:
     """Names, kinds and vectors ``[C, pos, d_model]`` of the pieces that sum to ``resid_pre[layer]``."""
     names, kinds, vecs = ["embed"], ["embed"], [acts["hook_embed"]]
+
+    def add(name: str, kind: str, vec: torch.Tensor) -> None:
+        names.append(name)
+        kinds.append(kind)
+        vecs.append(vec)
+
     if "hook_pos_embed" in acts:
-        names.append("pos_embed"), kinds.append("embed"), vecs.append(acts["hook_pos_embed"])
+        add("pos_embed", "embed", acts["hook_pos_embed"])
     W_O = w.W_O.double()
     bias = torch.zeros_like(vecs[0])
     for earlier in range(layer):
         z = acts[act_name("z", earlier)]  # [pos, n_heads, d_head]
         out = torch.einsum("phe,hed->hpd", z, W_O[earlier])
         for h in range(w.n_heads):
-            names.append(f"L{earlier}H{h}"), kinds.append("head"), vecs.append(out[h])
-        names.append(f"MLP{earlier}"), kinds.append("mlp"), vecs.append(acts[act_name("mlp_out", earlier)])
+            add(f"L{earlier}H{h}", "head", out[h])
+        add(f"MLP{earlier}", "mlp", acts[act_name("mlp_out", earlier)])
         bias = bias + w.b_O[earlier].double()
     if layer and bias.abs().max() > 0:
-        names.append("attn_bias"), kinds.append("bias"), vecs.append(bias)
-    names.append("float_error"), kinds.append("rounding")
-    vecs.append(acts[act_name("resid_pre", layer)] - sum(vecs))
+        add("attn_bias", "bias", bias)
+    add("float_error", "rounding", acts[act_name("resid_pre", layer)] - sum(vecs))
     return names, kinds, torch.stack(vecs)  # one [C, pos, d_model] copy; long texts make it large
 
 
@@ -166,7 +171,7 @@ def decompose_qk(model, head, text=None, *, query: int | None = None, key: int |
     q_tot, k_tot = q.sum(0), k.sum(0)  # [T, d_head]
     steps = torch.arange(1, k.shape[1] + 1, dtype=k.dtype)[:, None]
     k_mean = k.cumsum(1) / steps  # [C_k, T, d_head]: mean over keys 0..i, what query i sees
-    key_c = key_rel = qry_c = qry_rel = pair_m = 0
+    key_c = key_rel = qry_c = qry_rel = pair_m = torch.zeros(())
     for start in range(0, len(pairs), 128):  # chunks bound memory at [C, 128, d_head]
         I, J = (torch.tensor(x) for x in zip(*pairs[start:start + 128]))
         qt, kt = q_tot[I], k_tot[J]  # [P, d_head]
@@ -175,7 +180,7 @@ def decompose_qk(model, head, text=None, *, query: int | None = None, key: int |
         qry_c = qry_c + torch.einsum("cpd,pd->c", q[:, I], kt)
         qry_rel = qry_rel + torch.einsum("cpd,pd->c", q[:, I], kt - k_tot.cumsum(0)[I] / steps[I])
         pair_m = pair_m + torch.einsum("apd,bpd->ab", q[:, I], k[:, J])
-    I, J = (np.array(x) for x in zip(*pairs))
+    I, J = (np.array(x) for x in zip(*pairs))  # type: ignore[assignment]
     totals = (q_tot[I] * k_tot[J]).sum(-1).numpy() * scale
     model_scores = acts[act_name("attn_scores", layer)][h][I, J].numpy()
     per = scale / len(pairs)  # mean over pairs, in score units

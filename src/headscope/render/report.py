@@ -317,7 +317,7 @@ class Report:
         res, out = self.induction, []
         if res is not None:
             out += induction_sections(res)
-            views = [(s, None) for s in res.samples]
+            views: list[tuple[AttentionSample, str | None]] = [(s, None) for s in res.samples]
             views += [(s, self.sources[i] if i < len(self.sources) else None) for i, s in enumerate(self.texts)]
             if views:
                 out.append(("attention", "Attention of the top induction heads (interactive)", VIEW_HELP

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from typing import Iterator
+from typing import Any, Iterator
 
 
 class Progress:
     def __init__(self, enabled: bool | None):
         self.enabled = sys.stderr.isatty() if enabled is None else enabled
-        self._bar = None
+        self._bar: Any = None
         self._tasks: dict[str, int] = {}
 
     @contextlib.contextmanager

@@ -132,7 +132,7 @@ class DirectPass:
         lg = logits[:, :-1]
         model_logit = lg.gather(-1, target[..., None])[..., 0].double() - lg.sum(-1, dtype=torch.float64) / lg.shape[-1]
         scale = self.final["ln_final.hook_scale"][:, :-1, 0].double()  # [B, P]
-        comps = {k: self.raw[k] for k in ("embed", "pos_embed") if k in self.raw}
+        comps: dict[str, torch.Tensor] = {k: self.raw[k] for k in ("embed", "pos_embed") if k in self.raw}
         comps.update({f"MLP{l}": self.raw[f"MLP{l}"] for l in range(self.w.n_layers)})
         b_O = self.w.b_O.double().sum(0)  # [d_model]: every layer's output bias, one vector
         if b_O.abs().max() > 0:

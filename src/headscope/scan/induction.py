@@ -122,7 +122,7 @@ def score_pass(model, rt: RepeatedTokens, chunk: int, progress: Progress | None 
     for start in range(0, rt.tokens.shape[0], chunk):
         tokens = rt.tokens[start: start + chunk].to(m.device)
         for s in scores:
-            prepared[s.name] = prepare(s.reads, tokens, layout)
+            prepared[s.name] = prepare(s.reads, tokens, layout) if s.reads is not None else None
         run = DirectPass(m, tokens, w, ue, head_dtype=torch.float32) if direct else None
         logits = m.run_with_hooks(tokens, fwd_hooks=hooks + (run.hooks if run else []))
         loss_sum += token_losses(logits, tokens).sum(0).cpu()
