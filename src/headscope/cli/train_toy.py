@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -18,9 +19,9 @@ from ._common import DebugOpt, JsonOpt, consoles, handle_errors, progress_enable
 def train_toy_cmd(
     out: Annotated[Path, typer.Option("--out", help="Run directory: run.json, train_log.csv, checkpoints/stepNNNN/ "
                    "(Hugging Face model directories), sweep/ and phase/ (figures).")] = Path("headscope-results/toy"),
-    steps: Annotated[int, typer.Option("--steps", help="Optimizer steps.")] = 2000,
+    steps: Annotated[int, typer.Option("--steps", help="Optimizer steps.")] = 1500,
     every: Annotated[int, typer.Option("--every", help="Save a checkpoint every N steps (step 0 and the last "
-                     "step are always saved).")] = 100,
+                     "step are always saved).")] = 50,
     seed: Annotated[int, typer.Option("--seed", help="Seed for the weights and the data: the same seed gives the "
                     "same curves.")] = 0,
     lr: Annotated[float, typer.Option("--lr", help="AdamW learning rate.")] = 3e-3,
@@ -31,7 +32,7 @@ def train_toy_cmd(
     vocab: Annotated[int, typer.Option("--vocab", help="Ordinary tokens t0..t{vocab-1} (plus <bos>, <unk>).")] = 64,
     n_ctx: Annotated[int, typer.Option("--n-ctx", help="Tokens per training sequence, BOS included.")] = 64,
     block: Annotated[int, typer.Option("--block", help="Length of the block that is copied after a random "
-                     "gap.")] = 16,
+                     "gap.")] = 24,
     threads: Annotated[int, typer.Option("--threads", help="torch CPU threads (1 is fastest for a model this "
                        "small, and on a shared machine by far).")] = 1,
     analyse: Annotated[bool, typer.Option("--analyse/--no-analyse", help="After training, sweep the checkpoints "
@@ -45,7 +46,7 @@ def train_toy_cmd(
 ) -> None:
     """Train a 2-layer attention-only transformer on the CPU and watch an induction head form.
 
-    The data are random tokens in which a 16-token block is copied after a random gap, so only
+    The data are random tokens in which a 24-token block is copied after a random gap, so only
     content-based induction predicts the copy (see docs/toy.md: on plain [r, r] a positional
     shortcut wins instead). A live line shows the step, the training loss, the later-repeat
     loss and the best induction score on the scan's own sequences. Checkpoints are saved every
@@ -61,9 +62,9 @@ def train_toy_cmd(
 
       headscope train-toy --out toy-run
 
-      headscope train-toy --out toy-run --steps 3000 --every 50 --seed 1 --overwrite
+      headscope train-toy --out toy-run --steps 3000 --every 100 --seed 1 --overwrite
 
-      headscope induction --model toy-run/checkpoints/step2000 --seq-len 24
+      headscope induction --model toy-run/checkpoints/step1500 --seq-len 24
     """
     from ..toy.analysis import analyse_run
     from ..toy.train import ToyConfig, read_run, train_toy
@@ -95,9 +96,11 @@ def train_toy_cmd(
             if kind == "fail":
                 err.print(f"  {escape(entry.label)}: [red]failed:[/] {escape(info['error'])}", highlight=False)
 
-        phase = analyse_run(out, on_event=on_event, progress=progress_enabled())
+        t0 = time.perf_counter()
+        phase = analyse_run(out, on_event=on_event, progress=progress_enabled(), threads=threads)
         files = phase.save(out / "phase")
-        err.print(f"[green]Wrote[/] {', '.join(p.name for p in files)} to {out}/phase/", highlight=False)
+        err.print(f"[green]Wrote[/] {', '.join(p.name for p in files)} to {out}/phase/ (sweep, composition and "
+                  f"figures in {time.perf_counter() - t0:.1f} s)", highlight=False)
         _print_phase(con, phase)
     if json_out:
         import json
@@ -137,7 +140,8 @@ class _LiveLine:
         if self.bar is not None:
             self.bar.update(self.task, completed=row["step"], description=self.text(row))
         elif row["step"] % self.every == 0 or row["step"] == self.steps:
-            self.console.print(f"step {row['step']:>6}  {self.text(row)}  [{row['seconds']:.0f} s]", highlight=False)
+            self.console.print(f"step {row['step']:>6}  {self.text(row)}  [{row['seconds']:.0f} s]", highlight=False,
+                               soft_wrap=True)
 
 
 def _print_phase(con, ph) -> None:

@@ -95,7 +95,8 @@ def phase_heatmaps(ph):
         panels = (
             (ph.scores[step]["induction"], "induction score", (1.0, "viridis"), ind, "layer", "head"),
             (ph.scores[step]["previous_token"], "previous-token score", (1.0, "viridis"), prev, "layer", "head"),
-            (ph.k_comp[step], f"K-composition L{prev[0]} -> L{ind[0]}", (kmax, "magma"), (prev[1], ind[1]),
+            (ph.k_comp[step], f"K-composition L{prev[0]} -> L{ind[0]} (random {ph.k_baseline:.2f})", (kmax, "magma"),
+             (prev[1], ind[1]),
              f"head in L{prev[0]} (writes)", f"head in L{ind[0]} (keys read)"),
         )
         for ax, (grid, name, (vmax, cmap), mark, ylab, xlab) in zip(axes[row], panels):

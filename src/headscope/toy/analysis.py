@@ -32,7 +32,7 @@ import numpy as np
 from ..errors import BadInput
 from ..scan.result import head_label
 from .phase import PhaseWindow, detect_phase_change
-from .train import read_run
+from .train import default_threads, read_run, torch_threads
 
 CURVES = {
     "loss_later_repeats": "Later-repeat loss (nats): mean loss on the second copy of [BOS] + r + r (the scan's "
@@ -195,15 +195,21 @@ def _composition(ckpts, cache_path: Path, log) -> tuple[dict[int, np.ndarray], f
 
 
 def analyse_run(run_dir: str | os.PathLike, *, rerun: bool = False, on_event: Callable | None = None,
-                log: Callable[[str], None] | None = None, progress: bool | None = False) -> PhaseAnalysis:
+                log: Callable[[str], None] | None = None, progress: bool | None = False,
+                threads: int | None = None) -> PhaseAnalysis:
     """Sweep the run's checkpoints (resumable), compute composition, detect the window.
 
     ``on_event`` and ``progress`` are passed to :func:`headscope.sweep.run_sweep`; ``rerun``
-    recomputes finished sweep entries.
+    recomputes finished sweep entries. ``threads``: torch CPU threads meanwhile (default 1,
+    as for training: these models are tiny, and extra threads only contend).
     """
+    with torch_threads(threads or default_threads()):
+        return _analyse(Path(run_dir), rerun, on_event, log, progress)
+
+
+def _analyse(run_dir: Path, rerun, on_event, log, progress) -> PhaseAnalysis:
     from ..sweep import plan_sweep, read_entry, run_sweep
 
-    run_dir = Path(run_dir)
     run, ckpts = run_checkpoints(run_dir)
     cfg = run["config"]
     entries = plan_sweep([str(p) for _, p in ckpts])

@@ -2,7 +2,7 @@
 
 A sequence is ``[BOS] x_1 ... x_{n-1}`` of uniformly random ordinary tokens, in which the
 ``block`` tokens starting at position ``src`` are copied to start at ``dst = src + block +
-gap``, with ``gap`` drawn uniformly from ``0 .. n - 1 - 2 block`` and ``src`` uniformly from
+gap``, with ``gap`` drawn uniformly from ``0 .. n - 1 - 2 block`` (0..15 for the default 64 and 24) and ``src`` uniformly from
 the positions that leave room. Nothing else in the data is predictable: the tokens are
 uniform, so before induction every target costs about ``ln(vocab)`` nats.
 
@@ -42,7 +42,7 @@ class CopyRecipe:
 
     n_ctx: int = 64
     vocab: int = 64
-    block: int = 16
+    block: int = 24
 
     @property
     def bos_id(self) -> int:
@@ -52,16 +52,22 @@ class CopyRecipe:
     def max_gap(self) -> int:
         return self.n_ctx - 1 - 2 * self.block
 
+    @property
+    def min_gap_range(self) -> int:
+        """The gap must range over at least half a block (and 4 tokens), or the copy sits too few distinct
+        distances back: a handful of positional heads could learn them instead of induction."""
+        return max(4, self.block // 2)
+
     def check(self) -> "CopyRecipe":
         if self.vocab < 2:
             raise BadInput(f"--vocab must be at least 2 (got {self.vocab})", hint="the default is 64")
         if self.block < 2:
             raise BadInput(f"--block must be at least 2 (got {self.block}): a copy of one token has "
-                           "nothing to predict", hint="the default is 16")
-        if self.max_gap < self.block:
+                           "nothing to predict", hint="the default is 24")
+        if self.max_gap < self.min_gap_range:
             raise BadInput(
                 f"--n-ctx {self.n_ctx} leaves no room for two copies of a {self.block}-token block with gaps "
-                f"of 0..{self.block} (needs n_ctx >= {3 * self.block + 1})",
+                f"of 0..{self.min_gap_range} (needs n_ctx >= {2 * self.block + 1 + self.min_gap_range})",
                 hint="the gap to the copy must vary over at least a block's length, or a positional shortcut "
                 "pays instead of induction: raise --n-ctx or lower --block",
             )

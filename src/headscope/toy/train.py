@@ -31,6 +31,7 @@ Output directory::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -38,11 +39,12 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
 from ..errors import BadInput, OutputExists
+from ..models.loading import quiet_progress
 from ..scan import scores as S
 from ..scan.induction import _token_losses, first_repeat_mean, later_repeat_mean
 from ..scan.sequences import RepeatLayout
@@ -69,15 +71,15 @@ LOG_COLUMNS = {
 class ToyConfig:
     """Everything that fixes a run: model shape, data recipe, optimiser, schedule and the live evaluation."""
 
-    steps: int = 2000
-    every: int = 100  # checkpoint interval (steps); step 0 and the last step are always saved
+    steps: int = 1500
+    every: int = 50  # checkpoint interval (steps); step 0 and the last step are always saved
     seed: int = 0
     n_layers: int = 2
     n_heads: int = 4
     d_model: int = 64
     vocab: int = 64
     n_ctx: int = 64
-    block: int = 16
+    block: int = 24
     batch: int = 64
     lr: float = 3e-3
     log_every: int = 25
@@ -291,8 +293,9 @@ def save_checkpoint(model, tokenizer, path: Path, meta: dict) -> Path:
     tmp = path.parent / f".{path.name}.partial"
     if tmp.exists():
         shutil.rmtree(tmp)
-    model.save_pretrained(str(tmp))
-    tokenizer.save_pretrained(str(tmp))
+    with quiet_progress():  # no "Writing model shards" bar per checkpoint
+        model.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
     (tmp / "toy.json").write_text(json.dumps(meta, indent=2))
     if path.exists():
         shutil.rmtree(path)
@@ -367,12 +370,19 @@ def train_toy(
     out = prepare_run_dir(out_dir, overwrite)
     ckpt_root = out / "checkpoints"
     ckpt_root.mkdir(exist_ok=True)
-    old_threads = torch.get_num_threads()
-    torch.set_num_threads(n_threads)
-    try:
+    with torch_threads(n_threads):
         return _train(out, ckpt_root, config, n_threads, on_log)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` torch CPU threads, then restore the caller's setting."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
     finally:
-        torch.set_num_threads(old_threads)
+        torch.set_num_threads(old)
 
 
 def _train(out: Path, ckpt_root: Path, config: ToyConfig, n_threads: int, on_log) -> ToyRun:
