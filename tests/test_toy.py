@@ -213,6 +213,7 @@ def toy(*args):
     (["--steps", "50", "--every", "100"], "larger than the run"),
     (["--every", "0"], "--every must be at least 1"),
     (["--n-ctx", "40"], "positional shortcut"),
+    (["--layers", "1"], "--layers must be at least 2"),
 ])
 def test_cli_bad_options_exit_2_and_write_nothing(tmp_path, args, message):
     out = tmp_path / "out"
@@ -259,3 +260,15 @@ def test_tokenizer_round_trips_its_words():
     assert ids == [3, 7, 0] and tok.decode(ids) == "t3 t7 t0"
     assert tok("t3 t9")["input_ids"] == [8, 3, 9]  # unknown word -> <unk> (id 9 = vocab + 1)
     assert ToyConfig().recipe.bos_id == 64
+
+
+def test_cli_analyse_only_works_on_a_moved_run_and_refuses_a_directory_without_one(tmp_path, short_run):
+    import shutil
+
+    moved = tmp_path / "moved"
+    shutil.copytree(short_run.out_dir, moved)  # checkpoint paths in run.json are relative to the run
+    r = toy("--out", moved, "--analyse-only", "--json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["phase"]["steps"] == [0, 3, 6]
+    r = toy("--out", tmp_path / "empty", "--analyse-only")
+    assert r.exit_code == 2 and "holds no train-toy run" in r.output

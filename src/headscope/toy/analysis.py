@@ -30,7 +30,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import BadInput
-from ..scan.result import head_label
+from ..scan.result import DEFAULT_THRESHOLDS, head_label
 from .phase import PhaseWindow, detect_phase_change
 from .train import default_threads, read_run, torch_threads
 
@@ -82,14 +82,18 @@ class PhaseAnalysis:
         return None if self.window is None else int(self.window.after)
 
     def aims(self) -> dict:
-        """The issue's aims, checked on these curves: True/False per aim, and the numbers."""
+        """The issue's aims, checked on these curves: True/False per aim, and the numbers.
+
+        Induction head: best score > 0.6; previous-token head: at least headscope's role
+        threshold (0.4); the later-repeat loss more than halves between the window's
+        checkpoints, which are less than 20 % of the run apart."""
         last = {k: v[-1] for k, v in self.curves.items()}
         w = self.window
         return {
             "induction_best_final": last["induction_best"],
             "induction_head_formed": last["induction_best"] > 0.6,
             "previous_token_final": last["previous_token_best"],
-            "previous_token_head_formed": last["previous_token_best"] > 0.4,
+            "previous_token_head_formed": last["previous_token_best"] >= DEFAULT_THRESHOLDS["previous_token"],
             "window_found": w is not None,
             "loss_ratio_in_window": None if w is None else w.ratio,
             "loss_more_than_halved_in_window": w is not None and w.ratio < 0.5,
@@ -154,8 +158,7 @@ def run_checkpoints(run_dir: Path) -> tuple[dict, list[tuple[int, Path]]]:
     if run is None:
         raise BadInput(f"{run_dir} holds no train-toy run (no run.json)",
                        hint="train one first: headscope train-toy --out DIR")
-    ckpts = [(int(c["step"]), Path(c["path"])) for c in run.get("checkpoints", [])]
-    ckpts = [(s, p if p.is_absolute() or p.exists() else run_dir / "checkpoints" / p.name) for s, p in ckpts]
+    ckpts = [(int(c["step"]), run_dir / c["path"]) for c in run.get("checkpoints", [])]
     ckpts = [(s, p) for s, p in ckpts if (p / "config.json").is_file()]
     if len(ckpts) < 2:
         raise BadInput(f"{run_dir} has {len(ckpts)} checkpoint(s); a phase change needs a curve",

@@ -103,7 +103,10 @@ class ToyConfig:
                 "step would be saved, too few checkpoints to see anything form",
                 hint=f"use --every {max(1, self.steps // 20)} for about 20 checkpoints",
             )
-        for name in ("n_layers", "n_heads", "batch", "eval_batch", "log_every"):
+        if self.n_layers < 2:
+            raise BadInput(f"--layers must be at least 2 (got {self.n_layers}): an induction head reads what a "
+                           "previous-token head in an earlier layer wrote", hint="the default is 2")
+        for name in ("n_heads", "batch", "eval_batch", "log_every"):
             if getattr(self, name) < 1:
                 raise BadInput(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
         if self.d_model < self.n_heads or self.d_model % self.n_heads:
@@ -311,7 +314,7 @@ class ToyRun:
     out_dir: Path
     config: ToyConfig
     log: list[dict]
-    checkpoints: list[dict]  # {"step", "path"}
+    checkpoints: list[dict]  # {"step", "path" relative to out_dir}
     seconds: dict[str, float] = field(default_factory=dict)
     threads: int = 1
     status: str = "done"
@@ -332,7 +335,7 @@ class ToyRun:
 
     @property
     def checkpoint_dirs(self) -> list[Path]:
-        return [Path(c["path"]) for c in self.checkpoints]
+        return [Path(self.out_dir) / c["path"] for c in self.checkpoints]
 
 
 def default_threads() -> int:
@@ -418,7 +421,7 @@ def _train(out: Path, ckpt_root: Path, config: ToyConfig, n_threads: int, on_log
                     path = ckpt_root / checkpoint_name(step, config.steps)
                     save_checkpoint(model, tokenizer, path, {"kind": RUN_KIND, "step": step, "config": config.to_dict(),
                                                              "live": row})
-                    run.checkpoints.append({"step": step, "path": str(path)})
+                    run.checkpoints.append({"step": step, "path": str(path.relative_to(out))})  # the run can move
                     pd.DataFrame(run.log, columns=list(LOG_COLUMNS)).to_csv(out / "train_log.csv", index=False)
                     _write_json(out / "run.json", run.to_dict())
                     t_ckpt += time.perf_counter() - t0
