@@ -47,7 +47,7 @@ def train_toy_cmd(
     """Train a 2-layer attention-only transformer on the CPU and watch an induction head form.
 
     The data are random tokens in which a 24-token block is copied after a random gap, so only
-    content-based induction predicts the copy (see docs/toy.md: on plain [r, r] a positional
+    content-based induction predicts the copy (see docs/toy.md: on plain repeats r + r a positional
     shortcut wins instead). A live line shows the step, the training loss, the later-repeat
     loss and the best induction score on the scan's own sequences. Checkpoints are saved every
     --every steps as Hugging Face model directories (GPT-2 layout, word-level tokenizer) that
