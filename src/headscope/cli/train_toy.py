@@ -1,0 +1,170 @@
+"""`headscope train-toy`: train a small attention-only transformer here and watch an induction head form."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from . import app
+from ._common import DebugOpt, JsonOpt, consoles, handle_errors, progress_enabled
+
+
+@app.command("train-toy")
+@handle_errors
+def train_toy_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Run directory: run.json, train_log.csv, checkpoints/stepNNNN/ "
+                   "(Hugging Face model directories), sweep/ and phase/ (figures).")] = Path("headscope-results/toy"),
+    steps: Annotated[int, typer.Option("--steps", help="Optimizer steps.")] = 1500,
+    every: Annotated[int, typer.Option("--every", help="Save a checkpoint every N steps (step 0 and the last "
+                     "step are always saved).")] = 50,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for the weights and the data: the same seed gives the "
+                    "same curves.")] = 0,
+    lr: Annotated[float, typer.Option("--lr", help="AdamW learning rate.")] = 3e-3,
+    batch: Annotated[int, typer.Option("--batch", help="Sequences per step.")] = 64,
+    layers: Annotated[int, typer.Option("--layers", help="Attention layers.")] = 2,
+    heads: Annotated[int, typer.Option("--heads", help="Heads per layer.")] = 4,
+    d_model: Annotated[int, typer.Option("--d-model", help="Residual stream width.")] = 64,
+    vocab: Annotated[int, typer.Option("--vocab", help="Ordinary tokens t0..t{vocab-1} (plus <bos>, <unk>).")] = 64,
+    n_ctx: Annotated[int, typer.Option("--n-ctx", help="Tokens per training sequence, BOS included.")] = 64,
+    block: Annotated[int, typer.Option("--block", help="Length of the block that is copied after a random "
+                     "gap.")] = 24,
+    threads: Annotated[int, typer.Option("--threads", help="torch CPU threads (1 is fastest for a model this "
+                       "small, and on a shared machine by far).")] = 1,
+    analyse: Annotated[bool, typer.Option("--analyse/--no-analyse", help="After training, sweep the checkpoints "
+                       "and draw the phase change (sweep/, phase/).")] = True,
+    analyse_only: Annotated[bool, typer.Option("--analyse-only", help="Do not train: (re)run the sweep and the "
+                            "phase analysis of the run already in --out (resumes an interrupted sweep).")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier train-toy run in --out "
+                         "(a directory holding anything else is never touched).")] = False,
+    json_out: JsonOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Train a 2-layer attention-only transformer on the CPU and watch an induction head form.
+
+    The data are random tokens in which a 24-token block is copied after a random gap, so only
+    content-based induction predicts the copy (see docs/toy.md: on plain repeats r + r a positional
+    shortcut wins instead). A live line shows the step, the training loss, the later-repeat
+    loss and the best induction score on the scan's own sequences. Checkpoints are saved every
+    --every steps as Hugging Face model directories (GPT-2 layout, word-level tokenizer) that
+    every headscope command loads. Then the checkpoints are swept (--out/sweep) and the phase
+    change drawn (--out/phase/phase.png, phase_heatmaps.png): losses, best induction score,
+    previous-token score in layer 0 and K-composition between the two heads against step,
+    with the window where the later-repeat loss drops detected and shaded.
+
+    Exit codes: 2 bad option, 4 --out holds another run or other files (nothing is written).
+
+    Examples:
+
+      headscope train-toy --out toy-run
+
+      headscope train-toy --out toy-run --steps 3000 --every 100 --seed 1 --overwrite
+
+      headscope induction --model toy-run/checkpoints/step1500 --seq-len 24
+    """
+    from ..toy.analysis import analyse_run
+    from ..toy.train import ToyConfig, read_run, train_toy
+
+    con, err = consoles(json_out)
+    run_doc = None
+    if analyse_only:
+        run_doc = read_run(out)
+        if run_doc is None:
+            from ..errors import BadInput
+
+            raise BadInput(f"--analyse-only: {out} holds no train-toy run", hint="train one first (without "
+                           "--analyse-only), or point --out at the run directory")
+    else:
+        config = ToyConfig(steps=steps, every=every, seed=seed, lr=lr, batch=batch, n_layers=layers, n_heads=heads,
+                           d_model=d_model, vocab=vocab, n_ctx=n_ctx, block=block).check()
+        err.print(f"Training a {layers}-layer attention-only transformer ({heads} heads, d_model {d_model}, vocab "
+                  f"{vocab}) for {steps} steps, seed {seed}, checkpoints every {every} into {out}/", highlight=False)
+        with _LiveLine(err, steps, every, enabled=progress_enabled()) as live:
+            run = train_toy(out, config, overwrite=overwrite, threads=threads, on_log=live.update)
+        run_doc = run.to_dict()
+        err.print(f"Trained in {run.seconds['total']:.1f} s ({threads} thread{'s' if threads > 1 else ''}); "
+                  f"{len(run.checkpoints)} checkpoints in {out}/checkpoints/", highlight=False)
+    phase = None
+    if analyse or analyse_only:
+        err.print(f"Sweeping {len(run_doc['checkpoints'])} checkpoints into {out}/sweep ...", highlight=False)
+
+        def on_event(kind, entry, info):
+            if kind == "fail":
+                err.print(f"  {escape(entry.label)}: [red]failed:[/] {escape(info['error'])}", highlight=False)
+
+        t0 = time.perf_counter()
+        phase = analyse_run(out, on_event=on_event, progress=progress_enabled(), threads=threads)
+        files = phase.save(out / "phase")
+        err.print(f"[green]Wrote[/] {', '.join(p.name for p in files)} to {out}/phase/ (sweep, composition and "
+                  f"figures in {time.perf_counter() - t0:.1f} s)", highlight=False)
+        _print_phase(con, phase)
+    if json_out:
+        import json
+
+        typer.echo(json.dumps({"run": run_doc, "phase": None if phase is None else phase.to_dict()}, indent=2))
+
+
+class _LiveLine:
+    """A rich progress bar whose description is the latest log row; plain lines at checkpoints when not a TTY."""
+
+    def __init__(self, console, steps: int, every: int, enabled: bool):
+        self.console, self.steps, self.every, self.enabled = console, steps, every, enabled
+        self.bar = None
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.bar = Progress(TextColumn("steps"), BarColumn(bar_width=24), MofNCompleteColumn(),
+                                TimeElapsedColumn(), TextColumn("{task.description}"), console=self.console)
+            self.bar.__enter__()
+            self.task = self.bar.add_task("", total=self.steps)
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+    @staticmethod
+    def text(row: dict) -> str:
+        loss = "  -  " if row["loss"] != row["loss"] else f"{row['loss']:.3f}"  # NaN at step 0
+        return (f"loss {loss}  later-repeat {row['loss_later_repeats']:.3f}  induction "
+                f"{row['induction_best']:.2f} ({row['induction_head']})  prev-token "
+                f"{row['previous_token_best']:.2f} ({row['previous_token_head']})")
+
+    def update(self, row: dict) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=row["step"], description=self.text(row))
+        elif row["step"] % self.every == 0 or row["step"] == self.steps:
+            self.console.print(f"step {row['step']:>6}  {self.text(row)}  [{row['seconds']:.0f} s]", highlight=False,
+                               soft_wrap=True)
+
+
+def _print_phase(con, ph) -> None:
+    w = ph.window
+    t = Table(title="Phase change")
+    for col in ("", "before", "after"):
+        t.add_column(col, justify="left" if not col else "right")
+    ind, prev = ph.induction_head, ph.previous_token_head
+    if w is None:
+        con.print("[yellow]No abrupt drop of the later-repeat loss was detected[/] (train longer, or see "
+                  "phase/phase.png).", highlight=False)
+        return
+    i0, i1 = ph.steps.index(int(w.before)), ph.steps.index(int(w.after))
+    c = ph.curves
+    t.add_row("step", str(int(w.before)), str(int(w.after)))
+    for key, label in (("loss_later_repeats", "later-repeat loss (nats)"), ("loss_first_repeat", "first-repeat loss"),
+                       ("induction_best", "best induction score"),
+                       ("previous_token_best", f"best previous-token score, layer{'s' if ind[0] > 1 else ''} < {ind[0]}"),
+                       ("k_composition", f"K-composition L{prev[0]}H{prev[1]} -> L{ind[0]}H{ind[1]}")):
+        t.add_row(label, f"{c[key][i0]:.3f}", f"{c[key][i1]:.3f}")
+    con.print(t)
+    a = ph.aims()
+    con.print(f"Window {int(w.before)}-{int(w.after)}: {w.width / ph.total_steps:.0%} of the run; later-repeat loss "
+              f"x{w.ratio:.2f} inside it. Final: best induction {a['induction_best_final']:.2f} "
+              f"(L{ind[0]}H{ind[1]}), previous-token {a['previous_token_final']:.2f} (L{prev[0]}H{prev[1]}); "
+              f"K-composition random baseline {ph.k_baseline:.3f}.", highlight=False)
