@@ -1,6 +1,6 @@
 """The phase change of a train-toy run, measured on its checkpoints with headscope's own tools.
 
-1. ``headscope sweep`` over the checkpoints (:func:`headscope.sweep.run_sweep`, into
+1. ``headscope sweep`` over the checkpoints (:func:`headscope.pipeline.sweep.run_sweep`, into
    ``run/sweep``; resumable): the induction scan on each, with the run's evaluation
    settings, gives per-head induction and previous-token scores and the first- and
    later-repeat losses.
@@ -30,7 +30,8 @@ from typing import Callable
 import numpy as np
 
 from ..errors import BadInput
-from ..scan.result import DEFAULT_THRESHOLDS, head_label
+from ..heads import head_label
+from ..scores import default_thresholds
 from .phase import PhaseWindow, detect_phase_change
 from .train import default_threads, read_run, torch_threads
 
@@ -93,7 +94,7 @@ class PhaseAnalysis:
             "induction_best_final": last["induction_best"],
             "induction_head_formed": last["induction_best"] > 0.6,
             "previous_token_final": last["previous_token_best"],
-            "previous_token_head_formed": last["previous_token_best"] >= DEFAULT_THRESHOLDS["previous_token"],
+            "previous_token_head_formed": last["previous_token_best"] >= default_thresholds()["previous_token"],
             "window_found": w is not None,
             "loss_ratio_in_window": None if w is None else w.ratio,
             "loss_more_than_halved_in_window": w is not None and w.ratio < 0.5,
@@ -202,7 +203,7 @@ def analyse_run(run_dir: str | os.PathLike, *, rerun: bool = False, on_event: Ca
                 threads: int | None = None) -> PhaseAnalysis:
     """Sweep the run's checkpoints (resumable), compute composition, detect the window.
 
-    ``on_event`` and ``progress`` are passed to :func:`headscope.sweep.run_sweep`; ``rerun``
+    ``on_event`` and ``progress`` are passed to :func:`headscope.pipeline.sweep.run_sweep`; ``rerun``
     recomputes finished sweep entries. ``threads``: torch CPU threads meanwhile (default 1,
     as for training: these models are tiny, and extra threads only contend).
     """
@@ -211,7 +212,7 @@ def analyse_run(run_dir: str | os.PathLike, *, rerun: bool = False, on_event: Ca
 
 
 def _analyse(run_dir: Path, rerun, on_event, log, progress) -> PhaseAnalysis:
-    from ..sweep import plan_sweep, read_entry, run_sweep
+    from ..pipeline.sweep import plan_sweep, read_entry, run_sweep
 
     run, ckpts = run_checkpoints(run_dir)
     cfg = run["config"]

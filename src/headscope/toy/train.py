@@ -44,10 +44,12 @@ from typing import Callable, Iterator
 import torch
 
 from ..errors import BadInput, OutputExists
+from ..heads import head_label
 from ..models.loading import quiet_progress
-from ..scan import scores as S
-from ..scan.induction import _token_losses, first_repeat_mean, later_repeat_mean
-from ..scan.sequences import RepeatLayout
+from ..scan.induction import first_repeat_mean, later_repeat_mean, token_losses
+from ..scores import reduce_pattern
+from ..scores import score as declared
+from ..scores.layout import RepeatLayout
 from .data import CopyRecipe, copy_batch
 
 RUN_KIND = "headscope-toy-run"
@@ -211,12 +213,12 @@ def evaluate(model, tokens: torch.Tensor, layout: RepeatLayout) -> dict:
     out = model(tokens, output_attentions=True)
     if was_training:
         model.train()
-    per_pos = _token_losses(out.logits, tokens).mean(0)  # [n - 1]
+    per_pos = token_losses(out.logits, tokens).mean(0)  # [n - 1]
     ind, prev = [], []
-    for pattern in out.attentions:  # [batch, head, query, key] per layer
-        s, c = S.induction_sum(pattern, layout)
+    for pattern in out.attentions:  # [batch, head, query, key] per layer; the registry's own reductions
+        s, c = reduce_pattern(declared("induction").reads, pattern, layout)
         ind.append(s / c)
-        s, c = S.previous_token_sum(pattern, layout)
+        s, c = reduce_pattern(declared("previous_token").reads, pattern, layout)
         prev.append(s / c)
     return {"induction": torch.stack(ind), "previous_token": torch.stack(prev),
             "loss_later_repeats": float(later_repeat_mean(per_pos, layout)),
@@ -230,8 +232,8 @@ def _summary(step: int, loss: float, ev: dict, seconds: float) -> dict:
     H = ind.shape[1]
     return {"step": step, "loss": round(loss, 6), "loss_later_repeats": round(ev["loss_later_repeats"], 6),
             "loss_first_repeat": round(ev["loss_first_repeat"], 6), "induction_best": round(float(ind.flatten()[i]), 6),
-            "induction_head": f"L{i // H}H{i % H}", "previous_token_best": round(float(prev[0, j]), 6),
-            "previous_token_head": f"L0H{j}", "seconds": round(seconds, 3)}
+            "induction_head": head_label(i // H, i % H), "previous_token_best": round(float(prev[0, j]), 6),
+            "previous_token_head": head_label(0, j), "seconds": round(seconds, 3)}
 
 
 # --- the run directory -----------------------------------------------------------------------
