@@ -180,7 +180,9 @@ def test_analysis_sweeps_the_checkpoints_and_resumes(short_run):
     assert again == ["skip"] * 3
     assert ph2.curves == ph.curves
     files = ph.save(short_run.out_dir / "phase")
-    assert {p.name for p in files} == {"phase.json", "phase.csv", "phase.png", "phase_heatmaps.png"}
+    assert {p.name for p in files} == {"phase.json", "phase.csv", "phase.png", "phase_heatmaps.png", "report.html"}
+    page = (short_run.out_dir / "phase" / "report.html").read_text()
+    assert "Phase change during training" in page and "data:image/png;base64," in page
     assert all(p.stat().st_size > 0 for p in files)
 
 

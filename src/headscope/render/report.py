@@ -295,6 +295,25 @@ def qk_sections(a) -> list[tuple[str, str, str]]:
     ]
 
 
+# --- the phase change of a training run (from a headscope.toy.PhaseAnalysis) --------------------
+def phase_sections(ph) -> list[tuple[str, str, str]]:
+    """The curves against step with the detected window, the aims, and the before/after heatmaps."""
+    from .phase_figures import phase_figure, phase_heatmaps
+
+    w = ph.window
+    facts = {"run": str(ph.run_dir), "checkpoints": f"{len(ph.steps)} (steps {ph.steps[0]}..{ph.steps[-1]})",
+             "tracked heads": f"previous-token {head_label(*ph.previous_token_head)} -> induction "
+                              f"{head_label(*ph.induction_head)}",
+             "window (later-repeat loss)": "none detected" if w is None else
+             f"steps {int(w.before)}..{int(w.after)} ({w.width / ph.total_steps:.0%} of the run), "
+             f"loss x{w.ratio:.2f}"}
+    aims = [[k.replace("_", " "), (esc(fmt(v) if isinstance(v, float) else str(v)), str(v))]
+            for k, v in ph.aims().items()]
+    return [("phase", "Phase change during training",
+             kv_html(facts) + figure_html(phase_figure(ph)) + "<h3>Before and after the window</h3>"
+             + figure_html(phase_heatmaps(ph)) + "<h3>Aims</h3>" + table_html(["aim", "value"], aims))]
+
+
 # --- the page --------------------------------------------------------------------------------
 @dataclass
 class Report:
@@ -311,6 +330,7 @@ class Report:
     sources: list[str] = field(default_factory=list)
     qk: Any = None
     notes: list[str] = field(default_factory=list)
+    phase: Any = None  # a headscope.toy.PhaseAnalysis
 
     def sections(self) -> list[tuple[str, str, str]]:
         """``[(anchor, title, html)]`` in page order."""
@@ -329,6 +349,8 @@ class Report:
                         + qk_patterns_html(self.qk.live)))
         if self.qk is not None:
             out += qk_sections(self.qk)
+        if self.phase is not None:
+            out += phase_sections(self.phase)
         defs = induction_definitions(res) if res is not None else {}
         if self.qk is not None:
             defs.update(QK_DEFINITIONS)
@@ -363,12 +385,14 @@ class Report:
 
     def subtitle(self) -> str:
         m = self.model
-        bits = [f"{m.get('n_layers')} layers × {m.get('n_heads')} heads"]
+        bits = [f"{m.get('n_layers')} layers × {m.get('n_heads')} heads"] if m.get("n_layers") else []
         if self.induction is not None:
             s = self.induction.settings
             bits.append(f"induction scan on {s['batch']} sequences of {s['seq_len']} random tokens × {s['repeats']}")
         if self.qk is not None:
             bits.append("QK analysis of " + ", ".join(head_label(l, h) for l, h in self.qk.heads))
+        if self.phase is not None:
+            bits.append(f"the phase change over {len(self.phase.steps)} training checkpoints")
         return "; ".join(bits)
 
     def notes_html(self) -> str:

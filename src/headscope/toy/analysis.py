@@ -119,7 +119,7 @@ class PhaseAnalysis:
         }
 
     def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent)
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
 
     def to_frame(self):
         """One row per checkpoint: step and every curve."""
@@ -144,14 +144,19 @@ class PhaseAnalysis:
         return phase_heatmaps(self)
 
     def save(self, out_dir: str | os.PathLike) -> list[Path]:
-        """phase.json, phase.csv, phase.png and phase_heatmaps.png in ``out_dir``."""
+        """phase.json, phase.csv, phase.png, phase_heatmaps.png and report.html (the page) in ``out_dir``."""
+        from ..pipeline.outputs import write_file_atomic
         from ..render.phase_figures import save_phase_figures
+        from ..render.report import Report
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "phase.json").write_text(self.to_json())
-        self.to_frame().to_csv(out / "phase.csv", index=False, float_format="%.6f")
-        return [out / "phase.json", out / "phase.csv"] + save_phase_figures(self, out)
+        write_file_atomic(out / "phase.json", self.to_json())
+        write_file_atomic(out / "phase.csv", self.to_frame().to_csv(index=False, float_format="%.6f"))
+        figures = save_phase_figures(self, out)
+        page = Report(model={"name": f"toy run {self.run_dir.name}"}, phase=self)
+        write_file_atomic(out / "report.html", page.to_html())
+        return [out / "phase.json", out / "phase.csv", *figures, out / "report.html"]
 
 
 def run_checkpoints(run_dir: Path) -> tuple[dict, list[tuple[int, Path]]]:
