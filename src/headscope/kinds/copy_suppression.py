@@ -58,13 +58,14 @@ DEFINITIONS = {
 
 @torch.no_grad()
 def self_rank_fractions(w: HeadWeights, X: torch.Tensor, token_ids: torch.Tensor, k: int = DEFAULT_K,
-                        batch: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+                        max_logits: int = 2**25) -> tuple[torch.Tensor, torch.Tensor]:
     """``(suppressed, promoted)``, each ``[n_layers, n_heads]``: fraction of ``token_ids`` in their own bottom/top k.
 
     ``X [n, d_model]`` are the effective embeddings of ``token_ids [n]``; logits run over all
-    ``w.W_U`` columns.
+    ``w.W_U`` columns, ``max_logits`` floats at a time (128 MiB by default).
     """
     L, H = w.n_layers, w.n_heads
+    batch = max(1, max_logits // (H * w.W_U.shape[1]))
     low, high = torch.zeros(L, H), torch.zeros(L, H)
     ids = token_ids.to(w.W_U.device)
     for layer in range(L):

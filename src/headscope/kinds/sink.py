@@ -121,10 +121,11 @@ def sink_scores_on_text(model, files=None, *, n_tokens: int = 64, n_sequences: i
     ``pydoc_data.topics`` (see :mod:`headscope.kinds.documents`). One forward pass per chunk;
     each layer's pattern is reduced in its hook.
     """
+    from ..scan.sequences import prepend_token
     from .documents import natural_windows
 
     t0 = time.perf_counter()
-    bos = getattr(model, "headscope_bos", (getattr(model.tokenizer, "bos_token_id", None), "bos"))[0]
+    bos, _ = prepend_token(model)
     windows = natural_windows(model, files, window=n_tokens - (bos is not None), max_windows=n_sequences)
     L, H = model.cfg.n_layers, model.cfg.n_heads
     sums, alpha_sums, rate_sums = torch.zeros(L, H), torch.zeros(L, H), torch.zeros(L, H)
