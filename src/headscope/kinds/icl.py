@@ -97,7 +97,7 @@ def icl_score(model, files=None, *, heads=(), ablation: str = "mean", early: int
 
     ``heads`` are ``(layer, head)`` pairs; each is ablated alone (``ablation`` "mean" or
     "zero" of its ``hook_z``). ``max_windows`` windows spread evenly over the corpus (None:
-    all of them; pydoc_data.topics gives about 220 windows of 512 SmolLM2 tokens).
+    all of them; pydoc_data.topics gives 205 windows of 512 SmolLM2 tokens).
 
     >>> r = icl_score(model, heads=[(4, 1)], max_windows=16)   # doctest: +SKIP
     >>> r.icl_score, r.ablations[0]["delta"]                   # doctest: +SKIP
