@@ -1,0 +1,21 @@
+"""More kinds of heads, each defined as its paper defines it (issue 12).
+
+* :mod:`.sink` -- attention sinks (Gu et al. 2024): pattern reductions for the scan's pass,
+  and :func:`sink_scores_on_text` on natural text.
+* :mod:`.successor` -- successor heads (Gould et al. 2023), from the weights.
+* :mod:`.copy_suppression` -- copy suppression (McDougall et al. 2023), from the weights.
+* :mod:`.icl` -- Olsson et al.'s in-context learning score and each head's share in it.
+
+Shared pieces: :mod:`.embedding` (effective embeddings through block 0), :mod:`.ov` (a
+head's OV circuit as two low-rank factors), :mod:`.documents` (natural text with no
+download).
+"""
+
+from .copy_suppression import CopySuppressionScores, copy_suppression_scores
+from .icl import ICLResult, icl_score
+from .sink import SinkScores, first_token_sum, sink_rate_sum, sink_scores_on_text
+from .successor import SuccessorScores, successor_scores, usable_ordinal_sets
+
+__all__ = ["CopySuppressionScores", "ICLResult", "SinkScores", "SuccessorScores", "copy_suppression_scores",
+           "first_token_sum", "icl_score", "sink_rate_sum", "sink_scores_on_text", "successor_scores",
+           "usable_ordinal_sets"]

@@ -1,0 +1,154 @@
+"""In-context learning score on natural text, and how much single heads carry it.
+
+Olsson et al. 2022 ("In-context Learning and Induction Heads") define the in-context
+learning score as the model's loss at token 500 of a context minus its loss at token 50,
+averaged over many contexts: negative when later tokens, which have more context, are
+predicted better. headscope counts document tokens from 0, so "loss at token i" is the
+cross-entropy of predicting document token i from the i tokens before it (and the BOS in
+front, where the model has one). Contexts are windows of ``window`` (512) tokens of natural
+documents (:mod:`headscope.kinds.documents`: the user's files, or CPython's
+``pydoc_data.topics``).
+
+The causal check: for each given head, its output ``hook_z`` is replaced by its mean over
+every position of every window of the clean run (mean ablation; or by zero), and the score
+is measured again on the same windows. ``delta = ablated - clean``: positive when removing
+the head makes the model learn less from its context.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..errors import BadInput
+from ..scan.induction import _token_losses
+from .documents import TokenWindows, natural_windows
+
+DEFINITION = (
+    "In-context learning score: loss (nats) at document token 500 minus loss at token 50 (counting from 0, i.e. with "
+    "500 and 50 tokens of context), averaged over windows of natural text; negative = later tokens are predicted "
+    "better. Source: Olsson et al. 2022. Per head: the change of that score when the head's hook_z is mean-ablated."
+)
+
+
+@dataclass
+class ICLResult:
+    """``per_position_loss[i]`` is the mean loss of document token i (nan where there is none)."""
+
+    icl_score: float
+    icl_stderr: float
+    loss_early: float
+    loss_late: float
+    early: int
+    late: int
+    per_position_loss: np.ndarray
+    n_windows: int
+    source: str
+    ablation_kind: str | None
+    ablations: list[dict] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"definition": DEFINITION, "icl_score": self.icl_score, "icl_stderr": self.icl_stderr,
+                "loss_early": self.loss_early, "loss_late": self.loss_late, "early": self.early, "late": self.late,
+                "n_windows": self.n_windows, "source": self.source, "ablation": self.ablation_kind,
+                "ablations": self.ablations, "per_position_loss": np.round(self.per_position_loss, 5).tolist(),
+                "timings": self.timings}
+
+    def to_json(self, **kw) -> str:
+        return json.dumps(self.to_dict(), **kw)
+
+    def to_frame(self):
+        """One row per ablated head."""
+        import pandas as pd
+
+        return pd.DataFrame(self.ablations)
+
+
+def _pick(per_pos: torch.Tensor, windows: TokenWindows, i: int) -> torch.Tensor:
+    """``[n_windows]`` loss of document token ``i`` from ``[n_windows, n-1]`` per-position losses."""
+    return per_pos[:, i + int(windows.bos) - 1]
+
+
+@torch.no_grad()
+def _losses(model, windows: TokenWindows, chunk: int, hooks=()) -> torch.Tensor:
+    out = []
+    for start in range(0, len(windows.tokens), chunk):
+        tokens = windows.tokens[start: start + chunk].to(model.cfg.device)
+        logits = model.run_with_hooks(tokens, fwd_hooks=list(hooks))
+        out.append(_token_losses(logits, tokens).cpu())
+        del logits
+    return torch.cat(out)
+
+
+def _stderr(x: torch.Tensor) -> float:
+    return float(x.std(unbiased=True) / math.sqrt(len(x))) if len(x) > 1 else float("nan")
+
+
+@torch.no_grad()
+def icl_score(model, files=None, *, heads=(), ablation: str = "mean", early: int = 50, late: int = 500,
+              window: int = 512, max_windows: int | None = 32, chunk_size: int = 4) -> ICLResult:
+    """Olsson et al.'s in-context learning score of ``model``, and each of ``heads``' share in it.
+
+    ``heads`` are ``(layer, head)`` pairs; each is ablated alone (``ablation`` "mean" or
+    "zero" of its ``hook_z``). ``max_windows`` windows spread evenly over the corpus (None:
+    all of them; pydoc_data.topics gives 205 windows of 512 SmolLM2 tokens).
+
+    >>> r = icl_score(model, heads=[(4, 1)], max_windows=16)   # doctest: +SKIP
+    >>> r.icl_score, r.ablations[0]["delta"]                   # doctest: +SKIP
+    """
+    if ablation not in ("mean", "zero"):
+        raise BadInput(f"unknown ablation {ablation!r}", hint="use 'mean' or 'zero'")
+    if not 1 <= early < late < window:
+        raise BadInput(f"need 1 <= early ({early}) < late ({late}) < window ({window})",
+                       hint="the defaults are Olsson et al.'s: 50, 500, 512")
+    heads = [(int(l), int(h)) for l, h in heads]
+    for l, h in heads:
+        if not (0 <= l < model.cfg.n_layers and 0 <= h < model.cfg.n_heads):
+            raise BadInput(f"head L{l}H{h} is not in the model ({model.cfg.n_layers} layers x {model.cfg.n_heads} heads)")
+    t0 = time.perf_counter()
+    windows = natural_windows(model, files, window, max_windows)
+    layers = sorted({l for l, _ in heads})
+    z_sum: dict[int, torch.Tensor] = {}
+    n_z = [0]
+
+    def on_z(z, hook):  # z: [batch, pos, head, d_head]
+        layer = int(hook.name.split(".")[1])
+        z_sum[layer] = z_sum.get(layer, 0) + z.float().sum(dim=(0, 1)).cpu()
+        if layer == layers[0]:
+            n_z[0] += z.shape[0] * z.shape[1]
+
+    keep = [(f"blocks.{l}.attn.hook_z", on_z) for l in layers] if ablation == "mean" else []
+    clean = _losses(model, windows, chunk_size, keep)
+    timings = {"icl_clean_s": time.perf_counter() - t0}
+    e, lt = _pick(clean, windows, early), _pick(clean, windows, late)
+    per_window = lt - e
+    per_pos = torch.full((window,), float("nan"))
+    per_pos[1 - int(windows.bos):] = clean.mean(0)
+    result = ICLResult(float(per_window.mean()), _stderr(per_window), float(e.mean()), float(lt.mean()), early, late,
+                       per_pos.numpy(), len(windows.tokens), windows.describe(), ablation if heads else None,
+                       timings=timings)
+    t0 = time.perf_counter()
+    for layer, head in heads:
+        value = None if ablation == "zero" else (z_sum[layer] / n_z[0])[head]
+
+        def ablate(z, hook, head=head, value=value):
+            z = z.clone()
+            z[:, :, head, :] = 0.0 if value is None else value.to(z.device, z.dtype)
+            return z
+
+        lost = _losses(model, windows, chunk_size, [(f"blocks.{layer}.attn.hook_z", ablate)])
+        ae, al = _pick(lost, windows, early), _pick(lost, windows, late)
+        score = al - ae
+        result.ablations.append({"layer": layer, "head": head, "icl_score": float(score.mean()),
+                                 "delta": float((score - per_window).mean()),
+                                 "delta_stderr": _stderr(score - per_window),
+                                 "loss_early": float(ae.mean()), "loss_late": float(al.mean())})
+    if heads:
+        timings["icl_ablation_s"] = time.perf_counter() - t0
+    return result
