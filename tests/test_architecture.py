@@ -19,7 +19,7 @@ from headscope.scores import SCORES
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = Path(headscope.__file__).parent
 LAYERS = ["base", "models", "scan", "qk", "render", "pipeline", "toy", "cli"]
-SIBLINGS = {"logits": "qk"}  # logits sits beside qk (neither imports the other)
+SIBLINGS = {"logits": "qk", "kinds": "qk"}  # beside qk (none imports another)
 VIEW_FUNCTIONS = ("plot", "_repr_html_", "_html")
 
 

@@ -18,11 +18,11 @@ import torch.nn.functional as F
 
 import headscope
 from headscope.kinds import sink as SK
-from headscope.kinds.copy_suppression import copy_suppression_scores, self_rank_fractions
+from headscope.scores.copy_suppression import copy_suppression_scores, self_rank_fractions
 from headscope.kinds.documents import natural_windows, token_windows
-from headscope.kinds.embedding import effective_embedding
+from headscope.scores.embedding import effective_embedding
 from headscope.kinds.icl import icl_score
-from headscope.kinds.successor import ORDINAL_SETS, successor_counts, successor_scores, usable_ordinal_sets
+from headscope.scores.successor import ORDINAL_SETS, successor_counts, successor_scores, usable_ordinal_sets
 from headscope.weights import head_weights
 
 # --- attention sink: pattern reductions ------------------------------------------------------
@@ -105,7 +105,7 @@ def test_token_windows_spread_max_windows_over_the_corpus():
 
 def test_pydoc_windows_say_what_was_used(tiny_gpt2):
     tw = natural_windows(tiny_gpt2, window=200, max_windows=4)
-    bos = tiny_gpt2.headscope_bos[0]
+    bos = tiny_gpt2.first_token.id
     assert tw.tokens.shape == (4, 200 + (bos is not None))
     with pytest.raises(headscope.BadInput, match="context of 256"):
         natural_windows(tiny_gpt2, window=512)

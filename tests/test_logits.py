@@ -152,7 +152,7 @@ def test_head_effects_equal_plain_transformers(request, name):
 
 @pytest.mark.smollm2
 def test_smollm2_head_effects_equal_plain_transformers(smollm2):
-    hf = _hf_model(smollm2.headscope_source.path)
+    hf = _hf_model(smollm2.source.path)
     res = logit_attribution(smollm2, TEXT)
     expect, centred = hf_head_effects(hf, res.sequence.ids, smollm2.cfg.n_heads)
     np.testing.assert_allclose(res.heads, expect, atol=1e-4)

@@ -11,10 +11,10 @@ head's OV circuit as two low-rank factors), :mod:`.documents` (natural text with
 download).
 """
 
-from .copy_suppression import CopySuppressionScores, copy_suppression_scores
+from ..scores.copy_suppression import CopySuppressionScores, copy_suppression_scores
 from .icl import ICLResult, icl_score
 from .sink import SinkScores, first_token_sum, sink_rate_sum, sink_scores_on_text
-from .successor import SuccessorScores, successor_scores, usable_ordinal_sets
+from ..scores.successor import SuccessorScores, successor_scores, usable_ordinal_sets
 
 __all__ = ["CopySuppressionScores", "ICLResult", "SinkScores", "SuccessorScores", "copy_suppression_scores",
            "first_token_sum", "icl_score", "sink_rate_sum", "sink_scores_on_text", "successor_scores",

@@ -108,11 +108,11 @@ def token_windows(tokenizer, docs: list[tuple[str, str]], window: int, bos_id: i
 
 def natural_windows(model, files=None, window: int = 512, max_windows: int | None = None) -> TokenWindows:
     """Windows of the user's ``files``, or of ``pydoc_data.topics`` when none are given."""
-    from ..scan.sequences import prepend_token
+    from ..models.model import as_model
 
     docs = file_documents(files) if files else pydoc_topics()
     corpus = f"{len(docs)} files" if files else f"pydoc_data.topics ({len(docs)} topics, CPython's documentation)"
-    bos, _ = prepend_token(model)
+    bos = as_model(model).first_token.id
     n_ctx = getattr(model.cfg, "n_ctx", None)
     if n_ctx is not None and window + (bos is not None) > n_ctx:
         raise BadInput(f"a window of {window} tokens does not fit the model's context of {n_ctx}",

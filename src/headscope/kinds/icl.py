@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..errors import BadInput
-from ..scan.induction import _token_losses
+from ..scan.induction import token_losses
 from .documents import TokenWindows, natural_windows
 
 DEFINITION = (
@@ -81,7 +81,7 @@ def _losses(model, windows: TokenWindows, chunk: int, hooks=()) -> torch.Tensor:
     for start in range(0, len(windows.tokens), chunk):
         tokens = windows.tokens[start: start + chunk].to(model.cfg.device)
         logits = model.run_with_hooks(tokens, fwd_hooks=list(hooks))
-        out.append(_token_losses(logits, tokens).cpu())
+        out.append(token_losses(logits, tokens).cpu())
         del logits
     return torch.cat(out)
 

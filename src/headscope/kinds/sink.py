@@ -41,11 +41,6 @@ import torch
 SINK_THRESHOLD = 0.3
 
 DEFINITIONS = {
-    "sink": (
-        "Mean attention to the first token (position 0: BOS where the model has one) from every query after it, "
-        "averaged over sequences. A head is a sink head when its per-sequence alpha_1 = mean over all T queries "
-        "(the first token's own query included) exceeds 0.3 (Gu et al. 2024, arXiv 2410.10781)."
-    ),
     "sink_rate": (
         "Fraction of sequences on which the head's alpha_1 (mean attention to the first token over all T queries, "
         "its own included) exceeds 0.3; its mean over heads is Gu et al. 2024's Sink_1^0.3."
@@ -94,7 +89,7 @@ class SinkScores:
         return sorted(((int(l), int(h), float(self.alpha[l, h])) for l, h in zip(ls, hs)), key=lambda t: -t[2])
 
     def to_dict(self) -> dict:
-        return {"definition": DEFINITIONS, "threshold": self.threshold, "n_sequences": self.n_sequences,
+        return {"definition": {"sink": _sink_definition(), **DEFINITIONS}, "threshold": self.threshold, "n_sequences": self.n_sequences,
                 "n_tokens": self.n_tokens, "source": self.source, "model_sink_rate": self.model_sink_rate,
                 "sink": self.sink.tolist(), "alpha": self.alpha.tolist(), "sink_rate": self.sink_rate.tolist(),
                 "timings": self.timings}
@@ -121,11 +116,11 @@ def sink_scores_on_text(model, files=None, *, n_tokens: int = 64, n_sequences: i
     ``pydoc_data.topics`` (see :mod:`headscope.kinds.documents`). One forward pass per chunk;
     each layer's pattern is reduced in its hook.
     """
-    from ..scan.sequences import prepend_token
+    from ..models.model import as_model
     from .documents import natural_windows
 
     t0 = time.perf_counter()
-    bos, _ = prepend_token(model)
+    bos = as_model(model).first_token.id
     windows = natural_windows(model, files, window=n_tokens - (bos is not None), max_windows=n_sequences)
     L, H = model.cfg.n_layers, model.cfg.n_heads
     sums, alpha_sums, rate_sums = torch.zeros(L, H), torch.zeros(L, H), torch.zeros(L, H)
@@ -150,3 +145,9 @@ def sink_scores_on_text(model, files=None, *, n_tokens: int = 64, n_sequences: i
                       sink_rate=(rate_sums / counts["seq"]).numpy(), threshold=threshold,
                       n_sequences=counts["seq"], n_tokens=windows.tokens.shape[1], source=windows.describe(),
                       timings={"sink_text_s": time.perf_counter() - t0})
+
+
+def _sink_definition() -> str:
+    from ..scores import score
+
+    return score("attention_sink").definition

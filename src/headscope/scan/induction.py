@@ -68,13 +68,57 @@ def first_repeat_mean(per_position: torch.Tensor, layout: RepeatLayout) -> torch
 
 
 def weight_score_arrays(model: HeadscopeModel) -> dict[str, np.ndarray]:
-    """Every weight-based score of the registry, ``[n_layers, n_heads]`` each; computed once per model."""
+    """Every weight-based score of the registry, ``[n_layers, n_heads]`` each; computed once per model.
+
+    Cached on the model, and on disk under ``$HEADSCOPE_CACHE/scores/`` keyed by a sha256 of the
+    weights and of the registry's weight scores, so a second run on the same weights (another
+    command, another day) reads them back instead of recomputing. What a score says about how it
+    was computed (successor: which ordinal sets the tokenizer has) is in ``model.cache["weight_notes"]``.
+    """
     cached = model.cache.get("weight_scores")
     if cached is None:
-        w = head_weights(model)
-        cached = {s.name: s.from_weights(w).numpy().astype(np.float64) for s in weight_scores() if s.from_weights}
-        model.cache["weight_scores"] = cached
+        cached, notes = _weight_scores_on_disk(model)
+        model.cache["weight_scores"], model.cache["weight_notes"] = cached, notes
     return {k: v.copy() for k, v in cached.items()}
+
+
+def _weight_scores_on_disk(model: HeadscopeModel) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
+    import hashlib
+    import json
+
+    from ..models.cache import cache_dir, write_text_atomic
+    from ..models.fingerprint import weights_fingerprint
+
+    decls = weight_scores()
+    recipe = hashlib.sha256(json.dumps([[s.name, s.definition] for s in decls]).encode()).hexdigest()[:12]
+    try:
+        key = weights_fingerprint(model)["sha256"][:24]
+    except Exception:  # a model whose weights cannot be walked: compute, do not cache on disk
+        key = None
+    path = cache_dir() / "scores" / f"{key}-{recipe}.json" if key else None
+    if path is not None and path.is_file():
+        try:
+            doc = json.loads(path.read_text())
+            return {k: np.asarray(v, dtype=np.float64) for k, v in doc["scores"].items()}, doc.get("notes", {})
+        except (OSError, ValueError, KeyError):
+            pass  # a broken cache file: recompute and replace it
+    w = head_weights(model)
+    scores: dict[str, np.ndarray] = {}
+    notes: dict[str, dict] = {}
+    for decl in decls:
+        assert decl.from_weights is not None
+        out = decl.from_weights(w, model)
+        tensor, meta = out if isinstance(out, tuple) else (out, {})
+        scores[decl.name] = tensor.detach().cpu().numpy().astype(np.float64)
+        if meta:
+            notes[decl.name] = meta
+    if path is not None:
+        try:
+            write_text_atomic(path, json.dumps({"scores": {k: v.tolist() for k, v in scores.items()},
+                                                "notes": notes, "model": model.name}))
+        except OSError:
+            pass  # an unwritable cache only costs the recomputation next time
+    return scores, notes
 
 
 @torch.no_grad()
@@ -258,7 +302,7 @@ def scan_induction(
         settings={"seq_len": seq_len, "batch": batch, "repeats": repeats, "seed": seed, "top_k": top_k,
                   "bos": layout.bos, "bos_token_id": rt.bos_token_id, "bos_source": rt.bos_source, "n_tokens": layout.n_tokens,
                   "ablation": ablation if ablate else None, "chunk_size": chunk, "max_memory_gb": budget,
-                  "device": str(cfg.device)},
+                  "device": str(cfg.device), "weight_scores": m.cache.get("weight_notes", {})},
         scores=result_scores,
         per_position_loss=per_pos.numpy(),
         loss_first_repeat=float(first_repeat_mean(per_pos, layout)),

@@ -16,6 +16,7 @@ import torch
 
 from ..errors import BadInput
 from ..models.model import as_model
+from ..tokens import ordinary_token_ids
 from ..scores.layout import RepeatLayout
 
 
@@ -25,20 +26,6 @@ class RepeatedTokens:
     layout: RepeatLayout
     bos_token_id: int | None
     bos_source: str = "bos"
-
-
-def ordinary_token_ids(tokenizer, d_vocab: int) -> torch.Tensor:
-    """All token ids below ``d_vocab`` that are not special tokens."""
-    n = min(d_vocab, len(tokenizer))
-    special = set(int(i) for i in (tokenizer.all_special_ids or []))
-    for idx, tok in getattr(tokenizer, "added_tokens_decoder", {}).items():
-        if getattr(tok, "special", False):
-            special.add(int(idx))
-    keep = torch.ones(n, dtype=torch.bool)
-    for i in special:
-        if 0 <= i < n:
-            keep[i] = False
-    return keep.nonzero().squeeze(1)
 
 
 def check_settings(seq_len: int, batch: int, repeats: int, bos: bool, n_ctx: int | None, model_name: str = "the model") -> RepeatLayout:

@@ -15,12 +15,14 @@ Adding a head type is one declaration below, its compute function, and its test
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
 from ..weights import HeadWeights
 from .attention import Column, KeySet, Reads, Stripe, prefix_mask
+from .copy_suppression import copy_suppression_from_weights
+from .successor import successor_from_weights
 from .weights import copying_scores
 
 
@@ -36,7 +38,8 @@ class Score:
     source: str  # the paper or reference implementation, short
     threshold: float | None = None  # a head "is" a <label> head when its score >= this; None: no role
     reads: Reads | None = None  # attention score: the pattern entries it averages
-    from_weights: Callable[[HeadWeights], torch.Tensor] | None = None  # weight score: [L, H]
+    # weight score: ``(weights, model) -> [L, H]`` or ``([L, H], metadata)``; once per model
+    from_weights: Callable[[HeadWeights, Any], torch.Tensor | tuple[torch.Tensor, dict]] | None = None
     from_pass: str | None = None  # a reduction of the scan's pass other than attention (headscope.scan.direct)
     vmin: float | None = 0.0  # heatmap range; None: symmetric around 0, from the data
     vmax: float | None = 1.0
@@ -90,7 +93,40 @@ SCORES: tuple[Score, ...] = (
             "d_head x d_head matrix W_O (W_U W_E) W_V with the same nonzero eigenvalues (norm gains folded, "
             "norm scale ignored). 1.0 = pure copying. Source: Elhage et al. 2021."
         ),
-        source="Elhage et al. 2021", threshold=0.7, from_weights=copying_scores, vmin=-1.0,
+        source="Elhage et al. 2021", threshold=0.7, from_weights=lambda w, model: copying_scores(w), vmin=-1.0,
+    ),
+    Score(
+        name="attention_sink", header="sink", label="attention-sink", title="Attention-sink score (attention to the first token)",
+        definition=(
+            "Mean attention to the first token (position 0: BOS where the model has one) from every query after it, "
+            "averaged over sequences. A head is a sink head above 0.3, the threshold of Gu et al. 2024 "
+            "(\"When Attention Sink Emerges in Language Models\", arXiv 2410.10781), who average alpha_1 over all "
+            "T queries of 64-token natural text (headscope heads --natural reports that convention too)."
+        ),
+        source="Gu et al. 2024", threshold=0.3, reads=Column(key=0, start=lambda lay: 1), in_table=False,
+    ),
+    Score(
+        name="successor", header="succ", label="successor", title="Successor score (effective OV on ordinal sets)",
+        definition=(
+            "Fraction of ordinal tokens (numbers, number words, cardinal words, days, months and their prefixes, "
+            "letters: the sets the tokenizer has as single tokens) whose successor gets the largest logit, among the "
+            "tokens of its set, from the head's effective OV circuit W_U W_OV MLP0(W_E) (effective embedding: the "
+            "first MLP on the bare embedding, attention 0 off). Source: Gould et al. 2023, \"Successor Heads\", "
+            "arXiv 2312.09230. Threshold 0.5 is headscope's (the paper names none)."
+        ),
+        source="Gould et al. 2023", threshold=0.5, from_weights=successor_from_weights, in_table=False,
+    ),
+    Score(
+        name="copy_suppression", header="supp", label="copy-suppression",
+        title="Copy-suppression score (token among its own 10 most suppressed)",
+        definition=(
+            "Fraction of 512 sampled ordinary tokens that are among the 10 most suppressed outputs (lowest logits over "
+            "the whole vocabulary) of the head's OV circuit W_U W_OV W_EE applied to themselves; effective embedding "
+            "W_EE = the token through block 0 alone (embedding + its attention to itself + MLP0), as McDougall et al. "
+            "2023 (\"Copy Suppression\", arXiv 2310.04625) use. The negative counterpart of copying. Threshold 0.5 "
+            "is headscope's (the paper names none)."
+        ),
+        source="McDougall et al. 2023", threshold=0.5, from_weights=copy_suppression_from_weights, in_table=False,
     ),
     Score(
         name="direct_logit_later", header="dla", label="direct logit effect (later repeats)",

@@ -43,17 +43,6 @@ DEFAULT_K = 10
 DEFAULT_N_TOKENS = 512
 COPY_SUPPRESSION_THRESHOLD = 0.5
 
-DEFINITIONS = {
-    "copy_suppression": (
-        "Fraction of sampled tokens that are among the 10 most suppressed outputs (lowest logits over the vocabulary) "
-        "of the head's OV circuit W_U W_OV W_EE applied to themselves, W_EE = the token through block 0 "
-        "(embedding + self-attention + MLP0). Source: McDougall et al. 2023, arXiv 2310.04625."
-    ),
-    "copying_topk": (
-        "Fraction of sampled tokens that are among the 10 most promoted outputs (highest logits) of the same circuit "
-        "applied to themselves: the positive counterpart."
-    ),
-}
 
 
 @torch.no_grad()
@@ -99,7 +88,7 @@ class CopySuppressionScores:
         return [(int(i // a.shape[1]), int(i % a.shape[1]), float(a.flat[i])) for i in order]
 
     def to_dict(self) -> dict:
-        return {"definition": DEFINITIONS, "k": self.k, "n_tokens": self.n_tokens, "seed": self.seed,
+        return {"definition": _definition("copy_suppression"), "k": self.k, "n_tokens": self.n_tokens, "seed": self.seed,
                 "convention": self.convention, "copy_suppression": self.copy_suppression.tolist(),
                 "copying_topk": self.copying_topk.tolist(), "timings": self.timings}
 
@@ -117,7 +106,7 @@ class CopySuppressionScores:
 
 def sample_tokens(model, n_tokens: int, seed: int = 0) -> torch.Tensor:
     """``n_tokens`` ordinary token ids (no special tokens) drawn without replacement, sorted."""
-    from ..scan.sequences import ordinary_token_ids
+    from ..tokens import ordinary_token_ids
 
     pool = ordinary_token_ids(model.tokenizer, model.cfg.d_vocab)
     if n_tokens >= len(pool):
@@ -141,3 +130,16 @@ def copy_suppression_scores(model, w: HeadWeights | None = None, *, k: int = DEF
     low, high = self_rank_fractions(w, X, ids, k)
     return CopySuppressionScores(low.numpy().astype(np.float64), high.numpy().astype(np.float64), k, len(ids), seed,
                                  convention, {"copy_suppression_s": time.perf_counter() - t0})
+
+
+def _definition(name: str) -> str:
+    from .registry import score  # the registry imports this module: look it up when asked
+
+    return score(name).definition
+
+
+def copy_suppression_from_weights(w: HeadWeights, model) -> tuple[torch.Tensor, dict]:
+    """The registry's copy-suppression score: ``[L, H]``, and the sample it was measured on."""
+    r = copy_suppression_scores(model, w)
+    return torch.from_numpy(r.copy_suppression), {"k": r.k, "n_tokens": r.n_tokens, "seed": r.seed,
+                                                  "convention": r.convention}

@@ -57,11 +57,6 @@ CYCLIC = frozenset({"days", "day_prefixes", "months", "month_prefixes"})
 DEFAULT_MIN_SIZE = 5
 SUCCESSOR_THRESHOLD = 0.5
 
-DEFINITION = (
-    "Fraction of ordinal tokens (numbers, number words, cardinal words, days, months and their prefixes, letters: "
-    "the sets the tokenizer has as single tokens) whose successor gets the largest logit, among the tokens of its "
-    "set, from the head's effective OV circuit W_U W_OV MLP0(W_E). Source: Gould et al. 2023, arXiv 2312.09230."
-)
 
 
 @dataclass(frozen=True)
@@ -159,7 +154,7 @@ class SuccessorScores:
         return [(int(i // H), int(i % H), float(self.scores.flat[i])) for i in order]
 
     def to_dict(self) -> dict:
-        return {"definition": DEFINITION, "convention": self.convention, "scores": self.scores.tolist(),
+        return {"definition": _definition("successor"), "convention": self.convention, "scores": self.scores.tolist(),
                 "per_set": {k: v.tolist() for k, v in self.per_set.items()},
                 "sets": [s.to_dict() for s in self.sets], "skipped": self.skipped, "timings": self.timings}
 
@@ -201,3 +196,16 @@ def successor_scores(model, w: HeadWeights | None = None, *, convention: str = "
         scores=(total / sum(n_pairs.values())).numpy().astype(np.float64),
         per_set={k: (v / n_pairs[k]).numpy().astype(np.float64) for k, v in counts.items()},
         sets=sets, skipped=skipped, convention=convention, timings={"successor_s": time.perf_counter() - t0})
+
+
+def _definition(name: str) -> str:
+    from .registry import score  # the registry imports this module: look it up when asked
+
+    return score(name).definition
+
+
+def successor_from_weights(w: HeadWeights, model) -> tuple[torch.Tensor, dict]:
+    """The registry's successor score: ``[L, H]`` and which ordinal sets the model could use."""
+    r = successor_scores(model, w)
+    return torch.from_numpy(r.scores), {"convention": r.convention, "sets": [st.name for st in r.sets],
+                                        "skipped": r.skipped}
