@@ -32,6 +32,7 @@ from typing import Any, Callable
 
 from ..errors import BadInput, HeadscopeError
 from ..heads import head_label
+from ..jsonsafe import dumps
 from ..models import builtin
 from ..models.fingerprint import weights_fingerprint
 from ..models.loading import load_model
@@ -190,7 +191,7 @@ class SweepResult:
                 "definitions": SUMMARY_DEFINITIONS}
 
     def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent)
+        return dumps(self.to_dict(), indent=indent)
 
     def plot(self):
         from ..render.sweep_figures import sweep_figure
@@ -372,7 +373,7 @@ def run_sweep(
                     failures.append(failure)
                     emit("fail", job.entry, {**job.info, **failure})
                 else:
-                    _write_atomic(entry_path(out, job.entry), json.dumps(rec, indent=1))
+                    _write_atomic(entry_path(out, job.entry), dumps(rec, indent=1))
                     records[job.entry.key] = rec
                     emit("done", job.entry, {**job.info, "summary": rec["summary"], "seconds": rec["seconds"]})
                 table()
@@ -464,6 +465,6 @@ def write_table(result: SweepResult, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     public = {**result.to_dict(), "failures": [{k: v for k, v in f.items() if k != "traceback"}
                                                for f in result.failures]}
-    _write_atomic(out / "sweep.json", json.dumps(public, indent=2))
+    _write_atomic(out / "sweep.json", dumps(public, indent=2))
     _write_atomic(out / "sweep.csv", pd.DataFrame(result.rows).to_csv(index=False, float_format="%.6f"))
     return [out / "sweep.json", out / "sweep.csv"]

@@ -143,9 +143,9 @@ class QKAnalysis:
         return Report(model=dict(self.model), qk=self)._repr_html_()
 
     def to_json(self, indent: int | None = 2) -> str:
-        import json
+        from ..jsonsafe import dumps
 
-        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+        return dumps(self.to_dict(), indent=indent)  # strict JSON: NaN/Infinity -> null
 
 
 
