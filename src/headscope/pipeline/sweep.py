@@ -39,7 +39,7 @@ from ..models.loading import load_model
 from ..scan.induction import scan_induction
 from ..scan.result import InductionResult
 from ..scores import score as declared
-from .outputs import write_file_atomic
+from .outputs import describe_os_error, output_lock, probe_writable, write_file_atomic
 
 #: Scan settings that change the numbers: an entry computed with other values is not reused.
 RESULT_SETTINGS = ("seq_len", "batch", "repeats", "seed", "top_k", "ablate", "ablation", "dtype")
@@ -318,13 +318,20 @@ def run_sweep(
         raise BadInput(f"unknown scan setting(s) {', '.join(sorted(unknown))}",
                        hint=f"use: {', '.join(DEFAULT_SCAN)}")
     out = Path(out_dir)
-    try:
+    try:  # before any model loads: the same exit code (5) and message as every other command's --out
         (out / "entries").mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise BadInput(f"cannot write the sweep's results to {out} ({exc.strerror or exc})",
-                       hint="choose another --out") from None
+        raise describe_os_error(exc, out) from None
+    probe_writable(out / "entries", out)
+    with output_lock(out):  # a second sweep into the same --out fails at once (exit 4)
+        return _run_sweep(entries, out, device=device, dtype=dtype, device_map=device_map, rerun=rerun,
+                          figure=figure, emit=on_event or (lambda kind, entry, info: None), log=log,
+                          progress=progress, executor=executor, scan=scan)
+
+
+def _run_sweep(entries: list[SweepEntry], out: Path, *, device, dtype, device_map, rerun: bool, figure: bool,
+               emit: Event, log, progress, executor, scan: dict) -> SweepResult:
     settings = {**DEFAULT_SCAN, **scan, "dtype": str(dtype)}
-    emit = on_event or (lambda kind, entry, info: None)
     executor = executor or LocalExecutor(progress=progress, log=log)
 
     done: dict[str, dict] = {}
@@ -380,10 +387,11 @@ def run_sweep(
     finally:
         table()  # also on KeyboardInterrupt: the table shows what is finished
     if figure and any(r["status"] == "done" for r in result.rows):
-        from ..render._mpl import save
+        from ..render._mpl import encode_png
         from ..render.sweep_figures import sweep_figure
 
-        result.files.append(save(sweep_figure(result.to_frame()), out / "sweep.png"))
+        write_file_atomic(out / "sweep.png", encode_png(sweep_figure(result.to_frame())))
+        result.files.append(out / "sweep.png")
     return result
 
 
