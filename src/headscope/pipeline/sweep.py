@@ -102,7 +102,10 @@ class SweepEntry:
 
 
 def _is_local(spec: str) -> bool:
-    return Path(spec).expanduser().exists()
+    try:
+        return Path(spec).expanduser().exists()
+    except RuntimeError:  # ~nosuchuser/...: load_model says so (BadInput) when the entry runs
+        return False
 
 
 def _slug(text: str) -> str:
