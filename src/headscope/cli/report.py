@@ -76,6 +76,8 @@ def report_cmd(
                            log=lambda s: err.print(s, highlight=False))
         with err.status("Writing the page..."):
             write(rep.to_html())
+    for note in dict.fromkeys([*rep.notes, *(s.note for s in rep.texts if s.note)]):
+        err.print(f"[yellow]note:[/] {note}", highlight=False)
     size = path.stat().st_size
     if json_out:
         typer.echo(dumps({"report": str(path), "bytes": size,

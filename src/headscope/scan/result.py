@@ -36,6 +36,7 @@ class InductionResult:
     thresholds: dict[str, float]
     samples: list[AttentionSample] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # e.g. "--top 50 is more than this model's 8 heads ..."
 
     # --- views -----------------------------------------------------------------------------
     def top_heads(self, score: str = "induction", k: int = 5) -> list[tuple[int, int, float]]:
@@ -121,6 +122,7 @@ class InductionResult:
             "thresholds": self.thresholds,
             "definitions": definitions(),
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
+            "notes": self.notes,
         }
 
     def to_json(self, indent: int | None = 2) -> str:
