@@ -37,7 +37,7 @@ QK_SMALL = ["--head", "L1H0", "--no-figures", "--max-tokens", "16", "--device", 
 REPORT_SMALL = [*SMALL, "--no-qk"]
 
 
-def cli(*args) -> "object":
+def cli(*args):
     return runner.invoke(app, [str(a) for a in args])
 
 
@@ -476,7 +476,8 @@ def test_qk_memory_estimate_covers_the_tensors_it_keeps(tiny_llama):
     live = qk_scores(tiny_llama, heads, [seq])
     acts = capture_residual(tiny_llama, seq, 2, score_layers={1, 2})
     _, _, comps = residual_components(acts, head_weights(tiny_llama), 2)
-    kept = live.scores[0].nbytes + live.patterns[0].nbytes + sum(t.numel() * 8 for t in acts.values()) + comps.numel() * 8
+    kept = (live.scores[0].nbytes + live.patterns[0].nbytes + sum(t.numel() * 8 for t in acts.values())
+            + comps.numel() * 8)
     logits = T * tiny_llama.cfg.d_vocab * 4
     estimate = qk_memory_bytes(tiny_llama, [T], heads)
     assert kept + logits <= estimate <= 4 * (kept + logits)

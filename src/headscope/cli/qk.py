@@ -19,8 +19,8 @@ from ..qk.analysis import DEFAULT_QK_MEMORY_GB, analyze_qk
 from ..render.report import Report
 from . import app
 from ._common import (DEFAULT, DebugOpt, DeviceMapOpt, DeviceOpt, DtypeOpt, FileOpt, JsonOpt, ModelOpt, OutOpt,
-                      OverwriteOpt, QKMemoryOpt, ReportOpt, TextOpt, at_least, check_device, consoles, default_out, handle_errors, load,
-                      progress_enabled, read_texts)
+                      OverwriteOpt, QKMemoryOpt, ReportOpt, TextOpt, at_least, check_device, consoles, default_out,
+                      handle_errors, load, progress_enabled, read_texts)
 
 
 @app.command("qk")

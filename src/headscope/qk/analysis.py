@@ -74,7 +74,7 @@ def qk_memory_bytes(model, lengths: list[int], heads: list[Head] | None = None, 
 
 
 def check_qk_memory(model, lengths: list[int], heads: list[Head] | None, top: int, budget_gb: float | None) -> None:
-    """Refuse (:class:`BadInput`) a QK analysis whose estimate exceeds ``budget_gb``, naming the numbers and what fits."""
+    """Refuse (:class:`BadInput`) an analysis estimated above ``budget_gb``, naming the numbers and what fits."""
     if budget_gb is None:
         return
     need = qk_memory_bytes(model, lengths, heads, top)
