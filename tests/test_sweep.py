@@ -247,5 +247,6 @@ def test_an_unwritable_out_is_refused_before_anything_runs(tmp_path, count_scans
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     r = sweep("-m", str(tiny_gpt2_dir), "--out", str(blocker / "out"))
-    assert r.exit_code == 2 and "cannot write the sweep's results" in r.output
+    # exit 5, the same code and message as every other command's unwritable --out (docs/failure-modes.md)
+    assert r.exit_code == 5 and "cannot write results to" in r.output and "is a file" in r.output
     assert count_scans == []

@@ -74,6 +74,9 @@ ThresholdOpt = Annotated[Optional[list[str]], typer.Option(
 MaxMemoryOpt = Annotated[float, typer.Option(
     "--max-memory", callback=_positive, help="GiB budget for one chunk's attention + logits; sets how many "
     "sequences go through at once.")]
+QKMemoryOpt = Annotated[float, typer.Option(
+    "--max-memory", callback=_positive, help="GiB the QK analysis may hold, estimated from the texts' lengths "
+    "before it starts; a larger need is refused with the estimate and the --max-tokens that fits.")]
 
 # --- outputs ----------------------------------------------------------------------------------
 OutOpt = Annotated[Optional[Path], typer.Option(

@@ -81,15 +81,15 @@ def induction_cmd(
         with err.status("Writing results..."):
             induction_files(rd, res, samples)
             if report:
-                rep = Report(model=dict(res.model), induction=res, texts=samples, sources=[s.text for s in seqs])
+                rep = Report(model=dict(res.model), induction=res, texts=samples, sources=[s.text for s in seqs],
+                             notes=list(res.notes))
                 rd.write_text("report.html", rep.to_html())
             paths = rd.commit()
 
     if json_out:
         typer.echo(res.to_json())
-    for s in seqs:
-        for note in s.notes:
-            err.print(f"[yellow]note:[/] {note}", highlight=False)
+    for note in [n for s in seqs for n in s.notes] + res.notes:
+        err.print(f"[yellow]note:[/] {note}", highlight=False)
     print_summary(con, res)
     err.print(f"[green]Wrote {len(paths)} files to {rd.target}/[/]: " + ", ".join(p.name for p in paths),
               highlight=False)

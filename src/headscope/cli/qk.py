@@ -15,12 +15,12 @@ from ..heads import head_label, is_head_spec
 from ..models import resolve_dtype
 from ..pipeline.files import qk_files
 from ..pipeline.outputs import ResultDir
-from ..qk.analysis import analyze_qk
+from ..qk.analysis import DEFAULT_QK_MEMORY_GB, analyze_qk
 from ..render.report import Report
 from . import app
 from ._common import (DEFAULT, DebugOpt, DeviceMapOpt, DeviceOpt, DtypeOpt, FileOpt, JsonOpt, ModelOpt, OutOpt,
-                      OverwriteOpt, ReportOpt, TextOpt, at_least, check_device, consoles, default_out, handle_errors, load,
-                      progress_enabled, read_texts)
+                      OverwriteOpt, QKMemoryOpt, ReportOpt, TextOpt, at_least, check_device, consoles, default_out,
+                      handle_errors, load, progress_enabled, read_texts)
 
 
 @app.command("qk")
@@ -42,6 +42,7 @@ def qk_cmd(
     max_tokens: Annotated[int, typer.Option("--max-tokens", help="The analysis window: each text is cut to "
                           "this many tokens (first token included; never past the model's context), and the cut "
                           "is reported.")] = 64,
+    max_memory: QKMemoryOpt = DEFAULT_QK_MEMORY_GB,
     no_figures: Annotated[bool, typer.Option("--no-figures", help="Write qk.json and CSVs only (faster).")] = False,
     report: ReportOpt = False,
     device: DeviceOpt = "auto",
@@ -80,7 +81,8 @@ def qk_cmd(
     with ResultDir.open(out or default_out("qk", model), command="qk", overwrite=overwrite) as rd:
         m = load(err, model, device, dtype, device_map)
         with _progress(err) as step:
-            a = analyze_qk(m, texts, head, top=top, tokens=tokens, query=query, max_tokens=max_tokens, progress=step)
+            a = analyze_qk(m, texts, head, top=top, tokens=tokens, query=query, max_tokens=max_tokens, progress=step,
+                           max_memory_gb=max_memory)
             a.timings["total_s"] = time.perf_counter() - t0
             qk_files(rd, a, figures=not no_figures, progress=step)
         if report:

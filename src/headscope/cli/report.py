@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from ..errors import BadInput
+from ..jsonsafe import dumps
 from ..models import resolve_dtype
 from ..pipeline.outputs import ResultFile
 from ..pipeline.report import build_report
@@ -76,11 +76,13 @@ def report_cmd(
                            log=lambda s: err.print(s, highlight=False))
         with err.status("Writing the page..."):
             write(rep.to_html())
+    for note in dict.fromkeys([*rep.notes, *(s.note for s in rep.texts if s.note)]):
+        err.print(f"[yellow]note:[/] {note}", highlight=False)
     size = path.stat().st_size
     if json_out:
-        typer.echo(json.dumps({"report": str(path), "bytes": size,
+        typer.echo(dumps({"report": str(path), "bytes": size,
                                "qk_heads": [f"L{l}H{h}" for l, h in rep.qk.heads] if rep.qk is not None else [],
                                "induction": rep.induction.to_dict() if rep.induction is not None else None},
-                              indent=2, allow_nan=False))
+                         indent=2))
     con.print(f"[green]Wrote {path}[/] ({size / 1e6:.1f} MB): open it in any browser, no network needed.",
               highlight=False)

@@ -103,9 +103,9 @@ def train_toy_cmd(
                   f"figures in {time.perf_counter() - t0:.1f} s)", highlight=False)
         _print_phase(con, phase)
     if json_out:
-        import json
+        from ..jsonsafe import dumps
 
-        typer.echo(json.dumps({"run": run_doc, "phase": None if phase is None else phase.to_dict()}, indent=2))
+        typer.echo(dumps({"run": run_doc, "phase": None if phase is None else phase.to_dict()}, indent=2))
 
 
 class _LiveLine:

@@ -17,7 +17,6 @@ the head makes the model learn less from its context.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -61,7 +60,9 @@ class ICLResult:
                 "timings": self.timings}
 
     def to_json(self, **kw) -> str:
-        return json.dumps(self.to_dict(), **kw)
+        from ..jsonsafe import dumps
+
+        return dumps(self.to_dict(), **{"indent": None, **kw})  # strict JSON: NaN/Infinity -> null
 
     def to_frame(self):
         """One row per ablated head."""

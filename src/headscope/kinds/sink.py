@@ -31,7 +31,6 @@ position 0 in every layout).
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 
@@ -95,7 +94,9 @@ class SinkScores:
                 "timings": self.timings}
 
     def to_json(self, **kw) -> str:
-        return json.dumps(self.to_dict(), **kw)
+        from ..jsonsafe import dumps
+
+        return dumps(self.to_dict(), **{"indent": None, **kw})  # strict JSON: NaN/Infinity -> null
 
     def to_frame(self):
         import pandas as pd

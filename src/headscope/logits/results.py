@@ -9,12 +9,12 @@ notebook (``_repr_html_``).
 from __future__ import annotations
 
 import html
-import json
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..heads import head_label
+from ..jsonsafe import dumps
 from ..models.inputs import TokenSequence
 
 DLA_DEFINITION = (
@@ -48,21 +48,12 @@ def _num(x, nd: int = 6):
     return x
 
 
-def _figure_html(fig) -> str:
-    import base64
-    import io
-
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
-    plt.close(fig)
-    return f'<img src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}"/>'
-
-
 def _html(title: str, frame, fig=None, rows: int = 12) -> str:
+    """A notebook view; the figure goes through the one encoder (render/_mpl.encode_png: missing glyphs said once)."""
+    from ..render.html import figure_html
+
     body = frame.head(rows).to_html(index=False, float_format=lambda v: f"{v:.4g}")
-    return f"<h4>{html.escape(title)}</h4>{body}" + (_figure_html(fig) if fig is not None else "")
+    return f"<h4>{html.escape(title)}</h4>{body}" + (figure_html(fig) if fig is not None else "")
 
 
 class _Result:
@@ -70,7 +61,7 @@ class _Result:
         raise NotImplementedError
 
     def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent)
+        return dumps(self.to_dict(), indent=indent)  # strict JSON: NaN/Infinity -> null
 
 
 @dataclass

@@ -22,7 +22,11 @@ from ..errors import ModelLoadError
 def cache_dir() -> Path:
     env = os.environ.get("HEADSCOPE_CACHE")
     if env:
-        return Path(env).expanduser()
+        try:
+            return Path(env).expanduser()
+        except RuntimeError:  # ~nosuchuser/...
+            raise ModelLoadError(f"HEADSCOPE_CACHE={env} names a home directory that does not exist",
+                                 hint="set HEADSCOPE_CACHE to an existing absolute path") from None
     from platformdirs import user_cache_dir
 
     return Path(user_cache_dir("headscope"))

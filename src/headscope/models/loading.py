@@ -115,7 +115,7 @@ def resolve_source(spec: str | os.PathLike, log: Log = lambda m: None) -> ModelS
         raise BadInput("empty model name", hint=f"try --model {builtin.DEFAULT_MODEL}")
     if text in builtin.BUILTINS:
         return ModelSource(text, "builtin", str(prepare_builtin(text, log=log)))
-    path = Path(text).expanduser()
+    path = _expand(text)
     if path.exists():
         if path.is_file():
             if path.suffix.lower() != ".gguf":
@@ -139,6 +139,19 @@ def resolve_source(spec: str | os.PathLike, log: Log = lambda m: None) -> ModelS
             "`headscope models` lists built-in models",
         )
     return ModelSource(text, "hub", text)
+
+
+def _expand(text: str) -> Path:
+    """``text`` as a path with ``~`` / ``~user`` expanded; an unknown user is bad input, not a RuntimeError."""
+    try:
+        return Path(text).expanduser()
+    except RuntimeError:  # pathlib: "Could not determine home directory."
+        user = text[1:].split("/", 1)[0]
+        raise BadInput(
+            f"model path {text} starts with ~{user}, but " + (f"there is no user {user!r} on this machine" if user
+                                                              else "the home directory is unknown (HOME is not set)"),
+            hint="check the spelling, or give the path without ~ (e.g. an absolute path)",
+        ) from None
 
 
 def _looks_like_path(text: str) -> bool:
@@ -178,8 +191,33 @@ def prepare_gguf(path: Path, log: Log = lambda m: None) -> Path:
 
 def _is_converted(target: Path) -> bool:
     # headscope.json is written last, so its presence means the conversion finished; the
-    # weights are checked too in case someone deleted files by hand.
-    return (target / "headscope.json").is_file() and (target / "model.safetensors").is_file()
+    # weights are checked too in case someone deleted or truncated files by hand (a cut
+    # model.safetensors would otherwise be reported "ready" and fail only when loaded).
+    return ((target / "headscope.json").is_file() and (target / "model.safetensors").is_file()
+            and all(safetensors_complete(p) for p in target.glob("*.safetensors")))
+
+
+def safetensors_complete(path: Path) -> bool:
+    """Whether the safetensors file ``path`` holds every byte its header promises (cheap: reads the header only).
+
+    Layout: an 8-byte little-endian header length N, N bytes of JSON whose tensors give
+    ``data_offsets`` [begin, end) into the data that follows; the file is complete when its size
+    is ``8 + N + max(end)``.
+    """
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                return False
+            n = int.from_bytes(head, "little")
+            if n > size - 8:
+                return False
+            header = json.loads(f.read(n))
+        end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+        return size == 8 + n + end
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return False
 
 
 @contextlib.contextmanager
@@ -206,6 +244,7 @@ def convert_gguf(gguf: Path, target: Path, log: Log = lambda m: None, extra: dic
     Written into a temporary directory and moved into place at the end, so an interrupted
     conversion leaves nothing behind that a later run would trust.
     """
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     log(f"Converting {gguf.name} to safetensors (once; later loads take seconds)...")
@@ -234,9 +273,10 @@ def convert_gguf(gguf: Path, target: Path, log: Log = lambda m: None, extra: dic
             meta = {"source_gguf": gguf.name, "converted_seconds": round(time.perf_counter() - t0, 1)}
             meta.update(extra or {})
             (tmp / "headscope.json").write_text(json.dumps(meta, indent=2))  # last: marks it complete
-    except OSError as exc:
+    except (OSError, SafetensorError) as exc:  # safetensors reports a full disk as SafetensorError, not OSError
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else _first_line(exc)
         raise ModelLoadError(
-            f"could not write the converted model to {target.parent} ({exc.strerror or exc}); nothing was kept",
+            f"could not write the converted model to {target.parent} ({why}); nothing was kept",
             hint="free some disk space (a float32 copy takes about 4 bytes per parameter), or set "
             "HEADSCOPE_CACHE to a directory with room",
         ) from exc

@@ -63,7 +63,8 @@ def _lock_path(target: Path) -> Path:
 
 
 @contextlib.contextmanager
-def _locked(target: Path) -> Iterator[None]:
+def output_lock(target: Path) -> Iterator[None]:
+    """Hold the lock beside ``target`` (``.NAME.lock``) for the block; held elsewhere: :class:`OutputExists` at once."""
     from filelock import FileLock, Timeout
 
     path = _lock_path(target)
@@ -83,19 +84,50 @@ def _locked(target: Path) -> Iterator[None]:
             path.unlink()
 
 
-def _check_parent(target: Path) -> Path:
+def _check_parent(target: Path) -> list[Path]:
+    """Create ``target``'s parent folders; returns those it created (outermost first)."""
     parent = target.parent
+    missing = []
     for p in [parent, *parent.parents]:
         if p.exists():
             if not p.is_dir():
                 raise OutputError(f"cannot write results to {target}: {p} is a file, not a directory",
                                   hint="choose another --out")
             break
+        missing.append(p)
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
+        _remove_empty(missing[::-1])
         raise describe_os_error(exc, target) from None
-    return parent
+    return missing[::-1]
+
+
+def _remove_empty(created: list[Path]) -> None:
+    """Remove the folders in ``created`` (outermost first) that are still empty: a failed run leaves no trace."""
+    for p in reversed(created):
+        with contextlib.suppress(OSError):
+            p.rmdir()
+
+
+@contextlib.contextmanager
+def _parent_ready(target: Path) -> Iterator[None]:
+    """``target``'s parent folders exist inside the block; those made here and left empty are removed after."""
+    created = _check_parent(target)
+    try:
+        yield
+    finally:
+        _remove_empty(created)
+
+
+def probe_writable(folder: Path, target: Path) -> None:
+    """Create and delete a file in ``folder``: proves the place is writable before any work starts."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.probe-")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise describe_os_error(exc, target) from None
 
 
 class ResultDir:
@@ -120,8 +152,7 @@ class ResultDir:
         target = Path(out)
         if target.exists() and not target.is_dir():
             raise OutputError(f"--out {target} is a file, not a directory", hint="choose another --out")
-        _check_parent(target)
-        with _locked(target):
+        with _parent_ready(target), output_lock(target):
             check_replaceable(target, overwrite)
             try:
                 staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.partial-"))
@@ -161,13 +192,20 @@ class ResultDir:
         try:
             (self.staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
             _normal_permissions(self.staging)
-            old = None
+        except OSError as exc:
+            raise describe_os_error(exc, self.target) from None
+        old = None
+        try:
             if self.target.exists():
                 old = self.target.parent / f".{self.target.name}.old-{os.getpid()}"
                 os.replace(self.target, old)
             os.replace(self.staging, self.target)
-        except OSError as exc:
-            raise describe_os_error(exc, self.target) from None
+        except BaseException as exc:  # also Ctrl-C between the two renames: put the old set back
+            if old is not None and old.exists() and not self.target.exists():
+                os.replace(old, self.target)
+            if isinstance(exc, OSError):
+                raise describe_os_error(exc, self.target) from None
+            raise
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
         self.committed = True
@@ -208,13 +246,11 @@ class ResultFile:
         target = Path(out)
         if target.is_dir():
             raise OutputError(f"--out {target} is a directory", hint="--out names the HTML file to write, e.g. --out report.html")
-        _check_parent(target)
-        with _locked(target):
+        with _parent_ready(target), output_lock(target):
             if target.exists() and not overwrite:
                 raise OutputExists(f"{target} already exists; nothing was written",
                                    hint="pass --overwrite to replace it, or choose another --out")
-            if not os.access(target.parent, os.W_OK):
-                raise describe_os_error(OSError(errno.EACCES, "permission denied"), target)
+            probe_writable(target.parent, target)
 
             def write(text: str) -> Path:
                 write_file_atomic(target, text)
@@ -223,12 +259,15 @@ class ResultFile:
             yield write
 
 
-def write_file_atomic(target: Path, text: str) -> None:
-    """Write ``text`` to ``target`` through a temporary sibling and one rename: all or nothing."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial")
+def write_file_atomic(target: Path, text: str | bytes) -> None:
+    """Write ``text`` (or bytes) to ``target`` through a temporary sibling and one rename: all or nothing."""
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial")
+    except OSError as exc:
+        raise describe_os_error(exc, target) from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(text.encode("utf-8") if isinstance(text, str) else text)
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, target)
     except OSError as exc:

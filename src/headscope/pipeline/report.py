@@ -40,7 +40,8 @@ def build_report(model, texts: list[str] | list[tuple[str, str]] | None = None, 
     log("attention of the top heads on the texts")
     samples = [attention_sample(m, seq, heads, f"Top induction heads on {seq.title}", max_tokens=MAX_VIEW_TOKENS)
                for seq in seqs]
-    rep = Report(model=dict(res.model), induction=res, texts=samples, sources=[s.text for s in seqs])
+    rep = Report(model=dict(res.model), induction=res, texts=samples, sources=[s.text for s in seqs],
+                 notes=list(res.notes))
     if qk:
         from ..qk import analyze_qk
 

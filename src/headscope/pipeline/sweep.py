@@ -32,13 +32,14 @@ from typing import Any, Callable
 
 from ..errors import BadInput, HeadscopeError
 from ..heads import head_label
+from ..jsonsafe import dumps
 from ..models import builtin
 from ..models.fingerprint import weights_fingerprint
 from ..models.loading import load_model
 from ..scan.induction import scan_induction
 from ..scan.result import InductionResult
 from ..scores import score as declared
-from .outputs import write_file_atomic
+from .outputs import describe_os_error, output_lock, probe_writable, write_file_atomic
 
 #: Scan settings that change the numbers: an entry computed with other values is not reused.
 RESULT_SETTINGS = ("seq_len", "batch", "repeats", "seed", "top_k", "ablate", "ablation", "dtype")
@@ -101,7 +102,10 @@ class SweepEntry:
 
 
 def _is_local(spec: str) -> bool:
-    return Path(spec).expanduser().exists()
+    try:
+        return Path(spec).expanduser().exists()
+    except RuntimeError:  # ~nosuchuser/...: load_model says so (BadInput) when the entry runs
+        return False
 
 
 def _slug(text: str) -> str:
@@ -190,7 +194,7 @@ class SweepResult:
                 "definitions": SUMMARY_DEFINITIONS}
 
     def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent)
+        return dumps(self.to_dict(), indent=indent)
 
     def plot(self):
         from ..render.sweep_figures import sweep_figure
@@ -317,13 +321,20 @@ def run_sweep(
         raise BadInput(f"unknown scan setting(s) {', '.join(sorted(unknown))}",
                        hint=f"use: {', '.join(DEFAULT_SCAN)}")
     out = Path(out_dir)
-    try:
+    try:  # before any model loads: the same exit code (5) and message as every other command's --out
         (out / "entries").mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise BadInput(f"cannot write the sweep's results to {out} ({exc.strerror or exc})",
-                       hint="choose another --out") from None
+        raise describe_os_error(exc, out) from None
+    probe_writable(out / "entries", out)
+    with output_lock(out):  # a second sweep into the same --out fails at once (exit 4)
+        return _run_sweep(entries, out, device=device, dtype=dtype, device_map=device_map, rerun=rerun,
+                          figure=figure, emit=on_event or (lambda kind, entry, info: None), log=log,
+                          progress=progress, executor=executor, scan=scan)
+
+
+def _run_sweep(entries: list[SweepEntry], out: Path, *, device, dtype, device_map, rerun: bool, figure: bool,
+               emit: Event, log, progress, executor, scan: dict) -> SweepResult:
     settings = {**DEFAULT_SCAN, **scan, "dtype": str(dtype)}
-    emit = on_event or (lambda kind, entry, info: None)
     executor = executor or LocalExecutor(progress=progress, log=log)
 
     done: dict[str, dict] = {}
@@ -372,17 +383,18 @@ def run_sweep(
                     failures.append(failure)
                     emit("fail", job.entry, {**job.info, **failure})
                 else:
-                    _write_atomic(entry_path(out, job.entry), json.dumps(rec, indent=1))
+                    _write_atomic(entry_path(out, job.entry), dumps(rec, indent=1))
                     records[job.entry.key] = rec
                     emit("done", job.entry, {**job.info, "summary": rec["summary"], "seconds": rec["seconds"]})
                 table()
     finally:
         table()  # also on KeyboardInterrupt: the table shows what is finished
     if figure and any(r["status"] == "done" for r in result.rows):
-        from ..render._mpl import save
+        from ..render._mpl import encode_png
         from ..render.sweep_figures import sweep_figure
 
-        result.files.append(save(sweep_figure(result.to_frame()), out / "sweep.png"))
+        write_file_atomic(out / "sweep.png", encode_png(sweep_figure(result.to_frame())))
+        result.files.append(out / "sweep.png")
     return result
 
 
@@ -464,6 +476,6 @@ def write_table(result: SweepResult, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     public = {**result.to_dict(), "failures": [{k: v for k, v in f.items() if k != "traceback"}
                                                for f in result.failures]}
-    _write_atomic(out / "sweep.json", json.dumps(public, indent=2))
+    _write_atomic(out / "sweep.json", dumps(public, indent=2))
     _write_atomic(out / "sweep.csv", pd.DataFrame(result.rows).to_csv(index=False, float_format="%.6f"))
     return [out / "sweep.json", out / "sweep.csv"]

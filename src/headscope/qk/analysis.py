@@ -14,6 +14,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ..errors import BadInput
 from ..heads import Head, head_label, top_k
 from ..hooks import act_name
 from ..models.inputs import single_tokens
@@ -31,6 +32,68 @@ Progress = Callable[[str, int, int], None]
 #: A source head "is" a previous-token head when its previous-token score reaches the registry's threshold.
 PREV_TOKEN_THRESHOLD = default_thresholds()["previous_token"]
 QUICK_SCAN = {"seq_len": 20, "batch": 4, "repeats": 2, "seed": 0}
+#: GiB the QK analysis may hold at once (estimated by :func:`qk_memory_bytes` before it starts); ``qk --max-memory``.
+DEFAULT_QK_MEMORY_GB = 8.0
+
+
+def qk_memory_bytes(model, lengths: list[int], heads: list[Head] | None = None, top: int = 3) -> int:
+    """Estimated peak bytes of :func:`analyze_qk` on texts of ``lengths`` tokens (first token included).
+
+    Counts the large tensors, all growing with the text length T (8 bytes a number: the analysis
+    works in float64):
+
+    - kept for every text: the chosen heads' scores and pattern, ``2 x [n_chosen, T, T]``;
+    - for one text at a time, the largest of the passes:
+      the forward pass itself (logits ``[T, d_vocab]`` and one layer's scores and pattern
+      ``2 x [n_heads, T, T]`` in float32), plus the decomposition's captured activations (scores
+      and pattern ``2 x [n_heads, T, T]`` per layer of a chosen head; per layer up to the last
+      chosen one ``resid_pre``, ``mlp_out`` ``[T, d_model]`` and ``z`` ``[T, n_heads, d_head]``),
+      plus its components ``[C, T, d_model]`` (twice while they are stacked) and the query and
+      key vectors ``3 x [C, T, d_head]``, with C = 4 + layer x (n_heads + 1).
+
+    ``heads=None`` (picked later by a quick scan) assumes the worst: ``2 * top`` heads, one per
+    layer, the last layer among them.
+    """
+    cfg = model.cfg
+    L, H, D = int(cfg.n_layers), int(cfg.n_heads), int(cfg.d_model)
+    dh, V = int(cfg.d_head), int(cfg.d_vocab)
+    if heads:
+        n_chosen, layers, last = len(heads), len({layer for layer, _ in heads}), max(layer for layer, _ in heads)
+    else:
+        n_chosen, last = 2 * top, L - 1
+        layers = min(n_chosen, L)
+    C = 4 + last * (H + 1)
+    kept = sum(2 * n_chosen * T * T * 8 for T in lengths)
+    per_text = []
+    for T in lengths:
+        forward = T * V * 4 + 2 * H * T * T * 4
+        captured = layers * 2 * H * T * T * 8 + (last + 1) * 2 * T * D * 8 + last * (T * H * dh + T * D) * 8
+        components = C * T * (2 * D + 3 * dh) * 8
+        per_text.append(forward + captured + components)
+    return kept + max(per_text, default=0)
+
+
+def check_qk_memory(model, lengths: list[int], heads: list[Head] | None, top: int, budget_gb: float | None) -> None:
+    """Refuse (:class:`BadInput`) an analysis estimated above ``budget_gb``, naming the numbers and what fits."""
+    if budget_gb is None:
+        return
+    need = qk_memory_bytes(model, lengths, heads, top)
+    if need <= budget_gb * 2**30:
+        return
+    longest = max(lengths)
+    fits = 0
+    lo, hi = 2, longest  # the longest window (in tokens) that fits with the same texts
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        if qk_memory_bytes(model, [min(n, mid) for n in lengths], heads, top) <= budget_gb * 2**30:
+            fits, lo = mid, mid + 1
+        else:
+            hi = mid - 1
+    tip = f"lower --max-tokens (about {fits} fits)" if fits >= 2 else "analyse fewer texts or heads"
+    raise BadInput(
+        f"the QK analysis of {len(lengths)} text(s) of up to {longest} tokens would need about "
+        f"{need / 2**30:.1f} GiB, more than the budget of {budget_gb:g} GiB; nothing was run",
+        hint=f"{tip}, pass fewer or shorter texts, or raise --max-memory if the machine has the memory")
 
 
 def quick_scan(model):
@@ -143,9 +206,9 @@ class QKAnalysis:
         return Report(model=dict(self.model), qk=self)._repr_html_()
 
     def to_json(self, indent: int | None = 2) -> str:
-        import json
+        from ..jsonsafe import dumps
 
-        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+        return dumps(self.to_dict(), indent=indent)  # strict JSON: NaN/Infinity -> null
 
 
 
@@ -163,13 +226,15 @@ def model_info(model, norm: str) -> dict:
 @torch.no_grad()
 def analyze_qk(model, texts=None, heads=None, *, top: int = 3, tokens: list[str] | None = None,
                query: int | None = None, max_tokens: int | None = 64, scan=None,
-               progress: Progress | None = None) -> QKAnalysis:
+               progress: Progress | None = None, max_memory_gb: float | None = DEFAULT_QK_MEMORY_GB) -> QKAnalysis:
     """Run every QK view for ``heads`` (or the top ``top`` induction + previous-token heads).
 
     ``texts``: strings (None: the built-in samples). ``tokens``: the token set for the token
     circuit (each a single token; default: the distinct tokens of the first text, at most 40).
     ``query``: explain this query position (default: the induction stripe). ``scan``: an
     existing :class:`~headscope.InductionResult` to pick heads from, else a quick scan runs.
+    ``max_memory_gb``: refuse (:class:`~headscope.errors.BadInput`) before any forward pass when
+    :func:`qk_memory_bytes` estimates more (None: no limit).
     """
     model = as_model(model)
     step = progress or (lambda stage, done, total: None)
@@ -178,6 +243,7 @@ def analyze_qk(model, texts=None, heads=None, *, top: int = 3, tokens: list[str]
     seqs = as_sequences(model, texts, max_tokens)
     chosen = as_heads(model, heads) if heads else None
     token_ids = single_tokens(model.tokenizer, tokens) if tokens else None
+    check_qk_memory(model, [len(s) for s in seqs], chosen, top, max_memory_gb)
     notes = [n for s in seqs for n in s.notes]
     step("quick induction scan", 0, 1)
     given_scan = scan is not None

@@ -9,12 +9,12 @@ figure in a notebook (``_repr_html_``).
 from __future__ import annotations
 
 import html
-import json
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..heads import as_head, head_label
+from ..jsonsafe import dumps
 from ..models.inputs import TokenSequence
 
 #: Definitions and sources of the QK quantities, for the legend.
@@ -69,7 +69,7 @@ class _Result:
         raise NotImplementedError
 
     def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+        return dumps(self.to_dict(), indent=indent)  # strict JSON: NaN/Infinity -> null
 
 
 @dataclass

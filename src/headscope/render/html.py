@@ -10,7 +10,6 @@ and ``page.js``, once per page, after every view) draws them.
 from __future__ import annotations
 
 import html
-import json
 import re
 import secrets
 import warnings
@@ -21,6 +20,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from ..heads import head_label
+from ..jsonsafe import dumps
 from ..scan.attention import AttentionSample
 from ..tokens import visible_whitespace
 from ._mpl import FIG_DPI, encode_png
@@ -39,7 +39,7 @@ def esc(text: Any) -> str:
 
 def script_json(value: Any) -> str:
     """JSON safe to put inside ``<script>``: no ``<``, ``>`` or ``&`` survive (written as ``\\u003c`` etc.)."""
-    s = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    s = dumps(value, indent=None, ensure_ascii=False, separators=(",", ":"))  # NaN/Infinity -> null
     return s.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026") \
             .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
 

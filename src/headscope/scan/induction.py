@@ -221,6 +221,19 @@ def control_heads(n_layers: int, n_heads: int, top: list[Head], seed: int) -> li
     return [others[i] for i in sorted(gen.choice(len(others), size=min(len(top), len(others)), replace=False))]
 
 
+def clamp_top(top_k: int, n_heads_total: int, ablate: bool) -> tuple[int, list[str]]:
+    """``top_k`` cut to what the model has, and a note saying so if it was cut.
+
+    With the causal check at least one head is left out of the top set, so the random control
+    (drawn from the other heads) is never empty.
+    """
+    most = n_heads_total - 1 if ablate and n_heads_total > 1 else n_heads_total
+    if top_k <= most:
+        return top_k, []
+    why = " (one left over for the random control of the causal check)" if most < n_heads_total else ""
+    return most, [f"--top {top_k} is more than this model's {n_heads_total} heads: using the top {most}{why}"]
+
+
 def scan_induction(
     model,
     *,
@@ -262,7 +275,7 @@ def scan_induction(
     layout = rt.layout
     budget = DEFAULT_MEMORY_GB if max_memory_gb is None else max_memory_gb
     chunk = chunk_size or chunk_size_for(layout.n_tokens, cfg.n_heads, cfg.d_vocab, batch, budget)
-    top_k = min(top_k, m.n_layers * m.n_heads)
+    top_k, notes = clamp_top(top_k, m.n_layers * m.n_heads, ablate)
     timings: dict[str, float] = {}
     prog = Progress(progress)
     with prog.running():
@@ -311,6 +324,7 @@ def scan_induction(
         thresholds={**default_thresholds(), **(thresholds or {})},
         samples=samples,
         timings=timings,
+        notes=notes,
     )
 
 

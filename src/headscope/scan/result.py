@@ -6,13 +6,13 @@ the methods that draw); files are written by :mod:`headscope.pipeline.outputs`.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from ..heads import head_label, top_k
+from ..jsonsafe import dumps
 from ..scores import MIN_RISE, definitions, role_scores, score_names
 from .attention import AttentionSample
 
@@ -36,6 +36,7 @@ class InductionResult:
     thresholds: dict[str, float]
     samples: list[AttentionSample] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # e.g. "--top 50 is more than this model's 8 heads ..."
 
     # --- views -----------------------------------------------------------------------------
     def top_heads(self, score: str = "induction", k: int = 5) -> list[tuple[int, int, float]]:
@@ -121,10 +122,11 @@ class InductionResult:
             "thresholds": self.thresholds,
             "definitions": definitions(),
             "timings": {k: round(v, 3) for k, v in self.timings.items()},
+            "notes": self.notes,
         }
 
     def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+        return dumps(self.to_dict(), indent=indent)  # strict JSON: a NaN score is written as null
 
     # --- pictures (drawn by headscope.render, imported here lazily) ------------------------
     def plot_scores(self, score: str = "induction", ax=None):

@@ -28,7 +28,6 @@ nothing).
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 
@@ -93,7 +92,9 @@ class CopySuppressionScores:
                 "copying_topk": self.copying_topk.tolist(), "timings": self.timings}
 
     def to_json(self, **kw) -> str:
-        return json.dumps(self.to_dict(), **kw)
+        from ..jsonsafe import dumps
+
+        return dumps(self.to_dict(), **{"indent": None, **kw})  # strict JSON: NaN/Infinity -> null
 
     def to_frame(self):
         import pandas as pd

@@ -27,7 +27,6 @@ headscope's conventions:
 
 from __future__ import annotations
 
-import json
 import string
 import time
 from dataclasses import dataclass, field
@@ -159,7 +158,9 @@ class SuccessorScores:
                 "sets": [s.to_dict() for s in self.sets], "skipped": self.skipped, "timings": self.timings}
 
     def to_json(self, **kw) -> str:
-        return json.dumps(self.to_dict(), **kw)
+        from ..jsonsafe import dumps
+
+        return dumps(self.to_dict(), **{"indent": None, **kw})  # strict JSON: NaN/Infinity -> null
 
     def to_frame(self):
         import pandas as pd

@@ -31,6 +31,7 @@ import numpy as np
 
 from ..errors import BadInput
 from ..heads import head_label
+from ..jsonsafe import dumps
 from ..scores import default_thresholds
 from .phase import PhaseWindow, detect_phase_change
 from .train import default_threads, read_run, torch_threads
@@ -119,7 +120,7 @@ class PhaseAnalysis:
         }
 
     def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+        return dumps(self.to_dict(), indent=indent)  # strict JSON: NaN/Infinity -> null
 
     def to_frame(self):
         """One row per checkpoint: step and every curve."""

@@ -45,6 +45,7 @@ import torch
 
 from ..errors import BadInput, OutputExists
 from ..heads import head_label
+from ..jsonsafe import dumps
 from ..models.loading import quiet_progress
 from ..scan.induction import first_repeat_mean, later_repeat_mean, token_losses
 from ..scores import reduce_pattern
@@ -327,7 +328,7 @@ class ToyRun:
                 "final": self.log[-1] if self.log else None, "columns": LOG_COLUMNS}
 
     def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent)
+        return dumps(self.to_dict(), indent=indent)  # strict JSON: NaN/Infinity -> null
 
     def to_frame(self):
         """The training log, one row per log step."""
