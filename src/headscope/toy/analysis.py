@@ -132,7 +132,7 @@ class PhaseAnalysis:
         """The checkpoints the before/after heatmaps show: the window's ends, else the first and last."""
         if self.window is None:
             return [self.steps[0], self.steps[-1]]
-        return [self.before_step, self.after_step]
+        return [int(self.window.before), int(self.window.after)]
 
     def plot(self):
         from ..render.phase_figures import phase_figure
@@ -195,7 +195,10 @@ def _composition(ckpts, cache_path: Path, log) -> tuple[dict[int, np.ndarray], f
         out[step] = comp.scores["K"]
         if baseline is None:
             baseline = random_baseline(comp.d_model, comp.d_head, 200, 0)[0]
-        cache.setdefault("k", {})[key] = np.where(np.isnan(out[step]), None, out[step]).tolist()
+        grid = np.asarray(out[step], dtype=np.float64)
+        cell = grid.astype(object)
+        cell[np.isnan(grid)] = None  # JSON has no NaN
+        cache.setdefault("k", {})[key] = cell.tolist()
         cache["baseline"] = baseline
         cache_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache_path.with_suffix(".partial")

@@ -178,9 +178,9 @@ def build_model(config: ToyConfig):
     for block in model.transformer.h:
         # MLP(x) = c_proj(gelu(c_fc(ln_2(x)))) = 0 when every MLP weight and bias is 0; frozen so it
         # stays 0, and ln_2 (read only by the MLP) frozen too so weight decay cannot drift it.
-        for p in list(block.mlp.parameters()) + list(block.ln_2.parameters()):
+        for p in list(block.mlp.parameters()) + list(block.ln_2.parameters()):  # type: ignore[union-attr]
             p.requires_grad_(False)
-        for p in block.mlp.parameters():
+        for p in block.mlp.parameters():  # type: ignore[union-attr]
             p.data.zero_()
     model.config.attn_implementation = "eager"  # the live evaluation reads attention weights
     model.set_attn_implementation("eager")
@@ -216,10 +216,12 @@ def evaluate(model, tokens: torch.Tensor, layout: RepeatLayout) -> dict:
         model.train()
     per_pos = token_losses(out.logits, tokens).mean(0)  # [n - 1]
     ind, prev = [], []
+    reads_ind, reads_prev = declared("induction").reads, declared("previous_token").reads
+    assert reads_ind is not None and reads_prev is not None  # both are attention scores
     for pattern in out.attentions:  # [batch, head, query, key] per layer; the registry's own reductions
-        s, c = reduce_pattern(declared("induction").reads, pattern, layout)
+        s, c = reduce_pattern(reads_ind, pattern, layout)
         ind.append(s / c)
-        s, c = reduce_pattern(declared("previous_token").reads, pattern, layout)
+        s, c = reduce_pattern(reads_prev, pattern, layout)
         prev.append(s / c)
     return {"induction": torch.stack(ind), "previous_token": torch.stack(prev),
             "loss_later_repeats": float(later_repeat_mean(per_pos, layout)),
