@@ -354,6 +354,8 @@ class Report:
         defs = induction_definitions(res) if res is not None else {}
         if self.qk is not None:
             defs.update(QK_DEFINITIONS)
+        if self.phase is not None:
+            defs.update(self.phase.to_dict().get("definitions", {}))
         out.append(("legend", "Legend: what each score means and where it comes from", legend_html(defs)))
         return out
 
