@@ -6,6 +6,11 @@
     scores.csv    one row per head, one column per score of the registry, roles
     heatmap_<score>.png, loss_by_position.png, ablation.png, attention_repeated.png, attention_text_<n>.png
 
+``headscope heads``::
+
+    heads.json    roles of every head, counts, every score, ICL check, successor sets, definitions
+    heads.csv     one row per head: every score, roles (and natural-text sinks, ICL delta when measured)
+
 ``headscope qk``::
 
     qk.json                 everything, including definitions and findings
@@ -97,3 +102,9 @@ def qk_files(rd: ResultDir, a, figures: bool = True, progress: Progress | None =
     qk_tables(rd, a)
     if figures:
         qk_figures(rd, a, progress)
+
+
+def heads_files(rd: ResultDir, a) -> None:
+    """Stage ``headscope heads``: ``heads.json`` (what ``--json`` prints) and ``heads.csv`` (one row per head)."""
+    rd.write_text("heads.json", a.to_json())
+    rd.write("heads.csv", lambda p: a.to_frame().to_csv(p, index=False, float_format="%.6f"))

@@ -109,6 +109,49 @@ def all_heads_html(res: InductionResult, table_id: str = "all-heads") -> str:
             + "</details>")
 
 
+def role_counts_html(res: InductionResult) -> str:
+    """Per role of the registry: its threshold, how many heads take it (0 included) and the best head."""
+    rows = []
+    for s in SCORES:
+        if s.threshold is None or s.name not in res.scores or s.name not in res.thresholds:
+            continue
+        t = res.thresholds[s.name]
+        (l, h, v), = res.top_heads(s.name, 1)
+        rows.append([s.label, t, int((res.scores[s.name] >= t).sum()), f"{head_label(l, h)} ({fmt(v)})"])
+    return table_html(["role", "threshold", "heads", "best head (score)"], rows, sortable=True)
+
+
+def role_table_html(res: InductionResult, table_id: str = "roles-table") -> str:
+    """Every head with at least one role: its roles and every role score (held ones in bold), sortable."""
+    roles = res.roles()
+    names = [s.name for s in SCORES if s.threshold is not None and s.name in res.scores and s.name in res.thresholds]
+    rows = []
+    for (l, h), held in sorted(roles.items()):
+        cells = []
+        for n in names:
+            v = round(float(res.scores[n][l, h]), DECIMALS)
+            cells.append((f"<b>{esc(fmt(v))}</b>" if n in held else esc(fmt(v)), v))
+        rows.append([(esc(head_label(l, h)), l * 10_000 + h), (roles_html(held), "+".join(held)), *cells])
+    if not rows:
+        return "<p>No head reaches any role's threshold.</p>"
+    return (f'<input class="filter" data-filter="{table_id}" placeholder="filter, e.g. L17 or sink">'
+            + table_html(["head", "roles", *(_label(n) for n in names)], rows, table_id, sortable=True))
+
+
+def roles_section_html(res: InductionResult) -> str:
+    """The "Roles of every head" section: counts per role, the table, and when a head takes a role."""
+    n = len(res.roles())
+    L, H = res.scores["induction"].shape
+    succ = res.settings.get("weight_scores", {}).get("successor", {})
+    sets = ""
+    if succ:
+        skipped = "; ".join(f"{k}: {v}" for k, v in succ.get("skipped", {}).items())
+        sets = (f"<p>Successor score's ordinal sets: {esc(', '.join(succ.get('sets', [])) or 'none')}"
+                + (f" (skipped: {esc(skipped)})" if skipped else "") + ".</p>")
+    return (f"<p>{n} of {L * H} heads take at least one role. {esc(roles_legend(res.thresholds))} Bold: the score "
+            "behind a role the head holds.</p>" + role_counts_html(res) + sets + role_table_html(res))
+
+
 def verdicts_html(res: InductionResult) -> str:
     return '<ul class="verdicts">' + "".join(f"<li>{esc(v)}</li>" for v in res.verdicts()) + "</ul>"
 
@@ -145,6 +188,7 @@ def induction_sections(res: InductionResult) -> list[tuple[str, str, str]]:
     out = [("top", "Top heads and their roles",
             settings_html(res) + "<h3>Top induction heads</h3>" + top_heads_html(res)
             + "<h3>Best heads for the other roles</h3>" + other_roles_html(res) + all_heads_html(res)),
+           ("roles", "Roles of every head", roles_section_html(res)),
            ("heatmaps", "Score heatmaps",
             tabs_html("heatmap", [(declared(s).title, figure_html(score_heatmap(res, s))) for s in res.score_order()])),
            ("loss", "Loss by position",
@@ -154,6 +198,44 @@ def induction_sections(res: InductionResult) -> list[tuple[str, str, str]]:
     if res.ablation:
         out.append(("ablation", "Causal check", verdicts_html(res) + figure_html(ablation_chart(res))))
     return out
+
+
+# --- heads pieces (from a headscope.pipeline.heads.HeadsAnalysis; duck-typed: render never imports pipeline) --
+def icl_html(icl) -> str:
+    """The ICL score and each ablated head's delta with its standard error (an ``ICLResult``)."""
+    head = (f"<p>In-context learning score (Olsson et al. 2022): <b>{esc(fmt(icl.icl_score, signed=True))}</b> nats "
+            f"(loss at token {icl.late} {esc(fmt(icl.loss_late))} minus token {icl.early} {esc(fmt(icl.loss_early))}; "
+            f"standard error {esc(fmt(icl.icl_stderr))}) on {esc(icl.source)}.</p>")
+    if not icl.ablations:
+        return head
+    rows = [[head_label(e["layer"], e["head"]), round(e["delta"], DECIMALS), round(e["delta_stderr"], DECIMALS),
+             round(e["icl_score"], DECIMALS)] for e in icl.ablations]
+    return head + (f"<p>{esc(icl.ablation_kind)} ablation of each top induction head's hook_z; Δ = ablated − clean, "
+                   "positive when the head helps the model learn from its context.</p>"
+                   + table_html(["head", "Δ ICL score", "SE of Δ", "ICL score ablated"], rows, sortable=True))
+
+
+def heads_sections(a) -> list[tuple[str, str, str]]:
+    """The ``headscope heads`` part of the page: ICL check and natural-text sinks (the role table is the scan's)."""
+    out = []
+    if a.icl is not None:
+        out.append(("icl", "In-context learning and the top induction heads", icl_html(a.icl)))
+    ns = a.natural_sinks
+    if ns is not None:
+        best = ", ".join(f"{head_label(l, h)} {v:.3f}" for l, h, v in ns.sink_heads()[:5])
+        out.append(("natural-sinks", "Attention sinks on natural text (Gu et al.'s convention)",
+                    f"<p>{esc(ns.source)}: Sink<sub>1</sub><sup>{esc(ns.threshold)}</sup> = "
+                    f"{esc(fmt(ns.model_sink_rate))}; {len(ns.sink_heads())} heads with mean alpha_1 &gt; "
+                    f"{esc(ns.threshold)}; strongest: {esc(best or 'none')}.</p>"))
+    return out
+
+
+def heads_html(a) -> str:
+    """The notebook view of a ``HeadsAnalysis``: the role table, counts, ICL check, legend."""
+    parts = [f"<h3>Roles of every head — {esc(a.model.get('name'))}</h3>", roles_section_html(a.induction)]
+    parts += [f"<h3>{esc(t)}</h3>{h}" for _, t, h in heads_sections(a)]
+    parts.append(f"<details><summary>Definitions</summary>{legend_html(a.legend())}</details>")
+    return f'<div class="hs"><style>{page_asset("page.css")}</style>{"".join(parts)}</div>'
 
 
 # --- QK pieces (from a headscope.qk.QKAnalysis) -------------------------------------------------
@@ -331,6 +413,7 @@ class Report:
     qk: Any = None
     notes: list[str] = field(default_factory=list)
     phase: Any = None  # a headscope.toy.PhaseAnalysis
+    heads: Any = None  # a headscope.pipeline.heads.HeadsAnalysis: its ICL check and natural-text sinks
 
     def sections(self) -> list[tuple[str, str, str]]:
         """``[(anchor, title, html)]`` in page order."""
@@ -347,6 +430,8 @@ class Report:
         elif self.qk is not None:
             out.append(("attention", "Attention of the chosen heads (interactive)", VIEW_HELP
                         + qk_patterns_html(self.qk.live)))
+        if self.heads is not None:
+            out += heads_sections(self.heads)
         if self.qk is not None:
             out += qk_sections(self.qk)
         if self.phase is not None:
@@ -354,6 +439,8 @@ class Report:
         defs = induction_definitions(res) if res is not None else {}
         if self.qk is not None:
             defs.update(QK_DEFINITIONS)
+        if self.heads is not None:
+            defs.update({k: v for k, v in self.heads.legend().items() if k in ("in-context learning", "sink on natural text")})
         if self.phase is not None:
             defs.update(self.phase.to_dict().get("definitions", {}))
         out.append(("legend", "Legend: what each score means and where it comes from", legend_html(defs)))

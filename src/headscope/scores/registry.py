@@ -101,7 +101,7 @@ SCORES: tuple[Score, ...] = (
             "Mean attention to the first token (position 0: BOS where the model has one) from every query after it, "
             "averaged over sequences. A head is a sink head above 0.3, the threshold of Gu et al. 2024 "
             "(\"When Attention Sink Emerges in Language Models\", arXiv 2410.10781), who average alpha_1 over all "
-            "T queries of 64-token natural text (headscope heads --natural reports that convention too)."
+            "T queries of 64-token natural text (headscope heads --natural-sinks reports that convention too)."
         ),
         source="Gu et al. 2024", threshold=0.3, reads=Column(key=0, start=lambda lay: 1), in_table=False,
     ),

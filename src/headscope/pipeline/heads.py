@@ -1,0 +1,205 @@
+"""Every kind of head at once: the role table of ``headscope heads``.
+
+One induction scan (repeated random tokens, one forward pass per chunk) gives every score of the
+registry (:data:`headscope.scores.SCORES`): the attention scores and the attention sink from the
+pass, the weight scores (copying, successor, copy suppression) from the weights, cached on disk.
+A head takes a role for each score that reaches its threshold. Two measurements on natural text
+may follow: Olsson et al.'s in-context learning score with each top induction head's ablation
+delta (:func:`headscope.kinds.icl_score`), and Gu et al.'s sink convention
+(:func:`headscope.kinds.sink_scores_on_text`). The scan's own causal check (ablations on repeated
+tokens) is left to ``headscope induction``: here the causal check is the ICL one.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from ..heads import head_label
+from ..heads import top_k as top_k_heads
+from ..jsonsafe import dumps
+from ..kinds.icl import DEFINITION as ICL_DEFINITION
+from ..kinds.icl import ICLResult, icl_score
+from ..kinds.sink import DEFINITIONS as SINK_DEFINITIONS
+from ..kinds.sink import SinkScores, sink_scores_on_text
+from ..models.model import as_model
+from ..scan import scan_induction
+from ..scan.result import InductionResult
+from ..scores import definitions, role_scores, roles_legend
+from ..scores import score as declared
+
+#: Natural-text windows of the ICL check by default: the clean pass plus one ablated pass per top
+#: head (3 by default) costs about 4 x 8 x 5.5 s = 3 minutes for SmolLM2 on 2 CPU cores.
+ICL_WINDOWS = 8
+#: Heads whose ICL ablation delta is measured by default (the top induction heads).
+ICL_TOP = 3
+#: Gu et al.'s setting: windows of 64 tokens of natural text.
+SINK_WINDOWS = 100
+
+
+@dataclass
+class HeadsAnalysis:
+    """Roles of every head across every score, with the in-context learning check.
+
+    ``induction`` holds the scores (``scores[name]`` is ``[n_layers, n_heads]``), thresholds and
+    settings (``settings["weight_scores"]`` says which successor sets the tokenizer had); ``icl``
+    the ICL score on natural text with one entry per ablated head (None with ``icl=False``);
+    ``natural_sinks`` Gu et al.'s sink scores on natural text (None unless asked).
+    """
+
+    induction: InductionResult
+    icl: ICLResult | None = None
+    natural_sinks: SinkScores | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    # --- views -----------------------------------------------------------------------------
+    @property
+    def model(self) -> dict:
+        return self.induction.model
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        return self.induction.thresholds
+
+    def roles(self) -> dict[tuple[int, int], list[str]]:
+        """``{(layer, head): [role, ...]}`` for every head with at least one role, roles in registry order."""
+        return self.induction.roles()
+
+    def role_names(self) -> list[str]:
+        """The registry's roles this analysis can give (every score with a threshold that was computed)."""
+        return [s.name for s in role_scores() if s.name in self.induction.scores and s.name in self.thresholds]
+
+    def role_table(self) -> list[dict]:
+        """One entry per head with at least one role, by layer then head: its roles and the score behind each."""
+        sc = self.induction.scores
+        return [{"head": head_label(l, h), "layer": l, "head_index": h, "roles": roles,
+                 "scores": {r: round(float(sc[r][l, h]), 6) for r in roles}}
+                for (l, h), roles in sorted(self.roles().items())]
+
+    def role_counts(self) -> dict[str, int]:
+        """How many heads take each role (0 included: an absent kind is a finding)."""
+        sc = self.induction.scores
+        return {r: int((sc[r] >= self.thresholds[r]).sum()) for r in self.role_names()}
+
+    def successor_sets(self) -> dict:
+        """Which ordinal sets the successor score used (``sets``) and why the others were skipped (``skipped``)."""
+        return dict(self.induction.settings.get("weight_scores", {}).get("successor", {}))
+
+    def legend(self) -> dict[str, str]:
+        """Every role's definition with its threshold, the ICL score's, and the natural-text sinks' if measured."""
+        out = {f"{declared(r).label} (≥ {self.thresholds[r]})": declared(r).definition for r in self.role_names()}
+        if self.icl is not None:
+            out["in-context learning"] = ICL_DEFINITION
+        if self.natural_sinks is not None:
+            out["sink on natural text"] = declared("attention_sink").definition + " " + SINK_DEFINITIONS["sink_rate"]
+        out["roles"] = roles_legend(self.thresholds)
+        return out
+
+    def to_frame(self):
+        """One row per head: layer, head, label, every score, roles; natural-text sinks and ICL delta when measured."""
+        frame = self.induction.to_frame()
+        frame.insert(2, "label", [head_label(l, h) for l, h in zip(frame["layer"], frame["head"])])
+        if self.natural_sinks is not None:
+            frame["natural_sink"] = self.natural_sinks.sink.ravel().astype(float)
+            frame["natural_alpha"] = self.natural_sinks.alpha.ravel().astype(float)
+            frame["natural_sink_rate"] = self.natural_sinks.sink_rate.ravel().astype(float)
+        if self.icl is not None and self.icl.ablations:
+            delta = {(e["layer"], e["head"]): e["delta"] for e in self.icl.ablations}
+            frame["icl_delta"] = [delta.get((l, h), np.nan) for l, h in zip(frame["layer"], frame["head"])]
+        return frame
+
+    # --- serialisation ---------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        res = self.induction
+        icl = None
+        if self.icl is not None:
+            icl = self.icl.to_dict()
+            icl["ablations"] = [{"label": head_label(e["layer"], e["head"]), **e} for e in icl["ablations"]]
+        return {
+            "model": res.model,
+            "settings": {k: v for k, v in res.settings.items() if k != "weight_scores"},
+            "thresholds": self.thresholds,
+            "roles": self.role_table(),
+            "role_counts": self.role_counts(),
+            "successor_sets": self.successor_sets(),
+            "weight_scores": res.settings.get("weight_scores", {}),
+            "scores": {n: np.round(res.scores[n], 6).tolist() for n in res.score_order()},
+            "icl": icl,
+            "natural_sinks": None if self.natural_sinks is None else self.natural_sinks.to_dict(),
+            "definitions": {**definitions(), "icl": ICL_DEFINITION},
+            "legend": self.legend(),
+            "timings": {k: round(v, 3) for k, v in {**res.timings, **self.timings}.items()},
+            "notes": self.notes,
+        }
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return dumps(self.to_dict(), indent=indent)  # strict JSON: NaN -> null
+
+    def _repr_html_(self) -> str:
+        from ..render.report import heads_html
+
+        return heads_html(self)
+
+
+def analyze_heads(model, *, seq_len: int = 50, batch: int = 10, repeats: int = 2, seed: int = 0,
+                  thresholds: dict[str, float] | None = None, icl: bool = True, icl_top: int = ICL_TOP,
+                  icl_windows: int | None = ICL_WINDOWS, ablation: str = "mean", natural_sinks: bool = False,
+                  sink_windows: int = SINK_WINDOWS, files=None, max_memory_gb: float = 2.0,
+                  progress: bool | None = None, log: Callable[[str], None] = lambda s: None) -> HeadsAnalysis:
+    """Every head's roles across every score of the registry, and the ICL check of the top induction heads.
+
+    The scan (``seq_len``, ``batch``, ``repeats``, ``seed``: as ``scan_induction``, without its
+    causal check) scores every head; ``thresholds`` override the registry's role thresholds.
+    With ``icl``, Olsson et al.'s score on ``icl_windows`` windows of 512 tokens of ``files``
+    (default: CPython's ``pydoc_data.topics``) and the change when each of the ``icl_top`` top
+    induction heads is ``ablation``-ablated. With ``natural_sinks``, Gu et al.'s sink scores on
+    ``sink_windows`` windows of 64 tokens of the same text.
+
+    >>> a = analyze_heads(model, seq_len=8, batch=2, icl=False, progress=False)
+    >>> sorted(a.role_counts()) == sorted(a.role_names()), a.icl is None
+    (True, True)
+    """
+    m = as_model(model)
+    timings: dict[str, float] = {}
+    res = scan_induction(m, seq_len=seq_len, batch=batch, repeats=repeats, seed=seed, top_k=max(icl_top, 1),
+                         ablate=False, thresholds=thresholds, max_memory_gb=max_memory_gb, sample=False,
+                         progress=progress)
+    out = HeadsAnalysis(induction=res, timings=timings, notes=list(res.notes))
+    if icl:
+        k = min(icl_top, m.n_layers * m.n_heads)
+        heads = [(l, h) for l, h, _ in top_k_heads(res.scores["induction"], k)] if k > 0 else []
+        log(f"in-context learning score on natural text, ablating {', '.join(head_label(*h) for h in heads) or 'no head'}")
+        t0 = time.perf_counter()
+        out.icl = icl_score(m, files, heads=heads, ablation=ablation, max_windows=icl_windows)
+        timings["icl_s"] = time.perf_counter() - t0
+    if natural_sinks:
+        log("attention sinks on natural text (Gu et al.'s convention)")
+        t0 = time.perf_counter()
+        out.natural_sinks = sink_scores_on_text(m, files, n_sequences=sink_windows)
+        timings["natural_sinks_s"] = time.perf_counter() - t0
+    return out
+
+
+def describe_icl(icl: ICLResult) -> list[str]:
+    """Plain sentences: the ICL score and each ablated head's delta with its standard error."""
+    lines = [f"In-context learning score: {icl.icl_score:+.3f} nats (loss at token {icl.late} {icl.loss_late:.2f} "
+             f"minus token {icl.early} {icl.loss_early:.2f}; SE {icl.icl_stderr:.3f}) on {icl.source}"]
+    for e in icl.ablations:
+        d, se = e["delta"], e["delta_stderr"]
+        clear = se == se and abs(d) > 2 * se  # se is nan with one window
+        lines.append(f"  {head_label(e['layer'], e['head'])} {icl.ablation_kind}-ablated: Δ {d:+.3f} (SE {se:.3f})"
+                     + (" - weakens in-context learning" if clear and d > 0 else
+                        " - strengthens it" if clear else " - within noise"))
+    return lines
+
+
+def settings_of(a: HeadsAnalysis) -> dict[str, Any]:
+    """What was run, for the terminal's first line and the page."""
+    s = a.induction.settings
+    return {"scan": f"{s['batch']} sequences of {s['seq_len']} random tokens x {s['repeats']} repeats, seed {s['seed']}",
+            "icl": a.icl.source if a.icl is not None else "skipped (--no-icl)",
+            "natural sinks": a.natural_sinks.source if a.natural_sinks is not None else "skipped"}
