@@ -36,6 +36,8 @@ from ..scores import score as declared
 ICL_WINDOWS = 8
 #: Heads whose ICL ablation delta is measured by default (the top induction heads).
 ICL_TOP = 3
+#: Olsson et al.'s positions and headscope's window (kinds.icl's defaults).
+ICL_LATE, ICL_WINDOW = 500, 512
 #: Gu et al.'s setting: windows of 64 tokens of natural text.
 SINK_WINDOWS = 100
 
@@ -169,12 +171,19 @@ def analyze_heads(model, *, seq_len: int = 50, batch: int = 10, repeats: int = 2
                          ablate=False, thresholds=thresholds, max_memory_gb=max_memory_gb, sample=False,
                          progress=progress)
     out = HeadsAnalysis(induction=res, timings=timings, notes=list(res.notes))
-    if icl:
+    window = icl_window(m)
+    if icl and window is None:
+        out.notes.append(f"in-context learning score skipped: it reads the loss at token {ICL_LATE}, and this model's "
+                         f"context holds {m.cfg.n_ctx} tokens")
+    elif icl:
         k = min(icl_top, m.n_layers * m.n_heads)
         heads = [(l, h) for l, h, _ in top_k_heads(res.scores["induction"], k)] if k > 0 else []
         log(f"in-context learning score on natural text, ablating {', '.join(head_label(*h) for h in heads) or 'no head'}")
+        if window < ICL_WINDOW:
+            out.notes.append(f"in-context learning score on windows of {window} tokens (the model's context), not "
+                             f"{ICL_WINDOW}")
         t0 = time.perf_counter()
-        out.icl = icl_score(m, files, heads=heads, ablation=ablation, max_windows=icl_windows)
+        out.icl = icl_score(m, files, heads=heads, ablation=ablation, window=window, max_windows=icl_windows)
         timings["icl_s"] = time.perf_counter() - t0
     if natural_sinks:
         log("attention sinks on natural text (Gu et al.'s convention)")
@@ -182,6 +191,17 @@ def analyze_heads(model, *, seq_len: int = 50, batch: int = 10, repeats: int = 2
         out.natural_sinks = sink_scores_on_text(m, files, n_sequences=sink_windows)
         timings["natural_sinks_s"] = time.perf_counter() - t0
     return out
+
+
+def icl_window(model) -> int | None:
+    """Document tokens per ICL window: 512, or what the model's context holds past its BOS when that is shorter.
+
+    None when the context cannot reach token 500 (the score reads the loss there).
+    """
+    m = as_model(model)
+    n_ctx = getattr(m.cfg, "n_ctx", None)
+    room = ICL_WINDOW if n_ctx is None else min(ICL_WINDOW, n_ctx - (m.first_token.id is not None))
+    return room if room > ICL_LATE else None
 
 
 def describe_icl(icl: ICLResult) -> list[str]:
