@@ -212,8 +212,8 @@ def describe_icl(icl: ICLResult) -> list[str]:
         d, se = e["delta"], e["delta_stderr"]
         clear = se == se and abs(d) > 2 * se  # se is nan with one window
         lines.append(f"  {head_label(e['layer'], e['head'])} {icl.ablation_kind}-ablated: Δ {d:+.3f} (SE {se:.3f})"
-                     + (" - weakens in-context learning" if clear and d > 0 else
-                        " - strengthens it" if clear else " - within noise"))
+                     + (" - weakens in-context learning on these windows (> 2 SE)" if clear and d > 0 else
+                        " - strengthens it on these windows (> 2 SE)" if clear else " - within noise (< 2 SE)"))
     return lines
 
 
