@@ -32,7 +32,7 @@ def expected_roles(doc) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for s in role_scores():
         a = np.asarray(doc["scores"][s.name])
-        for l, h in zip(*np.nonzero(a >= doc["thresholds"][s.name])):
+        for l, h in zip(*np.nonzero(a >= doc["thresholds"][s.name]), strict=True):
             out.setdefault(head_label(int(l), int(h)), []).append(s.name)
     return out
 

@@ -64,8 +64,8 @@ def test_page_references_nothing_outside_itself(page):
 
 def test_page_holds_every_part_the_issue_lists(report, page):
     anchors = re.findall(r'<section id="([^"]+)">', page)
-    assert anchors == ["top", "heatmaps", "loss", "ablation", "attention", "qk-heads", "qk-live", "qk-decomposition",
-                       "qk-positional", "qk-token", "composition", "legend"]
+    assert anchors == ["top", "roles", "heatmaps", "loss", "ablation", "attention", "qk-heads", "qk-live",
+                       "qk-decomposition", "qk-positional", "qk-token", "composition", "legend"]
     res = report.induction
     assert res.model["name"] in page and f"{res.settings['seq_len']} random ordinary tokens" in page
     assert page.count('data:image/png;base64,') >= 5 + 1 + 1 + 3  # heatmaps, loss, ablation, QK figures

@@ -13,8 +13,8 @@ tokens) is left to ``headscope induction``: here the causal check is the ICL one
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
 
 import numpy as np
 
@@ -104,14 +104,14 @@ class HeadsAnalysis:
     def to_frame(self):
         """One row per head: layer, head, label, every score, roles; natural-text sinks and ICL delta when measured."""
         frame = self.induction.to_frame()
-        frame.insert(2, "label", [head_label(l, h) for l, h in zip(frame["layer"], frame["head"])])
+        frame.insert(2, "label", [head_label(l, h) for l, h in zip(frame["layer"], frame["head"], strict=True)])
         if self.natural_sinks is not None:
             frame["natural_sink"] = self.natural_sinks.sink.ravel().astype(float)
             frame["natural_alpha"] = self.natural_sinks.alpha.ravel().astype(float)
             frame["natural_sink_rate"] = self.natural_sinks.sink_rate.ravel().astype(float)
         if self.icl is not None and self.icl.ablations:
             delta = {(e["layer"], e["head"]): e["delta"] for e in self.icl.ablations}
-            frame["icl_delta"] = [delta.get((l, h), np.nan) for l, h in zip(frame["layer"], frame["head"])]
+            frame["icl_delta"] = [delta.get((l, h), np.nan) for l, h in zip(frame["layer"], frame["head"], strict=True)]
         return frame
 
     # --- serialisation ---------------------------------------------------------------------
@@ -175,10 +175,11 @@ def analyze_heads(model, *, seq_len: int = 50, batch: int = 10, repeats: int = 2
     if icl and window is None:
         out.notes.append(f"in-context learning score skipped: it reads the loss at token {ICL_LATE}, and this model's "
                          f"context holds {m.cfg.n_ctx} tokens")
-    elif icl:
+    elif icl and window is not None:
         k = min(icl_top, m.n_layers * m.n_heads)
         heads = [(l, h) for l, h, _ in top_k_heads(res.scores["induction"], k)] if k > 0 else []
-        log(f"in-context learning score on natural text, ablating {', '.join(head_label(*h) for h in heads) or 'no head'}")
+        named = ", ".join(head_label(*h) for h in heads) or "no head"
+        log(f"in-context learning score on natural text, ablating {named}")
         if window < ICL_WINDOW:
             out.notes.append(f"in-context learning score on windows of {window} tokens (the model's context), not "
                              f"{ICL_WINDOW}")
@@ -216,10 +217,3 @@ def describe_icl(icl: ICLResult) -> list[str]:
                         " - strengthens it on these windows (> 2 SE)" if clear else " - within noise (< 2 SE)"))
     return lines
 
-
-def settings_of(a: HeadsAnalysis) -> dict[str, Any]:
-    """What was run, for the terminal's first line and the page."""
-    s = a.induction.settings
-    return {"scan": f"{s['batch']} sequences of {s['seq_len']} random tokens x {s['repeats']} repeats, seed {s['seed']}",
-            "icl": a.icl.source if a.icl is not None else "skipped (--no-icl)",
-            "natural sinks": a.natural_sinks.source if a.natural_sinks is not None else "skipped"}

@@ -29,7 +29,7 @@ def build_report(model, texts: list[str] | list[tuple[str, str]] | None = None, 
 
     >>> report = build_report(model, seq_len=8, batch=2, top_k=2, qk_top=1)
     >>> [anchor for anchor, _, _ in report.sections()][:3]
-    ['top', 'heatmaps', 'loss']
+    ['top', 'roles', 'heatmaps']
     """
     m = as_model(model)
     seqs = texts_to_sequences(m, texts)

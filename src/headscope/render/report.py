@@ -440,7 +440,8 @@ class Report:
         if self.qk is not None:
             defs.update(QK_DEFINITIONS)
         if self.heads is not None:
-            defs.update({k: v for k, v in self.heads.legend().items() if k in ("in-context learning", "sink on natural text")})
+            extra = ("in-context learning", "sink on natural text")
+            defs.update({k: v for k, v in self.heads.legend().items() if k in extra})
         if self.phase is not None:
             defs.update(self.phase.to_dict().get("definitions", {}))
         out.append(("legend", "Legend: what each score means and where it comes from", legend_html(defs)))
