@@ -224,11 +224,14 @@ def analyze_logits(model, texts=None, heads=None, *, top: int = 3, tokens: list[
     story's numbers; pass an existing ``scan`` (and ``composition`` with K scores) to reuse them.
     ``k``: promoted/suppressed tokens kept per OV row. Every input is checked before anything runs.
 
-    >>> a = analyze_logits(model, "a b c a b c", top=1, seq_len=8, batch=2)
-    >>> len(a.texts), len(a.stories.stories), a.top_effects(3).columns[:5].tolist()
-    (1, 1, ['text', 'position', 'token', 'target', 'where'])
-    >>> abs(a.texts[0].logit - a.texts[0].model_logit).max() < 1e-4
-    True
+    >>> import headscope
+    >>> a = headscope.analyze_logits(model, "a b c a b c", top=1, seq_len=8, batch=2)
+    >>> len(a.texts), len(a.stories.stories)
+    (1, 1)
+    >>> a.top_effects(3)[["where", "head_label", "effect"]].shape
+    (3, 3)
+    >>> a.stories.to_frame().columns[:4].tolist()
+    ['head', 'induction', 'k_source', 'k_composition']
     """
     m = as_model(model)
     say = progress or (lambda stage: None)
