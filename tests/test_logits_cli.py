@@ -237,6 +237,7 @@ def test_docstring_examples_run_on_a_tiny_model(obj, tiny_gpt2, tiny_gpt2_dir):
 
 # --- SmolLM2 ---------------------------------------------------------------------------------------
 @pytest.mark.smollm2
+@pytest.mark.slow  # two scans with ablation and two composition passes: ~100 s on 2 busy cores
 def test_smollm2_story_of_L18H6_names_a_previous_token_source_with_the_scans_numbers(smollm2, tmp_path):
     r = run("--device", "cpu", "--seq-len", "20", "--batch", "4", "--top", "3", "--head", "L18H6",
             "--text", "The cat sat on the mat. The cat sat on the mat.", "--out", tmp_path / "o", "--no-figures",
