@@ -1,9 +1,8 @@
-"""`headscope logits` end to end on tiny models (and SmolLM2), the report's Logit effect section, the API's
-doctests, and every bad input the command must refuse."""
+"""`headscope logits` end to end on tiny models (and SmolLM2), the report's Logit effect section, and every bad
+input the command must refuse. (The API's docstring examples run under --doctest-modules.)"""
 
 from __future__ import annotations
 
-import doctest
 import json
 
 import numpy as np
@@ -97,8 +96,9 @@ def test_story_numbers_are_the_scan_and_composition_numbers(gpt2_run, tiny_gpt2)
         assert s["dla_later"] == pytest.approx(scan.scores["direct_logit_later"][l, h], abs=1e-6)
         assert s["ablation_delta_loss"] == pytest.approx(rises[(l, h)], abs=1e-6)
         for src in s["k_sources"]:
-            assert src["k_composition"] == pytest.approx(comp.excess("K")[src["layer"], src["head_index"], l, h], abs=1e-9)
-            assert src["previous_token"] == pytest.approx(scan.scores["previous_token"][src["layer"], src["head_index"]])
+            sl, sh = src["layer"], src["head_index"]
+            assert src["k_composition"] == pytest.approx(comp.excess("K")[sl, sh, l, h], abs=1e-9)
+            assert src["previous_token"] == pytest.approx(scan.scores["previous_token"][sl, sh])
 
 
 def test_every_file_is_written(gpt2_run):
@@ -148,7 +148,8 @@ def test_bad_input_is_refused_with_a_useful_message(tiny_gpt2_dir, tmp_path, arg
 def test_a_token_that_is_not_one_token_says_how_it_tokenises(tiny_gpt2_dir, tmp_path):
     r = run("--model", tiny_gpt2_dir, "--device", "cpu", *SMALL, "--out", tmp_path / "o", "--token", "elephant")
     assert r.exit_code == 2
-    assert "OV source tokens must be single tokens" in said(r) and "'elephant' -> 2 tokens" in said(r) and "' elephant' is one token" in said(r)
+    assert "OV source tokens must be single tokens" in said(r)
+    assert "'elephant' -> 2 tokens" in said(r) and "' elephant' is one token" in said(r)
 
 
 def test_existing_results_are_not_overwritten_without_overwrite(tiny_gpt2_dir, tmp_path):
@@ -222,19 +223,6 @@ def test_notebook_view_is_the_pages_section(tiny_gpt2):
     assert json.loads(a.to_json())["stories"][0]["ablation_delta_loss"] is None
 
 
-# --- the API's examples run -----------------------------------------------------------------------
-@pytest.mark.parametrize("obj", [headscope.analyze_logits, headscope.logit_attribution, headscope.ov_circuit,
-                                 headscope.logits, headscope.logits.repeat_logit_effects])
-def test_docstring_examples_run_on_a_tiny_model(obj, tiny_gpt2, tiny_gpt2_dir):
-    globs = {"model": tiny_gpt2, "tiny_gpt2_dir": str(tiny_gpt2_dir)}
-    tests = doctest.DocTestFinder(recurse=False).find(obj, globs=globs)
-    assert tests and tests[0].examples
-    runner_ = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
-    for t in tests:
-        runner_.run(t)
-    assert runner_.failures == 0 and not any("SKIP" in e.source for t in tests for e in t.examples)
-
-
 # --- SmolLM2 ---------------------------------------------------------------------------------------
 @pytest.mark.smollm2
 @pytest.mark.slow  # two scans with ablation and two composition passes: ~100 s on 2 busy cores
@@ -254,7 +242,7 @@ def test_smollm2_story_of_L18H6_names_a_previous_token_source_with_the_scans_num
     assert story["ablation_delta_loss"] == pytest.approx(scan.ablation_rises()[(18, 6)], abs=1e-4)
     expect = comp.top_sources(18, 6, "K", 3)
     assert [(s["layer"], s["head_index"]) for s in story["k_sources"]] == [(l, h) for l, h, _ in expect]
-    for s, (l, h, v) in zip(story["k_sources"], expect):
+    for s, (l, h, v) in zip(story["k_sources"], expect, strict=True):
         assert s["k_composition"] == pytest.approx(v, abs=1e-9)
         assert s["previous_token"] == pytest.approx(scan.scores["previous_token"][l, h], abs=1e-5)
     assert story["dla_later"] > 10 * abs(story["dla_first"])  # it does raise the copied token, a little

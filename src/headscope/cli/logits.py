@@ -19,10 +19,34 @@ from ..render.report import Report
 from ..scan import check_settings
 from ..tokens import visible_whitespace
 from . import app
-from ._common import (DEFAULT, AblationOpt, BatchOpt, DebugOpt, DeviceMapOpt, DeviceOpt, DtypeOpt, FileOpt, JsonOpt,
-                      MaxMemoryOpt, ModelOpt, NoAblateOpt, OutOpt, OverwriteOpt, RepeatsOpt, ReportOpt, SeedOpt,
-                      SeqLenOpt, TextOpt, at_least, check_device, consoles, default_out, handle_errors, load,
-                      read_texts)
+from ._common import (
+    DEFAULT,
+    AblationOpt,
+    BatchOpt,
+    DebugOpt,
+    DeviceMapOpt,
+    DeviceOpt,
+    DtypeOpt,
+    FileOpt,
+    JsonOpt,
+    MaxMemoryOpt,
+    ModelOpt,
+    NoAblateOpt,
+    OutOpt,
+    OverwriteOpt,
+    RepeatsOpt,
+    ReportOpt,
+    SeedOpt,
+    SeqLenOpt,
+    TextOpt,
+    at_least,
+    check_device,
+    consoles,
+    default_out,
+    handle_errors,
+    load,
+    read_texts,
+)
 
 
 @app.command("logits")
@@ -37,7 +61,8 @@ def logits_cmd(
     top: Annotated[int, typer.Option("--top", help="How many top induction heads get an induction story (and are "
                    "ablated); without --head, also how many strongest pushers are shown.")] = 3,
     tokens: Annotated[Optional[list[str]], typer.Option("--token", help="A token whose OV row to show for every "
-                      "head (repeatable; each must be one token, e.g. ' cat'). The texts' tokens are always shown.")] = None,
+                      "head (repeatable; each must be one token, e.g. ' cat'). The texts' tokens are always "
+                      "shown.")] = None,
     max_tokens: Annotated[int, typer.Option("--max-tokens", help="The analysis window: each text is cut to "
                           "this many tokens (first token included; never past the model's context), and the cut "
                           "is reported.")] = 64,
@@ -134,14 +159,18 @@ def print_summary(con, a) -> None:
     for col in ("head", "copying", "self-rank", "source", "promotes", "suppresses"):
         t.add_column(col, justify="right" if col in ("copying", "self-rank") else "left", overflow="fold")
     copying = a.scan.scores.get("copying")
+
+    def show(labels: list[str]) -> str:
+        return " ".join(visible_whitespace(x) for x in labels[:3])
+
     for lh in a.heads:
         ov = a.ov[lh]
-        idx = list(range(len(a.asked))) or [a.ov_example(lh)]
+        idx = list(range(len(a.asked))) or [a.ov_example(lh)]  # the asked tokens, else the best-copied one
         for n, i in enumerate(idx):
-            show = lambda labels: " ".join(visible_whitespace(x) for x in labels[:3])  # noqa: E731
             rank = f"{int(ov.self_rank[i]):,}" + ("" if a.asked else f" (median {float(np.median(ov.self_rank)):,.0f})")
-            t.add_row(ov.label if n == 0 else "", _signed(None if copying is None else float(copying[lh]), 2) if n == 0 else "", rank,
-                      visible_whitespace(ov.token_labels[i]), show(ov.top_labels[i]), show(ov.bottom_labels[i]))
+            cop = _signed(None if copying is None else float(copying[lh]), 2)
+            t.add_row(ov.label if n == 0 else "", cop if n == 0 else "", rank, visible_whitespace(ov.token_labels[i]),
+                      show(ov.top_labels[i]), show(ov.bottom_labels[i]))
     con.print(t)
     con.print("[dim]source: " + ("the --token asked for" if a.asked else "of the texts' tokens, the one the head ranks "
               "best in its own row") + "; promotes/suppresses: the top and bottom of that token's OV row (W_E W_V W_O "
@@ -153,15 +182,17 @@ def print_summary(con, a) -> None:
         t.add_column(col, justify="left" if col in ("head", "K source") else "right", overflow="fold")
     for s in a.stories.stories:
         src = s.k_source
-        t.add_row(s.label, f"{s.induction:.3f}", f"{src['head']} ({src['k_composition']:+.3f})" if src else "- (layer 0)",
-                  f"{src['previous_token']:.2f}" if src else "-", _signed(s.copying, 2), _signed(s.dla_later),
+        source = f"{src['head']} ({src['k_composition']:+.3f})" if src else "- (layer 0)"
+        prev = f"{src['previous_token']:.2f}" if src else "-"
+        t.add_row(s.label, f"{s.induction:.3f}", source, prev, _signed(s.copying, 2), _signed(s.dla_later),
                   _signed(s.dla_first), _signed(s.ablation_delta_loss))
     con.print(t)
     for f in a.findings():
         con.print(f"- {f}", highlight=False, markup=False)
     st = a.scan.settings
-    con.print(f"[dim]Scan: {st['batch']} sequences of {st['seq_len']} random tokens x {st['repeats']}, seed {st['seed']}; "
-              f"loss {a.scan.loss_first_repeat:.2f} nats first repeat, {a.scan.loss_later_repeats:.2f} later; "
-              f"K-composition shown as excess over the random baseline {a.composition.baseline:.4f}. DLA later/first: mean direct "
-              "effect on later-/first-repeat targets; Δloss: rise in later-repeat loss when the head is "
-              f"{st['ablation'] or 'not'} ablated. Definitions in logits.json and docs/logits.md.[/]", highlight=False)
+    con.print(f"[dim]Scan: {st['batch']} sequences of {st['seq_len']} random tokens x {st['repeats']}, "
+              f"seed {st['seed']}; loss {a.scan.loss_first_repeat:.2f} nats first repeat, "
+              f"{a.scan.loss_later_repeats:.2f} later; K-composition shown as excess over the random baseline "
+              f"{a.composition.baseline:.4f}. DLA later/first: mean direct effect on later-/first-repeat targets; "
+              f"Δloss: rise in later-repeat loss when the head is {st['ablation'] or 'not'} ablated. Definitions "
+              "in logits.json and docs/logits.md.[/]", highlight=False)

@@ -39,8 +39,8 @@ def report_cmd(
     no_logits: Annotated[bool, typer.Option("--no-logits", help="Skip the logit effect: direct logit attribution, "
                          "OV circuits and the induction story (faster).")] = False,
     qk_top: Annotated[int, typer.Option("--qk-top", help="The QK analysis takes this many top induction "
-                      "heads and as many top previous-token heads; the logit effect tells the story of as many top induction "
-                      "heads.")] = 3,
+                      "heads and as many top previous-token heads; the logit effect tells the story of as many top "
+                      "induction heads.")] = 3,
     threshold: ThresholdOpt = None,
     max_memory: MaxMemoryOpt = 2.0,
     device: DeviceOpt = "auto",

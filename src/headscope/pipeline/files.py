@@ -125,14 +125,15 @@ def logit_tables(rd: ResultDir, a) -> None:
         c.insert(0, "text", n)
         comps.append(c)
     rd.write("effects.csv", lambda p: pd.concat(effects, ignore_index=True).to_csv(p, index=False, float_format="%.6g"))
-    rd.write("components.csv", lambda p: pd.concat(comps, ignore_index=True).to_csv(p, index=False, float_format="%.6g"))
+    rd.write("components.csv",
+             lambda p: pd.concat(comps, ignore_index=True).to_csv(p, index=False, float_format="%.6g"))
     rd.write("ov.csv", lambda p: pd.concat([o.to_frame() for o in a.ov.values()], ignore_index=True)
              .to_csv(p, index=False, float_format="%.6g"))
     rd.write("stories.csv", lambda p: a.stories.to_frame().to_csv(p, index=False, float_format="%.6g"))
     sc = a.scan.scores
     L, H = sc["induction"].shape
-    rows = [{"layer": l, "head": h, "label": head_label(l, h), **{k: float(sc[k][l, h]) for k in SCAN_SCORES if k in sc}}
-            for l in range(L) for h in range(H)]
+    rows = [{"layer": l, "head": h, "label": head_label(l, h),
+             **{k: float(sc[k][l, h]) for k in SCAN_SCORES if k in sc}} for l in range(L) for h in range(H)]
     rd.write("repeats.csv", lambda p: pd.DataFrame(rows).to_csv(p, index=False, float_format="%.6g"))
 
 

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
@@ -95,7 +95,7 @@ class LogitAnalysis:
             frames.append(f.reindex((sign * f["effect"]).sort_values(ascending=False).index).head(k))
         f = pd.concat(frames, ignore_index=True)
         f = f.reindex((sign * f["effect"]).sort_values(ascending=False, kind="stable").index).head(k)
-        f.insert(4, "where", [arrow(a, b) for a, b in zip(f["token"], f["target"])])
+        f.insert(4, "where", [arrow(a, b) for a, b in zip(f["token"], f["target"], strict=True)])
         return f.rename(columns={"label": "head_label"}).reset_index(drop=True)
 
     def ov_example(self, head: Head) -> int:
@@ -148,7 +148,8 @@ class LogitAnalysis:
             peak = max(float(t.heads[:, l, h].max()) for t in self.texts)
             ov = self.ov[(l, h)]
             rows.append({"head": head_label(l, h), "reason": self.reasons.get(head_label(l, h), "chosen with --head"),
-                         "peak_effect": peak, "mean_effect": float(np.mean([t.heads[:, l, h].mean() for t in self.texts])),
+                         "peak_effect": peak,
+                         "mean_effect": float(np.mean([t.heads[:, l, h].mean() for t in self.texts])),
                          **{k: float(self.scan.scores[k][l, h]) for k in SCAN_SCORES if k in self.scan.scores},
                          "self_rank_median": float(np.median(ov.self_rank)),
                          "copies_fraction": float(np.mean(ov.self_rank == 1))})
@@ -196,7 +197,8 @@ def _records(frame) -> list[dict]:
 
 
 def _pick(texts: list[LogitAttribution], scan: InductionResult, top: int) -> tuple[list[Head], dict[str, str]]:
-    """The ``top`` heads with the largest push on the actual next token (any text, any position), then the top induction heads."""
+    """The ``top`` heads with the largest push on the actual next token (any text, any position), then the top
+    induction heads; with the reason for each."""
     heads: list[Head] = []
     why: dict[str, list[str]] = {}
     peak = np.max(np.stack([t.heads.max(0) for t in texts]), axis=0)  # [L, H]

@@ -345,10 +345,10 @@ def logit_story_html(a) -> str:
 def logit_effects_html(a, k: int = 12) -> str:
     """The largest pushes on the actual next token, over every text and head."""
     f = a.top_effects(k)
-    rows = [[int(r.text), int(r.position), (tokens_html([r.where]), r.where), r.head_label, round(float(r.effect), DECIMALS),
-             round(float(r.model_logit), DECIMALS)] for r in f.itertuples()]
-    return table_html(["text", "position", "token → next token", "head", "direct effect", "model's centred logit"], rows,
-                      sortable=True)
+    rows = [[int(r.text), int(r.position), (tokens_html([r.where]), r.where), r.head_label,
+             round(float(r.effect), DECIMALS), round(float(r.model_logit), DECIMALS)] for r in f.itertuples()]
+    cols = ["text", "position", "token → next token", "head", "direct effect", "model's centred logit"]
+    return table_html(cols, rows, sortable=True)
 
 
 def logit_ov_html(a) -> str:
