@@ -38,7 +38,6 @@ STORY_DEFINITION = (
 )
 
 
-
 def logit_definitions() -> dict[str, str]:
     """What each number of the logit analysis means and where it comes from (JSON ``definitions``, the legend)."""
     return {"direct logit attribution": DLA_DEFINITION,
