@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from headscope.cli import app
 from headscope.render.html import (MAX_VIEW_TOKENS, circuitsvis_bundle, esc, heads_view_html, script_json)
 from headscope.pipeline import build_report
+from headscope.logits.story import logit_definitions
 from headscope.qk.results import QK_DEFINITIONS
 from headscope.render.report import Report, top_heads_html
 from headscope.scan.attention import AttentionSample
@@ -65,14 +66,14 @@ def test_page_references_nothing_outside_itself(page):
 def test_page_holds_every_part_the_issue_lists(report, page):
     anchors = re.findall(r'<section id="([^"]+)">', page)
     assert anchors == ["top", "roles", "heatmaps", "loss", "ablation", "attention", "qk-heads", "qk-live",
-                       "qk-decomposition", "qk-positional", "qk-token", "composition", "legend"]
+                       "qk-decomposition", "qk-positional", "qk-token", "composition", "logits", "legend"]
     res = report.induction
     assert res.model["name"] in page and f"{res.settings['seq_len']} random ordinary tokens" in page
     assert page.count('data:image/png;base64,') >= 5 + 1 + 1 + 3  # heatmaps, loss, ablation, QK figures
     assert top_heads_html(res) in page  # top heads with roles and the causal check
     for name in ("roles", "ablation Δloss"):
         assert f"<dt>{name}</dt>" in page
-    for text in [*DEFINITIONS.values(), *QK_DEFINITIONS.values()]:  # every score's definition and source
+    for text in [*DEFINITIONS.values(), *QK_DEFINITIONS.values(), *logit_definitions().values()]:  # every definition
         assert esc(text) in page
     kinds = {tuple(v["attentionHeadNames"]) for v in islands(page)}
     assert ("L" in next(iter(kinds))[0]) and len(kinds) >= 2  # induction heads' patterns and QK heads' scores

@@ -11,8 +11,10 @@ True
 from ._version import __version__
 from .errors import BadInput, HeadscopeError, ModelLoadError, OutputError, OutputExists
 from .heads import head_label, parse_head, top_k
+from .logits import LogitAttribution, OVRows, logit_attribution, ov_circuit
 from .models import DEFAULT_MODEL, HeadscopeModel, load_model
 from .pipeline import Report, build_report, plan_sweep, run_sweep
+from .pipeline.logits import LogitAnalysis, analyze_logits
 from .qk import (CompositionScores, PositionalQK, QKAnalysis, QKDecomposition, QKScores, TokenQK, analyze_qk,
                  composition_scores, decompose_qk, positional_qk, qk_scores, token_qk)
 from .scan import AttentionSample, InductionResult, scan_induction
@@ -26,6 +28,8 @@ __all__ = [
     # QK circuits
     "QKAnalysis", "analyze_qk", "qk_scores", "decompose_qk", "positional_qk", "token_qk", "composition_scores",
     "QKScores", "QKDecomposition", "PositionalQK", "TokenQK", "CompositionScores",
+    # what heads write: direct logit attribution, OV circuits, the induction story
+    "LogitAnalysis", "analyze_logits", "logit_attribution", "ov_circuit", "LogitAttribution", "OVRows",
     # pages, sweeps
     "Report", "build_report", "plan_sweep", "run_sweep",
     # errors

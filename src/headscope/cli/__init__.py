@@ -43,7 +43,7 @@ def root(
 def _register() -> None:
     import importlib
 
-    for name in ("models", "induction", "heads", "qk", "report", "sweep", "train_toy"):
+    for name in ("models", "induction", "heads", "qk", "logits", "report", "sweep", "train_toy"):
         try:
             importlib.import_module(f"{__name__}.{name}")
         except ModuleNotFoundError as exc:  # a command module not written yet

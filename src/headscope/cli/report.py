@@ -36,8 +36,11 @@ def report_cmd(
     ablation: AblationOpt = "mean",
     no_ablate: NoAblateOpt = False,
     no_qk: Annotated[bool, typer.Option("--no-qk", help="Skip the QK analysis (faster).")] = False,
+    no_logits: Annotated[bool, typer.Option("--no-logits", help="Skip the logit effect: direct logit attribution, "
+                         "OV circuits and the induction story (faster).")] = False,
     qk_top: Annotated[int, typer.Option("--qk-top", help="The QK analysis takes this many top induction "
-                      "heads and as many top previous-token heads.")] = 3,
+                      "heads and as many top previous-token heads; the logit effect tells the story of as many top "
+                      "induction heads.")] = 3,
     threshold: ThresholdOpt = None,
     max_memory: MaxMemoryOpt = 2.0,
     device: DeviceOpt = "auto",
@@ -47,12 +50,14 @@ def report_cmd(
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Run the induction scan and the QK analysis and write one HTML page that works offline.
+    """Run the induction scan, the QK analysis and the logit analysis; write one HTML page that works offline.
 
     The page holds the model and settings, the top heads with their roles, score heatmaps,
     loss by position, the causal check, interactive attention views of the top heads
     (circuitsvis, its JavaScript inlined once), QK scores, decompositions, positional and token
-    QK circuits, composition scores, and a legend with every score's definition and source.
+    QK circuits, composition scores, the logit effect (each top induction head's story from
+    previous-token head to the copied token's logit, direct logit attribution on your texts, OV
+    circuits), and a legend with every score's definition and source.
     It loads nothing from the network: send it to a colleague as it is.
 
     Example: headscope report --model smollm2-135m --text "The cat sat. The cat sat." --out report.html
@@ -72,7 +77,7 @@ def report_cmd(
         m = load(err, model, device, dtype, device_map)
         rep = build_report(m, texts or None, seq_len=seq_len, batch=batch, repeats=repeats, seed=seed, top_k=top,
                            ablate=not no_ablate, ablation=ablation, thresholds=thresholds, qk=not no_qk,
-                           qk_top=qk_top, max_memory_gb=max_memory, progress=True,
+                           qk_top=qk_top, logits=not no_logits, max_memory_gb=max_memory, progress=True,
                            log=lambda s: err.print(s, highlight=False))
         with err.status("Writing the page..."):
             write(rep.to_html())
@@ -82,6 +87,8 @@ def report_cmd(
     if json_out:
         typer.echo(dumps({"report": str(path), "bytes": size,
                                "qk_heads": [f"L{l}H{h}" for l, h in rep.qk.heads] if rep.qk is not None else [],
+                               "logit_heads": [f"L{l}H{h}" for l, h in rep.logits.heads] if rep.logits is not None
+                               else [],
                                "induction": rep.induction.to_dict() if rep.induction is not None else None},
                          indent=2))
     con.print(f"[green]Wrote {path}[/] ({size / 1e6:.1f} MB): open it in any browser, no network needed.",

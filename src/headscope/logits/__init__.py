@@ -1,10 +1,13 @@
 """What heads write: direct logit attribution, OV circuits, and the induction story of a head.
 
 >>> import headscope
->>> model = headscope.load_model()                                         # doctest: +SKIP
->>> headscope.logits.logit_attribution(model, "a b c a b c").top(5)       # doctest: +SKIP
->>> headscope.logits.repeat_logit_effects(model).top(5)                   # doctest: +SKIP
->>> headscope.logits.ov_circuit(model, "L18H6", [" cat"]).to_frame()      # doctest: +SKIP
+>>> model = headscope.load_model(tiny_gpt2_dir)   # or the default: headscope.load_model()
+>>> len(headscope.logits.logit_attribution(model, "a b c a b c").top(5))
+5
+>>> len(headscope.logits.repeat_logit_effects(model, seq_len=8, batch=2).top(3))
+3
+>>> headscope.logits.ov_circuit(model, "L1H2", [" cat"]).to_frame()["token"].tolist()
+[' cat']
 """
 
 from .dla import direct_effects, logit_attribution, unembedding

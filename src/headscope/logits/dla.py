@@ -66,11 +66,13 @@ def logit_attribution(model, text=None, *, max_tokens: int | None = None,
     ``heads`` is ``[positions, layers, heads]`` in centred logit units.
 
     >>> import headscope
-    >>> model = headscope.load_model("smollm2-135m")                     # doctest: +SKIP
-    >>> res = headscope.logits.logit_attribution(model, "a b c d a b c d")  # doctest: +SKIP
-    >>> res.top(5)[["token", "target", "label", "effect"]]               # doctest: +SKIP
-    >>> res.max_abs_error < 1e-4                                          # doctest: +SKIP
+    >>> res = headscope.logit_attribution(model, "The cat sat. The cat sat.")
+    >>> res.heads.shape == (len(res.sequence) - 1, model.cfg.n_layers, model.cfg.n_heads)
     True
+    >>> res.max_abs_error < 1e-4   # every component together is the model's own centred logit
+    True
+    >>> res.top(3).columns.tolist()
+    ['position', 'token', 'target', 'layer', 'head', 'label', 'effect']
     """
     seq = as_sequences(model, SAMPLE_TEXTS[0] if text is None else text, max_tokens)[0]
     if len(seq) < 2:

@@ -123,8 +123,14 @@ def ov_circuit(model, head, tokens=None, *, text=None, k: int = 10, max_tokens: 
     they tokenise) or token ids; ``text``: its distinct tokens are used as sources (BOS
     left out). ``self_rank == 1`` means the head copies that token.
 
-    >>> res = headscope.logits.ov_circuit(model, "L18H6", [" cat", " dog"])   # doctest: +SKIP
-    >>> res.to_frame()[["token", "self_rank", "promotes"]]                    # doctest: +SKIP
+    >>> import headscope
+    >>> ov = headscope.ov_circuit(model, "L1H2", [" cat", " dog"])
+    >>> ov.label, ov.token_labels
+    ('L1H2', [' cat', ' dog'])
+    >>> ov.to_frame()[["token", "self_rank", "promotes"]].shape
+    (2, 3)
+    >>> bool((ov.top_values[:, 0] >= ov.self_value).all())   # nothing ranks above the top
+    True
     """
     (layer, h), = as_heads(model, [head])
     ids = source_tokens(model, tokens, text, max_tokens)

@@ -34,8 +34,12 @@ def repeat_logit_effects(model, *, seq_len: int = 50, batch: int = 10, repeats: 
     scan's own to score the same sequences); otherwise drawn here with the same arguments,
     which (same seed) gives the scan's sequences. Returns ``first``/``later`` ``[L, H]``.
 
-    >>> res = headscope.logits.repeat_logit_effects(model)   # doctest: +SKIP
-    >>> res.top(3)                                            # doctest: +SKIP
+    >>> import headscope
+    >>> res = headscope.logits.repeat_logit_effects(model, seq_len=8, batch=2)
+    >>> res.first.shape == res.later.shape == (model.cfg.n_layers, model.cfg.n_heads)
+    True
+    >>> res.max_abs_error < 1e-4
+    True
     """
     rt = tokens or repeated_tokens(model, seq_len=seq_len, batch=batch, repeats=repeats, seed=seed)
     layout = rt.layout

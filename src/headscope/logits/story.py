@@ -24,7 +24,26 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from ..heads import head_label
-from .results import OVRows, _num, _Result
+from ..scores import score as declared
+from .results import DLA_DEFINITION, OV_DEFINITION, OVRows, _num, _Result
+
+STORY_DEFINITION = (
+    "One induction head's mechanism, every number from the same run: its strongest K-composition sources "
+    "(Elhage et al. 2021; score minus the random baseline) with their previous-token scores (the head that tells "
+    "each position which token came before it), its induction score (attention to the token after the earlier "
+    "copy), its OV copying score and the median self-rank of source tokens in its OV rows (does what it reads get "
+    "written back?), its direct logit effect on first- and later-repeat targets (does it raise the copied token "
+    "itself?) and its ablation Δloss (how much the model needs it). A small direct effect with a large ablation "
+    "cost means it works through later components."
+)
+
+
+def logit_definitions() -> dict[str, str]:
+    """What each number of the logit analysis means and where it comes from (JSON ``definitions``, the legend)."""
+    return {"direct logit attribution": DLA_DEFINITION,
+            "direct_logit_later": declared("direct_logit_later").definition,
+            "direct_logit_first": declared("direct_logit_first").definition,
+            "OV circuit row": OV_DEFINITION, "induction story": STORY_DEFINITION}
 
 
 @dataclass

@@ -21,6 +21,17 @@
     token_qk.csv            token circuit on the token set, per head
     composition.csv         every earlier -> later head pair, Q/K/V, score and excess
     figures/                PNGs
+
+``headscope logits``::
+
+    logits.json             everything, including definitions and findings
+    heads.csv               chosen heads, why, largest push, scan scores, OV self-rank
+    effects.csv             direct effect of every head at every position of every text
+    components.csv          per (text, position): embeddings, MLPs, biases, heads' total, logit
+    ov.csv                  per (head, source token): self-rank, top promoted/suppressed tokens
+    stories.csv             the induction story of each top induction head
+    repeats.csv             per head: scan scores and direct effect on first/later repeats
+    figures/                dla_text<n>.png (tokens x heads), repeat_later.png, ov_<head>.png
 """
 
 from __future__ import annotations
@@ -102,6 +113,53 @@ def qk_files(rd: ResultDir, a, figures: bool = True, progress: Progress | None =
     qk_tables(rd, a)
     if figures:
         qk_figures(rd, a, progress)
+
+
+def logit_tables(rd: ResultDir, a) -> None:
+    """Stage ``logits.json`` and the CSVs of a :class:`~headscope.pipeline.logits.LogitAnalysis`."""
+    from .logits import SCAN_SCORES
+
+    rd.write_text("logits.json", a.to_json())
+    rd.write("heads.csv", lambda p: a.to_frame().to_csv(p, index=False, float_format="%.6g"))
+    effects, comps = [], []
+    for n, t in enumerate(a.texts, 1):
+        f = t.to_frame()
+        f.insert(0, "text", n)
+        effects.append(f)
+        c = t.components_frame()
+        c.insert(0, "text", n)
+        comps.append(c)
+    rd.write("effects.csv", lambda p: pd.concat(effects, ignore_index=True).to_csv(p, index=False, float_format="%.6g"))
+    rd.write("components.csv",
+             lambda p: pd.concat(comps, ignore_index=True).to_csv(p, index=False, float_format="%.6g"))
+    rd.write("ov.csv", lambda p: pd.concat([o.to_frame() for o in a.ov.values()], ignore_index=True)
+             .to_csv(p, index=False, float_format="%.6g"))
+    rd.write("stories.csv", lambda p: a.stories.to_frame().to_csv(p, index=False, float_format="%.6g"))
+    sc = a.scan.scores
+    L, H = sc["induction"].shape
+    rows = [{"layer": l, "head": h, "label": head_label(l, h),
+             **{k: float(sc[k][l, h]) for k in SCAN_SCORES if k in sc}} for l in range(L) for h in range(H)]
+    rd.write("repeats.csv", lambda p: pd.DataFrame(rows).to_csv(p, index=False, float_format="%.6g"))
+
+
+def logit_figures(rd: ResultDir, a, progress: Progress | None = None) -> None:
+    """Stage the logit figures under ``figures/``."""
+    from ..render import logit_figures as F
+
+    jobs: list[tuple[str, Callable]] = []
+    for n, t in enumerate(a.texts, 1):
+        jobs.append((f"figures/dla_text{n}.png", lambda t=t: F.token_head_heatmap(t, a.heads)))
+    jobs.append(("figures/repeat_later.png", lambda: F.scan_effect_heatmap(a.scan, "later", outline=a.story_heads)))
+    for lh, ov in a.ov.items():
+        jobs.append((f"figures/ov_{ov.label}.png", lambda ov=ov, lh=lh: F.ov_row_bars(ov, a.ov_example(lh))))
+    _figures(rd, jobs, progress)
+
+
+def logit_files(rd: ResultDir, a, figures: bool = True, progress: Progress | None = None) -> None:
+    """Stage a logit analysis: tables, and figures unless ``figures=False``."""
+    logit_tables(rd, a)
+    if figures:
+        logit_figures(rd, a, progress)
 
 
 def heads_files(rd: ResultDir, a) -> None:

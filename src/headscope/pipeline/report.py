@@ -18,14 +18,16 @@ from ..scan import attention_sample, scan_induction
 def build_report(model, texts: list[str] | list[tuple[str, str]] | None = None, *, seq_len: int = 50,
                  batch: int = 10, repeats: int = 2, seed: int = 0, top_k: int = 5, ablate: bool = True,
                  ablation: str = "mean", thresholds: dict[str, float] | None = None, qk: bool = True,
-                 qk_top: int = 3, max_memory_gb: float = 2.0, progress: bool | None = None,
+                 qk_top: int = 3, logits: bool = True, max_memory_gb: float = 2.0, progress: bool | None = None,
                  log: Callable[[str], None] = lambda s: None) -> Report:
-    """Run the induction scan and the QK analysis on ``model`` and gather them into a :class:`Report`.
+    """Run the induction scan, the QK analysis and the logit analysis on ``model``; gather them into a :class:`Report`.
 
-    ``texts``: strings or ``(title, text)`` pairs for the attention views and the QK analysis
-    (None: the built-in samples); each goes through the one input path, cut to the page's
-    window of :data:`~headscope.render.html.MAX_VIEW_TOKENS` tokens (said on the page). The QK
-    analysis takes the scan's top ``qk_top`` induction and previous-token heads.
+    ``texts``: strings or ``(title, text)`` pairs for the attention views and the QK and logit
+    analyses (None: the built-in samples); each goes through the one input path, cut to the
+    page's window of :data:`~headscope.render.html.MAX_VIEW_TOKENS` tokens (said on the page).
+    The QK analysis takes the scan's top ``qk_top`` induction and previous-token heads; the
+    logit analysis (``logits``) reuses the scan (its direct effects and ablation) and the QK
+    analysis's composition scores, and tells the story of the top ``qk_top`` induction heads.
 
     >>> report = build_report(model, seq_len=8, batch=2, top_k=2, qk_top=1)
     >>> [anchor for anchor, _, _ in report.sections()][:3]
@@ -53,6 +55,12 @@ def build_report(model, texts: list[str] | list[tuple[str, str]] | None = None, 
                 log(f"QK: {stage}")
 
         rep.qk = analyze_qk(m, seqs, top=qk_top, scan=res, progress=step)
+    if logits:
+        from .logits import analyze_logits
+
+        rep.logits = analyze_logits(m, seqs, top=qk_top, scan=res,
+                                    composition=rep.qk.composition if rep.qk is not None else None,
+                                    progress=lambda stage: log(f"logits: {stage}"))
     return rep
 
 

@@ -27,14 +27,8 @@ def _limit(a: np.ndarray) -> float:
     return float(np.nanmax(np.abs(a))) or 1.0
 
 
-def repeat_effect_heatmap(res, which: str = "later", ax=None, outline=None):
-    """Layers x heads heatmap of each head's mean direct effect on repeated random tokens.
-
-    ``res``: :class:`~headscope.logits.results.RepeatLogitEffects`; ``which``: "later",
-    "first" or "rise" (later minus first). ``outline``: heads ``[(layer, head)]`` to box,
-    e.g. the top induction heads.
-    """
-    a = {"later": res.later, "first": res.first, "rise": res.later - res.first}[which]
+def _layer_head_heatmap(a: np.ndarray, title: str, ax=None, outline=None):
+    """Layers x heads heatmap of a signed ``[L, H]`` array, values written in small grids, ``outline`` boxed."""
     L, H = a.shape
     if ax is None:
         _, ax = plt.subplots(figsize=(max(5.0, 0.6 * H + 2.5), max(3.5, 0.3 * L + 1.5)))
@@ -53,12 +47,38 @@ def repeat_effect_heatmap(res, which: str = "later", ax=None, outline=None):
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
     ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.02).set_label("direct effect on centred logit")
+    ax.set_title(title + ("\n(outlined: top induction heads)" if outline else ""), fontsize=9)
+    return ax.figure
+
+
+def repeat_effect_heatmap(res, which: str = "later", ax=None, outline=None):
+    """Layers x heads heatmap of each head's mean direct effect on repeated random tokens.
+
+    ``res``: :class:`~headscope.logits.results.RepeatLogitEffects`; ``which``: "later",
+    "first" or "rise" (later minus first). ``outline``: heads ``[(layer, head)]`` to box,
+    e.g. the top induction heads.
+    """
+    a = {"later": res.later, "first": res.first, "rise": res.later - res.first}[which]
     title = (f"Direct logit effect on {WHICH[which]} — {tex_safe(res.model_name)}\n"
              f"mean over {res.settings['batch']} sequences of {res.settings['seq_len']} random tokens"
              f" x {res.settings['repeats']}; model's centred logit: {res.logit_first:.2f} first, "
-             f"{res.logit_later:.2f} later" + ("\n(outlined: top induction heads)" if outline else ""))
-    ax.set_title(title, fontsize=9)
-    return ax.figure
+             f"{res.logit_later:.2f} later")
+    return _layer_head_heatmap(a, title, ax, outline)
+
+
+def scan_effect_heatmap(scan, which: str = "later", ax=None, outline=None):
+    """The same heatmap from an induction scan's own ``direct_logit_later`` / ``direct_logit_first`` scores.
+
+    ``scan``: :class:`~headscope.scan.result.InductionResult`; ``which``: "later", "first" or
+    "rise"; ``outline``: heads to box (default: none).
+    """
+    later, first = scan.scores["direct_logit_later"], scan.scores["direct_logit_first"]
+    a = {"later": later, "first": first, "rise": later - first}[which]
+    s = scan.settings
+    title = (f"Direct logit effect on {WHICH[which]} — {tex_safe(scan.model['name'])}\n"
+             f"mean over {s['batch']} sequences of {s['seq_len']} random tokens x {s['repeats']}; loss "
+             f"{scan.loss_first_repeat:.2f} nats first, {scan.loss_later_repeats:.2f} later")
+    return _layer_head_heatmap(a, title, ax, outline)
 
 
 def strongest_heads(res, k: int = 8) -> list[tuple[int, int]]:

@@ -32,6 +32,7 @@ import numpy as np
 
 from .._version import __version__
 from ..heads import as_head, head_label
+from ..logits.story import logit_definitions
 from ..qk.results import QK_DEFINITIONS
 from ..scan.attention import AttentionSample
 from ..scan.result import InductionResult
@@ -396,14 +397,87 @@ def phase_sections(ph) -> list[tuple[str, str, str]]:
              + figure_html(phase_heatmaps(ph)) + "<h3>Aims</h3>" + table_html(["aim", "value"], aims))]
 
 
+# --- logit pieces (from a headscope.pipeline.logits.LogitAnalysis) -------------------------------
+def _n(v: float | None) -> float:
+    """A number for :func:`table_html`: None (not measured) shows as a dash."""
+    return float("nan") if v is None else round(float(v), DECIMALS)
+
+
+def logit_story_html(a) -> str:
+    """The induction story panel: each top induction head's mechanism in numbers, then the findings in words."""
+    d_vocab = a.model.get("d_vocab")
+    rows = []
+    for st in a.stories.stories:
+        srcs = "; ".join(f"{_lh(x['head'])} ({x['k_composition']:+.3f}, previous-token {x['previous_token']:.2f})"
+                         for x in st.k_sources) or "– (layer 0)"
+        rank = "–" if st.self_rank_median is None else f"{st.self_rank_median:,.0f} / {d_vocab:,}"
+        rows.append([st.label, _n(st.induction), srcs, _n(st.copying), (esc(rank), st.self_rank_median or -1.0),
+                     _n(st.dla_first), _n(st.dla_later), _n(st.ablation_delta_loss)])
+    cols = ["head", "induction", "strongest K-composition sources (excess, their previous-token score)", "copying",
+            "OV self-rank (median)", "direct effect, first repeat", "direct effect, later repeats", "ablation Δloss"]
+    findings = "".join(f"<li>{esc(f)}</li>" for f in a.findings())
+    return (table_html(cols, rows) + f"<ul class='verdicts'>{findings}</ul>"
+            "<p class='muted'>Previous-token head → induction head → logit of the copied token: K-composition says "
+            "which earlier heads the induction head's keys read; the direct effect is what the head itself adds to "
+            "the copied token's centred logit; the ablation Δloss is what removing it costs, direct and indirect "
+            "paths together. Self-rank over the texts' tokens (1 = the head's OV circuit promotes the token it "
+            "attends to above every other).</p>")
+
+
+def logit_effects_html(a, k: int = 12) -> str:
+    """The largest pushes on the actual next token, over every text and head."""
+    f = a.top_effects(k)
+    rows = [[int(r.text), int(r.position), (tokens_html([r.where]), r.where), r.head_label,
+             round(float(r.effect), DECIMALS), round(float(r.model_logit), DECIMALS)] for r in f.itertuples()]
+    cols = ["text", "position", "token → next token", "head", "direct effect", "model's centred logit"]
+    return table_html(cols, rows, sortable=True)
+
+
+def logit_ov_html(a) -> str:
+    """Each chosen head's OV rows over the texts' tokens: does it copy, what it promotes and suppresses."""
+    from .logit_figures import ov_row_bars
+
+    rows, panels = [], []
+    for lh, ov in a.ov.items():
+        i = a.ov_example(lh)
+        rows.append([ov.label, _n(float(np.median(ov.self_rank))), _n(float(np.mean(ov.self_rank == 1))),
+                     (tokens_html([visible_token(ov.token_labels[i])]), ov.token_labels[i]),
+                     (tokens_html(visible_token(t) for t in ov.top_labels[i][:5]), ""),
+                     (tokens_html(visible_token(t) for t in ov.bottom_labels[i][:5]), "")])
+        panels.append((ov.label, _plot(ov_row_bars, ov, i)))
+    cols = ["head", "self-rank (median)", "copies (rank 1)", "source token shown", "promotes", "suppresses"]
+    return table_html(cols, rows) + tabs_html("ovbars", panels)
+
+
+def logit_sections(a) -> list[tuple[str, str, str]]:
+    """The "Logit effect" part of the page from a :class:`~headscope.pipeline.logits.LogitAnalysis`."""
+    from .logit_figures import scan_effect_heatmap, token_head_heatmap
+
+    notes = "".join(f'<p class="note">{esc(n)}</p>' for n in a.notes)
+    text_tabs = tabs_html("dla", [(f"text {n}", f"<p class='muted'>{esc(t.sequence.text[:120])}"
+                                   f"{'…' if len(t.sequence.text) > 120 else ''}</p>"
+                                   + _plot(token_head_heatmap, t, a.heads))
+                                  for n, t in enumerate(a.texts, 1)])
+    body = ("<h3>The induction story of the top induction heads</h3>" + logit_story_html(a)
+            + "<h3>Direct effect on the copied token, every head</h3>"
+            + _plot(scan_effect_heatmap, a.scan, "later", None, a.story_heads)
+            + "<h3>Largest direct effects on your texts</h3>" + logit_effects_html(a)
+            + "<p class='muted'>Each head's direct push on the centred logit of the token that actually comes next "
+            "(red raises it), for the chosen heads: " + esc(", ".join(head_label(l, h) for l, h in a.heads))
+            + ".</p>" + text_tabs
+            + "<h3>OV circuits: what attending to a token makes the head write</h3>" + logit_ov_html(a) + notes)
+    return [("logits", "Logit effect", body)]
+
+
 # --- the page --------------------------------------------------------------------------------
 @dataclass
 class Report:
-    """Everything one page shows; either part may be missing (``headscope qk --report`` has no scan).
+    """Everything one page shows; any part may be missing (``headscope qk --report`` has no scan).
 
     ``induction``: the scan; ``texts``: the top induction heads' attention on the user's texts,
     ``sources`` those texts as written (same order, optional); ``qk``: a
-    :class:`~headscope.qk.QKAnalysis`; ``notes``: anything the reader should know.
+    :class:`~headscope.qk.QKAnalysis`; ``logits``: a
+    :class:`~headscope.pipeline.logits.LogitAnalysis`; ``notes``: anything the reader should know.
     """
 
     model: dict
@@ -411,6 +485,7 @@ class Report:
     texts: list[AttentionSample] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
     qk: Any = None
+    logits: Any = None
     notes: list[str] = field(default_factory=list)
     phase: Any = None  # a headscope.toy.PhaseAnalysis
     heads: Any = None  # a headscope.pipeline.heads.HeadsAnalysis: its ICL check and natural-text sinks
@@ -436,12 +511,16 @@ class Report:
             out += qk_sections(self.qk)
         if self.phase is not None:
             out += phase_sections(self.phase)
+        if self.logits is not None:
+            out += logit_sections(self.logits)
         defs = induction_definitions(res) if res is not None else {}
         if self.qk is not None:
             defs.update(QK_DEFINITIONS)
         if self.heads is not None:
             extra = ("in-context learning", "sink on natural text")
             defs.update({k: v for k, v in self.heads.legend().items() if k in extra})
+        if self.logits is not None:
+            defs.update(logit_definitions())
         if self.phase is not None:
             defs.update(self.phase.to_dict().get("definitions", {}))
         out.append(("legend", "Legend: what each score means and where it comes from", legend_html(defs)))
@@ -483,13 +562,15 @@ class Report:
             bits.append("QK analysis of " + ", ".join(head_label(l, h) for l, h in self.qk.heads))
         if self.phase is not None:
             bits.append(f"the phase change over {len(self.phase.steps)} training checkpoints")
+        if self.logits is not None:
+            bits.append("logit effect of " + ", ".join(head_label(l, h) for l, h in self.logits.heads))
         return "; ".join(bits)
 
     def notes_html(self) -> str:
         notes = list(self.notes) + [
             f"Numbers on this page are rounded to {DECIMALS} decimals (QK scores in the interactive views to 2) and "
             f"interactive views keep at most {MAX_VIEW_TOKENS} tokens of a sequence; the JSON outputs "
-            "(headscope induction --json, qk.json) have full precision."]
+            "(headscope induction --json, qk.json, logits.json) have full precision."]
         return "<ul>" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>"
 
     def save(self, path: str | Path) -> Path:
