@@ -14,8 +14,13 @@ from torch.utils._pytree import tree_flatten
 
 from headscope.scan import ablation as A
 from headscope.scan import fused as F
-from headscope.scan.induction import (ablated_later_loss, fused_chunk_size_for, scan_induction, score_pass,
-                                      weight_score_arrays)
+from headscope.scan.induction import (
+    ablated_later_loss,
+    fused_chunk_size_for,
+    scan_induction,
+    score_pass,
+    weight_score_arrays,
+)
 from headscope.scan.sequences import repeated_tokens
 from headscope.scores import attention_scores, prepare, reduce_pattern, reduce_qk, score_names
 from headscope.scores.attention import Column, KeySet, prefix_mask, prefix_pairs
@@ -232,7 +237,7 @@ def test_scan_induction_fused_equals_eager_scores_roles_and_ablations(tiny_llama
         np.testing.assert_allclose(fused.scores[name], eager.scores[name], atol=TOL, rtol=0, err_msg=name)
     np.testing.assert_allclose(fused.per_position_loss, eager.per_position_loss, atol=2e-5, rtol=2e-6)
     assert [a["heads"] for a in fused.ablation] == [a["heads"] for a in eager.ablation]
-    for a, b in zip(fused.ablation, eager.ablation):
+    for a, b in zip(fused.ablation, eager.ablation, strict=True):
         assert abs(a["loss"] - b["loss"]) < 2e-5 and abs(a["loss_increase"] - b["loss_increase"]) < 2e-5
     assert fused.roles() == eager.roles()
 
@@ -305,7 +310,7 @@ def test_scan_without_kept_residuals_recomputes_them_and_gets_the_same_ablation(
     kept = scan_induction(tiny_gpt2, **kw)
     # a budget so small that keeping every layer's residual is refused: they are captured after scoring
     captured = scan_induction(tiny_gpt2, max_memory_gb=1e-4, **kw)
-    for a, b in zip(kept.ablation, captured.ablation):
+    for a, b in zip(kept.ablation, captured.ablation, strict=True):
         assert a["heads"] == b["heads"] and abs(a["loss"] - b["loss"]) < TOL
 
 

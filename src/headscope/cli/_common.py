@@ -74,6 +74,19 @@ ThresholdOpt = Annotated[Optional[list[str]], typer.Option(
 MaxMemoryOpt = Annotated[float, typer.Option(
     "--max-memory", callback=_positive, help="GiB budget for one chunk's attention + logits; sets how many "
     "sequences go through at once.")]
+AttentionOpt = Annotated[str, typer.Option(
+    "--attention", help="How the scan reads attention: fused (a fused kernel plus the few entries each score "
+    "reads, computed from queries, keys and the kernel's row logsumexp; no n x n pattern, memory linear in the "
+    "sequence), eager (full patterns from hook_pattern), or auto = fused wherever the model can be routed so. "
+    "Same scores within 1e-5.")]
+
+
+def check_attention(value: str) -> None:
+    """Refuse an unknown --attention before anything loads."""
+    from ..scan.induction import ATTENTION_MODES
+
+    if value not in ATTENTION_MODES:
+        raise BadInput(f"unknown --attention {value!r}", hint=f"use one of: {', '.join(ATTENTION_MODES)}")
 
 # --- outputs ----------------------------------------------------------------------------------
 OutOpt = Annotated[Optional[Path], typer.Option(

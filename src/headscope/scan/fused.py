@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Protocol
 
 import torch
@@ -60,7 +60,8 @@ class FusedUnsupported(BadInput):
 # The kernel
 
 
-def attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+def attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                       scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Causal attention ``[batch, head, n, d]`` and the row logsumexp ``[batch, head, n]`` (float32).
 
     ``k`` and ``v`` must already have as many heads as ``q``. One fused kernel: no ``n x n``
@@ -138,7 +139,8 @@ def fused_causal_mask(batch_size: int, q_length: int, kv_length: int, q_offset=0
         raise FusedUnsupported("fused attention got a padding mask (some positions masked out)",
                                hint="headscope's fused path takes unpadded causal inputs; use --attention eager")
     if mask_function is not None and mask_function is not causal_mask_function:
-        raise FusedUnsupported("fused attention got a mask that is not plain causal (sliding window or packed sequences)",
+        raise FusedUnsupported("fused attention got a mask that is not plain causal "
+                               "(sliding window or packed sequences)",
                                hint="use --attention eager")
     if q_length != kv_length or int(q_offset) != 0 or int(kv_offset) != 0:
         raise FusedUnsupported("fused attention got a key/value cache (keys and queries differ)",

@@ -35,8 +35,15 @@ from ..heads import top_k as top_k_heads
 from ..hooks import act_name
 from ..models.inputs import TokenSequence
 from ..models.model import HeadscopeModel, as_model
-from ..scores import (attention_scores, default_thresholds, pass_scores, prepare, reduce_pattern, reduce_qk,
-                      weight_scores)
+from ..scores import (
+    attention_scores,
+    default_thresholds,
+    pass_scores,
+    prepare,
+    reduce_pattern,
+    reduce_qk,
+    weight_scores,
+)
 from ..scores.layout import RepeatLayout
 from ..tokens import token_text
 from ..weights import head_weights
@@ -304,8 +311,9 @@ def scan_induction(
     if chunk_size:
         chunk = chunk_size
     elif route == "fused":
-        chunk = fused_chunk_size_for(layout.n_tokens, cfg.d_model, getattr(cfg, "d_mlp", None) or 4 * cfg.d_model,
-                                     cfg.d_vocab, batch, budget, m.n_layers, m.n_heads)
+        d_mlp = getattr(cfg, "d_mlp", None) or 4 * cfg.d_model
+        chunk = fused_chunk_size_for(layout.n_tokens, cfg.d_model, d_mlp, cfg.d_vocab, batch, budget,
+                                     m.n_layers, m.n_heads)
     else:
         chunk = chunk_size_for(layout.n_tokens, cfg.n_heads, cfg.d_vocab, batch, budget)
     top_k = min(top_k, m.n_layers * m.n_heads)

@@ -128,7 +128,8 @@ def prefix_pairs(tokens: torch.Tensor, layout: RepeatLayout) -> tuple[torch.Tens
     return qb.reshape(-1)[rep], qpos.reshape(-1)[rep], keys
 
 
-def mask_pairs(reads: KeySet, tokens: torch.Tensor, layout: RepeatLayout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def mask_pairs(reads: KeySet, tokens: torch.Tensor,
+               layout: RepeatLayout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A KeySet's ``(sequence, query, key)`` pairs from its mask, one sequence at a time (no ``pairs`` declared)."""
     start = reads.start(layout)
     found = []
@@ -186,7 +187,7 @@ def stripe_sum_qk(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, scale: fl
 
 def column_sum_qk(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, scale: float,
                   key: int, q_start: int, q_end: int) -> tuple[torch.Tensor, int]:
-    """:func:`column_sum` from ``q``, ``k`` and ``lse``; queries before ``key`` count with 0, as in the causal pattern."""
+    """:func:`column_sum` from ``q``, ``k`` and ``lse``; queries before ``key`` count with 0 (causal pattern)."""
     n_q = len(range(q.shape[2])[q_start:q_end])  # the queries the eager slice takes
     qs = slice(max(q_start, key), q_end)
     rows = q[:, :, qs]
@@ -197,7 +198,7 @@ def column_sum_qk(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, scale: fl
 def keyset_sum_qk(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, scale: float,
                   pairs: tuple[torch.Tensor, torch.Tensor, torch.Tensor], q_start: int,
                   chunk: int = 1 << 16) -> tuple[torch.Tensor, int]:
-    """:func:`keyset_sum` from ``q``, ``k``, ``lse`` and the ``(sequence, query, key)`` pairs; memory pairs x head x d."""
+    """:func:`keyset_sum` from ``q``, ``k``, ``lse`` and ``(sequence, query, key)`` pairs; memory pairs x head x d."""
     b_idx, q_idx, k_idx = pairs
     total = torch.zeros(q.shape[1], dtype=torch.float32, device=q.device)
     for s in range(0, b_idx.numel(), chunk):
