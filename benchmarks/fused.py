@@ -1,23 +1,33 @@
-"""The fused scan vs the eager-hook scan vs a plain sdpa forward, side by side in one process.
+"""The fused scan vs the eager scan vs a plain sdpa forward (and TransformerLens), side by side in one process.
 
 On the same token ids ([BOS] + r + r, r = SEQ_LEN random ordinary tokens, BATCH sequences):
 
 - ``hf_sdpa``: ``AutoModelForCausalLM.from_pretrained(<cached dir>, attn_implementation="sdpa")``,
   ``model(tokens).logits`` under ``torch.no_grad()``: the floor;
-- ``eager_scan``: ``induction.score_pass``, the scan today (hooks on ``hook_pattern``);
-- ``fused_scan``: ``fused.fused_score_pass``, the same four scores and per-position loss through
-  the fused kernel (q, k and the row logsumexp per layer, no n x n tensor);
-- ``ablate_full`` / ``ablate_restart`` (``--ablation``): one mean-ablation pass of the head
-  ``--ablate-head`` (default: the middle layer's head 0) as today (full eager pass from the
-  embedding) and restarted from the clean residual at that layer through the fused kernel.
+- ``scan_eager`` / ``scan_fused``: the public call ``scan_induction(model, ablate=False,
+  sample=False, attention=...)``: every registry score (attention scores, direct logit effects,
+  copying from the per-model cache) and the per-position loss, through hooks on the full
+  pattern (eager) or through the fused kernel, reading q, k and the row logsumexp (fused);
+- ``--ablation``: the causal check of ``--top`` heads as ``scan_induction`` plans it (each top
+  head, all of them, a random control: top + 2 passes), ``ablate_full`` as before issue 10
+  (``ablated_later_loss``: full eager passes from the embedding) and ``ablate_restart`` as now
+  (``ablated_later_loss_restart``: fused passes restarted from the clean residual at the first
+  ablated layer, the residuals kept from the clean pass);
+- ``--tl``: ``tl_detect_head``, TransformerLens 4.3 ``detect_head(model, prompts, name)`` for
+  previous_token_head, duplicate_token_head and induction_head as documented (one
+  ``run_with_cache`` per prompt and pattern), on the same ids (``model.to_tokens`` replaced by
+  a lookup for this benchmark, see benchmarks/speed.py); only time is compared (its "mul"
+  measure is another number).
 
 Rounds are interleaved (A B C A B C ...), after one warm-up call of each; medians reported.
-``--memory`` also runs each of hf_sdpa / eager_scan / fused_scan once in a fresh process
-(``memory``: RSS sampled every 2 ms, peak above the RSS after loading; CUDA: the allocator's
-peak above the model) so allocator reuse between modes does not hide a peak.
+``--memory`` also runs each of hf_sdpa / scan_eager / scan_fused once in a fresh process
+(RSS sampled every 2 ms, peak above the RSS after loading; CUDA: the allocator's peak above the
+model) so allocator reuse between modes does not hide a peak.
 
-    python benchmarks/fused.py --seq-len 50 --batch 10 --reps 5             # 10 x 101 tokens
-    python benchmarks/fused.py --seq-len 2048 --batch 1 --reps 3 --memory   # 1 x 4,097 tokens
+    python benchmarks/fused.py --seq-len 50 --batch 10 --reps 5 --ablation --tl        # 10 x 101 tokens
+    python benchmarks/fused.py --seq-len 512 --batch 2 --reps 3 --tl --modes scan_fused  # 2 x 1,025 tokens
+    python benchmarks/fused.py --seq-len 2048 --batch 1 --reps 3 --memory                # 1 x 4,097 tokens
+    python benchmarks/fused.py --seq-len 4095 --batch 1 --reps 1 --memory --modes hf_sdpa scan_fused  # 8,191
 """
 
 from __future__ import annotations
@@ -33,38 +43,31 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _bench import (
-    emit,
-    interleaved,
-    load_average,
-    machine,
-    median,
-    say,
-    set_threads,
-    sync,
-)
+from _bench import emit, interleaved, load_average, machine, median, say, set_threads, sync  # noqa: E402
 
-GiB = 2**30
-MODES = ("hf_sdpa", "eager_scan", "fused_scan")
+MODES = ("hf_sdpa", "scan_eager", "scan_fused")
+HEADS = ("previous_token_head", "duplicate_token_head", "induction_head")
 
 
 def build(args):
-    """Load the bridge, the plain HF model and the tokens once; return {mode: callable}."""
+    """Load the model (and the plain HF model) and the tokens once; return ({mode: callable}, tokens)."""
     from transformers import AutoModelForCausalLM
 
     import headscope
     from headscope.models.loading import resolve_source
     from headscope.scan import ablation as A
     from headscope.scan import fused as F
-    from headscope.scan.induction import ablated_later_loss, score_pass
+    from headscope.scan.induction import (ablated_later_loss, control_heads, scan_induction, score_pass,
+                                          weight_score_arrays)
     from headscope.scan.sequences import repeated_tokens
 
     device = args.device
-    bridge = headscope.load_model(args.model, device=device)
-    if not F.fused_supported(bridge):
-        raise SystemExit(f"fused path unavailable: {F.fused_unsupported_reason(bridge)}")
-    rt = repeated_tokens(bridge, seq_len=args.seq_len, batch=args.batch, repeats=2, seed=0)
-    chunk = args.batch
+    model = headscope.load_model(args.model, device=device)
+    if not F.fused_supported(model):
+        raise SystemExit(f"fused path unavailable: {F.fused_unsupported_reason(model)}")
+    rt = repeated_tokens(model, seq_len=args.seq_len, batch=args.batch, repeats=2, seed=0)
+    weight_score_arrays(model)  # the per-model cache a loaded model fills on its first scan
+    kw = dict(seq_len=args.seq_len, batch=args.batch, seed=0, ablate=False, sample=False, progress=False)
     fns = {}
     if "hf_sdpa" in args.modes:
         hf = AutoModelForCausalLM.from_pretrained(resolve_source(args.model).path, attn_implementation="sdpa",
@@ -73,28 +76,40 @@ def build(args):
 
         @torch.no_grad()
         def hf_sdpa():
-            return hf(tokens).logits.shape
+            return hf(tokens, use_cache=False).logits.shape
 
         fns["hf_sdpa"] = hf_sdpa
-    if "eager_scan" in args.modes:
-        fns["eager_scan"] = lambda: score_pass(bridge, rt, chunk)
-    if "fused_scan" in args.modes:
-        fns["fused_scan"] = lambda: F.fused_score_pass(bridge, rt, chunk)
+    if "scan_eager" in args.modes:
+        fns["scan_eager"] = lambda: scan_induction(model, attention="eager", **kw)
+    if "scan_fused" in args.modes:
+        fns["scan_fused"] = lambda: scan_induction(model, attention="fused", **kw)
     if args.ablation:
-        layer = args.ablate_layer if args.ablate_layer is not None else bridge.cfg.n_layers // 2
-        heads = [(layer, 0)]
-        _, _, z_mean, resid = F.fused_score_pass(bridge, rt, chunk, keep_z_mean=True, keep_residuals=[layer])
-        fns["ablate_full"] = lambda: ablated_later_loss(bridge, rt, heads, chunk, z_mean)
-        fns["ablate_restart"] = lambda: A.ablated_later_loss_restart(bridge, rt, heads, chunk, z_mean, resid)
+        chunk = args.batch
+        scan = score_pass(model, rt, chunk, keep_z_mean=True, attention="fused", keep_residuals=range(model.n_layers))
+        from headscope.heads import top_k
+
+        top = [(l, h) for l, h, _ in top_k(scan.means["induction"], args.top)]
+        plan = [[h] for h in top] + [top, control_heads(model.n_layers, model.n_heads, top, 0)]
+        fns["ablate_full"] = lambda: [ablated_later_loss(model, rt, heads, chunk, scan.z_mean) for heads in plan]
+        fns["ablate_restart"] = lambda: [A.ablated_later_loss_restart(model, rt, heads, chunk, scan.z_mean,
+                                                                      scan.residuals, fused=True) for heads in plan]
+    if args.tl:
+        from transformer_lens.head_detector import detect_head
+
+        prompts = [f"seq{i}" for i in range(args.batch)]
+        by_key = {k: rt.tokens[i: i + 1].to(device) for i, k in enumerate(prompts)}
+        bridge = model.bridge
+        bridge.to_tokens = lambda text, *a, **k: (by_key[text] if isinstance(text, str)
+                                                  else torch.cat([by_key[t] for t in text]))
+        fns["tl_detect_head"] = lambda: [detect_head(bridge, prompts, name) for name in HEADS]
     return fns, rt
 
 
 def one_memory(args) -> dict:
     """Run ``args.one`` once in this (fresh) process and report its peak memory above the model."""
-    sys.path.insert(0, os.path.dirname(__file__))
     from memory import RssSampler
 
-    args.modes = [args.one]
+    args.modes, args.ablation, args.tl = [args.one], False, False
     fns, _ = build(args)
     fn = fns[args.one]
     gc.collect()
@@ -122,8 +137,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch", type=int, default=10)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
-    p.add_argument("--ablation", action="store_true", help="also time one ablation pass, full vs restarted")
-    p.add_argument("--ablate-layer", type=int, default=None)
+    p.add_argument("--ablation", action="store_true", help="also time the causal check, full vs restarted")
+    p.add_argument("--top", type=int, default=5, help="heads the causal check ablates")
+    p.add_argument("--tl", action="store_true", help="also time TransformerLens detect_head x 3 patterns")
     p.add_argument("--memory", action="store_true", help="peak memory of each mode, each in a fresh process")
     p.add_argument("--one", choices=MODES, help=argparse.SUPPRESS)  # internal: one memory run
     args = p.parse_args(argv)
@@ -137,7 +153,7 @@ def main(argv: list[str] | None = None) -> dict:
     say(f"fused: {args.model} on {args.device}, {args.batch} x {2 * args.seq_len + 1} tokens, {threads} threads; "
         f"load average {load_average()}")
     fns, rt = build(args)
-    for name, fn in fns.items():  # warm-up
+    for fn in fns.values():  # warm-up
         fn()
     times, others = interleaved(fns, args.reps, args.device, log=say)
     med = {name: median(ts) for name, ts in times.items()}
@@ -148,6 +164,9 @@ def main(argv: list[str] | None = None) -> dict:
         record["ratio_to_hf_sdpa"] = {k: v / med["hf_sdpa"] for k, v in med.items()}
     if "ablate_full" in med:
         record["ablation_restart_over_full"] = med["ablate_restart"] / med["ablate_full"]
+    if "tl_detect_head" in med:
+        record["tl_detect_head_over_scan"] = {k: med["tl_detect_head"] / med[k] for k in ("scan_eager", "scan_fused")
+                                              if k in med}
     if args.memory:
         mem = {}
         for mode in args.modes:
