@@ -57,8 +57,13 @@ def build(args):
     from headscope.models.loading import resolve_source
     from headscope.scan import ablation as A
     from headscope.scan import fused as F
-    from headscope.scan.induction import (ablated_later_loss, control_heads, scan_induction, score_pass,
-                                          weight_score_arrays)
+    from headscope.scan.induction import (
+        ablated_later_loss,
+        control_heads,
+        scan_induction,
+        score_pass,
+        weight_score_arrays,
+    )
     from headscope.scan.sequences import repeated_tokens
 
     device = args.device
