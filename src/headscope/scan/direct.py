@@ -130,7 +130,7 @@ class DirectPass:
         """Divide by the frozen scale, add the biases and the rounding term; ``logits [B, T, vocab]``."""
         target = self.tokens[:, 1:]
         lg = logits[:, :-1]
-        model_logit = lg.gather(-1, target[..., None])[..., 0].double() - lg.sum(-1, dtype=torch.float64) / lg.shape[-1]
+        model_logit = lg.gather(-1, target[..., None])[..., 0].double() - _row_sums_f64(lg) / lg.shape[-1]
         scale = self.final["ln_final.hook_scale"][:, :-1, 0].double()  # [B, P]
         comps = {k: self.raw[k] for k in ("embed", "pos_embed") if k in self.raw}
         comps.update({f"MLP{l}": self.raw[f"MLP{l}"] for l in range(self.w.n_layers)})
@@ -148,6 +148,19 @@ class DirectPass:
         return DirectEffects(heads=heads_np, components=comps_np,
                              logit=heads_np.sum((2, 3)) + sum(comps_np.values()),
                              model_logit=model_logit.cpu().numpy(), scale=scale.cpu().numpy())
+
+
+def _row_sums_f64(x: torch.Tensor, elements: int = 1 << 22) -> torch.Tensor:
+    """``x.sum(-1, dtype=float64)`` for ``x [B, P, V]``, a few rows at a time.
+
+    torch casts the whole input to float64 before such a sum (a 4,097-token SmolLM2 pass: a
+    1.5 GiB copy of the logits); slices of about ``elements`` entries keep the copy small.
+    """
+    out = torch.empty(x.shape[:-1], dtype=torch.float64, device=x.device)
+    step = max(1, elements // max(1, x.shape[0] * x.shape[-1]))
+    for p in range(0, x.shape[1], step):
+        out[:, p: p + step] = x[:, p: p + step].sum(-1, dtype=torch.float64)
+    return out
 
 
 def target_groups(layout: RepeatLayout) -> tuple[slice, slice]:
