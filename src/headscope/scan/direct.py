@@ -22,14 +22,18 @@ from ..weights import HeadWeights, head_weights
 class Unembedding:
     """What turns a final residual into centred logits, with the final norm's gain folded in."""
 
-    W_U: torch.Tensor  # [d_model, d_vocab], ln_final gain folded, in the weights' dtype (directions cast to float64)
-    W_U_mean: torch.Tensor  # [d_model] float64, mean of W_U over the vocabulary
+    W_U: torch.Tensor  # [d_model, d_vocab] the model's own unembedding (a view, no copy), its dtype
+    gain: torch.Tensor | None  # [d_model] ln_final gain, folded into the columns gathered (None: no gain)
+    W_U_mean: torch.Tensor  # [d_model] float64, mean over the vocabulary of the gain-folded W_U
     logit_bias: torch.Tensor  # [d_vocab] float64, (b_f W_U_raw + b_U), centred over the vocabulary
     centre: bool  # LayerNorm: project directions onto the mean-zero subspace
 
     def directions(self, targets: torch.Tensor) -> torch.Tensor:
         """``[..., d_model]`` centred unembedding direction ``u`` for each target id in ``targets [...]``."""
-        u = self.W_U[:, targets.reshape(-1)].T.double() - self.W_U_mean  # [N, d_model]
+        cols = self.W_U[:, targets.reshape(-1)].double()  # [d_model, N]: only these columns in float64
+        if self.gain is not None:
+            cols = cols * self.gain.double()[:, None]
+        u = cols.T - self.W_U_mean  # [N, d_model]
         if self.centre:
             u = u - u.mean(-1, keepdim=True)
         return u.reshape(*targets.shape, -1)
@@ -45,23 +49,27 @@ def _param(module, name: str) -> torch.Tensor | None:
 def unembedding(model, w: HeadWeights | None = None) -> Unembedding:
     """The final norm + unembedding of ``model`` (a TransformerBridge) in the form the attribution needs."""
     w = w or head_weights(model)
-    # W_U stays as head_weights gives it (gain already folded): only the gathered target columns
-    # are cast to float64 (a float64 copy of SmolLM2's W_U is 226 MB, held through the whole pass)
-    W_U = w.W_U
+    # The model's own W_U (a view) and the final norm's gain, folded into the columns directions()
+    # gathers: no folded or float64 copy of W_U (SmolLM2: 113 MB / 226 MB) is held through a pass.
+    W_U = model.W_U.detach()
+    g = _param(model.ln_final, "weight")
+    gain = None if g is None else g.float()
     bias = torch.zeros(W_U.shape[1], dtype=torch.float64, device=W_U.device)
     b_f = _param(model.ln_final, "bias")
     if b_f is not None:  # LayerNorm's bias goes through the raw (unfolded) W_U
-        raw = model.W_U.detach()
-        step = max(1, (1 << 22) // raw.shape[0])
-        for c in range(0, raw.shape[1], step):  # float64 product, a few columns at a time
-            bias[c: c + step] += b_f.double() @ raw[:, c: c + step].double()
+        step = max(1, (1 << 22) // W_U.shape[0])
+        for c in range(0, W_U.shape[1], step):  # float64 product, a few columns at a time
+            bias[c: c + step] += b_f.double() @ W_U[:, c: c + step].double()
     try:
         b_U = model.b_U
     except Exception:  # the bridge raises for models without an unembedding bias
         b_U = None
     if b_U is not None:
         bias += b_U.detach().double()
-    return Unembedding(W_U=W_U, W_U_mean=_row_sums_f64(W_U[None])[0] / W_U.shape[1], logit_bias=bias - bias.mean(),
+    mean = _row_sums_f64(W_U[None])[0] / W_U.shape[1]  # [d_model] float64, a few rows at a time
+    if gain is not None:
+        mean = mean * gain.double()
+    return Unembedding(W_U=W_U, gain=gain, W_U_mean=mean, logit_bias=bias - bias.mean(),
                        centre=w.norm == "layernorm")
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -173,6 +173,10 @@ def score_pass(model, rt: RepeatedTokens, chunk: int, progress: Progress | None 
     if direct:
         w = head_weights(m)
         ue = unembedding(m, w)
+        # DirectPass reads W_O, b_O and the unembedding only: free the reading matrices, W_E and the
+        # folded W_U now (SmolLM2: 270 MB) rather than hold them to the end of the pass, the logits' peak.
+        w = replace(w, W_Q=w.W_Q.new_empty(m.n_layers, m.n_heads, 0, 0), W_K=w.W_K.new_empty(0),
+                    W_V=w.W_V.new_empty(0), W_E=w.W_E.new_empty(0), W_U=w.W_U.new_empty(0))  # devices kept
         groups = dict(zip(("direct_logit_first", "direct_logit_later"), target_groups(layout)))
         direct_sums = {k: np.zeros((L, H)) for k in groups if k in direct}
         direct_counts = dict.fromkeys(direct_sums, 0)
