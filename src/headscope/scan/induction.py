@@ -46,11 +46,11 @@ from ..scores import (
 )
 from ..scores.layout import RepeatLayout
 from ..tokens import token_text
-from ..weights import head_weights
+from ..weights import HeadWeights, head_weights
 from ._progress import Progress
 from .ablation import ablated_later_loss_restart, ablation_hooks, capture_residuals, first_layer, residual_hooks
 from .attention import attention_sample
-from .direct import DirectPass, target_groups, unembedding
+from .direct import DirectPass, Unembedding, target_groups, unembedding
 from .fused import FusedUnsupported, fused_attention, fused_chunk_size_for, fused_unsupported_reason
 from .result import InductionResult
 from .sequences import RepeatedTokens, repeated_tokens
@@ -108,6 +108,25 @@ def weight_score_arrays(model: HeadscopeModel) -> dict[str, np.ndarray]:
         arrays = {s.name: s.from_weights(w).numpy().astype(np.float64) for s in weight_scores() if s.from_weights}
         hit = model.cache["weight_scores"] = (version, arrays)
     return {k: v.copy() for k, v in hit[1].items()}
+
+
+def direct_weights(model: HeadscopeModel) -> tuple[HeadWeights, Unembedding]:
+    """What the direct-logit reduction reads (W_O, b_O, the unembedding), computed once per model.
+
+    Like :func:`weight_score_arrays`, recomputed only after a weight change. Only W_O and the
+    biases are kept (SmolLM2: 40 MB; the unembedding is a view of the model's own W_U): the
+    reading matrices, W_E and the folded W_U that :func:`~headscope.weights.head_weights` also
+    builds are dropped, so they are neither recomputed per scan (0.1 s) nor held through a pass.
+    """
+    version = _weights_version(model)
+    hit = model.cache.get("direct_weights")
+    if hit is None or hit[0] != version:
+        w = head_weights(model)
+        ue = unembedding(model, w)
+        w = replace(w, W_Q=w.W_Q.new_empty(model.n_layers, model.n_heads, 0, 0), W_K=w.W_K.new_empty(0),
+                    W_V=w.W_V.new_empty(0), W_E=w.W_E.new_empty(0), W_U=w.W_U.new_empty(0))  # devices kept
+        hit = model.cache["direct_weights"] = (version, w, ue)
+    return hit[1], hit[2]
 
 
 ATTENTION_MODES = ("auto", "fused", "eager")
@@ -171,12 +190,7 @@ def score_pass(model, rt: RepeatedTokens, chunk: int, progress: Progress | None 
     # direct logit effects (scores with from_pass): reduced in the same pass by DirectPass's hooks
     direct = {s.from_pass for s in pass_scores()}
     if direct:
-        w = head_weights(m)
-        ue = unembedding(m, w)
-        # DirectPass reads W_O, b_O and the unembedding only: free the reading matrices, W_E and the
-        # folded W_U now (SmolLM2: 270 MB) rather than hold them to the end of the pass, the logits' peak.
-        w = replace(w, W_Q=w.W_Q.new_empty(m.n_layers, m.n_heads, 0, 0), W_K=w.W_K.new_empty(0),
-                    W_V=w.W_V.new_empty(0), W_E=w.W_E.new_empty(0), W_U=w.W_U.new_empty(0))  # devices kept
+        w, ue = direct_weights(m)
         groups = dict(zip(("direct_logit_first", "direct_logit_later"), target_groups(layout)))
         direct_sums = {k: np.zeros((L, H)) for k in groups if k in direct}
         direct_counts = dict.fromkeys(direct_sums, 0)
