@@ -1,22 +1,30 @@
-"""Prove the CUDA path end to end: load, scan in float32 and bfloat16, a long sequence, timings.
+"""Prove the CUDA path end to end: load, scan in float32 and bfloat16, fused vs eager, ratios, the longest context.
 
     python scripts/gpu_check.py                      # on a GPU machine (default --device cuda)
-    python scripts/gpu_check.py --device cpu --long 0 --batch 2 --seq-len 20   # exercised on CPU
+    python scripts/gpu_check.py --device cpu --long 0 --no-ratios --batch 2 --seq-len 20   # exercised on CPU
     python scripts/gpu_check.py --device-map auto    # a model spread over the visible GPUs
 
-Steps, each timed: load the model per dtype; run the whole induction scan (four attention
-scores, loss, copying, causal check); compare bfloat16 scores with float32 ones (scores are
-always accumulated in float32; the model's own arithmetic is what bfloat16 changes); one
-long sequence (seq-len --long, batch 1) with its peak GPU memory. Prints a line per step and
-a summary; exits 1 if any check fails, 2 if the device is missing.
+Steps, each timed: load the model per dtype; run the whole induction scan (every registry
+score, loss, copying, causal check; fused attention wherever the model can be routed, CUDA's
+memory-efficient kernel returning the row logsumexp); compare bfloat16 scores with float32
+ones (scores are always accumulated in float32; the model's own arithmetic is what bfloat16
+changes); the fused scan against the eager one (full patterns), every score within 1e-5;
+``--ratios`` (default on CUDA): the issue-10 ratios of benchmarks/fused.py on this device
+(public scan eager and fused / a plain sdpa forward at 10 x 101 and 1 x 4,097 tokens, causal
+check full / restarted, TransformerLens detect_head x 3 / scan at 101 and 1,025 tokens, peak
+GPU memory above the model at 4,097 tokens); then the longest context that fits (from the
+model's own window down, halving on out-of-memory), batch 1, with its peak GPU memory.
+Prints a line per step and a summary; exits 1 if any check fails, 2 if the device is missing.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -37,6 +45,59 @@ def _peak(device: str) -> float | None:
     return torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
 
 
+def _free(device: str) -> None:
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+
+
+def fused_ratios(model: str, device: str, reps: int) -> dict:
+    """benchmarks/fused.py's side-by-side timings on ``device``, with the ratios issue 10 asks for.
+
+    Per size, every mode of one size runs in one process, interleaved (A B C A B C ...), medians;
+    on CUDA the peak memory of each mode above the loaded models is the allocator's.
+    """
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import fused as bench  # benchmarks/fused.py
+    from _bench import interleaved, median
+
+    sizes = [("10x101", 50, 10, list(bench.MODES), True, True),
+             ("2x1025", 512, 2, ["scan_fused"], False, True),
+             ("1x4097", 2048, 1, list(bench.MODES), False, False)]
+    out = {}
+    for name, seq_len, batch, modes, ablation, tl in sizes:
+        ns = argparse.Namespace(model=model, device=device, seq_len=seq_len, batch=batch, modes=modes,
+                                ablation=ablation, top=5, tl=tl)
+        fns, _ = bench.build(ns)
+        for fn in fns.values():  # warm-up (kernels, allocator)
+            fn()
+        times, _ = interleaved(fns, reps, device)
+        med = {k: median(v) for k, v in times.items()}
+        rec: dict = {"median_s": med}
+        if "hf_sdpa" in med:
+            rec["over_hf_sdpa"] = {k: med[k] / med["hf_sdpa"] for k in ("scan_eager", "scan_fused")}
+        if "ablate_full" in med:
+            rec["ablation_restart_over_full"] = med["ablate_restart"] / med["ablate_full"]
+        if "tl_detect_head" in med:
+            rec["tl_detect_head_over_scan_fused"] = med["tl_detect_head"] / med["scan_fused"]
+        if device.startswith("cuda"):
+            peaks = {}
+            for mode in ("hf_sdpa", "scan_eager", "scan_fused"):
+                if mode in fns:
+                    _free(device)
+                    _peak_reset(device)
+                    base = torch.cuda.memory_allocated()
+                    fns[mode]()
+                    _sync(device)
+                    peaks[mode] = (torch.cuda.max_memory_allocated() - base) / 2**30
+            rec["peak_gib_above_model"] = peaks
+        print(f"ratios {name}: " + json.dumps({k: v for k, v in rec.items() if k != "median_s"}, default=float))
+        out[name] = rec
+        del fns
+        _free(device)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2-135m")
@@ -45,7 +106,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtypes", default="float32,bfloat16")
     p.add_argument("--seq-len", type=int, default=50)
     p.add_argument("--batch", type=int, default=10)
-    p.add_argument("--long", type=int, default=None, help="seq-len of the long run (default 2048 on CUDA, 0 = skip)")
+    p.add_argument("--long", type=int, default=None, help="seq-len of the long run (default on CUDA: the longest "
+                   "that fits, from the model's window down; 0 = skip)")
+    p.add_argument("--ratios", action=argparse.BooleanOptionalAction, default=None,
+                   help="measure benchmarks/fused.py's ratios on this device (default: on CUDA)")
+    p.add_argument("--reps", type=int, default=3, help="interleaved rounds per ratio")
     p.add_argument("--tolerance", type=float, default=0.1, help="largest |score difference| vs float32 allowed")
     p.add_argument("--min-induction", type=float, default=None,
                    help="fail if the top induction score is lower (default 0.4 for the built-in model)")
@@ -60,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     if device.startswith("cuda") and not torch.cuda.is_available():
         print(f"FAIL: --device {device} but torch {torch.__version__} sees no CUDA GPU", file=sys.stderr)
         return 2
-    long = args.long if args.long is not None else (2048 if device.startswith("cuda") else 0)
+    long = args.long if args.long is not None else (-1 if device.startswith("cuda") else 0)  # -1: the longest
+    ratios = args.ratios if args.ratios is not None else device.startswith("cuda")
     min_ind = args.min_induction if args.min_induction is not None else (
         0.4 if args.model == headscope.DEFAULT_MODEL else None)
     env = f"torch {torch.__version__}"
@@ -122,24 +188,71 @@ def main(argv: list[str] | None = None) -> int:
             check(diff <= args.tolerance, f"{dtype}: scores within {args.tolerance} of float32 (max diff {diff:.4f})")
             check(same_top, f"{dtype}: its top induction head is among float32's top 3")
 
-    if long:
-        try:
-            model = headscope.load_model(args.model, device=device, device_map=args.device_map)
-            _peak_reset(device)
-            base = torch.cuda.memory_allocated() / 2**30 if device.startswith("cuda") else None
+    # the fused path against the eager one on this device (float32, the run's own settings)
+    try:
+        model = headscope.load_model(args.model, device=device, device_map=args.device_map)
+        runs = {}
+        for attention in ("eager", "fused"):
             t0 = time.perf_counter()
-            res = headscope.scan_induction(model, seq_len=long, batch=1, ablate=False, sample=False, progress=False)
+            runs[attention] = headscope.scan_induction(model, seq_len=args.seq_len, batch=args.batch, sample=False,
+                                                       ablate=not args.no_ablate, progress=False, attention=attention)
             _sync(device)
-            t_long = time.perf_counter() - t0
+            print(f"{attention}: scan {time.perf_counter() - t0:.2f} s ({runs[attention].settings['attention']})")
+        diff = max(float(np.abs(runs["fused"].scores[k] - runs["eager"].scores[k]).max())
+                   for k in runs["eager"].scores)
+        abl = max((abs(a["loss"] - b["loss"])
+                   for a, b in zip(runs["fused"].ablation, runs["eager"].ablation, strict=True)),
+                  default=0.0)
+        report["fused_vs_eager"] = {"max_score_diff": diff, "max_ablation_loss_diff": abl,
+                                    "max_loss_diff": float(np.abs(runs["fused"].per_position_loss
+                                                                  - runs["eager"].per_position_loss).max())}
+        check(runs["fused"].settings["attention"] == "fused", "the fused path runs on this device")
+        check(diff <= 1e-5, f"fused and eager scores within 1e-5 (max diff {diff:.2e}; ablation losses {abl:.2e})")
+        del model, runs
+        _free(device)
+    except (HeadscopeError, RuntimeError) as exc:
+        check(False, f"fused vs eager: {type(exc).__name__}: {exc}")
+
+    if ratios:
+        try:
+            report["ratios"] = fused_ratios(args.model, device, args.reps)
+        except (HeadscopeError, RuntimeError) as exc:
+            check(False, f"ratios: {type(exc).__name__}: {exc}")
+
+    if long:
+        model = headscope.load_model(args.model, device=device, device_map=args.device_map)
+        seq_len = long if long > 0 else (model.n_ctx - 1) // 2
+        while seq_len >= 1:
+            try:
+                _peak_reset(device)
+                base = torch.cuda.memory_allocated() / 2**30 if device.startswith("cuda") else None
+                t0 = time.perf_counter()
+                res = headscope.scan_induction(model, seq_len=seq_len, batch=1, ablate=False, sample=False,
+                                               progress=False)
+                _sync(device)
+                t_long = time.perf_counter() - t0
+            except torch.OutOfMemoryError:
+                print(f"long: seq-len {seq_len} does not fit; halving")
+                _free(device)
+                if long > 0:
+                    check(False, f"long run: seq-len {seq_len} does not fit")
+                    break
+                seq_len //= 2
+                continue
+            except (HeadscopeError, RuntimeError) as exc:
+                check(False, f"long run: {type(exc).__name__}: {exc}")
+                break
             peak = _peak(device)
             l, h, v = res.top_heads("induction", 1)[0]
-            print(f"long: seq-len {long} ({res.settings['n_tokens']} tokens), batch 1, float32: {t_long:.2f} s, "
+            which = "the longest that fits" if long < 0 else "as asked"
+            print(f"long: seq-len {seq_len} ({res.settings['n_tokens']} tokens), {which}, batch 1, float32, "
+                  f"{res.settings['attention']} attention: {t_long:.2f} s, "
                   f"top L{l}H{h} {v:.3f}, later-repeat loss {res.loss_later_repeats:.2f}"
                   + (f"; peak GPU memory {peak:.2f} GiB ({peak - base:.2f} above the model)" if peak is not None else ""))
-            report["long"] = {"seq_len": long, "s": t_long, "peak_gib": peak, "model_gib": base}
-            check(bool(np.isfinite(res.scores["induction"]).all()), f"long: seq-len {long} scores are finite")
-        except (HeadscopeError, RuntimeError) as exc:
-            check(False, f"long run: {type(exc).__name__}: {exc}")
+            report["long"] = {"seq_len": seq_len, "n_tokens": res.settings["n_tokens"], "s": t_long,
+                              "peak_gib": peak, "model_gib": base, "attention": res.settings["attention"]}
+            check(bool(np.isfinite(res.scores["induction"]).all()), f"long: seq-len {seq_len} scores are finite")
+            break
 
     if args.json:
         with open(args.json, "w") as f:

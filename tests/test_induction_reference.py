@@ -44,9 +44,11 @@ def reference_scores(hf_dir, tokens: torch.Tensor, seq_len: int, bos: bool):
     return {"induction": ind, "duplicate_token": dup, "previous_token": prev, "prefix_matching": prefix}, nll.mean(0)
 
 
-def check_against_reference(model, model_dir, seq_len, batch, repeats, chunk):
+def check_against_reference(model, model_dir, seq_len, batch, repeats, chunk, attention="eager"):
     rt = repeated_tokens(model, seq_len=seq_len, batch=batch, repeats=repeats, seed=3)
-    means, per_pos, _ = score_pass(model, rt, chunk)
+    scan = score_pass(model, rt, chunk, attention=attention)
+    assert scan.attention == attention
+    means, per_pos = scan.means, scan.per_position_loss
     ref, ref_loss = reference_scores(model_dir, rt.tokens, seq_len, rt.layout.bos)
     for name, expected in ref.items():
         np.testing.assert_allclose(means[name], expected, atol=TOL, err_msg=name)
@@ -55,19 +57,26 @@ def check_against_reference(model, model_dir, seq_len, batch, repeats, chunk):
     return means
 
 
-def test_tiny_gpt2_scores_match_plain_transformers(tiny_gpt2, tiny_gpt2_dir):
+# Both routes of the scan: eager (full patterns) and fused (q, k and the kernel's logsumexp).
+ROUTES = pytest.mark.parametrize("attention", ["eager", "fused"])
+
+
+@ROUTES
+def test_tiny_gpt2_scores_match_plain_transformers(tiny_gpt2, tiny_gpt2_dir, attention):
     # chunk 2 of 5 sequences: also checks that chunks add up exactly
-    check_against_reference(tiny_gpt2, tiny_gpt2_dir, seq_len=7, batch=5, repeats=3, chunk=2)
+    check_against_reference(tiny_gpt2, tiny_gpt2_dir, seq_len=7, batch=5, repeats=3, chunk=2, attention=attention)
 
 
-def test_tiny_llama_gqa_scores_match_plain_transformers(tiny_llama, tiny_llama_dir):
-    check_against_reference(tiny_llama, tiny_llama_dir, seq_len=6, batch=3, repeats=2, chunk=3)
+@ROUTES
+def test_tiny_llama_gqa_scores_match_plain_transformers(tiny_llama, tiny_llama_dir, attention):
+    check_against_reference(tiny_llama, tiny_llama_dir, seq_len=6, batch=3, repeats=2, chunk=3, attention=attention)
 
 
 @pytest.mark.smollm2
-def test_smollm2_scores_match_plain_transformers(smollm2):
+@ROUTES
+def test_smollm2_scores_match_plain_transformers(smollm2, attention):
     model_dir = headscope.models.resolve_source("smollm2-135m").path
-    means = check_against_reference(smollm2, model_dir, seq_len=12, batch=2, repeats=2, chunk=2)
+    means = check_against_reference(smollm2, model_dir, seq_len=12, batch=2, repeats=2, chunk=2, attention=attention)
     assert means["induction"].max() > 0.3  # real weights: some head already does induction
 
 

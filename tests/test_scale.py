@@ -102,6 +102,7 @@ def test_gpu_check_script_runs_on_the_cpu(smollm2, tmp_path, capsys):
     assert rc == 0, out
     assert "float32: loaded in" in out and "bfloat16: loaded in" in out and "all checks passed" in out
     assert "top induction heads: L" in out and "long: seq-len 24 (49 tokens)" in out
+    assert "ok   fused and eager scores within 1e-5" in out and "ok   the fused path runs on this device" in out
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown where there is no GPU")

@@ -77,6 +77,19 @@ MaxMemoryOpt = Annotated[float, typer.Option(
 QKMemoryOpt = Annotated[float, typer.Option(
     "--max-memory", callback=_positive, help="GiB the QK analysis may hold, estimated from the texts' lengths "
     "before it starts; a larger need is refused with the estimate and the --max-tokens that fits.")]
+AttentionOpt = Annotated[str, typer.Option(
+    "--attention", help="How the scan reads attention: fused (a fused kernel plus the few entries each score "
+    "reads, computed from queries, keys and the kernel's row logsumexp; no n x n pattern, memory linear in the "
+    "sequence), eager (full patterns from hook_pattern), or auto = fused wherever the model can be routed so. "
+    "Same scores within 1e-5.")]
+
+
+def check_attention(value: str) -> None:
+    """Refuse an unknown --attention before anything loads."""
+    from ..scan.induction import ATTENTION_MODES
+
+    if value not in ATTENTION_MODES:
+        raise BadInput(f"unknown --attention {value!r}", hint=f"use one of: {', '.join(ATTENTION_MODES)}")
 
 # --- outputs ----------------------------------------------------------------------------------
 OutOpt = Annotated[Optional[Path], typer.Option(

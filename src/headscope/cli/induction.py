@@ -16,9 +16,9 @@ from ..scan import attention_sample, check_settings, scan_induction
 from ..scores import definitions, roles_legend
 from ..scores import score as declared
 from . import app
-from ._common import (DEFAULT, AblationOpt, BatchOpt, DebugOpt, DeviceMapOpt, DeviceOpt, DtypeOpt, FileOpt, JsonOpt,
+from ._common import (DEFAULT, AblationOpt, AttentionOpt, BatchOpt, DebugOpt, DeviceMapOpt, DeviceOpt, DtypeOpt, FileOpt, JsonOpt,
                       MaxMemoryOpt, ModelOpt, NoAblateOpt, OutOpt, OverwriteOpt, RepeatsOpt, ReportOpt, SeedOpt,
-                      SeqLenOpt, TextOpt, ThresholdOpt, TopOpt, at_least, check_device, consoles, default_out, handle_errors,
+                      SeqLenOpt, TextOpt, ThresholdOpt, TopOpt, at_least, check_attention, check_device, consoles, default_out, handle_errors,
                       load, parse_thresholds, read_texts)
 
 #: Tokens of a --text/--file that the attention figures and views show.
@@ -40,6 +40,7 @@ def induction_cmd(
     no_ablate: NoAblateOpt = False,
     threshold: ThresholdOpt = None,
     max_memory: MaxMemoryOpt = 2.0,
+    attention: AttentionOpt = "auto",
     device: DeviceOpt = "auto",
     device_map: DeviceMapOpt = None,
     dtype: DtypeOpt = "float32",
@@ -65,6 +66,7 @@ def induction_cmd(
     if ablation not in ("mean", "zero"):
         raise BadInput(f"unknown ablation {ablation!r}", hint="use --ablation mean or --ablation zero")
     at_least("--top", top, 1)
+    check_attention(attention)
     check_device(device, device_map)
     from ..models import resolve_dtype
 
@@ -74,7 +76,7 @@ def induction_cmd(
         seqs = texts_to_sequences(m, texts, max_tokens=TEXT_WINDOW) if texts else []
         res = scan_induction(m, seq_len=seq_len, batch=batch, repeats=repeats, seed=seed, top_k=top,
                              ablate=not no_ablate, ablation=ablation, thresholds=thresholds, max_memory_gb=max_memory,
-                             progress=True)
+                             progress=True, attention=attention)
         heads = [(l, h) for l, h, _ in res.top_heads("induction", min(top, 6))]
         samples = [attention_sample(m, s, heads, f"Top induction heads on {s.title}", max_tokens=TEXT_WINDOW)
                    for s in seqs]
@@ -91,6 +93,11 @@ def induction_cmd(
     for note in [n for s in seqs for n in s.notes] + res.notes:
         err.print(f"[yellow]note:[/] {note}", highlight=False)
     print_summary(con, res)
+    if attention == "auto" and res.settings["attention"] == "eager":
+        from ..scan.fused import fused_unsupported_reason
+
+        err.print(f"[yellow]note:[/] eager attention (full patterns): the fused path is not available for this model "
+                  f"({fused_unsupported_reason(m)})", highlight=False)
     err.print(f"[green]Wrote {len(paths)} files to {rd.target}/[/]: " + ", ".join(p.name for p in paths),
               highlight=False)
 
@@ -99,8 +106,10 @@ def print_summary(con, res) -> None:
     """The terminal table of the top heads (one column per score of the registry), verdicts, legend."""
     s = res.settings
     bos = "first token: " + s.get("bos_source", "bos" if s["bos"] else "none")
+    path = {"fused": "fused attention (no n x n pattern)", "eager": "eager attention (full patterns)"}
     con.print(f"[bold]{res.model['name']}[/]: {s['batch']} sequences of {s['seq_len']} random tokens x {s['repeats']} "
-              f"repeats, {bos}; {s['chunk_size']} per forward pass", highlight=False)
+              f"repeats, {bos}; {s['chunk_size']} per forward pass"
+              + (f", {path.get(s['attention'], s['attention'])}" if s.get("attention") else ""), highlight=False)
     rises = res.ablation_rises()
     roles = res.roles()
     names = [n for n in res.score_order() if declared(n).in_table]

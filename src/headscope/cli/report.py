@@ -14,9 +14,9 @@ from ..pipeline.outputs import ResultFile
 from ..pipeline.report import build_report
 from ..scan import check_settings
 from . import app
-from ._common import (DEFAULT, AblationOpt, BatchOpt, DebugOpt, DeviceMapOpt, DeviceOpt, DtypeOpt, FileOpt, JsonOpt,
+from ._common import (DEFAULT, AblationOpt, AttentionOpt, BatchOpt, DebugOpt, DeviceMapOpt, DeviceOpt, DtypeOpt, FileOpt, JsonOpt,
                       MaxMemoryOpt, ModelOpt, NoAblateOpt, OverwriteOpt, RepeatsOpt, SeedOpt, SeqLenOpt, TextOpt,
-                      ThresholdOpt, TopOpt, at_least, check_device, consoles, default_out, handle_errors, load,
+                      ThresholdOpt, TopOpt, at_least, check_attention, check_device, consoles, default_out, handle_errors, load,
                       parse_thresholds, read_texts)
 
 
@@ -43,6 +43,7 @@ def report_cmd(
                       "induction heads.")] = 3,
     threshold: ThresholdOpt = None,
     max_memory: MaxMemoryOpt = 2.0,
+    attention: AttentionOpt = "auto",
     device: DeviceOpt = "auto",
     device_map: DeviceMapOpt = None,
     dtype: DtypeOpt = "float32",
@@ -70,6 +71,7 @@ def report_cmd(
         raise BadInput(f"unknown ablation {ablation!r}", hint="use --ablation mean or --ablation zero")
     at_least("--top", top, 1)
     at_least("--qk-top", qk_top, 1, "or pass --no-qk to skip the QK analysis")
+    check_attention(attention)
     check_device(device, device_map)
     resolve_dtype(dtype)
     path = out or default_out("report", model).with_suffix(".html")
@@ -78,6 +80,7 @@ def report_cmd(
         rep = build_report(m, texts or None, seq_len=seq_len, batch=batch, repeats=repeats, seed=seed, top_k=top,
                            ablate=not no_ablate, ablation=ablation, thresholds=thresholds, qk=not no_qk,
                            qk_top=qk_top, logits=not no_logits, max_memory_gb=max_memory, progress=True,
+                           attention=attention,
                            log=lambda s: err.print(s, highlight=False))
         with err.status("Writing the page..."):
             write(rep.to_html())

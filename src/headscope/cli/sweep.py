@@ -14,8 +14,9 @@ from ..models import resolve_device, resolve_dtype
 from ..pipeline.sweep import SUMMARY_DEFINITIONS, plan_sweep, run_sweep
 from ..scan import check_settings
 from . import app
-from ._common import (BatchOpt, DebugOpt, DeviceMapOpt, DeviceOpt, DtypeOpt, JsonOpt, MaxMemoryOpt, RepeatsOpt,
-                      SeedOpt, SeqLenOpt, TopOpt, at_least, check_device, consoles, handle_errors, progress_enabled)
+from ._common import (AttentionOpt, BatchOpt, DebugOpt, DeviceMapOpt, DeviceOpt, DtypeOpt, JsonOpt, MaxMemoryOpt,
+                      RepeatsOpt, SeedOpt, SeqLenOpt, TopOpt, at_least, check_attention, check_device, consoles,
+                      handle_errors, progress_enabled)
 
 
 def _split(items: list[str] | None) -> list[str]:
@@ -39,6 +40,7 @@ def sweep_cmd(
     ablate: Annotated[bool, typer.Option("--ablate/--no-ablate", help="Also run the causal check per entry "
                       "(top + 2 more forward passes each).")] = False,
     max_memory: MaxMemoryOpt = 2.0,
+    attention: AttentionOpt = "auto",
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "float32",
     device_map: DeviceMapOpt = None,
@@ -87,6 +89,7 @@ def sweep_cmd(
     check_settings(seq_len, batch, repeats, True, None)
     resolve_dtype(dtype)
     at_least("--top", top, 1)
+    check_attention(attention)
     runner = _executor(executor, address, cpus_per_task, gpus_per_task, device, err)
     if runner is None:
         check_device(device, device_map)  # Ray's workers have their own devices: RayExecutor checks against the cluster
@@ -116,7 +119,7 @@ def sweep_cmd(
         res = run_sweep(entries, out, device=device, dtype=dtype, device_map=device_map, rerun=overwrite,
                         on_event=on_event, log=lambda s: err.print(s, highlight=False), progress=progress_enabled(),
                         seq_len=seq_len, batch=batch, repeats=repeats, seed=seed, top_k=top, ablate=ablate,
-                        max_memory_gb=max_memory, executor=runner)
+                        max_memory_gb=max_memory, attention=attention, executor=runner)
     except KeyboardInterrupt:
         err.print(f"Finished entries are kept in {out}/entries (table: {out}/sweep.csv); run the same command "
                   "again to resume.", highlight=False)

@@ -19,6 +19,7 @@ def build_report(model, texts: list[str] | list[tuple[str, str]] | None = None, 
                  batch: int = 10, repeats: int = 2, seed: int = 0, top_k: int = 5, ablate: bool = True,
                  ablation: str = "mean", thresholds: dict[str, float] | None = None, qk: bool = True,
                  qk_top: int = 3, logits: bool = True, max_memory_gb: float = 2.0, progress: bool | None = None,
+                 attention: str = "auto",
                  log: Callable[[str], None] = lambda s: None) -> Report:
     """Run the induction scan, the QK analysis and the logit analysis on ``model``; gather them into a :class:`Report`.
 
@@ -27,7 +28,9 @@ def build_report(model, texts: list[str] | list[tuple[str, str]] | None = None, 
     page's window of :data:`~headscope.render.html.MAX_VIEW_TOKENS` tokens (said on the page).
     The QK analysis takes the scan's top ``qk_top`` induction and previous-token heads; the
     logit analysis (``logits``) reuses the scan (its direct effects and ablation) and the QK
-    analysis's composition scores, and tells the story of the top ``qk_top`` induction heads.
+    analysis's composition scores, and tells the story of the top ``qk_top`` induction heads. ``attention``: the
+    scan's path (see :func:`~headscope.scan.scan_induction`); the attention views and the QK
+    analysis draw full patterns either way.
 
     >>> report = build_report(model, seq_len=8, batch=2, top_k=2, qk_top=1)
     >>> [anchor for anchor, _, _ in report.sections()][:3]
@@ -37,7 +40,7 @@ def build_report(model, texts: list[str] | list[tuple[str, str]] | None = None, 
     seqs = texts_to_sequences(m, texts)
     res = scan_induction(m, seq_len=seq_len, batch=batch, repeats=repeats, seed=seed, top_k=top_k,
                          ablate=ablate, ablation=ablation, thresholds=thresholds, max_memory_gb=max_memory_gb,
-                         progress=progress)
+                         progress=progress, attention=attention)
     heads = [(l, h) for l, h, _ in res.top_heads("induction", min(top_k, 6))]
     log("attention of the top heads on the texts")
     samples = [attention_sample(m, seq, heads, f"Top induction heads on {seq.title}", max_tokens=MAX_VIEW_TOKENS)

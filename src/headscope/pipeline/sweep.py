@@ -46,7 +46,7 @@ RESULT_SETTINGS = ("seq_len", "batch", "repeats", "seed", "top_k", "ablate", "ab
 #: What run_sweep passes to scan_induction unless told otherwise (ablation off: a sweep wants
 #: the scores and the loss; the causal check costs top_k + 2 more passes per entry).
 DEFAULT_SCAN = {"seq_len": 50, "batch": 10, "repeats": 2, "seed": 0, "top_k": 5, "ablate": False,
-                "ablation": "mean", "max_memory_gb": None, "chunk_size": None}
+                "ablation": "mean", "max_memory_gb": None, "chunk_size": None, "attention": "auto"}
 
 SUMMARY_DEFINITIONS = {
     "induction_top": "Induction score of the entry's best head (definition: induction).",

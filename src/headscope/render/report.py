@@ -64,6 +64,9 @@ def settings_html(res: InductionResult) -> str:
            "causal check": f"{s['ablation']} ablation of hook_z" if res.ablation else "skipped",
            "role thresholds": ", ".join(f"{_label(k)} ≥ {v}" for k, v in res.thresholds.items()),
            "device": s.get("device", "")}
+    if s.get("attention"):
+        run["attention"] = {"fused": "fused kernel (scores from q, k and the row logsumexp; no n × n pattern)",
+                            "eager": "eager (full patterns)"}.get(s["attention"], s["attention"])
     return f'<div class="cards"><div class="card"><h3>Model</h3>{kv_html(model)}</div>' \
            f'<div class="card"><h3>Scan</h3>{kv_html(run)}</div></div>'
 

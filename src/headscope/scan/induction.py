@@ -1,17 +1,30 @@
 """The induction scan: every head scored in one forward pass per batch chunk, then checked causally.
 
-Hooks on ``blocks.{l}.attn.hook_pattern`` reduce each layer's pattern to per-head sums the
-moment it is computed, one reduction per attention score of the registry
-(:mod:`headscope.scores`), so no activation cache is kept and only one layer's pattern is
-alive at a time. The per-position loss comes from the same pass's logits. Weight scores
+Every attention score of the registry (:mod:`headscope.scores`) declares the few pattern
+entries it reads, and the pass reduces them the moment a layer's attention is computed, by one
+of two routes with the same numbers (within 1e-5):
+
+- **fused** (the default wherever the model can be routed, :mod:`.fused`): attention runs in a
+  fused kernel that returns the row logsumexp; the entries come from the rotated ``q``, ``k``
+  and that logsumexp (``reduce_qk``). No ``n x n`` tensor exists, so memory grows linearly
+  with the sequence;
+- **eager**: hooks on ``blocks.{l}.attn.hook_pattern`` read the full pattern (``reduce_pattern``),
+  one layer's pattern alive at a time.
+
+The per-position loss and the direct logit effects come from the same pass. Weight scores
 (copying) come from the weights, once per model. The causal check mean- (or zero-) ablates
-the top induction heads' ``hook_z`` and measures the rise in the later-repeat loss.
+the top induction heads' ``hook_z`` and measures the rise in the later-repeat loss; each
+ablation pass restarts from the clean run's residual stream at the first ablated layer
+(:mod:`.ablation`), since the layers below compute exactly what the clean run did.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
-from typing import Callable
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -22,13 +35,23 @@ from ..heads import top_k as top_k_heads
 from ..hooks import act_name
 from ..models.inputs import TokenSequence
 from ..models.model import HeadscopeModel, as_model
-from ..scores import attention_scores, default_thresholds, pass_scores, prepare, reduce_pattern, weight_scores
+from ..scores import (
+    attention_scores,
+    default_thresholds,
+    pass_scores,
+    prepare,
+    reduce_pattern,
+    reduce_qk,
+    weight_scores,
+)
 from ..scores.layout import RepeatLayout
 from ..tokens import token_text
-from ..weights import head_weights
+from ..weights import HeadWeights, head_weights
 from ._progress import Progress
+from .ablation import ablated_later_loss_restart, ablation_hooks, capture_residuals, first_layer, residual_hooks
 from .attention import attention_sample
-from .direct import DirectPass, target_groups, unembedding
+from .direct import DirectPass, Unembedding, target_groups, unembedding
+from .fused import FusedUnsupported, fused_attention, fused_chunk_size_for, fused_unsupported_reason
 from .result import InductionResult
 from .sequences import RepeatedTokens, repeated_tokens
 
@@ -67,6 +90,11 @@ def first_repeat_mean(per_position: torch.Tensor, layout: RepeatLayout) -> torch
     return per_position[..., start - 1: layout.later_start - 1].mean(-1)
 
 
+def _weights_version(model: HeadscopeModel) -> tuple:
+    """Cheap identity of the current weights: each parameter's storage and in-place version counter."""
+    return tuple((p.data_ptr(), p._version) for p in model.bridge.parameters())
+
+
 def weight_score_arrays(model: HeadscopeModel) -> dict[str, np.ndarray]:
     """Every weight-based score of the registry, ``[n_layers, n_heads]`` each; computed once per model.
 
@@ -74,12 +102,75 @@ def weight_score_arrays(model: HeadscopeModel) -> dict[str, np.ndarray]:
     weights and of the registry's weight scores, so a second run on the same weights (another
     command, another day) reads them back instead of recomputing. What a score says about how it
     was computed (successor: which ordinal sets the tokenizer has) is in ``model.cache["weight_notes"]``.
+    Also recomputed when a parameter was replaced or changed in place since (its storage or its
+    version counter moved), so a scan after editing the weights never shows stale scores.
     """
-    cached = model.cache.get("weight_scores")
-    if cached is None:
-        cached, notes = _weight_scores_on_disk(model)
-        model.cache["weight_scores"], model.cache["weight_notes"] = cached, notes
-    return {k: v.copy() for k, v in cached.items()}
+    version = _weights_version(model)
+    hit = model.cache.get("weight_scores")
+    if hit is None or hit[0] != version:
+        arrays, notes = _weight_scores_on_disk(model)
+        hit = model.cache["weight_scores"] = (version, arrays)
+        model.cache["weight_notes"] = notes
+    return {k: v.copy() for k, v in hit[1].items()}
+
+
+def direct_weights(model: HeadscopeModel) -> tuple[HeadWeights, Unembedding]:
+    """What the direct-logit reduction reads (W_O, b_O, the unembedding), computed once per model.
+
+    Like :func:`weight_score_arrays`, recomputed only after a weight change. Only W_O and the
+    biases are kept (SmolLM2: 40 MB; the unembedding is a view of the model's own W_U): the
+    reading matrices, W_E and the folded W_U that :func:`~headscope.weights.head_weights` also
+    builds are dropped, so they are neither recomputed per scan (0.1 s) nor held through a pass.
+    """
+    version = _weights_version(model)
+    hit = model.cache.get("direct_weights")
+    if hit is None or hit[0] != version:
+        w = head_weights(model)
+        ue = unembedding(model, w)
+        w = replace(w, W_Q=w.W_Q.new_empty(model.n_layers, model.n_heads, 0, 0), W_K=w.W_K.new_empty(0),
+                    W_V=w.W_V.new_empty(0), W_E=w.W_E.new_empty(0), W_U=w.W_U.new_empty(0))  # devices kept
+        hit = model.cache["direct_weights"] = (version, w, ue)
+    return hit[1], hit[2]
+
+
+ATTENTION_MODES = ("auto", "fused", "eager")
+
+
+def attention_route(model, attention: str = "auto") -> str:
+    """The path a scan of ``model`` takes: "fused" or "eager".
+
+    "auto": fused wherever the model's attention can be routed through a fused kernel
+    (:func:`~headscope.scan.fused.fused_supported`), else eager; "fused" raises
+    :class:`~headscope.scan.fused.FusedUnsupported` with the reason where it cannot.
+    """
+    if attention not in ATTENTION_MODES:
+        raise BadInput(f"unknown attention {attention!r}", hint=f"use one of: {', '.join(ATTENTION_MODES)}")
+    if attention == "eager":
+        return "eager"
+    reason = fused_unsupported_reason(model)
+    if reason is None:
+        return "fused"
+    if attention == "fused":
+        raise FusedUnsupported(f"fused attention is not available for this model: {reason}",
+                               hint="use --attention auto (falls back to eager) or --attention eager")
+    return "eager"
+
+
+@dataclass
+class ScanPass:
+    """What :func:`score_pass` gives: the numbers of one pass over every sequence.
+
+    ``means[name]`` ``[n_layers, n_heads]`` for every attention score and pass score of the
+    registry; ``per_position_loss`` ``[n-1]``; ``z_mean`` ``[n_layers, n_heads, d_head]`` (if
+    asked); ``residuals[l]`` the clean ``blocks.{l}.hook_resid_pre`` ``[batch, n, d_model]`` for
+    the layers asked (a causal check restarts there); ``attention`` the path that ran.
+    """
+
+    means: dict[str, np.ndarray]
+    per_position_loss: torch.Tensor
+    z_mean: torch.Tensor | None
+    residuals: dict[int, torch.Tensor]
+    attention: str
 
 
 def _weight_scores_on_disk(model: HeadscopeModel) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
@@ -122,9 +213,18 @@ def _weight_scores_on_disk(model: HeadscopeModel) -> tuple[dict[str, np.ndarray]
 
 
 @torch.no_grad()
-def score_pass(model, rt: RepeatedTokens, chunk: int, progress: Progress | None = None, keep_z_mean: bool = False):
-    """One forward pass per chunk; returns (attention score means ``{name: [L, H]}``, per-position loss [n-1], z mean)."""
+def score_pass(model, rt: RepeatedTokens, chunk: int, progress: Progress | None = None, keep_z_mean: bool = False,
+               attention: str = "auto", keep_residuals: Iterable[int] = ()) -> ScanPass:
+    """One forward pass per chunk of ``chunk`` sequences, every registry score reduced inside it.
+
+    Eager: hooks on ``hook_pattern`` read each declaration with ``reduce_pattern``. Fused: the
+    pass runs inside :func:`~headscope.scan.fused.fused_attention` and each layer's rotated
+    ``q``, ``k`` and row logsumexp are read with ``reduce_qk`` (no ``n x n`` tensor). Both
+    routes add the direct-logit reduction (:class:`~headscope.scan.direct.DirectPass`: hooks on
+    ``hook_z``, ``hook_embed``, ``hook_pos_embed``, ``mlp_out``, ``ln_final``), which fire on both.
+    """
     m = as_model(model)
+    route = attention_route(m, attention)
     L, H = m.n_layers, m.n_heads
     layout = rt.layout
     scores = attention_scores()
@@ -133,24 +233,30 @@ def score_pass(model, rt: RepeatedTokens, chunk: int, progress: Progress | None 
     # direct logit effects (scores with from_pass): reduced in the same pass by DirectPass's hooks
     direct = {s.from_pass for s in pass_scores()}
     if direct:
-        w = head_weights(m)
-        ue = unembedding(m, w)
+        w, ue = direct_weights(m)
         groups = dict(zip(("direct_logit_first", "direct_logit_later"), target_groups(layout)))
         direct_sums = {k: np.zeros((L, H)) for k in groups if k in direct}
         direct_counts = dict.fromkeys(direct_sums, 0)
     loss_sum = torch.zeros(layout.n_tokens - 1)
     z_sum: torch.Tensor | None = None
     z_count = 0
-    prepared: dict[str, torch.Tensor | None] = {}
+    prepared: dict[str, Any] = {}
+    store: dict[int, list[torch.Tensor]] = {}
+
+    def add(layer: int, name: str, total: torch.Tensor, count: int) -> None:
+        sums[name][layer] += total.cpu()
+        if layer == 0:
+            counts[name] += count
 
     def on_pattern(layer: int) -> Callable:
         def hook(pattern, hook):
             for s in scores:
-                total, count = reduce_pattern(s.reads, pattern, layout, prepared[s.name])
-                sums[s.name][layer] += total.cpu()
-                if layer == 0:
-                    counts[s.name] += count
+                add(layer, s.name, *reduce_pattern(s.reads, pattern, layout, prepared[s.name]))
         return hook
+
+    def on_attention(layer: int, q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, scale: float) -> None:
+        for s in scores:
+            add(layer, s.name, *reduce_qk(s.reads, q, k, lse, scale, layout, prepared[s.name]))  # type: ignore[arg-type]
 
     def on_z(layer: int) -> Callable:
         def hook(z, hook):
@@ -160,15 +266,18 @@ def score_pass(model, rt: RepeatedTokens, chunk: int, progress: Progress | None 
             z_sum[layer] += z.float().sum(dim=(0, 1)).cpu()
         return hook
 
-    hooks = [(act_name("pattern", layer), on_pattern(layer)) for layer in range(L)]
+    hooks = [(act_name("pattern", layer), on_pattern(layer)) for layer in range(L)] if route == "eager" else []
     if keep_z_mean:
         hooks += [(act_name("z", layer), on_z(layer)) for layer in range(L)]
+    hooks += residual_hooks(store, keep_residuals)
     for start in range(0, rt.tokens.shape[0], chunk):
         tokens = rt.tokens[start: start + chunk].to(m.device)
         for s in scores:
-            prepared[s.name] = prepare(s.reads, tokens, layout) if s.reads is not None else None
+            prepared[s.name] = prepare(s.reads, tokens, layout, fused=route == "fused")  # type: ignore[arg-type]
         run = DirectPass(m, tokens, w, ue, head_dtype=torch.float32) if direct else None
-        logits = m.run_with_hooks(tokens, fwd_hooks=hooks + (run.hooks if run else []))
+        routed = fused_attention(m, on_attention) if route == "fused" else contextlib.nullcontext()
+        with routed:
+            logits = m.run_with_hooks(tokens, fwd_hooks=hooks + (run.hooks if run else []), use_cache=False)
         loss_sum += token_losses(logits, tokens).sum(0).cpu()
         if run is not None:
             heads = run.finish(logits).heads  # [B, P, L, H]
@@ -184,27 +293,20 @@ def score_pass(model, rt: RepeatedTokens, chunk: int, progress: Progress | None 
     if direct:
         means.update({name: direct_sums[name] / max(direct_counts[name], 1) for name in direct_sums})
     z_mean = None if z_sum is None else z_sum / z_count
-    return means, loss_sum / rt.tokens.shape[0], z_mean
+    residuals = {layer: torch.cat(v) for layer, v in store.items()}
+    return ScanPass(means, loss_sum / rt.tokens.shape[0], z_mean, residuals, route)
 
 
 @torch.no_grad()
 def ablated_later_loss(model, rt: RepeatedTokens, heads: list[Head], chunk: int,
                        z_mean: torch.Tensor | None) -> float:
-    """Later-repeat loss with ``heads``' outputs replaced by their mean (or zero if ``z_mean`` is None)."""
+    """Later-repeat loss with ``heads``' outputs replaced by their mean (or zero if ``z_mean`` is None).
+
+    Full passes from the embedding on the model as loaded (eager attention): the reference the
+    restarted check (:func:`~headscope.scan.ablation.ablated_later_loss_restart`) is tested against.
+    """
     m = as_model(model)
-    by_layer: dict[int, list[int]] = {}
-    for layer, head in heads:
-        by_layer.setdefault(layer, []).append(head)
-
-    def ablate(layer: int) -> Callable:
-        def hook(z, hook):
-            z = z.clone()
-            for head in by_layer[layer]:
-                z[:, :, head, :] = 0.0 if z_mean is None else z_mean[layer, head].to(z.device, z.dtype)
-            return z
-        return hook
-
-    hooks = [(act_name("z", layer), ablate(layer)) for layer in by_layer]
+    hooks = ablation_hooks(heads, z_mean)
     total = 0.0
     for start in range(0, rt.tokens.shape[0], chunk):
         tokens = rt.tokens[start: start + chunk].to(m.device)
@@ -249,17 +351,22 @@ def scan_induction(
     chunk_size: int | None = None,
     sample: bool = True,
     progress: bool | None = None,
+    attention: str = "auto",
 ) -> InductionResult:
     """Score every head of ``model`` as an induction head on repeated random tokens.
 
     Runs ``batch`` sequences ``[BOS] + r * repeats`` (``r``: ``seq_len`` random ordinary
     tokens, seeded) through the model in chunks, one forward pass each, reducing every
-    layer's attention pattern in a hook. Returns an :class:`InductionResult` with every score
+    layer's attention in the pass. Returns an :class:`InductionResult` with every score
     of the registry (``[n_layers, n_heads]`` each; definitions in ``headscope.scores.SCORES``),
     the per-position loss, and, if ``ablate``, the causal check: the rise in later-repeat
     loss when each of the ``top_k`` induction heads, then all of them, then ``top_k`` other
     heads at random (a control) are ``ablation``-ablated ("mean": the head's ``hook_z``
     replaced by its mean over all sequences and positions of the clean run; "zero").
+
+    ``attention``: "auto" (fused kernel wherever the model can be routed, else eager),
+    "fused" (refused with the reason where it cannot) or "eager" (full patterns); the path
+    that ran is ``settings["attention"]``. ``max_memory_gb`` bounds one chunk's working set.
 
     >>> res = scan_induction(model, seq_len=8, batch=2, top_k=2, sample=False, progress=False)
     >>> len(res.top_heads("induction", 2)), list(res.scores)[:2], len(res.ablation)
@@ -270,18 +377,33 @@ def scan_induction(
         raise BadInput(f"unknown ablation {ablation!r}", hint="use 'mean' or 'zero'")
     if top_k < 1:
         raise BadInput(f"--top must be at least 1 (got {top_k})")
+    route = attention_route(m, attention)
     cfg = m.cfg
     rt = repeated_tokens(m, seq_len=seq_len, batch=batch, repeats=repeats, seed=seed)
     layout = rt.layout
     budget = DEFAULT_MEMORY_GB if max_memory_gb is None else max_memory_gb
-    chunk = chunk_size or chunk_size_for(layout.n_tokens, cfg.n_heads, cfg.d_vocab, batch, budget)
+    if chunk_size:
+        chunk = chunk_size
+    elif route == "fused":
+        d_mlp = getattr(cfg, "d_mlp", None) or 4 * cfg.d_model
+        chunk = fused_chunk_size_for(layout.n_tokens, cfg.d_model, d_mlp, cfg.d_vocab, batch, budget,
+                                     m.n_layers, m.n_heads)
+    else:
+        chunk = chunk_size_for(layout.n_tokens, cfg.n_heads, cfg.d_vocab, batch, budget)
     top_k, notes = clamp_top(top_k, m.n_layers * m.n_heads, ablate)
+    # The causal check restarts at the first ablated layer from the clean residual there. Keep every
+    # layer's residual from the clean pass when all of them take at most a quarter of the budget
+    # (10 x 101 tokens of SmolLM2: 70 MB); else recompute the few layers needed once, after scoring.
+    resid_bytes = 4 * m.n_layers * batch * layout.n_tokens * cfg.d_model
+    keep = range(m.n_layers) if ablate and resid_bytes <= budget * 2**30 / 4 else ()
     timings: dict[str, float] = {}
     prog = Progress(progress)
     with prog.running():
         prog.task("scoring", batch)
         t0 = time.perf_counter()
-        means, per_pos, z_mean = score_pass(m, rt, chunk, prog, keep_z_mean=ablate and ablation == "mean")
+        scan = score_pass(m, rt, chunk, prog, keep_z_mean=ablate and ablation == "mean", attention=route,
+                          keep_residuals=keep)
+        means, per_pos = scan.means, scan.per_position_loss
         timings["scan_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         means.update(weight_score_arrays(m))
@@ -295,9 +417,13 @@ def scan_induction(
                                                    ("control", control_heads(m.n_layers, m.n_heads, top, seed))]
             prog.task("ablating", len(plan))
             t0 = time.perf_counter()
-            zm = z_mean if ablation == "mean" else None
+            residuals = scan.residuals
+            needed = {first_layer(heads) for _, heads in plan} - set(residuals)
+            if needed:
+                residuals = {**residuals, **capture_residuals(m, rt.tokens, needed, chunk, fused=route == "fused")}
+            zm = scan.z_mean if ablation == "mean" else None
             for kind, heads in plan:
-                loss = ablated_later_loss(m, rt, heads, chunk, zm)
+                loss = ablated_later_loss_restart(m, rt, heads, chunk, zm, residuals, fused=route == "fused")
                 entry = {"kind": kind, "heads": [list(h) for h in heads], "loss": loss, "loss_increase": loss - clean_later}
                 if kind == "head":
                     entry.update(layer=heads[0][0], head=heads[0][1])
@@ -305,6 +431,7 @@ def scan_induction(
                     entry.update(layer=None, head=None)
                 ablations.append(entry)
                 prog.advance("ablating")
+            del residuals
             timings["ablation_s"] = time.perf_counter() - t0
         samples = []
         if sample:
@@ -315,7 +442,7 @@ def scan_induction(
         settings={"seq_len": seq_len, "batch": batch, "repeats": repeats, "seed": seed, "top_k": top_k,
                   "bos": layout.bos, "bos_token_id": rt.bos_token_id, "bos_source": rt.bos_source, "n_tokens": layout.n_tokens,
                   "ablation": ablation if ablate else None, "chunk_size": chunk, "max_memory_gb": budget,
-                  "device": str(cfg.device), "weight_scores": m.cache.get("weight_notes", {})},
+                  "device": str(cfg.device), "attention": route, "weight_scores": m.cache.get("weight_notes", {})},
         scores=result_scores,
         per_position_loss=per_pos.numpy(),
         loss_first_repeat=float(first_repeat_mean(per_pos, layout)),

@@ -1,10 +1,10 @@
 """Head scores: the registry (each score declared once) and the pure maths that computes them."""
 
-from .attention import Column, KeySet, Reads, Stripe, prepare, reduce_pattern
+from .attention import Column, KeySet, Reads, Stripe, prepare, reduce_pattern, reduce_qk
 from .layout import RepeatLayout
 from .registry import (ABLATION_DEFINITION, LOSS_DEFINITION, MIN_RISE, SCORES, Score, attention_scores,
                        default_thresholds, definitions, pass_scores, role_scores, roles_legend, score, score_names, weight_scores)
 
 __all__ = ["ABLATION_DEFINITION", "Column", "KeySet", "LOSS_DEFINITION", "MIN_RISE", "Reads", "RepeatLayout", "SCORES",
-           "Score", "Stripe", "attention_scores", "default_thresholds", "definitions", "pass_scores", "prepare", "reduce_pattern",
+           "Score", "Stripe", "attention_scores", "default_thresholds", "definitions", "pass_scores", "prepare", "reduce_pattern", "reduce_qk",
            "role_scores", "roles_legend", "score", "score_names", "weight_scores"]

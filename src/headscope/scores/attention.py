@@ -9,8 +9,13 @@ defines reads a few entries per query, in one of two shapes:
 - :class:`KeySet`: the total attention to a set of keys chosen by the tokens (prefix matching).
 
 A declaration says *what* is read; :func:`reduce_pattern` reads it from a full pattern (the
-eager path). Each reduction returns the **sum** over batch and scored queries per head and the
-number of (sequence, query) terms, so chunks of a batch add up exactly.
+eager path), :func:`reduce_qk` from the rotated queries and keys and the row logsumexp a fused
+kernel returns (the fused path: no ``n x n`` tensor). An entry of the pattern is
+
+    A[b, h, i, j] = exp(q[b, h, i] . k[b, h, j] * scale - lse[b, h, i])
+
+so both read the same numbers. Each reduction returns the **sum** over batch and scored queries
+per head and the number of (sequence, query) terms, so chunks of a batch add up exactly.
 """
 
 from __future__ import annotations
@@ -43,10 +48,17 @@ class Column:
 
 @dataclass(frozen=True)
 class KeySet:
-    """``sum_k A[i, k]`` over the keys ``mask(tokens, layout)[b, i - start, k]`` marks, queries from ``start``."""
+    """``sum_k A[i, k]`` over the keys ``mask(tokens, layout)[b, i - start, k]`` marks, queries from ``start``.
+
+    ``pairs(tokens, layout)``, if given, lists the same keys sparsely as ``(sequence, query,
+    key)`` index tensors without forming the mask: the fused path uses it. Without it the
+    fused path builds the pairs from ``mask`` one sequence at a time (one sequence's
+    ``[queries, n]`` boolean mask alive at once), which is correct but quadratic in ``n``.
+    """
 
     mask: Callable[[torch.Tensor, RepeatLayout], torch.Tensor]
     start: Callable[[RepeatLayout], int]
+    pairs: Callable[[torch.Tensor, RepeatLayout], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
 
 
 Reads = Union[Stripe, Column, KeySet]
@@ -84,11 +96,62 @@ def prefix_mask(tokens: torch.Tensor, layout: RepeatLayout) -> torch.Tensor:
     return mask & causal.to(tokens.device)
 
 
-def prepare(reads: Reads, tokens: torch.Tensor, layout: RepeatLayout) -> torch.Tensor | None:
-    """What a declaration needs per batch chunk before any layer runs (a KeySet's mask, as float)."""
-    if isinstance(reads, KeySet):
-        return reads.mask(tokens, layout).float()  # cast once per chunk, not per layer
-    return None
+def prefix_pairs(tokens: torch.Tensor, layout: RepeatLayout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The keys :func:`prefix_mask` marks, as ``(sequence, query, key)`` int64 tensors ``[pairs]``, no n x n mask.
+
+    Query ``i`` in repeats 2..R, key ``k`` with ``tokens[k-1] == tokens[i]`` and ``k-1 < i``.
+    Keys are sorted by (sequence, previous token, position) into one int64 code; each query
+    finds its run of matching keys by binary search. Memory: O(batch x n + pairs).
+    """
+    batch, n = tokens.shape
+    q0 = layout.later_start
+    dev = tokens.device
+    tok = tokens.long()
+    span = int(tok.max().item()) + 2 if tok.numel() else 2
+    # key k (1..n-1) is identified by (b, tokens[b, k-1]); sort (b, id, k) into one int64 code
+    kb = torch.arange(batch, device=dev)[:, None].expand(batch, n - 1)
+    kpos = torch.arange(1, n, device=dev)[None, :].expand(batch, n - 1)
+    kcode = ((kb * span + tok[:, :-1]) * (n + 1) + kpos).reshape(-1)
+    kcode, order = torch.sort(kcode)
+    ksorted = kpos.reshape(-1)[order]
+    # query i (q0..n-1) wants keys with the same (b, id) and position k <= i
+    qb = torch.arange(batch, device=dev)[:, None].expand(batch, n - q0)
+    qpos = torch.arange(q0, n, device=dev)[None, :].expand(batch, n - q0)
+    base = (qb * span + tok[:, q0:]) * (n + 1)
+    lo = torch.searchsorted(kcode, base.reshape(-1))
+    hi = torch.searchsorted(kcode, (base + qpos).reshape(-1), right=True)
+    counts = hi - lo
+    total = int(counts.sum().item())
+    rep = torch.repeat_interleave(torch.arange(counts.numel(), device=dev), counts)
+    within = torch.arange(total, device=dev) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+    keys = ksorted[lo[rep] + within]
+    return qb.reshape(-1)[rep], qpos.reshape(-1)[rep], keys
+
+
+def mask_pairs(reads: KeySet, tokens: torch.Tensor,
+               layout: RepeatLayout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A KeySet's ``(sequence, query, key)`` pairs from its mask, one sequence at a time (no ``pairs`` declared)."""
+    start = reads.start(layout)
+    found = []
+    for b in range(tokens.shape[0]):
+        nz = reads.mask(tokens[b: b + 1], layout).nonzero()  # [pairs, 3]: (0, query - start, key)
+        found.append(torch.stack((nz[:, 0] + b, nz[:, 1] + start, nz[:, 2])))
+    b_idx, q_idx, k_idx = torch.cat(found, dim=1) if found else torch.zeros(3, 0, dtype=torch.long)
+    return b_idx, q_idx, k_idx
+
+
+def prepare(reads: Reads, tokens: torch.Tensor, layout: RepeatLayout, fused: bool = False):
+    """What a declaration needs per batch chunk before any layer runs.
+
+    Eager (``fused=False``): a KeySet's mask ``[batch, queries, n]`` as float (cast once per chunk,
+    not per layer). Fused: a KeySet's ``(sequence, query, key)`` pairs (:attr:`KeySet.pairs`,
+    else :func:`mask_pairs`). ``None`` for stripes and columns.
+    """
+    if not isinstance(reads, KeySet):
+        return None
+    if not fused:
+        return reads.mask(tokens, layout).float()
+    return reads.pairs(tokens, layout) if reads.pairs is not None else mask_pairs(reads, tokens, layout)
 
 
 def reduce_pattern(reads: Reads, pattern: torch.Tensor, layout: RepeatLayout,
@@ -100,3 +163,58 @@ def reduce_pattern(reads: Reads, pattern: torch.Tensor, layout: RepeatLayout,
         return column_sum(pattern, reads.key, reads.start(layout), reads.end(layout))
     assert prepared is not None, "a KeySet needs prepare() first"
     return keyset_sum(pattern, prepared, reads.start(layout))
+
+
+# --- the same entries from q, k and the row logsumexp (the fused path) -----------------------
+
+
+def _entries(q_rows: torch.Tensor, k_rows: torch.Tensor, lse_rows: torch.Tensor, scale: float) -> torch.Tensor:
+    """``exp(q . k * scale - lse)`` row by row, in float32: ``[..., m, d]`` x2, ``[..., m]`` -> ``[..., m]``."""
+    dots = torch.einsum("...md,...md->...m", q_rows.float(), k_rows.float())
+    return torch.exp(dots * scale - lse_rows.float())
+
+
+def stripe_sum_qk(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, scale: float,
+                  key_offset: int, q_start: int, q_end: int) -> tuple[torch.Tensor, int]:
+    """:func:`stripe_sum` from ``q``, ``k`` ``[batch, head, n, d]`` and ``lse`` ``[batch, head, n]``."""
+    if key_offset > 0 or q_start + key_offset < 0:
+        raise ValueError(f"key offset {key_offset} from query {q_start} leaves the causal past")
+    qs = slice(q_start, q_end)
+    ks = slice(q_start + key_offset, q_end + key_offset)
+    a = _entries(q[:, :, qs], k[:, :, ks], lse[:, :, qs], scale)  # [batch, head, m]
+    return a.sum(dim=(0, 2)), a.shape[0] * a.shape[2]
+
+
+def column_sum_qk(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, scale: float,
+                  key: int, q_start: int, q_end: int) -> tuple[torch.Tensor, int]:
+    """:func:`column_sum` from ``q``, ``k`` and ``lse``; queries before ``key`` count with 0 (causal pattern)."""
+    n_q = len(range(q.shape[2])[q_start:q_end])  # the queries the eager slice takes
+    qs = slice(max(q_start, key), q_end)
+    rows = q[:, :, qs]
+    a = _entries(rows, k[:, :, key: key + 1].expand(-1, -1, rows.shape[2], -1), lse[:, :, qs], scale)  # [b, h, m]
+    return a.sum(dim=(0, 2)), a.shape[0] * n_q
+
+
+def keyset_sum_qk(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, scale: float,
+                  pairs: tuple[torch.Tensor, torch.Tensor, torch.Tensor], q_start: int,
+                  chunk: int = 1 << 16) -> tuple[torch.Tensor, int]:
+    """:func:`keyset_sum` from ``q``, ``k``, ``lse`` and ``(sequence, query, key)`` pairs; memory pairs x head x d."""
+    b_idx, q_idx, k_idx = pairs
+    total = torch.zeros(q.shape[1], dtype=torch.float32, device=q.device)
+    for s in range(0, b_idx.numel(), chunk):
+        b, i, j = (t[s: s + chunk].to(q.device) for t in (b_idx, q_idx, k_idx))
+        total += _entries(q[b, :, i], k[b, :, j], lse[b, :, i], scale).sum(0)  # [pairs, head] -> [head]
+    return total, q.shape[0] * (q.shape[2] - q_start)
+
+
+def reduce_qk(reads: Reads, q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, scale: float,
+              layout: RepeatLayout, prepared=None) -> tuple[torch.Tensor, int]:
+    """Read a declaration's entries from ``q``, ``k`` ``[batch, head, n, d]`` (k expanded to the query
+    heads) and the row logsumexp ``lse`` ``[batch, head, n]``: the same (sum [head], count) as
+    :func:`reduce_pattern` on the pattern they make, without forming it."""
+    if isinstance(reads, Stripe):
+        return stripe_sum_qk(q, k, lse, scale, reads.offset(layout), reads.start(layout), reads.end(layout))
+    if isinstance(reads, Column):
+        return column_sum_qk(q, k, lse, scale, reads.key, reads.start(layout), reads.end(layout))
+    assert prepared is not None, "a KeySet needs prepare(..., fused=True) first"
+    return keyset_sum_qk(q, k, lse, scale, prepared, reads.start(layout))

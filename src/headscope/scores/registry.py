@@ -20,7 +20,7 @@ from typing import Any, Callable
 import torch
 
 from ..weights import HeadWeights
-from .attention import Column, KeySet, Reads, Stripe, prefix_mask
+from .attention import Column, KeySet, Reads, Stripe, prefix_mask, prefix_pairs
 from .copy_suppression import copy_suppression_from_weights
 from .successor import successor_from_weights
 from .weights import copying_scores
@@ -70,7 +70,7 @@ SCORES: tuple[Score, ...] = (
             "Source: Olsson et al. 2022; reference implementation Bansal et al. 2023 (llm-interpret)."
         ),
         source="Olsson et al. 2022; Bansal et al. 2023",
-        reads=KeySet(mask=prefix_mask, start=lambda lay: lay.later_start),
+        reads=KeySet(mask=prefix_mask, pairs=prefix_pairs, start=lambda lay: lay.later_start),
     ),
     Score(
         name="previous_token", header="prev", label="previous-token", title="Previous-token score",

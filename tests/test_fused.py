@@ -1,0 +1,342 @@
+"""The fused scan path: every registry score read from q, k and the kernel's logsumexp equals the
+eager pattern's, no n x n tensor is ever built, and ablations restarted from the clean residual
+stream equal full-pass ablations."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import numpy as np
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+from headscope.scan import ablation as A
+from headscope.scan import fused as F
+from headscope.scan.induction import (
+    ablated_later_loss,
+    fused_chunk_size_for,
+    scan_induction,
+    score_pass,
+    weight_score_arrays,
+)
+from headscope.scan.sequences import repeated_tokens
+from headscope.scores import attention_scores, prepare, reduce_pattern, reduce_qk, score_names
+from headscope.scores.attention import Column, KeySet, prefix_mask, prefix_pairs
+from headscope.scores.layout import RepeatLayout
+
+TOL = 1e-5
+
+
+# --- pure functions against an explicit softmax -----------------------------------------------
+
+def explicit_attention(q, k, v, scale):
+    """The textbook computation: [b, h, n, n] pattern, output and row logsumexp."""
+    n = q.shape[-2]
+    scores = (q @ k.transpose(-1, -2)) * scale
+    scores = scores.masked_fill(torch.ones(n, n, dtype=torch.bool).triu(1), float("-inf"))
+    return scores.softmax(-1), scores.softmax(-1) @ v, scores.logsumexp(-1)
+
+
+def test_kernel_returns_the_explicit_output_and_logsumexp():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 37, 16) for _ in range(3))
+    _, out_ref, lse_ref = explicit_attention(q, k, v, 0.7)
+    out, lse = F.attention_with_lse(q, k, v, 0.7)
+    torch.testing.assert_close(out, out_ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(lse, lse_ref, atol=1e-5, rtol=1e-5)
+
+
+def test_every_declaration_reads_the_same_entries_from_q_k_lse_as_from_the_pattern():
+    # A sharp scale so the pattern is far from uniform and a wrong entry shows. Every score of the
+    # registry, plus a Column and a KeySet declared without `pairs` (built from its mask instead).
+    torch.manual_seed(1)
+    layout = RepeatLayout(seq_len=9, repeats=3, bos=True)
+    n = layout.n_tokens
+    tokens = torch.randint(0, 5, (2, n))  # a 5-token vocabulary: many prefix matches
+    q, k, v = (torch.randn(2, 4, n, 8) for _ in range(3))
+    pattern, _, _ = explicit_attention(q, k, v, 1.5)
+    _, lse = F.attention_with_lse(q, k, v, 1.5)
+    reads = {s.name: s.reads for s in attention_scores()}
+    reads["first_token"] = Column(key=0, start=lambda lay: 1)
+    reads["late_column"] = Column(key=5, start=lambda lay: 2)  # queries 2..4 cannot see key 5: they add 0
+    reads["prefix_from_mask"] = KeySet(mask=prefix_mask, start=lambda lay: lay.later_start)
+    for name, r in reads.items():
+        want, n_want = reduce_pattern(r, pattern, layout, prepare(r, tokens, layout))
+        got, n_got = reduce_qk(r, q, k, lse, 1.5, layout, prepare(r, tokens, layout, fused=True))
+        assert n_got == n_want, name
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5, msg=name)
+        assert want.abs().max() > 0.05, name  # the check compares real mass, not zeros
+
+
+def test_prefix_pairs_are_exactly_the_prefix_mask():
+    layout = RepeatLayout(seq_len=12, repeats=4, bos=False)
+    tokens = torch.randint(0, 4, (3, layout.n_tokens), generator=torch.Generator().manual_seed(2))
+    b, i, j = prefix_pairs(tokens, layout)
+    dense = torch.zeros(3, layout.n_tokens - layout.later_start, layout.n_tokens, dtype=torch.bool)
+    dense[b, i - layout.later_start, j] = True
+    assert len(b) == int(dense.sum())  # no pair listed twice
+    assert torch.equal(dense, prefix_mask(tokens, layout))
+
+
+# --- the routed model ---------------------------------------------------------------------------
+
+def check_fused_equals_eager(model, seq_len, batch, chunk):
+    assert F.fused_supported(model), F.fused_unsupported_reason(model)
+    rt = repeated_tokens(model, seq_len=seq_len, batch=batch, repeats=3, seed=0)
+    eager = score_pass(model, rt, chunk, keep_z_mean=True, attention="eager")
+    fused = score_pass(model, rt, chunk, keep_z_mean=True, attention="fused", keep_residuals=[1])
+    assert (eager.attention, fused.attention) == ("eager", "fused")
+    assert set(fused.means) == set(eager.means) >= {s.name for s in attention_scores()} | {"direct_logit_later"}
+    for name in eager.means:
+        diff = abs(fused.means[name] - eager.means[name]).max()
+        assert diff < TOL, f"{name}: fused and eager differ by {diff}"
+    # logits go through every layer in float32: compare the loss relative to its size (~ln vocab)
+    torch.testing.assert_close(fused.per_position_loss, eager.per_position_loss, rtol=2e-6, atol=1e-5)
+    torch.testing.assert_close(fused.z_mean, eager.z_mean, rtol=1e-5, atol=1e-6)
+    assert fused.residuals[1].shape == (batch, rt.layout.n_tokens, model.cfg.d_model)
+    return eager.means
+
+
+@pytest.mark.parametrize("name", ["tiny_gpt2", "tiny_llama"])
+def test_fused_scores_equal_eager_on_tiny_models(name, request):
+    check_fused_equals_eager(request.getfixturevalue(name), seq_len=11, batch=3, chunk=2)
+
+
+@pytest.mark.smollm2
+def test_fused_scores_equal_eager_on_smollm2(smollm2):
+    eager = check_fused_equals_eager(smollm2, seq_len=20, batch=4, chunk=4)
+    assert eager["induction"].max() > 0.5  # real induction heads: the comparison has teeth
+    assert abs(eager["direct_logit_later"]).max() > 0.5
+
+
+@pytest.mark.parametrize("name", ["tiny_gpt2", "tiny_llama"])
+def test_fused_pass_fires_the_scan_s_hooks_but_not_the_pattern(name, request):
+    # The hooks the scan's own reductions use (the direct-logit pass's, z, residuals) fire on the
+    # fused route exactly as on the eager one; the pattern hook fires only on the eager one.
+    from headscope.scan.direct import DirectPass, unembedding
+    from headscope.weights import head_weights
+
+    model = request.getfixturevalue(name)
+    tokens = torch.arange(100, 120)[None]
+    w = head_weights(model)
+    direct = [n for n, _ in DirectPass(model, tokens, w, unembedding(model, w)).hooks]
+    L = model.cfg.n_layers
+    names = direct + [f"blocks.{l}.{h}" for l in range(L) for h in ("hook_resid_pre", "attn.hook_pattern")]
+    fired = {}
+    for route in ("eager", "fused"):
+        seen = fired[route] = set()
+        hooks = [(n, lambda x, hook, n=n, seen=seen: seen.add(n)) for n in set(names)]
+        with torch.no_grad(), F.fused_attention(model) if route == "fused" else nullcontext():
+            model.run_with_hooks(tokens, fwd_hooks=hooks, use_cache=False)
+    assert {f"blocks.{l}.attn.hook_z" for l in range(L)} | {"hook_embed", "ln_final.hook_scale"} <= set(direct)
+    assert fired["eager"] == set(names)
+    assert fired["fused"] == {n for n in names if "hook_pattern" not in n}
+
+
+class QuadraticTensors(TorchDispatchMode):
+    """Records every tensor an aten op returns with two axes of length ``n``."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.n, self.seen = n, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and sum(s == self.n for s in t.shape) >= 2:
+                self.seen.append((str(func), tuple(t.shape)))
+        return out
+
+
+@pytest.mark.parametrize("name", ["tiny_gpt2", "tiny_llama"])
+def test_fused_scan_never_builds_an_n_by_n_tensor(name, request):
+    # The whole pass: every registry score, the direct-logit reduction, the loss, z means.
+    model = request.getfixturevalue(name)
+    rt = repeated_tokens(model, seq_len=23, batch=2, repeats=2, seed=0)
+    n = rt.layout.n_tokens
+    assert n == 47 and 47 not in (model.cfg.d_model, model.cfg.n_heads, model.cfg.d_head)
+    with QuadraticTensors(n) as eager:
+        score_pass(model, rt, 2, attention="eager")
+    assert eager.seen, "the detector must see the eager pattern, or it proves nothing"
+    with QuadraticTensors(n) as fused:
+        res = score_pass(model, rt, 2, keep_z_mean=True, attention="fused")
+    assert fused.seen == []
+    assert res.means["induction"].max() > 0
+
+
+def test_fused_context_restores_the_eager_model_even_after_an_error(tiny_llama):
+    impl = tiny_llama.original_model.config._attn_implementation
+    with pytest.raises(RuntimeError, match="boom"), F.fused_attention(tiny_llama):
+        raise RuntimeError("boom")
+    assert tiny_llama.original_model.config._attn_implementation == impl
+    assert "forward" not in tiny_llama.blocks[0].attn.__dict__
+    assert "forward" not in tiny_llama.blocks[0].attn.original_component.__dict__
+    seen = []
+    with torch.no_grad():
+        tiny_llama.run_with_hooks(torch.arange(100, 110)[None],
+                                  fwd_hooks=[("blocks.0.attn.hook_pattern", lambda p, hook: seen.append(p.shape))])
+    assert seen == [torch.Size([1, 4, 10, 10])]
+
+
+@pytest.mark.parametrize("name", ["tiny_gpt2", "tiny_llama"])
+def test_fused_refuses_a_padding_mask_instead_of_dropping_it(name, request):
+    model = request.getfixturevalue(name)
+    tokens = torch.arange(100, 110)[None]
+    mask = torch.ones_like(tokens)
+    mask[0, :2] = 0
+    with pytest.raises(F.FusedUnsupported, match="padding"), torch.no_grad(), F.fused_attention(model):
+        model(tokens, attention_mask=mask, use_cache=False)
+
+
+def test_unroutable_model_says_why_and_auto_falls_back_to_eager(tiny_gpt2):
+    tiny_gpt2.cfg.use_attn_result = True
+    try:
+        assert "use_attn_result" in F.fused_unsupported_reason(tiny_gpt2)
+        with pytest.raises(F.FusedUnsupported, match="use_attn_result"), F.fused_attention(tiny_gpt2):
+            pass
+        with pytest.raises(F.FusedUnsupported, match="use_attn_result"):
+            scan_induction(tiny_gpt2, seq_len=5, batch=1, ablate=False, sample=False, attention="fused")
+        res = scan_induction(tiny_gpt2, seq_len=5, batch=1, ablate=False, sample=False, attention="auto")
+        assert res.settings["attention"] == "eager"
+    finally:
+        tiny_gpt2.cfg.use_attn_result = False
+    assert F.fused_supported(tiny_gpt2)
+
+
+def test_unknown_attention_is_refused(tiny_gpt2):
+    from headscope.errors import BadInput
+
+    with pytest.raises(BadInput, match="flash"):
+        scan_induction(tiny_gpt2, seq_len=5, batch=1, ablate=False, sample=False, attention="flash")
+
+
+def test_nested_blocks_on_two_models_keep_their_callbacks_apart(tiny_gpt2, tiny_llama):
+    seen = {"gpt2": [], "llama": [], "llama_inner": []}
+    tokens = torch.arange(100, 110)[None]
+    with torch.no_grad(), F.fused_attention(tiny_gpt2, lambda l, *a: seen["gpt2"].append(l)):
+        with F.fused_attention(tiny_llama, lambda l, *a: seen["llama"].append(l)):
+            with F.fused_attention(tiny_llama.bridge, lambda l, *a: seen["llama_inner"].append(l)):
+                tiny_llama(tokens, use_cache=False)  # the wrapper and its bare bridge are one routed model
+            tiny_llama(tokens, use_cache=False)  # the inner block's exit left the outer one routed
+        tiny_gpt2(tokens, use_cache=False)
+    assert seen == {"gpt2": [0, 1], "llama": [0, 1, 2, 0, 1, 2], "llama_inner": [0, 1, 2]}
+    assert "forward" not in tiny_llama.blocks[0].attn.__dict__
+
+
+# --- the whole scan, both routes ------------------------------------------------------------------
+
+def test_scan_induction_fused_equals_eager_scores_roles_and_ablations(tiny_llama):
+    kw = dict(seq_len=9, batch=3, top_k=2, sample=False, progress=False)
+    eager = scan_induction(tiny_llama, attention="eager", **kw)
+    fused = scan_induction(tiny_llama, **kw)  # auto
+    assert (eager.settings["attention"], fused.settings["attention"]) == ("eager", "fused")
+    assert list(fused.scores) == list(eager.scores) and set(fused.scores) == set(score_names())
+    for name in eager.scores:
+        np.testing.assert_allclose(fused.scores[name], eager.scores[name], atol=TOL, rtol=0, err_msg=name)
+    np.testing.assert_allclose(fused.per_position_loss, eager.per_position_loss, atol=2e-5, rtol=2e-6)
+    assert [a["heads"] for a in fused.ablation] == [a["heads"] for a in eager.ablation]
+    for a, b in zip(fused.ablation, eager.ablation, strict=True):
+        assert abs(a["loss"] - b["loss"]) < 2e-5 and abs(a["loss_increase"] - b["loss_increase"]) < 2e-5
+    assert fused.roles() == eager.roles()
+
+
+def test_fused_chunk_rule_has_no_quadratic_term_and_max_memory_bounds_it():
+    args = dict(d_model=576, d_mlp=1536, d_vocab=49152, batch=10**6, max_memory_gb=1000.0, n_layers=30, n_heads=9)
+    per_seq = {n: 1000.0 * 2**30 / fused_chunk_size_for(n, **args) for n in (1000, 8000)}
+    assert 7.5 < per_seq[8000] / per_seq[1000] < 8.5  # linear in n (an n^2 term would make it ~64)
+    assert fused_chunk_size_for(8191, **{**args, "max_memory_gb": 0.001}) == 1  # never below one sequence
+    assert fused_chunk_size_for(4097, **{**args, "max_memory_gb": 2.0}) == 1  # 1.7 GiB per 4,097-token sequence
+    assert fused_chunk_size_for(101, **{**args, "batch": 10}) == 10
+
+
+def test_scan_records_the_chunk_its_budget_allows(tiny_gpt2):
+    small = scan_induction(tiny_gpt2, seq_len=20, batch=4, ablate=False, sample=False, max_memory_gb=0.01)
+    large = scan_induction(tiny_gpt2, seq_len=20, batch=4, ablate=False, sample=False, max_memory_gb=2.0)
+    assert small.settings["chunk_size"] == 1 and large.settings["chunk_size"] == 4
+    np.testing.assert_allclose(small.scores["induction"], large.scores["induction"], atol=1e-6)
+
+
+# --- restart-from-residual ablation -------------------------------------------------------------
+
+def check_restart_equals_full(model, seq_len, batch, chunk, head_sets, fused, zero=True):
+    rt = repeated_tokens(model, seq_len=seq_len, batch=batch, repeats=2, seed=0)
+    z_mean = score_pass(model, rt, chunk, keep_z_mean=True, attention="eager").z_mean
+    layers = {A.first_layer(h) for h in head_sets}
+    residuals = A.capture_residuals(model, rt.tokens, layers, chunk=chunk, fused=fused)
+    for heads in head_sets:
+        for zm in (z_mean, None) if zero else (z_mean,):
+            full = ablated_later_loss(model, rt, heads, chunk, zm)
+            restarted = A.ablated_later_loss_restart(model, rt, heads, chunk, zm, residuals, fused=fused)
+            assert abs(full - restarted) < TOL, (heads, zm is None, full, restarted)
+
+
+@pytest.mark.parametrize("name", ["tiny_gpt2", "tiny_llama"])
+def test_restarted_ablation_equals_full_ablation(name, request):
+    model = request.getfixturevalue(name)
+    L = model.cfg.n_layers
+    check_restart_equals_full(model, 10, 3, 2, [[(L - 1, 1)], [(1, 0), (L - 1, 2)], [(0, 3)]], fused=True)
+
+
+def test_restarted_ablation_equals_full_ablation_on_the_eager_route(tiny_llama):
+    check_restart_equals_full(tiny_llama, 10, 3, 2, [[(2, 1)], [(1, 0), (2, 2)]], fused=False)
+
+
+@pytest.mark.smollm2
+def test_restarted_ablation_equals_full_ablation_on_smollm2(smollm2):
+    check_restart_equals_full(smollm2, 20, 4, 4, [[(20, 1), (12, 3)], [(29, 8)]], fused=True, zero=False)
+
+
+def test_restart_skips_the_blocks_below_and_reproduces_the_clean_logits(tiny_llama):
+    tokens = torch.arange(100, 130)[None]
+    with torch.no_grad():
+        clean = tiny_llama(tokens, use_cache=False)
+        resid = A.capture_residuals(tiny_llama, tokens, [2])[2]
+        calls = []
+        handle = tiny_llama.blocks[0].attn.register_forward_hook(lambda *a: calls.append(1))
+        try:
+            logits = A.restart_from(tiny_llama, resid, 2)
+            wrong = A.restart_from(tiny_llama, resid * 0.5, 2)
+        finally:
+            handle.remove()
+    assert calls == []  # block 0 was not computed
+    torch.testing.assert_close(logits, clean, atol=1e-5, rtol=1e-5)
+    assert (wrong - clean).abs().max() > 1e-2  # the injected residual is what drives the result
+
+
+def test_scan_without_kept_residuals_recomputes_them_and_gets_the_same_ablation(tiny_gpt2):
+    kw = dict(seq_len=12, batch=3, top_k=2, sample=False, progress=False)
+    kept = scan_induction(tiny_gpt2, **kw)
+    # a budget so small that keeping every layer's residual is refused: they are captured after scoring
+    captured = scan_induction(tiny_gpt2, max_memory_gb=1e-4, **kw)
+    for a, b in zip(kept.ablation, captured.ablation, strict=True):
+        assert a["heads"] == b["heads"] and abs(a["loss"] - b["loss"]) < TOL
+
+
+# --- copying scores once per model --------------------------------------------------------------
+
+def test_copying_scores_are_computed_once_and_again_after_a_weight_change(tiny_gpt2, monkeypatch):
+    from headscope.scores import registry
+
+    calls = []
+    copying = registry.score("copying")
+    original = copying.from_weights
+    spy = lambda w: calls.append(1) or original(w)  # noqa: E731
+    monkeypatch.setattr(registry, "SCORES", tuple(
+        s if s.name != "copying" else type(s)(**{**s.__dict__, "from_weights": spy}) for s in registry.SCORES))
+    tiny_gpt2.cache.pop("weight_scores", None)
+    first = weight_score_arrays(tiny_gpt2)["copying"]
+    assert np.array_equal(weight_score_arrays(tiny_gpt2)["copying"], first) and len(calls) == 1
+    w = tiny_gpt2.blocks[1].attn.o.original_component.weight
+    saved = w.detach().clone()
+    try:
+        with torch.no_grad():
+            w.mul_(-1.0)  # flips every head's OV circuit of layer 1: its copying scores change sign
+        changed = weight_score_arrays(tiny_gpt2)["copying"]
+        assert len(calls) == 2
+        np.testing.assert_allclose(changed[1], -first[1], atol=1e-5, rtol=1e-4)
+    finally:
+        with torch.no_grad():
+            w.copy_(saved)
+        tiny_gpt2.cache.pop("weight_scores", None)
