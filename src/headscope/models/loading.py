@@ -418,6 +418,9 @@ def _wrap(source: ModelSource, hf_model, tokenizer, device, dtype, device_map) -
     kwargs: dict[str, Any] = {"hf_model": hf_model, "tokenizer": tokenizer, "dtype": dtype}
     if device_map is None:
         kwargs["device"] = device
+        # TransformerBridge records the device but does not move a model it is handed: without
+        # this the embedding stays on the CPU while the bridge sends token ids to the GPU.
+        hf_model = kwargs["hf_model"] = hf_model.to(device)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
