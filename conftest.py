@@ -64,9 +64,16 @@ def tiny_llama_dir(tmp_path_factory, gpt2_tokenizer_dir) -> Path:
 
     torch.manual_seed(0)
     cfg = LlamaConfig(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
-        num_key_value_heads=2, vocab_size=50257, max_position_embeddings=512,
-        bos_token_id=50256, eos_token_id=50256, tie_word_embeddings=False,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=50257,
+        max_position_embeddings=512,
+        bos_token_id=50256,
+        eos_token_id=50256,
+        tie_word_embeddings=False,
     )
     return _save_tiny(LlamaForCausalLM(cfg), gpt2_tokenizer_dir, tmp_path_factory.mktemp("tiny-llama"))
 

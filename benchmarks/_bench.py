@@ -9,7 +9,7 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -37,15 +37,24 @@ def machine() -> dict:
     import transformers
 
     info = {
-        "cpu": cpu, "cores": os.cpu_count(), "ram_gib": round(ram / 2**30, 1),
-        "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-        "transformer_lens": version("transformer-lens"), "torch_threads": torch.get_num_threads(),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "ram_gib": round(ram / 2**30, 1),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "transformer_lens": version("transformer-lens"),
+        "torch_threads": torch.get_num_threads(),
         "load_average": [round(x, 2) for x in load_average()],
     }
     if torch.cuda.is_available():
         p = torch.cuda.get_device_properties(0)
-        info.update(gpu=p.name, gpu_memory_gib=round(p.total_memory / 2**30, 1), gpu_count=torch.cuda.device_count(),
-                    cuda=torch.version.cuda)
+        info.update(
+            gpu=p.name,
+            gpu_memory_gib=round(p.total_memory / 2**30, 1),
+            gpu_count=torch.cuda.device_count(),
+            cuda=torch.version.cuda,
+        )
     return info
 
 
@@ -88,8 +97,13 @@ def timed(fn: Callable[[], object], device: str) -> tuple[float, float | None]:
     return elapsed, others_share(busy, me, elapsed)
 
 
-def interleaved(fns: dict[str, Callable[[], object]], reps: int, device: str, reps_for: dict[str, int] | None = None,
-                log: Callable[[str], None] = lambda s: None) -> tuple[dict[str, list[float]], dict[str, list]]:
+def interleaved(
+    fns: dict[str, Callable[[], object]],
+    reps: int,
+    device: str,
+    reps_for: dict[str, int] | None = None,
+    log: Callable[[str], None] = lambda s: None,
+) -> tuple[dict[str, list[float]], dict[str, list]]:
     """Time every function once per round, in order (A B C A B C ...), ``reps`` rounds.
 
     ``reps_for[name]`` caps the rounds a slow function takes part in (it runs in the first

@@ -75,8 +75,13 @@ def build(args):
     kw = dict(seq_len=args.seq_len, batch=args.batch, seed=0, ablate=False, sample=False, progress=False)
     fns = {}
     if "hf_sdpa" in args.modes:
-        hf = AutoModelForCausalLM.from_pretrained(resolve_source(args.model).path, attn_implementation="sdpa",
-                                                  dtype=torch.float32).to(device).eval()
+        hf = (
+            AutoModelForCausalLM.from_pretrained(
+                resolve_source(args.model).path, attn_implementation="sdpa", dtype=torch.float32
+            )
+            .to(device)
+            .eval()
+        )
         tokens = rt.tokens.to(device)
 
         @torch.no_grad()
@@ -96,16 +101,19 @@ def build(args):
         top = [(l, h) for l, h, _ in top_k(scan.means["induction"], args.top)]
         plan = [[h] for h in top] + [top, control_heads(model.n_layers, model.n_heads, top, 0)]
         fns["ablate_full"] = lambda: [ablated_later_loss(model, rt, heads, chunk, scan.z_mean) for heads in plan]
-        fns["ablate_restart"] = lambda: [A.ablated_later_loss_restart(model, rt, heads, chunk, scan.z_mean,
-                                                                      scan.residuals, fused=True) for heads in plan]
+        fns["ablate_restart"] = lambda: [
+            A.ablated_later_loss_restart(model, rt, heads, chunk, scan.z_mean, scan.residuals, fused=True)
+            for heads in plan
+        ]
     if args.tl:
         from transformer_lens.head_detector import detect_head
 
         prompts = [f"seq{i}" for i in range(args.batch)]
-        by_key = {k: rt.tokens[i: i + 1].to(device) for i, k in enumerate(prompts)}
+        by_key = {k: rt.tokens[i : i + 1].to(device) for i, k in enumerate(prompts)}
         bridge = model.bridge
-        bridge.to_tokens = lambda text, *a, **k: (by_key[text] if isinstance(text, str)
-                                                  else torch.cat([by_key[t] for t in text]))
+        bridge.to_tokens = lambda text, *a, **k: (
+            by_key[text] if isinstance(text, str) else torch.cat([by_key[t] for t in text])
+        )
         fns["tl_detect_head"] = lambda: [detect_head(bridge, prompts, name) for name in HEADS]
     return fns, rt
 
@@ -155,28 +163,56 @@ def main(argv: list[str] | None = None) -> dict:
         print("MEMORY " + json.dumps(rec), flush=True)
         return rec
 
-    say(f"fused: {args.model} on {args.device}, {args.batch} x {2 * args.seq_len + 1} tokens, {threads} threads; "
-        f"load average {load_average()}")
+    say(
+        f"fused: {args.model} on {args.device}, {args.batch} x {2 * args.seq_len + 1} tokens, {threads} threads; "
+        f"load average {load_average()}"
+    )
     fns, rt = build(args)
     for fn in fns.values():  # warm-up
         fn()
     times, others = interleaved(fns, args.reps, args.device, log=say)
     med = {name: median(ts) for name, ts in times.items()}
-    record = {"section": "fused", "model": args.model, "device": args.device, "threads": threads,
-              "seq_len": args.seq_len, "batch": args.batch, "n_tokens": rt.layout.n_tokens, "reps": args.reps,
-              "median_s": med, "times_s": times, "others_cpu_share": others, "machine": machine()}
+    record = {
+        "section": "fused",
+        "model": args.model,
+        "device": args.device,
+        "threads": threads,
+        "seq_len": args.seq_len,
+        "batch": args.batch,
+        "n_tokens": rt.layout.n_tokens,
+        "reps": args.reps,
+        "median_s": med,
+        "times_s": times,
+        "others_cpu_share": others,
+        "machine": machine(),
+    }
     if "hf_sdpa" in med:
         record["ratio_to_hf_sdpa"] = {k: v / med["hf_sdpa"] for k, v in med.items()}
     if "ablate_full" in med:
         record["ablation_restart_over_full"] = med["ablate_restart"] / med["ablate_full"]
     if "tl_detect_head" in med:
-        record["tl_detect_head_over_scan"] = {k: med["tl_detect_head"] / med[k] for k in ("scan_eager", "scan_fused")
-                                              if k in med}
+        record["tl_detect_head_over_scan"] = {
+            k: med["tl_detect_head"] / med[k] for k in ("scan_eager", "scan_fused") if k in med
+        }
     if args.memory:
         mem = {}
         for mode in args.modes:
-            cmd = [sys.executable, __file__, "--one", mode, "--model", args.model, "--device", args.device,
-                   "--threads", str(threads), "--seq-len", str(args.seq_len), "--batch", str(args.batch)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--one",
+                mode,
+                "--model",
+                args.model,
+                "--device",
+                args.device,
+                "--threads",
+                str(threads),
+                "--seq-len",
+                str(args.seq_len),
+                "--batch",
+                str(args.batch),
+            ]
             out = subprocess.run(cmd, capture_output=True, text=True, check=False)
             line = next((l for l in out.stdout.splitlines() if l.startswith("MEMORY ")), None)
             mem[mode] = json.loads(line[7:]) if line else {"error": out.stderr.strip().splitlines()[-1:]}

@@ -85,10 +85,15 @@ def main(argv: list[str] | None = None) -> dict:
         hf.append(child("hf", args.model, args.device, args.threads, env))
         say(f"  cached load {cached[-1]['load_s']:.2f} s, plain transformers {hf[-1]['load_s']:.2f} s")
     record = {
-        "section": "load", "model": args.model, "device": args.device,
-        "first_load_s": first["load_s"], "first_convert_s": meta.get("converted_seconds"),
-        "cached_load_s": median([c["load_s"] for c in cached]), "cached_load_all_s": [c["load_s"] for c in cached],
-        "hf_load_s": median([h["load_s"] for h in hf]), "import_s": median([c["import_s"] for c in cached]),
+        "section": "load",
+        "model": args.model,
+        "device": args.device,
+        "first_load_s": first["load_s"],
+        "first_convert_s": meta.get("converted_seconds"),
+        "cached_load_s": median([c["load_s"] for c in cached]),
+        "cached_load_all_s": [c["load_s"] for c in cached],
+        "hf_load_s": median([h["load_s"] for h in hf]),
+        "import_s": median([c["import_s"] for c in cached]),
         "load_average_end": load_average(),
     }
     record["first / cached"] = record["first_load_s"] / record["cached_load_s"]

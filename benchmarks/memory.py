@@ -81,8 +81,10 @@ def main(argv: list[str] | None = None) -> dict:
     threads = set_threads(args.threads)
     device = args.device
     cuda = device.startswith("cuda")
-    say(f"memory: {args.what} {args.model} on {device}, seq-len {args.seq_len}, batch 1, {threads} threads; "
-        f"load average {load_average()}")
+    say(
+        f"memory: {args.what} {args.model} on {device}, seq-len {args.seq_len}, batch 1, {threads} threads; "
+        f"load average {load_average()}"
+    )
     t0 = time.perf_counter()
     bridge = headscope.load_model(args.model, device=device)
     rt = repeated_tokens(bridge, seq_len=args.seq_len, batch=1, repeats=2, seed=0)
@@ -91,8 +93,11 @@ def main(argv: list[str] | None = None) -> dict:
 
         path = resolve_source(args.model).path
         del bridge
-        model = AutoModelForCausalLM.from_pretrained(path, attn_implementation=args.what[3:],
-                                                     dtype=torch.float32).to(device).eval()
+        model = (
+            AutoModelForCausalLM.from_pretrained(path, attn_implementation=args.what[3:], dtype=torch.float32)
+            .to(device)
+            .eval()
+        )
 
         @torch.no_grad()
         def run():
@@ -101,8 +106,16 @@ def main(argv: list[str] | None = None) -> dict:
         model = bridge
 
         def run():
-            return scan_induction(model, seq_len=args.seq_len, batch=1, ablate=args.what == "scan-full",
-                                  sample=False, progress=False, max_memory_gb=args.max_memory)
+            return scan_induction(
+                model,
+                seq_len=args.seq_len,
+                batch=1,
+                ablate=args.what == "scan-full",
+                sample=False,
+                progress=False,
+                max_memory_gb=args.max_memory,
+            )
+
     gc.collect()
     load_s = time.perf_counter() - t0
     params = sum(p.numel() * p.element_size() for p in model.parameters())
@@ -119,21 +132,42 @@ def main(argv: list[str] | None = None) -> dict:
     run_s = time.perf_counter() - t0
     others = others_share(busy, me, run_s)
     record = {
-        "section": "memory", "what": args.what, "device": device, "threads": threads, "seq_len": args.seq_len,
-        "n_tokens": rt.layout.n_tokens, "batch": 1, "load_s": load_s, "run_s": run_s,
-        "param_bytes": params, "rss_before_run": rss.start, "rss_peak_run": rss.peak,
-        "rss_peak_above_model": rss.peak - rss.start, "maxrss_after_load": maxrss_loaded, "maxrss_after_run": maxrss(),
-        "others_cpu_share": others, "load_average_end": load_average(),
+        "section": "memory",
+        "what": args.what,
+        "device": device,
+        "threads": threads,
+        "seq_len": args.seq_len,
+        "n_tokens": rt.layout.n_tokens,
+        "batch": 1,
+        "load_s": load_s,
+        "run_s": run_s,
+        "param_bytes": params,
+        "rss_before_run": rss.start,
+        "rss_peak_run": rss.peak,
+        "rss_peak_above_model": rss.peak - rss.start,
+        "maxrss_after_load": maxrss_loaded,
+        "maxrss_after_run": maxrss(),
+        "others_cpu_share": others,
+        "load_average_end": load_average(),
     }
     if cuda:
-        record.update(cuda_base=base_cuda, cuda_peak=torch.cuda.max_memory_allocated(),
-                      cuda_peak_above_model=torch.cuda.max_memory_allocated() - base_cuda)
+        record.update(
+            cuda_base=base_cuda,
+            cuda_peak=torch.cuda.max_memory_allocated(),
+            cuda_peak_above_model=torch.cuda.max_memory_allocated() - base_cuda,
+        )
     if not args.what.startswith("hf"):
-        record.update(chunk_size=out.settings["chunk_size"], max_memory_gb=out.settings["max_memory_gb"],
-                      top_head=out.top_heads("induction", 1)[0], loss_later_repeats=out.loss_later_repeats,
-                      scan_s=out.timings.get("scan_s"))
-    say(f"  {args.what}: {run_s:.1f} s, RSS {rss.start / GiB:.2f} GiB before, peak {rss.peak / GiB:.2f} GiB "
-        f"(+{(rss.peak - rss.start) / GiB:.2f} GiB above the loaded model)")
+        record.update(
+            chunk_size=out.settings["chunk_size"],
+            max_memory_gb=out.settings["max_memory_gb"],
+            top_head=out.top_heads("induction", 1)[0],
+            loss_later_repeats=out.loss_later_repeats,
+            scan_s=out.timings.get("scan_s"),
+        )
+    say(
+        f"  {args.what}: {run_s:.1f} s, RSS {rss.start / GiB:.2f} GiB before, peak {rss.peak / GiB:.2f} GiB "
+        f"(+{(rss.peak - rss.start) / GiB:.2f} GiB above the loaded model)"
+    )
     emit(record)
     return record
 

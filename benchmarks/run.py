@@ -70,8 +70,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tl-reps", type=int, default=5, help="rounds TransformerLens takes part in")
     p.add_argument("--long-seq-len", type=int, default=2048)
     p.add_argument("--quick", action="store_true", help="2 rounds, 1 TL round, seq-len 256 for memory, 1 cached load")
-    p.add_argument("--wait-quiet", type=float, default=None, metavar="LOAD",
-                   help="before starting, wait (up to --max-wait s) until the 1-minute load average is below LOAD")
+    p.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=None,
+        metavar="LOAD",
+        help="before starting, wait (up to --max-wait s) until the 1-minute load average is below LOAD",
+    )
     p.add_argument("--max-wait", type=float, default=1800)
     p.add_argument("--out", type=Path, default=Path("benchmark-results.json"))
     args = p.parse_args(argv)
@@ -85,19 +90,23 @@ def main(argv: list[str] | None = None) -> int:
         wait_quiet(args.wait_quiet, args.max_wait)
     torch.set_num_threads(args.threads)
     info = machine()
-    say(f"headscope benchmarks on {info['cpu']} ({info['cores']} cores, {info['ram_gib']} GiB), torch "
+    say(
+        f"headscope benchmarks on {info['cpu']} ({info['cores']} cores, {info['ram_gib']} GiB), torch "
         f"{info['torch']}, {args.threads} threads; load average at start {info['load_average']}"
-        + (f"; GPU {info['gpu']}" if "gpu" in info else ""))
+        + (f"; GPU {info['gpu']}" if "gpu" in info else "")
+    )
     common = ["--model", args.model, "--threads", str(args.threads)]
     results: list[dict] = []
     for dev in devices:
         if "speed" in sections:
-            results += section("speed.py", *common, "--device", dev, "--reps", str(args.reps),
-                               "--tl-reps", str(args.tl_reps))
+            results += section(
+                "speed.py", *common, "--device", dev, "--reps", str(args.reps), "--tl-reps", str(args.tl_reps)
+            )
         if "memory" in sections:
             for what in ("scan", "hf-eager", "hf-sdpa"):
-                results += section("memory.py", *common, "--device", dev, "--seq-len", str(args.long_seq_len),
-                                   "--what", what)
+                results += section(
+                    "memory.py", *common, "--device", dev, "--seq-len", str(args.long_seq_len), "--what", what
+                )
     if "load" in sections:
         results += section("load.py", *common, "--cached-reps", "1" if args.quick else "3")
     info["load_average_end"] = [round(x, 2) for x in load_average()]
@@ -111,43 +120,61 @@ def main(argv: list[str] | None = None) -> int:
 
 def summary(report: dict) -> str:
     m = report["machine"]
-    lines = [f"\n== headscope benchmarks: {m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB RAM, torch {m['torch']}, "
-             f"transformers {m['transformers']}, TransformerLens {m['transformer_lens']}, "
-             f"{m['torch_threads']} threads" + (f", GPU {m['gpu']}" if "gpu" in m else ""),
-             f"   load average at start {m['load_average']}, at end {m['load_average_end']}"]
+    lines = [
+        f"\n== headscope benchmarks: {m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB RAM, torch {m['torch']}, "
+        f"transformers {m['transformers']}, TransformerLens {m['transformer_lens']}, "
+        f"{m['torch_threads']} threads" + (f", GPU {m['gpu']}" if "gpu" in m else ""),
+        f"   load average at start {m['load_average']}, at end {m['load_average_end']}",
+    ]
     for r in report["results"]:
         if "failed" in r:
             lines.append(f"-- {r['section']} FAILED (exit {r['failed']}) {' '.join(r['args'])}")
         elif r["section"] == "speed":
             med, rat = r["median_s"], r["ratios"]
             busy = r.get("others_cpu_share_max")
-            lines.append(f"-- speed on {r['device']}: batch {r['batch']} x {r['n_tokens']} tokens, "
-                         f"{len(r['times_s']['scan'])} interleaved rounds, medians"
-                         + ("" if busy is None else f" (other processes took at most {100 * busy:.0f}% of the CPU "
-                                                    "during any timed run)") + ":")
+            lines.append(
+                f"-- speed on {r['device']}: batch {r['batch']} x {r['n_tokens']} tokens, "
+                f"{len(r['times_s']['scan'])} interleaved rounds, medians"
+                + (
+                    ""
+                    if busy is None
+                    else f" (other processes took at most {100 * busy:.0f}% of the CPU during any timed run)"
+                )
+                + ":"
+            )
             for k, v in med.items():
                 lines.append(f"   {k:<24} {v:8.3f} s  ({len(r['times_s'][k])} runs)")
             for k, v in rat.items():
                 lines.append(f"   {k:<30} {v:6.2f}x")
-            lines.append(f"   aim: scan <= 1.2x plain forward: {_ok(rat['scan / hf_sdpa'] <= 1.2)} vs sdpa, "
-                         f"{_ok(rat['scan / hf_eager'] <= 1.2)} vs eager")
+            lines.append(
+                f"   aim: scan <= 1.2x plain forward: {_ok(rat['scan / hf_sdpa'] <= 1.2)} vs sdpa, "
+                f"{_ok(rat['scan / hf_eager'] <= 1.2)} vs eager"
+            )
             if "tl_detect_head / scan" in rat:
                 lines.append(f"   aim: >= 10x faster than TL detect_head x3: {_ok(rat['tl_detect_head / scan'] >= 10)}")
         elif r["section"] == "memory":
             above = r.get("cuda_peak_above_model", r["rss_peak_above_model"])
             kind = "CUDA allocated" if "cuda_peak_above_model" in r else "RSS"
             extra = f", chunk {r['chunk_size']}" if "chunk_size" in r else ""
-            lines.append(f"-- memory on {r['device']}: {r['what']:<8} seq-len {r['seq_len']} ({r['n_tokens']} tokens), "
-                         f"batch 1: {r['run_s']:.1f} s, peak {kind} {above / GiB:.2f} GiB above the loaded model "
-                         f"(model RSS {r['rss_before_run'] / GiB:.2f} GiB{extra}"
-                         + (f"; others took {100 * r['others_cpu_share']:.0f}% of the CPU"
-                            if r.get("others_cpu_share") is not None else "") + ")"
-                         + (f"; aim < 4 GiB: {_ok(above < 4 * GiB)}" if r["what"].startswith("scan") else ""))
+            lines.append(
+                f"-- memory on {r['device']}: {r['what']:<8} seq-len {r['seq_len']} ({r['n_tokens']} tokens), "
+                f"batch 1: {r['run_s']:.1f} s, peak {kind} {above / GiB:.2f} GiB above the loaded model "
+                f"(model RSS {r['rss_before_run'] / GiB:.2f} GiB{extra}"
+                + (
+                    f"; others took {100 * r['others_cpu_share']:.0f}% of the CPU"
+                    if r.get("others_cpu_share") is not None
+                    else ""
+                )
+                + ")"
+                + (f"; aim < 4 GiB: {_ok(above < 4 * GiB)}" if r["what"].startswith("scan") else "")
+            )
         elif r["section"] == "load":
-            lines.append(f"-- load {r['model']}: first load {r['first_load_s']:.1f} s (conversion "
-                         f"{r['first_convert_s']} s), from the cache {r['cached_load_s']:.2f} s "
-                         f"({r['first / cached']:.0f}x faster), plain transformers {r['hf_load_s']:.2f} s; "
-                         f"imports {r['import_s']:.1f} s")
+            lines.append(
+                f"-- load {r['model']}: first load {r['first_load_s']:.1f} s (conversion "
+                f"{r['first_convert_s']} s), from the cache {r['cached_load_s']:.2f} s "
+                f"({r['first / cached']:.0f}x faster), plain transformers {r['hf_load_s']:.2f} s; "
+                f"imports {r['import_s']:.1f} s"
+            )
     return "\n".join(lines)
 
 

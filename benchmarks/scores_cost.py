@@ -50,8 +50,10 @@ def main(argv: list[str] | None = None) -> dict:
     from headscope.weights import head_weights
 
     threads = set_threads(args.threads)
-    say(f"scores_cost: {args.model} on {args.device}, {threads} threads, batch {args.batch} x seq-len "
-        f"{args.seq_len}; load average at start {load_average()}")
+    say(
+        f"scores_cost: {args.model} on {args.device}, {threads} threads, batch {args.batch} x seq-len "
+        f"{args.seq_len}; load average at start {load_average()}"
+    )
     model = headscope.load_model(args.model, device=args.device)
     rt = repeated_tokens(model, seq_len=args.seq_len, batch=args.batch, repeats=2, seed=0)
     chunk = I.chunk_size_for(rt.layout.n_tokens, model.cfg.n_heads, model.cfg.d_vocab, args.batch, 2.0)
@@ -66,14 +68,24 @@ def main(argv: list[str] | None = None) -> dict:
         model.cache.pop("weight_scores", None)  # the disk cache stays: a second run on the same weights
         I.scan_induction(model, seq_len=args.seq_len, batch=args.batch, ablate=False, sample=False, progress=False)
 
-    fns = {"pass_attention_only": attention_only, "pass_all": lambda: I.score_pass(model, rt, chunk),
-           "scan_all_cached": scan_cached}
+    fns = {
+        "pass_attention_only": attention_only,
+        "pass_all": lambda: I.score_pass(model, rt, chunk),
+        "scan_all_cached": scan_cached,
+    }
     times, others = interleaved(fns, args.reps, args.device, log=say)
-    record: dict = {"benchmark": "scores_cost", "model": args.model, "device": args.device, "batch": args.batch,
-                    "seq_len": args.seq_len, "reps": args.reps, "machine": machine(),
-                    "median_s": {k: round(median(v), 4) for k, v in times.items()},
-                    "times_s": {k: [round(x, 4) for x in v] for k, v in times.items()},
-                    "others_cpu_share": others}
+    record: dict = {
+        "benchmark": "scores_cost",
+        "model": args.model,
+        "device": args.device,
+        "batch": args.batch,
+        "seq_len": args.seq_len,
+        "reps": args.reps,
+        "machine": machine(),
+        "median_s": {k: round(median(v), 4) for k, v in times.items()},
+        "times_s": {k: [round(x, 4) for x in v] for k, v in times.items()},
+        "others_cpu_share": others,
+    }
     base = record["median_s"]["pass_attention_only"]
     record["ratio_to_attention_only"] = {k: round(v / base, 3) for k, v in record["median_s"].items()}
     if args.first:

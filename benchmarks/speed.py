@@ -59,26 +59,32 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--no-tl", action="store_true", help="skip TransformerLens detect_head")
     args = p.parse_args(argv)
 
+    from transformers import AutoModelForCausalLM
+
     import headscope
     from headscope.models.loading import resolve_source
     from headscope.scan import scores as S
-    from headscope.scan.induction import _token_losses, chunk_size_for, score_pass, scan_induction
+    from headscope.scan.induction import _token_losses, chunk_size_for, scan_induction, score_pass
     from headscope.scan.sequences import repeated_tokens
-    from transformers import AutoModelForCausalLM
 
     threads = set_threads(args.threads)
     device = args.device
-    say(f"speed: {args.model} on {device}, {threads} threads, batch {args.batch} x seq-len {args.seq_len}; "
-        f"load average at start {load_average()}")
+    say(
+        f"speed: {args.model} on {device}, {threads} threads, batch {args.batch} x seq-len {args.seq_len}; "
+        f"load average at start {load_average()}"
+    )
     model = headscope.load_model(args.model, device=device)
     model_dir = resolve_source(args.model).path
     rt = repeated_tokens(model, seq_len=args.seq_len, batch=args.batch, repeats=2, seed=0)
     tokens = rt.tokens.to(device)
     cfg = model.cfg
     chunk = chunk_size_for(rt.layout.n_tokens, cfg.n_heads, cfg.d_vocab, args.batch, 2.0)
-    hf = {impl: AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation=impl,
-                                                      dtype=torch.float32).to(device).eval()
-          for impl in ("sdpa", "eager")}
+    hf = {
+        impl: AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation=impl, dtype=torch.float32)
+        .to(device)
+        .eval()
+        for impl in ("sdpa", "eager")
+    }
 
     @torch.no_grad()
     def hf_forward(impl):
@@ -110,17 +116,19 @@ def main(argv: list[str] | None = None) -> dict:
         "bridge_scoring_hooks": torch.no_grad()(lambda: model.run_with_hooks(tokens, fwd_hooks=scoring_hooks)),
         "scan_loss": torch.no_grad()(lambda: _token_losses(logits, tokens)),
         "loss_cross_entropy_t": torch.no_grad()(loss_cross_entropy_t),
-        "scan_induction": lambda: scan_induction(model, seq_len=args.seq_len, batch=args.batch, ablate=False,
-                                                 sample=False, progress=False),
+        "scan_induction": lambda: scan_induction(
+            model, seq_len=args.seq_len, batch=args.batch, ablate=False, sample=False, progress=False
+        ),
     }
     if not args.no_tl:
         from transformer_lens.head_detector import detect_head
 
         prompts = [f"seq{i}" for i in range(args.batch)]
-        by_key = {k: tokens[i: i + 1] for i, k in enumerate(prompts)}
+        by_key = {k: tokens[i : i + 1] for i, k in enumerate(prompts)}
         # same ids as the scan, see the docstring (detect_head also tokenizes the whole list once)
-        model.to_tokens = lambda text, *a, **kw: (by_key[text] if isinstance(text, str)
-                                                  else torch.cat([by_key[t] for t in text]))
+        model.to_tokens = lambda text, *a, **kw: (
+            by_key[text] if isinstance(text, str) else torch.cat([by_key[t] for t in text])
+        )
 
         def tl_detect_head():
             return [detect_head(model, prompts, name) for name in HEADS]
@@ -157,11 +165,22 @@ def main(argv: list[str] | None = None) -> dict:
     if not args.no_tl:
         ratios["tl_detect_head / scan"] = med["tl_detect_head"] / med["scan"]
         ratios["tl_detect_head_cached / scan"] = med["tl_detect_head_cached"] / med["scan"]
-    record = {"section": "speed", "device": device, "threads": threads, "model": args.model,
-              "batch": args.batch, "seq_len": args.seq_len, "n_tokens": rt.layout.n_tokens, "chunk_size": chunk,
-              "times_s": times, "others_cpu_share": others,
-              "others_cpu_share_max": max((o for v in others.values() for o in v if o is not None), default=None),
-              "median_s": med, "ratios": ratios, "load_average_end": load_average()}
+    record = {
+        "section": "speed",
+        "device": device,
+        "threads": threads,
+        "model": args.model,
+        "batch": args.batch,
+        "seq_len": args.seq_len,
+        "n_tokens": rt.layout.n_tokens,
+        "chunk_size": chunk,
+        "times_s": times,
+        "others_cpu_share": others,
+        "others_cpu_share_max": max((o for v in others.values() for o in v if o is not None), default=None),
+        "median_s": med,
+        "ratios": ratios,
+        "load_average_end": load_average(),
+    }
     emit(record)
     return record
 

@@ -120,10 +120,17 @@ def main(argv: list[str] | None = None) -> dict:
         recs = [json.loads((tmp / name / r["file"]).read_text()) for r in res.rows]
         inside = sum(sum(rec["seconds"].values()) for rec in recs) / len(recs)
         share = busy_share(busy, wall)
-        say(f"  {name}: {wall:.2f} s for {len(recs)} entries = {wall / len(recs):.3f} s/entry "
-            f"(inside the entry {inside:.3f} s; machine busy {100 * (share or 0):.0f}%, load {load_average()[0]:.1f})")
-        return {"wall_s": wall, "per_entry_s": wall / len(recs), "inside_s": inside,
-                "outside_s": wall / len(recs) - inside, "machine_busy": share}
+        say(
+            f"  {name}: {wall:.2f} s for {len(recs)} entries = {wall / len(recs):.3f} s/entry "
+            f"(inside the entry {inside:.3f} s; machine busy {100 * (share or 0):.0f}%, load {load_average()[0]:.1f})"
+        )
+        return {
+            "wall_s": wall,
+            "per_entry_s": wall / len(recs),
+            "inside_s": inside,
+            "outside_s": wall / len(recs) - inside,
+            "machine_busy": share,
+        }
 
     # the local executor's first entry imports transformers/TransformerLens lazily: warm it once
     run_sweep(entries[:1], tmp / "warm", figure=False, **scan)
@@ -145,25 +152,42 @@ def main(argv: list[str] | None = None) -> dict:
     finally:
         ray.shutdown()
 
-    med = {k: {m: statistics.median(x[m] for x in v) for m in ("per_entry_s", "inside_s", "outside_s")}
-           for k, v in runs.items()}
+    med = {
+        k: {m: statistics.median(x[m] for x in v) for m in ("per_entry_s", "inside_s", "outside_s")}
+        for k, v in runs.items()
+    }
     record = {
-        "section": "sweep_ray", "machine": machine(), "argv": argv if argv is not None else sys.argv[1:],
-        "entries": args.entries, "rounds": args.rounds, "threads": threads, "scan": scan,
+        "section": "sweep_ray",
+        "machine": machine(),
+        "argv": argv if argv is not None else sys.argv[1:],
+        "entries": args.entries,
+        "rounds": args.rounds,
+        "threads": threads,
+        "scan": scan,
         "model": str(args.model or "tiny random GPT-2 (2 layers, 4 heads, d_model 64)"),
-        "ray_version": ray.__version__, "cluster_start_s": start_s, "ray_cold": cold,
-        "median": med, "runs": runs,
+        "ray_version": ray.__version__,
+        "cluster_start_s": start_s,
+        "ray_cold": cold,
+        "median": med,
+        "runs": runs,
         "ray_serial_overhead_per_entry_s": med["ray_serial"]["per_entry_s"] - med["local"]["per_entry_s"],
         # the same, from the time spent outside the entries' own work (less disturbed by a busy machine)
         "ray_serial_overhead_outside_s": med["ray_serial"]["outside_s"] - med["local"]["outside_s"],
         "ray_parallel / local": med["ray_parallel"]["per_entry_s"] / med["local"]["per_entry_s"],
         "load_average_end": load_average(),
     }
-    say("  median s/entry: " + ", ".join(f"{k} {v['per_entry_s']:.3f} (inside {v['inside_s']:.3f}, outside "
-                                        f"{v['outside_s']:.3f})" for k, v in med.items()))
-    say(f"  Ray overhead per entry (serial - local): {record['ray_serial_overhead_per_entry_s']:+.3f} s wall, "
+    say(
+        "  median s/entry: "
+        + ", ".join(
+            f"{k} {v['per_entry_s']:.3f} (inside {v['inside_s']:.3f}, outside {v['outside_s']:.3f})"
+            for k, v in med.items()
+        )
+    )
+    say(
+        f"  Ray overhead per entry (serial - local): {record['ray_serial_overhead_per_entry_s']:+.3f} s wall, "
         f"{record['ray_serial_overhead_outside_s']:+.3f} s outside the entries' work; "
-        f"cold first sweep {cold['per_entry_s']:.3f} s/entry; cluster start {start_s:.2f} s")
+        f"cold first sweep {cold['per_entry_s']:.3f} s/entry; cluster start {start_s:.2f} s"
+    )
     shutil.rmtree(tmp, ignore_errors=True)  # the symlinked entries, the tiny model, the sweeps' outputs
     if args.out:
         Path(args.out).write_text(json.dumps(record, indent=1))

@@ -32,8 +32,20 @@ def norm(v):
 
 
 def walk(a, b, path, out, tol):
-    if path.split(".")[-1] in ("timings", "definitions", "notes", "findings", "note", "method", "tokens",
-                               "pairs_tokens", "top_pairs", "directions", "text", "how"):
+    if path.split(".")[-1] in (
+        "timings",
+        "definitions",
+        "notes",
+        "findings",
+        "note",
+        "method",
+        "tokens",
+        "pairs_tokens",
+        "top_pairs",
+        "directions",
+        "text",
+        "how",
+    ):
         return
     if isinstance(a, dict) and isinstance(b, dict):
         for k in sorted(set(a) | set(b)):
@@ -65,8 +77,10 @@ def main() -> int:
     a, b = (norm(json.load(open(p))) for p in (args.before, args.after))
     out = {"diff": [], "only": [], "numbers": 0, "max": 0.0}
     walk(a, b, "$", out, args.tol)
-    print(f"{out['numbers']} numbers compared; {len(out['diff'])} differences beyond {args.tol}"
-          f" (largest {out['max']:.3g}); {len(out['only'])} keys on one side only")
+    print(
+        f"{out['numbers']} numbers compared; {len(out['diff'])} differences beyond {args.tol}"
+        f" (largest {out['max']:.3g}); {len(out['only'])} keys on one side only"
+    )
     for line in out["diff"][:40] + out["only"][:20]:
         print("  " + line)
     return 1 if out["diff"] else 0

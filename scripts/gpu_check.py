@@ -61,13 +61,16 @@ def fused_ratios(model: str, device: str, reps: int) -> dict:
     import fused as bench  # benchmarks/fused.py
     from _bench import interleaved, median
 
-    sizes = [("10x101", 50, 10, list(bench.MODES), True, True),
-             ("2x1025", 512, 2, ["scan_fused"], False, True),
-             ("1x4097", 2048, 1, list(bench.MODES), False, False)]
+    sizes = [
+        ("10x101", 50, 10, list(bench.MODES), True, True),
+        ("2x1025", 512, 2, ["scan_fused"], False, True),
+        ("1x4097", 2048, 1, list(bench.MODES), False, False),
+    ]
     out = {}
     for name, seq_len, batch, modes, ablation, tl in sizes:
-        ns = argparse.Namespace(model=model, device=device, seq_len=seq_len, batch=batch, modes=modes,
-                                ablation=ablation, top=5, tl=tl)
+        ns = argparse.Namespace(
+            model=model, device=device, seq_len=seq_len, batch=batch, modes=modes, ablation=ablation, top=5, tl=tl
+        )
         fns, _ = bench.build(ns)
         for fn in fns.values():  # warm-up (kernels, allocator)
             fn()
@@ -106,14 +109,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtypes", default="float32,bfloat16")
     p.add_argument("--seq-len", type=int, default=50)
     p.add_argument("--batch", type=int, default=10)
-    p.add_argument("--long", type=int, default=None, help="seq-len of the long run (default on CUDA: the longest "
-                   "that fits, from the model's window down; 0 = skip)")
-    p.add_argument("--ratios", action=argparse.BooleanOptionalAction, default=None,
-                   help="measure benchmarks/fused.py's ratios on this device (default: on CUDA)")
+    p.add_argument(
+        "--long",
+        type=int,
+        default=None,
+        help="seq-len of the long run (default on CUDA: the longest that fits, from the model's window down; 0 = skip)",
+    )
+    p.add_argument(
+        "--ratios",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="measure benchmarks/fused.py's ratios on this device (default: on CUDA)",
+    )
     p.add_argument("--reps", type=int, default=3, help="interleaved rounds per ratio")
     p.add_argument("--tolerance", type=float, default=0.1, help="largest |score difference| vs float32 allowed")
-    p.add_argument("--min-induction", type=float, default=None,
-                   help="fail if the top induction score is lower (default 0.4 for the built-in model)")
+    p.add_argument(
+        "--min-induction",
+        type=float,
+        default=None,
+        help="fail if the top induction score is lower (default 0.4 for the built-in model)",
+    )
     p.add_argument("--no-ablate", action="store_true", help="skip the causal check (a quicker run)")
     p.add_argument("--json", default=None, help="also write the results to this file")
     args = p.parse_args(argv)
@@ -127,8 +142,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     long = args.long if args.long is not None else (-1 if device.startswith("cuda") else 0)  # -1: the longest
     ratios = args.ratios if args.ratios is not None else device.startswith("cuda")
-    min_ind = args.min_induction if args.min_induction is not None else (
-        0.4 if args.model == headscope.DEFAULT_MODEL else None)
+    min_ind = (
+        args.min_induction
+        if args.min_induction is not None
+        else (0.4 if args.model == headscope.DEFAULT_MODEL else None)
+    )
     env = f"torch {torch.__version__}"
     if torch.cuda.is_available():
         env += f", CUDA {torch.version.cuda}, {torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
@@ -151,8 +169,9 @@ def main(argv: list[str] | None = None) -> int:
             _sync(device)
             t_load = time.perf_counter() - t0
             t0 = time.perf_counter()
-            res = headscope.scan_induction(model, seq_len=args.seq_len, batch=args.batch, ablate=not args.no_ablate,
-                                           progress=False)
+            res = headscope.scan_induction(
+                model, seq_len=args.seq_len, batch=args.batch, ablate=not args.no_ablate, progress=False
+            )
             _sync(device)
             t_scan = time.perf_counter() - t0
         except (HeadscopeError, RuntimeError) as exc:
@@ -162,13 +181,22 @@ def main(argv: list[str] | None = None) -> int:
         top = ", ".join(f"L{l}H{h} {v:.3f}" for l, h, v in res.top_heads("induction", 5))
         timings = ", ".join(f"{k} {v:.2f} s" for k, v in res.timings.items())
         peak = _peak(device)
-        print(f"{dtype}: loaded in {t_load:.2f} s on {model.cfg.device}; scan {t_scan:.2f} s ({timings})"
-              + (f"; peak GPU memory {peak:.2f} GiB" if peak is not None else ""))
+        print(
+            f"{dtype}: loaded in {t_load:.2f} s on {model.cfg.device}; scan {t_scan:.2f} s ({timings})"
+            + (f"; peak GPU memory {peak:.2f} GiB" if peak is not None else "")
+        )
         print(f"  top induction heads: {top}")
         print(f"  loss: first repeat {res.loss_first_repeat:.2f}, later repeats {res.loss_later_repeats:.2f} nats")
-        report["runs"][dtype] = {"load_s": t_load, "scan_s": t_scan, "timings": res.timings, "peak_gib": peak,
-                                 "top_heads": res.top_heads("induction", 5), "loss_later": res.loss_later_repeats,
-                                 "loss_first": res.loss_first_repeat, "chunk_size": res.settings["chunk_size"]}
+        report["runs"][dtype] = {
+            "load_s": t_load,
+            "scan_s": t_scan,
+            "timings": res.timings,
+            "peak_gib": peak,
+            "top_heads": res.top_heads("induction", 5),
+            "loss_later": res.loss_later_repeats,
+            "loss_first": res.loss_first_repeat,
+            "chunk_size": res.settings["chunk_size"],
+        }
         finite = all(np.isfinite(a).all() for a in res.scores.values()) and np.isfinite(res.per_position_loss).all()
         check(finite, f"{dtype}: every score and loss is finite")
         check(res.loss_later_repeats < res.loss_first_repeat, f"{dtype}: later repeats are easier than the first")
@@ -181,8 +209,10 @@ def main(argv: list[str] | None = None) -> int:
         for dtype, res in results.items():
             if dtype == "float32":
                 continue
-            diff = max(float(np.abs(res.scores[k] - ref.scores[k]).max()) for k in ("induction", "previous_token",
-                                                                                    "duplicate_token", "prefix_matching"))
+            diff = max(
+                float(np.abs(res.scores[k] - ref.scores[k]).max())
+                for k in ("induction", "previous_token", "duplicate_token", "prefix_matching")
+            )
             same_top = res.top_heads("induction", 1)[0][:2] in [h[:2] for h in ref.top_heads("induction", 3)]
             report["runs"][dtype]["max_score_diff_vs_float32"] = diff
             check(diff <= args.tolerance, f"{dtype}: scores within {args.tolerance} of float32 (max diff {diff:.4f})")
@@ -194,18 +224,27 @@ def main(argv: list[str] | None = None) -> int:
         runs = {}
         for attention in ("eager", "fused"):
             t0 = time.perf_counter()
-            runs[attention] = headscope.scan_induction(model, seq_len=args.seq_len, batch=args.batch, sample=False,
-                                                       ablate=not args.no_ablate, progress=False, attention=attention)
+            runs[attention] = headscope.scan_induction(
+                model,
+                seq_len=args.seq_len,
+                batch=args.batch,
+                sample=False,
+                ablate=not args.no_ablate,
+                progress=False,
+                attention=attention,
+            )
             _sync(device)
             print(f"{attention}: scan {time.perf_counter() - t0:.2f} s ({runs[attention].settings['attention']})")
-        diff = max(float(np.abs(runs["fused"].scores[k] - runs["eager"].scores[k]).max())
-                   for k in runs["eager"].scores)
-        abl = max((abs(a["loss"] - b["loss"])
-                   for a, b in zip(runs["fused"].ablation, runs["eager"].ablation, strict=True)),
-                  default=0.0)
-        report["fused_vs_eager"] = {"max_score_diff": diff, "max_ablation_loss_diff": abl,
-                                    "max_loss_diff": float(np.abs(runs["fused"].per_position_loss
-                                                                  - runs["eager"].per_position_loss).max())}
+        diff = max(float(np.abs(runs["fused"].scores[k] - runs["eager"].scores[k]).max()) for k in runs["eager"].scores)
+        abl = max(
+            (abs(a["loss"] - b["loss"]) for a, b in zip(runs["fused"].ablation, runs["eager"].ablation, strict=True)),
+            default=0.0,
+        )
+        report["fused_vs_eager"] = {
+            "max_score_diff": diff,
+            "max_ablation_loss_diff": abl,
+            "max_loss_diff": float(np.abs(runs["fused"].per_position_loss - runs["eager"].per_position_loss).max()),
+        }
         check(runs["fused"].settings["attention"] == "fused", "the fused path runs on this device")
         check(diff <= 1e-5, f"fused and eager scores within 1e-5 (max diff {diff:.2e}; ablation losses {abl:.2e})")
         del model, runs
@@ -227,8 +266,9 @@ def main(argv: list[str] | None = None) -> int:
                 _peak_reset(device)
                 base = torch.cuda.memory_allocated() / 2**30 if device.startswith("cuda") else None
                 t0 = time.perf_counter()
-                res = headscope.scan_induction(model, seq_len=seq_len, batch=1, ablate=False, sample=False,
-                                               progress=False)
+                res = headscope.scan_induction(
+                    model, seq_len=seq_len, batch=1, ablate=False, sample=False, progress=False
+                )
                 _sync(device)
                 t_long = time.perf_counter() - t0
             except torch.OutOfMemoryError:
@@ -245,12 +285,20 @@ def main(argv: list[str] | None = None) -> int:
             peak = _peak(device)
             l, h, v = res.top_heads("induction", 1)[0]
             which = "the longest that fits" if long < 0 else "as asked"
-            print(f"long: seq-len {seq_len} ({res.settings['n_tokens']} tokens), {which}, batch 1, float32, "
-                  f"{res.settings['attention']} attention: {t_long:.2f} s, "
-                  f"top L{l}H{h} {v:.3f}, later-repeat loss {res.loss_later_repeats:.2f}"
-                  + (f"; peak GPU memory {peak:.2f} GiB ({peak - base:.2f} above the model)" if peak is not None else ""))
-            report["long"] = {"seq_len": seq_len, "n_tokens": res.settings["n_tokens"], "s": t_long,
-                              "peak_gib": peak, "model_gib": base, "attention": res.settings["attention"]}
+            print(
+                f"long: seq-len {seq_len} ({res.settings['n_tokens']} tokens), {which}, batch 1, float32, "
+                f"{res.settings['attention']} attention: {t_long:.2f} s, "
+                f"top L{l}H{h} {v:.3f}, later-repeat loss {res.loss_later_repeats:.2f}"
+                + (f"; peak GPU memory {peak:.2f} GiB ({peak - base:.2f} above the model)" if peak is not None else "")
+            )
+            report["long"] = {
+                "seq_len": seq_len,
+                "n_tokens": res.settings["n_tokens"],
+                "s": t_long,
+                "peak_gib": peak,
+                "model_gib": base,
+                "attention": res.settings["attention"],
+            }
             check(bool(np.isfinite(res.scores["induction"]).all()), f"long: seq-len {seq_len} scores are finite")
             break
 

@@ -48,10 +48,14 @@ OFFLINE_FLAGS = (
     "--metrics-recording-only",
 )
 
-WHY_NO_CHROMIUM = ("no Chromium here and it cannot be installed (needs root and apt-get): "
-                   "run `apt-get install -y chromium` or set HEADSCOPE_CHROMIUM=/path/to/chrome")
-WHY_NO_PLAYWRIGHT = ("Playwright for Python is not installed: `pip install -e .[test]` "
-                     "(or `pip install playwright`; its browser download is not needed)")
+WHY_NO_CHROMIUM = (
+    "no Chromium here and it cannot be installed (needs root and apt-get): "
+    "run `apt-get install -y chromium` or set HEADSCOPE_CHROMIUM=/path/to/chrome"
+)
+WHY_NO_PLAYWRIGHT = (
+    "Playwright for Python is not installed: `pip install -e .[test]` "
+    "(or `pip install playwright`; its browser download is not needed)"
+)
 
 
 def find_chromium() -> str | None:
@@ -119,13 +123,14 @@ class OfflineBrowser:
             raise RuntimeError(WHY_NO_CHROMIUM)
         self.timeout = timeout
 
-    def __enter__(self) -> "OfflineBrowser":
+    def __enter__(self) -> OfflineBrowser:
         from playwright.sync_api import sync_playwright
 
         self._pw = sync_playwright().start()
         try:
-            self._browser = self._pw.chromium.launch(executable_path=self.executable, headless=True,
-                                                     args=list(OFFLINE_FLAGS), timeout=self.timeout * 1000)
+            self._browser = self._pw.chromium.launch(
+                executable_path=self.executable, headless=True, args=list(OFFLINE_FLAGS), timeout=self.timeout * 1000
+            )
         except Exception:
             self._pw.stop()
             raise
@@ -137,14 +142,16 @@ class OfflineBrowser:
         finally:
             self._pw.stop()
 
-    def open(self, path: Path, ready: str | None = None, timeout: float = 30.0, width: int = 1280,
-             height: int = 900) -> OfflinePage:
+    def open(
+        self, path: Path, ready: str | None = None, timeout: float = 30.0, width: int = 1280, height: int = 900
+    ) -> OfflinePage:
         """Load ``path`` in a fresh context; wait for the load event and, if given, for ``ready``
         (a JavaScript expression) to be truthy, then half a second more for late errors."""
         # service workers would fetch outside page.route's sight; a file: page cannot register
         # one anyway, this makes it certain
-        context = self._browser.new_context(viewport={"width": width, "height": height},
-                                            device_scale_factor=1, service_workers="block")
+        context = self._browser.new_context(
+            viewport={"width": width, "height": height}, device_scale_factor=1, service_workers="block"
+        )
         page = context.new_page()
         url = Path(path).resolve().as_uri()
         log = OfflinePage(page, url)
@@ -164,8 +171,10 @@ class OfflineBrowser:
                 route.abort("blockedbyclient")
 
         page.on("console", on_console)
-        page.on("pageerror", lambda exc: log.console.append({"level": "error",
-                                                            "text": f"uncaught: {exc.name}: {exc.message}"}))
+        page.on(
+            "pageerror",
+            lambda exc: log.console.append({"level": "error", "text": f"uncaught: {exc.name}: {exc.message}"}),
+        )
         page.route("**/*", on_route)
         page.goto(url, wait_until="load", timeout=timeout * 1000)
         # polled from here: page.wait_for_function evaluates its predicate with eval() inside the

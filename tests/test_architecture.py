@@ -81,8 +81,10 @@ def test_upward_imports_are_only_lazy_notebook_views():
                 continue
             lazy_view = func is not None and func.startswith(VIEW_FUNCTIONS) and layer_of(target) == "render"
             if not lazy_view:
-                bad.append(f"{mod}:{line} imports {target} ({layer_of(target)} is above {layer_of(mod)})"
-                           + ("" if func else " at module level"))
+                bad.append(
+                    f"{mod}:{line} imports {target} ({layer_of(target)} is above {layer_of(mod)})"
+                    + ("" if func else " at module level")
+                )
     assert not bad, "\n".join(bad)
 
 

@@ -83,18 +83,28 @@ def test_hub_id_in_the_hf_cache_loads_offline_without_retrying(tiny_gpt2_dir, tm
     # unreachable, from the cache only (no network retries).
     hub_cache = tmp_path / "hf-hub"
     snapshot = _fake_hub_cache(hub_cache, "fake-org/tiny-gpt2", tiny_gpt2_dir)
-    env = dict(os.environ, HF_HUB_CACHE=str(hub_cache), HF_ENDPOINT="https://hub.invalid",
-               HEADSCOPE_CACHE=str(tmp_path / "c"))
+    env = dict(
+        os.environ, HF_HUB_CACHE=str(hub_cache), HF_ENDPOINT="https://hub.invalid", HEADSCOPE_CACHE=str(tmp_path / "c")
+    )
     env.pop("HF_HUB_OFFLINE", None)
-    code = ("import headscope; m = headscope.load_model('fake-org/tiny-gpt2', device='cpu'); "
-            "print(m.source.kind, m.cfg.n_layers)")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                          stdin=subprocess.DEVNULL, timeout=120)
+    code = (
+        "import headscope; m = headscope.load_model('fake-org/tiny-gpt2', device='cpu'); "
+        "print(m.source.kind, m.cfg.n_layers)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["hub", "2"]
 
-    fetch = subprocess.run([sys.executable, "-m", "headscope", "fetch", "fake-org/tiny-gpt2"],
-                           capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=120)
+    fetch = subprocess.run(
+        [sys.executable, "-m", "headscope", "fetch", "fake-org/tiny-gpt2"],
+        capture_output=True,
+        text=True,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+    )
     assert fetch.returncode == 0, fetch.stderr
     assert f"ready: fake-org/tiny-gpt2 -> {snapshot}" in fetch.stderr
 

@@ -19,8 +19,20 @@ def run(*args):
 @pytest.fixture()
 def small(tiny_gpt2_dir, tmp_path):
     """Common args for a fast run on the tiny GPT-2; the output dir is fresh per test."""
-    return ["--model", tiny_gpt2_dir, "--seq-len", 6, "--batch", 3, "--top", 2, "--device", "cpu",
-            "--out", tmp_path / "out"]
+    return [
+        "--model",
+        tiny_gpt2_dir,
+        "--seq-len",
+        6,
+        "--batch",
+        3,
+        "--top",
+        2,
+        "--device",
+        "cpu",
+        "--out",
+        tmp_path / "out",
+    ]
 
 
 def test_json_goes_to_stdout_alone_and_matches_scores_json(small, tmp_path):
@@ -39,8 +51,16 @@ def test_writes_csv_and_every_figure(small, tmp_path):
     assert r.exit_code == 0, r.output
     out = tmp_path / "out"
     names = {p.name for p in out.iterdir()}
-    assert {"scores.json", "scores.csv", "heatmap_induction.png", "heatmap_copying.png", "loss_by_position.png",
-            "ablation.png", "attention_repeated.png", "attention_text_1.png"} <= names
+    assert {
+        "scores.json",
+        "scores.csv",
+        "heatmap_induction.png",
+        "heatmap_copying.png",
+        "loss_by_position.png",
+        "ablation.png",
+        "attention_repeated.png",
+        "attention_text_1.png",
+    } <= names
     header = (out / "scores.csv").read_text().splitlines()[0]
     from headscope.scores import score_names
 
@@ -114,8 +134,22 @@ def test_model_without_bos_token_uses_eos_and_says_so(tmp_path, tiny_gpt2_dir):
     tok = AutoTokenizer.from_pretrained(str(d))
     tok.bos_token = None
     tok.save_pretrained(str(d))
-    r = run("--model", d, "--seq-len", 5, "--batch", 2, "--top", 1, "--no-ablate", "--device", "cpu",
-            "--out", tmp_path / "o", "--json")
+    r = run(
+        "--model",
+        d,
+        "--seq-len",
+        5,
+        "--batch",
+        2,
+        "--top",
+        1,
+        "--no-ablate",
+        "--device",
+        "cpu",
+        "--out",
+        tmp_path / "o",
+        "--json",
+    )
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
     assert doc["settings"]["bos_token_id"] == 50256 and doc["settings"]["n_tokens"] == 11

@@ -43,6 +43,7 @@ def cli(*args):
 
 def strict_json(path: Path):
     """Parse ``path`` refusing NaN/Infinity (Python's json accepts them by default)."""
+
     def refuse(token):
         raise ValueError(f"{path.name} holds {token}, which is not JSON")
 
@@ -51,14 +52,18 @@ def strict_json(path: Path):
 
 def snapshot(root: Path) -> dict[str, str]:
     """Every file under ``root`` (hidden ones too) with a hash of its bytes."""
-    return {str(p.relative_to(root)): hashlib.sha1(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha1(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def leftovers(folder: Path) -> list[str]:
     """Staging folders, temporary files, locks and set-aside old sets a run may leave beside its --out."""
-    return sorted(p.name for p in folder.iterdir()
-                  if any(m in p.name for m in (".partial", ".lock", ".old-", ".probe-")))
+    return sorted(
+        p.name for p in folder.iterdir() if any(m in p.name for m in (".partial", ".lock", ".old-", ".probe-"))
+    )
 
 
 def old_set(out: Path, command: str, names=("scores.json", "ablation.png")) -> dict[str, str]:
@@ -269,8 +274,9 @@ WRITE_SLOWLY = textwrap.dedent("""
 def _interrupt(cmd: list[str], when: str, delay: float) -> tuple[int, str]:
     """Run ``cmd``, send SIGINT ``delay`` s after a stderr line containing ``when``; (exit code, stderr)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
-    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
-                         env=env)
+    p = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, env=env
+    )
     seen = []
     try:
         for line in p.stderr:
@@ -292,8 +298,23 @@ def test_ctrl_c_exits_130_and_keeps_the_earlier_results(moment, tmp_path, tiny_g
     out = tmp_path / "out"
     earlier = old_set(out, "induction")
     if moment == "while it scans":  # many small chunks: the scan takes far longer than the delay
-        cmd = [sys.executable, "-m", "headscope", "induction", "--model", str(tiny_gpt2_dir), "--seq-len", "40",
-               "--batch", "4000", "--max-memory", "0.02", "--no-ablate", "--device", "cpu"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "headscope",
+            "induction",
+            "--model",
+            str(tiny_gpt2_dir),
+            "--seq-len",
+            "40",
+            "--batch",
+            "4000",
+            "--max-memory",
+            "0.02",
+            "--no-ablate",
+            "--device",
+            "cpu",
+        ]
         when, delay = "Loaded", 1.0
     else:
         cmd = [sys.executable, "-c", WRITE_SLOWLY, "induction", "--model", str(tiny_gpt2_dir), *SMALL]
@@ -402,8 +423,14 @@ def test_odd_numbers_are_refused_before_the_model_loads(args, names, tmp_path, t
 
 
 def test_strict_json_turns_every_non_finite_number_into_null():
-    doc = strict({"a": float("nan"), "b": [np.float32("inf"), 1.5, np.int64(3)], "c": np.array([np.nan, 2.0]),
-                  "d": (-math.inf, True)})
+    doc = strict(
+        {
+            "a": float("nan"),
+            "b": [np.float32("inf"), 1.5, np.int64(3)],
+            "c": np.array([np.nan, 2.0]),
+            "d": (-math.inf, True),
+        }
+    )
     assert doc == {"a": None, "b": [None, 1.5, 3], "c": [None, 2.0], "d": [None, True]}
 
 
@@ -454,7 +481,8 @@ def test_top_beyond_the_heads_is_cut_and_said_and_the_control_is_never_empty(tin
     control = [e for e in res.ablation if e["kind"] == "control"]
     assert len(control) == 1 and len(control[0]["heads"]) == 1
     assert {tuple(h) for h in control[0]["heads"]}.isdisjoint(
-        {tuple(h) for e in res.ablation if e["kind"] == "all_top" for h in e["heads"]})
+        {tuple(h) for e in res.ablation if e["kind"] == "all_top" for h in e["heads"]}
+    )
     plain = scan_induction(tiny_gpt2, seq_len=6, batch=2, top_k=50, ablate=False, sample=False, progress=False)
     assert plain.settings["top_k"] == n and plain.notes
 
@@ -476,8 +504,9 @@ def test_qk_memory_estimate_covers_the_tensors_it_keeps(tiny_llama):
     live = qk_scores(tiny_llama, heads, [seq])
     acts = capture_residual(tiny_llama, seq, 2, score_layers={1, 2})
     _, _, comps = residual_components(acts, head_weights(tiny_llama), 2)
-    kept = (live.scores[0].nbytes + live.patterns[0].nbytes + sum(t.numel() * 8 for t in acts.values())
-            + comps.numel() * 8)
+    kept = (
+        live.scores[0].nbytes + live.patterns[0].nbytes + sum(t.numel() * 8 for t in acts.values()) + comps.numel() * 8
+    )
     logits = T * tiny_llama.cfg.d_vocab * 4
     estimate = qk_memory_bytes(tiny_llama, [T], heads)
     assert kept + logits <= estimate <= 4 * (kept + logits)
@@ -487,8 +516,22 @@ def test_qk_memory_estimate_covers_the_tensors_it_keeps(tiny_llama):
 
 
 def test_qk_beyond_its_memory_budget_is_refused_before_any_forward_pass(tmp_path, tiny_llama_dir):
-    r = cli("qk", "--model", tiny_llama_dir, "--text", "a b c d " * 100, "--max-tokens", "400", "--max-memory",
-            "0.01", "--no-figures", "--device", "cpu", "--out", tmp_path / "out")
+    r = cli(
+        "qk",
+        "--model",
+        tiny_llama_dir,
+        "--text",
+        "a b c d " * 100,
+        "--max-tokens",
+        "400",
+        "--max-memory",
+        "0.01",
+        "--no-figures",
+        "--device",
+        "cpu",
+        "--out",
+        tmp_path / "out",
+    )
     assert r.exit_code == 2, r.output
     said = " ".join(r.output.split())
     assert "would need about" in said and "more than the budget of 0.01 GiB" in said

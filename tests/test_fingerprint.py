@@ -35,7 +35,8 @@ def test_bridge_fingerprint_is_the_plain_transformers_one(which, request):
     assert fp["sha256"] == _by_hand(plain) == weights_fingerprint(plain)["sha256"]
     assert fp["n_params"] == sum(p.numel() for p in plain.parameters())  # tied embedding (GPT-2) counted once
     assert sorted(n for n, _ in hf_named_parameters(bridge.original_model)) == sorted(
-        n for n, _ in plain.named_parameters())
+        n for n, _ in plain.named_parameters()
+    )
 
 
 def test_one_changed_weight_changes_the_fingerprint_and_a_copy_does_not(tiny_gpt2_dir, tmp_path):
@@ -51,9 +52,14 @@ def test_one_changed_weight_changes_the_fingerprint_and_a_copy_does_not(tiny_gpt
 
 
 def test_same_weights_point_at_the_first_entry_that_had_them():
-    rows = [{"label": "a", "weights_sha256": "x"}, {"label": "b", "weights_sha256": "y"},
-            {"label": "c", "weights_sha256": "x"}, {"label": "d", "weights_sha256": None},
-            {"label": "e"}, {"label": "f", "weights_sha256": "x"}]
+    rows = [
+        {"label": "a", "weights_sha256": "x"},
+        {"label": "b", "weights_sha256": "y"},
+        {"label": "c", "weights_sha256": "x"},
+        {"label": "d", "weights_sha256": None},
+        {"label": "e"},
+        {"label": "f", "weights_sha256": "x"},
+    ]
     assert [r["same_weights_as"] for r in mark_same_weights(rows)] == [None, None, "a", None, None, "a"]
 
 
@@ -67,8 +73,24 @@ def test_local_sweep_flags_a_copy_of_a_model_under_another_name(tiny_gpt2_dir, t
     copy = tmp_path / "step2000"
     shutil.copytree(tiny_gpt2_dir, copy)
     out = tmp_path / "out"
-    r = CliRunner().invoke(app, ["sweep", "-m", str(tiny_gpt2_dir), "-m", str(tiny_llama_dir), "-m", str(copy),
-                                 "--out", str(out), "--seq-len", "8", "--batch", "2"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "sweep",
+            "-m",
+            str(tiny_gpt2_dir),
+            "-m",
+            str(tiny_llama_dir),
+            "-m",
+            str(copy),
+            "--out",
+            str(out),
+            "--seq-len",
+            "8",
+            "--batch",
+            "2",
+        ],
+    )
     assert r.exit_code == 0, r.output
     rows = json.loads((out / "sweep.json").read_text())["entries"]
     assert [row["same_weights_as"] for row in rows] == [None, None, rows[0]["label"]]

@@ -31,6 +31,7 @@ TOL = 1e-5
 
 # --- pure functions against an explicit softmax -----------------------------------------------
 
+
 def explicit_attention(q, k, v, scale):
     """The textbook computation: [b, h, n, n] pattern, output and row logsumexp."""
     n = q.shape[-2]
@@ -81,6 +82,7 @@ def test_prefix_pairs_are_exactly_the_prefix_mask():
 
 
 # --- the routed model ---------------------------------------------------------------------------
+
 
 def check_fused_equals_eager(model, seq_len, batch, chunk):
     assert F.fused_supported(model), F.fused_unsupported_reason(model)
@@ -175,8 +177,10 @@ def test_fused_context_restores_the_eager_model_even_after_an_error(tiny_llama):
     assert "forward" not in tiny_llama.blocks[0].attn.original_component.__dict__
     seen = []
     with torch.no_grad():
-        tiny_llama.run_with_hooks(torch.arange(100, 110)[None],
-                                  fwd_hooks=[("blocks.0.attn.hook_pattern", lambda p, hook: seen.append(p.shape))])
+        tiny_llama.run_with_hooks(
+            torch.arange(100, 110)[None],
+            fwd_hooks=[("blocks.0.attn.hook_pattern", lambda p, hook: seen.append(p.shape))],
+        )
     assert seen == [torch.Size([1, 4, 10, 10])]
 
 
@@ -227,6 +231,7 @@ def test_nested_blocks_on_two_models_keep_their_callbacks_apart(tiny_gpt2, tiny_
 
 # --- the whole scan, both routes ------------------------------------------------------------------
 
+
 def test_scan_induction_fused_equals_eager_scores_roles_and_ablations(tiny_llama):
     kw = dict(seq_len=9, batch=3, top_k=2, sample=False, progress=False)
     eager = scan_induction(tiny_llama, attention="eager", **kw)
@@ -259,6 +264,7 @@ def test_scan_records_the_chunk_its_budget_allows(tiny_gpt2):
 
 
 # --- restart-from-residual ablation -------------------------------------------------------------
+
 
 def check_restart_equals_full(model, seq_len, batch, chunk, head_sets, fused, zero=True):
     rt = repeated_tokens(model, seq_len=seq_len, batch=batch, repeats=2, seed=0)
@@ -316,6 +322,7 @@ def test_scan_without_kept_residuals_recomputes_them_and_gets_the_same_ablation(
 
 # --- copying scores once per model --------------------------------------------------------------
 
+
 def test_copying_scores_are_computed_once_and_again_after_a_weight_change(tiny_gpt2, monkeypatch):
     from headscope.scores import registry
 
@@ -323,8 +330,11 @@ def test_copying_scores_are_computed_once_and_again_after_a_weight_change(tiny_g
     copying = registry.score("copying")
     original = copying.from_weights
     spy = lambda w: calls.append(1) or original(w)  # noqa: E731
-    monkeypatch.setattr(registry, "SCORES", tuple(
-        s if s.name != "copying" else type(s)(**{**s.__dict__, "from_weights": spy}) for s in registry.SCORES))
+    monkeypatch.setattr(
+        registry,
+        "SCORES",
+        tuple(s if s.name != "copying" else type(s)(**{**s.__dict__, "from_weights": spy}) for s in registry.SCORES),
+    )
     tiny_gpt2.cache.pop("weight_scores", None)
     first = weight_score_arrays(tiny_gpt2)["copying"]
     assert np.array_equal(weight_score_arrays(tiny_gpt2)["copying"], first) and len(calls) == 1

@@ -16,8 +16,11 @@ def _gpt2_cached() -> bool:
         return False
 
 
-pytestmark = pytest.mark.skipif(not _gpt2_cached(), reason="real GPT-2 weights are not in the Hugging Face cache "
-                                "(the hub is unreachable here); run once online to enable this test")
+pytestmark = pytest.mark.skipif(
+    not _gpt2_cached(),
+    reason="real GPT-2 weights are not in the Hugging Face cache "
+    "(the hub is unreachable here); run once online to enable this test",
+)
 
 
 @pytest.fixture(scope="module")

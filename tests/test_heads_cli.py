@@ -23,8 +23,19 @@ def run(*args):
 @pytest.fixture()
 def small(tiny_gpt2_dir, tmp_path):
     """A fast run on the tiny GPT-2, ICL off; the output dir is fresh per test."""
-    return ["--model", tiny_gpt2_dir, "--seq-len", 6, "--batch", 3, "--device", "cpu", "--no-icl",
-            "--out", tmp_path / "out"]
+    return [
+        "--model",
+        tiny_gpt2_dir,
+        "--seq-len",
+        6,
+        "--batch",
+        3,
+        "--device",
+        "cpu",
+        "--no-icl",
+        "--out",
+        tmp_path / "out",
+    ]
 
 
 def expected_roles(doc) -> dict[str, list[str]]:
@@ -50,8 +61,7 @@ def test_json_is_heads_json_and_roles_follow_the_thresholds(small, tmp_path):
             assert v >= doc["thresholds"][name]
     assert doc["role_counts"] == {s.name: sum(s.name in v for v in want.values()) for s in role_scores()}
     assert doc["icl"] is None and doc["natural_sinks"] is None
-    assert set(doc["legend"]) >= {"roles"} and all(f"≥ {s.threshold}" in " ".join(doc["legend"])
-                                                   for s in role_scores())
+    assert set(doc["legend"]) >= {"roles"} and all(f"≥ {s.threshold}" in " ".join(doc["legend"]) for s in role_scores())
     assert "Roles of every head" in r.stderr and "Heads per role" in r.stderr  # with --json, the table goes to stderr
 
 
@@ -69,14 +79,17 @@ def test_csv_has_one_row_per_head_with_every_score_and_its_roles(small, tmp_path
     assert "8 of 8 heads have at least one" in " ".join(r.stdout.split())  # the table title, however wrapped
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--threshold", "nonsense=1"], "bad --threshold"),
-    (["--top", "0"], "--top must be at least 1"),
-    (["--icl-windows", "0"], "--icl-windows must be at least 1"),
-    (["--file", "/no/such/file.txt", "--icl"], "does not exist"),
-    (["--file", "__README__", "--no-icl"], "--file is only read by"),
-    (["--ablation", "half"], "unknown ablation"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--threshold", "nonsense=1"], "bad --threshold"),
+        (["--top", "0"], "--top must be at least 1"),
+        (["--icl-windows", "0"], "--icl-windows must be at least 1"),
+        (["--file", "/no/such/file.txt", "--icl"], "does not exist"),
+        (["--file", "__README__", "--no-icl"], "--file is only read by"),
+        (["--ablation", "half"], "unknown ablation"),
+    ],
+)
 def test_bad_input_is_refused_before_the_model_loads(small, tmp_path, args, needle):
     args = [str(tmp_path / "r.txt") if a == "__README__" else a for a in args]
     (tmp_path / "r.txt").write_text("some text")
@@ -97,8 +110,24 @@ def test_icl_is_skipped_with_a_note_when_the_context_is_too_short(tiny_gpt2_dir,
 
 def test_icl_and_natural_sinks_on_the_tiny_llama(tiny_llama_dir, tmp_path):
     """Two ICL windows, the top induction head ablated; sinks on natural text; the page has every section."""
-    r = run("--model", tiny_llama_dir, "--seq-len", 6, "--batch", 2, "--device", "cpu", "--icl-windows", 2,
-            "--top", 1, "--natural-sinks", "--report", "--out", tmp_path / "o")
+    r = run(
+        "--model",
+        tiny_llama_dir,
+        "--seq-len",
+        6,
+        "--batch",
+        2,
+        "--device",
+        "cpu",
+        "--icl-windows",
+        2,
+        "--top",
+        1,
+        "--natural-sinks",
+        "--report",
+        "--out",
+        tmp_path / "o",
+    )
     assert r.exit_code == 0, r.output
     out = tmp_path / "o"
     doc = json.loads((out / "heads.json").read_text())
@@ -115,8 +144,11 @@ def test_icl_and_natural_sinks_on_the_tiny_llama(tiny_llama_dir, tmp_path):
     shown = " ".join(r.stdout.split())
     assert "In-context learning score" in shown and "Sinks on natural text" in shown
     page = (out / "report.html").read_text()
-    for title in ("Roles of every head", "In-context learning and the top induction heads",
-                  "Attention sinks on natural text"):
+    for title in (
+        "Roles of every head",
+        "In-context learning and the top induction heads",
+        "Attention sinks on natural text",
+    ):
         assert title in page
 
 
@@ -130,7 +162,7 @@ def test_notebook_view_and_page_section_list_every_head_with_a_role(tiny_gpt2):
     assert "<script>alert" not in html and "&lt;script&gt;" in html
     assert html.count('class="role copying"') == 8  # every head shows the role it was given
     page = Report(model=a.model, induction=a.induction).to_html()
-    section = page[page.index('<section id="roles">'):]
+    section = page[page.index('<section id="roles">') :]
     section = section[: section.index("</section>")]
     assert section.count("<tr>") == 1 + 8 + 1 + len(a.role_names())  # table header + 8 heads, counts header + roles
     for s in role_scores():
@@ -144,8 +176,7 @@ def test_smollm2_kinds_successor_sets_and_copy_suppression(smollm2):
     a = analyze_heads(smollm2, icl=False, progress=False)
     sets = a.successor_sets()
     # SmolLM2 splits numbers into digits and " Tue" into two tokens; everything else is one token
-    assert sets["sets"] == ["numbers", "number_words", "cardinal_words", "days", "months", "month_prefixes",
-                            "letters"]
+    assert sets["sets"] == ["numbers", "number_words", "cardinal_words", "days", "months", "month_prefixes", "letters"]
     assert list(sets["skipped"]) == ["day_prefixes"]
     roles = a.roles()
     suppressors = [lh for lh, r in roles.items() if "copy_suppression" in r]

@@ -88,9 +88,21 @@ def test_copying_score_equals_full_vocab_eigenvalues():
     g = torch.Generator().manual_seed(0)
     L, H, d, dh, V = 2, 3, 12, 4, 30
     rnd = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
-    w = HeadWeights(W_Q=rnd(L, H, d, dh), W_K=rnd(L, H, d, dh), W_V=rnd(L, H, d, dh), W_O=rnd(L, H, dh, d),
-                    b_Q=torch.zeros(L, H, dh), b_K=torch.zeros(L, H, dh), b_V=torch.zeros(L, H, dh),
-                    b_O=torch.zeros(L, d), W_E=rnd(V, d), W_U=rnd(d, V), W_pos=None, kv_head=[0, 1, 2], norm="rmsnorm")
+    w = HeadWeights(
+        W_Q=rnd(L, H, d, dh),
+        W_K=rnd(L, H, d, dh),
+        W_V=rnd(L, H, d, dh),
+        W_O=rnd(L, H, dh, d),
+        b_Q=torch.zeros(L, H, dh),
+        b_K=torch.zeros(L, H, dh),
+        b_V=torch.zeros(L, H, dh),
+        b_O=torch.zeros(L, d),
+        W_E=rnd(V, d),
+        W_U=rnd(d, V),
+        W_pos=None,
+        kv_head=[0, 1, 2],
+        norm="rmsnorm",
+    )
     # make one head a pure copier: W_V W_O maps each embedding onto its own unembedding
     E, U = w.W_E.double(), w.W_U.double()
     w.W_V[0, 0] = (torch.linalg.pinv(E) @ E)[:, :dh].float()
@@ -110,9 +122,21 @@ def test_copying_score_is_one_for_an_identity_ov_circuit():
     d, dh, V = 6, 6, 10
     E = torch.randn(V, d, generator=torch.Generator().manual_seed(1))
     eye = torch.eye(d)[None, None]
-    w = HeadWeights(W_Q=eye, W_K=eye, W_V=eye.clone(), W_O=eye.clone(), b_Q=torch.zeros(1, 1, dh),
-                    b_K=torch.zeros(1, 1, dh), b_V=torch.zeros(1, 1, dh), b_O=torch.zeros(1, d), W_E=E, W_U=E.T.clone(),
-                    W_pos=None, kv_head=[0], norm="rmsnorm")
+    w = HeadWeights(
+        W_Q=eye,
+        W_K=eye,
+        W_V=eye.clone(),
+        W_O=eye.clone(),
+        b_Q=torch.zeros(1, 1, dh),
+        b_K=torch.zeros(1, 1, dh),
+        b_V=torch.zeros(1, 1, dh),
+        b_O=torch.zeros(1, d),
+        W_E=E,
+        W_U=E.T.clone(),
+        W_pos=None,
+        kv_head=[0],
+        norm="rmsnorm",
+    )
     # OV = I and W_U = W_E^T: the circuit E E^T is positive semi-definite -> all eigenvalues >= 0
     assert abs(copying_scores(w).item() - 1.0) < 1e-5
     w.W_O = -w.W_O  # an anti-copying head

@@ -52,7 +52,11 @@ def test_result_round_trips_to_json_in_the_documented_shape(default_scan):
     assert set(doc) >= {"model", "settings", "scores", "loss", "ablation", "heads"}
     assert doc["model"] == {**doc["model"], "name": "smollm2-135m", "n_layers": 30, "n_heads": 9, "n_kv_heads": 3}
     assert {k: doc["settings"][k] for k in ("seq_len", "batch", "repeats", "seed")} == {
-        "seq_len": 50, "batch": 10, "repeats": 2, "seed": 0}
+        "seq_len": 50,
+        "batch": 10,
+        "repeats": 2,
+        "seed": 0,
+    }
     for name in ("induction", "prefix_matching", "previous_token", "duplicate_token", "copying"):
         assert np.array(doc["scores"][name]).shape == (30, 9)
     assert len(doc["loss"]["per_position"]) == 100

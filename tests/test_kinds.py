@@ -18,10 +18,10 @@ import torch.nn.functional as F
 
 import headscope
 from headscope.kinds import sink as SK
-from headscope.scores.copy_suppression import copy_suppression_scores, self_rank_fractions
 from headscope.kinds.documents import natural_windows, token_windows
-from headscope.scores.embedding import effective_embedding
 from headscope.kinds.icl import icl_score
+from headscope.scores.copy_suppression import copy_suppression_scores, self_rank_fractions
+from headscope.scores.embedding import effective_embedding
 from headscope.scores.successor import ORDINAL_SETS, successor_counts, successor_scores, usable_ordinal_sets
 from headscope.weights import head_weights
 
@@ -120,7 +120,7 @@ def _gpt2_block0(hf, ids):
     b = hf.transformer.h[0]
     d = E.shape[-1]
     mlp0 = b.mlp(b.ln_2(E))
-    v = b.ln_1(E) @ b.attn.c_attn.weight[:, 2 * d:] + b.attn.c_attn.bias[2 * d:]  # a lone token attends to itself
+    v = b.ln_1(E) @ b.attn.c_attn.weight[:, 2 * d :] + b.attn.c_attn.bias[2 * d :]  # a lone token attends to itself
     mid = E + (v @ b.attn.c_proj.weight + b.attn.c_proj.bias)
     return mlp0, mid + b.mlp(b.ln_2(mid))
 
@@ -159,16 +159,16 @@ def _hf_ov_logits(hf, layer: int, head: int, X: torch.Tensor) -> torch.Tensor:
         d = X.shape[-1]
         dh = d // hf.config.n_head
         x = (X - X.mean(-1, keepdim=True)) * b.ln_1.weight
-        v = x @ b.attn.c_attn.weight[:, 2 * d + head * dh: 2 * d + (head + 1) * dh]
-        out = v @ b.attn.c_proj.weight[head * dh:(head + 1) * dh]
+        v = x @ b.attn.c_attn.weight[:, 2 * d + head * dh : 2 * d + (head + 1) * dh]
+        out = v @ b.attn.c_proj.weight[head * dh : (head + 1) * dh]
         out = (out - out.mean(-1, keepdim=True)) * hf.transformer.ln_f.weight
     else:  # Llama: RMSNorm, Linear weights are [out, in], grouped key/value heads
         b = hf.model.layers[layer]
         cfg = hf.config
         dh = cfg.hidden_size // cfg.num_attention_heads
         kv = head // (cfg.num_attention_heads // cfg.num_key_value_heads)
-        v = (X * b.input_layernorm.weight) @ b.self_attn.v_proj.weight[kv * dh:(kv + 1) * dh].T
-        out = (v @ b.self_attn.o_proj.weight[:, head * dh:(head + 1) * dh].T) * hf.model.norm.weight
+        v = (X * b.input_layernorm.weight) @ b.self_attn.v_proj.weight[kv * dh : (kv + 1) * dh].T
+        out = (v @ b.self_attn.o_proj.weight[:, head * dh : (head + 1) * dh].T) * hf.model.norm.weight
     return out @ W_U.T
 
 
@@ -242,7 +242,7 @@ def test_icl_score_and_head_ablation_match_plain_hf(tiny_llama):
         return F.cross_entropy(logits[:, :-1].transpose(1, 2), tokens[:, 1:], reduction="none")
 
     clean = losses(hf(tokens).logits)
-    icl = (clean[:, late] - clean[:, early])
+    icl = clean[:, late] - clean[:, early]
     assert res.icl_score == pytest.approx(icl.mean().item(), abs=1e-4)
     assert res.loss_early == pytest.approx(clean[:, early].mean().item(), abs=1e-4)
     np.testing.assert_allclose(res.per_position_loss, clean.mean(0).numpy(), atol=1e-4)
@@ -279,7 +279,9 @@ def test_icl_rejects_positions_outside_the_window(tiny_llama):
 # --- a tiny Llama built by hand: heads with known answers ----------------------------------------
 
 DAYS = ORDINAL_SETS["days"]
-HAND_VOCAB = ["<bos>", "<unk>"] + DAYS + ORDINAL_SETS["months"] + list(string.ascii_uppercase) + [str(i) for i in range(1, 10)]
+HAND_VOCAB = (
+    ["<bos>", "<unk>"] + DAYS + ORDINAL_SETS["months"] + list(string.ascii_uppercase) + [str(i) for i in range(1, 10)]
+)
 CONST = 127  # a residual coordinate every token writes 1 to: gives every query the same direction
 
 
@@ -299,15 +301,28 @@ def handmade(tmp_path_factory):
     tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(HAND_VOCAB)}, unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<bos>", unk_token="<unk>", eos_token="<bos>")
-    cfg = LlamaConfig(hidden_size=128, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-                      num_key_value_heads=2, head_dim=64, vocab_size=V, max_position_embeddings=128,
-                      rms_norm_eps=1e-6, tie_word_embeddings=False, bos_token_id=0, eos_token_id=0)
+    cfg = LlamaConfig(
+        hidden_size=128,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        head_dim=64,
+        vocab_size=V,
+        max_position_embeddings=128,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=False,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
     hf = LlamaForCausalLM(cfg)
     eye = torch.eye(128)
     with torch.no_grad():
         for p in hf.parameters():
             p.zero_()
-        for norm in [hf.model.norm] + [m for l in hf.model.layers for m in (l.input_layernorm, l.post_attention_layernorm)]:
+        for norm in [hf.model.norm] + [
+            m for l in hf.model.layers for m in (l.input_layernorm, l.post_attention_layernorm)
+        ]:
             norm.weight.fill_(1.0)
         E = hf.model.embed_tokens.weight
         E[torch.arange(V), torch.arange(V)] = 1.0
@@ -315,9 +330,9 @@ def handmade(tmp_path_factory):
         hf.lm_head.weight[torch.arange(V), torch.arange(V)] = 1.0
         a0, a1 = hf.model.layers[0].self_attn, hf.model.layers[1].self_attn
         a0.v_proj.weight[:V, :V] = eye[:V, :V]  # head 0 reads the token
-        a0.v_proj.weight[64:64 + V, :V] = eye[:V, :V]  # head 1 reads the token
+        a0.v_proj.weight[64 : 64 + V, :V] = eye[:V, :V]  # head 1 reads the token
         a0.o_proj.weight[:V, :V] = eye[:V, :V]  # head 0 writes it back: copy
-        a0.o_proj.weight[:V, 64:64 + V] = -eye[:V, :V]  # head 1 writes it negated: suppress
+        a0.o_proj.weight[:V, 64 : 64 + V] = -eye[:V, :V]  # head 1 writes it negated: suppress
         mlp = hf.model.layers[0].mlp  # silu(x) * x / 64 on a normalised one-hot (x = 8): about x / 8
         mlp.gate_proj.weight.copy_(eye)
         mlp.up_proj.weight.copy_(eye)

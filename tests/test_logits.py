@@ -8,7 +8,7 @@ import torch
 
 import headscope
 from headscope.errors import BadInput
-from headscope.logits import (induction_stories, logit_attribution, ov_circuit, ov_rows, repeat_logit_effects)
+from headscope.logits import induction_stories, logit_attribution, ov_circuit, ov_rows, repeat_logit_effects
 from headscope.logits.dla import direct_effects
 from headscope.logits.repeats import target_groups
 from headscope.scan.sequences import RepeatLayout, repeated_tokens
@@ -18,6 +18,7 @@ TEXT = "The cat sat on the mat. The cat sat on the mat, and the dog sat too."
 
 
 # --- an independent computation with plain transformers ------------------------------------
+
 
 def _hf_parts(hf):
     """(attention output projections, final norm, 'conv1d'|'linear') of a GPT-2 or Llama HF model."""
@@ -36,8 +37,9 @@ def hf_head_effects(hf, ids: list[int], n_heads: int) -> tuple[np.ndarray, np.nd
     """
     projs, norm, kind = _hf_parts(hf)
     z, final = {}, {}
-    handles = [p.register_forward_pre_hook(lambda m, a, l=l: z.__setitem__(l, a[0][0].double()))
-               for l, p in enumerate(projs)]
+    handles = [
+        p.register_forward_pre_hook(lambda m, a, l=l: z.__setitem__(l, a[0][0].double())) for l, p in enumerate(projs)
+    ]
     handles.append(norm.register_forward_pre_hook(lambda m, a: final.__setitem__("x", a[0][0].double())))
     logits = hf(torch.tensor([ids])).logits[0].double()
     for h in handles:
@@ -57,7 +59,7 @@ def hf_head_effects(hf, ids: list[int], n_heads: int) -> tuple[np.ndarray, np.nd
         W = p.weight.double() if kind == "conv1d" else p.weight.double().T  # [H * d_head, d]
         d_head = W.shape[0] // n_heads
         for h in range(n_heads):
-            o = z[l][:-1, h * d_head:(h + 1) * d_head] @ W[h * d_head:(h + 1) * d_head]  # [P, d]
+            o = z[l][:-1, h * d_head : (h + 1) * d_head] @ W[h * d_head : (h + 1) * d_head]  # [P, d]
             if layernorm:
                 o = o - o.mean(-1, keepdim=True)
             out[:, l, h] = ((o * u).sum(-1) / scale).numpy()
@@ -104,6 +106,7 @@ def _check_sums(res, tol):
 
 # --- (a) everything sums to the model's own centred logit ----------------------------------
 
+
 @pytest.mark.parametrize("name", ["tiny_gpt2", "tiny_llama", "biased_gpt2"])
 def test_components_sum_to_the_models_centred_logit(request, name):
     model = request.getfixturevalue(name)
@@ -116,9 +119,21 @@ def test_components_sum_to_the_models_centred_logit(request, name):
 
 def test_components_name_embeddings_mlps_and_biases(tiny_gpt2, tiny_llama, biased_gpt2):
     assert list(logit_attribution(tiny_gpt2, TEXT).components) == [
-        "embed", "pos_embed", "MLP0", "MLP1", "unembed_bias", "float_error"]
+        "embed",
+        "pos_embed",
+        "MLP0",
+        "MLP1",
+        "unembed_bias",
+        "float_error",
+    ]
     assert list(logit_attribution(tiny_llama, TEXT).components) == [
-        "embed", "MLP0", "MLP1", "MLP2", "unembed_bias", "float_error"]
+        "embed",
+        "MLP0",
+        "MLP1",
+        "MLP2",
+        "unembed_bias",
+        "float_error",
+    ]
     res = logit_attribution(biased_gpt2, TEXT)
     assert "attn_bias" in res.components
     assert np.abs(res.components["unembed_bias"]).max() > 1e-3  # ln_final's bias through W_U
@@ -140,6 +155,7 @@ def test_batched_direct_effects_equal_one_sequence_at_a_time(tiny_llama):
 
 # --- (b) per-head numbers equal plain transformers -----------------------------------------
 
+
 @pytest.mark.parametrize("name", ["tiny_gpt2", "tiny_llama", "biased_gpt2"])
 def test_head_effects_equal_plain_transformers(request, name):
     model = request.getfixturevalue(name)
@@ -160,6 +176,7 @@ def test_smollm2_head_effects_equal_plain_transformers(smollm2):
 
 
 # --- repeated tokens -------------------------------------------------------------------------
+
 
 def test_target_groups_follow_the_repeats():
     first, later = target_groups(RepeatLayout(seq_len=5, repeats=3, bos=True))  # 16 tokens
@@ -192,17 +209,31 @@ def test_smollm2_heads_raise_the_copied_tokens_logit(smollm2):
 
 # --- (c) OV rows: hand-made heads with known answers -----------------------------------------
 
+
 def _one_head(W_E: torch.Tensor, W_O_sign: float, norm: str = "rmsnorm") -> HeadWeights:
     V, d = W_E.shape
     eye = torch.eye(d)[None, None]
     z = torch.zeros(1, 1, d)
-    return HeadWeights(W_Q=eye.clone(), W_K=eye.clone(), W_V=eye.clone(), W_O=W_O_sign * eye, b_Q=z, b_K=z, b_V=z,
-                       b_O=torch.zeros(1, d), W_E=W_E, W_U=W_E.T.clone(), W_pos=None, kv_head=[0], norm=norm)
+    return HeadWeights(
+        W_Q=eye.clone(),
+        W_K=eye.clone(),
+        W_V=eye.clone(),
+        W_O=W_O_sign * eye,
+        b_Q=z,
+        b_K=z,
+        b_V=z,
+        b_O=torch.zeros(1, d),
+        W_E=W_E,
+        W_U=W_E.T.clone(),
+        W_pos=None,
+        kv_head=[0],
+        norm=norm,
+    )
 
 
 def _unit_embeddings(V=40, d=16, seed=0):
     W = torch.randn(V, d, generator=torch.Generator().manual_seed(seed))
-    return W / W.norm(dim=-1, keepdim=True) * d ** 0.5  # every token the same norm: self wins a tied W_U
+    return W / W.norm(dim=-1, keepdim=True) * d**0.5  # every token the same norm: self wins a tied W_U
 
 
 def test_a_head_built_to_copy_ranks_every_token_first_in_its_own_row():
@@ -252,17 +283,21 @@ def test_ov_row_equals_a_dense_row_from_plain_transformers(request, name):
             x = x / (x.square().mean() + blk.ln_1.eps).sqrt() * blk.ln_1.weight.double()
             d = e.shape[0]
             dh = d // model.cfg.n_heads
-            W_V = blk.attn.c_attn.weight.double()[:, 2 * d + head * dh: 2 * d + (head + 1) * dh]
-            out = x @ W_V @ blk.attn.c_proj.weight.double()[head * dh:(head + 1) * dh]
+            W_V = blk.attn.c_attn.weight.double()[:, 2 * d + head * dh : 2 * d + (head + 1) * dh]
+            out = x @ W_V @ blk.attn.c_proj.weight.double()[head * dh : (head + 1) * dh]
             out = (out - out.mean()) * hf.transformer.ln_f.weight.double()
         else:
             blk = hf.model.layers[layer]
             e = hf.model.embed_tokens.weight[tok].double()
-            x = e / (e.square().mean() + blk.input_layernorm.variance_epsilon).sqrt() * blk.input_layernorm.weight.double()
+            x = (
+                e
+                / (e.square().mean() + blk.input_layernorm.variance_epsilon).sqrt()
+                * blk.input_layernorm.weight.double()
+            )
             dh = hf.config.hidden_size // hf.config.num_attention_heads
             kv = head // (hf.config.num_attention_heads // hf.config.num_key_value_heads)  # GQA sharing
-            W_V = blk.self_attn.v_proj.weight.double()[kv * dh:(kv + 1) * dh].T
-            out = x @ W_V @ blk.self_attn.o_proj.weight.double()[:, head * dh:(head + 1) * dh].T
+            W_V = blk.self_attn.v_proj.weight.double()[kv * dh : (kv + 1) * dh].T
+            out = x @ W_V @ blk.self_attn.o_proj.weight.double()[:, head * dh : (head + 1) * dh].T
             out = out * hf.model.norm.weight.double()
         row = hf.lm_head.weight.double() @ out
         row -= row.mean()
@@ -271,6 +306,7 @@ def test_ov_row_equals_a_dense_row_from_plain_transformers(request, name):
 
 
 # --- (d) bad input -------------------------------------------------------------------------
+
 
 def test_multi_token_names_are_refused_with_how_they_tokenise(tiny_gpt2):
     with pytest.raises(BadInput) as exc:
@@ -284,7 +320,7 @@ def test_bad_heads_ids_and_empty_inputs_are_refused(tiny_gpt2):
     with pytest.raises(BadInput, match="layer 7 does not exist"):
         ov_circuit(tiny_gpt2, "7.0", [" cat"])
     with pytest.raises(BadInput, match="outside the vocabulary"):
-        ov_circuit(tiny_gpt2, "1.0", [10 ** 6])
+        ov_circuit(tiny_gpt2, "1.0", [10**6])
     with pytest.raises(BadInput, match="no source tokens"):
         ov_circuit(tiny_gpt2, "1.0")
     with pytest.raises(BadInput, match="empty"):
@@ -299,6 +335,7 @@ def test_ov_sources_from_a_text_are_its_distinct_tokens_without_bos(tiny_gpt2):
 
 # --- the story and the figures --------------------------------------------------------------
 
+
 def test_story_gathers_the_numbers_of_one_head():
     L, H = 3, 2
     ind, prev, cop = np.zeros((L, H)), np.zeros((L, H)), np.zeros((L, H))
@@ -308,10 +345,20 @@ def test_story_gathers_the_numbers_of_one_head():
     kc[1, 0, 2, 1] = 0.4
     later = np.zeros((L, H))
     later[2, 1] = 1.5
-    abl = [{"kind": "head", "layer": 2, "head": 1, "loss_increase": 0.3},
-           {"kind": "all_top", "layer": None, "head": None, "loss_increase": 2.0}]
-    st = induction_stories([(2, 1)], "toy", induction=ind, previous_token=prev, k_composition=kc, copying=cop,
-                           dla_later=later, ablation=abl)
+    abl = [
+        {"kind": "head", "layer": 2, "head": 1, "loss_increase": 0.3},
+        {"kind": "all_top", "layer": None, "head": None, "loss_increase": 2.0},
+    ]
+    st = induction_stories(
+        [(2, 1)],
+        "toy",
+        induction=ind,
+        previous_token=prev,
+        k_composition=kc,
+        copying=cop,
+        dla_later=later,
+        ablation=abl,
+    )
     s = st.stories[0]
     assert s.label == "L2H1" and s.k_source["head"] == "L1H0"
     assert s.k_source["previous_token"] == 0.9 and s.induction == 0.8 and s.copying == 0.7
@@ -325,8 +372,14 @@ def test_figures_draw_from_results(tiny_gpt2, tmp_path):
     res = logit_attribution(tiny_gpt2, TEXT)
     rep = repeat_logit_effects(tiny_gpt2, seq_len=5, batch=2)
     ov = ov_circuit(tiny_gpt2, "1.0", [" cat"], k=5)
-    for n, fig in enumerate([token_head_heatmap(res, [(0, 1), (1, 2)]), repeat_effect_heatmap(rep, outline=[(1, 1)]),
-                             repeat_effect_heatmap(rep, "rise"), ov_row_bars(ov)]):
+    for n, fig in enumerate(
+        [
+            token_head_heatmap(res, [(0, 1), (1, 2)]),
+            repeat_effect_heatmap(rep, outline=[(1, 1)]),
+            repeat_effect_heatmap(rep, "rise"),
+            ov_row_bars(ov),
+        ]
+    ):
         fig.savefig(tmp_path / f"{n}.png")
     assert len(list(tmp_path.glob("*.png"))) == 4
     tick_labels = [t.get_text() for t in token_head_heatmap(res).axes[0].get_yticklabels()]

@@ -36,8 +36,23 @@ def said(r) -> str:
 def gpt2_run(tiny_gpt2_dir, tmp_path_factory):
     """One full run on the tiny GPT-2 with --json, --token and --report: (result, stdout JSON, out dir)."""
     out = tmp_path_factory.mktemp("logits") / "out"
-    r = run("--model", tiny_gpt2_dir, "--device", "cpu", *SMALL, "--top", "2", "--text", TEXT, "--token", " cat",
-            "--out", out, "--report", "--json")
+    r = run(
+        "--model",
+        tiny_gpt2_dir,
+        "--device",
+        "cpu",
+        *SMALL,
+        "--top",
+        "2",
+        "--text",
+        TEXT,
+        "--token",
+        " cat",
+        "--out",
+        out,
+        "--report",
+        "--json",
+    )
     assert r.exit_code == 0, r.output
     return r, json.loads(r.stdout), out
 
@@ -114,8 +129,21 @@ def test_every_file_is_written(gpt2_run):
 
 
 def test_rotary_gqa_model_runs_with_chosen_heads(tiny_llama_dir, tmp_path):
-    r = run("--model", tiny_llama_dir, "--device", "cpu", *SMALL, "--top", "1", "--head", "2.1,L1H3",
-            "--out", tmp_path / "o", "--no-figures", "--json")
+    r = run(
+        "--model",
+        tiny_llama_dir,
+        "--device",
+        "cpu",
+        *SMALL,
+        "--top",
+        "1",
+        "--head",
+        "2.1,L1H3",
+        "--out",
+        tmp_path / "o",
+        "--no-figures",
+        "--json",
+    )
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
     assert [h["head"] for h in doc["heads"]] == ["L2H1", "L1H3"]
@@ -125,17 +153,20 @@ def test_rotary_gqa_model_runs_with_chosen_heads(tiny_llama_dir, tmp_path):
 
 
 # --- bad input ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("args, says, before_load", [
-    (["--head", "5x1"], "malformed head '5x1': expected L<layer>H<head> or <layer>.<head>", True),
-    (["--head", "9.0"], "layer 9 does not exist; this model has 2 layers (0..1)", False),
-    (["--head", "1.7"], "each layer has 4 heads (0..3)", False),
-    (["--text", "   "], "--text number 1 is empty", True),
-    (["--token", "antidisestablishment"], "'antidisestablishment' -> 3 tokens", False),
-    (["--top", "0"], "--top must be at least 1", True),
-    (["--seq-len", "1"], "--seq-len must be at least 2", True),
-    (["--max-tokens", "1"], "--max-tokens must be at least 2", True),
-    (["--ablation", "half"], "unknown ablation 'half'", True),
-])
+@pytest.mark.parametrize(
+    "args, says, before_load",
+    [
+        (["--head", "5x1"], "malformed head '5x1': expected L<layer>H<head> or <layer>.<head>", True),
+        (["--head", "9.0"], "layer 9 does not exist; this model has 2 layers (0..1)", False),
+        (["--head", "1.7"], "each layer has 4 heads (0..3)", False),
+        (["--text", "   "], "--text number 1 is empty", True),
+        (["--token", "antidisestablishment"], "'antidisestablishment' -> 3 tokens", False),
+        (["--top", "0"], "--top must be at least 1", True),
+        (["--seq-len", "1"], "--seq-len must be at least 2", True),
+        (["--max-tokens", "1"], "--max-tokens must be at least 2", True),
+        (["--ablation", "half"], "unknown ablation 'half'", True),
+    ],
+)
 def test_bad_input_is_refused_with_a_useful_message(tiny_gpt2_dir, tmp_path, args, says, before_load):
     r = run("--model", tiny_gpt2_dir, "--device", "cpu", *SMALL, "--out", tmp_path / "o", "--no-figures", *args)
     assert r.exit_code == 2, r.output
@@ -171,8 +202,22 @@ def test_existing_results_are_not_overwritten_without_overwrite(tiny_gpt2_dir, t
 
 
 def test_text_longer_than_the_context_is_cut_and_said(tiny_gpt2_dir, tmp_path):
-    r = run("--model", tiny_gpt2_dir, "--device", "cpu", *SMALL, "--out", tmp_path / "o", "--no-figures", "--head",
-            "1.0", "--text", " word" * 300, "--max-tokens", "1000")
+    r = run(
+        "--model",
+        tiny_gpt2_dir,
+        "--device",
+        "cpu",
+        *SMALL,
+        "--out",
+        tmp_path / "o",
+        "--no-figures",
+        "--head",
+        "1.0",
+        "--text",
+        " word" * 300,
+        "--max-tokens",
+        "1000",
+    )
     assert r.exit_code == 0, r.output
     assert "cut from 301 to 256 tokens" in said(r) and "context of 256 tokens" in said(r)
     doc = json.loads((tmp_path / "o" / "logits.json").read_text())
@@ -193,16 +238,43 @@ def test_logits_report_holds_the_logit_section_offline(gpt2_run):
 
 
 def test_outside_strings_are_escaped_on_the_page(tiny_gpt2_dir, tmp_path):
-    r = run("--model", tiny_gpt2_dir, "--device", "cpu", *SMALL, "--out", tmp_path / "o", "--no-figures",
-            "--head", "1.0", "--text", HOSTILE, "--report")
+    r = run(
+        "--model",
+        tiny_gpt2_dir,
+        "--device",
+        "cpu",
+        *SMALL,
+        "--out",
+        tmp_path / "o",
+        "--no-figures",
+        "--head",
+        "1.0",
+        "--text",
+        HOSTILE,
+        "--report",
+    )
     assert r.exit_code == 0, r.output
     page = (tmp_path / "o" / "report.html").read_text()
     assert "<xss-probe>" not in page and "<img src=x" not in page and "&lt;xss-probe&gt;" in page
 
 
 def test_report_command_has_the_logit_section_unless_no_logits(tiny_gpt2_dir, tmp_path):
-    base = ["report", "--model", str(tiny_gpt2_dir), "--seq-len", "6", "--batch", "2", "--top", "2", "--qk-top", "1",
-            "--no-qk", "--device", "cpu"]
+    base = [
+        "report",
+        "--model",
+        str(tiny_gpt2_dir),
+        "--seq-len",
+        "6",
+        "--batch",
+        "2",
+        "--top",
+        "2",
+        "--qk-top",
+        "1",
+        "--no-qk",
+        "--device",
+        "cpu",
+    ]
     r = runner.invoke(app, [*base, "--out", str(tmp_path / "a.html"), "--json"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["logit_heads"]
@@ -216,7 +288,7 @@ def test_report_command_has_the_logit_section_unless_no_logits(tiny_gpt2_dir, tm
 def test_notebook_view_is_the_pages_section(tiny_gpt2):
     a = headscope.analyze_logits(tiny_gpt2, "a b c a b c", top=1, seq_len=6, batch=2, ablate=False)
     nb = a._repr_html_()
-    (_, title, body), = logit_sections(a)
+    ((_, title, body),) = logit_sections(a)
     assert title == "Logit effect" and body in nb
     assert Report(model=a.model, logits=a).sections()[-1][0] == "legend"
     assert a.stories.stories[0].ablation_delta_loss is None  # no ablation asked: shown as a dash, not 0
@@ -227,9 +299,24 @@ def test_notebook_view_is_the_pages_section(tiny_gpt2):
 @pytest.mark.smollm2
 @pytest.mark.slow  # two scans with ablation and two composition passes: ~100 s on 2 busy cores
 def test_smollm2_story_of_L18H6_names_a_previous_token_source_with_the_scans_numbers(smollm2, tmp_path):
-    r = run("--device", "cpu", "--seq-len", "20", "--batch", "4", "--top", "3", "--head", "L18H6",
-            "--text", "The cat sat on the mat. The cat sat on the mat.", "--out", tmp_path / "o", "--no-figures",
-            "--json")
+    r = run(
+        "--device",
+        "cpu",
+        "--seq-len",
+        "20",
+        "--batch",
+        "4",
+        "--top",
+        "3",
+        "--head",
+        "L18H6",
+        "--text",
+        "The cat sat on the mat. The cat sat on the mat.",
+        "--out",
+        tmp_path / "o",
+        "--no-figures",
+        "--json",
+    )
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
     story = {s["label"]: s for s in doc["stories"]}["L18H6"]

@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
@@ -52,8 +52,9 @@ def bert_dir(tmp_path_factory) -> Path:
     from transformers import BertConfig, BertForMaskedLM
 
     d = tmp_path_factory.mktemp("tiny-bert")
-    BertForMaskedLM(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                               intermediate_size=64, vocab_size=100)).save_pretrained(str(d))
+    BertForMaskedLM(
+        BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, vocab_size=100)
+    ).save_pretrained(str(d))
     return d
 
 
@@ -113,8 +114,11 @@ def _case(name: str, tmp_path: Path, monkeypatch, request) -> Case:
 
         return Case(str(bad), ModelLoadError, ["could not read GGUF file", "garbage.gguf"], after)
     if name == "model directory that is not a causal LM":
-        return Case(str(request.getfixturevalue("bert_dir")), ModelLoadError,
-                    ["bert", "not a causal (decoder-only) language model"])
+        return Case(
+            str(request.getfixturevalue("bert_dir")),
+            ModelLoadError,
+            ["bert", "not a causal (decoder-only) language model"],
+        )
     if name == "directory without config.json":
         (tmp_path / "just-files").mkdir()
         (tmp_path / "just-files" / "weights.bin").write_bytes(b"0")
@@ -154,7 +158,7 @@ def test_load_model_raises_an_actionable_error(name, fresh_cache, tmp_path, monk
     case = _case(name, tmp_path, monkeypatch, request)
     import transformers
 
-    transformers.AutoModelForCausalLM, transformers.AutoTokenizer  # import them before the clock starts
+    _ = (transformers.AutoModelForCausalLM, transformers.AutoTokenizer)  # import them before the clock starts
     t0 = time.perf_counter()
     with pytest.raises(case.error) as info:
         headscope.load_model(case.spec, device="cpu")
@@ -196,14 +200,26 @@ def test_cli_subprocess_exits_with_the_error_code_and_shows_traceback_only_with_
 
     env = dict(os.environ, HEADSCOPE_CACHE=str(tmp_path / "c"), HF_ENDPOINT="https://hub.invalid")
     env.pop("HF_HUB_OFFLINE", None)
-    proc = subprocess.run([sys.executable, "-m", "headscope", "fetch", "no-such-org/no-such-model"],
-                          capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "headscope", "fetch", "no-such-org/no-such-model"],
+        capture_output=True,
+        text=True,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+    )
     assert proc.returncode == ModelLoadError.exit_code
     assert "Traceback" not in proc.stderr
     assert proc.stderr.startswith("error: cannot load 'no-such-org/no-such-model'")
 
-    debug = subprocess.run([sys.executable, "-m", "headscope", "--debug", "fetch", str(tmp_path / "nope")],
-                           capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=120)
+    debug = subprocess.run(
+        [sys.executable, "-m", "headscope", "--debug", "fetch", str(tmp_path / "nope")],
+        capture_output=True,
+        text=True,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        timeout=120,
+    )
     assert debug.returncode != 0
     assert "Traceback" in debug.stderr and "BadInput" in debug.stderr
 
@@ -295,10 +311,14 @@ def test_attention_hooks_fire_with_transformer_lens_shapes(tiny_gpt2):
         # name for the same point (blocks.{l}.attn.o.hook_in).
         def record(tensor, hook):
             seen[name] = tuple(tensor.shape)
+
         return record
 
-    names = [f"blocks.{l}.attn.{h}" for l in range(tiny_gpt2.cfg.n_layers)
-             for h in ("hook_pattern", "hook_attn_scores", "hook_z")]
+    names = [
+        f"blocks.{l}.attn.{h}"
+        for l in range(tiny_gpt2.cfg.n_layers)
+        for h in ("hook_pattern", "hook_attn_scores", "hook_z")
+    ]
     with torch.no_grad():
         tiny_gpt2.run_with_hooks(tokens, fwd_hooks=[(n, recorder(n)) for n in names])
     for l in range(tiny_gpt2.cfg.n_layers):
@@ -349,8 +369,9 @@ def test_unknown_device_and_dtype_are_bad_input(tiny_gpt2_dir):
         headscope.load_model(str(tiny_gpt2_dir), device="cpu", dtype="int3")
 
 
-@pytest.mark.skipif(not gpt2_in_hf_cache(),
-                    reason="needs the real gpt2 weights in the Hugging Face cache (the hub is unreachable here)")
+@pytest.mark.skipif(
+    not gpt2_in_hf_cache(), reason="needs the real gpt2 weights in the Hugging Face cache (the hub is unreachable here)"
+)
 def test_real_gpt2_head_4_11_is_a_previous_token_head():
     """Published fact (ARENA 1.2; Wang et al. 2022): head 4.11 attends to the previous token."""
     model = headscope.load_model("gpt2", device="cpu")

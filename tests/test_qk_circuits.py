@@ -7,10 +7,9 @@ import pytest
 import torch
 
 from headscope.errors import BadInput
-from headscope.qk import positional_qk, token_qk
-from headscope.qk import rotary
-from headscope.qk.circuits import normalise
 from headscope.models.inputs import single_tokens as token_set
+from headscope.qk import positional_qk, rotary, token_qk
+from headscope.qk.circuits import normalise
 from headscope.weights import head_weights
 
 
@@ -18,7 +17,7 @@ def test_learned_positional_circuit_is_wpos_wq_wk_wpos(tiny_gpt2):
     w = head_weights(tiny_gpt2)
     pos = positional_qk(tiny_gpt2, ["1.2", "0.3"], n_positions=16)
     P = normalise(w.W_pos[:16], "layernorm")
-    ref = (P @ w.W_Q[1, 2].double()) @ (P @ w.W_K[1, 2].double()).T / 16 ** 0.5  # d_head 16
+    ref = (P @ w.W_Q[1, 2].double()) @ (P @ w.W_K[1, 2].double()).T / 16**0.5  # d_head 16
     got = pos.matrix[0]
     lower = np.tril(np.ones((16, 16), dtype=bool))
     np.testing.assert_allclose(got[lower], ref.numpy()[lower], rtol=1e-6, atol=1e-9)
@@ -40,8 +39,8 @@ def test_rotary_offset_curve_is_the_expected_score_under_hf_rope(tiny_llama):
     rot = [m for m in tiny_llama.original_model.modules() if type(m).__name__ == "LlamaRotaryEmbedding"][0]
     cos, sin = rot(q[None], torch.arange(20)[None])
     for i, j in [(5, 5), (7, 6), (11, 3), (19, 8)]:
-        qi, _ = apply_rotary_pos_emb(q[None, None], q[None, None], cos[:, i:i + 1], sin[:, i:i + 1])
-        _, kj = apply_rotary_pos_emb(k[None, None], k[None, None], cos[:, j:j + 1], sin[:, j:j + 1])
+        qi, _ = apply_rotary_pos_emb(q[None, None], q[None, None], cos[:, i : i + 1], sin[:, i : i + 1])
+        _, kj = apply_rotary_pos_emb(k[None, None], k[None, None], cos[:, j : j + 1], sin[:, j : j + 1])
         expected = (qi[0, 0] @ kj[0, 0].T).mean().item() / 4.0  # mean over independent pairs, d_head 16
         assert pos.offset_curve[0][i - j] == pytest.approx(expected, rel=1e-4, abs=1e-6)
     assert pos.matrix is None and "RoPE" in pos.method and pos.rope_theta == pytest.approx(10000.0)

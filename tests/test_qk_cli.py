@@ -65,8 +65,26 @@ def test_existing_results_are_not_overwritten_without_overwrite(gpt2_args, tmp_p
 
 
 def test_rotary_gqa_model_runs_with_user_tokens_and_query(tiny_llama_dir, tmp_path):
-    r = run("--model", tiny_llama_dir, "--device", "cpu", "--out", tmp_path / "o", "--head", "2.1,1.3",
-            "--token", " cat", "--token", " dog", "--token", " mat", "--query", "-1", "--no-figures", "--json")
+    r = run(
+        "--model",
+        tiny_llama_dir,
+        "--device",
+        "cpu",
+        "--out",
+        tmp_path / "o",
+        "--head",
+        "2.1,1.3",
+        "--token",
+        " cat",
+        "--token",
+        " dog",
+        "--token",
+        " mat",
+        "--query",
+        "-1",
+        "--no-figures",
+        "--json",
+    )
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
     assert doc["model"]["n_kv_heads"] == 2 and "rope_theta" in doc["model"]
@@ -75,16 +93,22 @@ def test_rotary_gqa_model_runs_with_user_tokens_and_query(tiny_llama_dir, tmp_pa
     assert "RoPE" in doc["positional"]["method"]
 
 
-@pytest.mark.parametrize("args, code, says", [
-    (["--head", "5x1"], 2, "malformed head '5x1': expected L<layer>H<head> or <layer>.<head>"),
-    (["--head", "9.0"], 2, "layer 9 does not exist; this model has 2 layers (0..1)"),
-    (["--head", "1.7"], 2, "each layer has 4 heads (0..3)"),
-    (["--text", "   "], 2, "is empty"),
-    (["--head", "1.0", "--token", " cat", "--token", "antidisestablishment"], 2,
-     "'antidisestablishment' -> 3 tokens"),
-    (["--top", "0"], 2, "--top must be at least 1"),
-    (["--head", "1.0", "--text", "one two", "--query", "12"], 2, "outside the sequence of 3 tokens"),
-])
+@pytest.mark.parametrize(
+    "args, code, says",
+    [
+        (["--head", "5x1"], 2, "malformed head '5x1': expected L<layer>H<head> or <layer>.<head>"),
+        (["--head", "9.0"], 2, "layer 9 does not exist; this model has 2 layers (0..1)"),
+        (["--head", "1.7"], 2, "each layer has 4 heads (0..3)"),
+        (["--text", "   "], 2, "is empty"),
+        (
+            ["--head", "1.0", "--token", " cat", "--token", "antidisestablishment"],
+            2,
+            "'antidisestablishment' -> 3 tokens",
+        ),
+        (["--top", "0"], 2, "--top must be at least 1"),
+        (["--head", "1.0", "--text", "one two", "--query", "12"], 2, "outside the sequence of 3 tokens"),
+    ],
+)
 def test_bad_input_is_refused_with_a_useful_message(gpt2_args, args, code, says):
     r = run(*gpt2_args, "--no-figures", *args)
     assert r.exit_code == code, r.output
@@ -110,8 +134,18 @@ def test_smollm2_head_out_of_range_names_the_valid_range(tmp_path):
 
 @pytest.mark.smollm2
 def test_smollm2_runs_on_a_short_text_and_finds_the_previous_token_source(tmp_path):
-    r = run("--device", "cpu", "--out", tmp_path / "o", "--top", "1", "--text",
-            "The cat sat on the mat. The cat sat on the mat.", "--no-figures", "--json")
+    r = run(
+        "--device",
+        "cpu",
+        "--out",
+        tmp_path / "o",
+        "--top",
+        "1",
+        "--text",
+        "The cat sat on the mat. The cat sat on the mat.",
+        "--no-figures",
+        "--json",
+    )
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
     induction_head = doc["heads"][0]["head"]

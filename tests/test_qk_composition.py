@@ -15,8 +15,21 @@ from headscope.weights import HeadWeights
 def _weights(W_Q, W_K, W_V, W_O, norm="rmsnorm") -> HeadWeights:
     L, H, d, r = W_Q.shape
     z = torch.zeros(L, H, r)
-    return HeadWeights(W_Q=W_Q, W_K=W_K, W_V=W_V, W_O=W_O, b_Q=z, b_K=z, b_V=z, b_O=torch.zeros(L, d),
-                       W_E=torch.zeros(10, d), W_U=torch.zeros(d, 10), W_pos=None, kv_head=list(range(H)), norm=norm)
+    return HeadWeights(
+        W_Q=W_Q,
+        W_K=W_K,
+        W_V=W_V,
+        W_O=W_O,
+        b_Q=z,
+        b_K=z,
+        b_V=z,
+        b_O=torch.zeros(L, d),
+        W_E=torch.zeros(10, d),
+        W_U=torch.zeros(d, 10),
+        W_pos=None,
+        kv_head=list(range(H)),
+        norm=norm,
+    )
 
 
 def e(i: int, d: int = 6) -> torch.Tensor:
@@ -29,7 +42,10 @@ def test_identical_rank_one_matrices_compose_fully_and_orthogonal_ones_not_at_al
     # head 0.0 reads e0 and writes e1; head 1.0's keys read e1 (K-comp 1), its queries read e2 (Q-comp 0),
     # its values read e3 (V-comp 0). Head 1.1 reads everything from directions 0.0 never writes.
     d = 6
-    W_Q = torch.zeros(2, 2, d, 1); W_K = torch.zeros(2, 2, d, 1); W_V = torch.zeros(2, 2, d, 1); W_O = torch.zeros(2, 2, 1, d)
+    W_Q = torch.zeros(2, 2, d, 1)
+    W_K = torch.zeros(2, 2, d, 1)
+    W_V = torch.zeros(2, 2, d, 1)
+    W_O = torch.zeros(2, 2, 1, d)
     W_V[0, 0], W_O[0, 0] = e(0), e(1).T
     W_V[0, 1], W_O[0, 1] = e(4), e(5).T
     W_Q[1, 0], W_K[1, 0], W_V[1, 0], W_O[1, 0] = e(2), e(1), e(3), e(4).T
@@ -93,5 +109,7 @@ def test_smollm2_induction_heads_k_compose_with_previous_token_heads(smollm2):
         assert score > 0.4
         sources = comp.top_sources(layer, head, "K", 3)
         best_prev = max(prev[a, b] for a, b, _ in sources)
-        assert best_prev > 0.4, (f"{layer}.{head}: K-sources {sources} have previous-token scores "
-                                 f"{[round(float(prev[a, b]), 2) for a, b, _ in sources]}")
+        assert best_prev > 0.4, (
+            f"{layer}.{head}: K-sources {sources} have previous-token scores "
+            f"{[round(float(prev[a, b]), 2) for a, b, _ in sources]}"
+        )

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
 from headscope.errors import BadInput
+from headscope.models.inputs import encode_texts as prepare_texts
 from headscope.qk import decompose_qk
 from headscope.qk.decompose import capture_residual, head_vectors, stripe_pairs
-from headscope.models.inputs import encode_texts as prepare_texts
 from headscope.weights import head_weights
 
 REPEATED = "The cat sat on the mat. The cat sat on the mat."
@@ -47,7 +46,7 @@ def test_components_are_embeddings_every_earlier_head_and_mlp(tiny_gpt2, tiny_ll
 
 
 def test_vs_mean_columns_sum_to_score_minus_the_querys_mean_score(tiny_gpt2):
-    seq, = prepare_texts(tiny_gpt2, [REPEATED])
+    (seq,) = prepare_texts(tiny_gpt2, [REPEATED])
     dec = decompose_qk(tiny_gpt2, "1.2", seq, query=9, key=4)
     acts = capture_residual(tiny_gpt2, seq, 1)
     row = acts["blocks.1.attn.hook_attn_scores"][2, 9, :10].numpy()
@@ -56,7 +55,7 @@ def test_vs_mean_columns_sum_to_score_minus_the_querys_mean_score(tiny_gpt2):
 
 
 def test_heads_sharing_a_kv_head_get_identical_keys(tiny_llama):
-    seq, = prepare_texts(tiny_llama, [REPEATED])
+    (seq,) = prepare_texts(tiny_llama, [REPEATED])
     w = head_weights(tiny_llama)
     acts = capture_residual(tiny_llama, seq, 2)
     _, (_, _, k0) = head_vectors(tiny_llama, w, acts, 2, 0)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from headscope.qk import qk_scores
 from headscope.models.inputs import encode_texts as prepare_texts
+from headscope.qk import qk_scores
 
 TEXT = "The cat sat on the mat. The cat sat on the mat."
 
@@ -35,8 +35,10 @@ def hf_attention_logits(model, ids: list[int], layer: int) -> torch.Tensor:
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, repeat_kv
 
     attn = hf.model.layers[layer].self_attn
-    attn.register_forward_pre_hook(lambda m, a, kw: grabbed.update(h=kw.get("hidden_states", a[0] if a else None),
-                                                                   pe=kw["position_embeddings"]), with_kwargs=True)
+    attn.register_forward_pre_hook(
+        lambda m, a, kw: grabbed.update(h=kw.get("hidden_states", a[0] if a else None), pe=kw["position_embeddings"]),
+        with_kwargs=True,
+    )
     hf(torch.tensor([ids]))
     h, (cos, sin) = grabbed["h"], grabbed["pe"]
     shape = (*h.shape[:-1], -1, attn.head_dim)
@@ -98,8 +100,8 @@ def test_result_views_are_consistent(tiny_gpt2):
 
 def test_text_longer_than_the_context_is_truncated_and_says_so(tiny_gpt2):
     long = " word" * 400  # the tiny GPT-2 has a 256-token context
-    seq, = prepare_texts(tiny_gpt2, [long])
+    (seq,) = prepare_texts(tiny_gpt2, [long])
     assert len(seq) == 256
     assert "cut from 401 to 256" in seq.notes[0] and "context" in seq.notes[0]
-    seq, = prepare_texts(tiny_gpt2, [long], max_tokens=20)
+    (seq,) = prepare_texts(tiny_gpt2, [long], max_tokens=20)
     assert len(seq) == 20 and "window of 20 tokens" in seq.notes[0]

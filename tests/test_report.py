@@ -14,10 +14,10 @@ import pytest
 from typer.testing import CliRunner
 
 from headscope.cli import app
-from headscope.render.html import (MAX_VIEW_TOKENS, circuitsvis_bundle, esc, heads_view_html, script_json)
-from headscope.pipeline import build_report
 from headscope.logits.story import logit_definitions
+from headscope.pipeline import build_report
 from headscope.qk.results import QK_DEFINITIONS
+from headscope.render.html import MAX_VIEW_TOKENS, circuitsvis_bundle, esc, heads_view_html, script_json
 from headscope.render.report import Report, top_heads_html
 from headscope.scan.attention import AttentionSample
 from headscope.scores import SCORES
@@ -26,8 +26,10 @@ DEFINITIONS = {s.name: s.definition for s in SCORES}
 
 runner = CliRunner()
 
-HOSTILE = ('<img src=x onerror="window.__pwned=1"> </script><script>window.__pwned=2</script> '
-           '" onmouseover="window.__pwned=3" x=\' &amp; <xss-probe>')
+HOSTILE = (
+    '<img src=x onerror="window.__pwned=1"> </script><script>window.__pwned=2</script> '
+    '" onmouseover="window.__pwned=3" x=\' &amp; <xss-probe>'
+)
 
 
 def islands(page: str) -> list[dict]:
@@ -65,11 +67,25 @@ def test_page_references_nothing_outside_itself(page):
 
 def test_page_holds_every_part_the_issue_lists(report, page):
     anchors = re.findall(r'<section id="([^"]+)">', page)
-    assert anchors == ["top", "roles", "heatmaps", "loss", "ablation", "attention", "qk-heads", "qk-live",
-                       "qk-decomposition", "qk-positional", "qk-token", "composition", "logits", "legend"]
+    assert anchors == [
+        "top",
+        "roles",
+        "heatmaps",
+        "loss",
+        "ablation",
+        "attention",
+        "qk-heads",
+        "qk-live",
+        "qk-decomposition",
+        "qk-positional",
+        "qk-token",
+        "composition",
+        "logits",
+        "legend",
+    ]
     res = report.induction
     assert res.model["name"] in page and f"{res.settings['seq_len']} random ordinary tokens" in page
-    assert page.count('data:image/png;base64,') >= 5 + 1 + 1 + 3  # heatmaps, loss, ablation, QK figures
+    assert page.count("data:image/png;base64,") >= 5 + 1 + 1 + 3  # heatmaps, loss, ablation, QK figures
     assert top_heads_html(res) in page  # top heads with roles and the causal check
     for name in ("roles", "ablation Δloss"):
         assert f"<dt>{name}</dt>" in page
@@ -81,10 +97,12 @@ def test_page_holds_every_part_the_issue_lists(report, page):
 
 def test_outside_strings_are_escaped_in_the_markup(report):
     sample = report.texts[0]
-    evil = AttentionSample(title=HOSTILE, tokens=[HOSTILE] * len(sample.tokens), heads=sample.heads,
-                           patterns=sample.patterns, note=HOSTILE)
-    page = Report(model={**report.model, "name": HOSTILE}, induction=report.induction, texts=[evil],
-                  sources=[HOSTILE]).to_html()
+    evil = AttentionSample(
+        title=HOSTILE, tokens=[HOSTILE] * len(sample.tokens), heads=sample.heads, patterns=sample.patterns, note=HOSTILE
+    )
+    page = Report(
+        model={**report.model, "name": HOSTILE}, induction=report.induction, texts=[evil], sources=[HOSTILE]
+    ).to_html()
     assert HOSTILE not in page
     rest = page.replace(circuitsvis_bundle(), "")
     assert "<xss-probe" not in rest and 'onmouseover="' not in rest and 'onerror="' not in rest
@@ -128,8 +146,23 @@ def test_notebook_views_are_the_page_pieces(report, page):
 # --- the commands ------------------------------------------------------------------------------
 def test_report_command_writes_one_page_and_never_overwrites_silently(tiny_gpt2_dir, tmp_path):
     out = tmp_path / "r.html"
-    args = ["report", "--model", str(tiny_gpt2_dir), "--seq-len", "6", "--batch", "2", "--top", "2", "--qk-top", "1",
-            "--device", "cpu", "--out", str(out)]
+    args = [
+        "report",
+        "--model",
+        str(tiny_gpt2_dir),
+        "--seq-len",
+        "6",
+        "--batch",
+        "2",
+        "--top",
+        "2",
+        "--qk-top",
+        "1",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+    ]
     r = runner.invoke(app, [*args, "--json"])
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
@@ -143,10 +176,27 @@ def test_report_command_writes_one_page_and_never_overwrites_silently(tiny_gpt2_
 
 @pytest.mark.parametrize("command", ["induction", "qk"])
 def test_induction_and_qk_write_a_report_with_report_flag(command, tiny_gpt2_dir, tmp_path):
-    small = ["--seq-len", "6", "--batch", "2", "--top", "2", "--no-ablate"] if command == "induction" else \
-        ["--head", "1.0", "--no-figures"]
-    r = runner.invoke(app, [command, "--model", str(tiny_gpt2_dir), *small, "--device", "cpu",
-                            "--out", str(tmp_path), "--text", "a b c a b c", "--report"])
+    small = (
+        ["--seq-len", "6", "--batch", "2", "--top", "2", "--no-ablate"]
+        if command == "induction"
+        else ["--head", "1.0", "--no-figures"]
+    )
+    r = runner.invoke(
+        app,
+        [
+            command,
+            "--model",
+            str(tiny_gpt2_dir),
+            *small,
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path),
+            "--text",
+            "a b c a b c",
+            "--report",
+        ],
+    )
     assert r.exit_code == 0, r.output
     page = (tmp_path / "report.html").read_text()
     assert page.count(circuitsvis_bundle()[:200]) == 1

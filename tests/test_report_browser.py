@@ -25,8 +25,10 @@ pytest.importorskip("playwright.sync_api", reason=WHY_NO_PLAYWRIGHT)
 #: Every view has drawn: its head selector and zoomed pattern are canvases.
 ALL_DRAWN = "[...document.querySelectorAll('.cv-view')].every(v => v.querySelector('canvas'))"
 
-HOSTILE = ('<img src=x onerror="window.__pwned=1"> </script><script>window.__pwned=2</script> '
-           '" onmouseover="window.__pwned=3" x=\' &amp; <xss-probe>')
+HOSTILE = (
+    '<img src=x onerror="window.__pwned=1"> </script><script>window.__pwned=2</script> '
+    '" onmouseover="window.__pwned=3" x=\' &amp; <xss-probe>'
+)
 HOSTILE_FILE_NAME = '<xss-probe onclick="window.__pwned=4">notes"\'&amp;.txt'  # no "/": it is a file name
 
 
@@ -56,11 +58,14 @@ def assert_loaded_cleanly(page) -> None:
 
 def assert_views_drawn(page, heads_per_view: list[int]) -> None:
     """Each view drew one canvas per head (the selector) plus the zoomed pattern, with the head names."""
-    drawn = page.evaluate("[...document.querySelectorAll('.cv-view')].map(v => "
-                          "[v.querySelectorAll('canvas').length, v.textContent])")
+    drawn = page.evaluate(
+        "[...document.querySelectorAll('.cv-view')].map(v => [v.querySelectorAll('canvas').length, v.textContent])"
+    )
     assert [n for n, _ in drawn] == [k + 1 for k in heads_per_view]
-    props = page.evaluate("[...document.querySelectorAll('script[data-cv-target]')]"
-                          ".map(s => JSON.parse(s.textContent).attentionHeadNames)")
+    props = page.evaluate(
+        "[...document.querySelectorAll('script[data-cv-target]')]"
+        ".map(s => JSON.parse(s.textContent).attentionHeadNames)"
+    )
     for (_, text), names in zip(drawn, props, strict=True):
         assert all(name in text for name in names) and "Zoomed" in text
 
@@ -69,8 +74,10 @@ def test_the_checks_would_see_a_page_that_reaches_out(browser, tmp_path):
     """The request log and the error log work: a page that fetches gets caught (and gets nothing),
     another local file included."""
     bad = tmp_path / "bad.html"
-    bad.write_text("<!DOCTYPE html><img src='https://example.com/x.png'><img src='file:///etc/hostname'>"
-                   "<script>fetch('http://example.org/').then(() => window.__got = 1)</script>")
+    bad.write_text(
+        "<!DOCTYPE html><img src='https://example.com/x.png'><img src='file:///etc/hostname'>"
+        "<script>fetch('http://example.org/').then(() => window.__got = 1)</script>"
+    )
     page = browser.open(bad)
     page.wait(1.0)
     assert page.requests[0] == page.url
@@ -83,8 +90,10 @@ def test_the_checks_would_see_a_page_that_reaches_out(browser, tmp_path):
 def test_the_checks_would_see_a_csp_violation_and_an_uncaught_error(browser, tmp_path):
     """An inline script without the nonce is refused and reported; an exception is reported."""
     bad = tmp_path / "csp.html"
-    bad.write_text("<!DOCTYPE html><meta http-equiv='Content-Security-Policy' content=\"script-src 'nonce-ok'\">"
-                   "<script>window.__ran = 1</script><script nonce='ok'>throw new Error('boom')</script>")
+    bad.write_text(
+        "<!DOCTYPE html><meta http-equiv='Content-Security-Policy' content=\"script-src 'nonce-ok'\">"
+        "<script>window.__ran = 1</script><script nonce='ok'>throw new Error('boom')</script>"
+    )
     page = browser.open(bad)
     assert page.evaluate("typeof window.__ran") == "undefined"
     assert any("Content Security Policy" in e for e in page.errors), page.errors
@@ -111,9 +120,30 @@ def test_hostile_text_and_file_names_show_as_written_and_never_run(browser, tiny
     note = tmp_path / HOSTILE_FILE_NAME
     note.write_text(HOSTILE + " again " + HOSTILE)
     out = tmp_path / "hostile.html"
-    r = CliRunner().invoke(app, ["report", "--model", str(tiny_gpt2_dir), "--seq-len", "6", "--batch", "2",
-                                 "--top", "2", "--qk-top", "1", "--device", "cpu", "--text", HOSTILE,
-                                 "--file", str(note), "--out", str(out)])
+    r = CliRunner().invoke(
+        app,
+        [
+            "report",
+            "--model",
+            str(tiny_gpt2_dir),
+            "--seq-len",
+            "6",
+            "--batch",
+            "2",
+            "--top",
+            "2",
+            "--qk-top",
+            "1",
+            "--device",
+            "cpu",
+            "--text",
+            HOSTILE,
+            "--file",
+            str(note),
+            "--out",
+            str(out),
+        ],
+    )
     assert r.exit_code == 0, r.output
     page = browser.open(out, ready=ALL_DRAWN)
     assert_loaded_cleanly(page)
@@ -128,8 +158,9 @@ def test_hostile_text_and_file_names_show_as_written_and_never_run(browser, tiny
     headings = page.evaluate("[...document.querySelectorAll('h3, button')].map(e => e.textContent)")
     assert f"Top induction heads on {HOSTILE_FILE_NAME}" in headings and HOSTILE_FILE_NAME in headings
     # and the interactive views received the tokens as written (circuitsvis draws them as text)
-    tokens = page.evaluate("[...document.querySelectorAll('script[data-cv-target]')].map(s => "
-                           "JSON.parse(s.textContent).tokens.join(''))")
+    tokens = page.evaluate(
+        "[...document.querySelectorAll('script[data-cv-target]')].map(s => JSON.parse(s.textContent).tokens.join(''))"
+    )
     assert any(HOSTILE.replace(" ", "·") in t for t in tokens)
     keep_screenshot(page, tmp_path / "report_hostile.png")
 

@@ -46,14 +46,18 @@ def test_scores_from_half_precision_patterns_are_accumulated_in_float32(tiny_lla
     rt = repeated_tokens(model, seq_len=seq_len, batch=batch)
     patterns = {}
     with torch.no_grad():
-        model.run_with_hooks(rt.tokens, fwd_hooks=[(f"blocks.{l}.attn.hook_pattern",
-                                                    lambda p, hook: patterns.__setitem__(hook.name, p.clone()))
-                                                   for l in range(model.cfg.n_layers)])
+        model.run_with_hooks(
+            rt.tokens,
+            fwd_hooks=[
+                (f"blocks.{l}.attn.hook_pattern", lambda p, hook: patterns.__setitem__(hook.name, p.clone()))
+                for l in range(model.cfg.n_layers)
+            ],
+        )
     for l in range(model.cfg.n_layers):
         p = patterns[f"blocks.{l}.attn.hook_pattern"]
         assert p.dtype == getattr(torch, dtype)
         q0 = rt.layout.later_start
-        stripe = p.double().diagonal(offset=1 - seq_len, dim1=-2, dim2=-1)[..., q0 - seq_len + 1:]
+        stripe = p.double().diagonal(offset=1 - seq_len, dim1=-2, dim2=-1)[..., q0 - seq_len + 1 :]
         expected = stripe.mean(dim=(0, -1)).numpy()
         np.testing.assert_allclose(res.scores["induction"][l], expected, atol=1e-6)
     assert all(a.dtype == np.float64 for a in res.scores.values())
@@ -96,8 +100,21 @@ def test_memory_budget_sets_the_chunk_size_and_is_stated(tiny_gpt2):
 @pytest.mark.smollm2
 def test_gpu_check_script_runs_on_the_cpu(smollm2, tmp_path, capsys):
     gpu_check = _script(ROOT / "scripts" / "gpu_check.py", "gpu_check")
-    rc = gpu_check.main(["--device", "cpu", "--batch", "2", "--seq-len", "12", "--long", "24", "--no-ablate",
-                         "--json", str(tmp_path / "gc.json")])
+    rc = gpu_check.main(
+        [
+            "--device",
+            "cpu",
+            "--batch",
+            "2",
+            "--seq-len",
+            "12",
+            "--long",
+            "24",
+            "--no-ablate",
+            "--json",
+            str(tmp_path / "gc.json"),
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "float32: loaded in" in out and "bfloat16: loaded in" in out and "all checks passed" in out
@@ -119,15 +136,37 @@ def test_benchmark_summary_states_the_aims_and_the_machine():
         run = _script(ROOT / "benchmarks" / "run.py", "bench_run")
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
-    machine = {"cpu": "Test CPU", "cores": 2, "ram_gib": 24, "torch": "2", "transformers": "5",
-               "transformer_lens": "4.3", "torch_threads": 2, "load_average": [0.1, 0.1, 0.1],
-               "load_average_end": [0.2, 0.1, 0.1]}
-    speed = {"section": "speed", "device": "cpu", "batch": 10, "n_tokens": 101,
-             "times_s": {k: [1.0] for k in ("scan", "hf_sdpa", "hf_eager", "tl_detect_head")},
-             "median_s": {"scan": 1.1, "hf_sdpa": 1.0, "hf_eager": 1.0, "tl_detect_head": 20.0},
-             "ratios": {"scan / hf_sdpa": 1.1, "scan / hf_eager": 1.1, "tl_detect_head / scan": 18.0}}
-    memory = {"section": "memory", "what": "scan", "device": "cpu", "seq_len": 2048, "n_tokens": 4097, "run_s": 60,
-              "rss_peak_above_model": 5 * 2**30, "rss_before_run": 2**29, "chunk_size": 1}
+    machine = {
+        "cpu": "Test CPU",
+        "cores": 2,
+        "ram_gib": 24,
+        "torch": "2",
+        "transformers": "5",
+        "transformer_lens": "4.3",
+        "torch_threads": 2,
+        "load_average": [0.1, 0.1, 0.1],
+        "load_average_end": [0.2, 0.1, 0.1],
+    }
+    speed = {
+        "section": "speed",
+        "device": "cpu",
+        "batch": 10,
+        "n_tokens": 101,
+        "times_s": {k: [1.0] for k in ("scan", "hf_sdpa", "hf_eager", "tl_detect_head")},
+        "median_s": {"scan": 1.1, "hf_sdpa": 1.0, "hf_eager": 1.0, "tl_detect_head": 20.0},
+        "ratios": {"scan / hf_sdpa": 1.1, "scan / hf_eager": 1.1, "tl_detect_head / scan": 18.0},
+    }
+    memory = {
+        "section": "memory",
+        "what": "scan",
+        "device": "cpu",
+        "seq_len": 2048,
+        "n_tokens": 4097,
+        "run_s": 60,
+        "rss_peak_above_model": 5 * 2**30,
+        "rss_before_run": 2**29,
+        "chunk_size": 1,
+    }
     text = run.summary({"machine": machine, "results": [speed, memory]})
     assert "Test CPU, 2 cores" in text and "load average at start [0.1, 0.1, 0.1]" in text
     assert "scan <= 1.2x plain forward: met vs sdpa" in text

@@ -104,8 +104,9 @@ def test_rerun_skips_finished_entries_and_leaves_their_files_alone(checkpoints, 
     assert len(count_scans) == 3
 
 
-def test_failed_entry_keeps_the_finished_one_and_a_rerun_runs_only_the_missing(checkpoints, tmp_path, monkeypatch,
-                                                                              fast_load, count_scans):
+def test_failed_entry_keeps_the_finished_one_and_a_rerun_runs_only_the_missing(
+    checkpoints, tmp_path, monkeypatch, fast_load, count_scans
+):
     out = tmp_path / "out"
     real_load = sweep_mod.load_model
 
@@ -162,8 +163,9 @@ def test_results_made_with_other_settings_are_not_mixed_in(checkpoints, tmp_path
     assert r.exit_code == 2
     assert "other settings" in r.output and "seq_len 8 (now 9)" in r.output and "--overwrite" in r.output
     assert len(count_scans) == 1
-    r = runner.invoke(app, ["sweep", "-m", str(checkpoints[0]), "--out", str(out), "--seq-len", "9", "--batch", "2",
-                            "--overwrite"])
+    r = runner.invoke(
+        app, ["sweep", "-m", str(checkpoints[0]), "--out", str(out), "--seq-len", "9", "--batch", "2", "--overwrite"]
+    )
     assert r.exit_code == 0, r.output
     assert len(count_scans) == 2
     assert json.loads((out / "sweep.json").read_text())["settings"]["seq_len"] == 9
@@ -176,8 +178,18 @@ def test_checkpoint_directories_give_steps_of_one_run(checkpoints):
     assert [e.label for e in entries] == ["step100", "step1000", "step30000"]
 
 
-@pytest.mark.parametrize("name, step", [("step1000", 1000), ("step0", 0), ("run/checkpoint-500", 500),
-                                        ("global_step20", 20), ("main", None), ("gpt2", None), ("v2step", None)])
+@pytest.mark.parametrize(
+    "name, step",
+    [
+        ("step1000", 1000),
+        ("step0", 0),
+        ("run/checkpoint-500", 500),
+        ("global_step20", 20),
+        ("main", None),
+        ("gpt2", None),
+        ("v2step", None),
+    ],
+)
 def test_step_is_read_from_revision_or_directory_names(name, step):
     assert step_of(name) == step
 
@@ -197,12 +209,17 @@ def test_revisions_are_passed_to_the_loader(monkeypatch, tmp_path, tiny_gpt2):
     out = tmp_path / "out"
     r = sweep("-m", "EleutherAI/pythia-70m", "-r", "step1000,step3000", "-r", "step143000", "--out", str(out))
     assert r.exit_code == 0, r.output
-    assert seen == [("EleutherAI/pythia-70m", "step1000"), ("EleutherAI/pythia-70m", "step3000"),
-                    ("EleutherAI/pythia-70m", "step143000")]
+    assert seen == [
+        ("EleutherAI/pythia-70m", "step1000"),
+        ("EleutherAI/pythia-70m", "step3000"),
+        ("EleutherAI/pythia-70m", "step143000"),
+    ]
     rows = json.loads((out / "sweep.json").read_text())["entries"]
-    assert [(e["label"], e["step"]) for e in rows] == [("EleutherAI/pythia-70m@step1000", 1000),
-                                                      ("EleutherAI/pythia-70m@step3000", 3000),
-                                                      ("EleutherAI/pythia-70m@step143000", 143000)]
+    assert [(e["label"], e["step"]) for e in rows] == [
+        ("EleutherAI/pythia-70m@step1000", 1000),
+        ("EleutherAI/pythia-70m@step3000", 3000),
+        ("EleutherAI/pythia-70m@step143000", 143000),
+    ]
 
 
 def test_revision_with_a_local_directory_is_refused_with_a_hint(tiny_gpt2_dir):
@@ -233,10 +250,22 @@ def test_entry_key_does_not_depend_on_how_the_path_was_written(tiny_gpt2_dir, mo
 def test_sweep_figure_draws_models_in_order_when_there_are_no_steps():
     from headscope.render.sweep_figures import sweep_figure
 
-    frame = pd.DataFrame([
-        {"label": n, "model": n, "series": n, "step": None, "status": s, "induction_top": t, "induction_sum": 2 * t,
-         "loss_first_repeat": 10.0, "loss_later_repeats": 10 - 8 * t}
-        for n, s, t in (("small", "done", 0.1), ("medium", "failed", float("nan")), ("large", "done", 0.9))])
+    frame = pd.DataFrame(
+        [
+            {
+                "label": n,
+                "model": n,
+                "series": n,
+                "step": None,
+                "status": s,
+                "induction_top": t,
+                "induction_sum": 2 * t,
+                "loss_first_repeat": 10.0,
+                "loss_later_repeats": 10 - 8 * t,
+            }
+            for n, s, t in (("small", "done", 0.1), ("medium", "failed", float("nan")), ("large", "done", 0.9))
+        ]
+    )
     fig = sweep_figure(frame)
     ticks = [t.get_text() for t in fig.axes[-1].get_xticklabels()]
     assert ticks == ["small", "large"]

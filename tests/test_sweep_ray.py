@@ -24,9 +24,9 @@ import pytest
 from typer.testing import CliRunner
 
 import headscope
-from headscope.pipeline import sweep_ray
 from headscope.cli import app
 from headscope.errors import BadInput
+from headscope.pipeline import sweep_ray
 from headscope.pipeline.sweep import plan_sweep, read_entry, run_sweep
 
 SCAN = ["--seq-len", "8", "--batch", "2"]
@@ -110,8 +110,9 @@ def test_ray_sweep_gives_the_local_table_and_flags_the_copy(ray_cluster, three_m
 
 # --- a worker that dies ------------------------------------------------------------------------
 @pytest.mark.ray
-def test_a_worker_killed_mid_entry_leaves_it_failed_and_the_rerun_completes_it(ray_cluster, tiny_gpt2_dir,
-                                                                                tiny_llama_dir, tmp_path, monkeypatch):
+def test_a_worker_killed_mid_entry_leaves_it_failed_and_the_rerun_completes_it(
+    ray_cluster, tiny_gpt2_dir, tiny_llama_dir, tmp_path, monkeypatch
+):
     out = tmp_path / "out"
     victim = Path(tiny_llama_dir).name
 
@@ -142,8 +143,9 @@ def test_an_entry_that_raises_in_its_worker_keeps_its_message_and_hint(ray_clust
     broken = tmp_path / "broken"
     shutil.copytree(tiny_gpt2_dir, broken)
     (broken / "model.safetensors").write_bytes(b"not weights")
-    res = run_sweep(plan_sweep([str(broken)]), tmp_path / "out", executor=sweep_ray.RayExecutor(), seq_len=8,
-                    batch=2, figure=False)
+    res = run_sweep(
+        plan_sweep([str(broken)]), tmp_path / "out", executor=sweep_ray.RayExecutor(), seq_len=8, batch=2, figure=False
+    )
     (f,) = res.failures
     assert f["error"].startswith("could not load the weights") and "complete weights" in f["hint"]
     assert "Traceback" in f["traceback"]  # the worker's own traceback came back
@@ -151,8 +153,9 @@ def test_an_entry_that_raises_in_its_worker_keeps_its_message_and_hint(ray_clust
 
 # --- Ctrl-C ----------------------------------------------------------------------------------
 @pytest.mark.ray
-def test_interrupting_a_ray_sweep_keeps_finished_entries_and_cancels_the_rest(ray_cluster, tiny_gpt2_dir,
-                                                                             tiny_llama_dir, tmp_path):
+def test_interrupting_a_ray_sweep_keeps_finished_entries_and_cancels_the_rest(
+    ray_cluster, tiny_gpt2_dir, tiny_llama_dir, tmp_path
+):
     out = tmp_path / "out"
     entries = plan_sweep([str(tiny_gpt2_dir), str(tiny_llama_dir)])
 
@@ -169,8 +172,14 @@ def test_interrupting_a_ray_sweep_keeps_finished_entries_and_cancels_the_rest(ra
 
     t0 = time.perf_counter()
     with pytest.raises(KeyboardInterrupt):
-        run_sweep(entries, out, executor=sweep_ray.RayExecutor(entry_fn=slow_llama), on_event=interrupt_after_first,
-                  seq_len=8, batch=2)
+        run_sweep(
+            entries,
+            out,
+            executor=sweep_ray.RayExecutor(entry_fn=slow_llama),
+            on_event=interrupt_after_first,
+            seq_len=8,
+            batch=2,
+        )
     assert time.perf_counter() - t0 < 50
     assert read_entry(out, entries[0]) is not None and read_entry(out, entries[1]) is None
     assert list(pd.read_csv(out / "sweep.csv")["status"]) == ["done", "pending"]
@@ -187,8 +196,9 @@ def test_an_unreachable_address_fails_at_once_with_a_clear_message(tiny_gpt2_dir
     pytest.importorskip("ray")
     out = tmp_path / "out"
     t0 = time.perf_counter()
-    r = sweep("-m", str(tiny_gpt2_dir), "--out", str(out), "--executor", "ray", "--address",
-              f"127.0.0.1:{_closed_port()}")
+    r = sweep(
+        "-m", str(tiny_gpt2_dir), "--out", str(out), "--executor", "ray", "--address", f"127.0.0.1:{_closed_port()}"
+    )
     assert time.perf_counter() - t0 < 5
     assert r.exit_code == 2
     assert "no Ray cluster answers at 127.0.0.1:" in " ".join(r.output.split())

@@ -39,7 +39,7 @@ def test_copy_batch_copies_one_block_at_distances_that_vary():
     for i in range(256):
         s, d = int(b.src[i]), int(b.dst[i])
         assert d >= s + 16 and d + 16 <= 64
-        assert torch.equal(b.tokens[i, d:d + 16], b.tokens[i, s:s + 16])
+        assert torch.equal(b.tokens[i, d : d + 16], b.tokens[i, s : s + 16])
         # the masks mark targets t (index t - 1): offsets 1..15 of each copy
         assert b.later[i].nonzero().squeeze(1).tolist() == list(range(d, d + 15))
         assert b.first[i].nonzero().squeeze(1).tolist() == list(range(s, s + 15))
@@ -85,9 +85,11 @@ def test_detector_finds_a_smooth_rise_and_brackets_it():
 @pytest.mark.parametrize("curve", ["flat", "noise", "ramp"])
 def test_detector_finds_nothing_without_an_abrupt_change(curve):
     rng = np.random.default_rng(1)
-    y = {"flat": np.full(STEPS.shape, 4.16),
-         "noise": 4.16 + rng.normal(0, 0.05, STEPS.size),
-         "ramp": 4.16 - 0.001 * STEPS + rng.normal(0, 0.02, STEPS.size)}[curve]
+    y = {
+        "flat": np.full(STEPS.shape, 4.16),
+        "noise": 4.16 + rng.normal(0, 0.05, STEPS.size),
+        "ramp": 4.16 - 0.001 * STEPS + rng.normal(0, 0.02, STEPS.size),
+    }[curve]
     assert detect_phase_change(STEPS, y) is None
 
 
@@ -130,8 +132,9 @@ def test_load_model_and_the_scan_work_and_agree_with_the_live_numbers(short_run)
     model = headscope.load_model(str(short_run.checkpoint_dirs[-1]), device="cpu")
     assert (model.cfg.n_layers, model.cfg.n_heads, model.cfg.d_vocab) == (2, 4, 66)
     cfg = short_run.config
-    res = headscope.scan_induction(model, seq_len=cfg.eval_seq_len, batch=cfg.eval_batch, seed=cfg.eval_seed,
-                                   ablate=False, sample=False)
+    res = headscope.scan_induction(
+        model, seq_len=cfg.eval_seq_len, batch=cfg.eval_batch, seed=cfg.eval_seed, ablate=False, sample=False
+    )
     live = short_run.log[-1]
     # the live evaluation (HF attention weights) and the scan (TransformerBridge hooks) use the same sequences
     assert res.scores["induction"].max() == pytest.approx(live["induction_best"], abs=1e-5)
@@ -189,8 +192,12 @@ def test_analysis_sweeps_the_checkpoints_and_resumes(short_run):
 # --- refusing bad input, losing nothing -----------------------------------------------------------
 def test_bad_settings_raise_before_anything_is_written(tmp_path):
     out = tmp_path / "never"
-    for kw, msg in ((dict(steps=0), "--steps must be at least 1"), (dict(steps=10, every=20), "larger than the run"),
-                    (dict(every=0), "--every must be at least 1"), (dict(d_model=30, n_heads=4), "multiple")):
+    for kw, msg in (
+        (dict(steps=0), "--steps must be at least 1"),
+        (dict(steps=10, every=20), "larger than the run"),
+        (dict(every=0), "--every must be at least 1"),
+        (dict(d_model=30, n_heads=4), "multiple"),
+    ):
         with pytest.raises(BadInput, match=msg):
             train_toy(out, **kw)
     assert not out.exists()
@@ -210,13 +217,16 @@ def toy(*args):
     return runner.invoke(app, ["train-toy", *map(str, args)])
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--steps", "0"], "--steps must be at least 1"),
-    (["--steps", "50", "--every", "100"], "larger than the run"),
-    (["--every", "0"], "--every must be at least 1"),
-    (["--n-ctx", "40"], "positional shortcut"),
-    (["--layers", "1"], "--layers must be at least 2"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--steps", "0"], "--steps must be at least 1"),
+        (["--steps", "50", "--every", "100"], "larger than the run"),
+        (["--every", "0"], "--every must be at least 1"),
+        (["--n-ctx", "40"], "positional shortcut"),
+        (["--layers", "1"], "--layers must be at least 2"),
+    ],
+)
 def test_cli_bad_options_exit_2_and_write_nothing(tmp_path, args, message):
     out = tmp_path / "out"
     r = toy("--out", out, *args)
@@ -251,8 +261,20 @@ def test_cli_trains_sweeps_and_draws_end_to_end(tmp_path):
     assert {"phase.json", "phase.csv", "phase.png", "phase_heatmaps.png"} <= {p.name for p in (out / "phase").iterdir()}
     assert (out / "sweep" / "sweep.png").is_file()
     # the checkpoints are ordinary sweep input too
-    r2 = runner.invoke(app, ["sweep", "-m", str(out / "checkpoints" / "step4"), "--seq-len", "8", "--batch", "2",
-                             "--out", str(tmp_path / "sw")])
+    r2 = runner.invoke(
+        app,
+        [
+            "sweep",
+            "-m",
+            str(out / "checkpoints" / "step4"),
+            "--seq-len",
+            "8",
+            "--batch",
+            "2",
+            "--out",
+            str(tmp_path / "sw"),
+        ],
+    )
     assert r2.exit_code == 0, r2.output
 
 

@@ -15,24 +15,67 @@ from .logits import LogitAttribution, OVRows, logit_attribution, ov_circuit
 from .models import DEFAULT_MODEL, HeadscopeModel, load_model
 from .pipeline import Report, build_report, plan_sweep, run_sweep
 from .pipeline.logits import LogitAnalysis, analyze_logits
-from .qk import (CompositionScores, PositionalQK, QKAnalysis, QKDecomposition, QKScores, TokenQK, analyze_qk,
-                 composition_scores, decompose_qk, positional_qk, qk_scores, token_qk)
+from .qk import (
+    CompositionScores,
+    PositionalQK,
+    QKAnalysis,
+    QKDecomposition,
+    QKScores,
+    TokenQK,
+    analyze_qk,
+    composition_scores,
+    decompose_qk,
+    positional_qk,
+    qk_scores,
+    token_qk,
+)
 from .scan import AttentionSample, InductionResult, scan_induction
 from .scores import SCORES, Score
 
 __all__ = [
     # loading
-    "DEFAULT_MODEL", "HeadscopeModel", "load_model",
+    "DEFAULT_MODEL",
+    "HeadscopeModel",
+    "load_model",
     # the induction scan and its scores
-    "InductionResult", "SCORES", "Score", "scan_induction", "AttentionSample", "head_label", "parse_head", "top_k",
+    "InductionResult",
+    "SCORES",
+    "Score",
+    "scan_induction",
+    "AttentionSample",
+    "head_label",
+    "parse_head",
+    "top_k",
     # QK circuits
-    "QKAnalysis", "analyze_qk", "qk_scores", "decompose_qk", "positional_qk", "token_qk", "composition_scores",
-    "QKScores", "QKDecomposition", "PositionalQK", "TokenQK", "CompositionScores",
+    "QKAnalysis",
+    "analyze_qk",
+    "qk_scores",
+    "decompose_qk",
+    "positional_qk",
+    "token_qk",
+    "composition_scores",
+    "QKScores",
+    "QKDecomposition",
+    "PositionalQK",
+    "TokenQK",
+    "CompositionScores",
     # what heads write: direct logit attribution, OV circuits, the induction story
-    "LogitAnalysis", "analyze_logits", "logit_attribution", "ov_circuit", "LogitAttribution", "OVRows",
+    "LogitAnalysis",
+    "analyze_logits",
+    "logit_attribution",
+    "ov_circuit",
+    "LogitAttribution",
+    "OVRows",
     # pages, sweeps
-    "Report", "build_report", "plan_sweep", "run_sweep",
+    "Report",
+    "build_report",
+    "plan_sweep",
+    "run_sweep",
     # errors
-    "HeadscopeError", "BadInput", "ModelLoadError", "OutputExists", "OutputError",
+    "HeadscopeError",
+    "BadInput",
+    "ModelLoadError",
+    "OutputExists",
+    "OutputError",
     "__version__",
 ]

@@ -9,7 +9,7 @@ tie-break is stable and documented, so the heads a table shows are the heads tha
 from __future__ import annotations
 
 import re
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -64,15 +64,21 @@ def parse_head(spec: str | Head, n_layers: int, n_heads: int) -> Head:
     else:
         m = _HEAD_RE.match(str(spec))
         if not m:
-            raise BadInput(f"malformed head {spec!r}: expected L<layer>H<head> or <layer>.<head>, e.g. L5H1 or 5.1",
-                           hint=f"layers are 0..{n_layers - 1}, heads 0..{n_heads - 1}")
+            raise BadInput(
+                f"malformed head {spec!r}: expected L<layer>H<head> or <layer>.<head>, e.g. L5H1 or 5.1",
+                hint=f"layers are 0..{n_layers - 1}, heads 0..{n_heads - 1}",
+            )
         layer, head, text = int(m.group(1)), int(m.group(2)), str(spec).strip()
     if not 0 <= layer < n_layers:
-        raise BadInput(f"head {text}: layer {layer} does not exist; this model has {n_layers} layers (0..{n_layers - 1})",
-                       hint=f"use a layer from 0 to {n_layers - 1}")
+        raise BadInput(
+            f"head {text}: layer {layer} does not exist; this model has {n_layers} layers (0..{n_layers - 1})",
+            hint=f"use a layer from 0 to {n_layers - 1}",
+        )
     if not 0 <= head < n_heads:
-        raise BadInput(f"head {text}: head {head} does not exist; each layer has {n_heads} heads (0..{n_heads - 1})",
-                       hint=f"use a head from 0 to {n_heads - 1}")
+        raise BadInput(
+            f"head {text}: head {head} does not exist; each layer has {n_heads} heads (0..{n_heads - 1})",
+            hint=f"use a head from 0 to {n_heads - 1}",
+        )
     return layer, head
 
 

@@ -90,7 +90,11 @@ def head_weights(model) -> HeadWeights:
         b_K, b_V = _expand_kv(b_K, H), _expand_kv(b_V, H)
     W_K, W_V = _expand_kv(W_K, H), _expand_kv(W_V, H)
 
-    norm = "rmsnorm" if getattr(cfg, "uses_rms_norm", False) or getattr(cfg, "normalization_type", "") in ("RMS", "RMSPre") else "layernorm"
+    norm = (
+        "rmsnorm"
+        if getattr(cfg, "uses_rms_norm", False) or getattr(cfg, "normalization_type", "") in ("RMS", "RMSPre")
+        else "layernorm"
+    )
     for layer in range(L):
         g, b = _norm_params(model.blocks[layer].ln1)
         if b is not None:  # bias of the norm flows through the reading matrices
@@ -116,7 +120,17 @@ def head_weights(model) -> HeadWeights:
             W_pos = None
     group = H // n_kv
     return HeadWeights(
-        W_Q=W_Q, W_K=W_K, W_V=W_V, W_O=W_O, b_Q=b_Q, b_K=b_K, b_V=b_V, b_O=b_O,
-        W_E=model.W_E.detach().float(), W_U=W_U, W_pos=W_pos,
-        kv_head=[h // group for h in range(H)], norm=norm,
+        W_Q=W_Q,
+        W_K=W_K,
+        W_V=W_V,
+        W_O=W_O,
+        b_Q=b_Q,
+        b_K=b_K,
+        b_V=b_V,
+        b_O=b_O,
+        W_E=model.W_E.detach().float(),
+        W_U=W_U,
+        W_pos=W_pos,
+        kv_head=[h // group for h in range(H)],
+        norm=norm,
     )

@@ -11,8 +11,9 @@ import functools
 import math
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Callable, Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -44,44 +45,82 @@ def _positive(value: float | None) -> float | None:
 _THRESHOLDS = ", ".join(f"{k}={v}" for k, v in default_thresholds().items())
 
 # --- the model and where it runs --------------------------------------------------------------
-ModelOpt = Annotated[str, typer.Option(
-    "--model", "-m", help="Built-in alias (see `headscope models`), hub id, model directory or .gguf file.")]
+ModelOpt = Annotated[
+    str,
+    typer.Option(
+        "--model", "-m", help="Built-in alias (see `headscope models`), hub id, model directory or .gguf file."
+    ),
+]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N. auto = CUDA when available.")]
-DeviceMapOpt = Annotated[Optional[str], typer.Option(
-    "--device-map", help="Spread the model over several GPUs with accelerate: auto, balanced, balanced_low_0 or "
-    "sequential; replaces --device. See docs/scale.md.")]
-DtypeOpt = Annotated[str, typer.Option(
-    "--dtype", help="Weights' dtype: float32, bfloat16 or float16. Scores are always computed in float32.")]
+DeviceMapOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--device-map",
+        help="Spread the model over several GPUs with accelerate: auto, balanced, balanced_low_0 or "
+        "sequential; replaces --device. See docs/scale.md.",
+    ),
+]
+DtypeOpt = Annotated[
+    str,
+    typer.Option(
+        "--dtype", help="Weights' dtype: float32, bfloat16 or float16. Scores are always computed in float32."
+    ),
+]
 
 # --- inputs -----------------------------------------------------------------------------------
-TextOpt = Annotated[Optional[list[str]], typer.Option(
-    "--text", "-t", help="Your own text (repeatable). Cut to the analysis window, first tokens kept (said in the "
-    "output).")]
-FileOpt = Annotated[Optional[list[Path]], typer.Option("--file", "-f", help="A UTF-8 text file (repeatable), like --text.")]
+TextOpt = Annotated[
+    Optional[list[str]],
+    typer.Option(
+        "--text",
+        "-t",
+        help="Your own text (repeatable). Cut to the analysis window, first tokens kept (said in the output).",
+    ),
+]
+FileOpt = Annotated[
+    Optional[list[Path]], typer.Option("--file", "-f", help="A UTF-8 text file (repeatable), like --text.")
+]
 
 # --- the repeated-token scan ------------------------------------------------------------------
 SeqLenOpt = Annotated[int, typer.Option("--seq-len", help="Length of the random block r that is repeated.")]
 BatchOpt = Annotated[int, typer.Option("--batch", help="Number of random sequences.")]
-RepeatsOpt = Annotated[int, typer.Option("--repeats", help="How many times r appears (>= 2; Olsson et al. "
-                                         "use 4).")]
-SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for drawing r (the same sequences for every model that "
-                                      "shares a tokenizer).")]
+RepeatsOpt = Annotated[int, typer.Option("--repeats", help="How many times r appears (>= 2; Olsson et al. use 4).")]
+SeedOpt = Annotated[
+    int, typer.Option("--seed", help="Seed for drawing r (the same sequences for every model that shares a tokenizer).")
+]
 TopOpt = Annotated[int, typer.Option("--top", help="How many top induction heads to show and ablate.")]
 AblationOpt = Annotated[str, typer.Option("--ablation", help="mean (head output -> its mean) or zero.")]
 NoAblateOpt = Annotated[bool, typer.Option("--no-ablate", help="Skip the causal check (faster).")]
-ThresholdOpt = Annotated[Optional[list[str]], typer.Option(
-    "--threshold", help=f"Role threshold NAME=VALUE (repeatable); defaults {_THRESHOLDS}.")]
-MaxMemoryOpt = Annotated[float, typer.Option(
-    "--max-memory", callback=_positive, help="GiB budget for one chunk's attention + logits; sets how many "
-    "sequences go through at once.")]
-QKMemoryOpt = Annotated[float, typer.Option(
-    "--max-memory", callback=_positive, help="GiB the QK analysis may hold, estimated from the texts' lengths "
-    "before it starts; a larger need is refused with the estimate and the --max-tokens that fits.")]
-AttentionOpt = Annotated[str, typer.Option(
-    "--attention", help="How the scan reads attention: fused (a fused kernel plus the few entries each score "
-    "reads, computed from queries, keys and the kernel's row logsumexp; no n x n pattern, memory linear in the "
-    "sequence), eager (full patterns from hook_pattern), or auto = fused wherever the model can be routed so. "
-    "Same scores within 1e-5.")]
+ThresholdOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--threshold", help=f"Role threshold NAME=VALUE (repeatable); defaults {_THRESHOLDS}."),
+]
+MaxMemoryOpt = Annotated[
+    float,
+    typer.Option(
+        "--max-memory",
+        callback=_positive,
+        help="GiB budget for one chunk's attention + logits; sets how many sequences go through at once.",
+    ),
+]
+QKMemoryOpt = Annotated[
+    float,
+    typer.Option(
+        "--max-memory",
+        callback=_positive,
+        help="GiB the QK analysis may hold, estimated from the texts' lengths "
+        "before it starts; a larger need is refused with the estimate and the --max-tokens that fits.",
+    ),
+]
+AttentionOpt = Annotated[
+    str,
+    typer.Option(
+        "--attention",
+        help="How the scan reads attention: fused (a fused kernel plus the few entries each score "
+        "reads, computed from queries, keys and the kernel's row logsumexp; no n x n pattern, memory linear in the "
+        "sequence), eager (full patterns from hook_pattern), or auto = fused wherever the model can be routed so. "
+        "Same scores within 1e-5.",
+    ),
+]
 
 
 def check_attention(value: str) -> None:
@@ -91,17 +130,31 @@ def check_attention(value: str) -> None:
     if value not in ATTENTION_MODES:
         raise BadInput(f"unknown --attention {value!r}", hint=f"use one of: {', '.join(ATTENTION_MODES)}")
 
+
 # --- outputs ----------------------------------------------------------------------------------
-OutOpt = Annotated[Optional[Path], typer.Option(
-    "--out", "-o", help="Output directory (default: headscope-results/COMMAND-MODEL). Written all at once: an "
-    "interrupted run leaves the earlier results as they were.")]
-OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace earlier results in --out instead of "
-                                            "refusing.")]
-ReportOpt = Annotated[bool, typer.Option(
-    "--report", help="Also write report.html: the results on one self-contained, interactive page that works "
-    "offline (see `headscope report`).")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print the machine-readable result to stdout; everything else "
-                                       "goes to stderr.")]
+OutOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--out",
+        "-o",
+        help="Output directory (default: headscope-results/COMMAND-MODEL). Written all at once: an "
+        "interrupted run leaves the earlier results as they were.",
+    ),
+]
+OverwriteOpt = Annotated[
+    bool, typer.Option("--overwrite", help="Replace earlier results in --out instead of refusing.")
+]
+ReportOpt = Annotated[
+    bool,
+    typer.Option(
+        "--report",
+        help="Also write report.html: the results on one self-contained, interactive page that works "
+        "offline (see `headscope report`).",
+    ),
+]
+JsonOpt = Annotated[
+    bool, typer.Option("--json", help="Print the machine-readable result to stdout; everything else goes to stderr.")
+]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")]
 
 
@@ -132,8 +185,9 @@ def handle_errors(fn: Callable) -> Callable:
                 err.print(f"[yellow]hint:[/] {escape(exc.hint)}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
-            Console(stderr=True).print("[red]interrupted[/]: nothing half-written was left; earlier results are "
-                                       "as they were")
+            Console(stderr=True).print(
+                "[red]interrupted[/]: nothing half-written was left; earlier results are as they were"
+            )
             raise typer.Exit(130) from None
 
     return wrapper
@@ -213,11 +267,16 @@ def load(err: Console, model: str, device: str, dtype: str, device_map: str | No
     from ..models import load_model
 
     with err.status(f"Loading {model}..."):
-        m = load_model(model, device=device, dtype=dtype, device_map=device_map,
-                       log=lambda s: err.print(s, highlight=False))
+        m = load_model(
+            model, device=device, dtype=dtype, device_map=device_map, log=lambda s: err.print(s, highlight=False)
+        )
     kv = getattr(m.cfg, "n_key_value_heads", None) or m.cfg.n_heads
-    err.print(f"Loaded {model}: {m.n_layers} layers x {m.n_heads} heads"
-              + (f" ({kv} key/value heads)" if kv != m.n_heads else "") + f" on {m.cfg.device}", highlight=False)
+    err.print(
+        f"Loaded {model}: {m.n_layers} layers x {m.n_heads} heads"
+        + (f" ({kv} key/value heads)" if kv != m.n_heads else "")
+        + f" on {m.cfg.device}",
+        highlight=False,
+    )
     return m
 
 

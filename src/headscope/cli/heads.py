@@ -17,25 +17,74 @@ from ..render.report import Report
 from ..scan import check_settings
 from ..scores import score as declared
 from . import app
-from ._common import (DEFAULT, AblationOpt, BatchOpt, DebugOpt, DeviceMapOpt, DeviceOpt, DtypeOpt, JsonOpt,
-                      MaxMemoryOpt, ModelOpt, OutOpt, OverwriteOpt, RepeatsOpt, ReportOpt, SeedOpt, SeqLenOpt,
-                      ThresholdOpt, at_least, check_device, consoles, default_out, handle_errors, load,
-                      parse_thresholds, read_texts)
+from ._common import (
+    DEFAULT,
+    AblationOpt,
+    BatchOpt,
+    DebugOpt,
+    DeviceMapOpt,
+    DeviceOpt,
+    DtypeOpt,
+    JsonOpt,
+    MaxMemoryOpt,
+    ModelOpt,
+    OutOpt,
+    OverwriteOpt,
+    RepeatsOpt,
+    ReportOpt,
+    SeedOpt,
+    SeqLenOpt,
+    ThresholdOpt,
+    at_least,
+    check_device,
+    consoles,
+    default_out,
+    handle_errors,
+    load,
+    parse_thresholds,
+    read_texts,
+)
 
-NaturalFileOpt = Annotated[Optional[list[Path]], typer.Option(
-    "--file", "-f", help="A UTF-8 text file (repeatable) of natural text for the ICL score and --natural-sinks, cut "
-    "into windows of 512 tokens (default: CPython's pydoc_data.topics, no download).")]
-IclOpt = Annotated[bool, typer.Option(
-    "--icl/--no-icl", help="Measure Olsson et al.'s in-context learning score on natural text and how much ablating "
-    "each top induction head changes it (about 3 minutes for SmolLM2 on 2 CPU cores with the defaults).")]
-IclWindowsOpt = Annotated[int, typer.Option(
-    "--icl-windows", help="Windows of 512 tokens of natural text for the ICL score, spread over the corpus (more: "
-    "less noise, proportionally slower).")]
-IclTopOpt = Annotated[int, typer.Option(
-    "--top", help="How many top induction heads to ablate in the ICL check (one forward pass over the windows each).")]
-NaturalSinksOpt = Annotated[bool, typer.Option(
-    "--natural-sinks/--no-natural-sinks", help="Also measure attention sinks as Gu et al. 2024 do: 100 windows of 64 "
-    "tokens of natural text (about 1 minute for SmolLM2 on 2 CPU cores); the sink role always comes from the scan.")]
+NaturalFileOpt = Annotated[
+    Optional[list[Path]],
+    typer.Option(
+        "--file",
+        "-f",
+        help="A UTF-8 text file (repeatable) of natural text for the ICL score and --natural-sinks, cut "
+        "into windows of 512 tokens (default: CPython's pydoc_data.topics, no download).",
+    ),
+]
+IclOpt = Annotated[
+    bool,
+    typer.Option(
+        "--icl/--no-icl",
+        help="Measure Olsson et al.'s in-context learning score on natural text and how much ablating "
+        "each top induction head changes it (about 3 minutes for SmolLM2 on 2 CPU cores with the defaults).",
+    ),
+]
+IclWindowsOpt = Annotated[
+    int,
+    typer.Option(
+        "--icl-windows",
+        help="Windows of 512 tokens of natural text for the ICL score, spread over the corpus (more: "
+        "less noise, proportionally slower).",
+    ),
+]
+IclTopOpt = Annotated[
+    int,
+    typer.Option(
+        "--top",
+        help="How many top induction heads to ablate in the ICL check (one forward pass over the windows each).",
+    ),
+]
+NaturalSinksOpt = Annotated[
+    bool,
+    typer.Option(
+        "--natural-sinks/--no-natural-sinks",
+        help="Also measure attention sinks as Gu et al. 2024 do: 100 windows of 64 "
+        "tokens of natural text (about 1 minute for SmolLM2 on 2 CPU cores); the sink role always comes from the scan.",
+    ),
+]
 
 
 @app.command("heads")
@@ -83,24 +132,41 @@ def heads_cmd(
     at_least("--top", top, 1)
     at_least("--icl-windows", icl_windows, 1)
     if file and not (icl or natural_sinks):
-        raise BadInput("--file is only read by the ICL score and --natural-sinks, and both are off",
-                       hint="drop --no-icl, or add --natural-sinks")
+        raise BadInput(
+            "--file is only read by the ICL score and --natural-sinks, and both are off",
+            hint="drop --no-icl, or add --natural-sinks",
+        )
     check_device(device, device_map)
     from ..models import resolve_dtype
 
     resolve_dtype(dtype)
     with ResultDir.open(out or default_out("heads", model), command="heads", overwrite=overwrite) as rd:
         m = load(err, model, device, dtype, device_map)
-        a = analyze_heads(m, seq_len=seq_len, batch=batch, repeats=repeats, seed=seed, thresholds=thresholds,
-                          icl=icl, icl_top=top, icl_windows=icl_windows, ablation=ablation,
-                          natural_sinks=natural_sinks, sink_windows=SINK_WINDOWS, files=files or None,
-                          max_memory_gb=max_memory, progress=True,
-                          log=lambda s: err.print(f"[dim]{s}...[/]", highlight=False))
+        a = analyze_heads(
+            m,
+            seq_len=seq_len,
+            batch=batch,
+            repeats=repeats,
+            seed=seed,
+            thresholds=thresholds,
+            icl=icl,
+            icl_top=top,
+            icl_windows=icl_windows,
+            ablation=ablation,
+            natural_sinks=natural_sinks,
+            sink_windows=SINK_WINDOWS,
+            files=files or None,
+            max_memory_gb=max_memory,
+            progress=True,
+            log=lambda s: err.print(f"[dim]{s}...[/]", highlight=False),
+        )
         with err.status("Writing results..."):
             heads_files(rd, a)
             if report:
-                rd.write_text("report.html", Report(model=dict(a.model), induction=a.induction, heads=a,
-                                                    notes=list(a.notes)).to_html())
+                rd.write_text(
+                    "report.html",
+                    Report(model=dict(a.model), induction=a.induction, heads=a, notes=list(a.notes)).to_html(),
+                )
             paths = rd.commit()
 
     if json_out:
@@ -108,46 +174,60 @@ def heads_cmd(
     for note in a.notes:
         err.print(f"[yellow]note:[/] {note}", highlight=False)
     print_heads(con, a)
-    err.print(f"[green]Wrote {len(paths)} files to {rd.target}/[/]: " + ", ".join(p.name for p in paths),
-              highlight=False)
+    err.print(
+        f"[green]Wrote {len(paths)} files to {rd.target}/[/]: " + ", ".join(p.name for p in paths), highlight=False
+    )
 
 
 def print_heads(con, a: HeadsAnalysis) -> None:
     """Role table, counts per role, successor sets, ICL check, legend."""
     s = a.induction.settings
-    con.print(f"[bold]{a.model['name']}[/]: {s['batch']} sequences of {s['seq_len']} random tokens x {s['repeats']} "
-              f"repeats (seed {s['seed']})", highlight=False)
+    con.print(
+        f"[bold]{a.model['name']}[/]: {s['batch']} sequences of {s['seq_len']} random tokens x {s['repeats']} "
+        f"repeats (seed {s['seed']})",
+        highlight=False,
+    )
     rows = a.role_table()
     L, H = a.induction.scores["induction"].shape
     t = Table(title=f"Roles of every head ({len(rows)} of {L * H} heads have at least one)")
     for col in ("head", "roles", "score behind each role"):
         t.add_column(col, overflow="fold")
     for r in rows:
-        t.add_row(r["head"], ", ".join(declared(n).label for n in r["roles"]),
-                  ", ".join(f"{declared(n).header} {v:.3f}" for n, v in r["scores"].items()))
+        t.add_row(
+            r["head"],
+            ", ".join(declared(n).label for n in r["roles"]),
+            ", ".join(f"{declared(n).header} {v:.3f}" for n, v in r["scores"].items()),
+        )
     con.print(t)
     counts = a.role_counts()
     c = Table(title="Heads per role")
     for col in ("role", "threshold", "heads", "best head"):
         c.add_column(col, justify="left" if col in ("role", "best head") else "right")
     for n, k in counts.items():
-        (l, h, v), = a.induction.top_heads(n, 1)
+        ((l, h, v),) = a.induction.top_heads(n, 1)
         c.add_row(declared(n).label, f"{a.thresholds[n]:g}", str(k), f"{head_label(l, h)} {v:.3f}")
     con.print(c)
     succ = a.successor_sets()
     if succ:
         skipped = "; ".join(f"{k} ({v})" for k, v in succ.get("skipped", {}).items())
-        con.print(f"Successor sets usable for this tokenizer: {', '.join(succ.get('sets', [])) or 'none'}"
-                  + (f"; skipped: {skipped}" if skipped else ""), highlight=False, markup=False)
+        con.print(
+            f"Successor sets usable for this tokenizer: {', '.join(succ.get('sets', [])) or 'none'}"
+            + (f"; skipped: {skipped}" if skipped else ""),
+            highlight=False,
+            markup=False,
+        )
     if a.icl is not None:
         for line in describe_icl(a.icl):
             con.print(line, highlight=False, markup=False)
     ns = a.natural_sinks
     if ns is not None:
         best = ", ".join(f"{head_label(l, h)} {v:.3f}" for l, h, v in ns.sink_heads()[:5])
-        con.print(f"Sinks on natural text (Gu et al.: {ns.source}): Sink_1^{ns.threshold} = {ns.model_sink_rate:.3f}, "
-                  f"{len(ns.sink_heads())} heads with mean alpha_1 > {ns.threshold}; strongest {best or 'none'}",
-                  highlight=False, markup=False)
+        con.print(
+            f"Sinks on natural text (Gu et al.: {ns.source}): Sink_1^{ns.threshold} = {ns.model_sink_rate:.3f}, "
+            f"{len(ns.sink_heads())} heads with mean alpha_1 > {ns.threshold}; strongest {best or 'none'}",
+            highlight=False,
+            markup=False,
+        )
     con.print("Legend:", style="dim")
     for name, text in a.legend().items():
         con.print(f"  {name}: {text}", style="dim", highlight=False, markup=False)

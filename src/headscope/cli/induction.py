@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from rich.table import Table
-
 import typer
+from rich.table import Table
 
 from ..errors import BadInput
 from ..heads import head_label
@@ -16,10 +15,39 @@ from ..scan import attention_sample, check_settings, scan_induction
 from ..scores import definitions, roles_legend
 from ..scores import score as declared
 from . import app
-from ._common import (DEFAULT, AblationOpt, AttentionOpt, BatchOpt, DebugOpt, DeviceMapOpt, DeviceOpt, DtypeOpt, FileOpt, JsonOpt,
-                      MaxMemoryOpt, ModelOpt, NoAblateOpt, OutOpt, OverwriteOpt, RepeatsOpt, ReportOpt, SeedOpt,
-                      SeqLenOpt, TextOpt, ThresholdOpt, TopOpt, at_least, check_attention, check_device, consoles, default_out, handle_errors,
-                      load, parse_thresholds, read_texts)
+from ._common import (
+    DEFAULT,
+    AblationOpt,
+    AttentionOpt,
+    BatchOpt,
+    DebugOpt,
+    DeviceMapOpt,
+    DeviceOpt,
+    DtypeOpt,
+    FileOpt,
+    JsonOpt,
+    MaxMemoryOpt,
+    ModelOpt,
+    NoAblateOpt,
+    OutOpt,
+    OverwriteOpt,
+    RepeatsOpt,
+    ReportOpt,
+    SeedOpt,
+    SeqLenOpt,
+    TextOpt,
+    ThresholdOpt,
+    TopOpt,
+    at_least,
+    check_attention,
+    check_device,
+    consoles,
+    default_out,
+    handle_errors,
+    load,
+    parse_thresholds,
+    read_texts,
+)
 
 #: Tokens of a --text/--file that the attention figures and views show.
 TEXT_WINDOW = 96
@@ -74,17 +102,34 @@ def induction_cmd(
     with ResultDir.open(out or default_out("induction", model), command="induction", overwrite=overwrite) as rd:
         m = load(err, model, device, dtype, device_map)
         seqs = texts_to_sequences(m, texts, max_tokens=TEXT_WINDOW) if texts else []
-        res = scan_induction(m, seq_len=seq_len, batch=batch, repeats=repeats, seed=seed, top_k=top,
-                             ablate=not no_ablate, ablation=ablation, thresholds=thresholds, max_memory_gb=max_memory,
-                             progress=True, attention=attention)
+        res = scan_induction(
+            m,
+            seq_len=seq_len,
+            batch=batch,
+            repeats=repeats,
+            seed=seed,
+            top_k=top,
+            ablate=not no_ablate,
+            ablation=ablation,
+            thresholds=thresholds,
+            max_memory_gb=max_memory,
+            progress=True,
+            attention=attention,
+        )
         heads = [(l, h) for l, h, _ in res.top_heads("induction", min(top, 6))]
-        samples = [attention_sample(m, s, heads, f"Top induction heads on {s.title}", max_tokens=TEXT_WINDOW)
-                   for s in seqs]
+        samples = [
+            attention_sample(m, s, heads, f"Top induction heads on {s.title}", max_tokens=TEXT_WINDOW) for s in seqs
+        ]
         with err.status("Writing results..."):
             induction_files(rd, res, samples)
             if report:
-                rep = Report(model=dict(res.model), induction=res, texts=samples, sources=[s.text for s in seqs],
-                             notes=list(res.notes))
+                rep = Report(
+                    model=dict(res.model),
+                    induction=res,
+                    texts=samples,
+                    sources=[s.text for s in seqs],
+                    notes=list(res.notes),
+                )
                 rd.write_text("report.html", rep.to_html())
             paths = rd.commit()
 
@@ -96,10 +141,14 @@ def induction_cmd(
     if attention == "auto" and res.settings["attention"] == "eager":
         from ..scan.fused import fused_unsupported_reason
 
-        err.print(f"[yellow]note:[/] eager attention (full patterns): the fused path is not available for this model "
-                  f"({fused_unsupported_reason(m)})", highlight=False)
-    err.print(f"[green]Wrote {len(paths)} files to {rd.target}/[/]: " + ", ".join(p.name for p in paths),
-              highlight=False)
+        err.print(
+            f"[yellow]note:[/] eager attention (full patterns): the fused path is not available for this model "
+            f"({fused_unsupported_reason(m)})",
+            highlight=False,
+        )
+    err.print(
+        f"[green]Wrote {len(paths)} files to {rd.target}/[/]: " + ", ".join(p.name for p in paths), highlight=False
+    )
 
 
 def print_summary(con, res) -> None:
@@ -107,9 +156,12 @@ def print_summary(con, res) -> None:
     s = res.settings
     bos = "first token: " + s.get("bos_source", "bos" if s["bos"] else "none")
     path = {"fused": "fused attention (no n x n pattern)", "eager": "eager attention (full patterns)"}
-    con.print(f"[bold]{res.model['name']}[/]: {s['batch']} sequences of {s['seq_len']} random tokens x {s['repeats']} "
-              f"repeats, {bos}; {s['chunk_size']} per forward pass"
-              + (f", {path.get(s['attention'], s['attention'])}" if s.get("attention") else ""), highlight=False)
+    con.print(
+        f"[bold]{res.model['name']}[/]: {s['batch']} sequences of {s['seq_len']} random tokens x {s['repeats']} "
+        f"repeats, {bos}; {s['chunk_size']} per forward pass"
+        + (f", {path.get(s['attention'], s['attention'])}" if s.get("attention") else ""),
+        highlight=False,
+    )
     rises = res.ablation_rises()
     roles = res.roles()
     names = [n for n in res.score_order() if declared(n).in_table]
@@ -117,19 +169,27 @@ def print_summary(con, res) -> None:
     t = Table(title=f"Top induction heads ({short}, Δloss = rise in later-repeat loss when ablated)")
     cols = ["head", *(declared(n).header for n in names), "roles", "Δloss"]
     for col in cols:
-        t.add_column(col, justify="left" if col in ("head", "roles") else "right", overflow="fold",
-                     no_wrap=col != "roles")
+        t.add_column(
+            col, justify="left" if col in ("head", "roles") else "right", overflow="fold", no_wrap=col != "roles"
+        )
     for l, h, _ in res.top_heads("induction", s["top_k"]):
-        cells = [f"{res.scores[n][l, h]:.3f}" if declared(n).vmin == 0 else f"{res.scores[n][l, h]:+.3f}"
-                 for n in names]
-        t.add_row(head_label(l, h), *cells, "+".join(roles.get((l, h), [])) or "-",
-                  f"{rises[(l, h)]:+.3f}" if (l, h) in rises else "-")
+        cells = [
+            f"{res.scores[n][l, h]:.3f}" if declared(n).vmin == 0 else f"{res.scores[n][l, h]:+.3f}" for n in names
+        ]
+        t.add_row(
+            head_label(l, h),
+            *cells,
+            "+".join(roles.get((l, h), [])) or "-",
+            f"{rises[(l, h)]:+.3f}" if (l, h) in rises else "-",
+        )
     con.print(t)
     for n in ("previous_token", "duplicate_token"):
         best = ", ".join(f"{head_label(l, h)} {v:.2f}" for l, h, v in res.top_heads(n, 3))
         con.print(f"{declared(n).label.capitalize()} heads: {best}", highlight=False)
-    con.print(f"Loss: first repeat {res.loss_first_repeat:.2f} nats, later repeats {res.loss_later_repeats:.2f} nats",
-              highlight=False)
+    con.print(
+        f"Loss: first repeat {res.loss_first_repeat:.2f} nats, later repeats {res.loss_later_repeats:.2f} nats",
+        highlight=False,
+    )
     if res.ablation:
         con.print(f"Causal check ({s['ablation']} ablation of hook_z):", highlight=False)
         for v in res.verdicts():

@@ -55,17 +55,41 @@ def logits_cmd(
     model: ModelOpt = DEFAULT,
     text: TextOpt = None,
     file: FileOpt = None,
-    head: Annotated[Optional[list[str]], typer.Option("--head", help="Head to show, L5H1 or 5.1 (repeatable, or "
-                    "comma-separated). Default: the heads that push the actual next token most on the texts, and "
-                    "the top induction heads of the scan.")] = None,
-    top: Annotated[int, typer.Option("--top", help="How many top induction heads get an induction story (and are "
-                   "ablated); without --head, also how many strongest pushers are shown.")] = 3,
-    tokens: Annotated[Optional[list[str]], typer.Option("--token", help="A token whose OV row to show for every "
-                      "head (repeatable; each must be one token, e.g. ' cat'). The texts' tokens are always "
-                      "shown.")] = None,
-    max_tokens: Annotated[int, typer.Option("--max-tokens", help="The analysis window: each text is cut to "
-                          "this many tokens (first token included; never past the model's context), and the cut "
-                          "is reported.")] = 64,
+    head: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--head",
+            help="Head to show, L5H1 or 5.1 (repeatable, or "
+            "comma-separated). Default: the heads that push the actual next token most on the texts, and "
+            "the top induction heads of the scan.",
+        ),
+    ] = None,
+    top: Annotated[
+        int,
+        typer.Option(
+            "--top",
+            help="How many top induction heads get an induction story (and are "
+            "ablated); without --head, also how many strongest pushers are shown.",
+        ),
+    ] = 3,
+    tokens: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--token",
+            help="A token whose OV row to show for every "
+            "head (repeatable; each must be one token, e.g. ' cat'). The texts' tokens are always "
+            "shown.",
+        ),
+    ] = None,
+    max_tokens: Annotated[
+        int,
+        typer.Option(
+            "--max-tokens",
+            help="The analysis window: each text is cut to "
+            "this many tokens (first token included; never past the model's context), and the cut "
+            "is reported.",
+        ),
+    ] = 64,
     seq_len: SeqLenOpt = 50,
     batch: BatchOpt = 10,
     repeats: RepeatsOpt = 2,
@@ -102,8 +126,10 @@ def logits_cmd(
     for spec in head or []:
         for part in spec.split(","):
             if part.strip() and not is_head_spec(part):
-                raise BadInput(f"malformed head {part!r}: expected L<layer>H<head> or <layer>.<head>, e.g. L5H1 or 5.1",
-                               hint="e.g. --head L5H1 --head 6.9")
+                raise BadInput(
+                    f"malformed head {part!r}: expected L<layer>H<head> or <layer>.<head>, e.g. L5H1 or 5.1",
+                    hint="e.g. --head L5H1 --head 6.9",
+                )
     for t in tokens or []:
         if t == "":
             raise BadInput("--token '' is empty", hint="give a single token, e.g. --token ' cat'")
@@ -118,10 +144,23 @@ def logits_cmd(
     t0 = time.perf_counter()
     with ResultDir.open(out or default_out("logits", model), command="logits", overwrite=overwrite) as rd:
         m = load(err, model, device, dtype, device_map)
-        a = analyze_logits(m, texts, head, top=top, tokens=tokens, max_tokens=max_tokens, seq_len=seq_len, batch=batch,
-                           repeats=repeats, seed=seed, ablate=not no_ablate, ablation=ablation,
-                           max_memory_gb=max_memory, progress=lambda s: err.print(f"[dim]... {s}[/]", highlight=False),
-                           scan_progress=None)
+        a = analyze_logits(
+            m,
+            texts,
+            head,
+            top=top,
+            tokens=tokens,
+            max_tokens=max_tokens,
+            seq_len=seq_len,
+            batch=batch,
+            repeats=repeats,
+            seed=seed,
+            ablate=not no_ablate,
+            ablation=ablation,
+            max_memory_gb=max_memory,
+            progress=lambda s: err.print(f"[dim]... {s}[/]", highlight=False),
+            scan_progress=None,
+        )
         a.timings["total_s"] = time.perf_counter() - t0
         with err.status("Writing results..."):
             logit_files(rd, a, figures=not no_figures)
@@ -131,8 +170,12 @@ def logits_cmd(
     if json_out:
         typer.echo(a.to_json())
     print_summary(con, a)
-    err.print(f"[green]Wrote {len(paths)} files to {rd.target}/[/] (logits.json, CSVs"
-              + ("" if no_figures else ", figures/*.png") + f") in {a.timings['total_s']:.0f} s", highlight=False)
+    err.print(
+        f"[green]Wrote {len(paths)} files to {rd.target}/[/] (logits.json, CSVs"
+        + ("" if no_figures else ", figures/*.png")
+        + f") in {a.timings['total_s']:.0f} s",
+        highlight=False,
+    )
 
 
 def _signed(v: float | None, nd: int = 3) -> str:
@@ -149,11 +192,17 @@ def print_summary(con, a) -> None:
     for r in a.top_effects(10).itertuples():
         t.add_row(str(r.text), r.where, r.head_label, f"{r.effect:+.3f}", f"{r.model_logit:+.2f}")
     con.print(t)
-    con.print("[dim]effect: the head's direct push on the centred logit of the actual next token; logit: the model's "
-              "own centred logit of it (all components sum to it).[/]", highlight=False)
+    con.print(
+        "[dim]effect: the head's direct push on the centred logit of the actual next token; logit: the model's "
+        "own centred logit of it (all components sum to it).[/]",
+        highlight=False,
+    )
 
-    con.print("Chosen heads: " + "; ".join(f"{head_label(l, h)} ({a.reasons.get(head_label(l, h), '--head')})"
-                                           for l, h in a.heads), highlight=False)
+    con.print(
+        "Chosen heads: "
+        + "; ".join(f"{head_label(l, h)} ({a.reasons.get(head_label(l, h), '--head')})" for l, h in a.heads),
+        highlight=False,
+    )
     V = a.model["d_vocab"]
     t = Table(title=f"OV circuits of the chosen heads (self-rank of {V:,}: 1 = copies the token it attends to)")
     for col in ("head", "copying", "self-rank", "source", "promotes", "suppresses"):
@@ -169,30 +218,53 @@ def print_summary(con, a) -> None:
         for n, i in enumerate(idx):
             rank = f"{int(ov.self_rank[i]):,}" + ("" if a.asked else f" (median {float(np.median(ov.self_rank)):,.0f})")
             cop = _signed(None if copying is None else float(copying[lh]), 2)
-            t.add_row(ov.label if n == 0 else "", cop if n == 0 else "", rank, visible_whitespace(ov.token_labels[i]),
-                      show(ov.top_labels[i]), show(ov.bottom_labels[i]))
+            t.add_row(
+                ov.label if n == 0 else "",
+                cop if n == 0 else "",
+                rank,
+                visible_whitespace(ov.token_labels[i]),
+                show(ov.top_labels[i]),
+                show(ov.bottom_labels[i]),
+            )
     con.print(t)
-    con.print("[dim]source: " + ("the --token asked for" if a.asked else "of the texts' tokens, the one the head ranks "
-              "best in its own row") + "; promotes/suppresses: the top and bottom of that token's OV row (W_E W_V W_O "
-              "W_U, direct token path). Every token's row is in ov.csv.[/]", highlight=False)
+    con.print(
+        "[dim]source: "
+        + ("the --token asked for" if a.asked else "of the texts' tokens, the one the head ranks best in its own row")
+        + "; promotes/suppresses: the top and bottom of that token's OV row (W_E W_V W_O "
+        "W_U, direct token path). Every token's row is in ov.csv.[/]",
+        highlight=False,
+    )
 
-    t = Table(title="The induction story of the top induction heads, one run (K source: strongest K-composition "
-              "source, excess; prev: its previous-token score; DLA: direct effect on later / first-repeat targets)")
+    t = Table(
+        title="The induction story of the top induction heads, one run (K source: strongest K-composition "
+        "source, excess; prev: its previous-token score; DLA: direct effect on later / first-repeat targets)"
+    )
     for col in ("head", "induction", "K source", "prev", "copying", "DLA", "DLA 1st", "Δloss"):
         t.add_column(col, justify="left" if col in ("head", "K source") else "right", overflow="fold")
     for s in a.stories.stories:
         src = s.k_source
         source = f"{src['head']} ({src['k_composition']:+.3f})" if src else "- (layer 0)"
         prev = f"{src['previous_token']:.2f}" if src else "-"
-        t.add_row(s.label, f"{s.induction:.3f}", source, prev, _signed(s.copying, 2), _signed(s.dla_later),
-                  _signed(s.dla_first), _signed(s.ablation_delta_loss))
+        t.add_row(
+            s.label,
+            f"{s.induction:.3f}",
+            source,
+            prev,
+            _signed(s.copying, 2),
+            _signed(s.dla_later),
+            _signed(s.dla_first),
+            _signed(s.ablation_delta_loss),
+        )
     con.print(t)
     for f in a.findings():
         con.print(f"- {f}", highlight=False, markup=False)
     st = a.scan.settings
-    con.print(f"[dim]Scan: {st['batch']} sequences of {st['seq_len']} random tokens x {st['repeats']}, "
-              f"seed {st['seed']}; loss {a.scan.loss_first_repeat:.2f} nats first repeat, "
-              f"{a.scan.loss_later_repeats:.2f} later; K-composition shown as excess over the random baseline "
-              f"{a.composition.baseline:.4f}. DLA later/first: mean direct effect on later-/first-repeat targets; "
-              f"Δloss: rise in later-repeat loss when the head is {st['ablation'] or 'not'} ablated. Definitions "
-              "in logits.json and docs/logits.md.[/]", highlight=False)
+    con.print(
+        f"[dim]Scan: {st['batch']} sequences of {st['seq_len']} random tokens x {st['repeats']}, "
+        f"seed {st['seed']}; loss {a.scan.loss_first_repeat:.2f} nats first repeat, "
+        f"{a.scan.loss_later_repeats:.2f} later; K-composition shown as excess over the random baseline "
+        f"{a.composition.baseline:.4f}. DLA later/first: mean direct effect on later-/first-repeat targets; "
+        f"Δloss: rise in later-repeat loss when the head is {st['ablation'] or 'not'} ablated. Definitions "
+        "in logits.json and docs/logits.md.[/]",
+        highlight=False,
+    )

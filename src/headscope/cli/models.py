@@ -22,8 +22,10 @@ def models_cmd(json_out: JsonOpt = False, debug: DebugOpt = False) -> None:
     if json_out:
         doc = {
             "cache_dir": str(cache_dir()),
-            "builtin": [{"alias": b.alias, "description": b.description, "source": b.pypi_requirement}
-                        for b in BUILTINS.values()],
+            "builtin": [
+                {"alias": b.alias, "description": b.description, "source": b.pypi_requirement}
+                for b in BUILTINS.values()
+            ],
             "cached": cached,
         }
         typer.echo(json.dumps(doc, indent=2))
@@ -46,8 +48,12 @@ def models_cmd(json_out: JsonOpt = False, debug: DebugOpt = False) -> None:
     if not cached:
         c.add_row("(empty)", "", "")
     out.print(c)
-    out.print("Any Hugging Face hub id (gpt2, EleutherAI/pythia-70m, ...), model directory or .gguf file also works "
-              "with --model. Clear the cache with `rm -r " + str(cache_dir()) + "`.", highlight=False, soft_wrap=True)
+    out.print(
+        "Any Hugging Face hub id (gpt2, EleutherAI/pythia-70m, ...), model directory or .gguf file also works "
+        "with --model. Clear the cache with `rm -r " + str(cache_dir()) + "`.",
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 @app.command("fetch")

@@ -14,10 +14,37 @@ from ..pipeline.outputs import ResultFile
 from ..pipeline.report import build_report
 from ..scan import check_settings
 from . import app
-from ._common import (DEFAULT, AblationOpt, AttentionOpt, BatchOpt, DebugOpt, DeviceMapOpt, DeviceOpt, DtypeOpt, FileOpt, JsonOpt,
-                      MaxMemoryOpt, ModelOpt, NoAblateOpt, OverwriteOpt, RepeatsOpt, SeedOpt, SeqLenOpt, TextOpt,
-                      ThresholdOpt, TopOpt, at_least, check_attention, check_device, consoles, default_out, handle_errors, load,
-                      parse_thresholds, read_texts)
+from ._common import (
+    DEFAULT,
+    AblationOpt,
+    AttentionOpt,
+    BatchOpt,
+    DebugOpt,
+    DeviceMapOpt,
+    DeviceOpt,
+    DtypeOpt,
+    FileOpt,
+    JsonOpt,
+    MaxMemoryOpt,
+    ModelOpt,
+    NoAblateOpt,
+    OverwriteOpt,
+    RepeatsOpt,
+    SeedOpt,
+    SeqLenOpt,
+    TextOpt,
+    ThresholdOpt,
+    TopOpt,
+    at_least,
+    check_attention,
+    check_device,
+    consoles,
+    default_out,
+    handle_errors,
+    load,
+    parse_thresholds,
+    read_texts,
+)
 
 
 @app.command("report")
@@ -26,8 +53,14 @@ def report_cmd(
     model: ModelOpt = DEFAULT,
     text: TextOpt = None,
     file: FileOpt = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="The HTML file to write (default: "
-                   "headscope-results/report-MODEL.html); written all at once.")] = None,
+    out: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--out",
+            "-o",
+            help="The HTML file to write (default: headscope-results/report-MODEL.html); written all at once.",
+        ),
+    ] = None,
     seq_len: SeqLenOpt = 50,
     batch: BatchOpt = 10,
     repeats: RepeatsOpt = 2,
@@ -36,11 +69,22 @@ def report_cmd(
     ablation: AblationOpt = "mean",
     no_ablate: NoAblateOpt = False,
     no_qk: Annotated[bool, typer.Option("--no-qk", help="Skip the QK analysis (faster).")] = False,
-    no_logits: Annotated[bool, typer.Option("--no-logits", help="Skip the logit effect: direct logit attribution, "
-                         "OV circuits and the induction story (faster).")] = False,
-    qk_top: Annotated[int, typer.Option("--qk-top", help="The QK analysis takes this many top induction "
-                      "heads and as many top previous-token heads; the logit effect tells the story of as many top "
-                      "induction heads.")] = 3,
+    no_logits: Annotated[
+        bool,
+        typer.Option(
+            "--no-logits",
+            help="Skip the logit effect: direct logit attribution, OV circuits and the induction story (faster).",
+        ),
+    ] = False,
+    qk_top: Annotated[
+        int,
+        typer.Option(
+            "--qk-top",
+            help="The QK analysis takes this many top induction "
+            "heads and as many top previous-token heads; the logit effect tells the story of as many top "
+            "induction heads.",
+        ),
+    ] = 3,
     threshold: ThresholdOpt = None,
     max_memory: MaxMemoryOpt = 2.0,
     attention: AttentionOpt = "auto",
@@ -77,22 +121,43 @@ def report_cmd(
     path = out or default_out("report", model).with_suffix(".html")
     with ResultFile.open(path, overwrite=overwrite) as write:
         m = load(err, model, device, dtype, device_map)
-        rep = build_report(m, texts or None, seq_len=seq_len, batch=batch, repeats=repeats, seed=seed, top_k=top,
-                           ablate=not no_ablate, ablation=ablation, thresholds=thresholds, qk=not no_qk,
-                           qk_top=qk_top, logits=not no_logits, max_memory_gb=max_memory, progress=True,
-                           attention=attention,
-                           log=lambda s: err.print(s, highlight=False))
+        rep = build_report(
+            m,
+            texts or None,
+            seq_len=seq_len,
+            batch=batch,
+            repeats=repeats,
+            seed=seed,
+            top_k=top,
+            ablate=not no_ablate,
+            ablation=ablation,
+            thresholds=thresholds,
+            qk=not no_qk,
+            qk_top=qk_top,
+            logits=not no_logits,
+            max_memory_gb=max_memory,
+            progress=True,
+            attention=attention,
+            log=lambda s: err.print(s, highlight=False),
+        )
         with err.status("Writing the page..."):
             write(rep.to_html())
     for note in dict.fromkeys([*rep.notes, *(s.note for s in rep.texts if s.note)]):
         err.print(f"[yellow]note:[/] {note}", highlight=False)
     size = path.stat().st_size
     if json_out:
-        typer.echo(dumps({"report": str(path), "bytes": size,
-                               "qk_heads": [f"L{l}H{h}" for l, h in rep.qk.heads] if rep.qk is not None else [],
-                               "logit_heads": [f"L{l}H{h}" for l, h in rep.logits.heads] if rep.logits is not None
-                               else [],
-                               "induction": rep.induction.to_dict() if rep.induction is not None else None},
-                         indent=2))
-    con.print(f"[green]Wrote {path}[/] ({size / 1e6:.1f} MB): open it in any browser, no network needed.",
-              highlight=False)
+        typer.echo(
+            dumps(
+                {
+                    "report": str(path),
+                    "bytes": size,
+                    "qk_heads": [f"L{l}H{h}" for l, h in rep.qk.heads] if rep.qk is not None else [],
+                    "logit_heads": [f"L{l}H{h}" for l, h in rep.logits.heads] if rep.logits is not None else [],
+                    "induction": rep.induction.to_dict() if rep.induction is not None else None,
+                },
+                indent=2,
+            )
+        )
+    con.print(
+        f"[green]Wrote {path}[/] ({size / 1e6:.1f} MB): open it in any browser, no network needed.", highlight=False
+    )

@@ -14,9 +14,26 @@ from ..models import resolve_device, resolve_dtype
 from ..pipeline.sweep import SUMMARY_DEFINITIONS, plan_sweep, run_sweep
 from ..scan import check_settings
 from . import app
-from ._common import (AttentionOpt, BatchOpt, DebugOpt, DeviceMapOpt, DeviceOpt, DtypeOpt, JsonOpt, MaxMemoryOpt,
-                      RepeatsOpt, SeedOpt, SeqLenOpt, TopOpt, at_least, check_attention, check_device, consoles,
-                      handle_errors, progress_enabled)
+from ._common import (
+    AttentionOpt,
+    BatchOpt,
+    DebugOpt,
+    DeviceMapOpt,
+    DeviceOpt,
+    DtypeOpt,
+    JsonOpt,
+    MaxMemoryOpt,
+    RepeatsOpt,
+    SeedOpt,
+    SeqLenOpt,
+    TopOpt,
+    at_least,
+    check_attention,
+    check_device,
+    consoles,
+    handle_errors,
+    progress_enabled,
+)
 
 
 def _split(items: list[str] | None) -> list[str]:
@@ -27,37 +44,87 @@ def _split(items: list[str] | None) -> list[str]:
 @app.command("sweep")
 @handle_errors
 def sweep_cmd(
-    model: Annotated[list[str], typer.Option("--model", "-m", help="A model to scan (repeatable): built-in alias, "
-                     "hub id, model directory or .gguf file. Local checkpoints: one --model per checkpoint "
-                     "directory (a name like step1000 or checkpoint-500 gives the step).")],
-    revision: Annotated[list[str] | None, typer.Option("--revision", "-r", help="Hub revision (repeatable or "
-                        "comma-separated), e.g. Pythia's step1000,step2000: every --model is scanned at each.")] = None,
+    model: Annotated[
+        list[str],
+        typer.Option(
+            "--model",
+            "-m",
+            help="A model to scan (repeatable): built-in alias, "
+            "hub id, model directory or .gguf file. Local checkpoints: one --model per checkpoint "
+            "directory (a name like step1000 or checkpoint-500 gives the step).",
+        ),
+    ],
+    revision: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--revision",
+            "-r",
+            help="Hub revision (repeatable or "
+            "comma-separated), e.g. Pythia's step1000,step2000: every --model is scanned at each.",
+        ),
+    ] = None,
     seq_len: SeqLenOpt = 50,
     batch: BatchOpt = 10,
     repeats: RepeatsOpt = 2,
     seed: SeedOpt = 0,
     top: TopOpt = 5,
-    ablate: Annotated[bool, typer.Option("--ablate/--no-ablate", help="Also run the causal check per entry "
-                      "(top + 2 more forward passes each).")] = False,
+    ablate: Annotated[
+        bool,
+        typer.Option(
+            "--ablate/--no-ablate", help="Also run the causal check per entry (top + 2 more forward passes each)."
+        ),
+    ] = False,
     max_memory: MaxMemoryOpt = 2.0,
     attention: AttentionOpt = "auto",
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "float32",
     device_map: DeviceMapOpt = None,
-    executor: Annotated[str, typer.Option("--executor", help="Who runs the entries: local (one after another "
-                        "in this process) or ray (one Ray task per entry, spread over a Ray cluster's GPUs or CPUs; "
-                        'pip install "headscope[ray]"). Files are written here either way.')] = "local",
-    address: Annotated[str | None, typer.Option("--address", help="With --executor ray: the cluster to use. auto "
-                       "(the one `ray start` made on this machine, or RAY_ADDRESS), HOST:PORT of its head, or "
-                       "ray://HOST:PORT (Ray Client). Default: start a local cluster for this sweep.")] = None,
-    cpus_per_task: Annotated[float, typer.Option("--cpus-per-task", help="With --executor ray: CPUs each entry's "
-                             "task asks for (and torch threads, on CPU).")] = 1.0,
-    gpus_per_task: Annotated[float, typer.Option("--gpus-per-task", help="With --executor ray on CUDA: GPUs each "
-                             "task asks for (0.5 packs two small models on a GPU; >1 with --device-map).")] = 1.0,
-    out: Annotated[Path, typer.Option("--out", help="Output directory: entries/*.json (one per finished entry), "
-                   "sweep.csv, sweep.json, sweep.png.")] = Path("headscope-results/sweep"),
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Recompute entries already finished in --out "
-                         "(default: skip them, so a rerun resumes an interrupted sweep).")] = False,
+    executor: Annotated[
+        str,
+        typer.Option(
+            "--executor",
+            help="Who runs the entries: local (one after another "
+            "in this process) or ray (one Ray task per entry, spread over a Ray cluster's GPUs or CPUs; "
+            'pip install "headscope[ray]"). Files are written here either way.',
+        ),
+    ] = "local",
+    address: Annotated[
+        str | None,
+        typer.Option(
+            "--address",
+            help="With --executor ray: the cluster to use. auto "
+            "(the one `ray start` made on this machine, or RAY_ADDRESS), HOST:PORT of its head, or "
+            "ray://HOST:PORT (Ray Client). Default: start a local cluster for this sweep.",
+        ),
+    ] = None,
+    cpus_per_task: Annotated[
+        float,
+        typer.Option(
+            "--cpus-per-task", help="With --executor ray: CPUs each entry's task asks for (and torch threads, on CPU)."
+        ),
+    ] = 1.0,
+    gpus_per_task: Annotated[
+        float,
+        typer.Option(
+            "--gpus-per-task",
+            help="With --executor ray on CUDA: GPUs each "
+            "task asks for (0.5 packs two small models on a GPU; >1 with --device-map).",
+        ),
+    ] = 1.0,
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out", help="Output directory: entries/*.json (one per finished entry), sweep.csv, sweep.json, sweep.png."
+        ),
+    ] = Path("headscope-results/sweep"),
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Recompute entries already finished in --out "
+            "(default: skip them, so a rerun resumes an interrupted sweep).",
+        ),
+    ] = False,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -94,8 +161,11 @@ def sweep_cmd(
     if runner is None:
         check_device(device, device_map)  # Ray's workers have their own devices: RayExecutor checks against the cluster
     entries = plan_sweep(model, _split(revision))
-    err.print(f"Sweep of {len(entries)} entries into {out}/ ({seq_len} tokens x {repeats} repeats, batch {batch}, "
-              f"{dtype}{', with ablation' if ablate else ''})", highlight=False)
+    err.print(
+        f"Sweep of {len(entries)} entries into {out}/ ({seq_len} tokens x {repeats} repeats, batch {batch}, "
+        f"{dtype}{', with ablation' if ablate else ''})",
+        highlight=False,
+    )
 
     def on_event(kind: str, entry, info: dict) -> None:
         n = f"[{info['index'] + 1}/{info['total']}]"
@@ -106,8 +176,10 @@ def sweep_cmd(
             err.print(f"{n} {label}: loading and scanning...", highlight=False)
         elif kind == "done":
             sec = info["seconds"]
-            err.print(f"{n} {label}: {_brief(info['summary'])} [dim](load {sec['load']:.1f} s, scan "
-                      f"{sec['scan']:.1f} s)[/]", highlight=False)
+            err.print(
+                f"{n} {label}: {_brief(info['summary'])} [dim](load {sec['load']:.1f} s, scan {sec['scan']:.1f} s)[/]",
+                highlight=False,
+            )
         elif kind == "fail":
             err.print(f"{n} {label}: [bold red]failed:[/] {escape(info['error'])}", highlight=False, soft_wrap=True)
             if info.get("hint"):
@@ -116,26 +188,51 @@ def sweep_cmd(
                 err.print(info["traceback"], markup=False, highlight=False)
 
     try:
-        res = run_sweep(entries, out, device=device, dtype=dtype, device_map=device_map, rerun=overwrite,
-                        on_event=on_event, log=lambda s: err.print(s, highlight=False), progress=progress_enabled(),
-                        seq_len=seq_len, batch=batch, repeats=repeats, seed=seed, top_k=top, ablate=ablate,
-                        max_memory_gb=max_memory, attention=attention, executor=runner)
+        res = run_sweep(
+            entries,
+            out,
+            device=device,
+            dtype=dtype,
+            device_map=device_map,
+            rerun=overwrite,
+            on_event=on_event,
+            log=lambda s: err.print(s, highlight=False),
+            progress=progress_enabled(),
+            seq_len=seq_len,
+            batch=batch,
+            repeats=repeats,
+            seed=seed,
+            top_k=top,
+            ablate=ablate,
+            max_memory_gb=max_memory,
+            attention=attention,
+            executor=runner,
+        )
     except KeyboardInterrupt:
-        err.print(f"Finished entries are kept in {out}/entries (table: {out}/sweep.csv); run the same command "
-                  "again to resume.", highlight=False)
+        err.print(
+            f"Finished entries are kept in {out}/entries (table: {out}/sweep.csv); run the same command "
+            "again to resume.",
+            highlight=False,
+        )
         raise
     if json_out:
         typer.echo(res.to_json())
     _print_table(con, res)
     for r in res.rows:
         if r.get("same_weights_as"):
-            err.print(f"[yellow]same weights:[/] {escape(r['label'])} holds exactly the weights of "
-                      f"{escape(r['same_weights_as'])} (sha256 {r['weights_sha256'][:12]}...)", highlight=False)
+            err.print(
+                f"[yellow]same weights:[/] {escape(r['label'])} holds exactly the weights of "
+                f"{escape(r['same_weights_as'])} (sha256 {r['weights_sha256'][:12]}...)",
+                highlight=False,
+            )
     err.print(f"[green]Wrote[/] {', '.join(p.name for p in res.files)} and entries/ to {out}/", highlight=False)
     if not res.ok:
-        err.print(f"[bold red]{len(res.failures)} of {len(entries)} entries failed[/] "
-                  f"({', '.join(escape(f['label']) for f in res.failures)}); finished entries are kept. "
-                  "Fix the cause and run the same command again: only the missing entries run.", highlight=False)
+        err.print(
+            f"[bold red]{len(res.failures)} of {len(entries)} entries failed[/] "
+            f"({', '.join(escape(f['label']) for f in res.failures)}); finished entries are kept. "
+            "Fix the cause and run the same command again: only the missing entries run.",
+            highlight=False,
+        )
         raise typer.Exit(1)
 
 
@@ -146,22 +243,26 @@ def _executor(name: str, address: str | None, cpus: float, gpus: float, device: 
         raise BadInput(f"unknown --executor {name!r}", hint="use local or ray")
     if name == "local":
         if address:
-            raise BadInput("--address names a Ray cluster, but the sweep runs with --executor local",
-                           hint="add --executor ray")
+            raise BadInput(
+                "--address names a Ray cluster, but the sweep runs with --executor local", hint="add --executor ray"
+            )
         return None
     if str(device).lower().split(":")[0] not in ("auto", "cpu", "cuda", "mps"):
         resolve_device(device)  # raises its usual message for a device name it does not know
     from ..pipeline.sweep_ray import RayExecutor
 
-    runner = RayExecutor(address, cpus_per_task=cpus, gpus_per_task=gpus,
-                         log=lambda s: err.print(escape(s), highlight=False))
+    runner = RayExecutor(
+        address, cpus_per_task=cpus, gpus_per_task=gpus, log=lambda s: err.print(escape(s), highlight=False)
+    )
     runner.check()  # no Ray, or nothing at --address: say so before anything else happens
     return runner
 
 
 def _brief(s: dict) -> str:
-    return (f"top {s['top_head']} {s['induction_top']:.3f}, sum {s['induction_sum']:.2f}, later-repeat loss "
-            f"{s['loss_later_repeats']:.2f} nats")
+    return (
+        f"top {s['top_head']} {s['induction_top']:.3f}, sum {s['induction_sum']:.2f}, later-repeat loss "
+        f"{s['loss_later_repeats']:.2f} nats"
+    )
 
 
 def _print_table(con, res) -> None:
@@ -171,8 +272,16 @@ def _print_table(con, res) -> None:
     for r in res.rows:
         step = "-" if r.get("step") is None else str(r["step"])
         if r["status"] == "done":
-            t.add_row(escape(r["label"]), step, r["top_head"], f"{r['induction_top']:.3f}", f"{r['induction_sum']:.2f}",
-                      f"{r['loss_first_repeat']:.2f}", f"{r['loss_later_repeats']:.2f}", "done")
+            t.add_row(
+                escape(r["label"]),
+                step,
+                r["top_head"],
+                f"{r['induction_top']:.3f}",
+                f"{r['induction_sum']:.2f}",
+                f"{r['loss_first_repeat']:.2f}",
+                f"{r['loss_later_repeats']:.2f}",
+                "done",
+            )
         else:
             t.add_row(escape(r["label"]), step, "-", "-", "-", "-", "-", f"[red]{r['status']}[/]")
     con.print(t)

@@ -17,13 +17,22 @@ from ._common import DebugOpt, JsonOpt, consoles, handle_errors, progress_enable
 @app.command("train-toy")
 @handle_errors
 def train_toy_cmd(
-    out: Annotated[Path, typer.Option("--out", help="Run directory: run.json, train_log.csv, checkpoints/stepNNNN/ "
-                   "(Hugging Face model directories), sweep/ and phase/ (figures).")] = Path("headscope-results/toy"),
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            help="Run directory: run.json, train_log.csv, checkpoints/stepNNNN/ "
+            "(Hugging Face model directories), sweep/ and phase/ (figures).",
+        ),
+    ] = Path("headscope-results/toy"),
     steps: Annotated[int, typer.Option("--steps", help="Optimizer steps.")] = 1500,
-    every: Annotated[int, typer.Option("--every", help="Save a checkpoint every N steps (step 0 and the last "
-                     "step are always saved).")] = 50,
-    seed: Annotated[int, typer.Option("--seed", help="Seed for the weights and the data: the same seed gives the "
-                    "same curves.")] = 0,
+    every: Annotated[
+        int,
+        typer.Option("--every", help="Save a checkpoint every N steps (step 0 and the last step are always saved)."),
+    ] = 50,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Seed for the weights and the data: the same seed gives the same curves.")
+    ] = 0,
     lr: Annotated[float, typer.Option("--lr", help="AdamW learning rate.")] = 3e-3,
     batch: Annotated[int, typer.Option("--batch", help="Sequences per step.")] = 64,
     layers: Annotated[int, typer.Option("--layers", help="Attention layers.")] = 2,
@@ -31,16 +40,35 @@ def train_toy_cmd(
     d_model: Annotated[int, typer.Option("--d-model", help="Residual stream width.")] = 64,
     vocab: Annotated[int, typer.Option("--vocab", help="Ordinary tokens t0..t{vocab-1} (plus <bos>, <unk>).")] = 64,
     n_ctx: Annotated[int, typer.Option("--n-ctx", help="Tokens per training sequence, BOS included.")] = 64,
-    block: Annotated[int, typer.Option("--block", help="Length of the block that is copied after a random "
-                     "gap.")] = 24,
-    threads: Annotated[int, typer.Option("--threads", help="torch CPU threads (1 is fastest for a model this "
-                       "small, and on a shared machine by far).")] = 1,
-    analyse: Annotated[bool, typer.Option("--analyse/--no-analyse", help="After training, sweep the checkpoints "
-                       "and draw the phase change (sweep/, phase/).")] = True,
-    analyse_only: Annotated[bool, typer.Option("--analyse-only", help="Do not train: (re)run the sweep and the "
-                            "phase analysis of the run already in --out (resumes an interrupted sweep).")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an earlier train-toy run in --out "
-                         "(a directory holding anything else is never touched).")] = False,
+    block: Annotated[int, typer.Option("--block", help="Length of the block that is copied after a random gap.")] = 24,
+    threads: Annotated[
+        int,
+        typer.Option(
+            "--threads", help="torch CPU threads (1 is fastest for a model this small, and on a shared machine by far)."
+        ),
+    ] = 1,
+    analyse: Annotated[
+        bool,
+        typer.Option(
+            "--analyse/--no-analyse",
+            help="After training, sweep the checkpoints and draw the phase change (sweep/, phase/).",
+        ),
+    ] = True,
+    analyse_only: Annotated[
+        bool,
+        typer.Option(
+            "--analyse-only",
+            help="Do not train: (re)run the sweep and the "
+            "phase analysis of the run already in --out (resumes an interrupted sweep).",
+        ),
+    ] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Replace an earlier train-toy run in --out (a directory holding anything else is never touched).",
+        ),
+    ] = False,
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
@@ -76,18 +104,37 @@ def train_toy_cmd(
         if run_doc is None:
             from ..errors import BadInput
 
-            raise BadInput(f"--analyse-only: {out} holds no train-toy run", hint="train one first (without "
-                           "--analyse-only), or point --out at the run directory")
+            raise BadInput(
+                f"--analyse-only: {out} holds no train-toy run",
+                hint="train one first (without --analyse-only), or point --out at the run directory",
+            )
     else:
-        config = ToyConfig(steps=steps, every=every, seed=seed, lr=lr, batch=batch, n_layers=layers, n_heads=heads,
-                           d_model=d_model, vocab=vocab, n_ctx=n_ctx, block=block).check()
-        err.print(f"Training a {layers}-layer attention-only transformer ({heads} heads, d_model {d_model}, vocab "
-                  f"{vocab}) for {steps} steps, seed {seed}, checkpoints every {every} into {out}/", highlight=False)
+        config = ToyConfig(
+            steps=steps,
+            every=every,
+            seed=seed,
+            lr=lr,
+            batch=batch,
+            n_layers=layers,
+            n_heads=heads,
+            d_model=d_model,
+            vocab=vocab,
+            n_ctx=n_ctx,
+            block=block,
+        ).check()
+        err.print(
+            f"Training a {layers}-layer attention-only transformer ({heads} heads, d_model {d_model}, vocab "
+            f"{vocab}) for {steps} steps, seed {seed}, checkpoints every {every} into {out}/",
+            highlight=False,
+        )
         with _LiveLine(err, steps, every, enabled=progress_enabled()) as live:
             run = train_toy(out, config, overwrite=overwrite, threads=threads, on_log=live.update)
         run_doc = run.to_dict()
-        err.print(f"Trained in {run.seconds['total']:.1f} s ({threads} thread{'s' if threads > 1 else ''}); "
-                  f"{len(run.checkpoints)} checkpoints in {out}/checkpoints/", highlight=False)
+        err.print(
+            f"Trained in {run.seconds['total']:.1f} s ({threads} thread{'s' if threads > 1 else ''}); "
+            f"{len(run.checkpoints)} checkpoints in {out}/checkpoints/",
+            highlight=False,
+        )
     phase = None
     if analyse or analyse_only:
         err.print(f"Sweeping {len(run_doc['checkpoints'])} checkpoints into {out}/sweep ...", highlight=False)
@@ -99,8 +146,11 @@ def train_toy_cmd(
         t0 = time.perf_counter()
         phase = analyse_run(out, on_event=on_event, progress=progress_enabled(), threads=threads)
         files = phase.save(out / "phase")
-        err.print(f"[green]Wrote[/] {', '.join(p.name for p in files)} to {out}/phase/ (sweep, composition and "
-                  f"figures in {time.perf_counter() - t0:.1f} s)", highlight=False)
+        err.print(
+            f"[green]Wrote[/] {', '.join(p.name for p in files)} to {out}/phase/ (sweep, composition and "
+            f"figures in {time.perf_counter() - t0:.1f} s)",
+            highlight=False,
+        )
         _print_phase(con, phase)
     if json_out:
         from ..jsonsafe import dumps
@@ -119,8 +169,14 @@ class _LiveLine:
         if self.enabled:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-            self.bar = Progress(TextColumn("steps"), BarColumn(bar_width=24), MofNCompleteColumn(),
-                                TimeElapsedColumn(), TextColumn("{task.description}"), console=self.console)
+            self.bar = Progress(
+                TextColumn("steps"),
+                BarColumn(bar_width=24),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("{task.description}"),
+                console=self.console,
+            )
             self.bar.__enter__()
             self.task = self.bar.add_task("", total=self.steps)
         return self
@@ -132,16 +188,19 @@ class _LiveLine:
     @staticmethod
     def text(row: dict) -> str:
         loss = "  -  " if row["loss"] != row["loss"] else f"{row['loss']:.3f}"  # NaN at step 0
-        return (f"loss {loss}  later-repeat {row['loss_later_repeats']:.3f}  induction "
-                f"{row['induction_best']:.2f} ({row['induction_head']})  prev-token "
-                f"{row['previous_token_best']:.2f} ({row['previous_token_head']})")
+        return (
+            f"loss {loss}  later-repeat {row['loss_later_repeats']:.3f}  induction "
+            f"{row['induction_best']:.2f} ({row['induction_head']})  prev-token "
+            f"{row['previous_token_best']:.2f} ({row['previous_token_head']})"
+        )
 
     def update(self, row: dict) -> None:
         if self.bar is not None:
             self.bar.update(self.task, completed=row["step"], description=self.text(row))
         elif row["step"] % self.every == 0 or row["step"] == self.steps:
-            self.console.print(f"step {row['step']:>6}  {self.text(row)}  [{row['seconds']:.0f} s]", highlight=False,
-                               soft_wrap=True)
+            self.console.print(
+                f"step {row['step']:>6}  {self.text(row)}  [{row['seconds']:.0f} s]", highlight=False, soft_wrap=True
+            )
 
 
 def _print_phase(con, ph) -> None:
@@ -151,20 +210,28 @@ def _print_phase(con, ph) -> None:
         t.add_column(col, justify="left" if not col else "right")
     ind, prev = ph.induction_head, ph.previous_token_head
     if w is None:
-        con.print("[yellow]No abrupt drop of the later-repeat loss was detected[/] (train longer, or see "
-                  "phase/phase.png).", highlight=False)
+        con.print(
+            "[yellow]No abrupt drop of the later-repeat loss was detected[/] (train longer, or see phase/phase.png).",
+            highlight=False,
+        )
         return
     i0, i1 = ph.steps.index(int(w.before)), ph.steps.index(int(w.after))
     c = ph.curves
     t.add_row("step", str(int(w.before)), str(int(w.after)))
-    for key, label in (("loss_later_repeats", "later-repeat loss (nats)"), ("loss_first_repeat", "first-repeat loss"),
-                       ("induction_best", "best induction score"),
-                       ("previous_token_best", f"best previous-token score, layer{'s' if ind[0] > 1 else ''} < {ind[0]}"),
-                       ("k_composition", f"K-composition L{prev[0]}H{prev[1]} -> L{ind[0]}H{ind[1]}")):
+    for key, label in (
+        ("loss_later_repeats", "later-repeat loss (nats)"),
+        ("loss_first_repeat", "first-repeat loss"),
+        ("induction_best", "best induction score"),
+        ("previous_token_best", f"best previous-token score, layer{'s' if ind[0] > 1 else ''} < {ind[0]}"),
+        ("k_composition", f"K-composition L{prev[0]}H{prev[1]} -> L{ind[0]}H{ind[1]}"),
+    ):
         t.add_row(label, f"{c[key][i0]:.3f}", f"{c[key][i1]:.3f}")
     con.print(t)
     a = ph.aims()
-    con.print(f"Window {int(w.before)}-{int(w.after)}: {w.width / ph.total_steps:.0%} of the run; later-repeat loss "
-              f"x{w.ratio:.2f} inside it. Final: best induction {a['induction_best_final']:.2f} "
-              f"(L{ind[0]}H{ind[1]}), previous-token {a['previous_token_final']:.2f} (L{prev[0]}H{prev[1]}); "
-              f"K-composition random baseline {ph.k_baseline:.3f}.", highlight=False)
+    con.print(
+        f"Window {int(w.before)}-{int(w.after)}: {w.width / ph.total_steps:.0%} of the run; later-repeat loss "
+        f"x{w.ratio:.2f} inside it. Final: best induction {a['induction_best_final']:.2f} "
+        f"(L{ind[0]}H{ind[1]}), previous-token {a['previous_token_final']:.2f} (L{prev[0]}H{prev[1]}); "
+        f"K-composition random baseline {ph.k_baseline:.3f}.",
+        highlight=False,
+    )

@@ -12,10 +12,20 @@ download).
 """
 
 from ..scores.copy_suppression import CopySuppressionScores, copy_suppression_scores
+from ..scores.successor import SuccessorScores, successor_scores, usable_ordinal_sets
 from .icl import ICLResult, icl_score
 from .sink import SinkScores, first_token_sum, sink_rate_sum, sink_scores_on_text
-from ..scores.successor import SuccessorScores, successor_scores, usable_ordinal_sets
 
-__all__ = ["CopySuppressionScores", "ICLResult", "SinkScores", "SuccessorScores", "copy_suppression_scores",
-           "first_token_sum", "icl_score", "sink_rate_sum", "sink_scores_on_text", "successor_scores",
-           "usable_ordinal_sets"]
+__all__ = [
+    "CopySuppressionScores",
+    "ICLResult",
+    "SinkScores",
+    "SuccessorScores",
+    "copy_suppression_scores",
+    "first_token_sum",
+    "icl_score",
+    "sink_rate_sum",
+    "sink_scores_on_text",
+    "successor_scores",
+    "usable_ordinal_sets",
+]

@@ -59,12 +59,20 @@ class TokenWindows:
     dropped: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
-        return (f"{len(self.sources)} windows of {self.window} tokens{' (+BOS)' if self.bos else ''} from "
-                f"{self.n_documents} documents of {self.corpus} ({self.n_corpus_tokens} tokens)")
+        return (
+            f"{len(self.sources)} windows of {self.window} tokens{' (+BOS)' if self.bos else ''} from "
+            f"{self.n_documents} documents of {self.corpus} ({self.n_corpus_tokens} tokens)"
+        )
 
 
-def token_windows(tokenizer, docs: list[tuple[str, str]], window: int, bos_id: int | None,
-                  max_windows: int | None = None, corpus: str = "text") -> TokenWindows:
+def token_windows(
+    tokenizer,
+    docs: list[tuple[str, str]],
+    window: int,
+    bos_id: int | None,
+    max_windows: int | None = None,
+    corpus: str = "text",
+) -> TokenWindows:
     """Cut ``docs`` into windows of ``window`` tokens (see the module docstring).
 
     ``max_windows`` keeps that many windows spread evenly over the corpus (not the first
@@ -90,7 +98,7 @@ def token_windows(tokenizer, docs: list[tuple[str, str]], window: int, bos_id: i
     rows, sources = [], []
     for names, ids in pieces:
         for start in range(0, len(ids) - window + 1, window):
-            rows.append(ids[start: start + window])
+            rows.append(ids[start : start + window])
             sources.append("+".join(names) if len(names) <= 3 else f"{names[0]}+...+{names[-1]} ({len(names)})")
     if not rows:
         raise BadInput(
@@ -115,6 +123,8 @@ def natural_windows(model, files=None, window: int = 512, max_windows: int | Non
     bos = as_model(model).first_token.id
     n_ctx = getattr(model.cfg, "n_ctx", None)
     if n_ctx is not None and window + (bos is not None) > n_ctx:
-        raise BadInput(f"a window of {window} tokens does not fit the model's context of {n_ctx}",
-                       hint=f"use a window of at most {n_ctx - (bos is not None)} tokens")
+        raise BadInput(
+            f"a window of {window} tokens does not fit the model's context of {n_ctx}",
+            hint=f"use a window of at most {n_ctx - (bos is not None)} tokens",
+        )
     return token_windows(model.tokenizer, docs, window, bos, max_windows, corpus)

@@ -53,11 +53,21 @@ class ICLResult:
     timings: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"definition": DEFINITION, "icl_score": self.icl_score, "icl_stderr": self.icl_stderr,
-                "loss_early": self.loss_early, "loss_late": self.loss_late, "early": self.early, "late": self.late,
-                "n_windows": self.n_windows, "source": self.source, "ablation": self.ablation_kind,
-                "ablations": self.ablations, "per_position_loss": np.round(self.per_position_loss, 5).tolist(),
-                "timings": self.timings}
+        return {
+            "definition": DEFINITION,
+            "icl_score": self.icl_score,
+            "icl_stderr": self.icl_stderr,
+            "loss_early": self.loss_early,
+            "loss_late": self.loss_late,
+            "early": self.early,
+            "late": self.late,
+            "n_windows": self.n_windows,
+            "source": self.source,
+            "ablation": self.ablation_kind,
+            "ablations": self.ablations,
+            "per_position_loss": np.round(self.per_position_loss, 5).tolist(),
+            "timings": self.timings,
+        }
 
     def to_json(self, **kw) -> str:
         from ..jsonsafe import dumps
@@ -80,7 +90,7 @@ def _pick(per_pos: torch.Tensor, windows: TokenWindows, i: int) -> torch.Tensor:
 def _losses(model, windows: TokenWindows, chunk: int, hooks=()) -> torch.Tensor:
     out = []
     for start in range(0, len(windows.tokens), chunk):
-        tokens = windows.tokens[start: start + chunk].to(model.cfg.device)
+        tokens = windows.tokens[start : start + chunk].to(model.cfg.device)
         logits = model.run_with_hooks(tokens, fwd_hooks=list(hooks))
         out.append(token_losses(logits, tokens).cpu())
         del logits
@@ -92,8 +102,18 @@ def _stderr(x: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def icl_score(model, files=None, *, heads=(), ablation: str = "mean", early: int = 50, late: int = 500,
-              window: int = 512, max_windows: int | None = 32, chunk_size: int = 4) -> ICLResult:
+def icl_score(
+    model,
+    files=None,
+    *,
+    heads=(),
+    ablation: str = "mean",
+    early: int = 50,
+    late: int = 500,
+    window: int = 512,
+    max_windows: int | None = 32,
+    chunk_size: int = 4,
+) -> ICLResult:
     """Olsson et al.'s in-context learning score of ``model``, and each of ``heads``' share in it.
 
     ``heads`` are ``(layer, head)`` pairs; each is ablated alone (``ablation`` "mean" or
@@ -106,12 +126,16 @@ def icl_score(model, files=None, *, heads=(), ablation: str = "mean", early: int
     if ablation not in ("mean", "zero"):
         raise BadInput(f"unknown ablation {ablation!r}", hint="use 'mean' or 'zero'")
     if not 1 <= early < late < window:
-        raise BadInput(f"need 1 <= early ({early}) < late ({late}) < window ({window})",
-                       hint="the defaults are Olsson et al.'s: 50, 500, 512")
+        raise BadInput(
+            f"need 1 <= early ({early}) < late ({late}) < window ({window})",
+            hint="the defaults are Olsson et al.'s: 50, 500, 512",
+        )
     heads = [(int(l), int(h)) for l, h in heads]
     for l, h in heads:
         if not (0 <= l < model.cfg.n_layers and 0 <= h < model.cfg.n_heads):
-            raise BadInput(f"head L{l}H{h} is not in the model ({model.cfg.n_layers} layers x {model.cfg.n_heads} heads)")
+            raise BadInput(
+                f"head L{l}H{h} is not in the model ({model.cfg.n_layers} layers x {model.cfg.n_heads} heads)"
+            )
     t0 = time.perf_counter()
     windows = natural_windows(model, files, window, max_windows)
     layers = sorted({l for l, _ in heads})
@@ -130,10 +154,20 @@ def icl_score(model, files=None, *, heads=(), ablation: str = "mean", early: int
     e, lt = _pick(clean, windows, early), _pick(clean, windows, late)
     per_window = lt - e
     per_pos = torch.full((window,), float("nan"))
-    per_pos[1 - int(windows.bos):] = clean.mean(0)
-    result = ICLResult(float(per_window.mean()), _stderr(per_window), float(e.mean()), float(lt.mean()), early, late,
-                       per_pos.numpy(), len(windows.tokens), windows.describe(), ablation if heads else None,
-                       timings=timings)
+    per_pos[1 - int(windows.bos) :] = clean.mean(0)
+    result = ICLResult(
+        float(per_window.mean()),
+        _stderr(per_window),
+        float(e.mean()),
+        float(lt.mean()),
+        early,
+        late,
+        per_pos.numpy(),
+        len(windows.tokens),
+        windows.describe(),
+        ablation if heads else None,
+        timings=timings,
+    )
     t0 = time.perf_counter()
     for layer, head in heads:
         value = None if ablation == "zero" else (z_sum[layer] / n_z[0])[head]
@@ -146,10 +180,17 @@ def icl_score(model, files=None, *, heads=(), ablation: str = "mean", early: int
         lost = _losses(model, windows, chunk_size, [(f"blocks.{layer}.attn.hook_z", ablate)])
         ae, al = _pick(lost, windows, early), _pick(lost, windows, late)
         score = al - ae
-        result.ablations.append({"layer": layer, "head": head, "icl_score": float(score.mean()),
-                                 "delta": float((score - per_window).mean()),
-                                 "delta_stderr": _stderr(score - per_window),
-                                 "loss_early": float(ae.mean()), "loss_late": float(al.mean())})
+        result.ablations.append(
+            {
+                "layer": layer,
+                "head": head,
+                "icl_score": float(score.mean()),
+                "delta": float((score - per_window).mean()),
+                "delta_stderr": _stderr(score - per_window),
+                "loss_early": float(ae.mean()),
+                "loss_late": float(al.mean()),
+            }
+        )
     if heads:
         timings["icl_ablation_s"] = time.perf_counter() - t0
     return result

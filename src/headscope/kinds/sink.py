@@ -88,10 +88,18 @@ class SinkScores:
         return sorted(((int(l), int(h), float(self.alpha[l, h])) for l, h in zip(ls, hs)), key=lambda t: -t[2])
 
     def to_dict(self) -> dict:
-        return {"definition": {"sink": _sink_definition(), **DEFINITIONS}, "threshold": self.threshold, "n_sequences": self.n_sequences,
-                "n_tokens": self.n_tokens, "source": self.source, "model_sink_rate": self.model_sink_rate,
-                "sink": self.sink.tolist(), "alpha": self.alpha.tolist(), "sink_rate": self.sink_rate.tolist(),
-                "timings": self.timings}
+        return {
+            "definition": {"sink": _sink_definition(), **DEFINITIONS},
+            "threshold": self.threshold,
+            "n_sequences": self.n_sequences,
+            "n_tokens": self.n_tokens,
+            "source": self.source,
+            "model_sink_rate": self.model_sink_rate,
+            "sink": self.sink.tolist(),
+            "alpha": self.alpha.tolist(),
+            "sink_rate": self.sink_rate.tolist(),
+            "timings": self.timings,
+        }
 
     def to_json(self, **kw) -> str:
         from ..jsonsafe import dumps
@@ -102,14 +110,27 @@ class SinkScores:
         import pandas as pd
 
         L, H = self.sink.shape
-        return pd.DataFrame({"layer": np.repeat(np.arange(L), H), "head": np.tile(np.arange(H), L),
-                             "sink": self.sink.ravel(), "alpha": self.alpha.ravel(),
-                             "sink_rate": self.sink_rate.ravel()})
+        return pd.DataFrame(
+            {
+                "layer": np.repeat(np.arange(L), H),
+                "head": np.tile(np.arange(H), L),
+                "sink": self.sink.ravel(),
+                "alpha": self.alpha.ravel(),
+                "sink_rate": self.sink_rate.ravel(),
+            }
+        )
 
 
 @torch.no_grad()
-def sink_scores_on_text(model, files=None, *, n_tokens: int = 64, n_sequences: int = 100,
-                        threshold: float = SINK_THRESHOLD, chunk_size: int = 16) -> SinkScores:
+def sink_scores_on_text(
+    model,
+    files=None,
+    *,
+    n_tokens: int = 64,
+    n_sequences: int = 100,
+    threshold: float = SINK_THRESHOLD,
+    chunk_size: int = 16,
+) -> SinkScores:
     """Sink scores of every head on natural text, as Gu et al. measure them.
 
     ``n_sequences`` windows of ``n_tokens`` tokens in all (BOS included where the model has
@@ -140,12 +161,19 @@ def sink_scores_on_text(model, files=None, *, n_tokens: int = 64, n_sequences: i
 
     hooks = [(f"blocks.{l}.attn.hook_pattern", on_pattern) for l in range(L)]
     for start in range(0, len(windows.tokens), chunk_size):
-        model.run_with_hooks(windows.tokens[start: start + chunk_size].to(model.cfg.device), fwd_hooks=hooks,
-                             return_type=None)
-    return SinkScores(sink=(sums / counts["sink"]).numpy(), alpha=(alpha_sums / counts["seq"]).numpy(),
-                      sink_rate=(rate_sums / counts["seq"]).numpy(), threshold=threshold,
-                      n_sequences=counts["seq"], n_tokens=windows.tokens.shape[1], source=windows.describe(),
-                      timings={"sink_text_s": time.perf_counter() - t0})
+        model.run_with_hooks(
+            windows.tokens[start : start + chunk_size].to(model.cfg.device), fwd_hooks=hooks, return_type=None
+        )
+    return SinkScores(
+        sink=(sums / counts["sink"]).numpy(),
+        alpha=(alpha_sums / counts["seq"]).numpy(),
+        sink_rate=(rate_sums / counts["seq"]).numpy(),
+        threshold=threshold,
+        n_sequences=counts["seq"],
+        n_tokens=windows.tokens.shape[1],
+        source=windows.describe(),
+        timings={"sink_text_s": time.perf_counter() - t0},
+    )
 
 
 def _sink_definition() -> str:

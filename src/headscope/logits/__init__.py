@@ -16,6 +16,17 @@ from .repeats import repeat_logit_effects
 from .results import LogitAttribution, OVRows, RepeatLogitEffects
 from .story import InductionStories, InductionStory, induction_stories
 
-__all__ = ["InductionStories", "InductionStory", "LogitAttribution", "OVRows", "RepeatLogitEffects",
-           "direct_effects", "induction_stories", "logit_attribution", "ov_circuit", "ov_rows",
-           "repeat_logit_effects", "unembedding"]
+__all__ = [
+    "InductionStories",
+    "InductionStory",
+    "LogitAttribution",
+    "OVRows",
+    "RepeatLogitEffects",
+    "direct_effects",
+    "induction_stories",
+    "logit_attribution",
+    "ov_circuit",
+    "ov_rows",
+    "repeat_logit_effects",
+    "unembedding",
+]

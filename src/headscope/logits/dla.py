@@ -25,9 +25,6 @@ pieces (the model's float32 rounding), so the components sum to ``x . u_p / s_p`
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import numpy as np
 import torch
 
 from ..errors import BadInput
@@ -41,23 +38,27 @@ __all__ = ["DirectEffects", "DirectPass", "Unembedding", "direct_effects", "logi
 
 
 @torch.no_grad()
-def direct_effects(model, tokens: torch.Tensor, *, weights: HeadWeights | None = None,
-                   unembed: Unembedding | None = None) -> DirectEffects:
+def direct_effects(
+    model, tokens: torch.Tensor, *, weights: HeadWeights | None = None, unembed: Unembedding | None = None
+) -> DirectEffects:
     """Direct logit attribution of every head and component for ``tokens [B, T]``, one forward pass.
 
     Position ``p`` (``0..T-2``) is scored on its actual next token ``tokens[:, p + 1]``.
     """
     if tokens.dim() != 2 or tokens.shape[1] < 2:
-        raise BadInput(f"direct logit attribution needs [batch, tokens] with at least 2 tokens, got {tuple(tokens.shape)}",
-                       hint="give a longer text: every position is scored on the token after it")
+        raise BadInput(
+            f"direct logit attribution needs [batch, tokens] with at least 2 tokens, got {tuple(tokens.shape)}",
+            hint="give a longer text: every position is scored on the token after it",
+        )
     w = weights or head_weights(model)
     run = DirectPass(model, tokens, w, unembed or unembedding(model, w))
     logits = model.run_with_hooks(run.tokens, fwd_hooks=run.hooks)
     return run.finish(logits)
 
 
-def logit_attribution(model, text=None, *, max_tokens: int | None = None,
-                      weights: HeadWeights | None = None) -> LogitAttribution:
+def logit_attribution(
+    model, text=None, *, max_tokens: int | None = None, weights: HeadWeights | None = None
+) -> LogitAttribution:
     """Direct logit attribution of every head (and every other component) on one text.
 
     ``text``: a string (BOS is prepended, as everywhere in headscope), a
@@ -76,11 +77,16 @@ def logit_attribution(model, text=None, *, max_tokens: int | None = None,
     """
     seq = as_sequences(model, SAMPLE_TEXTS[0] if text is None else text, max_tokens)[0]
     if len(seq) < 2:
-        raise BadInput(f"{text!r} is a single token: there is no next token to attribute",
-                       hint="give at least two tokens of text")
+        raise BadInput(
+            f"{text!r} is a single token: there is no next token to attribute", hint="give at least two tokens of text"
+        )
     d = direct_effects(model, seq.tensor(), weights=weights)
     return LogitAttribution(
-        model_name=as_model(model).name, sequence=seq, heads=d.heads[0],
-        components={k: v[0] for k, v in d.components.items()}, logit=d.logit[0],
-        model_logit=d.model_logit[0], scale=d.scale[0],
+        model_name=as_model(model).name,
+        sequence=seq,
+        heads=d.heads[0],
+        components={k: v[0] for k, v in d.components.items()},
+        logit=d.logit[0],
+        model_logit=d.model_logit[0],
+        scale=d.scale[0],
     )

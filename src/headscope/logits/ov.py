@@ -20,9 +20,8 @@ direct token path only.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
-import numpy as np
 import torch
 
 from ..errors import BadInput
@@ -54,8 +53,17 @@ def ov_row_block(w: HeadWeights, layer: int, head: int, x: torch.Tensor) -> torc
 
 
 @torch.no_grad()
-def ov_rows(w: HeadWeights, layer: int, head: int, token_ids: Sequence[int], *, k: int = 10, eps: float = 1e-5,
-            decode: Callable[[int], str] = str, model: str = "model") -> OVRows:
+def ov_rows(
+    w: HeadWeights,
+    layer: int,
+    head: int,
+    token_ids: Sequence[int],
+    *,
+    k: int = 10,
+    eps: float = 1e-5,
+    decode: Callable[[int], str] = str,
+    model: str = "model",
+) -> OVRows:
     """Top/bottom ``k`` tokens and the self-rank of every source token in ``token_ids`` for head ``layer.head``.
 
     Works on weights alone (``w``: :func:`headscope.weights.head_weights` or hand-made);
@@ -66,7 +74,7 @@ def ov_rows(w: HeadWeights, layer: int, head: int, token_ids: Sequence[int], *, 
     k = min(k, V)
     tops, topv, bots, botv, selfv, rank = [], [], [], [], [], []
     for start in range(0, len(ids), CHUNK):
-        block = ids[start: start + CHUNK]
+        block = ids[start : start + CHUNK]
         rows = ov_row_block(w, layer, head, effective_embedding(w, block, eps))  # [n, vocab]
         t = rows.topk(k, dim=-1)
         b = rows.topk(k, dim=-1, largest=False)
@@ -80,10 +88,20 @@ def ov_rows(w: HeadWeights, layer: int, head: int, token_ids: Sequence[int], *, 
     cat = lambda xs: torch.cat(xs).cpu().numpy()  # noqa: E731
     top_ids, bottom_ids = cat(tops), cat(bots)
     return OVRows(
-        model_name=model, layer=layer, head=head, token_ids=ids, token_labels=[decode(i) for i in ids],
-        top_ids=top_ids, top_labels=[[decode(int(i)) for i in row] for row in top_ids], top_values=cat(topv),
-        bottom_ids=bottom_ids, bottom_labels=[[decode(int(i)) for i in row] for row in bottom_ids],
-        bottom_values=cat(botv), self_value=cat(selfv), self_rank=cat(rank), d_vocab=V,
+        model_name=model,
+        layer=layer,
+        head=head,
+        token_ids=ids,
+        token_labels=[decode(i) for i in ids],
+        top_ids=top_ids,
+        top_labels=[[decode(int(i)) for i in row] for row in top_ids],
+        top_values=cat(topv),
+        bottom_ids=bottom_ids,
+        bottom_labels=[[decode(int(i)) for i in row] for row in bottom_ids],
+        bottom_values=cat(botv),
+        self_value=cat(selfv),
+        self_rank=cat(rank),
+        d_vocab=V,
     )
 
 
@@ -102,7 +120,9 @@ def source_tokens(model, tokens=None, text=None, max_tokens: int | None = None) 
         for t in tokens:
             if not isinstance(t, str):
                 if not 0 <= int(t) < V:
-                    raise BadInput(f"token id {t} is outside the vocabulary (0..{V - 1})", hint="use an id below d_vocab")
+                    raise BadInput(
+                        f"token id {t} is outside the vocabulary (0..{V - 1})", hint="use an id below d_vocab"
+                    )
                 ids.append(int(t))
     if text is not None:
         seq = as_sequences(model, text, max_tokens)[0]
@@ -110,13 +130,22 @@ def source_tokens(model, tokens=None, text=None, max_tokens: int | None = None) 
         ids += [i for n, i in enumerate(seq.ids) if not (n == 0 and i in bos)]
     ids = list(dict.fromkeys(ids))  # distinct, in order of appearance
     if not ids:
-        raise BadInput("no source tokens for the OV circuit",
-                       hint="pass tokens=[' cat', ' dog'] (single tokens) or text='...'")
+        raise BadInput(
+            "no source tokens for the OV circuit", hint="pass tokens=[' cat', ' dog'] (single tokens) or text='...'"
+        )
     return ids
 
 
-def ov_circuit(model, head, tokens=None, *, text=None, k: int = 10, max_tokens: int | None = None,
-               weights: HeadWeights | None = None) -> OVRows:
+def ov_circuit(
+    model,
+    head,
+    tokens=None,
+    *,
+    text=None,
+    k: int = 10,
+    max_tokens: int | None = None,
+    weights: HeadWeights | None = None,
+) -> OVRows:
     """Which tokens head ``head`` promotes and suppresses when it attends to each source token.
 
     ``tokens``: strings that are single tokens (``" cat"``; others are refused with how
@@ -132,9 +161,17 @@ def ov_circuit(model, head, tokens=None, *, text=None, k: int = 10, max_tokens: 
     >>> bool((ov.top_values[:, 0] >= ov.self_value).all())   # nothing ranks above the top
     True
     """
-    (layer, h), = as_heads(model, [head])
+    ((layer, h),) = as_heads(model, [head])
     ids = source_tokens(model, tokens, text, max_tokens)
     w = weights or head_weights(model)
     tok = model.tokenizer
-    return ov_rows(w, layer, h, ids, k=k, eps=float(getattr(model.cfg, "eps", 1e-5)),
-                   decode=lambda i: tok.decode([i]), model=as_model(model).name)
+    return ov_rows(
+        w,
+        layer,
+        h,
+        ids,
+        k=k,
+        eps=float(getattr(model.cfg, "eps", 1e-5)),
+        decode=lambda i: tok.decode([i]),
+        model=as_model(model).name,
+    )

@@ -17,17 +17,25 @@ import numpy as np
 import torch
 
 from ..models.model import as_model
-from ..scan.induction import DEFAULT_MEMORY_GB, chunk_size_for
-from ..scan.sequences import RepeatedTokens, RepeatLayout, repeated_tokens
-from ..weights import head_weights
 from ..scan.direct import DirectPass, target_groups, unembedding
+from ..scan.induction import DEFAULT_MEMORY_GB, chunk_size_for
+from ..scan.sequences import RepeatedTokens, repeated_tokens
+from ..weights import head_weights
 from .results import RepeatLogitEffects
 
 
 @torch.no_grad()
-def repeat_logit_effects(model, *, seq_len: int = 50, batch: int = 10, repeats: int = 2, seed: int = 0,
-                         tokens: RepeatedTokens | None = None, chunk_size: int | None = None,
-                         max_memory_gb: float | None = None) -> RepeatLogitEffects:
+def repeat_logit_effects(
+    model,
+    *,
+    seq_len: int = 50,
+    batch: int = 10,
+    repeats: int = 2,
+    seed: int = 0,
+    tokens: RepeatedTokens | None = None,
+    chunk_size: int | None = None,
+    max_memory_gb: float | None = None,
+) -> RepeatLogitEffects:
     """Every head's mean direct effect on first-repeat and later-repeat targets, one pass per chunk.
 
     ``tokens``: sequences from :func:`headscope.scan.sequences.repeated_tokens` (pass the
@@ -54,7 +62,7 @@ def repeat_logit_effects(model, *, seq_len: int = 50, batch: int = 10, repeats: 
     max_err = 0.0
     t0 = time.perf_counter()
     for start in range(0, n_seq, chunk):
-        run = DirectPass(model, rt.tokens[start: start + chunk], w, ue)
+        run = DirectPass(model, rt.tokens[start : start + chunk], w, ue)
         d = run.finish(model.run_with_hooks(run.tokens, fwd_hooks=run.hooks))
         max_err = max(max_err, float(np.abs(d.logit - d.model_logit).max()))
         for group, sl in (("first", first), ("later", later)):
@@ -68,12 +76,23 @@ def repeat_logit_effects(model, *, seq_len: int = 50, batch: int = 10, repeats: 
     comps = [k for k in sums["first"] if k not in ("heads", "logit")]
     return RepeatLogitEffects(
         model_name=as_model(model).name,
-        settings={"seq_len": layout.seq_len, "batch": n_seq, "repeats": layout.repeats, "seed": seed if tokens is None else None,
-                  "bos": layout.bos, "n_tokens": layout.n_tokens, "chunk_size": chunk},
-        first=sums["first"]["heads"] / n_first, later=sums["later"]["heads"] / n_later,
+        settings={
+            "seq_len": layout.seq_len,
+            "batch": n_seq,
+            "repeats": layout.repeats,
+            "seed": seed if tokens is None else None,
+            "bos": layout.bos,
+            "n_tokens": layout.n_tokens,
+            "chunk_size": chunk,
+        },
+        first=sums["first"]["heads"] / n_first,
+        later=sums["later"]["heads"] / n_later,
         components_first={k: float(sums["first"][k] / n_first) for k in comps},
         components_later={k: float(sums["later"][k] / n_later) for k in comps},
-        logit_first=float(sums["first"]["logit"] / n_first), logit_later=float(sums["later"]["logit"] / n_later),
-        n_first=n_first, n_later=n_later, max_abs_error=max_err,
+        logit_first=float(sums["first"]["logit"] / n_first),
+        logit_later=float(sums["later"]["logit"] / n_later),
+        n_first=n_first,
+        n_later=n_later,
+        max_abs_error=max_err,
         timings={"pass_s": time.perf_counter() - t0},
     )

@@ -112,18 +112,31 @@ class LogitAttribution(_Result):
 
         P, L, H = self.heads.shape
         p, l, h = (a.ravel() for a in np.meshgrid(np.arange(P), np.arange(L), np.arange(H), indexing="ij"))
-        return pd.DataFrame({
-            "position": p, "token": np.array(self.token_labels, dtype=object)[p],
-            "target": np.array(self.target_labels, dtype=object)[p], "layer": l, "head": h,
-            "label": [head_label(a, b) for a, b in zip(l, h)], "effect": self.heads.ravel(),
-        })
+        return pd.DataFrame(
+            {
+                "position": p,
+                "token": np.array(self.token_labels, dtype=object)[p],
+                "target": np.array(self.target_labels, dtype=object)[p],
+                "layer": l,
+                "head": h,
+                "label": [head_label(a, b) for a, b in zip(l, h)],
+                "effect": self.heads.ravel(),
+            }
+        )
 
     def components_frame(self):
         """One row per (position, non-head component), plus the heads' total and the logit."""
         import pandas as pd
 
-        rows = {"position": np.arange(len(self.logit)), "token": self.token_labels, "target": self.target_labels,
-                "heads": self.heads.sum((1, 2)), **self.components, "logit": self.logit, "model_logit": self.model_logit}
+        rows = {
+            "position": np.arange(len(self.logit)),
+            "token": self.token_labels,
+            "target": self.target_labels,
+            "heads": self.heads.sum((1, 2)),
+            **self.components,
+            "logit": self.logit,
+            "model_logit": self.model_logit,
+        }
         return pd.DataFrame(rows)
 
     def top(self, k: int = 10, sign: int = 1):
@@ -133,11 +146,18 @@ class LogitAttribution(_Result):
 
     def to_dict(self) -> dict:
         return {
-            "model": self.model_name, "definition": self.definition, "text": self.sequence.text,
-            "notes": self.sequence.notes, "tokens": self.token_labels, "targets": self.target_labels,
-            "target_ids": self.target_ids, "heads": _num(self.heads, 5),
+            "model": self.model_name,
+            "definition": self.definition,
+            "text": self.sequence.text,
+            "notes": self.sequence.notes,
+            "tokens": self.token_labels,
+            "targets": self.target_labels,
+            "target_ids": self.target_ids,
+            "heads": _num(self.heads, 5),
             "components": {k: _num(v, 5) for k, v in self.components.items()},
-            "logit": _num(self.logit, 5), "model_logit": _num(self.model_logit, 5), "scale": _num(self.scale, 5),
+            "logit": _num(self.logit, 5),
+            "model_logit": _num(self.model_logit, 5),
+            "scale": _num(self.scale, 5),
             "max_abs_error": self.max_abs_error,
             "top": self.top(10).drop(columns=["label"]).to_dict(orient="records"),
         }
@@ -181,9 +201,16 @@ class RepeatLogitEffects(_Result):
 
         L, H = self.later.shape
         l, h = (a.ravel() for a in np.meshgrid(np.arange(L), np.arange(H), indexing="ij"))
-        return pd.DataFrame({"layer": l, "head": h, "label": [head_label(a, b) for a, b in zip(l, h)],
-                             "first_repeat": self.first.ravel(), "later_repeat": self.later.ravel(),
-                             "rise": (self.later - self.first).ravel()})
+        return pd.DataFrame(
+            {
+                "layer": l,
+                "head": h,
+                "label": [head_label(a, b) for a, b in zip(l, h)],
+                "first_repeat": self.first.ravel(),
+                "later_repeat": self.later.ravel(),
+                "rise": (self.later - self.first).ravel(),
+            }
+        )
 
     def top(self, k: int = 5, which: str = "later") -> list[tuple[int, int, float]]:
         """The ``k`` heads with the largest mean effect on ``which`` ("later" or "first") targets."""
@@ -194,12 +221,18 @@ class RepeatLogitEffects(_Result):
 
     def to_dict(self) -> dict:
         return {
-            "model": self.model_name, "definition": self.definition, "settings": self.settings,
-            "first_repeat": _num(self.first, 5), "later_repeat": _num(self.later, 5),
+            "model": self.model_name,
+            "definition": self.definition,
+            "settings": self.settings,
+            "first_repeat": _num(self.first, 5),
+            "later_repeat": _num(self.later, 5),
             "components_first_repeat": {k: _num(v, 5) for k, v in self.components_first.items()},
             "components_later_repeat": {k: _num(v, 5) for k, v in self.components_later.items()},
-            "logit_first_repeat": _num(self.logit_first), "logit_later_repeat": _num(self.logit_later),
-            "n_first": self.n_first, "n_later": self.n_later, "max_abs_error": self.max_abs_error,
+            "logit_first_repeat": _num(self.logit_first),
+            "logit_later_repeat": _num(self.logit_later),
+            "n_first": self.n_first,
+            "n_later": self.n_later,
+            "max_abs_error": self.max_abs_error,
             "top_later": [{"head": head_label(l, h), "effect": _num(v)} for l, h, v in self.top(10)],
         }
 
@@ -246,23 +279,43 @@ class OVRows(_Result):
         """One row per source token: its own value and rank, and the top/bottom tokens as text."""
         import pandas as pd
 
-        return pd.DataFrame({
-            "head": self.label, "token": self.token_labels, "token_id": self.token_ids,
-            "self_rank": self.self_rank, "self_value": self.self_value,
-            "promotes": [", ".join(repr(t) for t in row[:5]) for row in self.top_labels],
-            "suppresses": [", ".join(repr(t) for t in row[:5]) for row in self.bottom_labels],
-        })
+        return pd.DataFrame(
+            {
+                "head": self.label,
+                "token": self.token_labels,
+                "token_id": self.token_ids,
+                "self_rank": self.self_rank,
+                "self_value": self.self_value,
+                "promotes": [", ".join(repr(t) for t in row[:5]) for row in self.top_labels],
+                "suppresses": [", ".join(repr(t) for t in row[:5]) for row in self.bottom_labels],
+            }
+        )
 
     def to_dict(self) -> dict:
         return {
-            "head": self.label, "model": self.model_name, "convention": self.convention, "d_vocab": self.d_vocab,
-            "tokens": [{
-                "token": t, "token_id": int(i), "self_rank": int(r), "self_value": _num(float(v)),
-                "promotes": [{"token": a, "id": int(b), "value": _num(float(c))}
-                             for a, b, c in zip(self.top_labels[n], self.top_ids[n], self.top_values[n])],
-                "suppresses": [{"token": a, "id": int(b), "value": _num(float(c))}
-                               for a, b, c in zip(self.bottom_labels[n], self.bottom_ids[n], self.bottom_values[n])],
-            } for n, (t, i, r, v) in enumerate(zip(self.token_labels, self.token_ids, self.self_rank, self.self_value))],
+            "head": self.label,
+            "model": self.model_name,
+            "convention": self.convention,
+            "d_vocab": self.d_vocab,
+            "tokens": [
+                {
+                    "token": t,
+                    "token_id": int(i),
+                    "self_rank": int(r),
+                    "self_value": _num(float(v)),
+                    "promotes": [
+                        {"token": a, "id": int(b), "value": _num(float(c))}
+                        for a, b, c in zip(self.top_labels[n], self.top_ids[n], self.top_values[n])
+                    ],
+                    "suppresses": [
+                        {"token": a, "id": int(b), "value": _num(float(c))}
+                        for a, b, c in zip(self.bottom_labels[n], self.bottom_ids[n], self.bottom_values[n])
+                    ],
+                }
+                for n, (t, i, r, v) in enumerate(
+                    zip(self.token_labels, self.token_ids, self.self_rank, self.self_value)
+                )
+            ],
         }
 
     def _repr_html_(self) -> str:

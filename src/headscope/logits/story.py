@@ -18,8 +18,8 @@ number headscope already measures:
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -40,10 +40,13 @@ STORY_DEFINITION = (
 
 def logit_definitions() -> dict[str, str]:
     """What each number of the logit analysis means and where it comes from (JSON ``definitions``, the legend)."""
-    return {"direct logit attribution": DLA_DEFINITION,
-            "direct_logit_later": declared("direct_logit_later").definition,
-            "direct_logit_first": declared("direct_logit_first").definition,
-            "OV circuit row": OV_DEFINITION, "induction story": STORY_DEFINITION}
+    return {
+        "direct logit attribution": DLA_DEFINITION,
+        "direct_logit_later": declared("direct_logit_later").definition,
+        "direct_logit_first": declared("direct_logit_first").definition,
+        "OV circuit row": OV_DEFINITION,
+        "induction story": STORY_DEFINITION,
+    }
 
 
 @dataclass
@@ -53,7 +56,9 @@ class InductionStory:
     layer: int
     head: int
     induction: float
-    k_sources: list[dict]  # strongest K-composition sources: {"head", "layer", "head_index", "k_composition", "previous_token"}
+    k_sources: list[
+        dict
+    ]  # strongest K-composition sources: {"head", "layer", "head_index", "k_composition", "previous_token"}
     copying: float | None = None  # OV eigenvalue positivity, -1..1
     self_rank_median: float | None = None  # median self-rank over the OV source tokens given
     copies_fraction: float | None = None  # fraction of those tokens with self-rank 1
@@ -73,11 +78,19 @@ class InductionStory:
     def row(self) -> dict:
         """Flat dict for a table: one row per head."""
         s = self.k_source or {}
-        return {"head": self.label, "induction": self.induction, "k_source": s.get("head"),
-                "k_composition": s.get("k_composition"), "source_previous_token": s.get("previous_token"),
-                "copying": self.copying, "self_rank_median": self.self_rank_median,
-                "copies_fraction": self.copies_fraction, "dla_first": self.dla_first,
-                "dla_later": self.dla_later, "ablation_delta_loss": self.ablation_delta_loss}
+        return {
+            "head": self.label,
+            "induction": self.induction,
+            "k_source": s.get("head"),
+            "k_composition": s.get("k_composition"),
+            "source_previous_token": s.get("previous_token"),
+            "copying": self.copying,
+            "self_rank_median": self.self_rank_median,
+            "copies_fraction": self.copies_fraction,
+            "dla_first": self.dla_first,
+            "dla_later": self.dla_later,
+            "ablation_delta_loss": self.ablation_delta_loss,
+        }
 
     def to_dict(self) -> dict:
         return {k: _num(v) for k, v in {**asdict(self), "label": self.label}.items()}
@@ -92,10 +105,20 @@ def _ablation_lookup(ablation) -> dict[tuple[int, int], float]:
     return {(e["layer"], e["head"]): float(e["loss_increase"]) for e in ablation if e.get("kind") == "head"}
 
 
-def induction_story(layer: int, head: int, *, induction: np.ndarray, previous_token: np.ndarray,
-                    k_composition: np.ndarray, copying: np.ndarray | None = None, ov: OVRows | None = None,
-                    dla_first: np.ndarray | None = None, dla_later: np.ndarray | None = None,
-                    ablation=None, n_sources: int = 3) -> InductionStory:
+def induction_story(
+    layer: int,
+    head: int,
+    *,
+    induction: np.ndarray,
+    previous_token: np.ndarray,
+    k_composition: np.ndarray,
+    copying: np.ndarray | None = None,
+    ov: OVRows | None = None,
+    dla_first: np.ndarray | None = None,
+    dla_later: np.ndarray | None = None,
+    ablation=None,
+    n_sources: int = 3,
+) -> InductionStory:
     """Gather head ``layer.head``'s story from result arrays.
 
     ``induction``, ``previous_token``, ``copying``, ``dla_first``, ``dla_later``: ``[L, H]``.
@@ -107,14 +130,22 @@ def induction_story(layer: int, head: int, *, induction: np.ndarray, previous_to
     col = np.nan_to_num(np.asarray(k_composition)[:, :, layer, head], nan=-np.inf)
     H = col.shape[1]
     order = [int(i) for i in np.argsort(-col, axis=None) if np.isfinite(col.flat[i])][:n_sources]
-    sources = [{"head": head_label(i // H, i % H), "layer": i // H, "head_index": i % H,
-                "k_composition": float(col.flat[i]), "previous_token": float(previous_token[i // H, i % H])}
-               for i in order]
+    sources = [
+        {
+            "head": head_label(i // H, i % H),
+            "layer": i // H,
+            "head_index": i % H,
+            "k_composition": float(col.flat[i]),
+            "previous_token": float(previous_token[i // H, i % H]),
+        }
+        for i in order
+    ]
     notes = []
     if not sources:
         notes.append("layer 0: no earlier head can K-compose with it")
-    story = InductionStory(layer=layer, head=head, induction=float(induction[layer, head]), k_sources=sources,
-                           notes=notes)
+    story = InductionStory(
+        layer=layer, head=head, induction=float(induction[layer, head]), k_sources=sources, notes=notes
+    )
     if copying is not None:
         story.copying = float(copying[layer, head])
     if ov is not None:
@@ -151,8 +182,13 @@ class InductionStories(_Result):
         return _html(f"Induction stories, {self.model_name}", self.to_frame())
 
 
-def induction_stories(heads: Sequence[tuple[int, int]], model_name: str = "model", *,
-                      ov: Mapping[tuple[int, int], OVRows] | None = None, **arrays) -> InductionStories:
+def induction_stories(
+    heads: Sequence[tuple[int, int]],
+    model_name: str = "model",
+    *,
+    ov: Mapping[tuple[int, int], OVRows] | None = None,
+    **arrays,
+) -> InductionStories:
     """:func:`induction_story` for each of ``heads``; ``ov`` maps a head to its OV rows."""
     ov = ov or {}
     return InductionStories(model_name, [induction_story(l, h, ov=ov.get((l, h)), **arrays) for l, h in heads])

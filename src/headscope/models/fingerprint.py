@@ -23,7 +23,7 @@ hashed and "same fingerprint" means bit-identical weights.
 from __future__ import annotations
 
 import hashlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 
@@ -78,5 +78,4 @@ def weights_fingerprint(model) -> dict:
         h.update(f"{name}|{tuple(p.shape)}|{p.dtype}\n".encode())
         # raw bytes: bfloat16 has no numpy dtype, uint8 views work for every dtype
         h.update(flat.contiguous().cpu().view(torch.uint8).numpy().data)
-    return {"sha256": h.hexdigest(), "n_params": n_params, "n_tensors": len(params),
-            "dtypes": sorted(dtypes)}
+    return {"sha256": h.hexdigest(), "n_params": n_params, "n_tensors": len(params), "dtypes": sorted(dtypes)}

@@ -16,8 +16,8 @@ Rules, the same for ``induction --text``, ``qk``, ``report`` and the Python API:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 import torch
 
@@ -58,8 +58,7 @@ def window(model: HeadscopeModel, max_tokens: int | None) -> int:
     """How many tokens (first token included) a text may keep: ``max_tokens``, never past the context."""
     ctx = model.n_ctx
     if max_tokens is not None and max_tokens < 2:
-        raise BadInput(f"max_tokens={max_tokens} leaves no room for a token after the first one",
-                       hint="use at least 2")
+        raise BadInput(f"max_tokens={max_tokens} leaves no room for a token after the first one", hint="use at least 2")
     return min(ctx, max_tokens) if max_tokens else ctx
 
 
@@ -72,8 +71,10 @@ def encode(model, text: str, *, max_tokens: int | None = None, title: str = "", 
     """
     m = as_model(model)
     if text is None or not str(text).strip():
-        raise BadInput(f"text {number} is empty (or only whitespace)",
-                       hint="give some text, ideally one that repeats itself, e.g. --text 'The cat sat. The cat sat.'")
+        raise BadInput(
+            f"text {number} is empty (or only whitespace)",
+            hint="give some text, ideally one that repeats itself, e.g. --text 'The cat sat. The cat sat.'",
+        )
     limit = window(m, max_tokens)
     tok = m.tokenizer
     ids = [int(i) for i in tok(str(text), add_special_tokens=False)["input_ids"]]
@@ -83,15 +84,24 @@ def encode(model, text: str, *, max_tokens: int | None = None, title: str = "", 
     notes = []
     if n > limit:
         why = f"the model's context of {m.n_ctx} tokens" if limit == m.n_ctx else f"the window of {limit} tokens"
-        notes.append(f"text {number} cut from {n} to {limit} tokens (first token included) to fit {why}; "
-                     "the first tokens were kept, and attention being causal each kept row is exact")
+        notes.append(
+            f"text {number} cut from {n} to {limit} tokens (first token included) to fit {why}; "
+            "the first tokens were kept, and attention being causal each kept row is exact"
+        )
         ids = ids[:limit]
-    return TokenSequence(text=str(text), ids=ids, labels=[token_text(tok, i) for i in ids], notes=notes,
-                         title=title or f"text {number}", n_text_tokens=n)
+    return TokenSequence(
+        text=str(text),
+        ids=ids,
+        labels=[token_text(tok, i) for i in ids],
+        notes=notes,
+        title=title or f"text {number}",
+        n_text_tokens=n,
+    )
 
 
-def encode_texts(model, texts: Iterable[str] | str | None, *, max_tokens: int | None = None,
-                 titles: Iterable[str] | None = None) -> list[TokenSequence]:
+def encode_texts(
+    model, texts: Iterable[str] | str | None, *, max_tokens: int | None = None, titles: Iterable[str] | None = None
+) -> list[TokenSequence]:
     """Several texts through :func:`encode` (None: the built-in :data:`SAMPLE_TEXTS`)."""
     if texts is None:
         texts, titles = list(SAMPLE_TEXTS), [f"sample text {i}" for i in range(1, len(SAMPLE_TEXTS) + 1)]
@@ -99,10 +109,14 @@ def encode_texts(model, texts: Iterable[str] | str | None, *, max_tokens: int | 
         texts = [texts]
     texts = list(texts)
     if not texts:
-        raise BadInput("no text to analyse", hint="pass --text 'some text' or --file notes.txt, or neither for the samples")
+        raise BadInput(
+            "no text to analyse", hint="pass --text 'some text' or --file notes.txt, or neither for the samples"
+        )
     names = list(titles) if titles is not None else [""] * len(texts)
-    return [encode(model, t, max_tokens=max_tokens, title=names[i] if i < len(names) else "", number=i + 1)
-            for i, t in enumerate(texts)]
+    return [
+        encode(model, t, max_tokens=max_tokens, title=names[i] if i < len(names) else "", number=i + 1)
+        for i, t in enumerate(texts)
+    ]
 
 
 def single_tokens(tokenizer, strings: Iterable[str], *, minimum: int = 2) -> list[int]:
@@ -123,8 +137,10 @@ def single_tokens(tokenizer, strings: Iterable[str], *, minimum: int = 2) -> lis
         tip = f" ({' ' + s!r} is one token)" if len(alt) == 1 else ""
         bad.append(f"{s!r} -> {len(got)} tokens {pieces}{tip}")
     if bad:
-        raise BadInput("token set entries must be single tokens; these are not: " + "; ".join(bad),
-                       hint="use single-token strings (often with a leading space, e.g. ' cat'), or drop them")
+        raise BadInput(
+            "token set entries must be single tokens; these are not: " + "; ".join(bad),
+            hint="use single-token strings (often with a leading space, e.g. ' cat'), or drop them",
+        )
     if len(ids) < minimum:
         raise BadInput(f"a token set needs at least {minimum} distinct tokens, got {len(ids)}", hint="add more tokens")
     return ids

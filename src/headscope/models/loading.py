@@ -23,8 +23,9 @@ import socket
 import sys
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 
@@ -148,8 +149,12 @@ def _expand(text: str) -> Path:
     except RuntimeError:  # pathlib: "Could not determine home directory."
         user = text[1:].split("/", 1)[0]
         raise BadInput(
-            f"model path {text} starts with ~{user}, but " + (f"there is no user {user!r} on this machine" if user
-                                                              else "the home directory is unknown (HOME is not set)"),
+            f"model path {text} starts with ~{user}, but "
+            + (
+                f"there is no user {user!r} on this machine"
+                if user
+                else "the home directory is unknown (HOME is not set)"
+            ),
             hint="check the spelling, or give the path without ~ (e.g. an absolute path)",
         ) from None
 
@@ -159,7 +164,8 @@ def _looks_like_path(text: str) -> bool:
         text.startswith((".", "/", "~"))
         or text.lower().endswith(".gguf")
         or text.count("/") > 1
-        or os.sep != "/" and os.sep in text
+        or os.sep != "/"
+        and os.sep in text
     )
 
 
@@ -193,8 +199,11 @@ def _is_converted(target: Path) -> bool:
     # headscope.json is written last, so its presence means the conversion finished; the
     # weights are checked too in case someone deleted or truncated files by hand (a cut
     # model.safetensors would otherwise be reported "ready" and fail only when loaded).
-    return ((target / "headscope.json").is_file() and (target / "model.safetensors").is_file()
-            and all(safetensors_complete(p) for p in target.glob("*.safetensors")))
+    return (
+        (target / "headscope.json").is_file()
+        and (target / "model.safetensors").is_file()
+        and all(safetensors_complete(p) for p in target.glob("*.safetensors"))
+    )
 
 
 def safetensors_complete(path: Path) -> bool:
@@ -252,8 +261,7 @@ def convert_gguf(gguf: Path, target: Path, log: Log = lambda m: None, extra: dic
     try:
         with quiet_progress():
             tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-            model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
-                                                         dtype=torch.float32)
+            model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     except Exception as exc:  # gguf raises assorted errors on truncated or foreign files
         raise ModelLoadError(
             f"could not read GGUF file {gguf}: {type(exc).__name__}: {_first_line(exc)}",
@@ -427,8 +435,7 @@ def _wrap(source: ModelSource, hf_model, tokenizer, device, dtype, device_map) -
             bridge = TransformerBridge.boot_transformers(source.path, **kwargs)
         except Exception as exc:
             raise ModelLoadError(
-                f"TransformerLens could not wrap {source.name!r} "
-                f"({type(hf_model).__name__}): {_first_line(exc)}",
+                f"TransformerLens could not wrap {source.name!r} ({type(hf_model).__name__}): {_first_line(exc)}",
                 hint="TransformerBridge supports the architectures listed by "
                 "`TransformerBridge.list_supported_models()`",
             ) from exc

@@ -42,7 +42,7 @@ class FirstToken:
     source: str
 
     @classmethod
-    def choose(cls, bos_id: int | None, eos_id: int | None) -> "FirstToken":
+    def choose(cls, bos_id: int | None, eos_id: int | None) -> FirstToken:
         if bos_id is not None:
             return cls(int(bos_id), "bos")
         if eos_id is not None:
@@ -96,8 +96,13 @@ class HeadscopeModel:
     def info(self) -> dict[str, Any]:
         """Name and shape, as results record them."""
         cfg = self.bridge.cfg
-        return {"name": self.name, "n_layers": self.n_layers, "n_heads": self.n_heads,
-                "n_kv_heads": int(getattr(cfg, "n_key_value_heads", None) or cfg.n_heads), "d_vocab": cfg.d_vocab}
+        return {
+            "name": self.name,
+            "n_layers": self.n_layers,
+            "n_heads": self.n_heads,
+            "n_kv_heads": int(getattr(cfg, "n_key_value_heads", None) or cfg.n_heads),
+            "d_vocab": cfg.d_vocab,
+        }
 
     def __repr__(self) -> str:
         return f"HeadscopeModel({self.name!r}, {self.n_layers} layers x {self.n_heads} heads, {self.source.kind})"
@@ -108,8 +113,13 @@ def as_model(model: Any) -> HeadscopeModel:
     if isinstance(model, HeadscopeModel):
         return model
     if not hasattr(model, "cfg") or not hasattr(model, "run_with_hooks"):
-        raise TypeError(f"expected a model from headscope.load_model or a TransformerLens bridge, got {type(model).__name__}")
+        raise TypeError(
+            f"expected a model from headscope.load_model or a TransformerLens bridge, got {type(model).__name__}"
+        )
     tok = model.tokenizer
     name = str(getattr(model.cfg, "model_name", None) or "model")
-    return HeadscopeModel(model, ModelSource(name, "in-memory", ""),
-                          FirstToken.choose(getattr(tok, "bos_token_id", None), getattr(tok, "eos_token_id", None)))
+    return HeadscopeModel(
+        model,
+        ModelSource(name, "in-memory", ""),
+        FirstToken.choose(getattr(tok, "bos_token_id", None), getattr(tok, "eos_token_id", None)),
+    )

@@ -36,7 +36,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import pandas as pd
 
@@ -67,9 +67,16 @@ def induction_files(rd: ResultDir, res, texts=()) -> None:
 def qk_tables(rd: ResultDir, a) -> None:
     """Stage ``qk.json`` and the CSVs of a :class:`~headscope.qk.QKAnalysis`."""
     rd.write_text("qk.json", a.to_json())
-    rows = [{"head": head_label(l, h), "layer": l, "head_index": h,
-             "reason": a.reasons.get(head_label(l, h), "chosen with --head"),
-             **({k: float(v[l, h]) for k, v in a.scan_scores.items()} if a.scan_scores else {})} for l, h in a.heads]
+    rows = [
+        {
+            "head": head_label(l, h),
+            "layer": l,
+            "head_index": h,
+            "reason": a.reasons.get(head_label(l, h), "chosen with --head"),
+            **({k: float(v[l, h]) for k, v in a.scan_scores.items()} if a.scan_scores else {}),
+        }
+        for l, h in a.heads
+    ]
     rd.write("heads.csv", lambda p: pd.DataFrame(rows).to_csv(p, index=False))
     rd.write("scores.csv", lambda p: a.live.to_frame().to_csv(p, index=False, float_format="%.6g"))
     decs = []
@@ -78,11 +85,16 @@ def qk_tables(rd: ResultDir, a) -> None:
         f.insert(0, "sequence", d.sequence_index)
         f["pairs"] = d.how
         decs.append(f)
-    rd.write("decomposition.csv",
-             lambda p: pd.concat(decs, ignore_index=True).to_csv(p, index=False, float_format="%.6g"))
+    rd.write(
+        "decomposition.csv", lambda p: pd.concat(decs, ignore_index=True).to_csv(p, index=False, float_format="%.6g")
+    )
     rd.write("positional.csv", lambda p: a.positional.to_frame().to_csv(p, index=False, float_format="%.6g"))
-    rd.write("token_qk.csv", lambda p: pd.concat([t.to_frame() for t in a.token_circuits], ignore_index=True)
-             .to_csv(p, index=False, float_format="%.6g"))
+    rd.write(
+        "token_qk.csv",
+        lambda p: pd.concat([t.to_frame() for t in a.token_circuits], ignore_index=True).to_csv(
+            p, index=False, float_format="%.6g"
+        ),
+    )
     rd.write("composition.csv", lambda p: a.composition.to_frame().to_csv(p, index=False, float_format="%.6g"))
 
 
@@ -130,15 +142,23 @@ def logit_tables(rd: ResultDir, a) -> None:
         c.insert(0, "text", n)
         comps.append(c)
     rd.write("effects.csv", lambda p: pd.concat(effects, ignore_index=True).to_csv(p, index=False, float_format="%.6g"))
-    rd.write("components.csv",
-             lambda p: pd.concat(comps, ignore_index=True).to_csv(p, index=False, float_format="%.6g"))
-    rd.write("ov.csv", lambda p: pd.concat([o.to_frame() for o in a.ov.values()], ignore_index=True)
-             .to_csv(p, index=False, float_format="%.6g"))
+    rd.write(
+        "components.csv", lambda p: pd.concat(comps, ignore_index=True).to_csv(p, index=False, float_format="%.6g")
+    )
+    rd.write(
+        "ov.csv",
+        lambda p: pd.concat([o.to_frame() for o in a.ov.values()], ignore_index=True).to_csv(
+            p, index=False, float_format="%.6g"
+        ),
+    )
     rd.write("stories.csv", lambda p: a.stories.to_frame().to_csv(p, index=False, float_format="%.6g"))
     sc = a.scan.scores
     L, H = sc["induction"].shape
-    rows = [{"layer": l, "head": h, "label": head_label(l, h),
-             **{k: float(sc[k][l, h]) for k in SCAN_SCORES if k in sc}} for l in range(L) for h in range(H)]
+    rows = [
+        {"layer": l, "head": h, "label": head_label(l, h), **{k: float(sc[k][l, h]) for k in SCAN_SCORES if k in sc}}
+        for l in range(L)
+        for h in range(H)
+    ]
     rd.write("repeats.csv", lambda p: pd.DataFrame(rows).to_csv(p, index=False, float_format="%.6g"))
 
 

@@ -78,9 +78,16 @@ class HeadsAnalysis:
     def role_table(self) -> list[dict]:
         """One entry per head with at least one role, by layer then head: its roles and the score behind each."""
         sc = self.induction.scores
-        return [{"head": head_label(l, h), "layer": l, "head_index": h, "roles": roles,
-                 "scores": {r: round(float(sc[r][l, h]), 6) for r in roles}}
-                for (l, h), roles in sorted(self.roles().items())]
+        return [
+            {
+                "head": head_label(l, h),
+                "layer": l,
+                "head_index": h,
+                "roles": roles,
+                "scores": {r: round(float(sc[r][l, h]), 6) for r in roles},
+            }
+            for (l, h), roles in sorted(self.roles().items())
+        ]
 
     def role_counts(self) -> dict[str, int]:
         """How many heads take each role (0 included: an absent kind is a finding)."""
@@ -147,11 +154,25 @@ class HeadsAnalysis:
         return heads_html(self)
 
 
-def analyze_heads(model, *, seq_len: int = 50, batch: int = 10, repeats: int = 2, seed: int = 0,
-                  thresholds: dict[str, float] | None = None, icl: bool = True, icl_top: int = ICL_TOP,
-                  icl_windows: int | None = ICL_WINDOWS, ablation: str = "mean", natural_sinks: bool = False,
-                  sink_windows: int = SINK_WINDOWS, files=None, max_memory_gb: float = 2.0,
-                  progress: bool | None = None, log: Callable[[str], None] = lambda s: None) -> HeadsAnalysis:
+def analyze_heads(
+    model,
+    *,
+    seq_len: int = 50,
+    batch: int = 10,
+    repeats: int = 2,
+    seed: int = 0,
+    thresholds: dict[str, float] | None = None,
+    icl: bool = True,
+    icl_top: int = ICL_TOP,
+    icl_windows: int | None = ICL_WINDOWS,
+    ablation: str = "mean",
+    natural_sinks: bool = False,
+    sink_windows: int = SINK_WINDOWS,
+    files=None,
+    max_memory_gb: float = 2.0,
+    progress: bool | None = None,
+    log: Callable[[str], None] = lambda s: None,
+) -> HeadsAnalysis:
     """Every head's roles across every score of the registry, and the ICL check of the top induction heads.
 
     The scan (``seq_len``, ``batch``, ``repeats``, ``seed``: as ``scan_induction``, without its
@@ -167,22 +188,35 @@ def analyze_heads(model, *, seq_len: int = 50, batch: int = 10, repeats: int = 2
     """
     m = as_model(model)
     timings: dict[str, float] = {}
-    res = scan_induction(m, seq_len=seq_len, batch=batch, repeats=repeats, seed=seed, top_k=max(icl_top, 1),
-                         ablate=False, thresholds=thresholds, max_memory_gb=max_memory_gb, sample=False,
-                         progress=progress)
+    res = scan_induction(
+        m,
+        seq_len=seq_len,
+        batch=batch,
+        repeats=repeats,
+        seed=seed,
+        top_k=max(icl_top, 1),
+        ablate=False,
+        thresholds=thresholds,
+        max_memory_gb=max_memory_gb,
+        sample=False,
+        progress=progress,
+    )
     out = HeadsAnalysis(induction=res, timings=timings, notes=list(res.notes))
     window = icl_window(m)
     if icl and window is None:
-        out.notes.append(f"in-context learning score skipped: it reads the loss at token {ICL_LATE}, and this model's "
-                         f"context holds {m.cfg.n_ctx} tokens")
+        out.notes.append(
+            f"in-context learning score skipped: it reads the loss at token {ICL_LATE}, and this model's "
+            f"context holds {m.cfg.n_ctx} tokens"
+        )
     elif icl and window is not None:
         k = min(icl_top, m.n_layers * m.n_heads)
         heads = [(l, h) for l, h, _ in top_k_heads(res.scores["induction"], k)] if k > 0 else []
         named = ", ".join(head_label(*h) for h in heads) or "no head"
         log(f"in-context learning score on natural text, ablating {named}")
         if window < ICL_WINDOW:
-            out.notes.append(f"in-context learning score on windows of {window} tokens (the model's context), not "
-                             f"{ICL_WINDOW}")
+            out.notes.append(
+                f"in-context learning score on windows of {window} tokens (the model's context), not {ICL_WINDOW}"
+            )
         t0 = time.perf_counter()
         out.icl = icl_score(m, files, heads=heads, ablation=ablation, window=window, max_windows=icl_windows)
         timings["icl_s"] = time.perf_counter() - t0
@@ -207,13 +241,21 @@ def icl_window(model) -> int | None:
 
 def describe_icl(icl: ICLResult) -> list[str]:
     """Plain sentences: the ICL score and each ablated head's delta with its standard error."""
-    lines = [f"In-context learning score: {icl.icl_score:+.3f} nats (loss at token {icl.late} {icl.loss_late:.2f} "
-             f"minus token {icl.early} {icl.loss_early:.2f}; SE {icl.icl_stderr:.3f}) on {icl.source}"]
+    lines = [
+        f"In-context learning score: {icl.icl_score:+.3f} nats (loss at token {icl.late} {icl.loss_late:.2f} "
+        f"minus token {icl.early} {icl.loss_early:.2f}; SE {icl.icl_stderr:.3f}) on {icl.source}"
+    ]
     for e in icl.ablations:
         d, se = e["delta"], e["delta_stderr"]
         clear = se == se and abs(d) > 2 * se  # se is nan with one window
-        lines.append(f"  {head_label(e['layer'], e['head'])} {icl.ablation_kind}-ablated: Δ {d:+.3f} (SE {se:.3f})"
-                     + (" - weakens in-context learning on these windows (> 2 SE)" if clear and d > 0 else
-                        " - strengthens it on these windows (> 2 SE)" if clear else " - within noise (< 2 SE)"))
+        lines.append(
+            f"  {head_label(e['layer'], e['head'])} {icl.ablation_kind}-ablated: Δ {d:+.3f} (SE {se:.3f})"
+            + (
+                " - weakens in-context learning on these windows (> 2 SE)"
+                if clear and d > 0
+                else " - strengthens it on these windows (> 2 SE)"
+                if clear
+                else " - within noise (< 2 SE)"
+            )
+        )
     return lines
-

@@ -114,18 +114,29 @@ class LogitAnalysis:
                 parts.append("is in layer 0: no earlier head can K-compose with it")
             else:
                 src = s.k_source
-                parts.append(f"keys read {src['head']} most (K-composition {src['k_composition']:+.3f}, "
-                             f"previous-token {src['previous_token']:.2f})")
+                parts.append(
+                    f"keys read {src['head']} most (K-composition {src['k_composition']:+.3f}, "
+                    f"previous-token {src['previous_token']:.2f})"
+                )
                 if prev and prev[0] is not src:
-                    parts.append(f"a previous-token head among its top {len(s.k_sources)} sources: {prev[0]['head']} "
-                                 f"({prev[0]['previous_token']:.2f})")
+                    parts.append(
+                        f"a previous-token head among its top {len(s.k_sources)} sources: {prev[0]['head']} "
+                        f"({prev[0]['previous_token']:.2f})"
+                    )
                 elif not prev:
-                    parts.append(f"none of its top {len(s.k_sources)} K-composition sources reaches previous-token "
-                                 f"{PREV_TOKEN_THRESHOLD}")
+                    parts.append(
+                        f"none of its top {len(s.k_sources)} K-composition sources reaches previous-token "
+                        f"{PREV_TOKEN_THRESHOLD}"
+                    )
             if s.copying is not None:
-                parts.append(f"OV copying score {s.copying:+.2f}" + (
-                    f", self-rank median {s.self_rank_median:,.0f} of {self.model['d_vocab']:,}"
-                    if s.self_rank_median is not None else ""))
+                parts.append(
+                    f"OV copying score {s.copying:+.2f}"
+                    + (
+                        f", self-rank median {s.self_rank_median:,.0f} of {self.model['d_vocab']:,}"
+                        if s.self_rank_median is not None
+                        else ""
+                    )
+                )
             if s.dla_later is not None and s.dla_first is not None:
                 parts.append(f"direct effect on the copied token {s.dla_later:+.3f} (first repeat {s.dla_first:+.3f})")
             if s.ablation_delta_loss is not None:
@@ -135,8 +146,10 @@ class LogitAnalysis:
         if later is not None and self.stories.stories:
             ind_total = sum(float(later[lh]) for lh in self.story_heads)
             best = ", ".join(f"{head_label(l, h)} {v:+.3f}" for l, h, v in top_k(later, 3))
-            out.append(f"together the top induction heads write {ind_total:+.3f} of the copied token's centred logit "
-                       f"directly; the heads that write it most directly: {best}")
+            out.append(
+                f"together the top induction heads write {ind_total:+.3f} of the copied token's centred logit "
+                f"directly; the heads that write it most directly: {best}"
+            )
         return out
 
     def to_frame(self):
@@ -147,33 +160,51 @@ class LogitAnalysis:
         for l, h in self.heads:
             peak = max(float(t.heads[:, l, h].max()) for t in self.texts)
             ov = self.ov[(l, h)]
-            rows.append({"head": head_label(l, h), "reason": self.reasons.get(head_label(l, h), "chosen with --head"),
-                         "peak_effect": peak,
-                         "mean_effect": float(np.mean([t.heads[:, l, h].mean() for t in self.texts])),
-                         **{k: float(self.scan.scores[k][l, h]) for k in SCAN_SCORES if k in self.scan.scores},
-                         "self_rank_median": float(np.median(ov.self_rank)),
-                         "copies_fraction": float(np.mean(ov.self_rank == 1))})
+            rows.append(
+                {
+                    "head": head_label(l, h),
+                    "reason": self.reasons.get(head_label(l, h), "chosen with --head"),
+                    "peak_effect": peak,
+                    "mean_effect": float(np.mean([t.heads[:, l, h].mean() for t in self.texts])),
+                    **{k: float(self.scan.scores[k][l, h]) for k in SCAN_SCORES if k in self.scan.scores},
+                    "self_rank_median": float(np.median(ov.self_rank)),
+                    "copies_fraction": float(np.mean(ov.self_rank == 1)),
+                }
+            )
         return pd.DataFrame(rows)
 
     def to_dict(self) -> dict:
         scores = {k: np.round(self.scan.scores[k], 6).tolist() for k in SCAN_SCORES if k in self.scan.scores}
         return {
             "model": self.model,
-            "heads": [{"head": head_label(l, h), "reason": self.reasons.get(head_label(l, h), "chosen with --head")}
-                      for l, h in self.heads],
+            "heads": [
+                {"head": head_label(l, h), "reason": self.reasons.get(head_label(l, h), "chosen with --head")}
+                for l, h in self.heads
+            ],
             "notes": self.notes,
             "findings": self.findings(),
             "top_effects": _records(self.top_effects(10)),
             "texts": [t.to_dict() for t in self.texts],
             "ov": [self.ov[lh].to_dict() for lh in self.ov],
             "stories": self.stories.to_dict()["heads"],
-            "scan": {"settings": self.scan.settings, "scores": scores,
-                     "loss": {"first_repeat": round(self.scan.loss_first_repeat, 6),
-                              "later_repeats": round(self.scan.loss_later_repeats, 6)},
-                     "ablation": [{**e, "loss": round(e["loss"], 6), "loss_increase": round(e["loss_increase"], 6)}
-                                  for e in self.scan.ablation]},
-            "composition": {"kind": "K", "baseline": self.composition.baseline,
-                            "baseline_std": self.composition.baseline_std, "note": self.composition.note},
+            "scan": {
+                "settings": self.scan.settings,
+                "scores": scores,
+                "loss": {
+                    "first_repeat": round(self.scan.loss_first_repeat, 6),
+                    "later_repeats": round(self.scan.loss_later_repeats, 6),
+                },
+                "ablation": [
+                    {**e, "loss": round(e["loss"], 6), "loss_increase": round(e["loss_increase"], 6)}
+                    for e in self.scan.ablation
+                ],
+            },
+            "composition": {
+                "kind": "K",
+                "baseline": self.composition.baseline,
+                "baseline_std": self.composition.baseline_std,
+                "note": self.composition.note,
+            },
             "definitions": logit_definitions(),
             "timings": {k: round(v, 2) for k, v in self.timings.items()},
         }
@@ -191,8 +222,18 @@ class LogitAnalysis:
 def _records(frame) -> list[dict]:
     out = []
     for r in frame.to_dict(orient="records"):
-        out.append({k: (round(float(v), 6) if isinstance(v, (float, np.floating)) else
-                        int(v) if isinstance(v, np.integer) else v) for k, v in r.items()})
+        out.append(
+            {
+                k: (
+                    round(float(v), 6)
+                    if isinstance(v, (float, np.floating))
+                    else int(v)
+                    if isinstance(v, np.integer)
+                    else v
+                )
+                for k, v in r.items()
+            }
+        )
     return out
 
 
@@ -212,11 +253,27 @@ def _pick(texts: list[LogitAttribution], scan: InductionResult, top: int) -> tup
     return heads, {k: "; ".join(v) for k, v in why.items()}
 
 
-def analyze_logits(model, texts=None, heads=None, *, top: int = 3, tokens: list[str] | None = None,
-                   max_tokens: int | None = 64, seq_len: int = 50, batch: int = 10, repeats: int = 2, seed: int = 0,
-                   ablate: bool = True, ablation: str = "mean", max_memory_gb: float | None = None, k: int = 10,
-                   scan: InductionResult | None = None, composition: CompositionScores | None = None,
-                   progress: Progress | None = None, scan_progress: bool | None = False) -> LogitAnalysis:
+def analyze_logits(
+    model,
+    texts=None,
+    heads=None,
+    *,
+    top: int = 3,
+    tokens: list[str] | None = None,
+    max_tokens: int | None = 64,
+    seq_len: int = 50,
+    batch: int = 10,
+    repeats: int = 2,
+    seed: int = 0,
+    ablate: bool = True,
+    ablation: str = "mean",
+    max_memory_gb: float | None = None,
+    k: int = 10,
+    scan: InductionResult | None = None,
+    composition: CompositionScores | None = None,
+    progress: Progress | None = None,
+    scan_progress: bool | None = False,
+) -> LogitAnalysis:
     """What ``heads`` (or the strongest pushers and the top ``top`` induction heads) write, from one run.
 
     ``texts``: strings or :class:`~headscope.models.inputs.TokenSequence` (None: the built-in
@@ -242,8 +299,10 @@ def analyze_logits(model, texts=None, heads=None, *, top: int = 3, tokens: list[
     seqs = as_sequences(m, texts, max_tokens)
     for n, s in enumerate(seqs, 1):
         if len(s) < 2:
-            raise BadInput(f"text {n} ({s.text!r}) is a single token: there is no next token to attribute",
-                           hint="give at least two tokens of text")
+            raise BadInput(
+                f"text {n} ({s.text!r}) is a single token: there is no next token to attribute",
+                hint="give at least two tokens of text",
+            )
     chosen = as_heads(m, heads) if heads else None
     asked = source_tokens(m, tokens) if tokens else []
     if top < 1:
@@ -260,8 +319,19 @@ def analyze_logits(model, texts=None, heads=None, *, top: int = 3, tokens: list[
     t = time.perf_counter()
     if scan is None:
         say("induction scan" + (f" with {ablation} ablation" if ablate else ""))
-        scan = scan_induction(m, seq_len=seq_len, batch=batch, repeats=repeats, seed=seed, top_k=top, ablate=ablate,
-                              ablation=ablation, max_memory_gb=max_memory_gb, sample=False, progress=scan_progress)
+        scan = scan_induction(
+            m,
+            seq_len=seq_len,
+            batch=batch,
+            repeats=repeats,
+            seed=seed,
+            top_k=top,
+            ablate=ablate,
+            ablation=ablation,
+            max_memory_gb=max_memory_gb,
+            sample=False,
+            progress=scan_progress,
+        )
     elif "direct_logit_later" not in scan.scores:
         raise BadInput("the given scan has no direct logit effects", hint="run it with this headscope's scan_induction")
     timings["scan_s"] = time.perf_counter() - t
@@ -274,8 +344,10 @@ def analyze_logits(model, texts=None, heads=None, *, top: int = 3, tokens: list[
 
     if chosen is None:
         chosen, reasons = _pick(attributions, scan, top)
-        notes.append(f"heads picked: the top {top} by their largest push on the actual next token in the texts, and "
-                     f"the top {top} induction heads of the scan")
+        notes.append(
+            f"heads picked: the top {top} by their largest push on the actual next token in the texts, and "
+            f"the top {top} induction heads of the scan"
+        )
     else:
         reasons = {}
     story_heads = [(l, h) for l, h, _ in scan.top_heads("induction", min(top, scan.settings.get("top_k", top)))]
@@ -286,15 +358,35 @@ def analyze_logits(model, texts=None, heads=None, *, top: int = 3, tokens: list[
     ids = list(dict.fromkeys(asked + [i for s in seqs for i in s.ids[first:]]))
     eps = float(getattr(m.cfg, "eps", 1e-5))
     tok = m.tokenizer
-    ov = {lh: ov_rows(w, lh[0], lh[1], ids, k=k, eps=eps, decode=lambda i: token_text(tok, i), model=m.name)
-          for lh in dict.fromkeys(chosen + story_heads)}
+    ov = {
+        lh: ov_rows(w, lh[0], lh[1], ids, k=k, eps=eps, decode=lambda i: token_text(tok, i), model=m.name)
+        for lh in dict.fromkeys(chosen + story_heads)
+    }
     timings["ov_s"] = time.perf_counter() - t
 
     stories = induction_stories(
-        story_heads, m.name, ov=ov, induction=scan.scores["induction"], previous_token=scan.scores["previous_token"],
-        k_composition=composition.excess("K"), copying=scan.scores.get("copying"),
-        dla_first=scan.scores["direct_logit_first"], dla_later=scan.scores["direct_logit_later"],
-        ablation=scan.ablation or None)
+        story_heads,
+        m.name,
+        ov=ov,
+        induction=scan.scores["induction"],
+        previous_token=scan.scores["previous_token"],
+        k_composition=composition.excess("K"),
+        copying=scan.scores.get("copying"),
+        dla_first=scan.scores["direct_logit_first"],
+        dla_later=scan.scores["direct_logit_later"],
+        ablation=scan.ablation or None,
+    )
     info = {**m.info(), "norm": w.norm}
-    return LogitAnalysis(model=info, heads=chosen, reasons=reasons, texts=attributions, ov=ov, asked=asked, scan=scan,
-                         composition=composition, stories=stories, notes=notes, timings=timings)
+    return LogitAnalysis(
+        model=info,
+        heads=chosen,
+        reasons=reasons,
+        texts=attributions,
+        ov=ov,
+        asked=asked,
+        scan=scan,
+        composition=composition,
+        stories=stories,
+        notes=notes,
+        timings=timings,
+    )

@@ -28,8 +28,8 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 from .._version import __version__
 from ..errors import OutputError, OutputExists
@@ -37,9 +37,22 @@ from ..errors import OutputError, OutputExists
 MANIFEST = ".headscope-results.json"
 #: Names headscope's commands write: a folder holding only these (and no manifest) is an earlier
 #: version's result set, replaceable with --overwrite.
-KNOWN_NAMES = ("scores.json", "scores.csv", "heatmap_*.png", "loss_by_position.png", "ablation.png", "attention_*.png",
-               "report.html", "qk.json", "heads.csv", "decomposition.csv", "positional.csv", "token_qk.csv",
-               "composition.csv", "figures")
+KNOWN_NAMES = (
+    "scores.json",
+    "scores.csv",
+    "heatmap_*.png",
+    "loss_by_position.png",
+    "ablation.png",
+    "attention_*.png",
+    "report.html",
+    "qk.json",
+    "heads.csv",
+    "decomposition.csv",
+    "positional.csv",
+    "token_qk.csv",
+    "composition.csv",
+    "figures",
+)
 
 
 def describe_os_error(exc: OSError, where: Path) -> OutputError:
@@ -72,8 +85,10 @@ def output_lock(target: Path) -> Iterator[None]:
         lock = FileLock(str(path), timeout=0)
         lock.acquire()
     except Timeout:
-        raise OutputExists(f"another headscope run is writing to {target} right now; nothing was written",
-                           hint="wait for it to finish, or choose another --out") from None
+        raise OutputExists(
+            f"another headscope run is writing to {target} right now; nothing was written",
+            hint="wait for it to finish, or choose another --out",
+        ) from None
     except OSError as exc:
         raise describe_os_error(exc, target) from None
     try:
@@ -91,8 +106,9 @@ def _check_parent(target: Path) -> list[Path]:
     for p in [parent, *parent.parents]:
         if p.exists():
             if not p.is_dir():
-                raise OutputError(f"cannot write results to {target}: {p} is a file, not a directory",
-                                  hint="choose another --out")
+                raise OutputError(
+                    f"cannot write results to {target}: {p} is a file, not a directory", hint="choose another --out"
+                )
             break
         missing.append(p)
     try:
@@ -147,7 +163,7 @@ class ResultDir:
 
     @classmethod
     @contextlib.contextmanager
-    def open(cls, out: str | os.PathLike, *, command: str, overwrite: bool = False) -> Iterator["ResultDir"]:
+    def open(cls, out: str | os.PathLike, *, command: str, overwrite: bool = False) -> Iterator[ResultDir]:
         """Check ``out``, lock it and stage a new set beside it; the block writes and commits."""
         target = Path(out)
         if target.exists() and not target.is_dir():
@@ -187,8 +203,12 @@ class ResultDir:
 
     def commit(self) -> list[Path]:
         """Move the staged set into place (old set aside, new set in, old set deleted); returns the paths."""
-        manifest = {"command": self.command, "headscope": __version__, "written": time.strftime("%Y-%m-%d %H:%M:%S"),
-                    "files": self.written}
+        manifest = {
+            "command": self.command,
+            "headscope": __version__,
+            "written": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "files": self.written,
+        }
         try:
             (self.staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
             _normal_permissions(self.staging)
@@ -224,16 +244,20 @@ def check_replaceable(target: Path, overwrite: bool) -> None:
     if not manifest.is_file() and not legacy:
         raise OutputExists(
             f"--out {target} already holds files headscope did not write ({', '.join(sorted(entries)[:3])}"
-            + (" ..." if len(entries) > 3 else "") + "); nothing was written",
-            hint="choose a new or empty directory for --out (headscope replaces only its own result sets)")
+            + (" ..." if len(entries) > 3 else "")
+            + "); nothing was written",
+            hint="choose a new or empty directory for --out (headscope replaces only its own result sets)",
+        )
     if not overwrite:
         try:
             files = json.loads(manifest.read_text()).get("files", [])
         except (OSError, ValueError):
             files = entries
         shown = ", ".join(files[:4]) + (" ..." if len(files) > 4 else "")
-        raise OutputExists(f"{target} already holds results ({shown}); nothing was written",
-                           hint="pass --overwrite to replace them, or choose another --out")
+        raise OutputExists(
+            f"{target} already holds results ({shown}); nothing was written",
+            hint="pass --overwrite to replace them, or choose another --out",
+        )
 
 
 class ResultFile:
@@ -245,11 +269,15 @@ class ResultFile:
         """Check and lock ``out`` now; yields ``write(text)``, which stages and renames in one go."""
         target = Path(out)
         if target.is_dir():
-            raise OutputError(f"--out {target} is a directory", hint="--out names the HTML file to write, e.g. --out report.html")
+            raise OutputError(
+                f"--out {target} is a directory", hint="--out names the HTML file to write, e.g. --out report.html"
+            )
         with _parent_ready(target), output_lock(target):
             if target.exists() and not overwrite:
-                raise OutputExists(f"{target} already exists; nothing was written",
-                                   hint="pass --overwrite to replace it, or choose another --out")
+                raise OutputExists(
+                    f"{target} already exists; nothing was written",
+                    hint="pass --overwrite to replace it, or choose another --out",
+                )
             probe_writable(target.parent, target)
 
             def write(text: str) -> Path:

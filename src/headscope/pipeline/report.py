@@ -6,7 +6,7 @@ place that does.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from ..models.inputs import TokenSequence, encode_texts
 from ..models.model import as_model
@@ -15,12 +15,26 @@ from ..render.report import Report
 from ..scan import attention_sample, scan_induction
 
 
-def build_report(model, texts: list[str] | list[tuple[str, str]] | None = None, *, seq_len: int = 50,
-                 batch: int = 10, repeats: int = 2, seed: int = 0, top_k: int = 5, ablate: bool = True,
-                 ablation: str = "mean", thresholds: dict[str, float] | None = None, qk: bool = True,
-                 qk_top: int = 3, logits: bool = True, max_memory_gb: float = 2.0, progress: bool | None = None,
-                 attention: str = "auto",
-                 log: Callable[[str], None] = lambda s: None) -> Report:
+def build_report(
+    model,
+    texts: list[str] | list[tuple[str, str]] | None = None,
+    *,
+    seq_len: int = 50,
+    batch: int = 10,
+    repeats: int = 2,
+    seed: int = 0,
+    top_k: int = 5,
+    ablate: bool = True,
+    ablation: str = "mean",
+    thresholds: dict[str, float] | None = None,
+    qk: bool = True,
+    qk_top: int = 3,
+    logits: bool = True,
+    max_memory_gb: float = 2.0,
+    progress: bool | None = None,
+    attention: str = "auto",
+    log: Callable[[str], None] = lambda s: None,
+) -> Report:
     """Run the induction scan, the QK analysis and the logit analysis on ``model``; gather them into a :class:`Report`.
 
     ``texts``: strings or ``(title, text)`` pairs for the attention views and the QK and logit
@@ -38,15 +52,29 @@ def build_report(model, texts: list[str] | list[tuple[str, str]] | None = None, 
     """
     m = as_model(model)
     seqs = texts_to_sequences(m, texts)
-    res = scan_induction(m, seq_len=seq_len, batch=batch, repeats=repeats, seed=seed, top_k=top_k,
-                         ablate=ablate, ablation=ablation, thresholds=thresholds, max_memory_gb=max_memory_gb,
-                         progress=progress, attention=attention)
+    res = scan_induction(
+        m,
+        seq_len=seq_len,
+        batch=batch,
+        repeats=repeats,
+        seed=seed,
+        top_k=top_k,
+        ablate=ablate,
+        ablation=ablation,
+        thresholds=thresholds,
+        max_memory_gb=max_memory_gb,
+        progress=progress,
+        attention=attention,
+    )
     heads = [(l, h) for l, h, _ in res.top_heads("induction", min(top_k, 6))]
     log("attention of the top heads on the texts")
-    samples = [attention_sample(m, seq, heads, f"Top induction heads on {seq.title}", max_tokens=MAX_VIEW_TOKENS)
-               for seq in seqs]
-    rep = Report(model=dict(res.model), induction=res, texts=samples, sources=[s.text for s in seqs],
-                 notes=list(res.notes))
+    samples = [
+        attention_sample(m, seq, heads, f"Top induction heads on {seq.title}", max_tokens=MAX_VIEW_TOKENS)
+        for seq in seqs
+    ]
+    rep = Report(
+        model=dict(res.model), induction=res, texts=samples, sources=[s.text for s in seqs], notes=list(res.notes)
+    )
     if qk:
         from ..qk import analyze_qk
 
@@ -61,9 +89,14 @@ def build_report(model, texts: list[str] | list[tuple[str, str]] | None = None, 
     if logits:
         from .logits import analyze_logits
 
-        rep.logits = analyze_logits(m, seqs, top=qk_top, scan=res,
-                                    composition=rep.qk.composition if rep.qk is not None else None,
-                                    progress=lambda stage: log(f"logits: {stage}"))
+        rep.logits = analyze_logits(
+            m,
+            seqs,
+            top=qk_top,
+            scan=res,
+            composition=rep.qk.composition if rep.qk is not None else None,
+            progress=lambda stage: log(f"logits: {stage}"),
+        )
     return rep
 
 

@@ -26,9 +26,10 @@ import os
 import re
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import BadInput, HeadscopeError
 from ..heads import head_label
@@ -45,18 +46,28 @@ from .outputs import describe_os_error, output_lock, probe_writable, write_file_
 RESULT_SETTINGS = ("seq_len", "batch", "repeats", "seed", "top_k", "ablate", "ablation", "dtype")
 #: What run_sweep passes to scan_induction unless told otherwise (ablation off: a sweep wants
 #: the scores and the loss; the causal check costs top_k + 2 more passes per entry).
-DEFAULT_SCAN = {"seq_len": 50, "batch": 10, "repeats": 2, "seed": 0, "top_k": 5, "ablate": False,
-                "ablation": "mean", "max_memory_gb": None, "chunk_size": None, "attention": "auto"}
+DEFAULT_SCAN = {
+    "seq_len": 50,
+    "batch": 10,
+    "repeats": 2,
+    "seed": 0,
+    "top_k": 5,
+    "ablate": False,
+    "ablation": "mean",
+    "max_memory_gb": None,
+    "chunk_size": None,
+    "attention": "auto",
+}
 
 SUMMARY_DEFINITIONS = {
     "induction_top": "Induction score of the entry's best head (definition: induction).",
     "induction_sum": "Induction score summed over every head of every layer: grows with the number of "
-                     "heads doing induction, and with the number of heads the model has.",
+    "heads doing induction, and with the number of heads the model has.",
     "prefix_matching_top": "Prefix-matching score of the best prefix-matching head.",
     "loss_first_repeat": "Mean loss (nats) on targets in the first repeat: unpredictable, about ln(vocab).",
     "loss_later_repeats": "Mean loss (nats) on targets in repeats 2..R: falls when induction heads work.",
     "same_weights_as": "The first entry of the sweep whose weights are bit-identical to this entry's (sha256 over "
-                       "every parameter, weights_sha256): the same model under another name or step.",
+    "every parameter, weights_sha256): the same model under another name or step.",
     "induction": declared("induction").definition,
 }
 
@@ -137,15 +148,23 @@ def plan_sweep(models: list[str], revisions: list[str] | None = None) -> list[Sw
             )
         path = local and model not in builtin.BUILTINS
         base = Path(model.rstrip("/")).name if path else model
-        for rev in (revisions or [None]):  # type: ignore[list-item]
+        for rev in revisions or [None]:  # type: ignore[list-item]
             step = step_of(rev) if rev else step_of(model)
             # a checkpoint directory belongs to the run that holds it: run/checkpoint-500 -> run
             series = str(Path(model.rstrip("/")).parent) if path and step is not None else model
             entries.append(SweepEntry(model, rev, f"{base}@{rev}" if rev else base, step, series))
     # Two directories with the same name (a/final, b/final): label them by their full spec.
     labels = [e.label for e in entries]
-    entries = [SweepEntry(e.model, e.revision, (f"{e.model}@{e.revision}" if e.revision else e.model)
-                          if labels.count(e.label) > 1 else e.label, e.step, e.series) for e in entries]
+    entries = [
+        SweepEntry(
+            e.model,
+            e.revision,
+            (f"{e.model}@{e.revision}" if e.revision else e.model) if labels.count(e.label) > 1 else e.label,
+            e.step,
+            e.series,
+        )
+        for e in entries
+    ]
     keys = [e.key for e in entries]
     dupes = sorted({e.label for e in entries if keys.count(e.key) > 1})
     if dupes:
@@ -155,11 +174,14 @@ def plan_sweep(models: list[str], revisions: list[str] | None = None) -> list[Sw
 
 def summarise(res: InductionResult) -> dict:
     """The numbers a sweep table shows for one scan (definitions: :data:`SUMMARY_DEFINITIONS`)."""
-    (l, h, top), = res.top_heads("induction", 1)
-    (_, _, pm), = res.top_heads("prefix_matching", 1)
+    ((l, h, top),) = res.top_heads("induction", 1)
+    ((_, _, pm),) = res.top_heads("prefix_matching", 1)
     return {
-        "n_layers": res.model["n_layers"], "n_heads": res.model["n_heads"],
-        "top_head": head_label(l, h), "top_layer": l, "top_head_index": h,
+        "n_layers": res.model["n_layers"],
+        "n_heads": res.model["n_heads"],
+        "top_head": head_label(l, h),
+        "top_layer": l,
+        "top_head_index": h,
         "induction_top": round(top, 6),
         "induction_sum": round(float(res.scores["induction"].sum()), 6),
         "prefix_matching_top": round(pm, 6),
@@ -190,8 +212,12 @@ class SweepResult:
         return pd.DataFrame(self.rows)
 
     def to_dict(self) -> dict:
-        return {"settings": self.settings, "entries": self.rows, "failures": self.failures,
-                "definitions": SUMMARY_DEFINITIONS}
+        return {
+            "settings": self.settings,
+            "entries": self.rows,
+            "failures": self.failures,
+            "definitions": SUMMARY_DEFINITIONS,
+        }
 
     def to_json(self, indent: int | None = 2) -> str:
         return dumps(self.to_dict(), indent=indent)
@@ -253,8 +279,15 @@ class EntryJob:
 
     def run(self, *, progress: bool | None = False, log: Callable[[str], None] | None = None) -> dict:
         """Load, fingerprint, scan and summarise this entry; returns its record (what entries/<key>.json holds)."""
-        return _run_entry(self.entry, self.settings, device=self.device, dtype=self.dtype,
-                          device_map=self.device_map, progress=progress, log=log)
+        return _run_entry(
+            self.entry,
+            self.settings,
+            device=self.device,
+            dtype=self.dtype,
+            device_map=self.device_map,
+            progress=progress,
+            log=log,
+        )
 
 
 #: What an executor yields per job as it finishes: (job, record, None) or (job, None, failure).
@@ -318,8 +351,7 @@ def run_sweep(
     """
     unknown = set(scan) - set(DEFAULT_SCAN)
     if unknown:
-        raise BadInput(f"unknown scan setting(s) {', '.join(sorted(unknown))}",
-                       hint=f"use: {', '.join(DEFAULT_SCAN)}")
+        raise BadInput(f"unknown scan setting(s) {', '.join(sorted(unknown))}", hint=f"use: {', '.join(DEFAULT_SCAN)}")
     out = Path(out_dir)
     try:  # before any model loads: the same exit code (5) and message as every other command's --out
         (out / "entries").mkdir(parents=True, exist_ok=True)
@@ -327,13 +359,37 @@ def run_sweep(
         raise describe_os_error(exc, out) from None
     probe_writable(out / "entries", out)
     with output_lock(out):  # a second sweep into the same --out fails at once (exit 4)
-        return _run_sweep(entries, out, device=device, dtype=dtype, device_map=device_map, rerun=rerun,
-                          figure=figure, emit=on_event or (lambda kind, entry, info: None), log=log,
-                          progress=progress, executor=executor, scan=scan)
+        return _run_sweep(
+            entries,
+            out,
+            device=device,
+            dtype=dtype,
+            device_map=device_map,
+            rerun=rerun,
+            figure=figure,
+            emit=on_event or (lambda kind, entry, info: None),
+            log=log,
+            progress=progress,
+            executor=executor,
+            scan=scan,
+        )
 
 
-def _run_sweep(entries: list[SweepEntry], out: Path, *, device, dtype, device_map, rerun: bool, figure: bool,
-               emit: Event, log, progress, executor, scan: dict) -> SweepResult:
+def _run_sweep(
+    entries: list[SweepEntry],
+    out: Path,
+    *,
+    device,
+    dtype,
+    device_map,
+    rerun: bool,
+    figure: bool,
+    emit: Event,
+    log,
+    progress,
+    executor,
+    scan: dict,
+) -> SweepResult:
     settings = {**DEFAULT_SCAN, **scan, "dtype": str(dtype)}
     executor = executor or LocalExecutor(progress=progress, log=log)
 
@@ -352,7 +408,8 @@ def _run_sweep(entries: list[SweepEntry], out: Path, *, device, dtype, device_ma
         if clashes:
             raise BadInput(
                 f"{out} holds sweep results made with other settings ({'; '.join(clashes[:3])}"
-                + (" ..." if len(clashes) > 3 else "") + "); nothing was run",
+                + (" ..." if len(clashes) > 3 else "")
+                + "); nothing was run",
                 hint="use the same settings to resume that sweep, another --out for a new one, "
                 "or --overwrite to recompute every entry",
             )
@@ -400,8 +457,9 @@ def _run_sweep(entries: list[SweepEntry], out: Path, *, device, dtype, device_ma
 
 def _run_entry(e: SweepEntry, settings: dict, *, device, dtype, device_map, progress, log) -> dict:
     t0 = time.perf_counter()
-    model = load_model(e.model, device=device, dtype=dtype, device_map=device_map, revision=e.revision,
-                       log=log or (lambda msg: None))
+    model = load_model(
+        e.model, device=device, dtype=dtype, device_map=device_map, revision=e.revision, log=log or (lambda msg: None)
+    )
     t_load = time.perf_counter() - t0
     try:
         weights = _fingerprint(model)
@@ -412,9 +470,14 @@ def _run_entry(e: SweepEntry, settings: dict, *, device, dtype, device_map, prog
     finally:
         del model
         _free_memory()
-    return {"entry": e.to_dict(), "settings": settings, "summary": summarise(res), "weights": weights,
-            "seconds": {"load": round(t_load, 3), "fingerprint": round(t_hash, 3), "scan": round(t_scan, 3)},
-            "result": res.to_dict()}
+    return {
+        "entry": e.to_dict(),
+        "settings": settings,
+        "summary": summarise(res),
+        "weights": weights,
+        "seconds": {"load": round(t_load, 3), "fingerprint": round(t_hash, 3), "scan": round(t_scan, 3)},
+        "result": res.to_dict(),
+    }
 
 
 def _fingerprint(model) -> dict:
@@ -452,18 +515,35 @@ def entry_failure(e: SweepEntry, exc: BaseException, tb: str | None = None) -> d
     """The failure record of an entry (what ``failures`` and sweep.json hold); ``tb`` defaults to
     the traceback being handled."""
     message = exc.message if isinstance(exc, HeadscopeError) else f"{type(exc).__name__}: {exc}"
-    return {"label": e.label, "model": e.model, "revision": e.revision, "key": e.key,
-            "error": (message.strip().splitlines() or [""])[0][:500],
-            "hint": getattr(exc, "hint", None), "traceback": tb if tb is not None else traceback.format_exc()}
+    return {
+        "label": e.label,
+        "model": e.model,
+        "revision": e.revision,
+        "key": e.key,
+        "error": (message.strip().splitlines() or [""])[0][:500],
+        "hint": getattr(exc, "hint", None),
+        "traceback": tb if tb is not None else traceback.format_exc(),
+    }
 
 
 def _row(e: SweepEntry, rec: dict | None, failures: list[dict]) -> dict:
-    row: dict[str, Any] = {"label": e.label, "model": e.model, "revision": e.revision, "step": e.step,
-                           "series": e.series}
+    row: dict[str, Any] = {
+        "label": e.label,
+        "model": e.model,
+        "revision": e.revision,
+        "step": e.step,
+        "series": e.series,
+    }
     failed = next((f for f in failures if f["key"] == e.key), None)
     if rec is not None:
-        row.update(status="done", **rec["summary"], load_s=rec["seconds"]["load"], scan_s=rec["seconds"]["scan"],
-                   file=f"entries/{e.key}.json", weights_sha256=(rec.get("weights") or {}).get("sha256"))
+        row.update(
+            status="done",
+            **rec["summary"],
+            load_s=rec["seconds"]["load"],
+            scan_s=rec["seconds"]["scan"],
+            file=f"entries/{e.key}.json",
+            weights_sha256=(rec.get("weights") or {}).get("sha256"),
+        )
     else:
         row.update(status="failed" if failed else "pending", error=failed["error"] if failed else None)
     return row
@@ -474,8 +554,10 @@ def write_table(result: SweepResult, out: Path) -> list[Path]:
     import pandas as pd
 
     out.mkdir(parents=True, exist_ok=True)
-    public = {**result.to_dict(), "failures": [{k: v for k, v in f.items() if k != "traceback"}
-                                               for f in result.failures]}
+    public = {
+        **result.to_dict(),
+        "failures": [{k: v for k, v in f.items() if k != "traceback"} for f in result.failures],
+    }
     _write_atomic(out / "sweep.json", dumps(public, indent=2))
     _write_atomic(out / "sweep.csv", pd.DataFrame(result.rows).to_csv(index=False, float_format="%.6f"))
     return [out / "sweep.json", out / "sweep.csv"]

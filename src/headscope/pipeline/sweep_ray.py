@@ -28,7 +28,7 @@ import logging
 import os
 import socket
 import time
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 from ..errors import BadInput, HeadscopeError
 from .sweep import EntryJob, Event, Outcome, entry_failure
@@ -43,8 +43,9 @@ def import_ray():
     try:
         import ray
     except ImportError:
-        raise BadInput("--executor ray needs Ray, which is not installed in this environment",
-                       hint=INSTALL_HINT) from None
+        raise BadInput(
+            "--executor ray needs Ray, which is not installed in this environment", hint=INSTALL_HINT
+        ) from None
     return ray
 
 
@@ -58,9 +59,11 @@ def split_address(address: str) -> tuple[str, int]:
     rest = address.removeprefix("ray://")
     host, sep, port = rest.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise BadInput(f"--address {address!r} is not a Ray cluster address",
-                       hint="use auto (the cluster started with `ray start` on this machine), HOST:PORT of "
-                       "the head node (port 6379 unless changed) or ray://HOST:PORT (Ray Client, port 10001)")
+        raise BadInput(
+            f"--address {address!r} is not a Ray cluster address",
+            hint="use auto (the cluster started with `ray start` on this machine), HOST:PORT of "
+            "the head node (port 6379 unless changed) or ray://HOST:PORT (Ray Client, port 10001)",
+        )
     return host.strip("[]"), int(port)
 
 
@@ -80,16 +83,20 @@ def probe_address(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
     """
     host, port = split_address(address)
     where = f"{host}:{port}"
-    hint = ("check the address (`ray status` on the head prints it), that the cluster is running, and that "
-            "this machine can reach the port (firewall, VPN, SSH tunnel)")
+    hint = (
+        "check the address (`ray status` on the head prints it), that the cluster is running, and that "
+        "this machine can reach the port (firewall, VPN, SSH tunnel)"
+    )
     t0 = time.perf_counter()
     try:
         sock = socket.create_connection((host, port), timeout=timeout)
     except socket.gaierror as exc:
         raise BadInput(f"--address {address}: unknown host {host!r} ({exc.strerror or exc})", hint=hint) from None
     except OSError as exc:
-        raise BadInput(f"no Ray cluster answers at {where}: {exc.strerror or exc} "
-                       f"(after {time.perf_counter() - t0:.1f} s)", hint=hint) from None
+        raise BadInput(
+            f"no Ray cluster answers at {where}: {exc.strerror or exc} (after {time.perf_counter() - t0:.1f} s)",
+            hint=hint,
+        ) from None
     with sock:
         try:
             sock.settimeout(max(0.1, timeout - (time.perf_counter() - t0)))
@@ -98,10 +105,12 @@ def probe_address(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
         except OSError:
             head = b""
     if len(head) < 4 or head[3] != 0x04:
-        raise BadInput(f"something listens at {where}, but it does not answer like a Ray cluster's head "
-                       f"(no gRPC reply within {timeout:.0f} s)",
-                       hint="the head's GCS port is 6379 unless `ray start --port` changed it; Ray Client "
-                       "addresses start with ray:// (port 10001)")
+        raise BadInput(
+            f"something listens at {where}, but it does not answer like a Ray cluster's head "
+            f"(no gRPC reply within {timeout:.0f} s)",
+            hint="the head's GCS port is 6379 unless `ray start --port` changed it; Ray Client "
+            "addresses start with ray:// (port 10001)",
+        )
 
 
 # --- the executor -------------------------------------------------------------------------------
@@ -128,13 +137,24 @@ class RayExecutor:
 
     name = "ray"
 
-    def __init__(self, address: str | None = None, *, cpus_per_task: float = 1.0, gpus_per_task: float = 1.0,
-                 max_retries: int = 0, local_cpus: int | None = None, runtime_env: dict | None = None,
-                 connect_timeout: float = CONNECT_TIMEOUT_S, log: Callable[[str], None] | None = None,
-                 entry_fn: Callable[[EntryJob], dict] | None = None):
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        cpus_per_task: float = 1.0,
+        gpus_per_task: float = 1.0,
+        max_retries: int = 0,
+        local_cpus: int | None = None,
+        runtime_env: dict | None = None,
+        connect_timeout: float = CONNECT_TIMEOUT_S,
+        log: Callable[[str], None] | None = None,
+        entry_fn: Callable[[EntryJob], dict] | None = None,
+    ):
         if cpus_per_task <= 0 or gpus_per_task <= 0:
-            raise BadInput("--cpus-per-task and --gpus-per-task must be positive",
-                           hint="e.g. --cpus-per-task 4, --gpus-per-task 0.5")
+            raise BadInput(
+                "--cpus-per-task and --gpus-per-task must be positive",
+                hint="e.g. --cpus-per-task 4, --gpus-per-task 0.5",
+            )
         address = (address or "").strip() or None
         if address not in (None, "auto", "local"):
             split_address(address)  # a malformed address is refused before anything else
@@ -170,15 +190,19 @@ class RayExecutor:
             refs = {}
             for job in jobs:
                 ref = task.options(name=f"headscope-sweep:{job.entry.label}").remote(
-                    dataclasses.replace(job, device=device), self.entry_fn, threads)
+                    dataclasses.replace(job, device=device), self.entry_fn, threads
+                )
                 refs[ref] = job
         except BaseException:
             if started:
                 ray.shutdown()
             raise
-        self.log(f"Ray: {len(jobs)} entries submitted to {self._where(ray, started)}; each task asks for "
-                 f"{_amount(self.cpus_per_task, 'CPU')}" + (f" and {_amount(gpus, 'GPU')}" if gpus else "")
-                 + f" and runs on {device}")
+        self.log(
+            f"Ray: {len(jobs)} entries submitted to {self._where(ray, started)}; each task asks for "
+            f"{_amount(self.cpus_per_task, 'CPU')}"
+            + (f" and {_amount(gpus, 'GPU')}" if gpus else "")
+            + f" and runs on {device}"
+        )
         return self._collect(ray, refs, started)
 
     def _collect(self, ray, refs: dict, started: bool) -> Iterator[Outcome]:
@@ -215,11 +239,16 @@ class RayExecutor:
         if ray.is_initialized():
             here = _gcs_address(ray)
             if addr is not None and not addr.startswith("ray://") and here and _same_place(addr, here) is False:
-                raise BadInput(f"this process is already connected to the Ray cluster at {here}, not {addr}",
-                               hint="call ray.shutdown() first, or leave address unset to use that cluster")
+                raise BadInput(
+                    f"this process is already connected to the Ray cluster at {here}, not {addr}",
+                    hint="call ray.shutdown() first, or leave address unset to use that cluster",
+                )
             return False
-        kwargs = {"log_to_driver": False,  # worker output would land in --json stdout; failures carry tracebacks
-                  "logging_level": logging.WARNING, "runtime_env": self.runtime_env}
+        kwargs = {
+            "log_to_driver": False,  # worker output would land in --json stdout; failures carry tracebacks
+            "logging_level": logging.WARNING,
+            "runtime_env": self.runtime_env,
+        }
         try:
             if addr is None:
                 ray.init(address="local", num_cpus=self.local_cpus, include_dashboard=False, **kwargs)
@@ -233,9 +262,11 @@ class RayExecutor:
             elif addr is None:
                 hint = "see the Ray logs under /tmp/ray/session_latest/logs, or start a cluster with `ray start --head`"
             else:
-                hint = ("the Ray version here must match the cluster's (`ray status` on the head); a cluster with token "
-                        "authentication (newer Ray's default) needs RAY_AUTH_MODE=token here and its token in "
-                        "RAY_AUTH_TOKEN or ~/.ray/auth_token")
+                hint = (
+                    "the Ray version here must match the cluster's (`ray status` on the head); a cluster with token "
+                    "authentication (newer Ray's default) needs RAY_AUTH_MODE=token here and its token in "
+                    "RAY_AUTH_TOKEN or ~/.ray/auth_token"
+                )
             where = "start a local Ray cluster" if addr is None else f"connect to Ray at {addr}"
             raise BadInput(f"could not {where}: {first}", hint=hint) from None
         return True
@@ -244,34 +275,53 @@ class RayExecutor:
         res = ray.cluster_resources()
         nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
         kind = "a local Ray cluster" if started and self.address is None else f"the Ray cluster at {_gcs_address(ray)}"
-        return (f"{kind} ({nodes} node{'s' if nodes != 1 else ''}, {_amount(res.get('CPU', 0), 'CPU')}, "
-                f"{_amount(res.get('GPU', 0), 'GPU')})")
+        return (
+            f"{kind} ({nodes} node{'s' if nodes != 1 else ''}, {_amount(res.get('CPU', 0), 'CPU')}, "
+            f"{_amount(res.get('GPU', 0), 'GPU')})"
+        )
 
     def _placement(self, ray, device: str, device_map) -> tuple[str, float]:
         """(device the worker loads on, GPUs each task asks for); refuses what no node can give."""
         dev = str(device or "auto").lower()
         cluster_gpus = ray.cluster_resources().get("GPU", 0)
         if dev.startswith("cuda:"):
-            raise BadInput(f"--device {device} names one GPU, but with --executor ray each task gets its own",
-                           hint="use --device cuda (or auto): Ray hands each task a GPU of its node")
+            raise BadInput(
+                f"--device {device} names one GPU, but with --executor ray each task gets its own",
+                hint="use --device cuda (or auto): Ray hands each task a GPU of its node",
+            )
         if dev == "auto":
             dev = "cuda" if cluster_gpus else "cpu"
         if dev == "cuda" and not cluster_gpus:
-            raise BadInput("--device cuda was asked for, but the Ray cluster has no GPUs",
-                           hint="use --device cpu (or auto), or start the cluster's nodes with their GPUs "
-                           "(`ray start --num-gpus N`)")
+            raise BadInput(
+                "--device cuda was asked for, but the Ray cluster has no GPUs",
+                hint="use --device cpu (or auto), or start the cluster's nodes with their GPUs "
+                "(`ray start --num-gpus N`)",
+            )
         on_gpu = dev == "cuda" or (device_map is not None and cluster_gpus > 0)
         gpus = self.gpus_per_task if on_gpu else 0.0
-        fits = [n for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU", 0) >= self.cpus_per_task
-                and n["Resources"].get("GPU", 0) >= gpus]
+        fits = [
+            n
+            for n in ray.nodes()
+            if n.get("Alive")
+            and n["Resources"].get("CPU", 0) >= self.cpus_per_task
+            and n["Resources"].get("GPU", 0) >= gpus
+        ]
         if not fits:
-            sizes = "; ".join(f"{_amount(n['Resources'].get('CPU', 0), 'CPU')}, "
-                              f"{_amount(n['Resources'].get('GPU', 0), 'GPU')}"
-                              for n in ray.nodes() if n.get("Alive")) or "no live nodes"
-            raise BadInput(f"no node of the Ray cluster can run a task that asks for "
-                           f"{_amount(self.cpus_per_task, 'CPU')}" + (f" and {_amount(gpus, 'GPU')}" if gpus else "")
-                           + f" (nodes: {sizes}); Ray would wait for one forever",
-                           hint="lower --cpus-per-task / --gpus-per-task, or add a node that has them")
+            sizes = (
+                "; ".join(
+                    f"{_amount(n['Resources'].get('CPU', 0), 'CPU')}, {_amount(n['Resources'].get('GPU', 0), 'GPU')}"
+                    for n in ray.nodes()
+                    if n.get("Alive")
+                )
+                or "no live nodes"
+            )
+            raise BadInput(
+                f"no node of the Ray cluster can run a task that asks for "
+                f"{_amount(self.cpus_per_task, 'CPU')}"
+                + (f" and {_amount(gpus, 'GPU')}" if gpus else "")
+                + f" (nodes: {sizes}); Ray would wait for one forever",
+                hint="lower --cpus-per-task / --gpus-per-task, or add a node that has them",
+            )
         return dev, gpus
 
 
@@ -297,9 +347,14 @@ def _run_in_worker(job: EntryJob, entry_fn, threads: int) -> dict:
     except Exception as exc:  # the entry's own failure (a model that will not load...): keep its message and hint
         return {"failure": entry_failure(job.entry, exc)}
     # where it ran and what it took: peak RSS is the worker process's since it started (Linux: KiB)
-    record["worker"] = {"executor": "ray", "host": socket.gethostname(), "pid": os.getpid(), "device": job.device,
-                        "threads": torch.get_num_threads(),
-                        "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)}
+    record["worker"] = {
+        "executor": "ray",
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "device": job.device,
+        "threads": torch.get_num_threads(),
+        "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
+    }
     if cuda:
         record["worker"]["peak_gpu_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
     return {"record": record}
@@ -310,18 +365,26 @@ def _lost_task(job: EntryJob, exc: BaseException) -> dict:
     name = type(exc).__name__
     first = (str(exc).strip().splitlines() or [""])[0][:300]
     if "OutOfMemory" in name:
-        msg, hint = (f"Ray stopped the task: its node ran out of memory ({first})",
-                     "run fewer tasks per node (raise --cpus-per-task), or lower --max-memory / --batch")
+        msg, hint = (
+            f"Ray stopped the task: its node ran out of memory ({first})",
+            "run fewer tasks per node (raise --cpus-per-task), or lower --max-memory / --batch",
+        )
     elif "Cancelled" in name:
         msg, hint = "the task was cancelled", "run the same command again to run it"
     elif "WorkerCrashed" in name or "ActorDied" in name or "NodeDied" in name:
-        msg, hint = (f"the Ray worker running this entry died before it returned ({name})",
-                     ("a worker dies when the system kills it (out of memory) or its node goes away; the "
-                      "worker's log is under /tmp/ray/session_latest/logs on its node. Run the same command "
-                      "again to retry the entry"))
+        msg, hint = (
+            f"the Ray worker running this entry died before it returned ({name})",
+            (
+                "a worker dies when the system kills it (out of memory) or its node goes away; the "
+                "worker's log is under /tmp/ray/session_latest/logs on its node. Run the same command "
+                "again to retry the entry"
+            ),
+        )
     else:
-        msg, hint = (f"the Ray task failed: {name}: {first}",
-                     "if a worker cannot import headscope, install it (same version) on every node")
+        msg, hint = (
+            f"the Ray task failed: {name}: {first}",
+            "if a worker cannot import headscope, install it (same version) on every node",
+        )
     return entry_failure(job.entry, HeadscopeError(msg, hint), tb=str(exc))
 
 
@@ -337,9 +400,11 @@ def _resolve_auto(ray) -> str | None:
     try:
         found = canonicalize_bootstrap_address("auto")
     except ConnectionError:
-        raise BadInput("--address auto: no Ray cluster is running on this machine and RAY_ADDRESS is not set",
-                       hint="start one with `ray start --head`, give the head's HOST:PORT, or leave --address out "
-                       "to start a local cluster for this sweep") from None
+        raise BadInput(
+            "--address auto: no Ray cluster is running on this machine and RAY_ADDRESS is not set",
+            hint="start one with `ray start --head`, give the head's HOST:PORT, or leave --address out "
+            "to start a local cluster for this sweep",
+        ) from None
     return found or "auto"
 
 

@@ -15,6 +15,17 @@ from .live import qk_scores
 from .results import CompositionScores, PositionalQK, QKDecomposition, QKScores, TokenQK
 
 __all__ = [
-    "CompositionScores", "QKAnalysis", "analyze_qk", "pick_heads", "PositionalQK", "QKDecomposition", "QKScores",
-    "TokenQK", "composition_scores", "decompose_qk", "positional_qk", "qk_scores", "token_qk",
+    "CompositionScores",
+    "QKAnalysis",
+    "analyze_qk",
+    "pick_heads",
+    "PositionalQK",
+    "QKDecomposition",
+    "QKScores",
+    "TokenQK",
+    "composition_scores",
+    "decompose_qk",
+    "positional_qk",
+    "qk_scores",
+    "token_qk",
 ]

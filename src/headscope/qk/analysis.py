@@ -8,8 +8,8 @@ returns a :class:`QKAnalysis`, which writes ``qk.json``, CSVs and PNGs.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
@@ -93,7 +93,8 @@ def check_qk_memory(model, lengths: list[int], heads: list[Head] | None, top: in
     raise BadInput(
         f"the QK analysis of {len(lengths)} text(s) of up to {longest} tokens would need about "
         f"{need / 2**30:.1f} GiB, more than the budget of {budget_gb:g} GiB; nothing was run",
-        hint=f"{tip}, pass fewer or shorter texts, or raise --max-memory if the machine has the memory")
+        hint=f"{tip}, pass fewer or shorter texts, or raise --max-memory if the machine has the memory",
+    )
 
 
 def quick_scan(model):
@@ -136,10 +137,19 @@ class QKAnalysis:
 
     def k_sources(self, k: int = 5) -> dict[str, list[dict]]:
         """For each chosen head, its strongest K-composition sources and their previous-token score."""
-        return {head_label(l, h): [{"head": head_label(a, b), "excess": round(v, 5),
-                              "previous_token": None if self.scan_scores is None
-                              else round(float(self.scan_scores["previous_token"][a, b]), 4)}
-                             for a, b, v in self.composition.top_sources(l, h, "K", k)] for l, h in self.heads}
+        return {
+            head_label(l, h): [
+                {
+                    "head": head_label(a, b),
+                    "excess": round(v, 5),
+                    "previous_token": None
+                    if self.scan_scores is None
+                    else round(float(self.scan_scores["previous_token"][a, b]), 4),
+                }
+                for a, b, v in self.composition.top_sources(l, h, "K", k)
+            ]
+            for l, h in self.heads
+        }
 
     def findings(self) -> list[str]:
         """Plain sentences: what the K-composition sources and the decompositions show."""
@@ -153,27 +163,43 @@ class QKAnalysis:
             src = self.k_sources(3)[head_label(l, h)]
             listed = ", ".join(f"{s['head']} ({s['excess']:+.3f}, prev-token {s['previous_token']:.2f})" for s in src)
             prev = [s for s in src if s["previous_token"] >= PREV_TOKEN_THRESHOLD]
-            verdict = (f"{len(prev)} of the top {len(src)} {'is a previous-token head' if len(prev) == 1 else 'are previous-token heads'}"
-                       f" (score >= {PREV_TOKEN_THRESHOLD})"
-                       if prev else "none of them is a previous-token head; best previous-token heads: " +
-                       ", ".join(f"{head_label(a, b)} ({v:.2f})" for a, b, v in top_k(self.scan_scores["previous_token"], 3)))
-            out.append(f"induction head {head_label(l, h)} (score {ind:.2f}): strongest K-composition sources {listed}; {verdict}")
+            verdict = (
+                f"{len(prev)} of the top {len(src)} {'is a previous-token head' if len(prev) == 1 else 'are previous-token heads'}"
+                f" (score >= {PREV_TOKEN_THRESHOLD})"
+                if prev
+                else "none of them is a previous-token head; best previous-token heads: "
+                + ", ".join(f"{head_label(a, b)} ({v:.2f})" for a, b, v in top_k(self.scan_scores["previous_token"], 3))
+            )
+            out.append(
+                f"induction head {head_label(l, h)} (score {ind:.2f}): strongest K-composition sources {listed}; {verdict}"
+            )
         for dec in self.decompositions:
             ind = self.head_score("induction", dec.layer, dec.head)
             if len(dec.pairs) > 1 and ind is not None and ind >= PREV_TOKEN_THRESHOLD:
-                (name, v), = dec.top("key", 1, by="vs_mean_key")
+                ((name, v),) = dec.top("key", 1, by="vs_mean_key")
                 s = dec.sequence_index
-                out.append(f"head {dec.label} on the induction stripe of sequence {s}: the key-side component that "
-                           f"most raises the score above the query's other keys is {name} ({v:+.2f})")
+                out.append(
+                    f"head {dec.label} on the induction stripe of sequence {s}: the key-side component that "
+                    f"most raises the score above the query's other keys is {name} ({v:+.2f})"
+                )
         return out
 
     def to_dict(self) -> dict:
         return {
             "model": self.model,
-            "heads": [{"head": head_label(l, h), "reason": self.reasons.get(head_label(l, h), "chosen with --head"),
-                       "scan": None if self.scan_scores is None else
-                       {k: round(float(v[l, h]), 4) for k, v in self.scan_scores.items()}} for l, h in self.heads],
-            "notes": self.notes, "findings": self.findings(), "quick_scan": QUICK_SCAN,
+            "heads": [
+                {
+                    "head": head_label(l, h),
+                    "reason": self.reasons.get(head_label(l, h), "chosen with --head"),
+                    "scan": None
+                    if self.scan_scores is None
+                    else {k: round(float(v[l, h]), 4) for k, v in self.scan_scores.items()},
+                }
+                for l, h in self.heads
+            ],
+            "notes": self.notes,
+            "findings": self.findings(),
+            "quick_scan": QUICK_SCAN,
             "live": self.live.to_dict(),
             "decompositions": [d.to_dict() | {"sequence": d.sequence_index} for d in self.decompositions],
             "positional": self.positional.to_dict(),
@@ -189,14 +215,20 @@ class QKAnalysis:
 
         rows = []
         for n, (l, h) in enumerate(self.heads):
-            (comp, v), = self.decompositions[n].top("key", 1, by="vs_mean_key")  # sequence 0
+            ((comp, v),) = self.decompositions[n].top("key", 1, by="vs_mean_key")  # sequence 0
             src = self.composition.top_sources(l, h, "K", 1)
-            rows.append({"head": head_label(l, h), "reason": self.reasons.get(head_label(l, h), "chosen with --head"),
-                         "induction": self.head_score("induction", l, h),
-                         "previous_token": self.head_score("previous_token", l, h),
-                         "top_key_component": comp, "vs_mean_key": v,
-                         "top_k_source": head_label(src[0][0], src[0][1]) if src else None,
-                         "k_excess": src[0][2] if src else None})
+            rows.append(
+                {
+                    "head": head_label(l, h),
+                    "reason": self.reasons.get(head_label(l, h), "chosen with --head"),
+                    "induction": self.head_score("induction", l, h),
+                    "previous_token": self.head_score("previous_token", l, h),
+                    "top_key_component": comp,
+                    "vs_mean_key": v,
+                    "top_k_source": head_label(src[0][0], src[0][1]) if src else None,
+                    "k_excess": src[0][2] if src else None,
+                }
+            )
         return pd.DataFrame(rows)
 
     def _repr_html_(self) -> str:
@@ -211,22 +243,37 @@ class QKAnalysis:
         return dumps(self.to_dict(), indent=indent)  # strict JSON: NaN/Infinity -> null
 
 
-
 def model_info(model, norm: str) -> dict:
     cfg = model.cfg
-    info = {"name": as_model(model).name, "n_layers": cfg.n_layers, "n_heads": cfg.n_heads,
-            "n_kv_heads": int(getattr(cfg, "n_key_value_heads", None) or cfg.n_heads), "d_model": cfg.d_model,
-            "d_head": cfg.d_head, "positions": getattr(cfg, "positional_embedding_type", "standard"),
-            "norm": norm}
+    info = {
+        "name": as_model(model).name,
+        "n_layers": cfg.n_layers,
+        "n_heads": cfg.n_heads,
+        "n_kv_heads": int(getattr(cfg, "n_key_value_heads", None) or cfg.n_heads),
+        "d_model": cfg.d_model,
+        "d_head": cfg.d_head,
+        "positions": getattr(cfg, "positional_embedding_type", "standard"),
+        "norm": norm,
+    }
     if rotary.is_rotary(model):
         info["rope_theta"] = rotary.rope_theta(model)
     return info
 
 
 @torch.no_grad()
-def analyze_qk(model, texts=None, heads=None, *, top: int = 3, tokens: list[str] | None = None,
-               query: int | None = None, max_tokens: int | None = 64, scan=None,
-               progress: Progress | None = None, max_memory_gb: float | None = DEFAULT_QK_MEMORY_GB) -> QKAnalysis:
+def analyze_qk(
+    model,
+    texts=None,
+    heads=None,
+    *,
+    top: int = 3,
+    tokens: list[str] | None = None,
+    query: int | None = None,
+    max_tokens: int | None = 64,
+    scan=None,
+    progress: Progress | None = None,
+    max_memory_gb: float | None = DEFAULT_QK_MEMORY_GB,
+) -> QKAnalysis:
     """Run every QK view for ``heads`` (or the top ``top`` induction + previous-token heads).
 
     ``texts``: strings (None: the built-in samples). ``tokens``: the token set for the token
@@ -251,9 +298,12 @@ def analyze_qk(model, texts=None, heads=None, *, top: int = 3, tokens: list[str]
     timings["scan_s"] = time.perf_counter() - t
     if chosen is None:
         chosen, reasons = pick_heads(scan, top)
-        source = ("the given induction scan" if given_scan else
-                  f"a quick scan ({QUICK_SCAN['batch']} sequences of {QUICK_SCAN['seq_len']} random tokens repeated "
-                  "twice, no ablation)")
+        source = (
+            "the given induction scan"
+            if given_scan
+            else f"a quick scan ({QUICK_SCAN['batch']} sequences of {QUICK_SCAN['seq_len']} random tokens repeated "
+            "twice, no ablation)"
+        )
         notes.append(f"heads picked by {source}: the top {top} induction and top {top} previous-token heads")
     else:
         reasons = {}
@@ -289,7 +339,16 @@ def analyze_qk(model, texts=None, heads=None, *, top: int = 3, tokens: list[str]
     comp = composition_scores(w, progress=lambda d, n: step("composition scores", d, n))
     comp.model_name = model.name
     timings["composition_s"] = time.perf_counter() - t
-    return QKAnalysis(model=model_info(model, w.norm), heads=chosen, reasons=reasons, live=live, decompositions=decs,
-                      positional=positional, token_circuits=circuits, composition=comp,
-                      scan_scores={k: np.asarray(v) for k, v in scan.scores.items()}, notes=notes, timings=timings)
-
+    return QKAnalysis(
+        model=model_info(model, w.norm),
+        heads=chosen,
+        reasons=reasons,
+        live=live,
+        decompositions=decs,
+        positional=positional,
+        token_circuits=circuits,
+        composition=comp,
+        scan_scores={k: np.asarray(v) for k, v in scan.scores.items()},
+        notes=notes,
+        timings=timings,
+    )

@@ -12,10 +12,10 @@ import numpy as np
 import torch
 
 from ..errors import BadInput
-from ..weights import HeadWeights, head_weights
-from . import rotary
 from ..models.model import as_model
 from ..tokens import token_text
+from ..weights import HeadWeights, head_weights
+from . import rotary
 from .live import as_heads
 from .results import PositionalQK, TokenQK
 
@@ -29,8 +29,14 @@ def normalise(x: torch.Tensor, norm: str, eps: float = 1e-5) -> torch.Tensor:
 
 
 @torch.no_grad()
-def positional_qk(model, heads, *, n_positions: int = 64, residuals: dict[int, torch.Tensor] | None = None,
-                  weights: HeadWeights | None = None) -> PositionalQK:
+def positional_qk(
+    model,
+    heads,
+    *,
+    n_positions: int = 64,
+    residuals: dict[int, torch.Tensor] | None = None,
+    weights: HeadWeights | None = None,
+) -> PositionalQK:
     """How each head's score depends on position alone.
 
     Learned positions (GPT-2): ``P W_Q W_K^T P^T / sqrt(d_head)`` with P the first
@@ -56,15 +62,24 @@ def positional_qk(model, heads, *, n_positions: int = 64, residuals: dict[int, t
             k = x_mean @ w.W_K[layer, h].double()
             q_at = rotary.apply_rope(q.expand(n_positions, -1), cos, sin, rotary.adjacent_pairs(model))
             curves.append((q_at @ k).numpy() * scale)  # query at position d, key at 0 == offset d
-        src = ("residual vectors from the given texts at each head's layer (BOS excluded)" if residuals
-               else "the normalised token embeddings of the whole vocabulary")
-        method = (f"rotary: expected score between a query at i and a key at i - offset, inputs drawn independently "
-                  f"from {src}; = qbar^T RoPE(offset) kbar / sqrt(d_head), qbar/kbar the mean query/key "
-                  f"(biases and the content-dependent part left out)")
-        return PositionalQK(as_model(model).name, heads, offsets, np.stack(curves), None, method, rotary.rope_theta(model))
+        src = (
+            "residual vectors from the given texts at each head's layer (BOS excluded)"
+            if residuals
+            else "the normalised token embeddings of the whole vocabulary"
+        )
+        method = (
+            f"rotary: expected score between a query at i and a key at i - offset, inputs drawn independently "
+            f"from {src}; = qbar^T RoPE(offset) kbar / sqrt(d_head), qbar/kbar the mean query/key "
+            f"(biases and the content-dependent part left out)"
+        )
+        return PositionalQK(
+            as_model(model).name, heads, offsets, np.stack(curves), None, method, rotary.rope_theta(model)
+        )
     if w.W_pos is None:
-        raise BadInput("this model has neither learned nor rotary positions; there is no positional QK circuit",
-                       hint="skip the positional analysis for this model")
+        raise BadInput(
+            "this model has neither learned nor rotary positions; there is no positional QK circuit",
+            hint="skip the positional analysis for this model",
+        )
     n = min(n_positions, w.W_pos.shape[0])
     P = normalise(w.W_pos[:n], w.norm, eps)
     for layer, h in heads:
@@ -72,9 +87,11 @@ def positional_qk(model, heads, *, n_positions: int = 64, residuals: dict[int, t
         m = torch.tril(m) + torch.triu(torch.full_like(m, float("nan")), 1)
         mats.append(m.numpy())
         curves.append(np.array([np.nanmean(np.diagonal(mats[-1], -d)) for d in range(n)]))
-    method = ("learned positions: W_pos W_Q W_K^T W_pos^T / sqrt(d_head) on the first "
-              f"{n} positions, each W_pos row normalised by the head's norm (scale = its own); "
-              "offset curve = mean along each diagonal")
+    method = (
+        "learned positions: W_pos W_Q W_K^T W_pos^T / sqrt(d_head) on the first "
+        f"{n} positions, each W_pos row normalised by the head's norm (scale = its own); "
+        "offset curve = mean along each diagonal"
+    )
     return PositionalQK(as_model(model).name, heads, offsets[:n], np.stack(curves), np.stack(mats), method)
 
 
@@ -84,8 +101,16 @@ def _top_tokens(vec: torch.Tensor, labels_of, k: int, sign: int) -> list[str]:
 
 
 @torch.no_grad()
-def token_qk(model, head, token_ids: list[int], *, directions: int = 3, per_direction: int = 6,
-             weights: HeadWeights | None = None, normalised_embeddings: torch.Tensor | None = None) -> TokenQK:
+def token_qk(
+    model,
+    head,
+    token_ids: list[int],
+    *,
+    directions: int = 3,
+    per_direction: int = 6,
+    weights: HeadWeights | None = None,
+    normalised_embeddings: torch.Tensor | None = None,
+) -> TokenQK:
     """Head ``head``'s token QK circuit on ``token_ids`` and the top of its full-vocab SVD.
 
     The full circuit ``E W_Q W_K^T E^T / sqrt(d_head)`` (E the normalised embeddings, vocab
@@ -93,7 +118,7 @@ def token_qk(model, head, token_ids: list[int], *, directions: int = 3, per_dire
     via ``A = Qa Ra``, ``B = Qb Rb``, ``svd(Ra Rb^T)`` (d_head x d_head), never forming
     vocab x vocab.
     """
-    (layer, h), = as_heads(model, [head])
+    ((layer, h),) = as_heads(model, [head])
     w = weights or head_weights(model)
     eps = float(getattr(model.cfg, "eps", 1e-5))
     E = normalised_embeddings if normalised_embeddings is not None else normalise(w.W_E, w.norm, eps).float()
@@ -115,15 +140,28 @@ def token_qk(model, head, token_ids: list[int], *, directions: int = 3, per_dire
     for n in range(directions):
         u = Qa @ U[:, n].float()
         v = Qb @ Vh[n].float()
-        dirs.append({
-            "singular_value": round(float(S[n]), 4),
-            "queries_plus": _top_tokens(u, labels_of, per_direction, 1),
-            "keys_plus": _top_tokens(v, labels_of, per_direction, 1),
-            "queries_minus": _top_tokens(u, labels_of, per_direction, -1),
-            "keys_minus": _top_tokens(v, labels_of, per_direction, -1),
-        })
-    method = ("x_t W_Q W_K^T x_s^T / sqrt(d_head), x = the token's embedding normalised by the head's norm "
-              "(its own scale), biases and positions left out; SVD of the full circuit from its rank-d_head factors. "
-              "A direction pairs queries_plus with keys_plus (and queries_minus with keys_minus) to raise the score")
-    return TokenQK(as_model(model).name, layer, h, list(map(int, token_ids)), labels_of(list(token_ids)),
-                   sub.double().numpy(), S[:directions].numpy(), dirs, method)
+        dirs.append(
+            {
+                "singular_value": round(float(S[n]), 4),
+                "queries_plus": _top_tokens(u, labels_of, per_direction, 1),
+                "keys_plus": _top_tokens(v, labels_of, per_direction, 1),
+                "queries_minus": _top_tokens(u, labels_of, per_direction, -1),
+                "keys_minus": _top_tokens(v, labels_of, per_direction, -1),
+            }
+        )
+    method = (
+        "x_t W_Q W_K^T x_s^T / sqrt(d_head), x = the token's embedding normalised by the head's norm "
+        "(its own scale), biases and positions left out; SVD of the full circuit from its rank-d_head factors. "
+        "A direction pairs queries_plus with keys_plus (and queries_minus with keys_minus) to raise the score"
+    )
+    return TokenQK(
+        as_model(model).name,
+        layer,
+        h,
+        list(map(int, token_ids)),
+        labels_of(list(token_ids)),
+        sub.double().numpy(),
+        S[:directions].numpy(),
+        dirs,
+        method,
+    )

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import torch
 
-from ..weights import HeadWeights, head_weights
 from ..models.model import as_model
+from ..weights import HeadWeights, head_weights
 from .results import CompositionScores
 
 KINDS = ("Q", "K", "V")
@@ -69,8 +69,10 @@ def dense_score(W_A: torch.Tensor, W_B: torch.Tensor) -> float:
 def random_baseline(d_model: int, d_head: int, samples: int = 200, seed: int = 0) -> tuple[float, float]:
     """Mean and std of the score between random ``(d_model x d_head)(d_head x d_model)`` products."""
     g = torch.Generator().manual_seed(seed)
+
     def rand():
         return torch.randn(samples, d_model, d_head, generator=g, dtype=torch.float64)
+
     Y = left_factor(rand(), rand().transpose(1, 2))
     Z = right_factor(rand(), rand())
     num = (Y.transpose(1, 2) @ Z).flatten(1).norm(dim=1)
@@ -87,8 +89,9 @@ def _centred(w: HeadWeights) -> tuple[torch.Tensor, ...]:
 
 
 @torch.no_grad()
-def composition_scores(model_or_weights, kinds=KINDS, *, baseline_samples: int = 200, seed: int = 0,
-                       progress=None) -> CompositionScores:
+def composition_scores(
+    model_or_weights, kinds=KINDS, *, baseline_samples: int = 200, seed: int = 0, progress=None
+) -> CompositionScores:
     """Q/K/V-composition scores ``[L, H, L, H]`` (earlier layer, head, later layer, head).
 
     Pairs where the later head is not in a later layer are NaN. Accepts a model or a
@@ -109,8 +112,8 @@ def composition_scores(model_or_weights, kinds=KINDS, *, baseline_samples: int =
         Z = right[kind]().reshape(L * H, d, r)
         out = torch.full((L, H, L, H), float("nan"), dtype=torch.float64)
         for la in range(L - 1):
-            s = factored_score(Y[la * H:(la + 1) * H], Z[(la + 1) * H:])
-            out[la, :, la + 1:, :] = s.reshape(H, L - la - 1, H)
+            s = factored_score(Y[la * H : (la + 1) * H], Z[(la + 1) * H :])
+            out[la, :, la + 1 :, :] = s.reshape(H, L - la - 1, H)
             done += 1
             if progress:
                 progress(done, steps)

@@ -23,17 +23,18 @@ import numpy as np
 import torch
 
 from ..errors import BadInput
-from ..weights import HeadWeights, head_weights
-from . import rotary
 from ..hooks import act_name
 from ..models.inputs import TokenSequence
 from ..models.model import as_model
+from ..weights import HeadWeights, head_weights
+from . import rotary
 from .live import as_heads, as_sequences, capture
 from .results import QKDecomposition
 
 
-def capture_residual(model, seq: TokenSequence, up_to_layer: int,
-                     score_layers: set[int] | None = None) -> dict[str, torch.Tensor]:
+def capture_residual(
+    model, seq: TokenSequence, up_to_layer: int, score_layers: set[int] | None = None
+) -> dict[str, torch.Tensor]:
     """The hooks a decomposition needs for every layer ``<= up_to_layer``, one forward pass.
 
     Attention scores and patterns ([heads, T, T] each) are kept only for ``score_layers``
@@ -92,9 +93,13 @@ def head_vectors(model, w: HeadWeights, acts: dict, layer: int, head: int):
     q_names, k_names = list(names), list(names)
     q_kinds, k_kinds = list(kinds), list(kinds)
     if b_q.abs().max() > 0:
-        q = torch.cat([q, b_q.expand(1, T, -1)]); q_names.append("q_bias"); q_kinds.append("bias")
+        q = torch.cat([q, b_q.expand(1, T, -1)])
+        q_names.append("q_bias")
+        q_kinds.append("bias")
     if b_k.abs().max() > 0:
-        k = torch.cat([k, b_k.expand(1, T, -1)]); k_names.append("k_bias"); k_kinds.append("bias")
+        k = torch.cat([k, b_k.expand(1, T, -1)])
+        k_names.append("k_bias")
+        k_kinds.append("bias")
     if rotary.is_rotary(model):
         cos, sin = rotary.cos_sin(model, torch.arange(T))
         adj = rotary.adjacent_pairs(model)
@@ -122,8 +127,10 @@ def choose_pairs(seq: TokenSequence, pattern: np.ndarray, query: int | None, key
     if query is None:
         pairs = stripe_pairs(seq.ids)
         if pairs:
-            how = (f"averaged over the induction stripe ({len(pairs)} query/key pairs where the key follows an "
-                   "earlier copy of the query's token")
+            how = (
+                f"averaged over the induction stripe ({len(pairs)} query/key pairs where the key follows an "
+                "earlier copy of the query's token"
+            )
             if len(pairs) > MAX_PAIRS:  # e.g. one token repeated: every earlier copy is on the stripe
                 pairs = [pairs[int(n)] for n in np.linspace(0, len(pairs) - 1, MAX_PAIRS)]
                 how += f"; {MAX_PAIRS} of them, evenly spaced"
@@ -134,8 +141,10 @@ def choose_pairs(seq: TokenSequence, pattern: np.ndarray, query: int | None, key
         how = ""
     q = query + T if query < 0 else query
     if not 0 <= q < T:
-        raise BadInput(f"query position {query} is outside the sequence of {T} tokens (0..{T - 1}, BOS is 0)",
-                       hint="use a position from 1 to the last token, or a negative index")
+        raise BadInput(
+            f"query position {query} is outside the sequence of {T} tokens (0..{T - 1}, BOS is 0)",
+            hint="use a position from 1 to the last token, or a negative index",
+        )
     if key is None:
         row = pattern[q, : q + 1].copy()
         if q > 0:
@@ -144,15 +153,25 @@ def choose_pairs(seq: TokenSequence, pattern: np.ndarray, query: int | None, key
         return [(q, k)], how + f"query {q} and its most-attended key {k}" + (" (BOS excluded)" if q > 0 else "")
     k = key + T if key < 0 else key
     if not 0 <= k <= q:
-        raise BadInput(f"key position {key} is not visible from query {q}: keys run from 0 to the query (causal mask)",
-                       hint=f"use a key position from 0 to {q}")
+        raise BadInput(
+            f"key position {key} is not visible from query {q}: keys run from 0 to the query (causal mask)",
+            hint=f"use a key position from 0 to {q}",
+        )
     return [(q, k)], f"query {q}, key {k}"
 
 
 @torch.no_grad()
-def decompose_qk(model, head, text=None, *, query: int | None = None, key: int | None = None,
-                 weights: HeadWeights | None = None, max_tokens: int | None = None,
-                 acts: dict | None = None) -> QKDecomposition:
+def decompose_qk(
+    model,
+    head,
+    text=None,
+    *,
+    query: int | None = None,
+    key: int | None = None,
+    weights: HeadWeights | None = None,
+    max_tokens: int | None = None,
+    acts: dict | None = None,
+) -> QKDecomposition:
     """Split head ``head``'s score on ``text`` over residual components, key side and query side.
 
     With neither ``query`` nor ``key`` the result is averaged over the induction stripe (or,
@@ -160,7 +179,7 @@ def decompose_qk(model, head, text=None, *, query: int | None = None, key: int |
     in score units (``q.k/sqrt(d_head)``); ``vs_mean_key`` columns subtract each component's
     mean over all keys the query can see, which is what the softmax responds to.
     """
-    (layer, h), = as_heads(model, [head])
+    ((layer, h),) = as_heads(model, [head])
     seq = as_sequences(model, text, max_tokens)[0]
     w = weights or head_weights(model)
     acts = acts if acts is not None else capture_residual(model, seq, layer)
@@ -173,7 +192,7 @@ def decompose_qk(model, head, text=None, *, query: int | None = None, key: int |
     k_mean = k.cumsum(1) / steps  # [C_k, T, d_head]: mean over keys 0..i, what query i sees
     key_c = key_rel = qry_c = qry_rel = pair_m = torch.zeros(())
     for start in range(0, len(pairs), 128):  # chunks bound memory at [C, 128, d_head]
-        I, J = (torch.tensor(x) for x in zip(*pairs[start:start + 128]))
+        I, J = (torch.tensor(x) for x in zip(*pairs[start : start + 128]))
         qt, kt = q_tot[I], k_tot[J]  # [P, d_head]
         key_c = key_c + torch.einsum("cpd,pd->c", k[:, J], qt)
         key_rel = key_rel + torch.einsum("cpd,pd->c", k[:, J] - k_mean[:, I], qt)
@@ -185,10 +204,23 @@ def decompose_qk(model, head, text=None, *, query: int | None = None, key: int |
     model_scores = acts[act_name("attn_scores", layer)][h][I, J].numpy()
     per = scale / len(pairs)  # mean over pairs, in score units
     return QKDecomposition(
-        model_name=as_model(model).name, layer=layer, head=h, sequence=seq, pairs=pairs, how=how,
-        query_names=qn, query_kinds=qkinds, key_names=kn, key_kinds=kkinds,
-        key_contrib=(key_c * per).numpy(), key_vs_mean=(key_rel * per).numpy(),
-        query_contrib=(qry_c * per).numpy(), query_vs_mean=(qry_rel * per).numpy(),
-        pair_contrib=(pair_m * per).numpy(), score=float(totals.mean()), model_score=float(model_scores.mean()),
-        max_abs_error=float(np.abs(totals - model_scores).max()), attention=float(pattern[I, J].mean()),
+        model_name=as_model(model).name,
+        layer=layer,
+        head=h,
+        sequence=seq,
+        pairs=pairs,
+        how=how,
+        query_names=qn,
+        query_kinds=qkinds,
+        key_names=kn,
+        key_kinds=kkinds,
+        key_contrib=(key_c * per).numpy(),
+        key_vs_mean=(key_rel * per).numpy(),
+        query_contrib=(qry_c * per).numpy(),
+        query_vs_mean=(qry_rel * per).numpy(),
+        pair_contrib=(pair_m * per).numpy(),
+        score=float(totals.mean()),
+        model_score=float(model_scores.mean()),
+        max_abs_error=float(np.abs(totals - model_scores).max()),
+        attention=float(pattern[I, J].mean()),
     )

@@ -9,12 +9,11 @@ can show them as masked, never as zeros.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 
-from ..heads import Head
 from ..hooks import act_name
 from ..models.inputs import TokenSequence, as_heads, as_sequences
 from ..models.model import as_model

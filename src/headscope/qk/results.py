@@ -20,29 +20,31 @@ from ..models.inputs import TokenSequence
 #: Definitions and sources of the QK quantities, for the legend.
 QK_DEFINITIONS = {
     "QK score": "Pre-softmax score of query i against key j, q_i . k_j / sqrt(d_head), rotary applied where the model "
-                "has it (what hook_attn_scores holds); the causal mask hides keys after the query. "
-                "Source: Elhage et al. 2021 (the QK circuit).",
+    "has it (what hook_attn_scores holds); the causal mask hides keys after the query. "
+    "Source: Elhage et al. 2021 (the QK circuit).",
     "QK decomposition": "The score split over the residual stream's components (token and position embeddings, each "
-                        "earlier head, each MLP), key side and query side, with the normalisation scale frozen at "
-                        "each token's actual value so the score is linear in them; each side sums to the score. "
-                        "'vs mean key' subtracts the component's mean over every key the query sees (what the "
-                        "softmax responds to). Source: Elhage et al. 2021 (path expansion of the QK circuit).",
+    "earlier head, each MLP), key side and query side, with the normalisation scale frozen at "
+    "each token's actual value so the score is linear in them; each side sums to the score. "
+    "'vs mean key' subtracts the component's mean over every key the query sees (what the "
+    "softmax responds to). Source: Elhage et al. 2021 (path expansion of the QK circuit).",
     "positional QK": "How a head's score depends on position alone: W_pos W_Q W_K^T W_pos^T / sqrt(d_head) for learned "
-                     "positions (GPT-2); for rotary models the expected score between a query at i and a key at "
-                     "i - offset, inputs drawn from the texts' residual vectors. Source: Elhage et al. 2021.",
+    "positions (GPT-2); for rotary models the expected score between a query at i and a key at "
+    "i - offset, inputs drawn from the texts' residual vectors. Source: Elhage et al. 2021.",
     "token QK": "x_t W_Q W_K^T x_s^T / sqrt(d_head) on normalised token embeddings x, and the top singular directions "
-                "of the full vocab x vocab circuit, taken from its rank-d_head factors (never formed). "
-                "Source: Elhage et al. 2021.",
+    "of the full vocab x vocab circuit, taken from its rank-d_head factors (never formed). "
+    "Source: Elhage et al. 2021.",
     "composition": "||W_A W_B||_F / (||W_A||_F ||W_B||_F), W_A an earlier head's OV circuit W_V W_O, W_B a later "
-                   "head's W_Q W_K^T (Q-), W_K W_Q^T (K-) or W_V W_O (V-composition); 'excess' subtracts the mean "
-                   "score of random Gaussian matrices of the same shapes. Induction heads K-compose with "
-                   "previous-token heads. Source: Elhage et al. 2021; baseline subtraction as in ARENA 1.2.",
+    "head's W_Q W_K^T (Q-), W_K W_Q^T (K-) or W_V W_O (V-composition); 'excess' subtracts the mean "
+    "score of random Gaussian matrices of the same shapes. Induction heads K-compose with "
+    "previous-token heads. Source: Elhage et al. 2021; baseline subtraction as in ARENA 1.2.",
     "head names": "L18H6 is layer 18, head 6 (both from 0); --head accepts L18H6 or 18.6.",
 }
 
 SCORE_DEF = "pre-softmax score q_i . k_j / sqrt(d_head) (rotary applied); causal mask shown as masked (NaN)"
-FROZEN_NOTE = ("normalisation scale frozen: every component is divided by the actual token's ln1 scale "
-               "(and centred first for LayerNorm), so the score is linear in the components")
+FROZEN_NOTE = (
+    "normalisation scale frozen: every component is divided by the actual token's ln1 scale "
+    "(and centred first for LayerNorm), so the score is linear in the components"
+)
 
 
 def _num(x, nd: int = 6):
@@ -94,22 +96,43 @@ class QKScores(_Result):
             T = len(seq)
             qi, kj = np.tril_indices(T)
             for n, (layer, head) in enumerate(self.heads):
-                rows.append(pd.DataFrame({
-                    "sequence": s, "layer": layer, "head": head, "query_pos": qi, "key_pos": kj,
-                    "query_token": [seq.labels[i] for i in qi], "key_token": [seq.labels[j] for j in kj],
-                    "score": self.scores[s][n][qi, kj], "attention": self.patterns[s][n][qi, kj],
-                }))
+                rows.append(
+                    pd.DataFrame(
+                        {
+                            "sequence": s,
+                            "layer": layer,
+                            "head": head,
+                            "query_pos": qi,
+                            "key_pos": kj,
+                            "query_token": [seq.labels[i] for i in qi],
+                            "key_token": [seq.labels[j] for j in kj],
+                            "score": self.scores[s][n][qi, kj],
+                            "attention": self.patterns[s][n][qi, kj],
+                        }
+                    )
+                )
         return pd.concat(rows, ignore_index=True)
 
     def to_dict(self) -> dict:
         return {
             "definition": SCORE_DEF,
             "heads": [head_label(l, h) for l, h in self.heads],
-            "sequences": [{
-                "text": seq.text, "tokens": seq.labels, "token_ids": seq.ids, "notes": seq.notes,
-                "heads": {head_label(l, h): {"scores": _num(self.scores[s][n], 4), "pattern": _num(self.patterns[s][n], 4)}
-                          for n, (l, h) in enumerate(self.heads)},
-            } for s, seq in enumerate(self.sequences)],
+            "sequences": [
+                {
+                    "text": seq.text,
+                    "tokens": seq.labels,
+                    "token_ids": seq.ids,
+                    "notes": seq.notes,
+                    "heads": {
+                        head_label(l, h): {
+                            "scores": _num(self.scores[s][n], 4),
+                            "pattern": _num(self.patterns[s][n], 4),
+                        }
+                        for n, (l, h) in enumerate(self.heads)
+                    },
+                }
+                for s, seq in enumerate(self.sequences)
+            ],
         }
 
     def head_index(self, head) -> int:
@@ -129,10 +152,17 @@ class QKScores(_Result):
     def _repr_html_(self) -> str:
         import pandas as pd
 
-        rows = [{"sequence": s, "head": head_label(l, h), "tokens": len(seq),
-                 "max score": float(np.nanmax(self.scores[s][n])),
-                 "mean attention to BOS": float(self.patterns[s][n][1:, 0].mean()) if len(seq) > 1 else np.nan}
-                for s, seq in enumerate(self.sequences) for n, (l, h) in enumerate(self.heads)]
+        rows = [
+            {
+                "sequence": s,
+                "head": head_label(l, h),
+                "tokens": len(seq),
+                "max score": float(np.nanmax(self.scores[s][n])),
+                "mean attention to BOS": float(self.patterns[s][n][1:, 0].mean()) if len(seq) > 1 else np.nan,
+            }
+            for s, seq in enumerate(self.sequences)
+            for n, (l, h) in enumerate(self.heads)
+        ]
         return _html(f"QK scores, {self.model_name}", pd.DataFrame(rows), self.plot_grid(0))
 
 
@@ -178,8 +208,10 @@ class QKDecomposition(_Result):
         import pandas as pd
 
         frames = []
-        for side, names, kinds, c, rel in (("key", self.key_names, self.key_kinds, self.key_contrib, self.key_vs_mean),
-                                           ("query", self.query_names, self.query_kinds, self.query_contrib, self.query_vs_mean)):
+        for side, names, kinds, c, rel in (
+            ("key", self.key_names, self.key_kinds, self.key_contrib, self.key_vs_mean),
+            ("query", self.query_names, self.query_kinds, self.query_contrib, self.query_vs_mean),
+        ):
             f = pd.DataFrame({"side": side, "component": names, "kind": kinds, "contribution": c, "vs_mean_key": rel})
             f["rank"] = f["contribution"].abs().rank(ascending=False, method="first").astype(int)
             frames.append(f.sort_values("rank"))
@@ -200,15 +232,27 @@ class QKDecomposition(_Result):
 
     def to_dict(self) -> dict:
         return {
-            "head": self.label, "text": self.sequence.text, "pairs": [list(p) for p in self.pairs], "how": self.how,
+            "head": self.label,
+            "text": self.sequence.text,
+            "pairs": [list(p) for p in self.pairs],
+            "how": self.how,
             "pairs_tokens": [[self.sequence.labels[i], self.sequence.labels[j]] for i, j in self.pairs[:50]],
-            "score": _num(self.score), "model_score": _num(self.model_score), "max_abs_error": self.max_abs_error,
-            "attention": _num(self.attention), "note": self.note,
-            "key_side": {n: {"contribution": _num(float(c)), "vs_mean_key": _num(float(r))}
-                         for n, c, r in zip(self.key_names, self.key_contrib, self.key_vs_mean)},
-            "query_side": {n: {"contribution": _num(float(c)), "vs_mean_key": _num(float(r))}
-                           for n, c, r in zip(self.query_names, self.query_contrib, self.query_vs_mean)},
-            "top_pairs": [{"query_component": a, "key_component": b, "contribution": _num(v)} for a, b, v in self.top_pairs()],
+            "score": _num(self.score),
+            "model_score": _num(self.model_score),
+            "max_abs_error": self.max_abs_error,
+            "attention": _num(self.attention),
+            "note": self.note,
+            "key_side": {
+                n: {"contribution": _num(float(c)), "vs_mean_key": _num(float(r))}
+                for n, c, r in zip(self.key_names, self.key_contrib, self.key_vs_mean)
+            },
+            "query_side": {
+                n: {"contribution": _num(float(c)), "vs_mean_key": _num(float(r))}
+                for n, c, r in zip(self.query_names, self.query_contrib, self.query_vs_mean)
+            },
+            "top_pairs": [
+                {"query_component": a, "key_component": b, "contribution": _num(v)} for a, b, v in self.top_pairs()
+            ],
         }
 
     def plot(self, top: int = 12):
@@ -217,8 +261,9 @@ class QKDecomposition(_Result):
         return plot_decomposition(self, top)
 
     def _repr_html_(self) -> str:
-        return _html(f"QK decomposition of head {self.label}: {self.how}; score {self.score:.3f}",
-                     self.to_frame(), self.plot())
+        return _html(
+            f"QK decomposition of head {self.label}: {self.how}; score {self.score:.3f}", self.to_frame(), self.plot()
+        )
 
 
 @dataclass
@@ -241,14 +286,27 @@ class PositionalQK(_Result):
     def to_frame(self):
         import pandas as pd
 
-        return pd.DataFrame([{"layer": l, "head": h, "offset": int(d), "score": float(self.offset_curve[n, m])}
-                             for n, (l, h) in enumerate(self.heads) for m, d in enumerate(self.offsets)])
+        return pd.DataFrame(
+            [
+                {"layer": l, "head": h, "offset": int(d), "score": float(self.offset_curve[n, m])}
+                for n, (l, h) in enumerate(self.heads)
+                for m, d in enumerate(self.offsets)
+            ]
+        )
 
     def to_dict(self) -> dict:
-        out = {"method": self.method, "rope_theta": self.rope_theta, "offsets": self.offsets.tolist(),
-               "heads": {head_label(l, h): {"offset_curve": _num(self.offset_curve[n], 5),
-                                      "peak_offset": int(self.offsets[np.nanargmax(self.offset_curve[n])])}
-                         for n, (l, h) in enumerate(self.heads)}}
+        out = {
+            "method": self.method,
+            "rope_theta": self.rope_theta,
+            "offsets": self.offsets.tolist(),
+            "heads": {
+                head_label(l, h): {
+                    "offset_curve": _num(self.offset_curve[n], 5),
+                    "peak_offset": int(self.offsets[np.nanargmax(self.offset_curve[n])]),
+                }
+                for n, (l, h) in enumerate(self.heads)
+            },
+        }
         if self.matrix is not None:
             for n, (l, h) in enumerate(self.heads):
                 out["heads"][head_label(l, h)]["matrix"] = _num(self.matrix[n], 4)
@@ -299,14 +357,26 @@ class TokenQK(_Result):
 
         n = len(self.labels)
         a, b = np.meshgrid(range(n), range(n), indexing="ij")
-        return pd.DataFrame({"head": self.label, "query_token": [self.labels[i] for i in a.ravel()],
-                             "key_token": [self.labels[j] for j in b.ravel()], "score": self.matrix.ravel()})
+        return pd.DataFrame(
+            {
+                "head": self.label,
+                "query_token": [self.labels[i] for i in a.ravel()],
+                "key_token": [self.labels[j] for j in b.ravel()],
+                "score": self.matrix.ravel(),
+            }
+        )
 
     def to_dict(self) -> dict:
-        return {"head": self.label, "method": self.method, "tokens": self.labels, "token_ids": self.token_ids,
-                "matrix": _num(self.matrix, 4),
-                "top_pairs": [{"query": q, "key": k, "score": _num(v, 4)} for q, k, v in self.top_pairs()],
-                "singular_values": _num(self.singular_values, 4), "directions": self.directions}
+        return {
+            "head": self.label,
+            "method": self.method,
+            "tokens": self.labels,
+            "token_ids": self.token_ids,
+            "matrix": _num(self.matrix, 4),
+            "top_pairs": [{"query": q, "key": k, "score": _num(v, 4)} for q, k, v in self.top_pairs()],
+            "singular_values": _num(self.singular_values, 4),
+            "directions": self.directions,
+        }
 
     def plot(self):
         from ..render.qk_figures import plot_token_qk
@@ -336,8 +406,10 @@ class CompositionScores(_Result):
     baseline_std: float
     d_model: int
     d_head: int
-    note: str = ("norm gains folded into the reading weights; for LayerNorm models reads and writes are "
-                 "centred along d_model (TransformerLens fold_ln + center_writing_weights convention)")
+    note: str = (
+        "norm gains folded into the reading weights; for LayerNorm models reads and writes are "
+        "centred along d_model (TransformerLens fold_ln + center_writing_weights convention)"
+    )
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -361,19 +433,40 @@ class CompositionScores(_Result):
         for kind, s in self.scores.items():
             la, ha, lb, hb = np.nonzero(~np.isnan(s))
             v = s[la, ha, lb, hb]
-            frames.append(pd.DataFrame({"kind": kind, "src_layer": la, "src_head": ha, "dst_layer": lb,
-                                        "dst_head": hb, "score": v, "excess": v - self.baseline}))
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "kind": kind,
+                        "src_layer": la,
+                        "src_head": ha,
+                        "dst_layer": lb,
+                        "dst_head": hb,
+                        "score": v,
+                        "excess": v - self.baseline,
+                    }
+                )
+            )
         return pd.concat(frames, ignore_index=True)
 
     def to_dict(self, top: int = 5) -> dict:
         L, H = self.shape
         return {
             "definition": "||W_A W_B||_F / (||W_A||_F ||W_B||_F); W_A = earlier W_V W_O; W_B = later W_Q W_K^T (Q), "
-                          "W_K W_Q^T (K), W_V W_O (V); excess = score - random baseline",
-            "baseline": self.baseline, "baseline_std": self.baseline_std, "note": self.note,
-            "top_sources": {kind: {head_label(l, h): [{"head": head_label(a, b), "excess": round(v, 5)}
-                                                for a, b, v in self.top_sources(l, h, kind, top)]
-                                   for l in range(1, L) for h in range(H)} for kind in self.scores},
+            "W_K W_Q^T (K), W_V W_O (V); excess = score - random baseline",
+            "baseline": self.baseline,
+            "baseline_std": self.baseline_std,
+            "note": self.note,
+            "top_sources": {
+                kind: {
+                    head_label(l, h): [
+                        {"head": head_label(a, b), "excess": round(v, 5)}
+                        for a, b, v in self.top_sources(l, h, kind, top)
+                    ]
+                    for l in range(1, L)
+                    for h in range(H)
+                }
+                for kind in self.scores
+            },
         }
 
     def plot(self, kind: str | None = None):

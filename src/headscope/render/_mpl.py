@@ -43,8 +43,10 @@ def encode_png(fig, dpi: int = FIG_DPI) -> bytes:
         if "missing from font" in str(w.message):
             if not _told_missing_glyph:
                 _told_missing_glyph = True
-                print("note: some token characters are missing from the figure font and are drawn as boxes",
-                      file=sys.stderr)
+                print(
+                    "note: some token characters are missing from the figure font and are drawn as boxes",
+                    file=sys.stderr,
+                )
         else:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     buf.seek(0)
@@ -60,8 +62,16 @@ def save(fig, path: str | Path) -> Path:
     return path
 
 
-def attention_heatmap(ax, pattern, labels: list[str], title: str, vmax: float | None = 1.0, cmap: str = "viridis",
-                      cbar_label: str = "attention", masked=None):
+def attention_heatmap(
+    ax,
+    pattern,
+    labels: list[str],
+    title: str,
+    vmax: float | None = 1.0,
+    cmap: str = "viridis",
+    cbar_label: str = "attention",
+    masked=None,
+):
     """Token x token heatmap: queries down, keys across. ``masked`` cells are drawn grey; whitespace made visible."""
     import numpy as np
 

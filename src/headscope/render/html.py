@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import html
 import re
-import secrets
-import warnings
+from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -40,8 +39,13 @@ def esc(text: Any) -> str:
 def script_json(value: Any) -> str:
     """JSON safe to put inside ``<script>``: no ``<``, ``>`` or ``&`` survive (written as ``\\u003c`` etc.)."""
     s = dumps(value, indent=None, ensure_ascii=False, separators=(",", ":"))  # NaN/Infinity -> null
-    return s.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026") \
-            .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+    return (
+        s.replace("<", "\\u003c")
+        .replace(">", "\\u003e")
+        .replace("&", "\\u0026")
+        .replace("\u2028", "\\u2028")
+        .replace("\u2029", "\\u2029")
+    )
 
 
 def rounded(a: np.ndarray, decimals: int = DECIMALS) -> list:
@@ -69,6 +73,7 @@ def figure_html(fig, caption: str = "", dpi: int = FIG_DPI, alt: str = "") -> st
 
 def table_html(columns: list[str], rows: Iterable[list], table_id: str = "", sortable: bool = False) -> str:
     """A table; a cell is text (escaped, left-aligned), a number (right-aligned) or ``(shown_html, sort_value)``."""
+
     def cell(c):
         if isinstance(c, tuple):  # (already-escaped html, value to sort by)
             shown, v = c
@@ -78,6 +83,7 @@ def table_html(columns: list[str], rows: Iterable[list], table_id: str = "", sor
         return f'<td class="t">{esc(c)}</td>'
 
     rows = list(rows)
+
     def is_text(c) -> bool:
         return isinstance(c, str) or isinstance(c, tuple) and isinstance(c[1], str)
 
@@ -117,8 +123,10 @@ def tabs_html(group: str, panels: list[tuple[str, str]]) -> str:
     bar, body = [], []
     for i, (label, content) in enumerate(panels):
         pid = f"{group}-{i}"
-        bar.append(f'<button type="button" data-tab="{pid}" aria-selected="{"true" if i == 0 else "false"}">'
-                   f"{esc(label)}</button>")
+        bar.append(
+            f'<button type="button" data-tab="{pid}" aria-selected="{"true" if i == 0 else "false"}">'
+            f"{esc(label)}</button>"
+        )
         body.append(f'<div class="tabpanel{"" if i == 0 else " off"}" id="{pid}">{content}</div>')
     return f'<div class="tabs">{"".join(bar)}</div><div class="tabbed">{"".join(body)}</div>'
 
@@ -143,9 +151,19 @@ def scripts_html(nonce: str | None = None) -> str:
     return f"<script{n}>{circuitsvis_bundle()}</script><script{n}>{page_asset('page.js')}</script>"
 
 
-def heads_view_html(view_id: str, title: str, tokens: list[str], values: np.ndarray, names: list[str], *,
-                    text: str | None = None, notes: Iterable[str] = (), decimals: int = DECIMALS,
-                    max_tokens: int = MAX_VIEW_TOKENS, **props) -> str:
+def heads_view_html(
+    view_id: str,
+    title: str,
+    tokens: list[str],
+    values: np.ndarray,
+    names: list[str],
+    *,
+    text: str | None = None,
+    notes: Iterable[str] = (),
+    decimals: int = DECIMALS,
+    max_tokens: int = MAX_VIEW_TOKENS,
+    **props,
+) -> str:
     """One interactive circuitsvis ``AttentionHeads`` view of ``values`` (``[heads, query, key]``).
 
     Keeps the first ``max_tokens`` tokens (rows stay exact: attention is causal) and says so;
@@ -155,23 +173,40 @@ def heads_view_html(view_id: str, title: str, tokens: list[str], values: np.ndar
     n = len(tokens)
     keep = min(n, max_tokens)
     v = np.nan_to_num(np.asarray(values, dtype=np.float64)[:, :keep, :keep])  # masked cells: hidden by maskUpperTri
-    data = {"attention": rounded(v, decimals), "tokens": list(tokens[:keep]), "attentionHeadNames": names,
-            "maskUpperTri": True, **props}
+    data = {
+        "attention": rounded(v, decimals),
+        "tokens": list(tokens[:keep]),
+        "attentionHeadNames": names,
+        "maskUpperTri": True,
+        **props,
+    }
     notes = [t for t in notes if t]
     if keep < n:
-        notes.append(f"showing the first {keep} of {n} tokens (the page's limit; each row shown is exact, "
-                     "attention being causal)")
+        notes.append(
+            f"showing the first {keep} of {n} tokens (the page's limit; each row shown is exact, "
+            "attention being causal)"
+        )
     note = "".join(f'<p class="note">{esc(t)}</p>' for t in notes)
     shown = f'<div class="text-shown">{esc(text)}</div>' if text else ""
-    return (f'<div class="cv-block"><h3>{esc(title)}</h3>{shown}{note}'
-            f'<div class="cv-view" id="{esc(view_id)}"></div>'
-            f'<script type="application/json" data-cv-target="{esc(view_id)}" data-cv-component="AttentionHeads">'
-            f"{script_json(data)}</script></div>")
+    return (
+        f'<div class="cv-block"><h3>{esc(title)}</h3>{shown}{note}'
+        f'<div class="cv-view" id="{esc(view_id)}"></div>'
+        f'<script type="application/json" data-cv-target="{esc(view_id)}" data-cv-component="AttentionHeads">'
+        f"{script_json(data)}</script></div>"
+    )
 
 
-def attention_view_html(sample: AttentionSample, view_id: str, text: str | None = None,
-                        max_tokens: int = MAX_VIEW_TOKENS) -> str:
+def attention_view_html(
+    sample: AttentionSample, view_id: str, text: str | None = None, max_tokens: int = MAX_VIEW_TOKENS
+) -> str:
     """An interactive view of ``sample.patterns`` (``[heads, query, key]``), ``text`` shown above it."""
-    return heads_view_html(view_id, sample.title, [visible_whitespace(t) for t in sample.tokens], sample.patterns,
-                           [head_label(l, h) for l, h in sample.heads], text=text, notes=[sample.note],
-                           max_tokens=max_tokens)
+    return heads_view_html(
+        view_id,
+        sample.title,
+        [visible_whitespace(t) for t in sample.tokens],
+        sample.patterns,
+        [head_label(l, h) for l, h in sample.heads],
+        text=text,
+        notes=[sample.note],
+        max_tokens=max_tokens,
+    )

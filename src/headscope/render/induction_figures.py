@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -27,16 +27,27 @@ def score_heatmap(res: InductionResult, score: str = "induction", ax=None):
     if lo is None or hi is None:  # signed, in its own units: symmetric around 0
         lim = float(np.nanmax(np.abs(a))) or 1.0
         lo, hi = -lim, lim
-    sns.heatmap(a, ax=ax, vmin=lo, vmax=hi, cmap="RdBu_r" if lo < 0 else "rocket_r",
-                annot=H * L <= 400, fmt=".2f", annot_kws={"fontsize": 6}, cbar_kws={"label": score.replace("_", "-")})
+    sns.heatmap(
+        a,
+        ax=ax,
+        vmin=lo,
+        vmax=hi,
+        cmap="RdBu_r" if lo < 0 else "rocket_r",
+        annot=H * L <= 400,
+        fmt=".2f",
+        annot_kws={"fontsize": 6},
+        cbar_kws={"label": score.replace("_", "-")},
+    )
     thr = res.thresholds.get(score)
     if thr is not None:
         for l, h in zip(*np.nonzero(a >= thr)):
             ax.add_patch(plt.Rectangle((h, l), 1, 1, fill=False, edgecolor="#00b4d8", lw=1.5))
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
-    ax.set_title(f"{decl.title} — {tex_safe(res.model['name'])}"
-                 + (f"\n(outlined: ≥ {thr})" if thr is not None else ""), fontsize=10)
+    ax.set_title(
+        f"{decl.title} — {tex_safe(res.model['name'])}" + (f"\n(outlined: ≥ {thr})" if thr is not None else ""),
+        fontsize=10,
+    )
     return ax.figure
 
 
@@ -51,12 +62,19 @@ def loss_by_position(res: InductionResult, ax=None):
     offset = int(s["bos"])
     for k in range(2, s["repeats"] + 1):
         ax.axvline(offset + (k - 1) * s["seq_len"] - 0.5, color="grey", ls="--", lw=0.8)
-    ax.axhline(math.log(res.model.get("d_vocab", 2)), color="#e76f51", ls=":", lw=1,
-               label=f"ln(vocab) = {math.log(res.model.get('d_vocab', 2)):.1f}")
+    ax.axhline(
+        math.log(res.model.get("d_vocab", 2)),
+        color="#e76f51",
+        ls=":",
+        lw=1,
+        label=f"ln(vocab) = {math.log(res.model.get('d_vocab', 2)):.1f}",
+    )
     ax.set_xlabel("target token position (dashed: start of each repeat)")
     ax.set_ylabel("loss (nats)")
-    ax.set_title(f"Loss by position — first repeat {res.loss_first_repeat:.2f}, "
-                 f"later repeats {res.loss_later_repeats:.2f} nats", fontsize=10)
+    ax.set_title(
+        f"Loss by position — first repeat {res.loss_first_repeat:.2f}, later repeats {res.loss_later_repeats:.2f} nats",
+        fontsize=10,
+    )
     ax.legend(loc="upper right", fontsize=8)
     ax.set_ylim(bottom=0)
     return ax.figure
@@ -85,8 +103,9 @@ def ablation_chart(res: InductionResult, ax=None):
     ax.axhline(0, color="black", lw=0.6)
     ax.set_ylabel("rise in later-repeat loss (nats)")
     kind = res.settings.get("ablation") or "mean"
-    ax.set_title(f"Causal check: {kind}-ablating heads' outputs (clean loss {res.loss_later_repeats:.2f} nats)",
-                 fontsize=10)
+    ax.set_title(
+        f"Causal check: {kind}-ablating heads' outputs (clean loss {res.loss_later_repeats:.2f} nats)", fontsize=10
+    )
     return ax.figure
 
 
@@ -113,8 +132,9 @@ def named_figures(res: InductionResult, texts: list[AttentionSample]) -> list[tu
 
     Names depend only on what the run holds, so they can be listed before anything is drawn.
     """
-    jobs: list[tuple[str, Callable]] = [(f"heatmap_{name}.png", lambda name=name: score_heatmap(res, name))
-                                        for name in res.score_order()]
+    jobs: list[tuple[str, Callable]] = [
+        (f"heatmap_{name}.png", lambda name=name: score_heatmap(res, name)) for name in res.score_order()
+    ]
     jobs.append(("loss_by_position.png", lambda: loss_by_position(res)))
     if res.ablation:
         jobs.append(("ablation.png", lambda: ablation_chart(res)))

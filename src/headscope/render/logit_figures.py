@@ -13,8 +13,11 @@ from ..tokens import visible_whitespace
 from ._mpl import plt, tex_safe
 
 CMAP = "RdBu_r"
-WHICH = {"later": "later-repeat targets (the copied token)", "first": "first-repeat targets",
-         "rise": "later minus first repeat"}
+WHICH = {
+    "later": "later-repeat targets (the copied token)",
+    "first": "first-repeat targets",
+    "rise": "later minus first repeat",
+}
 
 
 def show_token(label: str, width: int = 14) -> str:
@@ -38,8 +41,15 @@ def _layer_head_heatmap(a: np.ndarray, title: str, ax=None, outline=None):
         for l in range(L):
             for h in range(H):
                 if abs(a[l, h]) >= 0.005:  # blank, not "-0.00": the eye should find the heads that write
-                    ax.text(h, l, f"{a[l, h]:.2f}", ha="center", va="center", fontsize=6,
-                            color="white" if abs(a[l, h]) > 0.6 * lim else "black")
+                    ax.text(
+                        h,
+                        l,
+                        f"{a[l, h]:.2f}",
+                        ha="center",
+                        va="center",
+                        fontsize=6,
+                        color="white" if abs(a[l, h]) > 0.6 * lim else "black",
+                    )
     for l, h in outline or []:
         ax.add_patch(plt.Rectangle((h - 0.5, l - 0.5), 1, 1, fill=False, edgecolor="#00b4d8", lw=1.8))
     ax.set_xticks(range(H))
@@ -59,10 +69,12 @@ def repeat_effect_heatmap(res, which: str = "later", ax=None, outline=None):
     e.g. the top induction heads.
     """
     a = {"later": res.later, "first": res.first, "rise": res.later - res.first}[which]
-    title = (f"Direct logit effect on {WHICH[which]} — {tex_safe(res.model_name)}\n"
-             f"mean over {res.settings['batch']} sequences of {res.settings['seq_len']} random tokens"
-             f" x {res.settings['repeats']}; model's centred logit: {res.logit_first:.2f} first, "
-             f"{res.logit_later:.2f} later")
+    title = (
+        f"Direct logit effect on {WHICH[which]} — {tex_safe(res.model_name)}\n"
+        f"mean over {res.settings['batch']} sequences of {res.settings['seq_len']} random tokens"
+        f" x {res.settings['repeats']}; model's centred logit: {res.logit_first:.2f} first, "
+        f"{res.logit_later:.2f} later"
+    )
     return _layer_head_heatmap(a, title, ax, outline)
 
 
@@ -75,9 +87,11 @@ def scan_effect_heatmap(scan, which: str = "later", ax=None, outline=None):
     later, first = scan.scores["direct_logit_later"], scan.scores["direct_logit_first"]
     a = {"later": later, "first": first, "rise": later - first}[which]
     s = scan.settings
-    title = (f"Direct logit effect on {WHICH[which]} — {tex_safe(scan.model['name'])}\n"
-             f"mean over {s['batch']} sequences of {s['seq_len']} random tokens x {s['repeats']}; loss "
-             f"{scan.loss_first_repeat:.2f} nats first, {scan.loss_later_repeats:.2f} later")
+    title = (
+        f"Direct logit effect on {WHICH[which]} — {tex_safe(scan.model['name'])}\n"
+        f"mean over {s['batch']} sequences of {s['seq_len']} random tokens x {s['repeats']}; loss "
+        f"{scan.loss_first_repeat:.2f} nats first, {scan.loss_later_repeats:.2f} later"
+    )
     return _layer_head_heatmap(a, title, ax, outline)
 
 
@@ -109,8 +123,11 @@ def token_head_heatmap(res, heads=None, k: int = 8, ax=None):
     ax.set_xlabel("head")
     ax.set_ylabel("token → next token (the target)")
     ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.02).set_label("direct effect on centred logit")
-    ax.set_title(f"Direct logit attribution — {tex_safe(res.model_name)}\n"
-                 f"each head's push on the actual next token (red raises it)", fontsize=9)
+    ax.set_title(
+        f"Direct logit attribution — {tex_safe(res.model_name)}\n"
+        f"each head's push on the actual next token (red raises it)",
+        fontsize=9,
+    )
     return ax.figure
 
 
@@ -126,6 +143,9 @@ def ov_row_bars(ov, index: int = 0, ax=None):
     ax.axvline(0, color="black", lw=0.6)
     ax.set_xlabel("OV row (centred logit per unit final scale)")
     src = show_token(ov.token_labels[index], 18)
-    ax.set_title(f"{ov.label} attending to {src}: promotes / suppresses\n"
-                 f"{src} itself ranks {int(ov.self_rank[index])} of {ov.d_vocab}", fontsize=9)
+    ax.set_title(
+        f"{ov.label} attending to {src}: promotes / suppresses\n"
+        f"{src} itself ranks {int(ov.self_rank[index])} of {ov.d_vocab}",
+        fontsize=9,
+    )
     return ax.figure

@@ -40,8 +40,14 @@ def phase_figure(ph, axes=None):
 
     ax = axes[0]
     if ph.live:
-        ax.plot([r["step"] for r in ph.live], [r["loss_later_repeats"] for r in ph.live], lw=0.8, color="C0",
-                alpha=0.45, label="later repeat (live, during training)")
+        ax.plot(
+            [r["step"] for r in ph.live],
+            [r["loss_later_repeats"] for r in ph.live],
+            lw=0.8,
+            color="C0",
+            alpha=0.45,
+            label="later repeat (live, during training)",
+        )
     ax.plot(x, c["loss_later_repeats"], marker="o", ms=3.5, lw=1.4, color="C0", label="later repeat")
     ax.plot(x, c["loss_first_repeat"], marker="o", ms=3, lw=1.0, ls="--", color="0.45", label="first repeat")
     ax.set_ylabel("loss (nats)")
@@ -75,8 +81,10 @@ def phase_figure(ph, axes=None):
     if w is None:
         title = "No abrupt change in the later-repeat loss was detected"
     else:
-        title = (f"Induction head {ind_name} forms between steps {w.before:.0f} and {w.after:.0f} (shaded): "
-                 f"later-repeat loss {w.value_before:.2f} -> {w.value_after:.2f} nats")
+        title = (
+            f"Induction head {ind_name} forms between steps {w.before:.0f} and {w.after:.0f} (shaded): "
+            f"later-repeat loss {w.value_before:.2f} -> {w.value_after:.2f} nats"
+        )
     fig = axes[0].figure
     fig.suptitle(title, fontsize=10.5)
     fig.tight_layout()
@@ -95,16 +103,22 @@ def phase_heatmaps(ph):
         panels = (
             (ph.scores[step]["induction"], "induction score", (1.0, "viridis"), ind, "layer", "head"),
             (ph.scores[step]["previous_token"], "previous-token score", (1.0, "viridis"), prev, "layer", "head"),
-            (ph.k_comp[step], f"K-composition L{prev[0]} -> L{ind[0]} (random {ph.k_baseline:.2f})", (kmax, "magma"),
-             (prev[1], ind[1]),
-             f"head in L{prev[0]} (writes)", f"head in L{ind[0]} (keys read)"),
+            (
+                ph.k_comp[step],
+                f"K-composition L{prev[0]} -> L{ind[0]} (random {ph.k_baseline:.2f})",
+                (kmax, "magma"),
+                (prev[1], ind[1]),
+                f"head in L{prev[0]} (writes)",
+                f"head in L{ind[0]} (keys read)",
+            ),
         )
         for ax, (grid, name, (vmax, cmap), mark, ylab, xlab) in zip(axes[row], panels):
             grid = np.asarray(grid, dtype=np.float64)
             im = ax.imshow(grid, vmin=0, vmax=vmax, cmap=cmap, aspect="auto", interpolation="nearest")
             for (i, j), v in np.ndenumerate(grid):
-                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
-                        color="white" if v < 0.6 * vmax else "black")
+                ax.text(
+                    j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="white" if v < 0.6 * vmax else "black"
+                )
             ax.add_patch(plt.Rectangle((mark[1] - 0.5, mark[0] - 0.5), 1, 1, fill=False, ec="red", lw=2))
             ax.set_xticks(range(grid.shape[1]))
             ax.set_yticks(range(grid.shape[0]))
@@ -113,9 +127,12 @@ def phase_heatmaps(ph):
             which = "before" if row == 0 and ph.window is not None else "after" if ph.window is not None else ""
             ax.set_title(f"{name}\nstep {step}" + (f" ({which} the window)" if which else ""), fontsize=9)
             fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)
-    fig.suptitle("Scores either side of the detected window (tracked heads outlined in red)"
-                 if ph.window is not None else "Scores at the first and last checkpoint (no window detected)",
-                 fontsize=10.5)
+    fig.suptitle(
+        "Scores either side of the detected window (tracked heads outlined in red)"
+        if ph.window is not None
+        else "Scores at the first and last checkpoint (no window detected)",
+        fontsize=10.5,
+    )
     fig.tight_layout()
     return fig
 

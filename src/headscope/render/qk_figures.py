@@ -33,12 +33,22 @@ def _grey_cmap(name: str):
     return plt.get_cmap(name).with_extremes(bad="#d0d0d0")
 
 
-def token_heatmap(ax, data: np.ndarray, labels: list[str], title: str, cbar: str, cmap: str = "viridis",
-                  vmin=None, vmax=None, ticks: bool = True):
+def token_heatmap(
+    ax,
+    data: np.ndarray,
+    labels: list[str],
+    title: str,
+    cbar: str,
+    cmap: str = "viridis",
+    vmin=None,
+    vmax=None,
+    ticks: bool = True,
+):
     """``data [query, key]`` as a heatmap; NaN cells drawn grey as 'masked'."""
     n = len(labels)
-    im = ax.imshow(np.ma.masked_invalid(data), cmap=_grey_cmap(cmap), vmin=vmin, vmax=vmax,
-                   aspect="equal", interpolation="nearest")
+    im = ax.imshow(
+        np.ma.masked_invalid(data), cmap=_grey_cmap(cmap), vmin=vmin, vmax=vmax, aspect="equal", interpolation="nearest"
+    )
     if ticks:
         fs = max(4.0, min(9.0, 520 / max(n, 1)))
         safe = [show_token(t) for t in labels]
@@ -69,11 +79,27 @@ def plot_live(scores, sequence: int, n: int):
     layer, head = scores.heads[n]
     side = _side(len(seq))
     fig, axes = plt.subplots(1, 2, figsize=(2 * side + 1.5, side), layout="constrained")
-    token_heatmap(axes[0], scores.scores[sequence][n], seq.labels, "pre-softmax score q·k/√d_head (grey = masked)",
-                  "score", cmap="magma")
-    token_heatmap(axes[1], _masked_pattern(scores.patterns[sequence][n]), seq.labels, "attention pattern (softmax)",
-                  "attention", vmin=0, vmax=1)
-    fig.suptitle(_wrap(f"{scores.model_name}, head {head_label(layer, head)}, sequence {sequence}: {seq.text[:90]!r}"), fontsize=11)
+    token_heatmap(
+        axes[0],
+        scores.scores[sequence][n],
+        seq.labels,
+        "pre-softmax score q·k/√d_head (grey = masked)",
+        "score",
+        cmap="magma",
+    )
+    token_heatmap(
+        axes[1],
+        _masked_pattern(scores.patterns[sequence][n]),
+        seq.labels,
+        "attention pattern (softmax)",
+        "attention",
+        vmin=0,
+        vmax=1,
+    )
+    fig.suptitle(
+        _wrap(f"{scores.model_name}, head {head_label(layer, head)}, sequence {sequence}: {seq.text[:90]!r}"),
+        fontsize=11,
+    )
     for note in seq.notes:
         fig.text(0.01, -0.02, _wrap(note), fontsize=8, color="#a00")
     return fig
@@ -86,15 +112,26 @@ def plot_live_grid(scores, sequence: int):
     cols = min(k, 3)
     rows = (k + cols - 1) // cols
     side = min(_side(len(seq)), 7.0)
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * (side + 1.2), rows * side), squeeze=False,
-                             layout="constrained")
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(cols * (side + 1.2), rows * side), squeeze=False, layout="constrained"
+    )
     show = len(seq) <= 48
     for n, (layer, head) in enumerate(scores.heads):
-        token_heatmap(axes.flat[n], _masked_pattern(scores.patterns[sequence][n]), seq.labels, f"head {head_label(layer, head)}", "attention", vmin=0, vmax=1, ticks=show)
+        token_heatmap(
+            axes.flat[n],
+            _masked_pattern(scores.patterns[sequence][n]),
+            seq.labels,
+            f"head {head_label(layer, head)}",
+            "attention",
+            vmin=0,
+            vmax=1,
+            ticks=show,
+        )
     for ax in list(axes.flat)[k:]:
         ax.axis("off")
-    fig.suptitle(_wrap(f"{scores.model_name}: attention of the chosen heads on {seq.text[:80]!r} (grey = masked)"),
-                 fontsize=11)
+    fig.suptitle(
+        _wrap(f"{scores.model_name}: attention of the chosen heads on {seq.text[:80]!r} (grey = masked)"), fontsize=11
+    )
     return fig
 
 
@@ -112,22 +149,58 @@ def _bars(ax, names, kinds, contrib, rel, top: int, title: str):
 def plot_decomposition(dec, top: int = 12):
     """Top components on the key side and the query side; bars sum (over all components) to the score."""
     fig, axes = plt.subplots(1, 2, figsize=(13, 0.32 * top + 2.6))
-    _bars(axes[0], dec.key_names, dec.key_kinds, dec.key_contrib, dec.key_vs_mean, top,
-          f"key side: what the key carries ({len(dec.key_names)} components)")
-    _bars(axes[1], dec.query_names, dec.query_kinds, dec.query_contrib, dec.query_vs_mean, top,
-          f"query side: what the query brings ({len(dec.query_names)} components)")
+    _bars(
+        axes[0],
+        dec.key_names,
+        dec.key_kinds,
+        dec.key_contrib,
+        dec.key_vs_mean,
+        top,
+        f"key side: what the key carries ({len(dec.key_names)} components)",
+    )
+    _bars(
+        axes[1],
+        dec.query_names,
+        dec.query_kinds,
+        dec.query_contrib,
+        dec.query_vs_mean,
+        top,
+        f"query side: what the query brings ({len(dec.query_names)} components)",
+    )
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in KIND_COLOURS.values()]
-    fig.legend(handles + [axes[1].collections[0]], list(KIND_COLOURS) + ["vs mean over keys"],
-               fontsize=7, loc="lower right", ncols=6, frameon=False)
+    fig.legend(
+        handles + [axes[1].collections[0]],
+        list(KIND_COLOURS) + ["vs mean over keys"],
+        fontsize=7,
+        loc="lower right",
+        ncols=6,
+        frameon=False,
+    )
     seq = dec.sequence
     i, j = dec.pairs[0]
-    where = (f"{dec.how}" if len(dec.pairs) > 1 else
-             f"query {i} {show_token(seq.labels[i])!r} -> key {j} {show_token(seq.labels[j])!r}")
-    fig.suptitle(_wrap(f"{dec.model_name}, head {dec.label}: why it attends there -- {where}; "
-                       f"score {dec.score:.3f} (model {dec.model_score:.3f}), attention {dec.attention:.2f}"), fontsize=10)
-    fig.text(0.01, -0.04, _wrap(dec.note + ". Bars: each component's contribution (all of them sum to the score); "
-                              "ticks: the same minus its mean over all keys the query sees.", 160),
-             fontsize=7, color="#333")
+    where = (
+        f"{dec.how}"
+        if len(dec.pairs) > 1
+        else f"query {i} {show_token(seq.labels[i])!r} -> key {j} {show_token(seq.labels[j])!r}"
+    )
+    fig.suptitle(
+        _wrap(
+            f"{dec.model_name}, head {dec.label}: why it attends there -- {where}; "
+            f"score {dec.score:.3f} (model {dec.model_score:.3f}), attention {dec.attention:.2f}"
+        ),
+        fontsize=10,
+    )
+    fig.text(
+        0.01,
+        -0.04,
+        _wrap(
+            dec.note + ". Bars: each component's contribution (all of them sum to the score); "
+            "ticks: the same minus its mean over all keys the query sees.",
+            160,
+        ),
+        fontsize=7,
+        color="#333",
+    )
     fig.tight_layout(rect=(0, 0.05, 1, 0.93))
     return fig
 
@@ -137,8 +210,7 @@ def plot_positional(pos):
     k = len(pos.heads)
     with_mats = pos.matrix is not None
     cols = k + 1 if with_mats else 1
-    fig, axes = plt.subplots(1, cols, figsize=(5.2 * cols if with_mats else 8, 5), squeeze=False,
-                             layout="constrained")
+    fig, axes = plt.subplots(1, cols, figsize=(5.2 * cols if with_mats else 8, 5), squeeze=False, layout="constrained")
     ax = axes[0, 0]
     for n, (layer, head) in enumerate(pos.heads):
         ax.plot(pos.offsets, pos.offset_curve[n], marker=".", ms=4, label=f"head {head_label(layer, head)}")
@@ -150,11 +222,20 @@ def plot_positional(pos):
     if with_mats:
         n_pos = pos.matrix.shape[-1]
         for n, (layer, head) in enumerate(pos.heads):
-            token_heatmap(axes[0, n + 1], pos.matrix[n], [str(p) for p in range(n_pos)],
-                          f"W_pos W_Q W_Kᵀ W_posᵀ, head {head_label(layer, head)}", "score", cmap="RdBu_r", ticks=False)
+            token_heatmap(
+                axes[0, n + 1],
+                pos.matrix[n],
+                [str(p) for p in range(n_pos)],
+                f"W_pos W_Q W_Kᵀ W_posᵀ, head {head_label(layer, head)}",
+                "score",
+                cmap="RdBu_r",
+                ticks=False,
+            )
             axes[0, n + 1].set_xlabel("key position"), axes[0, n + 1].set_ylabel("query position")
-    fig.suptitle(f"{pos.model_name}: positional QK circuit" + (f" (rope_theta {pos.rope_theta:g})" if pos.rope_theta else ""),
-                 fontsize=11)
+    fig.suptitle(
+        f"{pos.model_name}: positional QK circuit" + (f" (rope_theta {pos.rope_theta:g})" if pos.rope_theta else ""),
+        fontsize=11,
+    )
     fig.text(0.01, -0.06, _wrap("method: " + pos.method, 140), fontsize=7, color="#333")
     return fig
 
@@ -163,19 +244,24 @@ def plot_token_qk(tq):
     """The token QK circuit on a token set (queries down) and the top directions of its full SVD."""
     n = len(tq.labels)
     side = _side(n)
-    fig, (ax, tx) = plt.subplots(1, 2, figsize=(side + 6.5, side), gridspec_kw={"width_ratios": [side, 5]},
-                                 layout="constrained")
+    fig, (ax, tx) = plt.subplots(
+        1, 2, figsize=(side + 6.5, side), gridspec_kw={"width_ratios": [side, 5]}, layout="constrained"
+    )
     lim = float(np.nanmax(np.abs(tq.matrix))) or 1.0
-    token_heatmap(ax, tq.matrix, tq.labels, f"token QK circuit, head {tq.label}", "score", cmap="RdBu_r",
-                  vmin=-lim, vmax=lim)
+    token_heatmap(
+        ax, tq.matrix, tq.labels, f"token QK circuit, head {tq.label}", "score", cmap="RdBu_r", vmin=-lim, vmax=lim
+    )
     ax.set_xlabel("key token"), ax.set_ylabel("query token")
     lines = ["Full-vocabulary SVD (from rank-d_head factors):"]
     for d, info in enumerate(tq.directions):
-        lines += [f"#{d + 1}  σ = {info['singular_value']:.4g}",
-                  " +queries: " + " ".join(show_token(t, 10) for t in info["queries_plus"][:5]),
-                  "  -> keys: " + " ".join(show_token(t, 10) for t in info["keys_plus"][:5]),
-                  " -queries: " + " ".join(show_token(t, 10) for t in info["queries_minus"][:5]),
-                  "  -> keys: " + " ".join(show_token(t, 10) for t in info["keys_minus"][:5]), ""]
+        lines += [
+            f"#{d + 1}  σ = {info['singular_value']:.4g}",
+            " +queries: " + " ".join(show_token(t, 10) for t in info["queries_plus"][:5]),
+            "  -> keys: " + " ".join(show_token(t, 10) for t in info["keys_plus"][:5]),
+            " -queries: " + " ".join(show_token(t, 10) for t in info["queries_minus"][:5]),
+            "  -> keys: " + " ".join(show_token(t, 10) for t in info["keys_minus"][:5]),
+            "",
+        ]
     tx.axis("off")
     tx.text(0, 1, "\n".join(lines), va="top", family="DejaVu Sans Mono", fontsize=7.5)
     fig.suptitle(f"{tq.model_name}: head {tq.label} token QK circuit", fontsize=11)
@@ -191,7 +277,9 @@ def plot_composition(comp, kind: str | None = None):
     for ax, kd in zip(axes[0], kinds):
         ex = comp.excess(kd).reshape(L * H, L * H)
         lim = float(np.nanmax(np.abs(ex))) or 1.0
-        im = ax.imshow(np.ma.masked_invalid(ex), cmap=_grey_cmap("RdBu_r"), vmin=-lim, vmax=lim, interpolation="nearest")
+        im = ax.imshow(
+            np.ma.masked_invalid(ex), cmap=_grey_cmap("RdBu_r"), vmin=-lim, vmax=lim, interpolation="nearest"
+        )
         step = max(1, L // 10)
         ticks = [layer * H for layer in range(0, L, step)]
         ax.set_xticks(ticks, [str(layer) for layer in range(0, L, step)], fontsize=7)
@@ -211,19 +299,25 @@ def plot_k_sources(comp, heads: list[tuple[int, int]], prev_token: np.ndarray | 
     cols = min(len(heads), 3)
     rows = (len(heads) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(4.8 * cols, 3.4 * rows), squeeze=False)
-    for ax in list(axes.flat)[len(heads):]:
+    for ax in list(axes.flat)[len(heads) :]:
         ax.axis("off")
     for ax, (layer, head) in zip(axes.flat, heads):
         src = comp.top_sources(layer, head, "K", k)[::-1]
-        names = [head_label(a, b) + (f"  (prev {prev_token[a, b]:.2f})" if prev_token is not None else "") for a, b, _ in src]
-        colours = [plt.get_cmap("viridis")(float(prev_token[a, b])) if prev_token is not None else "#dd8452"
-                   for a, b, _ in src]
+        names = [
+            head_label(a, b) + (f"  (prev {prev_token[a, b]:.2f})" if prev_token is not None else "") for a, b, _ in src
+        ]
+        colours = [
+            plt.get_cmap("viridis")(float(prev_token[a, b])) if prev_token is not None else "#dd8452" for a, b, _ in src
+        ]
         ax.barh(range(len(src)), [v for *_, v in src], color=colours)
         ax.set_yticks(range(len(src)), names, fontsize=8)
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(4))
         ax.set_xlabel("K-composition minus baseline")
         ax.set_title(f"sources of head {head_label(layer, head)}'s keys", fontsize=10)
-    fig.suptitle(f"{comp.model_name}: strongest K-composition sources" +
-                 (" (colour and label: the source's previous-token score)" if prev_token is not None else ""), fontsize=10)
+    fig.suptitle(
+        f"{comp.model_name}: strongest K-composition sources"
+        + (" (colour and label: the source's previous-token score)" if prev_token is not None else ""),
+        fontsize=10,
+    )
     fig.tight_layout()
     return fig

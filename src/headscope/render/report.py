@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import datetime as _dt
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -38,9 +39,23 @@ from ..scan.attention import AttentionSample
 from ..scan.result import InductionResult
 from ..scores import ABLATION_DEFINITION, LOSS_DEFINITION, MIN_RISE, SCORES, roles_legend
 from ..scores import score as declared
-from .html import (DECIMALS, MAX_VIEW_TOKENS, attention_view_html, esc, figure_html, fmt, heads_view_html, kv_html,
-                   legend_html, page_asset, scripts_html, table_html, tabs_html, tokens_html, visible_token)
-
+from .html import (
+    DECIMALS,
+    MAX_VIEW_TOKENS,
+    attention_view_html,
+    esc,
+    figure_html,
+    fmt,
+    heads_view_html,
+    kv_html,
+    legend_html,
+    page_asset,
+    scripts_html,
+    table_html,
+    tabs_html,
+    tokens_html,
+    visible_token,
+)
 
 
 def _label(name: str) -> str:
@@ -58,17 +73,24 @@ def settings_html(res: InductionResult) -> str:
     if m.get("n_kv_heads") and m.get("n_kv_heads") != m.get("n_heads"):
         model["key/value heads"] = f"{m['n_kv_heads']} per layer (grouped-query attention)"
     model["vocabulary"] = m.get("d_vocab")
-    run = {"sequences": f"{s['batch']} × ([BOS] + r × {s['repeats']})" if s.get("bos") else
-           f"{s['batch']} × (r × {s['repeats']}), no BOS token",
-           "r": f"{s['seq_len']} random ordinary tokens, seed {s['seed']}",
-           "causal check": f"{s['ablation']} ablation of hook_z" if res.ablation else "skipped",
-           "role thresholds": ", ".join(f"{_label(k)} ≥ {v}" for k, v in res.thresholds.items()),
-           "device": s.get("device", "")}
+    run = {
+        "sequences": f"{s['batch']} × ([BOS] + r × {s['repeats']})"
+        if s.get("bos")
+        else f"{s['batch']} × (r × {s['repeats']}), no BOS token",
+        "r": f"{s['seq_len']} random ordinary tokens, seed {s['seed']}",
+        "causal check": f"{s['ablation']} ablation of hook_z" if res.ablation else "skipped",
+        "role thresholds": ", ".join(f"{_label(k)} ≥ {v}" for k, v in res.thresholds.items()),
+        "device": s.get("device", ""),
+    }
     if s.get("attention"):
-        run["attention"] = {"fused": "fused kernel (scores from q, k and the row logsumexp; no n × n pattern)",
-                            "eager": "eager (full patterns)"}.get(s["attention"], s["attention"])
-    return f'<div class="cards"><div class="card"><h3>Model</h3>{kv_html(model)}</div>' \
-           f'<div class="card"><h3>Scan</h3>{kv_html(run)}</div></div>'
+        run["attention"] = {
+            "fused": "fused kernel (scores from q, k and the row logsumexp; no n × n pattern)",
+            "eager": "eager (full patterns)",
+        }.get(s["attention"], s["attention"])
+    return (
+        f'<div class="cards"><div class="card"><h3>Model</h3>{kv_html(model)}</div>'
+        f'<div class="card"><h3>Scan</h3>{kv_html(run)}</div></div>'
+    )
 
 
 def roles_html(roles: list[str]) -> str:
@@ -83,10 +105,22 @@ def top_heads_html(res: InductionResult, k: int | None = None) -> str:
     rows = []
     for l, h, _ in res.top_heads("induction", k):
         rise = rises.get((l, h))
-        rise_cell = ("–", -1e9) if rise is None else \
-            (f'<span class="{"pos" if rise >= MIN_RISE else "neg"}">{fmt(rise, signed=True)}</span>', round(rise, DECIMALS))
-        rows.append([head_label(l, h), *(round(float(sc[n][l, h]), DECIMALS) for n in order),
-                     (roles_html(roles.get((l, h), [])), "+".join(roles.get((l, h), []))), rise_cell])
+        rise_cell = (
+            ("–", -1e9)
+            if rise is None
+            else (
+                f'<span class="{"pos" if rise >= MIN_RISE else "neg"}">{fmt(rise, signed=True)}</span>',
+                round(rise, DECIMALS),
+            )
+        )
+        rows.append(
+            [
+                head_label(l, h),
+                *(round(float(sc[n][l, h]), DECIMALS) for n in order),
+                (roles_html(roles.get((l, h), [])), "+".join(roles.get((l, h), []))),
+                rise_cell,
+            ]
+        )
     cols = ["head", *(_label(n) for n in order), "roles", "ablation Δloss"]
     return table_html(cols, rows, sortable=True)
 
@@ -105,12 +139,21 @@ def all_heads_html(res: InductionResult, table_id: str = "all-heads") -> str:
     roles = res.roles()
     L, H = res.scores["induction"].shape
     order = res.score_order()
-    rows = [[head_label(l, h), *(round(float(res.scores[n][l, h]), DECIMALS) for n in order),
-             "+".join(_label(r) for r in roles.get((l, h), []))] for l in range(L) for h in range(H)]
-    return (f'<details><summary>All {L * H} heads (sortable, filterable)</summary>'
-            f'<input class="filter" data-filter="{table_id}" placeholder="filter, e.g. L17 or induction">'
-            + table_html(["head", *(_label(n) for n in order), "roles"], rows, table_id, sortable=True)
-            + "</details>")
+    rows = [
+        [
+            head_label(l, h),
+            *(round(float(res.scores[n][l, h]), DECIMALS) for n in order),
+            "+".join(_label(r) for r in roles.get((l, h), [])),
+        ]
+        for l in range(L)
+        for h in range(H)
+    ]
+    return (
+        f"<details><summary>All {L * H} heads (sortable, filterable)</summary>"
+        f'<input class="filter" data-filter="{table_id}" placeholder="filter, e.g. L17 or induction">'
+        + table_html(["head", *(_label(n) for n in order), "roles"], rows, table_id, sortable=True)
+        + "</details>"
+    )
 
 
 def role_counts_html(res: InductionResult) -> str:
@@ -120,7 +163,7 @@ def role_counts_html(res: InductionResult) -> str:
         if s.threshold is None or s.name not in res.scores or s.name not in res.thresholds:
             continue
         t = res.thresholds[s.name]
-        (l, h, v), = res.top_heads(s.name, 1)
+        ((l, h, v),) = res.top_heads(s.name, 1)
         rows.append([s.label, t, int((res.scores[s.name] >= t).sum()), f"{head_label(l, h)} ({fmt(v)})"])
     return table_html(["role", "threshold", "heads", "best head (score)"], rows, sortable=True)
 
@@ -138,8 +181,9 @@ def role_table_html(res: InductionResult, table_id: str = "roles-table") -> str:
         rows.append([(esc(head_label(l, h)), l * 10_000 + h), (roles_html(held), "+".join(held)), *cells])
     if not rows:
         return "<p>No head reaches any role's threshold.</p>"
-    return (f'<input class="filter" data-filter="{table_id}" placeholder="filter, e.g. L17 or sink">'
-            + table_html(["head", "roles", *(_label(n) for n in names)], rows, table_id, sortable=True))
+    return f'<input class="filter" data-filter="{table_id}" placeholder="filter, e.g. L17 or sink">' + table_html(
+        ["head", "roles", *(_label(n) for n in names)], rows, table_id, sortable=True
+    )
 
 
 def roles_section_html(res: InductionResult) -> str:
@@ -150,10 +194,15 @@ def roles_section_html(res: InductionResult) -> str:
     sets = ""
     if succ:
         skipped = "; ".join(f"{k}: {v}" for k, v in succ.get("skipped", {}).items())
-        sets = (f"<p>Successor score's ordinal sets: {esc(', '.join(succ.get('sets', [])) or 'none')}"
-                + (f" (skipped: {esc(skipped)})" if skipped else "") + ".</p>")
-    return (f"<p>{n} of {L * H} heads take at least one role. {esc(roles_legend(res.thresholds))} Bold: the score "
-            "behind a role the head holds.</p>" + role_counts_html(res) + sets + role_table_html(res))
+        sets = (
+            f"<p>Successor score's ordinal sets: {esc(', '.join(succ.get('sets', [])) or 'none')}"
+            + (f" (skipped: {esc(skipped)})" if skipped else "")
+            + ".</p>"
+        )
+    return (
+        f"<p>{n} of {L * H} heads take at least one role. {esc(roles_legend(res.thresholds))} Bold: the score "
+        "behind a role the head holds.</p>" + role_counts_html(res) + sets + role_table_html(res)
+    )
 
 
 def verdicts_html(res: InductionResult) -> str:
@@ -174,10 +223,13 @@ def induction_html(res: InductionResult) -> str:
     """The notebook view of an induction scan: settings, top heads, causal check, heatmap, legend."""
     from .induction_figures import score_heatmap
 
-    parts = [f"<h3>Induction scan — {esc(res.model.get('name'))}</h3>", settings_html(res), top_heads_html(res),
-             other_roles_html(res),
-             f"<p>Loss: first repeat {res.loss_first_repeat:.2f} nats, later repeats "
-             f"{res.loss_later_repeats:.2f} nats.</p>"]
+    parts = [
+        f"<h3>Induction scan — {esc(res.model.get('name'))}</h3>",
+        settings_html(res),
+        top_heads_html(res),
+        other_roles_html(res),
+        f"<p>Loss: first repeat {res.loss_first_repeat:.2f} nats, later repeats {res.loss_later_repeats:.2f} nats.</p>",
+    ]
     if res.ablation:
         parts.append(verdicts_html(res))
     parts.append(figure_html(score_heatmap(res, "induction")))
@@ -189,16 +241,31 @@ def induction_sections(res: InductionResult) -> list[tuple[str, str, str]]:
     """The induction part of the page: heads and roles, heatmaps, loss, the causal check."""
     from .induction_figures import ablation_chart, loss_by_position, score_heatmap
 
-    out = [("top", "Top heads and their roles",
-            settings_html(res) + "<h3>Top induction heads</h3>" + top_heads_html(res)
-            + "<h3>Best heads for the other roles</h3>" + other_roles_html(res) + all_heads_html(res)),
-           ("roles", "Roles of every head", roles_section_html(res)),
-           ("heatmaps", "Score heatmaps",
-            tabs_html("heatmap", [(declared(s).title, figure_html(score_heatmap(res, s))) for s in res.score_order()])),
-           ("loss", "Loss by position",
+    out = [
+        (
+            "top",
+            "Top heads and their roles",
+            settings_html(res)
+            + "<h3>Top induction heads</h3>"
+            + top_heads_html(res)
+            + "<h3>Best heads for the other roles</h3>"
+            + other_roles_html(res)
+            + all_heads_html(res),
+        ),
+        ("roles", "Roles of every head", roles_section_html(res)),
+        (
+            "heatmaps",
+            "Score heatmaps",
+            tabs_html("heatmap", [(declared(s).title, figure_html(score_heatmap(res, s))) for s in res.score_order()]),
+        ),
+        (
+            "loss",
+            "Loss by position",
             f"<p>First repeat {res.loss_first_repeat:.2f} nats, later repeats {res.loss_later_repeats:.2f} nats: "
             "a drop means the model predicts repeated tokens from context, the behaviour induction heads "
-            "implement.</p>" + figure_html(loss_by_position(res)))]
+            "implement.</p>" + figure_html(loss_by_position(res)),
+        ),
+    ]
     if res.ablation:
         out.append(("ablation", "Causal check", verdicts_html(res) + figure_html(ablation_chart(res))))
     return out
@@ -207,16 +274,27 @@ def induction_sections(res: InductionResult) -> list[tuple[str, str, str]]:
 # --- heads pieces (from a headscope.pipeline.heads.HeadsAnalysis; duck-typed: render never imports pipeline) --
 def icl_html(icl) -> str:
     """The ICL score and each ablated head's delta with its standard error (an ``ICLResult``)."""
-    head = (f"<p>In-context learning score (Olsson et al. 2022): <b>{esc(fmt(icl.icl_score, signed=True))}</b> nats "
-            f"(loss at token {icl.late} {esc(fmt(icl.loss_late))} minus token {icl.early} {esc(fmt(icl.loss_early))}; "
-            f"standard error {esc(fmt(icl.icl_stderr))}) on {esc(icl.source)}.</p>")
+    head = (
+        f"<p>In-context learning score (Olsson et al. 2022): <b>{esc(fmt(icl.icl_score, signed=True))}</b> nats "
+        f"(loss at token {icl.late} {esc(fmt(icl.loss_late))} minus token {icl.early} {esc(fmt(icl.loss_early))}; "
+        f"standard error {esc(fmt(icl.icl_stderr))}) on {esc(icl.source)}.</p>"
+    )
     if not icl.ablations:
         return head
-    rows = [[head_label(e["layer"], e["head"]), round(e["delta"], DECIMALS), round(e["delta_stderr"], DECIMALS),
-             round(e["icl_score"], DECIMALS)] for e in icl.ablations]
-    return head + (f"<p>{esc(icl.ablation_kind)} ablation of each top induction head's hook_z; Δ = ablated − clean, "
-                   "positive when the head helps the model learn from its context.</p>"
-                   + table_html(["head", "Δ ICL score", "SE of Δ", "ICL score ablated"], rows, sortable=True))
+    rows = [
+        [
+            head_label(e["layer"], e["head"]),
+            round(e["delta"], DECIMALS),
+            round(e["delta_stderr"], DECIMALS),
+            round(e["icl_score"], DECIMALS),
+        ]
+        for e in icl.ablations
+    ]
+    return head + (
+        f"<p>{esc(icl.ablation_kind)} ablation of each top induction head's hook_z; Δ = ablated − clean, "
+        "positive when the head helps the model learn from its context.</p>"
+        + table_html(["head", "Δ ICL score", "SE of Δ", "ICL score ablated"], rows, sortable=True)
+    )
 
 
 def heads_sections(a) -> list[tuple[str, str, str]]:
@@ -227,10 +305,15 @@ def heads_sections(a) -> list[tuple[str, str, str]]:
     ns = a.natural_sinks
     if ns is not None:
         best = ", ".join(f"{head_label(l, h)} {v:.3f}" for l, h, v in ns.sink_heads()[:5])
-        out.append(("natural-sinks", "Attention sinks on natural text (Gu et al.'s convention)",
-                    f"<p>{esc(ns.source)}: Sink<sub>1</sub><sup>{esc(ns.threshold)}</sup> = "
-                    f"{esc(fmt(ns.model_sink_rate))}; {len(ns.sink_heads())} heads with mean alpha_1 &gt; "
-                    f"{esc(ns.threshold)}; strongest: {esc(best or 'none')}.</p>"))
+        out.append(
+            (
+                "natural-sinks",
+                "Attention sinks on natural text (Gu et al.'s convention)",
+                f"<p>{esc(ns.source)}: Sink<sub>1</sub><sup>{esc(ns.threshold)}</sup> = "
+                f"{esc(fmt(ns.model_sink_rate))}; {len(ns.sink_heads())} heads with mean alpha_1 &gt; "
+                f"{esc(ns.threshold)}; strongest: {esc(best or 'none')}.</p>",
+            )
+        )
     return out
 
 
@@ -263,9 +346,15 @@ def qk_heads_html(a) -> str:
     for l, h in a.heads:
         ind, prev = a.head_score("induction", l, h), a.head_score("previous_token", l, h)
         src = ", ".join(f"{_lh(s['head'])} ({s['excess']:+.3f})" for s in sources[head_label(l, h)]) or "– (layer 0)"
-        rows.append([head_label(l, h), a.reasons.get(head_label(l, h), "chosen with --head"),
-                     float("nan") if ind is None else round(ind, DECIMALS),
-                     float("nan") if prev is None else round(prev, DECIMALS), src])
+        rows.append(
+            [
+                head_label(l, h),
+                a.reasons.get(head_label(l, h), "chosen with --head"),
+                float("nan") if ind is None else round(ind, DECIMALS),
+                float("nan") if prev is None else round(prev, DECIMALS),
+                src,
+            ]
+        )
     findings = "".join(f"<li>{esc(f)}</li>" for f in a.findings())
     notes = "".join(f'<p class="note">{esc(n)}</p>' for n in a.notes)
     cols = ["head", "chosen for", "induction", "previous-token", "strongest K-composition sources (excess)"]
@@ -281,18 +370,40 @@ def qk_scores_html(live) -> str:
         sc = np.asarray(live.scores[s], dtype=np.float64)
         inner = sc[:, 1:, 1:] if len(seq) > 2 else sc  # the BOS column would set the scale alone
         lim = float(np.nanmax(np.abs(inner))) or 1.0
-        views.append(heads_view_html(f"cv-qk-{s}", f"QK scores on text {s + 1}", [visible_token(t) for t in seq.labels],
-                                     sc, names, text=seq.text, notes=seq.notes, decimals=2, maxValue=lim,
-                                     minValue=-lim, positiveColor="red", negativeColor="blue"))
+        views.append(
+            heads_view_html(
+                f"cv-qk-{s}",
+                f"QK scores on text {s + 1}",
+                [visible_token(t) for t in seq.labels],
+                sc,
+                names,
+                text=seq.text,
+                notes=seq.notes,
+                decimals=2,
+                maxValue=lim,
+                minValue=-lim,
+                positiveColor="red",
+                negativeColor="blue",
+            )
+        )
     return tabs_html("qk-views", [(f"text {s + 1}", v) for s, v in enumerate(views)])
 
 
 def qk_patterns_html(live) -> str:
     """The chosen heads' attention patterns on each text (for a page without an induction scan)."""
     names = [head_label(l, h) for l, h in live.heads]
-    views = [heads_view_html(f"cv-{s}", f"Attention of the chosen heads on text {s + 1}",
-                             [visible_token(t) for t in seq.labels], live.patterns[s], names, text=seq.text,
-                             notes=seq.notes) for s, seq in enumerate(live.sequences)]
+    views = [
+        heads_view_html(
+            f"cv-{s}",
+            f"Attention of the chosen heads on text {s + 1}",
+            [visible_token(t) for t in seq.labels],
+            live.patterns[s],
+            names,
+            text=seq.text,
+            notes=seq.notes,
+        )
+        for s, seq in enumerate(live.sequences)
+    ]
     return tabs_html("views", [(f"text {s + 1}", v) for s, v in enumerate(views)])
 
 
@@ -301,16 +412,25 @@ def decomposition_html(d) -> str:
     from .qk_figures import plot_decomposition
 
     f = d.to_frame()
-    rows = [[r.side, r.component, round(float(r.contribution), DECIMALS), round(float(r.vs_mean_key), DECIMALS)]
-            for side in ("key", "query") for r in f[f.side == side].sort_values("rank").head(5).itertuples()]
+    rows = [
+        [r.side, r.component, round(float(r.contribution), DECIMALS), round(float(r.vs_mean_key), DECIMALS)]
+        for side in ("key", "query")
+        for r in f[f.side == side].sort_values("rank").head(5).itertuples()
+    ]
     pairs = [[a, b, round(v, DECIMALS)] for a, b, v in d.top_pairs(5)]
-    facts = (f"score {d.score:.3f} (the model's own {d.model_score:.3f}, largest difference {d.max_abs_error:.1e}), "
-             f"attention {d.attention:.3f}; {d.how}")
-    return (f"<p class='muted'>{esc(facts)}</p>{_plot(plot_decomposition, d)}<div class='cards'>"
-            "<div><b>Largest contributions</b>"
-            + table_html(["side", "component", "score units", "vs mean key"], rows) + "</div>"
-            "<div><b>Largest query × key component pairs</b>"
-            + table_html(["query component", "key component", "score units"], pairs) + "</div></div>")
+    facts = (
+        f"score {d.score:.3f} (the model's own {d.model_score:.3f}, largest difference {d.max_abs_error:.1e}), "
+        f"attention {d.attention:.3f}; {d.how}"
+    )
+    return (
+        f"<p class='muted'>{esc(facts)}</p>{_plot(plot_decomposition, d)}<div class='cards'>"
+        "<div><b>Largest contributions</b>"
+        + table_html(["side", "component", "score units", "vs mean key"], rows)
+        + "</div>"
+        "<div><b>Largest query × key component pairs</b>"
+        + table_html(["query component", "key component", "score units"], pairs)
+        + "</div></div>"
+    )
 
 
 def positional_html(p) -> str:
@@ -320,24 +440,41 @@ def positional_html(p) -> str:
     for n, (l, h) in enumerate(p.heads):
         curve = p.offset_curve[n]
         peak = int(p.offsets[np.nanargmax(curve)])
-        rows.append([head_label(l, h), peak, round(float(np.nanmax(curve)), DECIMALS),
-                     round(float(curve[1]), DECIMALS) if len(curve) > 1 else float("nan")])
-    return (_plot(plot_positional, p) + table_html(["head", "peak offset", "peak score", "score at offset 1"], rows)
-            + f"<p class='muted'>{esc(p.method)}</p>")
+        rows.append(
+            [
+                head_label(l, h),
+                peak,
+                round(float(np.nanmax(curve)), DECIMALS),
+                round(float(curve[1]), DECIMALS) if len(curve) > 1 else float("nan"),
+            ]
+        )
+    return (
+        _plot(plot_positional, p)
+        + table_html(["head", "peak offset", "peak score", "score at offset 1"], rows)
+        + f"<p class='muted'>{esc(p.method)}</p>"
+    )
 
 
 def token_qk_html(t) -> str:
     from .qk_figures import plot_token_qk
 
-    rows = [[round(float(d["singular_value"]), DECIMALS),
-             *((tokens_html(d[k]), "") for k in ("queries_plus", "keys_plus", "queries_minus", "keys_minus"))]
-            for d in t.directions]
+    rows = [
+        [
+            round(float(d["singular_value"]), DECIMALS),
+            *((tokens_html(d[k]), "") for k in ("queries_plus", "keys_plus", "queries_minus", "keys_minus")),
+        ]
+        for d in t.directions
+    ]
     pairs = [[(tokens_html([q]), q), (tokens_html([k]), k), round(v, DECIMALS)] for q, k, v in t.top_pairs(6)]
-    return (_plot(plot_token_qk, t) + "<div class='cards'><div><b>Highest-scoring query/key token pairs</b>"
-            + table_html(["query token", "key token", "score"], pairs) + "</div>"
-            "<div><b>Top singular directions of the full-vocabulary circuit</b>"
-            + table_html(["σ", "queries +", "keys +", "queries −", "keys −"], rows)
-            + f"</div></div><p class='muted'>{esc(t.method)}</p>")
+    return (
+        _plot(plot_token_qk, t)
+        + "<div class='cards'><div><b>Highest-scoring query/key token pairs</b>"
+        + table_html(["query token", "key token", "score"], pairs)
+        + "</div>"
+        "<div><b>Top singular directions of the full-vocabulary circuit</b>"
+        + table_html(["σ", "queries +", "keys +", "queries −", "keys −"], rows)
+        + f"</div></div><p class='muted'>{esc(t.method)}</p>"
+    )
 
 
 def composition_html(c, heads: list[tuple[int, int]], prev_token: np.ndarray | None = None) -> str:
@@ -345,16 +482,29 @@ def composition_html(c, heads: list[tuple[int, int]], prev_token: np.ndarray | N
     from .qk_figures import plot_composition, plot_k_sources
 
     later = [lh for lh in heads if lh[0] > 0]
-    rows = [[head_label(l, h), kind, head_label(sl, sh), round(v, DECIMALS),
-             *([round(float(prev_token[sl, sh]), DECIMALS)] if prev_token is not None else [])]
-            for l, h in later for kind in c.scores for sl, sh, v in c.top_sources(l, h, kind, 3)]
-    cols = ["later head", "kind", "earlier head", "excess"] + (["earlier head's previous-token score"]
-                                                               if prev_token is not None else [])
+    rows = [
+        [
+            head_label(l, h),
+            kind,
+            head_label(sl, sh),
+            round(v, DECIMALS),
+            *([round(float(prev_token[sl, sh]), DECIMALS)] if prev_token is not None else []),
+        ]
+        for l, h in later
+        for kind in c.scores
+        for sl, sh, v in c.top_sources(l, h, kind, 3)
+    ]
+    cols = ["later head", "kind", "earlier head", "excess"] + (
+        ["earlier head's previous-token score"] if prev_token is not None else []
+    )
     base = f"random baseline {c.baseline:.4f} ± {c.baseline_std:.4f} (d_model {c.d_model}, d_head {c.d_head})"
     sources = _plot(plot_k_sources, c, later, prev_token) if later else ""
-    return (f"<p class='muted'>{esc(base)}; {esc(c.note)}</p>{sources}{_plot(plot_composition, c)}"
-            "<details><summary>The strongest sources of each chosen head, every kind (table)</summary>"
-            + table_html(cols, rows, sortable=True) + "</details>")
+    return (
+        f"<p class='muted'>{esc(base)}; {esc(c.note)}</p>{sources}{_plot(plot_composition, c)}"
+        "<details><summary>The strongest sources of each chosen head, every kind (table)</summary>"
+        + table_html(cols, rows, sortable=True)
+        + "</details>"
+    )
 
 
 def qk_sections(a) -> list[tuple[str, str, str]]:
@@ -365,19 +515,31 @@ def qk_sections(a) -> list[tuple[str, str, str]]:
     decs = [a.decompositions[k] for k in range(min(n, len(a.decompositions)))]  # sequence 0, every head
     return [
         ("qk-heads", "QK analysis: the chosen heads", qk_heads_html(a)),
-        ("qk-live", "QK scores on text (interactive)",
-         "<p class='muted'>Pre-softmax scores q·k/√d_head of the chosen heads, red positive, blue negative, scaled to "
-         "the largest non-BOS score of each text; the softmax of each row is the attention pattern.</p>"
-         + qk_scores_html(a.live)),
-        ("qk-decomposition", "Why they attend there: QK decompositions",
-         f"<p class='muted'>On text 1 ({esc(first.text[:80])}{'…' if len(first.text) > 80 else ''}); every text's "
-         "decompositions are in qk.json (headscope qk).</p>"
-         + tabs_html("decomp", [(head_label(d.layer, d.head), decomposition_html(d)) for d in decs])),
+        (
+            "qk-live",
+            "QK scores on text (interactive)",
+            "<p class='muted'>Pre-softmax scores q·k/√d_head of the chosen heads, red positive, blue negative, scaled to "
+            "the largest non-BOS score of each text; the softmax of each row is the attention pattern.</p>"
+            + qk_scores_html(a.live),
+        ),
+        (
+            "qk-decomposition",
+            "Why they attend there: QK decompositions",
+            f"<p class='muted'>On text 1 ({esc(first.text[:80])}{'…' if len(first.text) > 80 else ''}); every text's "
+            "decompositions are in qk.json (headscope qk).</p>"
+            + tabs_html("decomp", [(head_label(d.layer, d.head), decomposition_html(d)) for d in decs]),
+        ),
         ("qk-positional", "Positional QK circuit", positional_html(a.positional)),
-        ("qk-token", "Token QK circuit",
-         tabs_html("tokqk", [(head_label(t.layer, t.head), token_qk_html(t)) for t in a.token_circuits])),
-        ("composition", "Composition scores",
-         composition_html(a.composition, heads, None if a.scan_scores is None else a.scan_scores["previous_token"])),
+        (
+            "qk-token",
+            "Token QK circuit",
+            tabs_html("tokqk", [(head_label(t.layer, t.head), token_qk_html(t)) for t in a.token_circuits]),
+        ),
+        (
+            "composition",
+            "Composition scores",
+            composition_html(a.composition, heads, None if a.scan_scores is None else a.scan_scores["previous_token"]),
+        ),
     ]
 
 
@@ -387,17 +549,30 @@ def phase_sections(ph) -> list[tuple[str, str, str]]:
     from .phase_figures import phase_figure, phase_heatmaps
 
     w = ph.window
-    facts = {"run": str(ph.run_dir), "checkpoints": f"{len(ph.steps)} (steps {ph.steps[0]}..{ph.steps[-1]})",
-             "tracked heads": f"previous-token {head_label(*ph.previous_token_head)} -> induction "
-                              f"{head_label(*ph.induction_head)}",
-             "window (later-repeat loss)": "none detected" if w is None else
-             f"steps {int(w.before)}..{int(w.after)} ({w.width / ph.total_steps:.0%} of the run), "
-             f"loss x{w.ratio:.2f}"}
-    aims = [[k.replace("_", " "), (esc(fmt(v) if isinstance(v, float) else str(v)), str(v))]
-            for k, v in ph.aims().items()]
-    return [("phase", "Phase change during training",
-             kv_html(facts) + figure_html(phase_figure(ph)) + "<h3>Before and after the window</h3>"
-             + figure_html(phase_heatmaps(ph)) + "<h3>Aims</h3>" + table_html(["aim", "value"], aims))]
+    facts = {
+        "run": str(ph.run_dir),
+        "checkpoints": f"{len(ph.steps)} (steps {ph.steps[0]}..{ph.steps[-1]})",
+        "tracked heads": f"previous-token {head_label(*ph.previous_token_head)} -> induction "
+        f"{head_label(*ph.induction_head)}",
+        "window (later-repeat loss)": "none detected"
+        if w is None
+        else f"steps {int(w.before)}..{int(w.after)} ({w.width / ph.total_steps:.0%} of the run), loss x{w.ratio:.2f}",
+    }
+    aims = [
+        [k.replace("_", " "), (esc(fmt(v) if isinstance(v, float) else str(v)), str(v))] for k, v in ph.aims().items()
+    ]
+    return [
+        (
+            "phase",
+            "Phase change during training",
+            kv_html(facts)
+            + figure_html(phase_figure(ph))
+            + "<h3>Before and after the window</h3>"
+            + figure_html(phase_heatmaps(ph))
+            + "<h3>Aims</h3>"
+            + table_html(["aim", "value"], aims),
+        )
+    ]
 
 
 # --- logit pieces (from a headscope.pipeline.logits.LogitAnalysis) -------------------------------
@@ -411,27 +586,61 @@ def logit_story_html(a) -> str:
     d_vocab = a.model.get("d_vocab")
     rows = []
     for st in a.stories.stories:
-        srcs = "; ".join(f"{_lh(x['head'])} ({x['k_composition']:+.3f}, previous-token {x['previous_token']:.2f})"
-                         for x in st.k_sources) or "– (layer 0)"
+        srcs = (
+            "; ".join(
+                f"{_lh(x['head'])} ({x['k_composition']:+.3f}, previous-token {x['previous_token']:.2f})"
+                for x in st.k_sources
+            )
+            or "– (layer 0)"
+        )
         rank = "–" if st.self_rank_median is None else f"{st.self_rank_median:,.0f} / {d_vocab:,}"
-        rows.append([st.label, _n(st.induction), srcs, _n(st.copying), (esc(rank), st.self_rank_median or -1.0),
-                     _n(st.dla_first), _n(st.dla_later), _n(st.ablation_delta_loss)])
-    cols = ["head", "induction", "strongest K-composition sources (excess, their previous-token score)", "copying",
-            "OV self-rank (median)", "direct effect, first repeat", "direct effect, later repeats", "ablation Δloss"]
+        rows.append(
+            [
+                st.label,
+                _n(st.induction),
+                srcs,
+                _n(st.copying),
+                (esc(rank), st.self_rank_median or -1.0),
+                _n(st.dla_first),
+                _n(st.dla_later),
+                _n(st.ablation_delta_loss),
+            ]
+        )
+    cols = [
+        "head",
+        "induction",
+        "strongest K-composition sources (excess, their previous-token score)",
+        "copying",
+        "OV self-rank (median)",
+        "direct effect, first repeat",
+        "direct effect, later repeats",
+        "ablation Δloss",
+    ]
     findings = "".join(f"<li>{esc(f)}</li>" for f in a.findings())
-    return (table_html(cols, rows) + f"<ul class='verdicts'>{findings}</ul>"
-            "<p class='muted'>Previous-token head → induction head → logit of the copied token: K-composition says "
-            "which earlier heads the induction head's keys read; the direct effect is what the head itself adds to "
-            "the copied token's centred logit; the ablation Δloss is what removing it costs, direct and indirect "
-            "paths together. Self-rank over the texts' tokens (1 = the head's OV circuit promotes the token it "
-            "attends to above every other).</p>")
+    return (
+        table_html(cols, rows) + f"<ul class='verdicts'>{findings}</ul>"
+        "<p class='muted'>Previous-token head → induction head → logit of the copied token: K-composition says "
+        "which earlier heads the induction head's keys read; the direct effect is what the head itself adds to "
+        "the copied token's centred logit; the ablation Δloss is what removing it costs, direct and indirect "
+        "paths together. Self-rank over the texts' tokens (1 = the head's OV circuit promotes the token it "
+        "attends to above every other).</p>"
+    )
 
 
 def logit_effects_html(a, k: int = 12) -> str:
     """The largest pushes on the actual next token, over every text and head."""
     f = a.top_effects(k)
-    rows = [[int(r.text), int(r.position), (tokens_html([r.where]), r.where), r.head_label,
-             round(float(r.effect), DECIMALS), round(float(r.model_logit), DECIMALS)] for r in f.itertuples()]
+    rows = [
+        [
+            int(r.text),
+            int(r.position),
+            (tokens_html([r.where]), r.where),
+            r.head_label,
+            round(float(r.effect), DECIMALS),
+            round(float(r.model_logit), DECIMALS),
+        ]
+        for r in f.itertuples()
+    ]
     cols = ["text", "position", "token → next token", "head", "direct effect", "model's centred logit"]
     return table_html(cols, rows, sortable=True)
 
@@ -443,10 +652,16 @@ def logit_ov_html(a) -> str:
     rows, panels = [], []
     for lh, ov in a.ov.items():
         i = a.ov_example(lh)
-        rows.append([ov.label, _n(float(np.median(ov.self_rank))), _n(float(np.mean(ov.self_rank == 1))),
-                     (tokens_html([visible_token(ov.token_labels[i])]), ov.token_labels[i]),
-                     (tokens_html(visible_token(t) for t in ov.top_labels[i][:5]), ""),
-                     (tokens_html(visible_token(t) for t in ov.bottom_labels[i][:5]), "")])
+        rows.append(
+            [
+                ov.label,
+                _n(float(np.median(ov.self_rank))),
+                _n(float(np.mean(ov.self_rank == 1))),
+                (tokens_html([visible_token(ov.token_labels[i])]), ov.token_labels[i]),
+                (tokens_html(visible_token(t) for t in ov.top_labels[i][:5]), ""),
+                (tokens_html(visible_token(t) for t in ov.bottom_labels[i][:5]), ""),
+            ]
+        )
         panels.append((ov.label, _plot(ov_row_bars, ov, i)))
     cols = ["head", "self-rank (median)", "copies (rank 1)", "source token shown", "promotes", "suppresses"]
     return table_html(cols, rows) + tabs_html("ovbars", panels)
@@ -457,18 +672,33 @@ def logit_sections(a) -> list[tuple[str, str, str]]:
     from .logit_figures import scan_effect_heatmap, token_head_heatmap
 
     notes = "".join(f'<p class="note">{esc(n)}</p>' for n in a.notes)
-    text_tabs = tabs_html("dla", [(f"text {n}", f"<p class='muted'>{esc(t.sequence.text[:120])}"
-                                   f"{'…' if len(t.sequence.text) > 120 else ''}</p>"
-                                   + _plot(token_head_heatmap, t, a.heads))
-                                  for n, t in enumerate(a.texts, 1)])
-    body = ("<h3>The induction story of the top induction heads</h3>" + logit_story_html(a)
-            + "<h3>Direct effect on the copied token, every head</h3>"
-            + _plot(scan_effect_heatmap, a.scan, "later", None, a.story_heads)
-            + "<h3>Largest direct effects on your texts</h3>" + logit_effects_html(a)
-            + "<p class='muted'>Each head's direct push on the centred logit of the token that actually comes next "
-            "(red raises it), for the chosen heads: " + esc(", ".join(head_label(l, h) for l, h in a.heads))
-            + ".</p>" + text_tabs
-            + "<h3>OV circuits: what attending to a token makes the head write</h3>" + logit_ov_html(a) + notes)
+    text_tabs = tabs_html(
+        "dla",
+        [
+            (
+                f"text {n}",
+                f"<p class='muted'>{esc(t.sequence.text[:120])}"
+                f"{'…' if len(t.sequence.text) > 120 else ''}</p>" + _plot(token_head_heatmap, t, a.heads),
+            )
+            for n, t in enumerate(a.texts, 1)
+        ],
+    )
+    body = (
+        "<h3>The induction story of the top induction heads</h3>"
+        + logit_story_html(a)
+        + "<h3>Direct effect on the copied token, every head</h3>"
+        + _plot(scan_effect_heatmap, a.scan, "later", None, a.story_heads)
+        + "<h3>Largest direct effects on your texts</h3>"
+        + logit_effects_html(a)
+        + "<p class='muted'>Each head's direct push on the centred logit of the token that actually comes next "
+        "(red raises it), for the chosen heads: "
+        + esc(", ".join(head_label(l, h) for l, h in a.heads))
+        + ".</p>"
+        + text_tabs
+        + "<h3>OV circuits: what attending to a token makes the head write</h3>"
+        + logit_ov_html(a)
+        + notes
+    )
     return [("logits", "Logit effect", body)]
 
 
@@ -501,13 +731,27 @@ class Report:
             views: list[tuple[AttentionSample, str | None]] = [(s, None) for s in res.samples]
             views += [(s, self.sources[i] if i < len(self.sources) else None) for i, s in enumerate(self.texts)]
             if views:
-                out.append(("attention", "Attention of the top induction heads (interactive)", VIEW_HELP
-                            + tabs_html("views", [(s.title.removeprefix("Top induction heads on "),
-                                                   attention_view_html(s, f"cv-{i}", text))
-                                                  for i, (s, text) in enumerate(views)])))
+                out.append(
+                    (
+                        "attention",
+                        "Attention of the top induction heads (interactive)",
+                        VIEW_HELP
+                        + tabs_html(
+                            "views",
+                            [
+                                (
+                                    s.title.removeprefix("Top induction heads on "),
+                                    attention_view_html(s, f"cv-{i}", text),
+                                )
+                                for i, (s, text) in enumerate(views)
+                            ],
+                        ),
+                    )
+                )
         elif self.qk is not None:
-            out.append(("attention", "Attention of the chosen heads (interactive)", VIEW_HELP
-                        + qk_patterns_html(self.qk.live)))
+            out.append(
+                ("attention", "Attention of the chosen heads (interactive)", VIEW_HELP + qk_patterns_html(self.qk.live))
+            )
         if self.heads is not None:
             out += heads_sections(self.heads)
         if self.qk is not None:
@@ -533,10 +777,13 @@ class Report:
         """The whole page: one self-contained HTML document."""
         nonce = secrets.token_urlsafe(16)
         sections = self.sections()
-        csp = (f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'unsafe-inline'; img-src data:; "
-               "font-src data:; connect-src 'none'; base-uri 'none'; form-action 'none'")
-        nav = "".join(f'<a href="#{a}">{esc(t.split(":")[0].removesuffix(" (interactive)"))}</a>'
-                      for a, t, _ in sections)
+        csp = (
+            f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'unsafe-inline'; img-src data:; "
+            "font-src data:; connect-src 'none'; base-uri 'none'; form-action 'none'"
+        )
+        nav = "".join(
+            f'<a href="#{a}">{esc(t.split(":")[0].removesuffix(" (interactive)"))}</a>' for a, t, _ in sections
+        )
         body = "".join(f'<section id="{a}"><h2>{esc(t)}</h2>{h}</section>' for a, t, h in sections)
         has_views = 'data-cv-component="' in body  # escaped text can never spell the quote
         name = self.model.get("name", "model")
@@ -573,7 +820,8 @@ class Report:
         notes = list(self.notes) + [
             f"Numbers on this page are rounded to {DECIMALS} decimals (QK scores in the interactive views to 2) and "
             f"interactive views keep at most {MAX_VIEW_TOKENS} tokens of a sequence; the JSON outputs "
-            "(headscope induction --json, qk.json, logits.json) have full precision."]
+            "(headscope induction --json, qk.json, logits.json) have full precision."
+        ]
         return "<ul>" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>"
 
     def save(self, path: str | Path) -> Path:
@@ -588,5 +836,7 @@ class Report:
         return f"<div class='hs'><style>{page_asset('page.css')}</style>{body}{scripts_html()}</div>"
 
 
-VIEW_HELP = ("<p class='muted'>Hover over a head to see its pattern, click to lock it; hover over a cell to read its "
-             "value. Queries down, keys across; one tab per sequence.</p>")
+VIEW_HELP = (
+    "<p class='muted'>Hover over a head to see its pattern, click to lock it; hover over a cell to read its "
+    "value. Queries down, keys across; one tab per sequence.</p>"
+)

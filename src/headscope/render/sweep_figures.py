@@ -25,18 +25,28 @@ def sweep_figure(frame, axes=None):
         width = max(6.0, min(14.0, 0.45 * len(done) + 4))
         _, axes = plt.subplots(len(PANELS), 1, figsize=(width, 7.5), sharex=True)
     by_step = len(done) > 0 and done["step"].notna().all()
-    series = [(m, done[done["series"] == m].sort_values("step")) for m in done["series"].unique()] if by_step \
+    series = (
+        [(m, done[done["series"] == m].sort_values("step")) for m in done["series"].unique()]
+        if by_step
         else [(None, done)]
+    )
     for ax, (col, ylabel) in zip(axes, PANELS):
         for model, rows in series:
             x = rows["step"].astype(float).tolist() if by_step else list(range(len(rows)))
             name = tex_safe(str(model)) if model is not None and len(series) > 1 else None
             if name is None and col == "loss_later_repeats":
                 name = "later repeats"
-            line, = ax.plot(x, rows[col].tolist(), marker="o", ms=4, lw=1.4, label=name)
+            (line,) = ax.plot(x, rows[col].tolist(), marker="o", ms=4, lw=1.4, label=name)
             if col == "loss_later_repeats":
-                ax.plot(x, rows["loss_first_repeat"].tolist(), ls="--", lw=1, color=line.get_color(), alpha=0.6,
-                        label="first repeat" if len(series) == 1 else None)
+                ax.plot(
+                    x,
+                    rows["loss_first_repeat"].tolist(),
+                    ls="--",
+                    lw=1,
+                    color=line.get_color(),
+                    alpha=0.6,
+                    label="first repeat" if len(series) == 1 else None,
+                )
         ax.set_ylabel(ylabel, fontsize=9)
         ax.grid(alpha=0.3)
         if col == "induction_top":
@@ -56,13 +66,19 @@ def sweep_figure(frame, axes=None):
                 bottom.set_xscale("log")
         bottom.set_xlabel("training step")
     else:
-        bottom.set_xticks(range(len(done)), [tex_safe(str(s)) for s in done["label"]],
-                          rotation=30 if len(done) > 3 else 0, ha="right" if len(done) > 3 else "center", fontsize=8)
+        bottom.set_xticks(
+            range(len(done)),
+            [tex_safe(str(s)) for s in done["label"]],
+            rotation=30 if len(done) > 3 else 0,
+            ha="right" if len(done) > 3 else "center",
+            fontsize=8,
+        )
         bottom.set_xlabel("model")
     fig = axes[0].figure
     n_fail = int((frame["status"] != "done").sum())
-    fig.suptitle("Induction heads across the sweep"
-                 + (f" ({n_fail} of {len(frame)} entries not finished)" if n_fail else ""),
-                 fontsize=11)
+    fig.suptitle(
+        "Induction heads across the sweep" + (f" ({n_fail} of {len(frame)} entries not finished)" if n_fail else ""),
+        fontsize=11,
+    )
     fig.tight_layout()
     return fig

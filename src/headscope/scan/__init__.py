@@ -5,5 +5,12 @@ from .induction import scan_induction
 from .result import InductionResult
 from .sequences import RepeatedTokens, check_settings, repeated_tokens
 
-__all__ = ["AttentionSample", "InductionResult", "RepeatedTokens", "attention_sample", "check_settings",
-           "repeated_tokens", "scan_induction"]
+__all__ = [
+    "AttentionSample",
+    "InductionResult",
+    "RepeatedTokens",
+    "attention_sample",
+    "check_settings",
+    "repeated_tokens",
+    "scan_induction",
+]

@@ -51,6 +51,7 @@ def residual_hooks(store: dict[int, list[torch.Tensor]], layers) -> list[tuple[s
 
     Add them to the clean pass (one per chunk); ``torch.cat(store[l])`` is then the full batch.
     """
+
     def keep(resid, hook):
         store.setdefault(int(hook.name.split(".")[1]), []).append(resid.detach().clone())
 
@@ -58,8 +59,9 @@ def residual_hooks(store: dict[int, list[torch.Tensor]], layers) -> list[tuple[s
 
 
 @torch.no_grad()
-def capture_residuals(model, tokens: torch.Tensor, layers, chunk: int | None = None,
-                      fused: bool | None = None) -> dict[int, torch.Tensor]:
+def capture_residuals(
+    model, tokens: torch.Tensor, layers, chunk: int | None = None, fused: bool | None = None
+) -> dict[int, torch.Tensor]:
     """``{l: clean resid_pre [batch, n, d_model]}`` for ``layers``, from passes that stop after the last one.
 
     The "recompute once" alternative to keeping residuals from the clean pass
@@ -75,8 +77,12 @@ def capture_residuals(model, tokens: torch.Tensor, layers, chunk: int | None = N
     ctx = fused_attention(model) if use_fused else contextlib.nullcontext()
     with ctx:
         for s in range(0, tokens.shape[0], chunk):
-            model.run_with_hooks(tokens[s: s + chunk].to(model.cfg.device), fwd_hooks=residual_hooks(store, layers),
-                                 stop_at_layer=stop if stop < model.cfg.n_layers else None, use_cache=False)
+            model.run_with_hooks(
+                tokens[s : s + chunk].to(model.cfg.device),
+                fwd_hooks=residual_hooks(store, layers),
+                stop_at_layer=stop if stop < model.cfg.n_layers else None,
+                use_cache=False,
+            )
     return {l: torch.cat(v) for l, v in store.items()}
 
 
@@ -110,9 +116,15 @@ def ablation_hooks(heads: list[tuple[int, int]], z_mean: torch.Tensor | None) ->
 
 
 @torch.no_grad()
-def ablated_later_loss_restart(model, rt: RepeatedTokens, heads: list[tuple[int, int]], chunk: int,
-                               z_mean: torch.Tensor | None, residuals: dict[int, torch.Tensor],
-                               fused: bool | None = None) -> float:
+def ablated_later_loss_restart(
+    model,
+    rt: RepeatedTokens,
+    heads: list[tuple[int, int]],
+    chunk: int,
+    z_mean: torch.Tensor | None,
+    residuals: dict[int, torch.Tensor],
+    fused: bool | None = None,
+) -> float:
     """``induction.ablated_later_loss`` restarted at the first ablated layer from the clean residuals.
 
     ``residuals[l]`` ``[batch, n, d_model]``: the clean run's ``blocks.{l}.hook_resid_pre`` for
@@ -125,8 +137,8 @@ def ablated_later_loss_restart(model, rt: RepeatedTokens, heads: list[tuple[int,
     device = model.cfg.device
     total = 0.0
     for s in range(0, rt.tokens.shape[0], chunk):
-        tokens = rt.tokens[s: s + chunk].to(device)
-        resid = residuals[start][s: s + chunk].to(device)
+        tokens = rt.tokens[s : s + chunk].to(device)
+        resid = residuals[start][s : s + chunk].to(device)
         logits = restart_from(model, resid, start, hooks, fused=fused)
         total += later_repeat_mean(token_losses(logits, tokens), rt.layout).sum().item()
         del logits

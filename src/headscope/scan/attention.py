@@ -34,8 +34,13 @@ class AttentionSample:
     text: str | None = None
 
     def to_dict(self) -> dict:
-        return {"title": self.title, "tokens": self.tokens, "heads": [list(h) for h in self.heads], "note": self.note,
-                "patterns": np.round(self.patterns, 4).tolist()}
+        return {
+            "title": self.title,
+            "tokens": self.tokens,
+            "heads": [list(h) for h in self.heads],
+            "note": self.note,
+            "patterns": np.round(self.patterns, 4).tolist(),
+        }
 
 
 @torch.no_grad()
@@ -53,8 +58,9 @@ def attention_patterns(model, tokens: torch.Tensor, heads: list[Head]) -> np.nda
 
         return keep
 
-    m.run_with_hooks(tokens.to(m.device), fwd_hooks=[(f"blocks.{layer}.attn.hook_pattern", keeper(layer))
-                                                     for layer in layers])
+    m.run_with_hooks(
+        tokens.to(m.device), fwd_hooks=[(f"blocks.{layer}.attn.hook_pattern", keeper(layer)) for layer in layers]
+    )
     out = []
     for layer, head in heads:
         wanted = [h for l_, h in heads if l_ == layer]
@@ -62,8 +68,9 @@ def attention_patterns(model, tokens: torch.Tensor, heads: list[Head]) -> np.nda
     return torch.stack(out).numpy()
 
 
-def attention_sample(model, seq: TokenSequence | torch.Tensor, heads: list[Head], title: str,
-                     max_tokens: int = 96, note: str = "") -> AttentionSample:
+def attention_sample(
+    model, seq: TokenSequence | torch.Tensor, heads: list[Head], title: str, max_tokens: int = 96, note: str = ""
+) -> AttentionSample:
     """Patterns of ``heads`` on ``seq`` (a :class:`TokenSequence`, or ids ``[1, n]``); cut to ``max_tokens`` (noted).
 
     Attention is causal, so the rows kept after a cut are exactly those of the whole sequence.
@@ -78,5 +85,12 @@ def attention_sample(model, seq: TokenSequence | torch.Tensor, heads: list[Head]
         notes.append(f"showing the first {max_tokens} of {len(ids)} tokens")
         ids = ids[:max_tokens]
     tokens = torch.tensor([ids], dtype=torch.long)
-    return AttentionSample(title, [token_text(m.tokenizer, i) for i in ids], list(heads),
-                           attention_patterns(m, tokens, heads), "; ".join(notes), ids, text)
+    return AttentionSample(
+        title,
+        [token_text(m.tokenizer, i) for i in ids],
+        list(heads),
+        attention_patterns(m, tokens, heads),
+        "; ".join(notes),
+        ids,
+        text,
+    )

@@ -59,7 +59,7 @@ def unembedding(model, w: HeadWeights | None = None) -> Unembedding:
     if b_f is not None:  # LayerNorm's bias goes through the raw (unfolded) W_U
         step = max(1, (1 << 22) // W_U.shape[0])
         for c in range(0, W_U.shape[1], step):  # float64 product, a few columns at a time
-            bias[c: c + step] += b_f.double() @ W_U[:, c: c + step].double()
+            bias[c : c + step] += b_f.double() @ W_U[:, c : c + step].double()
     try:
         b_U = model.b_U
     except Exception:  # the bridge raises for models without an unembedding bias
@@ -69,8 +69,7 @@ def unembedding(model, w: HeadWeights | None = None) -> Unembedding:
     mean = _row_sums_f64(W_U[None])[0] / W_U.shape[1]  # [d_model] float64, a few rows at a time
     if gain is not None:
         mean = mean * gain.double()
-    return Unembedding(W_U=W_U, gain=gain, W_U_mean=mean, logit_bias=bias - bias.mean(),
-                       centre=w.norm == "layernorm")
+    return Unembedding(W_U=W_U, gain=gain, W_U_mean=mean, logit_bias=bias - bias.mean(), centre=w.norm == "layernorm")
 
 
 @dataclass
@@ -100,8 +99,9 @@ class DirectPass:
     with that pass's logits.
     """
 
-    def __init__(self, model, tokens: torch.Tensor, w: HeadWeights, ue: Unembedding,
-                 head_dtype: torch.dtype = torch.float64):
+    def __init__(
+        self, model, tokens: torch.Tensor, w: HeadWeights, ue: Unembedding, head_dtype: torch.dtype = torch.float64
+    ):
         # head_dtype: precision of the per-head products (B x P x H x d_head x d_model multiply-adds per
         # layer, the bulk of the cost); float32 in the scan's pass (~1e-6 relative), float64 for one text.
         self.w, self.ue = w, ue
@@ -129,11 +129,13 @@ class DirectPass:
         def hook(z, hook):  # z: [B, T, H, d_head], the input of the output projection
             read = torch.einsum("hed,bpd->bphe", self.W_O[layer], self.u_heads)  # what each head's z must align with
             self.head_raw[:, :, layer] = (z[:, :-1].to(read.dtype) * read).sum(-1).double()
+
         return hook
 
     def _on_vector(self, name: str):
         def hook(t, hook):
             self.raw[name] = self._dot(t)
+
         return hook
 
     def _on_final(self, t, hook):
@@ -158,9 +160,13 @@ class DirectPass:
         order = [k for k in comps if k != "float_error"] + ["float_error"]  # rounding last, for display
         comps_np = {k: comps[k].cpu().numpy() for k in order}
         heads_np = heads.cpu().numpy()
-        return DirectEffects(heads=heads_np, components=comps_np,
-                             logit=heads_np.sum((2, 3)) + sum(comps_np.values()),
-                             model_logit=model_logit.cpu().numpy(), scale=scale.cpu().numpy())
+        return DirectEffects(
+            heads=heads_np,
+            components=comps_np,
+            logit=heads_np.sum((2, 3)) + sum(comps_np.values()),
+            model_logit=model_logit.cpu().numpy(),
+            scale=scale.cpu().numpy(),
+        )
 
 
 def _row_sums_f64(x: torch.Tensor, elements: int = 1 << 22) -> torch.Tensor:
@@ -172,7 +178,7 @@ def _row_sums_f64(x: torch.Tensor, elements: int = 1 << 22) -> torch.Tensor:
     out = torch.empty(x.shape[:-1], dtype=torch.float64, device=x.device)
     step = max(1, elements // max(1, x.shape[0] * x.shape[-1]))
     for p in range(0, x.shape[1], step):
-        out[:, p: p + step] = x[:, p: p + step].sum(-1, dtype=torch.float64)
+        out[:, p : p + step] = x[:, p : p + step].sum(-1, dtype=torch.float64)
     return out
 
 

@@ -60,8 +60,9 @@ class FusedUnsupported(BadInput):
 # The kernel
 
 
-def attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                       scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+def attention_with_lse(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Causal attention ``[batch, head, n, d]`` and the row logsumexp ``[batch, head, n]`` (float32).
 
     ``k`` and ``v`` must already have as many heads as ``q``. One fused kernel: no ``n x n``
@@ -73,11 +74,13 @@ def attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         # The memory-efficient kernel takes float32 as well as half types and returns the lse
         # (padded on the query axis to a multiple of its block size on some builds: slice).
         out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(
-            q.contiguous(), k.contiguous(), v.contiguous(), None, True, 0.0, True, scale=scale)[:2]
+            q.contiguous(), k.contiguous(), v.contiguous(), None, True, 0.0, True, scale=scale
+        )[:2]
         lse = lse[..., : q.shape[-2]]
     else:
-        raise FusedUnsupported(f"no fused attention kernel with a logsumexp for device {q.device.type!r}",
-                               hint="use --attention eager")
+        raise FusedUnsupported(
+            f"no fused attention kernel with a logsumexp for device {q.device.type!r}", hint="use --attention eager"
+        )
     return out, lse.float()
 
 
@@ -93,9 +96,16 @@ def _expand_kv(x: torch.Tensor, n_heads: int) -> torch.Tensor:
     return x if n_rep == 1 else x.repeat_interleave(n_rep, dim=1)
 
 
-def fused_attention_forward(module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                            attention_mask: torch.Tensor | None, scaling: float | None = None,
-                            dropout: float = 0.0, **kwargs) -> tuple[torch.Tensor, None]:
+def fused_attention_forward(
+    module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
     """An attention function in transformers' ``AttentionInterface`` signature.
 
     ``query`` ``[batch, head, n, d]``, ``key``/``value`` ``[batch, kv_head, n, d]`` (rotated).
@@ -104,16 +114,20 @@ def fused_attention_forward(module, query: torch.Tensor, key: torch.Tensor, valu
     Only plain causal self-attention without padding is accepted.
     """
     if attention_mask is not None:
-        raise FusedUnsupported("fused attention got an attention mask (padding or a custom mask)",
-                               hint="headscope's fused path takes unpadded causal inputs; use --attention eager")
+        raise FusedUnsupported(
+            "fused attention got an attention mask (padding or a custom mask)",
+            hint="headscope's fused path takes unpadded causal inputs; use --attention eager",
+        )
     if dropout:
         raise FusedUnsupported("fused attention does not apply dropout", hint="put the model in eval mode")
     for name in ("sliding_window", "softcap", "s_aux"):
         if kwargs.get(name) is not None:
             raise FusedUnsupported(f"fused attention does not handle {name}", hint="use --attention eager")
     if query.shape[-2] != key.shape[-2]:
-        raise FusedUnsupported("fused attention got a key/value cache (queries and keys differ in length)",
-                               hint="run without past_key_values")
+        raise FusedUnsupported(
+            "fused attention got a key/value cache (queries and keys differ in length)",
+            hint="run without past_key_values",
+        )
     scale = float(scaling if scaling is not None else query.shape[-1] ** -0.5)
     key = _expand_kv(key, query.shape[1])
     value = _expand_kv(value, query.shape[1])
@@ -124,8 +138,16 @@ def fused_attention_forward(module, query: torch.Tensor, key: torch.Tensor, valu
     return out.transpose(1, 2).contiguous(), None
 
 
-def fused_causal_mask(batch_size: int, q_length: int, kv_length: int, q_offset=0, kv_offset=0,
-                      mask_function=None, attention_mask: torch.Tensor | None = None, **kwargs) -> None:
+def fused_causal_mask(
+    batch_size: int,
+    q_length: int,
+    kv_length: int,
+    q_offset=0,
+    kv_offset=0,
+    mask_function=None,
+    attention_mask: torch.Tensor | None = None,
+    **kwargs,
+) -> None:
     """The mask builder transformers calls for :data:`FUSED_NAME`: plain causal -> ``None``, else refuse.
 
     Registering one matters: for an attention name with no mask builder transformers drops
@@ -136,15 +158,19 @@ def fused_causal_mask(batch_size: int, q_length: int, kv_length: int, q_offset=0
     from transformers.masking_utils import causal_mask_function
 
     if attention_mask is not None and not bool(attention_mask.all()):
-        raise FusedUnsupported("fused attention got a padding mask (some positions masked out)",
-                               hint="headscope's fused path takes unpadded causal inputs; use --attention eager")
+        raise FusedUnsupported(
+            "fused attention got a padding mask (some positions masked out)",
+            hint="headscope's fused path takes unpadded causal inputs; use --attention eager",
+        )
     if mask_function is not None and mask_function is not causal_mask_function:
-        raise FusedUnsupported("fused attention got a mask that is not plain causal "
-                               "(sliding window or packed sequences)",
-                               hint="use --attention eager")
+        raise FusedUnsupported(
+            "fused attention got a mask that is not plain causal (sliding window or packed sequences)",
+            hint="use --attention eager",
+        )
     if q_length != kv_length or int(q_offset) != 0 or int(kv_offset) != 0:
-        raise FusedUnsupported("fused attention got a key/value cache (keys and queries differ)",
-                               hint="run without past_key_values")
+        raise FusedUnsupported(
+            "fused attention got a key/value cache (keys and queries differ)", hint="run without past_key_values"
+        )
 
 
 def register_fused_attention() -> str:
@@ -245,7 +271,7 @@ def _joint_qkv_reconstruct(bridge, q, k, v, **kwargs):
     # A prefill cache (HF creates one unless use_cache=False) is filled like the bridge does;
     # a cache holding earlier positions makes keys longer than queries, which is refused below.
     k, v = bridge._update_kv_cache(k, v, **kwargs)
-    scale = d_head ** -0.5
+    scale = d_head**-0.5
     if getattr(cfg, "scale_attn_by_inverse_layer_idx", False) and bridge._layer_idx is not None:
         scale /= float(bridge._layer_idx + 1)
     out, _ = fused_attention_forward(bridge.original_component, q, k, v, kwargs.get("attention_mask"), scaling=scale)
@@ -276,8 +302,9 @@ def fused_attention(model, on_attention: OnAttention | None = None) -> Iterator[
         return
     reason = fused_unsupported_reason(model)
     if reason:
-        raise FusedUnsupported(f"fused attention is not available for this model: {reason}",
-                               hint="use --attention eager")
+        raise FusedUnsupported(
+            f"fused attention is not available for this model: {reason}", hint="use --attention eager"
+        )
     from transformer_lens.model_bridge.generalized_components.attention import (
         AttentionBridge,
     )
@@ -285,8 +312,11 @@ def fused_attention(model, on_attention: OnAttention | None = None) -> Iterator[
     name = register_fused_attention()
     rotary_cls, _ = _bridge_classes()
     hf_model = model.original_model
-    configs = {id(c): c for c in [hf_model.config] + [b.attn.original_component.config for b in model.blocks
-                                                    if hasattr(b.attn.original_component, "config")]}
+    configs = {
+        id(c): c
+        for c in [hf_model.config]
+        + [b.attn.original_component.config for b in model.blocks if hasattr(b.attn.original_component, "config")]
+    }
     saved_impl = {key: c._attn_implementation for key, c in configs.items()}
     patched: list[tuple[torch.nn.Module, str]] = []
     owned = [id(b.attn.original_component) for b in model.blocks]
@@ -321,8 +351,16 @@ def fused_attention(model, on_attention: OnAttention | None = None) -> Iterator[
 # How many sequences per fused pass
 
 
-def fused_chunk_size_for(n_tokens: int, d_model: int, d_mlp: int, d_vocab: int, batch: int,
-                         max_memory_gb: float, n_layers: int = 0, n_heads: int = 0) -> int:
+def fused_chunk_size_for(
+    n_tokens: int,
+    d_model: int,
+    d_mlp: int,
+    d_vocab: int,
+    batch: int,
+    max_memory_gb: float,
+    n_layers: int = 0,
+    n_heads: int = 0,
+) -> int:
     """Sequences per fused forward pass so that the logits and one layer's activations fit ``max_memory_gb``.
 
     Per sequence, float32: the logits and the loss's float view of a slice (``2 n vocab``), a

@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -74,20 +74,20 @@ def token_losses(logits: torch.Tensor, tokens: torch.Tensor, chunk: int = 1024) 
     # which wants the classes on axis 1 and so walks a transposed [batch, vocab, pos] view.
     out = []
     for p in range(0, tokens.shape[1] - 1, chunk):
-        lg = logits[:, p: min(p + chunk, tokens.shape[1] - 1)].float()
-        tg = tokens[:, p + 1: p + 1 + lg.shape[1]]
+        lg = logits[:, p : min(p + chunk, tokens.shape[1] - 1)].float()
+        tg = tokens[:, p + 1 : p + 1 + lg.shape[1]]
         out.append(torch.logsumexp(lg, dim=-1) - lg.gather(-1, tg[..., None])[..., 0])
     return torch.cat(out, dim=1)
 
 
 def later_repeat_mean(per_position: torch.Tensor, layout: RepeatLayout) -> torch.Tensor:
     """Mean of ``[..., n-1]`` per-position losses over targets in repeats 2..R."""
-    return per_position[..., layout.later_start - 1:].mean(-1)
+    return per_position[..., layout.later_start - 1 :].mean(-1)
 
 
 def first_repeat_mean(per_position: torch.Tensor, layout: RepeatLayout) -> torch.Tensor:
     start = max(layout.offset, 1)
-    return per_position[..., start - 1: layout.later_start - 1].mean(-1)
+    return per_position[..., start - 1 : layout.later_start - 1].mean(-1)
 
 
 def _weights_version(model: HeadscopeModel) -> tuple:
@@ -127,8 +127,14 @@ def direct_weights(model: HeadscopeModel) -> tuple[HeadWeights, Unembedding]:
     if hit is None or hit[0] != version:
         w = head_weights(model)
         ue = unembedding(model, w)
-        w = replace(w, W_Q=w.W_Q.new_empty(model.n_layers, model.n_heads, 0, 0), W_K=w.W_K.new_empty(0),
-                    W_V=w.W_V.new_empty(0), W_E=w.W_E.new_empty(0), W_U=w.W_U.new_empty(0))  # devices kept
+        w = replace(
+            w,
+            W_Q=w.W_Q.new_empty(model.n_layers, model.n_heads, 0, 0),
+            W_K=w.W_K.new_empty(0),
+            W_V=w.W_V.new_empty(0),
+            W_E=w.W_E.new_empty(0),
+            W_U=w.W_U.new_empty(0),
+        )  # devices kept
         hit = model.cache["direct_weights"] = (version, w, ue)
     return hit[1], hit[2]
 
@@ -151,8 +157,10 @@ def attention_route(model, attention: str = "auto") -> str:
     if reason is None:
         return "fused"
     if attention == "fused":
-        raise FusedUnsupported(f"fused attention is not available for this model: {reason}",
-                               hint="use --attention auto (falls back to eager) or --attention eager")
+        raise FusedUnsupported(
+            f"fused attention is not available for this model: {reason}",
+            hint="use --attention auto (falls back to eager) or --attention eager",
+        )
     return "eager"
 
 
@@ -205,16 +213,25 @@ def _weight_scores_on_disk(model: HeadscopeModel) -> tuple[dict[str, np.ndarray]
             notes[decl.name] = meta
     if path is not None:
         try:
-            write_text_atomic(path, json.dumps({"scores": {k: v.tolist() for k, v in scores.items()},
-                                                "notes": notes, "model": model.name}))
+            write_text_atomic(
+                path,
+                json.dumps({"scores": {k: v.tolist() for k, v in scores.items()}, "notes": notes, "model": model.name}),
+            )
         except OSError:
             pass  # an unwritable cache only costs the recomputation next time
     return scores, notes
 
 
 @torch.no_grad()
-def score_pass(model, rt: RepeatedTokens, chunk: int, progress: Progress | None = None, keep_z_mean: bool = False,
-               attention: str = "auto", keep_residuals: Iterable[int] = ()) -> ScanPass:
+def score_pass(
+    model,
+    rt: RepeatedTokens,
+    chunk: int,
+    progress: Progress | None = None,
+    keep_z_mean: bool = False,
+    attention: str = "auto",
+    keep_residuals: Iterable[int] = (),
+) -> ScanPass:
     """One forward pass per chunk of ``chunk`` sequences, every registry score reduced inside it.
 
     Eager: hooks on ``hook_pattern`` read each declaration with ``reduce_pattern``. Fused: the
@@ -252,6 +269,7 @@ def score_pass(model, rt: RepeatedTokens, chunk: int, progress: Progress | None 
         def hook(pattern, hook):
             for s in scores:
                 add(layer, s.name, *reduce_pattern(s.reads, pattern, layout, prepared[s.name]))
+
         return hook
 
     def on_attention(layer: int, q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, scale: float) -> None:
@@ -264,6 +282,7 @@ def score_pass(model, rt: RepeatedTokens, chunk: int, progress: Progress | None 
             if z_sum is None:
                 z_sum = torch.zeros(L, H, z.shape[-1])
             z_sum[layer] += z.float().sum(dim=(0, 1)).cpu()
+
         return hook
 
     hooks = [(act_name("pattern", layer), on_pattern(layer)) for layer in range(L)] if route == "eager" else []
@@ -271,7 +290,7 @@ def score_pass(model, rt: RepeatedTokens, chunk: int, progress: Progress | None 
         hooks += [(act_name("z", layer), on_z(layer)) for layer in range(L)]
     hooks += residual_hooks(store, keep_residuals)
     for start in range(0, rt.tokens.shape[0], chunk):
-        tokens = rt.tokens[start: start + chunk].to(m.device)
+        tokens = rt.tokens[start : start + chunk].to(m.device)
         for s in scores:
             prepared[s.name] = prepare(s.reads, tokens, layout, fused=route == "fused")  # type: ignore[arg-type]
         run = DirectPass(m, tokens, w, ue, head_dtype=torch.float32) if direct else None
@@ -298,8 +317,7 @@ def score_pass(model, rt: RepeatedTokens, chunk: int, progress: Progress | None 
 
 
 @torch.no_grad()
-def ablated_later_loss(model, rt: RepeatedTokens, heads: list[Head], chunk: int,
-                       z_mean: torch.Tensor | None) -> float:
+def ablated_later_loss(model, rt: RepeatedTokens, heads: list[Head], chunk: int, z_mean: torch.Tensor | None) -> float:
     """Later-repeat loss with ``heads``' outputs replaced by their mean (or zero if ``z_mean`` is None).
 
     Full passes from the embedding on the model as loaded (eager attention): the reference the
@@ -309,7 +327,7 @@ def ablated_later_loss(model, rt: RepeatedTokens, heads: list[Head], chunk: int,
     hooks = ablation_hooks(heads, z_mean)
     total = 0.0
     for start in range(0, rt.tokens.shape[0], chunk):
-        tokens = rt.tokens[start: start + chunk].to(m.device)
+        tokens = rt.tokens[start : start + chunk].to(m.device)
         logits = m.run_with_hooks(tokens, fwd_hooks=hooks)
         total += later_repeat_mean(token_losses(logits, tokens), rt.layout).sum().item()
         del logits
@@ -386,8 +404,9 @@ def scan_induction(
         chunk = chunk_size
     elif route == "fused":
         d_mlp = getattr(cfg, "d_mlp", None) or 4 * cfg.d_model
-        chunk = fused_chunk_size_for(layout.n_tokens, cfg.d_model, d_mlp, cfg.d_vocab, batch, budget,
-                                     m.n_layers, m.n_heads)
+        chunk = fused_chunk_size_for(
+            layout.n_tokens, cfg.d_model, d_mlp, cfg.d_vocab, batch, budget, m.n_layers, m.n_heads
+        )
     else:
         chunk = chunk_size_for(layout.n_tokens, cfg.n_heads, cfg.d_vocab, batch, budget)
     top_k, notes = clamp_top(top_k, m.n_layers * m.n_heads, ablate)
@@ -401,8 +420,9 @@ def scan_induction(
     with prog.running():
         prog.task("scoring", batch)
         t0 = time.perf_counter()
-        scan = score_pass(m, rt, chunk, prog, keep_z_mean=ablate and ablation == "mean", attention=route,
-                          keep_residuals=keep)
+        scan = score_pass(
+            m, rt, chunk, prog, keep_z_mean=ablate and ablation == "mean", attention=route, keep_residuals=keep
+        )
         means, per_pos = scan.means, scan.per_position_loss
         timings["scan_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -413,8 +433,10 @@ def scan_induction(
         clean_later = float(later_repeat_mean(per_pos, layout))
         ablations: list[dict] = []
         if ablate:
-            plan = [("head", [h]) for h in top] + [("all_top", top),
-                                                   ("control", control_heads(m.n_layers, m.n_heads, top, seed))]
+            plan = [("head", [h]) for h in top] + [
+                ("all_top", top),
+                ("control", control_heads(m.n_layers, m.n_heads, top, seed)),
+            ]
             prog.task("ablating", len(plan))
             t0 = time.perf_counter()
             residuals = scan.residuals
@@ -424,7 +446,12 @@ def scan_induction(
             zm = scan.z_mean if ablation == "mean" else None
             for kind, heads in plan:
                 loss = ablated_later_loss_restart(m, rt, heads, chunk, zm, residuals, fused=route == "fused")
-                entry = {"kind": kind, "heads": [list(h) for h in heads], "loss": loss, "loss_increase": loss - clean_later}
+                entry = {
+                    "kind": kind,
+                    "heads": [list(h) for h in heads],
+                    "loss": loss,
+                    "loss_increase": loss - clean_later,
+                }
                 if kind == "head":
                     entry.update(layer=heads[0][0], head=heads[0][1])
                 else:
@@ -439,10 +466,23 @@ def scan_induction(
 
     return InductionResult(
         model=m.info(),
-        settings={"seq_len": seq_len, "batch": batch, "repeats": repeats, "seed": seed, "top_k": top_k,
-                  "bos": layout.bos, "bos_token_id": rt.bos_token_id, "bos_source": rt.bos_source, "n_tokens": layout.n_tokens,
-                  "ablation": ablation if ablate else None, "chunk_size": chunk, "max_memory_gb": budget,
-                  "device": str(cfg.device), "attention": route, "weight_scores": m.cache.get("weight_notes", {})},
+        settings={
+            "seq_len": seq_len,
+            "batch": batch,
+            "repeats": repeats,
+            "seed": seed,
+            "top_k": top_k,
+            "bos": layout.bos,
+            "bos_token_id": rt.bos_token_id,
+            "bos_source": rt.bos_source,
+            "n_tokens": layout.n_tokens,
+            "ablation": ablation if ablate else None,
+            "chunk_size": chunk,
+            "max_memory_gb": budget,
+            "device": str(cfg.device),
+            "attention": route,
+            "weight_scores": m.cache.get("weight_notes", {}),
+        },
         scores=result_scores,
         per_position_loss=per_pos.numpy(),
         loss_first_repeat=float(first_repeat_mean(per_pos, layout)),
@@ -459,8 +499,13 @@ def repeated_sample(model: HeadscopeModel, rt: RepeatedTokens, heads: list[Head]
     """The heads' attention on the first 20 tokens of sequence 0, repeated twice (a picture of the stripe)."""
     layout = rt.layout
     m_tokens = min(layout.seq_len, 20)
-    r = rt.tokens[0, layout.offset: layout.offset + m_tokens]
+    r = rt.tokens[0, layout.offset : layout.offset + m_tokens]
     ids = torch.cat(([rt.tokens[0, :1]] if layout.bos else []) + [r, r]).tolist()
     seq = TokenSequence(text="", ids=ids, labels=[token_text(model.tokenizer, i) for i in ids])
-    return attention_sample(model, seq, heads, "Top induction heads on a repeated random sequence",
-                            note=f"first {m_tokens} tokens of sequence 0, repeated twice")
+    return attention_sample(
+        model,
+        seq,
+        heads,
+        "Top induction heads on a repeated random sequence",
+        note=f"first {m_tokens} tokens of sequence 0, repeated twice",
+    )

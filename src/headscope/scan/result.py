@@ -77,8 +77,10 @@ class InductionResult:
             if e["kind"] == "head":
                 who = head_label(e["layer"], e["head"])
                 ok = d >= MIN_RISE
-                out.append(f"{who}: ablating it {'raises' if ok else 'does NOT raise'} the later-repeat loss "
-                           f"({d:+.3f} nats)" + ("" if ok else " - not causally important on its own here"))
+                out.append(
+                    f"{who}: ablating it {'raises' if ok else 'does NOT raise'} the later-repeat loss "
+                    f"({d:+.3f} nats)" + ("" if ok else " - not causally important on its own here")
+                )
             elif e["kind"] == "all_top":
                 out.append(f"all {len(e['heads'])} top induction heads together: {d:+.3f} nats")
             else:
@@ -114,10 +116,14 @@ class InductionResult:
             "model": self.model,
             "settings": self.settings,
             "scores": {name: r(self.scores[name]) for name in self.score_order()},
-            "loss": {"per_position": r(self.per_position_loss), "first_repeat": round(self.loss_first_repeat, 6),
-                     "later_repeats": round(self.loss_later_repeats, 6)},
-            "ablation": [{**e, "loss": round(e["loss"], 6), "loss_increase": round(e["loss_increase"], 6)}
-                         for e in self.ablation],
+            "loss": {
+                "per_position": r(self.per_position_loss),
+                "first_repeat": round(self.loss_first_repeat, 6),
+                "later_repeats": round(self.loss_later_repeats, 6),
+            },
+            "ablation": [
+                {**e, "loss": round(e["loss"], 6), "loss_increase": round(e["loss_increase"], 6)} for e in self.ablation
+            ],
             "heads": self.heads(),
             "thresholds": self.thresholds,
             "definitions": definitions(),

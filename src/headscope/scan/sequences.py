@@ -16,8 +16,8 @@ import torch
 
 from ..errors import BadInput
 from ..models.model import as_model
-from ..tokens import ordinary_token_ids
 from ..scores.layout import RepeatLayout
+from ..tokens import ordinary_token_ids
 
 
 @dataclass
@@ -28,7 +28,9 @@ class RepeatedTokens:
     bos_source: str = "bos"
 
 
-def check_settings(seq_len: int, batch: int, repeats: int, bos: bool, n_ctx: int | None, model_name: str = "the model") -> RepeatLayout:
+def check_settings(
+    seq_len: int, batch: int, repeats: int, bos: bool, n_ctx: int | None, model_name: str = "the model"
+) -> RepeatLayout:
     if seq_len < 2:
         raise BadInput(f"--seq-len must be at least 2 (got {seq_len})", hint="the default is 50")
     if batch < 1:

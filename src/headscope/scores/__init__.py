@@ -2,9 +2,44 @@
 
 from .attention import Column, KeySet, Reads, Stripe, prepare, reduce_pattern, reduce_qk
 from .layout import RepeatLayout
-from .registry import (ABLATION_DEFINITION, LOSS_DEFINITION, MIN_RISE, SCORES, Score, attention_scores,
-                       default_thresholds, definitions, pass_scores, role_scores, roles_legend, score, score_names, weight_scores)
+from .registry import (
+    ABLATION_DEFINITION,
+    LOSS_DEFINITION,
+    MIN_RISE,
+    SCORES,
+    Score,
+    attention_scores,
+    default_thresholds,
+    definitions,
+    pass_scores,
+    role_scores,
+    roles_legend,
+    score,
+    score_names,
+    weight_scores,
+)
 
-__all__ = ["ABLATION_DEFINITION", "Column", "KeySet", "LOSS_DEFINITION", "MIN_RISE", "Reads", "RepeatLayout", "SCORES",
-           "Score", "Stripe", "attention_scores", "default_thresholds", "definitions", "pass_scores", "prepare", "reduce_pattern", "reduce_qk",
-           "role_scores", "roles_legend", "score", "score_names", "weight_scores"]
+__all__ = [
+    "ABLATION_DEFINITION",
+    "Column",
+    "KeySet",
+    "LOSS_DEFINITION",
+    "MIN_RISE",
+    "Reads",
+    "RepeatLayout",
+    "SCORES",
+    "Score",
+    "Stripe",
+    "attention_scores",
+    "default_thresholds",
+    "definitions",
+    "pass_scores",
+    "prepare",
+    "reduce_pattern",
+    "reduce_qk",
+    "role_scores",
+    "roles_legend",
+    "score",
+    "score_names",
+    "weight_scores",
+]

@@ -20,8 +20,9 @@ per head and the number of (sequence, query) terms, so chunks of a batch add up 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Union
+from typing import Union
 
 import torch
 
@@ -68,7 +69,7 @@ def stripe_sum(pattern: torch.Tensor, key_offset: int, q_start: int, q_end: int)
     """Sum over batch and queries q in [q_start, q_end) of ``pattern[..., q, q + key_offset]``."""
     # torch.diagonal with a negative offset o: element t is (query t - o, key t).
     diag = pattern.diagonal(offset=key_offset, dim1=-2, dim2=-1)
-    stripe = diag[..., q_start + key_offset: q_end + key_offset].float()
+    stripe = diag[..., q_start + key_offset : q_end + key_offset].float()
     return stripe.sum(dim=(0, -1)), stripe.shape[0] * stripe.shape[-1]
 
 
@@ -128,13 +129,14 @@ def prefix_pairs(tokens: torch.Tensor, layout: RepeatLayout) -> tuple[torch.Tens
     return qb.reshape(-1)[rep], qpos.reshape(-1)[rep], keys
 
 
-def mask_pairs(reads: KeySet, tokens: torch.Tensor,
-               layout: RepeatLayout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def mask_pairs(
+    reads: KeySet, tokens: torch.Tensor, layout: RepeatLayout
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """A KeySet's ``(sequence, query, key)`` pairs from its mask, one sequence at a time (no ``pairs`` declared)."""
     start = reads.start(layout)
     found = []
     for b in range(tokens.shape[0]):
-        nz = reads.mask(tokens[b: b + 1], layout).nonzero()  # [pairs, 3]: (0, query - start, key)
+        nz = reads.mask(tokens[b : b + 1], layout).nonzero()  # [pairs, 3]: (0, query - start, key)
         found.append(torch.stack((nz[:, 0] + b, nz[:, 1] + start, nz[:, 2])))
     b_idx, q_idx, k_idx = torch.cat(found, dim=1) if found else torch.zeros(3, 0, dtype=torch.long)
     return b_idx, q_idx, k_idx
@@ -154,8 +156,9 @@ def prepare(reads: Reads, tokens: torch.Tensor, layout: RepeatLayout, fused: boo
     return reads.pairs(tokens, layout) if reads.pairs is not None else mask_pairs(reads, tokens, layout)
 
 
-def reduce_pattern(reads: Reads, pattern: torch.Tensor, layout: RepeatLayout,
-                   prepared: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+def reduce_pattern(
+    reads: Reads, pattern: torch.Tensor, layout: RepeatLayout, prepared: torch.Tensor | None = None
+) -> tuple[torch.Tensor, int]:
     """Read a declaration's entries from a full pattern ``[batch, head, query, key]``: (sum [head], count)."""
     if isinstance(reads, Stripe):
         return stripe_sum(pattern, reads.offset(layout), reads.start(layout), reads.end(layout))
@@ -174,8 +177,9 @@ def _entries(q_rows: torch.Tensor, k_rows: torch.Tensor, lse_rows: torch.Tensor,
     return torch.exp(dots * scale - lse_rows.float())
 
 
-def stripe_sum_qk(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, scale: float,
-                  key_offset: int, q_start: int, q_end: int) -> tuple[torch.Tensor, int]:
+def stripe_sum_qk(
+    q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, scale: float, key_offset: int, q_start: int, q_end: int
+) -> tuple[torch.Tensor, int]:
     """:func:`stripe_sum` from ``q``, ``k`` ``[batch, head, n, d]`` and ``lse`` ``[batch, head, n]``."""
     if key_offset > 0 or q_start + key_offset < 0:
         raise ValueError(f"key offset {key_offset} from query {q_start} leaves the causal past")
@@ -185,30 +189,38 @@ def stripe_sum_qk(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, scale: fl
     return a.sum(dim=(0, 2)), a.shape[0] * a.shape[2]
 
 
-def column_sum_qk(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, scale: float,
-                  key: int, q_start: int, q_end: int) -> tuple[torch.Tensor, int]:
+def column_sum_qk(
+    q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, scale: float, key: int, q_start: int, q_end: int
+) -> tuple[torch.Tensor, int]:
     """:func:`column_sum` from ``q``, ``k`` and ``lse``; queries before ``key`` count with 0 (causal pattern)."""
     n_q = len(range(q.shape[2])[q_start:q_end])  # the queries the eager slice takes
     qs = slice(max(q_start, key), q_end)
     rows = q[:, :, qs]
-    a = _entries(rows, k[:, :, key: key + 1].expand(-1, -1, rows.shape[2], -1), lse[:, :, qs], scale)  # [b, h, m]
+    a = _entries(rows, k[:, :, key : key + 1].expand(-1, -1, rows.shape[2], -1), lse[:, :, qs], scale)  # [b, h, m]
     return a.sum(dim=(0, 2)), a.shape[0] * n_q
 
 
-def keyset_sum_qk(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, scale: float,
-                  pairs: tuple[torch.Tensor, torch.Tensor, torch.Tensor], q_start: int,
-                  chunk: int = 1 << 16) -> tuple[torch.Tensor, int]:
+def keyset_sum_qk(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    lse: torch.Tensor,
+    scale: float,
+    pairs: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    q_start: int,
+    chunk: int = 1 << 16,
+) -> tuple[torch.Tensor, int]:
     """:func:`keyset_sum` from ``q``, ``k``, ``lse`` and ``(sequence, query, key)`` pairs; memory pairs x head x d."""
     b_idx, q_idx, k_idx = pairs
     total = torch.zeros(q.shape[1], dtype=torch.float32, device=q.device)
     for s in range(0, b_idx.numel(), chunk):
-        b, i, j = (t[s: s + chunk].to(q.device) for t in (b_idx, q_idx, k_idx))
+        b, i, j = (t[s : s + chunk].to(q.device) for t in (b_idx, q_idx, k_idx))
         total += _entries(q[b, :, i], k[b, :, j], lse[b, :, i], scale).sum(0)  # [pairs, head] -> [head]
     return total, q.shape[0] * (q.shape[2] - q_start)
 
 
-def reduce_qk(reads: Reads, q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, scale: float,
-              layout: RepeatLayout, prepared=None) -> tuple[torch.Tensor, int]:
+def reduce_qk(
+    reads: Reads, q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, scale: float, layout: RepeatLayout, prepared=None
+) -> tuple[torch.Tensor, int]:
     """Read a declaration's entries from ``q``, ``k`` ``[batch, head, n, d]`` (k expanded to the query
     heads) and the row logsumexp ``lse`` ``[batch, head, n]``: the same (sum [head], count) as
     :func:`reduce_pattern` on the pattern they make, without forming it."""

@@ -43,10 +43,10 @@ DEFAULT_N_TOKENS = 512
 COPY_SUPPRESSION_THRESHOLD = 0.5
 
 
-
 @torch.no_grad()
-def self_rank_fractions(w: HeadWeights, X: torch.Tensor, token_ids: torch.Tensor, k: int = DEFAULT_K,
-                        max_logits: int = 2**25) -> tuple[torch.Tensor, torch.Tensor]:
+def self_rank_fractions(
+    w: HeadWeights, X: torch.Tensor, token_ids: torch.Tensor, k: int = DEFAULT_K, max_logits: int = 2**25
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(suppressed, promoted)``, each ``[n_layers, n_heads]``: fraction of ``token_ids`` in their own bottom/top k.
 
     ``X [n, d_model]`` are the effective embeddings of ``token_ids [n]``; logits run over all
@@ -59,8 +59,8 @@ def self_rank_fractions(w: HeadWeights, X: torch.Tensor, token_ids: torch.Tensor
     for layer in range(L):
         A, B = ov_factors(w, X, layer)  # [H, n, d_head], [H, d_head, vocab]
         for start in range(0, len(ids), batch):
-            logits = A[:, start: start + batch] @ B  # [H, b, vocab]
-            own = logits.gather(-1, ids[start: start + batch].expand(H, -1)[..., None])[..., 0]  # [H, b]
+            logits = A[:, start : start + batch] @ B  # [H, b, vocab]
+            own = logits.gather(-1, ids[start : start + batch].expand(H, -1)[..., None])[..., 0]  # [H, b]
             # Fewer than k *other* tokens at or below its logit <=> it lies strictly below the
             # (k+1)-th smallest value of its row. topk is several times faster than comparing
             # and counting a whole row on CPU.
@@ -87,9 +87,16 @@ class CopySuppressionScores:
         return [(int(i // a.shape[1]), int(i % a.shape[1]), float(a.flat[i])) for i in order]
 
     def to_dict(self) -> dict:
-        return {"definition": _definition("copy_suppression"), "k": self.k, "n_tokens": self.n_tokens, "seed": self.seed,
-                "convention": self.convention, "copy_suppression": self.copy_suppression.tolist(),
-                "copying_topk": self.copying_topk.tolist(), "timings": self.timings}
+        return {
+            "definition": _definition("copy_suppression"),
+            "k": self.k,
+            "n_tokens": self.n_tokens,
+            "seed": self.seed,
+            "convention": self.convention,
+            "copy_suppression": self.copy_suppression.tolist(),
+            "copying_topk": self.copying_topk.tolist(),
+            "timings": self.timings,
+        }
 
     def to_json(self, **kw) -> str:
         from ..jsonsafe import dumps
@@ -100,9 +107,14 @@ class CopySuppressionScores:
         import pandas as pd
 
         L, H = self.copy_suppression.shape
-        return pd.DataFrame({"layer": np.repeat(np.arange(L), H), "head": np.tile(np.arange(H), L),
-                             "copy_suppression": self.copy_suppression.ravel(),
-                             "copying_topk": self.copying_topk.ravel()})
+        return pd.DataFrame(
+            {
+                "layer": np.repeat(np.arange(L), H),
+                "head": np.tile(np.arange(H), L),
+                "copy_suppression": self.copy_suppression.ravel(),
+                "copying_topk": self.copying_topk.ravel(),
+            }
+        )
 
 
 def sample_tokens(model, n_tokens: int, seed: int = 0) -> torch.Tensor:
@@ -116,9 +128,15 @@ def sample_tokens(model, n_tokens: int, seed: int = 0) -> torch.Tensor:
     return pool[torch.randperm(len(pool), generator=gen)[:n_tokens]].sort().values
 
 
-def copy_suppression_scores(model, w: HeadWeights | None = None, *, k: int = DEFAULT_K,
-                            n_tokens: int = DEFAULT_N_TOKENS, seed: int = 0,
-                            convention: str = "block0") -> CopySuppressionScores:
+def copy_suppression_scores(
+    model,
+    w: HeadWeights | None = None,
+    *,
+    k: int = DEFAULT_K,
+    n_tokens: int = DEFAULT_N_TOKENS,
+    seed: int = 0,
+    convention: str = "block0",
+) -> CopySuppressionScores:
     """Copy-suppression (and rank-copying) score of every head from its weights; once per model.
 
     >>> cs = copy_suppression_scores(model)                 # doctest: +SKIP
@@ -129,8 +147,15 @@ def copy_suppression_scores(model, w: HeadWeights | None = None, *, k: int = DEF
     ids = sample_tokens(model, n_tokens, seed)
     X = effective_embedding(model, ids, convention)
     low, high = self_rank_fractions(w, X, ids, k)
-    return CopySuppressionScores(low.numpy().astype(np.float64), high.numpy().astype(np.float64), k, len(ids), seed,
-                                 convention, {"copy_suppression_s": time.perf_counter() - t0})
+    return CopySuppressionScores(
+        low.numpy().astype(np.float64),
+        high.numpy().astype(np.float64),
+        k,
+        len(ids),
+        seed,
+        convention,
+        {"copy_suppression_s": time.perf_counter() - t0},
+    )
 
 
 def _definition(name: str) -> str:
@@ -142,5 +167,9 @@ def _definition(name: str) -> str:
 def copy_suppression_from_weights(w: HeadWeights, model) -> tuple[torch.Tensor, dict]:
     """The registry's copy-suppression score: ``[L, H]``, and the sample it was measured on."""
     r = copy_suppression_scores(model, w)
-    return torch.from_numpy(r.copy_suppression), {"k": r.k, "n_tokens": r.n_tokens, "seed": r.seed,
-                                                  "convention": r.convention}
+    return torch.from_numpy(r.copy_suppression), {
+        "k": r.k,
+        "n_tokens": r.n_tokens,
+        "seed": r.seed,
+        "convention": r.convention,
+    }

@@ -52,7 +52,7 @@ def effective_embedding(model, token_ids, convention: str = "mlp0", batch: int =
         hooks.append(("blocks.0.hook_attn_out", zero))
     device = model.cfg.device
     for start in range(0, len(ids), batch):
-        chunk = ids[start: start + batch, None].to(device)  # [n, 1]: every token alone
+        chunk = ids[start : start + batch, None].to(device)  # [n, 1]: every token alone
         try:
             model.run_with_hooks(chunk, fwd_hooks=hooks)
         except _Stop:

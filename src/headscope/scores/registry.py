@@ -14,8 +14,9 @@ Adding a head type is one declaration below, its compute function, and its test
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -52,18 +53,25 @@ class Score:
 
 SCORES: tuple[Score, ...] = (
     Score(
-        name="induction", header="induction", label="induction", title="Induction score",
+        name="induction",
+        header="induction",
+        label="induction",
+        title="Induction score",
         definition=(
             "Mean attention from each query in repeats 2..R to the key right after the previous "
             "occurrence of its token (key = query - seq_len + 1). 1.0 = perfect induction head. "
             "Source: ARENA 1.2 / Nanda, restricted to later-repeat queries (ARENA's diagonal also "
             "takes 2 first-repeat queries, so it reads slightly lower)."
         ),
-        source="ARENA 1.2 (Nanda)", threshold=0.4,
+        source="ARENA 1.2 (Nanda)",
+        threshold=0.4,
         reads=Stripe(offset=lambda lay: 1 - lay.seq_len, start=lambda lay: lay.later_start),
     ),
     Score(
-        name="prefix_matching", header="prefix", label="prefix-matching", title="Prefix-matching score",
+        name="prefix_matching",
+        header="prefix",
+        label="prefix-matching",
+        title="Prefix-matching score",
         definition=(
             "Total attention from each query in repeats 2..R to every earlier position whose "
             "preceding token equals the query's token, averaged over queries. "
@@ -73,63 +81,96 @@ SCORES: tuple[Score, ...] = (
         reads=KeySet(mask=prefix_mask, pairs=prefix_pairs, start=lambda lay: lay.later_start),
     ),
     Score(
-        name="previous_token", header="prev", label="previous-token", title="Previous-token score",
+        name="previous_token",
+        header="prev",
+        label="previous-token",
+        title="Previous-token score",
         definition="Mean attention from each query to the key just before it (key = query - 1); the BOS query has none.",
-        source="Elhage et al. 2021; ARENA 1.2", threshold=0.4,
+        source="Elhage et al. 2021; ARENA 1.2",
+        threshold=0.4,
         reads=Stripe(offset=lambda lay: -1, start=lambda lay: 1),
     ),
     Score(
-        name="duplicate_token", header="dup", label="duplicate-token", title="Duplicate-token score",
+        name="duplicate_token",
+        header="dup",
+        label="duplicate-token",
+        title="Duplicate-token score",
         definition=(
             "Mean attention from each query in repeats 2..R to the previous copy of its own token (key = query - seq_len)."
         ),
-        source="Wang et al. 2022 (IOI); ARENA 1.2", threshold=0.4,
+        source="Wang et al. 2022 (IOI); ARENA 1.2",
+        threshold=0.4,
         reads=Stripe(offset=lambda lay: -lay.seq_len, start=lambda lay: lay.later_start),
     ),
     Score(
-        name="copying", header="copying", label="copying", title="Copying score (OV eigenvalue positivity)",
+        name="copying",
+        header="copying",
+        label="copying",
+        title="Copying score (OV eigenvalue positivity)",
         definition=(
             "Eigenvalue positivity of the full OV circuit W_E W_V W_O W_U: sum(eig) / sum(|eig|), from the "
             "d_head x d_head matrix W_O (W_U W_E) W_V with the same nonzero eigenvalues (norm gains folded, "
             "norm scale ignored). 1.0 = pure copying. Source: Elhage et al. 2021."
         ),
-        source="Elhage et al. 2021", threshold=0.7, from_weights=lambda w, model: copying_scores(w), vmin=-1.0,
+        source="Elhage et al. 2021",
+        threshold=0.7,
+        from_weights=lambda w, model: copying_scores(w),
+        vmin=-1.0,
     ),
     Score(
-        name="attention_sink", header="sink", label="attention-sink", title="Attention-sink score (attention to the first token)",
+        name="attention_sink",
+        header="sink",
+        label="attention-sink",
+        title="Attention-sink score (attention to the first token)",
         definition=(
             "Mean attention to the first token (position 0: BOS where the model has one) from every query after it, "
             "averaged over sequences. A head is a sink head above 0.3, the threshold of Gu et al. 2024 "
-            "(\"When Attention Sink Emerges in Language Models\", arXiv 2410.10781), who average alpha_1 over all "
+            '("When Attention Sink Emerges in Language Models", arXiv 2410.10781), who average alpha_1 over all '
             "T queries of 64-token natural text (headscope heads --natural-sinks reports that convention too)."
         ),
-        source="Gu et al. 2024", threshold=0.3, reads=Column(key=0, start=lambda lay: 1), in_table=False,
+        source="Gu et al. 2024",
+        threshold=0.3,
+        reads=Column(key=0, start=lambda lay: 1),
+        in_table=False,
     ),
     Score(
-        name="successor", header="succ", label="successor", title="Successor score (effective OV on ordinal sets)",
+        name="successor",
+        header="succ",
+        label="successor",
+        title="Successor score (effective OV on ordinal sets)",
         definition=(
             "Fraction of ordinal tokens (numbers, number words, cardinal words, days, months and their prefixes, "
             "letters: the sets the tokenizer has as single tokens) whose successor gets the largest logit, among the "
             "tokens of its set, from the head's effective OV circuit W_U W_OV MLP0(W_E) (effective embedding: the "
-            "first MLP on the bare embedding, attention 0 off). Source: Gould et al. 2023, \"Successor Heads\", "
+            'first MLP on the bare embedding, attention 0 off). Source: Gould et al. 2023, "Successor Heads", '
             "arXiv 2312.09230. Threshold 0.5 is headscope's (the paper names none)."
         ),
-        source="Gould et al. 2023", threshold=0.5, from_weights=successor_from_weights, in_table=False,
+        source="Gould et al. 2023",
+        threshold=0.5,
+        from_weights=successor_from_weights,
+        in_table=False,
     ),
     Score(
-        name="copy_suppression", header="supp", label="copy-suppression",
+        name="copy_suppression",
+        header="supp",
+        label="copy-suppression",
         title="Copy-suppression score (token among its own 10 most suppressed)",
         definition=(
             "Fraction of 512 sampled ordinary tokens that are among the 10 most suppressed outputs (lowest logits over "
             "the whole vocabulary) of the head's OV circuit W_U W_OV W_EE applied to themselves; effective embedding "
             "W_EE = the token through block 0 alone (embedding + its attention to itself + MLP0), as McDougall et al. "
-            "2023 (\"Copy Suppression\", arXiv 2310.04625) use. The negative counterpart of copying. Threshold 0.5 "
+            '2023 ("Copy Suppression", arXiv 2310.04625) use. The negative counterpart of copying. Threshold 0.5 '
             "is headscope's (the paper names none)."
         ),
-        source="McDougall et al. 2023", threshold=0.5, from_weights=copy_suppression_from_weights, in_table=False,
+        source="McDougall et al. 2023",
+        threshold=0.5,
+        from_weights=copy_suppression_from_weights,
+        in_table=False,
     ),
     Score(
-        name="direct_logit_later", header="dla", label="direct logit effect (later repeats)",
+        name="direct_logit_later",
+        header="dla",
+        label="direct logit effect (later repeats)",
         title="Direct logit effect on later-repeat targets (nats)",
         definition=(
             "Mean over targets in repeats 2..R of the head's direct contribution to the centred logit of the actual "
@@ -138,16 +179,24 @@ SCORES: tuple[Score, ...] = (
             "head itself raises the copied token. Source: Elhage et al. 2021 (direct path); TransformerLens's "
             "direct logit attribution convention."
         ),
-        source="Elhage et al. 2021; TransformerLens", from_pass="direct_logit_later", vmin=None, vmax=None,
+        source="Elhage et al. 2021; TransformerLens",
+        from_pass="direct_logit_later",
+        vmin=None,
+        vmax=None,
     ),
     Score(
-        name="direct_logit_first", header="dla1", label="direct logit effect (first repeat)",
+        name="direct_logit_first",
+        header="dla1",
+        label="direct logit effect (first repeat)",
         title="Direct logit effect on first-repeat targets (nats)",
         definition=(
             "As direct_logit_later, over targets in repeat 1, which no head can predict from context: a baseline "
             "for the later-repeat effect."
         ),
-        source="Elhage et al. 2021; TransformerLens", from_pass="direct_logit_first", vmin=None, vmax=None,
+        source="Elhage et al. 2021; TransformerLens",
+        from_pass="direct_logit_first",
+        vmin=None,
+        vmax=None,
         in_table=False,
     ),
 )
@@ -210,6 +259,8 @@ def definitions() -> dict[str, str]:
 
 def roles_legend(thresholds: dict[str, float]) -> str:
     """One sentence saying when a head takes each role."""
-    return ("A head takes a role when its score reaches the threshold: "
-            + ", ".join(f"{score(k).label} ≥ {v}" for k, v in thresholds.items())
-            + " (change with --threshold NAME=VALUE).")
+    return (
+        "A head takes a role when its score reaches the threshold: "
+        + ", ".join(f"{score(k).label} ≥ {v}" for k, v in thresholds.items())
+        + " (change with --threshold NAME=VALUE)."
+    )

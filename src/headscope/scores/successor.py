@@ -38,8 +38,10 @@ from ..weights import HeadWeights, head_weights
 from .embedding import effective_embedding
 from .ov import ov_factors
 
-_NUMBER_WORDS = ("one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
-                 "sixteen seventeen eighteen nineteen twenty").split()
+_NUMBER_WORDS = (
+    "one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+    "sixteen seventeen eighteen nineteen twenty"
+).split()
 
 ORDINAL_SETS: dict[str, list[str]] = {
     "numbers": [str(i) for i in range(1, 201)],
@@ -47,15 +49,13 @@ ORDINAL_SETS: dict[str, list[str]] = {
     "cardinal_words": "first second third fourth fifth sixth seventh eighth ninth tenth".split(),
     "days": "Monday Tuesday Wednesday Thursday Friday Saturday Sunday".split(),
     "day_prefixes": "Mon Tue Wed Thu Fri Sat Sun".split(),
-    "months": ("January February March April May June July August September October November "
-               "December").split(),
+    "months": ("January February March April May June July August September October November December").split(),
     "month_prefixes": "Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec".split(),
     "letters": list(string.ascii_uppercase),
 }
 CYCLIC = frozenset({"days", "day_prefixes", "months", "month_prefixes"})
 DEFAULT_MIN_SIZE = 5
 SUCCESSOR_THRESHOLD = 0.5
-
 
 
 @dataclass(frozen=True)
@@ -73,8 +73,13 @@ class OrdinalSet:
         return [(i, i + 1) for i in range(n - 1)] + ([(n - 1, 0)] if self.cyclic else [])
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "words": list(self.words), "token_ids": list(self.token_ids),
-                "cyclic": self.cyclic, "n_pairs": len(self.pairs())}
+        return {
+            "name": self.name,
+            "words": list(self.words),
+            "token_ids": list(self.token_ids),
+            "cyclic": self.cyclic,
+            "n_pairs": len(self.pairs()),
+        }
 
 
 def _single_token(tokenizer, text: str, d_vocab: int) -> int | None:
@@ -84,8 +89,9 @@ def _single_token(tokenizer, text: str, d_vocab: int) -> int | None:
     return int(ids[0])
 
 
-def usable_ordinal_sets(tokenizer, d_vocab: int, min_size: int = DEFAULT_MIN_SIZE,
-                        sets: dict[str, list[str]] | None = None) -> tuple[list[OrdinalSet], dict[str, str]]:
+def usable_ordinal_sets(
+    tokenizer, d_vocab: int, min_size: int = DEFAULT_MIN_SIZE, sets: dict[str, list[str]] | None = None
+) -> tuple[list[OrdinalSet], dict[str, str]]:
     """The ordinal sets ``tokenizer`` has as single tokens, and why each other set was skipped."""
     used, skipped = [], {}
     for name, members in (sets or ORDINAL_SETS).items():
@@ -153,9 +159,15 @@ class SuccessorScores:
         return [(int(i // H), int(i % H), float(self.scores.flat[i])) for i in order]
 
     def to_dict(self) -> dict:
-        return {"definition": _definition("successor"), "convention": self.convention, "scores": self.scores.tolist(),
-                "per_set": {k: v.tolist() for k, v in self.per_set.items()},
-                "sets": [s.to_dict() for s in self.sets], "skipped": self.skipped, "timings": self.timings}
+        return {
+            "definition": _definition("successor"),
+            "convention": self.convention,
+            "scores": self.scores.tolist(),
+            "per_set": {k: v.tolist() for k, v in self.per_set.items()},
+            "sets": [s.to_dict() for s in self.sets],
+            "skipped": self.skipped,
+            "timings": self.timings,
+        }
 
     def to_json(self, **kw) -> str:
         from ..jsonsafe import dumps
@@ -171,8 +183,9 @@ class SuccessorScores:
         return pd.DataFrame(cols)
 
 
-def successor_scores(model, w: HeadWeights | None = None, *, convention: str = "mlp0",
-                     min_size: int = DEFAULT_MIN_SIZE) -> SuccessorScores:
+def successor_scores(
+    model, w: HeadWeights | None = None, *, convention: str = "mlp0", min_size: int = DEFAULT_MIN_SIZE
+) -> SuccessorScores:
     """Successor score of every head of ``model`` from its weights (computed once per model).
 
     ``w`` defaults to :func:`headscope.weights.head_weights` (pass it when you have it).
@@ -186,8 +199,7 @@ def successor_scores(model, w: HeadWeights | None = None, *, convention: str = "
     sets, skipped = usable_ordinal_sets(model.tokenizer, model.cfg.d_vocab, min_size)
     L, H = w.n_layers, w.n_heads
     if not sets:
-        return SuccessorScores(np.zeros((L, H)), {}, [], skipped, convention,
-                               {"successor_s": time.perf_counter() - t0})
+        return SuccessorScores(np.zeros((L, H)), {}, [], skipped, convention, {"successor_s": time.perf_counter() - t0})
     token_ids = torch.tensor(sorted({t for s in sets for t in s.token_ids}))
     X = effective_embedding(model, token_ids, convention)
     counts = successor_counts(w, X, token_ids, sets)
@@ -196,7 +208,11 @@ def successor_scores(model, w: HeadWeights | None = None, *, convention: str = "
     return SuccessorScores(
         scores=(total / sum(n_pairs.values())).numpy().astype(np.float64),
         per_set={k: (v / n_pairs[k]).numpy().astype(np.float64) for k, v in counts.items()},
-        sets=sets, skipped=skipped, convention=convention, timings={"successor_s": time.perf_counter() - t0})
+        sets=sets,
+        skipped=skipped,
+        convention=convention,
+        timings={"successor_s": time.perf_counter() - t0},
+    )
 
 
 def _definition(name: str) -> str:
@@ -208,5 +224,8 @@ def _definition(name: str) -> str:
 def successor_from_weights(w: HeadWeights, model) -> tuple[torch.Tensor, dict]:
     """The registry's successor score: ``[L, H]`` and which ordinal sets the model could use."""
     r = successor_scores(model, w)
-    return torch.from_numpy(r.scores), {"convention": r.convention, "sets": [st.name for st in r.sets],
-                                        "skipped": r.skipped}
+    return torch.from_numpy(r.scores), {
+        "convention": r.convention,
+        "sets": [st.name for st in r.sets],
+        "skipped": r.skipped,
+    }

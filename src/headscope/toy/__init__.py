@@ -11,5 +11,17 @@ from .data import CopyBatch, CopyRecipe, copy_batch
 from .phase import PhaseWindow, detect_phase_change
 from .train import ToyConfig, ToyRun, build_model, build_tokenizer, train_toy
 
-__all__ = ["CopyBatch", "CopyRecipe", "PhaseAnalysis", "PhaseWindow", "ToyConfig", "ToyRun", "analyse_run",
-           "build_model", "build_tokenizer", "copy_batch", "detect_phase_change", "train_toy"]
+__all__ = [
+    "CopyBatch",
+    "CopyRecipe",
+    "PhaseAnalysis",
+    "PhaseWindow",
+    "ToyConfig",
+    "ToyRun",
+    "analyse_run",
+    "build_model",
+    "build_tokenizer",
+    "copy_batch",
+    "detect_phase_change",
+    "train_toy",
+]

@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -38,14 +38,14 @@ from .train import default_threads, read_run, torch_threads
 
 CURVES = {
     "loss_later_repeats": "Later-repeat loss (nats): mean loss on the second copy of [BOS] + r + r (the scan's "
-                          "sequences); falls when induction works.",
+    "sequences); falls when induction works.",
     "loss_first_repeat": "First-repeat loss (nats): the first copy, unpredictable, about ln(vocab).",
     "induction_best": "Highest induction score over every head at that checkpoint (ARENA definition).",
     "induction_pair": "Induction score of the tracked induction head (the last checkpoint's best).",
     "previous_token_best": "Highest previous-token score among the heads in layers below the tracked induction head.",
     "previous_token_pair": "Previous-token score of the tracked previous-token head.",
     "k_composition": "K-composition score (Elhage et al. 2021) of the tracked previous-token head's OV circuit into "
-                     "the tracked induction head's keys: ||W_OV W_K W_Q^T||_F / (||W_OV||_F ||W_K W_Q^T||_F).",
+    "the tracked induction head's keys: ||W_OV W_K W_Q^T||_F / (||W_OV||_F ||W_K W_Q^T||_F).",
 }
 #: Which way each curve moves when an induction head forms (for the detector).
 DIRECTION = {"loss_later_repeats": "down", "induction_best": "up", "previous_token_best": "up", "k_composition": "up"}
@@ -105,16 +105,23 @@ class PhaseAnalysis:
 
     def to_dict(self) -> dict:
         return {
-            "run_dir": str(self.run_dir), "steps": self.steps, "total_steps": self.total_steps,
+            "run_dir": str(self.run_dir),
+            "steps": self.steps,
+            "total_steps": self.total_steps,
             "curves": {k: [round(float(x), 6) for x in v] for k, v in self.curves.items()},
             "induction_head": head_label(*self.induction_head),
             "previous_token_head": head_label(*self.previous_token_head),
             "window": None if self.window is None else self.window.to_dict(),
             "windows": {k: (None if w is None else w.to_dict()) for k, w in self.windows.items()},
             "k_composition_baseline": self.k_baseline,
-            "heatmaps": {str(s): {"step": s, **{k: np.round(v, 6).tolist() for k, v in self.scores[s].items()},
-                                  "k_composition": np.round(self.k_comp[s], 6).tolist()}
-                         for s in self.heatmap_steps()},
+            "heatmaps": {
+                str(s): {
+                    "step": s,
+                    **{k: np.round(v, 6).tolist() for k, v in self.scores[s].items()},
+                    "k_composition": np.round(self.k_comp[s], 6).tolist(),
+                }
+                for s in self.heatmap_steps()
+            },
             "aims": self.aims(),
             "definitions": CURVES,
         }
@@ -163,13 +170,16 @@ class PhaseAnalysis:
 def run_checkpoints(run_dir: Path) -> tuple[dict, list[tuple[int, Path]]]:
     run = read_run(run_dir)
     if run is None:
-        raise BadInput(f"{run_dir} holds no train-toy run (no run.json)",
-                       hint="train one first: headscope train-toy --out DIR")
+        raise BadInput(
+            f"{run_dir} holds no train-toy run (no run.json)", hint="train one first: headscope train-toy --out DIR"
+        )
     ckpts = [(int(c["step"]), run_dir / c["path"]) for c in run.get("checkpoints", [])]
     ckpts = [(s, p) for s, p in ckpts if (p / "config.json").is_file()]
     if len(ckpts) < 2:
-        raise BadInput(f"{run_dir} has {len(ckpts)} checkpoint(s); a phase change needs a curve",
-                       hint="train with more steps or a smaller --every")
+        raise BadInput(
+            f"{run_dir} has {len(ckpts)} checkpoint(s); a phase change needs a curve",
+            hint="train with more steps or a smaller --every",
+        )
     return run, ckpts
 
 
@@ -207,9 +217,15 @@ def _composition(ckpts, cache_path: Path, log) -> tuple[dict[int, np.ndarray], f
     return out, float(baseline)
 
 
-def analyse_run(run_dir: str | os.PathLike, *, rerun: bool = False, on_event: Callable | None = None,
-                log: Callable[[str], None] | None = None, progress: bool | None = False,
-                threads: int | None = None) -> PhaseAnalysis:
+def analyse_run(
+    run_dir: str | os.PathLike,
+    *,
+    rerun: bool = False,
+    on_event: Callable | None = None,
+    log: Callable[[str], None] | None = None,
+    progress: bool | None = False,
+    threads: int | None = None,
+) -> PhaseAnalysis:
     """Sweep the run's checkpoints (resumable), compute composition, detect the window.
 
     ``on_event`` and ``progress`` are passed to :func:`headscope.pipeline.sweep.run_sweep`; ``rerun``
@@ -227,9 +243,19 @@ def _analyse(run_dir: Path, rerun, on_event, log, progress) -> PhaseAnalysis:
     cfg = run["config"]
     entries = plan_sweep([str(p) for _, p in ckpts])
     steps_of = {e.key: s for e, (s, _) in zip(entries, ckpts)}
-    res = run_sweep(entries, run_dir / "sweep", device="cpu", rerun=rerun, on_event=on_event, log=log,
-                    progress=progress, seq_len=cfg["eval_seq_len"], batch=cfg["eval_batch"], seed=cfg["eval_seed"],
-                    ablate=False)
+    res = run_sweep(
+        entries,
+        run_dir / "sweep",
+        device="cpu",
+        rerun=rerun,
+        on_event=on_event,
+        log=log,
+        progress=progress,
+        seq_len=cfg["eval_seq_len"],
+        batch=cfg["eval_batch"],
+        seed=cfg["eval_seed"],
+        ablate=False,
+    )
     scores: dict[int, dict[str, np.ndarray]] = {}
     losses: dict[int, tuple[float, float]] = {}
     for e in entries:
@@ -237,13 +263,16 @@ def _analyse(run_dir: Path, rerun, on_event, log, progress) -> PhaseAnalysis:
         if rec is None:
             continue
         s = steps_of[e.key]
-        scores[s] = {k: np.asarray(rec["result"]["scores"][k], dtype=np.float64)
-                     for k in ("induction", "previous_token")}
+        scores[s] = {
+            k: np.asarray(rec["result"]["scores"][k], dtype=np.float64) for k in ("induction", "previous_token")
+        }
         losses[s] = (rec["summary"]["loss_later_repeats"], rec["summary"]["loss_first_repeat"])
     if not res.ok or len(scores) < 2:
         failed = ", ".join(f["label"] for f in res.failures) or "none"
-        raise BadInput(f"the sweep over {run_dir} finished only {len(scores)} checkpoint(s) (failed: {failed})",
-                       hint=f"see {run_dir / 'sweep' / 'sweep.json'}; run again to retry the failed ones")
+        raise BadInput(
+            f"the sweep over {run_dir} finished only {len(scores)} checkpoint(s) (failed: {failed})",
+            hint=f"see {run_dir / 'sweep' / 'sweep.json'}; run again to retry the failed ones",
+        )
     ckpts = [(s, p) for s, p in ckpts if s in scores]
     steps = [s for s, _ in ckpts]
     final = scores[steps[-1]]
@@ -272,8 +301,16 @@ def _analyse(run_dir: Path, rerun, on_event, log, progress) -> PhaseAnalysis:
     except (OSError, ValueError):
         pass
     return PhaseAnalysis(
-        run_dir=run_dir, steps=steps, curves=curves, induction_head=(int(il), int(ih)),
-        previous_token_head=(int(pl), int(ph)), window=windows["loss_later_repeats"], windows=windows,
-        scores=scores, k_comp={s: comp[s][pl, :, il, :] for s in steps}, k_baseline=baseline,
-        total_steps=int(cfg["steps"]), live=live,
+        run_dir=run_dir,
+        steps=steps,
+        curves=curves,
+        induction_head=(int(il), int(ih)),
+        previous_token_head=(int(pl), int(ph)),
+        window=windows["loss_later_repeats"],
+        windows=windows,
+        scores=scores,
+        k_comp={s: comp[s][pl, :, il, :] for s in steps},
+        k_baseline=baseline,
+        total_steps=int(cfg["steps"]),
+        live=live,
     )

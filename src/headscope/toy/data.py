@@ -58,12 +58,14 @@ class CopyRecipe:
         distances back: a handful of positional heads could learn them instead of induction."""
         return max(4, self.block // 2)
 
-    def check(self) -> "CopyRecipe":
+    def check(self) -> CopyRecipe:
         if self.vocab < 2:
             raise BadInput(f"--vocab must be at least 2 (got {self.vocab})", hint="the default is 64")
         if self.block < 2:
-            raise BadInput(f"--block must be at least 2 (got {self.block}): a copy of one token has "
-                           "nothing to predict", hint="the default is 24")
+            raise BadInput(
+                f"--block must be at least 2 (got {self.block}): a copy of one token has nothing to predict",
+                hint="the default is 24",
+            )
         if self.max_gap < self.min_gap_range:
             raise BadInput(
                 f"--n-ctx {self.n_ctx} leaves no room for two copies of a {self.block}-token block with gaps "

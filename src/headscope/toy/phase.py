@@ -78,8 +78,15 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 def detect_phase_change(
-    t, y, *, direction: str = "any", min_snr: float = 5.0, min_fraction: float = 0.25,
-    max_width: float = 0.5, n_centres: int = 240, n_widths: int = 40,
+    t,
+    y,
+    *,
+    direction: str = "any",
+    min_snr: float = 5.0,
+    min_fraction: float = 0.25,
+    max_width: float = 0.5,
+    n_centres: int = 240,
+    n_widths: int = 40,
 ) -> PhaseWindow | None:
     """The abrupt step in ``y`` against ``t`` (1-D, same length, ``t`` increasing), or None.
 
@@ -103,7 +110,9 @@ def detect_phase_change(
 
     gaps = np.diff(t)
     centres = np.linspace(t[1], t[-2], n_centres)
-    widths = np.geomspace(max(gaps.min(), span * 1e-4) / 20, span / 4, n_widths)  # from sharper than a sample gap to a quarter run
+    widths = np.geomspace(
+        max(gaps.min(), span * 1e-4) / 20, span / 4, n_widths
+    )  # from sharper than a sample gap to a quarter run
     x = (t - t.mean()) / span
     # design for every (centre, width): [1, x, sigmoid] -> [C, W, n, 3]
     s = _sigmoid((t[None, None, :] - centres[:, None, None]) / widths[None, :, None])
@@ -130,6 +139,16 @@ def detect_phase_change(
     i_before = int(np.searchsorted(t, start, side="right")) - 1
     i_after = int(np.searchsorted(t, end, side="left"))
     i_before, i_after = max(i_before, 0), min(i_after, len(t) - 1)
-    return PhaseWindow(start=start, end=end, center=t0, height=height, direction="down" if height < 0 else "up",
-                       before=float(t[i_before]), after=float(t[i_after]), value_before=float(y[i_before]),
-                       value_after=float(y[i_after]), snr=snr, span=span)
+    return PhaseWindow(
+        start=start,
+        end=end,
+        center=t0,
+        height=height,
+        direction="down" if height < 0 else "up",
+        before=float(t[i_before]),
+        after=float(t[i_after]),
+        value_before=float(y[i_before]),
+        value_after=float(y[i_after]),
+        snr=snr,
+        span=span,
+    )

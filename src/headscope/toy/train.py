@@ -37,9 +37,9 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterator
 
 import torch
 
@@ -94,7 +94,7 @@ class ToyConfig:
     def recipe(self) -> CopyRecipe:
         return CopyRecipe(n_ctx=self.n_ctx, vocab=self.vocab, block=self.block)
 
-    def check(self) -> "ToyConfig":
+    def check(self) -> ToyConfig:
         """Raise :class:`BadInput` for settings that cannot make a run; return self."""
         if self.steps < 1:
             raise BadInput(f"--steps must be at least 1 (got {self.steps})", hint="the default is 2000")
@@ -107,20 +107,27 @@ class ToyConfig:
                 hint=f"use --every {max(1, self.steps // 20)} for about 20 checkpoints",
             )
         if self.n_layers < 2:
-            raise BadInput(f"--layers must be at least 2 (got {self.n_layers}): an induction head reads what a "
-                           "previous-token head in an earlier layer wrote", hint="the default is 2")
+            raise BadInput(
+                f"--layers must be at least 2 (got {self.n_layers}): an induction head reads what a "
+                "previous-token head in an earlier layer wrote",
+                hint="the default is 2",
+            )
         for name in ("n_heads", "batch", "eval_batch", "log_every"):
             if getattr(self, name) < 1:
                 raise BadInput(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
         if self.d_model < self.n_heads or self.d_model % self.n_heads:
-            raise BadInput(f"--d-model {self.d_model} must be a multiple of --heads {self.n_heads}",
-                           hint="the default is 64 with 4 heads (d_head 16)")
+            raise BadInput(
+                f"--d-model {self.d_model} must be a multiple of --heads {self.n_heads}",
+                hint="the default is 64 with 4 heads (d_head 16)",
+            )
         if not self.lr > 0:
             raise BadInput(f"--lr must be positive (got {self.lr})", hint="the default is 3e-3")
         self.recipe.check()
         if self.eval_seq_len < 2 or 1 + 2 * self.eval_seq_len > self.n_ctx:
-            raise BadInput(f"--eval-seq-len {self.eval_seq_len} does not fit twice (plus BOS) in --n-ctx {self.n_ctx}",
-                           hint=f"use at most {(self.n_ctx - 1) // 2}")
+            raise BadInput(
+                f"--eval-seq-len {self.eval_seq_len} does not fit twice (plus BOS) in --n-ctx {self.n_ctx}",
+                hint=f"use at most {(self.n_ctx - 1) // 2}",
+            )
         return self
 
     def to_dict(self) -> dict:
@@ -151,8 +158,9 @@ def build_tokenizer(vocab: int):
     tok = Tokenizer(models.WordLevel(words, unk_token=UNK))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.post_processor = processors.TemplateProcessing(single=f"{BOS} $A", special_tokens=[(BOS, vocab)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=BOS, unk_token=UNK,
-                                   model_max_length=None)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=BOS, eos_token=BOS, unk_token=UNK, model_max_length=None
+    )
 
 
 def build_model(config: ToyConfig):
@@ -164,14 +172,24 @@ def build_model(config: ToyConfig):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     V = config.vocab + 2  # + <bos>, <unk>
-    cfg = GPT2Config(vocab_size=V, n_positions=config.n_ctx, n_embd=config.d_model, n_layer=config.n_layers,
-                     n_head=config.n_heads, n_inner=4,  # the MLPs are zero: keep them tiny
-                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=False,
-                     bos_token_id=config.vocab, eos_token_id=config.vocab,
-                     # TransformerLens's init scale, 0.8 / sqrt(d_model) = 0.1 for d_model 64. GPT-2's 0.02
-                     # leaves every attention pattern near uniform for longer: measured here, no induction
-                     # head by step 1900 with 0.02, one at step ~650 with 0.1 (lr 3e-3, otherwise the same).
-                     initializer_range=0.8 / config.d_model ** 0.5)
+    cfg = GPT2Config(
+        vocab_size=V,
+        n_positions=config.n_ctx,
+        n_embd=config.d_model,
+        n_layer=config.n_layers,
+        n_head=config.n_heads,
+        n_inner=4,  # the MLPs are zero: keep them tiny
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        tie_word_embeddings=False,
+        bos_token_id=config.vocab,
+        eos_token_id=config.vocab,
+        # TransformerLens's init scale, 0.8 / sqrt(d_model) = 0.1 for d_model 64. GPT-2's 0.02
+        # leaves every attention pattern near uniform for longer: measured here, no induction
+        # head by step 1900 with 0.02, one at step ~650 with 0.1 (lr 3e-3, otherwise the same).
+        initializer_range=0.8 / config.d_model**0.5,
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         model = GPT2LMHeadModel(cfg)
@@ -223,9 +241,12 @@ def evaluate(model, tokens: torch.Tensor, layout: RepeatLayout) -> dict:
         ind.append(s / c)
         s, c = reduce_pattern(reads_prev, pattern, layout)
         prev.append(s / c)
-    return {"induction": torch.stack(ind), "previous_token": torch.stack(prev),
-            "loss_later_repeats": float(later_repeat_mean(per_pos, layout)),
-            "loss_first_repeat": float(first_repeat_mean(per_pos, layout))}
+    return {
+        "induction": torch.stack(ind),
+        "previous_token": torch.stack(prev),
+        "loss_later_repeats": float(later_repeat_mean(per_pos, layout)),
+        "loss_first_repeat": float(first_repeat_mean(per_pos, layout)),
+    }
 
 
 def _summary(step: int, loss: float, ev: dict, seconds: float) -> dict:
@@ -233,10 +254,17 @@ def _summary(step: int, loss: float, ev: dict, seconds: float) -> dict:
     i = int(ind.argmax())
     j = int(prev[0].argmax())
     H = ind.shape[1]
-    return {"step": step, "loss": round(loss, 6), "loss_later_repeats": round(ev["loss_later_repeats"], 6),
-            "loss_first_repeat": round(ev["loss_first_repeat"], 6), "induction_best": round(float(ind.flatten()[i]), 6),
-            "induction_head": head_label(i // H, i % H), "previous_token_best": round(float(prev[0, j]), 6),
-            "previous_token_head": head_label(0, j), "seconds": round(seconds, 3)}
+    return {
+        "step": step,
+        "loss": round(loss, 6),
+        "loss_later_repeats": round(ev["loss_later_repeats"], 6),
+        "loss_first_repeat": round(ev["loss_first_repeat"], 6),
+        "induction_best": round(float(ind.flatten()[i]), 6),
+        "induction_head": head_label(i // H, i % H),
+        "previous_token_best": round(float(prev[0, j]), 6),
+        "previous_token_head": head_label(0, j),
+        "seconds": round(seconds, 3),
+    }
 
 
 # --- the run directory -----------------------------------------------------------------------
@@ -325,9 +353,17 @@ class ToyRun:
     status: str = "done"
 
     def to_dict(self) -> dict:
-        return {"kind": RUN_KIND, "status": self.status, "config": self.config.to_dict(), "threads": self.threads,
-                "torch": torch.__version__, "checkpoints": self.checkpoints, "seconds": self.seconds,
-                "final": self.log[-1] if self.log else None, "columns": LOG_COLUMNS}
+        return {
+            "kind": RUN_KIND,
+            "status": self.status,
+            "config": self.config.to_dict(),
+            "threads": self.threads,
+            "torch": torch.__version__,
+            "checkpoints": self.checkpoints,
+            "seconds": self.seconds,
+            "final": self.log[-1] if self.log else None,
+            "columns": LOG_COLUMNS,
+        }
 
     def to_json(self, indent: int | None = 2) -> str:
         return dumps(self.to_dict(), indent=indent)  # strict JSON: NaN/Infinity -> null
@@ -424,8 +460,12 @@ def _train(out: Path, ckpt_root: Path, config: ToyConfig, n_threads: int, on_log
                 if step in save_at:
                     t0 = time.perf_counter()
                     path = ckpt_root / checkpoint_name(step, config.steps)
-                    save_checkpoint(model, tokenizer, path, {"kind": RUN_KIND, "step": step, "config": config.to_dict(),
-                                                             "live": row})
+                    save_checkpoint(
+                        model,
+                        tokenizer,
+                        path,
+                        {"kind": RUN_KIND, "step": step, "config": config.to_dict(), "live": row},
+                    )
                     run.checkpoints.append({"step": step, "path": str(path.relative_to(out))})  # the run can move
                     pd.DataFrame(run.log, columns=list(LOG_COLUMNS)).to_csv(out / "train_log.csv", index=False)
                     _write_json(out / "run.json", run.to_dict())
