@@ -16,6 +16,7 @@ from headscope.scan import ablation as A
 from headscope.scan import fused as F
 from headscope.scan.induction import (
     ablated_later_loss,
+    direct_weights,
     fused_chunk_size_for,
     scan_induction,
     score_pass,
@@ -337,6 +338,7 @@ def test_copying_scores_are_computed_once_and_again_after_a_weight_change(tiny_g
     )
     tiny_gpt2.cache.pop("weight_scores", None)
     first = weight_score_arrays(tiny_gpt2)["copying"]
+    W_O = direct_weights(tiny_gpt2)[0].W_O.clone()  # the direct-logit reduction's cached weights
     assert np.array_equal(weight_score_arrays(tiny_gpt2)["copying"], first) and len(calls) == 1
     w = tiny_gpt2.blocks[1].attn.o.original_component.weight
     saved = w.detach().clone()
@@ -346,7 +348,9 @@ def test_copying_scores_are_computed_once_and_again_after_a_weight_change(tiny_g
         changed = weight_score_arrays(tiny_gpt2)["copying"]
         assert len(calls) == 2
         np.testing.assert_allclose(changed[1], -first[1], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(direct_weights(tiny_gpt2)[0].W_O[1], -W_O[1])  # recomputed too
     finally:
         with torch.no_grad():
             w.copy_(saved)
         tiny_gpt2.cache.pop("weight_scores", None)
+        tiny_gpt2.cache.pop("direct_weights", None)
