@@ -63,8 +63,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     import headscope
     from headscope.models.loading import resolve_source
-    from headscope.scan import scores as S
-    from headscope.scan.induction import _token_losses, chunk_size_for, scan_induction, score_pass
+    from headscope.scores import attention_scores, prepare
+    from headscope.scores import reduce_pattern as read
+    from headscope.scan.induction import chunk_size_for, scan_induction, score_pass
+    from headscope.scan.induction import token_losses as _token_losses
     from headscope.scan.sequences import repeated_tokens
 
     threads = set_threads(args.threads)
@@ -95,11 +97,12 @@ def main(argv: list[str] | None = None) -> dict:
         return model(tokens)
 
     layout = rt.layout
-    mask = S.prefix_mask(tokens, layout)
+    declared = attention_scores()
+    prepared = {s.name: prepare(s.reads, tokens, layout) for s in declared}
 
-    def reduce_pattern(pattern, hook):
-        S.induction_sum(pattern, layout), S.previous_token_sum(pattern, layout)
-        S.duplicate_token_sum(pattern, layout), S.prefix_matching_sum(pattern, mask, layout)
+    def reduce_pattern(pattern, hook):  # every attention score of the registry, as the scan reads it
+        for s in declared:
+            read(s.reads, pattern, layout, prepared[s.name])
 
     scoring_hooks = [(f"blocks.{l}.attn.hook_pattern", reduce_pattern) for l in range(cfg.n_layers)]
     with torch.no_grad():
