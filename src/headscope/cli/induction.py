@@ -165,7 +165,9 @@ def print_summary(con, res) -> None:
     rises = res.ablation_rises()
     roles = res.roles()
     names = [n for n in res.score_order() if declared(n).in_table]
-    short = ", ".join(f"{declared(n).header} = {declared(n).label}" for n in names if declared(n).header != n)
+    role_names = {r for l, h, _ in res.top_heads("induction", s["top_k"]) for r in roles.get((l, h), [])}
+    shown = list(dict.fromkeys([*names, *sorted(role_names)]))
+    short = ", ".join(f"{declared(n).header} = {declared(n).label}" for n in shown if declared(n).header != n)
     t = Table(title=f"Top induction heads ({short}, Δloss = rise in later-repeat loss when ablated)")
     cols = ["head", *(declared(n).header for n in names), "roles", "Δloss"]
     for col in cols:
@@ -179,7 +181,7 @@ def print_summary(con, res) -> None:
         t.add_row(
             head_label(l, h),
             *cells,
-            "+".join(roles.get((l, h), [])) or "-",
+            " ".join(declared(r).header for r in roles.get((l, h), [])) or "-",
             f"{rises[(l, h)]:+.3f}" if (l, h) in rises else "-",
         )
     con.print(t)
