@@ -324,13 +324,14 @@ def test_scan_without_kept_residuals_recomputes_them_and_gets_the_same_ablation(
 # --- copying scores once per model --------------------------------------------------------------
 
 
-def test_copying_scores_are_computed_once_and_again_after_a_weight_change(tiny_gpt2, monkeypatch):
+def test_copying_scores_are_computed_once_and_again_after_a_weight_change(tiny_gpt2, monkeypatch, tmp_path):
     from headscope.scores import registry
 
+    monkeypatch.setenv("HEADSCOPE_CACHE", str(tmp_path))  # an empty disk cache: the first call computes
     calls = []
     copying = registry.score("copying")
     original = copying.from_weights
-    spy = lambda w: calls.append(1) or original(w)  # noqa: E731
+    spy = lambda w, model: calls.append(1) or original(w, model)  # noqa: E731
     monkeypatch.setattr(
         registry,
         "SCORES",
@@ -354,3 +355,25 @@ def test_copying_scores_are_computed_once_and_again_after_a_weight_change(tiny_g
             w.copy_(saved)
         tiny_gpt2.cache.pop("weight_scores", None)
         tiny_gpt2.cache.pop("direct_weights", None)
+
+
+def test_weight_scores_come_back_from_the_disk_cache_for_the_same_weights(tiny_gpt2_dir, monkeypatch, tmp_path):
+    import headscope
+    from headscope.scores import registry
+
+    monkeypatch.setenv("HEADSCOPE_CACHE", str(tmp_path))
+    first = weight_score_arrays(headscope.load_model(str(tiny_gpt2_dir), device="cpu"))
+    assert len(list((tmp_path / "scores").glob("*.json"))) == 1  # keyed by a sha256 of the weights
+    calls = []
+    monkeypatch.setattr(
+        registry,
+        "SCORES",
+        tuple(
+            type(s)(**{**s.__dict__, "from_weights": lambda w, m: calls.append(1)}) if s.from_weights else s
+            for s in registry.SCORES
+        ),
+    )
+    again = weight_score_arrays(headscope.load_model(str(tiny_gpt2_dir), device="cpu"))  # a new process, say
+    assert calls == [] and again.keys() == first.keys()
+    for name in first:
+        np.testing.assert_array_equal(again[name], first[name])
