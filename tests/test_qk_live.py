@@ -105,3 +105,13 @@ def test_text_longer_than_the_context_is_truncated_and_says_so(tiny_gpt2):
     assert "cut from 401 to 256" in seq.notes[0] and "context" in seq.notes[0]
     (seq,) = prepare_texts(tiny_gpt2, [long], max_tokens=20)
     assert len(seq) == 20 and "window of 20 tokens" in seq.notes[0]
+
+
+def test_identical_texts_stay_two_sequences_through_the_analysis(tiny_gpt2):
+    from headscope.qk import analyze_qk
+
+    text = "a b c a b c"
+    a = analyze_qk(tiny_gpt2, [text, text], heads=["L1H0"])
+    assert [d.sequence_index for d in a.decompositions] == [0, 1]  # known by position, never by text
+    doc = a.to_dict()
+    assert [d["sequence"] for d in doc["decompositions"]] == [0, 1] and len(doc["live"]["sequences"]) == 2
