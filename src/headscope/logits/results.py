@@ -8,14 +8,13 @@ notebook (``_repr_html_``).
 
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..heads import head_label
-from ..jsonsafe import dumps
 from ..models.inputs import TokenSequence
+from ..results import Result, _html, rounded
 
 DLA_DEFINITION = (
     "Direct logit attribution: a component's output (a head's z W_O, read at the input of the attention "
@@ -37,35 +36,8 @@ OV_DEFINITION = (
 )
 
 
-def _num(x, nd: int = 6):
-    """JSON-safe rounding of floats, arrays and lists (NaN becomes None)."""
-    if isinstance(x, np.ndarray):
-        return [_num(v, nd) for v in x.tolist()] if x.ndim else _num(x.item(), nd)
-    if isinstance(x, (list, tuple)):
-        return [_num(v, nd) for v in x]
-    if isinstance(x, (float, np.floating)):
-        return None if np.isnan(x) else round(float(x), nd)
-    return x
-
-
-def _html(title: str, frame, fig=None, rows: int = 12) -> str:
-    """A notebook view; the figure goes through the one encoder (render/_mpl.encode_png: missing glyphs said once)."""
-    from ..render.html import figure_html
-
-    body = frame.head(rows).to_html(index=False, float_format=lambda v: f"{v:.4g}")
-    return f"<h4>{html.escape(title)}</h4>{body}" + (figure_html(fig) if fig is not None else "")
-
-
-class _Result:
-    def to_dict(self) -> dict:  # pragma: no cover - every subclass defines it
-        raise NotImplementedError
-
-    def to_json(self, indent: int | None = 2) -> str:
-        return dumps(self.to_dict(), indent=indent)  # strict JSON: NaN/Infinity -> null
-
-
 @dataclass
-class LogitAttribution(_Result):
+class LogitAttribution(Result):
     """Direct logit attribution on one token sequence (see :mod:`headscope.logits.dla`).
 
     Position ``p`` (``0..T-2``) holds token ``sequence.labels[p]`` and is scored on the next
@@ -153,11 +125,11 @@ class LogitAttribution(_Result):
             "tokens": self.token_labels,
             "targets": self.target_labels,
             "target_ids": self.target_ids,
-            "heads": _num(self.heads, 5),
-            "components": {k: _num(v, 5) for k, v in self.components.items()},
-            "logit": _num(self.logit, 5),
-            "model_logit": _num(self.model_logit, 5),
-            "scale": _num(self.scale, 5),
+            "heads": rounded(self.heads, 5),
+            "components": {k: rounded(v, 5) for k, v in self.components.items()},
+            "logit": rounded(self.logit, 5),
+            "model_logit": rounded(self.model_logit, 5),
+            "scale": rounded(self.scale, 5),
             "max_abs_error": self.max_abs_error,
             "top": self.top(10).drop(columns=["label"]).to_dict(orient="records"),
         }
@@ -174,7 +146,7 @@ class LogitAttribution(_Result):
 
 
 @dataclass
-class RepeatLogitEffects(_Result):
+class RepeatLogitEffects(Result):
     """Each head's mean direct effect on repeated random tokens (see :mod:`headscope.logits.repeats`).
 
     ``first [L, H]`` and ``later [L, H]``: mean centred direct effect on targets in repeat 1
@@ -224,16 +196,16 @@ class RepeatLogitEffects(_Result):
             "model": self.model_name,
             "definition": self.definition,
             "settings": self.settings,
-            "first_repeat": _num(self.first, 5),
-            "later_repeat": _num(self.later, 5),
-            "components_first_repeat": {k: _num(v, 5) for k, v in self.components_first.items()},
-            "components_later_repeat": {k: _num(v, 5) for k, v in self.components_later.items()},
-            "logit_first_repeat": _num(self.logit_first),
-            "logit_later_repeat": _num(self.logit_later),
+            "first_repeat": rounded(self.first, 5),
+            "later_repeat": rounded(self.later, 5),
+            "components_first_repeat": {k: rounded(v, 5) for k, v in self.components_first.items()},
+            "components_later_repeat": {k: rounded(v, 5) for k, v in self.components_later.items()},
+            "logit_first_repeat": rounded(self.logit_first),
+            "logit_later_repeat": rounded(self.logit_later),
             "n_first": self.n_first,
             "n_later": self.n_later,
             "max_abs_error": self.max_abs_error,
-            "top_later": [{"head": head_label(l, h), "effect": _num(v)} for l, h, v in self.top(10)],
+            "top_later": [{"head": head_label(l, h), "effect": rounded(v)} for l, h, v in self.top(10)],
         }
 
     def plot(self, which: str = "later", **kwargs):
@@ -247,7 +219,7 @@ class RepeatLogitEffects(_Result):
 
 
 @dataclass
-class OVRows(_Result):
+class OVRows(Result):
     """Rows of one head's full OV circuit for chosen source tokens (see :mod:`headscope.logits.ov`).
 
     For source token ``token_ids[i]``: ``top_ids[i]``/``top_values[i]`` the ``k`` tokens it
@@ -302,13 +274,13 @@ class OVRows(_Result):
                     "token": t,
                     "token_id": int(i),
                     "self_rank": int(r),
-                    "self_value": _num(float(v)),
+                    "self_value": rounded(float(v)),
                     "promotes": [
-                        {"token": a, "id": int(b), "value": _num(float(c))}
+                        {"token": a, "id": int(b), "value": rounded(float(c))}
                         for a, b, c in zip(self.top_labels[n], self.top_ids[n], self.top_values[n])
                     ],
                     "suppresses": [
-                        {"token": a, "id": int(b), "value": _num(float(c))}
+                        {"token": a, "id": int(b), "value": rounded(float(c))}
                         for a, b, c in zip(self.bottom_labels[n], self.bottom_ids[n], self.bottom_values[n])
                     ],
                 }

@@ -24,8 +24,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from ..heads import head_label
+from ..results import Result, rounded
 from ..scores import score as declared
-from .results import DLA_DEFINITION, OV_DEFINITION, OVRows, _num, _Result
+from .results import DLA_DEFINITION, OV_DEFINITION, OVRows
 
 STORY_DEFINITION = (
     "One induction head's mechanism, every number from the same run: its strongest K-composition sources "
@@ -93,7 +94,7 @@ class InductionStory:
         }
 
     def to_dict(self) -> dict:
-        return {k: _num(v) for k, v in {**asdict(self), "label": self.label}.items()}
+        return {k: rounded(v) for k, v in {**asdict(self), "label": self.label}.items()}
 
 
 def _ablation_lookup(ablation) -> dict[tuple[int, int], float]:
@@ -162,7 +163,7 @@ def induction_story(
 
 
 @dataclass
-class InductionStories(_Result):
+class InductionStories(Result):
     """Stories of several heads (e.g. the top induction heads), one table."""
 
     model_name: str
@@ -177,7 +178,7 @@ class InductionStories(_Result):
         return {"model": self.model_name, "heads": [s.to_dict() for s in self.stories]}
 
     def _repr_html_(self) -> str:
-        from .results import _html
+        from ..results import _html
 
         return _html(f"Induction stories, {self.model_name}", self.to_frame())
 

@@ -8,14 +8,13 @@ figure in a notebook (``_repr_html_``).
 
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..heads import as_head, head_label
-from ..jsonsafe import dumps
 from ..models.inputs import TokenSequence
+from ..results import Result, _html, rounded
 
 #: Definitions and sources of the QK quantities, for the legend.
 QK_DEFINITIONS = {
@@ -47,35 +46,8 @@ FROZEN_NOTE = (
 )
 
 
-def _num(x, nd: int = 6):
-    """JSON-safe rounding: NaN becomes None."""
-    if isinstance(x, np.ndarray):
-        return [_num(v, nd) for v in x.tolist()] if x.ndim else _num(x.item(), nd)
-    if isinstance(x, list):
-        return [_num(v, nd) for v in x]
-    if isinstance(x, float):
-        return None if np.isnan(x) else round(x, nd)
-    return x
-
-
-def _html(title: str, frame, fig=None, rows: int = 12) -> str:
-    """A notebook view: a title, the first rows of a frame, a figure (drawn by headscope.render)."""
-    from ..render.html import figure_html
-
-    body = frame.head(rows).to_html(index=False, float_format=lambda v: f"{v:.4g}")
-    return f"<h4>{html.escape(title)}</h4>{body}" + (figure_html(fig) if fig is not None else "")
-
-
-class _Result:
-    def to_dict(self) -> dict:  # pragma: no cover - every subclass defines it
-        raise NotImplementedError
-
-    def to_json(self, indent: int | None = 2) -> str:
-        return dumps(self.to_dict(), indent=indent)  # strict JSON: NaN/Infinity -> null
-
-
 @dataclass
-class QKScores(_Result):
+class QKScores(Result):
     """Live scores and patterns. ``scores[s][n]`` is ``[query, key]`` for sequence ``s``, head ``heads[n]``.
 
     Score: ``q_i . k_j / sqrt(d_head)`` (rotary applied), NaN where the causal mask hides key j > i.
@@ -125,8 +97,8 @@ class QKScores(_Result):
                     "notes": seq.notes,
                     "heads": {
                         head_label(l, h): {
-                            "scores": _num(self.scores[s][n], 4),
-                            "pattern": _num(self.patterns[s][n], 4),
+                            "scores": rounded(self.scores[s][n], 4),
+                            "pattern": rounded(self.patterns[s][n], 4),
                         }
                         for n, (l, h) in enumerate(self.heads)
                     },
@@ -167,7 +139,7 @@ class QKScores(_Result):
 
 
 @dataclass
-class QKDecomposition(_Result):
+class QKDecomposition(Result):
     """Head ``layer.head``'s score split over residual components (see :mod:`headscope.qk.decompose`).
 
     ``key_contrib[c]``: ``q_i . k_c(j) / sqrt(d_head)`` for key-side component c, averaged over
@@ -237,21 +209,21 @@ class QKDecomposition(_Result):
             "pairs": [list(p) for p in self.pairs],
             "how": self.how,
             "pairs_tokens": [[self.sequence.labels[i], self.sequence.labels[j]] for i, j in self.pairs[:50]],
-            "score": _num(self.score),
-            "model_score": _num(self.model_score),
+            "score": rounded(self.score),
+            "model_score": rounded(self.model_score),
             "max_abs_error": self.max_abs_error,
-            "attention": _num(self.attention),
+            "attention": rounded(self.attention),
             "note": self.note,
             "key_side": {
-                n: {"contribution": _num(float(c)), "vs_mean_key": _num(float(r))}
+                n: {"contribution": rounded(float(c)), "vs_mean_key": rounded(float(r))}
                 for n, c, r in zip(self.key_names, self.key_contrib, self.key_vs_mean)
             },
             "query_side": {
-                n: {"contribution": _num(float(c)), "vs_mean_key": _num(float(r))}
+                n: {"contribution": rounded(float(c)), "vs_mean_key": rounded(float(r))}
                 for n, c, r in zip(self.query_names, self.query_contrib, self.query_vs_mean)
             },
             "top_pairs": [
-                {"query_component": a, "key_component": b, "contribution": _num(v)} for a, b, v in self.top_pairs()
+                {"query_component": a, "key_component": b, "contribution": rounded(v)} for a, b, v in self.top_pairs()
             ],
         }
 
@@ -267,7 +239,7 @@ class QKDecomposition(_Result):
 
 
 @dataclass
-class PositionalQK(_Result):
+class PositionalQK(Result):
     """What a head's QK circuit does with positions alone, per head.
 
     ``offset_curve[n][d]``: expected score of a query at position i with a key at i - d.
@@ -301,7 +273,7 @@ class PositionalQK(_Result):
             "offsets": self.offsets.tolist(),
             "heads": {
                 head_label(l, h): {
-                    "offset_curve": _num(self.offset_curve[n], 5),
+                    "offset_curve": rounded(self.offset_curve[n], 5),
                     "peak_offset": int(self.offsets[np.nanargmax(self.offset_curve[n])]),
                 }
                 for n, (l, h) in enumerate(self.heads)
@@ -309,7 +281,7 @@ class PositionalQK(_Result):
         }
         if self.matrix is not None:
             for n, (l, h) in enumerate(self.heads):
-                out["heads"][head_label(l, h)]["matrix"] = _num(self.matrix[n], 4)
+                out["heads"][head_label(l, h)]["matrix"] = rounded(self.matrix[n], 4)
         return out
 
     def plot(self):
@@ -324,7 +296,7 @@ class PositionalQK(_Result):
 
 
 @dataclass
-class TokenQK(_Result):
+class TokenQK(Result):
     """One head's token QK circuit ``x_t W_Q W_K^T x_s^T / sqrt(d_head)``, x the normalised embedding.
 
     ``matrix``: the circuit on ``token_ids`` (queries down). ``singular_values`` and
@@ -372,9 +344,9 @@ class TokenQK(_Result):
             "method": self.method,
             "tokens": self.labels,
             "token_ids": self.token_ids,
-            "matrix": _num(self.matrix, 4),
-            "top_pairs": [{"query": q, "key": k, "score": _num(v, 4)} for q, k, v in self.top_pairs()],
-            "singular_values": _num(self.singular_values, 4),
+            "matrix": rounded(self.matrix, 4),
+            "top_pairs": [{"query": q, "key": k, "score": rounded(v, 4)} for q, k, v in self.top_pairs()],
+            "singular_values": rounded(self.singular_values, 4),
             "directions": self.directions,
         }
 
@@ -391,7 +363,7 @@ class TokenQK(_Result):
 
 
 @dataclass
-class CompositionScores(_Result):
+class CompositionScores(Result):
     """Composition scores (Elhage et al.): ``scores[kind][la, ha, lb, hb]`` for earlier head
     ``la.ha`` into later head ``lb.hb``, kind Q, K or V; NaN unless ``lb > la``.
 
