@@ -37,7 +37,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-SINK_THRESHOLD = 0.3
+from ..scores import score as declared
+from ..scores.attention import column_sum
+
+#: Gu et al.'s threshold, declared once in the registry (the attention_sink role).
+SINK_THRESHOLD = float(declared("attention_sink").threshold or 0.3)
 
 DEFINITIONS = {
     "sink_rate": (
@@ -49,8 +53,7 @@ DEFINITIONS = {
 
 def first_token_sum(pattern: torch.Tensor, layout=None) -> tuple[torch.Tensor, int]:
     """Per head: sum over batch and queries 1..n-1 of ``pattern[..., q, 0]``, and the count."""
-    col = pattern[..., 1:, 0].float()  # [batch, head, n-1]
-    return col.sum(dim=(0, -1)), col.shape[0] * col.shape[-1]
+    return column_sum(pattern, 0, 1, pattern.shape[-2])  # the registry's own Column read
 
 
 def first_token_alpha(pattern: torch.Tensor) -> torch.Tensor:

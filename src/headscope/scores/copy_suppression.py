@@ -40,7 +40,6 @@ from .ov import ov_factors
 
 DEFAULT_K = 10
 DEFAULT_N_TOKENS = 512
-COPY_SUPPRESSION_THRESHOLD = 0.5
 
 
 @torch.no_grad()

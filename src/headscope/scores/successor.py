@@ -55,7 +55,6 @@ ORDINAL_SETS: dict[str, list[str]] = {
 }
 CYCLIC = frozenset({"days", "day_prefixes", "months", "month_prefixes"})
 DEFAULT_MIN_SIZE = 5
-SUCCESSOR_THRESHOLD = 0.5
 
 
 @dataclass(frozen=True)
