@@ -79,3 +79,22 @@ def weights_fingerprint(model) -> dict:
         # raw bytes: bfloat16 has no numpy dtype, uint8 views work for every dtype
         h.update(flat.contiguous().cpu().view(torch.uint8).numpy().data)
     return {"sha256": h.hexdigest(), "n_params": n_params, "n_tensors": len(params), "dtypes": sorted(dtypes)}
+
+
+def weights_version(model) -> tuple:
+    """Cheap identity of the current weights: each parameter's storage and in-place version counter."""
+    root = getattr(model, "bridge", model)
+    return tuple((p.data_ptr(), p._version) for p in root.parameters())
+
+
+def cached_fingerprint(model) -> dict:
+    """:func:`weights_fingerprint`, hashed once per model (a :class:`~headscope.models.model.HeadscopeModel`)
+    and again only after its weights change: a sweep entry and its scan's weight-score cache share it."""
+    cache = getattr(model, "cache", None)
+    if not isinstance(cache, dict):
+        return weights_fingerprint(model)
+    version = weights_version(model)
+    hit = cache.get("fingerprint")
+    if hit is None or hit[0] != version:
+        hit = cache["fingerprint"] = (version, weights_fingerprint(model))
+    return hit[1]

@@ -35,7 +35,7 @@ from ..errors import BadInput, HeadscopeError
 from ..heads import head_label
 from ..jsonsafe import dumps
 from ..models import builtin
-from ..models.fingerprint import weights_fingerprint
+from ..models.fingerprint import cached_fingerprint
 from ..models.loading import load_model
 from ..scan.induction import scan_induction
 from ..scan.result import InductionResult
@@ -483,7 +483,7 @@ def _run_entry(e: SweepEntry, settings: dict, *, device, dtype, device_map, prog
 def _fingerprint(model) -> dict:
     """The weights' fingerprint, or a record of why there is none (weights offloaded to disk)."""
     try:
-        return weights_fingerprint(model)
+        return cached_fingerprint(model)
     except ValueError as exc:
         return {"sha256": None, "error": str(exc)}
 

@@ -33,6 +33,7 @@ from ..errors import BadInput
 from ..heads import Head
 from ..heads import top_k as top_k_heads
 from ..hooks import act_name
+from ..models.fingerprint import cached_fingerprint, weights_version
 from ..models.inputs import TokenSequence
 from ..models.model import HeadscopeModel, as_model
 from ..scores import (
@@ -90,11 +91,6 @@ def first_repeat_mean(per_position: torch.Tensor, layout: RepeatLayout) -> torch
     return per_position[..., start - 1 : layout.later_start - 1].mean(-1)
 
 
-def _weights_version(model: HeadscopeModel) -> tuple:
-    """Cheap identity of the current weights: each parameter's storage and in-place version counter."""
-    return tuple((p.data_ptr(), p._version) for p in model.bridge.parameters())
-
-
 def weight_score_arrays(model: HeadscopeModel) -> dict[str, np.ndarray]:
     """Every weight-based score of the registry, ``[n_layers, n_heads]`` each; computed once per model.
 
@@ -105,7 +101,7 @@ def weight_score_arrays(model: HeadscopeModel) -> dict[str, np.ndarray]:
     Also recomputed when a parameter was replaced or changed in place since (its storage or its
     version counter moved), so a scan after editing the weights never shows stale scores.
     """
-    version = _weights_version(model)
+    version = weights_version(model)
     hit = model.cache.get("weight_scores")
     if hit is None or hit[0] != version:
         arrays, notes = _weight_scores_on_disk(model)
@@ -122,7 +118,7 @@ def direct_weights(model: HeadscopeModel) -> tuple[HeadWeights, Unembedding]:
     reading matrices, W_E and the folded W_U that :func:`~headscope.weights.head_weights` also
     builds are dropped, so they are neither recomputed per scan (0.1 s) nor held through a pass.
     """
-    version = _weights_version(model)
+    version = weights_version(model)
     hit = model.cache.get("direct_weights")
     if hit is None or hit[0] != version:
         w = head_weights(model)
@@ -186,12 +182,11 @@ def _weight_scores_on_disk(model: HeadscopeModel) -> tuple[dict[str, np.ndarray]
     import json
 
     from ..models.cache import cache_dir, write_text_atomic
-    from ..models.fingerprint import weights_fingerprint
 
     decls = weight_scores()
     recipe = hashlib.sha256(json.dumps([[s.name, s.definition] for s in decls]).encode()).hexdigest()[:12]
     try:
-        key = weights_fingerprint(model)["sha256"][:24]
+        key = cached_fingerprint(model)["sha256"][:24]
     except Exception:  # a model whose weights cannot be walked: compute, do not cache on disk
         key = None
     path = cache_dir() / "scores" / f"{key}-{recipe}.json" if key else None
