@@ -57,7 +57,7 @@ def build(args):
     from headscope.models.loading import resolve_source
     from headscope.scan import ablation as A
     from headscope.scan import fused as F
-    from headscope.scan.induction import (
+    from headscope.scan.induction_scan import (
         ablated_later_loss,
         control_heads,
         scan_induction,
@@ -96,7 +96,7 @@ def build(args):
     if args.ablation:
         chunk = args.batch
         scan = score_pass(model, rt, chunk, keep_z_mean=True, attention="fused", keep_residuals=range(model.n_layers))
-        from headscope.heads import top_k
+        from headscope.head_labels import top_k
 
         top = [(l, h) for l, h, _ in top_k(scan.means["induction"], args.top)]
         plan = [[h] for h in top] + [top, control_heads(model.n_layers, model.n_heads, top, 0)]

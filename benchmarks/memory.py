@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     import headscope
     from headscope.models.loading import resolve_source
-    from headscope.scan.induction import scan_induction
+    from headscope.scan.induction_scan import scan_induction
     from headscope.scan.sequences import repeated_tokens
 
     threads = set_threads(args.threads)

@@ -44,10 +44,10 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
 
     import headscope
-    from headscope.scan import induction as I
+    from headscope.folded_weights import head_weights
+    from headscope.scan import induction_scan as I
     from headscope.scan.sequences import repeated_tokens
     from headscope.scores import attention_scores, weight_scores
-    from headscope.weights import head_weights
 
     threads = set_threads(args.threads)
     say(

@@ -491,12 +491,12 @@ def test_top_beyond_the_heads_is_cut_and_said_and_the_control_is_never_empty(tin
 
 
 def test_qk_memory_estimate_covers_the_tensors_it_keeps(tiny_llama):
+    from headscope.folded_weights import head_weights
     from headscope.hooks import act_name
     from headscope.models.inputs import encode
     from headscope.qk import qk_scores
     from headscope.qk.analysis import qk_memory_bytes
     from headscope.qk.decompose import capture_residual, residual_components
-    from headscope.weights import head_weights
 
     heads = [(2, 1), (1, 3)]
     seq = encode(tiny_llama, "one two three four five six seven eight nine ten " * 12, max_tokens=100)

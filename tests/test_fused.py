@@ -14,7 +14,7 @@ from torch.utils._pytree import tree_flatten
 
 from headscope.scan import ablation as A
 from headscope.scan import fused as F
-from headscope.scan.induction import (
+from headscope.scan.induction_scan import (
     ablated_later_loss,
     direct_weights,
     fused_chunk_size_for,
@@ -24,8 +24,8 @@ from headscope.scan.induction import (
 )
 from headscope.scan.sequences import repeated_tokens
 from headscope.scores import attention_scores, prepare, reduce_pattern, reduce_qk, score_names
-from headscope.scores.attention import Column, KeySet, prefix_mask, prefix_pairs
 from headscope.scores.layout import RepeatLayout
+from headscope.scores.reads import Column, KeySet, prefix_mask, prefix_pairs
 
 TOL = 1e-5
 
@@ -118,8 +118,8 @@ def test_fused_scores_equal_eager_on_smollm2(smollm2):
 def test_fused_pass_fires_the_scan_s_hooks_but_not_the_pattern(name, request):
     # The hooks the scan's own reductions use (the direct-logit pass's, z, residuals) fire on the
     # fused route exactly as on the eager one; the pattern hook fires only on the eager one.
+    from headscope.folded_weights import head_weights
     from headscope.scan.direct import DirectPass, unembedding
-    from headscope.weights import head_weights
 
     model = request.getfixturevalue(name)
     tokens = torch.arange(100, 120)[None]

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from headscope.cli import app
-from headscope.heads import head_label
+from headscope.head_labels import head_label
 from headscope.scores import role_scores, score_names
 
 runner = CliRunner()
@@ -153,8 +153,8 @@ def test_icl_and_natural_sinks_on_the_tiny_llama(tiny_llama_dir, tmp_path):
 
 
 def test_notebook_view_and_page_section_list_every_head_with_a_role(tiny_gpt2):
-    from headscope.pipeline.heads import analyze_heads
-    from headscope.render.report import Report
+    from headscope.pipeline.roles import analyze_heads
+    from headscope.render.page import Report
 
     a = analyze_heads(tiny_gpt2, seq_len=6, batch=2, icl=False, thresholds={"copying": -1}, progress=False)
     a.induction.model["name"] = "<script>alert(1)</script>"
@@ -171,7 +171,7 @@ def test_notebook_view_and_page_section_list_every_head_with_a_role(tiny_gpt2):
 
 @pytest.mark.smollm2
 def test_smollm2_kinds_successor_sets_and_copy_suppression(smollm2):
-    from headscope.pipeline.heads import analyze_heads
+    from headscope.pipeline.roles import analyze_heads
 
     a = analyze_heads(smollm2, icl=False, progress=False)
     sets = a.successor_sets()

@@ -13,7 +13,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import headscope
-from headscope.scan.induction import score_pass
+from headscope.scan.induction_scan import score_pass
 from headscope.scan.sequences import repeated_tokens
 
 TOL = 1e-4
@@ -82,8 +82,8 @@ def test_smollm2_scores_match_plain_transformers(smollm2, attention):
 
 def test_copying_score_equals_full_vocab_eigenvalues():
     """On a small vocabulary the full vocab x vocab OV circuit can be formed: same score."""
-    from headscope.scores.weights import copying_scores
-    from headscope.weights import HeadWeights
+    from headscope.folded_weights import HeadWeights
+    from headscope.scores.copying import copying_scores
 
     g = torch.Generator().manual_seed(0)
     L, H, d, dh, V = 2, 3, 12, 4, 30
@@ -116,8 +116,8 @@ def test_copying_score_equals_full_vocab_eigenvalues():
 
 
 def test_copying_score_is_one_for_an_identity_ov_circuit():
-    from headscope.scores.weights import copying_scores
-    from headscope.weights import HeadWeights
+    from headscope.folded_weights import HeadWeights
+    from headscope.scores.copying import copying_scores
 
     d, dh, V = 6, 6, 10
     E = torch.randn(V, d, generator=torch.Generator().manual_seed(1))

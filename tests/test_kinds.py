@@ -17,13 +17,13 @@ import torch
 import torch.nn.functional as F
 
 import headscope
+from headscope.folded_weights import head_weights
 from headscope.kinds import sink as SK
 from headscope.kinds.documents import natural_windows, token_windows
 from headscope.kinds.icl import icl_score
 from headscope.scores.copy_suppression import copy_suppression_scores, self_rank_fractions
 from headscope.scores.embedding import effective_embedding
 from headscope.scores.successor import ORDINAL_SETS, successor_counts, successor_scores, usable_ordinal_sets
-from headscope.weights import head_weights
 
 # --- attention sink: pattern reductions ------------------------------------------------------
 

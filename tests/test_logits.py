@@ -8,11 +8,11 @@ import torch
 
 import headscope
 from headscope.errors import BadInput
+from headscope.folded_weights import HeadWeights
 from headscope.logits import induction_stories, logit_attribution, ov_circuit, ov_rows, repeat_logit_effects
 from headscope.logits.dla import direct_effects
 from headscope.logits.repeats import target_groups
 from headscope.scan.sequences import RepeatLayout, repeated_tokens
-from headscope.weights import HeadWeights
 
 TEXT = "The cat sat on the mat. The cat sat on the mat, and the dog sat too."
 

@@ -14,7 +14,7 @@ import headscope
 from headscope.cli import app
 from headscope.logits import logit_attribution, ov_circuit
 from headscope.qk import composition_scores
-from headscope.render.report import Report, logit_sections
+from headscope.render.page import Report, logit_sections
 from headscope.scan import scan_induction
 from headscope.tokens import visible_whitespace
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from headscope.errors import BadInput
+from headscope.folded_weights import head_weights
 from headscope.models.inputs import single_tokens as token_set
 from headscope.qk import positional_qk, rotary, token_qk
 from headscope.qk.circuits import normalise
-from headscope.weights import head_weights
 
 
 def test_learned_positional_circuit_is_wpos_wq_wk_wpos(tiny_gpt2):

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import headscope
+from headscope.folded_weights import HeadWeights
 from headscope.qk import composition_scores
 from headscope.qk.composition import dense_score, factored_score, left_factor, random_baseline, right_factor
-from headscope.weights import HeadWeights
 
 
 def _weights(W_Q, W_K, W_V, W_O, norm="rmsnorm") -> HeadWeights:

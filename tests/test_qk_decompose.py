@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from headscope.errors import BadInput
+from headscope.folded_weights import head_weights
 from headscope.models.inputs import encode_texts as prepare_texts
 from headscope.qk import decompose_qk
 from headscope.qk.decompose import capture_residual, head_vectors, stripe_pairs
-from headscope.weights import head_weights
 
 REPEATED = "The cat sat on the mat. The cat sat on the mat."
 

@@ -18,8 +18,8 @@ from headscope.logits.story import logit_definitions
 from headscope.pipeline import build_report
 from headscope.qk.results import QK_DEFINITIONS
 from headscope.render.html import MAX_VIEW_TOKENS, circuitsvis_bundle, esc, heads_view_html, script_json
-from headscope.render.report import Report, top_heads_html
-from headscope.scan.attention import AttentionSample
+from headscope.render.page import Report, top_heads_html
+from headscope.scan.attention_sample import AttentionSample
 from headscope.scores import SCORES
 
 DEFINITIONS = {s.name: s.definition for s in SCORES}

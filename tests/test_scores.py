@@ -3,7 +3,7 @@
 import torch
 
 from headscope.scores import RepeatLayout, prepare, reduce_pattern, score
-from headscope.scores.attention import prefix_mask
+from headscope.scores.reads import prefix_mask
 
 
 def one_hot_pattern(n: int, target) -> torch.Tensor:

@@ -10,11 +10,11 @@ True
 
 from ._version import __version__
 from .errors import BadInput, HeadscopeError, ModelLoadError, OutputError, OutputExists
-from .heads import head_label, parse_head, top_k
+from .head_labels import head_label, parse_head, top_k
 from .logits import LogitAttribution, OVRows, logit_attribution, ov_circuit
 from .models import DEFAULT_MODEL, HeadscopeModel, load_model
 from .pipeline import Report, build_report, plan_sweep, run_sweep
-from .pipeline.logits import LogitAnalysis, analyze_logits
+from .pipeline.logit_analysis import LogitAnalysis, analyze_logits
 from .qk import (
     CompositionScores,
     PositionalQK,

@@ -45,7 +45,16 @@ def root(
 def _register() -> None:
     import importlib
 
-    for name in ("models", "induction", "heads", "qk", "logits", "report", "sweep", "train_toy"):
+    for name in (
+        "cmd_models",
+        "cmd_induction",
+        "cmd_heads",
+        "cmd_qk",
+        "cmd_logits",
+        "cmd_report",
+        "cmd_sweep",
+        "cmd_train_toy",
+    ):
         try:
             importlib.import_module(f"{__name__}.{name}")
         except ModuleNotFoundError as exc:  # a command module not written yet

@@ -125,7 +125,7 @@ AttentionOpt = Annotated[
 
 def check_attention(value: str) -> None:
     """Refuse an unknown --attention before anything loads."""
-    from ..scan.induction import ATTENTION_MODES
+    from ..scan.induction_scan import ATTENTION_MODES
 
     if value not in ATTENTION_MODES:
         raise BadInput(f"unknown --attention {value!r}", hint=f"use one of: {', '.join(ATTENTION_MODES)}")

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from ..scores import score as declared
-from ..scores.attention import column_sum
+from ..scores.reads import column_sum
 
 #: Gu et al.'s threshold, declared once in the registry (the attention_sink role).
 SINK_THRESHOLD = float(declared("attention_sink").threshold or 0.3)

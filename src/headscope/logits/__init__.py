@@ -11,7 +11,7 @@
 """
 
 from .dla import direct_effects, logit_attribution, unembedding
-from .ov import ov_circuit, ov_rows
+from .ov_rows import ov_circuit, ov_rows
 from .repeats import repeat_logit_effects
 from .results import LogitAttribution, OVRows, RepeatLogitEffects
 from .story import InductionStories, InductionStory, induction_stories

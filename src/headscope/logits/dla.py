@@ -8,7 +8,7 @@ the attention output biases. The logits are ``norm_f(x) W_U + b_U``. With the fi
 
     logit_t(p) = sum_c  P(c_p) . W_U'[:, t] / s_p  +  (b_f W_U + b_U)[t]
 
-where ``W_U' = diag(g_f) W_U`` (the final norm's gain folded, :mod:`headscope.weights`),
+where ``W_U' = diag(g_f) W_U`` (the final norm's gain folded, :mod:`headscope.folded_weights`),
 ``P`` centres along d_model for LayerNorm (identity for RMSNorm) and ``b_f`` is the
 LayerNorm bias. We report every number **centred**: minus the mean over the vocabulary, the
 shift the softmax ignores. So a component's direct effect is ``P(c_p) . u_p / s_p`` with
@@ -28,10 +28,10 @@ from __future__ import annotations
 import torch
 
 from ..errors import BadInput
+from ..folded_weights import HeadWeights, head_weights
 from ..models.inputs import SAMPLE_TEXTS, as_sequences
 from ..models.model import as_model
 from ..scan.direct import DirectEffects, DirectPass, Unembedding, unembedding
-from ..weights import HeadWeights, head_weights
 from .results import LogitAttribution
 
 __all__ = ["DirectEffects", "DirectPass", "Unembedding", "direct_effects", "logit_attribution", "unembedding"]

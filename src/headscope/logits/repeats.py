@@ -6,7 +6,7 @@ targets in repeats 2..R are copies an induction mechanism can predict. A head wh
 direct effect rises from the first to the later repeats writes the copied token's logit
 *directly*; an induction head with a small direct effect (but a large ablation cost) works
 through heads after it. Targets are grouped as the scan's loss groups them
-(:func:`headscope.scan.induction.first_repeat_mean` / ``later_repeat_mean``).
+(:func:`headscope.scan.induction_scan.first_repeat_mean` / ``later_repeat_mean``).
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ import time
 import numpy as np
 import torch
 
+from ..folded_weights import head_weights
 from ..models.model import as_model
 from ..scan.direct import DirectPass, target_groups, unembedding
-from ..scan.induction import DEFAULT_MEMORY_GB, chunk_size_for
+from ..scan.induction_scan import DEFAULT_MEMORY_GB, chunk_size_for
 from ..scan.sequences import RepeatedTokens, repeated_tokens
-from ..weights import head_weights
 from .results import RepeatLogitEffects
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..heads import head_label
+from ..head_labels import head_label
 from ..models.inputs import TokenSequence
 from ..results import Result, _html, rounded
 
@@ -220,7 +220,7 @@ class RepeatLogitEffects(Result):
 
 @dataclass
 class OVRows(Result):
-    """Rows of one head's full OV circuit for chosen source tokens (see :mod:`headscope.logits.ov`).
+    """Rows of one head's full OV circuit for chosen source tokens (see :mod:`headscope.logits.ov_rows`).
 
     For source token ``token_ids[i]``: ``top_ids[i]``/``top_values[i]`` the ``k`` tokens it
     makes the head promote most, ``bottom_*`` those it suppresses most (most negative first),

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from ..heads import head_label
+from ..head_labels import head_label
 from ..results import Result, rounded
 from ..scores import score as declared
 from .results import DLA_DEFINITION, OV_DEFINITION, OVRows

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import BadInput
-from ..heads import Head, parse_heads
+from ..head_labels import Head, parse_heads
 from ..tokens import token_text
 from .model import HeadscopeModel, as_model
 

@@ -40,7 +40,7 @@ from collections.abc import Callable
 
 import pandas as pd
 
-from ..heads import head_label
+from ..head_labels import head_label
 from ..render._mpl import encode_png
 from .outputs import ResultDir
 
@@ -128,8 +128,8 @@ def qk_files(rd: ResultDir, a, figures: bool = True, progress: Progress | None =
 
 
 def logit_tables(rd: ResultDir, a) -> None:
-    """Stage ``logits.json`` and the CSVs of a :class:`~headscope.pipeline.logits.LogitAnalysis`."""
-    from .logits import SCAN_SCORES
+    """Stage ``logits.json`` and the CSVs of a :class:`~headscope.pipeline.logit_analysis.LogitAnalysis`."""
+    from .logit_analysis import SCAN_SCORES
 
     rd.write_text("logits.json", a.to_json())
     rd.write("heads.csv", lambda p: a.to_frame().to_csv(p, index=False, float_format="%.6g"))

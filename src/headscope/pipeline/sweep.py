@@ -32,12 +32,12 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BadInput, HeadscopeError
-from ..heads import head_label
+from ..head_labels import head_label
 from ..jsonsafe import dumps
 from ..models import builtin
 from ..models.fingerprint import cached_fingerprint
 from ..models.loading import load_model
-from ..scan.induction import scan_induction
+from ..scan.induction_scan import scan_induction
 from ..scan.result import InductionResult
 from ..scores import score as declared
 from .outputs import describe_os_error, output_lock, probe_writable, write_file_atomic

@@ -15,12 +15,12 @@ import numpy as np
 import torch
 
 from ..errors import BadInput
-from ..heads import Head, head_label, top_k
+from ..folded_weights import head_weights
+from ..head_labels import Head, head_label, top_k
 from ..hooks import act_name
 from ..models.inputs import single_tokens
 from ..models.model import as_model
 from ..scores import default_thresholds
-from ..weights import head_weights
 from . import rotary
 from .circuits import normalise, positional_qk, token_qk
 from .composition import composition_scores
@@ -233,7 +233,7 @@ class QKAnalysis:
 
     def _repr_html_(self) -> str:
         """In a notebook: the report page's QK sections (interactive views included), same pieces as the page."""
-        from ..render.report import Report
+        from ..render.page import Report
 
         return Report(model=dict(self.model), qk=self)._repr_html_()
 

@@ -12,9 +12,9 @@ import numpy as np
 import torch
 
 from ..errors import BadInput
+from ..folded_weights import HeadWeights, head_weights
 from ..models.model import as_model
 from ..tokens import token_text
-from ..weights import HeadWeights, head_weights
 from . import rotary
 from .live import as_heads
 from .results import PositionalQK, TokenQK

@@ -11,7 +11,7 @@ matrix take ``Y`` (d_model x d_head) with ``Y Y^T = A^T A``, for the right one `
 ``||A B||_F = ||Y^T Z||_F``, a d_head x d_head product, and ``||A||_F = ||Y||_F``,
 ``||B||_F = ||Z||_F``. All pairs are one matmul per earlier layer. For LayerNorm models reading and writing weights are centred along d_model
 first (what TransformerLens's ``fold_ln`` + ``center_writing_weights`` give, and what ARENA
-uses); norm gains are folded in (:func:`headscope.weights.head_weights`).
+uses); norm gains are folded in (:func:`headscope.folded_weights.head_weights`).
 
 The baseline is the mean score of Gaussian random matrices of the same shapes
 (``d_model x d_head`` times ``d_head x d_model`` on both sides), as ARENA subtracts.
@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import torch
 
+from ..folded_weights import HeadWeights, head_weights
 from ..models.model import as_model
-from ..weights import HeadWeights, head_weights
 from .results import CompositionScores
 
 KINDS = ("Q", "K", "V")
@@ -95,7 +95,7 @@ def composition_scores(
     """Q/K/V-composition scores ``[L, H, L, H]`` (earlier layer, head, later layer, head).
 
     Pairs where the later head is not in a later layer are NaN. Accepts a model or a
-    :class:`~headscope.weights.HeadWeights`. ``progress(done, total)`` is called per layer.
+    :class:`~headscope.folded_weights.HeadWeights`. ``progress(done, total)`` is called per layer.
     """
     w = model_or_weights if isinstance(model_or_weights, HeadWeights) else head_weights(model_or_weights)
     W_Q, W_K, W_V, W_O = _centred(w)

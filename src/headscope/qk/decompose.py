@@ -23,10 +23,10 @@ import numpy as np
 import torch
 
 from ..errors import BadInput
+from ..folded_weights import HeadWeights, head_weights
 from ..hooks import act_name
 from ..models.inputs import TokenSequence
 from ..models.model import as_model
-from ..weights import HeadWeights, head_weights
 from . import rotary
 from .live import as_heads, as_sequences, capture
 from .results import QKDecomposition

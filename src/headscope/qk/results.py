@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..heads import as_head, head_label
+from ..head_labels import as_head, head_label
 from ..models.inputs import TokenSequence
 from ..results import Result, _html, rounded
 

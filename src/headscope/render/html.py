@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from ..heads import head_label
+from ..head_labels import head_label
 from ..jsonsafe import dumps
-from ..scan.attention import AttentionSample
+from ..scan.attention_sample import AttentionSample
 from ..tokens import visible_whitespace
 from ._mpl import FIG_DPI, encode_png
 

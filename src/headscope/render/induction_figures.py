@@ -7,8 +7,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ..heads import head_label
-from ..scan.attention import AttentionSample
+from ..head_labels import head_label
+from ..scan.attention_sample import AttentionSample
 from ..scan.result import InductionResult
 from ..scores import score as declared
 from ._mpl import attention_heatmap, plt, tex_safe

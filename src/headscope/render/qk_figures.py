@@ -12,7 +12,7 @@ import textwrap
 import matplotlib.ticker
 import numpy as np
 
-from ..heads import head_label
+from ..head_labels import head_label
 from ..tokens import visible_whitespace
 from ._mpl import plt
 

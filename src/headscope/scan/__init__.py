@@ -1,7 +1,7 @@
 """The scan: repeated-token sequences in, per-head scores out (pure functions over hooks)."""
 
-from .attention import AttentionSample, attention_sample
-from .induction import scan_induction
+from .attention_sample import AttentionSample, attention_sample
+from .induction_scan import scan_induction
 from .result import InductionResult
 from .sequences import RepeatedTokens, check_settings, repeated_tokens
 

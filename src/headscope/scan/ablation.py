@@ -130,7 +130,7 @@ def ablated_later_loss_restart(
     ``residuals[l]`` ``[batch, n, d_model]``: the clean run's ``blocks.{l}.hook_resid_pre`` for
     all ``rt.tokens`` (from :func:`residual_hooks` or :func:`capture_residuals`).
     """
-    from .induction import later_repeat_mean, token_losses
+    from .induction_scan import later_repeat_mean, token_losses
 
     start = first_layer(heads)
     hooks = ablation_hooks(heads, z_mean)

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..folded_weights import HeadWeights, head_weights
 from ..hooks import act_name
 from ..scores.layout import RepeatLayout
-from ..weights import HeadWeights, head_weights
 
 
 @dataclass

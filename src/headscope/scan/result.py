@@ -11,10 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from ..heads import head_label, top_k
+from ..head_labels import head_label, top_k
 from ..jsonsafe import dumps
 from ..scores import MIN_RISE, definitions, role_scores, score_names
-from .attention import AttentionSample
+from .attention_sample import AttentionSample
 
 
 @dataclass
@@ -154,6 +154,6 @@ class InductionResult:
         return ablation_chart(self, ax=ax)
 
     def _repr_html_(self) -> str:
-        from ..render.report import induction_html
+        from ..render.page import induction_html
 
         return induction_html(self)

@@ -1,7 +1,7 @@
 """Head scores: the registry (each score declared once) and the pure maths that computes them."""
 
-from .attention import Column, KeySet, Reads, Stripe, prepare, reduce_pattern, reduce_qk
 from .layout import RepeatLayout
+from .reads import Column, KeySet, Reads, Stripe, prepare, reduce_pattern, reduce_qk
 from .registry import (
     ABLATION_DEFINITION,
     LOSS_DEFINITION,

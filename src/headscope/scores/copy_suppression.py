@@ -34,9 +34,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..weights import HeadWeights, head_weights
+from ..folded_weights import HeadWeights, head_weights
 from .embedding import effective_embedding
-from .ov import ov_factors
+from .ov_factors import ov_factors
 
 DEFAULT_K = 10
 DEFAULT_N_TOKENS = 512

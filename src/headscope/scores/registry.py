@@ -20,11 +20,11 @@ from typing import Any
 
 import torch
 
-from ..weights import HeadWeights
-from .attention import Column, KeySet, Reads, Stripe, prefix_mask, prefix_pairs
+from ..folded_weights import HeadWeights
 from .copy_suppression import copy_suppression_from_weights
+from .copying import copying_scores
+from .reads import Column, KeySet, Reads, Stripe, prefix_mask, prefix_pairs
 from .successor import successor_from_weights
-from .weights import copying_scores
 
 
 @dataclass(frozen=True)

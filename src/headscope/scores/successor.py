@@ -34,9 +34,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..weights import HeadWeights, head_weights
+from ..folded_weights import HeadWeights, head_weights
 from .embedding import effective_embedding
-from .ov import ov_factors
+from .ov_factors import ov_factors
 
 _NUMBER_WORDS = (
     "one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
@@ -187,7 +187,7 @@ def successor_scores(
 ) -> SuccessorScores:
     """Successor score of every head of ``model`` from its weights (computed once per model).
 
-    ``w`` defaults to :func:`headscope.weights.head_weights` (pass it when you have it).
+    ``w`` defaults to :func:`headscope.folded_weights.head_weights` (pass it when you have it).
     Raises nothing when no set is usable: the scores are then zeros and ``skipped`` says why.
 
     >>> s = successor_scores(model)                        # doctest: +SKIP

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BadInput
-from ..heads import head_label
+from ..head_labels import head_label
 from ..jsonsafe import dumps
 from ..scores import default_thresholds
 from .phase import PhaseWindow, detect_phase_change
@@ -154,8 +154,8 @@ class PhaseAnalysis:
     def save(self, out_dir: str | os.PathLike) -> list[Path]:
         """phase.json, phase.csv, phase.png, phase_heatmaps.png and report.html (the page) in ``out_dir``."""
         from ..pipeline.outputs import write_file_atomic
+        from ..render.page import Report
         from ..render.phase_figures import save_phase_figures
-        from ..render.report import Report
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)

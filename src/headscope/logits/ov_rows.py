@@ -9,7 +9,7 @@ vocab matrix is formed.
 **Effective embedding.** ``x_t`` is the token's embedding ``W_E[t]`` as the head's ``ln1``
 would see it were it the whole residual: centred along d_model (LayerNorm only) and divided
 by its RMS ``sqrt(mean(x^2) + eps)``; the ``ln1`` gain is folded into ``W_V`` and the final
-norm's gain into ``W_U`` (:mod:`headscope.weights`, as for the copying score). On the way
+norm's gain into ``W_U`` (:mod:`headscope.folded_weights`, as for the copying score). On the way
 out, the head's output is centred for LayerNorm (what ``ln_final`` does to it); its final
 scale, which depends on the whole residual, is left at 1. Biases (``b_V``, ``b_O``, ``b_U``)
 are left out: they add the same vector whatever the source token. Each row is centred over
@@ -25,9 +25,9 @@ from collections.abc import Callable, Sequence
 import torch
 
 from ..errors import BadInput
+from ..folded_weights import HeadWeights, head_weights
 from ..models.inputs import as_heads, as_sequences, single_tokens
 from ..models.model import as_model
-from ..weights import HeadWeights, head_weights
 from .results import OVRows
 
 #: Source tokens per ``[n, vocab]`` block: bounds memory at ~64 x vocab floats.
@@ -66,7 +66,7 @@ def ov_rows(
 ) -> OVRows:
     """Top/bottom ``k`` tokens and the self-rank of every source token in ``token_ids`` for head ``layer.head``.
 
-    Works on weights alone (``w``: :func:`headscope.weights.head_weights` or hand-made);
+    Works on weights alone (``w``: :func:`headscope.folded_weights.head_weights` or hand-made);
     ``decode`` turns an id into a label.
     """
     ids = [int(t) for t in token_ids]

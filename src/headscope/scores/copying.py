@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from ..weights import HeadWeights
+from ..folded_weights import HeadWeights
 
 
 @torch.no_grad()

@@ -1,6 +1,6 @@
 """Gathering a report: run the induction scan and the QK analysis, hand the results to the page.
 
-The page itself (:class:`headscope.render.report.Report`) never touches a model; this is the
+The page itself (:class:`headscope.render.page.Report`) never touches a model; this is the
 place that does.
 """
 
@@ -11,7 +11,7 @@ from collections.abc import Callable
 from ..models.inputs import TokenSequence, encode_texts
 from ..models.model import as_model
 from ..render.html import MAX_VIEW_TOKENS
-from ..render.report import Report
+from ..render.page import Report
 from ..scan import attention_sample, scan_induction
 
 
@@ -87,7 +87,7 @@ def build_report(
 
         rep.qk = analyze_qk(m, seqs, top=qk_top, scan=res, progress=step)
     if logits:
-        from .logits import analyze_logits
+        from .logit_analysis import analyze_logits
 
         rep.logits = analyze_logits(
             m,

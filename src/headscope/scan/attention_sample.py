@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..heads import Head
+from ..head_labels import Head
 from ..models.inputs import TokenSequence
 from ..models.model import as_model
 from ..tokens import token_text

@@ -11,7 +11,7 @@ from ..errors import BadInput
 from ..jsonsafe import dumps
 from ..models import resolve_dtype
 from ..pipeline.outputs import ResultFile
-from ..pipeline.report import build_report
+from ..pipeline.report_builder import build_report
 from ..scan import check_settings
 from . import app
 from ._common import (

@@ -10,12 +10,12 @@ import typer
 from rich.table import Table
 
 from ..errors import BadInput
-from ..heads import head_label, is_head_spec
+from ..head_labels import head_label, is_head_spec
 from ..models import resolve_dtype
 from ..pipeline.files import logit_files
-from ..pipeline.logits import analyze_logits
+from ..pipeline.logit_analysis import analyze_logits
 from ..pipeline.outputs import ResultDir
-from ..render.report import Report
+from ..render.page import Report
 from ..scan import check_settings
 from ..tokens import visible_whitespace
 from . import app

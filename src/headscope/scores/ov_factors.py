@@ -8,7 +8,7 @@ For source tokens with effective embeddings ``X [n, d_model]`` the direct effect
     B = W_O'[l,h] W_U[:, cols]   [d_head, len(cols)]
 
 never the ``[n, vocab]`` product through ``d_model`` and never vocab x vocab. Conventions
-(as in :mod:`headscope.weights`): norm gains are folded into ``W_V`` and ``W_U``; for
+(as in :mod:`headscope.folded_weights`): norm gains are folded into ``W_V`` and ``W_U``; for
 LayerNorm models the centring of both norms is applied (``X' = X - mean``; ``W_O'`` has its
 rows centred, which centres the head's output); the division by the input-dependent norm
 scale is left out, which scales a source token's whole row of logits by one positive
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from ..weights import HeadWeights
+from ..folded_weights import HeadWeights
 
 
 def _centred(x: torch.Tensor) -> torch.Tensor:

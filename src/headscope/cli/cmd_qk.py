@@ -11,12 +11,12 @@ import typer
 from rich.table import Table
 
 from ..errors import BadInput
-from ..heads import head_label, is_head_spec
+from ..head_labels import head_label, is_head_spec
 from ..models import resolve_dtype
 from ..pipeline.files import qk_files
 from ..pipeline.outputs import ResultDir
 from ..qk.analysis import DEFAULT_QK_MEMORY_GB, analyze_qk
-from ..render.report import Report
+from ..render.page import Report
 from . import app
 from ._common import (
     DEFAULT,

@@ -9,11 +9,11 @@ import typer
 from rich.table import Table
 
 from ..errors import BadInput
-from ..heads import head_label
+from ..head_labels import head_label
 from ..pipeline.files import heads_files
-from ..pipeline.heads import ICL_TOP, ICL_WINDOWS, SINK_WINDOWS, HeadsAnalysis, analyze_heads, describe_icl
 from ..pipeline.outputs import ResultDir
-from ..render.report import Report
+from ..pipeline.roles import ICL_TOP, ICL_WINDOWS, SINK_WINDOWS, HeadsAnalysis, analyze_heads, describe_icl
+from ..render.page import Report
 from ..scan import check_settings
 from ..scores import score as declared
 from . import app

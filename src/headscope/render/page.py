@@ -32,10 +32,10 @@ from typing import Any
 import numpy as np
 
 from .._version import __version__
-from ..heads import as_head, head_label
+from ..head_labels import as_head, head_label
 from ..logits.story import logit_definitions
 from ..qk.results import QK_DEFINITIONS
-from ..scan.attention import AttentionSample
+from ..scan.attention_sample import AttentionSample
 from ..scan.result import InductionResult
 from ..scores import ABLATION_DEFINITION, LOSS_DEFINITION, MIN_RISE, SCORES, roles_legend
 from ..scores import score as declared
@@ -271,7 +271,7 @@ def induction_sections(res: InductionResult) -> list[tuple[str, str, str]]:
     return out
 
 
-# --- heads pieces (from a headscope.pipeline.heads.HeadsAnalysis; duck-typed: render never imports pipeline) --
+# --- heads pieces (from a headscope.pipeline.roles.HeadsAnalysis; duck-typed: render never imports pipeline) --
 def icl_html(icl) -> str:
     """The ICL score and each ablated head's delta with its standard error (an ``ICLResult``)."""
     head = (
@@ -575,7 +575,7 @@ def phase_sections(ph) -> list[tuple[str, str, str]]:
     ]
 
 
-# --- logit pieces (from a headscope.pipeline.logits.LogitAnalysis) -------------------------------
+# --- logit pieces (from a headscope.pipeline.logit_analysis.LogitAnalysis) -------------------------------
 def _n(v: float | None) -> float:
     """A number for :func:`table_html`: None (not measured) shows as a dash."""
     return float("nan") if v is None else round(float(v), DECIMALS)
@@ -668,7 +668,7 @@ def logit_ov_html(a) -> str:
 
 
 def logit_sections(a) -> list[tuple[str, str, str]]:
-    """The "Logit effect" part of the page from a :class:`~headscope.pipeline.logits.LogitAnalysis`."""
+    """The "Logit effect" part of the page from a :class:`~headscope.pipeline.logit_analysis.LogitAnalysis`."""
     from .logit_figures import scan_effect_heatmap, token_head_heatmap
 
     notes = "".join(f'<p class="note">{esc(n)}</p>' for n in a.notes)
@@ -710,7 +710,7 @@ class Report:
     ``induction``: the scan; ``texts``: the top induction heads' attention on the user's texts,
     ``sources`` those texts as written (same order, optional); ``qk``: a
     :class:`~headscope.qk.QKAnalysis`; ``logits``: a
-    :class:`~headscope.pipeline.logits.LogitAnalysis`; ``notes``: anything the reader should know.
+    :class:`~headscope.pipeline.logit_analysis.LogitAnalysis`; ``notes``: anything the reader should know.
     """
 
     model: dict
@@ -721,7 +721,7 @@ class Report:
     logits: Any = None
     notes: list[str] = field(default_factory=list)
     phase: Any = None  # a headscope.toy.PhaseAnalysis
-    heads: Any = None  # a headscope.pipeline.heads.HeadsAnalysis: its ICL check and natural-text sinks
+    heads: Any = None  # a headscope.pipeline.roles.HeadsAnalysis: its ICL check and natural-text sinks
 
     def sections(self) -> list[tuple[str, str, str]]:
         """``[(anchor, title, html)]`` in page order."""

@@ -26,9 +26,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import BadInput
-from ..heads import Head, head_label, top_k
+from ..folded_weights import head_weights
+from ..head_labels import Head, head_label, top_k
 from ..logits import InductionStories, LogitAttribution, OVRows, induction_stories, logit_attribution, ov_rows
-from ..logits.ov import source_tokens
+from ..logits.ov_rows import source_tokens
 from ..logits.story import logit_definitions
 from ..models.inputs import as_heads, as_sequences
 from ..models.model import as_model
@@ -36,7 +37,6 @@ from ..qk import CompositionScores, composition_scores
 from ..scan import InductionResult, check_settings, scan_induction
 from ..scores import default_thresholds
 from ..tokens import token_text, visible_whitespace
-from ..weights import head_weights
 
 Progress = Callable[[str], None]
 #: A K-composition source "is" a previous-token head at the registry's previous-token threshold.
@@ -214,7 +214,7 @@ class LogitAnalysis:
 
     def _repr_html_(self) -> str:
         """In a notebook: the report page's "Logit effect" section, the same pieces as the page."""
-        from ..render.report import Report
+        from ..render.page import Report
 
         return Report(model=dict(self.model), logits=self)._repr_html_()
 

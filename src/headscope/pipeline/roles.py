@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..heads import head_label
-from ..heads import top_k as top_k_heads
+from ..head_labels import head_label
+from ..head_labels import top_k as top_k_heads
 from ..jsonsafe import dumps
 from ..kinds.icl import DEFINITION as ICL_DEFINITION
 from ..kinds.icl import ICLResult, icl_score
@@ -149,7 +149,7 @@ class HeadsAnalysis:
         return dumps(self.to_dict(), indent=indent)  # strict JSON: NaN -> null
 
     def _repr_html_(self) -> str:
-        from ..render.report import heads_html
+        from ..render.page import heads_html
 
         return heads_html(self)
 

@@ -6,11 +6,11 @@ import typer
 from rich.table import Table
 
 from ..errors import BadInput
-from ..heads import head_label
+from ..head_labels import head_label
 from ..pipeline.files import induction_files
 from ..pipeline.outputs import ResultDir
-from ..pipeline.report import texts_to_sequences
-from ..render.report import Report
+from ..pipeline.report_builder import texts_to_sequences
+from ..render.page import Report
 from ..scan import attention_sample, check_settings, scan_induction
 from ..scores import definitions, roles_legend
 from ..scores import score as declared

@@ -30,8 +30,9 @@ import numpy as np
 import torch
 
 from ..errors import BadInput
-from ..heads import Head
-from ..heads import top_k as top_k_heads
+from ..folded_weights import HeadWeights, head_weights
+from ..head_labels import Head
+from ..head_labels import top_k as top_k_heads
 from ..hooks import act_name
 from ..models.fingerprint import cached_fingerprint, weights_version
 from ..models.inputs import TokenSequence
@@ -47,10 +48,9 @@ from ..scores import (
 )
 from ..scores.layout import RepeatLayout
 from ..tokens import token_text
-from ..weights import HeadWeights, head_weights
 from ._progress import Progress
 from .ablation import ablated_later_loss_restart, ablation_hooks, capture_residuals, first_layer, residual_hooks
-from .attention import attention_sample
+from .attention_sample import attention_sample
 from .direct import DirectPass, Unembedding, target_groups, unembedding
 from .fused import FusedUnsupported, fused_attention, fused_chunk_size_for, fused_unsupported_reason
 from .result import InductionResult
@@ -115,7 +115,7 @@ def direct_weights(model: HeadscopeModel) -> tuple[HeadWeights, Unembedding]:
 
     Like :func:`weight_score_arrays`, recomputed only after a weight change. Only W_O and the
     biases are kept (SmolLM2: 40 MB; the unembedding is a view of the model's own W_U): the
-    reading matrices, W_E and the folded W_U that :func:`~headscope.weights.head_weights` also
+    reading matrices, W_E and the folded W_U that :func:`~headscope.folded_weights.head_weights` also
     builds are dropped, so they are neither recomputed per scan (0.1 s) nor held through a pass.
     """
     version = weights_version(model)
