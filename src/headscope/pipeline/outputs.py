@@ -124,7 +124,7 @@ def refuse_special(target: Path) -> None:
 
 
 @contextlib.contextmanager
-def output_lock(target: Path) -> Iterator[None]:
+def output_lock(target: Path, *, _hold: bool = False) -> Iterator[None]:
     """Hold the lock beside ``target`` (``.NAME.lock``) for the block; held elsewhere: :class:`OutputExists` at once.
 
     The place is proved writable first, so a folder the lock cannot be made in (``/proc``, a
@@ -135,7 +135,7 @@ def output_lock(target: Path) -> Iterator[None]:
 
     path = _lock_path(target)
     key = str(path.absolute())
-    if key in _HELD:  # this process holds it already (hold_out)
+    if key in _HELD:  # this process holds it already, through hold_out
         yield
         return
     probe_writable(target.parent, target)
@@ -149,7 +149,8 @@ def output_lock(target: Path) -> Iterator[None]:
         ) from None
     except OSError as exc:
         raise describe_os_error(exc, target) from None
-    _HELD[key] = os.getpid()
+    if _hold:
+        _HELD[key] = os.getpid()
     try:
         clean_stale(target)
         yield
@@ -160,7 +161,17 @@ def output_lock(target: Path) -> Iterator[None]:
             path.unlink()
 
 
-hold_out = output_lock  # the name train-toy uses for holding its --out through a whole run
+@contextlib.contextmanager
+def hold_out(target: str | os.PathLike) -> Iterator[None]:
+    """Hold ``target``'s lock for a whole multi-step run (``train-toy``: training, then its analysis).
+
+    Checks as every writer does (not a FIFO/device/socket/link, parent folders made and removed again
+    if left empty, the place writable); the steps inside take the same lock again at no cost.
+    """
+    target = Path(target)
+    refuse_special(target)
+    with _parent_ready(target), output_lock(target, _hold=True):
+        yield
 
 
 def owner_alive(pid: int) -> bool:
@@ -466,6 +477,11 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def normal_permissions(root: Path) -> None:
+    """Give ``root`` and everything under it the modes a file the user writes gets (0644/0755 under umask 022)."""
+    _normal_permissions(root)
 
 
 def _normal_permissions(root: Path) -> None:
