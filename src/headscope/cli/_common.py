@@ -176,7 +176,8 @@ def handle_errors(fn: Callable) -> Callable:
         try:
             from ._numbers import check_numbers, command_name
 
-            check_numbers(command_name(fn), kwargs)  # every numeric option within its declared range, before anything loads
+            # every numeric option within its declared range, before anything loads
+            check_numbers(command_name(fn), kwargs)
             return fn(*args, **kwargs)
         except HeadscopeError as exc:
             if debug:
