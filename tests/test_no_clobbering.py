@@ -547,3 +547,45 @@ def test_toy_hints_quote_the_real_defaults_and_the_real_option_names():
 def test_heads_zero_on_the_command_line_names_heads(tmp_path):
     r = cli("train-toy", "--heads", "0", "--out", tmp_path / "o")
     assert r.exit_code == 2 and "--heads must be at least 1" in flat(r.output) and "--n-heads" not in r.output
+
+
+def _http2_server_that_is_not_ray(reply: bytes):
+    """A real TCP server speaking just enough HTTP/2: SETTINGS back, then ``reply`` to the first call."""
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+
+    def serve():
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(65536)  # the client's preface and SETTINGS
+            conn.sendall(b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")  # our SETTINGS
+            time.sleep(0.2)
+            conn.recv(65536)  # SETTINGS ACK, HEADERS, DATA
+            conn.sendall(reply)
+            time.sleep(1)
+
+    threading.Thread(target=serve, daemon=True).start()
+    return server
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        b"\x00\x00\x01\x01\x05\x00\x00\x00\x01\x88",  # HEADERS END_STREAM (trailers only: UNIMPLEMENTED, or a 404)
+        b"\x00\x00\x04\x03\x00\x00\x00\x00\x01\x00\x00\x00\x01",  # RST_STREAM
+        b"",  # closes the connection
+    ],
+    ids=["trailers-only", "reset", "closed"],
+)
+def test_an_http2_server_that_is_not_ray_is_refused_in_one_line_within_the_timeout(reply, tmp_path):
+    from headscope.pipeline import sweep_ray
+
+    server = _http2_server_that_is_not_ray(reply)
+    try:
+        with pytest.raises(BadInput, match="it is not a Ray cluster's head"):
+            sweep_ray.probe_address(f"127.0.0.1:{server.getsockname()[1]}", timeout=5.0)
+    finally:
+        server.close()

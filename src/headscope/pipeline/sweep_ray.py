@@ -102,8 +102,12 @@ def probe_address(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
             sock.settimeout(max(0.1, timeout - (time.perf_counter() - t0)))
             sock.sendall(_H2_PREFACE)
             head = sock.recv(9)
+            # a GCS address (not Ray Client's ray://) must also answer Ray's own GetClusterId call: an
+            # HTTP/2 or gRPC server that is not Ray refuses it, where ray.init would retry for ~20 s
+            ray_gcs = not address.startswith("ray://") and len(head) >= 4 and head[3] == 0x04
+            answered = _answers_get_cluster_id(sock, where) if ray_gcs else None
         except OSError:
-            head = b""
+            head, answered = b"", None
     if len(head) < 4 or head[3] != 0x04:
         raise BadInput(
             f"something listens at {where}, but it does not answer like a Ray cluster's head "
@@ -111,6 +115,70 @@ def probe_address(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
             hint="the head's GCS port is 6379 unless `ray start --port` changed it; Ray Client "
             "addresses start with ray:// (port 10001)",
         )
+    if answered is False:
+        raise BadInput(
+            f"something listens at {where} and speaks HTTP/2, but it is not a Ray cluster's head "
+            "(it does not answer Ray's GetClusterId call)",
+            hint="the head's GCS port is 6379 unless `ray start --port` changed it (`ray status` on the head "
+            "prints the address); Ray Client addresses start with ray:// (port 10001)",
+        )
+
+
+def _hpack_literal(name: str, value: str) -> bytes:
+    """One HPACK header field, literal without indexing, new name, no Huffman (RFC 7541 6.2.2); short strings only."""
+    n, v = name.encode(), value.encode()
+    assert len(n) < 127 and len(v) < 127
+    return b"\x00" + bytes([len(n)]) + n + bytes([len(v)]) + v
+
+
+def _frame(kind: int, flags: int, stream: int, payload: bytes) -> bytes:
+    return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") + payload
+
+
+def _answers_get_cluster_id(sock: socket.socket, where: str) -> bool:
+    """Call ``ray.rpc.NodeInfoGcsService/GetClusterId`` (Ray's GCS, Ray >= 2.7) by hand over HTTP/2.
+
+    True when the server answers with a message (a DATA frame carrying a non-empty reply); False
+    when it ends the call without one (a gRPC server without that method answers UNIMPLEMENTED in
+    its trailers, an HTTP/2 web server answers 404 or resets the stream) or closes the connection.
+    """
+    headers = b"".join(
+        _hpack_literal(k, v)
+        for k, v in (
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", "/ray.rpc.NodeInfoGcsService/GetClusterId"),
+            (":authority", where),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+        )
+    )
+    sock.sendall(
+        _frame(0x4, 0x1, 0, b"")  # SETTINGS ACK
+        + _frame(0x1, 0x4, 1, headers)  # HEADERS, END_HEADERS
+        + _frame(0x0, 0x1, 1, b"\x00\x00\x00\x00\x00")  # DATA, END_STREAM: an empty GetClusterIdRequest
+    )
+    buf = b""
+    while True:
+        while len(buf) < 9:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return False
+            buf += chunk
+        length, kind, flags = int.from_bytes(buf[:3], "big"), buf[3], buf[4]
+        stream = int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF
+        while len(buf) < 9 + length:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return False
+            buf += chunk
+        buf = buf[9 + length :]
+        if kind == 0x0 and stream == 1 and length > 5:  # DATA with a gRPC message that is not empty
+            return True
+        if kind == 0x7 or (kind == 0x3 and stream == 1):  # GOAWAY, RST_STREAM
+            return False
+        if kind == 0x1 and stream == 1 and flags & 0x1:  # HEADERS that end the call: trailers with no message
+            return False
 
 
 # --- the executor -------------------------------------------------------------------------------
