@@ -561,7 +561,7 @@ def _http2_server_that_is_not_ray(reply: bytes):
         conn, _ = server.accept()
         with conn:
             conn.recv(65536)  # the client's preface and SETTINGS
-            conn.sendall(b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")  # our SETTINGS
+            conn.sendall(b"\x00\x00\x06\x04\x00\x00\x00\x00\x00\x00\x03\x00\x00\x00\x64")  # SETTINGS (one)
             time.sleep(0.2)
             conn.recv(65536)  # SETTINGS ACK, HEADERS, DATA
             conn.sendall(reply)
@@ -574,11 +574,13 @@ def _http2_server_that_is_not_ray(reply: bytes):
 @pytest.mark.parametrize(
     "reply",
     [
-        b"\x00\x00\x01\x01\x05\x00\x00\x00\x01\x88",  # HEADERS END_STREAM (trailers only: UNIMPLEMENTED, or a 404)
+        # HEADERS END_STREAM: a gRPC server's trailers-only UNIMPLEMENTED (grpc-status 12)
+        b"\x00\x00\x11\x01\x05\x00\x00\x00\x01\x88\x00\x0bgrpc-status\x0212",
+        b"\x00\x00\x01\x01\x05\x00\x00\x00\x01\x8d",  # a web server's 404, no gRPC at all
         b"\x00\x00\x04\x03\x00\x00\x00\x00\x01\x00\x00\x00\x01",  # RST_STREAM
         b"",  # closes the connection
     ],
-    ids=["trailers-only", "reset", "closed"],
+    ids=["grpc-unimplemented", "http-404", "reset", "closed"],
 )
 def test_an_http2_server_that_is_not_ray_is_refused_in_one_line_within_the_timeout(reply, tmp_path):
     from headscope.pipeline import sweep_ray

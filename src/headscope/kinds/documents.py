@@ -158,7 +158,7 @@ class TokenWindows:
 
 def token_windows(
     tokenizer,
-    docs: list[tuple[str, str]],
+    docs: list[tuple[str, str]] | list[tuple[str, Iterable[str]]],
     window: int,
     bos_id: int | None,
     max_windows: int | None = None,

@@ -208,7 +208,7 @@ def clean_stale_files(folder: Path) -> list[Path]:
     """Remove the temporary files (``.NAME.PID-*.partial``) that dead processes left in ``folder``."""
     import re
 
-    removed = []
+    removed: list[Path] = []
     try:
         names = [p for p in folder.iterdir() if p.name.endswith(".partial")]
     except OSError:
