@@ -248,8 +248,26 @@ def analyse_run(
         return _analyse(Path(run_dir), rerun, on_event, log, progress)
 
 
+def _read_sweep(run_dir: Path, entries, steps_of: dict) -> tuple[dict, dict]:
+    """The finished sweep entries: ``{step: {score: [L, H]}}`` and ``{step: (later, first) loss}``."""
+    from ..pipeline.sweep import read_entry
+
+    scores: dict[int, dict[str, np.ndarray]] = {}
+    losses: dict[int, tuple[float, float]] = {}
+    for e in entries:
+        rec = read_entry(run_dir / "sweep", e)
+        if rec is None:
+            continue
+        s = steps_of[e.key]
+        scores[s] = {
+            k: np.asarray(rec["result"]["scores"][k], dtype=np.float64) for k in ("induction", "previous_token")
+        }
+        losses[s] = (rec["summary"]["loss_later_repeats"], rec["summary"]["loss_first_repeat"])
+    return scores, losses
+
+
 def _analyse(run_dir: Path, rerun, on_event, log, progress) -> PhaseAnalysis:
-    from ..pipeline.sweep import plan_sweep, read_entry, run_sweep
+    from ..pipeline.sweep import plan_sweep, run_sweep
 
     run, ckpts = run_checkpoints(run_dir)
     cfg = run["config"]
@@ -268,17 +286,7 @@ def _analyse(run_dir: Path, rerun, on_event, log, progress) -> PhaseAnalysis:
         seed=cfg["eval_seed"],
         ablate=False,
     )
-    scores: dict[int, dict[str, np.ndarray]] = {}
-    losses: dict[int, tuple[float, float]] = {}
-    for e in entries:
-        rec = read_entry(run_dir / "sweep", e)
-        if rec is None:
-            continue
-        s = steps_of[e.key]
-        scores[s] = {
-            k: np.asarray(rec["result"]["scores"][k], dtype=np.float64) for k in ("induction", "previous_token")
-        }
-        losses[s] = (rec["summary"]["loss_later_repeats"], rec["summary"]["loss_first_repeat"])
+    scores, losses = _read_sweep(run_dir, entries, steps_of)
     if not res.ok or len(scores) < 2:
         failed = ", ".join(f["label"] for f in res.failures) or "none"
         raise BadInput(
