@@ -311,7 +311,7 @@ def _analyse(run_dir: Path, rerun, on_event, log, progress) -> PhaseAnalysis:
         "induction_pair": [float(scores[s]["induction"][il, ih]) for s in steps],
         "previous_token_best": [float(scores[s]["previous_token"][:il].max()) for s in steps],
         "previous_token_pair": [float(scores[s]["previous_token"][pl, ph]) for s in steps],
-        "induction_pair_offset_min": [float(offsets.head(s, (il, ih)).min()) for s in steps],
+        "induction_pair_offset_min": [float(offsets.head(s, (int(il), int(ih))).min()) for s in steps],
         "k_composition": [float(comp[s][pl, ph, il, ih]) for s in steps],
     }
     windows = {name: detect_phase_change(steps, curves[name], direction=d) for name, d in DIRECTION.items()}

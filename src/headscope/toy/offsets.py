@@ -158,18 +158,18 @@ class OffsetCurves:
         measured distance at ``step``, and so does the fresh recheck sample (when there is one)."""
         v = self.head(step, head)
         worst = int(np.argmin(v))
-        res = {
-            "induction_head_at_every_offset": bool(v.min() >= self.threshold),
+        every = bool(v.min() >= self.threshold)
+        res: dict = {
             "offset_min": float(v.min()),
             "offset_min_distance": self.distances[worst],
             "offset_threshold": self.threshold,
         }
         if self.recheck is not None:
             r = self.recheck[head[0], head[1]]
-            res["induction_head_at_every_offset"] &= bool(r.min() >= self.threshold)
+            every = every and bool(r.min() >= self.threshold)
             res["offset_recheck_min"] = float(r.min())
             res["offset_recheck_max_difference"] = float(np.abs(r - v).max())
-        return res
+        return {"induction_head_at_every_offset": every, **res}
 
     def to_dict(self, head: tuple[int, int] | None = None) -> dict:
         last = max(self.scores)
