@@ -122,7 +122,7 @@ def ablation_cells(e: dict | None) -> list:
     lo, hi = e["interval"]
     cls = {"raises": "pos", "lowers": "neg"}.get(e["verdict"], "")
     shown = f'<span class="{cls}" title="{esc(e["verdict"])}">{fmt(e["loss_increase"], signed=True)}</span>'
-    shown += f" [{fmt(lo, signed=True)}, {fmt(hi, signed=True)}]"
+    shown = f'<span style="white-space:nowrap">{shown} [{fmt(lo, signed=True)}, {fmt(hi, signed=True)}]</span>'
     first = e["first_repeat_increase"]
     return [(shown, round(e["loss_increase"], DECIMALS)), (fmt(first, signed=True), round(first, DECIMALS))]
 
