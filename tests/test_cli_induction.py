@@ -50,6 +50,9 @@ def test_json_goes_to_stdout_alone_and_matches_scores_json(small, tmp_path):
 def test_writes_csv_and_every_figure(small, tmp_path):
     r = run(*small, "--text", "one two three. one two three.")
     assert r.exit_code == 0, r.output
+    said = " ".join(r.output.split())
+    assert "Δloss [95%]" in said and "control, 10 draws of 2 other heads" in said
+    assert "[low, high]: 95% bootstrap interval" in said  # the legend's brackets are text, not markup
     out = tmp_path / "out"
     names = {p.name for p in out.iterdir()}
     assert {

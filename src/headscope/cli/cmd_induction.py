@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from ..errors import BadInput
@@ -203,5 +204,5 @@ def print_summary(con, res) -> None:
             con.print(f"  {v}", highlight=False, markup=False)
     con.print("[dim]Legend:[/]")
     for name, text in definitions().items():
-        con.print(f"[dim]  {name}: {text}[/]", highlight=False)
+        con.print(f"[dim]  {name}: {escape(text)}[/]", highlight=False)
     con.print(f"[dim]  roles: {roles_legend(res.thresholds)}[/]", highlight=False)
