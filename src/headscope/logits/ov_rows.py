@@ -6,7 +6,8 @@ attends fully to ``t``. We keep it factored: ``x_t W_V W_O`` is one ``d_model`` 
 source token, then one ``[d_model] x [d_model, vocab]`` product gives the row. No vocab x
 vocab matrix is formed.
 
-**Effective embedding.** ``x_t`` is the token's embedding ``W_E[t]`` as the head's ``ln1``
+**Effective embedding** (:func:`headscope.models.embedding.effective_embedding`,
+convention ``"embed_normed"``). ``x_t`` is the token's embedding ``W_E[t]`` as the head's ``ln1``
 would see it were it the whole residual: centred along d_model (LayerNorm only) and divided
 by its RMS ``sqrt(mean(x^2) + eps)``; the ``ln1`` gain is folded into ``W_V`` and the final
 norm's gain into ``W_U`` (:mod:`headscope.folded_weights`, as for the copying score). On the way
@@ -26,20 +27,13 @@ import torch
 
 from ..errors import BadInput
 from ..folded_weights import HeadWeights, head_weights
+from ..models.embedding import effective_embedding
 from ..models.inputs import as_heads, as_sequences, single_tokens
 from ..models.model import as_model
 from .results import OVRows
 
 #: Source tokens per ``[n, vocab]`` block: bounds memory at ~64 x vocab floats.
 CHUNK = 64
-
-
-def effective_embedding(w: HeadWeights, token_ids: Sequence[int], eps: float = 1e-5) -> torch.Tensor:
-    """``[n, d_model]`` float64: ``W_E[t]`` centred (LayerNorm) and divided by its RMS (with ``eps``)."""
-    x = w.W_E[torch.as_tensor(list(token_ids), dtype=torch.long, device=w.W_E.device)].double()
-    if w.norm == "layernorm":
-        x = x - x.mean(-1, keepdim=True)
-    return x / (x.square().mean(-1, keepdim=True) + eps).sqrt()
 
 
 @torch.no_grad()
@@ -75,7 +69,7 @@ def ov_rows(
     tops, topv, bots, botv, selfv, rank = [], [], [], [], [], []
     for start in range(0, len(ids), CHUNK):
         block = ids[start : start + CHUNK]
-        rows = ov_row_block(w, layer, head, effective_embedding(w, block, eps))  # [n, vocab]
+        rows = ov_row_block(w, layer, head, effective_embedding(w, block, "embed_normed", eps=eps))  # [n, vocab]
         t = rows.topk(k, dim=-1)
         b = rows.topk(k, dim=-1, largest=False)
         own = rows.gather(-1, torch.tensor(block, device=rows.device)[:, None])  # [n, 1]

@@ -16,15 +16,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
-
-import torch
 
 from ..folded_weights import HeadWeights
-from .copy_suppression import copy_suppression_from_weights
+from . import copy_suppression, successor
 from .copying import copying_scores
 from .reads import Column, KeySet, Reads, Stripe, prefix_mask, prefix_pairs
-from .successor import successor_from_weights
+from .weight_score import WeightInputs, WeightScore
 
 
 @dataclass(frozen=True)
@@ -39,8 +36,8 @@ class Score:
     source: str  # the paper or reference implementation, short
     threshold: float | None = None  # a head "is" a <label> head when its score >= this; None: no role
     reads: Reads | None = None  # attention score: the pattern entries it averages
-    # weight score: ``(weights, model) -> [L, H]`` or ``([L, H], metadata)``; once per model
-    from_weights: Callable[[HeadWeights, Any], torch.Tensor | tuple[torch.Tensor, dict]] | None = None
+    # weight score: maths ``(weights, inputs) -> WeightScore(values [L, H], notes)``; once per model
+    from_weights: Callable[[HeadWeights, WeightInputs], WeightScore] | None = None
     from_pass: str | None = None  # a reduction of the scan's pass other than attention (headscope.scan.direct)
     vmin: float | None = 0.0  # heatmap range; None: symmetric around 0, from the data
     vmax: float | None = 1.0
@@ -115,7 +112,7 @@ SCORES: tuple[Score, ...] = (
         ),
         source="Elhage et al. 2021",
         threshold=0.7,
-        from_weights=lambda w, model: copying_scores(w),
+        from_weights=lambda w, inputs: WeightScore(copying_scores(w)),
         vmin=-1.0,
     ),
     Score(
@@ -139,16 +136,10 @@ SCORES: tuple[Score, ...] = (
         header="succ",
         label="successor",
         title="Successor score (effective OV on ordinal sets)",
-        definition=(
-            "Fraction of ordinal tokens (numbers, number words, cardinal words, days, months and their prefixes, "
-            "letters: the sets the tokenizer has as single tokens) whose successor gets the largest logit, among the "
-            "tokens of its set, from the head's effective OV circuit W_U W_OV MLP0(W_E) (effective embedding: the "
-            'first MLP on the bare embedding, attention 0 off). Source: Gould et al. 2023, "Successor Heads", '
-            "arXiv 2312.09230. Threshold 0.5 is headscope's (the paper names none)."
-        ),
+        definition=successor.DEFINITION,
         source="Gould et al. 2023",
         threshold=0.5,
-        from_weights=successor_from_weights,
+        from_weights=successor.successor_weight_score,
         in_table=False,
     ),
     Score(
@@ -156,16 +147,10 @@ SCORES: tuple[Score, ...] = (
         header="supp",
         label="copy-suppression",
         title="Copy-suppression score (token among its own 10 most suppressed)",
-        definition=(
-            "Fraction of 512 sampled ordinary tokens that are among the 10 most suppressed outputs (lowest logits over "
-            "the whole vocabulary) of the head's OV circuit W_U W_OV W_EE applied to themselves; effective embedding "
-            "W_EE = the token through block 0 alone (embedding + its attention to itself + MLP0), as McDougall et al. "
-            '2023 ("Copy Suppression", arXiv 2310.04625) use. The negative counterpart of copying. Threshold 0.5 '
-            "is headscope's (the paper names none)."
-        ),
+        definition=copy_suppression.DEFINITION,
         source="McDougall et al. 2023",
         threshold=0.5,
-        from_weights=copy_suppression_from_weights,
+        from_weights=copy_suppression.copy_suppression_weight_score,
         in_table=False,
     ),
     Score(
