@@ -104,4 +104,3 @@ def test_docs_list_the_published_table_and_say_it_has_not_run_here():
     for heads in ("5.1, 5.5, 6.9, 7.2, 7.10", "5.5, 5.8, 5.9, 6.9", "4.11", "2.2", "0.1, 0.10, 3.0"):
         assert heads in text
     assert "has never run on these machines" in text
-

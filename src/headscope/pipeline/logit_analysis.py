@@ -31,6 +31,7 @@ from ..head_labels import Head, head_label, top_k
 from ..logits import InductionStories, LogitAttribution, OVRows, induction_stories, logit_attribution, ov_rows
 from ..logits.ov_rows import source_tokens
 from ..logits.story import logit_definitions
+from ..models.embedding import effective_embedding
 from ..models.inputs import as_heads, as_sequences
 from ..models.model import as_model
 from ..qk import CompositionScores, composition_scores
@@ -364,8 +365,20 @@ def analyze_logits(
     ids = list(dict.fromkeys(asked + [i for s in seqs for i in s.ids[first:]]))
     eps = float(getattr(m.cfg, "eps", 1e-5))
     tok = m.tokenizer
+    x = effective_embedding(m, ids, "block0")  # the embedding the copying scores read (McDougall et al. 2023)
     ov = {
-        lh: ov_rows(w, lh[0], lh[1], ids, k=k, eps=eps, decode=lambda i: token_text(tok, i), model=m.name)
+        lh: ov_rows(
+            w,
+            lh[0],
+            lh[1],
+            ids,
+            k=k,
+            eps=eps,
+            decode=lambda i: token_text(tok, i),
+            model=m.name,
+            x=x,
+            embedding="block0",
+        )
         for lh in dict.fromkeys(chosen + story_heads)
     }
     timings["ov_s"] = time.perf_counter() - t

@@ -199,9 +199,17 @@ def roles_section_html(res: InductionResult) -> str:
             + (f" (skipped: {esc(skipped)})" if skipped else "")
             + ".</p>"
         )
+    notes = res.role_notes()
+    opposite = (
+        "<p><b>Heads with two opposite roles</b>, and why:</p><ul>"
+        + "".join(f"<li>{esc(head_label(*lh))}: {esc(v)}</li>" for lh, v in sorted(notes.items()))
+        + "</ul>"
+        if notes
+        else ""
+    )
     return (
         f"<p>{n} of {L * H} heads take at least one role. {esc(roles_legend(res.thresholds))} Bold: the score "
-        "behind a role the head holds.</p>" + role_counts_html(res) + sets + role_table_html(res)
+        "behind a role the head holds.</p>" + role_counts_html(res) + sets + opposite + role_table_html(res)
     )
 
 
