@@ -290,6 +290,26 @@ def model_info(model, norm: str) -> dict:
     return info
 
 
+def token_circuits_at_used_offsets(
+    model, heads: list[Head], ids: list[int], w, used: dict[str, tuple[int, float]]
+) -> list[TokenQK]:
+    """Each head's token QK circuit on ``ids`` at its most-used offset ``used[label] = (offset, share)`` (rotary)."""
+    E = normalise(w.W_E, w.norm, float(getattr(model.cfg, "eps", 1e-5))).float()
+    return [
+        token_qk(
+            model,
+            lh,
+            ids,
+            weights=w,
+            normalised_embeddings=E,
+            offset=used[head_label(*lh)][0],
+            offset_reason=f"the offset this head gives the most attention on the analysed texts, "
+            f"{used[head_label(*lh)][1]:.0%} of its attention to keys other than the first token",
+        )
+        for lh in heads
+    ]
+
+
 @torch.no_grad()
 def analyze_qk(
     model,
@@ -362,30 +382,16 @@ def analyze_qk(
     positional = positional_qk(model, chosen, weights=w, residuals={k: torch.cat(v) for k, v in resid.items()})
     first = 1 if model.first_token.id is not None else 0
     ids = token_ids or list(dict.fromkeys(seqs[0].ids[first:]))[:40]
-    E = normalise(w.W_E, w.norm, float(getattr(model.cfg, "eps", 1e-5))).float()
     used = {head_label(*lh): live.used_offset(lh, skip_first=first == 1) for lh in chosen}
-    circuits = [
-        token_qk(
-            model,
-            lh,
-            ids,
-            weights=w,
-            normalised_embeddings=E,
-            offset=used[head_label(*lh)][0],
-            offset_reason=f"the offset this head gives the most attention on the analysed texts, "
-            f"{used[head_label(*lh)][1]:.0%} of its attention to keys other than the first token",
-        )
-        for lh in chosen
-    ]
+    circuits = token_circuits_at_used_offsets(model, chosen, ids, w, used)
     timings["circuits_s"] = time.perf_counter() - t
     t = time.perf_counter()
     comp = composition_scores(w, progress=lambda d, n: step("composition scores", d, n))
     comp.model_name = model.name
-    if rotary.is_rotary(model):
-        comp.offset = 0
-        by_offset = composition_by_offset(model, chosen, range(COMPOSITION_OFFSETS), weights=w)
-    else:
-        by_offset = None
+    comp.offset = 0 if rotary.is_rotary(model) else None
+    by_offset = (
+        composition_by_offset(model, chosen, range(COMPOSITION_OFFSETS), weights=w) if comp.offset == 0 else None
+    )
     timings["composition_s"] = time.perf_counter() - t
     return QKAnalysis(
         model=model_info(model, w.norm),
