@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 import headscope
 from headscope.cli import app
 from headscope.errors import BadInput, OutputExists
-from headscope.toy import CopyRecipe, ToyConfig, analyse_run, copy_batch, detect_phase_change, train_toy
+from headscope.toy import CopyRecipe, ToyConfig, analyse_run, copy_batch, detect_phase_change, save_phase, train_toy
 from headscope.toy.train import build_tokenizer, checkpoint_steps, is_attention_only
 
 runner = CliRunner()
@@ -182,7 +182,7 @@ def test_analysis_sweeps_the_checkpoints_and_resumes(short_run):
     ph2 = analyse_run(short_run.out_dir, on_event=lambda kind, e, info: again.append(kind))
     assert again == ["skip"] * 3
     assert ph2.curves == ph.curves
-    files = ph.save(short_run.out_dir / "phase")
+    files = save_phase(ph, short_run.out_dir / "phase")
     assert {p.name for p in files} == {"phase.json", "phase.csv", "phase.png", "phase_heatmaps.png", "report.html"}
     page = (short_run.out_dir / "phase" / "report.html").read_text()
     assert "Phase change during training" in page and "data:image/png;base64," in page

@@ -28,7 +28,7 @@ from ..errors import BadInput
 from ..folded_weights import HeadWeights, head_weights
 from ..models.inputs import as_heads, as_sequences, single_tokens
 from ..models.model import as_model
-from .results import OVRows
+from ..results.logit_results import OVRows
 
 #: Source tokens per ``[n, vocab]`` block: bounds memory at ~64 x vocab floats.
 CHUNK = 64

@@ -23,7 +23,7 @@ import torch
 
 from ..folded_weights import HeadWeights, head_weights
 from ..models.model import as_model
-from .results import CompositionScores
+from ..results.qk_results import CompositionScores
 
 KINDS = ("Q", "K", "V")
 

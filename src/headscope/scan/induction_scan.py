@@ -37,6 +37,7 @@ from ..hooks import act_name
 from ..models.fingerprint import cached_fingerprint, weights_version
 from ..models.inputs import TokenSequence
 from ..models.model import HeadscopeModel, as_model
+from ..results.scan_result import InductionResult
 from ..scores import (
     attention_scores,
     default_thresholds,
@@ -53,7 +54,6 @@ from .ablation import ablated_later_loss_restart, ablation_hooks, capture_residu
 from .attention_sample import attention_sample
 from .direct import DirectPass, Unembedding, target_groups, unembedding
 from .fused import FusedUnsupported, fused_attention, fused_chunk_size_for, fused_unsupported_reason
-from .result import InductionResult
 from .sequences import RepeatedTokens, repeated_tokens
 
 DEFAULT_MEMORY_GB = 2.0
