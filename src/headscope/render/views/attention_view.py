@@ -5,8 +5,8 @@ Draws :class:`~headscope.results.attention.AttentionViews`: one tab per sample.
 
 from __future__ import annotations
 
-from ...results.attention import AttentionViews
-from ..html import attention_view_html, tabs_html
+from ...results.attention import AttentionSample, AttentionViews
+from ..html import attention_view_html, page_asset, scripts_html, tabs_html
 from ..lookup import register
 from ..view_base import Section, View
 
@@ -32,3 +32,14 @@ class AttentionViewsView(View):
 
     def title(self, result) -> str:
         return result.title
+
+
+@register(AttentionSample)
+class AttentionSampleView(View):
+    def title(self, result) -> str:
+        return result.title
+
+    def notebook_html(self, result) -> str:
+        """The sample as the page's interactive view (circuitsvis), inline."""
+        view = attention_view_html(result, "cv-sample", result.text)
+        return f"<div class='hs'><style>{page_asset('page.css')}</style>{view}{scripts_html()}</div>"

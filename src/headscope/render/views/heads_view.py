@@ -11,10 +11,11 @@ from rich.table import Table
 from ...head_labels import head_label
 from ...results.heads_analysis import HeadsAnalysis
 from ...results.icl_result import ICLResult
+from ...results.sink_scores import SinkScores
 from ...scores import score as declared
 from ..html import DECIMALS, esc, fmt, legend_html, page_asset, table_html
 from ..lookup import register
-from ..view_base import Section, View
+from ..view_base import Section, View, frame_html
 from .induction_view import roles_section_html
 
 
@@ -165,3 +166,26 @@ class HeadsView(View):
 
     def terminal(self, result, console) -> None:
         print_heads(console, result)
+
+
+@register(ICLResult)
+class ICLView(View):
+    def title(self, result) -> str:
+        return "In-context learning score"
+
+    def notebook_html(self, result) -> str:
+        return f"<div class='hs'><style>{page_asset('page.css')}</style><h4>{esc(self.title(result))}</h4>{icl_html(result)}</div>"
+
+    def terminal(self, result, console) -> None:
+        for line in describe_icl(result):
+            console.print(line, highlight=False, markup=False)
+
+
+@register(SinkScores)
+class SinkScoresView(View):
+    def title(self, result) -> str:
+        return f"Attention sinks on natural text: Sink_1^{result.threshold} = {result.model_sink_rate:.3f}"
+
+    def notebook_html(self, result) -> str:
+        frame = result.to_frame().sort_values("alpha", ascending=False)
+        return frame_html(self.title(result), frame)
