@@ -144,9 +144,9 @@ def report_cmd(
         with err.status("Writing the page..."):
             write(rep.to_html())
     views = rep.first(AttentionViews)
-    texts = [s for i, s in enumerate(views.samples) if views.source(i) is not None] if views is not None else []
+    text_samples = [x for i, x in enumerate(views.samples) if views.source(i) is not None] if views is not None else []
     qk, logits, scan = rep.first(QKAnalysis), rep.first(LogitAnalysis), rep.first(InductionResult)
-    for note in dict.fromkeys([*rep.notes, *(s.note for s in texts if s.note)]):
+    for note in dict.fromkeys([*rep.notes, *(x.note for x in text_samples if x.note)]):
         err.print(f"[yellow]note:[/] {note}", highlight=False)
     size = path.stat().st_size
     if json_out:

@@ -39,8 +39,8 @@ from .view_base import Section, sections_html
 class Report:
     """One page: ``model`` (its info dict), ``results`` (any results, shown in this order), ``notes``.
 
-    >>> from headscope.results import AttentionViews, InductionResult
-    >>> res = scan_induction(model, seq_len=8, batch=2, ablate=False)
+    >>> from headscope.results import AttentionViews
+    >>> res = headscope.scan_induction(model, seq_len=8, batch=2, ablate=False)
     >>> page = Report(res.model, [res, AttentionViews.of(res)])
     >>> [anchor for anchor, _, _ in page.sections()]
     ['top', 'roles', 'heatmaps', 'loss', 'attention', 'legend']

@@ -54,8 +54,8 @@ class ICLResult(Result):
             "timings": self.timings,
         }
 
-    def to_json(self, **kw) -> str:
-        return dumps(self.to_dict(), **{"indent": None, **kw})  # strict JSON: NaN/Infinity -> null
+    def to_json(self, indent: int | None = None, **kw) -> str:
+        return dumps(self.to_dict(), indent=indent, **kw)  # strict JSON: NaN/Infinity -> null
 
     def to_frame(self):
         """One row per ablated head."""

@@ -59,8 +59,8 @@ class SinkScores(Result):
             "timings": self.timings,
         }
 
-    def to_json(self, **kw) -> str:
-        return dumps(self.to_dict(), **{"indent": None, **kw})  # strict JSON: NaN/Infinity -> null
+    def to_json(self, indent: int | None = None, **kw) -> str:
+        return dumps(self.to_dict(), indent=indent, **kw)  # strict JSON: NaN/Infinity -> null
 
     def to_frame(self):
         import pandas as pd
