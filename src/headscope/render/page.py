@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .._version import __version__
+from ..results.base import Result
 from .html import DECIMALS, MAX_VIEW_TOKENS, esc, legend_html, page_asset, scripts_html
 from .lookup import view_of
 from .view_base import Section, sections_html
@@ -47,7 +48,7 @@ class Report:
     """
 
     model: dict
-    results: list = field(default_factory=list)
+    results: list[Result] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     def first(self, result_type: type):

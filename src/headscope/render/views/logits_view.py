@@ -148,6 +148,13 @@ def _signed(v: float | None, nd: int = 3) -> str:
 
 def print_summary(con, a) -> None:
     """The three terminal tables: largest direct effects, OV summary, induction stories; findings and legend."""
+    print_effects(con, a)
+    print_ov(con, a)
+    print_stories(con, a)
+
+
+def print_effects(con, a) -> None:
+    """Notes, then the largest direct effects on the next token."""
     for note in a.notes:
         con.print(f"[yellow]note:[/] {note}", highlight=False)
     t = Table(title=f"Largest direct effects on the next token, {a.model['name']} (centred logit)")
@@ -162,6 +169,9 @@ def print_summary(con, a) -> None:
         highlight=False,
     )
 
+
+def print_ov(con, a) -> None:
+    """The chosen heads and their OV rows: copying score, self-rank, what the source token promotes and suppresses."""
     con.print(
         "Chosen heads: "
         + "; ".join(f"{head_label(l, h)} ({a.reasons.get(head_label(l, h), '--head')})" for l, h in a.heads),
@@ -199,6 +209,9 @@ def print_summary(con, a) -> None:
         highlight=False,
     )
 
+
+def print_stories(con, a) -> None:
+    """Each top induction head's story in one row, the findings, and what the columns mean."""
     t = Table(
         title="The induction story of the top induction heads, one run (K source: strongest K-composition "
         "source, excess; prev: its previous-token score; DLA: direct effect on later / first-repeat targets)"
