@@ -13,7 +13,7 @@ from .base import Result, rounded
 from .heads_analysis import HeadsAnalysis
 from .icl_result import ICLResult
 from .logit_results import InductionStories, InductionStory, LogitAnalysis, LogitAttribution, OVRows, RepeatLogitEffects
-from .phase_analysis import PhaseAnalysis, PhaseWindow
+from .phase_change import PhaseAnalysis, PhaseWindow
 from .qk_results import CompositionScores, PositionalQK, QKAnalysis, QKDecomposition, QKScores, TokenQK
 from .scan_result import InductionResult
 from .sink_scores import SinkScores

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BadInput
-from ..results.phase_analysis import PhaseAnalysis
+from ..results.phase_change import PhaseAnalysis
 from .phase import detect_phase_change
 from .train import default_threads, read_run, torch_threads
 

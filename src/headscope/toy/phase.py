@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..results.phase_analysis import PhaseWindow
+from ..results.phase_change import PhaseWindow
 
 __all__ = ["LN9", "PhaseWindow", "detect_phase_change"]
 

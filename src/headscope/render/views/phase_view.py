@@ -1,6 +1,6 @@
 """The view of a toy run's phase change: curves with the window, before/after heatmaps, aims; terminal table.
 
-Draws a :class:`~headscope.results.phase_analysis.PhaseAnalysis`.
+Draws a :class:`~headscope.results.phase_change.PhaseAnalysis`.
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 from rich.table import Table
 
 from ...head_labels import head_label
-from ...results.phase_analysis import PhaseAnalysis
+from ...results.phase_change import PhaseAnalysis
 from ..html import esc, figure_html, fmt, kv_html, table_html
 from ..lookup import register
 from ..phase_figures import phase_figure, phase_heatmaps
