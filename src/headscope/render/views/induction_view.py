@@ -230,7 +230,7 @@ def induction_sections(res: InductionResult) -> list[tuple[str, str, str]]:
     return out
 
 
-def print_summary(con, res) -> None:
+def print_induction(con, res) -> None:
     """The terminal table of the top heads (one column per score of the registry), verdicts, legend."""
     s = res.settings
     bos = "first token: " + s.get("bos_source", "bos" if s["bos"] else "none")
@@ -302,4 +302,4 @@ class InductionView(View):
         return induction_html(result)
 
     def terminal(self, result, console) -> None:
-        print_summary(console, result)
+        print_induction(console, result)

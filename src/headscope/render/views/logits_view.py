@@ -146,7 +146,7 @@ def _signed(v: float | None, nd: int = 3) -> str:
     return "-" if v is None else f"{v:+.{nd}f}"
 
 
-def print_summary(con, a) -> None:
+def print_logits(con, a) -> None:
     """The three terminal tables: largest direct effects, OV summary, induction stories; findings and legend."""
     print_effects(con, a)
     print_ov(con, a)
@@ -268,4 +268,4 @@ class LogitAnalysisView(View):
         return Report(model=dict(result.model), results=[result])._repr_html_()
 
     def terminal(self, result, console) -> None:
-        print_summary(console, result)
+        print_logits(console, result)
