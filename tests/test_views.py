@@ -172,3 +172,15 @@ def test_a_page_claims_an_anchor_once_and_keeps_result_order(new_analysis):
     assert "first path" in sections[0].html and "second path" not in page.to_html()
     assert page.subtitle() == "1 circuit paths; 1 circuit paths"  # every result still says what it is
     assert [s.anchor for s in Report({"name": "m"}, []).sections()] == ["legend"]
+
+
+def test_the_one_rounding_rule_rounds_the_value_not_its_float32_approximation():
+    """Every result rounds through results.base.rounded: the float64 value, correctly rounded. The old
+    ICL rounding (np.round on the float32 array) gave 5.70344 for this loss, whose value is 5.7034349...."""
+    import numpy as np
+
+    loss = np.array([5.703434944152832], dtype=np.float32)
+    assert float(loss[0]) < 5.703435  # the value itself rounds down at 5 decimals
+    assert rounded(loss, 5) == [5.70343]
+    assert float(np.round(loss, 5)[0]) == pytest.approx(5.70344, abs=1e-6)  # what float32 rounding gave
+    assert rounded([float("nan"), 1.23456789], 4) == [None, 1.2346]
