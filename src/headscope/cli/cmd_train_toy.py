@@ -39,7 +39,9 @@ def train_toy_cmd(
     d_model: Annotated[int, typer.Option("--d-model", help="Residual stream width.")] = 64,
     vocab: Annotated[int, typer.Option("--vocab", help="Ordinary tokens t0..t{vocab-1} (plus <bos>, <unk>).")] = 64,
     n_ctx: Annotated[int, typer.Option("--n-ctx", help="Tokens per training sequence, BOS included.")] = 64,
-    block: Annotated[int, typer.Option("--block", help="Length of the block that is copied after a random gap.")] = 24,
+    block: Annotated[
+        int, typer.Option("--block", help="Longest copied span (spans of 2..block tokens, copied 3 to n_ctx-3 back).")
+    ] = 12,
     threads: Annotated[
         int,
         typer.Option(
@@ -73,9 +75,9 @@ def train_toy_cmd(
 ) -> None:
     """Train a 2-layer attention-only transformer on the CPU and watch an induction head form.
 
-    The data are random tokens in which a 24-token block is copied after a random gap, so only
-    content-based induction predicts the copy (see docs/toy.md: on plain repeats r + r a positional
-    shortcut wins instead). A live line shows the step, the training loss, the later-repeat
+    The data are random tokens in which spans of 2-12 tokens are copied from 3 to 61 tokens back
+    (the distance uniform), so only content-based induction predicts the copies, at every distance
+    (see docs/toy.md: on plain repeats r + r a positional shortcut wins instead). A live line shows the step, the training loss, the later-repeat
     loss and the best induction score on the scan's own sequences. Checkpoints are saved every
     --every steps as Hugging Face model directories (GPT-2 layout, word-level tokenizer) that
     every headscope command loads. Then the checkpoints are swept (--out/sweep) and the phase

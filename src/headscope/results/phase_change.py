@@ -12,8 +12,18 @@ from pathlib import Path
 import numpy as np
 
 from ..head_labels import head_label
+from ..jsonsafe import strict
 from ..scores import default_thresholds
 from .base import Result, rounded
+
+#: Ranges of copy distance the phase page's table summarises (the figure shows every distance).
+DISTANCE_BINS: tuple[tuple[int, int], ...] = ((3, 8), (9, 16), (17, 32), (33, 48), (49, 61))
+DEFINITION = (
+    "Induction score at copy distance d: mean attention from each token of a span copied d tokens back "
+    "(its tokens occur nowhere else) to the key right after the earlier occurrence of its token "
+    "(key = query - d + 1), over the span's tokens and the sequences. The registry's induction read, at "
+    "distance d instead of seq_len."
+)
 
 CURVES = {
     "loss_later_repeats": "Later-repeat loss (nats): mean loss on the second copy of [BOS] + r + r (the scan's "
@@ -23,6 +33,8 @@ CURVES = {
     "induction_pair": "Induction score of the tracked induction head (the last checkpoint's best).",
     "previous_token_best": "Highest previous-token score among the heads in layers below the tracked induction head.",
     "previous_token_pair": "Previous-token score of the tracked previous-token head.",
+    "induction_pair_offset_min": "Lowest induction score of the tracked induction head over copy distances 3 to "
+    "the context (headscope.toy.offsets): an induction head at every distance keeps this high.",
     "k_composition": "K-composition score (Elhage et al. 2021) of the tracked previous-token head's OV circuit into "
     "the tracked induction head's keys: ||W_OV W_K W_Q^T||_F / (||W_OV||_F ||W_K W_Q^T||_F).",
 }
@@ -65,6 +77,84 @@ class PhaseWindow:
 
 
 @dataclass
+class OffsetCurves:
+    """Induction score of every head at every copy distance, per checkpoint; numbers only.
+
+    ``scores[step]`` is ``[L, H, D]`` (D = ``len(distances)``), from ``batch`` sequences per
+    distance drawn with ``seed``. ``recheck`` is the last checkpoint measured again on a fresh,
+    larger sample (``recheck_batch`` sequences, ``recheck_seed``): the same numbers a second time.
+    """
+
+    distances: list[int]
+    batch: int
+    seed: int
+    scores: dict[int, np.ndarray]
+    recheck: np.ndarray | None = None
+    recheck_batch: int = 0
+    recheck_seed: int = 0
+    threshold: float = field(default_factory=lambda: default_thresholds()["induction"])
+
+    @property
+    def definition(self) -> str:
+        return DEFINITION
+
+    def head(self, step: int, head: tuple[int, int]) -> np.ndarray:
+        """``[D]``: one head's score at every distance at one checkpoint."""
+        return self.scores[step][head[0], head[1]]
+
+    def bins(self, values: np.ndarray) -> list[dict]:
+        """Min and mean of ``values [D]`` over each range of :data:`DISTANCE_BINS` (those measured)."""
+        d = np.asarray(self.distances)
+        out = []
+        for lo, hi in DISTANCE_BINS:
+            sel = (d >= lo) & (d <= hi)
+            if sel.any():
+                out.append(
+                    {"distances": f"{lo}-{hi}", "min": float(values[sel].min()), "mean": float(values[sel].mean())}
+                )
+        return out
+
+    def aim(self, step: int, head: tuple[int, int]) -> dict:
+        """``induction_head_at_every_offset``: the head scores at least the induction role threshold at every
+        measured distance at ``step``, and so does the fresh recheck sample (when there is one)."""
+        v = self.head(step, head)
+        worst = int(np.argmin(v))
+        every = bool(v.min() >= self.threshold)
+        res: dict = {
+            "offset_min": float(v.min()),
+            "offset_min_distance": self.distances[worst],
+            "offset_threshold": self.threshold,
+        }
+        if self.recheck is not None:
+            r = self.recheck[head[0], head[1]]
+            every = every and bool(r.min() >= self.threshold)
+            res["offset_recheck_min"] = float(r.min())
+            res["offset_recheck_max_difference"] = float(np.abs(r - v).max())
+        return {"induction_head_at_every_offset": every, **res}
+
+    def to_dict(self, head: tuple[int, int] | None = None) -> dict:
+        last = max(self.scores)
+        out = {
+            "distances": self.distances,
+            "batch": self.batch,
+            "seed": self.seed,
+            "definition": DEFINITION,
+            "scores": {str(s): np.round(g, 6) for s, g in self.scores.items()},
+            "recheck": None
+            if self.recheck is None
+            else {
+                "batch": self.recheck_batch,
+                "seed": self.recheck_seed,
+                "step": last,
+                "scores": np.round(self.recheck, 6),
+            },
+        }
+        if head is not None:
+            out["tracked_head_bins"] = self.bins(self.head(last, head))
+        return strict(out)
+
+
+@dataclass
 class PhaseAnalysis(Result):
     """Curves against training step and the detected window; numbers only.
 
@@ -87,6 +177,7 @@ class PhaseAnalysis(Result):
     k_baseline: float
     total_steps: int
     live: list[dict] = field(default_factory=list)  # the training log (finer than the checkpoints)
+    offsets: OffsetCurves | None = None  # induction against copy distance, every checkpoint
 
     @property
     def before_step(self) -> int | None:
@@ -101,7 +192,9 @@ class PhaseAnalysis(Result):
 
         Induction head: best score > 0.6; previous-token head: at least headscope's role
         threshold (0.4); the later-repeat loss more than halves between the window's
-        checkpoints, which are less than 20 % of the run apart."""
+        checkpoints, which are less than 20 % of the run apart; the tracked induction head
+        passes the induction threshold (0.4) at every copy distance at the last checkpoint,
+        on both offset samples (``induction_head_at_every_offset``)."""
         last = {k: v[-1] for k, v in self.curves.items()}
         w = self.window
         return {
@@ -114,6 +207,7 @@ class PhaseAnalysis(Result):
             "loss_more_than_halved_in_window": w is not None and w.ratio < 0.5,
             "window_fraction_of_run": None if w is None else w.width / self.total_steps,
             "window_shorter_than_20pc": w is not None and w.width / self.total_steps < 0.2,
+            **({} if self.offsets is None else self.offsets.aim(self.steps[-1], self.induction_head)),
         }
 
     def to_dict(self) -> dict:
@@ -135,6 +229,7 @@ class PhaseAnalysis(Result):
                 }
                 for s in self.heatmap_steps()
             },
+            "offsets": None if self.offsets is None else self.offsets.to_dict(self.induction_head),
             "aims": self.aims(),
             "definitions": CURVES,
         }

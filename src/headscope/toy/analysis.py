@@ -12,11 +12,15 @@
    ``run/phase/composition.json`` so a rerun loads nothing twice).
 4. :func:`headscope.toy.phase.detect_phase_change` on the later-repeat loss gives the window;
    the same detector runs on the induction, previous-token and composition curves.
+5. Induction against copy distance (:mod:`headscope.toy.offsets`): every head's induction
+   score at every distance from 3 to the context, at every checkpoint, and the last
+   checkpoint again on a fresh, larger sample. The aim ``induction_head_at_every_offset``
+   asks the tracked head to pass the induction role threshold at every distance.
 
 >>> from headscope.toy import analyse_run
 >>> ph = analyse_run("toy-run")                      # doctest: +SKIP
 >>> ph.window.before, ph.window.after, ph.window.ratio  # doctest: +SKIP
->>> save_phase(ph, "toy-run/phase")                          # doctest: +SKIP
+>>> save_phase(ph, "toy-run/phase")                  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import numpy as np
 
 from ..errors import BadInput
 from ..results.phase_change import PhaseAnalysis
+from .offsets import measure_checkpoints
 from .phase import detect_phase_change
 from .train import default_threads, read_run, torch_threads
 
@@ -38,7 +43,7 @@ DIRECTION = {"loss_later_repeats": "down", "induction_best": "up", "previous_tok
 
 
 def save_phase(phase: PhaseAnalysis, out_dir: str | os.PathLike) -> list[Path]:
-    """phase.json, phase.csv, phase.png, phase_heatmaps.png and report.html (the page) in ``out_dir``."""
+    """phase.json, phase.csv, phase.png, phase_heatmaps.png, phase_offsets.png and report.html (the page) in ``out_dir``."""
     from ..pipeline.outputs import write_file_atomic
     from ..render.page import Report
     from ..render.phase_figures import save_phase_figures
@@ -122,8 +127,26 @@ def analyse_run(
         return _analyse(Path(run_dir), rerun, on_event, log, progress)
 
 
+def _read_sweep(run_dir: Path, entries, steps_of: dict) -> tuple[dict, dict]:
+    """The finished sweep entries: ``{step: {score: [L, H]}}`` and ``{step: (later, first) loss}``."""
+    from ..pipeline.sweep import read_entry
+
+    scores: dict[int, dict[str, np.ndarray]] = {}
+    losses: dict[int, tuple[float, float]] = {}
+    for e in entries:
+        rec = read_entry(run_dir / "sweep", e)
+        if rec is None:
+            continue
+        s = steps_of[e.key]
+        scores[s] = {
+            k: np.asarray(rec["result"]["scores"][k], dtype=np.float64) for k in ("induction", "previous_token")
+        }
+        losses[s] = (rec["summary"]["loss_later_repeats"], rec["summary"]["loss_first_repeat"])
+    return scores, losses
+
+
 def _analyse(run_dir: Path, rerun, on_event, log, progress) -> PhaseAnalysis:
-    from ..pipeline.sweep import plan_sweep, read_entry, run_sweep
+    from ..pipeline.sweep import plan_sweep, run_sweep
 
     run, ckpts = run_checkpoints(run_dir)
     cfg = run["config"]
@@ -142,17 +165,7 @@ def _analyse(run_dir: Path, rerun, on_event, log, progress) -> PhaseAnalysis:
         seed=cfg["eval_seed"],
         ablate=False,
     )
-    scores: dict[int, dict[str, np.ndarray]] = {}
-    losses: dict[int, tuple[float, float]] = {}
-    for e in entries:
-        rec = read_entry(run_dir / "sweep", e)
-        if rec is None:
-            continue
-        s = steps_of[e.key]
-        scores[s] = {
-            k: np.asarray(rec["result"]["scores"][k], dtype=np.float64) for k in ("induction", "previous_token")
-        }
-        losses[s] = (rec["summary"]["loss_later_repeats"], rec["summary"]["loss_first_repeat"])
+    scores, losses = _read_sweep(run_dir, entries, steps_of)
     if not res.ok or len(scores) < 2:
         failed = ", ".join(f["label"] for f in res.failures) or "none"
         raise BadInput(
@@ -168,6 +181,7 @@ def _analyse(run_dir: Path, rerun, on_event, log, progress) -> PhaseAnalysis:
     prev = final["previous_token"][:il]
     pl, ph = np.unravel_index(int(np.argmax(prev)), prev.shape)
     comp, baseline = _composition(ckpts, run_dir / "phase" / "composition.json", log or (lambda m: None))
+    offsets = measure_checkpoints(ckpts, int(cfg["vocab"]), int(cfg["n_ctx"]))
 
     curves = {
         "loss_later_repeats": [losses[s][0] for s in steps],
@@ -176,6 +190,7 @@ def _analyse(run_dir: Path, rerun, on_event, log, progress) -> PhaseAnalysis:
         "induction_pair": [float(scores[s]["induction"][il, ih]) for s in steps],
         "previous_token_best": [float(scores[s]["previous_token"][:il].max()) for s in steps],
         "previous_token_pair": [float(scores[s]["previous_token"][pl, ph]) for s in steps],
+        "induction_pair_offset_min": [float(offsets.head(s, (int(il), int(ih))).min()) for s in steps],
         "k_composition": [float(comp[s][pl, ph, il, ih]) for s in steps],
     }
     windows = {name: detect_phase_change(steps, curves[name], direction=d) for name, d in DIRECTION.items()}
@@ -199,4 +214,5 @@ def _analyse(run_dir: Path, rerun, on_event, log, progress) -> PhaseAnalysis:
         k_baseline=baseline,
         total_steps=int(cfg["steps"]),
         live=live,
+        offsets=offsets,
     )

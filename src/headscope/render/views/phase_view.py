@@ -40,10 +40,37 @@ def phase_sections(ph) -> list[tuple[str, str, str]]:
             + figure_html(phase_figure(ph))
             + "<h3>Before and after the window</h3>"
             + figure_html(phase_heatmaps(ph))
+            + offsets_html(ph)
             + "<h3>Aims</h3>"
             + table_html(["aim", "value"], aims),
         )
     ]
+
+
+def offsets_html(ph) -> str:
+    """Induction against copy distance: the figure, then a table of the tracked head's score (min and mean)
+    over each range of distances at the checkpoints the figure shows, and on the fresh recheck sample."""
+    from ..phase_figures import offset_steps, offsets_figure
+
+    off = ph.offsets
+    if off is None:
+        return ""
+    columns = [(f"step {s} ({label})", off.bins(off.head(s, ph.induction_head))) for s, label in offset_steps(ph)]
+    if off.recheck is not None:
+        il, ih = ph.induction_head
+        columns.append(
+            (f"step {ph.steps[-1]}, fresh {off.recheck_batch}-sequence sample", off.bins(off.recheck[il, ih]))
+        )
+    rows = [
+        [b["distances"]] + [f"{col[i]['min']:.2f} / {col[i]['mean']:.2f}" for _, col in columns]
+        for i, b in enumerate(columns[0][1])
+    ]
+    return (
+        f"<h3>Induction against copy distance ({head_label(*ph.induction_head)})</h3>"
+        + f"<p>{esc(off.definition)}</p>"
+        + figure_html(offsets_figure(ph))
+        + table_html(["distance (tokens back)"] + [f"{name}: min / mean" for name, _ in columns], rows)
+    )
 
 
 def _print_phase(con, ph) -> None:
@@ -65,6 +92,7 @@ def _print_phase(con, ph) -> None:
         ("loss_later_repeats", "later-repeat loss (nats)"),
         ("loss_first_repeat", "first-repeat loss"),
         ("induction_best", "best induction score"),
+        ("induction_pair_offset_min", f"L{ind[0]}H{ind[1]}'s lowest induction score over copy distances"),
         ("previous_token_best", f"best previous-token score, layer{'s' if ind[0] > 1 else ''} < {ind[0]}"),
         ("k_composition", f"K-composition L{prev[0]}H{prev[1]} -> L{ind[0]}H{ind[1]}"),
     ):
@@ -78,6 +106,14 @@ def _print_phase(con, ph) -> None:
         f"K-composition random baseline {ph.k_baseline:.3f}.",
         highlight=False,
     )
+    if "induction_head_at_every_offset" in a:
+        every = "at every" if a["induction_head_at_every_offset"] else "[yellow]not[/] at every"
+        con.print(
+            f"L{ind[0]}H{ind[1]} is an induction head {every} copy distance (threshold {a['offset_threshold']:g}): "
+            f"lowest {a['offset_min']:.2f} at distance {a['offset_min_distance']}, "
+            f"{a.get('offset_recheck_min', float('nan')):.2f} on a fresh larger sample (phase/phase_offsets.png).",
+            highlight=False,
+        )
 
 
 @register(PhaseAnalysis)
