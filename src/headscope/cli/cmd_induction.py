@@ -12,6 +12,7 @@ from ..render.lookup import view_of
 from ..render.page import Report
 from ..results import AttentionViews
 from ..scan import attention_sample, check_settings, scan_induction
+from ..scan.ablation import ABLATIONS
 from . import app
 from ._common import (
     DEFAULT,
@@ -89,8 +90,8 @@ def induction_cmd(
     thresholds = parse_thresholds(threshold)
     texts = read_texts(text, file)
     check_settings(seq_len, batch, repeats, True, None)  # cheap checks before loading anything
-    if ablation not in ("mean", "zero"):
-        raise BadInput(f"unknown ablation {ablation!r}", hint="use --ablation mean or --ablation zero")
+    if ablation not in ABLATIONS:
+        raise BadInput(f"unknown ablation {ablation!r}", hint="use --ablation mean, zero or resample")
     at_least("--top", top, 1)
     check_attention(attention)
     check_device(device, device_map)

@@ -6,11 +6,12 @@ Draws a :class:`~headscope.results.scan_result.InductionResult`; the notebook vi
 
 from __future__ import annotations
 
+from rich.markup import escape
 from rich.table import Table
 
 from ...head_labels import head_label
 from ...results.scan_result import InductionResult
-from ...scores import ABLATION_DEFINITION, LOSS_DEFINITION, MIN_RISE, SCORES, definitions, roles_legend
+from ...scores import ABLATION_DEFINITION, LOSS_DEFINITION, SCORES, definitions, roles_legend
 from ...scores import score as declared
 from ..html import DECIMALS, esc, figure_html, fmt, kv_html, legend_html, page_asset, table_html, tabs_html
 from ..induction_figures import ablation_chart, loss_by_position, score_heatmap
@@ -60,28 +61,30 @@ def top_heads_html(res: InductionResult, k: int | None = None) -> str:
     """The top induction heads with every score, their roles and the causal check."""
     k = k or res.settings.get("top_k", 5)
     roles, sc, order = res.roles(), res.scores, res.score_order()
-    rises = res.ablation_rises()
     rows = []
     for l, h, _ in res.top_heads("induction", k):
-        rise = rises.get((l, h))
-        rise_cell = (
-            ("–", -1e9)
-            if rise is None
-            else (
-                f'<span class="{"pos" if rise >= MIN_RISE else "neg"}">{fmt(rise, signed=True)}</span>',
-                round(rise, DECIMALS),
-            )
-        )
         rows.append(
             [
                 head_label(l, h),
                 *(round(float(sc[n][l, h]), DECIMALS) for n in order),
                 (roles_html(roles.get((l, h), [])), "+".join(roles.get((l, h), []))),
-                rise_cell,
+                *ablation_cells(res.ablation_of(l, h)),
             ]
         )
-    cols = ["head", *(_label(n) for n in order), "roles", "ablation Δloss"]
+    cols = ["head", *(_label(n) for n in order), "roles", "ablation Δloss [95%]", "Δ first repeat"]
     return table_html(cols, rows, sortable=True)
+
+
+def ablation_cells(e: dict | None) -> list:
+    """The page's causal-check cells of one head: Δloss with its interval (coloured by verdict), Δ first repeat."""
+    if e is None:
+        return [("–", -1e9), ("–", -1e9)]
+    lo, hi = e["interval"]
+    cls = {"raises": "pos", "lowers": "neg"}.get(e["verdict"], "")
+    shown = f'<span class="{cls}" title="{esc(e["verdict"])}">{fmt(e["loss_increase"], signed=True)}</span>'
+    shown = f'<span style="white-space:nowrap">{shown} [{fmt(lo, signed=True)}, {fmt(hi, signed=True)}]</span>'
+    first = e["first_repeat_increase"]
+    return [(shown, round(e["loss_increase"], DECIMALS)), (fmt(first, signed=True), round(first, DECIMALS))]
 
 
 def other_roles_html(res: InductionResult, k: int = 3) -> str:
@@ -241,14 +244,16 @@ def print_induction(con, res) -> None:
         + (f", {path.get(s['attention'], s['attention'])}" if s.get("attention") else ""),
         highlight=False,
     )
-    rises = res.ablation_rises()
     roles = res.roles()
     names = [n for n in res.score_order() if declared(n).in_table]
     role_names = {r for l, h, _ in res.top_heads("induction", s["top_k"]) for r in roles.get((l, h), [])}
     shown = list(dict.fromkeys([*names, *sorted(role_names)]))
     short = ", ".join(f"{declared(n).header} = {declared(n).label}" for n in shown if declared(n).header != n)
-    t = Table(title=f"Top induction heads ({short}, Δloss = rise in later-repeat loss when ablated)")
-    cols = ["head", *(declared(n).header for n in names), "roles", "Δloss"]
+    t = Table(
+        title=f"Top induction heads ({short}, Δloss = change in later-repeat loss when ablated, "
+        "[95% bootstrap interval over sequences], Δfirst = change in first-repeat loss)"
+    )
+    cols = ["head", *(declared(n).header for n in names), "roles", "Δloss [95%]", "Δfirst"]
     for col in cols:
         t.add_column(
             col, justify="left" if col in ("head", "roles") else "right", overflow="fold", no_wrap=col != "roles"
@@ -257,11 +262,13 @@ def print_induction(con, res) -> None:
         cells = [
             f"{res.scores[n][l, h]:.3f}" if declared(n).vmin == 0 else f"{res.scores[n][l, h]:+.3f}" for n in names
         ]
+        e = res.ablation_of(l, h)
         t.add_row(
             head_label(l, h),
             *cells,
             " ".join(declared(r).header for r in roles.get((l, h), [])) or "-",
-            f"{rises[(l, h)]:+.3f}" if (l, h) in rises else "-",
+            "-" if e is None else f"{e['loss_increase']:+.3f} [{e['interval'][0]:+.2f}, {e['interval'][1]:+.2f}]",
+            "-" if e is None else f"{e['first_repeat_increase']:+.3f}",
         )
     con.print(t)
     for n in ("previous_token", "duplicate_token"):
@@ -277,7 +284,7 @@ def print_induction(con, res) -> None:
             con.print(f"  {v}", highlight=False, markup=False)
     con.print("[dim]Legend:[/]")
     for name, text in definitions().items():
-        con.print(f"[dim]  {name}: {text}[/]", highlight=False)
+        con.print(f"[dim]  {name}: {escape(text)}[/]", highlight=False)
     con.print(f"[dim]  roles: {roles_legend(res.thresholds)}[/]", highlight=False)
 
 
