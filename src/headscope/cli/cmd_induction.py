@@ -137,7 +137,7 @@ def induction_cmd(
         typer.echo(res.to_json())
     for note in [n for s in seqs for n in s.notes] + res.notes:
         err.print(f"[yellow]note:[/] {note}", highlight=False)
-    print_summary(con, res)
+    _print_summary(con, res)
     if attention == "auto" and res.settings["attention"] == "eager":
         from ..scan.fused import fused_unsupported_reason
 
@@ -151,7 +151,7 @@ def induction_cmd(
     )
 
 
-def print_summary(con, res) -> None:
+def _print_summary(con, res) -> None:
     """The terminal table of the top heads (one column per score of the registry), verdicts, legend."""
     s = res.settings
     bos = "first token: " + s.get("bos_source", "bos" if s["bos"] else "none")

@@ -15,6 +15,7 @@ from ..models import resolve_dtype
 from ..pipeline.files import logit_files
 from ..pipeline.logit_analysis import analyze_logits
 from ..pipeline.outputs import ResultDir
+from ..progress import Progress
 from ..render.page import Report
 from ..scan import check_settings
 from ..tokens import visible_whitespace
@@ -158,7 +159,7 @@ def logits_cmd(
             ablate=not no_ablate,
             ablation=ablation,
             max_memory_gb=max_memory,
-            progress=lambda s: err.print(f"[dim]... {s}[/]", highlight=False),
+            progress=Progress(False, console=err, lines=True),
             scan_progress=None,
         )
         a.timings["total_s"] = time.perf_counter() - t0
@@ -169,7 +170,7 @@ def logits_cmd(
         paths = rd.commit()
     if json_out:
         typer.echo(a.to_json())
-    print_summary(con, a)
+    _print_summary(con, a)
     err.print(
         f"[green]Wrote {len(paths)} files to {rd.target}/[/] (logits.json, CSVs"
         + ("" if no_figures else ", figures/*.png")
@@ -182,7 +183,7 @@ def _signed(v: float | None, nd: int = 3) -> str:
     return "-" if v is None else f"{v:+.{nd}f}"
 
 
-def print_summary(con, a) -> None:
+def _print_summary(con, a) -> None:
     """The three terminal tables: largest direct effects, OV summary, induction stories; findings and legend."""
     for note in a.notes:
         con.print(f"[yellow]note:[/] {note}", highlight=False)

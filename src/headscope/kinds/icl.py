@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ..errors import BadInput
-from ..scan.induction_scan import token_losses
+from ..scan.losses import token_losses
 from .documents import TokenWindows, natural_windows
 
 DEFINITION = (

@@ -6,7 +6,7 @@ targets in repeats 2..R are copies an induction mechanism can predict. A head wh
 direct effect rises from the first to the later repeats writes the copied token's logit
 *directly*; an induction head with a small direct effect (but a large ablation cost) works
 through heads after it. Targets are grouped as the scan's loss groups them
-(:func:`headscope.scan.induction_scan.first_repeat_mean` / ``later_repeat_mean``).
+(:func:`headscope.scan.losses.first_repeat_mean` / ``later_repeat_mean``).
 """
 
 from __future__ import annotations

@@ -41,10 +41,9 @@ from collections.abc import Callable
 import pandas as pd
 
 from ..head_labels import head_label
+from ..progress import Progress
 from ..render._mpl import encode_png
 from .outputs import ResultDir
-
-Progress = Callable[[str, int, int], None]
 
 
 def _figures(rd: ResultDir, jobs: list[tuple[str, Callable]], progress: Progress | None = None) -> None:

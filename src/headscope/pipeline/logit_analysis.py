@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,12 +32,12 @@ from ..logits.ov_rows import source_tokens
 from ..logits.story import logit_definitions
 from ..models.inputs import as_heads, as_sequences
 from ..models.model import as_model
+from ..progress import Progress
 from ..qk import CompositionScores, composition_scores
 from ..scan import InductionResult, check_settings, scan_induction
 from ..scores import default_thresholds
 from ..tokens import token_text, visible_whitespace
 
-Progress = Callable[[str], None]
 #: A K-composition source "is" a previous-token head at the registry's previous-token threshold.
 PREV_TOKEN_THRESHOLD = default_thresholds()["previous_token"]
 #: Scores of the scan that the analysis keeps per head (``repeats.csv``, the JSON's ``scan.scores``).

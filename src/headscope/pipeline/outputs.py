@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .._version import __version__
+from ..atomic import write_atomic
 from ..errors import OutputError, OutputExists
 
 MANIFEST = ".headscope-results.json"
@@ -290,19 +291,9 @@ class ResultFile:
 def write_file_atomic(target: Path, text: str | bytes) -> None:
     """Write ``text`` (or bytes) to ``target`` through a temporary sibling and one rename: all or nothing."""
     try:
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial")
+        write_atomic(target, text)
     except OSError as exc:
         raise describe_os_error(exc, target) from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(text.encode("utf-8") if isinstance(text, str) else text)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, target)
-    except OSError as exc:
-        raise describe_os_error(exc, target) from None
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
 
 
 def _umask() -> int:

@@ -8,7 +8,6 @@ returns a :class:`QKAnalysis`, which writes ``qk.json``, CSVs and PNGs.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,6 +19,7 @@ from ..head_labels import Head, head_label, top_k
 from ..hooks import act_name
 from ..models.inputs import single_tokens
 from ..models.model import as_model
+from ..progress import Progress
 from ..scores import default_thresholds
 from . import rotary
 from .circuits import normalise, positional_qk, token_qk
@@ -28,7 +28,6 @@ from .decompose import capture_residual, decompose_qk
 from .live import as_heads, as_sequences, qk_scores
 from .results import CompositionScores, PositionalQK, QKDecomposition, QKScores, TokenQK
 
-Progress = Callable[[str, int, int], None]
 #: A source head "is" a previous-token head when its previous-token score reaches the registry's threshold.
 PREV_TOKEN_THRESHOLD = default_thresholds()["previous_token"]
 QUICK_SCAN = {"seq_len": 20, "batch": 4, "repeats": 2, "seed": 0}

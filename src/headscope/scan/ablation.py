@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 import torch
 
 from .fused import fused_attention, fused_supported
+from .losses import later_repeat_mean, token_losses
 from .sequences import RepeatedTokens
 
 
@@ -130,8 +131,6 @@ def ablated_later_loss_restart(
     ``residuals[l]`` ``[batch, n, d_model]``: the clean run's ``blocks.{l}.hook_resid_pre`` for
     all ``rt.tokens`` (from :func:`residual_hooks` or :func:`capture_residuals`).
     """
-    from .induction_scan import later_repeat_mean, token_losses
-
     start = first_layer(heads)
     hooks = ablation_hooks(heads, z_mean)
     device = model.cfg.device

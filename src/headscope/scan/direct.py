@@ -16,6 +16,7 @@ import torch
 from ..folded_weights import HeadWeights, head_weights
 from ..hooks import act_name
 from ..scores.layout import RepeatLayout
+from ..scores.registry import score
 
 
 @dataclass
@@ -183,6 +184,10 @@ def _row_sums_f64(x: torch.Tensor, elements: int = 1 << 22) -> torch.Tensor:
 
 
 def target_groups(layout: RepeatLayout) -> tuple[slice, slice]:
-    """Scored positions (``p`` predicts token ``p + 1``) whose targets lie in repeat 1, and in repeats 2..R."""
-    start = max(layout.offset, 1)
-    return slice(start - 1, layout.later_start - 1), slice(layout.later_start - 1, layout.n_tokens - 1)
+    """Scored positions (``p`` predicts token ``p + 1``) whose targets lie in repeat 1, and in repeats 2..R.
+
+    The registry's declarations of the two direct-logit pass scores (their ``from_pass``).
+    """
+    first, later = score("direct_logit_first").from_pass, score("direct_logit_later").from_pass
+    assert first is not None and later is not None
+    return first(layout), later(layout)

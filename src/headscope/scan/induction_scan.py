@@ -38,6 +38,7 @@ from ..models.embedding import weight_inputs
 from ..models.fingerprint import cached_fingerprint, weights_version
 from ..models.inputs import TokenSequence
 from ..models.model import HeadscopeModel, as_model
+from ..progress import Progress
 from ..scores import (
     attention_scores,
     default_thresholds,
@@ -47,13 +48,12 @@ from ..scores import (
     reduce_qk,
     weight_scores,
 )
-from ..scores.layout import RepeatLayout
 from ..tokens import token_text
-from ._progress import Progress
 from .ablation import ablated_later_loss_restart, ablation_hooks, capture_residuals, first_layer, residual_hooks
 from .attention_sample import attention_sample
-from .direct import DirectPass, Unembedding, target_groups, unembedding
+from .direct import DirectPass, Unembedding, unembedding
 from .fused import FusedUnsupported, fused_attention, fused_chunk_size_for, fused_unsupported_reason
+from .losses import first_repeat_mean, later_repeat_mean, token_losses
 from .result import InductionResult
 from .sequences import RepeatedTokens, repeated_tokens
 
@@ -68,28 +68,6 @@ def chunk_size_for(n_tokens: int, n_heads: int, d_vocab: int, batch: int, max_me
     """
     per_seq = 4 * (3 * n_heads * n_tokens**2 + 2 * n_tokens * d_vocab)
     return max(1, min(batch, int(max_memory_gb * 2**30 // per_seq)))
-
-
-def token_losses(logits: torch.Tensor, tokens: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
-    """``[batch, n-1]`` cross-entropy of predicting token p+1 at position p, in position chunks."""
-    # logsumexp - gather over the contiguous vocab axis: 3x faster on CPU than cross_entropy,
-    # which wants the classes on axis 1 and so walks a transposed [batch, vocab, pos] view.
-    out = []
-    for p in range(0, tokens.shape[1] - 1, chunk):
-        lg = logits[:, p : min(p + chunk, tokens.shape[1] - 1)].float()
-        tg = tokens[:, p + 1 : p + 1 + lg.shape[1]]
-        out.append(torch.logsumexp(lg, dim=-1) - lg.gather(-1, tg[..., None])[..., 0])
-    return torch.cat(out, dim=1)
-
-
-def later_repeat_mean(per_position: torch.Tensor, layout: RepeatLayout) -> torch.Tensor:
-    """Mean of ``[..., n-1]`` per-position losses over targets in repeats 2..R."""
-    return per_position[..., layout.later_start - 1 :].mean(-1)
-
-
-def first_repeat_mean(per_position: torch.Tensor, layout: RepeatLayout) -> torch.Tensor:
-    start = max(layout.offset, 1)
-    return per_position[..., start - 1 : layout.later_start - 1].mean(-1)
 
 
 def weight_score_arrays(model: HeadscopeModel) -> dict[str, np.ndarray]:
@@ -244,11 +222,11 @@ def score_pass(
     sums = {s.name: torch.zeros(L, H) for s in scores}
     counts = dict.fromkeys(sums, 0)
     # direct logit effects (scores with from_pass): reduced in the same pass by DirectPass's hooks
-    direct = {s.from_pass for s in pass_scores()}
+    groups = {s.name: s.from_pass(layout) for s in pass_scores() if s.from_pass is not None}
+    direct = bool(groups)
     if direct:
         w, ue = direct_weights(m)
-        groups = dict(zip(("direct_logit_first", "direct_logit_later"), target_groups(layout)))
-        direct_sums = {k: np.zeros((L, H)) for k in groups if k in direct}
+        direct_sums = {k: np.zeros((L, H)) for k in groups}
         direct_counts = dict.fromkeys(direct_sums, 0)
     loss_sum = torch.zeros(layout.n_tokens - 1)
     z_sum: torch.Tensor | None = None

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..head_labels import head_label, top_k
 from ..jsonsafe import dumps
-from ..scores import MIN_RISE, definitions, role_scores, score_names
+from ..scores import MIN_RISE, definitions, roles_present, score_names
 from .attention_sample import AttentionSample
 
 
@@ -46,9 +46,7 @@ class InductionResult:
     def roles(self) -> dict[tuple[int, int], list[str]]:
         """Roles of every head that has at least one, from :attr:`thresholds`."""
         out: dict[tuple[int, int], list[str]] = {}
-        for s in role_scores():
-            if s.name not in self.scores or s.name not in self.thresholds:
-                continue
+        for s in roles_present(self.scores, self.thresholds):
             layers, heads = np.nonzero(self.scores[s.name] >= self.thresholds[s.name])
             for l, h in zip(layers.tolist(), heads.tolist()):
                 out.setdefault((l, h), []).append(s.name)
@@ -57,9 +55,7 @@ class InductionResult:
     def heads(self) -> list[dict]:
         """One entry per (head, role), best first within each role."""
         entries = []
-        for s in role_scores():
-            if s.name not in self.scores or s.name not in self.thresholds:
-                continue
+        for s in roles_present(self.scores, self.thresholds):
             a = self.scores[s.name]
             found = [(l, h, v) for l, h, v in top_k(a, a.size) if v >= self.thresholds[s.name]]
             entries += [{"layer": l, "head": h, "role": s.name, "score": round(float(v), 6)} for l, h, v in found]

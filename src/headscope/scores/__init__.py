@@ -14,10 +14,13 @@ from .registry import (
     pass_scores,
     role_scores,
     roles_legend,
+    roles_present,
     score,
     score_names,
+    weight_notes,
     weight_scores,
 )
+from .weight_score import WeightInputs, WeightScore
 
 __all__ = [
     "ABLATION_DEFINITION",
@@ -30,6 +33,8 @@ __all__ = [
     "SCORES",
     "Score",
     "Stripe",
+    "WeightInputs",
+    "WeightScore",
     "attention_scores",
     "default_thresholds",
     "definitions",
@@ -39,7 +44,9 @@ __all__ = [
     "reduce_qk",
     "role_scores",
     "roles_legend",
+    "roles_present",
     "score",
     "score_names",
+    "weight_notes",
     "weight_scores",
 ]

@@ -35,7 +35,6 @@ import contextlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
@@ -43,11 +42,12 @@ from pathlib import Path
 
 import torch
 
+from ..atomic import write_atomic
 from ..errors import BadInput, OutputExists
 from ..head_labels import head_label
 from ..jsonsafe import dumps
 from ..models.loading import quiet_progress
-from ..scan.induction_scan import first_repeat_mean, later_repeat_mean, token_losses
+from ..scan.losses import first_repeat_mean, later_repeat_mean, token_losses
 from ..scores import reduce_pattern
 from ..scores import score as declared
 from ..scores.layout import RepeatLayout
@@ -317,11 +317,7 @@ def prepare_run_dir(out_dir: str | os.PathLike, overwrite: bool) -> Path:
 
 
 def _write_json(path: Path, obj) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.chmod(tmp, 0o644)  # mkstemp makes it private; a run's files are ordinary files
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(obj, indent=2), mode=0o644)  # a run's files are ordinary files
 
 
 def save_checkpoint(model, tokenizer, path: Path, meta: dict) -> Path:

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import write_atomic
 from ..errors import BadInput
 from ..head_labels import head_label
 from ..jsonsafe import dumps
@@ -210,10 +211,7 @@ def _composition(ckpts, cache_path: Path, log) -> tuple[dict[int, np.ndarray], f
         cell[np.isnan(grid)] = None  # JSON has no NaN
         cache.setdefault("k", {})[key] = cell.tolist()
         cache["baseline"] = baseline
-        cache_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_path.with_suffix(".partial")
-        tmp.write_text(json.dumps(cache))
-        os.replace(tmp, cache_path)
+        write_atomic(cache_path, json.dumps(cache), parents=True)
     return out, float(baseline)
 
 
