@@ -48,6 +48,7 @@ from ..scores import (
     reduce_qk,
     weight_scores,
 )
+from ..scores.layout import RepeatLayout
 from ..tokens import token_text
 from .ablation import ablated_later_loss_restart, ablation_hooks, capture_residuals, first_layer, residual_hooks
 from .attention_sample import attention_sample
@@ -196,6 +197,32 @@ def _weight_scores_on_disk(model: HeadscopeModel) -> tuple[dict[str, np.ndarray]
     return scores, notes
 
 
+class _PassScores:
+    """The registry's pass scores: each head's direct logit effect (:class:`~headscope.scan.direct.DirectPass`,
+    hooks in the same pass) summed over the positions each score declares (``from_pass``)."""
+
+    def __init__(self, m: HeadscopeModel, layout: RepeatLayout):
+        self.groups = {s.name: s.from_pass(layout) for s in pass_scores() if s.from_pass is not None}
+        self.sums = {k: np.zeros((m.n_layers, m.n_heads)) for k in self.groups}
+        self.counts = dict.fromkeys(self.groups, 0)
+        if self.groups:
+            self.w, self.ue = direct_weights(m)
+
+    def start(self, m: HeadscopeModel, tokens: torch.Tensor) -> DirectPass | None:
+        """The hooks of one chunk's pass (None: no pass score is declared)."""
+        return DirectPass(m, tokens, self.w, self.ue, head_dtype=torch.float32) if self.groups else None
+
+    def add(self, heads: torch.Tensor | np.ndarray) -> None:
+        """Add one chunk's direct effects ``[batch, positions, L, H]``."""
+        for name, where in self.groups.items():
+            sel = heads[:, where]
+            self.sums[name] += sel.sum((0, 1))
+            self.counts[name] += sel.shape[0] * sel.shape[1]
+
+    def means(self) -> dict[str, np.ndarray]:
+        return {name: self.sums[name] / max(self.counts[name], 1) for name in self.sums}
+
+
 @torch.no_grad()
 def score_pass(
     model,
@@ -221,13 +248,7 @@ def score_pass(
     scores = attention_scores()
     sums = {s.name: torch.zeros(L, H) for s in scores}
     counts = dict.fromkeys(sums, 0)
-    # direct logit effects (scores with from_pass): reduced in the same pass by DirectPass's hooks
-    groups = {s.name: s.from_pass(layout) for s in pass_scores() if s.from_pass is not None}
-    direct = bool(groups)
-    if direct:
-        w, ue = direct_weights(m)
-        direct_sums = {k: np.zeros((L, H)) for k in groups}
-        direct_counts = dict.fromkeys(direct_sums, 0)
+    direct = _PassScores(m, layout)
     loss_sum = torch.zeros(layout.n_tokens - 1)
     z_sum: torch.Tensor | None = None
     z_count = 0
@@ -267,24 +288,19 @@ def score_pass(
         tokens = rt.tokens[start : start + chunk].to(m.device)
         for s in scores:
             prepared[s.name] = prepare(s.reads, tokens, layout, fused=route == "fused")  # type: ignore[arg-type]
-        run = DirectPass(m, tokens, w, ue, head_dtype=torch.float32) if direct else None
+        run = direct.start(m, tokens)
         routed = fused_attention(m, on_attention) if route == "fused" else contextlib.nullcontext()
         with routed:
             logits = m.run_with_hooks(tokens, fwd_hooks=hooks + (run.hooks if run else []), use_cache=False)
         loss_sum += token_losses(logits, tokens).sum(0).cpu()
         if run is not None:
-            heads = run.finish(logits).heads  # [B, P, L, H]
-            for name in direct_sums:
-                sel = heads[:, groups[name]]
-                direct_sums[name] += sel.sum((0, 1))
-                direct_counts[name] += sel.shape[0] * sel.shape[1]
+            direct.add(run.finish(logits).heads)
         z_count += tokens.shape[0] * tokens.shape[1]
         del logits
         if progress:
             progress.advance("scoring", tokens.shape[0])
     means = {name: (sums[name] / counts[name]).numpy() for name in sums}
-    if direct:
-        means.update({name: direct_sums[name] / max(direct_counts[name], 1) for name in direct_sums})
+    means.update(direct.means())
     z_mean = None if z_sum is None else z_sum / z_count
     residuals = {layer: torch.cat(v) for layer, v in store.items()}
     return ScanPass(means, loss_sum / rt.tokens.shape[0], z_mean, residuals, route)
@@ -326,6 +342,65 @@ def clamp_top(top_k: int, n_heads_total: int, ablate: bool) -> tuple[int, list[s
         return top_k, []
     why = " (one left over for the random control of the causal check)" if most < n_heads_total else ""
     return most, [f"--top {top_k} is more than this model's {n_heads_total} heads: using the top {most}{why}"]
+
+
+def _chunk_for(m: HeadscopeModel, route: str, layout: RepeatLayout, batch: int, budget: float) -> int:
+    """Sequences per forward pass on ``route`` within ``budget`` GiB."""
+    cfg = m.cfg
+    if route == "fused":
+        d_mlp = getattr(cfg, "d_mlp", None) or 4 * cfg.d_model
+        return fused_chunk_size_for(
+            layout.n_tokens, cfg.d_model, d_mlp, cfg.d_vocab, batch, budget, m.n_layers, m.n_heads
+        )
+    return chunk_size_for(layout.n_tokens, cfg.n_heads, cfg.d_vocab, batch, budget)
+
+
+def ablation_plan(m: HeadscopeModel, top: list[Head], seed: int) -> list[tuple[str, list[Head]]]:
+    """What the causal check ablates: each top head alone, all of them, then as many other heads at random."""
+    return [("head", [h]) for h in top] + [
+        ("all_top", top),
+        ("control", control_heads(m.n_layers, m.n_heads, top, seed)),
+    ]
+
+
+def causal_check(
+    m: HeadscopeModel,
+    rt: RepeatedTokens,
+    plan: list[tuple[str, list[Head]]],
+    scan: ScanPass,
+    chunk: int,
+    ablation: str,
+    clean_later: float,
+    prog: Progress,
+) -> list[dict]:
+    """The rise in later-repeat loss for each entry of ``plan``, restarted at its first ablated layer.
+
+    Residuals the clean pass did not keep are recomputed once for the layers needed.
+    """
+    prog.task("ablating", len(plan))
+    fused = scan.attention == "fused"
+    residuals = scan.residuals
+    needed = {first_layer(heads) for _, heads in plan} - set(residuals)
+    if needed:
+        residuals = {**residuals, **capture_residuals(m, rt.tokens, needed, chunk, fused=fused)}
+    zm = scan.z_mean if ablation == "mean" else None
+    out = []
+    for kind, heads in plan:
+        loss = ablated_later_loss_restart(m, rt, heads, chunk, zm, residuals, fused=fused)
+        entry = {"kind": kind, "heads": [list(h) for h in heads], "loss": loss, "loss_increase": loss - clean_later}
+        if kind == "head":
+            entry.update(layer=heads[0][0], head=heads[0][1])
+        else:
+            entry.update(layer=None, head=None)
+        out.append(entry)
+        prog.advance("ablating")
+    return out
+
+
+def _run_settings(rt: RepeatedTokens) -> dict:
+    """What the sequences were: first token and length."""
+    lay = rt.layout
+    return {"bos": lay.bos, "bos_token_id": rt.bos_token_id, "bos_source": rt.bos_source, "n_tokens": lay.n_tokens}
 
 
 def scan_induction(
@@ -374,15 +449,7 @@ def scan_induction(
     rt = repeated_tokens(m, seq_len=seq_len, batch=batch, repeats=repeats, seed=seed)
     layout = rt.layout
     budget = DEFAULT_MEMORY_GB if max_memory_gb is None else max_memory_gb
-    if chunk_size:
-        chunk = chunk_size
-    elif route == "fused":
-        d_mlp = getattr(cfg, "d_mlp", None) or 4 * cfg.d_model
-        chunk = fused_chunk_size_for(
-            layout.n_tokens, cfg.d_model, d_mlp, cfg.d_vocab, batch, budget, m.n_layers, m.n_heads
-        )
-    else:
-        chunk = chunk_size_for(layout.n_tokens, cfg.n_heads, cfg.d_vocab, batch, budget)
+    chunk = chunk_size or _chunk_for(m, route, layout, batch, budget)
     top_k, notes = clamp_top(top_k, m.n_layers * m.n_heads, ablate)
     # The causal check restarts at the first ablated layer from the clean residual there. Keep every
     # layer's residual from the clean pass when all of them take at most a quarter of the budget
@@ -407,32 +474,9 @@ def scan_induction(
         clean_later = float(later_repeat_mean(per_pos, layout))
         ablations: list[dict] = []
         if ablate:
-            plan = [("head", [h]) for h in top] + [
-                ("all_top", top),
-                ("control", control_heads(m.n_layers, m.n_heads, top, seed)),
-            ]
-            prog.task("ablating", len(plan))
             t0 = time.perf_counter()
-            residuals = scan.residuals
-            needed = {first_layer(heads) for _, heads in plan} - set(residuals)
-            if needed:
-                residuals = {**residuals, **capture_residuals(m, rt.tokens, needed, chunk, fused=route == "fused")}
-            zm = scan.z_mean if ablation == "mean" else None
-            for kind, heads in plan:
-                loss = ablated_later_loss_restart(m, rt, heads, chunk, zm, residuals, fused=route == "fused")
-                entry = {
-                    "kind": kind,
-                    "heads": [list(h) for h in heads],
-                    "loss": loss,
-                    "loss_increase": loss - clean_later,
-                }
-                if kind == "head":
-                    entry.update(layer=heads[0][0], head=heads[0][1])
-                else:
-                    entry.update(layer=None, head=None)
-                ablations.append(entry)
-                prog.advance("ablating")
-            del residuals
+            plan = ablation_plan(m, top, seed)
+            ablations = causal_check(m, rt, plan, scan, chunk, ablation, clean_later, prog)
             timings["ablation_s"] = time.perf_counter() - t0
         samples = []
         if sample:
@@ -441,21 +485,10 @@ def scan_induction(
     return InductionResult(
         model=m.info(),
         settings={
-            "seq_len": seq_len,
-            "batch": batch,
-            "repeats": repeats,
-            "seed": seed,
-            "top_k": top_k,
-            "bos": layout.bos,
-            "bos_token_id": rt.bos_token_id,
-            "bos_source": rt.bos_source,
-            "n_tokens": layout.n_tokens,
-            "ablation": ablation if ablate else None,
-            "chunk_size": chunk,
-            "max_memory_gb": budget,
-            "device": str(cfg.device),
-            "attention": route,
-            "weight_scores": m.cache.get("weight_notes", {}),
+            **{"seq_len": seq_len, "batch": batch, "repeats": repeats, "seed": seed, "top_k": top_k},
+            **_run_settings(rt),
+            **{"ablation": ablation if ablate else None, "chunk_size": chunk, "max_memory_gb": budget},
+            **{"device": str(cfg.device), "attention": route, "weight_scores": m.cache.get("weight_notes", {})},
         },
         scores=result_scores,
         per_position_loss=per_pos.numpy(),
