@@ -16,7 +16,6 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..atomic import write_atomic
 from ..errors import ModelLoadError
 
 
@@ -85,8 +84,3 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 
 def dir_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary sibling and one rename (folders created)."""
-    write_atomic(path, text, parents=True)

@@ -289,7 +289,8 @@ class ResultFile:
 
 
 def write_file_atomic(target: Path, text: str | bytes) -> None:
-    """Write ``text`` (or bytes) to ``target`` through a temporary sibling and one rename: all or nothing."""
+    """:func:`headscope.atomic.write_atomic` for an output file: an ``OSError`` becomes an :class:`OutputError`
+    that names the file and what to do."""
     try:
         write_atomic(target, text)
     except OSError as exc:

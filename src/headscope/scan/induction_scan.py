@@ -161,7 +161,8 @@ def _weight_scores_on_disk(model: HeadscopeModel) -> tuple[dict[str, np.ndarray]
     import hashlib
     import json
 
-    from ..models.cache import cache_dir, write_text_atomic
+    from ..atomic import write_atomic
+    from ..models.cache import cache_dir
 
     decls = weight_scores()
     recipe = hashlib.sha256(json.dumps([[s.name, s.definition] for s in decls]).encode()).hexdigest()[:12]
@@ -188,10 +189,8 @@ def _weight_scores_on_disk(model: HeadscopeModel) -> tuple[dict[str, np.ndarray]
             notes[decl.name] = out.notes
     if path is not None:
         try:
-            write_text_atomic(
-                path,
-                json.dumps({"scores": {k: v.tolist() for k, v in scores.items()}, "notes": notes, "model": model.name}),
-            )
+            doc = {"scores": {k: v.tolist() for k, v in scores.items()}, "notes": notes, "model": model.name}
+            write_atomic(path, json.dumps(doc), parents=True)
         except OSError:
             pass  # an unwritable cache only costs the recomputation next time
     return scores, notes
