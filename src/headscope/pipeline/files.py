@@ -8,7 +8,7 @@
 
 ``headscope heads``::
 
-    heads.json    roles of every head, counts, every score, ICL check, successor sets, definitions
+    heads.json    roles of every head, counts, every score, ICL check, weight-score notes (successor sets), definitions
     heads.csv     one row per head: every score, roles (and natural-text sinks, ICL delta when measured)
 
 ``headscope qk``::
