@@ -98,14 +98,16 @@ def test_layout_without_bos_shifts_every_position():
 
 
 def test_pass_scores_declare_the_positions_they_average():
+    from headscope.scores.layout import first_repeat_targets, later_repeat_targets
+
     # 1 BOS + 3 repeats of 5: position p predicts token p + 1; repeat 1's targets are tokens 1..5
     lay = RepeatLayout(seq_len=5, repeats=3, bos=True)
-    positions = list(range(lay.n_tokens - 1))
     first, later = score("direct_logit_first").from_pass, score("direct_logit_later").from_pass
-    assert first is not None and later is not None
-    assert positions[first(lay)] == [0, 1, 2, 3, 4] and positions[later(lay)] == list(range(5, 15))
+    assert first is first_repeat_targets and later is later_repeat_targets  # the layout's one rule
+    assert first(lay).tolist() == [0, 1, 2, 3, 4]
+    assert later(lay).tolist() == list(range(6, 15))  # not 5: the first token of repeat 2 has no context
     no_bos = RepeatLayout(seq_len=5, repeats=2, bos=False)  # token 0 has nothing before it: no target there
-    assert list(range(9))[first(no_bos)] == [0, 1, 2, 3]
+    assert first(no_bos).tolist() == [0, 1, 2, 3]
 
 
 def test_one_role_filter_keeps_registry_order_and_needs_both_score_and_threshold():

@@ -15,8 +15,7 @@ import torch
 
 from ..folded_weights import HeadWeights, head_weights
 from ..hooks import act_name
-from ..scores.layout import RepeatLayout
-from ..scores.registry import score
+from ..scores.layout import RepeatLayout, first_repeat_targets, later_repeat_targets
 
 
 @dataclass
@@ -183,11 +182,11 @@ def _row_sums_f64(x: torch.Tensor, elements: int = 1 << 22) -> torch.Tensor:
     return out
 
 
-def target_groups(layout: RepeatLayout) -> tuple[slice, slice]:
+def target_groups(layout: RepeatLayout) -> tuple[np.ndarray, np.ndarray]:
     """Scored positions (``p`` predicts token ``p + 1``) whose targets lie in repeat 1, and in repeats 2..R.
 
-    The registry's declarations of the two direct-logit pass scores (their ``from_pass``).
+    The layout's own rule (:func:`~headscope.scores.layout.first_repeat_targets`,
+    :func:`~headscope.scores.layout.later_repeat_targets`): later-repeat targets leave out the
+    first token of repeat 2, which no context predicts.
     """
-    first, later = score("direct_logit_first").from_pass, score("direct_logit_later").from_pass
-    assert first is not None and later is not None
-    return first(layout), later(layout)
+    return first_repeat_targets(layout), later_repeat_targets(layout)

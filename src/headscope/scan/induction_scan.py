@@ -40,6 +40,7 @@ from ..models.inputs import TokenSequence
 from ..models.model import HeadscopeModel, as_model
 from ..progress import Progress
 from ..scores import (
+    CONTROL_DRAWS,
     attention_scores,
     default_thresholds,
     pass_scores,
@@ -50,8 +51,9 @@ from ..scores import (
 )
 from ..scores.layout import RepeatLayout
 from ..tokens import token_text
-from .ablation import ablated_later_loss_restart, ablation_hooks, capture_residuals, first_layer, residual_hooks
+from .ablation import ABLATIONS, Replacement, ablation_hooks, residual_hooks
 from .attention_sample import attention_sample
+from .causal import causal_check
 from .direct import DirectPass, Unembedding, unembedding
 from .fused import FusedUnsupported, fused_attention, fused_chunk_size_for, fused_unsupported_reason
 from .losses import first_repeat_mean, later_repeat_mean, token_losses
@@ -147,7 +149,9 @@ class ScanPass:
     ``means[name]`` ``[n_layers, n_heads]`` for every attention score and pass score of the
     registry; ``per_position_loss`` ``[n-1]``; ``z_mean`` ``[n_layers, n_heads, d_head]`` (if
     asked); ``residuals[l]`` the clean ``blocks.{l}.hook_resid_pre`` ``[batch, n, d_model]`` for
-    the layers asked (a causal check restarts there); ``attention`` the path that ran.
+    the layers asked (a causal check restarts there); ``attention`` the path that ran;
+    ``later_by_sequence``, ``first_by_sequence`` ``[batch]`` each sequence's later- and
+    first-repeat loss (the causal check's clean side, sequence by sequence).
     """
 
     means: dict[str, np.ndarray]
@@ -155,6 +159,8 @@ class ScanPass:
     z_mean: torch.Tensor | None
     residuals: dict[int, torch.Tensor]
     attention: str
+    later_by_sequence: np.ndarray
+    first_by_sequence: np.ndarray
 
 
 def _weight_scores_on_disk(model: HeadscopeModel) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
@@ -249,6 +255,7 @@ def score_pass(
     counts = dict.fromkeys(sums, 0)
     direct = _PassScores(m, layout)
     loss_sum = torch.zeros(layout.n_tokens - 1)
+    by_seq: dict[str, list[torch.Tensor]] = {"later": [], "first": []}
     z_sum: torch.Tensor | None = None
     z_count = 0
     prepared: dict[str, Any] = {}
@@ -291,7 +298,10 @@ def score_pass(
         routed = fused_attention(m, on_attention) if route == "fused" else contextlib.nullcontext()
         with routed:
             logits = m.run_with_hooks(tokens, fwd_hooks=hooks + (run.hooks if run else []), use_cache=False)
-        loss_sum += token_losses(logits, tokens).sum(0).cpu()
+        per_seq = token_losses(logits, tokens)
+        loss_sum += per_seq.sum(0).cpu()
+        by_seq["later"].append(later_repeat_mean(per_seq, layout).cpu())
+        by_seq["first"].append(first_repeat_mean(per_seq, layout).cpu())
         if run is not None:
             direct.add(run.finish(logits).heads)
         z_count += tokens.shape[0] * tokens.shape[1]
@@ -302,32 +312,34 @@ def score_pass(
     means.update(direct.means())
     z_mean = None if z_sum is None else z_sum / z_count
     residuals = {layer: torch.cat(v) for layer, v in store.items()}
-    return ScanPass(means, loss_sum / rt.tokens.shape[0], z_mean, residuals, route)
+    later_seq, first_seq = (torch.cat(by_seq[k]).double().numpy() for k in ("later", "first"))
+    return ScanPass(means, loss_sum / rt.tokens.shape[0], z_mean, residuals, route, later_seq, first_seq)
 
 
 @torch.no_grad()
-def ablated_later_loss(model, rt: RepeatedTokens, heads: list[Head], chunk: int, z_mean: torch.Tensor | None) -> float:
-    """Later-repeat loss with ``heads``' outputs replaced by their mean (or zero if ``z_mean`` is None).
+def ablated_losses_full(
+    model, rt: RepeatedTokens, heads: list[Head], chunk: int, replacement: Replacement | torch.Tensor | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sequence later- and first-repeat losses with ``heads``' outputs replaced (:class:`~.ablation.Replacement`).
 
     Full passes from the embedding on the model as loaded (eager attention): the reference the
-    restarted check (:func:`~headscope.scan.ablation.ablated_later_loss_restart`) is tested against.
+    restarted check (:func:`~headscope.scan.ablation.ablated_losses`) is tested against.
+    ``replacement`` may also be ``z_mean`` (mean ablation) or ``None`` (zero ablation).
     """
     m = as_model(model)
-    hooks = ablation_hooks(heads, z_mean)
-    total = 0.0
+    later, first = [], []
     for start in range(0, rt.tokens.shape[0], chunk):
         tokens = rt.tokens[start : start + chunk].to(m.device)
-        logits = m.run_with_hooks(tokens, fwd_hooks=hooks)
-        total += later_repeat_mean(token_losses(logits, tokens), rt.layout).sum().item()
-        del logits
-    return total / rt.tokens.shape[0]
+        hooks = ablation_hooks(heads, replacement, slice(start, start + chunk))
+        per_pos = token_losses(m.run_with_hooks(tokens, fwd_hooks=hooks), tokens)
+        later.append(later_repeat_mean(per_pos, rt.layout).cpu())
+        first.append(first_repeat_mean(per_pos, rt.layout).cpu())
+    return torch.cat(later).double().numpy(), torch.cat(first).double().numpy()
 
 
-def control_heads(n_layers: int, n_heads: int, top: list[Head], seed: int) -> list[Head]:
-    """As many heads as ``top``, drawn at random (seeded) from the others: the ablation's control."""
-    others = [(l, h) for l in range(n_layers) for h in range(n_heads) if (l, h) not in top]
-    gen = np.random.default_rng(seed)
-    return [others[i] for i in sorted(gen.choice(len(others), size=min(len(top), len(others)), replace=False))]
+def ablated_later_loss(model, rt: RepeatedTokens, heads: list[Head], chunk: int, replacement) -> float:
+    """Later-repeat loss (mean over sequences) with ``heads`` ablated, by full passes (:func:`ablated_losses_full`)."""
+    return float(ablated_losses_full(model, rt, heads, chunk, replacement)[0].mean())
 
 
 def clamp_top(top_k: int, n_heads_total: int, ablate: bool) -> tuple[int, list[str]]:
@@ -354,52 +366,53 @@ def _chunk_for(m: HeadscopeModel, route: str, layout: RepeatLayout, batch: int, 
     return chunk_size_for(layout.n_tokens, cfg.n_heads, cfg.d_vocab, batch, budget)
 
 
-def ablation_plan(m: HeadscopeModel, top: list[Head], seed: int) -> list[tuple[str, list[Head]]]:
-    """What the causal check ablates: each top head alone, all of them, then as many other heads at random."""
-    return [("head", [h]) for h in top] + [
-        ("all_top", top),
-        ("control", control_heads(m.n_layers, m.n_heads, top, seed)),
-    ]
-
-
-def causal_check(
-    m: HeadscopeModel,
-    rt: RepeatedTokens,
-    plan: list[tuple[str, list[Head]]],
-    scan: ScanPass,
-    chunk: int,
-    ablation: str,
-    clean_later: float,
-    prog: Progress,
-) -> list[dict]:
-    """The rise in later-repeat loss for each entry of ``plan``, restarted at its first ablated layer.
-
-    Residuals the clean pass did not keep are recomputed once for the layers needed.
-    """
-    prog.task("ablating", len(plan))
-    fused = scan.attention == "fused"
-    residuals = scan.residuals
-    needed = {first_layer(heads) for _, heads in plan} - set(residuals)
-    if needed:
-        residuals = {**residuals, **capture_residuals(m, rt.tokens, needed, chunk, fused=fused)}
-    zm = scan.z_mean if ablation == "mean" else None
-    out = []
-    for kind, heads in plan:
-        loss = ablated_later_loss_restart(m, rt, heads, chunk, zm, residuals, fused=fused)
-        entry = {"kind": kind, "heads": [list(h) for h in heads], "loss": loss, "loss_increase": loss - clean_later}
-        if kind == "head":
-            entry.update(layer=heads[0][0], head=heads[0][1])
-        else:
-            entry.update(layer=None, head=None)
-        out.append(entry)
-        prog.advance("ablating")
-    return out
-
-
 def _run_settings(rt: RepeatedTokens) -> dict:
     """What the sequences were: first token and length."""
     lay = rt.layout
     return {"bos": lay.bos, "bos_token_id": rt.bos_token_id, "bos_source": rt.bos_source, "n_tokens": lay.n_tokens}
+
+
+def _check_scan_args(ablate: bool, ablation: str, batch: int, controls: int, top_k: int) -> None:
+    """Every scan setting checked before anything runs."""
+    if ablation not in ABLATIONS:
+        raise BadInput(f"unknown ablation {ablation!r}", hint="use one of: " + ", ".join(ABLATIONS))
+    if ablate and ablation == "resample" and batch < 2:
+        raise BadInput(
+            "resample ablation takes each sequence's head output from another sequence", hint="use --batch 2 or more"
+        )
+    if controls < 1:
+        raise BadInput(f"controls must be at least 1 (got {controls})")
+    if top_k < 1:
+        raise BadInput(f"--top must be at least 1 (got {top_k})")
+
+
+def _causal_check(
+    m: HeadscopeModel,
+    rt: RepeatedTokens,
+    top: list[Head],
+    scan: ScanPass,
+    ablation: str,
+    chunk: int,
+    seed: int,
+    controls: int,
+    prog: Progress,
+) -> list[dict]:
+    """:func:`~.causal.causal_check` on the clean pass ``scan``, restarted from its residuals, one bar step each."""
+    prog.task("ablating", len(top) + 1 + controls)
+    return causal_check(
+        m,
+        rt,
+        top,
+        (scan.later_by_sequence, scan.first_by_sequence),
+        ablation=ablation,
+        z_mean=scan.z_mean,
+        residuals=scan.residuals,
+        chunk=chunk,
+        fused=scan.attention == "fused",
+        seed=seed,
+        controls=controls,
+        step=lambda: prog.advance("ablating"),
+    )
 
 
 def scan_induction(
@@ -412,6 +425,7 @@ def scan_induction(
     top_k: int = 5,
     ablate: bool = True,
     ablation: str = "mean",
+    controls: int = CONTROL_DRAWS,
     thresholds: dict[str, float] | None = None,
     max_memory_gb: float | None = None,
     chunk_size: int | None = None,
@@ -425,24 +439,23 @@ def scan_induction(
     tokens, seeded) through the model in chunks, one forward pass each, reducing every
     layer's attention in the pass. Returns an :class:`InductionResult` with every score
     of the registry (``[n_layers, n_heads]`` each; definitions in ``headscope.scores.SCORES``),
-    the per-position loss, and, if ``ablate``, the causal check: the rise in later-repeat
-    loss when each of the ``top_k`` induction heads, then all of them, then ``top_k`` other
-    heads at random (a control) are ``ablation``-ablated ("mean": the head's ``hook_z``
-    replaced by its mean over all sequences and positions of the clean run; "zero").
+    the per-position loss, and, if ``ablate``, the causal check (:func:`~.causal.causal_check`):
+    the change in later- and first-repeat loss, with a 95% bootstrap interval over sequences and
+    a verdict, when each of the ``top_k`` induction heads, then all of them, then ``top_k``
+    other heads at random (a control, drawn ``controls`` times) are ``ablation``-ablated
+    ("mean": the head's ``hook_z`` replaced by its mean over all sequences and positions of
+    the clean run; "zero"; "resample": by its output on another sequence of the batch).
 
     ``attention``: "auto" (fused kernel wherever the model can be routed, else eager),
     "fused" (refused with the reason where it cannot) or "eager" (full patterns); the path
     that ran is ``settings["attention"]``. ``max_memory_gb`` bounds one chunk's working set.
 
     >>> res = scan_induction(model, seq_len=8, batch=2, top_k=2, sample=False, progress=False)
-    >>> len(res.top_heads("induction", 2)), list(res.scores)[:2], len(res.ablation)
-    (2, ['induction', 'prefix_matching'], 4)
+    >>> len(res.top_heads("induction", 2)), list(res.scores)[:2], len(res.ablation)  # 2 heads, all, 10 controls
+    (2, ['induction', 'prefix_matching'], 13)
     """
     m = as_model(model)
-    if ablation not in ("mean", "zero"):
-        raise BadInput(f"unknown ablation {ablation!r}", hint="use 'mean' or 'zero'")
-    if top_k < 1:
-        raise BadInput(f"--top must be at least 1 (got {top_k})")
+    _check_scan_args(ablate, ablation, batch, controls, top_k)
     route = attention_route(m, attention)
     cfg = m.cfg
     rt = repeated_tokens(m, seq_len=seq_len, batch=batch, repeats=repeats, seed=seed)
@@ -474,8 +487,7 @@ def scan_induction(
         ablations: list[dict] = []
         if ablate:
             t0 = time.perf_counter()
-            plan = ablation_plan(m, top, seed)
-            ablations = causal_check(m, rt, plan, scan, chunk, ablation, clean_later, prog)
+            ablations = _causal_check(m, rt, top, scan, ablation, chunk, seed, controls, prog)
             timings["ablation_s"] = time.perf_counter() - t0
         samples = []
         if sample:
@@ -486,8 +498,9 @@ def scan_induction(
         settings={
             **{"seq_len": seq_len, "batch": batch, "repeats": repeats, "seed": seed, "top_k": top_k},
             **_run_settings(rt),
-            **{"ablation": ablation if ablate else None, "chunk_size": chunk, "max_memory_gb": budget},
-            **{"device": str(cfg.device), "attention": route, "weight_scores": m.cache.get("weight_notes", {})},
+            **{"ablation": ablation if ablate else None, "controls": controls if ablate else None},
+            **{"chunk_size": chunk, "max_memory_gb": budget, "device": str(cfg.device), "attention": route},
+            "weight_scores": m.cache.get("weight_notes", {}),
         },
         scores=result_scores,
         per_position_loss=per_pos.numpy(),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ..scores.layout import RepeatLayout
+from ..scores.layout import RepeatLayout, first_repeat_targets, later_repeat_targets
 
 
 def token_losses(logits: torch.Tensor, tokens: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
@@ -24,10 +24,16 @@ def token_losses(logits: torch.Tensor, tokens: torch.Tensor, chunk: int = 1024) 
 
 
 def later_repeat_mean(per_position: torch.Tensor, layout: RepeatLayout) -> torch.Tensor:
-    """Mean of ``[..., n-1]`` per-position losses over targets in repeats 2..R."""
-    return per_position[..., layout.later_start - 1 :].mean(-1)
+    """Mean of ``[..., n-1]`` per-position losses over the predictable targets in repeats 2..R.
+
+    The targets are :func:`~headscope.scores.layout.later_repeat_targets` (the first token of
+    repeat 2, which no context predicts, left out).
+    """
+    idx = torch.as_tensor(later_repeat_targets(layout), device=per_position.device)
+    return per_position.index_select(-1, idx).mean(-1)
 
 
 def first_repeat_mean(per_position: torch.Tensor, layout: RepeatLayout) -> torch.Tensor:
-    start = max(layout.offset, 1)
-    return per_position[..., start - 1 : layout.later_start - 1].mean(-1)
+    """Mean of ``[..., n-1]`` per-position losses over the targets in repeat 1."""
+    idx = torch.as_tensor(first_repeat_targets(layout), device=per_position.device)
+    return per_position.index_select(-1, idx).mean(-1)

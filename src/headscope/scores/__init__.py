@@ -4,10 +4,13 @@ from .layout import RepeatLayout
 from .reads import Column, KeySet, Reads, Stripe, prepare, reduce_pattern, reduce_qk
 from .registry import (
     ABLATION_DEFINITION,
+    BOOTSTRAP_RESAMPLES,
+    CONTROL_DRAWS,
+    INTERVAL_LEVEL,
     LOSS_DEFINITION,
-    MIN_RISE,
     SCORES,
     Score,
+    ablation_verdict,
     attention_scores,
     default_thresholds,
     definitions,
@@ -24,10 +27,12 @@ from .weight_score import WeightInputs, WeightScore
 
 __all__ = [
     "ABLATION_DEFINITION",
+    "BOOTSTRAP_RESAMPLES",
+    "CONTROL_DRAWS",
     "Column",
+    "INTERVAL_LEVEL",
     "KeySet",
     "LOSS_DEFINITION",
-    "MIN_RISE",
     "Reads",
     "RepeatLayout",
     "SCORES",
@@ -47,6 +52,7 @@ __all__ = [
     "roles_present",
     "score",
     "score_names",
+    "ablation_verdict",
     "weight_notes",
     "weight_scores",
 ]
