@@ -1,9 +1,9 @@
 """The one atomic file writer: a file is either its old self or wholly new, never half written.
 
 Output files, the on-disk score cache and the toy's run files all go through
-:func:`write_atomic`: the data goes to a temporary sibling (``.NAME.XXXX.partial``, so a
-crash leaves no file under the final name), which is renamed over the target with one
-``os.replace``.
+:func:`write_atomic`: the data goes to a temporary sibling (``.NAME.PID-XXXX.partial``: a crash
+leaves no file under the final name, and the writer's process id lets a later run remove it once its
+owner is gone), which is renamed over the target with one ``os.replace``.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def write_atomic(path: Path | str, data: str | bytes, *, mode: int | None = None
     path = Path(path)
     if parents:
         path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}-", suffix=".partial")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode("utf-8") if isinstance(data, str) else data)

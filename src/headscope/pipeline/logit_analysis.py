@@ -30,10 +30,14 @@ from ..head_labels import Head, head_label, top_k
 from ..logits import InductionStories, LogitAttribution, OVRows, induction_stories, logit_attribution, ov_rows
 from ..logits.ov_rows import source_tokens
 from ..logits.story import logit_definitions
+from ..models.embedding import effective_embedding
 from ..models.inputs import TokenSequence, as_heads, as_sequences
 from ..models.model import as_model
 from ..progress import Progress
 from ..qk import CompositionScores, composition_scores
+from ..qk.analysis import COMPOSITION_OFFSETS
+from ..qk.composition import composition_by_offset
+from ..qk.rotary import is_rotary
 from ..scan import InductionResult, check_settings, scan_induction
 from ..scores import default_thresholds
 from ..tokens import token_text, visible_whitespace
@@ -71,6 +75,8 @@ class LogitAnalysis:
     composition: CompositionScores
     stories: InductionStories
     notes: list[str] = field(default_factory=list)
+    #: where the stories' K-composition is read: "mean over offsets 0-63" (rotary) or "position-free"
+    k_where: str = "position-free"
     timings: dict[str, float] = field(default_factory=dict)
 
     # --- views ------------------------------------------------------------------------------
@@ -114,7 +120,7 @@ class LogitAnalysis:
             else:
                 src = s.k_source
                 parts.append(
-                    f"keys read {src['head']} most (K-composition {src['k_composition']:+.3f}, "
+                    f"keys read {src['head']} most (K-composition, {self.k_where}, {src['k_composition']:+.3f}, "
                     f"previous-token {src['previous_token']:.2f})"
                 )
                 if prev and prev[0] is not src:
@@ -200,6 +206,7 @@ class LogitAnalysis:
             },
             "composition": {
                 "kind": "K",
+                "where": self.k_where,
                 "baseline": self.composition.baseline,
                 "baseline_std": self.composition.baseline_std,
                 "note": self.composition.note,
@@ -276,15 +283,38 @@ def _ov_circuits(m, w, heads: list[Head], asked: list[int], seqs: list[TokenSequ
     ids = list(dict.fromkeys(asked + [i for s in seqs for i in s.ids[first:]]))
     eps = float(getattr(m.cfg, "eps", 1e-5))
     tok = m.tokenizer
+    x = effective_embedding(m, ids, "block0")  # the embedding the copying scores read (McDougall et al. 2023)
     return {
-        lh: ov_rows(w, lh[0], lh[1], ids, k=k, eps=eps, decode=lambda i: token_text(tok, i), model=m.name)
+        lh: ov_rows(
+            w,
+            lh[0],
+            lh[1],
+            ids,
+            k=k,
+            eps=eps,
+            decode=lambda i: token_text(tok, i),
+            model=m.name,
+            x=x,
+            embedding="block0",
+        )
         for lh in dict.fromkeys(heads)
     }
 
 
-def _stories(
-    heads: list[Head], model: str, ov: dict, scan: InductionResult, composition: CompositionScores
-) -> InductionStories:
+def _k_for_stories(m, w, composition: CompositionScores, story_heads: list[Head]) -> tuple[np.ndarray, str]:
+    """K-composition into the story heads, and where it was read: position-free, or on a rotary model (whose K
+    form depends on the offset) the mean over offsets 0-63."""
+    k_comp, k_where = composition.excess("K"), composition.where
+    if is_rotary(m):
+        by = composition_by_offset(m, story_heads, range(COMPOSITION_OFFSETS), weights=w, kinds=("K",))
+        k_comp = np.full_like(k_comp, np.nan)
+        for l, h in by.heads:
+            k_comp[:, :, l, h] = by.excess((l, h), "K").mean(-1)
+        k_where = f"mean over {by.span}"
+    return k_comp, k_where
+
+
+def _stories(heads: list[Head], model: str, ov: dict, scan: InductionResult, k_comp: np.ndarray) -> InductionStories:
     """Each induction head's numbers side by side, from the scan, the K-composition and its OV rows."""
     return induction_stories(
         heads,
@@ -292,7 +322,7 @@ def _stories(
         ov=ov,
         induction=scan.scores["induction"],
         previous_token=scan.scores["previous_token"],
-        k_composition=composition.excess("K"),
+        k_composition=k_comp,
         copying=scan.scores.get("copying"),
         dla_first=scan.scores["direct_logit_first"],
         dla_later=scan.scores["direct_logit_later"],
@@ -395,8 +425,8 @@ def analyze_logits(
     say("OV circuits")
     ov = _ov_circuits(m, w, chosen + story_heads, asked, seqs, k)
     timings["ov_s"] = time.perf_counter() - t
-
-    stories = _stories(story_heads, m.name, ov, scan, composition)
+    k_comp, k_where = _k_for_stories(m, w, composition, story_heads)
+    stories = _stories(story_heads, m.name, ov, scan, k_comp)
     return LogitAnalysis(
         model={**m.info(), "norm": w.norm},
         heads=chosen,
@@ -409,4 +439,5 @@ def analyze_logits(
         stories=stories,
         notes=notes,
         timings=timings,
+        k_where=k_where,
     )

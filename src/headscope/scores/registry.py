@@ -23,8 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..folded_weights import HeadWeights
-from . import copy_suppression, successor
-from .copying import copying_scores
+from . import copy_suppression, copying, successor
 from .layout import RepeatLayout, first_repeat_targets, later_repeat_targets
 from .reads import Column, KeySet, Reads, Stripe, prefix_mask, prefix_pairs
 from .weight_score import WeightInputs, WeightScore
@@ -52,6 +51,10 @@ class Score:
     vmin: float | None = 0.0  # heatmap range; None: symmetric around 0, from the data
     vmax: float | None = 1.0
     in_table: bool = True  # a column of the terminal table of top heads
+    # weight scores that read tokens through an effective embedding: its convention (models/embedding.py)
+    embedding: str | None = None
+    # the role this one is the opposite of: a head holds both only when both read the same embedding
+    opposes: str | None = None
 
     @property
     def kind(self) -> str:
@@ -114,16 +117,25 @@ SCORES: tuple[Score, ...] = (
         name="copying",
         header="copying",
         label="copying",
-        title="Copying score (OV eigenvalue positivity)",
-        definition=(
-            "Eigenvalue positivity of the full OV circuit W_E W_V W_O W_U: sum(eig) / sum(|eig|), from the "
-            "d_head x d_head matrix W_O (W_U W_E) W_V with the same nonzero eigenvalues (norm gains folded, "
-            "norm scale ignored). 1.0 = pure copying. Source: Elhage et al. 2021."
-        ),
-        source="Elhage et al. 2021",
+        title="Copying score (OV eigenvalue positivity, block-0 effective embedding)",
+        definition=copying.DEFINITION,
+        source="Elhage et al. 2021; McDougall et al. 2023",
         threshold=0.7,
-        from_weights=lambda w, inputs: WeightScore(copying_scores(w)),
+        from_weights=copying.copying_weight_score,
         vmin=-1.0,
+        embedding="block0",
+    ),
+    Score(
+        name="copying_direct",
+        header="copy-dir",
+        label="copying (direct path)",
+        title="Copying score on the direct path (bare W_E)",
+        definition=copying.DIRECT_DEFINITION,
+        source="Elhage et al. 2021",
+        from_weights=copying.copying_direct_weight_score,
+        vmin=-1.0,
+        in_table=False,
+        embedding="embed",
     ),
     Score(
         name="attention_sink",
@@ -152,6 +164,7 @@ SCORES: tuple[Score, ...] = (
         from_weights=successor.successor_weight_score,
         describe_notes=successor.describe_sets,
         in_table=False,
+        embedding="mlp0",
     ),
     Score(
         name="copy_suppression",
@@ -163,6 +176,8 @@ SCORES: tuple[Score, ...] = (
         threshold=0.5,
         from_weights=copy_suppression.copy_suppression_weight_score,
         in_table=False,
+        embedding="block0",
+        opposes="copying",
     ),
     Score(
         name="direct_logit_later",
@@ -286,6 +301,26 @@ def roles_present(scores, thresholds) -> list[Score]:
 def weight_notes(notes: dict[str, dict]) -> list[str]:
     """The sentences the weight scores' ``describe_notes`` make of ``notes`` (``{score: WeightScore.notes}``)."""
     return [s.describe_notes(notes[s.name]) for s in weight_scores() if s.describe_notes and notes.get(s.name)]
+
+
+def opposite_roles() -> list[tuple[Score, Score]]:
+    """Pairs of roles that say opposite things (copy suppression, copying): ``(role, its opposite)``."""
+    return [(s, score(s.opposes)) for s in SCORES if s.opposes is not None]
+
+
+def opposite_reason(a: Score, b: Score, va: float, vb: float) -> str:
+    """Why a head holds both of two opposite roles: the one embedding they share, and what each counts.
+
+    Refuses (``ValueError``) a pair whose scores read different embeddings: such a pair is not a
+    finding about the head but about the two conventions, and the registry must not declare it.
+    """
+    if a.embedding != b.embedding:
+        raise ValueError(f"{a.name} reads {a.embedding!r} but {b.name} reads {b.embedding!r}: not one convention")
+    return (
+        f"{b.label} {vb:.2f} and {a.label} {va:.2f}, both read through the same {a.embedding} effective embedding: "
+        f"{b.label} weighs the eigenvalues of the whole OV circuit, {a.label} counts how often a token's own logit "
+        "is among the lowest of its row, so one head can score on both"
+    )
 
 
 def default_thresholds() -> dict[str, float]:
