@@ -27,7 +27,7 @@ DEFINITION = (
 
 CURVES = {
     "loss_later_repeats": "Later-repeat loss (nats): mean loss on the second copy of [BOS] + r + r (the scan's "
-    "sequences); falls when induction works.",
+    "sequences), its first token left out (no context predicts it); falls when induction works.",
     "loss_first_repeat": "First-repeat loss (nats): the first copy, unpredictable, about ln(vocab).",
     "induction_best": "Highest induction score over every head at that checkpoint (ARENA definition).",
     "induction_pair": "Induction score of the tracked induction head (the last checkpoint's best).",

@@ -65,7 +65,8 @@ RUN_FILES = ("run.json", "train_log.csv", "checkpoints", "sweep", "phase")
 LOG_COLUMNS = {
     "step": "Optimizer steps taken.",
     "loss": "Mean training loss (nats, every target of the batch) over the steps since the last row.",
-    "loss_later_repeats": "Loss (nats) on the second copy of [BOS] + r + r, the induction scan's sequences.",
+    "loss_later_repeats": "Loss (nats) on the second copy of [BOS] + r + r, the induction scan's sequences, "
+    "its first token left out (no context predicts it; scores.layout.later_repeat_targets).",
     "loss_first_repeat": "Loss (nats) on the first copy: about ln(vocab), nothing to predict.",
     "induction_best": "Highest induction score over all heads (ARENA definition, as the scan).",
     "induction_head": "The head that has it.",
