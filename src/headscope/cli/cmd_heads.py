@@ -14,12 +14,13 @@ from ..pipeline.files import heads_files
 from ..pipeline.outputs import ResultDir
 from ..pipeline.roles import ICL_TOP, ICL_WINDOWS, SINK_WINDOWS, HeadsAnalysis, analyze_heads, describe_icl
 from ..render.page import Report
-from ..scan import check_settings
 from ..scores import score as declared
 from . import app
 from ._common import (
     DEFAULT,
+    DEFAULT_MEMORY_GB,
     AblationOpt,
+    AttentionOpt,
     BatchOpt,
     DebugOpt,
     DeviceMapOpt,
@@ -36,13 +37,15 @@ from ._common import (
     SeqLenOpt,
     ThresholdOpt,
     at_least,
-    check_device,
     consoles,
     default_out,
     handle_errors,
     load,
-    parse_thresholds,
+    load_settings,
     read_texts,
+    say_notes,
+    say_written,
+    scan_settings,
 )
 
 NaturalFileOpt = Annotated[
@@ -102,7 +105,8 @@ def heads_cmd(
     batch: BatchOpt = 10,
     repeats: RepeatsOpt = 2,
     seed: SeedOpt = 0,
-    max_memory: MaxMemoryOpt = 2.0,
+    max_memory: MaxMemoryOpt = DEFAULT_MEMORY_GB,
+    attention: AttentionOpt = "auto",
     device: DeviceOpt = "auto",
     device_map: DeviceMapOpt = None,
     dtype: DtypeOpt = "float32",
@@ -123,40 +127,36 @@ def heads_cmd(
     Example: headscope heads --model smollm2-135m --no-icl
     """
     con, err = consoles(json_out)
-    thresholds = parse_thresholds(threshold)
+    settings = scan_settings(
+        seq_len=seq_len,
+        batch=batch,
+        repeats=repeats,
+        seed=seed,
+        top=top,
+        ablation=ablation,
+        threshold=threshold,
+        max_memory=max_memory,
+        attention=attention,
+    )
     read_texts(None, file)  # each --file checked now (exists, UTF-8, not empty), before the model loads
-    files = list(file or [])
-    check_settings(seq_len, batch, repeats, True, None)
-    if ablation not in ("mean", "zero"):
-        raise BadInput(f"unknown ablation {ablation!r}", hint="use --ablation mean or --ablation zero")
-    at_least("--top", top, 1)
     at_least("--icl-windows", icl_windows, 1)
     if file and not (icl or natural_sinks):
         raise BadInput(
             "--file is only read by the ICL score and --natural-sinks, and both are off",
             hint="drop --no-icl, or add --natural-sinks",
         )
-    check_device(device, device_map)
-    from ..models import resolve_dtype
-
-    resolve_dtype(dtype)
+    where = load_settings(model, device, device_map, dtype)
     with ResultDir.open(out or default_out("heads", model), command="heads", overwrite=overwrite) as rd:
-        m = load(err, model, device, dtype, device_map)
+        m = load(err, where)
         a = analyze_heads(
             m,
-            seq_len=seq_len,
-            batch=batch,
-            repeats=repeats,
-            seed=seed,
-            thresholds=thresholds,
+            settings,
             icl=icl,
             icl_top=top,
             icl_windows=icl_windows,
-            ablation=ablation,
             natural_sinks=natural_sinks,
             sink_windows=SINK_WINDOWS,
-            files=files or None,
-            max_memory_gb=max_memory,
+            files=list(file or []) or None,
             progress=True,
             log=lambda s: err.print(f"[dim]{s}...[/]", highlight=False),
         )
@@ -171,12 +171,9 @@ def heads_cmd(
 
     if json_out:
         typer.echo(a.to_json())
-    for note in a.notes:
-        err.print(f"[yellow]note:[/] {note}", highlight=False)
+    say_notes(err, a.notes)
     print_heads(con, a)
-    err.print(
-        f"[green]Wrote {len(paths)} files to {rd.target}/[/]: " + ", ".join(p.name for p in paths), highlight=False
-    )
+    say_written(err, rd.target, paths)
 
 
 def print_heads(con, a: HeadsAnalysis) -> None:

@@ -5,14 +5,11 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from ..errors import BadInput
 from ..head_labels import head_label
 from ..pipeline.files import induction_files
 from ..pipeline.outputs import ResultDir
-from ..pipeline.report_builder import texts_to_sequences
-from ..render.page import Report
-from ..scan import attention_sample, check_settings, scan_induction
-from ..scores import definitions, roles_legend
+from ..pipeline.report_builder import build_report
+from ..scores import definitions, role_scores, roles_legend
 from ..scores import score as declared
 from . import app
 from ._common import (
@@ -38,19 +35,16 @@ from ._common import (
     TextOpt,
     ThresholdOpt,
     TopOpt,
-    at_least,
-    check_attention,
-    check_device,
     consoles,
     default_out,
     handle_errors,
     load,
-    parse_thresholds,
+    load_settings,
     read_texts,
+    say_notes,
+    say_written,
+    scan_settings,
 )
-
-#: Tokens of a --text/--file that the attention figures and views show.
-TEXT_WINDOW = 96
 
 
 @app.command("induction")
@@ -88,55 +82,34 @@ def induction_cmd(
     Example: headscope induction --model smollm2-135m --seq-len 50 --batch 10 --top 5
     """
     con, err = consoles(json_out)
-    thresholds = parse_thresholds(threshold)
+    settings = scan_settings(
+        seq_len=seq_len,
+        batch=batch,
+        repeats=repeats,
+        seed=seed,
+        top=top,
+        ablation=ablation,
+        ablate=not no_ablate,
+        threshold=threshold,
+        max_memory=max_memory,
+        attention=attention,
+    )
     texts = read_texts(text, file)
-    check_settings(seq_len, batch, repeats, True, None)  # cheap checks before loading anything
-    if ablation not in ("mean", "zero"):
-        raise BadInput(f"unknown ablation {ablation!r}", hint="use --ablation mean or --ablation zero")
-    at_least("--top", top, 1)
-    check_attention(attention)
-    check_device(device, device_map)
-    from ..models import resolve_dtype
-
-    resolve_dtype(dtype)
+    where = load_settings(model, device, device_map, dtype)
     with ResultDir.open(out or default_out("induction", model), command="induction", overwrite=overwrite) as rd:
-        m = load(err, model, device, dtype, device_map)
-        seqs = texts_to_sequences(m, texts, max_tokens=TEXT_WINDOW) if texts else []
-        res = scan_induction(
-            m,
-            seq_len=seq_len,
-            batch=batch,
-            repeats=repeats,
-            seed=seed,
-            top_k=top,
-            ablate=not no_ablate,
-            ablation=ablation,
-            thresholds=thresholds,
-            max_memory_gb=max_memory,
-            progress=True,
-            attention=attention,
-        )
-        heads = [(l, h) for l, h, _ in res.top_heads("induction", min(top, 6))]
-        samples = [
-            attention_sample(m, s, heads, f"Top induction heads on {s.title}", max_tokens=TEXT_WINDOW) for s in seqs
-        ]
+        m = load(err, where)
+        rep = build_report(m, texts, settings, qk=False, logits=False, builtin_texts=False, progress=True)
+        res = rep.induction
+        assert res is not None  # build_report always scans
         with err.status("Writing results..."):
-            induction_files(rd, res, samples)
+            induction_files(rd, res, rep.texts)
             if report:
-                rep = Report(
-                    model=dict(res.model),
-                    induction=res,
-                    texts=samples,
-                    sources=[s.text for s in seqs],
-                    notes=list(res.notes),
-                )
                 rd.write_text("report.html", rep.to_html())
             paths = rd.commit()
 
     if json_out:
         typer.echo(res.to_json())
-    for note in [n for s in seqs for n in s.notes] + res.notes:
-        err.print(f"[yellow]note:[/] {note}", highlight=False)
+    say_notes(err, [s.note for s in rep.texts if s.note] + res.notes)
     print_summary(con, res)
     if attention == "auto" and res.settings["attention"] == "eager":
         from ..scan.fused import fused_unsupported_reason
@@ -146,9 +119,7 @@ def induction_cmd(
             f"({fused_unsupported_reason(m)})",
             highlight=False,
         )
-    err.print(
-        f"[green]Wrote {len(paths)} files to {rd.target}/[/]: " + ", ".join(p.name for p in paths), highlight=False
-    )
+    say_written(err, rd.target, paths)
 
 
 def print_summary(con, res) -> None:
@@ -185,7 +156,7 @@ def print_summary(con, res) -> None:
             f"{rises[(l, h)]:+.3f}" if (l, h) in rises else "-",
         )
     con.print(t)
-    for n in ("previous_token", "duplicate_token"):
+    for n in [r.name for r in role_scores() if r.name != "induction" and r.name in res.scores]:
         best = ", ".join(f"{head_label(l, h)} {v:.2f}" for l, h, v in res.top_heads(n, 3))
         con.print(f"{declared(n).label.capitalize()} heads: {best}", highlight=False)
     con.print(

@@ -10,9 +10,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from ..errors import BadInput
-from ..head_labels import head_label, is_head_spec
-from ..models import resolve_dtype
+from ..head_labels import head_label
 from ..pipeline.files import qk_files
 from ..pipeline.outputs import ResultDir
 from ..qk.analysis import DEFAULT_QK_MEMORY_GB, analyze_qk
@@ -26,6 +24,7 @@ from ._common import (
     DtypeOpt,
     FileOpt,
     JsonOpt,
+    MaxTokensOpt,
     ModelOpt,
     OutOpt,
     OverwriteOpt,
@@ -33,13 +32,16 @@ from ._common import (
     ReportOpt,
     TextOpt,
     at_least,
-    check_device,
+    check_heads,
+    check_tokens,
     consoles,
     default_out,
     handle_errors,
     load,
+    load_settings,
     progress_enabled,
     read_texts,
+    say_written,
 )
 
 
@@ -81,15 +83,7 @@ def qk_cmd(
             "stripe.",
         ),
     ] = None,
-    max_tokens: Annotated[
-        int,
-        typer.Option(
-            "--max-tokens",
-            help="The analysis window: each text is cut to "
-            "this many tokens (first token included; never past the model's context), and the cut "
-            "is reported.",
-        ),
-    ] = 64,
+    max_tokens: MaxTokensOpt = 64,
     max_memory: QKMemoryOpt = DEFAULT_QK_MEMORY_GB,
     no_figures: Annotated[bool, typer.Option("--no-figures", help="Write qk.json and CSVs only (faster).")] = False,
     report: ReportOpt = False,
@@ -115,21 +109,15 @@ def qk_cmd(
     """
     con, err = consoles(json_out)
     texts = [t for _, t in read_texts(text, file)] or None
-    for spec in head or []:
-        for part in spec.split(","):
-            if part.strip() and not is_head_spec(part):
-                raise BadInput(
-                    f"malformed head {part!r}: expected L<layer>H<head> or <layer>.<head>, e.g. L5H1 or 5.1",
-                    hint="e.g. --head L5H1 --head 6.9",
-                )
+    check_heads(head)
+    check_tokens(tokens)
     at_least("--top", top, 1)
     at_least("--max-tokens", max_tokens, 2, "the first token and one more")
-    check_device(device, device_map)
-    resolve_dtype(dtype)
+    where = load_settings(model, device, device_map, dtype)
 
     t0 = time.perf_counter()
     with ResultDir.open(out or default_out("qk", model), command="qk", overwrite=overwrite) as rd:
-        m = load(err, model, device, dtype, device_map)
+        m = load(err, where)
         with _progress(err) as step:
             a = analyze_qk(
                 m,
@@ -150,11 +138,8 @@ def qk_cmd(
     if json_out:
         typer.echo(a.to_json())
     _print_summary(con, a)
-    err.print(
-        f"[green]Wrote {len(paths)} files to {rd.target}/[/] (qk.json, CSVs"
-        + ("" if no_figures else ", figures/*.png")
-        + f") in {a.timings['total_s']:.0f} s",
-        highlight=False,
+    say_written(
+        err, rd.target, paths, "qk.json, CSVs" + ("" if no_figures else ", figures/*.png"), a.timings["total_s"]
     )
 
 

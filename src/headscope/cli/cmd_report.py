@@ -7,15 +7,13 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..errors import BadInput
 from ..jsonsafe import dumps
-from ..models import resolve_dtype
 from ..pipeline.outputs import ResultFile
 from ..pipeline.report_builder import build_report
-from ..scan import check_settings
 from . import app
 from ._common import (
     DEFAULT,
+    DEFAULT_MEMORY_GB,
     AblationOpt,
     AttentionOpt,
     BatchOpt,
@@ -36,14 +34,14 @@ from ._common import (
     ThresholdOpt,
     TopOpt,
     at_least,
-    check_attention,
-    check_device,
     consoles,
     default_out,
     handle_errors,
     load,
-    parse_thresholds,
+    load_settings,
     read_texts,
+    say_notes,
+    scan_settings,
 )
 
 
@@ -86,7 +84,7 @@ def report_cmd(
         ),
     ] = 3,
     threshold: ThresholdOpt = None,
-    max_memory: MaxMemoryOpt = 2.0,
+    max_memory: MaxMemoryOpt = DEFAULT_MEMORY_GB,
     attention: AttentionOpt = "auto",
     device: DeviceOpt = "auto",
     device_map: DeviceMapOpt = None,
@@ -108,42 +106,37 @@ def report_cmd(
     Example: headscope report --model smollm2-135m --text "The cat sat. The cat sat." --out report.html
     """
     con, err = consoles(json_out)
-    thresholds = parse_thresholds(threshold)
+    settings = scan_settings(
+        seq_len=seq_len,
+        batch=batch,
+        repeats=repeats,
+        seed=seed,
+        top=top,
+        ablation=ablation,
+        ablate=not no_ablate,
+        threshold=threshold,
+        max_memory=max_memory,
+        attention=attention,
+    )
     texts = read_texts(text, file)
-    check_settings(seq_len, batch, repeats, True, None)  # cheap checks before loading anything
-    if ablation not in ("mean", "zero"):
-        raise BadInput(f"unknown ablation {ablation!r}", hint="use --ablation mean or --ablation zero")
-    at_least("--top", top, 1)
     at_least("--qk-top", qk_top, 1, "or pass --no-qk to skip the QK analysis")
-    check_attention(attention)
-    check_device(device, device_map)
-    resolve_dtype(dtype)
+    where = load_settings(model, device, device_map, dtype)
     path = out or default_out("report", model).with_suffix(".html")
     with ResultFile.open(path, overwrite=overwrite) as write:
-        m = load(err, model, device, dtype, device_map)
+        m = load(err, where)
         rep = build_report(
             m,
             texts or None,
-            seq_len=seq_len,
-            batch=batch,
-            repeats=repeats,
-            seed=seed,
-            top_k=top,
-            ablate=not no_ablate,
-            ablation=ablation,
-            thresholds=thresholds,
+            settings,
             qk=not no_qk,
             qk_top=qk_top,
             logits=not no_logits,
-            max_memory_gb=max_memory,
             progress=True,
-            attention=attention,
             log=lambda s: err.print(s, highlight=False),
         )
         with err.status("Writing the page..."):
             write(rep.to_html())
-    for note in dict.fromkeys([*rep.notes, *(s.note for s in rep.texts if s.note)]):
-        err.print(f"[yellow]note:[/] {note}", highlight=False)
+    say_notes(err, [*rep.notes, *(s.note for s in rep.texts if s.note)])
     size = path.stat().st_size
     if json_out:
         typer.echo(

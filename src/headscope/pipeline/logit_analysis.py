@@ -21,7 +21,8 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
@@ -36,6 +37,7 @@ from ..models.model import as_model
 from ..qk import CompositionScores, composition_scores
 from ..scan import InductionResult, check_settings, scan_induction
 from ..scores import default_thresholds
+from ..settings import ScanSettings
 from ..tokens import token_text, visible_whitespace
 
 Progress = Callable[[str], None]
@@ -257,31 +259,28 @@ def analyze_logits(
     model,
     texts=None,
     heads=None,
+    settings: ScanSettings | None = None,
     *,
     top: int = 3,
     tokens: list[str] | None = None,
     max_tokens: int | None = 64,
-    seq_len: int = 50,
-    batch: int = 10,
-    repeats: int = 2,
-    seed: int = 0,
-    ablate: bool = True,
-    ablation: str = "mean",
-    max_memory_gb: float | None = None,
     k: int = 10,
     scan: InductionResult | None = None,
     composition: CompositionScores | None = None,
     progress: Progress | None = None,
     scan_progress: bool | None = False,
+    **keywords: Any,
 ) -> LogitAnalysis:
     """What ``heads`` (or the strongest pushers and the top ``top`` induction heads) write, from one run.
 
     ``texts``: strings or :class:`~headscope.models.inputs.TokenSequence` (None: the built-in
     samples), each cut to ``max_tokens`` (said in ``notes``). ``tokens``: single-token strings
     whose OV rows are shown first (others are refused with how they tokenise). The scan
-    (``seq_len``, ``batch``, ``repeats``, ``seed``, ``ablate``, ``ablation``) gives the induction
-    story's numbers; pass an existing ``scan`` (and ``composition`` with K scores) to reuse them.
-    ``k``: promoted/suppressed tokens kept per OV row. Every input is checked before anything runs.
+    (``settings``, a :class:`~headscope.settings.ScanSettings`, its fields replaced by
+    ``keywords``: ``seq_len=``, ``batch=``, ``ablate=``, ``ablation=``, ``attention=``, ...; its
+    ``top_k`` is ``top``) gives the induction story's numbers; pass an existing ``scan`` (and
+    ``composition`` with K scores) to reuse them. ``k``: promoted/suppressed tokens kept per OV
+    row. Every input is checked before anything runs.
 
     >>> import headscope
     >>> a = headscope.analyze_logits(model, "a b c a b c", top=1, seq_len=8, batch=2)
@@ -295,20 +294,8 @@ def analyze_logits(
     m = as_model(model)
     say = progress or (lambda stage: None)
     timings: dict[str, float] = {}
-    # every check before any compute
-    seqs = as_sequences(m, texts, max_tokens)
-    for n, s in enumerate(seqs, 1):
-        if len(s) < 2:
-            raise BadInput(
-                f"text {n} ({s.text!r}) is a single token: there is no next token to attribute",
-                hint="give at least two tokens of text",
-            )
-    chosen = as_heads(m, heads) if heads else None
-    asked = source_tokens(m, tokens) if tokens else []
-    if top < 1:
-        raise BadInput(f"--top must be at least 1 (got {top})")
-    if scan is None:
-        check_settings(seq_len, batch, repeats, m.first_token.id is not None, m.n_ctx, m.name)
+    st = replace(ScanSettings.from_keywords(settings, **keywords), top_k=top)
+    seqs, chosen, asked = _checked_inputs(m, texts, heads, tokens, max_tokens, st, scan)
     notes = [n for s in seqs for n in s.notes]
 
     t = time.perf_counter()
@@ -318,20 +305,8 @@ def analyze_logits(
     timings["texts_s"] = time.perf_counter() - t
     t = time.perf_counter()
     if scan is None:
-        say("induction scan" + (f" with {ablation} ablation" if ablate else ""))
-        scan = scan_induction(
-            m,
-            seq_len=seq_len,
-            batch=batch,
-            repeats=repeats,
-            seed=seed,
-            top_k=top,
-            ablate=ablate,
-            ablation=ablation,
-            max_memory_gb=max_memory_gb,
-            sample=False,
-            progress=scan_progress,
-        )
+        say("induction scan" + (f" with {st.ablation} ablation" if st.ablate else ""))
+        scan = scan_induction(m, st, sample=False, progress=scan_progress)
     elif "direct_logit_later" not in scan.scores:
         raise BadInput("the given scan has no direct logit effects", hint="run it with this headscope's scan_induction")
     timings["scan_s"] = time.perf_counter() - t
@@ -354,14 +329,7 @@ def analyze_logits(
 
     t = time.perf_counter()
     say("OV circuits")
-    first = 1 if m.first_token.id is not None else 0
-    ids = list(dict.fromkeys(asked + [i for s in seqs for i in s.ids[first:]]))
-    eps = float(getattr(m.cfg, "eps", 1e-5))
-    tok = m.tokenizer
-    ov = {
-        lh: ov_rows(w, lh[0], lh[1], ids, k=k, eps=eps, decode=lambda i: token_text(tok, i), model=m.name)
-        for lh in dict.fromkeys(chosen + story_heads)
-    }
+    ov = _ov_rows(m, w, list(dict.fromkeys(chosen + story_heads)), asked, seqs, k)
     timings["ov_s"] = time.perf_counter() - t
 
     stories = induction_stories(
@@ -390,3 +358,36 @@ def analyze_logits(
         notes=notes,
         timings=timings,
     )
+
+
+def _checked_inputs(
+    m, texts, heads, tokens, max_tokens, st: ScanSettings, scan
+) -> tuple[list, list[Head] | None, list]:
+    """Every input of :func:`analyze_logits` checked before any compute: (sequences, chosen heads, asked token ids)."""
+    seqs = as_sequences(m, texts, max_tokens)
+    for n, s in enumerate(seqs, 1):
+        if len(s) < 2:
+            raise BadInput(
+                f"text {n} ({s.text!r}) is a single token: there is no next token to attribute",
+                hint="give at least two tokens of text",
+            )
+    chosen = as_heads(m, heads) if heads else None
+    asked = source_tokens(m, tokens) if tokens else []
+    if scan is None:
+        st.check()
+        check_settings(st.seq_len, st.batch, st.repeats, m.first_token.id is not None, m.n_ctx, m.name)
+    elif st.top_k < 1:
+        raise BadInput(f"--top must be at least 1 (got {st.top_k})")
+    return seqs, chosen, asked
+
+
+def _ov_rows(m, w, heads: list[Head], asked: list[int], seqs, k: int) -> dict[Head, OVRows]:
+    """The OV rows of ``heads`` for the asked tokens and every token of the texts (the first token left out)."""
+    first = 1 if m.first_token.id is not None else 0
+    ids = list(dict.fromkeys(asked + [i for s in seqs for i in s.ids[first:]]))
+    eps = float(getattr(m.cfg, "eps", 1e-5))
+    tok = m.tokenizer
+    return {
+        lh: ov_rows(w, lh[0], lh[1], ids, k=k, eps=eps, decode=lambda i: token_text(tok, i), model=m.name)
+        for lh in heads
+    }

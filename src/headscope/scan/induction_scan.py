@@ -47,6 +47,7 @@ from ..scores import (
     weight_scores,
 )
 from ..scores.layout import RepeatLayout
+from ..settings import ATTENTION_MODES, ScanSettings
 from ..tokens import token_text
 from ._progress import Progress
 from .ablation import ablated_later_loss_restart, ablation_hooks, capture_residuals, first_layer, residual_hooks
@@ -55,8 +56,6 @@ from .direct import DirectPass, Unembedding, target_groups, unembedding
 from .fused import FusedUnsupported, fused_attention, fused_chunk_size_for, fused_unsupported_reason
 from .result import InductionResult
 from .sequences import RepeatedTokens, repeated_tokens
-
-DEFAULT_MEMORY_GB = 2.0
 
 
 def chunk_size_for(n_tokens: int, n_heads: int, d_vocab: int, batch: int, max_memory_gb: float) -> int:
@@ -135,7 +134,15 @@ def direct_weights(model: HeadscopeModel) -> tuple[HeadWeights, Unembedding]:
     return hit[1], hit[2]
 
 
-ATTENTION_MODES = ("auto", "fused", "eager")
+def chunk_for(model: HeadscopeModel, n_tokens: int, batch: int, max_memory_gb: float, route: str) -> int:
+    """Sequences per forward pass on ``route`` ("fused" or "eager") within ``max_memory_gb``."""
+    cfg = model.cfg
+    if route == "fused":
+        d_mlp = getattr(cfg, "d_mlp", None) or 4 * cfg.d_model
+        return fused_chunk_size_for(
+            n_tokens, cfg.d_model, d_mlp, cfg.d_vocab, batch, max_memory_gb, model.n_layers, model.n_heads
+        )
+    return chunk_size_for(n_tokens, cfg.n_heads, cfg.d_vocab, batch, max_memory_gb)
 
 
 def attention_route(model, attention: str = "auto") -> str:
@@ -351,20 +358,11 @@ def clamp_top(top_k: int, n_heads_total: int, ablate: bool) -> tuple[int, list[s
 
 def scan_induction(
     model,
+    settings: ScanSettings | None = None,
     *,
-    seq_len: int = 50,
-    batch: int = 10,
-    repeats: int = 2,
-    seed: int = 0,
-    top_k: int = 5,
-    ablate: bool = True,
-    ablation: str = "mean",
-    thresholds: dict[str, float] | None = None,
-    max_memory_gb: float | None = None,
-    chunk_size: int | None = None,
     sample: bool = True,
     progress: bool | None = None,
-    attention: str = "auto",
+    **keywords: Any,
 ) -> InductionResult:
     """Score every head of ``model`` as an induction head on repeated random tokens.
 
@@ -381,29 +379,25 @@ def scan_induction(
     "fused" (refused with the reason where it cannot) or "eager" (full patterns); the path
     that ran is ``settings["attention"]``. ``max_memory_gb`` bounds one chunk's working set.
 
+    The settings come as one :class:`~headscope.settings.ScanSettings` (``settings``) or as its
+    fields by keyword (``seq_len=``, ``batch=``, ``repeats=``, ``seed=``, ``top_k=``, ``ablate=``,
+    ``ablation=``, ``thresholds=``, ``attention=``, ``max_memory_gb=``, ``chunk_size=``), which
+    replace those of ``settings``.
+
     >>> res = scan_induction(model, seq_len=8, batch=2, top_k=2, sample=False, progress=False)
     >>> len(res.top_heads("induction", 2)), list(res.scores)[:2], len(res.ablation)
     (2, ['induction', 'prefix_matching'], 4)
     """
     m = as_model(model)
-    if ablation not in ("mean", "zero"):
-        raise BadInput(f"unknown ablation {ablation!r}", hint="use 'mean' or 'zero'")
-    if top_k < 1:
-        raise BadInput(f"--top must be at least 1 (got {top_k})")
-    route = attention_route(m, attention)
+    st = ScanSettings.from_keywords(settings, **keywords).check()
+    seq_len, batch, repeats, seed = st.seq_len, st.batch, st.repeats, st.seed
+    top_k, ablate, ablation, thresholds = st.top_k, st.ablate, st.ablation, st.thresholds
+    route = attention_route(m, st.attention)
     cfg = m.cfg
     rt = repeated_tokens(m, seq_len=seq_len, batch=batch, repeats=repeats, seed=seed)
     layout = rt.layout
-    budget = DEFAULT_MEMORY_GB if max_memory_gb is None else max_memory_gb
-    if chunk_size:
-        chunk = chunk_size
-    elif route == "fused":
-        d_mlp = getattr(cfg, "d_mlp", None) or 4 * cfg.d_model
-        chunk = fused_chunk_size_for(
-            layout.n_tokens, cfg.d_model, d_mlp, cfg.d_vocab, batch, budget, m.n_layers, m.n_heads
-        )
-    else:
-        chunk = chunk_size_for(layout.n_tokens, cfg.n_heads, cfg.d_vocab, batch, budget)
+    budget = st.max_memory_gb
+    chunk = st.chunk_size or chunk_for(m, layout.n_tokens, batch, budget, route)
     top_k, notes = clamp_top(top_k, m.n_layers * m.n_heads, ablate)
     # The causal check restarts at the first ablated layer from the clean residual there. Keep every
     # layer's residual from the clean pass when all of them take at most a quarter of the budget
@@ -483,7 +477,7 @@ def scan_induction(
         loss_first_repeat=float(first_repeat_mean(per_pos, layout)),
         loss_later_repeats=clean_later,
         ablation=ablations,
-        thresholds={**default_thresholds(), **(thresholds or {})},
+        thresholds={**default_thresholds(), **thresholds},
         samples=samples,
         timings=timings,
         notes=notes,
