@@ -348,6 +348,18 @@ def load(err: Console, where: LoadSettings):
     return m
 
 
+def result_dir(command: str, out: Path | None, model: str, overwrite: bool):
+    """``command``'s result directory (--out, default ``headscope-results/COMMAND-MODEL``), written all at once."""
+    from ..pipeline.outputs import ResultDir
+
+    return ResultDir.open(out or default_out(command, model), command=command, overwrite=overwrite)
+
+
+def say_stage(err: Console) -> Callable[[str], None]:
+    """``say(stage)``: a dim ``... stage`` line as each step of a long analysis starts."""
+    return lambda stage: err.print(f"[dim]... {stage}[/]", highlight=False)
+
+
 def say_notes(err: Console, notes) -> None:
     """Each note once, in order, as a yellow ``note:`` line."""
     for note in dict.fromkeys(notes):

@@ -11,7 +11,6 @@ from rich.table import Table
 from ..errors import BadInput
 from ..head_labels import head_label
 from ..pipeline.files import heads_files
-from ..pipeline.outputs import ResultDir
 from ..pipeline.roles import ICL_TOP, ICL_WINDOWS, SINK_WINDOWS, HeadsAnalysis, analyze_heads, describe_icl
 from ..render.page import Report
 from ..scores import score as declared
@@ -38,12 +37,13 @@ from ._common import (
     ThresholdOpt,
     at_least,
     consoles,
-    default_out,
     handle_errors,
     load,
     load_settings,
     read_texts,
+    result_dir,
     say_notes,
+    say_stage,
     say_written,
     scan_settings,
 )
@@ -146,7 +146,7 @@ def heads_cmd(
             hint="drop --no-icl, or add --natural-sinks",
         )
     where = load_settings(model, device, device_map, dtype)
-    with ResultDir.open(out or default_out("heads", model), command="heads", overwrite=overwrite) as rd:
+    with result_dir("heads", out, model, overwrite) as rd:
         m = load(err, where)
         a = analyze_heads(
             m,
@@ -158,7 +158,7 @@ def heads_cmd(
             sink_windows=SINK_WINDOWS,
             files=list(file or []) or None,
             progress=True,
-            log=lambda s: err.print(f"[dim]{s}...[/]", highlight=False),
+            log=say_stage(err),
         )
         with err.status("Writing results..."):
             heads_files(rd, a)

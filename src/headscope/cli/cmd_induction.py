@@ -7,7 +7,6 @@ from rich.table import Table
 
 from ..head_labels import head_label
 from ..pipeline.files import induction_files
-from ..pipeline.outputs import ResultDir
 from ..pipeline.report_builder import build_report
 from ..scores import definitions, role_scores, roles_legend
 from ..scores import score as declared
@@ -36,11 +35,11 @@ from ._common import (
     ThresholdOpt,
     TopOpt,
     consoles,
-    default_out,
     handle_errors,
     load,
     load_settings,
     read_texts,
+    result_dir,
     say_notes,
     say_written,
     scan_settings,
@@ -96,7 +95,7 @@ def induction_cmd(
     )
     texts = read_texts(text, file)
     where = load_settings(model, device, device_map, dtype)
-    with ResultDir.open(out or default_out("induction", model), command="induction", overwrite=overwrite) as rd:
+    with result_dir("induction", out, model, overwrite) as rd:
         m = load(err, where)
         rep = build_report(m, texts, settings, qk=False, logits=False, builtin_texts=False, progress=True)
         res = rep.induction

@@ -12,7 +12,6 @@ from rich.table import Table
 from ..head_labels import head_label
 from ..pipeline.files import logit_files
 from ..pipeline.logit_analysis import analyze_logits
-from ..pipeline.outputs import ResultDir
 from ..render.page import Report
 from ..tokens import visible_whitespace
 from . import app
@@ -43,11 +42,12 @@ from ._common import (
     check_heads,
     check_tokens,
     consoles,
-    default_out,
     handle_errors,
     load,
     load_settings,
     read_texts,
+    result_dir,
+    say_stage,
     say_written,
     scan_settings,
 )
@@ -137,7 +137,7 @@ def logits_cmd(
     where = load_settings(model, device, device_map, dtype)
 
     t0 = time.perf_counter()
-    with ResultDir.open(out or default_out("logits", model), command="logits", overwrite=overwrite) as rd:
+    with result_dir("logits", out, model, overwrite) as rd:
         m = load(err, where)
         a = analyze_logits(
             m,
@@ -147,7 +147,7 @@ def logits_cmd(
             top=top,
             tokens=tokens,
             max_tokens=max_tokens,
-            progress=lambda s: err.print(f"[dim]... {s}[/]", highlight=False),
+            progress=say_stage(err),
             scan_progress=None,
         )
         a.timings["total_s"] = time.perf_counter() - t0

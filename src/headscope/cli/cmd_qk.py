@@ -12,7 +12,6 @@ from rich.table import Table
 
 from ..head_labels import head_label
 from ..pipeline.files import qk_files
-from ..pipeline.outputs import ResultDir
 from ..qk.analysis import DEFAULT_QK_MEMORY_GB, analyze_qk
 from ..render.page import Report
 from . import app
@@ -35,12 +34,13 @@ from ._common import (
     check_heads,
     check_tokens,
     consoles,
-    default_out,
     handle_errors,
     load,
     load_settings,
     progress_enabled,
     read_texts,
+    result_dir,
+    say_stage,
     say_written,
 )
 
@@ -116,7 +116,7 @@ def qk_cmd(
     where = load_settings(model, device, device_map, dtype)
 
     t0 = time.perf_counter()
-    with ResultDir.open(out or default_out("qk", model), command="qk", overwrite=overwrite) as rd:
+    with result_dir("qk", out, model, overwrite) as rd:
         m = load(err, where)
         with _progress(err) as step:
             a = analyze_qk(
@@ -161,11 +161,12 @@ def _progress(err):
             yield lambda stage, done, total: bar.update(task, description=stage, completed=done, total=max(total, 1))
         return
     seen = set()
+    say = say_stage(err)
 
     def step(stage, done, total):
         if stage not in seen:
             seen.add(stage)
-            err.print(f"[dim]... {stage}[/]", highlight=False)
+            say(stage)
 
     yield step
 
