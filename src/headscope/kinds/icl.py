@@ -26,6 +26,7 @@ import torch
 
 from ..errors import BadInput
 from ..scan.induction_scan import token_losses
+from ..settings import check_ablation
 from .documents import TokenWindows, natural_windows
 
 DEFINITION = (
@@ -123,8 +124,7 @@ def icl_score(
     >>> r = icl_score(model, heads=[(4, 1)], max_windows=16)   # doctest: +SKIP
     >>> r.icl_score, r.ablations[0]["delta"]                   # doctest: +SKIP
     """
-    if ablation not in ("mean", "zero"):
-        raise BadInput(f"unknown ablation {ablation!r}", hint="use 'mean' or 'zero'")
+    check_ablation(ablation)
     if not 1 <= early < late < window:
         raise BadInput(
             f"need 1 <= early ({early}) < late ({late}) < window ({window})",
