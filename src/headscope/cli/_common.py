@@ -24,12 +24,14 @@ from ..head_labels import is_head_spec
 from ..models import DEFAULT_MODEL
 from ..scan import check_settings
 from ..scores import default_thresholds
-from ..settings import DEFAULT_MEMORY_GB, LoadSettings, ScanSettings
+from ..settings import LoadSettings, ScanSettings
 
 #: Global state set by the root callback (``headscope --debug ...``).
 STATE = {"debug": os.environ.get("HEADSCOPE_DEBUG") == "1"}
 
 DEFAULT = DEFAULT_MODEL
+#: The scan options' defaults are ScanSettings's own: a command declares ``seq_len: SeqLenOpt = SCAN.seq_len``.
+SCAN = ScanSettings()
 
 
 def _finite(value: float | None) -> float | None:
@@ -260,12 +262,12 @@ def scan_settings(
     batch: int,
     repeats: int,
     seed: int,
-    top: int = 5,
-    ablation: str = "mean",
-    ablate: bool = True,
+    top: int = SCAN.top_k,
+    ablation: str = SCAN.ablation,
+    ablate: bool = SCAN.ablate,
     threshold: list[str] | None = None,
-    max_memory: float = DEFAULT_MEMORY_GB,
-    attention: str = "auto",
+    max_memory: float = SCAN.max_memory_gb,
+    attention: str = SCAN.attention,
 ) -> ScanSettings:
     """The scan's settings from a command's options, checked before anything loads (the one place they are made)."""
     settings = ScanSettings(

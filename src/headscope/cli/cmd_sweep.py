@@ -14,7 +14,7 @@ from ..models import resolve_device
 from ..pipeline.sweep import SUMMARY_DEFINITIONS, plan_sweep, run_sweep
 from . import app
 from ._common import (
-    DEFAULT_MEMORY_GB,
+    SCAN,
     AttentionOpt,
     BatchOpt,
     DebugOpt,
@@ -62,19 +62,19 @@ def sweep_cmd(
             "comma-separated), e.g. Pythia's step1000,step2000: every --model is scanned at each.",
         ),
     ] = None,
-    seq_len: SeqLenOpt = 50,
-    batch: BatchOpt = 10,
-    repeats: RepeatsOpt = 2,
-    seed: SeedOpt = 0,
-    top: TopOpt = 5,
+    seq_len: SeqLenOpt = SCAN.seq_len,
+    batch: BatchOpt = SCAN.batch,
+    repeats: RepeatsOpt = SCAN.repeats,
+    seed: SeedOpt = SCAN.seed,
+    top: TopOpt = SCAN.top_k,
     ablate: Annotated[
         bool,
         typer.Option(
             "--ablate/--no-ablate", help="Also run the causal check per entry (top + 2 more forward passes each)."
         ),
     ] = False,
-    max_memory: MaxMemoryOpt = DEFAULT_MEMORY_GB,
-    attention: AttentionOpt = "auto",
+    max_memory: MaxMemoryOpt = SCAN.max_memory_gb,
+    attention: AttentionOpt = SCAN.attention,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "float32",
     device_map: DeviceMapOpt = None,
