@@ -256,6 +256,11 @@ def read_texts(texts: list[str] | None, files: list[Path] | None) -> list[tuple[
     return out
 
 
+def text_list(texts: list[str] | None, files: list[Path] | None) -> list[str] | None:
+    """The --text and --file texts, checked as :func:`read_texts` does; None when there are none (the samples)."""
+    return [t for _, t in read_texts(texts, files)] or None
+
+
 def scan_settings(
     *,
     seq_len: int,

@@ -45,11 +45,11 @@ from ._common import (
     handle_errors,
     load,
     load_settings,
-    read_texts,
     result_dir,
     say_stage,
     say_written,
     scan_settings,
+    text_list,
 )
 
 
@@ -119,7 +119,7 @@ def logits_cmd(
     Example: headscope logits --text "The quick brown fox jumps over the lazy dog." --head L18H6 --token " dog"
     """
     con, err = consoles(json_out)
-    texts = [t for _, t in read_texts(text, file)] or None
+    texts = text_list(text, file)
     check_heads(head)
     check_tokens(tokens)
     at_least("--max-tokens", max_tokens, 2, "the first token and one more")

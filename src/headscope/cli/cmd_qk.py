@@ -38,10 +38,10 @@ from ._common import (
     load,
     load_settings,
     progress_enabled,
-    read_texts,
     result_dir,
     say_stage,
     say_written,
+    text_list,
 )
 
 
@@ -108,7 +108,7 @@ def qk_cmd(
     Example: headscope qk --text "The cat sat. The cat sat." --head L18H6 --head 16.0
     """
     con, err = consoles(json_out)
-    texts = [t for _, t in read_texts(text, file)] or None
+    texts = text_list(text, file)
     check_heads(head)
     check_tokens(tokens)
     at_least("--top", top, 1)
