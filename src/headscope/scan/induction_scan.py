@@ -134,17 +134,6 @@ def direct_weights(model: HeadscopeModel) -> tuple[HeadWeights, Unembedding]:
     return hit[1], hit[2]
 
 
-def chunk_for(model: HeadscopeModel, n_tokens: int, batch: int, max_memory_gb: float, route: str) -> int:
-    """Sequences per forward pass on ``route`` ("fused" or "eager") within ``max_memory_gb``."""
-    cfg = model.cfg
-    if route == "fused":
-        d_mlp = getattr(cfg, "d_mlp", None) or 4 * cfg.d_model
-        return fused_chunk_size_for(
-            n_tokens, cfg.d_model, d_mlp, cfg.d_vocab, batch, max_memory_gb, model.n_layers, model.n_heads
-        )
-    return chunk_size_for(n_tokens, cfg.n_heads, cfg.d_vocab, batch, max_memory_gb)
-
-
 def attention_route(model, attention: str = "auto") -> str:
     """The path a scan of ``model`` takes: "fused" or "eager".
 
@@ -390,14 +379,22 @@ def scan_induction(
     """
     m = as_model(model)
     st = ScanSettings.from_keywords(settings, **keywords).check()
-    seq_len, batch, repeats, seed = st.seq_len, st.batch, st.repeats, st.seed
-    top_k, ablate, ablation, thresholds = st.top_k, st.ablate, st.ablation, st.thresholds
-    route = attention_route(m, st.attention)
+    seq_len, batch, repeats, seed, top_k, ablate = st.seq_len, st.batch, st.repeats, st.seed, st.top_k, st.ablate
+    ablation, thresholds, attention, chunk_size = st.ablation, st.thresholds, st.attention, st.chunk_size
+    route = attention_route(m, attention)
     cfg = m.cfg
     rt = repeated_tokens(m, seq_len=seq_len, batch=batch, repeats=repeats, seed=seed)
     layout = rt.layout
     budget = st.max_memory_gb
-    chunk = st.chunk_size or chunk_for(m, layout.n_tokens, batch, budget, route)
+    if chunk_size:
+        chunk = chunk_size
+    elif route == "fused":
+        d_mlp = getattr(cfg, "d_mlp", None) or 4 * cfg.d_model
+        chunk = fused_chunk_size_for(
+            layout.n_tokens, cfg.d_model, d_mlp, cfg.d_vocab, batch, budget, m.n_layers, m.n_heads
+        )
+    else:
+        chunk = chunk_size_for(layout.n_tokens, cfg.n_heads, cfg.d_vocab, batch, budget)
     top_k, notes = clamp_top(top_k, m.n_layers * m.n_heads, ablate)
     # The causal check restarts at the first ablated layer from the clean residual there. Keep every
     # layer's residual from the clean pass when all of them take at most a quarter of the budget
