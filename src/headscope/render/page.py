@@ -569,10 +569,37 @@ def phase_sections(ph) -> list[tuple[str, str, str]]:
             + figure_html(phase_figure(ph))
             + "<h3>Before and after the window</h3>"
             + figure_html(phase_heatmaps(ph))
+            + offsets_html(ph)
             + "<h3>Aims</h3>"
             + table_html(["aim", "value"], aims),
         )
     ]
+
+
+def offsets_html(ph) -> str:
+    """Induction against copy distance: the figure, then a table of the tracked head's score (min and mean)
+    over each range of distances at the checkpoints the figure shows, and on the fresh recheck sample."""
+    from .phase_figures import offset_steps, offsets_figure
+
+    off = ph.offsets
+    if off is None:
+        return ""
+    columns = [(f"step {s} ({label})", off.bins(off.head(s, ph.induction_head))) for s, label in offset_steps(ph)]
+    if off.recheck is not None:
+        il, ih = ph.induction_head
+        columns.append(
+            (f"step {ph.steps[-1]}, fresh {off.recheck_batch}-sequence sample", off.bins(off.recheck[il, ih]))
+        )
+    rows = [
+        [b["distances"]] + [f"{col[i]['min']:.2f} / {col[i]['mean']:.2f}" for _, col in columns]
+        for i, b in enumerate(columns[0][1])
+    ]
+    return (
+        f"<h3>Induction against copy distance ({head_label(*ph.induction_head)})</h3>"
+        + f"<p>{esc(off.definition)}</p>"
+        + figure_html(offsets_figure(ph))
+        + table_html(["distance (tokens back)"] + [f"{name}: min / mean" for name, _ in columns], rows)
+    )
 
 
 # --- logit pieces (from a headscope.pipeline.logit_analysis.LogitAnalysis) -------------------------------
