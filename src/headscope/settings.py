@@ -23,13 +23,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import BadInput
+from .scores.registry import CONTROL_DRAWS
 
 #: GiB one chunk of the scan may hold (one layer's attention and the logits): the one default.
 DEFAULT_MEMORY_GB = 2.0
 #: How the scan reads attention (see :func:`headscope.scan.induction_scan.attention_route`).
 ATTENTION_MODES = ("auto", "fused", "eager")
-#: What a head's output is replaced by in the causal check.
-ABLATION_MODES = ("mean", "zero")
+#: What a head's output is replaced by in the causal check (see :mod:`headscope.scan.ablation`).
+ABLATION_MODES = ("mean", "zero", "resample")
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,8 @@ class ScanSettings:
 
     ``seq_len``/``batch``/``repeats``/``seed``: ``batch`` sequences ``[BOS] + r * repeats`` of
     ``seq_len`` random tokens drawn with ``seed``. ``top_k`` induction heads are ablated
-    (``ablation`` "mean" or "zero") when ``ablate``. ``thresholds`` override the registry's role
+    (``ablation`` "mean", "zero" or "resample") when ``ablate``, beside a random control drawn
+    ``controls`` times. ``thresholds`` override the registry's role
     thresholds. ``attention``: "auto", "fused" or "eager". ``max_memory_gb`` bounds one chunk's
     working set, unless ``chunk_size`` (sequences per forward pass; 0 or None: from the budget)
     is given.
@@ -51,6 +53,7 @@ class ScanSettings:
     top_k: int = 5
     ablate: bool = True
     ablation: str = "mean"
+    controls: int = CONTROL_DRAWS
     thresholds: Mapping[str, float] = field(default_factory=dict)
     attention: str = "auto"
     max_memory_gb: float = DEFAULT_MEMORY_GB
@@ -84,9 +87,16 @@ class ScanSettings:
         Traceback (most recent call last):
         ...
         headscope.errors.BadInput: unknown ablation 'half'
-          hint: use --ablation mean or --ablation zero
+          hint: use --ablation mean, zero, resample
         """
         check_ablation(self.ablation)
+        if self.ablate and self.ablation == "resample" and self.batch < 2:
+            raise BadInput(
+                "resample ablation takes each sequence's head output from another sequence",
+                hint="use --batch 2 or more",
+            )
+        if self.controls < 1:
+            raise BadInput(f"controls must be at least 1 (got {self.controls})")
         if self.attention not in ATTENTION_MODES:
             raise BadInput(f"unknown attention {self.attention!r}", hint=f"use one of: {', '.join(ATTENTION_MODES)}")
         if self.top_k < 1:
@@ -116,8 +126,11 @@ class LoadSettings:
     revision: str | None = None
 
 
-def check_ablation(mode: str) -> str:
-    """Refuse an ablation mode other than "mean" or "zero" (one check for the command line and the API)."""
-    if mode not in ABLATION_MODES:
-        raise BadInput(f"unknown ablation {mode!r}", hint="use --ablation mean or --ablation zero")
+def check_ablation(mode: str, modes: tuple[str, ...] = ABLATION_MODES, what: str = "") -> str:
+    """Refuse an ablation mode not in ``modes`` (one check for the command line and the API).
+
+    ``what``: the analysis that takes fewer modes than the scan (the ICL check: mean or zero).
+    """
+    if mode not in modes:
+        raise BadInput(f"unknown ablation {mode!r}{what}", hint="use --ablation " + ", ".join(modes))
     return mode

@@ -102,7 +102,13 @@ SeedOpt = Annotated[
     int, typer.Option("--seed", help="Seed for drawing r (the same sequences for every model that shares a tokenizer).")
 ]
 TopOpt = Annotated[int, typer.Option("--top", help="How many top induction heads to show and ablate.")]
-AblationOpt = Annotated[str, typer.Option("--ablation", help="mean (head output -> its mean) or zero.")]
+AblationOpt = Annotated[
+    str,
+    typer.Option(
+        "--ablation",
+        help="mean (head output -> its mean), zero, or resample (-> its output on another sequence of the batch).",
+    ),
+]
 NoAblateOpt = Annotated[bool, typer.Option("--no-ablate", help="Skip the causal check (faster).")]
 ThresholdOpt = Annotated[
     Optional[list[str]],
@@ -180,6 +186,10 @@ def handle_errors(fn: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         debug = STATE["debug"] or kwargs.get("debug", False)
         try:
+            from ._numbers import check_numbers, command_name
+
+            # every numeric option within its declared range, before anything loads
+            check_numbers(command_name(fn), kwargs)
             return fn(*args, **kwargs)
         except HeadscopeError as exc:
             if debug:
@@ -190,11 +200,13 @@ def handle_errors(fn: Callable) -> Callable:
             if exc.hint:
                 err.print(f"[yellow]hint:[/] {escape(exc.hint)}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
+            from ..errors import Terminated
+
             Console(stderr=True).print(
                 "[red]interrupted[/]: nothing half-written was left; earlier results are as they were"
             )
-            raise typer.Exit(130) from None
+            raise typer.Exit(143 if isinstance(exc, Terminated) else 130) from None
 
     return wrapper
 

@@ -10,10 +10,13 @@ from rich.table import Table
 
 from ..errors import BadInput
 from ..head_labels import head_label
+from ..kinds.documents import check_text_file
+from ..kinds.icl import ICL_ABLATIONS
 from ..pipeline.files import heads_files
 from ..pipeline.roles import ICL_TOP, ICL_WINDOWS, SINK_WINDOWS, HeadsAnalysis, analyze_heads, describe_icl
 from ..render.page import Report
 from ..scores import score as declared
+from ..settings import check_ablation
 from . import app
 from ._common import (
     DEFAULT,
@@ -40,7 +43,6 @@ from ._common import (
     handle_errors,
     load,
     load_settings,
-    read_texts,
     result_dir,
     say_notes,
     say_stage,
@@ -138,7 +140,9 @@ def heads_cmd(
         max_memory=max_memory,
         attention=attention,
     )
-    read_texts(None, file)  # each --file checked now (exists, UTF-8, not empty), before the model loads
+    check_ablation(ablation, ICL_ABLATIONS, " for the in-context learning check")
+    for f in file or []:  # each --file checked now (exists, UTF-8, not empty), in blocks, before the model loads
+        check_text_file(Path(f))
     at_least("--icl-windows", icl_windows, 1)
     if file and not (icl or natural_sinks):
         raise BadInput(

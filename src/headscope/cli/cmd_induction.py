@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from ..head_labels import head_label
@@ -133,14 +134,16 @@ def print_summary(con, res) -> None:
         + (f", {path.get(s['attention'], s['attention'])}" if s.get("attention") else ""),
         highlight=False,
     )
-    rises = res.ablation_rises()
     roles = res.roles()
     names = [n for n in res.score_order() if declared(n).in_table]
     role_names = {r for l, h, _ in res.top_heads("induction", s["top_k"]) for r in roles.get((l, h), [])}
     shown = list(dict.fromkeys([*names, *sorted(role_names)]))
     short = ", ".join(f"{declared(n).header} = {declared(n).label}" for n in shown if declared(n).header != n)
-    t = Table(title=f"Top induction heads ({short}, Δloss = rise in later-repeat loss when ablated)")
-    cols = ["head", *(declared(n).header for n in names), "roles", "Δloss"]
+    t = Table(
+        title=f"Top induction heads ({short}, Δloss = change in later-repeat loss when ablated, "
+        "[95% bootstrap interval over sequences], Δfirst = change in first-repeat loss)"
+    )
+    cols = ["head", *(declared(n).header for n in names), "roles", "Δloss [95%]", "Δfirst"]
     for col in cols:
         t.add_column(
             col, justify="left" if col in ("head", "roles") else "right", overflow="fold", no_wrap=col != "roles"
@@ -149,11 +152,13 @@ def print_summary(con, res) -> None:
         cells = [
             f"{res.scores[n][l, h]:.3f}" if declared(n).vmin == 0 else f"{res.scores[n][l, h]:+.3f}" for n in names
         ]
+        e = res.ablation_of(l, h)
         t.add_row(
             head_label(l, h),
             *cells,
             " ".join(declared(r).header for r in roles.get((l, h), [])) or "-",
-            f"{rises[(l, h)]:+.3f}" if (l, h) in rises else "-",
+            "-" if e is None else f"{e['loss_increase']:+.3f} [{e['interval'][0]:+.2f}, {e['interval'][1]:+.2f}]",
+            "-" if e is None else f"{e['first_repeat_increase']:+.3f}",
         )
     con.print(t)
     for n in [r.name for r in role_scores() if r.name != "induction" and r.name in res.scores]:
@@ -169,5 +174,5 @@ def print_summary(con, res) -> None:
             con.print(f"  {v}", highlight=False, markup=False)
     con.print("[dim]Legend:[/]")
     for name, text in definitions().items():
-        con.print(f"[dim]  {name}: {text}[/]", highlight=False)
+        con.print(f"[dim]  {name}: {escape(text)}[/]", highlight=False)
     con.print(f"[dim]  roles: {roles_legend(res.thresholds)}[/]", highlight=False)

@@ -29,6 +29,9 @@ from ..scan.induction_scan import token_losses
 from ..settings import check_ablation
 from .documents import TokenWindows, natural_windows
 
+#: How the ICL check may ablate a head (resample is the scan's alone).
+ICL_ABLATIONS = ("mean", "zero")
+
 DEFINITION = (
     "In-context learning score: loss (nats) at document token 500 minus loss at token 50 (counting from 0, i.e. with "
     "500 and 50 tokens of context), averaged over windows of natural text; negative = later tokens are predicted "
@@ -124,7 +127,7 @@ def icl_score(
     >>> r = icl_score(model, heads=[(4, 1)], max_windows=16)   # doctest: +SKIP
     >>> r.icl_score, r.ablations[0]["delta"]                   # doctest: +SKIP
     """
-    check_ablation(ablation)
+    check_ablation(ablation, ICL_ABLATIONS, " for the in-context learning check")
     if not 1 <= early < late < window:
         raise BadInput(
             f"need 1 <= early ({early}) < late ({late}) < window ({window})",

@@ -37,7 +37,7 @@ from ..logits.story import logit_definitions
 from ..qk.results import QK_DEFINITIONS
 from ..scan.attention_sample import AttentionSample
 from ..scan.result import InductionResult
-from ..scores import ABLATION_DEFINITION, LOSS_DEFINITION, MIN_RISE, SCORES, roles_legend
+from ..scores import ABLATION_DEFINITION, LOSS_DEFINITION, SCORES, roles_legend
 from ..scores import score as declared
 from .html import (
     DECIMALS,
@@ -101,28 +101,30 @@ def top_heads_html(res: InductionResult, k: int | None = None) -> str:
     """The top induction heads with every score, their roles and the causal check."""
     k = k or res.settings.get("top_k", 5)
     roles, sc, order = res.roles(), res.scores, res.score_order()
-    rises = res.ablation_rises()
     rows = []
     for l, h, _ in res.top_heads("induction", k):
-        rise = rises.get((l, h))
-        rise_cell = (
-            ("–", -1e9)
-            if rise is None
-            else (
-                f'<span class="{"pos" if rise >= MIN_RISE else "neg"}">{fmt(rise, signed=True)}</span>',
-                round(rise, DECIMALS),
-            )
-        )
         rows.append(
             [
                 head_label(l, h),
                 *(round(float(sc[n][l, h]), DECIMALS) for n in order),
                 (roles_html(roles.get((l, h), [])), "+".join(roles.get((l, h), []))),
-                rise_cell,
+                *ablation_cells(res.ablation_of(l, h)),
             ]
         )
-    cols = ["head", *(_label(n) for n in order), "roles", "ablation Δloss"]
+    cols = ["head", *(_label(n) for n in order), "roles", "ablation Δloss [95%]", "Δ first repeat"]
     return table_html(cols, rows, sortable=True)
+
+
+def ablation_cells(e: dict | None) -> list:
+    """The page's causal-check cells of one head: Δloss with its interval (coloured by verdict), Δ first repeat."""
+    if e is None:
+        return [("–", -1e9), ("–", -1e9)]
+    lo, hi = e["interval"]
+    cls = {"raises": "pos", "lowers": "neg"}.get(e["verdict"], "")
+    shown = f'<span class="{cls}" title="{esc(e["verdict"])}">{fmt(e["loss_increase"], signed=True)}</span>'
+    shown = f'<span style="white-space:nowrap">{shown} [{fmt(lo, signed=True)}, {fmt(hi, signed=True)}]</span>'
+    first = e["first_repeat_increase"]
+    return [(shown, round(e["loss_increase"], DECIMALS)), (fmt(first, signed=True), round(first, DECIMALS))]
 
 
 def other_roles_html(res: InductionResult, k: int = 3) -> str:
