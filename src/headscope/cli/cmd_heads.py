@@ -200,6 +200,9 @@ def print_heads(con, a: HeadsAnalysis) -> None:
             ", ".join(f"{declared(n).header} {v:.3f}" for n, v in r["scores"].items()),
         )
     con.print(t)
+    for r in rows:
+        if "note" in r:
+            con.print(f"{r['head']} holds two opposite roles: {r['note']}", highlight=False, markup=False)
     counts = a.role_counts()
     c = Table(title="Heads per role")
     for col in ("role", "threshold", "heads", "best head"):

@@ -222,7 +222,7 @@ def print_summary(con, a) -> None:
 
     t = Table(
         title="The induction story of the top induction heads, one run (K source: strongest K-composition "
-        "source, excess; prev: its previous-token score; DLA: direct effect on later / first-repeat targets)"
+        f"source, excess, {a.k_where}; prev: its previous-token score; DLA: direct effect on later / first-repeat targets)"
     )
     for col in ("head", "induction", "K source", "prev", "copying", "DLA", "DLA 1st", "Δloss"):
         t.add_column(col, justify="left" if col in ("head", "K source") else "right", overflow="fold")
