@@ -74,7 +74,7 @@ def test_every_entry_point_has_the_one_memory_default(tiny_gpt2, tiny_gpt2_dir, 
     budgets = {
         "analyze_heads": heads.induction.settings["max_memory_gb"],
         "analyze_logits": logits.scan.settings["max_memory_gb"],
-        "build_report": report.induction.settings["max_memory_gb"],
+        "build_report": report.first(headscope.InductionResult).settings["max_memory_gb"],
         "run_sweep": entry["result"]["settings"]["max_memory_gb"],
         "None means the default": headscope.scan_induction(
             tiny_gpt2, ablate=False, sample=False, max_memory_gb=None, **small

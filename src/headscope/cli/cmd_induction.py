@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import typer
-from rich.markup import escape
-from rich.table import Table
 
-from ..head_labels import head_label
 from ..pipeline.files import induction_files
 from ..pipeline.report_builder import build_report
-from ..scores import definitions, role_scores, roles_legend
-from ..scores import score as declared
+from ..render.lookup import view_of
+from ..results import AttentionViews, InductionResult
 from . import app
 from ._common import (
     DEFAULT,
@@ -100,18 +97,19 @@ def induction_cmd(
     with result_dir("induction", out, model, overwrite) as rd:
         m = load(err, where)
         rep = build_report(m, texts, settings, qk=False, logits=False, builtin_texts=False, progress=True)
-        res = rep.induction
-        assert res is not None  # build_report always scans
+        res, views = rep.first(InductionResult), rep.first(AttentionViews)
+        assert res is not None and views is not None  # build_report always scans
+        samples = [x for i, x in enumerate(views.samples) if views.source(i) is not None]  # the texts' views
         with err.status("Writing results..."):
-            induction_files(rd, res, rep.texts)
+            induction_files(rd, res, samples)
             if report:
                 rd.write_text("report.html", rep.to_html())
             paths = rd.commit()
 
     if json_out:
         typer.echo(res.to_json())
-    say_notes(err, [s.note for s in rep.texts if s.note] + res.notes)
-    print_summary(con, res)
+    say_notes(err, [s.note for s in samples if s.note] + res.notes)
+    view_of(res).terminal(res, con)
     if attention == "auto" and res.settings["attention"] == "eager":
         from ..scan.fused import fused_unsupported_reason
 
@@ -121,58 +119,3 @@ def induction_cmd(
             highlight=False,
         )
     say_written(err, rd.target, paths)
-
-
-def print_summary(con, res) -> None:
-    """The terminal table of the top heads (one column per score of the registry), verdicts, legend."""
-    s = res.settings
-    bos = "first token: " + s.get("bos_source", "bos" if s["bos"] else "none")
-    path = {"fused": "fused attention (no n x n pattern)", "eager": "eager attention (full patterns)"}
-    con.print(
-        f"[bold]{res.model['name']}[/]: {s['batch']} sequences of {s['seq_len']} random tokens x {s['repeats']} "
-        f"repeats, {bos}; {s['chunk_size']} per forward pass"
-        + (f", {path.get(s['attention'], s['attention'])}" if s.get("attention") else ""),
-        highlight=False,
-    )
-    roles = res.roles()
-    names = [n for n in res.score_order() if declared(n).in_table]
-    role_names = {r for l, h, _ in res.top_heads("induction", s["top_k"]) for r in roles.get((l, h), [])}
-    shown = list(dict.fromkeys([*names, *sorted(role_names)]))
-    short = ", ".join(f"{declared(n).header} = {declared(n).label}" for n in shown if declared(n).header != n)
-    t = Table(
-        title=f"Top induction heads ({short}, Δloss = change in later-repeat loss when ablated, "
-        "[95% bootstrap interval over sequences], Δfirst = change in first-repeat loss)"
-    )
-    cols = ["head", *(declared(n).header for n in names), "roles", "Δloss [95%]", "Δfirst"]
-    for col in cols:
-        t.add_column(
-            col, justify="left" if col in ("head", "roles") else "right", overflow="fold", no_wrap=col != "roles"
-        )
-    for l, h, _ in res.top_heads("induction", s["top_k"]):
-        cells = [
-            f"{res.scores[n][l, h]:.3f}" if declared(n).vmin == 0 else f"{res.scores[n][l, h]:+.3f}" for n in names
-        ]
-        e = res.ablation_of(l, h)
-        t.add_row(
-            head_label(l, h),
-            *cells,
-            " ".join(declared(r).header for r in roles.get((l, h), [])) or "-",
-            "-" if e is None else f"{e['loss_increase']:+.3f} [{e['interval'][0]:+.2f}, {e['interval'][1]:+.2f}]",
-            "-" if e is None else f"{e['first_repeat_increase']:+.3f}",
-        )
-    con.print(t)
-    for n in [r.name for r in role_scores() if r.name != "induction" and r.name in res.scores]:
-        best = ", ".join(f"{head_label(l, h)} {v:.2f}" for l, h, v in res.top_heads(n, 3))
-        con.print(f"{declared(n).label.capitalize()} heads: {best}", highlight=False)
-    con.print(
-        f"Loss: first repeat {res.loss_first_repeat:.2f} nats, later repeats {res.loss_later_repeats:.2f} nats",
-        highlight=False,
-    )
-    if res.ablation:
-        con.print(f"Causal check ({s['ablation']} ablation of hook_z):", highlight=False)
-        for v in res.verdicts():
-            con.print(f"  {v}", highlight=False, markup=False)
-    con.print("[dim]Legend:[/]")
-    for name, text in definitions().items():
-        con.print(f"[dim]  {name}: {escape(text)}[/]", highlight=False)
-    con.print(f"[dim]  roles: {roles_legend(res.thresholds)}[/]", highlight=False)

@@ -32,23 +32,25 @@ position 0 in every layout).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
+from ..results.sink_scores import DEFINITIONS, SinkScores
 from ..scores import score as declared
 from ..scores.reads import column_sum
 
+__all__ = [
+    "DEFINITIONS",
+    "SINK_THRESHOLD",
+    "SinkScores",
+    "first_token_alpha",
+    "first_token_sum",
+    "sink_rate_sum",
+    "sink_scores_on_text",
+]
+
 #: Gu et al.'s threshold, declared once in the registry (the attention_sink role).
 SINK_THRESHOLD = float(declared("attention_sink").threshold or 0.3)
-
-DEFINITIONS = {
-    "sink_rate": (
-        "Fraction of sequences on which the head's alpha_1 (mean attention to the first token over all T queries, "
-        "its own included) exceeds 0.3; its mean over heads is Gu et al. 2024's Sink_1^0.3."
-    ),
-}
 
 
 def first_token_sum(pattern: torch.Tensor, layout=None) -> tuple[torch.Tensor, int]:
@@ -65,63 +67,6 @@ def sink_rate_sum(pattern: torch.Tensor, layout=None, threshold: float = SINK_TH
     """Per head: number of sequences with alpha_1 > ``threshold``, and the number of sequences."""
     alpha = first_token_alpha(pattern)
     return (alpha > threshold).float().sum(0), alpha.shape[0]
-
-
-@dataclass
-class SinkScores:
-    """Sink scores on natural text: ``sink``, ``alpha``, ``sink_rate`` are ``[n_layers, n_heads]``."""
-
-    sink: np.ndarray
-    alpha: np.ndarray
-    sink_rate: np.ndarray
-    threshold: float
-    n_sequences: int
-    n_tokens: int
-    source: str
-    timings: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def model_sink_rate(self) -> float:
-        """Gu et al.'s Sink_1^epsilon: fraction of (sequence, head) pairs above the threshold."""
-        return float(self.sink_rate.mean())
-
-    def sink_heads(self) -> list[tuple[int, int, float]]:
-        """Heads whose mean alpha_1 exceeds the threshold, strongest first: ``[(layer, head, alpha), ...]``."""
-        ls, hs = np.nonzero(self.alpha > self.threshold)
-        return sorted(((int(l), int(h), float(self.alpha[l, h])) for l, h in zip(ls, hs)), key=lambda t: -t[2])
-
-    def to_dict(self) -> dict:
-        return {
-            "definition": {"sink": _sink_definition(), **DEFINITIONS},
-            "threshold": self.threshold,
-            "n_sequences": self.n_sequences,
-            "n_tokens": self.n_tokens,
-            "source": self.source,
-            "model_sink_rate": self.model_sink_rate,
-            "sink": self.sink.tolist(),
-            "alpha": self.alpha.tolist(),
-            "sink_rate": self.sink_rate.tolist(),
-            "timings": self.timings,
-        }
-
-    def to_json(self, **kw) -> str:
-        from ..jsonsafe import dumps
-
-        return dumps(self.to_dict(), **{"indent": None, **kw})  # strict JSON: NaN/Infinity -> null
-
-    def to_frame(self):
-        import pandas as pd
-
-        L, H = self.sink.shape
-        return pd.DataFrame(
-            {
-                "layer": np.repeat(np.arange(L), H),
-                "head": np.tile(np.arange(H), L),
-                "sink": self.sink.ravel(),
-                "alpha": self.alpha.ravel(),
-                "sink_rate": self.sink_rate.ravel(),
-            }
-        )
 
 
 @torch.no_grad()
@@ -177,9 +122,3 @@ def sink_scores_on_text(
         source=windows.describe(),
         timings={"sink_text_s": time.perf_counter() - t0},
     )
-
-
-def _sink_definition() -> str:
-    from ..scores import score
-
-    return score("attention_sink").definition

@@ -19,82 +19,26 @@ number headscope already measures:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from ..head_labels import head_label
-from ..results import Result, rounded
-from ..scores import score as declared
-from .results import DLA_DEFINITION, OV_DEFINITION, OVRows
-
-STORY_DEFINITION = (
-    "One induction head's mechanism, every number from the same run: its strongest K-composition sources "
-    "(Elhage et al. 2021; score minus the random baseline) with their previous-token scores (the head that tells "
-    "each position which token came before it), its induction score (attention to the token after the earlier "
-    "copy), its OV copying score and the median self-rank of source tokens in its OV rows (does what it reads get "
-    "written back?), its direct logit effect on first- and later-repeat targets (does it raise the copied token "
-    "itself?) and its ablation Δloss (how much the model needs it). A small direct effect with a large ablation "
-    "cost means it works through later components."
+from ..results.logit_results import (
+    STORY_DEFINITION,
+    InductionStories,
+    InductionStory,
+    OVRows,
+    logit_definitions,
 )
 
-
-def logit_definitions() -> dict[str, str]:
-    """What each number of the logit analysis means and where it comes from (JSON ``definitions``, the legend)."""
-    return {
-        "direct logit attribution": DLA_DEFINITION,
-        "direct_logit_later": declared("direct_logit_later").definition,
-        "direct_logit_first": declared("direct_logit_first").definition,
-        "OV circuit row": OV_DEFINITION,
-        "induction story": STORY_DEFINITION,
-    }
-
-
-@dataclass
-class InductionStory:
-    """One head's mechanism in numbers; fields are None where that input was not given."""
-
-    layer: int
-    head: int
-    induction: float
-    k_sources: list[
-        dict
-    ]  # strongest K-composition sources: {"head", "layer", "head_index", "k_composition", "previous_token"}
-    copying: float | None = None  # OV eigenvalue positivity, -1..1
-    self_rank_median: float | None = None  # median self-rank over the OV source tokens given
-    copies_fraction: float | None = None  # fraction of those tokens with self-rank 1
-    dla_first: float | None = None  # mean direct logit effect on first-repeat targets
-    dla_later: float | None = None  # ... on later-repeat (copied) targets
-    ablation_delta_loss: float | None = None  # rise in later-repeat loss when ablated alone
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def label(self) -> str:
-        return head_label(self.layer, self.head)
-
-    @property
-    def k_source(self) -> dict | None:
-        return self.k_sources[0] if self.k_sources else None
-
-    def row(self) -> dict:
-        """Flat dict for a table: one row per head."""
-        s = self.k_source or {}
-        return {
-            "head": self.label,
-            "induction": self.induction,
-            "k_source": s.get("head"),
-            "k_composition": s.get("k_composition"),
-            "source_previous_token": s.get("previous_token"),
-            "copying": self.copying,
-            "self_rank_median": self.self_rank_median,
-            "copies_fraction": self.copies_fraction,
-            "dla_first": self.dla_first,
-            "dla_later": self.dla_later,
-            "ablation_delta_loss": self.ablation_delta_loss,
-        }
-
-    def to_dict(self) -> dict:
-        return {k: rounded(v) for k, v in {**asdict(self), "label": self.label}.items()}
+__all__ = [
+    "STORY_DEFINITION",
+    "InductionStories",
+    "InductionStory",
+    "induction_stories",
+    "induction_story",
+    "logit_definitions",
+]
 
 
 def _ablation_lookup(ablation) -> dict[tuple[int, int], float]:
@@ -160,27 +104,6 @@ def induction_story(
         story.dla_later = float(dla_later[layer, head])
     story.ablation_delta_loss = _ablation_lookup(ablation).get((layer, head))
     return story
-
-
-@dataclass
-class InductionStories(Result):
-    """Stories of several heads (e.g. the top induction heads), one table."""
-
-    model_name: str
-    stories: list[InductionStory]
-
-    def to_frame(self):
-        import pandas as pd
-
-        return pd.DataFrame([s.row() for s in self.stories])
-
-    def to_dict(self) -> dict:
-        return {"model": self.model_name, "heads": [s.to_dict() for s in self.stories]}
-
-    def _repr_html_(self) -> str:
-        from ..results import _html
-
-        return _html(f"Induction stories, {self.model_name}", self.to_frame())
 
 
 def induction_stories(
