@@ -9,6 +9,7 @@ import typer
 
 from ..pipeline.files import logit_files
 from ..pipeline.logit_analysis import analyze_logits
+from ..progress import Progress
 from ..render.lookup import view_of
 from ..render.page import Report
 from . import app
@@ -43,7 +44,6 @@ from ._common import (
     load,
     load_settings,
     result_dir,
-    say_stage,
     say_written,
     scan_settings,
     text_list,
@@ -144,7 +144,7 @@ def logits_cmd(
             top=top,
             tokens=tokens,
             max_tokens=max_tokens,
-            progress=say_stage(err),
+            progress=Progress(False, console=err, lines=True),
             scan_progress=None,
         )
         a.timings["total_s"] = time.perf_counter() - t0

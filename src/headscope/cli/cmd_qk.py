@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
 from typing import Annotated, Optional
 
 import typer
 
 from ..pipeline.files import qk_files
+from ..progress import Progress
 from ..qk.analysis import DEFAULT_QK_MEMORY_GB, analyze_qk
 from ..render.lookup import view_of
 from ..render.page import Report
@@ -37,7 +37,6 @@ from ._common import (
     load_settings,
     progress_enabled,
     result_dir,
-    say_stage,
     say_written,
     text_list,
 )
@@ -116,7 +115,8 @@ def qk_cmd(
     t0 = time.perf_counter()
     with result_dir("qk", out, model, overwrite) as rd:
         m = load(err, where)
-        with _progress(err) as step:
+        step = Progress(progress_enabled(), console=err, lines=True, transient=True)
+        with step.running():
             a = analyze_qk(
                 m,
                 texts,
@@ -139,31 +139,3 @@ def qk_cmd(
     say_written(
         err, rd.target, paths, "qk.json, CSVs" + ("" if no_figures else ", figures/*.png"), a.timings["total_s"]
     )
-
-
-@contextlib.contextmanager
-def _progress(err):
-    """``step(stage, done, total)``: a bar on a terminal, one line per stage otherwise."""
-    if progress_enabled():
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        with Progress(
-            TextColumn("{task.description:<40}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=err,
-            transient=True,
-        ) as bar:
-            task = bar.add_task("qk", total=1)
-            yield lambda stage, done, total: bar.update(task, description=stage, completed=done, total=max(total, 1))
-        return
-    seen = set()
-    say = say_stage(err)
-
-    def step(stage, done, total):
-        if stage not in seen:
-            seen.add(stage)
-            say(stage)
-
-    yield step

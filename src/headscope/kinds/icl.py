@@ -24,7 +24,7 @@ import torch
 
 from ..errors import BadInput
 from ..results.icl_result import ICLResult
-from ..scan.induction_scan import token_losses
+from ..scan.losses import token_losses
 from ..settings import check_ablation
 from .documents import TokenWindows, natural_windows
 
