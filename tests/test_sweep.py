@@ -54,9 +54,9 @@ def count_scans(monkeypatch):
     calls = []
     real = sweep_mod.scan_induction
 
-    def counting(model, **kw):
+    def counting(model, *args, **kw):
         calls.append(kw)
-        return real(model, **kw)
+        return real(model, *args, **kw)
 
     monkeypatch.setattr(sweep_mod, "scan_induction", counting)
     return calls
@@ -139,7 +139,7 @@ def test_interrupted_sweep_keeps_the_entry_it_finished(checkpoints, tmp_path, mo
     out = tmp_path / "out"
     calls = []
 
-    def scan_then_interrupt(model, **kw):
+    def scan_then_interrupt(model, *args, **kw):
         calls.append(1)
         if len(calls) == 2:
             raise KeyboardInterrupt

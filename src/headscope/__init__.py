@@ -31,6 +31,7 @@ from .qk import (
 )
 from .scan import AttentionSample, InductionResult, scan_induction
 from .scores import SCORES, Score
+from .settings import DEFAULT_MEMORY_GB, LoadSettings, ScanSettings
 
 __all__ = [
     # loading
@@ -42,6 +43,9 @@ __all__ = [
     "SCORES",
     "Score",
     "scan_induction",
+    "ScanSettings",
+    "LoadSettings",
+    "DEFAULT_MEMORY_GB",
     "AttentionSample",
     "head_label",
     "parse_head",

@@ -42,24 +42,26 @@ def root(
     STATE["debug"] = debug or os.environ.get("HEADSCOPE_DEBUG") == "1"  # per invocation, not sticky
 
 
-def _register() -> None:
+#: The command modules, in the order ``headscope --help`` lists their commands: every
+#: ``cli/cmd_*.py`` is here (a test checks), and each must import.
+COMMANDS = (
+    "cmd_models",
+    "cmd_induction",
+    "cmd_heads",
+    "cmd_qk",
+    "cmd_logits",
+    "cmd_report",
+    "cmd_sweep",
+    "cmd_train_toy",
+)
+
+
+def _register(names: tuple[str, ...] = COMMANDS) -> None:
+    """Import each command module (it registers its command on :data:`app`); one that fails to import is an error."""
     import importlib
 
-    for name in (
-        "cmd_models",
-        "cmd_induction",
-        "cmd_heads",
-        "cmd_qk",
-        "cmd_logits",
-        "cmd_report",
-        "cmd_sweep",
-        "cmd_train_toy",
-    ):
-        try:
-            importlib.import_module(f"{__name__}.{name}")
-        except ModuleNotFoundError as exc:  # a command module not written yet
-            if exc.name != f"{__name__}.{name}":
-                raise
+    for name in names:
+        importlib.import_module(f"{__name__}.{name}")
 
 
 _register()

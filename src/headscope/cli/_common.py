@@ -20,13 +20,18 @@ from rich.console import Console
 from rich.markup import escape
 
 from ..errors import BadInput, HeadscopeError
+from ..head_labels import is_head_spec
 from ..models import DEFAULT_MODEL
+from ..scan import check_settings
 from ..scores import default_thresholds
+from ..settings import LoadSettings, ScanSettings
 
 #: Global state set by the root callback (``headscope --debug ...``).
 STATE = {"debug": os.environ.get("HEADSCOPE_DEBUG") == "1"}
 
 DEFAULT = DEFAULT_MODEL
+#: The scan options' defaults are ScanSettings's own: a command declares ``seq_len: SeqLenOpt = SCAN.seq_len``.
+SCAN = ScanSettings()
 
 
 def _finite(value: float | None) -> float | None:
@@ -80,6 +85,15 @@ FileOpt = Annotated[
     Optional[list[Path]], typer.Option("--file", "-f", help="A UTF-8 text file (repeatable), like --text.")
 ]
 
+MaxTokensOpt = Annotated[
+    int,
+    typer.Option(
+        "--max-tokens",
+        help="The analysis window: each text is cut to this many tokens (first token included; never past the "
+        "model's context), and the cut is reported.",
+    ),
+]
+
 # --- the repeated-token scan ------------------------------------------------------------------
 SeqLenOpt = Annotated[int, typer.Option("--seq-len", help="Length of the random block r that is repeated.")]
 BatchOpt = Annotated[int, typer.Option("--batch", help="Number of random sequences.")]
@@ -127,14 +141,6 @@ AttentionOpt = Annotated[
         "Same scores within 1e-5.",
     ),
 ]
-
-
-def check_attention(value: str) -> None:
-    """Refuse an unknown --attention before anything loads."""
-    from ..scan.induction_scan import ATTENTION_MODES
-
-    if value not in ATTENTION_MODES:
-        raise BadInput(f"unknown --attention {value!r}", hint=f"use one of: {', '.join(ATTENTION_MODES)}")
 
 
 # --- outputs ----------------------------------------------------------------------------------
@@ -262,10 +268,48 @@ def read_texts(texts: list[str] | None, files: list[Path] | None) -> list[tuple[
     return out
 
 
-def check_device(device: str, device_map: str | None) -> None:
-    """Check --device / --device-map before anything loads."""
-    from ..models import resolve_device
+def text_list(texts: list[str] | None, files: list[Path] | None) -> list[str] | None:
+    """The --text and --file texts, checked as :func:`read_texts` does; None when there are none (the samples)."""
+    return [t for _, t in read_texts(texts, files)] or None
 
+
+def scan_settings(
+    *,
+    seq_len: int,
+    batch: int,
+    repeats: int,
+    seed: int,
+    top: int = SCAN.top_k,
+    ablation: str = SCAN.ablation,
+    ablate: bool = SCAN.ablate,
+    threshold: list[str] | None = None,
+    max_memory: float = SCAN.max_memory_gb,
+    attention: str = SCAN.attention,
+) -> ScanSettings:
+    """The scan's settings from a command's options, checked before anything loads (the one place they are made)."""
+    settings = ScanSettings(
+        seq_len=seq_len,
+        batch=batch,
+        repeats=repeats,
+        seed=seed,
+        top_k=top,
+        ablate=ablate,
+        ablation=ablation,
+        thresholds=parse_thresholds(threshold),
+        attention=attention,
+        max_memory_gb=max_memory,
+    )
+    check_settings(seq_len, batch, repeats, True, None)  # the model's context is checked once it is loaded
+    return settings.check()
+
+
+def check_load(device: str, device_map: str | None, dtype: str, *, device_here: bool = True) -> None:
+    """Check --dtype, and --device / --device-map (unless the model loads on another machine), before anything loads."""
+    from ..models import resolve_device, resolve_dtype
+
+    resolve_dtype(dtype)
+    if not device_here:
+        return
     if device_map is None:
         resolve_device(device)
         return
@@ -274,22 +318,81 @@ def check_device(device: str, device_map: str | None) -> None:
         raise BadInput(f"unknown --device-map {device_map!r}", hint=f"use one of: {', '.join(valid)}")
 
 
-def load(err: Console, model: str, device: str, dtype: str, device_map: str | None):
-    """Load ``model`` with a status line; say what was loaded."""
+def load_settings(
+    model: str, device: str, device_map: str | None, dtype: str, revision: str | None = None
+) -> LoadSettings:
+    """Where and how the model loads, checked before anything loads (:func:`check_load`)."""
+    check_load(device, device_map, dtype)
+    return LoadSettings(model=model, device=device, device_map=device_map, dtype=dtype, revision=revision)
+
+
+def check_heads(specs: list[str] | None) -> None:
+    """Refuse a malformed --head (``L5H1`` or ``5.1``, repeatable or comma-separated) before anything loads."""
+    for spec in specs or []:
+        for part in spec.split(","):
+            if part.strip() and not is_head_spec(part):
+                raise BadInput(
+                    f"malformed head {part!r}: expected L<layer>H<head> or <layer>.<head>, e.g. L5H1 or 5.1",
+                    hint="e.g. --head L5H1 --head 6.9",
+                )
+
+
+def check_tokens(tokens: list[str] | None) -> None:
+    """Refuse an empty --token before anything loads (whether each is one token is checked on the tokenizer)."""
+    for t in tokens or []:
+        if t == "":
+            raise BadInput("--token '' is empty", hint="give a single token, e.g. --token ' cat'")
+
+
+def load(err: Console, where: LoadSettings):
+    """Load the model ``where`` names, with a status line; say what was loaded."""
     from ..models import load_model
 
-    with err.status(f"Loading {model}..."):
+    with err.status(f"Loading {where.model}..."):
         m = load_model(
-            model, device=device, dtype=dtype, device_map=device_map, log=lambda s: err.print(s, highlight=False)
+            where.model,
+            device=where.device,
+            dtype=where.dtype,
+            device_map=where.device_map,
+            revision=where.revision,
+            log=lambda s: err.print(s, highlight=False),
         )
     kv = getattr(m.cfg, "n_key_value_heads", None) or m.cfg.n_heads
     err.print(
-        f"Loaded {model}: {m.n_layers} layers x {m.n_heads} heads"
+        f"Loaded {where.model}: {m.n_layers} layers x {m.n_heads} heads"
         + (f" ({kv} key/value heads)" if kv != m.n_heads else "")
         + f" on {m.cfg.device}",
         highlight=False,
     )
     return m
+
+
+def result_dir(command: str, out: Path | None, model: str, overwrite: bool):
+    """``command``'s result directory (--out, default ``headscope-results/COMMAND-MODEL``), written all at once."""
+    from ..pipeline.outputs import ResultDir
+
+    return ResultDir.open(out or default_out(command, model), command=command, overwrite=overwrite)
+
+
+def say_stage(err: Console) -> Callable[[str], None]:
+    """``say(stage)``: a dim ``... stage`` line as each step of a long analysis starts."""
+    return lambda stage: err.print(f"[dim]... {stage}[/]", highlight=False)
+
+
+def say_notes(err: Console, notes) -> None:
+    """Each note once, in order, as a yellow ``note:`` line."""
+    for note in dict.fromkeys(notes):
+        err.print(f"[yellow]note:[/] {note}", highlight=False)
+
+
+def say_written(err: Console, target: Path, paths: list[Path], what: str | None = None, seconds: float | None = None):
+    """The closing line: how many files went where (``what``: a summary instead of every name), and how long."""
+    err.print(
+        f"[green]Wrote {len(paths)} files to {target}/[/]"
+        + (f" ({what})" if what else ": " + ", ".join(p.name for p in paths))
+        + (f" in {seconds:.0f} s" if seconds is not None else ""),
+        highlight=False,
+    )
 
 
 def progress_enabled() -> bool:

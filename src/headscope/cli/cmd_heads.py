@@ -9,17 +9,19 @@ import typer
 
 from ..errors import BadInput
 from ..kinds.documents import check_text_file
+from ..kinds.icl import ICL_ABLATIONS
 from ..pipeline.files import heads_files
-from ..pipeline.outputs import ResultDir
 from ..pipeline.roles import ICL_TOP, ICL_WINDOWS, SINK_WINDOWS, analyze_heads
 from ..render.lookup import view_of
 from ..render.page import Report
 from ..results import AttentionViews
-from ..scan import check_settings
+from ..settings import check_ablation
 from . import app
 from ._common import (
     DEFAULT,
+    SCAN,
     AblationOpt,
+    AttentionOpt,
     BatchOpt,
     DebugOpt,
     DeviceMapOpt,
@@ -36,12 +38,15 @@ from ._common import (
     SeqLenOpt,
     ThresholdOpt,
     at_least,
-    check_device,
     consoles,
-    default_out,
     handle_errors,
     load,
-    parse_thresholds,
+    load_settings,
+    result_dir,
+    say_notes,
+    say_stage,
+    say_written,
+    scan_settings,
 )
 
 NaturalFileOpt = Annotated[
@@ -95,13 +100,14 @@ def heads_cmd(
     icl: IclOpt = True,
     icl_windows: IclWindowsOpt = ICL_WINDOWS,
     top: IclTopOpt = ICL_TOP,
-    ablation: AblationOpt = "mean",
+    ablation: AblationOpt = SCAN.ablation,
     natural_sinks: NaturalSinksOpt = False,
-    seq_len: SeqLenOpt = 50,
-    batch: BatchOpt = 10,
-    repeats: RepeatsOpt = 2,
-    seed: SeedOpt = 0,
-    max_memory: MaxMemoryOpt = 2.0,
+    seq_len: SeqLenOpt = SCAN.seq_len,
+    batch: BatchOpt = SCAN.batch,
+    repeats: RepeatsOpt = SCAN.repeats,
+    seed: SeedOpt = SCAN.seed,
+    max_memory: MaxMemoryOpt = SCAN.max_memory_gb,
+    attention: AttentionOpt = SCAN.attention,
     device: DeviceOpt = "auto",
     device_map: DeviceMapOpt = None,
     dtype: DtypeOpt = "float32",
@@ -122,43 +128,40 @@ def heads_cmd(
     Example: headscope heads --model smollm2-135m --no-icl
     """
     con, err = consoles(json_out)
-    thresholds = parse_thresholds(threshold)
+    settings = scan_settings(
+        seq_len=seq_len,
+        batch=batch,
+        repeats=repeats,
+        seed=seed,
+        top=top,
+        ablation=ablation,
+        threshold=threshold,
+        max_memory=max_memory,
+        attention=attention,
+    )
+    check_ablation(ablation, ICL_ABLATIONS, " for the in-context learning check")
     for f in file or []:  # each --file checked now (exists, UTF-8, not empty), in blocks, before the model loads
         check_text_file(Path(f))
-    files = list(file or [])
-    check_settings(seq_len, batch, repeats, True, None)
-    if ablation not in ("mean", "zero"):
-        raise BadInput(f"unknown ablation {ablation!r}", hint="use --ablation mean or --ablation zero")
-    at_least("--top", top, 1)
     at_least("--icl-windows", icl_windows, 1)
     if file and not (icl or natural_sinks):
         raise BadInput(
             "--file is only read by the ICL score and --natural-sinks, and both are off",
             hint="drop --no-icl, or add --natural-sinks",
         )
-    check_device(device, device_map)
-    from ..models import resolve_dtype
-
-    resolve_dtype(dtype)
-    with ResultDir.open(out or default_out("heads", model), command="heads", overwrite=overwrite) as rd:
-        m = load(err, model, device, dtype, device_map)
+    where = load_settings(model, device, device_map, dtype)
+    with result_dir("heads", out, model, overwrite) as rd:
+        m = load(err, where)
         a = analyze_heads(
             m,
-            seq_len=seq_len,
-            batch=batch,
-            repeats=repeats,
-            seed=seed,
-            thresholds=thresholds,
+            settings,
             icl=icl,
             icl_top=top,
             icl_windows=icl_windows,
-            ablation=ablation,
             natural_sinks=natural_sinks,
             sink_windows=SINK_WINDOWS,
-            files=files or None,
-            max_memory_gb=max_memory,
+            files=list(file or []) or None,
             progress=True,
-            log=lambda s: err.print(f"[dim]{s}...[/]", highlight=False),
+            log=say_stage(err),
         )
         with err.status("Writing results..."):
             heads_files(rd, a)
@@ -171,9 +174,6 @@ def heads_cmd(
 
     if json_out:
         typer.echo(a.to_json())
-    for note in a.notes:
-        err.print(f"[yellow]note:[/] {note}", highlight=False)
+    say_notes(err, a.notes)
     view_of(a).terminal(a, con)
-    err.print(
-        f"[green]Wrote {len(paths)} files to {rd.target}/[/]: " + ", ".join(p.name for p in paths), highlight=False
-    )
+    say_written(err, rd.target, paths)

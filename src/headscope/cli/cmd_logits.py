@@ -7,21 +7,17 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..errors import BadInput
-from ..head_labels import is_head_spec
-from ..models import resolve_dtype
 from ..pipeline.files import logit_files
 from ..pipeline.logit_analysis import analyze_logits
-from ..pipeline.outputs import ResultDir
 from ..progress import Progress
 from ..render.lookup import view_of
 from ..render.page import Report
-from ..scan import check_settings
-from ..scan.ablation import ABLATIONS
 from . import app
 from ._common import (
     DEFAULT,
+    SCAN,
     AblationOpt,
+    AttentionOpt,
     BatchOpt,
     DebugOpt,
     DeviceMapOpt,
@@ -30,6 +26,7 @@ from ._common import (
     FileOpt,
     JsonOpt,
     MaxMemoryOpt,
+    MaxTokensOpt,
     ModelOpt,
     NoAblateOpt,
     OutOpt,
@@ -40,12 +37,16 @@ from ._common import (
     SeqLenOpt,
     TextOpt,
     at_least,
-    check_device,
+    check_heads,
+    check_tokens,
     consoles,
-    default_out,
     handle_errors,
     load,
-    read_texts,
+    load_settings,
+    result_dir,
+    say_written,
+    scan_settings,
+    text_list,
 )
 
 
@@ -81,22 +82,15 @@ def logits_cmd(
             "shown.",
         ),
     ] = None,
-    max_tokens: Annotated[
-        int,
-        typer.Option(
-            "--max-tokens",
-            help="The analysis window: each text is cut to "
-            "this many tokens (first token included; never past the model's context), and the cut "
-            "is reported.",
-        ),
-    ] = 64,
-    seq_len: SeqLenOpt = 50,
-    batch: BatchOpt = 10,
-    repeats: RepeatsOpt = 2,
-    seed: SeedOpt = 0,
-    ablation: AblationOpt = "mean",
+    max_tokens: MaxTokensOpt = 64,
+    seq_len: SeqLenOpt = SCAN.seq_len,
+    batch: BatchOpt = SCAN.batch,
+    repeats: RepeatsOpt = SCAN.repeats,
+    seed: SeedOpt = SCAN.seed,
+    ablation: AblationOpt = SCAN.ablation,
     no_ablate: NoAblateOpt = False,
-    max_memory: MaxMemoryOpt = 2.0,
+    max_memory: MaxMemoryOpt = SCAN.max_memory_gb,
+    attention: AttentionOpt = SCAN.attention,
     no_figures: Annotated[bool, typer.Option("--no-figures", help="Write logits.json and CSVs only (faster).")] = False,
     report: ReportOpt = False,
     device: DeviceOpt = "auto",
@@ -122,42 +116,34 @@ def logits_cmd(
     Example: headscope logits --text "The quick brown fox jumps over the lazy dog." --head L18H6 --token " dog"
     """
     con, err = consoles(json_out)
-    texts = [t for _, t in read_texts(text, file)] or None
-    for spec in head or []:
-        for part in spec.split(","):
-            if part.strip() and not is_head_spec(part):
-                raise BadInput(
-                    f"malformed head {part!r}: expected L<layer>H<head> or <layer>.<head>, e.g. L5H1 or 5.1",
-                    hint="e.g. --head L5H1 --head 6.9",
-                )
-    for t in tokens or []:
-        if t == "":
-            raise BadInput("--token '' is empty", hint="give a single token, e.g. --token ' cat'")
-    at_least("--top", top, 1)
+    texts = text_list(text, file)
+    check_heads(head)
+    check_tokens(tokens)
     at_least("--max-tokens", max_tokens, 2, "the first token and one more")
-    check_settings(seq_len, batch, repeats, True, None)
-    if ablation not in ABLATIONS:
-        raise BadInput(f"unknown ablation {ablation!r}", hint="use --ablation mean, zero or resample")
-    check_device(device, device_map)
-    resolve_dtype(dtype)
+    settings = scan_settings(
+        seq_len=seq_len,
+        batch=batch,
+        repeats=repeats,
+        seed=seed,
+        top=top,
+        ablation=ablation,
+        ablate=not no_ablate,
+        max_memory=max_memory,
+        attention=attention,
+    )
+    where = load_settings(model, device, device_map, dtype)
 
     t0 = time.perf_counter()
-    with ResultDir.open(out or default_out("logits", model), command="logits", overwrite=overwrite) as rd:
-        m = load(err, model, device, dtype, device_map)
+    with result_dir("logits", out, model, overwrite) as rd:
+        m = load(err, where)
         a = analyze_logits(
             m,
             texts,
             head,
+            settings,
             top=top,
             tokens=tokens,
             max_tokens=max_tokens,
-            seq_len=seq_len,
-            batch=batch,
-            repeats=repeats,
-            seed=seed,
-            ablate=not no_ablate,
-            ablation=ablation,
-            max_memory_gb=max_memory,
             progress=Progress(False, console=err, lines=True),
             scan_progress=None,
         )
@@ -170,9 +156,5 @@ def logits_cmd(
     if json_out:
         typer.echo(a.to_json())
     view_of(a).terminal(a, con)
-    err.print(
-        f"[green]Wrote {len(paths)} files to {rd.target}/[/] (logits.json, CSVs"
-        + ("" if no_figures else ", figures/*.png")
-        + f") in {a.timings['total_s']:.0f} s",
-        highlight=False,
-    )
+    what = "logits.json, CSVs" + ("" if no_figures else ", figures/*.png")
+    say_written(err, rd.target, paths, what, a.timings["total_s"])

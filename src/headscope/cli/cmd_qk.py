@@ -7,11 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..errors import BadInput
-from ..head_labels import is_head_spec
-from ..models import resolve_dtype
 from ..pipeline.files import qk_files
-from ..pipeline.outputs import ResultDir
 from ..progress import Progress
 from ..qk.analysis import DEFAULT_QK_MEMORY_GB, analyze_qk
 from ..render.lookup import view_of
@@ -25,6 +21,7 @@ from ._common import (
     DtypeOpt,
     FileOpt,
     JsonOpt,
+    MaxTokensOpt,
     ModelOpt,
     OutOpt,
     OverwriteOpt,
@@ -32,13 +29,16 @@ from ._common import (
     ReportOpt,
     TextOpt,
     at_least,
-    check_device,
+    check_heads,
+    check_tokens,
     consoles,
-    default_out,
     handle_errors,
     load,
+    load_settings,
     progress_enabled,
-    read_texts,
+    result_dir,
+    say_written,
+    text_list,
 )
 
 
@@ -80,15 +80,7 @@ def qk_cmd(
             "stripe.",
         ),
     ] = None,
-    max_tokens: Annotated[
-        int,
-        typer.Option(
-            "--max-tokens",
-            help="The analysis window: each text is cut to "
-            "this many tokens (first token included; never past the model's context), and the cut "
-            "is reported.",
-        ),
-    ] = 64,
+    max_tokens: MaxTokensOpt = 64,
     max_memory: QKMemoryOpt = DEFAULT_QK_MEMORY_GB,
     no_figures: Annotated[bool, typer.Option("--no-figures", help="Write qk.json and CSVs only (faster).")] = False,
     report: ReportOpt = False,
@@ -113,22 +105,16 @@ def qk_cmd(
     Example: headscope qk --text "The cat sat. The cat sat." --head L18H6 --head 16.0
     """
     con, err = consoles(json_out)
-    texts = [t for _, t in read_texts(text, file)] or None
-    for spec in head or []:
-        for part in spec.split(","):
-            if part.strip() and not is_head_spec(part):
-                raise BadInput(
-                    f"malformed head {part!r}: expected L<layer>H<head> or <layer>.<head>, e.g. L5H1 or 5.1",
-                    hint="e.g. --head L5H1 --head 6.9",
-                )
+    texts = text_list(text, file)
+    check_heads(head)
+    check_tokens(tokens)
     at_least("--top", top, 1)
     at_least("--max-tokens", max_tokens, 2, "the first token and one more")
-    check_device(device, device_map)
-    resolve_dtype(dtype)
+    where = load_settings(model, device, device_map, dtype)
 
     t0 = time.perf_counter()
-    with ResultDir.open(out or default_out("qk", model), command="qk", overwrite=overwrite) as rd:
-        m = load(err, model, device, dtype, device_map)
+    with result_dir("qk", out, model, overwrite) as rd:
+        m = load(err, where)
         step = Progress(progress_enabled(), console=err, lines=True, transient=True)
         with step.running():
             a = analyze_qk(
@@ -150,9 +136,6 @@ def qk_cmd(
     if json_out:
         typer.echo(a.to_json())
     view_of(a).terminal(a, con)
-    err.print(
-        f"[green]Wrote {len(paths)} files to {rd.target}/[/] (qk.json, CSVs"
-        + ("" if no_figures else ", figures/*.png")
-        + f") in {a.timings['total_s']:.0f} s",
-        highlight=False,
+    say_written(
+        err, rd.target, paths, "qk.json, CSVs" + ("" if no_figures else ", figures/*.png"), a.timings["total_s"]
     )

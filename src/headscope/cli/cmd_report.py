@@ -7,17 +7,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..errors import BadInput
 from ..jsonsafe import dumps
-from ..models import resolve_dtype
 from ..pipeline.outputs import ResultFile
 from ..pipeline.report_builder import build_report
 from ..results import AttentionViews, InductionResult, LogitAnalysis, QKAnalysis
-from ..scan import check_settings
-from ..scan.ablation import ABLATIONS
 from . import app
 from ._common import (
     DEFAULT,
+    SCAN,
     AblationOpt,
     AttentionOpt,
     BatchOpt,
@@ -38,14 +35,14 @@ from ._common import (
     ThresholdOpt,
     TopOpt,
     at_least,
-    check_attention,
-    check_device,
     consoles,
     default_out,
     handle_errors,
     load,
-    parse_thresholds,
+    load_settings,
     read_texts,
+    say_notes,
+    scan_settings,
 )
 
 
@@ -63,12 +60,12 @@ def report_cmd(
             help="The HTML file to write (default: headscope-results/report-MODEL.html); written all at once.",
         ),
     ] = None,
-    seq_len: SeqLenOpt = 50,
-    batch: BatchOpt = 10,
-    repeats: RepeatsOpt = 2,
-    seed: SeedOpt = 0,
-    top: TopOpt = 5,
-    ablation: AblationOpt = "mean",
+    seq_len: SeqLenOpt = SCAN.seq_len,
+    batch: BatchOpt = SCAN.batch,
+    repeats: RepeatsOpt = SCAN.repeats,
+    seed: SeedOpt = SCAN.seed,
+    top: TopOpt = SCAN.top_k,
+    ablation: AblationOpt = SCAN.ablation,
     no_ablate: NoAblateOpt = False,
     no_qk: Annotated[bool, typer.Option("--no-qk", help="Skip the QK analysis (faster).")] = False,
     no_logits: Annotated[
@@ -88,8 +85,8 @@ def report_cmd(
         ),
     ] = 3,
     threshold: ThresholdOpt = None,
-    max_memory: MaxMemoryOpt = 2.0,
-    attention: AttentionOpt = "auto",
+    max_memory: MaxMemoryOpt = SCAN.max_memory_gb,
+    attention: AttentionOpt = SCAN.attention,
     device: DeviceOpt = "auto",
     device_map: DeviceMapOpt = None,
     dtype: DtypeOpt = "float32",
@@ -110,36 +107,32 @@ def report_cmd(
     Example: headscope report --model smollm2-135m --text "The cat sat. The cat sat." --out report.html
     """
     con, err = consoles(json_out)
-    thresholds = parse_thresholds(threshold)
+    settings = scan_settings(
+        seq_len=seq_len,
+        batch=batch,
+        repeats=repeats,
+        seed=seed,
+        top=top,
+        ablation=ablation,
+        ablate=not no_ablate,
+        threshold=threshold,
+        max_memory=max_memory,
+        attention=attention,
+    )
     texts = read_texts(text, file)
-    check_settings(seq_len, batch, repeats, True, None)  # cheap checks before loading anything
-    if ablation not in ABLATIONS:
-        raise BadInput(f"unknown ablation {ablation!r}", hint="use --ablation mean, zero or resample")
-    at_least("--top", top, 1)
     at_least("--qk-top", qk_top, 1, "or pass --no-qk to skip the QK analysis")
-    check_attention(attention)
-    check_device(device, device_map)
-    resolve_dtype(dtype)
+    where = load_settings(model, device, device_map, dtype)
     path = out or default_out("report", model).with_suffix(".html")
     with ResultFile.open(path, overwrite=overwrite) as write:
-        m = load(err, model, device, dtype, device_map)
+        m = load(err, where)
         rep = build_report(
             m,
             texts or None,
-            seq_len=seq_len,
-            batch=batch,
-            repeats=repeats,
-            seed=seed,
-            top_k=top,
-            ablate=not no_ablate,
-            ablation=ablation,
-            thresholds=thresholds,
+            settings,
             qk=not no_qk,
             qk_top=qk_top,
             logits=not no_logits,
-            max_memory_gb=max_memory,
             progress=True,
-            attention=attention,
             log=lambda s: err.print(s, highlight=False),
         )
         with err.status("Writing the page..."):
@@ -147,8 +140,7 @@ def report_cmd(
     views = rep.first(AttentionViews)
     text_samples = [x for i, x in enumerate(views.samples) if views.source(i) is not None] if views is not None else []
     qk, logits, scan = rep.first(QKAnalysis), rep.first(LogitAnalysis), rep.first(InductionResult)
-    for note in dict.fromkeys([*rep.notes, *(x.note for x in text_samples if x.note)]):
-        err.print(f"[yellow]note:[/] {note}", highlight=False)
+    say_notes(err, [*rep.notes, *(x.note for x in text_samples if x.note)])
     size = path.stat().st_size
     if json_out:
         typer.echo(

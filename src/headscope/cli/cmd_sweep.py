@@ -9,12 +9,12 @@ import typer
 from rich.markup import escape
 
 from ..errors import BadInput
-from ..models import resolve_device, resolve_dtype
+from ..models import resolve_device
 from ..pipeline.sweep import plan_sweep, run_sweep
 from ..render.lookup import view_of
-from ..scan import check_settings
 from . import app
 from ._common import (
+    SCAN,
     AttentionOpt,
     BatchOpt,
     DebugOpt,
@@ -27,12 +27,11 @@ from ._common import (
     SeedOpt,
     SeqLenOpt,
     TopOpt,
-    at_least,
-    check_attention,
-    check_device,
+    check_load,
     consoles,
     handle_errors,
     progress_enabled,
+    scan_settings,
 )
 
 
@@ -63,19 +62,19 @@ def sweep_cmd(
             "comma-separated), e.g. Pythia's step1000,step2000: every --model is scanned at each.",
         ),
     ] = None,
-    seq_len: SeqLenOpt = 50,
-    batch: BatchOpt = 10,
-    repeats: RepeatsOpt = 2,
-    seed: SeedOpt = 0,
-    top: TopOpt = 5,
+    seq_len: SeqLenOpt = SCAN.seq_len,
+    batch: BatchOpt = SCAN.batch,
+    repeats: RepeatsOpt = SCAN.repeats,
+    seed: SeedOpt = SCAN.seed,
+    top: TopOpt = SCAN.top_k,
     ablate: Annotated[
         bool,
         typer.Option(
             "--ablate/--no-ablate", help="Also run the causal check per entry (top + 2 more forward passes each)."
         ),
     ] = False,
-    max_memory: MaxMemoryOpt = 2.0,
-    attention: AttentionOpt = "auto",
+    max_memory: MaxMemoryOpt = SCAN.max_memory_gb,
+    attention: AttentionOpt = SCAN.attention,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "float32",
     device_map: DeviceMapOpt = None,
@@ -153,59 +152,37 @@ def sweep_cmd(
       headscope sweep -m EleutherAI/pythia-1b -r step1000,step2000 --executor ray --address auto
     """
     con, err = consoles(json_out)
-    check_settings(seq_len, batch, repeats, True, None)
-    resolve_dtype(dtype)
-    at_least("--top", top, 1)
-    check_attention(attention)
+    settings = scan_settings(
+        seq_len=seq_len,
+        batch=batch,
+        repeats=repeats,
+        seed=seed,
+        top=top,
+        ablate=ablate,
+        max_memory=max_memory,
+        attention=attention,
+    )
     runner = _executor(executor, address, cpus_per_task, gpus_per_task, device, err)
-    if runner is None:
-        check_device(device, device_map)  # Ray's workers have their own devices: RayExecutor checks against the cluster
+    # Ray's workers have their own devices: RayExecutor checks the device against the cluster
+    check_load(device, device_map, dtype, device_here=runner is None)
     entries = plan_sweep(model, _split(revision))
     err.print(
         f"Sweep of {len(entries)} entries into {out}/ ({seq_len} tokens x {repeats} repeats, batch {batch}, "
         f"{dtype}{', with ablation' if ablate else ''})",
         highlight=False,
     )
-
-    def on_event(kind: str, entry, info: dict) -> None:
-        n = f"[{info['index'] + 1}/{info['total']}]"
-        label = escape(entry.label)
-        if kind == "skip":
-            err.print(f"{n} {label}: finished earlier, skipped ({_brief(info['summary'])})", highlight=False)
-        elif kind == "start":
-            err.print(f"{n} {label}: loading and scanning...", highlight=False)
-        elif kind == "done":
-            sec = info["seconds"]
-            err.print(
-                f"{n} {label}: {_brief(info['summary'])} [dim](load {sec['load']:.1f} s, scan {sec['scan']:.1f} s)[/]",
-                highlight=False,
-            )
-        elif kind == "fail":
-            err.print(f"{n} {label}: [bold red]failed:[/] {escape(info['error'])}", highlight=False, soft_wrap=True)
-            if info.get("hint"):
-                err.print(f"    [yellow]hint:[/] {escape(info['hint'])}", highlight=False, soft_wrap=True)
-            if debug:
-                err.print(info["traceback"], markup=False, highlight=False)
-
     try:
         res = run_sweep(
             entries,
             out,
+            settings=settings,
             device=device,
             dtype=dtype,
             device_map=device_map,
             rerun=overwrite,
-            on_event=on_event,
+            on_event=_on_event(err, debug),
             log=lambda s: err.print(s, highlight=False),
             progress=progress_enabled(),
-            seq_len=seq_len,
-            batch=batch,
-            repeats=repeats,
-            seed=seed,
-            top_k=top,
-            ablate=ablate,
-            max_memory_gb=max_memory,
-            attention=attention,
             executor=runner,
         )
     except KeyboardInterrupt:
@@ -234,6 +211,32 @@ def sweep_cmd(
             highlight=False,
         )
         raise typer.Exit(1)
+
+
+def _on_event(err, debug: bool):
+    """What the sweep says as each entry is skipped, starts, finishes or fails."""
+
+    def on_event(kind: str, entry, info: dict) -> None:
+        n = f"[{info['index'] + 1}/{info['total']}]"
+        label = escape(entry.label)
+        if kind == "skip":
+            err.print(f"{n} {label}: finished earlier, skipped ({_brief(info['summary'])})", highlight=False)
+        elif kind == "start":
+            err.print(f"{n} {label}: loading and scanning...", highlight=False)
+        elif kind == "done":
+            sec = info["seconds"]
+            err.print(
+                f"{n} {label}: {_brief(info['summary'])} [dim](load {sec['load']:.1f} s, scan {sec['scan']:.1f} s)[/]",
+                highlight=False,
+            )
+        elif kind == "fail":
+            err.print(f"{n} {label}: [bold red]failed:[/] {escape(info['error'])}", highlight=False, soft_wrap=True)
+            if info.get("hint"):
+                err.print(f"    [yellow]hint:[/] {escape(info['hint'])}", highlight=False, soft_wrap=True)
+            if debug:
+                err.print(info["traceback"], markup=False, highlight=False)
+
+    return on_event
 
 
 def _executor(name: str, address: str | None, cpus: float, gpus: float, device: str, err):

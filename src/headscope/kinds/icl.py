@@ -25,7 +25,11 @@ import torch
 from ..errors import BadInput
 from ..results.icl_result import ICLResult
 from ..scan.losses import token_losses
+from ..settings import check_ablation
 from .documents import TokenWindows, natural_windows
+
+#: How the ICL check may ablate a head (resample is the scan's alone).
+ICL_ABLATIONS = ("mean", "zero")
 
 
 def _pick(per_pos: torch.Tensor, windows: TokenWindows, i: int) -> torch.Tensor:
@@ -70,8 +74,7 @@ def icl_score(
     >>> r = icl_score(model, heads=[(4, 1)], max_windows=16)   # doctest: +SKIP
     >>> r.icl_score, r.ablations[0]["delta"]                   # doctest: +SKIP
     """
-    if ablation not in ("mean", "zero"):
-        raise BadInput(f"unknown ablation {ablation!r}", hint="use 'mean' or 'zero'")
+    check_ablation(ablation, ICL_ABLATIONS, " for the in-context learning check")
     if not 1 <= early < late < window:
         raise BadInput(
             f"need 1 <= early ({early}) < late ({late}) < window ({window})",

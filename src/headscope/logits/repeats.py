@@ -21,8 +21,9 @@ from ..folded_weights import head_weights
 from ..models.model import as_model
 from ..results.logit_results import RepeatLogitEffects
 from ..scan.direct import DirectPass, target_groups, unembedding
-from ..scan.induction_scan import DEFAULT_MEMORY_GB, chunk_size_for
+from ..scan.induction_scan import chunk_size_for
 from ..scan.sequences import RepeatedTokens, repeated_tokens
+from ..settings import DEFAULT_MEMORY_GB
 
 
 @torch.no_grad()

@@ -19,6 +19,8 @@ the copied token, every number from this one run.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
+from typing import Any
 
 import numpy as np
 
@@ -37,6 +39,7 @@ from ..qk.composition import composition_by_offset
 from ..qk.rotary import is_rotary
 from ..results.logit_results import SCAN_SCORES, InductionStories, LogitAnalysis, arrow
 from ..scan import InductionResult, check_settings, scan_induction
+from ..settings import ScanSettings
 from ..tokens import token_text
 
 __all__ = ["SCAN_SCORES", "LogitAnalysis", "analyze_logits", "arrow"]
@@ -142,31 +145,28 @@ def analyze_logits(
     model,
     texts=None,
     heads=None,
+    settings: ScanSettings | None = None,
     *,
     top: int = 3,
     tokens: list[str] | None = None,
     max_tokens: int | None = 64,
-    seq_len: int = 50,
-    batch: int = 10,
-    repeats: int = 2,
-    seed: int = 0,
-    ablate: bool = True,
-    ablation: str = "mean",
-    max_memory_gb: float | None = None,
     k: int = 10,
     scan: InductionResult | None = None,
     composition: CompositionScores | None = None,
     progress: Progress | None = None,
     scan_progress: bool | None = False,
+    **keywords: Any,
 ) -> LogitAnalysis:
     """What ``heads`` (or the strongest pushers and the top ``top`` induction heads) write, from one run.
 
     ``texts``: strings or :class:`~headscope.models.inputs.TokenSequence` (None: the built-in
     samples), each cut to ``max_tokens`` (said in ``notes``). ``tokens``: single-token strings
     whose OV rows are shown first (others are refused with how they tokenise). The scan
-    (``seq_len``, ``batch``, ``repeats``, ``seed``, ``ablate``, ``ablation``) gives the induction
-    story's numbers; pass an existing ``scan`` (and ``composition`` with K scores) to reuse them.
-    ``k``: promoted/suppressed tokens kept per OV row. Every input is checked before anything runs.
+    (``settings``, a :class:`~headscope.settings.ScanSettings`, its fields replaced by
+    ``keywords``: ``seq_len=``, ``batch=``, ``ablate=``, ``ablation=``, ``attention=``, ...; its
+    ``top_k`` is ``top``) gives the induction story's numbers; pass an existing ``scan`` (and
+    ``composition`` with K scores) to reuse them. ``k``: promoted/suppressed tokens kept per OV
+    row. Every input is checked before anything runs.
 
     >>> import headscope
     >>> a = headscope.analyze_logits(model, "a b c a b c", top=1, seq_len=8, batch=2)
@@ -180,14 +180,16 @@ def analyze_logits(
     m = as_model(model)
     say = progress or (lambda stage: None)
     timings: dict[str, float] = {}
+    st = replace(ScanSettings.from_keywords(settings, **keywords), top_k=top)
     # every check before any compute
     seqs = _texts_to_attribute(m, texts, max_tokens)
     chosen = as_heads(m, heads) if heads else None
     asked = source_tokens(m, tokens) if tokens else []
-    if top < 1:
-        raise BadInput(f"--top must be at least 1 (got {top})")
     if scan is None:
-        check_settings(seq_len, batch, repeats, m.first_token.id is not None, m.n_ctx, m.name)
+        st.check()
+        check_settings(st.seq_len, st.batch, st.repeats, m.first_token.id is not None, m.n_ctx, m.name)
+    elif st.top_k < 1:
+        raise BadInput(f"--top must be at least 1 (got {st.top_k})")
     elif "direct_logit_later" not in scan.scores:
         raise BadInput("the given scan has no direct logit effects", hint="run it with this headscope's scan_induction")
     notes = [n for s in seqs for n in s.notes]
@@ -198,20 +200,8 @@ def analyze_logits(
     timings["texts_s"] = time.perf_counter() - t
     t = time.perf_counter()
     if scan is None:
-        say("induction scan" + (f" with {ablation} ablation" if ablate else ""))
-        scan = scan_induction(
-            m,
-            seq_len=seq_len,
-            batch=batch,
-            repeats=repeats,
-            seed=seed,
-            top_k=top,
-            ablate=ablate,
-            ablation=ablation,
-            max_memory_gb=max_memory_gb,
-            sample=False,
-            progress=scan_progress,
-        )
+        say("induction scan" + (f" with {st.ablation} ablation" if st.ablate else ""))
+        scan = scan_induction(m, st, sample=False, progress=scan_progress)
     timings["scan_s"] = time.perf_counter() - t
     t = time.perf_counter()
     composition = _k_composition(m, w, composition, say)

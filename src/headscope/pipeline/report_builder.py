@@ -7,6 +7,7 @@ place that does.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from ..models.inputs import TokenSequence, encode_texts
 from ..models.model import as_model
@@ -15,33 +16,30 @@ from ..render.html import MAX_VIEW_TOKENS
 from ..render.page import Report
 from ..results import AttentionViews
 from ..scan import attention_sample, scan_induction
+from ..settings import ScanSettings
 
 
 def build_report(
     model,
     texts: list[str] | list[tuple[str, str]] | None = None,
+    settings: ScanSettings | None = None,
     *,
-    seq_len: int = 50,
-    batch: int = 10,
-    repeats: int = 2,
-    seed: int = 0,
-    top_k: int = 5,
-    ablate: bool = True,
-    ablation: str = "mean",
-    thresholds: dict[str, float] | None = None,
     qk: bool = True,
     qk_top: int = 3,
     logits: bool = True,
-    max_memory_gb: float = 2.0,
+    builtin_texts: bool = True,
     progress: bool | None = None,
-    attention: str = "auto",
     log: Callable[[str], None] = lambda s: None,
+    **keywords: Any,
 ) -> Report:
     """Run the induction scan, the QK analysis and the logit analysis on ``model``; gather them into a :class:`Report`.
 
     ``texts``: strings or ``(title, text)`` pairs for the attention views and the QK and logit
-    analyses (None: the built-in samples); each goes through the one input path, cut to the
-    page's window of :data:`~headscope.render.html.MAX_VIEW_TOKENS` tokens (said on the page).
+    analyses (None: the built-in samples; with ``builtin_texts=False`` and no ``texts``, no
+    attention views: the page of the scan alone); each goes through the one input path, cut to
+    the page's window of :data:`~headscope.render.html.MAX_VIEW_TOKENS` tokens (said on the page).
+    The scan runs with ``settings`` (:class:`~headscope.settings.ScanSettings`; default: its
+    defaults), any of its fields replaced by ``keywords`` (``seq_len=``, ``top_k=``, ...).
     The QK analysis takes the scan's top ``qk_top`` induction and previous-token heads; the
     logit analysis (``logits``) reuses the scan (its direct effects and ablation) and the QK
     analysis's composition scores, and tells the story of the top ``qk_top`` induction heads. ``attention``: the
@@ -53,23 +51,12 @@ def build_report(
     ['top', 'roles', 'heatmaps']
     """
     m = as_model(model)
-    seqs = texts_to_sequences(m, texts)
-    res = scan_induction(
-        m,
-        seq_len=seq_len,
-        batch=batch,
-        repeats=repeats,
-        seed=seed,
-        top_k=top_k,
-        ablate=ablate,
-        ablation=ablation,
-        thresholds=thresholds,
-        max_memory_gb=max_memory_gb,
-        progress=progress,
-        attention=attention,
-    )
-    heads = [(l, h) for l, h, _ in res.top_heads("induction", min(top_k, 6))]
-    log("attention of the top heads on the texts")
+    st = ScanSettings.from_keywords(settings, **keywords)
+    seqs = texts_to_sequences(m, texts) if texts or builtin_texts else []
+    res = scan_induction(m, st, progress=progress)
+    heads = [(l, h) for l, h, _ in res.top_heads("induction", min(st.top_k, 6))]
+    if seqs:
+        log("attention of the top heads on the texts")
     samples = [
         attention_sample(m, seq, heads, f"Top induction heads on {seq.title}", max_tokens=MAX_VIEW_TOKENS)
         for seq in seqs

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
 
 from ..head_labels import head_label
 from ..head_labels import top_k as top_k_heads
@@ -22,6 +24,7 @@ from ..kinds.sink import sink_scores_on_text
 from ..models.model import as_model
 from ..results.heads_analysis import HeadsAnalysis
 from ..scan import scan_induction
+from ..settings import ScanSettings
 
 #: Natural-text windows of the ICL check by default: the clean pass plus one ablated pass per top
 #: head (3 by default) costs about 4 x 8 x 5.5 s = 3 minutes for SmolLM2 on 2 CPU cores.
@@ -36,30 +39,26 @@ SINK_WINDOWS = 100
 
 def analyze_heads(
     model,
+    settings: ScanSettings | None = None,
     *,
-    seq_len: int = 50,
-    batch: int = 10,
-    repeats: int = 2,
-    seed: int = 0,
-    thresholds: dict[str, float] | None = None,
     icl: bool = True,
     icl_top: int = ICL_TOP,
     icl_windows: int | None = ICL_WINDOWS,
-    ablation: str = "mean",
     natural_sinks: bool = False,
     sink_windows: int = SINK_WINDOWS,
     files=None,
-    max_memory_gb: float = 2.0,
     progress: bool | None = None,
     log: Callable[[str], None] = lambda s: None,
+    **keywords: Any,
 ) -> HeadsAnalysis:
     """Every head's roles across every score of the registry, and the ICL check of the top induction heads.
 
-    The scan (``seq_len``, ``batch``, ``repeats``, ``seed``: as ``scan_induction``, without its
-    causal check) scores every head; ``thresholds`` override the registry's role thresholds.
-    With ``icl``, Olsson et al.'s score on ``icl_windows`` windows of 512 tokens of ``files``
-    (default: CPython's ``pydoc_data.topics``) and the change when each of the ``icl_top`` top
-    induction heads is ``ablation``-ablated. With ``natural_sinks``, Gu et al.'s sink scores on
+    The scan (``settings``, a :class:`~headscope.settings.ScanSettings`, its fields replaced by
+    ``keywords``: ``seq_len=``, ``attention=``, ...; run without its causal check) scores every
+    head; its ``thresholds`` override the registry's role thresholds. With ``icl``, Olsson et
+    al.'s score on ``icl_windows`` windows of 512 tokens of ``files`` (default: CPython's
+    ``pydoc_data.topics``) and the change when each of the ``icl_top`` top induction heads is
+    ablated (the settings' ``ablation``: mean or zero). With ``natural_sinks``, Gu et al.'s sink scores on
     ``sink_windows`` windows of 64 tokens of the same text.
 
     >>> a = analyze_heads(model, seq_len=8, batch=2, icl=False, progress=False)
@@ -68,19 +67,8 @@ def analyze_heads(
     """
     m = as_model(model)
     timings: dict[str, float] = {}
-    res = scan_induction(
-        m,
-        seq_len=seq_len,
-        batch=batch,
-        repeats=repeats,
-        seed=seed,
-        top_k=max(icl_top, 1),
-        ablate=False,
-        thresholds=thresholds,
-        max_memory_gb=max_memory_gb,
-        sample=False,
-        progress=progress,
-    )
+    st = ScanSettings.from_keywords(settings, **keywords)
+    res = scan_induction(m, replace(st, top_k=max(icl_top, 1), ablate=False), sample=False, progress=progress)
     out = HeadsAnalysis(induction=res, timings=timings, notes=list(res.notes))
     window = icl_window(m)
     if icl and window is None:
@@ -98,7 +86,7 @@ def analyze_heads(
                 f"in-context learning score on windows of {window} tokens (the model's context), not {ICL_WINDOW}"
             )
         t0 = time.perf_counter()
-        out.icl = icl_score(m, files, heads=heads, ablation=ablation, window=window, max_windows=icl_windows)
+        out.icl = icl_score(m, files, heads=heads, ablation=st.ablation, window=window, max_windows=icl_windows)
         timings["icl_s"] = time.perf_counter() - t0
     if natural_sinks:
         log("attention sinks on natural text (Gu et al.'s convention)")

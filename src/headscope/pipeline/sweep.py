@@ -42,6 +42,7 @@ from ..results.sweep_result import SUMMARY_DEFINITIONS, SweepResult
 
 __all__ = ["SUMMARY_DEFINITIONS", "SweepEntry", "SweepResult", "plan_sweep", "run_sweep"]
 from ..scan.induction_scan import scan_induction
+from ..settings import ScanSettings
 from .outputs import (
     clean_stale_files,
     describe_os_error,
@@ -53,20 +54,9 @@ from .outputs import (
 
 #: Scan settings that change the numbers: an entry computed with other values is not reused.
 RESULT_SETTINGS = ("seq_len", "batch", "repeats", "seed", "top_k", "ablate", "ablation", "dtype")
-#: What run_sweep passes to scan_induction unless told otherwise (ablation off: a sweep wants
-#: the scores and the loss; the causal check costs top_k + 2 more passes per entry).
-DEFAULT_SCAN = {
-    "seq_len": 50,
-    "batch": 10,
-    "repeats": 2,
-    "seed": 0,
-    "top_k": 5,
-    "ablate": False,
-    "ablation": "mean",
-    "max_memory_gb": None,
-    "chunk_size": None,
-    "attention": "auto",
-}
+#: What run_sweep scans with unless told otherwise (ablation off: a sweep wants the scores and
+#: the loss; the causal check costs top_k + 2 more passes per entry).
+DEFAULT_SCAN = ScanSettings(ablate=False)
 
 _STEP = re.compile(r"(?:^|[^a-z])(?:global_?step|step|checkpoint|ckpt|iter)[-_]?(\d+)$", re.IGNORECASE)
 
@@ -222,7 +212,7 @@ class EntryJob:
     """Everything one entry needs to run in any process: picklable, so an executor can ship it.
 
     ``index``/``total`` place it in the sweep (for messages); ``settings`` are the sweep's
-    scan settings (:data:`DEFAULT_SCAN` keys plus ``dtype``).
+    scan settings (:meth:`ScanSettings.to_dict` plus ``dtype``).
     """
 
     entry: SweepEntry
@@ -294,11 +284,14 @@ def run_sweep(
     log: Callable[[str], None] | None = None,
     progress: bool | None = False,
     executor=None,
+    settings: ScanSettings | None = None,
     **scan: Any,
 ) -> SweepResult:
     """Scan every entry (see :func:`plan_sweep`) and write each result as soon as it is done.
 
-    ``scan`` holds :func:`~headscope.scan_induction` settings (defaults: :data:`DEFAULT_SCAN`).
+    ``settings`` (a :class:`~headscope.settings.ScanSettings`; default :data:`DEFAULT_SCAN`),
+    its fields replaced by the ``scan`` keywords (``seq_len=``, ``ablate=``, ...), is what every
+    entry is scanned with.
     Entries already in ``out_dir`` with the same result settings are skipped unless
     ``rerun``; finding results made with other settings raises :class:`BadInput` before
     anything runs (nothing is overwritten unless ``rerun``). An entry that fails (a model
@@ -309,9 +302,11 @@ def run_sweep(
     :class:`LocalExecutor` (one after another, here); :class:`headscope.pipeline.sweep_ray.RayExecutor`
     spreads them over a Ray cluster. Whoever runs them, this process writes every file.
     """
-    unknown = set(scan) - set(DEFAULT_SCAN)
+    known = DEFAULT_SCAN.to_dict()
+    unknown = set(scan) - set(known)
     if unknown:
-        raise BadInput(f"unknown scan setting(s) {', '.join(sorted(unknown))}", hint=f"use: {', '.join(DEFAULT_SCAN)}")
+        raise BadInput(f"unknown scan setting(s) {', '.join(sorted(unknown))}", hint=f"use: {', '.join(known)}")
+    st = ScanSettings.from_keywords(settings or DEFAULT_SCAN, **scan).check()
     out = Path(out_dir)
     refuse_special(out)
     made = not out.exists()
@@ -336,7 +331,7 @@ def run_sweep(
                 log=log,
                 progress=progress,
                 executor=executor,
-                scan=scan,
+                scan=st,
             )
     finally:  # a sweep that failed before its first entry leaves no empty entries/ (nor an empty --out it made)
         with contextlib.suppress(OSError):
@@ -359,9 +354,9 @@ def _run_sweep(
     log,
     progress,
     executor,
-    scan: dict,
+    scan: ScanSettings,
 ) -> SweepResult:
-    settings = {**DEFAULT_SCAN, **scan, "dtype": str(dtype)}
+    settings = {**scan.to_dict(), "dtype": str(dtype)}
     executor = executor or LocalExecutor(progress=progress, log=log)
 
     done: dict[str, dict] = {}
@@ -435,8 +430,8 @@ def _run_entry(e: SweepEntry, settings: dict, *, device, dtype, device_map, prog
     try:
         weights = _fingerprint(model)
         t_hash = time.perf_counter() - t0 - t_load
-        kwargs = {k: settings[k] for k in DEFAULT_SCAN}
-        res = scan_induction(model, **kwargs, sample=False, progress=progress)
+        st = ScanSettings.from_keywords(**{k: v for k, v in settings.items() if k != "dtype"})
+        res = scan_induction(model, st, sample=False, progress=progress)
         t_scan = time.perf_counter() - t0 - t_load - t_hash
     finally:
         del model

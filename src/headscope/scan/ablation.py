@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..settings import ABLATION_MODES
 from .fused import fused_attention, fused_supported
 from .losses import first_repeat_mean, later_repeat_mean, token_losses
 from .sequences import RepeatedTokens
@@ -128,7 +129,7 @@ def donor_order(batch: int, seed: int = 0) -> np.ndarray:
     return donor
 
 
-ABLATIONS = ("mean", "zero", "resample")
+ABLATIONS = ABLATION_MODES  # declared once, with the other scan settings
 
 
 @dataclass(frozen=True)

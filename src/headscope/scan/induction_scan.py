@@ -41,7 +41,6 @@ from ..models.model import HeadscopeModel, as_model
 from ..progress import Progress
 from ..results.scan_result import InductionResult
 from ..scores import (
-    CONTROL_DRAWS,
     attention_scores,
     default_thresholds,
     pass_scores,
@@ -51,16 +50,15 @@ from ..scores import (
     weight_scores,
 )
 from ..scores.layout import RepeatLayout
+from ..settings import ATTENTION_MODES, ScanSettings
 from ..tokens import token_text
-from .ablation import ABLATIONS, Replacement, ablation_hooks, residual_hooks
+from .ablation import Replacement, ablation_hooks, residual_hooks
 from .attention_sample import attention_sample
 from .causal import causal_check
 from .direct import DirectPass, Unembedding, unembedding
 from .fused import FusedUnsupported, fused_attention, fused_chunk_size_for, fused_unsupported_reason
 from .losses import first_repeat_mean, later_repeat_mean, token_losses
 from .sequences import RepeatedTokens, repeated_tokens
-
-DEFAULT_MEMORY_GB = 2.0
 
 
 def chunk_size_for(n_tokens: int, n_heads: int, d_vocab: int, batch: int, max_memory_gb: float) -> int:
@@ -115,9 +113,6 @@ def direct_weights(model: HeadscopeModel) -> tuple[HeadWeights, Unembedding]:
         )  # devices kept
         hit = model.cache["direct_weights"] = (version, w, ue)
     return hit[1], hit[2]
-
-
-ATTENTION_MODES = ("auto", "fused", "eager")
 
 
 def attention_route(model, attention: str = "auto") -> str:
@@ -372,20 +367,6 @@ def _run_settings(rt: RepeatedTokens) -> dict:
     return {"bos": lay.bos, "bos_token_id": rt.bos_token_id, "bos_source": rt.bos_source, "n_tokens": lay.n_tokens}
 
 
-def _check_scan_args(ablate: bool, ablation: str, batch: int, controls: int, top_k: int) -> None:
-    """Every scan setting checked before anything runs."""
-    if ablation not in ABLATIONS:
-        raise BadInput(f"unknown ablation {ablation!r}", hint="use one of: " + ", ".join(ABLATIONS))
-    if ablate and ablation == "resample" and batch < 2:
-        raise BadInput(
-            "resample ablation takes each sequence's head output from another sequence", hint="use --batch 2 or more"
-        )
-    if controls < 1:
-        raise BadInput(f"controls must be at least 1 (got {controls})")
-    if top_k < 1:
-        raise BadInput(f"--top must be at least 1 (got {top_k})")
-
-
 def _causal_check(
     m: HeadscopeModel,
     rt: RepeatedTokens,
@@ -417,21 +398,11 @@ def _causal_check(
 
 def scan_induction(
     model,
+    settings: ScanSettings | None = None,
     *,
-    seq_len: int = 50,
-    batch: int = 10,
-    repeats: int = 2,
-    seed: int = 0,
-    top_k: int = 5,
-    ablate: bool = True,
-    ablation: str = "mean",
-    controls: int = CONTROL_DRAWS,
-    thresholds: dict[str, float] | None = None,
-    max_memory_gb: float | None = None,
-    chunk_size: int | None = None,
     sample: bool = True,
     progress: bool | None = None,
-    attention: str = "auto",
+    **keywords: Any,
 ) -> InductionResult:
     """Score every head of ``model`` as an induction head on repeated random tokens.
 
@@ -448,20 +419,21 @@ def scan_induction(
 
     ``attention``: "auto" (fused kernel wherever the model can be routed, else eager),
     "fused" (refused with the reason where it cannot) or "eager" (full patterns); the path
-    that ran is ``settings["attention"]``. ``max_memory_gb`` bounds one chunk's working set.
+    that ran is ``settings["attention"]``. ``max_memory_gb`` bounds one chunk's working set. All of them:
+    one :class:`~headscope.settings.ScanSettings` (``settings``), its fields replaced by ``keywords``.
 
     >>> res = scan_induction(model, seq_len=8, batch=2, top_k=2, sample=False, progress=False)
     >>> len(res.top_heads("induction", 2)), list(res.scores)[:2], len(res.ablation)  # 2 heads, all, 10 controls
     (2, ['induction', 'prefix_matching'], 13)
     """
     m = as_model(model)
-    _check_scan_args(ablate, ablation, batch, controls, top_k)
-    route = attention_route(m, attention)
+    st = ScanSettings.from_keywords(settings, **keywords).check()
+    top_k, ablate, ablation, controls, batch = st.top_k, st.ablate, st.ablation, st.controls, st.batch
+    route = attention_route(m, st.attention)
     cfg = m.cfg
-    rt = repeated_tokens(m, seq_len=seq_len, batch=batch, repeats=repeats, seed=seed)
+    rt = repeated_tokens(m, seq_len=st.seq_len, batch=batch, repeats=st.repeats, seed=st.seed)
     layout = rt.layout
-    budget = DEFAULT_MEMORY_GB if max_memory_gb is None else max_memory_gb
-    chunk = chunk_size or _chunk_for(m, route, layout, batch, budget)
+    chunk = st.chunk_size or _chunk_for(m, route, layout, batch, budget := st.max_memory_gb)
     top_k, notes = clamp_top(top_k, m.n_layers * m.n_heads, ablate)
     # The causal check restarts at the first ablated layer from the clean residual there. Keep every
     # layer's residual from the clean pass when all of them take at most a quarter of the budget
@@ -487,7 +459,7 @@ def scan_induction(
         ablations: list[dict] = []
         if ablate:
             t0 = time.perf_counter()
-            ablations = _causal_check(m, rt, top, scan, ablation, chunk, seed, controls, prog)
+            ablations = _causal_check(m, rt, top, scan, ablation, chunk, st.seed, controls, prog)
             timings["ablation_s"] = time.perf_counter() - t0
         samples = []
         if sample:
@@ -496,7 +468,7 @@ def scan_induction(
     return InductionResult(
         model=m.info(),
         settings={
-            **{"seq_len": seq_len, "batch": batch, "repeats": repeats, "seed": seed, "top_k": top_k},
+            **{"seq_len": st.seq_len, "batch": batch, "repeats": st.repeats, "seed": st.seed, "top_k": top_k},
             **_run_settings(rt),
             **{"ablation": ablation if ablate else None, "controls": controls if ablate else None},
             **{"chunk_size": chunk, "max_memory_gb": budget, "device": str(cfg.device), "attention": route},
@@ -507,7 +479,7 @@ def scan_induction(
         loss_first_repeat=float(first_repeat_mean(per_pos, layout)),
         loss_later_repeats=clean_later,
         ablation=ablations,
-        thresholds={**default_thresholds(), **(thresholds or {})},
+        thresholds={**default_thresholds(), **st.thresholds},
         samples=samples,
         timings=timings,
         notes=notes,

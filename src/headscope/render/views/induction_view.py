@@ -277,7 +277,7 @@ def print_induction(con, res) -> None:
             "-" if e is None else f"{e['first_repeat_increase']:+.3f}",
         )
     con.print(t)
-    for n in ("previous_token", "duplicate_token"):
+    for n in [s.name for s in roles_present(res.scores, res.thresholds) if s.name != "induction"]:
         best = ", ".join(f"{head_label(l, h)} {v:.2f}" for l, h, v in res.top_heads(n, 3))
         con.print(f"{declared(n).label.capitalize()} heads: {best}", highlight=False)
     con.print(

@@ -1,0 +1,136 @@
+"""Typed settings: what a scan runs with and how a model is loaded, made once and passed down whole.
+
+Before these types, every layer spelled the scan's options out again (``scan_induction``, the
+report, the logit and heads analyses, the sweep, five commands), and the copies drifted: an
+``--attention`` that never reached the scan, a memory budget of 2.0 GiB in some places and
+``None`` in others. Now the command line (``headscope.cli._common``) or an API's keywords make
+one :class:`ScanSettings` and every step hands that object on, so an option cannot be dropped
+on the way, and each default is written here once.
+
+>>> s = ScanSettings(seq_len=8, batch=2)
+>>> s.max_memory_gb == DEFAULT_MEMORY_GB, s.attention
+(True, 'auto')
+>>> ScanSettings.from_keywords(s, top_k=2).top_k
+2
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import BadInput
+from .scores.registry import CONTROL_DRAWS
+
+#: GiB one chunk of the scan may hold (one layer's attention and the logits): the one default.
+DEFAULT_MEMORY_GB = 2.0
+#: How the scan reads attention (see :func:`headscope.scan.induction_scan.attention_route`).
+ATTENTION_MODES = ("auto", "fused", "eager")
+#: What a head's output is replaced by in the causal check (see :mod:`headscope.scan.ablation`).
+ABLATION_MODES = ("mean", "zero", "resample")
+
+
+@dataclass(frozen=True)
+class ScanSettings:
+    """The settings of the repeated-token scan: the sequences, its causal check, its route and memory budget.
+
+    ``seq_len``/``batch``/``repeats``/``seed``: ``batch`` sequences ``[BOS] + r * repeats`` of
+    ``seq_len`` random tokens drawn with ``seed``. ``top_k`` induction heads are ablated
+    (``ablation`` "mean", "zero" or "resample") when ``ablate``, beside a random control drawn
+    ``controls`` times. ``thresholds`` override the registry's role
+    thresholds. ``attention``: "auto", "fused" or "eager". ``max_memory_gb`` bounds one chunk's
+    working set, unless ``chunk_size`` (sequences per forward pass; 0 or None: from the budget)
+    is given.
+    """
+
+    seq_len: int = 50
+    batch: int = 10
+    repeats: int = 2
+    seed: int = 0
+    top_k: int = 5
+    ablate: bool = True
+    ablation: str = "mean"
+    controls: int = CONTROL_DRAWS
+    thresholds: Mapping[str, float] = field(default_factory=dict)
+    attention: str = "auto"
+    max_memory_gb: float = DEFAULT_MEMORY_GB
+    chunk_size: int | None = None
+
+    @classmethod
+    def from_keywords(cls, base: ScanSettings | None = None, /, **keywords: Any) -> ScanSettings:
+        """``base`` (default: the defaults) with ``keywords`` replaced; an unknown keyword is a TypeError.
+
+        ``None`` for ``thresholds`` or ``max_memory_gb`` means the default, as it always did in the API.
+
+        >>> ScanSettings.from_keywords(max_memory_gb=None).max_memory_gb
+        2.0
+        """
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(keywords) - names)
+        if unknown:
+            raise TypeError(
+                f"unknown scan setting(s) {', '.join(unknown)}; the settings are: {', '.join(sorted(names))}"
+            )
+        if keywords.get("thresholds", ()) is None:
+            keywords["thresholds"] = {}
+        if "max_memory_gb" in keywords and keywords["max_memory_gb"] is None:
+            keywords["max_memory_gb"] = DEFAULT_MEMORY_GB
+        return dataclasses.replace(base or cls(), **keywords)
+
+    def check(self) -> ScanSettings:
+        """Refuse what no model can run (an unknown mode, no head to ablate, a budget of nothing); returns self.
+
+        >>> ScanSettings(ablation="half").check()
+        Traceback (most recent call last):
+        ...
+        headscope.errors.BadInput: unknown ablation 'half'
+          hint: use --ablation mean, zero, resample
+        """
+        check_ablation(self.ablation)
+        if self.ablate and self.ablation == "resample" and self.batch < 2:
+            raise BadInput(
+                "resample ablation takes each sequence's head output from another sequence",
+                hint="use --batch 2 or more",
+            )
+        if self.controls < 1:
+            raise BadInput(f"controls must be at least 1 (got {self.controls})")
+        if self.attention not in ATTENTION_MODES:
+            raise BadInput(f"unknown attention {self.attention!r}", hint=f"use one of: {', '.join(ATTENTION_MODES)}")
+        if self.top_k < 1:
+            raise BadInput(f"--top must be at least 1 (got {self.top_k})")
+        if not (math.isfinite(self.max_memory_gb) and self.max_memory_gb > 0):
+            raise BadInput(f"--max-memory must be a number of GiB above 0 (got {self.max_memory_gb})")
+        if self.chunk_size is not None and self.chunk_size < 0:
+            raise BadInput(f"chunk_size must be at least 1, or 0 or None for the budget's (got {self.chunk_size})")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "thresholds": dict(self.thresholds)}
+
+
+@dataclass(frozen=True)
+class LoadSettings:
+    """How a model is loaded: what (``model``, at ``revision`` for a hub model), where and in which dtype.
+
+    ``device``: auto, cpu, cuda or cuda:N; ``device_map``: accelerate's auto, balanced,
+    balanced_low_0 or sequential (replaces ``device``); ``dtype``: float32, bfloat16 or float16.
+    """
+
+    model: str
+    device: str = "auto"
+    device_map: str | None = None
+    dtype: str = "float32"
+    revision: str | None = None
+
+
+def check_ablation(mode: str, modes: tuple[str, ...] = ABLATION_MODES, what: str = "") -> str:
+    """Refuse an ablation mode not in ``modes`` (one check for the command line and the API).
+
+    ``what``: the analysis that takes fewer modes than the scan (the ICL check: mean or zero).
+    """
+    if mode not in modes:
+        raise BadInput(f"unknown ablation {mode!r}{what}", hint="use --ablation " + ", ".join(modes))
+    return mode
