@@ -85,7 +85,7 @@ def induction_cmd(
     duplicate-token attention in hooks; adds the copying score from the weights; ablates the top
     induction heads; writes scores.json, scores.csv and PNG figures to --out.
 
-    Example: headscope induction --model smollm2-135m --seq-len 50 --batch 10 --top 5
+    Example: headscope induction --model smollm2-135m-instruct-q4 --seq-len 50 --batch 10 --top 5
     """
     con, err = consoles(json_out)
     thresholds = parse_thresholds(threshold)

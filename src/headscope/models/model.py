@@ -94,15 +94,20 @@ class HeadscopeModel:
         return next(self.bridge.parameters()).device
 
     def info(self) -> dict[str, Any]:
-        """Name and shape, as results record them."""
+        """Name and shape, as results record them; a built-in model also says what it is (``about``)."""
+        from .builtin import BUILTINS
+
         cfg = self.bridge.cfg
-        return {
+        info: dict[str, Any] = {
             "name": self.name,
             "n_layers": self.n_layers,
             "n_heads": self.n_heads,
             "n_kv_heads": int(getattr(cfg, "n_key_value_heads", None) or cfg.n_heads),
             "d_vocab": cfg.d_vocab,
         }
+        if self.source.kind == "builtin" and self.name in BUILTINS:
+            info["about"] = BUILTINS[self.name].description
+        return info
 
     def __repr__(self) -> str:
         return f"HeadscopeModel({self.name!r}, {self.n_layers} layers x {self.n_heads} heads, {self.source.kind})"
