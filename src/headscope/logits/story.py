@@ -1,16 +1,29 @@
-"""The induction story of a head: the numbers of one mechanism, side by side.
+"""The induction story of a head: the numbers headscope measures about it, side by side.
 
-An induction head (Olsson et al. 2022; Elhage et al. 2021) works in three steps, each with a
-number headscope already measures:
+Olsson et al. 2022 and Elhage et al. 2021 describe an induction head in three steps; for each
+step headscope has a number, and the story puts them in one row:
 
-1. a **previous-token head** writes "the token before me was A" into each position; the
-   induction head's *keys* read it (**K-composition**, Elhage et al.);
-2. the induction head's query (current token A) then matches the key after the earlier A
-   (**induction score**: attention to that key on repeated random tokens);
-3. its **OV circuit** copies the attended token B (**copying score**, eigenvalue positivity;
-   **self-rank** of B in its OV row), raising B's logit: **directly** (direct logit effect on
-   later-repeat targets) and/or through later heads; the **ablation** Δloss says how much the
-   model needs it at all.
+1. a **previous-token head** writes "the token before me was A" into each position and the
+   induction head's *keys* read it: **K-composition** (Elhage et al., from the weights) with
+   the source's **previous-token score**;
+2. the induction head's query (current token A) matches the key after the earlier A:
+   **induction score** (attention to that key on repeated random tokens);
+3. its **OV circuit** copies the attended token B: **copying score** (eigenvalue positivity)
+   and **self-rank** of B in its OV row (from the weights).
+
+Two further numbers say what the head does to the prediction, and they are different
+quantities in different units:
+
+- the **direct logit effect** (``dla_later``): the head's own write straight into the
+  unembedding, as a *centred logit* of the copied token (logit units), averaged over
+  later-repeat targets;
+- the **ablation Δloss** (``ablation_delta_loss``): the change in the *cross-entropy* (nats) of
+  the later-repeat targets when the head's output is replaced by its mean (or zero), which also
+  moves the model off the activations it was trained on.
+
+They are stated side by side, never subtracted or divided: a logit is not a loss, and nothing
+here measured a path from the head through later components (that needs a path-patching
+measurement, which headscope does not make).
 
 :func:`induction_story` gathers these for one head from plain arrays (``[L, H]`` scores,
 ``[L, H, L, H]`` composition scores), so it does not care which module computed them.
@@ -29,13 +42,14 @@ from ..scores import score as declared
 from .results import DLA_DEFINITION, OV_DEFINITION, OVRows
 
 STORY_DEFINITION = (
-    "One induction head's mechanism, every number from the same run: its strongest K-composition sources "
-    "(Elhage et al. 2021; score minus the random baseline) with their previous-token scores (the head that tells "
-    "each position which token came before it), its induction score (attention to the token after the earlier "
-    "copy), its OV copying score and the median self-rank of source tokens in its OV rows (does what it reads get "
-    "written back?), its direct logit effect on first- and later-repeat targets (does it raise the copied token "
-    "itself?) and its ablation Δloss (how much the model needs it). A small direct effect with a large ablation "
-    "cost means it works through later components."
+    "The numbers measured about one induction head, every one from the same run: its strongest K-composition "
+    "sources (Elhage et al. 2021; score minus the random baseline) with their previous-token scores, its induction "
+    "score (attention to the token after the earlier copy), its OV copying score and the median self-rank of source "
+    "tokens in its OV rows, its direct logit effect on first- and later-repeat targets (a centred logit, logit "
+    "units: what the head itself writes into the unembedding for the target) and its ablation Δloss (a change in "
+    "cross-entropy, nats: the later-repeat loss with the head's output mean-ablated minus the clean loss). The "
+    "last two are different quantities in different units and are shown side by side, not compared; no path "
+    "through later components was measured."
 )
 
 
@@ -52,7 +66,7 @@ def logit_definitions() -> dict[str, str]:
 
 @dataclass
 class InductionStory:
-    """One head's mechanism in numbers; fields are None where that input was not given."""
+    """The numbers measured about one head; fields are None where that input was not given."""
 
     layer: int
     head: int
@@ -63,9 +77,9 @@ class InductionStory:
     copying: float | None = None  # OV eigenvalue positivity, -1..1
     self_rank_median: float | None = None  # median self-rank over the OV source tokens given
     copies_fraction: float | None = None  # fraction of those tokens with self-rank 1
-    dla_first: float | None = None  # mean direct logit effect on first-repeat targets
-    dla_later: float | None = None  # ... on later-repeat (copied) targets
-    ablation_delta_loss: float | None = None  # rise in later-repeat loss when ablated alone
+    dla_first: float | None = None  # mean direct logit effect on first-repeat targets (centred logit)
+    dla_later: float | None = None  # ... on later-repeat (copied) targets (centred logit)
+    ablation_delta_loss: float | None = None  # change in later-repeat cross-entropy (nats) when ablated alone
     notes: list[str] = field(default_factory=list)
 
     @property

@@ -12,8 +12,9 @@ One run gathers, for one model:
   for the texts' tokens and any token asked for by name;
 
 and puts them side by side in each top induction head's **induction story**
-(:func:`headscope.logits.induction_stories`): previous-token head -> induction head -> logit of
-the copied token, every number from this one run.
+(:func:`headscope.logits.induction_stories`), every number from this one run: the direct logit
+effect (a centred logit) and the ablation Δloss (a cross-entropy) are stated with their units and
+never combined (see :mod:`headscope.logits.story`).
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ class LogitAnalysis:
         return int(np.argmin(self.ov[head].self_rank))
 
     def findings(self) -> list[str]:
-        """Plain sentences: each top induction head's mechanism, from the story numbers."""
+        """Plain sentences: each top induction head's story numbers, each with its unit (no mechanism inferred)."""
         out = []
         for s in self.stories.stories:
             parts = [f"{s.label} (induction {s.induction:.2f})"]
@@ -138,9 +139,15 @@ class LogitAnalysis:
                     )
                 )
             if s.dla_later is not None and s.dla_first is not None:
-                parts.append(f"direct effect on the copied token {s.dla_later:+.3f} (first repeat {s.dla_first:+.3f})")
+                parts.append(
+                    f"direct logit effect on the copied token {s.dla_later:+.3f} (centred logit; first repeat "
+                    f"{s.dla_first:+.3f})"
+                )
             if s.ablation_delta_loss is not None:
-                parts.append(f"ablating it changes the later-repeat loss by {s.ablation_delta_loss:+.3f} nats")
+                parts.append(
+                    f"ablating it changes the later-repeat cross-entropy by {s.ablation_delta_loss:+.3f} nats "
+                    "(a loss, not a logit: not comparable with the direct effect)"
+                )
             out.append("; ".join(parts))
         later = self.scan.scores.get("direct_logit_later")
         if later is not None and self.stories.stories:

@@ -584,7 +584,7 @@ def _n(v: float | None) -> float:
 
 
 def logit_story_html(a) -> str:
-    """The induction story panel: each top induction head's mechanism in numbers, then the findings in words."""
+    """The induction story panel: each top induction head's numbers, each with its unit, then the same in words."""
     d_vocab = a.model.get("d_vocab")
     rows = []
     for st in a.stories.stories:
@@ -614,18 +614,19 @@ def logit_story_html(a) -> str:
         "strongest K-composition sources (excess, their previous-token score)",
         "copying",
         "OV self-rank (median)",
-        "direct effect, first repeat",
-        "direct effect, later repeats",
-        "ablation Δloss",
+        "direct logit effect, first repeat (centred logit)",
+        "direct logit effect, later repeats (centred logit)",
+        "ablation Δloss (cross-entropy, nats)",
     ]
     findings = "".join(f"<li>{esc(f)}</li>" for f in a.findings())
     return (
         table_html(cols, rows) + f"<ul class='verdicts'>{findings}</ul>"
-        "<p class='muted'>Previous-token head → induction head → logit of the copied token: K-composition says "
-        "which earlier heads the induction head's keys read; the direct effect is what the head itself adds to "
-        "the copied token's centred logit; the ablation Δloss is what removing it costs, direct and indirect "
-        "paths together. Self-rank over the texts' tokens (1 = the head's OV circuit promotes the token it "
-        "attends to above every other).</p>"
+        "<p class='muted'>K-composition says which earlier heads the induction head's keys read (from the "
+        "weights). The direct logit effect is what the head itself writes into the copied token's centred logit "
+        "(logit units); the ablation Δloss is the change in later-repeat cross-entropy (nats) when the head's "
+        "output is replaced by its mean. One is a logit, the other a loss: they sit side by side and are not "
+        "compared, and no path through later components was measured. Self-rank over the texts' tokens (1 = the "
+        "head's OV circuit promotes the token it attends to above every other).</p>"
     )
 
 
