@@ -62,9 +62,12 @@ def test_writes_csv_and_every_figure(small, tmp_path):
         "attention_text_1.png",
     } <= names
     header = (out / "scores.csv").read_text().splitlines()[0]
-    from headscope.scores import score_names
+    from headscope.scores import SCORES
+    from headscope.scores.reads import on_natural_text
 
-    assert header == ",".join(["layer", "head", *score_names(), "roles"])  # one column per score of the registry
+    # one column per score of the registry read on the scan (attention_sink is read on natural text: `heads`)
+    names = [s.name for s in SCORES if not on_natural_text(s.reads)]
+    assert header == ",".join(["layer", "head", *names, "roles"])
     assert header.startswith("layer,head,induction,prefix_matching,previous_token,duplicate_token,copying,")
     assert all((out / n).stat().st_size > 1000 for n in names if n.endswith(".png"))
 

@@ -424,6 +424,7 @@ def _wrap(source: ModelSource, hf_model, tokenizer, device, dtype, device_map) -
     # TransformerLens sets a missing BOS token to EOS on the tokenizer; remember what the
     # model's own tokenizer said so the scans can state the choice.
     own_bos = (tokenizer.bos_token_id, tokenizer.eos_token_id)
+    own_prefix = tokenizer_prefix(tokenizer)
     kwargs: dict[str, Any] = {"hf_model": hf_model, "tokenizer": tokenizer, "dtype": dtype}
     if device_map is None:
         kwargs["device"] = device
@@ -441,7 +442,19 @@ def _wrap(source: ModelSource, hf_model, tokenizer, device, dtype, device_map) -
                 "`TransformerBridge.list_supported_models()`",
             ) from exc
     bridge.eval()
-    return HeadscopeModel(bridge, source, FirstToken.choose(*own_bos))
+    return HeadscopeModel(bridge, source, FirstToken.choose(*own_bos, own_prefix=own_prefix))
+
+
+def tokenizer_prefix(tokenizer) -> tuple[int, ...] | None:
+    """The ids ``tokenizer`` itself puts before a text (its special-token prefix), or None if it cannot say."""
+    try:
+        plain = list(tokenizer("a", add_special_tokens=False)["input_ids"])
+        full = list(tokenizer("a")["input_ids"])
+    except Exception:
+        return None
+    if not plain or full[len(full) - len(plain) :] != plain:
+        return None
+    return tuple(int(i) for i in full[: len(full) - len(plain)])
 
 
 def list_cached() -> list[dict[str, Any]]:

@@ -1,12 +1,12 @@
 """Every kind of head at once: the role table of ``headscope heads``.
 
-One induction scan (repeated random tokens, one forward pass per chunk) gives every score of the
-registry (:data:`headscope.scores.SCORES`): the attention scores and the attention sink from the
-pass, the weight scores (copying, successor, copy suppression) from the weights, cached on disk.
-A head takes a role for each score that reaches its threshold. Two measurements on natural text
-may follow: Olsson et al.'s in-context learning score with each top induction head's ablation
-delta (:func:`headscope.kinds.icl_score`), and Gu et al.'s sink convention
-(:func:`headscope.kinds.sink_scores_on_text`). The scan's own causal check (ablations on repeated
+One induction scan (repeated random tokens, one forward pass per chunk) gives the registry's
+(:data:`headscope.scores.SCORES`) attention scores from the pass and the weight scores (copying,
+successor, copy suppression) from the weights, cached on disk. The attention-sink role is read
+in Gu et al.'s setting, on natural text (:func:`headscope.kinds.sink_scores_on_text`: 100 windows
+of 64 tokens, cached on disk), and joins the scan's scores. A head takes a role for each score
+that reaches its threshold. Olsson et al.'s in-context learning score with each top induction
+head's ablation delta (:func:`headscope.kinds.icl_score`) follows. The scan's own causal check (ablations on repeated
 tokens) is left to ``headscope induction``: here the causal check is the ICL one.
 """
 
@@ -22,7 +22,7 @@ from ..head_labels import head_label
 from ..head_labels import top_k as top_k_heads
 from ..jsonsafe import dumps
 from ..kinds.icl import DEFINITION as ICL_DEFINITION
-from ..kinds.icl import ICLResult, icl_score
+from ..kinds.icl import ICL_DEFAULT_WINDOWS, ICLResult, icl_score
 from ..kinds.sink import DEFINITIONS as SINK_DEFINITIONS
 from ..kinds.sink import SinkScores, sink_scores_on_text
 from ..models.model import as_model
@@ -31,15 +31,16 @@ from ..scan.result import InductionResult
 from ..scores import definitions, role_scores, roles_legend
 from ..scores import score as declared
 
-#: Natural-text windows of the ICL check by default: the clean pass plus one ablated pass per top
-#: head (3 by default) costs about 4 x 8 x 5.5 s = 3 minutes for SmolLM2 on 2 CPU cores.
-ICL_WINDOWS = 8
+#: Natural-text windows of the ICL check by default: enough for a standard error of about 0.3 nats
+#: (kinds.icl); the ablated passes restart at the ablated layer and read two positions.
+ICL_WINDOWS = ICL_DEFAULT_WINDOWS
 #: Heads whose ICL ablation delta is measured by default (the top induction heads).
 ICL_TOP = 3
 #: Olsson et al.'s positions and headscope's window (kinds.icl's defaults).
 ICL_LATE, ICL_WINDOW = 500, 512
 #: Gu et al.'s setting: windows of 64 tokens of natural text.
 SINK_WINDOWS = 100
+SINK_ROLE = "attention_sink"
 
 
 @dataclass
@@ -49,7 +50,8 @@ class HeadsAnalysis:
     ``induction`` holds the scores (``scores[name]`` is ``[n_layers, n_heads]``), thresholds and
     settings (``settings["weight_scores"]`` says which successor sets the tokenizer had); ``icl``
     the ICL score on natural text with one entry per ablated head (None with ``icl=False``);
-    ``natural_sinks`` Gu et al.'s sink scores on natural text (None unless asked).
+    ``natural_sinks`` Gu et al.'s sink scores on natural text, whose ``alpha`` is the attention-sink
+    role's score (None with ``natural_sinks=False``: then no head takes that role).
     """
 
     induction: InductionResult
@@ -104,7 +106,7 @@ class HeadsAnalysis:
         if self.icl is not None:
             out["in-context learning"] = ICL_DEFINITION
         if self.natural_sinks is not None:
-            out["sink on natural text"] = declared("attention_sink").definition + " " + SINK_DEFINITIONS["sink_rate"]
+            out["sink rate"] = SINK_DEFINITIONS["sink_rate"]
         out["roles"] = roles_legend(self.thresholds)
         return out
 
@@ -112,10 +114,8 @@ class HeadsAnalysis:
         """One row per head: layer, head, label, every score, roles; natural-text sinks and ICL delta when measured."""
         frame = self.induction.to_frame()
         frame.insert(2, "label", [head_label(l, h) for l, h in zip(frame["layer"], frame["head"], strict=True)])
-        if self.natural_sinks is not None:
-            frame["natural_sink"] = self.natural_sinks.sink.ravel().astype(float)
-            frame["natural_alpha"] = self.natural_sinks.alpha.ravel().astype(float)
-            frame["natural_sink_rate"] = self.natural_sinks.sink_rate.ravel().astype(float)
+        if self.natural_sinks is not None:  # alpha_1 is the attention_sink column already
+            frame["sink_rate"] = self.natural_sinks.sink_rate.ravel().astype(float)
         if self.icl is not None and self.icl.ablations:
             delta = {(e["layer"], e["head"]): e["delta"] for e in self.icl.ablations}
             frame["icl_delta"] = [delta.get((l, h), np.nan) for l, h in zip(frame["layer"], frame["head"], strict=True)]
@@ -166,7 +166,7 @@ def analyze_heads(
     icl_top: int = ICL_TOP,
     icl_windows: int | None = ICL_WINDOWS,
     ablation: str = "mean",
-    natural_sinks: bool = False,
+    natural_sinks: bool = True,
     sink_windows: int = SINK_WINDOWS,
     files=None,
     max_memory_gb: float = 2.0,
@@ -179,8 +179,8 @@ def analyze_heads(
     causal check) scores every head; ``thresholds`` override the registry's role thresholds.
     With ``icl``, Olsson et al.'s score on ``icl_windows`` windows of 512 tokens of ``files``
     (default: CPython's ``pydoc_data.topics``) and the change when each of the ``icl_top`` top
-    induction heads is ``ablation``-ablated. With ``natural_sinks``, Gu et al.'s sink scores on
-    ``sink_windows`` windows of 64 tokens of the same text.
+    induction heads is ``ablation``-ablated. With ``natural_sinks``, Gu et al.'s alpha_1 on
+    ``sink_windows`` windows of 64 tokens of the same text gives the attention-sink role.
 
     >>> a = analyze_heads(model, seq_len=8, batch=2, icl=False, progress=False)
     >>> sorted(a.role_counts()) == sorted(a.role_names()), a.icl is None
@@ -221,11 +221,24 @@ def analyze_heads(
         out.icl = icl_score(m, files, heads=heads, ablation=ablation, window=window, max_windows=icl_windows)
         timings["icl_s"] = time.perf_counter() - t0
     if natural_sinks:
-        log("attention sinks on natural text (Gu et al.'s convention)")
+        log("attention sinks on natural text (Gu et al.'s setting)")
         t0 = time.perf_counter()
-        out.natural_sinks = sink_scores_on_text(m, files, n_sequences=sink_windows)
+        out.natural_sinks = add_sink_role(m, res, files, sink_windows)
         timings["natural_sinks_s"] = time.perf_counter() - t0
+    else:
+        out.notes.append("attention-sink role not measured (--no-natural-sinks): no head takes it")
     return out
+
+
+def add_sink_role(model, res: InductionResult, files=None, windows: int = SINK_WINDOWS) -> SinkScores:
+    """Gu et al.'s alpha_1 on natural text (:func:`~headscope.kinds.sink_scores_on_text`) as the scan's attention-sink score.
+
+    The registry declares ``attention_sink`` on natural text, so the scan leaves it out; this
+    puts it beside the scan's scores, where the roles, tables, JSON and page read it.
+    """
+    sinks = sink_scores_on_text(model, files, n_sequences=windows)
+    res.scores[SINK_ROLE] = sinks.alpha
+    return sinks
 
 
 def icl_window(model) -> int | None:
@@ -240,22 +253,25 @@ def icl_window(model) -> int | None:
 
 
 def describe_icl(icl: ICLResult) -> list[str]:
-    """Plain sentences: the ICL score and each ablated head's delta with its standard error."""
+    """Plain sentences: the ICL score and each ablated head's delta, each with its SE and 95% interval."""
+    lo, hi = icl.icl_ci95
     lines = [
-        f"In-context learning score: {icl.icl_score:+.3f} nats (loss at token {icl.late} {icl.loss_late:.2f} "
-        f"minus token {icl.early} {icl.loss_early:.2f}; SE {icl.icl_stderr:.3f}) on {icl.source}"
+        f"In-context learning score: {icl.icl_score:+.3f} nats (SE {icl.icl_stderr:.3f}, 95% interval "
+        f"[{lo:+.3f}, {hi:+.3f}]; loss at token {icl.late} {icl.loss_late:.2f} minus token {icl.early} "
+        f"{icl.loss_early:.2f}) on {icl.source}"
     ]
     for e in icl.ablations:
         d, se = e["delta"], e["delta_stderr"]
-        clear = se == se and abs(d) > 2 * se  # se is nan with one window
+        a, b = e.get("delta_ci95", (float("nan"), float("nan")))
         lines.append(
-            f"  {head_label(e['layer'], e['head'])} {icl.ablation_kind}-ablated: Δ {d:+.3f} (SE {se:.3f})"
+            f"  {head_label(e['layer'], e['head'])} {icl.ablation_kind}-ablated: Δ {d:+.3f} (SE {se:.3f}, 95% "
+            f"interval [{a:+.3f}, {b:+.3f}])"
             + (
-                " - weakens in-context learning on these windows (> 2 SE)"
-                if clear and d > 0
-                else " - strengthens it on these windows (> 2 SE)"
-                if clear
-                else " - within noise (< 2 SE)"
+                " - raises the score on these windows (interval above 0: weaker in-context learning)"
+                if a > 0
+                else " - lowers it on these windows (interval below 0)"
+                if b < 0
+                else " - the interval includes 0"
             )
         )
     return lines

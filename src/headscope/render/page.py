@@ -279,7 +279,8 @@ def icl_html(icl) -> str:
     head = (
         f"<p>In-context learning score (Olsson et al. 2022): <b>{esc(fmt(icl.icl_score, signed=True))}</b> nats "
         f"(loss at token {icl.late} {esc(fmt(icl.loss_late))} minus token {icl.early} {esc(fmt(icl.loss_early))}; "
-        f"standard error {esc(fmt(icl.icl_stderr))}) on {esc(icl.source)}.</p>"
+        f"standard error {esc(fmt(icl.icl_stderr))}, 95% interval "
+        f"[{esc(fmt(icl.icl_ci95[0], signed=True))}, {esc(fmt(icl.icl_ci95[1], signed=True))}]) on {esc(icl.source)}.</p>"
     )
     if not icl.ablations:
         return head
@@ -288,6 +289,7 @@ def icl_html(icl) -> str:
             head_label(e["layer"], e["head"]),
             round(e["delta"], DECIMALS),
             round(e["delta_stderr"], DECIMALS),
+            "[{:+.3f}, {:+.3f}]".format(*e.get("delta_ci95", (float("nan"), float("nan")))),
             round(e["icl_score"], DECIMALS),
         ]
         for e in icl.ablations
@@ -295,7 +297,7 @@ def icl_html(icl) -> str:
     return head + (
         f"<p>{esc(icl.ablation_kind)} ablation of each top induction head's hook_z; Δ = ablated − clean, "
         "positive when the head helps the model learn from its context.</p>"
-        + table_html(["head", "Δ ICL score", "SE of Δ", "ICL score ablated"], rows, sortable=True)
+        + table_html(["head", "Δ ICL score", "SE of Δ", "95% interval of Δ", "ICL score ablated"], rows, sortable=True)
     )
 
 
@@ -310,10 +312,12 @@ def heads_sections(a) -> list[tuple[str, str, str]]:
         out.append(
             (
                 "natural-sinks",
-                "Attention sinks on natural text (Gu et al.'s convention)",
-                f"<p>{esc(ns.source)}: Sink<sub>1</sub><sup>{esc(ns.threshold)}</sup> = "
-                f"{esc(fmt(ns.model_sink_rate))}; {len(ns.sink_heads())} heads with mean alpha_1 &gt; "
-                f"{esc(ns.threshold)}; strongest: {esc(best or 'none')}.</p>",
+                "Attention sinks in Gu et al. 2024's setting (the attention-sink role)",
+                f"<p>{esc(ns.source)}; first token: {esc(ns.first_token)}. {len(ns.sink_heads())} heads "
+                f"({esc(f'{ns.sink_head_fraction:.1%}')} of heads) have mean alpha_1 &gt; {esc(ns.threshold)}; "
+                f"sink rate Sink<sub>1</sub><sup>{esc(ns.threshold)}</sup> = {esc(f'{ns.model_sink_rate:.1%}')} of "
+                f"(window, head) pairs; strongest: {esc(best or 'none')}. The scan's attention to the first "
+                "of its random tokens is the column first_token_random (no role).</p>",
             )
         )
     return out

@@ -47,6 +47,7 @@ from ..scores import (
     weight_scores,
 )
 from ..scores.layout import RepeatLayout
+from ..scores.reads import on_natural_text
 from ..tokens import token_text
 from ._progress import Progress
 from .ablation import ablated_later_loss_restart, ablation_hooks, capture_residuals, first_layer, residual_hooks
@@ -239,7 +240,7 @@ def score_pass(
     route = attention_route(m, attention)
     L, H = m.n_layers, m.n_heads
     layout = rt.layout
-    scores = attention_scores()
+    scores = [s for s in attention_scores() if not on_natural_text(s.reads)]  # natural text: kinds.sink
     sums = {s.name: torch.zeros(L, H) for s in scores}
     counts = dict.fromkeys(sums, 0)
     # direct logit effects (scores with from_pass): reduced in the same pass by DirectPass's hooks
