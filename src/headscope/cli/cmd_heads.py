@@ -133,7 +133,7 @@ def heads_cmd(
     at_least("--icl-windows", icl_windows, 1)
     if file and not (icl or natural_sinks):
         raise BadInput(
-            "--file is only read by the ICL score and --natural-sinks, and both are off",
+            "--file is only read by the ICL score and the natural-text sinks, and both are off",
             hint="drop --no-icl or --no-natural-sinks",
         )
     check_device(device, device_map)
