@@ -144,6 +144,10 @@ def test_icl_and_natural_sinks_on_the_tiny_llama(tiny_llama_dir, tmp_path):
     assert frame["icl_delta"].notna().sum() == 1
     shown = " ".join(r.stdout.split())
     assert "In-context learning score" in shown and "Attention sinks (Gu et al. 2024's setting" in shown
+    lo, hi = icl["icl_ci95"]  # the score and each delta are printed with their SE and 95% interval
+    assert f"SE {icl['icl_stderr']:.3f}, 95% interval [{lo:+.3f}, {hi:+.3f}]" in shown
+    a, b = icl["ablations"][0]["delta_ci95"]
+    assert a <= icl["ablations"][0]["delta"] <= b and f"95% interval [{a:+.3f}, {b:+.3f}]" in shown
     assert "first token: the window's first text token" in shown  # GPT-2's BPE adds no BOS, nor does headscope
     page = (out / "report.html").read_text()
     for title in (

@@ -57,6 +57,7 @@ def test_result_round_trips_to_json_in_the_documented_shape(default_scan):
         "n_heads": 9,
         "n_kv_heads": 3,
     }
+    assert "Instruct" in doc["model"]["about"] and "Q4_1" in doc["model"]["about"]  # every output says what it is
     assert {k: doc["settings"][k] for k in ("seq_len", "batch", "repeats", "seed")} == {
         "seq_len": 50,
         "batch": 10,
