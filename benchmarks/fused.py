@@ -8,11 +8,13 @@ On the same token ids ([BOS] + r + r, r = SEQ_LEN random ordinary tokens, BATCH 
   sample=False, attention=...)``: every registry score (attention scores, direct logit effects,
   copying from the per-model cache) and the per-position loss, through hooks on the full
   pattern (eager) or through the fused kernel, reading q, k and the row logsumexp (fused);
-- ``--ablation``: the causal check of ``--top`` heads as ``scan_induction`` plans it (each top
-  head, all of them, a random control: top + 2 passes), ``ablate_full`` as before issue 10
-  (``ablated_later_loss``: full eager passes from the embedding) and ``ablate_restart`` as now
-  (``ablated_later_loss_restart``: fused passes restarted from the clean residual at the first
-  ablated layer, the residuals kept from the clean pass);
+- ``--ablation``: the causal check of ``--top`` heads with one random control draw (each top
+  head, all of them, one control: top + 2 passes), ``ablate_full`` as before issue 10
+  (``ablated_later_loss``: full eager passes from the embedding) and ``ablate_restart`` as before
+  issue 19 (``ablated_later_loss_restart``: fused passes restarted from the clean residual at the
+  first ablated layer, the residuals kept from the clean pass); ``ablate_check``: the check as
+  ``scan_induction`` runs it now (:func:`headscope.scan.causal.causal_check`: top + 1 + 10
+  control draws, restarted, with per-sequence losses and bootstrap intervals);
 - ``--tl``: ``tl_detect_head``, TransformerLens 4.3 ``detect_head(model, prompts, name)`` for
   previous_token_head, duplicate_token_head and induction_head as documented (one
   ``run_with_cache`` per prompt and pattern), on the same ids (``model.to_tokens`` replaced by
@@ -57,9 +59,9 @@ def build(args):
     from headscope.models.loading import resolve_source
     from headscope.scan import ablation as A
     from headscope.scan import fused as F
+    from headscope.scan.causal import causal_check, control_heads
     from headscope.scan.induction_scan import (
         ablated_later_loss,
-        control_heads,
         scan_induction,
         score_pass,
         weight_score_arrays,
@@ -105,6 +107,17 @@ def build(args):
             A.ablated_later_loss_restart(model, rt, heads, chunk, scan.z_mean, scan.residuals, fused=True)
             for heads in plan
         ]
+        fns["ablate_check"] = lambda: causal_check(
+            model,
+            rt,
+            top,
+            (scan.later_by_sequence, scan.first_by_sequence),
+            ablation="mean",
+            z_mean=scan.z_mean,
+            residuals=scan.residuals,
+            chunk=chunk,
+            fused=True,
+        )
     if args.tl:
         from transformer_lens.head_detector import detect_head
 

@@ -43,12 +43,16 @@ def test_json_goes_to_stdout_alone_and_matches_scores_json(small, tmp_path):
     assert doc["settings"]["seq_len"] == 6
     on_disk = json.loads((tmp_path / "out" / "scores.json").read_text())
     assert on_disk == doc
-    assert len(doc["ablation"]) == 2 + 2  # two heads, all together, control
+    assert len(doc["ablation"]) == 2 + 1 + 10  # two heads, all together, ten control draws
+    assert all(e["interval"][0] <= e["loss_increase"] <= e["interval"][1] for e in doc["ablation"])
 
 
 def test_writes_csv_and_every_figure(small, tmp_path):
     r = run(*small, "--text", "one two three. one two three.")
     assert r.exit_code == 0, r.output
+    said = " ".join(r.output.split())
+    assert "Δloss [95%]" in said and "control, 10 draws of 2 other heads" in said
+    assert "[low, high]: 95% bootstrap interval" in said  # the legend's brackets are text, not markup
     out = tmp_path / "out"
     names = {p.name for p in out.iterdir()}
     assert {
@@ -65,9 +69,11 @@ def test_writes_csv_and_every_figure(small, tmp_path):
     from headscope.scores import SCORES
     from headscope.scores.reads import on_natural_text
 
-    # one column per score of the registry read on the scan (attention_sink is read on natural text: `heads`)
-    names = [s.name for s in SCORES if not on_natural_text(s.reads)]
-    assert header == ",".join(["layer", "head", *names, "roles"])
+    ablation = ["ablation_delta", "ablation_low", "ablation_high", "ablation_verdict", "ablation_first_repeat_delta"]
+    # one column per score of the registry read on the scan (attention_sink is read on natural text: `heads`),
+    # then the causal check of each singly ablated head
+    on_scan = [s.name for s in SCORES if not on_natural_text(s.reads)]
+    assert header == ",".join(["layer", "head", *on_scan, "roles", *ablation])
     assert header.startswith("layer,head,induction,prefix_matching,previous_token,duplicate_token,copying,")
     assert all((out / n).stat().st_size > 1000 for n in names if n.endswith(".png"))
 
@@ -95,7 +101,7 @@ def test_existing_results_are_never_overwritten_silently(small, tmp_path):
         (["--dtype", "float8"], "unknown dtype"),
         (["--text", "   "], "--text number 1 is empty"),
         (["--threshold", "induction"], "bad --threshold"),
-        (["--ablation", "resample"], "unknown ablation"),
+        (["--ablation", "half"], "unknown ablation"),
     ],
 )
 def test_bad_input_gives_a_clear_message_and_nonzero_exit(small, args, message, tmp_path):

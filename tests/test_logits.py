@@ -180,10 +180,12 @@ def test_smollm2_head_effects_equal_plain_transformers(smollm2):
 
 def test_target_groups_follow_the_repeats():
     first, later = target_groups(RepeatLayout(seq_len=5, repeats=3, bos=True))  # 16 tokens
-    assert (first.start, first.stop) == (0, 5)  # positions 0..4 predict tokens 1..5 (repeat 1)
-    assert (later.start, later.stop) == (5, 15)  # positions 5..14 predict tokens 6..15
+    assert first.tolist() == [0, 1, 2, 3, 4]  # positions 0..4 predict tokens 1..5 (repeat 1)
+    # positions 5..14 predict tokens 6..15; token 6 opens repeat 2 after a pair seen nowhere before
+    assert later.tolist() == [6, 7, 8, 9, 10, 11, 12, 13, 14]
     first, later = target_groups(RepeatLayout(seq_len=5, repeats=2, bos=False))
-    assert (first.start, first.stop) == (0, 4)  # token 0 is never a target
+    assert first.tolist() == [0, 1, 2, 3]  # token 0 is never a target
+    assert later.tolist() == [5, 6, 7, 8]  # token 5 opens repeat 2
 
 
 def test_repeat_means_equal_direct_effects_averaged_by_hand(tiny_gpt2):
@@ -193,7 +195,7 @@ def test_repeat_means_equal_direct_effects_averaged_by_hand(tiny_gpt2):
     first, later = target_groups(rt.layout)
     np.testing.assert_allclose(res.first, d.heads[:, first].mean((0, 1)), atol=1e-10)
     np.testing.assert_allclose(res.later, d.heads[:, later].mean((0, 1)), atol=1e-10)
-    assert res.n_later == 5 * 6 and res.max_abs_error < 1e-5
+    assert res.n_later == 5 * 5 and res.max_abs_error < 1e-5
     total = res.later.sum() + sum(res.components_later.values())
     assert abs(total - res.logit_later) < 1e-5
     assert res.to_frame().shape == (tiny_gpt2.cfg.n_layers * tiny_gpt2.cfg.n_heads, 6)

@@ -18,6 +18,7 @@ import headscope
 from headscope.cli import app
 from headscope.errors import BadInput, OutputExists
 from headscope.toy import CopyRecipe, ToyConfig, analyse_run, copy_batch, detect_phase_change, train_toy
+from headscope.toy.data import draw_spans
 from headscope.toy.train import build_tokenizer, checkpoint_steps, is_attention_only
 
 runner = CliRunner()
@@ -32,19 +33,61 @@ def short_run(tmp_path_factory):
 
 
 # --- data ----------------------------------------------------------------------------------------
-def test_copy_batch_copies_one_block_at_distances_that_vary():
-    r = CopyRecipe(n_ctx=64, vocab=64, block=16)
-    b = copy_batch(r, 256, torch.Generator().manual_seed(0))
+def test_recipe_distances_and_lengths_are_the_stated_ranges():
+    # by hand: 64 tokens, BOS at 0, so a 2-token copy fits at most 61 back (source at 1, copy at 62-63)
+    r = CopyRecipe()
+    assert r.distances() == range(3, 62)
+    assert list(r.lengths(3)) == [2, 3]  # never longer than the distance: the copy never overlaps its source
+    assert list(r.lengths(20)) == list(range(2, 13))  # 2..12 where everything fits
+    assert list(r.lengths(55)) == list(range(2, 9))  # 64 - 1 - 55 = 8 tokens of room
+    assert list(r.lengths(61)) == [2]
+    # a 12-token context: distances 3..9
+    assert CopyRecipe(n_ctx=12, block=4, min_distance=3).distances() == range(3, 10)
+
+
+def test_copy_distances_are_uniform_and_every_copy_fits():
+    r = CopyRecipe()
+    n = 59 * 200  # 200 sequences per distance on average, 4 copies each
+    spans = draw_spans(r, n, torch.Generator().manual_seed(0)).reshape(-1, 3)
+    dst, d, k = spans.unbind(1)
+    counts = torch.bincount(d, minlength=62)[3:].double()
+    assert counts.sum() == 4 * n and (torch.bincount(d, minlength=62)[:3] == 0).all()
+    # uniform over 3..61: each count is Binomial(4n, 1/59); every one within 5 standard deviations
+    p = 1 / 59
+    assert ((counts - 4 * n * p).abs() < 5 * (4 * n * p * (1 - p)) ** 0.5).all()
+    assert (dst - d >= 1).all() and (dst + k <= r.n_ctx).all() and (k <= d).all()
+    for dist in (3, 30, 61):  # lengths: each that fits, and no other
+        assert set(k[d == dist].tolist()) == set(r.lengths(dist))
+
+
+def test_copy_batch_masks_mark_exactly_the_intact_copied_targets():
+    r = CopyRecipe()
+    b = copy_batch(r, 128, torch.Generator().manual_seed(1))
     assert (b.tokens[:, 0] == r.bos_id).all() and (b.tokens[:, 1:] < r.vocab).all()
-    for i in range(256):
-        s, d = int(b.src[i]), int(b.dst[i])
-        assert d >= s + 16 and d + 16 <= 64
-        assert torch.equal(b.tokens[i, d : d + 16], b.tokens[i, s : s + 16])
-        # the masks mark targets t (index t - 1): offsets 1..15 of each copy
-        assert b.later[i].nonzero().squeeze(1).tolist() == list(range(d, d + 15))
-        assert b.first[i].nonzero().squeeze(1).tolist() == list(range(s, s + 15))
-    distances = set((b.dst - b.src).tolist())
-    assert min(distances) == 16 and max(distances) >= 16 + 14 and len(distances) > 10  # no fixed offset to exploit
+    for i in range(128):
+        toks = b.tokens[i].tolist()
+        written_after = [set() for _ in range(r.copies)]  # positions later copies write
+        for c in range(r.copies):
+            for c2 in range(c + 1, r.copies):
+                dst2, _, k2 = b.spans[i, c2].tolist()
+                written_after[c] |= set(range(dst2, dst2 + k2))
+        for c in range(r.copies):
+            dst, d, k = b.spans[i, c].tolist()
+            for t in range(dst + 1, dst + k):
+                if not {t - 1, t, t - 1 - d, t - d} & written_after[c]:  # nothing wrote over it: intact
+                    assert b.later[i, t - 1] and b.distance[i, t - 1] > 0
+            assert not b.later[i, dst - 1] or any(  # a copy's first token is not predictable from this copy
+                b.spans[i, c2, 0] < dst < b.spans[i, c2, 0] + b.spans[i, c2, 2] for c2 in range(r.copies)
+            )
+        for t in b.later[i].nonzero().squeeze(1).add(1).tolist():  # and every marked target is a copy
+            dist = int(b.distance[i, t - 1])
+            assert toks[t] == toks[t - dist] and toks[t - 1] == toks[t - 1 - dist]
+    # the last copy written is always whole
+    dst, d, k = b.spans[:, -1].unbind(1)
+    for i in range(128):
+        assert b.tokens[i, dst[i] : dst[i] + k[i]].equal(b.tokens[i, dst[i] - d[i] : dst[i] - d[i] + k[i]])
+        assert int(b.later[i, dst[i] : dst[i] + k[i] - 1].sum()) == k[i] - 1
+    assert b.later.sum(1).float().mean() > 10  # about 14 predictable targets in 63
 
 
 def test_copy_batch_is_fixed_by_the_generator_seed():
@@ -54,9 +97,10 @@ def test_copy_batch_is_fixed_by_the_generator_seed():
     assert torch.equal(a.tokens, b.tokens) and not torch.equal(a.tokens, c.tokens)
 
 
-def test_recipe_without_room_for_a_varying_gap_is_refused():
+def test_recipe_without_room_for_varying_distances_is_refused():
     with pytest.raises(BadInput, match="positional shortcut"):
-        CopyRecipe(n_ctx=40, block=16).check()
+        CopyRecipe(n_ctx=12).check()
+    CopyRecipe(n_ctx=16).check()  # distances 3..13: enough
 
 
 # --- the phase detector ------------------------------------------------------------------------
@@ -182,10 +226,28 @@ def test_analysis_sweeps_the_checkpoints_and_resumes(short_run):
     ph2 = analyse_run(short_run.out_dir, on_event=lambda kind, e, info: again.append(kind))
     assert again == ["skip"] * 3
     assert ph2.curves == ph.curves
+    # induction against copy distance: every checkpoint, every distance 3..61, and the fresh recheck
+    off = ph.offsets
+    assert off is not None and sorted(off.scores) == ph.steps and off.distances == list(range(3, 62))
+    assert all(g.shape == (2, 4, 59) for g in off.scores.values()) and off.recheck.shape == (2, 4, 59)
+    assert ph.curves["induction_pair_offset_min"] == [float(off.scores[s][il, ih].min()) for s in ph.steps]
+    aims = ph.aims()
+    assert aims["offset_min"] == ph.curves["induction_pair_offset_min"][-1]
+    assert not aims["induction_head_at_every_offset"]  # 6 steps of training make no induction head
     files = ph.save(short_run.out_dir / "phase")
-    assert {p.name for p in files} == {"phase.json", "phase.csv", "phase.png", "phase_heatmaps.png", "report.html"}
+    assert {p.name for p in files} == {
+        "phase.json",
+        "phase.csv",
+        "phase.png",
+        "phase_heatmaps.png",
+        "phase_offsets.png",
+        "report.html",
+    }
     page = (short_run.out_dir / "phase" / "report.html").read_text()
     assert "Phase change during training" in page and "data:image/png;base64," in page
+    assert "Induction against copy distance" in page and "fresh 256-sequence sample" in page
+    doc = json.loads((short_run.out_dir / "phase" / "phase.json").read_text())
+    assert doc["offsets"]["distances"][0] == 3 and "induction_head_at_every_offset" in doc["aims"]
     assert all(p.stat().st_size > 0 for p in files)
 
 
@@ -223,7 +285,7 @@ def toy(*args):
         (["--steps", "0"], "--steps must be at least 1"),
         (["--steps", "50", "--every", "100"], "larger than the run"),
         (["--every", "0"], "--every must be at least 1"),
-        (["--n-ctx", "40"], "positional shortcut"),
+        (["--n-ctx", "12"], "positional shortcut"),
         (["--layers", "1"], "--layers must be at least 2"),
     ],
 )

@@ -88,7 +88,13 @@ SeedOpt = Annotated[
     int, typer.Option("--seed", help="Seed for drawing r (the same sequences for every model that shares a tokenizer).")
 ]
 TopOpt = Annotated[int, typer.Option("--top", help="How many top induction heads to show and ablate.")]
-AblationOpt = Annotated[str, typer.Option("--ablation", help="mean (head output -> its mean) or zero.")]
+AblationOpt = Annotated[
+    str,
+    typer.Option(
+        "--ablation",
+        help="mean (head output -> its mean), zero, or resample (-> its output on another sequence of the batch).",
+    ),
+]
 NoAblateOpt = Annotated[bool, typer.Option("--no-ablate", help="Skip the causal check (faster).")]
 ThresholdOpt = Annotated[
     Optional[list[str]],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from ..errors import BadInput
@@ -12,6 +13,7 @@ from ..pipeline.outputs import ResultDir
 from ..pipeline.report_builder import texts_to_sequences
 from ..render.page import Report
 from ..scan import attention_sample, check_settings, scan_induction
+from ..scan.ablation import ABLATIONS
 from ..scores import definitions, roles_legend
 from ..scores import score as declared
 from . import app
@@ -91,8 +93,8 @@ def induction_cmd(
     thresholds = parse_thresholds(threshold)
     texts = read_texts(text, file)
     check_settings(seq_len, batch, repeats, True, None)  # cheap checks before loading anything
-    if ablation not in ("mean", "zero"):
-        raise BadInput(f"unknown ablation {ablation!r}", hint="use --ablation mean or --ablation zero")
+    if ablation not in ABLATIONS:
+        raise BadInput(f"unknown ablation {ablation!r}", hint="use --ablation mean, zero or resample")
     at_least("--top", top, 1)
     check_attention(attention)
     check_device(device, device_map)
@@ -162,14 +164,16 @@ def print_summary(con, res) -> None:
         + (f", {path.get(s['attention'], s['attention'])}" if s.get("attention") else ""),
         highlight=False,
     )
-    rises = res.ablation_rises()
     roles = res.roles()
     names = [n for n in res.score_order() if declared(n).in_table]
     role_names = {r for l, h, _ in res.top_heads("induction", s["top_k"]) for r in roles.get((l, h), [])}
     shown = list(dict.fromkeys([*names, *sorted(role_names)]))
     short = ", ".join(f"{declared(n).header} = {declared(n).label}" for n in shown if declared(n).header != n)
-    t = Table(title=f"Top induction heads ({short}, Δloss = rise in later-repeat loss when ablated)")
-    cols = ["head", *(declared(n).header for n in names), "roles", "Δloss"]
+    t = Table(
+        title=f"Top induction heads ({short}, Δloss = change in later-repeat loss when ablated, "
+        "[95% bootstrap interval over sequences], Δfirst = change in first-repeat loss)"
+    )
+    cols = ["head", *(declared(n).header for n in names), "roles", "Δloss [95%]", "Δfirst"]
     for col in cols:
         t.add_column(
             col, justify="left" if col in ("head", "roles") else "right", overflow="fold", no_wrap=col != "roles"
@@ -178,11 +182,13 @@ def print_summary(con, res) -> None:
         cells = [
             f"{res.scores[n][l, h]:.3f}" if declared(n).vmin == 0 else f"{res.scores[n][l, h]:+.3f}" for n in names
         ]
+        e = res.ablation_of(l, h)
         t.add_row(
             head_label(l, h),
             *cells,
             " ".join(declared(r).header for r in roles.get((l, h), [])) or "-",
-            f"{rises[(l, h)]:+.3f}" if (l, h) in rises else "-",
+            "-" if e is None else f"{e['loss_increase']:+.3f} [{e['interval'][0]:+.2f}, {e['interval'][1]:+.2f}]",
+            "-" if e is None else f"{e['first_repeat_increase']:+.3f}",
         )
     con.print(t)
     for n in ("previous_token", "duplicate_token"):
@@ -198,5 +204,5 @@ def print_summary(con, res) -> None:
             con.print(f"  {v}", highlight=False, markup=False)
     con.print("[dim]Legend:[/]")
     for name, text in definitions().items():
-        con.print(f"[dim]  {name}: {text}[/]", highlight=False)
+        con.print(f"[dim]  {name}: {escape(text)}[/]", highlight=False)
     con.print(f"[dim]  roles: {roles_legend(res.thresholds)}[/]", highlight=False)

@@ -17,6 +17,7 @@ from ..pipeline.logit_analysis import analyze_logits
 from ..pipeline.outputs import ResultDir
 from ..render.page import Report
 from ..scan import check_settings
+from ..scan.ablation import ABLATIONS
 from ..tokens import visible_whitespace
 from . import app
 from ._common import (
@@ -136,8 +137,8 @@ def logits_cmd(
     at_least("--top", top, 1)
     at_least("--max-tokens", max_tokens, 2, "the first token and one more")
     check_settings(seq_len, batch, repeats, True, None)
-    if ablation not in ("mean", "zero"):
-        raise BadInput(f"unknown ablation {ablation!r}", hint="use --ablation mean or --ablation zero")
+    if ablation not in ABLATIONS:
+        raise BadInput(f"unknown ablation {ablation!r}", hint="use --ablation mean, zero or resample")
     check_device(device, device_map)
     resolve_dtype(dtype)
 

@@ -13,6 +13,7 @@ from ..models import resolve_dtype
 from ..pipeline.outputs import ResultFile
 from ..pipeline.report_builder import build_report
 from ..scan import check_settings
+from ..scan.ablation import ABLATIONS
 from . import app
 from ._common import (
     DEFAULT,
@@ -111,8 +112,8 @@ def report_cmd(
     thresholds = parse_thresholds(threshold)
     texts = read_texts(text, file)
     check_settings(seq_len, batch, repeats, True, None)  # cheap checks before loading anything
-    if ablation not in ("mean", "zero"):
-        raise BadInput(f"unknown ablation {ablation!r}", hint="use --ablation mean or --ablation zero")
+    if ablation not in ABLATIONS:
+        raise BadInput(f"unknown ablation {ablation!r}", hint="use --ablation mean, zero or resample")
     at_least("--top", top, 1)
     at_least("--qk-top", qk_top, 1, "or pass --no-qk to skip the QK analysis")
     check_attention(attention)

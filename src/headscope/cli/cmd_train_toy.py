@@ -40,7 +40,9 @@ def train_toy_cmd(
     d_model: Annotated[int, typer.Option("--d-model", help="Residual stream width.")] = 64,
     vocab: Annotated[int, typer.Option("--vocab", help="Ordinary tokens t0..t{vocab-1} (plus <bos>, <unk>).")] = 64,
     n_ctx: Annotated[int, typer.Option("--n-ctx", help="Tokens per training sequence, BOS included.")] = 64,
-    block: Annotated[int, typer.Option("--block", help="Length of the block that is copied after a random gap.")] = 24,
+    block: Annotated[
+        int, typer.Option("--block", help="Longest copied span (spans of 2..block tokens, copied 3 to n_ctx-3 back).")
+    ] = 12,
     threads: Annotated[
         int,
         typer.Option(
@@ -74,9 +76,9 @@ def train_toy_cmd(
 ) -> None:
     """Train a 2-layer attention-only transformer on the CPU and watch an induction head form.
 
-    The data are random tokens in which a 24-token block is copied after a random gap, so only
-    content-based induction predicts the copy (see docs/toy.md: on plain repeats r + r a positional
-    shortcut wins instead). A live line shows the step, the training loss, the later-repeat
+    The data are random tokens in which spans of 2-12 tokens are copied from 3 to 61 tokens back
+    (the distance uniform), so only content-based induction predicts the copies, at every distance
+    (see docs/toy.md: on plain repeats r + r a positional shortcut wins instead). A live line shows the step, the training loss, the later-repeat
     loss and the best induction score on the scan's own sequences. Checkpoints are saved every
     --every steps as Hugging Face model directories (GPT-2 layout, word-level tokenizer) that
     every headscope command loads. Then the checkpoints are swept (--out/sweep) and the phase
@@ -222,6 +224,7 @@ def _print_phase(con, ph) -> None:
         ("loss_later_repeats", "later-repeat loss (nats)"),
         ("loss_first_repeat", "first-repeat loss"),
         ("induction_best", "best induction score"),
+        ("induction_pair_offset_min", f"L{ind[0]}H{ind[1]}'s lowest induction score over copy distances"),
         ("previous_token_best", f"best previous-token score, layer{'s' if ind[0] > 1 else ''} < {ind[0]}"),
         ("k_composition", f"K-composition L{prev[0]}H{prev[1]} -> L{ind[0]}H{ind[1]}"),
     ):
@@ -235,3 +238,11 @@ def _print_phase(con, ph) -> None:
         f"K-composition random baseline {ph.k_baseline:.3f}.",
         highlight=False,
     )
+    if "induction_head_at_every_offset" in a:
+        every = "at every" if a["induction_head_at_every_offset"] else "[yellow]not[/] at every"
+        con.print(
+            f"L{ind[0]}H{ind[1]} is an induction head {every} copy distance (threshold {a['offset_threshold']:g}): "
+            f"lowest {a['offset_min']:.2f} at distance {a['offset_min_distance']}, "
+            f"{a.get('offset_recheck_min', float('nan')):.2f} on a fresh larger sample (phase/phase_offsets.png).",
+            highlight=False,
+        )

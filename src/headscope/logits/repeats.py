@@ -2,11 +2,12 @@
 
 On ``[BOS] + r * repeats`` (the induction scan's sequences, :mod:`headscope.scan.sequences`)
 every position is scored on its actual next token. Targets in repeat 1 are unpredictable;
-targets in repeats 2..R are copies an induction mechanism can predict. A head whose mean
+targets in repeats 2..R (but the first token of repeat 2, which follows the end of repeat 1,
+a pair seen nowhere before) are copies an induction mechanism can predict. A head whose mean
 direct effect rises from the first to the later repeats writes the copied token's logit
 *directly*; an induction head with a small direct effect (but a large ablation cost) works
 through heads after it. Targets are grouped as the scan's loss groups them
-(:func:`headscope.scan.induction_scan.first_repeat_mean` / ``later_repeat_mean``).
+(:func:`headscope.scores.layout.first_repeat_targets` / ``later_repeat_targets``).
 """
 
 from __future__ import annotations
@@ -71,8 +72,8 @@ def repeat_logit_effects(
             s["logit"] = s.get("logit", 0) + d.model_logit[:, sl].sum()
             for name, v in d.components.items():
                 s[name] = s.get(name, 0) + v[:, sl].sum()
-    n_first = n_seq * (first.stop - first.start)
-    n_later = n_seq * (later.stop - later.start)
+    n_first = n_seq * len(first)
+    n_later = n_seq * len(later)
     comps = [k for k in sums["first"] if k not in ("heads", "logit")]
     return RepeatLogitEffects(
         model_name=as_model(model).name,

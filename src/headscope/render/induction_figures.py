@@ -81,30 +81,49 @@ def loss_by_position(res: InductionResult, ax=None):
 
 
 def ablation_chart(res: InductionResult, ax=None):
-    """Bar chart of the rise in later-repeat loss per ablation, control included."""
+    """The causal check: each change in later-repeat loss with its 95% interval, first-repeat change beside it.
+
+    Heads and all-together: bar = mean over sequences, whisker = bootstrap interval. Control:
+    bar = median over the random draws, whisker = central 95% of the draws, dots = the draws.
+    """
     if ax is None:
-        _, ax = plt.subplots(figsize=(7, 3.6))
-    labels, values, colors = [], [], []
+        _, ax = plt.subplots(figsize=(7.5, 3.8))
+    labels, values, lows, highs, firsts, colors = [], [], [], [], [], []
     for e in res.ablation:
-        if e["kind"] == "head":
-            labels.append(head_label(e["layer"], e["head"]))
-            colors.append("#2a9d8f")
-        elif e["kind"] == "all_top":
-            labels.append(f"all {len(e['heads'])} top")
-            colors.append("#264653")
-        else:
-            labels.append(f"control\n({len(e['heads'])} random)")
-            colors.append("#adb5bd")
+        if e["kind"] == "control":
+            continue
+        labels.append(head_label(e["layer"], e["head"]) if e["kind"] == "head" else f"all {len(e['heads'])} top")
+        colors.append("#2a9d8f" if e["kind"] == "head" else "#264653")
         values.append(e["loss_increase"])
-    ax.bar(range(len(values)), values, color=colors)
-    for i, v in enumerate(values):
-        ax.text(i, v, f"{v:+.2f}", ha="center", va="bottom" if v >= 0 else "top", fontsize=8)
-    ax.set_xticks(range(len(values)), labels, fontsize=8)
+        lows.append(e["interval"][0])
+        highs.append(e["interval"][1])
+        firsts.append(e["first_repeat_increase"])
+    c = res.control_spread()
+    if c is not None:
+        labels.append(f"control\n({c['n']} draws of {c['n_heads']})")
+        colors.append("#adb5bd")
+        values.append(c["median"])
+        lows.append(c["low"])
+        highs.append(c["high"])
+        firsts.append(c["first_repeat"]["median"])
+        draws = [e["loss_increase"] for e in res.ablation if e["kind"] == "control"]
+        ax.scatter([len(values) - 1] * len(draws), draws, s=8, color="#495057", zorder=3)
+    x = np.arange(len(values))
+    v = np.asarray(values)
+    err = np.vstack([v - np.asarray(lows), np.asarray(highs) - v])
+    ax.bar(x, v, color=colors, yerr=err, capsize=3, error_kw={"lw": 0.8})
+    ax.scatter(x, firsts, marker="x", color="#e76f51", zorder=4, label="change in first-repeat loss")
+    for i, (val, hi) in enumerate(zip(values, highs)):
+        ax.text(i, max(val, hi), f"{val:+.2f}", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(x, labels, fontsize=8)
     ax.axhline(0, color="black", lw=0.6)
-    ax.set_ylabel("rise in later-repeat loss (nats)")
+    ax.set_ylabel("change in later-repeat loss (nats)")
+    ax.legend(fontsize=7, loc="upper left", frameon=False)
     kind = res.settings.get("ablation") or "mean"
     ax.set_title(
-        f"Causal check: {kind}-ablating heads' outputs (clean loss {res.loss_later_repeats:.2f} nats)", fontsize=10
+        f"Causal check: {kind}-ablating heads' outputs (clean loss {res.loss_later_repeats:.2f} nats; "
+        "whiskers: 95% interval)",
+        fontsize=9,
     )
     return ax.figure
 

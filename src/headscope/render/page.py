@@ -37,7 +37,7 @@ from ..logits.story import logit_definitions
 from ..qk.results import QK_DEFINITIONS
 from ..scan.attention_sample import AttentionSample
 from ..scan.result import InductionResult
-from ..scores import ABLATION_DEFINITION, LOSS_DEFINITION, MIN_RISE, SCORES, roles_legend
+from ..scores import ABLATION_DEFINITION, LOSS_DEFINITION, SCORES, roles_legend
 from ..scores import score as declared
 from .html import (
     DECIMALS,
@@ -103,28 +103,30 @@ def top_heads_html(res: InductionResult, k: int | None = None) -> str:
     """The top induction heads with every score, their roles and the causal check."""
     k = k or res.settings.get("top_k", 5)
     roles, sc, order = res.roles(), res.scores, res.score_order()
-    rises = res.ablation_rises()
     rows = []
     for l, h, _ in res.top_heads("induction", k):
-        rise = rises.get((l, h))
-        rise_cell = (
-            ("–", -1e9)
-            if rise is None
-            else (
-                f'<span class="{"pos" if rise >= MIN_RISE else "neg"}">{fmt(rise, signed=True)}</span>',
-                round(rise, DECIMALS),
-            )
-        )
         rows.append(
             [
                 head_label(l, h),
                 *(round(float(sc[n][l, h]), DECIMALS) for n in order),
                 (roles_html(roles.get((l, h), [])), "+".join(roles.get((l, h), []))),
-                rise_cell,
+                *ablation_cells(res.ablation_of(l, h)),
             ]
         )
-    cols = ["head", *(_label(n) for n in order), "roles", "ablation Δloss"]
+    cols = ["head", *(_label(n) for n in order), "roles", "ablation Δloss [95%]", "Δ first repeat"]
     return table_html(cols, rows, sortable=True)
+
+
+def ablation_cells(e: dict | None) -> list:
+    """The page's causal-check cells of one head: Δloss with its interval (coloured by verdict), Δ first repeat."""
+    if e is None:
+        return [("–", -1e9), ("–", -1e9)]
+    lo, hi = e["interval"]
+    cls = {"raises": "pos", "lowers": "neg"}.get(e["verdict"], "")
+    shown = f'<span class="{cls}" title="{esc(e["verdict"])}">{fmt(e["loss_increase"], signed=True)}</span>'
+    shown = f'<span style="white-space:nowrap">{shown} [{fmt(lo, signed=True)}, {fmt(hi, signed=True)}]</span>'
+    first = e["first_repeat_increase"]
+    return [(shown, round(e["loss_increase"], DECIMALS)), (fmt(first, signed=True), round(first, DECIMALS))]
 
 
 def other_roles_html(res: InductionResult, k: int = 3) -> str:
@@ -575,10 +577,37 @@ def phase_sections(ph) -> list[tuple[str, str, str]]:
             + figure_html(phase_figure(ph))
             + "<h3>Before and after the window</h3>"
             + figure_html(phase_heatmaps(ph))
+            + offsets_html(ph)
             + "<h3>Aims</h3>"
             + table_html(["aim", "value"], aims),
         )
     ]
+
+
+def offsets_html(ph) -> str:
+    """Induction against copy distance: the figure, then a table of the tracked head's score (min and mean)
+    over each range of distances at the checkpoints the figure shows, and on the fresh recheck sample."""
+    from .phase_figures import offset_steps, offsets_figure
+
+    off = ph.offsets
+    if off is None:
+        return ""
+    columns = [(f"step {s} ({label})", off.bins(off.head(s, ph.induction_head))) for s, label in offset_steps(ph)]
+    if off.recheck is not None:
+        il, ih = ph.induction_head
+        columns.append(
+            (f"step {ph.steps[-1]}, fresh {off.recheck_batch}-sequence sample", off.bins(off.recheck[il, ih]))
+        )
+    rows = [
+        [b["distances"]] + [f"{col[i]['min']:.2f} / {col[i]['mean']:.2f}" for _, col in columns]
+        for i, b in enumerate(columns[0][1])
+    ]
+    return (
+        f"<h3>Induction against copy distance ({head_label(*ph.induction_head)})</h3>"
+        + f"<p>{esc(off.definition)}</p>"
+        + figure_html(offsets_figure(ph))
+        + table_html(["distance (tokens back)"] + [f"{name}: min / mean" for name, _ in columns], rows)
+    )
 
 
 # --- logit pieces (from a headscope.pipeline.logit_analysis.LogitAnalysis) -------------------------------

@@ -137,9 +137,79 @@ def phase_heatmaps(ph):
     return fig
 
 
+def offset_steps(ph) -> list[tuple[int, str]]:
+    """The checkpoints the distance figure and table show: either side of the window (when there is one)
+    and the last, each with a name."""
+    last = ph.steps[-1]
+    if ph.window is None:
+        return [(ph.steps[0], "first"), (last, "last")]
+    shown = [(int(ph.window.before), "before the window"), (int(ph.window.after), "after the window")]
+    return shown + ([(last, "last")] if last != shown[-1][0] else [])
+
+
+def offsets_figure(ph):
+    """Induction against copy distance for the tracked induction head.
+
+    Left: its score at every distance (rows) at every checkpoint (columns), the window
+    marked. Right: its score against distance at the checkpoints of :func:`offset_steps`,
+    the last one's fresh, larger recheck sample dotted and the induction role threshold dashed.
+    """
+    off = ph.offsets
+    il, ih = ph.induction_head
+    name = f"L{il}H{ih}"
+    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(12, 4.4), gridspec_kw={"width_ratios": [1.25, 1]})
+    grid = np.stack([off.head(s, ph.induction_head) for s in ph.steps], axis=1)  # [D, steps]
+    d = off.distances
+    im = ax0.imshow(
+        grid,
+        vmin=0,
+        vmax=1,
+        cmap="viridis",
+        aspect="auto",
+        origin="lower",
+        interpolation="nearest",
+        extent=(-0.5, len(ph.steps) - 0.5, d[0] - 0.5, d[-1] + 0.5),
+    )
+    ticks = list(range(0, len(ph.steps), max(1, len(ph.steps) // 8)))
+    ax0.set_xticks(ticks, [str(ph.steps[i]) for i in ticks], fontsize=8)
+    if ph.window is not None:
+        for edge in (ph.window.before, ph.window.after):
+            ax0.axvline(ph.steps.index(int(edge)), color=WINDOW_COLOUR, lw=1.5, ls="--")
+    ax0.set_xlabel("training step (checkpoint)")
+    ax0.set_ylabel("copy distance (tokens back)")
+    ax0.set_title(f"{name}: induction score at each distance", fontsize=9.5)
+    fig.colorbar(im, ax=ax0, fraction=0.046, pad=0.03)
+
+    for i, (step, label) in enumerate(offset_steps(ph)):
+        ax1.plot(d, off.head(step, ph.induction_head), lw=1.4, color=f"C{i}", label=f"step {step} ({label})")
+    if off.recheck is not None:
+        ax1.plot(
+            d,
+            off.recheck[il, ih],
+            lw=1.2,
+            ls=":",
+            color="k",
+            label=f"step {ph.steps[-1]}, fresh sample ({off.recheck_batch} per distance)",
+        )
+    ax1.axhline(off.threshold, ls="--", lw=1, color="0.5", label=f"induction threshold {off.threshold:g}")
+    ax1.set_ylim(0, 1.02)
+    ax1.set_xlabel("copy distance (tokens back)")
+    ax1.set_ylabel("induction score")
+    ax1.set_title(f"{name} against distance ({off.batch} sequences per distance)", fontsize=9.5)
+    ax1.grid(alpha=0.3)
+    ax1.legend(fontsize=7.5, loc="lower right", framealpha=0.85)
+    fig.suptitle(f"Is {name} an induction head at every distance, or only at some?", fontsize=10.5)
+    fig.tight_layout()
+    return fig
+
+
 def save_phase_figures(ph, out_dir: str | Path) -> list[Path]:
-    """``phase.png`` and ``phase_heatmaps.png`` in ``out_dir``."""
+    """``phase.png``, ``phase_heatmaps.png`` and (when measured) ``phase_offsets.png`` in ``out_dir``."""
     out = Path(out_dir)
     save(phase_figure(ph), out / "phase.png")
     save(phase_heatmaps(ph), out / "phase_heatmaps.png")
-    return [out / "phase.png", out / "phase_heatmaps.png"]
+    written = [out / "phase.png", out / "phase_heatmaps.png"]
+    if ph.offsets is not None:
+        save(offsets_figure(ph), out / "phase_offsets.png")
+        written.append(out / "phase_offsets.png")
+    return written

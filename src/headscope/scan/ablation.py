@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from .fused import fused_attention, fused_supported
@@ -59,6 +61,21 @@ def residual_hooks(store: dict[int, list[torch.Tensor]], layers) -> list[tuple[s
 
 
 @torch.no_grad()
+def _capture(model, tokens: torch.Tensor, hooks: list, stop: int, chunk: int | None, fused: bool | None) -> None:
+    """Clean passes over ``tokens`` (``chunk`` sequences each) that stop before block ``stop``, with ``hooks``."""
+    chunk = chunk or tokens.shape[0]
+    use_fused = fused_supported(model) if fused is None else fused
+    ctx = fused_attention(model) if use_fused else contextlib.nullcontext()
+    with ctx:
+        for s in range(0, tokens.shape[0], chunk):
+            model.run_with_hooks(
+                tokens[s : s + chunk].to(model.cfg.device),
+                fwd_hooks=hooks,
+                stop_at_layer=stop if stop < model.cfg.n_layers else None,
+                use_cache=False,
+            )
+
+
 def capture_residuals(
     model, tokens: torch.Tensor, layers, chunk: int | None = None, fused: bool | None = None
 ) -> dict[int, torch.Tensor]:
@@ -71,19 +88,77 @@ def capture_residuals(
     """
     layers = sorted(set(layers))
     store: dict[int, list[torch.Tensor]] = {}
-    stop = layers[-1] + 1
-    chunk = chunk or tokens.shape[0]
-    use_fused = fused_supported(model) if fused is None else fused
-    ctx = fused_attention(model) if use_fused else contextlib.nullcontext()
-    with ctx:
-        for s in range(0, tokens.shape[0], chunk):
-            model.run_with_hooks(
-                tokens[s : s + chunk].to(model.cfg.device),
-                fwd_hooks=residual_hooks(store, layers),
-                stop_at_layer=stop if stop < model.cfg.n_layers else None,
-                use_cache=False,
-            )
+    _capture(model, tokens, residual_hooks(store, layers), layers[-1] + 1, chunk, fused)
     return {l: torch.cat(v) for l, v in store.items()}
+
+
+def capture_z(
+    model, tokens: torch.Tensor, heads, chunk: int | None = None, fused: bool | None = None
+) -> dict[tuple[int, int], torch.Tensor]:
+    """``{(l, h): clean hook_z [batch, n, d_head]}`` of ``heads``, from passes that stop after the last layer."""
+    heads = sorted(set(map(tuple, heads)))
+    store: dict[tuple[int, int], list[torch.Tensor]] = {}
+
+    def keep(z, hook):
+        layer = int(hook.name.split(".")[1])
+        for l, h in heads:
+            if l == layer:
+                store.setdefault((l, h), []).append(z[:, :, h].detach().clone())
+
+    hooks = [(f"blocks.{l}.attn.hook_z", keep) for l in sorted({l for l, _ in heads})]
+    _capture(model, tokens, hooks, max(l for l, _ in heads) + 1, chunk, fused)
+    return {k: torch.cat(v) for k, v in store.items()}
+
+
+def donor_order(batch: int, seed: int = 0) -> np.ndarray:
+    """For each sequence ``b``, another sequence ``donor[b] != b`` whose activations replace its own (seeded).
+
+    A random cyclic order: every sequence gives to exactly one other and takes from one other.
+
+    >>> d = donor_order(5, seed=1)
+    >>> sorted(d.tolist()) == list(range(5)) and all(d[b] != b for b in range(5))
+    True
+    """
+    if batch < 2:
+        raise ValueError("resample ablation needs at least 2 sequences")
+    order = np.random.default_rng(seed).permutation(batch)
+    donor = np.empty(batch, dtype=np.int64)
+    donor[order] = np.roll(order, -1)
+    return donor
+
+
+ABLATIONS = ("mean", "zero", "resample")
+
+
+@dataclass(frozen=True)
+class Replacement:
+    """What an ablated head's ``hook_z`` becomes.
+
+    "mean": ``z_mean[layer, head]`` ``[d_head]``, its mean over every sequence and position of the
+    clean run; "zero": 0; "resample": ``donor_z[(layer, head)]`` ``[batch, n, d_head]``, row ``b``
+    being the head's clean output on another sequence (:func:`donor_order`), so the replaced
+    output is one the head really writes, on unrelated tokens.
+    """
+
+    kind: str
+    z_mean: torch.Tensor | None = None
+    donor_z: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, value: Replacement | torch.Tensor | None) -> Replacement:
+        """A replacement from a ``z_mean`` tensor ("mean") or ``None`` ("zero"); a Replacement as it is."""
+        if isinstance(value, Replacement):
+            return value
+        return cls("zero") if value is None else cls("mean", z_mean=value)
+
+    def value(self, layer: int, head: int, rows: slice) -> torch.Tensor | float:
+        """The replacement for ``head`` in ``layer`` on sequences ``rows`` (broadcasts over ``z[rows, :, head]``)."""
+        if self.kind == "zero":
+            return 0.0
+        if self.kind == "mean":
+            assert self.z_mean is not None
+            return self.z_mean[layer, head]
+        return self.donor_z[(layer, head)][rows]
 
 
 @torch.no_grad()
@@ -99,8 +174,15 @@ def restart_from(model, resid: torch.Tensor, layer: int, fwd_hooks=(), fused: bo
         return model.run_with_hooks(resid, start_at_layer=layer, fwd_hooks=list(fwd_hooks), use_cache=False)
 
 
-def ablation_hooks(heads: list[tuple[int, int]], z_mean: torch.Tensor | None) -> list[tuple[str, Callable]]:
-    """``hook_z`` hooks replacing ``heads``' outputs by ``z_mean[layer, head]`` ``[d_head]`` (or zero)."""
+def ablation_hooks(
+    heads: list[tuple[int, int]], replacement: Replacement | torch.Tensor | None, rows: slice = slice(None)
+) -> list[tuple[str, Callable]]:
+    """``hook_z`` hooks replacing ``heads``' outputs on sequences ``rows`` by :class:`Replacement`.
+
+    ``replacement``: a Replacement, or (as before) ``z_mean`` ``[L, H, d_head]`` for mean ablation
+    and ``None`` for zero ablation.
+    """
+    repl = Replacement.of(replacement)
     by_layer: dict[int, list[int]] = {}
     for layer, head in heads:
         by_layer.setdefault(layer, []).append(head)
@@ -109,37 +191,45 @@ def ablation_hooks(heads: list[tuple[int, int]], z_mean: torch.Tensor | None) ->
         layer = int(hook.name.split(".")[1])
         z = z.clone()
         for head in by_layer[layer]:
-            z[:, :, head, :] = 0.0 if z_mean is None else z_mean[layer, head].to(z.device, z.dtype)
+            v = repl.value(layer, head, rows)
+            z[:, :, head, :] = v.to(z.device, z.dtype) if isinstance(v, torch.Tensor) else v
         return z
 
     return [(f"blocks.{layer}.attn.hook_z", ablate) for layer in by_layer]
 
 
 @torch.no_grad()
-def ablated_later_loss_restart(
+def ablated_losses(
     model,
     rt: RepeatedTokens,
     heads: list[tuple[int, int]],
     chunk: int,
-    z_mean: torch.Tensor | None,
+    replacement: Replacement | torch.Tensor | None,
     residuals: dict[int, torch.Tensor],
     fused: bool | None = None,
-) -> float:
-    """``induction.ablated_later_loss`` restarted at the first ablated layer from the clean residuals.
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sequence later- and first-repeat losses ``([batch], [batch])`` with ``heads`` ablated.
 
-    ``residuals[l]`` ``[batch, n, d_model]``: the clean run's ``blocks.{l}.hook_resid_pre`` for
-    all ``rt.tokens`` (from :func:`residual_hooks` or :func:`capture_residuals`).
+    Restarted at the first ablated layer from the clean residuals: ``residuals[l]``
+    ``[batch, n, d_model]`` is the clean run's ``blocks.{l}.hook_resid_pre`` for all
+    ``rt.tokens`` (from :func:`residual_hooks` or :func:`capture_residuals`). The reference
+    it is tested against is ``induction_scan.ablated_later_loss`` (full passes).
     """
-    from .induction_scan import later_repeat_mean, token_losses
+    from .induction_scan import first_repeat_mean, later_repeat_mean, token_losses
 
     start = first_layer(heads)
-    hooks = ablation_hooks(heads, z_mean)
     device = model.cfg.device
-    total = 0.0
+    later, first = [], []
     for s in range(0, rt.tokens.shape[0], chunk):
         tokens = rt.tokens[s : s + chunk].to(device)
         resid = residuals[start][s : s + chunk].to(device)
-        logits = restart_from(model, resid, start, hooks, fused=fused)
-        total += later_repeat_mean(token_losses(logits, tokens), rt.layout).sum().item()
-        del logits
-    return total / rt.tokens.shape[0]
+        hooks = ablation_hooks(heads, replacement, slice(s, s + chunk))
+        per_pos = token_losses(restart_from(model, resid, start, hooks, fused=fused), tokens)
+        later.append(later_repeat_mean(per_pos, rt.layout).cpu())
+        first.append(first_repeat_mean(per_pos, rt.layout).cpu())
+    return torch.cat(later).double().numpy(), torch.cat(first).double().numpy()
+
+
+def ablated_later_loss_restart(model, rt, heads, chunk, replacement, residuals, fused=None) -> float:
+    """The mean over sequences of :func:`ablated_losses`' later-repeat loss."""
+    return float(ablated_losses(model, rt, heads, chunk, replacement, residuals, fused)[0].mean())

@@ -15,7 +15,7 @@ import torch
 
 from ..folded_weights import HeadWeights, head_weights
 from ..hooks import act_name
-from ..scores.layout import RepeatLayout
+from ..scores.layout import RepeatLayout, first_repeat_targets, later_repeat_targets
 
 
 @dataclass
@@ -182,7 +182,11 @@ def _row_sums_f64(x: torch.Tensor, elements: int = 1 << 22) -> torch.Tensor:
     return out
 
 
-def target_groups(layout: RepeatLayout) -> tuple[slice, slice]:
-    """Scored positions (``p`` predicts token ``p + 1``) whose targets lie in repeat 1, and in repeats 2..R."""
-    start = max(layout.offset, 1)
-    return slice(start - 1, layout.later_start - 1), slice(layout.later_start - 1, layout.n_tokens - 1)
+def target_groups(layout: RepeatLayout) -> tuple[np.ndarray, np.ndarray]:
+    """Scored positions (``p`` predicts token ``p + 1``) whose targets lie in repeat 1, and in repeats 2..R.
+
+    The layout's own rule (:func:`~headscope.scores.layout.first_repeat_targets`,
+    :func:`~headscope.scores.layout.later_repeat_targets`): later-repeat targets leave out the
+    first token of repeat 2, which no context predicts.
+    """
+    return first_repeat_targets(layout), later_repeat_targets(layout)

@@ -38,6 +38,7 @@ from ..models.fingerprint import cached_fingerprint, weights_version
 from ..models.inputs import TokenSequence
 from ..models.model import HeadscopeModel, as_model
 from ..scores import (
+    CONTROL_DRAWS,
     attention_scores,
     default_thresholds,
     pass_scores,
@@ -46,12 +47,13 @@ from ..scores import (
     reduce_qk,
     weight_scores,
 )
-from ..scores.layout import RepeatLayout
+from ..scores.layout import RepeatLayout, first_repeat_targets, later_repeat_targets
 from ..scores.reads import on_natural_text
 from ..tokens import token_text
 from ._progress import Progress
-from .ablation import ablated_later_loss_restart, ablation_hooks, capture_residuals, first_layer, residual_hooks
+from .ablation import ABLATIONS, Replacement, ablation_hooks, residual_hooks
 from .attention_sample import attention_sample
+from .causal import causal_check
 from .direct import DirectPass, Unembedding, target_groups, unembedding
 from .fused import FusedUnsupported, fused_attention, fused_chunk_size_for, fused_unsupported_reason
 from .result import InductionResult
@@ -83,13 +85,19 @@ def token_losses(logits: torch.Tensor, tokens: torch.Tensor, chunk: int = 1024) 
 
 
 def later_repeat_mean(per_position: torch.Tensor, layout: RepeatLayout) -> torch.Tensor:
-    """Mean of ``[..., n-1]`` per-position losses over targets in repeats 2..R."""
-    return per_position[..., layout.later_start - 1 :].mean(-1)
+    """Mean of ``[..., n-1]`` per-position losses over the predictable targets in repeats 2..R.
+
+    The targets are :func:`~headscope.scores.layout.later_repeat_targets` (the first token of
+    repeat 2, which no context predicts, left out).
+    """
+    idx = torch.as_tensor(later_repeat_targets(layout), device=per_position.device)
+    return per_position.index_select(-1, idx).mean(-1)
 
 
 def first_repeat_mean(per_position: torch.Tensor, layout: RepeatLayout) -> torch.Tensor:
-    start = max(layout.offset, 1)
-    return per_position[..., start - 1 : layout.later_start - 1].mean(-1)
+    """Mean of ``[..., n-1]`` per-position losses over the targets in repeat 1."""
+    idx = torch.as_tensor(first_repeat_targets(layout), device=per_position.device)
+    return per_position.index_select(-1, idx).mean(-1)
 
 
 def weight_score_arrays(model: HeadscopeModel) -> dict[str, np.ndarray]:
@@ -168,7 +176,9 @@ class ScanPass:
     ``means[name]`` ``[n_layers, n_heads]`` for every attention score and pass score of the
     registry; ``per_position_loss`` ``[n-1]``; ``z_mean`` ``[n_layers, n_heads, d_head]`` (if
     asked); ``residuals[l]`` the clean ``blocks.{l}.hook_resid_pre`` ``[batch, n, d_model]`` for
-    the layers asked (a causal check restarts there); ``attention`` the path that ran.
+    the layers asked (a causal check restarts there); ``attention`` the path that ran;
+    ``later_by_sequence``, ``first_by_sequence`` ``[batch]`` each sequence's later- and
+    first-repeat loss (the causal check's clean side, sequence by sequence).
     """
 
     means: dict[str, np.ndarray]
@@ -176,6 +186,8 @@ class ScanPass:
     z_mean: torch.Tensor | None
     residuals: dict[int, torch.Tensor]
     attention: str
+    later_by_sequence: np.ndarray
+    first_by_sequence: np.ndarray
 
 
 def _weight_scores_on_disk(model: HeadscopeModel) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
@@ -251,6 +263,7 @@ def score_pass(
         direct_sums = {k: np.zeros((L, H)) for k in groups if k in direct}
         direct_counts = dict.fromkeys(direct_sums, 0)
     loss_sum = torch.zeros(layout.n_tokens - 1)
+    by_seq: dict[str, list[torch.Tensor]] = {"later": [], "first": []}
     z_sum: torch.Tensor | None = None
     z_count = 0
     prepared: dict[str, Any] = {}
@@ -293,7 +306,10 @@ def score_pass(
         routed = fused_attention(m, on_attention) if route == "fused" else contextlib.nullcontext()
         with routed:
             logits = m.run_with_hooks(tokens, fwd_hooks=hooks + (run.hooks if run else []), use_cache=False)
-        loss_sum += token_losses(logits, tokens).sum(0).cpu()
+        per_seq = token_losses(logits, tokens)
+        loss_sum += per_seq.sum(0).cpu()
+        by_seq["later"].append(later_repeat_mean(per_seq, layout).cpu())
+        by_seq["first"].append(first_repeat_mean(per_seq, layout).cpu())
         if run is not None:
             heads = run.finish(logits).heads  # [B, P, L, H]
             for name in direct_sums:
@@ -309,32 +325,34 @@ def score_pass(
         means.update({name: direct_sums[name] / max(direct_counts[name], 1) for name in direct_sums})
     z_mean = None if z_sum is None else z_sum / z_count
     residuals = {layer: torch.cat(v) for layer, v in store.items()}
-    return ScanPass(means, loss_sum / rt.tokens.shape[0], z_mean, residuals, route)
+    later_seq, first_seq = (torch.cat(by_seq[k]).double().numpy() for k in ("later", "first"))
+    return ScanPass(means, loss_sum / rt.tokens.shape[0], z_mean, residuals, route, later_seq, first_seq)
 
 
 @torch.no_grad()
-def ablated_later_loss(model, rt: RepeatedTokens, heads: list[Head], chunk: int, z_mean: torch.Tensor | None) -> float:
-    """Later-repeat loss with ``heads``' outputs replaced by their mean (or zero if ``z_mean`` is None).
+def ablated_losses_full(
+    model, rt: RepeatedTokens, heads: list[Head], chunk: int, replacement: Replacement | torch.Tensor | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sequence later- and first-repeat losses with ``heads``' outputs replaced (:class:`~.ablation.Replacement`).
 
     Full passes from the embedding on the model as loaded (eager attention): the reference the
-    restarted check (:func:`~headscope.scan.ablation.ablated_later_loss_restart`) is tested against.
+    restarted check (:func:`~headscope.scan.ablation.ablated_losses`) is tested against.
+    ``replacement`` may also be ``z_mean`` (mean ablation) or ``None`` (zero ablation).
     """
     m = as_model(model)
-    hooks = ablation_hooks(heads, z_mean)
-    total = 0.0
+    later, first = [], []
     for start in range(0, rt.tokens.shape[0], chunk):
         tokens = rt.tokens[start : start + chunk].to(m.device)
-        logits = m.run_with_hooks(tokens, fwd_hooks=hooks)
-        total += later_repeat_mean(token_losses(logits, tokens), rt.layout).sum().item()
-        del logits
-    return total / rt.tokens.shape[0]
+        hooks = ablation_hooks(heads, replacement, slice(start, start + chunk))
+        per_pos = token_losses(m.run_with_hooks(tokens, fwd_hooks=hooks), tokens)
+        later.append(later_repeat_mean(per_pos, rt.layout).cpu())
+        first.append(first_repeat_mean(per_pos, rt.layout).cpu())
+    return torch.cat(later).double().numpy(), torch.cat(first).double().numpy()
 
 
-def control_heads(n_layers: int, n_heads: int, top: list[Head], seed: int) -> list[Head]:
-    """As many heads as ``top``, drawn at random (seeded) from the others: the ablation's control."""
-    others = [(l, h) for l in range(n_layers) for h in range(n_heads) if (l, h) not in top]
-    gen = np.random.default_rng(seed)
-    return [others[i] for i in sorted(gen.choice(len(others), size=min(len(top), len(others)), replace=False))]
+def ablated_later_loss(model, rt: RepeatedTokens, heads: list[Head], chunk: int, replacement) -> float:
+    """Later-repeat loss (mean over sequences) with ``heads`` ablated, by full passes (:func:`ablated_losses_full`)."""
+    return float(ablated_losses_full(model, rt, heads, chunk, replacement)[0].mean())
 
 
 def clamp_top(top_k: int, n_heads_total: int, ablate: bool) -> tuple[int, list[str]]:
@@ -360,6 +378,7 @@ def scan_induction(
     top_k: int = 5,
     ablate: bool = True,
     ablation: str = "mean",
+    controls: int = CONTROL_DRAWS,
     thresholds: dict[str, float] | None = None,
     max_memory_gb: float | None = None,
     chunk_size: int | None = None,
@@ -373,22 +392,30 @@ def scan_induction(
     tokens, seeded) through the model in chunks, one forward pass each, reducing every
     layer's attention in the pass. Returns an :class:`InductionResult` with every score
     of the registry (``[n_layers, n_heads]`` each; definitions in ``headscope.scores.SCORES``),
-    the per-position loss, and, if ``ablate``, the causal check: the rise in later-repeat
-    loss when each of the ``top_k`` induction heads, then all of them, then ``top_k`` other
-    heads at random (a control) are ``ablation``-ablated ("mean": the head's ``hook_z``
-    replaced by its mean over all sequences and positions of the clean run; "zero").
+    the per-position loss, and, if ``ablate``, the causal check (:func:`~.causal.causal_check`):
+    the change in later- and first-repeat loss, with a 95% bootstrap interval over sequences and
+    a verdict, when each of the ``top_k`` induction heads, then all of them, then ``top_k``
+    other heads at random (a control, drawn ``controls`` times) are ``ablation``-ablated
+    ("mean": the head's ``hook_z`` replaced by its mean over all sequences and positions of
+    the clean run; "zero"; "resample": by its output on another sequence of the batch).
 
     ``attention``: "auto" (fused kernel wherever the model can be routed, else eager),
     "fused" (refused with the reason where it cannot) or "eager" (full patterns); the path
     that ran is ``settings["attention"]``. ``max_memory_gb`` bounds one chunk's working set.
 
     >>> res = scan_induction(model, seq_len=8, batch=2, top_k=2, sample=False, progress=False)
-    >>> len(res.top_heads("induction", 2)), list(res.scores)[:2], len(res.ablation)
-    (2, ['induction', 'prefix_matching'], 4)
+    >>> len(res.top_heads("induction", 2)), list(res.scores)[:2], len(res.ablation)  # 2 heads, all, 10 controls
+    (2, ['induction', 'prefix_matching'], 13)
     """
     m = as_model(model)
-    if ablation not in ("mean", "zero"):
-        raise BadInput(f"unknown ablation {ablation!r}", hint="use 'mean' or 'zero'")
+    if ablation not in ABLATIONS:
+        raise BadInput(f"unknown ablation {ablation!r}", hint="use one of: " + ", ".join(ABLATIONS))
+    if ablate and ablation == "resample" and batch < 2:
+        raise BadInput(
+            "resample ablation takes each sequence's head output from another sequence", hint="use --batch 2 or more"
+        )
+    if controls < 1:
+        raise BadInput(f"controls must be at least 1 (got {controls})")
     if top_k < 1:
         raise BadInput(f"--top must be at least 1 (got {top_k})")
     route = attention_route(m, attention)
@@ -429,32 +456,22 @@ def scan_induction(
         clean_later = float(later_repeat_mean(per_pos, layout))
         ablations: list[dict] = []
         if ablate:
-            plan = [("head", [h]) for h in top] + [
-                ("all_top", top),
-                ("control", control_heads(m.n_layers, m.n_heads, top, seed)),
-            ]
-            prog.task("ablating", len(plan))
+            prog.task("ablating", len(top) + 1 + controls)
             t0 = time.perf_counter()
-            residuals = scan.residuals
-            needed = {first_layer(heads) for _, heads in plan} - set(residuals)
-            if needed:
-                residuals = {**residuals, **capture_residuals(m, rt.tokens, needed, chunk, fused=route == "fused")}
-            zm = scan.z_mean if ablation == "mean" else None
-            for kind, heads in plan:
-                loss = ablated_later_loss_restart(m, rt, heads, chunk, zm, residuals, fused=route == "fused")
-                entry = {
-                    "kind": kind,
-                    "heads": [list(h) for h in heads],
-                    "loss": loss,
-                    "loss_increase": loss - clean_later,
-                }
-                if kind == "head":
-                    entry.update(layer=heads[0][0], head=heads[0][1])
-                else:
-                    entry.update(layer=None, head=None)
-                ablations.append(entry)
-                prog.advance("ablating")
-            del residuals
+            ablations = causal_check(
+                m,
+                rt,
+                top,
+                (scan.later_by_sequence, scan.first_by_sequence),
+                ablation=ablation,
+                z_mean=scan.z_mean,
+                residuals=scan.residuals,
+                chunk=chunk,
+                fused=route == "fused",
+                seed=seed,
+                controls=controls,
+                step=lambda: prog.advance("ablating"),
+            )
             timings["ablation_s"] = time.perf_counter() - t0
         samples = []
         if sample:
@@ -473,6 +490,7 @@ def scan_induction(
             "bos_source": rt.bos_source,
             "n_tokens": layout.n_tokens,
             "ablation": ablation if ablate else None,
+            "controls": controls if ablate else None,
             "chunk_size": chunk,
             "max_memory_gb": budget,
             "device": str(cfg.device),

@@ -13,7 +13,8 @@ import numpy as np
 
 from ..head_labels import head_label, top_k
 from ..jsonsafe import dumps
-from ..scores import MIN_RISE, definitions, role_scores, score_names
+from ..scores import INTERVAL_LEVEL, definitions, role_scores, score_names
+from ..stats import spread
 from .attention_sample import AttentionSample
 
 
@@ -66,25 +67,45 @@ class InductionResult:
         return entries
 
     def ablation_rises(self) -> dict[tuple[int, int], float]:
-        """Each singly ablated head's rise in later-repeat loss."""
+        """Each singly ablated head's change in later-repeat loss (mean over sequences)."""
         return {(e["layer"], e["head"]): e["loss_increase"] for e in self.ablation if e["kind"] == "head"}
 
+    def ablation_of(self, layer: int, head: int) -> dict | None:
+        """The causal-check entry of ``head`` ablated alone (None if it was not)."""
+        return next(
+            (e for e in self.ablation if e["kind"] == "head" and (e["layer"], e["head"]) == (layer, head)), None
+        )
+
+    def control_spread(self) -> dict | None:
+        """The random control over its draws: median and central 95% of the draws' changes (None without one)."""
+        draws = [e for e in self.ablation if e["kind"] == "control"]
+        if not draws:
+            return None
+        return {
+            **spread([e["loss_increase"] for e in draws], INTERVAL_LEVEL),
+            "first_repeat": spread([e["first_repeat_increase"] for e in draws], INTERVAL_LEVEL),
+            "n_heads": len(draws[0]["heads"]),
+        }
+
     def verdicts(self) -> list[str]:
-        """Plain statements about the causal check, one per ablation."""
+        """Plain statements about the causal check: each head, all together, the control's spread."""
         out = []
         for e in self.ablation:
-            d = e["loss_increase"]
-            if e["kind"] == "head":
-                who = head_label(e["layer"], e["head"])
-                ok = d >= MIN_RISE
-                out.append(
-                    f"{who}: ablating it {'raises' if ok else 'does NOT raise'} the later-repeat loss "
-                    f"({d:+.3f} nats)" + ("" if ok else " - not causally important on its own here")
-                )
-            elif e["kind"] == "all_top":
-                out.append(f"all {len(e['heads'])} top induction heads together: {d:+.3f} nats")
-            else:
-                out.append(f"control, {len(e['heads'])} other heads at random: {d:+.3f} nats")
+            if e["kind"] == "control":
+                continue
+            who = head_label(e["layer"], e["head"]) if e["kind"] == "head" else f"all {len(e['heads'])} top heads"
+            said = {"raises": "raises", "lowers": "lowers", "no clear change": "does not clearly change"}
+            out.append(
+                f"{who}: ablating {'it' if e['kind'] == 'head' else 'them'} {said[e['verdict']]} the later-repeat "
+                f"loss: {ablation_text(e)}"
+            )
+        c = self.control_spread()
+        if c is not None:
+            out.append(
+                f"control, {c['n']} draws of {c['n_heads']} other heads at random: median {c['median']:+.3f} nats, "
+                f"central {INTERVAL_LEVEL:.0%} of draws [{c['low']:+.3f}, {c['high']:+.3f}] "
+                f"(first repeat: median {c['first_repeat']['median']:+.3f})"
+            )
         return out
 
     def score_order(self) -> list[str]:
@@ -104,6 +125,7 @@ class InductionResult:
                 row: dict[str, Any] = {"layer": l, "head": h}
                 row.update({name: float(self.scores[name][l, h]) for name in names})
                 row["roles"] = "+".join(roles.get((l, h), []))
+                row.update(_ablation_columns(self.ablation_of(l, h)))
                 rows.append(row)
         return pd.DataFrame(rows)
 
@@ -121,9 +143,8 @@ class InductionResult:
                 "first_repeat": round(self.loss_first_repeat, 6),
                 "later_repeats": round(self.loss_later_repeats, 6),
             },
-            "ablation": [
-                {**e, "loss": round(e["loss"], 6), "loss_increase": round(e["loss_increase"], 6)} for e in self.ablation
-            ],
+            "ablation": [rounded_entry(e) for e in self.ablation],
+            "ablation_control": self.control_spread(),
             "heads": self.heads(),
             "thresholds": self.thresholds,
             "definitions": definitions(),
@@ -157,3 +178,44 @@ class InductionResult:
         from ..render.page import induction_html
 
         return induction_html(self)
+
+
+def ablation_text(e: dict) -> str:
+    """``+1.880 nats [1.740, 2.030]; first repeat +0.010 [-0.020, 0.040]``: one ablation's numbers."""
+    lo, hi = e["interval"]
+    flo, fhi = e["first_repeat_interval"]
+    return (
+        f"{e['loss_increase']:+.3f} nats [{lo:+.3f}, {hi:+.3f}]; "
+        f"first repeat {e['first_repeat_increase']:+.3f} [{flo:+.3f}, {fhi:+.3f}]"
+    )
+
+
+def rounded_entry(e: dict) -> dict:
+    """An ablation entry with its floats rounded to 6 decimals (the JSON's precision)."""
+
+    def r(v):
+        if isinstance(v, float):
+            return round(v, 6)
+        return [r(x) for x in v] if isinstance(v, list) else v
+
+    return {k: r(v) for k, v in e.items()}
+
+
+def _ablation_columns(e: dict | None) -> dict[str, Any]:
+    """The CSV's causal-check columns for one head (NaN / empty where it was not ablated alone)."""
+    if e is None:
+        nan = float("nan")
+        return {
+            "ablation_delta": nan,
+            "ablation_low": nan,
+            "ablation_high": nan,
+            "ablation_verdict": "",
+            "ablation_first_repeat_delta": nan,
+        }
+    return {
+        "ablation_delta": e["loss_increase"],
+        "ablation_low": e["interval"][0],
+        "ablation_high": e["interval"][1],
+        "ablation_verdict": e["verdict"],
+        "ablation_first_repeat_delta": e["first_repeat_increase"],
+    }

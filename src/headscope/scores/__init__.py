@@ -4,10 +4,13 @@ from .layout import RepeatLayout
 from .reads import Column, KeySet, Reads, Stripe, prepare, reduce_pattern, reduce_qk
 from .registry import (
     ABLATION_DEFINITION,
+    BOOTSTRAP_RESAMPLES,
+    CONTROL_DRAWS,
+    INTERVAL_LEVEL,
     LOSS_DEFINITION,
-    MIN_RISE,
     SCORES,
     Score,
+    ablation_verdict,
     attention_scores,
     default_thresholds,
     definitions,
@@ -21,10 +24,12 @@ from .registry import (
 
 __all__ = [
     "ABLATION_DEFINITION",
+    "BOOTSTRAP_RESAMPLES",
+    "CONTROL_DRAWS",
     "Column",
+    "INTERVAL_LEVEL",
     "KeySet",
     "LOSS_DEFINITION",
-    "MIN_RISE",
     "Reads",
     "RepeatLayout",
     "SCORES",
@@ -41,5 +46,6 @@ __all__ = [
     "roles_legend",
     "score",
     "score_names",
+    "ablation_verdict",
     "weight_scores",
 ]

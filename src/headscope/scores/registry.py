@@ -190,7 +190,8 @@ SCORES: tuple[Score, ...] = (
         label="direct logit effect (later repeats)",
         title="Direct logit effect on later-repeat targets (nats)",
         definition=(
-            "Mean over targets in repeats 2..R of the head's direct contribution to the centred logit of the actual "
+            "Mean over the later-repeat loss's targets (repeats 2..R without the first token of repeat 2, which "
+            "no context predicts) of the head's direct contribution to the centred logit of the actual "
             "next token: its output z W_O through the final norm (scale frozen at the token's actual value, gain "
             "folded) and W_U, minus the mean over the vocabulary (the shift the softmax ignores). Positive = the "
             "head itself raises the copied token. Source: Elhage et al. 2021 (direct path); TransformerLens's "
@@ -222,15 +223,41 @@ SCORES: tuple[Score, ...] = (
 LOSS_DEFINITION = (
     "Cross-entropy (nats) of predicting each token from the ones before it, averaged over the batch. "
     "first_repeat: targets in repeat 1 (unpredictable, about ln(vocab)); later_repeats: targets in repeats "
-    "2..R, where induction can predict them."
+    "2..R, where induction can predict them, except the first token of repeat 2 (it follows the end of "
+    "repeat 1, a pair seen nowhere earlier, so no context predicts it)."
 )
+
+#: The causal check's noise model: every ablation's change is a mean over sequences with a
+#: percentile-bootstrap interval (sequences resampled with replacement, seeded), and the random
+#: control is drawn CONTROL_DRAWS times.
+INTERVAL_LEVEL = 0.95
+BOOTSTRAP_RESAMPLES = 2000
+CONTROL_DRAWS = 10
+
 ABLATION_DEFINITION = (
-    "Rise in later-repeat loss when a head's output (hook_z) is replaced by its mean over all sequences "
-    "and positions of the clean run (mean ablation) or by zero (zero ablation); each top induction head "
-    "alone, all of them together, and a control of as many other heads drawn at random."
+    "Change in later-repeat loss (nats, ablated - clean, per sequence then averaged) when heads' outputs "
+    "(hook_z) are replaced: by their mean over all sequences and positions of the clean run (mean), by zero "
+    "(zero), or by the same head's output on another sequence of the batch (resample). Each top induction head "
+    f"alone, all of them together, and a control of as many other heads drawn at random, {CONTROL_DRAWS} times "
+    f"(median and central {INTERVAL_LEVEL:.0%} of the draws). [low, high]: {INTERVAL_LEVEL:.0%} bootstrap "
+    f"interval over sequences ({BOOTSTRAP_RESAMPLES:,} resamples, seeded). Verdict: 'raises' only when the "
+    "interval lies above 0, 'lowers' when below 0, else 'no clear change'. first-repeat change: the same "
+    "ablation's change in first-repeat loss (specificity: an induction head should change it little)."
 )
-#: An ablation "raises" the loss when it adds at least this many nats.
-MIN_RISE = 0.01
+
+
+def ablation_verdict(low: float, high: float) -> str:
+    """What an ablation's interval ``[low, high]`` says: "raises", "lowers" or "no clear change".
+
+    >>> ablation_verdict(0.02, 0.4), ablation_verdict(-0.1, 0.3), ablation_verdict(-0.5, -0.2)
+    ('raises', 'no clear change', 'lowers')
+    """
+    if low > 0:
+        return "raises"
+    if high < 0:
+        return "lowers"
+    return "no clear change"
+
 
 _BY_NAME = {s.name: s for s in SCORES}
 

@@ -12,6 +12,10 @@
    ``run/phase/composition.json`` so a rerun loads nothing twice).
 4. :func:`headscope.toy.phase.detect_phase_change` on the later-repeat loss gives the window;
    the same detector runs on the induction, previous-token and composition curves.
+5. Induction against copy distance (:mod:`headscope.toy.offsets`): every head's induction
+   score at every distance from 3 to the context, at every checkpoint, and the last
+   checkpoint again on a fresh, larger sample. The aim ``induction_head_at_every_offset``
+   asks the tracked head to pass the induction role threshold at every distance.
 
 >>> from headscope.toy import analyse_run
 >>> ph = analyse_run("toy-run")                      # doctest: +SKIP
@@ -33,6 +37,7 @@ from ..errors import BadInput
 from ..head_labels import head_label
 from ..jsonsafe import dumps
 from ..scores import default_thresholds
+from .offsets import OffsetCurves, measure_checkpoints
 from .phase import PhaseWindow, detect_phase_change
 from .train import default_threads, read_run, torch_threads
 
@@ -44,6 +49,8 @@ CURVES = {
     "induction_pair": "Induction score of the tracked induction head (the last checkpoint's best).",
     "previous_token_best": "Highest previous-token score among the heads in layers below the tracked induction head.",
     "previous_token_pair": "Previous-token score of the tracked previous-token head.",
+    "induction_pair_offset_min": "Lowest induction score of the tracked induction head over copy distances 3 to "
+    "the context (headscope.toy.offsets): an induction head at every distance keeps this high.",
     "k_composition": "K-composition score (Elhage et al. 2021) of the tracked previous-token head's OV circuit into "
     "the tracked induction head's keys: ||W_OV W_K W_Q^T||_F / (||W_OV||_F ||W_K W_Q^T||_F).",
 }
@@ -74,6 +81,7 @@ class PhaseAnalysis:
     k_baseline: float
     total_steps: int
     live: list[dict] = field(default_factory=list)  # the training log (finer than the checkpoints)
+    offsets: OffsetCurves | None = None  # induction against copy distance, every checkpoint
 
     @property
     def before_step(self) -> int | None:
@@ -88,7 +96,9 @@ class PhaseAnalysis:
 
         Induction head: best score > 0.6; previous-token head: at least headscope's role
         threshold (0.4); the later-repeat loss more than halves between the window's
-        checkpoints, which are less than 20 % of the run apart."""
+        checkpoints, which are less than 20 % of the run apart; the tracked induction head
+        passes the induction threshold (0.4) at every copy distance at the last checkpoint,
+        on both offset samples (``induction_head_at_every_offset``)."""
         last = {k: v[-1] for k, v in self.curves.items()}
         w = self.window
         return {
@@ -101,6 +111,7 @@ class PhaseAnalysis:
             "loss_more_than_halved_in_window": w is not None and w.ratio < 0.5,
             "window_fraction_of_run": None if w is None else w.width / self.total_steps,
             "window_shorter_than_20pc": w is not None and w.width / self.total_steps < 0.2,
+            **({} if self.offsets is None else self.offsets.aim(self.steps[-1], self.induction_head)),
         }
 
     def to_dict(self) -> dict:
@@ -122,6 +133,7 @@ class PhaseAnalysis:
                 }
                 for s in self.heatmap_steps()
             },
+            "offsets": None if self.offsets is None else self.offsets.to_dict(self.induction_head),
             "aims": self.aims(),
             "definitions": CURVES,
         }
@@ -236,8 +248,26 @@ def analyse_run(
         return _analyse(Path(run_dir), rerun, on_event, log, progress)
 
 
+def _read_sweep(run_dir: Path, entries, steps_of: dict) -> tuple[dict, dict]:
+    """The finished sweep entries: ``{step: {score: [L, H]}}`` and ``{step: (later, first) loss}``."""
+    from ..pipeline.sweep import read_entry
+
+    scores: dict[int, dict[str, np.ndarray]] = {}
+    losses: dict[int, tuple[float, float]] = {}
+    for e in entries:
+        rec = read_entry(run_dir / "sweep", e)
+        if rec is None:
+            continue
+        s = steps_of[e.key]
+        scores[s] = {
+            k: np.asarray(rec["result"]["scores"][k], dtype=np.float64) for k in ("induction", "previous_token")
+        }
+        losses[s] = (rec["summary"]["loss_later_repeats"], rec["summary"]["loss_first_repeat"])
+    return scores, losses
+
+
 def _analyse(run_dir: Path, rerun, on_event, log, progress) -> PhaseAnalysis:
-    from ..pipeline.sweep import plan_sweep, read_entry, run_sweep
+    from ..pipeline.sweep import plan_sweep, run_sweep
 
     run, ckpts = run_checkpoints(run_dir)
     cfg = run["config"]
@@ -256,17 +286,7 @@ def _analyse(run_dir: Path, rerun, on_event, log, progress) -> PhaseAnalysis:
         seed=cfg["eval_seed"],
         ablate=False,
     )
-    scores: dict[int, dict[str, np.ndarray]] = {}
-    losses: dict[int, tuple[float, float]] = {}
-    for e in entries:
-        rec = read_entry(run_dir / "sweep", e)
-        if rec is None:
-            continue
-        s = steps_of[e.key]
-        scores[s] = {
-            k: np.asarray(rec["result"]["scores"][k], dtype=np.float64) for k in ("induction", "previous_token")
-        }
-        losses[s] = (rec["summary"]["loss_later_repeats"], rec["summary"]["loss_first_repeat"])
+    scores, losses = _read_sweep(run_dir, entries, steps_of)
     if not res.ok or len(scores) < 2:
         failed = ", ".join(f["label"] for f in res.failures) or "none"
         raise BadInput(
@@ -282,6 +302,7 @@ def _analyse(run_dir: Path, rerun, on_event, log, progress) -> PhaseAnalysis:
     prev = final["previous_token"][:il]
     pl, ph = np.unravel_index(int(np.argmax(prev)), prev.shape)
     comp, baseline = _composition(ckpts, run_dir / "phase" / "composition.json", log or (lambda m: None))
+    offsets = measure_checkpoints(ckpts, int(cfg["vocab"]), int(cfg["n_ctx"]))
 
     curves = {
         "loss_later_repeats": [losses[s][0] for s in steps],
@@ -290,6 +311,7 @@ def _analyse(run_dir: Path, rerun, on_event, log, progress) -> PhaseAnalysis:
         "induction_pair": [float(scores[s]["induction"][il, ih]) for s in steps],
         "previous_token_best": [float(scores[s]["previous_token"][:il].max()) for s in steps],
         "previous_token_pair": [float(scores[s]["previous_token"][pl, ph]) for s in steps],
+        "induction_pair_offset_min": [float(offsets.head(s, (int(il), int(ih))).min()) for s in steps],
         "k_composition": [float(comp[s][pl, ph, il, ih]) for s in steps],
     }
     windows = {name: detect_phase_change(steps, curves[name], direction=d) for name, d in DIRECTION.items()}
@@ -313,4 +335,5 @@ def _analyse(run_dir: Path, rerun, on_event, log, progress) -> PhaseAnalysis:
         k_baseline=baseline,
         total_steps=int(cfg["steps"]),
         live=live,
+        offsets=offsets,
     )

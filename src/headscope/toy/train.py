@@ -8,7 +8,7 @@ transformer, saved in the ordinary GPT-2 layout. Its tokenizer is a word-level v
 ``PreTrainedTokenizerFast``), so ``headscope.load_model(checkpoint_dir)``, ``headscope
 sweep`` and every other command work on the checkpoints unchanged.
 
-Training data: :mod:`headscope.toy.data` (a block copied after a random gap). Every
+Training data: :mod:`headscope.toy.data` (short spans copied from 3 to ~61 tokens back). Every
 ``log_every`` steps the model is evaluated on the induction scan's own sequences --
 ``[BOS] + r + r`` with ``r`` drawn exactly as :func:`headscope.scan.sequences.repeated_tokens`
 draws it for these checkpoints -- so the live numbers (later-repeat loss, best induction
@@ -82,7 +82,8 @@ class ToyConfig:
     d_model: int = 64
     vocab: int = 64
     n_ctx: int = 64
-    block: int = 24
+    block: int = 12  # longest copy (copies are 2..block tokens, 3..n_ctx-3 tokens back: toy/data.py)
+    copies: int = 4  # copies written into each training sequence
     batch: int = 64
     lr: float = 3e-3
     log_every: int = 25
@@ -92,7 +93,7 @@ class ToyConfig:
 
     @property
     def recipe(self) -> CopyRecipe:
-        return CopyRecipe(n_ctx=self.n_ctx, vocab=self.vocab, block=self.block)
+        return CopyRecipe(n_ctx=self.n_ctx, vocab=self.vocab, block=self.block, copies=self.copies)
 
     def check(self) -> ToyConfig:
         """Raise :class:`BadInput` for settings that cannot make a run; return self."""
