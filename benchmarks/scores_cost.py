@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     import headscope
     from headscope.folded_weights import head_weights
+    from headscope.models.embedding import weight_inputs
     from headscope.scan import induction_scan as I
     from headscope.scan.sequences import repeated_tokens
     from headscope.scores import attention_scores, weight_scores
@@ -93,9 +94,10 @@ def main(argv: list[str] | None = None) -> dict:
         t0 = time.perf_counter()
         w = head_weights(model)
         first["head_weights"] = time.perf_counter() - t0
+        inputs = weight_inputs(model)
         for decl in weight_scores():
             t0 = time.perf_counter()
-            decl.from_weights(w, model)
+            decl.from_weights(w, inputs)
             first[decl.name] = time.perf_counter() - t0
         record["weight_scores_first_s"] = {k: round(v, 3) for k, v in first.items()}
         record["weight_scores_first_total_s"] = round(sum(first.values()), 3)

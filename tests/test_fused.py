@@ -332,7 +332,7 @@ def test_copying_scores_are_computed_once_and_again_after_a_weight_change(tiny_g
     calls = []
     copying = registry.score("copying")
     original = copying.from_weights
-    spy = lambda w, model: calls.append(1) or original(w, model)  # noqa: E731
+    spy = lambda w, inputs: calls.append(1) or original(w, inputs)  # noqa: E731
     monkeypatch.setattr(
         registry,
         "SCORES",
@@ -370,7 +370,7 @@ def test_weight_scores_come_back_from_the_disk_cache_for_the_same_weights(tiny_g
         registry,
         "SCORES",
         tuple(
-            type(s)(**{**s.__dict__, "from_weights": lambda w, m: calls.append(1)}) if s.from_weights else s
+            type(s)(**{**s.__dict__, "from_weights": lambda w, inputs: calls.append(1)}) if s.from_weights else s
             for s in registry.SCORES
         ),
     )

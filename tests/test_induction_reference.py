@@ -83,7 +83,7 @@ def test_smollm2_scores_match_plain_transformers(smollm2, attention):
 def test_copying_score_equals_full_vocab_eigenvalues():
     """On a small vocabulary the full vocab x vocab OV circuit can be formed: same score."""
     from headscope.folded_weights import HeadWeights
-    from headscope.scores.copying import copying_scores
+    from headscope.scores.copying import copying_direct_scores, copying_scores
 
     g = torch.Generator().manual_seed(0)
     L, H, d, dh, V = 2, 3, 12, 4, 30
@@ -106,18 +106,26 @@ def test_copying_score_equals_full_vocab_eigenvalues():
     # make one head a pure copier: W_V W_O maps each embedding onto its own unembedding
     E, U = w.W_E.double(), w.W_U.double()
     w.W_V[0, 0] = (torch.linalg.pinv(E) @ E)[:, :dh].float()
-    got = copying_scores(w).numpy()
+    got = copying_direct_scores(w).numpy()
+    X = rnd(V, d).double()  # an effective embedding, read with LayerNorm's centring and TL's center_unembed
+    w.norm = "layernorm"
+    eff = copying_scores(w, X).numpy()
+    Xc, Uc = X - X.mean(-1, keepdim=True), U - U.mean(0, keepdim=True)
+    Uc = Uc - Uc.mean(1, keepdim=True)
     for l in range(L):
         for h in range(H):
             full = (E @ w.W_V[l, h].double() @ w.W_O[l, h].double() @ U).numpy()  # [V, V]
             eig = np.linalg.eigvals(full)
             expected = eig.sum().real / np.abs(eig).sum()
             assert abs(got[l, h] - expected) < 1e-4, (l, h)
+            Wo = w.W_O[l, h].double() - w.W_O[l, h].double().mean(-1, keepdim=True)
+            eig = np.linalg.eigvals((Xc @ w.W_V[l, h].double() @ Wo @ Uc).numpy())
+            assert abs(eff[l, h] - eig.sum().real / np.abs(eig).sum()) < 1e-4, (l, h)
 
 
 def test_copying_score_is_one_for_an_identity_ov_circuit():
     from headscope.folded_weights import HeadWeights
-    from headscope.scores.copying import copying_scores
+    from headscope.scores.copying import copying_direct_scores as copying_scores
 
     d, dh, V = 6, 6, 10
     E = torch.randn(V, d, generator=torch.Generator().manual_seed(1))

@@ -18,12 +18,13 @@ import torch.nn.functional as F
 
 import headscope
 from headscope.folded_weights import head_weights
+from headscope.kinds import copy_suppression_scores, successor_scores
 from headscope.kinds import sink as SK
 from headscope.kinds.documents import natural_windows, token_windows
 from headscope.kinds.icl import icl_score
-from headscope.scores.copy_suppression import copy_suppression_scores, self_rank_fractions
-from headscope.scores.embedding import effective_embedding
-from headscope.scores.successor import ORDINAL_SETS, successor_counts, successor_scores, usable_ordinal_sets
+from headscope.models.embedding import effective_embedding
+from headscope.scores.copy_suppression import self_rank_fractions
+from headscope.scores.successor import ORDINAL_SETS, successor_counts, usable_ordinal_sets
 
 # --- attention sink: pattern reductions ------------------------------------------------------
 
@@ -146,6 +147,21 @@ def test_effective_embeddings_match_the_hf_modules(name, request):
     torch.testing.assert_close(effective_embedding(model, ids, "mlp0"), ref_mlp0, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(effective_embedding(model, ids, "block0"), ref_block0, rtol=1e-5, atol=1e-5)
     assert not any(h._forward_hooks for h in model.hook_dict.values())  # the early stop left no hook behind
+
+
+@pytest.mark.parametrize("name", ["tiny_gpt2", "tiny_llama"])
+def test_weight_only_embeddings_read_the_same_from_the_model_and_its_weights(name, request):
+    model = request.getfixturevalue(name)
+    w = head_weights(model)
+    ids = [11, 500, 7000]
+    E = model.original_model.get_input_embeddings().weight.detach()[ids].double()  # HF's own table
+    torch.testing.assert_close(effective_embedding(model, ids, "embed").double(), E)
+    x = E - E.mean(-1, keepdim=True) if name == "tiny_gpt2" else E  # LayerNorm centres, RMSNorm does not
+    ref = x / (x.square().mean(-1, keepdim=True) + 1e-5).sqrt()
+    for source in (model, w):
+        torch.testing.assert_close(effective_embedding(source, ids, "embed_normed"), ref)
+    with pytest.raises(headscope.errors.BadInput, match="runs block 0"):
+        effective_embedding(w, ids, "mlp0")
 
 
 # --- OV logits by hand from the HF weights -----------------------------------------------------

@@ -276,7 +276,9 @@ def test_ov_row_equals_a_dense_row_from_plain_transformers(request, name):
     model = request.getfixturevalue(name)
     hf = _hf_model(request.getfixturevalue(f"{name}_dir"))
     layer, head, tok = 1, 3, 464
-    res = ov_circuit(model, (layer, head), [tok], k=5)
+    res = ov_circuit(
+        model, (layer, head), [tok], k=5, embedding="embed"
+    )  # the direct path; block 0: test_copying_block0
     with torch.no_grad():
         if name == "tiny_gpt2":
             blk = hf.transformer.h[layer]

@@ -91,6 +91,17 @@ def test_rotary_gqa_model_runs_with_user_tokens_and_query(tiny_llama_dir, tmp_pa
     assert [t["tokens"] for t in doc["token_circuits"]][0] == [" cat", " dog", " mat"]
     assert all("most-attended key" in d["how"] for d in doc["decompositions"])
     assert "RoPE" in doc["positional"]["method"]
+    used = doc["used_offsets"]  # the token circuit is taken at each head's most-attended offset, and says so
+    for t in doc["token_circuits"]:
+        assert t["offset"] == used[t["head"]]["offset"] and f"offset {t['offset']}" in t["method"]
+    assert doc["composition"]["where"] == "Q/K at offset 0" and doc["composition_by_offset"]["offsets"] == list(
+        range(64)
+    )
+    assert all(s["where"] == "mean over offsets 0-63" for v in doc["k_composition_sources"].values() for s in v)
+    r = run("--model", tiny_llama_dir, "--device", "cpu", "--out", tmp_path / "t", "--head", "1.3", "--no-figures")
+    said = " ".join(r.output.split())  # the terminal table names where the token circuit and K sources are read
+    assert r.exit_code == 0 and "token QK at" in said and f"offset {used['L1H3']['offset']}" in said
+    assert "K-comp sources: score minus the random baseline, mean over offsets 0-63" in said
 
 
 @pytest.mark.parametrize(

@@ -45,3 +45,22 @@ class OutputError(HeadscopeError):
     """Results cannot be written where asked: not a directory, read-only, full, or in another's hands (exit code 5)."""
 
     exit_code = 5
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so the same clean-up runs (the command line exits 143)."""
+
+
+def terminate_as_interrupt() -> None:
+    """Make SIGTERM raise :class:`Terminated` in the main thread: staging folders and locks are removed
+    and the earlier results stay as they were, as on Ctrl-C (Python's default would end the process
+    on the spot, leaving them behind)."""
+    import signal
+
+    def handler(signum, frame):
+        raise Terminated()
+
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (e.g. an embedding application): leave it alone
+        pass

@@ -72,6 +72,12 @@ def _bias(model, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch
 
 
 @torch.no_grad()
+def norm_kind(cfg) -> str:
+    """``"rmsnorm"`` or ``"layernorm"``: the norm a model's heads read through."""
+    rms = getattr(cfg, "uses_rms_norm", False) or getattr(cfg, "normalization_type", "") in ("RMS", "RMSPre")
+    return "rmsnorm" if rms else "layernorm"
+
+
 def head_weights(model) -> HeadWeights:
     """Extract float32 per-head weights from a TransformerBridge (norm gains folded, GQA expanded)."""
     cfg = model.cfg
@@ -90,11 +96,7 @@ def head_weights(model) -> HeadWeights:
         b_K, b_V = _expand_kv(b_K, H), _expand_kv(b_V, H)
     W_K, W_V = _expand_kv(W_K, H), _expand_kv(W_V, H)
 
-    norm = (
-        "rmsnorm"
-        if getattr(cfg, "uses_rms_norm", False) or getattr(cfg, "normalization_type", "") in ("RMS", "RMSPre")
-        else "layernorm"
-    )
+    norm = norm_kind(cfg)
     for layer in range(L):
         g, b = _norm_params(model.blocks[layer].ln1)
         if b is not None:  # bias of the norm flows through the reading matrices

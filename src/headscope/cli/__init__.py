@@ -66,4 +66,7 @@ _register()
 
 
 def main() -> None:
+    from ..errors import terminate_as_interrupt
+
+    terminate_as_interrupt()
     app()

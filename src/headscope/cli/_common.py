@@ -180,6 +180,10 @@ def handle_errors(fn: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         debug = STATE["debug"] or kwargs.get("debug", False)
         try:
+            from ._numbers import check_numbers, command_name
+
+            # every numeric option within its declared range, before anything loads
+            check_numbers(command_name(fn), kwargs)
             return fn(*args, **kwargs)
         except HeadscopeError as exc:
             if debug:
@@ -190,11 +194,13 @@ def handle_errors(fn: Callable) -> Callable:
             if exc.hint:
                 err.print(f"[yellow]hint:[/] {escape(exc.hint)}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
+            from ..errors import Terminated
+
             Console(stderr=True).print(
                 "[red]interrupted[/]: nothing half-written was left; earlier results are as they were"
             )
-            raise typer.Exit(130) from None
+            raise typer.Exit(143 if isinstance(exc, Terminated) else 130) from None
 
     return wrapper
 

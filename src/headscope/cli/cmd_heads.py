@@ -10,6 +10,7 @@ from rich.table import Table
 
 from ..errors import BadInput
 from ..head_labels import head_label
+from ..kinds.documents import check_text_file
 from ..pipeline.files import heads_files
 from ..pipeline.outputs import ResultDir
 from ..pipeline.roles import ICL_TOP, ICL_WINDOWS, SINK_WINDOWS, HeadsAnalysis, analyze_heads, describe_icl
@@ -42,7 +43,6 @@ from ._common import (
     handle_errors,
     load,
     parse_thresholds,
-    read_texts,
 )
 
 NaturalFileOpt = Annotated[
@@ -124,7 +124,8 @@ def heads_cmd(
     """
     con, err = consoles(json_out)
     thresholds = parse_thresholds(threshold)
-    read_texts(None, file)  # each --file checked now (exists, UTF-8, not empty), before the model loads
+    for f in file or []:  # each --file checked now (exists, UTF-8, not empty), in blocks, before the model loads
+        check_text_file(Path(f))
     files = list(file or [])
     check_settings(seq_len, batch, repeats, True, None)
     if ablation not in ("mean", "zero"):
@@ -199,6 +200,9 @@ def print_heads(con, a: HeadsAnalysis) -> None:
             ", ".join(f"{declared(n).header} {v:.3f}" for n, v in r["scores"].items()),
         )
     con.print(t)
+    for r in rows:
+        if "note" in r:
+            con.print(f"{r['head']} holds two opposite roles: {r['note']}", highlight=False, markup=False)
     counts = a.role_counts()
     c = Table(title="Heads per role")
     for col in ("role", "threshold", "heads", "best head"):

@@ -238,9 +238,9 @@ def print_summary(con, a) -> None:
 
     t = Table(
         title="The induction story of the top induction heads, one run (K source: strongest K-composition "
-        "source, excess; prev: its previous-token score; DLA: direct logit effect on later / first-repeat targets, "
-        "a centred logit; Δloss: change in later-repeat cross-entropy when ablated, nats; a logit and a loss, "
-        "not compared)"
+        f"source, excess, {a.k_where}; prev: its previous-token score; DLA: direct logit effect on later / "
+        "first-repeat targets, a centred logit; Δloss: change in later-repeat cross-entropy when ablated, nats; "
+        "a logit and a loss, not compared)"
     )
     for col in ("head", "induction", "K source", "prev", "copying", "DLA", "DLA 1st", "Δloss"):
         t.add_column(col, justify="left" if col in ("head", "K source") else "right", overflow="fold")

@@ -187,7 +187,15 @@ def _progress(err):
 
 def _print_summary(con, a) -> None:
     t = Table(title=f"QK analysis of {a.model['name']}: chosen heads")
-    for col in ("head", "picked as", "induction", "prev-token", "key side: top (seq 0)", "top K-comp sources"):
+    for col in (
+        "head",
+        "picked as",
+        "induction",
+        "prev-token",
+        "key side: top (seq 0)",
+        "token QK at",
+        f"top K-comp sources ({a.k_where})",
+    ):
         t.add_column(col, justify="right" if col in ("induction", "prev-token") else "left")
     sources = a.k_sources(3)
     for n, (l, h) in enumerate(a.heads):
@@ -202,12 +210,15 @@ def _print_summary(con, a) -> None:
             f"{ind:.2f}" if ind is not None else "-",
             f"{prev:.2f}" if prev is not None else "-",
             f"{name} {v:+.3g}",
+            a.token_circuits[n].where,
             src,
         )
     con.print(t)
     con.print(
         "[dim]key side: the component that most raises the score on the induction stripe (or the chosen "
-        "query) above the query's other keys; K-comp sources: score minus the random baseline.[/]",
+        "query) above the query's other keys; token QK at: the offset (key that many tokens before the query) "
+        "the token circuit is taken at, the one the head attends most on these texts (rotary models); "
+        f"K-comp sources: score minus the random baseline, {a.k_where}.[/]",
         highlight=False,
     )
     for note in a.notes:

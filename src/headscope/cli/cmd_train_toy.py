@@ -86,7 +86,12 @@ def train_toy_cmd(
     previous-token score in layer 0 and K-composition between the two heads against step,
     with the window where the later-repeat loss drops detected and shaded.
 
-    Exit codes: 2 bad option, 4 --out holds another run or other files (nothing is written).
+    The run is trained beside --out and moved into place only when complete: Ctrl-C, SIGTERM or
+    a full disk leave an earlier run as it was.
+
+    Exit codes: 2 bad option, 4 --out holds another run or other files, or another run is writing
+    there (nothing is written), 5 --out cannot be written (a file, read-only, full), 130 Ctrl-C,
+    143 SIGTERM.
 
     Examples:
 
@@ -100,64 +105,67 @@ def train_toy_cmd(
     from ..toy.train import ToyConfig, read_run, train_toy
 
     con, err = consoles(json_out)
-    run_doc = None
-    if analyse_only:
-        run_doc = read_run(out)
-        if run_doc is None:
-            from ..errors import BadInput
+    from ..pipeline.outputs import hold_out
 
-            raise BadInput(
-                f"--analyse-only: {out} holds no train-toy run",
-                hint="train one first (without --analyse-only), or point --out at the run directory",
+    with hold_out(out):  # one run writes to --out at a time, from the checks through training and analysis
+        run_doc = None
+        if analyse_only:
+            run_doc = read_run(out)
+            if run_doc is None:
+                from ..errors import BadInput
+
+                raise BadInput(
+                    f"--analyse-only: {out} holds no train-toy run",
+                    hint="train one first (without --analyse-only), or point --out at the run directory",
+                )
+        else:
+            config = ToyConfig(
+                steps=steps,
+                every=every,
+                seed=seed,
+                lr=lr,
+                batch=batch,
+                n_layers=layers,
+                n_heads=heads,
+                d_model=d_model,
+                vocab=vocab,
+                n_ctx=n_ctx,
+                block=block,
+            ).check()
+            err.print(
+                f"Training a {layers}-layer attention-only transformer ({heads} heads, d_model {d_model}, vocab "
+                f"{vocab}) for {steps} steps, seed {seed}, checkpoints every {every} into {out}/",
+                highlight=False,
             )
-    else:
-        config = ToyConfig(
-            steps=steps,
-            every=every,
-            seed=seed,
-            lr=lr,
-            batch=batch,
-            n_layers=layers,
-            n_heads=heads,
-            d_model=d_model,
-            vocab=vocab,
-            n_ctx=n_ctx,
-            block=block,
-        ).check()
-        err.print(
-            f"Training a {layers}-layer attention-only transformer ({heads} heads, d_model {d_model}, vocab "
-            f"{vocab}) for {steps} steps, seed {seed}, checkpoints every {every} into {out}/",
-            highlight=False,
-        )
-        with _LiveLine(err, steps, every, enabled=progress_enabled()) as live:
-            run = train_toy(out, config, overwrite=overwrite, threads=threads, on_log=live.update)
-        run_doc = run.to_dict()
-        err.print(
-            f"Trained in {run.seconds['total']:.1f} s ({threads} thread{'s' if threads > 1 else ''}); "
-            f"{len(run.checkpoints)} checkpoints in {out}/checkpoints/",
-            highlight=False,
-        )
-    phase = None
-    if analyse or analyse_only:
-        err.print(f"Sweeping {len(run_doc['checkpoints'])} checkpoints into {out}/sweep ...", highlight=False)
+            with _LiveLine(err, steps, every, enabled=progress_enabled()) as live:
+                run = train_toy(out, config, overwrite=overwrite, threads=threads, on_log=live.update)
+            run_doc = run.to_dict()
+            err.print(
+                f"Trained in {run.seconds['total']:.1f} s ({threads} thread{'s' if threads > 1 else ''}); "
+                f"{len(run.checkpoints)} checkpoints in {out}/checkpoints/",
+                highlight=False,
+            )
+        phase = None
+        if analyse or analyse_only:
+            err.print(f"Sweeping {len(run_doc['checkpoints'])} checkpoints into {out}/sweep ...", highlight=False)
 
-        def on_event(kind, entry, info):
-            if kind == "fail":
-                err.print(f"  {escape(entry.label)}: [red]failed:[/] {escape(info['error'])}", highlight=False)
+            def on_event(kind, entry, info):
+                if kind == "fail":
+                    err.print(f"  {escape(entry.label)}: [red]failed:[/] {escape(info['error'])}", highlight=False)
 
-        t0 = time.perf_counter()
-        phase = analyse_run(out, on_event=on_event, progress=progress_enabled(), threads=threads)
-        files = phase.save(out / "phase")
-        err.print(
-            f"[green]Wrote[/] {', '.join(p.name for p in files)} to {out}/phase/ (sweep, composition and "
-            f"figures in {time.perf_counter() - t0:.1f} s)",
-            highlight=False,
-        )
-        _print_phase(con, phase)
-    if json_out:
-        from ..jsonsafe import dumps
+            t0 = time.perf_counter()
+            phase = analyse_run(out, on_event=on_event, progress=progress_enabled(), threads=threads)
+            files = phase.save(out / "phase")
+            err.print(
+                f"[green]Wrote[/] {', '.join(p.name for p in files)} to {out}/phase/ (sweep, composition and "
+                f"figures in {time.perf_counter() - t0:.1f} s)",
+                highlight=False,
+            )
+            _print_phase(con, phase)
+        if json_out:
+            from ..jsonsafe import dumps
 
-        typer.echo(dumps({"run": run_doc, "phase": None if phase is None else phase.to_dict()}, indent=2))
+            typer.echo(dumps({"run": run_doc, "phase": None if phase is None else phase.to_dict()}, indent=2))
 
 
 class _LiveLine:

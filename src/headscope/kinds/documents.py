@@ -8,16 +8,27 @@ between) until the piece holds at least ``window`` tokens, so every *document* h
 ``window`` tokens (a tail shorter than a window is dropped); the model's BOS (when it has
 one) is put in front of every window, so position ``i`` of a window is model position
 ``i + 1``.
+
+A user's file is streamed (:func:`text_blocks`): read and tokenized in blocks of 128 KiB cut
+where a line starts, the token ids kept in a compact array (4 bytes a token) and only the kept
+windows turned into a tensor, so a 50 MB file costs tens of MB, not the gigabytes that
+tokenizing it as one string took (measured in docs/failure-modes.md). A file shorter than a
+block is tokenized whole, exactly as before.
 """
 
 from __future__ import annotations
 
+import codecs
+from array import array
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from ..errors import BadInput
+
+BLOCK_BYTES = 1 << 17  # 128 KiB: tokenizing a 1 MiB piece at once took 120 MiB, this about none (measured)
 
 
 def pydoc_topics() -> list[tuple[str, str]]:
@@ -32,17 +43,97 @@ def pydoc_topics() -> list[tuple[str, str]]:
     return sorted(topics.items())
 
 
-def file_documents(paths) -> list[tuple[str, str]]:
-    """``[(file name, text), ...]`` of UTF-8 text files, in the order given."""
-    docs = []
+def text_blocks(path: Path, block: int = BLOCK_BYTES, errors: str = "replace") -> Iterator[str]:
+    """The UTF-8 text of ``path`` in pieces of about ``block`` bytes, each cut where a line starts.
+
+    A cut falls before a run of whitespace that holds a newline and ends where a word starts, so
+    no word and no run of blank lines is split; a piece with no such place is carried on.
+    """
+    decoder = codecs.getincrementaldecoder("utf-8")(errors=errors)
+    carry = ""
+    with open(path, "rb") as f:
+        while True:
+            raw = f.read(block)
+            text = carry + decoder.decode(raw, final=not raw)
+            if not raw:
+                if text:
+                    yield text
+                return
+            cut = _last_line_start(text)
+            if cut <= 0:
+                carry = text
+                continue
+            yield text[:cut]
+            carry = text[cut:]
+
+
+def _last_line_start(text: str) -> int:
+    """Where the last run of whitespace that holds a newline and ends before a word starts (-1: none).
+
+    Cutting there leaves whole pretokens on both sides for byte-level BPE tokenizers: the piece
+    before ends in a word, the piece after starts with the whitespace as the whole text would.
+    """
+    i = len(text)
+    while True:
+        i = text.rfind("\n", 0, i)
+        if i < 0:
+            return -1
+        if i + 1 < len(text) and not text[i + 1].isspace():
+            j = i
+            while j > 0 and text[j - 1].isspace():
+                j -= 1
+            if j > 0:
+                return j
+
+
+def check_text_file(path: Path) -> None:
+    """Check that ``path`` is a non-empty UTF-8 text file, reading it in blocks (never whole)."""
+    if not path.is_file():
+        raise BadInput(f"--file {path} does not exist or is not a file", hint="check the path")
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset, blank = 0, True
+    try:
+        with open(path, "rb") as f:
+            while True:
+                raw = f.read(BLOCK_BYTES)
+                try:
+                    text = decoder.decode(raw, final=not raw)
+                except UnicodeDecodeError as exc:
+                    raise BadInput(
+                        f"--file {path} is not UTF-8 text (byte {offset + exc.start} cannot be decoded)",
+                        hint="convert it first, e.g. `iconv -f latin1 -t utf-8 FILE > FILE.utf8`",
+                    ) from None
+                blank = blank and not text.strip()
+                offset += len(raw)
+                if not raw:
+                    break
+    except OSError as exc:
+        raise BadInput(f"--file {path} cannot be read ({exc.strerror or exc})", hint="check the path") from None
+    if blank:
+        raise BadInput(f"--file {path} is empty", hint="give a file with some text in it")
+
+
+def file_documents(paths) -> list[tuple[str, Iterable[str]]]:
+    """``[(file name, its text in blocks), ...]`` of UTF-8 text files, in the order given (read when iterated)."""
+    docs: list[tuple[str, Iterable[str]]] = []
     for p in paths:
         path = Path(p).expanduser()
         if not path.is_file():
             raise BadInput(f"{path} is not a file", hint="pass text files with --file")
-        docs.append((path.name, path.read_text(encoding="utf-8", errors="replace")))
+        docs.append((path.name, _Blocks(path)))
     if not docs:
         raise BadInput("no files were given", hint="pass at least one text file, or none for the default corpus")
     return docs
+
+
+class _Blocks:
+    """A file's text, re-readable in blocks (each iteration reads the file again)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __iter__(self) -> Iterator[str]:
+        return text_blocks(self.path)
 
 
 @dataclass
@@ -67,7 +158,7 @@ class TokenWindows:
 
 def token_windows(
     tokenizer,
-    docs: list[tuple[str, str]],
+    docs: list[tuple[str, str]] | list[tuple[str, Iterable[str]]],
     window: int,
     bos_id: int | None,
     max_windows: int | None = None,
@@ -80,34 +171,43 @@ def token_windows(
     """
     if window < 2:
         raise BadInput(f"the window must hold at least 2 tokens (got {window})")
-    pieces: list[tuple[list[str], list[int]]] = []
+    pieces: list[tuple[list[str], array]] = []
     names: list[str] = []
-    ids: list[int] = []
+    ids = array("i")
     total = 0
+    sep = tokenizer("\n\n", add_special_tokens=False)["input_ids"]
     for name, text in docs:
-        new = tokenizer(text, add_special_tokens=False)["input_ids"]
-        total += len(new)
         if ids:
-            ids += tokenizer("\n\n", add_special_tokens=False)["input_ids"]
+            ids.extend(sep)
         names.append(name)
-        ids = ids + list(new)
+        for block in [text] if isinstance(text, str) else text:
+            new = tokenizer(block, add_special_tokens=False)["input_ids"]
+            total += len(new)
+            ids.extend(new)
         if len(ids) >= window:
             pieces.append((names, ids))
-            names, ids = [], []
+            names, ids = [], array("i")
     dropped = names  # a last group that never reached a window
-    rows, sources = [], []
-    for names, ids in pieces:
-        for start in range(0, len(ids) - window + 1, window):
-            rows.append(ids[start : start + window])
-            sources.append("+".join(names) if len(names) <= 3 else f"{names[0]}+...+{names[-1]} ({len(names)})")
-    if not rows:
+    where: list[tuple[int, int]] = []  # (piece, start) of every window
+    for k, (_, piece_ids) in enumerate(pieces):
+        where += [(k, start) for start in range(0, len(piece_ids) - window + 1, window)]
+    if not where:
         raise BadInput(
             f"the text holds {total} tokens, fewer than one window of {window}",
             hint="pass longer text (or more files)",
         )
-    if max_windows is not None and len(rows) > max_windows:
-        keep = torch.linspace(0, len(rows) - 1, max_windows).round().long().unique().tolist()
-        rows, sources = [rows[i] for i in keep], [sources[i] for i in keep]
+    if max_windows is not None and len(where) > max_windows:
+        keep = torch.linspace(0, len(where) - 1, max_windows).round().long().unique().tolist()
+        where = [where[i] for i in keep]
+    rows, sources = [], []
+    for k, start in where:
+        piece_names, piece_ids = pieces[k]
+        rows.append(piece_ids[start : start + window].tolist())
+        sources.append(
+            "+".join(piece_names)
+            if len(piece_names) <= 3
+            else f"{piece_names[0]}+...+{piece_names[-1]} ({len(piece_names)})"
+        )
     tokens = torch.tensor(rows, dtype=torch.long)
     if bos_id is not None:
         tokens = torch.cat([torch.full((len(rows), 1), bos_id, dtype=torch.long), tokens], dim=1)

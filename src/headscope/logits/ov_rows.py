@@ -6,16 +6,17 @@ attends fully to ``t``. We keep it factored: ``x_t W_V W_O`` is one ``d_model`` 
 source token, then one ``[d_model] x [d_model, vocab]`` product gives the row. No vocab x
 vocab matrix is formed.
 
-**Effective embedding.** ``x_t`` is the token's embedding ``W_E[t]`` as the head's ``ln1``
-would see it were it the whole residual: centred along d_model (LayerNorm only) and divided
-by its RMS ``sqrt(mean(x^2) + eps)``; the ``ln1`` gain is folded into ``W_V`` and the final
-norm's gain into ``W_U`` (:mod:`headscope.folded_weights`, as for the copying score). On the way
-out, the head's output is centred for LayerNorm (what ``ln_final`` does to it); its final
-scale, which depends on the whole residual, is left at 1. Biases (``b_V``, ``b_O``, ``b_U``)
-are left out: they add the same vector whatever the source token. Each row is centred over
-the vocabulary. Position embeddings and earlier layers (e.g. GPT-2's MLP0, which
-McDougall et al. 2023 fold into an "effective embedding") are not included: this is the
-direct token path only.
+**Effective embedding** (:func:`headscope.models.embedding.effective_embedding`). By default
+``x_t`` is the token's **block-0 effective embedding** (McDougall et al. 2023: the token alone
+through block 0, embedding + its attention to itself + MLP0), the embedding the copying and
+copy-suppression scores read: for a head past layer 0 the bare ``W_E`` row is not what it reads
+(``embedding="embed"`` keeps that direct-path reading). Either is taken as the head's ``ln1``
+would see it were it the whole residual: centred along d_model (LayerNorm only) and divided by
+its RMS ``sqrt(mean(x^2) + eps)``; the ``ln1`` gain is folded into ``W_V`` and the final norm's
+gain into ``W_U`` (:mod:`headscope.folded_weights`). On the way out, the head's output is
+centred for LayerNorm (what ``ln_final`` does to it); its final scale, which depends on the
+whole residual, is left at 1. Biases (``b_V``, ``b_O``, ``b_U``) are left out: they add the
+same vector whatever the source token. Each row is centred over the vocabulary.
 """
 
 from __future__ import annotations
@@ -26,20 +27,13 @@ import torch
 
 from ..errors import BadInput
 from ..folded_weights import HeadWeights, head_weights
+from ..models.embedding import effective_embedding
 from ..models.inputs import as_heads, as_sequences, single_tokens
 from ..models.model import as_model
-from .results import OVRows
+from .results import OVRows, ov_definition
 
 #: Source tokens per ``[n, vocab]`` block: bounds memory at ~64 x vocab floats.
 CHUNK = 64
-
-
-def effective_embedding(w: HeadWeights, token_ids: Sequence[int], eps: float = 1e-5) -> torch.Tensor:
-    """``[n, d_model]`` float64: ``W_E[t]`` centred (LayerNorm) and divided by its RMS (with ``eps``)."""
-    x = w.W_E[torch.as_tensor(list(token_ids), dtype=torch.long, device=w.W_E.device)].double()
-    if w.norm == "layernorm":
-        x = x - x.mean(-1, keepdim=True)
-    return x / (x.square().mean(-1, keepdim=True) + eps).sqrt()
 
 
 @torch.no_grad()
@@ -63,19 +57,33 @@ def ov_rows(
     eps: float = 1e-5,
     decode: Callable[[int], str] = str,
     model: str = "model",
+    x: torch.Tensor | None = None,
+    embedding: str = "embed",
 ) -> OVRows:
     """Top/bottom ``k`` tokens and the self-rank of every source token in ``token_ids`` for head ``layer.head``.
 
     Works on weights alone (``w``: :func:`headscope.folded_weights.head_weights` or hand-made);
-    ``decode`` turns an id into a label.
+    ``decode`` turns an id into a label. ``x [len(token_ids), d_model]``: the tokens' effective
+    embeddings in convention ``embedding`` (e.g. ``"block0"``, from
+    :func:`headscope.models.embedding.effective_embedding`); without it, the bare ``W_E`` rows
+    (``embedding="embed"``, the direct token path). Either is normalised as the head's ``ln1``
+    would see it were it the whole residual.
     """
     ids = [int(t) for t in token_ids]
     V = w.W_U.shape[1]
     k = min(k, V)
+    if x is None:
+        if embedding != "embed":
+            raise BadInput(f"embedding {embedding!r} needs its vectors", hint="pass x= from effective_embedding")
+        x = w.W_E[torch.as_tensor(ids, dtype=torch.long, device=w.W_E.device)]
+    x = x.double()
+    if w.norm == "layernorm":
+        x = x - x.mean(-1, keepdim=True)
+    x = x / (x.square().mean(-1, keepdim=True) + eps).sqrt()
     tops, topv, bots, botv, selfv, rank = [], [], [], [], [], []
     for start in range(0, len(ids), CHUNK):
         block = ids[start : start + CHUNK]
-        rows = ov_row_block(w, layer, head, effective_embedding(w, block, eps))  # [n, vocab]
+        rows = ov_row_block(w, layer, head, x[start : start + CHUNK])  # [n, vocab]
         t = rows.topk(k, dim=-1)
         b = rows.topk(k, dim=-1, largest=False)
         own = rows.gather(-1, torch.tensor(block, device=rows.device)[:, None])  # [n, 1]
@@ -102,6 +110,8 @@ def ov_rows(
         self_value=cat(selfv),
         self_rank=cat(rank),
         d_vocab=V,
+        convention=ov_definition(embedding),
+        embedding=embedding,
     )
 
 
@@ -145,8 +155,13 @@ def ov_circuit(
     k: int = 10,
     max_tokens: int | None = None,
     weights: HeadWeights | None = None,
+    embedding: str = "block0",
 ) -> OVRows:
     """Which tokens head ``head`` promotes and suppresses when it attends to each source token.
+
+    ``embedding``: how a source token is read (:mod:`headscope.models.embedding`): ``"block0"``
+    (default; McDougall et al. 2023's effective embedding, the one the copying and
+    copy-suppression scores read) or ``"embed"`` (the bare ``W_E``: the direct token path).
 
     ``tokens``: strings that are single tokens (``" cat"``; others are refused with how
     they tokenise) or token ids; ``text``: its distinct tokens are used as sources (BOS
@@ -174,4 +189,6 @@ def ov_circuit(
         eps=float(getattr(model.cfg, "eps", 1e-5)),
         decode=lambda i: tok.decode([i]),
         model=as_model(model).name,
+        x=None if embedding == "embed" else effective_embedding(model, ids, embedding),
+        embedding=embedding,
     )

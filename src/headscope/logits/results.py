@@ -27,13 +27,27 @@ REPEAT_DEFINITION = (
     "on repeated random tokens [BOS] + r * repeats: first_repeat averages targets in repeat 1 (no earlier copy "
     "to look back on), later_repeat targets in repeats 2..R (the copied token), as the scan's loss does."
 )
-OV_DEFINITION = (
-    "Row of the full OV circuit W_E W_V W_O W_U for a source token t (Elhage et al. 2021), kept factored: "
-    "(x_t W_V W_O) W_U with x_t the token's embedding normalised as the head's ln1 would see it alone "
-    "(centred for LayerNorm, divided by its RMS; gains folded into W_V and W_U), biases left out, "
-    "centred over the vocabulary. It is what attending to t makes the head add to each logit, in units of one "
-    "final-norm scale; self_rank is t's own rank in its row (1 = the head promotes t above every other token)."
-)
+#: How a source token is read, per effective-embedding convention (headscope.models.embedding).
+OV_EMBEDDINGS = {
+    "block0": "the token's block-0 effective embedding (the token alone through block 0: embedding + its attention "
+    "to itself + MLP0; McDougall et al. 2023, the embedding the copying and copy-suppression scores read)",
+    "embed": "the token's bare embedding W_E (the direct token path only)",
+    "mlp0": "the first MLP's output on the token's bare embedding (Gould et al. 2023)",
+}
+
+
+def ov_definition(embedding: str = "block0") -> str:
+    """The OV-row definition for the effective-embedding convention ``embedding``."""
+    return (
+        "Row of the full OV circuit x W_V W_O W_U for a source token t (Elhage et al. 2021), kept factored: "
+        f"(x_t W_V W_O) W_U with x_t {OV_EMBEDDINGS.get(embedding, embedding)}, normalised as the head's ln1 would "
+        "see it alone (centred for LayerNorm, divided by its RMS; gains folded into W_V and W_U), biases left out, "
+        "centred over the vocabulary. It is what attending to t makes the head add to each logit, in units of one "
+        "final-norm scale; self_rank is t's own rank in its row (1 = the head promotes t above every other token)."
+    )
+
+
+OV_DEFINITION = ov_definition("block0")
 
 
 @dataclass
@@ -242,6 +256,7 @@ class OVRows(Result):
     self_rank: np.ndarray  # [n] 1-based
     d_vocab: int
     convention: str = OV_DEFINITION
+    embedding: str = "block0"  # how a source token is read (headscope.models.embedding convention)
 
     @property
     def label(self) -> str:
@@ -268,6 +283,7 @@ class OVRows(Result):
             "head": self.label,
             "model": self.model_name,
             "convention": self.convention,
+            "embedding": self.embedding,
             "d_vocab": self.d_vocab,
             "tokens": [
                 {

@@ -11,6 +11,19 @@ A *spec* is one of
 Every source ends on the same path: a Hugging Face causal LM plus tokenizer, wrapped in a
 TransformerLens 4 ``TransformerBridge`` (which forces eager attention so that
 ``blocks.{l}.attn.hook_pattern`` and friends fire).
+
+What is never done (see docs/models.md):
+
+- **No code from a model runs.** Every transformers and TransformerLens loader is called with
+  ``trust_remote_code=False`` (so transformers can never ask "Do you wish to run the custom
+  code?"), and a model whose ``config.json`` or ``tokenizer_config.json`` names custom code
+  (``auto_map``) is refused before anything is loaded (:func:`refuse_custom_code`, exit 3).
+- **No pickles by default.** Weights are read from safetensors only; a model that has only
+  ``pytorch_model.bin`` is refused with the conversion command, unless ``HEADSCOPE_ALLOW_PICKLE=1``
+  opts in, and then it is read through torch's ``weights_only=True`` loader (which refuses a
+  pickle that would call anything but tensor constructors).
+- **No non-finite weights.** A NaN or infinite weight is refused right after loading, naming
+  the first such tensor (:func:`refuse_non_finite`, exit 3), so no analysis meets it.
 """
 
 from __future__ import annotations
@@ -36,6 +49,10 @@ from .model import FirstToken, HeadscopeModel, ModelSource
 Log = Callable[[str], None]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+#: Set to 1 to let a model with only pickled weights (``pytorch_model.bin``) load, through torch's
+#: ``weights_only=True`` loader. Off by default: safetensors only.
+ALLOW_PICKLE_ENV = "HEADSCOPE_ALLOW_PICKLE"
 
 
 def _stderr(msg: str) -> None:
@@ -101,7 +118,29 @@ def load_model(
     torch_dtype = resolve_dtype(dtype)
     source = resolve_source(spec, log=log)
     hf_model, tokenizer = _load_hf(source, torch_dtype, device_map, revision)
+    refuse_non_finite(hf_model, source.name)
     return _wrap(source, hf_model, tokenizer, dev, torch_dtype, device_map)
+
+
+def refuse_non_finite(hf_model, name: str) -> None:
+    """Raise :class:`ModelLoadError` (exit 3) naming the first parameter or buffer that holds NaN or infinity.
+
+    One pass over the weights (about 0.1 s for 135M parameters on a CPU), so that no command meets
+    NaN weights half-way through an analysis.
+    """
+    tensors = list(hf_model.named_parameters()) + list(hf_model.named_buffers())
+    for tname, t in tensors:
+        if not t.is_floating_point() or t.device.type == "meta":
+            continue
+        bad = ~torch.isfinite(t.detach())
+        if bool(bad.any()):
+            n = int(bad.sum())
+            raise ModelLoadError(
+                f"the weights of {name!r} are not finite: {tname} holds {n:,} NaN or infinite value"
+                f"{'s' if n > 1 else ''} (of {t.numel():,}); nothing was analysed",
+                hint="the checkpoint is broken (a training run that diverged, or a bad conversion): "
+                "use an earlier checkpoint, or load it in a wider --dtype if it overflowed in float16",
+            )
 
 
 def resolve_source(spec: str | os.PathLike, log: Log = lambda m: None) -> ModelSource:
@@ -132,6 +171,8 @@ def resolve_source(spec: str | os.PathLike, log: Log = lambda m: None) -> ModelS
                 hint="point at the folder that holds config.json and the weights "
                 "(e.g. one written by `model.save_pretrained(dir)`)",
             )
+        refuse_custom_code(path, repr(text))
+        refuse_pickle_only(path, repr(text))
         _check_causal_lm(_read_config(str(path)), repr(text))
         return ModelSource(text, "local", str(path))
     if _looks_like_path(text):
@@ -141,6 +182,44 @@ def resolve_source(spec: str | os.PathLike, log: Log = lambda m: None) -> ModelS
             "`headscope models` lists built-in models",
         )
     return ModelSource(text, "hub", text)
+
+
+def _custom_code_refusal(where: str, what: str) -> ModelLoadError:
+    return ModelLoadError(
+        f"{where} asks to run its own Python code ({what}); headscope never runs code from a model, "
+        "so nothing was loaded",
+        hint="use a model whose architecture transformers ships (its config names a known model_type and "
+        "no auto_map), or remove auto_map after checking that the standard class fits",
+    )
+
+
+def refuse_custom_code(path: Path, where: str) -> None:
+    """Refuse a model directory whose ``config.json`` or ``tokenizer_config.json`` has ``auto_map`` (custom code)."""
+    for name in ("config.json", "tokenizer_config.json"):
+        try:
+            doc = json.loads((path / name).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError) as exc:
+            raise ModelLoadError(f"could not read {path / name}: {exc}", hint="check the model directory") from None
+        if isinstance(doc, dict) and doc.get("auto_map"):
+            shown = ", ".join(f"{k} -> {v}" for k, v in list(doc["auto_map"].items())[:2])
+            raise _custom_code_refusal(where, f"{name} has auto_map: {shown}")
+
+
+def refuse_pickle_only(path: Path, where: str) -> None:
+    """Refuse a model directory whose weights are only pickles (``*.bin``), unless HEADSCOPE_ALLOW_PICKLE=1."""
+    if any(path.glob("*.safetensors")) or not any(path.glob("*.bin")):
+        return
+    if os.environ.get(ALLOW_PICKLE_ENV) == "1":
+        return
+    raise ModelLoadError(
+        f"{where} has only pickled weights ({', '.join(sorted(p.name for p in path.glob('*.bin'))[:2])}); "
+        "headscope reads safetensors only, because unpickling can run code",
+        hint=f'convert it once where you trust the file: python -c "from transformers import AutoModelForCausalLM as '
+        f"A; A.from_pretrained('{path}').save_pretrained('{path}', safe_serialization=True)\"; or set "
+        f"{ALLOW_PICKLE_ENV}=1 to read it through torch's weights_only loader (docs/models.md)",
+    )
 
 
 def _expand(text: str) -> Path:
@@ -261,8 +340,10 @@ def convert_gguf(gguf: Path, target: Path, log: Log = lambda m: None, extra: dic
     t0 = time.perf_counter()
     try:
         with quiet_progress():
-            tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-            model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+            tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, trust_remote_code=False)
+            model = AutoModelForCausalLM.from_pretrained(
+                str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32, trust_remote_code=False
+            )
     except Exception as exc:  # gguf raises assorted errors on truncated or foreign files
         raise ModelLoadError(
             f"could not read GGUF file {gguf}: {type(exc).__name__}: {_first_line(exc)}",
@@ -322,12 +403,17 @@ def _read_config(where: str, **kwargs):
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(where, **kwargs)
+        config = AutoConfig.from_pretrained(where, trust_remote_code=False, **kwargs)
     except Exception as exc:
+        if "trust_remote_code" in str(exc) or "custom code" in str(exc):
+            raise _custom_code_refusal(repr(where), "its config needs custom code") from None
         raise ModelLoadError(
             f"could not read the model config of {where!r}: {_first_line(exc)}",
             hint="check the model id or directory (its config.json must name a model_type transformers knows)",
         ) from exc
+    if getattr(config, "auto_map", None):
+        raise _custom_code_refusal(repr(where), "its config has auto_map")
+    return config
 
 
 def _check_causal_lm(config: Any, where: str) -> None:
@@ -399,7 +485,7 @@ def _load_hf(source: ModelSource, dtype: torch.dtype, device_map, revision):
         warnings.simplefilter("ignore")
         logging.getLogger("transformers").setLevel(logging.ERROR)
         try:
-            tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
+            tokenizer = AutoTokenizer.from_pretrained(where, trust_remote_code=False, **kwargs)
         except Exception as exc:
             raise ModelLoadError(
                 f"could not load the tokenizer of {where!r}: {_first_line(exc)}",
@@ -407,12 +493,21 @@ def _load_hf(source: ModelSource, dtype: torch.dtype, device_map, revision):
             ) from exc
         try:
             model = AutoModelForCausalLM.from_pretrained(
-                where, dtype=dtype, attn_implementation="eager", device_map=device_map, **kwargs
+                where,
+                dtype=dtype,
+                attn_implementation="eager",
+                device_map=device_map,
+                trust_remote_code=False,
+                # safetensors only, unless the user opted in; then torch's weights_only loader
+                use_safetensors=None if os.environ.get(ALLOW_PICKLE_ENV) == "1" else True,
+                weights_only=True,
+                **kwargs,
             )
         except Exception as exc:
             raise ModelLoadError(
                 f"could not load the weights of {where!r}: {type(exc).__name__}: {_first_line(exc)}",
-                hint="check that the directory holds complete weights (model.safetensors or pytorch_model.bin)",
+                hint="check that the directory holds complete weights in safetensors (model.safetensors); "
+                f"pickled pytorch_model.bin loads only with {ALLOW_PICKLE_ENV}=1 (docs/models.md)",
             ) from exc
     model.eval()
     return model, tokenizer
@@ -434,7 +529,7 @@ def _wrap(source: ModelSource, hf_model, tokenizer, device, dtype, device_map) -
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            bridge = TransformerBridge.boot_transformers(source.path, **kwargs)
+            bridge = TransformerBridge.boot_transformers(source.path, trust_remote_code=False, **kwargs)
         except Exception as exc:
             raise ModelLoadError(
                 f"TransformerLens could not wrap {source.name!r} ({type(hf_model).__name__}): {_first_line(exc)}",

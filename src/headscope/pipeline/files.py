@@ -116,7 +116,8 @@ def qk_figures(rd: ResultDir, a, progress: Progress | None = None) -> None:
     prev = a.scan_scores["previous_token"] if a.scan_scores else None
     later = [lh for lh in a.heads if lh[0] > 0]
     if later:
-        jobs.append(("figures/k_sources.png", lambda: F.plot_k_sources(a.composition, later, prev)))
+        src = a.composition_by_offset if a.composition_by_offset is not None else a.composition
+        jobs.append(("figures/k_sources.png", lambda: F.plot_k_sources(src, later, prev)))
     _figures(rd, jobs, progress)
 
 

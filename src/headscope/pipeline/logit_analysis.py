@@ -32,9 +32,13 @@ from ..head_labels import Head, head_label, top_k
 from ..logits import InductionStories, LogitAttribution, OVRows, induction_stories, logit_attribution, ov_rows
 from ..logits.ov_rows import source_tokens
 from ..logits.story import logit_definitions
+from ..models.embedding import effective_embedding
 from ..models.inputs import as_heads, as_sequences
 from ..models.model import as_model
 from ..qk import CompositionScores, composition_scores
+from ..qk.analysis import COMPOSITION_OFFSETS
+from ..qk.composition import composition_by_offset
+from ..qk.rotary import is_rotary
 from ..scan import InductionResult, check_settings, scan_induction
 from ..scores import default_thresholds
 from ..tokens import token_text, visible_whitespace
@@ -73,6 +77,8 @@ class LogitAnalysis:
     composition: CompositionScores
     stories: InductionStories
     notes: list[str] = field(default_factory=list)
+    #: where the stories' K-composition is read: "mean over offsets 0-63" (rotary) or "position-free"
+    k_where: str = "position-free"
     timings: dict[str, float] = field(default_factory=dict)
 
     # --- views ------------------------------------------------------------------------------
@@ -116,7 +122,7 @@ class LogitAnalysis:
             else:
                 src = s.k_source
                 parts.append(
-                    f"keys read {src['head']} most (K-composition {src['k_composition']:+.3f}, "
+                    f"keys read {src['head']} most (K-composition, {self.k_where}, {src['k_composition']:+.3f}, "
                     f"previous-token {src['previous_token']:.2f})"
                 )
                 if prev and prev[0] is not src:
@@ -208,6 +214,7 @@ class LogitAnalysis:
             },
             "composition": {
                 "kind": "K",
+                "where": self.k_where,
                 "baseline": self.composition.baseline,
                 "baseline_std": self.composition.baseline_std,
                 "note": self.composition.note,
@@ -365,19 +372,38 @@ def analyze_logits(
     ids = list(dict.fromkeys(asked + [i for s in seqs for i in s.ids[first:]]))
     eps = float(getattr(m.cfg, "eps", 1e-5))
     tok = m.tokenizer
+    x = effective_embedding(m, ids, "block0")  # the embedding the copying scores read (McDougall et al. 2023)
     ov = {
-        lh: ov_rows(w, lh[0], lh[1], ids, k=k, eps=eps, decode=lambda i: token_text(tok, i), model=m.name)
+        lh: ov_rows(
+            w,
+            lh[0],
+            lh[1],
+            ids,
+            k=k,
+            eps=eps,
+            decode=lambda i: token_text(tok, i),
+            model=m.name,
+            x=x,
+            embedding="block0",
+        )
         for lh in dict.fromkeys(chosen + story_heads)
     }
     timings["ov_s"] = time.perf_counter() - t
 
+    k_comp, k_where = composition.excess("K"), composition.where
+    if is_rotary(m):  # the rotary K form depends on the offset: average it over offsets 0-63 for the story heads
+        by = composition_by_offset(m, story_heads, range(COMPOSITION_OFFSETS), weights=w, kinds=("K",))
+        k_comp = np.full_like(k_comp, np.nan)
+        for l, h in by.heads:
+            k_comp[:, :, l, h] = by.excess((l, h), "K").mean(-1)
+        k_where = f"mean over {by.span}"
     stories = induction_stories(
         story_heads,
         m.name,
         ov=ov,
         induction=scan.scores["induction"],
         previous_token=scan.scores["previous_token"],
-        k_composition=composition.excess("K"),
+        k_composition=k_comp,
         copying=scan.scores.get("copying"),
         dla_first=scan.scores["direct_logit_first"],
         dla_later=scan.scores["direct_logit_later"],
@@ -396,4 +422,5 @@ def analyze_logits(
         stories=stories,
         notes=notes,
         timings=timings,
+        k_where=k_where,
     )

@@ -16,6 +16,15 @@ Every command that writes results goes through :class:`ResultDir` (a directory o
 4. On any failure or Ctrl-C the staging directory is removed and the old set is untouched.
 
 Disk errors (full, read-only, permission) become one-line :class:`OutputError` messages.
+``--out`` that is a FIFO, a device, a socket or a symbolic link is never replaced
+(:func:`refuse_special`, exit 5), whatever ``--overwrite`` says.
+
+Staging folders, temporary files and set-aside old sets carry their owner's process id in
+their names (``.OUT.partial-PID-*``, ``.OUT.PID-*.partial``, ``.OUT.old-PID``). A run killed by
+SIGKILL leaves them behind; the next run into the same ``--out`` removes those whose owner is
+gone, while it holds the lock, and never a live process's (:func:`clean_stale`). A lock file
+left by a dead owner holds no lock (the kernel drops a dead process's ``flock``): the next run
+takes it and removes it when it ends.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ import fnmatch
 import json
 import os
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -75,12 +85,62 @@ def _lock_path(target: Path) -> Path:
     return target.parent / f".{target.name}.lock"
 
 
+#: Locks this process holds (by lock path): taking one again inside the block is a no-op, so
+#: ``train-toy`` can hold its ``--out`` through training and analysis while the steps inside
+#: take the same lock as every other writer.
+_HELD: dict[str, int] = {}
+
+_SPECIAL = (
+    (stat.S_ISLNK, "a symbolic link"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def refuse_special(target: Path) -> None:
+    """Refuse (exit 5) a ``target`` that is a symbolic link, FIFO, device or socket: never replaced.
+
+    >>> try:
+    ...     refuse_special(Path("/dev/null"))
+    ... except OutputError as exc:
+    ...     print(exc.message.split(";")[0])
+    --out /dev/null is a character device
+    """
+    try:
+        mode = os.lstat(target).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise describe_os_error(exc, target) from None
+    for test, what in _SPECIAL:
+        if test(mode):
+            if stat.S_ISLNK(mode):
+                what += f" (to {os.readlink(target)})"
+            raise OutputError(
+                f"--out {target} is {what}; headscope replaces only regular files and the result folders it "
+                "wrote; nothing was changed",
+                hint="choose another --out (a new path, or a directory headscope wrote)",
+            )
+
+
 @contextlib.contextmanager
-def output_lock(target: Path) -> Iterator[None]:
-    """Hold the lock beside ``target`` (``.NAME.lock``) for the block; held elsewhere: :class:`OutputExists` at once."""
+def output_lock(target: Path, *, _hold: bool = False) -> Iterator[None]:
+    """Hold the lock beside ``target`` (``.NAME.lock``) for the block; held elsewhere: :class:`OutputExists` at once.
+
+    The place is proved writable first, so a folder the lock cannot be made in (``/proc``, a
+    read-only disk) is an :class:`OutputError` (exit 5), never "another run is writing". Stale
+    leftovers of a dead earlier run into ``target`` are removed once the lock is held.
+    """
     from filelock import FileLock, Timeout
 
     path = _lock_path(target)
+    key = str(path.absolute())
+    if key in _HELD:  # this process holds it already, through hold_out
+        yield
+        return
+    probe_writable(target.parent, target)
     try:
         lock = FileLock(str(path), timeout=0)
         lock.acquire()
@@ -91,12 +151,106 @@ def output_lock(target: Path) -> Iterator[None]:
         ) from None
     except OSError as exc:
         raise describe_os_error(exc, target) from None
+    if _hold:
+        _HELD[key] = os.getpid()
     try:
+        clean_stale(target)
         yield
     finally:
+        _HELD.pop(key, None)
         lock.release()
         with contextlib.suppress(OSError):
             path.unlink()
+
+
+@contextlib.contextmanager
+def hold_out(target: str | os.PathLike) -> Iterator[None]:
+    """Hold ``target``'s lock for a whole multi-step run (``train-toy``: training, then its analysis).
+
+    Checks as every writer does (not a FIFO/device/socket/link, parent folders made and removed again
+    if left empty, the place writable); the steps inside take the same lock again at no cost.
+    """
+    target = Path(target)
+    refuse_special(target)
+    with _parent_ready(target), output_lock(target, _hold=True):
+        yield
+
+
+def owner_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (a process we may not signal exists too)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _owner(name: str, base: str) -> int | None:
+    """The owner pid written into a leftover's name (``.BASE.partial-PID-*``, ``.BASE.PID-*.partial``, ``.BASE.old-PID``)."""
+    import re
+
+    stem = re.escape(f".{base}.")
+    for pattern in (
+        stem + r"partial-(\d+)-",
+        stem + r"(\d+)-.*\.partial$",
+        stem + r"old-(\d+)$",
+        stem + r"probe-(\d+)-",
+    ):
+        m = re.match(pattern, name)
+        if m:
+            return int(m.group(1))
+    return None
+
+
+def clean_stale_files(folder: Path) -> list[Path]:
+    """Remove the temporary files (``.NAME.PID-*.partial``) that dead processes left in ``folder``."""
+    import re
+
+    removed: list[Path] = []
+    try:
+        names = [p for p in folder.iterdir() if p.name.endswith(".partial")]
+    except OSError:
+        return removed
+    for p in names:
+        m = re.match(r"^\..*\.(\d+)-[^.]*\.partial$", p.name)
+        if m and not owner_alive(int(m.group(1))):
+            with contextlib.suppress(OSError):
+                p.unlink()
+                removed.append(p)
+    return removed
+
+
+def clean_stale(target: Path) -> list[Path]:
+    """Remove what dead runs into ``target`` left beside it; returns what was removed (call holding the lock).
+
+    A set-aside old set (``.OUT.old-PID``) of a run killed between its two renames is put back
+    when ``target`` is missing, so the earlier results come back rather than being deleted.
+    """
+    removed: list[Path] = []
+    try:
+        siblings = list(target.parent.iterdir())
+    except OSError:
+        return removed
+    for p in siblings:
+        pid = _owner(p.name, target.name)
+        if pid is None or owner_alive(pid):
+            continue
+        try:
+            if p.name.startswith(f".{target.name}.old-") and not os.path.lexists(target):
+                os.replace(p, target)
+                continue
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+            removed.append(p)
+        except OSError:
+            pass
+    return removed
 
 
 def _check_parent(target: Path) -> list[Path]:
@@ -139,11 +293,38 @@ def _parent_ready(target: Path) -> Iterator[None]:
 def probe_writable(folder: Path, target: Path) -> None:
     """Create and delete a file in ``folder``: proves the place is writable before any work starts."""
     try:
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.probe-")
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.probe-{os.getpid()}-")
         os.close(fd)
         os.unlink(tmp)
     except OSError as exc:
         raise describe_os_error(exc, target) from None
+
+
+def make_staging(target: Path) -> Path:
+    """A new private folder beside ``target`` whose name records this process as its owner."""
+    return Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.partial-{os.getpid()}-"))
+
+
+def replace_dir(staging: Path, target: Path) -> None:
+    """Move the complete folder ``staging`` to ``target``: the old one aside, the new one in, the old one deleted.
+
+    Interrupted between the two renames (also by Ctrl-C), the old one is put back; killed there,
+    the next run's :func:`clean_stale` puts it back.
+    """
+    old = None
+    try:
+        if os.path.lexists(target):
+            old = target.parent / f".{target.name}.old-{os.getpid()}"
+            os.replace(target, old)
+        os.replace(staging, target)
+    except BaseException as exc:
+        if old is not None and old.exists() and not os.path.lexists(target):
+            os.replace(old, target)
+        if isinstance(exc, OSError):
+            raise describe_os_error(exc, target) from None
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 class ResultDir:
@@ -166,12 +347,13 @@ class ResultDir:
     def open(cls, out: str | os.PathLike, *, command: str, overwrite: bool = False) -> Iterator[ResultDir]:
         """Check ``out``, lock it and stage a new set beside it; the block writes and commits."""
         target = Path(out)
+        refuse_special(target)
         if target.exists() and not target.is_dir():
             raise OutputError(f"--out {target} is a file, not a directory", hint="choose another --out")
         with _parent_ready(target), output_lock(target):
             check_replaceable(target, overwrite)
             try:
-                staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.partial-"))
+                staging = make_staging(target)
             except OSError as exc:
                 raise describe_os_error(exc, target) from None
             rd = cls(target, staging, command, overwrite)
@@ -214,20 +396,7 @@ class ResultDir:
             _normal_permissions(self.staging)
         except OSError as exc:
             raise describe_os_error(exc, self.target) from None
-        old = None
-        try:
-            if self.target.exists():
-                old = self.target.parent / f".{self.target.name}.old-{os.getpid()}"
-                os.replace(self.target, old)
-            os.replace(self.staging, self.target)
-        except BaseException as exc:  # also Ctrl-C between the two renames: put the old set back
-            if old is not None and old.exists() and not self.target.exists():
-                os.replace(old, self.target)
-            if isinstance(exc, OSError):
-                raise describe_os_error(exc, self.target) from None
-            raise
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_dir(self.staging, self.target)
         self.committed = True
         return [self.target / n for n in self.written]
 
@@ -268,6 +437,7 @@ class ResultFile:
     def open(out: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Callable[[str], Path]]:
         """Check and lock ``out`` now; yields ``write(text)``, which stages and renames in one go."""
         target = Path(out)
+        refuse_special(target)
         if target.is_dir():
             raise OutputError(
                 f"--out {target} is a directory", hint="--out names the HTML file to write, e.g. --out report.html"
@@ -290,7 +460,7 @@ class ResultFile:
 def write_file_atomic(target: Path, text: str | bytes) -> None:
     """Write ``text`` (or bytes) to ``target`` through a temporary sibling and one rename: all or nothing."""
     try:
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial")
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.{os.getpid()}-", suffix=".partial")
     except OSError as exc:
         raise describe_os_error(exc, target) from None
     try:
@@ -309,6 +479,11 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def normal_permissions(root: Path) -> None:
+    """Give ``root`` and everything under it the modes a file the user writes gets (0644/0755 under umask 022)."""
+    _normal_permissions(root)
 
 
 def _normal_permissions(root: Path) -> None:

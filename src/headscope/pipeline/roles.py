@@ -80,6 +80,7 @@ class HeadsAnalysis:
     def role_table(self) -> list[dict]:
         """One entry per head with at least one role, by layer then head: its roles and the score behind each."""
         sc = self.induction.scores
+        notes = self.induction.role_notes()
         return [
             {
                 "head": head_label(l, h),
@@ -87,6 +88,7 @@ class HeadsAnalysis:
                 "head_index": h,
                 "roles": roles,
                 "scores": {r: round(float(sc[r][l, h]), 6) for r in roles},
+                **({"note": notes[(l, h)]} if (l, h) in notes else {}),
             }
             for (l, h), roles in sorted(self.roles().items())
         ]

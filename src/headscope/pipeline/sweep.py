@@ -40,7 +40,14 @@ from ..models.loading import load_model
 from ..scan.induction_scan import scan_induction
 from ..scan.result import InductionResult
 from ..scores import score as declared
-from .outputs import describe_os_error, output_lock, probe_writable, write_file_atomic
+from .outputs import (
+    clean_stale_files,
+    describe_os_error,
+    output_lock,
+    probe_writable,
+    refuse_special,
+    write_file_atomic,
+)
 
 #: Scan settings that change the numbers: an entry computed with other values is not reused.
 RESULT_SETTINGS = ("seq_len", "batch", "repeats", "seed", "top_k", "ablate", "ablation", "dtype")
@@ -356,26 +363,37 @@ def run_sweep(
     if unknown:
         raise BadInput(f"unknown scan setting(s) {', '.join(sorted(unknown))}", hint=f"use: {', '.join(DEFAULT_SCAN)}")
     out = Path(out_dir)
+    refuse_special(out)
+    made = not out.exists()
     try:  # before any model loads: the same exit code (5) and message as every other command's --out
-        (out / "entries").mkdir(parents=True, exist_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise describe_os_error(exc, out) from None
-    probe_writable(out / "entries", out)
-    with output_lock(out):  # a second sweep into the same --out fails at once (exit 4)
-        return _run_sweep(
-            entries,
-            out,
-            device=device,
-            dtype=dtype,
-            device_map=device_map,
-            rerun=rerun,
-            figure=figure,
-            emit=on_event or (lambda kind, entry, info: None),
-            log=log,
-            progress=progress,
-            executor=executor,
-            scan=scan,
-        )
+    probe_writable(out, out)
+    try:
+        with output_lock(out):  # a second sweep into the same --out fails at once (exit 4)
+            clean_stale_files(out)
+            clean_stale_files(out / "entries")
+            return _run_sweep(
+                entries,
+                out,
+                device=device,
+                dtype=dtype,
+                device_map=device_map,
+                rerun=rerun,
+                figure=figure,
+                emit=on_event or (lambda kind, entry, info: None),
+                log=log,
+                progress=progress,
+                executor=executor,
+                scan=scan,
+            )
+    finally:  # a sweep that failed before its first entry leaves no empty entries/ (nor an empty --out it made)
+        with contextlib.suppress(OSError):
+            (out / "entries").rmdir()  # only if empty
+        if made:
+            with contextlib.suppress(OSError):
+                out.rmdir()
 
 
 def _run_sweep(

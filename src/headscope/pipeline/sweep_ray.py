@@ -102,8 +102,12 @@ def probe_address(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
             sock.settimeout(max(0.1, timeout - (time.perf_counter() - t0)))
             sock.sendall(_H2_PREFACE)
             head = sock.recv(9)
+            # a GCS address (not Ray Client's ray://) must also answer Ray's own GetClusterId call: an
+            # HTTP/2 or gRPC server that is not Ray refuses it, where ray.init would retry for ~20 s
+            ray_gcs = not address.startswith("ray://") and len(head) >= 4 and head[3] == 0x04
+            answered = _answers_get_cluster_id(sock, where, int.from_bytes(head[:3], "big")) if ray_gcs else None
         except OSError:
-            head = b""
+            head, answered = b"", None
     if len(head) < 4 or head[3] != 0x04:
         raise BadInput(
             f"something listens at {where}, but it does not answer like a Ray cluster's head "
@@ -111,6 +115,92 @@ def probe_address(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
             hint="the head's GCS port is 6379 unless `ray start --port` changed it; Ray Client "
             "addresses start with ray:// (port 10001)",
         )
+    if answered is False:
+        raise BadInput(
+            f"something listens at {where} and speaks HTTP/2, but it is not a Ray cluster's head "
+            "(it does not answer Ray's GetClusterId call)",
+            hint="the head's GCS port is 6379 unless `ray start --port` changed it (`ray status` on the head "
+            "prints the address); Ray Client addresses start with ray:// (port 10001)",
+        )
+
+
+def _hpack_literal(name: str, value: str) -> bytes:
+    """One HPACK header field, literal without indexing, new name, no Huffman (RFC 7541 6.2.2); short strings only."""
+    n, v = name.encode(), value.encode()
+    assert len(n) < 127 and len(v) < 127
+    return b"\x00" + bytes([len(n)]) + n + bytes([len(v)]) + v
+
+
+def _frame(kind: int, flags: int, stream: int, payload: bytes) -> bytes:
+    return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") + payload
+
+
+def _answers_get_cluster_id(sock: socket.socket, where: str, unread: int) -> bool:
+    """Call ``ray.rpc.NodeInfoGcsService/GetClusterId`` (Ray's GCS, Ray >= 2.7) by hand over HTTP/2.
+
+    ``unread``: bytes of the server's first SETTINGS frame still to read. True when the server
+    answers as Ray's GCS does: a reply message (a DATA frame), or gRPC trailers whose status is not
+    UNIMPLEMENTED (a cluster with token authentication answers UNAUTHENTICATED). False when it is
+    not that service: ``grpc-status: 12`` (a gRPC server without the method), an HTTP/2 answer
+    that is not gRPC (a web server's 404), a reset stream, GOAWAY or a closed connection.
+    """
+    headers = b"".join(
+        _hpack_literal(k, v)
+        for k, v in (
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", "/ray.rpc.NodeInfoGcsService/GetClusterId"),
+            (":authority", where),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+        )
+    )
+    sock.sendall(
+        _frame(0x4, 0x1, 0, b"")  # SETTINGS ACK
+        + _frame(0x1, 0x4, 1, headers)  # HEADERS, END_HEADERS
+        + _frame(0x0, 0x1, 1, b"\x00\x00\x00\x00\x00")  # DATA, END_STREAM: an empty GetClusterIdRequest
+    )
+    buf = b""
+
+    def need(n: int) -> bool:
+        nonlocal buf
+        while len(buf) < n:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return False
+            buf += chunk
+        return True
+
+    if not need(unread):
+        return False
+    buf = buf[unread:]
+    block = b""
+    while True:
+        if not need(9):
+            return False
+        length, kind, flags = int.from_bytes(buf[:3], "big"), buf[3], buf[4]
+        stream = int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF
+        if not need(9 + length):
+            return False
+        payload, buf = buf[9 : 9 + length], buf[9 + length :]
+        if kind == 0x0 and stream == 1 and length > 5:  # DATA with a gRPC message that is not empty
+            return True
+        if kind == 0x7 or (kind == 0x3 and stream == 1):  # GOAWAY, RST_STREAM
+            return False
+        if kind in (0x1, 0x9) and stream == 1:  # HEADERS, CONTINUATION
+            block += payload
+            if kind == 0x1 and flags & 0x1:  # the call ended with no message: read its trailers
+                return _grpc_but_not_unimplemented(block)
+
+
+def _grpc_but_not_unimplemented(block: bytes) -> bool:
+    # grpc-core (Ray's gRPC) writes these header values as plain literals; a status we cannot read
+    # on a gRPC answer counts as Ray rather than refusing a real cluster.
+    at = block.find(b"grpc-status")
+    if at >= 0:
+        n = block[at + 11] & 0x7F if at + 11 < len(block) else 0
+        return block[at + 12 : at + 12 + n] != b"12"
+    return b"grpc" in block
 
 
 # --- the executor -------------------------------------------------------------------------------

@@ -23,10 +23,10 @@ from ..models.model import as_model
 from ..scores import default_thresholds
 from . import rotary
 from .circuits import normalise, positional_qk, token_qk
-from .composition import composition_scores
+from .composition import composition_by_offset, composition_scores
 from .decompose import capture_residual, decompose_qk
 from .live import as_heads, as_sequences, qk_scores
-from .results import CompositionScores, PositionalQK, QKDecomposition, QKScores, TokenQK
+from .results import CompositionScores, OffsetComposition, PositionalQK, QKDecomposition, QKScores, TokenQK
 
 Progress = Callable[[str, int, int], None]
 #: A source head "is" a previous-token head when its previous-token score reaches the registry's threshold.
@@ -34,6 +34,8 @@ PREV_TOKEN_THRESHOLD = default_thresholds()["previous_token"]
 QUICK_SCAN = {"seq_len": 20, "batch": 4, "repeats": 2, "seed": 0}
 #: GiB the QK analysis may hold at once (estimated by :func:`qk_memory_bytes` before it starts); ``qk --max-memory``.
 DEFAULT_QK_MEMORY_GB = 8.0
+#: Rotary models: Q/K-composition into the chosen heads is computed at offsets 0 .. COMPOSITION_OFFSETS - 1.
+COMPOSITION_OFFSETS = 64
 
 
 def qk_memory_bytes(model, lengths: list[int], heads: list[Head] | None = None, top: int = 3) -> int:
@@ -128,6 +130,10 @@ class QKAnalysis:
     positional: PositionalQK
     token_circuits: list[TokenQK]
     composition: CompositionScores
+    #: rotary models: Q/K-composition into the chosen heads at offsets 0-63 (None without rotary positions)
+    composition_by_offset: OffsetComposition | None = None
+    #: rotary models: each chosen head's most-attended offset on the texts and its share (first-token key left out)
+    used_offsets: dict[str, tuple[int, float]] = field(default_factory=dict)
     scan_scores: dict[str, np.ndarray] | None = None  # quick-scan scores [L, H] by name
     notes: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
@@ -135,21 +141,36 @@ class QKAnalysis:
     def head_score(self, name: str, layer: int, head: int) -> float | None:
         return None if self.scan_scores is None else float(self.scan_scores[name][layer, head])
 
+    @property
+    def k_where(self) -> str:
+        """Where the K-composition sources are read, for every label: ``"mean over offsets 0-63"`` or ``"position-free"``."""
+        c = self.composition_by_offset
+        return "position-free" if c is None else f"mean over {c.span}"
+
     def k_sources(self, k: int = 5) -> dict[str, list[dict]]:
-        """For each chosen head, its strongest K-composition sources and their previous-token score."""
-        return {
-            head_label(l, h): [
-                {
-                    "head": head_label(a, b),
-                    "excess": round(v, 5),
-                    "previous_token": None
-                    if self.scan_scores is None
-                    else round(float(self.scan_scores["previous_token"][a, b]), 4),
-                }
-                for a, b, v in self.composition.top_sources(l, h, "K", k)
-            ]
-            for l, h in self.heads
-        }
+        """For each chosen head, its strongest K-composition sources and their previous-token score.
+
+        Rotary models: ranked by the excess averaged over offsets 0-63 (:attr:`composition_by_offset`),
+        with the excess at offset 0 and at the head's most-used offset beside it.
+        """
+        out: dict[str, list[dict]] = {}
+        by = self.composition_by_offset
+        for l, h in self.heads:
+            rows = []
+            top = by.top_sources(l, h, "K", k) if by is not None else self.composition.top_sources(l, h, "K", k)
+            for a, b, v in top:
+                row = {"head": head_label(a, b), "excess": round(v, 5), "where": self.k_where}
+                if by is not None:
+                    used = self.used_offsets.get(head_label(l, h), (0, 0.0))[0]
+                    row["excess_offset_0"] = round(by.at((l, h), (a, b), "K", 0), 5)
+                    if used in by.offsets:
+                        row[f"excess_offset_{used}"] = round(by.at((l, h), (a, b), "K", used), 5)
+                row["previous_token"] = (
+                    None if self.scan_scores is None else round(float(self.scan_scores["previous_token"][a, b]), 4)
+                )
+                rows.append(row)
+            out[head_label(l, h)] = rows
+        return out
 
     def findings(self) -> list[str]:
         """Plain sentences: what the K-composition sources and the decompositions show."""
@@ -171,7 +192,8 @@ class QKAnalysis:
                 + ", ".join(f"{head_label(a, b)} ({v:.2f})" for a, b, v in top_k(self.scan_scores["previous_token"], 3))
             )
             out.append(
-                f"induction head {head_label(l, h)} (score {ind:.2f}): strongest K-composition sources {listed}; {verdict}"
+                f"induction head {head_label(l, h)} (score {ind:.2f}): strongest K-composition sources "
+                f"({self.k_where}) {listed}; {verdict}"
             )
         for dec in self.decompositions:
             ind = self.head_score("induction", dec.layer, dec.head)
@@ -205,6 +227,10 @@ class QKAnalysis:
             "positional": self.positional.to_dict(),
             "token_circuits": [t.to_dict() for t in self.token_circuits],
             "composition": self.composition.to_dict(),
+            "composition_by_offset": None
+            if self.composition_by_offset is None
+            else self.composition_by_offset.to_dict(),
+            "used_offsets": {k: {"offset": d, "share": round(v, 4)} for k, (d, v) in self.used_offsets.items()},
             "k_composition_sources": self.k_sources(),
             "timings": {k: round(v, 2) for k, v in self.timings.items()},
         }
@@ -214,9 +240,11 @@ class QKAnalysis:
         import pandas as pd
 
         rows = []
+        sources = self.k_sources(1)
         for n, (l, h) in enumerate(self.heads):
             ((comp, v),) = self.decompositions[n].top("key", 1, by="vs_mean_key")  # sequence 0
-            src = self.composition.top_sources(l, h, "K", 1)
+            src = sources[head_label(l, h)]
+            used = self.used_offsets.get(head_label(l, h))
             rows.append(
                 {
                     "head": head_label(l, h),
@@ -225,8 +253,10 @@ class QKAnalysis:
                     "previous_token": self.head_score("previous_token", l, h),
                     "top_key_component": comp,
                     "vs_mean_key": v,
-                    "top_k_source": head_label(src[0][0], src[0][1]) if src else None,
-                    "k_excess": src[0][2] if src else None,
+                    "used_offset": used[0] if used else None,
+                    "top_k_source": src[0]["head"] if src else None,
+                    "k_excess": src[0]["excess"] if src else None,
+                    "k_where": self.k_where,
                 }
             )
         return pd.DataFrame(rows)
@@ -260,6 +290,26 @@ def model_info(model, norm: str) -> dict:
     if rotary.is_rotary(model):
         info["rope_theta"] = rotary.rope_theta(model)
     return info
+
+
+def token_circuits_at_used_offsets(
+    model, heads: list[Head], ids: list[int], w, used: dict[str, tuple[int, float]]
+) -> list[TokenQK]:
+    """Each head's token QK circuit on ``ids`` at its most-used offset ``used[label] = (offset, share)`` (rotary)."""
+    E = normalise(w.W_E, w.norm, float(getattr(model.cfg, "eps", 1e-5))).float()
+    return [
+        token_qk(
+            model,
+            lh,
+            ids,
+            weights=w,
+            normalised_embeddings=E,
+            offset=used[head_label(*lh)][0],
+            offset_reason=f"the offset this head gives the most attention on the analysed texts, "
+            f"{used[head_label(*lh)][1]:.0%} of its attention to keys other than the first token",
+        )
+        for lh in heads
+    ]
 
 
 @torch.no_grad()
@@ -334,12 +384,16 @@ def analyze_qk(
     positional = positional_qk(model, chosen, weights=w, residuals={k: torch.cat(v) for k, v in resid.items()})
     first = 1 if model.first_token.id is not None else 0
     ids = token_ids or list(dict.fromkeys(seqs[0].ids[first:]))[:40]
-    E = normalise(w.W_E, w.norm, float(getattr(model.cfg, "eps", 1e-5))).float()
-    circuits = [token_qk(model, lh, ids, weights=w, normalised_embeddings=E) for lh in chosen]
+    used = {head_label(*lh): live.used_offset(lh, skip_first=first == 1) for lh in chosen}
+    circuits = token_circuits_at_used_offsets(model, chosen, ids, w, used)
     timings["circuits_s"] = time.perf_counter() - t
     t = time.perf_counter()
     comp = composition_scores(w, progress=lambda d, n: step("composition scores", d, n))
     comp.model_name = model.name
+    comp.offset = 0 if rotary.is_rotary(model) else None
+    by_offset = (
+        composition_by_offset(model, chosen, range(COMPOSITION_OFFSETS), weights=w) if comp.offset == 0 else None
+    )
     timings["composition_s"] = time.perf_counter() - t
     return QKAnalysis(
         model=model_info(model, w.norm),
@@ -350,6 +404,8 @@ def analyze_qk(
         positional=positional,
         token_circuits=circuits,
         composition=comp,
+        composition_by_offset=by_offset,
+        used_offsets=used if rotary.is_rotary(model) else {},
         scan_scores={k: np.asarray(v) for k, v in scan.scores.items()},
         notes=notes,
         timings=timings,

@@ -110,13 +110,21 @@ def token_qk(
     per_direction: int = 6,
     weights: HeadWeights | None = None,
     normalised_embeddings: torch.Tensor | None = None,
+    offset: int = 0,
+    offset_reason: str = "",
 ) -> TokenQK:
     """Head ``head``'s token QK circuit on ``token_ids`` and the top of its full-vocab SVD.
 
-    The full circuit ``E W_Q W_K^T E^T / sqrt(d_head)`` (E the normalised embeddings, vocab
-    x d_model) has rank d_head; we take its SVD from the factors ``A = E W_Q``, ``B = E W_K``
+    The full circuit ``E W_Q M_d W_K^T E^T / sqrt(d_head)`` (E the normalised embeddings, vocab
+    x d_model) has rank d_head; we take its SVD from the factors ``A = E W_Q M_d``, ``B = E W_K``
     via ``A = Qa Ra``, ``B = Qb Rb``, ``svd(Ra Rb^T)`` (d_head x d_head), never forming
-    vocab x vocab.
+    vocab x vocab. On a rotary model ``M_d`` is the model's own RoPE between a query at i and
+    a key at i - ``offset`` (:func:`headscope.qk.rotary.offset_maps`); at offset 0 it is the
+    identity, which is the only place ``W_Q W_K^T`` alone is the score. Without rotary
+    positions there is no ``M_d`` and the result's ``offset`` is None.
+
+    >>> token_qk(model, "1.2", [5, 6, 7]).offset is None  # tiny GPT-2: learned positions
+    True
     """
     ((layer, h),) = as_heads(model, [head])
     w = weights or head_weights(model)
@@ -124,6 +132,12 @@ def token_qk(
     E = normalised_embeddings if normalised_embeddings is not None else normalise(w.W_E, w.norm, eps).float()
     scale = w.W_Q.shape[-1] ** -0.5
     W_Q, W_K = w.W_Q[layer, h].float(), w.W_K[layer, h].float()
+    at: int | None = None
+    if rotary.is_rotary(model):
+        if offset < 0:
+            raise BadInput(f"offset {offset} is negative", hint="an offset is i - j for a key j at or before query i")
+        at = int(offset)
+        W_Q = (W_Q.double() @ rotary.offset_maps(model, [at])[0]).float()
     token_ids = list(dict.fromkeys(int(t) for t in token_ids))  # each token once, first-seen order
     ids = torch.tensor(token_ids)
     sub = (E[ids] @ W_Q) @ (E[ids] @ W_K).T * scale
@@ -149,9 +163,15 @@ def token_qk(
                 "keys_minus": _top_tokens(v, labels_of, per_direction, -1),
             }
         )
+    where = (
+        f"rotary: the query at position i, the key at i - {at} (offset {at}), W_Q M_{at} W_K^T with M_{at} the "
+        f"model's own RoPE map{' (' + offset_reason + ')' if offset_reason else ''}; biases left out"
+        if at is not None
+        else "learned or no positions: position embeddings and biases left out"
+    )
     method = (
         "x_t W_Q W_K^T x_s^T / sqrt(d_head), x = the token's embedding normalised by the head's norm "
-        "(its own scale), biases and positions left out; SVD of the full circuit from its rank-d_head factors. "
+        f"(its own scale); {where}; SVD of the full circuit from its rank-d_head factors. "
         "A direction pairs queries_plus with keys_plus (and queries_minus with keys_minus) to raise the score"
     )
     return TokenQK(
@@ -164,4 +184,5 @@ def token_qk(
         S[:directions].numpy(),
         dirs,
         method,
+        at,
     )

@@ -19,11 +19,15 @@ The baseline is the mean score of Gaussian random matrices of the same shapes
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
+from ..errors import BadInput
 from ..folded_weights import HeadWeights, head_weights
 from ..models.model import as_model
-from .results import CompositionScores
+from . import rotary
+from .live import as_heads
+from .results import CompositionScores, OffsetComposition
 
 KINDS = ("Q", "K", "V")
 
@@ -121,3 +125,44 @@ def composition_scores(
     mean, std = random_baseline(d, r, baseline_samples, seed)
     name = "weights" if isinstance(model_or_weights, HeadWeights) else as_model(model_or_weights).name
     return CompositionScores(model_name=name, scores=scores, baseline=mean, baseline_std=std, d_model=d, d_head=r)
+
+
+@torch.no_grad()
+def composition_by_offset(
+    model, heads, offsets=range(64), *, weights: HeadWeights | None = None, kinds=("Q", "K"), seed: int = 0
+) -> OffsetComposition:
+    """Q- and K-composition into each of ``heads`` from every earlier head, at each rotary offset.
+
+    On a rotary model the later head's bilinear form between a query at i and a key at i - d is
+    ``W_Q M_d W_K^T`` (:func:`headscope.qk.rotary.offset_maps`), so Q-composition at offset d
+    uses ``W_B = W_Q M_d W_K^T`` and K-composition ``W_B = W_K M_d^T W_Q^T``; the position-free
+    ``W_Q W_K^T`` of :func:`composition_scores` is offset 0. V-composition has no offset (values
+    are not rotated). ``scores[kind][n, la, ha, m]``: earlier head ``la.ha`` into ``heads[n]`` at
+    ``offsets[m]``, NaN unless ``la`` is an earlier layer. Only the chosen later heads are
+    computed (the whole model at 64 offsets would be 128 full composition passes).
+    """
+    if not rotary.is_rotary(model):
+        raise BadInput(
+            "this model has no rotary positions, so its Q/K-composition does not depend on the offset",
+            hint="use composition_scores (position-free) for this model",
+        )
+    heads = as_heads(model, heads)
+    offsets = [int(d) for d in offsets]
+    w = weights or head_weights(model)
+    W_Q, W_K, W_V, W_O = _centred(w)
+    L, H, d, r = W_Q.shape
+    Y = left_factor(W_V, W_O).reshape(L * H, d, r)
+    maps = rotary.offset_maps(model, offsets)  # [n_off, r, r]
+    scores = {kind: np.full((len(heads), L, H, len(offsets)), np.nan) for kind in kinds}
+    for n, (layer, h) in enumerate(heads):
+        if layer == 0:
+            continue
+        for kind in kinds:
+            if kind == "Q":  # W_Q M_d W_K^T
+                Z = right_factor(W_Q[layer, h] @ maps, W_K[layer, h].expand(len(offsets), d, r))
+            else:  # K: W_K M_d^T W_Q^T
+                Z = right_factor(W_K[layer, h] @ maps.transpose(1, 2), W_Q[layer, h].expand(len(offsets), d, r))
+            s = factored_score(Y[: layer * H], Z)  # [layer * H, n_off]
+            scores[kind][n, :layer] = s.reshape(layer, H, len(offsets)).numpy()
+    mean, std = random_baseline(d, r, seed=seed)
+    return OffsetComposition(as_model(model).name, heads, np.array(offsets), scores, mean, std)

@@ -30,7 +30,9 @@ QK_DEFINITIONS = {
     "positions (GPT-2); for rotary models the expected score between a query at i and a key at "
     "i - offset, inputs drawn from the texts' residual vectors. Source: Elhage et al. 2021.",
     "token QK": "x_t W_Q W_K^T x_s^T / sqrt(d_head) on normalised token embeddings x, and the top singular directions "
-    "of the full vocab x vocab circuit, taken from its rank-d_head factors (never formed). "
+    "of the full vocab x vocab circuit, taken from its rank-d_head factors (never formed). On a rotary model it "
+    "is x_t W_Q M_d W_K^T x_s^T at the offset d (key d tokens before the query) that the head gives the most "
+    "attention on the analysed texts, M_d the model's own RoPE; W_Q W_K^T alone is the score only at offset 0. "
     "Source: Elhage et al. 2021.",
     "composition": "||W_A W_B||_F / (||W_A||_F ||W_B||_F), W_A an earlier head's OV circuit W_V W_O, W_B a later "
     "head's W_Q W_K^T (Q-), W_K W_Q^T (K-) or W_V W_O (V-composition); 'excess' subtracts the mean "
@@ -109,6 +111,30 @@ class QKScores(Result):
 
     def head_index(self, head) -> int:
         return self.heads.index(as_head(head))
+
+    def attention_by_offset(self, head, skip_first: bool = True) -> np.ndarray:
+        """Attention mass of ``head`` at each offset ``i - j`` (0, 1, ...), summed over every query of every text.
+
+        ``skip_first``: leave out key 0 (the first token, where many heads park attention).
+        """
+        n = self.head_index(head)
+        T = max(len(seq) for seq in self.sequences)
+        mass = np.zeros(T)
+        for p in self.patterns:
+            p = p[n]
+            for d in range(p.shape[0]):
+                diag = np.diagonal(p, -d)  # queries d.., keys 0..
+                mass[d] += diag[1:].sum() if skip_first else diag.sum()  # diag[0] is key 0
+        return mass
+
+    def used_offset(self, head, skip_first: bool = True) -> tuple[int, float]:
+        """The offset ``i - j`` that ``head`` gives the most attention on these texts, and its share of that attention.
+
+        The share is over all attention to keys other than the first token (``skip_first``).
+        """
+        mass = self.attention_by_offset(head, skip_first)
+        d = int(np.argmax(mass))
+        return d, float(mass[d] / mass.sum()) if mass.sum() > 0 else 0.0
 
     def plot(self, sequence: int = 0, head=None):
         """Scores and pattern of one head on one sequence, token x token (queries down, keys across)."""
@@ -314,10 +340,16 @@ class TokenQK(Result):
     singular_values: np.ndarray  # [k]
     directions: list[dict] = field(default_factory=list)
     method: str = ""
+    offset: int | None = None  # rotary: key at query - offset; None: no rotary positions (position-free form)
 
     @property
     def label(self) -> str:
         return head_label(self.layer, self.head)
+
+    @property
+    def where(self) -> str:
+        """The position the circuit is taken at, for every label: ``"offset 3"`` or ``"position-free"``."""
+        return "position-free" if self.offset is None else f"offset {self.offset}"
 
     def top_pairs(self, k: int = 10) -> list[tuple[str, str, float]]:
         flat = np.argsort(-self.matrix, axis=None)[:k]
@@ -332,6 +364,7 @@ class TokenQK(Result):
         return pd.DataFrame(
             {
                 "head": self.label,
+                "offset": self.offset,
                 "query_token": [self.labels[i] for i in a.ravel()],
                 "key_token": [self.labels[j] for j in b.ravel()],
                 "score": self.matrix.ravel(),
@@ -341,6 +374,7 @@ class TokenQK(Result):
     def to_dict(self) -> dict:
         return {
             "head": self.label,
+            "offset": self.offset,
             "method": self.method,
             "tokens": self.labels,
             "token_ids": self.token_ids,
@@ -359,7 +393,7 @@ class TokenQK(Result):
         import pandas as pd
 
         f = pd.DataFrame(self.top_pairs(), columns=["query token", "key token", "score"])
-        return _html(f"Token QK circuit of head {self.label}", f, self.plot())
+        return _html(f"Token QK circuit of head {self.label} ({self.where})", f, self.plot())
 
 
 @dataclass
@@ -382,6 +416,13 @@ class CompositionScores(Result):
         "norm gains folded into the reading weights; for LayerNorm models reads and writes are "
         "centred along d_model (TransformerLens fold_ln + center_writing_weights convention)"
     )
+    #: rotary models: the offset the Q/K forms are taken at (0: W_Q W_K^T alone); None: no rotary positions
+    offset: int | None = None
+
+    @property
+    def where(self) -> str:
+        """For every label: ``"Q/K at offset 0"`` on rotary models, ``"position-free"`` otherwise."""
+        return "position-free" if self.offset is None else f"Q/K at offset {self.offset}"
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -413,6 +454,7 @@ class CompositionScores(Result):
                         "src_head": ha,
                         "dst_layer": lb,
                         "dst_head": hb,
+                        "offset": self.offset if kind != "V" else None,
                         "score": v,
                         "excess": v - self.baseline,
                     }
@@ -427,6 +469,8 @@ class CompositionScores(Result):
             "W_K W_Q^T (K), W_V W_O (V); excess = score - random baseline",
             "baseline": self.baseline,
             "baseline_std": self.baseline_std,
+            "offset": self.offset,
+            "where": self.where,
             "note": self.note,
             "top_sources": {
                 kind: {
@@ -448,4 +492,98 @@ class CompositionScores(Result):
 
     def _repr_html_(self) -> str:
         f = self.to_frame().sort_values("excess", ascending=False)
-        return _html(f"Composition scores (baseline {self.baseline:.4f} subtracted in 'excess')", f, self.plot())
+        return _html(
+            f"Composition scores, {self.where} (baseline {self.baseline:.4f} subtracted in 'excess')", f, self.plot()
+        )
+
+
+@dataclass
+class OffsetComposition(Result):
+    """Q/K-composition into a few later heads at each rotary offset (Elhage et al.'s score, RoPE applied).
+
+    ``scores[kind][n, la, ha, m]``: earlier head ``la.ha`` into ``heads[n]`` with the later head's
+    form taken between a query at i and a key at i - ``offsets[m]`` (``W_Q M_d W_K^T`` for Q,
+    ``W_K M_d^T W_Q^T`` for K). Sources are ranked by their excess averaged over the offsets.
+    """
+
+    model_name: str
+    heads: list[tuple[int, int]]
+    offsets: np.ndarray  # [n_offsets]
+    scores: dict[str, np.ndarray]  # kind -> [n_heads, L, H, n_offsets]
+    baseline: float
+    baseline_std: float
+
+    @property
+    def span(self) -> str:
+        """The offsets, for labels: ``"offsets 0-63"``."""
+        lo, hi = int(self.offsets.min()), int(self.offsets.max())
+        return f"offset {lo}" if lo == hi else f"offsets {lo}-{hi}"
+
+    @property
+    def where(self) -> str:
+        """For every label: ``"mean over offsets 0-63"``."""
+        return f"mean over {self.span}"
+
+    def excess(self, head, kind: str = "K") -> np.ndarray:
+        """``[L, H, n_offsets]`` score minus the random baseline for later head ``head``."""
+        return self.scores[kind][self.heads.index(as_head(head))] - self.baseline
+
+    def top_sources(self, layer: int, head: int, kind: str = "K", k: int = 5) -> list[tuple[int, int, float]]:
+        """The earlier heads with the largest excess averaged over the offsets: (layer, head, mean excess)."""
+        if (layer, head) not in self.heads:
+            return []
+        mean = self.excess((layer, head), kind).mean(-1)
+        order = [i for i in np.argsort(-np.nan_to_num(mean, nan=-np.inf), axis=None) if not np.isnan(mean.flat[i])]
+        H = mean.shape[1]
+        return [(int(i // H), int(i % H), float(mean.flat[i])) for i in order[:k]]
+
+    def at(self, later, earlier, kind: str = "K", offset: int = 0) -> float:
+        """Excess of ``earlier`` into ``later`` at one offset."""
+        m = int(np.flatnonzero(self.offsets == offset)[0])
+        return float(self.excess(later, kind)[(*as_head(earlier), m)])
+
+    def to_frame(self):
+        import pandas as pd
+
+        frames = []
+        for kind, s in self.scores.items():
+            n, la, ha, m = np.nonzero(~np.isnan(s))
+            v = s[n, la, ha, m]
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "kind": kind,
+                        "src_layer": la,
+                        "src_head": ha,
+                        "dst_layer": [self.heads[i][0] for i in n],
+                        "dst_head": [self.heads[i][1] for i in n],
+                        "offset": self.offsets[m],
+                        "score": v,
+                        "excess": v - self.baseline,
+                    }
+                )
+            )
+        return pd.concat(frames, ignore_index=True)
+
+    def to_dict(self, top: int = 5) -> dict:
+        return {
+            "definition": "Elhage et al.'s composition score with the later head's form at rotary offset d: "
+            "W_B = W_Q M_d W_K^T (Q), W_K M_d^T W_Q^T (K), M_d the model's RoPE between a query at i and a key at "
+            f"i - d; {self.span}; sources ranked by the excess averaged over these offsets",
+            "offsets": self.offsets.tolist(),
+            "baseline": self.baseline,
+            "top_sources": {
+                kind: {
+                    head_label(l, h): [
+                        {
+                            "head": head_label(a, b),
+                            "mean_excess": round(v, 5),
+                            "excess_by_offset": rounded(self.excess((l, h), kind)[a, b], 5),
+                        }
+                        for a, b, v in self.top_sources(l, h, kind, top)
+                    ]
+                    for l, h in self.heads
+                }
+                for kind in self.scores
+            },
+        }

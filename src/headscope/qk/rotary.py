@@ -69,3 +69,20 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, adjacent: 
 
 def adjacent_pairs(model) -> bool:
     return bool(getattr(model.cfg, "rotary_adjacent_pairs", False))
+
+
+@torch.no_grad()
+def offset_maps(model, offsets) -> torch.Tensor:
+    """``M [len(offsets), d_head, d_head]`` (float64): ``M_d`` with ``RoPE_i(q) . RoPE_{i-d}(k) = q M_d k^T``.
+
+    RoPE's score depends on the positions only through their difference (``R_i^T R_j =
+    R_{j-i}``), so the query is rotated by ``d`` and the key left at position 0. Row ``n`` of
+    ``M_d`` is the ``n``-th basis vector rotated by the model's own ``cos``/``sin`` at position
+    ``d``; ``q M_d`` is then ``RoPE_d(q)`` by linearity. So the token QK circuit at offset ``d``
+    is ``W_Q M_d W_K^T`` (``M_0`` is the identity: the position-free form holds only there).
+    """
+    offsets = torch.as_tensor(list(offsets), dtype=torch.long)
+    d_head = int(model.cfg.d_head)
+    cos, sin = cos_sin(model, offsets)
+    eye = torch.eye(d_head, dtype=torch.float64)
+    return torch.stack([apply_rope(eye, cos[n], sin[n], adjacent_pairs(model)) for n in range(len(offsets))])

@@ -203,9 +203,17 @@ def roles_section_html(res: InductionResult) -> str:
             + (f" (skipped: {esc(skipped)})" if skipped else "")
             + ".</p>"
         )
+    notes = res.role_notes()
+    opposite = (
+        "<p><b>Heads with two opposite roles</b>, and why:</p><ul>"
+        + "".join(f"<li>{esc(head_label(*lh))}: {esc(v)}</li>" for lh, v in sorted(notes.items()))
+        + "</ul>"
+        if notes
+        else ""
+    )
     return (
         f"<p>{n} of {L * H} heads take at least one role. {esc(roles_legend(res.thresholds))} Bold: the score "
-        "behind a role the head holds.</p>" + role_counts_html(res) + sets + role_table_html(res)
+        "behind a role the head holds.</p>" + role_counts_html(res) + sets + opposite + role_table_html(res)
     )
 
 
@@ -365,7 +373,13 @@ def qk_heads_html(a) -> str:
         )
     findings = "".join(f"<li>{esc(f)}</li>" for f in a.findings())
     notes = "".join(f'<p class="note">{esc(n)}</p>' for n in a.notes)
-    cols = ["head", "chosen for", "induction", "previous-token", "strongest K-composition sources (excess)"]
+    cols = [
+        "head",
+        "chosen for",
+        "induction",
+        "previous-token",
+        f"strongest K-composition sources (excess, {a.k_where})",
+    ]
     shows = f"<h3>What the QK analysis shows</h3><ul class='verdicts'>{findings}</ul>" if findings else ""
     return table_html(cols, rows) + shows + notes
 
@@ -476,17 +490,22 @@ def token_qk_html(t) -> str:
     pairs = [[(tokens_html([q]), q), (tokens_html([k]), k), round(v, DECIMALS)] for q, k, v in t.top_pairs(6)]
     return (
         _plot(plot_token_qk, t)
-        + "<div class='cards'><div><b>Highest-scoring query/key token pairs</b>"
+        + f"<div class='cards'><div><b>Highest-scoring query/key token pairs ({esc(t.where)})</b>"
         + table_html(["query token", "key token", "score"], pairs)
         + "</div>"
-        "<div><b>Top singular directions of the full-vocabulary circuit</b>"
+        f"<div><b>Top singular directions of the full-vocabulary circuit ({esc(t.where)})</b>"
         + table_html(["σ", "queries +", "keys +", "queries −", "keys −"], rows)
         + f"</div></div><p class='muted'>{esc(t.method)}</p>"
     )
 
 
-def composition_html(c, heads: list[tuple[int, int]], prev_token: np.ndarray | None = None) -> str:
-    """Each chosen head's strongest K-composition sources, every score as a figure, the sources as a table."""
+def composition_html(c, heads: list[tuple[int, int]], prev_token: np.ndarray | None = None, by_offset=None) -> str:
+    """Each chosen head's strongest K-composition sources, every score as a figure, the sources as a table.
+
+    ``by_offset`` (rotary models, an :class:`~headscope.qk.results.OffsetComposition`): the chosen heads'
+    sources are ranked over its offsets; the whole-model heatmap stays at ``c.offset``.
+    """
+    src_of = by_offset if by_offset is not None else c
     from .qk_figures import plot_composition, plot_k_sources
 
     later = [lh for lh in heads if lh[0] > 0]
@@ -499,16 +518,22 @@ def composition_html(c, heads: list[tuple[int, int]], prev_token: np.ndarray | N
             *([round(float(prev_token[sl, sh]), DECIMALS)] if prev_token is not None else []),
         ]
         for l, h in later
-        for kind in c.scores
-        for sl, sh, v in c.top_sources(l, h, kind, 3)
+        for kind in src_of.scores
+        for sl, sh, v in src_of.top_sources(l, h, kind, 3)
     ]
-    cols = ["later head", "kind", "earlier head", "excess"] + (
+    cols = ["later head", "kind", "earlier head", f"excess ({src_of.where})"] + (
         ["earlier head's previous-token score"] if prev_token is not None else []
     )
     base = f"random baseline {c.baseline:.4f} ± {c.baseline_std:.4f} (d_model {c.d_model}, d_head {c.d_head})"
-    sources = _plot(plot_k_sources, c, later, prev_token) if later else ""
+    sources = _plot(plot_k_sources, src_of, later, prev_token) if later else ""
+    where = (
+        f"the chosen heads' sources: Q/K-composition at each rotary offset (the later head's form between a query "
+        f"at i and a key at i - d, W_Q M_d W_K^T), ranked by the {src_of.where}; the whole-model heatmap: {c.where}"
+        if by_offset is not None
+        else "no rotary positions: the scores are position-free"
+    )
     return (
-        f"<p class='muted'>{esc(base)}; {esc(c.note)}</p>{sources}{_plot(plot_composition, c)}"
+        f"<p class='muted'>{esc(base)}; {esc(c.note)}; {esc(where)}</p>{sources}{_plot(plot_composition, c)}"
         "<details><summary>The strongest sources of each chosen head, every kind (table)</summary>"
         + table_html(cols, rows, sortable=True)
         + "</details>"
@@ -541,12 +566,19 @@ def qk_sections(a) -> list[tuple[str, str, str]]:
         (
             "qk-token",
             "Token QK circuit",
-            tabs_html("tokqk", [(head_label(t.layer, t.head), token_qk_html(t)) for t in a.token_circuits]),
+            tabs_html(
+                "tokqk", [(f"{head_label(t.layer, t.head)} ({t.where})", token_qk_html(t)) for t in a.token_circuits]
+            ),
         ),
         (
             "composition",
             "Composition scores",
-            composition_html(a.composition, heads, None if a.scan_scores is None else a.scan_scores["previous_token"]),
+            composition_html(
+                a.composition,
+                heads,
+                None if a.scan_scores is None else a.scan_scores["previous_token"],
+                a.composition_by_offset,
+            ),
         ),
     ]
 
@@ -644,7 +676,7 @@ def logit_story_html(a) -> str:
     cols = [
         "head",
         "induction",
-        "strongest K-composition sources (excess, their previous-token score)",
+        f"strongest K-composition sources (excess, {a.k_where}; their previous-token score)",
         "copying",
         "OV self-rank (median)",
         "direct logit effect, first repeat (centred logit)",

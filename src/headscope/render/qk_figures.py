@@ -249,10 +249,17 @@ def plot_token_qk(tq):
     )
     lim = float(np.nanmax(np.abs(tq.matrix))) or 1.0
     token_heatmap(
-        ax, tq.matrix, tq.labels, f"token QK circuit, head {tq.label}", "score", cmap="RdBu_r", vmin=-lim, vmax=lim
+        ax,
+        tq.matrix,
+        tq.labels,
+        f"token QK circuit, head {tq.label}, {tq.where}",
+        "score",
+        cmap="RdBu_r",
+        vmin=-lim,
+        vmax=lim,
     )
     ax.set_xlabel("key token"), ax.set_ylabel("query token")
-    lines = ["Full-vocabulary SVD (from rank-d_head factors):"]
+    lines = [f"Full-vocabulary SVD ({tq.where}, from rank-d_head factors):"]
     for d, info in enumerate(tq.directions):
         lines += [
             f"#{d + 1}  σ = {info['singular_value']:.4g}",
@@ -264,7 +271,7 @@ def plot_token_qk(tq):
         ]
     tx.axis("off")
     tx.text(0, 1, "\n".join(lines), va="top", family="DejaVu Sans Mono", fontsize=7.5)
-    fig.suptitle(f"{tq.model_name}: head {tq.label} token QK circuit", fontsize=11)
+    fig.suptitle(f"{tq.model_name}: head {tq.label} token QK circuit ({tq.where})", fontsize=11)
     fig.text(0.01, -0.05, _wrap(tq.method, 150), fontsize=7, color="#333")
     return fig
 
@@ -288,7 +295,8 @@ def plot_composition(comp, kind: str | None = None):
             ax.axhline(b - 0.5, color="white", lw=0.3), ax.axvline(b - 0.5, color="white", lw=0.3)
         ax.set_xlabel("later head (layer; heads within)")
         ax.set_ylabel("earlier head's OV (layer; heads within)")
-        ax.set_title(f"{kd}-composition minus baseline {comp.baseline:.3f}", fontsize=10)
+        at = "" if kd == "V" or comp.offset is None else f", offset {comp.offset}"
+        ax.set_title(f"{kd}-composition minus baseline {comp.baseline:.3f}{at}", fontsize=10)
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
     fig.suptitle(f"{comp.model_name}: composition scores (grey = not an earlier->later pair)", fontsize=11)
     return fig
@@ -312,7 +320,7 @@ def plot_k_sources(comp, heads: list[tuple[int, int]], prev_token: np.ndarray | 
         ax.barh(range(len(src)), [v for *_, v in src], color=colours)
         ax.set_yticks(range(len(src)), names, fontsize=8)
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(4))
-        ax.set_xlabel("K-composition minus baseline")
+        ax.set_xlabel(f"K-composition minus baseline ({comp.where})")
         ax.set_title(f"sources of head {head_label(layer, head)}'s keys", fontsize=10)
     fig.suptitle(
         f"{comp.model_name}: strongest K-composition sources"

@@ -34,6 +34,7 @@ from ..folded_weights import HeadWeights, head_weights
 from ..head_labels import Head
 from ..head_labels import top_k as top_k_heads
 from ..hooks import act_name
+from ..models.embedding import weight_inputs
 from ..models.fingerprint import cached_fingerprint, weights_version
 from ..models.inputs import TokenSequence
 from ..models.model import HeadscopeModel, as_model
@@ -210,15 +211,15 @@ def _weight_scores_on_disk(model: HeadscopeModel) -> tuple[dict[str, np.ndarray]
         except (OSError, ValueError, KeyError):
             pass  # a broken cache file: recompute and replace it
     w = head_weights(model)
+    inputs = weight_inputs(model)
     scores: dict[str, np.ndarray] = {}
     notes: dict[str, dict] = {}
     for decl in decls:
         assert decl.from_weights is not None
-        out = decl.from_weights(w, model)
-        tensor, meta = out if isinstance(out, tuple) else (out, {})
-        scores[decl.name] = tensor.detach().cpu().numpy().astype(np.float64)
-        if meta:
-            notes[decl.name] = meta
+        out = decl.from_weights(w, inputs)
+        scores[decl.name] = out.values.detach().cpu().numpy().astype(np.float64)
+        if out.notes:
+            notes[decl.name] = out.notes
     if path is not None:
         try:
             write_text_atomic(

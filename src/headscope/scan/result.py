@@ -13,7 +13,7 @@ import numpy as np
 
 from ..head_labels import head_label, top_k
 from ..jsonsafe import dumps
-from ..scores import INTERVAL_LEVEL, definitions, role_scores, score_names
+from ..scores import INTERVAL_LEVEL, definitions, opposite_reason, opposite_roles, role_scores, score_names
 from ..stats import spread
 from .attention_sample import AttentionSample
 
@@ -53,6 +53,17 @@ class InductionResult:
             layers, heads = np.nonzero(self.scores[s.name] >= self.thresholds[s.name])
             for l, h in zip(layers.tolist(), heads.tolist()):
                 out.setdefault((l, h), []).append(s.name)
+        return out
+
+    def role_notes(self) -> dict[tuple[int, int], str]:
+        """Why a head holds two opposite roles (the registry's :func:`~headscope.scores.opposite_roles`), per head."""
+        roles = self.roles()
+        out: dict[tuple[int, int], str] = {}
+        for a, b in opposite_roles():
+            for lh, names in roles.items():
+                if a.name in names and b.name in names:
+                    va, vb = float(self.scores[a.name][lh]), float(self.scores[b.name][lh])
+                    out[lh] = opposite_reason(a, b, va, vb)
         return out
 
     def heads(self) -> list[dict]:

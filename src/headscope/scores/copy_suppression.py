@@ -16,8 +16,10 @@ headscope's score, per head:
   beside the eigenvalue one of :mod:`headscope.scan.copying`).
 
 Conventions: effective embedding ``"block0"`` (McDougall et al.), computed by the model's
-own block 0 on each token alone (:mod:`headscope.kinds.embedding`); the OV circuit is read
-through :func:`headscope.kinds.ov.ov_factors` (norm centring applied, biases left out).
+own block 0 on each token alone (:mod:`headscope.models.embedding`, handed in through
+:class:`~headscope.scores.weight_score.WeightInputs`: this module runs no model); the OV
+circuit is read through :func:`headscope.scores.ov_factors.ov_factors` (norm centring applied,
+biases left out). :func:`headscope.kinds.copy_suppression_scores` runs it on a model.
 Tokens are ``n_tokens`` ordinary tokens (no special tokens) drawn without replacement
 (seeded), not the whole vocabulary, to bound the cost: each head costs
 ``n_tokens x d_head x vocab`` multiply-adds, in batches of tokens, never vocab x vocab.
@@ -34,9 +36,19 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..folded_weights import HeadWeights, head_weights
-from .embedding import effective_embedding
+from ..folded_weights import HeadWeights
+from ..tokens import ordinary_token_ids
 from .ov_factors import ov_factors
+from .weight_score import WeightInputs, WeightScore
+
+#: The registry's definition of the copy-suppression score (``scores/registry.py`` declares it with this text).
+DEFINITION = (
+    "Fraction of 512 sampled ordinary tokens that are among the 10 most suppressed outputs (lowest logits over "
+    "the whole vocabulary) of the head's OV circuit W_U W_OV W_EE applied to themselves; effective embedding "
+    "W_EE = the token through block 0 alone (embedding + its attention to itself + MLP0), as McDougall et al. "
+    '2023 ("Copy Suppression", arXiv 2310.04625) use. The negative counterpart of copying. Threshold 0.5 '
+    "is headscope's (the paper names none)."
+)
 
 DEFAULT_K = 10
 DEFAULT_N_TOKENS = 512
@@ -87,7 +99,7 @@ class CopySuppressionScores:
 
     def to_dict(self) -> dict:
         return {
-            "definition": _definition("copy_suppression"),
+            "definition": DEFINITION,
             "k": self.k,
             "n_tokens": self.n_tokens,
             "seed": self.seed,
@@ -116,35 +128,31 @@ class CopySuppressionScores:
         )
 
 
-def sample_tokens(model, n_tokens: int, seed: int = 0) -> torch.Tensor:
+def sample_tokens(tokenizer, d_vocab: int, n_tokens: int, seed: int = 0) -> torch.Tensor:
     """``n_tokens`` ordinary token ids (no special tokens) drawn without replacement, sorted."""
-    from ..tokens import ordinary_token_ids
-
-    pool = ordinary_token_ids(model.tokenizer, model.cfg.d_vocab)
+    pool = ordinary_token_ids(tokenizer, d_vocab)
     if n_tokens >= len(pool):
         return pool
     gen = torch.Generator().manual_seed(seed)
     return pool[torch.randperm(len(pool), generator=gen)[:n_tokens]].sort().values
 
 
-def copy_suppression_scores(
-    model,
-    w: HeadWeights | None = None,
+def score_copy_suppression(
+    w: HeadWeights,
+    inputs: WeightInputs,
     *,
     k: int = DEFAULT_K,
     n_tokens: int = DEFAULT_N_TOKENS,
     seed: int = 0,
     convention: str = "block0",
 ) -> CopySuppressionScores:
-    """Copy-suppression (and rank-copying) score of every head from its weights; once per model.
+    """Copy-suppression (and rank-copying) score of every head from its weights ``w`` and ``inputs``.
 
-    >>> cs = copy_suppression_scores(model)                 # doctest: +SKIP
-    >>> cs.top_heads("copy_suppression", 3)                 # doctest: +SKIP
+    :func:`headscope.kinds.copy_suppression_scores` runs it on a model.
     """
     t0 = time.perf_counter()
-    w = w or head_weights(model)
-    ids = sample_tokens(model, n_tokens, seed)
-    X = effective_embedding(model, ids, convention)
+    ids = sample_tokens(inputs.tokenizer, inputs.d_vocab, n_tokens, seed)
+    X = inputs.embed(ids, convention)
     low, high = self_rank_fractions(w, X, ids, k)
     return CopySuppressionScores(
         low.numpy().astype(np.float64),
@@ -157,18 +165,10 @@ def copy_suppression_scores(
     )
 
 
-def _definition(name: str) -> str:
-    from .registry import score  # the registry imports this module: look it up when asked
-
-    return score(name).definition
-
-
-def copy_suppression_from_weights(w: HeadWeights, model) -> tuple[torch.Tensor, dict]:
+def copy_suppression_weight_score(w: HeadWeights, inputs: WeightInputs) -> WeightScore:
     """The registry's copy-suppression score: ``[L, H]``, and the sample it was measured on."""
-    r = copy_suppression_scores(model, w)
-    return torch.from_numpy(r.copy_suppression), {
-        "k": r.k,
-        "n_tokens": r.n_tokens,
-        "seed": r.seed,
-        "convention": r.convention,
-    }
+    r = score_copy_suppression(w, inputs)
+    return WeightScore(
+        torch.from_numpy(r.copy_suppression),
+        {"k": r.k, "n_tokens": r.n_tokens, "seed": r.seed, "convention": r.convention},
+    )

@@ -16,15 +16,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
-
-import torch
 
 from ..folded_weights import HeadWeights
-from .copy_suppression import copy_suppression_from_weights
-from .copying import copying_scores
+from . import copy_suppression, copying, successor
 from .reads import Column, KeySet, Reads, Stripe, prefix_mask, prefix_pairs
-from .successor import successor_from_weights
+from .weight_score import WeightInputs, WeightScore
 
 
 @dataclass(frozen=True)
@@ -39,12 +35,16 @@ class Score:
     source: str  # the paper or reference implementation, short
     threshold: float | None = None  # a head "is" a <label> head when its score >= this; None: no role
     reads: Reads | None = None  # attention score: the pattern entries it averages
-    # weight score: ``(weights, model) -> [L, H]`` or ``([L, H], metadata)``; once per model
-    from_weights: Callable[[HeadWeights, Any], torch.Tensor | tuple[torch.Tensor, dict]] | None = None
+    # weight score: maths ``(weights, inputs) -> WeightScore(values [L, H], notes)``; once per model
+    from_weights: Callable[[HeadWeights, WeightInputs], WeightScore] | None = None
     from_pass: str | None = None  # a reduction of the scan's pass other than attention (headscope.scan.direct)
     vmin: float | None = 0.0  # heatmap range; None: symmetric around 0, from the data
     vmax: float | None = 1.0
     in_table: bool = True  # a column of the terminal table of top heads
+    # weight scores that read tokens through an effective embedding: its convention (models/embedding.py)
+    embedding: str | None = None
+    # the role this one is the opposite of: a head holds both only when both read the same embedding
+    opposes: str | None = None
 
     @property
     def kind(self) -> str:
@@ -107,16 +107,25 @@ SCORES: tuple[Score, ...] = (
         name="copying",
         header="copying",
         label="copying",
-        title="Copying score (OV eigenvalue positivity)",
-        definition=(
-            "Eigenvalue positivity of the full OV circuit W_E W_V W_O W_U: sum(eig) / sum(|eig|), from the "
-            "d_head x d_head matrix W_O (W_U W_E) W_V with the same nonzero eigenvalues (norm gains folded, "
-            "norm scale ignored). 1.0 = pure copying. Source: Elhage et al. 2021."
-        ),
-        source="Elhage et al. 2021",
+        title="Copying score (OV eigenvalue positivity, block-0 effective embedding)",
+        definition=copying.DEFINITION,
+        source="Elhage et al. 2021; McDougall et al. 2023",
         threshold=0.7,
-        from_weights=lambda w, model: copying_scores(w),
+        from_weights=copying.copying_weight_score,
         vmin=-1.0,
+        embedding="block0",
+    ),
+    Score(
+        name="copying_direct",
+        header="copy-dir",
+        label="copying (direct path)",
+        title="Copying score on the direct path (bare W_E)",
+        definition=copying.DIRECT_DEFINITION,
+        source="Elhage et al. 2021",
+        from_weights=copying.copying_direct_weight_score,
+        vmin=-1.0,
+        in_table=False,
+        embedding="embed",
     ),
     Score(
         name="attention_sink",
@@ -155,34 +164,25 @@ SCORES: tuple[Score, ...] = (
         header="succ",
         label="successor",
         title="Successor score (effective OV on ordinal sets)",
-        definition=(
-            "Fraction of ordinal tokens (numbers, number words, cardinal words, days, months and their prefixes, "
-            "letters: the sets the tokenizer has as single tokens) whose successor gets the largest logit, among the "
-            "tokens of its set, from the head's effective OV circuit W_U W_OV MLP0(W_E) (effective embedding: the "
-            'first MLP on the bare embedding, attention 0 off). Source: Gould et al. 2023, "Successor Heads", '
-            "arXiv 2312.09230. Threshold 0.5 is headscope's (the paper names none)."
-        ),
+        definition=successor.DEFINITION,
         source="Gould et al. 2023",
         threshold=0.5,
-        from_weights=successor_from_weights,
+        from_weights=successor.successor_weight_score,
         in_table=False,
+        embedding="mlp0",
     ),
     Score(
         name="copy_suppression",
         header="supp",
         label="copy-suppression",
         title="Copy-suppression score (token among its own 10 most suppressed)",
-        definition=(
-            "Fraction of 512 sampled ordinary tokens that are among the 10 most suppressed outputs (lowest logits over "
-            "the whole vocabulary) of the head's OV circuit W_U W_OV W_EE applied to themselves; effective embedding "
-            "W_EE = the token through block 0 alone (embedding + its attention to itself + MLP0), as McDougall et al. "
-            '2023 ("Copy Suppression", arXiv 2310.04625) use. The negative counterpart of copying. Threshold 0.5 '
-            "is headscope's (the paper names none)."
-        ),
+        definition=copy_suppression.DEFINITION,
         source="McDougall et al. 2023",
         threshold=0.5,
-        from_weights=copy_suppression_from_weights,
+        from_weights=copy_suppression.copy_suppression_weight_score,
         in_table=False,
+        embedding="block0",
+        opposes="copying",
     ),
     Score(
         name="direct_logit_later",
@@ -290,6 +290,26 @@ def pass_scores() -> list[Score]:
 def role_scores() -> list[Score]:
     """The scores that give a head a role (those with a threshold), in table order."""
     return [s for s in SCORES if s.threshold is not None]
+
+
+def opposite_roles() -> list[tuple[Score, Score]]:
+    """Pairs of roles that say opposite things (copy suppression, copying): ``(role, its opposite)``."""
+    return [(s, score(s.opposes)) for s in SCORES if s.opposes is not None]
+
+
+def opposite_reason(a: Score, b: Score, va: float, vb: float) -> str:
+    """Why a head holds both of two opposite roles: the one embedding they share, and what each counts.
+
+    Refuses (``ValueError``) a pair whose scores read different embeddings: such a pair is not a
+    finding about the head but about the two conventions, and the registry must not declare it.
+    """
+    if a.embedding != b.embedding:
+        raise ValueError(f"{a.name} reads {a.embedding!r} but {b.name} reads {b.embedding!r}: not one convention")
+    return (
+        f"{b.label} {vb:.2f} and {a.label} {va:.2f}, both read through the same {a.embedding} effective embedding: "
+        f"{b.label} weighs the eigenvalues of the whole OV circuit, {a.label} counts how often a token's own logit "
+        "is among the lowest of its row, so one head can score on both"
+    )
 
 
 def default_thresholds() -> dict[str, float]:

@@ -19,8 +19,10 @@ headscope's conventions:
 * Days, months and their prefixes are cyclic (Sunday -> Monday, December -> January); numbers,
   number words, cardinal words and letters are not (their last member has no successor).
 * Effective embedding ``"mlp0"`` (Gould et al.), computed by the model's own block 0 on each
-  token alone (:mod:`headscope.kinds.embedding`); the OV circuit is read through
-  :func:`headscope.kinds.ov.ov_factors` (norm centring applied, biases left out).
+  token alone (:mod:`headscope.models.embedding`, handed in through
+  :class:`~headscope.scores.weight_score.WeightInputs`: this module runs no model); the OV
+  circuit is read through :func:`headscope.scores.ov_factors.ov_factors` (norm centring
+  applied, biases left out). :func:`headscope.kinds.successor_scores` runs it on a model.
 * Ties count against: a token succeeds only when its successor's logit is strictly the
   largest in the set.
 """
@@ -34,9 +36,18 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..folded_weights import HeadWeights, head_weights
-from .embedding import effective_embedding
+from ..folded_weights import HeadWeights
 from .ov_factors import ov_factors
+from .weight_score import WeightInputs, WeightScore
+
+#: The registry's definition of the successor score (``scores/registry.py`` declares it with this text).
+DEFINITION = (
+    "Fraction of ordinal tokens (numbers, number words, cardinal words, days, months and their prefixes, "
+    "letters: the sets the tokenizer has as single tokens) whose successor gets the largest logit, among the "
+    "tokens of its set, from the head's effective OV circuit W_U W_OV MLP0(W_E) (effective embedding: the "
+    'first MLP on the bare embedding, attention 0 off). Source: Gould et al. 2023, "Successor Heads", '
+    "arXiv 2312.09230. Threshold 0.5 is headscope's (the paper names none)."
+)
 
 _NUMBER_WORDS = (
     "one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
@@ -159,7 +170,7 @@ class SuccessorScores:
 
     def to_dict(self) -> dict:
         return {
-            "definition": _definition("successor"),
+            "definition": DEFINITION,
             "convention": self.convention,
             "scores": self.scores.tolist(),
             "per_set": {k: v.tolist() for k, v in self.per_set.items()},
@@ -182,25 +193,21 @@ class SuccessorScores:
         return pd.DataFrame(cols)
 
 
-def successor_scores(
-    model, w: HeadWeights | None = None, *, convention: str = "mlp0", min_size: int = DEFAULT_MIN_SIZE
+def score_successors(
+    w: HeadWeights, inputs: WeightInputs, *, convention: str = "mlp0", min_size: int = DEFAULT_MIN_SIZE
 ) -> SuccessorScores:
-    """Successor score of every head of ``model`` from its weights (computed once per model).
+    """Successor score of every head from its weights ``w`` and ``inputs`` (tokenizer, effective embeddings).
 
-    ``w`` defaults to :func:`headscope.folded_weights.head_weights` (pass it when you have it).
     Raises nothing when no set is usable: the scores are then zeros and ``skipped`` says why.
-
-    >>> s = successor_scores(model)                        # doctest: +SKIP
-    >>> [x.name for x in s.sets], s.top_heads(3)           # doctest: +SKIP
+    :func:`headscope.kinds.successor_scores` runs it on a model.
     """
     t0 = time.perf_counter()
-    w = w or head_weights(model)
-    sets, skipped = usable_ordinal_sets(model.tokenizer, model.cfg.d_vocab, min_size)
+    sets, skipped = usable_ordinal_sets(inputs.tokenizer, inputs.d_vocab, min_size)
     L, H = w.n_layers, w.n_heads
     if not sets:
         return SuccessorScores(np.zeros((L, H)), {}, [], skipped, convention, {"successor_s": time.perf_counter() - t0})
     token_ids = torch.tensor(sorted({t for s in sets for t in s.token_ids}))
-    X = effective_embedding(model, token_ids, convention)
+    X = inputs.embed(token_ids, convention)
     counts = successor_counts(w, X, token_ids, sets)
     n_pairs = {s.name: len(s.pairs()) for s in sets}
     total = sum(counts.values())
@@ -214,17 +221,20 @@ def successor_scores(
     )
 
 
-def _definition(name: str) -> str:
-    from .registry import score  # the registry imports this module: look it up when asked
+def successor_weight_score(w: HeadWeights, inputs: WeightInputs) -> WeightScore:
+    """The registry's successor score: ``[L, H]``, and which ordinal sets the model could use."""
+    r = score_successors(w, inputs)
+    return WeightScore(
+        torch.from_numpy(r.scores),
+        {"convention": r.convention, "sets": [st.name for st in r.sets], "skipped": r.skipped},
+    )
 
-    return score(name).definition
 
-
-def successor_from_weights(w: HeadWeights, model) -> tuple[torch.Tensor, dict]:
-    """The registry's successor score: ``[L, H]`` and which ordinal sets the model could use."""
-    r = successor_scores(model, w)
-    return torch.from_numpy(r.scores), {
-        "convention": r.convention,
-        "sets": [st.name for st in r.sets],
-        "skipped": r.skipped,
-    }
+def describe_sets(notes: dict) -> str:
+    """One sentence on which ordinal sets the score used and why the others were skipped."""
+    skipped = "; ".join(f"{k}: {v}" for k, v in notes.get("skipped", {}).items())
+    return (
+        f"Successor score's ordinal sets: {', '.join(notes.get('sets', [])) or 'none'}"
+        + (f" (skipped: {skipped})" if skipped else "")
+        + "."
+    )

@@ -20,9 +20,15 @@ caller's random state is left alone), batches come from a generator seeded with 
 and the thread count is fixed for the run (it is recorded; a different thread count may
 change the last bits of a float sum and so, over many steps, the curves).
 
+A run is all or nothing on disk (as every command's results, :mod:`headscope.pipeline.outputs`):
+it holds ``--out``'s lock from the first check to the end, trains into a staging folder
+``.OUT.partial-PID-*`` beside ``--out`` and moves it into place only when complete, so Ctrl-C,
+SIGTERM, a full or read-only disk leave an earlier run byte for byte as it was (exit 130, 143,
+5) and nothing half-made behind.
+
 Output directory::
 
-    out/run.json                  settings, status, checkpoints, timings (written first, updated)
+    out/run.json                  settings, status, checkpoints, timings
     out/train_log.csv             one row per log step (see LOG_COLUMNS)
     out/checkpoints/step0000/     config.json, model.safetensors, tokenizer.json,
                                   tokenizer_config.json, toy.json (step and live numbers)
@@ -35,7 +41,6 @@ import contextlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
@@ -43,7 +48,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import BadInput, OutputExists
+from ..errors import BadInput, OutputError, OutputExists
 from ..head_labels import head_label
 from ..jsonsafe import dumps
 from ..models.loading import quiet_progress
@@ -95,12 +100,21 @@ class ToyConfig:
     def recipe(self) -> CopyRecipe:
         return CopyRecipe(n_ctx=self.n_ctx, vocab=self.vocab, block=self.block, copies=self.copies)
 
+    @classmethod
+    def default(cls, name: str):
+        """The default of field ``name`` (what the hints quote: read here, never restated)."""
+        return cls.__dataclass_fields__[name].default
+
     def check(self) -> ToyConfig:
         """Raise :class:`BadInput` for settings that cannot make a run; return self."""
         if self.steps < 1:
-            raise BadInput(f"--steps must be at least 1 (got {self.steps})", hint="the default is 2000")
+            raise BadInput(
+                f"--steps must be at least 1 (got {self.steps})", hint=f"the default is {self.default('steps')}"
+            )
         if self.every < 1:
-            raise BadInput(f"--every must be at least 1 (got {self.every})", hint="the default is 100")
+            raise BadInput(
+                f"--every must be at least 1 (got {self.every})", hint=f"the default is {self.default('every')}"
+            )
         if self.every > self.steps:
             raise BadInput(
                 f"--every {self.every} is larger than the run (--steps {self.steps}): only step 0 and the last "
@@ -111,18 +125,29 @@ class ToyConfig:
             raise BadInput(
                 f"--layers must be at least 2 (got {self.n_layers}): an induction head reads what a "
                 "previous-token head in an earlier layer wrote",
-                hint="the default is 2",
+                hint=f"the default is {self.default('n_layers')}",
             )
-        for name in ("n_heads", "batch", "eval_batch", "log_every"):
+        # the command line spells n_heads --heads; eval_batch and log_every are API settings only
+        for name, opt in (
+            ("n_heads", "--heads"),
+            ("batch", "--batch"),
+            ("eval_batch", "eval_batch"),
+            ("log_every", "log_every"),
+        ):
             if getattr(self, name) < 1:
-                raise BadInput(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
+                raise BadInput(
+                    f"{opt} must be at least 1 (got {getattr(self, name)})", hint=f"the default is {self.default(name)}"
+                )
         if self.d_model < self.n_heads or self.d_model % self.n_heads:
+            d, h = self.default("d_model"), self.default("n_heads")
             raise BadInput(
                 f"--d-model {self.d_model} must be a multiple of --heads {self.n_heads}",
-                hint="the default is 64 with 4 heads (d_head 16)",
+                hint=f"the default is {d} with {h} heads (d_head {d // h})",
             )
-        if not self.lr > 0:
-            raise BadInput(f"--lr must be positive (got {self.lr})", hint="the default is 3e-3")
+        if not (self.lr > 0 and self.lr <= 1):  # also refuses nan and inf
+            raise BadInput(
+                f"--lr must be more than 0 and at most 1 (got {self.lr})", hint=f"the default is {self.default('lr')}"
+            )
         self.recipe.check()
         if self.eval_seq_len < 2 or 1 + 2 * self.eval_seq_len > self.n_ctx:
             raise BadInput(
@@ -278,51 +303,65 @@ def read_run(out_dir: str | os.PathLike) -> dict | None:
     return rec if isinstance(rec, dict) and rec.get("kind") == RUN_KIND else None
 
 
-def prepare_run_dir(out_dir: str | os.PathLike, overwrite: bool) -> Path:
-    """Make ``out_dir`` ready for a new run, or refuse (nothing is touched when refusing).
+def check_run_dir(out_dir: str | os.PathLike, overwrite: bool) -> Path:
+    """Refuse an ``out_dir`` a new run may not replace (nothing is touched); returns it as a Path.
 
-    An empty or missing directory is used. One that holds an earlier train-toy run is
-    refused unless ``overwrite`` (then that run's files, :data:`RUN_FILES`, are removed and
-    nothing else). One that holds anything else is always refused.
+    Missing or empty: fine. A FIFO, device, socket or symbolic link, or a file: :class:`OutputError`
+    (exit 5). An earlier train-toy run: refused unless ``overwrite`` (:class:`OutputExists`, exit 4),
+    and also refused when it holds files of its own beside the run's (a new run replaces the
+    folder whole). Anything else: always refused (exit 4).
     """
+    from ..pipeline.outputs import refuse_special
+
     out = Path(out_dir)
+    refuse_special(out)
     if out.exists() and not out.is_dir():
-        raise OutputExists(f"--out {out} exists and is not a directory", hint="choose another --out")
+        raise OutputError(f"--out {out} is a file, not a directory", hint="choose another --out")
     present = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
-    if present:
-        run = read_run(out)
-        if run is None:
-            shown = ", ".join(present[:4]) + (" ..." if len(present) > 4 else "")
-            raise OutputExists(
-                f"{out} holds files that are not a train-toy run ({shown}); nothing was written",
-                hint="choose a new or empty --out (--overwrite replaces only an earlier train-toy run)",
-            )
-        if not overwrite:
-            n = len(run.get("checkpoints", []))
-            raise OutputExists(
-                f"{out} already holds a train-toy run ({run.get('status', '?')}, {n} checkpoints, seed "
-                f"{run.get('config', {}).get('seed', '?')}); nothing was written",
-                hint="pass --overwrite to replace it, or choose another --out",
-            )
-        for name in RUN_FILES:
-            p = out / name
-            if p.is_dir():
-                shutil.rmtree(p)
-            elif p.exists():
-                p.unlink()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise BadInput(f"cannot create --out {out} ({exc.strerror or exc})", hint="choose another --out") from None
+    if not present:
+        return out
+    run = read_run(out)
+    if run is None:
+        shown = ", ".join(present[:4]) + (" ..." if len(present) > 4 else "")
+        raise OutputExists(
+            f"{out} holds files that are not a train-toy run ({shown}); nothing was written",
+            hint="choose a new or empty --out (--overwrite replaces only an earlier train-toy run)",
+        )
+    if not overwrite:
+        n = len(run.get("checkpoints", []))
+        raise OutputExists(
+            f"{out} already holds a train-toy run ({run.get('status', '?')}, {n} checkpoints, seed "
+            f"{run.get('config', {}).get('seed', '?')}); nothing was written",
+            hint="pass --overwrite to replace it, or choose another --out",
+        )
+    extra = [n for n in present if n not in RUN_FILES and not n.startswith(".")]
+    if extra:
+        raise OutputExists(
+            f"{out} holds a train-toy run and other files ({', '.join(extra[:4])}); a new run replaces the "
+            "folder whole, so nothing was written",
+            hint="move those files elsewhere first, or choose another --out",
+        )
     return out
 
 
+def _disk_error(exc: BaseException, out: Path) -> OutputError:
+    """A full or read-only disk as one line, whether the OS or safetensors (its own error type) reports it."""
+    import errno
+    import re
+
+    from ..pipeline.outputs import describe_os_error
+
+    if isinstance(exc, OSError):
+        return describe_os_error(exc, out)
+    m = re.search(r"code: (\d+)", str(exc)) or re.search(r"os error (\d+)", str(exc))
+    code = int(m.group(1)) if m else errno.EIO
+    return describe_os_error(OSError(code, os.strerror(code)), out)
+
+
 def _write_json(path: Path, obj) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.chmod(tmp, 0o644)  # mkstemp makes it private; a run's files are ordinary files
-    os.replace(tmp, path)
+    from ..pipeline.outputs import write_file_atomic
+
+    write_file_atomic(path, json.dumps(obj, indent=2))
 
 
 def save_checkpoint(model, tokenizer, path: Path, meta: dict) -> Path:
@@ -402,21 +441,42 @@ def train_toy(
     (``steps=300, every=50``). ``on_log(row)`` hears every log row (columns:
     :data:`LOG_COLUMNS`) as it is made. Bad settings raise :class:`BadInput` and an output
     directory that holds anything raises :class:`OutputExists`, both before anything is
-    written; ``overwrite`` replaces an earlier train-toy run only.
+    written; ``overwrite`` replaces an earlier train-toy run only, and only once the new run is
+    complete (it is trained in a staging folder beside ``out_dir``). A full or read-only disk
+    raises :class:`OutputError`, with nothing left behind. The run holds ``out_dir``'s output
+    lock (``pipeline.outputs.hold_out``), as every command that writes does.
 
     >>> from headscope.toy import train_toy
     >>> run = train_toy("toy-run", steps=2000, every=100)     # doctest: +SKIP
     >>> run.to_frame().tail(3)                                 # doctest: +SKIP
     """
+    from safetensors import SafetensorError
+
+    from ..pipeline.outputs import describe_os_error, hold_out, make_staging, normal_permissions, replace_dir
+
     config = replace(config or ToyConfig(), **overrides).check()
     n_threads = threads or default_threads()
     if n_threads < 1:
         raise BadInput(f"--threads must be at least 1 (got {n_threads})")
-    out = prepare_run_dir(out_dir, overwrite)
-    ckpt_root = out / "checkpoints"
-    ckpt_root.mkdir(exist_ok=True)
-    with torch_threads(n_threads):
-        return _train(out, ckpt_root, config, n_threads, on_log)
+    out = Path(out_dir)
+    with hold_out(out):
+        check_run_dir(out, overwrite)
+        try:
+            staging = make_staging(out)
+        except OSError as exc:
+            raise describe_os_error(exc, out) from None
+        try:
+            (staging / "checkpoints").mkdir()
+            with torch_threads(n_threads):
+                run = _train(staging, staging / "checkpoints", config, n_threads, on_log)
+            normal_permissions(staging)  # save_pretrained and mkdtemp make private files and folders
+            replace_dir(staging, out)
+        except (OSError, SafetensorError) as exc:
+            raise _disk_error(exc, out) from None
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    run.out_dir = out
+    return run
 
 
 @contextlib.contextmanager
