@@ -1,8 +1,9 @@
 """The house rules of docs/architecture.md, checked on the real imports.
 
-1. import-linter's layers contract (pyproject.toml): base < models < scan < qk < render < pipeline < cli.
-2. The only upward imports it lets through are notebook views: an import of ``headscope.render``
-   inside a result's ``plot*`` / ``_repr_html_`` / ``_html`` function, never at module level.
+1. import-linter's layers contract (pyproject.toml): base < models < results < scan < qk < render < pipeline < cli.
+2. The only upward import it lets through is the notebook view: ``headscope.render.lookup``, imported
+   inside ``Result._repr_html_`` / ``Result._figure`` (results/base.py), never at module level;
+   results and render form no other import circle.
 3. A score is named in the registry only: no other module spells a score's definition.
 """
 
@@ -18,9 +19,10 @@ from headscope.scores import SCORES
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = Path(headscope.__file__).parent
-LAYERS = ["base", "models", "scan", "qk", "render", "pipeline", "toy", "cli"]
+LAYERS = ["base", "models", "results", "scan", "qk", "render", "pipeline", "toy", "cli"]
 SIBLINGS = {"logits": "qk", "kinds": "qk"}  # beside qk (none imports another)
-VIEW_FUNCTIONS = ("plot", "_repr_html_", "_html")
+VIEW_FUNCTIONS = ("_repr_html_", "_figure")  # Result's, in results/base.py: the one way up
+VIEW_LOOKUP = "headscope.render.lookup"
 
 
 def layer_of(module: str) -> str:
@@ -79,7 +81,7 @@ def test_upward_imports_are_only_lazy_notebook_views():
                 continue
             if LAYERS.index(layer_of(target)) <= here:
                 continue
-            lazy_view = func is not None and func.startswith(VIEW_FUNCTIONS) and layer_of(target) == "render"
+            lazy_view = mod == "headscope.results.base" and func in VIEW_FUNCTIONS and target == VIEW_LOOKUP
             if not lazy_view:
                 bad.append(
                     f"{mod}:{line} imports {target} ({layer_of(target)} is above {layer_of(mod)})"
@@ -142,3 +144,34 @@ def test_the_model_run_check_catches_a_forward_pass():
         "    return model(ids)\n"
     )
     assert sorted(x.split(":")[0] for x in runs_a_model(planted)) == ["1", "3", "4"]
+
+
+def test_results_and_render_form_no_import_circle_but_the_view_lookup():
+    """Results import no renderer: every import from headscope.results into headscope.render, lazy ones
+    included, is the one lookup edge, and render.lookup itself imports no result module."""
+    import grimp
+
+    graph = grimp.build_graph("headscope")
+    up = {
+        (a, b)
+        for a in graph.find_descendants("headscope.results") | {"headscope.results"}
+        for b in graph.find_modules_directly_imported_by(a)
+        if b.startswith("headscope.render")
+    }
+    assert up == {("headscope.results.base", VIEW_LOOKUP)}
+    lookup_imports = graph.find_modules_directly_imported_by(VIEW_LOOKUP)
+    assert not {m for m in lookup_imports if m.startswith("headscope.results")}
+    # and nothing below render reaches render except through that edge
+    for layer in ("headscope.models", "headscope.scores", "headscope.scan", "headscope.qk", "headscope.logits"):
+        for m in graph.find_descendants(layer) | {layer}:
+            assert not [b for b in graph.find_modules_directly_imported_by(m) if b.startswith("headscope.render")], m
+
+
+def test_results_import_no_analysis_renderer_or_command_line():
+    above = ("scan", "qk", "logits", "kinds", "pipeline", "toy", "render", "cli")
+    for path in sorted((PACKAGE / "results").rglob("*.py")):
+        mod, imports = imports_with_context(path)
+        for target, _func, line in imports:
+            if (mod, target) == ("headscope.results.base", VIEW_LOOKUP):
+                continue
+            assert target.split(".")[1] not in above, f"{mod}:{line} imports {target}"

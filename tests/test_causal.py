@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from headscope.results.scan_result import InductionResult
 from headscope.scan import ablation as A
 from headscope.scan.causal import ablation_plan, causal_check, control_heads
 from headscope.scan.induction_scan import (
@@ -23,7 +24,6 @@ from headscope.scan.induction_scan import (
     scan_induction,
     score_pass,
 )
-from headscope.scan.result import InductionResult
 from headscope.scan.sequences import RepeatedTokens, repeated_tokens
 from headscope.scores import ablation_verdict
 from headscope.scores.layout import RepeatLayout, first_repeat_targets, later_repeat_targets

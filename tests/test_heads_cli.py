@@ -168,7 +168,7 @@ def test_notebook_view_and_page_section_list_every_head_with_a_role(tiny_gpt2):
     html = a._repr_html_()
     assert "<script>alert" not in html and "&lt;script&gt;" in html
     assert html.count('class="role copying"') == 8  # every head shows the role it was given
-    page = Report(model=a.model, induction=a.induction).to_html()
+    page = Report(a.model, [a.induction]).to_html()
     section = page[page.index('<section id="roles">') :]
     section = section[: section.index("</section>")]
     assert section.count("<tr>") == 1 + 8 + 1 + len(a.role_names())  # table header + 8 heads, counts header + roles

@@ -14,7 +14,8 @@ import headscope
 from headscope.cli import app
 from headscope.logits import logit_attribution, ov_circuit
 from headscope.qk import composition_scores
-from headscope.render.page import Report, logit_sections
+from headscope.render.page import Report
+from headscope.render.views.logits_view import logit_sections
 from headscope.scan import scan_induction
 from headscope.tokens import visible_whitespace
 
@@ -303,7 +304,7 @@ def test_notebook_view_is_the_pages_section(tiny_gpt2):
     nb = a._repr_html_()
     ((_, title, body),) = logit_sections(a)
     assert title == "Logit effect" and body in nb
-    assert Report(model=a.model, logits=a).sections()[-1][0] == "legend"
+    assert Report(a.model, [a]).sections()[-1][0] == "legend"
     assert a.stories.stories[0].ablation_delta_loss is None  # no ablation asked: shown as a dash, not 0
     assert json.loads(a.to_json())["stories"][0]["ablation_delta_loss"] is None
 

@@ -14,12 +14,14 @@ import pytest
 from typer.testing import CliRunner
 
 from headscope.cli import app
-from headscope.logits.story import logit_definitions
 from headscope.pipeline import build_report
-from headscope.qk.results import QK_DEFINITIONS
 from headscope.render.html import MAX_VIEW_TOKENS, circuitsvis_bundle, esc, heads_view_html, script_json
-from headscope.render.page import Report, top_heads_html
-from headscope.scan.attention_sample import AttentionSample
+from headscope.render.page import Report
+from headscope.render.views.induction_view import top_heads_html
+from headscope.results import AttentionViews, InductionResult
+from headscope.results.attention import AttentionSample
+from headscope.results.logit_results import logit_definitions
+from headscope.results.qk_results import QK_DEFINITIONS
 from headscope.scores import SCORES
 
 DEFINITIONS = {s.name: s.definition for s in SCORES}
@@ -83,7 +85,7 @@ def test_page_holds_every_part_the_issue_lists(report, page):
         "logits",
         "legend",
     ]
-    res = report.induction
+    res = report.first(InductionResult)
     assert res.model["name"] in page and f"{res.settings['seq_len']} random ordinary tokens" in page
     assert page.count("data:image/png;base64,") >= 5 + 1 + 1 + 3  # heatmaps, loss, ablation, QK figures
     assert top_heads_html(res) in page  # top heads with roles and the causal check
@@ -96,13 +98,12 @@ def test_page_holds_every_part_the_issue_lists(report, page):
 
 
 def test_outside_strings_are_escaped_in_the_markup(report):
-    sample = report.texts[0]
+    sample = report.first(AttentionViews).samples[-1]
     evil = AttentionSample(
         title=HOSTILE, tokens=[HOSTILE] * len(sample.tokens), heads=sample.heads, patterns=sample.patterns, note=HOSTILE
     )
-    page = Report(
-        model={**report.model, "name": HOSTILE}, induction=report.induction, texts=[evil], sources=[HOSTILE]
-    ).to_html()
+    scan = report.first(InductionResult)
+    page = Report({**report.model, "name": HOSTILE}, [scan, AttentionViews.of(scan, [evil], [HOSTILE])]).to_html()
     assert HOSTILE not in page
     rest = page.replace(circuitsvis_bundle(), "")
     assert "<xss-probe" not in rest and 'onmouseover="' not in rest and 'onerror="' not in rest
@@ -135,9 +136,10 @@ def test_long_sequences_are_cut_and_the_page_says_so():
 
 
 def test_notebook_views_are_the_page_pieces(report, page):
-    nb = report.induction._repr_html_()
-    assert top_heads_html(report.induction) in nb and esc(DEFINITIONS["induction"]) in nb
-    scan_only = Report(model=report.model, induction=report.induction, texts=report.texts, sources=report.sources)
+    scan = report.first(InductionResult)
+    nb = scan._repr_html_()
+    assert top_heads_html(scan) in nb and esc(DEFINITIONS["induction"]) in nb
+    scan_only = Report(report.model, [scan, report.first(AttentionViews)])
     inline = scan_only._repr_html_()
     assert inline.count(circuitsvis_bundle()[:200]) == 1
     assert islands(inline) == islands(page)[: len(islands(inline))]  # the same views as on the page

@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from _browser import WHY_NO_CHROMIUM, WHY_NO_PLAYWRIGHT, OfflineBrowser, ensure_chromium
 from headscope.cli import app
 from headscope.pipeline import build_report
+from headscope.results import AttentionViews, QKAnalysis
 
 pytest.importorskip("playwright.sync_api", reason=WHY_NO_PLAYWRIGHT)
 
@@ -106,8 +107,9 @@ def test_report_page_renders_offline_without_errors(browser, tiny_llama, tmp_pat
     path = rep.save(tmp_path / "report.html")
     page = browser.open(path, ready=ALL_DRAWN)
     assert_loaded_cleanly(page)
-    n_qk = len(rep.qk.live.sequences)
-    assert_views_drawn(page, [3] * (len(rep.induction.samples) + len(rep.texts)) + [len(rep.qk.heads)] * n_qk)
+    qk = rep.first(QKAnalysis)
+    views = rep.first(AttentionViews).samples  # the scan's own, then the texts
+    assert_views_drawn(page, [3] * len(views) + [len(qk.heads)] * len(qk.live.sequences))
     # the page's own script works: a tab switches, a table sorts
     page.evaluate("document.querySelector('button[data-tab=\"heatmap-1\"]').click()")
     assert page.evaluate("document.getElementById('heatmap-1').classList.contains('off')") is False
@@ -177,7 +179,8 @@ def test_smollm2_report_is_small_and_renders(browser, smollm2, tmp_path):
     assert size < 5_000_000, f"{size / 1e6:.2f} MB"
     page = browser.open(path, ready=ALL_DRAWN, timeout=60)
     assert_loaded_cleanly(page)
-    assert_views_drawn(page, [5] * (1 + len(rep.texts)) + [len(rep.qk.heads)] * len(rep.qk.live.sequences))
+    qk = rep.first(QKAnalysis)
+    assert_views_drawn(page, [5] * len(rep.first(AttentionViews).samples) + [len(qk.heads)] * len(qk.live.sequences))
     head = page.evaluate("document.querySelector('#top table tbody tr td').textContent")
     assert head == "L18H6"  # SmolLM2's strongest induction head tops the table
     keep_screenshot(page, tmp_path / "report_smollm2.png")

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 import headscope
 from headscope.cli import app
 from headscope.errors import BadInput, OutputExists
-from headscope.toy import CopyRecipe, ToyConfig, analyse_run, copy_batch, detect_phase_change, train_toy
+from headscope.toy import CopyRecipe, ToyConfig, analyse_run, copy_batch, detect_phase_change, save_phase, train_toy
 from headscope.toy.data import draw_spans
 from headscope.toy.train import build_tokenizer, checkpoint_steps, is_attention_only
 
@@ -234,7 +234,7 @@ def test_analysis_sweeps_the_checkpoints_and_resumes(short_run):
     aims = ph.aims()
     assert aims["offset_min"] == ph.curves["induction_pair_offset_min"][-1]
     assert not aims["induction_head_at_every_offset"]  # 6 steps of training make no induction head
-    files = ph.save(short_run.out_dir / "phase")
+    files = save_phase(ph, short_run.out_dir / "phase")
     assert {p.name for p in files} == {
         "phase.json",
         "phase.csv",

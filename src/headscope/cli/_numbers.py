@@ -68,7 +68,7 @@ RANGES: dict[str, dict[str, Range]] = {
     "heads": {**COMMON, "icl_windows": Range(1, 100_000)},
     "qk": {
         "top": COMMON["top"],
-        "query": Range(0, 1_000_000),
+        "query": Range(-1_000_000, 1_000_000),  # negative counts from the end
         "max_tokens": Range(2, 1_000_000),
         "max_memory": COMMON["max_memory"],
     },

@@ -6,17 +6,16 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.table import Table
 
 from ..errors import BadInput
-from ..head_labels import head_label
 from ..kinds.documents import check_text_file
 from ..pipeline.files import heads_files
 from ..pipeline.outputs import ResultDir
-from ..pipeline.roles import ICL_TOP, ICL_WINDOWS, SINK_WINDOWS, HeadsAnalysis, analyze_heads, describe_icl
+from ..pipeline.roles import ICL_TOP, ICL_WINDOWS, SINK_WINDOWS, analyze_heads
+from ..render.lookup import view_of
 from ..render.page import Report
+from ..results import AttentionViews
 from ..scan import check_settings
-from ..scores import score as declared
 from . import app
 from ._common import (
     DEFAULT,
@@ -120,7 +119,7 @@ def heads_cmd(
     successor sets the tokenizer has, the in-context learning score on natural text with each
     top induction head's ablation delta, and the legend; writes heads.json and heads.csv.
 
-    Example: headscope heads --model smollm2-135m-instruct-q4 --no-icl
+    Example: headscope heads --model smollm2-135m --no-icl
     """
     con, err = consoles(json_out)
     thresholds = parse_thresholds(threshold)
@@ -166,7 +165,7 @@ def heads_cmd(
             if report:
                 rd.write_text(
                     "report.html",
-                    Report(model=dict(a.model), induction=a.induction, heads=a, notes=list(a.notes)).to_html(),
+                    Report(dict(a.model), [a.induction, AttentionViews.of(a.induction), a], list(a.notes)).to_html(),
                 )
             paths = rd.commit()
 
@@ -174,66 +173,7 @@ def heads_cmd(
         typer.echo(a.to_json())
     for note in a.notes:
         err.print(f"[yellow]note:[/] {note}", highlight=False)
-    print_heads(con, a)
+    view_of(a).terminal(a, con)
     err.print(
         f"[green]Wrote {len(paths)} files to {rd.target}/[/]: " + ", ".join(p.name for p in paths), highlight=False
     )
-
-
-def print_heads(con, a: HeadsAnalysis) -> None:
-    """Role table, counts per role, successor sets, ICL check, legend."""
-    s = a.induction.settings
-    con.print(
-        f"[bold]{a.model['name']}[/]: {s['batch']} sequences of {s['seq_len']} random tokens x {s['repeats']} "
-        f"repeats (seed {s['seed']})",
-        highlight=False,
-    )
-    rows = a.role_table()
-    L, H = a.induction.scores["induction"].shape
-    t = Table(title=f"Roles of every head ({len(rows)} of {L * H} heads have at least one)")
-    for col in ("head", "roles", "score behind each role"):
-        t.add_column(col, overflow="fold")
-    for r in rows:
-        t.add_row(
-            r["head"],
-            ", ".join(declared(n).label for n in r["roles"]),
-            ", ".join(f"{declared(n).header} {v:.3f}" for n, v in r["scores"].items()),
-        )
-    con.print(t)
-    for r in rows:
-        if "note" in r:
-            con.print(f"{r['head']} holds two opposite roles: {r['note']}", highlight=False, markup=False)
-    counts = a.role_counts()
-    c = Table(title="Heads per role")
-    for col in ("role", "threshold", "heads", "best head"):
-        c.add_column(col, justify="left" if col in ("role", "best head") else "right")
-    for n, k in counts.items():
-        ((l, h, v),) = a.induction.top_heads(n, 1)
-        c.add_row(declared(n).label, f"{a.thresholds[n]:g}", str(k), f"{head_label(l, h)} {v:.3f}")
-    con.print(c)
-    succ = a.successor_sets()
-    if succ:
-        skipped = "; ".join(f"{k} ({v})" for k, v in succ.get("skipped", {}).items())
-        con.print(
-            f"Successor sets usable for this tokenizer: {', '.join(succ.get('sets', [])) or 'none'}"
-            + (f"; skipped: {skipped}" if skipped else ""),
-            highlight=False,
-            markup=False,
-        )
-    if a.icl is not None:
-        for line in describe_icl(a.icl):
-            con.print(line, highlight=False, markup=False)
-    ns = a.natural_sinks
-    if ns is not None:
-        best = ", ".join(f"{head_label(l, h)} {v:.3f}" for l, h, v in ns.sink_heads()[:5])
-        con.print(
-            f"Attention sinks (Gu et al. 2024's setting: {ns.source}; first token: {ns.first_token}): "
-            f"{len(ns.sink_heads())} heads with mean alpha_1 > {ns.threshold} ({ns.sink_head_fraction:.1%} of heads); "
-            f"sink rate Sink_1^{ns.threshold} = {ns.model_sink_rate:.1%} of (window, head) pairs; "
-            f"strongest {best or 'none'}",
-            highlight=False,
-            markup=False,
-        )
-    con.print("Legend:", style="dim")
-    for name, text in a.legend().items():
-        con.print(f"  {name}: {text}", style="dim", highlight=False, markup=False)

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import typer
-from rich.markup import escape
-from rich.table import Table
 
 from ..errors import BadInput
-from ..head_labels import head_label
 from ..pipeline.files import induction_files
 from ..pipeline.outputs import ResultDir
 from ..pipeline.report_builder import texts_to_sequences
+from ..render.lookup import view_of
 from ..render.page import Report
+from ..results import AttentionViews
 from ..scan import attention_sample, check_settings, scan_induction
 from ..scan.ablation import ABLATIONS
-from ..scores import definitions, roles_legend
-from ..scores import score as declared
 from . import app
 from ._common import (
     DEFAULT,
@@ -125,13 +122,8 @@ def induction_cmd(
         with err.status("Writing results..."):
             induction_files(rd, res, samples)
             if report:
-                rep = Report(
-                    model=dict(res.model),
-                    induction=res,
-                    texts=samples,
-                    sources=[s.text for s in seqs],
-                    notes=list(res.notes),
-                )
+                views = AttentionViews.of(res, samples, [s.text for s in seqs])
+                rep = Report(dict(res.model), [res, views], list(res.notes))
                 rd.write_text("report.html", rep.to_html())
             paths = rd.commit()
 
@@ -139,7 +131,7 @@ def induction_cmd(
         typer.echo(res.to_json())
     for note in [n for s in seqs for n in s.notes] + res.notes:
         err.print(f"[yellow]note:[/] {note}", highlight=False)
-    print_summary(con, res)
+    view_of(res).terminal(res, con)
     if attention == "auto" and res.settings["attention"] == "eager":
         from ..scan.fused import fused_unsupported_reason
 
@@ -151,58 +143,3 @@ def induction_cmd(
     err.print(
         f"[green]Wrote {len(paths)} files to {rd.target}/[/]: " + ", ".join(p.name for p in paths), highlight=False
     )
-
-
-def print_summary(con, res) -> None:
-    """The terminal table of the top heads (one column per score of the registry), verdicts, legend."""
-    s = res.settings
-    bos = "first token: " + s.get("bos_source", "bos" if s["bos"] else "none")
-    path = {"fused": "fused attention (no n x n pattern)", "eager": "eager attention (full patterns)"}
-    con.print(
-        f"[bold]{res.model['name']}[/]: {s['batch']} sequences of {s['seq_len']} random tokens x {s['repeats']} "
-        f"repeats, {bos}; {s['chunk_size']} per forward pass"
-        + (f", {path.get(s['attention'], s['attention'])}" if s.get("attention") else ""),
-        highlight=False,
-    )
-    roles = res.roles()
-    names = [n for n in res.score_order() if declared(n).in_table]
-    role_names = {r for l, h, _ in res.top_heads("induction", s["top_k"]) for r in roles.get((l, h), [])}
-    shown = list(dict.fromkeys([*names, *sorted(role_names)]))
-    short = ", ".join(f"{declared(n).header} = {declared(n).label}" for n in shown if declared(n).header != n)
-    t = Table(
-        title=f"Top induction heads ({short}, Δloss = change in later-repeat loss when ablated, "
-        "[95% bootstrap interval over sequences], Δfirst = change in first-repeat loss)"
-    )
-    cols = ["head", *(declared(n).header for n in names), "roles", "Δloss [95%]", "Δfirst"]
-    for col in cols:
-        t.add_column(
-            col, justify="left" if col in ("head", "roles") else "right", overflow="fold", no_wrap=col != "roles"
-        )
-    for l, h, _ in res.top_heads("induction", s["top_k"]):
-        cells = [
-            f"{res.scores[n][l, h]:.3f}" if declared(n).vmin == 0 else f"{res.scores[n][l, h]:+.3f}" for n in names
-        ]
-        e = res.ablation_of(l, h)
-        t.add_row(
-            head_label(l, h),
-            *cells,
-            " ".join(declared(r).header for r in roles.get((l, h), [])) or "-",
-            "-" if e is None else f"{e['loss_increase']:+.3f} [{e['interval'][0]:+.2f}, {e['interval'][1]:+.2f}]",
-            "-" if e is None else f"{e['first_repeat_increase']:+.3f}",
-        )
-    con.print(t)
-    for n in ("previous_token", "duplicate_token"):
-        best = ", ".join(f"{head_label(l, h)} {v:.2f}" for l, h, v in res.top_heads(n, 3))
-        con.print(f"{declared(n).label.capitalize()} heads: {best}", highlight=False)
-    con.print(
-        f"Loss: first repeat {res.loss_first_repeat:.2f} nats, later repeats {res.loss_later_repeats:.2f} nats",
-        highlight=False,
-    )
-    if res.ablation:
-        con.print(f"Causal check ({s['ablation']} ablation of hook_z):", highlight=False)
-        for v in res.verdicts():
-            con.print(f"  {v}", highlight=False, markup=False)
-    con.print("[dim]Legend:[/]")
-    for name, text in definitions().items():
-        con.print(f"[dim]  {name}: {escape(text)}[/]", highlight=False)
-    con.print(f"[dim]  roles: {roles_legend(res.thresholds)}[/]", highlight=False)

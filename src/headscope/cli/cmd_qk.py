@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import contextlib
-import re
 import time
 from typing import Annotated, Optional
 
 import typer
-from rich.table import Table
 
 from ..errors import BadInput
-from ..head_labels import head_label, is_head_spec
+from ..head_labels import is_head_spec
 from ..models import resolve_dtype
 from ..pipeline.files import qk_files
 from ..pipeline.outputs import ResultDir
 from ..qk.analysis import DEFAULT_QK_MEMORY_GB, analyze_qk
+from ..render.lookup import view_of
 from ..render.page import Report
 from . import app
 from ._common import (
@@ -145,11 +144,11 @@ def qk_cmd(
             a.timings["total_s"] = time.perf_counter() - t0
             qk_files(rd, a, figures=not no_figures, progress=step)
         if report:
-            rd.write_text("report.html", Report(model=a.model, qk=a).to_html())
+            rd.write_text("report.html", Report(a.model, [a]).to_html())
         paths = rd.commit()
     if json_out:
         typer.echo(a.to_json())
-    _print_summary(con, a)
+    view_of(a).terminal(a, con)
     err.print(
         f"[green]Wrote {len(paths)} files to {rd.target}/[/] (qk.json, CSVs"
         + ("" if no_figures else ", figures/*.png")
@@ -183,57 +182,3 @@ def _progress(err):
             err.print(f"[dim]... {stage}[/]", highlight=False)
 
     yield step
-
-
-def _print_summary(con, a) -> None:
-    t = Table(title=f"QK analysis of {a.model['name']}: chosen heads")
-    for col in (
-        "head",
-        "picked as",
-        "induction",
-        "prev-token",
-        "key side: top (seq 0)",
-        "token QK at",
-        f"top K-comp sources ({a.k_where})",
-    ):
-        t.add_column(col, justify="right" if col in ("induction", "prev-token") else "left")
-    sources = a.k_sources(3)
-    for n, (l, h) in enumerate(a.heads):
-        dec = a.decompositions[n]  # sequence 0
-        ((name, v),) = dec.top("key", 1, by="vs_mean_key")
-        ind, prev = a.head_score("induction", l, h), a.head_score("previous_token", l, h)
-        src = " ".join(f"{s['head']}:{s['excess']:+.3f}" for s in sources[head_label(l, h)]) or "- (layer 0)"
-        why = re.sub(r"#(\d+) (\S+) score [-\d.]+", r"\2 #\1", a.reasons.get(head_label(l, h), "--head"))
-        t.add_row(
-            head_label(l, h),
-            why,
-            f"{ind:.2f}" if ind is not None else "-",
-            f"{prev:.2f}" if prev is not None else "-",
-            f"{name} {v:+.3g}",
-            a.token_circuits[n].where,
-            src,
-        )
-    con.print(t)
-    con.print(
-        "[dim]key side: the component that most raises the score on the induction stripe (or the chosen "
-        "query) above the query's other keys; token QK at: the offset (key that many tokens before the query) "
-        "the token circuit is taken at, the one the head attends most on these texts (rotary models); "
-        f"K-comp sources: score minus the random baseline, {a.k_where}.[/]",
-        highlight=False,
-    )
-    for note in a.notes:
-        con.print(f"[yellow]note:[/] {note}", highlight=False)
-    for f in a.findings():
-        con.print(f"- {f}", highlight=False, markup=False)
-    con.print(
-        f"[dim]Composition baseline (random matrices, same shapes): {a.composition.baseline:.4f}; "
-        "K-comp sources are shown as score minus baseline.[/]",
-        highlight=False,
-    )
-    con.print(
-        "[dim]Legend: score = q.k/sqrt(d_head) before softmax (rotary applied), masked cells = causal mask; "
-        "decomposition: contributions of residual components with the norm scale frozen, summing to the score; "
-        "'vs mean key' subtracts the component's mean over the keys the query sees. Definitions in qk.json "
-        "and docs/qk.md.[/]",
-        highlight=False,
-    )

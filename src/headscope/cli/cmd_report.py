@@ -12,6 +12,7 @@ from ..jsonsafe import dumps
 from ..models import resolve_dtype
 from ..pipeline.outputs import ResultFile
 from ..pipeline.report_builder import build_report
+from ..results import AttentionViews, InductionResult, LogitAnalysis, QKAnalysis
 from ..scan import check_settings
 from ..scan.ablation import ABLATIONS
 from . import app
@@ -143,7 +144,10 @@ def report_cmd(
         )
         with err.status("Writing the page..."):
             write(rep.to_html())
-    for note in dict.fromkeys([*rep.notes, *(s.note for s in rep.texts if s.note)]):
+    views = rep.first(AttentionViews)
+    text_samples = [x for i, x in enumerate(views.samples) if views.source(i) is not None] if views is not None else []
+    qk, logits, scan = rep.first(QKAnalysis), rep.first(LogitAnalysis), rep.first(InductionResult)
+    for note in dict.fromkeys([*rep.notes, *(x.note for x in text_samples if x.note)]):
         err.print(f"[yellow]note:[/] {note}", highlight=False)
     size = path.stat().st_size
     if json_out:
@@ -152,9 +156,9 @@ def report_cmd(
                 {
                     "report": str(path),
                     "bytes": size,
-                    "qk_heads": [f"L{l}H{h}" for l, h in rep.qk.heads] if rep.qk is not None else [],
-                    "logit_heads": [f"L{l}H{h}" for l, h in rep.logits.heads] if rep.logits is not None else [],
-                    "induction": rep.induction.to_dict() if rep.induction is not None else None,
+                    "qk_heads": [f"L{l}H{h}" for l, h in qk.heads] if qk is not None else [],
+                    "logit_heads": [f"L{l}H{h}" for l, h in logits.heads] if logits is not None else [],
+                    "induction": scan.to_dict() if scan is not None else None,
                 },
                 indent=2,
             )

@@ -7,11 +7,11 @@ from typing import Annotated
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from ..errors import BadInput
 from ..models import resolve_device, resolve_dtype
-from ..pipeline.sweep import SUMMARY_DEFINITIONS, plan_sweep, run_sweep
+from ..pipeline.sweep import plan_sweep, run_sweep
+from ..render.lookup import view_of
 from ..scan import check_settings
 from . import app
 from ._common import (
@@ -217,7 +217,7 @@ def sweep_cmd(
         raise
     if json_out:
         typer.echo(res.to_json())
-    _print_table(con, res)
+    view_of(res).terminal(res, con)
     for r in res.rows:
         if r.get("same_weights_as"):
             err.print(
@@ -263,28 +263,3 @@ def _brief(s: dict) -> str:
         f"top {s['top_head']} {s['induction_top']:.3f}, sum {s['induction_sum']:.2f}, later-repeat loss "
         f"{s['loss_later_repeats']:.2f} nats"
     )
-
-
-def _print_table(con, res) -> None:
-    t = Table(title="Sweep")
-    for col in ("entry", "step", "top head", "induction (top)", "induction (sum)", "loss 1st", "loss later", "status"):
-        t.add_column(col, justify="left" if col in ("entry", "top head", "status") else "right")
-    for r in res.rows:
-        step = "-" if r.get("step") is None else str(r["step"])
-        if r["status"] == "done":
-            t.add_row(
-                escape(r["label"]),
-                step,
-                r["top_head"],
-                f"{r['induction_top']:.3f}",
-                f"{r['induction_sum']:.2f}",
-                f"{r['loss_first_repeat']:.2f}",
-                f"{r['loss_later_repeats']:.2f}",
-                "done",
-            )
-        else:
-            t.add_row(escape(r["label"]), step, "-", "-", "-", "-", "-", f"[red]{r['status']}[/]")
-    con.print(t)
-    con.print("[dim]Legend:[/]")
-    for name, text in SUMMARY_DEFINITIONS.items():
-        con.print(f"[dim]  {name}: {escape(text)}[/]", highlight=False)

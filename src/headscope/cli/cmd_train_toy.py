@@ -8,7 +8,6 @@ from typing import Annotated
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from . import app
 from ._common import DebugOpt, JsonOpt, consoles, handle_errors, progress_enabled
@@ -101,7 +100,8 @@ def train_toy_cmd(
 
       headscope induction --model toy-run/checkpoints/step1500 --seq-len 24
     """
-    from ..toy.analysis import analyse_run
+    from ..render.lookup import view_of
+    from ..toy.analysis import analyse_run, save_phase
     from ..toy.train import ToyConfig, read_run, train_toy
 
     con, err = consoles(json_out)
@@ -155,13 +155,13 @@ def train_toy_cmd(
 
             t0 = time.perf_counter()
             phase = analyse_run(out, on_event=on_event, progress=progress_enabled(), threads=threads)
-            files = phase.save(out / "phase")
+            files = save_phase(phase, out / "phase")
             err.print(
                 f"[green]Wrote[/] {', '.join(p.name for p in files)} to {out}/phase/ (sweep, composition and "
                 f"figures in {time.perf_counter() - t0:.1f} s)",
                 highlight=False,
             )
-            _print_phase(con, phase)
+            view_of(phase).terminal(phase, con)
         if json_out:
             from ..jsonsafe import dumps
 
@@ -211,46 +211,3 @@ class _LiveLine:
             self.console.print(
                 f"step {row['step']:>6}  {self.text(row)}  [{row['seconds']:.0f} s]", highlight=False, soft_wrap=True
             )
-
-
-def _print_phase(con, ph) -> None:
-    w = ph.window
-    t = Table(title="Phase change")
-    for col in ("", "before", "after"):
-        t.add_column(col, justify="left" if not col else "right")
-    ind, prev = ph.induction_head, ph.previous_token_head
-    if w is None:
-        con.print(
-            "[yellow]No abrupt drop of the later-repeat loss was detected[/] (train longer, or see phase/phase.png).",
-            highlight=False,
-        )
-        return
-    i0, i1 = ph.steps.index(int(w.before)), ph.steps.index(int(w.after))
-    c = ph.curves
-    t.add_row("step", str(int(w.before)), str(int(w.after)))
-    for key, label in (
-        ("loss_later_repeats", "later-repeat loss (nats)"),
-        ("loss_first_repeat", "first-repeat loss"),
-        ("induction_best", "best induction score"),
-        ("induction_pair_offset_min", f"L{ind[0]}H{ind[1]}'s lowest induction score over copy distances"),
-        ("previous_token_best", f"best previous-token score, layer{'s' if ind[0] > 1 else ''} < {ind[0]}"),
-        ("k_composition", f"K-composition L{prev[0]}H{prev[1]} -> L{ind[0]}H{ind[1]}"),
-    ):
-        t.add_row(label, f"{c[key][i0]:.3f}", f"{c[key][i1]:.3f}")
-    con.print(t)
-    a = ph.aims()
-    con.print(
-        f"Window {int(w.before)}-{int(w.after)}: {w.width / ph.total_steps:.0%} of the run; later-repeat loss "
-        f"x{w.ratio:.2f} inside it. Final: best induction {a['induction_best_final']:.2f} "
-        f"(L{ind[0]}H{ind[1]}), previous-token {a['previous_token_final']:.2f} (L{prev[0]}H{prev[1]}); "
-        f"K-composition random baseline {ph.k_baseline:.3f}.",
-        highlight=False,
-    )
-    if "induction_head_at_every_offset" in a:
-        every = "at every" if a["induction_head_at_every_offset"] else "[yellow]not[/] at every"
-        con.print(
-            f"L{ind[0]}H{ind[1]} is an induction head {every} copy distance (threshold {a['offset_threshold']:g}): "
-            f"lowest {a['offset_min']:.2f} at distance {a['offset_min_distance']}, "
-            f"{a.get('offset_recheck_min', float('nan')):.2f} on a fresh larger sample (phase/phase_offsets.png).",
-            highlight=False,
-        )

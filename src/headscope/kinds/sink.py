@@ -41,27 +41,30 @@ import contextlib
 import hashlib
 import json
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from ..results.sink_scores import DEFINITIONS, SinkScores
 from ..scores import score as declared
 from ..scores.layout import RepeatLayout
 from ..scores.reads import Column, column_sum, on_natural_text, reduce_pattern, reduce_qk
+
+__all__ = [
+    "DEFINITIONS",
+    "SINK_THRESHOLD",
+    "SinkScores",
+    "first_token_alpha",
+    "first_token_sum",
+    "paper_windows",
+    "sink_rate_sum",
+    "sink_scores_on_text",
+]
 
 #: Gu et al.'s threshold, declared once in the registry (the attention_sink role).
 SINK_THRESHOLD = float(declared("attention_sink").threshold or 0.3)
 #: Gu et al.'s setting: windows of 64 tokens, 100 of them.
 SINK_TOKENS, SINK_WINDOWS = 64, 100
-
-DEFINITIONS = {
-    "sink_rate": (
-        "Fraction of windows on which the head's alpha_1 (mean attention to the first token over all T queries, "
-        "its own included) exceeds 0.3; its mean over heads is Gu et al. 2024's Sink_1^0.3."
-    ),
-    "sink": "Mean attention to the first token over the queries after it (query 0 left out), on the same windows.",
-}
 
 
 def first_token_sum(pattern: torch.Tensor, layout=None) -> tuple[torch.Tensor, int]:
@@ -78,75 +81,6 @@ def sink_rate_sum(pattern: torch.Tensor, layout=None, threshold: float = SINK_TH
     """Per head: number of sequences with alpha_1 > ``threshold``, and the number of sequences."""
     alpha = first_token_alpha(pattern)
     return (alpha > threshold).float().sum(0), alpha.shape[0]
-
-
-@dataclass
-class SinkScores:
-    """Sink scores on natural text: ``sink``, ``alpha``, ``sink_rate`` are ``[n_layers, n_heads]``.
-
-    ``alpha`` is the role's score (the registry's ``attention_sink``); ``first_token`` says what
-    the windows start with.
-    """
-
-    sink: np.ndarray
-    alpha: np.ndarray
-    sink_rate: np.ndarray
-    threshold: float
-    n_sequences: int
-    n_tokens: int
-    source: str
-    timings: dict[str, float] = field(default_factory=dict)
-    first_token: str = ""
-
-    @property
-    def model_sink_rate(self) -> float:
-        """Gu et al.'s Sink_1^epsilon: fraction of (window, head) pairs above the threshold."""
-        return float(self.sink_rate.mean())
-
-    @property
-    def sink_head_fraction(self) -> float:
-        """Fraction of heads whose mean alpha_1 exceeds the threshold (the heads that take the role, above it)."""
-        return float((self.alpha > self.threshold).mean())
-
-    def sink_heads(self) -> list[tuple[int, int, float]]:
-        """Heads whose mean alpha_1 exceeds the threshold, strongest first: ``[(layer, head, alpha), ...]``."""
-        ls, hs = np.nonzero(self.alpha > self.threshold)
-        return sorted(((int(l), int(h), float(self.alpha[l, h])) for l, h in zip(ls, hs)), key=lambda t: -t[2])
-
-    def to_dict(self) -> dict:
-        return {
-            "definition": {"alpha": _sink_definition(), **DEFINITIONS},
-            "threshold": self.threshold,
-            "n_sequences": self.n_sequences,
-            "n_tokens": self.n_tokens,
-            "source": self.source,
-            "first_token": self.first_token,
-            "model_sink_rate": self.model_sink_rate,
-            "sink_head_fraction": self.sink_head_fraction,
-            "sink": self.sink.tolist(),
-            "alpha": self.alpha.tolist(),
-            "sink_rate": self.sink_rate.tolist(),
-            "timings": self.timings,
-        }
-
-    def to_json(self, **kw) -> str:
-        from ..jsonsafe import dumps
-
-        return dumps(self.to_dict(), **{"indent": None, **kw})  # strict JSON: NaN/Infinity -> null
-
-    def to_frame(self):
-        import pandas as pd
-
-        L, H = self.sink.shape
-        return pd.DataFrame(
-            {
-                "layer": np.repeat(np.arange(L), H),
-                "head": np.tile(np.arange(H), L),
-                "sink": self.sink.ravel(),
-                "alpha": self.alpha.ravel(),
-                "sink_rate": self.sink_rate.ravel(),
-            }
-        )
 
 
 def paper_windows(model, files=None, n_tokens: int = SINK_TOKENS, n_sequences: int = SINK_WINDOWS):
@@ -306,7 +240,3 @@ def _write(path, out: SinkScores) -> None:
         write_text_atomic(path, json.dumps({**doc, "n_sequences": out.n_sequences, "n_tokens": out.n_tokens}))
     except OSError:
         pass  # an unwritable cache only costs the recomputation next time
-
-
-def _sink_definition() -> str:
-    return declared("attention_sink").definition

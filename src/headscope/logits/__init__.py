@@ -10,10 +10,10 @@
 [' cat']
 """
 
+from ..results.logit_results import LogitAttribution, OVRows, RepeatLogitEffects
 from .dla import direct_effects, logit_attribution, unembedding
 from .ov_rows import ov_circuit, ov_rows
 from .repeats import repeat_logit_effects
-from .results import LogitAttribution, OVRows, RepeatLogitEffects
 from .story import InductionStories, InductionStory, induction_stories
 
 __all__ = [

@@ -31,8 +31,8 @@ from ..errors import BadInput
 from ..folded_weights import HeadWeights, head_weights
 from ..models.inputs import SAMPLE_TEXTS, as_sequences
 from ..models.model import as_model
+from ..results.logit_results import LogitAttribution
 from ..scan.direct import DirectEffects, DirectPass, Unembedding, unembedding
-from .results import LogitAttribution
 
 __all__ = ["DirectEffects", "DirectPass", "Unembedding", "direct_effects", "logit_attribution", "unembedding"]
 

@@ -30,7 +30,7 @@ from ..folded_weights import HeadWeights, head_weights
 from ..models.embedding import effective_embedding
 from ..models.inputs import as_heads, as_sequences, single_tokens
 from ..models.model import as_model
-from .results import OVRows, ov_definition
+from ..results.logit_results import OVRows, ov_definition
 
 #: Source tokens per ``[n, vocab]`` block: bounds memory at ~64 x vocab floats.
 CHUNK = 64

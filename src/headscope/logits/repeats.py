@@ -19,10 +19,10 @@ import torch
 
 from ..folded_weights import head_weights
 from ..models.model import as_model
+from ..results.logit_results import RepeatLogitEffects
 from ..scan.direct import DirectPass, target_groups, unembedding
 from ..scan.induction_scan import DEFAULT_MEMORY_GB, chunk_size_for
 from ..scan.sequences import RepeatedTokens, repeated_tokens
-from .results import RepeatLogitEffects
 
 
 @torch.no_grad()

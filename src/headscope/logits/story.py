@@ -32,83 +32,26 @@ measurement, which headscope does not make).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from ..head_labels import head_label
-from ..results import Result, rounded
-from ..scores import score as declared
-from .results import DLA_DEFINITION, OV_DEFINITION, OVRows
-
-STORY_DEFINITION = (
-    "The numbers measured about one induction head, every one from the same run: its strongest K-composition "
-    "sources (Elhage et al. 2021; score minus the random baseline) with their previous-token scores, its induction "
-    "score (attention to the token after the earlier copy), its OV copying score and the median self-rank of source "
-    "tokens in its OV rows, its direct logit effect on first- and later-repeat targets (a centred logit, logit "
-    "units: what the head itself writes into the unembedding for the target) and its ablation Δloss (a change in "
-    "cross-entropy, nats: the later-repeat loss with the head's output mean-ablated minus the clean loss). The "
-    "last two are different quantities in different units and are shown side by side, not compared; no path "
-    "through later components was measured."
+from ..results.logit_results import (
+    STORY_DEFINITION,
+    InductionStories,
+    InductionStory,
+    OVRows,
+    logit_definitions,
 )
 
-
-def logit_definitions() -> dict[str, str]:
-    """What each number of the logit analysis means and where it comes from (JSON ``definitions``, the legend)."""
-    return {
-        "direct logit attribution": DLA_DEFINITION,
-        "direct_logit_later": declared("direct_logit_later").definition,
-        "direct_logit_first": declared("direct_logit_first").definition,
-        "OV circuit row": OV_DEFINITION,
-        "induction story": STORY_DEFINITION,
-    }
-
-
-@dataclass
-class InductionStory:
-    """The numbers measured about one head; fields are None where that input was not given."""
-
-    layer: int
-    head: int
-    induction: float
-    k_sources: list[
-        dict
-    ]  # strongest K-composition sources: {"head", "layer", "head_index", "k_composition", "previous_token"}
-    copying: float | None = None  # OV eigenvalue positivity, -1..1
-    self_rank_median: float | None = None  # median self-rank over the OV source tokens given
-    copies_fraction: float | None = None  # fraction of those tokens with self-rank 1
-    dla_first: float | None = None  # mean direct logit effect on first-repeat targets (centred logit)
-    dla_later: float | None = None  # ... on later-repeat (copied) targets (centred logit)
-    ablation_delta_loss: float | None = None  # change in later-repeat cross-entropy (nats) when ablated alone
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def label(self) -> str:
-        return head_label(self.layer, self.head)
-
-    @property
-    def k_source(self) -> dict | None:
-        return self.k_sources[0] if self.k_sources else None
-
-    def row(self) -> dict:
-        """Flat dict for a table: one row per head."""
-        s = self.k_source or {}
-        return {
-            "head": self.label,
-            "induction": self.induction,
-            "k_source": s.get("head"),
-            "k_composition": s.get("k_composition"),
-            "source_previous_token": s.get("previous_token"),
-            "copying": self.copying,
-            "self_rank_median": self.self_rank_median,
-            "copies_fraction": self.copies_fraction,
-            "dla_first": self.dla_first,
-            "dla_later": self.dla_later,
-            "ablation_delta_loss": self.ablation_delta_loss,
-        }
-
-    def to_dict(self) -> dict:
-        return {k: rounded(v) for k, v in {**asdict(self), "label": self.label}.items()}
+__all__ = [
+    "STORY_DEFINITION",
+    "InductionStories",
+    "InductionStory",
+    "induction_stories",
+    "induction_story",
+    "logit_definitions",
+]
 
 
 def _ablation_lookup(ablation) -> dict[tuple[int, int], float]:
@@ -174,27 +117,6 @@ def induction_story(
         story.dla_later = float(dla_later[layer, head])
     story.ablation_delta_loss = _ablation_lookup(ablation).get((layer, head))
     return story
-
-
-@dataclass
-class InductionStories(Result):
-    """Stories of several heads (e.g. the top induction heads), one table."""
-
-    model_name: str
-    stories: list[InductionStory]
-
-    def to_frame(self):
-        import pandas as pd
-
-        return pd.DataFrame([s.row() for s in self.stories])
-
-    def to_dict(self) -> dict:
-        return {"model": self.model_name, "heads": [s.to_dict() for s in self.stories]}
-
-    def _repr_html_(self) -> str:
-        from ..results import _html
-
-        return _html(f"Induction stories, {self.model_name}", self.to_frame())
 
 
 def induction_stories(

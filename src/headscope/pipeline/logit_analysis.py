@@ -19,19 +19,16 @@ never combined (see :mod:`headscope.logits.story`).
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..errors import BadInput
 from ..folded_weights import head_weights
 from ..head_labels import Head, head_label, top_k
-from ..logits import InductionStories, LogitAttribution, OVRows, induction_stories, logit_attribution, ov_rows
+from ..logits import LogitAttribution, induction_stories, logit_attribution, ov_rows
 from ..logits.ov_rows import source_tokens
-from ..logits.story import logit_definitions
 from ..models.embedding import effective_embedding
 from ..models.inputs import as_heads, as_sequences
 from ..models.model import as_model
@@ -39,216 +36,13 @@ from ..qk import CompositionScores, composition_scores
 from ..qk.analysis import COMPOSITION_OFFSETS
 from ..qk.composition import composition_by_offset
 from ..qk.rotary import is_rotary
+from ..results.logit_results import SCAN_SCORES, LogitAnalysis, arrow
 from ..scan import InductionResult, check_settings, scan_induction
-from ..scores import default_thresholds
-from ..tokens import token_text, visible_whitespace
+from ..tokens import token_text
+
+__all__ = ["SCAN_SCORES", "LogitAnalysis", "analyze_logits", "arrow"]
 
 Progress = Callable[[str], None]
-#: A K-composition source "is" a previous-token head at the registry's previous-token threshold.
-PREV_TOKEN_THRESHOLD = default_thresholds()["previous_token"]
-#: Scores of the scan that the analysis keeps per head (``repeats.csv``, the JSON's ``scan.scores``).
-SCAN_SCORES = ("induction", "previous_token", "copying", "direct_logit_first", "direct_logit_later")
-
-
-def arrow(token: str, target: str) -> str:
-    """A position as people read it: ``·lazy → ·dog`` (whitespace visible)."""
-    return f"{visible_whitespace(token)} → {visible_whitespace(target)}"
-
-
-@dataclass
-class LogitAnalysis:
-    """What heads write, from one run (see the module docstring); numbers only, no model inside.
-
-    ``texts``: one :class:`~headscope.logits.LogitAttribution` per text (``heads [P, L, H]``).
-    ``heads``: the chosen heads (tokens x heads heatmaps, OV summary), ``reasons`` why each.
-    ``ov``: :class:`~headscope.logits.OVRows` of every chosen and story head over the same source
-    tokens (``asked`` ids first, then the texts' distinct tokens). ``scan``: the induction scan
-    (scores ``[L, H]``, loss, ablation). ``composition``: K-composition scores
-    ``[L, H, L, H]``. ``stories``: the induction story of each top induction head.
-    """
-
-    model: dict
-    heads: list[Head]
-    reasons: dict[str, str]
-    texts: list[LogitAttribution]
-    ov: dict[Head, OVRows]
-    asked: list[int]
-    scan: InductionResult
-    composition: CompositionScores
-    stories: InductionStories
-    notes: list[str] = field(default_factory=list)
-    #: where the stories' K-composition is read: "mean over offsets 0-63" (rotary) or "position-free"
-    k_where: str = "position-free"
-    timings: dict[str, float] = field(default_factory=dict)
-
-    # --- views ------------------------------------------------------------------------------
-    @property
-    def story_heads(self) -> list[Head]:
-        return [(s.layer, s.head) for s in self.stories.stories]
-
-    def top_effects(self, k: int = 10, sign: int = 1):
-        """The ``k`` (text, position, head) cells with the largest push on the actual next token, all texts.
-
-        ``sign=-1``: the largest pushes down. Columns: text, position, token, target, position
-        label (``·lazy → ·dog``), head, effect, and the model's own centred logit of the target.
-        """
-        import pandas as pd
-
-        frames = []
-        for n, t in enumerate(self.texts):
-            f = t.to_frame()
-            f.insert(0, "text", n + 1)
-            f["model_logit"] = t.model_logit[f["position"].to_numpy()]
-            frames.append(f.reindex((sign * f["effect"]).sort_values(ascending=False).index).head(k))
-        f = pd.concat(frames, ignore_index=True)
-        f = f.reindex((sign * f["effect"]).sort_values(ascending=False, kind="stable").index).head(k)
-        f.insert(4, "where", [arrow(a, b) for a, b in zip(f["token"], f["target"], strict=True)])
-        return f.rename(columns={"label": "head_label"}).reset_index(drop=True)
-
-    def ov_example(self, head: Head) -> int:
-        """Which source token's OV row to draw for ``head``: the first asked token, else the one it copies best."""
-        if self.asked:
-            return 0
-        return int(np.argmin(self.ov[head].self_rank))
-
-    def findings(self) -> list[str]:
-        """Plain sentences: each top induction head's story numbers, each with its unit (no mechanism inferred)."""
-        out = []
-        for s in self.stories.stories:
-            parts = [f"{s.label} (induction {s.induction:.2f})"]
-            prev = [src for src in s.k_sources if src["previous_token"] >= PREV_TOKEN_THRESHOLD]
-            if s.k_source is None:
-                parts.append("is in layer 0: no earlier head can K-compose with it")
-            else:
-                src = s.k_source
-                parts.append(
-                    f"keys read {src['head']} most (K-composition, {self.k_where}, {src['k_composition']:+.3f}, "
-                    f"previous-token {src['previous_token']:.2f})"
-                )
-                if prev and prev[0] is not src:
-                    parts.append(
-                        f"a previous-token head among its top {len(s.k_sources)} sources: {prev[0]['head']} "
-                        f"({prev[0]['previous_token']:.2f})"
-                    )
-                elif not prev:
-                    parts.append(
-                        f"none of its top {len(s.k_sources)} K-composition sources reaches previous-token "
-                        f"{PREV_TOKEN_THRESHOLD}"
-                    )
-            if s.copying is not None:
-                parts.append(
-                    f"OV copying score {s.copying:+.2f}"
-                    + (
-                        f", self-rank median {s.self_rank_median:,.0f} of {self.model['d_vocab']:,}"
-                        if s.self_rank_median is not None
-                        else ""
-                    )
-                )
-            if s.dla_later is not None and s.dla_first is not None:
-                parts.append(
-                    f"direct logit effect on the copied token {s.dla_later:+.3f} (centred logit; first repeat "
-                    f"{s.dla_first:+.3f})"
-                )
-            if s.ablation_delta_loss is not None:
-                parts.append(
-                    f"ablating it changes the later-repeat cross-entropy by {s.ablation_delta_loss:+.3f} nats "
-                    "(a loss, not a logit: not comparable with the direct effect)"
-                )
-            out.append("; ".join(parts))
-        later = self.scan.scores.get("direct_logit_later")
-        if later is not None and self.stories.stories:
-            ind_total = sum(float(later[lh]) for lh in self.story_heads)
-            best = ", ".join(f"{head_label(l, h)} {v:+.3f}" for l, h, v in top_k(later, 3))
-            out.append(
-                f"together the top induction heads write {ind_total:+.3f} of the copied token's centred logit "
-                f"directly; the heads that write it most directly: {best}"
-            )
-        return out
-
-    def to_frame(self):
-        """One row per chosen head: why, its largest push on the texts, scan scores, OV self-rank."""
-        import pandas as pd
-
-        rows = []
-        for l, h in self.heads:
-            peak = max(float(t.heads[:, l, h].max()) for t in self.texts)
-            ov = self.ov[(l, h)]
-            rows.append(
-                {
-                    "head": head_label(l, h),
-                    "reason": self.reasons.get(head_label(l, h), "chosen with --head"),
-                    "peak_effect": peak,
-                    "mean_effect": float(np.mean([t.heads[:, l, h].mean() for t in self.texts])),
-                    **{k: float(self.scan.scores[k][l, h]) for k in SCAN_SCORES if k in self.scan.scores},
-                    "self_rank_median": float(np.median(ov.self_rank)),
-                    "copies_fraction": float(np.mean(ov.self_rank == 1)),
-                }
-            )
-        return pd.DataFrame(rows)
-
-    def to_dict(self) -> dict:
-        scores = {k: np.round(self.scan.scores[k], 6).tolist() for k in SCAN_SCORES if k in self.scan.scores}
-        return {
-            "model": self.model,
-            "heads": [
-                {"head": head_label(l, h), "reason": self.reasons.get(head_label(l, h), "chosen with --head")}
-                for l, h in self.heads
-            ],
-            "notes": self.notes,
-            "findings": self.findings(),
-            "top_effects": _records(self.top_effects(10)),
-            "texts": [t.to_dict() for t in self.texts],
-            "ov": [self.ov[lh].to_dict() for lh in self.ov],
-            "stories": self.stories.to_dict()["heads"],
-            "scan": {
-                "settings": self.scan.settings,
-                "scores": scores,
-                "loss": {
-                    "first_repeat": round(self.scan.loss_first_repeat, 6),
-                    "later_repeats": round(self.scan.loss_later_repeats, 6),
-                },
-                "ablation": [
-                    {**e, "loss": round(e["loss"], 6), "loss_increase": round(e["loss_increase"], 6)}
-                    for e in self.scan.ablation
-                ],
-            },
-            "composition": {
-                "kind": "K",
-                "where": self.k_where,
-                "baseline": self.composition.baseline,
-                "baseline_std": self.composition.baseline_std,
-                "note": self.composition.note,
-            },
-            "definitions": logit_definitions(),
-            "timings": {k: round(v, 2) for k, v in self.timings.items()},
-        }
-
-    def to_json(self, indent: int | None = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
-
-    def _repr_html_(self) -> str:
-        """In a notebook: the report page's "Logit effect" section, the same pieces as the page."""
-        from ..render.page import Report
-
-        return Report(model=dict(self.model), logits=self)._repr_html_()
-
-
-def _records(frame) -> list[dict]:
-    out = []
-    for r in frame.to_dict(orient="records"):
-        out.append(
-            {
-                k: (
-                    round(float(v), 6)
-                    if isinstance(v, (float, np.floating))
-                    else int(v)
-                    if isinstance(v, np.integer)
-                    else v
-                )
-                for k, v in r.items()
-            }
-        )
-    return out
 
 
 def _pick(texts: list[LogitAttribution], scan: InductionResult, top: int) -> tuple[list[Head], dict[str, str]]:

@@ -12,6 +12,7 @@ from ..models.inputs import TokenSequence, encode_texts
 from ..models.model import as_model
 from ..render.html import MAX_VIEW_TOKENS
 from ..render.page import Report
+from ..results import AttentionViews
 from ..scan import attention_sample, scan_induction
 
 
@@ -79,9 +80,8 @@ def build_report(
         attention_sample(m, seq, heads, f"Top induction heads on {seq.title}", max_tokens=MAX_VIEW_TOKENS)
         for seq in seqs
     ]
-    rep = Report(
-        model=dict(res.model), induction=res, texts=samples, sources=[s.text for s in seqs], notes=list(res.notes)
-    )
+    rep = Report(dict(res.model), [res, AttentionViews.of(res, samples, [s.text for s in seqs])], list(res.notes))
+    qk_result = None
     if qk:
         from ..qk import analyze_qk
 
@@ -92,18 +92,20 @@ def build_report(
                 said.add(stage)
                 log(f"QK: {stage}")
 
-        rep.qk = analyze_qk(m, seqs, top=qk_top, scan=res, progress=step)
+        qk_result = analyze_qk(m, seqs, top=qk_top, scan=res, progress=step)
+        rep.results.append(qk_result)
     if logits:
         from .logit_analysis import analyze_logits
 
-        rep.logits = analyze_logits(
+        logit_result = analyze_logits(
             m,
             seqs,
             top=qk_top,
             scan=res,
-            composition=rep.qk.composition if rep.qk is not None else None,
+            composition=qk_result.composition if qk_result is not None else None,
             progress=lambda stage: log(f"logits: {stage}"),
         )
+        rep.results.append(logit_result)
     return rep
 
 

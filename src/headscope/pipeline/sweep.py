@@ -27,7 +27,7 @@ import re
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +37,11 @@ from ..jsonsafe import dumps
 from ..models import builtin
 from ..models.fingerprint import cached_fingerprint
 from ..models.loading import load_model
+from ..results.scan_result import InductionResult
+from ..results.sweep_result import SUMMARY_DEFINITIONS, SweepResult
+
+__all__ = ["SUMMARY_DEFINITIONS", "SweepEntry", "SweepResult", "plan_sweep", "run_sweep"]
 from ..scan.induction_scan import scan_induction
-from ..scan.result import InductionResult
-from ..scores import score as declared
 from .outputs import (
     clean_stale_files,
     describe_os_error,
@@ -64,18 +66,6 @@ DEFAULT_SCAN = {
     "max_memory_gb": None,
     "chunk_size": None,
     "attention": "auto",
-}
-
-SUMMARY_DEFINITIONS = {
-    "induction_top": "Induction score of the entry's best head (definition: induction).",
-    "induction_sum": "Induction score summed over every head of every layer: grows with the number of "
-    "heads doing induction, and with the number of heads the model has.",
-    "prefix_matching_top": "Prefix-matching score of the best prefix-matching head.",
-    "loss_first_repeat": "Mean loss (nats) on targets in the first repeat: unpredictable, about ln(vocab).",
-    "loss_later_repeats": "Mean loss (nats) on targets in repeats 2..R: falls when induction heads work.",
-    "same_weights_as": "The first entry of the sweep whose weights are bit-identical to this entry's (sha256 over "
-    "every parameter, weights_sha256): the same model under another name or step.",
-    "induction": declared("induction").definition,
 }
 
 _STEP = re.compile(r"(?:^|[^a-z])(?:global_?step|step|checkpoint|ckpt|iter)[-_]?(\d+)$", re.IGNORECASE)
@@ -199,43 +189,6 @@ def summarise(res: InductionResult) -> dict:
         "loss_later_repeats": round(res.loss_later_repeats, 6),
         "chunk_size": res.settings["chunk_size"],
     }
-
-
-@dataclass
-class SweepResult:
-    """A sweep's table: one row per entry (finished ones with their summary), and the failures."""
-
-    rows: list[dict]
-    failures: list[dict]
-    settings: dict
-    out_dir: Path | None = None
-    files: list[Path] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.failures
-
-    def to_frame(self):
-        """One row per entry: label, model, revision, step, status and the summary numbers."""
-        import pandas as pd
-
-        return pd.DataFrame(self.rows)
-
-    def to_dict(self) -> dict:
-        return {
-            "settings": self.settings,
-            "entries": self.rows,
-            "failures": self.failures,
-            "definitions": SUMMARY_DEFINITIONS,
-        }
-
-    def to_json(self, indent: int | None = 2) -> str:
-        return dumps(self.to_dict(), indent=indent)
-
-    def plot(self):
-        from ..render.sweep_figures import sweep_figure
-
-        return sweep_figure(self.to_frame())
 
 
 # --- files -----------------------------------------------------------------------------------

@@ -7,12 +7,12 @@
 - :func:`analyze_qk` -- all of the above for chosen (or automatically picked) heads, as the CLI runs it.
 """
 
+from ..results.qk_results import CompositionScores, PositionalQK, QKDecomposition, QKScores, TokenQK
 from .analysis import QKAnalysis, analyze_qk, pick_heads
 from .circuits import positional_qk, token_qk
 from .composition import composition_scores
 from .decompose import decompose_qk
 from .live import qk_scores
-from .results import CompositionScores, PositionalQK, QKDecomposition, QKScores, TokenQK
 
 __all__ = [
     "CompositionScores",

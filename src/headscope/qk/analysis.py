@@ -9,29 +9,29 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from ..errors import BadInput
 from ..folded_weights import head_weights
-from ..head_labels import Head, head_label, top_k
+from ..head_labels import Head, head_label
 from ..hooks import act_name
 from ..models.inputs import single_tokens
 from ..models.model import as_model
-from ..scores import default_thresholds
+from ..results.qk_results import (
+    QUICK_SCAN,
+    QKAnalysis,
+    QKDecomposition,
+    TokenQK,
+)
 from . import rotary
 from .circuits import normalise, positional_qk, token_qk
 from .composition import composition_by_offset, composition_scores
 from .decompose import capture_residual, decompose_qk
 from .live import as_heads, as_sequences, qk_scores
-from .results import CompositionScores, OffsetComposition, PositionalQK, QKDecomposition, QKScores, TokenQK
 
 Progress = Callable[[str, int, int], None]
-#: A source head "is" a previous-token head when its previous-token score reaches the registry's threshold.
-PREV_TOKEN_THRESHOLD = default_thresholds()["previous_token"]
-QUICK_SCAN = {"seq_len": 20, "batch": 4, "repeats": 2, "seed": 0}
 #: GiB the QK analysis may hold at once (estimated by :func:`qk_memory_bytes` before it starts); ``qk --max-memory``.
 DEFAULT_QK_MEMORY_GB = 8.0
 #: Rotary models: Q/K-composition into the chosen heads is computed at offsets 0 .. COMPOSITION_OFFSETS - 1.
@@ -116,161 +116,6 @@ def pick_heads(scan, top: int = 3) -> tuple[list[tuple[int, int]], dict[str, str
             if (l, h) not in heads:
                 heads.append((l, h))
     return heads, {k: "; ".join(v) for k, v in why.items()}
-
-
-@dataclass
-class QKAnalysis:
-    """Every QK view of the chosen heads on the chosen texts (see each member's class)."""
-
-    model: dict
-    heads: list[Head]
-    reasons: dict[str, str]
-    live: QKScores
-    decompositions: list[QKDecomposition]  # sequence-major: [s * len(heads) + n]
-    positional: PositionalQK
-    token_circuits: list[TokenQK]
-    composition: CompositionScores
-    #: rotary models: Q/K-composition into the chosen heads at offsets 0-63 (None without rotary positions)
-    composition_by_offset: OffsetComposition | None = None
-    #: rotary models: each chosen head's most-attended offset on the texts and its share (first-token key left out)
-    used_offsets: dict[str, tuple[int, float]] = field(default_factory=dict)
-    scan_scores: dict[str, np.ndarray] | None = None  # quick-scan scores [L, H] by name
-    notes: list[str] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=dict)
-
-    def head_score(self, name: str, layer: int, head: int) -> float | None:
-        return None if self.scan_scores is None else float(self.scan_scores[name][layer, head])
-
-    @property
-    def k_where(self) -> str:
-        """Where the K-composition sources are read, for every label: ``"mean over offsets 0-63"`` or ``"position-free"``."""
-        c = self.composition_by_offset
-        return "position-free" if c is None else f"mean over {c.span}"
-
-    def k_sources(self, k: int = 5) -> dict[str, list[dict]]:
-        """For each chosen head, its strongest K-composition sources and their previous-token score.
-
-        Rotary models: ranked by the excess averaged over offsets 0-63 (:attr:`composition_by_offset`),
-        with the excess at offset 0 and at the head's most-used offset beside it.
-        """
-        out: dict[str, list[dict]] = {}
-        by = self.composition_by_offset
-        for l, h in self.heads:
-            rows = []
-            top = by.top_sources(l, h, "K", k) if by is not None else self.composition.top_sources(l, h, "K", k)
-            for a, b, v in top:
-                row = {"head": head_label(a, b), "excess": round(v, 5), "where": self.k_where}
-                if by is not None:
-                    used = self.used_offsets.get(head_label(l, h), (0, 0.0))[0]
-                    row["excess_offset_0"] = round(by.at((l, h), (a, b), "K", 0), 5)
-                    if used in by.offsets:
-                        row[f"excess_offset_{used}"] = round(by.at((l, h), (a, b), "K", used), 5)
-                row["previous_token"] = (
-                    None if self.scan_scores is None else round(float(self.scan_scores["previous_token"][a, b]), 4)
-                )
-                rows.append(row)
-            out[head_label(l, h)] = rows
-        return out
-
-    def findings(self) -> list[str]:
-        """Plain sentences: what the K-composition sources and the decompositions show."""
-        out: list[str] = []
-        if self.scan_scores is None:
-            return out
-        for l, h in self.heads:
-            ind = self.head_score("induction", l, h)
-            if ind is None or ind < PREV_TOKEN_THRESHOLD or l == 0:
-                continue
-            src = self.k_sources(3)[head_label(l, h)]
-            listed = ", ".join(f"{s['head']} ({s['excess']:+.3f}, prev-token {s['previous_token']:.2f})" for s in src)
-            prev = [s for s in src if s["previous_token"] >= PREV_TOKEN_THRESHOLD]
-            verdict = (
-                f"{len(prev)} of the top {len(src)} {'is a previous-token head' if len(prev) == 1 else 'are previous-token heads'}"
-                f" (score >= {PREV_TOKEN_THRESHOLD})"
-                if prev
-                else "none of them is a previous-token head; best previous-token heads: "
-                + ", ".join(f"{head_label(a, b)} ({v:.2f})" for a, b, v in top_k(self.scan_scores["previous_token"], 3))
-            )
-            out.append(
-                f"induction head {head_label(l, h)} (score {ind:.2f}): strongest K-composition sources "
-                f"({self.k_where}) {listed}; {verdict}"
-            )
-        for dec in self.decompositions:
-            ind = self.head_score("induction", dec.layer, dec.head)
-            if len(dec.pairs) > 1 and ind is not None and ind >= PREV_TOKEN_THRESHOLD:
-                ((name, v),) = dec.top("key", 1, by="vs_mean_key")
-                s = dec.sequence_index
-                out.append(
-                    f"head {dec.label} on the induction stripe of sequence {s}: the key-side component that "
-                    f"most raises the score above the query's other keys is {name} ({v:+.2f})"
-                )
-        return out
-
-    def to_dict(self) -> dict:
-        return {
-            "model": self.model,
-            "heads": [
-                {
-                    "head": head_label(l, h),
-                    "reason": self.reasons.get(head_label(l, h), "chosen with --head"),
-                    "scan": None
-                    if self.scan_scores is None
-                    else {k: round(float(v[l, h]), 4) for k, v in self.scan_scores.items()},
-                }
-                for l, h in self.heads
-            ],
-            "notes": self.notes,
-            "findings": self.findings(),
-            "quick_scan": QUICK_SCAN,
-            "live": self.live.to_dict(),
-            "decompositions": [d.to_dict() | {"sequence": d.sequence_index} for d in self.decompositions],
-            "positional": self.positional.to_dict(),
-            "token_circuits": [t.to_dict() for t in self.token_circuits],
-            "composition": self.composition.to_dict(),
-            "composition_by_offset": None
-            if self.composition_by_offset is None
-            else self.composition_by_offset.to_dict(),
-            "used_offsets": {k: {"offset": d, "share": round(v, 4)} for k, (d, v) in self.used_offsets.items()},
-            "k_composition_sources": self.k_sources(),
-            "timings": {k: round(v, 2) for k, v in self.timings.items()},
-        }
-
-    def to_frame(self):
-        """One row per chosen head: why, quick-scan scores, top key-side component, top K-composition source."""
-        import pandas as pd
-
-        rows = []
-        sources = self.k_sources(1)
-        for n, (l, h) in enumerate(self.heads):
-            ((comp, v),) = self.decompositions[n].top("key", 1, by="vs_mean_key")  # sequence 0
-            src = sources[head_label(l, h)]
-            used = self.used_offsets.get(head_label(l, h))
-            rows.append(
-                {
-                    "head": head_label(l, h),
-                    "reason": self.reasons.get(head_label(l, h), "chosen with --head"),
-                    "induction": self.head_score("induction", l, h),
-                    "previous_token": self.head_score("previous_token", l, h),
-                    "top_key_component": comp,
-                    "vs_mean_key": v,
-                    "used_offset": used[0] if used else None,
-                    "top_k_source": src[0]["head"] if src else None,
-                    "k_excess": src[0]["excess"] if src else None,
-                    "k_where": self.k_where,
-                }
-            )
-        return pd.DataFrame(rows)
-
-    def _repr_html_(self) -> str:
-        """In a notebook: the report page's QK sections (interactive views included), same pieces as the page."""
-        from ..render.page import Report
-
-        return Report(model=dict(self.model), qk=self)._repr_html_()
-
-    def to_json(self, indent: int | None = 2) -> str:
-        from ..jsonsafe import dumps
-
-        return dumps(self.to_dict(), indent=indent)  # strict JSON: NaN/Infinity -> null
 
 
 def model_info(model, norm: str) -> dict:

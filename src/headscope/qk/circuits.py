@@ -14,10 +14,10 @@ import torch
 from ..errors import BadInput
 from ..folded_weights import HeadWeights, head_weights
 from ..models.model import as_model
+from ..results.qk_results import PositionalQK, TokenQK
 from ..tokens import token_text
 from . import rotary
 from .live import as_heads
-from .results import PositionalQK, TokenQK
 
 
 def normalise(x: torch.Tensor, norm: str, eps: float = 1e-5) -> torch.Tensor:

@@ -25,9 +25,9 @@ import torch
 from ..errors import BadInput
 from ..folded_weights import HeadWeights, head_weights
 from ..models.model import as_model
+from ..results.qk_results import CompositionScores, OffsetComposition
 from . import rotary
 from .live import as_heads
-from .results import CompositionScores, OffsetComposition
 
 KINDS = ("Q", "K", "V")
 

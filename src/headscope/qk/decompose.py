@@ -27,9 +27,9 @@ from ..folded_weights import HeadWeights, head_weights
 from ..hooks import act_name
 from ..models.inputs import TokenSequence
 from ..models.model import as_model
+from ..results.qk_results import QKDecomposition
 from . import rotary
 from .live import as_heads, as_sequences, capture
-from .results import QKDecomposition
 
 
 def capture_residual(

@@ -17,7 +17,7 @@ import torch
 from ..hooks import act_name
 from ..models.inputs import TokenSequence, as_heads, as_sequences
 from ..models.model import as_model
-from .results import QKScores
+from ..results.qk_results import QKScores
 
 
 @torch.no_grad()

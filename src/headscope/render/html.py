@@ -20,7 +20,8 @@ import numpy as np
 
 from ..head_labels import head_label
 from ..jsonsafe import dumps
-from ..scan.attention_sample import AttentionSample
+from ..results.attention import AttentionSample
+from ..results.base import rounded
 from ..tokens import visible_whitespace
 from ._mpl import FIG_DPI, encode_png
 
@@ -46,14 +47,6 @@ def script_json(value: Any) -> str:
         .replace("\u2028", "\\u2028")
         .replace("\u2029", "\\u2029")
     )
-
-
-def rounded(a: np.ndarray, decimals: int = DECIMALS) -> list:
-    """Nested lists of ``a`` rounded to ``decimals`` (NaN -> None), for JSON."""
-    a = np.round(np.asarray(a, dtype=np.float64), decimals)
-    out = a.astype(object)
-    out[np.isnan(a)] = None
-    return out.tolist()
 
 
 def fmt(v: float | None, decimals: int = DECIMALS, signed: bool = False) -> str:

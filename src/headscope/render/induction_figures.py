@@ -1,4 +1,4 @@
-"""Figures for an :class:`~headscope.scan.result.InductionResult`."""
+"""Figures for an :class:`~headscope.results.scan_result.InductionResult`."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from collections.abc import Callable
 import numpy as np
 
 from ..head_labels import head_label
+from ..results.scan_result import InductionResult
 from ..scan.attention_sample import AttentionSample
-from ..scan.result import InductionResult
 from ..scores import score as declared
 from ._mpl import attention_heatmap, plt, tex_safe
 

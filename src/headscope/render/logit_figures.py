@@ -1,4 +1,4 @@
-"""Figures of the logit analysis, drawn from result objects (:mod:`headscope.logits.results`), never models.
+"""Figures of the logit analysis, drawn from result objects (:mod:`headscope.results.logit_results`), never models.
 
 Direct effects are signed (a head can push the next token up or down), so every heatmap uses
 a diverging map centred on zero with symmetric limits. Token labels show whitespace
@@ -64,7 +64,7 @@ def _layer_head_heatmap(a: np.ndarray, title: str, ax=None, outline=None):
 def repeat_effect_heatmap(res, which: str = "later", ax=None, outline=None):
     """Layers x heads heatmap of each head's mean direct effect on repeated random tokens.
 
-    ``res``: :class:`~headscope.logits.results.RepeatLogitEffects`; ``which``: "later",
+    ``res``: :class:`~headscope.results.logit_results.RepeatLogitEffects`; ``which``: "later",
     "first" or "rise" (later minus first). ``outline``: heads ``[(layer, head)]`` to box,
     e.g. the top induction heads.
     """
@@ -81,7 +81,7 @@ def repeat_effect_heatmap(res, which: str = "later", ax=None, outline=None):
 def scan_effect_heatmap(scan, which: str = "later", ax=None, outline=None):
     """The same heatmap from an induction scan's own ``direct_logit_later`` / ``direct_logit_first`` scores.
 
-    ``scan``: :class:`~headscope.scan.result.InductionResult`; ``which``: "later", "first" or
+    ``scan``: :class:`~headscope.results.scan_result.InductionResult`; ``which``: "later", "first" or
     "rise"; ``outline``: heads to box (default: none).
     """
     later, first = scan.scores["direct_logit_later"], scan.scores["direct_logit_first"]
@@ -105,7 +105,7 @@ def strongest_heads(res, k: int = 8) -> list[tuple[int, int]]:
 def token_head_heatmap(res, heads=None, k: int = 8, ax=None):
     """Tokens x heads heatmap of the direct effect on the actual next token, for chosen heads.
 
-    ``res``: :class:`~headscope.logits.results.LogitAttribution`; rows are positions,
+    ``res``: :class:`~headscope.results.logit_results.LogitAttribution`; rows are positions,
     labelled ``token → next token``; ``heads``: ``[(layer, head)]`` (default: the ``k``
     strongest, :func:`strongest_heads`).
     """

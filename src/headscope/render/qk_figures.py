@@ -1,4 +1,4 @@
-"""Figures of the QK analysis, drawn from result objects (:mod:`headscope.qk.results`), never models.
+"""Figures of the QK analysis, drawn from result objects (:mod:`headscope.results.qk_results`), never models.
 
 Token heatmaps put queries down and keys across; masked (causal) cells are grey, not zero.
 Token labels show whitespace ('·' for a space, '↵' for a newline, '⇥' for a tab) and escape

@@ -6,41 +6,16 @@ cached.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 import torch
 
 from ..head_labels import Head
 from ..models.inputs import TokenSequence
 from ..models.model import as_model
+from ..results.attention import AttentionSample
 from ..tokens import token_text
 
-
-@dataclass
-class AttentionSample:
-    """Attention patterns of a few heads on one sequence.
-
-    ``patterns`` is ``[len(heads), query, key]`` (queries down, keys across); ``tokens`` are the
-    tokens' own texts (pictures make whitespace visible); ``text`` the text as written, if any.
-    """
-
-    title: str
-    tokens: list[str]
-    heads: list[Head]
-    patterns: np.ndarray
-    note: str = ""
-    token_ids: list[int] = field(default_factory=list)
-    text: str | None = None
-
-    def to_dict(self) -> dict:
-        return {
-            "title": self.title,
-            "tokens": self.tokens,
-            "heads": [list(h) for h in self.heads],
-            "note": self.note,
-            "patterns": np.round(self.patterns, 4).tolist(),
-        }
+__all__ = ["AttentionSample", "attention_patterns", "attention_sample"]
 
 
 @torch.no_grad()

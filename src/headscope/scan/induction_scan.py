@@ -38,6 +38,7 @@ from ..models.embedding import weight_inputs
 from ..models.fingerprint import cached_fingerprint, weights_version
 from ..models.inputs import TokenSequence
 from ..models.model import HeadscopeModel, as_model
+from ..results.scan_result import InductionResult
 from ..scores import (
     CONTROL_DRAWS,
     attention_scores,
@@ -57,7 +58,6 @@ from .attention_sample import attention_sample
 from .causal import causal_check
 from .direct import DirectPass, Unembedding, target_groups, unembedding
 from .fused import FusedUnsupported, fused_attention, fused_chunk_size_for, fused_unsupported_reason
-from .result import InductionResult
 from .sequences import RepeatedTokens, repeated_tokens
 
 DEFAULT_MEMORY_GB = 2.0

@@ -6,7 +6,7 @@
 >>> phase.window.before, phase.window.after    # doctest: +SKIP
 """
 
-from .analysis import PhaseAnalysis, analyse_run
+from .analysis import PhaseAnalysis, analyse_run, save_phase
 from .data import CopyBatch, CopyRecipe, copy_batch
 from .phase import PhaseWindow, detect_phase_change
 from .train import ToyConfig, ToyRun, build_model, build_tokenizer, train_toy
@@ -23,5 +23,6 @@ __all__ = [
     "build_tokenizer",
     "copy_batch",
     "detect_phase_change",
+    "save_phase",
     "train_toy",
 ]

@@ -20,7 +20,7 @@
 >>> from headscope.toy import analyse_run
 >>> ph = analyse_run("toy-run")                      # doctest: +SKIP
 >>> ph.window.before, ph.window.after, ph.window.ratio  # doctest: +SKIP
->>> ph.save("toy-run/phase")                          # doctest: +SKIP
+>>> save_phase(ph, "toy-run/phase")                  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -28,155 +28,34 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import BadInput
-from ..head_labels import head_label
-from ..jsonsafe import dumps
-from ..scores import default_thresholds
-from .offsets import OffsetCurves, measure_checkpoints
-from .phase import PhaseWindow, detect_phase_change
+from ..results.phase_change import PhaseAnalysis
+from .offsets import measure_checkpoints
+from .phase import detect_phase_change
 from .train import default_threads, read_run, torch_threads
 
-CURVES = {
-    "loss_later_repeats": "Later-repeat loss (nats): mean loss on the second copy of [BOS] + r + r (the scan's "
-    "sequences); falls when induction works.",
-    "loss_first_repeat": "First-repeat loss (nats): the first copy, unpredictable, about ln(vocab).",
-    "induction_best": "Highest induction score over every head at that checkpoint (ARENA definition).",
-    "induction_pair": "Induction score of the tracked induction head (the last checkpoint's best).",
-    "previous_token_best": "Highest previous-token score among the heads in layers below the tracked induction head.",
-    "previous_token_pair": "Previous-token score of the tracked previous-token head.",
-    "induction_pair_offset_min": "Lowest induction score of the tracked induction head over copy distances 3 to "
-    "the context (headscope.toy.offsets): an induction head at every distance keeps this high.",
-    "k_composition": "K-composition score (Elhage et al. 2021) of the tracked previous-token head's OV circuit into "
-    "the tracked induction head's keys: ||W_OV W_K W_Q^T||_F / (||W_OV||_F ||W_K W_Q^T||_F).",
-}
 #: Which way each curve moves when an induction head forms (for the detector).
 DIRECTION = {"loss_later_repeats": "down", "induction_best": "up", "previous_token_best": "up", "k_composition": "up"}
 
 
-@dataclass
-class PhaseAnalysis:
-    """Curves against training step and the detected window; numbers only.
+def save_phase(phase: PhaseAnalysis, out_dir: str | os.PathLike) -> list[Path]:
+    """phase.json, phase.csv, phase.png, phase_heatmaps.png, phase_offsets.png and report.html (the page) in ``out_dir``."""
+    from ..pipeline.outputs import write_file_atomic
+    from ..render.page import Report
+    from ..render.phase_figures import save_phase_figures
 
-    ``curves[name]`` is a list aligned with ``steps``; ``scores[step][name]`` the ``[L, H]``
-    score grid of one checkpoint (induction, previous_token) and ``k_comp[step]`` the
-    ``[H, H]`` K-composition of earlier-layer heads (rows) into the induction head's layer
-    (columns). ``window`` comes from the later-repeat loss; ``windows`` holds the detector's
-    answer for every curve in :data:`DIRECTION`.
-    """
-
-    run_dir: Path
-    steps: list[int]
-    curves: dict[str, list[float]]
-    induction_head: tuple[int, int]
-    previous_token_head: tuple[int, int]
-    window: PhaseWindow | None
-    windows: dict[str, PhaseWindow | None]
-    scores: dict[int, dict[str, np.ndarray]]
-    k_comp: dict[int, np.ndarray]
-    k_baseline: float
-    total_steps: int
-    live: list[dict] = field(default_factory=list)  # the training log (finer than the checkpoints)
-    offsets: OffsetCurves | None = None  # induction against copy distance, every checkpoint
-
-    @property
-    def before_step(self) -> int | None:
-        return None if self.window is None else int(self.window.before)
-
-    @property
-    def after_step(self) -> int | None:
-        return None if self.window is None else int(self.window.after)
-
-    def aims(self) -> dict:
-        """The issue's aims, checked on these curves: True/False per aim, and the numbers.
-
-        Induction head: best score > 0.6; previous-token head: at least headscope's role
-        threshold (0.4); the later-repeat loss more than halves between the window's
-        checkpoints, which are less than 20 % of the run apart; the tracked induction head
-        passes the induction threshold (0.4) at every copy distance at the last checkpoint,
-        on both offset samples (``induction_head_at_every_offset``)."""
-        last = {k: v[-1] for k, v in self.curves.items()}
-        w = self.window
-        return {
-            "induction_best_final": last["induction_best"],
-            "induction_head_formed": last["induction_best"] > 0.6,
-            "previous_token_final": last["previous_token_best"],
-            "previous_token_head_formed": last["previous_token_best"] >= default_thresholds()["previous_token"],
-            "window_found": w is not None,
-            "loss_ratio_in_window": None if w is None else w.ratio,
-            "loss_more_than_halved_in_window": w is not None and w.ratio < 0.5,
-            "window_fraction_of_run": None if w is None else w.width / self.total_steps,
-            "window_shorter_than_20pc": w is not None and w.width / self.total_steps < 0.2,
-            **({} if self.offsets is None else self.offsets.aim(self.steps[-1], self.induction_head)),
-        }
-
-    def to_dict(self) -> dict:
-        return {
-            "run_dir": str(self.run_dir),
-            "steps": self.steps,
-            "total_steps": self.total_steps,
-            "curves": {k: [round(float(x), 6) for x in v] for k, v in self.curves.items()},
-            "induction_head": head_label(*self.induction_head),
-            "previous_token_head": head_label(*self.previous_token_head),
-            "window": None if self.window is None else self.window.to_dict(),
-            "windows": {k: (None if w is None else w.to_dict()) for k, w in self.windows.items()},
-            "k_composition_baseline": self.k_baseline,
-            "heatmaps": {
-                str(s): {
-                    "step": s,
-                    **{k: np.round(v, 6).tolist() for k, v in self.scores[s].items()},
-                    "k_composition": np.round(self.k_comp[s], 6).tolist(),
-                }
-                for s in self.heatmap_steps()
-            },
-            "offsets": None if self.offsets is None else self.offsets.to_dict(self.induction_head),
-            "aims": self.aims(),
-            "definitions": CURVES,
-        }
-
-    def to_json(self, indent: int | None = 2) -> str:
-        return dumps(self.to_dict(), indent=indent)  # strict JSON: NaN/Infinity -> null
-
-    def to_frame(self):
-        """One row per checkpoint: step and every curve."""
-        import pandas as pd
-
-        return pd.DataFrame({"step": self.steps, **self.curves})
-
-    def heatmap_steps(self) -> list[int]:
-        """The checkpoints the before/after heatmaps show: the window's ends, else the first and last."""
-        if self.window is None:
-            return [self.steps[0], self.steps[-1]]
-        return [int(self.window.before), int(self.window.after)]
-
-    def plot(self):
-        from ..render.phase_figures import phase_figure
-
-        return phase_figure(self)
-
-    def plot_heatmaps(self):
-        from ..render.phase_figures import phase_heatmaps
-
-        return phase_heatmaps(self)
-
-    def save(self, out_dir: str | os.PathLike) -> list[Path]:
-        """phase.json, phase.csv, phase.png, phase_heatmaps.png and report.html (the page) in ``out_dir``."""
-        from ..pipeline.outputs import write_file_atomic
-        from ..render.page import Report
-        from ..render.phase_figures import save_phase_figures
-
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        write_file_atomic(out / "phase.json", self.to_json())
-        write_file_atomic(out / "phase.csv", self.to_frame().to_csv(index=False, float_format="%.6f"))
-        figures = save_phase_figures(self, out)
-        page = Report(model={"name": f"toy run {self.run_dir.name}"}, phase=self)
-        write_file_atomic(out / "report.html", page.to_html())
-        return [out / "phase.json", out / "phase.csv", *figures, out / "report.html"]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_file_atomic(out / "phase.json", phase.to_json())
+    write_file_atomic(out / "phase.csv", phase.to_frame().to_csv(index=False, float_format="%.6f"))
+    figures = save_phase_figures(phase, out)
+    page = Report({"name": f"toy run {phase.run_dir.name}"}, [phase])
+    write_file_atomic(out / "report.html", page.to_html())
+    return [out / "phase.json", out / "phase.csv", *figures, out / "report.html"]
 
 
 def run_checkpoints(run_dir: Path) -> tuple[dict, list[tuple[int, Path]]]:

@@ -30,24 +30,23 @@ True
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..jsonsafe import strict
-from ..scores import default_thresholds
+from ..results.phase_change import DEFINITION, DISTANCE_BINS, OffsetCurves
 
-#: Ranges of copy distance the phase page's table summarises (the figure shows every distance).
-DISTANCE_BINS: tuple[tuple[int, int], ...] = ((3, 8), (9, 16), (17, 32), (33, 48), (49, 61))
+__all__ = [
+    "DEFINITION",
+    "DISTANCE_BINS",
+    "OffsetCurves",
+    "induction_by_distance",
+    "measure_checkpoints",
+    "offset_batch",
+]
+
 ROWS = 512  # sequences per forward pass: [512, H, 64, 64] float32 attention is 32 MiB a layer for 4 heads
-DEFINITION = (
-    "Induction score at copy distance d: mean attention from each token of a span copied d tokens back "
-    "(its tokens occur nowhere else) to the key right after the earlier occurrence of its token "
-    "(key = query - d + 1), over the span's tokens and the sequences. The registry's induction read, at "
-    "distance d instead of seq_len."
-)
 
 
 def offset_batch(
@@ -113,84 +112,6 @@ def load_hf(path: str | Path):
 
     with quiet_progress():
         return AutoModelForCausalLM.from_pretrained(str(path), attn_implementation="eager")
-
-
-@dataclass
-class OffsetCurves:
-    """Induction score of every head at every copy distance, per checkpoint; numbers only.
-
-    ``scores[step]`` is ``[L, H, D]`` (D = ``len(distances)``), from ``batch`` sequences per
-    distance drawn with ``seed``. ``recheck`` is the last checkpoint measured again on a fresh,
-    larger sample (``recheck_batch`` sequences, ``recheck_seed``): the same numbers a second time.
-    """
-
-    distances: list[int]
-    batch: int
-    seed: int
-    scores: dict[int, np.ndarray]
-    recheck: np.ndarray | None = None
-    recheck_batch: int = 0
-    recheck_seed: int = 0
-    threshold: float = field(default_factory=lambda: default_thresholds()["induction"])
-
-    @property
-    def definition(self) -> str:
-        return DEFINITION
-
-    def head(self, step: int, head: tuple[int, int]) -> np.ndarray:
-        """``[D]``: one head's score at every distance at one checkpoint."""
-        return self.scores[step][head[0], head[1]]
-
-    def bins(self, values: np.ndarray) -> list[dict]:
-        """Min and mean of ``values [D]`` over each range of :data:`DISTANCE_BINS` (those measured)."""
-        d = np.asarray(self.distances)
-        out = []
-        for lo, hi in DISTANCE_BINS:
-            sel = (d >= lo) & (d <= hi)
-            if sel.any():
-                out.append(
-                    {"distances": f"{lo}-{hi}", "min": float(values[sel].min()), "mean": float(values[sel].mean())}
-                )
-        return out
-
-    def aim(self, step: int, head: tuple[int, int]) -> dict:
-        """``induction_head_at_every_offset``: the head scores at least the induction role threshold at every
-        measured distance at ``step``, and so does the fresh recheck sample (when there is one)."""
-        v = self.head(step, head)
-        worst = int(np.argmin(v))
-        every = bool(v.min() >= self.threshold)
-        res: dict = {
-            "offset_min": float(v.min()),
-            "offset_min_distance": self.distances[worst],
-            "offset_threshold": self.threshold,
-        }
-        if self.recheck is not None:
-            r = self.recheck[head[0], head[1]]
-            every = every and bool(r.min() >= self.threshold)
-            res["offset_recheck_min"] = float(r.min())
-            res["offset_recheck_max_difference"] = float(np.abs(r - v).max())
-        return {"induction_head_at_every_offset": every, **res}
-
-    def to_dict(self, head: tuple[int, int] | None = None) -> dict:
-        last = max(self.scores)
-        out = {
-            "distances": self.distances,
-            "batch": self.batch,
-            "seed": self.seed,
-            "definition": DEFINITION,
-            "scores": {str(s): np.round(g, 6) for s, g in self.scores.items()},
-            "recheck": None
-            if self.recheck is None
-            else {
-                "batch": self.recheck_batch,
-                "seed": self.recheck_seed,
-                "step": last,
-                "scores": np.round(self.recheck, 6),
-            },
-        }
-        if head is not None:
-            out["tracked_head_bins"] = self.bins(self.head(last, head))
-        return strict(out)
 
 
 def measure_checkpoints(

@@ -30,47 +30,13 @@ True
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import numpy as np
 
+from ..results.phase_change import PhaseWindow
+
+__all__ = ["LN9", "PhaseWindow", "detect_phase_change"]
+
 LN9 = float(np.log(9.0))
-
-
-@dataclass(frozen=True)
-class PhaseWindow:
-    """A detected step. ``start``/``end``: the fitted 10 %-90 % window (in the curve's t units);
-    ``before``/``after``: the last sample at or before ``start`` and the first at or after
-    ``end`` (snapped to where the curve was measured), with the curve's values there."""
-
-    start: float
-    end: float
-    center: float
-    height: float  # fitted step b (negative: a drop)
-    direction: str  # "down" or "up"
-    before: float
-    after: float
-    value_before: float
-    value_after: float
-    snr: float  # |b| / residual std
-    span: float  # t range of the curve
-
-    @property
-    def width(self) -> float:
-        """Width of the snapped window (``after - before``): what a reader of the samples can vouch for."""
-        return self.after - self.before
-
-    @property
-    def width_fraction(self) -> float:
-        return self.width / self.span if self.span else float("nan")
-
-    @property
-    def ratio(self) -> float:
-        """``value_after / value_before``: below 0.5 means the curve more than halved inside the window."""
-        return self.value_after / self.value_before if self.value_before else float("nan")
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "width": self.width, "width_fraction": self.width_fraction, "ratio": self.ratio}
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:

@@ -1,9 +1,8 @@
 """Result values of the QK analysis: numbers in, frames/JSON/figures out, no model inside.
 
 Each class carries one idea, converts to a tidy :mod:`pandas` frame (``.to_frame()``) and a
-JSON-ready dict (``.to_dict()``), draws itself through :mod:`headscope.render.qk_figures`
-(imported lazily, so computing never needs matplotlib) and shows a table plus its main
-figure in a notebook (``_repr_html_``).
+JSON-ready dict (``.to_dict()``); its figures (``plot*``) and notebook view come from the view
+registered for its type (:mod:`headscope.render.views.qk_parts`), so computing never needs matplotlib.
 """
 
 from __future__ import annotations
@@ -12,9 +11,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..head_labels import as_head, head_label
+from ..head_labels import Head, as_head, head_label, top_k
 from ..models.inputs import TokenSequence
-from ..results import Result, _html, rounded
+from ..scores import default_thresholds
+from .base import Result, rounded
 
 #: Definitions and sources of the QK quantities, for the legend.
 QK_DEFINITIONS = {
@@ -40,6 +40,11 @@ QK_DEFINITIONS = {
     "previous-token heads. Source: Elhage et al. 2021; baseline subtraction as in ARENA 1.2.",
     "head names": "L18H6 is layer 18, head 6 (both from 0); --head accepts L18H6 or 18.6.",
 }
+
+#: A source head "is" a previous-token head when its previous-token score reaches the registry's threshold.
+PREV_TOKEN_THRESHOLD = default_thresholds()["previous_token"]
+#: The quick induction scan that ranks heads when none are given (headscope.qk.pick_heads).
+QUICK_SCAN = {"seq_len": 20, "batch": 4, "repeats": 2, "seed": 0}
 
 SCORE_DEF = "pre-softmax score q_i . k_j / sqrt(d_head) (rotary applied); causal mask shown as masked (NaN)"
 FROZEN_NOTE = (
@@ -138,30 +143,10 @@ class QKScores(Result):
 
     def plot(self, sequence: int = 0, head=None):
         """Scores and pattern of one head on one sequence, token x token (queries down, keys across)."""
-        from ..render.qk_figures import plot_live
-
-        return plot_live(self, sequence, 0 if head is None else self.head_index(head))
+        return self._figure("plot_live", sequence, 0 if head is None else self.head_index(head))
 
     def plot_grid(self, sequence: int = 0):
-        from ..render.qk_figures import plot_live_grid
-
-        return plot_live_grid(self, sequence)
-
-    def _repr_html_(self) -> str:
-        import pandas as pd
-
-        rows = [
-            {
-                "sequence": s,
-                "head": head_label(l, h),
-                "tokens": len(seq),
-                "max score": float(np.nanmax(self.scores[s][n])),
-                "mean attention to BOS": float(self.patterns[s][n][1:, 0].mean()) if len(seq) > 1 else np.nan,
-            }
-            for s, seq in enumerate(self.sequences)
-            for n, (l, h) in enumerate(self.heads)
-        ]
-        return _html(f"QK scores, {self.model_name}", pd.DataFrame(rows), self.plot_grid(0))
+        return self._figure("plot_live_grid", sequence)
 
 
 @dataclass
@@ -254,14 +239,7 @@ class QKDecomposition(Result):
         }
 
     def plot(self, top: int = 12):
-        from ..render.qk_figures import plot_decomposition
-
-        return plot_decomposition(self, top)
-
-    def _repr_html_(self) -> str:
-        return _html(
-            f"QK decomposition of head {self.label}: {self.how}; score {self.score:.3f}", self.to_frame(), self.plot()
-        )
+        return self._figure("plot_decomposition", top)
 
 
 @dataclass
@@ -311,14 +289,7 @@ class PositionalQK(Result):
         return out
 
     def plot(self):
-        from ..render.qk_figures import plot_positional
-
-        return plot_positional(self)
-
-    def _repr_html_(self) -> str:
-        f = self.to_frame()
-        peak = f.loc[f.groupby(["layer", "head"]).score.idxmax()]
-        return _html(f"Positional QK circuit: {self.method}", peak, self.plot())
+        return self._figure("plot_positional")
 
 
 @dataclass
@@ -385,15 +356,7 @@ class TokenQK(Result):
         }
 
     def plot(self):
-        from ..render.qk_figures import plot_token_qk
-
-        return plot_token_qk(self)
-
-    def _repr_html_(self) -> str:
-        import pandas as pd
-
-        f = pd.DataFrame(self.top_pairs(), columns=["query token", "key token", "score"])
-        return _html(f"Token QK circuit of head {self.label} ({self.where})", f, self.plot())
+        return self._figure("plot_token_qk")
 
 
 @dataclass
@@ -475,7 +438,7 @@ class CompositionScores(Result):
             "top_sources": {
                 kind: {
                     head_label(l, h): [
-                        {"head": head_label(a, b), "excess": round(v, 5)}
+                        {"head": head_label(a, b), "excess": rounded(v, 5)}
                         for a, b, v in self.top_sources(l, h, kind, top)
                     ]
                     for l in range(1, L)
@@ -486,15 +449,7 @@ class CompositionScores(Result):
         }
 
     def plot(self, kind: str | None = None):
-        from ..render.qk_figures import plot_composition
-
-        return plot_composition(self, kind)
-
-    def _repr_html_(self) -> str:
-        f = self.to_frame().sort_values("excess", ascending=False)
-        return _html(
-            f"Composition scores, {self.where} (baseline {self.baseline:.4f} subtracted in 'excess')", f, self.plot()
-        )
+        return self._figure("plot_composition", kind)
 
 
 @dataclass
@@ -587,3 +542,147 @@ class OffsetComposition(Result):
                 for kind in self.scores
             },
         }
+
+
+@dataclass
+class QKAnalysis(Result):
+    """Every QK view of the chosen heads on the chosen texts (see each member's class)."""
+
+    model: dict
+    heads: list[Head]
+    reasons: dict[str, str]
+    live: QKScores
+    decompositions: list[QKDecomposition]  # sequence-major: [s * len(heads) + n]
+    positional: PositionalQK
+    token_circuits: list[TokenQK]
+    composition: CompositionScores
+    #: rotary models: Q/K-composition into the chosen heads at offsets 0-63 (None without rotary positions)
+    composition_by_offset: OffsetComposition | None = None
+    #: rotary models: each chosen head's most-attended offset on the texts and its share (first-token key left out)
+    used_offsets: dict[str, tuple[int, float]] = field(default_factory=dict)
+    scan_scores: dict[str, np.ndarray] | None = None  # quick-scan scores [L, H] by name
+    notes: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def head_score(self, name: str, layer: int, head: int) -> float | None:
+        return None if self.scan_scores is None else float(self.scan_scores[name][layer, head])
+
+    @property
+    def k_where(self) -> str:
+        """Where the K-composition sources are read, for every label: ``"mean over offsets 0-63"`` or ``"position-free"``."""
+        c = self.composition_by_offset
+        return "position-free" if c is None else f"mean over {c.span}"
+
+    def k_sources(self, k: int = 5) -> dict[str, list[dict]]:
+        """For each chosen head, its strongest K-composition sources and their previous-token score.
+
+        Rotary models: ranked by the excess averaged over offsets 0-63 (:attr:`composition_by_offset`),
+        with the excess at offset 0 and at the head's most-used offset beside it.
+        """
+        out: dict[str, list[dict]] = {}
+        by = self.composition_by_offset
+        for l, h in self.heads:
+            rows = []
+            top = by.top_sources(l, h, "K", k) if by is not None else self.composition.top_sources(l, h, "K", k)
+            for a, b, v in top:
+                row = {"head": head_label(a, b), "excess": rounded(v, 5), "where": self.k_where}
+                if by is not None:
+                    used = self.used_offsets.get(head_label(l, h), (0, 0.0))[0]
+                    row["excess_offset_0"] = rounded(by.at((l, h), (a, b), "K", 0), 5)
+                    if used in by.offsets:
+                        row[f"excess_offset_{used}"] = rounded(by.at((l, h), (a, b), "K", used), 5)
+                row["previous_token"] = (
+                    None if self.scan_scores is None else rounded(float(self.scan_scores["previous_token"][a, b]), 4)
+                )
+                rows.append(row)
+            out[head_label(l, h)] = rows
+        return out
+
+    def findings(self) -> list[str]:
+        """Plain sentences: what the K-composition sources and the decompositions show."""
+        out: list[str] = []
+        if self.scan_scores is None:
+            return out
+        for l, h in self.heads:
+            ind = self.head_score("induction", l, h)
+            if ind is None or ind < PREV_TOKEN_THRESHOLD or l == 0:
+                continue
+            src = self.k_sources(3)[head_label(l, h)]
+            listed = ", ".join(f"{s['head']} ({s['excess']:+.3f}, prev-token {s['previous_token']:.2f})" for s in src)
+            prev = [s for s in src if s["previous_token"] >= PREV_TOKEN_THRESHOLD]
+            verdict = (
+                f"{len(prev)} of the top {len(src)} {'is a previous-token head' if len(prev) == 1 else 'are previous-token heads'}"
+                f" (score >= {PREV_TOKEN_THRESHOLD})"
+                if prev
+                else "none of them is a previous-token head; best previous-token heads: "
+                + ", ".join(f"{head_label(a, b)} ({v:.2f})" for a, b, v in top_k(self.scan_scores["previous_token"], 3))
+            )
+            out.append(
+                f"induction head {head_label(l, h)} (score {ind:.2f}): strongest K-composition sources "
+                f"({self.k_where}) {listed}; {verdict}"
+            )
+        for dec in self.decompositions:
+            ind = self.head_score("induction", dec.layer, dec.head)
+            if len(dec.pairs) > 1 and ind is not None and ind >= PREV_TOKEN_THRESHOLD:
+                ((name, v),) = dec.top("key", 1, by="vs_mean_key")
+                s = dec.sequence_index
+                out.append(
+                    f"head {dec.label} on the induction stripe of sequence {s}: the key-side component that "
+                    f"most raises the score above the query's other keys is {name} ({v:+.2f})"
+                )
+        return out
+
+    def to_dict(self) -> dict:
+        return {
+            "model": self.model,
+            "heads": [
+                {
+                    "head": head_label(l, h),
+                    "reason": self.reasons.get(head_label(l, h), "chosen with --head"),
+                    "scan": None
+                    if self.scan_scores is None
+                    else {k: rounded(float(v[l, h]), 4) for k, v in self.scan_scores.items()},
+                }
+                for l, h in self.heads
+            ],
+            "notes": self.notes,
+            "findings": self.findings(),
+            "quick_scan": QUICK_SCAN,
+            "live": self.live.to_dict(),
+            "decompositions": [d.to_dict() | {"sequence": d.sequence_index} for d in self.decompositions],
+            "positional": self.positional.to_dict(),
+            "token_circuits": [t.to_dict() for t in self.token_circuits],
+            "composition": self.composition.to_dict(),
+            "composition_by_offset": None
+            if self.composition_by_offset is None
+            else self.composition_by_offset.to_dict(),
+            "used_offsets": {k: {"offset": d, "share": round(v, 4)} for k, (d, v) in self.used_offsets.items()},
+            "k_composition_sources": self.k_sources(),
+            "timings": {k: rounded(v, 2) for k, v in self.timings.items()},
+        }
+
+    def to_frame(self):
+        """One row per chosen head: why, quick-scan scores, top key-side component, top K-composition source."""
+        import pandas as pd
+
+        rows = []
+        sources = self.k_sources(1)
+        for n, (l, h) in enumerate(self.heads):
+            ((comp, v),) = self.decompositions[n].top("key", 1, by="vs_mean_key")  # sequence 0
+            src = sources[head_label(l, h)]
+            used = self.used_offsets.get(head_label(l, h))
+            rows.append(
+                {
+                    "head": head_label(l, h),
+                    "reason": self.reasons.get(head_label(l, h), "chosen with --head"),
+                    "induction": self.head_score("induction", l, h),
+                    "previous_token": self.head_score("previous_token", l, h),
+                    "top_key_component": comp,
+                    "vs_mean_key": v,
+                    "used_offset": used[0] if used else None,
+                    "top_k_source": src[0]["head"] if src else None,
+                    "k_excess": src[0]["excess"] if src else None,
+                    "k_where": self.k_where,
+                }
+            )
+        return pd.DataFrame(rows)

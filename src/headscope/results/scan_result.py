@@ -1,7 +1,7 @@
-"""The result of an induction scan: numbers and metadata, with tables and JSON.
+"""The result of an induction scan: scores of every head, loss by position, the causal check.
 
-Pictures and the notebook view are drawn by :mod:`headscope.render` (imported lazily, inside
-the methods that draw); files are written by :mod:`headscope.pipeline.outputs`.
+Numbers and metadata only: pictures and the notebook view come from the view registered for
+each type (:mod:`headscope.render.views`); files are written by :mod:`headscope.pipeline.files`.
 """
 
 from __future__ import annotations
@@ -12,14 +12,14 @@ from typing import Any
 import numpy as np
 
 from ..head_labels import head_label, top_k
-from ..jsonsafe import dumps
 from ..scores import INTERVAL_LEVEL, definitions, opposite_reason, opposite_roles, role_scores, score_names
 from ..stats import spread
-from .attention_sample import AttentionSample
+from .attention import AttentionSample
+from .base import Result, rounded
 
 
 @dataclass
-class InductionResult:
+class InductionResult(Result):
     """Scores for every head, loss by position and the causal check.
 
     ``scores[name]`` is ``[n_layers, n_heads]`` for every score of the registry
@@ -74,7 +74,7 @@ class InductionResult:
                 continue
             a = self.scores[s.name]
             found = [(l, h, v) for l, h, v in top_k(a, a.size) if v >= self.thresholds[s.name]]
-            entries += [{"layer": l, "head": h, "role": s.name, "score": round(float(v), 6)} for l, h, v in found]
+            entries += [{"layer": l, "head": h, "role": s.name, "score": rounded(float(v))} for l, h, v in found]
         return entries
 
     def ablation_rises(self) -> dict[tuple[int, int], float]:
@@ -142,53 +142,37 @@ class InductionResult:
 
     # --- serialisation ---------------------------------------------------------------------
     def to_dict(self) -> dict:
-        def r(x):
-            return np.round(np.asarray(x, dtype=np.float64), 6).tolist()
-
+        r = rounded
         return {
             "model": self.model,
             "settings": self.settings,
             "scores": {name: r(self.scores[name]) for name in self.score_order()},
             "loss": {
                 "per_position": r(self.per_position_loss),
-                "first_repeat": round(self.loss_first_repeat, 6),
-                "later_repeats": round(self.loss_later_repeats, 6),
+                "first_repeat": r(self.loss_first_repeat),
+                "later_repeats": r(self.loss_later_repeats),
             },
             "ablation": [rounded_entry(e) for e in self.ablation],
             "ablation_control": self.control_spread(),
             "heads": self.heads(),
             "thresholds": self.thresholds,
             "definitions": definitions(),
-            "timings": {k: round(v, 3) for k, v in self.timings.items()},
+            "timings": {k: rounded(v, 3) for k, v in self.timings.items()},
             "notes": self.notes,
         }
 
-    def to_json(self, indent: int | None = 2) -> str:
-        return dumps(self.to_dict(), indent=indent)  # strict JSON: a NaN score is written as null
-
-    # --- pictures (drawn by headscope.render, imported here lazily) ------------------------
+    # --- pictures (drawn by the view registered for this type) -------------------------------
     def plot_scores(self, score: str = "induction", ax=None):
         """Layer x head heatmap of one score (a matplotlib figure)."""
-        from ..render.induction_figures import score_heatmap
-
-        return score_heatmap(self, score, ax=ax)
+        return self._figure("scores", score, ax=ax)
 
     def plot_loss(self, ax=None):
         """Loss by position with the repeats marked."""
-        from ..render.induction_figures import loss_by_position
-
-        return loss_by_position(self, ax=ax)
+        return self._figure("loss", ax=ax)
 
     def plot_ablation(self, ax=None):
         """The causal check as bars."""
-        from ..render.induction_figures import ablation_chart
-
-        return ablation_chart(self, ax=ax)
-
-    def _repr_html_(self) -> str:
-        from ..render.page import induction_html
-
-        return induction_html(self)
+        return self._figure("ablation", ax=ax)
 
 
 def ablation_text(e: dict) -> str:
@@ -202,14 +186,8 @@ def ablation_text(e: dict) -> str:
 
 
 def rounded_entry(e: dict) -> dict:
-    """An ablation entry with its floats rounded to 6 decimals (the JSON's precision)."""
-
-    def r(v):
-        if isinstance(v, float):
-            return round(v, 6)
-        return [r(x) for x in v] if isinstance(v, list) else v
-
-    return {k: r(v) for k, v in e.items()}
+    """An ablation entry with its floats rounded to 6 decimals (the JSON's precision, the one rounding rule)."""
+    return {k: rounded(v) for k, v in e.items()}
 
 
 def _ablation_columns(e: dict | None) -> dict[str, Any]:

@@ -1,0 +1,322 @@
+"""The view of an induction scan: settings, top heads and roles, heatmaps, loss, causal check; terminal table.
+
+Draws a :class:`~headscope.results.scan_result.InductionResult`; the notebook view
+(:func:`induction_html`) is built from the same pieces as the page.
+"""
+
+from __future__ import annotations
+
+from rich.markup import escape
+from rich.table import Table
+
+from ...head_labels import head_label
+from ...results.scan_result import InductionResult
+from ...scores import ABLATION_DEFINITION, LOSS_DEFINITION, SCORES, definitions, roles_legend
+from ...scores import score as declared
+from ..html import DECIMALS, esc, figure_html, fmt, kv_html, legend_html, page_asset, table_html, tabs_html
+from ..induction_figures import ablation_chart, loss_by_position, score_heatmap
+from ..lookup import register
+from ..view_base import Section, View
+
+
+def _label(name: str) -> str:
+    """A score's name in prose (the registry's label); other names as they are."""
+    try:
+        return declared(name).label
+    except KeyError:
+        return name
+
+
+def settings_html(res: InductionResult) -> str:
+    s, m = res.settings, res.model
+    model = {"model": m.get("name"), "layers × heads": f"{m.get('n_layers')} × {m.get('n_heads')}"}
+    if m.get("about"):
+        model["what it is"] = m["about"]
+    if m.get("n_kv_heads") and m.get("n_kv_heads") != m.get("n_heads"):
+        model["key/value heads"] = f"{m['n_kv_heads']} per layer (grouped-query attention)"
+    model["vocabulary"] = m.get("d_vocab")
+    run = {
+        "sequences": f"{s['batch']} × ([BOS] + r × {s['repeats']})"
+        if s.get("bos")
+        else f"{s['batch']} × (r × {s['repeats']}), no BOS token",
+        "r": f"{s['seq_len']} random ordinary tokens, seed {s['seed']}",
+        "causal check": f"{s['ablation']} ablation of hook_z" if res.ablation else "skipped",
+        "role thresholds": ", ".join(f"{_label(k)} ≥ {v}" for k, v in res.thresholds.items()),
+        "device": s.get("device", ""),
+    }
+    if s.get("attention"):
+        run["attention"] = {
+            "fused": "fused kernel (scores from q, k and the row logsumexp; no n × n pattern)",
+            "eager": "eager (full patterns)",
+        }.get(s["attention"], s["attention"])
+    return (
+        f'<div class="cards"><div class="card"><h3>Model</h3>{kv_html(model)}</div>'
+        f'<div class="card"><h3>Scan</h3>{kv_html(run)}</div></div>'
+    )
+
+
+def roles_html(roles: list[str]) -> str:
+    return "".join(f'<span class="role {esc(r)}">{esc(_label(r))}</span>' for r in roles) or "–"
+
+
+def top_heads_html(res: InductionResult, k: int | None = None) -> str:
+    """The top induction heads with every score, their roles and the causal check."""
+    k = k or res.settings.get("top_k", 5)
+    roles, sc, order = res.roles(), res.scores, res.score_order()
+    rows = []
+    for l, h, _ in res.top_heads("induction", k):
+        rows.append(
+            [
+                head_label(l, h),
+                *(round(float(sc[n][l, h]), DECIMALS) for n in order),
+                (roles_html(roles.get((l, h), [])), "+".join(roles.get((l, h), []))),
+                *ablation_cells(res.ablation_of(l, h)),
+            ]
+        )
+    cols = ["head", *(_label(n) for n in order), "roles", "ablation Δloss [95%]", "Δ first repeat"]
+    return table_html(cols, rows, sortable=True)
+
+
+def ablation_cells(e: dict | None) -> list:
+    """The page's causal-check cells of one head: Δloss with its interval (coloured by verdict), Δ first repeat."""
+    if e is None:
+        return [("–", -1e9), ("–", -1e9)]
+    lo, hi = e["interval"]
+    cls = {"raises": "pos", "lowers": "neg"}.get(e["verdict"], "")
+    shown = f'<span class="{cls}" title="{esc(e["verdict"])}">{fmt(e["loss_increase"], signed=True)}</span>'
+    shown = f'<span style="white-space:nowrap">{shown} [{fmt(lo, signed=True)}, {fmt(hi, signed=True)}]</span>'
+    first = e["first_repeat_increase"]
+    return [(shown, round(e["loss_increase"], DECIMALS)), (fmt(first, signed=True), round(first, DECIMALS))]
+
+
+def other_roles_html(res: InductionResult, k: int = 3) -> str:
+    parts = []
+    for s in SCORES:
+        if s.threshold is None or s.name == "induction" or s.name not in res.scores:
+            continue
+        best = ", ".join(f"{head_label(l, h)} {v:.2f}" for l, h, v in res.top_heads(s.name, k))
+        parts.append(f"<li><b>{esc(s.label)}</b>: {esc(best)}</li>")
+    return f'<ul class="verdicts">{"".join(parts)}</ul>'
+
+
+def all_heads_html(res: InductionResult, table_id: str = "all-heads") -> str:
+    roles = res.roles()
+    L, H = res.scores["induction"].shape
+    order = res.score_order()
+    rows = [
+        [
+            head_label(l, h),
+            *(round(float(res.scores[n][l, h]), DECIMALS) for n in order),
+            "+".join(_label(r) for r in roles.get((l, h), [])),
+        ]
+        for l in range(L)
+        for h in range(H)
+    ]
+    return (
+        f"<details><summary>All {L * H} heads (sortable, filterable)</summary>"
+        f'<input class="filter" data-filter="{table_id}" placeholder="filter, e.g. L17 or induction">'
+        + table_html(["head", *(_label(n) for n in order), "roles"], rows, table_id, sortable=True)
+        + "</details>"
+    )
+
+
+def role_counts_html(res: InductionResult) -> str:
+    """Per role of the registry: its threshold, how many heads take it (0 included) and the best head."""
+    rows = []
+    for s in SCORES:
+        if s.threshold is None or s.name not in res.scores or s.name not in res.thresholds:
+            continue
+        t = res.thresholds[s.name]
+        ((l, h, v),) = res.top_heads(s.name, 1)
+        rows.append([s.label, t, int((res.scores[s.name] >= t).sum()), f"{head_label(l, h)} ({fmt(v)})"])
+    return table_html(["role", "threshold", "heads", "best head (score)"], rows, sortable=True)
+
+
+def role_table_html(res: InductionResult, table_id: str = "roles-table") -> str:
+    """Every head with at least one role: its roles and every role score (held ones in bold), sortable."""
+    roles = res.roles()
+    names = [s.name for s in SCORES if s.threshold is not None and s.name in res.scores and s.name in res.thresholds]
+    rows = []
+    for (l, h), held in sorted(roles.items()):
+        cells = []
+        for n in names:
+            v = round(float(res.scores[n][l, h]), DECIMALS)
+            cells.append((f"<b>{esc(fmt(v))}</b>" if n in held else esc(fmt(v)), v))
+        rows.append([(esc(head_label(l, h)), l * 10_000 + h), (roles_html(held), "+".join(held)), *cells])
+    if not rows:
+        return "<p>No head reaches any role's threshold.</p>"
+    return f'<input class="filter" data-filter="{table_id}" placeholder="filter, e.g. L17 or sink">' + table_html(
+        ["head", "roles", *(_label(n) for n in names)], rows, table_id, sortable=True
+    )
+
+
+def roles_section_html(res: InductionResult) -> str:
+    """The "Roles of every head" section: counts per role, the table, and when a head takes a role."""
+    n = len(res.roles())
+    L, H = res.scores["induction"].shape
+    succ = res.settings.get("weight_scores", {}).get("successor", {})
+    sets = ""
+    if succ:
+        skipped = "; ".join(f"{k}: {v}" for k, v in succ.get("skipped", {}).items())
+        sets = (
+            f"<p>Successor score's ordinal sets: {esc(', '.join(succ.get('sets', [])) or 'none')}"
+            + (f" (skipped: {esc(skipped)})" if skipped else "")
+            + ".</p>"
+        )
+    notes = res.role_notes()
+    opposite = (
+        "<p><b>Heads with two opposite roles</b>, and why:</p><ul>"
+        + "".join(f"<li>{esc(head_label(*lh))}: {esc(v)}</li>" for lh, v in sorted(notes.items()))
+        + "</ul>"
+        if notes
+        else ""
+    )
+    return (
+        f"<p>{n} of {L * H} heads take at least one role. {esc(roles_legend(res.thresholds))} Bold: the score "
+        "behind a role the head holds.</p>" + role_counts_html(res) + sets + opposite + role_table_html(res)
+    )
+
+
+def verdicts_html(res: InductionResult) -> str:
+    return '<ul class="verdicts">' + "".join(f"<li>{esc(v)}</li>" for v in res.verdicts()) + "</ul>"
+
+
+def induction_definitions(res: InductionResult | None = None) -> dict[str, str]:
+    names = res.score_order() if res is not None else [s.name for s in SCORES]
+    defs = {declared(n).label: declared(n).definition for n in names}
+    defs["loss by position"] = LOSS_DEFINITION
+    defs["ablation Δloss"] = ABLATION_DEFINITION
+    if res is not None:
+        defs["roles"] = roles_legend(res.thresholds)
+    return defs
+
+
+def induction_html(res: InductionResult) -> str:
+    """The notebook view of an induction scan: settings, top heads, causal check, heatmap, legend."""
+    from ..induction_figures import score_heatmap
+
+    parts = [
+        f"<h3>Induction scan — {esc(res.model.get('name'))}</h3>",
+        settings_html(res),
+        top_heads_html(res),
+        other_roles_html(res),
+        f"<p>Loss: first repeat {res.loss_first_repeat:.2f} nats, later repeats {res.loss_later_repeats:.2f} nats.</p>",
+    ]
+    if res.ablation:
+        parts.append(verdicts_html(res))
+    parts.append(figure_html(score_heatmap(res, "induction")))
+    parts.append(f"<details><summary>Definitions</summary>{legend_html(induction_definitions(res))}</details>")
+    return f'<div class="hs"><style>{page_asset("page.css")}</style>{"".join(parts)}</div>'
+
+
+def induction_sections(res: InductionResult) -> list[tuple[str, str, str]]:
+    """The induction part of the page: heads and roles, heatmaps, loss, the causal check."""
+    from ..induction_figures import ablation_chart, loss_by_position, score_heatmap
+
+    out = [
+        (
+            "top",
+            "Top heads and their roles",
+            settings_html(res)
+            + "<h3>Top induction heads</h3>"
+            + top_heads_html(res)
+            + "<h3>Best heads for the other roles</h3>"
+            + other_roles_html(res)
+            + all_heads_html(res),
+        ),
+        ("roles", "Roles of every head", roles_section_html(res)),
+        (
+            "heatmaps",
+            "Score heatmaps",
+            tabs_html("heatmap", [(declared(s).title, figure_html(score_heatmap(res, s))) for s in res.score_order()]),
+        ),
+        (
+            "loss",
+            "Loss by position",
+            f"<p>First repeat {res.loss_first_repeat:.2f} nats, later repeats {res.loss_later_repeats:.2f} nats: "
+            "a drop means the model predicts repeated tokens from context, the behaviour induction heads "
+            "implement.</p>" + figure_html(loss_by_position(res)),
+        ),
+    ]
+    if res.ablation:
+        out.append(("ablation", "Causal check", verdicts_html(res) + figure_html(ablation_chart(res))))
+    return out
+
+
+def print_induction(con, res) -> None:
+    """The terminal table of the top heads (one column per score of the registry), verdicts, legend."""
+    s = res.settings
+    bos = "first token: " + s.get("bos_source", "bos" if s["bos"] else "none")
+    path = {"fused": "fused attention (no n x n pattern)", "eager": "eager attention (full patterns)"}
+    con.print(
+        f"[bold]{res.model['name']}[/]: {s['batch']} sequences of {s['seq_len']} random tokens x {s['repeats']} "
+        f"repeats, {bos}; {s['chunk_size']} per forward pass"
+        + (f", {path.get(s['attention'], s['attention'])}" if s.get("attention") else ""),
+        highlight=False,
+    )
+    roles = res.roles()
+    names = [n for n in res.score_order() if declared(n).in_table]
+    role_names = {r for l, h, _ in res.top_heads("induction", s["top_k"]) for r in roles.get((l, h), [])}
+    shown = list(dict.fromkeys([*names, *sorted(role_names)]))
+    short = ", ".join(f"{declared(n).header} = {declared(n).label}" for n in shown if declared(n).header != n)
+    t = Table(
+        title=f"Top induction heads ({short}, Δloss = change in later-repeat loss when ablated, "
+        "[95% bootstrap interval over sequences], Δfirst = change in first-repeat loss)"
+    )
+    cols = ["head", *(declared(n).header for n in names), "roles", "Δloss [95%]", "Δfirst"]
+    for col in cols:
+        t.add_column(
+            col, justify="left" if col in ("head", "roles") else "right", overflow="fold", no_wrap=col != "roles"
+        )
+    for l, h, _ in res.top_heads("induction", s["top_k"]):
+        cells = [
+            f"{res.scores[n][l, h]:.3f}" if declared(n).vmin == 0 else f"{res.scores[n][l, h]:+.3f}" for n in names
+        ]
+        e = res.ablation_of(l, h)
+        t.add_row(
+            head_label(l, h),
+            *cells,
+            " ".join(declared(r).header for r in roles.get((l, h), [])) or "-",
+            "-" if e is None else f"{e['loss_increase']:+.3f} [{e['interval'][0]:+.2f}, {e['interval'][1]:+.2f}]",
+            "-" if e is None else f"{e['first_repeat_increase']:+.3f}",
+        )
+    con.print(t)
+    for n in ("previous_token", "duplicate_token"):
+        best = ", ".join(f"{head_label(l, h)} {v:.2f}" for l, h, v in res.top_heads(n, 3))
+        con.print(f"{declared(n).label.capitalize()} heads: {best}", highlight=False)
+    con.print(
+        f"Loss: first repeat {res.loss_first_repeat:.2f} nats, later repeats {res.loss_later_repeats:.2f} nats",
+        highlight=False,
+    )
+    if res.ablation:
+        con.print(f"Causal check ({s['ablation']} ablation of hook_z):", highlight=False)
+        for v in res.verdicts():
+            con.print(f"  {v}", highlight=False, markup=False)
+    con.print("[dim]Legend:[/]")
+    for name, text in definitions().items():
+        con.print(f"[dim]  {name}: {escape(text)}[/]", highlight=False)
+    con.print(f"[dim]  roles: {roles_legend(res.thresholds)}[/]", highlight=False)
+
+
+@register(InductionResult)
+class InductionView(View):
+    figures = {"scores": score_heatmap, "loss": loss_by_position, "ablation": ablation_chart}
+
+    def sections(self, result) -> list[Section]:
+        return [Section(*s) for s in induction_sections(result)]
+
+    def legend(self, result) -> dict[str, str]:
+        return induction_definitions(result)
+
+    def subtitle(self, result) -> str:
+        s = result.settings
+        return f"induction scan on {s['batch']} sequences of {s['seq_len']} random tokens × {s['repeats']}"
+
+    def title(self, result) -> str:
+        return f"Induction scan — {result.model.get('name')}"
+
+    def notebook_html(self, result) -> str:
+        return induction_html(result)
+
+    def terminal(self, result, console) -> None:
+        print_induction(console, result)

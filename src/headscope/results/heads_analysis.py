@@ -1,0 +1,126 @@
+"""Roles of every head across every score, with the in-context learning check (plain data).
+
+Gathered by :func:`headscope.pipeline.roles.analyze_heads`: one induction scan gives every score
+of the registry; the ICL score and the natural-text sinks are measured beside it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..head_labels import head_label
+from ..scores import definitions, role_scores, roles_legend
+from ..scores import score as declared
+from .base import Result, rounded
+from .icl_result import DEFINITION as ICL_DEFINITION
+from .icl_result import ICLResult
+from .scan_result import InductionResult
+from .sink_scores import DEFINITIONS as SINK_DEFINITIONS
+from .sink_scores import SinkScores
+
+
+@dataclass
+class HeadsAnalysis(Result):
+    """Roles of every head across every score, with the in-context learning check.
+
+    ``induction`` holds the scores (``scores[name]`` is ``[n_layers, n_heads]``), thresholds and
+    settings (``settings["weight_scores"]`` says which successor sets the tokenizer had); ``icl``
+    the ICL score on natural text with one entry per ablated head (None with ``icl=False``);
+    ``natural_sinks`` Gu et al.'s sink scores on natural text, whose ``alpha`` is the attention-sink
+    role's score (None with ``natural_sinks=False``: then no head takes that role).
+    """
+
+    induction: InductionResult
+    icl: ICLResult | None = None
+    natural_sinks: SinkScores | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    # --- views -----------------------------------------------------------------------------
+    @property
+    def model(self) -> dict:
+        return self.induction.model
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        return self.induction.thresholds
+
+    def roles(self) -> dict[tuple[int, int], list[str]]:
+        """``{(layer, head): [role, ...]}`` for every head with at least one role, roles in registry order."""
+        return self.induction.roles()
+
+    def role_names(self) -> list[str]:
+        """The registry's roles this analysis can give (every score with a threshold that was computed)."""
+        return [s.name for s in role_scores() if s.name in self.induction.scores and s.name in self.thresholds]
+
+    def role_table(self) -> list[dict]:
+        """One entry per head with at least one role, by layer then head: its roles and the score behind each."""
+        sc = self.induction.scores
+        notes = self.induction.role_notes()
+        return [
+            {
+                "head": head_label(l, h),
+                "layer": l,
+                "head_index": h,
+                "roles": roles,
+                "scores": {r: rounded(float(sc[r][l, h])) for r in roles},
+                **({"note": notes[(l, h)]} if (l, h) in notes else {}),
+            }
+            for (l, h), roles in sorted(self.roles().items())
+        ]
+
+    def role_counts(self) -> dict[str, int]:
+        """How many heads take each role (0 included: an absent kind is a finding)."""
+        sc = self.induction.scores
+        return {r: int((sc[r] >= self.thresholds[r]).sum()) for r in self.role_names()}
+
+    def successor_sets(self) -> dict:
+        """Which ordinal sets the successor score used (``sets``) and why the others were skipped (``skipped``)."""
+        return dict(self.induction.settings.get("weight_scores", {}).get("successor", {}))
+
+    def legend(self) -> dict[str, str]:
+        """Every role's definition with its threshold, the ICL score's, and the natural-text sinks' if measured."""
+        out = {f"{declared(r).label} (≥ {self.thresholds[r]})": declared(r).definition for r in self.role_names()}
+        if self.icl is not None:
+            out["in-context learning"] = ICL_DEFINITION
+        if self.natural_sinks is not None:
+            out["sink rate"] = SINK_DEFINITIONS["sink_rate"]
+        out["roles"] = roles_legend(self.thresholds)
+        return out
+
+    def to_frame(self):
+        """One row per head: layer, head, label, every score, roles; natural-text sinks and ICL delta when measured."""
+        frame = self.induction.to_frame()
+        frame.insert(2, "label", [head_label(l, h) for l, h in zip(frame["layer"], frame["head"], strict=True)])
+        if self.natural_sinks is not None:  # alpha_1 is the attention_sink column already
+            frame["sink_rate"] = self.natural_sinks.sink_rate.ravel().astype(float)
+        if self.icl is not None and self.icl.ablations:
+            delta = {(e["layer"], e["head"]): e["delta"] for e in self.icl.ablations}
+            frame["icl_delta"] = [delta.get((l, h), np.nan) for l, h in zip(frame["layer"], frame["head"], strict=True)]
+        return frame
+
+    # --- serialisation ---------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        res = self.induction
+        icl = None
+        if self.icl is not None:
+            icl = self.icl.to_dict()
+            icl["ablations"] = [{"label": head_label(e["layer"], e["head"]), **e} for e in icl["ablations"]]
+        return {
+            "model": res.model,
+            "settings": {k: v for k, v in res.settings.items() if k != "weight_scores"},
+            "thresholds": self.thresholds,
+            "roles": self.role_table(),
+            "role_counts": self.role_counts(),
+            "successor_sets": self.successor_sets(),
+            "weight_scores": res.settings.get("weight_scores", {}),
+            "scores": {n: rounded(res.scores[n]) for n in res.score_order()},
+            "icl": icl,
+            "natural_sinks": None if self.natural_sinks is None else self.natural_sinks.to_dict(),
+            "definitions": {**definitions(), "icl": ICL_DEFINITION},
+            "legend": self.legend(),
+            "timings": {k: rounded(v, 3) for k, v in {**res.timings, **self.timings}.items()},
+            "notes": self.notes,
+        }

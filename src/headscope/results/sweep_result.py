@@ -1,0 +1,58 @@
+"""A sweep's table: one row per model or checkpoint, with the failures (plain data).
+
+Run by :func:`headscope.pipeline.sweep.run_sweep`; its figure comes from the view registered
+for :class:`SweepResult`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..scores import score as declared
+from .base import Result
+
+SUMMARY_DEFINITIONS = {
+    "induction_top": "Induction score of the entry's best head (definition: induction).",
+    "induction_sum": "Induction score summed over every head of every layer: grows with the number of "
+    "heads doing induction, and with the number of heads the model has.",
+    "prefix_matching_top": "Prefix-matching score of the best prefix-matching head.",
+    "loss_first_repeat": "Mean loss (nats) on targets in the first repeat: unpredictable, about ln(vocab).",
+    "loss_later_repeats": "Mean loss (nats) on targets in repeats 2..R: falls when induction heads work.",
+    "same_weights_as": "The first entry of the sweep whose weights are bit-identical to this entry's (sha256 over "
+    "every parameter, weights_sha256): the same model under another name or step.",
+    "induction": declared("induction").definition,
+}
+
+
+@dataclass
+class SweepResult(Result):
+    """A sweep's table: one row per entry (finished ones with their summary), and the failures."""
+
+    rows: list[dict]
+    failures: list[dict]
+    settings: dict
+    out_dir: Path | None = None
+    files: list[Path] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def to_frame(self):
+        """One row per entry: label, model, revision, step, status and the summary numbers."""
+        import pandas as pd
+
+        return pd.DataFrame(self.rows)
+
+    def to_dict(self) -> dict:
+        return {
+            "settings": self.settings,
+            "entries": self.rows,
+            "failures": self.failures,
+            "definitions": SUMMARY_DEFINITIONS,
+        }
+
+    def plot(self):
+        """Induction against model size or training step, one line per series (a matplotlib figure)."""
+        return self._figure("sweep_figure")
