@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
     import headscope
     from headscope.models.loading import resolve_source
     from headscope.scan.induction_scan import chunk_size_for, scan_induction, score_pass
-    from headscope.scan.induction_scan import token_losses as _token_losses
+    from headscope.scan.losses import token_losses as _token_losses
     from headscope.scan.sequences import repeated_tokens
     from headscope.scores import attention_scores, prepare
     from headscope.scores import reduce_pattern as read

@@ -181,10 +181,11 @@ def test_smollm2_kinds_successor_sets_and_copy_suppression(smollm2):
     from headscope.pipeline.roles import analyze_heads
 
     a = analyze_heads(smollm2, icl=False, progress=False)
-    sets = a.successor_sets()
+    sets = a.induction.settings["weight_scores"]["successor"]  # the successor score's WeightScore.notes
     # SmolLM2 splits numbers into digits and " Tue" into two tokens; everything else is one token
     assert sets["sets"] == ["numbers", "number_words", "cardinal_words", "days", "months", "month_prefixes", "letters"]
     assert list(sets["skipped"]) == ["day_prefixes"]
+    assert a.weight_notes()[0].startswith("Successor score's ordinal sets: numbers, number_words")
     roles = a.roles()
     suppressors = [lh for lh, r in roles.items() if "copy_suppression" in r]
     assert sorted(suppressors) == [(23, 3), (24, 4)]

@@ -92,3 +92,44 @@ def test_layout_without_bos_shifts_every_position():
     assert layout.n_tokens == 6 and layout.later_start == 3
     p = one_hot_pattern(6, lambda q: q - 3 + 1 if q >= 3 else 0)
     assert mean_of(read("induction", p, layout, tokens=None)) == 1.0
+
+
+# --- the registry is the only source --------------------------------------------------------
+
+
+def test_pass_scores_declare_the_positions_they_average():
+    from headscope.scores.layout import first_repeat_targets, later_repeat_targets
+
+    # 1 BOS + 3 repeats of 5: position p predicts token p + 1; repeat 1's targets are tokens 1..5
+    lay = RepeatLayout(seq_len=5, repeats=3, bos=True)
+    first, later = score("direct_logit_first").from_pass, score("direct_logit_later").from_pass
+    assert first is first_repeat_targets and later is later_repeat_targets  # the layout's one rule
+    assert first(lay).tolist() == [0, 1, 2, 3, 4]
+    assert later(lay).tolist() == list(range(6, 15))  # not 5: the first token of repeat 2 has no context
+    no_bos = RepeatLayout(seq_len=5, repeats=2, bos=False)  # token 0 has nothing before it: no target there
+    assert first(no_bos).tolist() == [0, 1, 2, 3]
+
+
+def test_one_role_filter_keeps_registry_order_and_needs_both_score_and_threshold():
+    from headscope.scores import SCORES, roles_present
+
+    everything = {s.name: None for s in SCORES}
+    thresholds = {s.name: 0.5 for s in SCORES if s.threshold is not None}
+    names = [s.name for s in roles_present(everything, thresholds)]
+    assert names == [s.name for s in SCORES if s.threshold is not None]  # no pass score has a role
+    assert [s.name for s in roles_present({"copying": 0, "induction": 0}, {"copying": 0.7})] == ["copying"]
+
+
+def test_weight_score_notes_are_described_by_their_declaration(monkeypatch):
+    import dataclasses
+
+    from headscope.scores import registry
+
+    notes = {"successor": {"sets": ["days"], "skipped": {"letters": "'A' is more than one token"}}, "copying": {}}
+    assert registry.weight_notes(notes) == [
+        "Successor score's ordinal sets: days (skipped: letters: 'A' is more than one token)."
+    ]
+    # a new weight score with its own notes needs its declaration only
+    new = dataclasses.replace(registry.score("copying"), name="new_kind", describe_notes=lambda n: f"{n['k']} things")
+    monkeypatch.setattr(registry, "SCORES", (*registry.SCORES, new))
+    assert registry.weight_notes({**notes, "new_kind": {"k": 3}})[-1] == "3 things"

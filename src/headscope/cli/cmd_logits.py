@@ -13,6 +13,7 @@ from ..models import resolve_dtype
 from ..pipeline.files import logit_files
 from ..pipeline.logit_analysis import analyze_logits
 from ..pipeline.outputs import ResultDir
+from ..progress import Progress
 from ..render.lookup import view_of
 from ..render.page import Report
 from ..scan import check_settings
@@ -157,7 +158,7 @@ def logits_cmd(
             ablate=not no_ablate,
             ablation=ablation,
             max_memory_gb=max_memory,
-            progress=lambda s: err.print(f"[dim]... {s}[/]", highlight=False),
+            progress=Progress(False, console=err, lines=True),
             scan_progress=None,
         )
         a.timings["total_s"] = time.perf_counter() - t0

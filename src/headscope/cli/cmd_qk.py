@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
 from typing import Annotated, Optional
 
@@ -13,6 +12,7 @@ from ..head_labels import is_head_spec
 from ..models import resolve_dtype
 from ..pipeline.files import qk_files
 from ..pipeline.outputs import ResultDir
+from ..progress import Progress
 from ..qk.analysis import DEFAULT_QK_MEMORY_GB, analyze_qk
 from ..render.lookup import view_of
 from ..render.page import Report
@@ -129,7 +129,8 @@ def qk_cmd(
     t0 = time.perf_counter()
     with ResultDir.open(out or default_out("qk", model), command="qk", overwrite=overwrite) as rd:
         m = load(err, model, device, dtype, device_map)
-        with _progress(err) as step:
+        step = Progress(progress_enabled(), console=err, lines=True, transient=True)
+        with step.running():
             a = analyze_qk(
                 m,
                 texts,
@@ -155,30 +156,3 @@ def qk_cmd(
         + f") in {a.timings['total_s']:.0f} s",
         highlight=False,
     )
-
-
-@contextlib.contextmanager
-def _progress(err):
-    """``step(stage, done, total)``: a bar on a terminal, one line per stage otherwise."""
-    if progress_enabled():
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        with Progress(
-            TextColumn("{task.description:<40}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=err,
-            transient=True,
-        ) as bar:
-            task = bar.add_task("qk", total=1)
-            yield lambda stage, done, total: bar.update(task, description=stage, completed=done, total=max(total, 1))
-        return
-    seen = set()
-
-    def step(stage, done, total):
-        if stage not in seen:
-            seen.add(stage)
-            err.print(f"[dim]... {stage}[/]", highlight=False)
-
-    yield step

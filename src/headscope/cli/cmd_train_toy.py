@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import Annotated
@@ -9,6 +10,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
+from ..progress import Progress
 from . import app
 from ._common import DebugOpt, JsonOpt, consoles, handle_errors, progress_enabled
 
@@ -101,7 +103,7 @@ def train_toy_cmd(
       headscope induction --model toy-run/checkpoints/step1500 --seq-len 24
     """
     from ..render.lookup import view_of
-    from ..toy.analysis import analyse_run, save_phase
+    from ..toy.phase_analysis import analyse_run, save_phase
     from ..toy.train import ToyConfig, read_run, train_toy
 
     con, err = consoles(json_out)
@@ -172,28 +174,17 @@ class _LiveLine:
     """A rich progress bar whose description is the latest log row; plain lines at checkpoints when not a TTY."""
 
     def __init__(self, console, steps: int, every: int, enabled: bool):
-        self.console, self.steps, self.every, self.enabled = console, steps, every, enabled
-        self.bar = None
+        self.console, self.steps, self.every = console, steps, every
+        self.progress = Progress(enabled, console=console)
+        self._running = contextlib.ExitStack()
 
     def __enter__(self):
-        if self.enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self.bar = Progress(
-                TextColumn("steps"),
-                BarColumn(bar_width=24),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                TextColumn("{task.description}"),
-                console=self.console,
-            )
-            self.bar.__enter__()
-            self.task = self.bar.add_task("", total=self.steps)
+        self._running.enter_context(self.progress.running())
+        self.progress.task("steps", self.steps)
         return self
 
     def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.__exit__(*exc)
+        return self._running.__exit__(*exc)
 
     @staticmethod
     def text(row: dict) -> str:
@@ -205,8 +196,8 @@ class _LiveLine:
         )
 
     def update(self, row: dict) -> None:
-        if self.bar is not None:
-            self.bar.update(self.task, completed=row["step"], description=self.text(row))
+        if self.progress.enabled:
+            self.progress.update("steps", row["step"], description=f"step {row['step']}  {self.text(row)}")
         elif row["step"] % self.every == 0 or row["step"] == self.steps:
             self.console.print(
                 f"step {row['step']:>6}  {self.text(row)}  [{row['seconds']:.0f} s]", highlight=False, soft_wrap=True

@@ -38,7 +38,7 @@ from ..errors import BadInput
 from ..results.icl_result import ICLResult
 from ..scan.ablation import residual_hooks, restart_from
 from ..scan.fused import fused_attention, fused_supported
-from ..scan.induction_scan import token_losses
+from ..scan.losses import token_losses
 from .documents import TokenWindows, natural_windows
 
 #: Windows by default: SE <= ~0.3 nats for a score whose SD across windows is about 4 nats (issue 19.10).

@@ -8,7 +8,7 @@
 
 ``headscope heads``::
 
-    heads.json    roles of every head, counts, every score, ICL check, successor sets, definitions
+    heads.json    roles of every head, counts, every score, ICL check, weight-score notes (successor sets), definitions
     heads.csv     one row per head: every score, roles (and natural-text sinks, ICL delta when measured)
 
 ``headscope qk``::
@@ -41,10 +41,9 @@ from collections.abc import Callable
 import pandas as pd
 
 from ..head_labels import head_label
+from ..progress import Progress
 from ..render._mpl import encode_png
 from .outputs import ResultDir
-
-Progress = Callable[[str, int, int], None]
 
 
 def _figures(rd: ResultDir, jobs: list[tuple[str, Callable]], progress: Progress | None = None) -> None:

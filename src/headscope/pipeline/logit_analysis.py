@@ -20,7 +20,6 @@ never combined (see :mod:`headscope.logits.story`).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 import numpy as np
 
@@ -30,24 +29,25 @@ from ..head_labels import Head, head_label, top_k
 from ..logits import LogitAttribution, induction_stories, logit_attribution, ov_rows
 from ..logits.ov_rows import source_tokens
 from ..models.embedding import effective_embedding
-from ..models.inputs import as_heads, as_sequences
+from ..models.inputs import TokenSequence, as_heads, as_sequences
 from ..models.model import as_model
+from ..progress import Progress
 from ..qk import CompositionScores, composition_scores
 from ..qk.analysis import COMPOSITION_OFFSETS
 from ..qk.composition import composition_by_offset
 from ..qk.rotary import is_rotary
-from ..results.logit_results import SCAN_SCORES, LogitAnalysis, arrow
+from ..results.logit_results import SCAN_SCORES, InductionStories, LogitAnalysis, arrow
 from ..scan import InductionResult, check_settings, scan_induction
 from ..tokens import token_text
 
 __all__ = ["SCAN_SCORES", "LogitAnalysis", "analyze_logits", "arrow"]
 
-Progress = Callable[[str], None]
 
-
-def _pick(texts: list[LogitAttribution], scan: InductionResult, top: int) -> tuple[list[Head], dict[str, str]]:
+def _pick(
+    texts: list[LogitAttribution], scan: InductionResult, top: int, notes: list[str]
+) -> tuple[list[Head], dict[str, str]]:
     """The ``top`` heads with the largest push on the actual next token (any text, any position), then the top
-    induction heads; with the reason for each."""
+    induction heads; with the reason for each (and a line in ``notes`` saying how they were picked)."""
     heads: list[Head] = []
     why: dict[str, list[str]] = {}
     peak = np.max(np.stack([t.heads.max(0) for t in texts]), axis=0)  # [L, H]
@@ -58,7 +58,85 @@ def _pick(texts: list[LogitAttribution], scan: InductionResult, top: int) -> tup
         why.setdefault(head_label(l, h), []).append(f"#{rank} induction score ({v:.2f})")
         if (l, h) not in heads:
             heads.append((l, h))
+    notes.append(
+        f"heads picked: the top {top} by their largest push on the actual next token in the texts, and "
+        f"the top {top} induction heads of the scan"
+    )
     return heads, {k: "; ".join(v) for k, v in why.items()}
+
+
+def _texts_to_attribute(m, texts, max_tokens: int | None) -> list[TokenSequence]:
+    """The texts through the one input path; each needs a next token to attribute."""
+    seqs = as_sequences(m, texts, max_tokens)
+    for n, s in enumerate(seqs, 1):
+        if len(s) < 2:
+            raise BadInput(
+                f"text {n} ({s.text!r}) is a single token: there is no next token to attribute",
+                hint="give at least two tokens of text",
+            )
+    return seqs
+
+
+def _ov_circuits(m, w, heads: list[Head], asked: list[int], seqs: list[TokenSequence], k: int) -> dict:
+    """Each head's OV rows for the asked tokens, then every token of the texts (the first token left out)."""
+    first = 1 if m.first_token.id is not None else 0
+    ids = list(dict.fromkeys(asked + [i for s in seqs for i in s.ids[first:]]))
+    eps = float(getattr(m.cfg, "eps", 1e-5))
+    tok = m.tokenizer
+    x = effective_embedding(m, ids, "block0")  # the embedding the copying scores read (McDougall et al. 2023)
+    return {
+        lh: ov_rows(
+            w,
+            lh[0],
+            lh[1],
+            ids,
+            k=k,
+            eps=eps,
+            decode=lambda i: token_text(tok, i),
+            model=m.name,
+            x=x,
+            embedding="block0",
+        )
+        for lh in dict.fromkeys(heads)
+    }
+
+
+def _k_for_stories(m, w, composition: CompositionScores, story_heads: list[Head]) -> tuple[np.ndarray, str]:
+    """K-composition into the story heads, and where it was read: position-free, or on a rotary model (whose K
+    form depends on the offset) the mean over offsets 0-63."""
+    k_comp, k_where = composition.excess("K"), composition.where
+    if is_rotary(m):
+        by = composition_by_offset(m, story_heads, range(COMPOSITION_OFFSETS), weights=w, kinds=("K",))
+        k_comp = np.full_like(k_comp, np.nan)
+        for l, h in by.heads:
+            k_comp[:, :, l, h] = by.excess((l, h), "K").mean(-1)
+        k_where = f"mean over {by.span}"
+    return k_comp, k_where
+
+
+def _stories(heads: list[Head], model: str, ov: dict, scan: InductionResult, k_comp: np.ndarray) -> InductionStories:
+    """Each induction head's numbers side by side, from the scan, the K-composition and its OV rows."""
+    return induction_stories(
+        heads,
+        model,
+        ov=ov,
+        induction=scan.scores["induction"],
+        previous_token=scan.scores["previous_token"],
+        k_composition=k_comp,
+        copying=scan.scores.get("copying"),
+        dla_first=scan.scores["direct_logit_first"],
+        dla_later=scan.scores["direct_logit_later"],
+        ablation=scan.ablation or None,
+    )
+
+
+def _k_composition(m, w, composition: CompositionScores | None, say) -> CompositionScores:
+    """The given K-composition scores, or computed from the weights when none (or no K) were given."""
+    if composition is None or "K" not in composition.scores:
+        say("K-composition scores")
+        composition = composition_scores(w, kinds=("K",))
+        composition.model_name = m.name
+    return composition
 
 
 def analyze_logits(
@@ -104,21 +182,16 @@ def analyze_logits(
     say = progress or (lambda stage: None)
     timings: dict[str, float] = {}
     # every check before any compute
-    seqs = as_sequences(m, texts, max_tokens)
-    for n, s in enumerate(seqs, 1):
-        if len(s) < 2:
-            raise BadInput(
-                f"text {n} ({s.text!r}) is a single token: there is no next token to attribute",
-                hint="give at least two tokens of text",
-            )
+    seqs = _texts_to_attribute(m, texts, max_tokens)
     chosen = as_heads(m, heads) if heads else None
     asked = source_tokens(m, tokens) if tokens else []
     if top < 1:
         raise BadInput(f"--top must be at least 1 (got {top})")
     if scan is None:
         check_settings(seq_len, batch, repeats, m.first_token.id is not None, m.n_ctx, m.name)
+    elif "direct_logit_later" not in scan.scores:
+        raise BadInput("the given scan has no direct logit effects", hint="run it with this headscope's scan_induction")
     notes = [n for s in seqs for n in s.notes]
-
     t = time.perf_counter()
     w = head_weights(m)
     say("direct logit attribution on the texts")
@@ -140,72 +213,22 @@ def analyze_logits(
             sample=False,
             progress=scan_progress,
         )
-    elif "direct_logit_later" not in scan.scores:
-        raise BadInput("the given scan has no direct logit effects", hint="run it with this headscope's scan_induction")
     timings["scan_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    if composition is None or "K" not in composition.scores:
-        say("K-composition scores")
-        composition = composition_scores(w, kinds=("K",))
-        composition.model_name = m.name
+    composition = _k_composition(m, w, composition, say)
     timings["composition_s"] = time.perf_counter() - t
 
-    if chosen is None:
-        chosen, reasons = _pick(attributions, scan, top)
-        notes.append(
-            f"heads picked: the top {top} by their largest push on the actual next token in the texts, and "
-            f"the top {top} induction heads of the scan"
-        )
-    else:
-        reasons = {}
+    chosen, reasons = (chosen, {}) if chosen is not None else _pick(attributions, scan, top, notes)
     story_heads = [(l, h) for l, h, _ in scan.top_heads("induction", min(top, scan.settings.get("top_k", top)))]
 
     t = time.perf_counter()
     say("OV circuits")
-    first = 1 if m.first_token.id is not None else 0
-    ids = list(dict.fromkeys(asked + [i for s in seqs for i in s.ids[first:]]))
-    eps = float(getattr(m.cfg, "eps", 1e-5))
-    tok = m.tokenizer
-    x = effective_embedding(m, ids, "block0")  # the embedding the copying scores read (McDougall et al. 2023)
-    ov = {
-        lh: ov_rows(
-            w,
-            lh[0],
-            lh[1],
-            ids,
-            k=k,
-            eps=eps,
-            decode=lambda i: token_text(tok, i),
-            model=m.name,
-            x=x,
-            embedding="block0",
-        )
-        for lh in dict.fromkeys(chosen + story_heads)
-    }
+    ov = _ov_circuits(m, w, chosen + story_heads, asked, seqs, k)
     timings["ov_s"] = time.perf_counter() - t
-
-    k_comp, k_where = composition.excess("K"), composition.where
-    if is_rotary(m):  # the rotary K form depends on the offset: average it over offsets 0-63 for the story heads
-        by = composition_by_offset(m, story_heads, range(COMPOSITION_OFFSETS), weights=w, kinds=("K",))
-        k_comp = np.full_like(k_comp, np.nan)
-        for l, h in by.heads:
-            k_comp[:, :, l, h] = by.excess((l, h), "K").mean(-1)
-        k_where = f"mean over {by.span}"
-    stories = induction_stories(
-        story_heads,
-        m.name,
-        ov=ov,
-        induction=scan.scores["induction"],
-        previous_token=scan.scores["previous_token"],
-        k_composition=k_comp,
-        copying=scan.scores.get("copying"),
-        dla_first=scan.scores["direct_logit_first"],
-        dla_later=scan.scores["direct_logit_later"],
-        ablation=scan.ablation or None,
-    )
-    info = {**m.info(), "norm": w.norm}
+    k_comp, k_where = _k_for_stories(m, w, composition, story_heads)
+    stories = _stories(story_heads, m.name, ov, scan, k_comp)
     return LogitAnalysis(
-        model=info,
+        model={**m.info(), "norm": w.norm},
         heads=chosen,
         reasons=reasons,
         texts=attributions,

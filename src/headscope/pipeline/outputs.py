@@ -42,6 +42,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .._version import __version__
+from ..atomic import write_atomic
 from ..errors import OutputError, OutputExists
 
 MANIFEST = ".headscope-results.json"
@@ -458,21 +459,12 @@ class ResultFile:
 
 
 def write_file_atomic(target: Path, text: str | bytes) -> None:
-    """Write ``text`` (or bytes) to ``target`` through a temporary sibling and one rename: all or nothing."""
+    """:func:`headscope.atomic.write_atomic` for an output file: an ``OSError`` becomes an :class:`OutputError`
+    that names the file and what to do."""
     try:
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.{os.getpid()}-", suffix=".partial")
+        write_atomic(target, text)
     except OSError as exc:
         raise describe_os_error(exc, target) from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(text.encode("utf-8") if isinstance(text, str) else text)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, target)
-    except OSError as exc:
-        raise describe_os_error(exc, target) from None
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
 
 
 def _umask() -> int:

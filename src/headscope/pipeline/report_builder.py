@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from ..models.inputs import TokenSequence, encode_texts
 from ..models.model import as_model
+from ..progress import Progress
 from ..render.html import MAX_VIEW_TOKENS
 from ..render.page import Report
 from ..results import AttentionViews
@@ -85,14 +86,11 @@ def build_report(
     if qk:
         from ..qk import analyze_qk
 
-        said = {"quick induction scan"}  # not run: the QK analysis picks its heads from our scan
-
-        def step(stage, done, total):
-            if stage not in said:
-                said.add(stage)
+        def say(stage: str) -> None:
+            if stage != "quick induction scan":  # not run: the QK analysis picks its heads from our scan
                 log(f"QK: {stage}")
 
-        qk_result = analyze_qk(m, seqs, top=qk_top, scan=res, progress=step)
+        qk_result = analyze_qk(m, seqs, top=qk_top, scan=res, progress=Progress(False, lines=True, log=say))
         rep.results.append(qk_result)
     if logits:
         from .logit_analysis import analyze_logits
@@ -103,7 +101,7 @@ def build_report(
             top=qk_top,
             scan=res,
             composition=qk_result.composition if qk_result is not None else None,
-            progress=lambda stage: log(f"logits: {stage}"),
+            progress=Progress(False, lines=True, log=lambda stage: log(f"logits: {stage}")),
         )
         rep.results.append(logit_result)
     return rep

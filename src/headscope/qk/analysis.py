@@ -8,7 +8,6 @@ returns a :class:`QKAnalysis`, which writes ``qk.json``, CSVs and PNGs.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -19,6 +18,7 @@ from ..head_labels import Head, head_label
 from ..hooks import act_name
 from ..models.inputs import single_tokens
 from ..models.model import as_model
+from ..progress import Progress
 from ..results.qk_results import (
     QUICK_SCAN,
     QKAnalysis,
@@ -31,7 +31,6 @@ from .composition import composition_by_offset, composition_scores
 from .decompose import capture_residual, decompose_qk
 from .live import as_heads, as_sequences, qk_scores
 
-Progress = Callable[[str, int, int], None]
 #: GiB the QK analysis may hold at once (estimated by :func:`qk_memory_bytes` before it starts); ``qk --max-memory``.
 DEFAULT_QK_MEMORY_GB = 8.0
 #: Rotary models: Q/K-composition into the chosen heads is computed at offsets 0 .. COMPOSITION_OFFSETS - 1.
@@ -158,6 +157,25 @@ def token_circuits_at_used_offsets(
 
 
 @torch.no_grad()
+def _decompositions(model, chosen, seqs, query, w, step) -> tuple[list[QKDecomposition], dict[int, list[torch.Tensor]]]:
+    """Each chosen head's QK decomposition on each sequence, and the normalised residual entering each
+    chosen layer (the sample the rotary positional circuit reads)."""
+    decs: list[QKDecomposition] = []
+    resid: dict[int, list[torch.Tensor]] = {}
+    max_layer = max(layer for layer, _ in chosen)
+    for s, seq in enumerate(seqs):
+        step("decompositions", s, len(seqs))
+        acts = capture_residual(model, seq, max_layer, score_layers={layer for layer, _ in chosen})
+        for layer, h in chosen:
+            dec = decompose_qk(model, (layer, h), seq, query=query, weights=w, acts=acts)
+            dec.sequence_index = s
+            decs.append(dec)
+        for layer in {layer for layer, _ in chosen}:  # residual sample for the rotary positional circuit
+            x = acts[act_name("resid_pre", layer)][1:]
+            resid.setdefault(layer, []).append(normalise(x, w.norm, float(getattr(model.cfg, "eps", 1e-5))))
+    return decs, resid
+
+
 def analyze_qk(
     model,
     texts=None,
@@ -210,19 +228,7 @@ def analyze_qk(
     live = qk_scores(model, chosen, seqs)
     timings["live_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    decs: list[QKDecomposition] = []
-    resid: dict[int, list[torch.Tensor]] = {}
-    max_layer = max(layer for layer, _ in chosen)
-    for s, seq in enumerate(seqs):
-        step("decompositions", s, len(seqs))
-        acts = capture_residual(model, seq, max_layer, score_layers={layer for layer, _ in chosen})
-        for layer, h in chosen:
-            dec = decompose_qk(model, (layer, h), seq, query=query, weights=w, acts=acts)
-            dec.sequence_index = s
-            decs.append(dec)
-        for layer in {layer for layer, _ in chosen}:  # residual sample for the rotary positional circuit
-            x = acts[act_name("resid_pre", layer)][1:]
-            resid.setdefault(layer, []).append(normalise(x, w.norm, float(getattr(model.cfg, "eps", 1e-5))))
+    decs, resid = _decompositions(model, chosen, seqs, query, w, step)
     timings["decompose_s"] = time.perf_counter() - t
     t = time.perf_counter()
     step("weights: positional and token circuits", 0, 1)

@@ -18,6 +18,8 @@ import matplotlib
 matplotlib.use("Agg", force=False)
 import matplotlib.pyplot as plt  # noqa: E402
 
+from ..tokens import visible_whitespace  # noqa: E402
+
 #: Resolution of every PNG figure.
 FIG_DPI = 100
 
@@ -27,6 +29,12 @@ _told_missing_glyph = False
 def tex_safe(label: str) -> str:
     """Escape characters matplotlib would treat as mathtext."""
     return label.replace("$", r"\$")
+
+
+def show_token(label: str, width: int = 14) -> str:
+    """A token as a readable, mathtext-safe tick label, cut to ``width`` characters."""
+    s = tex_safe(visible_whitespace(label))
+    return s if len(s) <= width else s[: width - 1] + "…"
 
 
 def encode_png(fig, dpi: int = FIG_DPI) -> bytes:

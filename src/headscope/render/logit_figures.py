@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..tokens import visible_whitespace
-from ._mpl import plt, tex_safe
+from ._mpl import plt, show_token, tex_safe
 
 CMAP = "RdBu_r"
 WHICH = {
@@ -18,12 +17,6 @@ WHICH = {
     "first": "first-repeat targets",
     "rise": "later minus first repeat",
 }
-
-
-def show_token(label: str, width: int = 14) -> str:
-    """A token as a readable, mathtext-safe tick label."""
-    s = tex_safe(visible_whitespace(label))
-    return s if len(s) <= width else s[: width - 1] + "…"
 
 
 def _limit(a: np.ndarray) -> float:

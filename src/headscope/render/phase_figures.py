@@ -1,6 +1,6 @@
 """The phase-change figures of a train-toy run: curves against step, and heatmaps either side.
 
-Pure: they take a :class:`headscope.toy.analysis.PhaseAnalysis` (numbers only) and return a
+Pure: they take a :class:`headscope.toy.phase_analysis.PhaseAnalysis` (numbers only) and return a
 matplotlib figure; nothing here loads a model or computes a score.
 """
 

@@ -13,16 +13,9 @@ import matplotlib.ticker
 import numpy as np
 
 from ..head_labels import head_label
-from ..tokens import visible_whitespace
-from ._mpl import plt
+from ._mpl import plt, show_token
 
 KIND_COLOURS = {"embed": "#4c72b0", "head": "#dd8452", "mlp": "#55a868", "bias": "#8172b3", "rounding": "#bbbbbb"}
-
-
-def show_token(label: str, width: int = 14) -> str:
-    """A token as a readable, mathtext-safe tick label."""
-    s = visible_whitespace(label).replace("$", r"\$")
-    return s if len(s) <= width else s[: width - 1] + "…"
 
 
 def _wrap(text: str, width: int = 110) -> str:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..head_labels import head_label
-from ..scores import definitions, role_scores, roles_legend
+from ..scores import definitions, roles_legend, roles_present, weight_notes
 from ..scores import score as declared
 from .base import Result, rounded
 from .icl_result import DEFINITION as ICL_DEFINITION
@@ -53,7 +53,7 @@ class HeadsAnalysis(Result):
 
     def role_names(self) -> list[str]:
         """The registry's roles this analysis can give (every score with a threshold that was computed)."""
-        return [s.name for s in role_scores() if s.name in self.induction.scores and s.name in self.thresholds]
+        return [s.name for s in roles_present(self.induction.scores, self.thresholds)]
 
     def role_table(self) -> list[dict]:
         """One entry per head with at least one role, by layer then head: its roles and the score behind each."""
@@ -76,9 +76,9 @@ class HeadsAnalysis(Result):
         sc = self.induction.scores
         return {r: int((sc[r] >= self.thresholds[r]).sum()) for r in self.role_names()}
 
-    def successor_sets(self) -> dict:
-        """Which ordinal sets the successor score used (``sets``) and why the others were skipped (``skipped``)."""
-        return dict(self.induction.settings.get("weight_scores", {}).get("successor", {}))
+    def weight_notes(self) -> list[str]:
+        """How the weight scores were computed, a sentence each (successor: which ordinal sets the tokenizer had)."""
+        return weight_notes(self.induction.settings.get("weight_scores", {}))
 
     def legend(self) -> dict[str, str]:
         """Every role's definition with its threshold, the ICL score's, and the natural-text sinks' if measured."""
@@ -114,7 +114,6 @@ class HeadsAnalysis(Result):
             "thresholds": self.thresholds,
             "roles": self.role_table(),
             "role_counts": self.role_counts(),
-            "successor_sets": self.successor_sets(),
             "weight_scores": res.settings.get("weight_scores", {}),
             "scores": {n: rounded(res.scores[n]) for n in res.score_order()},
             "icl": icl,

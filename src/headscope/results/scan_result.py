@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..head_labels import head_label, top_k
-from ..scores import INTERVAL_LEVEL, definitions, opposite_reason, opposite_roles, role_scores, score_names
+from ..scores import INTERVAL_LEVEL, definitions, opposite_reason, opposite_roles, roles_present, score_names
 from ..stats import spread
 from .attention import AttentionSample
 from .base import Result, rounded
@@ -47,9 +47,7 @@ class InductionResult(Result):
     def roles(self) -> dict[tuple[int, int], list[str]]:
         """Roles of every head that has at least one, from :attr:`thresholds`."""
         out: dict[tuple[int, int], list[str]] = {}
-        for s in role_scores():
-            if s.name not in self.scores or s.name not in self.thresholds:
-                continue
+        for s in roles_present(self.scores, self.thresholds):
             layers, heads = np.nonzero(self.scores[s.name] >= self.thresholds[s.name])
             for l, h in zip(layers.tolist(), heads.tolist()):
                 out.setdefault((l, h), []).append(s.name)
@@ -69,9 +67,7 @@ class InductionResult(Result):
     def heads(self) -> list[dict]:
         """One entry per (head, role), best first within each role."""
         entries = []
-        for s in role_scores():
-            if s.name not in self.scores or s.name not in self.thresholds:
-                continue
+        for s in roles_present(self.scores, self.thresholds):
             a = self.scores[s.name]
             found = [(l, h, v) for l, h, v in top_k(a, a.size) if v >= self.thresholds[s.name]]
             entries += [{"layer": l, "head": h, "role": s.name, "score": rounded(float(v))} for l, h, v in found]

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from .fused import fused_attention, fused_supported
+from .losses import first_repeat_mean, later_repeat_mean, token_losses
 from .sequences import RepeatedTokens
 
 
@@ -215,8 +216,6 @@ def ablated_losses(
     ``rt.tokens`` (from :func:`residual_hooks` or :func:`capture_residuals`). The reference
     it is tested against is ``induction_scan.ablated_later_loss`` (full passes).
     """
-    from .induction_scan import first_repeat_mean, later_repeat_mean, token_losses
-
     start = first_layer(heads)
     device = model.cfg.device
     later, first = [], []

@@ -38,6 +38,7 @@ from ..models.embedding import weight_inputs
 from ..models.fingerprint import cached_fingerprint, weights_version
 from ..models.inputs import TokenSequence
 from ..models.model import HeadscopeModel, as_model
+from ..progress import Progress
 from ..results.scan_result import InductionResult
 from ..scores import (
     CONTROL_DRAWS,
@@ -49,15 +50,15 @@ from ..scores import (
     reduce_qk,
     weight_scores,
 )
-from ..scores.layout import RepeatLayout, first_repeat_targets, later_repeat_targets
+from ..scores.layout import RepeatLayout
 from ..scores.reads import on_natural_text
 from ..tokens import token_text
-from ._progress import Progress
 from .ablation import ABLATIONS, Replacement, ablation_hooks, residual_hooks
 from .attention_sample import attention_sample
 from .causal import causal_check
-from .direct import DirectPass, Unembedding, target_groups, unembedding
+from .direct import DirectPass, Unembedding, unembedding
 from .fused import FusedUnsupported, fused_attention, fused_chunk_size_for, fused_unsupported_reason
+from .losses import first_repeat_mean, later_repeat_mean, token_losses
 from .sequences import RepeatedTokens, repeated_tokens
 
 DEFAULT_MEMORY_GB = 2.0
@@ -71,34 +72,6 @@ def chunk_size_for(n_tokens: int, n_heads: int, d_vocab: int, batch: int, max_me
     """
     per_seq = 4 * (3 * n_heads * n_tokens**2 + 2 * n_tokens * d_vocab)
     return max(1, min(batch, int(max_memory_gb * 2**30 // per_seq)))
-
-
-def token_losses(logits: torch.Tensor, tokens: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
-    """``[batch, n-1]`` cross-entropy of predicting token p+1 at position p, in position chunks."""
-    # logsumexp - gather over the contiguous vocab axis: 3x faster on CPU than cross_entropy,
-    # which wants the classes on axis 1 and so walks a transposed [batch, vocab, pos] view.
-    out = []
-    for p in range(0, tokens.shape[1] - 1, chunk):
-        lg = logits[:, p : min(p + chunk, tokens.shape[1] - 1)].float()
-        tg = tokens[:, p + 1 : p + 1 + lg.shape[1]]
-        out.append(torch.logsumexp(lg, dim=-1) - lg.gather(-1, tg[..., None])[..., 0])
-    return torch.cat(out, dim=1)
-
-
-def later_repeat_mean(per_position: torch.Tensor, layout: RepeatLayout) -> torch.Tensor:
-    """Mean of ``[..., n-1]`` per-position losses over the predictable targets in repeats 2..R.
-
-    The targets are :func:`~headscope.scores.layout.later_repeat_targets` (the first token of
-    repeat 2, which no context predicts, left out).
-    """
-    idx = torch.as_tensor(later_repeat_targets(layout), device=per_position.device)
-    return per_position.index_select(-1, idx).mean(-1)
-
-
-def first_repeat_mean(per_position: torch.Tensor, layout: RepeatLayout) -> torch.Tensor:
-    """Mean of ``[..., n-1]`` per-position losses over the targets in repeat 1."""
-    idx = torch.as_tensor(first_repeat_targets(layout), device=per_position.device)
-    return per_position.index_select(-1, idx).mean(-1)
 
 
 def weight_score_arrays(model: HeadscopeModel) -> dict[str, np.ndarray]:
@@ -195,7 +168,8 @@ def _weight_scores_on_disk(model: HeadscopeModel) -> tuple[dict[str, np.ndarray]
     import hashlib
     import json
 
-    from ..models.cache import cache_dir, write_text_atomic
+    from ..atomic import write_atomic
+    from ..models.cache import cache_dir
 
     decls = weight_scores()
     recipe = hashlib.sha256(json.dumps([[s.name, s.definition] for s in decls]).encode()).hexdigest()[:12]
@@ -222,13 +196,37 @@ def _weight_scores_on_disk(model: HeadscopeModel) -> tuple[dict[str, np.ndarray]
             notes[decl.name] = out.notes
     if path is not None:
         try:
-            write_text_atomic(
-                path,
-                json.dumps({"scores": {k: v.tolist() for k, v in scores.items()}, "notes": notes, "model": model.name}),
-            )
+            doc = {"scores": {k: v.tolist() for k, v in scores.items()}, "notes": notes, "model": model.name}
+            write_atomic(path, json.dumps(doc), parents=True)
         except OSError:
             pass  # an unwritable cache only costs the recomputation next time
     return scores, notes
+
+
+class _PassScores:
+    """The registry's pass scores: each head's direct logit effect (:class:`~headscope.scan.direct.DirectPass`,
+    hooks in the same pass) summed over the positions each score declares (``from_pass``)."""
+
+    def __init__(self, m: HeadscopeModel, layout: RepeatLayout):
+        self.groups = {s.name: s.from_pass(layout) for s in pass_scores() if s.from_pass is not None}
+        self.sums = {k: np.zeros((m.n_layers, m.n_heads)) for k in self.groups}
+        self.counts = dict.fromkeys(self.groups, 0)
+        if self.groups:
+            self.w, self.ue = direct_weights(m)
+
+    def start(self, m: HeadscopeModel, tokens: torch.Tensor) -> DirectPass | None:
+        """The hooks of one chunk's pass (None: no pass score is declared)."""
+        return DirectPass(m, tokens, self.w, self.ue, head_dtype=torch.float32) if self.groups else None
+
+    def add(self, heads: torch.Tensor | np.ndarray) -> None:
+        """Add one chunk's direct effects ``[batch, positions, L, H]``."""
+        for name, where in self.groups.items():
+            sel = heads[:, where]
+            self.sums[name] += sel.sum((0, 1))
+            self.counts[name] += sel.shape[0] * sel.shape[1]
+
+    def means(self) -> dict[str, np.ndarray]:
+        return {name: self.sums[name] / max(self.counts[name], 1) for name in self.sums}
 
 
 @torch.no_grad()
@@ -256,13 +254,7 @@ def score_pass(
     scores = [s for s in attention_scores() if not on_natural_text(s.reads)]  # natural text: kinds.sink
     sums = {s.name: torch.zeros(L, H) for s in scores}
     counts = dict.fromkeys(sums, 0)
-    # direct logit effects (scores with from_pass): reduced in the same pass by DirectPass's hooks
-    direct = {s.from_pass for s in pass_scores()}
-    if direct:
-        w, ue = direct_weights(m)
-        groups = dict(zip(("direct_logit_first", "direct_logit_later"), target_groups(layout)))
-        direct_sums = {k: np.zeros((L, H)) for k in groups if k in direct}
-        direct_counts = dict.fromkeys(direct_sums, 0)
+    direct = _PassScores(m, layout)
     loss_sum = torch.zeros(layout.n_tokens - 1)
     by_seq: dict[str, list[torch.Tensor]] = {"later": [], "first": []}
     z_sum: torch.Tensor | None = None
@@ -303,7 +295,7 @@ def score_pass(
         tokens = rt.tokens[start : start + chunk].to(m.device)
         for s in scores:
             prepared[s.name] = prepare(s.reads, tokens, layout, fused=route == "fused")  # type: ignore[arg-type]
-        run = DirectPass(m, tokens, w, ue, head_dtype=torch.float32) if direct else None
+        run = direct.start(m, tokens)
         routed = fused_attention(m, on_attention) if route == "fused" else contextlib.nullcontext()
         with routed:
             logits = m.run_with_hooks(tokens, fwd_hooks=hooks + (run.hooks if run else []), use_cache=False)
@@ -312,18 +304,13 @@ def score_pass(
         by_seq["later"].append(later_repeat_mean(per_seq, layout).cpu())
         by_seq["first"].append(first_repeat_mean(per_seq, layout).cpu())
         if run is not None:
-            heads = run.finish(logits).heads  # [B, P, L, H]
-            for name in direct_sums:
-                sel = heads[:, groups[name]]
-                direct_sums[name] += sel.sum((0, 1))
-                direct_counts[name] += sel.shape[0] * sel.shape[1]
+            direct.add(run.finish(logits).heads)
         z_count += tokens.shape[0] * tokens.shape[1]
         del logits
         if progress:
             progress.advance("scoring", tokens.shape[0])
     means = {name: (sums[name] / counts[name]).numpy() for name in sums}
-    if direct:
-        means.update({name: direct_sums[name] / max(direct_counts[name], 1) for name in direct_sums})
+    means.update(direct.means())
     z_mean = None if z_sum is None else z_sum / z_count
     residuals = {layer: torch.cat(v) for layer, v in store.items()}
     later_seq, first_seq = (torch.cat(by_seq[k]).double().numpy() for k in ("later", "first"))
@@ -369,6 +356,66 @@ def clamp_top(top_k: int, n_heads_total: int, ablate: bool) -> tuple[int, list[s
     return most, [f"--top {top_k} is more than this model's {n_heads_total} heads: using the top {most}{why}"]
 
 
+def _chunk_for(m: HeadscopeModel, route: str, layout: RepeatLayout, batch: int, budget: float) -> int:
+    """Sequences per forward pass on ``route`` within ``budget`` GiB."""
+    cfg = m.cfg
+    if route == "fused":
+        d_mlp = getattr(cfg, "d_mlp", None) or 4 * cfg.d_model
+        return fused_chunk_size_for(
+            layout.n_tokens, cfg.d_model, d_mlp, cfg.d_vocab, batch, budget, m.n_layers, m.n_heads
+        )
+    return chunk_size_for(layout.n_tokens, cfg.n_heads, cfg.d_vocab, batch, budget)
+
+
+def _run_settings(rt: RepeatedTokens) -> dict:
+    """What the sequences were: first token and length."""
+    lay = rt.layout
+    return {"bos": lay.bos, "bos_token_id": rt.bos_token_id, "bos_source": rt.bos_source, "n_tokens": lay.n_tokens}
+
+
+def _check_scan_args(ablate: bool, ablation: str, batch: int, controls: int, top_k: int) -> None:
+    """Every scan setting checked before anything runs."""
+    if ablation not in ABLATIONS:
+        raise BadInput(f"unknown ablation {ablation!r}", hint="use one of: " + ", ".join(ABLATIONS))
+    if ablate and ablation == "resample" and batch < 2:
+        raise BadInput(
+            "resample ablation takes each sequence's head output from another sequence", hint="use --batch 2 or more"
+        )
+    if controls < 1:
+        raise BadInput(f"controls must be at least 1 (got {controls})")
+    if top_k < 1:
+        raise BadInput(f"--top must be at least 1 (got {top_k})")
+
+
+def _causal_check(
+    m: HeadscopeModel,
+    rt: RepeatedTokens,
+    top: list[Head],
+    scan: ScanPass,
+    ablation: str,
+    chunk: int,
+    seed: int,
+    controls: int,
+    prog: Progress,
+) -> list[dict]:
+    """:func:`~.causal.causal_check` on the clean pass ``scan``, restarted from its residuals, one bar step each."""
+    prog.task("ablating", len(top) + 1 + controls)
+    return causal_check(
+        m,
+        rt,
+        top,
+        (scan.later_by_sequence, scan.first_by_sequence),
+        ablation=ablation,
+        z_mean=scan.z_mean,
+        residuals=scan.residuals,
+        chunk=chunk,
+        fused=scan.attention == "fused",
+        seed=seed,
+        controls=controls,
+        step=lambda: prog.advance("ablating"),
+    )
+
+
 def scan_induction(
     model,
     *,
@@ -409,30 +456,13 @@ def scan_induction(
     (2, ['induction', 'prefix_matching'], 13)
     """
     m = as_model(model)
-    if ablation not in ABLATIONS:
-        raise BadInput(f"unknown ablation {ablation!r}", hint="use one of: " + ", ".join(ABLATIONS))
-    if ablate and ablation == "resample" and batch < 2:
-        raise BadInput(
-            "resample ablation takes each sequence's head output from another sequence", hint="use --batch 2 or more"
-        )
-    if controls < 1:
-        raise BadInput(f"controls must be at least 1 (got {controls})")
-    if top_k < 1:
-        raise BadInput(f"--top must be at least 1 (got {top_k})")
+    _check_scan_args(ablate, ablation, batch, controls, top_k)
     route = attention_route(m, attention)
     cfg = m.cfg
     rt = repeated_tokens(m, seq_len=seq_len, batch=batch, repeats=repeats, seed=seed)
     layout = rt.layout
     budget = DEFAULT_MEMORY_GB if max_memory_gb is None else max_memory_gb
-    if chunk_size:
-        chunk = chunk_size
-    elif route == "fused":
-        d_mlp = getattr(cfg, "d_mlp", None) or 4 * cfg.d_model
-        chunk = fused_chunk_size_for(
-            layout.n_tokens, cfg.d_model, d_mlp, cfg.d_vocab, batch, budget, m.n_layers, m.n_heads
-        )
-    else:
-        chunk = chunk_size_for(layout.n_tokens, cfg.n_heads, cfg.d_vocab, batch, budget)
+    chunk = chunk_size or _chunk_for(m, route, layout, batch, budget)
     top_k, notes = clamp_top(top_k, m.n_layers * m.n_heads, ablate)
     # The causal check restarts at the first ablated layer from the clean residual there. Keep every
     # layer's residual from the clean pass when all of them take at most a quarter of the budget
@@ -457,22 +487,8 @@ def scan_induction(
         clean_later = float(later_repeat_mean(per_pos, layout))
         ablations: list[dict] = []
         if ablate:
-            prog.task("ablating", len(top) + 1 + controls)
             t0 = time.perf_counter()
-            ablations = causal_check(
-                m,
-                rt,
-                top,
-                (scan.later_by_sequence, scan.first_by_sequence),
-                ablation=ablation,
-                z_mean=scan.z_mean,
-                residuals=scan.residuals,
-                chunk=chunk,
-                fused=route == "fused",
-                seed=seed,
-                controls=controls,
-                step=lambda: prog.advance("ablating"),
-            )
+            ablations = _causal_check(m, rt, top, scan, ablation, chunk, seed, controls, prog)
             timings["ablation_s"] = time.perf_counter() - t0
         samples = []
         if sample:
@@ -481,21 +497,10 @@ def scan_induction(
     return InductionResult(
         model=m.info(),
         settings={
-            "seq_len": seq_len,
-            "batch": batch,
-            "repeats": repeats,
-            "seed": seed,
-            "top_k": top_k,
-            "bos": layout.bos,
-            "bos_token_id": rt.bos_token_id,
-            "bos_source": rt.bos_source,
-            "n_tokens": layout.n_tokens,
-            "ablation": ablation if ablate else None,
-            "controls": controls if ablate else None,
-            "chunk_size": chunk,
-            "max_memory_gb": budget,
-            "device": str(cfg.device),
-            "attention": route,
+            **{"seq_len": seq_len, "batch": batch, "repeats": repeats, "seed": seed, "top_k": top_k},
+            **_run_settings(rt),
+            **{"ablation": ablation if ablate else None, "controls": controls if ablate else None},
+            **{"chunk_size": chunk, "max_memory_gb": budget, "device": str(cfg.device), "attention": route},
             "weight_scores": m.cache.get("weight_notes", {}),
         },
         scores=result_scores,

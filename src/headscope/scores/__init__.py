@@ -19,10 +19,13 @@ from .registry import (
     pass_scores,
     role_scores,
     roles_legend,
+    roles_present,
     score,
     score_names,
+    weight_notes,
     weight_scores,
 )
+from .weight_score import WeightInputs, WeightScore
 
 __all__ = [
     "ABLATION_DEFINITION",
@@ -37,6 +40,8 @@ __all__ = [
     "SCORES",
     "Score",
     "Stripe",
+    "WeightInputs",
+    "WeightScore",
     "attention_scores",
     "default_thresholds",
     "definitions",
@@ -48,8 +53,10 @@ __all__ = [
     "reduce_qk",
     "role_scores",
     "roles_legend",
+    "roles_present",
     "score",
     "score_names",
     "ablation_verdict",
+    "weight_notes",
     "weight_scores",
 ]

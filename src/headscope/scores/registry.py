@@ -3,8 +3,11 @@
 A :class:`Score` says what a score is called (``name``, column ``header``, figure ``title``,
 ``label`` in prose), what it means (``definition``, ``source``), which role a head takes when it
 reaches ``threshold``, and how it is computed: from the attention of the repeated-token scan
-(``reads``: which pattern entries, see :mod:`.attention`) or from the weights (``from_weights``,
-once per model). The scan, the roles, the CLI table and legend, ``scores.json``'s
+(``reads``: which pattern entries, see :mod:`.reads`), from the weights (``from_weights``: maths
+``(HeadWeights, WeightInputs) -> WeightScore(values, notes)``, once per model, with
+``describe_notes`` saying in a sentence how it was computed) or from the direct-logit reduction of
+the scan's pass (``from_pass``: the scored positions it averages). Roles are filtered in one
+place, :func:`roles_present`. The scan, the roles, the CLI table and legend, ``scores.json``'s
 ``definitions``, the CSV, the report, the sweep and the docs' tables all iterate over
 :data:`SCORES`.
 
@@ -17,8 +20,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
+
 from ..folded_weights import HeadWeights
 from . import copy_suppression, copying, successor
+from .layout import RepeatLayout, first_repeat_targets, later_repeat_targets
 from .reads import Column, KeySet, Reads, Stripe, prefix_mask, prefix_pairs
 from .weight_score import WeightInputs, WeightScore
 
@@ -37,7 +43,11 @@ class Score:
     reads: Reads | None = None  # attention score: the pattern entries it averages
     # weight score: maths ``(weights, inputs) -> WeightScore(values [L, H], notes)``; once per model
     from_weights: Callable[[HeadWeights, WeightInputs], WeightScore] | None = None
-    from_pass: str | None = None  # a reduction of the scan's pass other than attention (headscope.scan.direct)
+    # pass score: the head's direct logit effect (headscope.scan.direct) averaged over the scored positions
+    # ``from_pass(layout)`` picks (position p predicts token p + 1)
+    from_pass: Callable[[RepeatLayout], np.ndarray] | None = None
+    # a weight score's notes (``WeightScore.notes``) in one sentence, for the page and the terminal
+    describe_notes: Callable[[dict], str] | None = None
     vmin: float | None = 0.0  # heatmap range; None: symmetric around 0, from the data
     vmax: float | None = 1.0
     in_table: bool = True  # a column of the terminal table of top heads
@@ -168,6 +178,7 @@ SCORES: tuple[Score, ...] = (
         source="Gould et al. 2023",
         threshold=0.5,
         from_weights=successor.successor_weight_score,
+        describe_notes=successor.describe_sets,
         in_table=False,
         embedding="mlp0",
     ),
@@ -198,7 +209,7 @@ SCORES: tuple[Score, ...] = (
             "direct logit attribution convention."
         ),
         source="Elhage et al. 2021; TransformerLens",
-        from_pass="direct_logit_later",
+        from_pass=later_repeat_targets,  # predictable targets in repeats 2..R
         vmin=None,
         vmax=None,
     ),
@@ -212,7 +223,7 @@ SCORES: tuple[Score, ...] = (
             "for the later-repeat effect."
         ),
         source="Elhage et al. 2021; TransformerLens",
-        from_pass="direct_logit_first",
+        from_pass=first_repeat_targets,  # targets in repeat 1
         vmin=None,
         vmax=None,
         in_table=False,
@@ -290,6 +301,22 @@ def pass_scores() -> list[Score]:
 def role_scores() -> list[Score]:
     """The scores that give a head a role (those with a threshold), in table order."""
     return [s for s in SCORES if s.threshold is not None]
+
+
+def roles_present(scores, thresholds) -> list[Score]:
+    """The role scores (those with a threshold) that ``scores`` holds and ``thresholds`` sets, in table order.
+
+    The one role filter: a result's roles, counts, tables and legend all read it.
+
+    >>> [s.name for s in roles_present({"induction": 0, "copying": 0}, {"induction": 0.4})]
+    ['induction']
+    """
+    return [s for s in role_scores() if s.name in scores and s.name in thresholds]
+
+
+def weight_notes(notes: dict[str, dict]) -> list[str]:
+    """The sentences the weight scores' ``describe_notes`` make of ``notes`` (``{score: WeightScore.notes}``)."""
+    return [s.describe_notes(notes[s.name]) for s in weight_scores() if s.describe_notes and notes.get(s.name)]
 
 
 def opposite_roles() -> list[tuple[Score, Score]]:

@@ -6,9 +6,9 @@
 >>> phase.window.before, phase.window.after    # doctest: +SKIP
 """
 
-from .analysis import PhaseAnalysis, analyse_run, save_phase
 from .data import CopyBatch, CopyRecipe, copy_batch
 from .phase import PhaseWindow, detect_phase_change
+from .phase_analysis import PhaseAnalysis, analyse_run, save_phase
 from .train import ToyConfig, ToyRun, build_model, build_tokenizer, train_toy
 
 __all__ = [

@@ -52,7 +52,7 @@ from ..errors import BadInput, OutputError, OutputExists
 from ..head_labels import head_label
 from ..jsonsafe import dumps
 from ..models.loading import quiet_progress
-from ..scan.induction_scan import first_repeat_mean, later_repeat_mean, token_losses
+from ..scan.losses import first_repeat_mean, later_repeat_mean, token_losses
 from ..scores import reduce_pattern
 from ..scores import score as declared
 from ..scores.layout import RepeatLayout

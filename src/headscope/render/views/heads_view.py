@@ -132,15 +132,8 @@ def print_heads(con, a: HeadsAnalysis) -> None:
         ((l, h, v),) = a.induction.top_heads(n, 1)
         c.add_row(declared(n).label, f"{a.thresholds[n]:g}", str(k), f"{head_label(l, h)} {v:.3f}")
     con.print(c)
-    succ = a.successor_sets()
-    if succ:
-        skipped = "; ".join(f"{k} ({v})" for k, v in succ.get("skipped", {}).items())
-        con.print(
-            f"Successor sets usable for this tokenizer: {', '.join(succ.get('sets', [])) or 'none'}"
-            + (f"; skipped: {skipped}" if skipped else ""),
-            highlight=False,
-            markup=False,
-        )
+    for line in a.weight_notes():
+        con.print(line, highlight=False, markup=False)
     if a.icl is not None:
         for line in describe_icl(a.icl):
             con.print(line, highlight=False, markup=False)

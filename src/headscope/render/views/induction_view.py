@@ -11,7 +11,15 @@ from rich.table import Table
 
 from ...head_labels import head_label
 from ...results.scan_result import InductionResult
-from ...scores import ABLATION_DEFINITION, LOSS_DEFINITION, SCORES, definitions, roles_legend
+from ...scores import (
+    ABLATION_DEFINITION,
+    LOSS_DEFINITION,
+    SCORES,
+    definitions,
+    roles_legend,
+    roles_present,
+    weight_notes,
+)
 from ...scores import score as declared
 from ..html import DECIMALS, esc, figure_html, fmt, kv_html, legend_html, page_asset, table_html, tabs_html
 from ..induction_figures import ablation_chart, loss_by_position, score_heatmap
@@ -123,9 +131,7 @@ def all_heads_html(res: InductionResult, table_id: str = "all-heads") -> str:
 def role_counts_html(res: InductionResult) -> str:
     """Per role of the registry: its threshold, how many heads take it (0 included) and the best head."""
     rows = []
-    for s in SCORES:
-        if s.threshold is None or s.name not in res.scores or s.name not in res.thresholds:
-            continue
+    for s in roles_present(res.scores, res.thresholds):
         t = res.thresholds[s.name]
         ((l, h, v),) = res.top_heads(s.name, 1)
         rows.append([s.label, t, int((res.scores[s.name] >= t).sum()), f"{head_label(l, h)} ({fmt(v)})"])
@@ -135,7 +141,7 @@ def role_counts_html(res: InductionResult) -> str:
 def role_table_html(res: InductionResult, table_id: str = "roles-table") -> str:
     """Every head with at least one role: its roles and every role score (held ones in bold), sortable."""
     roles = res.roles()
-    names = [s.name for s in SCORES if s.threshold is not None and s.name in res.scores and s.name in res.thresholds]
+    names = [s.name for s in roles_present(res.scores, res.thresholds)]
     rows = []
     for (l, h), held in sorted(roles.items()):
         cells = []
@@ -154,15 +160,7 @@ def roles_section_html(res: InductionResult) -> str:
     """The "Roles of every head" section: counts per role, the table, and when a head takes a role."""
     n = len(res.roles())
     L, H = res.scores["induction"].shape
-    succ = res.settings.get("weight_scores", {}).get("successor", {})
-    sets = ""
-    if succ:
-        skipped = "; ".join(f"{k}: {v}" for k, v in succ.get("skipped", {}).items())
-        sets = (
-            f"<p>Successor score's ordinal sets: {esc(', '.join(succ.get('sets', [])) or 'none')}"
-            + (f" (skipped: {esc(skipped)})" if skipped else "")
-            + ".</p>"
-        )
+    sets = "".join(f"<p>{esc(line)}</p>" for line in weight_notes(res.settings.get("weight_scores", {})))
     notes = res.role_notes()
     opposite = (
         "<p><b>Heads with two opposite roles</b>, and why:</p><ul>"

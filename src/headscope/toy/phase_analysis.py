@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import write_atomic
 from ..errors import BadInput
 from ..results.phase_change import PhaseAnalysis
 from .offsets import measure_checkpoints
@@ -101,10 +102,7 @@ def _composition(ckpts, cache_path: Path, log) -> tuple[dict[int, np.ndarray], f
         cell[np.isnan(grid)] = None  # JSON has no NaN
         cache.setdefault("k", {})[key] = cell.tolist()
         cache["baseline"] = baseline
-        cache_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_path.with_suffix(".partial")
-        tmp.write_text(json.dumps(cache))
-        os.replace(tmp, cache_path)
+        write_atomic(cache_path, json.dumps(cache), parents=True)
     return out, float(baseline)
 
 
