@@ -233,10 +233,10 @@ def _on_disk(m, tokens: torch.Tensor, threshold: float):
 
 
 def _write(path, out: SinkScores) -> None:
-    from ..models.cache import write_text_atomic
+    from ..atomic import write_atomic
 
     doc = {k: getattr(out, k).tolist() for k in ("sink", "alpha", "sink_rate")}
     try:
-        write_text_atomic(path, json.dumps({**doc, "n_sequences": out.n_sequences, "n_tokens": out.n_tokens}))
+        write_atomic(path, json.dumps({**doc, "n_sequences": out.n_sequences, "n_tokens": out.n_tokens}), parents=True)
     except OSError:
         pass  # an unwritable cache only costs the recomputation next time
