@@ -88,6 +88,34 @@ def _ablated_losses(
     return torch.cat(out)
 
 
+def _ablate_hook(layer: int, head: int, value):
+    """A ``hook_z`` hook that replaces ``head``'s output by ``value`` (None: zero)."""
+
+    def ablate(z, hook):
+        z = z.clone()
+        z[:, :, head, :] = 0.0 if value is None else value.to(z.device, z.dtype)
+        return z
+
+    return [(f"blocks.{layer}.attn.hook_z", ablate)]
+
+
+def _delta_entry(layer: int, head: int, lost: torch.Tensor, per_window: torch.Tensor) -> dict:
+    """One ablated head's entry: its score, the paired delta with SE and 95% interval, its two losses."""
+    ae, al = lost[:, 0], lost[:, 1]
+    score = al - ae
+    delta = score - per_window
+    return {
+        "layer": layer,
+        "head": head,
+        "icl_score": float(score.mean()),
+        "delta": float(delta.mean()),
+        "delta_stderr": _stderr(delta),
+        "delta_ci95": list(interval95(delta)),
+        "loss_early": float(ae.mean()),
+        "loss_late": float(al.mean()),
+    }
+
+
 def _stderr(x: torch.Tensor) -> float:
     return float(x.std(unbiased=True) / math.sqrt(len(x))) if len(x) > 1 else float("nan")
 
@@ -199,29 +227,10 @@ def icl_score(
     positions = [early + int(windows.bos) - 1, late + int(windows.bos) - 1]  # model positions predicting them
     for layer, head in heads:
         value = None if ablation == "zero" else (z_sum[layer] / n_z[0])[head]
-
-        def ablate(z, hook, head=head, value=value):
-            z = z.clone()
-            z[:, :, head, :] = 0.0 if value is None else value.to(z.device, z.dtype)
-            return z
-
-        hooks = [(f"blocks.{layer}.attn.hook_z", ablate)]
-        lost = _ablated_losses(model, windows, residuals[layer], layer, hooks, positions, chunk_size, attention)
-        ae, al = lost[:, 0], lost[:, 1]
-        score = al - ae
-        delta = score - per_window
-        result.ablations.append(
-            {
-                "layer": layer,
-                "head": head,
-                "icl_score": float(score.mean()),
-                "delta": float(delta.mean()),
-                "delta_stderr": _stderr(delta),
-                "delta_ci95": list(interval95(delta)),
-                "loss_early": float(ae.mean()),
-                "loss_late": float(al.mean()),
-            }
+        lost = _ablated_losses(
+            model, windows, residuals[layer], layer, _ablate_hook(layer, head, value), positions, chunk_size, attention
         )
+        result.ablations.append(_delta_entry(layer, head, lost, per_window))
     if heads:
         timings["icl_ablation_s"] = time.perf_counter() - t0
     return result
