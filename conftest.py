@@ -90,8 +90,8 @@ def tiny_llama(tiny_llama_dir):
 
 @pytest.fixture(scope="session")
 def smollm2():
-    """The real SmolLM2-135M weights (built-in default), loaded once per test session."""
-    return headscope.load_model("smollm2-135m", device="cpu")
+    """The built-in default: SmolLM2-135M-Instruct, dequantized from its Q4_1 GGUF, loaded once per test session."""
+    return headscope.load_model("smollm2-135m-instruct-q4", device="cpu")
 
 
 @pytest.fixture(autouse=True)

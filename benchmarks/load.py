@@ -59,7 +59,9 @@ def child(kind: str, model: str, device: str, threads: int, env: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="smollm2-135m", help="a built-in alias (its first load converts a GGUF)")
+    p.add_argument(
+        "--model", default="smollm2-135m-instruct-q4", help="a built-in alias (its first load converts a GGUF)"
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--cached-reps", type=int, default=3)

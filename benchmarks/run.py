@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sections", default="speed,load,memory")
     p.add_argument("--devices", default=None, help="cpu,cuda (default: cpu, plus cuda when available)")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads in every process")
-    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--model", default="smollm2-135m-instruct-q4")
     p.add_argument("--reps", type=int, default=5, help="interleaved speed rounds")
     p.add_argument("--tl-reps", type=int, default=5, help="rounds TransformerLens takes part in")
     p.add_argument("--long-seq-len", type=int, default=2048)

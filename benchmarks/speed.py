@@ -49,7 +49,7 @@ HEADS = ("previous_token_head", "duplicate_token_head", "induction_head")
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--model", default="smollm2-135m-instruct-q4")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--seq-len", type=int, default=50)

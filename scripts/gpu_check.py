@@ -103,7 +103,7 @@ def fused_ratios(model: str, device: str, reps: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--model", default="smollm2-135m-instruct-q4")
     p.add_argument("--device", default="cuda")
     p.add_argument("--device-map", default=None, help="e.g. auto: load with accelerate's device map instead")
     p.add_argument("--dtypes", default="float32,bfloat16")

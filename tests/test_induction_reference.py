@@ -75,7 +75,7 @@ def test_tiny_llama_gqa_scores_match_plain_transformers(tiny_llama, tiny_llama_d
 @pytest.mark.smollm2
 @ROUTES
 def test_smollm2_scores_match_plain_transformers(smollm2, attention):
-    model_dir = headscope.models.resolve_source("smollm2-135m").path
+    model_dir = headscope.models.resolve_source("smollm2-135m-instruct-q4").path
     means = check_against_reference(smollm2, model_dir, seq_len=12, batch=2, repeats=2, chunk=2, attention=attention)
     assert means["induction"].max() > 0.3  # real weights: some head already does induction
 

@@ -54,7 +54,14 @@ def test_result_round_trips_to_json_in_the_documented_shape(default_scan):
 
     doc = json.loads(default_scan.to_json())
     assert set(doc) >= {"model", "settings", "scores", "loss", "ablation", "heads"}
-    assert doc["model"] == {**doc["model"], "name": "smollm2-135m", "n_layers": 30, "n_heads": 9, "n_kv_heads": 3}
+    assert doc["model"] == {
+        **doc["model"],
+        "name": "smollm2-135m-instruct-q4",
+        "n_layers": 30,
+        "n_heads": 9,
+        "n_kv_heads": 3,
+    }
+    assert "Instruct" in doc["model"]["about"] and "Q4_1" in doc["model"]["about"]  # every output says what it is
     assert {k: doc["settings"][k] for k in ("seq_len", "batch", "repeats", "seed")} == {
         "seq_len": 50,
         "batch": 10,

@@ -229,19 +229,61 @@ def test_copy_suppression_matches_ranks_over_the_full_vocabulary(name, request):
     assert 0 < low.mean() < 1 and 0 < high.mean() < 1
 
 
-def test_sink_on_text_matches_hf_attentions(tiny_llama, tiny_llama_dir):
-    from transformers import AutoModelForCausalLM
-
-    res = SK.sink_scores_on_text(tiny_llama, n_tokens=24, n_sequences=3)
-    tokens = natural_windows(tiny_llama, window=23, max_windows=3).tokens
-    assert res.n_sequences == 3 and res.n_tokens == 24 and (tokens[:, 0] == 50256).all()
-    hf = AutoModelForCausalLM.from_pretrained(str(tiny_llama_dir), attn_implementation="eager")  # no bridge
+def _paper_alpha(hf, tokens: torch.Tensor) -> torch.Tensor:
+    """Gu et al.'s alpha_1 with plain transformers: ``[L, windows, H]``, the mean of A[:, 0] over every query."""
     with torch.no_grad():
         att = torch.stack(hf(tokens, output_attentions=True).attentions)  # [L, b, H, q, k]
-    np.testing.assert_allclose(res.sink, att[..., 1:, 0].mean(dim=(1, 3)).numpy(), atol=1e-6)
-    alpha = att[..., :, 0].mean(-1)  # [L, b, H]
+    return att[..., :, 0].mean(-1)
+
+
+def test_sink_role_matches_gu_et_al_computed_with_plain_transformers(tiny_llama, tiny_llama_dir, gpt2_tokenizer_dir):
+    # Issue 19.5: the role is alpha_1 on 64-token windows of natural text with only the prefix the
+    # model's own tokenizer adds (GPT-2's BPE adds none, so no BOS is prepended), threshold 0.3.
+    from pydoc_data.topics import topics
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    res = SK.sink_scores_on_text(tiny_llama, n_sequences=5)
+    windows, said = SK.paper_windows(tiny_llama, n_sequences=5)
+    tokens = windows.tokens
+    tok = AutoTokenizer.from_pretrained(str(gpt2_tokenizer_dir))
+    assert tok("x").input_ids == tok("x", add_special_tokens=False).input_ids  # the tokenizer adds nothing...
+    assert tokens.shape == (5, 64) and (tokens[:, 0] != 50256).all()  # ...so neither does headscope
+    assert "no BOS" in said and res.first_token == said
+    corpus = "\n\n".join(text for _, text in sorted(topics.items()))
+    assert all(tok.decode(w) in corpus for w in tokens.tolist())  # each window is a run of the natural text
+    hf = AutoModelForCausalLM.from_pretrained(str(tiny_llama_dir), attn_implementation="eager")  # no bridge
+    alpha = _paper_alpha(hf, tokens)
     np.testing.assert_allclose(res.alpha, alpha.mean(1).numpy(), atol=1e-6)
-    np.testing.assert_allclose(res.sink_rate, (alpha > 0.3).float().mean(1).numpy())
+    np.testing.assert_allclose(res.sink_rate, (alpha > 0.3).double().mean(1).numpy())
+    assert res.model_sink_rate == pytest.approx((alpha > 0.3).double().mean().item())
+    assert res.sink_head_fraction == pytest.approx((alpha.mean(1) > 0.3).double().mean().item())
+    with torch.no_grad():
+        att = torch.stack(hf(tokens, output_attentions=True).attentions)
+    np.testing.assert_allclose(res.sink, att[..., 1:, 0].mean(dim=(1, 3)).numpy(), atol=1e-6)
+
+
+def test_sink_role_is_the_registry_declaration_and_reads_back_from_the_disk_cache(tiny_llama, tmp_path, monkeypatch):
+    from headscope.pipeline.roles import analyze_heads
+    from headscope.scores import score
+    from headscope.scores.reads import on_natural_text
+
+    monkeypatch.setenv("HEADSCOPE_CACHE", str(tmp_path))
+    assert on_natural_text(score("attention_sink").reads) and score("attention_sink").threshold == 0.3
+    assert not on_natural_text(score("first_token_random").reads) and score("first_token_random").threshold is None
+    first = SK.sink_scores_on_text(tiny_llama, n_sequences=4, attention="eager")
+    assert "sink_text_cached" not in first.timings and list(tmp_path.glob("scores/sinks-*.json"))
+    again = SK.sink_scores_on_text(tiny_llama, n_sequences=4, attention="fused")
+    assert again.timings.get("sink_text_cached") == 1.0
+    np.testing.assert_allclose(again.alpha, first.alpha, atol=1e-9)
+    for p in tmp_path.glob("scores/sinks-*.json"):
+        p.unlink()
+    fused = SK.sink_scores_on_text(tiny_llama, n_sequences=4, attention="fused")  # the other route, computed
+    np.testing.assert_allclose(fused.alpha, first.alpha, atol=1e-5)
+    a = analyze_heads(tiny_llama, seq_len=6, batch=2, icl=False, sink_windows=4, progress=False)
+    np.testing.assert_allclose(a.induction.scores["attention_sink"], first.alpha, atol=1e-5)
+    assert "first_token_random" in a.induction.scores  # the scan's random-token reading: a column, no role
+    assert all("first_token_random" not in roles for roles in a.roles().values())
 
 
 # --- in-context learning -------------------------------------------------------------------
@@ -285,6 +327,24 @@ def test_icl_score_and_head_ablation_match_plain_hf(tiny_llama):
     assert entry["icl_score"] == pytest.approx((ablated[:, late] - ablated[:, early]).mean().item(), abs=1e-4)
     assert entry["delta"] == pytest.approx(entry["icl_score"] - res.icl_score, abs=1e-6)
     assert entry["delta"] != 0.0
+    # intervals: mean +- t(0.975, n-1) * SE over windows, the delta paired window by window (t(2) = 4.3027)
+    d = (ablated[:, late] - ablated[:, early]) - icl
+    for (lo, hi), x in ((res.icl_ci95, icl), (entry["delta_ci95"], d)):
+        half = 4.3027 * x.std(unbiased=True).item() / 3**0.5
+        assert (lo, hi) == pytest.approx((x.mean().item() - half, x.mean().item() + half), abs=1e-4)
+    assert entry["delta_stderr"] == pytest.approx(d.std(unbiased=True).item() / 3**0.5, abs=1e-5)
+
+
+def test_icl_fused_route_equals_eager_for_heads_in_two_layers(tiny_llama):
+    # The default route (fused kernel) against eager attention, ablated heads in two layers (each
+    # restarts at its own layer; the full-pass reference is the plain-HF test above).
+    kw = dict(heads=[(1, 2), (2, 0)], early=5, late=40, window=48, max_windows=4, chunk_size=3)
+    fast = icl_score(tiny_llama, **kw)
+    slow = icl_score(tiny_llama, attention="eager", **kw)
+    assert fast.icl_score == pytest.approx(slow.icl_score, abs=1e-5)
+    for a, b in zip(fast.ablations, slow.ablations, strict=True):
+        assert a["delta"] == pytest.approx(b["delta"], abs=1e-5) and a["delta"] != 0.0
+        assert a["delta_ci95"] == pytest.approx(b["delta_ci95"], abs=1e-4)
 
 
 def test_icl_rejects_positions_outside_the_window(tiny_llama):
@@ -388,7 +448,17 @@ def test_handmade_successor_head_maps_each_day_to_the_next(handmade):
 
 
 def test_handmade_sink_head_on_text(handmade):
-    res = SK.sink_scores_on_text(handmade, n_tokens=16, n_sequences=4)
+    # L1H1 attends to the <bos> token. Its tokenizer adds no BOS, so in Gu et al.'s setting the
+    # windows start with a word and the head is no sink there; a tokenizer that adds <bos> (the
+    # Llama case) puts it first, and then the head is a sink on every window.
+    import dataclasses
+
+    plain = SK.sink_scores_on_text(handmade, n_tokens=16, n_sequences=4)
+    assert handmade.first_token.own_prefix == () and plain.alpha[1, 1] < 0.3 and plain.sink_rate[1, 1] == 0.0
+    bos = handmade.first_token.id
+    adds_bos = dataclasses.replace(handmade, first_token=dataclasses.replace(handmade.first_token, own_prefix=(bos,)))
+    assert (SK.paper_windows(adds_bos, n_tokens=16, n_sequences=4)[0].tokens[:, 0] == bos).all()
+    res = SK.sink_scores_on_text(adds_bos, n_tokens=16, n_sequences=4)
     uniform = sum(1 / (q + 1) for q in range(1, 16)) / 15
     assert res.sink[1, 1] > 0.999 and res.alpha[1, 1] > 0.999 and res.sink_rate[1, 1] == 1.0
     for layer, head in [(0, 0), (0, 1), (1, 0)]:  # q = k = 0: uniform attention
@@ -445,7 +515,18 @@ def test_smollm2_copy_suppression_of_layer_24_matches_full_vocabulary_ranks(smol
 
 
 @pytest.mark.smollm2
-def test_smollm2_has_sink_heads_on_natural_text(smollm2):
-    res = SK.sink_scores_on_text(smollm2, n_sequences=4)
-    assert res.n_tokens == 64 and res.n_sequences == 4
+@torch.no_grad()
+def test_smollm2_sinks_match_plain_transformers_in_the_papers_setting(smollm2):
+    # SmolLM2's own tokenizer adds no <|im_start|>, so Gu et al.'s code feeds 64 text tokens: so does headscope.
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    res = SK.sink_scores_on_text(smollm2, n_sequences=6)
+    windows, _ = SK.paper_windows(smollm2, n_sequences=6)
+    tok = AutoTokenizer.from_pretrained(smollm2.source.path)
+    assert tok("x").input_ids == tok("x", add_special_tokens=False).input_ids
+    assert windows.tokens.shape == (6, 64) and (windows.tokens[:, 0] != tok.bos_token_id).all()
+    hf = AutoModelForCausalLM.from_pretrained(smollm2.source.path, attn_implementation="eager")
+    alpha = _paper_alpha(hf, windows.tokens)
+    np.testing.assert_allclose(res.alpha, alpha.mean(1).numpy(), atol=1e-4)
+    np.testing.assert_allclose(res.sink_rate, (alpha > 0.3).double().mean(1).numpy())
     assert len(res.sink_heads()) > 0  # Gu et al.: sinks are universal in trained LMs

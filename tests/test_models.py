@@ -24,7 +24,7 @@ from headscope.cli._common import STATE
 from headscope.errors import BadInput, HeadscopeError, ModelLoadError
 from headscope.models import builtin, cache, loading
 
-SMOL_GGUF = builtin.BUILTINS["smollm2-135m"].gguf_name
+SMOL_GGUF = builtin.BUILTINS["smollm2-135m-instruct-q4"].gguf_name
 
 
 def cache_entries(root: Path) -> list[str]:
@@ -104,7 +104,9 @@ def _case(name: str, tmp_path: Path, monkeypatch, request) -> Case:
             assert not bad.exists(), "a GGUF that failed its checksum must be removed"
             assert cache_entries(cache_root) == []
 
-        return Case("smollm2-135m", ModelLoadError, ["checksum mismatch", "corrupt or truncated", "removed"], after)
+        return Case(
+            "smollm2-135m-instruct-q4", ModelLoadError, ["checksum mismatch", "corrupt or truncated", "removed"], after
+        )
     if name == "user .gguf file of garbage bytes":
         bad = tmp_path / "garbage.gguf"
         bad.write_bytes(os.urandom(8192))
@@ -127,7 +129,9 @@ def _case(name: str, tmp_path: Path, monkeypatch, request) -> Case:
         blocker = tmp_path / "a-file"
         blocker.write_text("not a directory")
         monkeypatch.setenv("HEADSCOPE_CACHE", str(blocker / "cache"))
-        return Case("smollm2-135m", ModelLoadError, ["cannot write to the headscope cache", "HEADSCOPE_CACHE"])
+        return Case(
+            "smollm2-135m-instruct-q4", ModelLoadError, ["cannot write to the headscope cache", "HEADSCOPE_CACHE"]
+        )
     if name == "cache path is a regular file (user .gguf)":
         blocker = tmp_path / "a-file"
         blocker.write_text("not a directory")
@@ -408,14 +412,17 @@ def test_smollm2_has_30_layers_9_heads_and_3_kv_heads(smollm2):
 def test_smollm2_second_load_comes_from_the_cache(smollm2, monkeypatch):
     cached = Path(smollm2.source.path)
     assert (cached / "headscope.json").is_file() and (cached / "model.safetensors").is_file()
-    assert json.loads((cached / "headscope.json").read_text())["sha256"] == builtin.BUILTINS["smollm2-135m"].sha256
+    assert (
+        json.loads((cached / "headscope.json").read_text())["sha256"]
+        == builtin.BUILTINS["smollm2-135m-instruct-q4"].sha256
+    )
 
     def must_not_run(*a, **k):
         raise AssertionError("the second load must not fetch or convert again")
 
     monkeypatch.setattr(loading, "convert_gguf", must_not_run)
     monkeypatch.setattr(builtin, "fetch_gguf", must_not_run)
-    again = loading.resolve_source("smollm2-135m")
+    again = loading.resolve_source("smollm2-135m-instruct-q4")
     assert (again.kind, again.path) == ("builtin", str(cached))
 
 
@@ -430,7 +437,7 @@ def test_smollm2_predicts_ordinary_text(smollm2):
 
 @pytest.mark.smollm2
 def test_truncated_user_gguf_is_a_load_error(smollm2, fresh_cache, tmp_path):
-    real = builtin.fetch_gguf(builtin.BUILTINS["smollm2-135m"])
+    real = builtin.fetch_gguf(builtin.BUILTINS["smollm2-135m-instruct-q4"])
     cut = tmp_path / "cut.gguf"
     with open(real, "rb") as f:
         cut.write_bytes(f.read(5_000_000))  # the header parses, the tensor data runs out
@@ -442,7 +449,7 @@ def test_truncated_user_gguf_is_a_load_error(smollm2, fresh_cache, tmp_path):
 @pytest.mark.smollm2
 @pytest.mark.slow
 def test_user_gguf_loads_and_shows_dequantize_progress_only(smollm2, fresh_cache, capfd):
-    real = builtin.fetch_gguf(builtin.BUILTINS["smollm2-135m"])
+    real = builtin.fetch_gguf(builtin.BUILTINS["smollm2-135m-instruct-q4"])
     capfd.readouterr()
     model = headscope.load_model(str(real), device="cpu")
     err = capfd.readouterr().err
@@ -451,3 +458,29 @@ def test_user_gguf_loads_and_shows_dequantize_progress_only(smollm2, fresh_cache
     assert model.source.kind == "gguf"
     assert model.cfg.n_layers == 30
     assert [c["name"] for c in loading.list_cached()] == [Path(model.source.path).name]
+
+
+def test_old_alias_loads_the_renamed_model_from_the_folder_it_was_converted_into(fresh_cache, monkeypatch):
+    # Weights converted by an earlier version sit in models/smollm2-135m. Both names must find them
+    # without fetching or converting again; the old name says once what the model is now called,
+    # and the source (what every output's model name comes from) carries the new name.
+    from safetensors.torch import save_file
+
+    old = fresh_cache / "models" / "smollm2-135m"
+    old.mkdir(parents=True)
+    save_file({"w": torch.zeros(3)}, str(old / "model.safetensors"))
+    (old / "headscope.json").write_text(json.dumps({"alias": "smollm2-135m"}))
+
+    def must_not_run(*a, **k):
+        raise AssertionError("a converted folder must be used as it is")
+
+    monkeypatch.setattr(loading, "convert_gguf", must_not_run)
+    monkeypatch.setattr(builtin, "fetch_gguf", must_not_run)
+    said: list[str] = []
+    src = loading.resolve_source("smollm2-135m", log=said.append)
+    assert (src.name, src.kind, src.path) == ("smollm2-135m-instruct-q4", "builtin", str(old))
+    assert len(said) == 1 and "'smollm2-135m-instruct-q4'" in said[0] and "Q4_1" in said[0]
+    said.clear()
+    assert loading.resolve_source("smollm2-135m-instruct-q4", log=said.append) == src
+    assert said == []  # the new name says nothing
+    assert builtin.DEFAULT_MODEL == "smollm2-135m-instruct-q4"

@@ -68,7 +68,7 @@ def test_scores_from_half_precision_patterns_are_accumulated_in_float32(tiny_lla
 @pytest.mark.smollm2
 def test_bfloat16_smollm2_finds_the_same_induction_heads_as_float32(smollm2):
     fp32 = _scan(smollm2, seq_len=20, batch=3)
-    bf16 = _scan(headscope.load_model("smollm2-135m", device="cpu", dtype="bfloat16"), seq_len=20, batch=3)
+    bf16 = _scan(headscope.load_model("smollm2-135m-instruct-q4", device="cpu", dtype="bfloat16"), seq_len=20, batch=3)
     for name in ("induction", "prefix_matching", "previous_token", "duplicate_token"):
         assert np.abs(bf16.scores[name] - fp32.scores[name]).max() < 0.05, name
     assert [h[:2] for h in bf16.top_heads("induction", 3)] == [h[:2] for h in fp32.top_heads("induction", 3)]

@@ -77,7 +77,7 @@ def induction_cmd(
     duplicate-token attention in hooks; adds the copying score from the weights; ablates the top
     induction heads; writes scores.json, scores.csv and PNG figures to --out.
 
-    Example: headscope induction --model smollm2-135m --seq-len 50 --batch 10 --top 5
+    Example: headscope induction --model smollm2-135m-instruct-q4 --seq-len 50 --batch 10 --top 5
     """
     con, err = consoles(json_out)
     settings = scan_settings(
@@ -96,7 +96,7 @@ def induction_cmd(
     where = load_settings(model, device, device_map, dtype)
     with result_dir("induction", out, model, overwrite) as rd:
         m = load(err, where)
-        rep = build_report(m, texts, settings, qk=False, logits=False, builtin_texts=False, progress=True)
+        rep = build_report(m, texts, settings, qk=False, logits=False, builtin_texts=False, sinks=False, progress=True)
         res, views = rep.first(InductionResult), rep.first(AttentionViews)
         assert res is not None and views is not None  # build_report always scans
         samples = [x for i, x in enumerate(views.samples) if views.source(i) is not None]  # the texts' views

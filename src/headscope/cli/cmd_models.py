@@ -37,7 +37,7 @@ def models_cmd(json_out: JsonOpt = False, debug: DebugOpt = False) -> None:
     t.add_column("cached")
     names = {c["name"] for c in cached}
     for b in BUILTINS.values():
-        t.add_row(b.alias, b.description, "yes" if b.alias in names else "no (fetched on first use)")
+        t.add_row(b.alias, b.description, "yes" if b.folder in names else "no (fetched on first use)")
     out.print(t)
     c = Table(title=f"Cache: {cache_dir()}")
     c.add_column("name", style="bold")

@@ -104,7 +104,7 @@ def report_cmd(
     circuits), and a legend with every score's definition and source.
     It loads nothing from the network: send it to a colleague as it is.
 
-    Example: headscope report --model smollm2-135m --text "The cat sat. The cat sat." --out report.html
+    Example: headscope report --model smollm2-135m-instruct-q4 --text "The cat sat. The cat sat." --out report.html
     """
     con, err = consoles(json_out)
     settings = scan_settings(

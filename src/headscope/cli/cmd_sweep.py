@@ -147,7 +147,7 @@ def sweep_cmd(
 
       headscope sweep -m run/checkpoint-500 -m run/checkpoint-1000 -m run/checkpoint-1500
 
-      headscope sweep -m gpt2 -m gpt2-medium -m smollm2-135m --out family
+      headscope sweep -m gpt2 -m gpt2-medium -m smollm2-135m-instruct-q4 --out family
 
       headscope sweep -m EleutherAI/pythia-1b -r step1000,step2000 --executor ray --address auto
     """

@@ -214,17 +214,26 @@ def token_windows(
     return TokenWindows(tokens, window, bos_id is not None, sources, corpus, len(pieces), total, dropped)
 
 
-def natural_windows(model, files=None, window: int = 512, max_windows: int | None = None) -> TokenWindows:
-    """Windows of the user's ``files``, or of ``pydoc_data.topics`` when none are given."""
+_RULE = object()
+
+
+def natural_windows(
+    model, files=None, window: int = 512, max_windows: int | None = None, bos_id: int | None | object = _RULE
+) -> TokenWindows:
+    """Windows of the user's ``files``, or of ``pydoc_data.topics`` when none are given.
+
+    Each window starts with the model's first token (:class:`~headscope.models.model.FirstToken`)
+    unless ``bos_id`` names another (an id, or None for no prefix).
+    """
     from ..models.model import as_model
 
     docs = file_documents(files) if files else pydoc_topics()
     corpus = f"{len(docs)} files" if files else f"pydoc_data.topics ({len(docs)} topics, CPython's documentation)"
-    bos = as_model(model).first_token.id
+    bos = as_model(model).first_token.id if bos_id is _RULE else bos_id
     n_ctx = getattr(model.cfg, "n_ctx", None)
     if n_ctx is not None and window + (bos is not None) > n_ctx:
         raise BadInput(
             f"a window of {window} tokens does not fit the model's context of {n_ctx}",
             hint=f"use a window of at most {n_ctx - (bos is not None)} tokens",
         )
-    return token_windows(model.tokenizer, docs, window, bos, max_windows, corpus)
+    return token_windows(model.tokenizer, docs, window, bos, max_windows, corpus)  # type: ignore[arg-type]

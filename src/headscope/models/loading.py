@@ -1,7 +1,7 @@
 """One way to load a model: ``load_model(spec)`` for every source headscope understands.
 
 A *spec* is one of
-- a built-in alias (``smollm2-135m``, the offline default; see :mod:`.builtin`),
+- a built-in alias (``smollm2-135m-instruct-q4``, the offline default; see :mod:`.builtin`),
 - a path to a local model directory in the Hugging Face layout (``config.json``, weights,
   tokenizer files),
 - a path to a ``.gguf`` file (dequantized once and cached as safetensors),
@@ -153,8 +153,9 @@ def resolve_source(spec: str | os.PathLike, log: Log = lambda m: None) -> ModelS
     text = str(spec).strip()
     if not text:
         raise BadInput("empty model name", hint=f"try --model {builtin.DEFAULT_MODEL}")
-    if text in builtin.BUILTINS:
-        return ModelSource(text, "builtin", str(prepare_builtin(text, log=log)))
+    alias = builtin.canonical_alias(text, log=log)
+    if alias is not None:  # outputs carry the alias that says what the model is, whatever was typed
+        return ModelSource(alias, "builtin", str(prepare_builtin(alias, log=log)))
     path = _expand(text)
     if path.exists():
         if path.is_file():
@@ -177,7 +178,7 @@ def resolve_source(spec: str | os.PathLike, log: Log = lambda m: None) -> ModelS
     if _looks_like_path(text):
         raise BadInput(
             f"model path {text} does not exist",
-            hint="check the path; for the offline default use --model smollm2-135m; "
+            hint="check the path; for the offline default use --model smollm2-135m-instruct-q4; "
             "`headscope models` lists built-in models",
         )
     return ModelSource(text, "hub", text)
@@ -250,13 +251,13 @@ def _looks_like_path(text: str) -> bool:
 
 def prepare_builtin(alias: str, log: Log = lambda m: None) -> Path:
     """The cached safetensors directory for a built-in model, made on first use."""
-    model = builtin.BUILTINS[alias]
-    target = cache.cache_dir() / "models" / alias
+    model = builtin.BUILTINS[builtin.canonical_alias(alias, log=log) or alias]
+    target = cache.cache_dir() / "models" / model.folder
     if _is_converted(target):
         return target
     cache.ensure_writable(cache.cache_dir())
     gguf = builtin.fetch_gguf(model, log=log)
-    convert_gguf(gguf, target, log=log, extra={"alias": alias, "sha256": model.sha256})
+    convert_gguf(gguf, target, log=log, extra={"alias": model.alias, "sha256": model.sha256})
     return target
 
 
@@ -446,7 +447,7 @@ def check_hub_available(repo_id: str, revision: str | None = None) -> bool:
         raise ModelLoadError(
             f"cannot load {repo_id!r}: it is not a local path, it is not in the Hugging Face cache, "
             "and the Hugging Face hub is " + ("disabled (HF_HUB_OFFLINE=1)" if offline else "unreachable"),
-            hint="use the offline default (--model smollm2-135m), a local model directory or a "
+            hint="use the offline default (--model smollm2-135m-instruct-q4), a local model directory or a "
             ".gguf file; or run once where the hub is reachable to fill the cache",
         )
     return reachable
@@ -518,6 +519,7 @@ def _wrap(source: ModelSource, hf_model, tokenizer, device, dtype, device_map) -
     # TransformerLens sets a missing BOS token to EOS on the tokenizer; remember what the
     # model's own tokenizer said so the scans can state the choice.
     own_bos = (tokenizer.bos_token_id, tokenizer.eos_token_id)
+    own_prefix = tokenizer_prefix(tokenizer)
     kwargs: dict[str, Any] = {"hf_model": hf_model, "tokenizer": tokenizer, "dtype": dtype}
     if device_map is None:
         kwargs["device"] = device
@@ -535,7 +537,19 @@ def _wrap(source: ModelSource, hf_model, tokenizer, device, dtype, device_map) -
                 "`TransformerBridge.list_supported_models()`",
             ) from exc
     bridge.eval()
-    return HeadscopeModel(bridge, source, FirstToken.choose(*own_bos))
+    return HeadscopeModel(bridge, source, FirstToken.choose(*own_bos, own_prefix=own_prefix))
+
+
+def tokenizer_prefix(tokenizer) -> tuple[int, ...] | None:
+    """The ids ``tokenizer`` itself puts before a text (its special-token prefix), or None if it cannot say."""
+    try:
+        plain = list(tokenizer("a", add_special_tokens=False)["input_ids"])
+        full = list(tokenizer("a")["input_ids"])
+    except Exception:
+        return None
+    if not plain or full[len(full) - len(plain) :] != plain:
+        return None
+    return tuple(int(i) for i in full[: len(full) - len(plain)])
 
 
 def list_cached() -> list[dict[str, Any]]:

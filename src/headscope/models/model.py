@@ -40,14 +40,23 @@ class FirstToken:
 
     id: int | None
     source: str
+    #: the ids the model's own tokenizer puts before any text (read before TransformerLens makes it
+    #: prepend BOS): () for GPT-2 and SmolLM2, (BOS,) for Llama; None where it was not recorded
+    own_prefix: tuple[int, ...] | None = None
 
     @classmethod
-    def choose(cls, bos_id: int | None, eos_id: int | None) -> FirstToken:
+    def choose(cls, bos_id: int | None, eos_id: int | None, own_prefix: tuple[int, ...] | None = None) -> FirstToken:
         if bos_id is not None:
-            return cls(int(bos_id), "bos")
+            return cls(int(bos_id), "bos", own_prefix)
         if eos_id is not None:
-            return cls(int(eos_id), "eos (the tokenizer has no BOS token; EOS used instead, as TransformerLens does)")
-        return cls(None, "none (the tokenizer has neither BOS nor EOS; sequences start with their first token)")
+            return cls(
+                int(eos_id),
+                "eos (the tokenizer has no BOS token; EOS used instead, as TransformerLens does)",
+                own_prefix,
+            )
+        return cls(
+            None, "none (the tokenizer has neither BOS nor EOS; sequences start with their first token)", own_prefix
+        )
 
 
 @dataclass(eq=False)
@@ -94,15 +103,20 @@ class HeadscopeModel:
         return next(self.bridge.parameters()).device
 
     def info(self) -> dict[str, Any]:
-        """Name and shape, as results record them."""
+        """Name and shape, as results record them; a built-in model also says what it is (``about``)."""
+        from .builtin import BUILTINS
+
         cfg = self.bridge.cfg
-        return {
+        info: dict[str, Any] = {
             "name": self.name,
             "n_layers": self.n_layers,
             "n_heads": self.n_heads,
             "n_kv_heads": int(getattr(cfg, "n_key_value_heads", None) or cfg.n_heads),
             "d_vocab": cfg.d_vocab,
         }
+        if self.source.kind == "builtin" and self.name in BUILTINS:
+            info["about"] = BUILTINS[self.name].description
+        return info
 
     def __repr__(self) -> str:
         return f"HeadscopeModel({self.name!r}, {self.n_layers} layers x {self.n_heads} heads, {self.source.kind})"

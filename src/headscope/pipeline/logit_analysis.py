@@ -12,8 +12,9 @@ One run gathers, for one model:
   for the texts' tokens and any token asked for by name;
 
 and puts them side by side in each top induction head's **induction story**
-(:func:`headscope.logits.induction_stories`): previous-token head -> induction head -> logit of
-the copied token, every number from this one run.
+(:func:`headscope.logits.induction_stories`), every number from this one run: the direct logit
+effect (a centred logit) and the ablation Δloss (a cross-entropy) are stated with their units and
+never combined (see :mod:`headscope.logits.story`).
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ def build_report(
     qk_top: int = 3,
     logits: bool = True,
     builtin_texts: bool = True,
+    sinks: bool = True,
     progress: bool | None = None,
     log: Callable[[str], None] = lambda s: None,
     **keywords: Any,
@@ -44,7 +45,8 @@ def build_report(
     logit analysis (``logits``) reuses the scan (its direct effects and ablation) and the QK
     analysis's composition scores, and tells the story of the top ``qk_top`` induction heads. ``attention``: the
     scan's path (see :func:`~headscope.scan.scan_induction`); the attention views and the QK
-    analysis draw full patterns either way.
+    analysis draw full patterns either way. ``sinks``: read the attention-sink role in Gu et al.'s
+    setting (:func:`~headscope.pipeline.roles.add_sink_role`; cached on disk per model).
 
     >>> report = build_report(model, seq_len=8, batch=2, top_k=2, qk_top=1)
     >>> [anchor for anchor, _, _ in report.sections()][:3]
@@ -55,6 +57,11 @@ def build_report(
     seqs = texts_to_sequences(m, texts) if texts or builtin_texts else []
     res = scan_induction(m, st, progress=progress)
     heads = [(l, h) for l, h, _ in res.top_heads("induction", min(st.top_k, 6))]
+    if sinks:
+        from .roles import add_sink_role
+
+        log("attention sinks on natural text (Gu et al.'s setting)")
+        add_sink_role(m, res)
     if seqs:
         log("attention of the top heads on the texts")
     samples = [

@@ -1,12 +1,12 @@
 """Every kind of head at once: the role table of ``headscope heads``.
 
-One induction scan (repeated random tokens, one forward pass per chunk) gives every score of the
-registry (:data:`headscope.scores.SCORES`): the attention scores and the attention sink from the
-pass, the weight scores (copying, successor, copy suppression) from the weights, cached on disk.
-A head takes a role for each score that reaches its threshold. Two measurements on natural text
-may follow: Olsson et al.'s in-context learning score with each top induction head's ablation
-delta (:func:`headscope.kinds.icl_score`), and Gu et al.'s sink convention
-(:func:`headscope.kinds.sink_scores_on_text`). The scan's own causal check (ablations on repeated
+One induction scan (repeated random tokens, one forward pass per chunk) gives the registry's
+(:data:`headscope.scores.SCORES`) attention scores from the pass and the weight scores (copying,
+successor, copy suppression) from the weights, cached on disk. The attention-sink role is read
+in Gu et al.'s setting, on natural text (:func:`headscope.kinds.sink_scores_on_text`: 100 windows
+of 64 tokens, cached on disk), and joins the scan's scores. A head takes a role for each score
+that reaches its threshold. Olsson et al.'s in-context learning score with each top induction
+head's ablation delta (:func:`headscope.kinds.icl_score`) follows. The scan's own causal check (ablations on repeated
 tokens) is left to ``headscope induction``: here the causal check is the ICL one.
 """
 
@@ -19,22 +19,23 @@ from typing import Any
 
 from ..head_labels import head_label
 from ..head_labels import top_k as top_k_heads
-from ..kinds.icl import icl_score
-from ..kinds.sink import sink_scores_on_text
+from ..kinds.icl import ICL_DEFAULT_WINDOWS, icl_score
+from ..kinds.sink import SinkScores, sink_scores_on_text
 from ..models.model import as_model
 from ..results.heads_analysis import HeadsAnalysis
 from ..scan import scan_induction
 from ..settings import ScanSettings
 
-#: Natural-text windows of the ICL check by default: the clean pass plus one ablated pass per top
-#: head (3 by default) costs about 4 x 8 x 5.5 s = 3 minutes for SmolLM2 on 2 CPU cores.
-ICL_WINDOWS = 8
+#: Natural-text windows of the ICL check by default: enough for a standard error of about 0.3 nats
+#: (kinds.icl); the ablated passes restart at the ablated layer and read two positions.
+ICL_WINDOWS = ICL_DEFAULT_WINDOWS
 #: Heads whose ICL ablation delta is measured by default (the top induction heads).
 ICL_TOP = 3
 #: Olsson et al.'s positions and headscope's window (kinds.icl's defaults).
 ICL_LATE, ICL_WINDOW = 500, 512
 #: Gu et al.'s setting: windows of 64 tokens of natural text.
 SINK_WINDOWS = 100
+SINK_ROLE = "attention_sink"
 
 
 def analyze_heads(
@@ -44,7 +45,7 @@ def analyze_heads(
     icl: bool = True,
     icl_top: int = ICL_TOP,
     icl_windows: int | None = ICL_WINDOWS,
-    natural_sinks: bool = False,
+    natural_sinks: bool = True,
     sink_windows: int = SINK_WINDOWS,
     files=None,
     progress: bool | None = None,
@@ -89,11 +90,24 @@ def analyze_heads(
         out.icl = icl_score(m, files, heads=heads, ablation=st.ablation, window=window, max_windows=icl_windows)
         timings["icl_s"] = time.perf_counter() - t0
     if natural_sinks:
-        log("attention sinks on natural text (Gu et al.'s convention)")
+        log("attention sinks on natural text (Gu et al.'s setting)")
         t0 = time.perf_counter()
-        out.natural_sinks = sink_scores_on_text(m, files, n_sequences=sink_windows)
+        out.natural_sinks = add_sink_role(m, res, files, sink_windows)
         timings["natural_sinks_s"] = time.perf_counter() - t0
+    else:
+        out.notes.append("attention-sink role not measured (--no-natural-sinks): no head takes it")
     return out
+
+
+def add_sink_role(model, res, files=None, windows: int = SINK_WINDOWS) -> SinkScores:
+    """Gu et al.'s alpha_1 on natural text (:func:`~headscope.kinds.sink_scores_on_text`) as the scan's attention-sink score.
+
+    The registry declares ``attention_sink`` on natural text, so the scan leaves it out; this
+    puts it beside the scan's scores, where the roles, tables, JSON and page read it.
+    """
+    sinks = sink_scores_on_text(model, files, n_sequences=windows)
+    res.scores[SINK_ROLE] = sinks.alpha
+    return sinks
 
 
 def icl_window(model) -> int | None:

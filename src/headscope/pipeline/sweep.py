@@ -122,9 +122,12 @@ def plan_sweep(models: list[str], revisions: list[str] | None = None) -> list[Sw
     models = [m for m in (str(m).strip() for m in models) if m]
     revisions = [r for r in (str(r).strip() for r in (revisions or [])) if r]
     if not models:
-        raise BadInput("a sweep needs at least one --model", hint="e.g. --model smollm2-135m --model ./my-model")
+        raise BadInput(
+            "a sweep needs at least one --model", hint="e.g. --model smollm2-135m-instruct-q4 --model ./my-model"
+        )
     entries: list[SweepEntry] = []
     for model in models:
+        model = builtin.canonical_alias(model, log=lambda m: None) or model  # the name that says what it is
         local = _is_local(model) or model in builtin.BUILTINS
         if revisions and local:
             raise BadInput(

@@ -129,6 +129,8 @@ def model_info(model, norm: str) -> dict:
         "positions": getattr(cfg, "positional_embedding_type", "standard"),
         "norm": norm,
     }
+    if "about" in as_model(model).info():
+        info["about"] = as_model(model).info()["about"]
     if rotary.is_rotary(model):
         info["rope_theta"] = rotary.rope_theta(model)
     return info

@@ -28,7 +28,8 @@ class HeadsAnalysis(Result):
     ``induction`` holds the scores (``scores[name]`` is ``[n_layers, n_heads]``), thresholds and
     settings (``settings["weight_scores"]`` says which successor sets the tokenizer had); ``icl``
     the ICL score on natural text with one entry per ablated head (None with ``icl=False``);
-    ``natural_sinks`` Gu et al.'s sink scores on natural text (None unless asked).
+    ``natural_sinks`` Gu et al.'s sink scores on natural text, whose ``alpha`` is the attention-sink
+    role's score (None with ``natural_sinks=False``: then no head takes that role).
     """
 
     induction: InductionResult
@@ -85,7 +86,7 @@ class HeadsAnalysis(Result):
         if self.icl is not None:
             out["in-context learning"] = ICL_DEFINITION
         if self.natural_sinks is not None:
-            out["sink on natural text"] = declared("attention_sink").definition + " " + SINK_DEFINITIONS["sink_rate"]
+            out["sink rate"] = SINK_DEFINITIONS["sink_rate"]
         out["roles"] = roles_legend(self.thresholds)
         return out
 
@@ -93,10 +94,8 @@ class HeadsAnalysis(Result):
         """One row per head: layer, head, label, every score, roles; natural-text sinks and ICL delta when measured."""
         frame = self.induction.to_frame()
         frame.insert(2, "label", [head_label(l, h) for l, h in zip(frame["layer"], frame["head"], strict=True)])
-        if self.natural_sinks is not None:
-            frame["natural_sink"] = self.natural_sinks.sink.ravel().astype(float)
-            frame["natural_alpha"] = self.natural_sinks.alpha.ravel().astype(float)
-            frame["natural_sink_rate"] = self.natural_sinks.sink_rate.ravel().astype(float)
+        if self.natural_sinks is not None:  # alpha_1 is the attention_sink column already
+            frame["sink_rate"] = self.natural_sinks.sink_rate.ravel().astype(float)
         if self.icl is not None and self.icl.ablations:
             delta = {(e["layer"], e["head"]): e["delta"] for e in self.icl.ablations}
             frame["icl_delta"] = [delta.get((l, h), np.nan) for l, h in zip(frame["layer"], frame["head"], strict=True)]

@@ -16,7 +16,8 @@ from .base import Result, rounded
 DEFINITION = (
     "In-context learning score: loss (nats) at document token 500 minus loss at token 50 (counting from 0, i.e. with "
     "500 and 50 tokens of context), averaged over windows of natural text; negative = later tokens are predicted "
-    "better. Source: Olsson et al. 2022. Per head: the change of that score when the head's hook_z is mean-ablated."
+    "better. Source: Olsson et al. 2022. Per head: the change of that score when the head's hook_z is mean-ablated. "
+    "Each comes with its standard error over windows and a 95% interval (Student t; deltas paired by window)."
 )
 
 
@@ -36,12 +37,14 @@ class ICLResult(Result):
     ablation_kind: str | None
     ablations: list[dict] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    icl_ci95: tuple[float, float] = (float("nan"), float("nan"))  # 95% interval of icl_score (issue 19.10)
 
     def to_dict(self) -> dict:
         return {
             "definition": DEFINITION,
             "icl_score": self.icl_score,
             "icl_stderr": self.icl_stderr,
+            "icl_ci95": list(self.icl_ci95),
             "loss_early": self.loss_early,
             "loss_late": self.loss_late,
             "early": self.early,

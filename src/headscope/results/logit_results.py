@@ -302,13 +302,14 @@ class OVRows(Result):
 
 
 STORY_DEFINITION = (
-    "One induction head's mechanism, every number from the same run: its strongest K-composition sources "
-    "(Elhage et al. 2021; score minus the random baseline) with their previous-token scores (the head that tells "
-    "each position which token came before it), its induction score (attention to the token after the earlier "
-    "copy), its OV copying score and the median self-rank of source tokens in its OV rows (does what it reads get "
-    "written back?), its direct logit effect on first- and later-repeat targets (does it raise the copied token "
-    "itself?) and its ablation Δloss (how much the model needs it). A small direct effect with a large ablation "
-    "cost means it works through later components."
+    "The numbers measured about one induction head, every one from the same run: its strongest K-composition "
+    "sources (Elhage et al. 2021; score minus the random baseline) with their previous-token scores, its induction "
+    "score (attention to the token after the earlier copy), its OV copying score and the median self-rank of source "
+    "tokens in its OV rows, its direct logit effect on first- and later-repeat targets (a centred logit, logit "
+    "units: what the head itself writes into the unembedding for the target) and its ablation Δloss (a change in "
+    "cross-entropy, nats: the later-repeat loss with the head's output mean-ablated minus the clean loss). The "
+    "last two are different quantities in different units and are shown side by side, not compared; no path "
+    "through later components was measured."
 )
 
 
@@ -325,7 +326,7 @@ def logit_definitions() -> dict[str, str]:
 
 @dataclass
 class InductionStory:
-    """One head's mechanism in numbers; fields are None where that input was not given."""
+    """The numbers measured about one head; fields are None where that input was not given."""
 
     layer: int
     head: int
@@ -336,9 +337,9 @@ class InductionStory:
     copying: float | None = None  # OV eigenvalue positivity, -1..1
     self_rank_median: float | None = None  # median self-rank over the OV source tokens given
     copies_fraction: float | None = None  # fraction of those tokens with self-rank 1
-    dla_first: float | None = None  # mean direct logit effect on first-repeat targets
-    dla_later: float | None = None  # ... on later-repeat (copied) targets
-    ablation_delta_loss: float | None = None  # rise in later-repeat loss when ablated alone
+    dla_first: float | None = None  # mean direct logit effect on first-repeat targets (centred logit)
+    dla_later: float | None = None  # ... on later-repeat (copied) targets (centred logit)
+    ablation_delta_loss: float | None = None  # change in later-repeat cross-entropy (nats) when ablated alone
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -454,7 +455,7 @@ class LogitAnalysis(Result):
         return int(np.argmin(self.ov[head].self_rank))
 
     def findings(self) -> list[str]:
-        """Plain sentences: each top induction head's mechanism, from the story numbers."""
+        """Plain sentences: each top induction head's story numbers, each with its unit (no mechanism inferred)."""
         out = []
         for s in self.stories.stories:
             parts = [f"{s.label} (induction {s.induction:.2f})"]
@@ -487,9 +488,15 @@ class LogitAnalysis(Result):
                     )
                 )
             if s.dla_later is not None and s.dla_first is not None:
-                parts.append(f"direct effect on the copied token {s.dla_later:+.3f} (first repeat {s.dla_first:+.3f})")
+                parts.append(
+                    f"direct logit effect on the copied token {s.dla_later:+.3f} (centred logit; first repeat "
+                    f"{s.dla_first:+.3f})"
+                )
             if s.ablation_delta_loss is not None:
-                parts.append(f"ablating it changes the later-repeat loss by {s.ablation_delta_loss:+.3f} nats")
+                parts.append(
+                    f"ablating it changes the later-repeat cross-entropy by {s.ablation_delta_loss:+.3f} nats "
+                    "(a loss, not a logit: not comparable with the direct effect)"
+                )
             out.append("; ".join(parts))
         later = self.scan.scores.get("direct_logit_later")
         if later is not None and self.stories.stories:

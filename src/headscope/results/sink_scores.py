@@ -16,15 +16,20 @@ from .base import Result
 
 DEFINITIONS = {
     "sink_rate": (
-        "Fraction of sequences on which the head's alpha_1 (mean attention to the first token over all T queries, "
+        "Fraction of windows on which the head's alpha_1 (mean attention to the first token over all T queries, "
         "its own included) exceeds 0.3; its mean over heads is Gu et al. 2024's Sink_1^0.3."
     ),
+    "sink": "Mean attention to the first token over the queries after it (query 0 left out), on the same windows.",
 }
 
 
 @dataclass
 class SinkScores(Result):
-    """Sink scores on natural text: ``sink``, ``alpha``, ``sink_rate`` are ``[n_layers, n_heads]``."""
+    """Sink scores on natural text: ``sink``, ``alpha``, ``sink_rate`` are ``[n_layers, n_heads]``.
+
+    ``alpha`` is the attention-sink role's score (the registry's ``attention_sink``);
+    ``first_token`` says what the windows start with.
+    """
 
     sink: np.ndarray
     alpha: np.ndarray
@@ -34,11 +39,17 @@ class SinkScores(Result):
     n_tokens: int
     source: str
     timings: dict[str, float] = field(default_factory=dict)
+    first_token: str = ""
 
     @property
     def model_sink_rate(self) -> float:
         """Gu et al.'s Sink_1^epsilon: fraction of (sequence, head) pairs above the threshold."""
         return float(self.sink_rate.mean())
+
+    @property
+    def sink_head_fraction(self) -> float:
+        """Fraction of heads whose mean alpha_1 exceeds the threshold (the heads that take the role, above it)."""
+        return float((self.alpha > self.threshold).mean())
 
     def sink_heads(self) -> list[tuple[int, int, float]]:
         """Heads whose mean alpha_1 exceeds the threshold, strongest first: ``[(layer, head, alpha), ...]``."""
@@ -47,12 +58,14 @@ class SinkScores(Result):
 
     def to_dict(self) -> dict:
         return {
-            "definition": {"sink": declared("attention_sink").definition, **DEFINITIONS},
+            "definition": {"alpha": declared("attention_sink").definition, **DEFINITIONS},
             "threshold": self.threshold,
             "n_sequences": self.n_sequences,
             "n_tokens": self.n_tokens,
             "source": self.source,
+            "first_token": self.first_token,
             "model_sink_rate": self.model_sink_rate,
+            "sink_head_fraction": self.sink_head_fraction,
             "sink": self.sink.tolist(),
             "alpha": self.alpha.tolist(),
             "sink_rate": self.sink_rate.tolist(),

@@ -50,6 +50,7 @@ from ..scores import (
     weight_scores,
 )
 from ..scores.layout import RepeatLayout
+from ..scores.reads import on_natural_text
 from ..settings import ATTENTION_MODES, ScanSettings
 from ..tokens import token_text
 from .ablation import Replacement, ablation_hooks, residual_hooks
@@ -245,7 +246,7 @@ def score_pass(
     route = attention_route(m, attention)
     L, H = m.n_layers, m.n_heads
     layout = rt.layout
-    scores = attention_scores()
+    scores = [s for s in attention_scores() if not on_natural_text(s.reads)]  # natural text: kinds.sink
     sums = {s.name: torch.zeros(L, H) for s in scores}
     counts = dict.fromkeys(sums, 0)
     direct = _PassScores(m, layout)

@@ -40,11 +40,22 @@ class Stripe:
 
 @dataclass(frozen=True)
 class Column:
-    """``A[i, key]`` for queries ``i`` in ``[start, end)``: attention to one fixed position."""
+    """``A[i, key]`` for queries ``i`` in ``[start, end)``: attention to one fixed position.
+
+    ``text`` says which sequences it is read on: ``"repeated"`` (the scan's repeated random
+    tokens) or ``"natural"`` (windows of natural text, read by :mod:`headscope.kinds.sink`
+    with a one-repeat layout whose ``n_tokens`` is the window length; the scan skips it).
+    """
 
     key: int
     start: Callable[[RepeatLayout], int]
     end: Callable[[RepeatLayout], int] = lambda lay: lay.n_tokens
+    text: str = "repeated"
+
+
+def on_natural_text(reads: Reads | None) -> bool:
+    """Whether a declaration is read on natural-text windows rather than on the scan's repeated tokens."""
+    return getattr(reads, "text", "repeated") == "natural"
 
 
 @dataclass(frozen=True)

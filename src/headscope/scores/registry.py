@@ -141,15 +141,31 @@ SCORES: tuple[Score, ...] = (
         name="attention_sink",
         header="sink",
         label="attention-sink",
-        title="Attention-sink score (attention to the first token)",
+        title="Attention-sink score alpha_1 on natural text (Gu et al. 2024)",
         definition=(
-            "Mean attention to the first token (position 0: BOS where the model has one) from every query after it, "
-            "averaged over sequences. A head is a sink head above 0.3, the threshold of Gu et al. 2024 "
-            '("When Attention Sink Emerges in Language Models", arXiv 2410.10781), who average alpha_1 over all '
-            "T queries of 64-token natural text (headscope heads --natural-sinks reports that convention too)."
+            'alpha_1 of Gu et al. 2024 ("When Attention Sink Emerges in Language Models", arXiv 2410.10781): the '
+            "mean attention to the first token over every query of a 64-token window of natural text, its own query "
+            "included, averaged over 100 windows of CPython's pydoc_data.topics (or --file). The first token is what "
+            "the model's own tokenizer puts first, as the paper's code does: its BOS where it adds one, else the "
+            "window's first text token (no BOS prepended). A head is a sink head above 0.3, the paper's threshold; "
+            "the sink rate (Sink_1^0.3) is the fraction of heads above it."
         ),
         source="Gu et al. 2024",
         threshold=0.3,
+        reads=Column(key=0, start=lambda lay: 0, text="natural"),
+        in_table=False,
+    ),
+    Score(
+        name="first_token_random",
+        header="1st",
+        label="first-token attention on random tokens",
+        title="Attention to the first token on the scan's repeated random tokens (no role)",
+        definition=(
+            "Mean attention to position 0 of the scan's sequences (the first token headscope puts in front of "
+            "repeated random tokens: BOS, else EOS) from every query after it, averaged over sequences. Not Gu et "
+            "al.'s setting (random tokens, a special token first), so it gives no role: attention_sink does."
+        ),
+        source="headscope",
         reads=Column(key=0, start=lambda lay: 1),
         in_table=False,
     ),

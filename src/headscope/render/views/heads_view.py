@@ -24,7 +24,8 @@ def icl_html(icl) -> str:
     head = (
         f"<p>In-context learning score (Olsson et al. 2022): <b>{esc(fmt(icl.icl_score, signed=True))}</b> nats "
         f"(loss at token {icl.late} {esc(fmt(icl.loss_late))} minus token {icl.early} {esc(fmt(icl.loss_early))}; "
-        f"standard error {esc(fmt(icl.icl_stderr))}) on {esc(icl.source)}.</p>"
+        f"standard error {esc(fmt(icl.icl_stderr))}, 95% interval "
+        f"[{esc(fmt(icl.icl_ci95[0], signed=True))}, {esc(fmt(icl.icl_ci95[1], signed=True))}]) on {esc(icl.source)}.</p>"
     )
     if not icl.ablations:
         return head
@@ -33,6 +34,7 @@ def icl_html(icl) -> str:
             head_label(e["layer"], e["head"]),
             round(e["delta"], DECIMALS),
             round(e["delta_stderr"], DECIMALS),
+            "[{:+.3f}, {:+.3f}]".format(*e.get("delta_ci95", (float("nan"), float("nan")))),
             round(e["icl_score"], DECIMALS),
         ]
         for e in icl.ablations
@@ -40,7 +42,7 @@ def icl_html(icl) -> str:
     return head + (
         f"<p>{esc(icl.ablation_kind)} ablation of each top induction head's hook_z; Δ = ablated − clean, "
         "positive when the head helps the model learn from its context.</p>"
-        + table_html(["head", "Δ ICL score", "SE of Δ", "ICL score ablated"], rows, sortable=True)
+        + table_html(["head", "Δ ICL score", "SE of Δ", "95% interval of Δ", "ICL score ablated"], rows, sortable=True)
     )
 
 
@@ -55,10 +57,12 @@ def heads_sections(a) -> list[tuple[str, str, str]]:
         out.append(
             (
                 "natural-sinks",
-                "Attention sinks on natural text (Gu et al.'s convention)",
-                f"<p>{esc(ns.source)}: Sink<sub>1</sub><sup>{esc(ns.threshold)}</sup> = "
-                f"{esc(fmt(ns.model_sink_rate))}; {len(ns.sink_heads())} heads with mean alpha_1 &gt; "
-                f"{esc(ns.threshold)}; strongest: {esc(best or 'none')}.</p>",
+                "Attention sinks in Gu et al. 2024's setting (the attention-sink role)",
+                f"<p>{esc(ns.source)}; first token: {esc(ns.first_token)}. {len(ns.sink_heads())} heads "
+                f"({esc(f'{ns.sink_head_fraction:.1%}')} of heads) have mean alpha_1 &gt; {esc(ns.threshold)}; "
+                f"sink rate Sink<sub>1</sub><sup>{esc(ns.threshold)}</sup> = {esc(f'{ns.model_sink_rate:.1%}')} of "
+                f"(window, head) pairs; strongest: {esc(best or 'none')}. The scan's attention to the first "
+                "of its random tokens is the column first_token_random (no role).</p>",
             )
         )
     return out
@@ -73,22 +77,25 @@ def heads_html(a) -> str:
 
 
 def describe_icl(icl: ICLResult) -> list[str]:
-    """Plain sentences: the ICL score and each ablated head's delta with its standard error."""
+    """Plain sentences: the ICL score and each ablated head's delta, each with its SE and 95% interval."""
+    lo, hi = icl.icl_ci95
     lines = [
-        f"In-context learning score: {icl.icl_score:+.3f} nats (loss at token {icl.late} {icl.loss_late:.2f} "
-        f"minus token {icl.early} {icl.loss_early:.2f}; SE {icl.icl_stderr:.3f}) on {icl.source}"
+        f"In-context learning score: {icl.icl_score:+.3f} nats (SE {icl.icl_stderr:.3f}, 95% interval "
+        f"[{lo:+.3f}, {hi:+.3f}]; loss at token {icl.late} {icl.loss_late:.2f} minus token {icl.early} "
+        f"{icl.loss_early:.2f}) on {icl.source}"
     ]
     for e in icl.ablations:
         d, se = e["delta"], e["delta_stderr"]
-        clear = se == se and abs(d) > 2 * se  # se is nan with one window
+        a, b = e.get("delta_ci95", (float("nan"), float("nan")))
         lines.append(
-            f"  {head_label(e['layer'], e['head'])} {icl.ablation_kind}-ablated: Δ {d:+.3f} (SE {se:.3f})"
+            f"  {head_label(e['layer'], e['head'])} {icl.ablation_kind}-ablated: Δ {d:+.3f} (SE {se:.3f}, 95% "
+            f"interval [{a:+.3f}, {b:+.3f}])"
             + (
-                " - weakens in-context learning on these windows (> 2 SE)"
-                if clear and d > 0
-                else " - strengthens it on these windows (> 2 SE)"
-                if clear
-                else " - within noise (< 2 SE)"
+                " - raises the score on these windows (interval above 0: weaker in-context learning)"
+                if a > 0
+                else " - lowers it on these windows (interval below 0)"
+                if b < 0
+                else " - the interval includes 0"
             )
         )
     return lines
@@ -134,8 +141,10 @@ def print_heads(con, a: HeadsAnalysis) -> None:
     if ns is not None:
         best = ", ".join(f"{head_label(l, h)} {v:.3f}" for l, h, v in ns.sink_heads()[:5])
         con.print(
-            f"Sinks on natural text (Gu et al.: {ns.source}): Sink_1^{ns.threshold} = {ns.model_sink_rate:.3f}, "
-            f"{len(ns.sink_heads())} heads with mean alpha_1 > {ns.threshold}; strongest {best or 'none'}",
+            f"Attention sinks (Gu et al. 2024's setting: {ns.source}; first token: {ns.first_token}): "
+            f"{len(ns.sink_heads())} heads with mean alpha_1 > {ns.threshold} ({ns.sink_head_fraction:.1%} of heads); "
+            f"sink rate Sink_1^{ns.threshold} = {ns.model_sink_rate:.1%} of (window, head) pairs; "
+            f"strongest {best or 'none'}",
             highlight=False,
             markup=False,
         )

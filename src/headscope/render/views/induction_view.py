@@ -38,6 +38,8 @@ def _label(name: str) -> str:
 def settings_html(res: InductionResult) -> str:
     s, m = res.settings, res.model
     model = {"model": m.get("name"), "layers × heads": f"{m.get('n_layers')} × {m.get('n_heads')}"}
+    if m.get("about"):
+        model["what it is"] = m["about"]
     if m.get("n_kv_heads") and m.get("n_kv_heads") != m.get("n_heads"):
         model["key/value heads"] = f"{m['n_kv_heads']} per layer (grouped-query attention)"
     model["vocabulary"] = m.get("d_vocab")

@@ -24,7 +24,7 @@ def _n(v: float | None) -> float:
 
 
 def logit_story_html(a) -> str:
-    """The induction story panel: each top induction head's mechanism in numbers, then the findings in words."""
+    """The induction story panel: each top induction head's numbers, each with its unit, then the same in words."""
     d_vocab = a.model.get("d_vocab")
     rows = []
     for st in a.stories.stories:
@@ -54,18 +54,19 @@ def logit_story_html(a) -> str:
         f"strongest K-composition sources (excess, {a.k_where}; their previous-token score)",
         "copying",
         "OV self-rank (median)",
-        "direct effect, first repeat",
-        "direct effect, later repeats",
-        "ablation Δloss",
+        "direct logit effect, first repeat (centred logit)",
+        "direct logit effect, later repeats (centred logit)",
+        "ablation Δloss (cross-entropy, nats)",
     ]
     findings = "".join(f"<li>{esc(f)}</li>" for f in a.findings())
     return (
         table_html(cols, rows) + f"<ul class='verdicts'>{findings}</ul>"
-        "<p class='muted'>Previous-token head → induction head → logit of the copied token: K-composition says "
-        "which earlier heads the induction head's keys read; the direct effect is what the head itself adds to "
-        "the copied token's centred logit; the ablation Δloss is what removing it costs, direct and indirect "
-        "paths together. Self-rank over the texts' tokens (1 = the head's OV circuit promotes the token it "
-        "attends to above every other).</p>"
+        "<p class='muted'>K-composition says which earlier heads the induction head's keys read (from the "
+        "weights). The direct logit effect is what the head itself writes into the copied token's centred logit "
+        "(logit units); the ablation Δloss is the change in later-repeat cross-entropy (nats) when the head's "
+        "output is replaced by its mean. One is a logit, the other a loss: they sit side by side and are not "
+        "compared, and no path through later components was measured. Self-rank over the texts' tokens (1 = the "
+        "head's OV circuit promotes the token it attends to above every other).</p>"
     )
 
 
@@ -214,7 +215,9 @@ def print_stories(con, a) -> None:
     """Each top induction head's story in one row, the findings, and what the columns mean."""
     t = Table(
         title="The induction story of the top induction heads, one run (K source: strongest K-composition "
-        f"source, excess, {a.k_where}; prev: its previous-token score; DLA: direct effect on later / first-repeat targets)"
+        f"source, excess, {a.k_where}; prev: its previous-token score; DLA: direct logit effect on later / "
+        "first-repeat targets, a centred logit; Δloss: change in later-repeat cross-entropy when ablated, nats; "
+        "a logit and a loss, not compared)"
     )
     for col in ("head", "induction", "K source", "prev", "copying", "DLA", "DLA 1st", "Δloss"):
         t.add_column(col, justify="left" if col in ("head", "K source") else "right", overflow="fold")
