@@ -100,6 +100,15 @@ def test_ov_rows_of_an_asked_token_come_first_and_equal_ov_circuit(gpt2_run, tin
     assert {h["head"] for h in doc["heads"]} | {s["label"] for s in doc["stories"]} == shown
 
 
+def test_ov_legend_names_the_embedding_the_rows_were_read_through(gpt2_run):
+    # The rows (and self-ranks) are read through the block-0 effective embedding by default; the
+    # terminal's legend once called them the direct token path (bare W_E).
+    r, doc, _ = gpt2_run
+    assert {e["embedding"] for e in doc["ov"]} == {"block0"}
+    legend = " ".join(r.stderr.split())
+    assert "block-0 effective embedding" in legend and "direct token path" not in legend
+
+
 def test_story_numbers_are_the_scan_and_composition_numbers(gpt2_run, tiny_gpt2):
     _, doc, _ = gpt2_run
     scan = scan_induction(tiny_gpt2, seq_len=8, batch=2, top_k=2, sample=False, progress=False)

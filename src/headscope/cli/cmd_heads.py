@@ -125,7 +125,7 @@ def heads_cmd(
     successor sets the tokenizer has, the in-context learning score on natural text with each
     top induction head's ablation delta, and the legend; writes heads.json and heads.csv.
 
-    Example: headscope heads --model smollm2-135m --no-icl
+    Example: headscope heads --model smollm2-135m-instruct-q4 --no-icl
     """
     con, err = consoles(json_out)
     settings = scan_settings(

@@ -202,13 +202,24 @@ def print_ov(con, a) -> None:
                 show(ov.bottom_labels[i]),
             )
     con.print(t)
+    embedding = next(iter(a.ov.values())).embedding if a.ov else "block0"
     con.print(
         "[dim]source: "
         + ("the --token asked for" if a.asked else "of the texts' tokens, the one the head ranks best in its own row")
-        + "; promotes/suppresses: the top and bottom of that token's OV row (W_E W_V W_O "
-        "W_U, direct token path). Every token's row is in ov.csv.[/]",
+        + "; promotes/suppresses: the top and bottom of that token's OV row ("
+        + _OV_ROW_READS.get(embedding, f"x W_V W_O W_U, x read as {embedding!r}")
+        + "). Every token's row is in ov.csv.[/]",
         highlight=False,
     )
+
+
+#: The terminal's one-line name of an OV row per effective-embedding convention (rows and self-ranks
+#: are read through the same embedding; the full definition is in logits.json).
+_OV_ROW_READS = {
+    "block0": "W_EE W_V W_O W_U, W_EE the block-0 effective embedding",
+    "embed": "W_E W_V W_O W_U, direct token path",
+    "mlp0": "MLP0(W_E) W_V W_O W_U",
+}
 
 
 def print_stories(con, a) -> None:
