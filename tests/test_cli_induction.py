@@ -55,6 +55,17 @@ def test_controls_sets_how_many_random_control_draws_the_causal_check_makes(smal
     assert doc["settings"]["controls"] == 3
 
 
+def test_the_top_heads_table_fits_an_80_column_terminal_with_every_head_and_interval_whole(small):
+    import re
+
+    r = run(*small)
+    assert r.exit_code == 0, r.output
+    rows = [line for line in r.stdout.splitlines() if re.match(r"^L\d+H\d+ ", line)]
+    assert len(rows) == 2  # --top 2, each on one line: nothing folded
+    assert all(len(line) <= 80 for line in r.stdout.splitlines())
+    assert all(re.search(r"[+-]\d\.\d\d \[[+-]\d\.\d\d,[+-]\d\.\d\d\]", line) for line in rows)
+
+
 def test_writes_csv_and_every_figure(small, tmp_path):
     r = run(*small, "--text", "one two three. one two three.")
     assert r.exit_code == 0, r.output
