@@ -47,6 +47,25 @@ def test_json_goes_to_stdout_alone_and_matches_scores_json(small, tmp_path):
     assert all(e["interval"][0] <= e["loss_increase"] <= e["interval"][1] for e in doc["ablation"])
 
 
+def test_controls_sets_how_many_random_control_draws_the_causal_check_makes(small):
+    r = run(*small, "--controls", 3, "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert [e["kind"] for e in doc["ablation"]].count("control") == 3
+    assert doc["settings"]["controls"] == 3
+
+
+def test_the_top_heads_table_fits_an_80_column_terminal_with_every_head_and_interval_whole(small):
+    import re
+
+    r = run(*small)
+    assert r.exit_code == 0, r.output
+    rows = [line for line in r.stdout.splitlines() if re.match(r"^L\d+H\d+ ", line)]
+    assert len(rows) == 2  # --top 2, each on one line: nothing folded
+    assert all(len(line) <= 80 for line in r.stdout.splitlines())
+    assert all(re.search(r"[+-]\d\.\d\d \[[+-]\d\.\d\d,[+-]\d\.\d\d\]", line) for line in rows)
+
+
 def test_writes_csv_and_every_figure(small, tmp_path):
     r = run(*small, "--text", "one two three. one two three.")
     assert r.exit_code == 0, r.output

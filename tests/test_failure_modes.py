@@ -479,7 +479,7 @@ def test_top_beyond_the_heads_is_cut_and_said_and_the_control_is_never_empty(tin
     assert res.settings["top_k"] == n - 1
     assert res.notes and f"--top 50 is more than this model's {n} heads" in res.notes[0]
     control = [e for e in res.ablation if e["kind"] == "control"]
-    assert len(control) == 1 and len(control[0]["heads"]) == 1
+    assert control and all(len(e["heads"]) == 1 for e in control)  # each draw: the one head left
     assert {tuple(h) for h in control[0]["heads"]}.isdisjoint(
         {tuple(h) for e in res.ablation if e["kind"] == "all_top" for h in e["heads"]}
     )

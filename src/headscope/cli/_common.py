@@ -110,6 +110,14 @@ AblationOpt = Annotated[
     ),
 ]
 NoAblateOpt = Annotated[bool, typer.Option("--no-ablate", help="Skip the causal check (faster).")]
+ControlsOpt = Annotated[
+    int,
+    typer.Option(
+        "--controls",
+        help="Random-control draws of the causal check: each ablates as many random other heads as --top; "
+        "the median and central 95% of the draws are reported.",
+    ),
+]
 ThresholdOpt = Annotated[
     Optional[list[str]],
     typer.Option("--threshold", help=f"Role threshold NAME=VALUE (repeatable); defaults {_THRESHOLDS}."),
@@ -285,6 +293,7 @@ def scan_settings(
     threshold: list[str] | None = None,
     max_memory: float = SCAN.max_memory_gb,
     attention: str = SCAN.attention,
+    controls: int = SCAN.controls,
 ) -> ScanSettings:
     """The scan's settings from a command's options, checked before anything loads (the one place they are made)."""
     settings = ScanSettings(
@@ -298,6 +307,7 @@ def scan_settings(
         thresholds=parse_thresholds(threshold),
         attention=attention,
         max_memory_gb=max_memory,
+        controls=controls,
     )
     check_settings(seq_len, batch, repeats, True, None)  # the model's context is checked once it is loaded
     return settings.check()

@@ -64,7 +64,7 @@ COMMON: dict[str, Range] = {
 
 #: Per command: the shared options it takes plus its own. The one table of ranges.
 RANGES: dict[str, dict[str, Range]] = {
-    "induction": {**COMMON},
+    "induction": {**COMMON, "controls": Range(1, 10_000)},
     "heads": {**COMMON, "icl_windows": Range(1, 100_000)},
     "qk": {
         "top": COMMON["top"],
@@ -72,8 +72,8 @@ RANGES: dict[str, dict[str, Range]] = {
         "max_tokens": Range(2, 1_000_000),
         "max_memory": COMMON["max_memory"],
     },
-    "logits": {**COMMON, "max_tokens": Range(2, 1_000_000)},
-    "report": {**COMMON, "qk_top": Range(1, 100_000)},
+    "logits": {**COMMON, "max_tokens": Range(2, 1_000_000), "controls": Range(1, 10_000)},
+    "report": {**COMMON, "qk_top": Range(1, 100_000), "controls": Range(1, 10_000)},
     "sweep": {
         **COMMON,
         "cpus_per_task": Range(0.01, 1024),  # a task runs torch with max(1, int(cpus)) threads

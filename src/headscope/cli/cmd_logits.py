@@ -19,6 +19,7 @@ from ._common import (
     AblationOpt,
     AttentionOpt,
     BatchOpt,
+    ControlsOpt,
     DebugOpt,
     DeviceMapOpt,
     DeviceOpt,
@@ -89,6 +90,7 @@ def logits_cmd(
     seed: SeedOpt = SCAN.seed,
     ablation: AblationOpt = SCAN.ablation,
     no_ablate: NoAblateOpt = False,
+    controls: ControlsOpt = SCAN.controls,
     max_memory: MaxMemoryOpt = SCAN.max_memory_gb,
     attention: AttentionOpt = SCAN.attention,
     no_figures: Annotated[bool, typer.Option("--no-figures", help="Write logits.json and CSVs only (faster).")] = False,
@@ -128,6 +130,7 @@ def logits_cmd(
         top=top,
         ablation=ablation,
         ablate=not no_ablate,
+        controls=controls,
         max_memory=max_memory,
         attention=attention,
     )

@@ -18,6 +18,7 @@ from ._common import (
     AblationOpt,
     AttentionOpt,
     BatchOpt,
+    ControlsOpt,
     DebugOpt,
     DeviceMapOpt,
     DeviceOpt,
@@ -67,6 +68,7 @@ def report_cmd(
     top: TopOpt = SCAN.top_k,
     ablation: AblationOpt = SCAN.ablation,
     no_ablate: NoAblateOpt = False,
+    controls: ControlsOpt = SCAN.controls,
     no_qk: Annotated[bool, typer.Option("--no-qk", help="Skip the QK analysis (faster).")] = False,
     no_logits: Annotated[
         bool,
@@ -115,6 +117,7 @@ def report_cmd(
         top=top,
         ablation=ablation,
         ablate=not no_ablate,
+        controls=controls,
         threshold=threshold,
         max_memory=max_memory,
         attention=attention,

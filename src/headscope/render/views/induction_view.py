@@ -6,6 +6,7 @@ Draws a :class:`~headscope.results.scan_result.InductionResult`; the notebook vi
 
 from __future__ import annotations
 
+from rich import box
 from rich.markup import escape
 from rich.table import Table
 
@@ -259,12 +260,19 @@ def print_induction(con, res) -> None:
     short = ", ".join(f"{declared(n).header} = {declared(n).label}" for n in shown if declared(n).header != n)
     t = Table(
         title=f"Top induction heads ({short}, Δloss = change in later-repeat loss when ablated, "
-        "[95% bootstrap interval over sequences], Δfirst = change in first-repeat loss)"
+        "[95% bootstrap interval over sequences], Δfirst = change in first-repeat loss)",
+        box=box.SIMPLE_HEAD,  # one space between columns: the table fits an 80-column terminal
+        padding=(0, 0),
+        pad_edge=False,
+        show_edge=False,
     )
     cols = ["head", *(declared(n).header for n in names), "roles", "Δloss [95%]", "Δfirst"]
     for col in cols:
         t.add_column(
-            col, justify="left" if col in ("head", "roles") else "right", overflow="fold", no_wrap=col != "roles"
+            col,
+            justify="left" if col in ("head", "roles") else "right",
+            overflow="fold",
+            no_wrap=col != "roles",
         )
     for l, h, _ in res.top_heads("induction", s["top_k"]):
         cells = [
@@ -275,8 +283,8 @@ def print_induction(con, res) -> None:
             head_label(l, h),
             *cells,
             " ".join(declared(r).header for r in roles.get((l, h), [])) or "-",
-            "-" if e is None else f"{e['loss_increase']:+.3f} [{e['interval'][0]:+.2f}, {e['interval'][1]:+.2f}]",
-            "-" if e is None else f"{e['first_repeat_increase']:+.3f}",
+            "-" if e is None else f"{e['loss_increase']:+.2f} [{e['interval'][0]:+.2f},{e['interval'][1]:+.2f}]",
+            "-" if e is None else f"{e['first_repeat_increase']:+.2f}",
         )
     con.print(t)
     for n in [s.name for s in roles_present(res.scores, res.thresholds) if s.name != "induction"]:
