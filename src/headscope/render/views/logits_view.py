@@ -205,8 +205,9 @@ def print_ov(con, a) -> None:
     con.print(
         "[dim]source: "
         + ("the --token asked for" if a.asked else "of the texts' tokens, the one the head ranks best in its own row")
-        + "; promotes/suppresses: the top and bottom of that token's OV row (W_E W_V W_O "
-        "W_U, direct token path). Every token's row is in ov.csv.[/]",
+        + "; promotes/suppresses: the top and bottom of that token's OV row (x_t W_V W_O W_U, x_t the token read "
+        + ("through block 0 (its effective embedding)" if _embedding(a) == "block0" else "as its bare embedding W_E")
+        + "). Every token's row is in ov.csv.[/]",
         highlight=False,
     )
 
@@ -272,3 +273,8 @@ class LogitAnalysisView(View):
 
     def terminal(self, result, console) -> None:
         print_logits(console, result)
+
+
+def _embedding(a) -> str:
+    """How the analysis read the OV rows' source tokens (every chosen head's rows share one convention)."""
+    return next((getattr(ov, "embedding", "embed") for ov in a.ov.values()), "embed")
