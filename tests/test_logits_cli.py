@@ -106,7 +106,7 @@ def test_ov_legend_names_the_embedding_the_rows_were_read_through(gpt2_run):
     r, doc, _ = gpt2_run
     assert {e["embedding"] for e in doc["ov"]} == {"block0"}
     legend = " ".join(r.stderr.split())
-    assert "block-0 effective embedding" in legend and "direct token path" not in legend
+    assert "through block 0" in legend and "direct token path" not in legend
 
 
 def test_story_numbers_are_the_scan_and_composition_numbers(gpt2_run, tiny_gpt2):

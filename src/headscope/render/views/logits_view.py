@@ -202,24 +202,14 @@ def print_ov(con, a) -> None:
                 show(ov.bottom_labels[i]),
             )
     con.print(t)
-    embedding = next(iter(a.ov.values())).embedding if a.ov else "block0"
     con.print(
         "[dim]source: "
         + ("the --token asked for" if a.asked else "of the texts' tokens, the one the head ranks best in its own row")
-        + "; promotes/suppresses: the top and bottom of that token's OV row ("
-        + _OV_ROW_READS.get(embedding, f"x W_V W_O W_U, x read as {embedding!r}")
+        + "; promotes/suppresses: the top and bottom of that token's OV row (x_t W_V W_O W_U, x_t the token read "
+        + ("through block 0 (its effective embedding)" if _embedding(a) == "block0" else "as its bare embedding W_E")
         + "). Every token's row is in ov.csv.[/]",
         highlight=False,
     )
-
-
-#: The terminal's one-line name of an OV row per effective-embedding convention (rows and self-ranks
-#: are read through the same embedding; the full definition is in logits.json).
-_OV_ROW_READS = {
-    "block0": "W_EE W_V W_O W_U, W_EE the block-0 effective embedding",
-    "embed": "W_E W_V W_O W_U, direct token path",
-    "mlp0": "MLP0(W_E) W_V W_O W_U",
-}
 
 
 def print_stories(con, a) -> None:
@@ -283,3 +273,8 @@ class LogitAnalysisView(View):
 
     def terminal(self, result, console) -> None:
         print_logits(console, result)
+
+
+def _embedding(a) -> str:
+    """How the analysis read the OV rows' source tokens (every chosen head's rows share one convention)."""
+    return next((getattr(ov, "embedding", "embed") for ov in a.ov.values()), "embed")
