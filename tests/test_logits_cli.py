@@ -14,6 +14,7 @@ import headscope
 from headscope.cli import app
 from headscope.logits import logit_attribution, ov_circuit
 from headscope.qk import composition_scores
+from headscope.qk.composition import composition_by_offset
 from headscope.render.page import Report
 from headscope.render.views.logits_view import logit_sections
 from headscope.scan import scan_induction
@@ -345,12 +346,14 @@ def test_smollm2_story_of_L18H6_names_a_previous_token_source_with_the_scans_num
     story = {s["label"]: s for s in doc["stories"]}["L18H6"]
     assert any(src["previous_token"] >= 0.4 for src in story["k_sources"])  # a previous-token head feeds its keys
     scan = scan_induction(smollm2, seq_len=20, batch=4, top_k=3, sample=False, progress=False)
-    comp = composition_scores(smollm2, kinds=("K",))
+    # SmolLM2 is rotary: the story reads K-composition averaged over offsets 0-63 (W_K M_d^T W_Q^T at each d)
+    by = composition_by_offset(smollm2, [(18, 6)], range(64), kinds=("K",))
+    assert doc["composition"]["where"] == f"mean over {by.span}"
     assert story["induction"] == pytest.approx(scan.scores["induction"][18, 6], abs=1e-5)
     assert story["dla_later"] == pytest.approx(scan.scores["direct_logit_later"][18, 6], abs=1e-5)
     assert story["copying"] == pytest.approx(scan.scores["copying"][18, 6], abs=1e-6)
     assert story["ablation_delta_loss"] == pytest.approx(scan.ablation_rises()[(18, 6)], abs=1e-4)
-    expect = comp.top_sources(18, 6, "K", 3)
+    expect = by.top_sources(18, 6, "K", 3)
     assert [(s["layer"], s["head_index"]) for s in story["k_sources"]] == [(l, h) for l, h, _ in expect]
     for s, (l, h, v) in zip(story["k_sources"], expect, strict=True):
         assert s["k_composition"] == pytest.approx(v, abs=1e-9)
