@@ -24,7 +24,7 @@ import pytest
 from typer.testing import CliRunner
 
 import headscope.models
-import headscope.pipeline.sweep as sweep_mod
+from _disks import mounted_tmpfs, run_root, spy_on_loaders
 from headscope.cli import app
 from headscope.errors import BadInput, ModelLoadError
 from headscope.jsonsafe import strict
@@ -78,33 +78,17 @@ def old_set(out: Path, command: str, names=("scores.json", "ablation.png")) -> d
 @pytest.fixture
 def no_load(monkeypatch):
     """Replace every model loader by one that records the call and stops: ``calls`` must stay empty."""
-    calls: list = []
-
-    def spy(*args, **kwargs):
-        calls.append(args)
-        raise AssertionError("the model was loaded although the input should have been refused first")
-
-    monkeypatch.setattr(headscope.models, "load_model", spy)
-    monkeypatch.setattr(sweep_mod, "load_model", spy)
-    return calls
+    return spy_on_loaders(monkeypatch, "the input")
 
 
-def _run_root(*cmd: str) -> subprocess.CompletedProcess:
-    return subprocess.run(list(cmd), capture_output=True, text=True)
+_run_root = run_root
 
 
 @pytest.fixture
 def tmpfs(tmp_path):
     """A 200 KB tmpfs at ``tmp_path/fs`` (needs root: skipped with the reason otherwise); always unmounted."""
-    d = tmp_path / "fs"
-    d.mkdir()
-    r = _run_root("mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(d))
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({(r.stderr or r.stdout).strip()}); these checks need root")
-    try:
+    with mounted_tmpfs(tmp_path / "fs", "200k") as d:
         yield d
-    finally:
-        _run_root("umount", "-l", str(d))
 
 
 def fill(fs: Path) -> Path:

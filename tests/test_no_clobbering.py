@@ -25,7 +25,7 @@ import torch
 from typer.testing import CliRunner
 
 import headscope.models
-import headscope.pipeline.sweep as sweep_mod
+from _disks import mounted_tmpfs, run_root, spy_on_loaders
 from headscope.cli import app
 from headscope.errors import BadInput, ModelLoadError
 from headscope.pipeline.outputs import ResultDir, clean_stale, output_lock
@@ -60,33 +60,17 @@ def leftovers(folder: Path) -> list[str]:
 
 @pytest.fixture
 def no_load(monkeypatch):
-    calls: list = []
-
-    def spy(*args, **kwargs):
-        calls.append(args)
-        raise AssertionError("the model was loaded although --out should have been refused first")
-
-    monkeypatch.setattr(headscope.models, "load_model", spy)
-    monkeypatch.setattr(sweep_mod, "load_model", spy)
-    return calls
+    return spy_on_loaders(monkeypatch, "--out")
 
 
-def _root(*cmd: str) -> subprocess.CompletedProcess:
-    return subprocess.run(list(cmd), capture_output=True, text=True)
+_root = run_root
 
 
 @pytest.fixture
 def tmpfs(tmp_path):
     """A 1 MB tmpfs at ``tmp_path/fs`` (root only; skipped with the reason otherwise); always unmounted."""
-    d = tmp_path / "fs"
-    d.mkdir()
-    r = _root("mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(d))
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({(r.stderr or r.stdout).strip()}); these checks need root")
-    try:
+    with mounted_tmpfs(tmp_path / "fs", "1m") as d:
         yield d
-    finally:
-        _root("umount", "-l", str(d))
 
 
 def remount(fs: Path, options: str) -> None:
