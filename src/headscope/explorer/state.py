@@ -1,0 +1,190 @@
+"""Everything the explorer shows about one text, computed in one fused forward pass and kept.
+
+Switching the head or the query position must answer in well under a second, so the one pass
+keeps what every view reads, and no view runs the model again:
+
+- per layer the rotated queries and keys and each row's logsumexp (from the fused kernel,
+  :func:`headscope.scan.fused.fused_attention`): any entry of any head's pattern is
+  ``exp(q_i . k_j * scale - lse_i)``, so a head's pattern (or one query's row) is built only
+  for the head being shown, and every registry attention score is read from them
+  (:func:`headscope.scores.reduce_qk`) as the scan does; no ``n x n`` tensor exists otherwise;
+- the residual pieces the QK decomposition (:mod:`headscope.qk.decompose`) splits a score into
+  (embeddings, ``resid_pre``, ``ln1`` scales, every head's ``z``, every MLP's output) and the
+  final residual with its norm scale, which the direct logit attribution reads
+  (:class:`headscope.scan.direct.DirectPass`, run in the same pass on the actual next tokens);
+- the logits, for the top predictions and the model's own logit of a token the user names.
+
+Memory grows linearly with the text (SmolLM2: about 0.5 MB a token); the cache of texts
+(:class:`headscope.explorer.engine.Explorer`) is bounded in bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..errors import BadInput
+from ..folded_weights import HeadWeights
+from ..hooks import act_name
+from ..models.inputs import TokenSequence
+from ..models.model import HeadscopeModel
+from ..scan.direct import DirectEffects, DirectPass, Unembedding
+from ..scan.fused import fused_attention, fused_unsupported_reason
+from ..scores import attention_scores, prepare, reduce_qk
+from ..scores.layout import RepeatLayout
+
+
+@dataclass
+class TextState:
+    """One text's pass: ``seq``; per layer ``q``/``k`` ``[head, T, d_head]`` and ``lse`` ``[head, T]``;
+    ``acts`` (hook name -> ``[T, ...]`` float32, batch dropped); ``logits`` ``[T, vocab]``;
+    ``direct`` the direct logit effects on the actual next tokens; ``layout`` how the registry's
+    attention scores are read on this text; ``scores`` those scores (``[L, H]``, None where a
+    score reads no query on this text)."""
+
+    seq: TokenSequence
+    q: list[torch.Tensor]
+    k: list[torch.Tensor]
+    lse: list[torch.Tensor]
+    scale: float
+    acts: dict[str, torch.Tensor]
+    logits: torch.Tensor
+    direct: DirectEffects
+    layout: RepeatLayout
+    scores: dict[str, np.ndarray | None] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def n(self) -> int:
+        return len(self.seq)
+
+    @property
+    def nbytes(self) -> int:
+        tensors = [*self.q, *self.k, *self.lse, *self.acts.values(), self.logits]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def row(self, layer: int, head: int, query: int) -> np.ndarray:
+        """Head ``layer.head``'s attention from ``query`` to every key ``0..query`` (float64, sums to 1)."""
+        q = self.q[layer][head, query].double()
+        k = self.k[layer][head, : query + 1].double()
+        return torch.exp(k @ q * self.scale - float(self.lse[layer][head, query])).numpy()
+
+    def scores_qk(self, layer: int, head: int, rows: slice, keys: slice) -> torch.Tensor:
+        """Pre-softmax scores ``q_i . k_j * scale`` of one head on a block (float64; no mask applied)."""
+        q = self.q[layer][head, rows].double()
+        k = self.k[layer][head, keys].double()
+        return q @ k.T * self.scale
+
+    def pattern(self, layer: int, head: int, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """One head's pattern on positions ``start..stop-1`` (queries down, keys across; masked cells 0).
+
+        Rows are the model's own (their logsumexp is over every key ``0..i``), so a window's rows
+        do not sum to 1 when keys before ``start`` take some of the attention.
+        """
+        stop = self.n if stop is None else stop
+        s = self.scores_qk(layer, head, slice(start, stop), slice(start, stop))
+        a = torch.exp(s - self.lse[layer][head, start:stop].double()[:, None])
+        return torch.tril(a).numpy()
+
+
+def text_layout(ids: list[int], first: bool) -> RepeatLayout:
+    """How the registry's repeat-based reads apply to a text: its tokens as ``r`` repeated ``R`` times
+    (the smallest period that tiles the text after its first token exactly), else one block (``R = 1``:
+    the later-repeat scores read no query)."""
+    body = ids[int(first) :]
+    n = len(body)
+    for p in range(1, n // 2 + 1):
+        if n % p == 0 and body == body[:p] * (n // p):
+            return RepeatLayout(seq_len=p, repeats=n // p, bos=first)
+    return RepeatLayout(seq_len=max(n, 1), repeats=1, bos=first)
+
+
+def _queries(s, layout: RepeatLayout) -> int:
+    """How many queries a declaration reads on ``layout`` (0: the score says nothing on this text)."""
+    start = s.reads.start(layout)
+    end = getattr(s.reads, "end", lambda lay: lay.n_tokens)(layout)
+    return max(0, end - start)
+
+
+def _capture_names(m: HeadscopeModel) -> list[str]:
+    names = ["hook_embed"]
+    if "hook_pos_embed" in m.bridge.hook_dict and getattr(m.cfg, "positional_embedding_type", "") == "standard":
+        names.append("hook_pos_embed")
+    for layer in range(m.n_layers):
+        names += [act_name(x, layer) for x in ("resid_pre", "ln1.scale", "z", "mlp_out")]
+    return names + ["ln_final.hook_in", "ln_final.hook_scale"]
+
+
+@torch.no_grad()
+def compute_text(m: HeadscopeModel, seq: TokenSequence, w: HeadWeights, ue: Unembedding) -> TextState:
+    """The one fused pass over ``seq`` that every view of the explorer reads (see the module docstring)."""
+    reason = fused_unsupported_reason(m)
+    if reason:
+        raise BadInput(
+            f"the explorer needs the fused attention path, which this model cannot take: {reason}",
+            hint="use a model headscope can route through the fused kernel (Llama-, Qwen2- or GPT-2-style)",
+        )
+    tokens = seq.tensor(m.device)
+    L = m.n_layers
+    qs: list = [None] * L
+    ks: list = [None] * L
+    lses: list = [None] * L
+    scale_box: list[float] = []
+
+    def on_attention(layer, q, k, lse, scale):
+        qs[layer], ks[layer], lses[layer] = (t[0].detach().float().cpu() for t in (q, k, lse))
+        scale_box.append(scale)
+
+    acts: dict[str, torch.Tensor] = {}
+
+    def keep(name: str):
+        def hook(t, hook):
+            acts[name] = t.detach()[0].float().cpu()
+
+        return hook
+
+    names = _capture_names(m)
+    run = DirectPass(m, tokens, w, ue, head_dtype=torch.float32) if len(seq) > 1 else None
+    hooks = [(n, keep(n)) for n in names] + (run.hooks if run else [])
+    with fused_attention(m, on_attention):
+        logits = m.run_with_hooks(tokens, fwd_hooks=hooks, use_cache=False)
+    direct = run.finish(logits) if run else _no_direct(m)
+    layout = text_layout(seq.ids, m.first_token.id is not None)
+    state = TextState(
+        seq=seq,
+        q=qs,
+        k=ks,
+        lse=lses,
+        scale=scale_box[0],
+        acts=acts,
+        logits=logits[0].detach().float().cpu(),
+        direct=direct,
+        layout=layout,
+    )
+    state.scores = text_scores(state)
+    return state
+
+
+def _no_direct(m: HeadscopeModel) -> DirectEffects:
+    z = np.zeros((1, 0))
+    return DirectEffects(np.zeros((1, 0, m.n_layers, m.n_heads)), {}, z, z, z)
+
+
+def text_scores(state: TextState) -> dict[str, np.ndarray | None]:
+    """Every registry attention score read on this text (``[L, H]``), None where it reads no query here."""
+    ids = torch.tensor([state.seq.ids])
+    out: dict[str, np.ndarray | None] = {}
+    for s in attention_scores():
+        if _queries(s, state.layout) == 0 or state.layout.n_tokens != len(state.seq):
+            out[s.name] = None
+            continue
+        prepared = prepare(s.reads, ids, state.layout, fused=True)  # type: ignore[arg-type]
+        rows = []
+        for layer in range(len(state.q)):
+            q, k, lse = (t[None] for t in (state.q[layer], state.k[layer], state.lse[layer]))
+            total, count = reduce_qk(s.reads, q, k, lse, state.scale, state.layout, prepared)  # type: ignore[arg-type]
+            rows.append((total / max(count, 1)).numpy())
+        out[s.name] = np.asarray(rows, dtype=np.float64)
+    return out
