@@ -51,6 +51,7 @@ COMMANDS = (
     "cmd_qk",
     "cmd_logits",
     "cmd_report",
+    "cmd_serve",
     "cmd_sweep",
     "cmd_train_toy",
 )

@@ -67,10 +67,10 @@ class Explorer:
     """One model behind the explorer's views; texts are computed once and kept (LRU, ``cache_mb`` in all).
 
     >>> ex = Explorer(model, max_tokens=64)
-    >>> view = ex.text_view("a b c a b c")
+    >>> view = ex.text_view(" a b c a b c")  # BOS + " a", " b", " c" twice: later-repeat scores are read
     >>> view["n_tokens"], view["layout"]["repeats"]
     (7, 2)
-    >>> ex.head_view("a b c a b c", "L1H2", 6)["position"], len(ex.position_view("a b c a b c", 3)["heads"])
+    >>> ex.head_view(" a b c a b c", "L1H2", 6)["position"], len(ex.position_view(" a b c a b c", 3)["heads"])
     (6, 2)
     """
 
