@@ -11,7 +11,9 @@ Each section runs in its own fresh process (memory peaks and load times need one
 - load   (benchmarks/load.py): first load (GGUF -> cache) vs load from the cache vs plain
   transformers;
 - memory (benchmarks/memory.py): peak memory above the loaded model of the scan at
-  seq-len 2048 (4,097 tokens), batch 1, next to a plain forward pass of the same tokens.
+  seq-len 2048 (4,097 tokens), batch 1, next to a plain forward pass of the same tokens;
+- explorer (benchmarks/explorer.py): the live explorer's first view of a 100- and a 1,000-token
+  text and its head and position switches, model warm (wall and CPU time).
 
 When a CUDA GPU is visible, speed and memory run again on it. The load average is printed
 at the start of the suite and of every section: timings taken while other heavy processes
@@ -62,7 +64,7 @@ def wait_quiet(limit: float, max_wait: float) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sections", default="speed,load,memory")
+    p.add_argument("--sections", default="speed,load,memory,explorer")
     p.add_argument("--devices", default=None, help="cpu,cuda (default: cpu, plus cuda when available)")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads in every process")
     p.add_argument("--model", default="smollm2-135m-instruct-q4")
@@ -107,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
                 results += section(
                     "memory.py", *common, "--device", dev, "--seq-len", str(args.long_seq_len), "--what", what
                 )
+        if "explorer" in sections:
+            results += section("explorer.py", *common, "--device", dev, "--reps", str(args.reps))
     if "load" in sections:
         results += section("load.py", *common, "--cached-reps", "1" if args.quick else "3")
     info["load_average_end"] = [round(x, 2) for x in load_average()]
@@ -168,6 +172,20 @@ def summary(report: dict) -> str:
                 + ")"
                 + (f"; aim < 4 GiB: {_ok(above < 4 * GiB)}" if r["what"].startswith("scan") else "")
             )
+        elif r["section"] == "explorer":
+            busy = r.get("others_cpu_share_max")
+            lines.append(
+                f"-- explorer on {r['device']} ({r['threads']} threads, heads {', '.join(r['heads'])}, texts of "
+                f"{r['n_tokens'][0]} and {r['n_tokens'][1]} tokens), medians of {len(r['times_s']['head_switch'])} rounds"
+                + ("" if busy is None else f" (others took at most {100 * busy:.0f}% of the CPU)")
+                + ":"
+            )
+            for k, v in r["median_s"].items():
+                aim = r["aims_s"][k]
+                lines.append(
+                    f"   {k:<18} {v:7.3f} s wall, {r['median_cpu_s'][k]:7.3f} s CPU"
+                    + ("" if aim is None else f"; aim {aim} s: {_ok(v <= aim)}")
+                )
         elif r["section"] == "load":
             lines.append(
                 f"-- load {r['model']}: first load {r['first_load_s']:.1f} s (conversion "

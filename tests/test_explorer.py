@@ -71,6 +71,11 @@ def test_a_text_without_repeats_reads_no_later_repeat_score(explorer):
     assert st.scores["previous_token"].shape == (explorer.model.n_layers, explorer.model.n_heads)
     v = explorer.text_view(TEXT)
     keys = [c["key"] for c in v["columns"]]
+    # every row's values are the scores themselves, in column order
+    col = keys.index("text:previous_token")
+    assert v["rows"][5]["values"][col] == pytest.approx(
+        st.scores["previous_token"][v["rows"][5]["layer"], v["rows"][5]["index"]], abs=1e-4
+    )
     assert "text:previous_token" in keys and "text:induction" not in keys and "random:induction" in keys
     assert any("not one piece repeated" in n for n in v["notes"])
     assert len(v["rows"]) == explorer.model.n_layers * explorer.model.n_heads
@@ -169,6 +174,8 @@ def test_api_views(client):
     assert v["n_tokens"] == len(v["tokens"])
     h = client.post("/api/head", json={"text": TEXT, "head": "L1H2", "pos": 5}).json()
     assert h["head"] == "L1H2" and len(h["row"]) == 6 and len(h["pattern"]) == v["n_tokens"]
+    q = client.post("/api/qk", json={"text": TEXT, "head": "L1H2", "pos": 5}).json()
+    assert q["qk"]["pairs"][0][0] == 5 and q["ov"]["sources"]
     p = client.post("/api/position", json={"text": TEXT, "pos": 5, "target": None}).json()
     assert len(p["heads"]) == client.get("/api/info").json()["n_layers"] and p["actual_next"]
     r = client.post("/api/save", json={"text": TEXT, "head": "L1H2", "pos": 5})

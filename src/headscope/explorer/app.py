@@ -63,6 +63,7 @@ TOKEN_HEADER = "x-headscope-token"
 FIELDS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     "text": {"text": ((str,), True)},
     "head": {"text": ((str,), True), "head": ((str,), True), "pos": ((int, type(None)), False)},
+    "qk": {"text": ((str,), True), "head": ((str,), True), "pos": ((int, type(None)), False)},
     "position": {"text": ((str,), True), "pos": ((int, type(None)), False), "target": ((str, type(None)), False)},
     "save": {
         "text": ((str,), True),
@@ -240,6 +241,7 @@ def make_app(
         Route(
             "/api/head", api("head", lambda d: explorer.head_view(d["text"], d["head"], d.get("pos"))), methods=["POST"]
         ),
+        Route("/api/qk", api("qk", lambda d: explorer.qk_view(d["text"], d["head"], d.get("pos"))), methods=["POST"]),
         Route(
             "/api/position",
             api("position", lambda d: explorer.position_view(d["text"], d.get("pos"), d.get("target"))),

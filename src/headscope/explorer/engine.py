@@ -36,7 +36,7 @@ from ..models.model import as_model
 from ..qk.decompose import decompose_qk
 from ..render.page import Report
 from ..results.attention import AttentionSample, AttentionViews
-from ..results.logit_results import LogitAttribution, OVRows
+from ..results.logit_results import DLA_DEFINITION, LogitAttribution, OVRows
 from ..results.qk_results import QKDecomposition
 from ..results.scan_result import InductionResult
 from ..scan.direct import DirectEffects, DirectPass, unembedding
@@ -70,8 +70,10 @@ class Explorer:
     >>> view = ex.text_view(" a b c a b c")  # BOS + " a", " b", " c" twice: later-repeat scores are read
     >>> view["n_tokens"], view["layout"]["repeats"]
     (7, 2)
-    >>> ex.head_view(" a b c a b c", "L1H2", 6)["position"], len(ex.position_view(" a b c a b c", 3)["heads"])
-    (6, 2)
+    >>> ex.head_view(" a b c a b c", "L1H2", 6)["position"], ex.qk_view(" a b c a b c", "L1H2", 6)["qk"]["pairs"][0][0]
+    (6, 6)
+    >>> len(ex.position_view(" a b c a b c", 3)["heads"]) == model.cfg.n_layers
+    True
     """
 
     def __init__(self, model, *, max_tokens: int = 1024, cache_mb: float = 2048, scan_settings=None):
@@ -103,7 +105,7 @@ class Explorer:
                 return hit
         t0 = time.perf_counter()
         seq = encode(self.model, text, max_tokens=self.max_tokens, title="your text")
-        st = compute_text(self.model, seq, self.w, self.ue)
+        st = compute_text(self.model, seq)
         st.seconds = time.perf_counter() - t0
         with self._lock:
             self._texts[text] = st
@@ -147,16 +149,6 @@ class Explorer:
             if v is not None:
                 cols.append({"key": f"text:{s.name}", "header": f"{s.header} (text)", "title": s.definition})
                 values.append(v)
-        if st.direct.heads.shape[1]:
-            cols.append(
-                {
-                    "key": "text:direct_logit",
-                    "header": "dla (text)",
-                    "title": "Mean over this text's positions of the head's direct effect on the centred logit "
-                    "of the actual next token (nats; see the logit view's definition).",
-                }
-            )
-            values.append(st.direct.heads[0].mean(0))
         for s in SCORES:
             if s.name in scan.scores:
                 cols.append({"key": f"random:{s.name}", "header": f"{s.header} (rand)", "title": s.definition})
@@ -182,24 +174,34 @@ class Explorer:
         }
 
     def head_view(self, text: str, head, pos=None) -> dict:
-        """The head's pattern (a window ending at ``pos``, and ``pos``'s whole row), its QK decomposition and OV."""
+        """The head's pattern (a window ending at ``pos``, and ``pos``'s whole row) and what it writes at ``pos``.
+
+        Built from the cached queries, keys and logsumexp: the only ``n x n`` is this head's window.
+        """
         st = self.state(text)
         layer, h = self.head(head)
         pos = self.position(st, pos)
         start = max(0, min(pos + 1, st.n) - PATTERN_WINDOW) if st.n > PATTERN_WINDOW else 0
         stop = min(st.n, start + PATTERN_WINDOW)
-        row = st.row(layer, h, pos)
-        d = self.qk(st, layer, h, pos)
-        ov = self.ov(st, layer, h, pos, row)
         return {
             "head": head_label(layer, h),
             "position": pos,
             "window": [start, stop],
             "pattern": np.round(st.pattern(layer, h, start, stop), 4).tolist(),
-            "row": np.round(row, 4).tolist(),
-            "qk": _qk_dict(d),
-            "ov": _ov_dict(ov),
+            "row": np.round(st.row(layer, h, pos), 4).tolist(),
             "write": self.write(st, layer, h, pos),
+        }
+
+    def qk_view(self, text: str, head, pos=None) -> dict:
+        """Why the head attends where it does from ``pos`` (QK decomposition) and its OV rows there."""
+        st = self.state(text)
+        layer, h = self.head(head)
+        pos = self.position(st, pos)
+        return {
+            "head": head_label(layer, h),
+            "position": pos,
+            "qk": _qk_dict(self.qk(st, layer, h, pos)),
+            "ov": _ov_dict(self.ov(st, layer, h, pos)),
         }
 
     def position_view(self, text: str, pos=None, target: str | None = None) -> dict:
@@ -207,7 +209,7 @@ class Explorer:
         st = self.state(text)
         pos = self.position(st, pos)
         t = self.target(st, pos, target)
-        la = self.logit_attribution(st, pos, t)
+        la = self.direct(st, pos, t, start=pos)
         heads = la.heads[-1]  # [L, H] at pos
         probs = torch.softmax(st.logits[pos].double(), -1)
         top = probs.topk(min(10, probs.numel()))
@@ -232,7 +234,7 @@ class Explorer:
             "components": {k: round(float(v[-1]), 4) for k, v in la.components.items()},
             "logit": round(float(la.logit[-1]), 4),
             "model_logit": round(float(la.model_logit[-1]), 4),
-            "definition": la.definition,
+            "definition": DLA_DEFINITION,
         }
 
     # --- the results behind the views --------------------------------------------------------
@@ -294,38 +296,38 @@ class Explorer:
     def logit_attribution(self, st: TextState, pos: int, target: int) -> LogitAttribution:
         """Direct logit attribution on the text cut after ``pos`` with ``target`` as the next token.
 
-        Positions before ``pos`` are the pass's own (their actual next tokens); ``pos`` is scored on
-        ``target``, from the cached activations at ``pos`` (the same maths, :class:`DirectPass`).
-        Equal to :func:`headscope.logits.logit_attribution` on those token ids.
+        Positions before ``pos`` are scored on their actual next tokens, ``pos`` on ``target``: the
+        maths of :class:`~headscope.scan.direct.DirectPass` on the cached activations, equal to
+        :func:`headscope.logits.logit_attribution` on those token ids (no forward pass).
         """
-        d = st.direct
-        if pos + 1 < st.n and st.seq.ids[pos + 1] == target:
-            at = _slice_direct(d, pos)
-        else:
-            at = self._direct_at(st, pos, target)
-        prefix = _slice_direct(d, slice(0, pos))
+        d = self.direct(st, pos, target)
         seq = _cut(st.seq, pos + 1)
         seq.ids.append(int(target))
         seq.labels.append(token_text(self.model.tokenizer, int(target)))
-        cat = lambda a, b: np.concatenate([a, b], axis=0)
         return LogitAttribution(
             model_name=self.model.name,
             sequence=seq,
-            heads=cat(prefix.heads, at.heads),
-            components={k: cat(prefix.components[k], at.components[k]) for k in at.components},
-            logit=cat(prefix.logit, at.logit),
-            model_logit=cat(prefix.model_logit, at.model_logit),
-            scale=cat(prefix.scale, at.scale),
+            heads=d.heads,
+            components=d.components,
+            logit=d.logit,
+            model_logit=d.model_logit,
+            scale=d.scale,
         )
 
-    def _direct_at(self, st: TextState, pos: int, target: int) -> DirectEffects:
-        tokens = torch.tensor([[st.seq.ids[pos], target]])
-        run = DirectPass(self.model, tokens, self.w, self.ue)
+    @torch.no_grad()
+    def direct(self, st: TextState, pos: int, target: int, start: int = 0) -> DirectEffects:
+        """Direct effects ``[P, ...]`` at positions ``start..pos``, each on its actual next token, ``pos`` on ``target``.
+
+        :class:`DirectPass`'s hooks are fed the cached activations (one padding row at the end, which
+        its reduction drops), so the numbers are those of a pass over the same token ids.
+        """
+        ids = list(st.seq.ids[start : pos + 1]) + [int(target)]
+        run = DirectPass(self.model, torch.tensor([ids]), self.w, self.ue)
         for name, hook in run.hooks:
-            x = st.acts[name][pos : pos + 1]
-            hook(torch.cat([x, torch.zeros_like(x)])[None], SimpleNamespace(name=name))
-        logits = torch.stack([st.logits[pos], torch.zeros_like(st.logits[pos])])[None]
-        d = run.finish(logits)
+            x = st.acts[name][start : pos + 1]
+            hook(torch.cat([x, torch.zeros_like(x[:1])])[None], SimpleNamespace(name=name))
+        x = st.logits[start : pos + 1]
+        d = run.finish(torch.cat([x, torch.zeros_like(x[:1])])[None])
         return DirectEffects(
             d.heads[0], {k: v[0] for k, v in d.components.items()}, d.logit[0], d.model_logit[0], d.scale[0]
         )
@@ -371,18 +373,6 @@ def _cut(seq: TokenSequence, n: int) -> TokenSequence:
         notes=list(seq.notes),
         title=seq.title,
         n_text_tokens=seq.n_text_tokens,
-    )
-
-
-def _slice_direct(d: DirectEffects, where) -> DirectEffects:
-    """Positions ``where`` (an int or a slice) of batch row 0, as ``[P, ...]`` arrays."""
-    sl = slice(where, where + 1) if isinstance(where, int) else where
-    return DirectEffects(
-        d.heads[0, sl],
-        {k: v[0, sl] for k, v in d.components.items()},
-        d.logit[0, sl],
-        d.model_logit[0, sl],
-        d.scale[0, sl],
     )
 
 

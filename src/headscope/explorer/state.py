@@ -11,7 +11,8 @@ keeps what every view reads, and no view runs the model again:
 - the residual pieces the QK decomposition (:mod:`headscope.qk.decompose`) splits a score into
   (embeddings, ``resid_pre``, ``ln1`` scales, every head's ``z``, every MLP's output) and the
   final residual with its norm scale, which the direct logit attribution reads
-  (:class:`headscope.scan.direct.DirectPass`, run in the same pass on the actual next tokens);
+  (:class:`headscope.scan.direct.DirectPass`'s maths, for the positions a view asks about:
+  running it in the pass for every position cost a sixth of the pass);
 - the logits, for the top predictions and the model's own logit of a token the user names.
 
 Memory grows linearly with the text (SmolLM2: about 0.5 MB a token); the cache of texts
@@ -26,11 +27,9 @@ import numpy as np
 import torch
 
 from ..errors import BadInput
-from ..folded_weights import HeadWeights
 from ..hooks import act_name
 from ..models.inputs import TokenSequence
 from ..models.model import HeadscopeModel
-from ..scan.direct import DirectEffects, DirectPass, Unembedding
 from ..scan.fused import fused_attention, fused_unsupported_reason
 from ..scores import attention_scores, prepare, reduce_qk
 from ..scores.layout import RepeatLayout
@@ -40,7 +39,7 @@ from ..scores.layout import RepeatLayout
 class TextState:
     """One text's pass: ``seq``; per layer ``q``/``k`` ``[head, T, d_head]`` and ``lse`` ``[head, T]``;
     ``acts`` (hook name -> ``[T, ...]`` float32, batch dropped); ``logits`` ``[T, vocab]``;
-    ``direct`` the direct logit effects on the actual next tokens; ``layout`` how the registry's
+    ``layout`` how the registry's
     attention scores are read on this text; ``scores`` those scores (``[L, H]``, None where a
     score reads no query on this text)."""
 
@@ -51,7 +50,6 @@ class TextState:
     scale: float
     acts: dict[str, torch.Tensor]
     logits: torch.Tensor
-    direct: DirectEffects
     layout: RepeatLayout
     scores: dict[str, np.ndarray | None] = field(default_factory=dict)
     seconds: float = 0.0
@@ -118,7 +116,7 @@ def _capture_names(m: HeadscopeModel) -> list[str]:
 
 
 @torch.no_grad()
-def compute_text(m: HeadscopeModel, seq: TokenSequence, w: HeadWeights, ue: Unembedding) -> TextState:
+def compute_text(m: HeadscopeModel, seq: TokenSequence) -> TextState:
     """The one fused pass over ``seq`` that every view of the explorer reads (see the module docstring)."""
     reason = fused_unsupported_reason(m)
     if reason:
@@ -145,12 +143,9 @@ def compute_text(m: HeadscopeModel, seq: TokenSequence, w: HeadWeights, ue: Unem
 
         return hook
 
-    names = _capture_names(m)
-    run = DirectPass(m, tokens, w, ue, head_dtype=torch.float32) if len(seq) > 1 else None
-    hooks = [(n, keep(n)) for n in names] + (run.hooks if run else [])
+    hooks = [(n, keep(n)) for n in _capture_names(m)]
     with fused_attention(m, on_attention):
         logits = m.run_with_hooks(tokens, fwd_hooks=hooks, use_cache=False)
-    direct = run.finish(logits) if run else _no_direct(m)
     layout = text_layout(seq.ids, m.first_token.id is not None)
     state = TextState(
         seq=seq,
@@ -160,16 +155,10 @@ def compute_text(m: HeadscopeModel, seq: TokenSequence, w: HeadWeights, ue: Unem
         scale=scale_box[0],
         acts=acts,
         logits=logits[0].detach().float().cpu(),
-        direct=direct,
         layout=layout,
     )
     state.scores = text_scores(state)
     return state
-
-
-def _no_direct(m: HeadscopeModel) -> DirectEffects:
-    z = np.zeros((1, 0))
-    return DirectEffects(np.zeros((1, 0, m.n_layers, m.n_heads)), {}, z, z, z)
 
 
 def text_scores(state: TextState) -> dict[str, np.ndarray | None]:

@@ -7,7 +7,7 @@
   var $ = function (id) { return document.getElementById(id); };
   var state = { text: "", head: null, pos: null, target: "" };
   var page = Math.random().toString(36).slice(2) + Date.now().toString(36); // this page's id: newer requests supersede older
-  var seqs = { text: 0, head: 0, position: 0 };
+  var seqs = { text: 0, head: 0, qk: 0, position: 0 };
   var view = null; // the last /api/text answer
   var row = null; // the chosen head's attention row from pos (tokens shading)
   var token = null;
@@ -158,7 +158,12 @@
     post("head", { text: state.text, head: state.head, pos: state.pos }, "head").then(function (h) {
       if (!h) return;
       row = h.row; drawTokens();
-      drawPattern(h); drawQK(h.qk); drawOV(h);
+      drawPattern(h); drawWrite(h);
+    }).catch(function (e) { status(e.message, true); });
+    $("qk-title").textContent = "QK of " + state.head + " (computing…)";
+    post("qk", { text: state.text, head: state.head, pos: state.pos }, "qk").then(function (h) {
+      if (!h) return;
+      drawQK(h.qk); drawOV(h);
     }).catch(function (e) { status(e.message, true); });
   }
   function drawPattern(h) {
@@ -205,11 +210,14 @@
     grid.appendChild(kdiv); grid.appendChild(qdiv); box.appendChild(grid);
   }
   function tokList(xs) { return xs.map(function (x) { return visible(x.token) + " " + fmt(x.effect, 2); }).join("   "); }
-  function drawOV(h) {
+  function drawWrite(h) {
     $("ov-title").textContent = "OV of " + h.head + ": what it writes";
-    var box = clear($("ov"));
+    var box = clear($("write"));
     box.appendChild(el("b", "At position " + h.position + " it writes (its output through the unembedding, direct path):"));
     box.appendChild(table(["", "tokens (centred logit)"], [["promotes", tokList(h.write.promotes)], ["suppresses", tokList(h.write.suppresses)]]));
+  }
+  function drawOV(h) {
+    var box = clear($("ov"));
     box.appendChild(el("b", "Attending to the tokens it attends to most here, it would write (OV circuit, block-0 effective embedding):"));
     box.appendChild(table(["source", "self-rank", "promotes", "suppresses"], h.ov.sources.map(function (s) {
       return [{ tk: s.token }, String(s.self_rank), tokList(s.promotes.slice(0, 5)), tokList(s.suppresses.slice(0, 5))];
