@@ -156,6 +156,58 @@ def _check(doc: dict, call: str, limits: Limits) -> dict:
     return doc
 
 
+def _secured(resp: Response) -> Response:
+    resp.headers.update(SECURITY_HEADERS)
+    return resp
+
+
+def _token_ok(request: Request, token: str | None) -> bool:
+    return token is None or secrets.compare_digest(request.headers.get(TOKEN_HEADER, "").encode(), token.encode())
+
+
+def _endpoint(call: str, work: Callable[[dict], object], gate: Gate, limits: Limits, token: str | None):
+    """One API call: token, body, fields, then ``work(doc)`` through the gate; every failure as a JSON error."""
+
+    async def endpoint(request: Request) -> Response:
+        try:
+            if not _token_ok(request, token):
+                raise RequestError(
+                    403, "missing or wrong token", "open the address the server printed (it holds the token)"
+                )
+            doc = _check(await _read_json(request, limits), call, limits)
+            out = await gate.run(lambda: work(doc), doc.get("page"), call, doc.get("seq"))
+        except RequestError as exc:
+            return _secured(_json({"error": exc.message, "hint": exc.hint}, exc.status))
+        except HeadscopeError as exc:
+            return _secured(_json({"error": exc.message, "hint": exc.hint}, 400))
+        except Busy as exc:
+            body = {"error": f"the explorer is busy: {exc}", "hint": "try again in a moment"}
+            return _secured(_json(body, 503, {"Retry-After": "1"}))
+        except Superseded as exc:
+            return _secured(_json({"error": str(exc), "superseded": True}, 409))
+        except Exception as exc:  # a bug must not take the server down: say it, keep serving
+            log.exception("explorer: /api/%s failed", call)
+            return _secured(_json({"error": f"internal error: {type(exc).__name__}: {exc}"}, 500))
+        if isinstance(out, str):
+            headers = {"Content-Disposition": 'attachment; filename="headscope-view.html"'}
+            return _secured(Response(out, media_type="text/html; charset=utf-8", headers=headers))
+        return _secured(_json(out))
+
+    return endpoint
+
+
+async def _index(request: Request) -> Response:
+    return _secured(Response(_asset("index.html"), media_type="text/html; charset=utf-8"))
+
+
+async def _static(request: Request) -> Response:
+    entry = STATIC.get(request.path_params["name"])
+    if entry is None:
+        return _secured(_json({"error": "no such file"}, 404))
+    load, media = entry
+    return _secured(Response(load(), media_type=media))
+
+
 def make_app(
     explorer: Explorer,
     *,
@@ -167,91 +219,27 @@ def make_app(
     """The ASGI app over ``explorer``. ``token``: required on every API call when set (exposed servers)."""
     limits = limits or Limits()
     gate = gate or Gate()
-
-    def secured(resp: Response) -> Response:
-        resp.headers.update(SECURITY_HEADERS)
-        return resp
-
-    async def index(request: Request) -> Response:
-        return secured(Response(_asset("index.html"), media_type="text/html; charset=utf-8"))
-
-    async def static(request: Request) -> Response:
-        entry = STATIC.get(request.path_params["name"])
-        if entry is None:
-            return secured(_json({"error": "no such file"}, 404))
-        load, media = entry
-        return secured(Response(load(), media_type=media))
-
-    def api(call: str, work: Callable[[dict], object]):
-        async def endpoint(request: Request) -> Response:
-            try:
-                if token is not None and not secrets.compare_digest(
-                    request.headers.get(TOKEN_HEADER, "").encode(), token.encode()
-                ):
-                    raise RequestError(
-                        403, "missing or wrong token", "open the address the server printed (it holds the token)"
-                    )
-                doc = _check(await _read_json(request, limits), call, limits)
-                out = await gate.run(lambda: work(doc), doc.get("page"), call, doc.get("seq"))
-            except RequestError as exc:
-                return secured(_json({"error": exc.message, "hint": exc.hint}, exc.status))
-            except HeadscopeError as exc:
-                return secured(_json({"error": exc.message, "hint": exc.hint}, 400))
-            except Busy as exc:
-                body = {"error": f"the explorer is busy: {exc}", "hint": "try again in a moment"}
-                return secured(_json(body, 503, {"Retry-After": "1"}))
-            except Superseded as exc:
-                return secured(_json({"error": str(exc), "superseded": True}, 409))
-            except Exception as exc:  # a bug must not take the server down: say it, keep serving
-                log.exception("explorer: /api/%s failed", call)
-                return secured(_json({"error": f"internal error: {type(exc).__name__}: {exc}"}, 500))
-            if isinstance(out, str):
-                headers = {"Content-Disposition": 'attachment; filename="headscope-view.html"'}
-                return secured(Response(out, media_type="text/html; charset=utf-8", headers=headers))
-            return secured(_json(out))
-
-        return endpoint
+    ex = explorer
 
     async def info(request: Request) -> Response:
-        if token is not None and not secrets.compare_digest(
-            request.headers.get(TOKEN_HEADER, "").encode(), token.encode()
-        ):
-            return secured(_json({"error": "missing or wrong token"}, 403))
-        m = explorer.model
-        return secured(
-            _json(
-                {
-                    "model": m.name,
-                    "n_layers": m.n_layers,
-                    "n_heads": m.n_heads,
-                    "max_tokens": explorer.max_tokens,
-                    "max_chars": limits.max_chars,
-                    "served": gate.served,
-                    "refused": gate.refused,
-                    "superseded": gate.superseded,
-                }
-            )
-        )
+        if not _token_ok(request, token):
+            return _secured(_json({"error": "missing or wrong token"}, 403))
+        m = ex.model
+        about = {"model": m.name, "n_layers": m.n_layers, "n_heads": m.n_heads, "max_tokens": ex.max_tokens}
+        counts = {"served": gate.served, "refused": gate.refused, "superseded": gate.superseded}
+        return _secured(_json({**about, "max_chars": limits.max_chars, **counts}))
 
-    routes = [
-        Route("/", index),
-        Route("/static/{name}", static),
-        Route("/api/info", info),
-        Route("/api/text", api("text", lambda d: explorer.text_view(d["text"])), methods=["POST"]),
-        Route(
-            "/api/head", api("head", lambda d: explorer.head_view(d["text"], d["head"], d.get("pos"))), methods=["POST"]
-        ),
-        Route("/api/qk", api("qk", lambda d: explorer.qk_view(d["text"], d["head"], d.get("pos"))), methods=["POST"]),
-        Route(
-            "/api/position",
-            api("position", lambda d: explorer.position_view(d["text"], d.get("pos"), d.get("target"))),
-            methods=["POST"],
-        ),
-        Route(
-            "/api/save",
-            api("save", lambda d: explorer.page_html(d["text"], d["head"], d.get("pos"), d.get("target"))),
-            methods=["POST"],
-        ),
+    calls: dict[str, Callable[[dict], object]] = {
+        "text": lambda d: ex.text_view(d["text"]),
+        "head": lambda d: ex.head_view(d["text"], d["head"], d.get("pos")),
+        "qk": lambda d: ex.qk_view(d["text"], d["head"], d.get("pos")),
+        "position": lambda d: ex.position_view(d["text"], d.get("pos"), d.get("target")),
+        "save": lambda d: ex.page_html(d["text"], d["head"], d.get("pos"), d.get("target")),
+    }
+    routes = [Route("/", _index), Route("/static/{name}", _static), Route("/api/info", info)]
+    routes += [
+        Route(f"/api/{name}", _endpoint(name, work, gate, limits, token), methods=["POST"])
+        for name, work in calls.items()
     ]
     app = Starlette(routes=routes, middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=list(hosts))])
     app.state.gate = gate
