@@ -349,3 +349,21 @@ def test_fifty_concurrent_requests_on_a_slow_model_are_answered_or_refused(tiny_
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+@pytest.mark.smollm2
+def test_smollm2_explorer_smoke(smollm2):
+    """On the real weights: a repeated text reads the later-repeat scores, and the views agree with the model."""
+    ex = Explorer(smollm2, max_tokens=256)
+    text = " The quick brown fox jumps over the lazy dog." * 2
+    v = ex.text_view(text)
+    assert v["layout"]["repeats"] == 2
+    st = ex.state(text)
+    pat = attention_patterns(smollm2, st.seq.tensor(), [(18, 6)])[0]
+    n = st.layout.seq_len
+    i = np.arange(1 + n, st.n)
+    assert st.scores["induction"][18, 6] == pytest.approx(pat[i, i - n + 1].mean(), abs=1e-4)
+    d = ex.qk(st, 18, 6, st.n - 2)
+    assert d.max_abs_error < 1e-3 and abs(d.score - d.model_score) < 1e-3
+    la = ex.logit_attribution(st, st.n - 2, st.seq.ids[-1])
+    assert la.max_abs_error < 1e-2

@@ -130,7 +130,7 @@
     Array.prototype.forEach.call($("heads").tBodies[0].rows, function (r) {
       var on = r.dataset.head === state.head;
       r.classList.toggle("sel", on);
-      if (on && r.scrollIntoViewIfNeeded) r.scrollIntoViewIfNeeded(false);
+      if (on) { var box = r.closest(".scroll"); box.scrollTop = r.offsetTop - box.clientHeight / 3; }
     });
   }
   function drawTokens() {
@@ -142,6 +142,7 @@
       if (row && i < row.length) {
         var a = Math.min(1, row[i] / max);
         s.style.background = "rgba(31, 119, 180, " + (0.08 + 0.8 * a).toFixed(3) + ")";
+        if (a > 0.55) s.style.color = "#fff";
         s.title = "position " + i + " · attention " + fmt(row[i], 4);
       } else { s.title = "position " + i; }
       s.addEventListener("click", function () { selectPos(i); });
