@@ -20,7 +20,12 @@ from headscope.scores import SCORES
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = Path(headscope.__file__).parent
 LAYERS = ["base", "models", "results", "scan", "qk", "render", "pipeline", "toy", "cli"]
-SIBLINGS = {"logits": "qk", "kinds": "qk", "circuits": "qk", "explorer": "toy"}  # beside qk (none imports another); explorer beside toy
+SIBLINGS = {
+    "logits": "qk",
+    "kinds": "qk",
+    "circuits": "qk",
+    "explorer": "toy",
+}  # beside qk (none imports another); explorer beside toy
 VIEW_FUNCTIONS = ("_repr_html_", "_figure")  # Result's, in results/base.py: the one way up
 VIEW_LOOKUP = "headscope.render.lookup"
 

@@ -155,6 +155,8 @@ def test_saved_page_is_a_report_page(llama_explorer):
     assert html.startswith("<!DOCTYPE html>") and "Content-Security-Policy" in html
     for anchor in ('id="top"', 'id="attention"', 'id="qk-decomposition"', 'id="ov-rows"', 'id="dla"'):
         assert anchor in html
+    with_paths = llama_explorer.page_html(TEXT, "L1H2", 6, corrupt="A dog ran on the rug. The dog ran on the rug.")
+    assert "Path patching: logits" in with_paths
 
 
 # --- the API -------------------------------------------------------------------------------------
@@ -367,3 +369,54 @@ def test_smollm2_explorer_smoke(smollm2):
     assert d.max_abs_error < 1e-3 and abs(d.score - d.model_score) < 1e-3
     la = ex.logit_attribution(st, st.n - 2, st.seq.ids[-1])
     assert la.max_abs_error < 1e-2
+
+
+def test_causal_paths_are_the_direct_paths_patched_by_hand(llama_explorer):
+    """Path patching to the logits, checked by hand: the clean run with one head's output change
+    (corrupted minus clean, through its output projection) added to the final residual."""
+    ex = llama_explorer
+    m = ex.model
+    text, corrupt = " The cat sat on the mat. The cat", " The dog ran to the car. The cat"
+    st, cs = ex.state(text), ex.state(corrupt)
+    assert st.n == cs.n
+    pos = st.n - 1
+    pp, answer, wrong = ex.paths(st, pos, corrupt, target=" sat")
+    assert answer == m.tokenizer(" sat", add_special_tokens=False)["input_ids"][0]
+    assert wrong == int(cs.logits[pos].topk(2).indices[0]) or wrong == int(cs.logits[pos].topk(2).indices[1])
+    bridge = m.bridge
+
+    @torch.no_grad()
+    def metric(extra=None):
+        hooks = [] if extra is None else [("ln_final.hook_in", lambda x, hook: x + extra)]
+        logits = bridge.run_with_hooks(st.seq.tensor(), fwd_hooks=hooks)[0, pos]
+        return float(logits[answer] - logits[wrong])
+
+    zc, zx = st.acts, cs.acts
+    clean, bad = metric(), None
+    with torch.no_grad():
+        logits_bad = bridge(cs.seq.tensor())[0, pos]
+    bad = float(logits_bad[answer] - logits_bad[wrong])
+    assert pp.clean_metric == pytest.approx(clean, abs=1e-4) and pp.corrupt_metric == pytest.approx(bad, abs=1e-4)
+    for i in np.argsort(-np.abs(pp.effect))[:3]:
+        l, h = (int(x) for x in pp.senders[i][1:].split("H"))
+        dz = torch.zeros_like(zc[f"blocks.{l}.attn.hook_z"])
+        dz[:, h] = zx[f"blocks.{l}.attn.hook_z"][: st.n, h] - zc[f"blocks.{l}.attn.hook_z"][:, h]
+        o = bridge.blocks[l].attn.o
+        with torch.no_grad():
+            delta = o(dz.reshape(1, st.n, -1)) - o(torch.zeros(1, st.n, dz[0].numel()))
+        value = (metric(delta) - bad) / (clean - bad)
+        assert pp.values[i] == pytest.approx(value, abs=1e-3)
+
+
+def test_causal_paths_refuse_what_they_cannot_patch(client):
+    r = client.post("/api/paths", json={"text": TEXT, "pos": 9, "corrupt": "short"})
+    assert r.status_code == 400 and "needs at least" in r.json()["error"]
+    r = client.post("/api/paths", json={"text": TEXT, "pos": 5, "corrupt": TEXT})
+    assert r.status_code == 400 and "same as the text" in r.json()["error"]
+    r = client.post("/api/paths", json={"text": TEXT, "pos": 5})
+    assert r.status_code == 400 and "needs 'corrupt'" in r.json()["error"]
+    ok = client.post(
+        "/api/paths", json={"text": TEXT, "pos": 6, "corrupt": "A dog ran on the rug. The dog ran on the rug."}
+    )
+    assert ok.status_code == 200, ok.text
+    assert ok.json()["paths"] and ok.json()["position"] == 6

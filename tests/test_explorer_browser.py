@@ -106,9 +106,12 @@ def test_type_click_change_and_reload(server, browser, tmp_path):
     _until(page, "document.getElementById('pattern-box').dataset.pos === '4'")
     _until(page, "document.getElementById('qk-how').textContent.startsWith('query 4 ')")
     assert page.text_content("#logits") != logits_before
-    view = {k: page.text_content(k) for k in ("#qk", "#qk-how", "#write", "#ov", "#logits", "#logit-title")}
+    page.fill("#corrupt", "A dog ran on the rug. The dog ran on the rug.")
+    page.click("#patch")
+    _until(page, "document.querySelectorAll('#paths tbody tr').length > 0")
+    view = {k: page.text_content(k) for k in ("#qk", "#qk-how", "#write", "#ov", "#logits", "#logit-title", "#paths")}
     url = page.url
-    assert "head=L2H0" in url and "pos=4" in url
+    assert "head=L2H0" in url and "pos=4" in url and "corrupt=" in url
 
     # the sort: click a header, the order changes and the chosen row stays chosen
     page.click("#heads thead th:nth-child(2)")
@@ -119,6 +122,7 @@ def test_type_click_change_and_reload(server, browser, tmp_path):
     _until(again, "document.getElementById('pattern-box').dataset.head === 'L2H0'")
     _until(again, "document.getElementById('logit-title').textContent.includes('position 4')")
     _until(again, "document.getElementById('qk-title').textContent.includes('L2H0: why')")
+    _until(again, "document.querySelectorAll('#paths tbody tr').length > 0")
     assert {k: again.text_content(k) for k in view} == view  # same view from the address alone
     assert again.input_value("#text") == TEXT
     again.screenshot(path=str(tmp_path / "explorer.png"), full_page=True)

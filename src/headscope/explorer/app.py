@@ -65,7 +65,15 @@ FIELDS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     "head": {"text": ((str,), True), "head": ((str,), True), "pos": ((int, type(None)), False)},
     "qk": {"text": ((str,), True), "head": ((str,), True), "pos": ((int, type(None)), False)},
     "position": {"text": ((str,), True), "pos": ((int, type(None)), False), "target": ((str, type(None)), False)},
+    "paths": {
+        "text": ((str,), True),
+        "pos": ((int, type(None)), False),
+        "corrupt": ((str,), True),
+        "target": ((str, type(None)), False),
+        "wrong": ((str, type(None)), False),
+    },
     "save": {
+        "corrupt": ((str, type(None)), False),
         "text": ((str,), True),
         "head": ((str,), True),
         "pos": ((int, type(None)), False),
@@ -142,13 +150,15 @@ def _check(doc: dict, call: str, limits: Limits) -> dict:
         if isinstance(v, bool) or not isinstance(v, types):
             want = " or ".join("null" if t is type(None) else t.__name__ for t in types)
             raise RequestError(400, f"{name!r} must be {want}, got {type(v).__name__}")
-    if len(doc["text"]) > limits.max_chars:
-        raise RequestError(
-            413, f"the text has {len(doc['text'])} characters, over the limit of {limits.max_chars}", "shorten it"
-        )
-    target = doc.get("target")
-    if target is not None and len(target) > limits.max_target:
-        raise RequestError(400, f"the token to explain is over {limits.max_target} characters", "name a single token")
+    for field in ("text", "corrupt"):
+        n = len(doc.get(field) or "")
+        if n > limits.max_chars:
+            raise RequestError(
+                413, f"the {field} has {n} characters, over the limit of {limits.max_chars}", "shorten it"
+            )
+    for field in ("target", "wrong"):
+        if len(doc.get(field) or "") > limits.max_target:
+            raise RequestError(400, f"the {field} token is over {limits.max_target} characters", "name a single token")
     if "page" in doc and len(doc["page"]) > 64:
         raise RequestError(400, "'page' is over 64 characters")
     if doc.get("seq", 0) < 0:
@@ -234,7 +244,8 @@ def make_app(
         "head": lambda d: ex.head_view(d["text"], d["head"], d.get("pos")),
         "qk": lambda d: ex.qk_view(d["text"], d["head"], d.get("pos")),
         "position": lambda d: ex.position_view(d["text"], d.get("pos"), d.get("target")),
-        "save": lambda d: ex.page_html(d["text"], d["head"], d.get("pos"), d.get("target")),
+        "paths": lambda d: ex.paths_view(d["text"], d.get("pos"), d["corrupt"], d.get("target"), d.get("wrong")),
+        "save": lambda d: ex.page_html(d["text"], d["head"], d.get("pos"), d.get("target"), d.get("corrupt") or None),
     }
     routes = [Route("/", _index), Route("/static/{name}", _static), Route("/api/info", info)]
     routes += [

@@ -25,6 +25,8 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
+from ..circuits.path_patching import Receiver, path_patching
+from ..circuits.tasks import CircuitTask
 from ..errors import BadInput
 from ..folded_weights import head_weights
 from ..head_labels import head_label
@@ -37,6 +39,7 @@ from ..qk.decompose import decompose_qk
 from ..render.page import Report
 from ..results.attention import AttentionSample, AttentionViews
 from ..results.logit_results import DLA_DEFINITION, LogitAttribution, OVRows
+from ..results.patching_results import PathPatching
 from ..results.qk_results import QKDecomposition
 from ..results.scan_result import InductionResult
 from ..scan.direct import DirectEffects, DirectPass, unembedding
@@ -237,6 +240,71 @@ class Explorer:
             "definition": DLA_DEFINITION,
         }
 
+    def paths_view(self, text: str, pos, corrupt: str, target: str | None = None, wrong: str | None = None) -> dict:
+        """Causal paths into the prediction at ``pos``: every head's direct path to the logits, path-patched.
+
+        :func:`headscope.circuits.path_patching.path_patching` with the logits as receiver, noising
+        (the clean text's run, one head's output taken from the ``corrupt`` text's run along its direct
+        path only), metric: logit of the target minus logit of the wrong token at ``pos``.
+        """
+        pp, answer, wrong_id = self.paths(self.state(text), pos, corrupt, target, wrong)
+        tok = self.model.tokenizer
+        eff = pp.effect
+        order = np.argsort(-np.abs(eff))[:12]
+        return {
+            "position": pp_pos(pp),
+            "answer": token_text(tok, answer),
+            "wrong": token_text(tok, wrong_id),
+            "clean_metric": round(pp.clean_metric, 4),
+            "corrupt_metric": round(pp.corrupt_metric, 4),
+            "paths": [{"sender": pp.senders[i], "effect": round(float(eff[i]), 4)} for i in order],
+            "notes": pp.notes,
+        }
+
+    def paths(self, st: TextState, pos, corrupt: str, target: str | None = None, wrong: str | None = None):
+        """The :class:`PathPatching` of :meth:`paths_view`, with the answer and wrong token ids."""
+        pos = self.position(st, pos)
+        cs = self.state(corrupt)
+        if cs.n < pos + 1:
+            raise BadInput(
+                f"the corrupted text has {cs.n} tokens; patching at position {pos} needs at least {pos + 1}",
+                hint="give a corrupted text with as many tokens up to that position (swap a word for another one-token word)",
+            )
+        answer = self.target(st, pos, target)
+        if wrong:
+            wrong_id = single_tokens(self.model.tokenizer, [wrong], minimum=1)[0]
+        elif pos + 1 < cs.n and cs.seq.ids[pos + 1] != answer:
+            wrong_id = cs.seq.ids[pos + 1]  # what comes next in the corrupted text
+        else:
+            wrong_id = next(int(i) for i in cs.logits[pos].topk(2).indices if int(i) != answer)
+        if wrong_id == answer:
+            raise BadInput("the wrong token is the token explained", hint="name another wrong token")
+        clean, bad = st.seq.ids[: pos + 1], cs.seq.ids[: pos + 1]
+        if clean == bad:
+            raise BadInput(
+                "the corrupted text is the same as the text up to this position", hint="change a token before it"
+            )
+        one = lambda x: torch.tensor([x], dtype=torch.long)
+        task = CircuitTask(
+            name="explorer",
+            clean=one(clean),
+            corrupt=one(bad),
+            positions=one([pos]),
+            answer=one([answer]),
+            wrong=one([wrong_id]),
+            counted=torch.tensor([[True]]),
+            corruption="the corrupted text typed in the explorer, up to the chosen position",
+            notes=["one example: the interval is a single value"],
+        )
+        pp = path_patching(self.model, task, None, Receiver.logits(), direction="noise")
+        if not np.isfinite(pp.values).all():
+            raise BadInput(
+                "the text and the corrupted text give the same logit difference here: no gap to explain",
+                hint="corrupt a token the prediction depends on, or name another wrong token",
+            )
+        pp.notes.append(f"position {pos}")
+        return pp, answer, wrong_id
+
     # --- the results behind the views --------------------------------------------------------
     def qk(self, st: TextState, layer: int, head: int, pos: int) -> QKDecomposition:
         """:func:`~headscope.qk.decompose.decompose_qk` at query ``pos`` and its most-attended key, from the cache.
@@ -333,7 +401,7 @@ class Explorer:
         )
 
     # --- the saved page ------------------------------------------------------------------------
-    def results(self, text: str, head, pos=None, target: str | None = None) -> list:
+    def results(self, text: str, head, pos=None, target: str | None = None, corrupt: str | None = None) -> list:
         """The results of the current view: the model's scan, the head on the text, its QK and OV, the logit view."""
         st = self.state(text)
         layer, h = self.head(head)
@@ -352,13 +420,19 @@ class Explorer:
             [sample], [text], title=f"Attention of {head_label(layer, h)} on your text (interactive)"
         )
         la = self.logit_attribution(st, pos, self.target(st, pos, target))
-        return [self.scan(), views, self.qk(st, layer, h, pos), self.ov(st, layer, h, pos), la]
+        out = [self.scan(), views, self.qk(st, layer, h, pos), self.ov(st, layer, h, pos), la]
+        return out + ([self.paths(st, pos, corrupt, target)[0]] if corrupt else [])
 
-    def page_html(self, text: str, head, pos=None, target: str | None = None) -> str:
+    def page_html(self, text: str, head, pos=None, target: str | None = None, corrupt: str | None = None) -> str:
         """The current view as the same self-contained offline page ``headscope report`` writes."""
-        results = self.results(text, head, pos, target)
+        results = self.results(text, head, pos, target, corrupt)
         note = f"Saved from headscope serve: head {head_label(*self.head(head))}, query position {self.position(self.state(text), pos)}."
         return Report(self.model.info(), results, [note]).to_html()
+
+
+def pp_pos(pp: PathPatching) -> int:
+    """The position a path patching of :meth:`Explorer.paths` was read at (its last note)."""
+    return int(pp.notes[-1].split()[-1])
 
 
 def _num(x: float) -> float | None:

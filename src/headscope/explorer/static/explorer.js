@@ -5,9 +5,9 @@
   "use strict";
 
   var $ = function (id) { return document.getElementById(id); };
-  var state = { text: "", head: null, pos: null, target: "" };
+  var state = { text: "", head: null, pos: null, target: "", corrupt: "" };
   var page = Math.random().toString(36).slice(2) + Date.now().toString(36); // this page's id: newer requests supersede older
-  var seqs = { text: 0, head: 0, qk: 0, position: 0 };
+  var seqs = { text: 0, head: 0, qk: 0, position: 0, paths: 0 };
   var view = null; // the last /api/text answer
   var row = null; // the chosen head's attention row from pos (tokens shading)
   var token = null;
@@ -38,6 +38,7 @@
     state.head = h.get("head");
     state.pos = h.has("pos") && /^\d+$/.test(h.get("pos")) ? parseInt(h.get("pos"), 10) : null;
     state.target = h.get("target") || "";
+    state.corrupt = h.get("corrupt") || "";
   }
   function writeHash() {
     var h = new URLSearchParams();
@@ -45,6 +46,7 @@
     if (state.head) h.set("head", state.head);
     if (state.pos !== null) h.set("pos", String(state.pos));
     if (state.target) h.set("target", state.target);
+    if (state.corrupt) h.set("corrupt", state.corrupt);
     history.replaceState(null, "", "#" + h.toString());
   }
 
@@ -82,6 +84,7 @@
       status(v.n_tokens + " tokens, analysed in " + ((performance.now() - t0) / 1000).toFixed(2) + " s (server " + v.seconds.toFixed(2) + " s)");
       writeHash();
       loadHead(); loadPosition();
+      if (state.corrupt) patch();
     }).catch(function (e) { status(e.message, true); });
   }
   function headExists(h) { return view.rows.some(function (r) { return r.head === h; }); }
@@ -150,7 +153,10 @@
     });
   }
   function selectHead(h) { state.head = h; markHead(); writeHash(); loadHead(); }
-  function selectPos(p) { state.pos = p; writeHash(); drawTokens(); loadHead(); loadPosition(); }
+  function selectPos(p) {
+    state.pos = p; writeHash(); drawTokens(); loadHead(); loadPosition();
+    if (state.corrupt) { clear($("paths")); $("paths-title").textContent = "Causal paths into this prediction (press Patch for position " + p + ")"; }
+  }
 
   // --- the chosen head: pattern, QK decomposition, OV ---
   function loadHead() {
@@ -244,9 +250,26 @@
     }).catch(function (e) { status(e.message, true); });
   }
 
+  // --- causal paths into the prediction (path patching to the logits) ---
+  function patch() {
+    state.corrupt = $("corrupt").value;
+    if (!view || !state.corrupt.trim()) { clear($("paths")); return; }
+    $("paths-title").textContent = "Causal paths into the prediction at position " + state.pos + " (patching…)";
+    var body = { text: state.text, pos: state.pos, corrupt: state.corrupt, target: state.target || null, wrong: $("wrong").value || null };
+    post("paths", body, "paths").then(function (v) {
+      if (!v) return;
+      writeHash();
+      $("paths-title").textContent = "Causal paths into the prediction at position " + v.position;
+      var box = clear($("paths"));
+      box.appendChild(el("p", "logit(" + visible(v.answer) + ") − logit(" + visible(v.wrong) + "): " + fmt(v.clean_metric) + " on the text, " +
+        fmt(v.corrupt_metric) + " on the corrupted text. " + v.notes.join("; "), "muted"));
+      box.appendChild(table(["sender → logits", "effect (share of the gap)"], v.paths.map(function (p) { return [p.sender, p.effect]; })));
+    }).catch(function (e) { $("paths-title").textContent = "Causal paths into this prediction"; status(e.message, true); });
+  }
+
   function save() {
     status("Writing the page…");
-    post("save", { text: state.text, head: state.head, pos: state.pos, target: state.target || null }).then(function (html) {
+    post("save", { text: state.text, head: state.head, pos: state.pos, target: state.target || null, corrupt: state.corrupt || null }).then(function (html) {
       var url = URL.createObjectURL(new Blob([html], { type: "text/html" }));
       var a = el("a"); a.href = url; a.download = "headscope-" + state.head + "-pos" + state.pos + ".html";
       document.body.appendChild(a); a.click(); a.remove();
@@ -260,6 +283,7 @@
   $("explain").addEventListener("click", loadPosition);
   $("target").addEventListener("keydown", function (e) { if (e.key === "Enter") loadPosition(); });
   $("save").addEventListener("click", save);
+  $("patch").addEventListener("click", patch);
   $("filter").addEventListener("input", function () {
     var q = this.value.trim().toLowerCase();
     Array.prototype.forEach.call($("heads").tBodies[0].rows, function (r) { r.hidden = q !== "" && r.dataset.head.toLowerCase().indexOf(q) < 0; });
@@ -268,6 +292,7 @@
   readHash();
   $("text").value = state.text || "The quick brown fox jumps over the lazy dog. The quick brown fox jumps over the lazy dog.";
   $("target").value = state.target;
+  $("corrupt").value = state.corrupt;
   var info = {};
   if (token) info["X-Headscope-Token"] = token;
   fetch("/api/info", { headers: info }).then(function (r) { return r.json(); }).then(function (i) {
