@@ -90,15 +90,20 @@ def test_layout_finds_the_smallest_exact_period():
     assert text_layout([0, 5], True).repeats == 1
 
 
-def test_qk_view_is_decompose_qk_on_an_eager_capture(explorer):
+@pytest.mark.parametrize("head, pos", [((1, 2), 9), ((1, 0), 13), ((0, 1), 4), ((1, 3), 0)])
+def test_qk_view_is_decompose_qk_on_an_eager_capture(explorer, head, pos):
+    """The explorer's one-pair decomposition (decompose_pair) against decompose_qk on a fresh eager capture."""
     st = explorer.state(TEXT)
-    d = explorer.qk(st, 1, 2, 9)
-    ref = headscope.qk.decompose_qk(explorer.model, (1, 2), st.seq, query=9)
-    assert d.pairs == ref.pairs
-    assert np.allclose(d.key_vs_mean, ref.key_vs_mean, atol=1e-5)
-    assert np.allclose(d.query_contrib, ref.query_contrib, atol=1e-5)
+    d = explorer.qk(st, *head, pos)
+    ref = headscope.qk.decompose_qk(explorer.model, head, st.seq, query=pos)
+    assert d.pairs == ref.pairs and d.how == ref.how
+    assert d.key_names == ref.key_names and d.query_names == ref.query_names
+    for field in ("key_contrib", "key_vs_mean", "query_contrib", "query_vs_mean", "pair_contrib"):
+        assert np.allclose(getattr(d, field), getattr(ref, field), atol=1e-5), field
+    assert d.score == pytest.approx(ref.score, abs=1e-5) and d.attention == pytest.approx(ref.attention, abs=1e-5)
     assert abs(d.score - d.model_score) < 1e-4
-    assert d.key_names == ref.key_names
+    full = explorer.qk_full(st, *head, pos)  # decompose_qk itself on the cached activations
+    assert np.allclose(full.key_vs_mean, d.key_vs_mean, atol=1e-8)
 
 
 def test_logit_view_is_logit_attribution_on_the_same_ids(explorer):

@@ -17,6 +17,7 @@ page; :meth:`Explorer.page_html` puts the same results on the report page.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections import OrderedDict
@@ -35,7 +36,7 @@ from ..logits.ov_rows import ov_rows
 from ..models.embedding import effective_embedding
 from ..models.inputs import TokenSequence, as_heads, encode, single_tokens
 from ..models.model import as_model
-from ..qk.decompose import decompose_qk
+from ..qk.decompose import decompose_pair, decompose_qk
 from ..render.page import Report
 from ..results.attention import AttentionSample, AttentionViews
 from ..results.logit_results import DLA_DEFINITION, LogitAttribution, OVRows
@@ -85,6 +86,9 @@ class Explorer:
         self.cache_bytes = int(cache_mb * 2**20)
         self.w = head_weights(m)
         self.ue = unembedding(m, self.w)
+        # the decomposition reads W_Q, W_K, W_O and the biases in float64: converted once, not per view
+        f64 = {k: getattr(self.w, k).double() for k in ("W_Q", "W_K", "W_O", "b_Q", "b_K", "b_O")}
+        self.w_qk = dataclasses.replace(self.w, **f64)
         self.eps = float(getattr(m.cfg, "eps", 1e-5))
         self._texts: OrderedDict[str, TextState] = OrderedDict()
         self._scan: InductionResult | None = None
@@ -307,23 +311,51 @@ class Explorer:
 
     # --- the results behind the views --------------------------------------------------------
     def qk(self, st: TextState, layer: int, head: int, pos: int) -> QKDecomposition:
-        """:func:`~headscope.qk.decompose.decompose_qk` at query ``pos`` and its most-attended key, from the cache.
+        """The QK decomposition at query ``pos`` and its most-attended key (BOS excluded), from the cache.
 
-        The activations are cut after ``pos`` (causal: the rows kept are exact); the head's scores and
-        pattern on those positions are the only ``n x n`` built."""
+        :func:`~headscope.qk.decompose.decompose_pair` (the same numbers as ``decompose_qk``, which
+        splits every position; tested) on the cached activations cut after ``pos`` (causal: exact)."""
         T = pos + 1
+        row = st.row(layer, head, pos)
+        pick = row.copy()
+        if pos > 0:
+            pick[0] = -1  # explain content, not the BOS sink (decompose_qk's rule)
+        key = int(pick.argmax())
+        how = f"query {pos} and its most-attended key {key}" + (" (BOS excluded)" if pos > 0 else "")
+        raw = float(st.scores_qk(layer, head, slice(pos, pos + 1), slice(key, key + 1))[0, 0])
+        return decompose_pair(
+            self.model,
+            (layer, head),
+            _cut(st.seq, T),
+            pos,
+            key,
+            self._acts(st, layer, T),
+            weights=self.w_qk,
+            model_score=raw,
+            attention=float(row[key]),
+            how=how,
+        )
+
+    def _acts(self, st: TextState, layer: int, T: int) -> dict:
+        """The hooks a decomposition of a head in ``layer`` reads, positions ``0..T-1``, float64."""
         acts: dict = {k: st.acts[k][:T].double() for k in ("hook_embed", "hook_pos_embed") if k in st.acts}
         for name in (act_name("resid_pre", layer), act_name("ln1.scale", layer)):
             acts[name] = st.acts[name][:T].double()
         for e in range(layer):
             for name in (act_name("z", e), act_name("mlp_out", e)):
                 acts[name] = st.acts[name][:T].double()
+        return acts
+
+    def qk_full(self, st: TextState, layer: int, head: int, pos: int) -> QKDecomposition:
+        """:func:`~headscope.qk.decompose.decompose_qk` itself on the cache (every position split): the reference."""
+        T = pos + 1
+        acts = self._acts(st, layer, T)
         raw = st.scores_qk(layer, head, slice(0, T), slice(0, T))
-        pattern = torch.tril(torch.exp(raw - st.lse[layer][head, :T].double()[:, None]))
         acts[act_name("attn_scores", layer)] = _OneHead(head, raw)
-        acts[act_name("pattern", layer)] = _OneHead(head, pattern)
-        seq = _cut(st.seq, T)
-        return decompose_qk(self.model, (layer, head), seq, query=pos, weights=self.w, acts=acts)
+        acts[act_name("pattern", layer)] = _OneHead(
+            head, torch.tril(torch.exp(raw - st.lse[layer][head, :T].double()[:, None]))
+        )
+        return decompose_qk(self.model, (layer, head), _cut(st.seq, T), query=pos, weights=self.w_qk, acts=acts)
 
     def ov(self, st: TextState, layer: int, head: int, pos: int, row: np.ndarray | None = None) -> OVRows:
         """OV rows (block-0 effective embedding) of the tokens the head attends to most from ``pos`` (up to 3)."""
