@@ -425,3 +425,26 @@ def test_causal_paths_refuse_what_they_cannot_patch(client):
     )
     assert ok.status_code == 200, ok.text
     assert ok.json()["paths"] and ok.json()["position"] == 6
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["--host", "0.0.0.0"], "--expose"),
+        (["--host", "192.168.1.5"], "--expose"),
+        (["--port", "0"], "not a port"),
+        (["--max-tokens", "1"], "--max-tokens"),
+        (["--queue", "0"], "--queue"),
+    ],
+)
+def test_serve_refuses_unsafe_or_bad_options_before_loading(args, says, monkeypatch):
+    """`headscope serve` checks its options before any model loads (the loader would fail the test)."""
+    from typer.testing import CliRunner
+
+    from headscope.cli import app
+    import headscope.models
+
+    monkeypatch.setattr(headscope.models, "load_model", lambda *a, **k: pytest.fail("the model loaded"))
+    result = CliRunner().invoke(app, ["serve", "--no-browser", *args])
+    assert result.exit_code == 2, result.output
+    assert says in result.output
