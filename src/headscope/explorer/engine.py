@@ -143,7 +143,7 @@ class Explorer:
             return single_tokens(self.model.tokenizer, [target], minimum=1)[0]
         if pos + 1 < st.n:
             return st.seq.ids[pos + 1]
-        return int(st.logits[pos].argmax())
+        return int(st.logits(pos).argmax())
 
     # --- views -------------------------------------------------------------------------------
     def text_view(self, text: str) -> dict:
@@ -218,7 +218,7 @@ class Explorer:
         t = self.target(st, pos, target)
         la = self.direct(st, pos, t, start=pos)
         heads = la.heads[-1]  # [L, H] at pos
-        probs = torch.softmax(st.logits[pos].double(), -1)
+        probs = torch.softmax(st.logits(pos).double(), -1)
         top = probs.topk(min(10, probs.numel()))
         tok = self.model.tokenizer
         order = np.argsort(-np.abs(heads), axis=None)[:12]
@@ -280,7 +280,7 @@ class Explorer:
         elif pos + 1 < cs.n and cs.seq.ids[pos + 1] != answer:
             wrong_id = cs.seq.ids[pos + 1]  # what comes next in the corrupted text
         else:
-            wrong_id = next(int(i) for i in cs.logits[pos].topk(2).indices if int(i) != answer)
+            wrong_id = next(int(i) for i in cs.logits(pos).topk(2).indices if int(i) != answer)
         if wrong_id == answer:
             raise BadInput("the wrong token is the token explained", hint="name another wrong token")
         clean, bad = st.seq.ids[: pos + 1], cs.seq.ids[: pos + 1]
@@ -426,7 +426,7 @@ class Explorer:
         for name, hook in run.hooks:
             x = st.acts[name][start : pos + 1]
             hook(torch.cat([x, torch.zeros_like(x[:1])])[None], SimpleNamespace(name=name))
-        x = st.logits[start : pos + 1]
+        x = st.logits(slice(start, pos + 1))
         d = run.finish(torch.cat([x, torch.zeros_like(x[:1])])[None])
         return DirectEffects(
             d.heads[0], {k: v[0] for k, v in d.components.items()}, d.logit[0], d.model_logit[0], d.scale[0]

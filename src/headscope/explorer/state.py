@@ -13,7 +13,9 @@ keeps what every view reads, and no view runs the model again:
   final residual with its norm scale, which the direct logit attribution reads
   (:class:`headscope.scan.direct.DirectPass`'s maths, for the positions a view asks about:
   running it in the pass for every position cost a sixth of the pass);
-- the logits, for the top predictions and the model's own logit of a token the user names.
+- the final-normed residual, from which the logits of a position are one product with the
+  unembedding when a view asks (the pass skips the unembedding: on SmolLM2 it is a fifth of the
+  pass's arithmetic and, as logits, 0.2 MB a token).
 
 Memory grows linearly with the text (SmolLM2: about 0.5 MB a token); the cache of texts
 (:class:`headscope.explorer.engine.Explorer`) is bounded in bytes.
@@ -21,6 +23,8 @@ Memory grows linearly with the text (SmolLM2: about 0.5 MB a token); the cache o
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,7 +42,8 @@ from ..scores.layout import RepeatLayout
 @dataclass
 class TextState:
     """One text's pass: ``seq``; per layer ``q``/``k`` ``[head, T, d_head]`` and ``lse`` ``[head, T]``;
-    ``acts`` (hook name -> ``[T, ...]`` float32, batch dropped); ``logits`` ``[T, vocab]``;
+    ``acts`` (hook name -> ``[T, ...]`` float32, batch dropped); ``normed`` the final-normed
+    residual ``[T, d_model]`` (:meth:`logits` unembeds rows of it);
     ``layout`` how the registry's
     attention scores are read on this text; ``scores`` those scores (``[L, H]``, None where a
     score reads no query on this text)."""
@@ -49,7 +54,8 @@ class TextState:
     lse: list[torch.Tensor]
     scale: float
     acts: dict[str, torch.Tensor]
-    logits: torch.Tensor
+    normed: torch.Tensor
+    unembed: Callable[[torch.Tensor], torch.Tensor]
     layout: RepeatLayout
     scores: dict[str, np.ndarray | None] = field(default_factory=dict)
     seconds: float = 0.0
@@ -60,8 +66,15 @@ class TextState:
 
     @property
     def nbytes(self) -> int:
-        tensors = [*self.q, *self.k, *self.lse, *self.acts.values(), self.logits]
+        tensors = [*self.q, *self.k, *self.lse, *self.acts.values(), self.normed]
         return sum(t.numel() * t.element_size() for t in tensors)
+
+    @torch.no_grad()
+    def logits(self, rows) -> torch.Tensor:
+        """The model's logits at positions ``rows`` (an int or a slice), float32 on the CPU."""
+        x = self.normed[rows]
+        out = self.unembed(x.reshape(1, -1, x.shape[-1]))[0]  # [P, vocab]
+        return (out[0] if x.dim() == 1 else out).float().cpu()
 
     def row(self, layer: int, head: int, query: int) -> np.ndarray:
         """Head ``layer.head``'s attention from ``query`` to every key ``0..query`` (float64, sums to 1)."""
@@ -85,6 +98,17 @@ class TextState:
         s = self.scores_qk(layer, head, slice(start, stop), slice(start, stop))
         a = torch.exp(s - self.lse[layer][head, start:stop].double()[:, None])
         return torch.tril(a).numpy()
+
+
+@contextlib.contextmanager
+def _residual_out(bridge) -> Iterator[None]:
+    """The bridge's forward returns the final-normed residual instead of logits (its unembedding made
+    the identity for the pass), as :mod:`headscope.circuits.runs` does for patching."""
+    object.__setattr__(bridge.unembed, "forward", lambda x, *a, **k: x)
+    try:
+        yield
+    finally:
+        bridge.unembed.__dict__.pop("forward", None)
 
 
 def text_layout(ids: list[int], first: bool) -> RepeatLayout:
@@ -144,8 +168,8 @@ def compute_text(m: HeadscopeModel, seq: TokenSequence) -> TextState:
         return hook
 
     hooks = [(n, keep(n)) for n in _capture_names(m)]
-    with fused_attention(m, on_attention):
-        logits = m.run_with_hooks(tokens, fwd_hooks=hooks, use_cache=False)
+    with fused_attention(m, on_attention), _residual_out(m.bridge):
+        normed = m.run_with_hooks(tokens, fwd_hooks=hooks, use_cache=False)
     layout = text_layout(seq.ids, m.first_token.id is not None)
     state = TextState(
         seq=seq,
@@ -154,7 +178,8 @@ def compute_text(m: HeadscopeModel, seq: TokenSequence) -> TextState:
         lse=lses,
         scale=scale_box[0],
         acts=acts,
-        logits=logits[0].detach().float().cpu(),
+        normed=normed[0].detach(),
+        unembed=m.bridge.unembed,
         layout=layout,
     )
     state.scores = text_scores(state)
