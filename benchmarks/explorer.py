@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
         "threads": args.threads,
         "heads": [head_a, head_b],
         "n_tokens": [ex.state(short[0]).n, ex.state(long[0]).n],
+        "cache_mb_per_text": [round(ex.state(t).nbytes / 2**20, 1) for t in (short[0], long[0])],
         "median_s": {k: median([x["wall"] for x in v]) for k, v in times.items()},
         "median_cpu_s": {k: median([x["cpu"] for x in v]) for k, v in times.items()},
         "times_s": {k: [round(x["wall"], 4) for x in v] for k, v in times.items()},

@@ -176,7 +176,8 @@ def summary(report: dict) -> str:
             busy = r.get("others_cpu_share_max")
             lines.append(
                 f"-- explorer on {r['device']} ({r['threads']} threads, heads {', '.join(r['heads'])}, texts of "
-                f"{r['n_tokens'][0]} and {r['n_tokens'][1]} tokens), medians of {len(r['times_s']['head_switch'])} rounds"
+                f"{r['n_tokens'][0]} and {r['n_tokens'][1]} tokens, cached {r['cache_mb_per_text'][0]} and "
+                f"{r['cache_mb_per_text'][1]} MB), medians of {len(r['times_s']['head_switch'])} rounds"
                 + ("" if busy is None else f" (others took at most {100 * busy:.0f}% of the CPU)")
                 + ":"
             )
