@@ -39,7 +39,7 @@ def test_circuit_writes_its_files_json_and_page(tiny_llama_dir, tmp_path):
         "patching_denoise.png",
     } <= names
     page = (out / "report.html").read_text()
-    assert "Activation patching: denoise" in page and "Path patching" in page
+    assert "Activation patching (denoise)" in page and "Paths into L" in page
     # a second run into the same --out is refused
     again = run("--model", tiny_llama_dir, "--device", "cpu", "--examples", "3", "--seq-len", "5", "--out", out)
     assert again.exit_code == 4
