@@ -13,7 +13,9 @@ Each section runs in its own fresh process (memory peaks and load times need one
 - memory (benchmarks/memory.py): peak memory above the loaded model of the scan at
   seq-len 2048 (4,097 tokens), batch 1, next to a plain forward pass of the same tokens;
 - explorer (benchmarks/explorer.py): the live explorer's first view of a 100- and a 1,000-token
-  text and its head and position switches, model warm (wall and CPU time).
+  text and its head and position switches, model warm (wall and CPU time);
+- circuits (benchmarks/circuits.py, not in the default set): path patching of every sender to one
+  receiver in one batched run vs one forward pass per sender, on the induction task (10 x 101 tokens).
 
 When a CUDA GPU is visible, speed and memory run again on it. The load average is printed
 at the start of the suite and of every section: timings taken while other heavy processes
@@ -113,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
             results += section("explorer.py", *common, "--device", dev, "--reps", str(args.reps))
     if "load" in sections:
         results += section("load.py", *common, "--cached-reps", "1" if args.quick else "3")
+    if "circuits" in sections:
+        results += section("circuits.py", *common)
     info["load_average_end"] = [round(x, 2) for x in load_average()]
     report = {"machine": info, "argv": sys.argv[1:], "results": results}
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -187,6 +191,14 @@ def summary(report: dict) -> str:
                     f"   {k:<18} {v:7.3f} s wall, {r['median_cpu_s'][k]:7.3f} s CPU"
                     + ("" if aim is None else f"; aim {aim} s: {_ok(v <= aim)}")
                 )
+        elif r["section"] == "circuits":
+            lines.append(
+                f"-- circuits on {r['device']}: {r['n_examples']} x {r['n_tokens']} tokens; cache {r['cache_s']:.1f} s; "
+                f"{r['senders_logits']} senders -> logits batched {r['path_logits_batched_s']:.2f} s; "
+                f"{r['senders_keys']} senders -> {r['receiver']} batched {r['path_keys_batched_s']:.1f} s vs one pass "
+                f"per sender {r['per_sender_pass_s']:.2f} s x {r['senders_keys']} = {r['naive_keys_extrapolated_s']:.0f} s "
+                f"({r['speedup_keys']}x)"
+            )
         elif r["section"] == "load":
             lines.append(
                 f"-- load {r['model']}: first load {r['first_load_s']:.1f} s (conversion "

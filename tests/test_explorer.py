@@ -165,7 +165,7 @@ def test_saved_page_is_a_report_page(llama_explorer):
     for anchor in ('id="top"', 'id="attention"', 'id="qk-decomposition"', 'id="ov-rows"', 'id="dla"'):
         assert anchor in html
     with_paths = llama_explorer.page_html(TEXT, "L1H2", 6, corrupt="A dog ran on the rug. The dog ran on the rug.")
-    assert "Path patching: logits" in with_paths
+    assert 'id="paths-logits"' in with_paths
 
 
 # --- the API -------------------------------------------------------------------------------------
