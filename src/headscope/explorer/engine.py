@@ -358,8 +358,10 @@ class Explorer:
         return decompose_qk(self.model, (layer, head), _cut(st.seq, T), query=pos, weights=self.w_qk, acts=acts)
 
     def ov(self, st: TextState, layer: int, head: int, pos: int, row: np.ndarray | None = None) -> OVRows:
-        """OV rows (block-0 effective embedding) of the tokens the head attends to most from ``pos`` (up to 3)."""
-        row = st.row(layer, head, pos) if row is None else row
+        """OV rows (block-0 effective embedding) of the tokens the head attends to most from ``pos`` (up to 3, BOS excluded)."""
+        row = (st.row(layer, head, pos) if row is None else row).copy()
+        if pos > 0:
+            row[0] = -1  # the first token (a sink) is not what the head reads: as the QK view, left out
         keys = np.argsort(-row)[:3]
         ids = list(dict.fromkeys(int(st.seq.ids[k]) for k in keys))
         tok = self.model.tokenizer

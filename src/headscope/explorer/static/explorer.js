@@ -225,7 +225,7 @@
   }
   function drawOV(h) {
     var box = clear($("ov"));
-    box.appendChild(el("b", "Attending to the tokens it attends to most here, it would write (OV circuit, block-0 effective embedding):"));
+    box.appendChild(el("b", "Attending to the tokens it attends to most here (first token left out), it would write (OV circuit, block-0 effective embedding):"));
     box.appendChild(table(["source", "self-rank", "promotes", "suppresses"], h.ov.sources.map(function (s) {
       return [{ tk: s.token }, String(s.self_rank), tokList(s.promotes.slice(0, 5)), tokList(s.suppresses.slice(0, 5))];
     })));
