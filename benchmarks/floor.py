@@ -6,7 +6,7 @@ Three parts, each a fresh process when ``benchmarks/run.py`` runs them (``--part
   on (attention scores, direct logit effects, the per-position loss; the weight scores from the
   per-model cache) against a plain ``transformers`` sdpa forward of the same token ids loaded
   from the same cached directory, at ``--shapes`` (default 10 x 101 and 1 x 4,097 tokens).
-  Aim: at most 1.10x.
+  Aim: at most 1.10x (on a GPU, item 4: 1.5x at 10 x 101, 1.10x at 1 x 4,097).
 - ``causal``: the causal check as ``scan_induction`` runs it (each of the top 5 heads, all of
   them, and the random control drawn ``CONTROL_DRAWS`` times, per-sequence losses and bootstrap
   intervals: :func:`headscope.scan.causal.causal_check`, restarted at the first ablated layer
@@ -55,6 +55,12 @@ SUITE = {
 """How ``benchmarks/run.py`` runs this script (one fresh process per entry; see run.py)."""
 
 SPEED_AIM, CAUSAL_AIM, MEMORY_AIM = 1.10, 0.45, 1.10
+GPU_SHORT_AIM = 1.5  # issue 22 item 4: on a GPU, at most 1.5x at 10 x 101 tokens (1.10x at 1 x 4,097)
+
+
+def speed_aim(device: str, n_tokens: int) -> float:
+    """The speed aim for ``n_tokens`` tokens in all on ``device``."""
+    return GPU_SHORT_AIM if str(device).startswith("cuda") and n_tokens < 2000 else SPEED_AIM
 
 
 def interleaved_cpu(fns: dict, reps: int, device: str) -> tuple[dict, dict]:
@@ -131,7 +137,8 @@ def part_speed(args) -> dict:
             {"batch": batch, "n_tokens": n, "wall_s": wall, "cpu_s": cpu, "median_s": med, "cpu_median_s": cmed}
         )
         what = f"scan_induction (every score) / sdpa forward, {batch} x {n:,} tokens"
-        aims.append(aim(1, what, SPEED_AIM, med["scan"] / med["hf_sdpa"], cmed["scan"] / cmed["hf_sdpa"]))
+        item, limit = (4 if args.device.startswith("cuda") else 1), speed_aim(args.device, batch * n)
+        aims.append(aim(item, what, limit, med["scan"] / med["hf_sdpa"], cmed["scan"] / cmed["hf_sdpa"]))
     return {"part": "speed", "shapes": rows, "aims": aims}
 
 

@@ -259,7 +259,8 @@ def score_pass(
     L, H = m.n_layers, m.n_heads
     layout = rt.layout
     scores = [s for s in attention_scores() if not on_natural_text(s.reads)]  # natural text: kinds.sink
-    sums = {s.name: torch.zeros(L, H) for s in scores}
+    # Sums stay on the model's device until the end: no host sync per layer and score on a GPU.
+    sums = {s.name: torch.zeros(L, H, device=m.device) for s in scores}
     counts = dict.fromkeys(sums, 0)
     direct = _PassScores(m, layout)
     loss_sum = torch.zeros(layout.n_tokens - 1)
@@ -270,7 +271,7 @@ def score_pass(
     store: dict[int, list[torch.Tensor]] = {}
 
     def add(layer: int, name: str, total: torch.Tensor, count: int) -> None:
-        sums[name][layer] += total.cpu()
+        sums[name][layer] += total
         if layer == 0:
             counts[name] += count
 
@@ -289,8 +290,8 @@ def score_pass(
         def hook(z, hook):
             nonlocal z_sum
             if z_sum is None:
-                z_sum = torch.zeros(L, H, z.shape[-1])
-            z_sum[layer] += z.float().sum(dim=(0, 1)).cpu()
+                z_sum = torch.zeros(L, H, z.shape[-1], device=z.device)
+            z_sum[layer] += z.float().sum(dim=(0, 1))
 
         return hook
 
@@ -317,9 +318,9 @@ def score_pass(
         del out
         if progress:
             progress.advance("scoring", tokens.shape[0])
-    means = {name: (sums[name] / counts[name]).numpy() for name in sums}
+    means = {name: (sums[name] / counts[name]).cpu().numpy() for name in sums}
     means.update(direct.means())
-    z_mean = None if z_sum is None else z_sum / z_count
+    z_mean = None if z_sum is None else z_sum.cpu() / z_count
     residuals = {layer: torch.cat(v) for layer, v in store.items()}
     later_seq, first_seq = (torch.cat(by_seq[k]).double().numpy() for k in ("later", "first"))
     return ScanPass(means, loss_sum / rt.tokens.shape[0], z_mean, residuals, route, later_seq, first_seq)
