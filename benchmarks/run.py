@@ -233,6 +233,11 @@ def summary(report: dict) -> str:
             )
     if aims:
         lines.append("-- aims, each next to its measurement (wall-clock ratio of medians; CPU-time ratio in brackets):")
+        if max(m["load_average"][0], m["load_average_end"][0]) > 0.5 * (m["cores"] or 1):
+            lines.append(
+                "   !! the machine was busy (load average above half its cores): wall-clock ratios are unreliable, "
+                "read the CPU-time ones and rerun quiet (--wait-quiet)"
+            )
         for dev, a in aims:
             cpu = "" if a.get("cpu_measured") is None else f" ({a['cpu_measured']:.2f} CPU)"
             item = f"#{a['item']}" if "item" in a else ""
