@@ -11,7 +11,9 @@ Each section runs in its own fresh process (memory peaks and load times need one
 - load   (benchmarks/load.py): first load (GGUF -> cache) vs load from the cache vs plain
   transformers;
 - memory (benchmarks/memory.py): peak memory above the loaded model of the scan at
-  seq-len 2048 (4,097 tokens), batch 1, next to a plain forward pass of the same tokens.
+  seq-len 2048 (4,097 tokens), batch 1, next to a plain forward pass of the same tokens;
+- circuits (benchmarks/circuits.py, not in the default set): path patching of every sender to one
+  receiver in one batched run vs one forward pass per sender, on the induction task (10 x 101 tokens).
 
 When a CUDA GPU is visible, speed and memory run again on it. The load average is printed
 at the start of the suite and of every section: timings taken while other heavy processes
@@ -162,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
                 results += section(suite["script"], *common, *dev_args, *run)
     if "load" in sections:
         results += section("load.py", *common, "--cached-reps", "1" if args.quick else "3")
+    if "circuits" in sections:
+        results += section("circuits.py", *common)
     info["load_average_end"] = [round(x, 2) for x in load_average()]
     report = {"machine": info, "argv": sys.argv[1:], "results": results}
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -223,6 +227,14 @@ def summary(report: dict) -> str:
                 )
                 + ")"
                 + (f"; aim < 4 GiB: {_ok(above < 4 * GiB)}" if r["what"].startswith("scan") else "")
+            )
+        elif r["section"] == "circuits":
+            lines.append(
+                f"-- circuits on {r['device']}: {r['n_examples']} x {r['n_tokens']} tokens; cache {r['cache_s']:.1f} s; "
+                f"{r['senders_logits']} senders -> logits batched {r['path_logits_batched_s']:.2f} s; "
+                f"{r['senders_keys']} senders -> {r['receiver']} batched {r['path_keys_batched_s']:.1f} s vs one pass "
+                f"per sender {r['per_sender_pass_s']:.2f} s x {r['senders_keys']} = {r['naive_keys_extrapolated_s']:.0f} s "
+                f"({r['speedup_keys']}x)"
             )
         elif r["section"] == "load":
             lines.append(
