@@ -12,8 +12,9 @@ Each section runs in its own fresh process (memory peaks and load times need one
   transformers;
 - memory (benchmarks/memory.py): peak memory above the loaded model of the scan at
   seq-len 2048 (4,097 tokens), batch 1, next to a plain forward pass of the same tokens;
-- circuits (benchmarks/circuits.py, not in the default set): path patching of every sender to one
-  receiver in one batched run vs one forward pass per sender, on the induction task (10 x 101 tokens).
+- circuits (benchmarks/circuits.py, registered, not in the default set: ``--sections all`` or
+  ``--sections circuits``): path patching of every sender to one receiver in one batched run vs
+  one forward pass per sender, on the induction task (10 x 101 tokens).
 
 When a CUDA GPU is visible, speed and memory run again on it. The load average is printed
 at the start of the suite and of every section: timings taken while other heavy processes
@@ -25,7 +26,7 @@ holds a top-level literal ``SUITE = {"section": NAME, "runs": [[ARG, ...], ...]}
 (``floor.py``: issue 22's aims; circuits and explorer add theirs the same way). run.py runs it
 once per entry of ``runs`` (and ``quick_runs`` under ``--quick``, if given), each in a fresh
 process with ``--model``, ``--threads`` and, when ``"per_device": True`` (the default),
-``--device``. Every ``RESULT`` record it prints that carries ``aims`` (a list of ``{"item",
+``--device``; ``"default": False`` leaves it out of the default set (``--sections all`` runs it). Every ``RESULT`` record it prints that carries ``aims`` (a list of ``{"item",
 "what", "aim", "measured", "met"}``, optionally ``"cpu_measured"``: the same ratio in process
 CPU time) is shown in the summary's table of aims, one line per aim, next to its measurement.
 """
@@ -102,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--sections",
         default=None,
-        help=f"comma-separated (default: all): {', '.join(BUILT_IN)} and the registered ones ({', '.join(registered())})",
+        help=f"comma-separated, or 'all' (default: those marked default): {', '.join(BUILT_IN)} and the registered "
+        f"ones ({', '.join(registered())})",
     )
     p.add_argument("--devices", default=None, help="cpu,cuda (default: cpu, plus cuda when available)")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads in every process")
@@ -127,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
 
     devices = (args.devices or ("cpu,cuda" if torch.cuda.is_available() else "cpu")).split(",")
     suites = registered()
-    sections = (args.sections or ",".join([*BUILT_IN, *suites])).split(",")
+    default = [*BUILT_IN, *(k for k, v in suites.items() if v.get("default", True))]
+    sections = [*BUILT_IN, *suites] if args.sections == "all" else (args.sections or ",".join(default)).split(",")
     unknown = [x for x in sections if x not in BUILT_IN and x not in suites]
     if unknown:
         p.error(f"unknown section(s) {', '.join(unknown)}: use {', '.join([*BUILT_IN, *suites])}")
@@ -164,8 +167,6 @@ def main(argv: list[str] | None = None) -> int:
                 results += section(suite["script"], *common, *dev_args, *run)
     if "load" in sections:
         results += section("load.py", *common, "--cached-reps", "1" if args.quick else "3")
-    if "circuits" in sections:
-        results += section("circuits.py", *common)
     info["load_average_end"] = [round(x, 2) for x in load_average()]
     report = {"machine": info, "argv": sys.argv[1:], "results": results}
     args.out.parent.mkdir(parents=True, exist_ok=True)
