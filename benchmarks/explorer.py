@@ -31,7 +31,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench import _busy_jiffies, emit, load_average, median, others_share, say, set_threads  # noqa: E402
 
+SUITE = {"section": "explorer", "runs": [["--reps", "3"]], "quick_runs": [["--reps", "1"]]}
+"""How ``benchmarks/run.py`` runs this script (one fresh process per entry; see run.py)."""
+
 AIMS = {"first_view_100": 1.0, "head_switch": 0.1, "position_switch": 0.1, "qk_switch": None, "first_view_1000": 5.0}
+WHAT = {
+    "first_view_100": "explorer: first view of a 100-token text (s)",
+    "head_switch": "explorer: head switch, pattern and what it writes (s)",
+    "position_switch": "explorer: position switch, pattern and logit view (s)",
+    "first_view_1000": "explorer: first view of a 1,000-token text (s)",
+}
 
 
 def texts(tokenizer, n_tokens: int, count: int, skip: int = 0) -> list[str]:
@@ -109,6 +118,19 @@ def main(argv: list[str] | None = None) -> dict:
         "aims_s": AIMS,
         "load_average_end": load_average(),
     }
+    record["aims"] = [
+        {
+            "item": 21,
+            "what": WHAT[k],
+            "aim": f"<= {limit:g} s",
+            "limit": limit,
+            "measured": round(record["median_s"][k], 4),
+            "cpu_measured": round(record["median_cpu_s"][k], 4),
+            "met": record["median_s"][k] <= limit,
+        }
+        for k, limit in AIMS.items()
+        if limit is not None
+    ]
     emit(record)
     return record
 
