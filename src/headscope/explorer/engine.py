@@ -424,7 +424,7 @@ class Explorer:
         its reduction drops), so the numbers are those of a pass over the same token ids.
         """
         ids = list(st.seq.ids[start : pos + 1]) + [int(target)]
-        run = DirectPass(self.model, torch.tensor([ids]), self.w, self.ue)
+        run = DirectPass(self.model, torch.tensor([ids]), self.w_qk, self.ue)  # W_O already float64: no copy per view
         for name, hook in run.hooks:
             x = st.acts[name][start : pos + 1]
             hook(torch.cat([x, torch.zeros_like(x[:1])])[None], SimpleNamespace(name=name))
