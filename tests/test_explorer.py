@@ -115,14 +115,17 @@ def test_logit_view_is_logit_attribution_on_the_same_ids(explorer):
     tok = explorer.model.tokenizer
     named = tok(" dog", add_special_tokens=False)["input_ids"]
     assert len(named) == 1
-    for target in (None, " dog"):
-        t = explorer.target(st, 6, target)
-        la = explorer.logit_attribution(st, 6, t)
-        ids = st.seq.ids[:7] + [t]
+    last = st.n - 1  # no next token there: the top prediction, or the named one
+    for pos, target in ((6, None), (6, " dog"), (last, None), (last, " dog")):
+        t = explorer.target(st, pos, target)
+        la = explorer.logit_attribution(st, pos, t)
+        ids = st.seq.ids[: pos + 1] + [t]
         ref = headscope.logit_attribution(explorer.model, TokenSequence("", ids, [str(i) for i in ids]))
         assert np.allclose(la.heads, ref.heads, atol=1e-4)
         assert np.allclose(la.model_logit, ref.model_logit, atol=1e-4)
         assert la.max_abs_error < 1e-3
+        one = explorer.direct(st, pos, t, start=pos)  # what the position view reads: the last row alone
+        assert np.allclose(one.heads[0], la.heads[-1], atol=1e-8)
     pv = explorer.position_view(TEXT, 6, " dog")
     assert pv["target_id"] == named[0] and not pv["actual_next"]
     assert abs(sum(p["prob"] for p in pv["predictions"])) <= 1.0 + 1e-6

@@ -425,10 +425,11 @@ class Explorer:
         """
         ids = list(st.seq.ids[start : pos + 1]) + [int(target)]
         run = DirectPass(self.model, torch.tensor([ids]), self.w_qk, self.ue)  # W_O already float64: no copy per view
-        for name, hook in run.hooks:
-            x = st.acts[name][start : pos + 1]
-            hook(torch.cat([x, torch.zeros_like(x[:1])])[None], SimpleNamespace(name=name))
-        x = st.logits(slice(start, pos + 1))
+        for name, hook in run.hooks:  # the row after pos is dropped by the reduction: any row will do
+            x = st.acts[name][start : pos + 2]
+            x = x if len(x) == pos + 2 - start else torch.cat([x, torch.zeros_like(x[:1])])
+            hook(x[None], SimpleNamespace(name=name))
+        x = st.logits(pos)[None] if start == pos else st.logits(slice(start, pos + 1))
         d = run.finish(torch.cat([x, torch.zeros_like(x[:1])])[None])
         return DirectEffects(
             d.heads[0], {k: v[0] for k, v in d.components.items()}, d.logit[0], d.model_logit[0], d.scale[0]

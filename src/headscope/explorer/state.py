@@ -59,6 +59,7 @@ class TextState:
     layout: RepeatLayout
     scores: dict[str, np.ndarray | None] = field(default_factory=dict)
     seconds: float = 0.0
+    rows: dict[int, torch.Tensor] = field(default_factory=dict)  # logits of the positions viewed so far
 
     @property
     def n(self) -> int:
@@ -66,15 +67,23 @@ class TextState:
 
     @property
     def nbytes(self) -> int:
-        tensors = [*self.q, *self.k, *self.lse, *self.acts.values(), self.normed]
+        tensors = [*self.q, *self.k, *self.lse, *self.acts.values(), self.normed, *self.rows.values()]
         return sum(t.numel() * t.element_size() for t in tensors)
 
     @torch.no_grad()
     def logits(self, rows) -> torch.Tensor:
-        """The model's logits at positions ``rows`` (an int or a slice), float32 on the CPU."""
+        """The model's logits at positions ``rows`` (an int or a slice), float32 on the CPU.
+
+        One position's logits are kept once computed: the unembedding reads all of ``W_U`` (113 MB on
+        SmolLM2) for a single row, so a view that asks twice pays once."""
+        if isinstance(rows, int) and rows in self.rows:
+            return self.rows[rows]
         x = self.normed[rows]
         out = self.unembed(x.reshape(1, -1, x.shape[-1]))[0]  # [P, vocab]
-        return (out[0] if x.dim() == 1 else out).float().cpu()
+        if isinstance(rows, int):
+            self.rows[rows] = out[0].float().cpu()
+            return self.rows[rows]
+        return out.float().cpu()
 
     def row(self, layer: int, head: int, query: int) -> np.ndarray:
         """Head ``layer.head``'s attention from ``query`` to every key ``0..query`` (float64, sums to 1)."""
