@@ -83,7 +83,7 @@
       $("save").disabled = false;
       status(v.n_tokens + " tokens, analysed in " + ((performance.now() - t0) / 1000).toFixed(2) + " s (server " + v.seconds.toFixed(2) + " s)");
       writeHash();
-      loadHead(); loadPosition();
+      loadHead(); loadPosition(); loadQK();
       if (state.corrupt) patch();
     }).catch(function (e) { status(e.message, true); });
   }
@@ -152,9 +152,9 @@
       box.appendChild(s);
     });
   }
-  function selectHead(h) { state.head = h; markHead(); writeHash(); loadHead(); }
+  function selectHead(h) { state.head = h; markHead(); writeHash(); loadHead(); loadQK(); }
   function selectPos(p) {
-    state.pos = p; writeHash(); drawTokens(); loadHead(); loadPosition();
+    state.pos = p; writeHash(); drawTokens(); loadHead(); loadPosition(); loadQK();
     if (state.corrupt) { clear($("paths")); $("paths-title").textContent = "Causal paths into this prediction (press Patch for position " + p + ")"; }
   }
 
@@ -167,6 +167,11 @@
       row = h.row; drawTokens();
       drawPattern(h); drawWrite(h);
     }).catch(function (e) { status(e.message, true); });
+  }
+  // asked after the pattern and the logit view: the server computes one request at a time in order,
+  // so the page is usable (pattern, logit view) before the slower QK/OV card fills in
+  function loadQK() {
+    if (!view) return;
     $("qk-title").textContent = "QK of " + state.head + " (computing…)";
     post("qk", { text: state.text, head: state.head, pos: state.pos }, "qk").then(function (h) {
       if (!h) return;
