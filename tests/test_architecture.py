@@ -20,7 +20,7 @@ from headscope.scores import SCORES
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = Path(headscope.__file__).parent
 LAYERS = ["base", "models", "results", "scan", "qk", "render", "pipeline", "toy", "cli"]
-SIBLINGS = {"logits": "qk", "kinds": "qk"}  # beside qk (none imports another)
+SIBLINGS = {"logits": "qk", "kinds": "qk", "circuits": "qk"}  # beside qk (none imports another)
 VIEW_FUNCTIONS = ("_repr_html_", "_figure")  # Result's, in results/base.py: the one way up
 VIEW_LOOKUP = "headscope.render.lookup"
 

@@ -50,6 +50,7 @@ COMMANDS = (
     "cmd_heads",
     "cmd_qk",
     "cmd_logits",
+    "cmd_circuit",
     "cmd_report",
     "cmd_sweep",
     "cmd_train_toy",

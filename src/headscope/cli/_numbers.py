@@ -74,6 +74,13 @@ RANGES: dict[str, dict[str, Range]] = {
     },
     "logits": {**COMMON, "max_tokens": Range(2, 1_000_000), "controls": Range(1, 10_000)},
     "report": {**COMMON, "qk_top": Range(1, 100_000), "controls": Range(1, 10_000)},
+    "circuit": {
+        "examples": Range(1, 100_000),
+        "seq_len": COMMON["seq_len"],
+        "seed": COMMON["seed"],
+        "top": COMMON["top"],
+        "max_memory": COMMON["max_memory"],
+    },
     "sweep": {
         **COMMON,
         "cpus_per_task": Range(0.01, 1024),  # a task runs torch with max(1, int(cpus)) threads

@@ -32,6 +32,13 @@
     stories.csv             the induction story of each top induction head
     repeats.csv             per head: scan scores and direct effect on first/later repeats
     figures/                dla_text<n>.png (tokens x heads), repeat_later.png, ov_<head>.png
+
+``headscope circuit``::
+
+    circuit.json            everything: the task, activation and path patching with intervals, definitions
+    activation_patching.csv one row per (direction, layer, head or MLP): normalised value and interval
+    path_patching.csv       one row per (sender, receiver) path: value, effect and their intervals
+    figures/                patching_<direction>.png (layers x heads + MLP), paths_<n>.png
 """
 
 from __future__ import annotations
@@ -186,3 +193,29 @@ def heads_files(rd: ResultDir, a) -> None:
     """Stage ``headscope heads``: ``heads.json`` (what ``--json`` prints) and ``heads.csv`` (one row per head)."""
     rd.write_text("heads.json", a.to_json())
     rd.write("heads.csv", lambda p: a.to_frame().to_csv(p, index=False, float_format="%.6f"))
+
+
+def circuit_files(rd: ResultDir, a, figures: bool = True, progress: Progress | None = None) -> None:
+    """Stage ``headscope circuit``: ``circuit.json``, ``activation_patching.csv``, ``path_patching.csv``,
+    ``figures/patching_<direction>.png`` and ``figures/paths_<n>.png`` (and each added step's own files)."""
+    from ..render.lookup import view_of
+
+    rd.write_text("circuit.json", a.to_json())
+    if a.activation:
+        frame = pd.concat([x.to_frame() for x in a.activation], ignore_index=True)
+        rd.write("activation_patching.csv", lambda p: frame.to_csv(p, index=False, float_format="%.6f"))
+    if a.paths:
+        paths = pd.concat([p.to_frame().assign(group=p.receiver) for p in a.paths], ignore_index=True)
+        rd.write("path_patching.csv", lambda p: paths.to_csv(p, index=False, float_format="%.6f"))
+    if not figures:
+        return
+    jobs: list[tuple[str, Callable]] = [
+        (f"figures/patching_{x.direction}.png", lambda x=x: view_of(x).figure(x, "heatmap")) for x in a.activation
+    ]
+    jobs += [(f"figures/paths_{i}.png", lambda p=p: view_of(p).figure(p, "paths")) for i, p in enumerate(a.paths)]
+    for e in a.extra:
+        for name in view_of(e).figures:
+            jobs.append(
+                (f"figures/{type(e).__name__.lower()}_{name}.png", lambda e=e, name=name: view_of(e).figure(e, name))
+            )
+    _figures(rd, jobs, progress)

@@ -1,0 +1,218 @@
+"""``headscope circuit``: a task, its two cached runs, then a list of steps that each add results.
+
+The steps are named functions in :data:`STEPS`, run in order on one :class:`CircuitContext`
+(the model, the task, the clean and corrupted caches, the settings, the analysis being filled).
+A new measurement (edge attribution, a faithfulness curve) is one more function registered with
+:func:`register_step`: it reads what earlier steps left (``ctx.analysis``, ``ctx.receivers``) and
+appends its result to ``ctx.analysis.extra`` (or ``activation``/``paths``), where the page and the
+files find it by its type.
+
+Default steps:
+
+- ``activation``: activation patching of every head and MLP, in the asked direction(s);
+- ``paths``: path patching; by default every earlier head -> the top induction heads' keys and
+  queries, and each top induction head -> the logits directly and through each later head.
+  On a user's task (pairs file) with no receivers named: every head -> the logits directly.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..circuits.activation_patching import DIRECTIONS, activation_patching
+from ..circuits.path_patching import INPUTS, Receiver, path_patching, paths_through
+from ..circuits.runs import RunCache, cache_run
+from ..circuits.tasks import CircuitTask
+from ..errors import BadInput
+from ..head_labels import head_label, parse_head, parse_heads
+from ..models.model import as_model
+from ..results.patching_results import CircuitAnalysis
+
+Step = Callable[["CircuitContext"], None]
+
+
+@dataclass
+class CircuitSettings:
+    """What ``headscope circuit`` measures (each field is one command-line option)."""
+
+    direction: str = "both"  # activation patching: denoise, noise or both
+    per_position: bool = False
+    senders: list[str] | None = None  # head specs; None = every earlier head
+    receivers: list[str] | None = None  # "L18H6.k", "logits"; None = the defaults above
+    top: int = 2  # top induction heads used as default receivers
+    path_direction: str = "noise"
+    max_memory_gb: float = 2.0
+    fused: bool | None = None
+    steps: tuple[str, ...] = ("activation", "paths")
+
+    def check(self) -> None:
+        if self.direction not in (*DIRECTIONS, "both"):
+            raise BadInput(f"unknown --direction {self.direction!r}", hint="use denoise, noise or both")
+        unknown = [s for s in self.steps if s not in STEPS]
+        if unknown:
+            raise BadInput(f"unknown step(s) {unknown}", hint=f"use some of {', '.join(STEPS)}")
+        for spec in self.receivers or []:
+            parse_receiver(spec, None)
+        for spec in self.senders or []:
+            parse_head(spec, _ANY, _ANY)
+
+
+_ANY = 10**6  # head specs are range-checked against the model once it is loaded
+
+
+def parse_receiver(spec: str, n_layers: int | None, n_heads: int | None = None) -> Receiver:
+    """``logits`` or ``L18H6.k`` (``q``, ``k``, ``v``, ``qkv``; ``18.6.k`` too).
+
+    >>> parse_receiver("L18H6.k", None), parse_receiver("logits", None).label
+    (Receiver(input='k', layer=18, head=6), 'logits')
+    """
+    s = spec.strip()
+    if s.lower() == "logits":
+        return Receiver.logits()
+    head, _, which = s.rpartition(".")
+    if which not in INPUTS or not head:
+        raise BadInput(
+            f"receiver {spec!r} is not logits or HEAD.INPUT",
+            hint="write e.g. L18H6.k (a head's query q, key k, value v or all three qkv) or logits",
+        )
+    l, h = parse_head(head, n_layers or _ANY, n_heads or _ANY)
+    return Receiver(which, l, h)
+
+
+@dataclass
+class CircuitContext:
+    """What every step reads and fills."""
+
+    model: Any
+    task: CircuitTask
+    settings: CircuitSettings
+    clean: RunCache
+    corrupt: RunCache
+    analysis: CircuitAnalysis
+    progress: Callable = lambda *a: None
+    #: The top induction heads (layer, head) when the task is the induction task (for default receivers).
+    induction_heads: list[tuple[int, int]] = field(default_factory=list)
+
+    @property
+    def caches(self) -> tuple[RunCache, RunCache]:
+        return self.clean, self.corrupt
+
+
+def step_activation(ctx: CircuitContext) -> None:
+    dirs = DIRECTIONS if ctx.settings.direction == "both" else (ctx.settings.direction,)
+    for d in dirs:
+        ctx.analysis.activation.append(
+            activation_patching(
+                ctx.model,
+                ctx.task,
+                d,
+                ctx.settings.per_position,
+                ctx.settings.max_memory_gb,
+                ctx.settings.fused,
+                ctx.progress,
+                ctx.caches,
+            )
+        )
+
+
+def _top_induction_heads(ctx: CircuitContext) -> list[tuple[int, int]]:
+    from ..scan import scan_induction
+
+    n_tok = ctx.task.clean.shape[1]
+    seq_len = (n_tok - 1) // 2
+    scan = scan_induction(
+        ctx.model, seq_len=seq_len, batch=ctx.task.n_examples, seed=ctx.task.seed or 0, ablate=False,
+        sample=False, progress=False, top_k=ctx.settings.top,
+    )  # fmt: skip
+    return [(l, h) for l, h, _ in scan.top_heads("induction", ctx.settings.top)]
+
+
+def step_paths(ctx: CircuitContext) -> None:
+    s = ctx.settings
+    n_layers, n_heads = as_model(ctx.model).n_layers, as_model(ctx.model).n_heads
+    senders = parse_heads(s.senders, n_layers, n_heads) if s.senders else None
+    kw: dict[str, Any] = dict(
+        direction=s.path_direction, max_memory_gb=s.max_memory_gb, fused=s.fused, progress=ctx.progress,
+        caches=ctx.caches,
+    )  # fmt: skip
+    if s.receivers:
+        receivers = [parse_receiver(r, n_layers, n_heads) for r in s.receivers]
+    elif ctx.task.name == "induction":
+        ctx.induction_heads = ctx.induction_heads or _top_induction_heads(ctx)
+        receivers = [Receiver(w, l, h) for l, h in ctx.induction_heads for w in ("k", "q")]
+    else:
+        receivers = [Receiver.logits()]
+    for r in receivers:
+        ss = [x for x in senders if x[0] < r.depth(n_layers)] if senders else None
+        if (senders and not ss) or r.depth(n_layers) == 0:
+            continue  # nothing lies below this receiver
+        ctx.analysis.paths.append(path_patching(ctx.model, ctx.task, ss, r, **kw))
+    if s.receivers or ctx.task.name != "induction":
+        return
+    for l, h in ctx.induction_heads:  # each top induction head -> logits, directly and via each later head
+        later = [Receiver("qkv", ll, hh) for ll in range(l + 1, n_layers) for hh in range(n_heads)]
+        paths = [((l, h), Receiver.logits())] + [((l, h), r) for r in later]
+        ctx.analysis.paths.append(
+            paths_through(
+                ctx.model, ctx.task, paths, title=f"{head_label(l, h)} -> logits: direct and via each later head", **kw
+            )
+        )
+
+
+#: The steps, in the order they run; add one with :func:`register_step`.
+STEPS: dict[str, Step] = {"activation": step_activation, "paths": step_paths}
+
+
+def register_step(name: str, fn: Step) -> None:
+    """Add a step (it runs after the ones before it when named in ``CircuitSettings.steps``)."""
+    STEPS[name] = fn
+
+
+def analyze_circuit(
+    model, task: CircuitTask, settings: CircuitSettings | None = None, progress: Callable | None = None
+) -> CircuitAnalysis:
+    """Cache the clean and corrupted runs, then run ``settings.steps`` in order; returns the filled analysis.
+
+    >>> from headscope.circuits import induction_task
+    >>> a = analyze_circuit(model, induction_task(model, n_examples=3, seq_len=5),
+    ...                     CircuitSettings(direction="denoise", receivers=["L1H0.k", "logits"]))
+    >>> [p.receiver for p in a.paths], a.activation[0].values.shape
+    (['L1H0.k', 'logits'], (2, 5))
+    """
+    s = settings or CircuitSettings()
+    s.check()
+    m = as_model(model)
+    t0 = time.perf_counter()
+    clean, corrupt = cache_run(m, task.clean, task, s.fused), cache_run(m, task.corrupt, task, s.fused)
+    gap = float(clean.metric.mean() - corrupt.metric.mean())
+    analysis = CircuitAnalysis(
+        model=m.info(),
+        task={
+            "name": task.name,
+            "metric": task.metric,
+            "n_examples": task.n_examples,
+            "n_tokens": int(task.clean.shape[1]),
+            "corruption": task.corruption,
+            "seed": task.seed,
+            "clean_metric": float(clean.metric.mean()),
+            "corrupt_metric": float(corrupt.metric.mean()),
+        },
+        settings={k: v for k, v in vars(s).items() if k != "fused"},
+        notes=list(task.notes),
+    )
+    if abs(gap) < 1e-6:
+        raise BadInput(
+            "the clean and corrupted runs give the same metric: nothing to patch",
+            hint="use a corruption that changes the answer (or more examples)",
+        )
+    analysis.timings["cache_s"] = time.perf_counter() - t0
+    ctx = CircuitContext(m, task, s, clean, corrupt, analysis, progress or (lambda *a: None))
+    for name in s.steps:
+        t = time.perf_counter()
+        STEPS[name](ctx)
+        analysis.timings[f"{name}_s"] = time.perf_counter() - t
+    analysis.timings["total_s"] = time.perf_counter() - t0
+    return analysis

@@ -1,0 +1,86 @@
+"""Pictures of patching results: the activation-patching heatmap and the path-patching charts."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..results.patching_results import ActivationPatching, PathPatching
+from ._mpl import plt
+
+
+def patching_heatmap(res: ActivationPatching, ax=None):
+    """Layers x heads, plus the MLP column, coloured by the normalised value (1 = clean, 0 = corrupted)."""
+    v, _, _ = res.whole()
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(1.0 + 0.45 * v.shape[1], 1.2 + 0.22 * v.shape[0]))
+    else:
+        fig = ax.figure
+    lim = max(1.0, float(np.nanmax(np.abs(v))))
+    centre = 0.0 if res.direction == "denoise" else 1.0
+    im = ax.imshow(
+        v, cmap="RdBu_r" if res.direction == "denoise" else "RdBu", vmin=centre - lim, vmax=centre + lim, aspect="auto"
+    )
+    ax.set_xticks(range(v.shape[1]), [str(h) for h in range(res.n_heads)] + ["MLP"], fontsize=7)
+    ax.set_yticks(range(v.shape[0]), [str(l) for l in range(v.shape[0])], fontsize=7)
+    ax.axvline(res.n_heads - 0.5, color="k", lw=0.8)
+    ax.set_xlabel("head (and the layer's MLP)")
+    ax.set_ylabel("layer")
+    what = (
+        "clean activation into the corrupted run"
+        if res.direction == "denoise"
+        else "corrupted activation into the clean run"
+    )
+    pos = ", best position" if res.per_position else ""
+    ax.set_title(
+        f"Activation patching ({res.direction}: {what}{pos})\n{res.metric}, 1 = clean, 0 = corrupted, n = {res.n_examples}",
+        fontsize=8,
+    )
+    fig.colorbar(im, ax=ax, fraction=0.04, label="normalised metric")
+    return fig
+
+
+def path_chart(res: PathPatching, top: int = 20, ax=None):
+    """The paths with the largest effect, as bars with their 95% intervals (share of the clean - corrupted gap)."""
+    rows = res.top(top)
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6.0, 0.8 + 0.26 * max(1, len(rows))))
+    else:
+        fig = ax.figure
+    same = len(set(res.receivers)) == 1
+    labels = [s if same else f"{s} → {r}" for s, r, *_ in rows][::-1]
+    eff = np.array([e for _, _, e, _, _ in rows])[::-1]
+    lo = np.array([lo for *_, lo, _ in rows])[::-1]
+    hi = np.array([hi for *_, hi in rows])[::-1]
+    y = np.arange(len(rows))
+    ax.barh(y, eff, color=["#c0392b" if e >= 0 else "#2471a3" for e in eff])
+    ax.errorbar(eff, y, xerr=[eff - lo, hi - eff], fmt="none", ecolor="k", lw=0.8, capsize=2)
+    ax.set_yticks(y, labels, fontsize=7)
+    ax.axvline(0, color="k", lw=0.6)
+    ax.set_xlabel("share of the clean − corrupted gap this path carries (95% interval)")
+    title = f"Path patching → {res.receiver}" if same else f"Path patching: {res.receiver}"
+    ax.set_title(f"{title}\n{res.metric}, {res.direction}, n = {res.n_examples}", fontsize=8)
+    return fig
+
+
+def sender_map(res: PathPatching, ax=None):
+    """For one receiver: every sender head's effect as a layers x heads map."""
+    L = 1 + max(int(s[1:].split("H")[0]) for s in res.senders)
+    m = np.full((L, res.n_heads), np.nan)
+    for s, e in zip(res.senders, res.effect):
+        l, h = (int(x) for x in s[1:].split("H"))
+        m[l, h] = e
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(1.2 + 0.4 * res.n_heads, 1.2 + 0.22 * L))
+    else:
+        fig = ax.figure
+    lim = max(1e-6, float(np.nanmax(np.abs(m))))
+    im = ax.imshow(m, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
+    ax.set_xticks(range(res.n_heads), [str(h) for h in range(res.n_heads)], fontsize=7)
+    ax.set_yticks(range(L), [str(l) for l in range(L)], fontsize=7)
+    ax.set_xlabel("sender head")
+    ax.set_ylabel("sender layer")
+    ax.set_title(
+        f"Senders → {res.receiver}: share of the gap each path carries\n{res.metric}, n = {res.n_examples}", fontsize=8
+    )
+    fig.colorbar(im, ax=ax, fraction=0.04)
+    return fig

@@ -1,0 +1,144 @@
+"""The views of ``headscope circuit``: activation patching (heatmap and top components), path patching
+(chart and table), and the analysis that holds them (its task, then each part's sections in order).
+
+Draws :class:`~headscope.results.patching_results.ActivationPatching`,
+:class:`~headscope.results.patching_results.PathPatching` and
+:class:`~headscope.results.patching_results.CircuitAnalysis`; a result added by a later step
+(``CircuitAnalysis.extra``) is drawn by its own view.
+"""
+
+from __future__ import annotations
+
+from rich.markup import escape
+from rich.table import Table
+
+from ...results.patching_results import DEFINITIONS, ActivationPatching, CircuitAnalysis, PathPatching
+from ..circuit_figures import patching_heatmap, path_chart, sender_map
+from ..html import esc, kv_html, table_html
+from ..lookup import register, view_of
+from ..view_base import Section, View, plotted
+
+
+def _iv(lo: float, hi: float) -> str:
+    return f"[{lo:+.3f}, {hi:+.3f}]"
+
+
+def _paths_figure(res: PathPatching, **kw):
+    return sender_map(res, **kw) if len(set(res.receivers)) == 1 and len(res.senders) > 20 else path_chart(res, **kw)
+
+
+@register(ActivationPatching)
+class ActivationPatchingView(View):
+    figures = {"heatmap": patching_heatmap}
+
+    def title(self, result) -> str:
+        return f"Activation patching ({result.direction})"
+
+    def sections(self, result) -> list[Section]:
+        rows = [[lab, round(v, 3), _iv(lo, hi)] for lab, v, lo, hi in result.top(10)]
+        body = (
+            f"<p>{esc(DEFINITIONS[result.direction])}. Clean metric {result.clean_metric:.3f}, corrupted "
+            f"{result.corrupt_metric:.3f} ({esc(result.metric)}, {result.n_examples} examples).</p>"
+            + plotted(patching_heatmap, result)
+            + table_html(["component", "normalised (1 = clean)", "95% interval"], rows)
+        )
+        return [Section(f"patching-{result.direction}", f"Activation patching: {result.direction}", body)]
+
+    def legend(self, result) -> dict[str, str]:
+        return {"normalised": DEFINITIONS["normalised"], result.direction: DEFINITIONS[result.direction]}
+
+    def notebook_figure(self, result):
+        return patching_heatmap(result)
+
+    def terminal(self, result, console) -> None:
+        t = Table(title=f"Activation patching ({result.direction}), top components")
+        for c in ("component", "normalised", "95% interval"):
+            t.add_column(c, justify="left" if c == "component" else "right")
+        for lab, v, lo, hi in result.top(10):
+            t.add_row(lab, f"{v:+.3f}", _iv(lo, hi))
+        console.print(t)
+
+
+@register(PathPatching)
+class PathPatchingView(View):
+    figures = {"paths": _paths_figure, "chart": path_chart, "senders": sender_map}
+
+    def title(self, result) -> str:
+        return f"Path patching: {result.receiver}"
+
+    def _rows(self, result, k: int = 12):
+        return [[s, r, round(e, 3), _iv(lo, hi)] for s, r, e, lo, hi in result.top(k)]
+
+    def sections(self, result) -> list[Section]:
+        notes = "".join(f'<p class="note">{esc(n)}</p>' for n in result.notes if "grouped-query" in n)
+        body = (
+            notes
+            + plotted(_paths_figure, result)
+            + table_html(["sender", "receiver", "share of the gap (effect)", "95% interval"], self._rows(result))
+        )
+        anchor = "paths-" + "".join(c if c.isalnum() else "-" for c in result.receiver.lower())[:40]
+        return [Section(anchor, f"Path patching: {result.receiver}", body)]
+
+    def legend(self, result) -> dict[str, str]:
+        return {"path effect": DEFINITIONS["path"]}
+
+    def notebook_figure(self, result):
+        return _paths_figure(result)
+
+    def terminal(self, result, console) -> None:
+        t = Table(title=f"Path patching: {escape(result.receiver)} (top paths)")
+        for c in ("sender", "receiver", "effect", "95% interval"):
+            t.add_column(c, justify="left" if c in ("sender", "receiver") else "right")
+        for s, r, e, lo, hi in result.top(8):
+            t.add_row(s, escape(r), f"{e:+.3f}", _iv(lo, hi))
+        console.print(t)
+        for n in result.notes:
+            if "grouped-query" in n:
+                console.print(f"[dim]{escape(n)}[/]", highlight=False)
+
+
+@register(CircuitAnalysis)
+class CircuitAnalysisView(View):
+    def _parts(self, result):
+        return [*result.activation, *result.paths, *result.extra]
+
+    def title(self, result) -> str:
+        return "Circuit (patching)"
+
+    def subtitle(self, result) -> str:
+        return f"circuit on the {result.task.get('name')} task"
+
+    def sections(self, result) -> list[Section]:
+        t = result.task
+        intro = Section(
+            "circuit",
+            "Circuit: the task",
+            kv_html(
+                {
+                    "task": t.get("name"),
+                    "examples": t.get("n_examples"),
+                    "tokens": t.get("n_tokens"),
+                    "corruption": t.get("corruption"),
+                    "metric": t.get("metric"),
+                    "clean metric": round(t.get("clean_metric", float("nan")), 3),
+                    "corrupted metric": round(t.get("corrupt_metric", float("nan")), 3),
+                }
+            ),
+        )
+        return [intro] + [s for part in self._parts(result) for s in view_of(part).sections(part)]
+
+    def legend(self, result) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for part in self._parts(result):
+            out.update(view_of(part).legend(part))
+        return out
+
+    def terminal(self, result, console) -> None:
+        t = result.task
+        console.print(
+            f"{escape(str(t.get('name')))} task, {t.get('n_examples')} examples x {t.get('n_tokens')} tokens; "
+            f"{t.get('metric')} clean {t.get('clean_metric', 0):.3f}, corrupted {t.get('corrupt_metric', 0):.3f}",
+            highlight=False,
+        )
+        for part in self._parts(result):
+            view_of(part).terminal(part, console)
