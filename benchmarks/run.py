@@ -11,7 +11,9 @@ Each section runs in its own fresh process (memory peaks and load times need one
 - load   (benchmarks/load.py): first load (GGUF -> cache) vs load from the cache vs plain
   transformers;
 - memory (benchmarks/memory.py): peak memory above the loaded model of the scan at
-  seq-len 2048 (4,097 tokens), batch 1, next to a plain forward pass of the same tokens.
+  seq-len 2048 (4,097 tokens), batch 1, next to a plain forward pass of the same tokens;
+- eap (benchmarks/circuits_eap.py, not in the default set): EAP-IG and EAP over every edge of the
+  model on the induction task (10 x 101 tokens): wall and CPU seconds, peak memory.
 
 When a CUDA GPU is visible, speed and memory run again on it. The load average is printed
 at the start of the suite and of every section: timings taken while other heavy processes
@@ -109,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
                 )
     if "load" in sections:
         results += section("load.py", *common, "--cached-reps", "1" if args.quick else "3")
+    if "eap" in sections:
+        results += section("circuits_eap.py", *common)
     info["load_average_end"] = [round(x, 2) for x in load_average()]
     report = {"machine": info, "argv": sys.argv[1:], "results": results}
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -167,6 +171,13 @@ def summary(report: dict) -> str:
                 )
                 + ")"
                 + (f"; aim < 4 GiB: {_ok(above < 4 * GiB)}" if r["what"].startswith("scan") else "")
+            )
+        elif r["section"] == "eap":
+            lines.append(
+                f"-- edge attribution ({r['method']}) on {r['device']}: {r['n_edges']} edges, {r['n_examples']} x "
+                f"{r['n_tokens']} tokens: {r['wall_s']:.1f} s wall, {r['cpu_s']:.1f} s CPU, peak +"
+                f"{r['peak_rss_above_model_gib']} GiB; load {r['load_before']} -> {r['load_after']}"
+                + (f"; aim < 120 s: {_ok(r['wall_s'] < 120)}" if r["method"] == "eap-ig" else "")
             )
         elif r["section"] == "load":
             lines.append(

@@ -158,7 +158,12 @@ def test_keeping_every_edge_is_clean_and_none_is_corrupt(tiny_llama):
     clean, corrupt = clean_corrupt_metric(tiny_llama, task)
     assert np.abs(clean - corrupt).max() > 1e-3
     none = np.zeros_like(g.valid)
-    for keep, mask, want in [(True, g.valid, clean), (True, none, corrupt), (False, g.valid, corrupt), (False, none, clean)]:
+    for keep, mask, want in [
+        (True, g.valid, clean),
+        (True, none, corrupt),
+        (False, g.valid, corrupt),
+        (False, none, clean),
+    ]:
         np.testing.assert_allclose(patched_metric(tiny_llama, task, mask, keep=keep, graph=g), want, atol=2e-5)
 
 
@@ -172,7 +177,9 @@ def test_grouped_query_receivers_are_key_value_heads(tiny_llama):
     assert len(g.senders) == 16 and g.n_edges == 8 * (1 + 6 + 11) + (5 + 10 + 15) + 16
     # a head's edge into a receiver of its own layer or earlier is not an edge
     with pytest.raises(BadInput, match="not an edge"):
-        patched_metric(tiny_llama, induction_task(tiny_llama, 2, 4), [(g.sender_index("L1H0"), g.receiver_index("L1KV0.k"))])
+        patched_metric(
+            tiny_llama, induction_task(tiny_llama, 2, 4), [(g.sender_index("L1H0"), g.receiver_index("L1KV0.k"))]
+        )
 
 
 def test_eap_equals_finite_differences_of_the_patch_on_llama(tiny_llama):

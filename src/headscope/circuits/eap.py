@@ -23,6 +23,7 @@ patching, not by these estimates (:mod:`headscope.circuits.faithfulness`).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -62,7 +63,7 @@ def _receiver_grads(model, task: CircuitTask, graph: EdgeGraph, start: torch.Ten
 
     for alpha in steps:
         leaf = (start + alpha * (end - start)).detach().requires_grad_(True)
-        hooks = [("blocks.0.hook_resid_pre", lambda x, hook, leaf=leaf: leaf.to(x.dtype))]
+        hooks: list[tuple[str, Callable]] = [("blocks.0.hook_resid_pre", lambda x, hook, leaf=leaf: leaf.to(x.dtype))]
         hooks += [(name, on_receiver) for name, _ in graph.receiver_groups()]
         with torch.enable_grad():
             logits = m.run_with_hooks(task.clean.to(m.device), fwd_hooks=hooks)

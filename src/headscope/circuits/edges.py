@@ -105,7 +105,9 @@ class EdgeGraph:
     @classmethod
     def of(cls, model) -> EdgeGraph:
         cfg = as_model(model).cfg
-        return cls.build(int(cfg.n_layers), int(cfg.n_heads), int(getattr(cfg, "n_key_value_heads", None) or cfg.n_heads))
+        return cls.build(
+            int(cfg.n_layers), int(cfg.n_heads), int(getattr(cfg, "n_key_value_heads", None) or cfg.n_heads)
+        )
 
     @property
     def valid(self) -> np.ndarray:
@@ -127,7 +129,9 @@ class EdgeGraph:
         try:
             return names.index(name)
         except ValueError:
-            raise BadInput(f"no {what} named {name!r}", hint=f"{what}s are named like {', '.join(names[:3])}, ...") from None
+            raise BadInput(
+                f"no {what} named {name!r}", hint=f"{what}s are named like {', '.join(names[:3])}, ..."
+            ) from None
 
     def edge_name(self, u: int, v: int) -> str:
         return f"{self.senders[u]} -> {self.receivers[v]}"
@@ -143,7 +147,9 @@ class EdgeGraph:
             for kind, hook in (("q", "attn.hook_q_input"), ("k", "attn.hook_k_input"), ("v", "attn.hook_v_input")):
                 idx = np.flatnonzero((self.receiver_layer == layer) & (np.array(self.receiver_kind) == kind))
                 out.append((f"blocks.{layer}.{hook}", idx))
-            out.append((f"blocks.{layer}.hook_mlp_in", np.flatnonzero((self.receiver_layer == layer) & self._is("mlp"))))
+            out.append(
+                (f"blocks.{layer}.hook_mlp_in", np.flatnonzero((self.receiver_layer == layer) & self._is("mlp")))
+            )
         out.append(("ln_final.hook_in", np.array([len(self.receivers) - 1])))
         return out
 

@@ -49,7 +49,9 @@ def faithfulness_curve(
         per = patched_metric(model, task, [tuple(e) for e in ranked[:k]], keep=True, graph=graph)
         norm = normalised(per, clean, corrupt)
         lo, hi = bootstrap_interval(norm, seed=seed)
-        rows.append({"n_edges": k, "faithfulness": float(norm.mean()), "low": lo, "high": hi, "metric": float(per.mean())})
+        rows.append(
+            {"n_edges": k, "faithfulness": float(norm.mean()), "low": lo, "high": hi, "metric": float(per.mean())}
+        )
     return rows, clean, corrupt
 
 
@@ -145,7 +147,10 @@ def edge_circuit(
     if second_task is not None:
         say("second seed", 0, 1)
         other = edge_attribution(model, second_task, method=method, ig_steps=ig_steps)
-        stability = {"seeds": [task.seed, second_task.seed], "jaccard": top_overlap(scores, other, (10, top_edges, 100))}
+        stability = {
+            "seeds": [task.seed, second_task.seed],
+            "jaccard": top_overlap(scores, other, (10, top_edges, 100)),
+        }
     return EdgeCircuit(
         attribution=scores,
         top_edges=top_edges,

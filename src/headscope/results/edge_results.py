@@ -144,7 +144,10 @@ class EdgeCircuit(Result):
                 k: (rounded(v) if k != "edges" else [{kk: rounded(vv) for kk, vv in e.items()} for e in v])
                 for k, v in self.agreement.items()
             },
-            "stability": {k: rounded(v) if not isinstance(v, dict) else {str(kk): rounded(vv) for kk, vv in v.items()} for k, v in self.stability.items()},
+            "stability": {
+                k: rounded(v) if not isinstance(v, dict) else {str(kk): rounded(vv) for kk, vv in v.items()}
+                for k, v in self.stability.items()
+            },
             "definitions": dict(EDGE_DEFINITIONS),
             "notes": list(self.notes),
         }
