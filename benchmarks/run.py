@@ -12,7 +12,10 @@ Each section runs in its own fresh process (memory peaks and load times need one
   transformers;
 - memory (benchmarks/memory.py): peak memory above the loaded model of the scan at
   seq-len 2048 (4,097 tokens), batch 1, next to a plain forward pass of the same tokens;
-- eap (benchmarks/circuits_eap.py, not in the default set): EAP-IG and EAP over every edge of the
+- circuits (benchmarks/circuits.py, not in the default set): path patching of every sender to one
+  receiver in one batched run vs one forward pass per sender, on the induction task (10 x 101 tokens);
+  then the eap section;
+- eap (benchmarks/circuits_eap.py, also run by circuits): EAP-IG and EAP over every edge of the
   model on the induction task (10 x 101 tokens): wall and CPU seconds, peak memory.
 
 When a CUDA GPU is visible, speed and memory run again on it. The load average is printed
@@ -111,7 +114,9 @@ def main(argv: list[str] | None = None) -> int:
                 )
     if "load" in sections:
         results += section("load.py", *common, "--cached-reps", "1" if args.quick else "3")
-    if "eap" in sections:
+    if "circuits" in sections:
+        results += section("circuits.py", *common)
+    if "eap" in sections or "circuits" in sections:
         results += section("circuits_eap.py", *common)
     info["load_average_end"] = [round(x, 2) for x in load_average()]
     report = {"machine": info, "argv": sys.argv[1:], "results": results}
@@ -171,6 +176,14 @@ def summary(report: dict) -> str:
                 )
                 + ")"
                 + (f"; aim < 4 GiB: {_ok(above < 4 * GiB)}" if r["what"].startswith("scan") else "")
+            )
+        elif r["section"] == "circuits":
+            lines.append(
+                f"-- circuits on {r['device']}: {r['n_examples']} x {r['n_tokens']} tokens; cache {r['cache_s']:.1f} s; "
+                f"{r['senders_logits']} senders -> logits batched {r['path_logits_batched_s']:.2f} s; "
+                f"{r['senders_keys']} senders -> {r['receiver']} batched {r['path_keys_batched_s']:.1f} s vs one pass "
+                f"per sender {r['per_sender_pass_s']:.2f} s x {r['senders_keys']} = {r['naive_keys_extrapolated_s']:.0f} s "
+                f"({r['speedup_keys']}x)"
             )
         elif r["section"] == "eap":
             lines.append(

@@ -54,11 +54,11 @@ def _route(bridge, fused: bool | None):
 def final_normed(
     model, inputs: torch.Tensor, start: int = 0, hooks: list[Hook] | tuple = (), fused: bool | None = None
 ) -> torch.Tensor:
-    """The final-normed residual ``[batch, n, d_model]`` of a pass (tokens if ``start == 0``, else the
-    residual entering block ``start``), with ``hooks``; no logits are computed."""
+    """The final-normed residual ``[batch, n, d_model]`` of a pass from ``inputs``: token ids (a full pass), or
+    the residual entering block ``start`` (float); with ``hooks``; no logits are computed."""
     bridge = as_model(model).bridge
     with _route(bridge, fused), _no_unembed(bridge), skip_blocks(bridge, start):
-        kw = {"start_at_layer": start} if start else {}
+        kw = {"start_at_layer": start} if inputs.is_floating_point() else {}  # a residual, also at block 0
         return bridge.run_with_hooks(inputs, fwd_hooks=list(hooks), use_cache=False, **kw)
 
 

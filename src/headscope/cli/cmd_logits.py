@@ -93,6 +93,14 @@ def logits_cmd(
     controls: ControlsOpt = SCAN.controls,
     max_memory: MaxMemoryOpt = SCAN.max_memory_gb,
     attention: AttentionOpt = SCAN.attention,
+    paths: Annotated[
+        bool,
+        typer.Option(
+            "--paths",
+            help="Also measure each top induction head's paths by path patching (the senders into its keys, "
+            "its path to the logits directly and via later heads), with intervals (slower; see headscope circuit).",
+        ),
+    ] = False,
     no_figures: Annotated[bool, typer.Option("--no-figures", help="Write logits.json and CSVs only (faster).")] = False,
     report: ReportOpt = False,
     device: DeviceOpt = "auto",
@@ -149,15 +157,16 @@ def logits_cmd(
             max_tokens=max_tokens,
             progress=Progress(False, console=err, lines=True),
             scan_progress=None,
+            paths=paths,
         )
         a.timings["total_s"] = time.perf_counter() - t0
         with err.status("Writing results..."):
             logit_files(rd, a, figures=not no_figures)
             if report:
                 rd.write_text("report.html", Report(dict(a.model), [a]).to_html())
-        paths = rd.commit()
+        written = rd.commit()
     if json_out:
         typer.echo(a.to_json())
     view_of(a).terminal(a, con)
     what = "logits.json, CSVs" + ("" if no_figures else ", figures/*.png")
-    say_written(err, rd.target, paths, what, a.timings["total_s"])
+    say_written(err, rd.target, written, what, a.timings["total_s"])

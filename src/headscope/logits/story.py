@@ -21,9 +21,14 @@ quantities in different units:
   the later-repeat targets when the head's output is replaced by its mean (or zero), which also
   moves the model off the activations it was trained on.
 
-They are stated side by side, never subtracted or divided: a logit is not a loss, and nothing
-here measured a path from the head through later components (that needs a path-patching
-measurement, which headscope does not make).
+They are stated side by side, never subtracted or divided: a logit is not a loss.
+
+K-composition is a weight product, not a causal number. Where the paths were measured
+(``headscope logits --paths``; :mod:`headscope.circuits.path_patching`, computed by the pipeline
+and handed in as plain data through ``paths=``), the story states them instead: the senders
+whose path into the head's keys carries most of the clean - corrupted gap on the induction task,
+and the head's path to the logits, directly and through the strongest later heads, each with
+its 95% interval over the examples.
 
 :func:`induction_story` gathers these for one head from plain arrays (``[L, H]`` scores,
 ``[L, H, L, H]`` composition scores), so it does not care which module computed them.
@@ -76,6 +81,7 @@ def induction_story(
     dla_later: np.ndarray | None = None,
     ablation=None,
     n_sources: int = 3,
+    paths: Mapping[tuple[int, int], dict] | None = None,
 ) -> InductionStory:
     """Gather head ``layer.head``'s story from result arrays.
 
@@ -83,7 +89,8 @@ def induction_story(
     ``k_composition``: ``[L, H, L, H]`` (earlier layer, head, later layer, head), NaN where not
     earlier, ideally minus the random baseline (``CompositionScores.excess("K")``).
     ``ov``: the head's :class:`OVRows` over some source tokens. ``ablation``: ``{(l, h): Δloss}``
-    or an induction scan's ``ablation`` list.
+    or an induction scan's ``ablation`` list. ``paths``: ``{(l, h): {"k": [...], "logits": [...], "about": str}}``,
+    measured path effects (see :class:`~headscope.results.logit_results.InductionStory`).
     """
     col = np.nan_to_num(np.asarray(k_composition)[:, :, layer, head], nan=-np.inf)
     H = col.shape[1]
@@ -116,6 +123,11 @@ def induction_story(
     if dla_later is not None:
         story.dla_later = float(dla_later[layer, head])
     story.ablation_delta_loss = _ablation_lookup(ablation).get((layer, head))
+    measured = (paths or {}).get((layer, head))
+    if measured:
+        story.k_paths = list(measured.get("k", []))
+        story.logit_paths = list(measured.get("logits", []))
+        story.paths_about = str(measured.get("about", ""))
     return story
 
 

@@ -253,3 +253,46 @@ def analyze_circuit(
         analysis.timings[f"{name}_s"] = time.perf_counter() - t
     analysis.timings["total_s"] = time.perf_counter() - t0
     return analysis
+
+
+def _entries(pp, key: str, k: int, label=lambda s, r: s) -> list[dict]:
+    return [{key: label(s, r), "effect": e, "low": lo, "high": hi} for s, r, e, lo, hi in pp.top(k)]
+
+
+def story_paths(
+    model,
+    heads: list[tuple[int, int]],
+    n_examples: int = 10,
+    seq_len: int = 50,
+    seed: int = 0,
+    max_memory_gb: float = 2.0,
+    k: int = 3,
+    progress: Callable | None = None,
+) -> dict[tuple[int, int], dict]:
+    """The measured paths of each induction head's story, on the induction task (noising, logit difference).
+
+    ``{(l, h): {"k": the ``k`` strongest senders into its keys, "logits": its direct path and the ``k``
+    strongest paths through a later head, "about": what they were measured on}}``, each entry with its
+    effect (share of the clean - corrupted gap) and 95% interval.
+    """
+    from ..circuits.tasks import induction_task
+
+    m = as_model(model)
+    task = induction_task(m, n_examples=n_examples, seq_len=seq_len, seed=seed)
+    caches = (cache_run(m, task.clean, task), cache_run(m, task.corrupt, task))
+    about = f"induction task, {n_examples} x {task.clean.shape[1]} tokens, seed {seed}, logit difference"
+    out: dict[tuple[int, int], dict] = {}
+    for l, h in heads:
+        entry: dict = {"about": about, "k": [], "logits": []}
+        if l > 0:
+            keys = path_patching(m, task, None, Receiver("k", l, h), max_memory_gb=max_memory_gb, caches=caches,
+                                 progress=progress)  # fmt: skip
+            entry["k"] = _entries(keys, "head", k)
+        later = [((l, h), Receiver("qkv", ll, hh)) for ll in range(l + 1, m.n_layers) for hh in range(m.n_heads)]
+        via = paths_through(m, task, [((l, h), Receiver.logits())] + later, max_memory_gb=max_memory_gb,
+                            caches=caches, progress=progress)  # fmt: skip
+        direct = [e for e in _entries(via, "via", len(via.senders), lambda s, r: r) if e["via"] == "logits"]
+        others = [e for e in _entries(via, "via", k + 1, lambda s, r: r.split(".")[0]) if e["via"] != "logits"][:k]
+        entry["logits"] = [{**direct[0], "via": "direct"}] + others
+        out[(l, h)] = entry
+    return out

@@ -42,6 +42,7 @@ from ..results.logit_results import SCAN_SCORES, InductionStories, LogitAnalysis
 from ..scan import InductionResult, check_settings, scan_induction
 from ..settings import ScanSettings
 from ..tokens import token_text
+from .circuit_analysis import story_paths
 
 __all__ = ["SCAN_SCORES", "LogitAnalysis", "analyze_logits", "arrow"]
 
@@ -117,7 +118,9 @@ def _k_for_stories(m, w, composition: CompositionScores, story_heads: list[Head]
     return k_comp, k_where
 
 
-def _stories(heads: list[Head], model: str, ov: dict, scan: InductionResult, k_comp: np.ndarray) -> InductionStories:
+def _stories(
+    heads: list[Head], model: str, ov: dict, scan: InductionResult, k_comp: np.ndarray, paths: dict | None = None
+) -> InductionStories:
     """Each induction head's numbers side by side, from the scan, the K-composition and its OV rows."""
     return induction_stories(
         heads,
@@ -130,6 +133,7 @@ def _stories(heads: list[Head], model: str, ov: dict, scan: InductionResult, k_c
         dla_first=scan.scores["direct_logit_first"],
         dla_later=scan.scores["direct_logit_later"],
         ablation=scan.ablation or None,
+        paths=paths,
     )
 
 
@@ -156,6 +160,7 @@ def analyze_logits(
     composition: CompositionScores | None = None,
     progress: Progress | None = None,
     scan_progress: bool | None = False,
+    paths: bool = False,
     **keywords: Any,
 ) -> LogitAnalysis:
     """What ``heads`` (or the strongest pushers and the top ``top`` induction heads) write, from one run.
@@ -167,7 +172,9 @@ def analyze_logits(
     ``keywords``: ``seq_len=``, ``batch=``, ``ablate=``, ``ablation=``, ``attention=``, ...; its
     ``top_k`` is ``top``) gives the induction story's numbers; pass an existing ``scan`` (and
     ``composition`` with K scores) to reuse them. ``k``: promoted/suppressed tokens kept per OV
-    row. Every input is checked before anything runs.
+    row. Every input is checked before anything runs. ``paths``: also measure each story head's paths by
+    path patching (the senders into its keys, its paths to the logits; :func:`~.circuit_analysis.story_paths`),
+    on the induction task with the scan's ``batch``, ``seq_len`` and ``seed``.
 
     >>> import headscope
     >>> a = headscope.analyze_logits(model, "a b c a b c", top=1, seq_len=8, batch=2)
@@ -216,7 +223,13 @@ def analyze_logits(
     ov = _ov_circuits(m, w, chosen + story_heads, asked, seqs, k)
     timings["ov_s"] = time.perf_counter() - t
     k_comp, k_where = _k_for_stories(m, w, composition, story_heads)
-    stories = _stories(story_heads, m.name, ov, scan, k_comp)
+    measured = None
+    if paths:
+        t = time.perf_counter()
+        say("path patching of the story heads")
+        measured = story_paths(m, story_heads, st.batch, st.seq_len, st.seed, st.max_memory_gb)
+        timings["paths_s"] = time.perf_counter() - t
+    stories = _stories(story_heads, m.name, ov, scan, k_comp, measured)
     return LogitAnalysis(
         model={**m.info(), "norm": w.norm},
         heads=chosen,

@@ -340,6 +340,12 @@ class InductionStory:
     dla_first: float | None = None  # mean direct logit effect on first-repeat targets (centred logit)
     dla_later: float | None = None  # ... on later-repeat (copied) targets (centred logit)
     ablation_delta_loss: float | None = None  # change in later-repeat cross-entropy (nats) when ablated alone
+    # Measured by path patching (headscope.circuits), empty when not measured: the strongest senders into the
+    # head's keys, and the head's paths to the logits (direct and via the strongest later heads). Each entry:
+    # {"head" or "via", "effect", "low", "high"}, effect = share of the clean - corrupted gap, 95% interval.
+    k_paths: list[dict] = field(default_factory=list)
+    logit_paths: list[dict] = field(default_factory=list)
+    paths_about: str = ""  # the task, examples and metric the paths were measured on
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -365,10 +371,33 @@ class InductionStory:
             "dla_first": self.dla_first,
             "dla_later": self.dla_later,
             "ablation_delta_loss": self.ablation_delta_loss,
+            "k_path_source": self.k_paths[0]["head"] if self.k_paths else None,
+            "k_path_effect": self.k_paths[0]["effect"] if self.k_paths else None,
+            "direct_path_effect": next((p["effect"] for p in self.logit_paths if p["via"] == "direct"), None),
         }
 
     def to_dict(self) -> dict:
         return {k: rounded(v) for k, v in {**asdict(self), "label": self.label}.items()}
+
+
+def _share(p: dict) -> str:
+    return f"{p['effect']:+.3f} [{p['low']:+.3f}, {p['high']:+.3f}]"
+
+
+def _path_findings(s: InductionStory) -> list[str]:
+    """The measured path effects of a story, in words (each a share of the gap with its 95% interval)."""
+    out = []
+    if s.k_paths:
+        srcs = ", ".join(f"{p['head']} {_share(p)}" for p in s.k_paths)
+        out.append(
+            f"measured by path patching ({s.paths_about}), the senders whose path into its keys carries most: {srcs}"
+        )
+    if s.logit_paths:
+        via = ", ".join(
+            ("directly" if p["via"] == "direct" else f"via {p['via']}") + f" {_share(p)}" for p in s.logit_paths
+        )
+        out.append(f"its path to the logits carries {via}")
+    return out
 
 
 @dataclass
@@ -497,6 +526,7 @@ class LogitAnalysis(Result):
                     f"ablating it changes the later-repeat cross-entropy by {s.ablation_delta_loss:+.3f} nats "
                     "(a loss, not a logit: not comparable with the direct effect)"
                 )
+            parts += _path_findings(s)
             out.append("; ".join(parts))
         later = self.scan.scores.get("direct_logit_later")
         if later is not None and self.stories.stories:

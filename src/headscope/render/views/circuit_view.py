@@ -42,7 +42,7 @@ class ActivationPatchingView(View):
             + plotted(patching_heatmap, result)
             + table_html(["component", "normalised (1 = clean)", "95% interval"], rows)
         )
-        return [Section(f"patching-{result.direction}", f"Activation patching: {result.direction}", body)]
+        return [Section(f"patching-{result.direction}", f"Activation patching ({result.direction})", body)]
 
     def legend(self, result) -> dict[str, str]:
         return {"normalised": DEFINITIONS["normalised"], result.direction: DEFINITIONS[result.direction]}
@@ -77,7 +77,11 @@ class PathPatchingView(View):
             + table_html(["sender", "receiver", "share of the gap (effect)", "95% interval"], self._rows(result))
         )
         anchor = "paths-" + "".join(c if c.isalnum() else "-" for c in result.receiver.lower())[:40]
-        return [Section(anchor, f"Path patching: {result.receiver}", body)]
+        return [
+            Section(
+                anchor, f"Paths {result.receiver}" if "->" in result.receiver else f"Paths into {result.receiver}", body
+            )
+        ]
 
     def legend(self, result) -> dict[str, str]:
         return {"path effect": DEFINITIONS["path"]}

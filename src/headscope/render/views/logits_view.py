@@ -23,9 +23,14 @@ def _n(v: float | None) -> float:
     return float("nan") if v is None else round(float(v), DECIMALS)
 
 
+def _paths_cell(entries: list[dict], key: str) -> str:
+    return "; ".join(f"{e[key]} {e['effect']:+.3f} [{e['low']:+.3f}, {e['high']:+.3f}]" for e in entries) or "–"
+
+
 def logit_story_html(a) -> str:
     """The induction story panel: each top induction head's numbers, each with its unit, then the same in words."""
     d_vocab = a.model.get("d_vocab")
+    measured = any(st.k_paths or st.logit_paths for st in a.stories.stories)
     rows = []
     for st in a.stories.stories:
         srcs = (
@@ -47,6 +52,7 @@ def logit_story_html(a) -> str:
                 _n(st.dla_later),
                 _n(st.ablation_delta_loss),
             ]
+            + ([_paths_cell(st.k_paths, "head"), _paths_cell(st.logit_paths, "via")] if measured else [])
         )
     cols = [
         "head",
@@ -57,7 +63,14 @@ def logit_story_html(a) -> str:
         "direct logit effect, first repeat (centred logit)",
         "direct logit effect, later repeats (centred logit)",
         "ablation Δloss (cross-entropy, nats)",
-    ]
+    ] + (
+        [
+            "measured: senders into its keys (path patching, share of the gap, 95% interval)",
+            "measured: its path to the logits, direct and via later heads (share of the gap, 95% interval)",
+        ]
+        if measured
+        else []
+    )
     findings = "".join(f"<li>{esc(f)}</li>" for f in a.findings())
     return (
         table_html(cols, rows) + f"<ul class='verdicts'>{findings}</ul>"
@@ -65,7 +78,14 @@ def logit_story_html(a) -> str:
         "weights). The direct logit effect is what the head itself writes into the copied token's centred logit "
         "(logit units); the ablation Δloss is the change in later-repeat cross-entropy (nats) when the head's "
         "output is replaced by its mean. One is a logit, the other a loss: they sit side by side and are not "
-        "compared, and no path through later components was measured. Self-rank over the texts' tokens (1 = the "
+        "compared. "
+        + (
+            "The measured columns are path patching on the induction task (headscope circuit; docs/circuits.md): "
+            "the share of the clean − corrupted logit-difference gap that one path carries, with its 95% interval. "
+            if measured
+            else "No path through later components was measured here (headscope logits --paths measures them). "
+        )
+        + "Self-rank over the texts' tokens (1 = the "
         "head's OV circuit promotes the token it attends to above every other).</p>"
     )
 
@@ -237,6 +257,14 @@ def print_stories(con, a) -> None:
             _signed(s.ablation_delta_loss),
         )
     con.print(t)
+    for s in a.stories.stories:
+        if s.k_paths or s.logit_paths:
+            con.print(
+                f"{s.label} measured paths ({s.paths_about}; share of the clean - corrupted gap, 95% interval): "
+                f"keys from {_paths_cell(s.k_paths, 'head')}; to the logits {_paths_cell(s.logit_paths, 'via')}",
+                highlight=False,
+                markup=False,
+            )
     for f in a.findings():
         con.print(f"- {f}", highlight=False, markup=False)
     st = a.scan.settings
