@@ -254,6 +254,7 @@ def toy_model(tmp_path_factory):
     return headscope.load_model(str(sorted((out / "checkpoints").iterdir())[-1]), device="cpu")
 
 
+@pytest.mark.slow
 def test_toy_previous_token_head_feeds_the_induction_heads_key(toy_model):
     from headscope.scan import scan_induction
 
@@ -278,7 +279,8 @@ def test_toy_previous_token_head_feeds_the_induction_heads_key(toy_model):
     assert lost > 0.15
 
 
-def test_toy_small_circuit_restores_most_of_the_behaviour(toy_model):
+@pytest.mark.slow
+def test_toy_circuit_of_half_the_edges_restores_most_of_the_behaviour(toy_model):
     task = induction_task(toy_model, n_examples=16, seq_len=20)
     res = edge_circuit(toy_model, task, top_edges=50, points=(0, 10, 50), n_sample=20)
     by_k = {row["n_edges"]: row for row in res.curve}
@@ -323,3 +325,18 @@ def test_the_split_hooks_are_switched_off_again(tiny_gpt2):
     edge_attribution(tiny_gpt2, task, method="eap")
     cfg = tiny_gpt2.bridge.cfg
     assert not cfg.use_split_qkv_input and not cfg.use_attn_result and not cfg.use_hook_mlp_in
+
+
+# --- SmolLM2 (real weights) -----------------------------------------------------------------------
+
+
+@pytest.mark.smollm2
+def test_smollm2_l16h0_feeds_l18h6s_keys_and_patching_is_exact(smollm2):
+    """docs/circuits.md: L16H0 -> L18H6's key/value head (KV2) is SmolLM2's strongest head-to-head edge."""
+    task = induction_task(smollm2, n_examples=4, seq_len=30, seed=5)
+    res = edge_attribution(smollm2, task, method="eap-ig", ig_steps=3)
+    heads = [(s, r) for s, r, _ in res.top(res.n_edges) if s.startswith("L") and r.startswith("L")]
+    assert heads[0] == ("L16H0", "L18KV2.k")  # L18H6 is query head 6 of KV head 6 // 3 = 2
+    g = EdgeGraph.of(smollm2)
+    clean, corrupt = clean_corrupt_metric(smollm2, task)
+    np.testing.assert_allclose(patched_metric(smollm2, task, g.valid, keep=True, graph=g), clean, rtol=1e-4, atol=1e-3)

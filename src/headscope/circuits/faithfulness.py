@@ -6,8 +6,9 @@ are not). So the circuit is checked by patching the model itself:
 
 * the **faithfulness curve**: for each circuit size k, the metric with only the top-k edges
   clean and every other edge corrupted (:func:`headscope.circuits.edges.patched_metric`),
-  normalised per example so 1 = clean behaviour, 0 = corrupted, with a bootstrap interval over
-  examples (:func:`headscope.stats.bootstrap_interval`);
+  normalised so 1 = clean behaviour, 0 = corrupted (mean patched - mean corrupted over mean clean
+  - mean corrupted), with a bootstrap interval that resamples each example with its own gap
+  (:func:`headscope.stats.bootstrap_ratio_interval`, as activation and path patching do);
 * **rank agreement**: a sample of edges (the strongest half and a seeded random draw from the
   rest), each patched alone to its corrupted value; Spearman's rho between that measured change
   and the attribution score (pandas ranks);
@@ -23,7 +24,7 @@ import numpy as np
 
 from ..models.model import as_model
 from ..results.edge_results import EdgeCircuit, EdgeScores
-from ..stats import bootstrap_interval
+from ..stats import bootstrap_ratio_interval
 from .eap import DEFAULT_IG_STEPS, edge_attribution
 from .edges import EdgeGraph, clean_corrupt_metric, patched_metric
 from .tasks import CircuitTask, normalised
@@ -47,11 +48,9 @@ def faithfulness_curve(
     rows = []
     for k in sizes:
         per = patched_metric(model, task, [tuple(e) for e in ranked[:k]], keep=True, graph=graph)
-        norm = normalised(per, clean, corrupt)
-        lo, hi = bootstrap_interval(norm, seed=seed)
-        rows.append(
-            {"n_edges": k, "faithfulness": float(norm.mean()), "low": lo, "high": hi, "metric": float(per.mean())}
-        )
+        value = float(normalised(per.mean(), clean.mean(), corrupt.mean()))
+        lo, hi = bootstrap_ratio_interval(per - corrupt, clean - corrupt, seed=seed)
+        rows.append({"n_edges": k, "faithfulness": value, "low": lo, "high": hi, "metric": float(per.mean())})
     return rows, clean, corrupt
 
 

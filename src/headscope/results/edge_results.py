@@ -27,8 +27,9 @@ EDGE_DEFINITIONS = {
     "Faithfulness' (EAP-IG-inputs).",
     "faithfulness": "the metric with only the circuit's edges clean and every other edge given its corrupted "
     "value (each receiver's input = corrupted input + the circuit senders' (patched - corrupted) outputs), "
-    "normalised per example (patched - corrupt) / (clean - corrupt) and averaged: 1 = clean behaviour, "
-    "0 = corrupted. Measured by patching. 95% percentile bootstrap over examples.",
+    "normalised (mean patched - mean corrupted) / (mean clean - mean corrupted): 1 = clean behaviour, "
+    "0 = corrupted. Measured by patching. 95% percentile bootstrap over examples, each resampled with its "
+    "own clean - corrupted gap.",
     "rank agreement": "Spearman correlation between each sampled edge's attribution score and the change in "
     "the metric when that edge alone is patched to its corrupted value (everything else clean).",
     "overlap": "Jaccard index |A & B| / |A | B| of the top-k edge sets found on two seeds of the task data.",
@@ -105,8 +106,8 @@ class EdgeScores(Result):
 class EdgeCircuit(Result):
     """An attributed circuit and what patching says about it.
 
-    ``curve`` rows: ``n_edges`` kept clean, ``faithfulness`` (mean over examples of the normalised
-    metric), ``low``/``high`` (95% bootstrap over examples). ``agreement``: ``spearman``, ``n``,
+    ``curve`` rows: ``n_edges`` kept clean, ``faithfulness`` (the normalised mean metric),
+    ``low``/``high`` (95% bootstrap over examples), ``metric`` (the mean patched metric). ``agreement``: ``spearman``, ``n``,
     ``sign_agreement`` and the sampled ``edges`` (``edge``, ``attribution``, ``patched``).
     ``stability``: ``seeds`` and ``jaccard`` per top-k (or empty when not measured).
     """
