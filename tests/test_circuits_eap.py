@@ -340,3 +340,30 @@ def test_smollm2_l16h0_feeds_l18h6s_keys_and_patching_is_exact(smollm2):
     g = EdgeGraph.of(smollm2)
     clean, corrupt = clean_corrupt_metric(smollm2, task)
     np.testing.assert_allclose(patched_metric(smollm2, task, g.valid, keep=True, graph=g), clean, rtol=1e-4, atol=1e-3)
+
+
+# --- the command ----------------------------------------------------------------------------------
+
+
+def test_circuit_command_runs_the_edges_step(tiny_llama_dir, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from headscope.cli import app
+
+    out = tmp_path / "c"
+    args = ["circuit", "--model", str(tiny_llama_dir), "--device", "cpu", "--examples", "3", "--seq-len", "5",
+            "--steps", "edges", "--method", "eap-ig", "--ig-steps", "2", "--top-edges", "5", "--edge-sample", "4",
+            "--out", str(out), "--report", "--json"]  # fmt: skip
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    (edges,) = json.loads(r.stdout)["extra"]
+    assert edges["kind"] == "edge-circuit" and len(edges["circuit"]) == 5 and edges["attribution"]["ig_steps"] == 2
+    assert edges["faithfulness"][-1]["faithfulness"] == pytest.approx(1.0, abs=1e-4)
+    assert edges["rank_agreement"]["n"] == 4 and set(edges["stability"]["jaccard"]) == {"10", "5", "100"}
+    names = {p.name for p in out.rglob("*") if p.is_file()}
+    assert {"edges.csv", "faithfulness.csv", "edgecircuit_graph.png", "edgecircuit_faithfulness.png"} <= names
+    assert "Edge circuit" in (out / "report.html").read_text()
+    bad = CliRunner().invoke(app, [*args[:-4], "--method", "acdc", "--out", str(tmp_path / "d")])
+    assert bad.exit_code == 2 and "eap, eap-ig" in bad.output

@@ -99,7 +99,7 @@ def edge_attribution(
     >>> task = induction_task(model, n_examples=2, seq_len=5)
     >>> res = edge_attribution(model, task, method="eap-ig", ig_steps=2)
     >>> res.scores.shape, res.n_edges, res.top(1)[0][0] in res.senders
-    ((10, 25), 104, True)
+    ((11, 27), 110, True)
     """
     if method not in METHODS:
         raise BadInput(f"unknown attribution method {method!r}", hint=f"use one of {', '.join(METHODS)}")

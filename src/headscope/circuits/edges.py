@@ -61,7 +61,7 @@ class EdgeGraph:
     >>> g.senders[:3], g.receivers[:6], g.receivers[-1]
     (['input', 'L0H0', 'L0H1'], ['L0H0.q', 'L0H1.q', 'L0H2.q', 'L0H3.q', 'L0KV0.k', 'L0KV1.k'], 'logits')
     >>> g.n_edges, g.edge_name(g.sender_index("L0H1"), g.receiver_index("L1KV0.k"))
-    (104, 'L0H1 -> L1KV0.k')
+    (82, 'L0H1 -> L1KV0.k')
     """
 
     n_layers: int
