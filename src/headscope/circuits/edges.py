@@ -213,6 +213,24 @@ def _receiver_inputs(model, tokens: torch.Tensor, graph: EdgeGraph) -> dict[str,
     return seen
 
 
+@dataclass
+class CorruptRun:
+    """The corrupted run, kept for many patched runs: every sender's output ``[n_senders, batch, pos, d]``
+    and every receiver hook's input (``{hook: [batch, pos, slots, d]}``)."""
+
+    senders: torch.Tensor
+    inputs: dict[str, torch.Tensor]
+
+
+def corrupt_run(model, task: CircuitTask, graph: EdgeGraph | None = None) -> CorruptRun:
+    """The corrupted prompts' sender outputs and receiver inputs (two passes without gradients)."""
+    m = as_model(model)
+    graph = graph or EdgeGraph.of(m)
+    with split_inputs(m):
+        tokens = task.corrupt.to(m.device)
+        return CorruptRun(sender_outputs(m, tokens, graph).to(m.device), _receiver_inputs(m, tokens, graph))
+
+
 def edge_mask(graph: EdgeGraph, edges: Sequence[tuple[int, int]]) -> np.ndarray:
     """``[n_senders, n_receivers]`` bool with ``edges`` set; refuses pairs that are not edges."""
     m = np.zeros((len(graph.senders), len(graph.receivers)), dtype=bool)
@@ -233,6 +251,7 @@ def patched_metric(
     keep: bool = True,
     graph: EdgeGraph | None = None,
     scale: float = 1.0,
+    corrupt: CorruptRun | None = None,
 ) -> np.ndarray:
     """The task's metric per example with edges patched, ``[n_examples]``.
 
@@ -240,15 +259,16 @@ def patched_metric(
     (a circuit's faithfulness). ``keep=False``: only ``edges`` are corrupted, the rest clean
     (an edge patched alone). ``edges`` are ``(sender, receiver)`` index pairs or a bool mask.
     ``scale`` moves the corrupted edges that fraction of the way (``keep=False`` only; 1 = the
-    whole way), for finite-difference checks of the attribution.
+    whole way), for finite-difference checks of the attribution. ``corrupt`` (from
+    :func:`corrupt_run`) saves recomputing the corrupted run when patching many times.
     """
     m = as_model(model)
     graph = graph or EdgeGraph.of(m)
     mask = np.asarray(edges, dtype=bool) if isinstance(edges, np.ndarray) else edge_mask(graph, edges)
     task_dev = m.device
+    corrupt = corrupt or corrupt_run(m, task, graph)
+    corrupt_out, base = corrupt.senders, corrupt.inputs
     with split_inputs(m):
-        corrupt_out = sender_outputs(m, task.corrupt.to(task_dev), graph).to(task_dev)
-        base = _receiver_inputs(m, task.corrupt.to(task_dev), graph) if keep else {}
         used = np.flatnonzero(mask.any(axis=1))
         diff: dict[int, torch.Tensor] = {}  # sender -> current - corrupt, filled as the run writes them
 

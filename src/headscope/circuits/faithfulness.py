@@ -26,7 +26,7 @@ from ..models.model import as_model
 from ..results.edge_results import EdgeCircuit, EdgeScores
 from ..stats import bootstrap_ratio_interval
 from .eap import DEFAULT_IG_STEPS, edge_attribution
-from .edges import EdgeGraph, clean_corrupt_metric, patched_metric
+from .edges import EdgeGraph, clean_corrupt_metric, corrupt_run, patched_metric
 from .tasks import CircuitTask, normalised
 
 #: Circuit sizes the faithfulness curve is measured at (those up to the model's edge count, plus all edges).
@@ -46,8 +46,9 @@ def faithfulness_curve(
     ranked = scores.ranked()
     sizes = sorted({min(int(k), len(ranked)) for k in points} | {len(ranked)})
     rows = []
+    run = corrupt_run(model, task, graph)
     for k in sizes:
-        per = patched_metric(model, task, [tuple(e) for e in ranked[:k]], keep=True, graph=graph)
+        per = patched_metric(model, task, [tuple(e) for e in ranked[:k]], keep=True, graph=graph, corrupt=run)
         value = float(normalised(per.mean(), clean.mean(), corrupt.mean()))
         lo, hi = bootstrap_ratio_interval(per - corrupt, clean - corrupt, seed=seed)
         rows.append({"n_edges": k, "faithfulness": value, "low": lo, "high": hi, "metric": float(per.mean())})
@@ -70,7 +71,11 @@ def rank_agreement(model, task: CircuitTask, scores: EdgeScores, n: int = 50, se
     graph = EdgeGraph.of(model)
     clean, _ = clean_corrupt_metric(model, task)
     edges = sample_edges(scores, n, seed)
-    patched = [float((patched_metric(model, task, [(u, v)], keep=False, graph=graph) - clean).mean()) for u, v in edges]
+    run = corrupt_run(model, task, graph)
+    patched = [
+        float((patched_metric(model, task, [(u, v)], keep=False, graph=graph, corrupt=run) - clean).mean())
+        for u, v in edges
+    ]
     attr = [float(scores.scores[u, v]) for u, v in edges]
     frame = pd.DataFrame({"attribution": attr, "patched": patched})
     return {
