@@ -67,17 +67,40 @@ def metric_of_normed(model, normed: torch.Tensor, task: CircuitTask) -> torch.Te
     """The task's metric per sequence ``[batch]`` from final-normed residuals ``[batch, n, d_model]``.
 
     ``task`` has one example per row of ``normed`` (see :func:`copies`). Only the counted
-    positions are unembedded, in steps of at most :data:`UNEMBED_BYTES`.
+    positions are unembedded, in steps of at most :data:`UNEMBED_BYTES`; the logit difference
+    reads just the answer's and the wrong token's rows of the unembedding (a plain linear one).
     """
     bridge = as_model(model).bridge
     pos = task.positions.to(normed.device)
     rows = normed.gather(1, pos[..., None].expand(-1, -1, normed.shape[-1]))  # [batch, P, d]
+    lm_head = _plain_unembedding(bridge)
+    if task.metric == "logit_diff" and lm_head is not None:
+        return _logit_diff(rows, task, lm_head).cpu()
     step = max(1, UNEMBED_BYTES // (4 * rows.shape[1] * bridge.cfg.d_vocab))
     out = [
         metric_at(bridge.unembed(rows[s : s + step]), task.subset(range(s, min(s + step, rows.shape[0]))))
         for s in range(0, rows.shape[0], step)
     ]
     return torch.cat(out).cpu()
+
+
+def _plain_unembedding(bridge) -> torch.nn.Linear | None:
+    """The unembedding as a plain ``nn.Linear`` when the logits are exactly ``lm_head(x)`` (no softcap), else None."""
+    lm_head = getattr(bridge.unembed, "original_component", None)
+    if not isinstance(lm_head, torch.nn.Linear) or (getattr(bridge.cfg, "output_logits_soft_cap", 0) or 0) > 0:
+        return None
+    return lm_head
+
+
+def _logit_diff(rows: torch.Tensor, task: CircuitTask, lm_head: torch.nn.Linear) -> torch.Tensor:
+    """``logit[answer] - logit[wrong]`` from two unembedding rows per position (not the whole vocabulary)."""
+    ans, wrong = task.answer.to(rows.device), task.wrong.to(rows.device)
+    w = lm_head.weight[ans] - lm_head.weight[wrong]  # [batch, P, d]
+    per = (rows.float() * w.float()).sum(-1)
+    if lm_head.bias is not None:
+        per = per + (lm_head.bias[ans] - lm_head.bias[wrong]).float()
+    cnt = task.counted.to(rows.device).float()
+    return (per * cnt).sum(-1) / cnt.sum(-1).clamp_min(1)
 
 
 def copies(task: CircuitTask, k: int) -> CircuitTask:
