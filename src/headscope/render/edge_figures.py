@@ -1,7 +1,7 @@
 """Pictures of edge attribution: the circuit as a layered graph, and the faithfulness curve.
 
-The graph is laid out by networkx (``multipartite_layout``: one column per point in the forward
-pass, input -> layer 0's heads -> MLP0 -> ... -> logits) and drawn by matplotlib. networkx is
+The graph is a networkx ``DiGraph`` drawn by networkx on matplotlib, its nodes in columns by
+their point in the forward pass (input -> layer 0's heads -> MLP0 -> ... -> logits). networkx is
 pure Python and already installed with torch; graphviz would lay out edges more neatly but needs
 its ``dot`` binary, which many users lack.
 """
@@ -39,6 +39,19 @@ def _receiver_node(receiver: str) -> tuple[str, str]:
     return receiver, "mlp" if receiver.startswith("MLP") else "logits"
 
 
+def _layered_positions(g) -> dict:
+    """Column ``subset`` left to right; nodes of a column stacked one unit apart, columns staggered
+    up and down in turn so an edge that skips columns does not pass through the nodes between."""
+    cols: dict[int, list] = {}
+    for n, d in g.nodes(data=True):
+        cols.setdefault(d["subset"], []).append(n)
+    pos = {}
+    for c, nodes in cols.items():
+        for i, n in enumerate(sorted(nodes)):
+            pos[n] = (float(c), (len(nodes) - 1) / 2 - i + 0.4 * ((c % 3) - 1))
+    return pos
+
+
 def edge_graph(res: EdgeScores | EdgeCircuit, k: int = 30, ax=None):
     """The top ``k`` edges by ``|score|``: nodes in columns by layer, edge width by ``|score|``, colour by sign,
     line style by the receiving input (query dotted, key solid, value dashed)."""
@@ -58,18 +71,18 @@ def edge_graph(res: EdgeScores | EdgeCircuit, k: int = 30, ax=None):
     used = sorted({d["subset"] for _, d in g.nodes(data=True)})
     for n in g.nodes:  # compress the columns to those with a node
         g.nodes[n]["subset"] = used.index(g.nodes[n]["subset"])
-    pos = nx.multipartite_layout(g, subset_key="subset", align="vertical")
+    pos = _layered_positions(g)
     per_column = max(np.bincount([d["subset"] for _, d in g.nodes(data=True)]))
     if ax is None:
-        fig, ax = plt.subplots(figsize=(min(16.0, 2.5 + 1.4 * len(used)), min(14.0, 2.0 + 0.75 * per_column)))
+        fig, ax = plt.subplots(figsize=(min(18.0, 2.5 + 1.2 * len(used)), min(14.0, 2.8 + 0.9 * max(2, per_column))))
     else:
         fig = ax.figure
     biggest = max((abs(x) for _, _, x in top), default=1.0) or 1.0
-    for (kind, style), span in itertools.product(_KIND_STYLE.items(), range(1, len(used))):
-        # an edge that skips columns bends more, so it does not run through the nodes it skips
+    for (kind, style), far in itertools.product(_KIND_STYLE.items(), (False, True)):
+        # an edge that skips columns bends, so it does not run straight through the nodes between
         edges = [
             (u, v) for u, v, d in g.edges(data=True)
-            if d["kind"] == kind and g.nodes[v]["subset"] - g.nodes[u]["subset"] == span
+            if d["kind"] == kind and (g.nodes[v]["subset"] - g.nodes[u]["subset"] > 1) == far
         ]  # fmt: skip
         if not edges:
             continue
@@ -77,7 +90,7 @@ def edge_graph(res: EdgeScores | EdgeCircuit, k: int = 30, ax=None):
         nx.draw_networkx_edges(
             g, pos, edgelist=edges, ax=ax, width=0.5 + 4.0 * np.abs(sc) / biggest, style=style,
             edge_color=["#c0392b" if x > 0 else "#2471a3" for x in sc], arrows=True, arrowsize=8,
-            connectionstyle=f"arc3,rad={0.06 + 0.3 * (span - 1)}", node_size=900,
+            connectionstyle=f"arc3,rad={0.25 if far else 0.05}", node_size=900,
         )  # fmt: skip
     nx.draw_networkx_nodes(g, pos, ax=ax, node_size=900, node_color="#f4f4f4", edgecolors="#555555", linewidths=0.8)
     nx.draw_networkx_labels(g, pos, ax=ax, font_size=6)
