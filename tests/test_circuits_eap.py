@@ -367,3 +367,13 @@ def test_circuit_command_runs_the_edges_step(tiny_llama_dir, tmp_path):
     assert "Edge circuit" in (out / "report.html").read_text()
     bad = CliRunner().invoke(app, [*args[:-4], "--method", "acdc", "--out", str(tmp_path / "d")])
     assert bad.exit_code == 2 and "eap, eap-ig" in bad.output
+
+
+def test_chunked_attribution_gives_the_same_scores(tiny_llama):
+    """Examples go through in chunks (to bound memory); the scores are still means over every example."""
+    task = induction_task(tiny_llama, n_examples=5, seq_len=5, seed=2)
+    whole = edge_attribution(tiny_llama, task, method="eap-ig", ig_steps=2).scores
+    parts = edge_attribution(tiny_llama, task, method="eap-ig", ig_steps=2, chunk=2).scores
+    np.testing.assert_allclose(parts, whole, rtol=1e-4, atol=1e-6)
+    tight = edge_attribution(tiny_llama, task, method="eap-ig", ig_steps=2, max_memory_gb=1e-6).scores  # 1 a pass
+    np.testing.assert_allclose(tight, whole, rtol=1e-4, atol=1e-6)

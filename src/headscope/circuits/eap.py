@@ -90,10 +90,12 @@ def edge_attribution(
     method: str = "eap-ig",
     ig_steps: int = DEFAULT_IG_STEPS,
     chunk: int | None = None,
+    max_memory_gb: float | None = None,
 ) -> EdgeScores:
     """Score every edge of ``model`` on ``task`` by EAP or EAP-IG (see the module docstring).
 
-    ``chunk`` examples go through each pass (default: all); scores are means over examples.
+    ``chunk`` examples go through each pass (default: all, or as many as :func:`chunk_for` fits in
+    ``max_memory_gb``); scores are means over examples, whatever the chunk.
 
     >>> from headscope.circuits import induction_task, edge_attribution
     >>> task = induction_task(model, n_examples=2, seq_len=5)
@@ -110,7 +112,7 @@ def edge_attribution(
     t0, c0 = time.perf_counter(), time.process_time()
     steps = [k / ig_steps for k in range(ig_steps)] if method == "eap-ig" else [1.0]
     n = task.n_examples
-    chunk = chunk or n
+    chunk = chunk or (chunk_for(m, int(task.clean.shape[1]), max_memory_gb) if max_memory_gb else n)
     total = np.zeros((len(graph.senders), len(graph.receivers)))
     with split_inputs(m):
         for lo in range(0, n, chunk):
@@ -136,6 +138,25 @@ def edge_attribution(
         n_kv_heads=graph.n_kv,
         seconds={"wall": time.perf_counter() - t0, "cpu": time.process_time() - c0},
     )
+
+
+def chunk_for(model, n_tokens: int, max_memory_gb: float) -> int:
+    """Sequences per pass so the backward pass's saved activations stay near ``max_memory_gb`` (an estimate).
+
+    Per sequence and layer the split inputs keep (query heads + 2 key/value heads + 1 MLP input)
+    copies of the residual stream, each with its normalised copy and the norm's saved tensors
+    (about 6 floats each); plus the logits and their gradient. Calibrated on SmolLM2 (10 x 101
+    tokens, 5 steps: 7.2 GiB above the model for 10 sequences, benchmarks/circuits_eap.py), which
+    this puts at 0.68 GiB per sequence.
+
+    >>> chunk_for(model, n_tokens=101, max_memory_gb=2.0) >= 1
+    True
+    """
+    cfg = as_model(model).cfg
+    n_kv = int(getattr(cfg, "n_key_value_heads", None) or cfg.n_heads)
+    slots = int(cfg.n_heads) + 2 * n_kv + 1
+    per_seq = 4 * n_tokens * (6 * int(cfg.n_layers) * slots * int(cfg.d_model) + 3 * int(cfg.d_vocab))
+    return max(1, int(max_memory_gb * 2**30 // per_seq))
 
 
 def task_summary(task: CircuitTask) -> dict:

@@ -129,11 +129,13 @@ def edge_circuit(
     n_sample: int = 50,
     second_task: CircuitTask | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    max_memory_gb: float | None = None,
 ) -> EdgeCircuit:
     """Attribute every edge, then measure the circuit by patching (module docstring).
 
     ``second_task`` (the same task on another seed of its data) adds the top-k overlap;
-    ``n_sample=0`` skips the rank agreement.
+    ``n_sample=0`` skips the rank agreement; ``max_memory_gb`` sizes the attribution's passes
+    (:func:`headscope.circuits.eap.chunk_for`).
 
     >>> from headscope.circuits import induction_task, edge_circuit
     >>> res = edge_circuit(model, induction_task(model, n_examples=3, seq_len=5), ig_steps=2,
@@ -143,14 +145,14 @@ def edge_circuit(
     """
     say = progress or (lambda stage, done, total: None)
     say("attribution", 0, 1)
-    scores = edge_attribution(model, task, method=method, ig_steps=ig_steps)
+    scores = edge_attribution(model, task, method=method, ig_steps=ig_steps, max_memory_gb=max_memory_gb)
     say("faithfulness", 0, 1)
     curve, clean, corrupt = faithfulness_curve(model, task, scores, points=sorted(set(points) | {top_edges}))
     agreement = rank_agreement(model, task, scores, n=n_sample) if n_sample else {}
     stability: dict = {}
     if second_task is not None:
         say("second seed", 0, 1)
-        other = edge_attribution(model, second_task, method=method, ig_steps=ig_steps)
+        other = edge_attribution(model, second_task, method=method, ig_steps=ig_steps, max_memory_gb=max_memory_gb)
         stability = {
             "seeds": [task.seed, second_task.seed],
             "jaccard": top_overlap(scores, other, (10, top_edges, 100)),

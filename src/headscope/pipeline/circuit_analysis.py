@@ -195,7 +195,8 @@ def step_edges(ctx: CircuitContext) -> None:
             n_sample=s.edge_sample,
             second_task=second,
             progress=ctx.progress,
-        )  # fmt: skip
+            max_memory_gb=s.max_memory_gb,
+        )
     )
 
 
