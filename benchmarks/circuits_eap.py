@@ -8,10 +8,12 @@ gradients (clean, corrupted) and ``ig_steps`` forward + backward passes (EAP: on
 
 Printed and emitted per method: wall seconds, CPU seconds of this process (``time.process_time``:
 what the work costs whatever else runs), the CPU share other processes took meanwhile, the load
-average before and after, and the peak RSS above the loaded model (sampled every 10 ms).
+average before and after, and the peak RSS above the loaded model (sampled every 10 ms); with
+``--max-memory`` the examples go through in chunks sized to it (``circuits.eap.chunk_for``).
 Aim (issue 20): EAP-IG over every edge in under 2 minutes on a 2-core CPU.
 
     python benchmarks/circuits_eap.py --threads 2
+    python benchmarks/circuits_eap.py --threads 1 --methods eap-ig --max-memory 2   # 2 sequences a pass
     python benchmarks/run.py --sections eap      # registered by SUITE below (not in the default set)
 """
 
@@ -26,7 +28,12 @@ import time
 sys.path.insert(0, os.path.dirname(__file__))
 from _bench import emit, load_average, machine, say, set_threads, timed  # noqa: E402
 
-SUITE = {"section": "eap", "runs": [[]], "quick_runs": [["--methods", "eap"]], "default": False}
+SUITE = {
+    "section": "eap",
+    "runs": [[], ["--methods", "eap-ig", "--max-memory", "2"]],
+    "quick_runs": [["--methods", "eap"]],
+    "default": False,
+}
 """How ``benchmarks/run.py`` runs this script (see run.py): not in its default set; ``--sections eap`` or ``all``."""
 #: Issue 20, item 10: EAP-IG over every edge of SmolLM2, 10 x 101 tokens, in under 2 minutes.
 AIM_S = 120.0
@@ -64,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seq-len", type=int, default=50)
     p.add_argument("--ig-steps", type=int, default=5)
     p.add_argument("--methods", default="eap-ig,eap")
+    p.add_argument("--max-memory", type=float, default=None, help="GiB: examples in chunks (default: all at once)")
     args = p.parse_args(argv)
     set_threads(args.threads)
     import headscope
@@ -80,7 +88,11 @@ def main(argv: list[str] | None = None) -> int:
         holder: dict = {}
         (t, others) = timed(
             lambda m=method: holder.update(
-                peak=peak_rss_during(lambda: edge_attribution(model, task, method=m, ig_steps=args.ig_steps))
+                peak=peak_rss_during(
+                    lambda: edge_attribution(
+                        model, task, method=m, ig_steps=args.ig_steps, max_memory_gb=args.max_memory
+                    )
+                )
             ),
             args.device,
         )
@@ -102,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             "load_after": [round(x, 2) for x in load_average()],
             "peak_rss_above_model_gib": round((peak - base) / 2**30, 2),
             "threads": info["torch_threads"],
+            "max_memory_gb": args.max_memory,
             "top_edge": list(res.top(1)[0][:2]),
         }
         if method == "eap-ig":
