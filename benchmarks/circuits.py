@@ -27,6 +27,9 @@ import time
 sys.path.insert(0, os.path.dirname(__file__))
 from _bench import emit, load_average, machine, say, set_threads, timed  # noqa: E402
 
+SUITE = {"section": "circuits", "runs": [[]], "quick_runs": [["--naive-senders", "1"]], "default": False}
+"""How ``benchmarks/run.py`` runs this script (see run.py): not in its default set; ``--sections all``."""
+
 
 def naive_pass(model, task, clean, corrupt, sender, layer: int, head: int) -> float:
     """One sender's path into ``(layer, head)``'s keys by one full forward pass (the loop the batch replaces)."""

@@ -12,18 +12,29 @@ Each section runs in its own fresh process (memory peaks and load times need one
   transformers;
 - memory (benchmarks/memory.py): peak memory above the loaded model of the scan at
   seq-len 2048 (4,097 tokens), batch 1, next to a plain forward pass of the same tokens;
-- circuits (benchmarks/circuits.py, not in the default set): path patching of every sender to one
-  receiver in one batched run vs one forward pass per sender, on the induction task (10 x 101 tokens).
+- circuits (benchmarks/circuits.py, registered, not in the default set: ``--sections all`` or
+  ``--sections circuits``): path patching of every sender to one receiver in one batched run vs
+  one forward pass per sender, on the induction task (10 x 101 tokens).
 
 When a CUDA GPU is visible, speed and memory run again on it. The load average is printed
 at the start of the suite and of every section: timings taken while other heavy processes
 run are wrong (``--wait-quiet`` waits for a quiet machine first). Results are printed as a
 summary with the aims of issue #3 and written as JSON (``--out``).
+
+Sections register themselves. Besides the three above, every ``benchmarks/*.py`` whose source
+holds a top-level literal ``SUITE = {"section": NAME, "runs": [[ARG, ...], ...]}`` is a section
+(``floor.py``: issue 22's aims; circuits and explorer add theirs the same way). run.py runs it
+once per entry of ``runs`` (and ``quick_runs`` under ``--quick``, if given), each in a fresh
+process with ``--model``, ``--threads`` and, when ``"per_device": True`` (the default),
+``--device``; ``"default": False`` leaves it out of the default set (``--sections all`` runs it). Every ``RESULT`` record it prints that carries ``aims`` (a list of ``{"item",
+"what", "aim", "measured", "met"}``, optionally ``"cpu_measured"``: the same ratio in process
+CPU time) is shown in the summary's table of aims, one line per aim, next to its measurement.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import subprocess
@@ -55,6 +66,31 @@ def section(script: str, *args: str) -> list[dict]:
     return out
 
 
+BUILT_IN = ("speed", "load", "memory")
+
+
+def registered(folder: Path = HERE) -> dict[str, dict]:
+    """``{section name: its SUITE dict + "script"}`` for every script that declares a ``SUITE`` literal."""
+    found: dict[str, dict] = {}
+    for path in sorted(folder.glob("*.py")):
+        if path.name.startswith("_") or path.name == "run.py":
+            continue
+        try:
+            tree = ast.parse(path.read_text())
+        except (OSError, SyntaxError):
+            continue
+        for node in tree.body:
+            target = node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else None
+            if isinstance(target, ast.Name) and target.id == "SUITE":
+                try:
+                    suite = ast.literal_eval(node.value)
+                except ValueError:
+                    say(f"  !! {path.name}: SUITE is not a literal; skipped")
+                    continue
+                found[suite["section"]] = {**suite, "script": path.name}
+    return found
+
+
 def wait_quiet(limit: float, max_wait: float) -> None:
     t0 = time.time()
     while load_average()[0] > limit and time.time() - t0 < max_wait:
@@ -64,7 +100,12 @@ def wait_quiet(limit: float, max_wait: float) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sections", default="speed,load,memory")
+    p.add_argument(
+        "--sections",
+        default=None,
+        help=f"comma-separated, or 'all' (default: those marked default): {', '.join(BUILT_IN)} and the registered "
+        f"ones ({', '.join(registered())})",
+    )
     p.add_argument("--devices", default=None, help="cpu,cuda (default: cpu, plus cuda when available)")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads in every process")
     p.add_argument("--model", default="smollm2-135m-instruct-q4")
@@ -87,7 +128,15 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     devices = (args.devices or ("cpu,cuda" if torch.cuda.is_available() else "cpu")).split(",")
-    sections = args.sections.split(",")
+    suites = registered()
+    default = [*BUILT_IN, *(k for k, v in suites.items() if v.get("default", True))]
+    sections = [*BUILT_IN, *suites] if args.sections == "all" else (args.sections or ",".join(default)).split(",")
+    unknown = [x for x in sections if x not in BUILT_IN and x not in suites]
+    if unknown:  # a warning, not an error: a section may still be wired into this file by hand
+        say(
+            f"!! not built in and not registered (no SUITE literal): {', '.join(unknown)}; known: "
+            f"{', '.join([*BUILT_IN, *suites])}"
+        )
     if args.wait_quiet is not None:
         wait_quiet(args.wait_quiet, args.max_wait)
     torch.set_num_threads(args.threads)
@@ -104,15 +153,23 @@ def main(argv: list[str] | None = None) -> int:
             results += section(
                 "speed.py", *common, "--device", dev, "--reps", str(args.reps), "--tl-reps", str(args.tl_reps)
             )
+            if not args.quick:  # TransformerLens side by side at 2 x 1,025 tokens too (issue 22, item 6)
+                reps = str(min(args.reps, 3))
+                long = ["--seq-len", "512", "--batch", "2", "--reps", reps, "--tl-reps", str(min(args.tl_reps, 3))]
+                results += section("speed.py", *common, "--device", dev, *long)
         if "memory" in sections:
             for what in ("scan", "hf-eager", "hf-sdpa"):
                 results += section(
                     "memory.py", *common, "--device", dev, "--seq-len", str(args.long_seq_len), "--what", what
                 )
+        for name, suite in suites.items():
+            if name not in sections or (dev != devices[0] and not suite.get("per_device", True)):
+                continue
+            dev_args = ["--device", dev] if suite.get("per_device", True) else []
+            for run in (suite.get("quick_runs") if args.quick else None) or suite["runs"]:
+                results += section(suite["script"], *common, *dev_args, *run)
     if "load" in sections:
         results += section("load.py", *common, "--cached-reps", "1" if args.quick else "3")
-    if "circuits" in sections:
-        results += section("circuits.py", *common)
     info["load_average_end"] = [round(x, 2) for x in load_average()]
     report = {"machine": info, "argv": sys.argv[1:], "results": results}
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -130,7 +187,10 @@ def summary(report: dict) -> str:
         f"{m['torch_threads']} threads" + (f", GPU {m['gpu']}" if "gpu" in m else ""),
         f"   load average at start {m['load_average']}, at end {m['load_average_end']}",
     ]
+    aims = [(r.get("device", ""), a) for r in report["results"] for a in r.get("aims", [])]
     for r in report["results"]:
+        if "aims" in r and "failed" not in r:
+            continue  # shown in the table of aims below
         if "failed" in r:
             lines.append(f"-- {r['section']} FAILED (exit {r['failed']}) {' '.join(r['args'])}")
         elif r["section"] == "speed":
@@ -186,6 +246,19 @@ def summary(report: dict) -> str:
                 f"{r['first_convert_s']} s), from the cache {r['cached_load_s']:.2f} s "
                 f"({r['first / cached']:.0f}x faster), plain transformers {r['hf_load_s']:.2f} s; "
                 f"imports {r['import_s']:.1f} s"
+            )
+    if aims:
+        lines.append("-- aims, each next to its measurement (wall-clock ratio of medians; CPU-time ratio in brackets):")
+        if max(m["load_average"][0], m["load_average_end"][0]) > 0.5 * (m["cores"] or 1):
+            lines.append(
+                "   !! the machine was busy (load average above half its cores): wall-clock ratios are unreliable, "
+                "read the CPU-time ones and rerun quiet (--wait-quiet)"
+            )
+        for dev, a in aims:
+            cpu = "" if a.get("cpu_measured") is None else f" ({a['cpu_measured']:.2f} CPU)"
+            item = f"#{a['item']}" if "item" in a else ""
+            lines.append(
+                f"   {item:<4} {dev:<5} {a['what']:<92} {a['measured']:>6.2f}{cpu:<11} aim {a['aim']:<8} {_ok(a['met'])}"
             )
     return "\n".join(lines)
 

@@ -12,7 +12,10 @@ changes); the fused scan against the eager one (full patterns), every score with
 ``--ratios`` (default on CUDA): the issue-10 ratios of benchmarks/fused.py on this device
 (public scan eager and fused / a plain sdpa forward at 10 x 101 and 1 x 4,097 tokens, causal
 check full / restarted, TransformerLens detect_head x 3 / scan at 101 and 1,025 tokens, peak
-GPU memory above the model at 4,097 tokens); then the longest context that fits (from the
+GPU memory above the model at 4,097 tokens) and issue 22's aims (benchmarks/floor.py: the public
+scan / sdpa forward at 10 x 101 and 1 x 4,097, aims 1.5x and 1.10x; the causal check with its
+control draws / the same plan as full passes, aim 0.45; peak memory / the forward's, aim 1.10x,
+at 4,097 and 8,191 tokens); then the longest context that fits (from the
 model's own window down, halving on out-of-memory), batch 1, with its peak GPU memory.
 Prints a line per step and a summary; exits 1 if any check fails, 2 if the device is missing.
 """
@@ -101,6 +104,39 @@ def fused_ratios(model: str, device: str, reps: int) -> dict:
     return out
 
 
+def floor_aims(model: str, device: str, reps: int, memory: bool) -> dict:
+    """benchmarks/floor.py's aims (issue 22) on ``device``: scan / sdpa forward, causal check / full passes, memory.
+
+    Every aim is printed next to its measurement; the aims are reported, not checked (a missed
+    speed aim is a number to record, not a broken scan).
+    """
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import floor  # benchmarks/floor.py
+
+    ns = argparse.Namespace(
+        model=model,
+        device=device,
+        threads=torch.get_num_threads(),
+        shapes=["10x50", "1x2048"],
+        reps=reps,
+        long_reps=reps,
+        causal_shape="10x50",
+        causal_reps=reps,
+        top=5,
+        memory_seq_lens=[2048, 4095],
+    )
+    out = {"speed": floor.part_speed(ns), "causal": floor.part_causal(ns)}
+    if memory:
+        out["memory"] = floor.part_memory(ns)
+    for part in out.values():
+        for a in part["aims"]:
+            print(
+                f"aim #{a['item']}: {a['what']}: {a['measured']:.2f}, aim {a['aim']}: {'met' if a['met'] else 'NOT met'}"
+            )
+        _free(device)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2-135m-instruct-q4")
@@ -122,6 +158,12 @@ def main(argv: list[str] | None = None) -> int:
         help="measure benchmarks/fused.py's ratios on this device (default: on CUDA)",
     )
     p.add_argument("--reps", type=int, default=3, help="interleaved rounds per ratio")
+    p.add_argument(
+        "--floor-memory",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="with the ratios, also issue 22's memory aim (benchmarks/memory.py in fresh processes, 4,097 and 8,191 tokens)",
+    )
     p.add_argument("--tolerance", type=float, default=0.1, help="largest |score difference| vs float32 allowed")
     p.add_argument(
         "--min-induction",
@@ -257,6 +299,10 @@ def main(argv: list[str] | None = None) -> int:
             report["ratios"] = fused_ratios(args.model, device, args.reps)
         except (HeadscopeError, RuntimeError) as exc:
             check(False, f"ratios: {type(exc).__name__}: {exc}")
+        try:
+            report["floor"] = floor_aims(args.model, device, args.reps, memory=args.floor_memory)
+        except (HeadscopeError, RuntimeError) as exc:
+            check(False, f"floor aims: {type(exc).__name__}: {exc}")
 
     if long:
         model = headscope.load_model(args.model, device=device, device_map=args.device_map)

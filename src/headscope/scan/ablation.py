@@ -22,7 +22,16 @@ import torch
 
 from ..settings import ABLATION_MODES
 from .fused import fused_attention, fused_supported
-from .losses import first_repeat_mean, later_repeat_mean, token_losses
+from .losses import (
+    counted_positions,
+    first_repeat_mean,
+    later_repeat_mean,
+    losses_from_normed,
+    normed_output,
+    normed_route_ok,
+    repeat_means_at,
+    token_losses,
+)
 from .sequences import RepeatedTokens
 
 
@@ -164,15 +173,18 @@ class Replacement:
 
 
 @torch.no_grad()
-def restart_from(model, resid: torch.Tensor, layer: int, fwd_hooks=(), fused: bool | None = None) -> torch.Tensor:
+def restart_from(
+    model, resid: torch.Tensor, layer: int, fwd_hooks=(), fused: bool | None = None, normed: bool = False
+) -> torch.Tensor:
     """Logits ``[batch, n, vocab]`` of a pass that enters block ``layer`` with ``resid`` ``[batch, n, d_model]``.
 
     Blocks below ``layer`` are skipped (not computed); hooks on them do not fire. ``fused``
-    (default: wherever supported) routes attention through the fused kernel.
+    (default: wherever supported) routes attention through the fused kernel. ``normed``: return
+    the final norm's output ``[batch, n, d_model]`` instead (:func:`~.losses.normed_output`).
     """
     use_fused = fused_supported(model) if fused is None else fused
     ctx = fused_attention(model) if use_fused else contextlib.nullcontext()
-    with ctx, skip_blocks(model, layer):
+    with ctx, skip_blocks(model, layer), normed_output(model) if normed else contextlib.nullcontext():
         return model.run_with_hooks(resid, start_at_layer=layer, fwd_hooks=list(fwd_hooks), use_cache=False)
 
 
@@ -219,14 +231,21 @@ def ablated_losses(
     """
     start = first_layer(heads)
     device = model.cfg.device
+    normed = normed_route_ok(model)  # losses only at the counted positions, logits a slice at a time
+    positions = counted_positions(rt.layout)
     later, first = [], []
     for s in range(0, rt.tokens.shape[0], chunk):
         tokens = rt.tokens[s : s + chunk].to(device)
         resid = residuals[start][s : s + chunk].to(device)
         hooks = ablation_hooks(heads, replacement, slice(s, s + chunk))
-        per_pos = token_losses(restart_from(model, resid, start, hooks, fused=fused), tokens)
-        later.append(later_repeat_mean(per_pos, rt.layout).cpu())
-        first.append(first_repeat_mean(per_pos, rt.layout).cpu())
+        out = restart_from(model, resid, start, hooks, fused=fused, normed=normed)
+        if normed:
+            lat, fst = repeat_means_at(losses_from_normed(model, out, tokens, positions), positions, rt.layout)
+        else:
+            per_pos = token_losses(out, tokens)
+            lat, fst = later_repeat_mean(per_pos, rt.layout), first_repeat_mean(per_pos, rt.layout)
+        later.append(lat.cpu())
+        first.append(fst.cpu())
     return torch.cat(later).double().numpy(), torch.cat(first).double().numpy()
 
 

@@ -169,6 +169,53 @@ class DirectPass:
         )
 
 
+class HeadDirectPass:
+    """The scan's direct-logit reduction: each head's effect at the positions the scores read, nothing else.
+
+    :class:`DirectPass` attributes a text completely (every component, every position, the
+    model's own logit to check the sum). The scan's pass scores only read each head's effect
+    at ``positions`` (``p`` predicts ``tokens[:, p + 1]``), so this computes only that, once:
+
+    - a head's read-out direction ``W_O[l, h] u_t`` depends only on the target token ``t``, so it
+      is computed once per *distinct* target of the chunk (on ``[BOS] + r + r`` each token is the
+      target of a first-repeat and of a later-repeat position: half the products), as one
+      ``[targets, d_model] x [d_model, heads * d_head]`` product per layer;
+    - only ``hook_z`` (at the counted positions) and the final norm's scale are hooked.
+
+    Same numbers as :attr:`DirectEffects.heads` at those positions (float32 products, float64 sums).
+    """
+
+    def __init__(self, tokens: torch.Tensor, w: HeadWeights, ue: Unembedding, positions, W_O: torch.Tensor):
+        # W_O: [L, heads * d_head, d_model] in the products' dtype (float32 in the scan), made once per scan.
+        device = W_O.device
+        self.pos = torch.as_tensor(np.asarray(positions), dtype=torch.long, device=device)
+        targets = tokens.to(device)[:, self.pos + 1]  # [B, Pc]
+        uniq, self.inv = torch.unique(targets, return_inverse=True)  # inv [B, Pc] -> row of uniq
+        self.u = ue.directions(uniq).to(W_O.dtype)  # [U, d_model]
+        self.W_O = W_O
+        self.shape = (w.n_heads, W_O.shape[1] // w.n_heads)
+        self.head_raw = torch.zeros(*targets.shape, w.n_layers, w.n_heads, dtype=torch.float64, device=device)
+        self.scale: torch.Tensor | None = None
+        self.hooks = [(act_name("z", l), self._on_z(l)) for l in range(w.n_layers)]
+        self.hooks.append(("ln_final.hook_scale", self._on_scale))
+
+    def _on_z(self, layer: int):
+        def hook(z, hook):  # z: [B, T, H, d_head]
+            read = (self.u @ self.W_O[layer].T).view(-1, *self.shape)  # [U, H, d_head], one product per target
+            zc = z.index_select(1, self.pos).to(read.dtype)  # [B, Pc, H, d_head]
+            self.head_raw[:, :, layer] = (zc * read[self.inv]).sum(-1).double()
+
+        return hook
+
+    def _on_scale(self, t, hook):
+        self.scale = t.index_select(1, self.pos)[..., 0].double()  # [B, Pc]
+
+    def heads(self) -> torch.Tensor:
+        """``[B, Pc, L, H]`` direct effects (nats) at ``positions``, after the pass."""
+        assert self.scale is not None, "the pass did not reach the final norm"
+        return self.head_raw / self.scale[..., None, None]
+
+
 def _row_sums_f64(x: torch.Tensor, elements: int = 1 << 22) -> torch.Tensor:
     """``x.sum(-1, dtype=float64)`` for ``x [B, P, V]``, a few rows at a time.
 

@@ -368,7 +368,9 @@ def fused_chunk_size_for(
     ``12 d_model + 3 d_mlp`` floats per position) and the direct-logit reduction's per-position
     state (target directions in float64 and float32, one layer's read-out, the per-head
     effects: ``4 d_model + 2 n_layers n_heads``). No ``n^2`` term: the kernel tiles the keys
-    and the scores read ``O(n)`` entries per head.
+    and the scores read ``O(n)`` entries per head. The logits term is an upper bound: where the
+    scan unembeds a slice at a time (:func:`~headscope.scan.losses.normed_output`) it holds one
+    slice of at most 128 MB, not ``n x vocab`` floats per sequence.
     """
     per_seq = 4 * n_tokens * (2 * d_vocab + 16 * d_model + 3 * d_mlp + 2 * n_layers * n_heads)
     return max(1, min(batch, int(max_memory_gb * 2**30 // per_seq)))

@@ -56,9 +56,16 @@ from ..tokens import token_text
 from .ablation import Replacement, ablation_hooks, residual_hooks
 from .attention_sample import attention_sample
 from .causal import causal_check
-from .direct import DirectPass, Unembedding, unembedding
+from .direct import HeadDirectPass, Unembedding, unembedding
 from .fused import FusedUnsupported, fused_attention, fused_chunk_size_for, fused_unsupported_reason
-from .losses import first_repeat_mean, later_repeat_mean, token_losses
+from .losses import (
+    first_repeat_mean,
+    later_repeat_mean,
+    losses_from_normed,
+    normed_output,
+    normed_route_ok,
+    token_losses,
+)
 from .sequences import RepeatedTokens, repeated_tokens
 
 
@@ -199,25 +206,30 @@ def _weight_scores_on_disk(model: HeadscopeModel) -> tuple[dict[str, np.ndarray]
 
 
 class _PassScores:
-    """The registry's pass scores: each head's direct logit effect (:class:`~headscope.scan.direct.DirectPass`,
-    hooks in the same pass) summed over the positions each score declares (``from_pass``)."""
+    """The registry's pass scores: each head's direct logit effect (:class:`~headscope.scan.direct.HeadDirectPass`,
+    hooks in the same pass) summed over the positions each score declares (``from_pass``), computed
+    only at those positions."""
 
     def __init__(self, m: HeadscopeModel, layout: RepeatLayout):
-        self.groups = {s.name: s.from_pass(layout) for s in pass_scores() if s.from_pass is not None}
+        groups = {s.name: s.from_pass(layout) for s in pass_scores() if s.from_pass is not None}
+        self.positions = np.unique(np.concatenate(list(groups.values()))) if groups else np.zeros(0, np.int64)
+        self.groups = {k: np.searchsorted(self.positions, v) for k, v in groups.items()}  # rows of positions
         self.sums = {k: np.zeros((m.n_layers, m.n_heads)) for k in self.groups}
         self.counts = dict.fromkeys(self.groups, 0)
         if self.groups:
             self.w, self.ue = direct_weights(m)
+            W_O = self.w.W_O  # [L, H, d_head, d_model] -> [L, H * d_head, d_model], float32, once per scan
+            self.W_O = W_O.reshape(W_O.shape[0], -1, W_O.shape[-1]).to(torch.float32).contiguous()
 
-    def start(self, m: HeadscopeModel, tokens: torch.Tensor) -> DirectPass | None:
+    def start(self, tokens: torch.Tensor) -> HeadDirectPass | None:
         """The hooks of one chunk's pass (None: no pass score is declared)."""
-        return DirectPass(m, tokens, self.w, self.ue, head_dtype=torch.float32) if self.groups else None
+        return HeadDirectPass(tokens, self.w, self.ue, self.positions, self.W_O) if self.groups else None
 
-    def add(self, heads: torch.Tensor | np.ndarray) -> None:
-        """Add one chunk's direct effects ``[batch, positions, L, H]``."""
-        for name, where in self.groups.items():
-            sel = heads[:, where]
-            self.sums[name] += sel.sum((0, 1))
+    def add(self, heads: torch.Tensor) -> None:
+        """Add one chunk's direct effects ``[batch, len(positions), L, H]``."""
+        for name, rows in self.groups.items():
+            sel = heads[:, torch.as_tensor(rows, device=heads.device)]
+            self.sums[name] += sel.sum((0, 1)).cpu().numpy()
             self.counts[name] += sel.shape[0] * sel.shape[1]
 
     def means(self) -> dict[str, np.ndarray]:
@@ -239,15 +251,16 @@ def score_pass(
     Eager: hooks on ``hook_pattern`` read each declaration with ``reduce_pattern``. Fused: the
     pass runs inside :func:`~headscope.scan.fused.fused_attention` and each layer's rotated
     ``q``, ``k`` and row logsumexp are read with ``reduce_qk`` (no ``n x n`` tensor). Both
-    routes add the direct-logit reduction (:class:`~headscope.scan.direct.DirectPass`: hooks on
-    ``hook_z``, ``hook_embed``, ``hook_pos_embed``, ``mlp_out``, ``ln_final``), which fire on both.
+    routes add the direct-logit reduction (:class:`~headscope.scan.direct.HeadDirectPass`: hooks on
+    ``hook_z`` and ``ln_final.hook_scale``), which fire on both.
     """
     m = as_model(model)
     route = attention_route(m, attention)
     L, H = m.n_layers, m.n_heads
     layout = rt.layout
     scores = [s for s in attention_scores() if not on_natural_text(s.reads)]  # natural text: kinds.sink
-    sums = {s.name: torch.zeros(L, H) for s in scores}
+    # Sums stay on the model's device until the end: no host sync per layer and score on a GPU.
+    sums = {s.name: torch.zeros(L, H, device=m.device) for s in scores}
     counts = dict.fromkeys(sums, 0)
     direct = _PassScores(m, layout)
     loss_sum = torch.zeros(layout.n_tokens - 1)
@@ -258,7 +271,7 @@ def score_pass(
     store: dict[int, list[torch.Tensor]] = {}
 
     def add(layer: int, name: str, total: torch.Tensor, count: int) -> None:
-        sums[name][layer] += total.cpu()
+        sums[name][layer] += total
         if layer == 0:
             counts[name] += count
 
@@ -277,8 +290,8 @@ def score_pass(
         def hook(z, hook):
             nonlocal z_sum
             if z_sum is None:
-                z_sum = torch.zeros(L, H, z.shape[-1])
-            z_sum[layer] += z.float().sum(dim=(0, 1)).cpu()
+                z_sum = torch.zeros(L, H, z.shape[-1], device=z.device)
+            z_sum[layer] += z.float().sum(dim=(0, 1))
 
         return hook
 
@@ -286,27 +299,28 @@ def score_pass(
     if keep_z_mean:
         hooks += [(act_name("z", layer), on_z(layer)) for layer in range(L)]
     hooks += residual_hooks(store, keep_residuals)
+    normed = normed_route_ok(m)  # the full logits are never held: unembedded a slice at a time
     for start in range(0, rt.tokens.shape[0], chunk):
         tokens = rt.tokens[start : start + chunk].to(m.device)
         for s in scores:
             prepared[s.name] = prepare(s.reads, tokens, layout, fused=route == "fused")  # type: ignore[arg-type]
-        run = direct.start(m, tokens)
+        run = direct.start(tokens)
         routed = fused_attention(m, on_attention) if route == "fused" else contextlib.nullcontext()
-        with routed:
-            logits = m.run_with_hooks(tokens, fwd_hooks=hooks + (run.hooks if run else []), use_cache=False)
-        per_seq = token_losses(logits, tokens)
+        with routed, normed_output(m) if normed else contextlib.nullcontext():
+            out = m.run_with_hooks(tokens, fwd_hooks=hooks + (run.hooks if run else []), use_cache=False)
+        per_seq = losses_from_normed(m, out, tokens) if normed else token_losses(out, tokens)
         loss_sum += per_seq.sum(0).cpu()
         by_seq["later"].append(later_repeat_mean(per_seq, layout).cpu())
         by_seq["first"].append(first_repeat_mean(per_seq, layout).cpu())
         if run is not None:
-            direct.add(run.finish(logits).heads)
+            direct.add(run.heads())
         z_count += tokens.shape[0] * tokens.shape[1]
-        del logits
+        del out
         if progress:
             progress.advance("scoring", tokens.shape[0])
-    means = {name: (sums[name] / counts[name]).numpy() for name in sums}
+    means = {name: (sums[name] / counts[name]).cpu().numpy() for name in sums}
     means.update(direct.means())
-    z_mean = None if z_sum is None else z_sum / z_count
+    z_mean = None if z_sum is None else z_sum.cpu() / z_count
     residuals = {layer: torch.cat(v) for layer, v in store.items()}
     later_seq, first_seq = (torch.cat(by_seq[k]).double().numpy() for k in ("later", "first"))
     return ScanPass(means, loss_sum / rt.tokens.shape[0], z_mean, residuals, route, later_seq, first_seq)

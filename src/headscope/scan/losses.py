@@ -2,12 +2,26 @@
 
 Its own module so that the scan (:mod:`.induction_scan`) and the causal check
 (:mod:`.ablation`) read the same definition without importing each other.
+
+The scan and the causal check never hold a pass's full logits (``[batch, n, vocab]``: 0.8 GB
+for 4,097 SmolLM2 tokens, more than the rest of the pass). Inside :func:`normed_output` the
+model's forward stops before the unembedding and returns the final norm's output;
+:func:`losses_from_normed` then unembeds a few thousand rows at a time with the model's own
+unembedding module (the same product) and reduces each slice to losses in place. Whether a
+model's logits really are its unembedding of that output (no soft-capping or scaling after
+it) is checked once per model on a short input (:func:`normed_route_ok`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import weakref
+from collections.abc import Iterator
+
+import numpy as np
 import torch
 
+from ..models.model import HeadscopeModel
 from ..scores.layout import RepeatLayout, first_repeat_targets, later_repeat_targets
 
 
@@ -21,6 +35,114 @@ def token_losses(logits: torch.Tensor, tokens: torch.Tensor, chunk: int = 1024) 
         tg = tokens[:, p + 1 : p + 1 + lg.shape[1]]
         out.append(torch.logsumexp(lg, dim=-1) - lg.gather(-1, tg[..., None])[..., 0])
     return torch.cat(out, dim=1)
+
+
+def _lse_minus_target(lg: torch.Tensor, tg: torch.Tensor) -> torch.Tensor:
+    """``logsumexp(lg) - lg[tg]`` over the last axis, overwriting ``lg`` (a slice no one else reads).
+
+    The same steps as ``torch.logsumexp`` (max, shift, exp, sum, log), done in place: no
+    temporary the size of the slice.
+    """
+    target = lg.gather(-1, tg[..., None])[..., 0]
+    top = lg.amax(-1, keepdim=True)
+    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    return lg.sub_(top).exp_().sum(-1).log_() + top[..., 0] - target
+
+
+def _bridge(model):
+    return model.bridge if isinstance(model, HeadscopeModel) else model
+
+
+def _unembed_module(model) -> torch.nn.Module:
+    return _bridge(model).unembed.original_component
+
+
+@contextlib.contextmanager
+def normed_output(model) -> Iterator[None]:
+    """Inside the block, ``model``'s forward returns the final norm's output ``[batch, n, d_model]``, not logits.
+
+    The unembedding (a bridge component that HF's model calls as its ``lm_head``) passes its
+    input through; :func:`losses_from_normed` applies it a slice at a time.
+    """
+    unembed = _bridge(model).unembed
+    try:
+        # object.__setattr__: a bridge's __setattr__ forwards unknown names to the HF module.
+        object.__setattr__(unembed, "forward", _pass_through)
+        yield
+    finally:
+        unembed.__dict__.pop("forward", None)
+
+
+def _pass_through(hidden_states, **kwargs):
+    return hidden_states
+
+
+_route_ok: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # bridge -> bool
+
+
+@torch.no_grad()
+def normed_route_ok(model) -> bool:
+    """Whether ``model``'s logits are its unembedding module applied to the final norm's output.
+
+    Checked once per model (weakly cached per bridge) on a 4-token input; a model
+    that soft-caps or scales its logits after the unembedding fails and keeps full logits.
+    """
+    bridge = _bridge(model)
+    if bridge in _route_ok:
+        return _route_ok[bridge]
+    tokens = torch.zeros(1, 4, dtype=torch.long, device=bridge.cfg.device)
+    try:
+        full = bridge.run_with_hooks(tokens, fwd_hooks=[], use_cache=False)
+        with normed_output(bridge):
+            normed = bridge.run_with_hooks(tokens, fwd_hooks=[], use_cache=False)
+        ok = normed.shape[-1] != full.shape[-1] and torch.allclose(
+            _unembed_module(bridge)(normed).float(), full.float(), rtol=1e-5, atol=1e-5
+        )
+    except Exception:  # an architecture the patch does not fit: keep the full logits
+        ok = False
+    _route_ok[bridge] = bool(ok)
+    return bool(ok)
+
+
+def losses_from_normed(
+    model, normed: torch.Tensor, tokens: torch.Tensor, positions=None, elements: int = 1 << 25
+) -> torch.Tensor:
+    """Cross-entropy of predicting ``tokens[:, p + 1]`` at each position ``p``, from the final norm's output.
+
+    ``normed [batch, n, d_model]`` (a pass inside :func:`normed_output`); ``positions`` (default
+    ``0..n-2``) the positions wanted. Returns ``[batch, len(positions)]`` float32. The logits of
+    about ``elements`` entries exist at a time (default 32M: 128 MB, a few hundred rows: the
+    product stays as efficient as one large one), each slice reduced in place.
+    """
+    unembed = _unembed_module(model)
+    n = tokens.shape[1]
+    pos = torch.arange(n - 1) if positions is None else torch.as_tensor(np.asarray(positions), dtype=torch.long)
+    pos = pos.to(normed.device)
+    x = normed.index_select(1, pos)  # [B, P, d_model]
+    tg = tokens.to(normed.device).index_select(1, pos + 1)  # [B, P]
+    B, P = tg.shape
+    x, tg = x.reshape(B * P, -1), tg.reshape(-1)
+    d_vocab = int(getattr(unembed, "out_features", 0) or 50_000)
+    rows = max(1, elements // d_vocab)
+    out = torch.empty(B * P, dtype=torch.float32, device=normed.device)
+    for r in range(0, B * P, rows):
+        out[r : r + rows] = _lse_minus_target(unembed(x[r : r + rows]).float(), tg[r : r + rows])
+    return out.view(B, P)
+
+
+def counted_positions(layout: RepeatLayout) -> np.ndarray:
+    """Every position whose loss a repeat mean reads (first-repeat and later-repeat targets), sorted."""
+    return np.union1d(first_repeat_targets(layout), later_repeat_targets(layout))
+
+
+def repeat_means_at(
+    losses: torch.Tensor, positions: np.ndarray, layout: RepeatLayout
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(later [batch], first [batch])`` repeat means of ``losses [batch, len(positions)]`` taken at ``positions``."""
+    rows = {int(p): i for i, p in enumerate(np.asarray(positions))}
+    later = torch.as_tensor([rows[int(p)] for p in later_repeat_targets(layout)], device=losses.device)
+    first = torch.as_tensor([rows[int(p)] for p in first_repeat_targets(layout)], device=losses.device)
+    return losses.index_select(-1, later).mean(-1), losses.index_select(-1, first).mean(-1)
 
 
 def later_repeat_mean(per_position: torch.Tensor, layout: RepeatLayout) -> torch.Tensor:

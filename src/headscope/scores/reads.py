@@ -184,7 +184,7 @@ def reduce_pattern(
 
 def _entries(q_rows: torch.Tensor, k_rows: torch.Tensor, lse_rows: torch.Tensor, scale: float) -> torch.Tensor:
     """``exp(q . k * scale - lse)`` row by row, in float32: ``[..., m, d]`` x2, ``[..., m]`` -> ``[..., m]``."""
-    dots = torch.einsum("...md,...md->...m", q_rows.float(), k_rows.float())
+    dots = (q_rows.float() * k_rows.float()).sum(-1)  # elementwise: cheaper than einsum's batched 1 x d products
     return torch.exp(dots * scale - lse_rows.float())
 
 
