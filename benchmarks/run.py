@@ -12,6 +12,8 @@ Each section runs in its own fresh process (memory peaks and load times need one
   transformers;
 - memory (benchmarks/memory.py): peak memory above the loaded model of the scan at
   seq-len 2048 (4,097 tokens), batch 1, next to a plain forward pass of the same tokens;
+- explorer (benchmarks/explorer.py, registered): the live explorer's first view of a 100- and a
+  1,000-token text and its head and position switches, model warm (wall and CPU time);
 - circuits (benchmarks/circuits.py, registered, not in the default set: ``--sections all`` or
   ``--sections circuits``): path patching of every sender to one receiver in one batched run vs
   one forward pass per sender, on the induction task (10 x 101 tokens).

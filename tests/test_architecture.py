@@ -1,6 +1,6 @@
 """The house rules of docs/architecture.md, checked on the real imports.
 
-1. import-linter's layers contract (pyproject.toml): base < models < results < scan < qk < render < pipeline < cli.
+1. import-linter's layers contract (pyproject.toml): base < models < results < scan < qk < render < pipeline < toy, explorer < cli.
 2. The only upward import it lets through is the notebook view: ``headscope.render.lookup``, imported
    inside ``Result._repr_html_`` / ``Result._figure`` (results/base.py), never at module level;
    results and render form no other import circle.
@@ -20,7 +20,12 @@ from headscope.scores import SCORES
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = Path(headscope.__file__).parent
 LAYERS = ["base", "models", "results", "scan", "qk", "render", "pipeline", "toy", "cli"]
-SIBLINGS = {"logits": "qk", "kinds": "qk", "circuits": "qk"}  # beside qk (none imports another)
+SIBLINGS = {
+    "logits": "qk",
+    "kinds": "qk",
+    "circuits": "qk",
+    "explorer": "toy",
+}  # beside qk (none imports another); explorer beside toy
 VIEW_FUNCTIONS = ("_repr_html_", "_figure")  # Result's, in results/base.py: the one way up
 VIEW_LOOKUP = "headscope.render.lookup"
 

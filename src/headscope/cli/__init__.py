@@ -52,6 +52,7 @@ COMMANDS = (
     "cmd_logits",
     "cmd_circuit",
     "cmd_report",
+    "cmd_serve",
     "cmd_sweep",
     "cmd_train_toy",
 )

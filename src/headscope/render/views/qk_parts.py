@@ -11,7 +11,7 @@ from ...head_labels import head_label
 from ...results.qk_results import CompositionScores, OffsetComposition, PositionalQK, QKDecomposition, QKScores, TokenQK
 from ..lookup import register
 from ..qk_figures import plot_composition, plot_decomposition, plot_live, plot_live_grid, plot_positional, plot_token_qk
-from ..view_base import View, frame_html
+from ..view_base import Section, View, frame_html
 
 
 @register(QKScores)
@@ -38,6 +38,16 @@ class QKScoresView(View):
 @register(QKDecomposition)
 class QKDecompositionView(View):
     figures = {"plot_decomposition": plot_decomposition, "main": plot_decomposition}
+
+    def sections(self, result) -> list[Section]:
+        """On a page of its own (the explorer's saved view): the decomposition as the QK analysis shows it."""
+        from .qk_view import decomposition_html
+
+        title = f"QK decomposition: why {result.label} attends where it does"
+        return [Section("qk-decomposition", title, decomposition_html(result))]
+
+    def legend(self, result) -> dict[str, str]:
+        return {"QK decomposition": result.note}
 
     def notebook_html(self, result) -> str:
         return frame_html(

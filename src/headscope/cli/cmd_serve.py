@@ -1,0 +1,92 @@
+"""`headscope serve`: the live explorer, one local page over a model loaded once."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from . import app
+from ._common import (
+    DEFAULT,
+    DebugOpt,
+    DeviceMapOpt,
+    DeviceOpt,
+    DtypeOpt,
+    ModelOpt,
+    at_least,
+    consoles,
+    handle_errors,
+    load,
+    load_settings,
+)
+
+
+@app.command("serve")
+@handle_errors
+def serve_cmd(
+    model: ModelOpt = DEFAULT,
+    host: Annotated[
+        str, typer.Option("--host", help="Address to bind. Anything but 127.0.0.1/localhost needs --expose.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8765,
+    expose: Annotated[
+        bool,
+        typer.Option(
+            "--expose",
+            help="Allow binding a non-loopback --host; the server then prints a token every request must carry.",
+        ),
+    ] = False,
+    max_tokens: Annotated[
+        int,
+        typer.Option(
+            "--max-tokens",
+            help="Longest text analysed (tokens, first token included); longer texts are cut, and the page says so.",
+        ),
+    ] = 1024,
+    max_chars: Annotated[
+        int, typer.Option("--max-chars", help="Longest text accepted (characters); longer ones are refused (413).")
+    ] = 50_000,
+    queue: Annotated[int, typer.Option("--queue", help="Requests queued or running at once; more get 503.")] = 8,
+    no_browser: Annotated[bool, typer.Option("--no-browser", help="Do not open the page in a browser.")] = False,
+    device: DeviceOpt = "auto",
+    device_map: DeviceMapOpt = None,
+    dtype: DtypeOpt = "float32",
+    debug: DebugOpt = False,
+) -> None:
+    """Start the live explorer: type a text, click a head, see its pattern, why it attends (QK) and what it writes.
+
+    The model loads once; the page works with no network (every asset is in the package). It
+    binds 127.0.0.1 unless --host and --expose say otherwise.
+
+    Example: headscope serve --model smollm2-135m-instruct-q4
+    """
+    from ..errors import BadInput
+    from ..explorer.app import LOOPBACK, Limits, serve
+    from ..explorer.engine import Explorer
+
+    _, err = consoles(False)
+    at_least("--max-tokens", max_tokens, 2)
+    at_least("--max-chars", max_chars, 1)
+    at_least("--queue", queue, 1)
+    if not 0 < port < 65536:
+        raise BadInput(f"--port {port} is not a port", hint="use 1..65535, e.g. 8765")
+    if host not in LOOPBACK and not expose:
+        raise BadInput(
+            f"--host {host} would let other machines reach the explorer",
+            hint="pass --expose as well (a token is then required), or keep the default 127.0.0.1",
+        )
+    m = load(err, load_settings(model, device, device_map, dtype))
+    explorer = Explorer(m, max_tokens=max_tokens)
+    with err.status("Scoring the model on repeated random tokens (once)..."):
+        explorer.scan()
+    serve(
+        explorer,
+        host,
+        port,
+        expose=expose,
+        open_browser=not no_browser,
+        say=lambda s: err.print(s, highlight=False),
+        limits=Limits(max_chars=max_chars),
+        max_waiting=queue,
+    )

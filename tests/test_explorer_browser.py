@@ -1,0 +1,146 @@
+"""The explorer's whole flow in a real browser: Playwright driving the system's Chromium, offline.
+
+Type a text, wait for the heads table, click a head and see its pattern and QK view change,
+click a token and see the logit view change, reload from the address and get the same view.
+Nothing but the local server may be reached (every other request is aborted and recorded).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from _browser import OFFLINE_FLAGS, WHY_NO_CHROMIUM, WHY_NO_PLAYWRIGHT, ensure_chromium
+from headscope.explorer import Explorer
+from headscope.explorer.app import make_app
+
+TEXT = "The cat sat on the mat. The cat sat on the mat."
+
+
+@pytest.fixture(scope="module")
+def server(tiny_llama):
+    import uvicorn
+
+    ex = Explorer(tiny_llama, max_tokens=128)
+    server = uvicorn.Server(uvicorn.Config(make_app(ex), host="127.0.0.1", port=0, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    yield f"http://127.0.0.1:{port}/", ex
+    server.should_exit = True
+    thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip(WHY_NO_PLAYWRIGHT)
+    exe = ensure_chromium()
+    if not exe:
+        pytest.skip(WHY_NO_CHROMIUM)
+    # the report tests' offline flags, less the dead proxy and the dead resolver (they catch loopback too):
+    # aborts anything that is not the local server
+    flags = [f for f in OFFLINE_FLAGS if not f.startswith(("--proxy", "--host-resolver"))]
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=exe, headless=True, args=flags)
+        yield b
+        b.close()
+
+
+def _page(browser, base: str):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    log = {"errors": [], "blocked": []}
+    page.on("console", lambda m: log["errors"].append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: log["errors"].append(f"uncaught: {e}"))
+
+    def route(r):
+        if r.request.url.startswith(base):
+            r.continue_()
+        else:
+            log["blocked"].append(r.request.url)
+            r.abort("blockedbyclient")
+
+    page.route("**/*", route)
+    return page, log
+
+
+def _until(page, expr: str, timeout: float = 30.0):
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(f"!!({expr})"):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{expr!r} still false after {timeout} s")
+        page.wait_for_timeout(50)
+
+
+def test_type_click_change_and_reload(server, browser, tmp_path):
+    base, ex = server
+    n_rows = ex.model.n_layers * ex.model.n_heads
+    page, log = _page(browser, base)
+    page.goto(base)
+    page.fill("#text", TEXT)
+    page.click("#run")
+    _until(page, f"document.querySelectorAll('#heads tbody tr').length === {n_rows}")
+    _until(page, "document.querySelector('#pattern-box canvas, #pattern-box svg')")
+
+    page.click("#heads tbody tr[data-head='L1H2']")
+    _until(page, "document.getElementById('pattern-box').dataset.head === 'L1H2'")
+    _until(page, "document.getElementById('qk-title').textContent.includes('L1H2: why')")
+    qk_a = page.text_content("#qk")
+    assert page.evaluate("document.querySelector('#heads tr.sel').dataset.head") == "L1H2"
+
+    page.click("#heads tbody tr[data-head='L2H0']")
+    _until(page, "document.getElementById('pattern-box').dataset.head === 'L2H0'")
+    _until(page, "document.getElementById('qk-title').textContent.includes('L2H0: why')")
+    assert page.text_content("#qk") != qk_a  # another head, another decomposition
+    assert page.query_selector("#pattern-box canvas, #pattern-box svg")
+
+    logits_before = page.text_content("#logits")
+    page.click("#tokens .tok[data-pos='4']")
+    _until(page, "document.getElementById('logit-title').textContent.includes('position 4')")
+    _until(page, "document.getElementById('pattern-box').dataset.pos === '4'")
+    _until(page, "document.getElementById('qk-how').textContent.startsWith('query 4 ')")
+    assert page.text_content("#logits") != logits_before
+    page.fill("#corrupt", "A dog ran on the rug. The dog ran on the rug.")
+    page.click("#patch")
+    _until(page, "document.querySelectorAll('#paths tbody tr').length > 0")
+    view = {k: page.text_content(k) for k in ("#qk", "#qk-how", "#write", "#ov", "#logits", "#logit-title", "#paths")}
+    url = page.url
+    assert "head=L2H0" in url and "pos=4" in url and "corrupt=" in url
+
+    # the sort: click a header, the order changes and the chosen row stays chosen
+    page.click("#heads thead th:nth-child(2)")
+    assert page.evaluate("document.querySelector('#heads tr.sel').dataset.head") == "L2H0"
+
+    again, log2 = _page(browser, base)
+    again.goto(url)
+    _until(again, "document.getElementById('pattern-box').dataset.head === 'L2H0'")
+    _until(again, "document.getElementById('logit-title').textContent.includes('position 4')")
+    _until(again, "document.getElementById('qk-title').textContent.includes('L2H0: why')")
+    _until(again, "document.querySelectorAll('#paths tbody tr').length > 0")
+    assert {k: again.text_content(k) for k in view} == view  # same view from the address alone
+    assert again.input_value("#text") == TEXT
+    again.screenshot(path=str(tmp_path / "explorer.png"), full_page=True)
+    for lg in (log, log2):
+        assert lg["errors"] == [] and lg["blocked"] == []
+
+
+def test_hostile_text_is_shown_as_text(server, browser):
+    base, ex = server
+    page, log = _page(browser, base)
+    page.goto(base)
+    evil = '<img src=x onerror="window.pwned=1"><script>window.pwned=2</script>'
+    page.fill("#text", evil)
+    page.click("#run")
+    _until(page, "document.querySelectorAll('#heads tbody tr').length > 0")
+    _until(page, "document.querySelector('#pattern-box canvas, #pattern-box svg')")
+    page.wait_for_timeout(300)
+    assert page.evaluate("window.pwned === undefined")
+    assert page.evaluate("document.querySelectorAll('#tokens img, #tokens script, main img').length") == 0
+    assert "<img" in page.text_content("#tokens").replace("\u00b7", " ")
+    assert log["blocked"] == []  # the img was never created, so never fetched
