@@ -242,6 +242,12 @@ def summary(report: dict) -> str:
                 f"per sender {r['per_sender_pass_s']:.2f} s x {r['senders_keys']} = {r['naive_keys_extrapolated_s']:.0f} s "
                 f"({r['speedup_keys']}x)"
             )
+        elif r["section"] == "eap":
+            lines.append(
+                f"-- edge attribution ({r['method']}) on {r['device']}: {r['n_edges']} edges, {r['n_examples']} x "
+                f"{r['n_tokens']} tokens: {r['wall_s']:.1f} s wall, {r['cpu_s']:.1f} s CPU, peak +"
+                f"{r['peak_rss_above_model_gib']} GiB; load {r['load_before']} -> {r['load_after']}"
+            )
         elif r["section"] == "load":
             lines.append(
                 f"-- load {r['model']}: first load {r['first_load_s']:.1f} s (conversion "

@@ -80,6 +80,15 @@ RANGES: dict[str, dict[str, Range]] = {
         "seed": COMMON["seed"],
         "top": COMMON["top"],
         "max_memory": COMMON["max_memory"],
+        "ig_steps": Range(1, 10_000),
+        "top_edges": Range(1, 100_000_000),
+        "edge_sample": Range(0, 100_000_000),  # 0: skip the ranking check
+    },
+    "serve": {
+        "port": Range(1, 65_535),
+        "max_tokens": Range(2, 1_000_000),
+        "max_chars": Range(1, 100_000_000),
+        "queue": Range(1, 10_000),
     },
     "sweep": {
         **COMMON,

@@ -14,7 +14,6 @@ from ._common import (
     DeviceOpt,
     DtypeOpt,
     ModelOpt,
-    at_least,
     consoles,
     handle_errors,
     load,
@@ -66,11 +65,6 @@ def serve_cmd(
     from ..explorer.engine import Explorer
 
     _, err = consoles(False)
-    at_least("--max-tokens", max_tokens, 2)
-    at_least("--max-chars", max_chars, 1)
-    at_least("--queue", queue, 1)
-    if not 0 < port < 65536:
-        raise BadInput(f"--port {port} is not a port", hint="use 1..65535, e.g. 8765")
     if host not in LOOPBACK and not expose:
         raise BadInput(
             f"--host {host} would let other machines reach the explorer",

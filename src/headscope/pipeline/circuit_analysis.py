@@ -10,6 +10,8 @@ files find it by its type.
 Default steps:
 
 - ``activation``: activation patching of every head and MLP, in the asked direction(s);
+- ``edges`` (asked for with ``--steps``): EAP or EAP-IG over every edge, the top edges'
+  faithfulness measured by patching, attribution against single-edge patches, two-seed overlap;
 - ``paths``: path patching; by default every earlier head -> the top induction heads' keys and
   queries, and each top induction head -> the logits directly and through each later head.
   On a user's task (pairs file) with no receivers named: every head -> the logits directly.
@@ -23,9 +25,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..circuits.activation_patching import DIRECTIONS, activation_patching
+from ..circuits.eap import DEFAULT_IG_STEPS, METHODS
+from ..circuits.faithfulness import edge_circuit
 from ..circuits.path_patching import INPUTS, Receiver, path_patching, paths_through
 from ..circuits.runs import RunCache, cache_run
-from ..circuits.tasks import CircuitTask
+from ..circuits.tasks import CircuitTask, induction_task
 from ..errors import BadInput
 from ..head_labels import head_label, parse_head, parse_heads
 from ..models.model import as_model
@@ -47,6 +51,10 @@ class CircuitSettings:
     max_memory_gb: float = 2.0
     fused: bool | None = None
     steps: tuple[str, ...] = ("activation", "paths")
+    method: str = "eap-ig"  # edges step: eap or eap-ig
+    ig_steps: int = DEFAULT_IG_STEPS
+    top_edges: int = 20  # the circuit: this many edges by |score|
+    edge_sample: int = 50  # edges patched one at a time to check the attribution's ranking (0: skip)
 
     def check(self) -> None:
         if self.direction not in (*DIRECTIONS, "both"):
@@ -58,6 +66,13 @@ class CircuitSettings:
             parse_receiver(spec, None)
         for spec in self.senders or []:
             parse_head(spec, _ANY, _ANY)
+        if self.method not in METHODS:
+            raise BadInput(f"unknown --method {self.method!r}", hint=f"use one of {', '.join(METHODS)}")
+        if self.ig_steps < 1 or self.top_edges < 1 or self.edge_sample < 0:
+            raise BadInput(
+                f"--ig-steps {self.ig_steps}, --top-edges {self.top_edges}, --edge-sample {self.edge_sample}",
+                hint="--ig-steps and --top-edges must be at least 1, --edge-sample at least 0",
+            )
 
 
 _ANY = 10**6  # head specs are range-checked against the model once it is loaded
@@ -162,8 +177,31 @@ def step_paths(ctx: CircuitContext) -> None:
         )
 
 
+def step_edges(ctx: CircuitContext) -> None:
+    """EAP or EAP-IG over every edge, the top edges' faithfulness by patching, rank agreement, and (on the
+    induction task) the overlap with the circuit found on the next seed of the task data."""
+    s, t = ctx.settings, ctx.task
+    second = None
+    if t.name == "induction":
+        seq_len = (int(t.clean.shape[1]) - 1) // 2
+        second = induction_task(ctx.model, t.n_examples, seq_len, (t.seed or 0) + 1, t.metric)
+    ctx.analysis.extra.append(
+        edge_circuit(
+            ctx.model,
+            t,
+            s.method,
+            s.ig_steps,
+            s.top_edges,
+            n_sample=s.edge_sample,
+            second_task=second,
+            progress=ctx.progress,
+            max_memory_gb=s.max_memory_gb,
+        )
+    )
+
+
 #: The steps, in the order they run; add one with :func:`register_step`.
-STEPS: dict[str, Step] = {"activation": step_activation, "paths": step_paths}
+STEPS: dict[str, Step] = {"activation": step_activation, "paths": step_paths, "edges": step_edges}
 
 
 def register_step(name: str, fn: Step) -> None:

@@ -50,6 +50,7 @@ import pandas as pd
 from ..head_labels import head_label
 from ..progress import Progress
 from ..render._mpl import encode_png
+from ..results.edge_results import EdgeCircuit
 from .outputs import ResultDir
 
 
@@ -195,8 +196,13 @@ def heads_files(rd: ResultDir, a) -> None:
     rd.write("heads.csv", lambda p: a.to_frame().to_csv(p, index=False, float_format="%.6f"))
 
 
+def _write_csv(rd: ResultDir, name: str, frame: pd.DataFrame, float_format: str) -> None:
+    rd.write(name, lambda p: frame.to_csv(p, index=False, float_format=float_format))
+
+
 def circuit_files(rd: ResultDir, a, figures: bool = True, progress: Progress | None = None) -> None:
     """Stage ``headscope circuit``: ``circuit.json``, ``activation_patching.csv``, ``path_patching.csv``,
+    ``edges.csv`` and ``faithfulness.csv`` (the edges step),
     ``figures/patching_<direction>.png`` and ``figures/paths_<n>.png`` (and each added step's own files)."""
     from ..render.lookup import view_of
 
@@ -207,6 +213,10 @@ def circuit_files(rd: ResultDir, a, figures: bool = True, progress: Progress | N
     if a.paths:
         paths = pd.concat([p.to_frame().assign(group=p.receiver) for p in a.paths], ignore_index=True)
         rd.write("path_patching.csv", lambda p: paths.to_csv(p, index=False, float_format="%.6f"))
+    for e in a.extra:
+        if isinstance(e, EdgeCircuit):
+            _write_csv(rd, "edges.csv", e.attribution.to_frame(), "%.6g")
+            _write_csv(rd, "faithfulness.csv", e.to_frame(), "%.6f")
     if not figures:
         return
     jobs: list[tuple[str, Callable]] = [

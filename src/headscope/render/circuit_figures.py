@@ -15,8 +15,9 @@ def patching_heatmap(res: ActivationPatching, ax=None):
         fig, ax = plt.subplots(figsize=(1.0 + 0.45 * v.shape[1], 1.2 + 0.22 * v.shape[0]))
     else:
         fig = ax.figure
-    lim = max(1.0, float(np.nanmax(np.abs(v))))
     centre = 0.0 if res.direction == "denoise" else 1.0
+    # the colour range follows the heads (an MLP such as layer 0's, which carries the tokens, may saturate)
+    lim = max(0.05, float(np.nanmax(np.abs(v[:, : res.n_heads] - centre))))
     im = ax.imshow(
         v, cmap="RdBu_r" if res.direction == "denoise" else "RdBu", vmin=centre - lim, vmax=centre + lim, aspect="auto"
     )
@@ -35,7 +36,7 @@ def patching_heatmap(res: ActivationPatching, ax=None):
         f"Activation patching ({res.direction}: {what}{pos})\n{res.metric}, 1 = clean, 0 = corrupted, n = {res.n_examples}",
         fontsize=8,
     )
-    fig.colorbar(im, ax=ax, fraction=0.04, label="normalised metric")
+    fig.colorbar(im, ax=ax, fraction=0.04, label="normalised metric", extend="both")
     return fig
 
 

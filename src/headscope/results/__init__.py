@@ -10,6 +10,7 @@ notebook view and figures come from the view registered for its type
 
 from .attention import AttentionSample, AttentionViews
 from .base import Result, rounded
+from .edge_results import EdgeCircuit, EdgeScores
 from .heads_analysis import HeadsAnalysis
 from .icl_result import ICLResult
 from .logit_results import InductionStories, InductionStory, LogitAnalysis, LogitAttribution, OVRows, RepeatLogitEffects
@@ -23,6 +24,8 @@ __all__ = [
     "AttentionSample",
     "AttentionViews",
     "CompositionScores",
+    "EdgeCircuit",
+    "EdgeScores",
     "HeadsAnalysis",
     "ICLResult",
     "InductionResult",

@@ -494,8 +494,9 @@ class LogitAnalysis(Result):
             else:
                 src = s.k_source
                 parts.append(
-                    f"keys read {src['head']} most (K-composition, {self.k_where}, {src['k_composition']:+.3f}, "
-                    f"previous-token {src['previous_token']:.2f})"
+                    f"strongest K-composition source by the weights {src['head']} ({self.k_where}, "
+                    f"{src['k_composition']:+.3f}, previous-token {src['previous_token']:.2f}; a weight product, "
+                    "not a measured path)"
                 )
                 if prev and prev[0] is not src:
                     parts.append(

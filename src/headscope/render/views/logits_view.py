@@ -74,8 +74,8 @@ def logit_story_html(a) -> str:
     findings = "".join(f"<li>{esc(f)}</li>" for f in a.findings())
     return (
         table_html(cols, rows) + f"<ul class='verdicts'>{findings}</ul>"
-        "<p class='muted'>K-composition says which earlier heads the induction head's keys read (from the "
-        "weights). The direct logit effect is what the head itself writes into the copied token's centred logit "
+        "<p class='muted'>K-composition is a weight product: how strongly, by the weights alone, an earlier "
+        "head's output could feed the induction head's keys; it is not a causal number. The direct logit effect is what the head itself writes into the copied token's centred logit "
         "(logit units); the ablation Δloss is the change in later-repeat cross-entropy (nats) when the head's "
         "output is replaced by its mean. One is a logit, the other a loss: they sit side by side and are not "
         "compared. "
