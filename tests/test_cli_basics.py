@@ -139,3 +139,14 @@ def test_models_json_lists_smollm2_as_cached_with_size_and_path(smollm2, monkeyp
     row = next(line for line in table.stdout.splitlines() if "smollm2-135m-instruct-q4" in line and "SmolLM2" in line)
     assert "yes" in row
     assert "smollm2-135m" in [c["name"] for c in loading.list_cached()]
+
+
+def test_a_note_is_printed_as_written_not_read_as_markup():
+    from rich.console import Console
+
+    from headscope.cli._common import say_notes
+
+    con = Console(record=True, width=200)
+    say_notes(con, ["3 sequences of [first token] + 2 x 10 random tokens", "[bold]x[/bold]"])
+    text = con.export_text()
+    assert "3 sequences of [first token] + 2 x 10" in text and "[bold]x[/bold]" in text

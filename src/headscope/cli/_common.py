@@ -392,7 +392,7 @@ def say_stage(err: Console) -> Callable[[str], None]:
 def say_notes(err: Console, notes) -> None:
     """Each note once, in order, as a yellow ``note:`` line."""
     for note in dict.fromkeys(notes):
-        err.print(f"[yellow]note:[/] {note}", highlight=False)
+        err.print(f"[yellow]note:[/] {escape(str(note))}", highlight=False)
 
 
 def say_written(err: Console, target: Path, paths: list[Path], what: str | None = None, seconds: float | None = None):
