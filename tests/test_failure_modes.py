@@ -25,6 +25,7 @@ from typer.testing import CliRunner
 
 import headscope.models
 from _disks import mounted_tmpfs, run_root, spy_on_loaders
+from _signals import sigint_as_default
 from headscope.cli import app
 from headscope.errors import BadInput, ModelLoadError
 from headscope.jsonsafe import strict
@@ -259,7 +260,13 @@ def _interrupt(cmd: list[str], when: str, delay: float) -> tuple[int, str]:
     """Run ``cmd``, send SIGINT ``delay`` s after a stderr line containing ``when``; (exit code, stderr)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
     p = subprocess.Popen(
-        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, env=env
+        cmd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env=env,
+        preexec_fn=sigint_as_default,
     )
     seen = []
     try:

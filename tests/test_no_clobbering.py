@@ -26,6 +26,7 @@ from typer.testing import CliRunner
 
 import headscope.models
 from _disks import mounted_tmpfs, run_root, spy_on_loaders
+from _signals import sigint_as_default
 from headscope.cli import app
 from headscope.errors import BadInput, ModelLoadError
 from headscope.pipeline.outputs import ResultDir, clean_stale, output_lock
@@ -100,6 +101,7 @@ def toy_process(out: Path, *extra: str) -> subprocess.Popen:
         stdin=subprocess.DEVNULL,
         text=True,
         env=ENV,
+        preexec_fn=sigint_as_default,
     )
 
 
