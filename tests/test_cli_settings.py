@@ -90,7 +90,7 @@ def test_every_command_with_a_memory_budget_defaults_to_the_one_constant():
         for param in command.params:
             if param.name == "max_memory" and name != "qk":  # qk's --max-memory is another budget (its own doc)
                 defaults[name] = param.default
-    assert set(defaults) == {"induction", "heads", "logits", "report", "sweep"}
+    assert set(defaults) == {"induction", "heads", "logits", "report", "sweep", "circuit"}
     assert defaults == dict.fromkeys(defaults, DEFAULT_MEMORY_GB)
 
 

@@ -16,6 +16,7 @@ from ..pipeline.files import circuit_files
 from ..progress import Progress
 from ..render.lookup import view_of
 from ..render.page import Report
+from ..settings import DEFAULT_MEMORY_GB
 from . import app
 from ._common import (
     DEFAULT,
@@ -111,7 +112,7 @@ def circuit_cmd(
         int,
         typer.Option("--edge-sample", help="Edges patched one at a time to check the attribution's ranking (0: skip)."),
     ] = 50,
-    max_memory: MaxMemoryOpt = 2.0,
+    max_memory: MaxMemoryOpt = DEFAULT_MEMORY_GB,
     no_figures: Annotated[bool, typer.Option("--no-figures", help="Write JSON and CSVs only.")] = False,
     report: ReportOpt = False,
     device: DeviceOpt = "auto",

@@ -34,6 +34,7 @@ from ..errors import BadInput
 from ..head_labels import head_label, parse_head, parse_heads
 from ..models.model import as_model
 from ..results.patching_results import CircuitAnalysis
+from ..settings import DEFAULT_MEMORY_GB
 
 Step = Callable[["CircuitContext"], None]
 
@@ -48,7 +49,7 @@ class CircuitSettings:
     receivers: list[str] | None = None  # "L18H6.k", "logits"; None = the defaults above
     top: int = 2  # top induction heads used as default receivers
     path_direction: str = "noise"
-    max_memory_gb: float = 2.0
+    max_memory_gb: float = DEFAULT_MEMORY_GB
     fused: bool | None = None
     steps: tuple[str, ...] = ("activation", "paths")
     method: str = "eap-ig"  # edges step: eap or eap-ig
@@ -266,7 +267,7 @@ def story_paths(
     n_examples: int = 10,
     seq_len: int = 50,
     seed: int = 0,
-    max_memory_gb: float = 2.0,
+    max_memory_gb: float = DEFAULT_MEMORY_GB,
     k: int = 3,
     progress: Callable | None = None,
 ) -> dict[tuple[int, int], dict]:
