@@ -26,9 +26,9 @@ import torch
 
 from ..models.model import as_model
 from ..results.patching_results import ActivationPatching
-from ..stats import bootstrap_ratio_interval
+from ..settings import DEFAULT_MEMORY_GB
 from .runs import RunCache, cache_run, copies, final_normed, metric_of_normed, pass_sizes, per_head_view
-from .tasks import CircuitTask
+from .tasks import CircuitTask, normalised_rows
 
 DIRECTIONS = ("denoise", "noise")
 
@@ -62,7 +62,7 @@ def patched_metrics(
     base: RunCache,
     src: RunCache,
     positions: list[int] | None = None,
-    max_memory_gb: float = 2.0,
+    max_memory_gb: float = DEFAULT_MEMORY_GB,
     fused: bool | None = None,
     progress: Callable | None = None,
 ) -> np.ndarray:
@@ -98,7 +98,7 @@ def activation_patching(
     task: CircuitTask,
     direction: str = "denoise",
     per_position: bool = False,
-    max_memory_gb: float = 2.0,
+    max_memory_gb: float = DEFAULT_MEMORY_GB,
     fused: bool | None = None,
     progress: Callable | None = None,
     caches: tuple[RunCache, RunCache] | None = None,
@@ -122,11 +122,8 @@ def activation_patching(
     n_tok = task.clean.shape[1]
     positions = list(range(n_tok)) if per_position else None
     raw = patched_metrics(model, task, base, src, positions, max_memory_gb, fused, progress)
-    cl, co = clean.metric.double().numpy(), corrupt.metric.double().numpy()
-    gap = cl - co
     flat = raw.reshape(-1, raw.shape[-1])
-    means = (flat - co).mean(-1) / gap.mean()
-    ivals = np.array([bootstrap_ratio_interval(r - co, gap, seed=task.seed or 0) for r in flat])
+    means, low, high = normalised_rows(flat, clean.metric.numpy(), corrupt.metric.numpy(), seed=task.seed or 0)
     shape = raw.shape[:-1]
     cfg = as_model(model).bridge.cfg
     return ActivationPatching(
@@ -137,10 +134,10 @@ def activation_patching(
         n_layers=cfg.n_layers,
         n_heads=cfg.n_heads,
         values=means.reshape(shape),
-        low=ivals[:, 0].reshape(shape),
-        high=ivals[:, 1].reshape(shape),
-        clean_metric=float(cl.mean()),
-        corrupt_metric=float(co.mean()),
+        low=low.reshape(shape),
+        high=high.reshape(shape),
+        clean_metric=float(clean.metric.double().numpy().mean()),
+        corrupt_metric=float(corrupt.metric.double().numpy().mean()),
         per_position=per_position,
         corruption=task.corruption,
         notes=list(task.notes),

@@ -24,10 +24,9 @@ import numpy as np
 
 from ..models.model import as_model
 from ..results.edge_results import EdgeCircuit, EdgeScores
-from ..stats import bootstrap_ratio_interval
 from .eap import DEFAULT_IG_STEPS, edge_attribution
 from .edges import EdgeGraph, clean_corrupt_metric, corrupt_run, patched_metric
-from .tasks import CircuitTask, normalised
+from .tasks import CircuitTask, normalised_rows
 
 #: Circuit sizes the faithfulness curve is measured at (those up to the model's edge count, plus all edges).
 CURVE_POINTS = (0, 1, 2, 3, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
@@ -49,9 +48,16 @@ def faithfulness_curve(
     run = corrupt_run(model, task, graph)
     for k in sizes:
         per = patched_metric(model, task, [tuple(e) for e in ranked[:k]], keep=True, graph=graph, corrupt=run)
-        value = float(normalised(per.mean(), clean.mean(), corrupt.mean()))
-        lo, hi = bootstrap_ratio_interval(per - corrupt, clean - corrupt, seed=seed)
-        rows.append({"n_edges": k, "faithfulness": value, "low": lo, "high": hi, "metric": float(per.mean())})
+        (value,), (lo,), (hi,) = normalised_rows([per], clean, corrupt, seed=seed)
+        rows.append(
+            {
+                "n_edges": k,
+                "faithfulness": float(value),
+                "low": float(lo),
+                "high": float(hi),
+                "metric": float(per.mean()),
+            }
+        )
     return rows, clean, corrupt
 
 

@@ -38,9 +38,9 @@ from ..errors import BadInput
 from ..head_labels import head_label
 from ..models.model import as_model
 from ..results.patching_results import PathPatching
-from ..stats import bootstrap_ratio_interval
+from ..settings import DEFAULT_MEMORY_GB
 from .runs import RunCache, cache_run, copies, final_normed, metric_of_normed, pass_sizes, per_head_view
-from .tasks import CircuitTask
+from .tasks import CircuitTask, normalised_rows
 
 INPUTS = ("q", "k", "v", "qkv")
 
@@ -134,7 +134,7 @@ def path_metrics(
     base: RunCache,
     src: RunCache,
     paths: list[tuple[tuple[int, int], Receiver]],
-    max_memory_gb: float = 2.0,
+    max_memory_gb: float = DEFAULT_MEMORY_GB,
     fused: bool | None = None,
     progress: Callable | None = None,
 ) -> np.ndarray:
@@ -182,7 +182,7 @@ def path_patching(
     senders: list[tuple[int, int]] | None,
     receiver: Receiver,
     direction: str = "noise",
-    max_memory_gb: float = 2.0,
+    max_memory_gb: float = DEFAULT_MEMORY_GB,
     fused: bool | None = None,
     progress: Callable | None = None,
     caches: tuple[RunCache, RunCache] | None = None,
@@ -218,10 +218,7 @@ def path_patching(
 
 
 def _path_result(task, raw, senders, receivers, clean, corrupt, direction, bridge, receiver=None) -> PathPatching:
-    cl, co = clean.metric.double().numpy(), corrupt.metric.double().numpy()
-    gap = cl - co
-    means = (raw - co).mean(-1) / gap.mean()
-    iv = np.array([bootstrap_ratio_interval(r - co, gap, seed=task.seed or 0) for r in raw])
+    means, low, high = normalised_rows(raw, clean.metric.numpy(), corrupt.metric.numpy(), seed=task.seed or 0)
     cfg = bridge.cfg
     n_kv = getattr(cfg, "n_key_value_heads", None) or cfg.n_heads
     note = []
@@ -240,10 +237,10 @@ def _path_result(task, raw, senders, receivers, clean, corrupt, direction, bridg
         task=task.name,
         n_examples=task.n_examples,
         values=means,
-        low=iv[:, 0],
-        high=iv[:, 1],
-        clean_metric=float(cl.mean()),
-        corrupt_metric=float(co.mean()),
+        low=low,
+        high=high,
+        clean_metric=float(clean.metric.double().numpy().mean()),
+        corrupt_metric=float(corrupt.metric.double().numpy().mean()),
         n_layers=cfg.n_layers,
         n_heads=cfg.n_heads,
         notes=list(task.notes) + note,
@@ -255,7 +252,7 @@ def paths_through(
     task: CircuitTask,
     paths: list[tuple[tuple[int, int], Receiver]],
     direction: str = "noise",
-    max_memory_gb: float = 2.0,
+    max_memory_gb: float = DEFAULT_MEMORY_GB,
     fused: bool | None = None,
     progress: Callable | None = None,
     caches: tuple[RunCache, RunCache] | None = None,

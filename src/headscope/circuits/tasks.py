@@ -31,6 +31,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..errors import BadInput
@@ -38,6 +39,7 @@ from ..models.inputs import encode
 from ..models.model import as_model
 from ..scan.sequences import repeated_tokens
 from ..scores.layout import RepeatLayout, later_repeat_targets
+from ..stats import bootstrap_ratio_interval
 from ..tokens import ordinary_token_ids
 
 METRICS = ("logit_diff", "loss")
@@ -131,6 +133,25 @@ def normalised(value, clean, corrupt):
     (0.5, 0.5)
     """
     return (value - corrupt) / (clean - corrupt)
+
+
+def normalised_rows(raw, clean, corrupt, seed: int = 0):
+    """Each row of per-example metrics ``raw`` ``[rows, n_examples]`` normalised (1 = clean, 0 = corrupted),
+    with its 95% interval: ``(means, low, high)``, each ``[rows]``.
+
+    A row's value is ``mean(raw - corrupt) / mean(clean - corrupt)``; its interval resamples the
+    examples together with their own gap (:func:`headscope.stats.bootstrap_ratio_interval`).
+
+    >>> m, lo, hi = normalised_rows([[1.0, 1.0], [2.0, 2.0]], clean=[2.0, 2.0], corrupt=[0.0, 0.0])
+    >>> m.tolist(), lo.tolist(), hi.tolist()
+    ([0.5, 1.0], [0.5, 1.0], [0.5, 1.0])
+    """
+    raw = np.asarray(raw, dtype=np.float64)
+    cl, co = np.asarray(clean, dtype=np.float64), np.asarray(corrupt, dtype=np.float64)
+    gap = cl - co
+    means = (raw - co).mean(-1) / gap.mean()
+    iv = np.array([bootstrap_ratio_interval(r - co, gap, seed=seed) for r in raw]).reshape(-1, 2)
+    return means, iv[:, 0], iv[:, 1]
 
 
 def induction_task(model, n_examples: int = 10, seq_len: int = 50, seed: int = 0, metric: str = "logit_diff"):
