@@ -40,6 +40,32 @@ def test_loss_from_the_normed_output_equals_cross_entropy_of_the_full_logits(nam
     torch.testing.assert_close(first, Lo.first_repeat_mean(ref, rt.layout), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("bias", [False, True])
+def test_the_online_logsumexp_over_vocabulary_slices_equals_cross_entropy(bias):
+    # 37-column slices of a 1,000-token vocabulary (the last one short), targets in every slice,
+    # rows in several blocks: each step of the running max and rescaled sum is exercised.
+    gen = torch.Generator().manual_seed(0)
+    linear = torch.nn.Linear(16, 1000, bias=bias)
+    with torch.no_grad():
+        linear.weight.copy_(3 * torch.randn(1000, 16, generator=gen))
+        if bias:
+            linear.bias.copy_(torch.randn(1000, generator=gen))
+    x, tg = torch.randn(70, 16, generator=gen), torch.randint(0, 1000, (70,), generator=gen)
+    ref = torch.nn.functional.cross_entropy(linear(x), tg, reduction="none")
+    weight, b = Lo._linear_parts(linear)
+    assert (b is None) == (not bias)
+    got = torch.cat([Lo._lse_minus_target_by_columns(x[r : r + 30], weight, b, tg[r : r + 30], 37) for r in (0, 30, 60)])
+    torch.testing.assert_close(got.detach(), ref.detach(), rtol=1e-5, atol=1e-5)
+
+
+def test_a_zero_bias_is_dropped_and_a_module_that_is_not_linear_is_applied_whole():
+    zero = torch.nn.Linear(4, 6)
+    with torch.no_grad():
+        zero.bias.zero_()
+    assert Lo._linear_parts(zero)[1] is None
+    assert Lo._linear_parts(torch.nn.Sequential(zero)) is None
+
+
 def test_a_model_that_changes_its_logits_after_the_unembedding_keeps_full_logits(tiny_llama, monkeypatch):
     # As if the model scaled its logits after the unembedding (as some do, or soft-cap them): the
     # unembedding module alone no longer gives them.

@@ -6,8 +6,9 @@ Its own module so that the scan (:mod:`.induction_scan`) and the causal check
 The scan and the causal check never hold a pass's full logits (``[batch, n, vocab]``: 0.8 GB
 for 4,097 SmolLM2 tokens, more than the rest of the pass). Inside :func:`normed_output` the
 model's forward stops before the unembedding and returns the final norm's output;
-:func:`losses_from_normed` then unembeds a few thousand rows at a time with the model's own
-unembedding module (the same product) and reduces each slice to losses in place. Whether a
+:func:`losses_from_normed` then unembeds it a slice at a time with the model's own unembedding
+weights (the same product) and reduces each slice to losses in place, with an online
+logsumexp over vocabulary slices small enough to stay in the CPU's cache. Whether a
 model's logits really are its unembedding of that output (no soft-capping or scaling after
 it) is checked once per model on a short input (:func:`normed_route_ok`).
 """
@@ -55,6 +56,45 @@ def _bridge(model):
 
 def _unembed_module(model) -> torch.nn.Module:
     return _bridge(model).unembed.original_component
+
+
+def _linear_parts(unembed: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """``(weight [vocab, d_model], bias or None)`` of a plain linear unembedding; None for any other module.
+
+    An all-zero bias is dropped: it changes no logit, but ``F.linear`` with a bias first copies the
+    bias into every row of the output (``addmm``), a pass over the logits the product alone does
+    not make (SmolLM2's loader gives ``lm_head`` a zero bias).
+    """
+    if type(unembed) is not torch.nn.Linear:
+        return None
+    bias = unembed.bias
+    return unembed.weight, (bias if bias is not None and bool(torch.any(bias != 0)) else None)
+
+
+def _lse_minus_target_by_columns(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, tg: torch.Tensor, columns: int
+) -> torch.Tensor:
+    """``logsumexp(x W^T + b) - (x W^T + b)[tg]`` per row of ``x [R, d_model]``, ``columns`` logits at a time.
+
+    An online logsumexp over vocabulary slices (running max and rescaled sum, as in
+    Milakov & Gimelshein 2018): each slice of ``R x columns`` logits is small enough to stay in
+    the CPU's cache while it is reduced, and the unembedding is still read once.
+    """
+    rows = x.shape[0]
+    top = torch.full((rows,), float("-inf"), dtype=torch.float32, device=x.device)
+    total = torch.zeros(rows, dtype=torch.float32, device=x.device)
+    target = torch.zeros(rows, dtype=torch.float32, device=x.device)
+    for c in range(0, weight.shape[0], columns):
+        lg = torch.nn.functional.linear(x, weight[c : c + columns], None if bias is None else bias[c : c + columns])
+        lg = lg.float()
+        local = tg - c
+        inside = (local >= 0) & (local < lg.shape[1])
+        target += torch.where(inside, lg.gather(-1, local.clamp(0, lg.shape[1] - 1)[:, None])[:, 0], 0.0)
+        new = torch.maximum(top, lg.amax(-1))
+        new = torch.where(torch.isfinite(new), new, torch.zeros_like(new))
+        total.mul_(torch.exp(top - new)).add_(lg.sub_(new[:, None]).exp_().sum(-1))
+        top = new
+    return total.log_() + top - target
 
 
 @contextlib.contextmanager
@@ -105,16 +145,18 @@ def normed_route_ok(model) -> bool:
 
 
 def losses_from_normed(
-    model, normed: torch.Tensor, tokens: torch.Tensor, positions=None, elements: int = 1 << 25
+    model, normed: torch.Tensor, tokens: torch.Tensor, positions=None, elements: int | None = None
 ) -> torch.Tensor:
     """Cross-entropy of predicting ``tokens[:, p + 1]`` at each position ``p``, from the final norm's output.
 
     ``normed [batch, n, d_model]`` (a pass inside :func:`normed_output`); ``positions`` (default
-    ``0..n-2``) the positions wanted. Returns ``[batch, len(positions)]`` float32. The logits of
-    about ``elements`` entries exist at a time (default 32M: 128 MB, a few hundred rows: the
-    product stays as efficient as one large one), each slice reduced in place.
+    ``0..n-2``) the positions wanted. Returns ``[batch, len(positions)]`` float32. About
+    ``elements`` logits exist at a time (default: 1M on a CPU, so that a slice is reduced while it
+    is still in the cache; 32M elsewhere, few large products), each slice reduced in place. A plain
+    linear unembedding is applied a vocabulary slice at a time to up to 2,048 rows
+    (:func:`_lse_minus_target_by_columns`); any other module, to whole rows.
     """
-    unembed = _unembed_module(model)
+    module = _unembed_module(model)
     n = tokens.shape[1]
     pos = torch.arange(n - 1) if positions is None else torch.as_tensor(np.asarray(positions), dtype=torch.long)
     pos = pos.to(normed.device)
@@ -122,11 +164,20 @@ def losses_from_normed(
     tg = tokens.to(normed.device).index_select(1, pos + 1)  # [B, P]
     B, P = tg.shape
     x, tg = x.reshape(B * P, -1), tg.reshape(-1)
-    d_vocab = int(getattr(unembed, "out_features", 0) or 50_000)
-    rows = max(1, elements // d_vocab)
+    if elements is None:
+        elements = 1 << 20 if normed.device.type == "cpu" else 1 << 25
     out = torch.empty(B * P, dtype=torch.float32, device=normed.device)
+    linear = _linear_parts(module)
+    if linear is not None:
+        weight, bias = linear
+        rows = 2048
+        columns = max(256, min(weight.shape[0], elements // min(rows, max(1, B * P))))
+        for r in range(0, B * P, rows):
+            out[r : r + rows] = _lse_minus_target_by_columns(x[r : r + rows], weight, bias, tg[r : r + rows], columns)
+        return out.view(B, P)
+    rows = max(1, elements // int(getattr(module, "out_features", 0) or 50_000))
     for r in range(0, B * P, rows):
-        out[r : r + rows] = _lse_minus_target(unembed(x[r : r + rows]).float(), tg[r : r + rows])
+        out[r : r + rows] = _lse_minus_target(module(x[r : r + rows]).float(), tg[r : r + rows])
     return out.view(B, P)
 
 
