@@ -49,22 +49,27 @@ def _receiver_grads(model, task: CircuitTask, graph: EdgeGraph, start: torch.Ten
     m = as_model(model)
     grads: dict[str, torch.Tensor] = {}
 
-    def on_receiver(x, hook):
-        # A copy, so the gradient is the receiver's own: hook_mlp_in and ln_final.hook_in see the
-        # residual stream tensor itself, whose gradient also carries every later reader's.
-        y = x.clone()
+    def on_receiver(name: str) -> Callable:
+        # Keyed by the name asked for, not hook.name: on a bridge in compatibility mode
+        # blocks.0.attn.hook_q_input fires as its alias blocks.0.hook_q_input.
+        def hook(x, hook):
+            # A copy, so the gradient is the receiver's own: hook_mlp_in and ln_final.hook_in see the
+            # residual stream tensor itself, whose gradient also carries every later reader's.
+            y = x.clone()
 
-        def add(g):
-            g = as_rows(g).detach().float()
-            grads[hook.name] = grads[hook.name] + g if hook.name in grads else g.clone()
+            def add(g):
+                g = as_rows(g).detach().float()
+                grads[name] = grads[name] + g if name in grads else g.clone()
 
-        y.register_hook(add)
-        return y
+            y.register_hook(add)
+            return y
+
+        return hook
 
     for alpha in steps:
         leaf = (start + alpha * (end - start)).detach().requires_grad_(True)
         hooks: list[tuple[str, Callable]] = [("blocks.0.hook_resid_pre", lambda x, hook, leaf=leaf: leaf.to(x.dtype))]
-        hooks += [(name, on_receiver) for name, _ in graph.receiver_groups()]
+        hooks += [(name, on_receiver(name)) for name, _ in graph.receiver_groups()]
         with torch.enable_grad():
             logits = m.run_with_hooks(task.clean.to(m.device), fwd_hooks=hooks)
             metric = task_metric(logits, task).sum()

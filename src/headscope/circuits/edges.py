@@ -205,11 +205,14 @@ def _receiver_inputs(model, tokens: torch.Tensor, graph: EdgeGraph) -> dict[str,
     """The corrupted run's value at every receiver hook (``[batch, pos, slots, d_model]``)."""
     seen: dict[str, torch.Tensor] = {}
 
-    def keep(x, hook):
-        seen[hook.name] = as_rows(x).detach().clone()
+    def keep(name: str):
+        def hook(x, hook):  # by the name asked for: in compatibility mode hook.name is an alias
+            seen[name] = as_rows(x).detach().clone()
+
+        return hook
 
     with torch.no_grad():
-        as_model(model).run_with_hooks(tokens, fwd_hooks=[(name, keep) for name, _ in graph.receiver_groups()])
+        as_model(model).run_with_hooks(tokens, fwd_hooks=[(name, keep(name)) for name, _ in graph.receiver_groups()])
     return seen
 
 
@@ -281,14 +284,14 @@ def patched_metric(
 
             return hook
 
-        def on_receiver(idx):
+        def on_receiver(name, idx):  # by the name asked for: in compatibility mode hook.name is an alias
             into = mask[:, idx].any()
 
             def hook(x, hook):
                 if not keep and not into:
                     return None
                 rows = as_rows(x)
-                new = base[hook.name].to(rows.dtype).clone() if keep else rows.clone()
+                new = base[name].to(rows.dtype).clone() if keep else rows.clone()
                 sign = 1.0 if keep else -scale
                 for j, v in enumerate(idx):
                     for u in np.flatnonzero(mask[:, v]):
@@ -299,7 +302,7 @@ def patched_metric(
 
         used_set = {int(u) for u in used}
         hooks = [(name, on_sender(list(idx))) for name, idx in graph.sender_groups()]
-        hooks += [(name, on_receiver(list(idx))) for name, idx in graph.receiver_groups()]
+        hooks += [(name, on_receiver(name, list(idx))) for name, idx in graph.receiver_groups()]
         logits = m.run_with_hooks(task.clean.to(task_dev), fwd_hooks=hooks)
     return task_metric(logits, task).cpu().numpy().astype(np.float64)
 
