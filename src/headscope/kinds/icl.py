@@ -195,14 +195,16 @@ def icl_score(
     z_sum: dict[int, torch.Tensor] = {}
     n_z = [0]
 
-    def on_z(z, hook):  # z: [batch, pos, head, d_head]
-        layer = int(hook.name.split(".")[1])
-        z_sum[layer] = z_sum.get(layer, 0) + z.float().sum(dim=(0, 1)).cpu()
-        if layer == layers[0]:
-            n_z[0] += z.shape[0] * z.shape[1]
+    def on_z(layer: int):  # the layer asked for, not parsed from hook.name (an alias in compatibility mode)
+        def hook(z, hook):  # z: [batch, pos, head, d_head]
+            z_sum[layer] = z_sum.get(layer, 0) + z.float().sum(dim=(0, 1)).cpu()
+            if layer == layers[0]:
+                n_z[0] += z.shape[0] * z.shape[1]
+
+        return hook
 
     store: dict[int, list[torch.Tensor]] = {}
-    keep = [(f"blocks.{l}.attn.hook_z", on_z) for l in layers] if ablation == "mean" else []
+    keep = [(f"blocks.{l}.attn.hook_z", on_z(l)) for l in layers] if ablation == "mean" else []
     clean = _clean_losses(model, windows, chunk_size, keep + residual_hooks(store, layers), attention)
     residuals = {l: torch.cat(v) for l, v in store.items()}
     store.clear()

@@ -191,15 +191,17 @@ def _alpha_per_window(m, tokens: torch.Tensor, chunk_size: int, attention: str) 
                 total, count = read_one(reads, b)
                 current[i, b, layer] = total.cpu() / count
 
-    def on_pattern(pattern, hook):
-        layer = int(hook.name.split(".")[1])
-        per_window(lambda r, b: reduce_pattern(r, pattern[b : b + 1], layout), layer, pattern.shape[0])
+    def on_pattern(layer: int):  # the layer asked for, not parsed from hook.name (an alias in compatibility mode)
+        def hook(pattern, hook):
+            per_window(lambda r, b: reduce_pattern(r, pattern[b : b + 1], layout), layer, pattern.shape[0])
+
+        return hook
 
     def on_attention(layer, q, k, lse, scale):
         one = lambda r, b: reduce_qk(r, q[b : b + 1], k[b : b + 1], lse[b : b + 1], scale, layout)
         per_window(one, layer, q.shape[0])
 
-    hooks = [(act_name("pattern", layer), on_pattern) for layer in range(L)] if route == "eager" else []
+    hooks = [(act_name("pattern", layer), on_pattern(layer)) for layer in range(L)] if route == "eager" else []
     for start in range(0, tokens.shape[0], chunk_size):
         chunk = tokens[start : start + chunk_size].to(m.device)
         current = torch.zeros(2, chunk.shape[0], L, H)

@@ -65,10 +65,13 @@ def residual_hooks(store: dict[int, list[torch.Tensor]], layers) -> list[tuple[s
     Add them to the clean pass (one per chunk); ``torch.cat(store[l])`` is then the full batch.
     """
 
-    def keep(resid, hook):
-        store.setdefault(int(hook.name.split(".")[1]), []).append(resid.detach().clone())
+    def keep(layer: int):  # the layer asked for, not parsed from hook.name (an alias in compatibility mode)
+        def hook(resid, hook):
+            store.setdefault(layer, []).append(resid.detach().clone())
 
-    return [(f"blocks.{l}.hook_resid_pre", keep) for l in sorted(set(layers))]
+        return hook
+
+    return [(f"blocks.{l}.hook_resid_pre", keep(l)) for l in sorted(set(layers))]
 
 
 @torch.no_grad()
@@ -110,13 +113,15 @@ def capture_z(
     heads = sorted(set(map(tuple, heads)))
     store: dict[tuple[int, int], list[torch.Tensor]] = {}
 
-    def keep(z, hook):
-        layer = int(hook.name.split(".")[1])
-        for l, h in heads:
-            if l == layer:
-                store.setdefault((l, h), []).append(z[:, :, h].detach().clone())
+    def keep(layer: int):  # the layer asked for, not parsed from hook.name (an alias in compatibility mode)
+        def hook(z, hook):
+            for l, h in heads:
+                if l == layer:
+                    store.setdefault((l, h), []).append(z[:, :, h].detach().clone())
 
-    hooks = [(f"blocks.{l}.attn.hook_z", keep) for l in sorted({l for l, _ in heads})]
+        return hook
+
+    hooks = [(f"blocks.{l}.attn.hook_z", keep(l)) for l in sorted({l for l, _ in heads})]
     _capture(model, tokens, hooks, max(l for l, _ in heads) + 1, chunk, fused)
     return {k: torch.cat(v) for k, v in store.items()}
 
@@ -201,15 +206,17 @@ def ablation_hooks(
     for layer, head in heads:
         by_layer.setdefault(layer, []).append(head)
 
-    def ablate(z, hook):
-        layer = int(hook.name.split(".")[1])
-        z = z.clone()
-        for head in by_layer[layer]:
-            v = repl.value(layer, head, rows)
-            z[:, :, head, :] = v.to(z.device, z.dtype) if isinstance(v, torch.Tensor) else v
-        return z
+    def ablate(layer: int):  # the layer asked for, not parsed from hook.name (an alias in compatibility mode)
+        def hook(z, hook):
+            z = z.clone()
+            for head in by_layer[layer]:
+                v = repl.value(layer, head, rows)
+                z[:, :, head, :] = v.to(z.device, z.dtype) if isinstance(v, torch.Tensor) else v
+            return z
 
-    return [(f"blocks.{layer}.attn.hook_z", ablate) for layer in by_layer]
+        return hook
+
+    return [(f"blocks.{layer}.attn.hook_z", ablate(layer)) for layer in by_layer]
 
 
 @torch.no_grad()

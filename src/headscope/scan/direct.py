@@ -119,7 +119,8 @@ class DirectPass:
         if w.W_pos is not None and "hook_pos_embed" in model.hook_dict:
             hooks.append(("hook_pos_embed", self._on_vector("pos_embed")))
         hooks += [(act_name("mlp_out", l), self._on_vector(f"MLP{l}")) for l in range(L)]
-        hooks += [("ln_final.hook_in", self._on_final), ("ln_final.hook_scale", self._on_final)]
+        hooks += [("ln_final.hook_in", self._on_final("ln_final.hook_in"))]
+        hooks += [("ln_final.hook_scale", self._on_final("ln_final.hook_scale"))]
         self.hooks = hooks
 
     def _dot(self, t: torch.Tensor) -> torch.Tensor:  # [B, T, d_model] -> [B, P]
@@ -138,8 +139,11 @@ class DirectPass:
 
         return hook
 
-    def _on_final(self, t, hook):
-        self.final[hook.name] = t.detach()
+    def _on_final(self, name: str):  # keyed by the name asked for: hook.name can be an alias
+        def hook(t, hook):
+            self.final[name] = t.detach()
+
+        return hook
 
     def finish(self, logits: torch.Tensor) -> DirectEffects:
         """Divide by the frozen scale, add the biases and the rounding term; ``logits [B, T, vocab]``."""
