@@ -365,6 +365,24 @@ def clamp_top(top_k: int, n_heads_total: int, ablate: bool) -> tuple[int, list[s
     return most, [f"--top {top_k} is more than this model's {n_heads_total} heads: using the top {most}{why}"]
 
 
+def processed_weights_notes(m: HeadscopeModel) -> list[str]:
+    """A note when the bridge's weights were processed by ``enable_compatibility_mode()`` (its default).
+
+    The processing keeps the model's function, and every attention, loss and causal number with
+    it, but moves what some per-head readings see: folding the value biases takes ``b_V W_O``
+    out of each head (so ``direct_logit_*`` differ), and centring the embedding and the writing
+    weights changes the uncentred ``copying_direct``.
+    """
+    if not getattr(m.bridge, "_weights_processed", False):
+        return []
+    return [
+        "this bridge's weights were processed by enable_compatibility_mode() (folded norms and value biases, "
+        "centred weights): direct_logit_later, direct_logit_first and copying_direct read the processed "
+        "weights and differ from the unprocessed model's; for those, pass headscope.load_model's model or "
+        "call enable_compatibility_mode(no_processing=True)"
+    ]
+
+
 def _chunk_for(m: HeadscopeModel, route: str, layout: RepeatLayout, batch: int, budget: float) -> int:
     """Sequences per forward pass on ``route`` within ``budget`` GiB."""
     cfg = m.cfg
@@ -450,6 +468,7 @@ def scan_induction(
     layout = rt.layout
     chunk = st.chunk_size or _chunk_for(m, route, layout, batch, budget := st.max_memory_gb)
     top_k, notes = clamp_top(top_k, m.n_layers * m.n_heads, ablate)
+    notes += processed_weights_notes(m)
     # The causal check restarts at the first ablated layer from the clean residual there. Keep every
     # layer's residual from the clean pass when all of them take at most a quarter of the budget
     # (10 x 101 tokens of SmolLM2: 70 MB); else recompute the few layers needed once, after scoring.
