@@ -186,6 +186,31 @@ def test_fused_context_restores_the_eager_model_even_after_an_error(tiny_llama):
     assert seen == [torch.Size([1, 4, 10, 10])]
 
 
+def test_fused_norms_skip_the_bridge_s_hook_values_only_while_nothing_hooks_them(tiny_llama):
+    # Inside the fused block an unhooked norm runs the HF module alone: the same output as the
+    # bridge's norm; a hooked one still fires its hooks, and an edit through them still counts.
+    tokens = torch.arange(100, 110)[None]
+    norm = tiny_llama.blocks[1].ln1
+    with torch.no_grad():
+        plain = tiny_llama.run_with_hooks(tokens, fwd_hooks=[])
+        with F.fused_attention(tiny_llama):
+            assert "forward" in norm.__dict__
+            lean = tiny_llama.run_with_hooks(tokens, fwd_hooks=[])
+            seen = []
+            hooked = tiny_llama.run_with_hooks(
+                tokens, fwd_hooks=[("blocks.1.ln1.hook_scale", lambda s, hook: seen.append(s.shape))]
+            )
+            with pytest.warns(UserWarning, match="edited hook_scale"):  # the bridge's own path ran
+                doubled = tiny_llama.run_with_hooks(
+                    tokens, fwd_hooks=[("blocks.1.ln1.hook_scale", lambda s, hook: 2 * s)]
+                )
+    assert "forward" not in norm.__dict__
+    torch.testing.assert_close(lean, plain, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(hooked, plain, rtol=1e-5, atol=1e-5)
+    assert seen == [torch.Size([1, 10, 1])]
+    assert not torch.allclose(doubled, plain, atol=1e-3)
+
+
 @pytest.mark.parametrize("name", ["tiny_gpt2", "tiny_llama"])
 def test_fused_refuses_a_padding_mask_instead_of_dropping_it(name, request):
     model = request.getfixturevalue(name)

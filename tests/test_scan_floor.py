@@ -54,7 +54,9 @@ def test_the_online_logsumexp_over_vocabulary_slices_equals_cross_entropy(bias):
     ref = torch.nn.functional.cross_entropy(linear(x), tg, reduction="none")
     weight, b = Lo._linear_parts(linear)
     assert (b is None) == (not bias)
-    got = torch.cat([Lo._lse_minus_target_by_columns(x[r : r + 30], weight, b, tg[r : r + 30], 37) for r in (0, 30, 60)])
+    got = torch.cat(
+        [Lo._lse_minus_target_by_columns(x[r : r + 30], weight, b, tg[r : r + 30], 37) for r in (0, 30, 60)]
+    )
     torch.testing.assert_close(got.detach(), ref.detach(), rtol=1e-5, atol=1e-5)
 
 

@@ -279,12 +279,47 @@ def _joint_qkv_reconstruct(bridge, q, k, v, **kwargs):
     return bridge._apply_output_projection(out), None
 
 
+def _hooked(*points) -> bool:
+    """Whether any of the hook points has a hook (TransformerLens's own lists or torch's)."""
+    return any(p.fwd_hooks or p.bwd_hooks or p._forward_hooks or p._backward_hooks for p in points)
+
+
+def _lean_norm_forward(self, hidden_states: torch.Tensor, **kwargs) -> torch.Tensor:
+    """A norm bridge's forward that runs the HF module alone while nothing hooks its scale or output.
+
+    TransformerLens 4.3's ``NormalizationBridge`` on its native path computes the scale and the
+    normalised input for its two hook points on every call, then returns the HF module's own
+    output whenever no hook changed them. Unhooked, those are discarded: skipping them returns
+    the same tensor (the HF module's), without a second norm per call (61 a SmolLM2 pass).
+    """
+    if _hooked(self.hook_scale, self.hook_normalized):
+        return type(self).forward(self, hidden_states, **kwargs)
+    x = self.hook_in(hidden_states)
+    result = self.original_component(x)
+    return self.hook_out(result if result.dtype == x.dtype else result.to(x.dtype))
+
+
+def _lean_norms(model) -> list[torch.nn.Module]:
+    """The norm bridges of ``model`` whose forward :func:`_lean_norm_forward` may stand in for."""
+    from transformer_lens.model_bridge.generalized_components.normalization import NormalizationBridge
+
+    return [
+        m
+        for m in model.modules()
+        if isinstance(m, NormalizationBridge)
+        and type(m).forward is NormalizationBridge.forward
+        and m.use_native_layernorm_autograd
+        and m.original_component is not None
+    ]
+
+
 @contextlib.contextmanager
 def fused_attention(model, on_attention: OnAttention | None = None) -> Iterator[None]:
     """Run ``model`` (a TransformerBridge) through the fused kernel inside the block.
 
     ``on_attention(layer, q, k, lse, scale)`` is called once per layer per forward pass (see
-    :class:`OnAttention`). Raises :class:`FusedUnsupported` (with the reason) if the model
+    :class:`OnAttention`). Norms that nothing hooks run the HF module alone
+    (:func:`_lean_norm_forward`: the same output). Raises :class:`FusedUnsupported` (with the reason) if the model
     cannot be routed; everything is restored on exit, also after an error.
 
     >>> with fused_attention(model, on_attention=reduce):      # doctest: +SKIP
@@ -335,6 +370,9 @@ def fused_attention(model, on_attention: OnAttention | None = None) -> Iterator[
             else:
                 object.__setattr__(attn, "_reconstruct_attention", _joint_qkv_reconstruct.__get__(attn))
                 patched.append((attn, "_reconstruct_attention"))
+        for norm in _lean_norms(model):
+            object.__setattr__(norm, "forward", _lean_norm_forward.__get__(norm))
+            patched.append((norm, "forward"))
         _owner.update(dict.fromkeys(owned, id(model)))
         yield
     finally:
