@@ -467,8 +467,7 @@ def scan_induction(
     rt = repeated_tokens(m, seq_len=st.seq_len, batch=batch, repeats=st.repeats, seed=st.seed)
     layout = rt.layout
     chunk = st.chunk_size or _chunk_for(m, route, layout, batch, budget := st.max_memory_gb)
-    top_k, notes = clamp_top(top_k, m.n_layers * m.n_heads, ablate)
-    notes += processed_weights_notes(m)
+    top_k, clamped = clamp_top(top_k, m.n_layers * m.n_heads, ablate)
     # The causal check restarts at the first ablated layer from the clean residual there. Keep every
     # layer's residual from the clean pass when all of them take at most a quarter of the budget
     # (10 x 101 tokens of SmolLM2: 70 MB); else recompute the few layers needed once, after scoring.
@@ -516,7 +515,7 @@ def scan_induction(
         thresholds={**default_thresholds(), **st.thresholds},
         samples=samples,
         timings=timings,
-        notes=notes,
+        notes=clamped + processed_weights_notes(m),
     )
 
 
