@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     say(f"load: {args.model} on {args.device}; load average at start {load_average()}")
     prepare_builtin(args.model)  # the cache under test holds the converted model
-    gguf = builtin.fetch_gguf(builtin.BUILTINS[args.model], log=lambda s: None)
+    spec = builtin.BUILTINS[builtin.canonical_alias(args.model, log=lambda s: None) or args.model]
+    gguf = builtin.fetch_gguf(spec, log=lambda s: None)
     env = dict(os.environ)
     with tempfile.TemporaryDirectory(prefix="headscope-bench-cache-") as fresh:
         os.makedirs(os.path.join(fresh, "downloads"))
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> dict:
         t0 = time.perf_counter()
         first = child("first", args.model, args.device, args.threads, {**env, "HEADSCOPE_CACHE": fresh})
         say(f"  first load (convert + cache): {first['load_s']:.1f} s ({time.perf_counter() - t0:.1f} s process)")
-        meta = json.loads(open(os.path.join(fresh, "models", args.model, "headscope.json")).read())
+        meta = json.loads(open(os.path.join(fresh, "models", spec.folder, "headscope.json")).read())
     cached, hf = [], []
     for _ in range(args.cached_reps):  # interleaved
         cached.append(child("cached", args.model, args.device, args.threads, env))
