@@ -26,6 +26,7 @@ other work the CPU-time ratio moves less than the wall-clock one). Each record c
     python benchmarks/floor.py --part speed --threads 1
     python benchmarks/floor.py --part causal --reps 3
     python benchmarks/floor.py --part memory
+    python benchmarks/floor.py --part what-if   # item 2 if issue 19 drew its controls from the top heads' layers
 """
 
 from __future__ import annotations
@@ -188,6 +189,68 @@ def part_causal(args) -> dict:
     }
 
 
+def same_layer_plan(top, n_heads: int, seed: int, controls: int) -> list:
+    """Issue 19's plan with each control head drawn from the layer of the top head it stands for.
+
+    Not headscope's plan (that draws from every layer): a what-if, to measure what item 2's ratio
+    would be if the science issue chose this control (``--part what-if``)."""
+    import numpy as np
+
+    plan = [("head", [h]) for h in top] + [("all_top", list(top))]
+    for d in range(controls):
+        gen, draw = np.random.default_rng([seed, d]), []
+        for layer, _ in top:
+            others = [(layer, x) for x in range(n_heads) if (layer, x) not in top and (layer, x) not in draw]
+            draw.append(others[int(gen.integers(len(others)))])
+        plan.append(("control", sorted(draw)))
+    return plan
+
+
+def part_what_if(args) -> dict:
+    """The causal check's cost with same-layer controls (restarted, with intervals) / the same plan as full passes."""
+    from headscope.head_labels import top_k
+    from headscope.scan.ablation import ablated_losses
+    from headscope.scan.causal import change, replacement_for
+    from headscope.scan.induction_scan import ablated_losses_full, score_pass
+    from headscope.scan.sequences import repeated_tokens
+    from headscope.scores import CONTROL_DRAWS
+
+    model = _model(args)
+    batch, seq_len = (int(x) for x in args.causal_shape.split("x"))
+    rt = repeated_tokens(model, seq_len=seq_len, batch=batch, repeats=2, seed=0)
+    L = model.n_layers
+    scan = score_pass(model, rt, batch, keep_z_mean=True, attention="fused", keep_residuals=range(L))
+    top = [(l, h) for l, h, _ in top_k(scan.means["induction"], args.top)]
+    plan = same_layer_plan(top, model.n_heads, 0, CONTROL_DRAWS)
+    repl = replacement_for("mean", model, rt, None, scan.z_mean, batch, True, 0)
+
+    def check():
+        for _, heads in plan:
+            later, first = ablated_losses(model, rt, heads, batch, repl, scan.residuals, fused=True)
+            change(later, scan.later_by_sequence, 0), change(first, scan.first_by_sequence, 0)
+
+    def full():
+        return [ablated_losses_full(model, rt, heads, batch, repl) for _, heads in plan]
+
+    wall, cpu = interleaved_cpu({"full_passes": full, "check": check}, args.causal_reps, args.device)
+    med = {k: statistics.median(v) for k, v in wall.items()}
+    cmed = {k: statistics.median(v) for k, v in cpu.items()}
+    ratio, cpu_ratio = med["check"] / med["full_passes"], cmed["check"] / cmed["full_passes"]
+    say(f"  what-if, same-layer controls: check / full passes {ratio:.2f} (CPU time {cpu_ratio:.2f})")
+    blocks = sum(L - min(l for l, _ in heads) for _, heads in plan)
+    return {
+        "part": "what_if",
+        "plan": [[k, [list(h) for h in heads]] for k, heads in plan],
+        "blocks_restarted": blocks,
+        "blocks_full": len(plan) * L,
+        "median_s": med,
+        "cpu_median_s": cmed,
+        "ratio": ratio,
+        "cpu_ratio": cpu_ratio,
+        "aims": [],
+    }
+
+
 def part_memory(args) -> dict:
     """memory.py for the scan and the sdpa forward at each length, each in a fresh process."""
     here = os.path.dirname(os.path.abspath(__file__))
@@ -215,7 +278,7 @@ def part_memory(args) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--part", choices=("speed", "causal", "memory"), required=True)
+    p.add_argument("--part", choices=("speed", "causal", "memory", "what-if"), required=True)
     p.add_argument("--model", default="smollm2-135m-instruct-q4")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=os.cpu_count())
@@ -231,7 +294,8 @@ def main(argv: list[str] | None = None) -> dict:
     say(f"floor/{args.part}: {args.model} on {args.device}, {threads} threads; load average {load_average()}")
     rec = {"section": "floor", "device": args.device, "threads": threads, "model": args.model}
     rec["load_average_start"] = list(load_average())
-    rec.update({"speed": part_speed, "causal": part_causal, "memory": part_memory}[args.part](args))
+    parts = {"speed": part_speed, "causal": part_causal, "memory": part_memory, "what-if": part_what_if}
+    rec.update(parts[args.part](args))
     rec["load_average_end"] = list(load_average())
     rec["machine"] = machine()
     for a in rec["aims"]:
