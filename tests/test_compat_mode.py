@@ -169,3 +169,36 @@ def test_scan_attention_and_logit_attribution_are_unchanged_by_compatibility_mod
     _close(heads_and_bias(got_dla), heads_and_bias(want_dla), 1e-5)
     if mode == "aliases":
         _close(got_dla.heads, want_dla.heads, 1e-5)
+
+
+def _same(got, want, path="view"):
+    """Nested view dicts equal: strings and shapes exactly, numbers within 1e-4 of the largest."""
+    if isinstance(want, dict):
+        assert set(got) == set(want), path
+        for k in want:
+            if k not in ("seconds", "elapsed_s", "ms"):
+                _same(got[k], want[k], f"{path}.{k}")
+    elif isinstance(want, list | tuple):
+        assert len(got) == len(want), path
+        for i, (g, w) in enumerate(zip(got, want, strict=True)):
+            _same(g, w, f"{path}[{i}]")
+    elif isinstance(want, float):
+        assert got is not None and abs(got - want) <= 1e-4 * max(1.0, abs(want)), (path, got, want)
+    else:
+        assert got == want, (path, got, want)
+
+
+def test_the_explorer_shows_the_same_views_on_a_compatibility_mode_bridge(pair):
+    # Names only: the processed mode shows activations in processed coordinates, by design.
+    from headscope.explorer.engine import Explorer
+    from headscope.settings import ScanSettings
+
+    plain, compat = pair
+    text = "the cat sat on the mat and the cat sat"
+    settings = ScanSettings(seq_len=8, batch=2)  # the bumpy GPT-2's context is 64 tokens
+    want = Explorer(plain, max_tokens=64, scan_settings=settings)
+    got = Explorer(compat["aliases"], max_tokens=64, scan_settings=settings)
+    _same(got.text_view(text), want.text_view(text))
+    _same(got.head_view(text, "L1H0", 5), want.head_view(text, "L1H0", 5))
+    _same(got.qk_view(text, "L1H1", 6), want.qk_view(text, "L1H1", 6))
+    _same(got.position_view(text, 7), want.position_view(text, 7))
