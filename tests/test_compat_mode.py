@@ -43,25 +43,6 @@ from headscope.circuits.path_patching import Receiver, path_patching
 MODES = {"aliases": {"no_processing": True}, "processed": {}}
 
 
-@pytest.fixture(scope="module")
-def bumpy_gpt2_dir(tmp_path_factory, gpt2_tokenizer_dir):
-    """A 2-layer GPT-2 whose norms and biases are far from the identity / zero."""
-    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(1)
-    hf = GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=4, n_embd=64, n_positions=64, vocab_size=50257)).eval()
-    with torch.no_grad():
-        for name, p in hf.named_parameters():
-            if "ln" in name or "bias" in name:
-                p.add_(0.3 * torch.randn_like(p))
-            if "wte" in name or "wpe" in name:
-                p.mul_(10.0)  # embeddings of the usual size, so attention is not uniform
-    out = tmp_path_factory.mktemp("gpt2-bumpy-compat")
-    hf.save_pretrained(str(out))
-    AutoTokenizer.from_pretrained(str(gpt2_tokenizer_dir)).save_pretrained(str(out))
-    return out
-
-
 def _compat(path, mode: str):
     """A fresh load of ``path`` (never the shared fixtures: the mode cannot be switched off) in compatibility mode."""
     m = headscope.load_model(str(path), device="cpu")
