@@ -27,6 +27,9 @@ other work the CPU-time ratio moves less than the wall-clock one). Each record c
     python benchmarks/floor.py --part causal --reps 3
     python benchmarks/floor.py --part memory
     python benchmarks/floor.py --part what-if   # item 2 if issue 19 drew its controls from the top heads' layers
+    python benchmarks/floor.py --part what-if --what-if top-only        # item 2's floor: no control at all
+    python benchmarks/floor.py --part what-if --what-if top-only-later  # ... and no first-repeat loss
+    python benchmarks/floor.py --part batch     # whether batching the passes together pays here
 """
 
 from __future__ import annotations
@@ -222,25 +225,94 @@ def same_layer_plan(top, n_heads: int, seed: int, controls: int) -> list:
     return plan
 
 
+def top_only_plan(top) -> list:
+    """Each top head alone and all together, no control: the least any plan with the top heads can cost."""
+    return [("head", [h]) for h in top] + [("all_top", list(top))]
+
+
+WHAT_IF_PLANS = ("same-layer", "top-only", "top-only-later")
+"""``--what-if``: the plans ``part_what_if`` can measure (none of them headscope's plan):
+
+- ``same-layer``: issue 19's plan with each control head drawn from its top head's layer;
+- ``top-only``: no control at all, both losses (the floor of any plan that keeps the top heads);
+- ``top-only-later``: no control and only the later-repeat loss (no specificity number):
+  the plan as it stood before issue 19."""
+
+
+@torch.no_grad()
+def _later_only_losses(model, rt, heads, batch, repl, residuals) -> torch.Tensor:
+    """Per-sequence later-repeat loss with ``heads`` ablated, restarted, unembedding only the later-repeat targets."""
+    from headscope.scan.ablation import ablation_hooks, first_layer, restart_from
+    from headscope.scan.losses import losses_from_normed
+    from headscope.scores.layout import later_repeat_targets
+
+    start, positions = first_layer(heads), later_repeat_targets(rt.layout)
+    hooks = ablation_hooks(heads, repl, slice(0, batch))
+    out = restart_from(model, residuals[start], start, hooks, fused=True, normed=True)
+    return losses_from_normed(model, out, rt.tokens, positions).mean(-1)
+
+
 def part_what_if(args) -> dict:
-    """The causal check's cost with same-layer controls (restarted, with intervals) / the same plan as full passes."""
+    """The causal check's cost under another plan (restarted, with intervals) / that plan as full passes."""
     from headscope.scan.ablation import ablated_losses
     from headscope.scan.causal import change
     from headscope.scores import CONTROL_DRAWS
 
     model, rt, scan, top, repl, batch = _causal_setup(args)
-    plan = same_layer_plan(top, model.n_heads, 0, CONTROL_DRAWS)
+    if args.what_if == "same-layer":
+        plan = same_layer_plan(top, model.n_heads, 0, CONTROL_DRAWS)
+    else:
+        plan = top_only_plan(top)
 
-    def check():  # what causal_check does per entry: restarted losses, then both intervals
+    def check():  # what causal_check does per entry: restarted losses, then the intervals it reports
         for _, heads in plan:
+            if args.what_if == "top-only-later":
+                change(
+                    _later_only_losses(model, rt, heads, batch, repl, scan.residuals).double().numpy(),
+                    scan.later_by_sequence,
+                    0,
+                )
+                continue
             later, first = ablated_losses(model, rt, heads, batch, repl, scan.residuals, fused=True)
             change(later, scan.later_by_sequence, 0), change(first, scan.first_by_sequence, 0)
 
     rec = _check_vs_full(args, model, rt, plan, repl, batch, check)
     ratio, cpu_ratio = _ratios(rec)
-    say(f"  what-if, same-layer controls: check / full passes {ratio:.2f} (CPU time {cpu_ratio:.2f})")
+    say(f"  what-if, {args.what_if}: check / full passes {ratio:.2f} (CPU time {cpu_ratio:.2f})")
     plan_rows = [[k, [list(h) for h in heads]] for k, heads in plan]
-    return {"part": "what_if", "plan": plan_rows, **rec, "ratio": ratio, "cpu_ratio": cpu_ratio, "aims": []}
+    return {
+        "part": "what_if",
+        "plan_kind": args.what_if,
+        "plan": plan_rows,
+        **rec,
+        "ratio": ratio,
+        "cpu_ratio": cpu_ratio,
+        "aims": [],
+    }
+
+
+def part_batch(args) -> dict:
+    """Does batching the plan's passes together pay on this machine? The plain ``transformers`` body
+    (no unembedding) per 10 sequences of ``--causal-shape``, at 1x, 4x and 16x that batch, interleaved."""
+    from transformers import AutoModelForCausalLM
+
+    from headscope.models.loading import resolve_source
+
+    hf = AutoModelForCausalLM.from_pretrained(
+        resolve_source(args.model).path, attn_implementation="sdpa", dtype=torch.float32
+    )
+    body = hf.to(args.device).eval().model
+    batch, seq_len = (int(x) for x in args.causal_shape.split("x"))
+    gen = torch.Generator().manual_seed(0)
+    fns = {}
+    for k in (1, 4, 16):
+        tokens = torch.randint(100, hf.config.vocab_size, (k * batch, 2 * seq_len + 1), generator=gen).to(args.device)
+        fns[f"x{k}"] = torch.no_grad()(lambda tokens=tokens: body(tokens, use_cache=False).last_hidden_state.shape)
+    wall, cpu = interleaved_cpu(fns, args.causal_reps, args.device)
+    per = {k: statistics.median(v) / int(k[1:]) for k, v in wall.items()}
+    for k, v in per.items():
+        say(f"  body, {k} the batch: {v:.3f} s per {batch} sequences ({v / per['x1']:.2f} of x1)")
+    return {"part": "batch", "wall_s": wall, "cpu_s": cpu, "per_batch_s": per, "aims": []}
 
 
 def part_memory(args) -> dict:
@@ -270,7 +342,8 @@ def part_memory(args) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--part", choices=("speed", "causal", "memory", "what-if"), required=True)
+    p.add_argument("--part", choices=("speed", "causal", "memory", "what-if", "batch"), required=True)
+    p.add_argument("--what-if", choices=WHAT_IF_PLANS, default="same-layer", help="the plan --part what-if measures")
     p.add_argument("--model", default="smollm2-135m-instruct-q4")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=os.cpu_count())
@@ -286,7 +359,13 @@ def main(argv: list[str] | None = None) -> dict:
     say(f"floor/{args.part}: {args.model} on {args.device}, {threads} threads; load average {load_average()}")
     rec = {"section": "floor", "device": args.device, "threads": threads, "model": args.model}
     rec["load_average_start"] = list(load_average())
-    parts = {"speed": part_speed, "causal": part_causal, "memory": part_memory, "what-if": part_what_if}
+    parts = {
+        "speed": part_speed,
+        "causal": part_causal,
+        "memory": part_memory,
+        "what-if": part_what_if,
+        "batch": part_batch,
+    }
     rec.update(parts[args.part](args))
     rec["load_average_end"] = list(load_average())
     rec["machine"] = machine()
