@@ -150,3 +150,21 @@ def test_a_note_is_printed_as_written_not_read_as_markup():
     say_notes(con, ["3 sequences of [first token] + 2 x 10 random tokens", "[bold]x[/bold]"])
     text = con.export_text()
     assert "3 sequences of [first token] + 2 x 10" in text and "[bold]x[/bold]" in text
+
+
+@pytest.mark.parametrize("command", [c.name or c.callback.__name__ for c in app.registered_commands])
+def test_help_does_not_break_sentences_where_the_source_wraps(command):
+    """Each wrapped docstring line runs on into the next one in ``--help`` (typer's rich mode kept the breaks)."""
+    import inspect
+
+    info = next(c for c in app.registered_commands if (c.name or c.callback.__name__) == command)
+    result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "2000"})
+    assert result.exit_code == 0, result.output
+    joins = [
+        (a.strip(), b.strip())
+        for para in inspect.cleandoc(info.callback.__doc__).split("\n\n")
+        if not any(line.startswith(" ") for line in para.split("\n"))
+        for a, b in zip(para.split("\n"), para.split("\n")[1:])
+    ]
+    for a, b in joins:
+        assert f"{a} {b}" in result.output, f"--help of {command} breaks the line after {a!r}"

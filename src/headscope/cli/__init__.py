@@ -58,12 +58,45 @@ COMMANDS = (
 )
 
 
+def reflow(doc: str) -> str:
+    """A command's docstring as ``--help`` should print it: each prose paragraph on one line.
+
+    typer's rich markup mode keeps a docstring's line breaks inside a paragraph, so the terminal
+    broke sentences where the source wrapped them. Paragraphs are split on blank lines; one
+    whose lines are all unindented prose is joined with spaces; an indented one (an example
+    command) is kept as written.
+
+    >>> reflow('''Short.
+    ...
+    ...     A long sentence
+    ...     wrapped in the source.
+    ...
+    ...     Examples:
+    ...
+    ...       headscope induction --top 5''')
+    'Short.\\n\\nA long sentence wrapped in the source.\\n\\nExamples:\\n\\n  headscope induction --top 5'
+    """
+    import inspect
+
+    paragraphs = inspect.cleandoc(doc).split("\n\n")
+    out = []
+    for para in paragraphs:
+        lines = para.split("\n")
+        out.append(para if any(line.startswith(" ") for line in lines) else " ".join(x.strip() for x in lines))
+    return "\n\n".join(out)
+
+
 def _register(names: tuple[str, ...] = COMMANDS) -> None:
-    """Import each command module (it registers its command on :data:`app`); one that fails to import is an error."""
+    """Import each command module (it registers its command on :data:`app`); one that fails to import is an error.
+
+    Each command's help is its docstring, reflowed (:func:`reflow`)."""
     import importlib
 
     for name in names:
         importlib.import_module(f"{__name__}.{name}")
+    for command in app.registered_commands:
+        if command.help is None and command.callback is not None and command.callback.__doc__:
+            command.help = reflow(command.callback.__doc__)
 
 
 _register()

@@ -123,9 +123,11 @@ def circuit_cmd(
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Measure how heads work together by patching: every head and MLP patched alone (activation
-    patching, both directions), and chosen sender -> receiver paths (path patching), each number
-    normalised (1 = clean, 0 = corrupted) with a 95% bootstrap interval over the examples.
+    """Measure how heads work together by patching: each head and MLP alone, and sender -> receiver paths.
+
+    Every head and MLP patched alone (activation patching, both directions), and chosen sender ->
+    receiver paths (path patching), each number normalised (1 = clean, 0 = corrupted) with a 95%
+    bootstrap interval over the examples.
 
     The induction task (default): clean [BOS] r r, corrupted [BOS] r' r (the first repeat replaced
     by fresh random tokens). Writes circuit.json, CSVs and PNGs to --out.

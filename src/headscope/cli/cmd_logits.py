@@ -111,8 +111,9 @@ def logits_cmd(
     json_out: JsonOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Show what heads write: their direct effect on the next token's logit, their OV circuits, and the
-    induction story of the top induction heads.
+    """Show what heads write: their direct effect on the next token's logit, their OV circuits, and the induction story.
+
+    The induction story is told for the top induction heads.
 
     Direct logit attribution: each head's output through the final norm (scale frozen) and the
     unembedding, on the centred logit of the token that actually comes next, at every position
