@@ -157,6 +157,20 @@ def test_induction_lists_every_other_role_of_the_registry(tiny_gpt2_dir, tmp_pat
     assert "attention_sink" not in scored and "Attention-sink heads: " not in r.stdout
 
 
+def test_a_role_no_head_reaches_names_no_head_for_it(tiny_gpt2_dir, tmp_path):
+    """Before: "Successor heads: L23H3 0.15, ..." listed the top scorers of a role none of them held."""
+    out = tmp_path / "out"
+    args = ["induction", "--model", str(tiny_gpt2_dir), *SCAN, "--out", str(out)]
+    r = runner.invoke(app, [*args, "--threshold", "previous_token=5", "--threshold", "duplicate_token=-5"])
+    assert r.exit_code == 0, r.output
+    scores = json.loads((out / "scores.json").read_text())["scores"]
+    best_prev = max(v for row in scores["previous_token"] for v in row)
+    line = next(x for x in r.stdout.splitlines() if x.startswith("Previous-token heads: "))
+    assert line.startswith("Previous-token heads: none at >= 5 (highest: ") and f"{best_prev:.2f})" in line
+    line = next(x for x in r.stdout.splitlines() if x.startswith("Duplicate-token heads: "))
+    assert "none" not in line and len(line.split(", ")) == 3  # every head holds it: the best 3 named
+
+
 def test_qk_and_logits_refuse_an_empty_token_the_same_way(tiny_gpt2_dir, tmp_path):
     for command in ("qk", "logits"):
         r = runner.invoke(app, [command, "--model", str(tiny_gpt2_dir), "--token", "", "--out", str(tmp_path)])

@@ -98,13 +98,29 @@ def ablation_cells(e: dict | None) -> list:
     return [(shown, round(e["loss_increase"], DECIMALS)), (fmt(first, signed=True), round(first, DECIMALS))]
 
 
+def role_holders(best: list[tuple[int, int, float]], threshold: float) -> str:
+    """The heads of ``best`` (``(layer, head, score)``, best first) that take the role (score at
+    ``threshold`` or above); where none does, that none does and the highest score, so that no
+    head is named for a role it does not hold.
+
+    >>> role_holders([(0, 1, 0.6), (1, 0, 0.2)], 0.5)
+    'L0H1 0.60'
+    >>> role_holders([(1, 0, 0.2), (0, 1, 0.15)], 0.5)
+    'none at >= 0.5 (highest: L1H0 0.20)'
+    """
+    held = [f"{head_label(l, h)} {v:.2f}" for l, h, v in best if v >= threshold]
+    if held:
+        return ", ".join(held)
+    l, h, v = best[0]
+    return f"none at >= {threshold:g} (highest: {head_label(l, h)} {v:.2f})"
+
+
 def other_roles_html(res: InductionResult, k: int = 3) -> str:
-    parts = []
-    for s in SCORES:
-        if s.threshold is None or s.name == "induction" or s.name not in res.scores:
-            continue
-        best = ", ".join(f"{head_label(l, h)} {v:.2f}" for l, h, v in res.top_heads(s.name, k))
-        parts.append(f"<li><b>{esc(s.label)}</b>: {esc(best)}</li>")
+    parts = [
+        f"<li><b>{esc(s.label)}</b>: {esc(role_holders(res.top_heads(s.name, k), res.thresholds[s.name]))}</li>"
+        for s in roles_present(res.scores, res.thresholds)
+        if s.name != "induction"
+    ]
     return f'<ul class="verdicts">{"".join(parts)}</ul>'
 
 
@@ -219,7 +235,7 @@ def induction_sections(res: InductionResult) -> list[tuple[str, str, str]]:
             settings_html(res)
             + "<h3>Top induction heads</h3>"
             + top_heads_html(res)
-            + "<h3>Best heads for the other roles</h3>"
+            + "<h3>Heads that take the other roles</h3>"
             + other_roles_html(res)
             + all_heads_html(res),
         ),
@@ -288,8 +304,10 @@ def print_induction(con, res) -> None:
         )
     con.print(t)
     for n in [s.name for s in roles_present(res.scores, res.thresholds) if s.name != "induction"]:
-        best = ", ".join(f"{head_label(l, h)} {v:.2f}" for l, h, v in res.top_heads(n, 3))
-        con.print(f"{declared(n).label.capitalize()} heads: {best}", highlight=False)
+        con.print(
+            f"{declared(n).label.capitalize()} heads: {role_holders(res.top_heads(n, 3), res.thresholds[n])}",
+            highlight=False,
+        )
     con.print(
         f"Loss: first repeat {res.loss_first_repeat:.2f} nats, later repeats {res.loss_later_repeats:.2f} nats",
         highlight=False,
