@@ -347,6 +347,28 @@ def test_icl_fused_route_equals_eager_for_heads_in_two_layers(tiny_llama):
         assert a["delta_ci95"] == pytest.approx(b["delta_ci95"], abs=1e-4)
 
 
+def test_icl_full_logits_route_equals_the_sliced_losses(tiny_llama, monkeypatch):
+    # A model whose logits are not its unembedding of the final norm's output takes full logits
+    # (clean and ablated); both routes give the same numbers.
+    import headscope.kinds.icl as icl_module
+
+    kw = dict(heads=[(1, 2)], early=5, late=40, window=48, max_windows=3, chunk_size=2)
+    sliced = icl_score(tiny_llama, **kw)
+    monkeypatch.setattr(icl_module, "normed_route_ok", lambda model: False)
+    full = icl_score(tiny_llama, **kw)
+    np.testing.assert_allclose(sliced.per_position_loss, full.per_position_loss, atol=1e-5)
+    assert sliced.icl_score == pytest.approx(full.icl_score, abs=1e-5)
+    assert sliced.ablations[0]["delta"] == pytest.approx(full.ablations[0]["delta"], abs=1e-5)
+
+
+def test_icl_reports_its_progress_after_every_chunk_of_windows(tiny_llama):
+    seen = []
+    kw = dict(heads=[(1, 2)], early=5, late=40, window=48, max_windows=3, chunk_size=2)
+    icl_score(tiny_llama, **kw, progress=lambda stage, done, total: seen.append((stage, done, total)))
+    clean, ablated = "ICL: clean pass over the windows", "ICL: L1H2 ablated"
+    assert seen == [(clean, 2, 3), (clean, 3, 3), (ablated, 2, 3), (ablated, 3, 3)]
+
+
 def test_icl_rejects_positions_outside_the_window(tiny_llama):
     with pytest.raises(headscope.BadInput, match="early"):
         icl_score(tiny_llama, early=50, late=600, window=512)

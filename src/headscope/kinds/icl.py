@@ -20,10 +20,13 @@ which puts the standard error near 0.3 nats; every score and delta comes with it
 and a 95% interval (Student t over windows; deltas are paired, window by window).
 
 **Cost.** The clean pass runs attention through a fused kernel where the model allows it (the
-scan's route, :mod:`headscope.scan.fused`; no ``n x n`` pattern) and keeps the residual stream
+scan's route, :mod:`headscope.scan.fused`; no ``n x n`` pattern), reduces its per-position
+losses a vocabulary slice at a time without holding the logits, and keeps the residual stream
 entering each ablated head's layer; each ablated pass restarts there
 (:func:`headscope.scan.ablation.restart_from`), since the layers below compute exactly what the
-clean run did, and reads the logits at the two scored positions only.
+clean run did, runs the positions up to the later scored one only, and unembeds the two scored
+positions only. A model whose logits are not its unembedding of the final norm's output (soft-
+capping, scaling) takes full logits instead, with the same numbers.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -38,7 +42,7 @@ from ..errors import BadInput
 from ..results.icl_result import ICLResult
 from ..scan.ablation import residual_hooks, restart_from
 from ..scan.fused import fused_attention, fused_supported
-from ..scan.losses import token_losses
+from ..scan.losses import losses_from_normed, normed_output, normed_route_ok, token_losses
 from ..settings import check_ablation
 from .documents import TokenWindows, natural_windows
 
@@ -61,33 +65,59 @@ def _route(model, attention: str) -> contextlib.AbstractContextManager:
 
 
 @torch.no_grad()
-def _clean_losses(model, windows: TokenWindows, chunk: int, hooks, attention: str) -> torch.Tensor:
-    """``[n_windows, n-1]`` per-position losses of the clean run (``hooks`` see every chunk)."""
+def _clean_losses(model, windows: TokenWindows, chunk: int, hooks, attention: str, step=None) -> torch.Tensor:
+    """``[n_windows, n-1]`` per-position losses of the clean run (``hooks`` see every chunk).
+
+    Where the model allows it (:func:`~headscope.scan.losses.normed_route_ok`) the pass returns
+    the final norm's output and the losses are reduced a vocabulary slice at a time, as the
+    scan's are: no ``[chunk, 512, vocab]`` logits are held."""
+    normed = normed_route_ok(model)
     out = []
-    with _route(model, attention):
+    with _route(model, attention), normed_output(model) if normed else contextlib.nullcontext():
         for start in range(0, len(windows.tokens), chunk):
             tokens = windows.tokens[start : start + chunk].to(model.cfg.device)
-            logits = model.run_with_hooks(tokens, fwd_hooks=list(hooks), use_cache=False)
-            out.append(token_losses(logits, tokens).cpu())
-            del logits
+            y = model.run_with_hooks(tokens, fwd_hooks=list(hooks), use_cache=False)
+            out.append((losses_from_normed(model, y, tokens) if normed else token_losses(y, tokens)).cpu())
+            del y
+            if step:
+                step(start + len(tokens))
     return torch.cat(out)
 
 
 @torch.no_grad()
 def _ablated_losses(
-    model, windows: TokenWindows, resid: torch.Tensor, layer: int, hooks, positions: list[int], chunk: int, attention
+    model,
+    windows: TokenWindows,
+    resid: torch.Tensor,
+    layer: int,
+    hooks,
+    positions: list[int],
+    chunk: int,
+    attention,
+    step=None,
 ) -> torch.Tensor:
-    """``[n_windows, len(positions)]`` losses at model ``positions`` of passes restarted at ``layer`` from ``resid``."""
+    """``[n_windows, len(positions)]`` losses at model ``positions`` of passes restarted at ``layer`` from ``resid``.
+
+    Only the positions up to the last scored one run (attention is causal: what comes after it
+    changes none of the scored losses), and only the scored positions are unembedded."""
     fused = attention == "fused" or (attention == "auto" and fused_supported(model))
+    normed = normed_route_ok(model)
     pos = torch.tensor(positions)
+    n = max(positions) + 1
     out = []
     for start in range(0, len(windows.tokens), chunk):
-        tokens = windows.tokens[start : start + chunk]
-        logits = restart_from(model, resid[start : start + chunk].to(model.cfg.device), layer, hooks, fused=fused)
-        picked = logits[:, pos].float().cpu()  # [b, 2, vocab]: the two scored positions only
-        del logits
-        targets = tokens[:, pos + 1]
-        out.append(torch.logsumexp(picked, -1) - picked.gather(-1, targets[..., None])[..., 0])
+        tokens = windows.tokens[start : start + chunk, : n + 1].to(model.cfg.device)
+        x = resid[start : start + chunk, :n].to(model.cfg.device)
+        y = restart_from(model, x, layer, hooks, fused=fused, normed=normed)
+        if normed:
+            out.append(losses_from_normed(model, y, tokens, positions).cpu())
+        else:
+            picked = y[:, pos].float().cpu()  # [b, 2, vocab]: the two scored positions only
+            targets = tokens[:, pos + 1].cpu()
+            out.append(torch.logsumexp(picked, -1) - picked.gather(-1, targets[..., None])[..., 0])
+        del y
+        if step:
+            step(start + len(tokens))
     return torch.cat(out)
 
 
@@ -166,13 +196,15 @@ def icl_score(
     max_windows: int | None = ICL_DEFAULT_WINDOWS,
     chunk_size: int = 4,
     attention: str = "auto",
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> ICLResult:
     """Olsson et al.'s in-context learning score of ``model``, and each of ``heads``' share in it.
 
     ``heads`` are ``(layer, head)`` pairs; each is ablated alone (``ablation`` "mean" or
     "zero" of its ``hook_z``). ``max_windows`` windows spread evenly over the corpus (None:
     all of them; pydoc_data.topics gives 205 windows of 512 SmolLM2 tokens). ``attention``:
-    "auto" (fused where supported), "fused" or "eager".
+    "auto" (fused where supported), "fused" or "eager". ``progress(stage, done, total)``, when
+    given, is called after every chunk of windows (:class:`headscope.progress.Progress` is one).
 
     >>> r = icl_score(model, heads=[(4, 1)], max_windows=16)   # doctest: +SKIP
     >>> r.icl_score, r.icl_ci95, r.ablations[0]["delta"], r.ablations[0]["delta_ci95"]   # doctest: +SKIP
@@ -205,7 +237,13 @@ def icl_score(
 
     store: dict[int, list[torch.Tensor]] = {}
     keep = [(f"blocks.{l}.attn.hook_z", on_z(l)) for l in layers] if ablation == "mean" else []
-    clean = _clean_losses(model, windows, chunk_size, keep + residual_hooks(store, layers), attention)
+    n_win = len(windows.tokens)
+
+    def step(stage: str):
+        return None if progress is None else (lambda done: progress(stage, done, n_win))
+
+    hooks = keep + residual_hooks(store, layers)
+    clean = _clean_losses(model, windows, chunk_size, hooks, attention, step("ICL: clean pass over the windows"))
     residuals = {l: torch.cat(v) for l, v in store.items()}
     store.clear()
     timings = {"icl_clean_s": time.perf_counter() - t0}
@@ -231,9 +269,9 @@ def icl_score(
     positions = [early + int(windows.bos) - 1, late + int(windows.bos) - 1]  # model positions predicting them
     for layer, head in heads:
         value = None if ablation == "zero" else (z_sum[layer] / n_z[0])[head]
-        lost = _ablated_losses(
-            model, windows, residuals[layer], layer, _ablate_hook(layer, head, value), positions, chunk_size, attention
-        )
+        hook = _ablate_hook(layer, head, value)
+        stage = step(f"ICL: L{layer}H{head} ablated")
+        lost = _ablated_losses(model, windows, residuals[layer], layer, hook, positions, chunk_size, attention, stage)
         result.ablations.append(_delta_entry(layer, head, lost, per_window))
     if heads:
         timings["icl_ablation_s"] = time.perf_counter() - t0

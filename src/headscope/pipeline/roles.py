@@ -22,6 +22,7 @@ from ..head_labels import top_k as top_k_heads
 from ..kinds.icl import ICL_DEFAULT_WINDOWS, icl_score
 from ..kinds.sink import SinkScores, sink_scores_on_text
 from ..models.model import as_model
+from ..progress import Progress
 from ..results.heads_analysis import HeadsAnalysis
 from ..scan import scan_induction
 from ..settings import ScanSettings
@@ -87,7 +88,10 @@ def analyze_heads(
                 f"in-context learning score on windows of {window} tokens (the model's context), not {ICL_WINDOW}"
             )
         t0 = time.perf_counter()
-        out.icl = icl_score(m, files, heads=heads, ablation=st.ablation, window=window, max_windows=icl_windows)
+        with Progress(progress).running() as prog:
+            out.icl = icl_score(
+                m, files, heads=heads, ablation=st.ablation, window=window, max_windows=icl_windows, progress=prog
+            )
         timings["icl_s"] = time.perf_counter() - t0
     if natural_sinks:
         log("attention sinks on natural text (Gu et al.'s setting)")
