@@ -366,7 +366,7 @@ def test_icl_reports_its_progress_after_every_chunk_of_windows(tiny_llama):
     kw = dict(heads=[(1, 2)], early=5, late=40, window=48, max_windows=3, chunk_size=2)
     icl_score(tiny_llama, **kw, progress=lambda stage, done, total: seen.append((stage, done, total)))
     clean, ablated = "ICL: clean pass over the windows", "ICL: L1H2 ablated"
-    assert seen == [(clean, 2, 3), (clean, 3, 3), (ablated, 2, 3), (ablated, 3, 3)]
+    assert seen == [(clean, 0, 3), (clean, 2, 3), (clean, 3, 3), (ablated, 0, 3), (ablated, 2, 3), (ablated, 3, 3)]
 
 
 def test_icl_rejects_positions_outside_the_window(tiny_llama):

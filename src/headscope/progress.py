@@ -40,6 +40,7 @@ class Progress:
         self.console, self.lines, self.transient, self.log = console, lines, transient, log
         self._bar: Any = None
         self._tasks: dict[str, int] = {}
+        self._shown: dict[str, str] = {}  # the description each bar shows
         self._seen: set[str] = set()
 
     @contextlib.contextmanager
@@ -80,10 +81,15 @@ class Progress:
             return
         if name not in self._tasks:
             self.task(name, max(total or 1, 1))
-        kw: dict[str, Any] = {"completed": done, "description": name if description is None else description}
+        description = name if description is None else description
+        kw: dict[str, Any] = {"completed": done, "description": description}
         if total is not None:
             kw["total"] = max(total, 1)
-        self._bar.update(self._tasks[name], **kw)
+        if self._shown.get(name, description) != description:  # a new stage on this bar: its own clock
+            self._bar.reset(self._tasks[name], **kw)
+        else:
+            self._bar.update(self._tasks[name], **kw)
+        self._shown[name] = description
 
     def __call__(self, stage: str, done: int = 0, total: int = 0) -> None:
         """``progress(stage, done, total)``: one bar for the running stage, or a line when a stage starts."""

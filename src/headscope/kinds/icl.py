@@ -240,7 +240,10 @@ def icl_score(
     n_win = len(windows.tokens)
 
     def step(stage: str):
-        return None if progress is None else (lambda done: progress(stage, done, n_win))
+        if progress is None:
+            return None
+        progress(stage, 0, n_win)  # the stage shows before its first chunk is done
+        return lambda done: progress(stage, done, n_win)
 
     hooks = keep + residual_hooks(store, layers)
     clean = _clean_losses(model, windows, chunk_size, hooks, attention, step("ICL: clean pass over the windows"))
