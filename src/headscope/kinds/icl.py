@@ -184,6 +184,23 @@ def interval95(x: torch.Tensor) -> tuple[float, float]:
 
 
 @torch.no_grad()
+def _checked(model, heads, ablation: str, early: int, late: int, window: int) -> list[tuple[int, int]]:
+    """``heads`` as ``(layer, head)`` ints, once the arguments are known to make sense (else :class:`BadInput`)."""
+    check_ablation(ablation, ICL_ABLATIONS, " for the in-context learning check")
+    if not 1 <= early < late < window:
+        raise BadInput(
+            f"need 1 <= early ({early}) < late ({late}) < window ({window})",
+            hint="the defaults are Olsson et al.'s: 50, 500, 512",
+        )
+    heads = [(int(l), int(h)) for l, h in heads]
+    for l, h in heads:
+        if not (0 <= l < model.cfg.n_layers and 0 <= h < model.cfg.n_heads):
+            raise BadInput(
+                f"head L{l}H{h} is not in the model ({model.cfg.n_layers} layers x {model.cfg.n_heads} heads)"
+            )
+    return heads
+
+
 def icl_score(
     model,
     files=None,
@@ -209,18 +226,7 @@ def icl_score(
     >>> r = icl_score(model, heads=[(4, 1)], max_windows=16)   # doctest: +SKIP
     >>> r.icl_score, r.icl_ci95, r.ablations[0]["delta"], r.ablations[0]["delta_ci95"]   # doctest: +SKIP
     """
-    check_ablation(ablation, ICL_ABLATIONS, " for the in-context learning check")
-    if not 1 <= early < late < window:
-        raise BadInput(
-            f"need 1 <= early ({early}) < late ({late}) < window ({window})",
-            hint="the defaults are Olsson et al.'s: 50, 500, 512",
-        )
-    heads = [(int(l), int(h)) for l, h in heads]
-    for l, h in heads:
-        if not (0 <= l < model.cfg.n_layers and 0 <= h < model.cfg.n_heads):
-            raise BadInput(
-                f"head L{l}H{h} is not in the model ({model.cfg.n_layers} layers x {model.cfg.n_heads} heads)"
-            )
+    heads = _checked(model, heads, ablation, early, late, window)
     t0 = time.perf_counter()
     windows = natural_windows(model, files, window, max_windows)
     layers = sorted({l for l, _ in heads})
