@@ -104,3 +104,11 @@ def test_scan_direct_effects_equal_the_complete_attribution_at_the_counted_posit
     ref = full.finish(logits).heads[:, pos]
     assert np.abs(ref).max() > 1e-3  # not all zero: the comparison can fail
     np.testing.assert_allclose(fast.heads().numpy(), ref, rtol=1e-4, atol=1e-5)
+
+
+def test_pass_losses_reads_logits_at_the_positions_asked_for():
+    gen = torch.Generator().manual_seed(0)
+    logits, tokens = torch.randn(2, 7, 11, generator=gen), torch.randint(0, 11, (2, 7), generator=gen)
+    full = Lo.token_losses(logits, tokens)
+    torch.testing.assert_close(Lo.pass_losses(None, logits, tokens, normed=False), full)
+    torch.testing.assert_close(Lo.pass_losses(None, logits, tokens, [5, 0, 3], normed=False), full[:, [5, 0, 3]])

@@ -42,7 +42,7 @@ from ..errors import BadInput
 from ..results.icl_result import ICLResult
 from ..scan.ablation import residual_hooks, restart_from
 from ..scan.fused import fused_attention, fused_supported
-from ..scan.losses import losses_from_normed, normed_output, normed_route_ok, token_losses
+from ..scan.losses import normed_output, normed_route_ok, pass_losses
 from ..settings import check_ablation
 from .documents import TokenWindows, natural_windows
 
@@ -77,7 +77,7 @@ def _clean_losses(model, windows: TokenWindows, chunk: int, hooks, attention: st
         for start in range(0, len(windows.tokens), chunk):
             tokens = windows.tokens[start : start + chunk].to(model.cfg.device)
             y = model.run_with_hooks(tokens, fwd_hooks=list(hooks), use_cache=False)
-            out.append((losses_from_normed(model, y, tokens) if normed else token_losses(y, tokens)).cpu())
+            out.append(pass_losses(model, y, tokens, normed=normed).cpu())
             del y
             if step:
                 step(start + len(tokens))
@@ -102,19 +102,13 @@ def _ablated_losses(
     changes none of the scored losses), and only the scored positions are unembedded."""
     fused = attention == "fused" or (attention == "auto" and fused_supported(model))
     normed = normed_route_ok(model)
-    pos = torch.tensor(positions)
     n = max(positions) + 1
     out = []
     for start in range(0, len(windows.tokens), chunk):
         tokens = windows.tokens[start : start + chunk, : n + 1].to(model.cfg.device)
         x = resid[start : start + chunk, :n].to(model.cfg.device)
         y = restart_from(model, x, layer, hooks, fused=fused, normed=normed)
-        if normed:
-            out.append(losses_from_normed(model, y, tokens, positions).cpu())
-        else:
-            picked = y[:, pos].float().cpu()  # [b, 2, vocab]: the two scored positions only
-            targets = tokens[:, pos + 1].cpu()
-            out.append(torch.logsumexp(picked, -1) - picked.gather(-1, targets[..., None])[..., 0])
+        out.append(pass_losses(model, y, tokens, positions, normed=normed).cpu())
         del y
         if step:
             step(start + len(tokens))

@@ -24,13 +24,10 @@ from ..settings import ABLATION_MODES
 from .fused import fused_attention, fused_supported
 from .losses import (
     counted_positions,
-    first_repeat_mean,
-    later_repeat_mean,
-    losses_from_normed,
     normed_output,
     normed_route_ok,
+    pass_losses,
     repeat_means_at,
-    token_losses,
 )
 from .sequences import RepeatedTokens
 
@@ -246,11 +243,7 @@ def ablated_losses(
         resid = residuals[start][s : s + chunk].to(device)
         hooks = ablation_hooks(heads, replacement, slice(s, s + chunk))
         out = restart_from(model, resid, start, hooks, fused=fused, normed=normed)
-        if normed:
-            lat, fst = repeat_means_at(losses_from_normed(model, out, tokens, positions), positions, rt.layout)
-        else:
-            per_pos = token_losses(out, tokens)
-            lat, fst = later_repeat_mean(per_pos, rt.layout), first_repeat_mean(per_pos, rt.layout)
+        lat, fst = repeat_means_at(pass_losses(model, out, tokens, positions, normed=normed), positions, rt.layout)
         later.append(lat.cpu())
         first.append(fst.cpu())
     return torch.cat(later).double().numpy(), torch.cat(first).double().numpy()

@@ -61,9 +61,9 @@ from .fused import FusedUnsupported, fused_attention, fused_chunk_size_for, fuse
 from .losses import (
     first_repeat_mean,
     later_repeat_mean,
-    losses_from_normed,
     normed_output,
     normed_route_ok,
+    pass_losses,
     token_losses,
 )
 from .sequences import RepeatedTokens, repeated_tokens
@@ -308,7 +308,7 @@ def score_pass(
         routed = fused_attention(m, on_attention) if route == "fused" else contextlib.nullcontext()
         with routed, normed_output(m) if normed else contextlib.nullcontext():
             out = m.run_with_hooks(tokens, fwd_hooks=hooks + (run.hooks if run else []), use_cache=False)
-        per_seq = losses_from_normed(m, out, tokens) if normed else token_losses(out, tokens)
+        per_seq = pass_losses(m, out, tokens, normed=normed)
         loss_sum += per_seq.sum(0).cpu()
         by_seq["later"].append(later_repeat_mean(per_seq, layout).cpu())
         by_seq["first"].append(first_repeat_mean(per_seq, layout).cpu())

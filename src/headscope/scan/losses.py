@@ -181,6 +181,22 @@ def losses_from_normed(
     return out.view(B, P)
 
 
+def pass_losses(model, out: torch.Tensor, tokens: torch.Tensor, positions=None, *, normed: bool) -> torch.Tensor:
+    """``[batch, len(positions)]`` losses (default: every position ``0..n-2``) from a pass's output.
+
+    ``out`` is the final norm's output where the pass ran inside :func:`normed_output`
+    (``normed``, the route :func:`normed_route_ok` allows: :func:`losses_from_normed`), else the
+    logits, of which only ``positions`` are read. The one place a pass's output becomes losses.
+    """
+    if normed:
+        return losses_from_normed(model, out, tokens, positions)
+    if positions is None:
+        return token_losses(out, tokens)
+    pos = torch.as_tensor(np.asarray(positions), dtype=torch.long, device=out.device)
+    targets = tokens.to(out.device).index_select(1, pos + 1)
+    return _lse_minus_target(out.index_select(1, pos).float(), targets)
+
+
 def counted_positions(layout: RepeatLayout) -> np.ndarray:
     """Every position whose loss a repeat mean reads (first-repeat and later-repeat targets), sorted."""
     return np.union1d(first_repeat_targets(layout), later_repeat_targets(layout))
