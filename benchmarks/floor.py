@@ -30,6 +30,7 @@ other work the CPU-time ratio moves less than the wall-clock one). Each record c
     python benchmarks/floor.py --part what-if --what-if top-only        # item 2's floor: no control at all
     python benchmarks/floor.py --part what-if --what-if top-only-later  # ... and no first-repeat loss
     python benchmarks/floor.py --part batch     # whether batching the passes together pays here
+    python benchmarks/floor.py --part launches  # item 4 without a GPU: operations (kernel launches) per call
 """
 
 from __future__ import annotations
@@ -315,6 +316,95 @@ def part_batch(args) -> dict:
     return {"part": "batch", "wall_s": wall, "cpu_s": cpu, "per_batch_s": per, "aims": []}
 
 
+NO_KERNEL = frozenset(
+    "view _unsafe_view as_strided slice select unsqueeze squeeze permute transpose t expand reshape alias "
+    "detach split split_with_sizes unbind flatten _reshape_alias lift_fresh empty empty_strided empty_like "
+    "new_empty new_empty_strided".split()
+)
+"""Operations that only describe memory (views, allocations): no kernel runs for them on a GPU."""
+
+
+def count_operations(fn) -> tuple[int, dict[str, int]]:
+    """``(total, by source)``: the tensor operations ``fn()`` dispatches, views and allocations left out.
+
+    Each is a kernel launch on a GPU (a few launch more than one), so at short sequences, where a
+    GPU waits on the host, their number is what the scan pays over a forward. ``by source``: the
+    innermost ``headscope`` function that issued them ("model" for the model's own code)."""
+    from collections import Counter
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    by_source: Counter = Counter()
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket.__name__ not in NO_KERNEL:
+                frame, where = sys._getframe(1), "model"
+                while frame is not None:
+                    if f"{os.sep}headscope{os.sep}" in frame.f_code.co_filename:
+                        where = f"{frame.f_code.co_filename.rsplit(os.sep + 'headscope' + os.sep, 1)[1]}:{frame.f_code.co_name}"
+                        break
+                    frame = frame.f_back
+                by_source[where] += 1
+            return func(*args, **(kwargs or {}))
+
+    with torch.no_grad(), Count():
+        fn()
+    return sum(by_source.values()), dict(by_source.most_common())
+
+
+def part_launches(args) -> dict:
+    """Item 4's overhead, counted where no GPU is lent: operations (kernel launches on a GPU) per call.
+
+    The public scan (every score, no causal check; this device's route) and its pass with the
+    attention scores read per declaration and in one gather (``score_pass(reads_together=...)``:
+    a GPU takes the gather) against the sdpa forward, one warm call each first, at the first
+    ``--shapes`` entry. A count, not a time: it says how much of the scan's overhead is small
+    operations, which a GPU pays per launch and a CPU barely notices."""
+    from transformers import AutoModelForCausalLM
+
+    from headscope.models.loading import resolve_source
+    from headscope.scan.induction_scan import scan_induction, score_pass
+    from headscope.scan.sequences import repeated_tokens
+
+    model = _model(args)
+    hf = AutoModelForCausalLM.from_pretrained(
+        resolve_source(args.model).path, attn_implementation="sdpa", dtype=torch.float32
+    )
+    hf = hf.to(args.device).eval()
+    batch, seq_len = (int(x) for x in args.shapes[0].split("x"))
+    rt = repeated_tokens(model, seq_len=seq_len, batch=batch, repeats=2, seed=0)
+    tokens = rt.tokens.to(args.device)
+    kw = dict(seq_len=seq_len, batch=batch, seed=0, ablate=False, sample=False, progress=False)
+    fns = {
+        "hf_sdpa": lambda: hf(tokens, use_cache=False),
+        "scan": lambda: scan_induction(model, **kw),
+        "pass_reads_apart": lambda: score_pass(model, rt, batch, reads_together=False),
+        "pass_reads_together": lambda: score_pass(model, rt, batch, reads_together=True),
+    }
+    counts = {}
+    for name, fn in fns.items():
+        with torch.no_grad():
+            fn()  # warm: first-call work (caches, checks) is not what a sweep pays per call
+        counts[name] = count_operations(fn)
+        say(f"  {name}: {counts[name][0]:,} operations")
+    for name in ("pass_reads_apart", "pass_reads_together"):
+        for where, n in list(counts[name][1].items())[:8]:
+            say(f"    {name}, {where}: {n:,}")
+    ratios = {k: v[0] / counts["hf_sdpa"][0] for k, v in counts.items() if k != "hf_sdpa"}
+    for k, r in ratios.items():
+        say(f"  operations, {k} / sdpa forward, {batch} x {rt.layout.n_tokens} tokens: {r:.2f}")
+    return {
+        "part": "launches",
+        "batch": batch,
+        "n_tokens": rt.layout.n_tokens,
+        "operations": {k: v[0] for k, v in counts.items()},
+        "by_source": {k: v[1] for k, v in counts.items()},
+        "ratios": ratios,
+        "aims": [],
+    }
+
+
 def part_memory(args) -> dict:
     """memory.py for the scan and the sdpa forward at each length, each in a fresh process."""
     here = os.path.dirname(os.path.abspath(__file__))
@@ -342,7 +432,7 @@ def part_memory(args) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--part", choices=("speed", "causal", "memory", "what-if", "batch"), required=True)
+    p.add_argument("--part", choices=("speed", "causal", "memory", "what-if", "batch", "launches"), required=True)
     p.add_argument("--what-if", choices=WHAT_IF_PLANS, default="same-layer", help="the plan --part what-if measures")
     p.add_argument("--model", default="smollm2-135m-instruct-q4")
     p.add_argument("--device", default="cpu")
@@ -365,6 +455,7 @@ def main(argv: list[str] | None = None) -> dict:
         "memory": part_memory,
         "what-if": part_what_if,
         "batch": part_batch,
+        "launches": part_launches,
     }
     rec.update(parts[args.part](args))
     rec["load_average_end"] = list(load_average())

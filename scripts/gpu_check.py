@@ -105,7 +105,8 @@ def fused_ratios(model: str, device: str, reps: int) -> dict:
 
 
 def floor_aims(model: str, device: str, reps: int, memory: bool) -> dict:
-    """benchmarks/floor.py's aims (issue 22) on ``device``: scan / sdpa forward, causal check / full passes, memory.
+    """benchmarks/floor.py's aims (issue 22) on ``device``: scan / sdpa forward, causal check / full passes, memory;
+    and the operations (kernel launches) a scan dispatches against a forward, per score-reading route.
 
     Every aim is printed next to its measurement; the aims are reported, not checked (a missed
     speed aim is a number to record, not a broken scan).
@@ -125,7 +126,7 @@ def floor_aims(model: str, device: str, reps: int, memory: bool) -> dict:
         top=5,
         memory_seq_lens=[2048, 4095],
     )
-    out = {"speed": floor.part_speed(ns), "causal": floor.part_causal(ns)}
+    out = {"speed": floor.part_speed(ns), "causal": floor.part_causal(ns), "launches": floor.part_launches(ns)}
     if memory:
         out["memory"] = floor.part_memory(ns)
     for part in out.values():

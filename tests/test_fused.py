@@ -25,7 +25,16 @@ from headscope.scan.induction_scan import (
 from headscope.scan.sequences import repeated_tokens
 from headscope.scores import attention_scores, prepare, reduce_pattern, reduce_qk, score_names
 from headscope.scores.layout import RepeatLayout
-from headscope.scores.reads import Column, KeySet, on_natural_text, prefix_mask, prefix_pairs
+from headscope.scores.reads import (
+    Column,
+    KeySet,
+    Stripe,
+    on_natural_text,
+    pair_plan,
+    prefix_mask,
+    prefix_pairs,
+    reduce_qk_plan,
+)
 
 TOL = 1e-5
 
@@ -72,6 +81,38 @@ def test_every_declaration_reads_the_same_entries_from_q_k_lse_as_from_the_patte
         assert want.abs().max() > 0.05, name  # the check compares real mass, not zeros
 
 
+def test_one_pair_plan_reads_every_declaration_as_the_pattern_does():
+    # The scan's fused route reads all scores in one gather per layer (reads.pair_plan /
+    # reduce_qk_plan); each declaration's row must equal its own reduction from the full pattern,
+    # with the same count, split into several gathers or one.
+    torch.manual_seed(3)
+    layout = RepeatLayout(seq_len=9, repeats=3, bos=True)
+    n = layout.n_tokens
+    tokens = torch.randint(0, 5, (2, n))
+    q, k, v = (torch.randn(2, 4, n, 8) for _ in range(3))
+    pattern, _, _ = explicit_attention(q, k, v, 1.5)
+    _, lse = F.attention_with_lse(q, k, v, 1.5)
+    reads = [s.reads for s in attention_scores() if not on_natural_text(s.reads)]
+    reads += [Column(key=5, start=lambda lay: 2), KeySet(mask=prefix_mask, start=lambda lay: lay.later_start)]
+    plan = pair_plan(reads, tokens, layout)
+    for chunk in (7, 1 << 16):  # pairs read a few at a time, across the declarations' boundaries, or at once
+        got = reduce_qk_plan(plan, q, k, lse, 1.5, chunk=chunk)
+        assert got.shape == (len(reads), 4)
+        for row, r, count in zip(got, reads, plan.counts):
+            want, n_want = reduce_pattern(r, pattern, layout, prepare(r, tokens, layout))
+            assert count == n_want
+            torch.testing.assert_close(row, want, atol=1e-5, rtol=1e-5)
+            assert want.abs().max() > 0.05
+    assert reduce_qk_plan(pair_plan([], tokens, layout), q, k, lse, 1.5).shape == (0, 4)
+
+
+def test_a_stripe_outside_the_causal_past_is_refused_by_the_plan_too():
+    layout = RepeatLayout(seq_len=4, repeats=2, bos=False)
+    ahead = Stripe(offset=lambda lay: 1, start=lambda lay: 0)
+    with pytest.raises(ValueError, match="causal past"):
+        pair_plan([ahead], torch.zeros(1, layout.n_tokens, dtype=torch.long), layout)
+
+
 def test_prefix_pairs_are_exactly_the_prefix_mask():
     layout = RepeatLayout(seq_len=12, repeats=4, bos=False)
     tokens = torch.randint(0, 4, (3, layout.n_tokens), generator=torch.Generator().manual_seed(2))
@@ -113,6 +154,20 @@ def test_fused_scores_equal_eager_on_smollm2(smollm2):
     eager = check_fused_equals_eager(smollm2, seq_len=20, batch=4, chunk=4)
     assert eager["induction"].max() > 0.5  # real induction heads: the comparison has teeth
     assert abs(eager["direct_logit_later"]).max() > 0.5
+
+
+@pytest.mark.parametrize("name", ["tiny_gpt2", "tiny_llama"])
+def test_scores_read_in_one_gather_equal_scores_read_one_by_one(name, request):
+    # The GPU's default (every declaration in one gather per layer) against the CPU's (one
+    # declaration at a time, from views), both on the CPU here, over two chunks of sequences.
+    model = request.getfixturevalue(name)
+    rt = repeated_tokens(model, seq_len=12, batch=4, repeats=3, seed=1)
+    apart = score_pass(model, rt, 2, attention="fused", reads_together=False)
+    together = score_pass(model, rt, 2, attention="fused", reads_together=True)
+    assert set(apart.means) == set(together.means)
+    for name in apart.means:
+        np.testing.assert_allclose(together.means[name], apart.means[name], rtol=1e-6, atol=1e-6, err_msg=name)
+    assert max(abs(v).max() for v in apart.means.values()) > 0.05
 
 
 @pytest.mark.parametrize("name", ["tiny_gpt2", "tiny_llama"])
