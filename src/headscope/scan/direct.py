@@ -207,7 +207,7 @@ class HeadDirectPass:
         def hook(z, hook):  # z: [B, T, H, d_head]
             read = (self.u @ self.W_O[layer].T).view(-1, *self.shape)  # [U, H, d_head], one product per target
             zc = z.index_select(1, self.pos).to(read.dtype)  # [B, Pc, H, d_head]
-            self.head_raw[:, :, layer] = (zc * read[self.inv]).sum(-1).double()
+            self.head_raw[:, :, layer] = (zc * read[self.inv]).sum(-1)  # copy_ widens to float64
 
         return hook
 
