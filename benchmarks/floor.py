@@ -50,11 +50,12 @@ from _bench import emit, load_average, machine, say, set_threads, sync  # noqa: 
 
 SUITE = {
     "section": "floor",
-    "runs": [["--part", "speed"], ["--part", "causal"], ["--part", "memory"]],
+    "runs": [["--part", "speed"], ["--part", "causal"], ["--part", "memory"], ["--part", "launches"]],
     "quick_runs": [
         ["--part", "speed", "--shapes", "2x20", "--reps", "2"],
         ["--part", "causal", "--causal-shape", "2x20", "--causal-reps", "1"],
         ["--part", "memory", "--memory-seq-lens", "256"],
+        ["--part", "launches", "--shapes", "2x20"],
     ],
 }
 """How ``benchmarks/run.py`` runs this script (one fresh process per entry; see run.py)."""
