@@ -236,6 +236,65 @@ class _PassScores:
         return {name: self.sums[name] / max(self.counts[name], 1) for name in self.sums}
 
 
+class _AttentionReads:
+    """The registry's attention scores of one scan, summed on the model's device by one of three routes.
+
+    Eager: hooks on ``hook_pattern`` (:meth:`pattern_hooks`) read each declaration from the full
+    pattern. Fused: the fused kernel calls :meth:`on_attention` with each layer's ``q``, ``k`` and
+    row logsumexp, read per declaration (views; least memory traffic) or, with ``together``, all
+    declarations in one gather (:func:`~headscope.scores.reads.reduce_qk_plan`; fewest kernel
+    launches). Sums stay on the device until :meth:`means`: no host sync per layer and score.
+    """
+
+    def __init__(self, m: HeadscopeModel, layout: RepeatLayout, route: str, together: bool | None) -> None:
+        self.scores = [s for s in attention_scores() if not on_natural_text(s.reads)]  # natural text: kinds.sink
+        self.layout, self.route, self.n_layers = layout, route, m.n_layers
+        self.together = route == "fused" and (m.device.type != "cpu" if together is None else together)
+        self.sums = torch.zeros(m.n_layers, len(self.scores), m.n_heads, device=m.device)
+        self.counts = [0] * len(self.scores)
+        self.prepared: list[Any] = []
+        self.plan: PairPlan | None = None
+
+    def start(self, tokens: torch.Tensor) -> None:
+        """Prepare one chunk's reads (masks, pairs, or the one plan of every declaration)."""
+        if self.together:
+            self.plan = pair_plan([s.reads for s in self.scores], tokens, self.layout)  # type: ignore[misc]
+            self.counts = [a + b for a, b in zip(self.counts, self.plan.counts)]
+        else:
+            fused = self.route == "fused"
+            self.prepared = [prepare(s.reads, tokens, self.layout, fused=fused) for s in self.scores]  # type: ignore[arg-type]
+
+    def _add(self, layer: int, i: int, total: torch.Tensor, count: int) -> None:
+        self.sums[layer, i] += total
+        if layer == 0:
+            self.counts[i] += count
+
+    def pattern_hooks(self) -> list[tuple[str, Callable]]:
+        """The eager route's hooks (none on the fused route)."""
+        if self.route != "eager":
+            return []
+
+        def on_pattern(layer: int) -> Callable:
+            def hook(pattern, hook):
+                for i, s in enumerate(self.scores):
+                    self._add(layer, i, *reduce_pattern(s.reads, pattern, self.layout, self.prepared[i]))
+
+            return hook
+
+        return [(act_name("pattern", layer), on_pattern(layer)) for layer in range(self.n_layers)]
+
+    def on_attention(self, layer: int, q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, scale: float) -> None:
+        if self.plan is not None:
+            self.sums[layer] += reduce_qk_plan(self.plan, q, k, lse, scale)
+            return
+        for i, s in enumerate(self.scores):
+            self._add(layer, i, *reduce_qk(s.reads, q, k, lse, scale, self.layout, self.prepared[i]))  # type: ignore[arg-type]
+
+    def means(self) -> dict[str, np.ndarray]:
+        totals = self.sums.cpu().numpy()
+        return {s.name: totals[:, i] / self.counts[i] for i, s in enumerate(self.scores)}
+
+
 @torch.no_grad()
 def score_pass(
     model,
@@ -264,41 +323,13 @@ def score_pass(
     route = attention_route(m, attention)
     L, H = m.n_layers, m.n_heads
     layout = rt.layout
-    scores = [s for s in attention_scores() if not on_natural_text(s.reads)]  # natural text: kinds.sink
-    # Sums stay on the model's device until the end: no host sync per layer and score on a GPU.
-    sums = torch.zeros(L, len(scores), H, device=m.device)
-    counts = {s.name: 0 for s in scores}
-    index = {s.name: i for i, s in enumerate(scores)}
+    reads = _AttentionReads(m, layout, route, reads_together)
     direct = _PassScores(m, layout)
     loss_sum = torch.zeros(layout.n_tokens - 1)
     by_seq: dict[str, list[torch.Tensor]] = {"later": [], "first": []}
     z_sum: torch.Tensor | None = None
     z_count = 0
-    prepared: dict[str, Any] = {}
     store: dict[int, list[torch.Tensor]] = {}
-
-    def add(layer: int, name: str, total: torch.Tensor, count: int) -> None:
-        sums[layer, index[name]] += total
-        if layer == 0:
-            counts[name] += count
-
-    def on_pattern(layer: int) -> Callable:
-        def hook(pattern, hook):
-            for s in scores:
-                add(layer, s.name, *reduce_pattern(s.reads, pattern, layout, prepared[s.name]))
-
-        return hook
-
-    plan: list[PairPlan] = []  # the chunk's pairs of every score (fused route)
-
-    together = m.device.type != "cpu" if reads_together is None else reads_together
-
-    def on_attention(layer: int, q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, scale: float) -> None:
-        if together:
-            sums[layer] += reduce_qk_plan(plan[0], q, k, lse, scale)
-            return
-        for s in scores:
-            add(layer, s.name, *reduce_qk(s.reads, q, k, lse, scale, layout, prepared[s.name]))  # type: ignore[arg-type]
 
     def on_z(layer: int) -> Callable:
         def hook(z, hook):
@@ -309,22 +340,16 @@ def score_pass(
 
         return hook
 
-    hooks = [(act_name("pattern", layer), on_pattern(layer)) for layer in range(L)] if route == "eager" else []
+    hooks = reads.pattern_hooks()
     if keep_z_mean:
         hooks += [(act_name("z", layer), on_z(layer)) for layer in range(L)]
     hooks += residual_hooks(store, keep_residuals)
     normed = normed_route_ok(m)  # the full logits are never held: unembedded a slice at a time
     for start in range(0, rt.tokens.shape[0], chunk):
         tokens = rt.tokens[start : start + chunk].to(m.device)
-        if route == "fused" and together:
-            plan[:] = [pair_plan([s.reads for s in scores], tokens, layout)]  # type: ignore[misc]
-            for s, count in zip(scores, plan[0].counts):
-                counts[s.name] += count
-        else:
-            for s in scores:
-                prepared[s.name] = prepare(s.reads, tokens, layout, fused=route == "fused")  # type: ignore[arg-type]
+        reads.start(tokens)
         run = direct.start(tokens)
-        routed = fused_attention(m, on_attention) if route == "fused" else contextlib.nullcontext()
+        routed = fused_attention(m, reads.on_attention) if route == "fused" else contextlib.nullcontext()
         with routed, normed_output(m) if normed else contextlib.nullcontext():
             out = m.run_with_hooks(tokens, fwd_hooks=hooks + (run.hooks if run else []), use_cache=False)
         per_seq = pass_losses(m, out, tokens, normed=normed)
@@ -337,8 +362,7 @@ def score_pass(
         del out
         if progress:
             progress.advance("scoring", tokens.shape[0])
-    totals = sums.cpu().numpy()
-    means = {s.name: totals[:, i] / counts[s.name] for i, s in enumerate(scores)}
+    means = reads.means()
     means.update(direct.means())
     z_mean = None if z_sum is None else z_sum.cpu() / z_count
     residuals = {layer: torch.cat(v) for layer, v in store.items()}
