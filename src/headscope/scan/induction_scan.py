@@ -310,14 +310,14 @@ def score_pass(
 
     Eager: hooks on ``hook_pattern`` read each declaration with ``reduce_pattern``. Fused: the
     pass runs inside :func:`~headscope.scan.fused.fused_attention` and each layer's rotated
-    ``q``, ``k`` and row logsumexp are read without an ``n x n`` tensor, either per declaration
-    (``reduce_qk``: views of ``q`` and ``k``, the least memory traffic) or all declarations in
-    one gather (``reads_together``: ``reduce_qk_plan``, 18 operations a layer instead of 45, the
-    fewest kernel launches). ``reads_together=None`` takes the gather on a GPU, where short
-    sequences wait on launches, and the views on a CPU, where memory traffic is what costs (there
-    the views take 38 ms of a 10 x 101 SmolLM2 scan and the gather 55 ms). Both routes add the direct-logit reduction
-    (:class:`~headscope.scan.direct.HeadDirectPass`: hooks on ``hook_z`` and
-    ``ln_final.hook_scale``), which fire on both.
+    ``q``, ``k`` and row logsumexp are read without an ``n x n`` tensor (:class:`_AttentionReads`):
+    per declaration, from views of ``q`` and ``k`` (``reduce_qk``, the least memory traffic), or
+    every declaration in one gather (``reads_together``: ``reduce_qk_plan``, 18 operations a layer
+    instead of 45, the fewest kernel launches). ``reads_together=None`` takes the gather on a GPU,
+    where short sequences wait on launches, and the views on a CPU, where memory traffic is what
+    costs (there the views take 38 ms of a 10 x 101 SmolLM2 scan and the gather 55 ms). Both
+    routes add the direct-logit reduction (:class:`~headscope.scan.direct.HeadDirectPass`: hooks
+    on ``hook_z`` and ``ln_final.hook_scale``), which fire on both.
     """
     m = as_model(model)
     route = attention_route(m, attention)

@@ -188,12 +188,17 @@ def _entries(q_rows: torch.Tensor, k_rows: torch.Tensor, lse_rows: torch.Tensor,
     return torch.exp(dots * scale - lse_rows.float())
 
 
+def _check_causal(key_offset: int, q_start: int) -> None:
+    """A stripe reads keys at or before its query, and none before position 0."""
+    if key_offset > 0 or q_start + key_offset < 0:
+        raise ValueError(f"key offset {key_offset} from query {q_start} leaves the causal past")
+
+
 def stripe_sum_qk(
     q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, scale: float, key_offset: int, q_start: int, q_end: int
 ) -> tuple[torch.Tensor, int]:
     """:func:`stripe_sum` from ``q``, ``k`` ``[batch, head, n, d]`` and ``lse`` ``[batch, head, n]``."""
-    if key_offset > 0 or q_start + key_offset < 0:
-        raise ValueError(f"key offset {key_offset} from query {q_start} leaves the causal past")
+    _check_causal(key_offset, q_start)
     qs = slice(q_start, q_end)
     ks = slice(q_start + key_offset, q_end + key_offset)
     a = _entries(q[:, :, qs], k[:, :, ks], lse[:, :, qs], scale)  # [batch, head, m]
@@ -233,20 +238,17 @@ def keyset_sum_qk(
 class PairPlan:
     """Every declaration's pattern entries of one batch chunk as one list of ``(sequence, query, key)`` pairs.
 
-    The pairs of declaration ``s`` are ``bounds[s]:bounds[s + 1]``; ``counts[s]`` is its number of
+    The pairs of declaration ``s`` are rows ``bounds[s]:bounds[s + 1]``; ``counts[s]`` is its number of
     (sequence, query) terms, as :func:`reduce_qk` returns it. Built once per chunk
     (:func:`pair_plan`) and read at every layer by :func:`reduce_qk_plan`: one gather and one
     exponential per layer for all the scores, not a handful of small operations per score (on a
     GPU each is a kernel launch, and at short sequences launches are what the scan waits for).
     """
 
-    seq: torch.Tensor
-    query: torch.Tensor
-    key: torch.Tensor
+    query_rows: torch.Tensor  # sequence * n + query: the pair's row of [batch * n, ...] (n: the chunk's length)
+    key_rows: torch.Tensor  # sequence * n + key
     bounds: tuple[int, ...]
     counts: tuple[int, ...]
-    query_rows: torch.Tensor  # seq * n + query: the pair's row of [batch * n, ...] (n: the chunk's length)
-    key_rows: torch.Tensor  # seq * n + key
 
 
 def declaration_pairs(
@@ -267,8 +269,7 @@ def declaration_pairs(
         return b.to(dev), i.to(dev), j.to(dev), batch * (n - reads.start(layout))
     if isinstance(reads, Stripe):
         offset, q_start, q_end = reads.offset(layout), reads.start(layout), reads.end(layout)
-        if offset > 0 or q_start + offset < 0:
-            raise ValueError(f"key offset {offset} from query {q_start} leaves the causal past")
+        _check_causal(offset, q_start)
         queries = torch.arange(n, device=dev)[q_start:q_end]
         keys, n_terms = queries + offset, len(queries)
     else:
@@ -286,10 +287,11 @@ def pair_plan(declarations: list[Reads], tokens: torch.Tensor, layout: RepeatLay
     bounds = [0]
     for b, _, _, _ in parts:
         bounds.append(bounds[-1] + b.numel())
-    empty = torch.zeros(0, dtype=torch.long, device=tokens.device)
-    seq, query, key = (torch.cat([(b, i, j)[x] for b, i, j, _ in parts]) if parts else empty for x in range(3))
     n = tokens.shape[1]
-    return PairPlan(seq, query, key, tuple(bounds), tuple(p[3] for p in parts), seq * n + query, seq * n + key)
+    rows = [(b * n + i, b * n + j) for b, i, j, _ in parts]
+    empty = torch.zeros(0, dtype=torch.long, device=tokens.device)
+    query_rows, key_rows = (torch.cat([r[x] for r in rows]) if rows else empty for x in range(2))
+    return PairPlan(query_rows, key_rows, tuple(bounds), tuple(p[3] for p in parts))
 
 
 def reduce_qk_plan(
