@@ -42,6 +42,7 @@ import statistics
 import subprocess
 import sys
 import time
+from unittest import mock
 
 import torch
 
@@ -359,12 +360,14 @@ def part_launches(args) -> dict:
 
     The public scan (every score, no causal check; this device's route) and its pass with the
     attention scores read per declaration and in one gather (``score_pass(reads_together=...)``:
-    a GPU takes the gather) against the sdpa forward, one warm call each first, at the first
-    ``--shapes`` entry. A count, not a time: it says how much of the scan's overhead is small
+    a GPU takes the gather), and that pass as a GPU runs it (the gather, and the loss in the GPU's
+    larger vocabulary slices, :data:`~headscope.scan.losses.SLICE_ELEMENTS`), against the sdpa
+    forward, one warm call each first, at the first ``--shapes`` entry. A count, not a time: it says how much of the scan's overhead is small
     operations, which a GPU pays per launch and a CPU barely notices."""
     from transformers import AutoModelForCausalLM
 
     from headscope.models.loading import resolve_source
+    from headscope.scan import losses
     from headscope.scan.induction_scan import scan_induction, score_pass
     from headscope.scan.sequences import repeated_tokens
 
@@ -377,11 +380,17 @@ def part_launches(args) -> dict:
     rt = repeated_tokens(model, seq_len=seq_len, batch=batch, repeats=2, seed=0)
     tokens = rt.tokens.to(args.device)
     kw = dict(seq_len=seq_len, batch=batch, seed=0, ablate=False, sample=False, progress=False)
+
+    def as_on_a_gpu():  # the GPU's route on this device: reads in one gather, the loss in the GPU's slices
+        with mock.patch.dict(losses.SLICE_ELEMENTS, {args.device.split(":")[0]: losses.SLICE_ELEMENTS["other"]}):
+            return score_pass(model, rt, batch, reads_together=True)
+
     fns = {
         "hf_sdpa": lambda: hf(tokens, use_cache=False),
         "scan": lambda: scan_induction(model, **kw),
         "pass_reads_apart": lambda: score_pass(model, rt, batch, reads_together=False),
         "pass_reads_together": lambda: score_pass(model, rt, batch, reads_together=True),
+        "pass_as_on_a_gpu": as_on_a_gpu,
     }
     counts = {}
     for name, fn in fns.items():
@@ -389,7 +398,7 @@ def part_launches(args) -> dict:
             fn()  # warm: first-call work (caches, checks) is not what a sweep pays per call
         counts[name] = count_operations(fn)
         say(f"  {name}: {counts[name][0]:,} operations")
-    for name in ("pass_reads_apart", "pass_reads_together"):
+    for name in ("pass_reads_apart", "pass_reads_together", "pass_as_on_a_gpu"):
         for where, n in list(counts[name][1].items())[:8]:
             say(f"    {name}, {where}: {n:,}")
     ratios = {k: v[0] / counts["hf_sdpa"][0] for k, v in counts.items() if k != "hf_sdpa"}

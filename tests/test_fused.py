@@ -31,6 +31,8 @@ from headscope.scores.reads import (
     Stripe,
     on_natural_text,
     pair_plan,
+    plan_entries,
+    plan_sums,
     prefix_mask,
     prefix_pairs,
     reduce_qk_plan,
@@ -104,6 +106,27 @@ def test_one_pair_plan_reads_every_declaration_as_the_pattern_does():
             torch.testing.assert_close(row, want, atol=1e-5, rtol=1e-5)
             assert want.abs().max() > 0.05
     assert reduce_qk_plan(pair_plan([], tokens, layout), q, k, lse, 1.5).shape == (0, 4)
+
+
+def test_plan_entries_read_any_layout_and_sum_every_layer_at_once():
+    # The scan gathers each layer's entries straight from q, k and lse as the kernel hands them
+    # over (q and lse laid out [batch, n, head], k [batch, head, n]) and sums all layers once
+    # per chunk (plan_sums over a leading layer axis): the same sums as each layer on its own.
+    torch.manual_seed(4)
+    layout = RepeatLayout(seq_len=6, repeats=2, bos=True)
+    n = layout.n_tokens
+    tokens = torch.randint(0, 4, (3, n))
+    plan = pair_plan([s.reads for s in attention_scores() if not on_natural_text(s.reads)], tokens, layout)
+    layers = []
+    for _ in range(2):
+        q, k, v = (torch.randn(3, 4, n, 8) for _ in range(3))
+        _, lse = F.attention_with_lse(q, k, v, 0.7)
+        moved = [t.transpose(1, 2).contiguous().transpose(1, 2) for t in (q, lse)]  # same values, other strides
+        assert not moved[0].is_contiguous()
+        layers.append((reduce_qk_plan(plan, q, k, lse, 0.7), plan_entries(plan, moved[0], k, moved[1], 0.7)))
+    summed = plan_sums(torch.stack([e for _, e in layers]), plan)
+    torch.testing.assert_close(summed, torch.stack([want for want, _ in layers]), atol=1e-6, rtol=1e-6)
+    assert summed.abs().max() > 0.05
 
 
 def test_a_stripe_outside_the_causal_past_is_refused_by_the_plan_too():

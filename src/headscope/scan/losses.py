@@ -144,6 +144,11 @@ def normed_route_ok(model) -> bool:
     return bool(ok)
 
 
+SLICE_ELEMENTS = {"cpu": 1 << 20, "other": 1 << 25}
+"""Logits per slice in :func:`losses_from_normed`, by device type: on a CPU few enough to be reduced
+while still in the cache; elsewhere few large products ("other": any device not named)."""
+
+
 def losses_from_normed(
     model, normed: torch.Tensor, tokens: torch.Tensor, positions=None, elements: int | None = None
 ) -> torch.Tensor:
@@ -151,8 +156,8 @@ def losses_from_normed(
 
     ``normed [batch, n, d_model]`` (a pass inside :func:`normed_output`); ``positions`` (default
     ``0..n-2``) the positions wanted. Returns ``[batch, len(positions)]`` float32. About
-    ``elements`` logits exist at a time (default: 1M on a CPU, so that a slice is reduced while it
-    is still in the cache; 32M elsewhere, few large products), each slice reduced in place. A plain
+    ``elements`` logits exist at a time (default: :data:`SLICE_ELEMENTS` for the device: 1M on a
+    CPU, 32M elsewhere), each slice reduced in place. A plain
     linear unembedding is applied a vocabulary slice at a time to up to 2,048 rows
     (:func:`_lse_minus_target_by_columns`); any other module, to whole rows.
     """
@@ -165,7 +170,7 @@ def losses_from_normed(
     B, P = tg.shape
     x, tg = x.reshape(B * P, -1), tg.reshape(-1)
     if elements is None:
-        elements = 1 << 20 if normed.device.type == "cpu" else 1 << 25
+        elements = SLICE_ELEMENTS.get(normed.device.type, SLICE_ELEMENTS["other"])
     out = torch.empty(B * P, dtype=torch.float32, device=normed.device)
     linear = _linear_parts(module)
     if linear is not None:

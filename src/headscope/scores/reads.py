@@ -238,15 +238,16 @@ def keyset_sum_qk(
 class PairPlan:
     """Every declaration's pattern entries of one batch chunk as one list of ``(sequence, query, key)`` pairs.
 
-    The pairs of declaration ``s`` are rows ``bounds[s]:bounds[s + 1]``; ``counts[s]`` is its number of
+    The pairs of declaration ``s`` are ``bounds[s]:bounds[s + 1]``; ``counts[s]`` is its number of
     (sequence, query) terms, as :func:`reduce_qk` returns it. Built once per chunk
-    (:func:`pair_plan`) and read at every layer by :func:`reduce_qk_plan`: one gather and one
+    (:func:`pair_plan`) and read at every layer by :func:`plan_entries`: three gathers and one
     exponential per layer for all the scores, not a handful of small operations per score (on a
     GPU each is a kernel launch, and at short sequences launches are what the scan waits for).
     """
 
-    query_rows: torch.Tensor  # sequence * n + query: the pair's row of [batch * n, ...] (n: the chunk's length)
-    key_rows: torch.Tensor  # sequence * n + key
+    seq: torch.Tensor  # the pair's sequence in the chunk
+    query: torch.Tensor  # its query position
+    key: torch.Tensor  # its key position
     bounds: tuple[int, ...]
     counts: tuple[int, ...]
 
@@ -287,11 +288,49 @@ def pair_plan(declarations: list[Reads], tokens: torch.Tensor, layout: RepeatLay
     bounds = [0]
     for b, _, _, _ in parts:
         bounds.append(bounds[-1] + b.numel())
-    n = tokens.shape[1]
-    rows = [(b * n + i, b * n + j) for b, i, j, _ in parts]
-    empty = torch.zeros(0, dtype=torch.long, device=tokens.device)
-    query_rows, key_rows = (torch.cat([r[x] for r in rows]) if rows else empty for x in range(2))
-    return PairPlan(query_rows, key_rows, tuple(bounds), tuple(p[3] for p in parts))
+    if not parts:
+        empty = torch.zeros(0, dtype=torch.long, device=tokens.device)
+        return PairPlan(empty, empty, empty, (0,), ())
+    seq, query, key, counts = zip(*parts)
+    return PairPlan(torch.cat(seq), torch.cat(query), torch.cat(key), tuple(bounds), tuple(counts))
+
+
+def plan_entries(
+    plan: PairPlan,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    lse: torch.Tensor,
+    scale: float,
+    out: torch.Tensor | None = None,
+    chunk: int | None = None,
+) -> torch.Tensor:
+    """``[pairs, head]``: every pair's pattern entry ``exp(q . k * scale - lse)``, in float32, into ``out``.
+
+    ``q``, ``k`` ``[batch, head, n, d]`` (k expanded to the query heads), ``lse`` ``[batch, head, n]``.
+    Rows are gathered straight from those layouts (no transposed copy) ``chunk`` pairs at a time
+    (default: 2M gathered numbers, 8 MB, per operand; 3,640 pairs of SmolLM2's 9 x 64, so 10 x 101
+    tokens take one gather): eight operations per chunk for every declaration at once. The
+    product is elementwise, never a matmul, so a device's reduced-precision matmul setting
+    (TF32) cannot touch it.
+    """
+    pairs, heads, d = plan.seq.numel(), q.shape[1], q.shape[-1]
+    chunk = chunk or max(1, (1 << 21) // (heads * d))
+    out = q.new_empty(pairs, heads, dtype=torch.float32) if out is None else out
+    for a in range(0, pairs, chunk):
+        b, i, j = (t[a : a + chunk] for t in (plan.seq, plan.query, plan.key))
+        dots = (q[b, :, i].float() * k[b, :, j].float()).sum(-1)  # [m, head]
+        torch.exp(dots.mul_(scale).sub_(lse[b, :, i]), out=out[a : a + chunk])
+    return out
+
+
+def plan_sums(entries: torch.Tensor, plan: PairPlan) -> torch.Tensor:
+    """``[..., declarations, head]``: each declaration's entries summed over its own contiguous run of pairs.
+
+    ``entries`` ``[..., pairs, head]`` from :func:`plan_entries` (a leading layer axis sums every
+    layer at once). In order, slice by slice, so the sums do not depend on a device's atomics.
+    """
+    edge = plan.bounds
+    return torch.stack([entries[..., edge[s] : edge[s + 1], :].sum(-2) for s in range(len(plan.counts))], dim=-2)
 
 
 def reduce_qk_plan(
@@ -299,25 +338,11 @@ def reduce_qk_plan(
 ) -> torch.Tensor:
     """``[declarations, head]`` sums of every declaration's entries: :func:`reduce_qk` for all of them at once.
 
-    ``q``, ``k`` ``[batch, head, n, d]`` (k expanded to the query heads), ``lse`` ``[batch, head, n]``.
-    Pairs are read ``chunk`` at a time (default: 2M gathered numbers, 8 MB, per operand; 3,640
-    pairs of SmolLM2's 9 x 64, so 10 x 101 tokens take one gather), each declaration summed over
-    its own contiguous run of pairs in order, so the sums do not depend on the device's atomics.
-    """
-    batch, heads, n, d = q.shape
-    chunk = chunk or max(1, (1 << 21) // (heads * d))
+    :func:`plan_entries` then :func:`plan_sums` (the scan keeps every layer's entries of a chunk
+    and sums them once, after the pass)."""
     if not plan.counts:
-        return q.new_zeros(0, heads, dtype=torch.float32)
-    # rows (sequence, position) of every head side by side: a pair reads two contiguous rows
-    q_rows, k_rows = (t.transpose(1, 2).reshape(batch * n, heads, d) for t in (q, k))
-    lse_rows = lse.transpose(1, 2).reshape(batch * n, heads)
-    entries = [
-        _entries(q_rows.index_select(0, i), k_rows.index_select(0, j), lse_rows.index_select(0, i), scale)
-        for i, j in zip(plan.query_rows.split(chunk), plan.key_rows.split(chunk))
-    ]  # [pairs, head] each
-    every = torch.cat(entries) if len(entries) != 1 else entries[0]
-    edge = plan.bounds
-    return torch.stack([every[edge[s] : edge[s + 1]].sum(0) for s in range(len(plan.counts))])
+        return q.new_zeros(0, q.shape[1], dtype=torch.float32)
+    return plan_sums(plan_entries(plan, q, k, lse, scale, chunk=chunk), plan)
 
 
 def reduce_qk(
