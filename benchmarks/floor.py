@@ -362,8 +362,10 @@ def part_launches(args) -> dict:
     attention scores read per declaration and in one gather (``score_pass(reads_together=...)``:
     a GPU takes the gather), and that pass as a GPU runs it (the gather, and the loss in the GPU's
     larger vocabulary slices, :data:`~headscope.scan.losses.SLICE_ELEMENTS`), against the sdpa
-    forward, one warm call each first, at the first ``--shapes`` entry. A count, not a time: it says how much of the scan's overhead is small
-    operations, which a GPU pays per launch and a CPU barely notices."""
+    forward, one warm call each first, at the first ``--shapes`` entry. A count, not a time: it
+    says how much of the scan's overhead is small operations, which a GPU pays per launch and a
+    CPU barely notices. Then the two score-reading passes are timed (``--reps`` interleaved
+    rounds), so a run on any device says which route pays there."""
     from transformers import AutoModelForCausalLM
 
     from headscope.models.loading import resolve_source
@@ -404,6 +406,13 @@ def part_launches(args) -> dict:
     ratios = {k: v[0] / counts["hf_sdpa"][0] for k, v in counts.items() if k != "hf_sdpa"}
     for k, r in ratios.items():
         say(f"  operations, {k} / sdpa forward, {batch} x {rt.layout.n_tokens} tokens: {r:.2f}")
+    # which route pays on this device: the two passes timed, interleaved (the count is not a time)
+    routes = {k: fns[k] for k in ("pass_reads_apart", "pass_reads_together")}
+    with torch.no_grad():
+        wall, _ = interleaved_cpu(routes, args.reps, args.device)
+    route_s = {k: statistics.median(v) for k, v in wall.items()}
+    route_ratio = route_s["pass_reads_together"] / route_s["pass_reads_apart"]
+    say(f"  time, pass_reads_together / pass_reads_apart: {route_ratio:.3f} ({route_s})")
     return {
         "part": "launches",
         "batch": batch,
@@ -411,6 +420,9 @@ def part_launches(args) -> dict:
         "operations": {k: v[0] for k, v in counts.items()},
         "by_source": {k: v[1] for k, v in counts.items()},
         "ratios": ratios,
+        "route_wall_s": wall,
+        "route_median_s": route_s,
+        "route_together_over_apart": route_ratio,
         "aims": [],
     }
 

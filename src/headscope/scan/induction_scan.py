@@ -325,8 +325,8 @@ def score_pass(
     every declaration in one gather (``reads_together``: ``plan_entries``, 8 operations a layer
     instead of 45, summed once per chunk: the fewest kernel launches). ``reads_together=None``
     takes the gather on a GPU, where short sequences wait on launches, and the views on a CPU,
-    where the gather's indexing is what costs (a 10 x 101 SmolLM2 pass: 1.90 s with the views,
-    1.99 s with the gather, 5 interleaved rounds). Both routes add the direct-logit reduction
+    where the gather's indexing is what costs (a 10 x 101 SmolLM2 pass: 1.79 s with the views,
+    1.86 s with the gather, 5 interleaved rounds of ``benchmarks/floor.py --part launches``). Both routes add the direct-logit reduction
     (:class:`~headscope.scan.direct.HeadDirectPass`: hooks on ``hook_z`` and
     ``ln_final.hook_scale``), which fire on both.
     """
