@@ -180,16 +180,23 @@ def test_fused_scores_equal_eager_on_smollm2(smollm2):
 
 
 @pytest.mark.parametrize("name", ["tiny_gpt2", "tiny_llama"])
-def test_scores_read_in_one_gather_equal_scores_read_one_by_one(name, request):
-    # The GPU's default (every declaration in one gather per layer) against the CPU's (one
-    # declaration at a time, from views), both on the CPU here, over two chunks of sequences.
+def test_scores_read_in_one_gather_equal_scores_read_one_by_one(name, request, monkeypatch):
+    # The GPU's default (every declaration in one gather per layer, the direct-logit reads kept
+    # and reduced after the pass) against the CPU's (one declaration at a time, from views; the
+    # direct-logit reads per layer), both on the CPU here, over two chunks of sequences; and the
+    # gather with z too large to keep (the direct-logit reads fall back to per layer).
+    from headscope.scan import direct
+
     model = request.getfixturevalue(name)
     rt = repeated_tokens(model, seq_len=12, batch=4, repeats=3, seed=1)
     apart = score_pass(model, rt, 2, attention="fused", reads_together=False)
-    together = score_pass(model, rt, 2, attention="fused", reads_together=True)
-    assert set(apart.means) == set(together.means)
-    for name in apart.means:
-        np.testing.assert_allclose(together.means[name], apart.means[name], rtol=1e-6, atol=1e-6, err_msg=name)
+    runs = [score_pass(model, rt, 2, attention="fused", reads_together=True)]
+    monkeypatch.setattr(direct, "KEEP_BYTES", 0)
+    runs.append(score_pass(model, rt, 2, attention="fused", reads_together=True))
+    for together in runs:
+        assert set(apart.means) == set(together.means)
+        for name in apart.means:
+            np.testing.assert_allclose(together.means[name], apart.means[name], rtol=1e-6, atol=1e-6, err_msg=name)
     assert max(abs(v).max() for v in apart.means.values()) > 0.05
 
 

@@ -173,6 +173,12 @@ class DirectPass:
         )
 
 
+KEEP_BYTES = 128 << 20
+"""The most :class:`HeadDirectPass` keeps of ``z`` for one reduction after the pass (``keep=True``):
+enough for short inputs, where the per-layer operations are what a GPU waits on (SmolLM2 at
+10 x 101 tokens keeps 68 MB), not for long ones, where they are not."""
+
+
 class HeadDirectPass:
     """The scan's direct-logit reduction: each head's effect at the positions the scores read, nothing else.
 
@@ -186,10 +192,17 @@ class HeadDirectPass:
       ``[targets, d_model] x [d_model, heads * d_head]`` product per layer;
     - only ``hook_z`` (at the counted positions) and the final norm's scale are hooked.
 
+    With ``keep=True`` (the scan's route on a GPU) each layer's hook only keeps ``z`` at those
+    positions and :meth:`heads` reduces every layer at once: one gather a layer instead of six
+    operations, for ``layers x len(positions) x heads x d_head`` floats held until the end (kept
+    only while that is at most :data:`KEEP_BYTES`; per layer beyond it).
+
     Same numbers as :attr:`DirectEffects.heads` at those positions (float32 products, float64 sums).
     """
 
-    def __init__(self, tokens: torch.Tensor, w: HeadWeights, ue: Unembedding, positions, W_O: torch.Tensor):
+    def __init__(
+        self, tokens: torch.Tensor, w: HeadWeights, ue: Unembedding, positions, W_O: torch.Tensor, keep: bool = False
+    ):
         # W_O: [L, heads * d_head, d_model] in the products' dtype (float32 in the scan), made once per scan.
         device = W_O.device
         self.pos = torch.as_tensor(np.asarray(positions), dtype=torch.long, device=device)
@@ -200,16 +213,33 @@ class HeadDirectPass:
         self.shape = (w.n_heads, W_O.shape[1] // w.n_heads)
         self.head_raw = torch.zeros(*targets.shape, w.n_layers, w.n_heads, dtype=torch.float64, device=device)
         self.scale: torch.Tensor | None = None
+        kept = w.n_layers * targets.numel() * W_O.shape[1] * W_O.element_size()
+        self.keep = keep and kept <= KEEP_BYTES
+        self.kept: torch.Tensor | None = None  # [L, B, Pc, H, d_head], made by the first hook
         self.hooks = [(act_name("z", l), self._on_z(l)) for l in range(w.n_layers)]
         self.hooks.append(("ln_final.hook_scale", self._on_scale))
 
     def _on_z(self, layer: int):
         def hook(z, hook):  # z: [B, T, H, d_head]
+            if self.keep:  # kept, and reduced with every other layer in heads()
+                if self.kept is None:  # zeros: a layer whose hook did not fire adds nothing, as per layer
+                    self.kept = z.new_zeros(self.head_raw.shape[2], *self.inv.shape, *z.shape[2:])
+                torch.index_select(z, 1, self.pos, out=self.kept[layer])
+                return
             read = (self.u @ self.W_O[layer].T).view(-1, *self.shape)  # [U, H, d_head], one product per target
             zc = z.index_select(1, self.pos).to(read.dtype)  # [B, Pc, H, d_head]
             self.head_raw[:, :, layer] = (zc * read[self.inv]).sum(-1)  # copy_ widens to float64
 
         return hook
+
+    def _reduce_kept(self) -> None:
+        """Every kept layer's effects at once (``keep=True``): the per-layer hook's arithmetic, batched."""
+        if self.kept is None:
+            return
+        read = torch.matmul(self.u, self.W_O.transpose(1, 2))  # [L, U, H * d_head]
+        read = read.view(len(self.kept), -1, *self.shape)[:, self.inv]  # [L, B, Pc, H, d_head]
+        self.head_raw.copy_((self.kept.to(read.dtype) * read).sum(-1).permute(1, 2, 0, 3))  # widens to float64
+        self.kept = None
 
     def _on_scale(self, t, hook):
         self.scale = t.index_select(1, self.pos)[..., 0].double()  # [B, Pc]
@@ -217,6 +247,7 @@ class HeadDirectPass:
     def heads(self) -> torch.Tensor:
         """``[B, Pc, L, H]`` direct effects (nats) at ``positions``, after the pass."""
         assert self.scale is not None, "the pass did not reach the final norm"
+        self._reduce_kept()
         return self.head_raw / self.scale[..., None, None]
 
 

@@ -221,9 +221,9 @@ class _PassScores:
             W_O = self.w.W_O  # [L, H, d_head, d_model] -> [L, H * d_head, d_model], float32, once per scan
             self.W_O = W_O.reshape(W_O.shape[0], -1, W_O.shape[-1]).to(torch.float32).contiguous()
 
-    def start(self, tokens: torch.Tensor) -> HeadDirectPass | None:
-        """The hooks of one chunk's pass (None: no pass score is declared)."""
-        return HeadDirectPass(tokens, self.w, self.ue, self.positions, self.W_O) if self.groups else None
+    def start(self, tokens: torch.Tensor, keep: bool = False) -> HeadDirectPass | None:
+        """The hooks of one chunk's pass (None: no pass score is declared); ``keep``: reduce after the pass."""
+        return HeadDirectPass(tokens, self.w, self.ue, self.positions, self.W_O, keep) if self.groups else None
 
     def add(self, heads: torch.Tensor) -> None:
         """Add one chunk's direct effects ``[batch, len(positions), L, H]``."""
@@ -326,9 +326,10 @@ def score_pass(
     instead of 45, summed once per chunk: the fewest kernel launches). ``reads_together=None``
     takes the gather on a GPU, where short sequences wait on launches, and the views on a CPU,
     where the gather's indexing is what costs (a 10 x 101 SmolLM2 pass: 1.79 s with the views,
-    1.86 s with the gather, 5 interleaved rounds of ``benchmarks/floor.py --part launches``). Both routes add the direct-logit reduction
-    (:class:`~headscope.scan.direct.HeadDirectPass`: hooks on ``hook_z`` and
-    ``ln_final.hook_scale``), which fire on both.
+    1.86 s with the gather, 5 interleaved rounds of ``benchmarks/floor.py --part launches``). Both
+    routes add the direct-logit reduction (:class:`~headscope.scan.direct.HeadDirectPass`: hooks on
+    ``hook_z`` and ``ln_final.hook_scale``), which fire on both; with the gather it keeps each
+    layer's ``z`` at the positions it reads and reduces all layers after the pass (``keep``).
     """
     m = as_model(model)
     route = attention_route(m, attention)
@@ -359,7 +360,7 @@ def score_pass(
     for start in range(0, rt.tokens.shape[0], chunk):
         tokens = rt.tokens[start : start + chunk].to(m.device)
         reads.start(tokens)
-        run = direct.start(tokens)
+        run = direct.start(tokens, keep=reads.together)
         routed = fused_attention(m, reads.on_attention) if route == "fused" else contextlib.nullcontext()
         with routed, normed_output(m) if normed else contextlib.nullcontext():
             out = m.run_with_hooks(tokens, fwd_hooks=hooks + (run.hooks if run else []), use_cache=False)
