@@ -296,7 +296,7 @@ class _AttentionReads:
 
     def end(self) -> None:
         """Add one chunk's kept entries to the sums (the together route; nothing on the others)."""
-        if self.plan is not None and self.entries is not None and self.plan.counts:
+        if self.entries is not None and self.plan is not None and self.plan.counts:
             self.sums += plan_sums(self.entries, self.plan)
         self.entries = None
 

@@ -182,10 +182,12 @@ def reduce_pattern(
 # --- the same entries from q, k and the row logsumexp (the fused path) -----------------------
 
 
-def _entries(q_rows: torch.Tensor, k_rows: torch.Tensor, lse_rows: torch.Tensor, scale: float) -> torch.Tensor:
-    """``exp(q . k * scale - lse)`` row by row, in float32: ``[..., m, d]`` x2, ``[..., m]`` -> ``[..., m]``."""
+def _entries(
+    q_rows: torch.Tensor, k_rows: torch.Tensor, lse_rows: torch.Tensor, scale: float, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``exp(q . k * scale - lse)`` row by row, in float32: ``[..., m, d]`` x2, ``[..., m]`` -> ``[..., m]`` (into ``out``)."""
     dots = (q_rows.float() * k_rows.float()).sum(-1)  # elementwise: cheaper than einsum's batched 1 x d products
-    return torch.exp(dots * scale - lse_rows.float())
+    return torch.exp(dots.mul_(scale).sub_(lse_rows.float()), out=out)
 
 
 def _check_causal(key_offset: int, q_start: int) -> None:
@@ -318,8 +320,7 @@ def plan_entries(
     out = q.new_empty(pairs, heads, dtype=torch.float32) if out is None else out
     for a in range(0, pairs, chunk):
         b, i, j = (t[a : a + chunk] for t in (plan.seq, plan.query, plan.key))
-        dots = (q[b, :, i].float() * k[b, :, j].float()).sum(-1)  # [m, head]
-        torch.exp(dots.mul_(scale).sub_(lse[b, :, i]), out=out[a : a + chunk])
+        _entries(q[b, :, i], k[b, :, j], lse[b, :, i], scale, out=out[a : a + chunk])  # [m, head]
     return out
 
 
