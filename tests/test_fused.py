@@ -48,7 +48,7 @@ def explicit_attention(q, k, v, scale):
     """The textbook computation: [b, h, n, n] pattern, output and row logsumexp."""
     n = q.shape[-2]
     scores = (q @ k.transpose(-1, -2)) * scale
-    scores = scores.masked_fill(torch.ones(n, n, dtype=torch.bool).triu(1), float("-inf"))
+    scores = scores.masked_fill(torch.ones(n, n, dtype=torch.bool, device=q.device).triu(1), float("-inf"))
     return scores.softmax(-1), scores.softmax(-1) @ v, scores.logsumexp(-1)
 
 
@@ -57,6 +57,28 @@ def test_kernel_returns_the_explicit_output_and_logsumexp():
     q, k, v = (torch.randn(2, 3, 37, 16) for _ in range(3))
     _, out_ref, lse_ref = explicit_attention(q, k, v, 0.7)
     out, lse = F.attention_with_lse(q, k, v, 0.7)
+    torch.testing.assert_close(out, out_ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(lse, lse_ref, atol=1e-5, rtol=1e-5)
+
+
+def test_the_kernel_takes_the_projections_transposed_views_without_a_copy():
+    # transformers hands attention [batch, head, n, d] views of [batch, n, head, d] projections:
+    # their last axis is dense, so the CUDA kernel reads them as they are (no copy per layer);
+    # only a view whose last axis is strided is copied.
+    torch.manual_seed(0)
+    view = torch.randn(2, 37, 3, 16).transpose(1, 2)
+    assert F._last_axis_dense(view) is view
+    strided = torch.randn(2, 3, 16, 37).transpose(2, 3)
+    dense = F._last_axis_dense(strided)
+    assert dense.is_contiguous() and torch.equal(dense, strided)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device: the kernel here is the CPU's")
+def test_the_cuda_kernel_on_transposed_views_returns_the_explicit_output_and_logsumexp():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 101, 3, 64, device="cuda").transpose(1, 2) for _ in range(3))
+    _, out_ref, lse_ref = explicit_attention(q.contiguous(), k.contiguous(), v.contiguous(), 0.125)
+    out, lse = F.attention_with_lse(q, k, v, 0.125)
     torch.testing.assert_close(out, out_ref, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(lse, lse_ref, atol=1e-5, rtol=1e-5)
 

@@ -60,6 +60,16 @@ class FusedUnsupported(BadInput):
 # The kernel
 
 
+def _last_axis_dense(x: torch.Tensor) -> torch.Tensor:
+    """``x`` itself when its last axis has stride 1, else a contiguous copy.
+
+    What the CUDA memory-efficient kernel requires: it reads the batch, head and position
+    strides as they are (as ``F.scaled_dot_product_attention`` hands it the same transposed
+    views), so the ``[batch, n, head, d]`` projections need no copy per layer.
+    """
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
 def attention_with_lse(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,7 +84,7 @@ def attention_with_lse(
         # The memory-efficient kernel takes float32 as well as half types and returns the lse
         # (padded on the query axis to a multiple of its block size on some builds: slice).
         out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(
-            q.contiguous(), k.contiguous(), v.contiguous(), None, True, 0.0, True, scale=scale
+            _last_axis_dense(q), _last_axis_dense(k), _last_axis_dense(v), None, True, 0.0, True, scale=scale
         )[:2]
         lse = lse[..., : q.shape[-2]]
     else:
