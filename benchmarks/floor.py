@@ -325,22 +325,29 @@ NO_KERNEL = frozenset(
 )
 """Operations that only describe memory (views, allocations): no kernel runs for them on a GPU."""
 
+HOST_SYNC = frozenset("_local_scalar_dense nonzero masked_select _unique2 unique_dim unique_consecutive".split())
+"""Operations whose result size or value the host must read: on a GPU each waits for every kernel
+queued before it (``.item()``, ``bool(t)``, ``nonzero``, ``unique``...)."""
 
-def count_operations(fn) -> tuple[int, dict[str, int]]:
-    """``(total, by source)``: the tensor operations ``fn()`` dispatches, views and allocations left out.
+
+def count_operations(fn) -> tuple[int, dict[str, int], dict[str, int]]:
+    """``(total, by source, host syncs by source)``: the tensor operations ``fn()`` dispatches, views and allocations left out.
 
     Each is a kernel launch on a GPU (a few launch more than one), so at short sequences, where a
     GPU waits on the host, their number is what the scan pays over a forward. ``by source``: the
-    innermost ``headscope`` function that issued them ("model" for the model's own code)."""
+    innermost ``headscope`` function that issued them ("model" for the model's own code). The
+    third item counts the operations of :data:`HOST_SYNC` among them, the same way."""
     from collections import Counter
 
     from torch.utils._python_dispatch import TorchDispatchMode
 
     by_source: Counter = Counter()
+    syncs: Counter = Counter()
 
     class Count(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if func.overloadpacket.__name__ not in NO_KERNEL:
+            name = func.overloadpacket.__name__
+            if name not in NO_KERNEL:
                 frame, where = sys._getframe(1), "model"
                 while frame is not None:
                     if f"{os.sep}headscope{os.sep}" in frame.f_code.co_filename:
@@ -348,11 +355,13 @@ def count_operations(fn) -> tuple[int, dict[str, int]]:
                         break
                     frame = frame.f_back
                 by_source[where] += 1
+                if name in HOST_SYNC:
+                    syncs[where] += 1
             return func(*args, **(kwargs or {}))
 
     with torch.no_grad(), Count():
         fn()
-    return sum(by_source.values()), dict(by_source.most_common())
+    return sum(by_source.values()), dict(by_source.most_common()), dict(syncs.most_common())
 
 
 def part_launches(args) -> dict:
@@ -399,7 +408,7 @@ def part_launches(args) -> dict:
         with torch.no_grad():
             fn()  # warm: first-call work (caches, checks) is not what a sweep pays per call
         counts[name] = count_operations(fn)
-        say(f"  {name}: {counts[name][0]:,} operations")
+        say(f"  {name}: {counts[name][0]:,} operations, {sum(counts[name][2].values())} host syncs {counts[name][2]}")
     for name in ("pass_reads_apart", "pass_reads_together", "pass_as_on_a_gpu"):
         for where, n in list(counts[name][1].items())[:8]:
             say(f"    {name}, {where}: {n:,}")
@@ -419,6 +428,7 @@ def part_launches(args) -> dict:
         "n_tokens": rt.layout.n_tokens,
         "operations": {k: v[0] for k, v in counts.items()},
         "by_source": {k: v[1] for k, v in counts.items()},
+        "host_syncs": {k: v[2] for k, v in counts.items()},
         "ratios": ratios,
         "route_wall_s": wall,
         "route_median_s": route_s,
