@@ -70,7 +70,7 @@ def sweep_cmd(
     ablate: Annotated[
         bool,
         typer.Option(
-            "--ablate/--no-ablate", help="Also run the causal check per entry (top + 2 more forward passes each)."
+            "--ablate/--no-ablate", help="Also run the causal check per entry (top + 1 + 10 control draws: restarted passes each)."
         ),
     ] = False,
     max_memory: MaxMemoryOpt = SCAN.max_memory_gb,
