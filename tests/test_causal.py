@@ -228,3 +228,27 @@ def test_a_head_whose_interval_straddles_zero_is_not_said_to_raise():
         "L0H1: ablating it does not clearly change the later-repeat loss: +0.050 nats [-0.010, +0.110]; "
         "first repeat +0.000 [-0.010, +0.010]"
     ]
+
+
+def test_a_model_with_too_few_other_heads_gets_one_control_of_all_of_them(tiny_gpt2):
+    # 2 x 4 heads, top 4: every "random" draw would be the same 4 other heads
+    res = scan_induction(tiny_gpt2, seq_len=5, batch=2, top_k=4, controls=10, sample=False, progress=False)
+    controls = [e for e in res.ablation if e["kind"] == "control"]
+    top = {(e["layer"], e["head"]) for e in res.ablation if e["kind"] == "head"}
+    assert (
+        len(controls) == 1
+        and set(map(tuple, controls[0]["heads"])) == {(l, h) for l in range(2) for h in range(4)} - top
+    )
+    said = [v for v in res.verdicts() if v.startswith("control")]
+    assert said == [said[0]] and "all 4 other heads (too few to draw at random)" in said[0] and "draws" not in said[0]
+    fewer = scan_induction(tiny_gpt2, seq_len=5, batch=2, top_k=2, controls=3, sample=False, progress=False)
+    assert sum(e["kind"] == "control" for e in fewer.ablation) == 3
+    assert "3 draws of 2 other heads at random" in [v for v in fewer.verdicts() if v.startswith("control")][0]
+
+
+def test_the_legend_says_how_many_control_draws_the_run_made(tiny_gpt2):
+    from headscope.render.views.induction_view import induction_definitions
+
+    res = scan_induction(tiny_gpt2, seq_len=5, batch=2, top_k=2, controls=3, sample=False, progress=False)
+    assert "drawn at random, 3 times" in induction_definitions(res)["ablation Δloss"]
+    assert "drawn at random, 10 times" in induction_definitions()["ablation Δloss"]

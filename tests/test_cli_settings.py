@@ -125,6 +125,7 @@ def test_a_misspelt_setting_is_an_error_not_ignored(tiny_gpt2):
         ("top_k", 0, "--top must be at least 1"),
         ("max_memory_gb", 0.0, "--max-memory must be"),
         ("max_memory_gb", float("nan"), "--max-memory must be"),
+        ("batch", 1, "one sequence gives none"),
     ],
 )
 def test_settings_check_refuses_what_no_model_can_run(field, value, says):
@@ -199,3 +200,13 @@ def test_every_command_help_works(command):
     r = runner.invoke(app, [command, "--help"])
     assert r.exit_code == 0, r.output
     assert "Usage" in r.stdout and "--debug" in r.stdout
+
+
+def test_one_sequence_gets_no_interval_so_no_causal_check(tiny_gpt2_dir, tmp_path):
+    # a bootstrap over one sequence is a zero-width "interval" and a verdict from one sample
+    one = ["--model", str(tiny_gpt2_dir), "--seq-len", "5", "--batch", "1", "--device", "cpu"]
+    r = runner.invoke(app, ["induction", *one, "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "--batch 2 or more" in r.output and "--no-ablate" in r.output
+    assert not (tmp_path / "o").exists()
+    ok = runner.invoke(app, ["induction", *one, "--no-ablate", "--out", str(tmp_path / "p")])
+    assert ok.exit_code == 0, ok.output

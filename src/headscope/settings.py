@@ -95,6 +95,12 @@ class ScanSettings:
                 "resample ablation takes each sequence's head output from another sequence",
                 hint="use --batch 2 or more",
             )
+        if self.ablate and self.batch < 2:
+            raise BadInput(
+                "the causal check gives every change a bootstrap interval over the sequences, and one "
+                "sequence gives none (a verdict would rest on a single sample)",
+                hint="use --batch 2 or more (the default is 10), or --no-ablate",
+            )
         if self.controls < 1:
             raise BadInput(f"controls must be at least 1 (got {self.controls})")
         if self.attention not in ATTENTION_MODES:

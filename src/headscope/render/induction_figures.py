@@ -100,7 +100,7 @@ def ablation_chart(res: InductionResult, ax=None):
         firsts.append(e["first_repeat_increase"])
     c = res.control_spread()
     if c is not None:
-        labels.append(f"control\n({c['n']} draws of {c['n_heads']})")
+        labels.append(f"control\n({c['n']} draw{'s' if c['n'] != 1 else ''} of {c['n_heads']})")
         colors.append("#adb5bd")
         values.append(c["median"])
         lows.append(c["low"])

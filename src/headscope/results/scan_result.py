@@ -107,7 +107,12 @@ class InductionResult(Result):
                 f"loss: {ablation_text(e)}"
             )
         c = self.control_spread()
-        if c is not None:
+        n_layers, n_heads = self.scores["induction"].shape
+        n_top = sum(e["kind"] == "head" for e in self.ablation)
+        if c is not None and c["n"] == 1 and n_layers * n_heads - n_top <= n_top:
+            e = next(e for e in self.ablation if e["kind"] == "control")
+            out.append(f"control: all {c['n_heads']} other heads (too few to draw at random): {ablation_text(e)}")
+        elif c is not None:
             out.append(
                 f"control, {c['n']} draws of {c['n_heads']} other heads at random: median {c['median']:+.3f} nats, "
                 f"central {INTERVAL_LEVEL:.0%} of draws [{c['low']:+.3f}, {c['high']:+.3f}] "

@@ -42,9 +42,17 @@ def control_heads(n_layers: int, n_heads: int, top: list[Head], seed: int, draw:
 def ablation_plan(
     n_layers: int, n_heads: int, top: list[Head], seed: int, controls: int
 ) -> list[tuple[str, list[Head]]]:
-    """``[(kind, heads)]``: each top head alone ("head"), all together ("all_top"), ``controls`` random draws."""
+    """``[(kind, heads)]``: each top head alone ("head"), all together ("all_top"), ``controls`` random draws.
+
+    Where the model has no more other heads than ``top`` holds, every draw would be all of them:
+    one control, not ``controls`` copies of it.
+
+    >>> [k for k, _ in ablation_plan(2, 4, [(1, 0), (1, 1), (1, 2), (1, 3), (0, 0)], 0, 10)].count("control")
+    1
+    """
     plan = [("head", [h]) for h in top] + [("all_top", list(top))]
-    return plan + [("control", control_heads(n_layers, n_heads, top, seed, d)) for d in range(controls)]
+    draws = controls if n_layers * n_heads - len(set(top)) > len(top) else min(controls, 1)
+    return plan + [("control", control_heads(n_layers, n_heads, top, seed, d)) for d in range(draws)]
 
 
 def replacement_for(kind: str, model, rt: RepeatedTokens, heads, z_mean, chunk: int, fused: bool, seed: int):

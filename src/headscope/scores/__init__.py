@@ -10,6 +10,7 @@ from .registry import (
     LOSS_DEFINITION,
     SCORES,
     Score,
+    ablation_definition,
     ablation_verdict,
     attention_scores,
     default_thresholds,
@@ -29,6 +30,7 @@ from .weight_score import WeightInputs, WeightScore
 
 __all__ = [
     "ABLATION_DEFINITION",
+    "ablation_definition",
     "BOOTSTRAP_RESAMPLES",
     "CONTROL_DRAWS",
     "Column",

@@ -245,16 +245,24 @@ INTERVAL_LEVEL = 0.95
 BOOTSTRAP_RESAMPLES = 2000
 CONTROL_DRAWS = 10
 
-ABLATION_DEFINITION = (
-    "Change in later-repeat loss (nats, ablated - clean, per sequence then averaged) when heads' outputs "
-    "(hook_z) are replaced: by their mean over all sequences and positions of the clean run (mean), by zero "
-    "(zero), or by the same head's output on another sequence of the batch (resample). Each top induction head "
-    f"alone, all of them together, and a control of as many other heads drawn at random, {CONTROL_DRAWS} times "
-    f"(median and central {INTERVAL_LEVEL:.0%} of the draws). [low, high]: {INTERVAL_LEVEL:.0%} bootstrap "
-    f"interval over sequences ({BOOTSTRAP_RESAMPLES:,} resamples, seeded). Verdict: 'raises' only when the "
-    "interval lies above 0, 'lowers' when below 0, else 'no clear change'. first-repeat change: the same "
-    "ablation's change in first-repeat loss (specificity: an induction head should change it little)."
-)
+
+def ablation_definition(controls: int = CONTROL_DRAWS) -> str:
+    """The causal check's definition, with the number of control draws a run made (default: the registry's)."""
+    return (
+        "Change in later-repeat loss (nats, ablated - clean, per sequence then averaged) when heads' outputs "
+        "(hook_z) are replaced: by their mean over all sequences and positions of the clean run (mean), by zero "
+        "(zero), or by the same head's output on another sequence of the batch (resample). Each top induction "
+        f"head alone, all of them together, and a control of as many other heads drawn at random, {controls} "
+        f"time{'s' if controls != 1 else ''} (median and central {INTERVAL_LEVEL:.0%} of the draws; a model with "
+        "no more other heads than top heads has one control, all the others). [low, high]: "
+        f"{INTERVAL_LEVEL:.0%} bootstrap interval over sequences ({BOOTSTRAP_RESAMPLES:,} resamples, seeded). "
+        "Verdict: 'raises' only when the interval lies above 0, 'lowers' when below 0, else 'no clear change'. "
+        "first-repeat change: the same ablation's change in first-repeat loss (specificity: an induction head "
+        "should change it little)."
+    )
+
+
+ABLATION_DEFINITION = ablation_definition()
 
 
 def ablation_verdict(low: float, high: float) -> str:

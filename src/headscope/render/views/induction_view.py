@@ -14,8 +14,10 @@ from ...head_labels import head_label
 from ...results.scan_result import InductionResult
 from ...scores import (
     ABLATION_DEFINITION,
+    CONTROL_DRAWS,
     LOSS_DEFINITION,
     SCORES,
+    ablation_definition,
     definitions,
     roles_legend,
     roles_present,
@@ -202,6 +204,7 @@ def induction_definitions(res: InductionResult | None = None) -> dict[str, str]:
     defs["loss by position"] = LOSS_DEFINITION
     defs["ablation Δloss"] = ABLATION_DEFINITION
     if res is not None:
+        defs["ablation Δloss"] = ablation_definition(res.settings.get("controls") or CONTROL_DRAWS)
         defs["roles"] = roles_legend(res.thresholds)
     return defs
 
