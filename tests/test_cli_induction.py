@@ -147,9 +147,9 @@ def test_file_that_is_not_utf8_is_refused(small, tmp_path):
     assert r.exit_code == 2 and "is not UTF-8" in r.output
 
 
-def test_debug_shows_the_traceback(small):
+def test_debug_shows_the_traceback_and_keeps_the_exit_code(small):
     r = runner.invoke(app, ["induction", *map(str, small), "--batch", "0", "--debug"])
-    assert r.exit_code != 0 and r.exception is not None and type(r.exception).__name__ == "BadInput"
+    assert r.exit_code == 2 and "Traceback" in r.stderr and "BadInput" in r.stderr and "hint:" in r.stderr
 
 
 def test_model_without_bos_token_uses_eos_and_says_so(tmp_path, tiny_gpt2_dir):

@@ -192,10 +192,10 @@ def test_fetch_cli_prints_the_error_without_traceback(name, fresh_cache, tmp_pat
     case.after()
 
 
-def test_debug_flag_lets_the_exception_through(fresh_cache, tmp_path, monkeypatch):
+def test_debug_flag_shows_the_traceback_with_the_error_s_exit_code(fresh_cache, tmp_path, monkeypatch):
     monkeypatch.setitem(STATE, "debug", False)
     result = CliRunner().invoke(app, ["--debug", "fetch", str(tmp_path / "no-such-dir")])
-    assert isinstance(result.exception, BadInput)
+    assert result.exit_code == BadInput.exit_code and "Traceback" in result.stderr and "BadInput" in result.stderr
 
 
 def test_cli_subprocess_exits_with_the_error_code_and_shows_traceback_only_with_debug(tmp_path):
@@ -224,7 +224,7 @@ def test_cli_subprocess_exits_with_the_error_code_and_shows_traceback_only_with_
         stdin=subprocess.DEVNULL,
         timeout=120,
     )
-    assert debug.returncode != 0
+    assert debug.returncode == BadInput.exit_code  # the same code as without --debug
     assert "Traceback" in debug.stderr and "BadInput" in debug.stderr
 
 

@@ -187,7 +187,9 @@ def consoles(json_mode: bool) -> tuple[Console, Console]:
 def handle_errors(fn: Callable) -> Callable:
     """Print HeadscopeError as a short message with its hint and exit non-zero; no traceback unless --debug.
 
-    Ctrl-C always exits 130 (what a shell reports for SIGINT).
+    With --debug the traceback comes first and the exit code stays the error's, so a script that
+    checks codes behaves the same while debugging. Ctrl-C always exits 130 (what a shell reports
+    for SIGINT).
     """
 
     @functools.wraps(fn)
@@ -201,7 +203,9 @@ def handle_errors(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         except HeadscopeError as exc:
             if debug:
-                raise
+                import traceback
+
+                traceback.print_exc()
             err = Console(stderr=True)
             # soft_wrap: never break a path or a command in the hint across lines.
             err.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False, soft_wrap=True)
