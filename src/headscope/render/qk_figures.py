@@ -94,7 +94,7 @@ def plot_live(scores, sequence: int, n: int):
         fontsize=11,
     )
     for note in seq.notes:
-        fig.text(0.01, -0.02, _wrap(note), fontsize=8, color="#a00")
+        fig.text(0.01, -0.01, _wrap(note), fontsize=8, color="#a00", va="top")
     return fig
 
 
@@ -229,7 +229,7 @@ def plot_positional(pos):
         f"{pos.model_name}: positional QK circuit" + (f" (rope_theta {pos.rope_theta:g})" if pos.rope_theta else ""),
         fontsize=11,
     )
-    fig.text(0.01, -0.06, _wrap("method: " + pos.method, 140), fontsize=7, color="#333")
+    fig.text(0.01, -0.01, _wrap("method: " + pos.method, 140), fontsize=7, color="#333", va="top")
     return fig
 
 
@@ -265,7 +265,7 @@ def plot_token_qk(tq):
     tx.axis("off")
     tx.text(0, 1, "\n".join(lines), va="top", family="DejaVu Sans Mono", fontsize=7.5)
     fig.suptitle(f"{tq.model_name}: head {tq.label} token QK circuit ({tq.where})", fontsize=11)
-    fig.text(0.01, -0.05, _wrap(tq.method, 150), fontsize=7, color="#333")
+    fig.text(0.01, -0.01, _wrap(tq.method, 150), fontsize=7, color="#333", va="top")
     return fig
 
 
