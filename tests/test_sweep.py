@@ -279,3 +279,65 @@ def test_an_unwritable_out_is_refused_before_anything_runs(tmp_path, count_scans
     # exit 5, the same code and message as every other command's unwritable --out (docs/failure-modes.md)
     assert r.exit_code == 5 and "cannot write results to" in r.output and "is a file" in r.output
     assert count_scans == []
+
+
+def test_a_folder_of_the_users_own_files_is_refused_and_left_alone(tiny_gpt2_dir, tmp_path, count_scans):
+    """House rule: nothing a user already has is lost or overwritten silently (exit 4, as every other command)."""
+    out = tmp_path / "mydata"
+    out.mkdir()
+    (out / "sweep.csv").write_text("mine\n")
+    (out / "sweep.json").write_text('{"mine": 1}\n')
+    for extra in ([], ["--overwrite"]):  # --overwrite recomputes a sweep's entries; it never takes the user's files
+        r = sweep("-m", str(tiny_gpt2_dir), "--out", str(out), *extra)
+        assert r.exit_code == 4, r.output
+        text = " ".join(r.output.split())
+        assert "already holds files headscope did not write" in text and "nothing was written" in text
+        assert "choose a new or empty directory for --out" in text and "Traceback" not in r.output
+        assert (out / "sweep.csv").read_text() == "mine\n"
+        assert (out / "sweep.json").read_text() == '{"mine": 1}\n'
+        assert sorted(p.name for p in out.iterdir()) == ["sweep.csv", "sweep.json"]
+    assert count_scans == []  # refused before any model loaded
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mydata"]  # no lock or temporary file left beside it
+
+
+def test_another_commands_results_are_not_swept_into(tiny_gpt2_dir, tmp_path, count_scans):
+    from headscope.pipeline.outputs import ResultDir
+
+    out = tmp_path / "out"
+    with ResultDir.open(out, command="induction") as rd:
+        rd.write_text("scores.json", "{}")
+        rd.commit()
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    r = sweep("-m", str(tiny_gpt2_dir), "--out", str(out))
+    assert r.exit_code == 4, r.output
+    assert "holds the results of `headscope induction`" in " ".join(r.output.split())
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before and count_scans == []
+
+
+def test_a_sweep_folder_is_marked_as_headscopes_and_an_earlier_unmarked_one_still_resumes(
+    checkpoints, tmp_path, fast_load, count_scans
+):
+    from headscope.pipeline.outputs import MANIFEST
+
+    out = tmp_path / "out"
+    args = ["-m", str(checkpoints[0]), "--out", str(out)]
+    assert sweep(*args).exit_code == 0
+    assert json.loads((out / MANIFEST).read_text())["command"] == "sweep"
+    # a sweep written before sweeps wrote a manifest: only a sweep's files, sweep.json a sweep table
+    (out / MANIFEST).unlink()
+    r = sweep(*args)
+    assert r.exit_code == 0, r.output
+    assert "finished earlier, skipped" in r.output and len(count_scans) == 1
+    assert (out / MANIFEST).is_file()
+    # ... but a user's file beside such a folder's results makes it not a sweep's any more
+    (out / MANIFEST).unlink()
+    (out / "notes.txt").write_text("mine")
+    r = sweep(*args)
+    assert r.exit_code == 4, r.output
+    assert (out / "notes.txt").read_text() == "mine" and not (out / MANIFEST).exists()
+
+
+def test_help_shows_the_ray_extra():
+    r = runner.invoke(app, ["sweep", "--help"], terminal_width=200, env={"COLUMNS": "200"})
+    assert r.exit_code == 0
+    assert "headscope[ray]" in r.output

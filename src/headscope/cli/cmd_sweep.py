@@ -70,7 +70,8 @@ def sweep_cmd(
     ablate: Annotated[
         bool,
         typer.Option(
-            "--ablate/--no-ablate", help="Also run the causal check per entry (top + 1 + 10 control draws: restarted passes each)."
+            "--ablate/--no-ablate",
+            help="Also run the causal check per entry (top + 1 + 10 control draws: restarted passes each).",
         ),
     ] = False,
     max_memory: MaxMemoryOpt = SCAN.max_memory_gb,
@@ -84,7 +85,7 @@ def sweep_cmd(
             "--executor",
             help="Who runs the entries: local (one after another "
             "in this process) or ray (one Ray task per entry, spread over a Ray cluster's GPUs or CPUs; "
-            'pip install "headscope[ray]"). Files are written here either way.',
+            'pip install "headscope\\[ray]"). Files are written here either way.',
         ),
     ] = "local",
     address: Annotated[
@@ -113,7 +114,9 @@ def sweep_cmd(
     out: Annotated[
         Path,
         typer.Option(
-            "--out", help="Output directory: entries/*.json (one per finished entry), sweep.csv, sweep.json, sweep.png."
+            "--out",
+            help="Output directory: entries/*.json (one per finished entry), sweep.csv, sweep.json, sweep.png. "
+            "A new or empty directory, or an earlier sweep's (resumed); never one holding other files.",
         ),
     ] = Path("headscope-results/sweep"),
     overwrite: Annotated[

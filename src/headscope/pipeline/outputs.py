@@ -15,6 +15,11 @@ Every command that writes results goes through :class:`ResultDir` (a directory o
    earlier run is left beside the new ones.
 4. On any failure or Ctrl-C the staging directory is removed and the old set is untouched.
 
+The sweep adds to its folder entry by entry instead (a rerun resumes it), so it is not written
+all at once; it writes the same manifest into ``--out`` before its first file, and
+:func:`check_resumable` lets it write only into a new or empty folder or one holding an earlier
+sweep's results: never among files headscope did not write (exit 4, whatever ``--overwrite`` says).
+
 Disk errors (full, read-only, permission) become one-line :class:`OutputError` messages.
 ``--out`` that is a FIFO, a device, a socket or a symbolic link is never replaced
 (:func:`refuse_special`, exit 5), whatever ``--overwrite`` says.
@@ -386,14 +391,8 @@ class ResultDir:
 
     def commit(self) -> list[Path]:
         """Move the staged set into place (old set aside, new set in, old set deleted); returns the paths."""
-        manifest = {
-            "command": self.command,
-            "headscope": __version__,
-            "written": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "files": self.written,
-        }
         try:
-            (self.staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
+            (self.staging / MANIFEST).write_text(_manifest(self.command, self.written))
             _normal_permissions(self.staging)
         except OSError as exc:
             raise describe_os_error(exc, self.target) from None
@@ -428,6 +427,76 @@ def check_replaceable(target: Path, overwrite: bool) -> None:
             f"{target} already holds results ({shown}); nothing was written",
             hint="pass --overwrite to replace them, or choose another --out",
         )
+
+
+def _manifest(command: str, files: list[str]) -> str:
+    """The manifest's text: which command and version wrote the folder, when, and its files."""
+    manifest = {
+        "command": command,
+        "headscope": __version__,
+        "written": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "files": files,
+    }
+    return json.dumps(manifest, indent=2)
+
+
+def read_manifest(target: Path) -> dict | None:
+    """The manifest headscope wrote into ``target``, or None (none there, or not one headscope wrote)."""
+    try:
+        manifest = json.loads((target / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) else None
+
+
+def _is_temporary(name: str) -> bool:
+    """A temporary file of :func:`headscope.atomic.write_atomic` (``.NAME.PID-XXXX.partial``)."""
+    import re
+
+    return re.match(r"^\..*\.\d+-[^.]*\.partial$", name) is not None
+
+
+def check_resumable(target: Path, command: str, names: tuple[str, ...], earlier: Callable[[Path], bool]) -> None:
+    """Refuse (exit 4) a ``target`` that ``command``, which adds to its folder instead of replacing it
+    (the sweep: a rerun resumes it), may not write into.
+
+    It may write into a new or empty folder, one whose manifest says ``command`` wrote it, or one
+    an earlier version of it wrote before it wrote a manifest: nothing but ``names`` (and
+    temporary files) there, and ``earlier(target)`` true. Anything else is refused, whatever
+    ``--overwrite`` says: headscope never writes among files it did not write, nor into another
+    command's result set.
+    """
+    if not target.is_dir():
+        return
+    entries = sorted(p.name for p in target.iterdir())
+    if not entries:
+        return
+    shown = ", ".join(entries[:3]) + (" ..." if len(entries) > 3 else "")
+    hint = (
+        f"choose a new or empty directory for --out, or the --out of an earlier {command} to resume it "
+        f"(headscope {command} writes only into its own folders)"
+    )
+    manifest = read_manifest(target)
+    if manifest is not None:
+        if manifest.get("command") == command:
+            return
+        raise OutputExists(
+            f"--out {target} holds the results of `headscope {manifest.get('command')}` ({shown}), "
+            f"not a {command}'s; nothing was written",
+            hint=hint,
+        )
+    own = [n for n in entries if not _is_temporary(n)]
+    if not own or (set(own) <= set(names) and earlier(target)):
+        return
+    raise OutputExists(
+        f"--out {target} already holds files headscope did not write ({shown}); nothing was written",
+        hint=hint,
+    )
+
+
+def mark_results(target: Path, command: str, files: list[str]) -> None:
+    """Write ``command``'s manifest into ``target`` (a folder that ``command`` adds to, the sweep's)."""
+    write_file_atomic(target / MANIFEST, _manifest(command, files))
 
 
 class ResultFile:

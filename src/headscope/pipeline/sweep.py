@@ -44,8 +44,10 @@ __all__ = ["SUMMARY_DEFINITIONS", "SweepEntry", "SweepResult", "plan_sweep", "ru
 from ..scan.induction_scan import scan_induction
 from ..settings import ScanSettings
 from .outputs import (
+    check_resumable,
     clean_stale_files,
     describe_os_error,
+    mark_results,
     output_lock,
     probe_writable,
     refuse_special,
@@ -55,8 +57,10 @@ from .outputs import (
 #: Scan settings that change the numbers: an entry computed with other values is not reused.
 RESULT_SETTINGS = ("seq_len", "batch", "repeats", "seed", "top_k", "ablate", "ablation", "dtype")
 #: What run_sweep scans with unless told otherwise (ablation off: a sweep wants the scores and
-#: the loss; the causal check costs top_k + 2 more passes per entry).
+#: the loss; the causal check costs top_k + 1 + 10 control passes per entry).
 DEFAULT_SCAN = ScanSettings(ablate=False)
+#: What a sweep writes into its --out (listed in the manifest it writes there before its first file).
+SWEEP_FILES = ("entries", "sweep.csv", "sweep.json", "sweep.png")
 
 _STEP = re.compile(r"(?:^|[^a-z])(?:global_?step|step|checkpoint|ckpt|iter)[-_]?(\d+)$", re.IGNORECASE)
 
@@ -201,6 +205,16 @@ def read_entry(out_dir: Path, entry: SweepEntry) -> dict | None:
     return rec if isinstance(rec, dict) and "summary" in rec and "settings" in rec else None
 
 
+def _earlier_sweep(out: Path) -> bool:
+    """Whether ``out`` (which holds only a sweep's names and no manifest) is a sweep that a headscope
+    from before sweeps wrote a manifest left: its ``sweep.json`` is a sweep table."""
+    try:
+        table = json.loads((out / "sweep.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(table, dict) and {"settings", "entries", "failures", "definitions"} <= set(table)
+
+
 def _differences(a: dict, b: dict) -> list[str]:
     return [f"{k} {a.get(k)!r} (now {b.get(k)!r})" for k in RESULT_SETTINGS if a.get(k) != b.get(k)]
 
@@ -295,6 +309,9 @@ def run_sweep(
     ``settings`` (a :class:`~headscope.settings.ScanSettings`; default :data:`DEFAULT_SCAN`),
     its fields replaced by the ``scan`` keywords (``seq_len=``, ``ablate=``, ...), is what every
     entry is scanned with.
+    ``out_dir`` must be new, empty or an earlier sweep's (its manifest says so): a folder
+    holding files headscope did not write, or another command's results, raises
+    :class:`~headscope.errors.OutputExists` (exit 4) before anything runs, ``rerun`` or not.
     Entries already in ``out_dir`` with the same result settings are skipped unless
     ``rerun``; finding results made with other settings raises :class:`BadInput` before
     anything runs (nothing is overwritten unless ``rerun``). An entry that fails (a model
@@ -320,6 +337,8 @@ def run_sweep(
     probe_writable(out, out)
     try:
         with output_lock(out):  # a second sweep into the same --out fails at once (exit 4)
+            # only into a new or empty folder or an earlier sweep's (resumed): never among the user's files (exit 4)
+            check_resumable(out, "sweep", SWEEP_FILES, _earlier_sweep)
             clean_stale_files(out)
             clean_stale_files(out / "entries")
             return _run_sweep(
@@ -404,6 +423,7 @@ def _run_sweep(
     outcomes = executor.run(jobs, emit)
     try:
         with contextlib.closing(outcomes):  # closing stops an executor's outstanding work on Ctrl-C
+            mark_results(out, "sweep", list(SWEEP_FILES))  # a sweep's folder from its first file on: resumable
             for job, rec, failure in outcomes:
                 if failure is not None:
                     failures.append(failure)
