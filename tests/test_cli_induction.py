@@ -55,15 +55,26 @@ def test_controls_sets_how_many_random_control_draws_the_causal_check_makes(smal
     assert doc["settings"]["controls"] == 3
 
 
-def test_the_top_heads_table_fits_an_80_column_terminal_with_every_head_and_interval_whole(small):
+def test_the_top_heads_table_fits_an_80_column_terminal_with_every_head_and_interval_whole(small, monkeypatch):
     import re
 
+    monkeypatch.setenv("COLUMNS", "80")  # a terminal 80 columns wide (a pipe gets PIPE_WIDTH)
     r = run(*small)
     assert r.exit_code == 0, r.output
     rows = [line for line in r.stdout.splitlines() if re.match(r"^L\d+H\d+ ", line)]
     assert len(rows) == 2  # --top 2, each on one line: nothing folded
     assert all(len(line) <= 80 for line in r.stdout.splitlines())
     assert all(re.search(r"[+-]\d\.\d\d \[[+-]\d\.\d\d,[+-]\d\.\d\d\]", line) for line in rows)
+
+
+def test_a_pipe_gets_whole_tables_not_80_columns(small, monkeypatch):
+    from headscope.cli._common import PIPE_WIDTH
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    r = run(*small)
+    assert r.exit_code == 0, r.output
+    assert max(len(line) for line in r.stdout.splitlines()) > 80
+    assert all(len(line) <= PIPE_WIDTH for line in r.stdout.splitlines())
 
 
 def test_writes_csv_and_every_figure(small, tmp_path):

@@ -178,10 +178,22 @@ JsonOpt = Annotated[
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")]
 
 
+#: Columns of a table written to a pipe or a file (rich's default there is 80, which cut numbers to "+…").
+PIPE_WIDTH = 200
+
+
+def _console(stderr: bool = False) -> Console:
+    """A console as wide as the terminal; :data:`PIPE_WIDTH` where the output is not one and COLUMNS is unset."""
+    console = Console(stderr=stderr)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(stderr=stderr, width=PIPE_WIDTH)
+    return console
+
+
 def consoles(json_mode: bool) -> tuple[Console, Console]:
     """(out, err): with --json, human output goes to stderr so stdout is pure JSON."""
-    err = Console(stderr=True)
-    return (err if json_mode else Console()), err
+    err = _console(stderr=True)
+    return (err if json_mode else _console()), err
 
 
 def handle_errors(fn: Callable) -> Callable:
@@ -402,7 +414,7 @@ def say_notes(err: Console, notes) -> None:
 def say_written(err: Console, target: Path, paths: list[Path], what: str | None = None, seconds: float | None = None):
     """The closing line: how many files went where (``what``: a summary instead of every name), and how long."""
     err.print(
-        f"[green]Wrote {len(paths)} files to {target}/[/]"
+        f"[green]Wrote {len(paths)} file{'s' if len(paths) != 1 else ''} to {target}/[/]"
         + (f" ({what})" if what else ": " + ", ".join(p.name for p in paths))
         + (f" in {seconds:.0f} s" if seconds is not None else ""),
         highlight=False,
