@@ -213,7 +213,8 @@ def test_existing_results_are_not_overwritten_without_overwrite(tiny_gpt2_dir, t
     assert run(*args, "--head", "1.0").exit_code == 0
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     r = run(*args, "--head", "0.1")
-    assert r.exit_code == 4 and "already holds results" in said(r) and "--overwrite" in said(r)
+    assert r.exit_code == 4 and "already holds results of `headscope logits`" in said(r)
+    assert "--overwrite to replace them (they are deleted)" in said(r)
     assert "Loaded" not in r.stderr  # refused before the model loads
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing touched
     assert run(*args, "--head", "0.1", "--overwrite").exit_code == 0

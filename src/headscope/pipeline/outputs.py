@@ -419,13 +419,16 @@ def check_replaceable(target: Path, overwrite: bool) -> None:
         )
     if not overwrite:
         try:
-            files = json.loads(manifest.read_text()).get("files", [])
+            written = json.loads(manifest.read_text())
         except (OSError, ValueError):
-            files = entries
+            written = {}
+        files = written.get("files", entries) if isinstance(written, dict) else entries
+        command = written.get("command") if isinstance(written, dict) else None
         shown = ", ".join(files[:4]) + (" ..." if len(files) > 4 else "")
+        whose = f"results of `headscope {command}`" if isinstance(command, str) and command else "results"
         raise OutputExists(
-            f"{target} already holds results ({shown}); nothing was written",
-            hint="pass --overwrite to replace them, or choose another --out",
+            f"{target} already holds {whose} ({shown}); nothing was written",
+            hint="pass --overwrite to replace them (they are deleted), or choose another --out",
         )
 
 
