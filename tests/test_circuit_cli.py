@@ -85,3 +85,83 @@ def test_the_story_states_measured_paths_with_intervals(tiny_gpt2):
     assert s.logit_paths[0]["effect"] == pytest.approx(float(ref.effect[0]), abs=1e-9)
     assert any("measured by path patching" in f for f in a.findings())
     assert np.isfinite([p["effect"] for p in s.k_paths]).all()
+
+
+def flat(r) -> str:
+    """The command's output on one line (rich wraps long lines and draws boxes)."""
+    return " ".join(r.output.replace("│", " ").split())
+
+
+def test_a_sender_or_receiver_the_model_lacks_is_refused_before_any_patching(tiny_gpt2_dir, tmp_path, monkeypatch):
+    import headscope.pipeline.circuit_analysis as ca
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("patching started although a head does not exist")
+
+    monkeypatch.setattr(ca, "cache_run", no_work)
+    out = tmp_path / "o"
+    # the tiny GPT-2 has 2 layers x 4 heads: L1H4 (a head too many) and L2H0 (a layer too many) do not exist
+    for option, spec in (("--receivers", "logits,L1H4.q"), ("--senders", "L0H1,L2H0")):
+        r = run("--model", tiny_gpt2_dir, "--device", "cpu", "--examples", "3", "--seq-len", "5", option, spec,
+                "--out", out)  # fmt: skip
+        text = flat(r)
+        assert r.exit_code == 2, r.output
+        assert option in text and ("L1H4" in text or "L2H0" in text) and "2 layers x 4 heads" in text, text
+        assert "L0H0 to L1H3" in text and "hint:" in text and "Traceback" not in r.output
+        assert not out.exists()
+
+
+def test_paths_no_sender_can_reach_are_refused_before_the_model_loads(tmp_path):
+    out = tmp_path / "o"
+    # a sender in a later layer than its receiver, and a receiver in layer 0 (no head lies before it);
+    # the model is never loaded (it would fail with exit code 3), nothing is written
+    for args, said in (
+        (["--senders", "L20H0", "--receivers", "L18H6.k"], "L20H0 (layer 20) -> L18H6.k (layer 18)"),
+        (["--senders", "L3H0,L18H1", "--receivers", "L18H6.k"], "L18H1 (layer 18) -> L18H6.k"),
+        (["--receivers", "L0H0.k"], "layer 0 has no earlier head"),
+        (["--receivers", "logits,L0H0.k"], "into L0H0.k"),
+    ):
+        r = run("--model", "no-such-model-is-ever-loaded", *args, "--out", out)
+        text = flat(r)
+        assert r.exit_code == 2, r.output
+        assert "senders must be in layers before the receiver's" in text and said in text, text
+        assert "L3H0 (layer" not in text and not out.exists()
+
+
+def test_paths_only_some_receivers_can_take_are_skipped_with_a_note_and_the_files_named(tiny_gpt2_dir, tmp_path):
+    out = tmp_path / "o"
+    r = run("--model", tiny_gpt2_dir, "--device", "cpu", "--examples", "3", "--seq-len", "5", "--steps", "paths",
+            "--senders", "L0H1,L1H0", "--receivers", "L1H2.k,logits", "--no-figures", "--out", out)  # fmt: skip
+    assert r.exit_code == 0, r.output
+    data = json.loads((out / "circuit.json").read_text())
+    got = {p["receiver"]: sorted(x["sender"] for x in p["paths"]) for p in data["path_patching"]}
+    assert got == {"L1H2.k": ["L0H1"], "logits": ["L0H1", "L1H0"]}, got
+    text = flat(r)
+    assert "path L1H0 -> L1H2.k skipped" in text, text
+    # the closing line names what was written: no activation patching ran, so there is no CSV of it
+    written = {p.name for p in out.iterdir()} - {".headscope.json"}
+    assert {"circuit.json", "path_patching.csv"} <= written and "activation_patching.csv" not in written
+    wrote = text[text.index("Wrote") :]
+    assert "(circuit.json, path_patching.csv)" in wrote and "activation" not in wrote and "CSVs" not in wrote, wrote
+
+
+def test_a_task_of_one_example_is_refused_its_intervals_would_be_a_single_sample(tiny_gpt2_dir, tiny_gpt2, tmp_path):
+    out = tmp_path / "o"
+    r = run("--model", "no-such-model-is-ever-loaded", "--examples", "1", "--out", out)  # refused before loading
+    text = flat(r)
+    assert r.exit_code == 2 and "--examples 1" in text and "intervals need at least 2 examples" in text, text
+    pairs = tmp_path / "one.jsonl"
+    pairs.write_text(
+        '{"clean": "When Mary and John went to the store, John gave a drink to", "corrupt": "When Mary and John '
+        'went to the store, Mary gave a drink to", "answer": " Mary", "wrong": " John"}\n'
+    )
+    r = run("--model", tiny_gpt2_dir, "--device", "cpu", "--pairs", pairs, "--out", out)
+    text = flat(r)
+    assert r.exit_code == 2 and "1 pair" in text and "intervals need at least 2 examples" in text, text
+    assert not out.exists()
+    # the same rule for a task built in Python
+    from headscope.errors import BadInput
+    from headscope.pipeline.circuit_analysis import analyze_circuit
+
+    with pytest.raises(BadInput, match="at least 2 examples"):
+        analyze_circuit(tiny_gpt2, induction_task(tiny_gpt2, n_examples=1, seq_len=5))

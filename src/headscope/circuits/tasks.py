@@ -251,6 +251,12 @@ def load_pairs(model, path: str | Path, metric: str = "logit_diff") -> CircuitTa
             f"pairs differ in token count ({sorted(lengths)}); line(s) {odd[:5]} differ from line {rows[0][0]}",
             hint="every pair must tokenise to the same number of tokens so the examples share positions",
         )
+    if len(rows) < 2:
+        raise BadInput(
+            f"{p} holds 1 pair: every number's 95% interval is a bootstrap over the pairs, and one pair gives "
+            "none (a zero-width interval from a single sample)",
+            hint="intervals need at least 2 examples: add pairs to the file",
+        )
     clean = torch.tensor([c for c, _, _, _ in pairs], dtype=torch.long)
     corrupt = torch.tensor([c for _, c, _, _ in pairs], dtype=torch.long)
     n = clean.shape[1]

@@ -11,7 +11,7 @@ import typer
 from ..circuits.eap import DEFAULT_IG_STEPS
 from ..circuits.tasks import METRIC_DEFINITIONS, METRICS, PAIRS_FORMAT, induction_task, load_pairs
 from ..errors import BadInput
-from ..pipeline.circuit_analysis import CircuitSettings, analyze_circuit
+from ..pipeline.circuit_analysis import CircuitSettings, analyze_circuit, check_examples
 from ..pipeline.files import circuit_files
 from ..progress import Progress
 from ..render.lookup import view_of
@@ -152,10 +152,13 @@ def circuit_cmd(
     if steps:
         settings.steps = tuple(_split(steps) or ())
     settings.check()
+    if pairs is None:
+        check_examples(examples)
     where = load_settings(model, device, device_map, dtype)
     t0 = time.perf_counter()
     with result_dir("circuit", out, model, overwrite) as rd:
         m = load(err, where)
+        settings.check_model_heads(m.n_layers, m.n_heads, m.name)
         task = load_pairs(m, pairs, metric) if pairs else induction_task(m, examples, seq_len, seed, metric)
         prog = Progress(progress_enabled(), console=err, lines=True)
         with prog.running():
@@ -170,6 +173,11 @@ def circuit_cmd(
         typer.echo(a.to_json())
     say_notes(err, a.notes)
     view_of(a).terminal(a, con)
-    say_written(
-        err, rd.target, paths, "circuit.json, CSVs" + ("" if no_figures else ", figures/*.png"), a.timings["total_s"]
-    )
+    say_written(err, rd.target, paths, _written_summary(paths), a.timings["total_s"])
+
+
+def _written_summary(paths: list[Path]) -> str:
+    """What was written, by name (figures counted): ``circuit.json, path_patching.csv, 3 figures (figures/*.png)``."""
+    names = [p.name for p in paths if p.parent.name != "figures"]
+    figures = len(paths) - len(names)
+    return ", ".join(names + ([f"{figures} figure{'s' if figures != 1 else ''} (figures/*.png)"] if figures else []))

@@ -63,10 +63,9 @@ class CircuitSettings:
         unknown = [s for s in self.steps if s not in STEPS]
         if unknown:
             raise BadInput(f"unknown step(s) {unknown}", hint=f"use some of {', '.join(STEPS)}")
-        for spec in self.receivers or []:
-            parse_receiver(spec, None)
-        for spec in self.senders or []:
-            parse_head(spec, _ANY, _ANY)
+        receivers = [parse_receiver(spec, None) for spec in self.receivers or []]
+        senders = parse_heads(self.senders, _ANY, _ANY) if self.senders else None
+        check_path_order(senders, receivers)
         if self.method not in METHODS:
             raise BadInput(f"unknown --method {self.method!r}", hint=f"use one of {', '.join(METHODS)}")
         if self.ig_steps < 1 or self.top_edges < 1 or self.edge_sample < 0:
@@ -75,8 +74,112 @@ class CircuitSettings:
                 hint="--ig-steps and --top-edges must be at least 1, --edge-sample at least 0",
             )
 
+    def check_model_heads(self, n_layers: int, n_heads: int, model_name: str = "the model") -> None:
+        """Every ``--senders`` and ``--receivers`` head exists in a model of ``n_layers`` x ``n_heads``
+        (run as soon as the model is loaded, before anything is patched).
+
+        >>> CircuitSettings(receivers=["logits", "L9H9.q"]).check_model_heads(30, 9, "SmolLM2")
+        Traceback (most recent call last):
+        ...
+        headscope.errors.BadInput: --receivers L9H9.q: head 9 does not exist; SmolLM2 has 30 layers x 9 heads, L0H0 to L29H8 (layers 0..29, heads 0..8); nothing was patched or written
+          hint: name heads of this model (a head name from another model, such as GPT-2's L9H9, needs that model: --model gpt2)
+        """
+        for option, specs in (("--senders", self.senders), ("--receivers", self.receivers)):
+            for spec in (x.strip() for item in specs or [] for x in item.split(",") if x.strip()):
+                try:
+                    if option == "--senders":
+                        parse_head(spec, n_layers, n_heads)
+                    else:
+                        parse_receiver(spec, n_layers, n_heads)
+                except BadInput as exc:
+                    problem = exc.message.split(";")[0].split(": ", 1)[-1]
+                    raise BadInput(
+                        f"{option} {spec}: {problem}; {model_name} has {n_layers} layers x {n_heads} heads, "
+                        f"L0H0 to {head_label(n_layers - 1, n_heads - 1)} (layers 0..{n_layers - 1}, heads "
+                        f"0..{n_heads - 1}); nothing was patched or written",
+                        hint="name heads of this model (a head name from another model, such as GPT-2's L9H9, "
+                        "needs that model: --model gpt2)",
+                    ) from None
+
 
 _ANY = 10**6  # head specs are range-checked against the model once it is loaded
+MIN_EXAMPLES = 2  # every number's interval is a bootstrap over the examples
+
+
+def check_examples(n_examples: int, task: str | None = None) -> None:
+    """Refuse a task of fewer than :data:`MIN_EXAMPLES` examples (``task``: its name; None: ``--examples``):
+    a bootstrap over one example is that example's value at both ends, an interval of zero width that
+    claims a certainty one sample cannot give.
+
+    >>> check_examples(1)
+    Traceback (most recent call last):
+    ...
+    headscope.errors.BadInput: --examples 1: every number's 95% interval is a bootstrap over the examples, and one example gives none (a zero-width interval from a single sample)
+      hint: intervals need at least 2 examples: use --examples 2 or more (the default is 10)
+    """
+    if n_examples >= MIN_EXAMPLES:
+        return
+    what = f"--examples {n_examples}" if task is None else f"the task {task!r} has {n_examples} example(s)"
+    fix = "use --examples 2 or more (the default is 10)" if task is None else "give it more examples"
+    raise BadInput(
+        f"{what}: every number's 95% interval is a bootstrap over the examples, and one example gives none "
+        "(a zero-width interval from a single sample)",
+        hint=f"intervals need at least {MIN_EXAMPLES} examples: {fix}",
+    )
+
+
+def check_path_order(senders: list[tuple[int, int]] | None, receivers: list[Receiver]) -> list[str]:
+    """Refuse named receivers no path can reach: a head receiver in layer 0 (no head lies before it), a
+    receiver with none of ``senders`` in an earlier layer, a sender in no layer before any receiver.
+    Returns the pairs that are skipped (a sender not below one receiver but below another), as notes.
+
+    A receiver's senders must sit in layers before its own (``logits``: any layer).
+
+    >>> check_path_order([(20, 0)], [Receiver("k", 18, 6)])
+    Traceback (most recent call last):
+    ...
+    headscope.errors.BadInput: no path to compute: senders must be in layers before the receiver's, and L20H0 (layer 20) -> L18H6.k (layer 18) is not; nothing was patched or written
+      hint: name senders in layers before each receiver's (L18H6.k: layers 0..17), or a later receiver (logits takes any sender)
+    >>> print(*check_path_order([(0, 1), (5, 3)], [Receiver("k", 18, 6), Receiver("q", 3, 0)]))
+    path L5H3 -> L3H0.q skipped: senders must be in layers before the receiver's (L3H0.q is in layer 3)
+    """
+    heads = [r for r in receivers if r.input != "logits"]
+    first = [r.label for r in heads if r.depth(_ANY) == 0]
+    if first:
+        raise BadInput(
+            f"no path to compute into {', '.join(first)}: senders must be in layers before the receiver's, and "
+            "layer 0 has no earlier head; nothing was patched or written",
+            hint="name receivers in layer 1 or above, or logits",
+        )
+    if not senders or not receivers:
+        return []
+    depth = {r.label: r.depth(_ANY) for r in receivers}
+    empty = [r for r in heads if not any(layer < depth[r.label] for layer, _ in senders)]
+    useless = [s for s in senders if not any(s[0] < d for d in depth.values())]
+    if empty or useless:
+        bad = [
+            f"{head_label(*s)} (layer {s[0]}) -> {r.label} (layer {depth[r.label]})"
+            for r in heads
+            for s in senders
+            if s[0] >= depth[r.label] and (r in empty or s in useless)
+        ]
+        where = ", ".join(f"{r.label}: layers 0..{depth[r.label] - 1}" for r in heads if r in empty or useless)
+        raise BadInput(
+            "no path to compute: senders must be in layers before the receiver's, and "
+            + ", ".join(bad[:8])
+            + (f" and {len(bad) - 8} more" if len(bad) > 8 else "")
+            + (" is" if len(bad) == 1 else " are")
+            + " not; nothing was patched or written",
+            hint=f"name senders in layers before each receiver's ({where}), or a later receiver "
+            "(logits takes any sender)",
+        )
+    return [
+        f"path {head_label(*s)} -> {r.label} skipped: senders must be in layers before the receiver's "
+        f"({r.label} is in layer {depth[r.label]})"
+        for r in heads
+        for s in senders
+        if s[0] >= depth[r.label]
+    ]
 
 
 def parse_receiver(spec: str, n_layers: int | None, n_heads: int | None = None) -> Receiver:
@@ -156,6 +259,7 @@ def step_paths(ctx: CircuitContext) -> None:
     )  # fmt: skip
     if s.receivers:
         receivers = [parse_receiver(r, n_layers, n_heads) for r in s.receivers]
+        ctx.analysis.notes.extend(check_path_order(senders, receivers))
     elif ctx.task.name == "induction":
         ctx.induction_heads = ctx.induction_heads or _top_induction_heads(ctx)
         receivers = [Receiver(w, l, h) for l, h in ctx.induction_heads for w in ("k", "q")]
@@ -164,7 +268,8 @@ def step_paths(ctx: CircuitContext) -> None:
     for r in receivers:
         ss = [x for x in senders if x[0] < r.depth(n_layers)] if senders else None
         if (senders and not ss) or r.depth(n_layers) == 0:
-            continue  # nothing lies below this receiver
+            ctx.analysis.notes.append(f"no path into {r.label}: no sender lies in a layer before it")
+            continue
         ctx.analysis.paths.append(path_patching(ctx.model, ctx.task, ss, r, **kw))
     if s.receivers or ctx.task.name != "induction":
         return
@@ -224,6 +329,8 @@ def analyze_circuit(
     s = settings or CircuitSettings()
     s.check()
     m = as_model(model)
+    s.check_model_heads(m.n_layers, m.n_heads, m.name)
+    check_examples(task.n_examples, None if task.name == "induction" else task.name)
     t0 = time.perf_counter()
     clean, corrupt = cache_run(m, task.clean, task, s.fused), cache_run(m, task.corrupt, task, s.fused)
     gap = float(clean.metric.mean() - corrupt.metric.mean())
