@@ -10,6 +10,7 @@ list of other roles is the registry's; a command module that fails to import is 
 from __future__ import annotations
 
 import json
+import re
 import sys
 
 import pytest
@@ -162,14 +163,24 @@ def test_a_role_no_head_reaches_names_no_head_for_it(tiny_gpt2_dir, tmp_path):
     """Before: "Successor heads: L23H3 0.15, ..." listed the top scorers of a role none of them held."""
     out = tmp_path / "out"
     args = ["induction", "--model", str(tiny_gpt2_dir), *SCAN, "--out", str(out)]
-    r = runner.invoke(app, [*args, "--threshold", "previous_token=5", "--threshold", "duplicate_token=-5"])
+    r = runner.invoke(app, [*args, "--threshold", "previous_token=1", "--threshold", "duplicate_token=0"])
     assert r.exit_code == 0, r.output
     scores = json.loads((out / "scores.json").read_text())["scores"]
     best_prev = max(v for row in scores["previous_token"] for v in row)
+    assert best_prev < 1
     line = next(x for x in r.stdout.splitlines() if x.startswith("Previous-token heads: "))
-    assert line.startswith("Previous-token heads: none at >= 5 (highest: ") and f"{best_prev:.2f})" in line
+    assert line.startswith("Previous-token heads: none at >= 1 (highest: ") and f"{best_prev:.2f})" in line
     line = next(x for x in r.stdout.splitlines() if x.startswith("Duplicate-token heads: "))
     assert "none" not in line and len(line.split(", ")) == 3  # every head holds it: the best 3 named
+
+
+@pytest.mark.parametrize("item, says", [("induction=-5", "[0, 1]"), ("copying=7", "[-1, 1]")])
+def test_a_threshold_outside_the_score_s_range_is_refused(item, says):
+    from headscope.cli._common import parse_thresholds
+
+    with pytest.raises(BadInput, match=re.escape(says)):
+        parse_thresholds([item])
+    assert parse_thresholds(["induction=0", "copying=-1"]) == {"induction": 0.0, "copying": -1.0}
 
 
 def test_qk_and_logits_refuse_an_empty_token_the_same_way(tiny_gpt2_dir, tmp_path):

@@ -24,6 +24,7 @@ from ..head_labels import is_head_spec
 from ..models import DEFAULT_MODEL
 from ..scan import check_settings
 from ..scores import default_thresholds
+from ..scores import score as declared_score
 from ..settings import LoadSettings, ScanSettings
 
 #: Global state set by the root callback (``headscope --debug ...``).
@@ -262,6 +263,12 @@ def parse_thresholds(items: list[str] | None) -> dict[str, float]:
             raise BadInput(f"bad --threshold {item!r}: {value!r} is not a number") from None
         if not math.isfinite(v):
             raise BadInput(f"bad --threshold {item!r}: {value!r} is not a finite number", hint="e.g. induction=0.5")
+        lo, hi = declared_score(name).vmin, declared_score(name).vmax
+        if lo is not None and hi is not None and not lo <= v <= hi:
+            raise BadInput(
+                f"bad --threshold {item!r}: {name} scores lie in [{lo:g}, {hi:g}], so every head or none would take the role",
+                hint=f"use a value from {lo:g} to {hi:g} (the default is {known[name]:g})",
+            )
         out[name] = v
     return out
 
