@@ -455,3 +455,99 @@ def test_serve_refuses_unsafe_or_bad_options_before_loading(args, says, monkeypa
     result = CliRunner().invoke(app, ["serve", "--no-browser", *args])
     assert result.exit_code == 2, result.output
     assert says in result.output
+
+
+def test_serve_on_a_taken_port_fails_before_loading_and_says_which(monkeypatch):
+    """Another program listens on the port: `headscope serve` says so at once (exit 2, a hint), before any
+    model loads (the loader would fail the test), and never prints an address."""
+    import socket
+
+    from typer.testing import CliRunner
+
+    import headscope.models
+    from headscope.cli import app
+
+    monkeypatch.setattr(headscope.models, "load_model", lambda *a, **k: pytest.fail("the model loaded"))
+    with socket.socket() as other:  # a plain listener, as another program would hold it
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        result = CliRunner().invoke(app, ["serve", "--no-browser", "--port", str(port)])
+    assert result.exit_code == 2, result.output
+    assert f"127.0.0.1:{port}" in result.output and "already in use" in result.output
+    assert "choose another --port (or stop the program using it)" in result.output
+    assert "headscope explorer on" not in result.output
+
+
+def test_bind_says_what_is_wrong_with_the_address():
+    import socket
+
+    from headscope.explorer.app import bind
+
+    with pytest.raises(BadInput, match="not an address of this machine") as info:
+        bind("192.0.2.1", 0)  # TEST-NET-1: on no machine
+    assert "--host" in (info.value.hint or "")
+    with bind("127.0.0.1", 0) as sock:  # bound and listening: a connection is queued before serving starts
+        socket.create_connection(sock.getsockname(), timeout=5).close()
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 here")
+    other = socket.socket(socket.AF_INET6)
+    try:
+        other.bind(("::1", 0))
+    except OSError:
+        other.close()
+        pytest.skip("no IPv6 loopback here")
+    with other:
+        other.listen()
+        with pytest.raises(BadInput, match=r"\[::1\]:\d+: the address is already in use"):
+            bind("::1", other.getsockname()[1])
+
+
+def test_serve_says_what_it_prepares_and_the_address_only_once_it_answers(tiny_llama_dir):
+    """The real command on a tiny model: a line says what the pause after loading is for, then the
+    address, which answers by the time it is printed."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    import httpx
+
+    from _signals import sigint_as_default
+
+    with socket.socket() as probe:  # a port free now
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    cmd = [sys.executable, "-m", "headscope", "serve", "--no-browser", "--device", "cpu"]
+    cmd += ["--model", str(tiny_llama_dir), "--port", str(port)]
+    proc = subprocess.Popen(
+        cmd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "NO_COLOR": "1"},
+        preexec_fn=sigint_as_default,
+    )
+    lines: list[str] = []
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.append(line)
+            if "headscope explorer on" in line:
+                break
+        said = "".join(lines)
+        assert f"headscope explorer on http://127.0.0.1:{port}/" in said, said
+        assert httpx.get(f"http://127.0.0.1:{port}/api/info", timeout=10).json()["n_layers"] == 3
+        prepared = [i for i, line in enumerate(lines) if line.startswith("Preparing the explorer")]
+        loaded = [i for i, line in enumerate(lines) if line.startswith("Loaded ")]
+        assert loaded and prepared and loaded[0] < prepared[0] < len(lines) - 1, said
+        assert "the address follows" in lines[prepared[0]]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

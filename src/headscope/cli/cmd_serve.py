@@ -61,7 +61,7 @@ def serve_cmd(
     Example: headscope serve --model smollm2-135m-instruct-q4
     """
     from ..errors import BadInput
-    from ..explorer.app import LOOPBACK, Limits, serve
+    from ..explorer.app import LOOPBACK, Limits, bind, serve
     from ..explorer.engine import Explorer
 
     _, err = consoles(False)
@@ -70,17 +70,25 @@ def serve_cmd(
             f"--host {host} would let other machines reach the explorer",
             hint="pass --expose as well (a token is then required), or keep the default 127.0.0.1",
         )
-    m = load(err, load_settings(model, device, device_map, dtype))
-    explorer = Explorer(m, max_tokens=max_tokens)
-    with err.status("Scoring the model on repeated random tokens (once)..."):
-        explorer.scan()
-    serve(
-        explorer,
-        host,
-        port,
-        expose=expose,
-        open_browser=not no_browser,
-        say=lambda s: err.print(s, highlight=False),
-        limits=Limits(max_chars=max_chars),
-        max_waiting=queue,
-    )
+    # the address first: a port another program holds fails now, not after the model has loaded
+    with bind(host, port) as sock:
+        m = load(err, load_settings(model, device, device_map, dtype))
+        err.print(
+            "Preparing the explorer: scoring every head on repeated random tokens, once (the address follows)",
+            highlight=False,
+            soft_wrap=True,
+        )
+        explorer = Explorer(m, max_tokens=max_tokens)
+        with err.status("Scoring the model on repeated random tokens..."):
+            explorer.scan()
+        serve(
+            explorer,
+            host,
+            port,
+            expose=expose,
+            open_browser=not no_browser,
+            say=lambda s: err.print(s, highlight=False, soft_wrap=True),  # the address never broken
+            limits=Limits(max_chars=max_chars),
+            max_waiting=queue,
+            sock=sock,
+        )

@@ -25,9 +25,11 @@ Safety, by default:
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import secrets
+import socket
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
@@ -260,6 +262,50 @@ def make_app(
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def bind(host: str = "127.0.0.1", port: int = 8765) -> socket.socket:
+    """The server's listening socket, made before anything slow: a taken ``port`` fails at once, with a hint.
+
+    Bound as uvicorn binds (``SO_REUSEADDR``: a port an earlier run left in TIME_WAIT is reused, one
+    another program listens on is not) and listening, so the address stays this process's until
+    :func:`serve` answers on it. Close it (``with bind(...) as sock:``) if :func:`serve` is never called.
+    """
+    from ..errors import BadInput
+
+    where = _address(host, port)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)  # uvicorn's default backlog
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise BadInput(
+                f"cannot serve on {where}: the address is already in use by another program",
+                hint="choose another --port (or stop the program using it)",
+            ) from None
+        if exc.errno == errno.EACCES:
+            raise BadInput(
+                f"cannot serve on {where}: not allowed to listen on port {port}",
+                hint="choose another --port (ports below 1024 need administrator rights)",
+            ) from None
+        if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
+            raise BadInput(
+                f"cannot serve on {where}: {host} is not an address of this machine",
+                hint="pass one it has to --host (127.0.0.1, or 0.0.0.0 with --expose for every interface)",
+            ) from None
+        raise BadInput(
+            f"cannot serve on {where}: {exc.strerror or exc}", hint="choose another --host or --port"
+        ) from None
+    sock.set_inheritable(True)
+    return sock
+
+
 def serve(
     explorer: Explorer,
     host: str = "127.0.0.1",
@@ -270,8 +316,14 @@ def serve(
     say: Callable[[str], None] = print,
     limits: Limits | None = None,
     max_waiting: int = 8,
+    sock: socket.socket | None = None,
 ) -> None:
-    """Serve ``explorer`` until interrupted. A non-loopback ``host`` needs ``expose=True`` and gets a token."""
+    """Serve ``explorer`` until interrupted. A non-loopback ``host`` needs ``expose=True`` and gets a token.
+
+    ``sock``: the listening socket :func:`bind` made for ``host`` (the command line binds before
+    the model loads); without it, one is bound here. The address is said (through ``say``) only
+    once the server answers on it.
+    """
     import uvicorn
 
     from ..errors import BadInput
@@ -284,16 +336,30 @@ def serve(
     token = secrets.token_urlsafe(24) if host not in LOOPBACK else None
     hosts = ("127.0.0.1", "localhost", "[::1]", host) if host not in ("0.0.0.0", "::") else ("*",)
     app = make_app(explorer, token=token, hosts=hosts, limits=limits, gate=Gate(max_waiting))
+    if sock is None:
+        sock = bind(host, port)
+    port = sock.getsockname()[1]  # the bound one (port 0: the one the system chose)
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-    url = f"http://{shown}:{port}/" + (f"#token={token}" if token else "")
-    say(
-        f"headscope explorer on {url}"
-        + (" (the token after # is required: share it only with who may use this)" if token else "")
-    )
-    say("Ctrl-C stops it.")
-    if open_browser:
-        import threading
-        import webbrowser
+    url = f"http://{_address(shown, port)}/" + (f"#token={token}" if token else "")
 
-        threading.Timer(1.0, lambda: webbrowser.open(url)).start()
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    def started() -> None:
+        say(
+            f"headscope explorer on {url}"
+            + (" (the token after # is required: share it only with who may use this)" if token else "")
+        )
+        say("Ctrl-C stops it.")
+        if open_browser:
+            import threading
+            import webbrowser
+
+            threading.Timer(1.0, lambda: webbrowser.open(url)).start()
+
+    class _Announcing(uvicorn.Server):  # says the address once it answers there, not before
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets=sockets)
+            if self.started:
+                started()
+
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning")
+    with sock:
+        _Announcing(config).run(sockets=[sock])
