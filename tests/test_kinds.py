@@ -552,3 +552,30 @@ def test_smollm2_sinks_match_plain_transformers_in_the_papers_setting(smollm2):
     np.testing.assert_allclose(res.alpha, alpha.mean(1).numpy(), atol=1e-4)
     np.testing.assert_allclose(res.sink_rate, (alpha > 0.3).double().mean(1).numpy())
     assert len(res.sink_heads()) > 0  # Gu et al.: sinks are universal in trained LMs
+
+
+def test_a_tokenizer_without_ordinal_sets_leaves_the_successor_score_unmeasured_not_zero(tiny_gpt2):
+    """Before: every head scored 0.000 and "highest: L0H0 0.00" on a tokenizer with no set (the toy's)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from headscope.render.induction_figures import score_heatmap
+    from headscope.render.views.induction_view import role_holders
+    from headscope.scores.successor import score_successors
+    from headscope.scores.weight_score import WeightInputs
+
+    vocab = ["<bos>", "<unk>"] + [f"t{i}" for i in range(20)]
+    tk = Tokenizer(models.WordLevel({w: i for i, w in enumerate(vocab)}, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<bos>", unk_token="<unk>")
+    w = head_weights(tiny_gpt2)
+    inputs = WeightInputs(tokenizer=tok, d_vocab=len(vocab), embed=lambda ids, c: torch.zeros(len(ids), 64))
+    r = score_successors(w, inputs)
+    assert r.sets == [] and set(r.skipped) == set(ORDINAL_SETS)
+    assert r.scores.shape == (w.n_layers, w.n_heads) and np.isnan(r.scores).all()
+    assert '"scores": [[null' in r.to_json()  # JSON says "not measured", not 0
+    assert role_holders(r.top_heads(3), 0.5) == "not measured (see the notes)"
+    res = headscope.scan_induction(tiny_gpt2, seq_len=5, batch=2, ablate=False, sample=False, progress=False)
+    res.scores["successor"] = r.scores
+    fig = score_heatmap(res, "successor")
+    assert "not measured" in fig.axes[0].get_title()

@@ -44,8 +44,11 @@ def score_heatmap(res: InductionResult, score: str = "induction", ax=None):
             ax.add_patch(plt.Rectangle((h, l), 1, 1, fill=False, edgecolor="#00b4d8", lw=1.5))
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
+    unmeasured = bool(np.isnan(a).all())
     ax.set_title(
-        f"{decl.title} — {tex_safe(res.model['name'])}" + (f"\n(outlined: ≥ {thr})" if thr is not None else ""),
+        f"{decl.title} — {tex_safe(res.model['name'])}"
+        + ("\n(not measured on this model: see the notes)" if unmeasured else "")
+        + (f"\n(outlined: ≥ {thr})" if thr is not None and not unmeasured else ""),
         fontsize=10,
     )
     return ax.figure

@@ -46,7 +46,8 @@ DEFINITION = (
     "letters: the sets the tokenizer has as single tokens) whose successor gets the largest logit, among the "
     "tokens of its set, from the head's effective OV circuit W_U W_OV MLP0(W_E) (effective embedding: the "
     'first MLP on the bare embedding, attention 0 off). Source: Gould et al. 2023, "Successor Heads", '
-    "arXiv 2312.09230. Threshold 0.5 is headscope's (the paper names none)."
+    "arXiv 2312.09230. Threshold 0.5 is headscope's (the paper names none). Not measured (empty, null in "
+    "JSON) where the tokenizer has none of the sets as single tokens."
 )
 
 _NUMBER_WORDS = (
@@ -198,14 +199,16 @@ def score_successors(
 ) -> SuccessorScores:
     """Successor score of every head from its weights ``w`` and ``inputs`` (tokenizer, effective embeddings).
 
-    Raises nothing when no set is usable: the scores are then zeros and ``skipped`` says why.
+    Raises nothing when no set is usable: the scores are then NaN (not measured, never 0) and
+    ``skipped`` says why.
     :func:`headscope.kinds.successor_scores` runs it on a model.
     """
     t0 = time.perf_counter()
     sets, skipped = usable_ordinal_sets(inputs.tokenizer, inputs.d_vocab, min_size)
     L, H = w.n_layers, w.n_heads
     if not sets:
-        return SuccessorScores(np.zeros((L, H)), {}, [], skipped, convention, {"successor_s": time.perf_counter() - t0})
+        nothing = np.full((L, H), np.nan)  # not measured: a 0 would read as "measured, no successor head"
+        return SuccessorScores(nothing, {}, [], skipped, convention, {"successor_s": time.perf_counter() - t0})
     token_ids = torch.tensor(sorted({t for s in sets for t in s.token_ids}))
     X = inputs.embed(token_ids, convention)
     counts = successor_counts(w, X, token_ids, sets)

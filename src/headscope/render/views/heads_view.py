@@ -130,7 +130,8 @@ def print_heads(con, a: HeadsAnalysis) -> None:
         c.add_column(col, justify="left" if col in ("role", "best head") else "right")
     for n, k in counts.items():
         ((l, h, v),) = a.induction.top_heads(n, 1)
-        c.add_row(declared(n).label, f"{a.thresholds[n]:g}", str(k), f"{head_label(l, h)} {v:.3f}")
+        best = f"{head_label(l, h)} {v:.3f}" if v == v else "not measured"  # NaN: see the notes below
+        c.add_row(declared(n).label, f"{a.thresholds[n]:g}", str(k), best)
     con.print(c)
     for line in a.weight_notes():
         con.print(line, highlight=False, markup=False)

@@ -109,7 +109,11 @@ def role_holders(best: list[tuple[int, int, float]], threshold: float) -> str:
     'L0H1 0.60'
     >>> role_holders([(1, 0, 0.2), (0, 1, 0.15)], 0.5)
     'none at >= 0.5 (highest: L1H0 0.20)'
+    >>> role_holders([(0, 0, float("nan"))], 0.5)
+    'not measured (see the notes)'
     """
+    if not best or all(v != v for _, _, v in best):  # NaN: the score could not be measured on this model
+        return "not measured (see the notes)"
     held = [f"{head_label(l, h)} {v:.2f}" for l, h, v in best if v >= threshold]
     if held:
         return ", ".join(held)
@@ -153,7 +157,8 @@ def role_counts_html(res: InductionResult) -> str:
     for s in roles_present(res.scores, res.thresholds):
         t = res.thresholds[s.name]
         ((l, h, v),) = res.top_heads(s.name, 1)
-        rows.append([s.label, t, int((res.scores[s.name] >= t).sum()), f"{head_label(l, h)} ({fmt(v)})"])
+        best = f"{head_label(l, h)} ({fmt(v)})" if v == v else "not measured (see the notes)"  # NaN
+        rows.append([s.label, t, int((res.scores[s.name] >= t).sum()), best])
     return table_html(["role", "threshold", "heads", "best head (score)"], rows, sortable=True)
 
 
