@@ -143,7 +143,8 @@ def choose_pairs(seq: TokenSequence, pattern: np.ndarray, query: int | None, key
     if not 0 <= q < T:
         raise BadInput(
             f"query position {query} is outside the sequence of {T} tokens (0..{T - 1}, BOS is 0)",
-            hint="use a position from 1 to the last token, or a negative index",
+            hint=f"use a position from 1 to {T - 1} (position 0, the first token, can only attend to itself) "
+            f"or a negative index from -1 to -{T}",
         )
     if key is None:
         row = pattern[q, : q + 1].copy()
