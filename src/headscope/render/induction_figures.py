@@ -110,7 +110,9 @@ def ablation_chart(res: InductionResult, ax=None):
         highs.append(c["high"])
         firsts.append(c["first_repeat"]["median"])
         draws = [e["loss_increase"] for e in res.ablation if e["kind"] == "control"]
-        ax.scatter([len(values) - 1] * len(draws), draws, s=8, color="#495057", zorder=3)
+        ax.scatter(
+            [len(values) - 1] * len(draws), draws, s=8, color="#495057", zorder=3, label="control: one dot per draw"
+        )
     x = np.arange(len(values))
     v = np.asarray(values)
     err = np.vstack([v - np.asarray(lows), np.asarray(highs) - v])
@@ -124,8 +126,8 @@ def ablation_chart(res: InductionResult, ax=None):
     ax.legend(fontsize=7, loc="upper left", frameon=False)
     kind = res.settings.get("ablation") or "mean"
     ax.set_title(
-        f"Causal check: {kind}-ablating heads' outputs (clean loss {res.loss_later_repeats:.2f} nats; "
-        "whiskers: 95% interval)",
+        f"Causal check: {kind}-ablating heads' outputs (clean loss {res.loss_later_repeats:.2f} nats)\n"
+        "whiskers: 95% bootstrap interval over sequences; control: median and central 95% of its draws",
         fontsize=9,
     )
     return ax.figure
