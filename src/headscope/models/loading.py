@@ -152,7 +152,10 @@ def resolve_source(spec: str | os.PathLike, log: Log = lambda m: None) -> ModelS
     """
     text = str(spec).strip()
     if not text:
-        raise BadInput("empty model name", hint=f"try --model {builtin.DEFAULT_MODEL}")
+        raise BadInput(
+            "empty model name",
+            hint=f"name a model: the built-in default is {builtin.DEFAULT_MODEL} (`headscope models` lists the others)",
+        )
     alias = builtin.canonical_alias(text, log=log)
     if alias is not None:  # outputs carry the alias that says what the model is, whatever was typed
         return ModelSource(alias, "builtin", str(prepare_builtin(alias, log=log)))
