@@ -93,7 +93,7 @@ def check_qk_memory(model, lengths: list[int], heads: list[Head] | None, top: in
     tip = f"lower --max-tokens (about {fits} fits)" if fits >= 2 else "analyse fewer texts or heads"
     raise BadInput(
         f"the QK analysis of {len(lengths)} text(s) of up to {longest} tokens would need about "
-        f"{need / 2**30:.1f} GiB, more than the budget of {budget_gb:g} GiB; nothing was run",
+        f"{need / 2**30:.2g} GiB, more than the budget of {budget_gb:g} GiB; nothing was run",
         hint=f"{tip}, pass fewer or shorter texts, or raise --max-memory if the machine has the memory",
     )
 
