@@ -194,7 +194,7 @@ def token_windows(
     if not where:
         raise BadInput(
             f"the text holds {total} tokens, fewer than one window of {window}",
-            hint="pass longer text (or more files)",
+            hint="pass longer text (or more files), or leave out what reads natural text (--no-icl, --no-natural-sinks)",
         )
     if max_windows is not None and len(where) > max_windows:
         keep = torch.linspace(0, len(where) - 1, max_windows).round().long().unique().tolist()
