@@ -107,9 +107,9 @@ class InductionResult(Result):
                 f"loss: {ablation_text(e)}"
             )
         c = self.control_spread()
-        n_layers, n_heads = self.scores["induction"].shape
+        n_total = next((int(np.size(v)) for v in self.scores.values() if np.ndim(v) == 2), None)  # every head
         n_top = sum(e["kind"] == "head" for e in self.ablation)
-        if c is not None and c["n"] == 1 and n_layers * n_heads - n_top <= n_top:
+        if c is not None and c["n"] == 1 and n_total is not None and n_total - n_top <= n_top:
             e = next(e for e in self.ablation if e["kind"] == "control")
             out.append(f"control: all {c['n_heads']} other heads (too few to draw at random): {ablation_text(e)}")
         elif c is not None:
