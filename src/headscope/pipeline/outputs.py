@@ -39,6 +39,7 @@ import errno
 import fnmatch
 import json
 import os
+import re
 import shutil
 import stat
 import tempfile
@@ -418,12 +419,9 @@ def check_replaceable(target: Path, overwrite: bool) -> None:
             hint="choose a new or empty directory for --out (headscope replaces only its own result sets)",
         )
     if not overwrite:
-        try:
-            written = json.loads(manifest.read_text())
-        except (OSError, ValueError):
-            written = {}
-        files = written.get("files", entries) if isinstance(written, dict) else entries
-        command = written.get("command") if isinstance(written, dict) else None
+        written = read_manifest(target) or {}
+        files = written.get("files", entries)
+        command = written.get("command")
         shown = ", ".join(files[:4]) + (" ..." if len(files) > 4 else "")
         whose = f"results of `headscope {command}`" if isinstance(command, str) and command else "results"
         raise OutputExists(
@@ -454,8 +452,6 @@ def read_manifest(target: Path) -> dict | None:
 
 def _is_temporary(name: str) -> bool:
     """A temporary file of :func:`headscope.atomic.write_atomic` (``.NAME.PID-XXXX.partial``)."""
-    import re
-
     return re.match(r"^\..*\.\d+-[^.]*\.partial$", name) is not None
 
 
