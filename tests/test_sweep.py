@@ -270,6 +270,9 @@ def test_sweep_figure_draws_models_in_order_when_there_are_no_steps():
     ticks = [t.get_text() for t in fig.axes[-1].get_xticklabels()]
     assert ticks == ["small", "large"]
     assert "1 of 3 entries not finished" in fig._suptitle.get_text()
+    # different models are not points on one curve: markers only, no line between them
+    for ax in fig.axes:
+        assert ax.get_lines() and all(line.get_linestyle() == "None" for line in ax.get_lines())
 
 
 def test_an_unwritable_out_is_refused_before_anything_runs(tmp_path, count_scans, tiny_gpt2_dir):

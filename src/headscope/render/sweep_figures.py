@@ -17,8 +17,9 @@ def sweep_figure(frame, axes=None):
     ``frame`` is :meth:`SweepResult.to_frame` (one row per entry; rows not ``done`` are
     skipped). When every finished entry has a training ``step`` the x axis is the step (one
     line per training run, ``series``; logarithmic when the steps span more than two decades, as Pythia's
-    do), otherwise the entries in sweep order. The first-repeat loss is drawn dashed under
-    the later-repeat loss: the gap between them is what induction buys.
+    do), otherwise the entries in sweep order as unjoined markers (different models are not points
+    on one curve). The first-repeat loss is drawn under the later-repeat loss (dashed, or hollow
+    markers): the gap between them is what induction buys.
     """
     done = frame[frame["status"] == "done"]
     if axes is None:
@@ -36,16 +37,17 @@ def sweep_figure(frame, axes=None):
             name = tex_safe(str(model)) if model is not None and len(series) > 1 else None
             if name is None and col == "loss_later_repeats":
                 name = "later repeats"
-            (line,) = ax.plot(x, rows[col].tolist(), marker="o", ms=4, lw=1.4, label=name)
+            joined = {"lw": 1.4} if by_step else {"ls": "none", "ms": 7}
+            (line,) = ax.plot(x, rows[col].tolist(), marker="o", **{"ms": 4, **joined}, label=name)
             if col == "loss_later_repeats":
+                first = {"ls": "--", "lw": 1} if by_step else {"ls": "none", "marker": "o", "ms": 7, "mfc": "none"}
                 ax.plot(
                     x,
                     rows["loss_first_repeat"].tolist(),
-                    ls="--",
-                    lw=1,
                     color=line.get_color(),
                     alpha=0.6,
                     label="first repeat" if len(series) == 1 else None,
+                    **first,
                 )
         ax.set_ylabel(ylabel, fontsize=9)
         ax.grid(alpha=0.3)
