@@ -89,6 +89,16 @@ def test_device_map_is_an_option_of_the_scanning_commands(command):
     assert r.exit_code == 0 and "--device-map" in r.output
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="says what --device-map does where no GPU is")
+def test_device_map_without_a_gpu_says_the_model_runs_on_the_cpu(tiny_gpt2_dir, tmp_path):
+    args = ["induction", "-m", str(tiny_gpt2_dir), "--seq-len", "8", "--batch", "2", "--no-ablate"]
+    r = CliRunner().invoke(app, [*args, "--device-map", "auto", "--out", str(tmp_path / "a")], terminal_width=200)
+    assert r.exit_code == 0, r.output
+    assert "--device-map auto found no GPU: the model runs on the CPU" in r.output
+    plain = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "b")], terminal_width=200)
+    assert plain.exit_code == 0 and "found no GPU" not in plain.output
+
+
 def test_memory_budget_sets_the_chunk_size_and_is_stated(tiny_gpt2):
     roomy = _scan(tiny_gpt2, seq_len=16, batch=5)
     tight = _scan(tiny_gpt2, seq_len=16, batch=5, max_memory_gb=1e-6)

@@ -397,6 +397,8 @@ def load(err: Console, where: LoadSettings):
         + f" on {m.cfg.device}",
         highlight=False,
     )
+    if where.device_map is not None and str(m.cfg.device) == "cpu":
+        say_notes(err, [f"--device-map {where.device_map} found no GPU: the model runs on the CPU, as without it"])
     return m
 
 
