@@ -53,6 +53,9 @@ def test_controls_sets_how_many_random_control_draws_the_causal_check_makes(smal
     doc = json.loads(r.stdout)
     assert [e["kind"] for e in doc["ablation"]].count("control") == 3
     assert doc["settings"]["controls"] == 3
+    assert "drawn at random, 3 times" in doc["definitions"]["ablation"]  # the legend says what this run did
+    legend = " ".join(run(*small, "--controls", 3, "--overwrite").output.split())
+    assert "drawn at random, 3 times" in legend and "10 times" not in legend
 
 
 def test_the_top_heads_table_fits_an_80_column_terminal_with_every_head_and_interval_whole(small, monkeypatch):

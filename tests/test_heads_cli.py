@@ -138,7 +138,8 @@ def test_icl_and_natural_sinks_on_the_tiny_llama(tiny_llama_dir, tmp_path):
     top = np.unravel_index(np.argmax(np.asarray(doc["scores"]["induction"])), (3, 4))
     assert [(e["layer"], e["head"]) for e in icl["ablations"]] == [tuple(int(x) for x in top)]
     assert icl["ablations"][0]["label"] == head_label(*map(int, top))
-    assert any("windows of 511 tokens" in n for n in doc["notes"])  # 512 positions, one taken by the BOS
+    # 512 positions, one taken by the BOS: the note says both
+    assert any("windows of 511 tokens (the model's context of 512, less the first token)" in n for n in doc["notes"])
     assert doc["natural_sinks"]["n_tokens"] == 64 and np.asarray(doc["natural_sinks"]["alpha"]).shape == (3, 4)
     frame = pd.read_csv(out / "heads.csv")
     assert {"attention_sink", "first_token_random", "sink_rate", "icl_delta"} <= set(frame.columns)

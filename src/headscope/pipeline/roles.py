@@ -84,9 +84,9 @@ def analyze_heads(
         named = ", ".join(head_label(*h) for h in heads) or "no head"
         log(f"in-context learning score on natural text, ablating {named}")
         if window < ICL_WINDOW:
-            out.notes.append(
-                f"in-context learning score on windows of {window} tokens (the model's context), not {ICL_WINDOW}"
-            )
+            n_ctx = getattr(m.cfg, "n_ctx", None)
+            why = f"the model's context of {n_ctx}" + (", less the first token" if window < (n_ctx or 0) else "")
+            out.notes.append(f"in-context learning score on windows of {window} tokens ({why}), not {ICL_WINDOW}")
         t0 = time.perf_counter()
         with Progress(progress).running() as prog:
             out.icl = icl_score(

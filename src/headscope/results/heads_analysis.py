@@ -118,7 +118,7 @@ class HeadsAnalysis(Result):
             "scores": {n: rounded(res.scores[n]) for n in res.score_order()},
             "icl": icl,
             "natural_sinks": None if self.natural_sinks is None else self.natural_sinks.to_dict(),
-            "definitions": {**definitions(), "icl": ICL_DEFINITION},
+            "definitions": {**definitions(res.settings.get("controls")), "icl": ICL_DEFINITION},
             "legend": self.legend(),
             "timings": {k: rounded(v, 3) for k, v in {**res.timings, **self.timings}.items()},
             "notes": self.notes,

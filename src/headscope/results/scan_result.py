@@ -157,7 +157,7 @@ class InductionResult(Result):
             "ablation_control": self.control_spread(),
             "heads": self.heads(),
             "thresholds": self.thresholds,
-            "definitions": definitions(),
+            "definitions": definitions(self.settings.get("controls")),
             "timings": {k: rounded(v, 3) for k, v in self.timings.items()},
             "notes": self.notes,
         }

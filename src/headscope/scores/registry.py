@@ -351,9 +351,19 @@ def default_thresholds() -> dict[str, float]:
     return {s.name: s.threshold for s in SCORES if s.threshold is not None}
 
 
-def definitions() -> dict[str, str]:
-    """Every score's definition, then the loss's and the ablation's: the legend and ``scores.json``."""
-    return {**{s.name: s.definition for s in SCORES}, "loss": LOSS_DEFINITION, "ablation": ABLATION_DEFINITION}
+def definitions(controls: int | None = None) -> dict[str, str]:
+    """Every score's definition, then the loss's and the ablation's: the legend and ``scores.json``.
+
+    ``controls``: the control draws the run made (default: the registry's :data:`CONTROL_DRAWS`).
+
+    >>> "drawn at random, 3 times" in definitions(3)["ablation"]
+    True
+    """
+    return {
+        **{s.name: s.definition for s in SCORES},
+        "loss": LOSS_DEFINITION,
+        "ablation": ablation_definition(controls or CONTROL_DRAWS),
+    }
 
 
 def roles_legend(thresholds: dict[str, float]) -> str:

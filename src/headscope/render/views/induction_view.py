@@ -325,7 +325,7 @@ def print_induction(con, res) -> None:
         for v in res.verdicts():
             con.print(f"  {v}", highlight=False, markup=False)
     con.print("[dim]Legend:[/]")
-    for name, text in definitions().items():
+    for name, text in definitions(s.get("controls")).items():
         con.print(f"[dim]  {name}: {escape(text)}[/]", highlight=False)
     con.print(f"[dim]  roles: {roles_legend(res.thresholds)}[/]", highlight=False)
 
