@@ -28,7 +28,7 @@ from ..models.model import as_model
 from ..results.patching_results import ActivationPatching
 from ..settings import DEFAULT_MEMORY_GB
 from .runs import RunCache, cache_run, copies, final_normed, metric_of_normed, pass_sizes, per_head_view
-from .tasks import CircuitTask, normalised_rows
+from .tasks import CircuitTask, clean_corrupt_gap, normalised_rows, raw_rows
 
 DIRECTIONS = ("denoise", "noise")
 
@@ -123,7 +123,9 @@ def activation_patching(
     positions = list(range(n_tok)) if per_position else None
     raw = patched_metrics(model, task, base, src, positions, max_memory_gb, fused, progress)
     flat = raw.reshape(-1, raw.shape[-1])
-    means, low, high = normalised_rows(flat, clean.metric.numpy(), corrupt.metric.numpy(), seed=task.seed or 0)
+    cl, co = clean.metric.double().numpy(), corrupt.metric.double().numpy()
+    means, low, high = normalised_rows(flat, cl, co, seed=task.seed or 0)
+    change, c_low, c_high = raw_rows(flat, base.metric.double().numpy(), seed=task.seed or 0)
     shape = raw.shape[:-1]
     cfg = as_model(model).bridge.cfg
     return ActivationPatching(
@@ -141,4 +143,8 @@ def activation_patching(
         per_position=per_position,
         corruption=task.corruption,
         notes=list(task.notes),
+        change=change.reshape(shape),
+        change_low=c_low.reshape(shape),
+        change_high=c_high.reshape(shape),
+        gap=clean_corrupt_gap(cl, co, task.metric, seed=task.seed or 0),
     )

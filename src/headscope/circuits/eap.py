@@ -31,7 +31,7 @@ import torch
 from ..errors import BadInput
 from ..models.model import as_model
 from ..results.edge_results import EdgeScores
-from .edges import EdgeGraph, as_rows, sender_outputs, split_inputs
+from .edges import EdgeGraph, as_rows, sender_outputs, split_inputs, wire_receivers
 from .tasks import CircuitTask, task_metric
 
 METHODS = ("eap", "eap-ig")
@@ -69,7 +69,7 @@ def _receiver_grads(model, task: CircuitTask, graph: EdgeGraph, start: torch.Ten
     for alpha in steps:
         leaf = (start + alpha * (end - start)).detach().requires_grad_(True)
         hooks: list[tuple[str, Callable]] = [("blocks.0.hook_resid_pre", lambda x, hook, leaf=leaf: leaf.to(x.dtype))]
-        hooks += [(name, on_receiver(name)) for name, _ in graph.receiver_groups()]
+        hooks += wire_receivers(m, graph, [(name, on_receiver(name)) for name, _ in graph.receiver_groups()])
         with torch.enable_grad():
             logits = m.run_with_hooks(task.clean.to(m.device), fwd_hooks=hooks)
             metric = task_metric(logits, task).sum()

@@ -12,6 +12,12 @@ as nodes that *send* into the residual stream and nodes that *receive* from it:
   logits (``ln_final.hook_in``).
 
 An edge ``u -> v`` joins a sender to a receiver that reads the stream after ``u`` wrote to it.
+In a *parallel* block (GPT-NeoX/Pythia with ``use_parallel_residual``, Phi, GPT-J) attention and
+the MLP both read the residual entering the block, so a layer's heads do not reach its own MLP:
+the graph has no ``L{l}H{h} -> MLP{l}`` edges there. NeoX gives its MLP its own norm (``ln2``),
+whose input is the receiver; Phi's MLP shares the attention's norm, so the MLP's copy of the
+residual is forked here (:func:`wire_receivers`): the block input, through the shared norm's
+module, into the MLP.
 On grouped-query models (SmolLM2: 9 query heads over 3 key/value heads) a key or value input
 belongs to a key/value head (``L18KV2.k``), which its group of query heads shares; the
 bridge forks one copy per key/value head, so that is the receiver a patch can reach.
@@ -35,7 +41,8 @@ and corrupting a set with the rest clean gives ``input_v = current_input_v + sum
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -74,12 +81,22 @@ class EdgeGraph:
     receiver_kind: list[str] = field(default_factory=list)  # q, k, v, mlp, logits
     receiver_layer: np.ndarray = field(default_factory=lambda: np.zeros(0, int))  # -1 for the logits
     receiver_slot: np.ndarray = field(default_factory=lambda: np.zeros(0, int))  # head / kv head index
+    parallel: bool = False  # the MLP reads the block's input, as attention does (no head -> own-layer MLP edge)
+    shared_norm: bool = False  # parallel, and the MLP reads attention's normed input (its copy forked here)
 
     @classmethod
-    def build(cls, n_layers: int, n_heads: int, n_kv: int | None = None) -> EdgeGraph:
+    def build(
+        cls, n_layers: int, n_heads: int, n_kv: int | None = None, parallel: bool = False, shared_norm: bool = False
+    ) -> EdgeGraph:
+        """The graph of a model of that shape (``parallel``: attention and MLP read the same residual).
+
+        >>> g = EdgeGraph.build(n_layers=2, n_heads=4, parallel=True)
+        >>> bool(g.valid[g.sender_index("L0H1"), g.receiver_index("MLP0")]), g.n_edges
+        (False, 102)
+        """
         n_kv = n_kv or n_heads
         kv = "H" if n_kv == n_heads else "KV"
-        g = cls(n_layers, n_heads, n_kv)
+        g = cls(n_layers, n_heads, n_kv, parallel=parallel, shared_norm=shared_norm and parallel)
         s_names, s_stage = ["input"], [0]
         r_names, r_stage, r_kind, r_layer, r_slot = [], [], [], [], []
 
@@ -93,7 +110,7 @@ class EdgeGraph:
             for kind in ("k", "v"):
                 for h in range(n_kv):
                     recv(f"L{layer}{kv}{h}.{kind}", attn, kind, layer, h)
-            recv(f"MLP{layer}", mlp, "mlp", layer, 0)
+            recv(f"MLP{layer}", attn if parallel else mlp, "mlp", layer, 0)
             s_names += [head_label(layer, h) for h in range(n_heads)] + [f"MLP{layer}"]
             s_stage += [attn] * n_heads + [mlp]
         recv("logits", 2 * n_layers + 1, "logits", -1, 0)
@@ -104,9 +121,15 @@ class EdgeGraph:
 
     @classmethod
     def of(cls, model) -> EdgeGraph:
-        cfg = as_model(model).cfg
+        m = as_model(model)
+        cfg = m.cfg
+        parallel, shared = block_layout(m)
         return cls.build(
-            int(cfg.n_layers), int(cfg.n_heads), int(getattr(cfg, "n_key_value_heads", None) or cfg.n_heads)
+            int(cfg.n_layers),
+            int(cfg.n_heads),
+            int(getattr(cfg, "n_key_value_heads", None) or cfg.n_heads),
+            parallel=parallel,
+            shared_norm=shared,
         )
 
     @property
@@ -166,6 +189,158 @@ class EdgeGraph:
         return np.array([k == kind for k in self.receiver_kind])
 
 
+def block_layout(model) -> tuple[bool, bool]:
+    """``(parallel, shared_norm)`` of the loaded model's blocks: whether attention and the MLP read the same
+    residual (TransformerLens's ``parallel_attn_mlp``, a ``ParallelBlockBridge``), and whether the MLP then
+    reads attention's normed input (no ``ln2``: Phi, GPT-J) instead of its own norm's (NeoX)."""
+    bridge = as_model(model).bridge
+    block = bridge.blocks[0]
+    parallel = bool(getattr(bridge.cfg, "parallel_attn_mlp", False)) or type(block).__name__ == "ParallelBlockBridge"
+    subs = getattr(block, "submodules", None) or {}
+    return parallel, parallel and "ln2" not in subs
+
+
+def _fork_refusals(bridge) -> list[str]:
+    """The bridge hooks edge attribution needs that this model cannot give (tried, then put back)."""
+    missing = []
+    for flag, what in (
+        ("use_split_qkv_input", "each head's own query/key/value input (use_split_qkv_input)"),
+        ("use_attn_result", "each head's own output (use_attn_result)"),
+    ):
+        saved = bool(getattr(bridge.cfg, flag, False))
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # a hybrid model honours the flag on some layers only: not enough
+                getattr(bridge, f"set_{flag}")(True)  # refuses before it changes anything
+        except (NotImplementedError, UserWarning, ValueError, AttributeError):
+            missing.append(what)
+        finally:
+            with contextlib.suppress(Exception), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                getattr(bridge, f"set_{flag}")(saved)
+    return missing
+
+
+def edge_support(model) -> str | None:
+    """Why edge attribution cannot run on ``model`` (one sentence), or None when it can.
+
+    Read from the loaded model's bridge before anything is patched: the attention must fork a
+    query/key/value input per head and give each head's output (``use_split_qkv_input``,
+    ``use_attn_result``: TransformerLens's joint-QKV and rotary attention bridges do, its plain
+    ``AttentionBridge`` (OPT, GPT-J, BLOOM) does not); no norm may sit between the heads' sum and the
+    residual stream (Gemma 2/3, OLMo 2's post-attention and post-MLP norms), nor a scale (Granite), or
+    a receiver's input is not the sum of its senders' outputs. :func:`check_edge_graph` then checks
+    that sum on the model itself.
+    """
+    m = as_model(model)
+    bridge = m.bridge
+    block = bridge.blocks[0]
+    arch = f"{m.name} ({_architecture(m)})"
+    missing = _fork_refusals(bridge)
+    if missing:
+        return (
+            f"{arch} has no hook for {' nor for '.join(missing)}: TransformerLens wraps its attention as a plain "
+            f"{type(block.attn).__name__}"
+        )
+    subs = getattr(block, "submodules", None) or {}
+    post = [k for k in ("ln1_post", "ln2_post") if k in subs]
+    if post:
+        return (
+            f"{arch} normalises attention's and the MLP's outputs before they join the residual stream "
+            f"({', '.join(post)}), so a receiver's input is not a sum of the heads' outputs"
+        )
+    if type(block).__name__ == "ScaledResidualBlockBridge":
+        return f"{arch} scales each block's output before it joins the residual stream"
+    return None
+
+
+def _architecture(m) -> str:
+    archs = getattr(getattr(m.bridge, "original_model", None), "config", None)
+    names = getattr(archs, "architectures", None) or [type(getattr(m.bridge, "original_model", m)).__name__]
+    return str(names[0])
+
+
+#: How far a receiver's clean - corrupted input may be from the sum of its senders' clean - corrupted outputs,
+#: as a share of the largest such input difference, before the graph is refused (float32 sums of a few hundred
+#: terms round at ~1e-6 of it; a missing or extra sender, a norm or a scale is off by order 1).
+GRAPH_TOLERANCE = {torch.float32: 1e-3, torch.float64: 1e-6}
+GRAPH_TOLERANCE_HALF = 5e-2
+
+
+def check_edge_graph(model, task: CircuitTask, graph: EdgeGraph | None = None, n_examples: int = 2) -> None:
+    """Refuse (:class:`BadInput`) a model edge attribution cannot measure, before anything is patched.
+
+    First :func:`edge_support`; then, on ``n_examples`` of the task, that every receiver's input
+    changes between the clean and corrupted prompts by exactly the sum of its senders' changes (the
+    identity that makes "every edge kept = the clean run" hold), so a block wired otherwise than
+    :class:`EdgeGraph` assumes is refused rather than measured wrong.
+    """
+    m = as_model(model)
+    hint = "run the other steps without edges (--steps activation,paths); docs/circuits.md lists the models it supports"
+    why = edge_support(m)
+    if why:
+        raise BadInput(f"edge attribution (--steps edges) cannot run: {why}; nothing was patched or written", hint=hint)
+    graph = graph or EdgeGraph.of(m)
+    part = task.subset(range(min(n_examples, task.n_examples)))
+    with split_inputs(m):
+        dev = m.device
+        diff = sender_outputs(m, part.clean.to(dev), graph) - sender_outputs(m, part.corrupt.to(dev), graph)
+        clean, corrupt = (
+            _receiver_inputs(m, part.clean.to(dev), graph),
+            _receiver_inputs(m, part.corrupt.to(dev), graph),
+        )
+    tol = GRAPH_TOLERANCE.get(m.bridge.cfg.dtype, GRAPH_TOLERANCE_HALF)
+    for name, idx in graph.receiver_groups():
+        if name not in clean:
+            raise BadInput(
+                f"edge attribution (--steps edges) cannot run: {m.name} ({_architecture(m)}) never fires {name}, "
+                "the receiver's input hook; nothing was patched or written",
+                hint=hint,
+            )
+        got = (clean[name] - corrupt[name]).float().cpu()  # [batch, pos, slots, d]
+        n = graph.n_before(int(graph.receiver_stage[idx[0]]))
+        want = diff[:n].sum(0)[:, :, None]
+        scale = float(got.abs().max()) + 1e-12
+        off = float((got - want).abs().max()) / scale
+        if off > tol:
+            raise BadInput(
+                f"edge attribution (--steps edges) cannot run: on {m.name} ({_architecture(m)}) the input of "
+                f"{graph.receivers[idx[0]]} ({name}) is not the sum of its senders' outputs (off by {off:.1%} of "
+                "its size): the model's blocks are wired otherwise than the edge graph assumes; nothing was "
+                "patched or written",
+                hint=hint,
+            )
+
+
+def wire_receivers(model, graph: EdgeGraph, hooks: list[tuple[str, Callable]]) -> list[tuple[str, Callable]]:
+    """The receiver hooks as the model runs them. On a parallel block whose MLP shares attention's norm
+    (Phi), ``blocks.{l}.hook_mlp_in`` does not fire: the MLP's own copy of the block input is made here
+    (kept at ``hook_resid_pre``, given to the hook, put through the shared norm's module and handed to
+    the MLP at ``mlp.hook_in``), so a change there reaches the MLP only."""
+    if not graph.shared_norm:
+        return hooks
+    bridge = as_model(model).bridge
+    out = []
+    for name, fn in hooks:
+        if not name.endswith(".hook_mlp_in"):
+            out.append((name, fn))
+            continue
+        layer = int(name.split(".")[1])
+        norm = bridge.blocks[layer].ln1.original_component
+        seen: dict[str, torch.Tensor] = {}
+
+        def keep(x, hook, seen=seen):
+            seen["x"] = x
+
+        def feed(x, hook, fn=fn, seen=seen, norm=norm):
+            mine = seen["x"].clone()  # the MLP's own copy of the block input
+            new = fn(mine, hook)
+            return norm(mine if new is None else new).to(x.dtype)
+
+        out += [(f"blocks.{layer}.hook_resid_pre", keep), (f"blocks.{layer}.mlp.hook_in", feed)]
+    return out
+
+
 @contextlib.contextmanager
 def split_inputs(model) -> Iterator[None]:
     """Switch on the bridge's per-head inputs, per-head outputs and MLP input hooks; restore on exit."""
@@ -212,7 +387,8 @@ def _receiver_inputs(model, tokens: torch.Tensor, graph: EdgeGraph) -> dict[str,
         return hook
 
     with torch.no_grad():
-        as_model(model).run_with_hooks(tokens, fwd_hooks=[(name, keep(name)) for name, _ in graph.receiver_groups()])
+        hooks = wire_receivers(model, graph, [(name, keep(name)) for name, _ in graph.receiver_groups()])
+        as_model(model).run_with_hooks(tokens, fwd_hooks=hooks)
     return seen
 
 
@@ -302,7 +478,9 @@ def patched_metric(
 
         used_set = {int(u) for u in used}
         hooks = [(name, on_sender(list(idx))) for name, idx in graph.sender_groups()]
-        hooks += [(name, on_receiver(name, list(idx))) for name, idx in graph.receiver_groups()]
+        hooks += wire_receivers(
+            m, graph, [(name, on_receiver(name, list(idx))) for name, idx in graph.receiver_groups()]
+        )
         logits = m.run_with_hooks(task.clean.to(task_dev), fwd_hooks=hooks)
     return task_metric(logits, task).cpu().numpy().astype(np.float64)
 

@@ -26,7 +26,7 @@ from ..models.model import as_model
 from ..results.edge_results import EdgeCircuit, EdgeScores
 from .eap import DEFAULT_IG_STEPS, edge_attribution
 from .edges import EdgeGraph, clean_corrupt_metric, corrupt_run, patched_metric
-from .tasks import CircuitTask, normalised_rows
+from .tasks import CircuitTask, clean_corrupt_gap, normalised_rows
 
 #: Circuit sizes the faithfulness curve is measured at (those up to the model's edge count, plus all edges).
 CURVE_POINTS = (0, 1, 2, 3, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
@@ -172,4 +172,5 @@ def edge_circuit(
         agreement=agreement,
         stability=stability,
         notes=[f"model {as_model(model).name}; metric {task.metric}; {task.n_examples} examples"],
+        gap=clean_corrupt_gap(clean, corrupt, task.metric, seed=task.seed or 0),
     )

@@ -40,7 +40,7 @@ from ..models.model import as_model
 from ..results.patching_results import PathPatching
 from ..settings import DEFAULT_MEMORY_GB
 from .runs import RunCache, cache_run, copies, final_normed, metric_of_normed, pass_sizes, per_head_view
-from .tasks import CircuitTask, normalised_rows
+from .tasks import CircuitTask, clean_corrupt_gap, normalised_rows, raw_rows
 
 INPUTS = ("q", "k", "v", "qkv")
 
@@ -218,7 +218,9 @@ def path_patching(
 
 
 def _path_result(task, raw, senders, receivers, clean, corrupt, direction, bridge, receiver=None) -> PathPatching:
-    means, low, high = normalised_rows(raw, clean.metric.numpy(), corrupt.metric.numpy(), seed=task.seed or 0)
+    cl, co = clean.metric.double().numpy(), corrupt.metric.double().numpy()
+    means, low, high = normalised_rows(raw, cl, co, seed=task.seed or 0)
+    change, c_low, c_high = raw_rows(raw, cl if direction == "noise" else co, seed=task.seed or 0)
     cfg = bridge.cfg
     n_kv = getattr(cfg, "n_key_value_heads", None) or cfg.n_heads
     note = []
@@ -244,6 +246,10 @@ def _path_result(task, raw, senders, receivers, clean, corrupt, direction, bridg
         n_layers=cfg.n_layers,
         n_heads=cfg.n_heads,
         notes=list(task.notes) + note,
+        change=change,
+        change_low=c_low,
+        change_high=c_high,
+        gap=clean_corrupt_gap(cl, co, task.metric, seed=task.seed or 0),
     )
 
 

@@ -39,7 +39,7 @@ from ..models.inputs import encode
 from ..models.model import as_model
 from ..scan.sequences import repeated_tokens
 from ..scores.layout import RepeatLayout, later_repeat_targets
-from ..stats import bootstrap_ratio_interval
+from ..stats import bootstrap_interval, bootstrap_ratio_interval
 from ..tokens import ordinary_token_ids
 
 METRICS = ("logit_diff", "loss")
@@ -152,6 +152,63 @@ def normalised_rows(raw, clean, corrupt, seed: int = 0):
     means = (raw - co).mean(-1) / gap.mean()
     iv = np.array([bootstrap_ratio_interval(r - co, gap, seed=seed) for r in raw]).reshape(-1, 2)
     return means, iv[:, 0], iv[:, 1]
+
+
+def raw_rows(raw, base, seed: int = 0):
+    """Each row of per-example metrics ``raw`` ``[rows, n_examples]`` as the change from the unpatched run ``base``
+    (``raw - base``, in the metric's own units): ``(means, low, high)``, each ``[rows]``, with 95% bootstrap intervals.
+
+    >>> m, lo, hi = raw_rows([[1.0, 1.0], [2.0, 2.0]], base=[0.5, 0.5])
+    >>> m.tolist(), lo.tolist()
+    ([0.5, 1.5], [0.5, 1.5])
+    """
+    d = np.asarray(raw, dtype=np.float64) - np.asarray(base, dtype=np.float64)
+    iv = np.array([bootstrap_interval(r, seed=seed) for r in d]).reshape(-1, 2)
+    return d.mean(-1), iv[:, 0], iv[:, 1]
+
+
+#: The sign the clean - corrupted gap has when the model does the task: the clean prompt favours the answer
+#: (a higher logit difference, a lower loss).
+GAP_SIGN = {"logit_diff": 1.0, "loss": -1.0}
+
+
+def clean_corrupt_gap(clean, corrupt, metric: str, seed: int = 0) -> dict:
+    """The clean - corrupted gap every normalised number divides by: its mean over the examples, its 95% bootstrap
+    interval, and whether it is a gap at all. ``meaningful`` is False when the interval includes 0 (the model
+    barely tells the two prompts apart) or the mean has the wrong sign (the corrupted prompt favours the answer
+    more than the clean one); ``problem`` then says so in a sentence, and normalised effects are not meaningful.
+
+    >>> clean_corrupt_gap([2.0, 2.1, 1.9], [0.0, 0.1, -0.1], "logit_diff")["meaningful"]
+    True
+    >>> print(clean_corrupt_gap([0.1, -0.1, 0.05], [0.0, 0.0, 0.0], "logit_diff")["problem"])
+    the clean - corrupted gap in logit_diff is +0.017, 95% interval [-0.100, +0.100], which includes 0: the model barely tells the clean prompts from the corrupted ones, so normalised effects (shares of that gap) are not meaningful; changes in logit_diff are shown instead
+    """
+    cl, co = np.asarray(clean, dtype=np.float64), np.asarray(corrupt, dtype=np.float64)
+    gap = cl - co
+    mean = float(gap.mean())
+    lo, hi = bootstrap_interval(gap, seed=seed) if gap.size > 1 else (mean, mean)
+    sign = GAP_SIGN.get(metric, 1.0)
+    stated = f"the clean - corrupted gap in {metric} is {mean:+.3f}, 95% interval [{lo:+.3f}, {hi:+.3f}]"
+    after = "so normalised effects (shares of that gap) are not meaningful; changes in " + metric + " are shown instead"
+    problem = None
+    if sign * mean <= 0:
+        worse = "lower" if sign > 0 else "higher"
+        problem = (
+            f"{stated}: the clean run scores {worse} than the corrupted one (clean {cl.mean():.3f}, corrupted "
+            f"{co.mean():.3f}), the wrong way round for this task: the model does not do it, {after}"
+        )
+    elif lo <= 0 <= hi:
+        problem = (
+            f"{stated}, which includes 0: the model barely tells the clean prompts from the corrupted ones, {after}"
+        )
+    return {
+        "mean": mean,
+        "low": float(lo),
+        "high": float(hi),
+        "expected": "clean > corrupted" if sign > 0 else "clean < corrupted",
+        "meaningful": problem is None,
+        "problem": problem,
+    }
 
 
 def induction_task(model, n_examples: int = 10, seq_len: int = 50, seed: int = 0, metric: str = "logit_diff"):

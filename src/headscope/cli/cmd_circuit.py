@@ -96,7 +96,8 @@ def circuit_cmd(
             "--steps",
             help="Which steps to run, in order: activation, paths, edges (default: activation,paths). "
             "edges = edge attribution over every edge, its circuit's faithfulness by patching, rank agreement "
-            "and two-seed overlap (SmolLM2, 10 x 101 tokens: a few minutes on a CPU).",
+            "and two-seed overlap (SmolLM2, 10 x 101 tokens: a few minutes on a CPU). A model edges cannot measure "
+            "(OPT, GPT-J, Gemma 2: docs/circuits.md) is refused before any step runs.",
         ),
     ] = None,
     method: Annotated[

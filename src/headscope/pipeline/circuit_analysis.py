@@ -7,11 +7,16 @@ A new measurement (edge attribution, a faithfulness curve) is one more function 
 appends its result to ``ctx.analysis.extra`` (or ``activation``/``paths``), where the page and the
 files find it by its type.
 
+The clean - corrupted gap is measured with its interval before any step
+(:func:`~headscope.circuits.tasks.clean_corrupt_gap`); when it is no gap (its interval includes 0,
+or the wrong sign) the first note says so and the views show changes in the metric instead.
+
 Default steps:
 
 - ``activation``: activation patching of every head and MLP, in the asked direction(s);
 - ``edges`` (asked for with ``--steps``): EAP or EAP-IG over every edge, the top edges'
   faithfulness measured by patching, attribution against single-edge patches, two-seed overlap;
+  a model it cannot measure is refused before any step runs (:func:`~headscope.circuits.edges.check_edge_graph`);
 - ``paths``: path patching; by default every earlier head -> the top induction heads' keys and
   queries, and each top induction head -> the logits directly and through each later head.
   On a user's task (pairs file) with no receivers named: every head -> the logits directly.
@@ -26,10 +31,11 @@ from typing import Any
 
 from ..circuits.activation_patching import DIRECTIONS, activation_patching
 from ..circuits.eap import DEFAULT_IG_STEPS, METHODS
+from ..circuits.edges import check_edge_graph
 from ..circuits.faithfulness import edge_circuit
 from ..circuits.path_patching import INPUTS, Receiver, path_patching, paths_through
 from ..circuits.runs import RunCache, cache_run
-from ..circuits.tasks import CircuitTask, induction_task
+from ..circuits.tasks import CircuitTask, clean_corrupt_gap, induction_task
 from ..errors import BadInput
 from ..head_labels import head_label, parse_head, parse_heads
 from ..models.model import as_model
@@ -331,9 +337,12 @@ def analyze_circuit(
     m = as_model(model)
     s.check_model_heads(m.n_layers, m.n_heads, m.name)
     check_examples(task.n_examples, None if task.name == "induction" else task.name)
+    if "edges" in s.steps:  # refused now, not after the other steps have run
+        check_edge_graph(m, task)
     t0 = time.perf_counter()
     clean, corrupt = cache_run(m, task.clean, task, s.fused), cache_run(m, task.corrupt, task, s.fused)
-    gap = float(clean.metric.mean() - corrupt.metric.mean())
+    cl, co = clean.metric.double().numpy(), corrupt.metric.double().numpy()
+    gap = clean_corrupt_gap(cl, co, task.metric, seed=task.seed or 0)
     analysis = CircuitAnalysis(
         model=m.info(),
         task={
@@ -345,15 +354,18 @@ def analyze_circuit(
             "seed": task.seed,
             "clean_metric": float(clean.metric.mean()),
             "corrupt_metric": float(corrupt.metric.mean()),
+            "gap": gap,
         },
         settings={k: v for k, v in vars(s).items() if k != "fused"},
         notes=list(task.notes),
     )
-    if abs(gap) < 1e-6:
+    if abs(gap["mean"]) < 1e-6:
         raise BadInput(
             "the clean and corrupted runs give the same metric: nothing to patch",
             hint="use a corruption that changes the answer (or more examples)",
         )
+    if not gap["meaningful"]:
+        analysis.notes.insert(0, gap["problem"])
     analysis.timings["cache_s"] = time.perf_counter() - t0
     ctx = CircuitContext(m, task, s, clean, corrupt, analysis, progress or (lambda *a: None))
     for name in s.steps:

@@ -8,16 +8,37 @@ from ..results.patching_results import ActivationPatching, PathPatching
 from ._mpl import plt
 
 
+def gap_title(res) -> str:
+    """A title's last line when the clean - corrupted gap is no gap (empty otherwise)."""
+    if getattr(res, "normalised_meaningful", True):
+        return ""
+    g = res.gap
+    why = "wrong sign" if g["problem"] and "wrong way round" in g["problem"] else "interval includes 0"
+    return f"\nclean − corrupted gap {g['mean']:+.3f} [{g['low']:+.3f}, {g['high']:+.3f}] ({why}): not normalised"
+
+
+def _raw(res) -> bool:
+    return not res.normalised_meaningful and len(res.change) > 0
+
+
 def patching_heatmap(res: ActivationPatching, ax=None):
-    """Layers x heads, plus the MLP column, coloured by the normalised value (1 = clean, 0 = corrupted)."""
+    """Layers x heads, plus the MLP column, coloured by the normalised value (1 = clean, 0 = corrupted), or by the
+    change in the metric when the clean - corrupted gap is no gap."""
+    raw = _raw(res)
     v, _, _ = res.whole()
+    if raw:
+        v = (
+            res.change
+            if not res.per_position
+            else np.take_along_axis(res.change, np.abs(res.change).argmax(-1)[..., None], -1)[..., 0]
+        )
     if ax is None:
         fig, ax = plt.subplots(figsize=(1.0 + 0.45 * v.shape[1], 1.2 + 0.22 * v.shape[0]))
     else:
         fig = ax.figure
-    centre = 0.0 if res.direction == "denoise" else 1.0
+    centre = 0.0 if res.direction == "denoise" or raw else 1.0
     # the colour range follows the heads (an MLP such as layer 0's, which carries the tokens, may saturate)
-    lim = max(0.05, float(np.nanmax(np.abs(v[:, : res.n_heads] - centre))))
+    lim = max(1e-9 if raw else 0.05, float(np.nanmax(np.abs(v[:, : res.n_heads] - centre))))  # raw: metric units
     im = ax.imshow(
         v, cmap="RdBu_r" if res.direction == "denoise" else "RdBu", vmin=centre - lim, vmax=centre + lim, aspect="auto"
     )
@@ -32,17 +53,22 @@ def patching_heatmap(res: ActivationPatching, ax=None):
         else "corrupted activation into the clean run"
     )
     pos = ", best position" if res.per_position else ""
+    scale = f"change in {res.metric}" if raw else f"{res.metric}, 1 = clean, 0 = corrupted"
     ax.set_title(
-        f"Activation patching ({res.direction}: {what}{pos})\n{res.metric}, 1 = clean, 0 = corrupted, n = {res.n_examples}",
+        f"Activation patching ({res.direction}: {what}{pos})\n{scale}, n = {res.n_examples}{gap_title(res)}",
         fontsize=8,
     )
-    fig.colorbar(im, ax=ax, fraction=0.04, label="normalised metric", extend="both")
+    fig.colorbar(
+        im, ax=ax, fraction=0.04, label=f"change in {res.metric}" if raw else "normalised metric", extend="both"
+    )
     return fig
 
 
 def path_chart(res: PathPatching, top: int = 20, ax=None):
-    """The paths with the largest effect, as bars with their 95% intervals (share of the clean - corrupted gap)."""
-    rows = res.top(top)
+    """The paths with the largest effect, as bars with their 95% intervals (share of the clean - corrupted gap, or
+    the change in the metric when that gap is no gap)."""
+    raw = _raw(res)
+    rows = res.top_change(top) if raw else res.top(top)
     if ax is None:
         fig, ax = plt.subplots(figsize=(6.0, 0.8 + 0.26 * max(1, len(rows))))
     else:
@@ -57,9 +83,13 @@ def path_chart(res: PathPatching, top: int = 20, ax=None):
     ax.errorbar(eff, y, xerr=[eff - lo, hi - eff], fmt="none", ecolor="k", lw=0.8, capsize=2)
     ax.set_yticks(y, labels, fontsize=7)
     ax.axvline(0, color="k", lw=0.6)
-    ax.set_xlabel("share of the clean − corrupted gap this path carries (95% interval)")
+    ax.set_xlabel(
+        f"change in {res.metric} (95% interval)"
+        if raw
+        else "share of the clean − corrupted gap this path carries (95% interval)"
+    )
     title = f"Path patching → {res.receiver}" if same else f"Path patching: {res.receiver}"
-    ax.set_title(f"{title}\n{res.metric}, {res.direction}, n = {res.n_examples}", fontsize=8)
+    ax.set_title(f"{title}\n{res.metric}, {res.direction}, n = {res.n_examples}{gap_title(res)}", fontsize=8)
     return fig
 
 
@@ -67,7 +97,8 @@ def sender_map(res: PathPatching, ax=None):
     """For one receiver: every sender head's effect as a layers x heads map."""
     L = 1 + max(int(s[1:].split("H")[0]) for s in res.senders)
     m = np.full((L, res.n_heads), np.nan)
-    for s, e in zip(res.senders, res.effect):
+    raw = _raw(res)
+    for s, e in zip(res.senders, res.change if raw else res.effect):
         l, h = (int(x) for x in s[1:].split("H"))
         m[l, h] = e
     if ax is None:
@@ -81,7 +112,10 @@ def sender_map(res: PathPatching, ax=None):
     ax.set_xlabel("sender head")
     ax.set_ylabel("sender layer")
     ax.set_title(
-        f"Senders → {res.receiver}: share of the gap each path carries\n{res.metric}, n = {res.n_examples}", fontsize=8
+        f"Senders → {res.receiver}: "
+        + (f"change in {res.metric}" if raw else "share of the gap each path carries")
+        + f"\n{res.metric}, n = {res.n_examples}{gap_title(res)}",
+        fontsize=8,
     )
     fig.colorbar(im, ax=ax, fraction=0.04)
     return fig

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..results.edge_results import EdgeCircuit, EdgeScores
 from ._mpl import plt
+from .circuit_figures import gap_title
 
 _KIND_STYLE = {"q": "dotted", "k": "solid", "v": "dashed", "mlp": "solid", "logits": "solid"}
 
@@ -113,21 +114,25 @@ def faithfulness_curve_figure(res: EdgeCircuit, ax=None):
     else:
         fig = ax.figure
     n = np.array([r["n_edges"] for r in rows], dtype=float)
-    f = np.array([r["faithfulness"] for r in rows])
-    lo = np.array([r["low"] for r in rows])
-    hi = np.array([r["high"] for r in rows])
-    ax.fill_between(n, lo, hi, color="#2471a3", alpha=0.2, lw=0, label="95% interval over examples")
-    ax.plot(n, f, "o-", color="#2471a3", ms=3, label="measured by patching")
-    ax.axhline(1.0, color="k", lw=0.6, ls="--")
-    ax.axhline(0.0, color="k", lw=0.6)
+    metric = res.attribution.task.get("metric")
+    if res.normalised_meaningful:
+        f = np.array([r["faithfulness"] for r in rows])
+        lo = np.array([r["low"] for r in rows])
+        hi = np.array([r["high"] for r in rows])
+        ax.fill_between(n, lo, hi, color="#2471a3", alpha=0.2, lw=0, label="95% interval over examples")
+        ax.plot(n, f, "o-", color="#2471a3", ms=3, label="measured by patching")
+        ax.axhline(1.0, color="k", lw=0.6, ls="--")
+        ax.axhline(0.0, color="k", lw=0.6)
+    else:  # the clean - corrupted gap is no gap: the metric itself, not a share of it
+        ax.plot(n, [r["metric"] for r in rows], "o-", color="#2471a3", ms=3, label="measured by patching")
+        ax.axhline(res.clean, color="k", lw=0.6, ls="--", label="clean run")
+        ax.axhline(res.corrupt, color="k", lw=0.6, label="corrupted run")
     ax.axvline(res.top_edges, color="#c0392b", lw=0.8, ls=":", label=f"the circuit ({res.top_edges} edges)")
     ax.set_xscale("symlog", linthresh=1)
     ax.set_xlim(0, float(n.max()) * 1.3)
     ax.set_xlabel(f"edges kept clean (top by |score|, of {res.attribution.n_edges})")
-    ax.set_ylabel("faithfulness (1 = clean, 0 = corrupted)")
-    ax.set_title(
-        f"Faithfulness of the {res.attribution.label()} circuit ({res.attribution.task.get('metric')})", fontsize=9
-    )
+    ax.set_ylabel("faithfulness (1 = clean, 0 = corrupted)" if res.normalised_meaningful else f"{metric}, mean")
+    ax.set_title(f"Faithfulness of the {res.attribution.label()} circuit ({metric}){gap_title(res)}", fontsize=9)
     ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     return fig

@@ -120,6 +120,13 @@ class EdgeCircuit(Result):
     agreement: dict = field(default_factory=dict)
     stability: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    #: the clean - corrupted gap the faithfulness divides by (:func:`headscope.circuits.tasks.clean_corrupt_gap`)
+    gap: dict = field(default_factory=dict)
+
+    @property
+    def normalised_meaningful(self) -> bool:
+        """False when the clean - corrupted gap is not told apart from 0 or has the wrong sign."""
+        return bool(self.gap.get("meaningful", True))
 
     def circuit(self) -> list[tuple[str, str, float]]:
         return self.attribution.top(self.top_edges)
@@ -140,6 +147,8 @@ class EdgeCircuit(Result):
             "top_edges": self.top_edges,
             "circuit": [{"sender": s, "receiver": r, "score": rounded(x)} for s, r, x in self.circuit()],
             "metric": {"clean": rounded(self.clean), "corrupt": rounded(self.corrupt)},
+            "gap": {k: rounded(v) if isinstance(v, float) else v for k, v in self.gap.items()},
+            "normalised_meaningful": self.normalised_meaningful,
             "faithfulness": [{k: rounded(v) for k, v in row.items()} for row in self.curve],
             "rank_agreement": {
                 k: (rounded(v) if k != "edges" else [{kk: rounded(vv) for kk, vv in e.items()} for e in v])

@@ -23,6 +23,11 @@ DEFINITIONS = {
     "(how much of the clean behaviour that component alone restores: sufficiency)",
     "noise": "activation patching into the clean run: one component's activation taken from the corrupted run "
     "(how much is lost without it: necessity); effect = 1 - value",
+    "change": "the patched run's metric minus the unpatched run's (the base run: corrupted when denoising, clean when "
+    "noising), mean over the examples, in the metric's own units, with a 95% percentile bootstrap interval",
+    "gap": "the clean - corrupted gap every normalised number divides by: mean over the examples and its 95% "
+    "bootstrap interval; when the interval includes 0 or the gap has the wrong sign (the clean prompt favours the "
+    "answer less than the corrupted one) the normalised numbers are not meaningful and changes are shown instead",
     "path": "path patching (Wang et al. 2022; Goldowsky-Dill et al. 2023): the sender head's output changed "
     "(corrupted in the clean run) along one path only: into the receiver's query, key or value input with "
     "everything else frozen, or into the logits directly; effect = 1 - value, the share of the clean - "
@@ -56,6 +61,30 @@ class ActivationPatching(Result):
     per_position: bool = False
     corruption: str = ""
     notes: list[str] = field(default_factory=list)
+    #: the metric's change from the base run (metric units), shaped like ``values``; empty when not kept
+    change: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    change_low: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    change_high: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    #: the clean - corrupted gap (:func:`headscope.circuits.tasks.clean_corrupt_gap`)
+    gap: dict = field(default_factory=dict)
+
+    @property
+    def normalised_meaningful(self) -> bool:
+        """False when the clean - corrupted gap is not told apart from 0 or has the wrong sign."""
+        return bool(self.gap.get("meaningful", True))
+
+    def top_change(self, k: int = 10) -> list[tuple[str, float, float, float]]:
+        """The ``k`` components whose patch moves the metric most: ``(label, change, low, high)`` (metric units)."""
+        v, lo, hi = self.change, self.change_low, self.change_high
+        if self.per_position:
+            best = np.abs(v).argmax(-1)[..., None]
+            v, lo, hi = (np.take_along_axis(a, best, -1)[..., 0] for a in (v, lo, hi))
+        order = np.argsort(-np.abs(v).ravel(), kind="stable")[:k]
+        out = []
+        for i in order:
+            l, u = divmod(int(i), self.n_heads + 1)
+            out.append((self.label(l, u), float(v[l, u]), float(lo[l, u]), float(hi[l, u])))
+        return out
 
     @property
     def effect(self) -> np.ndarray:
@@ -88,7 +117,12 @@ class ActivationPatching(Result):
     def to_dict(self) -> dict:
         return {
             "kind": "activation_patching",
-            "definition": {"normalised": DEFINITIONS["normalised"], self.direction: DEFINITIONS[self.direction]},
+            "definition": {
+                "normalised": DEFINITIONS["normalised"],
+                self.direction: DEFINITIONS[self.direction],
+                "change": DEFINITIONS["change"],
+                "gap": DEFINITIONS["gap"],
+            },
             "direction": self.direction,
             "metric": self.metric,
             "task": self.task,
@@ -98,9 +132,14 @@ class ActivationPatching(Result):
             "per_position": self.per_position,
             "clean_metric": rounded(self.clean_metric, 4),
             "corrupt_metric": rounded(self.corrupt_metric, 4),
+            "gap": {k: rounded(v, 4) if isinstance(v, float) else v for k, v in self.gap.items()},
+            "normalised_meaningful": self.normalised_meaningful,
             "values": rounded(self.values, 4),
             "low": rounded(self.low, 4),
             "high": rounded(self.high, 4),
+            "change": rounded(self.change, 4),
+            "change_low": rounded(self.change_low, 4),
+            "change_high": rounded(self.change_high, 4),
             "notes": self.notes,
         }
 
@@ -145,6 +184,26 @@ class PathPatching(Result):
     n_layers: int
     n_heads: int
     notes: list[str] = field(default_factory=list)
+    #: each path's change of the metric from the base run (metric units), ``[n_paths]``; empty when not kept
+    change: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    change_low: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    change_high: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    #: the clean - corrupted gap (:func:`headscope.circuits.tasks.clean_corrupt_gap`)
+    gap: dict = field(default_factory=dict)
+
+    @property
+    def normalised_meaningful(self) -> bool:
+        """False when the clean - corrupted gap is not told apart from 0 or has the wrong sign."""
+        return bool(self.gap.get("meaningful", True))
+
+    def top_change(self, k: int = 10) -> list[tuple[str, str, float, float, float]]:
+        """The ``k`` paths whose patch moves the metric most: ``(sender, receiver, change, low, high)`` (metric units)."""
+        order = np.argsort(-np.abs(self.change), kind="stable")[:k]
+        return [
+            (self.senders[i], self.receivers[i], float(self.change[i]), float(self.change_low[i]),
+             float(self.change_high[i]))
+            for i in order
+        ]  # fmt: skip
 
     @property
     def effect(self) -> np.ndarray:
@@ -166,7 +225,12 @@ class PathPatching(Result):
     def to_dict(self) -> dict:
         return {
             "kind": "path_patching",
-            "definition": {"normalised": DEFINITIONS["normalised"], "path": DEFINITIONS["path"]},
+            "definition": {
+                "normalised": DEFINITIONS["normalised"],
+                "path": DEFINITIONS["path"],
+                "change": DEFINITIONS["change"],
+                "gap": DEFINITIONS["gap"],
+            },
             "receiver": self.receiver,
             "direction": self.direction,
             "metric": self.metric,
@@ -174,6 +238,8 @@ class PathPatching(Result):
             "n_examples": self.n_examples,
             "clean_metric": rounded(self.clean_metric, 4),
             "corrupt_metric": rounded(self.corrupt_metric, 4),
+            "gap": {k: rounded(v, 4) if isinstance(v, float) else v for k, v in self.gap.items()},
+            "normalised_meaningful": self.normalised_meaningful,
             "paths": [
                 {
                     "sender": s,
@@ -182,6 +248,14 @@ class PathPatching(Result):
                     "interval": _interval(self.low[i], self.high[i]),
                     "effect": rounded(self.effect[i], 4),
                     "effect_interval": _interval(*self.effect_interval(i)),
+                    **(
+                        {
+                            "change": rounded(self.change[i], 4),
+                            "change_interval": _interval(self.change_low[i], self.change_high[i]),
+                        }
+                        if len(self.change)
+                        else {}
+                    ),
                 }
                 for i, (s, r) in enumerate(zip(self.senders, self.receivers))
             ],

@@ -23,6 +23,18 @@ def _iv(lo: float, hi: float) -> str:
     return f"[{lo:+.3f}, {hi:+.3f}]"
 
 
+def gap_text(gap: dict) -> str:
+    """``+0.012 [-0.004, +0.030]``: the clean - corrupted gap and its 95% interval (empty when not measured)."""
+    return f"{gap['mean']:+.3f} [{gap['low']:+.3f}, {gap['high']:+.3f}]" if gap else ""
+
+
+def gap_warning_html(result) -> str:
+    """A prominent paragraph when the normalised numbers are not meaningful (else nothing)."""
+    if result.normalised_meaningful:
+        return ""
+    return f'<p class="note"><strong>Not meaningful as shares of the gap:</strong> {esc(result.gap["problem"])}.</p>'
+
+
 def _paths_figure(res: PathPatching, **kw):
     return sender_map(res, **kw) if len(set(res.receivers)) == 1 and len(res.senders) > 20 else path_chart(res, **kw)
 
@@ -35,12 +47,22 @@ class ActivationPatchingView(View):
         return f"Activation patching ({result.direction})"
 
     def sections(self, result) -> list[Section]:
-        rows = [[lab, round(v, 3), _iv(lo, hi)] for lab, v, lo, hi in result.top(10)]
+        if result.normalised_meaningful or not len(result.change):
+            table = table_html(
+                ["component", "normalised (1 = clean)", "95% interval"],
+                [[lab, round(v, 3), _iv(lo, hi)] for lab, v, lo, hi in result.top(10)],
+            )
+        else:
+            table = table_html(
+                ["component", f"change in {result.metric}", "95% interval"],
+                [[lab, round(v, 4), _iv(lo, hi)] for lab, v, lo, hi in result.top_change(10)],
+            )
         body = (
-            f"<p>{esc(DEFINITIONS[result.direction])}. Clean metric {result.clean_metric:.3f}, corrupted "
+            gap_warning_html(result)
+            + f"<p>{esc(DEFINITIONS[result.direction])}. Clean metric {result.clean_metric:.3f}, corrupted "
             f"{result.corrupt_metric:.3f} ({esc(result.metric)}, {result.n_examples} examples).</p>"
             + plotted(patching_heatmap, result)
-            + table_html(["component", "normalised (1 = clean)", "95% interval"], rows)
+            + table
         )
         return [Section(f"patching-{result.direction}", f"Activation patching ({result.direction})", body)]
 
@@ -51,6 +73,15 @@ class ActivationPatchingView(View):
         return patching_heatmap(result)
 
     def terminal(self, result, console) -> None:
+        if not result.normalised_meaningful and len(result.change):  # the gap is no gap: say what was measured
+            t = Table(title=f"Activation patching ({result.direction}), top components: change in {result.metric} "
+                      "(not normalised: see the note)")  # fmt: skip
+            for c in ("component", f"change in {result.metric}", "95% interval"):
+                t.add_column(c, justify="left" if c == "component" else "right")
+            for lab, v, lo, hi in result.top_change(10):
+                t.add_row(lab, f"{v:+.4f}", _iv(lo, hi))
+            console.print(t)
+            return
         t = Table(title=f"Activation patching ({result.direction}), top components")
         for c in ("component", "normalised", "95% interval"):
             t.add_column(c, justify="left" if c == "component" else "right")
@@ -71,11 +102,12 @@ class PathPatchingView(View):
 
     def sections(self, result) -> list[Section]:
         notes = "".join(f'<p class="note">{esc(n)}</p>' for n in result.notes if "grouped-query" in n)
-        body = (
-            notes
-            + plotted(_paths_figure, result)
-            + table_html(["sender", "receiver", "share of the gap (effect)", "95% interval"], self._rows(result))
-        )
+        if result.normalised_meaningful or not len(result.change):
+            table = table_html(["sender", "receiver", "share of the gap (effect)", "95% interval"], self._rows(result))
+        else:
+            rows = [[s, r, round(c, 4), _iv(lo, hi)] for s, r, c, lo, hi in result.top_change(12)]
+            table = table_html(["sender", "receiver", f"change in {result.metric}", "95% interval"], rows)
+        body = gap_warning_html(result) + notes + plotted(_paths_figure, result) + table
         anchor = "paths-" + "".join(c if c.isalnum() else "-" for c in result.receiver.lower())[:40]
         return [
             Section(
@@ -90,15 +122,28 @@ class PathPatchingView(View):
         return _paths_figure(result)
 
     def terminal(self, result, console) -> None:
-        t = Table(title=f"Path patching: {escape(result.receiver)} (top paths)")
-        for c in ("sender", "receiver", "effect", "95% interval"):
+        raw = not result.normalised_meaningful and len(result.change)
+        what = f"change in {result.metric}" if raw else "effect"
+        t = Table(
+            title=f"Path patching: {escape(result.receiver)} (top paths"
+            + (f"; {what}, not normalised: see the note)" if raw else ")")
+        )
+        for c in ("sender", "receiver", what, "95% interval"):
             t.add_column(c, justify="left" if c in ("sender", "receiver") else "right")
-        for s, r, e, lo, hi in result.top(8):
-            t.add_row(s, escape(r), f"{e:+.3f}", _iv(lo, hi))
+        for s, r, e, lo, hi in result.top_change(8) if raw else result.top(8):
+            t.add_row(s, escape(r), f"{e:+.4f}" if raw else f"{e:+.3f}", _iv(lo, hi))
         console.print(t)
         for n in result.notes:
             if "grouped-query" in n:
                 console.print(f"[dim]{escape(n)}[/]", highlight=False)
+
+
+class _Gap:
+    """The analysis's gap dict, read like a result's (for :func:`gap_warning_html`)."""
+
+    def __init__(self, gap: dict):
+        self.gap = gap
+        self.normalised_meaningful = bool(gap.get("meaningful", True))
 
 
 @register(CircuitAnalysis)
@@ -126,8 +171,10 @@ class CircuitAnalysisView(View):
                     "metric": t.get("metric"),
                     "clean metric": round(t.get("clean_metric", float("nan")), 3),
                     "corrupted metric": round(t.get("corrupt_metric", float("nan")), 3),
+                    "clean - corrupted gap (95% interval)": gap_text(t.get("gap") or {}),
                 }
-            ),
+            )
+            + gap_warning_html(_Gap(t.get("gap") or {})),
         )
         return [intro] + [s for part in self._parts(result) for s in view_of(part).sections(part)]
 
@@ -139,9 +186,14 @@ class CircuitAnalysisView(View):
 
     def terminal(self, result, console) -> None:
         t = result.task
+        gap = t.get("gap") or {}
         console.print(
             f"{escape(str(t.get('name')))} task, {t.get('n_examples')} examples x {t.get('n_tokens')} tokens; "
-            f"{t.get('metric')} clean {t.get('clean_metric', 0):.3f}, corrupted {t.get('corrupt_metric', 0):.3f}",
+            f"{t.get('metric')} clean {t.get('clean_metric', 0):.3f}, corrupted {t.get('corrupt_metric', 0):.3f}"
+            + (f"; gap {gap_text(gap)}" if gap else "")
+            + (
+                "" if gap.get("meaningful", True) else " [bold yellow](not a gap: normalised numbers not meaningful)[/]"
+            ),
             highlight=False,
         )
         for part in self._parts(result):

@@ -11,6 +11,7 @@ from ..edge_figures import agreement_figure, edge_graph, faithfulness_curve_figu
 from ..html import esc, kv_html, table_html
 from ..lookup import register
 from ..view_base import Section, View, plotted
+from .circuit_view import gap_text, gap_warning_html
 
 
 def _edge_rows(scores: EdgeScores, k: int) -> list[list]:
@@ -68,7 +69,7 @@ class EdgeCircuitView(View):
 
     def subtitle(self, result) -> str:
         row = result.faithfulness_at(result.top_edges)
-        f = f", faithfulness {row['faithfulness']:.2f}" if row else ""
+        f = f", faithfulness {row['faithfulness']:.2f}" if row and result.normalised_meaningful else ""
         return f"{result.attribution.label()} circuit of {result.top_edges} edges{f}"
 
     def _facts(self, result) -> dict:
@@ -79,10 +80,17 @@ class EdgeCircuitView(View):
             "edges scored": result.attribution.n_edges,
             "time": _timing(result.attribution),
             "metric clean / corrupted": f"{result.clean:.3f} / {result.corrupt:.3f}",
-            f"faithfulness, top {result.top_edges} edges": (
-                f"{row['faithfulness']:.3f} [{row['low']:.3f}, {row['high']:.3f}]" if row else "not measured"
-            ),
         }
+        if result.gap:
+            facts["clean - corrupted gap (95% interval)"] = gap_text(result.gap)
+        if result.normalised_meaningful:
+            facts[f"faithfulness, top {result.top_edges} edges"] = (
+                f"{row['faithfulness']:.3f} [{row['low']:.3f}, {row['high']:.3f}]" if row else "not measured"
+            )
+        else:  # a share of a gap that is no gap means nothing: the metric itself
+            facts[f"metric with the top {result.top_edges} edges kept"] = (
+                f"{row['metric']:.3f} (faithfulness not meaningful: see the note)" if row else "not measured"
+            )
         if result.agreement:
             a = result.agreement
             facts["attribution vs patching"] = (
@@ -96,7 +104,8 @@ class EdgeCircuitView(View):
     def sections(self, result) -> list[Section]:
         a = result.attribution
         body = (
-            kv_html(self._facts(result))
+            gap_warning_html(result)
+            + kv_html(self._facts(result))
             + plotted(edge_graph, result, result.top_edges)
             + plotted(faithfulness_curve_figure, result)
             + table_html(
