@@ -344,3 +344,16 @@ def test_help_shows_the_ray_extra():
     r = runner.invoke(app, ["sweep", "--help"], terminal_width=200, env={"COLUMNS": "200"})
     assert r.exit_code == 0
     assert "headscope[ray]" in r.output
+
+
+def test_plot_of_a_sweep_where_no_entry_finished_says_why_instead_of_a_key_error():
+    from headscope.errors import BadInput
+    from headscope.results.sweep_result import SweepResult
+
+    res = SweepResult(
+        rows=[{"label": "pythia-70m", "status": "failed", "step": None}],
+        failures=[{"label": "pythia-70m", "error": "the hub is not reachable", "hint": "download it first"}],
+        settings={},
+    )
+    with pytest.raises(BadInput, match="no entry of this sweep finished.*pythia-70m: the hub is not reachable"):
+        res.plot()

@@ -54,5 +54,16 @@ class SweepResult(Result):
         }
 
     def plot(self):
-        """Induction against model size or training step, one line per series (a matplotlib figure)."""
+        """Induction against model size or training step, one line per series (a matplotlib figure).
+
+        Raises :class:`~headscope.errors.BadInput` when no entry finished (``failures`` says why each failed).
+        """
+        if not any(r.get("status") == "done" for r in self.rows):
+            from ..errors import BadInput
+
+            reasons = "; ".join(f"{f.get('label')}: {f.get('error')}" for f in self.failures[:3])
+            raise BadInput(
+                f"no entry of this sweep finished, so there is nothing to plot ({reasons or 'no entries'})",
+                hint="read each entry's error and hint in .failures; fix them and run the sweep again",
+            )
         return self._figure("sweep_figure")
