@@ -153,3 +153,16 @@ def test_ov_rows_read_the_block0_embedding(name, by_hand, request):
     assert (ov.top_ids[:, 0] == rows.argmax(-1).numpy()).all()
     direct = ov_circuit(model, (1, 2), ids, embedding="embed")
     assert direct.embedding == "embed" and not np.allclose(direct.self_value, ov.self_value)
+
+
+def test_ov_rows_plot_and_notebook_view_show_the_rows_bars(tiny_gpt2):
+    """OVRows has a figure like every other logit part: its first source token's promoted and suppressed tokens."""
+    ov = ov_circuit(tiny_gpt2, (1, 2), [11, 257], k=4)
+    fig = ov.plot(1)
+    ax = fig.axes[0]
+    assert len(ax.patches) == 8  # 4 promoted + 4 suppressed
+    widths = sorted(p.get_width() for p in ax.patches)
+    expected = sorted([*ov.top_values[1], *ov.bottom_values[1]])
+    np.testing.assert_allclose(widths, expected, rtol=1e-6)
+    html = ov._repr_html_()
+    assert "OV circuit of L1H2" in html and "<img" in html

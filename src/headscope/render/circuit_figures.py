@@ -33,7 +33,8 @@ def patching_heatmap(res: ActivationPatching, ax=None):
             else np.take_along_axis(res.change, np.abs(res.change).argmax(-1)[..., None], -1)[..., 0]
         )
     if ax is None:
-        fig, ax = plt.subplots(figsize=(1.0 + 0.45 * v.shape[1], 1.2 + 0.22 * v.shape[0]))
+        size = (max(5.0, 1.0 + 0.45 * v.shape[1]), 1.6 + 0.22 * v.shape[0])  # wide enough for the title
+        fig, ax = plt.subplots(figsize=size, layout="constrained")
     else:
         fig = ax.figure
     centre = 0.0 if res.direction == "denoise" or raw else 1.0
@@ -56,6 +57,7 @@ def patching_heatmap(res: ActivationPatching, ax=None):
     scale = f"change in {res.metric}" if raw else f"{res.metric}, 1 = clean, 0 = corrupted"
     ax.set_title(
         f"Activation patching ({res.direction}: {what}{pos})\n{scale}, n = {res.n_examples}{gap_title(res)}",
+        wrap=True,
         fontsize=8,
     )
     fig.colorbar(
@@ -70,7 +72,7 @@ def path_chart(res: PathPatching, top: int = 20, ax=None):
     raw = _raw(res)
     rows = res.top_change(top) if raw else res.top(top)
     if ax is None:
-        fig, ax = plt.subplots(figsize=(6.0, 0.8 + 0.26 * max(1, len(rows))))
+        fig, ax = plt.subplots(figsize=(6.0, 0.8 + 0.26 * max(1, len(rows))), layout="constrained")
     else:
         fig = ax.figure
     same = len(set(res.receivers)) == 1
@@ -102,7 +104,7 @@ def sender_map(res: PathPatching, ax=None):
         l, h = (int(x) for x in s[1:].split("H"))
         m[l, h] = e
     if ax is None:
-        fig, ax = plt.subplots(figsize=(1.2 + 0.4 * res.n_heads, 1.2 + 0.22 * L))
+        fig, ax = plt.subplots(figsize=(1.2 + 0.4 * res.n_heads, 1.2 + 0.22 * L), layout="constrained")
     else:
         fig = ax.figure
     lim = max(1e-6, float(np.nanmax(np.abs(m))))

@@ -106,7 +106,9 @@ def token_head_heatmap(res, heads=None, k: int = 8, ax=None):
     data = np.stack([res.heads[:, l, h] for l, h in heads], axis=1)  # [P, n_heads]
     P = data.shape[0]
     if ax is None:
-        _, ax = plt.subplots(figsize=(max(4.5, 0.75 * len(heads) + 3.5), float(np.clip(0.22 * P + 1.8, 3.5, 30))))
+        _, ax = plt.subplots(
+            figsize=(max(4.5, 0.75 * len(heads) + 3.5), float(np.clip(0.22 * P + 1.8, 3.5, 30))), layout="constrained"
+        )
     lim = _limit(data)
     im = ax.imshow(data, cmap=CMAP, vmin=-lim, vmax=lim, aspect="auto", interpolation="nearest")
     fs = max(4.0, min(9.0, 600 / max(P, 1)))
@@ -129,7 +131,7 @@ def ov_row_bars(ov, index: int = 0, ax=None):
     vals = np.concatenate([ov.top_values[index], ov.bottom_values[index][::-1]])
     labels = list(ov.top_labels[index]) + list(ov.bottom_labels[index][::-1])
     if ax is None:
-        _, ax = plt.subplots(figsize=(5.5, 0.28 * len(vals) + 1.5))
+        _, ax = plt.subplots(figsize=(5.5, 0.28 * len(vals) + 1.5), layout="constrained")
     y = np.arange(len(vals))[::-1]
     ax.barh(y, vals, color=["#c0392b" if v > 0 else "#2e6da4" for v in vals])
     ax.set_yticks(y, [show_token(t, 18) for t in labels], fontsize=8)

@@ -256,6 +256,10 @@ class OVRows(Result):
     def label(self) -> str:
         return head_label(self.layer, self.head)
 
+    def plot(self, index: int = 0, ax=None):
+        """Source token ``token_ids[index]``'s row: the tokens it promotes and suppresses most, as bars."""
+        return self._figure("ov_row_bars", index, ax=ax)
+
     def to_frame(self):
         """One row per source token: its own value and rank, and the top/bottom tokens as text."""
         import pandas as pd

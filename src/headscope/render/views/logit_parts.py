@@ -63,7 +63,7 @@ class RepeatLogitEffectsView(View):
 
 @register(OVRows)
 class OVRowsView(View):
-    figures = {}
+    figures = {"ov_row_bars": ov_row_bars, "main": ov_row_bars}
 
     def sections(self, result) -> list[Section]:
         """On a page of its own: each source token's self-rank, promoted and suppressed tokens, and its bars."""
@@ -85,7 +85,8 @@ class OVRowsView(View):
         return {"OV row": result.convention}
 
     def notebook_html(self, result) -> str:
-        return frame_html(f"OV circuit of {result.label}, {result.model_name}", result.to_frame(), rows=30)
+        title = f"OV circuit of {result.label}, {result.model_name}"
+        return frame_html(title, result.to_frame(), self.figure(result, "main") if result.token_ids else None, rows=30)
 
 
 @register(InductionStories)
