@@ -9,6 +9,12 @@ TransformerLens names: ``W_Q``/``W_K``/``W_V`` are ``[layer, head, d_model, d_he
   reading matrices (``W_Q, W_K, W_V`` by ``ln1``; ``W_U`` by ``ln_final``) and ``b`` into their
   biases, as TransformerLens's ``fold_ln`` does. What is left, division by the
   input-dependent scale, is what "freezing the normalisation scale" refers to elsewhere.
+  ``g`` and ``b`` are the gain and bias the norm module *applies*, measured by running it on
+  known inputs (:func:`norm_affine`), not its ``weight`` parameter: Gemma's RMSNorm multiplies
+  by ``1 + weight``, other norms have no weight or an offset, and the measurement is right for
+  all of them (a norm that is not ``x_hat * g + b`` is refused).
+* **Embedding as the residual receives it.** ``W_E`` is the token embedding the embedding
+  module outputs (:func:`embedding_matrix`): Gemma multiplies the table by ``sqrt(d_model)``.
 * **Grouped-query attention expanded.** Models such as Llama/SmolLM2 have fewer key/value
   heads than query heads; query head ``h`` uses key/value head ``h // (n_heads // n_kv_heads)``
   (Hugging Face's ``repeat_kv``). ``W_K``/``W_V`` are returned repeated to ``n_heads`` so
@@ -20,6 +26,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+from .errors import BadInput
 
 
 @dataclass
@@ -37,6 +45,14 @@ class HeadWeights:
     W_pos: torch.Tensor | None  # [n_ctx, d_model] for learned absolute positions, else None
     kv_head: list[int]  # query head -> key/value head
     norm: str  # "layernorm" or "rmsnorm"
+    attn_scale: list[float] | None = None  # per layer: what q.k is multiplied by before the softmax
+
+    def score_scale(self, layer: int) -> float:
+        """The factor the model multiplies ``q . k`` by in ``layer`` (its attention module's ``scaling``;
+        ``1/sqrt(d_head)`` unless the model says otherwise, e.g. Gemma 2's ``query_pre_attn_scalar``)."""
+        if self.attn_scale is not None:
+            return self.attn_scale[layer]
+        return self.W_Q.shape[-1] ** -0.5
 
     @property
     def n_layers(self) -> int:
@@ -47,9 +63,83 @@ class HeadWeights:
         return self.W_Q.shape[1]
 
 
-def _norm_params(component) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+#: Size of the probes :func:`norm_affine` feeds a norm: large enough that its ``eps`` is lost in float32.
+NORM_PROBE_SCALE = 1e3
+#: A norm's output on a random probe may differ from ``x_hat * gain + bias`` by this much (relative to
+#: the output's size) before :func:`norm_affine` refuses it as not an affine norm.
+NORM_PROBE_TOLERANCE = 1e-4
+
+
+def _run_norm(module, x: torch.Tensor) -> torch.Tensor:
+    try:  # float32 probes: most norms compute in float32 and return the input's dtype
+        return module(x).float()
+    except RuntimeError:  # e.g. nn.LayerNorm with bfloat16 parameters wants its own dtype
+        dtype = next(module.parameters()).dtype
+        return module(x.to(dtype)).float()
+
+
+@torch.no_grad()
+def norm_affine(component, d_model: int, kind: str) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The gain and bias a norm module applies, ``norm(x) = x_hat * gain + bias``, measured by running it.
+
+    ``kind``: ``"rmsnorm"`` (``x_hat = x / rms(x)``) or ``"layernorm"`` (centred first). The
+    module is run on a mean-zero probe ``c * v`` (``v = +1, -1, ...``; ``x_hat = v`` for either
+    kind, ``c`` = :data:`NORM_PROBE_SCALE` so ``eps`` does not count) and on zeros (``x_hat = 0``,
+    so the output is the bias), and checked on a random probe. This reads what the model does,
+    whatever its parameters are called: Gemma's ``1 + weight``, a norm without a weight, an offset.
+    Returns ``(gain, bias)`` in float32, ``None`` for a gain of exactly one or a bias of exactly zero.
+    Raises :class:`~headscope.errors.BadInput` for a norm that is not of that form.
+    """
     module = getattr(component, "original_component", component)
-    return getattr(module, "weight", None), getattr(module, "bias", None)
+    param = next(module.parameters(), None)
+    device = param.device if param is not None and param.device.type != "meta" else torch.device("cpu")
+    v = torch.ones(d_model, dtype=torch.float32)
+    v[1::2] = -1
+    if d_model % 2:  # odd width: the last entry makes the mean zero; a second probe measures it
+        v[-1] = 0
+    probes = [v, v.roll(1)] if d_model % 2 else [v]
+    check = torch.randn(d_model, generator=torch.Generator().manual_seed(0))
+    x = torch.stack([torch.zeros(d_model), *[p * NORM_PROBE_SCALE for p in probes], check * NORM_PROBE_SCALE])
+    y = _run_norm(module, x.to(device)).cpu()
+    bias = y[0]
+    gain = torch.empty(d_model)
+    for i, p in enumerate(probes):
+        hat = p / p.square().mean().sqrt()
+        sel = p != 0
+        gain[sel] = ((y[1 + i] - bias) / hat)[sel]
+    hat = check - check.mean() if kind == "layernorm" else check
+    hat = hat / hat.square().mean().sqrt()
+    err = float((y[-1] - (hat * gain + bias)).abs().max())
+    if not err <= NORM_PROBE_TOLERANCE * (float(y[-1].abs().max()) + 1e-6):
+        raise BadInput(
+            f"{type(module).__name__} does not act as a {kind} with a gain and a bias "
+            f"(off by {err:.3g} on a test input), so its weights cannot be folded",
+            hint="this analysis supports norms of the form x_hat * gain + bias (LayerNorm, RMSNorm and their "
+            "offset variants such as Gemma's); use a model with such norms",
+        )
+    return (None if bool((gain == 1).all()) else gain), (None if bool((bias == 0).all()) else bias)
+
+
+@torch.no_grad()
+def embedding_matrix(model) -> torch.Tensor:
+    """``[d_vocab, d_model]`` float32 token embeddings as the embedding module outputs them.
+
+    Usually ``W_E`` itself; Gemma's embedding multiplies it by ``sqrt(d_model)`` (measured here by
+    running the module on a few tokens, so any such constant factor is found). Raises
+    :class:`~headscope.errors.BadInput` where the module's output is not a multiple of ``W_E``.
+    """
+    W_E = model.W_E.detach().float()
+    module = getattr(model.embed, "original_component", model.embed)
+    ids = torch.linspace(0, W_E.shape[0] - 1, 16).long().to(model.W_E.device)
+    out = module(ids).detach().float()
+    rows = W_E[ids]
+    scale = float((out * rows).sum() / rows.square().sum().clamp_min(1e-30))
+    if not (out - scale * rows).abs().max() <= NORM_PROBE_TOLERANCE * (float(out.abs().max()) + 1e-6):
+        raise BadInput(
+            f"the embedding module {type(module).__name__} does not output a multiple of W_E",
+            hint="this analysis supports embeddings that are a table lookup times a constant",
+        )
+    return W_E if scale == 1.0 else W_E * scale
 
 
 def _expand_kv(w: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -78,6 +168,19 @@ def norm_kind(cfg) -> str:
     return "rmsnorm" if rms else "layernorm"
 
 
+def attention_scales(model) -> list[float]:
+    """Per layer, the factor the model's attention module multiplies ``q . k`` by (``scaling`` in Hugging
+    Face's modules), ``1/sqrt(d_head)`` where the module does not say. The QK decomposition checks the
+    result against the model's own scores, so a module that scales some other way is caught there."""
+    default = model.cfg.d_head**-0.5
+    out = []
+    for layer in range(model.cfg.n_layers):
+        module = getattr(model.blocks[layer].attn, "original_component", None)
+        value = getattr(module, "scaling", None)
+        out.append(float(value) if isinstance(value, (int, float)) and value > 0 else default)
+    return out
+
+
 def head_weights(model) -> HeadWeights:
     """Extract float32 per-head weights from a TransformerBridge (norm gains folded, GQA expanded)."""
     cfg = model.cfg
@@ -98,22 +201,22 @@ def head_weights(model) -> HeadWeights:
 
     norm = norm_kind(cfg)
     for layer in range(L):
-        g, b = _norm_params(model.blocks[layer].ln1)
+        g, b = norm_affine(model.blocks[layer].ln1, cfg.d_model, norm)
         if b is not None:  # bias of the norm flows through the reading matrices
-            b = b.detach().float()
+            b = b.to(W_Q.device)
             b_Q[layer] += torch.einsum("d,hde->he", b, W_Q[layer])
             b_K[layer] += torch.einsum("d,hde->he", b, W_K[layer])
             b_V[layer] += torch.einsum("d,hde->he", b, W_V[layer])
         if g is not None:
-            g = g.detach().float()[None, :, None]
+            g = g.to(W_Q.device)[None, :, None]
             W_Q[layer] = W_Q[layer] * g
             W_K[layer] = W_K[layer] * g
             W_V[layer] = W_V[layer] * g
 
     W_U = model.W_U.detach().float()
-    g, _ = _norm_params(model.ln_final)
+    g, _ = norm_affine(model.ln_final, cfg.d_model, norm)
     if g is not None:
-        W_U = W_U * g.detach().float()[:, None]
+        W_U = W_U * g.to(W_U.device)[:, None]
     W_pos = None
     if getattr(cfg, "positional_embedding_type", "standard") == "standard":
         try:
@@ -130,9 +233,10 @@ def head_weights(model) -> HeadWeights:
         b_K=b_K,
         b_V=b_V,
         b_O=b_O,
-        W_E=model.W_E.detach().float(),
+        W_E=embedding_matrix(model),
         W_U=W_U,
         W_pos=W_pos,
         kv_head=[h // group for h in range(H)],
         norm=norm,
+        attn_scale=attention_scales(model),
     )

@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-_ATTN = {"pattern", "attn_scores", "z", "q", "k", "v", "result"}
+_ATTN = {"pattern", "attn_scores", "z", "q", "k", "v", "rot_q", "rot_k", "result"}
 _BLOCK = {"resid_pre", "resid_mid", "resid_post", "mlp_out", "attn_out"}
 _TOP = {"embed", "pos_embed"}
 

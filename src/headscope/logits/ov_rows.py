@@ -92,7 +92,7 @@ def ov_rows(
         bots.append(b.indices)
         botv.append(b.values)
         selfv.append(own[:, 0])
-        rank.append((rows > own).sum(-1) + 1)  # ties count in the token's favour
+        rank.append((rows >= own).sum(-1))  # ties count against the token: a constant row ranks last, not first
     cat = lambda xs: torch.cat(xs).cpu().numpy()  # noqa: E731
     top_ids, bottom_ids = cat(tops), cat(bots)
     return OVRows(
@@ -165,7 +165,8 @@ def ov_circuit(
 
     ``tokens``: strings that are single tokens (``" cat"``; others are refused with how
     they tokenise) or token ids; ``text``: its distinct tokens are used as sources (BOS
-    left out). ``self_rank == 1`` means the head copies that token.
+    left out). ``self_rank == 1`` means the head copies that token: it counts the vocabulary entries at or
+    above the token's own, so ties count against it (a row that prefers nothing ranks last, not first).
 
     >>> import headscope
     >>> ov = headscope.ov_circuit(model, "L1H2", [" cat", " dog"])

@@ -13,7 +13,8 @@ are maths only and receive these embeddings through :func:`weight_inputs`.
 * ``"block0"`` -- McDougall et al. 2023 (copy suppression; their code's
   ``"W_E (including MLPs)"``): the residual stream after block 0, i.e.
   ``W_E + attn0(token attending to itself) + MLP0(...)``.
-* ``"embed"`` -- the plain embedding ``W_E`` (Elhage et al. 2021), float32.
+* ``"embed"`` -- the plain embedding ``W_E`` (Elhage et al. 2021), float32, as the embedding module
+  outputs it (Gemma's is the table times ``sqrt(d_model)``: :func:`~headscope.folded_weights.embedding_matrix`).
 * ``"embed_normed"`` -- ``W_E`` as a head's first norm would see it were it the whole
   residual: centred along d_model (LayerNorm only) and divided by its RMS
   ``sqrt(mean(x^2) + eps)``, float64 (the direct token path of :mod:`headscope.logits.ov_rows`).
@@ -30,7 +31,7 @@ from typing import Any
 import torch
 
 from ..errors import BadInput
-from ..folded_weights import HeadWeights, norm_kind
+from ..folded_weights import HeadWeights, embedding_matrix, norm_kind
 from ..scores.weight_score import WeightInputs
 
 CONVENTIONS = ("mlp0", "block0", "embed", "embed_normed")
@@ -61,7 +62,7 @@ def effective_embedding(
     ids = torch.as_tensor(token_ids, dtype=torch.long).reshape(-1)
     if convention in ("embed", "embed_normed"):
         weights = isinstance(source, HeadWeights)
-        W_E = source.W_E if weights else source.W_E.detach().float()
+        W_E = source.W_E if weights else embedding_matrix(source)  # as the residual receives it (Gemma: x sqrt(d))
         x = W_E[ids.to(W_E.device)]
         if convention == "embed":
             return x

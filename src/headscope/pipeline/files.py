@@ -92,8 +92,11 @@ def qk_tables(rd: ResultDir, a) -> None:
         f.insert(0, "sequence", d.sequence_index)
         f["pairs"] = d.how
         decs.append(f)
-    rd.write(
-        "decomposition.csv", lambda p: pd.concat(decs, ignore_index=True).to_csv(p, index=False, float_format="%.6g")
+    rd.write(  # empty (no rows) where every decomposition was left out: they did not reproduce the model's scores
+        "decomposition.csv",
+        lambda p: (pd.concat(decs, ignore_index=True) if decs else pd.DataFrame()).to_csv(
+            p, index=False, float_format="%.6g"
+        ),
     )
     rd.write("positional.csv", lambda p: a.positional.to_frame().to_csv(p, index=False, float_format="%.6g"))
     rd.write(

@@ -47,6 +47,25 @@ from .circuit_analysis import story_paths
 __all__ = ["SCAN_SCORES", "LogitAnalysis", "analyze_logits", "arrow"]
 
 
+#: The direct logit attribution is said to add up when its total and its rounding term ``float_error`` are
+#: both within this fraction of the largest logit (at least 1); otherwise a note says by how much they miss.
+SUM_TOLERANCE = 1e-4
+
+
+def _check_sums(attributions: list, model, notes: list[str]) -> None:
+    """A note where the components do not add up to the model's logit, or only through a large ``float_error``."""
+    size = max(1.0, *(float(np.abs(a.model_logit).max()) for a in attributions))
+    err = max(a.max_abs_error for a in attributions)
+    fe = max(float(np.abs(a.components["float_error"]).max()) for a in attributions)
+    if err > SUM_TOLERANCE * size or fe > SUM_TOLERANCE * size:
+        notes.append(
+            f"on {model.cfg.architecture} the direct logit attribution does not add up: the components miss the "
+            f"model's own logit by up to {err:.3g} and the unexplained residual (float_error) reaches {fe:.3g}; "
+            "the per-head effects leave out what this architecture does between the heads and the residual "
+            "(e.g. a post-attention norm or logit soft-capping), so read them as approximate"
+        )
+
+
 def _pick(
     texts: list[LogitAttribution], scan: InductionResult, top: int, notes: list[str]
 ) -> tuple[list[Head], dict[str, str]]:
@@ -205,6 +224,7 @@ def analyze_logits(
     w = head_weights(m)
     say("direct logit attribution on the texts")
     attributions = [logit_attribution(m, s, weights=w) for s in seqs]
+    _check_sums(attributions, m, notes)
     timings["texts_s"] = time.perf_counter() - t
     t = time.perf_counter()
     if scan is None:

@@ -28,7 +28,7 @@ from ..results.qk_results import (
 from . import rotary
 from .circuits import normalise, positional_qk, token_qk
 from .composition import composition_by_offset, composition_scores
-from .decompose import capture_residual, decompose_qk
+from .decompose import DECOMPOSITION_TOLERANCE, DecompositionMismatch, capture_residual, decompose_qk
 from .live import as_heads, as_sequences, qk_scores
 
 #: GiB the QK analysis may hold at once (estimated by :func:`qk_memory_bytes` before it starts); ``qk --max-memory``.
@@ -157,9 +157,10 @@ def token_circuits_at_used_offsets(
 
 
 @torch.no_grad()
-def _decompositions(model, chosen, seqs, query, w, step) -> tuple[list[QKDecomposition], dict[int, list[torch.Tensor]]]:
+def _decompositions(model, chosen, seqs, query, w, step, skipped: list[dict]):
     """Each chosen head's QK decomposition on each sequence, and the normalised residual entering each
-    chosen layer (the sample the rotary positional circuit reads)."""
+    chosen layer (the sample the rotary positional circuit reads). A decomposition that does not
+    reproduce the model's scores (:class:`DecompositionMismatch`) is left out and recorded in ``skipped``."""
     decs: list[QKDecomposition] = []
     resid: dict[int, list[torch.Tensor]] = {}
     max_layer = max(layer for layer, _ in chosen)
@@ -167,13 +168,39 @@ def _decompositions(model, chosen, seqs, query, w, step) -> tuple[list[QKDecompo
         step("decompositions", s, len(seqs))
         acts = capture_residual(model, seq, max_layer, score_layers={layer for layer, _ in chosen})
         for layer, h in chosen:
-            dec = decompose_qk(model, (layer, h), seq, query=query, weights=w, acts=acts)
+            try:
+                dec = decompose_qk(model, (layer, h), seq, query=query, weights=w, acts=acts)
+            except DecompositionMismatch as e:
+                skipped.append(
+                    {
+                        "head": head_label(layer, h),
+                        "sequence": s,
+                        "max_abs_error": e.error,
+                        "tolerance": DECOMPOSITION_TOLERANCE,
+                        "reason": e.message,
+                        "hint": e.hint,
+                    }
+                )
+                continue
             dec.sequence_index = s
             decs.append(dec)
         for layer in {layer for layer, _ in chosen}:  # residual sample for the rotary positional circuit
             x = acts[act_name("resid_pre", layer)][1:]
             resid.setdefault(layer, []).append(normalise(x, w.norm, float(getattr(model.cfg, "eps", 1e-5))))
     return decs, resid
+
+
+def _skipped_note(model, skipped: list[dict], total: int) -> list[str]:
+    """The one note saying which decompositions were left out (they did not reproduce the model's scores)."""
+    if not skipped:
+        return []
+    worst = max(skipped, key=lambda d: d["max_abs_error"])
+    heads_left = sorted({d["head"] for d in skipped}, key=lambda x: [int(n) for n in x[1:].split("H")])
+    return [
+        f"{model.cfg.architecture}: QK decompositions not shown for {len(skipped)} of {total} (head, text) pairs "
+        f"({', '.join(heads_left)}): they do not reproduce the model's own scores (largest difference "
+        f"{worst['max_abs_error']:.3g}); {worst['hint']}"
+    ]
 
 
 def analyze_qk(
@@ -228,7 +255,9 @@ def analyze_qk(
     live = qk_scores(model, chosen, seqs)
     timings["live_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    decs, resid = _decompositions(model, chosen, seqs, query, w, step)
+    skipped: list[dict] = []
+    decs, resid = _decompositions(model, chosen, seqs, query, w, step, skipped)
+    notes += _skipped_note(model, skipped, len(chosen) * len(seqs))
     timings["decompose_s"] = time.perf_counter() - t
     t = time.perf_counter()
     step("weights: positional and token circuits", 0, 1)
@@ -252,6 +281,7 @@ def analyze_qk(
         reasons=reasons,
         live=live,
         decompositions=decs,
+        skipped_decompositions=skipped,
         positional=positional,
         token_circuits=circuits,
         composition=comp,

@@ -15,6 +15,14 @@ The *key-side* contribution of component ``b`` is ``q_i . k_b(j) / sqrt(d_head)`
 *query-side* one of ``a`` is ``q_a(i) . k_j / sqrt(d_head)``; each side sums to the score.
 A last component, ``float_error``, holds ``resid_pre`` minus the sum of the hooked pieces
 (the model's float32 rounding, ~1e-5 of the residual), so the sums are exact.
+
+The scale is the model's own (its attention module's ``scaling``: ``1/sqrt(d_head)``, Gemma 2's
+``query_pre_attn_scalar``). Every decomposition is **checked** against the model's own
+pre-softmax scores at the same pairs (:func:`check_decomposition`): where the score is not
+``q.k`` of a linear read of the residual -- per-head query/key norms (Qwen3's ``q_norm`` and
+``k_norm``, nonlinear per token), ALiBi biases (BLOOM), soft-capped scores -- the total does not
+reproduce the model's score, and :class:`DecompositionMismatch` is raised rather than a
+breakdown that does not add up.
 """
 
 from __future__ import annotations
@@ -29,7 +37,52 @@ from ..models.inputs import TokenSequence
 from ..models.model import as_model
 from ..results.qk_results import QKDecomposition
 from . import rotary
-from .live import as_heads, as_sequences, capture
+from .live import as_heads, as_sequences, capture, pre_softmax_scores
+
+#: A decomposition whose total misses the model's own pre-softmax score by more than this, relative to
+#: the size of the scores explained (``max(1, max |score|)``), is refused (:func:`check_decomposition`).
+DECOMPOSITION_TOLERANCE = 1e-3
+
+
+class DecompositionMismatch(BadInput):
+    """A QK decomposition does not add up to the model's own scores: it is not shown."""
+
+    def __init__(self, message: str, hint: str, error: float, layer: int, head: int):
+        super().__init__(message, hint)
+        self.error, self.layer, self.head = error, layer, head
+
+
+def _why_not_linear(model) -> str:
+    attn = getattr(model.blocks[0].attn, "original_component", None)
+    if getattr(attn, "q_norm", None) is not None or getattr(model.cfg, "use_qk_norm", False):
+        return (
+            "it normalises each head's query and key (q_norm/k_norm), a per-token nonlinearity no split over "
+            "residual components can follow (the weight-only QK circuits leave these norms out too)"
+        )
+    if getattr(model.cfg, "attn_scores_soft_cap", -1) and getattr(model.cfg, "attn_scores_soft_cap", -1) > 0:
+        return "it soft-caps the scores (tanh), which is not linear in the components"
+    if "alibi" in str(getattr(model.cfg, "positional_embedding_type", "")).lower() or "Bloom" in str(
+        getattr(model.cfg, "architecture", "")
+    ):
+        return "it adds ALiBi position biases to the scores, which are not a read of the residual stream"
+    return "its attention score is not q.k of a linear read of the residual stream"
+
+
+def check_decomposition(model, layer: int, head: int, totals: np.ndarray, model_scores: np.ndarray) -> float:
+    """The largest ``|total - model score|`` over the pairs; raises :class:`DecompositionMismatch` past the tolerance."""
+    err = float(np.abs(totals - model_scores).max()) if len(totals) else 0.0
+    size = max(1.0, float(np.abs(model_scores).max())) if len(model_scores) else 1.0
+    if not err <= DECOMPOSITION_TOLERANCE * size:  # NaN fails too
+        arch = getattr(as_model(model).cfg, "architecture", None) or type(model).__name__
+        raise DecompositionMismatch(
+            f"the QK decomposition of L{layer}H{head} does not reproduce the model's own scores on {arch} "
+            f"(largest difference {err:.3g}, allowed {DECOMPOSITION_TOLERANCE * size:.3g}), so it is not shown",
+            hint=f"{_why_not_linear(as_model(model))}; the live scores and patterns are the model's own",
+            error=err,
+            layer=layer,
+            head=head,
+        )
+    return err
 
 
 def capture_residual(
@@ -187,7 +240,7 @@ def decompose_qk(
     (qn, qkinds, q), (kn, kkinds, k) = head_vectors(model, w, acts, layer, h)
     pattern = acts[act_name("pattern", layer)][h].numpy()
     pairs, how = choose_pairs(seq, pattern, query, key)
-    scale = w.W_Q.shape[-1] ** -0.5
+    scale = w.score_scale(layer)
     q_tot, k_tot = q.sum(0), k.sum(0)  # [T, d_head]
     steps = torch.arange(1, k.shape[1] + 1, dtype=k.dtype)[:, None]
     k_mean = k.cumsum(1) / steps  # [C_k, T, d_head]: mean over keys 0..i, what query i sees
@@ -202,7 +255,9 @@ def decompose_qk(
         pair_m = pair_m + torch.einsum("apd,bpd->ab", q[:, I], k[:, J])
     I, J = (np.array(x) for x in zip(*pairs))  # type: ignore[assignment]
     totals = (q_tot[I] * k_tot[J]).sum(-1).numpy() * scale
-    model_scores = acts[act_name("attn_scores", layer)][h][I, J].numpy()
+    scores_h, pattern_h = acts[act_name("attn_scores", layer)][h], acts[act_name("pattern", layer)][h]
+    model_scores = pre_softmax_scores(model, seq, layer, scores_h, pattern_h, head=h)[I, J].numpy()
+    error = check_decomposition(model, layer, h, totals, model_scores)
     per = scale / len(pairs)  # mean over pairs, in score units
     return QKDecomposition(
         model_name=as_model(model).name,
@@ -222,7 +277,7 @@ def decompose_qk(
         pair_contrib=(pair_m * per).numpy(),
         score=float(totals.mean()),
         model_score=float(model_scores.mean()),
-        max_abs_error=float(np.abs(totals - model_scores).max()),
+        max_abs_error=error,
         attention=float(pattern[I, J].mean()),
     )
 
@@ -327,7 +382,7 @@ def decompose_pair(
     """
     ((layer, h),) = as_heads(model, [head])
     w = weights or head_weights(model)
-    scale = w.W_Q.shape[-1] ** -0.5
+    scale = w.score_scale(layer)
     (qn, qkinds, q), (kn, kkinds, k) = _project_at(model, w, acts, layer, h, [query, key])
     q_i, k_j = q[:, 0], k[:, 1]  # [C, d_head] at the query / at the key
     q_tot = q_i.sum(0)
@@ -338,6 +393,8 @@ def decompose_pair(
     qry_c = q_i @ k_tot * scale
     qry_rel = q_i @ (k_tot - k_all.mean(0)) * scale
     score = float(q_tot @ k_tot * scale)
+    if np.isfinite(model_score):  # checked where the caller has the model's score
+        check_decomposition(model, layer, h, np.array([score]), np.array([float(model_score)]))
     return QKDecomposition(
         model_name=as_model(model).name,
         layer=layer,

@@ -563,6 +563,15 @@ class QKAnalysis(Result):
     scan_scores: dict[str, np.ndarray] | None = None  # quick-scan scores [L, H] by name
     notes: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    #: decompositions left out because they did not reproduce the model's scores: head, sequence, error, reason
+    skipped_decompositions: list[dict] = field(default_factory=list)
+
+    def decomposition(self, layer: int, head: int, sequence: int = 0) -> QKDecomposition | None:
+        """The decomposition of ``layer.head`` on text ``sequence``; None where it was left out (it did not add up)."""
+        for d in self.decompositions:
+            if (d.layer, d.head, d.sequence_index) == (layer, head, sequence):
+                return d
+        return None
 
     def head_score(self, name: str, layer: int, head: int) -> float | None:
         return None if self.scan_scores is None else float(self.scan_scores[name][layer, head])
@@ -650,6 +659,7 @@ class QKAnalysis(Result):
             "quick_scan": QUICK_SCAN,
             "live": self.live.to_dict(),
             "decompositions": [d.to_dict() | {"sequence": d.sequence_index} for d in self.decompositions],
+            "decompositions_skipped": self.skipped_decompositions,
             "positional": self.positional.to_dict(),
             "token_circuits": [t.to_dict() for t in self.token_circuits],
             "composition": self.composition.to_dict(),
@@ -667,8 +677,9 @@ class QKAnalysis(Result):
 
         rows = []
         sources = self.k_sources(1)
-        for n, (l, h) in enumerate(self.heads):
-            ((comp, v),) = self.decompositions[n].top("key", 1, by="vs_mean_key")  # sequence 0
+        for l, h in self.heads:
+            dec = self.decomposition(l, h)  # sequence 0; None where it did not reproduce the model's scores
+            ((comp, v),) = dec.top("key", 1, by="vs_mean_key") if dec is not None else ((None, None),)
             src = sources[head_label(l, h)]
             used = self.used_offsets.get(head_label(l, h))
             rows.append(

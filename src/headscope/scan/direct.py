@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..folded_weights import HeadWeights, head_weights
+from ..folded_weights import HeadWeights, head_weights, norm_affine
 from ..hooks import act_name
 from ..scores.layout import RepeatLayout, first_repeat_targets, later_repeat_targets
 
@@ -39,24 +39,19 @@ class Unembedding:
         return u.reshape(*targets.shape, -1)
 
 
-def _param(module, name: str) -> torch.Tensor | None:
-    module = getattr(module, "original_component", module)
-    p = getattr(module, name, None)
-    return None if p is None else p.detach()
-
-
 @torch.no_grad()
 def unembedding(model, w: HeadWeights | None = None) -> Unembedding:
     """The final norm + unembedding of ``model`` (a TransformerBridge) in the form the attribution needs."""
     w = w or head_weights(model)
     # The model's own W_U (a view) and the final norm's gain, folded into the columns directions()
     # gathers: no folded or float64 copy of W_U (SmolLM2: 113 MB / 226 MB) is held through a pass.
+    # The gain and bias the final norm applies, measured (Gemma's is 1 + weight): folded_weights.norm_affine.
     W_U = model.W_U.detach()
-    g = _param(model.ln_final, "weight")
-    gain = None if g is None else g.float()
+    gain, b_f = norm_affine(model.ln_final, W_U.shape[0], w.norm)
+    gain = None if gain is None else gain.to(W_U.device)
     bias = torch.zeros(W_U.shape[1], dtype=torch.float64, device=W_U.device)
-    b_f = _param(model.ln_final, "bias")
-    if b_f is not None:  # LayerNorm's bias goes through the raw (unfolded) W_U
+    if b_f is not None:
+        b_f = b_f.to(W_U.device)  # LayerNorm's bias goes through the raw (unfolded) W_U
         step = max(1, (1 << 22) // W_U.shape[0])
         for c in range(0, W_U.shape[1], step):  # float64 product, a few columns at a time
             bias[c : c + step] += b_f.double() @ W_U[:, c : c + step].double()

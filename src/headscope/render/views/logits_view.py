@@ -184,9 +184,12 @@ def print_effects(con, a) -> None:
     for r in a.top_effects(10).itertuples():
         t.add_row(str(r.text), r.where, r.head_label, f"{r.effect:+.3f}", f"{r.model_logit:+.2f}")
     con.print(t)
+    err = max((t.max_abs_error for t in a.texts), default=float("nan"))
+    fe = max((float(np.abs(t.components["float_error"]).max()) for t in a.texts), default=float("nan"))
     con.print(
         "[dim]effect: the head's direct push on the centred logit of the actual next token; logit: the model's "
-        "own centred logit of it (all components sum to it).[/]",
+        f"own centred logit of it (all components together miss it by at most {err:.1e}; the unexplained "
+        f"residual, float_error, is at most {fe:.1e}).[/]",
         highlight=False,
     )
 

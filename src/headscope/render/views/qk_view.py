@@ -210,9 +210,8 @@ def composition_html(c, heads: list[tuple[int, int]], prev_token: np.ndarray | N
 def qk_sections(a) -> list[tuple[str, str, str]]:
     """The QK part of the page from a :class:`~headscope.qk.QKAnalysis`."""
     heads = a.heads
-    n = len(heads)
     first = a.live.sequences[0]
-    decs = [a.decompositions[k] for k in range(min(n, len(a.decompositions)))]  # sequence 0, every head
+    decs = [d for l, h in heads if (d := a.decomposition(l, h)) is not None]  # sequence 0, every head shown
     return [
         ("qk-heads", "QK analysis: the chosen heads", qk_heads_html(a)),
         (
@@ -264,8 +263,8 @@ def _print_summary(con, a) -> None:
         t.add_column(col, justify="right" if col in ("induction", "prev-token") else "left")
     sources = a.k_sources(3)
     for n, (l, h) in enumerate(a.heads):
-        dec = a.decompositions[n]  # sequence 0
-        ((name, v),) = dec.top("key", 1, by="vs_mean_key")
+        dec = a.decomposition(l, h)  # sequence 0; None: it did not reproduce the model's scores (a note says)
+        ((name, v),) = dec.top("key", 1, by="vs_mean_key") if dec is not None else (("-", None),)
         ind, prev = a.head_score("induction", l, h), a.head_score("previous_token", l, h)
         src = " ".join(f"{s['head']}:{s['excess']:+.3f}" for s in sources[head_label(l, h)]) or "- (layer 0)"
         why = re.sub(r"#(\d+) (\S+) score [-\d.]+", r"\2 #\1", a.reasons.get(head_label(l, h), "--head"))
@@ -274,7 +273,7 @@ def _print_summary(con, a) -> None:
             why,
             f"{ind:.2f}" if ind is not None else "-",
             f"{prev:.2f}" if prev is not None else "-",
-            f"{name} {v:+.3g}",
+            f"{name} {v:+.3g}" if v is not None else "- (not shown)",
             a.token_circuits[n].where,
             src,
         )
