@@ -87,5 +87,6 @@ def test_token_sets_refuse_strings_that_are_not_one_token_and_say_how_they_split
 def test_positional_circuit_on_a_model_without_positions_is_refused(tiny_gpt2):
     w = head_weights(tiny_gpt2)
     w.W_pos = None
-    with pytest.raises(BadInput, match="neither learned nor rotary"):
+    with pytest.raises(BadInput, match="neither learned, rotary nor ALiBi positions") as exc:
         positional_qk(tiny_gpt2, ["0.0"], weights=w)
+    assert "skip" not in (exc.value.hint or "")  # no option skips it: the hint names what still runs

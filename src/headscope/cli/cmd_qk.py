@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from typing import Annotated, Optional
 
 import typer
@@ -12,6 +14,7 @@ from ..progress import Progress
 from ..qk.analysis import DEFAULT_QK_MEMORY_GB, analyze_qk
 from ..render.lookup import view_of
 from ..render.page import Report
+from ..scan.fused import FusedUnsupported
 from . import app
 from ._common import (
     DEFAULT,
@@ -40,6 +43,24 @@ from ._common import (
     say_written,
     text_list,
 )
+
+
+@contextlib.contextmanager
+def _qk_hints() -> Iterator[None]:
+    """Hints that point at what ``qk`` has: it has no ``--attention`` option.
+
+    Its quick scan takes the attention path itself ("auto": eager wherever the fused kernel
+    cannot apply the model's mask, a sliding window shorter than the sequence included), so a
+    fused-path failure here is one the route did not foresee.
+    """
+    try:
+        yield
+    except FusedUnsupported as exc:
+        raise FusedUnsupported(
+            exc.message,
+            hint="headscope qk has no --attention option (its quick scan picks the path itself); "
+            "headscope induction --attention eager runs the same scan without the fused kernel",
+        ) from exc
 
 
 @app.command("qk")
@@ -116,7 +137,7 @@ def qk_cmd(
     with result_dir("qk", out, model, overwrite) as rd:
         m = load(err, where)
         step = Progress(progress_enabled(), console=err, lines=True, transient=True)
-        with step.running():
+        with step.running(), _qk_hints():
             a = analyze_qk(
                 m,
                 texts,

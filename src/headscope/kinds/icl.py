@@ -57,9 +57,9 @@ def _pick(per_pos: torch.Tensor, windows: TokenWindows, i: int) -> torch.Tensor:
     return per_pos[:, i + int(windows.bos) - 1]
 
 
-def _route(model, attention: str) -> contextlib.AbstractContextManager:
-    """The fused kernel where the model allows it ("auto"), else eager attention."""
-    if attention == "eager" or (attention == "auto" and not fused_supported(model)):
+def _route(model, attention: str, n_tokens: int | None = None) -> contextlib.AbstractContextManager:
+    """The fused kernel where the model allows it on ``n_tokens``-token windows ("auto"), else eager attention."""
+    if attention == "eager" or (attention == "auto" and not fused_supported(model, n_tokens)):
         return contextlib.nullcontext()
     return fused_attention(model)
 
@@ -73,7 +73,10 @@ def _clean_losses(model, windows: TokenWindows, chunk: int, hooks, attention: st
     scan's are: no ``[chunk, 512, vocab]`` logits are held."""
     normed = normed_route_ok(model)
     out = []
-    with _route(model, attention), normed_output(model) if normed else contextlib.nullcontext():
+    with (
+        _route(model, attention, windows.tokens.shape[1]),
+        normed_output(model) if normed else contextlib.nullcontext(),
+    ):
         for start in range(0, len(windows.tokens), chunk):
             tokens = windows.tokens[start : start + chunk].to(model.cfg.device)
             y = model.run_with_hooks(tokens, fwd_hooks=list(hooks), use_cache=False)
@@ -100,9 +103,9 @@ def _ablated_losses(
 
     Only the positions up to the last scored one run (attention is causal: what comes after it
     changes none of the scored losses), and only the scored positions are unembedded."""
-    fused = attention == "fused" or (attention == "auto" and fused_supported(model))
     normed = normed_route_ok(model)
     n = max(positions) + 1
+    fused = attention == "fused" or (attention == "auto" and fused_supported(model, n))
     out = []
     for start in range(0, len(windows.tokens), chunk):
         tokens = windows.tokens[start : start + chunk, : n + 1].to(model.cfg.device)

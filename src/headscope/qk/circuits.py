@@ -1,4 +1,4 @@
-"""QK circuits from the weights alone: positional (learned or rotary) and token.
+"""QK circuits from the weights alone: positional (learned, rotary or ALiBi) and token.
 
 Inputs to a head are normalised: we apply the head's own norm with the scale frozen at each
 input vector's own value (so a token embedding ``e`` enters as ``norm(e)``: centred for
@@ -46,11 +46,12 @@ def positional_qk(
     residual vectors, ``qbar^T RoPE(d) kbar / sqrt(d_head)`` with qbar, kbar the mean query
     and key (exact, by linearity). The sample is ``residuals[layer]`` (``[N, d_model]``,
     already normalised) where given, else the normalised token embeddings of the vocabulary.
+    ALiBi (Bloom): the bias the model adds to the score at offset d, relative to offset 0
+    (``-slope_h d``): a fixed penalty on distance, not a read of any weight or input.
     """
     heads = as_heads(model, heads)
     w = weights or head_weights(model)
     eps = float(getattr(model.cfg, "eps", 1e-5))
-    scale = w.W_Q.shape[-1] ** -0.5
     offsets = np.arange(n_positions)
     curves, mats = [], []
     if rotary.is_rotary(model):
@@ -61,7 +62,7 @@ def positional_qk(
             q = x_mean @ w.W_Q[layer, h].double()
             k = x_mean @ w.W_K[layer, h].double()
             q_at = rotary.apply_rope(q.expand(n_positions, -1), cos, sin, rotary.adjacent_pairs(model))
-            curves.append((q_at @ k).numpy() * scale)  # query at position d, key at 0 == offset d
+            curves.append((q_at @ k).numpy() * w.score_scale(layer))  # query at position d, key at 0 == offset d
         src = (
             "residual vectors from the given texts at each head's layer (BOS excluded)"
             if residuals
@@ -76,14 +77,23 @@ def positional_qk(
             as_model(model).name, heads, offsets, np.stack(curves), None, method, rotary.rope_theta(model)
         )
     if w.W_pos is None:
-        raise BadInput(
-            "this model has neither learned nor rotary positions; there is no positional QK circuit",
-            hint="skip the positional analysis for this model",
+        alibi = _alibi_offsets(model, n_positions)
+        if alibi is None:
+            raise BadInput(
+                f"{getattr(model.cfg, 'architecture', None) or 'this model'} has neither learned, rotary nor "
+                "ALiBi positions headscope can read; there is no positional QK circuit to show",
+                hint="headscope qk needs one; headscope induction and headscope heads still analyse this model",
+            )
+        method = (
+            "ALiBi: the model adds slope x (key position) to each head's scores, the same in every layer and "
+            "independent of the weights and the text; shown relative to offset 0 (the softmax ignores a constant per "
+            "query), that is -slope x offset, read from the model's own build_alibi_tensor"
         )
+        return PositionalQK(as_model(model).name, heads, offsets, np.stack([alibi[h] for _, h in heads]), None, method)
     n = min(n_positions, w.W_pos.shape[0])
     P = normalise(w.W_pos[:n], w.norm, eps)
     for layer, h in heads:
-        m = (P @ w.W_Q[layer, h].double()) @ (P @ w.W_K[layer, h].double()).T * scale
+        m = (P @ w.W_Q[layer, h].double()) @ (P @ w.W_K[layer, h].double()).T * w.score_scale(layer)
         m = torch.tril(m) + torch.triu(torch.full_like(m, float("nan")), 1)
         mats.append(m.numpy())
         curves.append(np.array([np.nanmean(np.diagonal(mats[-1], -d)) for d in range(n)]))
@@ -93,6 +103,25 @@ def positional_qk(
         "offset curve = mean along each diagonal"
     )
     return PositionalQK(as_model(model).name, heads, offsets[:n], np.stack(curves), np.stack(mats), method)
+
+
+@torch.no_grad()
+def _alibi_offsets(model, n_positions: int) -> np.ndarray | None:
+    """``[n_heads, n_positions]``: the ALiBi bias a head adds at offset d, minus the one at offset 0 (None: no ALiBi).
+
+    Read from the Hugging Face model's own ``build_alibi_tensor`` (Bloom's), for one unpadded
+    sequence: ``alibi[h, j] = slope_h * j``; a query at ``n - 1`` sees the key ``d`` back at
+    ``alibi[h, n - 1 - d]``.
+    """
+    hf = getattr(as_model(model).bridge, "original_model", None)
+    owner = next((mod for mod in (hf.modules() if hf is not None else ()) if hasattr(mod, "build_alibi_tensor")), None)
+    if owner is None:
+        return None
+    n_heads = int(model.cfg.n_heads)
+    alibi = owner.build_alibi_tensor(torch.ones(1, n_positions, dtype=torch.long), n_heads, torch.float64)
+    alibi = alibi.reshape(n_heads, n_positions).double().cpu().numpy()
+    last = n_positions - 1
+    return alibi[:, last - np.arange(n_positions)] - alibi[:, [last]]
 
 
 def _top_tokens(vec: torch.Tensor, labels_of, k: int, sign: int) -> list[str]:
@@ -130,7 +159,7 @@ def token_qk(
     w = weights or head_weights(model)
     eps = float(getattr(model.cfg, "eps", 1e-5))
     E = normalised_embeddings if normalised_embeddings is not None else normalise(w.W_E, w.norm, eps).float()
-    scale = w.W_Q.shape[-1] ** -0.5
+    scale = w.score_scale(layer)
     W_Q, W_K = w.W_Q[layer, h].float(), w.W_K[layer, h].float()
     at: int | None = None
     if rotary.is_rotary(model):

@@ -8,12 +8,26 @@ TransformerLens 4.3's ``forward(..., start_at_layer=l)`` injects a residual at b
 but still *executes* blocks ``0..l-1`` and throws their output away (its docstring says
 so), which saves nothing. :func:`restart_from` therefore also swaps those blocks for a
 pass-through for the duration of the call; the HF model still computes the position
-embeddings / rotary tables / mask for the full length, and block ``l`` swaps the residual in.
+embeddings / rotary tables / ALiBi biases / mask for the full length, and block ``l`` swaps
+the residual in.
+
+Two architectures need more than TransformerLens does (:func:`skip_blocks` does both):
+
+- a Hugging Face layer that returns a tuple (Bloom, Falcon, MPT, GPT-Neo: the model reads
+  ``outputs[0]``) gets a tuple from the pass-through too, not a tensor it would index along
+  the batch;
+- a block bridge with its own ``forward`` that never swaps the residual in
+  (TransformerLens 4.3's ``BloomBlockBridge``, which would run block ``l`` on the *embedding
+  norm of* the residual) gets the swap from a forward pre-hook: the residual the bridge
+  stashed for ``start_at_layer``, exactly what ``BlockBridge`` itself puts there.
 """
 
 from __future__ import annotations
 
+import ast
 import contextlib
+import inspect
+import textwrap
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -31,22 +45,75 @@ from .losses import (
 )
 from .sequences import RepeatedTokens
 
+_tuple_width: dict[type, int] = {}
 
-def _pass_through(*args, **kwargs):
-    """A block that returns its incoming hidden states (HF decoder layers return a tensor)."""
-    return args[0] if args else kwargs["hidden_states"]
+
+def _returns_tuple(layer: torch.nn.Module | None) -> int:
+    """How many items the HF layer's ``forward`` returns as a tuple (0: a tensor), read from its source.
+
+    Bloom's ``BloomBlock.forward`` ends ``return output, attn_weights`` and ``BloomModel`` takes
+    ``outputs[0]``; Llama's returns the tensor and its model uses it as it is.
+    """
+    if layer is None:
+        return 0
+    cls = type(layer)
+    if cls not in _tuple_width:
+        width = 0
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(cls.forward)))
+            returns = [n.value for n in ast.walk(tree.body[0]) if isinstance(n, ast.Return) and n.value is not None]
+            if returns and all(isinstance(r, ast.Tuple) for r in returns):
+                width = max(len(r.elts) for r in returns)  # type: ignore[attr-defined]
+        except (OSError, TypeError, SyntaxError, IndexError):
+            pass
+        _tuple_width[cls] = width
+    return _tuple_width[cls]
+
+
+def _pass_through_for(width: int):
+    """A block forward returning its incoming hidden states, as a tuple of ``width`` items where the HF layer does."""
+
+    def pass_through(*args, **kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        return (hidden,) + (None,) * (width - 1) if width else hidden
+
+    return pass_through
+
+
+def _swap_in_start_residual(block, args, kwargs):
+    """Forward pre-hook: the residual stashed for ``start_at_layer`` replaces the block's hidden states.
+
+    The same swap as TransformerLens's ``BlockBridge._maybe_inject_start_residual`` (a no-op
+    where that already ran: the same tensor), for block bridges whose ``forward`` skips it.
+    """
+    residual = getattr(block, "_start_residual", None)
+    if residual is None or getattr(block, "_start_at_layer_idx", None) is None:
+        return None
+    if args and isinstance(args[0], torch.Tensor):
+        return (residual,) + tuple(args[1:]), kwargs
+    if "hidden_states" in kwargs:
+        return args, {**kwargs, "hidden_states": residual}
+    return None
 
 
 @contextlib.contextmanager
 def skip_blocks(model, below: int) -> Iterator[None]:
-    """Make ``model.blocks[:below]`` return their input unchanged inside the block."""
-    blocks = list(model.blocks)[:below]
+    """Make ``model.blocks[:below]`` return their input unchanged inside the block, and block ``below``
+    take the residual a ``start_at_layer`` pass hands it (whatever its bridge does)."""
+    all_blocks = list(model.blocks)
+    blocks = all_blocks[:below]
+    handle = None
     try:
         for block in blocks:
             # object.__setattr__: a bridge's __setattr__ forwards unknown names to the HF module.
-            object.__setattr__(block, "forward", _pass_through)
+            width = _returns_tuple(getattr(block, "original_component", None))
+            object.__setattr__(block, "forward", _pass_through_for(width))
+        if below < len(all_blocks):
+            handle = all_blocks[below].register_forward_pre_hook(_swap_in_start_residual, with_kwargs=True)
         yield
     finally:
+        if handle is not None:
+            handle.remove()
         for block in blocks:
             block.__dict__.pop("forward", None)
 
@@ -75,7 +142,7 @@ def residual_hooks(store: dict[int, list[torch.Tensor]], layers) -> list[tuple[s
 def _capture(model, tokens: torch.Tensor, hooks: list, stop: int, chunk: int | None, fused: bool | None) -> None:
     """Clean passes over ``tokens`` (``chunk`` sequences each) that stop before block ``stop``, with ``hooks``."""
     chunk = chunk or tokens.shape[0]
-    use_fused = fused_supported(model) if fused is None else fused
+    use_fused = fused_supported(model, tokens.shape[-1]) if fused is None else fused
     ctx = fused_attention(model) if use_fused else contextlib.nullcontext()
     with ctx:
         for s in range(0, tokens.shape[0], chunk):
@@ -184,7 +251,7 @@ def restart_from(
     (default: wherever supported) routes attention through the fused kernel. ``normed``: return
     the final norm's output ``[batch, n, d_model]`` instead (:func:`~.losses.normed_output`).
     """
-    use_fused = fused_supported(model) if fused is None else fused
+    use_fused = fused_supported(model, resid.shape[-2]) if fused is None else fused
     ctx = fused_attention(model) if use_fused else contextlib.nullcontext()
     with ctx, skip_blocks(model, layer), normed_output(model) if normed else contextlib.nullcontext():
         return model.run_with_hooks(resid, start_at_layer=layer, fwd_hooks=list(fwd_hooks), use_cache=False)

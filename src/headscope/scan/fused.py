@@ -24,7 +24,9 @@ pass, each layer's bridge instance:
 
 The model config is switched to the registered name, with a mask builder of its own
 (:func:`fused_causal_mask`) that builds nothing for a plain causal pass and refuses padding
-(transformers would otherwise drop a padding mask silently for an unknown name).
+(transformers would otherwise drop a padding mask silently for an unknown name) and sliding
+windows shorter than the sequence (:func:`sliding_windows` reads each layer's window the way
+transformers applies it; "auto" takes eager for those before any pass: :func:`fused_unsupported_reason`).
 ``hook_resid_pre``/``hook_resid_post``, ``hook_q``/``hook_k``/``hook_v``/``hook_z`` keep firing;
 ``hook_attn_scores``, ``hook_pattern`` and ``hook_rot_q``/``hook_rot_k`` do not.
 """
@@ -50,6 +52,10 @@ class OnAttention(Protocol):
         """Receive one layer's rotated ``q`` ``[batch, head, n, d_head]``, ``k`` (expanded to the
         query heads, same shape), the row logsumexp ``lse`` ``[batch, head, n]`` (float32) and the
         score scale. Reduce at once; the tensors are freed after the call."""
+
+
+WINDOW_HINT = "use --attention eager (or --attention auto, which picks eager for such models)"
+"""The hint when a pass finds a mask the kernel cannot apply (a sliding window shorter than the sequence)."""
 
 
 class FusedUnsupported(BadInput):
@@ -130,9 +136,16 @@ def fused_attention_forward(
         )
     if dropout:
         raise FusedUnsupported("fused attention does not apply dropout", hint="put the model in eval mode")
-    for name in ("sliding_window", "softcap", "s_aux"):
+    for name in ("softcap", "s_aux"):
         if kwargs.get(name) is not None:
             raise FusedUnsupported(f"fused attention does not handle {name}", hint="use --attention eager")
+    window = kwargs.get("sliding_window")
+    if window is not None and int(window) < key.shape[-2]:
+        raise FusedUnsupported(
+            f"fused attention got a sliding window of {int(window)} tokens, shorter than the "
+            f"{key.shape[-2]}-token sequence",
+            hint=WINDOW_HINT,
+        )
     if query.shape[-2] != key.shape[-2]:
         raise FusedUnsupported(
             "fused attention got a key/value cache (queries and keys differ in length)",
@@ -162,8 +175,10 @@ def fused_causal_mask(
 
     Registering one matters: for an attention name with no mask builder transformers drops
     the caller's 2D padding mask silently (``masking_utils._preprocess_mask_arguments``), so a
-    padded batch would run unmasked. Here padding, packed sequences, sliding windows and
-    cache offsets raise instead; the kernel applies the causal mask itself.
+    padded batch would run unmasked. Here padding, packed sequences, sliding windows shorter
+    than the sequence and cache offsets raise instead; the kernel applies the causal mask
+    itself. A sliding window at least as long as the sequence (Mistral's 4096 on a shorter
+    text) keeps every causal entry, so it passes as plain causal.
     """
     from transformers.masking_utils import causal_mask_function
 
@@ -172,15 +187,35 @@ def fused_causal_mask(
             "fused attention got a padding mask (some positions masked out)",
             hint="headscope's fused path takes unpadded causal inputs; use --attention eager",
         )
-    if mask_function is not None and mask_function is not causal_mask_function:
-        raise FusedUnsupported(
-            "fused attention got a mask that is not plain causal (sliding window or packed sequences)",
-            hint="use --attention eager",
-        )
     if q_length != kv_length or int(q_offset) != 0 or int(kv_offset) != 0:
         raise FusedUnsupported(
             "fused attention got a key/value cache (keys and queries differ)", hint="run without past_key_values"
         )
+    if mask_function is None or mask_function is causal_mask_function:
+        return
+    window = kwargs.get("local_size")
+    if window is not None and kwargs.get("allow_is_causal_skip", False) and _window_is_causal(mask_function, kv_length):
+        return  # a sliding window at least as long as the sequence: every causal key is inside it
+    if window is not None and int(window) < kv_length:
+        raise FusedUnsupported(
+            f"fused attention got a sliding window of {int(window)} tokens, shorter than the {kv_length}-token sequence",
+            hint=WINDOW_HINT,
+        )
+    raise FusedUnsupported(
+        "fused attention got a mask that is not plain causal (packed sequences or a custom mask)",
+        hint=WINDOW_HINT,
+    )
+
+
+def _window_is_causal(mask_function, n: int) -> bool:
+    """Whether ``mask_function`` keeps every causal entry of an ``n``-token sequence.
+
+    Called for transformers' sliding-window masks only (``allow_is_causal_skip`` set: no overlay,
+    no packing), which keep ``kv > q - window``; the entry that goes first as the window shrinks
+    is the last query's first key, so that one entry decides (``window >= n``).
+    """
+    zero, last = torch.tensor(0), torch.tensor(n - 1)
+    return bool(mask_function(zero, zero, last, zero))
 
 
 def register_fused_attention() -> str:
@@ -225,8 +260,79 @@ def _hf_dispatches(module: torch.nn.Module) -> bool:
     return _dispatches[cls]
 
 
-def fused_unsupported_reason(model) -> str | None:
-    """Why ``model``'s attention cannot run through the fused kernel, or ``None`` if it can."""
+def _model_config(model):
+    hf = getattr(model, "original_model", None)
+    return getattr(hf, "config", None)
+
+
+def sliding_windows(model) -> list[int | None]:
+    """Each layer's sliding attention window in tokens (``None``: the layer attends to every earlier token).
+
+    Read the way transformers applies it: from the attention module's own ``sliding_window``
+    where it has one (Qwen2, Qwen3, Gemma2/3, Cohere2, ...: set per layer from
+    ``config.layer_types``, ``None`` on full-attention layers and where ``use_sliding_window`` is
+    off), else from the config (Mistral, Mixtral, Phi-3, Starcoder2 pass ``config.sliding_window``
+    to every layer at forward time; a ``layer_types`` entry of ``full_attention`` exempts a layer).
+    """
+    model = model.bridge if isinstance(model, HeadscopeModel) else model
+    config = _model_config(model)
+    cfg_window = getattr(config, "sliding_window", None)
+    layer_types = getattr(config, "layer_types", None)
+    out: list[int | None] = []
+    for l, block in enumerate(getattr(model, "blocks", None) or []):
+        hf = getattr(getattr(block, "attn", None), "original_component", None)
+        if hf is not None and hasattr(hf, "sliding_window"):
+            window = hf.sliding_window
+        elif layer_types is not None and l < len(layer_types) and layer_types[l] != "sliding_attention":
+            window = None
+        else:
+            window = cfg_window
+        out.append(int(window) if isinstance(window, (int, float)) and not isinstance(window, bool) else None)
+    return out
+
+
+def _context_length(model) -> int | None:
+    """The longest sequence the model takes (its position table), or ``None`` if it does not say."""
+    config = _model_config(model)
+    for source, name in ((config, "max_position_embeddings"), (getattr(model, "cfg", None), "n_ctx")):
+        value = getattr(source, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def window_reason(model, n_tokens: int | None = None) -> str | None:
+    """Why a sliding window keeps ``n_tokens``-token sequences off the fused kernel, or ``None``.
+
+    A window at least as long as the sequence masks nothing a causal mask keeps (it is plain
+    causal), so only a shorter one is a reason. ``n_tokens=None``: the length is not known, so
+    the longest sequence the model takes (``max_position_embeddings``) stands in for it.
+    """
+    model = model.bridge if isinstance(model, HeadscopeModel) else model
+    length = n_tokens if n_tokens is not None else _context_length(model)
+    for l, window in enumerate(sliding_windows(model)):
+        if window is None:
+            continue
+        if length is None:
+            return f"layer {l} attends over a sliding window of {window} tokens and the sequence length is not known"
+        if window < length:
+            what = f"{length}-token sequences" if n_tokens is not None else f"the {length} positions the model takes"
+            return f"layer {l} attends over a sliding window of {window} tokens, shorter than {what}"
+    return None
+
+
+def fused_unsupported_reason(model, n_tokens: int | None = None) -> str | None:
+    """Why ``model``'s attention cannot run through the fused kernel on ``n_tokens``-token sequences, or ``None``.
+
+    ``n_tokens`` matters only for a model with a sliding window (:func:`window_reason`); without
+    it the model's longest sequence stands in (so "auto" never picks a path that fails later).
+    """
+    reason = _structure_reason(model)
+    return reason if reason is not None else window_reason(model, n_tokens)
+
+
+def _structure_reason(model) -> str | None:
+    """What in the model's attention modules keeps it off the fused kernel, whatever the sequence length."""
     model = model.bridge if isinstance(model, HeadscopeModel) else model
     try:
         rotary_cls, joint_cls = _bridge_classes()
@@ -251,7 +357,7 @@ def fused_unsupported_reason(model) -> str | None:
         if type(attn) is rotary_cls:
             if not _hf_dispatches(hf):
                 return f"{type(hf).__name__} does not dispatch through transformers' AttentionInterface"
-            for attr in ("attn_logit_softcapping", "sinks", "sliding_window"):
+            for attr in ("attn_logit_softcapping", "sinks"):
                 if getattr(hf, attr, None) is not None:
                     return f"{type(hf).__name__} uses {attr}"
             if getattr(hf, "layer_idx", None) != l:
@@ -264,8 +370,9 @@ def fused_unsupported_reason(model) -> str | None:
     return None
 
 
-def fused_supported(model) -> bool:
-    return fused_unsupported_reason(model) is None
+def fused_supported(model, n_tokens: int | None = None) -> bool:
+    """Whether "auto" takes the fused kernel for ``model`` on ``n_tokens``-token sequences (:func:`fused_unsupported_reason`)."""
+    return fused_unsupported_reason(model, n_tokens) is None
 
 
 def _joint_qkv_reconstruct(bridge, q, k, v, **kwargs):
@@ -345,7 +452,7 @@ def fused_attention(model, on_attention: OnAttention | None = None) -> Iterator[
             if on_attention is not None and on_attention in callbacks:
                 callbacks.remove(on_attention)
         return
-    reason = fused_unsupported_reason(model)
+    reason = _structure_reason(model)  # a sliding window is checked per pass, where the length is known
     if reason:
         raise FusedUnsupported(
             f"fused attention is not available for this model: {reason}", hint="use --attention eager"

@@ -123,18 +123,19 @@ def direct_weights(model: HeadscopeModel) -> tuple[HeadWeights, Unembedding]:
     return hit[1], hit[2]
 
 
-def attention_route(model, attention: str = "auto") -> str:
-    """The path a scan of ``model`` takes: "fused" or "eager".
+def attention_route(model, attention: str = "auto", n_tokens: int | None = None) -> str:
+    """The path a scan of ``model`` on ``n_tokens``-token sequences takes: "fused" or "eager".
 
     "auto": fused wherever the model's attention can be routed through a fused kernel
-    (:func:`~headscope.scan.fused.fused_supported`), else eager; "fused" raises
-    :class:`~headscope.scan.fused.FusedUnsupported` with the reason where it cannot.
+    (:func:`~headscope.scan.fused.fused_supported`; a sliding window shorter than the sequence
+    cannot), else eager; "fused" raises :class:`~headscope.scan.fused.FusedUnsupported` with the
+    reason where it cannot.
     """
     if attention not in ATTENTION_MODES:
         raise BadInput(f"unknown attention {attention!r}", hint=f"use one of: {', '.join(ATTENTION_MODES)}")
     if attention == "eager":
         return "eager"
-    reason = fused_unsupported_reason(model)
+    reason = fused_unsupported_reason(model, n_tokens)
     if reason is None:
         return "fused"
     if attention == "fused":
@@ -332,7 +333,7 @@ def score_pass(
     layer's ``z`` at the positions it reads and reduces all layers after the pass (``keep``).
     """
     m = as_model(model)
-    route = attention_route(m, attention)
+    route = attention_route(m, attention, rt.layout.n_tokens)
     L, H = m.n_layers, m.n_heads
     layout = rt.layout
     reads = _AttentionReads(m, layout, route, reads_together)
@@ -519,9 +520,9 @@ def scan_induction(
     m = as_model(model)
     st = ScanSettings.from_keywords(settings, **keywords).check()
     top_k, ablate, ablation, controls, batch = st.top_k, st.ablate, st.ablation, st.controls, st.batch
-    route = attention_route(m, st.attention)
     cfg = m.cfg
     rt = repeated_tokens(m, seq_len=st.seq_len, batch=batch, repeats=st.repeats, seed=st.seed)
+    route = attention_route(m, st.attention, rt.layout.n_tokens)
     layout = rt.layout
     chunk = st.chunk_size or _chunk_for(m, route, layout, batch, budget := st.max_memory_gb)
     top_k, clamped = clamp_top(top_k, m.n_layers * m.n_heads, ablate)
