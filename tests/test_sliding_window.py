@@ -152,3 +152,27 @@ def test_per_layer_windows_are_the_ones_transformers_sets(kind, want, tmp_path, 
     assert [getattr(a.original_component, "sliding_window", None) for a in (b.attn for b in model.blocks)] == want
     assert F.sliding_windows(model) == want
     assert (F.window_reason(model, 8) is None) and ((F.window_reason(model, 9) is None) == (want == [None, None]))
+
+
+def test_circuits_and_the_explorer_choose_their_route_by_the_length_they_run(short_window_dir):
+    """Every caller passes its own sequence length: a 5-token pass fits the 6-token window (fused), a 12-token
+    one does not (circuits: eager, the model's own windowed output; the explorer, fused only: a clear refusal)."""
+    from transformers import AutoModelForCausalLM
+
+    from headscope.circuits.runs import final_normed
+    from headscope.errors import BadInput
+    from headscope.explorer.state import compute_text
+    from headscope.models.inputs import TokenSequence
+
+    model = headscope.load_model(str(short_window_dir), device="cpu")
+    hf = AutoModelForCausalLM.from_pretrained(str(short_window_dir), attn_implementation="eager").eval()
+    for n in (5, 12):
+        ids = torch.arange(100, 100 + n)[None]
+        with torch.no_grad():
+            want = hf(ids, output_hidden_states=True).hidden_states[-1]  # after the final norm
+        np.testing.assert_allclose(final_normed(model, ids).numpy(), want.numpy(), atol=1e-5)
+    short = TokenSequence("", list(range(100, 105)), [str(i) for i in range(5)])
+    assert compute_text(model, short) is not None
+    long = TokenSequence("", list(range(100, 112)), [str(i) for i in range(12)])
+    with pytest.raises(BadInput, match="sliding window of 6 tokens, shorter than 12-token sequences"):
+        compute_text(model, long)

@@ -45,8 +45,8 @@ def _no_unembed(bridge) -> Iterator[None]:
         bridge.unembed.__dict__.pop("forward", None)
 
 
-def _route(bridge, fused: bool | None):
-    use = fused_supported(bridge) if fused is None else fused
+def _route(bridge, fused: bool | None, n_tokens: int | None = None):
+    use = fused_supported(bridge, n_tokens) if fused is None else fused
     return fused_attention(bridge) if use else contextlib.nullcontext()
 
 
@@ -57,7 +57,7 @@ def final_normed(
     """The final-normed residual ``[batch, n, d_model]`` of a pass from ``inputs``: token ids (a full pass), or
     the residual entering block ``start`` (float); with ``hooks``; no logits are computed."""
     bridge = as_model(model).bridge
-    with _route(bridge, fused), _no_unembed(bridge), skip_blocks(bridge, start):
+    with _route(bridge, fused, inputs.shape[1]), _no_unembed(bridge), skip_blocks(bridge, start):
         kw = {"start_at_layer": start} if inputs.is_floating_point() else {}  # a residual, also at block 0
         return bridge.run_with_hooks(inputs, fwd_hooks=list(hooks), use_cache=False, **kw)
 

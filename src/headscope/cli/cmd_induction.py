@@ -118,7 +118,7 @@ def induction_cmd(
 
         err.print(
             f"[yellow]note:[/] eager attention (full patterns): the fused path is not available for this model "
-            f"({fused_unsupported_reason(m)})",
+            f"({fused_unsupported_reason(m, res.settings.get('n_tokens'))})",
             highlight=False,
         )
     say_written(err, rd.target, paths)

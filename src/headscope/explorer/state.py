@@ -151,13 +151,14 @@ def _capture_names(m: HeadscopeModel) -> list[str]:
 @torch.no_grad()
 def compute_text(m: HeadscopeModel, seq: TokenSequence) -> TextState:
     """The one fused pass over ``seq`` that every view of the explorer reads (see the module docstring)."""
-    reason = fused_unsupported_reason(m)
+    tokens = seq.tensor(m.device)
+    reason = fused_unsupported_reason(m, tokens.shape[-1])
     if reason:
         raise BadInput(
             f"the explorer needs the fused attention path, which this model cannot take: {reason}",
-            hint="use a model headscope can route through the fused kernel (Llama-, Qwen2- or GPT-2-style)",
+            hint="use a model headscope can route through the fused kernel (Llama-, Qwen2- or GPT-2-style), or, for a "
+            "sliding window, a text no longer than the window",
         )
-    tokens = seq.tensor(m.device)
     L = m.n_layers
     qs: list = [None] * L
     ks: list = [None] * L

@@ -181,7 +181,7 @@ def _alpha_per_window(m, tokens: torch.Tensor, chunk_size: int, attention: str) 
     after_read = Column(key=0, start=lambda lay: 1)
     L, H, T = m.n_layers, m.n_heads, tokens.shape[1]
     layout = RepeatLayout(seq_len=T, repeats=1, bos=False)  # one block: n_tokens = T, every query read
-    route = attention_route(m, attention)
+    route = attention_route(m, attention, T)
     rows: list[torch.Tensor] = []
     current = torch.zeros(2, 0, L, H)
 
