@@ -13,6 +13,18 @@ TransformerLens names: ``W_Q``/``W_K``/``W_V`` are ``[layer, head, d_model, d_he
   known inputs (:func:`norm_affine`), not its ``weight`` parameter: Gemma's RMSNorm multiplies
   by ``1 + weight``, other norms have no weight or an offset, and the measurement is right for
   all of them (a norm that is not ``x_hat * g + b`` is refused).
+* **Post-attention norm's gain folded into W_O.** Some blocks (Gemma 2 and 3: TransformerLens's
+  ``ln1_post``, Hugging Face's ``post_attention_layernorm``) pass the attention output through an
+  RMSNorm before adding it to the residual: ``RMSNorm_post(sum_h z_h W_O^h + b_O)``. RMSNorm has no
+  bias, so with its per-position scale ``s_post(p)`` (the RMS, with eps, of the whole pre-norm
+  attention output) frozen at the run's value, head ``h`` writes ``(z_h W_O^h) * g_post / s_post(p)``
+  and the heads' writes sum exactly to the normed output. ``W_O`` and ``b_O`` here include
+  ``g_post`` (:attr:`HeadWeights.attn_post_norm` says so); ``s_post`` is a positive scalar per
+  position that depends on the input, the same kind of factor as the pre-norms' scales, and is
+  treated the same way: weight-only scores (copying, successor, copy suppression, OV rows) leave
+  it out (it scales a head's whole output at a position, not one token against another), and
+  activation-based numbers divide by it, read at ``blocks.{l}.ln1_post.hook_scale``
+  (:func:`attn_post_scale_hook`). A post norm with a bias is refused (none is known).
 * **Embedding as the residual receives it.** ``W_E`` is the token embedding the embedding
   module outputs (:func:`embedding_matrix`): Gemma multiplies the table by ``sqrt(d_model)``.
 * **Grouped-query attention expanded.** Models such as Llama/SmolLM2 have fewer key/value
@@ -46,6 +58,7 @@ class HeadWeights:
     kv_head: list[int]  # query head -> key/value head
     norm: str  # "layernorm" or "rmsnorm"
     attn_scale: list[float] | None = None  # per layer: what q.k is multiplied by before the softmax
+    attn_post_norm: bool = False  # W_O, b_O include the ln1_post gain; divide by blocks.{l}.ln1_post.hook_scale
 
     def score_scale(self, layer: int) -> float:
         """The factor the model multiplies ``q . k`` by in ``layer`` (its attention module's ``scaling``;
@@ -168,6 +181,24 @@ def norm_kind(cfg) -> str:
     return "rmsnorm" if rms else "layernorm"
 
 
+def attn_post_scale_hook(layer: int) -> str:
+    """Hook of the per-position scale of the norm after layer ``layer``'s attention (``[B, T, 1]``)."""
+    return f"blocks.{layer}.ln1_post.hook_scale"
+
+
+def mlp_write_hook(model, layer: int) -> str:
+    """Hook of what layer ``layer``'s MLP adds to the residual: after its post norm (``ln2_post``) if any."""
+    name = f"blocks.{layer}.ln2_post.hook_out"
+    return name if name in model.hook_dict else f"blocks.{layer}.hook_mlp_out"
+
+
+def _post_norm(model, layer: int):
+    try:
+        return getattr(model.blocks[layer], "ln1_post", None)
+    except Exception:
+        return None
+
+
 def attention_scales(model) -> list[float]:
     """Per layer, the factor the model's attention module multiplies ``q . k`` by (``scaling`` in Hugging
     Face's modules), ``1/sqrt(d_head)`` where the module does not say. The QK decomposition checks the
@@ -179,6 +210,36 @@ def attention_scales(model) -> list[float]:
         value = getattr(module, "scaling", None)
         out.append(float(value) if isinstance(value, (int, float)) and value > 0 else default)
     return out
+
+
+def _fold_post_norms(model, W_O: torch.Tensor, b_O: torch.Tensor, norm: str):
+    """``W_O``, ``b_O`` with each post-attention norm's gain folded (copies), and whether the blocks have one."""
+    cfg = model.cfg
+    L = cfg.n_layers
+    post = [_post_norm(model, layer) for layer in range(L)]
+    if any(p is not None for p in post) and not all(p is not None for p in post):
+        raise BadInput(
+            "some blocks have a post-attention norm and some do not", hint="use a model with one block layout"
+        )
+    if post and post[0] is not None:
+        W_O, b_O = W_O.clone(), b_O.clone()  # never scale the model's own tensors in place
+    for layer, module in enumerate(post):
+        if module is None:
+            continue
+        g, b = norm_affine(module, cfg.d_model, norm)
+        if b is not None:
+            raise BadInput(
+                f"the post-attention norm of layer {layer} adds a bias, so the heads' outputs after it cannot be split",
+                hint="this analysis supports post-attention norms without a bias (RMSNorm: Gemma 2, Gemma 3)",
+            )
+        if norm == "layernorm":  # a centring post norm: centre each head's write (linear, so it folds)
+            W_O[layer] = W_O[layer] - W_O[layer].mean(-1, keepdim=True)
+            b_O[layer] = b_O[layer] - b_O[layer].mean(-1, keepdim=True)
+        if g is not None:
+            W_O[layer] = W_O[layer] * g.to(W_O.device)
+            b_O[layer] = b_O[layer] * g.to(W_O.device)
+
+    return W_O, b_O, bool(post and post[0] is not None)
 
 
 def head_weights(model) -> HeadWeights:
@@ -213,6 +274,8 @@ def head_weights(model) -> HeadWeights:
             W_K[layer] = W_K[layer] * g
             W_V[layer] = W_V[layer] * g
 
+    W_O, b_O, attn_post_norm = _fold_post_norms(model, W_O, b_O, norm)
+
     W_U = model.W_U.detach().float()
     g, _ = norm_affine(model.ln_final, cfg.d_model, norm)
     if g is not None:
@@ -239,4 +302,5 @@ def head_weights(model) -> HeadWeights:
         kv_head=[h // group for h in range(H)],
         norm=norm,
         attn_scale=attention_scales(model),
+        attn_post_norm=attn_post_norm,
     )

@@ -18,6 +18,12 @@ et al. 2021's direct path). Since ``P`` is a symmetric projection we centre ``u_
 of every component, and each head costs one ``[pos, d_head]`` dot product: no
 ``[pos, heads, vocab]`` tensor is ever formed.
 
+Where a block passes its attention output through a norm before the residual (Gemma 2 and 3's
+``ln1_post``), that norm's scale is frozen the same way: head ``h`` writes ``z_h W_O^h g_post /
+s_post(p)`` (``g_post`` folded into ``W_O``, ``s_post`` read at ``blocks.{l}.ln1_post.hook_scale``),
+and an MLP's component is its output after its own post norm (``ln2_post``). Final logit
+soft-capping (Gemma 2) is not linear: it shows as ``model_logit`` differing from ``logit``.
+
 A last component, ``float_error``, holds the final residual minus the sum of the hooked
 pieces (the model's float32 rounding), so the components sum to ``x . u_p / s_p`` exactly;
 ``model_logit`` is the model's own centred logit from the same forward pass, for checking.

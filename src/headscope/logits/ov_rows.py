@@ -15,7 +15,8 @@ would see it were it the whole residual: centred along d_model (LayerNorm only) 
 its RMS ``sqrt(mean(x^2) + eps)``; the ``ln1`` gain is folded into ``W_V`` and the final norm's
 gain into ``W_U`` (:mod:`headscope.folded_weights`). On the way out, the head's output is
 centred for LayerNorm (what ``ln_final`` does to it); its final scale, which depends on the
-whole residual, is left at 1. Biases (``b_V``, ``b_O``, ``b_U``) are left out: they add the
+whole residual, is left at 1; so is the scale of a post-attention norm (Gemma 2's ``ln1_post``,
+whose gain is folded into ``W_O``). Biases (``b_V``, ``b_O``, ``b_U``) are left out: they add the
 same vector whatever the source token. Each row is centred over the vocabulary.
 """
 

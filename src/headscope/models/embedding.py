@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from ..errors import BadInput
-from ..folded_weights import HeadWeights, embedding_matrix, norm_kind
+from ..folded_weights import HeadWeights, embedding_matrix, mlp_write_hook, norm_kind
 from ..scores.weight_score import WeightInputs
 
 CONVENTIONS = ("mlp0", "block0", "embed", "embed_normed")
@@ -78,7 +78,8 @@ def effective_embedding(
 
 
 def _through_block0(model, ids: torch.Tensor, convention: str, batch: int) -> torch.Tensor:
-    grab = "blocks.0.hook_mlp_out" if convention == "mlp0" else "blocks.0.hook_resid_post"
+    # mlp0: what MLP0 adds to the residual, after its post norm where the block has one (Gemma 2's ln2_post)
+    grab = mlp_write_hook(model, 0) if convention == "mlp0" else "blocks.0.hook_resid_post"
     out: list[torch.Tensor] = []
 
     def keep(x, hook):

@@ -62,7 +62,7 @@ def _check_sums(attributions: list, model, notes: list[str]) -> None:
             f"on {model.cfg.architecture} the direct logit attribution does not add up: the components miss the "
             f"model's own logit by up to {err:.3g} and the unexplained residual (float_error) reaches {fe:.3g}; "
             "the per-head effects leave out what this architecture does between the heads and the residual "
-            "(e.g. a post-attention norm or logit soft-capping), so read them as approximate"
+            "(e.g. final logit soft-capping), so read them as approximate"
         )
 
 

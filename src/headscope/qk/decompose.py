@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from ..errors import BadInput
-from ..folded_weights import HeadWeights, head_weights
+from ..folded_weights import HeadWeights, attn_post_scale_hook, head_weights, mlp_write_hook
 from ..hooks import act_name
 from ..models.inputs import TokenSequence
 from ..models.model import as_model
@@ -93,8 +93,14 @@ def capture_residual(
     Attention scores and patterns ([heads, T, T] each) are kept only for ``score_layers``
     (default: ``up_to_layer``), the layers of the heads being explained: keeping them for
     every earlier layer cost gigabytes on long texts.
+
+    Where blocks have post norms (Gemma 2 and 3), ``mlp_out`` is what the MLP adds to the residual (after
+    ``ln2_post``) and ``z`` is divided by the frozen post-attention norm scale at each position, so that
+    ``z W_O`` (``W_O`` holds that norm's gain, :mod:`headscope.folded_weights`) is what each head adds.
     """
     score_layers = {up_to_layer} if score_layers is None else set(score_layers)
+    m = as_model(model)
+    post = attn_post_scale_hook(0) in m.hook_dict
     names = ["hook_embed"]
     if not rotary.is_rotary(model) and getattr(model.cfg, "positional_embedding_type", "") == "standard":
         names.append("hook_pos_embed")
@@ -103,8 +109,14 @@ def capture_residual(
         if layer in score_layers:
             names += [act_name("attn_scores", layer), act_name("pattern", layer)]
         if layer < up_to_layer:
-            names += [act_name("z", layer), act_name("mlp_out", layer)]
-    return capture(model, seq, names)
+            names += [act_name("z", layer), mlp_write_hook(m, layer)]
+            names += [attn_post_scale_hook(layer)] if post else []
+    acts = capture(model, seq, names)
+    for layer in range(up_to_layer):  # the residual's pieces as they are added to it
+        acts[act_name("mlp_out", layer)] = acts.pop(mlp_write_hook(m, layer))
+        if post:
+            acts[act_name("z", layer)] = acts[act_name("z", layer)] / acts.pop(attn_post_scale_hook(layer))[..., None]
+    return acts
 
 
 def residual_components(acts: dict, w: HeadWeights, layer: int) -> tuple[list[str], list[str], torch.Tensor]:

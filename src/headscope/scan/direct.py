@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..folded_weights import HeadWeights, head_weights, norm_affine
+from ..folded_weights import HeadWeights, attn_post_scale_hook, head_weights, mlp_write_hook, norm_affine
 from ..hooks import act_name
 from ..scores.layout import RepeatLayout, first_repeat_targets, later_repeat_targets
 
@@ -113,7 +113,10 @@ class DirectPass:
         hooks.append(("hook_embed", self._on_vector("embed")))
         if w.W_pos is not None and "hook_pos_embed" in model.hook_dict:
             hooks.append(("hook_pos_embed", self._on_vector("pos_embed")))
-        hooks += [(act_name("mlp_out", l), self._on_vector(f"MLP{l}")) for l in range(L)]
+        hooks += [(mlp_write_hook(model, l), self._on_vector(f"MLP{l}")) for l in range(L)]  # after ln2_post
+        self.post: dict[int, torch.Tensor] = {}  # layer -> [B, P] frozen post-attention norm scale
+        if w.attn_post_norm:
+            hooks += [(attn_post_scale_hook(l), self._on_post(l)) for l in range(L)]
         hooks += [("ln_final.hook_in", self._on_final("ln_final.hook_in"))]
         hooks += [("ln_final.hook_scale", self._on_final("ln_final.hook_scale"))]
         self.hooks = hooks
@@ -134,6 +137,12 @@ class DirectPass:
 
         return hook
 
+    def _on_post(self, layer: int):
+        def hook(t, hook):  # [B, T, 1]
+            self.post[layer] = t[:, :-1, 0].double()
+
+        return hook
+
     def _on_final(self, name: str):  # keyed by the name asked for: hook.name can be an alias
         def hook(t, hook):
             self.final[name] = t.detach()
@@ -148,12 +157,19 @@ class DirectPass:
         scale = self.final["ln_final.hook_scale"][:, :-1, 0].double()  # [B, P]
         comps: dict[str, torch.Tensor] = {k: self.raw[k] for k in ("embed", "pos_embed") if k in self.raw}
         comps.update({f"MLP{l}": self.raw[f"MLP{l}"] for l in range(self.w.n_layers)})
-        b_O = self.w.b_O.double().sum(0)  # [d_model]: every layer's output bias, one vector
-        if b_O.abs().max() > 0:
-            comps["attn_bias"] = (self.u * b_O).sum(-1)
+        head_raw = self.head_raw
+        if self.w.attn_post_norm:  # each layer's writes after its post norm: W_O holds g_post, divide by s_post
+            post = torch.stack([self.post[l] for l in range(self.w.n_layers)], -1)  # [B, P, L]
+            head_raw = head_raw / post[..., None]
+            if self.w.b_O.abs().max() > 0:
+                comps["attn_bias"] = ((self.u @ self.w.b_O.double().T) / post).sum(-1)
+        else:
+            b_O = self.w.b_O.double().sum(0)  # [d_model]: every layer's output bias, one vector
+            if b_O.abs().max() > 0:
+                comps["attn_bias"] = (self.u * b_O).sum(-1)
         total = self._dot(self.final["ln_final.hook_in"])
-        comps["float_error"] = total - self.head_raw.sum((2, 3)) - sum(comps.values())
-        heads = self.head_raw / scale[..., None, None]
+        comps["float_error"] = total - head_raw.sum((2, 3)) - sum(comps.values())
+        heads = head_raw / scale[..., None, None]
         comps = {k: v / scale for k, v in comps.items()}
         comps["unembed_bias"] = self.ue.logit_bias[target]  # added after the norm: not divided
         order = [k for k in comps if k != "float_error"] + ["float_error"]  # rounding last, for display
@@ -185,7 +201,8 @@ class HeadDirectPass:
       is computed once per *distinct* target of the chunk (on ``[BOS] + r + r`` each token is the
       target of a first-repeat and of a later-repeat position: half the products), as one
       ``[targets, d_model] x [d_model, heads * d_head]`` product per layer;
-    - only ``hook_z`` (at the counted positions) and the final norm's scale are hooked.
+    - only ``hook_z`` (at the counted positions) and the final norm's scale are hooked (and, where
+      blocks have a post-attention norm, its scale: :attr:`~headscope.folded_weights.HeadWeights.attn_post_norm`).
 
     With ``keep=True`` (the scan's route on a GPU) each layer's hook only keeps ``z`` at those
     positions and :meth:`heads` reduces every layer at once: one gather a layer instead of six
@@ -213,6 +230,9 @@ class HeadDirectPass:
         self.kept: torch.Tensor | None = None  # [L, B, Pc, H, d_head], made by the first hook
         self.hooks = [(act_name("z", l), self._on_z(l)) for l in range(w.n_layers)]
         self.hooks.append(("ln_final.hook_scale", self._on_scale))
+        self.post: list[torch.Tensor | None] = [None] * w.n_layers  # [B, Pc] post-attention norm scale per layer
+        if w.attn_post_norm:  # W_O holds the post norm's gain; its frozen scale divides each layer's effects
+            self.hooks += [(attn_post_scale_hook(l), self._on_post(l)) for l in range(w.n_layers)]
 
     def _on_z(self, layer: int):
         def hook(z, hook):  # z: [B, T, H, d_head]
@@ -239,11 +259,21 @@ class HeadDirectPass:
     def _on_scale(self, t, hook):
         self.scale = t.index_select(1, self.pos)[..., 0].double()  # [B, Pc]
 
+    def _on_post(self, layer: int):
+        def hook(t, hook):  # [B, T, 1]
+            self.post[layer] = t.index_select(1, self.pos)[..., 0].double()
+
+        return hook
+
     def heads(self) -> torch.Tensor:
         """``[B, Pc, L, H]`` direct effects (nats) at ``positions``, after the pass."""
         assert self.scale is not None, "the pass did not reach the final norm"
         self._reduce_kept()
-        return self.head_raw / self.scale[..., None, None]
+        raw = self.head_raw
+        if any(p is not None for p in self.post):
+            assert all(p is not None for p in self.post), "the pass did not reach every post-attention norm"
+            raw = raw / torch.stack(self.post, -1)[..., None]  # [B, Pc, L, 1]
+        return raw / self.scale[..., None, None]
 
 
 def _row_sums_f64(x: torch.Tensor, elements: int = 1 << 22) -> torch.Tensor:

@@ -1,0 +1,157 @@
+"""Norms after attention and after the MLP (Gemma 2's ``post_attention_layernorm`` / ``post_feedforward_layernorm``,
+TransformerLens's ``ln1_post`` / ``ln2_post``) are in every per-head number.
+
+A Gemma 2 layer adds ``RMSNorm_post(sum_h z_h W_O^h)`` to the residual. With that norm's scale frozen at the
+run's value, head ``h`` adds ``(z_h W_O^h) * g_post / s_post(p)``: the folded ``W_O`` holds ``g_post`` and the
+activation-based numbers divide by ``s_post``. Checked against plain transformers hooks on a tiny Gemma 2
+with random norm weights; final logit soft-capping is switched off so the sum can be exact, and switched
+on once to check that its miss stays visible.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import headscope
+from headscope.folded_weights import head_weights
+from headscope.logits import logit_attribution
+from headscope.logits.dla import direct_effects
+from headscope.scan.direct import HeadDirectPass, unembedding
+
+TEXT = "The cat sat on the mat. The cat sat on the mat."
+
+
+def _build(tokenizer_dir, out, softcap):
+    import transformers as T
+
+    torch.manual_seed(0)
+    cfg = T.Gemma2Config(
+        vocab_size=50257,
+        bos_token_id=50256,
+        eos_token_id=50256,
+        pad_token_id=50256,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        sliding_window=16,
+        query_pre_attn_scalar=64,
+        max_position_embeddings=256,
+        final_logit_softcapping=softcap,
+    )
+    hf = T.Gemma2ForCausalLM(cfg).eval()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if "norm" in name:  # random, non-zero gains (Gemma's fresh weights are all zero)
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+            elif "embed_tokens" in name:
+                p.mul_(20.0)
+    hf.save_pretrained(str(out))
+    T.AutoTokenizer.from_pretrained(str(tokenizer_dir)).save_pretrained(str(out))
+    return out
+
+
+@pytest.fixture(scope="module")
+def gemma2(tmp_path_factory, gpt2_tokenizer_dir):
+    """(headscope model, plain transformers model) of a tiny Gemma 2 without final logit soft-capping."""
+    from transformers import AutoModelForCausalLM
+
+    d = _build(gpt2_tokenizer_dir, tmp_path_factory.mktemp("tiny-gemma2-post"), None)
+    hf = AutoModelForCausalLM.from_pretrained(str(d)).eval().requires_grad_(False)
+    return headscope.load_model(str(d), device="cpu"), hf
+
+
+def _gain(norm) -> torch.Tensor:
+    return 1.0 + norm.weight.double()  # what Gemma's RMSNorm multiplies by
+
+
+def _rms(x: torch.Tensor, eps: float) -> torch.Tensor:
+    return (x.square().mean(-1, keepdim=True) + eps).sqrt()
+
+
+def test_folded_W_O_holds_the_post_attention_norm_gain(gemma2):
+    model, hf = gemma2
+    w = head_weights(model)
+    assert w.attn_post_norm
+    dh = hf.config.head_dim
+    for l, blk in enumerate(hf.model.layers):
+        W = blk.self_attn.o_proj.weight.double().T * _gain(blk.post_attention_layernorm)  # [H * dh, d_model]
+        for h in range(hf.config.num_attention_heads):
+            np.testing.assert_allclose(w.W_O[l, h].double(), W[h * dh : (h + 1) * dh], rtol=1e-5, atol=1e-6)
+
+
+def test_direct_logit_attribution_sums_to_the_models_logit(gemma2):
+    model, _ = gemma2
+    res = logit_attribution(model, TEXT)
+    size = max(1.0, float(np.abs(res.model_logit).max()))
+    assert res.max_abs_error < 1e-4 * size
+    # the heads and MLPs explain the residual: nothing large is left for the rounding term
+    assert np.abs(res.components["float_error"]).max() < 1e-4 * size
+
+
+@torch.no_grad()
+def test_each_head_and_mlp_matches_plain_transformers(gemma2):
+    model, hf = gemma2
+    res = logit_attribution(model, TEXT)
+    z, attn_out, mlp_out, final = {}, {}, {}, {}
+    hooks = []
+    for l, b in enumerate(hf.model.layers):
+        hooks.append(b.self_attn.o_proj.register_forward_pre_hook(lambda m, a, l=l: z.__setitem__(l, a[0][0].double())))
+        hooks.append(
+            b.self_attn.o_proj.register_forward_hook(lambda m, a, o, l=l: attn_out.__setitem__(l, o[0].double()))
+        )
+        hooks.append(
+            b.post_feedforward_layernorm.register_forward_hook(
+                lambda m, a, o, l=l: mlp_out.__setitem__(l, o[0].double())
+            )
+        )
+    hooks.append(hf.model.norm.register_forward_pre_hook(lambda m, a: final.__setitem__("x", a[0][0].double())))
+    logits = hf(torch.tensor([res.sequence.ids])).logits[0].double()
+    for h in hooks:
+        h.remove()
+    eps = hf.config.rms_norm_eps
+    s_final = _rms(final["x"][:-1], eps)[:, 0]
+    tgt = torch.tensor(res.sequence.ids[1:])
+    W_U = hf.lm_head.weight.double()
+    u = (W_U[tgt] - W_U.mean(0)) * _gain(hf.model.norm)  # centred over the vocabulary, final gain folded
+    dh = hf.config.head_dim
+    for l, blk in enumerate(hf.model.layers):
+        W = blk.self_attn.o_proj.weight.double().T
+        s_post = _rms(attn_out[l][:-1], eps)  # the whole attention output's RMS at each position
+        g_post = _gain(blk.post_attention_layernorm)
+        for h in range(hf.config.num_attention_heads):
+            o = z[l][:-1, h * dh : (h + 1) * dh] @ W[h * dh : (h + 1) * dh] * g_post / s_post
+            np.testing.assert_allclose(res.heads[:, l, h], ((o * u).sum(-1) / s_final).numpy(), atol=1e-6, rtol=1e-5)
+        mlp = (mlp_out[l][:-1] * u).sum(-1) / s_final
+        np.testing.assert_allclose(res.components[f"MLP{l}"], mlp.numpy(), atol=1e-6, rtol=1e-5)
+    centred = logits[:-1].gather(-1, tgt[:, None])[:, 0] - logits[:-1].mean(-1)
+    np.testing.assert_allclose(res.model_logit, centred.numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_the_scans_direct_effects_divide_by_the_post_norm_scale(gemma2, keep):
+    model, _ = gemma2
+    tokens = torch.tensor([model.to_tokens(TEXT)[0].tolist()] * 2)
+    w = head_weights(model)
+    ue = unembedding(model, w)
+    full = direct_effects(model, tokens, weights=w, unembed=ue).heads  # [B, P, L, H]
+    positions = np.array([1, 4, 7, 10])
+    W_O = w.W_O.reshape(w.n_layers, -1, w.W_O.shape[-1]).contiguous()
+    run = HeadDirectPass(tokens, w, ue, positions, W_O, keep=keep)
+    with torch.no_grad():
+        model.run_with_hooks(tokens, fwd_hooks=run.hooks)
+    np.testing.assert_allclose(run.heads().numpy(), full[:, positions], rtol=1e-5, atol=1e-6)
+
+
+def test_final_logit_soft_capping_stays_flagged(tmp_path_factory, gpt2_tokenizer_dir):
+    d = _build(gpt2_tokenizer_dir, tmp_path_factory.mktemp("tiny-gemma2-capped"), 2.0)
+    res = logit_attribution(headscope.load_model(str(d), device="cpu"), TEXT)
+    size = max(1.0, float(np.abs(res.model_logit).max()))
+    # the residual is still explained (heads, MLPs), but the capped logit is not their linear sum: said, not hidden
+    assert np.abs(res.components["float_error"]).max() < 1e-4 * size
+    assert res.max_abs_error > 1e-2 * size
