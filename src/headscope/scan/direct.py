@@ -271,8 +271,9 @@ class HeadDirectPass:
         self._reduce_kept()
         raw = self.head_raw
         if any(p is not None for p in self.post):
-            assert all(p is not None for p in self.post), "the pass did not reach every post-attention norm"
-            raw = raw / torch.stack(self.post, -1)[..., None]  # [B, Pc, L, 1]
+            post = [p for p in self.post if p is not None]
+            assert len(post) == len(self.post), "the pass did not reach every post-attention norm"
+            raw = raw / torch.stack(post, -1)[..., None]  # [B, Pc, L, 1]
         return raw / self.scale[..., None, None]
 
 
