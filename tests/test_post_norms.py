@@ -155,3 +155,76 @@ def test_final_logit_soft_capping_stays_flagged(tmp_path_factory, gpt2_tokenizer
     # the residual is still explained (heads, MLPs), but the capped logit is not their linear sum: said, not hidden
     assert np.abs(res.components["float_error"]).max() < 1e-4 * size
     assert res.max_abs_error > 1e-2 * size
+
+
+def test_path_patching_sender_change_is_the_post_normed_change_with_everything_else_frozen(gemma2):
+    """Path patching on Gemma 2: a sender's change in the residual is ``post(A + W_O dz) - post(A)`` (not
+    ``W_O dz``). Reference: plain transformers on the clean prompts with the sender's head input taken from the
+    corrupted run and every later write (this layer's MLP, later layers' attention and MLP) frozen at its clean
+    value; the residual entering the final norm must equal the clean one plus headscope's delta."""
+    from headscope.circuits import induction_task
+    from headscope.circuits.path_patching import sender_deltas
+    from headscope.circuits.runs import cache_run
+
+    model, hf = gemma2
+    task = induction_task(model, n_examples=3, seq_len=6)
+    base, src = cache_run(model, task.clean, task), cache_run(model, task.corrupt, task)
+    layers, d_head = hf.model.layers, hf.config.head_dim
+
+    def run(tokens, hooks):
+        handles, got = [], {}
+        for module, kind, fn in hooks:
+            reg = module.register_forward_pre_hook if kind == "pre" else module.register_forward_hook
+            handles.append(reg(fn))
+        handles.append(hf.model.norm.register_forward_pre_hook(lambda m, a: got.__setitem__("final", a[0].clone())))
+        try:
+            with torch.no_grad():
+                hf(tokens)
+        finally:
+            for h in handles:
+                h.remove()
+        return got["final"]
+
+    def capture(tokens):
+        store = {}
+        hooks = [
+            (layers[i].self_attn.o_proj, "pre", lambda m, a, i=i: store.__setitem__(("z", i), a[0].clone()))
+            for i in range(len(layers))
+        ]
+        for i, layer in enumerate(layers):
+            for name in ("post_attention_layernorm", "post_feedforward_layernorm"):
+                hooks.append(
+                    (getattr(layer, name), "out", lambda m, a, o, k=(name, i): store.__setitem__(k, o.clone()))
+                )
+        run(tokens, hooks)
+        return store
+
+    clean, corrupted = capture(task.clean), capture(task.corrupt)
+    for sender in [(0, 1), (1, 3)]:
+        l, h = sender
+        cols = slice(h * d_head, (h + 1) * d_head)
+
+        def patch_z(m, a):
+            z = a[0].clone()
+            z[..., cols] = corrupted[("z", l)][..., cols]
+            return (z,)
+
+        hooks = [(layers[l].self_attn.o_proj, "pre", patch_z)]
+        frozen = [("post_feedforward_layernorm", l)] + [
+            (name, i)
+            for i in range(l + 1, len(layers))
+            for name in ("post_attention_layernorm", "post_feedforward_layernorm")
+        ]
+        for name, i in frozen:
+            hooks.append((getattr(layers[i], name), "out", lambda m, a, o, k=(name, i): clean[k]))
+        want = run(task.clean, hooks)
+        got = base.resid_final + sender_deltas(model, base, src, [sender])[0]
+        change = (want - base.resid_final).abs().max()
+        assert change > 1e-2  # the sender matters on this model, so the check can fail
+        np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-4 * float(want.abs().max()))
+        naive = (
+            base.resid_final
+            + (corrupted[("z", l)][..., cols] - clean[("z", l)][..., cols])
+            @ layers[l].self_attn.o_proj.weight[:, cols].T
+        )
+        assert (naive - want).abs().max() > 10 * 1e-4 * float(want.abs().max())  # W_O dz alone would be wrong

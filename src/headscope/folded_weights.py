@@ -192,7 +192,8 @@ def mlp_write_hook(model, layer: int) -> str:
     return name if name in model.hook_dict else f"blocks.{layer}.hook_mlp_out"
 
 
-def _post_norm(model, layer: int):
+def attn_post_norm(model, layer: int):
+    """Layer ``layer``'s norm after attention (``ln1_post``: Gemma 2/3, OLMo 2), or None where the block has none."""
     try:
         return getattr(model.blocks[layer], "ln1_post", None)
     except Exception:
@@ -216,7 +217,7 @@ def _fold_post_norms(model, W_O: torch.Tensor, b_O: torch.Tensor, norm: str):
     """``W_O``, ``b_O`` with each post-attention norm's gain folded (copies), and whether the blocks have one."""
     cfg = model.cfg
     L = cfg.n_layers
-    post = [_post_norm(model, layer) for layer in range(L)]
+    post = [attn_post_norm(model, layer) for layer in range(L)]
     if any(p is not None for p in post) and not all(p is not None for p in post):
         raise BadInput(
             "some blocks have a post-attention norm and some do not", hint="use a model with one block layout"
@@ -274,7 +275,7 @@ def head_weights(model) -> HeadWeights:
             W_K[layer] = W_K[layer] * g
             W_V[layer] = W_V[layer] * g
 
-    W_O, b_O, attn_post_norm = _fold_post_norms(model, W_O, b_O, norm)
+    W_O, b_O, post_folded = _fold_post_norms(model, W_O, b_O, norm)
 
     W_U = model.W_U.detach().float()
     g, _ = norm_affine(model.ln_final, cfg.d_model, norm)
@@ -302,5 +303,5 @@ def head_weights(model) -> HeadWeights:
         kv_head=[h // group for h in range(H)],
         norm=norm,
         attn_scale=attention_scales(model),
-        attn_post_norm=attn_post_norm,
+        attn_post_norm=post_folded,
     )

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from ..errors import BadInput
+from ..folded_weights import attn_post_norm
 from ..head_labels import head_label
 from ..models.model import as_model
 from ..results.patching_results import PathPatching
@@ -67,8 +68,14 @@ class Receiver:
         return n_layers if self.input == "logits" else int(self.layer)  # type: ignore[arg-type]
 
 
+@torch.no_grad()
 def sender_deltas(model, base: RunCache, src: RunCache, senders: list[tuple[int, int]]) -> torch.Tensor:
-    """``[len(senders), n_ex, n, d_model]``: each sender's output change in the residual, ``W_O[s] (z_src - z_base)``."""
+    """``[len(senders), n_ex, n, d_model]``: each sender's output change in the residual, ``W_O[s] (z_src - z_base)``.
+
+    Where a norm follows attention (``ln1_post``: Gemma 2/3), the residual receives that norm of the
+    whole attention output, so the change is ``post(A + W_O[s] dz) - post(A)`` with ``A`` the base
+    run's attention output at that layer: every other head stays at its base output, as the path asks.
+    """
     bridge = as_model(model).bridge
     out = []
     for layer, head in senders:
@@ -76,7 +83,12 @@ def sender_deltas(model, base: RunCache, src: RunCache, senders: list[tuple[int,
         dz[:, :, head] = src.z[layer][:, :, head] - base.z[layer][:, :, head]
         o = bridge.blocks[layer].attn.o
         flat = dz.reshape(*dz.shape[:2], -1)
-        out.append(o(flat) - o(torch.zeros_like(flat)))  # the bias cancels: the head's share only
+        delta = o(flat) - o(torch.zeros_like(flat))  # the bias cancels: the head's share only
+        post = attn_post_norm(bridge, layer)
+        if post is not None:
+            whole = o(base.z[layer].reshape(*dz.shape[:2], -1))
+            delta = post(whole + delta) - post(whole)
+        out.append(delta)
     return torch.stack(out)
 
 
