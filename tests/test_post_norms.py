@@ -23,7 +23,7 @@ from headscope.scan.direct import HeadDirectPass, unembedding
 TEXT = "The cat sat on the mat. The cat sat on the mat."
 
 
-def _build(tokenizer_dir, out, softcap):
+def _build(tokenizer_dir, out, softcap, attn_softcap=50.0):
     import transformers as T
 
     torch.manual_seed(0)
@@ -42,6 +42,7 @@ def _build(tokenizer_dir, out, softcap):
         query_pre_attn_scalar=64,
         max_position_embeddings=256,
         final_logit_softcapping=softcap,
+        attn_logit_softcapping=attn_softcap,
     )
     hf = T.Gemma2ForCausalLM(cfg).eval()
     g = torch.Generator().manual_seed(1)
@@ -228,3 +229,14 @@ def test_path_patching_sender_change_is_the_post_normed_change_with_everything_e
             @ layers[l].self_attn.o_proj.weight[:, cols].T
         )
         assert (naive - want).abs().max() > 10 * 1e-4 * float(want.abs().max())  # W_O dz alone would be wrong
+
+
+def test_the_explorer_refuses_a_model_with_a_post_attention_norm_before_it_starts(tmp_path, gpt2_tokenizer_dir):
+    """Its per-head writes would miss the post norm's scale: refused in one line (here with attention soft-capping
+    off, so the fused path would otherwise run)."""
+    from headscope.errors import BadInput
+    from headscope.explorer.engine import Explorer
+
+    model = headscope.load_model(str(_build(gpt2_tokenizer_dir, tmp_path / "g2", None, None)), device="cpu")
+    with pytest.raises(BadInput, match="norm after attention"):
+        Explorer(model)

@@ -47,7 +47,7 @@ from ..scan.direct import DirectEffects, DirectPass, unembedding
 from ..scan.induction_scan import scan_induction
 from ..scores import SCORES, attention_scores, score
 from ..tokens import token_text
-from .state import TextState, compute_text
+from .state import TextState, check_explorable, compute_text
 
 #: Most tokens a pattern view sends (a window ending at the chosen query); the chosen query's row is sent whole.
 PATTERN_WINDOW = 64
@@ -85,6 +85,7 @@ class Explorer:
         self.max_tokens = min(max_tokens, m.n_ctx)
         self.cache_bytes = int(cache_mb * 2**20)
         self.w = head_weights(m)
+        check_explorable(m, self.w)
         self.ue = unembedding(m, self.w)
         # the decomposition reads W_Q, W_K, W_O and the biases in float64: converted once, not per view
         f64 = {k: getattr(self.w, k).double() for k in ("W_Q", "W_K", "W_O", "b_Q", "b_K", "b_O")}

@@ -148,6 +148,28 @@ def _capture_names(m: HeadscopeModel) -> list[str]:
     return names + ["ln_final.hook_in", "ln_final.hook_scale"]
 
 
+def check_explorable(m: HeadscopeModel, w) -> None:
+    """Refuse, before the explorer starts, a model whose views it cannot compute right.
+
+    The explorer runs the fused path only (its scores read q, k and the row logsumexp), and its
+    per-head writes are ``z W_O`` through the final norm: a norm after attention (Gemma 2/3's
+    ``ln1_post``) would also need that norm's per-position scale, which the explorer does not read.
+    ``w``: the model's :class:`~headscope.folded_weights.HeadWeights`.
+    """
+    reason = fused_unsupported_reason(m, 1)  # what holds at any length (a sliding window is checked per text)
+    if reason:
+        raise BadInput(
+            f"the explorer needs the fused attention path, which this model cannot take: {reason}",
+            hint="the other commands (induction, heads, qk, logits, circuit) run on it through eager attention",
+        )
+    if w.attn_post_norm:
+        raise BadInput(
+            "the explorer's per-head writes do not divide by the norm after attention (ln1_post) that this "
+            "model has, so they would be wrong",
+            hint="the other commands (induction, heads, qk, logits, circuit) take that norm into account",
+        )
+
+
 @torch.no_grad()
 def compute_text(m: HeadscopeModel, seq: TokenSequence) -> TextState:
     """The one fused pass over ``seq`` that every view of the explorer reads (see the module docstring)."""
