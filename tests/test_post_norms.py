@@ -240,3 +240,31 @@ def test_the_explorer_refuses_a_model_with_a_post_attention_norm_before_it_start
     model = headscope.load_model(str(_build(gpt2_tokenizer_dir, tmp_path / "g2", None, None)), device="cpu")
     with pytest.raises(BadInput, match="norm after attention"):
         Explorer(model)
+
+
+def test_circuit_metrics_on_a_soft_capped_model_are_the_models_own(tmp_path, gpt2_tokenizer_dir):
+    """Gemma 2 soft-caps its logits after the unembedding (in transformers' forward). Patching reads the
+    final-normed residual and unembeds only what the metric needs: the residual must not be soft-capped, and the
+    metric must be the capped logits' (checked against plain transformers, with a cap small enough to matter)."""
+    from transformers import AutoModelForCausalLM
+
+    from headscope.circuits import induction_task
+    from headscope.circuits.runs import final_normed, metric_of_normed
+    from headscope.circuits.tasks import metric_at
+
+    d = _build(gpt2_tokenizer_dir, tmp_path / "capped", 0.5)
+    model, hf = headscope.load_model(str(d), device="cpu"), AutoModelForCausalLM.from_pretrained(str(d)).eval()
+    task = induction_task(model, n_examples=3, seq_len=6)
+    with torch.no_grad():
+        out = hf(task.clean, output_hidden_states=True)
+        normed = final_normed(model, task.clean)
+        got = metric_of_normed(model, normed, task)
+    np.testing.assert_allclose(normed.numpy(), out.hidden_states[-1].numpy(), atol=1e-5)
+    logits = out.logits
+    rows = logits.gather(1, task.positions[..., None].expand(-1, -1, logits.shape[-1]))
+    want = metric_at(rows, task)
+    np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-5)
+    uncapped = metric_at(
+        hf.lm_head(out.hidden_states[-1]).gather(1, task.positions[..., None].expand(-1, -1, logits.shape[-1])), task
+    )
+    assert (uncapped - want).abs().max() > 1e-3  # the cap matters here, so the test can fail

@@ -31,16 +31,20 @@ Hook = tuple[str, Callable]
 UNEMBED_BYTES = 256 * 2**20
 
 
-def _identity(*args, **kwargs):
-    return args[0] if args else next(iter(kwargs.values()))
-
-
 @contextlib.contextmanager
-def _no_unembed(bridge) -> Iterator[None]:
-    """The bridge's forward returns the final-normed residual ``[batch, n, d_model]`` instead of logits."""
-    object.__setattr__(bridge.unembed, "forward", _identity)
+def _no_unembed(bridge) -> Iterator[dict]:
+    """The unembedding is skipped; the box it yields holds the final-normed residual ``[batch, n, d_model]``
+    under ``"normed"`` after the pass. Read it there, not from the forward's return: a model may transform
+    what its unembedding returns (Gemma 2's logit soft-capping), and would transform the residual instead."""
+    box: dict = {}
+
+    def keep(*args, **kwargs):
+        box["normed"] = x = args[0] if args else next(iter(kwargs.values()))
+        return x
+
+    object.__setattr__(bridge.unembed, "forward", keep)
     try:
-        yield
+        yield box
     finally:
         bridge.unembed.__dict__.pop("forward", None)
 
@@ -57,9 +61,10 @@ def final_normed(
     """The final-normed residual ``[batch, n, d_model]`` of a pass from ``inputs``: token ids (a full pass), or
     the residual entering block ``start`` (float); with ``hooks``; no logits are computed."""
     bridge = as_model(model).bridge
-    with _route(bridge, fused, inputs.shape[1]), _no_unembed(bridge), skip_blocks(bridge, start):
+    with _route(bridge, fused, inputs.shape[1]), _no_unembed(bridge) as box, skip_blocks(bridge, start):
         kw = {"start_at_layer": start} if inputs.is_floating_point() else {}  # a residual, also at block 0
-        return bridge.run_with_hooks(inputs, fwd_hooks=list(hooks), use_cache=False, **kw)
+        bridge.run_with_hooks(inputs, fwd_hooks=list(hooks), use_cache=False, **kw)
+    return box["normed"]
 
 
 @torch.no_grad()
@@ -78,16 +83,35 @@ def metric_of_normed(model, normed: torch.Tensor, task: CircuitTask) -> torch.Te
         return _logit_diff(rows, task, lm_head).cpu()
     step = max(1, UNEMBED_BYTES // (4 * rows.shape[1] * bridge.cfg.d_vocab))
     out = [
-        metric_at(bridge.unembed(rows[s : s + step]), task.subset(range(s, min(s + step, rows.shape[0]))))
+        metric_at(_logits(bridge, rows[s : s + step]), task.subset(range(s, min(s + step, rows.shape[0]))))
         for s in range(0, rows.shape[0], step)
     ]
     return torch.cat(out).cpu()
 
 
+def _output_transform(bridge):
+    """What the model does to its unembedding's output (Gemma 2's soft-capping; a scale), or None for nothing."""
+    from transformer_lens.model_bridge.architecture_adapter import ArchitectureAdapter
+
+    adapter = getattr(bridge, "adapter", None)
+    if adapter is None:
+        return None
+    own = type(adapter).apply_output_logits_transform is not ArchitectureAdapter.apply_output_logits_transform
+    cap = getattr(bridge.cfg, "output_logits_soft_cap", None)
+    return adapter.apply_output_logits_transform if own or (cap is not None and cap > 0) else None
+
+
+def _logits(bridge, normed: torch.Tensor) -> torch.Tensor:
+    """The model's logits from final-normed residuals: the unembedding, then the model's own output transform."""
+    logits = bridge.unembed(normed)
+    transform = _output_transform(bridge)
+    return transform(logits) if transform is not None else logits
+
+
 def _plain_unembedding(bridge) -> torch.nn.Linear | None:
     """The unembedding as a plain ``nn.Linear`` when the logits are exactly ``lm_head(x)`` (no softcap), else None."""
     lm_head = getattr(bridge.unembed, "original_component", None)
-    if not isinstance(lm_head, torch.nn.Linear) or (getattr(bridge.cfg, "output_logits_soft_cap", 0) or 0) > 0:
+    if not isinstance(lm_head, torch.nn.Linear) or _output_transform(bridge) is not None:
         return None
     return lm_head
 
