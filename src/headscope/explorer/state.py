@@ -110,12 +110,19 @@ class TextState:
 
 
 @contextlib.contextmanager
-def _residual_out(bridge) -> Iterator[None]:
-    """The bridge's forward returns the final-normed residual instead of logits (its unembedding made
-    the identity for the pass), as :mod:`headscope.circuits.runs` does for patching."""
-    object.__setattr__(bridge.unembed, "forward", lambda x, *a, **k: x)
+def _residual_out(bridge) -> Iterator[dict]:
+    """The unembedding is skipped for the pass; the yielded box holds the final-normed residual under
+    ``"normed"`` (read there, not from the forward's return, which a model may transform after its
+    unembedding: soft-capping, a scale), as :mod:`headscope.circuits.runs` does for patching."""
+    box: dict = {}
+
+    def keep(x, *a, **k):
+        box["normed"] = x
+        return x
+
+    object.__setattr__(bridge.unembed, "forward", keep)
     try:
-        yield
+        yield box
     finally:
         bridge.unembed.__dict__.pop("forward", None)
 
@@ -200,8 +207,9 @@ def compute_text(m: HeadscopeModel, seq: TokenSequence) -> TextState:
         return hook
 
     hooks = [(n, keep(n)) for n in _capture_names(m)]
-    with fused_attention(m, on_attention), _residual_out(m.bridge):
-        normed = m.run_with_hooks(tokens, fwd_hooks=hooks, use_cache=False)
+    with fused_attention(m, on_attention), _residual_out(m.bridge) as box:
+        m.run_with_hooks(tokens, fwd_hooks=hooks, use_cache=False)
+    normed = box["normed"]
     layout = text_layout(seq.ids, m.first_token.id is not None)
     state = TextState(
         seq=seq,
