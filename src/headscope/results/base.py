@@ -58,3 +58,15 @@ class Result:
         from ..render.lookup import view_of
 
         return view_of(self).figure(self, name, *args, **kwargs)
+
+
+class GapChecked:
+    """Mixin of the patching results: ``gap`` is the clean - corrupted gap their shares divide by
+    (:func:`headscope.circuits.tasks.clean_corrupt_gap`; empty when not measured)."""
+
+    gap: dict
+
+    @property
+    def normalised_meaningful(self) -> bool:
+        """False when the clean - corrupted gap is not told apart from 0 or has the wrong sign."""
+        return bool(self.gap.get("meaningful", True))

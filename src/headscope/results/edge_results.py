@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .base import Result, rounded
+from .base import GapChecked, Result, rounded
 
 #: Definitions for the legend and ``--help``.
 EDGE_DEFINITIONS = {
@@ -103,7 +103,7 @@ class EdgeScores(Result):
 
 
 @dataclass
-class EdgeCircuit(Result):
+class EdgeCircuit(GapChecked, Result):
     """An attributed circuit and what patching says about it.
 
     ``curve`` rows: ``n_edges`` kept clean, ``faithfulness`` (the normalised mean metric),
@@ -122,11 +122,6 @@ class EdgeCircuit(Result):
     notes: list[str] = field(default_factory=list)
     #: the clean - corrupted gap the faithfulness divides by (:func:`headscope.circuits.tasks.clean_corrupt_gap`)
     gap: dict = field(default_factory=dict)
-
-    @property
-    def normalised_meaningful(self) -> bool:
-        """False when the clean - corrupted gap is not told apart from 0 or has the wrong sign."""
-        return bool(self.gap.get("meaningful", True))
 
     def circuit(self) -> list[tuple[str, str, float]]:
         return self.attribution.top(self.top_edges)

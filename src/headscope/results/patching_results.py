@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import Result, rounded
+from .base import GapChecked, Result, rounded
 
 #: What the numbers mean, for legends and JSON.
 DEFINITIONS = {
@@ -40,7 +40,7 @@ def _interval(lo, hi) -> list:
 
 
 @dataclass
-class ActivationPatching(Result):
+class ActivationPatching(GapChecked, Result):
     """Every head's and MLP's activation patched alone, in one direction.
 
     ``values``, ``low``, ``high``: ``[n_layers, n_heads + 1]`` (column ``n_heads`` is the layer's MLP),
@@ -67,11 +67,6 @@ class ActivationPatching(Result):
     change_high: np.ndarray = field(default_factory=lambda: np.zeros(0))
     #: the clean - corrupted gap (:func:`headscope.circuits.tasks.clean_corrupt_gap`)
     gap: dict = field(default_factory=dict)
-
-    @property
-    def normalised_meaningful(self) -> bool:
-        """False when the clean - corrupted gap is not told apart from 0 or has the wrong sign."""
-        return bool(self.gap.get("meaningful", True))
 
     def top_change(self, k: int = 10) -> list[tuple[str, float, float, float]]:
         """The ``k`` components whose patch moves the metric most: ``(label, change, low, high)`` (metric units)."""
@@ -166,7 +161,7 @@ class ActivationPatching(Result):
 
 
 @dataclass
-class PathPatching(Result):
+class PathPatching(GapChecked, Result):
     """Path-patching effects: one row per (sender, receiver) path. ``values``/``low``/``high`` ``[n_paths]``."""
 
     senders: list[str]
@@ -190,11 +185,6 @@ class PathPatching(Result):
     change_high: np.ndarray = field(default_factory=lambda: np.zeros(0))
     #: the clean - corrupted gap (:func:`headscope.circuits.tasks.clean_corrupt_gap`)
     gap: dict = field(default_factory=dict)
-
-    @property
-    def normalised_meaningful(self) -> bool:
-        """False when the clean - corrupted gap is not told apart from 0 or has the wrong sign."""
-        return bool(self.gap.get("meaningful", True))
 
     def top_change(self, k: int = 10) -> list[tuple[str, str, float, float, float]]:
         """The ``k`` paths whose patch moves the metric most: ``(sender, receiver, change, low, high)`` (metric units)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 from rich.markup import escape
 from rich.table import Table
 
+from ...results.base import GapChecked
 from ...results.patching_results import DEFINITIONS, ActivationPatching, CircuitAnalysis, PathPatching
 from ..circuit_figures import patching_heatmap, path_chart, sender_map
 from ..html import esc, kv_html, table_html
@@ -138,12 +139,11 @@ class PathPatchingView(View):
                 console.print(f"[dim]{escape(n)}[/]", highlight=False)
 
 
-class _Gap:
+class _Gap(GapChecked):
     """The analysis's gap dict, read like a result's (for :func:`gap_warning_html`)."""
 
     def __init__(self, gap: dict):
         self.gap = gap
-        self.normalised_meaningful = bool(gap.get("meaningful", True))
 
 
 @register(CircuitAnalysis)
