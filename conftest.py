@@ -39,7 +39,8 @@ def gpt2_tokenizer_dir(tmp_path_factory) -> Path:
     return d
 
 
-def _save_tiny(model, tokenizer_dir: Path, out: Path) -> Path:
+def save_tiny(model, tokenizer_dir: Path, out: Path) -> Path:
+    """Save a tiny model and the offline tokenizer beside it (tests import it: `from conftest import save_tiny`)."""
     from transformers import AutoTokenizer
 
     model.save_pretrained(str(out))
@@ -54,7 +55,7 @@ def tiny_gpt2_dir(tmp_path_factory, gpt2_tokenizer_dir) -> Path:
 
     torch.manual_seed(0)
     cfg = GPT2Config(n_layer=2, n_head=4, n_embd=64, n_positions=256, vocab_size=50257)
-    return _save_tiny(GPT2LMHeadModel(cfg), gpt2_tokenizer_dir, tmp_path_factory.mktemp("tiny-gpt2"))
+    return save_tiny(GPT2LMHeadModel(cfg), gpt2_tokenizer_dir, tmp_path_factory.mktemp("tiny-gpt2"))
 
 
 @pytest.fixture(scope="session")
@@ -71,7 +72,7 @@ def bumpy_gpt2_dir(tmp_path_factory, gpt2_tokenizer_dir) -> Path:
                 p.add_(0.3 * torch.randn_like(p))
             if "wte" in name or "wpe" in name:
                 p.mul_(10.0)
-    return _save_tiny(hf, gpt2_tokenizer_dir, tmp_path_factory.mktemp("gpt2-bumpy"))
+    return save_tiny(hf, gpt2_tokenizer_dir, tmp_path_factory.mktemp("gpt2-bumpy"))
 
 
 @pytest.fixture(scope="session")
@@ -92,7 +93,7 @@ def tiny_llama_dir(tmp_path_factory, gpt2_tokenizer_dir) -> Path:
         eos_token_id=50256,
         tie_word_embeddings=False,
     )
-    return _save_tiny(LlamaForCausalLM(cfg), gpt2_tokenizer_dir, tmp_path_factory.mktemp("tiny-llama"))
+    return save_tiny(LlamaForCausalLM(cfg), gpt2_tokenizer_dir, tmp_path_factory.mktemp("tiny-llama"))
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import save_tiny
 
 import headscope
 from headscope.circuits.runs import final_normed
@@ -28,13 +29,11 @@ from test_fused import check_restart_equals_full
 
 @pytest.fixture(scope="module")
 def tiny_bloom(tmp_path_factory, gpt2_tokenizer_dir):
-    from transformers import AutoTokenizer, BloomConfig, BloomForCausalLM
+    from transformers import BloomConfig, BloomForCausalLM
 
     torch.manual_seed(0)
     cfg = BloomConfig(hidden_size=64, n_layer=3, n_head=4, vocab_size=50257, bos_token_id=50256, eos_token_id=50256)
-    out = tmp_path_factory.mktemp("tiny-bloom")
-    BloomForCausalLM(cfg).save_pretrained(str(out))
-    AutoTokenizer.from_pretrained(str(gpt2_tokenizer_dir)).save_pretrained(str(out))
+    out = save_tiny(BloomForCausalLM(cfg), gpt2_tokenizer_dir, tmp_path_factory.mktemp("tiny-bloom"))
     return headscope.load_model(str(out), device="cpu")
 
 

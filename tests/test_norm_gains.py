@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import save_tiny
 
 import headscope
 from headscope.errors import BadInput
@@ -52,11 +53,7 @@ def _build(kind: str, tokenizer_dir, out):
                 p.copy_(torch.randn(p.shape, generator=g) * 0.5 + (0.0 if kind.startswith("gemma") else 1.0))
             elif "embed_tokens" in name:
                 p.mul_(20.0)  # larger scores and logits than random init gives
-    hf.save_pretrained(str(out))
-    from transformers import AutoTokenizer
-
-    AutoTokenizer.from_pretrained(str(tokenizer_dir)).save_pretrained(str(out))
-    return out
+    return save_tiny(hf, tokenizer_dir, out)
 
 
 @pytest.fixture(scope="module")

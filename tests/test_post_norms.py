@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import save_tiny
 
 import headscope
 from headscope.folded_weights import head_weights
@@ -52,9 +53,7 @@ def _build(tokenizer_dir, out, softcap, attn_softcap=50.0):
                 p.copy_(torch.randn(p.shape, generator=g) * 0.5)
             elif "embed_tokens" in name:
                 p.mul_(20.0)
-    hf.save_pretrained(str(out))
-    T.AutoTokenizer.from_pretrained(str(tokenizer_dir)).save_pretrained(str(out))
-    return out
+    return save_tiny(hf, tokenizer_dir, out)
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import save_tiny
 
 import headscope
 from headscope.errors import BadInput
@@ -26,14 +27,6 @@ from test_qk_rotary_offsets import _check_offsets
 H, D_HEAD = 4, 16
 
 
-def _save(hf, tokenizer_dir, out):
-    from transformers import AutoTokenizer
-
-    hf.save_pretrained(str(out))
-    AutoTokenizer.from_pretrained(str(tokenizer_dir)).save_pretrained(str(out))
-    return out
-
-
 @pytest.fixture(scope="module")
 def gptj_dir(tmp_path_factory, gpt2_tokenizer_dir):
     from transformers import GPTJConfig, GPTJForCausalLM
@@ -43,7 +36,7 @@ def gptj_dir(tmp_path_factory, gpt2_tokenizer_dir):
     hf = GPTJForCausalLM(cfg).eval()
     with torch.no_grad():  # embeddings of the usual size, so the scores are far from zero
         hf.transformer.wte.weight.mul_(30.0)
-    return _save(hf, gpt2_tokenizer_dir, tmp_path_factory.mktemp("tiny-gptj"))
+    return save_tiny(hf, gpt2_tokenizer_dir, tmp_path_factory.mktemp("tiny-gptj"))
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +143,7 @@ def _partial_model(kind, tmp_path, tokenizer_dir):
         hf = T.PhiForCausalLM(T.PhiConfig(**common, partial_rotary_factor=0.5))
     with torch.no_grad():
         hf.get_input_embeddings().weight.mul_(30.0)
-    return headscope.load_model(str(_save(hf.eval(), tokenizer_dir, tmp_path / kind)), device="cpu")
+    return headscope.load_model(str(save_tiny(hf.eval(), tokenizer_dir, tmp_path / kind)), device="cpu")
 
 
 @pytest.mark.parametrize("kind", ["neox", "phi"])

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import save_tiny
 
 import headscope
 from headscope.scan import fused as F
@@ -24,7 +25,7 @@ SEQ_LEN, REPEATS = 10, 2  # with the BOS: 21 tokens a sequence
 
 
 def _tiny_mistral(tmp_path_factory, tokenizer_dir, window: int | None, name: str):
-    from transformers import AutoTokenizer, MistralConfig, MistralForCausalLM
+    from transformers import MistralConfig, MistralForCausalLM
 
     torch.manual_seed(0)
     cfg = MistralConfig(
@@ -40,10 +41,7 @@ def _tiny_mistral(tmp_path_factory, tokenizer_dir, window: int | None, name: str
         eos_token_id=50256,
         sliding_window=window,
     )
-    out = tmp_path_factory.mktemp(name)
-    MistralForCausalLM(cfg).save_pretrained(str(out))
-    AutoTokenizer.from_pretrained(str(tokenizer_dir)).save_pretrained(str(out))
-    return out
+    return save_tiny(MistralForCausalLM(cfg), tokenizer_dir, tmp_path_factory.mktemp(name))
 
 
 @pytest.fixture(scope="module")
@@ -146,9 +144,7 @@ def test_per_layer_windows_are_the_ones_transformers_sets(kind, want, tmp_path, 
     else:
         on = kind == "qwen2_on"
         hf = T.Qwen2ForCausalLM(T.Qwen2Config(**common, use_sliding_window=on, max_window_layers=1))
-    hf.save_pretrained(str(tmp_path / kind))
-    T.AutoTokenizer.from_pretrained(str(gpt2_tokenizer_dir)).save_pretrained(str(tmp_path / kind))
-    model = headscope.load_model(str(tmp_path / kind), device="cpu")
+    model = headscope.load_model(str(save_tiny(hf, gpt2_tokenizer_dir, tmp_path / kind)), device="cpu")
     assert [getattr(a.original_component, "sliding_window", None) for a in (b.attn for b in model.blocks)] == want
     assert F.sliding_windows(model) == want
     assert (F.window_reason(model, 8) is None) and ((F.window_reason(model, 9) is None) == (want == [None, None]))
