@@ -168,3 +168,19 @@ def test_help_does_not_break_sentences_where_the_source_wraps(command):
     ]
     for a, b in joins:
         assert f"{a} {b}" in result.output, f"--help of {command} breaks the line after {a!r}"
+
+
+def test_piped_help_is_not_cut_to_ellipses():
+    """``headscope heads --help | less`` used to come out 80 columns wide with its defaults cut to "…"
+    (rich's width for a pipe); the real entry point lays piped help out at PIPED_HELP_WIDTH."""
+    from headscope.cli import PIPED_HELP_WIDTH
+
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "TERMINAL_WIDTH")}
+    code = "import sys; sys.argv = ['headscope', 'heads', '--help']; from headscope.cli import main; main()"
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "…" not in proc.stdout
+    assert "copy_suppression=0.5" in proc.stdout and "smollm2-135m-instruct-q4]" in proc.stdout
+    assert max(len(line) for line in proc.stdout.splitlines()) == PIPED_HELP_WIDTH

@@ -102,8 +102,40 @@ def _register(names: tuple[str, ...] = COMMANDS) -> None:
 _register()
 
 
+#: The width ``--help`` is laid out at when it is piped (to ``less``, ``grep``, a file). rich's
+#: default there is 80 columns, at which typer's option table leaves ``heads --help`` about 20
+#: columns of help and cuts its long defaults to "…". A terminal keeps its own width, and
+#: ``TERMINAL_WIDTH`` or ``COLUMNS`` set by the user still win.
+PIPED_HELP_WIDTH = 100
+
+
+def piped_help_width(stdout=None, environ=None) -> int | None:
+    """The help width to force for this process, or None to leave typer's choice.
+
+    >>> import io
+    >>> piped_help_width(stdout=io.StringIO(), environ={})
+    100
+    >>> piped_help_width(stdout=io.StringIO(), environ={"COLUMNS": "60"}) is None
+    True
+    """
+    import os
+    import sys
+
+    stdout = sys.stdout if stdout is None else stdout
+    environ = os.environ if environ is None else environ
+    if environ.get("TERMINAL_WIDTH") or environ.get("COLUMNS"):
+        return None
+    isatty = getattr(stdout, "isatty", None)
+    return None if isatty is not None and isatty() else PIPED_HELP_WIDTH
+
+
 def main() -> None:
+    from typer import rich_utils
+
     from ..errors import terminate_as_interrupt
 
+    width = piped_help_width()
+    if width is not None and rich_utils.MAX_WIDTH is None:
+        rich_utils.MAX_WIDTH = width
     terminate_as_interrupt()
     app()
