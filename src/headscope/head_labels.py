@@ -8,6 +8,7 @@ tie-break is stable and documented, so the heads a table shows are the heads tha
 
 from __future__ import annotations
 
+import numbers
 import re
 from collections.abc import Iterable, Sequence
 
@@ -58,11 +59,23 @@ def parse_head(spec: str | Head, n_layers: int, n_heads: int) -> Head:
     >>> parse_head("L5H1", 12, 12), parse_head("5.1", 12, 12)
     ((5, 1), (5, 1))
     """
-    if isinstance(spec, tuple):
+    if isinstance(spec, (tuple, list)):
+        if len(spec) != 2 or not all(isinstance(x, numbers.Integral) for x in spec):
+            raise BadInput(
+                f"malformed head {spec!r}: expected a (layer, head) pair of integers, e.g. (5, 1)",
+                hint=f"layers are 0..{n_layers - 1}, heads 0..{n_heads - 1}",
+            )
         layer, head = (int(x) for x in spec)
         text = head_label(layer, head)
+    elif not isinstance(spec, str):
+        # 5.10 as a float is 5.1: which head was meant cannot be told, so it is refused.
+        raise BadInput(
+            f"malformed head {spec!r} ({type(spec).__name__}): expected a string such as 'L5H10' or '5.10', "
+            "or a (layer, head) pair",
+            hint="quote the head: '5.10' is layer 5, head 10; the number 5.10 is 5.1",
+        )
     else:
-        m = _HEAD_RE.match(str(spec))
+        m = _HEAD_RE.match(spec)
         if not m:
             raise BadInput(
                 f"malformed head {spec!r}: expected L<layer>H<head> or <layer>.<head>, e.g. L5H1 or 5.1",
@@ -90,9 +103,9 @@ def parse_heads(specs: Iterable[str | Head], n_layers: int, n_heads: int) -> lis
     """
     heads: list[Head] = []
     for spec in specs:
-        parts = [spec] if isinstance(spec, tuple) else str(spec).split(",")
+        parts = spec.split(",") if isinstance(spec, str) else [spec]
         for part in parts:
-            if isinstance(part, tuple) or part.strip():
+            if not isinstance(part, str) or part.strip():
                 lh = parse_head(part, n_layers, n_heads)
                 if lh not in heads:
                     heads.append(lh)
@@ -109,7 +122,13 @@ def top_k(scores: np.ndarray, k: int, exclude: Sequence[Head] = ()) -> list[tupl
 
     >>> top_k(np.array([[0.5, 0.9], [0.9, 0.1]]), 2)
     [(0, 1, 0.9), (1, 0, 0.9)]
+    >>> top_k(np.array([[0.5, 0.9]]), 0)
+    []
     """
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 0:
+        raise BadInput(f"k={k!r}: the number of heads must be a whole number >= 0", hint="e.g. k=5")
+    if k == 0:
+        return []
     a = np.asarray(scores, dtype=np.float64)
     n_heads = a.shape[1]
     order = np.argsort(-np.nan_to_num(a, nan=-np.inf), axis=None, kind="stable")
