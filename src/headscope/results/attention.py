@@ -15,7 +15,7 @@ from ..head_labels import Head
 from .base import Result, rounded
 
 
-@dataclass
+@dataclass(repr=False, eq=False)  # Result gives both
 class AttentionSample(Result):
     """Attention patterns of a few heads on one sequence.
 
@@ -56,7 +56,7 @@ class AttentionSample(Result):
         )
 
 
-@dataclass
+@dataclass(repr=False, eq=False)  # Result gives both
 class AttentionViews(Result):
     """The interactive attention views of a page: samples (the scan's own, then the user's texts).
 

@@ -47,6 +47,33 @@ class Result:
     def to_json(self, indent: int | None = 2) -> str:
         return dumps(self.to_dict(), indent=indent)  # strict JSON: NaN/Infinity -> null
 
+    def __eq__(self, other: object) -> bool:
+        """Same type and the same :meth:`to_dict` (floats to its 6 decimals). A dataclass's own ``==``
+        compares the arrays elementwise and raises "truth value of an array is ambiguous"."""
+        if type(other) is not type(self):
+            return NotImplemented
+        return self.to_dict() == other.to_dict()  # type: ignore[attr-defined]
+
+    __hash__ = None  # type: ignore[assignment]  # mutable data, like a dataclass with eq
+
+    def __repr__(self) -> str:
+        """One short line: scalars as they are, arrays by shape, lists and dicts by length, so
+        ``print(result)`` does not pour out every array (``to_frame()`` and ``to_dict()`` have the numbers).
+
+        >>> from dataclasses import dataclass
+        >>> @dataclass(repr=False, eq=False)
+        ... class Demo(Result):
+        ...     model: str
+        ...     scores: dict
+        ...     loss: np.ndarray
+        >>> Demo("tiny", {"induction": np.zeros((2, 4))}, np.zeros(9))
+        Demo(model='tiny', scores={induction: array 2x4}, loss=array 9)
+        """
+        import dataclasses
+
+        fields = dataclasses.fields(self) if dataclasses.is_dataclass(self) else []  # type: ignore[arg-type]
+        return f"{type(self).__name__}({', '.join(f'{f.name}={_brief(getattr(self, f.name))}' for f in fields)})"
+
     def _repr_html_(self) -> str:
         """The notebook view: whatever the view registered for this type shows (see render/lookup.py)."""
         from ..render.lookup import view_of
@@ -58,6 +85,20 @@ class Result:
         from ..render.lookup import view_of
 
         return view_of(self).figure(self, name, *args, **kwargs)
+
+
+def _brief(v, depth: int = 0) -> str:
+    """A field's value in a few characters, for :meth:`Result.__repr__`."""
+    if isinstance(v, np.ndarray):
+        return f"array {'x'.join(map(str, v.shape))}" if v.ndim else repr(v.item())
+    if isinstance(v, dict):
+        if depth or len(v) > 6:
+            return f"{{{len(v)} keys}}"
+        return "{" + ", ".join(f"{k}: {_brief(x, 1)}" for k, x in v.items()) + "}"
+    if isinstance(v, (list, tuple)):
+        return f"[{len(v)} items]" if len(v) != 1 else "[1 item]"
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 class GapChecked:

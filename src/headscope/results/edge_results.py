@@ -36,7 +36,7 @@ EDGE_DEFINITIONS = {
 }
 
 
-@dataclass
+@dataclass(repr=False, eq=False)  # Result gives both
 class EdgeScores(Result):
     """One attribution score per edge: ``scores[sender, receiver]`` (NaN where the pair is not an edge)."""
 
@@ -102,7 +102,7 @@ class EdgeScores(Result):
         return self._figure("graph", k, **kwargs)
 
 
-@dataclass
+@dataclass(repr=False, eq=False)  # Result gives both
 class EdgeCircuit(GapChecked, Result):
     """An attributed circuit and what patching says about it.
 

@@ -21,7 +21,7 @@ from .sink_scores import DEFINITIONS as SINK_DEFINITIONS
 from .sink_scores import SinkScores
 
 
-@dataclass
+@dataclass(repr=False, eq=False)  # Result gives both
 class HeadsAnalysis(Result):
     """Roles of every head across every score, with the in-context learning check.
 

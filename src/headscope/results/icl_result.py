@@ -21,7 +21,7 @@ DEFINITION = (
 )
 
 
-@dataclass
+@dataclass(repr=False, eq=False)  # Result gives both
 class ICLResult(Result):
     """``per_position_loss[i]`` is the mean loss of document token i (nan where there is none)."""
 

@@ -56,7 +56,7 @@ def ov_definition(embedding: str = "block0") -> str:
 OV_DEFINITION = ov_definition("block0")
 
 
-@dataclass
+@dataclass(repr=False, eq=False)  # Result gives both
 class LogitAttribution(Result):
     """Direct logit attribution on one token sequence (see :mod:`headscope.logits.dla`).
 
@@ -159,7 +159,7 @@ class LogitAttribution(Result):
         return self._figure("token_head_heatmap", heads, **kwargs)
 
 
-@dataclass
+@dataclass(repr=False, eq=False)  # Result gives both
 class RepeatLogitEffects(Result):
     """Each head's mean direct effect on repeated random tokens (see :mod:`headscope.logits.repeats`).
 
@@ -226,7 +226,7 @@ class RepeatLogitEffects(Result):
         return self._figure("repeat_effect_heatmap", which, **kwargs)
 
 
-@dataclass
+@dataclass(repr=False, eq=False)  # Result gives both
 class OVRows(Result):
     """Rows of one head's full OV circuit for chosen source tokens (see :mod:`headscope.logits.ov_rows`).
 
@@ -404,7 +404,7 @@ def _path_findings(s: InductionStory) -> list[str]:
     return out
 
 
-@dataclass
+@dataclass(repr=False, eq=False)  # Result gives both
 class InductionStories(Result):
     """Stories of several heads (e.g. the top induction heads), one table."""
 
@@ -431,7 +431,7 @@ def arrow(token: str, target: str) -> str:
     return f"{visible_whitespace(token)} → {visible_whitespace(target)}"
 
 
-@dataclass
+@dataclass(repr=False, eq=False)  # Result gives both
 class LogitAnalysis(Result):
     """What heads write, from one run (see the module docstring); numbers only, no model inside.
 

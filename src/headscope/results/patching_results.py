@@ -39,7 +39,7 @@ def _interval(lo, hi) -> list:
     return [rounded(lo, 4), rounded(hi, 4)]
 
 
-@dataclass
+@dataclass(repr=False, eq=False)  # Result gives both
 class ActivationPatching(GapChecked, Result):
     """Every head's and MLP's activation patched alone, in one direction.
 
@@ -160,7 +160,7 @@ class ActivationPatching(GapChecked, Result):
         return self._figure("heatmap", **kwargs)
 
 
-@dataclass
+@dataclass(repr=False, eq=False)  # Result gives both
 class PathPatching(GapChecked, Result):
     """Path-patching effects: one row per (sender, receiver) path. ``values``/``low``/``high`` ``[n_paths]``."""
 
@@ -274,7 +274,7 @@ class PathPatching(GapChecked, Result):
         return self._figure("paths", **kwargs)
 
 
-@dataclass
+@dataclass(repr=False, eq=False)  # Result gives both
 class CircuitAnalysis(Result):
     """What ``headscope circuit`` measured: the task, activation patching, path patching, and any later steps.
 

@@ -154,7 +154,7 @@ class OffsetCurves:
         return strict(out)
 
 
-@dataclass
+@dataclass(repr=False, eq=False)  # Result gives both
 class PhaseAnalysis(Result):
     """Curves against training step and the detected window; numbers only.
 

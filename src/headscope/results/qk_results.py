@@ -53,7 +53,7 @@ FROZEN_NOTE = (
 )
 
 
-@dataclass
+@dataclass(repr=False, eq=False)  # Result gives both
 class QKScores(Result):
     """Live scores and patterns. ``scores[s][n]`` is ``[query, key]`` for sequence ``s``, head ``heads[n]``.
 
@@ -149,7 +149,7 @@ class QKScores(Result):
         return self._figure("plot_live_grid", sequence)
 
 
-@dataclass
+@dataclass(repr=False, eq=False)  # Result gives both
 class QKDecomposition(Result):
     """Head ``layer.head``'s score split over residual components (see :mod:`headscope.qk.decompose`).
 
@@ -242,7 +242,7 @@ class QKDecomposition(Result):
         return self._figure("plot_decomposition", top)
 
 
-@dataclass
+@dataclass(repr=False, eq=False)  # Result gives both
 class PositionalQK(Result):
     """What a head's QK circuit does with positions alone, per head.
 
@@ -292,7 +292,7 @@ class PositionalQK(Result):
         return self._figure("plot_positional")
 
 
-@dataclass
+@dataclass(repr=False, eq=False)  # Result gives both
 class TokenQK(Result):
     """One head's token QK circuit ``x_t W_Q W_K^T x_s^T / sqrt(d_head)``, x the normalised embedding.
 
@@ -359,7 +359,7 @@ class TokenQK(Result):
         return self._figure("plot_token_qk")
 
 
-@dataclass
+@dataclass(repr=False, eq=False)  # Result gives both
 class CompositionScores(Result):
     """Composition scores (Elhage et al.): ``scores[kind][la, ha, lb, hb]`` for earlier head
     ``la.ha`` into later head ``lb.hb``, kind Q, K or V; NaN unless ``lb > la``.
@@ -452,7 +452,7 @@ class CompositionScores(Result):
         return self._figure("plot_composition", kind)
 
 
-@dataclass
+@dataclass(repr=False, eq=False)  # Result gives both
 class OffsetComposition(Result):
     """Q/K-composition into a few later heads at each rotary offset (Elhage et al.'s score, RoPE applied).
 
@@ -544,7 +544,7 @@ class OffsetComposition(Result):
         }
 
 
-@dataclass
+@dataclass(repr=False, eq=False)  # Result gives both
 class QKAnalysis(Result):
     """Every QK view of the chosen heads on the chosen texts (see each member's class)."""
 

@@ -18,7 +18,7 @@ from .attention import AttentionSample
 from .base import Result, rounded
 
 
-@dataclass
+@dataclass(repr=False, eq=False)  # Result gives both
 class InductionResult(Result):
     """Scores for every head, loss by position and the causal check.
 

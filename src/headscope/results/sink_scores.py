@@ -23,7 +23,7 @@ DEFINITIONS = {
 }
 
 
-@dataclass
+@dataclass(repr=False, eq=False)  # Result gives both
 class SinkScores(Result):
     """Sink scores on natural text: ``sink``, ``alpha``, ``sink_rate`` are ``[n_layers, n_heads]``.
 

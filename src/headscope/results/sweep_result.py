@@ -25,7 +25,7 @@ SUMMARY_DEFINITIONS = {
 }
 
 
-@dataclass
+@dataclass(repr=False, eq=False)  # Result gives both
 class SweepResult(Result):
     """A sweep's table: one row per entry (finished ones with their summary), and the failures."""
 
