@@ -75,7 +75,9 @@ def edge_graph(res: EdgeScores | EdgeCircuit, k: int = 30, ax=None):
     pos = _layered_positions(g)
     per_column = max(np.bincount([d["subset"] for _, d in g.nodes(data=True)]))
     if ax is None:
-        fig, ax = plt.subplots(figsize=(min(18.0, 2.5 + 1.2 * len(used)), min(14.0, 2.8 + 0.9 * max(2, per_column))))
+        fig, ax = plt.subplots(
+            figsize=(min(18.0, 2.5 + 1.2 * len(used)), min(14.0, 2.8 + 0.9 * max(2, per_column))), layout="constrained"
+        )
     else:
         fig = ax.figure
     biggest = max((abs(x) for _, _, x in top), default=1.0) or 1.0

@@ -21,7 +21,7 @@ def score_heatmap(res: InductionResult, score: str = "induction", ax=None):
     a = res.scores[score]
     L, H = a.shape
     if ax is None:
-        _, ax = plt.subplots(figsize=(max(5.0, 0.55 * H + 2.5), max(3.5, 0.32 * L + 1.5)))
+        _, ax = plt.subplots(figsize=(max(5.0, 0.55 * H + 2.5), max(3.5, 0.32 * L + 1.5)), layout="constrained")
     decl = declared(score)
     lo, hi = decl.vmin, decl.vmax
     if lo is None or hi is None:  # signed, in its own units: symmetric around 0
@@ -46,7 +46,7 @@ def score_heatmap(res: InductionResult, score: str = "induction", ax=None):
     ax.set_ylabel("layer")
     unmeasured = bool(np.isnan(a).all())
     ax.set_title(
-        f"{decl.title} — {tex_safe(res.model['name'])}"
+        f"{decl.title}\n{tex_safe(res.model['name'])}"  # own line: a long score title and name overran the figure
         + ("\n(not measured on this model: see the notes)" if unmeasured else "")
         + (f"\n(outlined: ≥ {thr})" if thr is not None and not unmeasured else ""),
         fontsize=10,
@@ -58,7 +58,7 @@ def loss_by_position(res: InductionResult, ax=None):
     """Per-position loss with the repeats marked: first repeat high, later repeats low if induction works."""
     s = res.settings
     if ax is None:
-        _, ax = plt.subplots(figsize=(8, 3.6))
+        _, ax = plt.subplots(figsize=(8, 3.6), layout="constrained")
     y = res.per_position_loss
     x = np.arange(1, len(y) + 1)  # target position
     ax.plot(x, y, lw=1.2, color="#3a0ca3")
@@ -90,7 +90,7 @@ def ablation_chart(res: InductionResult, ax=None):
     bar = median over the random draws, whisker = central 95% of the draws, dots = the draws.
     """
     if ax is None:
-        _, ax = plt.subplots(figsize=(7.5, 3.8))
+        _, ax = plt.subplots(figsize=(7.5, 3.8), layout="constrained")
     labels, values, lows, highs, firsts, colors = [], [], [], [], [], []
     for e in res.ablation:
         if e["kind"] == "control":

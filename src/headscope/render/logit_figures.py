@@ -27,7 +27,7 @@ def _layer_head_heatmap(a: np.ndarray, title: str, ax=None, outline=None):
     """Layers x heads heatmap of a signed ``[L, H]`` array, values written in small grids, ``outline`` boxed."""
     L, H = a.shape
     if ax is None:
-        _, ax = plt.subplots(figsize=(max(5.0, 0.6 * H + 2.5), max(3.5, 0.3 * L + 1.5)))
+        _, ax = plt.subplots(figsize=(max(5.0, 0.6 * H + 2.5), max(3.5, 0.3 * L + 1.5)), layout="constrained")
     lim = _limit(a)
     im = ax.imshow(a, cmap=CMAP, vmin=-lim, vmax=lim, aspect="auto", interpolation="nearest")
     if L * H <= 400:
