@@ -71,8 +71,8 @@ class Result:
         """
         import dataclasses
 
-        fields = dataclasses.fields(self) if dataclasses.is_dataclass(self) else []  # type: ignore[arg-type]
-        return f"{type(self).__name__}({', '.join(f'{f.name}={_brief(getattr(self, f.name))}' for f in fields)})"
+        names: list[str] = [f.name for f in dataclasses.fields(self)] if dataclasses.is_dataclass(self) else []  # type: ignore[arg-type]
+        return f"{type(self).__name__}({', '.join(f'{n}={_brief(getattr(self, n))}' for n in names)})"
 
     def _repr_html_(self) -> str:
         """The notebook view: whatever the view registered for this type shows (see render/lookup.py)."""
