@@ -254,3 +254,29 @@ def test_a_sender_above_its_receiver_and_a_bad_receiver_are_refused(tiny_gpt2):
         parse_receiver("L1H0.z", 2)
     with pytest.raises(BadInput):
         parse_receiver("L9H0.k", 2, 4)
+
+
+@pytest.mark.parametrize(
+    "receiver, match",
+    [
+        (Receiver("x", 1, 0), "not one of q, k, v, qkv"),  # used to patch nothing and read effect 0
+        (Receiver("kv", 1, 0), "not one of"),
+        (Receiver("k", 40, 0), "layer 40 does not exist"),
+        (Receiver("k", 1, 9), "head 9 does not exist"),
+        (Receiver("k"), "names no head"),
+        ("L1H0.z", "HEAD.INPUT"),
+        (3, "HEAD.INPUT"),
+    ],
+)
+def test_path_patching_refuses_a_receiver_the_model_does_not_have(tiny_gpt2, receiver, match):
+    task = induction_task(tiny_gpt2, n_examples=2, seq_len=5)
+    with pytest.raises(BadInput, match=match):
+        path_patching(tiny_gpt2, task, None, receiver)
+
+
+def test_path_patching_takes_a_receiver_label(tiny_gpt2):
+    task = induction_task(tiny_gpt2, n_examples=2, seq_len=5)
+    by_label = path_patching(tiny_gpt2, task, None, "L1H0.k")
+    by_object = path_patching(tiny_gpt2, task, None, Receiver("k", 1, 0))
+    assert by_label.receiver == "L1H0.k"
+    np.testing.assert_array_equal(by_label.effect, by_object.effect)

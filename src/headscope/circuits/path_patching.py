@@ -36,7 +36,7 @@ import torch
 
 from ..errors import BadInput
 from ..folded_weights import attn_post_norm
-from ..head_labels import head_label
+from ..head_labels import head_label, parse_head
 from ..models.model import as_model
 from ..results.patching_results import PathPatching
 from ..settings import DEFAULT_MEMORY_GB
@@ -66,6 +66,45 @@ class Receiver:
     def depth(self, n_layers: int) -> int:
         """The layer the path ends in (``n_layers`` for the logits): senders must sit below it."""
         return n_layers if self.input == "logits" else int(self.layer)  # type: ignore[arg-type]
+
+    @classmethod
+    def parse(cls, spec: str | Receiver, n_layers: int | None = None, n_heads: int | None = None) -> Receiver:
+        """``logits`` or ``L18H6.k`` (``q``, ``k``, ``v``, ``qkv``; ``18.6.k`` too), range-checked when the model's
+        sizes are given; a :class:`Receiver` is checked and returned.
+
+        >>> Receiver.parse("L18H6.k"), Receiver.parse("logits").label
+        (Receiver(input='k', layer=18, head=6), 'logits')
+        """
+        if isinstance(spec, Receiver):
+            return spec.check(n_layers, n_heads)
+        if not isinstance(spec, str):
+            raise BadInput(f"receiver {spec!r} is not logits or HEAD.INPUT", hint=_RECEIVER_HINT)
+        s = spec.strip()
+        if s.lower() == "logits":
+            return cls.logits()
+        head, _, which = s.rpartition(".")
+        if which not in INPUTS or not head:
+            raise BadInput(f"receiver {spec!r} is not logits or HEAD.INPUT", hint=_RECEIVER_HINT)
+        l, h = parse_head(head, n_layers or _ANY, n_heads or _ANY)
+        return cls(which, l, h)
+
+    def check(self, n_layers: int | None, n_heads: int | None) -> Receiver:
+        """This receiver, refused (:class:`BadInput`) unless it is the logits or a head's q/k/v/qkv input that
+        exists in a model of ``n_layers`` x ``n_heads`` (a mistyped input used to patch nothing and read 0)."""
+        if self.input == "logits":
+            return self
+        if self.input not in INPUTS:
+            raise BadInput(
+                f"receiver input {self.input!r} is not one of {', '.join(INPUTS)} or logits", hint=_RECEIVER_HINT
+            )
+        if self.layer is None or self.head is None:
+            raise BadInput(f"receiver {self.input!r} names no head", hint=_RECEIVER_HINT)
+        parse_head((self.layer, self.head), n_layers or _ANY, n_heads or _ANY)
+        return self
+
+
+_RECEIVER_HINT = "write e.g. L18H6.k (a head's query q, key k, value v or all three qkv) or logits"
+_ANY = 10**6  # no model given: any layer and head number is taken
 
 
 @torch.no_grad()
@@ -158,6 +197,7 @@ def path_metrics(
     n_layers = bridge.cfg.n_layers
     n_ex, n_tok = task.clean.shape
     for s, r in paths:
+        r.check(n_layers, bridge.cfg.n_heads)
         if s[0] >= r.depth(n_layers):
             raise BadInput(
                 f"sender {head_label(*s)} is not below receiver {r.label}",
@@ -192,7 +232,7 @@ def path_patching(
     model,
     task: CircuitTask,
     senders: list[tuple[int, int]] | None,
-    receiver: Receiver,
+    receiver: Receiver | str,
     direction: str = "noise",
     max_memory_gb: float = DEFAULT_MEMORY_GB,
     fused: bool | None = None,
@@ -201,7 +241,8 @@ def path_patching(
 ) -> PathPatching:
     """Every sender's path to ``receiver``, one batched run; normalised 1 = clean, 0 = corrupt, with intervals.
 
-    ``senders``: (layer, head) pairs (default: every head below the receiver). ``direction``:
+    ``receiver``: a :class:`Receiver` or its label (``"L18H6.k"``, ``"logits"``). ``senders``: (layer, head)
+    pairs (default: every head below the receiver). ``direction``:
     "noise" (clean run, the sender's corrupted output along the path: Wang et al.'s form) or
     "denoise" (corrupted run, the sender's clean output).
 
@@ -214,6 +255,7 @@ def path_patching(
     cfg = bridge.cfg
     if direction not in ("noise", "denoise"):
         raise BadInput(f"unknown direction {direction!r}", hint="use noise or denoise")
+    receiver = Receiver.parse(receiver, cfg.n_layers, cfg.n_heads)
     depth = receiver.depth(cfg.n_layers)
     senders = senders or [(l, h) for l in range(depth) for h in range(cfg.n_heads)]
     if not senders:

@@ -33,7 +33,7 @@ from ..circuits.activation_patching import DIRECTIONS, activation_patching
 from ..circuits.eap import DEFAULT_IG_STEPS, METHODS
 from ..circuits.edges import check_edge_graph
 from ..circuits.faithfulness import edge_circuit
-from ..circuits.path_patching import INPUTS, Receiver, path_patching, paths_through
+from ..circuits.path_patching import Receiver, path_patching, paths_through
 from ..circuits.runs import RunCache, cache_run
 from ..circuits.tasks import CircuitTask, clean_corrupt_gap, induction_task
 from ..errors import BadInput
@@ -189,22 +189,12 @@ def check_path_order(senders: list[tuple[int, int]] | None, receivers: list[Rece
 
 
 def parse_receiver(spec: str, n_layers: int | None, n_heads: int | None = None) -> Receiver:
-    """``logits`` or ``L18H6.k`` (``q``, ``k``, ``v``, ``qkv``; ``18.6.k`` too).
+    """``logits`` or ``L18H6.k`` (``q``, ``k``, ``v``, ``qkv``; ``18.6.k`` too): :meth:`Receiver.parse`.
 
     >>> parse_receiver("L18H6.k", None), parse_receiver("logits", None).label
     (Receiver(input='k', layer=18, head=6), 'logits')
     """
-    s = spec.strip()
-    if s.lower() == "logits":
-        return Receiver.logits()
-    head, _, which = s.rpartition(".")
-    if which not in INPUTS or not head:
-        raise BadInput(
-            f"receiver {spec!r} is not logits or HEAD.INPUT",
-            hint="write e.g. L18H6.k (a head's query q, key k, value v or all three qkv) or logits",
-        )
-    l, h = parse_head(head, n_layers or _ANY, n_heads or _ANY)
-    return Receiver(which, l, h)
+    return Receiver.parse(spec, n_layers, n_heads)
 
 
 @dataclass
