@@ -340,6 +340,23 @@ def test_ov_sources_from_a_text_are_its_distinct_tokens_without_bos(tiny_gpt2):
 # --- the story and the figures --------------------------------------------------------------
 
 
+def test_ov_sources_come_from_every_text_given(tiny_gpt2):
+    res = ov_circuit(tiny_gpt2, "1.0", text=["the cat", "a dog"], k=4)
+    assert res.token_labels == ["the", " cat", "a", " dog"]
+
+
+def test_a_per_text_analysis_refuses_several_texts_and_non_text(tiny_gpt2):
+    """logit_attribution and decompose_qk read one text: a second one used to be dropped without a word."""
+    with pytest.raises(BadInput, match="logit_attribution reads one text; 2 were given"):
+        logit_attribution(tiny_gpt2, ["the cat", "a dog"])
+    with pytest.raises(BadInput, match="decompose_qk reads one text"):
+        headscope.decompose_qk(tiny_gpt2, "1.0", ["the cat the cat", "a dog a dog"])
+    with pytest.raises(BadInput, match="is not a string"):
+        logit_attribution(tiny_gpt2, 5)
+    with pytest.raises(BadInput, match="every text must be a string"):
+        headscope.qk_scores(tiny_gpt2, ["1.0"], ["the cat", 7])
+
+
 def test_story_gathers_the_numbers_of_one_head():
     L, H = 3, 2
     ind, prev, cop = np.zeros((L, H)), np.zeros((L, H)), np.zeros((L, H))

@@ -35,7 +35,7 @@ import torch
 
 from ..errors import BadInput
 from ..folded_weights import HeadWeights, head_weights
-from ..models.inputs import SAMPLE_TEXTS, as_sequences
+from ..models.inputs import SAMPLE_TEXTS, one_sequence
 from ..models.model import as_model
 from ..results.logit_results import LogitAttribution
 from ..scan.direct import DirectEffects, DirectPass, Unembedding, unembedding
@@ -81,7 +81,7 @@ def logit_attribution(
     >>> res.top(3).columns.tolist()
     ['position', 'token', 'target', 'layer', 'head', 'label', 'effect']
     """
-    seq = as_sequences(model, SAMPLE_TEXTS[0] if text is None else text, max_tokens)[0]
+    seq = one_sequence(model, SAMPLE_TEXTS[0] if text is None else text, max_tokens, "logit_attribution")
     if len(seq) < 2:
         raise BadInput(
             f"{text!r} is a single token: there is no next token to attribute", hint="give at least two tokens of text"

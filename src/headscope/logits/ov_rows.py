@@ -136,9 +136,9 @@ def source_tokens(model, tokens=None, text=None, max_tokens: int | None = None) 
                     )
                 ids.append(int(t))
     if text is not None:
-        seq = as_sequences(model, text, max_tokens)[0]
         bos = getattr(model.tokenizer, "bos_token_id", None), getattr(model.tokenizer, "eos_token_id", None)
-        ids += [i for n, i in enumerate(seq.ids) if not (n == 0 and i in bos)]
+        for seq in as_sequences(model, text, max_tokens):  # every text given, not only the first
+            ids += [i for n, i in enumerate(seq.ids) if not (n == 0 and i in bos)]
     ids = list(dict.fromkeys(ids))  # distinct, in order of appearance
     if not ids:
         raise BadInput(
@@ -165,7 +165,7 @@ def ov_circuit(
     copy-suppression scores read) or ``"embed"`` (the bare ``W_E``: the direct token path).
 
     ``tokens``: strings that are single tokens (``" cat"``; others are refused with how
-    they tokenise) or token ids; ``text``: its distinct tokens are used as sources (BOS
+    they tokenise) or token ids; ``text`` (one text or several): its distinct tokens are used as sources (BOS
     left out). ``self_rank == 1`` means the head copies that token: it counts the vocabulary entries at or
     above the token's own, so ties count against it (a row that prefers nothing ranks last, not first).
 

@@ -151,10 +151,33 @@ def as_sequences(model, texts, max_tokens: int | None) -> list[TokenSequence]:
     if isinstance(texts, TokenSequence):
         return [texts]
     if texts is not None and not isinstance(texts, str):
+        if not isinstance(texts, Iterable) or isinstance(texts, (bytes, dict)):
+            raise BadInput(
+                f"text {texts!r} ({type(texts).__name__}) is not a string, a list of strings, a TokenSequence or None",
+                hint="pass the text as a str, e.g. 'The cat sat on the mat', or None for the built-in samples",
+            )
         texts = list(texts)
         if texts and all(isinstance(t, TokenSequence) for t in texts):
             return texts
+        wrong = [t for t in texts if not isinstance(t, str)]
+        if wrong:
+            raise BadInput(
+                f"every text must be a string; got {type(wrong[0]).__name__} {wrong[0]!r}",
+                hint="pass a list of str (or of TokenSequence), not token ids or numbers",
+            )
     return encode_texts(model, texts, max_tokens=max_tokens)
+
+
+def one_sequence(model, text, max_tokens: int | None, what: str) -> TokenSequence:
+    """The one text a per-text analysis reads (``what`` names it for the error), through :func:`as_sequences`;
+    several texts are refused, not silently cut to the first."""
+    seqs = as_sequences(model, text, max_tokens)
+    if len(seqs) > 1:
+        raise BadInput(
+            f"{what} reads one text; {len(seqs)} were given and only the first would be analysed",
+            hint=f"call {what} once per text (a list comprehension in a notebook)",
+        )
+    return seqs[0]
 
 
 def as_heads(model, heads) -> list[Head]:

@@ -33,11 +33,11 @@ import torch
 from ..errors import BadInput
 from ..folded_weights import HeadWeights, attn_post_scale_hook, head_weights, mlp_write_hook
 from ..hooks import act_name
-from ..models.inputs import TokenSequence
+from ..models.inputs import TokenSequence, one_sequence
 from ..models.model import as_model
 from ..results.qk_results import QKDecomposition
 from . import rotary
-from .live import as_heads, as_sequences, capture, pre_softmax_scores
+from .live import as_heads, capture, pre_softmax_scores
 
 #: A decomposition whose total misses the model's own pre-softmax score by more than this, relative to
 #: the size of the scores explained (``max(1, max |score|)``), is refused (:func:`check_decomposition`).
@@ -246,7 +246,7 @@ def decompose_qk(
     mean over all keys the query can see, which is what the softmax responds to.
     """
     ((layer, h),) = as_heads(model, [head])
-    seq = as_sequences(model, text, max_tokens)[0]
+    seq = one_sequence(model, text, max_tokens, "decompose_qk")
     w = weights or head_weights(model)
     acts = acts if acts is not None else capture_residual(model, seq, layer)
     (qn, qkinds, q), (kn, kkinds, k) = head_vectors(model, w, acts, layer, h)
