@@ -123,10 +123,16 @@ def test_a_misspelt_setting_is_an_error_not_ignored(tiny_gpt2):
     [
         ("ablation", "half", "unknown ablation 'half'"),
         ("attention", "flash", "unknown attention 'flash'"),
-        ("top_k", 0, "--top must be at least 1"),
-        ("max_memory_gb", 0.0, "--max-memory must be"),
-        ("max_memory_gb", float("nan"), "--max-memory must be"),
+        ("top_k", 0, "top_k \\(--top\\) must be at least 1"),
+        ("max_memory_gb", 0.0, "--max-memory\\) must be"),
+        ("max_memory_gb", float("nan"), "--max-memory\\) must be"),
         ("batch", 1, "one sequence gives none"),
+        ("seq_len", "10", "seq_len must be a whole number, got '10'"),
+        ("batch", 10.5, "batch must be a whole number"),
+        ("top_k", True, "top_k must be a whole number"),
+        ("thresholds", {"inducton": 0.5}, "threshold 'inducton' is not a role score"),
+        ("thresholds", {"induction": 7}, "induction scores lie in"),
+        ("thresholds", {"induction": "high"}, "is not a number"),
     ],
 )
 def test_settings_check_refuses_what_no_model_can_run(field, value, says):
@@ -181,6 +187,14 @@ def test_a_threshold_outside_the_score_s_range_is_refused(item, says):
     with pytest.raises(BadInput, match=re.escape(says)):
         parse_thresholds([item])
     assert parse_thresholds(["induction=0", "copying=-1"]) == {"induction": 0.0, "copying": -1.0}
+
+
+def test_the_api_checks_thresholds_as_the_command_line_does(tiny_gpt2):
+    """``thresholds={"inducton": 0.5}`` used to run, keep the misspelt key and leave induction at its default."""
+    with pytest.raises(BadInput, match="'inducton' is not a role score"):
+        headscope.scan_induction(tiny_gpt2, seq_len=6, batch=2, ablate=False, thresholds={"inducton": 0.5})
+    res = headscope.scan_induction(tiny_gpt2, seq_len=6, batch=2, ablate=False, thresholds={"induction": 0.3})
+    assert res.thresholds["induction"] == 0.3
 
 
 def test_qk_and_logits_refuse_an_empty_token_the_same_way(tiny_gpt2_dir, tmp_path):

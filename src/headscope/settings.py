@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import BadInput
-from .scores.registry import CONTROL_DRAWS
+from .scores.registry import CONTROL_DRAWS, default_thresholds
+from .scores.registry import score as declared
 
 #: GiB one chunk of the scan may hold (one layer's attention and the logits): the one default.
 DEFAULT_MEMORY_GB = 2.0
@@ -89,6 +91,9 @@ class ScanSettings:
         headscope.errors.BadInput: unknown ablation 'half'
           hint: use --ablation mean, zero, resample
         """
+        for name in ("seq_len", "batch", "repeats", "seed", "top_k", "controls"):
+            whole_number(name, getattr(self, name))
+        check_thresholds(self.thresholds)
         check_ablation(self.ablation)
         if self.ablate and self.ablation == "resample" and self.batch < 2:
             raise BadInput(
@@ -106,9 +111,9 @@ class ScanSettings:
         if self.attention not in ATTENTION_MODES:
             raise BadInput(f"unknown attention {self.attention!r}", hint=f"use one of: {', '.join(ATTENTION_MODES)}")
         if self.top_k < 1:
-            raise BadInput(f"--top must be at least 1 (got {self.top_k})")
+            raise BadInput(f"top_k (--top) must be at least 1 (got {self.top_k})")
         if not (math.isfinite(self.max_memory_gb) and self.max_memory_gb > 0):
-            raise BadInput(f"--max-memory must be a number of GiB above 0 (got {self.max_memory_gb})")
+            raise BadInput(f"max_memory_gb (--max-memory) must be a number of GiB above 0 (got {self.max_memory_gb})")
         if self.chunk_size is not None and self.chunk_size < 0:
             raise BadInput(f"chunk_size must be at least 1, or 0 or None for the budget's (got {self.chunk_size})")
         return self
@@ -130,6 +135,63 @@ class LoadSettings:
     device_map: str | None = None
     dtype: str = "float32"
     revision: str | None = None
+
+
+def whole_number(name: str, value: Any) -> int:
+    """Refuse a setting that is not a whole number (``"10"``, ``10.5``, ``True``) with its name, before any
+    comparison or ``torch.randint`` fails on it deep inside.
+
+    >>> whole_number("seq_len", 10)
+    10
+    >>> whole_number("seq_len", "10")
+    Traceback (most recent call last):
+    ...
+    headscope.errors.BadInput: seq_len must be a whole number, got '10' (str)
+      hint: e.g. seq_len=10
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise BadInput(f"{name} must be a whole number, got {value!r} ({type(value).__name__})", hint=f"e.g. {name}=10")
+    return int(value)
+
+
+def check_thresholds(thresholds: Mapping[str, Any]) -> dict[str, float]:
+    """Role thresholds by name, checked against the registry: a known role score, a finite number, inside the
+    score's declared range (where every head or none would take the role otherwise). One check for the
+    command line's ``--threshold NAME=VALUE`` and the API's ``thresholds={...}``.
+
+    >>> check_thresholds({"induction": 0.5})
+    {'induction': 0.5}
+    >>> check_thresholds({"inducton": 0.5})
+    Traceback (most recent call last):
+    ...
+    headscope.errors.BadInput: threshold 'inducton' is not a role score
+      hint: use one of: induction, previous_token, duplicate_token, copying, attention_sink, successor, copy_suppression
+    """
+    known = default_thresholds()
+    if not isinstance(thresholds, Mapping):
+        raise BadInput(
+            f"thresholds must be a mapping of role score to value, got {type(thresholds).__name__}",
+            hint="e.g. thresholds={'induction': 0.5}",
+        )
+    out: dict[str, float] = {}
+    for name, value in thresholds.items():
+        if name not in known:
+            raise BadInput(f"threshold {name!r} is not a role score", hint=f"use one of: {', '.join(known)}")
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            raise BadInput(f"threshold {name}={value!r} is not a number", hint=f"e.g. {name}={known[name]:g}") from None
+        if not math.isfinite(v):
+            raise BadInput(f"threshold {name}={value!r} is not a finite number", hint=f"e.g. {name}={known[name]:g}")
+        lo, hi = declared(name).vmin, declared(name).vmax
+        if lo is not None and hi is not None and not lo <= v <= hi:
+            raise BadInput(
+                f"threshold {name}={value!r}: {name} scores lie in [{lo:g}, {hi:g}], so every head or none would "
+                "take the role",
+                hint=f"use a value from {lo:g} to {hi:g} (the default is {known[name]:g})",
+            )
+        out[name] = v
+    return out
 
 
 def check_ablation(mode: str, modes: tuple[str, ...] = ABLATION_MODES, what: str = "") -> str:

@@ -39,6 +39,7 @@ from ..models.inputs import encode
 from ..models.model import as_model
 from ..scan.sequences import repeated_tokens
 from ..scores.layout import RepeatLayout, later_repeat_targets
+from ..settings import whole_number
 from ..stats import bootstrap_interval, bootstrap_ratio_interval
 from ..tokens import ordinary_token_ids
 
@@ -221,6 +222,8 @@ def induction_task(model, n_examples: int = 10, seq_len: int = 50, seed: int = 0
     ([7, 8, 9, 10, 11], True)
     """
     m = as_model(model)
+    if whole_number("n_examples", n_examples) < 1:
+        raise BadInput(f"n_examples (--examples) must be at least 1 (got {n_examples})", hint="the default is 10")
     rt = repeated_tokens(m, seq_len=seq_len, batch=n_examples, repeats=2, seed=seed)
     lay: RepeatLayout = rt.layout
     clean = rt.tokens

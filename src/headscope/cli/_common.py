@@ -24,8 +24,7 @@ from ..head_labels import is_head_spec
 from ..models import DEFAULT_MODEL
 from ..scan import check_settings
 from ..scores import default_thresholds
-from ..scores import score as declared_score
-from ..settings import LoadSettings, ScanSettings
+from ..settings import LoadSettings, ScanSettings, check_thresholds
 
 #: Global state set by the root callback (``headscope --debug ...``).
 STATE = {"debug": os.environ.get("HEADSCOPE_DEBUG") == "1"}
@@ -249,28 +248,19 @@ def default_out(command: str, model: str) -> Path:
 
 
 def parse_thresholds(items: list[str] | None) -> dict[str, float]:
-    """``["induction=0.5", ...]`` -> dict, names checked against the registry, values finite."""
+    """``["induction=0.5", ...]`` -> dict; names, values and ranges checked by :func:`headscope.settings.check_thresholds`."""
     known = default_thresholds()
-    out: dict[str, float] = {}
+    out: dict[str, float | str] = {}
     for item in items or []:
         name, sep, value = item.partition("=")
         name = name.strip().replace("-", "_")
         if not sep or name not in known:
             raise BadInput(f"bad --threshold {item!r}", hint=f"use NAME=VALUE with NAME one of: {', '.join(known)}")
-        try:
-            v = float(value)
-        except ValueError:
-            raise BadInput(f"bad --threshold {item!r}: {value!r} is not a number") from None
-        if not math.isfinite(v):
-            raise BadInput(f"bad --threshold {item!r}: {value!r} is not a finite number", hint="e.g. induction=0.5")
-        lo, hi = declared_score(name).vmin, declared_score(name).vmax
-        if lo is not None and hi is not None and not lo <= v <= hi:
-            raise BadInput(
-                f"bad --threshold {item!r}: {name} scores lie in [{lo:g}, {hi:g}], so every head or none would take the role",
-                hint=f"use a value from {lo:g} to {hi:g} (the default is {known[name]:g})",
-            )
-        out[name] = v
-    return out
+        out[name] = value.strip()
+    try:
+        return check_thresholds(out)
+    except BadInput as e:
+        raise BadInput(f"bad --threshold: {e.message}", hint=e.hint) from None
 
 
 def read_texts(texts: list[str] | None, files: list[Path] | None) -> list[tuple[str, str]]:

@@ -216,7 +216,7 @@ def analyze_logits(
         st.check()
         check_settings(st.seq_len, st.batch, st.repeats, m.first_token.id is not None, m.n_ctx, m.name)
     elif st.top_k < 1:
-        raise BadInput(f"--top must be at least 1 (got {st.top_k})")
+        raise BadInput(f"top_k (--top) must be at least 1 (got {st.top_k})")
     elif "direct_logit_later" not in scan.scores:
         raise BadInput("the given scan has no direct logit effects", hint="run it with this headscope's scan_induction")
     notes = [n for s in seqs for n in s.notes]

@@ -398,8 +398,8 @@ def _run_sweep(
                 f"{out} holds sweep results made with other settings ({'; '.join(clashes[:3])}"
                 + (" ..." if len(clashes) > 3 else "")
                 + "); nothing was run",
-                hint="use the same settings to resume that sweep, another --out for a new one, "
-                "or --overwrite to recompute every entry",
+                hint="use the same settings to resume that sweep, another output folder (--out) for a new one, "
+                "or rerun=True (--overwrite) to recompute every entry",
             )
 
     records: dict[str, dict] = {}

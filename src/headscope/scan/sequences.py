@@ -17,6 +17,7 @@ import torch
 from ..errors import BadInput
 from ..models.model import as_model
 from ..scores.layout import RepeatLayout
+from ..settings import whole_number
 from ..tokens import ordinary_token_ids
 
 
@@ -31,13 +32,15 @@ class RepeatedTokens:
 def check_settings(
     seq_len: int, batch: int, repeats: int, bos: bool, n_ctx: int | None, model_name: str = "the model"
 ) -> RepeatLayout:
+    for name, value in (("seq_len", seq_len), ("batch", batch), ("repeats", repeats)):
+        whole_number(name, value)
     if seq_len < 2:
-        raise BadInput(f"--seq-len must be at least 2 (got {seq_len})", hint="the default is 50")
+        raise BadInput(f"seq_len (--seq-len) must be at least 2 (got {seq_len})", hint="the default is 50")
     if batch < 1:
-        raise BadInput(f"--batch must be at least 1 (got {batch})", hint="the default is 10")
+        raise BadInput(f"batch (--batch) must be at least 1 (got {batch})", hint="the default is 10")
     if repeats < 2:
         raise BadInput(
-            f"--repeats must be at least 2 (got {repeats}): induction needs a repeat to look back on",
+            f"repeats (--repeats) must be at least 2 (got {repeats}): induction needs a repeat to look back on",
             hint="use --repeats 2 (ARENA) or 4 (Olsson et al.'s prefix matching)",
         )
     layout = RepeatLayout(seq_len, repeats, bos)
