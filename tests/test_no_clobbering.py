@@ -278,6 +278,24 @@ def test_overwrite_never_replaces_a_fifo_socket_or_symlink(kind, command, tmp_pa
     assert no_load == [] and leftovers(tmp_path) == []
 
 
+@pytest.mark.parametrize("own", ["notes.md", "mydata/a.txt", "figures/mine.png"])
+def test_overwrite_refuses_a_result_folder_the_user_added_files_to(own, tmp_path, tiny_gpt2_dir):
+    """``--overwrite`` replaces the whole folder: a file put beside (or among) the results after the run
+    was deleted with them. Now it is refused, before the model loads, and every file stays as it was."""
+    out = tmp_path / "out"
+    args = ["induction", "--model", tiny_gpt2_dir, *SMALL, "--out", out]
+    assert cli(*args).exit_code == 0
+    (out / own).parent.mkdir(parents=True, exist_ok=True)
+    (out / own).write_text("mine")
+    before = snapshot(out)
+    r = cli(*args, "--overwrite")
+    assert r.exit_code == 4, r.output
+    assert "files it did not write" in flat(r.output) and own in flat(r.output) and "Traceback" not in r.output
+    assert snapshot(out) == before and leftovers(tmp_path) == []
+    (out / own).unlink()
+    assert cli(*args, "--overwrite").exit_code == 0  # its own files alone: replaced as before
+
+
 def test_dev_null_stays_a_character_device(tiny_gpt2_dir, no_load):
     before = os.lstat("/dev/null")
     r = cli(*COMMANDS["report"](str(tiny_gpt2_dir)), "--out", "/dev/null", "--overwrite")

@@ -418,6 +418,15 @@ def check_replaceable(target: Path, overwrite: bool) -> None:
             + "); nothing was written",
             hint="choose a new or empty directory for --out (headscope replaces only its own result sets)",
         )
+    if manifest.is_file():
+        foreign = _not_in_manifest(target)
+        if foreign:
+            raise OutputExists(
+                f"--out {target} holds headscope's results and files it did not write beside them "
+                f"({', '.join(foreign[:3])}" + (" ..." if len(foreign) > 3 else "") + "); nothing was written",
+                hint="move those files out of the folder first (replacing the results would delete them), "
+                "or choose another --out",
+            )
     if not overwrite:
         written = read_manifest(target) or {}
         files = written.get("files", entries)
@@ -428,6 +437,23 @@ def check_replaceable(target: Path, overwrite: bool) -> None:
             f"{target} already holds {whose} ({shown}); nothing was written",
             hint="pass --overwrite to replace them (they are deleted), or choose another --out",
         )
+
+
+def _not_in_manifest(target: Path, limit: int = 10_000) -> list[str]:
+    """Files under ``target`` (relative, ``/``-separated) that its manifest does not list: the user's own,
+    added after headscope wrote the folder. ``--overwrite`` replaces the whole folder, so it must not
+    run over them (a notes file or a data folder put beside the results was deleted)."""
+    listed = set((read_manifest(target) or {}).get("files") or [])
+    out: list[str] = []
+    for root, dirs, files in os.walk(target):
+        dirs.sort()
+        for name in sorted(files):
+            rel = (Path(root) / name).relative_to(target).as_posix()
+            if rel != MANIFEST and rel not in listed and not _is_temporary(name):
+                out.append(rel)
+        if len(out) >= limit:
+            break
+    return out
 
 
 def _manifest(command: str, files: list[str]) -> str:
