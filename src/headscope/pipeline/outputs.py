@@ -6,7 +6,8 @@ Every command that writes results goes through :class:`ResultDir` (a directory o
 1. **Before the model loads**, :meth:`ResultDir.open` checks ``--out``: it must be a new or empty
    directory, or one headscope wrote (its manifest ``.headscope-results.json`` lists what it
    holds); earlier results are replaced only with ``--overwrite`` (else :class:`OutputExists`,
-   exit 4); a lock (the ``filelock`` library) beside it makes a second run into the same
+   exit 4), and never while the folder holds a file the manifest does not list (the user's own,
+   put there afterwards: exit 4 whatever ``--overwrite`` says); a lock (the ``filelock`` library) beside it makes a second run into the same
    ``--out`` fail at once (exit 4); and a staging directory is created beside it, which proves the
    place is writable (else :class:`OutputError`, exit 5).
 2. Files are written into the staging directory.
