@@ -384,7 +384,15 @@ def test_story_gathers_the_numbers_of_one_head():
     assert s.label == "L2H1" and s.k_source["head"] == "L1H0"
     assert s.k_source["previous_token"] == 0.9 and s.induction == 0.8 and s.copying == 0.7
     assert s.dla_later == 1.5 and s.ablation_delta_loss == 0.3 and s.dla_first is None
+    assert s.ablation_interval is None and s.ablation_verdict is None  # none was given: none is made up
+    assert "given without an interval, so no verdict" in " ".join(st_findings(s))
     assert st.to_frame().loc[0, "k_source"] == "L1H0" and '"L2H1"' in st.to_json()
+
+
+def st_findings(s):
+    from headscope.results.logit_results import ablation_finding
+
+    return [ablation_finding(s)]
 
 
 def test_figures_draw_from_results(tiny_gpt2, tmp_path):

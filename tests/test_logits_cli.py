@@ -121,6 +121,9 @@ def test_story_numbers_are_the_scan_and_composition_numbers(gpt2_run, tiny_gpt2)
         assert s["induction"] == pytest.approx(scan.scores["induction"][l, h], abs=1e-6)
         assert s["dla_later"] == pytest.approx(scan.scores["direct_logit_later"][l, h], abs=1e-6)
         assert s["ablation_delta_loss"] == pytest.approx(rises[(l, h)], abs=1e-6)
+        entry = scan.ablation_of(l, h)
+        assert s["ablation_interval"] == pytest.approx(entry["interval"], abs=1e-6)
+        assert s["ablation_verdict"] == entry["verdict"]
         for src in s["k_sources"]:
             sl, sh = src["layer"], src["head_index"]
             assert src["k_composition"] == pytest.approx(comp.excess("K")[sl, sh, l, h], abs=1e-9)
@@ -135,7 +138,13 @@ def test_story_states_the_logit_and_the_loss_with_their_units_and_no_mechanism(g
     for s in doc["stories"]:
         line = next(f for f in doc["findings"] if f.startswith(s["label"]))
         assert f"direct logit effect on the copied token {s['dla_later']:+.3f} (centred logit" in line
-        assert f"later-repeat cross-entropy by {s['ablation_delta_loss']:+.3f} nats" in line
+        lo, hi = s["ablation_interval"]
+        said = {"raises": "raises", "lowers": "lowers", "no clear change": "does not clearly change"}
+        # the causal check's verdict and interval beside the number (it was a bare number)
+        assert (
+            f"ablating it {said[s['ablation_verdict']]} the later-repeat cross-entropy: "
+            f"{s['ablation_delta_loss']:+.3f} [{lo:+.3f}, {hi:+.3f}] (nats, 95% interval" in line
+        )
     for claim in ("indirect", "works through", "work through"):
         assert claim not in told.lower()
 

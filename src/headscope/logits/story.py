@@ -59,13 +59,22 @@ __all__ = [
 ]
 
 
-def _ablation_lookup(ablation) -> dict[tuple[int, int], float]:
-    """``{(l, h): Δloss}`` from a mapping or from a scan's ``ablation`` entries (kind == "head")."""
+def _ablation_lookup(ablation) -> dict[tuple[int, int], dict]:
+    """``{(l, h): {"delta", "interval", "verdict"}}`` from a scan's ``ablation`` entries (kind == "head"), whose
+    bootstrap interval and verdict come along; or from a mapping ``{(l, h): Δloss}`` (no interval: None)."""
     if ablation is None:
         return {}
     if isinstance(ablation, Mapping):
-        return {tuple(k): float(v) for k, v in ablation.items()}
-    return {(e["layer"], e["head"]): float(e["loss_increase"]) for e in ablation if e.get("kind") == "head"}
+        return {tuple(k): {"delta": float(v), "interval": None, "verdict": None} for k, v in ablation.items()}
+    return {
+        (e["layer"], e["head"]): {
+            "delta": float(e["loss_increase"]),
+            "interval": [float(x) for x in e["interval"]] if e.get("interval") is not None else None,
+            "verdict": e.get("verdict"),
+        }
+        for e in ablation
+        if e.get("kind") == "head"
+    }
 
 
 def induction_story(
@@ -122,7 +131,13 @@ def induction_story(
         story.dla_first = float(dla_first[layer, head])
     if dla_later is not None:
         story.dla_later = float(dla_later[layer, head])
-    story.ablation_delta_loss = _ablation_lookup(ablation).get((layer, head))
+    ab = _ablation_lookup(ablation).get((layer, head))
+    if ab is not None:
+        story.ablation_delta_loss, story.ablation_interval, story.ablation_verdict = (
+            ab["delta"],
+            ab["interval"],
+            ab["verdict"],
+        )
     measured = (paths or {}).get((layer, head))
     if measured:
         story.k_paths = list(measured.get("k", []))

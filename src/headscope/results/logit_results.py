@@ -344,6 +344,8 @@ class InductionStory:
     dla_first: float | None = None  # mean direct logit effect on first-repeat targets (centred logit)
     dla_later: float | None = None  # ... on later-repeat (copied) targets (centred logit)
     ablation_delta_loss: float | None = None  # change in later-repeat cross-entropy (nats) when ablated alone
+    ablation_interval: list[float] | None = None  # its 95% bootstrap interval over sequences (the causal check's)
+    ablation_verdict: str | None = None  # the causal check's verdict: raises / lowers / no clear change
     # Measured by path patching (headscope.circuits), empty when not measured: the strongest senders into the
     # head's keys, and the head's paths to the logits (direct and via the strongest later heads). Each entry:
     # {"head" or "via", "effect", "low", "high"}, effect = share of the clean - corrupted gap, 95% interval.
@@ -375,6 +377,9 @@ class InductionStory:
             "dla_first": self.dla_first,
             "dla_later": self.dla_later,
             "ablation_delta_loss": self.ablation_delta_loss,
+            "ablation_low": self.ablation_interval[0] if self.ablation_interval else None,
+            "ablation_high": self.ablation_interval[1] if self.ablation_interval else None,
+            "ablation_verdict": self.ablation_verdict,
             "k_path_source": self.k_paths[0]["head"] if self.k_paths else None,
             "k_path_effect": self.k_paths[0]["effect"] if self.k_paths else None,
             "direct_path_effect": next((p["effect"] for p in self.logit_paths if p["via"] == "direct"), None),
@@ -382,6 +387,29 @@ class InductionStory:
 
     def to_dict(self) -> dict:
         return {k: rounded(v) for k, v in {**asdict(self), "label": self.label}.items()}
+
+
+def ablation_cell(s: InductionStory) -> str:
+    """``+1.880 [+1.740, +2.030]``: a story's ablation Δloss with its 95% interval ("-" when not measured)."""
+    if s.ablation_delta_loss is None:
+        return "-"
+    if not s.ablation_interval:
+        return f"{s.ablation_delta_loss:+.3f}"
+    lo, hi = s.ablation_interval
+    return f"{s.ablation_delta_loss:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+
+
+def ablation_finding(s: InductionStory) -> str:
+    """The ablation Δloss in words: the causal check's verdict and the number with its interval; a number given
+    without an interval is said to have none, and no verdict is drawn from it."""
+    said = {"raises": "raises", "lowers": "lowers", "no clear change": "does not clearly change"}
+    unit = "nats, 95% interval over sequences; a loss, not a logit: not comparable with the direct effect"
+    if s.ablation_interval and s.ablation_verdict in said:
+        return f"ablating it {said[s.ablation_verdict]} the later-repeat cross-entropy: {ablation_cell(s)} ({unit})"
+    return (
+        f"ablating it changes the later-repeat cross-entropy by {s.ablation_delta_loss:+.3f} nats (given without an "
+        "interval, so no verdict; a loss, not a logit: not comparable with the direct effect)"
+    )
 
 
 def _share(p: dict) -> str:
@@ -527,10 +555,7 @@ class LogitAnalysis(Result):
                     f"{s.dla_first:+.3f})"
                 )
             if s.ablation_delta_loss is not None:
-                parts.append(
-                    f"ablating it changes the later-repeat cross-entropy by {s.ablation_delta_loss:+.3f} nats "
-                    "(a loss, not a logit: not comparable with the direct effect)"
-                )
+                parts.append(ablation_finding(s))
             parts += _path_findings(s)
             out.append("; ".join(parts))
         later = self.scan.scores.get("direct_logit_later")

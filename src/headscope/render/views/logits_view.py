@@ -9,7 +9,7 @@ import numpy as np
 from rich.table import Table
 
 from ...head_labels import head_label
-from ...results.logit_results import LogitAnalysis, logit_definitions
+from ...results.logit_results import LogitAnalysis, ablation_cell, logit_definitions
 from ...tokens import visible_whitespace
 from ..html import DECIMALS, esc, table_html, tabs_html, tokens_html, visible_token
 from ..logit_figures import ov_row_bars, scan_effect_heatmap, token_head_heatmap
@@ -50,7 +50,7 @@ def logit_story_html(a) -> str:
                 (esc(rank), st.self_rank_median or -1.0),
                 _n(st.dla_first),
                 _n(st.dla_later),
-                _n(st.ablation_delta_loss),
+                (esc(ablation_cell(st)), -1e9 if st.ablation_delta_loss is None else st.ablation_delta_loss),
             ]
             + ([_paths_cell(st.k_paths, "head"), _paths_cell(st.logit_paths, "via")] if measured else [])
         )
@@ -62,7 +62,7 @@ def logit_story_html(a) -> str:
         "OV self-rank (median)",
         "direct logit effect, first repeat (centred logit)",
         "direct logit effect, later repeats (centred logit)",
-        "ablation Δloss (cross-entropy, nats)",
+        "ablation Δloss (cross-entropy, nats) [95% interval]",
     ] + (
         [
             "measured: senders into its keys (path patching, share of the gap, 95% interval)",
@@ -240,7 +240,7 @@ def print_stories(con, a) -> None:
     t = Table(
         title="The induction story of the top induction heads, one run (K source: strongest K-composition "
         f"source, excess, {a.k_where}; prev: its previous-token score; DLA: direct logit effect on later / "
-        "first-repeat targets, a centred logit; Δloss: change in later-repeat cross-entropy when ablated, nats; "
+        "first-repeat targets, a centred logit; Δloss: change in later-repeat cross-entropy when ablated, nats, [95% interval over sequences]; "
         "a logit and a loss, not compared)"
     )
     for col in ("head", "induction", "K source", "prev", "copying", "DLA", "DLA 1st", "Δloss"):
@@ -257,7 +257,7 @@ def print_stories(con, a) -> None:
             _signed(s.copying, 2),
             _signed(s.dla_later),
             _signed(s.dla_first),
-            _signed(s.ablation_delta_loss),
+            ablation_cell(s),
         )
     con.print(t)
     for s in a.stories.stories:
