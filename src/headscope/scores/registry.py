@@ -199,7 +199,7 @@ SCORES: tuple[Score, ...] = (
         name="direct_logit_later",
         header="dla",
         label="direct logit effect (later repeats)",
-        title="Direct logit effect on later-repeat targets (nats)",
+        title="Direct logit effect on later-repeat targets (centred logit)",
         definition=(
             "Mean over the later-repeat loss's targets (repeats 2..R without the first token of repeat 2, which "
             "no context predicts) of the head's direct contribution to the centred logit of the actual "
@@ -217,7 +217,7 @@ SCORES: tuple[Score, ...] = (
         name="direct_logit_first",
         header="dla1",
         label="direct logit effect (first repeat)",
-        title="Direct logit effect on first-repeat targets (nats)",
+        title="Direct logit effect on first-repeat targets (centred logit)",
         definition=(
             "As direct_logit_later, over targets in repeat 1, which no head can predict from context: a baseline "
             "for the later-repeat effect."
