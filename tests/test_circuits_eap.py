@@ -280,6 +280,14 @@ def test_toy_circuit_of_half_the_edges_restores_most_of_the_behaviour(toy_model)
     assert res.agreement["n"] == 20 and res.agreement["spearman"] > 0.5
 
 
+def test_a_circuits_graph_figure_draws_the_edges_its_faithfulness_was_measured_on(tiny_gpt2):
+    """The written figure said "Top 30 edges" while the circuit, its table and its page had --top-edges 20."""
+    task = induction_task(tiny_gpt2, n_examples=2, seq_len=4)
+    res = edge_circuit(tiny_gpt2, task, top_edges=7, points=(0, 7), n_sample=4)
+    fig = res._figure("graph")  # as the command's files draw it: no k given
+    assert fig.axes[0].get_title().startswith("Top 7 edges")
+
+
 # --- the pieces -----------------------------------------------------------------------------------
 
 

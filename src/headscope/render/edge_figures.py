@@ -53,11 +53,14 @@ def _layered_positions(g) -> dict:
     return pos
 
 
-def edge_graph(res: EdgeScores | EdgeCircuit, k: int = 30, ax=None):
+def edge_graph(res: EdgeScores | EdgeCircuit, k: int | None = None, ax=None):
     """The top ``k`` edges by ``|score|``: nodes in columns by layer, edge width by ``|score|``, colour by sign,
-    line style by the receiving input (query dotted, key solid, value dashed)."""
+    line style by the receiving input (query dotted, key solid, value dashed). Default ``k``: a circuit's own
+    ``top_edges`` (the edges its faithfulness was measured on), else 30."""
     import networkx as nx
 
+    if k is None:
+        k = res.top_edges if isinstance(res, EdgeCircuit) else 30
     scores = res.attribution if isinstance(res, EdgeCircuit) else res
     top = scores.top(k)
     n_layers = int(scores.model.get("n_layers", 0)) or 1 + max(
