@@ -235,3 +235,15 @@ def test_one_sequence_gets_no_interval_so_no_causal_check(tiny_gpt2_dir, tmp_pat
     assert not (tmp_path / "o").exists()
     ok = runner.invoke(app, ["induction", *one, "--no-ablate", "--out", str(tmp_path / "p")])
     assert ok.exit_code == 0, ok.output
+
+
+def test_a_score_the_scan_did_not_compute_is_a_clear_error(tiny_gpt2):
+    res = headscope.scan_induction(tiny_gpt2, seq_len=6, batch=2, ablate=False)
+    with pytest.raises(BadInput, match="unknown score 'inductoin'") as e:
+        res.top_heads("inductoin")
+    assert "induction" in str(e.value)  # the hint lists the scores it has
+    with pytest.raises(BadInput, match="did not compute 'attention_sink'"):  # a registry score read on natural text
+        res.top_heads("attention_sink")
+    with pytest.raises(BadInput, match="unknown score 'foo'"):
+        res.plot_scores("foo")
+    assert res.top_heads("induction", 1)[0][:2] == res.top_heads("induction", 3)[0][:2]

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import BadInput
 from ..head_labels import head_label, top_k
 from ..scores import INTERVAL_LEVEL, definitions, opposite_reason, opposite_roles, roles_present, score_names
 from ..stats import spread
@@ -42,7 +43,20 @@ class InductionResult(Result):
     # --- views -----------------------------------------------------------------------------
     def top_heads(self, score: str = "induction", k: int = 5) -> list[tuple[int, int, float]]:
         """The ``k`` heads with the highest ``score``: ``[(layer, head, value), ...]`` (ties: layer, then head)."""
-        return top_k(self.scores[score], k)
+        return top_k(self.score_array(score), k)
+
+    def score_array(self, score: str) -> np.ndarray:
+        """``scores[score]`` ``[n_layers, n_heads]``; a score this scan did not compute is a :class:`BadInput`
+        naming the ones it did (and, for a registry score read elsewhere, where it is)."""
+        if score in self.scores:
+            return self.scores[score]
+        known = ", ".join(self.scores)
+        if score in score_names():
+            raise BadInput(
+                f"this scan did not compute {score!r}: it is read on another input than repeated random tokens",
+                hint=f"headscope.analyze_heads(model) (or `headscope heads`) reads it; this scan has: {known}",
+            )
+        raise BadInput(f"unknown score {score!r}", hint=f"this scan has: {known}")
 
     def roles(self) -> dict[tuple[int, int], list[str]]:
         """Roles of every head that has at least one, from :attr:`thresholds`."""
@@ -165,6 +179,7 @@ class InductionResult(Result):
     # --- pictures (drawn by the view registered for this type) -------------------------------
     def plot_scores(self, score: str = "induction", ax=None):
         """Layer x head heatmap of one score (a matplotlib figure)."""
+        self.score_array(score)  # an unknown score: a BadInput naming the known ones, not a KeyError
         return self._figure("scores", score, ax=ax)
 
     def plot_loss(self, ax=None):
