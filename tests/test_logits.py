@@ -327,6 +327,8 @@ def test_bad_heads_ids_and_empty_inputs_are_refused(tiny_gpt2):
         ov_circuit(tiny_gpt2, "1.0", [10**6])
     with pytest.raises(BadInput, match="no source tokens"):
         ov_circuit(tiny_gpt2, "1.0")
+    with pytest.raises(BadInput, match="k must be at least 1"):  # it returned rows of nothing
+        ov_circuit(tiny_gpt2, "1.0", [" cat"], k=0)
     with pytest.raises(BadInput, match="empty"):
         logit_attribution(tiny_gpt2, "   ")
 

@@ -203,3 +203,11 @@ def test_induction_and_qk_write_a_report_with_report_flag(command, tiny_gpt2_dir
     page = (tmp_path / "report.html").read_text()
     assert page.count(circuitsvis_bundle()[:200]) == 1
     assert ('id="heatmaps"' in page) == (command == "induction") and ('id="qk-live"' in page) == (command == "qk")
+
+
+def test_report_refuses_an_out_that_is_not_an_html_file(tiny_gpt2_dir, tmp_path):
+    """``--out x.pdf`` wrote an HTML page named x.pdf without a word."""
+    out = tmp_path / "x.pdf"
+    r = runner.invoke(app, ["report", "--model", str(tiny_gpt2_dir), "--out", str(out)])
+    assert r.exit_code == 2, r.output
+    assert "one HTML page" in " ".join(r.output.split()) and "x.html" in r.output and not out.exists()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from ..errors import BadInput
 from ..jsonsafe import dumps
 from ..pipeline.outputs import ResultFile
 from ..pipeline.report_builder import build_report
@@ -126,6 +128,12 @@ def report_cmd(
     at_least("--qk-top", qk_top, 1, "or pass --no-qk to skip the QK analysis")
     where = load_settings(model, device, device_map, dtype)
     path = out or default_out("report", model).with_suffix(".html")
+    plain = not os.path.lexists(path) or (path.is_file() and not path.is_symlink())  # else ResultFile refuses it
+    if plain and path.suffix.lower() not in (".html", ".htm"):
+        raise BadInput(
+            f"--out {path}: the report is one HTML page, and a file named {path.name} would hold HTML all the same",
+            hint=f"name it {path.with_suffix('.html').name} (a browser prints the page to PDF)",
+        )
     with ResultFile.open(path, overwrite=overwrite) as write:
         m = load(err, where)
         rep = build_report(

@@ -32,6 +32,7 @@ from ..models.embedding import effective_embedding
 from ..models.inputs import as_heads, as_sequences, single_tokens
 from ..models.model import as_model
 from ..results.logit_results import OVRows, ov_definition
+from ..settings import whole_number
 
 #: Source tokens per ``[n, vocab]`` block: bounds memory at ~64 x vocab floats.
 CHUNK = 64
@@ -179,6 +180,8 @@ def ov_circuit(
     True
     """
     ((layer, h),) = as_heads(model, [head])
+    if whole_number("k", k) < 1:
+        raise BadInput(f"k must be at least 1 (got {k}): the tokens each row promotes and suppresses", hint="e.g. k=10")
     ids = source_tokens(model, tokens, text, max_tokens)
     w = weights or head_weights(model)
     tok = model.tokenizer
