@@ -247,3 +247,22 @@ def test_a_score_the_scan_did_not_compute_is_a_clear_error(tiny_gpt2):
     with pytest.raises(BadInput, match="unknown score 'foo'"):
         res.plot_scores("foo")
     assert res.top_heads("induction", 1)[0][:2] == res.top_heads("induction", 3)[0][:2]
+
+
+def test_scores_json_reads_back_into_a_result(tiny_gpt2_dir, tmp_path):
+    """A notebook user reloads what `headscope induction` wrote, to replot or query it without rerunning."""
+    from headscope.results import InductionResult
+
+    out = tmp_path / "out"
+    r = runner.invoke(app, ["induction", "--model", str(tiny_gpt2_dir), *SCAN, "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    written = json.loads((out / "scores.json").read_text())
+    back = InductionResult.from_json(out)  # the folder; its scores.json path works the same
+    again = back.to_dict()
+    # the control's spread is recomputed from the written (rounded) draws: equal to the 6th decimal
+    assert again.pop("ablation_control")["median"] == pytest.approx(written.pop("ablation_control")["median"], abs=2e-6)
+    assert again == written and InductionResult.from_json(out / "scores.json") == back
+    assert back.ablation and back.verdicts() and back.plot_ablation() is not None
+    (tmp_path / "bad.json").write_text('{"model": {}}')
+    with pytest.raises(BadInput, match="not the JSON of an induction scan"):
+        InductionResult.from_json(tmp_path / "bad.json")

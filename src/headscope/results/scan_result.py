@@ -176,6 +176,64 @@ class InductionResult(Result):
             "notes": self.notes,
         }
 
+    @classmethod
+    def from_dict(cls, d: dict) -> InductionResult:
+        """The result back from :meth:`to_dict` (what ``scores.json`` holds), to replot or query it in a notebook.
+
+        Numbers come back as written (6 decimals; null as NaN); the attention samples are not in the JSON,
+        so none come back (``plot_scores``, ``plot_loss``, ``plot_ablation``, ``top_heads`` and
+        ``to_frame`` work as on the result that wrote it).
+        """
+        try:
+            loss = d["loss"]
+            return cls(
+                model=dict(d["model"]),
+                settings=dict(d["settings"]),
+                scores={k: np.array(v, dtype=float) for k, v in d["scores"].items()},
+                per_position_loss=np.array(loss["per_position"], dtype=float),
+                loss_first_repeat=float(loss["first_repeat"]),
+                loss_later_repeats=float(loss["later_repeats"]),
+                ablation=[dict(e) for e in d.get("ablation", [])],
+                thresholds={k: float(v) for k, v in d["thresholds"].items()},
+                timings=dict(d.get("timings", {})),
+                notes=list(d.get("notes", [])),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise BadInput(
+                f"not the JSON of an induction scan ({type(e).__name__}: {e})",
+                hint="pass the scores.json that `headscope induction` wrote, or InductionResult.to_dict()'s output",
+            ) from None
+
+    @classmethod
+    def from_json(cls, source) -> InductionResult:
+        """:meth:`from_dict` of a JSON text, a ``scores.json`` path, or a results folder holding one.
+
+        >>> res = headscope.scan_induction(model, seq_len=5, batch=2, ablate=False)
+        >>> back = InductionResult.from_json(res.to_json())   # or a scores.json path, or its folder
+        >>> back == res, [x[:2] for x in back.top_heads("induction", 3)] == [x[:2] for x in res.top_heads("induction", 3)]
+        (True, True)
+        """
+        import json
+        from pathlib import Path
+
+        text = source
+        if not (isinstance(source, str) and source.lstrip().startswith("{")):
+            path = Path(source)
+            path = path / "scores.json" if path.is_dir() else path
+            try:
+                text = path.read_text(encoding="utf-8")
+            except OSError as e:
+                raise BadInput(
+                    f"cannot read {path}: {e.strerror or e}", hint="pass the scores.json of a scan"
+                ) from None
+        try:
+            d = json.loads(text)
+        except ValueError as e:
+            raise BadInput(f"not JSON: {e}", hint="pass the scores.json that `headscope induction` wrote") from None
+        if not isinstance(d, dict):
+            raise BadInput("not the JSON of an induction scan (not an object)", hint="pass a scores.json")
+        return cls.from_dict(d)
+
     # --- pictures (drawn by the view registered for this type) -------------------------------
     def plot_scores(self, score: str = "induction", ax=None):
         """Layer x head heatmap of one score (a matplotlib figure)."""
