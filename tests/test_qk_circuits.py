@@ -90,3 +90,20 @@ def test_positional_circuit_on_a_model_without_positions_is_refused(tiny_gpt2):
     with pytest.raises(BadInput, match="neither learned, rotary nor ALiBi positions") as exc:
         positional_qk(tiny_gpt2, ["0.0"], weights=w)
     assert "skip" not in (exc.value.hint or "")  # no option skips it: the hint names what still runs
+
+
+@pytest.mark.parametrize(
+    "ids, says, hint",
+    [
+        ([10**7], "token id 10000000 is outside the vocabulary (0..50256)", "use an id below d_vocab"),
+        ([5, -1], "token id -1 is outside the vocabulary (0..50256)", "use an id below d_vocab"),
+        ([], "no tokens for the token QK circuit", "pass one or more token ids"),
+        ([" cat"], "token ids must be a list of integers", "pass one or more token ids"),
+    ],
+)
+@pytest.mark.parametrize("which", ["tiny_gpt2", "tiny_llama"])
+def test_token_circuit_refuses_ids_outside_the_vocabulary_and_empty_sets(which, request, ids, says, hint):
+    with pytest.raises(BadInput) as exc:
+        token_qk(request.getfixturevalue(which), "1.2", ids)
+    assert says in exc.value.message and hint in exc.value.hint
+    assert token_qk(request.getfixturevalue(which), "1.2", np.array([50256, 7, 50256])).token_ids == [50256, 7]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -52,6 +54,13 @@ def test_default_run_picks_heads_by_quick_scan_and_writes_every_output(gpt2_args
     assert {"grid_s0.png", "positional.png", "composition.png"} <= figs
     assert {f"decomposition_s0_{h}.png" for h in heads} <= figs and {f"token_qk_{h}.png" for h in heads} <= figs
     assert all((out / "figures" / f).stat().st_size > 5000 for f in figs)
+    # every figure name docs/qk.md gives (``{S}``, ``{L}``, ``{H}`` standing for numbers) is one written here
+    docs = (Path(__file__).parents[1] / "docs" / "qk.md").read_text()
+    named = {Path(n).name for n in re.findall(r"`([^`\s]*\{[A-Z]\}[^`\s]*\.png)`", docs)}
+    assert {"live_s{S}_L{L}H{H}.png", "decomposition_s{S}_L{L}H{H}.png", "token_qk_L{L}H{H}.png"} <= named
+    for name in named:
+        pattern = re.escape(name).replace(r"\{S\}", r"\d+").replace(r"\{L\}", r"\d+").replace(r"\{H\}", r"\d+")
+        assert any(re.fullmatch(pattern, f) for f in figs), f"docs/qk.md names {name}, written: {sorted(figs)}"
 
 
 def test_existing_results_are_not_overwritten_without_overwrite(gpt2_args, tmp_path):
@@ -125,6 +134,17 @@ def test_bad_input_is_refused_with_a_useful_message(gpt2_args, args, code, says)
     assert r.exit_code == code, r.output
     assert says in " ".join(r.stderr.split()), r.stderr
     assert "Traceback" not in r.output
+
+
+def test_query_range_in_the_hint_is_the_range_accepted(gpt2_args):
+    """A 3-token text: the hint offers 0..2 and -1..-3, and each end of that range runs."""
+    r = run(*gpt2_args, "--no-figures", "--head", "1.0", "--text", "one two", "--query", "50")
+    said = " ".join(r.stderr.split())
+    assert r.exit_code == 2 and "use a position from 0 to 2 or a negative index from -1 to -3" in said, said
+    for q in ("0", "2", "-1", "-3"):
+        r = run(*gpt2_args, "--no-figures", "--overwrite", "--head", "1.0", "--text", "one two", "--query", q, "--json")
+        assert r.exit_code == 0, r.output
+        assert json.loads(r.stdout)["decompositions"][0]["pairs"][0][0] == int(q) % 3
 
 
 def test_text_longer_than_the_context_is_truncated_and_reported(gpt2_args, tmp_path):

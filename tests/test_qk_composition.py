@@ -7,9 +7,17 @@ import pytest
 import torch
 
 import headscope
-from headscope.folded_weights import HeadWeights
+from headscope.errors import BadInput
+from headscope.folded_weights import HeadWeights, head_weights
 from headscope.qk import composition_scores
-from headscope.qk.composition import dense_score, factored_score, left_factor, random_baseline, right_factor
+from headscope.qk.composition import (
+    composition_by_offset,
+    dense_score,
+    factored_score,
+    left_factor,
+    random_baseline,
+    right_factor,
+)
 
 
 def _weights(W_Q, W_K, W_V, W_O, norm="rmsnorm") -> HeadWeights:
@@ -98,6 +106,36 @@ def test_scores_agree_with_transformer_lens(which, request, tiny_gpt2_dir, tiny_
     frame = ours.to_frame()
     L, H = ours.shape
     assert len(frame) == 3 * H * H * L * (L - 1) // 2
+
+
+def test_rotary_models_are_labelled_offset_0_by_composition_scores_itself(tiny_llama, tiny_gpt2):
+    """Every caller gets the label, not only analyze_qk: Q/K at offset 0 on rotary models, else position-free."""
+    rot = composition_scores(tiny_llama, baseline_samples=2)
+    assert rot.offset == 0 and rot.where == "Q/K at offset 0" and rot.to_dict()["where"] == "Q/K at offset 0"
+    frame = rot.to_frame()
+    assert (frame[frame.kind != "V"].offset == 0).all() and frame[frame.kind == "V"].offset.isna().all()
+    w = head_weights(tiny_llama)
+    same = composition_scores(tiny_llama, ("K",), weights=w, baseline_samples=2)  # precomputed weights, same label
+    assert same.where == "Q/K at offset 0" and same.model_name == rot.model_name
+    np.testing.assert_allclose(same.scores["K"], rot.scores["K"], atol=1e-12)
+    assert composition_scores(w, ("K",), baseline_samples=2).offset is None  # bare weights do not say
+    learned = composition_scores(tiny_gpt2, baseline_samples=2)
+    assert learned.offset is None and learned.where == "position-free" and learned.to_frame().offset.isna().all()
+
+
+@pytest.mark.parametrize(
+    "kinds, says", [(("X",), "unknown composition kind 'X'"), ((), "no composition kinds given"), ("QZ", "'Z'")]
+)
+def test_unknown_composition_kinds_are_refused_with_the_valid_ones(tiny_gpt2, kinds, says):
+    with pytest.raises(BadInput, match=says) as exc:
+        composition_scores(tiny_gpt2, kinds=kinds)
+    assert "'Q', 'K', 'V'" in exc.value.hint
+
+
+def test_composition_by_offset_refuses_v_which_has_no_offset(tiny_llama):
+    with pytest.raises(BadInput, match="unknown composition kind 'V'") as exc:
+        composition_by_offset(tiny_llama, ["2.0"], range(2), kinds=("V",))
+    assert "'Q', 'K'" in exc.value.hint
 
 
 @pytest.mark.smollm2

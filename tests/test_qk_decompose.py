@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import io
+from dataclasses import replace
+
+import numpy as np
 import pytest
 import torch
+from rich.console import Console
 
 from headscope.errors import BadInput
 from headscope.folded_weights import head_weights
 from headscope.models.inputs import encode_texts as prepare_texts
-from headscope.qk import decompose_qk
+from headscope.qk import analyze_qk, decompose_qk
 from headscope.qk.decompose import capture_residual, head_vectors, stripe_pairs
+from headscope.render.lookup import view_of
 
 REPEATED = "The cat sat on the mat. The cat sat on the mat."
 
@@ -80,8 +86,15 @@ def test_without_repeats_it_explains_the_last_query_and_says_so(tiny_gpt2):
 
 
 def test_bad_positions_are_refused_with_the_valid_range(tiny_gpt2):
-    with pytest.raises(BadInput, match="outside the sequence of 5 tokens"):
+    with pytest.raises(BadInput, match="outside the sequence of 5 tokens") as exc:
         decompose_qk(tiny_gpt2, "1.2", "one two three four", query=9)
+    # the hint's range is the accepted one: 0..4 and -1..-5 (position 0 included: it attends to itself only)
+    assert "from 0 to 4" in exc.value.hint and "-1 to -5" in exc.value.hint, exc.value.hint
+    for q in (0, 4, -1, -5):
+        dec = decompose_qk(tiny_gpt2, "1.2", "one two three four", query=q)
+        assert dec.pairs[0][0] == q % 5
+    first = decompose_qk(tiny_gpt2, "1.2", "one two three four", query=-5)
+    assert first.pairs == [(0, 0)] and not first.key_vs_mean.any() and not first.query_vs_mean.any()
     with pytest.raises(BadInput, match="not visible from query 2"):
         decompose_qk(tiny_gpt2, "1.2", "one two three four", query=2, key=3)
     with pytest.raises(BadInput, match="layer 7 does not exist"):
@@ -96,3 +109,47 @@ def test_smollm2_decomposition_sums_back_and_names_the_previous_token_head(smoll
     # on the induction stripe the key side is carried by earlier heads' outputs, led by a layer 16/17 head
     top = [name for name, _ in dec.top("key", 3, by="vs_mean_key")]
     assert any(name.startswith(("L16H", "L17H")) for name in top), top
+
+
+def test_raises_most_is_the_largest_positive_vs_mean_not_the_largest_magnitude(tiny_gpt2):
+    """Tiny GPT-2, L1H2 on the stripe: pos_embed has the largest |vs mean key| but lowers the score; MLP0 raises it."""
+    dec = decompose_qk(tiny_gpt2, "1.2", "The cat sat. The cat sat.")
+    ((by_size, v),) = dec.top("key", 1, by="vs_mean_key")
+    assert v < 0  # the case the column got wrong
+    name, best = dec.raises_most("key")
+    assert best > 0 and name != by_size
+    assert best == max(x for n, x in zip(dec.key_names, dec.key_vs_mean) if n != "float_error")
+    q_name, q_best = dec.raises_most("query")
+    assert q_best == max(x for n, x in zip(dec.query_names, dec.query_vs_mean) if n != "float_error")
+    assert dec.to_dict()["raises_most"]["key"] == {"component": name, "vs_mean_key": pytest.approx(best, abs=1e-6)}
+    assert dec.to_dict()["raises_most"]["query"]["component"] == q_name
+    lowered = replace(dec, key_vs_mean=-abs(dec.key_vs_mean), query_vs_mean=-abs(dec.query_vs_mean))
+    assert lowered.raises_most("key") is None and lowered.raises_most("query") is None
+    assert lowered.to_dict()["raises_most"]["key"] is None
+
+
+def test_summary_findings_and_frame_name_the_component_that_raises_the_score(tiny_gpt2):
+    """The terminal table, findings and to_frame say "raises most" and show exactly that (or that none does)."""
+    a = analyze_qk(tiny_gpt2, ["The cat sat. The cat sat."], ["1.2"], max_memory_gb=None)
+    L, H = 2, 4
+    a.scan_scores = {"induction": np.ones((L, H)), "previous_token": np.zeros((L, H))}  # treat L1H2 as induction
+    dec = a.decomposition(1, 2)
+    name, v = dec.raises_most("key")
+    ((by_size, _),) = dec.top("key", 1, by="vs_mean_key")
+    assert name != by_size
+
+    def table() -> str:
+        con = Console(record=True, width=250, file=io.StringIO())
+        view_of(a).terminal(a, con)
+        return " ".join(con.export_text().split())
+
+    said = table()
+    assert "key side: raises most" in said and f"{name} {v:+.3g}" in said and by_size not in said
+    assert any(f"most raises the score above the query's other keys is {name} " in f for f in a.findings())
+    row = a.to_frame().iloc[0]
+    assert row["key_raises_most"] == name and row["key_raises_most_vs_mean_key"] == pytest.approx(v)
+    assert row["query_raises_most"] == dec.raises_most("query")[0] and row["top_key_component"] == name
+    a.decompositions = [replace(dec, key_vs_mean=-abs(dec.key_vs_mean))]
+    assert "none raises it" in table()
+    assert any("no key-side component raises the score" in f for f in a.findings())
+    assert a.to_frame().iloc[0]["key_raises_most"] is None

@@ -268,9 +268,7 @@ def analyze_qk(
     circuits = token_circuits_at_used_offsets(model, chosen, ids, w, used)
     timings["circuits_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    comp = composition_scores(w, progress=lambda d, n: step("composition scores", d, n))
-    comp.model_name = model.name
-    comp.offset = 0 if rotary.is_rotary(model) else None
+    comp = composition_scores(model, weights=w, progress=lambda d, n: step("composition scores", d, n))
     by_offset = (
         composition_by_offset(model, chosen, range(COMPOSITION_OFFSETS), weights=w) if comp.offset == 0 else None
     )

@@ -8,6 +8,8 @@ these are the bilinear forms ``x_q^T W_Q W_K^T x_k / sqrt(d_head)`` only.
 
 from __future__ import annotations
 
+import operator
+
 import numpy as np
 import torch
 
@@ -124,6 +126,27 @@ def _alibi_offsets(model, n_positions: int) -> np.ndarray | None:
     return alibi[:, last - np.arange(n_positions)] - alibi[:, [last]]
 
 
+def check_token_ids(token_ids, d_vocab: int) -> list[int]:
+    """``token_ids`` as distinct ints in first-seen order, each in ``0..d_vocab - 1``; else :class:`BadInput`.
+
+    >>> check_token_ids([7, 5, 7], 10)
+    [7, 5]
+    """
+    hint = "pass one or more token ids, e.g. model.tokenizer.encode(' cat dog') (one id per token)"
+    try:
+        if isinstance(token_ids, (str, bytes)):
+            raise TypeError
+        ids = list(dict.fromkeys(operator.index(t) for t in token_ids))  # each token once, first-seen order
+    except TypeError:
+        raise BadInput(f"token ids must be a list of integers, got {token_ids!r:.80}", hint=hint) from None
+    if not ids:
+        raise BadInput("no tokens for the token QK circuit", hint=hint)
+    for t in ids:
+        if not 0 <= t < d_vocab:
+            raise BadInput(f"token id {t} is outside the vocabulary (0..{d_vocab - 1})", hint="use an id below d_vocab")
+    return ids
+
+
 def _top_tokens(vec: torch.Tensor, labels_of, k: int, sign: int) -> list[str]:
     idx = torch.topk(sign * vec, k).indices.tolist()
     return labels_of(idx)
@@ -157,6 +180,7 @@ def token_qk(
     """
     ((layer, h),) = as_heads(model, [head])
     w = weights or head_weights(model)
+    token_ids = check_token_ids(token_ids, int(w.W_E.shape[0]))
     eps = float(getattr(model.cfg, "eps", 1e-5))
     E = normalised_embeddings if normalised_embeddings is not None else normalise(w.W_E, w.norm, eps).float()
     scale = w.score_scale(layer)
@@ -167,8 +191,7 @@ def token_qk(
             raise BadInput(f"offset {offset} is negative", hint="an offset is i - j for a key j at or before query i")
         at = int(offset)
         W_Q = (W_Q.double() @ rotary.offset_maps(model, [at])[0]).float()
-    token_ids = list(dict.fromkeys(int(t) for t in token_ids))  # each token once, first-seen order
-    ids = torch.tensor(token_ids)
+    ids = torch.tensor(token_ids, dtype=torch.long)
     sub = (E[ids] @ W_Q) @ (E[ids] @ W_K).T * scale
     A, B = E @ W_Q * scale, E @ W_K
     Qa, Ra = torch.linalg.qr(A)

@@ -92,16 +92,53 @@ def _centred(w: HeadWeights) -> tuple[torch.Tensor, ...]:
     return W_Q, W_K, W_V, W_O
 
 
+def check_kinds(kinds, allowed=KINDS) -> list[str]:
+    """``kinds`` as a list of distinct composition kinds, each one of ``allowed``; else :class:`BadInput`.
+
+    >>> check_kinds("K"), check_kinds(("Q", "K", "Q"))
+    (['K'], ['Q', 'K'])
+    """
+    out = list(dict.fromkeys(kinds))  # a string is its letters: "K", "QK"
+    bad = [k for k in out if k not in allowed]
+    valid = ", ".join(repr(k) for k in allowed)
+    if bad or not out:
+        raise BadInput(
+            f"unknown composition kind {', '.join(map(repr, bad))}" if bad else "no composition kinds given",
+            hint=f"pass kinds from {valid} (Q-, K- or V-composition), e.g. kinds=({valid})",
+        )
+    return out
+
+
 @torch.no_grad()
 def composition_scores(
-    model_or_weights, kinds=KINDS, *, baseline_samples: int = 200, seed: int = 0, progress=None
+    model_or_weights,
+    kinds=KINDS,
+    *,
+    weights: HeadWeights | None = None,
+    baseline_samples: int = 200,
+    seed: int = 0,
+    progress=None,
 ) -> CompositionScores:
     """Q/K/V-composition scores ``[L, H, L, H]`` (earlier layer, head, later layer, head).
 
     Pairs where the later head is not in a later layer are NaN. Accepts a model or a
-    :class:`~headscope.folded_weights.HeadWeights`. ``progress(done, total)`` is called per layer.
+    :class:`~headscope.folded_weights.HeadWeights`; ``weights``: the model's head weights where
+    already computed. ``kinds``: any of ``"Q"``, ``"K"``, ``"V"``. ``progress(done, total)`` is
+    called per layer.
+
+    On a rotary model the Q/K forms ``W_Q W_K^T`` are the score between a query and a key at the
+    same position only, so the result says so: ``offset`` 0, ``where`` "Q/K at offset 0"
+    (:func:`composition_by_offset` has the other offsets). Without rotary positions ``offset`` is
+    None ("position-free"); so it is for bare ``HeadWeights``, which do not say how positions
+    enter -- pass the model (and ``weights=``) to have a rotary model labelled.
+
+    >>> composition_scores(model, kinds=("K",), baseline_samples=2).where  # tiny GPT-2: learned positions
+    'position-free'
     """
-    w = model_or_weights if isinstance(model_or_weights, HeadWeights) else head_weights(model_or_weights)
+    kinds = check_kinds(kinds)
+    given = model_or_weights if isinstance(model_or_weights, HeadWeights) else None
+    model = None if given is not None else as_model(model_or_weights)
+    w = given or weights or head_weights(model)
     W_Q, W_K, W_V, W_O = _centred(w)
     L, H, d, r = W_Q.shape
     Y = left_factor(W_V, W_O).reshape(L * H, d, r)
@@ -123,8 +160,15 @@ def composition_scores(
                 progress(done, steps)
         scores[kind] = out.numpy()
     mean, std = random_baseline(d, r, baseline_samples, seed)
-    name = "weights" if isinstance(model_or_weights, HeadWeights) else as_model(model_or_weights).name
-    return CompositionScores(model_name=name, scores=scores, baseline=mean, baseline_std=std, d_model=d, d_head=r)
+    return CompositionScores(
+        model_name="weights" if model is None else model.name,
+        scores=scores,
+        baseline=mean,
+        baseline_std=std,
+        d_model=d,
+        d_head=r,
+        offset=0 if model is not None and rotary.is_rotary(model) else None,
+    )
 
 
 @torch.no_grad()
@@ -146,6 +190,7 @@ def composition_by_offset(
             "this model has no rotary positions, so its Q/K-composition does not depend on the offset",
             hint="use composition_scores (position-free) for this model",
         )
+    kinds = check_kinds(kinds, ("Q", "K"))
     heads = as_heads(model, heads)
     offsets = [int(d) for d in offsets]
     w = weights or head_weights(model)

@@ -208,8 +208,8 @@ def choose_pairs(seq: TokenSequence, pattern: np.ndarray, query: int | None, key
     if not 0 <= q < T:
         raise BadInput(
             f"query position {query} is outside the sequence of {T} tokens (0..{T - 1}, BOS is 0)",
-            hint=f"use a position from 1 to {T - 1} (position 0, the first token, can only attend to itself) "
-            f"or a negative index from -1 to -{T}",
+            hint=f"use a position from 0 to {T - 1} or a negative index from -1 to -{T} (-1 is the last token); "
+            "position 0, the first token, can only attend to itself, so there every 'vs mean key' value is 0",
         )
     if key is None:
         row = pattern[q, : q + 1].copy()

@@ -46,6 +46,17 @@ PREV_TOKEN_THRESHOLD = default_thresholds()["previous_token"]
 #: The quick induction scan that ranks heads when none are given (headscope.qk.pick_heads).
 QUICK_SCAN = {"seq_len": 20, "batch": 4, "repeats": 2, "seed": 0}
 
+#: What :meth:`QKDecomposition.raises_most` picks (the terminal table's "raises most" column, qk.json's ``raises_most``).
+RAISES_MOST_DEF = (
+    "the component with the largest positive 'vs mean key' value on that side: the one that most raises the score "
+    "at these keys above the query's other keys (what the softmax responds to); null where no component raises it"
+)
+
+
+def _raiser(top: tuple[str, float] | None) -> dict | None:
+    return None if top is None else {"component": top[0], "vs_mean_key": rounded(top[1])}
+
+
 SCORE_DEF = "pre-softmax score q_i . k_j / sqrt(d_head) (rotary applied); causal mask shown as masked (NaN)"
 FROZEN_NOTE = (
     "normalisation scale frozen: every component is divided by the actual token's ln1 scale "
@@ -208,6 +219,32 @@ class QKDecomposition(Result):
         f = f.reindex(f[by].abs().sort_values(ascending=False).index)
         return list(zip(f.component.head(k), f[by].head(k).astype(float)))
 
+    def raises_most(self, side: str = "key") -> tuple[str, float] | None:
+        """The ``side`` component that most raises the score above the query's other keys, and by how much.
+
+        The largest positive ``vs_mean_key`` on that side (the measure the softmax responds to;
+        ``float_error`` is never picked); None where no component raises it. :meth:`top` ranks by
+        ``|value|`` instead, so its first entry may be a component that lowers the score.
+
+        >>> d = headscope.decompose_qk(model, "1.2", " a b c a b c")
+        >>> name, v = d.raises_most("key")
+        >>> v > 0 and bool(v == max(x for n, x in zip(d.key_names, d.key_vs_mean) if n != "float_error"))
+        True
+        """
+        if side not in ("key", "query"):
+            raise ValueError(f"side must be 'key' or 'query', not {side!r}")
+        names, kinds, rel = (
+            (self.key_names, self.key_kinds, self.key_vs_mean)
+            if side == "key"
+            else (self.query_names, self.query_kinds, self.query_vs_mean)
+        )
+        best = max(
+            ((n, float(v)) for n, kind, v in zip(names, kinds, rel) if kind != "rounding" and v > 0),
+            key=lambda nv: nv[1],
+            default=None,
+        )
+        return best
+
     def top_pairs(self, k: int = 10) -> list[tuple[str, str, float]]:
         flat = np.argsort(-np.abs(self.pair_contrib), axis=None)[:k]
         a, b = np.unravel_index(flat, self.pair_contrib.shape)
@@ -236,6 +273,8 @@ class QKDecomposition(Result):
             "top_pairs": [
                 {"query_component": a, "key_component": b, "contribution": rounded(v)} for a, b, v in self.top_pairs()
             ],
+            "raises_most": {"definition": RAISES_MOST_DEF}
+            | {side: _raiser(self.raises_most(side)) for side in ("key", "query")},
         }
 
     def plot(self, top: int = 12):
@@ -633,12 +672,14 @@ class QKAnalysis(Result):
         for dec in self.decompositions:
             ind = self.head_score("induction", dec.layer, dec.head)
             if len(dec.pairs) > 1 and ind is not None and ind >= PREV_TOKEN_THRESHOLD:
-                ((name, v),) = dec.top("key", 1, by="vs_mean_key")
-                s = dec.sequence_index
-                out.append(
-                    f"head {dec.label} on the induction stripe of sequence {s}: the key-side component that "
-                    f"most raises the score above the query's other keys is {name} ({v:+.2f})"
+                top = dec.raises_most("key")
+                said = (
+                    f"the key-side component that most raises the score above the query's other keys is "
+                    f"{top[0]} ({top[1]:+.2f})"
+                    if top is not None
+                    else "no key-side component raises the score above the query's other keys"
                 )
+                out.append(f"head {dec.label} on the induction stripe of sequence {dec.sequence_index}: {said}")
         return out
 
     def to_dict(self) -> dict:
@@ -672,14 +713,16 @@ class QKAnalysis(Result):
         }
 
     def to_frame(self):
-        """One row per chosen head: why, quick-scan scores, top key-side component, top K-composition source."""
+        """One row per chosen head: why, quick-scan scores, the key- and query-side components that most raise
+        the score (:meth:`QKDecomposition.raises_most`, sequence 0; None where none raises it or the
+        decomposition was left out), top K-composition source."""
         import pandas as pd
 
         rows = []
         sources = self.k_sources(1)
         for l, h in self.heads:
             dec = self.decomposition(l, h)  # sequence 0; None where it did not reproduce the model's scores
-            ((comp, v),) = dec.top("key", 1, by="vs_mean_key") if dec is not None else ((None, None),)
+            key, qry = (dec.raises_most(side) if dec is not None else None for side in ("key", "query"))
             src = sources[head_label(l, h)]
             used = self.used_offsets.get(head_label(l, h))
             rows.append(
@@ -688,8 +731,11 @@ class QKAnalysis(Result):
                     "reason": self.reasons.get(head_label(l, h), "chosen with --head"),
                     "induction": self.head_score("induction", l, h),
                     "previous_token": self.head_score("previous_token", l, h),
-                    "top_key_component": comp,
-                    "vs_mean_key": v,
+                    "key_raises_most": key[0] if key else None,
+                    "key_raises_most_vs_mean_key": key[1] if key else None,
+                    "query_raises_most": qry[0] if qry else None,
+                    "query_raises_most_vs_mean_key": qry[1] if qry else None,
+                    "top_key_component": key[0] if key else None,  # the old name of key_raises_most, kept for callers
                     "used_offset": used[0] if used else None,
                     "top_k_source": src[0]["head"] if src else None,
                     "k_excess": src[0]["excess"] if src else None,

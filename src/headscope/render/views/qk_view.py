@@ -256,7 +256,7 @@ def _print_summary(con, a) -> None:
         "picked as",
         "induction",
         "prev-token",
-        "key side: top (seq 0)",
+        "key side: raises most (seq 0)",
         "token QK at",
         f"top K-comp sources ({a.k_where})",
     ):
@@ -264,7 +264,7 @@ def _print_summary(con, a) -> None:
     sources = a.k_sources(3)
     for n, (l, h) in enumerate(a.heads):
         dec = a.decomposition(l, h)  # sequence 0; None: it did not reproduce the model's scores (a note says)
-        ((name, v),) = dec.top("key", 1, by="vs_mean_key") if dec is not None else (("-", None),)
+        top = dec.raises_most("key") if dec is not None else None
         ind, prev = a.head_score("induction", l, h), a.head_score("previous_token", l, h)
         src = " ".join(f"{s['head']}:{s['excess']:+.3f}" for s in sources[head_label(l, h)]) or "- (layer 0)"
         why = re.sub(r"#(\d+) (\S+) score [-\d.]+", r"\2 #\1", a.reasons.get(head_label(l, h), "--head"))
@@ -273,15 +273,16 @@ def _print_summary(con, a) -> None:
             why,
             f"{ind:.2f}" if ind is not None else "-",
             f"{prev:.2f}" if prev is not None else "-",
-            f"{name} {v:+.3g}" if v is not None else "- (not shown)",
+            "- (not shown)" if dec is None else "none raises it" if top is None else f"{top[0]} {top[1]:+.3g}",
             a.token_circuits[n].where,
             src,
         )
     con.print(t)
     con.print(
-        "[dim]key side: the component that most raises the score on the induction stripe (or the chosen "
-        "query) above the query's other keys; token QK at: the offset (key that many tokens before the query) "
-        "the token circuit is taken at, the one the head attends most on these texts (rotary models); "
+        "[dim]key side, raises most: the key-side component with the largest positive 'vs mean key' value, the "
+        "one that most raises the score on the induction stripe (or the chosen query) above the query's other "
+        "keys ('none raises it' where no component does); token QK at: the offset (key that many tokens before "
+        "the query) the token circuit is taken at, the one the head attends most on these texts (rotary models); "
         f"K-comp sources: score minus the random baseline, {a.k_where}.[/]",
         highlight=False,
     )
