@@ -280,3 +280,20 @@ def test_path_patching_takes_a_receiver_label(tiny_gpt2):
     by_object = path_patching(tiny_gpt2, task, None, Receiver("k", 1, 0))
     assert by_label.receiver == "L1H0.k"
     np.testing.assert_array_equal(by_label.effect, by_object.effect)
+
+
+def test_the_noise_table_says_which_way_is_lost_and_names_mlps_as_everywhere_else(tiny_gpt2):
+    from rich.console import Console
+
+    from headscope.render.lookup import view_of
+
+    task = induction_task(tiny_gpt2, n_examples=2, seq_len=5)
+    res = activation_patching(tiny_gpt2, task, direction="noise")
+    res.gap = {**res.gap, "meaningful": True}  # a random tiny model has no real gap: show the normalised table
+    con = Console(record=True, width=250)
+    view_of(res).terminal(res, con)
+    text = con.export_text()
+    assert "gap lost (1 - normalised)" in text and "lower = more lost" in text
+    lab, v, _, _ = res.top(1)[0]
+    assert f"{1 - v:+.3f}" in next(line for line in text.splitlines() if line.lstrip("│ ").startswith(lab))
+    assert "MLP1" in res.to_frame()["component"].tolist() and not any("LMLP" in c for c in res.to_frame()["component"])

@@ -8,7 +8,9 @@ on the same token ids, :func:`headscope.ov_circuit`); the API through Starlette'
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import re
 import threading
 import time
 
@@ -23,6 +25,7 @@ from headscope.explorer.app import Limits, make_app
 from headscope.explorer.gate import Busy, Gate, Superseded
 from headscope.explorer.state import text_layout
 from headscope.models.inputs import TokenSequence, encode
+from headscope.render.lookup import view_of
 from headscope.scan.attention_sample import attention_patterns
 
 TEXT = "The cat sat on the mat. The cat sat on the mat."
@@ -169,6 +172,36 @@ def test_saved_page_is_a_report_page(llama_explorer):
         assert anchor in html
     with_paths = llama_explorer.page_html(TEXT, "L1H2", 6, corrupt="A dog ran on the rug. The dog ran on the rug.")
     assert 'id="paths-logits"' in with_paths
+
+
+def _section(page: str, anchor: str) -> str:
+    start = page.index(f'<section id="{anchor}">')
+    return page[start : page.index("</section>", start)]
+
+
+def test_saved_paths_show_no_interval_from_one_example_as_the_live_page(llama_explorer):
+    """The saved page's path patching is of one example, as the live page's: it says so, as the live page
+    does, and shows no 95% interval (a bootstrap over one example is its value at both ends)."""
+    corrupt = "A dog ran on the rug. The dog ran on the rug."
+    live = llama_explorer.paths_view(TEXT, 6, corrupt)
+    paths = _section(llama_explorer.page_html(TEXT, "L1H2", 6, corrupt=corrupt), "paths-logits")
+    said = "one example: the interval is a single value"
+    assert said in live["notes"] and said in paths  # the same words on both pages
+    assert "interval</th>" not in paths and "95%" not in paths
+    assert not re.search(r"\[[+-]\d\.\d{3}, [+-]\d\.\d{3}\]", paths)  # no zero-width [a, a] bracket
+    assert paths.count("<tr>") == 1 + len(live["paths"])  # the same paths, one row each
+    for p in live["paths"][:3]:
+        assert f'<td class="t">{p["sender"]}</td>' in paths
+
+
+def test_path_intervals_are_shown_where_they_were_measured(llama_explorer):
+    """Over two examples or more an interval is measured, and the path view shows it."""
+    st = llama_explorer.state(TEXT)
+    pp, _, _ = llama_explorer.paths(st, 6, "A dog ran on the rug. The dog ran on the rug.")
+    two = dataclasses.replace(pp, n_examples=2, low=pp.values - 0.1, high=pp.values + 0.1, notes=[])
+    body = "".join(s.html for s in view_of(two).sections(two))
+    assert "95% interval</th>" in body and "single value" not in body
+    assert re.search(r"\[[+-]\d\.\d{3}, [+-]\d\.\d{3}\]", body)
 
 
 # --- the API -------------------------------------------------------------------------------------

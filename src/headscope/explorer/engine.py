@@ -38,6 +38,7 @@ from ..models.inputs import TokenSequence, as_heads, encode, single_tokens
 from ..models.model import as_model
 from ..qk.decompose import decompose_pair, decompose_qk
 from ..render.page import Report
+from ..render.views.circuit_view import ONE_EXAMPLE
 from ..results.attention import AttentionSample, AttentionViews
 from ..results.logit_results import DLA_DEFINITION, LogitAttribution, OVRows
 from ..results.patching_results import PathPatching
@@ -299,7 +300,7 @@ class Explorer:
             wrong=one([wrong_id]),
             counted=torch.tensor([[True]]),
             corruption="the corrupted text typed in the explorer, up to the chosen position",
-            notes=["one example: the interval is a single value"],
+            notes=[ONE_EXAMPLE],  # the saved page's path view says the same (and shows no interval)
         )
         pp = path_patching(self.model, task, None, Receiver.logits(), direction="noise")
         if not np.isfinite(pp.values).all():

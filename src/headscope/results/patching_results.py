@@ -107,7 +107,9 @@ class ActivationPatching(GapChecked, Result):
         return out
 
     def label(self, layer: int, unit: int) -> str:
-        return f"L{layer}MLP" if unit == self.n_heads else f"L{layer}H{unit}"
+        return (
+            f"MLP{layer}" if unit == self.n_heads else f"L{layer}H{unit}"
+        )  # MLP29: as the edges, qk and the docs name it
 
     def to_dict(self) -> dict:
         return {

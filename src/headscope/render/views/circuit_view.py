@@ -19,9 +19,18 @@ from ..html import esc, kv_html, table_html
 from ..lookup import register, view_of
 from ..view_base import Section, View, plotted
 
+#: What a path patching of one example says in place of its intervals (the explorer's page and its saved page).
+ONE_EXAMPLE = "one example: the interval is a single value"
+
 
 def _iv(lo: float, hi: float) -> str:
     return f"[{lo:+.3f}, {hi:+.3f}]"
+
+
+def has_intervals(result) -> bool:
+    """Whether ``result``'s 95% intervals were measured: a bootstrap over the examples needs two or more
+    (one example's "interval" is its own value at both ends, so none is shown)."""
+    return result.n_examples > 1
 
 
 def gap_text(gap: dict) -> str:
@@ -37,7 +46,20 @@ def gap_warning_html(result) -> str:
 
 
 def _paths_figure(res: PathPatching, **kw):
-    return sender_map(res, **kw) if len(set(res.receivers)) == 1 and len(res.senders) > 20 else path_chart(res, **kw)
+    """The sender map for one receiver with many senders (or one example: the map draws no interval), else the
+    chart, whose whiskers and their label are taken off when no interval was measured."""
+    one_receiver = len(set(res.receivers)) == 1
+    if one_receiver and (len(res.senders) > 20 or not has_intervals(res)):
+        return sender_map(res, **kw)
+    fig = path_chart(res, **kw)
+    if not has_intervals(res):
+        from matplotlib.container import ErrorbarContainer
+
+        for ax in fig.axes:
+            for bars in [c for c in ax.containers if isinstance(c, ErrorbarContainer)]:
+                bars.remove()
+            ax.set_xlabel(ax.get_xlabel().replace(" (95% interval)", ""))
+    return fig
 
 
 @register(ActivationPatching)
@@ -83,11 +105,20 @@ class ActivationPatchingView(View):
                 t.add_row(lab, f"{v:+.4f}", _iv(lo, hi))
             console.print(t)
             return
-        t = Table(title=f"Activation patching ({result.direction}), top components")
-        for c in ("component", "normalised", "95% interval"):
+        noise = result.direction == "noise"
+        t = Table(
+            title=f"Activation patching ({result.direction}), top components by "
+            + (
+                "the share of the gap lost (normalised: 1 = clean, 0 = corrupted; lower = more lost)"
+                if noise
+                else "the share of the gap restored (normalised: 0 = corrupted, 1 = clean)"
+            )
+        )
+        cols = ["component", "normalised", "95% interval"] + (["gap lost (1 - normalised)"] if noise else [])
+        for c in cols:
             t.add_column(c, justify="left" if c == "component" else "right")
         for lab, v, lo, hi in result.top(10):
-            t.add_row(lab, f"{v:+.3f}", _iv(lo, hi))
+            t.add_row(lab, f"{v:+.3f}", _iv(lo, hi), *([f"{1 - v:+.3f}"] if noise else []))
         console.print(t)
 
 
@@ -99,15 +130,20 @@ class PathPatchingView(View):
         return f"Path patching: {result.receiver}"
 
     def _rows(self, result, k: int = 12):
-        return [[s, r, round(e, 3), _iv(lo, hi)] for s, r, e, lo, hi in result.top(k)]
+        """The table's columns and its ``k`` top rows: the interval column only where intervals were measured."""
+        raw = not result.normalised_meaningful and len(result.change)
+        what = f"change in {result.metric}" if raw else "share of the gap (effect)"
+        top = result.top_change(k) if raw else result.top(k)
+        if not has_intervals(result):
+            return ["sender", "receiver", what], [[s, r, round(e, 4 if raw else 3)] for s, r, e, _, _ in top]
+        return ["sender", "receiver", what, "95% interval"], [
+            [s, r, round(e, 4 if raw else 3), _iv(lo, hi)] for s, r, e, lo, hi in top
+        ]
 
     def sections(self, result) -> list[Section]:
-        notes = "".join(f'<p class="note">{esc(n)}</p>' for n in result.notes if "grouped-query" in n)
-        if result.normalised_meaningful or not len(result.change):
-            table = table_html(["sender", "receiver", "share of the gap (effect)", "95% interval"], self._rows(result))
-        else:
-            rows = [[s, r, round(c, 4), _iv(lo, hi)] for s, r, c, lo, hi in result.top_change(12)]
-            table = table_html(["sender", "receiver", f"change in {result.metric}", "95% interval"], rows)
+        said = [n for n in result.notes if "grouped-query" in n] + ([] if has_intervals(result) else [ONE_EXAMPLE])
+        notes = "".join(f'<p class="note">{esc(n)}</p>' for n in said)
+        table = table_html(*self._rows(result))
         body = gap_warning_html(result) + notes + plotted(_paths_figure, result) + table
         anchor = "paths-" + "".join(c if c.isalnum() else "-" for c in result.receiver.lower())[:40]
         return [
@@ -129,14 +165,14 @@ class PathPatchingView(View):
             title=f"Path patching: {escape(result.receiver)} (top paths"
             + (f"; {what}, not normalised: see the note)" if raw else ")")
         )
-        for c in ("sender", "receiver", what, "95% interval"):
+        measured = has_intervals(result)
+        for c in ("sender", "receiver", what, "95% interval")[: 4 if measured else 3]:
             t.add_column(c, justify="left" if c in ("sender", "receiver") else "right")
         for s, r, e, lo, hi in result.top_change(8) if raw else result.top(8):
-            t.add_row(s, escape(r), f"{e:+.4f}" if raw else f"{e:+.3f}", _iv(lo, hi))
+            t.add_row(s, escape(r), f"{e:+.4f}" if raw else f"{e:+.3f}", *([_iv(lo, hi)] if measured else []))
         console.print(t)
-        for n in result.notes:
-            if "grouped-query" in n:
-                console.print(f"[dim]{escape(n)}[/]", highlight=False)
+        for n in [n for n in result.notes if "grouped-query" in n] + ([] if measured else [ONE_EXAMPLE]):
+            console.print(f"[dim]{escape(n)}[/]", highlight=False)
 
 
 class _Gap(GapChecked):
