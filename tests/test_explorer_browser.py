@@ -130,6 +130,45 @@ def test_type_click_change_and_reload(server, browser, tmp_path):
         assert lg["errors"] == [] and lg["blocked"] == []
 
 
+#: Every table in the views: its width, its box's, whether the box scrolls sideways; and the token-list cells.
+LAYOUT = """({
+  page: document.documentElement.scrollWidth, window: document.documentElement.clientWidth,
+  tables: [...document.querySelectorAll('#views table')].map(t => ({
+    box: t.parentElement.className, overflow: getComputedStyle(t.parentElement).overflowX,
+    right: t.parentElement.getBoundingClientRect().right, card: t.closest('.card').getBoundingClientRect().right})),
+  lists: [...document.querySelectorAll('#write td.toks, #ov td.toks')].map(td => ({
+    wrap: getComputedStyle(td).whiteSpace, items: td.querySelectorAll('.tok-item .tk').length})),
+})"""
+
+
+def test_the_views_never_make_the_page_wider_than_the_window(server, browser, tmp_path):
+    """The OV table (its promoted and suppressed token lists) was wider than its card and the page wider
+    than the window, the lists cut at the window's edge: token lists now wrap between tokens, and a table
+    still too wide scrolls sideways in its own box, inside its card."""
+    base, ex = server
+    page, log = _page(browser, base)
+    page.set_viewport_size({"width": 1400, "height": 900})
+    page.goto(base)
+    page.fill("#text", TEXT)
+    page.click("#run")
+    _until(page, "document.querySelectorAll('#ov tbody tr').length > 0")
+    _until(page, "document.querySelectorAll('#write tbody tr').length === 2")
+    page.fill("#corrupt", "A dog ran on the rug. The dog ran on the rug.")
+    page.click("#patch")
+    _until(page, "document.querySelectorAll('#paths tbody tr').length > 0")
+    for width in (1400, 900):
+        page.set_viewport_size({"width": width, "height": 900})
+        page.wait_for_timeout(100)
+        lay = page.evaluate(LAYOUT)
+        assert lay["page"] <= lay["window"] <= width, lay  # no sideways scrolling of the page
+        for t in lay["tables"]:
+            assert t["box"] == "table-scroll" and t["overflow"] == "auto" and t["right"] <= t["card"] + 0.5, t
+        assert len(lay["lists"]) == 2 + 2 * page.evaluate("document.querySelectorAll('#ov tbody tr').length")
+        assert all(c["wrap"] == "normal" and c["items"] >= 1 for c in lay["lists"]), lay["lists"]
+        page.screenshot(path=str(tmp_path / f"explorer_{width}.png"), full_page=True)
+    assert log["errors"] == [] and log["blocked"] == []
+
+
 def test_hostile_text_is_shown_as_text(server, browser):
     base, ex = server
     page, log = _page(browser, base)

@@ -118,6 +118,37 @@ def test_report_page_renders_offline_without_errors(browser, tiny_llama, tmp_pat
     assert shot.stat().st_size > 50_000
 
 
+#: Every table's width against its scroll box's, and whether the box scrolls sideways (the page's own CSS).
+TABLE_BOXES = """[...document.querySelectorAll('main table')].map(t => {
+  const box = t.parentElement;
+  return {id: t.closest('section').id, table: t.getBoundingClientRect().width, box: box.clientWidth,
+          cls: box.className, overflow: getComputedStyle(box).overflowX};
+})"""
+
+
+def test_wide_tables_scroll_in_their_own_box_and_the_page_fits_the_window(browser, tiny_llama, tmp_path):
+    """At a 1400 px window the top-heads table (every score, the roles, the causal check) is wider than the
+    page's column: it scrolls sideways inside its own box, and the page is never wider than the window
+    (it was 1539 px, the causal-check columns past the right edge)."""
+    rep = build_report(tiny_llama, seq_len=8, batch=2, top_k=3, qk_top=1, controls=2)
+    path = rep.save(tmp_path / "report.html")
+    page = browser.open(path, ready=ALL_DRAWN, width=1400, height=900)
+    assert_loaded_cleanly(page)
+    window = page.evaluate("document.documentElement.clientWidth")
+    assert page.evaluate("document.documentElement.scrollWidth") <= window
+    boxes = page.evaluate(TABLE_BOXES)
+    top = boxes[0]
+    assert top["id"] == "top" and top["table"] > top["box"], top  # the case: a table wider than its column
+    for b in boxes:
+        assert b["cls"] == "table-scroll" and b["overflow"] == "auto", b
+        assert b["box"] <= window
+    # its last column is reached by scrolling the table's box, not the page
+    page.evaluate("document.querySelector('#top .table-scroll').scrollLeft = 1e6")
+    right = page.evaluate("document.querySelector('#top table thead th:last-child').getBoundingClientRect().right")
+    assert right <= window and page.evaluate("window.scrollX") == 0
+    keep_screenshot(page, tmp_path / "report_wide_tables.png")
+
+
 def test_hostile_text_and_file_names_show_as_written_and_never_run(browser, tiny_gpt2_dir, tmp_path):
     note = tmp_path / HOSTILE_FILE_NAME
     note.write_text(HOSTILE + " again " + HOSTILE)

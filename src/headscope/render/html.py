@@ -65,7 +65,11 @@ def figure_html(fig, caption: str = "", dpi: int = FIG_DPI, alt: str = "") -> st
 
 
 def table_html(columns: list[str], rows: Iterable[list], table_id: str = "", sortable: bool = False) -> str:
-    """A table; a cell is text (escaped, left-aligned), a number (right-aligned) or ``(shown_html, sort_value)``."""
+    """A table; a cell is text (escaped, left-aligned), a number (right-aligned) or ``(shown_html, sort_value)``.
+
+    The table sits in a ``div.table-scroll`` box: a table wider than the page scrolls sideways in
+    its own box instead of widening the page.
+    """
 
     def cell(c):
         if isinstance(c, tuple):  # (already-escaped html, value to sort by)
@@ -84,7 +88,7 @@ def table_html(columns: list[str], rows: Iterable[list], table_id: str = "", sor
     head = "".join(f'<th class="{"t" if i in text_cols else ""}">{esc(c)}</th>' for i, c in enumerate(columns))
     body = "".join("<tr>" + "".join(cell(c) for c in r) + "</tr>" for r in rows)
     attrs = (f' id="{esc(table_id)}"' if table_id else "") + (' class="sortable"' if sortable else "")
-    return f"<table{attrs}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f'<div class="table-scroll"><table{attrs}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
 def kv_html(pairs: dict[str, Any]) -> str:

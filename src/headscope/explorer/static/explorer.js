@@ -190,9 +190,11 @@
       fresh.dataset.head = h.head; fresh.dataset.pos = String(h.position);
     } catch (err) { fresh.textContent = "The pattern could not be drawn: " + err.message; }
   }
+  // a table in its own sideways-scrolling box (never wider than its card); a cell is text, a number,
+  // {tk: token} (a token chip) or {toks: [{token, effect}]} (a list of token chips that wraps)
   function table(cols, rows) {
-    var t = el("table"), hr = el("tr");
-    cols.forEach(function (c) { hr.appendChild(el("th", c)); });
+    var box = el("div", null, "table-scroll"), t = box.appendChild(el("table")), hr = el("tr");
+    cols.forEach(function (c, i) { hr.appendChild(el("th", c, rows.length && rows[0][i] && rows[0][i].toks ? "toks" : "")); });
     t.appendChild(el("thead")).appendChild(hr);
     var b = t.appendChild(el("tbody"));
     rows.forEach(function (r) {
@@ -200,13 +202,14 @@
       r.forEach(function (c) {
         var td = el("td");
         if (c && c.tk !== undefined) { td.appendChild(el("span", visible(c.tk), "tk")); }
+        else if (c && c.toks !== undefined) { td.className = "toks"; tokList(c.toks).forEach(function (x) { td.appendChild(x); td.appendChild(document.createTextNode(" ")); }); }
         else if (typeof c === "number") { td.textContent = fmt(c); td.className = c > 0 ? "pos" : c < 0 ? "neg" : ""; }
         else td.textContent = c;
         tr.appendChild(td);
       });
       b.appendChild(tr);
     });
-    return t;
+    return box;
   }
   function drawQK(q) {
     $("qk-title").textContent = "QK of " + q.head + ": why it attends";
@@ -221,18 +224,26 @@
     qdiv.appendChild(table(["component", "vs mean key", "score units"], q.query.map(function (c) { return [c.component, c.vs_mean, c.contribution]; })));
     grid.appendChild(kdiv); grid.appendChild(qdiv); box.appendChild(grid);
   }
-  function tokList(xs) { return xs.map(function (x) { return visible(x.token) + " " + fmt(x.effect, 2); }).join("   "); }
+  // one unbreakable item per token (its chip and its effect); a list wraps between items
+  function tokList(xs) {
+    return xs.map(function (x) {
+      var item = el("span", null, "tok-item");
+      item.appendChild(el("span", visible(x.token), "tk"));
+      item.appendChild(document.createTextNode(" " + fmt(x.effect, 2)));
+      return item;
+    });
+  }
   function drawWrite(h) {
     $("ov-title").textContent = "OV of " + h.head + ": what it writes";
     var box = clear($("write"));
     box.appendChild(el("b", "At position " + h.position + " it writes (its output through the unembedding, direct path):"));
-    box.appendChild(table(["", "tokens (centred logit)"], [["promotes", tokList(h.write.promotes)], ["suppresses", tokList(h.write.suppresses)]]));
+    box.appendChild(table(["", "tokens (centred logit)"], [["promotes", { toks: h.write.promotes }], ["suppresses", { toks: h.write.suppresses }]]));
   }
   function drawOV(h) {
     var box = clear($("ov"));
     box.appendChild(el("b", "Attending to the tokens it attends to most here (first token left out), it would write (OV circuit, block-0 effective embedding):"));
     box.appendChild(table(["source", "self-rank", "promotes", "suppresses"], h.ov.sources.map(function (s) {
-      return [{ tk: s.token }, String(s.self_rank), tokList(s.promotes.slice(0, 5)), tokList(s.suppresses.slice(0, 5))];
+      return [{ tk: s.token }, String(s.self_rank), { toks: s.promotes.slice(0, 5) }, { toks: s.suppresses.slice(0, 5) }];
     })));
   }
 
