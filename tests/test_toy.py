@@ -358,3 +358,23 @@ def test_cli_analyse_only_works_on_a_moved_run_and_refuses_a_directory_without_o
     assert json.loads(r.stdout)["phase"]["steps"] == [0, 3, 6]
     r = toy("--out", tmp_path / "empty", "--analyse-only")
     assert r.exit_code == 2 and "holds no train-toy run" in r.output
+
+
+def test_save_phase_never_writes_among_the_users_files(short_run, tmp_path):
+    """save_phase wrote phase.csv and report.html over a user's own files of those names."""
+    from headscope.errors import OutputExists
+
+    ph = analyse_run(short_run.out_dir, progress=False)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "report.html").write_text("MY OWN REPORT")
+    (mine / "notes.txt").write_text("notes")
+    with pytest.raises(OutputExists):
+        save_phase(ph, mine)
+    assert (mine / "report.html").read_text() == "MY OWN REPORT" and sorted(p.name for p in mine.iterdir()) == [
+        "notes.txt",
+        "report.html",
+    ]
+    first = save_phase(ph, tmp_path / "phase")
+    again = save_phase(ph, tmp_path / "phase")  # its own earlier analysis is replaced
+    assert [p.name for p in again] == [p.name for p in first] and (tmp_path / "phase" / "phase.json").is_file()

@@ -70,6 +70,9 @@ KNOWN_NAMES = (
     "token_qk.csv",
     "composition.csv",
     "figures",
+    "phase.json",
+    "phase.csv",
+    "phase*.png",
 )
 
 

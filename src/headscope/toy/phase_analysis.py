@@ -44,19 +44,24 @@ DIRECTION = {"loss_later_repeats": "down", "induction_best": "up", "previous_tok
 
 
 def save_phase(phase: PhaseAnalysis, out_dir: str | os.PathLike) -> list[Path]:
-    """phase.json, phase.csv, phase.png, phase_heatmaps.png, phase_offsets.png and report.html (the page) in ``out_dir``."""
-    from ..pipeline.outputs import write_file_atomic
+    """phase.json, phase.csv, phase.png, phase_heatmaps.png, phase_offsets.png and report.html (the page) in ``out_dir``.
+
+    Written all at once as every command's results are (:class:`~headscope.pipeline.outputs.ResultDir`): an
+    earlier phase analysis there is replaced, but a folder holding files headscope did not write is refused
+    (:class:`~headscope.errors.OutputExists`), never written into.
+    """
+    from ..pipeline.outputs import ResultDir
     from ..render.page import Report
     from ..render.phase_figures import save_phase_figures
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    write_file_atomic(out / "phase.json", phase.to_json())
-    write_file_atomic(out / "phase.csv", phase.to_frame().to_csv(index=False, float_format="%.6f"))
-    figures = save_phase_figures(phase, out)
-    page = Report({"name": f"toy run {phase.run_dir.name}"}, [phase])
-    write_file_atomic(out / "report.html", page.to_html())
-    return [out / "phase.json", out / "phase.csv", *figures, out / "report.html"]
+    with ResultDir.open(Path(out_dir), command="train-toy phase", overwrite=True) as rd:
+        rd.write_text("phase.json", phase.to_json())
+        rd.write_text("phase.csv", phase.to_frame().to_csv(index=False, float_format="%.6f"))
+        figures = save_phase_figures(phase, rd.staging)
+        rd.written += [p.name for p in figures]
+        page = Report({"name": f"toy run {phase.run_dir.name}"}, [phase])
+        rd.write_text("report.html", page.to_html())
+        return rd.commit()
 
 
 def run_checkpoints(run_dir: Path) -> tuple[dict, list[tuple[int, Path]]]:
