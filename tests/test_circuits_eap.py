@@ -288,6 +288,17 @@ def test_a_circuits_graph_figure_draws_the_edges_its_faithfulness_was_measured_o
     assert fig.axes[0].get_title().startswith("Top 7 edges")
 
 
+def test_the_graph_draws_every_edge_even_several_from_one_sender_into_one_head(tiny_gpt2):
+    """A DiGraph kept one edge per (sender, head): input -> L1H0.v (a top edge) vanished behind input -> L1H0.k."""
+    task = induction_task(tiny_gpt2, n_examples=2, seq_len=4)
+    res = edge_attribution(tiny_gpt2, task, method="eap")
+    top = res.top(60)
+    pairs = [(s, r.rsplit(".", 1)[0]) for s, r, _ in top]
+    assert len(set(pairs)) < len(pairs)  # the case: one sender into two inputs of the same head
+    ax = res._figure("graph", 60).axes[0]
+    assert len(ax.patches) == len(top)  # one arrow per edge
+
+
 # --- the pieces -----------------------------------------------------------------------------------
 
 
@@ -309,6 +320,16 @@ def test_overlap_and_spearman_on_hand_cases():
     a = EdgeScores({}, {}, "eap", None, ["u"], list("abcd"), s)
     b = EdgeScores({}, {}, "eap", None, ["u"], list("abcd"), s[:, ::-1].copy())
     assert top_overlap(a, b, ks=(2, 4)) == {2: 0.0, 4: 1.0}
+
+
+def test_negative_edge_counts_are_refused(tiny_gpt2):
+    """top_edges=-3 made a 'circuit' of all but 3 edges (a slice [:-3]) with a curve point at -3 edges."""
+    task = induction_task(tiny_gpt2, n_examples=2, seq_len=4)
+    for kw, match in ((dict(top_edges=-3), "top_edges must be at least 0"), (dict(n_sample=-1), "n_sample must")):
+        with pytest.raises(BadInput, match=match):
+            edge_circuit(tiny_gpt2, task, **kw)
+    with pytest.raises(BadInput, match="whole number >= 0"):
+        edge_attribution(tiny_gpt2, task, method="eap").top(-1)
 
 
 def test_bad_method_and_steps_are_refused(tiny_gpt2):

@@ -22,8 +22,10 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from ..errors import BadInput
 from ..models.model import as_model
 from ..results.edge_results import EdgeCircuit, EdgeScores
+from ..settings import whole_number
 from .eap import DEFAULT_IG_STEPS, edge_attribution
 from .edges import EdgeGraph, clean_corrupt_metric, corrupt_run, patched_metric
 from .tasks import CircuitTask, clean_corrupt_gap, normalised_rows
@@ -149,6 +151,9 @@ def edge_circuit(
     >>> [row["n_edges"] for row in res.curve], round(res.curve[-1]["faithfulness"], 4)
     ([0, 5, 110], 1.0)
     """
+    for name, value in (("top_edges", top_edges), ("n_sample", n_sample), *(("points", p) for p in points)):
+        if whole_number(name, value) < 0:
+            raise BadInput(f"{name} must be at least 0 (got {value})", hint="a number of edges counts from 0")
     say = progress or (lambda stage, done, total: None)
     say("attribution", 0, 1)
     scores = edge_attribution(model, task, method=method, ig_steps=ig_steps, max_memory_gb=max_memory_gb)

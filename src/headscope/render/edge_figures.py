@@ -1,6 +1,6 @@
 """Pictures of edge attribution: the circuit as a layered graph, and the faithfulness curve.
 
-The graph is a networkx ``DiGraph`` drawn by networkx on matplotlib, its nodes in columns by
+The graph is a networkx ``MultiDiGraph`` (one edge per receiving input) drawn by networkx on matplotlib, its nodes in columns by
 their point in the forward pass (input -> layer 0's heads -> MLP0 -> ... -> logits). networkx is
 pure Python and already installed with torch; graphviz would lay out edges more neatly but needs
 its ``dot`` binary, which many users lack.
@@ -18,6 +18,9 @@ from ._mpl import plt
 from .circuit_figures import gap_title
 
 _KIND_STYLE = {"q": "dotted", "k": "solid", "v": "dashed", "mlp": "solid", "logits": "solid"}
+#: How far each receiving input's edges bend: a sender that feeds a head's query, key and value draws three
+#: separate arcs (one graph edge per input; the graph is a multigraph, so none replaces another).
+_KIND_BEND = {"q": -0.12, "k": 0.05, "v": 0.22, "mlp": 0.05, "logits": 0.05}
 
 
 def _stage(name: str, n_layers: int) -> int:
@@ -66,12 +69,12 @@ def edge_graph(res: EdgeScores | EdgeCircuit, k: int | None = None, ax=None):
     n_layers = int(scores.model.get("n_layers", 0)) or 1 + max(
         int(m.group(1)) for s, _, _ in top for m in [re.match(r"L(\d+)", s)] if m
     )
-    g = nx.DiGraph()
+    g = nx.MultiDiGraph()  # one edge per (sender, receiving input): a DiGraph kept only the last of L1H0's q/k/v
     for s, r, x in top:
         node, kind = _receiver_node(r)
         for n in (s, node):
             g.add_node(n, subset=_stage(n, n_layers))
-        g.add_edge(s, node, score=x, kind=kind)
+        g.add_edge(s, node, key=kind, score=x, kind=kind)
     used = sorted({d["subset"] for _, d in g.nodes(data=True)})
     for n in g.nodes:  # compress the columns to those with a node
         g.nodes[n]["subset"] = used.index(g.nodes[n]["subset"])
@@ -87,7 +90,7 @@ def edge_graph(res: EdgeScores | EdgeCircuit, k: int | None = None, ax=None):
     for (kind, style), far in itertools.product(_KIND_STYLE.items(), (False, True)):
         # an edge that skips columns bends, so it does not run straight through the nodes between
         edges = [
-            (u, v) for u, v, d in g.edges(data=True)
+            (u, v, k) for u, v, k, d in g.edges(keys=True, data=True)
             if d["kind"] == kind and (g.nodes[v]["subset"] - g.nodes[u]["subset"] > 1) == far
         ]  # fmt: skip
         if not edges:
@@ -96,7 +99,7 @@ def edge_graph(res: EdgeScores | EdgeCircuit, k: int | None = None, ax=None):
         nx.draw_networkx_edges(
             g, pos, edgelist=edges, ax=ax, width=0.5 + 4.0 * np.abs(sc) / biggest, style=style,
             edge_color=["#c0392b" if x > 0 else "#2471a3" for x in sc], arrows=True, arrowsize=8,
-            connectionstyle=f"arc3,rad={0.25 if far else 0.05}", node_size=900,
+            connectionstyle=f"arc3,rad={_KIND_BEND[kind] + (0.2 if far else 0.0)}", node_size=900,
         )  # fmt: skip
     nx.draw_networkx_nodes(g, pos, ax=ax, node_size=900, node_color="#f4f4f4", edgecolors="#555555", linewidths=0.8)
     nx.draw_networkx_labels(g, pos, ax=ax, font_size=6)
