@@ -257,8 +257,8 @@ def induction_sections(res: InductionResult) -> list[tuple[str, str, str]]:
             "loss",
             "Loss by position",
             f"<p>First repeat {res.loss_first_repeat:.2f} nats, later repeats {res.loss_later_repeats:.2f} nats: "
-            "a drop means the model predicts repeated tokens from context, the behaviour induction heads "
-            "implement.</p>" + figure_html(loss_by_position(res)),
+            "a drop means the model predicts repeated tokens from context; the causal check below measures "
+            "how much the top induction heads contribute.</p>" + figure_html(loss_by_position(res)),
         ),
     ]
     if res.ablation:

@@ -276,8 +276,8 @@ def print_stories(con, a) -> None:
         f"seed {st['seed']}; loss {a.scan.loss_first_repeat:.2f} nats first repeat, "
         f"{a.scan.loss_later_repeats:.2f} later; K-composition shown as excess over the random baseline "
         f"{a.composition.baseline:.4f}. DLA later/first: mean direct effect on later-/first-repeat targets; "
-        f"Δloss: rise in later-repeat loss when the head is {st['ablation'] or 'not'} ablated. Definitions "
-        "in logits.json and docs/logits.md.[/]",
+        f"Δloss: change in later-repeat loss (ablated − clean) when the head is {st['ablation'] or 'not'} ablated. "
+        "Definitions in logits.json and docs/logits.md.[/]",
         highlight=False,
     )
 
