@@ -9,7 +9,9 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+import headscope
 from headscope.cli import app
+from headscope.errors import BadInput
 from headscope.head_labels import head_label
 from headscope.scores import role_scores, score_names
 
@@ -99,6 +101,71 @@ def test_bad_input_is_refused_before_the_model_loads(small, tmp_path, args, need
     assert r.exit_code == 2, r.output
     assert needle in r.output
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize(
+    "kw, needle",
+    [
+        (dict(sink_windows=0), "sink_windows must be at least 1 (got 0)"),
+        (dict(sink_windows=-1), "sink_windows must be at least 1 (got -1)"),
+        (dict(sink_windows=2.5), "sink_windows must be a whole number"),
+        (dict(icl_windows=0, natural_sinks=False), "icl_windows (--icl-windows) must be at least 1 (got 0)"),
+        (dict(icl_top=-1), "icl_top (--top) cannot be negative (got -1)"),
+        (dict(files=[]), "no files were given"),
+        (dict(files="/no/such/file.txt"), "/no/such/file.txt is not a file"),
+    ],
+)
+def test_analyze_heads_refuses_bad_input_before_the_model_runs(tiny_gpt2, monkeypatch, kw, needle):
+    from headscope.pipeline import roles
+
+    monkeypatch.setattr(roles, "scan_induction", lambda *a, **k: pytest.fail("the scan ran"))
+    with pytest.raises(BadInput) as err:
+        roles.analyze_heads(tiny_gpt2, progress=False, **kw)
+    assert needle in str(err.value) and err.value.hint
+
+
+def test_analyze_heads_is_exported_at_the_top_level():
+    from headscope.pipeline.roles import analyze_heads
+    from headscope.results.heads_analysis import HeadsAnalysis
+
+    assert headscope.analyze_heads is analyze_heads and headscope.HeadsAnalysis is HeadsAnalysis
+    assert {"analyze_heads", "HeadsAnalysis"} <= set(headscope.__all__)
+
+
+def test_one_path_is_one_file_and_the_sink_definition_states_the_runs_windows(tiny_gpt2, tmp_path):
+    from headscope.render.page import Report
+
+    text = tmp_path / "words.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog\n" * 100)  # ~1000 GPT-2 tokens
+    a = headscope.analyze_heads(
+        tiny_gpt2, seq_len=6, batch=2, icl=False, sink_windows=3, files=str(text), progress=False
+    )  # a str was read character by character ("/ is not a file")
+    assert a.natural_sinks is not None and a.natural_sinks.n_sequences == 3 and "1 files" in a.natural_sinks.source
+    said = "averaged over 3 windows of"
+    doc = a.to_dict()
+    assert said in doc["definitions"]["attention_sink"] and said in doc["natural_sinks"]["definition"]["alpha"]
+    assert any(said in v for v in a.legend().values()) and said in a._repr_html_()
+    page = Report(a.model, [a.induction, a]).to_html()
+    assert said in page and "averaged over 100 windows" not in page  # the page's legend too
+    assert headscope.analyze_heads(
+        tiny_gpt2, seq_len=6, batch=2, icl=False, sink_windows=3, files=text, progress=False
+    ).natural_sinks.alpha == pytest.approx(a.natural_sinks.alpha)  # a Path is one file as well
+
+
+def test_one_icl_window_shows_dashes_for_every_interval_and_says_why(tiny_llama):
+    from headscope.render.views.heads_view import describe_icl
+
+    a = headscope.analyze_heads(
+        tiny_llama, seq_len=6, batch=2, icl_windows=1, icl_top=1, natural_sinks=False, progress=False
+    )
+    assert a.icl is not None and a.icl.n_windows == 1 and len(a.icl.ablations) == 1
+    assert any("on 1 window: no standard error or 95% interval" in n for n in a.notes)
+    html = a._repr_html_()
+    assert "nan]" not in html and "[nan" not in html and "+nan" not in html
+    assert html.count("[–, –]") == 2  # the score's interval and the head's Δ interval
+    assert "one window gives no standard error" in html
+    lines = "\n".join(describe_icl(a.icl))
+    assert "nan" not in lines and "[–, –]" in lines and "includes 0" not in lines
 
 
 def test_icl_is_skipped_with_a_note_when_the_context_is_too_short(tiny_gpt2_dir, tmp_path):

@@ -265,6 +265,47 @@ def test_bad_settings_raise_before_anything_is_written(tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        (dict(vocab=8), "vocab (--vocab) must be at least 9 (got 8)"),
+        (dict(threads=0), "threads (--threads) must be at least 1 (got 0)"),
+        (dict(seed=-1), "seed (--seed) must be from 0 to"),
+        (dict(steps=10.5), "steps must be a whole number, got 10.5"),
+        (dict(stepz=3), "unknown toy setting(s): stepz"),
+    ],
+)
+def test_api_bad_settings_are_bad_input_before_anything_is_written(tmp_path, kw, message):
+    out = tmp_path / "never"
+    with pytest.raises(BadInput) as err:
+        train_toy(out, **{"steps": 10, "every": 5, **kw})
+    assert message in str(err.value) and err.value.hint
+    assert not out.exists()
+    if "stepz" in kw:
+        assert "steps" in err.value.hint and "eval_seed" in err.value.hint  # the valid names
+    if "vocab" in kw:
+        assert "--vocab 9" in err.value.hint
+
+
+def test_the_smallest_vocabulary_allowed_makes_checkpoints_the_scan_can_score(tmp_path):
+    run = train_toy(tmp_path / "v9", steps=1, every=1, batch=2, log_every=1, eval_batch=2, vocab=9)
+    model = headscope.load_model(str(run.checkpoint_dirs[-1]), device="cpu")
+    res = headscope.scan_induction(model, seq_len=8, batch=2, ablate=False, sample=False)
+    assert res.scores["copy_suppression"].shape == (2, 4)  # vocab 8 failed here: a top-11 over 10 logits
+
+
+def test_analyse_run_refuses_zero_threads(short_run):
+    with pytest.raises(BadInput, match="at least 1"):
+        analyse_run(short_run.out_dir, threads=0)
+
+
+def test_sink_role_is_skipped_with_a_note_on_text_the_toy_tokenizer_cannot_read(short_run):
+    model = headscope.load_model(str(short_run.checkpoint_dirs[-1]), device="cpu")
+    a = headscope.analyze_heads(model, seq_len=8, batch=2, progress=False)
+    assert a.natural_sinks is None and "attention_sink" not in a.role_names()
+    assert any("attention-sink role skipped" in n and "'<unk>'" in n for n in a.notes)
+
+
 def test_a_directory_with_other_files_is_refused_even_with_overwrite(tmp_path):
     out = tmp_path / "mine"
     out.mkdir()
@@ -287,6 +328,7 @@ def toy(*args):
         (["--every", "0"], "--every must be at least 1"),
         (["--n-ctx", "12"], "positional shortcut"),
         (["--layers", "1"], "--layers must be at least 2"),
+        (["--vocab", "8"], "vocab (--vocab) must be at least 9"),
     ],
 )
 def test_cli_bad_options_exit_2_and_write_nothing(tmp_path, args, message):

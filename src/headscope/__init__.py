@@ -15,6 +15,7 @@ from .logits import LogitAttribution, OVRows, logit_attribution, ov_circuit
 from .models import DEFAULT_MODEL, HeadscopeModel, load_model
 from .pipeline import Report, build_report, plan_sweep, run_sweep
 from .pipeline.logit_analysis import LogitAnalysis, analyze_logits
+from .pipeline.roles import analyze_heads
 from .qk import (
     CompositionScores,
     PositionalQK,
@@ -29,6 +30,7 @@ from .qk import (
     qk_scores,
     token_qk,
 )
+from .results.heads_analysis import HeadsAnalysis
 from .scan import AttentionSample, InductionResult, scan_induction
 from .scores import SCORES, Score
 from .settings import DEFAULT_MEMORY_GB, LoadSettings, ScanSettings
@@ -47,6 +49,9 @@ __all__ = [
     "LoadSettings",
     "DEFAULT_MEMORY_GB",
     "AttentionSample",
+    # every kind of head: the role table, the ICL check, the natural-text sinks
+    "HeadsAnalysis",
+    "analyze_heads",
     "head_label",
     "parse_head",
     "top_k",

@@ -19,6 +19,7 @@ block is tokenized whole, exactly as before.
 from __future__ import annotations
 
 import codecs
+import os
 from array import array
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -113,27 +114,56 @@ def check_text_file(path: Path) -> None:
         raise BadInput(f"--file {path} is empty", hint="give a file with some text in it")
 
 
-def file_documents(paths) -> list[tuple[str, Iterable[str]]]:
-    """``[(file name, its text in blocks), ...]`` of UTF-8 text files, in the order given (read when iterated)."""
-    docs: list[tuple[str, Iterable[str]]] = []
+def as_files(files) -> list[Path] | None:
+    """``files`` as a list of paths: None stays None (the default corpus), one ``str``/``PathLike`` is one file.
+
+    An empty list is refused, not read as "the default corpus"; so is anything that is not a path.
+
+    >>> as_files("notes.txt"), as_files(None)
+    ([PosixPath('notes.txt')], None)
+    >>> as_files([])
+    Traceback (most recent call last):
+    ...
+    headscope.errors.BadInput: files (--file) is empty: no files were given
+      hint: pass at least one text file, or files=None for the default corpus (CPython's pydoc_data.topics)
+    """
+    if files is None:
+        return None
+    if isinstance(files, (str, os.PathLike)):
+        files = [files]
+    try:
+        paths = list(files)
+    except TypeError:
+        raise BadInput(
+            f"files (--file) must be a path or a list of paths, got {type(files).__name__}",
+            hint="e.g. files=['notes.txt']",
+        ) from None
+    if not paths:
+        raise BadInput(
+            "files (--file) is empty: no files were given",
+            hint="pass at least one text file, or files=None for the default corpus (CPython's pydoc_data.topics)",
+        )
     for p in paths:
-        path = Path(p).expanduser()
+        if not isinstance(p, (str, os.PathLike)):
+            raise BadInput(
+                f"files (--file) must hold paths, got {p!r} ({type(p).__name__})", hint="e.g. files=['notes.txt']"
+            )
+    return [Path(p).expanduser() for p in paths]
+
+
+def file_documents(paths) -> list[tuple[str, Iterable[str]]]:
+    """``[(file name, its text in blocks), ...]`` of UTF-8 text files, in the order given (read when iterated).
+
+    ``paths``: one path or a list of them (:func:`as_files`); every one must be a file, and at least one given.
+    """
+    docs: list[tuple[str, Iterable[str]]] = []
+    for path in as_files(paths) or []:
         if not path.is_file():
             raise BadInput(f"{path} is not a file", hint="pass text files with --file")
         docs.append((path.name, _Blocks(path)))
     if not docs:
         raise BadInput("no files were given", hint="pass at least one text file, or none for the default corpus")
     return docs
-
-
-class _Blocks:
-    """A file's text, re-readable in blocks (each iteration reads the file again)."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def __iter__(self) -> Iterator[str]:
-        return text_blocks(self.path)
 
 
 @dataclass
@@ -154,6 +184,29 @@ class TokenWindows:
             f"{len(self.sources)} windows of {self.window} tokens{' (+BOS)' if self.bos else ''} from "
             f"{self.n_documents} documents of {self.corpus} ({self.n_corpus_tokens} tokens)"
         )
+
+
+def unknown_share(tokenizer, windows: TokenWindows) -> float:
+    """The fraction of the windows' text tokens (the prefix left out) that are the tokenizer's unknown token.
+
+    A word-level tokenizer (the toy's) reads natural English as nothing but ``<unk>``: what is measured on
+    such windows says nothing about text. 0.0 for a tokenizer without an unknown token.
+    """
+    unk = getattr(tokenizer, "unk_token_id", None)
+    text = windows.tokens[:, int(windows.bos) :]
+    if unk is None or text.numel() == 0:
+        return 0.0
+    return float((text == unk).double().mean())
+
+
+class _Blocks:
+    """A file's text, re-readable in blocks (each iteration reads the file again)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __iter__(self) -> Iterator[str]:
+        return text_blocks(self.path)
 
 
 def token_windows(
@@ -227,8 +280,12 @@ def natural_windows(
     """
     from ..models.model import as_model
 
-    docs = file_documents(files) if files else pydoc_topics()
-    corpus = f"{len(docs)} files" if files else f"pydoc_data.topics ({len(docs)} topics, CPython's documentation)"
+    docs = file_documents(files) if files is not None else pydoc_topics()
+    corpus = (
+        f"{len(docs)} files"
+        if files is not None
+        else f"pydoc_data.topics ({len(docs)} topics, CPython's documentation)"
+    )
     bos = as_model(model).first_token.id if bos_id is _RULE else bos_id
     n_ctx = getattr(model.cfg, "n_ctx", None)
     if n_ctx is not None and window + (bos is not None) > n_ctx:

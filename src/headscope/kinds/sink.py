@@ -93,9 +93,10 @@ def paper_windows(model, files=None, n_tokens: int = SINK_TOKENS, n_sequences: i
     Returns ``(TokenWindows, description of the first token)``.
     """
     from ..models.model import as_model
-    from .documents import natural_windows
+    from .documents import as_files, natural_windows
 
     m = as_model(model)
+    files = as_files(files)  # one path is one file (not its characters); an empty list is refused
     prefix = m.first_token.own_prefix
     if prefix is None:
         bos, said = m.first_token.id, "headscope's first-token rule (the tokenizer's own prefix was not recorded)"

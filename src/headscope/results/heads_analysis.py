@@ -82,13 +82,19 @@ class HeadsAnalysis(Result):
 
     def legend(self) -> dict[str, str]:
         """Every role's definition with its threshold, the ICL score's, and the natural-text sinks' if measured."""
-        out = {f"{declared(r).label} (≥ {self.thresholds[r]})": declared(r).definition for r in self.role_names()}
+        out = {f"{declared(r).label} (≥ {self.thresholds[r]})": self.definition(r) for r in self.role_names()}
         if self.icl is not None:
             out["in-context learning"] = ICL_DEFINITION
         if self.natural_sinks is not None:
             out["sink rate"] = SINK_DEFINITIONS["sink_rate"]
         out["roles"] = roles_legend(self.thresholds)
         return out
+
+    def definition(self, name: str) -> str:
+        """Score ``name``'s definition: the registry's, the attention sink's with this run's own windows."""
+        if name == "attention_sink" and self.natural_sinks is not None:
+            return self.natural_sinks.definition()
+        return declared(name).definition
 
     def to_frame(self):
         """One row per head: layer, head, label, every score, roles; natural-text sinks and ICL delta when measured."""
@@ -118,7 +124,11 @@ class HeadsAnalysis(Result):
             "scores": {n: rounded(res.scores[n]) for n in res.score_order()},
             "icl": icl,
             "natural_sinks": None if self.natural_sinks is None else self.natural_sinks.to_dict(),
-            "definitions": {**definitions(res.settings.get("controls")), "icl": ICL_DEFINITION},
+            "definitions": {
+                **definitions(res.settings.get("controls")),
+                "attention_sink": self.definition("attention_sink"),
+                "icl": ICL_DEFINITION,
+            },
             "legend": self.legend(),
             "timings": {k: rounded(v, 3) for k, v in {**res.timings, **self.timings}.items()},
             "notes": self.notes,

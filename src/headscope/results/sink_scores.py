@@ -56,9 +56,24 @@ class SinkScores(Result):
         ls, hs = np.nonzero(self.alpha > self.threshold)
         return sorted(((int(l), int(h), float(self.alpha[l, h])) for l, h in zip(ls, hs)), key=lambda t: -t[2])
 
+    def definition(self) -> str:
+        """The attention-sink score's definition (the registry's), stating this run's own windows.
+
+        >>> import numpy as np
+        >>> z = np.zeros((1, 1))
+        >>> s = SinkScores(z, z, z, 0.3, n_sequences=5, n_tokens=64, source="")
+        >>> "averaged over 5 windows of" in s.definition(), "100 windows" in s.definition()
+        (True, False)
+        """
+        text = declared("attention_sink").definition
+        n, T = self.n_sequences, self.n_tokens
+        return text.replace("a 64-token window", f"a {T}-token window").replace(
+            "averaged over 100 windows", f"averaged over {n} window{'s' if n != 1 else ''}"
+        )
+
     def to_dict(self) -> dict:
         return {
-            "definition": {"alpha": declared("attention_sink").definition, **DEFINITIONS},
+            "definition": {"alpha": self.definition(), **DEFINITIONS},
             "threshold": self.threshold,
             "n_sequences": self.n_sequences,
             "n_tokens": self.n_tokens,

@@ -9,7 +9,8 @@
    curve follows two heads rather than whichever head happens to score highest in the noise.
 3. K-composition (:func:`headscope.qk.composition_scores`) of every earlier-layer head into
    every later-layer head at each checkpoint, from the weights (cached in
-   ``run/phase/composition.json`` so a rerun loads nothing twice).
+   ``run/.phase-composition.json`` so a rerun loads nothing twice; beside ``phase/``, not in it,
+   because ``phase/`` is written all at once and holds only the analysis).
 4. :func:`headscope.toy.phase.detect_phase_change` on the later-repeat loss gives the window;
    the same detector runs on the induction, previous-token and composition curves.
 5. Induction against copy distance (:mod:`headscope.toy.offsets`): every head's induction
@@ -37,7 +38,7 @@ from ..errors import BadInput
 from ..results.phase_change import PhaseAnalysis
 from .offsets import measure_checkpoints
 from .phase import detect_phase_change
-from .train import default_threads, read_run, torch_threads
+from .train import check_threads, read_run, torch_threads
 
 #: Which way each curve moves when an induction head forms (for the detector).
 DIRECTION = {"loss_later_repeats": "down", "induction_best": "up", "previous_token_best": "up", "k_composition": "up"}
@@ -78,6 +79,10 @@ def run_checkpoints(run_dir: Path) -> tuple[dict, list[tuple[int, Path]]]:
             hint="train with more steps or a smaller --every",
         )
     return run, ckpts
+
+
+#: The K-composition cache, in the run's folder (a hidden name: train-toy's own --overwrite check passes it).
+COMPOSITION_CACHE = ".phase-composition.json"
 
 
 def _composition(ckpts, cache_path: Path, log) -> tuple[dict[int, np.ndarray], float]:
@@ -126,7 +131,7 @@ def analyse_run(
     recomputes finished sweep entries. ``threads``: torch CPU threads meanwhile (default 1,
     as for training: these models are tiny, and extra threads only contend).
     """
-    with torch_threads(threads or default_threads()):
+    with torch_threads(check_threads(threads)):
         return _analyse(Path(run_dir), rerun, on_event, log, progress)
 
 
@@ -183,7 +188,7 @@ def _analyse(run_dir: Path, rerun, on_event, log, progress) -> PhaseAnalysis:
     il, ih = np.unravel_index(int(np.argmax(ind)), ind.shape)
     prev = final["previous_token"][:il]
     pl, ph = np.unravel_index(int(np.argmax(prev)), prev.shape)
-    comp, baseline = _composition(ckpts, run_dir / "phase" / "composition.json", log or (lambda m: None))
+    comp, baseline = _composition(ckpts, run_dir / COMPOSITION_CACHE, log or (lambda m: None))
     offsets = measure_checkpoints(ckpts, int(cfg["vocab"]), int(cfg["n_ctx"]))
 
     curves = {

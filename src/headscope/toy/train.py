@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import numbers
 import os
 import shutil
 import time
@@ -55,11 +56,19 @@ from ..models.loading import quiet_progress
 from ..scan.losses import first_repeat_mean, later_repeat_mean, token_losses
 from ..scores import reduce_pattern
 from ..scores import score as declared
+from ..scores.copy_suppression import DEFAULT_K as SUPPRESSION_K
 from ..scores.layout import RepeatLayout
+from ..settings import whole_number
 from .data import CopyRecipe, copy_batch
 
 RUN_KIND = "headscope-toy-run"
 BOS, UNK = "<bos>", "<unk>"
+#: The smallest vocabulary whose checkpoints the scan can score: the copy-suppression score ranks each token
+#: among the SUPPRESSION_K + 1 lowest logits of the whole vocabulary (the ordinary tokens plus <bos> and <unk>);
+#: measured: 8 fails every scan of every checkpoint, 9 works.
+MIN_VOCAB = SUPPRESSION_K + 1 - 2
+#: Seeds are unsigned 64-bit numbers below 2**63, the command line's --seed range (cli/_numbers.py's SEED_MAX).
+SEED_MAX = 2**63 - 1
 #: What a run writes into its directory; ``--overwrite`` removes these names and nothing else.
 RUN_FILES = ("run.json", "train_log.csv", "checkpoints", "sweep", "phase")
 LOG_COLUMNS = {
@@ -106,8 +115,31 @@ class ToyConfig:
         """The default of field ``name`` (what the hints quote: read here, never restated)."""
         return cls.__dataclass_fields__[name].default
 
+    @classmethod
+    def names(cls) -> list[str]:
+        """Every setting's name, in declaration order (what ``train_toy``'s keywords may be)."""
+        return list(cls.__dataclass_fields__)
+
     def check(self) -> ToyConfig:
-        """Raise :class:`BadInput` for settings that cannot make a run; return self."""
+        """Raise :class:`BadInput` for settings that cannot make a run; return self.
+
+        >>> ToyConfig(vocab=3).check()
+        Traceback (most recent call last):
+        ...
+        headscope.errors.BadInput: vocab (--vocab) must be at least 9 (got 3): the scan's copy-suppression score ranks each token among the 11 lowest logits of the vocabulary (with <bos> and <unk>)
+          hint: use --vocab 9 or more (the default is 64)
+        """
+        for name in self.names():
+            if name != "lr":
+                whole_number(name, getattr(self, name))
+        if isinstance(self.lr, bool) or not isinstance(self.lr, numbers.Real):
+            raise BadInput(f"lr must be a number, got {self.lr!r} ({type(self.lr).__name__})", hint="e.g. lr=3e-3")
+        for name in ("seed", "eval_seed"):
+            if not 0 <= getattr(self, name) <= SEED_MAX:
+                raise BadInput(
+                    f"{name}{' (--seed)' if name == 'seed' else ''} must be from 0 to {SEED_MAX} (got {getattr(self, name)})",
+                    hint="a seed is an unsigned 64-bit number (below 2**63), e.g. 0",
+                )
         if self.steps < 1:
             raise BadInput(
                 f"--steps must be at least 1 (got {self.steps})", hint=f"the default is {self.default('steps')}"
@@ -150,6 +182,12 @@ class ToyConfig:
                 f"--lr must be more than 0 and at most 1 (got {self.lr})", hint=f"the default is {self.default('lr')}"
             )
         self.recipe.check()
+        if self.vocab < MIN_VOCAB:
+            raise BadInput(
+                f"vocab (--vocab) must be at least {MIN_VOCAB} (got {self.vocab}): the scan's copy-suppression score "
+                f"ranks each token among the {SUPPRESSION_K + 1} lowest logits of the vocabulary (with {BOS} and {UNK})",
+                hint=f"use --vocab {MIN_VOCAB} or more (the default is {self.default('vocab')})",
+            )
         if self.eval_seq_len < 2 or 1 + 2 * self.eval_seq_len > self.n_ctx:
             raise BadInput(
                 f"--eval-seq-len {self.eval_seq_len} does not fit twice (plus BOS) in --n-ctx {self.n_ctx}",
@@ -455,10 +493,8 @@ def train_toy(
 
     from ..pipeline.outputs import describe_os_error, hold_out, make_staging, normal_permissions, replace_dir
 
-    config = replace(config or ToyConfig(), **overrides).check()
-    n_threads = threads or default_threads()
-    if n_threads < 1:
-        raise BadInput(f"--threads must be at least 1 (got {n_threads})")
+    config = configure(config, overrides)
+    n_threads = check_threads(threads)
     out = Path(out_dir)
     with hold_out(out):
         check_run_dir(out, overwrite)
@@ -478,6 +514,31 @@ def train_toy(
             shutil.rmtree(staging, ignore_errors=True)
     run.out_dir = out
     return run
+
+
+def configure(config: ToyConfig | None, overrides: dict) -> ToyConfig:
+    """``config`` (default :class:`ToyConfig`) with ``overrides`` replaced, checked; an unknown name is :class:`BadInput`.
+
+    >>> configure(None, {"stepz": 3})
+    Traceback (most recent call last):
+    ...
+    headscope.errors.BadInput: unknown toy setting(s): stepz
+      hint: use: steps, every, seed, n_layers, n_heads, d_model, vocab, n_ctx, block, copies, batch, lr, log_every, eval_seq_len, eval_batch, eval_seed
+    """
+    unknown = sorted(set(overrides) - set(ToyConfig.names()))
+    if unknown:
+        raise BadInput(f"unknown toy setting(s): {', '.join(unknown)}", hint=f"use: {', '.join(ToyConfig.names())}")
+    return replace(config or ToyConfig(), **overrides).check()
+
+
+def check_threads(threads: int | None) -> int:
+    """The torch CPU threads to run with: ``threads``, or :func:`default_threads` for None; 0 or less is refused
+    (as the command line's ``--threads`` refuses it: no value means "every core")."""
+    if threads is None:
+        return default_threads()
+    if whole_number("threads", threads) < 1:
+        raise BadInput(f"threads (--threads) must be at least 1 (got {threads})", hint="None (the default) runs 1")
+    return int(threads)
 
 
 @contextlib.contextmanager

@@ -18,6 +18,15 @@ from ..lookup import register
 from ..view_base import Section, View, frame_html
 from .induction_view import roles_section_html
 
+#: Said wherever a one-window ICL check shows a dash for its standard error and interval.
+ONE_WINDOW = "one window gives no standard error or 95% interval (they need at least 2 windows)"
+
+
+def interval_text(ci) -> str:
+    """``[+0.123, +0.456]``; a dash for each end that is not a number (one window gives no interval)."""
+    lo, hi = ci
+    return f"[{fmt(lo, signed=True)}, {fmt(hi, signed=True)}]"
+
 
 def icl_html(icl) -> str:
     """The ICL score and each ablated head's delta with its standard error (an ``ICLResult``)."""
@@ -25,8 +34,10 @@ def icl_html(icl) -> str:
         f"<p>In-context learning score (Olsson et al. 2022): <b>{esc(fmt(icl.icl_score, signed=True))}</b> nats "
         f"(loss at token {icl.late} {esc(fmt(icl.loss_late))} minus token {icl.early} {esc(fmt(icl.loss_early))}; "
         f"standard error {esc(fmt(icl.icl_stderr))}, 95% interval "
-        f"[{esc(fmt(icl.icl_ci95[0], signed=True))}, {esc(fmt(icl.icl_ci95[1], signed=True))}]) on {esc(icl.source)}.</p>"
+        f"{esc(interval_text(icl.icl_ci95))}) on {esc(icl.source)}.</p>"
     )
+    if icl.n_windows < 2:
+        head += f"<p>On {icl.n_windows} window: {esc(ONE_WINDOW)}.</p>"
     if not icl.ablations:
         return head
     rows = [
@@ -34,14 +45,14 @@ def icl_html(icl) -> str:
             head_label(e["layer"], e["head"]),
             round(e["delta"], DECIMALS),
             round(e["delta_stderr"], DECIMALS),
-            "[{:+.3f}, {:+.3f}]".format(*e.get("delta_ci95", (float("nan"), float("nan")))),
+            interval_text(e.get("delta_ci95", (float("nan"), float("nan")))),
             round(e["icl_score"], DECIMALS),
         ]
         for e in icl.ablations
     ]
     return head + (
-        f"<p>{esc(icl.ablation_kind)} ablation of each top induction head's hook_z; Δ = ablated − clean, "
-        "positive when the head helps the model learn from its context.</p>"
+        f"<p>{esc(icl.ablation_kind)} ablation of each top induction head's hook_z; Δ = ablated − clean; "
+        "a head is said to help the model learn from its context only where the interval lies above 0.</p>"
         + table_html(["head", "Δ ICL score", "SE of Δ", "95% interval of Δ", "ICL score ablated"], rows, sortable=True)
     )
 
@@ -80,22 +91,26 @@ def describe_icl(icl: ICLResult) -> list[str]:
     """Plain sentences: the ICL score and each ablated head's delta, each with its SE and 95% interval."""
     lo, hi = icl.icl_ci95
     lines = [
-        f"In-context learning score: {icl.icl_score:+.3f} nats (SE {icl.icl_stderr:.3f}, 95% interval "
-        f"[{lo:+.3f}, {hi:+.3f}]; loss at token {icl.late} {icl.loss_late:.2f} minus token {icl.early} "
+        f"In-context learning score: {icl.icl_score:+.3f} nats (SE {fmt(icl.icl_stderr)}, 95% interval "
+        f"{interval_text((lo, hi))}; loss at token {icl.late} {icl.loss_late:.2f} minus token {icl.early} "
         f"{icl.loss_early:.2f}) on {icl.source}"
     ]
+    if icl.n_windows < 2:
+        lines.append(f"  On {icl.n_windows} window: {ONE_WINDOW}.")
     for e in icl.ablations:
         d, se = e["delta"], e["delta_stderr"]
         a, b = e.get("delta_ci95", (float("nan"), float("nan")))
         lines.append(
-            f"  {head_label(e['layer'], e['head'])} {icl.ablation_kind}-ablated: Δ {d:+.3f} (SE {se:.3f}, 95% "
-            f"interval [{a:+.3f}, {b:+.3f}])"
+            f"  {head_label(e['layer'], e['head'])} {icl.ablation_kind}-ablated: Δ {d:+.3f} (SE {fmt(se)}, 95% "
+            f"interval {interval_text((a, b))})"
             + (
                 " - raises the score on these windows (interval above 0: weaker in-context learning)"
                 if a > 0
                 else " - lowers it on these windows (interval below 0)"
                 if b < 0
                 else " - the interval includes 0"
+                if a <= 0 <= b
+                else " - no interval"
             )
         )
     return lines
@@ -160,9 +175,13 @@ class HeadsView(View):
         return [Section(*s) for s in heads_sections(result)]
 
     def legend(self, result) -> dict[str, str]:
-        """Beside the scan's legend: the ICL score's and the natural-text sinks' entries."""
+        """Beside the scan's legend: the ICL score's and the natural-text sinks' entries, and the attention sink's
+        definition with this run's own windows (replacing the scan legend's registry text)."""
         extra = ("in-context learning", "sink on natural text")
-        return {k: v for k, v in result.legend().items() if k in extra}
+        out = {k: v for k, v in result.legend().items() if k in extra}
+        if result.natural_sinks is not None:
+            out[declared("attention_sink").label] = result.natural_sinks.definition()
+        return out
 
     def title(self, result) -> str:
         return f"Roles of every head — {result.model.get('name')}"
