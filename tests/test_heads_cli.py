@@ -147,6 +147,12 @@ def test_one_path_is_one_file_and_the_sink_definition_states_the_runs_windows(ti
     assert any(said in v for v in a.legend().values()) and said in a._repr_html_()
     page = Report(a.model, [a.induction, a]).to_html()
     assert said in page and "averaged over 100 windows" not in page  # the page's legend too
+    from headscope.render.lookup import view_of
+    from headscope.results.sink_scores import DEFINITIONS as SINK_DEFINITIONS
+
+    assert (
+        view_of(a).legend(a)["sink rate"] == SINK_DEFINITIONS["sink_rate"]
+    )  # the view's filter named a key never written
     assert headscope.analyze_heads(
         tiny_gpt2, seq_len=6, batch=2, icl=False, sink_windows=3, files=text, progress=False
     ).natural_sinks.alpha == pytest.approx(a.natural_sinks.alpha)  # a Path is one file as well

@@ -177,7 +177,7 @@ class HeadsView(View):
     def legend(self, result) -> dict[str, str]:
         """Beside the scan's legend: the ICL score's and the natural-text sinks' entries, and the attention sink's
         definition with this run's own windows (replacing the scan legend's registry text)."""
-        extra = ("in-context learning", "sink on natural text")
+        extra = ("in-context learning", "sink rate")  # the keys HeadsAnalysis.legend() writes
         out = {k: v for k, v in result.legend().items() if k in extra}
         if result.natural_sinks is not None:
             out[declared("attention_sink").label] = result.natural_sinks.definition()
