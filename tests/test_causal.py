@@ -202,6 +202,8 @@ def test_the_result_states_intervals_verdicts_and_the_control_spread(tiny_gpt2):
     assert c["median"] == pytest.approx(float(np.median(draws))) and c["low"] <= c["median"] <= c["high"]
     text = " ".join(res.verdicts())
     assert "4 draws of 2 other heads" in text and "first repeat" in text
+    f = c["first_repeat"]  # the control's first-repeat spread, not only its median (the page gave no range)
+    assert f"first repeat: median {f['median']:+.3f}, central 95% [{f['low']:+.3f}, {f['high']:+.3f}]" in text
     doc = res.to_dict()
     assert doc["ablation_control"]["n"] == 4 and all(len(e["interval"]) == 2 for e in doc["ablation"])
     frame = res.to_frame()

@@ -399,7 +399,7 @@ def _run_sweep(
                 + (" ..." if len(clashes) > 3 else "")
                 + "); nothing was run",
                 hint="use the same settings to resume that sweep, another output folder (--out) for a new one, "
-                "or rerun=True (--overwrite) to recompute every entry",
+                "or --overwrite (rerun=True in Python) to recompute every entry",
             )
 
     records: dict[str, dict] = {}

@@ -7,7 +7,7 @@ from ._mpl import plt, tex_safe
 PANELS = (
     ("induction_top", "induction score\n(top head)"),
     ("induction_sum", "induction score\n(sum over heads)"),
-    ("loss_later_repeats", "later-repeat\nloss (nats)"),
+    ("loss_later_repeats", "loss (nats)\n(later and first repeat)"),
 )
 
 

@@ -130,7 +130,8 @@ class InductionResult(Result):
             out.append(
                 f"control, {c['n']} draws of {c['n_heads']} other heads at random: median {c['median']:+.3f} nats, "
                 f"central {INTERVAL_LEVEL:.0%} of draws [{c['low']:+.3f}, {c['high']:+.3f}] "
-                f"(first repeat: median {c['first_repeat']['median']:+.3f})"
+                f"(first repeat: median {c['first_repeat']['median']:+.3f}, central {INTERVAL_LEVEL:.0%} "
+                f"[{c['first_repeat']['low']:+.3f}, {c['first_repeat']['high']:+.3f}])"
             )
         return out
 

@@ -84,7 +84,7 @@ def top_heads_html(res: InductionResult, k: int | None = None) -> str:
                 *ablation_cells(res.ablation_of(l, h)),
             ]
         )
-    cols = ["head", *(_label(n) for n in order), "roles", "ablation Δloss [95%]", "Δ first repeat"]
+    cols = ["head", *(_label(n) for n in order), "roles", "ablation Δloss, nats [95%]", "Δ first repeat, nats"]
     return table_html(cols, rows, sortable=True)
 
 

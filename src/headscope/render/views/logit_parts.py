@@ -33,7 +33,7 @@ class LogitAttributionView(View):
         body = (
             f"<p class='muted'>Position {p} ({esc(where)}): every head's direct effect on the centred logit of the "
             f"next token; all components {result.logit[p]:.3f}, the model's own {result.model_logit[p]:.3f}.</p>"
-            + table_html(["head", "direct effect"], rows)
+            + table_html(["head", "direct effect (centred logit)"], rows)
             + plotted(token_head_heatmap, result)
         )
         return [Section("dla", "Direct logit attribution: which heads write the next token", body)]

@@ -104,7 +104,7 @@ def logit_effects_html(a, k: int = 12) -> str:
         ]
         for r in f.itertuples()
     ]
-    cols = ["text", "position", "token → next token", "head", "direct effect", "model's centred logit"]
+    cols = ["text", "position", "token → next token", "head", "direct effect (centred logit)", "model's centred logit"]
     return table_html(cols, rows, sortable=True)
 
 
@@ -117,7 +117,7 @@ def logit_ov_html(a) -> str:
         rows.append(
             [
                 ov.label,
-                _n(float(np.median(ov.self_rank))),
+                (f"{float(np.median(ov.self_rank)):,.0f}", float(np.median(ov.self_rank))),  # a rank: no decimals
                 _n(float(np.mean(ov.self_rank == 1))),
                 (tokens_html([visible_token(ov.token_labels[i])]), ov.token_labels[i]),
                 (tokens_html(visible_token(t) for t in ov.top_labels[i][:5]), ""),
@@ -125,7 +125,14 @@ def logit_ov_html(a) -> str:
             ]
         )
         panels.append((ov.label, plotted(ov_row_bars, ov, i)))
-    cols = ["head", "self-rank (median)", "copies (rank 1)", "source token shown", "promotes", "suppresses"]
+    cols = [
+        "head",
+        "self-rank (median)",
+        "copies (share of tokens at self-rank 1)",
+        "source token shown",
+        "promotes",
+        "suppresses",
+    ]
     return table_html(cols, rows) + tabs_html("ovbars", panels)
 
 
