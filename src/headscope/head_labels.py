@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from .errors import BadInput
+from .settings import whole_number
 
 Head = tuple[int, int]
 
@@ -125,7 +126,7 @@ def top_k(scores: np.ndarray, k: int, exclude: Sequence[Head] = ()) -> list[tupl
     >>> top_k(np.array([[0.5, 0.9]]), 0)
     []
     """
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 0:
+    if whole_number("k", k) < 0:
         raise BadInput(f"k={k!r}: the number of heads must be a whole number >= 0", hint="e.g. k=5")
     if k == 0:
         return []

@@ -85,7 +85,7 @@ class Receiver:
         head, _, which = s.rpartition(".")
         if which not in INPUTS or not head:
             raise BadInput(f"receiver {spec!r} is not logits or HEAD.INPUT", hint=_RECEIVER_HINT)
-        l, h = parse_head(head, n_layers or _ANY, n_heads or _ANY)
+        l, h = parse_head(head, n_layers or ANY_SIZE, n_heads or ANY_SIZE)
         return cls(which, l, h)
 
     def check(self, n_layers: int | None, n_heads: int | None) -> Receiver:
@@ -99,12 +99,12 @@ class Receiver:
             )
         if self.layer is None or self.head is None:
             raise BadInput(f"receiver {self.input!r} names no head", hint=_RECEIVER_HINT)
-        parse_head((self.layer, self.head), n_layers or _ANY, n_heads or _ANY)
+        parse_head((self.layer, self.head), n_layers or ANY_SIZE, n_heads or ANY_SIZE)
         return self
 
 
 _RECEIVER_HINT = "write e.g. L18H6.k (a head's query q, key k, value v or all three qkv) or logits"
-_ANY = 10**6  # no model given: any layer and head number is taken
+ANY_SIZE = 10**6  # no model given: any layer and head number is taken (checked once the model is loaded)
 
 
 @torch.no_grad()

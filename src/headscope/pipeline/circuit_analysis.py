@@ -33,7 +33,7 @@ from ..circuits.activation_patching import DIRECTIONS, activation_patching
 from ..circuits.eap import DEFAULT_IG_STEPS, METHODS
 from ..circuits.edges import check_edge_graph
 from ..circuits.faithfulness import edge_circuit
-from ..circuits.path_patching import Receiver, path_patching, paths_through
+from ..circuits.path_patching import ANY_SIZE, Receiver, path_patching, paths_through
 from ..circuits.runs import RunCache, cache_run
 from ..circuits.tasks import CircuitTask, clean_corrupt_gap, induction_task
 from ..errors import BadInput
@@ -70,7 +70,7 @@ class CircuitSettings:
         if unknown:
             raise BadInput(f"unknown step(s) {unknown}", hint=f"use some of {', '.join(STEPS)}")
         receivers = [parse_receiver(spec, None) for spec in self.receivers or []]
-        senders = parse_heads(self.senders, _ANY, _ANY) if self.senders else None
+        senders = parse_heads(self.senders, ANY_SIZE, ANY_SIZE) if self.senders else None
         check_path_order(senders, receivers)
         if self.method not in METHODS:
             raise BadInput(f"unknown --method {self.method!r}", hint=f"use one of {', '.join(METHODS)}")
@@ -108,7 +108,6 @@ class CircuitSettings:
                     ) from None
 
 
-_ANY = 10**6  # head specs are range-checked against the model once it is loaded
 MIN_EXAMPLES = 2  # every number's interval is a bootstrap over the examples
 
 
@@ -150,7 +149,7 @@ def check_path_order(senders: list[tuple[int, int]] | None, receivers: list[Rece
     path L5H3 -> L3H0.q skipped: senders must be in layers before the receiver's (L3H0.q is in layer 3)
     """
     heads = [r for r in receivers if r.input != "logits"]
-    first = [r.label for r in heads if r.depth(_ANY) == 0]
+    first = [r.label for r in heads if r.depth(ANY_SIZE) == 0]
     if first:
         raise BadInput(
             f"no path to compute into {', '.join(first)}: senders must be in layers before the receiver's, and "
@@ -159,7 +158,7 @@ def check_path_order(senders: list[tuple[int, int]] | None, receivers: list[Rece
         )
     if not senders or not receivers:
         return []
-    depth = {r.label: r.depth(_ANY) for r in receivers}
+    depth = {r.label: r.depth(ANY_SIZE) for r in receivers}
     empty = [r for r in heads if not any(layer < depth[r.label] for layer, _ in senders)]
     useless = [s for s in senders if not any(s[0] < d for d in depth.values())]
     if empty or useless:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import BadInput
+from ..settings import whole_number
 from .base import GapChecked, Result, rounded
 
 #: Definitions for the legend and ``--help``.
@@ -64,7 +65,7 @@ class EdgeScores(Result):
 
     def top(self, k: int) -> list[tuple[str, str, float]]:
         """The ``k`` edges of largest ``|score|``: ``(sender, receiver, score)``."""
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
+        if whole_number("k", k) < 0:
             raise BadInput(f"k={k!r}: the number of edges must be a whole number >= 0", hint="e.g. top(20)")
         return [(self.senders[u], self.receivers[v], float(self.scores[u, v])) for u, v in self.ranked()[:k]]
 
