@@ -107,7 +107,9 @@ def test_outside_strings_are_escaped_in_the_markup(report):
     assert HOSTILE not in page
     rest = page.replace(circuitsvis_bundle(), "")
     assert "<xss-probe" not in rest and 'onmouseover="' not in rest and 'onerror="' not in rest
-    assert rest.count("<img") == rest.count('<img alt="" src="data:image/png;base64,')  # only our figures
+    alts = re.findall(r'<img alt="([^"<>]*)" src="data:image/png;base64,', rest)
+    assert rest.count("<img") == len(alts)  # only our figures, each with an escaped alt text
+    assert all(alts), "every figure says what it shows (its titles) for a screen reader"
     assert page.count(esc(HOSTILE)) >= 4  # title, heading, note, the text as written
     for m in re.findall(r'<script type="application/json" data-cv-target=[^>]*>(.*?)</script>', page, re.S):
         assert "<" not in m and ">" not in m and "&" not in m

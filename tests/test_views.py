@@ -184,3 +184,49 @@ def test_the_one_rounding_rule_rounds_the_value_not_its_float32_approximation():
     assert rounded(loss, 5) == [5.70343]
     assert float(np.round(loss, 5)[0]) == pytest.approx(5.70344, abs=1e-6)  # what float32 rounding gave
     assert rounded([float("nan"), 1.23456789], 4) == [None, 1.2346]
+
+
+def test_figure_alt_text_is_the_figures_titles():
+    """A page's figures carry alt text from their own titles, so a screen reader says what each one shows."""
+    import matplotlib.pyplot as plt
+
+    from headscope.render.html import figure_html
+
+    fig, axes = plt.subplots(1, 8)
+    fig.suptitle("Induction score <by layer>")
+    for i, ax in enumerate(axes):
+        ax.set_title(f"layer {i}")
+    html = figure_html(fig)
+    assert (
+        'alt="Induction score &lt;by layer&gt;: layer 0; layer 1; layer 2; layer 3; layer 4; layer 5; and 2 more panels"'
+        in html
+    )
+    fig, _ = plt.subplots()
+    assert 'alt="figure"' in figure_html(fig)  # untitled: still not empty
+    fig, _ = plt.subplots()
+    assert 'alt="the caption wins"' in figure_html(fig, caption="the caption wins")
+
+
+def test_a_scan_without_the_causal_check_shows_and_defines_no_ablation(tiny_gpt2):
+    """The explorer's saved page and `--no-ablation` runs: no Δloss column, no ablation legend entry."""
+    import io
+
+    from rich.console import Console
+
+    from headscope.render.views.induction_view import induction_definitions, print_induction, top_heads_html
+    from headscope.scan.induction_scan import scan_induction
+
+    kw = dict(seq_len=6, batch=3, sample=False, progress=False)
+    without = scan_induction(tiny_gpt2, ablate=False, **kw)
+    with_check = scan_induction(tiny_gpt2, ablate=True, top_k=2, **kw)
+    assert "ablation Δloss" not in induction_definitions(without)
+    assert "ablation Δloss" in induction_definitions(with_check)
+    assert "Δloss" not in top_heads_html(without) and "Δloss" in top_heads_html(with_check)
+
+    def terminal(res):
+        out = io.StringIO()
+        print_induction(Console(file=out, width=200), res)
+        return out.getvalue()
+
+    assert "Δloss" not in terminal(without) and "ablation:" not in terminal(without)
+    assert "Δloss [95%]" in terminal(with_check) and "ablation:" in terminal(with_check)

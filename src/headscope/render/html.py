@@ -55,13 +55,39 @@ def fmt(v: float | None, decimals: int = DECIMALS, signed: bool = False) -> str:
     return f"{v:+.{decimals}f}" if signed else f"{v:.{decimals}f}"
 
 
+def figure_alt(fig) -> str:
+    """What a figure shows, in words, for its ``alt`` text: its title and its panels' titles.
+
+    >>> import matplotlib.pyplot as plt
+    >>> fig, (a, b) = plt.subplots(1, 2)
+    >>> _ = fig.suptitle("Induction score"), a.set_title("layer 0"), b.set_title("layer 1")
+    >>> figure_alt(fig)
+    'Induction score: layer 0; layer 1'
+    >>> plt.close(fig)
+    """
+    sup = fig.get_suptitle().strip()
+    panels = []
+    for ax in fig.axes:
+        title = " ".join(t for t in (ax.get_title(loc) for loc in ("left", "center", "right")) if t).strip()
+        if title and title not in panels:
+            panels.append(title)
+    shown = "; ".join(panels[:6]) + (f"; and {len(panels) - 6} more panels" if len(panels) > 6 else "")
+    words = ": ".join(x for x in (sup, shown) if x)
+    return " ".join(words.split()) or "figure"
+
+
 def figure_html(fig, caption: str = "", dpi: int = FIG_DPI, alt: str = "") -> str:
-    """A matplotlib figure as an inline PNG (closed afterwards), with an escaped caption."""
+    """A matplotlib figure as an inline PNG (closed afterwards), with an escaped caption.
+
+    The ``alt`` text is ``alt``, else the caption, else the figure's own titles (:func:`figure_alt`),
+    so a screen reader or a page whose images are off still says what each figure is.
+    """
     import base64
 
+    alt = alt or caption or figure_alt(fig)
     data = base64.b64encode(encode_png(fig, dpi)).decode()
     cap = f"<figcaption>{esc(caption)}</figcaption>" if caption else ""
-    return f'<figure><img alt="{esc(alt or caption)}" src="data:image/png;base64,{data}">{cap}</figure>'
+    return f'<figure><img alt="{esc(alt)}" src="data:image/png;base64,{data}">{cap}</figure>'
 
 
 def table_html(columns: list[str], rows: Iterable[list], table_id: str = "", sortable: bool = False) -> str:

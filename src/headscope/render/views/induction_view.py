@@ -81,10 +81,11 @@ def top_heads_html(res: InductionResult, k: int | None = None) -> str:
                 head_label(l, h),
                 *(round(float(sc[n][l, h]), DECIMALS) for n in order),
                 (roles_html(roles.get((l, h), [])), "+".join(roles.get((l, h), []))),
-                *ablation_cells(res.ablation_of(l, h)),
+                *(ablation_cells(res.ablation_of(l, h)) if res.ablation else []),
             ]
         )
-    cols = ["head", *(_label(n) for n in order), "roles", "ablation Δloss, nats [95%]", "Δ first repeat, nats"]
+    causal = ["ablation Δloss, nats [95%]", "Δ first repeat, nats"] if res.ablation else []
+    cols = ["head", *(_label(n) for n in order), "roles", *causal]
     return table_html(cols, rows, sortable=True)
 
 
@@ -207,9 +208,11 @@ def induction_definitions(res: InductionResult | None = None) -> dict[str, str]:
     names = res.score_order() if res is not None else [s.name for s in SCORES]
     defs = {declared(n).label: declared(n).definition for n in names}
     defs["loss by position"] = LOSS_DEFINITION
-    defs["ablation Δloss"] = ABLATION_DEFINITION
-    if res is not None:
+    if res is None:
+        defs["ablation Δloss"] = ABLATION_DEFINITION
+    elif res.ablation:  # a run without the causal check shows no Δloss, so it defines none
         defs["ablation Δloss"] = ablation_definition(res.settings.get("controls") or CONTROL_DRAWS)
+    if res is not None:
         defs["roles"] = roles_legend(res.thresholds)
     return defs
 
@@ -282,15 +285,20 @@ def print_induction(con, res) -> None:
     role_names = {r for l, h, _ in res.top_heads("induction", s["top_k"]) for r in roles.get((l, h), [])}
     shown = list(dict.fromkeys([*names, *sorted(role_names)]))
     short = ", ".join(f"{declared(n).header} = {declared(n).label}" for n in shown if declared(n).header != n)
+    causal = (
+        ", Δloss = change in later-repeat loss when ablated, [95% bootstrap interval over sequences], "
+        "Δfirst = change in first-repeat loss"
+        if res.ablation
+        else ""
+    )
     t = Table(
-        title=f"Top induction heads ({short}, Δloss = change in later-repeat loss when ablated, "
-        "[95% bootstrap interval over sequences], Δfirst = change in first-repeat loss)",
+        title=f"Top induction heads ({short}{causal})",
         box=box.SIMPLE_HEAD,  # one space between columns: the table fits an 80-column terminal
         padding=(0, 0),
         pad_edge=False,
         show_edge=False,
     )
-    cols = ["head", *(declared(n).header for n in names), "roles", "Δloss [95%]", "Δfirst"]
+    cols = ["head", *(declared(n).header for n in names), "roles", *(["Δloss [95%]", "Δfirst"] if res.ablation else [])]
     for col in cols:
         t.add_column(
             col,
@@ -307,8 +315,16 @@ def print_induction(con, res) -> None:
             head_label(l, h),
             *cells,
             " ".join(declared(r).header for r in roles.get((l, h), [])) or "-",
-            "-" if e is None else f"{e['loss_increase']:+.2f} [{e['interval'][0]:+.2f},{e['interval'][1]:+.2f}]",
-            "-" if e is None else f"{e['first_repeat_increase']:+.2f}",
+            *(
+                []
+                if not res.ablation
+                else ["-", "-"]
+                if e is None
+                else [
+                    f"{e['loss_increase']:+.2f} [{e['interval'][0]:+.2f},{e['interval'][1]:+.2f}]",
+                    f"{e['first_repeat_increase']:+.2f}",
+                ]
+            ),
         )
     con.print(t)
     for n in [s.name for s in roles_present(res.scores, res.thresholds) if s.name != "induction"]:
@@ -326,6 +342,8 @@ def print_induction(con, res) -> None:
             con.print(f"  {v}", highlight=False, markup=False)
     con.print("[dim]Legend:[/]")
     for name, text in definitions(s.get("controls")).items():
+        if name == "ablation" and not res.ablation:
+            continue  # no causal check ran: nothing on screen is defined by it
         con.print(f"[dim]  {name}: {escape(text)}[/]", highlight=False)
     con.print(f"[dim]  roles: {roles_legend(res.thresholds)}[/]", highlight=False)
 
