@@ -6,13 +6,27 @@ infinities become null). It never draws itself: its notebook view (``_repr_html_
 pictures (``plot*``) ask :func:`headscope.render.lookup.view_of` for the view registered for its
 type. That lookup, imported lazily inside :meth:`Result._repr_html_` and :meth:`Result._figure`,
 is the one import from this layer upwards (docs/architecture.md).
+
+A result that reads back (to replot or query a saved run in a notebook) has ``from_dict``, the
+inverse of its ``to_dict``; :meth:`Result.from_json` takes a JSON text, a path to the file, or
+the results folder holding :attr:`Result.json_file`, and every way in which it is not that
+result's JSON is a :class:`~headscope.errors.BadInput` saying what it is instead.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import ClassVar, TypeVar
+
 import numpy as np
 
-from ..jsonsafe import dumps
+from ..errors import BadInput
+from ..jsonsafe import dumps, strict
+
+R = TypeVar("R", bound="Result")
 
 
 def rounded(x, nd: int = 6):
@@ -36,7 +50,18 @@ def rounded(x, nd: int = 6):
 
 
 class Result:
-    """Base of every result: ``to_json`` from ``to_dict``; notebook view and figures through the view lookup."""
+    """Base of every result: ``to_json`` from ``to_dict``; notebook view and figures through the view lookup;
+    ``from_json`` back from a JSON text, file or results folder for a result with a ``from_dict``."""
+
+    #: The file a command writes this result to in its results folder (``scores.json``), which
+    #: :meth:`from_json` reads from the folder; None where the result has no file of its own.
+    json_file: ClassVar[str | None] = None
+    #: What the result is, for the read-back errors: "not the JSON of an induction scan".
+    json_what: ClassVar[str] = "this result"
+    #: Where its JSON comes from, the hint of the read-back errors.
+    json_hint: ClassVar[str] = "pass the result's to_json() output"
+    #: Keys every JSON of this result has: another result's JSON given to :meth:`from_dict` is named.
+    json_keys: ClassVar[frozenset[str]] = frozenset()
 
     def to_dict(self) -> dict:  # pragma: no cover - every subclass defines it
         raise NotImplementedError
@@ -48,11 +73,12 @@ class Result:
         return dumps(self.to_dict(), indent=indent)  # strict JSON: NaN/Infinity -> null
 
     def __eq__(self, other: object) -> bool:
-        """Same type and the same :meth:`to_dict` (floats to its 6 decimals). A dataclass's own ``==``
-        compares the arrays elementwise and raises "truth value of an array is ambiguous"."""
+        """Same type and the same :meth:`to_dict` as strict JSON (floats to its 6 decimals; NaN equals NaN, as
+        both are null in the file). A dataclass's own ``==`` compares the arrays elementwise and raises
+        "truth value of an array is ambiguous"."""
         if type(other) is not type(self):
             return NotImplemented
-        return self.to_dict() == other.to_dict()  # type: ignore[attr-defined]
+        return strict(self.to_dict()) == strict(other.to_dict())  # type: ignore[attr-defined]
 
     __hash__ = None  # type: ignore[assignment]  # mutable data, like a dataclass with eq
 
@@ -74,6 +100,50 @@ class Result:
         names: list[str] = [f.name for f in dataclasses.fields(self)] if dataclasses.is_dataclass(self) else []  # type: ignore[arg-type]
         return f"{type(self).__name__}({', '.join(f'{n}={_brief(getattr(self, n))}' for n in names)})"
 
+    # --- read back ---------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls: type[R], d: dict) -> R:
+        """The result back from its :meth:`to_dict`; a result whose JSON does not hold it all says so here."""
+        raise BadInput(f"{cls.__name__} does not read back from JSON", hint="run the analysis again")
+
+    @classmethod
+    def from_json(cls: type[R], source) -> R:
+        """:meth:`from_dict` of a JSON text, a path to the JSON file, or the results folder holding
+        :attr:`json_file` (what the command wrote), to replot or query a saved run in a notebook.
+
+        A file that cannot be read, text that is not JSON, and another result's JSON are each a
+        :class:`~headscope.errors.BadInput` saying so (and which result's JSON it is).
+        """
+        text = source
+        if not (isinstance(source, str) and source.lstrip().startswith("{")):
+            text = _read_source(cls, source)
+        try:
+            d = json.loads(text)
+        except ValueError as e:
+            raise BadInput(f"not JSON: {e}", hint=cls.json_hint) from None
+        return cls.from_dict(d)
+
+    @classmethod
+    @contextmanager
+    def _reading(cls, d) -> Iterator[None]:
+        """Around the body of a ``from_dict``: ``d`` that is not this result's JSON (another result's JSON,
+        not an object, missing or malformed keys) becomes a :class:`~headscope.errors.BadInput`."""
+        if not isinstance(d, dict):
+            raise BadInput(f"not the JSON of {cls.json_what} (not an object)", hint=cls.json_hint)
+        other = None if cls.json_keys <= d.keys() else _result_of(d)
+        if other is not None and other is not cls:
+            where = f" ({other.json_file})" if other.json_file else ""
+            raise BadInput(
+                f"this is the JSON of {other.json_what}{where}, not of {cls.json_what}",
+                hint=f"read it with {other.__name__}.from_json",
+            )
+        try:
+            yield
+        except BadInput:
+            raise
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+            raise BadInput(f"not the JSON of {cls.json_what} ({type(e).__name__}: {e})", hint=cls.json_hint) from None
+
     def _repr_html_(self) -> str:
         """The notebook view: whatever the view registered for this type shows (see render/lookup.py)."""
         from ..render.lookup import view_of
@@ -85,6 +155,54 @@ class Result:
         from ..render.lookup import view_of
 
         return view_of(self).figure(self, name, *args, **kwargs)
+
+
+def _subclasses(cls: type[Result]) -> list[type[Result]]:
+    """Every result type defined (loaded) below ``cls``."""
+    out: list[type[Result]] = []
+    for sub in cls.__subclasses__():
+        out += [sub, *_subclasses(sub)]
+    return out
+
+
+def _result_of(d: dict) -> type[Result] | None:
+    """The result type whose JSON ``d`` is, by its :attr:`Result.json_keys` (None when none matches)."""
+    return next((c for c in _subclasses(Result) if c.json_keys and c.json_keys <= d.keys()), None)
+
+
+def _read_source(cls: type[Result], source) -> str:
+    """The text of the JSON file ``source`` names (a file, or a results folder holding ``cls.json_file``)."""
+    try:
+        path = Path(source)
+    except TypeError:
+        raise BadInput(
+            f"{cls.__name__}.from_json takes a JSON text, a file or a results folder, not {type(source).__name__}",
+            hint=cls.json_hint,
+        ) from None
+    if path.is_dir():
+        if cls.json_file is None:
+            raise BadInput(f"{cls.__name__} has no file of its own in a results folder", hint=cls.json_hint)
+        if not (path / cls.json_file).is_file():
+            found = [c for c in _subclasses(Result) if c.json_file and (path / c.json_file).is_file()]
+            said = f"; it holds {found[0].json_file}: read it with {found[0].__name__}.from_json" if found else ""
+            raise BadInput(f"{path} holds no {cls.json_file}{said}", hint=cls.json_hint)
+        path = path / cls.json_file
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise BadInput(f"cannot read {path}: {e.strerror or e}", hint=cls.json_hint) from None
+    except UnicodeDecodeError as e:
+        raise BadInput(f"not JSON: {path} is not UTF-8 text ({e.reason})", hint=cls.json_hint) from None
+
+
+def float_of(v) -> float:
+    """A float read back from JSON: null (how a NaN is written) is NaN again."""
+    return float("nan") if v is None else float(v)
+
+
+def array_of(v) -> np.ndarray:
+    """A float array read back from JSON (nested lists; null is NaN)."""
+    return np.array(v, dtype=float)
 
 
 def _brief(v, depth: int = 0) -> str:

@@ -9,6 +9,7 @@ task picks the same edges. Plain data: the view (``render/views/edge_view.py``) 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 
@@ -38,9 +39,25 @@ EDGE_DEFINITIONS = {
 }
 
 
+#: Why edge attribution does not read back from ``circuit.json`` (the read-back error and the docstrings say it).
+NOT_READ_BACK = (
+    "circuit.json keeps the attribution's strongest edges (--top-edges of them, at least 50), not the score of every "
+    "edge (70,651 on SmolLM2), which its edge count, ranking and larger graphs need; edges.csv beside it has "
+    "every edge's score"
+)
+
+READ_EDGES = "read edges.csv and faithfulness.csv (pandas.read_csv) for its numbers"
+
+
 @dataclass(repr=False, eq=False)  # Result gives both
 class EdgeScores(Result):
-    """One attribution score per edge: ``scores[sender, receiver]`` (NaN where the pair is not an edge)."""
+    """One attribution score per edge: ``scores[sender, receiver]`` (NaN where the pair is not an edge).
+
+    Does not read back from its JSON: :meth:`to_dict` keeps the top edges only (:data:`NOT_READ_BACK`).
+    """
+
+    json_what: ClassVar[str] = "edge attribution"
+    json_keys: ClassVar[frozenset[str]] = frozenset({"top_edges", "n_edges", "n_senders", "n_receivers"})
 
     model: dict
     task: dict
@@ -101,6 +118,11 @@ class EdgeScores(Result):
             "notes": list(self.notes),
         }
 
+    @classmethod
+    def from_dict(cls, d: dict) -> EdgeScores:
+        """Not available: :meth:`to_dict` keeps the top edges only (:data:`NOT_READ_BACK`)."""
+        raise BadInput(f"edge attribution does not read back: {NOT_READ_BACK}", hint=READ_EDGES)
+
     def plot_graph(self, k: int = 30, **kwargs):
         """The top ``k`` edges as a layered graph (matplotlib figure)."""
         return self._figure("graph", k, **kwargs)
@@ -114,7 +136,13 @@ class EdgeCircuit(GapChecked, Result):
     ``low``/``high`` (95% bootstrap over examples), ``metric`` (the mean patched metric). ``agreement``: ``spearman``, ``n``,
     ``sign_agreement`` and the sampled ``edges`` (``edge``, ``attribution``, ``patched``).
     ``stability``: ``seeds`` and ``jaccard`` per top-k (or empty when not measured).
+
+    Does not read back from ``circuit.json``: it keeps the attribution's top edges, not every edge's
+    score (:data:`NOT_READ_BACK`).
     """
+
+    json_what: ClassVar[str] = "an edge circuit"
+    json_keys: ClassVar[frozenset[str]] = frozenset({"attribution", "circuit", "faithfulness"})
 
     attribution: EdgeScores
     top_edges: int
@@ -126,6 +154,11 @@ class EdgeCircuit(GapChecked, Result):
     notes: list[str] = field(default_factory=list)
     #: the clean - corrupted gap the faithfulness divides by (:func:`headscope.circuits.tasks.clean_corrupt_gap`)
     gap: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> EdgeCircuit:
+        """Not available: its attribution keeps the top edges only (:data:`NOT_READ_BACK`)."""
+        raise BadInput(f"an edge circuit does not read back: {NOT_READ_BACK}", hint=READ_EDGES)
 
     def circuit(self) -> list[tuple[str, str, float]]:
         return self.attribution.top(self.top_edges)

@@ -7,16 +7,18 @@ of the registry; the ICL score and the natural-text sinks are measured beside it
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 
+from ..errors import BadInput
 from ..head_labels import head_label
 from ..scores import definitions, roles_legend, roles_present, weight_notes
 from ..scores import score as declared
-from .base import Result, rounded
+from .base import Result, array_of, float_of, rounded
 from .icl_result import DEFINITION as ICL_DEFINITION
 from .icl_result import ICLResult
-from .scan_result import InductionResult
+from .scan_result import InductionResult, rounded_entry
 from .sink_scores import DEFINITIONS as SINK_DEFINITIONS
 from .sink_scores import SinkScores
 
@@ -30,7 +32,15 @@ class HeadsAnalysis(Result):
     the ICL score on natural text with one entry per ablated head (None with ``icl=False``);
     ``natural_sinks`` Gu et al.'s sink scores on natural text, whose ``alpha`` is the attention-sink
     role's score (None with ``natural_sinks=False``: then no head takes that role).
+    Reads back from ``heads.json`` (:meth:`from_json`).
     """
+
+    json_file: ClassVar[str | None] = "heads.json"
+    json_what: ClassVar[str] = "a heads analysis"
+    json_hint: ClassVar[str] = (
+        "pass the heads.json that `headscope heads` wrote (or its folder), or HeadsAnalysis.to_json()'s output"
+    )
+    json_keys: ClassVar[frozenset[str]] = frozenset({"roles", "role_counts", "scores"})
 
     induction: InductionResult
     icl: ICLResult | None = None
@@ -132,4 +142,57 @@ class HeadsAnalysis(Result):
             "legend": self.legend(),
             "timings": {k: rounded(v, 3) for k, v in {**res.timings, **self.timings}.items()},
             "notes": self.notes,
+            # the rest of the scan the scores come from (loss, causal check, its own timings and notes): read back
+            "scan": {
+                "loss": {
+                    "per_position": rounded(res.per_position_loss),
+                    "first_repeat": rounded(res.loss_first_repeat),
+                    "later_repeats": rounded(res.loss_later_repeats),
+                },
+                "ablation": [rounded_entry(e) for e in res.ablation],
+                "timings": {k: rounded(v, 3) for k, v in res.timings.items()},
+                "notes": res.notes,
+            },
         }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> HeadsAnalysis:
+        """The analysis back from :meth:`to_dict` (what ``heads.json`` holds), to replot or query it in a notebook.
+
+        Numbers come back as written (6 decimals; null as NaN); the scan's attention samples are not in the
+        JSON, so none come back. A ``heads.json`` from before its ``scan`` entry was written is refused.
+        """
+        with cls._reading(d):
+            if "scan" not in d:
+                raise BadInput(
+                    "this heads.json was written before headscope wrote the scan entry that reading it back needs",
+                    hint="run `headscope heads` again to write one that reads back",
+                )
+            scan = d["scan"]
+            settings = {**d["settings"], "weight_scores": d["weight_scores"]}
+            scan_timings = dict(scan.get("timings", {}))
+            induction = InductionResult(
+                model=dict(d["model"]),
+                settings=settings,
+                scores={k: array_of(v) for k, v in d["scores"].items()},
+                per_position_loss=array_of(scan["loss"]["per_position"]),
+                loss_first_repeat=float_of(scan["loss"]["first_repeat"]),
+                loss_later_repeats=float_of(scan["loss"]["later_repeats"]),
+                ablation=[dict(e) for e in scan.get("ablation", [])],
+                thresholds={k: float(v) for k, v in d["thresholds"].items()},
+                timings=scan_timings,
+                notes=list(scan.get("notes", [])),
+            )
+            icl = None
+            if d["icl"] is not None:  # heads.json labels each ablated head; the ICL result itself does not
+                icl_doc = {**d["icl"], "ablations": [_unlabelled(e) for e in d["icl"]["ablations"]]}
+                icl = ICLResult.from_dict(icl_doc)
+            sinks = None if d["natural_sinks"] is None else SinkScores.from_dict(d["natural_sinks"])
+            own = {k: v for k, v in d.get("timings", {}).items() if scan_timings.get(k) != v}
+            back = cls(induction, icl, sinks, timings=own, notes=list(d.get("notes", [])))
+        return back
+
+
+def _unlabelled(entry: dict) -> dict:
+    """An ICL ablation entry of ``heads.json`` without the head label :meth:`HeadsAnalysis.to_dict` puts first."""
+    return {k: v for k, v in entry.items() if k != "label"}

@@ -7,11 +7,12 @@ JSON say.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 
 from ..jsonsafe import dumps
-from .base import Result, rounded
+from .base import Result, array_of, float_of, rounded
 
 DEFINITION = (
     "In-context learning score: loss (nats) at document token 500 minus loss at token 50 (counting from 0, i.e. with "
@@ -23,7 +24,14 @@ DEFINITION = (
 
 @dataclass(repr=False, eq=False)  # Result gives both
 class ICLResult(Result):
-    """``per_position_loss[i]`` is the mean loss of document token i (nan where there is none)."""
+    """``per_position_loss[i]`` is the mean loss of document token i (nan where there is none).
+
+    Reads back from its :meth:`to_dict` (``heads.json``'s ``icl``; :meth:`from_dict`).
+    """
+
+    json_what: ClassVar[str] = "an in-context learning score"
+    json_hint: ClassVar[str] = "pass ICLResult.to_json()'s output, or the icl entry of heads.json"
+    json_keys: ClassVar[frozenset[str]] = frozenset({"icl_score", "loss_early", "loss_late", "ablations"})
 
     icl_score: float
     icl_stderr: float
@@ -56,6 +64,28 @@ class ICLResult(Result):
             "per_position_loss": rounded(self.per_position_loss, 5),
             "timings": self.timings,
         }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ICLResult:
+        """The result back from :meth:`to_dict` (numbers as written; null as NaN)."""
+        with cls._reading(d):
+            lo, hi = d.get("icl_ci95") or (None, None)
+            back = cls(
+                icl_score=float_of(d["icl_score"]),
+                icl_stderr=float_of(d["icl_stderr"]),
+                loss_early=float_of(d["loss_early"]),
+                loss_late=float_of(d["loss_late"]),
+                early=int(d["early"]),
+                late=int(d["late"]),
+                per_position_loss=array_of(d["per_position_loss"]),
+                n_windows=int(d["n_windows"]),
+                source=str(d["source"]),
+                ablation_kind=d["ablation"],
+                ablations=[dict(e) for e in d.get("ablations", [])],
+                timings=dict(d.get("timings", {})),
+                icl_ci95=(float_of(lo), float_of(hi)),
+            )
+        return back
 
     def to_json(self, indent: int | None = None, **kw) -> str:
         return dumps(self.to_dict(), indent=indent, **kw)  # strict JSON: NaN/Infinity -> null

@@ -10,9 +10,11 @@ gathers them.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import ClassVar
 
 import numpy as np
 
+from ..errors import BadInput
 from ..head_labels import Head, head_label, top_k
 from ..models.inputs import TokenSequence
 from ..scores import default_thresholds
@@ -459,6 +461,15 @@ def arrow(token: str, target: str) -> str:
     return f"{visible_whitespace(token)} → {visible_whitespace(target)}"
 
 
+#: Why :class:`LogitAnalysis` does not read back from ``logits.json``.
+LOGITS_NOT_READ_BACK = (
+    "logits.json keeps the K-composition's baseline and each story head's strongest sources, not the "
+    "composition score of every pair of heads that the analysis holds ([L, H, L, H] per kind: 72,900 numbers "
+    "for K alone on SmolLM2), nor the token ids asked for or the whole scan (its loss by position, thresholds)"
+)
+LOGITS_READ_INSTEAD = "load logits.json with json.load (or the CSVs beside it with pandas) to query its numbers"
+
+
 @dataclass(repr=False, eq=False)  # Result gives both
 class LogitAnalysis(Result):
     """What heads write, from one run (see the module docstring); numbers only, no model inside.
@@ -469,7 +480,13 @@ class LogitAnalysis(Result):
     tokens (``asked`` ids first, then the texts' distinct tokens). ``scan``: the induction scan
     (scores ``[L, H]``, loss, ablation). ``composition``: K-composition scores
     ``[L, H, L, H]``. ``stories``: the induction story of each top induction head.
+
+    Does not read back from ``logits.json`` (:data:`LOGITS_NOT_READ_BACK` says why).
     """
+
+    json_file: ClassVar[str | None] = "logits.json"
+    json_what: ClassVar[str] = "a logit analysis"
+    json_keys: ClassVar[frozenset[str]] = frozenset({"texts", "ov", "stories"})
 
     model: dict
     heads: list[Head]
@@ -484,6 +501,11 @@ class LogitAnalysis(Result):
     #: where the stories' K-composition is read: "mean over offsets 0-63" (rotary) or "position-free"
     k_where: str = "position-free"
     timings: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> LogitAnalysis:
+        """Not available: ``logits.json`` does not hold the whole analysis (:data:`LOGITS_NOT_READ_BACK`)."""
+        raise BadInput(f"a logit analysis does not read back: {LOGITS_NOT_READ_BACK}", hint=LOGITS_READ_INSTEAD)
 
     # --- views ------------------------------------------------------------------------------
     @property

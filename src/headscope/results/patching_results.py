@@ -8,11 +8,13 @@ Computed by :mod:`headscope.circuits` (its modules' docstrings give the definiti
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
-from .base import GapChecked, Result, rounded
+from ..errors import BadInput
+from .base import GapChecked, Result, array_of, float_of, rounded
+from .edge_results import NOT_READ_BACK
 
 #: What the numbers mean, for legends and JSON.
 DEFINITIONS = {
@@ -45,7 +47,14 @@ class ActivationPatching(GapChecked, Result):
 
     ``values``, ``low``, ``high``: ``[n_layers, n_heads + 1]`` (column ``n_heads`` is the layer's MLP),
     or ``[n_layers, n_heads + 1, n_tokens]`` when ``per_position`` (one position patched at a time).
+    Reads back from its :meth:`to_dict` (an entry of ``circuit.json``'s ``activation_patching``).
     """
+
+    json_what: ClassVar[str] = "activation patching"
+    json_hint: ClassVar[str] = (
+        "pass ActivationPatching.to_json()'s output, or read circuit.json with CircuitAnalysis.from_json"
+    )
+    json_keys: ClassVar[frozenset[str]] = frozenset({"direction", "columns", "values", "per_position"})
 
     direction: str
     metric: str
@@ -140,6 +149,33 @@ class ActivationPatching(GapChecked, Result):
             "notes": self.notes,
         }
 
+    @classmethod
+    def from_dict(cls, d: dict) -> ActivationPatching:
+        """The result back from :meth:`to_dict` (numbers as written: 4 decimals; null as NaN)."""
+        with cls._reading(d):
+            values = array_of(d["values"])
+            back = cls(
+                direction=d["direction"],
+                metric=d["metric"],
+                task=d["task"],
+                n_examples=int(d["n_examples"]),
+                n_layers=len(values),
+                n_heads=len(d["columns"]) - 1,  # the heads, then the MLP
+                values=values,
+                low=array_of(d["low"]),
+                high=array_of(d["high"]),
+                clean_metric=float_of(d["clean_metric"]),
+                corrupt_metric=float_of(d["corrupt_metric"]),
+                per_position=bool(d["per_position"]),
+                corruption=d.get("corruption", ""),
+                notes=list(d.get("notes", [])),
+                change=array_of(d.get("change", [])),
+                change_low=array_of(d.get("change_low", [])),
+                change_high=array_of(d.get("change_high", [])),
+                gap=dict(d.get("gap", {})),
+            )
+        return back
+
     def to_frame(self):
         import pandas as pd
 
@@ -164,7 +200,16 @@ class ActivationPatching(GapChecked, Result):
 
 @dataclass(repr=False, eq=False)  # Result gives both
 class PathPatching(GapChecked, Result):
-    """Path-patching effects: one row per (sender, receiver) path. ``values``/``low``/``high`` ``[n_paths]``."""
+    """Path-patching effects: one row per (sender, receiver) path. ``values``/``low``/``high`` ``[n_paths]``.
+
+    Reads back from its :meth:`to_dict` (an entry of ``circuit.json``'s ``path_patching``).
+    """
+
+    json_what: ClassVar[str] = "path patching"
+    json_hint: ClassVar[str] = (
+        "pass PathPatching.to_json()'s output, or read circuit.json with CircuitAnalysis.from_json"
+    )
+    json_keys: ClassVar[frozenset[str]] = frozenset({"paths", "receiver", "direction"})
 
     senders: list[str]
     receivers: list[str]
@@ -224,6 +269,8 @@ class PathPatching(GapChecked, Result):
                 "gap": DEFINITIONS["gap"],
             },
             "receiver": self.receiver,
+            "n_layers": self.n_layers,
+            "n_heads": self.n_heads,
             "direction": self.direction,
             "metric": self.metric,
             "task": self.task,
@@ -254,6 +301,42 @@ class PathPatching(GapChecked, Result):
             "notes": self.notes,
         }
 
+    @classmethod
+    def from_dict(cls, d: dict) -> PathPatching:
+        """The result back from :meth:`to_dict` (numbers as written: 4 decimals; null as NaN). A path's
+        ``effect`` is ``value`` read the other way, so only ``value`` and its interval are read."""
+        with cls._reading(d):
+            if "n_layers" not in d:
+                raise BadInput(
+                    "this path patching was written before headscope wrote the model's shape (n_layers, n_heads) "
+                    "that reading it back needs",
+                    hint="run `headscope circuit` again to write a circuit.json that reads back",
+                )
+            paths = d["paths"]
+            changed = bool(paths) and all("change" in p for p in paths)
+            back = cls(
+                senders=[p["sender"] for p in paths],
+                receivers=[p["receiver"] for p in paths],
+                receiver=d["receiver"],
+                direction=d["direction"],
+                metric=d["metric"],
+                task=d["task"],
+                n_examples=int(d["n_examples"]),
+                values=array_of([p["value"] for p in paths]),
+                low=array_of([p["interval"][0] for p in paths]),
+                high=array_of([p["interval"][1] for p in paths]),
+                clean_metric=float_of(d["clean_metric"]),
+                corrupt_metric=float_of(d["corrupt_metric"]),
+                n_layers=int(d["n_layers"]),
+                n_heads=int(d["n_heads"]),
+                notes=list(d.get("notes", [])),
+                change=array_of([p["change"] for p in paths] if changed else []),
+                change_low=array_of([p["change_interval"][0] for p in paths] if changed else []),
+                change_high=array_of([p["change_interval"][1] for p in paths] if changed else []),
+                gap=dict(d.get("gap", {})),
+            )
+        return back
+
     def to_frame(self):
         import pandas as pd
 
@@ -281,7 +364,16 @@ class CircuitAnalysis(Result):
     """What ``headscope circuit`` measured: the task, activation patching, path patching, and any later steps.
 
     ``extra`` holds results of steps added by other modules (edge attribution), each with its own view.
+    Reads back from ``circuit.json`` (:meth:`from_json`) when no step added one: the edges step's
+    :class:`~headscope.results.edge_results.EdgeCircuit` does not read back (its docstring says why).
     """
+
+    json_file: ClassVar[str | None] = "circuit.json"
+    json_what: ClassVar[str] = "a circuit analysis"
+    json_hint: ClassVar[str] = (
+        "pass the circuit.json that `headscope circuit` wrote (or its folder), or CircuitAnalysis.to_json()'s output"
+    )
+    json_keys: ClassVar[frozenset[str]] = frozenset({"task", "activation_patching", "path_patching"})
 
     model: dict[str, Any]
     task: dict[str, Any]
@@ -303,6 +395,37 @@ class CircuitAnalysis(Result):
             "timings": {k: rounded(v, 3) for k, v in self.timings.items()},
             "notes": self.notes,
         }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> CircuitAnalysis:
+        """The analysis back from :meth:`to_dict` (what ``circuit.json`` holds), to replot or query it in a notebook.
+
+        Numbers come back as written (4 decimals for the patching values; null as NaN). A result of an
+        added step (``extra``) is a :class:`~headscope.errors.BadInput`: the edges step's circuit does
+        not read back, and no other step's is known here; its activation and path patching still read back
+        one by one (``ActivationPatching.from_dict(d["activation_patching"][0])``).
+        """
+        with cls._reading(d):
+            if d.get("extra"):
+                kinds = sorted({str(e.get("kind", "?")) for e in d["extra"]})
+                why = NOT_READ_BACK if kinds == ["edge-circuit"] else "no step's added result is known here"
+                raise BadInput(
+                    f"this circuit.json holds the result of an added step ({', '.join(kinds)}), which does not "
+                    f"read back: {why}",
+                    hint="its activation and path patching read back one by one: "
+                    'ActivationPatching.from_dict(d["activation_patching"][i]), '
+                    'PathPatching.from_dict(d["path_patching"][i]) (d = the JSON loaded)',
+                )
+            back = cls(
+                model=dict(d["model"]),
+                task=dict(d["task"]),
+                activation=[ActivationPatching.from_dict(a) for a in d["activation_patching"]],
+                paths=[PathPatching.from_dict(p) for p in d["path_patching"]],
+                settings=dict(d.get("settings", {})),
+                timings=dict(d.get("timings", {})),
+                notes=list(d.get("notes", [])),
+            )
+        return back
 
     def to_frame(self):
         import pandas as pd

@@ -8,9 +8,11 @@ registered for its type (:mod:`headscope.render.views.qk_parts`), so computing n
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 
+from ..errors import BadInput
 from ..head_labels import Head, as_head, head_label, top_k
 from ..models.inputs import TokenSequence
 from ..scores import default_thresholds
@@ -583,9 +585,25 @@ class OffsetComposition(Result):
         }
 
 
+#: Why :class:`QKAnalysis` does not read back from ``qk.json``.
+QK_NOT_READ_BACK = (
+    "qk.json keeps each decomposition's 10 strongest query x key component pairs and the composition's top "
+    "sources, not what the analysis holds: each decomposition's whole pair matrix (components x components, "
+    "with each component's kind) and the composition score of every pair of heads ([L, H, L, H] per kind: "
+    "72,900 numbers per kind on SmolLM2; composition.csv has them)"
+)
+
+
 @dataclass(repr=False, eq=False)  # Result gives both
 class QKAnalysis(Result):
-    """Every QK view of the chosen heads on the chosen texts (see each member's class)."""
+    """Every QK view of the chosen heads on the chosen texts (see each member's class).
+
+    Does not read back from ``qk.json`` (:data:`QK_NOT_READ_BACK` says why).
+    """
+
+    json_file: ClassVar[str | None] = "qk.json"
+    json_what: ClassVar[str] = "a QK analysis"
+    json_keys: ClassVar[frozenset[str]] = frozenset({"live", "decompositions", "positional"})
 
     model: dict
     heads: list[Head]
@@ -604,6 +622,14 @@ class QKAnalysis(Result):
     timings: dict[str, float] = field(default_factory=dict)
     #: decompositions left out because they did not reproduce the model's scores: head, sequence, error, reason
     skipped_decompositions: list[dict] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> QKAnalysis:
+        """Not available: ``qk.json`` does not hold the whole analysis (:data:`QK_NOT_READ_BACK`)."""
+        raise BadInput(
+            f"a QK analysis does not read back: {QK_NOT_READ_BACK}",
+            hint="load qk.json with json.load (or the CSVs beside it with pandas) to query its numbers",
+        )
 
     def decomposition(self, layer: int, head: int, sequence: int = 0) -> QKDecomposition | None:
         """The decomposition of ``layer.head`` on text ``sequence``; None where it was left out (it did not add up)."""

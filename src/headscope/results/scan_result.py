@@ -7,7 +7,7 @@ each type (:mod:`headscope.render.views`); files are written by :mod:`headscope.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -16,7 +16,7 @@ from ..head_labels import head_label, top_k
 from ..scores import INTERVAL_LEVEL, definitions, opposite_reason, opposite_roles, roles_present, score_names
 from ..stats import spread
 from .attention import AttentionSample
-from .base import Result, rounded
+from .base import Result, array_of, float_of, rounded
 
 
 @dataclass(repr=False, eq=False)  # Result gives both
@@ -25,8 +25,15 @@ class InductionResult(Result):
 
     ``scores[name]`` is ``[n_layers, n_heads]`` for every score of the registry
     (:data:`headscope.scores.SCORES`); ``per_position_loss[p]`` is the loss of predicting
-    token ``p + 1``.
+    token ``p + 1``. Reads back from ``scores.json`` (:meth:`from_json`).
     """
+
+    json_file: ClassVar[str | None] = "scores.json"
+    json_what: ClassVar[str] = "an induction scan"
+    json_hint: ClassVar[str] = (
+        "pass the scores.json that `headscope induction` wrote (or its folder), or InductionResult.to_json()'s output"
+    )
+    json_keys: ClassVar[frozenset[str]] = frozenset({"scores", "loss", "ablation_control"})
 
     model: dict
     settings: dict
@@ -99,14 +106,7 @@ class InductionResult(Result):
 
     def control_spread(self) -> dict | None:
         """The random control over its draws: median and central 95% of the draws' changes (None without one)."""
-        draws = [e for e in self.ablation if e["kind"] == "control"]
-        if not draws:
-            return None
-        return {
-            **spread([e["loss_increase"] for e in draws], INTERVAL_LEVEL),
-            "first_repeat": spread([e["first_repeat_increase"] for e in draws], INTERVAL_LEVEL),
-            "n_heads": len(draws[0]["heads"]),
-        }
+        return control_spread(self.ablation)
 
     def verdicts(self) -> list[str]:
         """Plain statements about the causal check: each head, all together, the control's spread."""
@@ -169,7 +169,8 @@ class InductionResult(Result):
                 "later_repeats": r(self.loss_later_repeats),
             },
             "ablation": [rounded_entry(e) for e in self.ablation],
-            "ablation_control": self.control_spread(),
+            # from the draws as written, so that a result read back from this JSON gives the same spread
+            "ablation_control": control_spread([rounded_entry(e) for e in self.ablation]),
             "heads": self.heads(),
             "thresholds": self.thresholds,
             "definitions": definitions(self.settings.get("controls")),
@@ -183,57 +184,28 @@ class InductionResult(Result):
 
         Numbers come back as written (6 decimals; null as NaN); the attention samples are not in the JSON,
         so none come back (``plot_scores``, ``plot_loss``, ``plot_ablation``, ``top_heads`` and
-        ``to_frame`` work as on the result that wrote it).
-        """
-        try:
-            loss = d["loss"]
-            return cls(
-                model=dict(d["model"]),
-                settings=dict(d["settings"]),
-                scores={k: np.array(v, dtype=float) for k, v in d["scores"].items()},
-                per_position_loss=np.array(loss["per_position"], dtype=float),
-                loss_first_repeat=float(loss["first_repeat"]),
-                loss_later_repeats=float(loss["later_repeats"]),
-                ablation=[dict(e) for e in d.get("ablation", [])],
-                thresholds={k: float(v) for k, v in d["thresholds"].items()},
-                timings=dict(d.get("timings", {})),
-                notes=list(d.get("notes", [])),
-            )
-        except (KeyError, TypeError, ValueError) as e:
-            raise BadInput(
-                f"not the JSON of an induction scan ({type(e).__name__}: {e})",
-                hint="pass the scores.json that `headscope induction` wrote, or InductionResult.to_dict()'s output",
-            ) from None
-
-    @classmethod
-    def from_json(cls, source) -> InductionResult:
-        """:meth:`from_dict` of a JSON text, a ``scores.json`` path, or a results folder holding one.
+        ``to_frame`` work as on the result that wrote it). :meth:`from_json` reads the file.
 
         >>> res = headscope.scan_induction(model, seq_len=5, batch=2, ablate=False)
         >>> back = InductionResult.from_json(res.to_json())   # or a scores.json path, or its folder
         >>> back == res, [x[:2] for x in back.top_heads("induction", 3)] == [x[:2] for x in res.top_heads("induction", 3)]
         (True, True)
         """
-        import json
-        from pathlib import Path
-
-        text = source
-        if not (isinstance(source, str) and source.lstrip().startswith("{")):
-            path = Path(source)
-            path = path / "scores.json" if path.is_dir() else path
-            try:
-                text = path.read_text(encoding="utf-8")
-            except OSError as e:
-                raise BadInput(
-                    f"cannot read {path}: {e.strerror or e}", hint="pass the scores.json of a scan"
-                ) from None
-        try:
-            d = json.loads(text)
-        except ValueError as e:
-            raise BadInput(f"not JSON: {e}", hint="pass the scores.json that `headscope induction` wrote") from None
-        if not isinstance(d, dict):
-            raise BadInput("not the JSON of an induction scan (not an object)", hint="pass a scores.json")
-        return cls.from_dict(d)
+        with cls._reading(d):
+            loss = d["loss"]
+            back = cls(
+                model=dict(d["model"]),
+                settings=dict(d["settings"]),
+                scores={k: array_of(v) for k, v in d["scores"].items()},
+                per_position_loss=array_of(loss["per_position"]),
+                loss_first_repeat=float_of(loss["first_repeat"]),
+                loss_later_repeats=float_of(loss["later_repeats"]),
+                ablation=[dict(e) for e in d.get("ablation", [])],
+                thresholds={k: float(v) for k, v in d["thresholds"].items()},
+                timings=dict(d.get("timings", {})),
+                notes=list(d.get("notes", [])),
+            )
+        return back
 
     # --- pictures (drawn by the view registered for this type) -------------------------------
     def plot_scores(self, score: str = "induction", ax=None):
@@ -258,6 +230,18 @@ def ablation_text(e: dict) -> str:
         f"{e['loss_increase']:+.3f} nats [{lo:+.3f}, {hi:+.3f}]; "
         f"first repeat {e['first_repeat_increase']:+.3f} [{flo:+.3f}, {fhi:+.3f}]"
     )
+
+
+def control_spread(ablation: list[dict]) -> dict | None:
+    """The random control's draws among ``ablation``: median and central 95% of their changes (None without one)."""
+    draws = [e for e in ablation if e["kind"] == "control"]
+    if not draws:
+        return None
+    return {
+        **spread([e["loss_increase"] for e in draws], INTERVAL_LEVEL),
+        "first_repeat": spread([e["first_repeat_increase"] for e in draws], INTERVAL_LEVEL),
+        "n_heads": len(draws[0]["heads"]),
+    }
 
 
 def rounded_entry(e: dict) -> dict:

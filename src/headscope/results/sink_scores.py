@@ -7,12 +7,13 @@ definitions); the sink score's own definition is the registry's ``attention_sink
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 
 from ..jsonsafe import dumps
 from ..scores import score as declared
-from .base import Result
+from .base import Result, array_of, float_of
 
 DEFINITIONS = {
     "sink_rate": (
@@ -28,8 +29,13 @@ class SinkScores(Result):
     """Sink scores on natural text: ``sink``, ``alpha``, ``sink_rate`` are ``[n_layers, n_heads]``.
 
     ``alpha`` is the attention-sink role's score (the registry's ``attention_sink``);
-    ``first_token`` says what the windows start with.
+    ``first_token`` says what the windows start with. Reads back from its :meth:`to_dict`
+    (``heads.json``'s ``natural_sinks``; :meth:`from_dict`).
     """
+
+    json_what: ClassVar[str] = "natural-text sink scores"
+    json_hint: ClassVar[str] = "pass SinkScores.to_json()'s output, or the natural_sinks entry of heads.json"
+    json_keys: ClassVar[frozenset[str]] = frozenset({"sink", "alpha", "sink_rate"})
 
     sink: np.ndarray
     alpha: np.ndarray
@@ -86,6 +92,23 @@ class SinkScores(Result):
             "sink_rate": self.sink_rate.tolist(),
             "timings": self.timings,
         }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SinkScores:
+        """The scores back from :meth:`to_dict` (null as NaN)."""
+        with cls._reading(d):
+            back = cls(
+                sink=array_of(d["sink"]),
+                alpha=array_of(d["alpha"]),
+                sink_rate=array_of(d["sink_rate"]),
+                threshold=float_of(d["threshold"]),
+                n_sequences=int(d["n_sequences"]),
+                n_tokens=int(d["n_tokens"]),
+                source=str(d["source"]),
+                timings=dict(d.get("timings", {})),
+                first_token=str(d.get("first_token", "")),
+            )
+        return back
 
     def to_json(self, indent: int | None = None, **kw) -> str:
         return dumps(self.to_dict(), indent=indent, **kw)  # strict JSON: NaN/Infinity -> null

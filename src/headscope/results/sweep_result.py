@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from ..scores import score as declared
 from .base import Result
@@ -27,7 +28,18 @@ SUMMARY_DEFINITIONS = {
 
 @dataclass(repr=False, eq=False)  # Result gives both
 class SweepResult(Result):
-    """A sweep's table: one row per entry (finished ones with their summary), and the failures."""
+    """A sweep's table: one row per entry (finished ones with their summary), and the failures.
+
+    Reads back from ``sweep.json`` (:meth:`from_json`); each finished entry's whole scan reads back
+    from its ``entries/<key>.json`` with ``InductionResult.from_dict(json.load(f)["result"])``.
+    """
+
+    json_file: ClassVar[str | None] = "sweep.json"
+    json_what: ClassVar[str] = "a sweep"
+    json_hint: ClassVar[str] = (
+        "pass the sweep.json that `headscope sweep` wrote (or its folder), or SweepResult.to_json()'s output"
+    )
+    json_keys: ClassVar[frozenset[str]] = frozenset({"entries", "failures", "settings"})
 
     rows: list[dict]
     failures: list[dict]
@@ -52,6 +64,18 @@ class SweepResult(Result):
             "failures": self.failures,
             "definitions": SUMMARY_DEFINITIONS,
         }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SweepResult:
+        """The sweep's table back from :meth:`to_dict` (what ``sweep.json`` holds: its failures without their
+        tracebacks). ``out_dir`` and ``files`` are not in the JSON: None and empty."""
+        with cls._reading(d):
+            back = cls(
+                rows=[dict(r) for r in d["entries"]],
+                failures=[dict(f) for f in d["failures"]],
+                settings=dict(d["settings"]),
+            )
+        return back
 
     def plot(self):
         """Induction against model size or training step, one line per series (a matplotlib figure).
