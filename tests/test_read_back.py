@@ -20,17 +20,19 @@ from headscope.errors import BadInput, ModelLoadError
 from headscope.jsonsafe import strict
 from headscope.pipeline.circuit_analysis import CircuitSettings, analyze_circuit
 from headscope.results import (
+    ActivationPatching,
     AttentionSample,
+    CircuitAnalysis,
     HeadsAnalysis,
     ICLResult,
     InductionResult,
     LogitAnalysis,
+    PathPatching,
     QKAnalysis,
     SinkScores,
     SweepResult,
 )
 from headscope.results.edge_results import EdgeCircuit
-from headscope.results.patching_results import ActivationPatching, CircuitAnalysis, PathPatching
 
 runner = CliRunner()
 
