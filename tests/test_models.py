@@ -373,6 +373,25 @@ def test_unknown_device_and_dtype_are_bad_input(tiny_gpt2_dir):
         headscope.load_model(str(tiny_gpt2_dir), device="cpu", dtype="int3")
 
 
+def test_cuda_device_names_are_checked_and_the_message_names_the_device_asked_for(monkeypatch):
+    """``cuda:x`` is no device; ``cuda:N`` is named as asked and checked against the GPUs torch sees."""
+    with pytest.raises(BadInput, match="unknown device 'cuda:x'"):
+        loading.resolve_device("cuda:x")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(BadInput, match="--device cuda:1 was asked for, but torch sees no CUDA GPU") as e:
+        loading.resolve_device("cuda:1")
+    assert "--device cpu" in (e.value.hint or "")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert loading.resolve_device("cuda:1") == "cuda:1"
+    assert loading.resolve_device("cuda") == "cuda"
+    with pytest.raises(
+        BadInput, match=r"--device cuda:2 was asked for, but torch sees 2 CUDA GPUs \(cuda:0..cuda:1\)"
+    ) as e:
+        loading.resolve_device("cuda:2")
+    assert "from 0 to 1" in (e.value.hint or "")
+
+
 @pytest.mark.skipif(
     not gpt2_in_hf_cache(), reason="needs the real gpt2 weights in the Hugging Face cache (the hub is unreachable here)"
 )

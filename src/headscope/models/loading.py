@@ -64,14 +64,19 @@ def resolve_device(device: str | torch.device | None) -> str:
     name = str(device or "auto").lower()
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    base = name.split(":")[0]
-    if base not in ("cpu", "cuda", "mps"):
-        raise BadInput(f"unknown device {device!r}", hint="use one of: auto, cpu, cuda, cuda:N")
+    base, colon, index = name.partition(":")
+    if base not in ("cpu", "cuda", "mps") or (colon and not index.isdigit()):
+        raise BadInput(f"unknown device {device!r}", hint="use one of: auto, cpu, cuda, cuda:N (N a GPU number from 0)")
     if base == "cuda" and not torch.cuda.is_available():
         raise BadInput(
-            "--device cuda was asked for, but torch sees no CUDA GPU "
+            f"--device {name} was asked for, but torch sees no CUDA GPU "
             f"(torch {torch.__version__}, built {'with' if torch.version.cuda else 'without'} CUDA)",
             hint="use --device cpu (or auto), or install a CUDA build of torch on a GPU machine",
+        )
+    if base == "cuda" and index and int(index) >= (n := torch.cuda.device_count()):
+        raise BadInput(
+            f"--device {name} was asked for, but torch sees {n} CUDA GPU{'s' if n != 1 else ''} (cuda:0..cuda:{n - 1})",
+            hint=f"use --device cuda (GPU 0) or cuda:N with N from 0 to {n - 1}; CUDA_VISIBLE_DEVICES may hide some",
         )
     if base == "mps" and not torch.backends.mps.is_available():
         raise BadInput("--device mps was asked for, but MPS is not available", hint="use --device cpu")
