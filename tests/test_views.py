@@ -230,3 +230,41 @@ def test_a_scan_without_the_causal_check_shows_and_defines_no_ablation(tiny_gpt2
 
     assert "Δloss" not in terminal(without) and "ablation:" not in terminal(without)
     assert "Δloss [95%]" in terminal(with_check) and "ablation:" in terminal(with_check)
+
+
+def test_top_heads_table_leads_with_the_causal_check_under_short_headers(tiny_gpt2):
+    """The report's widest table fits the page: the causal check right after the head's name, each score under
+    the registry's short header with its label in the tooltip and in the line under the table; sorting reads
+    the cells' data-v, which the reordering keeps."""
+    import re
+
+    from headscope.render.views.induction_view import top_heads_html
+    from headscope.scan.induction_scan import scan_induction
+    from headscope.scores import score
+
+    kw = dict(seq_len=6, batch=3, sample=False, progress=False)
+    res = scan_induction(tiny_gpt2, ablate=True, top_k=2, **kw)
+    html = top_heads_html(res)
+    heads = re.findall(r"<th(?: [^>]*)?>(.*?)</th>", html)
+    assert heads[:3] == [
+        "head",
+        '<abbr title="ablation Δloss: change in later-repeat loss when the head is ablated, nats [95% interval]">'
+        "Δloss, nats [95%]</abbr>",
+        '<abbr title="Δ first repeat: change in first-repeat loss when the head is ablated, nats">Δfirst, nats</abbr>',
+    ]
+    order = res.score_order()
+    for name, th in zip(order, heads[3:-1], strict=True):
+        s = score(name)
+        assert th == (f'<abbr title="{s.label}">{s.header}</abbr>' if s.header != s.label else s.header), th
+    assert heads[-1] == "roles"
+    key = html.split("</table>")[1]
+    assert "prev = previous-token" in key and "Δloss = change in later-repeat loss" in key
+    # the first row: the head, its Δloss sorted by its value, its Δ first repeat, then the scores
+    (l, h, _), *_ = res.top_heads("induction", 2)
+    e = res.ablation_of(l, h)
+    cells = re.findall(r'<td[^>]*data-v="([^"]*)"', html.split("<tbody>")[1].split("</tr>")[0])
+    assert float(cells[0]) == round(e["loss_increase"], 3) and float(cells[1]) == round(e["first_repeat_increase"], 3)
+    assert float(cells[2]) == round(float(res.scores["induction"][l, h]), 3)
+    # without the causal check: no causal column and no word of it under the table
+    without = top_heads_html(scan_induction(tiny_gpt2, ablate=False, **kw))
+    assert re.findall(r"<th(?: [^>]*)?>(.*?)</th>", without)[1] != heads[1] and "Δ" not in without

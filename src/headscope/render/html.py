@@ -90,11 +90,29 @@ def figure_html(fig, caption: str = "", dpi: int = FIG_DPI, alt: str = "") -> st
     return f'<figure><img alt="{esc(alt)}" src="data:image/png;base64,{data}">{cap}</figure>'
 
 
-def table_html(columns: list[str], rows: Iterable[list], table_id: str = "", sortable: bool = False) -> str:
+#: A column header: its text, or ``(short, full)``: the short name shown, the full name in its tooltip.
+Column = str | tuple[str, str]
+
+
+def header_html(column: Column) -> str:
+    """A column header's content: the text escaped, or a short name whose ``<abbr>`` carries the full one.
+
+    >>> header_html("head"), header_html(("prev", "previous-token"))
+    ('head', '<abbr title="previous-token">prev</abbr>')
+    """
+    if isinstance(column, tuple):
+        short, full = column
+        return f'<abbr title="{esc(full)}">{esc(short)}</abbr>' if short != full else esc(short)
+    return esc(column)
+
+
+def table_html(columns: list[Column], rows: Iterable[list], table_id: str = "", sortable: bool = False) -> str:
     """A table; a cell is text (escaped, left-aligned), a number (right-aligned) or ``(shown_html, sort_value)``.
 
-    The table sits in a ``div.table-scroll`` box: a table wider than the page scrolls sideways in
-    its own box instead of widening the page.
+    A column is its header text or ``(short, full)`` (:func:`header_html`: the short name shown, the
+    full one in a tooltip), so a table of many scores stays narrow. The table sits in a
+    ``div.table-scroll`` box: a table wider than the page scrolls sideways in its own box instead of
+    widening the page.
     """
 
     def cell(c):
@@ -111,7 +129,7 @@ def table_html(columns: list[str], rows: Iterable[list], table_id: str = "", sor
         return isinstance(c, str) or isinstance(c, tuple) and isinstance(c[1], str)
 
     text_cols = {i for i, c in enumerate(rows[0]) if is_text(c)} if rows else {0}
-    head = "".join(f'<th class="{"t" if i in text_cols else ""}">{esc(c)}</th>' for i, c in enumerate(columns))
+    head = "".join(f'<th class="{"t" if i in text_cols else ""}">{header_html(c)}</th>' for i, c in enumerate(columns))
     body = "".join("<tr>" + "".join(cell(c) for c in r) + "</tr>" for r in rows)
     attrs = (f' id="{esc(table_id)}"' if table_id else "") + (' class="sortable"' if sortable else "")
     return f'<div class="table-scroll"><table{attrs}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'

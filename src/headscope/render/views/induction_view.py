@@ -24,7 +24,7 @@ from ...scores import (
     weight_notes,
 )
 from ...scores import score as declared
-from ..html import DECIMALS, esc, figure_html, fmt, kv_html, legend_html, page_asset, table_html, tabs_html
+from ..html import DECIMALS, Column, esc, figure_html, fmt, kv_html, legend_html, page_asset, table_html, tabs_html
 from ..induction_figures import ablation_chart, loss_by_position, score_heatmap
 from ..lookup import register
 from ..view_base import Section, View
@@ -70,8 +70,37 @@ def roles_html(roles: list[str]) -> str:
     return "".join(f'<span class="role {esc(r)}">{esc(_label(r))}</span>' for r in roles) or "–"
 
 
+#: The causal check's two columns: the short name shown, the full one in the header's tooltip.
+CAUSAL_COLUMNS: list[Column] = [
+    ("Δloss, nats [95%]", "ablation Δloss: change in later-repeat loss when the head is ablated, nats [95% interval]"),
+    ("Δfirst, nats", "Δ first repeat: change in first-repeat loss when the head is ablated, nats"),
+]
+
+
+def score_column(name: str) -> Column:
+    """A score's column header: the registry's short ``header``, its prose ``label`` in the tooltip."""
+    s = declared(name)
+    return (s.header, s.label)
+
+
+def columns_key(names: list[str], causal: bool = False) -> str:
+    """The line under a table of short headers saying what each stands for (a tooltip is not always at hand)."""
+    short = [f"{declared(n).header} = {declared(n).label}" for n in names if declared(n).header != declared(n).label]
+    if causal:
+        short += [
+            "Δloss = change in later-repeat loss (nats) when the head alone is ablated, [95% bootstrap interval "
+            "over sequences], green where the interval lies above 0 (raises it), red where below 0 (lowers it)",
+            "Δfirst = the same ablation's change in first-repeat loss",
+        ]
+    return f'<p class="muted key">Columns: {esc("; ".join(short))}. The legend defines each.</p>' if short else ""
+
+
 def top_heads_html(res: InductionResult, k: int | None = None) -> str:
-    """The top induction heads with every score, their roles and the causal check."""
+    """The top induction heads: the causal check first (when it ran), every score, their roles.
+
+    Short headers (the registry's ``header``, the full name in a tooltip and in the line under the
+    table) keep the table as wide as the page, the causal check beside the head's name.
+    """
     k = k or res.settings.get("top_k", 5)
     roles, sc, order = res.roles(), res.scores, res.score_order()
     rows = []
@@ -79,14 +108,13 @@ def top_heads_html(res: InductionResult, k: int | None = None) -> str:
         rows.append(
             [
                 head_label(l, h),
+                *(ablation_cells(res.ablation_of(l, h)) if res.ablation else []),
                 *(round(float(sc[n][l, h]), DECIMALS) for n in order),
                 (roles_html(roles.get((l, h), [])), "+".join(roles.get((l, h), []))),
-                *(ablation_cells(res.ablation_of(l, h)) if res.ablation else []),
             ]
         )
-    causal = ["ablation Δloss, nats [95%]", "Δ first repeat, nats"] if res.ablation else []
-    cols = ["head", *(_label(n) for n in order), "roles", *causal]
-    return table_html(cols, rows, sortable=True)
+    cols = ["head", *(CAUSAL_COLUMNS if res.ablation else []), *(score_column(n) for n in order), "roles"]
+    return table_html(cols, rows, sortable=True) + columns_key(order, causal=bool(res.ablation))
 
 
 def ablation_cells(e: dict | None) -> list:
@@ -147,7 +175,8 @@ def all_heads_html(res: InductionResult, table_id: str = "all-heads") -> str:
     return (
         f"<details><summary>All {L * H} heads (sortable, filterable)</summary>"
         f'<input class="filter" data-filter="{table_id}" placeholder="filter, e.g. L17 or induction">'
-        + table_html(["head", *(_label(n) for n in order), "roles"], rows, table_id, sortable=True)
+        + table_html(["head", *(score_column(n) for n in order), "roles"], rows, table_id, sortable=True)
+        + columns_key(order)
         + "</details>"
     )
 
