@@ -137,6 +137,21 @@ def test_logit_view_is_logit_attribution_on_the_same_ids(explorer):
     assert {x["token"] for x in w["promotes"]}.isdisjoint({x["token"] for x in w["suppresses"]})
 
 
+def test_logit_and_path_views_say_which_token_they_explain(llama_explorer):
+    """At the text's last position there is no next token: the view explains the top prediction and says so."""
+    ex = llama_explorer
+    last = ex.state(TEXT).n - 1
+    kinds = {(p, t): ex.position_view(TEXT, p, t) for p, t in ((6, None), (6, " dog"), (last, None))}
+    assert [v["target_kind"] for v in kinds.values()] == ["next", "named", "top"]
+    assert kinds[(6, None)]["actual_next"] and kinds[(6, None)]["target_is"] == "the actual next token"
+    assert kinds[(last, None)]["target_is"].startswith("the model's top prediction")
+    assert kinds[(6, " dog")]["target_is"] == "the token you named"
+    corrupt = "A dog ran on the rug. The dog ran on the rug."
+    pv = ex.paths_view(TEXT, 6, corrupt)
+    assert pv["answer_is"] == "the actual next token" and pv["wrong_is"].startswith("the corrupted")
+    assert ex.paths_view(TEXT, 6, corrupt, wrong=" dog")["wrong_is"] == "the token you named"
+
+
 def test_ov_view_is_ov_circuit(explorer):
     st = explorer.state(TEXT)
     ov = explorer.ov(st, 1, 2, 9)
@@ -151,8 +166,11 @@ def test_bad_requests_to_the_engine_say_what_to_do(llama_explorer):
         ex.head_view(TEXT, "L0H0", 999)
     with pytest.raises(BadInput):
         ex.head_view(TEXT, "L9H0", 1)
-    with pytest.raises(BadInput, match="single tokens"):
+    with pytest.raises(BadInput, match="the token to explain must be a single token") as e:
         ex.position_view(TEXT, 3, " hippopotamus-like")
+    assert "leave the box empty" in (e.value.hint or "")  # the page's words, not a token set's
+    with pytest.raises(BadInput, match="the wrong token must be a single token"):
+        ex.paths_view(TEXT, 6, "A dog ran on the rug. The dog ran on the rug.", wrong=" hippopotamus-like")
     with pytest.raises(BadInput, match="empty"):
         ex.text_view("   ")
 
@@ -458,6 +476,7 @@ def test_causal_paths_refuse_what_they_cannot_patch(client):
     assert r.status_code == 400 and "needs at least" in r.json()["error"]
     r = client.post("/api/paths", json={"text": TEXT, "pos": 5, "corrupt": TEXT})
     assert r.status_code == 400 and "same as the text" in r.json()["error"]
+    assert "at or before position 5" in r.json()["hint"]  # a change at the position itself counts
     r = client.post("/api/paths", json={"text": TEXT, "pos": 5})
     assert r.status_code == 400 and "needs 'corrupt'" in r.json()["error"]
     ok = client.post(

@@ -183,3 +183,63 @@ def test_hostile_text_is_shown_as_text(server, browser):
     assert page.evaluate("document.querySelectorAll('#tokens img, #tokens script, main img').length") == 0
     assert "<img" in page.text_content("#tokens").replace("\u00b7", " ")
     assert log["blocked"] == []  # the img was never created, so never fetched
+
+
+def test_long_text_wraps_and_errors_stay_in_their_card_without_breaking_save(server, browser):
+    """Found by driving the page: the tokens of a long text ran on one line 27,000 px wide (the chosen one
+    off-screen); a refused token to explain left the old numbers under the new request, with the message
+    far above; and a refused token or patch made "Save this view" fail with that refusal."""
+    base, ex = server
+    page, log = _page(browser, base)
+    page.set_viewport_size({"width": 700, "height": 900})
+    page.goto(base)
+    page.fill("#text", " ".join(f"w{i}" for i in range(60)))  # 121 tokens: more lines of them than the box shows
+    page.click("#run")
+    _until(page, "document.getElementById('pattern-box').dataset.head")
+    box = page.evaluate(
+        """(() => { const b = document.getElementById('tokens'), s = b.querySelector('.tok.sel');
+        return {sw: b.scrollWidth, cw: b.clientWidth, top: s.offsetTop, h: s.offsetHeight, st: b.scrollTop, ch: b.clientHeight,
+                lines: new Set([...b.querySelectorAll('.tok')].map(t => t.offsetTop)).size}; })()"""
+    )
+    assert box["sw"] <= box["cw"] + 1 and box["lines"] >= 5, box  # wraps between tokens
+    assert box["st"] > 0, box  # the box scrolled down to the chosen (last) token ...
+    assert box["st"] <= box["top"] and box["top"] + box["h"] <= box["st"] + box["ch"] + 1, box  # ... which is in sight
+    page.set_viewport_size({"width": 1400, "height": 1000})
+
+    page.fill("#text", TEXT)
+    page.click("#run")
+    _until(page, "document.querySelectorAll('#logits table').length > 0")
+    page.fill("#target", " hippopotamus-like")
+    page.click("#explain")
+    _until(page, "document.querySelector('#logits .error')")
+    assert "the token to explain must be a single token" in page.text_content("#logits .error")
+    assert page.query_selector("#logits table") is None  # no numbers of the previous token left under it
+    with page.expect_download() as dl:
+        page.click("#save")
+    assert dl.value.suggested_filename.endswith(".html")
+
+    page.fill("#target", "")
+    page.click("#tokens .tok[data-pos='4']")
+    _until(page, "document.getElementById('logit-title').textContent.includes('position 4')")
+    page.fill("#corrupt", "The cat sat on the mat. The dog sat on the mat.")  # changes nothing up to position 4
+    page.click("#patch")
+    _until(page, "document.querySelector('#paths .error')")
+    assert "at or before position 4" in page.text_content("#paths .error")
+    with page.expect_download() as dl:
+        page.click("#save")
+    assert "pos4" in dl.value.suggested_filename
+    assert not [e for e in log["errors"] if e.startswith("uncaught")] and log["blocked"] == []
+
+
+def test_the_page_says_what_it_changed_in_the_address_and_when_the_server_is_gone(server, browser):
+    base, ex = server
+    page, log = _page(browser, base)
+    page.goto(base + "#text=" + TEXT.replace(" ", "+") + "&head=L99H0&pos=999")
+    _until(page, "document.getElementById('pattern-box').dataset.head")
+    notes = page.text_content("#notes")
+    assert "L99H0 is not a head of" in notes and "position 999 is past the text's" in notes
+    page.route("**/api/**", lambda r: r.abort("connectionrefused"))  # the server stopped
+    page.click("#heads tbody tr[data-head='L1H1']")
+    _until(page, "document.querySelector('#pattern-box .error')")
+    assert "no answer from the headscope server" in page.text_content("#status")
+    assert "Start it again" in page.text_content("#pattern-box")

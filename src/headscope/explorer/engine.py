@@ -54,6 +54,14 @@ from .state import TextState, check_explorable, compute_text
 PATTERN_WINDOW = 64
 #: Tokens shown per OV source and per side of a head's write.
 TOP_TOKENS = 8
+#: The hint when a token the page names is not one token.
+TOKEN_HINT = "name a single token, often with a leading space as in ' cat', or leave the box empty"
+#: What the token a logit view explains is, by how it was chosen (``position_view``'s ``target_kind``).
+TARGET_KINDS = {
+    "next": "the actual next token",
+    "named": "the token you named",
+    "top": "the model's top prediction, as the text ends here",
+}
 
 
 class _OneHead:
@@ -139,10 +147,14 @@ class Explorer:
             )
         return pos
 
+    def one_token(self, name: str, what: str) -> int:
+        """The id of ``name``, which must be one token (refused as ``what`` with how it tokenises)."""
+        return single_tokens(self.model.tokenizer, [name], minimum=1, what=what, hint=TOKEN_HINT)[0]
+
     def target(self, st: TextState, pos: int, target: str | None) -> int:
         """The token a logit view is about: the one the user names (a single token), else the next token, else the top prediction."""
         if target:
-            return single_tokens(self.model.tokenizer, [target], minimum=1)[0]
+            return self.one_token(target, "the token to explain")
         if pos + 1 < st.n:
             return st.seq.ids[pos + 1]
         return int(st.logits(pos).argmax())
@@ -218,6 +230,7 @@ class Explorer:
         st = self.state(text)
         pos = self.position(st, pos)
         t = self.target(st, pos, target)
+        kind = "named" if target else "next" if pos + 1 < st.n else "top"
         la = self.direct(st, pos, t, start=pos)
         heads = la.heads[-1]  # [L, H] at pos
         probs = torch.softmax(st.logits(pos).double(), -1)
@@ -230,6 +243,8 @@ class Explorer:
             "target": token_text(tok, t),
             "target_id": t,
             "actual_next": pos + 1 < st.n and st.seq.ids[pos + 1] == t,
+            "target_kind": kind,
+            "target_is": TARGET_KINDS[kind],
             "predictions": [
                 {"token": token_text(tok, int(i)), "id": int(i), "prob": round(float(p), 5)}
                 for p, i in zip(top.values, top.indices)
@@ -257,10 +272,18 @@ class Explorer:
         tok = self.model.tokenizer
         eff = pp.effect
         order = np.argsort(-np.abs(eff))[:12]
+        p, cs = pp_pos(pp), self.state(corrupt)
+        nxt = p + 1 < cs.n and cs.seq.ids[p + 1] == wrong_id
         return {
-            "position": pp_pos(pp),
+            "position": p,
             "answer": token_text(tok, answer),
+            "answer_is": TARGET_KINDS["named" if target else "next" if p + 1 < self.state(text).n else "top"],
             "wrong": token_text(tok, wrong_id),
+            "wrong_is": "the token you named"
+            if wrong
+            else "the corrupted text's next token"
+            if nxt
+            else "the corrupted run's top prediction other than the token explained",
             "clean_metric": round(pp.clean_metric, 4),
             "corrupt_metric": round(pp.corrupt_metric, 4),
             "paths": [{"sender": pp.senders[i], "effect": round(float(eff[i]), 4)} for i in order],
@@ -278,7 +301,7 @@ class Explorer:
             )
         answer = self.target(st, pos, target)
         if wrong:
-            wrong_id = single_tokens(self.model.tokenizer, [wrong], minimum=1)[0]
+            wrong_id = self.one_token(wrong, "the wrong token")
         elif pos + 1 < cs.n and cs.seq.ids[pos + 1] != answer:
             wrong_id = cs.seq.ids[pos + 1]  # what comes next in the corrupted text
         else:
@@ -288,7 +311,8 @@ class Explorer:
         clean, bad = st.seq.ids[: pos + 1], cs.seq.ids[: pos + 1]
         if clean == bad:
             raise BadInput(
-                "the corrupted text is the same as the text up to this position", hint="change a token before it"
+                "the corrupted text is the same as the text up to this position",
+                hint=f"change a token at or before position {pos}",
             )
         one = lambda x: torch.tensor([x], dtype=torch.long)
         task = CircuitTask(

@@ -119,11 +119,21 @@ def encode_texts(
     ]
 
 
-def single_tokens(tokenizer, strings: Iterable[str], *, minimum: int = 2) -> list[int]:
+def single_tokens(
+    tokenizer, strings: Iterable[str], *, minimum: int = 2, what: str | None = None, hint: str | None = None
+) -> list[int]:
     """Token ids for ``strings`` asked for by name, each of which must be exactly one token.
 
     A string that is not one token is refused with how it does tokenise, and the
-    leading-space variant suggested where that one is a single token.
+    leading-space variant suggested where that one is a single token. ``what`` names the one
+    token asked for (``"the token to explain"``) where the caller takes a single string, and
+    ``hint`` replaces the default hint; without them the message speaks of a token set.
+
+    >>> single_tokens(model.tokenizer, [" supercalifragilistic"], minimum=1, what="the token to explain")
+    Traceback (most recent call last):
+    ...
+    headscope.errors.BadInput: the token to explain must be a single token of this model's tokenizer; ' supercalifragilistic' -> 6 tokens [' super', 'cal', 'if', 'rag', 'il', 'istic']
+      hint: name a single token (often with a leading space, e.g. ' cat')
     """
     ids, bad = [], []
     for s in strings:
@@ -136,10 +146,15 @@ def single_tokens(tokenizer, strings: Iterable[str], *, minimum: int = 2) -> lis
         alt = tokenizer(" " + s, add_special_tokens=False)["input_ids"] if not s.startswith(" ") else []
         tip = f" ({' ' + s!r} is one token)" if len(alt) == 1 else ""
         bad.append(f"{s!r} -> {len(got)} tokens {pieces}{tip}")
+    if bad and what:
+        raise BadInput(
+            f"{what} must be a single token of this model's tokenizer; " + "; ".join(bad),
+            hint=hint or "name a single token (often with a leading space, e.g. ' cat')",
+        )
     if bad:
         raise BadInput(
             "token set entries must be single tokens; these are not: " + "; ".join(bad),
-            hint="use single-token strings (often with a leading space, e.g. ' cat'), or drop them",
+            hint=hint or "use single-token strings (often with a leading space, e.g. ' cat'), or drop them",
         )
     if len(ids) < minimum:
         raise BadInput(f"a token set needs at least {minimum} distinct tokens, got {len(ids)}", hint="add more tokens")

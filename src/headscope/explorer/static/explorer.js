@@ -6,6 +6,7 @@
 
   var $ = function (id) { return document.getElementById(id); };
   var state = { text: "", head: null, pos: null, target: "", corrupt: "" };
+  var pathsPos = null; // the position the causal paths on the page were patched at (null: none shown)
   var page = Math.random().toString(36).slice(2) + Date.now().toString(36); // this page's id: newer requests supersede older
   var seqs = { text: 0, head: 0, qk: 0, position: 0, paths: 0 };
   var view = null; // the last /api/text answer
@@ -30,6 +31,9 @@
   function visible(t) { return String(t).replace(/ /g, "\u00b7").replace(/\n/g, "\u21b5").replace(/\t/g, "\u2192"); }
   function fmt(v, nd) { return v === null || v === undefined ? "–" : Number(v).toFixed(nd === undefined ? 3 : nd); }
   function status(msg, isError) { var s = $("status"); s.textContent = msg; s.className = isError ? "error" : "muted"; }
+  // an error shown in the card it belongs to (replacing what the card showed: no stale numbers), and at the top
+  function cardError(box, msg) { status(msg, true); clear($(box)).appendChild(el("p", msg, "error")); }
+  function answered() { if ($("status").className === "error") status(""); } // a later answer clears an earlier error
 
   // --- the state lives in the address: text, head, position, token to explain ---
   function readHash() {
@@ -54,7 +58,9 @@
     if (channel) { seqs[channel] += 1; body.page = page; body.seq = seqs[channel]; }
     var headers = { "Content-Type": "application/json" };
     if (token) headers["X-Headscope-Token"] = token;
-    return fetch("/api/" + call, { method: "POST", headers: headers, body: JSON.stringify(body) }).then(function (r) {
+    return fetch("/api/" + call, { method: "POST", headers: headers, body: JSON.stringify(body) }).catch(function () {
+      throw new Error("no answer from the headscope server at " + location.host + ": is headscope serve still running? Start it again, then repeat the last click (the page keeps its state)");
+    }).then(function (r) {
       if (r.status === 409) return null; // superseded by a newer request of this page
       var kind = r.headers.get("Content-Type") || "";
       if (!r.ok) {
@@ -70,22 +76,25 @@
 
   // --- the text: tokens and the heads x scores table ---
   function analyse() {
-    state.text = $("text").value;
-    if (!state.text.trim()) { status("Type a text first.", true); return; }
+    var text = $("text").value;
+    if (!text.trim()) { status("Type a text first.", true); return; }
     status("Analysing…");
     var t0 = performance.now();
-    post("text", { text: state.text }, "text").then(function (v) {
+    post("text", { text: text }, "text").then(function (v) {
       if (!v) return;
-      view = v;
+      view = v; state.text = text; pathsPos = null; clear($("paths"));
+      var said = [];
+      if (state.pos !== null && state.pos >= v.n_tokens) said.push("position " + state.pos + " is past the text's " + v.n_tokens + " tokens: showing the last");
       if (state.pos === null || state.pos >= v.n_tokens) state.pos = v.n_tokens - 1;
+      if (state.head && !headExists(state.head)) said.push(state.head + " is not a head of " + v.model + " (layers 0.." + (v.rows[v.rows.length - 1].layer) + ", heads 0.." + (v.rows[v.rows.length - 1].index) + "): showing " + defaultHead(v));
       if (!state.head || !headExists(state.head)) state.head = defaultHead(v);
-      drawNotes(v); drawTable(v); drawTokens();
+      drawNotes(v, said); drawTable(v); drawTokens();
       $("save").disabled = false;
       status(v.n_tokens + " tokens, analysed in " + ((performance.now() - t0) / 1000).toFixed(2) + " s (server " + v.seconds.toFixed(2) + " s)");
       writeHash();
       loadHead(); loadPosition(); loadQK();
       if (state.corrupt) patch();
-    }).catch(function (e) { status(e.message, true); });
+    }).catch(function (e) { status(e.message + (view ? " — the views below are still of the text analysed before" : ""), true); });
   }
   function headExists(h) { return view.rows.some(function (r) { return r.head === h; }); }
   function defaultHead(v) {
@@ -95,9 +104,9 @@
     v.rows.forEach(function (r) { if ((r.values[c] || -1) > (best.values[c] || -1)) best = r; });
     return best.head;
   }
-  function drawNotes(v) {
+  function drawNotes(v, said) {
     var box = clear($("notes"));
-    v.notes.forEach(function (n) { box.appendChild(el("p", n, "note")); });
+    v.notes.concat(said || []).forEach(function (n) { box.appendChild(el("p", n, "note")); });
     $("model").textContent = v.model + " · " + v.n_tokens + " tokens";
   }
   function drawTable(v) {
@@ -137,7 +146,7 @@
     });
   }
   function drawTokens() {
-    var box = clear($("tokens"));
+    var box = clear($("tokens")), sel = null;
     var max = row ? Math.max.apply(null, row.slice(1).concat([1e-9])) : 1;
     view.tokens.forEach(function (t, i) {
       var s = el("span", visible(t), "tok" + (i === state.pos ? " sel" : ""));
@@ -150,12 +159,16 @@
       } else { s.title = "position " + i; }
       s.addEventListener("click", function () { selectPos(i); });
       box.appendChild(s);
+      if (i === state.pos) sel = s;
     });
+    if (sel && (sel.offsetTop < box.scrollTop || sel.offsetTop + sel.offsetHeight > box.scrollTop + box.clientHeight)) {
+      box.scrollTop = sel.offsetTop - box.clientHeight / 2;
+    }
   }
   function selectHead(h) { state.head = h; markHead(); writeHash(); loadHead(); loadQK(); }
   function selectPos(p) {
     state.pos = p; writeHash(); drawTokens(); loadHead(); loadPosition(); loadQK();
-    if (state.corrupt) { clear($("paths")); $("paths-title").textContent = "Causal paths into this prediction (press Patch for position " + p + ")"; }
+    if (state.corrupt) { clear($("paths")); pathsPos = null; $("paths-title").textContent = "Causal paths into this prediction (press Patch for position " + p + ")"; }
   }
 
   // --- the chosen head: pattern, QK decomposition, OV ---
@@ -164,9 +177,9 @@
     $("pattern-title").textContent = "Attention pattern of " + state.head + " (loading…)";
     post("head", { text: state.text, head: state.head, pos: state.pos }, "head").then(function (h) {
       if (!h) return;
-      row = h.row; drawTokens();
+      answered(); row = h.row; drawTokens();
       drawPattern(h); drawWrite(h);
-    }).catch(function (e) { status(e.message, true); });
+    }).catch(function (e) { $("pattern-title").textContent = "Attention pattern of " + state.head; cardError("pattern-box", e.message); });
   }
   // asked after the pattern and the logit view: the server computes one request at a time in order,
   // so the page is usable (pattern, logit view) before the slower QK/OV card fills in
@@ -175,14 +188,14 @@
     $("qk-title").textContent = "QK of " + state.head + " (computing…)";
     post("qk", { text: state.text, head: state.head, pos: state.pos }, "qk").then(function (h) {
       if (!h) return;
-      drawQK(h.qk); drawOV(h);
-    }).catch(function (e) { status(e.message, true); });
+      answered(); drawQK(h.qk); drawOV(h);
+    }).catch(function (e) { $("qk-title").textContent = "QK of " + state.head; cardError("qk", e.message); });
   }
   function drawPattern(h) {
     var w = h.window;
     $("pattern-title").textContent = "Attention pattern of " + h.head;
     $("pattern-note").textContent = "queries down, keys across; hover a cell to read its weight" +
-      (w[0] > 0 || w[1] < view.n_tokens ? "; positions " + w[0] + "–" + (w[1] - 1) + " of " + view.n_tokens + " (rows are the model's own: keys before the window are not drawn)" : "");
+      (w[0] > 0 || w[1] < view.n_tokens ? "; positions " + w[0] + "–" + (w[1] - 1) + " of " + view.n_tokens + " (rows are the model's own: keys before the window are not drawn; the numbers on the axes count from position " + w[0] + ")" : "");
     var old = $("pattern-box"), fresh = el("div"); fresh.id = "pattern-box"; old.parentNode.replaceChild(fresh, old);
     var tokens = view.tokens.slice(w[0], w[1]).map(visible);
     try {
@@ -214,14 +227,15 @@
   function drawQK(q) {
     $("qk-title").textContent = "QK of " + q.head + ": why it attends";
     var p = q.pairs[0];
-    $("qk-how").textContent = q.how + ". Score " + fmt(q.score) + " (model " + fmt(q.model_score) + "), attention " + fmt(q.attention) +
+    $("qk-how").textContent = q.how + ". Score " + fmt(q.score) + " (model " + fmt(q.model_score) + "; pre-softmax, score units), attention weight " + fmt(q.attention) +
       ". Each component's share of the score, minus its mean over every key the query sees (what the softmax responds to). " + q.note;
     var box = clear($("qk")), grid = el("div", null, "cols");
     var kdiv = el("div"), qdiv = el("div");
-    kdiv.appendChild(el("b", "key side (token " + p[1] + ": what lifts this key)"));
-    kdiv.appendChild(table(["component", "vs mean key", "score units"], q.key.map(function (c) { return [c.component, c.vs_mean, c.contribution]; })));
-    qdiv.appendChild(el("b", "query side (token " + p[0] + ")"));
-    qdiv.appendChild(table(["component", "vs mean key", "score units"], q.query.map(function (c) { return [c.component, c.vs_mean, c.contribution]; })));
+    kdiv.appendChild(el("b", "key side (token " + p[1] + ": what lifts this key), score units"));
+    var qkCols = ["component", "vs mean key", "share"];
+    kdiv.appendChild(table(qkCols, q.key.map(function (c) { return [c.component, c.vs_mean, c.contribution]; })));
+    qdiv.appendChild(el("b", "query side (token " + p[0] + "), score units"));
+    qdiv.appendChild(table(qkCols, q.query.map(function (c) { return [c.component, c.vs_mean, c.contribution]; })));
     grid.appendChild(kdiv); grid.appendChild(qdiv); box.appendChild(grid);
   }
   // one unbreakable item per token (its chip and its effect); a list wraps between items
@@ -242,50 +256,55 @@
   function drawOV(h) {
     var box = clear($("ov"));
     box.appendChild(el("b", "Attending to the tokens it attends to most here (first token left out), it would write (OV circuit, block-0 effective embedding):"));
-    box.appendChild(table(["source", "self-rank", "promotes", "suppresses"], h.ov.sources.map(function (s) {
+    box.appendChild(table(["source", "self-rank (1 = copies)", "promotes (logit per unit final-norm scale)", "suppresses (same units)"], h.ov.sources.map(function (s) {
       return [{ tk: s.token }, String(s.self_rank), { toks: s.promotes.slice(0, 5) }, { toks: s.suppresses.slice(0, 5) }];
     })));
+    box.appendChild(el("p", h.ov.convention, "muted"));
   }
 
   // --- the chosen position: predictions and every head's direct logit effect ---
   function loadPosition() {
     if (!view) return;
-    state.target = $("target").value;
-    post("position", { text: state.text, pos: state.pos, target: state.target || null }, "position").then(function (v) {
+    var target = $("target").value;
+    post("position", { text: state.text, pos: state.pos, target: target || null }, "position").then(function (v) {
       if (!v) return;
+      answered(); state.target = target;
       $("logit-title").textContent = "Logit view at position " + v.position + " (" + visible(v.token) + " → " + visible(v.target) + ")";
       var box = clear($("logits")), grid = el("div", null, "cols");
       var a = el("div"), b = el("div");
       a.appendChild(el("b", "top predictions"));
       a.appendChild(table(["token", "probability"], v.predictions.map(function (p) { return [{ tk: p.token }, p.prob]; })));
-      b.appendChild(el("b", "heads' direct effect on the logit of " + visible(v.target) + (v.actual_next ? " (the actual next token)" : "")));
-      b.appendChild(table(["head", "effect"], v.top_heads.map(function (x) { return [x.head, x.effect]; })));
+      b.appendChild(el("b", "heads' direct effect on the logit of " + visible(v.target) + " (" + v.target_is + ")"));
+      b.appendChild(table(["head", "direct effect (centred logit)"], v.top_heads.map(function (x) { return [x.head, x.effect]; })));
       grid.appendChild(a); grid.appendChild(b); box.appendChild(grid);
-      box.appendChild(el("p", "All heads together " + fmt(v.heads_total) + "; every component " + fmt(v.logit) + " vs the model's centred logit " + fmt(v.model_logit) + ". " + v.definition, "muted"));
+      box.appendChild(el("p", "In centred logits: all heads together " + fmt(v.heads_total) + "; every component " + fmt(v.logit) + " vs the model's own " + fmt(v.model_logit) + ". " +
+        (v.target_kind === "next" ? "" : "The definition below says \u201cthe actual next token\u201d; here it is " + visible(v.target) + ", " + v.target_is + ". ") + v.definition, "muted"));
       writeHash();
-    }).catch(function (e) { status(e.message, true); });
+    }).catch(function (e) { $("logit-title").textContent = "Logit view at position " + state.pos; cardError("logits", e.message); });
   }
 
   // --- causal paths into the prediction (path patching to the logits) ---
   function patch() {
-    state.corrupt = $("corrupt").value;
-    if (!view || !state.corrupt.trim()) { clear($("paths")); return; }
+    state.corrupt = $("corrupt").value; pathsPos = null;
+    if (!view || !state.corrupt.trim()) { clear($("paths")); state.corrupt = ""; writeHash(); return; }
     $("paths-title").textContent = "Causal paths into the prediction at position " + state.pos + " (patching…)";
     var body = { text: state.text, pos: state.pos, corrupt: state.corrupt, target: state.target || null, wrong: $("wrong").value || null };
     post("paths", body, "paths").then(function (v) {
       if (!v) return;
-      writeHash();
+      answered(); writeHash(); pathsPos = v.position;
       $("paths-title").textContent = "Causal paths into the prediction at position " + v.position;
       var box = clear($("paths"));
-      box.appendChild(el("p", "logit(" + visible(v.answer) + ") − logit(" + visible(v.wrong) + "): " + fmt(v.clean_metric) + " on the text, " +
-        fmt(v.corrupt_metric) + " on the corrupted text. " + v.notes.join("; "), "muted"));
+      box.appendChild(el("p", "logit(" + visible(v.answer) + ") − logit(" + visible(v.wrong) + "), in logits: " + fmt(v.clean_metric) + " on the text, " +
+        fmt(v.corrupt_metric) + " on the corrupted text (" + visible(v.answer) + ": " + v.answer_is + "; " + visible(v.wrong) + ": " + v.wrong_is + "). " + v.notes.join("; "), "muted"));
       box.appendChild(table(["sender → logits", "effect (share of the gap)"], v.paths.map(function (p) { return [p.sender, p.effect]; })));
-    }).catch(function (e) { $("paths-title").textContent = "Causal paths into this prediction"; status(e.message, true); });
+    }).catch(function (e) { $("paths-title").textContent = "Causal paths into this prediction"; cardError("paths", e.message); });
   }
 
   function save() {
     status("Writing the page…");
-    post("save", { text: state.text, head: state.head, pos: state.pos, target: state.target || null, corrupt: state.corrupt || null }).then(function (html) {
+    // the causal paths go on the saved page only when they are on this page, for this position
+    var corrupt = pathsPos === state.pos ? state.corrupt : null;
+    post("save", { text: state.text, head: state.head, pos: state.pos, target: state.target || null, corrupt: corrupt || null }).then(function (html) {
       var url = URL.createObjectURL(new Blob([html], { type: "text/html" }));
       var a = el("a"); a.href = url; a.download = "headscope-" + state.head + "-pos" + state.pos + ".html";
       document.body.appendChild(a); a.click(); a.remove();
