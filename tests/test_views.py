@@ -213,7 +213,12 @@ def test_a_scan_without_the_causal_check_shows_and_defines_no_ablation(tiny_gpt2
 
     from rich.console import Console
 
-    from headscope.render.views.induction_view import induction_definitions, print_induction, top_heads_html
+    from headscope.render.views.induction_view import (
+        induction_definitions,
+        induction_sections,
+        print_induction,
+        top_heads_html,
+    )
     from headscope.scan.induction_scan import scan_induction
 
     kw = dict(seq_len=6, batch=3, sample=False, progress=False)
@@ -229,6 +234,9 @@ def test_a_scan_without_the_causal_check_shows_and_defines_no_ablation(tiny_gpt2
         return out.getvalue()
 
     assert "Δloss" not in terminal(without) and "ablation:" not in terminal(without)
+    loss_text = {key: body for key, _, body in induction_sections(without)}["loss"]
+    assert "causal check below" not in loss_text and "made no causal check" in loss_text
+    assert "causal check below" in {key: body for key, _, body in induction_sections(with_check)}["loss"]
     assert "Δloss [95%]" in terminal(with_check) and "ablation:" in terminal(with_check)
 
 

@@ -289,8 +289,13 @@ def induction_sections(res: InductionResult) -> list[tuple[str, str, str]]:
             "loss",
             "Loss by position",
             f"<p>First repeat {res.loss_first_repeat:.2f} nats, later repeats {res.loss_later_repeats:.2f} nats: "
-            "a drop means the model predicts repeated tokens from context; the causal check below measures "
-            "how much the top induction heads contribute.</p>" + figure_html(loss_by_position(res)),
+            "a drop means the model predicts repeated tokens from context"
+            + (
+                "; the causal check below measures how much the top induction heads contribute.</p>"
+                if res.ablation
+                else " (this run made no causal check of which heads it comes from).</p>"
+            )
+            + figure_html(loss_by_position(res)),
         ),
     ]
     if res.ablation:
