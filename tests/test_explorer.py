@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import html
 import json
 import re
 import threading
@@ -210,6 +211,19 @@ def test_saved_paths_show_no_interval_from_one_example_as_the_live_page(llama_ex
     assert paths.count("<tr>") == 1 + len(live["paths"])  # the same paths, one row each
     for p in live["paths"][:3]:
         assert f'<td class="t">{p["sender"]}</td>' in paths
+
+
+def test_saved_paths_say_what_was_patched_as_the_live_page_does(llama_explorer):
+    """Read on its own, the saved page's path section names both texts, the two tokens compared and the
+    metric on the clean and corrupted runs: the numbers the live page shows above its table."""
+    corrupt = "A dog ran on the rug. The dog ran on the rug."
+    live = llama_explorer.paths_view(TEXT, 6, corrupt)
+    paths = html.unescape(_section(llama_explorer.page_html(TEXT, "L1H2", 6, corrupt=corrupt), "paths-logits"))
+    assert f"logit of {live['answer']!r} minus logit of {live['wrong']!r} at position 6" in paths
+    assert "the text up to position 6:" in paths and "the corrupted text up to it:" in paths
+    assert "noising 1 example" in paths
+    assert f"clean {live['clean_metric']:+.3f}, corrupted {live['corrupt_metric']:+.3f} (logits)" in paths
+    assert len(live["notes"]) == 2 and live["notes"][-1] == "read at position 6"  # the live page shows the rest
 
 
 def test_path_intervals_are_shown_where_they_were_measured(llama_explorer):

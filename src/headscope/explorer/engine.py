@@ -287,7 +287,7 @@ class Explorer:
             "clean_metric": round(pp.clean_metric, 4),
             "corrupt_metric": round(pp.corrupt_metric, 4),
             "paths": [{"sender": pp.senders[i], "effect": round(float(eff[i]), 4)} for i in order],
-            "notes": pp.notes,
+            "notes": [ONE_EXAMPLE, pp.notes[-1]],  # the page shows the texts and tokens itself
         }
 
     def paths(self, st: TextState, pos, corrupt: str, target: str | None = None, wrong: str | None = None):
@@ -324,7 +324,13 @@ class Explorer:
             wrong=one([wrong_id]),
             counted=torch.tensor([[True]]),
             corruption="the corrupted text typed in the explorer, up to the chosen position",
-            notes=[ONE_EXAMPLE],  # the saved page's path view says the same (and shows no interval)
+            notes=[  # the saved page's path view shows these: what was patched, and the one example's caveat
+                f"the text up to position {pos}: {_quoted(st.seq.labels[: pos + 1])}",
+                f"the corrupted text up to it: {_quoted(cs.seq.labels[: pos + 1])}",
+                f"logit_diff: logit of {token_text(self.model.tokenizer, answer)!r} minus logit of "
+                f"{token_text(self.model.tokenizer, wrong_id)!r} at position {pos}",
+                ONE_EXAMPLE,
+            ],
         )
         pp = path_patching(self.model, task, None, Receiver.logits(), direction="noise")
         if not np.isfinite(pp.values).all():
@@ -332,7 +338,7 @@ class Explorer:
                 "the text and the corrupted text give the same logit difference here: no gap to explain",
                 hint="corrupt a token the prediction depends on, or name another wrong token",
             )
-        pp.notes.append(f"position {pos}")
+        pp.notes.append(f"read at position {pos}")
         return pp, answer, wrong_id
 
     # --- the results behind the views --------------------------------------------------------
@@ -494,6 +500,12 @@ class Explorer:
 def pp_pos(pp: PathPatching) -> int:
     """The position a path patching of :meth:`Explorer.paths` was read at (its last note)."""
     return int(pp.notes[-1].split()[-1])
+
+
+def _quoted(labels: list[str], keep: int = 24) -> str:
+    """The tokens of a text as one quoted string, the last ``keep`` of them after an ellipsis."""
+    cut = len(labels) > keep
+    return '"' + ("…" if cut else "") + "".join(labels[-keep:] if cut else labels) + '"'
 
 
 def _num(x: float) -> float | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import html
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -106,7 +106,7 @@ def header_html(column: Column) -> str:
     return esc(column)
 
 
-def table_html(columns: list[Column], rows: Iterable[list], table_id: str = "", sortable: bool = False) -> str:
+def table_html(columns: Sequence[Column], rows: Iterable[list], table_id: str = "", sortable: bool = False) -> str:
     """A table; a cell is text (escaped, left-aligned), a number (right-aligned) or ``(shown_html, sort_value)``.
 
     A column is its header text or ``(short, full)`` (:func:`header_html`: the short name shown, the

@@ -122,6 +122,20 @@ class ActivationPatchingView(View):
         console.print(t)
 
 
+GERUND = {"noise": "noising", "denoise": "denoising"}
+
+
+def _setup_html(result: PathPatching) -> str:
+    """What was patched and what moved, so a path-patching section read on its own (the explorer's
+    saved page) says it: the metric, the examples, and the metric on the clean and corrupted runs."""
+    unit = "logits" if result.metric == "logit_diff" else "nats"
+    runs = "example" if result.n_examples == 1 else "examples"
+    return (
+        f'<p class="note">{esc(GERUND.get(result.direction, result.direction))} {result.n_examples} {runs} of the {esc(result.task)} task; '
+        f"{esc(result.metric)}: clean {result.clean_metric:+.3f}, corrupted {result.corrupt_metric:+.3f} ({unit})</p>"
+    )
+
+
 @register(PathPatching)
 class PathPatchingView(View):
     figures = {"paths": _paths_figure, "chart": path_chart, "senders": sender_map}
@@ -141,10 +155,10 @@ class PathPatchingView(View):
         ]
 
     def sections(self, result) -> list[Section]:
-        said = [n for n in result.notes if "grouped-query" in n] + ([] if has_intervals(result) else [ONE_EXAMPLE])
+        said = list(dict.fromkeys(result.notes + ([] if has_intervals(result) else [ONE_EXAMPLE])))
         notes = "".join(f'<p class="note">{esc(n)}</p>' for n in said)
         table = table_html(*self._rows(result))
-        body = gap_warning_html(result) + notes + plotted(_paths_figure, result) + table
+        body = gap_warning_html(result) + _setup_html(result) + notes + plotted(_paths_figure, result) + table
         anchor = "paths-" + "".join(c if c.isalnum() else "-" for c in result.receiver.lower())[:40]
         return [
             Section(
