@@ -299,6 +299,65 @@ def test_the_graph_draws_every_edge_even_several_from_one_sender_into_one_head(t
     assert len(ax.patches) == len(top)  # one arrow per edge
 
 
+def _drawn_arrows(fig) -> tuple[np.ndarray, float, list[tuple[np.ndarray, np.ndarray, np.ndarray]]]:
+    """The graph as drawn, in display units: the node centres, the node radius, and for each arrow its path (line
+    and head) as points at most a pixel apart, its tail point and its head's outline."""
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    (nodes,) = ax.collections  # the node markers
+    centres = ax.transData.transform(nodes.get_offsets())
+    radius = float(np.sqrt(nodes.get_sizes()[0]) / 2 * fig.dpi / 72)
+    arrows = []
+    for arrow in ax.patches:
+        polys = ax.transData.transform_path(arrow.get_path()).to_polygons(closed_only=False)  # curves flattened
+        pts = [np.linspace(a, b, int(np.hypot(*(b - a))) + 2) for poly in polys for a, b in zip(poly, poly[1:])]
+        arrows.append((np.concatenate(pts), polys[0][0], polys[-1]))
+    return centres, radius, arrows
+
+
+def _arrows_through_nodes(fig) -> list[tuple[int, int, float]]:
+    """(arrow, node, how far inside) for every drawn arrow that passes through a node other than the two it joins
+    (the node its tail starts at and the node its head points into), and every arrow that leaves the axes."""
+    centres, radius, arrows = _drawn_arrows(fig)
+    box = fig.axes[0].bbox
+    bad = []
+    for i, (pts, tail, head) in enumerate(arrows):
+        src = int(np.argmin(np.linalg.norm(centres - tail, axis=1)))
+        dst = int(np.argmin(np.linalg.norm(centres[:, None] - head[None], axis=2).min(axis=1)))
+        # the tail starts at its sender's edge, the head's tip at its receiver's (drawn back a little for a wide line)
+        assert np.linalg.norm(centres[src] - tail) < radius + 3
+        assert np.linalg.norm(centres[dst] - head, axis=1).min() < radius + 10
+        gaps = np.linalg.norm(pts[:, None] - centres[None], axis=2).min(axis=0) - radius
+        bad += [(i, j, -float(gaps[j])) for j in range(len(centres)) if j not in (src, dst) and gaps[j] < 0]
+        if (pts < np.array(box.min) - 1).any() or (pts > np.array(box.max) + 1).any():
+            bad.append((i, -1, 0.0))  # outside the axes: clipped, not drawn
+    return bad
+
+
+def test_no_edge_runs_through_a_node_it_does_not_connect(tiny_llama):
+    """A long arc (SmolLM2's L23H3 -> logits) ran through the nodes of the columns between its ends, so the
+    figure showed an edge into a node it never reached. Read off the drawn figure at two sizes: every arrow's
+    path stays outside every node but its own two, and inside the axes."""
+    task = induction_task(tiny_llama, n_examples=2, seq_len=4)
+    res = edge_circuit(tiny_llama, task, top_edges=20, points=(0, 20), n_sample=4)
+    fig = res._figure("graph")
+    centres, radius, arrows = _drawn_arrows(fig)
+    # the case: drawn straight from end to end, some edge would pass through a node between
+    straight = [
+        (np.linalg.norm(centres - tail, axis=1).argmin(), np.linalg.norm(centres - pts[-1], axis=1).argmin())
+        for pts, tail, _ in arrows
+    ]
+    t = np.linspace(0, 1, 400)[:, None]
+    assert any(
+        (np.linalg.norm((centres[a] + t * (centres[b] - centres[a]))[:, None] - np.delete(centres, [a, b], 0)[None], axis=2) < radius).any()
+        for a, b in straight
+    )  # fmt: skip
+    assert len(arrows) == 20  # every edge drawn
+    assert _arrows_through_nodes(fig) == []
+    fig.set_size_inches(fig.get_figwidth() * 0.8, fig.get_figheight() * 1.2)  # the routes follow the size drawn at
+    assert _arrows_through_nodes(fig) == []
+
+
 # --- the pieces -----------------------------------------------------------------------------------
 
 

@@ -3,15 +3,20 @@
 The graph is a networkx ``MultiDiGraph`` (one edge per receiving input) drawn by networkx on matplotlib, its nodes in columns by
 their point in the forward pass (input -> layer 0's heads -> MLP0 -> ... -> logits). networkx is
 pure Python and already installed with torch; graphviz would lay out edges more neatly but needs
-its ``dot`` binary, which many users lack.
+its ``dot`` binary, which many users lack. networkx draws each edge as an arc (matplotlib's
+``arc3``) that may pass through the nodes between its ends, so :class:`_Routes` chooses where each
+edge runs: the least-bent arc that keeps clear of every node it does not connect, or, where no arc
+does, a route with its bends in the gaps beside the node columns. It decides at draw time, from
+where the nodes are on the drawn figure, so the figure stays clear at any size it is drawn at.
 """
 
 from __future__ import annotations
 
-import itertools
 import re
 
 import numpy as np
+from matplotlib.patches import ConnectionStyle
+from matplotlib.path import Path
 
 from ..results.edge_results import EdgeCircuit, EdgeScores
 from ._mpl import plt
@@ -21,6 +26,12 @@ _KIND_STYLE = {"q": "dotted", "k": "solid", "v": "dashed", "mlp": "solid", "logi
 #: How far each receiving input's edges bend: a sender that feeds a head's query, key and value draws three
 #: separate arcs (one graph edge per input; the graph is a multigraph, so none replaces another).
 _KIND_BEND = {"q": -0.12, "k": 0.05, "v": 0.22, "mlp": 0.05, "logits": 0.05}
+#: Node marker area (points squared, as networkx and ``scatter`` take it) and the room in points an edge keeps from
+#: a node it does not connect (half the widest edge, 2.25, and a little air).
+_NODE_SIZE = 900
+_CLEARANCE = 4.0
+#: Bends added to all of a sender -> node pair's arcs when their own bends cross a node: the least bent first.
+_SHIFTS = sorted((round(0.1 * i, 1) for i in range(-5, 6)), key=lambda x: (abs(x), x < 0))
 
 
 def _stage(name: str, n_layers: int) -> int:
@@ -45,7 +56,7 @@ def _receiver_node(receiver: str) -> tuple[str, str]:
 
 def _layered_positions(g) -> dict:
     """Column ``subset`` left to right; nodes of a column stacked one unit apart, columns staggered
-    up and down in turn so an edge that skips columns does not pass through the nodes between."""
+    up and down in turn so that fewer edges that skip columns have to bend around the nodes between."""
     cols: dict[int, list] = {}
     for n, d in g.nodes(data=True):
         cols.setdefault(d["subset"], []).append(n)
@@ -54,6 +65,131 @@ def _layered_positions(g) -> dict:
         for i, n in enumerate(sorted(nodes)):
             pos[n] = (float(c), (len(nodes) - 1) / 2 - i + 0.4 * ((c % 3) - 1))
     return pos
+
+
+class _Routes:
+    """Where each edge of the graph runs on the drawn axes, decided for all of them at once when the axes are
+    drawn (again whenever their size changes), in display units from where the nodes are drawn.
+
+    A sender -> node pair's arcs (one per receiving input) keep their bends (:data:`_KIND_BEND`) and are all
+    bent further by the least shift in :data:`_SHIFTS` that keeps every one of them clear of the nodes the pair
+    does not connect and inside the axes. Where no shift does, each arc is replaced by a route: level out of its
+    sender, an S-bend in the gap after the sender's column to the nearest level that passes every node between at a
+    distance, an S-bend in the gap before the receiver's column to the receiver's level (square bends where an S
+    would graze a node; routes that overlap in columns take different levels where they can). Pairs are placed in
+    the graph's edge order, the strongest edge's first, so the strongest get the most direct routes.
+    """
+
+    def __init__(self, ax, pos: dict, edges: list[tuple]):
+        self.ax, self.pos, self.edges = ax, pos, edges
+        self._key = b""
+        self._paths: dict[tuple, Path] = {}
+
+    def style(self, edge: tuple) -> _Routed:
+        """The connection style that draws ``edge`` along its route (set on its arrow)."""
+        return _Routed(self, edge)
+
+    def path(self, edge: tuple) -> Path:
+        """``edge``'s route in display units, from its sender's centre to its receiver's."""
+        key = self.ax.transData.transform([(0.0, 0.0), (1.0, 1.0)]).tobytes() + np.array(self.ax.bbox.bounds).tobytes()
+        if key != self._key:  # first drawn, or drawn at another size
+            self._paths, self._key = self._decide(), key
+        return self._paths[edge]
+
+    def _decide(self) -> dict[tuple, Path]:
+        px = self.ax.figure.dpi / 72.0
+        at = {n: self.ax.transData.transform(xy) for n, xy in self.pos.items()}
+        r = (np.sqrt(_NODE_SIZE) / 2 + _CLEARANCE) * px
+        pairs: dict[tuple, list] = {}
+        for e in self.edges:
+            pairs.setdefault(e[:2], []).append(e)
+        paths: dict[tuple, Path] = {}
+        used: dict = {}  # where the routes so far bend and run (:meth:`_route`)
+        for (u, v), es in pairs.items():
+            others = np.array([xy for n, xy in at.items() if n not in (u, v)]).reshape(-1, 2)
+            for shift in _SHIFTS:
+                arcs = [ConnectionStyle.Arc3(rad=_KIND_BEND[e[2]] + shift).connect(at[u], at[v]) for e in es]
+                if all(_clears(a, others, r, self.ax.bbox) for a in arcs):
+                    break
+            else:
+                arcs = [self._route(at, u, v, others, r, used) for _ in es]
+            paths.update(zip(es, arcs))
+        return paths
+
+    def _route(self, at: dict, u, v, others: np.ndarray, r: float, used: dict) -> Path:
+        """A route from ``u`` to ``v``: a bend in the gap after ``u``'s column and one in the gap before ``v``'s
+        (each a little beside the routes already bent there), along the level nearest the two ends that passes
+        the nodes between at ``r`` or more (``used``: the routes so far, their bends' x and their levels); one
+        bend between neighbouring columns."""
+        px = self.ax.figure.dpi / 72.0
+        (xa, ya), (xb, yb) = at[u], at[v]
+        t = self.ax.transData
+        room = max(0.0, (t.transform((1.0, 0.0))[0] - t.transform((0.0, 0.0))[0]) / 2 - r)  # a gap's, either side
+        x1, x2 = (
+            t.transform((x, 0.0))[0] + np.clip(5 * px * _beside(used.setdefault(("gap", x), [])), -room, room)
+            for x in (self.pos[u][0] + 0.5, self.pos[v][0] - 0.5)
+        )
+        box = self.ax.bbox
+        levels = np.concatenate([[ya, yb], np.arange(box.y0 + r, box.y1 - r, px)])  # the ends' own among them
+        between = others[(others[:, 0] > x1 - r) & (others[:, 0] < x2 + r), 1]
+        blocked = (np.abs(levels[:, None] - between[None, :]) < r).any(axis=1)
+        # the nearest clear level; of equally near ones, one of the ends' own (a bend fewer)
+        cost = np.abs(levels - ya) + np.abs(levels - yb) + 1e-3 * np.minimum(np.abs(levels - ya), np.abs(levels - yb))
+        cost += 1e6 * blocked
+        for lo, hi, y in used.setdefault("levels", []):  # a route along the same columns: keep apart if there is room
+            if lo < x2 and x1 < hi:
+                cost += 1e3 * (np.abs(levels - y) < 5 * px)
+        y = float(levels[np.argmin(cost)])
+        used["levels"].append((x1, x2, y))
+        steps = [(x1, ya, y), (x2, y, yb)] if x2 - x1 > 20 * px else [((x1 + x2) / 2, ya, yb)]
+        for bend in (10 * px, 0.0):  # S-bends, or square ones where an S would graze a node
+            path = _stepped((xa, ya), steps, (xb, yb), bend)
+            if _clears(path, others, r, box):
+                break
+        return path
+
+
+def _beside(taken: list) -> int:
+    """The next place beside the routes bent in one gap: 0, 1, -1, 2, -2, ... (and take it)."""
+    n = len(taken)
+    taken.append(n)
+    return (n + 1) // 2 * (1 if n % 2 else -1)
+
+
+class _Routed(ConnectionStyle._Base):
+    """A matplotlib connection style that draws one edge along its :class:`_Routes` route; matplotlib's own base
+    class clips it to the nodes' edges (the arrow's ``shrinkA``/``shrinkB``) as it does for ``arc3``."""
+
+    def __init__(self, routes: _Routes, edge: tuple):
+        self.routes, self.edge = routes, edge
+
+    def connect(self, posA, posB) -> Path:
+        return self.routes.path(self.edge)
+
+
+def _clears(path: Path, centres: np.ndarray, r: float, box) -> bool:
+    """Whether ``path`` stays inside ``box`` and never comes within ``r`` of a point of ``centres`` (display units;
+    its ends lie outside those circles, so not crossing one's outline is staying outside it; ``filled=False``, or an
+    arc that bends around a node would count as crossing it)."""
+    ext = path.get_extents()
+    if ext.x0 < box.x0 or ext.y0 < box.y0 or ext.x1 > box.x1 or ext.y1 > box.y1:
+        return False
+    near = centres[
+        (centres[:, 0] > ext.x0 - r) & (centres[:, 0] < ext.x1 + r)
+        & (centres[:, 1] > ext.y0 - r) & (centres[:, 1] < ext.y1 + r)
+    ]  # fmt: skip
+    return not any(path.intersects_path(Path.circle(tuple(c), r), filled=False) for c in near)
+
+
+def _stepped(start: tuple, steps: list, end: tuple, bend: float) -> Path:
+    """Level from ``start``, changing level at each ``(x, from y, to y)`` of ``steps`` by an S-bend from
+    ``x - bend`` to ``x + bend`` (a cubic Bezier, level at both ends; a square step where ``bend`` is 0), to ``end``."""
+    verts, codes = [start], [Path.MOVETO]
+    for x, y0, y1 in steps:
+        if abs(y1 - y0) > 1e-6:
+            verts += [(x - bend, y0), (x, y0), (x, y1), (x + bend, y1)]
+            codes += [Path.LINETO, Path.CURVE4, Path.CURVE4, Path.CURVE4]
+    return Path([*verts, end], [*codes, Path.LINETO])
 
 
 def edge_graph(res: EdgeScores | EdgeCircuit, k: int | None = None, ax=None):
@@ -87,21 +223,25 @@ def edge_graph(res: EdgeScores | EdgeCircuit, k: int | None = None, ax=None):
     else:
         fig = ax.figure
     biggest = max((abs(x) for _, _, x in top), default=1.0) or 1.0
-    for (kind, style), far in itertools.product(_KIND_STYLE.items(), (False, True)):
-        # an edge that skips columns bends, so it does not run straight through the nodes between
-        edges = [
-            (u, v, k) for u, v, k, d in g.edges(keys=True, data=True)
-            if d["kind"] == kind and (g.nodes[v]["subset"] - g.nodes[u]["subset"] > 1) == far
-        ]  # fmt: skip
+    xs, ys = np.array(list(pos.values())).T
+    ax.set_xlim(xs.min() - 0.6, xs.max() + 0.6)
+    ax.set_ylim(ys.min() - 0.9, ys.max() + 0.9)  # room above and below the columns for edges routed around them
+    routes = _Routes(ax, pos, list(g.edges(keys=True)))
+    for kind, style in _KIND_STYLE.items():
+        edges = [(u, v, k) for u, v, k, d in g.edges(keys=True, data=True) if d["kind"] == kind]
         if not edges:
             continue
         sc = np.array([g.edges[e]["score"] for e in edges])
-        nx.draw_networkx_edges(
+        arrows = nx.draw_networkx_edges(
             g, pos, edgelist=edges, ax=ax, width=0.5 + 4.0 * np.abs(sc) / biggest, style=style,
             edge_color=["#c0392b" if x > 0 else "#2471a3" for x in sc], arrows=True, arrowsize=8,
-            connectionstyle=f"arc3,rad={_KIND_BEND[kind] + (0.2 if far else 0.0)}", node_size=900,
+            node_size=_NODE_SIZE,
         )  # fmt: skip
-    nx.draw_networkx_nodes(g, pos, ax=ax, node_size=900, node_color="#f4f4f4", edgecolors="#555555", linewidths=0.8)
+        for e, arrow in zip(edges, arrows):  # networkx's arc3 would cross the nodes between: run it on its route
+            arrow.set_connectionstyle(routes.style(e))
+    nx.draw_networkx_nodes(
+        g, pos, ax=ax, node_size=_NODE_SIZE, node_color="#f4f4f4", edgecolors="#555555", linewidths=0.8
+    )
     nx.draw_networkx_labels(g, pos, ax=ax, font_size=6)
     ax.set_axis_off()
     what = "EAP-IG" if scores.method == "eap-ig" else "EAP"
