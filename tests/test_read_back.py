@@ -84,6 +84,15 @@ def test_the_induction_folder_reads_back_as_written(tiny_gpt2_dir, tmp_path):
 # --- heads ----------------------------------------------------------------------------------------------
 
 
+@pytest.fixture(autouse=True)
+def _close_figures():
+    """The tests draw every figure of a read-back result: close them, so none outlives its test."""
+    yield
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+
+
 @pytest.fixture(scope="module")
 def heads(tiny_llama):
     """Every part a heads analysis can hold: the scan, the ICL check with one ablated head, natural-text sinks."""
