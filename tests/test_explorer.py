@@ -172,8 +172,9 @@ def test_bad_requests_to_the_engine_say_what_to_do(llama_explorer):
     assert "leave the box empty" in (e.value.hint or "")  # the page's words, not a token set's
     with pytest.raises(BadInput, match="the wrong token must be a single token"):
         ex.paths_view(TEXT, 6, "A dog ran on the rug. The dog ran on the rug.", wrong=" hippopotamus-like")
-    with pytest.raises(BadInput, match="empty"):
+    with pytest.raises(BadInput, match="your text is empty") as e:
         ex.text_view("   ")
+    assert "--text" not in (e.value.hint or "") and "into the box" in (e.value.hint or "")  # the page has no flags
 
 
 def test_cache_is_bounded_and_keyed_by_text(tiny_llama):
@@ -329,7 +330,7 @@ def test_hostile_texts_come_back_as_data(client, text):
 
 def test_a_long_text_is_cut_to_the_window_and_says_so(client):
     v = client.post("/api/text", json={"text": "word " * 300}).json()
-    assert v["n_tokens"] == 128 and any("cut from" in n for n in v["notes"])
+    assert v["n_tokens"] == 128 and any(n.startswith("your text cut from") for n in v["notes"])
 
 
 def test_exposed_server_needs_its_token(llama_explorer):

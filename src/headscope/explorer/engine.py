@@ -121,7 +121,13 @@ class Explorer:
                 self._texts.move_to_end(text)
                 return hit
         t0 = time.perf_counter()
-        seq = encode(self.model, text, max_tokens=self.max_tokens, title="your text")
+        seq = encode(
+            self.model,
+            text,
+            max_tokens=self.max_tokens,
+            title="your text",
+            empty_hint="type some text into the box, ideally one that repeats itself",
+        )
         st = compute_text(self.model, seq)
         st.seconds = time.perf_counter() - t0
         with self._lock:

@@ -62,8 +62,13 @@ def window(model: HeadscopeModel, max_tokens: int | None) -> int:
     return min(ctx, max_tokens) if max_tokens else ctx
 
 
-def encode(model, text: str, *, max_tokens: int | None = None, title: str = "", number: int = 1) -> TokenSequence:
+def encode(
+    model, text: str, *, max_tokens: int | None = None, title: str = "", number: int = 1, empty_hint: str = ""
+) -> TokenSequence:
     """``text`` as a :class:`TokenSequence` under the rules above.
+
+    Messages name the text by ``title`` (else "text ``number``"); ``empty_hint`` replaces the command
+    line's hint for an empty text (the explorer's page has no ``--text``).
 
     >>> seq = encode(model, "a b a b", max_tokens=3)
     >>> len(seq), seq.n_text_tokens, seq.notes[0].split(";")[0]
@@ -72,8 +77,9 @@ def encode(model, text: str, *, max_tokens: int | None = None, title: str = "", 
     m = as_model(model)
     if text is None or not str(text).strip():
         raise BadInput(
-            f"text {number} is empty (or only whitespace)",
-            hint="give some text, ideally one that repeats itself, e.g. --text 'The cat sat. The cat sat.'",
+            f"{title or f'text {number}'} is empty (or only whitespace)",
+            hint=empty_hint
+            or "give some text, ideally one that repeats itself, e.g. --text 'The cat sat. The cat sat.'",
         )
     limit = window(m, max_tokens)
     tok = m.tokenizer
@@ -85,7 +91,7 @@ def encode(model, text: str, *, max_tokens: int | None = None, title: str = "", 
     if n > limit:
         why = f"the model's context of {m.n_ctx} tokens" if limit == m.n_ctx else f"the window of {limit} tokens"
         notes.append(
-            f"text {number} cut from {n} to {limit} tokens (first token included) to fit {why}; "
+            f"{title or f'text {number}'} cut from {n} to {limit} tokens (first token included) to fit {why}; "
             "the first tokens were kept, and attention being causal each kept row is exact"
         )
         ids = ids[:limit]
