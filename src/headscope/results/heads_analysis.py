@@ -15,7 +15,7 @@ from ..errors import BadInput
 from ..head_labels import head_label
 from ..scores import definitions, roles_legend, roles_present, weight_notes
 from ..scores import score as declared
-from .base import Result, array_of, float_of, rounded
+from .base import Result, rounded
 from .icl_result import DEFINITION as ICL_DEFINITION
 from .icl_result import ICLResult
 from .scan_result import InductionResult, rounded_entry
@@ -144,11 +144,7 @@ class HeadsAnalysis(Result):
             "notes": self.notes,
             # the rest of the scan the scores come from (loss, causal check, its own timings and notes): read back
             "scan": {
-                "loss": {
-                    "per_position": rounded(res.per_position_loss),
-                    "first_repeat": rounded(res.loss_first_repeat),
-                    "later_repeats": rounded(res.loss_later_repeats),
-                },
+                "loss": res.loss_dict(),
                 "ablation": [rounded_entry(e) for e in res.ablation],
                 "timings": {k: rounded(v, 3) for k, v in res.timings.items()},
                 "notes": res.notes,
@@ -169,19 +165,18 @@ class HeadsAnalysis(Result):
                     hint="run `headscope heads` again to write one that reads back",
                 )
             scan = d["scan"]
-            settings = {**d["settings"], "weight_scores": d["weight_scores"]}
             scan_timings = dict(scan.get("timings", {}))
-            induction = InductionResult(
-                model=dict(d["model"]),
-                settings=settings,
-                scores={k: array_of(v) for k, v in d["scores"].items()},
-                per_position_loss=array_of(scan["loss"]["per_position"]),
-                loss_first_repeat=float_of(scan["loss"]["first_repeat"]),
-                loss_later_repeats=float_of(scan["loss"]["later_repeats"]),
-                ablation=[dict(e) for e in scan.get("ablation", [])],
-                thresholds={k: float(v) for k, v in d["thresholds"].items()},
-                timings=scan_timings,
-                notes=list(scan.get("notes", [])),
+            induction = InductionResult.from_dict(  # the scan's part of heads.json, laid out as its scores.json
+                {
+                    "model": d["model"],
+                    "settings": {**d["settings"], "weight_scores": d["weight_scores"]},
+                    "scores": d["scores"],
+                    "loss": scan["loss"],
+                    "ablation": scan.get("ablation", []),
+                    "thresholds": d["thresholds"],
+                    "timings": scan_timings,
+                    "notes": scan.get("notes", []),
+                }
             )
             icl = None
             if d["icl"] is not None:  # heads.json labels each ablated head; the ICL result itself does not

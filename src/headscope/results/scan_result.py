@@ -104,6 +104,14 @@ class InductionResult(Result):
             (e for e in self.ablation if e["kind"] == "head" and (e["layer"], e["head"]) == (layer, head)), None
         )
 
+    def loss_dict(self) -> dict:
+        """The loss as ``scores.json`` (and ``heads.json``'s scan entry) writes it: per position, first, later."""
+        return {
+            "per_position": rounded(self.per_position_loss),
+            "first_repeat": rounded(self.loss_first_repeat),
+            "later_repeats": rounded(self.loss_later_repeats),
+        }
+
     def control_spread(self) -> dict | None:
         """The random control over its draws: median and central 95% of the draws' changes (None without one)."""
         return control_spread(self.ablation)
@@ -163,11 +171,7 @@ class InductionResult(Result):
             "model": self.model,
             "settings": self.settings,
             "scores": {name: r(self.scores[name]) for name in self.score_order()},
-            "loss": {
-                "per_position": r(self.per_position_loss),
-                "first_repeat": r(self.loss_first_repeat),
-                "later_repeats": r(self.loss_later_repeats),
-            },
+            "loss": self.loss_dict(),
             "ablation": [rounded_entry(e) for e in self.ablation],
             # from the draws as written, so that a result read back from this JSON gives the same spread
             "ablation_control": control_spread([rounded_entry(e) for e in self.ablation]),
