@@ -455,13 +455,17 @@ def one_mb_file(tmp_path_factory) -> Path:
     return f
 
 
-@pytest.mark.parametrize("command", ["induction", "qk", "report"])
+@pytest.mark.parametrize("command", ["induction", "qk", "logits", "report"])
 def test_a_one_megabyte_file_is_cut_to_the_window_and_said(command, one_mb_file, tmp_path, tiny_gpt2_dir):
-    r = cli(*COMMANDS[command](str(tiny_gpt2_dir)), "--file", one_mb_file, "--out", out_for(command, tmp_path))
+    args = COMMANDS[command](str(tiny_gpt2_dir)) if command != "logits" else ["logits", "--model", str(tiny_gpt2_dir)]
+    if command == "logits":
+        args += ["--seq-len", "6", "--batch", "2", "--no-ablate", "--no-figures", "--max-tokens", "16"]
+    r = cli(*args, "--file", one_mb_file, "--out", out_for(command, tmp_path))
     assert r.exit_code == 0, r.output
     said = " ".join(r.output.split())
-    # the note names the text as the command's output does: by its file where it titles texts so, else "text 1"
-    assert re.search(r"(long\.txt|text 1) cut from", said) and "the first tokens were kept" in said
+    # every command names the text by its file, not by a number the user never gave it
+    assert "long.txt cut from" in said and "the first tokens were kept" in said
+    assert "text 1" not in said
 
 
 def test_top_beyond_the_heads_is_cut_and_said_and_the_control_is_never_empty(tiny_gpt2):

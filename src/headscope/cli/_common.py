@@ -21,7 +21,7 @@ from rich.markup import escape
 
 from ..errors import BadInput, HeadscopeError
 from ..head_labels import is_head_spec
-from ..models import DEFAULT_MODEL
+from ..models import DEFAULT_MODEL, encode_texts
 from ..scan import check_settings
 from ..scores import default_thresholds
 from ..settings import LoadSettings, ScanSettings, check_thresholds
@@ -289,9 +289,12 @@ def read_texts(texts: list[str] | None, files: list[Path] | None) -> list[tuple[
     return out
 
 
-def text_list(texts: list[str] | None, files: list[Path] | None) -> list[str] | None:
-    """The --text and --file texts, checked as :func:`read_texts` does; None when there are none (the samples)."""
-    return [t for _, t in read_texts(texts, files)] or None
+def titled_sequences(model, texts: list[tuple[str, str]], max_tokens: int | None) -> list | None:
+    """:func:`read_texts`' ``[(title, text)]`` encoded for ``model``, each named by its option
+    (``--text 1``) or its file, as ``induction`` and ``report`` name them; None for the samples."""
+    if not texts:
+        return None
+    return encode_texts(model, [t for _, t in texts], max_tokens=max_tokens, titles=[n for n, _ in texts])
 
 
 def scan_settings(

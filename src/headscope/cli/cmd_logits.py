@@ -44,10 +44,11 @@ from ._common import (
     handle_errors,
     load,
     load_settings,
+    read_texts,
     result_dir,
     say_written,
     scan_settings,
-    text_list,
+    titled_sequences,
 )
 
 
@@ -127,7 +128,7 @@ def logits_cmd(
     Example: headscope logits --text "The quick brown fox jumps over the lazy dog." --head L18H6 --token " dog"
     """
     con, err = consoles(json_out)
-    texts = text_list(text, file)
+    texts = read_texts(text, file)
     check_heads(head)
     check_tokens(tokens)
     at_least("--max-tokens", max_tokens, 2, "the first token and one more")
@@ -150,7 +151,7 @@ def logits_cmd(
         m = load(err, where)
         a = analyze_logits(
             m,
-            texts,
+            titled_sequences(m, texts, max_tokens),
             head,
             settings,
             top=top,

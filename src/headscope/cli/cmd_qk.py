@@ -39,9 +39,10 @@ from ._common import (
     load,
     load_settings,
     progress_enabled,
+    read_texts,
     result_dir,
     say_written,
-    text_list,
+    titled_sequences,
 )
 
 
@@ -126,7 +127,7 @@ def qk_cmd(
     Example: headscope qk --text "The cat sat. The cat sat." --head L18H6 --head 16.0
     """
     con, err = consoles(json_out)
-    texts = text_list(text, file)
+    texts = read_texts(text, file)
     check_heads(head)
     check_tokens(tokens)
     at_least("--top", top, 1)
@@ -140,7 +141,7 @@ def qk_cmd(
         with step.running(), _qk_hints():
             a = analyze_qk(
                 m,
-                texts,
+                titled_sequences(m, texts, max_tokens),
                 head,
                 top=top,
                 tokens=tokens,
