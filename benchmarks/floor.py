@@ -175,8 +175,15 @@ def _check_vs_full(args, model, rt, plan, repl, batch, check) -> dict:
         return [ablated_losses_full(model, rt, heads, batch, repl) for _, heads in plan]
 
     wall, cpu = interleaved_cpu({"full_passes": full, "check": check}, args.causal_reps, args.device)
+    flops = {"full_passes": matmul_flops(full), "check": matmul_flops(check)}
+    say(
+        f"  matrix-product FLOPs: check {flops['check'] / 1e9:.0f} G / full passes {flops['full_passes'] / 1e9:.0f} G"
+        f" = {flops['check'] / flops['full_passes']:.3f}"
+    )
     L = model.n_layers
     return {
+        "flops": flops,
+        "flop_ratio": flops["check"] / flops["full_passes"],
         "passes": len(plan),
         "blocks_restarted": sum(L - min(l for l, _ in heads) for _, heads in plan),
         "blocks_full": len(plan) * L,
@@ -185,6 +192,19 @@ def _check_vs_full(args, model, rt, plan, repl, batch, check) -> dict:
         "median_s": {k: statistics.median(v) for k, v in wall.items()},
         "cpu_median_s": {k: statistics.median(v) for k, v in cpu.items()},
     }
+
+
+def matmul_flops(fn) -> int:
+    """The floating-point operations of ``fn()``'s matrix products (``torch.utils.flop_counter``:
+    matmuls, linear layers, batched products, attention), the arithmetic a plan needs whatever
+    runs it; elementwise work is not counted. A second computation of item 2's floor beside the
+    timings: a time ratio far below this FLOP ratio would mean the two sides do not run the same
+    arithmetic equally well."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
 
 
 def _ratios(rec: dict) -> tuple[float, float]:
@@ -207,7 +227,7 @@ def part_causal(args) -> dict:
     rec = _check_vs_full(args, model, rt, plan, repl, batch, check)
     n = rt.layout.n_tokens
     what = f"causal check ({len(plan)} passes: top {len(top)}, all, {CONTROL_DRAWS} control draws) / full passes, {batch} x {n} tokens"
-    aims = [aim(2, what, CAUSAL_AIM, *_ratios(rec))]
+    aims = [{**aim(2, what, CAUSAL_AIM, *_ratios(rec)), "flop_ratio": round(rec["flop_ratio"], 4)}]
     return {"part": "causal", "batch": batch, "n_tokens": n, "top": top, **rec, "aims": aims}
 
 
@@ -281,7 +301,10 @@ def part_what_if(args) -> dict:
 
     rec = _check_vs_full(args, model, rt, plan, repl, batch, check)
     ratio, cpu_ratio = _ratios(rec)
-    say(f"  what-if, {args.what_if}: check / full passes {ratio:.2f} (CPU time {cpu_ratio:.2f})")
+    say(
+        f"  what-if, {args.what_if}: check / full passes {ratio:.2f} (CPU time {cpu_ratio:.2f};"
+        f" matrix-product FLOPs {rec['flop_ratio']:.2f})"
+    )
     plan_rows = [[k, [list(h) for h in heads]] for k, heads in plan]
     return {
         "part": "what_if",

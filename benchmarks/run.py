@@ -30,7 +30,7 @@ once per entry of ``runs`` (and ``quick_runs`` under ``--quick``, if given), eac
 process with ``--model``, ``--threads`` and, when ``"per_device": True`` (the default),
 ``--device``; ``"default": False`` leaves it out of the default set (``--sections all`` runs it). Every ``RESULT`` record it prints that carries ``aims`` (a list of ``{"item",
 "what", "aim", "measured", "met"}``, optionally ``"cpu_measured"``: the same ratio in process
-CPU time) is shown in the summary's table of aims, one line per aim, next to its measurement.
+CPU time, and ``"flop_ratio"``: the ratio of the matrix-product FLOPs the two sides do) is shown in the summary's table of aims, one line per aim, next to its measurement.
 """
 
 from __future__ import annotations
@@ -256,7 +256,10 @@ def summary(report: dict) -> str:
                 f"imports {r['import_s']:.1f} s"
             )
     if aims:
-        lines.append("-- aims, each next to its measurement (wall-clock ratio of medians; CPU-time ratio in brackets):")
+        lines.append(
+            "-- aims, each next to its measurement (wall-clock ratio of medians; CPU-time ratio in brackets;"
+            " where counted, the ratio of matrix-product FLOPs in square brackets):"
+        )
         # The load at the start is other work's (nothing of the suite runs yet); later, the suite's own
         # threads are in the load average, so what other processes took is read from /proc/stat.
         others = [r["others_cpu_share_max"] for r in report["results"] if r.get("others_cpu_share_max") is not None]
@@ -268,9 +271,11 @@ def summary(report: dict) -> str:
             )
         for dev, a in aims:
             cpu = "" if a.get("cpu_measured") is None else f" ({a['cpu_measured']:.2f} CPU)"
+            if a.get("flop_ratio") is not None:  # the arithmetic the two sides do, counted (floor.py's causal part)
+                cpu += f" [{a['flop_ratio']:.2f} FLOPs]"
             item = f"#{a['item']}" if "item" in a else ""
             lines.append(
-                f"   {item:<4} {dev:<5} {a['what']:<92} {a['measured']:>6.2f}{cpu:<11} aim {a['aim']:<8} {_ok(a['met'])}"
+                f"   {item:<4} {dev:<5} {a['what']:<92} {a['measured']:>6.2f}{cpu:<25} aim {a['aim']:<8} {_ok(a['met'])}"
             )
     return "\n".join(lines)
 
