@@ -24,7 +24,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from ..models.model import as_model
+from ..models.model import as_model, in_eval_mode
 from ..results.patching_results import ActivationPatching
 from ..settings import DEFAULT_MEMORY_GB
 from .runs import RunCache, cache_run, copies, final_normed, metric_of_normed, pass_sizes, per_head_view
@@ -93,6 +93,7 @@ def patched_metrics(
     return out if positions is not None else out[:, :, 0]
 
 
+@in_eval_mode
 def activation_patching(
     model,
     task: CircuitTask,

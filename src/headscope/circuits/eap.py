@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from ..errors import BadInput
-from ..models.model import as_model
+from ..models.model import as_model, in_eval_mode
 from ..results.edge_results import EdgeScores
 from .edges import EdgeGraph, as_rows, sender_outputs, split_inputs, wire_receivers
 from .tasks import CircuitTask, task_metric
@@ -89,6 +89,7 @@ def _scores(graph: EdgeGraph, delta: torch.Tensor, grads: dict[str, torch.Tensor
     return out
 
 
+@in_eval_mode
 def edge_attribution(
     model,
     task: CircuitTask,

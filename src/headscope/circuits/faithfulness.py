@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from ..errors import BadInput
-from ..models.model import as_model
+from ..models.model import as_model, in_eval_mode
 from ..results.edge_results import EdgeCircuit, EdgeScores
 from ..settings import whole_number
 from .eap import DEFAULT_IG_STEPS, edge_attribution
@@ -127,6 +127,7 @@ def top_overlap(a: EdgeScores, b: EdgeScores, ks: Sequence[int] = (10, 50, 100))
     return out
 
 
+@in_eval_mode
 def edge_circuit(
     model,
     task: CircuitTask,

@@ -37,7 +37,7 @@ import torch
 from ..errors import BadInput
 from ..folded_weights import attn_post_norm
 from ..head_labels import head_label, parse_head
-from ..models.model import as_model
+from ..models.model import as_model, in_eval_mode
 from ..results.patching_results import PathPatching
 from ..settings import DEFAULT_MEMORY_GB
 from .runs import RunCache, cache_run, copies, final_normed, metric_of_normed, pass_sizes, per_head_view
@@ -228,6 +228,7 @@ def path_metrics(
     return out
 
 
+@in_eval_mode
 def path_patching(
     model,
     task: CircuitTask,

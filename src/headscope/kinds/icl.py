@@ -39,6 +39,7 @@ from collections.abc import Callable
 import torch
 
 from ..errors import BadInput
+from ..models.model import in_eval_mode
 from ..results.icl_result import ICLResult
 from ..scan.ablation import residual_hooks, restart_from
 from ..scan.fused import fused_attention, fused_supported
@@ -198,6 +199,7 @@ def _checked(model, heads, ablation: str, early: int, late: int, window: int) ->
     return heads
 
 
+@in_eval_mode
 def icl_score(
     model,
     files=None,

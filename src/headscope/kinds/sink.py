@@ -45,6 +45,7 @@ import time
 import numpy as np
 import torch
 
+from ..models.model import in_eval_mode
 from ..results.sink_scores import DEFINITIONS, SinkScores
 from ..scores import score as declared
 from ..scores.layout import RepeatLayout
@@ -113,6 +114,7 @@ def paper_windows(model, files=None, n_tokens: int = SINK_TOKENS, n_sequences: i
     return windows, said
 
 
+@in_eval_mode
 @torch.no_grad()
 def sink_scores_on_text(
     model,

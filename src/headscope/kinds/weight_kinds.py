@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from ..folded_weights import HeadWeights, head_weights
 from ..models.embedding import weight_inputs
+from ..models.model import in_eval_mode
 from ..scores.copy_suppression import DEFAULT_K, DEFAULT_N_TOKENS, CopySuppressionScores, score_copy_suppression
 from ..scores.successor import DEFAULT_MIN_SIZE, SuccessorScores, score_successors
 
 
+@in_eval_mode
 def successor_scores(
     model, w: HeadWeights | None = None, *, convention: str = "mlp0", min_size: int = DEFAULT_MIN_SIZE
 ) -> SuccessorScores:
@@ -26,6 +28,7 @@ def successor_scores(
     return score_successors(w or head_weights(model), weight_inputs(model), convention=convention, min_size=min_size)
 
 
+@in_eval_mode
 def copy_suppression_scores(
     model,
     w: HeadWeights | None = None,

@@ -36,7 +36,7 @@ import torch
 from ..errors import BadInput
 from ..folded_weights import HeadWeights, head_weights
 from ..models.inputs import SAMPLE_TEXTS, one_sequence
-from ..models.model import as_model
+from ..models.model import as_model, in_eval_mode
 from ..results.logit_results import LogitAttribution
 from ..scan.direct import DirectEffects, DirectPass, Unembedding, unembedding
 
@@ -62,6 +62,7 @@ def direct_effects(
     return run.finish(logits)
 
 
+@in_eval_mode
 def logit_attribution(
     model, text=None, *, max_tokens: int | None = None, weights: HeadWeights | None = None
 ) -> LogitAttribution:

@@ -30,7 +30,7 @@ from ..errors import BadInput
 from ..folded_weights import HeadWeights, head_weights
 from ..models.embedding import effective_embedding
 from ..models.inputs import as_heads, as_sequences, single_tokens
-from ..models.model import as_model
+from ..models.model import as_model, in_eval_mode
 from ..results.logit_results import OVRows, ov_definition
 from ..settings import whole_number
 
@@ -148,6 +148,7 @@ def source_tokens(model, tokens=None, text=None, max_tokens: int | None = None) 
     return ids
 
 
+@in_eval_mode
 def ov_circuit(
     model,
     head,

@@ -12,7 +12,7 @@ from .loading import (
     resolve_dtype,
     resolve_source,
 )
-from .model import FirstToken, HeadscopeModel, ModelSource, as_model
+from .model import FirstToken, HeadscopeModel, ModelSource, as_model, eval_mode, in_eval_mode
 
 __all__ = [
     "BUILTINS",
@@ -26,7 +26,9 @@ __all__ = [
     "check_hub_available",
     "encode",
     "encode_texts",
+    "eval_mode",
     "fetch_hub",
+    "in_eval_mode",
     "list_cached",
     "load_model",
     "resolve_device",

@@ -9,10 +9,16 @@ works on it unchanged. Code that receives a bare bridge calls :func:`as_model` f
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import torch
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 
 @dataclass(frozen=True)
@@ -137,3 +143,44 @@ def as_model(model: Any) -> HeadscopeModel:
         ModelSource(name, "in-memory", ""),
         FirstToken.choose(getattr(tok, "bos_token_id", None), getattr(tok, "eos_token_id", None)),
     )
+
+
+@contextmanager
+def eval_mode(model: Any) -> Iterator[None]:
+    """Run the body with ``model`` in eval mode (no dropout), then put back every module's own mode.
+
+    An analysis reads what the model computes; a model left in train mode (after fine-tuning in the same
+    notebook) would add dropout noise to every score. Each module's ``training`` flag is restored as it
+    was, so a user's mix of train and eval submodules is left alone. Anything that is not a torch module
+    (a bare ``HeadWeights``) passes through.
+
+    >>> model.train() and None
+    >>> with eval_mode(model):
+    ...     model.bridge.training
+    False
+    >>> model.bridge.training
+    True
+    >>> model.eval() and None
+    """
+    bridge = model.bridge if isinstance(model, HeadscopeModel) else model
+    if not isinstance(bridge, torch.nn.Module) or not any(m.training for m in bridge.modules()):
+        yield
+        return
+    modes = [(m, m.training) for m in bridge.modules()]
+    bridge.eval()
+    try:
+        yield
+    finally:
+        for m, was in modes:
+            m.training = was
+
+
+def in_eval_mode(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Decorate an analysis whose first argument is the model: it runs under :func:`eval_mode`."""
+
+    @functools.wraps(fn)
+    def run(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with eval_mode(args[0] if args else kwargs.get("model")):
+            return fn(*args, **kwargs)
+
+    return run

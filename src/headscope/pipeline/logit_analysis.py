@@ -32,7 +32,7 @@ from ..logits import LogitAttribution, induction_stories, logit_attribution, ov_
 from ..logits.ov_rows import source_tokens
 from ..models.embedding import effective_embedding
 from ..models.inputs import TokenSequence, as_heads, as_sequences
-from ..models.model import as_model
+from ..models.model import as_model, in_eval_mode
 from ..progress import Progress
 from ..qk import CompositionScores, composition_scores
 from ..qk.analysis import COMPOSITION_OFFSETS
@@ -165,6 +165,7 @@ def _k_composition(m, w, composition: CompositionScores | None, say) -> Composit
     return composition
 
 
+@in_eval_mode
 def analyze_logits(
     model,
     texts=None,

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..models.inputs import TokenSequence, encode_texts
-from ..models.model import as_model
+from ..models.model import as_model, in_eval_mode
 from ..progress import Progress
 from ..render.html import MAX_VIEW_TOKENS
 from ..render.page import Report
@@ -19,6 +19,7 @@ from ..scan import attention_sample, scan_induction
 from ..settings import ScanSettings
 
 
+@in_eval_mode
 def build_report(
     model,
     texts: list[str] | list[tuple[str, str]] | None = None,

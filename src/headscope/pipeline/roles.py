@@ -23,7 +23,7 @@ from ..head_labels import top_k as top_k_heads
 from ..kinds.documents import as_files, file_documents, unknown_share
 from ..kinds.icl import ICL_DEFAULT_WINDOWS, icl_score
 from ..kinds.sink import SINK_TOKENS, SinkScores, paper_windows, sink_scores_on_text
-from ..models.model import as_model
+from ..models.model import as_model, in_eval_mode
 from ..progress import Progress
 from ..results.heads_analysis import HeadsAnalysis
 from ..scan import scan_induction
@@ -43,6 +43,7 @@ SINK_ROLE = "attention_sink"
 UNKNOWN_MAX = 0.5
 
 
+@in_eval_mode
 def analyze_heads(
     model,
     settings: ScanSettings | None = None,

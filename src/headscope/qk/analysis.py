@@ -17,7 +17,7 @@ from ..folded_weights import head_weights
 from ..head_labels import Head, head_label
 from ..hooks import act_name
 from ..models.inputs import single_tokens
-from ..models.model import as_model
+from ..models.model import as_model, in_eval_mode
 from ..progress import Progress
 from ..results.qk_results import (
     QUICK_SCAN,
@@ -203,6 +203,7 @@ def _skipped_note(model, skipped: list[dict], total: int) -> list[str]:
     ]
 
 
+@in_eval_mode
 def analyze_qk(
     model,
     texts=None,

@@ -15,7 +15,7 @@ import torch
 
 from ..errors import BadInput
 from ..folded_weights import HeadWeights, head_weights
-from ..models.model import as_model
+from ..models.model import as_model, in_eval_mode
 from ..results.qk_results import PositionalQK, TokenQK
 from ..tokens import token_text
 from . import rotary
@@ -30,6 +30,7 @@ def normalise(x: torch.Tensor, norm: str, eps: float = 1e-5) -> torch.Tensor:
     return x / (x.pow(2).mean(-1, keepdim=True) + eps).sqrt()
 
 
+@in_eval_mode
 @torch.no_grad()
 def positional_qk(
     model,
@@ -152,6 +153,7 @@ def _top_tokens(vec: torch.Tensor, labels_of, k: int, sign: int) -> list[str]:
     return labels_of(idx)
 
 
+@in_eval_mode
 @torch.no_grad()
 def token_qk(
     model,

@@ -24,7 +24,7 @@ import torch
 
 from ..errors import BadInput
 from ..folded_weights import HeadWeights, head_weights
-from ..models.model import as_model
+from ..models.model import as_model, in_eval_mode
 from ..results.qk_results import CompositionScores, OffsetComposition
 from . import rotary
 from .live import as_heads
@@ -109,6 +109,7 @@ def check_kinds(kinds, allowed=KINDS) -> list[str]:
     return out
 
 
+@in_eval_mode
 @torch.no_grad()
 def composition_scores(
     model_or_weights,

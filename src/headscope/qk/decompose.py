@@ -34,7 +34,7 @@ from ..errors import BadInput
 from ..folded_weights import HeadWeights, attn_post_scale_hook, head_weights, mlp_write_hook
 from ..hooks import act_name
 from ..models.inputs import TokenSequence, one_sequence
-from ..models.model import as_model
+from ..models.model import as_model, in_eval_mode
 from ..results.qk_results import QKDecomposition
 from . import rotary
 from .live import as_heads, capture, pre_softmax_scores
@@ -226,6 +226,7 @@ def choose_pairs(seq: TokenSequence, pattern: np.ndarray, query: int | None, key
     return [(q, k)], f"query {q}, key {k}"
 
 
+@in_eval_mode
 @torch.no_grad()
 def decompose_qk(
     model,

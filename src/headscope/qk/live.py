@@ -24,7 +24,7 @@ import torch
 from ..errors import BadInput
 from ..hooks import act_name
 from ..models.inputs import TokenSequence, as_heads, as_sequences
-from ..models.model import as_model
+from ..models.model import as_model, in_eval_mode
 from ..results.qk_results import QKScores
 from . import rotary
 
@@ -118,6 +118,7 @@ def pre_softmax_scores(
     return out
 
 
+@in_eval_mode
 def qk_scores(model, heads, texts=None, *, max_tokens: int | None = None) -> QKScores:
     """Pre-softmax scores and attention patterns of ``heads`` on ``texts``.
 

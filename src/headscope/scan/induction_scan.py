@@ -37,7 +37,7 @@ from ..hooks import act_name
 from ..models.embedding import weight_inputs
 from ..models.fingerprint import cached_fingerprint, weights_version
 from ..models.inputs import TokenSequence
-from ..models.model import HeadscopeModel, as_model
+from ..models.model import HeadscopeModel, as_model, in_eval_mode
 from ..progress import Progress
 from ..results.scan_result import InductionResult
 from ..scores import (
@@ -487,6 +487,7 @@ def _causal_check(
     )
 
 
+@in_eval_mode
 def scan_induction(
     model,
     settings: ScanSettings | None = None,
