@@ -36,7 +36,7 @@ def build_report(
 ) -> Report:
     """Run the induction scan, the QK analysis and the logit analysis on ``model``; gather them into a :class:`Report`.
 
-    ``texts``: strings or ``(title, text)`` pairs for the attention views and the QK and logit
+    ``texts``: a string, or strings or ``(title, text)`` pairs, for the attention views and the QK and logit
     analyses (None: the built-in samples; with ``builtin_texts=False`` and no ``texts``, no
     attention views: the page of the scan alone); each goes through the one input path, cut to
     the page's window of :data:`~headscope.render.html.MAX_VIEW_TOKENS` tokens (said on the page).
@@ -96,7 +96,9 @@ def build_report(
 
 
 def texts_to_sequences(model, texts, max_tokens: int = MAX_VIEW_TOKENS) -> list[TokenSequence]:
-    """Strings or ``(title, text)`` pairs (None: the samples) through the one input path."""
+    """Strings or ``(title, text)`` pairs (None: the samples) through the one input path; one string is one text."""
+    if isinstance(texts, str):
+        texts = [texts]
     if not texts:
         return encode_texts(model, None, max_tokens=max_tokens)
     pairs = [t if isinstance(t, tuple) else (f"text {i}", t) for i, t in enumerate(texts, 1)]
