@@ -40,6 +40,7 @@ from ..qk.composition import composition_by_offset
 from ..qk.rotary import is_rotary
 from ..results.logit_results import SCAN_SCORES, InductionStories, LogitAnalysis, arrow
 from ..scan import InductionResult, check_settings, scan_induction
+from ..scan.induction_scan import check_scan_of
 from ..settings import ScanSettings
 from ..tokens import token_text
 from .circuit_analysis import story_paths
@@ -216,10 +217,14 @@ def analyze_logits(
     if scan is None:
         st.check()
         check_settings(st.seq_len, st.batch, st.repeats, m.first_token.id is not None, m.n_ctx, m.name)
-    elif st.top_k < 1:
-        raise BadInput(f"top_k (--top) must be at least 1 (got {st.top_k})")
-    elif "direct_logit_later" not in scan.scores:
-        raise BadInput("the given scan has no direct logit effects", hint="run it with this headscope's scan_induction")
+    else:
+        check_scan_of(m, scan)
+        if st.top_k < 1:
+            raise BadInput(f"top_k (--top) must be at least 1 (got {st.top_k})")
+        if "direct_logit_later" not in scan.scores:
+            raise BadInput(
+                "the given scan has no direct logit effects", hint="run it with this headscope's scan_induction"
+            )
     notes = [n for s in seqs for n in s.notes]
     t = time.perf_counter()
     w = head_weights(m)

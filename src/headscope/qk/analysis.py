@@ -25,6 +25,7 @@ from ..results.qk_results import (
     QKDecomposition,
     TokenQK,
 )
+from ..scan.induction_scan import check_scan_of
 from . import rotary
 from .circuits import normalise, positional_qk, token_qk
 from .composition import composition_by_offset, composition_scores
@@ -237,7 +238,7 @@ def analyze_qk(
     notes = [n for s in seqs for n in s.notes]
     step("quick induction scan", 0, 1)
     given_scan = scan is not None
-    scan = scan if given_scan else quick_scan(model)
+    scan = check_scan_of(model, scan) if given_scan else quick_scan(model)
     timings["scan_s"] = time.perf_counter() - t
     if chosen is None:
         chosen, reasons = pick_heads(scan, top)

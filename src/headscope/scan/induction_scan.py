@@ -69,6 +69,29 @@ from .losses import (
 from .sequences import RepeatedTokens, repeated_tokens
 
 
+def check_scan_of(model, scan) -> InductionResult:
+    """``scan`` as the induction scan of ``model``: an :class:`InductionResult` of a model of the same shape.
+
+    An analysis that reuses a scan (``analyze_qk(scan=...)``, ``analyze_logits(scan=...)``) picks its heads
+    and reads its numbers from it; a scan of another model would pick heads by another model's scores.
+    """
+    if not isinstance(scan, InductionResult):
+        raise BadInput(
+            f"scan must be an InductionResult, not {type(scan).__name__}",
+            hint="pass what headscope.scan_induction(model) returned, or InductionResult.from_json(...) of its scores.json",
+        )
+    m = as_model(model)
+    shape = {"n_layers": m.n_layers, "n_heads": m.n_heads, "d_vocab": int(m.cfg.d_vocab)}
+    theirs = {k: scan.model.get(k) for k in shape}
+    if theirs != shape:
+        differ = ", ".join(f"{k} {theirs[k]} (the model has {v})" for k, v in shape.items() if theirs[k] != v)
+        raise BadInput(
+            f"the given scan is of {scan.model.get('name', 'another model')!r}, not of {m.name!r}: {differ}",
+            hint="scan this model (headscope.scan_induction(model)) or leave scan=None",
+        )
+    return scan
+
+
 def chunk_size_for(n_tokens: int, n_heads: int, d_vocab: int, batch: int, max_memory_gb: float) -> int:
     """Sequences per forward pass so that one layer's attention and the logits fit the budget.
 
