@@ -29,7 +29,7 @@ import torch
 from ..errors import BadInput
 from ..folded_weights import HeadWeights, head_weights
 from ..models.embedding import effective_embedding
-from ..models.inputs import as_heads, as_sequences, single_tokens
+from ..models.inputs import as_sequences, one_head, single_tokens
 from ..models.model import as_model, in_eval_mode
 from ..results.logit_results import OVRows, ov_definition
 from ..settings import whole_number
@@ -180,7 +180,7 @@ def ov_circuit(
     >>> bool((ov.top_values[:, 0] >= ov.self_value).all())   # nothing ranks above the top
     True
     """
-    ((layer, h),) = as_heads(model, [head])
+    layer, h = one_head(model, head, "ov_circuit")
     if whole_number("k", k) < 1:
         raise BadInput(f"k must be at least 1 (got {k}): the tokens each row promotes and suppresses", hint="e.g. k=10")
     ids = source_tokens(model, tokens, text, max_tokens)

@@ -16,13 +16,14 @@ Rules, the same for ``induction --text``, ``qk``, ``report`` and the Python API:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import numbers
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
 from ..errors import BadInput
-from ..head_labels import Head, parse_heads
+from ..head_labels import Head, head_label, parse_heads
 from ..tokens import token_text
 from .model import HeadscopeModel, as_model
 
@@ -202,8 +203,29 @@ def one_sequence(model, text, max_tokens: int | None, what: str) -> TokenSequenc
 
 
 def as_heads(model, heads) -> list[Head]:
-    """``(layer, head)`` tuples or ``"L5H1"``/``"5.1"`` strings, checked against the model."""
+    """``(layer, head)`` tuples or ``"L5H1"``/``"5.1"`` strings, checked against the model; one head alone too."""
     m = as_model(model)
-    if isinstance(heads, (str, tuple)):
-        heads = [heads]
+    if heads is None:
+        raise BadInput("no head given", hint="pass heads such as 'L5H1', '5.1' or (5, 1), or a list of them")
+    if _is_pair(heads):
+        heads = [tuple(int(x) for x in heads)]
+    elif isinstance(heads, (str, tuple)) or not isinstance(heads, Iterable):
+        heads = [heads]  # one head; a number such as 5.1 is refused by parse_head with the reason
     return parse_heads(heads, m.n_layers, m.n_heads)
+
+
+def _is_pair(heads) -> bool:
+    """``[5, 1]`` (or a numpy pair): one head, since a bare number is never a head."""
+    items = list(heads) if isinstance(heads, Sequence) or hasattr(heads, "tolist") else []
+    return len(items) == 2 and all(isinstance(x, numbers.Integral) for x in items)
+
+
+def one_head(model, head, what: str) -> Head:
+    """The one head an analysis of a single head reads; several (``"5.1,6.2"``, a list) are refused, not cut to one."""
+    heads = as_heads(model, head)
+    if len(heads) > 1:
+        raise BadInput(
+            f"{what} reads one head; {len(heads)} were given ({', '.join(head_label(*lh) for lh in heads)})",
+            hint=f"call {what} once per head (a list comprehension in a notebook)",
+        )
+    return heads[0]

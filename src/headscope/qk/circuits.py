@@ -15,6 +15,7 @@ import torch
 
 from ..errors import BadInput
 from ..folded_weights import HeadWeights, head_weights
+from ..models.inputs import one_head
 from ..models.model import as_model, in_eval_mode
 from ..results.qk_results import PositionalQK, TokenQK
 from ..tokens import token_text
@@ -180,7 +181,7 @@ def token_qk(
     >>> token_qk(model, "1.2", [5, 6, 7]).offset is None  # tiny GPT-2: learned positions
     True
     """
-    ((layer, h),) = as_heads(model, [head])
+    layer, h = one_head(model, head, "token_qk")
     w = weights or head_weights(model)
     token_ids = check_token_ids(token_ids, int(w.W_E.shape[0]))
     eps = float(getattr(model.cfg, "eps", 1e-5))

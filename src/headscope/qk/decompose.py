@@ -33,11 +33,11 @@ import torch
 from ..errors import BadInput
 from ..folded_weights import HeadWeights, attn_post_scale_hook, head_weights, mlp_write_hook
 from ..hooks import act_name
-from ..models.inputs import TokenSequence, one_sequence
+from ..models.inputs import TokenSequence, one_head, one_sequence
 from ..models.model import as_model, in_eval_mode
 from ..results.qk_results import QKDecomposition
 from . import rotary
-from .live import as_heads, capture, pre_softmax_scores
+from .live import capture, pre_softmax_scores
 
 #: A decomposition whose total misses the model's own pre-softmax score by more than this, relative to
 #: the size of the scores explained (``max(1, max |score|)``), is refused (:func:`check_decomposition`).
@@ -246,7 +246,7 @@ def decompose_qk(
     in score units (``q.k/sqrt(d_head)``); ``vs_mean_key`` columns subtract each component's
     mean over all keys the query can see, which is what the softmax responds to.
     """
-    ((layer, h),) = as_heads(model, [head])
+    layer, h = one_head(model, head, "decompose_qk")
     seq = one_sequence(model, text, max_tokens, "decompose_qk")
     w = weights or head_weights(model)
     acts = acts if acts is not None else capture_residual(model, seq, layer)
@@ -393,7 +393,7 @@ def decompose_pair(
     >>> bool(abs(d.key_vs_mean - ref.key_vs_mean).max() < 1e-8), d.key_names == ref.key_names
     (True, True)
     """
-    ((layer, h),) = as_heads(model, [head])
+    layer, h = one_head(model, head, "decompose_pair")
     w = weights or head_weights(model)
     scale = w.score_scale(layer)
     (qn, qkinds, q), (kn, kkinds, k) = _project_at(model, w, acts, layer, h, [query, key])
