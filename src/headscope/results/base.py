@@ -25,7 +25,9 @@ import numpy as np
 
 from ..errors import BadInput
 from ..jsonsafe import dumps, strict
+from ..settings import whole_number
 
+_V = TypeVar("_V")
 R = TypeVar("R", bound="Result")
 
 
@@ -193,6 +195,29 @@ def _read_source(cls: type[Result], source) -> str:
         raise BadInput(f"cannot read {path}: {e.strerror or e}", hint=cls.json_hint) from None
     except UnicodeDecodeError as e:
         raise BadInput(f"not JSON: {path} is not UTF-8 text ({e.reason})", hint=cls.json_hint) from None
+
+
+def how_many(k, name: str = "k") -> int:
+    """A count a result's accessor takes (``top(k)``): a whole number >= 0, else :class:`BadInput`
+    (pandas' ``head(-1)`` would quietly drop the last row instead)."""
+    if whole_number(name, k) < 0:
+        raise BadInput(f"{name}={k!r}: must be 0 or more", hint=f"e.g. {name}=5")
+    return int(k)
+
+
+def one_of(value: _V, options: tuple[_V, ...], name: str) -> _V:
+    """``value`` if it is one of ``options``, else :class:`BadInput` listing them."""
+    if value not in options:
+        raise BadInput(f"unknown {name} {value!r}", hint=f"use one of: {', '.join(map(repr, options))}")
+    return value
+
+
+def in_range(index, n: int, what: str) -> int:
+    """An index into ``n`` things (negative counts from the end), else :class:`BadInput` saying how many there are."""
+    i = whole_number(what, index)
+    if not -n <= i < n:
+        raise BadInput(f"{what} {i} does not exist: this result has {n} (0..{n - 1})", hint=f"use 0 to {n - 1}")
+    return i
 
 
 def float_of(v) -> float:

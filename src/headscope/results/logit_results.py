@@ -20,7 +20,7 @@ from ..models.inputs import TokenSequence
 from ..scores import default_thresholds
 from ..scores import score as declared
 from ..tokens import visible_whitespace
-from .base import Result, rounded
+from .base import Result, how_many, one_of, rounded
 from .qk_results import CompositionScores
 from .scan_result import InductionResult
 
@@ -135,6 +135,7 @@ class LogitAttribution(Result):
 
     def top(self, k: int = 10, sign: int = 1):
         """The ``k`` (position, head) cells that push the actual next token most (``sign=-1``: suppress most)."""
+        k, sign = how_many(k), one_of(sign, (1, -1), "sign")
         f = self.to_frame()
         return f.reindex((sign * f["effect"]).sort_values(ascending=False).index).head(k).reset_index(drop=True)
 
@@ -202,6 +203,7 @@ class RepeatLogitEffects(Result):
 
     def top(self, k: int = 5, which: str = "later") -> list[tuple[int, int, float]]:
         """The ``k`` heads with the largest mean effect on ``which`` ("later" or "first") targets."""
+        k, which = how_many(k), one_of(which, ("later", "first"), "which")
         a = self.later if which == "later" else self.first
         order = np.argsort(-a, axis=None)[:k]
         H = a.shape[1]
@@ -518,6 +520,7 @@ class LogitAnalysis(Result):
         ``sign=-1``: the largest pushes down. Columns: text, position, token, target, position
         label (``·lazy → ·dog``), head, effect, and the model's own centred logit of the target.
         """
+        k, sign = how_many(k), one_of(sign, (1, -1), "sign")
         import pandas as pd
 
         frames = []

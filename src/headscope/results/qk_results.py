@@ -7,6 +7,7 @@ registered for its type (:mod:`headscope.render.views.qk_parts`), so computing n
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -16,7 +17,7 @@ from ..errors import BadInput
 from ..head_labels import Head, as_head, head_label, top_k
 from ..models.inputs import TokenSequence
 from ..scores import default_thresholds
-from .base import Result, rounded
+from .base import Result, how_many, in_range, one_of, rounded
 
 #: Definitions and sources of the QK quantities, for the legend.
 QK_DEFINITIONS = {
@@ -128,7 +129,14 @@ class QKScores(Result):
         }
 
     def head_index(self, head) -> int:
-        return self.heads.index(as_head(head))
+        """Where ``head`` (``"L1H2"``, ``"1.2"``, ``(1, 2)``) is in :attr:`heads`; a head not computed is BadInput."""
+        lh = as_head(head)
+        if lh not in self.heads:
+            raise BadInput(
+                f"head {head_label(*lh)} is not in this result; it has {', '.join(head_label(*h) for h in self.heads)}",
+                hint=f"use one of those, or compute it: qk_scores(model, {head_label(*lh)!r}, texts)",
+            )
+        return self.heads.index(lh)
 
     def attention_by_offset(self, head, skip_first: bool = True) -> np.ndarray:
         """Attention mass of ``head`` at each offset ``i - j`` (0, 1, ...), summed over every query of every text.
@@ -156,10 +164,11 @@ class QKScores(Result):
 
     def plot(self, sequence: int = 0, head=None):
         """Scores and pattern of one head on one sequence, token x token (queries down, keys across)."""
+        sequence = in_range(sequence, len(self.sequences), "sequence")
         return self._figure("plot_live", sequence, 0 if head is None else self.head_index(head))
 
     def plot_grid(self, sequence: int = 0):
-        return self._figure("plot_live_grid", sequence)
+        return self._figure("plot_live_grid", in_range(sequence, len(self.sequences), "sequence"))
 
 
 @dataclass(repr=False, eq=False)  # Result gives both
@@ -216,6 +225,10 @@ class QKDecomposition(Result):
         return out
 
     def top(self, side: str = "key", k: int = 5, by: str = "contribution") -> list[tuple[str, float]]:
+        """The ``k`` ``side`` ("key" or "query") components with the largest ``|by|`` ("contribution" or "vs_mean_key")."""
+        one_of(side, ("key", "query"), "side")
+        one_of(by, ("contribution", "vs_mean_key"), "by")
+        k = how_many(k)
         f = self.to_frame()
         f = f[f.side == side]
         f = f.reindex(f[by].abs().sort_values(ascending=False).index)
@@ -438,6 +451,16 @@ class CompositionScores(Result):
 
     def top_sources(self, layer: int, head: int, kind: str = "K", k: int = 5) -> list[tuple[int, int, float]]:
         """The earlier heads whose output the later head's ``kind`` side reads most: (layer, head, excess)."""
+        L, H = self.shape
+        if not (isinstance(layer, numbers.Integral) and isinstance(head, numbers.Integral)):
+            raise BadInput(
+                f"top_sources takes the later head as two integers, layer and head; got {layer!r}, {head!r}",
+                hint="e.g. top_sources(18, 6, 'K', 5) for L18H6",
+            )
+        if not (0 <= layer < L and 0 <= head < H):
+            raise BadInput(f"head L{layer}H{head} does not exist: layers 0..{L - 1}, heads 0..{H - 1}")
+        one_of(kind, tuple(self.scores), "composition kind (computed here)")
+        k = how_many(k)
         s = self.excess(kind)[:, :, layer, head]
         order = [i for i in np.argsort(-np.nan_to_num(s, nan=-np.inf), axis=None) if not np.isnan(s.flat[i])][:k]
         H = s.shape[1]
