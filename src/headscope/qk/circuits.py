@@ -18,6 +18,7 @@ from ..folded_weights import HeadWeights, head_weights
 from ..models.inputs import one_head
 from ..models.model import as_model, in_eval_mode
 from ..results.qk_results import PositionalQK, TokenQK
+from ..settings import whole_number
 from ..tokens import token_text
 from . import rotary
 from .live import as_heads
@@ -54,6 +55,8 @@ def positional_qk(
     (``-slope_h d``): a fixed penalty on distance, not a read of any weight or input.
     """
     heads = as_heads(model, heads)
+    if whole_number("n_positions", n_positions) < 1:
+        raise BadInput(f"n_positions must be at least 1 (got {n_positions})", hint="the default is 64")
     w = weights or head_weights(model)
     eps = float(getattr(model.cfg, "eps", 1e-5))
     offsets = np.arange(n_positions)
@@ -182,6 +185,14 @@ def token_qk(
     True
     """
     layer, h = one_head(model, head, "token_qk")
+    d_head = int(model.cfg.d_head)
+    if not 0 <= whole_number("directions", directions) <= d_head:
+        raise BadInput(
+            f"directions must be 0..{d_head} (got {directions}): the circuit has rank d_head = {d_head}",
+            hint="the default is 3",
+        )
+    if whole_number("per_direction", per_direction) < 0:
+        raise BadInput(f"per_direction must be 0 or more (got {per_direction})", hint="the default is 6")
     w = weights or head_weights(model)
     token_ids = check_token_ids(token_ids, int(w.W_E.shape[0]))
     eps = float(getattr(model.cfg, "eps", 1e-5))

@@ -26,6 +26,7 @@ from ..errors import BadInput
 from ..folded_weights import HeadWeights, head_weights
 from ..models.model import as_model, in_eval_mode
 from ..results.qk_results import CompositionScores, OffsetComposition
+from ..settings import whole_number
 from . import rotary
 from .live import as_heads
 
@@ -98,7 +99,7 @@ def check_kinds(kinds, allowed=KINDS) -> list[str]:
     >>> check_kinds("K"), check_kinds(("Q", "K", "Q"))
     (['K'], ['Q', 'K'])
     """
-    out = list(dict.fromkeys(kinds))  # a string is its letters: "K", "QK"
+    out = list(dict.fromkeys(kinds or ()))  # a string is its letters: "K", "QK"
     bad = [k for k in out if k not in allowed]
     valid = ", ".join(repr(k) for k in allowed)
     if bad or not out:
@@ -137,6 +138,11 @@ def composition_scores(
     'position-free'
     """
     kinds = check_kinds(kinds)
+    if whole_number("baseline_samples", baseline_samples) < 2:
+        raise BadInput(
+            f"baseline_samples must be at least 2 (got {baseline_samples}): the baseline is a mean and a spread",
+            hint="the default is 200",
+        )
     given = model_or_weights if isinstance(model_or_weights, HeadWeights) else None
     model = None if given is not None else as_model(model_or_weights)
     w = given or weights or head_weights(model)
