@@ -62,15 +62,35 @@ class ScanSettings:
     chunk_size: int | None = None
 
     @classmethod
-    def from_keywords(cls, base: ScanSettings | None = None, /, **keywords: Any) -> ScanSettings:
+    def from_keywords(cls, base: ScanSettings | Mapping[str, Any] | None = None, /, **keywords: Any) -> ScanSettings:
         """``base`` (default: the defaults) with ``keywords`` replaced; an unknown keyword is a TypeError.
 
-        ``None`` for ``thresholds`` or ``max_memory_gb`` means the default, as it always did in the API.
+        ``base`` may also be a mapping of field names to values (``{"seq_len": 8}``), read as
+        keywords on the defaults (``keywords`` win); a key that is not a field is a ``BadInput``
+        naming the fields. Anything else is a ``BadInput``. ``None`` for ``thresholds`` or
+        ``max_memory_gb`` means the default, as it always did in the API.
 
         >>> ScanSettings.from_keywords(max_memory_gb=None).max_memory_gb
         2.0
+        >>> s = ScanSettings.from_keywords({"seq_len": 8, "batch": 4}, batch=2)
+        >>> s.seq_len, s.batch
+        (8, 2)
         """
         names = {f.name for f in dataclasses.fields(cls)}
+        if isinstance(base, Mapping):
+            bad = sorted(str(k) for k in base if k not in names)
+            if bad:
+                raise BadInput(
+                    f"unknown scan setting(s) {', '.join(bad)} in the settings mapping",
+                    hint=f"the settings are: {', '.join(sorted(names))}",
+                )
+            keywords = {**base, **keywords}
+            base = None
+        elif base is not None and not isinstance(base, ScanSettings):
+            raise BadInput(
+                f"settings must be a ScanSettings or a mapping of its fields, got {type(base).__name__}",
+                hint="e.g. settings=ScanSettings(seq_len=20), settings={'seq_len': 20}, or the keyword seq_len=20",
+            )
         unknown = sorted(set(keywords) - names)
         if unknown:
             raise TypeError(

@@ -20,6 +20,7 @@ never combined (see :mod:`headscope.logits.story`).
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -171,7 +172,7 @@ def analyze_logits(
     model,
     texts=None,
     heads=None,
-    settings: ScanSettings | None = None,
+    settings: ScanSettings | Mapping[str, Any] | None = None,
     *,
     top: int = 3,
     tokens: list[str] | None = None,
@@ -189,7 +190,7 @@ def analyze_logits(
     ``texts``: strings or :class:`~headscope.models.inputs.TokenSequence` (None: the built-in
     samples), each cut to ``max_tokens`` (said in ``notes``). ``tokens``: single-token strings
     whose OV rows are shown first (others are refused with how they tokenise). The scan
-    (``settings``, a :class:`~headscope.settings.ScanSettings`, its fields replaced by
+    (``settings``, a :class:`~headscope.settings.ScanSettings` or a mapping of its fields, its fields replaced by
     ``keywords``: ``seq_len=``, ``batch=``, ``ablate=``, ``ablation=``, ``attention=``, ...; its
     ``top_k`` is ``top``) gives the induction story's numbers; pass an existing ``scan`` (and
     ``composition`` with K scores) to reuse them. ``k``: promoted/suppressed tokens kept per OV

@@ -6,7 +6,7 @@ place that does.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..models.inputs import TokenSequence, encode_texts
@@ -23,7 +23,7 @@ from ..settings import ScanSettings
 def build_report(
     model,
     texts: list[str] | list[tuple[str, str]] | None = None,
-    settings: ScanSettings | None = None,
+    settings: ScanSettings | Mapping[str, Any] | None = None,
     *,
     qk: bool = True,
     qk_top: int = 3,
@@ -40,8 +40,8 @@ def build_report(
     analyses (None: the built-in samples; with ``builtin_texts=False`` and no ``texts``, no
     attention views: the page of the scan alone); each goes through the one input path, cut to
     the page's window of :data:`~headscope.render.html.MAX_VIEW_TOKENS` tokens (said on the page).
-    The scan runs with ``settings`` (:class:`~headscope.settings.ScanSettings`; default: its
-    defaults), any of its fields replaced by ``keywords`` (``seq_len=``, ``top_k=``, ...).
+    The scan runs with ``settings`` (:class:`~headscope.settings.ScanSettings` or a mapping of its
+    fields; default: its defaults), any of its fields replaced by ``keywords`` (``seq_len=``, ``top_k=``, ...).
     The QK analysis takes the scan's top ``qk_top`` induction and previous-token heads; the
     logit analysis (``logits``) reuses the scan (its direct effects and ablation) and the QK
     analysis's composition scores, and tells the story of the top ``qk_top`` induction heads. ``attention``: the

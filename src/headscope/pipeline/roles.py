@@ -13,7 +13,7 @@ tokens) is left to ``headscope induction``: here the causal check is the ICL one
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -46,7 +46,7 @@ UNKNOWN_MAX = 0.5
 @in_eval_mode
 def analyze_heads(
     model,
-    settings: ScanSettings | None = None,
+    settings: ScanSettings | Mapping[str, Any] | None = None,
     *,
     icl: bool = True,
     icl_top: int = ICL_TOP,
@@ -60,7 +60,7 @@ def analyze_heads(
 ) -> HeadsAnalysis:
     """Every head's roles across every score of the registry, and the ICL check of the top induction heads.
 
-    The scan (``settings``, a :class:`~headscope.settings.ScanSettings`, its fields replaced by
+    The scan (``settings``, a :class:`~headscope.settings.ScanSettings` or a mapping of its fields, replaced by
     ``keywords``: ``seq_len=``, ``attention=``, ...; run without its causal check) scores every
     head; its ``thresholds`` override the registry's role thresholds. With ``icl``, Olsson et
     al.'s score on ``icl_windows`` windows of 512 tokens of ``files`` (default: CPython's

@@ -26,7 +26,7 @@ import os
 import re
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -301,13 +301,13 @@ def run_sweep(
     log: Callable[[str], None] | None = None,
     progress: bool | None = False,
     executor=None,
-    settings: ScanSettings | None = None,
+    settings: ScanSettings | Mapping[str, Any] | None = None,
     **scan: Any,
 ) -> SweepResult:
     """Scan every entry (see :func:`plan_sweep`) and write each result as soon as it is done.
 
-    ``settings`` (a :class:`~headscope.settings.ScanSettings`; default :data:`DEFAULT_SCAN`),
-    its fields replaced by the ``scan`` keywords (``seq_len=``, ``ablate=``, ...), is what every
+    ``settings`` (a :class:`~headscope.settings.ScanSettings` or a mapping of its fields; default
+    :data:`DEFAULT_SCAN`), its fields replaced by the ``scan`` keywords (``seq_len=``, ``ablate=``, ...), is what every
     entry is scanned with.
     ``out_dir`` must be new, empty or an earlier sweep's (its manifest says so): a folder
     holding files headscope did not write, or another command's results, raises
@@ -323,6 +323,8 @@ def run_sweep(
     spreads them over a Ray cluster. Whoever runs them, this process writes every file.
     """
     known = DEFAULT_SCAN.to_dict()
+    if isinstance(settings, Mapping):  # a mapping of fields: keywords on the sweep's defaults
+        scan, settings = {**settings, **scan}, None
     unknown = set(scan) - set(known)
     if unknown:
         raise BadInput(f"unknown scan setting(s) {', '.join(sorted(unknown))}", hint=f"use: {', '.join(known)}")

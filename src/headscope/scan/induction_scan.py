@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -513,7 +513,7 @@ def _causal_check(
 @in_eval_mode
 def scan_induction(
     model,
-    settings: ScanSettings | None = None,
+    settings: ScanSettings | Mapping[str, Any] | None = None,
     *,
     sample: bool = True,
     progress: bool | None = None,
@@ -535,7 +535,8 @@ def scan_induction(
     ``attention``: "auto" (fused kernel wherever the model can be routed, else eager),
     "fused" (refused with the reason where it cannot) or "eager" (full patterns); the path
     that ran is ``settings["attention"]``. ``max_memory_gb`` bounds one chunk's working set. All of them:
-    one :class:`~headscope.settings.ScanSettings` (``settings``), its fields replaced by ``keywords``.
+    one :class:`~headscope.settings.ScanSettings` (``settings``; a mapping of its fields such as
+    ``{"seq_len": 8}`` is read the same way, an unknown key refused), its fields replaced by ``keywords``.
 
     >>> res = scan_induction(model, seq_len=8, batch=2, top_k=2, sample=False, progress=False)
     >>> len(res.top_heads("induction", 2)), list(res.scores)[:2], len(res.ablation)  # 2 heads, all, 10 controls
