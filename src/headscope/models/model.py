@@ -10,12 +10,15 @@ works on it unchanged. Code that receives a bare bridge calls :func:`as_model` f
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, ParamSpec, TypeVar
 
 import torch
+
+from ..errors import BadInput
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -129,13 +132,25 @@ class HeadscopeModel:
 
 
 def as_model(model: Any) -> HeadscopeModel:
-    """``model`` as a :class:`HeadscopeModel`; a bare ``TransformerBridge`` is wrapped (source "in-memory")."""
+    """``model`` as a :class:`HeadscopeModel`; a bare ``TransformerBridge`` is wrapped (source "in-memory").
+
+    Anything else (a model's name, a path, ``None``) is a :class:`~headscope.errors.BadInput` saying
+    to load it first.
+
+    >>> as_model("gpt2")
+    Traceback (most recent call last):
+    ...
+    headscope.errors.BadInput: expected a loaded model, got the str 'gpt2'
+      hint: load it first: model = headscope.load_model('gpt2'), then pass model
+    """
     if isinstance(model, HeadscopeModel):
         return model
     if not hasattr(model, "cfg") or not hasattr(model, "run_with_hooks"):
-        raise TypeError(
-            f"expected a model from headscope.load_model or a TransformerLens bridge, got {type(model).__name__}"
-        )
+        if isinstance(model, (str, os.PathLike)):
+            got, load = f"the {type(model).__name__} {str(model)!r}", f"headscope.load_model({str(model)!r})"
+        else:
+            got, load = ("None" if model is None else f"a {type(model).__name__}"), "headscope.load_model(...)"
+        raise BadInput(f"expected a loaded model, got {got}", hint=f"load it first: model = {load}, then pass model")
     tok = model.tokenizer
     name = str(getattr(model.cfg, "model_name", None) or "model")
     return HeadscopeModel(
