@@ -30,3 +30,26 @@ def test_a_model_name_or_none_is_bad_input_saying_to_load_it(name):
     with pytest.raises(headscope.BadInput, match="expected a loaded model, got None") as err:
         ANALYSES[name](None)
     assert "headscope.load_model(" in err.value.hint
+
+
+@pytest.mark.parametrize("spec", [None, 3, 2.5])
+def test_load_model_of_none_or_a_number_says_so_not_that_the_hub_is_unreachable(spec):
+    with pytest.raises(headscope.BadInput, match=f"load_model takes a model's name or path, got {spec}") as err:
+        headscope.load_model(spec)
+    assert "load_model('gpt2')" in err.value.hint
+
+
+def test_load_model_of_a_loaded_model_says_it_is_loaded(tiny_gpt2):
+    for loaded in (tiny_gpt2, tiny_gpt2.bridge):
+        with pytest.raises(headscope.BadInput, match="load_model got a model that is already loaded") as err:
+            headscope.load_model(loaded)
+        assert "pass it to the analysis as it is" in err.value.hint
+
+
+def test_load_model_takes_load_settings(tiny_gpt2_dir):
+    m = headscope.load_model(headscope.LoadSettings(str(tiny_gpt2_dir), device="cpu"))
+    assert (m.n_layers, m.source.kind, str(m.device)) == (2, "local", "cpu")
+    with pytest.raises(headscope.BadInput, match="model path /nope/x does not exist"):
+        headscope.load_model(headscope.LoadSettings("/nope/x"))
+    with pytest.raises(headscope.BadInput, match="got a LoadSettings and device='cpu' beside it"):
+        headscope.load_model(headscope.LoadSettings(str(tiny_gpt2_dir)), device="cpu")

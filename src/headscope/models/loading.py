@@ -43,6 +43,7 @@ from typing import Any
 import torch
 
 from ..errors import BadInput, ModelLoadError
+from ..settings import LoadSettings
 from . import builtin, cache
 from .model import FirstToken, HeadscopeModel, ModelSource
 
@@ -95,7 +96,7 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
 
 
 def load_model(
-    spec: str | os.PathLike = builtin.DEFAULT_MODEL,
+    spec: str | os.PathLike | LoadSettings = builtin.DEFAULT_MODEL,
     device: str | torch.device | None = "auto",
     dtype: str | torch.dtype | None = "float32",
     *,
@@ -113,11 +114,37 @@ def load_model(
     ``log`` receives the few lines said during a first-time download or conversion
     (default: stderr). Failures raise :class:`~headscope.errors.HeadscopeError` subclasses.
 
+    ``spec`` may also be a :class:`~headscope.settings.LoadSettings`, which then says everything
+    (``device``, ``dtype``, ``device_map`` and ``revision`` given beside it as well are refused).
+    Anything else that is not a name or a path (``None``, a number, an already loaded model) is a
+    :class:`~headscope.errors.BadInput` saying what to pass.
+
     >>> import headscope
     >>> model = headscope.load_model(tiny_gpt2_dir, device="cpu")  # a directory, a .gguf, a hub id or an alias
     >>> model.n_layers, model.n_heads, model.source.kind, model.first_token.id
     (2, 4, 'local', 50256)
+    >>> headscope.load_model(headscope.LoadSettings(tiny_gpt2_dir, device="cpu")).n_layers
+    2
     """
+    if isinstance(spec, LoadSettings):
+        given = {
+            k: v
+            for k, v, default in (
+                ("device", device, "auto"),
+                ("dtype", dtype, "float32"),
+                ("device_map", device_map, None),
+                ("revision", revision, None),
+            )
+            if v != default
+        }
+        if given:
+            raise BadInput(
+                f"load_model got a LoadSettings and {', '.join(f'{k}={v!r}' for k, v in given.items())} beside it",
+                hint="put them in the LoadSettings (dataclasses.replace(settings, ...)), or pass the model's name",
+            )
+        ls = spec
+        spec, device, dtype, device_map, revision = ls.model, ls.device, ls.dtype, ls.device_map, ls.revision
+    check_spec(spec)
     log = log or _stderr
     dev = None if device_map is not None else resolve_device(device)
     torch_dtype = resolve_dtype(dtype)
@@ -125,6 +152,29 @@ def load_model(
     hf_model, tokenizer = _load_hf(source, torch_dtype, device_map, revision)
     refuse_non_finite(hf_model, source.name)
     return _wrap(source, hf_model, tokenizer, dev, torch_dtype, device_map)
+
+
+def check_spec(spec: Any) -> None:
+    """Refuse, before anything is resolved, a ``spec`` that is neither a name nor a path: ``None`` or a number
+    (which would otherwise be looked up on the hub as ``'None'``), or a model that is already loaded.
+
+    >>> check_spec(3)
+    Traceback (most recent call last):
+    ...
+    headscope.errors.BadInput: load_model takes a model's name or path, got 3 (int)
+      hint: e.g. load_model('gpt2'), load_model('path/to/model_dir') or load_model() for the default
+    """
+    if isinstance(spec, (str, os.PathLike)):
+        return
+    if isinstance(spec, HeadscopeModel) or hasattr(spec, "run_with_hooks"):
+        raise BadInput(
+            f"load_model got a model that is already loaded ({spec!r:.80})",
+            hint="pass it to the analysis as it is (no need to load it again), or give load_model its name or path",
+        )
+    raise BadInput(
+        f"load_model takes a model's name or path, got {spec!r:.60} ({type(spec).__name__})",
+        hint="e.g. load_model('gpt2'), load_model('path/to/model_dir') or load_model() for the default",
+    )
 
 
 def refuse_non_finite(hf_model, name: str) -> None:
