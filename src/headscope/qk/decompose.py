@@ -33,9 +33,10 @@ import torch
 from ..errors import BadInput
 from ..folded_weights import HeadWeights, attn_post_scale_hook, head_weights, mlp_write_hook
 from ..hooks import act_name
-from ..models.inputs import TokenSequence, one_head, one_sequence
+from ..models.inputs import SAMPLE_TEXTS, TokenSequence, one_head, one_sequence
 from ..models.model import as_model, in_eval_mode
 from ..results.qk_results import QKDecomposition
+from ..settings import whole_number
 from . import rotary
 from .live import capture, pre_softmax_scores
 
@@ -245,9 +246,24 @@ def decompose_qk(
     without repeats, the last query and its most-attended non-BOS key). Contributions are
     in score units (``q.k/sqrt(d_head)``); ``vs_mean_key`` columns subtract each component's
     mean over all keys the query can see, which is what the softmax responds to.
+
+    ``text``: one string or :class:`~headscope.models.inputs.TokenSequence`, or None for the first
+    built-in sample (as :func:`~headscope.logits.logit_attribution`). ``query`` and ``key`` are
+    token positions (whole numbers; negative counts from the end).
+
+    >>> d = decompose_qk(model, "1.2")  # the first built-in sample: a sentence said twice
+    >>> d.sequence.text == SAMPLE_TEXTS[0]
+    True
+    >>> decompose_qk(model, "1.2", "a b c", query=1.0)
+    Traceback (most recent call last):
+    ...
+    headscope.errors.BadInput: query must be a whole number, got 1.0 (float)
+      hint: e.g. query=10
     """
     layer, h = one_head(model, head, "decompose_qk")
-    seq = one_sequence(model, text, max_tokens, "decompose_qk")
+    query = None if query is None else whole_number("query", query)
+    key = None if key is None else whole_number("key", key)
+    seq = one_sequence(model, SAMPLE_TEXTS[0] if text is None else text, max_tokens, "decompose_qk")
     w = weights or head_weights(model)
     acts = acts if acts is not None else capture_residual(model, seq, layer)
     (qn, qkinds, q), (kn, kkinds, k) = head_vectors(model, w, acts, layer, h)
