@@ -115,22 +115,46 @@ def parse_heads(specs: Iterable[str | Head], n_layers: int, n_heads: int) -> lis
     return heads
 
 
+def _as_scores(scores) -> np.ndarray:
+    """``scores`` as a float64 ``[n_layers, n_heads]`` numpy array (a torch tensor detached and moved to the
+    CPU first, bfloat16 included), or a ``BadInput`` saying what it is."""
+    hint = "pass one score's 2-D array, e.g. result.scores['induction']"
+    if hasattr(scores, "detach"):  # a torch tensor: numpy takes neither grad, bfloat16 nor a GPU
+        scores = scores.detach().to("cpu").double().numpy()
+    try:
+        a = np.asarray(scores, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise BadInput(
+            f"top_k ranks an array of numbers; got {scores!r:.60} ({type(scores).__name__})", hint=hint
+        ) from None
+    if a.ndim != 2:
+        raise BadInput(f"top_k ranks a [n_layers, n_heads] array of scores; got one of shape {a.shape}", hint=hint)
+    return a
+
+
 def top_k(scores: np.ndarray, k: int, exclude: Sequence[Head] = ()) -> list[tuple[int, int, float]]:
     """The ``k`` heads with the highest score in ``scores [n_layers, n_heads]``: ``[(layer, head, value)]``.
 
     Tie-break: equal scores keep layer-then-head order (a stable sort of the flattened array),
     so the same scores always give the same heads. NaN ranks last; heads in ``exclude`` are skipped.
+    ``scores`` may be a numpy array, nested lists or a torch tensor (any dtype, on any device, with
+    or without grad: read as float64); anything but a 2-D array of numbers is a ``BadInput``.
 
     >>> top_k(np.array([[0.5, 0.9], [0.9, 0.1]]), 2)
     [(0, 1, 0.9), (1, 0, 0.9)]
     >>> top_k(np.array([[0.5, 0.9]]), 0)
     []
+    >>> top_k(np.array([0.5, 0.9]), 1)
+    Traceback (most recent call last):
+    ...
+    headscope.errors.BadInput: top_k ranks a [n_layers, n_heads] array of scores; got one of shape (2,)
+      hint: pass one score's 2-D array, e.g. result.scores['induction']
     """
     if whole_number("k", k) < 0:
         raise BadInput(f"k={k!r}: the number of heads must be a whole number >= 0", hint="e.g. k=5")
+    a = _as_scores(scores)
     if k == 0:
         return []
-    a = np.asarray(scores, dtype=np.float64)
     n_heads = a.shape[1]
     order = np.argsort(-np.nan_to_num(a, nan=-np.inf), axis=None, kind="stable")
     skip = set(exclude)
