@@ -165,3 +165,40 @@ def test_a_task_of_one_example_is_refused_its_intervals_would_be_a_single_sample
 
     with pytest.raises(BadInput, match="at least 2 examples"):
         analyze_circuit(tiny_gpt2, induction_task(tiny_gpt2, n_examples=1, seq_len=5))
+
+
+@pytest.mark.parametrize("kind", ["binary", "directory", "not json", "no pairs"])
+def test_a_bad_pairs_file_is_one_line_exit_2_before_the_model_loads(tmp_path, kind):
+    # was: a binary file gave a raw UnicodeDecodeError traceback (exit 1), after the model had loaded
+    pair = '{"clean": "a b", "corrupt": "a c", "answer": " x", "wrong": " y"}\n'
+    pairs = tmp_path / "pairs.jsonl"
+    if kind == "binary":
+        pairs.write_bytes(b"\x7fELF\x02\x01\x01\x00" + bytes(range(256)))
+    elif kind == "directory":
+        pairs.mkdir()
+    elif kind == "not json":
+        pairs.write_text(pair + "not json\n")
+    else:
+        pairs.write_text("\n  \n")
+    out = tmp_path / "o"
+    r = run("--model", "no-such-model-is-ever-loaded", "--pairs", pairs, "--out", out)
+    text = flat(r)
+    assert "Traceback" not in r.output and "no-such-model" not in text, text
+    said = {
+        "binary": "is not UTF-8 text (byte",
+        "directory": "is a directory, not a file",
+        "not json": "line 2 is not JSON",
+        "no pairs": "holds no pairs",
+    }[kind]
+    assert r.exit_code == 2 and said in text, text
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("steps", ["", ",", "activation,activation"])
+def test_steps_naming_no_step_or_one_twice_is_refused_before_the_model_loads(tmp_path, steps):
+    # was: --steps "" ran no step and wrote an empty circuit.json, exit 0; a step named twice ran twice
+    r = run("--model", "no-such-model-is-ever-loaded", "--steps", steps, "--out", tmp_path / "o")
+    text = flat(r)
+    said = "more than once" if steps.startswith("activation") else "names no step"
+    assert r.exit_code == 2 and said in text and "no-such-model" not in text, text
+    assert not (tmp_path / "o").exists()

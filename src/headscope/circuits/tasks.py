@@ -266,7 +266,7 @@ def _one_token(tok, text: str, what: str, line: int) -> int:
     return int(ids[0])
 
 
-def _read_pair(m, raw: str, line: int) -> tuple[list[int], list[int], int, int]:
+def _parse_pair(raw: str, line: int) -> dict:
     try:
         obj = json.loads(raw)
     except json.JSONDecodeError as exc:
@@ -274,6 +274,41 @@ def _read_pair(m, raw: str, line: int) -> tuple[list[int], list[int], int, int]:
     missing = [k for k in ("clean", "corrupt", "answer", "wrong") if not isinstance(obj, dict) or k not in obj]
     if missing:
         raise BadInput(f"line {line} lacks {', '.join(missing)}", hint=PAIRS_FORMAT)
+    return obj
+
+
+def read_pairs(path: str | Path) -> list[tuple[int, dict]]:
+    """The pairs of a JSON Lines file as ``[(line number, pair)]``, checked without a model: the file
+    is read, UTF-8, not empty, JSON, and every pair has its four keys (``headscope circuit`` runs this
+    before the model loads; :func:`load_pairs` runs it again, tokenizes, and counts the pairs).
+
+    >>> read_pairs("/")
+    Traceback (most recent call last):
+    ...
+    headscope.errors.BadInput: --pairs / is a directory, not a file
+      hint: JSON Lines, one pair a line: {"clean": "...", "corrupt": "...", "answer": " Mary", "wrong": " John"}; clean and corrupt must have the same number of tokens; answer and wrong must be one token each; the metric is read at the last position
+    """
+    p = Path(path)
+    if p.is_dir():
+        raise BadInput(f"--pairs {p} is a directory, not a file", hint=PAIRS_FORMAT)
+    if not p.is_file():
+        raise BadInput(f"no pairs file at {p}", hint=PAIRS_FORMAT)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadInput(
+            f"--pairs {p} is not UTF-8 text (byte {exc.start} cannot be decoded)",
+            hint="give a JSON Lines file saved as UTF-8 (JSON is UTF-8 by definition)",
+        ) from None
+    except OSError as exc:
+        raise BadInput(f"--pairs {p} cannot be read ({exc.strerror or exc})", hint="check the path") from None
+    rows = [(i + 1, ln) for i, ln in enumerate(text.splitlines()) if ln.strip()]
+    if not rows:
+        raise BadInput(f"{p} holds no pairs", hint=PAIRS_FORMAT)
+    return [(line, _parse_pair(raw, line)) for line, raw in rows]
+
+
+def _read_pair(m, obj: dict, line: int) -> tuple[list[int], list[int], int, int]:
     clean = encode(m, str(obj["clean"]), number=line).ids
     corrupt = encode(m, str(obj["corrupt"]), number=line).ids
     if len(clean) != len(corrupt):
@@ -297,12 +332,8 @@ def load_pairs(model, path: str | Path, metric: str = "logit_diff") -> CircuitTa
     """
     m = as_model(model)
     p = Path(path)
-    if not p.is_file():
-        raise BadInput(f"no pairs file at {p}", hint=PAIRS_FORMAT)
-    rows = [(i + 1, ln) for i, ln in enumerate(p.read_text(encoding="utf-8").splitlines()) if ln.strip()]
-    if not rows:
-        raise BadInput(f"{p} holds no pairs", hint=PAIRS_FORMAT)
-    pairs = [_read_pair(m, raw, line) for line, raw in rows]
+    rows = read_pairs(p)
+    pairs = [_read_pair(m, obj, line) for line, obj in rows]
     lengths = {len(c) for c, _, _, _ in pairs}
     if len(lengths) > 1:
         first = len(pairs[0][0])

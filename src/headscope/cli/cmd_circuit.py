@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..circuits.eap import DEFAULT_IG_STEPS
-from ..circuits.tasks import METRIC_DEFINITIONS, METRICS, PAIRS_FORMAT, induction_task, load_pairs
+from ..circuits.tasks import METRIC_DEFINITIONS, METRICS, PAIRS_FORMAT, induction_task, load_pairs, read_pairs
 from ..errors import BadInput
 from ..pipeline.circuit_analysis import CircuitSettings, analyze_circuit, check_examples
 from ..pipeline.files import circuit_files
@@ -155,6 +155,8 @@ def circuit_cmd(
     settings.check()
     if pairs is None:
         check_examples(examples)
+    else:  # read, decoded and parsed now, before the model loads (tokenized once it has)
+        read_pairs(pairs)
     where = load_settings(model, device, device_map, dtype)
     t0 = time.perf_counter()
     with result_dir("circuit", out, model, overwrite) as rd:

@@ -66,9 +66,17 @@ class CircuitSettings:
     def check(self) -> None:
         if self.direction not in (*DIRECTIONS, "both"):
             raise BadInput(f"unknown --direction {self.direction!r}", hint="use denoise, noise or both")
+        if not self.steps:
+            raise BadInput("--steps names no step: nothing would be measured", hint=f"use some of {', '.join(STEPS)}")
         unknown = [s for s in self.steps if s not in STEPS]
         if unknown:
             raise BadInput(f"unknown step(s) {unknown}", hint=f"use some of {', '.join(STEPS)}")
+        twice = sorted({s for s in self.steps if self.steps.count(s) > 1})
+        if twice:
+            raise BadInput(
+                f"--steps names {', '.join(twice)} more than once: each step would run again, for the same numbers",
+                hint="name each step once, e.g. --steps activation,paths",
+            )
         receivers = [parse_receiver(spec, None) for spec in self.receivers or []]
         senders = parse_heads(self.senders, ANY_SIZE, ANY_SIZE) if self.senders else None
         check_path_order(senders, receivers)
