@@ -26,7 +26,7 @@ import os
 import re
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -115,16 +115,41 @@ def _slug(text: str) -> str:
     return s[:80] or "entry"
 
 
-def plan_sweep(models: list[str], revisions: list[str] | None = None) -> list[SweepEntry]:
+def _names(items: Any, what: str) -> list[str | os.PathLike]:
+    """``items`` as a list of names or paths: one string (or path) alone is one item, never its characters."""
+    if isinstance(items, (str, os.PathLike)):
+        return [items]
+    example = "revisions=['step1000', 'step2000']" if what == "revisions" else "['gpt2', './run/checkpoint-500']"
+    out = list(items) if isinstance(items, Iterable) and not isinstance(items, Mapping) else [items]
+    for i, item in enumerate(out):
+        if not isinstance(item, (str, os.PathLike)):
+            loaded = hasattr(item, "run_with_hooks")
+            raise BadInput(
+                f"plan_sweep's {what} must be names or paths; item {i} is "
+                + ("a loaded model" if loaded else f"{item!r:.40} ({type(item).__name__})"),
+                hint=("a sweep loads each entry itself: pass the name or path it was loaded from, " if loaded else "")
+                + f"e.g. {example}",
+            )
+    return out
+
+
+def plan_sweep(
+    models: list[str | os.PathLike] | str | os.PathLike, revisions: list[str] | str | None = None
+) -> list[SweepEntry]:
     """Entries for every model x revision (or every model alone when there are no revisions).
 
     Revisions are hub branches or tags (Pythia publishes ``step0`` ... ``step143000``); they
     apply to hub ids only. Local checkpoints are given as directories, one ``--model`` each;
     a step in a revision or directory name (``step1000``, ``checkpoint-500``) becomes the
-    entry's ``step``, the x axis of the phase-change figure.
+    entry's ``step``, the x axis of the phase-change figure. One name or path alone (``"gpt2"``)
+    is one model, one revision alone one revision; a loaded model, ``None`` or a number is a
+    :class:`~headscope.errors.BadInput` (a sweep loads each entry itself, from its name or path).
+
+    >>> [e.label for e in plan_sweep("EleutherAI/pythia-70m", "step1000")]
+    ['EleutherAI/pythia-70m@step1000']
     """
-    models = [m for m in (str(m).strip() for m in models) if m]
-    revisions = [r for r in (str(r).strip() for r in (revisions or [])) if r]
+    models = [m for m in (str(m).strip() for m in _names(models, "models")) if m]
+    revisions = [r for r in (str(r).strip() for r in _names(revisions or [], "revisions")) if r]
     if not models:
         raise BadInput(
             "a sweep needs at least one --model", hint="e.g. --model smollm2-135m-instruct-q4 --model ./my-model"
@@ -288,6 +313,23 @@ class LocalExecutor:
                 yield job, rec, None
 
 
+def _check_entries(entries: Any) -> list[SweepEntry]:
+    """``entries`` as a non-empty list of :class:`SweepEntry`, or a BadInput before any folder is made."""
+    many = isinstance(entries, Iterable) and not isinstance(entries, (str, os.PathLike))
+    items = list(entries) if many else [entries]
+    if not items:
+        raise BadInput("run_sweep got no entries: an empty sweep", hint="e.g. run_sweep(plan_sweep(['gpt2']), out)")
+    for i, e in enumerate(items):
+        if not isinstance(e, SweepEntry):
+            raise BadInput(
+                f"run_sweep takes the entries plan_sweep makes; item {i} is {e!r:.60} ({type(e).__name__})",
+                hint=f"plan them first: run_sweep(plan_sweep([{str(e)!r:.60}]), out)"
+                if isinstance(e, (str, os.PathLike))
+                else "e.g. run_sweep(plan_sweep(['gpt2', './my-model']), out)",
+            )
+    return items
+
+
 def run_sweep(
     entries: list[SweepEntry],
     out_dir: str | os.PathLike,
@@ -321,7 +363,10 @@ def run_sweep(
     first-time download or conversion says. ``executor`` runs the entries: default
     :class:`LocalExecutor` (one after another, here); :class:`headscope.pipeline.sweep_ray.RayExecutor`
     spreads them over a Ray cluster. Whoever runs them, this process writes every file.
+    ``entries`` is what :func:`plan_sweep` returns; names, paths or an empty list are a
+    :class:`~headscope.errors.BadInput`, before anything is made.
     """
+    entries = _check_entries(entries)
     known = DEFAULT_SCAN.to_dict()
     if isinstance(settings, Mapping):  # a mapping of fields: keywords on the sweep's defaults
         scan, settings = {**settings, **scan}, None
