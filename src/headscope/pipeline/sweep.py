@@ -134,7 +134,7 @@ def _names(items: Any, what: str) -> list[str | os.PathLike]:
 
 
 def plan_sweep(
-    models: list[str | os.PathLike] | str | os.PathLike, revisions: list[str] | str | None = None
+    models: Iterable[str | os.PathLike] | str | os.PathLike, revisions: Iterable[str] | str | None = None
 ) -> list[SweepEntry]:
     """Entries for every model x revision (or every model alone when there are no revisions).
 
@@ -148,17 +148,17 @@ def plan_sweep(
     >>> [e.label for e in plan_sweep("EleutherAI/pythia-70m", "step1000")]
     ['EleutherAI/pythia-70m@step1000']
     """
-    models = [m for m in (str(m).strip() for m in _names(models, "models")) if m]
-    revisions = [r for r in (str(r).strip() for r in _names(revisions or [], "revisions")) if r]
-    if not models:
+    names = [m for m in (str(m).strip() for m in _names(models, "models")) if m]
+    revs = [r for r in (str(r).strip() for r in _names(revisions or [], "revisions")) if r]
+    if not names:
         raise BadInput(
             "a sweep needs at least one --model", hint="e.g. --model smollm2-135m-instruct-q4 --model ./my-model"
         )
     entries: list[SweepEntry] = []
-    for model in models:
+    for model in names:
         model = builtin.canonical_alias(model, log=lambda m: None) or model  # the name that says what it is
         local = _is_local(model) or model in builtin.BUILTINS
-        if revisions and local:
+        if revs and local:
             raise BadInput(
                 f"--revision applies to hub models, but {model!r} is a "
                 + ("built-in model" if model in builtin.BUILTINS else "local path"),
@@ -167,7 +167,7 @@ def plan_sweep(
             )
         path = local and model not in builtin.BUILTINS
         base = Path(model.rstrip("/")).name if path else model
-        for rev in revisions or [None]:  # type: ignore[list-item]
+        for rev in revs or [None]:  # type: ignore[list-item]
             step = step_of(rev) if rev else step_of(model)
             # a checkpoint directory belongs to the run that holds it: run/checkpoint-500 -> run
             series = str(Path(model.rstrip("/")).parent) if path and step is not None else model
