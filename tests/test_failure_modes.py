@@ -12,7 +12,6 @@ import hashlib
 import json
 import math
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -543,3 +542,27 @@ def test_every_figure_is_encoded_through_the_one_encoder_that_says_missing_glyph
     src = Path(headscope.__file__).parent
     drawers = [p.relative_to(src) for p in src.rglob("*.py") if "savefig(" in p.read_text()]
     assert drawers == [Path("render/_mpl.py")]
+
+
+def test_a_token_the_font_lacks_warns_nowhere_outside_the_encoder():
+    # was: `headscope induction -t "🙂🙂 héllo"` printed matplotlib's raw
+    # "induction_figures.py:150: UserWarning: Glyph 128578 ... missing from font(s)" from tight_layout,
+    # before the encoder's one note; every layout now goes through _mpl.tight_layout
+    import warnings
+
+    import numpy as np
+
+    from headscope.render._mpl import encode_png
+    from headscope.render.induction_figures import attention_grid
+    from headscope.results.attention import AttentionSample
+
+    src = Path(headscope.__file__).parent
+    layouts = [p.relative_to(src) for p in src.rglob("*.py") if ".tight_layout(" in p.read_text()]
+    assert layouts == [Path("render/_mpl.py")]
+    tokens = ["<bos>", "🙂", "🙂", " h"]
+    sample = AttentionSample("🙂 text", tokens, [(0, 0)], np.tril(np.ones((1, 4, 4))) / 4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fig = attention_grid(sample)
+    assert [str(w.message) for w in caught if "missing from font" in str(w.message)] == []
+    assert encode_png(fig)[:4] == b"\x89PNG"

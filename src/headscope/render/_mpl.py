@@ -63,6 +63,15 @@ def encode_png(fig, dpi: int = FIG_DPI) -> bytes:
     return out.getvalue()
 
 
+def tight_layout(fig, **kwargs) -> None:
+    """``fig.tight_layout(**kwargs)`` without matplotlib's warning per missing glyph: laying out
+    draws the text once, and a token the font lacks would warn there, before :func:`encode_png`
+    (which draws it again) says so once."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*missing from font", category=UserWarning)
+        fig.tight_layout(**kwargs)
+
+
 def save(fig, path: str | Path) -> Path:
     """Write ``fig`` to ``path`` with :func:`encode_png` (closing it)."""
     path = Path(path)

@@ -19,7 +19,7 @@ from matplotlib.patches import ConnectionStyle
 from matplotlib.path import Path
 
 from ..results.edge_results import EdgeCircuit, EdgeScores
-from ._mpl import plt
+from ._mpl import plt, tight_layout
 from .circuit_figures import gap_title
 
 _KIND_STYLE = {"q": "dotted", "k": "solid", "v": "dashed", "mlp": "solid", "logits": "solid"}
@@ -282,7 +282,7 @@ def faithfulness_curve_figure(res: EdgeCircuit, ax=None):
     ax.set_ylabel("faithfulness (1 = clean, 0 = corrupted)" if res.normalised_meaningful else f"{metric}, mean")
     ax.set_title(f"Faithfulness of the {res.attribution.label()} circuit ({metric}){gap_title(res)}", fontsize=9)
     ax.legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
+    tight_layout(fig)
     return fig
 
 
@@ -305,5 +305,5 @@ def agreement_figure(res: EdgeCircuit, ax=None):
     ax.set_ylabel("metric change, edge patched alone")
     rho = res.agreement.get("spearman", float("nan"))
     ax.set_title(f"Attribution vs patching, {len(edges)} edges (Spearman {rho:.2f})", fontsize=8)
-    fig.tight_layout()
+    tight_layout(fig)
     return fig

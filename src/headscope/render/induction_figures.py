@@ -11,7 +11,7 @@ from ..head_labels import head_label
 from ..results.scan_result import InductionResult
 from ..scan.attention_sample import AttentionSample
 from ..scores import score as declared
-from ._mpl import attention_heatmap, plt, tex_safe
+from ._mpl import attention_heatmap, plt, tex_safe, tight_layout
 
 
 def score_heatmap(res: InductionResult, score: str = "induction", ax=None):
@@ -147,7 +147,7 @@ def attention_grid(sample: AttentionSample, scores: dict[str, np.ndarray] | None
     for ax in list(axes.flat)[k:]:
         ax.axis("off")
     fig.suptitle(tex_safe(sample.title + (f"\n{sample.note}" if sample.note else "")), fontsize=11)
-    fig.tight_layout()
+    tight_layout(fig)
     return fig
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._mpl import plt, save
+from ._mpl import plt, save, tight_layout
 
 WINDOW_COLOUR = "#f4a261"
 
@@ -87,7 +87,7 @@ def phase_figure(ph, axes=None):
         )
     fig = axes[0].figure
     fig.suptitle(title, fontsize=10.5)
-    fig.tight_layout()
+    tight_layout(fig)
     return fig
 
 
@@ -133,7 +133,7 @@ def phase_heatmaps(ph):
         else "Scores at the first and last checkpoint (no window detected)",
         fontsize=10.5,
     )
-    fig.tight_layout()
+    tight_layout(fig)
     return fig
 
 
@@ -199,7 +199,7 @@ def offsets_figure(ph):
     ax1.grid(alpha=0.3)
     ax1.legend(fontsize=7.5, loc="lower right", framealpha=0.85)
     fig.suptitle(f"Is {name} an induction head at every distance, or only at some?", fontsize=10.5)
-    fig.tight_layout()
+    tight_layout(fig)
     return fig
 
 

@@ -13,7 +13,7 @@ import matplotlib.ticker
 import numpy as np
 
 from ..head_labels import head_label
-from ._mpl import plt, show_token
+from ._mpl import plt, show_token, tight_layout
 
 KIND_COLOURS = {"embed": "#4c72b0", "head": "#dd8452", "mlp": "#55a868", "bias": "#8172b3", "rounding": "#bbbbbb"}
 
@@ -194,7 +194,7 @@ def plot_decomposition(dec, top: int = 12):
         fontsize=7,
         color="#333",
     )
-    fig.tight_layout(rect=(0, 0.05, 1, 0.93))
+    tight_layout(fig, rect=(0, 0.05, 1, 0.93))
     return fig
 
 
@@ -320,5 +320,5 @@ def plot_k_sources(comp, heads: list[tuple[int, int]], prev_token: np.ndarray | 
         + (" (colour and label: the source's previous-token score)" if prev_token is not None else ""),
         fontsize=10,
     )
-    fig.tight_layout()
+    tight_layout(fig)
     return fig

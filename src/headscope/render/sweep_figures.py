@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._mpl import plt, tex_safe
+from ._mpl import plt, tex_safe, tight_layout
 
 PANELS = (
     ("induction_top", "induction score\n(top head)"),
@@ -82,5 +82,5 @@ def sweep_figure(frame, axes=None):
         "Induction heads across the sweep" + (f" ({n_fail} of {len(frame)} entries not finished)" if n_fail else ""),
         fontsize=11,
     )
-    fig.tight_layout()
+    tight_layout(fig)
     return fig
