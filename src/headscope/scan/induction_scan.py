@@ -535,8 +535,7 @@ def scan_induction(
     ``attention``: "auto" (fused kernel wherever the model can be routed, else eager),
     "fused" (refused with the reason where it cannot) or "eager" (full patterns); the path
     that ran is ``settings["attention"]``. ``max_memory_gb`` bounds one chunk's working set. All of them:
-    one :class:`~headscope.settings.ScanSettings` (``settings``; a mapping of its fields such as
-    ``{"seq_len": 8}`` is read the same way, an unknown key refused), its fields replaced by ``keywords``.
+    one :class:`~headscope.settings.ScanSettings` (``settings``, or a mapping of its fields), its fields replaced by ``keywords``.
 
     >>> res = scan_induction(model, seq_len=8, batch=2, top_k=2, sample=False, progress=False)
     >>> len(res.top_heads("induction", 2)), list(res.scores)[:2], len(res.ablation)  # 2 heads, all, 10 controls
