@@ -173,13 +173,12 @@ def token_qk(
 ) -> TokenQK:
     """Head ``head``'s token QK circuit on ``token_ids`` and the top of its full-vocab SVD.
 
-    The full circuit ``E W_Q M_d W_K^T E^T / sqrt(d_head)`` (E the normalised embeddings, vocab
-    x d_model) has rank d_head; we take its SVD from the factors ``A = E W_Q M_d``, ``B = E W_K``
-    via ``A = Qa Ra``, ``B = Qb Rb``, ``svd(Ra Rb^T)`` (d_head x d_head), never forming
-    vocab x vocab. On a rotary model ``M_d`` is the model's own RoPE between a query at i and
-    a key at i - ``offset`` (:func:`headscope.qk.rotary.offset_maps`); at offset 0 it is the
-    identity, which is the only place ``W_Q W_K^T`` alone is the score. Without rotary
-    positions there is no ``M_d`` and the result's ``offset`` is None.
+    The full circuit ``E W_Q M_d W_K^T E^T / sqrt(d_head)`` (E the normalised embeddings, vocab x d_model) has
+    rank d_head; we take its SVD from the factors ``A = E W_Q M_d``, ``B = E W_K`` via ``A = Qa Ra``,
+    ``B = Qb Rb``, ``svd(Ra Rb^T)`` (d_head x d_head), never forming vocab x vocab. On a rotary model ``M_d``
+    is the model's own RoPE between a query at i and a key at i - ``offset``
+    (:func:`headscope.qk.rotary.offset_maps`); at offset 0 it is the identity, which is the only place
+    ``W_Q W_K^T`` alone is the score. Without rotary positions there is no ``M_d`` and the result's ``offset`` is None.
 
     >>> token_qk(model, "1.2", [5, 6, 7]).offset is None  # tiny GPT-2: learned positions
     True
