@@ -26,10 +26,13 @@ from __future__ import annotations
 
 import datetime as _dt
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .._version import __version__
+from ..errors import BadInput
+from ..models.model import as_model
 from ..results.base import Result
 from .html import DECIMALS, MAX_VIEW_TOKENS, esc, legend_html, page_asset, scripts_html
 from .lookup import view_of
@@ -40,16 +43,39 @@ from .view_base import Section, sections_html
 class Report:
     """One page: ``model`` (its info dict), ``results`` (any results, shown in this order), ``notes``.
 
+    ``model`` may also be a loaded model (its ``info()`` is taken); ``results`` must be headscope
+    results (one alone is a list of one). Anything else is a :class:`~headscope.errors.BadInput`.
+
     >>> from headscope.results import AttentionViews
     >>> res = headscope.scan_induction(model, seq_len=8, batch=2, ablate=False)
     >>> page = Report(res.model, [res, AttentionViews.of(res)])
     >>> [anchor for anchor, _, _ in page.sections()]
     ['top', 'roles', 'heatmaps', 'loss', 'attention', 'legend']
+    >>> Report(model, [res]).model == res.model
+    True
     """
 
     model: dict
     results: list[Result] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, Mapping):
+            if not hasattr(self.model, "run_with_hooks"):
+                raise BadInput(
+                    f"Report's model must be a model's info dict or a loaded model, got {type(self.model).__name__}",
+                    hint="e.g. Report(result.model, [result]) or Report(model, [result])",
+                )
+            self.model = as_model(self.model).info()
+        if isinstance(self.results, Result):
+            self.results = [self.results]
+        self.results = list(self.results)
+        for i, r in enumerate(self.results):
+            if not isinstance(r, Result):
+                raise BadInput(
+                    f"Report's results must be headscope results; item {i} is {r!r:.60} ({type(r).__name__})",
+                    hint="e.g. Report(model, [headscope.scan_induction(model), ...])",
+                )
 
     def first(self, result_type: type):
         """The first result of ``result_type`` on the page (None if there is none)."""
@@ -115,7 +141,10 @@ class Report:
         return "<ul>" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>"
 
     def save(self, path: str | Path) -> Path:
+        """Write the page to ``path`` (a file; an existing folder gets ``report.html`` inside it); returns the file."""
         path = Path(path)
+        if path.is_dir():
+            path = path / "report.html"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(self.to_html(), encoding="utf-8")
         return path

@@ -1,0 +1,35 @@
+"""Report as the API takes it: a loaded model or its info, results only; save into a folder writes report.html."""
+
+from __future__ import annotations
+
+import pytest
+
+import headscope
+from headscope.results import AttentionViews
+
+
+@pytest.fixture(scope="module")
+def scan(tiny_gpt2):
+    return headscope.scan_induction(tiny_gpt2, seq_len=8, batch=2, ablate=False, sample=False, progress=False)
+
+
+def test_a_loaded_model_is_read_as_its_info(tiny_gpt2, scan):
+    page = headscope.Report(tiny_gpt2, [scan])
+    assert page.model == tiny_gpt2.info() == scan.model
+    assert f"headscope report: {tiny_gpt2.name}" in page.to_html()
+    assert headscope.Report(tiny_gpt2.bridge, [scan]).model["n_layers"] == 2
+
+
+def test_results_only(tiny_gpt2, scan):
+    with pytest.raises(headscope.BadInput, match="results must be headscope results; item 1 is 1 \\(int\\)"):
+        headscope.Report(tiny_gpt2, [scan, 1])
+    with pytest.raises(headscope.BadInput, match="model must be a model's info dict or a loaded model, got str"):
+        headscope.Report("gpt2", [scan])
+    assert headscope.Report(scan.model, scan).results == [scan]  # one result alone
+
+
+def test_save_into_a_folder_writes_report_html_there(scan, tmp_path):
+    page = headscope.Report(scan.model, [scan, AttentionViews.of(scan)])
+    assert page.save(tmp_path) == tmp_path / "report.html"
+    assert (tmp_path / "report.html").read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+    assert page.save(tmp_path / "a" / "page.html") == tmp_path / "a" / "page.html"
