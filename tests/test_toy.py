@@ -329,6 +329,7 @@ def toy(*args):
         (["--n-ctx", "12"], "positional shortcut"),
         (["--layers", "1"], "--layers must be at least 2"),
         (["--vocab", "8"], "vocab (--vocab) must be at least 9"),
+        (["--analyse-only", "--no-analyse"], "contradict each other"),  # was: analysed, --no-analyse ignored
     ],
 )
 def test_cli_bad_options_exit_2_and_write_nothing(tmp_path, args, message):

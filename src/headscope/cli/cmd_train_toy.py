@@ -107,15 +107,20 @@ def train_toy_cmd(
     from ..toy.train import ToyConfig, read_run, train_toy
 
     con, err = consoles(json_out)
+    from ..errors import BadInput
     from ..pipeline.outputs import hold_out
+
+    if analyse_only and not analyse:
+        raise BadInput(
+            "--analyse-only and --no-analyse contradict each other: one runs only the analysis, the other skips it",
+            hint="drop one: --analyse-only to analyse the run in --out, --no-analyse to train without analysing",
+        )
 
     with hold_out(out):  # one run writes to --out at a time, from the checks through training and analysis
         run_doc = None
         if analyse_only:
             run_doc = read_run(out)
             if run_doc is None:
-                from ..errors import BadInput
-
                 raise BadInput(
                     f"--analyse-only: {out} holds no train-toy run",
                     hint="train one first (without --analyse-only), or point --out at the run directory",
