@@ -114,10 +114,13 @@ class Result:
         :attr:`json_file` (what the command wrote), to replot or query a saved run in a notebook.
 
         A file that cannot be read, text that is not JSON, and another result's JSON are each a
-        :class:`~headscope.errors.BadInput` saying so (and which result's JSON it is).
+        :class:`~headscope.errors.BadInput` saying so (and which result's JSON it is), as are an empty
+        string and JSON that is not an object (``"[1, 2]"``).
         """
         text = source
-        if not (isinstance(source, str) and source.lstrip().startswith("{")):
+        if isinstance(source, str) and not source.strip():
+            raise BadInput(f"{cls.__name__}.from_json got an empty string", hint=cls.json_hint)
+        if not (isinstance(source, str) and (source.lstrip().startswith(("{", "[")) or _bare_json(source))):
             text = _read_source(cls, source)
         try:
             d = json.loads(text)
@@ -131,7 +134,9 @@ class Result:
         """Around the body of a ``from_dict``: ``d`` that is not this result's JSON (another result's JSON,
         not an object, missing or malformed keys) becomes a :class:`~headscope.errors.BadInput`."""
         if not isinstance(d, dict):
-            raise BadInput(f"not the JSON of {cls.json_what} (not an object)", hint=cls.json_hint)
+            raise BadInput(
+                f"not the JSON of {cls.json_what} (not an object): it is JSON, but {_json_kind(d)}", hint=cls.json_hint
+            )
         other = None if cls.json_keys <= d.keys() else _result_of(d)
         if other is not None and other is not cls:
             where = f" ({other.json_file})" if other.json_file else ""
@@ -170,6 +175,21 @@ def _subclasses(cls: type[Result]) -> list[type[Result]]:
 def _result_of(d: dict) -> type[Result] | None:
     """The result type whose JSON ``d`` is, by its :attr:`Result.json_keys` (None when none matches)."""
     return next((c for c in _subclasses(Result) if c.json_keys and c.json_keys <= d.keys()), None)
+
+
+def _bare_json(source: str) -> bool:
+    """``source`` is JSON text such as ``3`` or ``null`` (and names no file): read as JSON, not as a path."""
+    try:
+        json.loads(source)
+    except ValueError:
+        return False
+    return not Path(source).exists()
+
+
+def _json_kind(d) -> str:
+    """What a parsed JSON value is, in words: ``a list``, ``a number``..."""
+    kinds = ((list, "a list"), (str, "a string"), (bool, "a boolean"), ((int, float), "a number"))
+    return "null" if d is None else next((w for t, w in kinds if isinstance(d, t)), type(d).__name__)
 
 
 def _read_source(cls: type[Result], source) -> str:
