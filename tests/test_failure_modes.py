@@ -566,3 +566,16 @@ def test_a_token_the_font_lacks_warns_nowhere_outside_the_encoder():
         fig = attention_grid(sample)
     assert [str(w.message) for w in caught if "missing from font" in str(w.message)] == []
     assert encode_png(fig)[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("command", ["induction", "qk", "logits", "report", "heads"])
+def test_a_file_that_is_a_directory_is_called_a_directory_before_the_model_loads(command, tmp_path, no_load):
+    # was: "--file DIR does not exist or is not a file", hint "check the path": the folder exists
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    out = tmp_path / ("page.html" if command == "report" else "out")
+    r = cli(command, "--model", "gpt2", "--file", folder, "--out", out)
+    said = " ".join(r.output.split())
+    assert r.exit_code == 2 and f"--file {folder} is a directory, not a file" in said, said
+    assert "repeat --file" in said and "Traceback" not in said
+    assert no_load == [] and not out.exists()

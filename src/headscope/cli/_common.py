@@ -21,6 +21,7 @@ from rich.markup import escape
 
 from ..errors import BadInput, HeadscopeError
 from ..head_labels import is_head_spec
+from ..kinds.documents import FILE_IS_A_DIRECTORY_HINT
 from ..models import DEFAULT_MODEL, encode_texts
 from ..scan import check_settings
 from ..scores import default_thresholds
@@ -272,6 +273,8 @@ def read_texts(texts: list[str] | None, files: list[Path] | None) -> list[tuple[
         out.append((f"--text {i}", t))
     for f in files or []:
         path = Path(f)
+        if path.is_dir():
+            raise BadInput(f"--file {path} is a directory, not a file", hint=FILE_IS_A_DIRECTORY_HINT)
         if not path.is_file():
             raise BadInput(f"--file {path} does not exist or is not a file", hint="check the path")
         try:

@@ -29,6 +29,8 @@ import torch
 
 from ..errors import BadInput
 
+#: The hint for a --file that names a folder: one option names one file.
+FILE_IS_A_DIRECTORY_HINT = "each --file names one text file; repeat --file for several, e.g. --file a.txt --file b.txt"
 BLOCK_BYTES = 1 << 17  # 128 KiB: tokenizing a 1 MiB piece at once took 120 MiB, this about none (measured)
 
 
@@ -89,6 +91,8 @@ def _last_line_start(text: str) -> int:
 
 def check_text_file(path: Path) -> None:
     """Check that ``path`` is a non-empty UTF-8 text file, reading it in blocks (never whole)."""
+    if path.is_dir():
+        raise BadInput(f"--file {path} is a directory, not a file", hint=FILE_IS_A_DIRECTORY_HINT)
     if not path.is_file():
         raise BadInput(f"--file {path} does not exist or is not a file", hint="check the path")
     decoder = codecs.getincrementaldecoder("utf-8")()
