@@ -22,6 +22,8 @@ same vector whatever the source token. Each row is centred over the vocabulary.
 
 from __future__ import annotations
 
+import numbers
+import operator
 from collections.abc import Callable, Sequence
 
 import torch
@@ -121,7 +123,9 @@ def source_tokens(model, tokens=None, text=None, max_tokens: int | None = None) 
     """Token ids to show: ``tokens`` (single-token strings or ids) and/or the distinct tokens of ``text`` (BOS excluded)."""
     ids: list[int] = []
     if tokens is not None:
-        tokens = [tokens] if isinstance(tokens, (str, int)) else list(tokens)
+        tokens = (
+            [tokens] if isinstance(tokens, (str, numbers.Integral)) or not hasattr(tokens, "__iter__") else list(tokens)
+        )
         names = [t for t in tokens if isinstance(t, str)]
         if names:
             try:
@@ -131,11 +135,19 @@ def source_tokens(model, tokens=None, text=None, max_tokens: int | None = None) 
         V = model.cfg.d_vocab
         for t in tokens:
             if not isinstance(t, str):
-                if not 0 <= int(t) < V:
+                try:  # as token_qk reads ids: 5.0 or '5' is not a token id
+                    t = operator.index(t)
+                except TypeError:
+                    raise BadInput(
+                        f"OV source tokens are single-token strings or integer token ids, got {t!r:.40} "
+                        f"({type(t).__name__})",
+                        hint="pass tokens=[' cat', ' dog'] or ids such as [5, 6] (model.tokenizer.encode(' cat'))",
+                    ) from None
+                if not 0 <= t < V:
                     raise BadInput(
                         f"token id {t} is outside the vocabulary (0..{V - 1})", hint="use an id below d_vocab"
                     )
-                ids.append(int(t))
+                ids.append(t)
     if text is not None:
         bos = getattr(model.tokenizer, "bos_token_id", None), getattr(model.tokenizer, "eos_token_id", None)
         for seq in as_sequences(model, text, max_tokens):  # every text given, not only the first
