@@ -83,12 +83,25 @@ NORM_PROBE_SCALE = 1e3
 NORM_PROBE_TOLERANCE = 1e-4
 
 
+def probe_tolerance(dtype: torch.dtype) -> float:
+    """The relative tolerance of a probe whose output came back in ``dtype``: :data:`NORM_PROBE_TOLERANCE`,
+    or a few rounding steps of ``dtype`` where it is coarser (a float16 LayerNorm rounds its output to
+    about 5e-4 of its size, bfloat16 to about 4e-3: that is the model's own precision, not a norm of
+    another form).
+
+    >>> probe_tolerance(torch.float32), probe_tolerance(torch.float16), probe_tolerance(torch.bfloat16)
+    (0.0001, 0.00390625, 0.03125)
+    """
+    return max(NORM_PROBE_TOLERANCE, 4 * torch.finfo(dtype).eps) if dtype.is_floating_point else NORM_PROBE_TOLERANCE
+
+
 def _run_norm(module, x: torch.Tensor) -> torch.Tensor:
+    """The module's output on ``x`` (float32 probes), in the dtype the module returned it in."""
     try:  # float32 probes: most norms compute in float32 and return the input's dtype
-        return module(x).float()
+        return module(x)
     except RuntimeError:  # e.g. nn.LayerNorm with bfloat16 parameters wants its own dtype
         dtype = next(module.parameters()).dtype
-        return module(x.to(dtype)).float()
+        return module(x.to(dtype))
 
 
 @torch.no_grad()
@@ -113,7 +126,9 @@ def norm_affine(component, d_model: int, kind: str) -> tuple[torch.Tensor | None
     probes = [v, v.roll(1)] if d_model % 2 else [v]
     check = torch.randn(d_model, generator=torch.Generator().manual_seed(0))
     x = torch.stack([torch.zeros(d_model), *[p * NORM_PROBE_SCALE for p in probes], check * NORM_PROBE_SCALE])
-    y = _run_norm(module, x.to(device)).cpu()
+    out = _run_norm(module, x.to(device))
+    tolerance = probe_tolerance(out.dtype)
+    y = out.float().cpu()
     bias = y[0]
     gain = torch.empty(d_model)
     for i, p in enumerate(probes):
@@ -123,10 +138,11 @@ def norm_affine(component, d_model: int, kind: str) -> tuple[torch.Tensor | None
     hat = check - check.mean() if kind == "layernorm" else check
     hat = hat / hat.square().mean().sqrt()
     err = float((y[-1] - (hat * gain + bias)).abs().max())
-    if not err <= NORM_PROBE_TOLERANCE * (float(y[-1].abs().max()) + 1e-6):
+    if not err <= tolerance * (float(y[-1].abs().max()) + 1e-6):
         raise BadInput(
             f"{type(module).__name__} does not act as a {kind} with a gain and a bias "
-            f"(off by {err:.3g} on a test input), so its weights cannot be folded",
+            f"(off by {err:.3g} on a test input, computed in {str(out.dtype).removeprefix('torch.')}), "
+            "so its weights cannot be folded",
             hint="this analysis supports norms of the form x_hat * gain + bias (LayerNorm, RMSNorm and their "
             "offset variants such as Gemma's); use a model with such norms",
         )
@@ -144,10 +160,11 @@ def embedding_matrix(model) -> torch.Tensor:
     W_E = model.W_E.detach().float()
     module = getattr(model.embed, "original_component", model.embed)
     ids = torch.linspace(0, W_E.shape[0] - 1, 16).long().to(model.W_E.device)
-    out = module(ids).detach().float()
+    raw = module(ids).detach()
+    out = raw.float()
     rows = W_E[ids]
     scale = float((out * rows).sum() / rows.square().sum().clamp_min(1e-30))
-    if not (out - scale * rows).abs().max() <= NORM_PROBE_TOLERANCE * (float(out.abs().max()) + 1e-6):
+    if not (out - scale * rows).abs().max() <= probe_tolerance(raw.dtype) * (float(out.abs().max()) + 1e-6):
         raise BadInput(
             f"the embedding module {type(module).__name__} does not output a multiple of W_E",
             hint="this analysis supports embeddings that are a table lookup times a constant",
