@@ -193,7 +193,8 @@ def analyze_logits(
     (``settings``, a :class:`~headscope.settings.ScanSettings` or a mapping of its fields, its fields replaced by
     ``keywords``: ``seq_len=``, ``batch=``, ``ablate=``, ``ablation=``, ``attention=``, ...; its
     ``top_k`` is ``top``) gives the induction story's numbers; pass an existing ``scan`` (and
-    ``composition`` with K scores) to reuse them. ``k``: promoted/suppressed tokens kept per OV
+    ``composition`` with K scores) to reuse them: its own settings are then used, and settings
+    given beside it are refused, not ignored. ``k``: promoted/suppressed tokens kept per OV
     row. Every input is checked before anything runs. ``paths``: also measure each story head's paths by
     path patching (the senders into its keys, its paths to the logits; :func:`~.circuit_analysis.story_paths`),
     on the induction task with the scan's ``batch``, ``seq_len`` and ``seed``.
@@ -220,6 +221,14 @@ def analyze_logits(
         check_settings(st.seq_len, st.batch, st.repeats, m.first_token.id is not None, m.n_ctx, m.name)
     else:
         check_scan_of(m, scan)
+        if settings is not None or keywords:
+            given = ", ".join(sorted(keywords)) or "settings"
+            raise BadInput(
+                f"scan= is given, so its own settings are used, and {given} would be ignored",
+                hint="drop them to reuse the scan, or drop scan= to run a new scan with them",
+            )
+        ran = scan.settings
+        st = replace(st, seq_len=int(ran["seq_len"]), batch=int(ran["batch"]), seed=int(ran["seed"]))
         if st.top_k < 1:
             raise BadInput(f"top_k (--top) must be at least 1 (got {st.top_k})")
         if "direct_logit_later" not in scan.scores:
