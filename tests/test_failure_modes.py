@@ -579,3 +579,26 @@ def test_a_file_that_is_a_directory_is_called_a_directory_before_the_model_loads
     assert r.exit_code == 2 and f"--file {folder} is a directory, not a file" in said, said
     assert "repeat --file" in said and "Traceback" not in said
     assert no_load == [] and not out.exists()
+
+
+@pytest.mark.parametrize("out", [".", ".."])
+@pytest.mark.parametrize("command", [*COMMANDS, "train-toy"])
+def test_out_dot_is_refused_with_the_folders_name_not_blamed_on_the_users_files(
+    command, out, tmp_path, tiny_gpt2_dir, no_load, monkeypatch
+):
+    # was: in an empty folder, `--out .` made its lock `..lock` inside the folder, then refused it as a file
+    # "headscope did not write" (exit 4): "--out . already holds files headscope did not write (..lock)"
+    here = tmp_path / "work"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    args = (
+        ["train-toy", "--steps", "2", "--every", "1"]
+        if command == "train-toy"
+        else COMMANDS[command](str(tiny_gpt2_dir))
+    )
+    r = cli(*args, "--out", out)
+    said = " ".join(r.output.split())
+    assert r.exit_code == 5, said
+    assert f"--out {out} names a folder by '{out}' instead of its name" in said, said
+    assert f"--out {os.path.abspath(out)}" in said and "..lock" not in said and "Traceback" not in said
+    assert no_load == [] and list(here.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["work"]

@@ -118,7 +118,21 @@ def refuse_special(target: Path) -> None:
     ... except OutputError as exc:
     ...     print(exc.message.split(";")[0])
     --out /dev/null is a character device
+
+    A ``target`` that ends in ``.`` or ``..`` (``--out .``, ``--out ..``, ``/``) is refused too, with
+    its real name in the hint: the lock and the staging folder go beside ``--out`` under its name,
+    and ``.`` has none (the lock landed inside, and was then taken for a file of the user's).
     """
+    if Path(target).name in ("", ".."):
+        named = os.path.abspath(target)
+        raise OutputError(
+            f"--out {target} names a folder by {'its place' if str(target) == '/' else repr(str(target))} "
+            "instead of its name: the lock and the staging folder go beside --out under its name; nothing was "
+            "changed",
+            hint=f"give the folder's name, e.g. --out {named}"
+            if named != "/"
+            else "choose a folder to create, e.g. --out results",
+        )
     try:
         mode = os.lstat(target).st_mode
     except FileNotFoundError:
