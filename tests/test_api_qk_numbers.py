@@ -31,3 +31,16 @@ def test_composition_baseline_samples_are_checked(tiny_gpt2, b, says):
 def test_composition_kinds_none_is_bad_input(tiny_gpt2):
     with pytest.raises(headscope.BadInput, match="no composition kinds given"):
         headscope.composition_scores(tiny_gpt2, kinds=None)
+
+
+def test_analyze_qk_checks_the_query_on_every_text_before_any_forward_pass(tiny_gpt2, monkeypatch):
+    from headscope.qk import analysis
+
+    def no_scan(model):
+        raise AssertionError("the quick scan ran before the query was checked")
+
+    monkeypatch.setattr(analysis, "quick_scan", no_scan)
+    with pytest.raises(headscope.BadInput, match="query position 4 is outside the sequence of 3 tokens"):
+        headscope.analyze_qk(tiny_gpt2, ["one two three four", "one two"], query=4)
+    with pytest.raises(headscope.BadInput, match="query must be a whole number"):
+        headscope.analyze_qk(tiny_gpt2, "one two", query=1.0)

@@ -26,10 +26,17 @@ from ..results.qk_results import (
     TokenQK,
 )
 from ..scan.induction_scan import check_scan_of
+from ..settings import whole_number
 from . import rotary
 from .circuits import normalise, positional_qk, token_qk
 from .composition import composition_by_offset, composition_scores
-from .decompose import DECOMPOSITION_TOLERANCE, DecompositionMismatch, capture_residual, decompose_qk
+from .decompose import (
+    DECOMPOSITION_TOLERANCE,
+    DecompositionMismatch,
+    capture_residual,
+    decompose_qk,
+    query_index,
+)
 from .live import as_heads, as_sequences, qk_scores
 
 #: GiB the QK analysis may hold at once (estimated by :func:`qk_memory_bytes` before it starts); ``qk --max-memory``.
@@ -232,6 +239,10 @@ def analyze_qk(
     timings: dict[str, float] = {}
     t = time.perf_counter()
     seqs = as_sequences(model, texts, max_tokens)
+    if query is not None:  # checked on every text now, not after the scan and the live scores
+        query = whole_number("query", query)
+        for s in seqs:
+            query_index(query, len(s))
     chosen = as_heads(model, heads) if heads else None
     token_ids = single_tokens(model.tokenizer, tokens) if tokens else None
     check_qk_memory(model, [len(s) for s in seqs], chosen, top, max_memory_gb)

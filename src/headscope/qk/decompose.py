@@ -185,6 +185,27 @@ def stripe_pairs(ids: list[int]) -> list[tuple[int, int]]:
     return [(i, j) for i in range(2, len(ids)) for j in range(2, i + 1) if ids[j - 1] == ids[i]]
 
 
+def query_index(query: int, T: int) -> int:
+    """``query`` as a position of a sequence of ``T`` tokens (negative counts from the end), or BadInput.
+
+    >>> query_index(-1, 5)
+    4
+    >>> query_index(7, 5)
+    Traceback (most recent call last):
+    ...
+    headscope.errors.BadInput: query position 7 is outside the sequence of 5 tokens (0..4, BOS is 0)
+      hint: use a position from 0 to 4 or a negative index from -1 to -5 (-1 is the last token); position 0, the first token, can only attend to itself, so there every 'vs mean key' value is 0
+    """
+    q = query + T if query < 0 else query
+    if not 0 <= q < T:
+        raise BadInput(
+            f"query position {query} is outside the sequence of {T} tokens (0..{T - 1}, BOS is 0)",
+            hint=f"use a position from 0 to {T - 1} or a negative index from -1 to -{T} (-1 is the last token); "
+            "position 0, the first token, can only attend to itself, so there every 'vs mean key' value is 0",
+        )
+    return q
+
+
 def choose_pairs(seq: TokenSequence, pattern: np.ndarray, query: int | None, key: int | None):
     """The (query, key) pairs to explain and a sentence saying how they were chosen."""
     T = len(seq)
@@ -205,13 +226,7 @@ def choose_pairs(seq: TokenSequence, pattern: np.ndarray, query: int | None, key
         how = "no token repeats, so no induction stripe: "
     else:
         how = ""
-    q = query + T if query < 0 else query
-    if not 0 <= q < T:
-        raise BadInput(
-            f"query position {query} is outside the sequence of {T} tokens (0..{T - 1}, BOS is 0)",
-            hint=f"use a position from 0 to {T - 1} or a negative index from -1 to -{T} (-1 is the last token); "
-            "position 0, the first token, can only attend to itself, so there every 'vs mean key' value is 0",
-        )
+    q = query_index(query, T)
     if key is None:
         row = pattern[q, : q + 1].copy()
         if q > 0:
