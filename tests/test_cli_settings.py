@@ -189,6 +189,13 @@ def test_a_threshold_outside_the_score_s_range_is_refused(item, says):
     assert parse_thresholds(["induction=0", "copying=-1"]) == {"induction": 0.0, "copying": -1.0}
 
 
+def test_a_threshold_given_twice_is_refused_not_overwritten():
+    from headscope.cli._common import parse_thresholds
+
+    with pytest.raises(BadInput, match=re.escape("--threshold induction is given twice (0.3 and 0.5)")):
+        parse_thresholds(["induction=0.3", "induction=0.5"])
+
+
 def test_the_api_checks_thresholds_as_the_command_line_does(tiny_gpt2):
     """``thresholds={"inducton": 0.5}`` used to run, keep the misspelt key and leave induction at its default."""
     with pytest.raises(BadInput, match="'inducton' is not a role score"):

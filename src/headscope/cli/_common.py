@@ -257,6 +257,11 @@ def parse_thresholds(items: list[str] | None) -> dict[str, float]:
         name = name.strip().replace("-", "_")
         if not sep or name not in known:
             raise BadInput(f"bad --threshold {item!r}", hint=f"use NAME=VALUE with NAME one of: {', '.join(known)}")
+        if name in out:  # the last would win without a word
+            raise BadInput(
+                f"--threshold {name} is given twice ({out[name]} and {value.strip()})",
+                hint=f"give each role's threshold once, e.g. --threshold {name}={value.strip()}",
+            )
         out[name] = value.strip()
     try:
         return check_thresholds(out)
