@@ -273,3 +273,18 @@ def test_scores_json_reads_back_into_a_result(tiny_gpt2_dir, tmp_path):
     (tmp_path / "bad.json").write_text('{"model": {}}')
     with pytest.raises(BadInput, match="not the JSON of an induction scan"):
         InductionResult.from_json(tmp_path / "bad.json")
+
+
+def test_every_command_with_an_out_folder_takes_the_short_form_too():
+    import typer.main
+
+    from headscope.cli import app
+
+    group = typer.main.get_command(app)
+    missing = [
+        name
+        for name, command in group.commands.items()  # type: ignore[attr-defined]
+        for p in command.params
+        if "--out" in p.opts and "-o" not in p.opts
+    ]
+    assert missing == []

@@ -115,6 +115,7 @@ def sweep_cmd(
         Path,
         typer.Option(
             "--out",
+            "-o",
             help="Output directory: entries/*.json (one per finished entry), sweep.csv, sweep.json, sweep.png. "
             "A new or empty directory, or an earlier sweep's (resumed); never one holding other files.",
         ),

@@ -22,6 +22,7 @@ def train_toy_cmd(
         Path,
         typer.Option(
             "--out",
+            "-o",
             help="Run directory: run.json, train_log.csv, checkpoints/stepNNNN/ "
             "(Hugging Face model directories), sweep/ and phase/ (figures).",
         ),
