@@ -14,6 +14,7 @@ import warnings
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg", force=False)
 import matplotlib.pyplot as plt  # noqa: E402
@@ -72,6 +73,32 @@ def tight_layout(fig, **kwargs) -> None:
         fig.tight_layout(**kwargs)
 
 
+def decimals_for(values, significant: int = 2, least: int = 2, most: int = 6) -> int:
+    """Decimals that show the largest finite ``|value|`` with ``significant`` digits (at least ``least``).
+
+    A fixed ``.2f`` printed every value of a small-valued score (1e-4 logits, a 0.001-nat change
+    in loss) as "0.00" or "-0.00": numbers that say nothing, or say zero where there is an effect.
+    """
+    a = np.abs(np.asarray(values, dtype=float))
+    a = a[np.isfinite(a) & (a > 0)]
+    if a.size == 0:
+        return least
+    lead = int(np.floor(np.log10(a.max())))  # 0.0012 -> -3
+    return int(min(most, max(least, significant - 1 - lead)))
+
+
+def cell_fontsize(ax, rows: int, cols: int, chars: int, least: float = 6.0, most: float = 10.0) -> float:
+    """A font size (points) for text of ``chars`` characters inside one cell of a ``rows`` x ``cols`` grid on ``ax``:
+    as large as the cell allows (a fixed 6 pt left a 1 x 1 or 2 x 32 grid's numbers unreadably small in
+    cells an inch wide), between ``least`` and ``most``."""
+    fig = ax.figure
+    box = ax.get_position()
+    w_pt = box.width * fig.get_figwidth() * 72 / max(cols, 1)
+    h_pt = box.height * fig.get_figheight() * 72 / max(rows, 1)
+    # a digit is about 0.6 em wide; leave a margin either side and above and below
+    return float(np.clip(min(0.8 * w_pt / (0.6 * max(chars, 1)), 0.6 * h_pt), least, most))
+
+
 def save(fig, path: str | Path) -> Path:
     """Write ``fig`` to ``path`` with :func:`encode_png` (closing it)."""
     path = Path(path)
@@ -90,8 +117,6 @@ def attention_heatmap(
     masked=None,
 ):
     """Token x token heatmap: queries down, keys across. ``masked`` cells are drawn grey; whitespace made visible."""
-    import numpy as np
-
     from ..tokens import visible_whitespace
 
     n = len(labels)

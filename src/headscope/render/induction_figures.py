@@ -11,7 +11,7 @@ from ..head_labels import head_label
 from ..results.scan_result import InductionResult
 from ..scan.attention_sample import AttentionSample
 from ..scores import score as declared
-from ._mpl import attention_heatmap, plt, tex_safe, tight_layout
+from ._mpl import attention_heatmap, cell_fontsize, decimals_for, plt, tex_safe, tight_layout
 
 
 def score_heatmap(res: InductionResult, score: str = "induction", ax=None):
@@ -24,20 +24,27 @@ def score_heatmap(res: InductionResult, score: str = "induction", ax=None):
         _, ax = plt.subplots(figsize=(max(5.0, 0.55 * H + 2.5), max(3.5, 0.32 * L + 1.5)), layout="constrained")
     decl = declared(score)
     lo, hi = decl.vmin, decl.vmax
+    digits = 2
     if lo is None or hi is None:  # signed, in its own units: symmetric around 0
         lim = float(np.nanmax(np.abs(a))) or 1.0
         lo, hi = -lim, lim
+        digits = decimals_for(a)  # a 1e-4 logit effect is not "0.00"
+    annot = H * L <= 400
     sns.heatmap(
         a,
         ax=ax,
         vmin=lo,
         vmax=hi,
         cmap="RdBu_r" if lo < 0 else "rocket_r",
-        annot=H * L <= 400,
-        fmt=".2f",
+        annot=annot,
+        fmt=f".{digits}f",
         annot_kws={"fontsize": 6},
         cbar_kws={"label": score.replace("_", "-")},
     )
+    if annot and ax.texts:
+        size = cell_fontsize(ax, L, H, max(len(t.get_text()) for t in ax.texts))
+        for t in ax.texts:
+            t.set_fontsize(size)
     thr = res.thresholds.get(score)
     if thr is not None:
         for l, h in zip(*np.nonzero(a >= thr)):
