@@ -45,3 +45,50 @@ def test_a_signed_score_of_small_values_prints_its_digits_not_zeros(scan):
     plt.close(fig)
     assert not any(s.strip("-+") == "0.00" for s in shown), shown
     assert "-0.00041" in shown and "0.00024" in shown
+
+
+def _boxes_overlap(a, b) -> bool:
+    return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+
+
+def test_the_loss_legend_leaves_a_flat_untrained_loss_visible(scan):
+    """On an untrained model the loss runs along ln(vocab): the legend sat on it and the top of the axes cut it."""
+    from headscope.render.induction_figures import loss_by_position
+
+    res = copy.copy(scan)
+    ln_v = np.log(res.model["d_vocab"])
+    res.per_position_loss = ln_v + 0.15 * np.sin(np.arange(len(scan.per_position_loss)))
+    fig = loss_by_position(res)
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    legend = ax.get_legend().get_window_extent()
+    pts = ax.lines[0].get_transform().transform(ax.lines[0].get_xydata())
+    inside = (pts[:, 0] > legend.x0) & (pts[:, 0] < legend.x1) & (pts[:, 1] > legend.y0) & (pts[:, 1] < legend.y1)
+    assert not inside.any()
+    assert ax.get_ylim()[1] > res.per_position_loss.max() * 1.05  # headroom, not the frame on the curve
+    plt.close(fig)
+
+
+def test_causal_chart_prints_small_changes_and_keeps_labels_clear_of_the_legend(scan):
+    """Changes of a thousandth of a nat printed '+0.00' and '-0.00', and the labels ran into the legend and frame."""
+    from headscope.render.induction_figures import ablation_chart
+
+    res = copy.copy(scan)
+    res.ablation = [dict(e) for e in scan.ablation]
+    assert res.ablation
+    for n, e in enumerate(res.ablation):
+        e["loss_increase"] = (-1) ** n * 0.0012 * (n + 1)
+        e["interval"] = [e["loss_increase"] - 0.003, e["loss_increase"] + 0.004]
+        e["first_repeat_increase"] = 0.001
+    fig = ablation_chart(res)
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    labels = [t for t in ax.texts if t.get_text()]
+    assert not any(t.get_text().strip("+-") == "0.00" for t in labels), [t.get_text() for t in labels]
+    legend = ax.get_legend().get_window_extent()
+    frame = ax.get_window_extent()
+    for t in labels:
+        box = t.get_window_extent()
+        assert not _boxes_overlap(box, legend), t.get_text()
+        assert frame.y0 <= box.y0 and box.y1 <= frame.y1, t.get_text()
+    plt.close(fig)

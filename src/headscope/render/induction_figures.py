@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import matplotlib.ticker
 import numpy as np
 
 from ..head_labels import head_label
@@ -85,8 +86,12 @@ def loss_by_position(res: InductionResult, ax=None):
         f"Loss by position — first repeat {res.loss_first_repeat:.2f}, later repeats {res.loss_later_repeats:.2f} nats",
         fontsize=10,
     )
+    # headroom above the highest line for the legend: on an untrained model the loss runs along
+    # ln(vocab) at the top, where the legend covered it and the axes cut it off
+    top = float(np.nanmax(np.append(y, math.log(res.model.get("d_vocab", 2)))))
+    ax.set_ylim(0, top * 1.2 if np.isfinite(top) and top > 0 else None)
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))  # positions are whole tokens
     ax.legend(loc="upper right", fontsize=8)
-    ax.set_ylim(bottom=0)
     return ax.figure
 
 
@@ -108,6 +113,7 @@ def ablation_chart(res: InductionResult, ax=None):
         lows.append(e["interval"][0])
         highs.append(e["interval"][1])
         firsts.append(e["first_repeat_increase"])
+    draws: list[float] = []
     c = res.control_spread()
     if c is not None:
         labels.append(f"control\n({c['n']} draw{'s' if c['n'] != 1 else ''} of {c['n_heads']})")
@@ -125,10 +131,21 @@ def ablation_chart(res: InductionResult, ax=None):
     err = np.vstack([v - np.asarray(lows), np.asarray(highs) - v])
     ax.bar(x, v, color=colors, yerr=err, capsize=3, error_kw={"lw": 0.8})
     ax.scatter(x, firsts, marker="x", color="#e76f51", zorder=4, label="change in first-repeat loss")
-    for i, (val, hi) in enumerate(zip(values, highs)):
-        ax.text(i, max(val, hi), f"{val:+.2f}", ha="center", va="bottom", fontsize=8)
+    digits = decimals_for(values)  # a 0.001-nat change is not "+0.00"
+    tops = [max(val, hi) for val, hi in zip(values, highs)]
+    if draws:  # the control's label goes above its highest dot, not across it
+        tops[-1] = max(tops[-1], *draws)
+    for i, (val, top) in enumerate(zip(values, tops)):
+        ax.text(i, top, f"{val:+.{digits}f}", ha="center", va="bottom", fontsize=8)
     ax.set_xticks(x, labels, fontsize=8)
     ax.axhline(0, color="black", lw=0.6)
+    # room above the highest whisker for the value printed on it and for the legend (upper left),
+    # which otherwise sat on the first bar's label or whisker and ran the labels into the frame
+    shown = np.asarray([*values, *lows, *highs, *firsts, *draws, 0.0], dtype=float)
+    shown = shown[np.isfinite(shown)]
+    lo, hi = float(shown.min()), float(shown.max())
+    span = (hi - lo) or 1.0
+    ax.set_ylim(lo - 0.05 * span, hi + 0.4 * span)
     ax.set_ylabel("change in later-repeat loss (nats)")
     ax.legend(fontsize=7, loc="upper left", frameon=False)
     kind = res.settings.get("ablation") or "mean"
