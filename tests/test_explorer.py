@@ -153,6 +153,12 @@ def test_logit_and_path_views_say_which_token_they_explain(llama_explorer):
     assert ex.paths_view(TEXT, 6, corrupt, wrong=" dog")["wrong_is"] == "the token you named"
 
 
+def test_an_empty_corrupted_text_is_named_as_the_corrupted_text(llama_explorer):
+    with pytest.raises(headscope.BadInput, match="the corrupted text is empty") as e:
+        llama_explorer.paths_view(TEXT, 6, "   ")
+    assert "your text is empty" not in str(e.value) and "word swapped" in str(e.value)
+
+
 def test_ov_view_is_ov_circuit(explorer):
     st = explorer.state(TEXT)
     ov = explorer.ov(st, 1, 2, 9)

@@ -113,8 +113,10 @@ class Explorer:
             self._scan = scan_induction(self.model, self._scan_settings, **kw)
         return self._scan
 
-    def state(self, text: str) -> TextState:
-        """The text's one pass, from the cache or computed now (the oldest texts leave when over budget)."""
+    def state(self, text: str, title: str = "your text") -> TextState:
+        """The text's one pass, from the cache or computed now (the oldest texts leave when over budget).
+
+        ``title`` names the text in messages: "your text", or "the corrupted text" for the paths' second text."""
         with self._lock:
             hit = self._texts.get(text)
             if hit is not None:
@@ -125,8 +127,10 @@ class Explorer:
             self.model,
             text,
             max_tokens=self.max_tokens,
-            title="your text",
-            empty_hint="type some text into the box, ideally one that repeats itself",
+            title=title,
+            empty_hint="type some text into the box, ideally one that repeats itself"
+            if title == "your text"
+            else "type the corrupted text: your text with a word swapped for another one-token word",
         )
         st = compute_text(self.model, seq)
         st.seconds = time.perf_counter() - t0
@@ -278,7 +282,7 @@ class Explorer:
         tok = self.model.tokenizer
         eff = pp.effect
         order = np.argsort(-np.abs(eff))[:12]
-        p, cs = pp_pos(pp), self.state(corrupt)
+        p, cs = pp_pos(pp), self.state(corrupt, "the corrupted text")
         nxt = p + 1 < cs.n and cs.seq.ids[p + 1] == wrong_id
         return {
             "position": p,
@@ -299,7 +303,7 @@ class Explorer:
     def paths(self, st: TextState, pos, corrupt: str, target: str | None = None, wrong: str | None = None):
         """The :class:`PathPatching` of :meth:`paths_view`, with the answer and wrong token ids."""
         pos = self.position(st, pos)
-        cs = self.state(corrupt)
+        cs = self.state(corrupt, "the corrupted text")
         if cs.n < pos + 1:
             raise BadInput(
                 f"the corrupted text has {cs.n} tokens; patching at position {pos} needs at least {pos + 1}",
