@@ -300,6 +300,13 @@ def test_malformed_requests_get_a_clear_error(client, body, status, says):
     assert says in r.json()["error"]
 
 
+def test_a_content_length_that_is_not_a_number_is_a_bad_request_not_a_too_large_one(client):
+    headers = {"content-type": "application/json", "content-length": "abc"}
+    r = client.post("/api/text", content=json.dumps({"text": TEXT}), headers=headers)
+    assert r.status_code == 400, r.text
+    assert "Content-Length" in r.json()["error"]
+
+
 @pytest.mark.parametrize(
     "doc, says",
     [

@@ -122,7 +122,11 @@ class Limits:
 
 async def _read_json(request: Request, limits: Limits) -> dict:
     length = request.headers.get("content-length")
-    if length is not None and (not length.isdigit() or int(length) > limits.max_body):
+    if length is not None and not length.isdigit():
+        raise RequestError(
+            400, f"the Content-Length header {length[:40]!r} is not a number of bytes", "send the body's length"
+        )
+    if length is not None and int(length) > limits.max_body:
         raise RequestError(413, f"request body over {limits.max_body} bytes", "send a shorter text")
     body = bytearray()
     async for chunk in request.stream():
