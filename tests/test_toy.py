@@ -330,6 +330,8 @@ def toy(*args):
         (["--layers", "1"], "--layers must be at least 2"),
         (["--vocab", "8"], "vocab (--vocab) must be at least 9"),
         (["--analyse-only", "--no-analyse"], "contradict each other"),  # was: analysed, --no-analyse ignored
+        (["--analyse-only", "--steps", "10", "--n-ctx", "40"], "so --steps, --n-ctx would be ignored"),
+        (["--n-ctx", "4"], "leaves no copy distance at all"),  # was: "copy distances 3..1"
     ],
 )
 def test_cli_bad_options_exit_2_and_write_nothing(tmp_path, args, message):

@@ -14,10 +14,14 @@ from ..progress import Progress
 from . import app
 from ._common import DebugOpt, JsonOpt, consoles, handle_errors, progress_enabled
 
+TRAINING_OPTIONS = ("steps", "every", "seed", "lr", "batch", "layers", "heads", "d_model", "vocab", "n_ctx", "block")
+"""The options that shape training: read from the run itself under --analyse-only."""
+
 
 @app.command("train-toy")
 @handle_errors
 def train_toy_cmd(
+    ctx: typer.Context,
     out: Annotated[
         Path,
         typer.Option(
@@ -111,6 +115,16 @@ def train_toy_cmd(
     from ..errors import BadInput
     from ..pipeline.outputs import hold_out
 
+    given = [
+        "--" + n.replace("_", "-")
+        for n in TRAINING_OPTIONS
+        if getattr(ctx.get_parameter_source(n), "name", "") == "COMMANDLINE"  # typer may carry its own click
+    ]
+    if analyse_only and given:
+        raise BadInput(
+            f"--analyse-only trains nothing, so {', '.join(given)} would be ignored",
+            hint="drop them to analyse the run in --out as it was trained, or drop --analyse-only to train a new run",
+        )
     if analyse_only and not analyse:
         raise BadInput(
             "--analyse-only and --no-analyse contradict each other: one runs only the analysis, the other skips it",

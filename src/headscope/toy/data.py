@@ -89,8 +89,13 @@ class CopyRecipe:
             raise BadInput(f"copies must be at least 1 (got {self.copies})", hint="the default is 4")
         if self.min_distance < self.min_block or len(self.distances()) < 8:
             raise BadInput(
-                f"--n-ctx {self.n_ctx} leaves copy distances {self.min_distance}..{self.max_distance} only "
-                f"(needs at least 8 distinct distances, n_ctx >= {self.min_distance + self.min_block + 8})",
+                f"--n-ctx {self.n_ctx} leaves "
+                + (
+                    f"copy distances {self.min_distance}..{self.max_distance} only "
+                    if self.max_distance >= self.min_distance
+                    else "no copy distance at all "
+                )
+                + f"(needs at least 8 distinct distances, n_ctx >= {self.min_distance + self.min_block + 8})",
                 hint="the distance to a copy must vary, or a positional shortcut pays instead of induction: "
                 "raise --n-ctx",
             )
