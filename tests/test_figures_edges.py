@@ -92,3 +92,48 @@ def test_causal_chart_prints_small_changes_and_keeps_labels_clear_of_the_legend(
         assert not _boxes_overlap(box, legend), t.get_text()
         assert frame.y0 <= box.y0 and box.y1 <= frame.y1, t.get_text()
     plt.close(fig)
+
+
+def test_one_strong_pair_does_not_wash_out_the_composition_map(tiny_gpt2):
+    """One pair far above the rest left every other cell the colour of 0; the colorbar also had no label."""
+    from headscope.qk import composition_scores
+    from headscope.render.qk_figures import plot_composition
+
+    comp = copy.copy(composition_scores(tiny_gpt2, baseline_samples=8))
+    k = comp.scores["K"].copy()
+    typical = float(np.nanmax(np.abs(k[0, :, 1, :] - comp.baseline)))
+    k[0, 0, 1, 0] = comp.baseline + 50 * typical
+    comp.scores = {**comp.scores, "K": k}
+    fig = plot_composition(comp, "K")
+    image = fig.axes[0].images[0]
+    assert image.norm.vmax < 10 * typical  # the bulk keeps the colours, the outlier saturates
+    bar = fig.axes[-1]
+    assert bar.get_ylabel()  # what the colours measure
+    assert "clipped" in bar.get_ylabel()
+    plt.close(fig)
+    fig = plot_composition(composition_scores(tiny_gpt2, baseline_samples=8), "K")  # no outlier: no clipping
+    assert "clipped" not in fig.axes[-1].get_ylabel() and fig.axes[-1].get_ylabel()
+    plt.close(fig)
+
+
+@pytest.mark.parametrize("draw", ["scan_effect", "score_heatmap"])
+def test_one_outlying_head_does_not_wash_out_the_direct_effect_maps(scan, draw):
+    """SmolLM2's L29H1 (1.1 logits) left the induction heads' 0.1 the colour of zero; small cells printed at 6 pt
+    and values under 0.005 were left blank whatever the scale."""
+    from headscope.render.induction_figures import score_heatmap
+    from headscope.render.logit_figures import scan_effect_heatmap
+
+    a = np.array([[0.01, -0.02, 0.03, 0.1], [0.12, -0.04, 0.02, 1.1]])
+    res = _with(scan, direct_logit_later=a, direct_logit_first=np.zeros_like(a))
+    fig = scan_effect_heatmap(res, "later") if draw == "scan_effect" else score_heatmap(res, "direct_logit_later")
+    ax = fig.axes[0]
+    mesh = (ax.images or ax.collections)[0]
+    assert mesh.norm.vmax < 0.5  # the outlier saturates, the rest keep their colours
+    assert "clipped" in fig.axes[-1].get_ylabel()
+    assert min(t.get_fontsize() for t in ax.texts) >= 9
+    plt.close(fig)
+    tiny = _with(scan, direct_logit_later=a * 1e-3, direct_logit_first=np.zeros_like(a))
+    fig = scan_effect_heatmap(tiny, "later")
+    shown = [t.get_text() for t in fig.axes[0].texts]
+    plt.close(fig)
+    assert "0.0011" in shown and "0.0001" in shown  # 1e-4 logits are printed, not blanked

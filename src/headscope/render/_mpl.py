@@ -87,6 +87,29 @@ def decimals_for(values, significant: int = 2, least: int = 2, most: int = 6) ->
     return int(min(most, max(least, significant - 1 - lead)))
 
 
+def signed_limit(values, bulk: float = 98.0, outlier: float = 2.0) -> tuple[float, bool]:
+    """Symmetric colour limit for signed values, and whether values beyond it are clipped.
+
+    The largest ``|value|``, unless it is more than ``outlier`` times the ``bulk`` percentile of
+    ``|value|`` (the largest value always left out of the bulk): then one head (SmolLM2's L29H1 at 1.1 logits) would leave every other cell
+    (the induction heads' 0.1) the colour of zero, so the limit is that percentile and the few
+    values past it saturate (the colorbar gets arrows: ``extend="both"``).
+    """
+    a = np.abs(np.asarray(values, dtype=float))
+    a = a[np.isfinite(a)]
+    top = float(a.max()) if a.size else 0.0
+    if top == 0.0:
+        return 1.0, False
+    # the bulk's edge: the value below the top (100 - bulk) % of values, and below the largest one at least
+    beyond = max(1, int(a.size * (100.0 - bulk) / 100.0))
+    if a.size <= beyond:
+        return top, False
+    mid = float(np.sort(a)[::-1][beyond])
+    if mid > 0.0 and top > outlier * mid:
+        return mid, True
+    return top, False
+
+
 def cell_fontsize(ax, rows: int, cols: int, chars: int, least: float = 6.0, most: float = 10.0) -> float:
     """A font size (points) for text of ``chars`` characters inside one cell of a ``rows`` x ``cols`` grid on ``ax``:
     as large as the cell allows (a fixed 6 pt left a 1 x 1 or 2 x 32 grid's numbers unreadably small in

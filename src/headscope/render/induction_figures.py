@@ -12,7 +12,7 @@ from ..head_labels import head_label
 from ..results.scan_result import InductionResult
 from ..scan.attention_sample import AttentionSample
 from ..scores import score as declared
-from ._mpl import attention_heatmap, cell_fontsize, decimals_for, plt, tex_safe, tight_layout
+from ._mpl import attention_heatmap, cell_fontsize, decimals_for, plt, signed_limit, tex_safe, tight_layout
 
 
 def score_heatmap(res: InductionResult, score: str = "induction", ax=None):
@@ -25,9 +25,9 @@ def score_heatmap(res: InductionResult, score: str = "induction", ax=None):
         _, ax = plt.subplots(figsize=(max(5.0, 0.55 * H + 2.5), max(3.5, 0.32 * L + 1.5)), layout="constrained")
     decl = declared(score)
     lo, hi = decl.vmin, decl.vmax
-    digits = 2
+    digits, clipped = 2, False
     if lo is None or hi is None:  # signed, in its own units: symmetric around 0
-        lim = float(np.nanmax(np.abs(a))) or 1.0
+        lim, clipped = signed_limit(a)  # one outlying head would leave the rest the colour of 0
         lo, hi = -lim, lim
         digits = decimals_for(a)  # a 1e-4 logit effect is not "0.00"
     annot = H * L <= 400
@@ -40,7 +40,10 @@ def score_heatmap(res: InductionResult, score: str = "induction", ax=None):
         annot=annot,
         fmt=f".{digits}f",
         annot_kws={"fontsize": 6},
-        cbar_kws={"label": score.replace("_", "-")},
+        cbar_kws={
+            "label": score.replace("_", "-") + (" (colour clipped)" if clipped else ""),
+            "extend": "both" if clipped else "neither",
+        },
     )
     if annot and ax.texts:
         size = cell_fontsize(ax, L, H, max(len(t.get_text()) for t in ax.texts))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._mpl import plt, show_token, tex_safe
+from ._mpl import cell_fontsize, decimals_for, plt, show_token, signed_limit, tex_safe
 
 CMAP = "RdBu_r"
 WHICH = {
@@ -19,37 +19,32 @@ WHICH = {
 }
 
 
-def _limit(a: np.ndarray) -> float:
-    return float(np.nanmax(np.abs(a))) or 1.0
-
-
 def _layer_head_heatmap(a: np.ndarray, title: str, ax=None, outline=None):
     """Layers x heads heatmap of a signed ``[L, H]`` array, values written in small grids, ``outline`` boxed."""
     L, H = a.shape
     if ax is None:
         _, ax = plt.subplots(figsize=(max(5.0, 0.6 * H + 2.5), max(3.5, 0.3 * L + 1.5)), layout="constrained")
-    lim = _limit(a)
+    lim, clipped = signed_limit(a)
     im = ax.imshow(a, cmap=CMAP, vmin=-lim, vmax=lim, aspect="auto", interpolation="nearest")
     if L * H <= 400:
-        for l in range(L):
-            for h in range(H):
-                if abs(a[l, h]) >= 0.005:  # blank, not "-0.00": the eye should find the heads that write
-                    ax.text(
-                        h,
-                        l,
-                        f"{a[l, h]:.2f}",
-                        ha="center",
-                        va="center",
-                        fontsize=6,
-                        color="white" if abs(a[l, h]) > 0.6 * lim else "black",
-                    )
+        digits = decimals_for(a)
+        shown = [(l, h, f"{a[l, h]:.{digits}f}") for l in range(L) for h in range(H)]
+        shown = [
+            (l, h, t) for l, h, t in shown if t.strip("-").strip("0.")
+        ]  # blank, not "-0.00": find the heads that write
+        size = cell_fontsize(ax, L, H, max((len(t) for *_, t in shown), default=1))
+        for l, h, t in shown:
+            ax.text(
+                h, l, t, ha="center", va="center", fontsize=size, color="white" if abs(a[l, h]) > 0.6 * lim else "black"
+            )
     for l, h in outline or []:
         ax.add_patch(plt.Rectangle((h - 0.5, l - 0.5), 1, 1, fill=False, edgecolor="#00b4d8", lw=1.8))
     ax.set_xticks(range(H))
     ax.set_yticks(range(L))
     ax.set_xlabel("head")
     ax.set_ylabel("layer")
-    ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.02).set_label("direct effect on centred logit")
+    bar = ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.02, extend="both" if clipped else "neither")
+    bar.set_label("direct effect on centred logit" + (" (colour clipped)" if clipped else ""))
     ax.set_title(title + ("\n(outlined: top induction heads)" if outline else ""), fontsize=9)
     return ax.figure
 
@@ -109,7 +104,7 @@ def token_head_heatmap(res, heads=None, k: int = 8, ax=None):
         _, ax = plt.subplots(
             figsize=(max(4.5, 0.75 * len(heads) + 3.5), float(np.clip(0.22 * P + 1.8, 3.5, 30))), layout="constrained"
         )
-    lim = _limit(data)
+    lim, clipped = signed_limit(data)
     im = ax.imshow(data, cmap=CMAP, vmin=-lim, vmax=lim, aspect="auto", interpolation="nearest")
     fs = max(4.0, min(9.0, 600 / max(P, 1)))
     rows = [f"{show_token(a, 10)} → {show_token(b, 10)}" for a, b in zip(res.token_labels, res.target_labels)]
@@ -117,7 +112,8 @@ def token_head_heatmap(res, heads=None, k: int = 8, ax=None):
     ax.set_xticks(range(len(heads)), [f"L{l}H{h}" for l, h in heads], rotation=45, ha="right", fontsize=8)
     ax.set_xlabel("head")
     ax.set_ylabel("token → next token (the target)")
-    ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.02).set_label("direct effect on centred logit")
+    bar = ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.02, extend="both" if clipped else "neither")
+    bar.set_label("direct effect on centred logit" + (" (colour clipped)" if clipped else ""))
     ax.set_title(
         f"Direct logit attribution — {tex_safe(res.model_name)}\n"
         f"each head's push on the actual next token (red raises it)",

@@ -13,7 +13,7 @@ import matplotlib.ticker
 import numpy as np
 
 from ..head_labels import head_label
-from ._mpl import plt, show_token, tight_layout
+from ._mpl import plt, show_token, signed_limit, tight_layout
 
 KIND_COLOURS = {"embed": "#4c72b0", "head": "#dd8452", "mlp": "#55a868", "bias": "#8172b3", "rounding": "#bbbbbb"}
 
@@ -276,7 +276,7 @@ def plot_composition(comp, kind: str | None = None):
     fig, axes = plt.subplots(1, len(kinds), figsize=(6.2 * len(kinds), 5.8), squeeze=False, layout="constrained")
     for ax, kd in zip(axes[0], kinds):
         ex = comp.excess(kd).reshape(L * H, L * H)
-        lim = float(np.nanmax(np.abs(ex))) or 1.0
+        lim, clipped = signed_limit(ex, bulk=99.5)  # the few strongest pairs left the rest the colour of 0
         im = ax.imshow(
             np.ma.masked_invalid(ex), cmap=_grey_cmap("RdBu_r"), vmin=-lim, vmax=lim, interpolation="nearest"
         )
@@ -290,7 +290,8 @@ def plot_composition(comp, kind: str | None = None):
         ax.set_ylabel("earlier head's OV (layer; heads within)")
         at = "" if kd == "V" or comp.offset is None else f", offset {comp.offset}"
         ax.set_title(f"{kd}-composition minus baseline {comp.baseline:.3f}{at}", fontsize=10)
-        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+        bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02, extend="both" if clipped else "neither")
+        bar.set_label("score minus baseline" + (" (colour clipped)" if clipped else ""))
     fig.suptitle(f"{comp.model_name}: composition scores (grey = not an earlier->later pair)", fontsize=11)
     return fig
 
