@@ -116,6 +116,39 @@ def test_one_strong_pair_does_not_wash_out_the_composition_map(tiny_gpt2):
     plt.close(fig)
 
 
+def test_the_offset_legend_of_many_heads_sits_beside_the_curves():
+    """With eight heads the legend covered the curves of SmolLM2's previous-token heads."""
+    from headscope.render.qk_figures import plot_positional
+    from headscope.results.qk_results import PositionalQK
+
+    offsets = np.arange(64)
+    curves = np.stack([np.cos(offsets / (n + 1)) * (n + 1) for n in range(8)])
+    pos = PositionalQK("m", [(n, 0) for n in range(8)], offsets, curves, None, "rotary", rope_theta=1e4)
+    fig = plot_positional(pos)
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    assert not _boxes_overlap(ax.get_legend().get_window_extent(), ax.get_window_extent())
+    plt.close(fig)
+
+
+def test_the_decomposition_legend_names_only_the_kinds_of_the_bars_drawn(tiny_gpt2):
+    """The legend listed 'bias' and 'embed' colours on panels that had no such bar."""
+    import headscope
+    from headscope.render.qk_figures import plot_decomposition
+
+    dec = headscope.decompose_qk(tiny_gpt2, "1.2")
+    top = 3
+    fig = plot_decomposition(dec, top=top)
+    legend = {t.get_text() for t in fig.legends[0].get_texts()} - {"vs mean over keys"}
+    drawn = {
+        kinds[i]
+        for kinds, contrib in ((dec.key_kinds, dec.key_contrib), (dec.query_kinds, dec.query_contrib))
+        for i in np.argsort(-np.abs(contrib))[:top]
+    }
+    plt.close(fig)
+    assert legend == drawn
+
+
 @pytest.mark.parametrize("draw", ["scan_effect", "score_heatmap"])
 def test_one_outlying_head_does_not_wash_out_the_direct_effect_maps(scan, draw):
     """SmolLM2's L29H1 (1.1 logits) left the induction heads' 0.1 the colour of zero; small cells printed at 6 pt

@@ -128,7 +128,8 @@ def plot_live_grid(scores, sequence: int):
     return fig
 
 
-def _bars(ax, names, kinds, contrib, rel, top: int, title: str):
+def _bars(ax, names, kinds, contrib, rel, top: int, title: str) -> set[str]:
+    """The ``top`` largest contributions as bars; returns the kinds of the bars drawn."""
     order = np.argsort(-np.abs(contrib))[:top][::-1]
     y = np.arange(len(order))
     ax.barh(y, contrib[order], color=[KIND_COLOURS.get(kinds[i], "#999") for i in order], label="contribution")
@@ -137,12 +138,13 @@ def _bars(ax, names, kinds, contrib, rel, top: int, title: str):
     ax.axvline(0, color="#444", lw=0.8)
     ax.set_xlabel("contribution to the score (q·k/√d_head units)")
     ax.set_title(title, fontsize=10)
+    return {kinds[i] for i in order}
 
 
 def plot_decomposition(dec, top: int = 12):
     """Top components on the key side and the query side; bars sum (over all components) to the score."""
     fig, axes = plt.subplots(1, 2, figsize=(13, 0.32 * top + 2.6))
-    _bars(
+    drawn = _bars(
         axes[0],
         dec.key_names,
         dec.key_kinds,
@@ -151,7 +153,7 @@ def plot_decomposition(dec, top: int = 12):
         top,
         f"key side: what the key carries ({len(dec.key_names)} components)",
     )
-    _bars(
+    drawn |= _bars(
         axes[1],
         dec.query_names,
         dec.query_kinds,
@@ -160,10 +162,11 @@ def plot_decomposition(dec, top: int = 12):
         top,
         f"query side: what the query brings ({len(dec.query_names)} components)",
     )
-    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in KIND_COLOURS.values()]
+    kinds = [k for k in KIND_COLOURS if k in drawn]  # only the kinds of the bars shown
+    handles = [plt.Rectangle((0, 0), 1, 1, color=KIND_COLOURS[k]) for k in kinds]
     fig.legend(
         handles + [axes[1].collections[0]],
-        list(KIND_COLOURS) + ["vs mean over keys"],
+        kinds + ["vs mean over keys"],
         fontsize=7,
         loc="lower right",
         ncols=6,
@@ -211,7 +214,8 @@ def plot_positional(pos):
     ax.set_ylabel("expected score from position alone")
     ax.set_title("positional QK by relative offset", fontsize=10)
     ax.axvline(1, color="#999", ls=":", lw=1)
-    ax.legend(fontsize=8)
+    # beside the axes, not on them: with several heads the legend sat on the curves
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     if with_mats:
         n_pos = pos.matrix.shape[-1]
         for n, (layer, head) in enumerate(pos.heads):
