@@ -252,3 +252,29 @@ def test_smollm2_report_is_small_and_renders(browser, smollm2, tmp_path):
     assert head == "L18H6"  # SmolLM2's strongest induction head tops the table
     keep_screenshot(page, tmp_path / "report_smollm2.png")
     print(json.dumps({"bytes": size, "screenshot": str(tmp_path / "report_smollm2.png")}))
+
+
+def test_a_figure_shrunk_to_a_narrow_window_opens_at_its_own_size_on_a_click(browser, tiny_gpt2, tmp_path):
+    """At 800 px the composition map and the QK decompositions were drawn at 40-60 % of their size, their
+    labels a few pixels high, with no way to see them larger: a click now shows one at its own size,
+    scrolling inside its figure, and a second click fits it again; figures that fit are left alone."""
+    rep = build_report(tiny_gpt2, seq_len=8, batch=2, top_k=2, qk_top=1, controls=2)
+    path = rep.save(tmp_path / "report.html")
+    page = browser.open(path, ready=ALL_DRAWN, width=800, height=900)
+    assert_loaded_cleanly(page)
+    sizes = page.evaluate(
+        "[...document.querySelectorAll('figure img')].filter(i => i.clientWidth).map(i =>"
+        " [i.naturalWidth, i.clientWidth, i.closest('figure').classList.contains('zoomable')])"
+    )
+    assert any(z for *_, z in sizes), sizes  # the case: some figure is shrunk at 800 px
+    for natural, shown, zoomable in sizes:
+        assert zoomable == (natural > shown + 1), (natural, shown, zoomable)
+    window = page.evaluate("document.documentElement.clientWidth")
+    widest = "[...document.querySelectorAll('figure.zoomable img')].filter(i => i.clientWidth)[0]"
+    natural = page.evaluate(f"{widest}.naturalWidth")
+    page.evaluate(f"{widest}.click()")
+    assert page.evaluate(f"{widest}.clientWidth") == natural > window
+    assert page.evaluate("document.documentElement.scrollWidth") <= window  # it scrolls in its figure
+    keep_screenshot(page, tmp_path / "report_figure_full_800.png")
+    page.evaluate(f"{widest}.click()")
+    assert page.evaluate(f"{widest}.clientWidth") < window

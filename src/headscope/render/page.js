@@ -58,6 +58,33 @@
     });
   });
 
+  // Figures shrunk to fit the column (the composition map at 40 % in an 800 px window, its labels
+  // a few pixels high) open at their own size on a click, scrolling sideways inside their figure;
+  // a second click fits them again. Only a figure drawn smaller than it is becomes "zoomable".
+  function fitFigure(img) {
+    var fig = img.closest("figure");
+    if (!fig || !img.naturalWidth) return;
+    var full = fig.classList.contains("full");
+    if (!full && !img.clientWidth) return;  // not laid out (a closed <details>): judged when it opens
+    var zoomable = full || img.naturalWidth > img.clientWidth + 1;
+    fig.classList.toggle("zoomable", zoomable);
+    img.title = !zoomable ? "" : full ? "click to fit the page" : "click to see at full size";
+  }
+  var figureImages = Array.prototype.slice.call(document.querySelectorAll(".hs figure img"));
+  figureImages.forEach(function (img) {
+    img.addEventListener("click", function () {
+      var fig = img.closest("figure");
+      if (!fig.classList.contains("zoomable")) return;
+      fig.classList.toggle("full");
+      fitFigure(img);
+    });
+    if (img.complete) fitFigure(img);
+    else img.addEventListener("load", function () { fitFigure(img); });
+  });
+  function refit() { figureImages.forEach(fitFigure); }
+  window.addEventListener("resize", refit);
+  document.addEventListener("toggle", refit, true);  // a <details> opened: its figures now have a width
+
   // Filters: an input.filter whose data-filter names a table hides the rows that lack its text.
   document.querySelectorAll(".hs input.filter[data-filter]").forEach(function (input) {
     var table = document.getElementById(input.dataset.filter);
