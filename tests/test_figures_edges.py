@@ -170,3 +170,25 @@ def test_one_outlying_head_does_not_wash_out_the_direct_effect_maps(scan, draw):
     shown = [t.get_text() for t in fig.axes[0].texts]
     plt.close(fig)
     assert "0.0011" in shown and "0.0001" in shown  # 1e-4 logits are printed, not blanked
+
+
+def test_a_sender_map_greys_the_heads_that_send_nothing_and_labels_its_colours(tiny_gpt2):
+    """Heads left out of --senders were white, the colour of an effect of 0; the colorbar had no label, and with
+    one sender layer it was a fifth of an inch tall."""
+    from headscope.circuits import induction_task
+    from headscope.circuits.path_patching import Receiver, path_patching
+    from headscope.render.circuit_figures import sender_map
+
+    task = induction_task(tiny_gpt2, n_examples=3, seq_len=6, seed=6)
+    pp = path_patching(tiny_gpt2, task, [(0, 1), (0, 3)], Receiver("k", 1, 0))
+    fig = sender_map(pp)
+    ax, bar = fig.axes
+    image = ax.images[0]
+    data = image.get_array()
+    assert np.ma.getmaskarray(data)[0, [0, 2]].all()  # not senders: masked ...
+    grey = image.cmap.get_bad()
+    assert grey[:3] != pytest.approx(image.cmap(image.norm(0.0))[:3], abs=0.05)  # ... and not drawn as 0
+    assert "not a sender" in ax.get_title()
+    assert bar.get_ylabel()
+    assert fig.get_figheight() >= 2.5
+    plt.close(fig)

@@ -104,11 +104,15 @@ def sender_map(res: PathPatching, ax=None):
         l, h = (int(x) for x in s[1:].split("H"))
         m[l, h] = e
     if ax is None:
-        fig, ax = plt.subplots(figsize=(1.2 + 0.4 * res.n_heads, 1.2 + 0.22 * L), layout="constrained")
+        # at least 2.6 in high: one sender layer left a colorbar a fifth of an inch tall, its ticks on each other
+        fig, ax = plt.subplots(figsize=(1.2 + 0.4 * res.n_heads, max(2.6, 1.2 + 0.22 * L)), layout="constrained")
     else:
         fig = ax.figure
     lim = max(1e-6, float(np.nanmax(np.abs(m))))
-    im = ax.imshow(m, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
+    # a head that is no sender is grey, not white: white is an effect of 0
+    cmap = plt.get_cmap("RdBu_r").with_extremes(bad="#d0d0d0")
+    im = ax.imshow(np.ma.masked_invalid(m), cmap=cmap, vmin=-lim, vmax=lim, aspect="auto")
+    unsent = bool(np.isnan(m).any())
     ax.set_xticks(range(res.n_heads), [str(h) for h in range(res.n_heads)], fontsize=7)
     ax.set_yticks(range(L), [str(l) for l in range(L)], fontsize=7)
     ax.set_xlabel("sender head")
@@ -116,8 +120,10 @@ def sender_map(res: PathPatching, ax=None):
     ax.set_title(
         f"Senders → {res.receiver}: "
         + (f"change in {res.metric}" if raw else "share of the gap each path carries")
-        + f"\n{res.metric}, n = {res.n_examples}{gap_title(res)}",
+        + f"\n{res.metric}, n = {res.n_examples}"
+        + (" (grey: not a sender)" if unsent else "")
+        + gap_title(res),
         fontsize=8,
     )
-    fig.colorbar(im, ax=ax, fraction=0.04)
+    fig.colorbar(im, ax=ax, fraction=0.04, label=f"change in {res.metric}" if raw else "share of the gap")
     return fig
