@@ -483,6 +483,26 @@ def test_top_beyond_the_heads_is_cut_and_said_and_the_control_is_never_empty(tin
     assert plain.settings["top_k"] == n and plain.notes
 
 
+def test_a_model_of_one_head_runs_without_the_causal_check_and_says_why_with_it(tmp_path, gpt2_tokenizer_dir):
+    """The random control is drawn from the heads outside the top set; a 1 x 1 model has none (was: a
+    ValueError traceback from min() of an empty sequence, deep in the ablation)."""
+    import torch
+    from conftest import save_tiny
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    cfg = GPT2Config(n_layer=1, n_head=1, n_embd=32, n_positions=64, vocab_size=50257)
+    one = save_tiny(GPT2LMHeadModel(cfg), gpt2_tokenizer_dir, tmp_path / "one-head")
+    checked = ["--seq-len", "8", "--batch", "2", "--top", "2", "--device", "cpu"]
+    r = cli("induction", "--model", one, *checked, "--out", tmp_path / "a")
+    assert r.exit_code == 2, r.output
+    said = " ".join(r.output.split())
+    assert "this model has one attention head" in said and "--no-ablate" in said
+    assert not (tmp_path / "a").exists()
+    r = cli("induction", "--model", one, *checked, "--no-ablate", "--out", tmp_path / "b")
+    assert r.exit_code == 0, r.output
+
+
 # --- 5. memory ---------------------------------------------------------------------------------
 
 

@@ -437,8 +437,20 @@ def clamp_top(top_k: int, n_heads_total: int, ablate: bool) -> tuple[int, list[s
     """``top_k`` cut to what the model has, and a note saying so if it was cut.
 
     With the causal check at least one head is left out of the top set, so the random control
-    (drawn from the other heads) is never empty.
+    (drawn from the other heads) is never empty; a model of one head has none to leave out.
+
+    >>> clamp_top(3, 1, ablate=True)
+    Traceback (most recent call last):
+    ...
+    headscope.errors.BadInput: this model has one attention head: the causal check's random control is drawn from the other heads, and there are none
+      hint: run without the causal check (--no-ablate, ablate=False)
     """
+    if ablate and n_heads_total < 2:
+        raise BadInput(
+            "this model has one attention head: the causal check's random control is drawn from the other heads, "
+            "and there are none",
+            hint="run without the causal check (--no-ablate, ablate=False)",
+        )
     most = n_heads_total - 1 if ablate and n_heads_total > 1 else n_heads_total
     if top_k <= most:
         return top_k, []
