@@ -183,6 +183,20 @@ def test_icl_is_skipped_with_a_note_when_the_context_is_too_short(tiny_gpt2_dir,
     assert any("in-context learning score skipped" in n for n in doc["notes"])
 
 
+def test_a_file_shorter_than_one_icl_window_is_refused_before_the_scan(tiny_llama_dir, tmp_path, monkeypatch):
+    from headscope.pipeline import roles
+
+    def no_scan(*args, **kwargs):
+        raise AssertionError("the scan ran before the text was found too short")
+
+    monkeypatch.setattr(roles, "scan_induction", no_scan)
+    short = tmp_path / "short.txt"
+    short.write_text("short text here.")
+    r = run("--model", tiny_llama_dir, "--seq-len", 6, "--batch", 2, "-f", short, "--out", tmp_path / "o")
+    assert r.exit_code == 2, r.output
+    assert "fewer than one window" in " ".join(r.output.split()) and not (tmp_path / "o").exists()
+
+
 def test_icl_and_natural_sinks_on_the_tiny_llama(tiny_llama_dir, tmp_path):
     """Two ICL windows, the top induction head ablated; sinks on natural text; the page has every section."""
     r = run(

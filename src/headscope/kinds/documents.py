@@ -213,6 +213,27 @@ class _Blocks:
         return text_blocks(self.path)
 
 
+def check_holds_a_window(tokenizer, docs: list[tuple[str, Iterable[str]]], window: int) -> None:
+    """Refuse, before any forward pass, text that :func:`token_windows` would find shorter than one window.
+
+    Tokenizes only until ``window`` tokens are counted (the first block of a large file), with the
+    separators :func:`token_windows` puts between documents, so it refuses exactly what that refuses.
+    """
+    sep = len(tokenizer("\n\n", add_special_tokens=False)["input_ids"])
+    total = with_separators = 0
+    for k, (_, text) in enumerate(docs):
+        with_separators += sep if k else 0
+        for block in [text] if isinstance(text, str) else text:
+            n = len(tokenizer(block, add_special_tokens=False)["input_ids"])
+            total, with_separators = total + n, with_separators + n
+            if with_separators >= window:
+                return
+    raise BadInput(
+        f"the text holds {total} tokens, fewer than one window of {window}",
+        hint="pass longer text (or more files), or leave out what reads natural text (--no-icl, --no-natural-sinks)",
+    )
+
+
 def token_windows(
     tokenizer,
     docs: list[tuple[str, str]] | list[tuple[str, Iterable[str]]],

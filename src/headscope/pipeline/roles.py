@@ -20,7 +20,7 @@ from typing import Any
 from ..errors import BadInput
 from ..head_labels import head_label
 from ..head_labels import top_k as top_k_heads
-from ..kinds.documents import as_files, file_documents, unknown_share
+from ..kinds.documents import as_files, check_holds_a_window, file_documents, unknown_share
 from ..kinds.icl import ICL_DEFAULT_WINDOWS, icl_score
 from ..kinds.sink import SINK_TOKENS, SinkScores, paper_windows, sink_scores_on_text
 from ..models.model import as_model, in_eval_mode
@@ -87,9 +87,13 @@ def analyze_heads(
     m = as_model(model)
     timings: dict[str, float] = {}
     st = ScanSettings.from_keywords(settings, **keywords)
+    window = icl_window(m)
+    if (
+        files is not None and icl and window is not None
+    ):  # text too short for one window: refused now, not after the scan
+        check_holds_a_window(m.tokenizer, file_documents(files), window)
     res = scan_induction(m, replace(st, top_k=max(icl_top, 1), ablate=False), sample=False, progress=progress)
     out = HeadsAnalysis(induction=res, timings=timings, notes=list(res.notes))
-    window = icl_window(m)
     if icl and window is None:
         out.notes.append(
             f"in-context learning score skipped: it reads the loss at token {ICL_LATE}, and this model's "
