@@ -33,3 +33,14 @@ def test_save_into_a_folder_writes_report_html_there(scan, tmp_path):
     assert page.save(tmp_path) == tmp_path / "report.html"
     assert (tmp_path / "report.html").read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
     assert page.save(tmp_path / "a" / "page.html") == tmp_path / "a" / "page.html"
+
+
+def test_save_into_a_folder_never_replaces_a_report_it_was_not_told_to(scan, tmp_path):
+    mine = tmp_path / "report.html"
+    mine.write_text("my notes")
+    page = headscope.Report(scan.model, [scan])
+    with pytest.raises(headscope.BadInput, match="already holds a report.html"):
+        page.save(tmp_path)
+    assert mine.read_text() == "my notes"
+    assert page.save(mine) == mine  # named, it is replaced, as a save does
+    assert mine.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")

@@ -141,9 +141,18 @@ class Report:
         return "<ul>" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>"
 
     def save(self, path: str | Path) -> Path:
-        """Write the page to ``path`` (a file; an existing folder gets ``report.html`` inside it); returns the file."""
+        """Write the page to ``path`` (a file; an existing folder gets ``report.html`` inside it); returns the file.
+
+        A file named by ``path`` itself is replaced, as a save does; a ``report.html`` already in the
+        folder is not (its name was not given), and is refused with :class:`~headscope.errors.BadInput`.
+        """
         path = Path(path)
         if path.is_dir():
+            if (path / "report.html").exists():
+                raise BadInput(
+                    f"{path} already holds a report.html, which saving into the folder would replace",
+                    hint=f"name the file to replace it ({path / 'report.html'}), or give another name",
+                )
             path = path / "report.html"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(self.to_html(), encoding="utf-8")
