@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from ..errors import BadInput
-from ..models.inputs import encode
+from ..models.inputs import encode, read_text_file
 from ..models.model import as_model
 from ..scan.sequences import repeated_tokens
 from ..scores.layout import RepeatLayout, later_repeat_targets
@@ -289,19 +289,14 @@ def read_pairs(path: str | Path) -> list[tuple[int, dict]]:
       hint: JSON Lines, one pair a line: {"clean": "...", "corrupt": "...", "answer": " Mary", "wrong": " John"}; clean and corrupt must have the same number of tokens; answer and wrong must be one token each; the metric is read at the last position
     """
     p = Path(path)
-    if p.is_dir():
-        raise BadInput(f"--pairs {p} is a directory, not a file", hint=PAIRS_FORMAT)
-    if not p.is_file():
-        raise BadInput(f"no pairs file at {p}", hint=PAIRS_FORMAT)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise BadInput(
-            f"--pairs {p} is not UTF-8 text (byte {exc.start} cannot be decoded)",
-            hint="give a JSON Lines file saved as UTF-8 (JSON is UTF-8 by definition)",
-        ) from None
-    except OSError as exc:
-        raise BadInput(f"--pairs {p} cannot be read ({exc.strerror or exc})", hint="check the path") from None
+    text = read_text_file(
+        p,
+        "--pairs",
+        directory_hint=PAIRS_FORMAT,
+        missing=f"no pairs file at {p}",
+        missing_hint=PAIRS_FORMAT,
+        utf8_hint="give a JSON Lines file saved as UTF-8 (JSON is UTF-8 by definition)",
+    )
     rows = [(i + 1, ln) for i, ln in enumerate(text.splitlines()) if ln.strip()]
     if not rows:
         raise BadInput(f"{p} holds no pairs", hint=PAIRS_FORMAT)

@@ -23,6 +23,7 @@ from ..errors import BadInput, HeadscopeError
 from ..head_labels import is_head_spec
 from ..kinds.documents import FILE_IS_A_DIRECTORY_HINT
 from ..models import DEFAULT_MODEL, encode_texts
+from ..models.inputs import read_text_file
 from ..scan import check_settings
 from ..scores import default_thresholds
 from ..settings import LoadSettings, ScanSettings, check_thresholds
@@ -278,19 +279,7 @@ def read_texts(texts: list[str] | None, files: list[Path] | None) -> list[tuple[
         out.append((f"--text {i}", t))
     for f in files or []:
         path = Path(f)
-        if path.is_dir():
-            raise BadInput(f"--file {path} is a directory, not a file", hint=FILE_IS_A_DIRECTORY_HINT)
-        if not path.is_file():
-            raise BadInput(f"--file {path} does not exist or is not a file", hint="check the path")
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as exc:
-            raise BadInput(
-                f"--file {path} is not UTF-8 text (byte {exc.start} cannot be decoded)",
-                hint="convert it first, e.g. `iconv -f latin1 -t utf-8 FILE > FILE.utf8`",
-            ) from None
-        except OSError as exc:
-            raise BadInput(f"--file {path} cannot be read ({exc.strerror or exc})", hint="check the path") from None
+        text = read_text_file(path, "--file", directory_hint=FILE_IS_A_DIRECTORY_HINT)
         if not text.strip():
             raise BadInput(f"--file {path} is empty", hint="give a file with some text in it")
         out.append((path.name, text))

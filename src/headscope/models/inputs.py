@@ -19,6 +19,7 @@ from __future__ import annotations
 import numbers
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -61,6 +62,39 @@ def window(model: HeadscopeModel, max_tokens: int | None) -> int:
     if max_tokens is not None and max_tokens < 2:
         raise BadInput(f"max_tokens={max_tokens} leaves no room for a token after the first one", hint="use at least 2")
     return min(ctx, max_tokens) if max_tokens else ctx
+
+
+def read_text_file(
+    path,
+    option: str,
+    *,
+    directory_hint: str,
+    missing: str | None = None,
+    missing_hint: str = "check the path",
+    utf8_hint: str = "convert it first, e.g. `iconv -f latin1 -t utf-8 FILE > FILE.utf8`",
+) -> str:
+    """The whole UTF-8 text of the file an option (``--file``, ``--pairs``) names, or BadInput saying what is wrong.
+
+    A folder, a missing path (``missing``: the message, default "OPTION PATH does not exist or is not a
+    file"), bytes that are not UTF-8 (the offset named) and an unreadable file each get their own message.
+
+    >>> read_text_file("/", "--file", directory_hint="name one file")
+    Traceback (most recent call last):
+    ...
+    headscope.errors.BadInput: --file / is a directory, not a file
+      hint: name one file
+    """
+    p = Path(path)
+    if p.is_dir():
+        raise BadInput(f"{option} {p} is a directory, not a file", hint=directory_hint)
+    if not p.is_file():
+        raise BadInput(missing or f"{option} {p} does not exist or is not a file", hint=missing_hint)
+    try:
+        return p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadInput(f"{option} {p} is not UTF-8 text (byte {exc.start} cannot be decoded)", hint=utf8_hint) from None
+    except OSError as exc:
+        raise BadInput(f"{option} {p} cannot be read ({exc.strerror or exc})", hint="check the path") from None
 
 
 def encode(
