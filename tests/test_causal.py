@@ -27,7 +27,7 @@ from headscope.scan.induction_scan import (
 from headscope.scan.sequences import RepeatedTokens, repeated_tokens
 from headscope.scores import ablation_verdict
 from headscope.scores.layout import RepeatLayout, first_repeat_targets, later_repeat_targets
-from headscope.stats import bootstrap_interval, spread
+from headscope.stats import bootstrap_interval, signed, spread
 
 # --- item 2: which later-repeat targets count ---------------------------------------------------
 
@@ -203,7 +203,7 @@ def test_the_result_states_intervals_verdicts_and_the_control_spread(tiny_gpt2):
     text = " ".join(res.verdicts())
     assert "4 draws of 2 other heads" in text and "first repeat" in text
     f = c["first_repeat"]  # the control's first-repeat spread, not only its median (the page gave no range)
-    assert f"first repeat: median {f['median']:+.3f}, central 95% [{f['low']:+.3f}, {f['high']:+.3f}]" in text
+    assert f"first repeat: median {signed(f['median'])}, central 95% [{signed(f['low'])}, {signed(f['high'])}]" in text
     doc = res.to_dict()
     assert doc["ablation_control"]["n"] == 4 and all(len(e["interval"]) == 2 for e in doc["ablation"])
     frame = res.to_frame()
@@ -230,6 +230,26 @@ def test_a_head_whose_interval_straddles_zero_is_not_said_to_raise():
         "L0H1: ablating it does not clearly change the later-repeat loss: +0.050 nats [-0.010, +0.110]; "
         "first repeat +0.000 [-0.010, +0.010]"
     ]
+
+
+def test_a_tiny_model_s_tiny_effects_are_written_out_not_as_zeros():
+    """A random model's changes are about 1e-7: they printed "+0.000 nats [-0.000, +0.000]", which says nothing."""
+    entry = {
+        "kind": "head",
+        "layer": 0,
+        "head": 1,
+        "heads": [[0, 1]],
+        "loss": 3.0,
+        "loss_increase": 1.2e-7,
+        "interval": [-3.0e-8, 2.5e-7],
+        "verdict": ablation_verdict(-3.0e-8, 2.5e-7),
+        "first_repeat_increase": -0.0,
+        "first_repeat_interval": [0.0, 0.0],
+    }
+    res = InductionResult({}, {}, {}, np.zeros(3), 10.0, 3.0, [entry], {})
+    (text,) = res.verdicts()
+    assert "+1.2e-07 nats [-3.0e-08, +2.5e-07]" in text and "first repeat +0.000 [+0.000, +0.000]" in text
+    assert "-0.000" not in text
 
 
 def test_a_model_with_too_few_other_heads_gets_one_control_of_all_of_them(tiny_gpt2):

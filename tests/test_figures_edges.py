@@ -47,6 +47,18 @@ def test_a_signed_score_of_small_values_prints_its_digits_not_zeros(scan):
     assert "-0.00041" in shown and "0.00024" in shown
 
 
+def test_a_signed_cell_that_shows_zero_has_no_minus_sign(scan):
+    """A cell of -1e-5 beside a 0.4 printed "-0.00": a negative sign on a number that reads as zero."""
+    from headscope.render.induction_figures import score_heatmap
+
+    a = np.array([[0.4, -1e-5, 0.2, -0.1], [1e-5, 0.0, -0.3, 0.1]])
+    fig = score_heatmap(_with(scan, direct_logit_later=a), "direct_logit_later")
+    shown = [t.get_text() for t in fig.axes[0].texts]
+    plt.close(fig)
+    assert "-0.30" in shown and "-0.10" in shown  # real negatives keep their sign
+    assert not any(s.startswith("-") and not s.strip("-0.") for s in shown), shown
+
+
 def _boxes_overlap(a, b) -> bool:
     return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
 

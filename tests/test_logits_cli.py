@@ -131,19 +131,21 @@ def test_story_numbers_are_the_scan_and_composition_numbers(gpt2_run, tiny_gpt2)
 
 
 def test_story_states_the_logit_and_the_loss_with_their_units_and_no_mechanism(gpt2_run):
+    from headscope.stats import signed, with_interval
+
     # Issue 19.7: the direct effect is a centred logit, the ablation cost a cross-entropy; the
     # output says which is which and never turns their gap into a claim about later components.
     r, doc, _ = gpt2_run
     told = " ".join(doc["findings"]) + doc["definitions"]["induction story"] + r.stderr
     for s in doc["stories"]:
         line = next(f for f in doc["findings"] if f.startswith(s["label"]))
-        assert f"direct logit effect on the copied token {s['dla_later']:+.3f} (centred logit" in line
+        assert f"direct logit effect on the copied token {signed(s['dla_later'])} (centred logit" in line
         lo, hi = s["ablation_interval"]
         said = {"raises": "raises", "lowers": "lowers", "no clear change": "does not clearly change"}
         # the causal check's verdict and interval beside the number (it was a bare number)
         assert (
             f"ablating it {said[s['ablation_verdict']]} the later-repeat cross-entropy: "
-            f"{s['ablation_delta_loss']:+.3f} [{lo:+.3f}, {hi:+.3f}] (nats, 95% interval" in line
+            f"{with_interval(s['ablation_delta_loss'], lo, hi)} (nats, 95% interval" in line
         )
     for claim in ("indirect", "works through", "work through"):
         assert claim not in told.lower()

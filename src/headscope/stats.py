@@ -82,3 +82,30 @@ def spread(draws, level: float = LEVEL) -> dict[str, float]:
         "high": round(float(hi), 12),
         "n": int(d.size),
     }
+
+
+def signed(v: float | None, decimals: int = 3) -> str:
+    """``v`` with its sign to ``decimals`` places, for text; a value that is not 0 but too small to
+    show at ``decimals`` places in scientific notation, and 0 never as "-0.000"; a dash for None (not measured).
+
+    A random or tiny model's effects are about 1e-7: "+0.000 [-0.000, +0.000]" said nothing, and
+    "-0.000" read as a negative number where the value shown is 0.
+
+    >>> signed(0.1234), signed(-0.0), signed(2e-7), signed(-2.46e-5, 2), signed(-0.0004, 4)
+    ('+0.123', '+0.000', '+2.0e-07', '-2.5e-05', '-0.0004')
+    """
+    if v is None:
+        return "–"
+    v = float(v)
+    if v != 0.0 and abs(v) < 0.5 * 10.0**-decimals:
+        return f"{v:+.1e}"
+    return f"{v + 0.0:+.{decimals}f}".replace("-0." + "0" * decimals, "+0." + "0" * decimals)
+
+
+def with_interval(mean: float, low: float, high: float, decimals: int = 3, sep: str = ", ") -> str:
+    """``"+0.523 [+0.401, +0.650]"``: a mean and its interval, each as :func:`signed` writes it.
+
+    >>> with_interval(1.2e-7, -3e-8, 2.5e-7)
+    '+1.2e-07 [-3.0e-08, +2.5e-07]'
+    """
+    return f"{signed(mean, decimals)} [{signed(low, decimals)}{sep}{signed(high, decimals)}]"

@@ -40,7 +40,7 @@ from ..models.model import as_model
 from ..scan.sequences import repeated_tokens
 from ..scores.layout import RepeatLayout, later_repeat_targets
 from ..settings import whole_number
-from ..stats import bootstrap_interval, bootstrap_ratio_interval
+from ..stats import bootstrap_interval, bootstrap_ratio_interval, signed
 from ..tokens import ordinary_token_ids
 
 METRICS = ("logit_diff", "loss")
@@ -189,7 +189,7 @@ def clean_corrupt_gap(clean, corrupt, metric: str, seed: int = 0) -> dict:
     mean = float(gap.mean())
     lo, hi = bootstrap_interval(gap, seed=seed) if gap.size > 1 else (mean, mean)
     sign = GAP_SIGN.get(metric, 1.0)
-    stated = f"the clean - corrupted gap in {metric} is {mean:+.3f}, 95% interval [{lo:+.3f}, {hi:+.3f}]"
+    stated = f"the clean - corrupted gap in {metric} is {signed(mean)}, 95% interval [{signed(lo)}, {signed(hi)}]"
     after = "so normalised effects (shares of that gap) are not meaningful; changes in " + metric + " are shown instead"
     problem = None
     if sign * mean <= 0:

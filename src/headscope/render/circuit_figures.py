@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..results.patching_results import ActivationPatching, PathPatching
+from ..stats import with_interval
 from ._mpl import plt
 
 
@@ -14,7 +15,7 @@ def gap_title(res) -> str:
         return ""
     g = res.gap
     why = "wrong sign" if g["problem"] and "wrong way round" in g["problem"] else "interval includes 0"
-    return f"\nclean − corrupted gap {g['mean']:+.3f} [{g['low']:+.3f}, {g['high']:+.3f}] ({why}): not normalised"
+    return f"\nclean − corrupted gap {with_interval(g['mean'], g['low'], g['high'])} ({why}): not normalised"
 
 
 def _raw(res) -> bool:

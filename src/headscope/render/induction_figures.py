@@ -49,6 +49,8 @@ def score_heatmap(res: InductionResult, score: str = "induction", ax=None):
         size = cell_fontsize(ax, L, H, max(len(t.get_text()) for t in ax.texts))
         for t in ax.texts:
             t.set_fontsize(size)
+            if t.get_text().startswith("-") and not t.get_text().strip("-0."):
+                t.set_text(t.get_text()[1:])  # a cell that shows 0 is not "-0.00"
     thr = res.thresholds.get(score)
     if thr is not None:
         for l, h in zip(*np.nonzero(a >= thr)):

@@ -19,6 +19,7 @@ from ..head_labels import Head, head_label, top_k
 from ..models.inputs import TokenSequence
 from ..scores import default_thresholds
 from ..scores import score as declared
+from ..stats import signed, with_interval
 from ..tokens import visible_whitespace
 from .base import Result, how_many, one_of, rounded
 from .qk_results import CompositionScores
@@ -398,9 +399,9 @@ def ablation_cell(s: InductionStory) -> str:
     if s.ablation_delta_loss is None:
         return "-"
     if not s.ablation_interval:
-        return f"{s.ablation_delta_loss:+.3f}"
+        return signed(s.ablation_delta_loss)
     lo, hi = s.ablation_interval
-    return f"{s.ablation_delta_loss:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+    return with_interval(s.ablation_delta_loss, lo, hi)
 
 
 def ablation_finding(s: InductionStory) -> str:
@@ -411,13 +412,13 @@ def ablation_finding(s: InductionStory) -> str:
     if s.ablation_interval and s.ablation_verdict in said:
         return f"ablating it {said[s.ablation_verdict]} the later-repeat cross-entropy: {ablation_cell(s)} ({unit})"
     return (
-        f"ablating it changes the later-repeat cross-entropy by {s.ablation_delta_loss:+.3f} nats (given without an "
+        f"ablating it changes the later-repeat cross-entropy by {signed(s.ablation_delta_loss)} nats (given without an "
         "interval, so no verdict; a loss, not a logit: not comparable with the direct effect)"
     )
 
 
 def _share(p: dict) -> str:
-    return f"{p['effect']:+.3f} [{p['low']:+.3f}, {p['high']:+.3f}]"
+    return with_interval(p["effect"], p["low"], p["high"])
 
 
 def _path_findings(s: InductionStory) -> list[str]:
@@ -576,8 +577,8 @@ class LogitAnalysis(Result):
                 )
             if s.dla_later is not None and s.dla_first is not None:
                 parts.append(
-                    f"direct logit effect on the copied token {s.dla_later:+.3f} (centred logit; first repeat "
-                    f"{s.dla_first:+.3f})"
+                    f"direct logit effect on the copied token {signed(s.dla_later)} (centred logit; first repeat "
+                    f"{signed(s.dla_first)})"
                 )
             if s.ablation_delta_loss is not None:
                 parts.append(ablation_finding(s))
@@ -586,9 +587,9 @@ class LogitAnalysis(Result):
         later = self.scan.scores.get("direct_logit_later")
         if later is not None and self.stories.stories:
             ind_total = sum(float(later[lh]) for lh in self.story_heads)
-            best = ", ".join(f"{head_label(l, h)} {v:+.3f}" for l, h, v in top_k(later, 3))
+            best = ", ".join(f"{head_label(l, h)} {signed(v)}" for l, h, v in top_k(later, 3))
             out.append(
-                f"together the top induction heads write {ind_total:+.3f} of the copied token's centred logit "
+                f"together the top induction heads write {signed(ind_total)} of the copied token's centred logit "
                 f"directly; the heads that write it most directly: {best}"
             )
         return out

@@ -14,7 +14,7 @@ import numpy as np
 from ..errors import BadInput
 from ..head_labels import head_label, top_k
 from ..scores import INTERVAL_LEVEL, definitions, opposite_reason, opposite_roles, roles_present, score_names
-from ..stats import spread
+from ..stats import signed, spread, with_interval
 from .attention import AttentionSample
 from .base import Result, array_of, float_of, rounded
 
@@ -136,10 +136,10 @@ class InductionResult(Result):
             out.append(f"control: all {c['n_heads']} other heads (too few to draw at random): {ablation_text(e)}")
         elif c is not None:
             out.append(
-                f"control, {c['n']} draws of {c['n_heads']} other heads at random: median {c['median']:+.3f} nats, "
-                f"central {INTERVAL_LEVEL:.0%} of draws [{c['low']:+.3f}, {c['high']:+.3f}] "
-                f"(first repeat: median {c['first_repeat']['median']:+.3f}, central {INTERVAL_LEVEL:.0%} "
-                f"[{c['first_repeat']['low']:+.3f}, {c['first_repeat']['high']:+.3f}])"
+                f"control, {c['n']} draws of {c['n_heads']} other heads at random: median {signed(c['median'])} nats, "
+                f"central {INTERVAL_LEVEL:.0%} of draws [{signed(c['low'])}, {signed(c['high'])}] "
+                f"(first repeat: median {signed(c['first_repeat']['median'])}, central {INTERVAL_LEVEL:.0%} "
+                f"[{signed(c['first_repeat']['low'])}, {signed(c['first_repeat']['high'])}])"
             )
         return out
 
@@ -231,8 +231,8 @@ def ablation_text(e: dict) -> str:
     lo, hi = e["interval"]
     flo, fhi = e["first_repeat_interval"]
     return (
-        f"{e['loss_increase']:+.3f} nats [{lo:+.3f}, {hi:+.3f}]; "
-        f"first repeat {e['first_repeat_increase']:+.3f} [{flo:+.3f}, {fhi:+.3f}]"
+        f"{signed(e['loss_increase'])} nats [{signed(lo)}, {signed(hi)}]; "
+        f"first repeat {with_interval(e['first_repeat_increase'], flo, fhi)}"
     )
 
 

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from ...results.base import GapChecked
 from ...results.patching_results import DEFINITIONS, ActivationPatching, CircuitAnalysis, PathPatching
+from ...stats import signed, with_interval
 from ..circuit_figures import patching_heatmap, path_chart, sender_map
 from ..html import esc, kv_html, table_html
 from ..lookup import register, view_of
@@ -24,7 +25,7 @@ ONE_EXAMPLE = "one example: the interval is a single value"
 
 
 def _iv(lo: float, hi: float) -> str:
-    return f"[{lo:+.3f}, {hi:+.3f}]"
+    return f"[{signed(lo)}, {signed(hi)}]"
 
 
 def has_intervals(result) -> bool:
@@ -35,7 +36,7 @@ def has_intervals(result) -> bool:
 
 def gap_text(gap: dict) -> str:
     """``+0.012 [-0.004, +0.030]``: the clean - corrupted gap and its 95% interval (empty when not measured)."""
-    return f"{gap['mean']:+.3f} [{gap['low']:+.3f}, {gap['high']:+.3f}]" if gap else ""
+    return with_interval(gap["mean"], gap["low"], gap["high"]) if gap else ""
 
 
 def gap_warning_html(result) -> str:
@@ -102,7 +103,7 @@ class ActivationPatchingView(View):
             for c in ("component", f"change in {result.metric}", "95% interval"):
                 t.add_column(c, justify="left" if c == "component" else "right")
             for lab, v, lo, hi in result.top_change(10):
-                t.add_row(lab, f"{v:+.4f}", _iv(lo, hi))
+                t.add_row(lab, signed(v, 4), _iv(lo, hi))
             console.print(t)
             return
         noise = result.direction == "noise"
@@ -118,7 +119,7 @@ class ActivationPatchingView(View):
         for c in cols:
             t.add_column(c, justify="left" if c == "component" else "right")
         for lab, v, lo, hi in result.top(10):
-            t.add_row(lab, f"{v:+.3f}", _iv(lo, hi), *([f"{1 - v:+.3f}"] if noise else []))
+            t.add_row(lab, signed(v), _iv(lo, hi), *([signed(1 - v)] if noise else []))
         console.print(t)
 
 
@@ -183,7 +184,7 @@ class PathPatchingView(View):
         for c in ("sender", "receiver", what, "95% interval")[: 4 if measured else 3]:
             t.add_column(c, justify="left" if c in ("sender", "receiver") else "right")
         for s, r, e, lo, hi in result.top_change(8) if raw else result.top(8):
-            t.add_row(s, escape(r), f"{e:+.4f}" if raw else f"{e:+.3f}", *([_iv(lo, hi)] if measured else []))
+            t.add_row(s, escape(r), signed(e, 4 if raw else 3), *([_iv(lo, hi)] if measured else []))
         console.print(t)
         for n in [n for n in result.notes if "grouped-query" in n] + ([] if measured else [ONE_EXAMPLE]):
             console.print(f"[dim]{escape(n)}[/]", highlight=False)

@@ -7,6 +7,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ...results.edge_results import EDGE_DEFINITIONS, EdgeCircuit, EdgeScores
+from ...stats import signed
 from ..edge_figures import agreement_figure, edge_graph, faithfulness_curve_figure
 from ..html import esc, kv_html, table_html
 from ..lookup import register
@@ -56,7 +57,7 @@ class EdgeScoresView(View):
         for c in ("rank", "sender", "receiver", "score"):
             t.add_column(c, justify="right" if c in ("rank", "score") else "left")
         for i, (s, r, x) in enumerate(result.top(15)):
-            t.add_row(str(i + 1), s, escape(r), f"{x:+.4f}")
+            t.add_row(str(i + 1), s, escape(r), signed(x, 4))
         console.print(t)
 
 

@@ -24,6 +24,7 @@ from ...scores import (
     weight_notes,
 )
 from ...scores import score as declared
+from ...stats import signed, with_interval
 from ..html import DECIMALS, Column, esc, figure_html, fmt, kv_html, legend_html, page_asset, table_html, tabs_html
 from ..induction_figures import ablation_chart, loss_by_position, score_heatmap
 from ..lookup import register
@@ -355,8 +356,8 @@ def print_induction(con, res) -> None:
                 else ["-", "-"]
                 if e is None
                 else [
-                    f"{e['loss_increase']:+.2f} [{e['interval'][0]:+.2f},{e['interval'][1]:+.2f}]",
-                    f"{e['first_repeat_increase']:+.2f}",
+                    with_interval(e["loss_increase"], e["interval"][0], e["interval"][1], decimals=2, sep=","),
+                    signed(e["first_repeat_increase"], 2),
                 ]
             ),
         )

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from ...head_labels import head_label
 from ...results.logit_results import LogitAnalysis, ablation_cell, logit_definitions
+from ...stats import with_interval
 from ...tokens import visible_whitespace
 from ..html import DECIMALS, esc, table_html, tabs_html, tokens_html, visible_token
 from ..logit_figures import ov_row_bars, scan_effect_heatmap, token_head_heatmap
@@ -24,7 +25,7 @@ def _n(v: float | None) -> float:
 
 
 def _paths_cell(entries: list[dict], key: str) -> str:
-    return "; ".join(f"{e[key]} {e['effect']:+.3f} [{e['low']:+.3f}, {e['high']:+.3f}]" for e in entries) or "–"
+    return "; ".join(f"{e[key]} {with_interval(e['effect'], e['low'], e['high'])}" for e in entries) or "–"
 
 
 def logit_story_html(a) -> str:
