@@ -155,7 +155,7 @@ def test_a_task_of_one_example_is_refused_its_intervals_would_be_a_single_sample
         '{"clean": "When Mary and John went to the store, John gave a drink to", "corrupt": "When Mary and John '
         'went to the store, Mary gave a drink to", "answer": " Mary", "wrong": " John"}\n'
     )
-    r = run("--model", tiny_gpt2_dir, "--device", "cpu", "--pairs", pairs, "--out", out)
+    r = run("--model", "no-such-model-is-ever-loaded", "--pairs", pairs, "--out", out)  # refused before loading
     text = flat(r)
     assert r.exit_code == 2 and "1 pair" in text and "intervals need at least 2 examples" in text, text
     assert not out.exists()

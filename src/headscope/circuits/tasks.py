@@ -279,8 +279,9 @@ def _parse_pair(raw: str, line: int) -> dict:
 
 def read_pairs(path: str | Path) -> list[tuple[int, dict]]:
     """The pairs of a JSON Lines file as ``[(line number, pair)]``, checked without a model: the file
-    is read, UTF-8, not empty, JSON, and every pair has its four keys (``headscope circuit`` runs this
-    before the model loads; :func:`load_pairs` runs it again, tokenizes, and counts the pairs).
+    is read, UTF-8, JSON, holds two pairs or more (each interval is a bootstrap over the pairs), and every
+    pair has its four keys (``headscope circuit`` runs this before the model loads; :func:`load_pairs`
+    runs it again and tokenizes).
 
     >>> read_pairs("/")
     Traceback (most recent call last):
@@ -300,7 +301,14 @@ def read_pairs(path: str | Path) -> list[tuple[int, dict]]:
     rows = [(i + 1, ln) for i, ln in enumerate(text.splitlines()) if ln.strip()]
     if not rows:
         raise BadInput(f"{p} holds no pairs", hint=PAIRS_FORMAT)
-    return [(line, _parse_pair(raw, line)) for line, raw in rows]
+    pairs = [(line, _parse_pair(raw, line)) for line, raw in rows]
+    if len(pairs) < 2:
+        raise BadInput(
+            f"{p} holds 1 pair: every number's 95% interval is a bootstrap over the pairs, and one pair gives "
+            "none (a zero-width interval from a single sample)",
+            hint="intervals need at least 2 examples: add pairs to the file",
+        )
+    return pairs
 
 
 def _read_pair(m, obj: dict, line: int) -> tuple[list[int], list[int], int, int]:
@@ -336,12 +344,6 @@ def load_pairs(model, path: str | Path, metric: str = "logit_diff") -> CircuitTa
         raise BadInput(
             f"pairs differ in token count ({sorted(lengths)}); line(s) {odd[:5]} differ from line {rows[0][0]}",
             hint="every pair must tokenise to the same number of tokens so the examples share positions",
-        )
-    if len(rows) < 2:
-        raise BadInput(
-            f"{p} holds 1 pair: every number's 95% interval is a bootstrap over the pairs, and one pair gives "
-            "none (a zero-width interval from a single sample)",
-            hint="intervals need at least 2 examples: add pairs to the file",
         )
     clean = torch.tensor([c for c, _, _, _ in pairs], dtype=torch.long)
     corrupt = torch.tensor([c for _, c, _, _ in pairs], dtype=torch.long)
