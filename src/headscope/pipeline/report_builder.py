@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from ..errors import BadInput
 from ..models.inputs import TokenSequence, encode_texts
 from ..models.model import as_model, in_eval_mode
 from ..progress import Progress
@@ -38,7 +39,7 @@ def build_report(
 
     ``texts``: a string, or strings or ``(title, text)`` pairs, for the attention views and the QK and logit
     analyses (None: the built-in samples; with ``builtin_texts=False`` and no ``texts``, no
-    attention views: the page of the scan alone); each goes through the one input path, cut to
+    attention views: the page of the scan alone; an empty list otherwise is refused, not read as the samples); each goes through the one input path, cut to
     the page's window of :data:`~headscope.render.html.MAX_VIEW_TOKENS` tokens (said on the page).
     The scan runs with ``settings`` (:class:`~headscope.settings.ScanSettings` or a mapping of its
     fields; default: its defaults), any of its fields replaced by ``keywords`` (``seq_len=``, ``top_k=``, ...).
@@ -53,6 +54,11 @@ def build_report(
     >>> [anchor for anchor, _, _ in report.sections()][:3]
     ['top', 'roles', 'heatmaps']
     """
+    if texts is not None and len(texts) == 0 and builtin_texts:
+        raise BadInput(
+            "texts holds no text, so there is nothing to draw the attention views on",
+            hint="pass texts=None for the built-in samples, or builtin_texts=False for a page without attention views",
+        )
     m = as_model(model)
     st = ScanSettings.from_keywords(settings, **keywords)
     seqs = texts_to_sequences(m, texts) if texts or builtin_texts else []
