@@ -184,3 +184,22 @@ def test_piped_help_is_not_cut_to_ellipses():
     assert "…" not in proc.stdout
     assert "copy_suppression=0.5" in proc.stdout and "smollm2-135m-instruct-q4]" in proc.stdout
     assert max(len(line) for line in proc.stdout.splitlines()) == PIPED_HELP_WIDTH
+
+
+def test_empty_and_whitespace_texts_are_told_apart(tmp_path):
+    """A text of spaces was called "empty": a user looking at a file full of blank lines saw no reason for it."""
+    from headscope.cli._common import read_texts
+    from headscope.errors import BadInput
+
+    blank, empty = tmp_path / "blank.txt", tmp_path / "empty.txt"
+    blank.write_text(" \n\n  \n")
+    empty.write_text("")
+    for texts, files, says in [
+        (["   "], None, "--text number 1 holds only whitespace"),
+        ([""], None, "--text number 1 is empty"),
+        (None, [blank], f"--file {blank} holds only whitespace"),
+        (None, [empty], f"--file {empty} is empty"),
+    ]:
+        with pytest.raises(BadInput, match=says):
+            read_texts(texts, files)
+    assert read_texts(["a b"], None) == [("--text 1", "a b")]

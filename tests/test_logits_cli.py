@@ -194,7 +194,7 @@ def test_rotary_gqa_model_runs_with_chosen_heads(tiny_llama_dir, tmp_path):
         (["--head", "5x1"], "malformed head '5x1': expected L<layer>H<head> or <layer>.<head>", True),
         (["--head", "9.0"], "layer 9 does not exist; this model has 2 layers (0..1)", False),
         (["--head", "1.7"], "each layer has 4 heads (0..3)", False),
-        (["--text", "   "], "--text number 1 is empty", True),
+        (["--text", "   "], "--text number 1 holds only whitespace", True),
         (["--token", "antidisestablishment"], "'antidisestablishment' -> 3 tokens", False),
         (["--top", "0"], "--top must be at least 1", True),
         (["--seq-len", "1"], "--seq-len must be at least 2", True),

@@ -119,7 +119,7 @@ def test_rotary_gqa_model_runs_with_user_tokens_and_query(tiny_llama_dir, tmp_pa
         (["--head", "5x1"], 2, "malformed head '5x1': expected L<layer>H<head> or <layer>.<head>"),
         (["--head", "9.0"], 2, "layer 9 does not exist; this model has 2 layers (0..1)"),
         (["--head", "1.7"], 2, "each layer has 4 heads (0..3)"),
-        (["--text", "   "], 2, "is empty"),
+        (["--text", "   "], 2, "holds only whitespace"),
         (
             ["--head", "1.0", "--token", " cat", "--token", "antidisestablishment"],
             2,

@@ -275,13 +275,15 @@ def read_texts(texts: list[str] | None, files: list[Path] | None) -> list[tuple[
     out: list[tuple[str, str]] = []
     for i, t in enumerate(texts or [], 1):
         if not t.strip():
-            raise BadInput(f"--text number {i} is empty", hint="give some text, ideally one that repeats itself")
+            what = "is empty" if not t else "holds only whitespace"
+            raise BadInput(f"--text number {i} {what}", hint="give some text, ideally one that repeats itself")
         out.append((f"--text {i}", t))
     for f in files or []:
         path = Path(f)
         text = read_text_file(path, "--file", directory_hint=FILE_IS_A_DIRECTORY_HINT)
         if not text.strip():
-            raise BadInput(f"--file {path} is empty", hint="give a file with some text in it")
+            what = "is empty" if not text else "holds only whitespace"
+            raise BadInput(f"--file {path} {what}", hint="give a file with some text in it")
         out.append((path.name, text))
     return out
 
