@@ -132,12 +132,16 @@ def test_models_json_lists_smollm2_as_cached_with_size_and_path(smollm2, monkeyp
     entries = {c["name"]: c for c in json.loads(result.stdout)["cached"]}
     # the folder keeps the name earlier versions converted into, so no one converts twice
     assert entries["smollm2-135m"]["path"] == str(cached)
+    # ...and says which alias reads it: the folder's old name read as a model's name
+    assert entries["smollm2-135m"]["alias"] == "smollm2-135m-instruct-q4"
     # 134.5M parameters in float32: about 540 MB.
     assert 450e6 < entries["smollm2-135m"]["bytes"] < 650e6
 
     table = runner.invoke(app, ["models"], env={"COLUMNS": "300"})
     row = next(line for line in table.stdout.splitlines() if "smollm2-135m-instruct-q4" in line and "SmolLM2" in line)
     assert "yes" in row
+    folder = next(line for line in table.stdout.splitlines() if str(cached) in line)
+    assert "smollm2-135m-instruct-q4" in folder
     assert "smollm2-135m" in [c["name"] for c in loading.list_cached()]
 
 

@@ -18,7 +18,10 @@ from ._common import DebugOpt, JsonOpt, consoles, handle_errors
 @handle_errors
 def models_cmd(json_out: JsonOpt = False, debug: DebugOpt = False) -> None:
     """List the built-in model aliases and the models converted into the cache (size, path)."""
-    cached = list_cached()
+    by_folder = {b.folder: b.alias for b in BUILTINS.values()}
+    # the folder keeps its first name (smollm2-135m) so a cache from before the alias changed stays valid;
+    # say which alias reads it, or a user takes the folder's name for the model's
+    cached = [{**c, "alias": by_folder.get(c["name"])} for c in list_cached()]
     if json_out:
         doc = {
             "cache_dir": str(cache_dir()),
@@ -40,13 +43,14 @@ def models_cmd(json_out: JsonOpt = False, debug: DebugOpt = False) -> None:
         t.add_row(b.alias, b.description, "yes" if b.folder in names else "no (fetched on first use)")
     out.print(t)
     c = Table(title=f"Cache: {cache_dir()}")
-    c.add_column("name", style="bold")
+    c.add_column("folder", style="bold")
+    c.add_column("read by")
     c.add_column("size", justify="right")
     c.add_column("path")
     for item in cached:
-        c.add_row(item["name"], f"{item['bytes'] / 1e6:.0f} MB", item["path"])
+        c.add_row(item["name"], item["alias"] or "--model PATH", f"{item['bytes'] / 1e6:.0f} MB", item["path"])
     if not cached:
-        c.add_row("(empty)", "", "")
+        c.add_row("(empty)", "", "", "")
     out.print(c)
     out.print(
         "Any Hugging Face hub id (gpt2, EleutherAI/pythia-70m, ...), model directory or .gguf file also works "
