@@ -204,3 +204,19 @@ def test_a_sender_map_greys_the_heads_that_send_nothing_and_labels_its_colours(t
     assert bar.get_ylabel()
     assert fig.get_figheight() >= 2.5
     plt.close(fig)
+
+
+def test_the_missing_glyph_note_names_the_characters_and_the_figure(monkeypatch, capsys):
+    """It said "some token characters are missing" on a report of ASCII text: which, and in which of 36 figures?"""
+    from headscope.render import _mpl
+
+    monkeypatch.setattr(_mpl, "_told_missing_glyph", False)
+    fig, ax = plt.subplots()
+    ax.set_title("OV circuit: promotes 字")
+    _mpl.encode_png(fig)
+    said = capsys.readouterr().err
+    assert "字 (U+5B57)" in said and "'OV circuit: promotes 字'" in said, said
+    fig, ax = plt.subplots()
+    ax.set_title("again 字")
+    _mpl.encode_png(fig)  # once a run, not once a figure
+    assert capsys.readouterr().err == ""

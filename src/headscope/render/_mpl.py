@@ -9,6 +9,7 @@ once per process instead of one warning per glyph.
 from __future__ import annotations
 
 import io
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -47,21 +48,45 @@ def encode_png(fig, dpi: int = FIG_DPI) -> bytes:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    title = _title_of(fig)
     plt.close(fig)
+    missing: list[str] = []
     for w in caught:
         if "missing from font" in str(w.message):
-            if not _told_missing_glyph:
-                _told_missing_glyph = True
-                print(
-                    "note: some token characters are missing from the figure font and are drawn as boxes",
-                    file=sys.stderr,
-                )
+            glyph = re.match(r"Glyph (\d+)", str(w.message))
+            if glyph and chr(int(glyph.group(1))) not in missing:
+                missing.append(chr(int(glyph.group(1))))
         else:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if missing and not _told_missing_glyph:
+        _told_missing_glyph = True  # once a run: a report draws dozens of figures
+        print(missing_glyph_note(missing, title), file=sys.stderr)
     buf.seek(0)
     out = io.BytesIO()
     Image.open(buf).convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT).save(out, "PNG", optimize=True)
     return out.getvalue()
+
+
+def _title_of(fig) -> str:
+    """The figure's title, or its first panel's, for a note about it."""
+    titles = [fig.get_suptitle()] + [ax.get_title() for ax in fig.axes]
+    return next((" ".join(t.split()) for t in titles if t and t.strip()), "")
+
+
+def missing_glyph_note(chars: list[str], title: str) -> str:
+    """What :func:`encode_png` says once a run when the figure font lacks characters a figure draws.
+
+    >>> missing_glyph_note(["字", "ಅ"], "OV circuit of L18H6")
+    "note: the figure font has no 字 (U+5B57), ಅ (U+0C85), drawn as boxes (first in 'OV circuit of L18H6'; install a font that has them, e.g. Noto, for matplotlib to use)"
+    """
+    shown = ", ".join(f"{c} (U+{ord(c):04X})" for c in chars[:5]) + (
+        f" and {len(chars) - 5} more" if len(chars) > 5 else ""
+    )
+    where = f"first in '{title}'; " if title else ""
+    return (
+        f"note: the figure font has no {shown}, drawn as boxes ({where}install a font that has them, e.g. Noto, "
+        "for matplotlib to use)"
+    )
 
 
 def tight_layout(fig, **kwargs) -> None:
