@@ -159,10 +159,16 @@ def test_interrupted_sweep_keeps_the_entry_it_finished(checkpoints, tmp_path, mo
 def test_results_made_with_other_settings_are_not_mixed_in(checkpoints, tmp_path, fast_load, count_scans):
     out = tmp_path / "out"
     assert sweep("-m", str(checkpoints[0]), "--out", str(out)).exit_code == 0
+    before = {p.name: p.read_bytes() for p in (out / "entries").iterdir()}
     r = runner.invoke(app, ["sweep", "-m", str(checkpoints[0]), "--out", str(out), "--seq-len", "9", "--batch", "2"])
-    assert r.exit_code == 2
-    assert "other settings" in r.output and "seq_len 8 (now 9)" in r.output and "--overwrite" in r.output
+    # exit 4, "results would be overwritten" (README, docs/failure-modes.md): the settings are valid input,
+    # it is the earlier sweep in --out that recomputing would replace
+    assert r.exit_code == 4, r.output
+    text = " ".join(r.output.split())
+    assert "other settings" in text and "seq_len 8 (now 9)" in text and "nothing was run" in text
+    assert "same settings to resume" in text and "--out" in text and "--overwrite" in text
     assert len(count_scans) == 1
+    assert {p.name: p.read_bytes() for p in (out / "entries").iterdir()} == before
     r = runner.invoke(
         app, ["sweep", "-m", str(checkpoints[0]), "--out", str(out), "--seq-len", "9", "--batch", "2", "--overwrite"]
     )
@@ -357,3 +363,88 @@ def test_plot_of_a_sweep_where_no_entry_finished_says_why_instead_of_a_key_error
     )
     with pytest.raises(BadInput, match="no entry of this sweep finished.*pythia-70m: the hub is not reachable"):
         res.plot()
+
+
+def _sweep_with(checkpoints, out, monkeypatch, fail: bool):
+    """``sweep`` over a missing checkpoint (when ``fail``) and a real one: the tester's one-fails-one-finishes run."""
+    missing = checkpoints[0].parent / "nothere-step5"
+    models = ([str(missing)] if fail else []) + [str(checkpoints[1])]
+    r = sweep(*[x for m in models for x in ("-m", m)], "--out", str(out))
+    assert r.exit_code == (1 if fail else 0), r.output
+    return r
+
+
+def test_the_csv_has_the_same_columns_and_integers_whether_or_not_an_entry_failed(
+    checkpoints, tmp_path, monkeypatch, tiny_gpt2
+):
+    """A failure added an `error` column in the middle, moved `same_weights_as`, and wrote n_layers as 2.000000."""
+    real = sweep_mod.load_model
+
+    def load(spec, **kw):
+        return real(spec, **kw) if "nothere" in str(spec) else tiny_gpt2
+
+    monkeypatch.setattr(sweep_mod, "load_model", load)
+    _sweep_with(checkpoints, tmp_path / "ok", monkeypatch, fail=False)
+    _sweep_with(checkpoints, tmp_path / "failed", monkeypatch, fail=True)
+    from headscope.results.sweep_result import COLUMNS, INT_COLUMNS, SUMMARY_DEFINITIONS
+
+    headers = {k: (tmp_path / k / "sweep.csv").read_text().splitlines()[0] for k in ("ok", "failed")}
+    assert headers["ok"] == headers["failed"] == ",".join(COLUMNS)
+    assert headers["ok"].endswith("same_weights_as,error")
+    ok, failed = (pd.read_csv(tmp_path / k / "sweep.csv", dtype=str, keep_default_na=False) for k in ("ok", "failed"))
+    assert list(failed["status"]) == ["failed", "done"] and list(ok["error"]) == [""]
+    assert "cannot load" in failed["error"][0] or "nothere-step5" in failed["error"][0]
+    done = failed.iloc[1]
+    for col in INT_COLUMNS:  # written as integers in both files ("2", never "2.000000"); empty for the failure
+        assert ok[col][0].isdigit() and done[col].isdigit(), col
+        assert int(ok[col][0]) == int(done[col]), col
+        assert col == "step" or failed[col][0] == "", col
+    assert failed["step"][0] == "5"
+    assert "error" in SUMMARY_DEFINITIONS  # sweep.json's definitions explain the new column
+
+
+def test_a_single_finished_checkpoint_is_drawn_in_both_loss_series(checkpoints, tmp_path, monkeypatch, tiny_gpt2):
+    """With steps the first-repeat loss was a dashed line without markers: one finished point drew nothing."""
+    from matplotlib.colors import to_rgba
+
+    from headscope.render.sweep_figures import sweep_figure
+    from headscope.results.sweep_result import SweepResult
+
+    real = sweep_mod.load_model
+    monkeypatch.setattr(sweep_mod, "load_model", lambda s, **kw: real(s, **kw) if "nothere" in str(s) else tiny_gpt2)
+    out = tmp_path / "out"
+    _sweep_with(checkpoints, out, monkeypatch, fail=True)
+    res = SweepResult.from_json(out)
+    fig = sweep_figure(res.to_frame())
+    loss = fig.axes[-1]
+    assert loss.get_xlabel() == "training step"
+    lines = {line.get_label(): line for line in loss.get_lines()}
+    assert set(lines) == {"later repeats", "first repeat"}
+    for label, line in lines.items():  # each series is one point, drawn as a visible marker
+        assert line.get_marker() not in (None, "None", "", " ") and line.get_markersize() > 0, label
+        assert len(line.get_xdata()) == 1 and line.get_xdata()[0] == 1000.0, label
+        assert line.get_alpha() is None or line.get_alpha() > 0, label
+    first = lines["first repeat"]
+    assert first.get_ydata()[0] == pytest.approx(res.rows[1]["loss_first_repeat"])
+    assert first.get_linestyle() == "--" and to_rgba(first.get_markerfacecolor())[3] == 0  # dashed, hollow
+    legend = [t.get_text() for t in loss.get_legend().get_texts()]
+    assert legend == ["later repeats", "first repeat"]
+
+
+def test_the_terminal_legend_explains_the_columns_printed_and_counts_entries_in_english(
+    checkpoints, tmp_path, fast_load
+):
+    from headscope.render.views.sweep_view import TABLE
+
+    r = runner.invoke(app, ["sweep", "-m", str(checkpoints[0]), "--out", str(tmp_path / "out"), *SCAN])
+    assert r.exit_code == 0, r.output
+    assert "Sweep of 1 entry into" in r.output and "1 entries" not in r.output
+    legend = r.output[r.output.index("Legend:") :]
+    named = [line.strip().split(":")[0] for line in legend.splitlines()[1:] if line.startswith("  ") and ":" in line]
+    headers = [h for h, _, _ in TABLE]
+    assert named == [*headers, "induction"]  # every column with a number, then the score they measure
+    table = r.output[: r.output.index("Legend:")]
+    for header in headers:
+        assert header in table, header
+    for absent in ("prefix_matching_top", "same_weights_as", "induction_top", "loss_first_repeat"):
+        assert absent not in r.output, absent  # no legend for a column that is not on screen

@@ -171,7 +171,7 @@ def sweep_cmd(
     check_load(device, device_map, dtype, device_here=runner is None)
     entries = plan_sweep(model, _split(revision))
     err.print(
-        f"Sweep of {len(entries)} entries into {out}/ ({seq_len} tokens x {repeats} repeats, batch {batch}, "
+        f"Sweep of {_entries(len(entries))} into {out}/ ({seq_len} tokens x {repeats} repeats, batch {batch}, "
         f"{dtype}{', with ablation' if ablate else ''})",
         highlight=False,
     )
@@ -209,7 +209,7 @@ def sweep_cmd(
     err.print(f"[green]Wrote[/] {', '.join(p.name for p in res.files)} and entries/ to {out}/", highlight=False)
     if not res.ok:
         err.print(
-            f"[bold red]{len(res.failures)} of {len(entries)} entries failed[/] "
+            f"[bold red]{len(res.failures)} of {_entries(len(entries))} failed[/] "
             f"({', '.join(escape(f['label']) for f in res.failures)}); finished entries are kept. "
             "Fix the cause and run the same command again: only the missing entries run.",
             highlight=False,
@@ -270,3 +270,7 @@ def _brief(s: dict) -> str:
         f"top {s['top_head']} {s['induction_top']:.3f}, sum {s['induction_sum']:.2f}, later-repeat loss "
         f"{s['loss_later_repeats']:.2f} nats"
     )
+
+
+def _entries(n: int) -> str:
+    return f"{n} entry" if n == 1 else f"{n} entries"

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import BadInput, HeadscopeError
+from ..errors import BadInput, HeadscopeError, OutputExists
 from ..head_labels import head_label
 from ..jsonsafe import dumps
 from ..models import builtin
@@ -355,9 +355,10 @@ def run_sweep(
     holding files headscope did not write, or another command's results, raises
     :class:`~headscope.errors.OutputExists` (exit 4) before anything runs, ``rerun`` or not.
     Entries already in ``out_dir`` with the same result settings are skipped unless
-    ``rerun``; finding results made with other settings raises :class:`BadInput` before
-    anything runs (nothing is overwritten unless ``rerun``). An entry that fails (a model
-    that will not load, a scan out of memory, a worker that died) is recorded in
+    ``rerun``; finding results made with other settings raises
+    :class:`~headscope.errors.OutputExists` (exit 4: recomputing them would replace them) before
+    anything runs, naming the setting that differs (nothing is overwritten unless ``rerun``).
+    An entry that fails (a model that will not load, a scan out of memory, a worker that died) is recorded in
     ``failures`` and the sweep goes on; a rerun retries it. ``on_event(kind, entry, info)``
     hears "skip", "start" (local executor), "done" and "fail"; ``log`` the lines a
     first-time download or conversion says. ``executor`` runs the entries: default
@@ -440,8 +441,8 @@ def _run_sweep(
                 clashes.append(f"{e.label}: {', '.join(diff)}")
             else:
                 done[e.key] = rec
-        if clashes:
-            raise BadInput(
+        if clashes:  # recomputing them would replace the user's results: exit 4, as every command's --out
+            raise OutputExists(
                 f"{out} holds sweep results made with other settings ({'; '.join(clashes[:3])}"
                 + (" ..." if len(clashes) > 3 else "")
                 + "); nothing was run",
@@ -586,14 +587,13 @@ def _row(e: SweepEntry, rec: dict | None, failures: list[dict]) -> dict:
 
 
 def write_table(result: SweepResult, out: Path) -> list[Path]:
-    """``sweep.json`` (settings, rows, failures, definitions) and ``sweep.csv`` (the rows)."""
-    import pandas as pd
-
+    """``sweep.json`` (settings, rows, failures, definitions) and ``sweep.csv`` (the rows: the same columns in
+    the same order whether or not an entry failed, whole numbers as integers; :meth:`SweepResult.to_frame`)."""
     out.mkdir(parents=True, exist_ok=True)
     public = {
         **result.to_dict(),
         "failures": [{k: v for k, v in f.items() if k != "traceback"} for f in result.failures],
     }
     _write_atomic(out / "sweep.json", dumps(public, indent=2))
-    _write_atomic(out / "sweep.csv", pd.DataFrame(result.rows).to_csv(index=False, float_format="%.6f"))
+    _write_atomic(out / "sweep.csv", result.to_frame().to_csv(index=False, float_format="%.6f"))
     return [out / "sweep.json", out / "sweep.csv"]

@@ -18,8 +18,9 @@ def sweep_figure(frame, axes=None):
     skipped). When every finished entry has a training ``step`` the x axis is the step (one
     line per training run, ``series``; logarithmic when the steps span more than two decades, as Pythia's
     do), otherwise the entries in sweep order as unjoined markers (different models are not points
-    on one curve). The first-repeat loss is drawn under the later-repeat loss (dashed, or hollow
-    markers): the gap between them is what induction buys.
+    on one curve). The first-repeat loss is drawn under the later-repeat loss in hollow markers (joined by a
+    dashed line along the steps): the gap between them is what induction buys. Every series has markers,
+    so an entry that is the only finished one of its run is still drawn.
     """
     done = frame[frame["status"] == "done"]
     if axes is None:
@@ -40,12 +41,17 @@ def sweep_figure(frame, axes=None):
             joined = {"lw": 1.4} if by_step else {"ls": "none", "ms": 7}
             (line,) = ax.plot(x, rows[col].tolist(), marker="o", **{"ms": 4, **joined}, label=name)
             if col == "loss_later_repeats":
-                first = {"ls": "--", "lw": 1} if by_step else {"ls": "none", "marker": "o", "ms": 7, "mfc": "none"}
+                # hollow markers in both layouts: a run of one finished checkpoint is a single point, which
+                # a dashed line alone does not draw
+                first = {"ls": "--", "lw": 1, "ms": 5} if by_step else {"ls": "none", "ms": 7}
                 ax.plot(
                     x,
                     rows["loss_first_repeat"].tolist(),
                     color=line.get_color(),
                     alpha=0.6,
+                    marker="o",
+                    mfc="none",
+                    mew=1.2,
                     label="first repeat" if len(series) == 1 else None,
                     **first,
                 )

@@ -14,16 +14,49 @@ from ..scores import score as declared
 from .base import Result
 
 SUMMARY_DEFINITIONS = {
+    "top_head": "The entry's head with the highest induction score (L<layer>H<head>; top_layer, top_head_index).",
     "induction_top": "Induction score of the entry's best head (definition: induction).",
     "induction_sum": "Induction score summed over every head of every layer: grows with the number of "
     "heads doing induction, and with the number of heads the model has.",
     "prefix_matching_top": "Prefix-matching score of the best prefix-matching head.",
     "loss_first_repeat": "Mean loss (nats) on targets in the first repeat: unpredictable, about ln(vocab).",
     "loss_later_repeats": "Mean loss (nats) on targets in repeats 2..R: falls when induction heads work.",
+    "error": "Why the entry failed (its one-line message; the hint is in sweep.json's failures); empty for an "
+    "entry that finished or has not run.",
     "same_weights_as": "The first entry of the sweep whose weights are bit-identical to this entry's (sha256 over "
     "every parameter, weights_sha256): the same model under another name or step.",
     "induction": declared("induction").definition,
 }
+
+#: The columns of :meth:`SweepResult.to_frame` and ``sweep.csv``, in this order whatever the entries' fates:
+#: a failed entry leaves its summary cells empty and says why in ``error`` (empty for the others).
+COLUMNS = (
+    "label",
+    "model",
+    "revision",
+    "step",
+    "series",
+    "status",
+    "n_layers",
+    "n_heads",
+    "top_head",
+    "top_layer",
+    "top_head_index",
+    "induction_top",
+    "induction_sum",
+    "prefix_matching_top",
+    "loss_first_repeat",
+    "loss_later_repeats",
+    "chunk_size",
+    "load_s",
+    "scan_s",
+    "file",
+    "weights_sha256",
+    "same_weights_as",
+    "error",
+)
+#: Whole numbers: kept integers (pandas' nullable ``Int64``, an empty cell where an entry has none).
+INT_COLUMNS = ("step", "n_layers", "n_heads", "top_layer", "top_head_index", "chunk_size")
 
 
 @dataclass(repr=False, eq=False)  # Result gives both
@@ -52,10 +85,19 @@ class SweepResult(Result):
         return not self.failures
 
     def to_frame(self):
-        """One row per entry: label, model, revision, step, status and the summary numbers."""
+        """One row per entry: label, model, revision, step, status and the summary numbers.
+
+        The columns are :data:`COLUMNS`, in that order, whether or not an entry failed (a key a row
+        holds beyond them follows them); :data:`INT_COLUMNS` are nullable integers (``Int64``), so
+        a failed entry's empty cells do not turn ``n_layers`` into ``30.0``.
+        """
         import pandas as pd
 
-        return pd.DataFrame(self.rows)
+        extra = [k for k in dict.fromkeys(k for r in self.rows for k in r) if k not in COLUMNS]
+        frame = pd.DataFrame(self.rows, columns=[*COLUMNS, *extra])
+        for col in INT_COLUMNS:
+            frame[col] = frame[col].astype("Int64")
+        return frame
 
     def to_dict(self) -> dict:
         return {

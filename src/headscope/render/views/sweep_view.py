@@ -13,30 +13,43 @@ from ..lookup import register
 from ..sweep_figures import sweep_figure
 from ..view_base import View
 
+#: The terminal table's columns: (header, the row's key it shows, how a finished entry's value is written); the
+#: legend explains exactly the columns printed here, with the definitions sweep.json holds.
+TABLE = (
+    ("top head", "top_head", "{}"),
+    ("induction (top)", "induction_top", "{:.3f}"),
+    ("induction (sum)", "induction_sum", "{:.2f}"),
+    ("loss 1st", "loss_first_repeat", "{:.2f}"),
+    ("loss later", "loss_later_repeats", "{:.2f}"),
+)
+
+
+def table_legend() -> dict[str, str]:
+    """What the terminal table's columns mean (one entry per printed column that needs one), then the score."""
+    return {
+        **{header: SUMMARY_DEFINITIONS[key] for header, key, _ in TABLE},
+        "induction": SUMMARY_DEFINITIONS["induction"],
+    }
+
 
 def _print_table(con, res) -> None:
     t = Table(title="Sweep")
-    for col in ("entry", "step", "top head", "induction (top)", "induction (sum)", "loss 1st", "loss later", "status"):
-        t.add_column(col, justify="left" if col in ("entry", "top head", "status") else "right")
+    t.add_column("entry")
+    t.add_column("step", justify="right")
+    for header, _, form in TABLE:
+        t.add_column(header, justify="left" if form == "{}" else "right")
+    t.add_column("status")
     for r in res.rows:
         step = "-" if r.get("step") is None else str(r["step"])
         if r["status"] == "done":
-            t.add_row(
-                escape(r["label"]),
-                step,
-                r["top_head"],
-                f"{r['induction_top']:.3f}",
-                f"{r['induction_sum']:.2f}",
-                f"{r['loss_first_repeat']:.2f}",
-                f"{r['loss_later_repeats']:.2f}",
-                "done",
-            )
+            cells = [escape(form.format(r[key])) for _, key, form in TABLE]
+            t.add_row(escape(r["label"]), step, *cells, "done")
         else:
-            t.add_row(escape(r["label"]), step, "-", "-", "-", "-", "-", f"[red]{r['status']}[/]")
+            t.add_row(escape(r["label"]), step, *["-"] * len(TABLE), f"[red]{escape(r['status'])}[/]")
     con.print(t)
     con.print("[dim]Legend:[/]")
-    for name, text in SUMMARY_DEFINITIONS.items():
-        con.print(f"[dim]  {name}: {escape(text)}[/]", highlight=False)
+    for name, text in table_legend().items():
+        con.print(f"[dim]  {escape(name)}: {escape(text)}[/]", highlight=False)
 
 
 @register(SweepResult)
