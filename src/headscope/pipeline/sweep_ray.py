@@ -288,7 +288,7 @@ class RayExecutor:
                 ray.shutdown()
             raise
         self.log(
-            f"Ray: {len(jobs)} entries submitted to {self._where(ray, started)}; each task asks for "
+            f"Ray: {len(jobs)} {'entry' if len(jobs) == 1 else 'entries'} submitted to {self._where(ray, started)}; each task asks for "
             f"{_amount(self.cpus_per_task, 'CPU')}"
             + (f" and {_amount(gpus, 'GPU')}" if gpus else "")
             + f" and runs on {device}"
