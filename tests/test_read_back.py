@@ -32,7 +32,7 @@ from headscope.results import (
     SinkScores,
     SweepResult,
 )
-from headscope.results.edge_results import EdgeCircuit
+from headscope.results.edge_results import NOT_READ_BACK, READ_EDGES, EdgeCircuit
 
 runner = CliRunner()
 
@@ -198,6 +198,15 @@ def test_an_edge_circuit_does_not_read_back_and_says_why(tiny_llama):
         type(edge.attribution).from_json(edge.attribution.to_json())
     d = json.loads(a.to_json())  # the patching inside it still reads back, one by one
     assert ActivationPatching.from_dict(d["activation_patching"][0]) == a.activation[0]
+    # the edge circuit's own JSON given to another reader: the hint is what works, not EdgeCircuit.from_json
+    for source in (edge.to_json(), d["extra"][0]):
+        with pytest.raises(BadInput, match="JSON of an edge circuit, not of a circuit analysis") as e:
+            CircuitAnalysis.from_json(source) if isinstance(source, str) else CircuitAnalysis.from_dict(source)
+        assert "EdgeCircuit.from_json" not in str(e.value)
+        assert e.value.hint == f"an edge circuit does not read back: {NOT_READ_BACK}; {READ_EDGES}"
+    with pytest.raises(BadInput, match="JSON of edge attribution, not of activation patching") as e:
+        ActivationPatching.from_json(edge.attribution.to_json())
+    assert "edges.csv" in (e.value.hint or "") and "from_json" not in (e.value.hint or "")
 
 
 # --- sweep ----------------------------------------------------------------------------------------------

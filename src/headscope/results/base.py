@@ -141,8 +141,7 @@ class Result:
         if other is not None and other is not cls:
             where = f" ({other.json_file})" if other.json_file else ""
             raise BadInput(
-                f"this is the JSON of {other.json_what}{where}, not of {cls.json_what}",
-                hint=f"read it with {other.__name__}.from_json",
+                f"this is the JSON of {other.json_what}{where}, not of {cls.json_what}", hint=_read_as(other, d)
             )
         try:
             yield
@@ -175,6 +174,17 @@ def _subclasses(cls: type[Result]) -> list[type[Result]]:
 def _result_of(d: dict) -> type[Result] | None:
     """The result type whose JSON ``d`` is, by its :attr:`Result.json_keys` (None when none matches)."""
     return next((c for c in _subclasses(Result) if c.json_keys and c.json_keys <= d.keys()), None)
+
+
+def _read_as(other: type[Result], d: dict) -> str:
+    """The hint for ``d``, the JSON of ``other`` given to another result: read it with ``other.from_json`` where
+    that reads it back; where it does not (an edge circuit, a QK or logit analysis keep too little to), why not and
+    what to read instead, as ``other`` itself says it, so the hint never points to a reader that refuses."""
+    try:
+        other.from_dict(d)
+    except BadInput as e:
+        return f"{e.message}; {e.hint}" if e.hint else e.message
+    return f"read it with {other.__name__}.from_json"
 
 
 def _bare_json(source: str) -> bool:
