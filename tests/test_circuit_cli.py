@@ -61,7 +61,8 @@ def test_circuit_on_a_pairs_file_and_its_errors(tiny_gpt2_dir, tmp_path):
     assert data["task"]["name"] == "ioi" and data["path_patching"][0]["receiver"] == "logits"
     assert len(data["path_patching"][0]["paths"]) == 2 * 4  # every head -> logits
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"clean": "a b c", "corrupt": "a b c d e", "answer": " x", "wrong": " y"}\n')
+    # two pairs (one is refused for its count before any tokenizing), the first of which does not line up
+    bad.write_text('{"clean": "a b c", "corrupt": "a b c d e", "answer": " x", "wrong": " y"}\n' * 2)
     r = run("--model", tiny_gpt2_dir, "--device", "cpu", "--pairs", bad, "--out", tmp_path / "b")
     assert r.exit_code == 2 and "line 1" in r.output and "tokens" in r.output
     r = run("--model", tiny_gpt2_dir, "--device", "cpu", "--receivers", "L1H0.x", "--out", tmp_path / "x")
