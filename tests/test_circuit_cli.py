@@ -203,3 +203,36 @@ def test_steps_naming_no_step_or_one_twice_is_refused_before_the_model_loads(tmp
     said = "more than once" if steps.startswith("activation") else "names no step"
     assert r.exit_code == 2 and said in text and "no-such-model" not in text, text
     assert not (tmp_path / "o").exists()
+
+
+def test_per_position_adds_its_own_files_and_leaves_the_whole_sequence_ones_as_without_it(tiny_gpt2_dir, tmp_path):
+    """The tester's command: --per-position patches one position at a time *as well* (help, docs/circuits.md)."""
+    import pandas as pd
+
+    from headscope.results import CircuitAnalysis
+
+    common = ("--model", tiny_gpt2_dir, "--device", "cpu", "--direction", "noise", "--senders", "L0H1",
+              "--receivers", "logits", "--examples", "2", "--seq-len", "5")  # fmt: skip
+    r = run(*common, "--out", tmp_path / "whole")
+    assert r.exit_code == 0, r.output
+    r = run(*common, "--per-position", "--out", tmp_path / "pos")
+    assert r.exit_code == 0, r.output
+    whole, pos = tmp_path / "whole", tmp_path / "pos"
+    # the whole-sequence table is the run without --per-position's, byte for byte, and says it is the whole sequence
+    assert (pos / "activation_patching.csv").read_bytes() == (whole / "activation_patching.csv").read_bytes()
+    assert "noise, whole sequence patched" in " ".join(r.output.split())
+    by = pd.read_csv(pos / "activation_patching_by_position.csv", keep_default_na=False)
+    assert list(by.columns) == ["component", "layer", "unit", "position", "token", "direction", "value", "low", "high"]
+    assert len(by) == 2 * 5 * 11 and set(by.direction) == {"noise"}
+    assert not (whole / "activation_patching_by_position.csv").exists()
+    assert by[by.component == "L1H0"].token.tolist()[1:] == [f"repeat {k}, token {j}" for k in (1, 2) for j in range(5)]
+    assert (pos / "figures" / "patching_noise_by_position.png").is_file()
+    assert not (whole / "figures" / "patching_noise_by_position.png").exists()
+    # circuit.json: the whole-sequence values as before, the per-position ones beside them, both read back
+    doc = json.loads((pos / "circuit.json").read_text())["activation_patching"][0]
+    assert doc["values"] == json.loads((whole / "circuit.json").read_text())["activation_patching"][0]["values"]
+    assert np.array(doc["by_position"]["values"]).shape == (2, 5, 11) and len(doc["by_position"]["positions"]) == 11
+    back = CircuitAnalysis.from_json(pos).activation[0]
+    got = back.position_frame()
+    assert got.token.tolist() == by.token.tolist()
+    np.testing.assert_allclose(got.value, by.value, atol=5e-5)

@@ -238,10 +238,41 @@ def test_results_have_intervals_around_their_values_and_say_the_direction(tiny_g
         assert (ap.low <= ap.values + 1e-9).all() and (ap.values <= ap.high + 1e-9).all()
         assert ap.to_dict()["columns"][-1] == "MLP"
     per_pos = activation_patching(tiny_gpt2, task, "denoise", per_position=True)
-    assert per_pos.values.shape == (2, 5, task.clean.shape[1])
+    assert per_pos.values.shape == (2, 5) and per_pos.position_values.shape == (2, 5, task.clean.shape[1])
+    assert (per_pos.position_low <= per_pos.position_values + 1e-9).all()
+    assert (per_pos.position_values <= per_pos.position_high + 1e-9).all()
     pp = path_patching(tiny_gpt2, task, None, Receiver("k", 1, 0))
     lo, hi = pp.effect_interval(0)
     assert lo <= pp.effect[0] <= hi
+
+
+@pytest.mark.parametrize("direction", ["denoise", "noise"])
+def test_per_position_is_measured_besides_the_whole_sequence_which_stays_as_without_it(tiny_gpt2, direction):
+    import pandas as pd
+
+    task = induction_task(tiny_gpt2, n_examples=4, seq_len=5, seed=7)
+    whole = activation_patching(tiny_gpt2, task, direction)
+    both = activation_patching(tiny_gpt2, task, direction, per_position=True)
+    # the whole-sequence numbers are the run without per_position's: values, intervals, changes, top, the frame
+    for name in ("values", "low", "high", "change", "change_low", "change_high"):
+        np.testing.assert_array_equal(getattr(both, name), getattr(whole, name))
+    assert both.top(20) == whole.top(20) and both.top_change(20) == whole.top_change(20)
+    pd.testing.assert_frame_equal(both.to_frame(), whole.to_frame())
+    n_tok = task.clean.shape[1]
+    assert both.position_values.shape == (2, 5, n_tok) and not len(whole.position_values)
+    assert both.positions[1:] == [f"repeat {r}, token {j}" for r in (1, 2) for j in range(5)]
+    # position 0 holds the same token in both runs and sees nothing else: patching it alone changes nothing
+    np.testing.assert_allclose(both.position_change[..., 0], 0, atol=1e-6)
+    # in the last layer a component's output at one position reaches only that position's logits, and the metric
+    # is a mean over positions: the one-position changes add up to the whole-sequence change
+    np.testing.assert_allclose(both.position_change[-1].sum(-1), both.change[-1], atol=1e-6)
+    assert np.abs(both.change[-1]).max() > 1e-3  # the check can fail
+    frame = both.position_frame()
+    assert len(frame) == 2 * 5 * n_tok and list(frame.columns)[3:5] == ["position", "token"]
+    row = frame[(frame.component == "L1H2") & (frame.position == 7)].iloc[0]
+    assert (row.token, row.value) == ("repeat 2, token 1", both.position_values[1, 2, 7])
+    with pytest.raises(BadInput, match="whole sequence only"):
+        whole.position_frame()
 
 
 def test_a_sender_above_its_receiver_and_a_bad_receiver_are_refused(tiny_gpt2):

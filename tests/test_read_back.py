@@ -163,10 +163,16 @@ def test_per_position_activation_patching_reads_back(tiny_gpt2):
         induction_task(tiny_gpt2, n_examples=3, seq_len=4),
         CircuitSettings(direction="denoise", per_position=True, steps=("activation",)),
     ).activation[0]
-    assert a.per_position and a.values.ndim == 3
+    assert a.per_position and a.values.shape == (2, 5) and a.position_values.shape == (2, 5, 9)
     back = round_trip(a)
-    assert back.values.shape == a.values.shape and back.plot() is not None
+    assert back.values.shape == a.values.shape and back.position_values.shape == a.position_values.shape
+    assert back.positions == a.positions and back.plot() is not None and back.plot_by_position() is not None
     same_frame(back.to_frame(), a.to_frame(), 5e-5)
+    same_frame(back.position_frame(), a.position_frame(), 5e-5)
+    for name in ("position_change", "position_change_low", "position_change_high", "position_low"):
+        assert getattr(back, name) == pytest.approx(getattr(a, name), abs=5e-5)
+    circuit = CircuitAnalysis(model={}, task={}, activation=[a])  # inside circuit.json too
+    assert CircuitAnalysis.from_json(circuit.to_json()).activation[0] == a
 
 
 def test_the_circuit_folder_reads_back_as_written(tiny_llama_dir, tmp_path):
@@ -333,3 +339,9 @@ def test_json_from_before_read_back_is_refused_with_a_hint(heads, circuit):
     del old["path_patching"][0]["n_layers"]
     with pytest.raises(BadInput, match="written before"):
         CircuitAnalysis.from_dict(old)
+    # per position, before the whole-sequence patch was kept beside it: values were per position only
+    old = json.loads(circuit.activation[0].to_json())
+    old["per_position"] = True
+    with pytest.raises(BadInput, match="written before headscope measured the whole-sequence patch") as e:
+        ActivationPatching.from_dict(old)
+    assert "--per-position" in (e.value.hint or "")

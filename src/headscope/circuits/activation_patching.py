@@ -12,6 +12,10 @@ Every number is :func:`~headscope.circuits.tasks.normalised`: 1 = the clean run'
 corrupted gap, with a bootstrap interval over the examples
 (:func:`headscope.stats.bootstrap_ratio_interval`).
 
+``per_position`` patches one position at a time *besides* the whole sequence, not instead of it: one patch
+per component and position (``n_tokens`` times the whole-sequence patch's passes), so the whole-sequence patch
+beside it adds ``1 / n_tokens``; it is the same call as without ``per_position``, so the same numbers.
+
 Speed: all patches of one layer run in one pass, stacked along the batch (copy ``c`` of the
 examples carries patch ``c``: the layer's heads, its MLP, at every asked position), restarted
 from the base run's residual entering that layer; attention runs through the fused kernel.
@@ -27,6 +31,7 @@ import torch
 from ..models.model import as_model, in_eval_mode
 from ..results.patching_results import ActivationPatching
 from ..settings import DEFAULT_MEMORY_GB
+from ..tokens import token_text
 from .runs import RunCache, cache_run, copies, final_normed, metric_of_normed, pass_sizes, per_head_view
 from .tasks import CircuitTask, clean_corrupt_gap, normalised_rows, raw_rows
 
@@ -65,6 +70,7 @@ def patched_metrics(
     max_memory_gb: float = DEFAULT_MEMORY_GB,
     fused: bool | None = None,
     progress: Callable | None = None,
+    stage: str = "activation patching",
 ) -> np.ndarray:
     """The metric per example with each unit patched from ``src`` into ``base``'s run.
 
@@ -89,8 +95,31 @@ def patched_metrics(
             for c, (u, p) in enumerate(specs):
                 out[layer, u, pos_list.index(p)] = vals[c]
         if progress:
-            progress("activation patching", layer + 1, cfg.n_layers)
+            progress(stage, layer + 1, cfg.n_layers)
     return out if positions is not None else out[:, :, 0]
+
+
+def position_tokens(model, task: CircuitTask) -> list[str]:
+    """What sits at each position of the task's clean input, for the per-position table: the token's text where
+    every example has the same token there; on the induction task, where the tokens are random, the part of the
+    sequence ("repeat 1, token 3": the part the corrupted run replaces; "repeat 2, token 3"); else
+    "(differs between examples)".
+
+    >>> position_tokens(model, headscope.circuits.induction_task(model, n_examples=2, seq_len=2))[1:]
+    ['repeat 1, token 0', 'repeat 1, token 1', 'repeat 2, token 0', 'repeat 2, token 1']
+    """
+    clean = task.clean
+    n_tok = clean.shape[1]
+    offset, seq_len = n_tok % 2, n_tok // 2  # the induction task: [first token] + 2 x seq_len
+    out = []
+    for p in range(n_tok):
+        if bool((clean[:, p] == clean[0, p]).all()):
+            out.append(token_text(as_model(model).tokenizer, int(clean[0, p])))
+        elif task.name == "induction" and p >= offset:
+            out.append(f"repeat {1 + (p - offset) // seq_len}, token {(p - offset) % seq_len}")
+        else:
+            out.append("(differs between examples)")
+    return out
 
 
 @in_eval_mode
@@ -107,7 +136,8 @@ def activation_patching(
     """Patch every head (``hook_z``) and every MLP (``hook_mlp_out``) one at a time; normalised 1 = clean, 0 = corrupt.
 
     ``direction``: "denoise" (corrupted run, clean activation in) or "noise" (clean run,
-    corrupted activation in). ``per_position``: also one position at a time (every position of the sequence).
+    corrupted activation in). ``per_position``: also one position at a time (every position of the sequence),
+    in the ``position_*`` fields; ``values`` stay the whole-sequence patch.
 
     >>> t = headscope.circuits.induction_task(model, n_examples=3, seq_len=5)
     >>> ap = activation_patching(model, t)
@@ -120,14 +150,26 @@ def activation_patching(
         raise BadInput(f"unknown direction {direction!r}", hint=f"use one of {', '.join(DIRECTIONS)}")
     clean, corrupt = caches or (cache_run(model, task.clean, task, fused), cache_run(model, task.corrupt, task, fused))
     base, src = (corrupt, clean) if direction == "denoise" else (clean, corrupt)
-    n_tok = task.clean.shape[1]
-    positions = list(range(n_tok)) if per_position else None
-    raw = patched_metrics(model, task, base, src, positions, max_memory_gb, fused, progress)
-    flat = raw.reshape(-1, raw.shape[-1])
-    cl, co = clean.metric.double().numpy(), corrupt.metric.double().numpy()
-    means, low, high = normalised_rows(flat, cl, co, seed=task.seed or 0)
-    change, c_low, c_high = raw_rows(flat, base.metric.double().numpy(), seed=task.seed or 0)
-    shape = raw.shape[:-1]
+    cl, co, seed = clean.metric.double().numpy(), corrupt.metric.double().numpy(), task.seed or 0
+
+    def rows(raw: np.ndarray) -> list[np.ndarray]:
+        """``raw`` ``[..., n_ex]`` as values, low, high, change, change_low, change_high, each ``raw.shape[:-1]``."""
+        flat, shape = raw.reshape(-1, raw.shape[-1]), raw.shape[:-1]
+        out = [*normalised_rows(flat, cl, co, seed=seed), *raw_rows(flat, base.metric.double().numpy(), seed=seed)]
+        return [a.reshape(shape) for a in out]
+
+    values, low, high, change, change_low, change_high = rows(
+        patched_metrics(model, task, base, src, None, max_memory_gb, fused, progress)
+    )
+    by_position: dict = {}
+    if per_position:  # besides the whole-sequence patch above, which stays what values and the tables report
+        every = list(range(task.clean.shape[1]))
+        raw = patched_metrics(
+            model, task, base, src, every, max_memory_gb, fused, progress, "activation patching by position"
+        )
+        names = ("values", "low", "high", "change", "change_low", "change_high")
+        by_position = {f"position_{k}": v for k, v in zip(names, rows(raw), strict=True)}
+        by_position["positions"] = position_tokens(model, task)
     cfg = as_model(model).bridge.cfg
     return ActivationPatching(
         direction=direction,
@@ -136,16 +178,17 @@ def activation_patching(
         n_examples=task.n_examples,
         n_layers=cfg.n_layers,
         n_heads=cfg.n_heads,
-        values=means.reshape(shape),
-        low=low.reshape(shape),
-        high=high.reshape(shape),
-        clean_metric=float(clean.metric.double().numpy().mean()),
-        corrupt_metric=float(corrupt.metric.double().numpy().mean()),
+        clean_metric=float(cl.mean()),
+        corrupt_metric=float(co.mean()),
         per_position=per_position,
         corruption=task.corruption,
         notes=list(task.notes),
-        change=change.reshape(shape),
-        change_low=c_low.reshape(shape),
-        change_high=c_high.reshape(shape),
-        gap=clean_corrupt_gap(cl, co, task.metric, seed=task.seed or 0),
+        values=values,
+        low=low,
+        high=high,
+        change=change,
+        change_low=change_low,
+        change_high=change_high,
+        gap=clean_corrupt_gap(cl, co, task.metric, seed=seed),
+        **by_position,
     )

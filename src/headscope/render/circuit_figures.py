@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import BadInput
 from ..results.patching_results import ActivationPatching, PathPatching
 from ..stats import with_interval
 from ._mpl import plt
@@ -23,16 +24,31 @@ def _raw(res) -> bool:
 
 
 def patching_heatmap(res: ActivationPatching, ax=None):
-    """Layers x heads, plus the MLP column, coloured by the normalised value (1 = clean, 0 = corrupted), or by the
-    change in the metric when the clean - corrupted gap is no gap."""
-    raw = _raw(res)
-    v, _, _ = res.whole()
-    if raw:
-        v = (
-            res.change
-            if not res.per_position
-            else np.take_along_axis(res.change, np.abs(res.change).argmax(-1)[..., None], -1)[..., 0]
+    """Layers x heads, plus the MLP column, the whole sequence patched: coloured by the normalised value (1 = clean,
+    0 = corrupted), or by the change in the metric when the clean - corrupted gap is no gap."""
+    return _layer_map(res, res.change if _raw(res) else res.values, ", whole sequence" if res.per_position else "", ax)
+
+
+def patching_by_position(res: ActivationPatching, ax=None):
+    """With ``per_position``: the same map, each cell the one position whose patch has the largest effect (the
+    change in the metric when the gap is no gap); which position that is, is in ``position_frame()``."""
+    if not res.per_position:
+        raise BadInput(
+            "this activation patching patched the whole sequence only: there is no per-position map",
+            hint="activation_patching(..., per_position=True), or headscope circuit --per-position",
         )
+    if _raw(res):
+        v = res.position_change
+        score = v
+    else:
+        v = res.position_values
+        score = v if res.direction == "denoise" else 1 - v
+    best = np.abs(score).argmax(-1)[..., None]
+    return _layer_map(res, np.take_along_axis(v, best, -1)[..., 0], ", best single position", ax)
+
+
+def _layer_map(res: ActivationPatching, v: np.ndarray, pos: str, ax=None):
+    raw = _raw(res)
     if ax is None:
         size = (max(5.0, 1.0 + 0.45 * v.shape[1]), 1.6 + 0.22 * v.shape[0])  # wide enough for the title
         fig, ax = plt.subplots(figsize=size, layout="constrained")
@@ -54,7 +70,6 @@ def patching_heatmap(res: ActivationPatching, ax=None):
         if res.direction == "denoise"
         else "corrupted activation into the clean run"
     )
-    pos = ", best position" if res.per_position else ""
     scale = f"change in {res.metric}" if raw else f"{res.metric}, 1 = clean, 0 = corrupted"
     ax.set_title(
         f"Activation patching ({res.direction}: {what}{pos})\n{scale}, n = {res.n_examples}{gap_title(res)}",

@@ -30,6 +30,9 @@ DEFINITIONS = {
     "gap": "the clean - corrupted gap every normalised number divides by: mean over the examples and its 95% "
     "bootstrap interval; when the interval includes 0 or the gap has the wrong sign (the clean prompt favours the "
     "answer less than the corrupted one) the normalised numbers are not meaningful and changes are shown instead",
+    "by_position": "the same patch at one position only (every other position keeps the base run's activation), "
+    "each position in turn, besides the whole-sequence patch: [layer][head, then MLP][position], 'positions' "
+    "naming each position (its token where every example has the same one there)",
     "path": "path patching (Wang et al. 2022; Goldowsky-Dill et al. 2023): the sender head's output changed "
     "(corrupted in the clean run) along one path only: into the receiver's query, key or value input with "
     "everything else frozen, or into the logits directly; effect = 1 - value, the share of the clean - "
@@ -45,8 +48,11 @@ def _interval(lo, hi) -> list:
 class ActivationPatching(GapChecked, Result):
     """Every head's and MLP's activation patched alone, in one direction.
 
-    ``values``, ``low``, ``high``: ``[n_layers, n_heads + 1]`` (column ``n_heads`` is the layer's MLP),
-    or ``[n_layers, n_heads + 1, n_tokens]`` when ``per_position`` (one position patched at a time).
+    ``values``, ``low``, ``high``: ``[n_layers, n_heads + 1]`` (column ``n_heads`` is the layer's MLP), the
+    whole sequence patched. With ``per_position``, one position patched at a time as well: ``position_values``,
+    ``position_low``, ``position_high`` (and ``position_change*``) ``[n_layers, n_heads + 1, n_tokens]``, what sits
+    at each position in ``positions`` (:meth:`position_frame`); ``values`` and everything read from them
+    (:meth:`top`, :meth:`to_frame`) stay the whole-sequence patch.
     Reads back from its :meth:`to_dict` (an entry of ``circuit.json``'s ``activation_patching``).
     """
 
@@ -76,13 +82,20 @@ class ActivationPatching(GapChecked, Result):
     change_high: np.ndarray = field(default_factory=lambda: np.zeros(0))
     #: the clean - corrupted gap (:func:`headscope.circuits.tasks.clean_corrupt_gap`)
     gap: dict = field(default_factory=dict)
+    #: with ``per_position``: one position patched at a time, ``[n_layers, n_heads + 1, n_tokens]`` (else empty)
+    position_values: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    position_low: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    position_high: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    position_change: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    position_change_low: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    position_change_high: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    #: with ``per_position``: what sits at each position (:func:`headscope.circuits.activation_patching.position_tokens`)
+    positions: list[str] = field(default_factory=list)
 
     def top_change(self, k: int = 10) -> list[tuple[str, float, float, float]]:
-        """The ``k`` components whose patch moves the metric most: ``(label, change, low, high)`` (metric units)."""
+        """The ``k`` components whose whole-sequence patch moves the metric most: ``(label, change, low, high)``
+        (metric units)."""
         v, lo, hi = self.change, self.change_low, self.change_high
-        if self.per_position:
-            best = np.abs(v).argmax(-1)[..., None]
-            v, lo, hi = (np.take_along_axis(a, best, -1)[..., 0] for a in (v, lo, hi))
         order = np.argsort(-np.abs(v).ravel(), kind="stable")[:k]
         out = []
         for i in order:
@@ -95,20 +108,10 @@ class ActivationPatching(GapChecked, Result):
         """How much each component matters, as a positive share: the value (denoise) or 1 - value (noise)."""
         return self.values if self.direction == "denoise" else 1 - self.values
 
-    def whole(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(values, low, high)`` ``[n_layers, n_heads + 1]`` for whole-sequence patches (per position: the
-        position with the largest effect per unit)."""
-        if not self.per_position:
-            return self.values, self.low, self.high
-        best = np.abs(self.effect).argmax(-1)[..., None]
-        pick = lambda a: np.take_along_axis(a, best, -1)[..., 0]
-        return pick(self.values), pick(self.low), pick(self.high)
-
     def top(self, k: int = 10) -> list[tuple[str, float, float, float]]:
-        """The ``k`` components with the largest effect: ``(label, value, low, high)``."""
-        v, lo, hi = self.whole()
-        eff = v if self.direction == "denoise" else 1 - v
-        order = np.argsort(-np.abs(eff).ravel(), kind="stable")[:k]
+        """The ``k`` components whose whole-sequence patch has the largest effect: ``(label, value, low, high)``."""
+        v, lo, hi = self.values, self.low, self.high
+        order = np.argsort(-np.abs(self.effect).ravel(), kind="stable")[:k]
         out = []
         for i in order:
             l, u = divmod(int(i), self.n_heads + 1)
@@ -146,7 +149,20 @@ class ActivationPatching(GapChecked, Result):
             "change": rounded(self.change, 4),
             "change_low": rounded(self.change_low, 4),
             "change_high": rounded(self.change_high, 4),
+            **({"by_position": self._position_dict()} if self.per_position else {}),
             "notes": self.notes,
+        }
+
+    def _position_dict(self) -> dict:
+        return {
+            "definition": DEFINITIONS["by_position"],
+            "positions": self.positions,
+            "values": rounded(self.position_values, 4),
+            "low": rounded(self.position_low, 4),
+            "high": rounded(self.position_high, 4),
+            "change": rounded(self.position_change, 4),
+            "change_low": rounded(self.position_change_low, 4),
+            "change_high": rounded(self.position_change_high, 4),
         }
 
     @classmethod
@@ -154,6 +170,13 @@ class ActivationPatching(GapChecked, Result):
         """The result back from :meth:`to_dict` (numbers as written: 4 decimals; null as NaN)."""
         with cls._reading(d):
             values = array_of(d["values"])
+            if d["per_position"] and "by_position" not in d:
+                raise BadInput(
+                    "this activation patching was written before headscope measured the whole-sequence patch beside "
+                    "the per-position one: its values are per position only, with no whole-sequence patch",
+                    hint="run `headscope circuit --per-position` again to write a circuit.json that reads back",
+                )
+            pos = d.get("by_position", {})
             back = cls(
                 direction=d["direction"],
                 metric=d["metric"],
@@ -173,13 +196,21 @@ class ActivationPatching(GapChecked, Result):
                 change_low=array_of(d.get("change_low", [])),
                 change_high=array_of(d.get("change_high", [])),
                 gap=dict(d.get("gap", {})),
+                position_values=array_of(pos.get("values", [])),
+                position_low=array_of(pos.get("low", [])),
+                position_high=array_of(pos.get("high", [])),
+                position_change=array_of(pos.get("change", [])),
+                position_change_low=array_of(pos.get("change_low", [])),
+                position_change_high=array_of(pos.get("change_high", [])),
+                positions=list(pos.get("positions", [])),
             )
         return back
 
     def to_frame(self):
+        """One row per component, the whole sequence patched (:meth:`position_frame` has the per-position patch)."""
         import pandas as pd
 
-        v, lo, hi = self.whole()
+        v, lo, hi = self.values, self.low, self.high
         L, U = v.shape
         return pd.DataFrame(
             {
@@ -193,9 +224,40 @@ class ActivationPatching(GapChecked, Result):
             }
         )
 
+    def position_frame(self):
+        """With ``per_position``: one row per (component, position), that one position patched; ``token`` says what
+        sits there (:attr:`positions`)."""
+        import pandas as pd
+
+        if not self.per_position:
+            raise BadInput(
+                "this activation patching patched the whole sequence only: no position was patched alone",
+                hint="activation_patching(..., per_position=True), or headscope circuit --per-position",
+            )
+        L, U, P = self.position_values.shape
+        return pd.DataFrame(
+            {
+                "component": [self.label(l, u) for l in range(L) for u in range(U) for _ in range(P)],
+                "layer": np.repeat(np.arange(L), U * P),
+                "unit": [
+                    ("MLP" if u == self.n_heads else f"H{u}") for _ in range(L) for u in range(U) for _ in range(P)
+                ],
+                "position": np.tile(np.arange(P), L * U),
+                "token": self.positions * (L * U),
+                "direction": self.direction,
+                "value": self.position_values.ravel(),
+                "low": self.position_low.ravel(),
+                "high": self.position_high.ravel(),
+            }
+        )
+
     def plot(self, **kwargs):
-        """The heatmap: layers x heads, plus the MLP column."""
+        """The heatmap: layers x heads, plus the MLP column, the whole sequence patched."""
         return self._figure("heatmap", **kwargs)
+
+    def plot_by_position(self, **kwargs):
+        """With ``per_position``: the same map, each cell the position whose patch has the largest effect."""
+        return self._figure("by_position", **kwargs)
 
 
 @dataclass(repr=False, eq=False)  # Result gives both

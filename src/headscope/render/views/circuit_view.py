@@ -15,7 +15,7 @@ from rich.table import Table
 from ...results.base import GapChecked
 from ...results.patching_results import DEFINITIONS, ActivationPatching, CircuitAnalysis, PathPatching
 from ...stats import signed, with_interval
-from ..circuit_figures import patching_heatmap, path_chart, sender_map
+from ..circuit_figures import patching_by_position, patching_heatmap, path_chart, sender_map
 from ..html import esc, kv_html, table_html
 from ..lookup import register, view_of
 from ..view_base import Section, View, plotted
@@ -63,9 +63,27 @@ def _paths_figure(res: PathPatching, **kw):
     return fig
 
 
+def _whole(result: ActivationPatching) -> str:
+    """What a per-position result's tables show, in its titles: the whole-sequence patch ("" without per position)."""
+    return ", whole sequence patched" if result.per_position else ""
+
+
+def _by_position_html(result: ActivationPatching) -> str:
+    """With per position: the map of each component's best position, and where every position's number is."""
+    if not result.per_position:
+        return ""
+    return (
+        "<p>The map and the table above patch the whole sequence. Patched at one position at a time "
+        f"({len(result.positions)} positions), each component at the position where its effect is largest:</p>"
+        + plotted(patching_by_position, result)
+        + '<p class="note">Every position of every component: <code>position_frame()</code>; '
+        "<code>headscope circuit</code> writes it to <code>activation_patching_by_position.csv</code>.</p>"
+    )
+
+
 @register(ActivationPatching)
 class ActivationPatchingView(View):
-    figures = {"heatmap": patching_heatmap}
+    figures = {"heatmap": patching_heatmap, "by_position": patching_by_position}
 
     def title(self, result) -> str:
         return f"Activation patching ({result.direction})"
@@ -87,6 +105,7 @@ class ActivationPatchingView(View):
             f"{result.corrupt_metric:.3f} ({esc(result.metric)}, {result.n_examples} examples).</p>"
             + plotted(patching_heatmap, result)
             + table
+            + _by_position_html(result)
         )
         return [Section(f"patching-{result.direction}", f"Activation patching ({result.direction})", body)]
 
@@ -98,8 +117,8 @@ class ActivationPatchingView(View):
 
     def terminal(self, result, console) -> None:
         if not result.normalised_meaningful and len(result.change):  # the gap is no gap: say what was measured
-            t = Table(title=f"Activation patching ({result.direction}), top components: change in {result.metric} "
-                      "(not normalised: see the note)")  # fmt: skip
+            t = Table(title=f"Activation patching ({result.direction}{_whole(result)}), top components: change in "
+                      f"{result.metric} (not normalised: see the note)")  # fmt: skip
             for c in ("component", f"change in {result.metric}", "95% interval"):
                 t.add_column(c, justify="left" if c == "component" else "right")
             for lab, v, lo, hi in result.top_change(10):
@@ -108,7 +127,7 @@ class ActivationPatchingView(View):
             return
         noise = result.direction == "noise"
         t = Table(
-            title=f"Activation patching ({result.direction}), top components by "
+            title=f"Activation patching ({result.direction}{_whole(result)}), top components by "
             + (
                 "the share of the gap lost (normalised: 1 = clean, 0 = corrupted; lower = more lost)"
                 if noise
