@@ -6,7 +6,6 @@ import time
 from pathlib import Path
 from typing import Annotated, Optional
 
-import pandas as pd
 import typer
 
 from ..circuits.eap import DEFAULT_IG_STEPS
@@ -15,7 +14,6 @@ from ..errors import BadInput
 from ..pipeline.circuit_analysis import CircuitSettings, analyze_circuit, check_examples
 from ..pipeline.files import circuit_files
 from ..progress import Progress
-from ..render._mpl import encode_png
 from ..render.lookup import view_of
 from ..render.page import Report
 from ..settings import DEFAULT_MEMORY_GB
@@ -177,7 +175,6 @@ def circuit_cmd(
         a.timings["total_s"] = time.perf_counter() - t0
         with err.status("Writing results..."):
             circuit_files(rd, a, figures=not no_figures)
-            _by_position_files(rd, a, figures=not no_figures)
             if report:
                 rd.write_text("report.html", Report(dict(a.model), [a]).to_html())
         paths = rd.commit()
@@ -186,18 +183,6 @@ def circuit_cmd(
     say_notes(err, a.notes)
     view_of(a).terminal(a, con)
     say_written(err, rd.target, paths, _written_summary(paths), a.timings["total_s"])
-
-
-def _by_position_files(rd, a, figures: bool) -> None:
-    """With --per-position: ``activation_patching_by_position.csv`` (one row per component and position) and
-    ``figures/patching_<direction>_by_position.png`` (each component at its best position)."""
-    parts = [x for x in a.activation if x.per_position]
-    if not parts:
-        return
-    frame = pd.concat([x.position_frame() for x in parts], ignore_index=True)
-    rd.write("activation_patching_by_position.csv", lambda p: frame.to_csv(p, index=False, float_format="%.6f"))
-    for x in parts if figures else []:
-        rd.write_bytes(f"figures/patching_{x.direction}_by_position.png", encode_png(x.plot_by_position()))
 
 
 def _written_summary(paths: list[Path]) -> str:

@@ -205,14 +205,20 @@ def _write_csv(rd: ResultDir, name: str, frame: pd.DataFrame, float_format: str)
 
 def circuit_files(rd: ResultDir, a, figures: bool = True, progress: Progress | None = None) -> None:
     """Stage ``headscope circuit``: ``circuit.json``, ``activation_patching.csv``, ``path_patching.csv``,
-    ``edges.csv`` and ``faithfulness.csv`` (the edges step),
-    ``figures/patching_<direction>.png`` and ``figures/paths_<n>.png`` (and each added step's own files)."""
+    ``edges.csv`` and ``faithfulness.csv`` (the edges step), ``figures/patching_<direction>.png`` and
+    ``figures/paths_<n>.png`` (and each added step's own files); with ``per_position`` also
+    ``activation_patching_by_position.csv`` and ``figures/patching_<direction>_by_position.png``."""
     from ..render.lookup import view_of
 
     rd.write_text("circuit.json", a.to_json())
     if a.activation:
         frame = pd.concat([x.to_frame() for x in a.activation], ignore_index=True)
         rd.write("activation_patching.csv", lambda p: frame.to_csv(p, index=False, float_format="%.6f"))
+    by_position = [x for x in a.activation if x.per_position]
+    if by_position:
+        _write_csv(
+            rd, "activation_patching_by_position.csv", pd.concat([x.position_frame() for x in by_position]), "%.6f"
+        )
     if a.paths:
         paths = pd.concat([p.to_frame().assign(group=p.receiver) for p in a.paths], ignore_index=True)
         rd.write("path_patching.csv", lambda p: paths.to_csv(p, index=False, float_format="%.6f"))
@@ -224,6 +230,10 @@ def circuit_files(rd: ResultDir, a, figures: bool = True, progress: Progress | N
         return
     jobs: list[tuple[str, Callable]] = [
         (f"figures/patching_{x.direction}.png", lambda x=x: view_of(x).figure(x, "heatmap")) for x in a.activation
+    ]
+    jobs += [
+        (f"figures/patching_{x.direction}_by_position.png", lambda x=x: view_of(x).figure(x, "by_position"))
+        for x in by_position
     ]
     jobs += [(f"figures/paths_{i}.png", lambda p=p: view_of(p).figure(p, "paths")) for i, p in enumerate(a.paths)]
     for e in a.extra:
