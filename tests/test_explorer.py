@@ -514,6 +514,66 @@ def test_causal_paths_refuse_what_they_cannot_patch(client):
     assert ok.json()["paths"] and ok.json()["position"] == 6
 
 
+def test_paths_whose_gap_is_the_wrong_way_round_show_changes_and_say_why_as_the_saved_page(client):
+    """A hand-built gap of the wrong sign: a working patch with its two texts swapped (the token explained and
+    the wrong token kept), so the "corrupted" run favours the answer more than the clean one. Shares of that gap
+    mean nothing: the live view says so in the saved page's words and shows the changes in the metric, the rows
+    and column the saved page shows; the JSON carries the gap as the result's JSON does."""
+    corrupt = "A dog ran on the rug. The dog ran on the rug."
+    fwd = client.post("/api/paths", json={"text": TEXT, "pos": 6, "corrupt": corrupt}).json()
+    assert fwd["clean_metric"] > fwd["corrupt_metric"]  # the way round the task expects
+    assert fwd["normalised_meaningful"] and fwd["gap"]["meaningful"] and fwd["gap"]["problem"] is None
+    assert fwd["gap"]["mean"] == pytest.approx(fwd["clean_metric"] - fwd["corrupt_metric"], abs=2e-4)
+    assert fwd["gap"]["low"] == fwd["gap"]["high"] == fwd["gap"]["mean"]  # one example: the interval is the value
+    assert (fwd["shown"], fwd["column"], fwd["warning"]) == ("effect", "share of the gap (effect)", None)
+
+    doc = {"text": corrupt, "pos": 6, "corrupt": TEXT, "target": fwd["answer"], "wrong": fwd["wrong"]}
+    r = client.post("/api/paths", json=doc)
+    assert r.status_code == 200, r.text
+    back = r.json()
+    assert (back["answer"], back["wrong"]) == (fwd["answer"], fwd["wrong"])
+    assert (back["clean_metric"], back["corrupt_metric"]) == (fwd["corrupt_metric"], fwd["clean_metric"])
+    gap = back["gap"]
+    assert gap["mean"] == pytest.approx(-fwd["gap"]["mean"], abs=2e-4) and gap["mean"] < 0
+    assert gap["expected"] == "clean > corrupted" and not gap["meaningful"] and not back["normalised_meaningful"]
+    assert "the wrong way round for this task" in gap["problem"]
+    assert back["shown"] == "change" and back["column"] == "change in logit_diff"
+    assert back["warning"] == f"Not meaningful as shares of the gap: {gap['problem']}."
+    changes = [p["change"] for p in back["paths"]]
+    assert changes == sorted(changes, key=abs, reverse=True) and any(changes)
+    for p in back["paths"]:  # noising: the share is the change over minus the gap, so the change is the raw one
+        assert p["effect"] == pytest.approx(-p["change"] / gap["mean"], abs=2e-3)
+
+    saved = client.post("/api/save", json={**doc, "head": "L1H2"})
+    assert saved.status_code == 200, saved.text
+    section = _section(saved.text, "paths-logits")
+    words = html.unescape(re.sub(r"<[^>]+>", "", section))
+    assert back["warning"] in words  # the same sentence on both pages
+    assert '<th class="">change in logit_diff</th>' in section and "share of the gap" not in section.split("<table")[1]
+    cells = re.findall(r'<td class="t">(L\d+H\d+)</td><td class="t">logits</td><td data-v="([^"]+)"', section)
+    assert [(s, float(v)) for s, v in cells] == [(p["sender"], p["change"]) for p in back["paths"]]
+
+
+def test_every_route_is_in_the_docs_with_its_fields(llama_explorer):
+    """docs/explorer.md's API reference names every route the app serves, and each call's fields in its row."""
+    from pathlib import Path
+
+    from headscope.explorer.app import FIELDS, PAGE_FIELDS
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "explorer.md").read_text(encoding="utf-8")
+    paths = [r.path for r in make_app(llama_explorer).routes]  # type: ignore[attr-defined]
+    assert {"/", "/static/{name}", "/api/info"} < set(paths) and len(paths) == 3 + len(FIELDS)
+    for path in paths:
+        assert f"`{path}`" in doc or f" {path}`" in doc, f"{path} is not in docs/explorer.md"
+    for call, fields in FIELDS.items():
+        (row,) = [line for line in doc.splitlines() if line.startswith(f"| `POST /api/{call}`")]
+        for name, (_, required) in fields.items():
+            assert f"`{name}`" in row, f"/api/{call}'s field {name!r} is not in its row of docs/explorer.md"
+            assert (f"`{name}` (required" in row) == required, f"/api/{call}'s {name!r}: required or not?"
+    for name in PAGE_FIELDS:
+        assert f"`{name}`" in doc
+
+
 @pytest.mark.parametrize(
     "args, says",
     [
@@ -583,16 +643,13 @@ def test_bind_says_what_is_wrong_with_the_address():
             bind("::1", other.getsockname()[1])
 
 
-def test_serve_says_what_it_prepares_and_the_address_only_once_it_answers(tiny_llama_dir):
-    """The real command on a tiny model: a line says what the pause after loading is for, then the
-    address, which answers by the time it is printed."""
+def _serve(model_dir):
+    """``headscope serve`` on ``model_dir`` in a child process (Ctrl-C as a terminal gives it): ``(proc, port,
+    lines)``, read up to the line that says the address."""
     import os
-    import signal
     import socket
     import subprocess
     import sys
-
-    import httpx
 
     from _signals import sigint_as_default
 
@@ -600,7 +657,7 @@ def test_serve_says_what_it_prepares_and_the_address_only_once_it_answers(tiny_l
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     cmd = [sys.executable, "-m", "headscope", "serve", "--no-browser", "--device", "cpu"]
-    cmd += ["--model", str(tiny_llama_dir), "--port", str(port)]
+    cmd += ["--model", str(model_dir), "--port", str(port)]
     proc = subprocess.Popen(
         cmd,
         stdin=subprocess.DEVNULL,
@@ -611,12 +668,37 @@ def test_serve_says_what_it_prepares_and_the_address_only_once_it_answers(tiny_l
         preexec_fn=sigint_as_default,
     )
     lines: list[str] = []
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        lines.append(line)
+        if "headscope explorer on" in line:
+            break
+    return proc, port, lines
+
+
+def _stop(proc, sig) -> tuple[int, str]:
+    """Send ``sig`` and wait: the exit code and the rest of what the server said."""
+    import subprocess
+
+    proc.send_signal(sig)
     try:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            lines.append(line)
-            if "headscope explorer on" in line:
-                break
+        rest = proc.stderr.read()
+        return proc.wait(30), rest
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise
+
+
+def test_serve_says_what_it_prepares_and_the_address_only_once_it_answers(tiny_llama_dir):
+    """The real command on a tiny model: a line says what the pause after loading is for, then the
+    address, which answers by the time it is printed."""
+    import signal
+
+    import httpx
+
+    proc, port, lines = _serve(tiny_llama_dir)
+    try:
         said = "".join(lines)
         assert f"headscope explorer on http://127.0.0.1:{port}/" in said, said
         assert httpx.get(f"http://127.0.0.1:{port}/api/info", timeout=10).json()["n_layers"] == 3
@@ -625,9 +707,43 @@ def test_serve_says_what_it_prepares_and_the_address_only_once_it_answers(tiny_l
         assert loaded and prepared and loaded[0] < prepared[0] < len(lines) - 1, said
         assert "the address follows" in lines[prepared[0]]
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _stop(proc, signal.SIGINT)
+
+
+@pytest.mark.parametrize("sig, code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_stopping_serve_says_it_stopped_the_explorer_not_a_results_command_line(tiny_llama_dir, sig, code):
+    """Ctrl-C or SIGTERM is how the server stops: it says where it stopped and that it writes no files (a save is
+    the browser's download), not "nothing half-written was left; earlier results are as they were", the line of a
+    command that writes results; the exit code is still the shell's for the signal (130, 143)."""
+    import signal
+
+    import httpx
+
+    from headscope.explorer.app import ServeRun
+
+    proc, port, _ = _serve(tiny_llama_dir)
+    try:
+        assert httpx.get(f"http://127.0.0.1:{port}/api/info", timeout=10).status_code == 200
+    finally:
+        rc, rest = _stop(proc, getattr(signal, sig))
+    run = ServeRun()
+    run.address = f"http://127.0.0.1:{port}/"
+    assert rc == code, rest
+    assert rest.strip().splitlines()[-1] == run.stopped(), rest
+    assert "stopped the explorer at" in rest and "earlier results" not in rest and "Traceback" not in rest
+
+
+def test_the_stop_line_says_what_happened_to_the_requests_in_progress():
+    from headscope.explorer.app import ServeRun
+
+    run = ServeRun()
+    assert run.stopped().startswith("stopped before the explorer started serving")
+    run.address = "http://127.0.0.1:8765/"
+    assert run.stopped().startswith("stopped the explorer at http://127.0.0.1:8765/; it writes no files")
+    run.in_progress = 2
+    assert run.stopped().endswith("; the 2 requests in progress were answered first")
+    run.unanswered = 1
+    said = run.stopped()
+    assert "the 1 request in progress was answered first" in said
+    assert said.endswith("1 request in progress was cut short by the second Ctrl-C and answered with an error, "
+                         "not a view (a save cut short downloads nothing)")  # fmt: skip

@@ -243,3 +243,46 @@ def test_the_page_says_what_it_changed_in_the_address_and_when_the_server_is_gon
     _until(page, "document.querySelector('#pattern-box .error')")
     assert "no answer from the headscope server" in page.text_content("#status")
     assert "Start it again" in page.text_content("#pattern-box")
+
+
+def test_paths_whose_gap_is_the_wrong_way_round_show_changes_under_a_warning(server, browser, tmp_path):
+    """A working patch with its two texts swapped (the wrong token named): the corrupted run favours the token
+    explained more than the text's run, so the page shows the saved page's warning and the changes in the metric,
+    not shares of that gap; the wrong token is in the address, and a reload shows the same."""
+    base, ex = server
+    corrupt = "A dog ran on the rug. The dog ran on the rug."
+    wrong = ex.paths_view(TEXT, 6, corrupt)["wrong"]  # the working patch's wrong token
+    back = ex.paths_view(corrupt, 6, TEXT, wrong=wrong)  # the same patch, the texts swapped
+    assert not back["normalised_meaningful"] and back["warning"]
+    page, log = _page(browser, base)
+    page.goto(base)
+    page.fill("#text", corrupt)
+    page.click("#run")
+    _until(page, "document.getElementById('pattern-box').dataset.head")
+    page.click("#tokens .tok[data-pos='6']")
+    _until(page, "document.getElementById('logit-title').textContent.includes('position 6')")
+    page.fill("#corrupt", TEXT)
+    page.fill("#wrong", wrong)
+    page.click("#patch")
+    _until(page, "document.querySelectorAll('#paths tbody tr').length > 0")
+    assert page.text_content("#paths .gap-warning") == back["warning"]
+    assert page.evaluate("getComputedStyle(document.querySelector('#paths .gap-warning')).display") != "none"
+    heads = page.evaluate("[...document.querySelectorAll('#paths thead th')].map(th => th.textContent)")
+    assert heads == ["sender → logits", "change in logit_diff"]
+    cells = page.evaluate(
+        "[...document.querySelectorAll('#paths tbody tr')].map(r => [...r.cells].map(c => c.textContent))"
+    )
+    assert [c[0] for c in cells] == [p["sender"] for p in back["paths"]]  # the rows and order of the API's paths
+    assert all(abs(float(c[1]) - p["change"]) <= 5e-4 + 1e-9 for c, p in zip(cells, back["paths"]))  # 3 places
+    page.locator(".card:has(#paths)").screenshot(path=str(tmp_path / "explorer_gap_warning.png"))
+    with page.expect_download() as dl:  # the saved page patches with the same wrong token: the same warning
+        page.click("#save")
+    saved = open(dl.value.path(), encoding="utf-8").read()
+    assert "change in logit_diff</th>" in saved and "Not meaningful as shares of the gap:" in saved
+
+    again, log2 = _page(browser, base)
+    again.goto(page.url)  # the wrong token is in the address: the same patch comes back
+    _until(again, "document.querySelectorAll('#paths tbody tr').length > 0")
+    assert again.input_value("#wrong") == wrong and again.text_content("#paths") == page.text_content("#paths")
+    for lg in (log, log2):
+        assert lg["errors"] == [] and lg["blocked"] == []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from typing import Annotated
 
 import typer
@@ -61,8 +63,7 @@ def serve_cmd(
     Example: headscope serve --model smollm2-135m-instruct-q4
     """
     from ..errors import BadInput
-    from ..explorer.app import LOOPBACK, Limits, bind, serve
-    from ..explorer.engine import Explorer
+    from ..explorer.app import LOOPBACK, ServeRun
 
     _, err = consoles(False)
     if host not in LOOPBACK and not expose:
@@ -70,6 +71,27 @@ def serve_cmd(
             f"--host {host} would let other machines reach the explorer",
             hint="pass --expose as well (a token is then required), or keep the default 127.0.0.1",
         )
+    run = ServeRun()
+    # Ctrl-C or SIGTERM is how a server stops, and it writes no results: it says what stopping it did (handled
+    # here, so handle_errors's line for a command that writes results is not said); exit 130 or 143 as a shell has it
+    try:
+        _serve(err, run, model, host, port, expose, max_tokens, max_chars, queue, no_browser, device, device_map, dtype)
+    except KeyboardInterrupt as exc:
+        from ..errors import Terminated
+
+        err.print(run.stopped(), highlight=False, soft_wrap=True, markup=False)
+        code = 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
+        if run.unanswered:  # a second Ctrl-C: exit now, not when the computation it cut short ends in its thread
+            err.file.flush()
+            os._exit(code)
+        raise typer.Exit(code) from None
+
+
+def _serve(err, run, model, host, port, expose, max_tokens, max_chars, queue, no_browser, device, device_map, dtype):
+    """Bind, load, prepare and serve until stopped (``run`` records where it answered and what the stop left)."""
+    from ..explorer.app import Limits, bind, serve
+    from ..explorer.engine import Explorer
+
     # the address first: a port another program holds fails now, not after the model has loaded
     with bind(host, port) as sock:
         m = load(err, load_settings(model, device, device_map, dtype))
@@ -91,4 +113,5 @@ def serve_cmd(
             limits=Limits(max_chars=max_chars),
             max_waiting=queue,
             sock=sock,
+            run=run,
         )

@@ -80,6 +80,7 @@ FIELDS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
         "head": ((str,), True),
         "pos": ((int, type(None)), False),
         "target": ((str, type(None)), False),
+        "wrong": ((str, type(None)), False),
     },
 }
 PAGE_FIELDS = {"page": ((str,), False), "seq": ((int,), False)}
@@ -251,7 +252,9 @@ def make_app(
         "qk": lambda d: ex.qk_view(d["text"], d["head"], d.get("pos")),
         "position": lambda d: ex.position_view(d["text"], d.get("pos"), d.get("target")),
         "paths": lambda d: ex.paths_view(d["text"], d.get("pos"), d["corrupt"], d.get("target"), d.get("wrong")),
-        "save": lambda d: ex.page_html(d["text"], d["head"], d.get("pos"), d.get("target"), d.get("corrupt") or None),
+        "save": lambda d: ex.page_html(
+            d["text"], d["head"], d.get("pos"), d.get("target"), d.get("corrupt") or None, d.get("wrong") or None
+        ),
     }
     routes = [Route("/", _index), Route("/static/{name}", _static), Route("/api/info", info)]
     routes += [
@@ -264,6 +267,46 @@ def make_app(
 
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _requests(n: int) -> str:
+    return f"{n} request{'' if n == 1 else 's'}"
+
+
+class ServeRun:
+    """What one :func:`serve` run did, for the line said when it is stopped (Ctrl-C, SIGTERM).
+
+    The explorer writes no file: "Save this view" answers with the page and the browser writes it, only
+    once all of it has arrived (``Response.text()`` in ``explorer.js``). On a signal the server stops taking
+    connections and answers the requests in progress (queued or computing) before it stops; a second Ctrl-C
+    stops it without them.
+    """
+
+    def __init__(self) -> None:
+        self.address: str | None = None  #: where it answered (without the token); None: it never did
+        self.in_progress = 0  #: requests queued or computing when the stop began
+        self.unanswered = 0  #: of those, the ones still unanswered when the server let go
+
+    def stopped(self) -> str:
+        """The line said when the server stops."""
+        if self.address is None:
+            return (
+                "stopped before the explorer started serving; the model and score caches it may have been "
+                "filling are written whole or not at all"
+            )
+        said = (
+            f"stopped the explorer at {self.address}; it writes no files (Save this view hands the page to the "
+            "browser, which saves it), so nothing was left half-written"
+        )
+        answered, cut = self.in_progress - self.unanswered, self.unanswered
+        if answered:
+            said += f"; the {_requests(answered)} in progress {'was' if answered == 1 else 'were'} answered first"
+        if cut:
+            said += (
+                f"; {_requests(cut)} in progress {'was' if cut == 1 else 'were'} cut short by the second Ctrl-C and "
+                "answered with an error, not a view (a save cut short downloads nothing)"
+            )
+        return said
 
 
 def _address(host: str, port: int) -> str:
@@ -321,12 +364,15 @@ def serve(
     limits: Limits | None = None,
     max_waiting: int = 8,
     sock: socket.socket | None = None,
+    run: ServeRun | None = None,
 ) -> None:
     """Serve ``explorer`` until interrupted. A non-loopback ``host`` needs ``expose=True`` and gets a token.
 
     ``sock``: the listening socket :func:`bind` made for ``host`` (the command line binds before
     the model loads); without it, one is bound here. The address is said (through ``say``) only
-    once the server answers on it.
+    once the server answers on it. ``run``: filled with where it served and what a stop left
+    unanswered (:meth:`ServeRun.stopped` says it); a stop by a signal ends in ``KeyboardInterrupt``
+    (:class:`headscope.errors.Terminated` for SIGTERM where that handler is installed).
     """
     import uvicorn
 
@@ -339,14 +385,18 @@ def serve(
         )
     token = secrets.token_urlsafe(24) if host not in LOOPBACK else None
     hosts = ("127.0.0.1", "localhost", "[::1]", host) if host not in ("0.0.0.0", "::") else ("*",)
-    app = make_app(explorer, token=token, hosts=hosts, limits=limits, gate=Gate(max_waiting))
+    gate = Gate(max_waiting)
+    app = make_app(explorer, token=token, hosts=hosts, limits=limits, gate=gate)
+    done = run if run is not None else ServeRun()
     if sock is None:
         sock = bind(host, port)
     port = sock.getsockname()[1]  # the bound one (port 0: the one the system chose)
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-    url = f"http://{_address(shown, port)}/" + (f"#token={token}" if token else "")
+    address = f"http://{_address(shown, port)}/"
+    url = address + (f"#token={token}" if token else "")
 
     def started() -> None:
+        done.address = address
         say(
             f"headscope explorer on {url}"
             + (" (the token after # is required: share it only with who may use this)" if token else "")
@@ -364,6 +414,20 @@ def serve(
             if self.started:
                 started()
 
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            done.in_progress = gate.admitted
+            if gate.admitted:
+                say(f"stopping: answering the {_requests(gate.admitted)} in progress first (Ctrl-C again skips them)")
+            await super().shutdown(sockets=sockets)
+            done.unanswered = gate.admitted  # a second Ctrl-C: the server let go of these unanswered
+            if done.unanswered:  # their cancellation is said once (ServeRun.stopped), not as uvicorn's tracebacks
+                uvicorn_log.setLevel(logging.CRITICAL)
+
     config = uvicorn.Config(app, host=host, port=port, log_level="warning")
+    uvicorn_log = logging.getLogger("uvicorn.error")
+    level = uvicorn_log.level
     with sock:
-        _Announcing(config).run(sockets=[sock])
+        try:
+            _Announcing(config).run(sockets=[sock])
+        finally:
+            uvicorn_log.setLevel(level)

@@ -18,6 +18,8 @@ page; :meth:`Explorer.page_html` puts the same results on the report page.
 from __future__ import annotations
 
 import dataclasses
+import html
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -38,8 +40,9 @@ from ..models.inputs import TokenSequence, as_heads, encode, single_tokens
 from ..models.model import as_model
 from ..qk.decompose import decompose_pair, decompose_qk
 from ..render.page import Report
-from ..render.views.circuit_view import ONE_EXAMPLE
+from ..render.views.circuit_view import ONE_EXAMPLE, PathPatchingView, gap_warning_html
 from ..results.attention import AttentionSample, AttentionViews
+from ..results.base import rounded
 from ..results.logit_results import DLA_DEFINITION, LogitAttribution, OVRows
 from ..results.patching_results import PathPatching
 from ..results.qk_results import QKDecomposition
@@ -280,8 +283,6 @@ class Explorer:
         """
         pp, answer, wrong_id = self.paths(self.state(text), pos, corrupt, target, wrong)
         tok = self.model.tokenizer
-        eff = pp.effect
-        order = np.argsort(-np.abs(eff))[:12]
         p, cs = pp_pos(pp), self.state(corrupt, "the corrupted text")
         nxt = p + 1 < cs.n and cs.seq.ids[p + 1] == wrong_id
         return {
@@ -294,9 +295,10 @@ class Explorer:
             else "the corrupted text's next token"
             if nxt
             else "the corrupted run's top prediction other than the token explained",
+            "metric": pp.metric,
             "clean_metric": round(pp.clean_metric, 4),
             "corrupt_metric": round(pp.corrupt_metric, 4),
-            "paths": [{"sender": pp.senders[i], "effect": round(float(eff[i]), 4)} for i in order],
+            **_paths_shown(pp),
             "notes": [ONE_EXAMPLE, pp.notes[-1]],  # the page shows the texts and tokens itself
         }
 
@@ -478,8 +480,11 @@ class Explorer:
         )
 
     # --- the saved page ------------------------------------------------------------------------
-    def results(self, text: str, head, pos=None, target: str | None = None, corrupt: str | None = None) -> list:
-        """The results of the current view: the model's scan, the head on the text, its QK and OV, the logit view."""
+    def results(
+        self, text: str, head, pos=None, target: str | None = None, corrupt: str | None = None, wrong: str | None = None
+    ) -> list:
+        """The results of the current view: the model's scan, the head on the text, its QK and OV, the logit view,
+        and with a ``corrupt`` text the causal paths (``wrong``: the wrong token the live view was given)."""
         st = self.state(text)
         layer, h = self.head(head)
         pos = self.position(st, pos)
@@ -498,13 +503,41 @@ class Explorer:
         )
         la = self.logit_attribution(st, pos, self.target(st, pos, target))
         out = [self.scan(), views, self.qk(st, layer, h, pos), self.ov(st, layer, h, pos), la]
-        return out + ([self.paths(st, pos, corrupt, target)[0]] if corrupt else [])
+        return out + ([self.paths(st, pos, corrupt, target, wrong)[0]] if corrupt else [])
 
-    def page_html(self, text: str, head, pos=None, target: str | None = None, corrupt: str | None = None) -> str:
+    def page_html(
+        self, text: str, head, pos=None, target: str | None = None, corrupt: str | None = None, wrong: str | None = None
+    ) -> str:
         """The current view as the same self-contained offline page ``headscope report`` writes."""
-        results = self.results(text, head, pos, target, corrupt)
+        results = self.results(text, head, pos, target, corrupt, wrong)
         note = f"Saved from headscope serve: head {head_label(*self.head(head))}, query position {self.position(self.state(text), pos)}."
         return Report(self.model.info(), results, [note]).to_html()
+
+
+def _paths_shown(pp: PathPatching) -> dict:
+    """The paths as the saved page's table shows them (``PathPatchingView``: the same rows, order and column):
+    the share of the gap each carries, or, when the clean - corrupted gap is no gap (``normalised_meaningful``
+    false: the wrong sign), the change in the metric, with the saved page's warning as plain text. ``gap`` and
+    ``normalised_meaningful`` are the result's own JSON fields."""
+    d = pp.to_dict()
+    cols, rows = PathPatchingView()._rows(pp)  # the saved page's table: its header and its rows, in order
+    at = {s: i for i, s in enumerate(pp.senders)}
+    warning = gap_warning_html(pp)  # the saved page's paragraph; the live page writes text, not HTML
+    return {
+        "gap": d["gap"],
+        "normalised_meaningful": d["normalised_meaningful"],
+        "shown": "effect" if pp.normalised_meaningful or not len(pp.change) else "change",
+        "column": cols[2],
+        "warning": html.unescape(re.sub(r"<[^>]+>", "", warning)) if warning else None,
+        "paths": [
+            {
+                "sender": r[0],
+                "effect": rounded(pp.effect[at[r[0]]], 4),
+                "change": rounded(pp.change[at[r[0]]], 4) if len(pp.change) else None,
+            }
+            for r in rows
+        ],
+    }
 
 
 def pp_pos(pp: PathPatching) -> int:

@@ -5,7 +5,7 @@
   "use strict";
 
   var $ = function (id) { return document.getElementById(id); };
-  var state = { text: "", head: null, pos: null, target: "", corrupt: "" };
+  var state = { text: "", head: null, pos: null, target: "", corrupt: "", wrong: "" };
   var pathsPos = null; // the position the causal paths on the page were patched at (null: none shown)
   var page = Math.random().toString(36).slice(2) + Date.now().toString(36); // this page's id: newer requests supersede older
   var seqs = { text: 0, head: 0, qk: 0, position: 0, paths: 0 };
@@ -43,6 +43,7 @@
     state.pos = h.has("pos") && /^\d+$/.test(h.get("pos")) ? parseInt(h.get("pos"), 10) : null;
     state.target = h.get("target") || "";
     state.corrupt = h.get("corrupt") || "";
+    state.wrong = h.get("wrong") || "";
   }
   function writeHash() {
     var h = new URLSearchParams();
@@ -51,6 +52,7 @@
     if (state.pos !== null) h.set("pos", String(state.pos));
     if (state.target) h.set("target", state.target);
     if (state.corrupt) h.set("corrupt", state.corrupt);
+    if (state.corrupt && state.wrong) h.set("wrong", state.wrong);
     history.replaceState(null, "", "#" + h.toString());
   }
 
@@ -285,26 +287,29 @@
 
   // --- causal paths into the prediction (path patching to the logits) ---
   function patch() {
-    state.corrupt = $("corrupt").value; pathsPos = null;
+    state.corrupt = $("corrupt").value; state.wrong = $("wrong").value; pathsPos = null;
     if (!view || !state.corrupt.trim()) { clear($("paths")); state.corrupt = ""; writeHash(); return; }
     $("paths-title").textContent = "Causal paths into the prediction at position " + state.pos + " (patching…)";
-    var body = { text: state.text, pos: state.pos, corrupt: state.corrupt, target: state.target || null, wrong: $("wrong").value || null };
+    var body = { text: state.text, pos: state.pos, corrupt: state.corrupt, target: state.target || null, wrong: state.wrong || null };
     post("paths", body, "paths").then(function (v) {
       if (!v) return;
       answered(); writeHash(); pathsPos = v.position;
       $("paths-title").textContent = "Causal paths into the prediction at position " + v.position;
       var box = clear($("paths"));
+      // the gap the shares divide by has the wrong sign: the saved page's warning, and the changes in the metric
+      if (v.warning) box.appendChild(el("p", v.warning, "note gap-warning"));
       box.appendChild(el("p", "logit(" + visible(v.answer) + ") − logit(" + visible(v.wrong) + "), in logits: " + fmt(v.clean_metric) + " on the text, " +
         fmt(v.corrupt_metric) + " on the corrupted text (" + visible(v.answer) + ": " + v.answer_is + "; " + visible(v.wrong) + ": " + v.wrong_is + "). " + v.notes.join("; "), "muted"));
-      box.appendChild(table(["sender → logits", "effect (share of the gap)"], v.paths.map(function (p) { return [p.sender, p.effect]; })));
+      box.appendChild(table(["sender → logits", v.column], v.paths.map(function (p) { return [p.sender, p[v.shown]]; })));
     }).catch(function (e) { $("paths-title").textContent = "Causal paths into this prediction"; cardError("paths", e.message); });
   }
 
   function save() {
     status("Writing the page…");
-    // the causal paths go on the saved page only when they are on this page, for this position
-    var corrupt = pathsPos === state.pos ? state.corrupt : null;
-    post("save", { text: state.text, head: state.head, pos: state.pos, target: state.target || null, corrupt: corrupt || null }).then(function (html) {
+    // the causal paths go on the saved page only when they are on this page, for this position (and wrong token)
+    var shown = pathsPos === state.pos;
+    var body = { text: state.text, head: state.head, pos: state.pos, target: state.target || null, corrupt: shown ? state.corrupt || null : null, wrong: shown ? state.wrong || null : null };
+    post("save", body).then(function (html) {
       var url = URL.createObjectURL(new Blob([html], { type: "text/html" }));
       var a = el("a"); a.href = url; a.download = "headscope-" + state.head + "-pos" + state.pos + ".html";
       document.body.appendChild(a); a.click(); a.remove();
@@ -328,6 +333,7 @@
   $("text").value = state.text || "The quick brown fox jumps over the lazy dog. The quick brown fox jumps over the lazy dog.";
   $("target").value = state.target;
   $("corrupt").value = state.corrupt;
+  $("wrong").value = state.wrong;
   var info = {};
   if (token) info["X-Headscope-Token"] = token;
   fetch("/api/info", { headers: info }).then(function (r) { return r.json(); }).then(function (i) {
