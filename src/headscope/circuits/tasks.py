@@ -183,13 +183,17 @@ def clean_corrupt_gap(clean, corrupt, metric: str, seed: int = 0) -> dict:
     True
     >>> print(clean_corrupt_gap([0.1, -0.1, 0.05], [0.0, 0.0, 0.0], "logit_diff")["problem"])
     the clean - corrupted gap in logit_diff is +0.017, 95% interval [-0.100, +0.100], which includes 0: the model barely tells the clean prompts from the corrupted ones, so normalised effects (shares of that gap) are not meaningful; changes in logit_diff are shown instead
+    >>> print(clean_corrupt_gap([0.5], [1.0], "logit_diff")["problem"])  # one example (the explorer's): no interval
+    the clean - corrupted gap in logit_diff is -0.500, one example, so no interval: the clean run scores lower than the corrupted one (clean 0.500, corrupted 1.000), the wrong way round for this task: the model does not do it, so normalised effects (shares of that gap) are not meaningful; changes in logit_diff are shown instead
     """
     cl, co = np.asarray(clean, dtype=np.float64), np.asarray(corrupt, dtype=np.float64)
     gap = cl - co
     mean = float(gap.mean())
     lo, hi = bootstrap_interval(gap, seed=seed) if gap.size > 1 else (mean, mean)
     sign = GAP_SIGN.get(metric, 1.0)
-    stated = f"the clean - corrupted gap in {metric} is {signed(mean)}, 95% interval [{signed(lo)}, {signed(hi)}]"
+    stated = f"the clean - corrupted gap in {metric} is {signed(mean)}, " + (
+        f"95% interval [{signed(lo)}, {signed(hi)}]" if gap.size > 1 else "one example, so no interval"
+    )
     after = "so normalised effects (shares of that gap) are not meaningful; changes in " + metric + " are shown instead"
     problem = None
     if sign * mean <= 0:
