@@ -520,7 +520,7 @@ def _paths_shown(pp: PathPatching) -> dict:
     false: the wrong sign), the change in the metric, with the saved page's warning as plain text. ``gap`` and
     ``normalised_meaningful`` are the result's own JSON fields."""
     d = pp.to_dict()
-    cols, rows = PathPatchingView()._rows(pp)  # the saved page's table: its header and its rows, in order
+    cols, rows = PathPatchingView().table_rows(pp)  # the saved page's table: its header and its rows, in order
     at = {s: i for i, s in enumerate(pp.senders)}
     warning = gap_warning_html(pp)  # the saved page's paragraph; the live page writes text, not HTML
     return {

@@ -163,7 +163,7 @@ class PathPatchingView(View):
     def title(self, result) -> str:
         return f"Path patching: {result.receiver}"
 
-    def _rows(self, result, k: int = 12):
+    def table_rows(self, result, k: int = 12):
         """The table's columns and its ``k`` top rows: the interval column only where intervals were measured."""
         raw = not result.normalised_meaningful and len(result.change)
         what = f"change in {result.metric}" if raw else "share of the gap (effect)"
@@ -177,7 +177,7 @@ class PathPatchingView(View):
     def sections(self, result) -> list[Section]:
         said = list(dict.fromkeys(result.notes + ([] if has_intervals(result) else [ONE_EXAMPLE])))
         notes = "".join(f'<p class="note">{esc(n)}</p>' for n in said)
-        table = table_html(*self._rows(result))
+        table = table_html(*self.table_rows(result))
         body = gap_warning_html(result) + _setup_html(result) + notes + plotted(_paths_figure, result) + table
         anchor = "paths-" + "".join(c if c.isalnum() else "-" for c in result.receiver.lower())[:40]
         return [
