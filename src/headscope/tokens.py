@@ -1,8 +1,9 @@
 """Tokens as text: one decoding rule, and one convention for showing whitespace.
 
 A token's label is its own decoded text (whitespace kept, no clean-up of spaces); pictures and
-pages show whitespace visibly: a space as ``·``, a newline as ``↵``, a tab as ``⇥``, a carriage
-return as ``␍``.
+pages show whitespace visibly: a space as ``·``, a newline as ``↵``, a tab as ``⇥``; any other
+control character as its escape (``\\r``, ``\\v``, ``\\f``, ``\\x00``), which every font can draw (the
+figure font has no control pictures such as ``␍``: they were boxes).
 """
 
 from __future__ import annotations
@@ -12,7 +13,19 @@ from typing import Any
 
 import torch
 
-_VISIBLE = str.maketrans({" ": "·", "\n": "↵", "\t": "⇥", "\r": "␍"})
+_NAMED = {"\r": "\\r", "\v": "\\v", "\f": "\\f"}
+_VISIBLE = str.maketrans(
+    {
+        " ": "·",
+        "\n": "↵",
+        "\t": "⇥",
+        **{
+            c: _NAMED.get(c, f"\\x{ord(c):02x}")
+            for c in map(chr, [*range(0x20), *range(0x7F, 0xA0)])
+            if c not in "\n\t"
+        },
+    }
+)
 
 
 def visible_whitespace(text: str) -> str:
@@ -20,6 +33,8 @@ def visible_whitespace(text: str) -> str:
 
     >>> visible_whitespace(" a\\tb\\n")
     '·a⇥b↵'
+    >>> print(visible_whitespace("a\\rb\\x0bc\\x00"))
+    a\\rb\\vc\\x00
     """
     return text.translate(_VISIBLE)
 
