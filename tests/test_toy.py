@@ -351,6 +351,7 @@ def test_cli_refuses_to_overwrite_another_run_and_loses_nothing(tmp_path, short_
     r = toy("--out", out, "--steps", 4, "--every", 2)
     assert r.exit_code == 4, r.output
     assert "already holds a train-toy run" in r.output and "--overwrite" in r.output
+    assert "Training a" not in r.output  # refused before it said it was training
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 

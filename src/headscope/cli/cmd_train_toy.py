@@ -109,7 +109,7 @@ def train_toy_cmd(
     """
     from ..render.lookup import view_of
     from ..toy.phase_analysis import analyse_run, save_phase
-    from ..toy.train import ToyConfig, read_run, train_toy
+    from ..toy.train import ToyConfig, check_run_dir, read_run, train_toy
 
     con, err = consoles(json_out)
     from ..errors import BadInput
@@ -154,6 +154,7 @@ def train_toy_cmd(
                 n_ctx=n_ctx,
                 block=block,
             ).check()
+            check_run_dir(out, overwrite)  # refused before it says it is training (train_toy checks again)
             err.print(
                 f"Training a {layers}-layer attention-only transformer ({heads} heads, d_model {d_model}, vocab "
                 f"{vocab}) for {steps} steps, seed {seed}, checkpoints every {every} into {out}/",
