@@ -183,3 +183,15 @@ def test_smollm2_runs_on_a_short_text_and_finds_the_previous_token_source(tmp_pa
     sources = doc["k_composition_sources"][induction_head]
     assert max(s["previous_token"] for s in sources[:3]) > 0.4
     assert any("K-composition sources" in f for f in doc["findings"])
+
+
+def test_the_closing_line_names_every_file_it_counts(gpt2_args, tmp_path):
+    """'Wrote 18 files (qk.json, CSVs, figures/*.png)' counted report.html without naming it."""
+    r = run(*gpt2_args, "--head", "1.2", "--text", "a b c d. a b c d.", "--report")
+    assert r.exit_code == 0, r.output
+    wrote = " ".join(r.stderr[r.stderr.index("Wrote") :].split())
+    written = [p for p in (tmp_path / "out").rglob("*") if p.is_file() and not p.name.startswith(".")]
+    figures = [p for p in written if p.parent.name == "figures"]
+    assert f"Wrote {len(written)} files" in wrote and f"{len(figures)} figures (figures/*.png)" in wrote, wrote
+    for p in written:
+        assert p in figures or p.name in wrote, (p.name, wrote)

@@ -422,5 +422,16 @@ def say_written(err: Console, target: Path, paths: list[Path], what: str | None 
     )
 
 
+def written_summary(paths: list[Path]) -> str:
+    """What was written, by name, figures counted: ``circuit.json, path_patching.csv, 3 figures (figures/*.png)``.
+
+    >>> written_summary([Path("o/qk.json"), Path("o/report.html"), Path("o/figures/a.png"), Path("o/figures/b.png")])
+    'qk.json, report.html, 2 figures (figures/*.png)'
+    """
+    names = [p.name for p in paths if p.parent.name != "figures"]
+    figures = len(paths) - len(names)
+    return ", ".join(names + ([f"{figures} figure{'s' if figures != 1 else ''} (figures/*.png)"] if figures else []))
+
+
 def progress_enabled() -> bool:
     return sys.stderr.isatty() or os.environ.get("HEADSCOPE_PROGRESS") == "1"

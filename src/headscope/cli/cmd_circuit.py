@@ -41,6 +41,7 @@ from ._common import (
     result_dir,
     say_notes,
     say_written,
+    written_summary,
 )
 
 _METRICS = "; ".join(f"{k}: {v}" for k, v in METRIC_DEFINITIONS.items())
@@ -182,11 +183,4 @@ def circuit_cmd(
         typer.echo(a.to_json())
     say_notes(err, a.notes)
     view_of(a).terminal(a, con)
-    say_written(err, rd.target, paths, _written_summary(paths), a.timings["total_s"])
-
-
-def _written_summary(paths: list[Path]) -> str:
-    """What was written, by name (figures counted): ``circuit.json, path_patching.csv, 3 figures (figures/*.png)``."""
-    names = [p.name for p in paths if p.parent.name != "figures"]
-    figures = len(paths) - len(names)
-    return ", ".join(names + ([f"{figures} figure{'s' if figures != 1 else ''} (figures/*.png)"] if figures else []))
+    say_written(err, rd.target, paths, written_summary(paths), a.timings["total_s"])

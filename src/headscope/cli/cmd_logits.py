@@ -49,6 +49,7 @@ from ._common import (
     say_written,
     scan_settings,
     titled_sequences,
+    written_summary,
 )
 
 
@@ -170,5 +171,4 @@ def logits_cmd(
     if json_out:
         typer.echo(a.to_json())
     view_of(a).terminal(a, con)
-    what = "logits.json, CSVs" + ("" if no_figures else ", figures/*.png")
-    say_written(err, rd.target, written, what, a.timings["total_s"])
+    say_written(err, rd.target, written, written_summary(written), a.timings["total_s"])

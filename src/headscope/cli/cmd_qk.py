@@ -43,6 +43,7 @@ from ._common import (
     result_dir,
     say_written,
     titled_sequences,
+    written_summary,
 )
 
 
@@ -158,6 +159,4 @@ def qk_cmd(
     if json_out:
         typer.echo(a.to_json())
     view_of(a).terminal(a, con)
-    say_written(
-        err, rd.target, paths, "qk.json, CSVs" + ("" if no_figures else ", figures/*.png"), a.timings["total_s"]
-    )
+    say_written(err, rd.target, paths, written_summary(paths), a.timings["total_s"])
