@@ -371,5 +371,5 @@ def roles_legend(thresholds: dict[str, float]) -> str:
     return (
         "A head takes a role when its score reaches the threshold: "
         + ", ".join(f"{score(k).label} ≥ {v}" for k, v in thresholds.items())
-        + " (change with --threshold NAME=VALUE)."
+        + " (change with --threshold NAME=VALUE on the command line, thresholds={NAME: VALUE} in Python)."
     )
