@@ -136,14 +136,6 @@ def ablation_chart(res: InductionResult, ax=None):
     err = np.vstack([v - np.asarray(lows), np.asarray(highs) - v])
     ax.bar(x, v, color=colors, yerr=err, capsize=3, error_kw={"lw": 0.8})
     ax.scatter(x, firsts, marker="x", color="#e76f51", zorder=4, label="change in first-repeat loss")
-    digits = decimals_for(values)  # a 0.001-nat change is not "+0.00"
-    tops = [max(val, hi) for val, hi in zip(values, highs)]
-    if draws:  # the control's label goes above its highest dot, not across it
-        tops[-1] = max(tops[-1], *draws)
-    for i, (val, top) in enumerate(zip(values, tops)):
-        ax.text(i, top, f"{val:+.{digits}f}", ha="center", va="bottom", fontsize=8)
-    ax.set_xticks(x, labels, fontsize=8)
-    ax.axhline(0, color="black", lw=0.6)
     # room above the highest whisker for the value printed on it and for the legend (upper left),
     # which otherwise sat on the first bar's label or whisker and ran the labels into the frame
     shown = np.asarray([*values, *lows, *highs, *firsts, *draws, 0.0], dtype=float)
@@ -151,6 +143,15 @@ def ablation_chart(res: InductionResult, ax=None):
     lo, hi = float(shown.min()), float(shown.max())
     span = (hi - lo) or 1.0
     ax.set_ylim(lo - 0.05 * span, hi + 0.4 * span)
+    digits = decimals_for(values)  # a 0.001-nat change is not "+0.00"
+    # each value goes above its whisker's cap and its first-repeat cross, not on them
+    tops = [np.nanmax([val, hi, f]) + 0.02 * span for val, hi, f in zip(values, highs, firsts)]
+    if draws:  # the control's label goes above its highest dot, not across it
+        tops[-1] = max(tops[-1], max(draws) + 0.02 * span)
+    for i, (val, top) in enumerate(zip(values, tops)):
+        ax.text(i, top, f"{val:+.{digits}f}", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(x, labels, fontsize=8)
+    ax.axhline(0, color="black", lw=0.6)
     ax.set_ylabel("change in later-repeat loss (nats)")
     ax.legend(fontsize=7, loc="upper left", frameon=False)
     kind = res.settings.get("ablation") or "mean"
