@@ -36,7 +36,7 @@ from ..head_labels import head_label
 from ..hooks import act_name
 from ..logits.ov_rows import ov_rows
 from ..models.embedding import effective_embedding
-from ..models.inputs import TokenSequence, as_heads, encode, single_tokens
+from ..models.inputs import TokenSequence, as_heads, encode, model_vocab, single_tokens
 from ..models.model import as_model
 from ..qk.decompose import decompose_pair, decompose_qk
 from ..render.page import Report
@@ -162,7 +162,9 @@ class Explorer:
 
     def one_token(self, name: str, what: str) -> int:
         """The id of ``name``, which must be one token (refused as ``what`` with how it tokenises)."""
-        return single_tokens(self.model.tokenizer, [name], minimum=1, what=what, hint=TOKEN_HINT)[0]
+        return single_tokens(
+            self.model.tokenizer, [name], minimum=1, what=what, hint=TOKEN_HINT, d_vocab=model_vocab(self.model)
+        )[0]
 
     def target(self, st: TextState, pos: int, target: str | None) -> int:
         """The token a logit view is about: the one the user names (a single token), else the next token, else the top prediction."""

@@ -31,7 +31,7 @@ import torch
 from ..errors import BadInput
 from ..folded_weights import HeadWeights, head_weights
 from ..models.embedding import effective_embedding
-from ..models.inputs import as_sequences, one_head, single_tokens
+from ..models.inputs import as_sequences, model_vocab, one_head, single_tokens
 from ..models.model import as_model, in_eval_mode
 from ..results.logit_results import OVRows, ov_definition
 from ..settings import whole_number
@@ -129,7 +129,7 @@ def source_tokens(model, tokens=None, text=None, max_tokens: int | None = None) 
         names = [t for t in tokens if isinstance(t, str)]
         if names:
             try:
-                ids += single_tokens(model.tokenizer, names, minimum=1)
+                ids += single_tokens(model.tokenizer, names, minimum=1, d_vocab=model_vocab(model))
             except BadInput as exc:  # same check as the QK token sets, worded for this use
                 raise BadInput(exc.message.replace("token set entries", "OV source tokens"), hint=exc.hint) from None
         V = model.cfg.d_vocab

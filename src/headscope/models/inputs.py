@@ -121,6 +121,7 @@ def encode(
     ids = [int(i) for i in tok(str(text), add_special_tokens=False)["input_ids"]]
     if m.first_token.id is not None:
         ids = [m.first_token.id] + ids
+    check_in_vocab(tok, ids, model_vocab(m), title or f"text {number}", first=m.first_token.id is not None)
     n = len(ids)
     notes = []
     if n > limit:
@@ -137,6 +138,45 @@ def encode(
         notes=notes,
         title=title or f"text {number}",
         n_text_tokens=n,
+    )
+
+
+def model_vocab(model) -> int | None:
+    """The rows of ``model``'s embedding (``cfg.d_vocab``): the ids it can read; None where it does not say."""
+    d_vocab = getattr(getattr(model, "cfg", None), "d_vocab", None)
+    return int(d_vocab) if isinstance(d_vocab, numbers.Integral) and int(d_vocab) > 0 else None
+
+
+def check_in_vocab(tokenizer, ids: Sequence[int], d_vocab: int | None, what: str, *, first: bool = False) -> None:
+    """Refuse ``ids`` (of ``what``) that the model's embedding has no row for: a tokenizer bigger than the weights.
+
+    ``first``: ``ids[0]`` is the model's first token, named as such.
+
+    >>> check_in_vocab(model.tokenizer, [464, 20950], 1000, "text 1")
+    Traceback (most recent call last):
+    ...
+    headscope.errors.BadInput: text 1 has a token outside the model's vocabulary of 1000 ids (its embedding has 1000 rows; the tokenizer has 50257 tokens): ' elephant' (id 20950)
+      hint: the tokenizer and the weights do not belong together: load the model with its own tokenizer (the one its weights were trained with)
+    """
+    if d_vocab is None:
+        return
+    bad: dict[int, int] = {}  # each distinct id outside, at its first position
+    for i, t in enumerate(ids):
+        if not 0 <= int(t) < d_vocab:
+            bad.setdefault(int(t), i)
+    if not bad:
+        return
+    shown = [
+        f"{token_text(tokenizer, t)!r} (id {t}{', the first token put before every text' if first and i == 0 else ''})"
+        for t, i in list(bad.items())[:3]
+    ]
+    more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+    count = "a token" if len(bad) == 1 else f"{len(bad)} distinct tokens"
+    raise BadInput(
+        f"{what} has {count} outside the model's vocabulary of {d_vocab} ids (its embedding has {d_vocab} rows; "
+        f"the tokenizer has {len(tokenizer)} tokens): " + ", ".join(shown) + more,
+        hint="the tokenizer and the weights do not belong together: load the model with its own tokenizer "
+        "(the one its weights were trained with)",
     )
 
 
@@ -161,14 +201,22 @@ def encode_texts(
 
 
 def single_tokens(
-    tokenizer, strings: Iterable[str], *, minimum: int = 2, what: str | None = None, hint: str | None = None
+    tokenizer,
+    strings: Iterable[str],
+    *,
+    minimum: int = 2,
+    what: str | None = None,
+    hint: str | None = None,
+    d_vocab: int | None = None,
 ) -> list[int]:
     """Token ids for ``strings`` asked for by name, each of which must be exactly one token.
 
     A string that is not one token is refused with how it does tokenise, and the
     leading-space variant suggested where that one is a single token. ``what`` names the one
     token asked for (``"the token to explain"``) where the caller takes a single string, and
-    ``hint`` replaces the default hint; without them the message speaks of a token set.
+    ``hint`` replaces the default hint; without them the message speaks of a token set. With
+    ``d_vocab`` (the model's, :func:`model_vocab`), a token the model's embedding has no row for is
+    refused as :func:`check_in_vocab` refuses it.
 
     >>> single_tokens(model.tokenizer, [" supercalifragilistic"], minimum=1, what="the token to explain")
     Traceback (most recent call last):
@@ -187,6 +235,8 @@ def single_tokens(
         alt = tokenizer(" " + s, add_special_tokens=False)["input_ids"] if not s.startswith(" ") else []
         tip = f" ({' ' + s!r} is one token)" if len(alt) == 1 else ""
         bad.append(f"{s!r} -> {len(got)} tokens {pieces}{tip}")
+    if not bad:
+        check_in_vocab(tokenizer, ids, d_vocab, what or "the token set")
     if bad and what:
         raise BadInput(
             f"{what} must be a single token of this model's tokenizer; " + "; ".join(bad),

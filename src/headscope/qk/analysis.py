@@ -16,7 +16,7 @@ from ..errors import BadInput
 from ..folded_weights import head_weights
 from ..head_labels import Head, head_label
 from ..hooks import act_name
-from ..models.inputs import single_tokens
+from ..models.inputs import model_vocab, single_tokens
 from ..models.model import as_model, in_eval_mode
 from ..progress import Progress
 from ..results.qk_results import (
@@ -244,7 +244,7 @@ def analyze_qk(
         for s in seqs:
             query_index(query, len(s))
     chosen = as_heads(model, heads) if heads else None
-    token_ids = single_tokens(model.tokenizer, tokens) if tokens else None
+    token_ids = single_tokens(model.tokenizer, tokens, d_vocab=model_vocab(model)) if tokens else None
     check_qk_memory(model, [len(s) for s in seqs], chosen, top, max_memory_gb)
     notes = [n for s in seqs for n in s.notes]
     step("quick induction scan", 0, 1)

@@ -93,11 +93,16 @@ class OrdinalSet:
         }
 
 
-def _single_token(tokenizer, text: str, d_vocab: int) -> int | None:
+def _single_token(tokenizer, text: str, d_vocab: int) -> tuple[int | None, str]:
+    """``text``'s one token id, or None and why it cannot be used (the reason a skipped set gives)."""
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    if len(ids) != 1 or not 0 <= ids[0] < d_vocab or ids[0] == getattr(tokenizer, "unk_token_id", None):
-        return None
-    return int(ids[0])
+    if len(ids) != 1:
+        return None, f"{text!r} is more than one token" if ids else f"{text!r} is no token"
+    if not 0 <= ids[0] < d_vocab:
+        return None, f"{text!r} is token {ids[0]}, outside the model's vocabulary of {d_vocab}"
+    if ids[0] == getattr(tokenizer, "unk_token_id", None):
+        return None, f"{text!r} is the unknown token"
+    return int(ids[0]), ""
 
 
 def usable_ordinal_sets(
@@ -111,9 +116,9 @@ def usable_ordinal_sets(
         for prefix in (" ", ""):
             words, ids = [], []
             for m in members:
-                tid = _single_token(tokenizer, prefix + m, d_vocab)
+                tid, why = _single_token(tokenizer, prefix + m, d_vocab)
                 if tid is None:
-                    problem = problem or f"{prefix + m!r} is more than one token"
+                    problem = problem or why
                     break
                 words.append(prefix + m)
                 ids.append(tid)
