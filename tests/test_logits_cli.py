@@ -372,3 +372,28 @@ def test_smollm2_story_of_L18H6_names_a_previous_token_source_with_the_scans_num
         assert s["previous_token"] == pytest.approx(scan.scores["previous_token"][l, h], abs=1e-5)
     assert story["dla_later"] > 10 * abs(story["dla_first"])  # it does raise the copied token, a little
     assert story["ablation_delta_loss"] > 0.1  # and removing it raises the cross-entropy (a loss: not compared)
+
+
+# --- the terminal tables ------------------------------------------------------------------------
+def _terminal(a) -> str:
+    from rich.console import Console
+
+    from headscope.render.views.logits_view import print_logits
+
+    con = Console(width=400, record=True, color_system=None)
+    print_logits(con, a)
+    return con.export_text()
+
+
+def test_largest_effects_rows_name_their_position_and_with_several_texts_their_text(tiny_gpt2):
+    one = headscope.analyze_logits(tiny_gpt2, TEXT, heads=["1.0"], top=1, seq_len=8, batch=2)
+    lines = [" ".join(ln.split()) for ln in _terminal(one).splitlines()]  # cells padded to their column
+    header = next(line for line in lines if "token → next" in line)
+    assert "pos" in header and "text" not in header  # one text: the position tells rows apart
+    for r in one.top_effects(10).itertuples():
+        assert any(f"│ {r.position} │ {r.where} │ {r.head_label} │ {r.effect:+.3f}" in ln for ln in lines)
+    two = headscope.analyze_logits(tiny_gpt2, [TEXT, "a b c a b c"], heads=["1.0"], top=1, seq_len=8, batch=2)
+    lines = [" ".join(ln.split()) for ln in _terminal(two).splitlines()]
+    assert "┃ text ┃ pos ┃" in next(line for line in lines if "token → next" in line)
+    for r in two.top_effects(10).itertuples():
+        assert any(f"│ {r.text} │ {r.position} │ {r.where} │ {r.head_label} │" in ln for ln in lines)

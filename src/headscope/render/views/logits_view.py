@@ -187,15 +187,20 @@ def print_effects(con, a) -> None:
     for note in a.notes:
         con.print(f"[yellow]note:[/] {note}", highlight=False)
     t = Table(title=f"Largest direct effects on the next token, {a.model['name']} (centred logit)")
-    for col in ("text", "token → next", "head", "effect", "logit"):
+    several = len(a.texts) > 1  # with one text, every row is text 1: the position alone tells rows apart
+    for col in (("text",) if several else ()) + ("pos", "token → next", "head", "effect", "logit"):
         t.add_column(col, justify="left" if col in ("token → next", "head") else "right", overflow="fold")
     for r in a.top_effects(10).itertuples():
-        t.add_row(str(r.text), r.where, r.head_label, f"{r.effect:+.3f}", f"{r.model_logit:+.2f}")
+        cells = [str(r.position), r.where, r.head_label, f"{r.effect:+.3f}", f"{r.model_logit:+.2f}"]
+        t.add_row(*([str(r.text)] if several else []) + cells)
     con.print(t)
     err = max((t.max_abs_error for t in a.texts), default=float("nan"))
     fe = max((float(np.abs(t.components["float_error"]).max()) for t in a.texts), default=float("nan"))
     con.print(
-        "[dim]effect: the head's direct push on the centred logit of the actual next token; logit: the model's "
+        "[dim]"
+        + ("text: which text, numbered from 1; " if len(a.texts) > 1 else "")
+        + "pos: the token's position in its text, from 0 (the position column of the CSV); "
+        "effect: the head's direct push on the centred logit of the actual next token; logit: the model's "
         f"own centred logit of it (all components together miss it by at most {err:.1e}; the unexplained "
         f"residual, float_error, is at most {fe:.1e}).[/]",
         highlight=False,
