@@ -385,6 +385,15 @@ def _terminal(a) -> str:
     return con.export_text()
 
 
+def test_without_ablation_the_terminal_says_dloss_was_not_measured(tiny_gpt2):
+    a = headscope.analyze_logits(tiny_gpt2, TEXT, heads=["1.0"], top=1, seq_len=8, batch=2, ablate=False)
+    out = " ".join(_terminal(a).split())
+    assert "Δloss: not measured (--no-ablate)" in out
+    assert "not ablated" not in out and "when ablated" not in out  # no column, no definition of one
+    header = next(line for line in _terminal(a).splitlines() if "K source" in line)
+    assert "Δloss" not in header
+
+
 def test_largest_effects_rows_name_their_position_and_with_several_texts_their_text(tiny_gpt2):
     one = headscope.analyze_logits(tiny_gpt2, TEXT, heads=["1.0"], top=1, seq_len=8, batch=2)
     lines = [" ".join(ln.split()) for ln in _terminal(one).splitlines()]  # cells padded to their column

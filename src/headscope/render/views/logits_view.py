@@ -250,13 +250,20 @@ def print_ov(con, a) -> None:
 
 def print_stories(con, a) -> None:
     """Each top induction head's story in one row, the findings, and what the columns mean."""
+    ablated = bool(a.scan.settings.get("ablation"))  # None with --no-ablate: no Δloss was measured
     t = Table(
         title="The induction story of the top induction heads, one run (K source: strongest K-composition "
         f"source, excess, {a.k_where}; prev: its previous-token score; DLA: direct logit effect on later / "
-        "first-repeat targets, a centred logit; Δloss: change in later-repeat cross-entropy when ablated, nats, [95% interval over sequences]; "
-        "a logit and a loss, not compared)"
+        "first-repeat targets, a centred logit"
+        + (
+            "; Δloss: change in later-repeat cross-entropy when ablated, nats, [95% interval over sequences]; "
+            "a logit and a loss, not compared)"
+            if ablated
+            else ")"
+        )
     )
-    for col in ("head", "induction", "K source", "prev", "copying", "DLA", "DLA 1st", "Δloss"):
+    cols = ("head", "induction", "K source", "prev", "copying", "DLA", "DLA 1st") + (("Δloss",) if ablated else ())
+    for col in cols:
         t.add_column(col, justify="left" if col in ("head", "K source") else "right", overflow="fold")
     for s in a.stories.stories:
         src = s.k_source
@@ -270,7 +277,7 @@ def print_stories(con, a) -> None:
             _signed(s.copying, 2),
             _signed(s.dla_later),
             _signed(s.dla_first),
-            ablation_cell(s),
+            *([ablation_cell(s)] if ablated else []),
         )
     con.print(t)
     for s in a.stories.stories:
@@ -289,8 +296,12 @@ def print_stories(con, a) -> None:
         f"seed {st['seed']}; loss {a.scan.loss_first_repeat:.2f} nats first repeat, "
         f"{a.scan.loss_later_repeats:.2f} later; K-composition shown as excess over the random baseline "
         f"{a.composition.baseline:.4f}. DLA later/first: mean direct effect on later-/first-repeat targets; "
-        f"Δloss: change in later-repeat loss (ablated − clean) when the head is {st['ablation'] or 'not'} ablated. "
-        "Definitions in logits.json and docs/logits.md.[/]",
+        + (
+            f"Δloss: change in later-repeat loss (ablated − clean) when the head is {st['ablation']} ablated. "
+            if ablated
+            else "Δloss: not measured (--no-ablate). "
+        )
+        + "Definitions in logits.json and docs/logits.md.[/]",
         highlight=False,
     )
 
