@@ -31,6 +31,9 @@ def test_json_is_exactly_qk_json_and_everything_else_goes_to_stderr(gpt2_args, t
     assert doc == json.loads((tmp_path / "out" / "qk.json").read_text())
     assert doc["heads"][0]["head"] == "L1H2" and doc["heads"][0]["reason"] == "chosen with --head"
     assert doc["model"]["n_layers"] == 2 and doc["model"]["positions"] == "standard"
+    assert "rotary applied" not in doc["live"]["definition"] and "no rotary" in doc["live"]["definition"]
+    legend = " ".join(r.stderr.split())  # learned positions: the legend does not say rotary was applied
+    assert "(rotary applied)" not in legend and "before softmax (no rotary embedding" in legend
     dec = doc["decompositions"][0]
     assert "induction stripe" in dec["how"] and "frozen" in dec["note"]
     assert abs(sum(v["contribution"] for v in dec["key_side"].values()) - dec["score"]) < 1e-4
@@ -110,6 +113,7 @@ def test_rotary_gqa_model_runs_with_user_tokens_and_query(tiny_llama_dir, tmp_pa
     r = run("--model", tiny_llama_dir, "--device", "cpu", "--out", tmp_path / "t", "--head", "1.3", "--no-figures")
     said = " ".join(r.output.split())  # the terminal table names where the token circuit and K sources are read
     assert r.exit_code == 0 and "token QK at" in said and f"offset {used['L1H3']['offset']}" in said
+    assert "before softmax (rotary applied)" in said and "(rotary applied)" in doc["live"]["definition"]
     assert "K-comp sources: score minus the random baseline, mean over offsets 0-63" in said
 
 

@@ -115,3 +115,11 @@ def test_identical_texts_stay_two_sequences_through_the_analysis(tiny_gpt2):
     assert [d.sequence_index for d in a.decompositions] == [0, 1]  # known by position, never by text
     doc = a.to_dict()
     assert [d["sequence"] for d in doc["decompositions"]] == [0, 1] and len(doc["live"]["sequences"]) == 2
+
+
+def test_score_definition_says_rotary_only_where_the_model_is_rotary(tiny_gpt2, tiny_llama):
+    learned = qk_scores(tiny_gpt2, "1.0", ["a b c a b c"])
+    rope = qk_scores(tiny_llama, "1.0", ["a b c a b c"])
+    assert learned.rotary is False and rope.rotary is True
+    assert "rotary applied" not in learned.to_dict()["definition"] and "no rotary" in learned.definition
+    assert "(rotary applied)" in rope.to_dict()["definition"]

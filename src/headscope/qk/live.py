@@ -145,4 +145,6 @@ def qk_scores(model, heads, texts=None, *, max_tokens: int | None = None) -> QKS
         }
         scores.append(np.stack([masked_scores(raw[l][h]) for l, h in heads]))
         patterns.append(np.stack([acts[act_name("pattern", l)][h].numpy() for l, h in heads]))
-    return QKScores(model_name=m.name, heads=heads, sequences=seqs, scores=scores, patterns=patterns)
+    return QKScores(
+        model_name=m.name, heads=heads, sequences=seqs, scores=scores, patterns=patterns, rotary=rotary.is_rotary(m)
+    )

@@ -61,6 +61,25 @@ def _raiser(top: tuple[str, float] | None) -> dict | None:
 
 
 SCORE_DEF = "pre-softmax score q_i . k_j / sqrt(d_head) (rotary applied); causal mask shown as masked (NaN)"
+#: How positions reach the score, by whether the model is rotary (None: not known, e.g. a hand-built result).
+SCORE_POSITIONS = {
+    True: "rotary applied",
+    False: "no rotary embedding: this model's positions reach q and k only through the residual stream",
+    None: "rotary applied where the model has it",
+}
+
+
+def score_definition(rotary: bool | None) -> str:
+    """:data:`SCORE_DEF` saying rotary only where the model is rotary (``rotary``: the model's, None: not known).
+
+    >>> score_definition(False).startswith("pre-softmax score q_i . k_j / sqrt(d_head) (no rotary embedding")
+    True
+    >>> score_definition(True) == SCORE_DEF
+    True
+    """
+    return SCORE_DEF.replace("rotary applied", SCORE_POSITIONS[rotary])
+
+
 FROZEN_NOTE = (
     "normalisation scale frozen: every component is divided by the actual token's ln1 scale "
     "(and centred first for LayerNorm), so the score is linear in the components"
@@ -71,8 +90,9 @@ FROZEN_NOTE = (
 class QKScores(Result):
     """Live scores and patterns. ``scores[s][n]`` is ``[query, key]`` for sequence ``s``, head ``heads[n]``.
 
-    Score: ``q_i . k_j / sqrt(d_head)`` (rotary applied), NaN where the causal mask hides key j > i.
-    Pattern: the softmax of the scores, rows summing to 1.
+    Score: ``q_i . k_j / sqrt(d_head)`` (rotary applied on a rotary model), NaN where the causal mask hides key
+    j > i. Pattern: the softmax of the scores, rows summing to 1. ``rotary``: whether the model is rotary (None:
+    not known); :attr:`definition` says rotary only where it is.
     """
 
     model_name: str
@@ -80,6 +100,12 @@ class QKScores(Result):
     sequences: list[TokenSequence]
     scores: list[np.ndarray]  # per sequence: [n_heads_chosen, T, T]
     patterns: list[np.ndarray]
+    rotary: bool | None = None
+
+    @property
+    def definition(self) -> str:
+        """What the scores are, rotary named only where the model is rotary (:func:`score_definition`)."""
+        return score_definition(self.rotary)
 
     def to_frame(self):
         import pandas as pd
@@ -108,7 +134,7 @@ class QKScores(Result):
 
     def to_dict(self) -> dict:
         return {
-            "definition": SCORE_DEF,
+            "definition": self.definition,
             "heads": [head_label(l, h) for l, h in self.heads],
             "sequences": [
                 {

@@ -13,7 +13,7 @@ import numpy as np
 from rich.table import Table
 
 from ...head_labels import as_head, head_label
-from ...results.qk_results import QK_DEFINITIONS, QKAnalysis
+from ...results.qk_results import QK_DEFINITIONS, SCORE_POSITIONS, QKAnalysis
 from ..html import DECIMALS, esc, heads_view_html, table_html, tabs_html, tokens_html, visible_token
 from ..lookup import register
 from ..qk_figures import plot_composition, plot_decomposition, plot_k_sources, plot_positional, plot_token_qk
@@ -296,7 +296,8 @@ def _print_summary(con, a) -> None:
         highlight=False,
     )
     con.print(
-        "[dim]Legend: score = q.k/sqrt(d_head) before softmax (rotary applied), masked cells = causal mask; "
+        f"[dim]Legend: score = q.k/sqrt(d_head) before softmax ({SCORE_POSITIONS[a.live.rotary]}), "
+        "masked cells = causal mask; "
         "decomposition: contributions of residual components with the norm scale frozen, summing to the score; "
         "'vs mean key' subtracts the component's mean over the keys the query sees. Definitions in qk.json "
         "and docs/qk.md.[/]",
