@@ -197,7 +197,8 @@ def offsets_figure(ph):
     ax1.set_ylabel("induction score")
     ax1.set_title(f"{name} against distance ({off.batch} sequences per distance)", fontsize=9.5)
     ax1.grid(alpha=0.3)
-    ax1.legend(fontsize=7.5, loc="lower right", framealpha=0.85)
+    # below the axes: a short run's curves lie low, a trained head's high, and "best" still sat on one
+    ax1.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
     fig.suptitle(f"Is {name} an induction head at every distance, or only at some?", fontsize=10.5)
     tight_layout(fig)
     return fig
