@@ -86,3 +86,27 @@ def test_successor_skip_reason_names_the_vocabulary(gpt2_tokenizer_dir):
     assert skipped["number_words"] == f"' three' is token {three[0]}, outside the model's vocabulary of {VOCAB}"
     _, skipped = usable_ordinal_sets(tok, 60000, sets={"words": [" supercalifragilistic"] * 5})
     assert skipped["words"] == "'  supercalifragilistic' is more than one token"
+
+
+def test_the_scan_on_such_a_model_is_refused_not_an_index_error(small_vocab, tmp_path):
+    """Random tokens are drawn below the embedding's size, but GPT-2's first token (50256) is not below 1,000:
+    the scan raised IndexError from torch.embedding."""
+    with pytest.raises(BadInput) as e:
+        headscope.scan_induction(small_vocab, seq_len=6, batch=2, top_k=1, progress=False)
+    assert "'<|endoftext|>' (id 50256, the first token put before every text)" in str(e.value)
+    assert "do not belong together" in (e.value.hint or "")
+    r = runner.invoke(
+        app,
+        [
+            "induction",
+            "--model",
+            str(small_vocab.source.path),
+            "--seq-len",
+            "6",
+            "--batch",
+            "2",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+    )
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output

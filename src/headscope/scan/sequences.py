@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import BadInput
+from ..models.inputs import check_in_vocab
 from ..models.model import as_model
 from ..scores.layout import RepeatLayout
 from ..settings import whole_number
@@ -64,6 +65,8 @@ def repeated_tokens(model, seq_len: int = 50, batch: int = 10, repeats: int = 2,
     m = as_model(model)
     first = m.first_token
     layout = check_settings(seq_len, batch, repeats, first.id is not None, m.n_ctx, m.name)
+    if first.id is not None:  # random tokens are drawn below d_vocab; the first token may lie past it
+        check_in_vocab(m.tokenizer, [first.id], m.cfg.d_vocab, "the repeated-token sequences", first=True)
     pool = ordinary_token_ids(m.tokenizer, m.cfg.d_vocab)
     gen = torch.Generator().manual_seed(seed)
     r = pool[torch.randint(len(pool), (batch, seq_len), generator=gen)]
