@@ -158,6 +158,10 @@ def test_text_longer_than_the_context_is_truncated_and_reported(gpt2_args, tmp_p
     assert "cut from 301 to 256 tokens" in joined and "context of 256 tokens" in joined
     doc = json.loads((tmp_path / "out" / "qk.json").read_text())
     assert len(doc["live"]["sequences"][0]["tokens"]) == 256
+    # cut by --max-tokens, the note names the option (it said "the window of 12 tokens")
+    r = run(*gpt2_args, "--head", "1.0", "--text", " word" * 30, "--max-tokens", "12", "--no-figures", "--overwrite")
+    assert r.exit_code == 0, r.output
+    assert "cut from 31 to 12 tokens (first token included) to fit --max-tokens 12" in " ".join(r.output.split())
 
 
 @pytest.mark.smollm2

@@ -104,7 +104,7 @@ def test_text_longer_than_the_context_is_truncated_and_says_so(tiny_gpt2):
     assert len(seq) == 256
     assert "cut from 401 to 256" in seq.notes[0] and "context" in seq.notes[0]
     (seq,) = prepare_texts(tiny_gpt2, [long], max_tokens=20)
-    assert len(seq) == 20 and "window of 20 tokens" in seq.notes[0]
+    assert len(seq) == 20 and "to fit max_tokens=20" in seq.notes[0]  # names the limit that applied
 
 
 def test_identical_texts_stay_two_sequences_through_the_analysis(tiny_gpt2):

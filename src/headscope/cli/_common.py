@@ -293,7 +293,13 @@ def titled_sequences(model, texts: list[tuple[str, str]], max_tokens: int | None
     (``--text 1``) or its file, as ``induction`` and ``report`` name them; None for the samples."""
     if not texts:
         return None
-    return encode_texts(model, [t for _, t in texts], max_tokens=max_tokens, titles=[n for n, _ in texts])
+    return encode_texts(
+        model,
+        [t for _, t in texts],
+        max_tokens=max_tokens,
+        titles=[n for n, _ in texts],
+        limit_name=f"--max-tokens {max_tokens}",
+    )
 
 
 def scan_settings(

@@ -98,16 +98,25 @@ def read_text_file(
 
 
 def encode(
-    model, text: str, *, max_tokens: int | None = None, title: str = "", number: int = 1, empty_hint: str = ""
+    model,
+    text: str,
+    *,
+    max_tokens: int | None = None,
+    title: str = "",
+    number: int = 1,
+    empty_hint: str = "",
+    limit_name: str | None = None,
 ) -> TokenSequence:
     """``text`` as a :class:`TokenSequence` under the rules above.
 
     Messages name the text by ``title`` (else "text ``number``"); ``empty_hint`` replaces the command
-    line's hint for an empty text (the explorer's page has no ``--text``).
+    line's hint for an empty text (the explorer's page has no ``--text``). A cut text's note names the
+    limit that applied: the model's context, or ``max_tokens`` as ``limit_name`` calls it (the command
+    line: ``"--max-tokens 3"``; default ``"max_tokens=3"``).
 
     >>> seq = encode(model, "a b a b", max_tokens=3)
     >>> len(seq), seq.n_text_tokens, seq.notes[0].split(";")[0]
-    (3, 5, 'text 1 cut from 5 to 3 tokens (first token included) to fit the window of 3 tokens')
+    (3, 5, 'text 1 cut from 5 to 3 tokens (first token included) to fit max_tokens=3')
     """
     m = as_model(model)
     if text is None or not str(text).strip():
@@ -125,7 +134,7 @@ def encode(
     n = len(ids)
     notes = []
     if n > limit:
-        why = f"the model's context of {m.n_ctx} tokens" if limit == m.n_ctx else f"the window of {limit} tokens"
+        why = f"the model's context of {m.n_ctx} tokens" if limit == m.n_ctx else (limit_name or f"max_tokens={limit}")
         notes.append(
             f"{title or f'text {number}'} cut from {n} to {limit} tokens (first token included) to fit {why}; "
             "the first tokens were kept, and attention being causal each kept row is exact"
@@ -181,7 +190,12 @@ def check_in_vocab(tokenizer, ids: Sequence[int], d_vocab: int | None, what: str
 
 
 def encode_texts(
-    model, texts: Iterable[str] | str | None, *, max_tokens: int | None = None, titles: Iterable[str] | None = None
+    model,
+    texts: Iterable[str] | str | None,
+    *,
+    max_tokens: int | None = None,
+    titles: Iterable[str] | None = None,
+    limit_name: str | None = None,
 ) -> list[TokenSequence]:
     """Several texts through :func:`encode` (None: the built-in :data:`SAMPLE_TEXTS`)."""
     if texts is None:
@@ -195,7 +209,14 @@ def encode_texts(
         )
     names = list(titles) if titles is not None else [""] * len(texts)
     return [
-        encode(model, t, max_tokens=max_tokens, title=names[i] if i < len(names) else "", number=i + 1)
+        encode(
+            model,
+            t,
+            max_tokens=max_tokens,
+            title=names[i] if i < len(names) else "",
+            number=i + 1,
+            limit_name=limit_name,
+        )
         for i, t in enumerate(texts)
     ]
 
