@@ -392,6 +392,12 @@ def test_without_ablation_the_terminal_says_dloss_was_not_measured(tiny_gpt2):
     assert "not ablated" not in out and "when ablated" not in out  # no column, no definition of one
     header = next(line for line in _terminal(a).splitlines() if "K source" in line)
     assert "Δloss" not in header
+    from headscope.render.views.logits_view import logit_story_html
+
+    page = logit_story_html(a)  # the page's story panel as well: no column of dashes, no definition of it
+    assert "ablation Δloss" not in page and "No ablation ran (--no-ablate)" in page
+    a = headscope.analyze_logits(tiny_gpt2, TEXT, heads=["1.0"], top=1, seq_len=8, batch=2, ablation="zero")
+    assert "ablation Δloss" in logit_story_html(a) and "output is zero-ablated" in logit_story_html(a)
 
 
 def test_largest_effects_rows_name_their_position_and_with_several_texts_their_text(tiny_gpt2):

@@ -32,6 +32,7 @@ def logit_story_html(a) -> str:
     """The induction story panel: each top induction head's numbers, each with its unit, then the same in words."""
     d_vocab = a.model.get("d_vocab")
     measured = any(st.k_paths or st.logit_paths for st in a.stories.stories)
+    ablated = bool(a.scan.settings.get("ablation"))  # None with --no-ablate: no Δloss was measured
     rows = []
     for st in a.stories.stories:
         srcs = (
@@ -51,8 +52,12 @@ def logit_story_html(a) -> str:
                 (esc(rank), st.self_rank_median or -1.0),
                 _n(st.dla_first),
                 _n(st.dla_later),
-                (esc(ablation_cell(st)), -1e9 if st.ablation_delta_loss is None else st.ablation_delta_loss),
             ]
+            + (
+                [(esc(ablation_cell(st)), -1e9 if st.ablation_delta_loss is None else st.ablation_delta_loss)]
+                if ablated
+                else []
+            )
             + ([_paths_cell(st.k_paths, "head"), _paths_cell(st.logit_paths, "via")] if measured else [])
         )
     cols = [
@@ -63,8 +68,9 @@ def logit_story_html(a) -> str:
         "OV self-rank (median)",
         "direct logit effect, first repeat (centred logit)",
         "direct logit effect, later repeats (centred logit)",
-        "ablation Δloss (cross-entropy, nats) [95% interval]",
-    ] + (
+    ]
+    cols += ["ablation Δloss (cross-entropy, nats) [95% interval]"] if ablated else []
+    cols += (
         [
             "measured: senders into its keys (path patching, share of the gap, 95% interval)",
             "measured: its path to the logits, direct and via later heads (share of the gap, 95% interval)",
@@ -77,9 +83,13 @@ def logit_story_html(a) -> str:
         table_html(cols, rows) + f"<ul class='verdicts'>{findings}</ul>"
         "<p class='muted'>K-composition is a weight product: how strongly, by the weights alone, an earlier "
         "head's output could feed the induction head's keys; it is not a causal number. The direct logit effect is what the head itself writes into the copied token's centred logit "
-        "(logit units); the ablation Δloss is the change in later-repeat cross-entropy (nats) when the head's "
-        "output is replaced by its mean. One is a logit, the other a loss: they sit side by side and are not "
-        "compared. "
+        + (
+            "(logit units); the ablation Δloss is the change in later-repeat cross-entropy (nats) when the head's "
+            f"output is {esc(str(a.scan.settings.get('ablation')))}-ablated. One is a logit, the other a loss: they "
+            "sit side by side and are not compared. "
+            if ablated
+            else "(logit units). No ablation ran (--no-ablate), so no change in loss was measured. "
+        )
         + (
             "The measured columns are path patching on the induction task (headscope circuit; docs/circuits.md): "
             "the share of the clean − corrupted logit-difference gap that one path carries, with its 95% interval. "
