@@ -44,3 +44,15 @@ def test_save_into_a_folder_never_replaces_a_report_it_was_not_told_to(scan, tmp
     assert mine.read_text() == "my notes"
     assert page.save(mine) == mine  # named, it is replaced, as a save does
     assert mine.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+
+
+def test_a_read_back_scan_s_page_says_why_it_has_no_attention_views(tiny_gpt2):
+    """From JSON the scan holds no attention samples: the page's attention section was left out without a word."""
+    scan = headscope.scan_induction(tiny_gpt2, seq_len=8, batch=2, ablate=False, progress=False)  # draws a sample
+    assert scan.samples
+    back = type(scan).from_json(scan.to_json())
+    assert not back.samples
+    html = headscope.Report(back.model, [back, AttentionViews.of(back)]).to_html()
+    assert "No attention views" in html and "read back from JSON" in html
+    # the scan that wrote it draws its views, with no such line
+    assert "No attention views" not in headscope.Report(scan.model, [scan, AttentionViews.of(scan)]).to_html()

@@ -14,7 +14,6 @@ from ..pipeline.files import heads_files
 from ..pipeline.roles import ICL_TOP, ICL_WINDOWS, SINK_WINDOWS, analyze_heads
 from ..render.lookup import view_of
 from ..render.page import Report
-from ..results import AttentionViews
 from ..settings import check_ablation
 from . import app
 from ._common import (
@@ -168,7 +167,7 @@ def heads_cmd(
             if report:
                 rd.write_text(
                     "report.html",
-                    Report(dict(a.model), [a.induction, AttentionViews.of(a.induction), a], list(a.notes)).to_html(),
+                    Report(dict(a.model), [a.induction, a], list(a.notes)).to_html(),
                 )
             paths = rd.commit()
 

@@ -16,6 +16,14 @@ VIEW_HELP = (
 )
 
 
+#: What the attention section says when it has nothing to draw.
+NO_SAMPLES = (
+    "<p class='muted'>No attention views: the scan drew no attention sample (<code>sample=False</code>), or it was "
+    "read back from JSON, which keeps scores, not attention patterns. Run <code>scan_induction</code> again "
+    "(it draws a sample by default), or pass texts to <code>build_report</code>.</p>"
+)
+
+
 def attention_section(views: AttentionViews) -> Section:
     """One tab per sample, titled by the sample (without the common prefix)."""
     tabs = [
@@ -28,7 +36,9 @@ def attention_section(views: AttentionViews) -> Section:
 @register(AttentionViews)
 class AttentionViewsView(View):
     def sections(self, result) -> list[Section]:
-        return [attention_section(result)] if result.samples else []
+        if result.samples:
+            return [attention_section(result)]
+        return [Section("attention", result.title, NO_SAMPLES)]  # said, not a section left out without a word
 
     def title(self, result) -> str:
         return result.title
