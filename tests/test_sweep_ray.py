@@ -134,7 +134,7 @@ def test_a_worker_killed_mid_entry_leaves_it_failed_and_the_rerun_completes_it(
     monkeypatch.undo()  # the "fixed" worker
     r = sweep(*args)
     assert r.exit_code == 0, r.output
-    assert "finished earlier, skipped" in r.output and "1 entries submitted" in " ".join(r.output.split())
+    assert "finished earlier, skipped" in r.output and "1 entry submitted" in " ".join(r.output.split())
     assert [e["status"] for e in json.loads((out / "sweep.json").read_text())["entries"]] == ["done", "done"]
 
 
