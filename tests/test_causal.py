@@ -212,20 +212,25 @@ def test_the_result_states_intervals_verdicts_and_the_control_spread(tiny_gpt2):
     assert (row.ablation_low, row.ablation_high, row.ablation_verdict) == (*e["interval"], e["verdict"])
 
 
-def test_a_head_whose_interval_straddles_zero_is_not_said_to_raise():
+def _one_head_result(rise: float, interval: list[float], first: float, first_interval: list[float]):
+    """A scan result holding one head's causal check, L0H1, with the given changes."""
     entry = {
         "kind": "head",
         "layer": 0,
         "head": 1,
         "heads": [[0, 1]],
         "loss": 3.0,
-        "loss_increase": 0.05,
-        "interval": [-0.01, 0.11],
-        "verdict": ablation_verdict(-0.01, 0.11),
-        "first_repeat_increase": 0.0,
-        "first_repeat_interval": [-0.01, 0.01],
+        "loss_increase": rise,
+        "interval": interval,
+        "verdict": ablation_verdict(*interval),
+        "first_repeat_increase": first,
+        "first_repeat_interval": first_interval,
     }
-    res = InductionResult({}, {}, {}, np.zeros(3), 10.0, 3.0, [entry], {})
+    return InductionResult({}, {}, {}, np.zeros(3), 10.0, 3.0, [entry], {})
+
+
+def test_a_head_whose_interval_straddles_zero_is_not_said_to_raise():
+    res = _one_head_result(0.05, [-0.01, 0.11], 0.0, [-0.01, 0.01])
     assert res.verdicts() == [
         "L0H1: ablating it does not clearly change the later-repeat loss: +0.050 nats [-0.010, +0.110]; "
         "first repeat +0.000 [-0.010, +0.010]"
@@ -234,19 +239,7 @@ def test_a_head_whose_interval_straddles_zero_is_not_said_to_raise():
 
 def test_a_tiny_model_s_tiny_effects_are_written_out_not_as_zeros():
     """A random model's changes are about 1e-7: they printed "+0.000 nats [-0.000, +0.000]", which says nothing."""
-    entry = {
-        "kind": "head",
-        "layer": 0,
-        "head": 1,
-        "heads": [[0, 1]],
-        "loss": 3.0,
-        "loss_increase": 1.2e-7,
-        "interval": [-3.0e-8, 2.5e-7],
-        "verdict": ablation_verdict(-3.0e-8, 2.5e-7),
-        "first_repeat_increase": -0.0,
-        "first_repeat_interval": [0.0, 0.0],
-    }
-    res = InductionResult({}, {}, {}, np.zeros(3), 10.0, 3.0, [entry], {})
+    res = _one_head_result(1.2e-7, [-3.0e-8, 2.5e-7], -0.0, [0.0, 0.0])
     (text,) = res.verdicts()
     assert "+1.2e-07 nats [-3.0e-08, +2.5e-07]" in text and "first repeat +0.000 [+0.000, +0.000]" in text
     assert "-0.000" not in text
