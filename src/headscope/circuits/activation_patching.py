@@ -108,13 +108,13 @@ def position_tokens(model, task: CircuitTask) -> list[str]:
     >>> position_tokens(model, headscope.circuits.induction_task(model, n_examples=2, seq_len=2))[1:]
     ['repeat 1, token 0', 'repeat 1, token 1', 'repeat 2, token 0', 'repeat 2, token 1']
     """
-    clean = task.clean
+    clean, tok = task.clean, as_model(model).tokenizer
     n_tok = clean.shape[1]
     offset, seq_len = n_tok % 2, n_tok // 2  # the induction task: [first token] + 2 x seq_len
     out = []
     for p in range(n_tok):
         if bool((clean[:, p] == clean[0, p]).all()):
-            out.append(token_text(as_model(model).tokenizer, int(clean[0, p])))
+            out.append(token_text(tok, int(clean[0, p])))
         elif task.name == "induction" and p >= offset:
             out.append(f"repeat {1 + (p - offset) // seq_len}, token {(p - offset) % seq_len}")
         else:

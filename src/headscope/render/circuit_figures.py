@@ -37,13 +37,8 @@ def patching_by_position(res: ActivationPatching, ax=None):
             "this activation patching patched the whole sequence only: there is no per-position map",
             hint="activation_patching(..., per_position=True), or headscope circuit --per-position",
         )
-    if _raw(res):
-        v = res.position_change
-        score = v
-    else:
-        v = res.position_values
-        score = v if res.direction == "denoise" else 1 - v
-    best = np.abs(score).argmax(-1)[..., None]
+    v = res.position_change if _raw(res) else res.position_values
+    best = np.abs(v if _raw(res) else res.as_effect(v)).argmax(-1)[..., None]
     return _layer_map(res, np.take_along_axis(v, best, -1)[..., 0], ", best single position", ax)
 
 

@@ -106,7 +106,12 @@ class ActivationPatching(GapChecked, Result):
     @property
     def effect(self) -> np.ndarray:
         """How much each component matters, as a positive share: the value (denoise) or 1 - value (noise)."""
-        return self.values if self.direction == "denoise" else 1 - self.values
+        return self.as_effect(self.values)
+
+    def as_effect(self, values: np.ndarray) -> np.ndarray:
+        """Normalised ``values`` (the whole-sequence or the per-position ones) as effects: as they are when
+        denoising, 1 - value when noising."""
+        return values if self.direction == "denoise" else 1 - values
 
     def top(self, k: int = 10) -> list[tuple[str, float, float, float]]:
         """The ``k`` components whose whole-sequence patch has the largest effect: ``(label, value, low, high)``."""
