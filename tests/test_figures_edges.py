@@ -59,6 +59,21 @@ def test_a_signed_cell_that_shows_zero_has_no_minus_sign(scan):
     assert not any(s.startswith("-") and not s.strip("-0.") for s in shown), shown
 
 
+def test_a_score_just_under_its_threshold_does_not_print_as_the_threshold(scan):
+    """0.3993 printed "0.40" in a cell left without the outline of "outlined: >= 0.4"."""
+    from headscope.render.induction_figures import score_heatmap
+
+    thr = scan.thresholds["induction"]
+    a = np.array([[thr - 7e-4, thr, 0.2, thr + 0.05]])
+    fig = score_heatmap(_with(scan, induction=a), "induction")
+    shown = [t.get_text() for t in fig.axes[0].texts]
+    outlined = len(fig.axes[0].patches)
+    plt.close(fig)
+    assert float(shown[0]) < thr and f"{thr:.2f}" != shown[0], shown
+    assert shown[1:] == [f"{thr:.2f}", "0.20", f"{thr + 0.05:.2f}"]
+    assert outlined == 2  # the two cells at or over the threshold
+
+
 def _boxes_overlap(a, b) -> bool:
     return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
 

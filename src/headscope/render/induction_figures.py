@@ -52,6 +52,11 @@ def score_heatmap(res: InductionResult, score: str = "induction", ax=None):
             if t.get_text().startswith("-") and not t.get_text().strip("-0."):
                 t.set_text(t.get_text()[1:])  # a cell that shows 0 is not "-0.00"
     thr = res.thresholds.get(score)
+    if annot and ax.texts and thr is not None:
+        for t in ax.texts:  # 0.3993 under "outlined: ≥ 0.4" must not read "0.40"
+            x, y = t.get_position()
+            v = float(a[int(y), int(x)])
+            t.set_text(below_threshold_text(v, thr, digits, t.get_text()))
     if thr is not None:
         for l, h in zip(*np.nonzero(a >= thr)):
             ax.add_patch(plt.Rectangle((h, l), 1, 1, fill=False, edgecolor="#00b4d8", lw=1.5))
@@ -65,6 +70,26 @@ def score_heatmap(res: InductionResult, score: str = "induction", ax=None):
         fontsize=10,
     )
     return ax.figure
+
+
+def below_threshold_text(value: float, threshold: float, digits: int, shown: str) -> str:
+    """``shown``, or ``value`` with as many more decimals as it takes to read below ``threshold``.
+
+    A heatmap cell is outlined when its score is at least the threshold; a score just under it
+    must not print as the threshold itself (0.3993 at 2 places is "0.40").
+
+    >>> below_threshold_text(0.3993, 0.4, 2, "0.40")
+    '0.399'
+    >>> below_threshold_text(0.41, 0.4, 2, "0.41")
+    '0.41'
+    """
+    if not (value < threshold) or float(shown) < threshold:
+        return shown
+    for d in range(digits + 1, 10):
+        text = f"{value:.{d}f}"
+        if float(text) < threshold:
+            return text
+    return shown
 
 
 def loss_by_position(res: InductionResult, ax=None):
