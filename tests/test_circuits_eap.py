@@ -456,3 +456,17 @@ def test_chunked_attribution_gives_the_same_scores(tiny_llama):
     np.testing.assert_allclose(parts, whole, rtol=1e-4, atol=1e-6)
     tight = edge_attribution(tiny_llama, task, method="eap-ig", ig_steps=2, max_memory_gb=1e-6).scores  # 1 a pass
     np.testing.assert_allclose(tight, whole, rtol=1e-4, atol=1e-6)
+
+
+def test_the_terminal_edge_table_title_fits_a_narrow_terminal(tiny_llama):
+    """The title carried the timing ("EAP-IG: top edges of 1234 (38.5 s wall, 61.0 s CPU)") and wrapped at 80 columns."""
+    from rich.console import Console
+
+    from headscope.render.lookup import view_of
+
+    scores = edge_attribution(tiny_llama, induction_task(tiny_llama, n_examples=2, seq_len=5), method="eap")
+    console = Console(width=60, record=True, color_system=None)
+    view_of(scores).terminal(scores, console)
+    lines = console.export_text().splitlines()
+    assert lines[0].strip() == f"EAP: top 15 of {scores.n_edges:,} edges"
+    assert lines[-1].startswith("EAP took ") and "s wall" in lines[-1]

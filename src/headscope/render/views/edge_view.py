@@ -53,12 +53,16 @@ class EdgeScoresView(View):
         return edge_graph(result)
 
     def terminal(self, result, console) -> None:
-        t = Table(title=f"{result.label()}: top edges of {result.n_edges} ({_timing(result)})")
+        top = result.top(15)
+        # short enough not to wrap over a four-column table; the timing goes on its own line
+        t = Table(title=f"{result.label()}: top {len(top)} of {result.n_edges:,} edges")
         for c in ("rank", "sender", "receiver", "score"):
             t.add_column(c, justify="right" if c in ("rank", "score") else "left")
-        for i, (s, r, x) in enumerate(result.top(15)):
+        for i, (s, r, x) in enumerate(top):
             t.add_row(str(i + 1), s, escape(r), signed(x, 4))
         console.print(t)
+        if _timing(result):
+            console.print(f"{result.label()} took {_timing(result)}.")
 
 
 @register(EdgeCircuit)
