@@ -28,7 +28,7 @@ _KIND_STYLE = {"q": "dotted", "k": "solid", "v": "dashed", "mlp": "solid", "logi
 _KIND_BEND = {"q": -0.12, "k": 0.05, "v": 0.22, "mlp": 0.05, "logits": 0.05}
 #: Node marker area (points squared, as networkx and ``scatter`` take it) and the room in points an edge keeps from
 #: a node it does not connect (half the widest edge, 2.25, and a little air).
-_NODE_SIZE = 900
+_NODE_SIZE = 1300  # points^2: a 36 pt circle holds 'L18KV2' at 7.5 pt
 _CLEARANCE = 4.0
 #: Bends added to all of a sender -> node pair's arcs when their own bends cross a node: the least bent first.
 _SHIFTS = sorted((round(0.1 * i, 1) for i in range(-5, 6)), key=lambda x: (abs(x), x < 0))
@@ -218,7 +218,7 @@ def edge_graph(res: EdgeScores | EdgeCircuit, k: int | None = None, ax=None):
     per_column = max(np.bincount([d["subset"] for _, d in g.nodes(data=True)]))
     if ax is None:
         fig, ax = plt.subplots(
-            figsize=(min(18.0, 2.5 + 1.2 * len(used)), min(14.0, 2.8 + 0.9 * max(2, per_column))), layout="constrained"
+            figsize=(min(16.0, 2.0 + 1.0 * len(used)), min(14.0, 2.8 + 0.9 * max(2, per_column))), layout="constrained"
         )
     else:
         fig = ax.figure
@@ -242,14 +242,14 @@ def edge_graph(res: EdgeScores | EdgeCircuit, k: int | None = None, ax=None):
     nx.draw_networkx_nodes(
         g, pos, ax=ax, node_size=_NODE_SIZE, node_color="#f4f4f4", edgecolors="#555555", linewidths=0.8
     )
-    nx.draw_networkx_labels(g, pos, ax=ax, font_size=6)
+    nx.draw_networkx_labels(g, pos, ax=ax, font_size=7.5)
     ax.set_axis_off()
     what = "EAP-IG" if scores.method == "eap-ig" else "EAP"
     ax.set_title(
         f"Top {len(top)} edges by |{what} score| ({scores.task.get('metric', '')}); width = |score|, "
         "blue = corrupting it lowers the metric, red = raises it;\nreceiving input: key solid, query dotted, "
         "value dashed (KV = a key/value head shared by a group of query heads)",
-        fontsize=7,
+        fontsize=9,
     )
     return fig
 

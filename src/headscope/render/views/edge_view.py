@@ -82,7 +82,7 @@ class EdgeCircuitView(View):
         facts = {
             "method": f"{result.attribution.label()}"
             + (f", {result.attribution.ig_steps} steps" if result.attribution.ig_steps else ""),
-            "edges scored": result.attribution.n_edges,
+            "edges scored": f"{result.attribution.n_edges:,}",
             "time": _timing(result.attribution),
             "metric clean / corrupted": f"{result.clean:.3f} / {result.corrupt:.3f}",
         }
