@@ -278,7 +278,7 @@ def faithfulness_curve_figure(res: EdgeCircuit, ax=None):
     ax.axvline(res.top_edges, color="#c0392b", lw=0.8, ls=":", label=f"the circuit ({res.top_edges} edges)")
     ax.set_xscale("symlog", linthresh=1)
     ax.set_xlim(0, float(n.max()) * 1.3)
-    ax.set_xlabel(f"edges kept clean (top by |score|, of {res.attribution.n_edges})")
+    ax.set_xlabel(f"edges kept clean (top by |score|, of {res.attribution.n_edges:,})")
     ax.set_ylabel("faithfulness (1 = clean, 0 = corrupted)" if res.normalised_meaningful else f"{metric}, mean")
     ax.set_title(f"Faithfulness of the {res.attribution.label()} circuit ({metric}){gap_title(res)}", fontsize=9)
     ax.legend(fontsize=7, loc="upper left")
