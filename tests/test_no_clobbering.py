@@ -296,6 +296,33 @@ def test_overwrite_refuses_a_result_folder_the_user_added_files_to(own, tmp_path
     assert cli(*args, "--overwrite").exit_code == 0  # its own files alone: replaced as before
 
 
+@pytest.mark.parametrize("own", ['{"my": "own scores"}', "not json", '[1, 2]'])
+def test_overwrite_never_deletes_a_users_file_that_has_a_results_name(own, tmp_path, tiny_gpt2_dir, no_load):
+    """A folder with no manifest holding only names headscope writes counts as an earlier version's results:
+    a user's own ``scores.json`` in it was deleted by ``--overwrite``. It is theirs unless it is headscope's JSON."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "scores.json").write_text(own)
+    before = snapshot(out)
+    args = ["induction", "--model", tiny_gpt2_dir, *SMALL, "--out", out]
+    for extra in ((), ("--overwrite",)):
+        r = cli(*args, *extra)
+        assert r.exit_code == 4, r.output
+        assert "did not write" in flat(r.output) and "Traceback" not in r.output
+    assert snapshot(out) == before and no_load == []
+
+
+def test_an_earlier_versions_result_set_without_a_manifest_is_still_replaced(tmp_path, tiny_gpt2_dir):
+    out = tmp_path / "out"
+    args = ["induction", "--model", tiny_gpt2_dir, *SMALL, "--out", out]
+    assert cli(*args).exit_code == 0
+    (out / ".headscope-results.json").unlink()  # as written before result sets had a manifest
+    assert cli(*args).exit_code == 4
+    r = cli(*args, "--overwrite")
+    assert r.exit_code == 0, r.output
+    assert (out / ".headscope-results.json").is_file()
+
+
 def test_dev_null_stays_a_character_device(tiny_gpt2_dir, no_load):
     before = os.lstat("/dev/null")
     r = cli(*COMMANDS["report"](str(tiny_gpt2_dir)), "--out", "/dev/null", "--overwrite")

@@ -53,8 +53,9 @@ from ..atomic import write_atomic
 from ..errors import OutputError, OutputExists
 
 MANIFEST = ".headscope-results.json"
-#: Names headscope's commands write: a folder holding only these (and no manifest) is an earlier
-#: version's result set, replaceable with --overwrite.
+#: Names headscope's commands write: a folder holding only these (and no manifest), among them a result
+#: JSON that is headscope's (:func:`_written_by_headscope`), is an earlier version's result set,
+#: replaceable with --overwrite.
 KNOWN_NAMES = (
     "scores.json",
     "scores.csv",
@@ -428,7 +429,9 @@ def check_replaceable(target: Path, overwrite: bool) -> None:
     if not entries:
         return
     manifest = target / MANIFEST
-    legacy = all(any(fnmatch.fnmatch(n, pat) for pat in KNOWN_NAMES) for n in entries)
+    legacy = all(any(fnmatch.fnmatch(n, pat) for pat in KNOWN_NAMES) for n in entries) and _written_by_headscope(
+        target, entries
+    )
     if not manifest.is_file() and not legacy:
         raise OutputExists(
             f"--out {target} already holds files headscope did not write ({', '.join(sorted(entries)[:3])}"
@@ -455,6 +458,22 @@ def check_replaceable(target: Path, overwrite: bool) -> None:
             f"{target} already holds {whose} ({shown}); nothing was written",
             hint="pass --overwrite to replace them (they are deleted), or choose another --out",
         )
+
+
+def _written_by_headscope(target: Path, entries: list[str]) -> bool:
+    """Whether a folder without a manifest is an earlier version's result set, not the user's files that
+    happen to have headscope's names: it holds a result JSON, and every one it holds is headscope's
+    (an object with the ``model`` object of an analysis, or the ``steps`` and ``curves`` of a toy run).
+    A ``scores.json`` of the user's own was deleted by ``--overwrite``."""
+    found = [n for n in entries if n in ("scores.json", "qk.json", "phase.json")]
+    for name in found:
+        try:
+            d = json.loads((target / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+        if not isinstance(d, dict) or not (isinstance(d.get("model"), dict) or {"steps", "curves"} <= d.keys()):
+            return False
+    return bool(found)
 
 
 def _not_in_manifest(target: Path, limit: int = 10_000) -> list[str]:
