@@ -622,3 +622,16 @@ def test_out_dot_is_refused_with_the_folders_name_not_blamed_on_the_users_files(
     assert f"--out {out} names a folder by '{out}' instead of its name" in said, said
     assert f"--out {os.path.abspath(out)}" in said and "..lock" not in said and "Traceback" not in said
     assert no_load == [] and list(here.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["work"]
+
+
+def test_top_beyond_the_heads_is_said_before_the_work_not_only_at_the_end(tiny_gpt2, monkeypatch, capsys):
+    """``--top 1000`` ran a 14-minute causal check over every head and said it had cut --top only at the end."""
+    import headscope.scan.induction_scan as scan_module
+
+    def no_work(*a, **k):
+        raise KeyboardInterrupt  # stands for a user who stops the long run
+
+    monkeypatch.setattr(scan_module, "score_pass", no_work)
+    with pytest.raises(KeyboardInterrupt):
+        scan_module.scan_induction(tiny_gpt2, seq_len=6, batch=2, top_k=50, sample=False, progress=None)
+    assert "--top 50 is more than this model's 8 heads: using the top 7" in capsys.readouterr().err

@@ -569,6 +569,8 @@ def scan_induction(
     keep = range(m.n_layers) if ablate and resid_bytes <= budget * 2**30 / 4 else ()
     timings: dict[str, float] = {}
     prog = Progress(progress)
+    if clamped and progress is not False:  # said now, not only among the notes after a long causal check
+        prog.say(f"note: {clamped[0]}")
     with prog.running():
         prog.task("scoring", batch)
         t0 = time.perf_counter()
