@@ -296,7 +296,7 @@ def test_overwrite_refuses_a_result_folder_the_user_added_files_to(own, tmp_path
     assert cli(*args, "--overwrite").exit_code == 0  # its own files alone: replaced as before
 
 
-@pytest.mark.parametrize("own", ['{"my": "own scores"}', "not json", '[1, 2]'])
+@pytest.mark.parametrize("own", ['{"my": "own scores"}', "not json", "[1, 2]"])
 def test_overwrite_never_deletes_a_users_file_that_has_a_results_name(own, tmp_path, tiny_gpt2_dir, no_load):
     """A folder with no manifest holding only names headscope writes counts as an earlier version's results:
     a user's own ``scores.json`` in it was deleted by ``--overwrite``. It is theirs unless it is headscope's JSON."""

@@ -276,3 +276,20 @@ def test_top_heads_table_leads_with_the_causal_check_under_short_headers(tiny_gp
     # without the causal check: no causal column and no word of it under the table
     without = top_heads_html(scan_induction(tiny_gpt2, ablate=False, **kw))
     assert re.findall(r"<th(?: [^>]*)?>(.*?)</th>", without)[1] != heads[1] and "Δ" not in without
+
+
+def test_an_induction_scan_names_the_roles_it_did_not_measure_instead_of_their_thresholds(tiny_gpt2):
+    """`induction` listed "attention-sink ≥ 0.3" among its thresholds though it never measures sinks, so its
+    page said "46 of 270 heads take a role" where `headscope report` said 218 with no word why."""
+    from headscope.render.views.induction_view import settings_html
+    from headscope.scan import scan_induction
+
+    res = scan_induction(tiny_gpt2, seq_len=6, batch=2, top_k=2, ablate=False, sample=False, progress=False)
+    assert "attention_sink" in res.thresholds and "attention_sink" not in res.scores
+    console = Console(record=True, width=200, color_system=None)
+    view_of(res).terminal(res, console)
+    text = console.export_text()
+    assert "attention-sink ≥" not in text and "Not measured by this run: attention-sink" in text
+    assert "induction ≥ 0.4" in text
+    assert "attention-sink: not measured" in settings_html(res)
+    assert "Not measured by this run: attention-sink" in view_of(res).legend(res)["roles"]

@@ -97,7 +97,7 @@ class HeadsAnalysis(Result):
             out["in-context learning"] = ICL_DEFINITION
         if self.natural_sinks is not None:
             out["sink rate"] = SINK_DEFINITIONS["sink_rate"]
-        out["roles"] = roles_legend(self.thresholds)
+        out["roles"] = roles_legend(self.thresholds, self.induction.scores)
         return out
 
     def definition(self, name: str) -> str:

@@ -366,10 +366,18 @@ def definitions(controls: int | None = None) -> dict[str, str]:
     }
 
 
-def roles_legend(thresholds: dict[str, float]) -> str:
-    """One sentence saying when a head takes each role."""
+def roles_legend(thresholds: dict[str, float], measured=None) -> str:
+    """One sentence saying when a head takes each role; roles whose score is not in ``measured`` (the
+    result's scores, when given) are named as not measured instead of listed with a threshold.
+
+    >>> roles_legend({"induction": 0.4, "attention_sink": 0.3}, measured={"induction": 0})
+    'A head takes a role when its score reaches the threshold: induction ≥ 0.4 (change with --threshold NAME=VALUE on the command line, thresholds={NAME: VALUE} in Python). Not measured by this run: attention-sink (`headscope heads` measures it).'
+    """
+    shown = {k: v for k, v in thresholds.items() if measured is None or k in measured}
+    missing = [score(k).label for k in thresholds if k not in shown]
     return (
         "A head takes a role when its score reaches the threshold: "
-        + ", ".join(f"{score(k).label} ≥ {v}" for k, v in thresholds.items())
+        + ", ".join(f"{score(k).label} ≥ {v}" for k, v in shown.items())
         + " (change with --threshold NAME=VALUE on the command line, thresholds={NAME: VALUE} in Python)."
+        + (f" Not measured by this run: {', '.join(missing)} (`headscope heads` measures it)." if missing else "")
     )

@@ -53,7 +53,8 @@ def settings_html(res: InductionResult) -> str:
         else f"{s['batch']} × (r × {s['repeats']}), no BOS token",
         "r": f"{s['seq_len']} random ordinary tokens, seed {s['seed']}",
         "causal check": f"{s['ablation']} ablation of hook_z" if res.ablation else "skipped",
-        "role thresholds": ", ".join(f"{_label(k)} ≥ {v}" for k, v in res.thresholds.items()),
+        "role thresholds": ", ".join(f"{_label(k)} ≥ {v}" for k, v in res.thresholds.items() if k in res.scores)
+        + "".join(f"; {_label(k)}: not measured" for k in res.thresholds if k not in res.scores),
         "device": s.get("device", ""),
     }
     if s.get("attention"):
@@ -225,7 +226,7 @@ def roles_section_html(res: InductionResult) -> str:
         else ""
     )
     return (
-        f"<p>{n} of {L * H} heads take at least one role. {esc(roles_legend(res.thresholds))} Bold: the score "
+        f"<p>{n} of {L * H} heads take at least one role. {esc(roles_legend(res.thresholds, res.scores))} Bold: the score "
         "behind a role the head holds.</p>" + role_counts_html(res) + sets + opposite + role_table_html(res)
     )
 
@@ -243,7 +244,7 @@ def induction_definitions(res: InductionResult | None = None) -> dict[str, str]:
     elif res.ablation:  # a run without the causal check shows no Δloss, so it defines none
         defs["ablation Δloss"] = ablation_definition(res.settings.get("controls") or CONTROL_DRAWS)
     if res is not None:
-        defs["roles"] = roles_legend(res.thresholds)
+        defs["roles"] = roles_legend(res.thresholds, res.scores)
     return defs
 
 
@@ -380,7 +381,7 @@ def print_induction(con, res) -> None:
         if name == "ablation" and not res.ablation:
             continue  # no causal check ran: nothing on screen is defined by it
         con.print(f"[dim]  {name}: {escape(text)}[/]", highlight=False)
-    con.print(f"[dim]  roles: {roles_legend(res.thresholds)}[/]", highlight=False)
+    con.print(f"[dim]  roles: {roles_legend(res.thresholds, res.scores)}[/]", highlight=False)
 
 
 @register(InductionResult)
