@@ -541,7 +541,7 @@ def test_a_bad_byte_after_the_first_block_is_found_reading_in_blocks(tmp_path):
 
     path = tmp_path / "late.txt"
     path.write_bytes(b"a" * (BLOCK_BYTES + 10) + b"\xff" + b"b" * 10)
-    with pytest.raises(BadInput, match=f"byte {BLOCK_BYTES + 10} cannot be decoded"):
+    with pytest.raises(BadInput, match=f"byte {BLOCK_BYTES + 10:,}, counting from 0, cannot be decoded"):
         check_text_file(path)
     (tmp_path / "blank.txt").write_text(" \n" * 10)
     with pytest.raises(BadInput, match="is empty"):
@@ -622,3 +622,20 @@ def test_an_http2_server_that_is_not_ray_is_refused_in_one_line_within_the_timeo
             sweep_ray.probe_address(f"127.0.0.1:{server.getsockname()[1]}", timeout=5.0)
     finally:
         server.close()
+
+
+def test_a_binary_file_is_called_binary_not_given_a_text_encoding_hint(tmp_path):
+    """A program given as --file was told to convert it from latin-1."""
+    from headscope.kinds.documents import check_text_file
+    from headscope.models.inputs import read_text_file
+
+    path = tmp_path / "prog.bin"
+    path.write_bytes(b"\x7fELF\x02\x01\x01\x00\x00\x00" + bytes(range(256)))
+    for read in (check_text_file, lambda p: read_text_file(p, "--file", directory_hint="")):
+        with pytest.raises(BadInput, match="holds NUL bytes, as binary files") as e:
+            read(path)
+        assert "latin1" not in e.value.hint
+    (tmp_path / "latin.txt").write_bytes("café".encode("latin-1"))
+    with pytest.raises(BadInput, match="byte 3, counting from 0") as e:
+        check_text_file(tmp_path / "latin.txt")
+    assert "latin1" in e.value.hint

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from ..errors import BadInput
+from ..models.inputs import not_utf8
 
 #: The hint for a --file that names a folder: one option names one file.
 FILE_IS_A_DIRECTORY_HINT = "each --file names one text file; repeat --file for several, e.g. --file a.txt --file b.txt"
@@ -104,9 +105,15 @@ def check_text_file(path: Path) -> None:
                 try:
                     text = decoder.decode(raw, final=not raw)
                 except UnicodeDecodeError as exc:
-                    raise BadInput(
-                        f"--file {path} is not UTF-8 text (byte {offset + exc.start} cannot be decoded)",
-                        hint="convert it first, e.g. `iconv -f latin1 -t utf-8 FILE > FILE.utf8`",
+                    raise not_utf8(
+                        "--file",
+                        path,
+                        offset
+                        + len(raw)
+                        - len(exc.object)
+                        + exc.start,  # the decoder may hold bytes of the block before
+                        raw,
+                        "convert it first, e.g. `iconv -f latin1 -t utf-8 FILE > FILE.utf8`",
                     ) from None
                 blank = blank and not text.strip()
                 offset += len(raw)

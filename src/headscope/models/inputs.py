@@ -90,11 +90,27 @@ def read_text_file(
     if not p.is_file():
         raise BadInput(missing or f"{option} {p} does not exist or is not a file", hint=missing_hint)
     try:
-        return p.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise BadInput(f"{option} {p} is not UTF-8 text (byte {exc.start} cannot be decoded)", hint=utf8_hint) from None
+        raw = p.read_bytes()
     except OSError as exc:
         raise BadInput(f"{option} {p} cannot be read ({exc.strerror or exc})", hint="check the path") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise not_utf8(option, p, exc.start, raw, utf8_hint) from None
+
+
+def not_utf8(option: str, path, position: int, sample: bytes, hint: str) -> BadInput:
+    """The error for a file that is not UTF-8 text: where it fails, and whether it looks binary (NUL bytes).
+
+    >>> print(not_utf8("--file", "a.bin", 40, b"\\x7fELF\\x02\\x00", "convert it"))
+    --file a.bin is not UTF-8 text (byte 40, counting from 0, cannot be decoded); it holds NUL bytes, as binary files (and UTF-16 text) do
+      hint: give a text file; UTF-16 text converts with `iconv -f utf-16 -t utf-8 FILE > FILE.utf8`
+    """
+    what = f"{option} {path} is not UTF-8 text (byte {position:,}, counting from 0, cannot be decoded)"
+    if b"\x00" in sample:
+        what += "; it holds NUL bytes, as binary files (and UTF-16 text) do"
+        hint = "give a text file; UTF-16 text converts with `iconv -f utf-16 -t utf-8 FILE > FILE.utf8`"
+    return BadInput(what, hint=hint)
 
 
 def encode(
