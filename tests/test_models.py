@@ -503,3 +503,12 @@ def test_old_alias_loads_the_renamed_model_from_the_folder_it_was_converted_into
     assert loading.resolve_source("smollm2-135m-instruct-q4", log=said.append) == src
     assert said == []  # the new name says nothing
     assert builtin.DEFAULT_MODEL == "smollm2-135m-instruct-q4"
+
+
+def test_a_mistyped_builtin_name_is_answered_with_the_name_it_meant(monkeypatch):
+    """`--model SmolLM2-135M-Instruct-Q4` (or a letter missing) said only that the hub was unreachable."""
+    _hub_unreachable(monkeypatch)
+    for typo in ("SmolLM2-135M-Instruct-Q4", "smolm2-135m-instruct-q4"):
+        with pytest.raises(ModelLoadError) as e:
+            headscope.load_model(typo)
+        assert "did you mean --model smollm2-135m-instruct-q4?" in e.value.hint

@@ -85,6 +85,19 @@ def canonical_alias(name: str, log=print) -> str | None:
     return new
 
 
+def near_alias(name: str) -> str | None:
+    """The built-in alias a mistyped ``name`` most likely meant (case and a letter or two apart), or None.
+
+    >>> near_alias("SmolLM2-135M-Instruct-Q4"), near_alias("smolm2-135m-instruct-q4"), near_alias("gpt2")
+    ('smollm2-135m-instruct-q4', 'smollm2-135m-instruct-q4', None)
+    """
+    import difflib
+
+    names = [*BUILTINS, *RENAMED]
+    found = difflib.get_close_matches(name.lower(), names, n=1, cutoff=0.85)
+    return (RENAMED.get(found[0], found[0])) if found else None
+
+
 def installed_gguf(model: BuiltinModel) -> Path | None:
     """The GGUF inside an installed copy of the package, if any (without importing it)."""
     spec = importlib.util.find_spec(model.package)

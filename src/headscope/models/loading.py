@@ -502,10 +502,13 @@ def check_hub_available(repo_id: str, revision: str | None = None) -> bool:
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
     reachable = not offline and _hub_reachable()
     if not reachable and not _in_hf_cache(repo_id, revision):
+        near = builtin.near_alias(repo_id)
         raise ModelLoadError(
             f"cannot load {repo_id!r}: it is not a local path, it is not in the Hugging Face cache, "
             "and the Hugging Face hub is " + ("disabled (HF_HUB_OFFLINE=1)" if offline else "unreachable"),
-            hint="use the offline default (--model smollm2-135m-instruct-q4), a local model directory or a "
+            hint=f"did you mean --model {near}? (the built-in model's name, all lower case)"
+            if near
+            else "use the offline default (--model smollm2-135m-instruct-q4), a local model directory or a "
             ".gguf file; or run once where the hub is reachable to fill the cache",
         )
     return reachable
