@@ -121,6 +121,29 @@ def test_causal_chart_prints_small_changes_and_keeps_labels_clear_of_the_legend(
     plt.close(fig)
 
 
+def test_the_controls_median_is_labelled_at_its_bar_not_above_its_highest_draw(scan, tmp_path):
+    """The control's "+0.13" sat over its one draw of +6.6 and read as that draw's value."""
+    from headscope.render.induction_figures import ablation_chart
+
+    res = copy.copy(scan)
+    draws = [6.6, 1.1, 0.35, 0.2, 0.13, 0.13, 0.1, 0.05, 0.0, -0.002]
+    controls = [e for e in scan.ablation if e["kind"] == "control"]
+    res.ablation = [dict(e) for e in scan.ablation if e["kind"] != "control"] + [
+        {**controls[0], "loss_increase": d, "first_repeat_increase": 0.0} for d in draws
+    ]
+    fig = ablation_chart(res)
+    fig.savefig(tmp_path / "ablation.png")
+    ax = fig.axes[0]
+    (label,) = [t for t in ax.texts if t.get_text().startswith("median")]
+    assert label.get_text().endswith("+0.13") and label.get_position()[1] < 1.0  # beside the median, not at 6.6
+    box = label.get_window_extent()
+    dots = ax.collections[0].get_offsets()
+    for x, y in ax.transData.transform(dots):
+        assert not (box.x0 - 3 <= x <= box.x1 + 3 and box.y0 - 3 <= y <= box.y1 + 3), (x, y)
+    assert box.x1 <= ax.get_window_extent().x1  # inside the frame
+    plt.close(fig)
+
+
 def test_one_strong_pair_does_not_wash_out_the_composition_map(tiny_gpt2):
     """One pair far above the rest left every other cell the colour of 0; the colorbar also had no label."""
     from headscope.qk import composition_scores

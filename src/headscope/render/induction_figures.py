@@ -171,10 +171,12 @@ def ablation_chart(res: InductionResult, ax=None):
     digits = decimals_for(values)  # a 0.001-nat change is not "+0.00"
     # each value goes above its whisker's cap and its first-repeat cross, not on them
     tops = [np.nanmax([val, hi, f]) + 0.02 * span for val, hi, f in zip(values, highs, firsts)]
-    if draws:  # the control's label goes above its highest dot, not across it
-        tops[-1] = max(tops[-1], max(draws) + 0.02 * span)
     for i, (val, top) in enumerate(zip(values, tops)):
-        ax.text(i, top, f"{val:+.{digits}f}", ha="center", va="bottom", fontsize=8)
+        if draws and i == len(values) - 1:  # the control's median beside its bar, right of the dots and whisker:
+            # above the highest dot it read as that draw's value
+            ax.text(i + 0.1, val + 0.02 * span, f"median\n{val:+.{digits}f}", ha="left", va="bottom", fontsize=7)
+        else:
+            ax.text(i, top, f"{val:+.{digits}f}", ha="center", va="bottom", fontsize=8)
     ax.set_xticks(x, labels, fontsize=8)
     ax.axhline(0, color="black", lw=0.6)
     ax.set_ylabel("change in later-repeat loss (nats)")
