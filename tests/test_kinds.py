@@ -579,3 +579,17 @@ def test_a_tokenizer_without_ordinal_sets_leaves_the_successor_score_unmeasured_
     res.scores["successor"] = r.scores
     fig = score_heatmap(res, "successor")
     assert "not measured" in fig.axes[0].get_title()
+
+
+def test_an_icl_score_whose_interval_includes_zero_says_so(tmp_path):
+    """-1.045 nats [-2.099, +0.010] stood in bold on the heads page with nothing to say the interval includes 0."""
+    from headscope.render.views.heads_view import describe_icl, icl_html
+    from headscope.results.icl_result import ICLResult
+
+    def icl(lo, hi):
+        return ICLResult(-1.045, 0.5, 4.0, 2.955, 50, 500, np.array([4.0, 3.0]), 40, "40 windows", "mean",
+                         icl_ci95=(lo, hi))  # fmt: skip
+
+    wide, narrow = icl(-2.099, 0.010), icl(-2.0, -0.1)
+    assert "The interval includes 0" in icl_html(wide) and "The interval includes 0" in describe_icl(wide)[0]
+    assert "includes 0" not in icl_html(narrow) and "includes 0" not in describe_icl(narrow)[0]

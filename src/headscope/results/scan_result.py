@@ -139,7 +139,7 @@ class InductionResult(Result):
                 f"control, {c['n']} draws of {c['n_heads']} other heads at random: median {signed(c['median'])} nats, "
                 f"central {INTERVAL_LEVEL:.0%} of draws [{signed(c['low'])}, {signed(c['high'])}] "
                 f"(first repeat: median {signed(c['first_repeat']['median'])}, central {INTERVAL_LEVEL:.0%} "
-                f"[{signed(c['first_repeat']['low'])}, {signed(c['first_repeat']['high'])}])"
+                f"[{signed(c['first_repeat']['low'])}, {signed(c['first_repeat']['high'])}] nats)"
             )
         return out
 

@@ -28,13 +28,26 @@ def interval_text(ci) -> str:
     return f"[{fmt(lo, signed=True)}, {fmt(hi, signed=True)}]"
 
 
+def icl_zero_note(icl) -> str:
+    """A sentence when the ICL score's interval includes 0 (the windows do not show the loss falling), else ""."""
+    lo, hi = icl.icl_ci95
+    if lo <= 0 <= hi:
+        return (
+            f"The interval includes 0: on these {icl.n_windows} windows the loss does not clearly fall from token "
+            f"{icl.early} to token {icl.late} (more windows narrow it: --icl-windows, or icl_windows= in Python)."
+        )
+    return ""
+
+
 def icl_html(icl) -> str:
     """The ICL score and each ablated head's delta with its standard error (an ``ICLResult``)."""
     head = (
         f"<p>In-context learning score (Olsson et al. 2022): <b>{esc(fmt(icl.icl_score, signed=True))}</b> nats "
         f"(loss at token {icl.late} {esc(fmt(icl.loss_late))} minus token {icl.early} {esc(fmt(icl.loss_early))}; "
         f"standard error {esc(fmt(icl.icl_stderr))}, 95% interval "
-        f"{esc(interval_text(icl.icl_ci95))}) on {esc(icl.source)}.</p>"
+        f"{esc(interval_text(icl.icl_ci95))}) on {esc(icl.source)}."
+        + (f" <b>{esc(icl_zero_note(icl))}</b>" if icl_zero_note(icl) else "")
+        + "</p>"
     )
     if icl.n_windows < 2:
         head += f"<p>On {icl.n_windows} window: {esc(ONE_WINDOW)}.</p>"
@@ -93,7 +106,7 @@ def describe_icl(icl: ICLResult) -> list[str]:
     lines = [
         f"In-context learning score: {icl.icl_score:+.3f} nats (SE {fmt(icl.icl_stderr)}, 95% interval "
         f"{interval_text((lo, hi))}; loss at token {icl.late} {icl.loss_late:.2f} minus token {icl.early} "
-        f"{icl.loss_early:.2f}) on {icl.source}"
+        f"{icl.loss_early:.2f}) on {icl.source}" + (f". {icl_zero_note(icl)}" if icl_zero_note(icl) else "")
     ]
     if icl.n_windows < 2:
         lines.append(f"  On {icl.n_windows} window: {ONE_WINDOW}.")
@@ -101,7 +114,7 @@ def describe_icl(icl: ICLResult) -> list[str]:
         d, se = e["delta"], e["delta_stderr"]
         a, b = e.get("delta_ci95", (float("nan"), float("nan")))
         lines.append(
-            f"  {head_label(e['layer'], e['head'])} {icl.ablation_kind}-ablated: Δ {d:+.3f} (SE {fmt(se)}, 95% "
+            f"  {head_label(e['layer'], e['head'])} {icl.ablation_kind}-ablated: Δ {d:+.3f} nats (SE {fmt(se)}, 95% "
             f"interval {interval_text((a, b))})"
             + (
                 " - raises the score on these windows (interval above 0: weaker in-context learning)"
