@@ -15,7 +15,14 @@ from rich.table import Table
 from ...results.base import GapChecked
 from ...results.patching_results import DEFINITIONS, ActivationPatching, CircuitAnalysis, PathPatching
 from ...stats import signed, with_interval
-from ..circuit_figures import patching_by_position, patching_heatmap, path_chart, sender_map
+from ..circuit_figures import (
+    is_direct,
+    patching_by_position,
+    patching_heatmap,
+    path_chart,
+    sender_map,
+    shown_paths,
+)
 from ..html import esc, kv_html, table_html
 from ..lookup import register, view_of
 from ..view_base import Section, View, plotted
@@ -142,6 +149,24 @@ class ActivationPatchingView(View):
         console.print(t)
 
 
+def _receiver(result: PathPatching, receiver: str) -> str:
+    """A receiver as the tables name it: ``logits (direct)`` for the direct path among paths via later heads."""
+    return f"{receiver} (direct)" if is_direct(result, receiver) else receiver
+
+
+def _direct_note(result: PathPatching, k: int) -> str:
+    """What a table of a direct path and paths via later heads holds (empty for a table of one kind of path)."""
+    direct = [s for s, r in zip(result.senders, result.receivers) if is_direct(result, r)]
+    if not direct:
+        return ""
+    via = len(result.senders) - len(direct)
+    return (
+        f'<p class="note">First row: {esc(", ".join(direct))}\'s direct path to the logits (no head in between), '
+        f"shown whatever its size; then the {min(k, via)} of the {via} paths via a later head with the largest "
+        "effect.</p>"
+    )
+
+
 GERUND = {"noise": "noising", "denoise": "denoising"}
 
 
@@ -164,10 +189,11 @@ class PathPatchingView(View):
         return f"Path patching: {result.receiver}"
 
     def table_rows(self, result, k: int = 12):
-        """The table's columns and its ``k`` top rows: the interval column only where intervals were measured."""
+        """The table's columns and its ``k`` top rows (after the direct path to the logits, where the result also has
+        paths via later heads: :func:`shown_paths`): the interval column only where intervals were measured."""
         raw = not result.normalised_meaningful and len(result.change)
         what = f"change in {result.metric}" if raw else "share of the gap (effect)"
-        top = result.top_change(k) if raw else result.top(k)
+        top = [(s, _receiver(result, r), e, lo, hi) for s, r, e, lo, hi in shown_paths(result, k)]
         if not has_intervals(result):
             return ["sender", "receiver", what], [[s, r, round(e, 4 if raw else 3)] for s, r, e, _, _ in top]
         return ["sender", "receiver", what, "95% interval"], [
@@ -178,7 +204,14 @@ class PathPatchingView(View):
         said = list(dict.fromkeys(result.notes + ([] if has_intervals(result) else [ONE_EXAMPLE])))
         notes = "".join(f'<p class="note">{esc(n)}</p>' for n in said)
         table = table_html(*self.table_rows(result))
-        body = gap_warning_html(result) + _setup_html(result) + notes + plotted(_paths_figure, result) + table
+        body = (
+            gap_warning_html(result)
+            + _setup_html(result)
+            + notes
+            + plotted(_paths_figure, result)
+            + _direct_note(result, 12)
+            + table
+        )
         anchor = "paths-" + "".join(c if c.isalnum() else "-" for c in result.receiver.lower())[:40]
         return [
             Section(
@@ -202,8 +235,8 @@ class PathPatchingView(View):
         measured = has_intervals(result)
         for c in ("sender", "receiver", what, "95% interval")[: 4 if measured else 3]:
             t.add_column(c, justify="left" if c in ("sender", "receiver") else "right")
-        for s, r, e, lo, hi in result.top_change(8) if raw else result.top(8):
-            t.add_row(s, escape(r), signed(e, 4 if raw else 3), *([_iv(lo, hi)] if measured else []))
+        for s, r, e, lo, hi in shown_paths(result, 8):
+            t.add_row(s, escape(_receiver(result, r)), signed(e, 4 if raw else 3), *([_iv(lo, hi)] if measured else []))
         console.print(t)
         for n in [n for n in result.notes if "grouped-query" in n] + ([] if measured else [ONE_EXAMPLE]):
             console.print(f"[dim]{escape(n)}[/]", highlight=False)
