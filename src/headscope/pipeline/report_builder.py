@@ -105,7 +105,7 @@ def texts_to_sequences(model, texts, max_tokens: int = MAX_VIEW_TOKENS) -> list[
     """Strings or ``(title, text)`` pairs (None: the samples) through the one input path; one string is one text."""
     if isinstance(texts, str):
         texts = [texts]
-    said = f"the page's window of {max_tokens} tokens"
+    said = f"the attention views' window of {max_tokens} tokens"  # a page's or the figures' (induction --text)
     if not texts:
         return encode_texts(model, None, max_tokens=max_tokens, limit_name=said)
     pairs = [t if isinstance(t, tuple) else (f"text {i}", t) for i, t in enumerate(texts, 1)]
