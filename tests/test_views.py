@@ -293,3 +293,13 @@ def test_an_induction_scan_names_the_roles_it_did_not_measure_instead_of_their_t
     assert "induction ≥ 0.4" in text
     assert "attention-sink: not measured" in settings_html(res)
     assert "Not measured by this run: attention-sink" in view_of(res).legend(res)["roles"]
+
+
+def test_the_page_footer_names_only_what_the_page_holds(tiny_gpt2):
+    """A circuit, heads or logits page's footer spoke of interactive QK scores and qk.json it did not have."""
+    from headscope.scan import scan_induction
+
+    res = scan_induction(tiny_gpt2, seq_len=6, batch=2, top_k=2, ablate=False, sample=False, progress=False)
+    footer = Report(model=tiny_gpt2, results=[res]).notes_html()
+    assert "QK" not in footer and "qk.json" not in footer and "logits.json" not in footer
+    assert "(scores.json) have full precision" in footer

@@ -34,6 +34,7 @@ from .._version import __version__
 from ..errors import BadInput
 from ..models.model import as_model
 from ..results.base import Result
+from ..results.qk_results import QKAnalysis
 from .html import DECIMALS, MAX_VIEW_TOKENS, esc, legend_html, page_asset, scripts_html
 from .lookup import view_of
 from .view_base import Section, sections_html
@@ -133,10 +134,13 @@ class Report:
         return "; ".join(bits)
 
     def notes_html(self) -> str:
+        qk = any(isinstance(r, QKAnalysis) for r in self.results)
+        files = list(dict.fromkeys(r.json_file for r in self.results if r.json_file))  # only this page's results
         notes = list(self.notes) + [
-            f"Numbers on this page are rounded to {DECIMALS} decimals (QK scores in the interactive views to 2) and "
-            f"interactive views keep at most {MAX_VIEW_TOKENS} tokens of a sequence; the JSON outputs "
-            "(headscope induction --json, qk.json, logits.json) have full precision."
+            f"Numbers on this page are rounded to {DECIMALS} decimals"
+            + (" (QK scores in the interactive views to 2)" if qk else "")
+            + f" and interactive views keep at most {MAX_VIEW_TOKENS} tokens of a sequence"
+            + (f"; the JSON files of these results ({', '.join(files)}) have full precision." if files else ".")
         ]
         return "<ul>" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>"
 

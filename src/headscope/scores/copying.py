@@ -41,7 +41,8 @@ DEFINITION = (
 DIRECT_DEFINITION = (
     "The copying score on the direct token path only: eigenvalue positivity of W_E W_V W_O W_U with the bare "
     "embedding W_E (gains folded, nothing centred, norm scale ignored), the reading before the block-0 effective "
-    "embedding. No role: a second column beside copying. Source: Elhage et al. 2021."
+    "embedding. No role: a second column beside copying on the page and in the CSV and JSON (the terminal table "
+    "leaves it out). Source: Elhage et al. 2021."
 )
 
 
