@@ -4,6 +4,8 @@
   its table, labelled "direct";
 - an activation-patching map whose colour range follows the heads says when a cell (an MLP) lies beyond it: the
   colour bar says "colour clipped" and has arrows on the clipped side, and the clipped cells carry their numbers;
+- the logits page's legend defines every number the page shows, headed by the registry's labels (not its keys), and
+  says how the copying score differs from the share of tokens at self-rank 1.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import headscope
 from headscope.render._mpl import plt
 from headscope.render.circuit_figures import patching_heatmap, path_chart, shown_paths
 from headscope.render.lookup import view_of
@@ -111,3 +114,39 @@ def test_a_patching_map_within_its_range_has_no_clipping_note():
     label, ext = _colour_bar(fig)
     assert "clipped" not in label and ext == "neither" and not fig.axes[0].texts
     plt.close(fig)
+
+
+@pytest.fixture(scope="module")
+def logits_analysis(tiny_gpt2):
+    scan = headscope.scan_induction(tiny_gpt2, seq_len=8, batch=2, sample=False, progress=False)
+    return headscope.analyze_logits(tiny_gpt2, "a b c a b c", top=1, scan=scan)
+
+
+def test_the_logits_legend_defines_every_score_the_page_shows_under_its_registry_label(logits_analysis):
+    from headscope.scores import score
+
+    a = logits_analysis
+    legend = view_of(a).legend(a)
+    for name in ("induction", "previous_token", "copying", "direct_logit_later", "direct_logit_first"):
+        assert legend[score(name).label] == score(name).definition, name  # the registry's words, as on every page
+    assert not any("_" in k for k in legend), list(legend)  # no internal key as a heading
+    assert "K-" in legend["composition"] and "excess" in legend["composition"]
+    assert "ablation Δloss" in legend and f"{a.scan.settings['ablation']}-ablated" in legend["induction story"]
+    rank = next(v for k, v in legend.items() if "self-rank 1" in k)
+    assert (
+        "eigenvalues" in rank and "a token ranked 2nd or 600th counts as 0" in rank and "without contradicting" in rank
+    )
+
+    page = view_of(a).sections(a)[0].html
+    assert (
+        "share of the texts&#x27; tokens at self-rank 1" in page or "share of the texts' tokens at self-rank 1" in page
+    )
+    assert "copies (share" not in page and "two different measurements" in page
+
+
+def test_without_ablation_the_legend_defines_no_delta_loss(tiny_gpt2):
+    scan = headscope.scan_induction(tiny_gpt2, seq_len=8, batch=2, ablate=False, sample=False, progress=False)
+    a = headscope.analyze_logits(tiny_gpt2, "a b c a b c", top=1, scan=scan)
+    legend = view_of(a).legend(a)
+    assert "ablation Δloss" not in legend
+    assert "-ablated" not in legend["induction story"] and "No ablation ran" in legend["induction story"]

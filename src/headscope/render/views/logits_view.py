@@ -9,7 +9,17 @@ import numpy as np
 from rich.table import Table
 
 from ...head_labels import head_label
-from ...results.logit_results import LogitAnalysis, ablation_cell, logit_definitions
+from ...results.logit_results import (
+    DLA_DEFINITION,
+    STORY_DEFINITION,
+    LogitAnalysis,
+    ablation_cell,
+    ov_definition,
+)
+from ...results.patching_results import DEFINITIONS as PATCHING_DEFINITIONS
+from ...results.qk_results import QK_DEFINITIONS
+from ...scores import CONTROL_DRAWS, ablation_definition
+from ...scores import score as declared
 from ...stats import with_interval
 from ...tokens import visible_whitespace
 from ..html import DECIMALS, esc, table_html, tabs_html, tokens_html, visible_token
@@ -139,12 +149,28 @@ def logit_ov_html(a) -> str:
     cols = [
         "head",
         "self-rank (median)",
-        "copies (share of tokens at self-rank 1)",
+        SELF_RANK_1,
         "source token shown",
         "promotes",
         "suppresses",
     ]
-    return table_html(cols, rows) + tabs_html("ovbars", panels)
+    return table_html(cols, rows) + f"<p class='muted'>{esc(COPYING_VS_RANK)}</p>" + tabs_html("ovbars", panels)
+
+
+#: The OV table's column: of the texts' tokens, the share its head ranks first in its own OV row.
+SELF_RANK_1 = "share of the texts' tokens at self-rank 1"
+
+#: Why a head's copying score and its share at self-rank 1 differ (L18H6: 0.823 and 0.022), said under the OV table
+#: and in the legend, so the two numbers are not read as contradicting each other.
+COPYING_VS_RANK = (
+    f"The {declared('copying').label} score (the induction story's column) and the {SELF_RANK_1} are two different "
+    "measurements of the head's OV circuit, so they can differ a lot for one head without contradicting each other. "
+    "The copying score is one number for the whole circuit, from its eigenvalues: sum(eig) / sum(|eig|), 1 when "
+    "every eigenvalue is positive. The share at self-rank 1 counts, over the source tokens of the OV table (the "
+    "distinct tokens of the texts, and any --token asked for), how often a token's own logit is the largest of the "
+    "whole vocabulary in its OV row; a token ranked 2nd or 600th counts as 0. The median self-rank says how far from "
+    "first those tokens typically are."
+)
 
 
 def logit_sections(a) -> list[tuple[str, str, str]]:
@@ -322,7 +348,7 @@ class LogitAnalysisView(View):
         return [Section(*s) for s in logit_sections(result)]
 
     def legend(self, result) -> dict[str, str]:
-        return logit_definitions()
+        return logit_legend(result)
 
     def subtitle(self, result) -> str:
         return "logit effect of " + ", ".join(head_label(l, h) for l, h in result.heads)
@@ -343,3 +369,57 @@ class LogitAnalysisView(View):
 def _embedding(a) -> str:
     """How the analysis read the OV rows' source tokens (every chosen head's rows share one convention)."""
     return next((getattr(ov, "embedding", "embed") for ov in a.ov.values()), "embed")
+
+
+def logit_legend(a) -> dict[str, str]:
+    """Every number the logits page shows, headed by the registry's labels (not its internal keys), in page order:
+    the story's columns (induction, K-composition, previous-token, copying, self-rank, the direct effects, Δloss,
+    the measured paths), then direct logit attribution, the OV rows and the story as a whole."""
+    label = {n: declared(n).label for n in ("induction", "previous_token", "copying", "direct_logit_first")}
+    ablation = a.scan.settings.get("ablation")
+    measured = any(st.k_paths or st.logit_paths for st in a.stories.stories)
+    out = {
+        label["induction"]: declared("induction").definition,
+        "composition": QK_DEFINITIONS["composition"],
+        label["previous_token"]: declared("previous_token").definition,
+        label["copying"]: declared("copying").definition,
+        f"OV self-rank (median); {SELF_RANK_1}": "In a head's OV row for a source token (OV circuit row, below), the rank of "
+        "the token itself among the whole vocabulary (1 = the head promotes it above every other token). The "
+        "source tokens are the distinct tokens of the texts (the first token left out) and any --token asked for. "
+        "'self-rank (median)' is "
+        f"the median over them; the {SELF_RANK_1} is the fraction of them at rank 1. {COPYING_VS_RANK}",
+        declared("direct_logit_later").label: declared("direct_logit_later").definition,
+        label["direct_logit_first"]: declared("direct_logit_first").definition,
+    }
+    if ablation:  # None with --no-ablate: no Δloss was measured, so none is defined
+        out["ablation Δloss"] = ablation_definition(a.scan.settings.get("controls") or CONTROL_DRAWS)
+    if measured:
+        out["path effect"] = PATCHING_DEFINITIONS["path"]
+    convention = next((ov.convention for ov in a.ov.values()), None) or ov_definition("block0")
+    out |= {
+        "direct logit attribution": DLA_DEFINITION,
+        "OV circuit row": convention,
+        "induction story": _story_definition(ablation, measured),
+    }
+    return out
+
+
+def _story_definition(ablation: str | None, measured: bool) -> str:
+    """The induction story's definition as this run made it: the ablation it ran (or none), and whether paths were
+    measured (the results' text assumes a mean ablation and no measured path)."""
+    text = STORY_DEFINITION
+    if ablation:
+        text = text.replace("mean-ablated", f"{ablation}-ablated")
+    else:
+        text = text.replace(
+            " and its ablation Δloss (a change in cross-entropy, nats: the later-repeat loss with the head's output "
+            "mean-ablated minus the clean loss). The last two are different quantities in different units and are "
+            "shown side by side, not compared",
+            ". No ablation ran (--no-ablate): no Δloss was measured",
+        )
+    if measured:
+        text = text.replace(
+            "no path through later components was measured.",
+            "paths were measured by path patching (path effect), on the task they name.",
+        )
+    return text
