@@ -133,7 +133,10 @@ def test_summary_findings_and_frame_name_the_component_that_raises_the_score(tin
     a = analyze_qk(tiny_gpt2, ["The cat sat. The cat sat."], ["1.2"], max_memory_gb=None)
     L, H = 2, 4
     a.scan_scores = {"induction": np.ones((L, H)), "previous_token": np.zeros((L, H))}  # treat L1H2 as induction
+    # on the induction stripe (the analysis takes the stripe the head attends most; here it must be this one)
+    a.decompositions = [decompose_qk(tiny_gpt2, "1.2", "The cat sat. The cat sat.")]
     dec = a.decomposition(1, 2)
+    assert dec is not None and dec.stripe == "induction"
     name, v = dec.raises_most("key")
     ((by_size, _),) = dec.top("key", 1, by="vs_mean_key")
     assert name != by_size

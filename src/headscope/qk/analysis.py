@@ -1,6 +1,6 @@
 """The whole QK analysis for a few heads, as ``headscope qk`` runs it: pick, compute, explain.
 
-:func:`pick_heads` runs a quick induction scan (no ablation) and takes the top induction and
+:func:`pick_heads` runs the induction scan at `headscope induction`'s sequences (no causal check) and takes the top induction and
 previous-token heads; :func:`analyze_qk` computes every QK view for the chosen heads and
 returns a :class:`QKAnalysis`, which writes ``qk.json``, CSVs and PNGs.
 """
@@ -24,6 +24,7 @@ from ..results.qk_results import (
     QKAnalysis,
     QKDecomposition,
     TokenQK,
+    scan_source,
 )
 from ..scan.induction_scan import check_scan_of
 from ..settings import whole_number
@@ -107,7 +108,12 @@ def check_qk_memory(model, lengths: list[int], heads: list[Head] | None, top: in
 
 
 def quick_scan(model):
-    """Induction scan at a small size, no ablation: enough to rank heads (~ one short forward pass)."""
+    """The induction scan at `headscope induction`'s sequences (:data:`QUICK_SCAN`), without its causal check.
+
+    The same scores `headscope induction` reports, so the heads picked and the scores shown beside them
+    agree with the other pages (a smaller scan ranked L17H5 above L17H3 on SmolLM2); one forward pass
+    over 10 x 101 tokens.
+    """
     from ..scan import scan_induction
 
     return scan_induction(model, **QUICK_SCAN, ablate=False, sample=False, progress=False)
@@ -177,7 +183,8 @@ def _decompositions(model, chosen, seqs, query, w, step, skipped: list[dict]):
         acts = capture_residual(model, seq, max_layer, score_layers={layer for layer, _ in chosen})
         for layer, h in chosen:
             try:
-                dec = decompose_qk(model, (layer, h), seq, query=query, weights=w, acts=acts)
+                # where it attends: the induction or previous-token stripe, whichever holds more of its attention
+                dec = decompose_qk(model, (layer, h), seq, query=query, weights=w, acts=acts, stripe="attended")
             except DecompositionMismatch as e:
                 skipped.append(
                     {
@@ -251,15 +258,10 @@ def analyze_qk(
     given_scan = scan is not None
     scan = check_scan_of(model, scan) if given_scan else quick_scan(model)
     timings["scan_s"] = time.perf_counter() - t
+    scan_from = scan_source(scan.settings) if given_scan else scan_source()
     if chosen is None:
         chosen, reasons = pick_heads(scan, top)
-        source = (
-            "the given induction scan"
-            if given_scan
-            else f"a quick scan ({QUICK_SCAN['batch']} sequences of {QUICK_SCAN['seq_len']} random tokens repeated "
-            "twice, no ablation)"
-        )
-        notes.append(f"heads picked by {source}: the top {top} induction and top {top} previous-token heads")
+        notes.append(f"heads picked by {scan_from}: the top {top} induction and top {top} previous-token heads")
     else:
         reasons = {}
     w = head_weights(model)
@@ -299,6 +301,7 @@ def analyze_qk(
         composition_by_offset=by_offset,
         used_offsets=used if rotary.is_rotary(model) else {},
         scan_scores={k: np.asarray(v) for k, v in scan.scores.items()},
+        scan_from=scan_from,
         notes=notes,
         timings=timings,
     )

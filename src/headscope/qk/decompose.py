@@ -35,7 +35,8 @@ from ..folded_weights import HeadWeights, attn_post_scale_hook, head_weights, ml
 from ..hooks import act_name
 from ..models.inputs import SAMPLE_TEXTS, TokenSequence, one_head, one_sequence
 from ..models.model import as_model, in_eval_mode
-from ..results.qk_results import QKDecomposition
+from ..results.base import one_of
+from ..results.qk_results import STRIPE_NAMES, QKDecomposition
 from ..settings import whole_number
 from . import rotary
 from .live import capture, pre_softmax_scores
@@ -206,24 +207,87 @@ def query_index(query: int, T: int) -> int:
     return q
 
 
-def choose_pairs(seq: TokenSequence, pattern: np.ndarray, query: int | None, key: int | None):
-    """The (query, key) pairs to explain and a sentence saying how they were chosen."""
+def previous_pairs(ids: list[int]) -> list[tuple[int, int]]:
+    """Previous-token (query, key) pairs: key ``j = i - 1``, from query 2 (the first token is never the key).
+
+    >>> previous_pairs([5, 7, 8, 9])
+    [(2, 1), (3, 2)]
+    """
+    return [(i, i - 1) for i in range(2, len(ids))]
+
+
+#: The stripes a decomposition is averaged over: name -> (its pairs from the token ids, its name in prose,
+#: which pairs they are).
+STRIPES = {
+    "induction": (
+        stripe_pairs,
+        STRIPE_NAMES["induction"],
+        "query/key pairs where the key follows an earlier copy of the query's token",
+    ),
+    "previous_token": (
+        previous_pairs,
+        STRIPE_NAMES["previous_token"],
+        "query/key pairs with key = query - 1, the first token never the key",
+    ),
+}
+#: ``stripe=`` values of :func:`decompose_qk`: a named stripe, or "attended" (the one the head attends most).
+STRIPE_CHOICES = (*STRIPES, "attended")
+
+
+def _thin(pairs: list[tuple[int, int]]) -> tuple[list[tuple[int, int]], str]:
+    """At most :data:`MAX_PAIRS` of ``pairs``, evenly spaced, and the words saying so."""
+    if len(pairs) <= MAX_PAIRS:  # e.g. one token repeated: every earlier copy is on the induction stripe
+        return pairs, ""
+    return [pairs[int(n)] for n in np.linspace(0, len(pairs) - 1, MAX_PAIRS)], f"; {MAX_PAIRS} of them, evenly spaced"
+
+
+def _stripe_attention(pattern: np.ndarray, pairs: list[tuple[int, int]]) -> float:
+    I, J = (np.array(x) for x in zip(*pairs))
+    return float(pattern[I, J].mean())
+
+
+def choose_stripe(seq: TokenSequence, pattern: np.ndarray, stripe: str):
+    """The stripe's pairs, a sentence saying which stripe and why, and its name; None where it has no pairs.
+
+    ``stripe="attended"``: of :data:`STRIPES`, the one where this head's mean attention on this text is
+    highest, with every stripe's mean attention in the sentence (a previous-token head is explained on
+    the previous-token stripe, where it attends, not on the induction stripe, where it does not).
+    """
+    one_of(stripe, STRIPE_CHOICES, "stripe")
+    names = list(STRIPES) if stripe == "attended" else [stripe]
+    found = {n: p for n in names if (p := STRIPES[n][0](seq.ids))}
+    if not found:
+        return None
+    att = {n: _stripe_attention(pattern, p) for n, p in found.items()}
+    best = max(att, key=lambda n: att[n])  # ties: the first, induction
+    pairs, thinned = _thin(found[best])
+    _, name, what = STRIPES[best]
+    how = f"averaged over {name} ({len(found[best])} {what}{thinned})"
+    if stripe == "attended":
+        others = "; ".join(f"{STRIPES[n][1]}: {a:.2f}" for n, a in att.items() if n != best)
+        how += f", the stripe this head attends most on this text: mean attention {att[best]:.2f} there" + (
+            f" ({others})" if others else ""
+        )
+    return pairs, how, best
+
+
+def choose_pairs(
+    seq: TokenSequence, pattern: np.ndarray, query: int | None, key: int | None, stripe: str = "induction"
+) -> tuple[list[tuple[int, int]], str, str | None]:
+    """The (query, key) pairs to explain, a sentence saying how they were chosen, and the stripe's name (None: no stripe).
+
+    Without ``query``: the pairs of ``stripe`` (:func:`choose_stripe`), else the last query and its most-attended
+    key (BOS excluded). With ``query``: that query and ``key`` or its most-attended key.
+    """
     T = len(seq)
     if query is None and key is not None:
         raise BadInput("a key position needs a query position too", hint="pass query=... as well")
     if query is None:
-        pairs = stripe_pairs(seq.ids)
-        if pairs:
-            how = (
-                f"averaged over the induction stripe ({len(pairs)} query/key pairs where the key follows an "
-                "earlier copy of the query's token"
-            )
-            if len(pairs) > MAX_PAIRS:  # e.g. one token repeated: every earlier copy is on the stripe
-                pairs = [pairs[int(n)] for n in np.linspace(0, len(pairs) - 1, MAX_PAIRS)]
-                how += f"; {MAX_PAIRS} of them, evenly spaced"
-            return pairs, how + ")"
+        chosen = choose_stripe(seq, pattern, stripe)
+        if chosen is not None:
+            return chosen
         query = T - 1
-        how = "no token repeats, so no induction stripe: "
+        how = "no token repeats, so no induction stripe: " if stripe == "induction" else "no stripe in 2 tokens: "
     else:
         how = ""
     q = query_index(query, T)
@@ -232,14 +296,14 @@ def choose_pairs(seq: TokenSequence, pattern: np.ndarray, query: int | None, key
         if q > 0:
             row[0] = -1  # explain content, not the BOS sink
         k = int(row.argmax())
-        return [(q, k)], how + f"query {q} and its most-attended key {k}" + (" (BOS excluded)" if q > 0 else "")
+        return [(q, k)], how + f"query {q} and its most-attended key {k}" + (" (BOS excluded)" if q > 0 else ""), None
     k = key + T if key < 0 else key
     if not 0 <= k <= q:
         raise BadInput(
             f"key position {key} is not visible from query {q}: keys run from 0 to the query (causal mask)",
             hint=f"use a key position from 0 to {q}",
         )
-    return [(q, k)], f"query {q}, key {k}"
+    return [(q, k)], f"query {q}, key {k}", None
 
 
 @in_eval_mode
@@ -254,11 +318,15 @@ def decompose_qk(
     weights: HeadWeights | None = None,
     max_tokens: int | None = None,
     acts: dict | None = None,
+    stripe: str = "induction",
 ) -> QKDecomposition:
     """Split head ``head``'s score on ``text`` over residual components, key side and query side.
 
-    With neither ``query`` nor ``key`` the result is averaged over the induction stripe (or,
-    without repeats, the last query and its most-attended non-BOS key). Contributions are
+    With neither ``query`` nor ``key`` the result is averaged over ``stripe``: "induction" (the
+    default), "previous_token" (key = query - 1), or "attended", the one of those two where this
+    head's mean attention on the text is highest (what ``headscope qk`` uses: a head is explained
+    where it attends); without a stripe (no repeats, for "induction"), the last query and its
+    most-attended non-BOS key. Contributions are
     in score units (``q.k/sqrt(d_head)``); ``vs_mean_key`` columns subtract each component's
     mean over all keys the query can see, which is what the softmax responds to.
 
@@ -276,6 +344,7 @@ def decompose_qk(
       hint: e.g. query=10
     """
     layer, h = one_head(model, head, "decompose_qk")
+    one_of(stripe, STRIPE_CHOICES, "stripe")
     query = None if query is None else whole_number("query", query)
     key = None if key is None else whole_number("key", key)
     seq = one_sequence(model, SAMPLE_TEXTS[0] if text is None else text, max_tokens, "decompose_qk")
@@ -283,7 +352,7 @@ def decompose_qk(
     acts = acts if acts is not None else capture_residual(model, seq, layer)
     (qn, qkinds, q), (kn, kkinds, k) = head_vectors(model, w, acts, layer, h)
     pattern = acts[act_name("pattern", layer)][h].numpy()
-    pairs, how = choose_pairs(seq, pattern, query, key)
+    pairs, how, stripe_name = choose_pairs(seq, pattern, query, key, stripe)
     scale = w.score_scale(layer)
     q_tot, k_tot = q.sum(0), k.sum(0)  # [T, d_head]
     steps = torch.arange(1, k.shape[1] + 1, dtype=k.dtype)[:, None]
@@ -323,6 +392,7 @@ def decompose_qk(
         model_score=float(model_scores.mean()),
         max_abs_error=error,
         attention=float(pattern[I, J].mean()),
+        stripe=stripe_name,
     )
 
 

@@ -13,6 +13,7 @@ import matplotlib.ticker
 import numpy as np
 
 from ..head_labels import head_label
+from ..results.qk_results import WEIGHT_PRODUCT
 from ._mpl import plt, show_token, signed_limit, tight_layout
 
 KIND_COLOURS = {"embed": "#4c72b0", "head": "#dd8452", "mlp": "#55a868", "bias": "#8172b3", "rounding": "#bbbbbb"}
@@ -90,7 +91,7 @@ def plot_live(scores, sequence: int, n: int):
         vmax=1,
     )
     fig.suptitle(
-        _wrap(f"{scores.model_name}, head {head_label(layer, head)}, sequence {sequence}: {seq.text[:90]!r}"),
+        _wrap(f"{scores.model_name}, head {head_label(layer, head)}, text {sequence + 1}: {seq.text[:90]!r}"),
         fontsize=11,
     )
     for note in seq.notes:
@@ -181,8 +182,9 @@ def plot_decomposition(dec, top: int = 12):
     )
     fig.suptitle(
         _wrap(
-            f"{dec.model_name}, head {dec.label}: why it attends there -- {where}; "
-            f"score {dec.score:.3f} (model {dec.model_score:.3f}), attention {dec.attention:.2f}"
+            f"{dec.model_name}, head {dec.label}, text {dec.sequence_index + 1}: its score split over residual "
+            f"components -- {where}; score {dec.score:.3f} (model {dec.model_score:.3f}), "
+            f"mean attention there {dec.attention:.2f}"
         ),
         fontsize=10,
     )
@@ -300,8 +302,14 @@ def plot_composition(comp, kind: str | None = None):
     return fig
 
 
-def plot_k_sources(comp, heads: list[tuple[int, int]], prev_token: np.ndarray | None = None, k: int = 8):
-    """For each head, its strongest K-composition sources, labelled with their previous-token score."""
+def plot_k_sources(
+    comp, heads: list[tuple[int, int]], prev_token: np.ndarray | None = None, k: int = 8, prev_from: str | None = None
+):
+    """For each head, its strongest K-composition sources, labelled with their previous-token score.
+
+    A weight product, and the figure says so (:data:`~headscope.results.qk_results.WEIGHT_PRODUCT`);
+    ``prev_from``: where the previous-token scores come from (default: the run's induction scan).
+    """
     cols = min(len(heads), 3)
     rows = (len(heads) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(4.8 * cols, 3.4 * rows), squeeze=False)
@@ -319,10 +327,15 @@ def plot_k_sources(comp, heads: list[tuple[int, int]], prev_token: np.ndarray | 
         ax.set_yticks(range(len(src)), names, fontsize=8)
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(4))
         ax.set_xlabel(f"K-composition minus baseline ({comp.where})")
-        ax.set_title(f"sources of head {head_label(layer, head)}'s keys", fontsize=10)
+        ax.set_title(f"heads that could feed {head_label(layer, head)}'s keys", fontsize=10)
+    prev = prev_from or "the run's induction scan (qk.json: scan_scores_from)"
     fig.suptitle(
-        f"{comp.model_name}: strongest K-composition sources"
-        + (" (colour and label: the source's previous-token score)" if prev_token is not None else ""),
+        _wrap(
+            f"{comp.model_name}: strongest K-composition sources by the weights ({WEIGHT_PRODUCT}; "
+            "headscope circuit measures the path)"
+            + (f". Colour and label: the source's previous-token score, from {prev}" if prev_token is not None else ""),
+            110,
+        ),
         fontsize=10,
     )
     tight_layout(fig)

@@ -17,7 +17,50 @@ from ..errors import BadInput
 from ..head_labels import Head, as_head, head_label, top_k
 from ..models.inputs import TokenSequence
 from ..scores import default_thresholds
+from ..settings import ScanSettings
 from .base import Result, how_many, in_range, one_of, rounded
+
+#: What a composition score is and is not: the same words as the logits page's K-composition sources.
+WEIGHT_PRODUCT = "a weight product, not a measured path"
+#: The stripes a decomposition is averaged over, in prose (headscope.qk.decompose.STRIPES holds their pairs).
+STRIPE_NAMES = {"induction": "the induction stripe", "previous_token": "the previous-token stripe"}
+#: The sentence every place that shows composition scores carries.
+COMPOSITION_CAVEAT = (
+    f"A composition score is {WEIGHT_PRODUCT}: by the weights alone, which earlier heads could feed a later "
+    "head's queries, keys (K-composition) or values; `headscope circuit` measures a path (path patching, with "
+    "its interval)."
+)
+
+#: The induction scan that ranks heads when none are given (headscope.qk.pick_heads): `headscope induction`'s
+#: sequences (ScanSettings' defaults), without its causal check, so the scores are the ones it reports.
+QUICK_SCAN = {
+    "seq_len": ScanSettings.seq_len,
+    "batch": ScanSettings.batch,
+    "repeats": ScanSettings.repeats,
+    "seed": ScanSettings.seed,
+}
+
+
+def scan_source(settings: dict | None = None) -> str:
+    """Where a QK analysis' scan scores come from, in words: the head-picking scan, or a given scan's ``settings``.
+
+    >>> scan_source()
+    'the head-picking scan (10 sequences x 50 random tokens x 2 repeats, seed 0: `headscope induction`\'s defaults, without its causal check)'
+    """
+    if settings is None:
+        return (
+            f"the head-picking scan ({QUICK_SCAN['batch']} sequences x {QUICK_SCAN['seq_len']} random tokens x "
+            f"{QUICK_SCAN['repeats']} repeats, seed {QUICK_SCAN['seed']}: `headscope induction`'s defaults, "
+            "without its causal check)"
+        )
+    size = {k: settings.get(k) for k in ("batch", "seq_len", "repeats", "seed")}
+    if None in size.values():
+        return "the given induction scan"
+    return (
+        f"the given induction scan ({size['batch']} sequences x {size['seq_len']} random tokens x "
+        f"{size['repeats']} repeats, seed {size['seed']})"
+    )
+
 
 #: Definitions and sources of the QK quantities, for the legend.
 QK_DEFINITIONS = {
@@ -39,15 +82,13 @@ QK_DEFINITIONS = {
     "Source: Elhage et al. 2021.",
     "composition": "||W_A W_B||_F / (||W_A||_F ||W_B||_F), W_A an earlier head's OV circuit W_V W_O, W_B a later "
     "head's W_Q W_K^T (Q-), W_K W_Q^T (K-) or W_V W_O (V-composition); 'excess' subtracts the mean "
-    "score of random Gaussian matrices of the same shapes. Induction heads K-compose with "
-    "previous-token heads. Source: Elhage et al. 2021; baseline subtraction as in ARENA 1.2.",
+    "score of random Gaussian matrices of the same shapes. " + COMPOSITION_CAVEAT + " "
+    "Source: Elhage et al. 2021; baseline subtraction as in ARENA 1.2.",
     "head names": "L18H6 is layer 18, head 6 (both from 0); --head accepts L18H6 or 18.6.",
 }
 
 #: A source head "is" a previous-token head when its previous-token score reaches the registry's threshold.
 PREV_TOKEN_THRESHOLD = default_thresholds()["previous_token"]
-#: The quick induction scan that ranks heads when none are given (headscope.qk.pick_heads).
-QUICK_SCAN = {"seq_len": 20, "batch": 4, "repeats": 2, "seed": 0}
 
 #: What :meth:`QKDecomposition.raises_most` picks (the terminal table's "raises most" column, qk.json's ``raises_most``).
 RAISES_MOST_DEF = (
@@ -229,6 +270,8 @@ class QKDecomposition(Result):
     attention: float
     note: str = FROZEN_NOTE
     sequence_index: int = 0  # which of the analysed sequences (identical texts stay apart)
+    #: the stripe the pairs are ("induction", "previous_token"); None: one chosen query/key pair
+    stripe: str | None = None
 
     @property
     def label(self) -> str:
@@ -297,6 +340,7 @@ class QKDecomposition(Result):
             "text": self.sequence.text,
             "pairs": [list(p) for p in self.pairs],
             "how": self.how,
+            "stripe": self.stripe,
             "pairs_tokens": [[self.sequence.labels[i], self.sequence.labels[j]] for i, j in self.pairs[:50]],
             "score": rounded(self.score),
             "model_score": rounded(self.model_score),
@@ -666,11 +710,18 @@ class QKAnalysis(Result):
     composition_by_offset: OffsetComposition | None = None
     #: rotary models: each chosen head's most-attended offset on the texts and its share (first-token key left out)
     used_offsets: dict[str, tuple[int, float]] = field(default_factory=dict)
-    scan_scores: dict[str, np.ndarray] | None = None  # quick-scan scores [L, H] by name
+    scan_scores: dict[str, np.ndarray] | None = None  # the scan's scores [L, H] by name (see scan_from)
     notes: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     #: decompositions left out because they did not reproduce the model's scores: head, sequence, error, reason
     skipped_decompositions: list[dict] = field(default_factory=list)
+    #: where ``scan_scores`` come from, in words (:func:`scan_source`); None: the head-picking scan
+    scan_from: str | None = None
+
+    @property
+    def scan_words(self) -> str:
+        """Where the scan scores shown beside the heads come from (every place that shows them says it)."""
+        return self.scan_from or scan_source()
 
     @classmethod
     def from_dict(cls, d: dict) -> QKAnalysis:
@@ -722,13 +773,13 @@ class QKAnalysis(Result):
         return out
 
     def findings(self) -> list[str]:
-        """Plain sentences: what the K-composition sources and the decompositions show."""
+        """Plain sentences: what the K-composition sources (weights) and the decompositions (this text) show."""
         out: list[str] = []
         if self.scan_scores is None:
             return out
         for l, h in self.heads:
             ind = self.head_score("induction", l, h)
-            if ind is None or ind < PREV_TOKEN_THRESHOLD or l == 0:
+            if ind is None or ind < default_thresholds()["induction"] or l == 0:
                 continue
             src = self.k_sources(3)[head_label(l, h)]
             listed = ", ".join(f"{s['head']} ({s['excess']:+.3f}, prev-token {s['previous_token']:.2f})" for s in src)
@@ -741,20 +792,27 @@ class QKAnalysis(Result):
                 + ", ".join(f"{head_label(a, b)} ({v:.2f})" for a, b, v in top_k(self.scan_scores["previous_token"], 3))
             )
             out.append(
-                f"induction head {head_label(l, h)} (score {ind:.2f}): strongest K-composition sources "
-                f"({self.k_where}) {listed}; {verdict}"
+                f"induction head {head_label(l, h)} (induction score {ind:.2f}): strongest K-composition sources "
+                f"by the weights ({self.k_where}; {WEIGHT_PRODUCT}: heads that could feed its keys) {listed}; {verdict}"
             )
         for dec in self.decompositions:
-            ind = self.head_score("induction", dec.layer, dec.head)
-            if len(dec.pairs) > 1 and ind is not None and ind >= PREV_TOKEN_THRESHOLD:
-                top = dec.raises_most("key")
-                said = (
-                    f"the key-side component that most raises the score above the query's other keys is "
-                    f"{top[0]} ({top[1]:+.2f})"
-                    if top is not None
-                    else "no key-side component raises the score above the query's other keys"
-                )
-                out.append(f"head {dec.label} on the induction stripe of sequence {dec.sequence_index}: {said}")
+            stripe = dec.stripe
+            role = self.head_score(stripe, dec.layer, dec.head) if stripe in STRIPE_NAMES else None
+            if stripe is None or role is None or role < default_thresholds()[stripe]:
+                continue
+            top = dec.raises_most("key")
+            said = (
+                f"the key-side component that most raises the score above the query's other keys is "
+                f"{top[0]} ({top[1]:+.2f})"
+                if top is not None
+                else "no key-side component raises the score above the query's other keys"
+            )
+            out.append(
+                f"head {dec.label} on {STRIPE_NAMES[stripe]} of text {dec.sequence_index + 1} "
+                f"(mean attention {dec.attention:.2f} there): {said}"
+            )
+        if out:
+            out.append(f"the induction and previous-token scores above are from {self.scan_words}")
         return out
 
     def to_dict(self) -> dict:
@@ -773,6 +831,7 @@ class QKAnalysis(Result):
             "notes": self.notes,
             "findings": self.findings(),
             "quick_scan": QUICK_SCAN,
+            "scan_scores_from": self.scan_words,
             "live": self.live.to_dict(),
             "decompositions": [d.to_dict() | {"sequence": d.sequence_index} for d in self.decompositions],
             "decompositions_skipped": self.skipped_decompositions,

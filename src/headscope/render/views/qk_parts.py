@@ -8,7 +8,15 @@ from __future__ import annotations
 import numpy as np
 
 from ...head_labels import head_label
-from ...results.qk_results import CompositionScores, OffsetComposition, PositionalQK, QKDecomposition, QKScores, TokenQK
+from ...results.qk_results import (
+    COMPOSITION_CAVEAT,
+    CompositionScores,
+    OffsetComposition,
+    PositionalQK,
+    QKDecomposition,
+    QKScores,
+    TokenQK,
+)
 from ..lookup import register
 from ..qk_figures import plot_composition, plot_decomposition, plot_live, plot_live_grid, plot_positional, plot_token_qk
 from ..view_base import Section, View, frame_html
@@ -23,7 +31,7 @@ class QKScoresView(View):
 
         rows = [
             {
-                "sequence": s,
+                "text": s + 1,
                 "head": head_label(l, h),
                 "tokens": len(seq),
                 "max score": float(np.nanmax(result.scores[s][n])),
@@ -43,7 +51,10 @@ class QKDecompositionView(View):
         """On a page of its own (the explorer's saved view): the decomposition as the QK analysis shows it."""
         from .qk_view import decomposition_html
 
-        title = f"QK decomposition: why {result.label} attends where it does"
+        title = (
+            f"QK decomposition of {result.label}: its score split over residual components "
+            f"({result.how}; mean attention there {result.attention:.2f})"
+        )
         return [Section("qk-decomposition", title, decomposition_html(result))]
 
     def legend(self, result) -> dict[str, str]:
@@ -85,7 +96,8 @@ class CompositionScoresView(View):
     def notebook_html(self, result) -> str:
         f = result.to_frame().sort_values("excess", ascending=False)
         return frame_html(
-            f"Composition scores, {result.where} (baseline {result.baseline:.4f} subtracted in 'excess')",
+            f"Composition scores, {result.where} (baseline {result.baseline:.4f} subtracted in 'excess'). "
+            + COMPOSITION_CAVEAT,
             f,
             self.figure(result, "main"),
         )
@@ -96,6 +108,7 @@ class OffsetCompositionView(View):
     def notebook_html(self, result) -> str:
         f = result.to_frame().sort_values("excess", ascending=False)
         return frame_html(
-            f"Q/K-composition by rotary offset ({result.span}; baseline {result.baseline:.4f} subtracted in 'excess')",
+            f"Q/K-composition by rotary offset ({result.span}; baseline {result.baseline:.4f} subtracted in 'excess'). "
+            + COMPOSITION_CAVEAT,
             f,
         )

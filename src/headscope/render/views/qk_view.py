@@ -13,7 +13,15 @@ import numpy as np
 from rich.table import Table
 
 from ...head_labels import as_head, head_label
-from ...results.qk_results import QK_DEFINITIONS, SCORE_POSITIONS, QKAnalysis
+from ...results.qk_results import (
+    COMPOSITION_CAVEAT,
+    QK_DEFINITIONS,
+    SCORE_POSITIONS,
+    STRIPE_NAMES,
+    WEIGHT_PRODUCT,
+    QKAnalysis,
+)
+from ...scores import score
 from ..html import DECIMALS, esc, heads_view_html, table_html, tabs_html, tokens_html, visible_token
 from ..lookup import register
 from ..qk_figures import plot_composition, plot_decomposition, plot_k_sources, plot_positional, plot_token_qk
@@ -49,10 +57,14 @@ def qk_heads_html(a) -> str:
         "chosen for",
         "induction",
         "previous-token",
-        f"strongest K-composition sources (excess, {a.k_where})",
+        f"strongest K-composition sources (excess, {a.k_where}; {WEIGHT_PRODUCT})",
     ]
     shows = f"<h3>What the QK analysis shows</h3><ul class='verdicts'>{findings}</ul>" if findings else ""
-    return table_html(cols, rows) + shows + notes
+    said = (
+        f"<p class='muted'>induction, previous-token: the heads' scores from {esc(a.scan_words)} (defined in the "
+        f"legend). {esc(COMPOSITION_CAVEAT)}</p>"
+    )
+    return table_html(cols, rows) + said + shows + notes
 
 
 def qk_scores_html(live) -> str:
@@ -125,6 +137,13 @@ def decomposition_html(d) -> str:
     )
 
 
+def _decomposition_tab(d) -> str:
+    """The tab's name: the head, and the stripe its decomposition is on (or the query it explains)."""
+    if d.stripe in STRIPE_NAMES:
+        return f"{d.label} ({STRIPE_NAMES[d.stripe].removeprefix('the ')})"
+    return f"{d.label} (query {d.pairs[0][0]})" if len(d.pairs) == 1 else d.label
+
+
 def positional_html(p) -> str:
 
     rows = []
@@ -167,7 +186,9 @@ def token_qk_html(t) -> str:
     )
 
 
-def composition_html(c, heads: list[tuple[int, int]], prev_token: np.ndarray | None = None, by_offset=None) -> str:
+def composition_html(
+    c, heads: list[tuple[int, int]], prev_token: np.ndarray | None = None, by_offset=None, prev_from: str | None = None
+) -> str:
     """Each chosen head's strongest K-composition sources, every score as a figure, the sources as a table.
 
     ``by_offset`` (rotary models, an :class:`~headscope.qk.results.OffsetComposition`): the chosen heads'
@@ -192,7 +213,7 @@ def composition_html(c, heads: list[tuple[int, int]], prev_token: np.ndarray | N
         ["earlier head's previous-token score"] if prev_token is not None else []
     )
     base = f"random baseline {c.baseline:.4f} ± {c.baseline_std:.4f} (d_model {c.d_model}, d_head {c.d_head})"
-    sources = plotted(plot_k_sources, src_of, later, prev_token) if later else ""
+    sources = plotted(plot_k_sources, src_of, later, prev_token, 8, prev_from) if later else ""
     where = (
         f"the chosen heads' sources: Q/K-composition at each rotary offset (the later head's form between a query "
         f"at i and a key at i - d, W_Q M_d W_K^T), ranked by the {src_of.where}; the whole-model heatmap: {c.where}"
@@ -200,7 +221,9 @@ def composition_html(c, heads: list[tuple[int, int]], prev_token: np.ndarray | N
         else "no rotary positions: the scores are position-free"
     )
     return (
-        f"<p class='muted'>{esc(base)}; {esc(c.note)}; {esc(where)}</p>{sources}{plotted(plot_composition, c)}"
+        f"<p class='muted'>{esc(COMPOSITION_CAVEAT)} {esc(base)}; {esc(c.note)}; {esc(where)}"
+        + (f"; previous-token scores from {esc(prev_from)}" if prev_token is not None and prev_from else "")
+        + f"</p>{sources}{plotted(plot_composition, c)}"
         "<details><summary>The strongest sources of each chosen head, every kind (table)</summary>"
         + table_html(cols, rows, sortable=True)
         + "</details>"
@@ -211,22 +234,24 @@ def qk_sections(a) -> list[tuple[str, str, str]]:
     """The QK part of the page from a :class:`~headscope.qk.QKAnalysis`."""
     heads = a.heads
     first = a.live.sequences[0]
-    decs = [d for l, h in heads if (d := a.decomposition(l, h)) is not None]  # sequence 0, every head shown
+    decs = [d for l, h in heads if (d := a.decomposition(l, h)) is not None]  # text 1, every head shown
     return [
         ("qk-heads", "QK analysis: the chosen heads", qk_heads_html(a)),
         (
             "qk-live",
             "QK scores on text (interactive)",
-            "<p class='muted'>Pre-softmax scores q·k/√d_head of the chosen heads, red positive, blue negative, scaled to "
-            "the largest non-BOS score of each text; the softmax of each row is the attention pattern.</p>"
-            + qk_scores_html(a.live),
+            "<p class='muted'>Pre-softmax scores q·k/√d_head of the chosen heads, red positive, blue negative; one "
+            "colour scale per text, shared by every head: ± the largest |score| of any chosen head on that text, the "
+            "first token's row and column left out (a head whose scores are small looks pale). The softmax of each "
+            "row is the attention pattern.</p>" + qk_scores_html(a.live),
         ),
         (
             "qk-decomposition",
-            "Why they attend there: QK decompositions",
-            f"<p class='muted'>On text 1 ({esc(first.text[:80])}{'…' if len(first.text) > 80 else ''}); every text's "
-            "decompositions are in qk.json (headscope qk).</p>"
-            + tabs_html("decomp", [(head_label(d.layer, d.head), decomposition_html(d)) for d in decs]),
+            "Where they attend, what sets the score: QK decompositions",
+            f"<p class='muted'>On text 1 ({esc(first.text[:80])}{'…' if len(first.text) > 80 else ''}), each head on "
+            "the stripe it attends most on that text (the induction stripe or the previous-token stripe; its mean "
+            "attention on both is in each tab); every text's decompositions are in qk.json (headscope qk).</p>"
+            + tabs_html("decomp", [(_decomposition_tab(d), decomposition_html(d)) for d in decs]),
         ),
         ("qk-positional", "Positional QK circuit", positional_html(a.positional)),
         (
@@ -244,6 +269,7 @@ def qk_sections(a) -> list[tuple[str, str, str]]:
                 heads,
                 None if a.scan_scores is None else a.scan_scores["previous_token"],
                 a.composition_by_offset,
+                a.scan_words,
             ),
         ),
     ]
@@ -256,14 +282,14 @@ def _print_summary(con, a) -> None:
         "picked as",
         "induction",
         "prev-token",
-        "key side: raises most (seq 0)",
+        "key side: raises most (text 1)",
         "token QK at",
         f"top K-comp sources ({a.k_where})",
     ):
         t.add_column(col, justify="right" if col in ("induction", "prev-token") else "left")
     sources = a.k_sources(3)
     for n, (l, h) in enumerate(a.heads):
-        dec = a.decomposition(l, h)  # sequence 0; None: it did not reproduce the model's scores (a note says)
+        dec = a.decomposition(l, h)  # text 1; None: it did not reproduce the model's scores (a note says)
         top = dec.raises_most("key") if dec is not None else None
         ind, prev = a.head_score("induction", l, h), a.head_score("previous_token", l, h)
         src = " ".join(f"{s['head']}:{s['excess']:+.3f}" for s in sources[head_label(l, h)]) or "- (layer 0)"
@@ -280,10 +306,13 @@ def _print_summary(con, a) -> None:
     con.print(t)
     con.print(
         "[dim]key side, raises most: the key-side component with the largest positive 'vs mean key' value, the "
-        "one that most raises the score on the induction stripe (or the chosen query) above the query's other "
-        "keys ('none raises it' where no component does); token QK at: the offset (key that many tokens before "
+        "one that most raises the score above the query's other keys ('none raises it' where no component does), "
+        "on text 1 at the stripe the head attends most there (induction or previous-token; or the chosen query); "
+        "token QK at: the offset (key that many tokens before "
         "the query) the token circuit is taken at, the one the head attends most on these texts (rotary models); "
-        f"K-comp sources: score minus the random baseline, {a.k_where}.[/]",
+        f"K-comp sources: score minus the random baseline, {a.k_where}, {WEIGHT_PRODUCT} "
+        "(headscope circuit measures paths); induction, prev-token: the heads' scores from "
+        f"{a.scan_words}.[/]",
         highlight=False,
     )
     for note in a.notes:
@@ -314,7 +343,14 @@ class QKAnalysisView(View):
         return [patterns, *(Section(*s) for s in qk_sections(result))]
 
     def legend(self, result) -> dict[str, str]:
-        return dict(QK_DEFINITIONS)
+        """The QK quantities, then every score shown as a column, from the registry's definitions."""
+        shown = {
+            name: score(name).definition
+            + ("" if "Source:" in score(name).definition else f" Source: {score(name).source}.")
+            + f" Here from {result.scan_words}."
+            for name in ("induction", "previous_token")
+        }
+        return dict(QK_DEFINITIONS) | {f"{score(n).label} score": d for n, d in shown.items()}
 
     def subtitle(self, result) -> str:
         return "QK analysis of " + ", ".join(head_label(l, h) for l, h in result.heads)
