@@ -150,3 +150,13 @@ def test_without_ablation_the_legend_defines_no_delta_loss(tiny_gpt2):
     legend = view_of(a).legend(a)
     assert "ablation Δloss" not in legend
     assert "-ablated" not in legend["induction story"] and "No ablation ran" in legend["induction story"]
+
+
+def test_the_story_definition_says_which_ablation_ran_and_whether_paths_were_measured():
+    from headscope.render.views.logits_view import _story_definition
+    from headscope.results.logit_results import STORY_DEFINITION
+
+    assert _story_definition("mean", False) == STORY_DEFINITION
+    zero = _story_definition("zero", True)
+    assert "zero-ablated" in zero and "mean-ablated" not in zero
+    assert "no path through later components was measured" not in zero and "path patching" in zero
