@@ -107,19 +107,20 @@ def test_writes_csv_and_every_figure(small, tmp_path):
     # one column per score of the registry read on the scan (attention_sink is read on natural text: `heads`),
     # then the causal check of each singly ablated head
     on_scan = [s.name for s in SCORES if not on_natural_text(s.reads)]
-    assert header == ",".join(["layer", "head", *on_scan, "roles", *ablation])
-    assert header.startswith("layer,head,induction,prefix_matching,previous_token,duplicate_token,copying,")
+    assert header == ",".join(["layer", "head", "label", *on_scan, "roles", *ablation])
+    assert header.startswith("layer,head,label,induction,prefix_matching,previous_token,duplicate_token,copying,")
     assert all((out / n).stat().st_size > 1000 for n in names if n.endswith(".png"))
 
 
 def test_existing_results_are_never_overwritten_silently(small, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    (out / "scores.json").write_text("precious")
+    earlier = '{"model": {"name": "an earlier version wrote this"}, "scores": {}}'  # results without a manifest
+    (out / "scores.json").write_text(earlier)
     r = run(*small)
     assert r.exit_code == 4
     assert "already holds results" in r.output and "--overwrite" in r.output
-    assert (out / "scores.json").read_text() == "precious"
+    assert (out / "scores.json").read_text() == earlier
     assert run(*small, "--overwrite").exit_code == 0
     assert json.loads((out / "scores.json").read_text())["model"]["n_layers"] == 2
 

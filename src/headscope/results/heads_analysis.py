@@ -108,8 +108,7 @@ class HeadsAnalysis(Result):
 
     def to_frame(self):
         """One row per head: layer, head, label, every score, roles; natural-text sinks and ICL delta when measured."""
-        frame = self.induction.to_frame()
-        frame.insert(2, "label", [head_label(l, h) for l, h in zip(frame["layer"], frame["head"], strict=True)])
+        frame = self.induction.to_frame()  # its label column included
         if self.natural_sinks is not None:  # alpha_1 is the attention_sink column already
             frame["sink_rate"] = self.natural_sinks.sink_rate.ravel().astype(float)
         if self.icl is not None and self.icl.ablations:

@@ -91,7 +91,10 @@ class InductionResult(Result):
         for s in roles_present(self.scores, self.thresholds):
             a = self.scores[s.name]
             found = [(l, h, v) for l, h, v in top_k(a, a.size) if v >= self.thresholds[s.name]]
-            entries += [{"layer": l, "head": h, "role": s.name, "score": rounded(float(v))} for l, h, v in found]
+            entries += [
+                {"layer": l, "head": h, "label": head_label(l, h), "role": s.name, "score": rounded(float(v))}
+                for l, h, v in found
+            ]
         return entries
 
     def ablation_rises(self) -> dict[tuple[int, int], float]:
@@ -148,7 +151,7 @@ class InductionResult(Result):
         return [n for n in score_names() if n in self.scores]
 
     def to_frame(self):
-        """One row per head: layer, head, every score, and its roles."""
+        """One row per head: layer, head, its label (``L18H6``), every score, and its roles."""
         import pandas as pd
 
         L, H = self.scores["induction"].shape
@@ -157,7 +160,7 @@ class InductionResult(Result):
         rows = []
         for l in range(L):
             for h in range(H):
-                row: dict[str, Any] = {"layer": l, "head": h}
+                row: dict[str, Any] = {"layer": l, "head": h, "label": head_label(l, h)}
                 row.update({name: float(self.scores[name][l, h]) for name in names})
                 row["roles"] = "+".join(roles.get((l, h), []))
                 row.update(_ablation_columns(self.ablation_of(l, h)))
