@@ -60,6 +60,20 @@ def test_models_table_says_the_default_is_not_cached_yet(fresh_cache):
     assert "(empty)" in result.stdout
 
 
+def test_models_lists_the_caches_other_folders_and_a_ggufs_source(fresh_cache):
+    """`headscope models` left out downloads/ (98 MB) and scores/, and read a GGUF's folder as "--model PATH"."""
+    (fresh_cache / "downloads").mkdir(parents=True)
+    (fresh_cache / "downloads" / "x.gguf").write_bytes(bytes(2_000_000))
+    (fresh_cache / "scores").mkdir()
+    for i in range(3):
+        (fresh_cache / "scores" / f"s{i}.json").write_text("{}")
+    doc = json.loads(runner.invoke(app, ["models", "--json"]).stdout)
+    other = {e["name"]: e for e in doc["other"]}
+    assert other["downloads"]["bytes"] == 2_000_000 and other["scores"]["files"] == 3
+    text = runner.invoke(app, ["models"], env={"COLUMNS": "200"}).stdout
+    assert "Also in the cache: downloads/ (2.0 MB, 1 file)" in text and "scores/ (0.0 MB, 3 files)" in text
+
+
 def test_fetch_a_local_model_directory_just_checks_it(tiny_gpt2_dir, fresh_cache):
     result = runner.invoke(app, ["fetch", str(tiny_gpt2_dir)])
     assert result.exit_code == 0, result.output

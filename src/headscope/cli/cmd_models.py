@@ -10,6 +10,7 @@ from rich.table import Table
 
 from ..models import BUILTINS, fetch_hub, list_cached, resolve_source
 from ..models.cache import cache_dir
+from ..models.loading import cache_extras, gguf_source
 from . import app
 from ._common import DebugOpt, JsonOpt, consoles, handle_errors
 
@@ -21,7 +22,8 @@ def models_cmd(json_out: JsonOpt = False, debug: DebugOpt = False) -> None:
     by_folder = {b.folder: b.alias for b in BUILTINS.values()}
     # the folder keeps its first name (smollm2-135m) so a cache from before the alias changed stays valid;
     # say which alias reads it, or a user takes the folder's name for the model's
-    cached = [{**c, "alias": by_folder.get(c["name"])} for c in list_cached()]
+    cached = [{**c, "alias": by_folder.get(c["name"]), "gguf": gguf_source(c["name"])} for c in list_cached()]
+    extras = cache_extras()
     if json_out:
         doc = {
             "cache_dir": str(cache_dir()),
@@ -30,6 +32,7 @@ def models_cmd(json_out: JsonOpt = False, debug: DebugOpt = False) -> None:
                 for b in BUILTINS.values()
             ],
             "cached": cached,
+            "other": extras,
         }
         typer.echo(json.dumps(doc, indent=2))
         return
@@ -48,10 +51,14 @@ def models_cmd(json_out: JsonOpt = False, debug: DebugOpt = False) -> None:
     c.add_column("size", justify="right")
     c.add_column("path")
     for item in cached:
-        c.add_row(item["name"], item["alias"] or "--model PATH", f"{item['bytes'] / 1e6:.0f} MB", item["path"])
+        read_by = item["alias"] or (f"--model .../{item['gguf']}" if item["gguf"] else "--model PATH")
+        c.add_row(item["name"], read_by, f"{item['bytes'] / 1e6:.0f} MB", item["path"])
     if not cached:
         c.add_row("(empty)", "", "", "")
     out.print(c)
+    for e in extras:  # not models, but in the cache and on the disk: a user clearing space should see them
+        s = "" if e["files"] == 1 else "s"
+        out.print(f"Also in the cache: {e['name']}/ ({e['bytes'] / 1e6:.1f} MB, {e['files']} file{s}): {e['what']}.")
     out.print(
         "Any Hugging Face hub id (gpt2, EleutherAI/pythia-70m, ...), model directory or .gguf file also works "
         "with --model. Clear the cache with `rm -r " + str(cache_dir()) + "`.",

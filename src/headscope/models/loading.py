@@ -622,3 +622,32 @@ def list_cached() -> list[dict[str, Any]]:
             if not d.name.startswith(".") and d.is_dir() and _is_converted(d):
                 out.append({"name": d.name, "bytes": cache.dir_size(d), "path": str(d)})
     return out
+
+
+#: The cache's other folders: what each holds (``headscope models`` lists them beside the models).
+CACHE_EXTRAS = {
+    "downloads": "the built-in models' downloaded GGUF files (fetched again when missing)",
+    "scores": "weight and sink scores cached per model weights (computed again when missing)",
+}
+
+
+def cache_extras() -> list[dict[str, Any]]:
+    """The cache's folders other than ``models``: name, what it holds, size in bytes, file count, path."""
+    out = []
+    for name, what in CACHE_EXTRAS.items():
+        d = cache.cache_dir() / name
+        if d.is_dir():
+            files = sum(1 for p in d.rglob("*") if p.is_file())
+            out.append({"name": name, "what": what, "bytes": cache.dir_size(d), "files": files, "path": str(d)})
+    return out
+
+
+def gguf_source(folder: str) -> str | None:
+    """The file name a ``gguf-STEM-KEY`` cache folder was converted from (``STEM.gguf``), else None.
+
+    >>> gguf_source("gguf-model.Q4_1-3f2a"), gguf_source("smollm2-135m")
+    ('model.Q4_1.gguf', None)
+    """
+    if not folder.startswith("gguf-") or folder.count("-") < 2:
+        return None
+    return folder[len("gguf-") :].rsplit("-", 1)[0] + ".gguf"
