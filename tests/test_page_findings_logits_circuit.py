@@ -160,3 +160,10 @@ def test_the_story_definition_says_which_ablation_ran_and_whether_paths_were_mea
     zero = _story_definition("zero", True)
     assert "zero-ablated" in zero and "mean-ablated" not in zero
     assert "no path through later components was measured" not in zero and "path patching" in zero
+
+
+def test_the_story_tables_small_direct_effects_are_not_minus_zero():
+    """The story table printed a first-repeat DLA of -4e-4 as "-0.000"."""
+    from headscope.render.views.logits_view import _signed
+
+    assert _signed(-4e-4) == "-4.0e-04" and _signed(0.0) == "+0.000" and _signed(None) == "-"

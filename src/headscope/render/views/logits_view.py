@@ -20,7 +20,7 @@ from ...results.patching_results import DEFINITIONS as PATCHING_DEFINITIONS
 from ...results.qk_results import QK_DEFINITIONS
 from ...scores import CONTROL_DRAWS, ablation_definition
 from ...scores import score as declared
-from ...stats import with_interval
+from ...stats import signed, with_interval
 from ...tokens import visible_whitespace
 from ..html import DECIMALS, esc, table_html, tabs_html, tokens_html, visible_token
 from ..logit_figures import ov_row_bars, scan_effect_heatmap, token_head_heatmap
@@ -208,7 +208,7 @@ def logit_sections(a) -> list[tuple[str, str, str]]:
 
 
 def _signed(v: float | None, nd: int = 3) -> str:
-    return "-" if v is None else f"{v:+.{nd}f}"
+    return "-" if v is None else signed(v, nd)  # a DLA of -4e-4 printed "-0.000"
 
 
 def print_logits(con, a) -> None:
