@@ -193,7 +193,7 @@ def logit_sections(a) -> list[tuple[str, str, str]]:
         + logit_story_html(a)
         + "<h3>Direct effect on the copied token, every head</h3>"
         + plotted(scan_effect_heatmap, a.scan, "later", None, a.story_heads)
-        + "<h3>Largest direct effects on your texts</h3>"
+        + "<h3>Largest direct effects on the texts</h3>"
         + logit_effects_html(a)
         + "<p class='muted'>Each head's direct push on the centred logit of the token that actually comes next "
         "(red raises it), for the chosen heads: "
