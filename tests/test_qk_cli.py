@@ -48,7 +48,7 @@ def test_default_run_picks_heads_by_quick_scan_and_writes_every_output(gpt2_args
     reasons = [h["reason"] for h in doc["heads"]]
     assert any("induction score" in x for x in reasons) and any("previous-token score" in x for x in reasons)
     assert len(doc["live"]["sequences"]) == 3  # the built-in samples
-    assert any("head-picking scan (10 sequences x 50 random tokens" in n for n in doc["notes"])
+    assert any("quick scan (4 sequences x 20 random tokens" in n for n in doc["notes"])
     for name in ("heads.csv", "scores.csv", "decomposition.csv", "positional.csv", "token_qk.csv", "composition.csv"):
         assert len(pd.read_csv(out / name)) > 0, name
     figs = {p.name for p in (out / "figures").iterdir()}

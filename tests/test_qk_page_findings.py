@@ -130,20 +130,22 @@ def test_page_says_composition_is_a_weight_product_and_defines_every_score_colum
     assert "induction score" in legend and "previous-token score" in legend
     assert "key = query - 1" in legend["previous-token score"]
     for text in (legend["induction score"], legend["previous-token score"]):
-        assert f"{QUICK_SCAN['batch']} sequences x {QUICK_SCAN['seq_len']} random tokens" in text
+        assert f"{QUICK_SCAN['batch']} sequences x {QUICK_SCAN['seq_len']} random tokens" in text and "10 x 50" in text
     html = "".join(s.html for s in view.sections(analysis))
     assert "why it attends" not in html.lower() and "largest non-BOS score" not in html
     assert "largest |score| of any chosen head on that text" in html
-    assert WEIGHT_PRODUCT in html and "head-picking scan (10 sequences x 50 random tokens" in html
+    assert WEIGHT_PRODUCT in html
     for f in analysis.findings():
         assert "sequence" not in f
     assert any("of text 1" in f for f in analysis.findings()) or not analysis.findings()
 
 
-def test_the_head_picking_scan_is_headscope_inductions(tiny_llama, analysis):
-    s = ScanSettings()
-    assert QUICK_SCAN == {"seq_len": s.seq_len, "batch": s.batch, "repeats": s.repeats, "seed": s.seed}
-    assert any("head-picking scan (10 sequences x 50 random tokens x 2 repeats" in n for n in analysis.notes)
-    full = headscope.scan_induction(tiny_llama, ablate=False, sample=False, progress=False)  # the defaults
-    for name in ("induction", "previous_token"):
-        np.testing.assert_allclose(analysis.scan_scores[name], full.scores[name], atol=1e-6)
+def test_the_quick_scan_is_named_with_its_size_wherever_its_scores_are_shown(analysis):
+    said = f"quick scan ({QUICK_SCAN['batch']} sequences x {QUICK_SCAN['seq_len']} random tokens"
+    full = ScanSettings()
+    assert any(said in n for n in analysis.notes)
+    assert f"`headscope induction`'s scan of {full.batch} x {full.seq_len}" in analysis.scan_words
+    view = view_of(analysis)
+    html = "".join(s.html for s in view.sections(analysis))
+    assert said in html and said in view.legend(analysis)["induction score"]
+    assert analysis.to_dict()["scan_scores_from"] == analysis.scan_words
