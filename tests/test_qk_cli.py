@@ -69,10 +69,11 @@ def test_default_run_picks_heads_by_quick_scan_and_writes_every_output(gpt2_args
 def test_existing_results_are_not_overwritten_without_overwrite(gpt2_args, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    (out / "qk.json").write_text("precious")
+    earlier = '{"model": {"name": "an earlier version wrote this"}, "heads": []}'  # results without a manifest
+    (out / "qk.json").write_text(earlier)
     r = run(*gpt2_args, "--head", "0.1", "--no-figures")
     assert r.exit_code == 4 and "already holds results" in r.output and "--overwrite" in r.output
-    assert (out / "qk.json").read_text() == "precious"
+    assert (out / "qk.json").read_text() == earlier
     assert run(*gpt2_args, "--head", "0.1", "--no-figures", "--overwrite").exit_code == 0
 
 

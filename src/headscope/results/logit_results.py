@@ -22,7 +22,7 @@ from ..scores import score as declared
 from ..stats import signed, with_interval
 from ..tokens import visible_whitespace
 from .base import Result, how_many, one_of, rounded
-from .qk_results import CompositionScores
+from .qk_results import WEIGHT_PRODUCT, CompositionScores
 from .scan_result import InductionResult
 
 DLA_DEFINITION = (
@@ -553,8 +553,7 @@ class LogitAnalysis(Result):
                 src = s.k_source
                 parts.append(
                     f"strongest K-composition source by the weights {src['head']} ({self.k_where}, "
-                    f"{src['k_composition']:+.3f}, previous-token {src['previous_token']:.2f}; a weight product, "
-                    "not a measured path)"
+                    f"{src['k_composition']:+.3f}, previous-token {src['previous_token']:.2f}; {WEIGHT_PRODUCT})"
                 )
                 if prev and prev[0] is not src:
                     parts.append(
