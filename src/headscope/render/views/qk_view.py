@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 
 import numpy as np
+from rich.markup import escape
 from rich.table import Table
 
 from ...head_labels import as_head, head_label
@@ -248,7 +249,8 @@ def qk_sections(a) -> list[tuple[str, str, str]]:
         (
             "qk-decomposition",
             "Where they attend, what sets the score: QK decompositions",
-            f"<p class='muted'>On text 1 ({esc(first.text[:80])}{'…' if len(first.text) > 80 else ''}), each head on "
+            f"<p class='muted'>On {esc(first.title or 'text 1')} ({esc(first.text[:80])}"
+            f"{'…' if len(first.text) > 80 else ''}), each head on "
             "the stripe it attends most on that text (the induction stripe or the previous-token stripe; its mean "
             "attention on both is in each tab); every text's decompositions are in qk.json (headscope qk).</p>"
             + tabs_html("decomp", [(_decomposition_tab(d), decomposition_html(d)) for d in decs]),
@@ -277,12 +279,13 @@ def qk_sections(a) -> list[tuple[str, str, str]]:
 
 def _print_summary(con, a) -> None:
     t = Table(title=f"QK analysis of {a.model['name']}: chosen heads")
+    first = a.live.sequences[0].title or "text 1"  # a --file's name, not a number the user never gave it
     for col in (
         "head",
         "picked as",
         "induction",
         "prev-token",
-        "key side: raises most (text 1)",
+        f"key side: raises most ({escape(first)})",
         "token QK at",
         f"top K-comp sources ({a.k_where})",
     ):
@@ -307,7 +310,7 @@ def _print_summary(con, a) -> None:
     con.print(
         "[dim]key side, raises most: the key-side component with the largest positive 'vs mean key' value, the "
         "one that most raises the score above the query's other keys ('none raises it' where no component does), "
-        "on text 1 at the stripe the head attends most there (induction or previous-token; or the chosen query); "
+        f"on {escape(first)} at the stripe the head attends most there (induction or previous-token; or the chosen query); "
         "token QK at: the offset (key that many tokens before "
         "the query) the token circuit is taken at, the one the head attends most on these texts (rotary models); "
         f"K-comp sources: score minus the random baseline, {a.k_where}, {WEIGHT_PRODUCT} "
