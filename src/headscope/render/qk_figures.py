@@ -183,8 +183,8 @@ def plot_decomposition(dec, top: int = 12):
     fig.suptitle(
         _wrap(
             f"{dec.model_name}, head {dec.label}, text {dec.sequence_index + 1}: its score split over residual "
-            f"components -- {where}; score {dec.score:.3f} (model {dec.model_score:.3f}), "
-            f"mean attention there {dec.attention:.2f}"
+            f"components -- {where}; score {dec.score:.3f} (model {dec.model_score:.3f})"
+            + ("" if "mean attention" in where else f", mean attention there {dec.attention:.2f}")  # said once
         ),
         fontsize=10,
     )
