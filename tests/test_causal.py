@@ -267,3 +267,17 @@ def test_the_legend_says_how_many_control_draws_the_run_made(tiny_gpt2):
     res = scan_induction(tiny_gpt2, seq_len=5, batch=2, top_k=2, controls=3, sample=False, progress=False)
     assert "drawn at random, 3 times" in induction_definitions(res)["ablation Δloss"]
     assert "drawn at random, 10 times" in induction_definitions()["ablation Δloss"]
+
+
+def test_the_control_line_sets_all_top_heads_against_each_draw():
+    """'All 5 top heads: +6.97' stood beside a control with a +6.6 draw and nothing compared them."""
+
+    def entry(kind, rise, heads):
+        return {"kind": kind, "layer": 0, "head": 0, "heads": heads, "loss_increase": rise, "interval": [rise, rise],
+                "verdict": "raises", "first_repeat_increase": 0.0, "first_repeat_interval": [0.0, 0.0]}  # fmt: skip
+
+    top = [[0, 1], [0, 2]]
+    draws = [entry("control", d, [[1, 0], [1, 1]]) for d in (6.64, 1.08, 0.2, 7.5)]
+    res = InductionResult({}, {}, {}, np.zeros(3), 10.0, 3.0, [entry("all_top", 6.97, top), *draws], {})
+    (line,) = [v for v in res.verdicts() if v.startswith("control")]
+    assert line.endswith("; all 2 top heads' change (+6.970) is above 3 of the 4 draws")

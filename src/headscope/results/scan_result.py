@@ -119,6 +119,19 @@ class InductionResult(Result):
         """The random control over its draws: median and central 95% of the draws' changes (None without one)."""
         return control_spread(self.ablation)
 
+    def _top_against_control(self) -> str:
+        """``"; all 5 top heads' change (+6.968) is above 10 of the 10 draws"``: the same number in the same
+        units (later-repeat loss, nats, the same sequences) set against each draw; "" without both."""
+        top = next((e for e in self.ablation if e["kind"] == "all_top"), None)
+        draws = [e["loss_increase"] for e in self.ablation if e["kind"] == "control"]
+        if top is None or len(draws) < 2:
+            return ""
+        above = sum(top["loss_increase"] > d for d in draws)
+        return (
+            f"; all {len(top['heads'])} top heads' change ({signed(top['loss_increase'])}) is above {above} of the "
+            f"{len(draws)} draws"
+        )
+
     def verdicts(self) -> list[str]:
         """Plain statements about the causal check: each head, all together, the control's spread."""
         out = []
@@ -143,6 +156,7 @@ class InductionResult(Result):
                 f"central {INTERVAL_LEVEL:.0%} of draws [{signed(c['low'])}, {signed(c['high'])}] "
                 f"(first repeat: median {signed(c['first_repeat']['median'])}, central {INTERVAL_LEVEL:.0%} "
                 f"[{signed(c['first_repeat']['low'])}, {signed(c['first_repeat']['high'])}] nats)"
+                + self._top_against_control()
             )
         return out
 
