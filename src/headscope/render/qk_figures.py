@@ -215,7 +215,7 @@ def plot_positional(pos):
     ax.set_xlabel("offset i - j (query minus key position)")
     ax.set_ylabel("expected score from position alone")
     ax.set_title("positional QK by relative offset", fontsize=10)
-    ax.axvline(1, color="#999", ls=":", lw=1)
+    ax.axvline(1, color="#999", ls=":", lw=1, label="offset 1 (the previous token)")
     # beside the axes, not on them: with several heads the legend sat on the curves
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     if with_mats:
