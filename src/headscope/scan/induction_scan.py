@@ -556,16 +556,14 @@ def scan_induction(
     m = as_model(model)
     st = ScanSettings.from_keywords(settings, **keywords).check()
     top_k, ablate, ablation, controls, batch = st.top_k, st.ablate, st.ablation, st.controls, st.batch
-    cfg = m.cfg
     rt = repeated_tokens(m, seq_len=st.seq_len, batch=batch, repeats=st.repeats, seed=st.seed)
     route = attention_route(m, st.attention, rt.layout.n_tokens)
     layout = rt.layout
     chunk = st.chunk_size or _chunk_for(m, route, layout, batch, budget := st.max_memory_gb)
     top_k, clamped = clamp_top(top_k, m.n_layers * m.n_heads, ablate)
-    # The causal check restarts at the first ablated layer from the clean residual there. Keep every
-    # layer's residual from the clean pass when all of them take at most a quarter of the budget
-    # (10 x 101 tokens of SmolLM2: 70 MB); else recompute the few layers needed once, after scoring.
-    resid_bytes = 4 * m.n_layers * batch * layout.n_tokens * cfg.d_model
+    # The causal check restarts at the first ablated layer from the clean residual there: keep every layer's when
+    # all take at most a quarter of the budget (10 x 101 tokens of SmolLM2: 70 MB); else recompute those needed.
+    resid_bytes = 4 * m.n_layers * batch * layout.n_tokens * m.cfg.d_model
     keep = range(m.n_layers) if ablate and resid_bytes <= budget * 2**30 / 4 else ()
     timings: dict[str, float] = {}
     prog = Progress(progress)
@@ -600,7 +598,7 @@ def scan_induction(
             **{"seq_len": st.seq_len, "batch": batch, "repeats": st.repeats, "seed": st.seed, "top_k": top_k},
             **_run_settings(rt),
             **{"ablation": ablation if ablate else None, "controls": controls if ablate else None},
-            **{"chunk_size": chunk, "max_memory_gb": budget, "device": str(cfg.device), "attention": route},
+            **{"chunk_size": chunk, "max_memory_gb": budget, "device": str(m.cfg.device), "attention": route},
             "weight_scores": m.cache.get("weight_notes", {}),
         },
         scores=result_scores,
