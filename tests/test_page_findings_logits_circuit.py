@@ -19,6 +19,9 @@ from headscope.render.circuit_figures import patching_heatmap, path_chart, shown
 from headscope.render.lookup import view_of
 from headscope.results.patching_results import ActivationPatching, PathPatching
 
+#: The task both hand-built patching results share.
+TASK = dict(metric="logit_diff", task="induction", n_examples=6, clean_metric=8.0, corrupt_metric=-1.0)
+
 
 def _paths(direct_effect: float = 0.0015, n_via: int = 30) -> PathPatching:
     """One sender's direct path to the logits (tiny) and ``n_via`` paths via later heads (all larger), noising."""
@@ -31,14 +34,10 @@ def _paths(direct_effect: float = 0.0015, n_via: int = 30) -> PathPatching:
         receivers=["logits"] + [f"L{2 + i // 4}H{i % 4}.qkv" for i in range(n_via)],
         receiver="L1H0 -> logits: direct and via each later head",
         direction="noise",
-        metric="logit_diff",
-        task="induction",
-        n_examples=6,
+        **TASK,
         values=values,
         low=values - 0.002,
         high=values + 0.002,
-        clean_metric=8.0,
-        corrupt_metric=-1.0,
         n_layers=12,
         n_heads=4,
     )
@@ -80,16 +79,12 @@ def _activation(direction: str, mlp0: float, heads_top: float) -> ActivationPatc
     v[0, 2] = mlp0
     return ActivationPatching(
         direction=direction,
-        metric="logit_diff",
-        task="induction",
-        n_examples=6,
+        **TASK,
         n_layers=3,
         n_heads=2,
         values=v,
         low=v - 0.01,
         high=v + 0.01,
-        clean_metric=8.0,
-        corrupt_metric=-1.0,
     )
 
 
