@@ -111,12 +111,15 @@ def shown_paths(res: PathPatching, k: int) -> list[tuple[str, str, float, float,
     return direct + [row for row in rows if not is_direct(res, row[1])][:k]
 
 
+def receiver_label(res: PathPatching, receiver: str) -> str:
+    """A receiver as charts and tables name it: ``logits (direct)`` for the direct path among paths via later heads."""
+    return f"{receiver} (direct)" if is_direct(res, receiver) else receiver
+
+
 def path_label(res: PathPatching, sender: str, receiver: str) -> str:
-    """A path's name in a chart: its sender when every path has one receiver, ``L17H4 → logits (direct)`` for the
-    direct path among paths via later heads, else ``sender → receiver``."""
-    if len(set(res.receivers)) == 1:
-        return sender
-    return f"{sender} → {receiver} (direct)" if is_direct(res, receiver) else f"{sender} → {receiver}"
+    """A path's name in a chart: its sender when every path has one receiver, else ``sender → receiver``
+    (:func:`receiver_label`: ``L17H4 → logits (direct)``)."""
+    return sender if len(set(res.receivers)) == 1 else f"{sender} → {receiver_label(res, receiver)}"
 
 
 def path_chart(res: PathPatching, top: int = 20, ax=None):

@@ -20,6 +20,7 @@ from ..circuit_figures import (
     patching_by_position,
     patching_heatmap,
     path_chart,
+    receiver_label,
     sender_map,
     shown_paths,
 )
@@ -149,11 +150,6 @@ class ActivationPatchingView(View):
         console.print(t)
 
 
-def _receiver(result: PathPatching, receiver: str) -> str:
-    """A receiver as the tables name it: ``logits (direct)`` for the direct path among paths via later heads."""
-    return f"{receiver} (direct)" if is_direct(result, receiver) else receiver
-
-
 def _direct_note(result: PathPatching, k: int) -> str:
     """What a table of a direct path and paths via later heads holds (empty for a table of one kind of path)."""
     direct = [s for s, r in zip(result.senders, result.receivers) if is_direct(result, r)]
@@ -193,7 +189,7 @@ class PathPatchingView(View):
         paths via later heads: :func:`shown_paths`): the interval column only where intervals were measured."""
         raw = not result.normalised_meaningful and len(result.change)
         what = f"change in {result.metric}" if raw else "share of the gap (effect)"
-        top = [(s, _receiver(result, r), e, lo, hi) for s, r, e, lo, hi in shown_paths(result, k)]
+        top = [(s, receiver_label(result, r), e, lo, hi) for s, r, e, lo, hi in shown_paths(result, k)]
         if not has_intervals(result):
             return ["sender", "receiver", what], [[s, r, round(e, 4 if raw else 3)] for s, r, e, _, _ in top]
         return ["sender", "receiver", what, "95% interval"], [
@@ -236,7 +232,9 @@ class PathPatchingView(View):
         for c in ("sender", "receiver", what, "95% interval")[: 4 if measured else 3]:
             t.add_column(c, justify="left" if c in ("sender", "receiver") else "right")
         for s, r, e, lo, hi in shown_paths(result, 8):
-            t.add_row(s, escape(_receiver(result, r)), signed(e, 4 if raw else 3), *([_iv(lo, hi)] if measured else []))
+            t.add_row(
+                s, escape(receiver_label(result, r)), signed(e, 4 if raw else 3), *([_iv(lo, hi)] if measured else [])
+            )
         console.print(t)
         for n in [n for n in result.notes if "grouped-query" in n] + ([] if measured else [ONE_EXAMPLE]):
             console.print(f"[dim]{escape(n)}[/]", highlight=False)
