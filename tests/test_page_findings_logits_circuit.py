@@ -148,8 +148,8 @@ def test_without_ablation_the_legend_defines_no_delta_loss(tiny_gpt2):
 
 
 def test_the_story_definition_says_which_ablation_ran_and_whether_paths_were_measured():
-    from headscope.render.views.logits_view import _story_definition
     from headscope.results.logit_results import STORY_DEFINITION
+    from headscope.results.logit_results import story_definition as _story_definition
 
     assert _story_definition("mean", False) == STORY_DEFINITION
     zero = _story_definition("zero", True)

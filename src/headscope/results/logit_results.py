@@ -310,16 +310,35 @@ class OVRows(Result):
         }
 
 
-STORY_DEFINITION = (
-    "The numbers measured about one induction head, every one from the same run: its strongest K-composition "
-    "sources (Elhage et al. 2021; score minus the random baseline) with their previous-token scores, its induction "
-    "score (attention to the token after the earlier copy), its OV copying score and the median self-rank of source "
-    "tokens in its OV rows, its direct logit effect on first- and later-repeat targets (a centred logit, logit "
-    "units: what the head itself writes into the unembedding for the target) and its ablation Δloss (a change in "
-    "cross-entropy, nats: the later-repeat loss with the head's output mean-ablated minus the clean loss). The "
-    "last two are different quantities in different units and are shown side by side, not compared; no path "
-    "through later components was measured."
-)
+def story_definition(ablation: str | None = "mean", measured: bool = False) -> str:
+    """The induction story's definition as a run made it: the ablation it ran (None: none, so no Δloss), and
+    whether paths through later components were measured (path patching)."""
+    loss = (
+        f" and its ablation Δloss (a change in cross-entropy, nats: the later-repeat loss with the head's output "
+        f"{ablation}-ablated minus the clean loss). The last two are different quantities in different units and are "
+        "shown side by side, not compared"
+        if ablation
+        else ". No ablation ran (--no-ablate): no Δloss was measured"
+    )
+    paths = (
+        "paths were measured by path patching (path effect), on the task they name."
+        if measured
+        else "no path through later components was measured."
+    )
+    return (
+        "The numbers measured about one induction head, every one from the same run: its strongest K-composition "
+        "sources (Elhage et al. 2021; score minus the random baseline) with their previous-token scores, its "
+        "induction score (attention to the token after the earlier copy), its OV copying score and the median "
+        "self-rank of source tokens in its OV rows, its direct logit effect on first- and later-repeat targets (a "
+        "centred logit, logit units: what the head itself writes into the unembedding for the target)"
+        + loss
+        + "; "
+        + paths
+    )
+
+
+#: The story's definition for the default run (mean ablation, no path measured): logits.json's definitions.
+STORY_DEFINITION = story_definition()
 
 
 def logit_definitions() -> dict[str, str]:

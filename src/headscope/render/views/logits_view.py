@@ -11,10 +11,10 @@ from rich.table import Table
 from ...head_labels import head_label
 from ...results.logit_results import (
     DLA_DEFINITION,
-    STORY_DEFINITION,
     LogitAnalysis,
     ablation_cell,
     ov_definition,
+    story_definition,
 )
 from ...results.patching_results import DEFINITIONS as PATCHING_DEFINITIONS
 from ...results.qk_results import QK_DEFINITIONS
@@ -399,27 +399,6 @@ def logit_legend(a) -> dict[str, str]:
     out |= {
         "direct logit attribution": DLA_DEFINITION,
         "OV circuit row": convention,
-        "induction story": _story_definition(ablation, measured),
+        "induction story": story_definition(ablation, measured),
     }
     return out
-
-
-def _story_definition(ablation: str | None, measured: bool) -> str:
-    """The induction story's definition as this run made it: the ablation it ran (or none), and whether paths were
-    measured (the results' text assumes a mean ablation and no measured path)."""
-    text = STORY_DEFINITION
-    if ablation:
-        text = text.replace("mean-ablated", f"{ablation}-ablated")
-    else:
-        text = text.replace(
-            " and its ablation Δloss (a change in cross-entropy, nats: the later-repeat loss with the head's output "
-            "mean-ablated minus the clean loss). The last two are different quantities in different units and are "
-            "shown side by side, not compared",
-            ". No ablation ran (--no-ablate): no Δloss was measured",
-        )
-    if measured:
-        text = text.replace(
-            "no path through later components was measured.",
-            "paths were measured by path patching (path effect), on the task they name.",
-        )
-    return text
