@@ -103,8 +103,8 @@ def test_bootstrap_refuses_what_it_cannot_state():
 
 
 def test_spread_of_draws():
-    s = spread(np.arange(11.0))
-    assert (s["median"], s["low"], s["high"], s["n"]) == (5.0, 0.25, 9.75, 11)
+    s = spread([3.0, -1.0, 10.0, 0.5])  # the range is two of the draws, never a value between or past them
+    assert (s["median"], s["min"], s["max"], s["n"]) == (1.75, -1.0, 10.0, 4)
 
 
 def test_verdict_needs_the_whole_interval_on_one_side():
@@ -199,11 +199,14 @@ def test_the_result_states_intervals_verdicts_and_the_control_spread(tiny_gpt2):
     assert res.settings["controls"] == 4 and len([e for e in res.ablation if e["kind"] == "control"]) == 4
     c = res.control_spread()
     draws = [e["loss_increase"] for e in res.ablation if e["kind"] == "control"]
-    assert c["median"] == pytest.approx(float(np.median(draws))) and c["low"] <= c["median"] <= c["high"]
+    assert c["median"] == pytest.approx(float(np.median(draws))) and [c["min"], c["max"]] == pytest.approx(
+        [min(draws), max(draws)]
+    )
     text = " ".join(res.verdicts())
     assert "4 draws of 2 other heads" in text and "first repeat" in text
     f = c["first_repeat"]  # the control's first-repeat spread, not only its median (the page gave no range)
-    assert f"first repeat: median {signed(f['median'])}, central 95% [{signed(f['low'])}, {signed(f['high'])}]" in text
+    assert f"first repeat: median {signed(f['median'])}, draws from {signed(f['min'])} to {signed(f['max'])}" in text
+    assert f"draws from {signed(min(draws))} to {signed(max(draws))} (" in text
     doc = res.to_dict()
     assert doc["ablation_control"]["n"] == 4 and all(len(e["interval"]) == 2 for e in doc["ablation"])
     frame = res.to_frame()

@@ -117,7 +117,7 @@ ControlsOpt = Annotated[
     typer.Option(
         "--controls",
         help="Random-control draws of the causal check: each ablates as many random other heads as --top; "
-        "the median and central 95% of the draws are reported.",
+        "the median and the range (lowest to highest) of the draws are reported.",
     ),
 ]
 ThresholdOpt = Annotated[

@@ -129,7 +129,7 @@ def ablation_chart(res: InductionResult, ax=None):
     """The causal check: each change in later-repeat loss with its 95% interval, first-repeat change beside it.
 
     Heads and all-together: bar = mean over sequences, whisker = bootstrap interval. Control:
-    bar = median over the random draws, whisker = central 95% of the draws, dots = the draws.
+    bar = median over the random draws, whisker = their range (lowest to highest), dots = the draws.
     """
     if ax is None:
         _, ax = plt.subplots(figsize=(7.5, 3.8), layout="constrained")
@@ -149,8 +149,8 @@ def ablation_chart(res: InductionResult, ax=None):
         labels.append(f"control\n({c['n']} draw{'s' if c['n'] != 1 else ''} of {c['n_heads']})")
         colors.append("#adb5bd")
         values.append(c["median"])
-        lows.append(c["low"])
-        highs.append(c["high"])
+        lows.append(c["min"])
+        highs.append(c["max"])
         firsts.append(c["first_repeat"]["median"])
         draws = [e["loss_increase"] for e in res.ablation if e["kind"] == "control"]
         ax.scatter(
@@ -184,7 +184,7 @@ def ablation_chart(res: InductionResult, ax=None):
     kind = res.settings.get("ablation") or "mean"
     ax.set_title(
         f"Causal check: {kind}-ablating heads' outputs (clean loss {res.loss_later_repeats:.2f} nats)\n"
-        "whiskers: 95% bootstrap interval over sequences; control: median and central 95% of its draws",
+        "whiskers: 95% bootstrap interval over sequences; control: median and range of its draws",
         fontsize=9,
     )
     return ax.figure

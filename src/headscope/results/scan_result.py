@@ -13,7 +13,7 @@ import numpy as np
 
 from ..errors import BadInput
 from ..head_labels import head_label, top_k
-from ..scores import INTERVAL_LEVEL, definitions, opposite_reason, opposite_roles, roles_present, score_names
+from ..scores import definitions, opposite_reason, opposite_roles, roles_present, score_names
 from ..stats import signed, spread, with_interval
 from .attention import AttentionSample
 from .base import Result, array_of, float_of, rounded
@@ -116,7 +116,7 @@ class InductionResult(Result):
         }
 
     def control_spread(self) -> dict | None:
-        """The random control over its draws: median and central 95% of the draws' changes (None without one)."""
+        """The random control over its draws: median and range of the draws' changes (None without one)."""
         return control_spread(self.ablation)
 
     def _top_against_control(self) -> str:
@@ -153,9 +153,9 @@ class InductionResult(Result):
         elif c is not None:
             out.append(
                 f"control, {c['n']} draws of {c['n_heads']} other heads at random: median {signed(c['median'])} nats, "
-                f"central {INTERVAL_LEVEL:.0%} of draws [{signed(c['low'])}, {signed(c['high'])}] "
-                f"(first repeat: median {signed(c['first_repeat']['median'])}, central {INTERVAL_LEVEL:.0%} "
-                f"[{signed(c['first_repeat']['low'])}, {signed(c['first_repeat']['high'])}] nats)"
+                f"draws from {signed(c['min'])} to {signed(c['max'])} "
+                f"(first repeat: median {signed(c['first_repeat']['median'])}, draws from "
+                f"{signed(c['first_repeat']['min'])} to {signed(c['first_repeat']['max'])} nats)"
                 + self._top_against_control()
             )
         return out
@@ -254,13 +254,13 @@ def ablation_text(e: dict) -> str:
 
 
 def control_spread(ablation: list[dict]) -> dict | None:
-    """The random control's draws among ``ablation``: median and central 95% of their changes (None without one)."""
+    """The random control's draws among ``ablation``: median and range of their changes (None without one)."""
     draws = [e for e in ablation if e["kind"] == "control"]
     if not draws:
         return None
     return {
-        **spread([e["loss_increase"] for e in draws], INTERVAL_LEVEL),
-        "first_repeat": spread([e["first_repeat_increase"] for e in draws], INTERVAL_LEVEL),
+        **spread([e["loss_increase"] for e in draws]),
+        "first_repeat": spread([e["first_repeat_increase"] for e in draws]),
         "n_heads": len(draws[0]["heads"]),
     }
 

@@ -253,7 +253,7 @@ def ablation_definition(controls: int = CONTROL_DRAWS) -> str:
         "(hook_z) are replaced: by their mean over all sequences and positions of the clean run (mean), by zero "
         "(zero), or by the same head's output on another sequence of the batch (resample). Each top induction "
         f"head alone, all of them together, and a control of as many other heads drawn at random, {controls} "
-        f"time{'s' if controls != 1 else ''} (median and central {INTERVAL_LEVEL:.0%} of the draws; a model with "
+        f"time{'s' if controls != 1 else ''} (median and range, lowest to highest, of the draws; a model with "
         "no more other heads than top heads has one control, all the others). [low, high]: "
         f"{INTERVAL_LEVEL:.0%} bootstrap interval over sequences ({BOOTSTRAP_RESAMPLES:,} resamples, seeded). "
         "Verdict: 'raises' only when the interval lies above 0, 'lowers' when below 0, else 'no clear change'. "
