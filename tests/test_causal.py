@@ -284,3 +284,45 @@ def test_the_control_line_sets_all_top_heads_against_each_draw():
     res = InductionResult({}, {}, {}, np.zeros(3), 10.0, 3.0, [entry("all_top", 6.97, top), *draws], {})
     (line,) = [v for v in res.verdicts() if v.startswith("control")]
     assert line.endswith("; all 2 top heads' change (+6.970) is above 3 of the 4 draws")
+
+
+def test_the_largest_draw_is_compared_paired_over_the_same_sequences():
+    """The top set's interval [6.61, 7.31] overlapped the largest draw's [6.43, 6.85], and "above every
+    draw" rested on the two means: the difference per sequence (both ablated the same ones) decides."""
+
+    def entry(kind, per_seq, heads):
+        d = np.asarray(per_seq)
+        lo, hi = bootstrap_interval(d, seed=0)
+        return {"kind": kind, "layer": 0, "head": 0, "heads": heads, "loss_increase": float(d.mean()),
+                "interval": [lo, hi], "verdict": ablation_verdict(lo, hi), "first_repeat_increase": 0.0,
+                "first_repeat_interval": [0.0, 0.0], "sequence_changes": d.tolist()}  # fmt: skip
+
+    rng = np.random.default_rng(0)
+    shared = rng.normal(7.0, 0.6, size=10)  # sequences differ a lot, alike for both ablations
+    top = entry("all_top", shared + 0.3 + rng.normal(0, 0.05, 10), [[0, 1], [0, 2]])
+    near = entry("control", shared + rng.normal(0, 0.05, 10), [[1, 0], [1, 1]])
+    far = entry("control", rng.normal(0.1, 0.05, 10), [[1, 2], [1, 3]])
+    assert near["interval"][1] > top["interval"][0]  # the two intervals overlap
+    res = InductionResult({}, {}, {}, np.zeros(3), 10.0, 3.0, [top, near, far], {})
+    (line,) = [v for v in res.verdicts() if v.startswith("control")]
+    d = np.asarray(top["sequence_changes"]) - np.asarray(near["sequence_changes"])
+    lo, hi = bootstrap_interval(d, seed=0)  # independently: the paired difference's interval
+    assert lo > 0 and line.endswith(
+        f"is above 2 of the 2 draws; above the largest draw ({signed(near['loss_increase'])}): difference "
+        f"{signed(d.mean())} [{signed(lo)}, {signed(hi)}] nats, paired over the same 10 sequences"
+    )
+    # the same draw without the top set's lead: said to be not clearly different, not "above"
+    level = entry("all_top", near["sequence_changes"] + np.tile([0.3, -0.3], 5), [[0, 1], [0, 2]])  # mean lead 0
+    res = InductionResult({}, {}, {}, np.zeros(3), 10.0, 3.0, [level, near, far], {})
+    (line,) = [v for v in res.verdicts() if v.startswith("control")]
+    assert "not clearly different from the largest draw" in line
+
+
+def test_each_ablation_keeps_its_per_sequence_changes(tiny_gpt2):
+    res = scan_induction(tiny_gpt2, seq_len=6, batch=4, top_k=2, controls=3, sample=False, progress=False)
+    for e in res.ablation:
+        assert len(e["sequence_changes"]) == 4
+        assert np.mean(e["sequence_changes"]) == pytest.approx(e["loss_increase"], abs=1e-9)
+        assert bootstrap_interval(np.asarray(e["sequence_changes"]), seed=0) == pytest.approx(e["interval"])
+    (line,) = [v for v in res.verdicts() if v.startswith("control")]
+    assert "paired over the same 4 sequences" in line

@@ -13,8 +13,16 @@ import numpy as np
 
 from ..errors import BadInput
 from ..head_labels import head_label, top_k
-from ..scores import definitions, opposite_reason, opposite_roles, roles_present, score_names
-from ..stats import signed, spread, with_interval
+from ..scores import (
+    BOOTSTRAP_RESAMPLES,
+    INTERVAL_LEVEL,
+    definitions,
+    opposite_reason,
+    opposite_roles,
+    roles_present,
+    score_names,
+)
+from ..stats import bootstrap_interval, signed, spread, with_interval
 from .attention import AttentionSample
 from .base import Result, array_of, float_of, rounded
 
@@ -120,16 +128,28 @@ class InductionResult(Result):
         return control_spread(self.ablation)
 
     def _top_against_control(self) -> str:
-        """``"; all 5 top heads' change (+6.968) is above 10 of the 10 draws"``: the same number in the same
-        units (later-repeat loss, nats, the same sequences) set against each draw; "" without both."""
+        """``"; all 5 top heads' change (+6.968) is above 10 of the 10 draws; above the largest draw (+6.644)
+        by +0.324 [+0.1, +0.5] nats, paired over the same 10 sequences"``: the same number in the same units
+        (later-repeat loss, nats, the same sequences) set against each draw, and against the largest
+        with the interval of the per-sequence difference (:func:`top_minus_draw`); "" without both."""
         top = next((e for e in self.ablation if e["kind"] == "all_top"), None)
-        draws = [e["loss_increase"] for e in self.ablation if e["kind"] == "control"]
+        draws = [e for e in self.ablation if e["kind"] == "control"]
         if top is None or len(draws) < 2:
             return ""
-        above = sum(top["loss_increase"] > d for d in draws)
-        return (
+        above = sum(top["loss_increase"] > d["loss_increase"] for d in draws)
+        text = (
             f"; all {len(top['heads'])} top heads' change ({signed(top['loss_increase'])}) is above {above} of the "
             f"{len(draws)} draws"
+        )
+        largest = max(draws, key=lambda d: d["loss_increase"])
+        paired = top_minus_draw(top, largest)
+        if paired is None:  # a scores.json written before the per-sequence changes were kept
+            return text
+        diff, lo, hi, n = paired
+        said = "above" if lo > 0 else "below" if hi < 0 else "not clearly different from"
+        return (
+            f"{text}; {said} the largest draw ({signed(largest['loss_increase'])}): difference "
+            f"{with_interval(diff, lo, hi)} nats, paired over the same {n} sequences"
         )
 
     def verdicts(self) -> list[str]:
@@ -251,6 +271,25 @@ def ablation_text(e: dict) -> str:
         f"{signed(e['loss_increase'])} nats [{signed(lo)}, {signed(hi)}]; "
         f"first repeat {with_interval(e['first_repeat_increase'], flo, fhi)}"
     )
+
+
+def top_minus_draw(top: dict, draw: dict) -> tuple[float, float, float, int] | None:
+    """The top set's later-repeat change minus a control draw's, per sequence (both ablated the same
+    sequences), its mean and bootstrap interval: ``(mean, low, high, n)``; None without per-sequence changes.
+
+    Two ablations of the same sequences compare paired: the sequences' shared ups and downs cancel,
+    where setting one interval beside the other would count them twice.
+
+    >>> top = {"sequence_changes": [7.0, 7.2, 6.9, 7.1]}
+    >>> top_minus_draw(top, {"sequence_changes": [6.5, 6.8, 6.4, 6.7]})[0]
+    0.45
+    """
+    a, b = top.get("sequence_changes"), draw.get("sequence_changes")
+    if not a or not b or len(a) != len(b):
+        return None
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    lo, hi = bootstrap_interval(d, resamples=BOOTSTRAP_RESAMPLES, level=INTERVAL_LEVEL, seed=0)
+    return round(float(d.mean()), 12), lo, hi, int(d.size)
 
 
 def control_spread(ablation: list[dict]) -> dict | None:

@@ -68,9 +68,14 @@ def replacement_for(kind: str, model, rt: RepeatedTokens, heads, z_mean, chunk: 
 
 def change(ablated: np.ndarray, clean: np.ndarray, seed: int) -> tuple[float, list[float]]:
     """Mean of the per-sequence ``ablated - clean`` and its bootstrap interval ``[low, high]``."""
-    d = np.asarray(ablated, dtype=np.float64) - np.asarray(clean, dtype=np.float64)
+    d = per_sequence(ablated, clean)
     lo, hi = bootstrap_interval(d, resamples=BOOTSTRAP_RESAMPLES, level=INTERVAL_LEVEL, seed=seed)
     return float(d.mean()), [lo, hi]
+
+
+def per_sequence(ablated: np.ndarray, clean: np.ndarray) -> np.ndarray:
+    """``ablated - clean`` for each sequence, in float64."""
+    return np.asarray(ablated, dtype=np.float64) - np.asarray(clean, dtype=np.float64)
 
 
 def causal_check(
@@ -93,7 +98,9 @@ def causal_check(
     ``clean``: the clean run's per-sequence (later, first) losses. ``residuals``: clean
     ``resid_pre`` by layer (missing layers are captured here). Entry keys: kind, heads, layer,
     head, loss (ablated later-repeat loss), loss_increase and interval (its change),
-    verdict, first_repeat_increase and first_repeat_interval; control entries also draw.
+    verdict, first_repeat_increase and first_repeat_interval, sequence_changes (the later-repeat change
+    of each sequence, so that two ablations of the same sequences compare paired); control entries
+    also draw.
     """
     plan = ablation_plan(model.n_layers, model.n_heads, top, seed, controls)
     needed = {first_layer(heads) for _, heads in plan} - set(residuals)
@@ -117,6 +124,7 @@ def causal_check(
             "verdict": ablation_verdict(*interval),
             "first_repeat_increase": first_rise,
             "first_repeat_interval": first_interval,
+            "sequence_changes": per_sequence(later, clean[0]).tolist(),
         }
         if kind == "control":
             entry["draw"], draw = draw, draw + 1

@@ -258,7 +258,8 @@ def ablation_definition(controls: int = CONTROL_DRAWS) -> str:
         f"{INTERVAL_LEVEL:.0%} bootstrap interval over sequences ({BOOTSTRAP_RESAMPLES:,} resamples, seeded). "
         "Verdict: 'raises' only when the interval lies above 0, 'lowers' when below 0, else 'no clear change'. "
         "first-repeat change: the same ablation's change in first-repeat loss (specificity: an induction head "
-        "should change it little)."
+        "should change it little). Against the control: all top heads' change minus the largest draw's, per "
+        "sequence (both ablate the same sequences), with its bootstrap interval."
     )
 
 
