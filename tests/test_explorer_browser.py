@@ -90,13 +90,13 @@ def test_type_click_change_and_reload(server, browser, tmp_path):
 
     page.click("#heads tbody tr[data-head='L1H2']")
     _until(page, "document.getElementById('pattern-box').dataset.head === 'L1H2'")
-    _until(page, "document.getElementById('qk-title').textContent.includes('L1H2: why')")
+    _until(page, "document.getElementById('qk-title').textContent.includes('L1H2: what the score')")
     qk_a = page.text_content("#qk")
     assert page.evaluate("document.querySelector('#heads tr.sel').dataset.head") == "L1H2"
 
     page.click("#heads tbody tr[data-head='L2H0']")
     _until(page, "document.getElementById('pattern-box').dataset.head === 'L2H0'")
-    _until(page, "document.getElementById('qk-title').textContent.includes('L2H0: why')")
+    _until(page, "document.getElementById('qk-title').textContent.includes('L2H0: what the score')")
     assert page.text_content("#qk") != qk_a  # another head, another decomposition
     assert page.query_selector("#pattern-box canvas, #pattern-box svg")
 
@@ -121,7 +121,7 @@ def test_type_click_change_and_reload(server, browser, tmp_path):
     again.goto(url)
     _until(again, "document.getElementById('pattern-box').dataset.head === 'L2H0'")
     _until(again, "document.getElementById('logit-title').textContent.includes('position 4')")
-    _until(again, "document.getElementById('qk-title').textContent.includes('L2H0: why')")
+    _until(again, "document.getElementById('qk-title').textContent.includes('L2H0: what the score')")
     _until(again, "document.querySelectorAll('#paths tbody tr').length > 0")
     assert {k: again.text_content(k) for k in view} == view  # same view from the address alone
     assert again.input_value("#text") == TEXT

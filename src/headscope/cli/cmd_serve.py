@@ -55,7 +55,7 @@ def serve_cmd(
     dtype: DtypeOpt = "float32",
     debug: DebugOpt = False,
 ) -> None:
-    """Start the live explorer: type a text, click a head, see its pattern, why it attends (QK) and what it writes.
+    """Start the live explorer: type a text, click a head, see its pattern, what its score is made of (QK) and what it writes.
 
     The model loads once; the page works with no network (every asset is in the package). It
     binds 127.0.0.1 unless --host and --expose say otherwise.

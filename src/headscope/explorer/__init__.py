@@ -1,4 +1,4 @@
-"""`headscope serve`: a local page where a user types a text, clicks a head and sees why it attends and what it writes.
+"""`headscope serve`: a local page where a user types a text, clicks a head and sees what its attention score is made of and what it writes.
 
 :mod:`.state` runs a text once (fused pass, everything the views read kept); :mod:`.engine`
 answers every view from that cache with the project's own analyses and result types;

@@ -1,7 +1,7 @@
 """QK-circuit analysis: what each head's queries look for, on real text and in the weights.
 
 - :func:`qk_scores` -- live pre-softmax scores and patterns on the user's text;
-- :func:`decompose_qk` -- a score split over the residual stream's components (why it attends there);
+- :func:`decompose_qk` -- a score split over the residual stream's components (an attribution of the score, not an ablation);
 - :func:`positional_qk`, :func:`token_qk` -- positional and token QK circuits from the weights;
 - :func:`composition_scores` -- Q/K/V-composition between every earlier and later head;
 - :func:`analyze_qk` -- all of the above for chosen (or automatically picked) heads, as the CLI runs it.

@@ -1,4 +1,4 @@
-// headscope explorer: type a text, click a head, see why it attends (QK) and what it writes (OV, logits).
+// headscope explorer: type a text, click a head, see what its attention score is made of (QK) and what it writes (OV, logits).
 // Plain JavaScript, no build step. Every string from the server or the user reaches the page through
 // textContent (never innerHTML); the pattern is drawn by circuitsvis (React escapes its tokens).
 (function () {
@@ -227,7 +227,7 @@
     return box;
   }
   function drawQK(q) {
-    $("qk-title").textContent = "QK of " + q.head + ": why it attends";
+    $("qk-title").textContent = "QK of " + q.head + ": what the score is made of (an attribution, not an ablation)";
     var p = q.pairs[0];
     $("qk-how").textContent = q.how + ". Score " + fmt(q.score) + " (model " + fmt(q.model_score) + "; pre-softmax, score units), attention weight " + fmt(q.attention) +
       ". Each component's share of the score, minus its mean over every key the query sees (what the softmax responds to). " + q.note;
