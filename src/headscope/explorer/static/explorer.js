@@ -227,10 +227,10 @@
     return box;
   }
   function drawQK(q) {
-    $("qk-title").textContent = "QK of " + q.head + ": what the score is made of (an attribution, not an ablation)";
+    $("qk-title").textContent = "QK of " + q.head + ": what the score is made of";
     var p = q.pairs[0];
     $("qk-how").textContent = q.how + ". Score " + fmt(q.score) + " (model " + fmt(q.model_score) + "; pre-softmax, score units), attention weight " + fmt(q.attention) +
-      ". Each component's share of the score, minus its mean over every key the query sees (what the softmax responds to). " + q.note;
+      ". Each component's share of the score, minus its mean over every key the query sees (what the softmax responds to): an attribution, not an ablation; " + q.note;
     var box = clear($("qk")), grid = el("div", null, "cols");
     var kdiv = el("div"), qdiv = el("div");
     kdiv.appendChild(el("b", "key side (token " + p[1] + ": what lifts this key), score units"));
