@@ -128,8 +128,8 @@ class InductionResult(Result):
         return control_spread(self.ablation)
 
     def _top_against_control(self) -> str:
-        """``"; all 5 top heads' change (+6.968) is above 10 of the 10 draws; above the largest draw (+6.644)
-        by +0.324 [+0.1, +0.5] nats, paired over the same 10 sequences"``: the same number in the same units
+        """``"; all 5 top heads' change (+6.968) is above 10 of the 10 draws; above the largest draw (+6.644):
+        difference +0.324 [+0.073, +0.587] nats, paired over the same 10 sequences"``: the same number in the same units
         (later-repeat loss, nats, the same sequences) set against each draw, and against the largest
         with the interval of the per-sequence difference (:func:`top_minus_draw`); "" without both."""
         top = next((e for e in self.ablation if e["kind"] == "all_top"), None)
@@ -142,7 +142,7 @@ class InductionResult(Result):
             f"{len(draws)} draws"
         )
         largest = max(draws, key=lambda d: d["loss_increase"])
-        paired = top_minus_draw(top, largest)
+        paired = top_minus_draw(top, largest, seed=int(self.settings.get("seed") or 0))
         if paired is None:  # a scores.json written before the per-sequence changes were kept
             return text
         diff, lo, hi, n = paired
@@ -273,7 +273,7 @@ def ablation_text(e: dict) -> str:
     )
 
 
-def top_minus_draw(top: dict, draw: dict) -> tuple[float, float, float, int] | None:
+def top_minus_draw(top: dict, draw: dict, seed: int = 0) -> tuple[float, float, float, int] | None:
     """The top set's later-repeat change minus a control draw's, per sequence (both ablated the same
     sequences), its mean and bootstrap interval: ``(mean, low, high, n)``; None without per-sequence changes.
 
@@ -288,7 +288,7 @@ def top_minus_draw(top: dict, draw: dict) -> tuple[float, float, float, int] | N
     if not a or not b or len(a) != len(b):
         return None
     d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
-    lo, hi = bootstrap_interval(d, resamples=BOOTSTRAP_RESAMPLES, level=INTERVAL_LEVEL, seed=0)
+    lo, hi = bootstrap_interval(d, resamples=BOOTSTRAP_RESAMPLES, level=INTERVAL_LEVEL, seed=seed)
     return round(float(d.mean()), 12), lo, hi, int(d.size)
 
 
