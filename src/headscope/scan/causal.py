@@ -68,7 +68,11 @@ def replacement_for(kind: str, model, rt: RepeatedTokens, heads, z_mean, chunk: 
 
 def change(ablated: np.ndarray, clean: np.ndarray, seed: int) -> tuple[float, list[float]]:
     """Mean of the per-sequence ``ablated - clean`` and its bootstrap interval ``[low, high]``."""
-    d = per_sequence(ablated, clean)
+    return mean_interval(per_sequence(ablated, clean), seed)
+
+
+def mean_interval(d: np.ndarray, seed: int) -> tuple[float, list[float]]:
+    """Mean of per-sequence changes ``d`` and their bootstrap interval ``[low, high]`` (the registry's level)."""
     lo, hi = bootstrap_interval(d, resamples=BOOTSTRAP_RESAMPLES, level=INTERVAL_LEVEL, seed=seed)
     return float(d.mean()), [lo, hi]
 
@@ -111,7 +115,8 @@ def causal_check(
     entries, draw = [], 0
     for kind, heads in plan:
         later, first = ablated_losses(model, rt, heads, chunk, repl, residuals, fused=fused)
-        rise, interval = change(later, clean[0], seed)
+        changes = per_sequence(later, clean[0])  # kept whole: two ablations of these sequences compare paired
+        rise, interval = mean_interval(changes, seed)
         first_rise, first_interval = change(first, clean[1], seed)
         entry = {
             "kind": kind,
@@ -124,7 +129,7 @@ def causal_check(
             "verdict": ablation_verdict(*interval),
             "first_repeat_increase": first_rise,
             "first_repeat_interval": first_interval,
-            "sequence_changes": per_sequence(later, clean[0]).tolist(),
+            "sequence_changes": changes.tolist(),
         }
         if kind == "control":
             entry["draw"], draw = draw, draw + 1
